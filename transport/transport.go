@@ -1,0 +1,98 @@
+// Package transport defines one rank's endpoint in a group of N processes
+// (Conn), the frame format every implementation puts on the wire, and the
+// typed errors that a dead, slow or misbehaving peer turns into.
+//
+// Implementations live in subpackages: mem (in-process channels), libp2p and
+// nats. The conformance suite transporttest.Run checks all of them.
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Conn is one rank's endpoint in a group of Size() ranks numbered 0..Size()-1.
+//
+// Messages are matched by (peer, tag): the k-th Send from rank a to rank b with
+// tag t is returned by the k-th Recv(ctx, a, t) on rank b. Messages of
+// different tags or peers are independent, so concurrent collectives use
+// different tags.
+//
+// Send never waits for the peer's matching Recv: it returns once the message
+// is queued for transmission (a ring in which every rank sends first does not
+// deadlock). The memory a receiver holds for unreceived messages is bounded;
+// past the bound, senders block (back-pressure) until the receiver catches up,
+// the context ends, or the peer is declared dead.
+//
+// All methods are safe for concurrent use. Every blocking method returns
+// ctx.Err() (possibly wrapped) when ctx ends, ErrClosed after Close, and a
+// *PeerError when the peer is dead, unreachable or sent a bad frame.
+type Conn interface {
+	// Rank is this endpoint's rank.
+	Rank() int
+	// Size is the number of ranks in the group.
+	Size() int
+	// Send transmits b to peer with tag. The caller may reuse b as soon as
+	// Send returns. Sending to oneself is an error.
+	Send(ctx context.Context, peer int, tag uint64, b []byte) error
+	// Recv returns the next message from peer with tag. The returned slice is
+	// owned by the caller.
+	Recv(ctx context.Context, peer int, tag uint64) ([]byte, error)
+	// Stats returns a snapshot of the byte counters, indexed by peer rank.
+	Stats() Stats
+	// Close releases every resource and unblocks every waiting call, which
+	// then return ErrClosed. Close is idempotent.
+	Close() error
+}
+
+// Stats counts traffic per peer. Payload counts message bytes as given to
+// Send or returned by Recv; Wire counts what the transport put on or took off
+// the wire for them (frame headers, chunking, checksums; not TCP/IP or
+// encryption overhead unless the implementation can see it).
+type Stats struct {
+	SentPayload, SentWire []int64
+	RecvPayload, RecvWire []int64
+	SentMsgs, RecvMsgs    []int64
+}
+
+// Total returns the sums over all peers of the four byte counters.
+func (s Stats) Total() (sentPayload, sentWire, recvPayload, recvWire int64) {
+	for i := range s.SentPayload {
+		sentPayload += s.SentPayload[i]
+		sentWire += s.SentWire[i]
+		recvPayload += s.RecvPayload[i]
+		recvWire += s.RecvWire[i]
+	}
+	return
+}
+
+// Errors.
+var (
+	// ErrClosed is returned by every call on or after Close.
+	ErrClosed = errors.New("transport: closed")
+	// ErrPeerDead means the peer stopped answering or closed its end.
+	ErrPeerDead = errors.New("transport: peer dead")
+	// ErrBadFrame means a frame failed validation (version, length, checksum).
+	ErrBadFrame = errors.New("transport: bad frame")
+	// ErrTooLarge means a frame exceeds the configured size limit.
+	ErrTooLarge = errors.New("transport: frame too large")
+	// ErrUnauthorized means a peer outside the job tried to connect or send.
+	ErrUnauthorized = errors.New("transport: unauthorized peer")
+	// ErrRendezvous means the group did not form (see *RendezvousError).
+	ErrRendezvous = errors.New("transport: rendezvous failed")
+)
+
+// PeerError reports a failure that concerns one peer. Err is one of the
+// sentinel errors above (or a context error) and may wrap a cause.
+type PeerError struct {
+	Rank int    // the peer's rank
+	Op   string // "send", "recv", "dial", ...
+	Err  error
+}
+
+func (e *PeerError) Error() string {
+	return fmt.Sprintf("transport: %s rank %d: %v", e.Op, e.Rank, e.Err)
+}
+
+func (e *PeerError) Unwrap() error { return e.Err }
