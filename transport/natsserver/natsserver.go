@@ -1,0 +1,169 @@
+// Package natsserver runs an embedded NATS server (github.com/nats-io/nats-server/v2)
+// inside the current process, listening on a free loopback port. It is the
+// zero-setup default for transport/nats and for rendezvous, and the server
+// every NATS test in this module runs against.
+package natsserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// ErrStart is returned (wrapped) when the server cannot be configured or does
+// not become ready.
+var ErrStart = errors.New("natsserver: start failed")
+
+// DefaultMaxPayload is the server's maximum message payload when
+// Options.MaxPayload is zero: the nats-server default of 1 MiB.
+const DefaultMaxPayload = 1 << 20
+
+// MaxMaxPayload is the largest accepted Options.MaxPayload (64 MiB, the
+// nats-server hard limit).
+const MaxMaxPayload = 64 << 20
+
+// Options configures Start. The zero value starts an unauthenticated server
+// on 127.0.0.1 with a kernel-chosen port and nats-server's defaults.
+type Options struct {
+	// Host is the listen address; empty means "127.0.0.1".
+	Host string
+	// Port is the TCP port; 0 means a free port chosen by the kernel.
+	Port int
+	// Token, when not empty, is required from every client (nats.Token).
+	Token string
+	// MaxPayload is the largest message payload the server accepts, in
+	// bytes; 0 means DefaultMaxPayload. At most MaxMaxPayload.
+	MaxPayload int
+	// MaxPending is the per-client buffer of outbound bytes before the
+	// server treats the client as a slow consumer; 0 means nats-server's
+	// default (64 MiB).
+	MaxPending int64
+	// WriteDeadline is how long the server waits on a stalled client socket
+	// before closing it; 0 means nats-server's default.
+	WriteDeadline time.Duration
+	// ReadyTimeout bounds how long Start waits for the listener when ctx has
+	// no deadline; 0 means 10 s.
+	ReadyTimeout time.Duration
+	// Logger, when not nil, receives the server's log output (useful for
+	// debugging tests). By default the server logs nothing.
+	Logger server.Logger
+	// Debug and Trace enable the server's verbose logging when a Logger is set.
+	Debug, Trace bool
+}
+
+// Server is a running embedded NATS server. Its methods are safe for
+// concurrent use.
+type Server struct {
+	ns    *server.Server
+	token string
+	maxP  int
+}
+
+// Start starts a server and waits until it accepts connections, ctx ends or
+// the ready timeout passes. On error nothing is left running.
+func Start(ctx context.Context, o Options) (*Server, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if o.MaxPayload < 0 || o.MaxPayload > MaxMaxPayload {
+		return nil, fmt.Errorf("%w: MaxPayload %d out of range [0, %d]", ErrStart, o.MaxPayload, MaxMaxPayload)
+	}
+	if o.Port < 0 || o.Port > 65535 {
+		return nil, fmt.Errorf("%w: port %d out of range", ErrStart, o.Port)
+	}
+	host := o.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	port := o.Port
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	maxP := o.MaxPayload
+	if maxP == 0 {
+		maxP = DefaultMaxPayload
+	}
+	sopts := &server.Options{
+		Host:            host,
+		Port:            port,
+		NoLog:           o.Logger == nil,
+		NoSigs:          true,
+		NoSystemAccount: true,
+		Authorization:   o.Token,
+		MaxPayload:      int32(maxP),
+		MaxPending:      o.MaxPending,
+		WriteDeadline:   o.WriteDeadline,
+		HTTPPort:        0,
+	}
+	if sopts.MaxPending != 0 && sopts.MaxPending < int64(maxP) {
+		return nil, fmt.Errorf("%w: MaxPending %d below MaxPayload %d", ErrStart, sopts.MaxPending, maxP)
+	}
+	ns, err := server.NewServer(sopts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	if o.Logger != nil {
+		ns.SetLoggerV2(o.Logger, o.Debug, o.Trace, false)
+	}
+	ns.Start()
+
+	wait := o.ReadyTimeout
+	if wait <= 0 {
+		wait = 10 * time.Second
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		wait = time.Until(dl)
+	}
+	// ReadyForConnections polls; run it so that ctx can interrupt the wait.
+	ready := make(chan bool, 1)
+	go func() { ready <- ns.ReadyForConnections(wait) }()
+	select {
+	case ok := <-ready:
+		if !ok {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			return nil, fmt.Errorf("%w: not ready after %v", ErrStart, wait)
+		}
+	case <-ctx.Done():
+		ns.Shutdown()
+		<-ready
+		ns.WaitForShutdown()
+		return nil, ctx.Err()
+	}
+	return &Server{ns: ns, token: o.Token, maxP: maxP}, nil
+}
+
+// ClientURL returns the URL clients connect to, e.g. "nats://127.0.0.1:41234".
+// It does not contain the token.
+func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// Addr returns the server's TCP listen address.
+func (s *Server) Addr() *net.TCPAddr {
+	a, _ := s.ns.Addr().(*net.TCPAddr)
+	return a
+}
+
+// Token returns the token clients must present ("" if none).
+func (s *Server) Token() string { return s.token }
+
+// MaxPayload returns the largest message payload the server accepts.
+func (s *Server) MaxPayload() int { return s.maxP }
+
+// NumClients returns the number of connected clients.
+func (s *Server) NumClients() int { return s.ns.NumClients() }
+
+// InProcessConn returns a connection to the server that bypasses TCP. It makes
+// *Server a nats.InProcessConnProvider (nats.InProcessServer(s)).
+func (s *Server) InProcessConn() (net.Conn, error) { return s.ns.InProcessConn() }
+
+// Shutdown stops the server, closes every client connection and waits until
+// all of the server's goroutines have exited. It is idempotent and safe to
+// call concurrently.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}

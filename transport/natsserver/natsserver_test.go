@@ -1,0 +1,116 @@
+package natsserver_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/slimgrad/slimgrad/transport/natsserver"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestStartPubSubShutdown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := natsserver.Start(ctx, natsserver.Options{MaxPayload: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	if got, want := s.MaxPayload(), 4<<20; got != want {
+		t.Errorf("MaxPayload() = %d, want %d", got, want)
+	}
+	if a := s.Addr(); a == nil || !a.IP.IsLoopback() || a.Port == 0 {
+		t.Errorf("Addr() = %v, want loopback with a port", a)
+	}
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if got, want := nc.MaxPayload(), int64(4<<20); got != want {
+		t.Errorf("client sees MaxPayload %d, want %d", got, want)
+	}
+	sub, err := nc.SubscribeSync("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish("x", []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsgWithContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(m.Data) != "hello" {
+		t.Errorf("got %q, want hello", m.Data)
+	}
+}
+
+func TestToken(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := natsserver.Start(ctx, natsserver.Options{Token: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	if _, err := nats.Connect(s.ClientURL(), nats.NoReconnect()); !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("connect without token: err = %v, want %v", err, nats.ErrAuthorization)
+	}
+	if _, err := nats.Connect(s.ClientURL(), nats.Token("wrong"), nats.NoReconnect()); !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("connect with a wrong token: err = %v, want %v", err, nats.ErrAuthorization)
+	}
+	nc, err := nats.Connect(s.ClientURL(), nats.Token("s3cret"))
+	if err != nil {
+		t.Fatalf("connect with token: %v", err)
+	}
+	nc.Close()
+	// In-process connections are subject to the same authorization.
+	nc, err = nats.Connect("", nats.InProcessServer(s), nats.Token("s3cret"))
+	if err != nil {
+		t.Fatalf("in-process connect with token: %v", err)
+	}
+	nc.Close()
+}
+
+func TestBadOptions(t *testing.T) {
+	ctx := context.Background()
+	for _, o := range []natsserver.Options{
+		{MaxPayload: -1},
+		{MaxPayload: natsserver.MaxMaxPayload + 1},
+		{Port: -5},
+		{MaxPayload: 8 << 20, MaxPending: 1 << 20},
+	} {
+		if s, err := natsserver.Start(ctx, o); !errors.Is(err, natsserver.ErrStart) {
+			if s != nil {
+				s.Shutdown()
+			}
+			t.Errorf("Start(%+v): err = %v, want ErrStart", o, err)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := natsserver.Start(cctx, natsserver.Options{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Start with cancelled ctx: err = %v, want context.Canceled", err)
+	}
+}
+
+func TestShutdownIdempotent(t *testing.T) {
+	s, err := natsserver.Start(context.Background(), natsserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(s.ClientURL(), nats.NoReconnect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	s.Shutdown()
+	s.Shutdown()
+}
