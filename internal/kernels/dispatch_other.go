@@ -1,0 +1,27 @@
+package kernels
+
+func add(dst, src []float32)                        { addGeneric(dst, src) }
+func addTo(dst, a, b []float32)                     { addToGeneric(dst, a, b) }
+func subTo(dst, a, b []float32)                     { subToGeneric(dst, a, b) }
+func scale(dst []float32, s float32)                { scaleGeneric(dst, s) }
+func scaleTo(dst []float32, s float32, x []float32) { scaleToGeneric(dst, s, x) }
+func axpy(dst []float32, a float32, x []float32)    { axpyGeneric(dst, a, x) }
+func axpyTo(dst []float32, a float32, x, y []float32) {
+	axpyToGeneric(dst, a, x, y)
+}
+func dot(a, b []float32) float64                        { return dotGeneric(a, b) }
+func sumSq(x []float32) float64                         { return sumSqGeneric(x) }
+func encodeFloat32(dst []byte, src []float32)           { encodeFloat32Generic(dst, src) }
+func decodeFloat32(dst []float32, src []byte)           { decodeFloat32Generic(dst, src) }
+func decodeAddFloat32(dst []float32, src []byte)        { decodeAddFloat32Generic(dst, src) }
+func encodeFloat16(dst []byte, src []float32)           { encodeFloat16Generic(dst, src) }
+func decodeFloat16(dst []float32, src []byte)           { decodeFloat16Generic(dst, src) }
+func decodeAddFloat16(dst []float32, src []byte)        { decodeAddFloat16Generic(dst, src) }
+func encodeBFloat16(dst []byte, src []float32)          { encodeBFloat16Generic(dst, src) }
+func decodeBFloat16(dst []float32, src []byte)          { decodeBFloat16Generic(dst, src) }
+func decodeAddBFloat16(dst []float32, src []byte)       { decodeAddBFloat16Generic(dst, src) }
+func packSigns(dst []byte, src []float32)               { packSignsGeneric(dst, src) }
+func unpackSigns(dst []float32, bits []byte, s float32) { unpackSignsGeneric(dst, bits, s) }
+func unpackSignsAdd(dst []float32, bits []byte, s float32) {
+	unpackSignsAddGeneric(dst, bits, s)
+}
