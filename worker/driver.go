@@ -1,0 +1,257 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/transport"
+)
+
+// ErrTimeout is wrapped (inside a *transport.PeerError) when a peer did not
+// deliver a message, or did not accept one, within the configured timeout.
+var ErrTimeout = errors.New("worker: peer timed out")
+
+// Tag returns the transport tag of message msg of collective id: id<<32 | msg.
+// Every driver of allreduce programs uses this rule, so two collectives in
+// flight at once never mix their messages.
+func Tag(id uint32, msg int32) uint64 { return uint64(id)<<32 | uint64(uint32(msg)) }
+
+// RunOptions tune one run of a program. The zero value means: no per-message
+// timeout, one send in flight per peer.
+type RunOptions struct {
+	// Timeout bounds every single Send and Recv: a peer that neither
+	// delivers the message a receive waits for nor accepts a sent message
+	// within Timeout becomes a *transport.PeerError wrapping ErrTimeout.
+	// Zero means no bound other than ctx.
+	Timeout time.Duration
+	// SendsPerPeer bounds the sends in flight to one peer (default 1). Sends
+	// to one peer start in the order their ops became ready.
+	SendsPerPeer int
+}
+
+// RunStats are what one run of a program moved and how long it took.
+type RunStats struct {
+	Msgs      int64         // messages sent
+	SentBytes int64         // message bytes sent (as given to Send)
+	RecvBytes int64         // message bytes received
+	Compute   time.Duration // time spent in Executor.Run, Payload and Deliver
+	Wall      time.Duration // from start to the last op done
+}
+
+type evKind uint8
+
+const (
+	evSend evKind = iota
+	evRecv
+)
+
+type event struct {
+	kind evKind
+	op   int32
+	b    []byte
+	err  error
+}
+
+// Run executes program p over conn as collective id: it steps an
+// allreduce.Machine, runs Send ops concurrently (at most
+// opts.SendsPerPeer per peer), posts a receive for every Recv op as soon as it
+// is ready, and runs Compute ops inline on x, feeding every completion back to
+// the machine until the program is finished.
+//
+// x is only ever called from the goroutine that called Run. Payload slices
+// are sent before the op is reported done, so the executor may reuse them
+// afterwards.
+//
+// Run returns when the program is finished or at the first error; on error it
+// cancels every send and receive in flight and waits for them before
+// returning, so nothing touches x or its buffers afterwards. Errors wrap the
+// transport's *transport.PeerError where a peer is at fault (a timeout becomes
+// one wrapping ErrTimeout), ctx.Err() when ctx ends, or the executor's error.
+func Run(ctx context.Context, conn transport.Conn, id uint32, p *allreduce.Program, x allreduce.Executor, opts RunOptions) (RunStats, error) {
+	var d driver
+	return d.run(ctx, conn, id, p, x, opts)
+}
+
+// driver keeps reusable state for consecutive runs. Not safe for concurrent use.
+type driver struct {
+	m       allreduce.Machine
+	ready   []int32
+	queues  [][]int32 // pending sends per peer
+	active  []int     // sends in flight per peer
+	events  chan event
+	started bool
+}
+
+func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *allreduce.Program, x allreduce.Executor, opts RunOptions) (st RunStats, err error) {
+	start := time.Now()
+	if err := ctx.Err(); err != nil {
+		return st, err
+	}
+	if p.World != conn.Size() || p.Rank != conn.Rank() {
+		return st, fmt.Errorf("worker: program %s is for rank %d of %d, conn is rank %d of %d", p.Name, p.Rank, p.World, conn.Rank(), conn.Size())
+	}
+	if err := d.m.Reset(p); err != nil {
+		return st, err
+	}
+	n := conn.Size()
+	if cap(d.queues) < n {
+		d.queues = make([][]int32, n)
+		d.active = make([]int, n)
+	}
+	d.queues, d.active = d.queues[:n], d.active[:n]
+	for i := range d.queues {
+		d.queues[i] = d.queues[i][:0]
+		d.active[i] = 0
+	}
+	perPeer := opts.SendsPerPeer
+	if perPeer <= 0 {
+		perPeer = 1
+	}
+	// Every op yields at most one event, so a buffer of len(Ops) never blocks
+	// a finishing goroutine even after Run has returned.
+	events := make(chan event, len(p.Ops))
+	rctx, cancel := context.WithCancel(ctx)
+	inflight := 0
+	defer func() {
+		cancel()
+		for ; inflight > 0; inflight-- {
+			<-events
+		}
+		st.Wall = time.Since(start)
+	}()
+
+	startSend := func(i int32, b []byte) {
+		op := &p.Ops[i]
+		peer := int(op.Peer)
+		d.active[peer]++
+		inflight++
+		st.Msgs++
+		st.SentBytes += int64(len(b))
+		tag := Tag(id, op.Msg)
+		go func() {
+			events <- event{kind: evSend, op: i, err: ioCall(rctx, opts.Timeout, peer, "send", func(c context.Context) error {
+				return conn.Send(c, peer, tag, b)
+			})}
+		}()
+	}
+	payloads := make(map[int32][]byte) // sends queued behind others to the same peer
+
+	for !d.m.Finished() {
+		d.ready = d.m.Ready(d.ready[:0])
+		progressed := false
+		for _, i := range d.ready {
+			op := &p.Ops[i]
+			switch op.Kind {
+			case allreduce.Send:
+				if op.Peer < 0 || int(op.Peer) >= n || int(op.Peer) == p.Rank {
+					return st, fmt.Errorf("worker: %s op %d: bad peer %d", p.Name, i, op.Peer)
+				}
+				t0 := time.Now()
+				b, err := x.Payload(op)
+				st.Compute += time.Since(t0)
+				if err != nil {
+					return st, fmt.Errorf("worker: %s op %d (%v): %w", p.Name, i, op, err)
+				}
+				if d.active[op.Peer] < perPeer {
+					startSend(i, b)
+				} else {
+					payloads[i] = b
+					d.queues[op.Peer] = append(d.queues[op.Peer], i)
+				}
+			case allreduce.Recv:
+				if op.Peer < 0 || int(op.Peer) >= n || int(op.Peer) == p.Rank {
+					return st, fmt.Errorf("worker: %s op %d: bad peer %d", p.Name, i, op.Peer)
+				}
+				peer := int(op.Peer)
+				tag := Tag(id, op.Msg)
+				inflight++
+				go func() {
+					var b []byte
+					err := ioCall(rctx, opts.Timeout, peer, "recv", func(c context.Context) error {
+						var err error
+						b, err = conn.Recv(c, peer, tag)
+						return err
+					})
+					events <- event{kind: evRecv, op: i, b: b, err: err}
+				}()
+			case allreduce.Compute:
+				t0 := time.Now()
+				err := x.Run(op)
+				st.Compute += time.Since(t0)
+				if err != nil {
+					return st, fmt.Errorf("worker: %s op %d (%v): %w", p.Name, i, op, err)
+				}
+				if err := d.m.Done(i); err != nil {
+					return st, err
+				}
+				progressed = true
+			default:
+				return st, fmt.Errorf("worker: %s op %d: unknown kind %v", p.Name, i, op.Kind)
+			}
+		}
+		if progressed || d.m.Finished() {
+			continue
+		}
+		if inflight == 0 {
+			return st, fmt.Errorf("worker: %s rank %d stalled with %d ops left and nothing in flight", p.Name, p.Rank, d.m.Remaining())
+		}
+		var ev event
+		select {
+		case ev = <-events:
+			inflight--
+		case <-ctx.Done():
+			return st, fmt.Errorf("worker: %s collective %d: %w", p.Name, id, ctx.Err())
+		}
+		op := &p.Ops[ev.op]
+		if ev.err != nil {
+			return st, fmt.Errorf("worker: %s collective %d op %d (%v): %w", p.Name, id, ev.op, op, ev.err)
+		}
+		switch ev.kind {
+		case evSend:
+			peer := op.Peer
+			d.active[peer]--
+			if q := d.queues[peer]; len(q) > 0 {
+				next := q[0]
+				d.queues[peer] = q[1:]
+				b := payloads[next]
+				delete(payloads, next)
+				startSend(next, b)
+			}
+		case evRecv:
+			st.RecvBytes += int64(len(ev.b))
+			t0 := time.Now()
+			err := x.Deliver(op, ev.b)
+			st.Compute += time.Since(t0)
+			if err != nil {
+				return st, fmt.Errorf("worker: %s op %d (%v) from rank %d: %w", p.Name, ev.op, op, op.Peer, err)
+			}
+		}
+		if err := d.m.Done(ev.op); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+// ioCall runs f under ctx bounded by timeout (if > 0). When the timeout, and
+// not ctx, ended the call, the error becomes a *transport.PeerError wrapping
+// ErrTimeout and context.DeadlineExceeded.
+func ioCall(ctx context.Context, timeout time.Duration, peer int, what string, f func(context.Context) error) error {
+	if timeout <= 0 {
+		return f(ctx)
+	}
+	c, cancel := context.WithTimeout(ctx, timeout)
+	err := f(c)
+	cancel()
+	if err != nil && ctx.Err() == nil && c.Err() == context.DeadlineExceeded {
+		var pe *transport.PeerError
+		if errors.As(err, &pe) && !errors.Is(pe.Err, context.DeadlineExceeded) {
+			return err // the transport found something more specific
+		}
+		return &transport.PeerError{Rank: peer, Op: what, Err: fmt.Errorf("%w after %v: %w", ErrTimeout, timeout, context.DeadlineExceeded)}
+	}
+	return err
+}
