@@ -1,0 +1,285 @@
+package main
+
+import (
+	"bufio"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"image/color"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+
+	"github.com/slimgrad/slimgrad/train"
+)
+
+// timeToTarget returns the cumulative simulated step time and the step at
+// which a periodic evaluation first reached target accuracy.
+func timeToTarget(recs []train.Record, target float64) (time.Duration, int, bool) {
+	for _, r := range recs {
+		if r.Evaluated && r.Accuracy >= target {
+			return r.TotalStepTime, r.Step, true
+		}
+	}
+	return 0, 0, false
+}
+
+func writeSummary(w io.Writer, rep *simReport, target float64) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "method\ttest acc\ttest loss\twire bytes\tdense-ring bytes\tsaved\tpayload bytes\tsim time\tsim time to %.0f%%\twall\t\n", 100*target)
+	for _, run := range rep.Runs {
+		last := run.Result.Last
+		simTime, tta := "-", "not reached"
+		if last.TotalStepTime > 0 {
+			simTime = fmtDuration(last.TotalStepTime)
+		}
+		if d, step, ok := timeToTarget(run.Result.Records, target); ok {
+			if d > 0 {
+				tta = fmt.Sprintf("%s (step %d)", fmtDuration(d), step)
+			} else {
+				tta = fmt.Sprintf("step %d", step)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%.2f%%\t%.4f\t%s\t%s\t%.1f×\t%s\t%s\t%s\t%s\t\n", run.Method.Name,
+			100*run.Result.Final.Accuracy, run.Result.Final.Loss, fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes),
+			last.Saved(), fmtBytes(last.TotalPayloadBytes), simTime, tta, run.Wall.Round(10*time.Millisecond))
+	}
+	tw.Flush()
+}
+
+// csvHeader is the per-step CSV schema. saved = dense_bytes / wire_bytes of the
+// step; cum_saved = total_dense_bytes / total_wire_bytes.
+var csvHeader = []string{
+	"method", "step", "loss", "evaluated", "test_loss", "accuracy",
+	"payload_bytes", "wire_bytes", "dense_bytes", "saved",
+	"total_payload_bytes", "total_wire_bytes", "total_dense_bytes", "cum_saved",
+	"sim_step_s", "sim_comm_s", "sim_codec_s", "total_sim_s", "compute_wall_s", "wall_s",
+}
+
+func csvRow(name string, r train.Record) []string {
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', 8, 64) }
+	i := func(v int64) string { return strconv.FormatInt(v, 10) }
+	return []string{
+		name, strconv.Itoa(r.Step), f(r.Loss), strconv.FormatBool(r.Evaluated), f(r.TestLoss), f(r.Accuracy),
+		i(r.PayloadBytes), i(r.WireBytes), i(r.DenseBytes), f(r.Ratio()),
+		i(r.TotalPayloadBytes), i(r.TotalWireBytes), i(r.TotalDenseBytes), f(r.Saved()),
+		f(r.StepTime.Seconds()), f(r.CommTime.Seconds()), f(r.CodecTime.Seconds()), f(r.TotalStepTime.Seconds()),
+		f(r.Compute.Seconds()), f(r.Wall.Seconds()),
+	}
+}
+
+type jsonRecord struct {
+	Method string `json:"method"`
+	train.Record
+	Saved    float64 `json:"saved"`
+	CumSaved float64 `json:"cum_saved"`
+}
+
+func writeOutputs(dir string, rep *simReport, jsonl, plots bool) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var files []string
+	path := filepath.Join(dir, "steps.csv")
+	if err := writeFile(path, func(w io.Writer) error {
+		cw := csv.NewWriter(w)
+		cw.Write(csvHeader)
+		for _, run := range rep.Runs {
+			for _, r := range run.Result.Records {
+				cw.Write(csvRow(run.Method.Name, r))
+			}
+		}
+		cw.Flush()
+		return cw.Error()
+	}); err != nil {
+		return files, err
+	}
+	files = append(files, path)
+	if jsonl {
+		path := filepath.Join(dir, "steps.jsonl")
+		if err := writeFile(path, func(w io.Writer) error {
+			enc := json.NewEncoder(w)
+			for _, run := range rep.Runs {
+				for _, r := range run.Result.Records {
+					if err := enc.Encode(jsonRecord{Method: run.Method.Name, Record: r, Saved: r.Ratio(), CumSaved: r.Saved()}); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}); err != nil {
+			return files, err
+		}
+		files = append(files, path)
+	}
+	path = filepath.Join(dir, "summary.txt")
+	if err := writeFile(path, func(w io.Writer) error { writeSummary(w, rep, rep.Options.Target); return nil }); err != nil {
+		return files, err
+	}
+	files = append(files, path)
+	if plots {
+		ps, err := writePlots(dir, rep)
+		files = append(files, ps...)
+		if err != nil {
+			return files, err
+		}
+	}
+	return files, nil
+}
+
+func writeFile(path string, fill func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriter(f)
+	if err := fill(bw); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := bw.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// smooth returns the trailing moving average of ys over window points.
+func smooth(ys []float64, window int) []float64 {
+	out := make([]float64, len(ys))
+	var sum float64
+	for i, y := range ys {
+		sum += y
+		if i >= window {
+			sum -= ys[i-window]
+		}
+		out[i] = sum / float64(min(i+1, window))
+	}
+	return out
+}
+
+func writePlots(dir string, rep *simReport) ([]string, error) {
+	var files []string
+	window := max(1, rep.Options.Steps/50)
+	lossStep := plot.New()
+	lossStep.Title.Text = fmt.Sprintf("training loss (moving average over %d steps)", window)
+	lossStep.X.Label.Text = "step"
+	lossStep.Y.Label.Text = "loss"
+	lossBytes := plot.New()
+	lossBytes.Title.Text = "training loss vs cumulative bytes on the wire"
+	lossBytes.X.Label.Text = "bytes sent by all workers"
+	lossBytes.Y.Label.Text = "loss"
+	lossBytes.X.Scale = plot.LogScale{}
+	lossBytes.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	for k, run := range rep.Runs {
+		recs := run.Result.Records
+		ys := make([]float64, len(recs))
+		for i, r := range recs {
+			ys[i] = r.Loss
+		}
+		ys = smooth(ys, window)
+		byStep := make(plotter.XYs, len(recs))
+		byBytes := make(plotter.XYs, 0, len(recs))
+		for i, r := range recs {
+			byStep[i] = plotter.XY{X: float64(r.Step), Y: ys[i]}
+			if r.TotalWireBytes > 0 {
+				byBytes = append(byBytes, plotter.XY{X: float64(r.TotalWireBytes), Y: ys[i]})
+			}
+		}
+		for _, pl := range []struct {
+			p   *plot.Plot
+			xys plotter.XYs
+		}{{lossStep, byStep}, {lossBytes, byBytes}} {
+			if len(pl.xys) == 0 {
+				continue
+			}
+			l, err := plotter.NewLine(pl.xys)
+			if err != nil {
+				return files, err
+			}
+			l.Color = plotutil.Color(k)
+			l.Dashes = plotutil.Dashes(k)
+			l.Width = vg.Points(1.5)
+			pl.p.Add(l)
+			pl.p.Legend.Add(run.Method.Name, l)
+		}
+	}
+	lossStep.Legend.Top = true
+	lossBytes.Legend.Top = true
+	for _, pl := range []struct {
+		p    *plot.Plot
+		name string
+	}{{lossStep, "loss_vs_step.png"}, {lossBytes, "loss_vs_bytes.png"}} {
+		path := filepath.Join(dir, pl.name)
+		if err := pl.p.Save(8*vg.Inch, 5*vg.Inch, path); err != nil {
+			return files, err
+		}
+		files = append(files, path)
+	}
+	path := filepath.Join(dir, "step_time.png")
+	if err := stepTimePlot(rep).Save(8*vg.Inch, 5*vg.Inch, path); err != nil {
+		return files, err
+	}
+	return append(files, path), nil
+}
+
+// stepTimePlot is a stacked bar chart of the mean per-step time of each
+// method: gradient compute (measured wall time, all workers), codec and
+// communication (simulated).
+func stepTimePlot(rep *simReport) *plot.Plot {
+	p := plot.New()
+	p.Title.Text = "mean step time breakdown"
+	p.Y.Label.Text = "milliseconds per step"
+	n := len(rep.Runs)
+	comp, codec, comm := make(plotter.Values, n), make(plotter.Values, n), make(plotter.Values, n)
+	var names []string
+	for i, run := range rep.Runs {
+		recs := run.Result.Records
+		for _, r := range recs {
+			comp[i] += float64(r.Compute) / 1e6
+			codec[i] += float64(r.CodecTime) / 1e6
+			comm[i] += float64(r.CommTime) / 1e6
+		}
+		if len(recs) > 0 {
+			k := float64(len(recs))
+			comp[i], codec[i], comm[i] = comp[i]/k, codec[i]/k, comm[i]/k
+		}
+		names = append(names, run.Method.Name)
+	}
+	w := vg.Points(30)
+	var below *plotter.BarChart
+	for k, part := range []struct {
+		name string
+		v    plotter.Values
+		c    color.Color
+	}{
+		{"gradient compute (wall)", comp, plotutil.Color(0)},
+		{"codec (simulated)", codec, plotutil.Color(1)},
+		{"communication (simulated)", comm, plotutil.Color(2)},
+	} {
+		b, err := plotter.NewBarChart(part.v, w)
+		if err != nil {
+			continue // a part with no data (e.g. no clock) is left out
+		}
+		b.Color = part.c
+		b.LineStyle.Width = 0
+		if below != nil {
+			b.StackOn(below)
+		}
+		below = b
+		p.Add(b)
+		p.Legend.Add(part.name, b)
+		_ = k
+	}
+	p.Legend.Top = true
+	p.NominalX(names...)
+	return p
+}

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/workload"
+)
+
+// simOptions are the flags of `slimgrad sim`.
+type simOptions struct {
+	Workers     int
+	Batch       int
+	Steps       int
+	Seed        uint64
+	Workload    string
+	Data        string
+	Split       string
+	Topology    string
+	Methods     string
+	Compress    string
+	EF          string
+	Optim       string
+	Out         string
+	Target      float64
+	EvalEvery   int
+	EvalSamples int
+	PrintEvery  int
+	Progress    string
+	Metrics     string
+	Log         string
+	JSONL       bool
+	Plots       bool
+}
+
+func defaultSimOptions() simOptions {
+	return simOptions{
+		Workers: 8, Batch: 32, Steps: 300, Seed: 1, Workload: "mnist", Split: "iid",
+		Methods: "default", Out: "slimgrad-out", Target: 0.9, EvalEvery: 50, EvalSamples: 2000,
+		Progress: "auto", Log: "warn", JSONL: true, Plots: true,
+	}
+}
+
+func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.Workers, "workers", o.Workers, "number of virtual workers")
+	fs.IntVar(&o.Batch, "batch", o.Batch, "mini-batch size per worker")
+	fs.IntVar(&o.Steps, "steps", o.Steps, "training steps per method")
+	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the model initialisation, shards, samplers and codecs")
+	fs.StringVar(&o.Workload, "workload", o.Workload, "workload: "+strings.Join(train.Workloads, ", "))
+	fs.StringVar(&o.Data, "data", o.Data, "directory with the MNIST *-ubyte.gz files (default: the GoMNIST module in the Go module cache)")
+	fs.StringVar(&o.Split, "split", o.Split, "how data is sharded: iid or noniid")
+	fs.StringVar(&o.Topology, "topology", o.Topology, "topology YAML file of the simulated network (default: a built-in heterogeneous topology)")
+	fs.StringVar(&o.Methods, "methods", o.Methods, "comma-separated method presets to compare ("+strings.Join(presetNames(), ", ")+"), or \"default\"")
+	fs.StringVar(&o.Compress, "compress", o.Compress, "compressor recipe of a custom method, e.g. topk:0.001 (runs dense + the custom method)")
+	fs.StringVar(&o.EF, "ef", o.EF, "error-feedback recipe of the custom method, e.g. econtrol:0.1, ef14, dgc:0.9")
+	fs.StringVar(&o.Optim, "optim", o.Optim, "optimizer recipe of the custom method, e.g. momentum:lr=0.1,m=0.9 or onebitadam:freeze=200")
+	fs.StringVar(&o.Out, "out", o.Out, "output directory for CSV, JSONL and PNG files (\"\" to write nothing)")
+	fs.Float64Var(&o.Target, "target", o.Target, "target test accuracy for the time-to-accuracy column")
+	fs.IntVar(&o.EvalEvery, "eval-every", o.EvalEvery, "steps between test evaluations")
+	fs.IntVar(&o.EvalSamples, "eval-samples", o.EvalSamples, "test samples per periodic evaluation (0: all; the final one uses all)")
+	fs.IntVar(&o.PrintEvery, "print-every", o.PrintEvery, "steps between per-step lines (0: about 10 lines per method)")
+	fs.StringVar(&o.Progress, "progress", o.Progress, "progress bar: auto (when stderr is a terminal), on, off")
+	fs.StringVar(&o.Metrics, "metrics", o.Metrics, "serve Prometheus metrics on this address, e.g. :9090")
+	fs.StringVar(&o.Log, "log", o.Log, "log level: debug, info, warn, error")
+	fs.BoolVar(&o.JSONL, "jsonl", o.JSONL, "also write steps.jsonl")
+	fs.BoolVar(&o.Plots, "plots", o.Plots, "write PNG plots")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func runSimCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o := defaultSimOptions()
+	fs := simFlags(&o, stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "slimgrad sim: unexpected arguments %q\n", fs.Args())
+		return errUsage
+	}
+	_, err := runSim(ctx, o, stdout, stderr)
+	return err
+}
+
+// methodRun is one method's results.
+type methodRun struct {
+	Method method
+	Result *train.Result
+	Wall   time.Duration
+}
+
+// simReport is everything runSim produced.
+type simReport struct {
+	Options simOptions
+	Runs    []methodRun
+	Files   []string
+}
+
+func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simReport, error) {
+	log, err := newLogger(stderr, o.Log)
+	if err != nil {
+		return nil, err
+	}
+	split, err := workload.ParseSplit(o.Split)
+	if err != nil {
+		return nil, err
+	}
+	methods, err := selectMethods(o)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	task, err := train.LoadTask(o.Workload, o.Data, o.Seed)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("workload loaded", "workload", task.Name, "train", task.Train.N, "test", task.Test.N, "took", time.Since(t0))
+	var met *metrics
+	if o.Metrics != "" {
+		met, err = startMetrics(ctx, o.Metrics, log)
+		if err != nil {
+			return nil, err
+		}
+		defer met.Close()
+	}
+	layers := train.LayersOf(task.Model)
+	var elems int
+	for _, l := range layers {
+		elems += l.Size
+	}
+	fmt.Fprintf(stdout, "slimgrad sim: %s, %d parameters in %d layers, %d workers × batch %d, %s shards, %d steps, seed %d\n",
+		task.Name, elems, len(layers), o.Workers, o.Batch, split, o.Steps, o.Seed)
+
+	printEvery := o.PrintEvery
+	if printEvery <= 0 {
+		printEvery = max(1, o.Steps/10)
+	}
+	rep := &simReport{Options: o}
+	for _, m := range methods {
+		ex, newOpt, err := m.build(o, layers, log)
+		if err != nil {
+			return nil, fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		fmt.Fprintf(stdout, "\n== %s  (%s)\n", m.Name, m.describe())
+		fmt.Fprintf(stdout, "%6s %9s %8s %12s %12s %9s %11s\n", "step", "loss", "acc", "wire_bytes", "dense_bytes", "saved", "sim_step")
+		bar := newBar(o, stderr, m.Name)
+		cfg := train.Config{
+			Workers: o.Workers, Batch: o.Batch, Steps: o.Steps, Seed: o.Seed, Split: split,
+			EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log,
+		}
+		start := time.Now()
+		lastAcc := -1.0
+		res, err := train.Run(ctx, cfg, task, ex, newOpt, func(r train.Record) {
+			if r.Evaluated {
+				lastAcc = r.Accuracy
+			}
+			met.observe(m.Name, layers, r)
+			if r.Step%printEvery == 0 || r.Step == o.Steps-1 {
+				line := stepLine(r, lastAcc)
+				if bar != nil {
+					bar.Clear()
+				}
+				fmt.Fprintln(stdout, line)
+			}
+			if bar != nil {
+				bar.Add(1)
+			}
+		})
+		if bar != nil {
+			bar.Finish()
+			fmt.Fprintln(stderr)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		rep.Runs = append(rep.Runs, methodRun{Method: m, Result: res, Wall: time.Since(start)})
+		log.Info("method done", "method", m.Name, "wall", time.Since(start), "accuracy", res.Final.Accuracy)
+	}
+	fmt.Fprintln(stdout)
+	writeSummary(stdout, rep, o.Target)
+	if o.Out != "" {
+		files, err := writeOutputs(o.Out, rep, o.JSONL, o.Plots)
+		if err != nil {
+			return rep, err
+		}
+		rep.Files = files
+		fmt.Fprintf(stdout, "\nwrote %s\n", strings.Join(files, ", "))
+	}
+	return rep, nil
+}
+
+func stepLine(r train.Record, acc float64) string {
+	accs := "-"
+	if acc >= 0 {
+		accs = fmt.Sprintf("%.2f%%", 100*acc)
+	}
+	simStep := "-"
+	if r.StepTime > 0 {
+		simStep = fmtDuration(r.StepTime)
+	}
+	return fmt.Sprintf("%6d %9.4f %8s %12s %12s %8.1f× %11s",
+		r.Step, r.Loss, accs, fmtBytes(r.WireBytes), fmtBytes(r.DenseBytes), r.Ratio(), simStep)
+}
+
+func newBar(o simOptions, stderr io.Writer, desc string) *progressbar.ProgressBar {
+	show := o.Progress == "on"
+	if o.Progress == "auto" {
+		if f, ok := stderr.(*os.File); ok {
+			if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+				show = true
+			}
+		}
+	}
+	if !show {
+		return nil
+	}
+	return progressbar.NewOptions(o.Steps,
+		progressbar.OptionSetWriter(stderr),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetItsString("steps"),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionSetWidth(30))
+}
+
+func fmtBytes(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	v, i := float64(b), 0
+	for v >= unit && i < 4 {
+		v /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %ciB", v, "KMGT"[i-1])
+}
+
+func fmtDuration(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond))
+	}
+}
+
+var _ = slog.LevelInfo

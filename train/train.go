@@ -1,0 +1,334 @@
+// Package train runs data-parallel training scenarios: N worker replicas of a
+// workload model, each with its own data shard, sampler and optimizer state,
+// whose per-step gradients are combined by an Exchanger: in process, in the
+// simulator's virtual time (package sim), or over real transports (package
+// worker). Every step yields a Record with the loss, the bytes that were sent
+// and the bytes a dense fp32 ring all-reduce would have sent.
+package train
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/slimgrad/slimgrad/workload"
+)
+
+// ErrDiverged is returned when the training loss becomes NaN or infinite.
+var ErrDiverged = errors.New("train: loss diverged")
+
+// ErrReplicaMismatch is returned when the replicas' parameters differ after a
+// step: an exchanger that did not give every worker the same result.
+var ErrReplicaMismatch = errors.New("train: replicas diverged from each other")
+
+// Layer describes one parameter tensor as the exchangers see it.
+type Layer struct {
+	Name  string
+	Shape []int // [out, in] for weight matrices
+	Size  int
+}
+
+// LayersOf returns the layer descriptions of a model's parameters.
+func LayersOf(m workload.Model) []Layer {
+	ps := m.Params()
+	out := make([]Layer, len(ps))
+	for i, p := range ps {
+		out[i] = Layer{Name: p.Name, Shape: append([]int(nil), p.Shape...), Size: p.Size()}
+	}
+	return out
+}
+
+// Exchanger combines the workers' per-layer vectors of one step into the
+// averaged update each worker applies.
+//
+// in[w][l] is worker w's vector for layer l (a gradient, or what the optimizer
+// chose to communicate); Exchange writes worker w's result into out[w][l]. A
+// correct exchanger gives every worker bit-identical results. Exchange may
+// keep per-worker state (error-feedback residuals) between steps; it must not
+// retain in or out. It is called from one goroutine at a time.
+type Exchanger interface {
+	Exchange(ctx context.Context, step int, in, out [][][]float32) (Stats, error)
+	// Name describes the exchanger and its recipe, e.g. "local topk:0.001 ef14".
+	Name() string
+}
+
+// Stats is what one exchange cost. Byte counts are totals over all workers.
+type Stats struct {
+	// PayloadBytes is the size of the encoded messages the workers produced
+	// (the papers' "compressed size"), summed over workers.
+	PayloadBytes int64
+	// WireBytes is what all ranks sent on the wire, relays and framing included.
+	WireBytes int64
+	// DenseBytes is what a dense fp32 ring all-reduce of the same layers
+	// would have sent: N · 2(N−1)/N · 4 · elements.
+	DenseBytes int64
+	// StepTime is the simulated communication + compression time of the
+	// step (0 if the exchanger has no clock); CommTime and CodecTime split it.
+	StepTime, CommTime, CodecTime time.Duration
+	// Layers holds per-layer byte counts, in layer order (may be nil).
+	Layers []LayerStats
+}
+
+// LayerStats are the per-layer byte counts of one exchange.
+type LayerStats struct {
+	PayloadBytes, WireBytes, DenseBytes int64
+}
+
+// Ratio is DenseBytes/WireBytes: how many times fewer bytes than a dense ring.
+func (s Stats) Ratio() float64 {
+	if s.WireBytes == 0 {
+		return 0
+	}
+	return float64(s.DenseBytes) / float64(s.WireBytes)
+}
+
+// DenseRingBytes is the total number of bytes that a dense fp32 ring
+// all-reduce of elems elements sends over all n ranks: n · 2(n−1)/n chunks of
+// elems/n elements of 4 bytes, i.e. 2(n−1)·4·elems up to the chunk rounding.
+func DenseRingBytes(n, elems int) int64 {
+	if n <= 1 {
+		return 0
+	}
+	return int64(2*(n-1)) * 4 * int64(elems)
+}
+
+// Record is one training step.
+type Record struct {
+	Step int
+	// Loss is the mean of the workers' mini-batch losses.
+	Loss float64
+	// Evaluated says TestLoss and Accuracy were measured at this step.
+	Evaluated bool
+	TestLoss  float64
+	Accuracy  float64
+	Stats
+	// Cumulative totals up to and including this step.
+	TotalWireBytes, TotalDenseBytes, TotalPayloadBytes int64
+	TotalStepTime                                      time.Duration
+	// Wall is the real time the step took in this process; Compute is the
+	// part spent computing the workers' gradients (all workers).
+	Wall, Compute time.Duration
+}
+
+// Saved is the cumulative ratio TotalDenseBytes/TotalWireBytes.
+func (r Record) Saved() float64 {
+	if r.TotalWireBytes == 0 {
+		return 0
+	}
+	return float64(r.TotalDenseBytes) / float64(r.TotalWireBytes)
+}
+
+// Optimizer updates one replica's parameters from the exchanged update.
+// Each worker has its own Optimizer; all of them see identical inputs, so the
+// replicas stay identical.
+type Optimizer interface {
+	// Communicate returns, for each layer, the vector this worker sends into
+	// the exchange for this step, computed from its local gradients (for
+	// plain optimizers: the gradients themselves). The result may alias grads.
+	Communicate(step int, grads [][]float32) [][]float32
+	// Apply updates params with the exchanged (averaged) vectors.
+	Apply(step int, params, update [][]float32) error
+}
+
+// Config is a training scenario.
+type Config struct {
+	Workers   int
+	Batch     int // per worker
+	Steps     int
+	Seed      uint64
+	Split     workload.Split
+	EvalEvery int // steps between test evaluations (0: only at the end)
+	// EvalSamples caps the test samples used at periodic evaluations (0: all);
+	// the final evaluation always uses the whole test set.
+	EvalSamples int
+	// CheckReplicas compares all replicas' parameters after every step.
+	CheckReplicas bool
+	Logger        *slog.Logger
+}
+
+func (c Config) validate() error {
+	if c.Workers < 1 || c.Batch < 1 || c.Steps < 1 || c.EvalEvery < 0 || c.EvalSamples < 0 {
+		return fmt.Errorf("train: invalid config: workers %d, batch %d, steps %d, eval every %d", c.Workers, c.Batch, c.Steps, c.EvalEvery)
+	}
+	return nil
+}
+
+// Task is a workload ready to train: a model (the initial parameters every
+// replica starts from) and its data.
+type Task struct {
+	Name        string
+	Model       workload.Model
+	Train, Test *workload.Dataset
+}
+
+// Result is the outcome of a run.
+type Result struct {
+	Records []Record
+	Final   workload.Metrics // on the whole test set
+	Last    Record
+}
+
+// Run trains cfg.Workers replicas of task.Model (cloned; task.Model is not
+// modified) for cfg.Steps steps. newOpt makes each worker's optimizer. onStep,
+// if not nil, sees every record as it is produced. Run returns ctx.Err() if
+// ctx is cancelled, ErrDiverged if the loss becomes NaN/Inf.
+func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, newOpt func(worker int, layers []Layer) (Optimizer, error), onStep func(Record)) (*Result, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	shards, err := workload.Shard(task.Train, cfg.Workers, cfg.Split, cfg.Seed)
+	if err != nil {
+		return nil, err
+	}
+	n := cfg.Workers
+	layers := LayersOf(task.Model)
+	type replica struct {
+		model   workload.Model
+		ws      workload.Workspace
+		sampler *workload.Sampler
+		opt     Optimizer
+		params  [][]float32
+		out     [][]float32
+		loss    float64
+		err     error
+	}
+	reps := make([]*replica, n)
+	in := make([][][]float32, n)
+	out := make([][][]float32, n)
+	for w := range n {
+		m := task.Model.Clone()
+		r := &replica{model: m, ws: m.NewWorkspace(cfg.Batch), sampler: workload.NewSampler(shards[w], cfg.Seed, w)}
+		for _, p := range m.Params() {
+			r.params = append(r.params, p.Data)
+			r.out = append(r.out, make([]float32, len(p.Data)))
+		}
+		if r.opt, err = newOpt(w, layers); err != nil {
+			return nil, err
+		}
+		reps[w] = r
+		out[w] = r.out
+	}
+	var evalIdx []int
+	if cfg.EvalSamples > 0 && cfg.EvalSamples < task.Test.N {
+		evalIdx = make([]int, cfg.EvalSamples)
+		for i := range evalIdx {
+			evalIdx[i] = i
+		}
+	}
+	par := min(n, runtime.GOMAXPROCS(0))
+	res := &Result{}
+	var tot Record
+	for step := 0; step < cfg.Steps; step++ {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		t0 := time.Now()
+		// Local gradients, in parallel; each replica only touches its own state.
+		var wg sync.WaitGroup
+		next := make(chan int, n)
+		for w := range n {
+			next <- w
+		}
+		close(next)
+		for range par {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for w := range next {
+					r := reps[w]
+					r.loss, r.err = r.ws.Gradient(task.Train, r.sampler.Next(cfg.Batch))
+					if r.err == nil {
+						in[w] = r.opt.Communicate(step, r.ws.Grads())
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		compute := time.Since(t0)
+		var loss float64
+		for w, r := range reps {
+			if r.err != nil {
+				return res, fmt.Errorf("train: worker %d step %d: %w", w, step, r.err)
+			}
+			loss += r.loss
+		}
+		loss /= float64(n)
+		if math.IsNaN(loss) || math.IsInf(loss, 0) {
+			return res, fmt.Errorf("%w at step %d (loss %g)", ErrDiverged, step, loss)
+		}
+		st, err := ex.Exchange(ctx, step, in, out)
+		if err != nil {
+			return res, fmt.Errorf("train: step %d: exchange: %w", step, err)
+		}
+		for w, r := range reps {
+			if err := r.opt.Apply(step, r.params, r.out); err != nil {
+				return res, fmt.Errorf("train: worker %d step %d: optimizer: %w", w, step, err)
+			}
+		}
+		if cfg.CheckReplicas {
+			if err := sameParams(reps[0].params, func(yield func(int, [][]float32) bool) {
+				for w := 1; w < n; w++ {
+					if !yield(w, reps[w].params) {
+						return
+					}
+				}
+			}); err != nil {
+				return res, fmt.Errorf("step %d: %w", step, err)
+			}
+		}
+		rec := Record{Step: step, Loss: loss, Stats: st}
+		tot.TotalWireBytes += st.WireBytes
+		tot.TotalDenseBytes += st.DenseBytes
+		tot.TotalPayloadBytes += st.PayloadBytes
+		tot.TotalStepTime += st.StepTime
+		rec.TotalWireBytes, rec.TotalDenseBytes, rec.TotalPayloadBytes, rec.TotalStepTime =
+			tot.TotalWireBytes, tot.TotalDenseBytes, tot.TotalPayloadBytes, tot.TotalStepTime
+		last := step == cfg.Steps-1
+		if last || (cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0) {
+			idx := evalIdx
+			if last {
+				idx = nil
+			}
+			met, err := reps[0].model.Evaluate(task.Test, idx)
+			if err != nil {
+				return res, err
+			}
+			rec.Evaluated, rec.TestLoss, rec.Accuracy = true, met.Loss, met.Accuracy
+			if last {
+				res.Final = met
+			}
+		}
+		rec.Wall, rec.Compute = time.Since(t0), compute
+		res.Records = append(res.Records, rec)
+		res.Last = rec
+		if onStep != nil {
+			onStep(rec)
+		}
+		if step%100 == 0 || last {
+			log.Debug("step", "exchanger", ex.Name(), "step", step, "loss", loss, "wire_bytes", st.WireBytes, "saved", st.Ratio())
+		}
+	}
+	return res, nil
+}
+
+func sameParams(ref [][]float32, others func(yield func(int, [][]float32) bool)) error {
+	for w, ps := range others {
+		for l := range ref {
+			for j, v := range ref[l] {
+				if math.Float32bits(ps[l][j]) != math.Float32bits(v) {
+					return fmt.Errorf("%w: worker %d layer %d element %d: %g vs %g", ErrReplicaMismatch, w, l, j, ps[l][j], v)
+				}
+			}
+		}
+	}
+	return nil
+}
