@@ -1,0 +1,163 @@
+package sim
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+	"gopkg.in/yaml.v3"
+)
+
+// Calibration holds measured compute throughputs, as written by
+// `slimgrad bench` and read by the simulator's compute model.
+//
+// Throughput maps a compute function to the float32 input it processes per
+// second, in bytes (4 bytes per element). Keys are allreduce.Fn names
+// ("reduce", "copy", "scale", "encode", "decode", "decode-add", "server",
+// "ortho", "project"), optionally qualified by a compressor recipe, e.g.
+// "encode/topk:0.001": a qualified key wins when Options.Recipe matches it.
+// Missing keys fall back to DefaultCalibration.
+//
+// The file is JSON (.json) or YAML (.yaml, .yml) with the same field names:
+//
+//	{"host": "...", "throughput": {"reduce": 8e9, "encode/topk:0.001": 6e8}, "overhead_s": 2e-6}
+type Calibration struct {
+	Host       string             `json:"host,omitempty" yaml:"host,omitempty"`
+	Date       string             `json:"date,omitempty" yaml:"date,omitempty"`
+	Throughput map[string]float64 `json:"throughput" yaml:"throughput"`
+	// Overhead is a fixed cost per compute op in seconds (dispatch, cache
+	// misses); it is not scaled by node speed.
+	Overhead float64 `json:"overhead_s,omitempty" yaml:"overhead_s,omitempty"`
+}
+
+// DefaultCalibration returns conservative single-core throughputs for a
+// current x86 server, used for any function a calibration file lacks:
+// element-wise reduce/copy/scale near memory bandwidth, fp16-style encode and
+// decode a little slower, the heavier codec steps (server, orthogonalize,
+// project) slower still.
+func DefaultCalibration() *Calibration {
+	return &Calibration{
+		Host: "default",
+		Throughput: map[string]float64{
+			"reduce":     6e9,
+			"copy":       10e9,
+			"scale":      8e9,
+			"encode":     3e9,
+			"decode":     4e9,
+			"decode-add": 3e9,
+			"server":     2e9,
+			"ortho":      1e9,
+			"project":    2e9,
+		},
+		Overhead: 1e-6,
+	}
+}
+
+// LoadCalibration reads a calibration file (JSON or YAML by extension).
+func LoadCalibration(path string) (*Calibration, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("sim: calibration: %w", err)
+	}
+	c := &Calibration{}
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".yaml", ".yml":
+		err = yaml.Unmarshal(data, c)
+	default:
+		err = json.Unmarshal(data, c)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sim: calibration %s: %w", path, err)
+	}
+	for k, v := range c.Throughput {
+		if !(v > 0) {
+			return nil, fmt.Errorf("sim: calibration %s: throughput %q must be positive, have %g", path, k, v)
+		}
+	}
+	if c.Overhead < 0 {
+		return nil, fmt.Errorf("sim: calibration %s: negative overhead", path)
+	}
+	return c, nil
+}
+
+// Save writes c to path as JSON, or YAML if path ends in .yaml or .yml.
+func (c *Calibration) Save(path string) error {
+	var data []byte
+	var err error
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".yaml", ".yml":
+		data, err = yaml.Marshal(c)
+	default:
+		data, err = json.MarshalIndent(c, "", "  ")
+		data = append(data, '\n')
+	}
+	if err != nil {
+		return fmt.Errorf("sim: calibration: %w", err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return fmt.Errorf("sim: calibration: %w", err)
+	}
+	return nil
+}
+
+// Category is what a compute op's time counts as in a Result.
+type Category uint8
+
+const (
+	CatCompute  Category = iota // reduce, copy, scale
+	CatCompress                 // encode, decode, decode-add, server, ortho, project
+	CatNone                     // barrier and none: free
+)
+
+func fnCategory(f allreduce.Fn) Category {
+	switch f {
+	case allreduce.FnReduce, allreduce.FnCopy, allreduce.FnScale:
+		return CatCompute
+	case allreduce.FnNone, allreduce.FnBarrier:
+		return CatNone
+	}
+	return CatCompress
+}
+
+// costTable is the resolved seconds-per-element for each Fn.
+type costTable struct {
+	secPerElem [16]float64
+	overhead   float64
+}
+
+func (c *Calibration) table(recipe string, free bool) costTable {
+	var t costTable
+	if free {
+		return t
+	}
+	def := DefaultCalibration()
+	for f := allreduce.Fn(0); f < 16; f++ {
+		if fnCategory(f) == CatNone {
+			continue
+		}
+		name := f.String()
+		thr := 0.0
+		if c != nil && recipe != "" {
+			thr = c.Throughput[name+"/"+recipe]
+		}
+		if thr == 0 && c != nil {
+			thr = c.Throughput[name]
+		}
+		if thr == 0 {
+			thr = def.Throughput[name]
+		}
+		if thr == 0 {
+			thr = def.Throughput["encode"]
+		}
+		t.secPerElem[f] = 4 / thr
+	}
+	if c != nil {
+		t.overhead = c.Overhead
+	} else {
+		t.overhead = def.Overhead
+	}
+	return t
+}

@@ -1,0 +1,130 @@
+package sim
+
+import (
+	"context"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+)
+
+func near(a, b, rel float64) bool { return math.Abs(a-b) <= rel*math.Abs(b) }
+
+// addFlow adds a flow over the given links.
+func addFlow(nw *network, now float64, size float64, links ...int32) int32 {
+	var l [maxPath]int32
+	copy(l[:], links)
+	return nw.add(now, &l, len(links), size)
+}
+
+func TestMaxMinTwoFlowsOneLink(t *testing.T) {
+	nw := newNetwork([]float64{100, 1000, 1000})
+	a := addFlow(nw, 0, 1e3, 0, 1)
+	b := addFlow(nw, 0, 1e3, 0, 2)
+	nw.settle(0)
+	if ra, rb := nw.flows[a].rate, nw.flows[b].rate; ra != 50 || rb != 50 {
+		t.Fatalf("rates %v %v, want 50 each", ra, rb)
+	}
+	// After a finishes, b gets the whole link.
+	nw.changed = nw.changed[:0]
+	nw.remove(20, a)
+	nw.settle(20)
+	if rb := nw.flows[b].rate; rb != 100 {
+		t.Fatalf("rate after removal %v, want 100", rb)
+	}
+	if len(nw.changed) != 1 || nw.changed[0] != b {
+		t.Fatalf("changed %v", nw.changed)
+	}
+	if rem := nw.flows[b].remaining; rem != 1e3-50*20 {
+		t.Fatalf("remaining %v", rem)
+	}
+}
+
+// TestMaxMinTextbook is the example of Bertsekas & Gallager, Data Networks,
+// §6.5.2: link L1 (capacity 1) carries sessions 0, 1, 2 and link L2
+// (capacity 1) carries sessions 0 and 3. The max-min fair rates are 1/3 for
+// sessions 0-2 and 2/3 for session 3.
+func TestMaxMinTextbook(t *testing.T) {
+	nw := newNetwork([]float64{1, 1, 10, 10, 10, 10})
+	f := []int32{
+		addFlow(nw, 0, 1, 0, 1),
+		addFlow(nw, 0, 1, 0, 2),
+		addFlow(nw, 0, 1, 0, 3),
+		addFlow(nw, 0, 1, 1, 4),
+	}
+	nw.settle(0)
+	want := []float64{1.0 / 3, 1.0 / 3, 1.0 / 3, 2.0 / 3}
+	for i, id := range f {
+		if r := nw.flows[id].rate; !near(r, want[i], 1e-12) {
+			t.Errorf("session %d rate %v, want %v", i, r, want[i])
+		}
+	}
+	// A second classic shape: link A (10) shared by x, y, z; link B (4)
+	// shared by z and w. B is the bottleneck: z = w = 2; x = y = 4.
+	nw = newNetwork([]float64{10, 4})
+	x := addFlow(nw, 0, 1, 0)
+	y := addFlow(nw, 0, 1, 0)
+	z := addFlow(nw, 0, 1, 0, 1)
+	w := addFlow(nw, 0, 1, 1)
+	nw.settle(0)
+	for _, c := range []struct {
+		id   int32
+		want float64
+	}{{x, 4}, {y, 4}, {z, 2}, {w, 2}} {
+		if r := nw.flows[c.id].rate; !near(r, c.want, 1e-12) {
+			t.Errorf("flow %d rate %v, want %v", c.id, r, c.want)
+		}
+	}
+}
+
+// TestSettleLocal checks that a change only touches the flows connected to
+// it: a flow on disjoint links keeps its rate and is not rescheduled.
+func TestSettleLocal(t *testing.T) {
+	nw := newNetwork([]float64{10, 10, 10, 10})
+	a := addFlow(nw, 0, 100, 0, 1)
+	b := addFlow(nw, 0, 100, 2, 3)
+	nw.settle(0)
+	nw.changed = nw.changed[:0]
+	c := addFlow(nw, 1, 100, 1)
+	nw.settle(1)
+	if len(nw.changed) != 2 || nw.flows[b].rate != 10 || nw.flows[a].rate != 5 || nw.flows[c].rate != 5 {
+		t.Fatalf("changed %v rates %v %v %v", nw.changed, nw.flows[a].rate, nw.flows[b].rate, nw.flows[c].rate)
+	}
+	if len(nw.compFlows) != 2 {
+		t.Fatalf("component had %d flows, want 2", len(nw.compFlows))
+	}
+}
+
+// TestRunSharedDownlink: two ranks send to a third at the same time; the
+// receiver's downlink is shared, so each message takes twice as long.
+func TestRunSharedDownlink(t *testing.T) {
+	const S = 1 << 20
+	mk := func(r int) *allreduce.Program {
+		p := &allreduce.Program{Name: "fanin", Rank: r, World: 3, Layout: allreduce.EvenLayout(S/4, 1)}
+		if r < 2 {
+			p.Ops = []allreduce.Op{{Kind: allreduce.Send, Peer: 2, Chunk: -1, Bytes: S, Deps: [2]int32{-1, -1}}}
+		} else {
+			p.Ops = []allreduce.Op{
+				{Kind: allreduce.Recv, Peer: 0, Chunk: -1, Bytes: S, Deps: [2]int32{-1, -1}},
+				{Kind: allreduce.Recv, Peer: 1, Chunk: -1, Bytes: S, Deps: [2]int32{-1, -1}},
+			}
+		}
+		return p
+	}
+	topo := Homogeneous(3, 10*Gbps, 10*time.Microsecond)
+	res, err := Run(context.Background(), topo, []Collective{{Programs: []*allreduce.Program{mk(0), mk(1), mk(2)}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 2*S/float64(10*Gbps) + 10e-6
+	if !near(res.Time, want, 1e-9) {
+		t.Fatalf("time %v, want %v", res.Time, want)
+	}
+	if b := res.Links[5].Bytes; b != 2*S { // n2.down
+		t.Errorf("n2.down carried %v bytes", b)
+	}
+	if res.Links[5].Name != "n2.down" || !near(res.Links[5].Busy, 2*S/float64(10*Gbps), 1e-9) {
+		t.Errorf("link stats %+v", res.Links[5])
+	}
+}

@@ -1,0 +1,637 @@
+// Package sim runs allreduce programs in virtual time over a simulated
+// cluster: a topology of nodes, racks and WAN links (Topology, loadable from
+// YAML), a flow-level network in which every message gets a max-min fair
+// share of each link it crosses, and a compute model calibrated from
+// measured throughputs (Calibration).
+//
+// The driver steps the same allreduce.Machine as the real worker: one
+// Machine per rank and collective, one goroutine, an event queue ordered by
+// (virtual time, sequence), a seeded random source. It is deterministic:
+// the same programs, topology and options give the same Result and trace.
+//
+// Two modes: size-only (no data; message sizes from Op.Bytes, or from
+// Options.SizeHint for data-dependent messages), cheap enough for thousands
+// of ranks; and payload mode (Collective.Executors set), in which each
+// rank's real Executor encodes, reduces and decodes, so sizes and results
+// are real.
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+)
+
+// Collective is one collective operation of a step: a program per rank.
+type Collective struct {
+	// Name labels the collective in results (e.g. a layer name).
+	Name string
+	// Programs holds rank r's program at index r; all have the same World.
+	Programs []*allreduce.Program
+	// Executors, if not nil, holds rank r's executor at index r (payload
+	// mode): Send sizes are the real payloads and Recv ops deliver them.
+	// If nil the collective runs size-only.
+	Executors []allreduce.Executor
+	// Start is the virtual time (seconds) at which the collective may start,
+	// e.g. when backpropagation has produced its gradients.
+	Start float64
+}
+
+// Options tunes a simulation. The zero value (or nil) is valid.
+type Options struct {
+	// Placement maps rank r to node Placement[r]; nil is the identity.
+	// Several ranks may share a node (and its links).
+	Placement []int
+	// Calibration gives compute throughputs; nil uses DefaultCalibration.
+	Calibration *Calibration
+	// Recipe selects recipe-qualified calibration keys ("encode/topk:0.001").
+	Recipe string
+	// FreeCompute makes every compute op take zero time (pure network runs).
+	FreeCompute bool
+	// SizeHint gives the size in bytes of a size-only message whose planned
+	// Op.Bytes is -1 (data-dependent). Required if such messages occur.
+	SizeHint func(coll, rank int, op *allreduce.Op) int64
+	// Seed seeds the random source used for jitter.
+	Seed uint64
+	// LatencyJitter adds a uniform random fraction in [0, LatencyJitter) of
+	// each message's latency; ComputeJitter does the same for compute ops.
+	LatencyJitter, ComputeJitter float64
+	// Trace, if not nil, records every event.
+	Trace *Trace
+}
+
+// Result is what a simulation measured. Times are virtual seconds.
+type Result struct {
+	// Time is when the last rank finished its last collective.
+	Time float64
+	// Compute, Compress and Communicate split Time on the rank that finished
+	// last: time its compute engine spent on reduce/copy/scale, on codec work
+	// (encode, decode, server, ...), and the rest (sending, waiting for
+	// messages). They sum to Time.
+	Compute, Compress, Communicate float64
+	// Critical is the rank that finished last.
+	Critical int
+	// Ranks holds per-rank statistics.
+	Ranks []RankStats
+	// Collectives holds per-collective statistics, in input order.
+	Collectives []CollectiveStats
+	// Links holds per-link statistics, indexed by link id (see
+	// Topology.LinkName); links that carried nothing are included.
+	Links []LinkStats
+	// Bytes is the total size of all messages; Messages their count.
+	Bytes    int64
+	Messages int64
+	// Events is the number of events processed.
+	Events int64
+}
+
+// RankStats is one rank's share of a Result.
+type RankStats struct {
+	Finish             float64 // when its last collective finished
+	Compute, Compress  float64 // compute-engine busy time by category
+	BytesSent, BytesIn int64
+}
+
+// CollectiveStats is one collective's share of a Result.
+type CollectiveStats struct {
+	Name   string
+	Finish float64 // when its last rank finished it
+	Bytes  int64   // message bytes
+}
+
+// LinkStats is one link's share of a Result.
+type LinkStats struct {
+	Name  string
+	Bytes float64 // bytes carried
+	Busy  float64 // seconds during which at least one flow crossed it
+}
+
+// Errors returned by Run.
+var (
+	ErrDeadlock = errors.New("sim: deadlock")
+	ErrProgram  = errors.New("sim: bad program")
+)
+
+// recv op flags
+const (
+	flPosted  uint8 = 1
+	flArrived uint8 = 2
+)
+
+type machine struct {
+	m     allreduce.Machine
+	prog  *allreduce.Program
+	exec  allreduce.Executor
+	coll  int32
+	rank  int32
+	node  int32
+	flags []uint8
+	recvK []uint64 // sorted keys peer<<32|msg of recv ops
+	recvI []int32  // op index for recvK
+}
+
+type rankState struct {
+	busy    bool
+	queue   []int64 // pending compute ops: g<<32 | op
+	head    int
+	compute float64
+	compres float64
+	finish  float64
+	sent    int64
+	recvd   int64
+	left    int // collectives not finished
+	node    int32
+}
+
+type driver struct {
+	topo   *Topology
+	opts   *Options
+	colls  []Collective
+	world  int
+	ms     []machine
+	ranks  []rankState
+	net    *network
+	h      eventHeap
+	now    float64
+	costs  costTable
+	rng    *rand.Rand
+	scr    []int32
+	res    *Result
+	pay    map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
+	trace  *Trace
+	cfin   []float64
+	cbytes []int64
+	cleft  []int
+}
+
+// Run simulates collectives on topo and returns what they cost. All
+// collectives must have the same world size, at most len(topo.Nodes) unless
+// Options.Placement maps ranks onto shared nodes. Collectives run
+// concurrently from their Start times; each rank has one compute engine
+// that runs its compute ops in the order they become ready, and shares its
+// node's links with everything else.
+//
+// Run validates topo. It returns an error wrapping ErrProgram for programs
+// that do not fit together (a Send without a matching Recv, mismatched
+// sizes), ErrDeadlock if ranks wait forever, an executor's error in payload
+// mode, or ctx.Err() if ctx is cancelled.
+func Run(ctx context.Context, topo *Topology, colls []Collective, opts *Options) (*Result, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	if err := topo.Validate(); err != nil {
+		return nil, err
+	}
+	if len(colls) == 0 {
+		return &Result{}, nil
+	}
+	d := &driver{topo: topo, opts: opts, colls: colls, trace: opts.Trace}
+	if err := d.setup(); err != nil {
+		return nil, err
+	}
+	if err := d.loop(ctx); err != nil {
+		return nil, err
+	}
+	return d.finish(), nil
+}
+
+func (d *driver) setup() error {
+	world := len(d.colls[0].Programs)
+	d.world = world
+	if world == 0 {
+		return fmt.Errorf("%w: collective %q has no programs", ErrProgram, d.colls[0].Name)
+	}
+	pl := d.opts.Placement
+	if pl != nil && len(pl) < world {
+		return fmt.Errorf("sim: placement has %d entries for %d ranks", len(pl), world)
+	}
+	if pl == nil && world > len(d.topo.Nodes) {
+		return fmt.Errorf("sim: %d ranks but the topology has %d nodes", world, len(d.topo.Nodes))
+	}
+	d.ranks = make([]rankState, world)
+	for r := range d.ranks {
+		n := r
+		if pl != nil {
+			n = pl[r]
+			if n < 0 || n >= len(d.topo.Nodes) {
+				return fmt.Errorf("sim: placement of rank %d: node %d out of range", r, n)
+			}
+		}
+		d.ranks[r].node = int32(n)
+		d.ranks[r].left = len(d.colls)
+	}
+	if len(d.colls)*world > math.MaxInt32 {
+		return fmt.Errorf("sim: too many machines")
+	}
+	d.ms = make([]machine, len(d.colls)*world)
+	d.cfin = make([]float64, len(d.colls))
+	d.cbytes = make([]int64, len(d.colls))
+	d.cleft = make([]int, len(d.colls))
+	for c, col := range d.colls {
+		if len(col.Programs) != world {
+			return fmt.Errorf("%w: collective %d (%s) has %d programs, collective 0 has %d", ErrProgram, c, col.Name, len(col.Programs), world)
+		}
+		if col.Executors != nil && len(col.Executors) != world {
+			return fmt.Errorf("%w: collective %d (%s) has %d executors for %d ranks", ErrProgram, c, col.Name, len(col.Executors), world)
+		}
+		if col.Executors != nil && d.pay == nil {
+			d.pay = map[int64][]byte{}
+		}
+		d.cleft[c] = world
+		for r, p := range col.Programs {
+			if p == nil || p.World != world || p.Rank != r {
+				return fmt.Errorf("%w: collective %d (%s): program %d is not rank %d of %d", ErrProgram, c, col.Name, r, r, world)
+			}
+			ms := &d.ms[c*world+r]
+			ms.prog, ms.coll, ms.rank, ms.node = p, int32(c), int32(r), d.ranks[r].node
+			if col.Executors != nil {
+				ms.exec = col.Executors[r]
+			}
+			if err := ms.m.Reset(p); err != nil {
+				return fmt.Errorf("%w: %w", ErrProgram, err)
+			}
+			ms.flags = make([]uint8, len(p.Ops))
+			nr := 0
+			for i := range p.Ops {
+				if p.Ops[i].Kind == allreduce.Recv {
+					nr++
+				}
+			}
+			ms.recvK = make([]uint64, 0, nr)
+			ms.recvI = make([]int32, 0, nr)
+			sorted := true
+			for i := range p.Ops {
+				o := &p.Ops[i]
+				if o.Kind != allreduce.Recv {
+					continue
+				}
+				if o.Peer < 0 || int(o.Peer) >= world || o.Peer == int32(r) {
+					return fmt.Errorf("%w: collective %d rank %d op %d: recv from %d", ErrProgram, c, r, i, o.Peer)
+				}
+				k := uint64(o.Peer)<<32 | uint64(uint32(o.Msg))
+				if n := len(ms.recvK); n > 0 && ms.recvK[n-1] >= k {
+					sorted = false
+				}
+				ms.recvK = append(ms.recvK, k)
+				ms.recvI = append(ms.recvI, int32(i))
+			}
+			if !sorted {
+				idx := make([]int, len(ms.recvK))
+				for i := range idx {
+					idx[i] = i
+				}
+				slices.SortFunc(idx, func(a, b int) int {
+					if ms.recvK[a] < ms.recvK[b] {
+						return -1
+					}
+					if ms.recvK[a] > ms.recvK[b] {
+						return 1
+					}
+					return 0
+				})
+				k2 := make([]uint64, len(idx))
+				i2 := make([]int32, len(idx))
+				for j, i := range idx {
+					k2[j], i2[j] = ms.recvK[i], ms.recvI[i]
+				}
+				ms.recvK, ms.recvI = k2, i2
+				for j := 1; j < len(k2); j++ {
+					if k2[j] == k2[j-1] {
+						return fmt.Errorf("%w: collective %d rank %d: two recvs of message #%d from %d", ErrProgram, c, r, uint32(k2[j]), k2[j]>>32)
+					}
+				}
+			}
+		}
+	}
+	caps := make([]float64, d.topo.NumLinks())
+	for i := range caps {
+		caps[i] = d.topo.linkCap(i)
+	}
+	d.net = newNetwork(caps)
+	d.costs = d.opts.Calibration.table(d.opts.Recipe, d.opts.FreeCompute)
+	if d.opts.Calibration == nil && !d.opts.FreeCompute {
+		d.costs = DefaultCalibration().table(d.opts.Recipe, false)
+	}
+	d.rng = rand.New(rand.NewPCG(d.opts.Seed, d.opts.Seed^0x9e3779b97f4a7c15))
+	d.res = &Result{}
+	d.h.ev = make([]event, 0, 4*world)
+	return nil
+}
+
+func (d *driver) loop(ctx context.Context) error {
+	for c := range d.colls {
+		d.h.push(event{t: d.colls[c].Start, kind: evStart, g: int32(c)})
+	}
+	var n int64
+	for {
+		if n&4095 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		if len(d.net.dirty) > 0 && (d.h.len() == 0 || d.h.top().t > d.now) {
+			d.settle()
+			continue
+		}
+		if d.h.len() == 0 {
+			break
+		}
+		ev := d.h.pop()
+		d.now = ev.t
+		n++
+		var err error
+		switch ev.kind {
+		case evStart:
+			for r := 0; r < d.world && err == nil; r++ {
+				err = d.pump(ev.g*int32(d.world) + int32(r))
+			}
+		case evFlowEnd:
+			err = d.flowEnd(ev.g, ev.x)
+		case evArrive:
+			err = d.arrive(ev.g, ev.op)
+		case evComputeEnd:
+			err = d.computeEnd(ev.g, ev.op)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	d.res.Events = n
+	for g := range d.ms {
+		if !d.ms[g].m.Finished() {
+			ms := &d.ms[g]
+			return fmt.Errorf("%w: collective %d (%s) rank %d stuck with %d of %d ops left at t=%gs", ErrDeadlock, ms.coll, d.colls[ms.coll].Name, ms.rank, ms.m.Remaining(), len(ms.prog.Ops), d.now)
+		}
+	}
+	return nil
+}
+
+func (d *driver) settle() {
+	nw := d.net
+	nw.settle(d.now)
+	for _, id := range nw.changed {
+		f := &nw.flows[id]
+		if !f.active {
+			continue
+		}
+		f.ver++
+		d.h.push(event{t: nw.endTime(id), kind: evFlowEnd, g: id, x: f.ver})
+	}
+	nw.changed = nw.changed[:0]
+}
+
+// pump starts every ready op of machine g.
+func (d *driver) pump(g int32) error {
+	ms := &d.ms[g]
+	for {
+		d.scr = ms.m.Ready(d.scr[:0])
+		if len(d.scr) == 0 {
+			break
+		}
+		for _, i := range d.scr {
+			op := &ms.prog.Ops[i]
+			switch op.Kind {
+			case allreduce.Send:
+				if err := d.send(g, ms, i, op); err != nil {
+					return err
+				}
+			case allreduce.Recv:
+				ms.flags[i] |= flPosted
+				if ms.flags[i]&flArrived != 0 {
+					if err := d.completeRecv(g, ms, i); err != nil {
+						return err
+					}
+				}
+			case allreduce.Compute:
+				if err := d.compute(g, ms, i, op); err != nil {
+					return err
+				}
+			default:
+				return fmt.Errorf("%w: collective %d rank %d op %d: kind %v", ErrProgram, ms.coll, ms.rank, i, op.Kind)
+			}
+		}
+	}
+	if ms.m.Finished() {
+		d.machineDone(ms)
+	}
+	return nil
+}
+
+func (d *driver) machineDone(ms *machine) {
+	rs := &d.ranks[ms.rank]
+	rs.left--
+	if d.now > rs.finish {
+		rs.finish = d.now
+	}
+	c := ms.coll
+	d.cleft[c]--
+	if d.now > d.cfin[c] {
+		d.cfin[c] = d.now
+	}
+	d.trace.add(d.now, TraceDone, ms.coll, ms.rank, -1, -1, 0)
+}
+
+func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
+	peer := op.Peer
+	if peer < 0 || int(peer) >= d.world || peer == ms.rank {
+		return fmt.Errorf("%w: collective %d rank %d op %d: send to %d", ErrProgram, ms.coll, ms.rank, i, peer)
+	}
+	dg := ms.coll*int32(d.world) + peer
+	dm := &d.ms[dg]
+	key := uint64(ms.rank)<<32 | uint64(uint32(op.Msg))
+	j, ok := slices.BinarySearch(dm.recvK, key)
+	if !ok {
+		return fmt.Errorf("%w: collective %d rank %d op %d: send #%d to %d has no matching recv", ErrProgram, ms.coll, ms.rank, i, op.Msg, peer)
+	}
+	dop := dm.recvI[j]
+	var size int64
+	if ms.exec != nil {
+		p, err := ms.exec.Payload(op)
+		if err != nil {
+			return fmt.Errorf("sim: collective %d rank %d op %d: payload: %w", ms.coll, ms.rank, i, err)
+		}
+		size = int64(len(p))
+		d.pay[int64(dg)<<32|int64(dop)] = append([]byte(nil), p...)
+	} else {
+		size = op.Bytes
+		if size < 0 {
+			if d.opts.SizeHint == nil {
+				return fmt.Errorf("%w: collective %d rank %d op %d: data-dependent message size and no SizeHint", ErrProgram, ms.coll, ms.rank, i)
+			}
+			size = d.opts.SizeHint(int(ms.coll), int(ms.rank), op)
+			if size < 0 {
+				return fmt.Errorf("%w: collective %d rank %d op %d: SizeHint returned %d", ErrProgram, ms.coll, ms.rank, i, size)
+			}
+		} else if rb := dm.prog.Ops[dop].Bytes; rb >= 0 && rb != size {
+			return fmt.Errorf("%w: collective %d: rank %d sends %d bytes as #%d to %d, which expects %d", ErrProgram, ms.coll, ms.rank, size, op.Msg, peer, rb)
+		}
+	}
+	var links [maxPath]int32
+	n := d.topo.route(int(ms.node), int(dm.node), &links)
+	id := d.net.add(d.now, &links, n, float64(size))
+	f := &d.net.flows[id]
+	f.g, f.op, f.dg, f.dop = g, i, dg, dop
+	lat := d.topo.PairLatency(int(ms.node), int(dm.node)).Seconds()
+	if d.opts.LatencyJitter > 0 {
+		lat += lat * d.opts.LatencyJitter * d.rng.Float64()
+	}
+	f.lat = lat
+	rs := &d.ranks[ms.rank]
+	rs.sent += size
+	d.ranks[peer].recvd += size
+	d.res.Bytes += size
+	d.res.Messages++
+	d.cbytes[ms.coll] += size
+	d.trace.add(d.now, TraceSend, ms.coll, ms.rank, i, peer, size)
+	return nil
+}
+
+func (d *driver) flowEnd(id int32, ver uint32) error {
+	f := &d.net.flows[id]
+	if !f.active || f.ver != ver {
+		return nil // superseded by a rate change
+	}
+	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
+	d.net.remove(d.now, id)
+	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop})
+	ms := &d.ms[g]
+	d.trace.add(d.now, TraceSent, ms.coll, ms.rank, op, -1, 0)
+	if err := ms.m.Done(op); err != nil {
+		return err
+	}
+	return d.pump(g)
+}
+
+func (d *driver) arrive(g, op int32) error {
+	ms := &d.ms[g]
+	ms.flags[op] |= flArrived
+	d.trace.add(d.now, TraceArrive, ms.coll, ms.rank, op, -1, 0)
+	if ms.flags[op]&flPosted == 0 {
+		return nil
+	}
+	if err := d.completeRecv(g, ms, op); err != nil {
+		return err
+	}
+	return d.pump(g)
+}
+
+// completeRecv finishes a Recv that is both posted and arrived; the caller
+// pumps.
+func (d *driver) completeRecv(g int32, ms *machine, op int32) error {
+	if ms.exec != nil {
+		k := int64(g)<<32 | int64(op)
+		b := d.pay[k]
+		delete(d.pay, k)
+		if err := ms.exec.Deliver(&ms.prog.Ops[op], b); err != nil {
+			return fmt.Errorf("sim: collective %d rank %d op %d: deliver: %w", ms.coll, ms.rank, op, err)
+		}
+	}
+	d.trace.add(d.now, TraceRecv, ms.coll, ms.rank, op, -1, 0)
+	return ms.m.Done(op)
+}
+
+func (d *driver) computeCost(ms *machine, op *allreduce.Op) float64 {
+	sec := d.costs.secPerElem[op.Fn&15]
+	if sec == 0 {
+		return 0
+	}
+	el := op.Bytes
+	if el < 0 {
+		lo, hi := ms.prog.Layout.Bounds(int(op.Chunk))
+		el = int64(hi - lo)
+	}
+	speed := d.topo.Nodes[ms.node].Speed
+	if speed == 0 {
+		speed = 1
+	}
+	t := d.costs.overhead + float64(el)*sec/speed
+	if d.opts.ComputeJitter > 0 {
+		t += t * d.opts.ComputeJitter * d.rng.Float64()
+	}
+	return t
+}
+
+func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error {
+	if ms.exec != nil {
+		if err := ms.exec.Run(op); err != nil {
+			return fmt.Errorf("sim: collective %d rank %d op %d (%v): %w", ms.coll, ms.rank, i, op.Fn, err)
+		}
+	}
+	cat := fnCategory(op.Fn)
+	if cat == CatNone || d.costs.secPerElem[op.Fn&15] == 0 {
+		d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, i, -1, 0)
+		return ms.m.Done(i)
+	}
+	rs := &d.ranks[ms.rank]
+	if rs.busy {
+		rs.queue = append(rs.queue, int64(g)<<32|int64(i))
+		return nil
+	}
+	d.startCompute(rs, g, ms, i, op)
+	return nil
+}
+
+func (d *driver) startCompute(rs *rankState, g int32, ms *machine, i int32, op *allreduce.Op) {
+	t := d.computeCost(ms, op)
+	if fnCategory(op.Fn) == CatCompute {
+		rs.compute += t
+	} else {
+		rs.compres += t
+	}
+	rs.busy = true
+	d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, i, -1, 0)
+	d.h.push(event{t: d.now + t, kind: evComputeEnd, g: g, op: i})
+}
+
+func (d *driver) computeEnd(g, op int32) error {
+	ms := &d.ms[g]
+	rs := &d.ranks[ms.rank]
+	rs.busy = false
+	if rs.head < len(rs.queue) {
+		q := rs.queue[rs.head]
+		rs.head++
+		if rs.head == len(rs.queue) {
+			rs.queue, rs.head = rs.queue[:0], 0
+		}
+		ng, ni := int32(q>>32), int32(q)
+		nm := &d.ms[ng]
+		d.startCompute(rs, ng, nm, ni, &nm.prog.Ops[ni])
+	}
+	d.trace.add(d.now, TraceComputed, ms.coll, ms.rank, op, -1, 0)
+	if err := ms.m.Done(op); err != nil {
+		return err
+	}
+	return d.pump(g)
+}
+
+func (d *driver) finish() *Result {
+	res := d.res
+	res.Ranks = make([]RankStats, d.world)
+	for r := range d.ranks {
+		rs := &d.ranks[r]
+		res.Ranks[r] = RankStats{Finish: rs.finish, Compute: rs.compute, Compress: rs.compres, BytesSent: rs.sent, BytesIn: rs.recvd}
+		if rs.finish > res.Time || r == 0 {
+			res.Time, res.Critical = rs.finish, r
+		}
+	}
+	cr := res.Ranks[res.Critical]
+	res.Compute, res.Compress = cr.Compute, cr.Compress
+	res.Communicate = res.Time - cr.Compute - cr.Compress
+	if res.Communicate < 0 {
+		res.Communicate = 0
+	}
+	res.Collectives = make([]CollectiveStats, len(d.colls))
+	for c := range d.colls {
+		res.Collectives[c] = CollectiveStats{Name: d.colls[c].Name, Finish: d.cfin[c], Bytes: d.cbytes[c]}
+	}
+	res.Links = make([]LinkStats, len(d.net.caps))
+	for l := range res.Links {
+		res.Links[l] = LinkStats{Name: d.topo.LinkName(l), Bytes: d.net.linkBytes[l], Busy: d.net.linkBusy[l]}
+	}
+	return res
+}

@@ -1,0 +1,68 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+)
+
+func ringTime(p int, S, alpha, B float64) float64 {
+	return 2 * float64(p-1) * (alpha + S/float64(p)/B)
+}
+
+func TestRingFormulaTestDouble(t *testing.T) {
+	for _, p := range []int{2, 3, 8, 64} {
+		const elems = 1 << 20
+		progs := testRing(p, elems, 4)
+		topo := Homogeneous(p, 10*Gbps, 5*time.Microsecond)
+		res, err := Run(context.Background(), topo, []Collective{{Name: "ring", Programs: progs}}, &Options{FreeCompute: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := ringTime(p, 4*elems, 5e-6, float64(10*Gbps))
+		if !near(res.Time, want, 0.005) {
+			t.Errorf("p=%d: time %v, want %v (%.3f%%)", p, res.Time, want, 100*(res.Time/want-1))
+		}
+		if res.Compute != 0 || res.Compress != 0 || res.Communicate != res.Time {
+			t.Errorf("split %+v", res)
+		}
+	}
+}
+
+func TestRunErrors(t *testing.T) {
+	topo := Homogeneous(4, 10*Gbps, 0)
+	progs := testRing(4, 1000, 4)
+	// A send whose receiver expects a different size.
+	bad := *progs[1]
+	bad.Ops = append([]allreduce.Op(nil), progs[1].Ops...)
+	for i := range bad.Ops {
+		if bad.Ops[i].Kind == allreduce.Recv {
+			bad.Ops[i].Bytes++
+			break
+		}
+	}
+	_, err := Run(context.Background(), topo, []Collective{{Programs: []*allreduce.Program{progs[0], &bad, progs[2], progs[3]}}}, nil)
+	if !errors.Is(err, ErrProgram) {
+		t.Errorf("size mismatch: %v", err)
+	}
+	// A rank waiting for a message nobody sends.
+	stuck := *progs[2]
+	stuck.Ops = append(append([]allreduce.Op(nil), progs[2].Ops...), allreduce.Op{Kind: allreduce.Recv, Peer: 0, Msg: 99, Chunk: 0, Bytes: 4, Deps: [2]int32{-1, -1}})
+	_, err = Run(context.Background(), topo, []Collective{{Programs: []*allreduce.Program{progs[0], progs[1], &stuck, progs[3]}}}, nil)
+	if !errors.Is(err, ErrDeadlock) {
+		t.Errorf("deadlock: %v", err)
+	}
+	// Too many ranks for the topology.
+	_, err = Run(context.Background(), Homogeneous(2, Gbps, 0), []Collective{{Programs: progs}}, nil)
+	if err == nil {
+		t.Error("4 ranks on 2 nodes: no error")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err = Run(ctx, topo, []Collective{{Programs: progs}}, nil); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+}
