@@ -99,9 +99,9 @@ func (c *exactTopK) DecompressAdd(dst []float32, p []byte) error {
 	return nil
 }
 
-func (c *exactTopK) Len() int                              { return c.n }
+func (c *exactTopK) Len() int                             { return c.n }
 func (c *exactTopK) Aggregation() compressors.Aggregation { return compressors.Gather }
-func (c *exactTopK) String() string                        { return fmt.Sprintf("topk-double:%d", c.k) }
+func (c *exactTopK) String() string                       { return fmt.Sprintf("topk-double:%d", c.k) }
 
 // dense is a Reduce test double: raw little-endian float32.
 type dense struct{ n int }
@@ -128,6 +128,6 @@ func (c dense) DecompressAdd(dst []float32, p []byte) error {
 	}
 	return nil
 }
-func (c dense) Len() int                              { return c.n }
+func (c dense) Len() int                             { return c.n }
 func (c dense) Aggregation() compressors.Aggregation { return compressors.Reduce }
-func (c dense) String() string                        { return "none" }
+func (c dense) String() string                       { return "none" }
