@@ -1,0 +1,918 @@
+package libp2p
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+
+	"github.com/slimgrad/slimgrad/transport"
+)
+
+// Frame flags (see the package documentation).
+const (
+	flagData      uint8 = 0
+	flagHello     uint8 = 1
+	flagHelloAck  uint8 = 2
+	flagHeartbeat uint8 = 3
+	flagCredit    uint8 = 4
+)
+
+// ErrInvalidPeer is returned for a peer rank out of range or equal to the
+// caller's own rank.
+var ErrInvalidPeer = errors.New("libp2p: invalid peer rank")
+
+// Conn is one rank's endpoint of a group connected over libp2p. It
+// implements transport.Conn; see that interface for the contract. All
+// methods are safe for concurrent use.
+type Conn struct {
+	node  *Node
+	opts  Options
+	rank  int
+	size  int
+	proto protocol.ID
+	byID  map[peer.ID]int
+	links []*link // nil at c.rank
+
+	mu        sync.Mutex // guards isClosing and wg.Add
+	isClosing bool
+	closing   chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	wg        sync.WaitGroup
+}
+
+var _ transport.Conn = (*Conn)(nil)
+
+// link is the state shared with one peer.
+type link struct {
+	c    *Conn
+	rank int
+	id   peer.ID
+
+	// Outgoing stream: our frames to the peer; its credits come back on it.
+	wsem      chan struct{} // write lock; held by one writer at a time
+	hdr       [transport.FrameHeaderLen]byte
+	out       network.Stream // set once during Connect
+	lastWrite atomic.Int64   // unix nanos
+	acked     chan struct{}  // closed when the credit reader ends
+
+	cmu         sync.Mutex
+	limit       int64 // the peer's receive buffer bound
+	outstanding int64 // bytes sent and not yet credited back
+	cwake       chan struct{}
+	sendErr     error
+
+	// Incoming stream: the peer's frames; our credits go back on it.
+	in       network.Stream
+	inReady  chan struct{}
+	inWmu    sync.Mutex
+	lastRead atomic.Int64
+
+	mu            sync.Mutex
+	queues        map[uint64]*tagQueue
+	buffered      int64 // bytes (payload + headers) waiting for Recv
+	creditPending int64 // consumed bytes not yet credited back
+	err           error // terminal error once the link failed
+	dead          chan struct{}
+
+	sentPayload, sentWire, sentMsgs atomic.Int64
+	recvPayload, recvWire, recvMsgs atomic.Int64
+}
+
+type tagQueue struct {
+	msgs    [][]byte
+	head    int
+	wake    chan struct{} // closed on push; created by waiters
+	waiters int
+}
+
+// New starts a node and connects it to the group given by WithPeers. It is
+// Listen followed by Connect; on error nothing is left running.
+func New(ctx context.Context, opts ...Option) (*Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	n, err := listen(o)
+	if err != nil {
+		return nil, err
+	}
+	c, err := n.Connect(ctx, o.Rank, o.Peers)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Connect joins the group in which this node has the given rank; peers is
+// indexed by rank and peers[rank].ID must be the node's ID (its addresses
+// are ignored). Connect opens a stream to every peer (retrying while peers
+// start up) and waits for every peer's stream, until ctx ends or
+// Options.ConnectTimeout passes. The error then lists the peers that are
+// missing. On error the node is closed. Connect may be called once.
+func (n *Node) Connect(ctx context.Context, rank int, peers []Peer) (*Conn, error) {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil, transport.ErrClosed
+	}
+	if n.connected {
+		n.mu.Unlock()
+		return nil, errors.New("libp2p: node already connected")
+	}
+	n.connected = true
+	n.mu.Unlock()
+
+	c, err := n.newConn(rank, peers)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.opts.ConnectTimeout)
+	defer cancel()
+
+	errs := make([]error, c.size)
+	var dwg sync.WaitGroup
+	for _, l := range c.links {
+		if l == nil {
+			continue
+		}
+		dwg.Add(1)
+		go func() {
+			defer dwg.Done()
+			errs[l.rank] = c.dial(ctx, l)
+		}()
+	}
+	dwg.Wait()
+	for _, l := range c.links {
+		if l == nil || errs[l.rank] != nil {
+			continue
+		}
+		select {
+		case <-l.inReady:
+		case <-ctx.Done():
+			errs[l.rank] = fmt.Errorf("no stream from the peer: %w", ctx.Err())
+		}
+	}
+	var missing []error
+	for r, err := range errs {
+		if err != nil {
+			missing = append(missing, &transport.PeerError{Rank: r, Op: "connect", Err: err})
+		}
+	}
+	if len(missing) > 0 {
+		c.Close()
+		return nil, fmt.Errorf("libp2p: rank %d could not connect to %d of %d peers: %w",
+			rank, len(missing), c.size-1, errors.Join(missing...))
+	}
+	c.mu.Lock()
+	if !c.isClosing {
+		c.wg.Add(1)
+		go c.heartbeat()
+	}
+	c.mu.Unlock()
+	return c, nil
+}
+
+func (n *Node) newConn(rank int, peers []Peer) (*Conn, error) {
+	if len(peers) == 0 || rank < 0 || rank >= len(peers) {
+		return nil, fmt.Errorf("libp2p: rank %d out of range for %d peers", rank, len(peers))
+	}
+	if peers[rank].ID != n.host.ID() {
+		return nil, fmt.Errorf("libp2p: peers[%d] is %s, not this node (%s)", rank, peers[rank].ID, n.host.ID())
+	}
+	c := &Conn{
+		node:    n,
+		opts:    n.opts,
+		rank:    rank,
+		size:    len(peers),
+		proto:   n.protocol(),
+		byID:    make(map[peer.ID]int, len(peers)),
+		links:   make([]*link, len(peers)),
+		closing: make(chan struct{}),
+	}
+	var ids []peer.ID
+	for r, p := range peers {
+		if p.ID == "" {
+			return nil, fmt.Errorf("libp2p: peers[%d] has no ID", r)
+		}
+		if q, dup := c.byID[p.ID]; dup {
+			return nil, fmt.Errorf("libp2p: peers %d and %d have the same ID %s", q, r, p.ID)
+		}
+		c.byID[p.ID] = r
+		if r == rank {
+			continue
+		}
+		ids = append(ids, p.ID)
+		n.host.Peerstore().AddAddrs(p.ID, p.Addrs, peerstore.PermanentAddrTTL)
+		c.links[r] = &link{
+			c:       c,
+			rank:    r,
+			id:      p.ID,
+			wsem:    make(chan struct{}, 1),
+			acked:   make(chan struct{}),
+			inReady: make(chan struct{}),
+			queues:  map[uint64]*tagQueue{},
+			dead:    make(chan struct{}),
+		}
+	}
+	n.gater.allow(ids)
+	n.host.SetStreamHandler(c.proto, c.handleStream)
+	return c, nil
+}
+
+// Rank is this endpoint's rank.
+func (c *Conn) Rank() int { return c.rank }
+
+// Size is the number of ranks.
+func (c *Conn) Size() int { return c.size }
+
+// Node returns the node under the connection (for its ID and counters).
+func (c *Conn) Node() *Node { return c.node }
+
+func (c *Conn) link(peer int) (*link, error) {
+	if peer < 0 || peer >= c.size || peer == c.rank {
+		return nil, fmt.Errorf("%w: %d (rank %d of %d)", ErrInvalidPeer, peer, c.rank, c.size)
+	}
+	return c.links[peer], nil
+}
+
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// Send writes b to peer as one frame with tag. It waits only for credit
+// (the peer's receive buffer has room) and for its turn on the stream; it
+// does not wait for the peer's Recv. b may be reused when Send returns.
+//
+// Cancelling ctx while Send waits for credit or for the stream returns
+// ctx.Err() and leaves the link intact. Cancelling it while the frame is
+// being written resets the stream: the link to that peer is then unusable
+// (both sides report a *transport.PeerError) and Send returns an error
+// wrapping ctx.Err(). A payload above Options.MaxFrame is
+// transport.ErrTooLarge.
+func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
+	l, err := c.link(peer)
+	if err != nil {
+		return err
+	}
+	if c.isClosed() {
+		return transport.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(b) > c.opts.MaxFrame {
+		return &transport.PeerError{Rank: peer, Op: "send",
+			Err: fmt.Errorf("%w: %d bytes, limit %d", transport.ErrTooLarge, len(b), c.opts.MaxFrame)}
+	}
+	cost := int64(len(b)) + transport.FrameHeaderLen
+	if err := l.acquireCredit(ctx, cost); err != nil {
+		return err
+	}
+	select {
+	case l.wsem <- struct{}{}:
+	case <-ctx.Done():
+		l.returnCredit(cost)
+		return ctx.Err()
+	case <-c.closing:
+		return transport.ErrClosed
+	case <-l.dead:
+		return l.sendError()
+	}
+	defer func() { <-l.wsem }()
+	if c.isClosed() {
+		return transport.ErrClosed
+	}
+	if err := l.sendError(); err != nil {
+		return err
+	}
+	s := l.out
+	transport.PutFrameHeader(l.hdr[:], flagData, tag, b)
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { s.Reset() })
+	}
+	_, err = s.Write(l.hdr[:])
+	if err == nil && len(b) > 0 {
+		_, err = s.Write(b)
+	}
+	l.lastWrite.Store(time.Now().UnixNano())
+	if stop != nil && !stop() {
+		cause := fmt.Errorf("send cancelled mid-frame, stream reset: %w", ctx.Err())
+		l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, cause))
+		return &transport.PeerError{Rank: peer, Op: "send", Err: cause}
+	}
+	if err != nil {
+		if c.isClosed() {
+			return transport.ErrClosed
+		}
+		l.fail(fmt.Errorf("%w: write: %w", transport.ErrPeerDead, err))
+		return l.sendError()
+	}
+	l.sentMsgs.Add(1)
+	l.sentPayload.Add(int64(len(b)))
+	l.sentWire.Add(cost)
+	return nil
+}
+
+// Recv returns the next message from peer with tag, in the order the peer
+// sent them. The returned slice is owned by the caller. Messages that
+// arrived before the peer failed are still returned; after that Recv
+// returns a *transport.PeerError. Cancelling ctx returns ctx.Err() and
+// leaves the link intact.
+func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
+	l, err := c.link(peer)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		if c.isClosed() {
+			return nil, transport.ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		l.mu.Lock()
+		q := l.queues[tag]
+		if q != nil && q.head < len(q.msgs) {
+			m := q.msgs[q.head]
+			q.msgs[q.head] = nil
+			q.head++
+			if q.head == len(q.msgs) {
+				q.msgs, q.head = q.msgs[:0], 0
+				if q.waiters == 0 {
+					delete(l.queues, tag)
+				}
+			}
+			cost := int64(len(m)) + transport.FrameHeaderLen
+			l.buffered -= cost
+			l.creditPending += cost
+			var credit int64
+			if l.creditPending >= l.c.creditBatch() || l.buffered == 0 {
+				credit, l.creditPending = l.creditPending, 0
+			}
+			failed := l.err != nil
+			l.mu.Unlock()
+			l.recvMsgs.Add(1)
+			l.recvPayload.Add(int64(len(m)))
+			l.recvWire.Add(cost)
+			if credit > 0 && !failed {
+				l.sendCredit(credit)
+			}
+			return m, nil
+		}
+		if l.err != nil {
+			err := l.err
+			l.mu.Unlock()
+			return nil, &transport.PeerError{Rank: peer, Op: "recv", Err: err}
+		}
+		if q == nil {
+			q = &tagQueue{}
+			l.queues[tag] = q
+		}
+		if q.wake == nil {
+			q.wake = make(chan struct{})
+		}
+		wake := q.wake
+		q.waiters++
+		l.mu.Unlock()
+
+		select {
+		case <-wake:
+		case <-ctx.Done():
+		case <-c.closing:
+		}
+
+		l.mu.Lock()
+		q.waiters--
+		if q.waiters == 0 && q.head == len(q.msgs) && l.queues[tag] == q {
+			delete(l.queues, tag)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// Stats returns the byte counters per peer. Payload counts message bytes;
+// Wire adds the 24-byte frame header per message (heartbeats, credits and
+// handshakes are not counted). Received bytes are counted when Recv returns
+// them.
+func (c *Conn) Stats() transport.Stats {
+	s := transport.Stats{
+		SentPayload: make([]int64, c.size), SentWire: make([]int64, c.size),
+		RecvPayload: make([]int64, c.size), RecvWire: make([]int64, c.size),
+		SentMsgs: make([]int64, c.size), RecvMsgs: make([]int64, c.size),
+	}
+	for r, l := range c.links {
+		if l == nil {
+			continue
+		}
+		s.SentPayload[r], s.SentWire[r], s.SentMsgs[r] = l.sentPayload.Load(), l.sentWire.Load(), l.sentMsgs.Load()
+		s.RecvPayload[r], s.RecvWire[r], s.RecvMsgs[r] = l.recvPayload.Load(), l.recvWire.Load(), l.recvMsgs.Load()
+	}
+	return s
+}
+
+// Close tells every live peer that this rank is done (the peers then see
+// it as dead once they have received everything it sent), waits up to
+// Options.CloseTimeout for them to acknowledge, then resets every stream,
+// closes the host and waits for all its goroutines. Pending and later calls
+// return transport.ErrClosed. Close is idempotent.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.isClosing = true
+		close(c.closing)
+		c.mu.Unlock()
+
+		deadline := time.Now().Add(c.opts.CloseTimeout)
+		var gw sync.WaitGroup
+		for _, l := range c.links {
+			if l == nil {
+				continue
+			}
+			l.cmu.Lock()
+			out, failed := l.out, l.sendErr != nil
+			l.cmu.Unlock()
+			if out == nil || failed {
+				continue
+			}
+			gw.Add(1)
+			go func() {
+				defer gw.Done()
+				t := time.NewTimer(time.Until(deadline))
+				defer t.Stop()
+				select {
+				case l.wsem <- struct{}{}:
+				case <-t.C:
+					return
+				case <-l.dead:
+					return
+				}
+				err := out.CloseWrite()
+				<-l.wsem
+				if err != nil {
+					return
+				}
+				select {
+				case <-l.acked:
+				case <-t.C:
+				case <-l.dead:
+				}
+			}()
+		}
+		gw.Wait()
+		c.node.host.RemoveStreamHandler(c.proto)
+		for _, l := range c.links {
+			if l != nil {
+				l.resetStreams()
+			}
+		}
+		c.closeErr = c.node.Close()
+		c.wg.Wait()
+	})
+	return c.closeErr
+}
+
+// ---- link internals ----
+
+func (l *link) sendError() error {
+	l.cmu.Lock()
+	defer l.cmu.Unlock()
+	if l.sendErr == nil {
+		return nil
+	}
+	return &transport.PeerError{Rank: l.rank, Op: "send", Err: l.sendErr}
+}
+
+func (l *link) acquireCredit(ctx context.Context, cost int64) error {
+	for {
+		l.cmu.Lock()
+		if l.sendErr != nil {
+			err := l.sendErr
+			l.cmu.Unlock()
+			return &transport.PeerError{Rank: l.rank, Op: "send", Err: err}
+		}
+		if l.outstanding == 0 || l.outstanding+cost <= l.limit {
+			l.outstanding += cost
+			l.cmu.Unlock()
+			return nil
+		}
+		if l.cwake == nil {
+			l.cwake = make(chan struct{})
+		}
+		wake := l.cwake
+		l.cmu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-l.c.closing:
+			return transport.ErrClosed
+		}
+	}
+}
+
+// returnCredit gives back credit reserved for a frame that was not sent.
+func (l *link) returnCredit(n int64) {
+	l.cmu.Lock()
+	l.outstanding -= n
+	if l.cwake != nil {
+		close(l.cwake)
+		l.cwake = nil
+	}
+	l.cmu.Unlock()
+}
+
+// fail records the link's terminal error (the first one wins), wakes every
+// waiter and resets both streams.
+func (l *link) fail(cause error) {
+	l.mu.Lock()
+	if l.err != nil {
+		l.mu.Unlock()
+		return
+	}
+	l.err = cause
+	for _, q := range l.queues {
+		if q.wake != nil {
+			close(q.wake)
+			q.wake = nil
+		}
+	}
+	l.mu.Unlock()
+	l.cmu.Lock()
+	l.sendErr = cause
+	if l.cwake != nil {
+		close(l.cwake)
+		l.cwake = nil
+	}
+	l.cmu.Unlock()
+	close(l.dead)
+	l.resetStreams()
+}
+
+func (l *link) resetStreams() {
+	l.cmu.Lock()
+	out := l.out
+	l.cmu.Unlock()
+	l.mu.Lock()
+	in := l.in
+	l.mu.Unlock()
+	if out != nil {
+		out.Reset()
+	}
+	if in != nil {
+		in.Reset()
+	}
+}
+
+func (l *link) failed() bool {
+	select {
+	case <-l.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// sendCredit returns n bytes of credit to the peer on the incoming stream.
+func (l *link) sendCredit(n int64) {
+	var f [transport.FrameHeaderLen + 8]byte
+	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen:], uint64(n))
+	transport.PutFrameHeader(f[:], flagCredit, 0, f[transport.FrameHeaderLen:])
+	l.inWmu.Lock()
+	defer l.inWmu.Unlock()
+	l.in.SetWriteDeadline(time.Now().Add(l.c.opts.PeerTimeout))
+	_, err := l.in.Write(f[:])
+	l.in.SetWriteDeadline(time.Time{})
+	if err != nil && !l.c.isClosed() {
+		l.fail(fmt.Errorf("%w: writing credit: %w", transport.ErrPeerDead, err))
+	}
+}
+
+// creditBatch: credits are returned once a quarter of the buffer has been
+// consumed, or when the buffer is empty.
+func (c *Conn) creditBatch() int64 { return int64(c.opts.MaxBuffered) / 4 }
+
+// ---- connection setup ----
+
+// dial opens the outgoing stream to l's peer, retrying until ctx ends.
+func (c *Conn) dial(ctx context.Context, l *link) error {
+	backoff := 10 * time.Millisecond
+	var last error
+	for {
+		if sw, ok := c.node.host.Network().(*swarm.Swarm); ok {
+			sw.Backoff().Clear(l.id)
+		}
+		err := c.open(ctx, l)
+		if err == nil {
+			return nil
+		}
+		last = err
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (last attempt: %v)", ctx.Err(), last)
+		case <-c.closing:
+			t.Stop()
+			return transport.ErrClosed
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
+	}
+}
+
+func helloPayload(job string, rank, size int) []byte {
+	p := make([]byte, 8+len(job))
+	binary.LittleEndian.PutUint32(p[0:], uint32(rank))
+	binary.LittleEndian.PutUint32(p[4:], uint32(size))
+	copy(p[8:], job)
+	return p
+}
+
+// open makes one attempt: stream, hello, acknowledgement with the peer's
+// buffer bound.
+func (c *Conn) open(ctx context.Context, l *link) error {
+	s, err := c.node.host.NewStream(ctx, l.id, c.proto)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	s.SetDeadline(time.Now().Add(c.opts.PeerTimeout))
+	if err := transport.WriteFrame(s, flagHello, 0, helloPayload(c.opts.JobID, c.rank, c.size)); err != nil {
+		s.Reset()
+		return fmt.Errorf("hello: %w", err)
+	}
+	var buf [8]byte
+	h, p, err := transport.ReadFrame(s, len(buf), buf[:])
+	if err != nil {
+		s.Reset()
+		return fmt.Errorf("hello ack: %w", err)
+	}
+	if h.Flags != flagHelloAck || len(p) != 8 {
+		s.Reset()
+		return fmt.Errorf("%w: unexpected handshake frame (flags %d, %d bytes)", transport.ErrBadFrame, h.Flags, len(p))
+	}
+	s.SetDeadline(time.Time{})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.isClosing {
+		s.Reset()
+		return transport.ErrClosed
+	}
+	l.cmu.Lock()
+	l.out = s
+	l.limit = int64(binary.LittleEndian.Uint64(p))
+	l.cmu.Unlock()
+	l.lastWrite.Store(time.Now().UnixNano())
+	c.wg.Add(1)
+	go l.creditLoop(s)
+	return nil
+}
+
+// handleStream accepts a peer's outgoing stream after checking who it is.
+func (c *Conn) handleStream(s network.Stream) {
+	refuse := func() {
+		c.node.gater.refused.Add(1)
+		s.Reset()
+	}
+	r, ok := c.byID[s.Conn().RemotePeer()]
+	if !ok || r == c.rank {
+		refuse()
+		return
+	}
+	l := c.links[r]
+	s.SetDeadline(time.Now().Add(c.opts.PeerTimeout))
+	h, p, err := transport.ReadFrame(s, 8+128, nil)
+	if err != nil || h.Flags != flagHello || len(p) < 8 ||
+		int(binary.LittleEndian.Uint32(p[0:])) != r ||
+		int(binary.LittleEndian.Uint32(p[4:])) != c.size ||
+		string(p[8:]) != c.opts.JobID {
+		refuse()
+		return
+	}
+	c.mu.Lock()
+	if c.isClosing {
+		c.mu.Unlock()
+		s.Reset()
+		return
+	}
+	l.mu.Lock()
+	if l.in != nil || l.err != nil {
+		l.mu.Unlock()
+		c.mu.Unlock()
+		refuse()
+		return
+	}
+	l.in = s
+	l.mu.Unlock()
+	c.wg.Add(1)
+	c.mu.Unlock()
+	defer c.wg.Done()
+
+	var ack [8]byte
+	binary.LittleEndian.PutUint64(ack[:], uint64(c.opts.MaxBuffered))
+	l.inWmu.Lock()
+	err = transport.WriteFrame(s, flagHelloAck, 0, ack[:])
+	l.inWmu.Unlock()
+	if err != nil {
+		l.fail(fmt.Errorf("%w: handshake: %w", transport.ErrPeerDead, err))
+		return
+	}
+	s.SetDeadline(time.Time{})
+	l.lastRead.Store(time.Now().UnixNano())
+	close(l.inReady)
+	l.readLoop(s)
+}
+
+// ---- goroutines ----
+
+// liveReader records the time of every successful read.
+type liveReader struct {
+	s    network.Stream
+	last *atomic.Int64
+}
+
+func (r liveReader) Read(p []byte) (int, error) {
+	n, err := r.s.Read(p)
+	if n > 0 {
+		r.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// readLoop moves the peer's frames into the tag queues.
+func (l *link) readLoop(s network.Stream) {
+	c := l.c
+	r := liveReader{s: s, last: &l.lastRead}
+	var hb [transport.FrameHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(r, hb[:]); err != nil {
+			switch {
+			case c.isClosed():
+			case err == io.EOF:
+				s.Close() // acknowledge: the peer's Close waits for this
+				l.fail(fmt.Errorf("%w: peer closed its end", transport.ErrPeerDead))
+			default:
+				l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
+			}
+			return
+		}
+		h, err := transport.ParseFrameHeader(hb[:], c.opts.MaxFrame)
+		if err != nil {
+			l.fail(err)
+			return
+		}
+		switch h.Flags {
+		case flagHeartbeat:
+			if h.Len != 0 {
+				l.fail(fmt.Errorf("%w: heartbeat with %d bytes", transport.ErrBadFrame, h.Len))
+				return
+			}
+			continue
+		case flagData:
+		default:
+			l.fail(fmt.Errorf("%w: unexpected flags %d on a data stream", transport.ErrBadFrame, h.Flags))
+			return
+		}
+		cost := int64(h.Len) + transport.FrameHeaderLen
+		l.mu.Lock()
+		used := l.buffered + l.creditPending
+		l.mu.Unlock()
+		if used > 0 && used+cost > int64(c.opts.MaxBuffered) {
+			l.fail(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered))
+			return
+		}
+		p := make([]byte, h.Len)
+		if _, err := io.ReadFull(r, p); err != nil {
+			if !c.isClosed() {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
+			}
+			return
+		}
+		if err := h.VerifyPayload(p); err != nil {
+			l.fail(err)
+			return
+		}
+		l.mu.Lock()
+		q := l.queues[h.Tag]
+		if q == nil {
+			q = &tagQueue{}
+			l.queues[h.Tag] = q
+		}
+		q.msgs = append(q.msgs, p)
+		l.buffered += cost
+		if q.wake != nil {
+			close(q.wake)
+			q.wake = nil
+		}
+		l.mu.Unlock()
+	}
+}
+
+// creditLoop reads credits from the peer on the outgoing stream. It ends
+// with io.EOF when the peer acknowledges our Close.
+func (l *link) creditLoop(s network.Stream) {
+	defer l.c.wg.Done()
+	defer close(l.acked)
+	var buf [8]byte
+	for {
+		h, p, err := transport.ReadFrame(s, len(buf), buf[:])
+		if err != nil {
+			if !l.c.isClosed() {
+				l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
+			}
+			return
+		}
+		if h.Flags != flagCredit || len(p) != 8 {
+			l.fail(fmt.Errorf("%w: unexpected frame (flags %d, %d bytes) on the credit stream", transport.ErrBadFrame, h.Flags, len(p)))
+			return
+		}
+		n := int64(binary.LittleEndian.Uint64(p))
+		l.cmu.Lock()
+		l.outstanding -= n
+		bad := l.outstanding < 0
+		if l.cwake != nil {
+			close(l.cwake)
+			l.cwake = nil
+		}
+		l.cmu.Unlock()
+		if bad {
+			l.fail(fmt.Errorf("%w: peer returned more credit than it was given", transport.ErrBadFrame))
+			return
+		}
+	}
+}
+
+// heartbeat writes a heartbeat on every idle outgoing stream and declares
+// dead the peers whose incoming stream has been silent for PeerTimeout.
+func (c *Conn) heartbeat() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.opts.Heartbeat)
+	defer t.Stop()
+	var ping [transport.FrameHeaderLen]byte
+	transport.PutFrameHeader(ping[:], flagHeartbeat, 0, nil)
+	for {
+		select {
+		case <-c.closing:
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		for _, l := range c.links {
+			if l == nil || l.failed() {
+				continue
+			}
+			if silent := time.Duration(now - l.lastRead.Load()); silent > c.opts.PeerTimeout {
+				l.fail(fmt.Errorf("%w: silent for %v (timeout %v)", transport.ErrPeerDead,
+					silent.Round(time.Millisecond), c.opts.PeerTimeout))
+				continue
+			}
+			if time.Duration(now-l.lastWrite.Load()) < c.opts.Heartbeat {
+				continue
+			}
+			select {
+			case l.wsem <- struct{}{}:
+			default:
+				continue // a Send is writing: that is traffic enough
+			}
+			s := l.out
+			s.SetWriteDeadline(time.Now().Add(c.opts.Heartbeat))
+			n, err := s.Write(ping[:])
+			s.SetWriteDeadline(time.Time{})
+			if err == nil {
+				l.lastWrite.Store(time.Now().UnixNano())
+			}
+			<-l.wsem
+			var ne interface{ Timeout() bool }
+			if err != nil && !c.isClosed() && (n > 0 || !errors.As(err, &ne) || !ne.Timeout()) {
+				l.fail(fmt.Errorf("%w: heartbeat: %w", transport.ErrPeerDead, err))
+			}
+		}
+	}
+}

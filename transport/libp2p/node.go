@@ -1,0 +1,189 @@
+// Package libp2p implements transport.Conn over go-libp2p hosts.
+//
+// Each rank runs one libp2p host (TCP on loopback by default, QUIC
+// optional) secured with Noise (TLS, or no security for trusted networks, by
+// option). Only the job's peer IDs get through: a connection gater refuses
+// every other peer at dial and right after the security handshake, and the
+// stream handler checks the remote peer ID, the job ID and the claimed rank
+// again.
+//
+// Between two ranks a and b there are two long-lived streams, one per
+// direction. The stream a opens carries a's messages to b as frames
+// (transport/frame.go, flags 0) and heartbeats; on its other half b returns
+// flow-control credits to a. A reader goroutine per incoming stream moves
+// frames into per-(peer, tag) queues. Memory is bounded by credits: a sender
+// writes a frame only when the receiver has room for it (Options.MaxBuffered),
+// so Send returns as soon as the frame is written and never waits for the
+// peer's Recv unless the receiver's buffer is full (back-pressure).
+//
+// Failure: a peer whose stream ends, resets or carries no bytes for
+// Options.PeerTimeout is dead; every pending and later call concerning it
+// returns *transport.PeerError{Op, Rank, Err} with Err wrapping
+// transport.ErrPeerDead (or transport.ErrBadFrame for a corrupt frame).
+// Messages that arrived before the failure can still be received.
+//
+// Frame flags used on the wire (frame.go leaves them to implementations):
+// 0 data, 1 hello, 2 hello acknowledgement, 3 heartbeat, 4 credit.
+package libp2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	golibp2p "github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// Node is a listening libp2p host that has not joined a group yet. It lets
+// a rendezvous learn the host's ID and addresses before ranks are known.
+// Until Connect, the node refuses every peer. A Node is safe for concurrent
+// use.
+type Node struct {
+	opts  Options
+	host  host.Host
+	gater *gater
+
+	mu        sync.Mutex
+	connected bool
+	closed    bool
+}
+
+// Listen starts a libp2p host according to opts (see Options; Rank and
+// Peers are ignored). The caller must Close the node, or the Conn that
+// Connect returns.
+func Listen(ctx context.Context, opts ...Option) (*Node, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	return listen(o)
+}
+
+func listen(o Options) (*Node, error) {
+	g := &gater{allowed: map[peer.ID]bool{}}
+	hopts := []golibp2p.Option{
+		golibp2p.ListenAddrStrings(o.ListenAddrs...),
+		golibp2p.Transport(tcp.NewTCPTransport),
+		golibp2p.ConnectionGater(g),
+		golibp2p.ConnectionManager(connmgr.NullConnMgr{}),
+		golibp2p.ResourceManager(&network.NullResourceManager{}),
+		golibp2p.DisableRelay(),
+		golibp2p.DisableMetrics(),
+		golibp2p.Ping(false),
+	}
+	if o.Identity != nil {
+		hopts = append(hopts, golibp2p.Identity(o.Identity))
+	}
+	if o.QUIC {
+		hopts = append(hopts, golibp2p.Transport(quic.NewTransport))
+	}
+	switch o.Security {
+	case SecurityNoise:
+		hopts = append(hopts, golibp2p.Security(noise.ID, noise.New))
+	case SecurityTLS:
+		hopts = append(hopts, golibp2p.Security(tls.ID, tls.New))
+	case SecurityNone:
+		hopts = append(hopts, golibp2p.NoSecurity)
+	}
+	h, err := golibp2p.New(hopts...)
+	if err != nil {
+		return nil, fmt.Errorf("libp2p: new host: %w", err)
+	}
+	return &Node{opts: o, host: h, gater: g}, nil
+}
+
+// ID is the node's peer ID.
+func (n *Node) ID() peer.ID { return n.host.ID() }
+
+// Addrs are the addresses the node listens on (with the ports it got).
+func (n *Node) Addrs() []ma.Multiaddr { return n.host.Addrs() }
+
+// AddrStrings are Addrs as strings, for a rendezvous.
+func (n *Node) AddrStrings() []string {
+	var s []string
+	for _, a := range n.host.Addrs() {
+		s = append(s, a.String())
+	}
+	return s
+}
+
+// Peer is the node as a Peer entry for a group.
+func (n *Node) Peer() Peer { return Peer{ID: n.host.ID(), Addrs: n.host.Addrs()} }
+
+// Refused counts connections and streams refused because the remote peer
+// is not in the job (or sent a wrong job ID or rank).
+func (n *Node) Refused() int64 { return n.gater.refused.Load() }
+
+// Close shuts the host down. After a successful Connect, closing the node
+// closes the Conn. Close is idempotent.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+	return n.host.Close()
+}
+
+func (n *Node) protocol() protocol.ID {
+	return protocol.ID("/slimgrad/" + n.opts.JobID + "/1")
+}
+
+// gater admits only the job's peers. Before Connect the allow list is empty
+// and every connection is refused.
+type gater struct {
+	mu      sync.RWMutex
+	allowed map[peer.ID]bool
+	refused atomic.Int64
+}
+
+var _ connmgr.ConnectionGater = (*gater)(nil)
+
+func (g *gater) allow(ids []peer.ID) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, id := range ids {
+		g.allowed[id] = true
+	}
+}
+
+func (g *gater) ok(p peer.ID) bool {
+	g.mu.RLock()
+	ok := g.allowed[p]
+	g.mu.RUnlock()
+	if !ok {
+		g.refused.Add(1)
+	}
+	return ok
+}
+
+func (g *gater) InterceptPeerDial(p peer.ID) bool                  { return g.ok(p) }
+func (g *gater) InterceptAddrDial(peer.ID, ma.Multiaddr) bool      { return true }
+func (g *gater) InterceptAccept(network.ConnMultiaddrs) bool       { return true }
+func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
+	return true, 0
+}
+func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return g.ok(p)
+}
+
+// errNotJob is the cause recorded for a refused stream.
+var errNotJob = errors.New("libp2p: stream from outside the job")

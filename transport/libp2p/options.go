@@ -1,0 +1,254 @@
+package libp2p
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/slimgrad/slimgrad/transport"
+)
+
+// Security selects the channel security of the libp2p connections.
+type Security int
+
+const (
+	// SecurityNoise encrypts and authenticates with the Noise XX handshake
+	// (the default).
+	SecurityNoise Security = iota
+	// SecurityTLS encrypts and authenticates with TLS 1.3.
+	SecurityTLS
+	// SecurityNone disables encryption and authentication: a peer's ID is
+	// whatever it claims. Use it only on trusted networks (see WithInsecure).
+	SecurityNone
+)
+
+// String returns "noise", "tls" or "none".
+func (s Security) String() string {
+	switch s {
+	case SecurityNoise:
+		return "noise"
+	case SecurityTLS:
+		return "tls"
+	case SecurityNone:
+		return "none"
+	}
+	return fmt.Sprintf("Security(%d)", int(s))
+}
+
+// Peer is one rank's libp2p identity and the addresses it listens on.
+type Peer struct {
+	ID    peer.ID
+	Addrs []ma.Multiaddr
+}
+
+// ParsePeer builds a Peer from the string forms of its ID and addresses, as
+// exchanged by a rendezvous.
+func ParsePeer(id string, addrs []string) (Peer, error) {
+	pid, err := peer.Decode(id)
+	if err != nil {
+		return Peer{}, fmt.Errorf("libp2p: bad peer ID %q: %w", id, err)
+	}
+	p := Peer{ID: pid}
+	for _, a := range addrs {
+		m, err := ma.NewMultiaddr(a)
+		if err != nil {
+			return Peer{}, fmt.Errorf("libp2p: bad address %q of %s: %w", a, id, err)
+		}
+		p.Addrs = append(p.Addrs, m)
+	}
+	return p, nil
+}
+
+// Options configures a Node and the Conn it joins. Obtain defaults from
+// DefaultOptions and change them with Option funcs.
+type Options struct {
+	// Identity is the host's private key; nil means a fresh Ed25519 key.
+	Identity crypto.PrivKey
+	// ListenAddrs are multiaddrs to listen on. Default: loopback TCP on a
+	// free port (plus loopback QUIC when QUIC is set).
+	ListenAddrs []string
+	// JobID scopes the stream protocol (/slimgrad/<JobID>/1): hosts of
+	// another job never get a stream accepted. Required: 1-128 characters
+	// from [A-Za-z0-9._-].
+	JobID string
+	// Rank and Peers (indexed by rank; Peers[Rank] is this host) are used
+	// by New; Node.Connect takes them as arguments instead.
+	Rank  int
+	Peers []Peer
+	// Security is SecurityNoise unless changed.
+	Security Security
+	// QUIC adds the QUIC transport next to TCP.
+	QUIC bool
+	// MaxFrame is the largest payload accepted in one frame; larger frames
+	// are refused before anything is allocated for them.
+	MaxFrame int
+	// MaxBuffered bounds, per peer, the bytes (payload plus frame headers)
+	// of received messages that wait for Recv. Senders are flow-controlled
+	// by credits, so beyond the bound they block in Send. A single message
+	// larger than MaxBuffered is admitted when nothing else is buffered.
+	MaxBuffered int
+	// PeerTimeout is how long a peer may stay silent (no data and no
+	// heartbeat) before it is declared dead.
+	PeerTimeout time.Duration
+	// Heartbeat is the interval between heartbeats on an idle stream and
+	// between liveness checks. Default PeerTimeout/5.
+	Heartbeat time.Duration
+	// ConnectTimeout bounds Connect (besides its context).
+	ConnectTimeout time.Duration
+	// CloseTimeout bounds how long Close waits for peers to acknowledge
+	// that they received everything sent to them.
+	CloseTimeout time.Duration
+}
+
+// Defaults.
+const (
+	DefaultMaxBuffered    = 256 << 20
+	DefaultPeerTimeout    = 15 * time.Second
+	DefaultConnectTimeout = 60 * time.Second
+	DefaultCloseTimeout   = 2 * time.Second
+)
+
+// DefaultOptions returns a fresh Options with the defaults: Noise, TCP on
+// 127.0.0.1, transport.DefaultMaxFrame, DefaultMaxBuffered,
+// DefaultPeerTimeout, DefaultConnectTimeout and DefaultCloseTimeout.
+func DefaultOptions() Options {
+	return Options{
+		ListenAddrs:    []string{"/ip4/127.0.0.1/tcp/0"},
+		Security:       SecurityNoise,
+		MaxFrame:       transport.DefaultMaxFrame,
+		MaxBuffered:    DefaultMaxBuffered,
+		PeerTimeout:    DefaultPeerTimeout,
+		ConnectTimeout: DefaultConnectTimeout,
+		CloseTimeout:   DefaultCloseTimeout,
+	}
+}
+
+// Option changes Options; nil Options are ignored.
+type Option func(*Options) error
+
+// WithIdentity sets the host's private key (and thus its peer ID).
+func WithIdentity(k crypto.PrivKey) Option {
+	return func(o *Options) error {
+		if k == nil {
+			return errors.New("nil identity")
+		}
+		o.Identity = k
+		return nil
+	}
+}
+
+// WithListenAddrs replaces the listen multiaddrs.
+func WithListenAddrs(addrs ...string) Option {
+	return func(o *Options) error { o.ListenAddrs = append([]string(nil), addrs...); return nil }
+}
+
+// WithJob sets the job ID.
+func WithJob(id string) Option { return func(o *Options) error { o.JobID = id; return nil } }
+
+// WithPeers sets this host's rank and the peers of the group, for New.
+func WithPeers(rank int, peers []Peer) Option {
+	return func(o *Options) error {
+		o.Rank = rank
+		o.Peers = append([]Peer(nil), peers...)
+		return nil
+	}
+}
+
+// WithTLS selects TLS 1.3 instead of Noise.
+func WithTLS() Option { return func(o *Options) error { o.Security = SecurityTLS; return nil } }
+
+// WithInsecure turns off encryption and authentication. Peer IDs are then
+// only claimed, not proven, so the job's peer filter protects against
+// mistakes, not attackers: use it only on a trusted network.
+func WithInsecure() Option { return func(o *Options) error { o.Security = SecurityNone; return nil } }
+
+// WithQUIC adds the QUIC transport (always encrypted with TLS).
+func WithQUIC() Option { return func(o *Options) error { o.QUIC = true; return nil } }
+
+// WithMaxFrame sets the largest accepted payload.
+func WithMaxFrame(n int) Option { return func(o *Options) error { o.MaxFrame = n; return nil } }
+
+// WithMaxBuffered sets the per-peer receive buffer bound in bytes.
+func WithMaxBuffered(n int) Option { return func(o *Options) error { o.MaxBuffered = n; return nil } }
+
+// WithPeerTimeout sets the time after which a silent peer is dead and the
+// heartbeat interval (0 means timeout/5).
+func WithPeerTimeout(timeout, heartbeat time.Duration) Option {
+	return func(o *Options) error {
+		o.PeerTimeout, o.Heartbeat = timeout, heartbeat
+		return nil
+	}
+}
+
+// WithConnectTimeout bounds Connect.
+func WithConnectTimeout(d time.Duration) Option {
+	return func(o *Options) error { o.ConnectTimeout = d; return nil }
+}
+
+// WithCloseTimeout bounds the graceful part of Close.
+func WithCloseTimeout(d time.Duration) Option {
+	return func(o *Options) error { o.CloseTimeout = d; return nil }
+}
+
+var jobRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+func (o *Options) validate() error {
+	if !jobRE.MatchString(o.JobID) {
+		return fmt.Errorf("job ID %q must be 1-128 characters of [A-Za-z0-9._-]", o.JobID)
+	}
+	if o.MaxFrame <= 0 || int64(o.MaxFrame) > int64(^uint32(0)) {
+		return fmt.Errorf("MaxFrame %d out of range", o.MaxFrame)
+	}
+	if o.MaxBuffered <= 0 {
+		return fmt.Errorf("MaxBuffered %d must be positive", o.MaxBuffered)
+	}
+	if o.PeerTimeout <= 0 {
+		return fmt.Errorf("PeerTimeout %v must be positive", o.PeerTimeout)
+	}
+	if o.Heartbeat == 0 {
+		o.Heartbeat = o.PeerTimeout / 5
+	}
+	if o.Heartbeat <= 0 || o.Heartbeat >= o.PeerTimeout {
+		return fmt.Errorf("Heartbeat %v must be in (0, PeerTimeout=%v)", o.Heartbeat, o.PeerTimeout)
+	}
+	if o.ConnectTimeout <= 0 || o.CloseTimeout < 0 {
+		return errors.New("ConnectTimeout must be positive and CloseTimeout not negative")
+	}
+	if len(o.ListenAddrs) == 0 {
+		return errors.New("no listen address")
+	}
+	switch o.Security {
+	case SecurityNoise, SecurityTLS:
+	case SecurityNone:
+		if o.QUIC {
+			return errors.New("QUIC is always encrypted; it cannot be combined with SecurityNone")
+		}
+	default:
+		return fmt.Errorf("unknown %v", o.Security)
+	}
+	return nil
+}
+
+func buildOptions(opts []Option) (Options, error) {
+	o := DefaultOptions()
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(&o); err != nil {
+			return o, fmt.Errorf("libp2p: %w", err)
+		}
+	}
+	if o.QUIC && len(o.ListenAddrs) == 1 && o.ListenAddrs[0] == "/ip4/127.0.0.1/tcp/0" {
+		o.ListenAddrs = append(o.ListenAddrs, "/ip4/127.0.0.1/udp/0/quic-v1")
+	}
+	if err := o.validate(); err != nil {
+		return o, fmt.Errorf("libp2p: %w", err)
+	}
+	return o, nil
+}
