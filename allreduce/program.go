@@ -39,25 +39,47 @@ func (k OpKind) String() string {
 }
 
 // Fn names the computation of a Compute operation. Its meaning on buffers is
-// fixed here; how it runs (which codec, which error-feedback state) is the
-// Executor's business.
+// fixed here and, for the scheme-specific functions, in the doc comment of the
+// scheme's generator; how it runs (which codec, which error-feedback state) is
+// the Executor's business.
+//
+// Regions: (Buf, Chunk, Span) names chunks [Chunk, Chunk+Span) of a float32
+// buffer under the program's Layout (Span 0 counts as 1); Chunk -1 is the
+// whole buffer. For BufPayload, Chunk is a slot number and Span is unused.
 type Fn uint8
 
 const (
-	FnNone      Fn = iota
-	FnReduce       // Dst[Chunk] += Src[Chunk] (float32, element-wise)
-	FnCopy         // Dst[Chunk] = Src[Chunk]
-	FnScale        // Dst[Chunk] *= Scale (e.g. 1/N to average)
-	FnEncode       // payload Dst[Chunk] = encode(Src[Chunk])
-	FnDecode       // Dst[Chunk] = decode(payload Src[Chunk])
-	FnDecodeAdd    // Dst[Chunk] += decode(payload Src[Chunk]) (scatter-add)
-	FnServer       // two-phase sign scheme: server step on Src into Dst (specs §2.2 step 6)
-	FnOrtho        // low-rank scheme: orthogonalize Dst (PowerSGD P)
-	FnProject      // low-rank scheme: Dst = Mᵀ·Src (PowerSGD Q from P)
-	FnBarrier      // no data; a join point for dependencies
+	FnNone Fn = iota
+	// FnReduce: Dst[region] += decode(message of the Recv op Deps[0]) when
+	// Src is BufStage (the staged message of that Recv), or
+	// Dst[region] += Src[region] for two float32 buffers.
+	FnReduce
+	// FnCopy: Dst[region] = Src[region].
+	FnCopy
+	// FnScale: Dst[region] *= Scale (e.g. 1/N to average).
+	FnScale
+	// FnEncode: payload = encode(Src); scheme-specific (SparseGather,
+	// TwoPhaseSign, LowRank: see their generators).
+	FnEncode
+	// FnDecode: Dst = decode(payloads); scheme-specific.
+	FnDecode
+	// FnDecodeAdd: Dst[region] += decode(payload slot Src Chunk) (sparse
+	// scatter-add, SparseGather).
+	FnDecodeAdd
+	// FnServer: the server step of the two-phase sign scheme (specs §2.2
+	// step 6).
+	FnServer
+	// FnOrtho: orthogonalize the P factor (LowRank).
+	FnOrtho
+	// FnProject: Q = Mᵀ·P̂ (LowRank).
+	FnProject
+	// FnBarrier: no data; a join point for dependencies.
+	FnBarrier
+	// FnZero: Dst[region] = 0.
+	FnZero
 )
 
-var fnNames = [...]string{"none", "reduce", "copy", "scale", "encode", "decode", "decode-add", "server", "ortho", "project", "barrier"}
+var fnNames = [...]string{"none", "reduce", "copy", "scale", "encode", "decode", "decode-add", "server", "ortho", "project", "barrier", "zero"}
 
 func (f Fn) String() string {
 	if int(f) < len(fnNames) {
@@ -71,39 +93,64 @@ func (f Fn) String() string {
 type Buf int16
 
 const (
-	BufData    Buf = iota // the caller's float32 vector: input, then result
-	BufStage              // float32 scratch of the same length
-	BufPayload            // encoded payloads; Chunk indexes the slot (e.g. source rank)
-	BufAux                // scheme-specific float32 buffer (P, Q, server chunk)
+	BufNone Buf = -1       // no data: an empty message (Barrier)
+	BufData Buf = iota - 1 // the caller's float32 vector: input, then result
+	// BufStage holds received messages until a later FnReduce consumes
+	// them: a Recv into BufStage keeps its message, and the FnReduce whose
+	// Deps[0] is that Recv adds it into its Dst region.
+	BufStage
+	BufPayload // byte payloads; Chunk is the slot (e.g. source rank)
+	BufAux     // scheme-specific float32 buffer (LowRank: P then Q)
 )
 
 // NoDep marks an unused dependency slot.
-const NoDep = -1
+const NoDep int32 = -1
 
 // Op is one operation of a program. Ops refer to earlier ops only: Deps[i] is
 // NoDep or the index of an op in the same program that must finish first.
+//
+// Fields are ordered to keep an Op at 40 bytes: programs of 1000s of ranks
+// are held in memory at once by the simulator.
 type Op struct {
-	Kind  OpKind
-	Fn    Fn    // Compute only
+	// Bytes is, for Send/Recv, the planned message size in bytes (-1 if it
+	// depends on the data); for Compute, the number of float32 elements
+	// touched (a cost hint; 0 if unknown).
+	Bytes int64
 	Peer  int32 // Send/Recv: the other rank
-	Msg   int32 // Send/Recv: index of this message among all messages between the pair in this direction
-	Chunk int32 // region index within the buffer; -1 for the whole buffer
-	Src   Buf   // Send, Compute
-	Dst   Buf   // Recv, Compute
-	Deps  [2]int32
-	Bytes int64   // Send/Recv: planned message size in bytes (-1 if data-dependent); Compute: elements touched
-	Scale float32 // FnScale only
+	// Msg identifies a Send/Recv among the messages between this rank and
+	// Peer in this direction within the program: the Send with number k
+	// from a to b matches the Recv with number k from a at b. Drivers put
+	// it in the low 32 bits of the transport tag.
+	Msg   int32
+	Chunk int32    // first chunk of the region (slot for BufPayload); -1 for the whole buffer
+	Deps  [2]int32 // NoDep or indices of earlier ops that must finish first
+	Scale float32  // FnScale only
+	Src   Buf      // Send, Compute
+	Dst   Buf      // Recv, Compute
+	Kind  OpKind
+	Fn    Fn     // Compute only
+	Span  uint16 // number of consecutive chunks from Chunk; 0 means 1
+}
+
+// Chunks returns the region's first chunk and chunk count (Span 0 counts as
+// one chunk).
+func (o *Op) Chunks() (first, n int) {
+	n = int(o.Span)
+	if n == 0 {
+		n = 1
+	}
+	return int(o.Chunk), n
 }
 
 func (o Op) String() string {
 	var b strings.Builder
 	switch o.Kind {
 	case Send:
-		fmt.Fprintf(&b, "send %s[%d] -> %d #%d", bufName(o.Src), o.Chunk, o.Peer, o.Msg)
+		fmt.Fprintf(&b, "send %s%s -> %d #%d", bufName(o.Src), o.region(), o.Peer, o.Msg)
 	case Recv:
-		fmt.Fprintf(&b, "recv %s[%d] <- %d #%d", bufName(o.Dst), o.Chunk, o.Peer, o.Msg)
+		fmt.Fprintf(&b, "recv %s%s <- %d #%d", bufName(o.Dst), o.region(), o.Peer, o.Msg)
 	default:
-		fmt.Fprintf(&b, "%s %s[%d] <- %s", o.Fn, bufName(o.Dst), o.Chunk, bufName(o.Src))
+		fmt.Fprintf(&b, "%s %s%s <- %s", o.Fn, bufName(o.Dst), o.region(), bufName(o.Src))
 		if o.Fn == FnScale {
 			fmt.Fprintf(&b, " *%g", o.Scale)
 		}
@@ -119,8 +166,17 @@ func (o Op) String() string {
 	return b.String()
 }
 
+func (o Op) region() string {
+	if o.Span > 1 {
+		return fmt.Sprintf("[%d:%d]", o.Chunk, int(o.Chunk)+int(o.Span))
+	}
+	return fmt.Sprintf("[%d]", o.Chunk)
+}
+
 func bufName(b Buf) string {
 	switch b {
+	case BufNone:
+		return "none"
 	case BufData:
 		return "data"
 	case BufStage:
@@ -181,12 +237,22 @@ func (l Layout) Bounds(c int) (lo, hi int) {
 	return l.Offs[c], l.Offs[c+1]
 }
 
+// Region returns [lo, hi) of chunks [c, c+n). Chunk -1 is the whole buffer.
+func (l Layout) Region(c, n int) (lo, hi int) {
+	if c < 0 {
+		return 0, l.Len()
+	}
+	return l.Offs[c], l.Offs[c+n]
+}
+
 // Program is the list of operations one rank runs for one collective.
 type Program struct {
-	Name   string // algorithm, e.g. "ring"
+	Name   string    // algorithm, e.g. "ring"
+	Alg    Algorithm // the generator that built it
 	Rank   int
 	World  int
-	Layout Layout
+	Elems  int    // float32 elements of BufData the program expects (Params.Elems)
+	Layout Layout // chunks of the reduced/gathered float32 buffer (see each generator)
 	Ops    []Op
 }
 

@@ -1,0 +1,609 @@
+package allreduce
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"unsafe"
+)
+
+// ElementCodec encodes float32 elements on the hops of dense reductions
+// (Ring, Tree, HalvingDoubling, ReduceScatter, AllGather, AllToAll,
+// Broadcast, and LowRank's factor rings). It has no frame header: a message
+// is exactly BytesPerElem() bytes per element. F32 (raw little-endian
+// float32) is the default; fp16/bf16 codecs from package compressors satisfy
+// this interface. Reductions decode, add in float32, and re-encode on the
+// next hop.
+//
+// Implementations must be safe for use by one goroutine at a time and must
+// not retain the slices passed to them.
+type ElementCodec interface {
+	// BytesPerElem is the encoded size of one element.
+	BytesPerElem() int
+	// EncodeElems appends the encoding of src to dst and returns it.
+	EncodeElems(dst []byte, src []float32) []byte
+	// DecodeElems overwrites dst with the decoding of b; len(b) must be
+	// len(dst)·BytesPerElem(), otherwise it returns an error.
+	DecodeElems(dst []float32, b []byte) error
+	// DecodeAddElems adds the decoding of b to dst, with DecodeElems's
+	// length rule.
+	DecodeAddElems(dst []float32, b []byte) error
+}
+
+// PayloadCodec encodes and decodes one rank's payload in the SparseGather
+// scheme (top-k, random-k, DGC, QSGD: compressors with Gather aggregation,
+// usually wrapped by error feedback).
+type PayloadCodec interface {
+	// Encode appends the encoding of src (the rank's whole vector) to dst
+	// and returns it. It may update error-feedback state.
+	Encode(dst []byte, src []float32) ([]byte, error)
+	// DecodeAdd adds the decoding of payload to dst (scatter-add). It
+	// returns an error, never panics, on a malformed payload.
+	DecodeAdd(dst []float32, payload []byte) error
+}
+
+// TwoPhaseHook holds the error-feedback state of the TwoPhaseSign scheme
+// for one vector (specs §2.2). TwoPhaseState is the package's own
+// implementation; errorfeedback.WorkerError and ServerError can be adapted.
+type TwoPhaseHook interface {
+	// WorkerCompress runs steps 1–4 on m (the d-element input): b =
+	// concat(m, 0…) + worker_error; s_w = ‖b‖₂/√d′; worker_error = b −
+	// s_w·sgn(b). It appends the d′/8 MSB-first sign bytes of b (bit 1 for
+	// b >= 0) to dst[:0] and returns them with s_w. m is not modified.
+	WorkerCompress(dst []byte, m []float32) ([]byte, float32)
+	// ServerStep runs step 6 for this rank's chunk: c = Σ_j sgn_j·(s_j/N)
+	// in rank order j = 0..N−1 plus server_error, s_s = ‖c‖₂/√len(c),
+	// server_error = c − s_s·sgn(c). recv[j] are rank j's sign bytes for
+	// this chunk and scales[j] its worker scale. It appends the chunk's
+	// sign bytes to dst[:0] and returns them with s_s.
+	ServerStep(dst []byte, recv [][]byte, scales []float32) ([]byte, float32, error)
+}
+
+// LowRankHook runs the PowerSGD steps of the LowRank scheme for one
+// Rows×Cols matrix at rank Rank(). compressors' *PowerSGD satisfies it. All
+// matrices are row-major: m is Rows×Cols, p is Rows×Rank, q is Cols×Rank.
+type LowRankHook interface {
+	Rows() int
+	Cols() int
+	Rank() int
+	// ComputeP sets p = m·Q with the hook's current Q.
+	ComputeP(p, m []float32)
+	// Orthogonalize orthonormalizes p's columns in place.
+	Orthogonalize(p []float32)
+	// ComputeQ sets q = mᵀ·p.
+	ComputeQ(q, m, p []float32)
+	// Reconstruct sets dst = p·qᵀ.
+	Reconstruct(dst, p, q []float32)
+	// SetQ stores q as the next step's Q (warm start).
+	SetQ(q []float32)
+}
+
+// F32 is the raw little-endian float32 element codec (lossless). On a
+// little-endian host the executor sends float32 regions without copying.
+var F32 ElementCodec = f32Codec{}
+
+type f32Codec struct{}
+
+func (f32Codec) BytesPerElem() int { return 4 }
+
+func (f32Codec) EncodeElems(dst []byte, src []float32) []byte {
+	for _, v := range src {
+		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(v))
+	}
+	return dst
+}
+
+func (f32Codec) DecodeElems(dst []float32, b []byte) error {
+	if len(b) != 4*len(dst) {
+		return fmt.Errorf("%w: %d bytes for %d float32", ErrMessage, len(b), len(dst))
+	}
+	decodeF32(dst, b)
+	return nil
+}
+
+func (f32Codec) DecodeAddElems(dst []float32, b []byte) error {
+	if len(b) != 4*len(dst) {
+		return fmt.Errorf("%w: %d bytes for %d float32", ErrMessage, len(b), len(dst))
+	}
+	addF32(dst, b)
+	return nil
+}
+
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
+
+// f32View returns b as []float32 when that is possible without copying
+// (little-endian host, 4-byte aligned), else nil.
+func f32View(b []byte) []float32 {
+	if !littleEndian || len(b) == 0 || uintptr(unsafe.Pointer(&b[0]))%4 != 0 {
+		return nil
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), len(b)/4)
+}
+
+// byteView returns the memory of x as bytes (host order).
+func byteView(x []float32) []byte {
+	if len(x) == 0 {
+		return []byte{}
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))
+}
+
+// decodeF32 sets dst from little-endian b (len(b) == 4·len(dst)).
+func decodeF32(dst []float32, b []byte) {
+	if littleEndian {
+		copy(byteView(dst), b)
+		return
+	}
+	for i := range dst {
+		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+}
+
+// addF32 adds little-endian b to dst (len(b) == 4·len(dst)).
+func addF32(dst []float32, b []byte) {
+	if v := f32View(b); v != nil {
+		addTo(dst, v)
+		return
+	}
+	for i := range dst {
+		dst[i] += math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+}
+
+// addTo sets dst += src (equal lengths).
+func addTo(dst, src []float32) {
+	src = src[:len(dst)]
+	i := 0
+	for ; i+4 <= len(dst); i += 4 {
+		d := dst[i : i+4 : i+4]
+		s := src[i : i+4 : i+4]
+		d[0] += s[0]
+		d[1] += s[1]
+		d[2] += s[2]
+		d[3] += s[3]
+	}
+	for ; i < len(dst); i++ {
+		dst[i] += src[i]
+	}
+}
+
+// Errors of the executor.
+var (
+	// ErrMessage: a received message or payload has the wrong size or
+	// content for its op.
+	ErrMessage = errors.New("allreduce: bad message")
+	// ErrExec: an op cannot run on this executor (missing hook, wrong
+	// buffer, op not from the executor's program).
+	ErrExec = errors.New("allreduce: cannot execute op")
+)
+
+// ExecOption configures an Exec.
+type ExecOption func(*execConfig) error
+
+type execConfig struct {
+	codec   ElementCodec
+	payload PayloadCodec
+	two     TwoPhaseHook
+	low     LowRankHook
+}
+
+// WithElementCodec sets the codec of dense hops (default F32). nil keeps F32.
+func WithElementCodec(c ElementCodec) ExecOption {
+	return func(cfg *execConfig) error {
+		if c != nil {
+			cfg.codec = c
+		}
+		return nil
+	}
+}
+
+// WithPayloadCodec sets the SparseGather scheme's codec (required there).
+func WithPayloadCodec(c PayloadCodec) ExecOption {
+	return func(cfg *execConfig) error { cfg.payload = c; return nil }
+}
+
+// WithTwoPhase sets the TwoPhaseSign scheme's error state (required there).
+func WithTwoPhase(h TwoPhaseHook) ExecOption {
+	return func(cfg *execConfig) error { cfg.two = h; return nil }
+}
+
+// WithLowRank sets the LowRank scheme's PowerSGD steps (required there).
+func WithLowRank(h LowRankHook) ExecOption {
+	return func(cfg *execConfig) error { cfg.low = h; return nil }
+}
+
+// Exec is the Executor of every program this package generates: it holds
+// one rank's float32 data (BufData), staged messages (BufStage), payload
+// slots (BufPayload) and the LowRank factors (BufAux), and runs every Fn of
+// every scheme on them (see the generators' doc comments for what each Fn
+// means per scheme).
+//
+// Dense hops use the ElementCodec. With F32 on a little-endian host, Payload
+// returns a view of the data itself (no copy) and the program's
+// dependencies keep the region unchanged until the send is done. With a
+// lossy codec (fp16, bf16), Payload of a float32 region first rounds the
+// region in place to the codec's precision, so a sender keeps exactly the
+// values its peers receive and every rank ends with the same bits.
+//
+// Ownership: Exec keeps data (the caller's slice) and writes the result
+// into it; the caller must not touch data until the program is finished.
+// Bytes handed to Deliver belong to Exec afterwards. Slices returned by
+// Payload stay valid and unchanged until the Send op is reported done (by
+// the program's dependencies) or Reset.
+//
+// Exec is not safe for concurrent use: drivers call it from one goroutine.
+// Its op arguments must point into the program's Ops (&p.Ops[i]).
+type Exec struct {
+	cfg  execConfig
+	prog *Program
+	data []float32
+	aux  []float32
+	raw  bool // F32 on a little-endian host
+
+	stage   [][]byte // per op index: messages delivered to Recv ops into BufStage
+	scratch [][]byte // per op index: encoded Send payloads (non-raw codecs)
+	slots   [][]byte // BufPayload slots
+	own     []byte   // backing of slots written by this executor
+
+	// TwoPhaseSign scratch
+	bits, sbits []byte
+	recvBits    [][]byte
+	scales      []float32
+}
+
+var _ Executor = (*Exec)(nil)
+
+// NewExec returns an executor for program p over data (len(data) ==
+// p.Elems; nil is allowed for AllGatherV and Barrier). It returns an error
+// wrapping ErrExec when a scheme's hook is missing or does not fit p.
+func NewExec(p *Program, data []float32, opts ...ExecOption) (*Exec, error) {
+	e := &Exec{cfg: execConfig{codec: F32}}
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(&e.cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.Reset(p, data); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Reset prepares e to run program p over data with the same options,
+// reusing its memory. Staged messages and payload slots are cleared.
+func (e *Exec) Reset(p *Program, data []float32) error {
+	e.prog, e.data = p, data
+	_, e.raw = e.cfg.codec.(f32Codec)
+	e.raw = e.raw && littleEndian
+	n := len(p.Ops)
+	e.stage = grow(e.stage, n)
+	clear(e.stage)
+	if !e.raw {
+		e.scratch = grow(e.scratch, n) // keeps the capacity of earlier buffers
+	}
+	nslots := 0
+	switch p.Alg {
+	case AlgAllGatherV, AlgSparseGather:
+		nslots = p.World
+	case AlgTwoPhaseSign:
+		nslots = 3 * p.World
+	}
+	e.slots = grow(e.slots, nslots)
+	clear(e.slots)
+	switch p.Alg {
+	case AlgAllGatherV, AlgBarrier:
+	case AlgTwoPhaseSign:
+		if len(data) != p.Elems || TwoPhasePaddedLen(len(data), p.World) != p.Layout.Len() {
+			return fmt.Errorf("%w: %s: %d data elements, program for %d", ErrExec, p.Name, len(data), p.Elems)
+		}
+		if e.cfg.two == nil {
+			return fmt.Errorf("%w: %s needs WithTwoPhase", ErrExec, p.Name)
+		}
+	case AlgLowRank:
+		h := e.cfg.low
+		if h == nil {
+			return fmt.Errorf("%w: %s needs WithLowRank", ErrExec, p.Name)
+		}
+		if len(data) != p.Elems || h.Rows()*h.Cols() != len(data) || (h.Rows()+h.Cols())*h.Rank() != p.Layout.Len() {
+			return fmt.Errorf("%w: %s: hook %d×%d rank %d, data %d, factors %d", ErrExec, p.Name, h.Rows(), h.Cols(), h.Rank(), len(data), p.Layout.Len())
+		}
+		e.aux = grow(e.aux, p.Layout.Len())
+	case AlgSparseGather:
+		if e.cfg.payload == nil {
+			return fmt.Errorf("%w: %s needs WithPayloadCodec", ErrExec, p.Name)
+		}
+		fallthrough
+	default:
+		if len(data) != p.Elems || p.Layout.Len() != p.Elems {
+			return fmt.Errorf("%w: %s: %d data elements, program for %d", ErrExec, p.Name, len(data), p.Elems)
+		}
+	}
+	return nil
+}
+
+// SetSlot sets payload slot i (AllGatherV: the caller's own payload in slot
+// Rank before the run). Exec does not modify b; the caller must not modify
+// it until the program is finished.
+func (e *Exec) SetSlot(i int, b []byte) { e.slots[i] = b }
+
+// Slot returns payload slot i (AllGatherV: rank i's payload after the run).
+// The slice is owned by Exec until Reset.
+func (e *Exec) Slot(i int) []byte { return e.slots[i] }
+
+// Aux returns BufAux (LowRank: P then Q after the run).
+func (e *Exec) Aux() []float32 { return e.aux }
+
+// index returns op's index in the program.
+func (e *Exec) index(op *Op) (int, error) {
+	ops := e.prog.Ops
+	if len(ops) > 0 {
+		i := (uintptr(unsafe.Pointer(op)) - uintptr(unsafe.Pointer(&ops[0]))) / unsafe.Sizeof(Op{})
+		if i < uintptr(len(ops)) && &ops[i] == op {
+			return int(i), nil
+		}
+	}
+	return 0, fmt.Errorf("%w: op does not belong to program %s", ErrExec, e.prog.Name)
+}
+
+// floats returns the float32 region of (buf, op.Chunk, op.Span).
+func (e *Exec) floats(buf Buf, op *Op) ([]float32, error) {
+	var x []float32
+	switch buf {
+	case BufData:
+		x = e.data
+	case BufAux:
+		x = e.aux
+	default:
+		return nil, fmt.Errorf("%w: %v is not a float32 buffer", ErrExec, bufName(buf))
+	}
+	c, n := op.Chunks()
+	if c < 0 {
+		return x, nil
+	}
+	if c+n > e.prog.Layout.Chunks() {
+		return nil, fmt.Errorf("%w: chunks [%d, %d) of %d", ErrExec, c, c+n, e.prog.Layout.Chunks())
+	}
+	lo, hi := e.prog.Layout.Region(c, n)
+	return x[lo:hi], nil
+}
+
+func (e *Exec) slot(op *Op) (int, error) {
+	if op.Chunk < 0 || int(op.Chunk) >= len(e.slots) {
+		return 0, fmt.Errorf("%w: payload slot %d of %d", ErrExec, op.Chunk, len(e.slots))
+	}
+	return int(op.Chunk), nil
+}
+
+func checkSize(op *Op, n int) error {
+	if op.Bytes >= 0 && int64(n) != op.Bytes {
+		return fmt.Errorf("%w: %v: %d bytes, planned %d", ErrMessage, op, n, op.Bytes)
+	}
+	return nil
+}
+
+// Payload returns the bytes of Send op.
+func (e *Exec) Payload(op *Op) ([]byte, error) {
+	if op.Kind != Send {
+		return nil, fmt.Errorf("%w: Payload of %v", ErrExec, op)
+	}
+	var b []byte
+	switch op.Src {
+	case BufNone:
+		b = []byte{}
+	case BufPayload:
+		i, err := e.slot(op)
+		if err != nil {
+			return nil, err
+		}
+		if e.slots[i] == nil {
+			return nil, fmt.Errorf("%w: %v: payload slot %d is empty", ErrExec, op, i)
+		}
+		b = e.slots[i]
+	default:
+		x, err := e.floats(op.Src, op)
+		if err != nil {
+			return nil, err
+		}
+		if e.raw {
+			b = byteView(x)
+			break
+		}
+		i, err := e.index(op)
+		if err != nil {
+			return nil, err
+		}
+		b = e.cfg.codec.EncodeElems(e.scratch[i][:0], x)
+		e.scratch[i] = b
+		if err := e.cfg.codec.DecodeElems(x, b); err != nil { // round in place
+			return nil, err
+		}
+	}
+	if err := checkSize(op, len(b)); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Deliver takes the message received for Recv op.
+func (e *Exec) Deliver(op *Op, b []byte) error {
+	if op.Kind != Recv {
+		return fmt.Errorf("%w: Deliver to %v", ErrExec, op)
+	}
+	if err := checkSize(op, len(b)); err != nil {
+		return err
+	}
+	if b == nil {
+		b = []byte{} // nil marks "nothing received" in stage and slots
+	}
+	switch op.Dst {
+	case BufNone:
+		if len(b) != 0 {
+			return fmt.Errorf("%w: %v: %d bytes, want none", ErrMessage, op, len(b))
+		}
+		return nil
+	case BufStage:
+		i, err := e.index(op)
+		if err != nil {
+			return err
+		}
+		e.stage[i] = b
+		return nil
+	case BufPayload:
+		i, err := e.slot(op)
+		if err != nil {
+			return err
+		}
+		e.slots[i] = b
+		return nil
+	}
+	x, err := e.floats(op.Dst, op)
+	if err != nil {
+		return err
+	}
+	if e.raw {
+		if len(b) != 4*len(x) {
+			return fmt.Errorf("%w: %v: %d bytes for %d float32", ErrMessage, op, len(b), len(x))
+		}
+		decodeF32(x, b)
+		return nil
+	}
+	if err := e.cfg.codec.DecodeElems(x, b); err != nil {
+		return fmt.Errorf("%w: %v: %w", ErrMessage, op, err)
+	}
+	return nil
+}
+
+// Run executes Compute op.
+func (e *Exec) Run(op *Op) error {
+	if op.Kind != Compute {
+		return fmt.Errorf("%w: Run of %v", ErrExec, op)
+	}
+	switch op.Fn {
+	case FnBarrier, FnNone:
+		return nil
+	case FnReduce:
+		dst, err := e.floats(op.Dst, op)
+		if err != nil {
+			return err
+		}
+		if op.Src != BufStage {
+			src, err := e.floats(op.Src, op)
+			if err != nil {
+				return err
+			}
+			addTo(dst, src)
+			return nil
+		}
+		i := op.Deps[0]
+		if i < 0 || int(i) >= len(e.stage) || e.stage[i] == nil {
+			return fmt.Errorf("%w: %v: no staged message from op %d", ErrExec, op, i)
+		}
+		b := e.stage[i]
+		e.stage[i] = nil
+		if e.raw {
+			if len(b) != 4*len(dst) {
+				return fmt.Errorf("%w: %v: %d bytes for %d float32", ErrMessage, op, len(b), len(dst))
+			}
+			addF32(dst, b)
+			return nil
+		}
+		if err := e.cfg.codec.DecodeAddElems(dst, b); err != nil {
+			return fmt.Errorf("%w: %v: %w", ErrMessage, op, err)
+		}
+		return nil
+	case FnCopy:
+		dst, err := e.floats(op.Dst, op)
+		if err != nil {
+			return err
+		}
+		src, err := e.floats(op.Src, op)
+		if err != nil {
+			return err
+		}
+		copy(dst, src)
+		return nil
+	case FnScale:
+		dst, err := e.floats(op.Dst, op)
+		if err != nil {
+			return err
+		}
+		s := op.Scale
+		for i := range dst {
+			dst[i] *= s
+		}
+		return nil
+	case FnZero:
+		dst, err := e.floats(op.Dst, op)
+		if err != nil {
+			return err
+		}
+		clear(dst)
+		return nil
+	}
+	switch e.prog.Alg {
+	case AlgSparseGather:
+		return e.runSparse(op)
+	case AlgTwoPhaseSign:
+		return e.runTwoPhase(op)
+	case AlgLowRank:
+		return e.runLowRank(op)
+	}
+	return fmt.Errorf("%w: %v in %s", ErrExec, op, e.prog.Name)
+}
+
+func (e *Exec) runSparse(op *Op) error {
+	switch op.Fn {
+	case FnEncode:
+		i, err := e.slot(op)
+		if err != nil {
+			return err
+		}
+		b, err := e.cfg.payload.Encode(e.own[:0], e.data)
+		if err != nil {
+			return err
+		}
+		e.own = b
+		e.slots[i] = b
+		return nil
+	case FnDecodeAdd:
+		i, err := e.slot(op)
+		if err != nil {
+			return err
+		}
+		if e.slots[i] == nil {
+			return fmt.Errorf("%w: %v: payload slot %d is empty", ErrExec, op, i)
+		}
+		if err := e.cfg.payload.DecodeAdd(e.data, e.slots[i]); err != nil {
+			return fmt.Errorf("%w: payload of rank %d: %w", ErrMessage, i, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: %v in %s", ErrExec, op, e.prog.Name)
+}
+
+func (e *Exec) runLowRank(op *Op) error {
+	h := e.cfg.low
+	np := h.Rows() * h.Rank()
+	p, q := e.aux[:np], e.aux[np:]
+	switch op.Fn {
+	case FnEncode:
+		h.ComputeP(p, e.data)
+	case FnOrtho:
+		h.Orthogonalize(p)
+	case FnProject:
+		h.ComputeQ(q, e.data, p)
+	case FnDecode:
+		h.Reconstruct(e.data, p, q)
+		h.SetQ(q)
+	default:
+		return fmt.Errorf("%w: %v in %s", ErrExec, op, e.prog.Name)
+	}
+	return nil
+}
