@@ -1,0 +1,381 @@
+// Package adapt binds one layer's codec (package compressors) and error
+// feedback (package errorfeedback) to the collective scheme that its codec's
+// aggregation needs (package allreduce): it chooses the program, builds the
+// allreduce.Exec with the right hooks, and runs the error-feedback steps that
+// happen before and after the collective.
+//
+// Both drivers use it: package worker over a real transport, and package sim
+// in payload mode, so the bytes and numbers of a simulated step are those of
+// a real one. A driver does, per layer and step:
+//
+//	l.Begin(data)            // error feedback before the collective
+//	run l.Program() with l.Exec() (the driver's Machine loop)
+//	l.End()                  // bookkeeping after the collective
+//	... once every layer of the step succeeded:
+//	l.Finish(data)           // error feedback's finishing step (replicated state)
+//
+// Schemes by aggregation (compressors.Aggregation):
+//
+//	Reduce   (none, fp16, bf16)   Spec.Algorithm (ring, tree, halving-doubling) with
+//	                              the codec's element codec on every hop; error feedback
+//	                              other than none runs first: data ← D(EF.Encode(data)).
+//	Gather   (topk, randomk, dgc, qsgd)  sparse-gather: EF.Encode → all-gather →
+//	                              DecompressAdd in rank order → ×1/N.
+//	TwoPhase (sign)               two-phase-sign with errorfeedback.WorkerError and
+//	                              ServerError (specs §2.2).
+//	LowRank  (powersgd)           low-rank (P then Q) with the codec's PowerSGD steps;
+//	                              with ef14 the residual e = M − P̂Qᵀ (specs §4.1).
+package adapt
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/internal/kernels"
+)
+
+// ErrSpec is wrapped by every error about an invalid Spec.
+var ErrSpec = errors.New("adapt: invalid layer spec")
+
+// Spec describes one layer (or fused bucket) on one rank.
+type Spec struct {
+	Codec compressors.Recipe
+	EF    errorfeedback.Recipe
+	// Elems is the vector length. Rows and Cols are its matrix shape
+	// (required for PowerSGD; Rows·Cols == Elems).
+	Elems, Rows, Cols int
+	World, Rank       int
+	// Seed is shared by all ranks (random-k indices, PowerSGD's Q).
+	Seed uint64
+	// Algorithm is the all-reduce of Reduce codecs: AlgRing, AlgTree or
+	// AlgHalvingDoubling. Other aggregations choose their own scheme.
+	Algorithm allreduce.Algorithm
+	// Segments pipelines dense rings and trees (0 means 1).
+	Segments int
+}
+
+// Layer is one layer's scheme, program, executor and state on one rank. It
+// is not safe for concurrent use.
+type Layer struct {
+	spec Spec
+	agg  compressors.Aggregation
+	comp compressors.Compressor
+	fb   errorfeedback.Feedback // Reduce (if not none), Gather
+	prog *allreduce.Program
+	exec *allreduce.Exec
+
+	elem    compressors.ElementCodec
+	payload []byte // Reduce with EF: scratch for the encoded vector
+
+	// LowRank with ef14.
+	resid, mcopy []float32
+
+	t timer
+}
+
+// timer accumulates encode and decode time and this step's payload bytes.
+type timer struct {
+	compress, decompress time.Duration
+	payload              int64
+}
+
+// New builds the layer's codec, error feedback, program and executor.
+func New(s Spec) (*Layer, error) {
+	if s.World < 1 || s.Rank < 0 || s.Rank >= s.World || s.Elems < 0 {
+		return nil, fmt.Errorf("%w: rank %d of %d, %d elements", ErrSpec, s.Rank, s.World, s.Elems)
+	}
+	l := &Layer{spec: s, agg: s.Codec.Aggregation()}
+	opts := []compressors.Option{compressors.WithSeed(s.Seed), compressors.WithRank(s.Rank)}
+	if s.Codec.Codec == compressors.CodecPowerSGD {
+		if s.Rows*s.Cols != s.Elems || s.Rows < 1 {
+			return nil, fmt.Errorf("%w: powersgd needs a matrix shape, got %d×%d for %d elements", ErrSpec, s.Rows, s.Cols, s.Elems)
+		}
+		opts = append(opts, compressors.WithShape(s.Rows, s.Cols))
+	}
+	comp, err := s.Codec.New(s.Elems, opts...)
+	if err != nil {
+		return nil, err
+	}
+	l.comp = comp
+	p := allreduce.Params{World: s.World, Rank: s.Rank, Elems: s.Elems, Segments: s.Segments, Average: true}
+	var alg allreduce.Algorithm
+	var xopts []allreduce.ExecOption
+	switch l.agg {
+	case compressors.Reduce:
+		switch s.Algorithm {
+		case allreduce.AlgRing, allreduce.AlgTree, allreduce.AlgHalvingDoubling:
+		default:
+			return nil, fmt.Errorf("%w: %v is not an all-reduce for dense layers", ErrSpec, s.Algorithm)
+		}
+		alg = s.Algorithm
+		ec, ok := compressors.AsElementCodec(comp)
+		if !ok {
+			return nil, fmt.Errorf("%w: codec %s has no element codec", ErrSpec, s.Codec)
+		}
+		l.elem = ec
+		p.ElemBytes = ec.BytesPerElem()
+		if s.Codec.Codec != compressors.CodecNone {
+			// Wrapped for timing; the raw fp32 path (zero copy) is the default.
+			xopts = append(xopts, allreduce.WithElementCodec(timedElem{ec, &l.t}))
+		}
+		if s.EF.Kind != errorfeedback.KindNone {
+			if l.fb, err = s.EF.New(comp, errorfeedback.WithWorld(s.World)); err != nil {
+				return nil, err
+			}
+		}
+	case compressors.Gather:
+		alg = allreduce.AlgSparseGather
+		p.Segments = 0
+		if l.fb, err = s.EF.New(comp, errorfeedback.WithWorld(s.World)); err != nil {
+			return nil, err
+		}
+		xopts = append(xopts, allreduce.WithPayloadCodec(&payloadCodec{fb: l.fb, comp: comp, t: &l.t}))
+	case compressors.TwoPhase:
+		if s.EF.Kind != errorfeedback.KindNone {
+			return nil, fmt.Errorf("%w: %s keeps its own worker and server errors; error feedback must be none", ErrSpec, s.Codec)
+		}
+		alg = allreduce.AlgTwoPhaseSign
+		p.Segments = 0
+		xopts = append(xopts, allreduce.WithTwoPhase(&twoPhase{
+			w: errorfeedback.NewWorkerError(s.Elems, s.World),
+			s: errorfeedback.NewServerError(s.Elems, s.World),
+			t: &l.t,
+		}))
+	case compressors.LowRank:
+		h, ok := comp.(allreduce.LowRankHook)
+		if !ok {
+			return nil, fmt.Errorf("%w: codec %s does not provide the PowerSGD steps", ErrSpec, s.Codec)
+		}
+		switch s.EF.Kind {
+		case errorfeedback.KindNone:
+		case errorfeedback.KindEF14:
+			l.resid = make([]float32, s.Elems)
+			l.mcopy = make([]float32, s.Elems)
+		default:
+			return nil, fmt.Errorf("%w: %s supports error feedback none or ef14, not %s", ErrSpec, s.Codec, s.EF)
+		}
+		alg = allreduce.AlgLowRank
+		p.Rows, p.Cols, p.Components = h.Rows(), h.Cols(), h.Rank()
+		xopts = append(xopts, allreduce.WithLowRank(timedLowRank{h, &l.t}))
+	default:
+		return nil, fmt.Errorf("%w: unknown aggregation %v", ErrSpec, l.agg)
+	}
+	if l.prog, err = allreduce.Generate(alg, p); err != nil {
+		return nil, err
+	}
+	// The executor is bound to real data by Begin; a zero vector of the
+	// right length satisfies NewExec's checks until then.
+	if l.exec, err = allreduce.NewExec(l.prog, make([]float32, s.Elems), xopts...); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Program is the layer's program (the same every step).
+func (l *Layer) Program() *allreduce.Program { return l.prog }
+
+// Exec is the layer's executor, bound to the data of the last Begin.
+func (l *Layer) Exec() *allreduce.Exec { return l.exec }
+
+// Scheme names the program, e.g. "ring" or "sparse-gather".
+func (l *Layer) Scheme() string { return l.prog.Name }
+
+// Aggregation is the codec's aggregation.
+func (l *Layer) Aggregation() compressors.Aggregation { return l.agg }
+
+// Compressor is the layer's codec.
+func (l *Layer) Compressor() compressors.Compressor { return l.comp }
+
+// Feedback is the layer's error feedback (nil for schemes that keep their
+// own, and for dense layers without feedback).
+func (l *Layer) Feedback() errorfeedback.Feedback { return l.fb }
+
+// Begin starts a step on data (len Elems), which the layer then owns until
+// End: it runs error feedback's encode for Reduce codecs (data ← D(EF(data)))
+// and the residual for LowRank with ef14 (data ← data + e), and binds the
+// executor to data. A NaN or Inf in data makes error feedback fail with an
+// error wrapping errorfeedback.ErrNonFinite, before any state changes.
+func (l *Layer) Begin(data []float32) error {
+	if len(data) != l.spec.Elems {
+		return fmt.Errorf("%w: %d elements, layer has %d", ErrSpec, len(data), l.spec.Elems)
+	}
+	l.t = timer{}
+	t0 := time.Now()
+	switch {
+	case l.agg == compressors.Reduce:
+		l.t.payload = int64(l.spec.Elems * l.elem.BytesPerElem())
+		if l.fb != nil {
+			var err error
+			if l.payload, err = l.fb.Encode(l.payload[:0], data); err != nil {
+				return err
+			}
+			if err := l.comp.Decompress(data, l.payload); err != nil {
+				return err
+			}
+		}
+	case l.agg == compressors.LowRank:
+		l.t.payload = 4 * int64((l.prog.Layout.Len()))
+		if l.resid != nil {
+			kernels.Add(data, l.resid)
+			copy(l.mcopy, data)
+		}
+	}
+	l.t.compress += time.Since(t0)
+	return l.exec.Reset(l.prog, data)
+}
+
+// End finishes the step's local bookkeeping after the program ran: the
+// PowerSGD residual e = M − P̂Qᵀ (ef14).
+func (l *Layer) End(data []float32) {
+	if l.resid != nil {
+		t0 := time.Now()
+		kernels.AxpyTo(l.resid, -1, data, l.mcopy) // e = M − Ĝ
+		l.t.compress += time.Since(t0)
+	}
+}
+
+// Finish turns the averaged data into this step's update direction
+// (errorfeedback.Feedback.Finish). Call it on every rank, for every layer,
+// only when the whole step succeeded.
+func (l *Layer) Finish(data []float32) {
+	if l.fb != nil {
+		l.fb.Finish(data)
+	}
+}
+
+// Stats returns the time spent encoding (compression and error feedback)
+// and decoding inside the hooks since Begin, and the bytes of this rank's
+// encoded contribution (the compressed payload, the element-encoded vector
+// of a dense layer, the sign bytes and scale, or the P and Q factors).
+// Reductions inside the executor are not in decompress; drivers add the
+// executor time they measure.
+func (l *Layer) Stats() (compress, decompress time.Duration, payloadBytes int64) {
+	return l.t.compress, l.t.decompress, l.t.payload
+}
+
+// NominalPayload is the bytes of this rank's contribution that the layer
+// plans to send before knowing the data (compressors.Recipe.NominalBytes for
+// gathered codecs).
+func (l *Layer) NominalPayload() int64 {
+	switch l.agg {
+	case compressors.Reduce:
+		return int64(l.spec.Elems * l.elem.BytesPerElem())
+	case compressors.TwoPhase:
+		return int64(allreduce.TwoPhasePaddedLen(l.spec.Elems, l.spec.World)/8 + 4)
+	case compressors.LowRank:
+		return 4 * int64(l.prog.Layout.Len())
+	}
+	return l.spec.Codec.NominalBytes(l.spec.Elems)
+}
+
+// payloadCodec adapts error feedback and a Gather codec to
+// allreduce.PayloadCodec.
+type payloadCodec struct {
+	fb   errorfeedback.Feedback
+	comp compressors.Compressor
+	t    *timer
+}
+
+func (c *payloadCodec) Encode(dst []byte, src []float32) ([]byte, error) {
+	t0 := time.Now()
+	b, err := c.fb.Encode(dst, src)
+	c.t.compress += time.Since(t0)
+	c.t.payload = int64(len(b))
+	return b, err
+}
+
+func (c *payloadCodec) DecodeAdd(dst []float32, payload []byte) error {
+	t0 := time.Now()
+	err := c.comp.DecompressAdd(dst, payload)
+	c.t.decompress += time.Since(t0)
+	return err
+}
+
+// twoPhase adapts errorfeedback's worker and server errors to
+// allreduce.TwoPhaseHook.
+type twoPhase struct {
+	w *errorfeedback.WorkerError
+	s *errorfeedback.ServerError
+	t *timer
+}
+
+func (h *twoPhase) WorkerCompress(dst []byte, m []float32) ([]byte, float32) {
+	t0 := time.Now()
+	b, s := h.w.Compress(dst, m)
+	h.t.compress += time.Since(t0)
+	h.t.payload = int64(len(b)) + 4
+	return b, s
+}
+
+func (h *twoPhase) ServerStep(dst []byte, recv [][]byte, scales []float32) ([]byte, float32, error) {
+	t0 := time.Now()
+	b, s, err := h.s.Step(dst, recv, scales)
+	h.t.compress += time.Since(t0)
+	return b, s, err
+}
+
+// timedElem times an element codec's encoding and decoding.
+type timedElem struct {
+	c compressors.ElementCodec
+	t *timer
+}
+
+func (e timedElem) BytesPerElem() int { return e.c.BytesPerElem() }
+
+func (e timedElem) EncodeElems(dst []byte, src []float32) []byte {
+	t0 := time.Now()
+	b := e.c.EncodeElems(dst, src)
+	e.t.compress += time.Since(t0)
+	return b
+}
+
+func (e timedElem) DecodeElems(dst []float32, b []byte) error {
+	t0 := time.Now()
+	err := e.c.DecodeElems(dst, b)
+	e.t.decompress += time.Since(t0)
+	return err
+}
+
+func (e timedElem) DecodeAddElems(dst []float32, b []byte) error {
+	t0 := time.Now()
+	err := e.c.DecodeAddElems(dst, b)
+	e.t.decompress += time.Since(t0)
+	return err
+}
+
+// timedLowRank times the PowerSGD steps: the products and the
+// orthogonalization count as compression, the reconstruction as
+// decompression.
+type timedLowRank struct {
+	h allreduce.LowRankHook
+	t *timer
+}
+
+func (h timedLowRank) Rows() int { return h.h.Rows() }
+func (h timedLowRank) Cols() int { return h.h.Cols() }
+func (h timedLowRank) Rank() int { return h.h.Rank() }
+func (h timedLowRank) ComputeP(p, m []float32) {
+	t0 := time.Now()
+	h.h.ComputeP(p, m)
+	h.t.compress += time.Since(t0)
+}
+func (h timedLowRank) Orthogonalize(p []float32) {
+	t0 := time.Now()
+	h.h.Orthogonalize(p)
+	h.t.compress += time.Since(t0)
+}
+func (h timedLowRank) ComputeQ(q, m, p []float32) {
+	t0 := time.Now()
+	h.h.ComputeQ(q, m, p)
+	h.t.compress += time.Since(t0)
+}
+func (h timedLowRank) Reconstruct(dst, p, q []float32) {
+	t0 := time.Now()
+	h.h.Reconstruct(dst, p, q)
+	h.t.decompress += time.Since(t0)
+}
+func (h timedLowRank) SetQ(q []float32) { h.h.SetQ(q) }

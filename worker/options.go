@@ -1,0 +1,160 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// NaNPolicy says what a step does when some rank's gradient holds a NaN
+// or an Inf. The ranks always agree: each bucket's flags are exchanged before
+// its data, so every rank takes the same decision.
+type NaNPolicy uint8
+
+const (
+	// NaNError fails the step on every rank with a *NonFiniteError.
+	NaNError NaNPolicy = iota
+	// NaNSkip skips the step on every rank: the gradients are left as
+	// they were, Ledger.Skipped is set and no error is returned.
+	NaNSkip
+	// NaNIgnore does not look: non-finite values go through the
+	// collectives as they are (the exchange of flags is saved).
+	NaNIgnore
+)
+
+func (p NaNPolicy) String() string {
+	switch p {
+	case NaNError:
+		return "error"
+	case NaNSkip:
+		return "skip"
+	case NaNIgnore:
+		return "ignore"
+	}
+	return fmt.Sprintf("NaNPolicy(%d)", uint8(p))
+}
+
+// Config holds a Worker's settings. Get the defaults from DefaultConfig and
+// change them with Options.
+type Config struct {
+	// Timeout bounds every single message: a peer that neither delivers a
+	// message nor accepts one within Timeout fails the step on this rank
+	// with a *transport.PeerError wrapping ErrTimeout. It must cover the
+	// longest time a peer may legitimately spend between collectives
+	// (compute skew between ranks). Default 60 s.
+	Timeout time.Duration
+	// BucketBytes is the size (fp32 bytes) up to which consecutive layers
+	// with the same element-wise codec are fused into one collective.
+	// 0 disables fusion. Default 25 MiB, as PyTorch DDP.
+	BucketBytes int
+	// NonFinite is the policy for NaN/Inf gradients. Default NaNError.
+	NonFinite NaNPolicy
+	// Codec and ErrorFeedback are the recipes of layers registered without
+	// their own (compressors.Parse and errorfeedback.Parse syntax).
+	// Defaults "none" and "none".
+	Codec, ErrorFeedback string
+	// Algorithm forces the all-reduce algorithm for dense (Reduce) layers,
+	// by allreduce algorithm name ("ring", "tree", ...). Empty selects by the
+	// allreduce cost model.
+	Algorithm string
+	// Seed is the seed shared by all ranks (random-k indices, PowerSGD's Q).
+	Seed uint64
+	// SendsPerPeer bounds the sends in flight to one peer per collective.
+	// Default 2.
+	SendsPerPeer int
+	// SkipSignature turns off the start-up comparison of layer lists.
+	SkipSignature bool
+	// NoAbortNotice turns off abort notices: by default a rank whose step
+	// fails tells every peer (a tiny message on a per-step tag that each
+	// rank listens to while a step is in flight), so the peers fail at once
+	// with a *transport.PeerError wrapping ErrAborted instead of waiting
+	// for Config.Timeout.
+	NoAbortNotice bool
+	// Logger receives debug and error logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the default settings (a fresh value every call).
+func DefaultConfig() Config {
+	return Config{
+		Timeout:       60 * time.Second,
+		BucketBytes:   25 << 20,
+		NonFinite:     NaNError,
+		Codec:         "none",
+		ErrorFeedback: "none",
+		SendsPerPeer:  2,
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Timeout < 0:
+		return errors.New("negative timeout")
+	case c.BucketBytes < 0:
+		return errors.New("negative bucket size")
+	case c.NonFinite > NaNIgnore:
+		return fmt.Errorf("unknown non-finite policy %d", c.NonFinite)
+	case c.SendsPerPeer < 1:
+		return errors.New("SendsPerPeer must be at least 1")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Option changes a Config. Nil options are ignored.
+type Option func(*Config) error
+
+// WithConfig replaces the whole configuration.
+func WithConfig(c Config) Option { return func(d *Config) error { *d = c; return nil } }
+
+// WithTimeout sets Config.Timeout.
+func WithTimeout(d time.Duration) Option {
+	return func(c *Config) error { c.Timeout = d; return nil }
+}
+
+// WithBucketBytes sets Config.BucketBytes.
+func WithBucketBytes(n int) Option {
+	return func(c *Config) error { c.BucketBytes = n; return nil }
+}
+
+// WithNaNPolicy sets Config.NonFinite.
+func WithNaNPolicy(p NaNPolicy) Option {
+	return func(c *Config) error { c.NonFinite = p; return nil }
+}
+
+// WithDefaultCodec sets the recipes of layers registered without their own.
+func WithDefaultCodec(codec, errorFeedback string) Option {
+	return func(c *Config) error { c.Codec, c.ErrorFeedback = codec, errorFeedback; return nil }
+}
+
+// WithAlgorithm forces the all-reduce algorithm of dense layers by name.
+func WithAlgorithm(name string) Option {
+	return func(c *Config) error { c.Algorithm = name; return nil }
+}
+
+// WithSeed sets the seed shared by all ranks.
+func WithSeed(s uint64) Option { return func(c *Config) error { c.Seed = s; return nil } }
+
+// WithSendsPerPeer sets Config.SendsPerPeer.
+func WithSendsPerPeer(n int) Option {
+	return func(c *Config) error { c.SendsPerPeer = n; return nil }
+}
+
+// WithLogger sets Config.Logger.
+func WithLogger(l *slog.Logger) Option { return func(c *Config) error { c.Logger = l; return nil } }
+
+// LayerOption changes how one layer is communicated.
+type LayerOption func(*layerSpec) error
+
+// WithCodec sets the layer's compressor recipe, e.g. "topk:0.01".
+func WithCodec(recipe string) LayerOption {
+	return func(s *layerSpec) error { s.codec = recipe; return nil }
+}
+
+// WithErrorFeedback sets the layer's error-feedback recipe, e.g. "ef14".
+func WithErrorFeedback(recipe string) LayerOption {
+	return func(s *layerSpec) error { s.ef = recipe; return nil }
+}

@@ -1,0 +1,153 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/worker/adapt"
+
+	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/errorfeedback"
+)
+
+// resolveLayer parses and canonicalizes a layer's recipes and applies the
+// scheme rules that do not depend on the world size:
+//
+//   - PowerSGD needs a matrix: the shape is viewed as [shape[0], rest]. A
+//     layer whose factors would not be at least 2× smaller than the matrix
+//     ((rows+cols)·r·2 ≥ rows·cols, the rule of PyTorch's PowerSGD hook,
+//     which covers vectors) is sent dense ("none") instead.
+//   - sign uses the two-phase scheme's own worker and server errors, so its
+//     error feedback must be "none"; PowerSGD supports "none" and "ef14"
+//     (the residual against the all-reduced approximation, as in the paper).
+func resolveLayer(s *layerSpec) error {
+	r, err := compressors.Parse(s.codec)
+	if err != nil {
+		return err
+	}
+	e, err := errorfeedback.Parse(s.ef)
+	if err != nil {
+		return err
+	}
+	if r.Codec == compressors.CodecPowerSGD {
+		rows, cols := matrixShape(s.shape)
+		if (rows+cols)*r.Rank*2 >= rows*cols {
+			r, _ = compressors.Parse("none")
+		}
+	}
+	switch r.Aggregation() {
+	case compressors.TwoPhase:
+		if e.Kind != errorfeedback.KindNone {
+			return fmt.Errorf("codec %s keeps its own worker and server error; error feedback must be none, not %s", r, e)
+		}
+	case compressors.LowRank:
+		if e.Kind != errorfeedback.KindNone && e.Kind != errorfeedback.KindEF14 {
+			return fmt.Errorf("codec %s supports error feedback none or ef14, not %s", r, e)
+		}
+	}
+	s.codec, s.ef = r.String(), e.String()
+	s.recipe, s.efRecipe = r, e
+	return nil
+}
+
+// matrixShape views a shape as a matrix [shape[0], product of the rest].
+func matrixShape(shape []int) (rows, cols int) {
+	rows, cols = shape[0], 1
+	for _, d := range shape[1:] {
+		cols *= d
+	}
+	return rows, cols
+}
+
+// fusable reports whether a layer may share a bucket with others: its codec
+// is element-wise (Reduce) and its error feedback is element-wise too (DGC's
+// clipping uses the norm of the whole vector, so DGC layers stay alone).
+func fusable(s *layerSpec) bool {
+	return s.recipe.Aggregation() == compressors.Reduce && s.efRecipe.Kind != errorfeedback.KindDGC
+}
+
+func sameRecipe(a, b *layerSpec) bool { return a.codec == b.codec && a.ef == b.ef }
+
+// layerColl is a bucket's collective: an adapt.Layer run by the driver.
+type layerColl struct {
+	l *adapt.Layer
+}
+
+func (c *layerColl) scheme() string { return c.l.Scheme() }
+
+func (c *layerColl) finish(data []float32) error {
+	c.l.Finish(data)
+	return nil
+}
+
+func (c *layerColl) run(ctx context.Context, conn transport.Conn, d *driver, id uint32, data []float32, opts RunOptions) (collStats, error) {
+	var cs collStats
+	if err := c.l.Begin(data); err != nil {
+		return cs, err
+	}
+	rs, err := d.run(ctx, conn, id, c.l.Program(), c.l.Exec(), opts)
+	if err == nil {
+		c.l.End(data)
+	}
+	comp, dec, payload := c.l.Stats()
+	cs.run, cs.payload, cs.compress = rs, payload, comp
+	// Executor time that was not encoding is decoding and reducing.
+	cs.decompress = max(dec, rs.Compute-comp)
+	return cs, err
+}
+
+// segmentBytes is the largest message a dense ring or tree sends at once;
+// longer chunks are pipelined in segments of about this size.
+const segmentBytes = 1 << 20
+
+// newCollective builds bucket b's scheme on this rank.
+func (w *Worker) newCollective(b *bucket) (collective, error) {
+	s := w.layers[b.layers[0]]
+	rows, cols := matrixShape(s.shape)
+	if b.fused {
+		rows, cols = b.elems(), 1
+	}
+	spec := adapt.Spec{
+		Codec: s.recipe, EF: s.efRecipe,
+		Elems: b.elems(), Rows: rows, Cols: cols,
+		World: w.conn.Size(), Rank: w.conn.Rank(), Seed: w.cfg.Seed,
+	}
+	if s.recipe.Aggregation() == compressors.Reduce {
+		eb := 4
+		switch s.recipe.Codec {
+		case compressors.CodecFP16, compressors.CodecBF16:
+			eb = 2
+		}
+		alg, err := w.denseAlgorithm(b.elems(), eb)
+		if err != nil {
+			return nil, err
+		}
+		spec.Algorithm = alg
+		perRank := (b.elems()*eb + spec.World - 1) / spec.World
+		spec.Segments = min(max(1, (perRank+segmentBytes-1)/segmentBytes), 64)
+	}
+	l, err := adapt.New(spec)
+	if err != nil {
+		return nil, fmt.Errorf("worker: bucket %d (layer %q): %w", b.index, s.name, err)
+	}
+	return &layerColl{l: l}, nil
+}
+
+// denseAlgorithm picks the all-reduce of a dense bucket: Config.Algorithm
+// if set, else ring.
+func (w *Worker) denseAlgorithm(elems, elemBytes int) (allreduce.Algorithm, error) {
+	if w.cfg.Algorithm != "" {
+		a, err := allreduce.ParseAlgorithm(w.cfg.Algorithm)
+		if err != nil {
+			return 0, err
+		}
+		switch a {
+		case allreduce.AlgRing, allreduce.AlgTree, allreduce.AlgHalvingDoubling:
+			return a, nil
+		}
+		return 0, fmt.Errorf("worker: algorithm %v is not an all-reduce", a)
+	}
+	return allreduce.AlgRing, nil
+}

@@ -1,0 +1,706 @@
+package worker
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/slimgrad/slimgrad/transport"
+)
+
+// Errors.
+var (
+	// ErrBroken is returned by every call after a step failed on this rank
+	// for a reason the ranks may not agree on (a dead peer, a timeout, a
+	// cancelled context, a corrupt message): the ranks' collectives may be
+	// out of step, so the Worker refuses to go on. The first error is wrapped.
+	ErrBroken = errors.New("worker: unusable after a failed step")
+	// ErrStarted is returned by Register after Start.
+	ErrStarted = errors.New("worker: already started")
+	// ErrClosed is returned by every call after Close.
+	ErrClosed = errors.New("worker: closed")
+	// ErrStepInFlight is returned by Step when a step begun with Submit has
+	// not been waited for.
+	ErrStepInFlight = errors.New("worker: a step is in flight")
+	// ErrAborted is wrapped (inside a *transport.PeerError naming the peer)
+	// when a peer's step failed and it told the others to stop waiting.
+	ErrAborted = errors.New("worker: peer aborted the step")
+)
+
+// NonFiniteError reports NaN or Inf gradients under the NaNError policy.
+// Every rank returns the same error for the same step; the Worker stays
+// usable (the ranks agree on what happened).
+type NonFiniteError struct {
+	Step  int64
+	Layer string // the first layer (in bucket order) flagged by some rank
+	Ranks []int  // the ranks that flagged it, ascending
+}
+
+func (e *NonFiniteError) Error() string {
+	return fmt.Sprintf("worker: step %d: NaN or Inf in the gradient of layer %q on rank(s) %v", e.Step, e.Layer, e.Ranks)
+}
+
+// Worker is one rank's endpoint for data-parallel gradient exchange: register
+// the layers, then per step hand over the gradients (Step, or Submit per layer
+// and Wait) and get back the averaged update in place, with a Ledger.
+//
+// A Worker does not own its transport.Conn: Close does not close it, and the
+// Worker assumes it is the only user of the conn's tag space and counters.
+//
+// Register, Start, Step, Wait and Close must not be called concurrently with
+// each other. Submit may be called from several goroutines at once.
+type Worker struct {
+	conn transport.Conn
+	cfg  Config
+
+	mu      sync.Mutex
+	layers  []*layerSpec
+	byName  map[string]int
+	started bool
+	closed  bool
+	broken  error
+
+	buckets     []*bucket
+	layerBucket []int // layer index → bucket index
+	nextID      uint32
+	step        int64
+	cur         *stepState
+}
+
+// New returns a Worker for conn with the given options. It validates the
+// options but does no I/O; the ranks meet at Start (or the first step).
+func New(ctx context.Context, conn transport.Conn, opts ...Option) (*Worker, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if conn == nil {
+		return nil, errors.New("worker: nil conn")
+	}
+	cfg := DefaultConfig()
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil {
+			return nil, fmt.Errorf("worker: %w", err)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	return &Worker{conn: conn, cfg: cfg, byName: make(map[string]int), nextID: 1}, nil
+}
+
+// Rank is this worker's rank.
+func (w *Worker) Rank() int { return w.conn.Rank() }
+
+// World is the number of ranks.
+func (w *Worker) World() int { return w.conn.Size() }
+
+// Config returns the settings in use.
+func (w *Worker) Config() Config { return w.cfg }
+
+// Register adds a layer with the given name and shape and returns its index,
+// which is the position of its gradient in Step's argument and the argument
+// of Submit. Register layers in forward order; every rank must register the
+// same list (Start checks). The layer uses the Worker's default codec and
+// error feedback unless opts say otherwise. PowerSGD needs a 2-D shape
+// ([rows, cols]; higher ranks are flattened to [shape[0], rest]).
+func (w *Worker) Register(name string, shape []int, opts ...LayerOption) (int, error) {
+	if w.closed {
+		return -1, ErrClosed
+	}
+	if w.started {
+		return -1, ErrStarted
+	}
+	if name == "" {
+		return -1, errors.New("worker: empty layer name")
+	}
+	if _, dup := w.byName[name]; dup {
+		return -1, fmt.Errorf("worker: layer %q registered twice", name)
+	}
+	if len(shape) == 0 {
+		return -1, fmt.Errorf("worker: layer %q: empty shape", name)
+	}
+	elems := 1
+	for _, d := range shape {
+		if d <= 0 {
+			return -1, fmt.Errorf("worker: layer %q: bad shape %v", name, shape)
+		}
+		if elems > math.MaxInt32/d {
+			return -1, fmt.Errorf("worker: layer %q: shape %v too large", name, shape)
+		}
+		elems *= d
+	}
+	s := &layerSpec{name: name, shape: slices.Clone(shape), elems: elems, codec: w.cfg.Codec, ef: w.cfg.ErrorFeedback}
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(s); err != nil {
+			return -1, fmt.Errorf("worker: layer %q: %w", name, err)
+		}
+	}
+	if err := resolveLayer(s); err != nil {
+		return -1, fmt.Errorf("worker: layer %q: %w", name, err)
+	}
+	w.layers = append(w.layers, s)
+	w.byName[name] = len(w.layers) - 1
+	return len(w.layers) - 1, nil
+}
+
+// Layer returns the index of the layer registered under name.
+func (w *Worker) Layer(name string) (int, bool) {
+	i, ok := w.byName[name]
+	return i, ok
+}
+
+// Layers returns the number of registered layers.
+func (w *Worker) Layers() int { return len(w.layers) }
+
+// settingsLine is the part of the configuration that must agree across ranks.
+func (w *Worker) settingsLine() string {
+	return fmt.Sprintf("world=%d bucket=%d nonfinite=%s algorithm=%q seed=%d", w.conn.Size(), w.cfg.BucketBytes, w.cfg.NonFinite, w.cfg.Algorithm, w.cfg.Seed)
+}
+
+// Start ends registration: it plans the buckets, builds every layer's codec
+// and error-feedback state and the programs, and compares the layer lists of
+// all ranks (unless Config.SkipSignature). A mismatch is a *SignatureError
+// naming the first differing layer, identical on every rank. Start is called
+// by the first Step or Submit if not before. It blocks until every rank has
+// started, ctx ends or Config.Timeout passes.
+func (w *Worker) Start(ctx context.Context) error {
+	if w.closed {
+		return ErrClosed
+	}
+	if w.broken != nil {
+		return fmt.Errorf("%w: %w", ErrBroken, w.broken)
+	}
+	if w.started {
+		return nil
+	}
+	if len(w.layers) == 0 {
+		return errors.New("worker: no layers registered")
+	}
+	if !w.cfg.SkipSignature {
+		lines := signatureLines(w.settingsLine(), w.layers)
+		if err := checkSignature(ctx, w.conn, w.nextID, lines, &w.cfg); err != nil {
+			var se *SignatureError
+			if !errors.As(err, &se) {
+				w.broken = err
+			}
+			return err
+		}
+	}
+	w.nextID += 2
+	if err := w.plan(); err != nil {
+		return err
+	}
+	w.started = true
+	return nil
+}
+
+// bucket is one collective per step: one layer, or several fused.
+type bucket struct {
+	index  int
+	layers []int // layer indices, in submission (reverse registration) order
+	offs   []int // offsets of the layers in the fused vector; len(layers)+1
+	fused  bool
+	buf    []float32 // the fused vector (fused buckets only)
+	coll   collective
+	drv    driver
+}
+
+func (b *bucket) elems() int { return b.offs[len(b.offs)-1] }
+
+// plan fuses layers into buckets and builds their collectives. Layers are
+// taken in reverse registration order (backward produces the last layer's
+// gradient first); consecutive fusable layers with the same recipes share a
+// bucket while it stays within BucketBytes.
+func (w *Worker) plan() error {
+	w.layerBucket = make([]int, len(w.layers))
+	var cur *bucket
+	for li := len(w.layers) - 1; li >= 0; li-- {
+		s := w.layers[li]
+		join := cur != nil && w.cfg.BucketBytes > 0 && fusable(s) &&
+			fusable(w.layers[cur.layers[0]]) && sameRecipe(s, w.layers[cur.layers[0]]) &&
+			4*(cur.elems()+s.elems) <= w.cfg.BucketBytes
+		if !join {
+			cur = &bucket{index: len(w.buckets), offs: []int{0}}
+			w.buckets = append(w.buckets, cur)
+		}
+		cur.layers = append(cur.layers, li)
+		cur.offs = append(cur.offs, cur.elems()+s.elems)
+		w.layerBucket[li] = cur.index
+	}
+	for _, b := range w.buckets {
+		b.fused = len(b.layers) > 1
+		if b.fused {
+			b.buf = make([]float32, b.elems())
+		}
+		c, err := w.newCollective(b)
+		if err != nil {
+			return err
+		}
+		b.coll = c
+	}
+	return nil
+}
+
+// stepState is the state of the step in flight.
+type stepState struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	base    uint32
+	start   time.Time
+	before  transport.Stats
+	grads   [][]float32
+	missing []int // per bucket: layers not yet submitted
+	results []bucketResult
+	wg      sync.WaitGroup // bucket goroutines
+
+	// Abort notices: when a step fails on one rank, it tells every peer, so
+	// that they fail at once instead of after Config.Timeout.
+	abortID  uint32
+	watchers sync.WaitGroup
+	mu       sync.Mutex
+	aborted  error // a peer's notice, if one arrived
+	notified bool  // this rank sent its notice
+}
+
+// watch waits for abort notices from every peer until the step ends.
+func (w *Worker) watch(st *stepState) {
+	n, me := w.conn.Size(), w.conn.Rank()
+	tag := Tag(st.abortID, 0)
+	for p := 0; p < n; p++ {
+		if p == me {
+			continue
+		}
+		st.watchers.Go(func() {
+			b, err := w.conn.Recv(st.ctx, p, tag)
+			if err != nil {
+				return // the step ended (or the peer is gone: the buckets see it)
+			}
+			st.mu.Lock()
+			if st.aborted == nil {
+				st.aborted = &transport.PeerError{Rank: p, Op: "abort", Err: fmt.Errorf("%w: %s", ErrAborted, b)}
+			}
+			st.mu.Unlock()
+			st.cancel()
+		})
+	}
+}
+
+// fail records that the step failed on this rank: unless a peer's notice
+// caused it, every peer gets a notice (best effort, bounded in time), then
+// the step's other collectives are cancelled.
+func (w *Worker) fail(st *stepState, err error) {
+	st.mu.Lock()
+	send := st.aborted == nil && !st.notified && !w.cfg.NoAbortNotice
+	st.notified = true
+	st.mu.Unlock()
+	if send {
+		msg := []byte(fmt.Sprintf("rank %d: %v", w.conn.Rank(), err))
+		if len(msg) > 1024 {
+			msg = msg[:1024]
+		}
+		timeout := min(w.cfg.Timeout, 5*time.Second)
+		if timeout <= 0 {
+			timeout = 5 * time.Second
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		var wg sync.WaitGroup
+		for p := 0; p < w.conn.Size(); p++ {
+			if p != w.conn.Rank() {
+				wg.Go(func() { _ = w.conn.Send(ctx, p, Tag(st.abortID, 0), msg) })
+			}
+		}
+		wg.Wait()
+		cancel()
+	}
+	st.cancel()
+}
+
+type bucketResult struct {
+	started bool
+	err     error
+	flagged []int32 // per rank: flagged layer (index in the bucket) or -1; nil if no check
+	skipped bool
+	stats   collStats
+	wall    time.Duration
+}
+
+func (w *Worker) beginStep() error {
+	if w.closed {
+		return ErrClosed
+	}
+	if w.broken != nil {
+		return fmt.Errorf("%w: %w", ErrBroken, w.broken)
+	}
+	if w.cur != nil {
+		return nil
+	}
+	if !w.started {
+		return errors.New("worker: not started (call Start, or Step)")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	st := &stepState{
+		ctx: ctx, cancel: cancel, base: w.nextID, start: time.Now(), before: w.conn.Stats(),
+		grads:   make([][]float32, len(w.layers)),
+		missing: make([]int, len(w.buckets)),
+		results: make([]bucketResult, len(w.buckets)),
+	}
+	for i, b := range w.buckets {
+		st.missing[i] = len(b.layers)
+	}
+	st.abortID = st.base + 2*uint32(len(w.buckets))
+	w.nextID += 2*uint32(len(w.buckets)) + 1
+	w.cur = st
+	if w.conn.Size() > 1 && !w.cfg.NoAbortNotice {
+		w.watch(st)
+	}
+	return nil
+}
+
+// Submit hands over the gradient of one layer for the current step, as soon
+// as backward has produced it. When every layer of the layer's bucket is in,
+// the bucket's collective starts in the background. grad must have the
+// layer's element count; the Worker owns it until Wait returns, which leaves
+// the averaged update in it. Submit does not block on the network. The first
+// Submit of a step begins the step; Start must have been called.
+func (w *Worker) Submit(layer int, grad []float32) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.beginStep(); err != nil {
+		return err
+	}
+	if layer < 0 || layer >= len(w.layers) {
+		return fmt.Errorf("worker: no layer %d", layer)
+	}
+	s := w.layers[layer]
+	if len(grad) != s.elems {
+		return fmt.Errorf("worker: layer %q: gradient has %d elements, want %d", s.name, len(grad), s.elems)
+	}
+	st := w.cur
+	if st.grads[layer] != nil {
+		return fmt.Errorf("worker: layer %q submitted twice in step %d", s.name, w.step)
+	}
+	st.grads[layer] = grad
+	bi := w.layerBucket[layer]
+	st.missing[bi]--
+	if st.missing[bi] == 0 {
+		st.results[bi].started = true
+		st.wg.Add(1)
+		go func() {
+			defer st.wg.Done()
+			w.runBucket(st, w.buckets[bi])
+		}()
+	}
+	return nil
+}
+
+// Step exchanges a whole step's gradients: grads[i] is layer i's gradient
+// (registration order), overwritten in place with the averaged update. It is
+// Submit for every layer (last layer first) followed by Wait. It calls Start
+// first if needed.
+func (w *Worker) Step(ctx context.Context, grads [][]float32) (*Ledger, error) {
+	if err := w.Start(ctx); err != nil {
+		return nil, err
+	}
+	if w.cur != nil {
+		return nil, ErrStepInFlight
+	}
+	if len(grads) != len(w.layers) {
+		return nil, fmt.Errorf("worker: Step got %d gradients for %d layers", len(grads), len(w.layers))
+	}
+	for i := len(grads) - 1; i >= 0; i-- {
+		if err := w.Submit(i, grads[i]); err != nil {
+			w.abort(err)
+			return nil, err
+		}
+	}
+	return w.Wait(ctx)
+}
+
+// abort ends the current step after a local misuse error, which breaks the
+// worker: the other ranks may have started collectives this rank never will.
+func (w *Worker) abort(err error) {
+	w.mu.Lock()
+	st := w.cur
+	w.cur = nil
+	w.mu.Unlock()
+	if st == nil {
+		return
+	}
+	w.fail(st, err)
+	st.wg.Wait()
+	st.watchers.Wait()
+	w.broken = err
+	w.step++
+}
+
+// Wait waits for every collective of the step begun by Submit and returns
+// its Ledger. Every layer must have been submitted. When it returns nil
+// error, every submitted gradient holds the averaged update (the mean over
+// ranks of the decoded contributions, passed through error feedback's
+// finishing step). If ctx ends, the step is cancelled and the Worker broken.
+//
+// Under NaNSkip a skipped step returns a Ledger with Skipped set and
+// nil error; the gradients' contents are then unspecified and must not be
+// applied. Under NaNError it returns a *NonFiniteError and the
+// Worker stays usable.
+func (w *Worker) Wait(ctx context.Context) (*Ledger, error) {
+	w.mu.Lock()
+	st := w.cur
+	w.mu.Unlock()
+	if w.closed {
+		return nil, ErrClosed
+	}
+	if st == nil {
+		return nil, errors.New("worker: Wait without a step in flight")
+	}
+	for bi, m := range st.missing {
+		if m != 0 {
+			l := w.layers[w.buckets[bi].layers[0]]
+			for _, li := range w.buckets[bi].layers {
+				if st.grads[li] == nil {
+					l = w.layers[li]
+					break
+				}
+			}
+			err := fmt.Errorf("worker: step %d: Wait before layer %q was submitted", w.step, l.name)
+			w.abort(err)
+			return nil, err
+		}
+	}
+	stop := context.AfterFunc(ctx, st.cancel)
+	st.wg.Wait()
+	stop()
+	w.mu.Lock()
+	w.cur = nil
+	w.mu.Unlock()
+	step := w.step
+	w.step++
+	st.cancel()
+	st.watchers.Wait()
+
+	// A failure anywhere breaks the worker. Report the cause: a local
+	// failure (first in bucket order) rather than the cancellations it
+	// caused, else a peer's abort notice, else the caller's ctx.
+	var first, cause error
+	for bi := range st.results {
+		if err := st.results[bi].err; err != nil {
+			if first == nil {
+				first = err
+			}
+			if cause == nil && !errors.Is(err, context.Canceled) {
+				cause = err
+			}
+		}
+	}
+	if first != nil {
+		switch {
+		case cause != nil:
+		case st.aborted != nil:
+			cause = fmt.Errorf("worker: step %d: %w", step, st.aborted)
+		case ctx.Err() != nil:
+			cause = fmt.Errorf("worker: step %d: %w", step, ctx.Err())
+		default:
+			cause = first
+		}
+		w.broken = cause
+		return nil, cause
+	}
+	led := w.ledger(st, step)
+	// Non-finite gradients: every rank saw the same flags.
+	for bi, r := range st.results {
+		if r.flagged == nil || !r.skipped {
+			continue
+		}
+		led.Skipped = true
+		if w.cfg.NonFinite == NaNError {
+			b := w.buckets[bi]
+			first := int32(math.MaxInt32)
+			for _, f := range r.flagged {
+				if f >= 0 && f < first {
+					first = f
+				}
+			}
+			e := &NonFiniteError{Step: step, Layer: w.layers[b.layers[first]].name}
+			for rank, f := range r.flagged {
+				if f == first {
+					e.Ranks = append(e.Ranks, rank)
+				}
+			}
+			return led, e
+		}
+	}
+	if led.Skipped {
+		return led, nil
+	}
+	for _, b := range w.buckets {
+		data := b.buf
+		if !b.fused {
+			data = st.grads[b.layers[0]]
+		}
+		t0 := time.Now()
+		if err := b.coll.finish(data); err != nil {
+			w.broken = err
+			return nil, err
+		}
+		dt := time.Since(t0)
+		if b.fused {
+			for k, li := range b.layers {
+				copy(st.grads[li], b.buf[b.offs[k]:b.offs[k+1]])
+			}
+		}
+		for _, li := range b.layers {
+			led.Layers[li].Decompress += dt * time.Duration(w.layers[li].elems) / time.Duration(b.elems())
+		}
+	}
+	return led, nil
+}
+
+// runBucket runs on its own goroutine: the non-finite flag exchange, then
+// the bucket's collective.
+func (w *Worker) runBucket(st *stepState, b *bucket) {
+	res := &st.results[b.index]
+	t0 := time.Now()
+	defer func() { res.wall = time.Since(t0) }()
+	data := b.buf
+	if b.fused {
+		for k, li := range b.layers {
+			copy(b.buf[b.offs[k]:b.offs[k+1]], st.grads[li])
+		}
+	} else {
+		data = st.grads[b.layers[0]]
+	}
+	flagID := st.base + 2*uint32(b.index)
+	if w.cfg.NonFinite != NaNIgnore {
+		mine := int32(-1)
+		for k := range b.layers {
+			if !finite(data[b.offs[k]:b.offs[k+1]]) {
+				mine = int32(k)
+				break
+			}
+		}
+		var msg [4]byte
+		binary.LittleEndian.PutUint32(msg[:], uint32(mine))
+		all, err := allGatherSmall(st.ctx, w.conn, flagID, msg[:], w.cfg.Timeout)
+		if err != nil {
+			res.err = err
+			w.fail(st, err)
+			return
+		}
+		res.flagged = make([]int32, len(all))
+		for r, m := range all {
+			if len(m) != 4 {
+				res.err = fmt.Errorf("worker: non-finite flag from rank %d has %d bytes", r, len(m))
+				w.fail(st, res.err)
+				return
+			}
+			f := int32(binary.LittleEndian.Uint32(m))
+			if f < -1 || int(f) >= len(b.layers) {
+				res.err = fmt.Errorf("worker: non-finite flag %d from rank %d out of range", f, r)
+				w.fail(st, res.err)
+				return
+			}
+			res.flagged[r] = f
+			if f >= 0 {
+				res.skipped = true
+			}
+		}
+		if res.skipped {
+			return
+		}
+	}
+	cs, err := b.coll.run(st.ctx, w.conn, &b.drv, flagID+1, data, RunOptions{Timeout: w.cfg.Timeout, SendsPerPeer: w.cfg.SendsPerPeer})
+	res.stats = cs
+	if err != nil {
+		res.err = fmt.Errorf("worker: bucket %d (layer %q): %w", b.index, w.layers[b.layers[0]].name, err)
+		w.fail(st, res.err)
+	}
+}
+
+func finite(x []float32) bool {
+	for _, v := range x {
+		if v-v != 0 { // NaN or ±Inf
+			return false
+		}
+	}
+	return true
+}
+
+// ledger assembles the step's account.
+func (w *Worker) ledger(st *stepState, step int64) *Ledger {
+	n := w.conn.Size()
+	led := &Ledger{Step: step, World: n, Rank: w.conn.Rank(), Wall: time.Since(st.start)}
+	led.Peers = statsDelta(st.before, w.conn.Stats())
+	led.Layers = make([]LayerLedger, len(w.layers))
+	for li, s := range w.layers {
+		led.Layers[li] = LayerLedger{
+			Name: s.name, Elems: s.elems, Bucket: w.layerBucket[li], Codec: s.codec, EF: s.ef,
+			DenseBytes: 4 * int64(s.elems), BaselineBytes: ringBaseline(n, s.elems),
+		}
+	}
+	for bi, b := range w.buckets {
+		r := &st.results[bi]
+		total := int64(b.elems())
+		share := func(v int64, li int) int64 {
+			// Proportional split whose parts sum to v: the last layer takes the rest.
+			return v * int64(w.layers[li].elems) / total
+		}
+		var acc [5]int64
+		for k, li := range b.layers {
+			l := &led.Layers[li]
+			l.Scheme = b.coll.scheme()
+			l.Skipped = r.skipped
+			vals := [5]int64{r.stats.payload, r.stats.run.SentBytes, r.stats.run.RecvBytes,
+				r.stats.run.SentBytes + r.stats.run.Msgs*transport.FrameHeaderLen, 0}
+			var got [5]int64
+			if k == len(b.layers)-1 {
+				for j := range 4 {
+					got[j] = vals[j] - acc[j]
+				}
+			} else {
+				for j := range 4 {
+					got[j] = share(vals[j], li)
+					acc[j] += got[j]
+				}
+			}
+			l.PayloadBytes, l.SentBytes, l.RecvBytes, l.WireBytes = got[0], got[1], got[2], got[3]
+			frac := func(d time.Duration) time.Duration {
+				return time.Duration(int64(d) * int64(w.layers[li].elems) / total)
+			}
+			l.Compress = frac(r.stats.compress)
+			l.Decompress = frac(r.stats.decompress)
+			comm := r.wall - r.stats.compress - r.stats.decompress
+			if comm < 0 {
+				comm = 0
+			}
+			l.Communicate = frac(comm)
+		}
+	}
+	return led
+}
+
+// Close cancels a step in flight and releases the Worker. It does not close
+// the conn. Close is idempotent.
+func (w *Worker) Close() error {
+	w.mu.Lock()
+	st := w.cur
+	w.cur = nil
+	w.closed = true
+	w.mu.Unlock()
+	if st != nil {
+		w.fail(st, ErrClosed)
+		st.wg.Wait()
+		st.watchers.Wait()
+	}
+	return nil
+}
