@@ -105,7 +105,7 @@ func TestRingEverySendsFirst(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					next, prev := (r+1)%n, (r+n-1)%n
-					rng := rand.New(rand.NewPCG(uint64(r), 1))     // what we send
+					rng := rand.New(rand.NewPCG(uint64(r), 1))      // what we send
 					check := rand.New(rand.NewPCG(uint64(prev), 1)) // what prev sends
 					for round := range 5 {
 						msg := payload(rng, 1<<16+round)
@@ -332,5 +332,55 @@ func TestPeerDeath(t *testing.T) {
 	}
 	if b, err := conns[1].Recv(ctx, 0, 8); err != nil || string(b) != "ok" {
 		t.Fatalf("survivors: %q, %v", b, err)
+	}
+}
+
+// TestIdleGroupStaysAlive: heartbeats keep idle peers alive well past
+// PeerTimeout.
+func TestIdleGroupStaysAlive(t *testing.T) {
+	conns := newGroup(t, 3, WithPeerTimeout(300*time.Millisecond, 50*time.Millisecond))
+	time.Sleep(time.Second) // idle for over 3 timeouts
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for r, c := range conns {
+		if err := c.Send(ctx, (r+1)%3, 1, []byte{byte(r)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for r, c := range conns {
+		if b, err := c.Recv(ctx, (r+2)%3, 1); err != nil || b[0] != byte((r+2)%3) {
+			t.Fatalf("rank %d: %v, %v", r, b, err)
+		}
+	}
+}
+
+func TestQUIC(t *testing.T) {
+	conns := newGroup(t, 2, WithQUIC(), WithListenAddrs("/ip4/127.0.0.1/udp/0/quic-v1"))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	msg := payload(rand.New(rand.NewPCG(3, 3)), 1<<20)
+	if err := conns[0].Send(ctx, 1, 2, msg); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := conns[1].Recv(ctx, 0, 2); err != nil || !bytes.Equal(b, msg) {
+		t.Fatalf("over QUIC: %d bytes, %v", len(b), err)
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []Option
+	}{
+		{"no job", nil},
+		{"bad job", []Option{WithJob("a/b")}},
+		{"quic insecure", []Option{WithJob("j"), WithQUIC(), WithInsecure()}},
+		{"heartbeat too long", []Option{WithJob("j"), WithPeerTimeout(time.Second, 2*time.Second)}},
+		{"max frame", []Option{WithJob("j"), WithMaxFrame(0)}},
+	} {
+		if n, err := Listen(context.Background(), tc.opts...); err == nil {
+			n.Close()
+			t.Errorf("%s: no error", tc.name)
+		}
 	}
 }
