@@ -6,7 +6,10 @@
 // Error feedback lives in package errorfeedback, never here.
 package compressors
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Aggregation says how the payloads of one layer combine across ranks. The
 // collectives (package allreduce) choose their scheme from it.
@@ -64,4 +67,62 @@ type Compressor interface {
 
 	// String returns the canonical recipe of this codec, e.g. "topk:0.001".
 	String() string
+}
+
+// Sentinel errors. Errors returned by this package wrap one of them (test with
+// errors.Is); the wrapping message says what exactly is wrong.
+var (
+	// ErrRecipe: a recipe string or option is invalid (see RecipeError).
+	ErrRecipe = errors.New("compressors: bad recipe")
+	// ErrLength: a vector's length does not match the compressor's layer.
+	ErrLength = errors.New("compressors: wrong vector length")
+	// ErrNonFinite: the input holds NaN or Inf that the codec cannot encode.
+	ErrNonFinite = errors.New("compressors: non-finite input")
+	// ErrCorrupt: a payload is truncated, fails its checksum or holds values
+	// that no encoder produces (an index out of range, a bad length ...).
+	ErrCorrupt = errors.New("compressors: corrupt payload")
+	// ErrMismatch: a well-formed payload was made by a different codec, with
+	// different parameters or for a layer of a different size.
+	ErrMismatch = errors.New("compressors: payload does not match compressor")
+)
+
+// RecipeError reports an invalid recipe string or option.
+type RecipeError struct {
+	Recipe string // the recipe as given
+	Reason string // what is wrong, e.g. "density must be in (0,1]"
+}
+
+func (e *RecipeError) Error() string {
+	return fmt.Sprintf("compressors: recipe %q: %s", e.Recipe, e.Reason)
+}
+
+// Unwrap returns ErrRecipe.
+func (e *RecipeError) Unwrap() error { return ErrRecipe }
+
+// ElementCodec is the chunk-level form of a Reduce codec (none, fp16, bf16),
+// used on the hops of a ring or tree where each chunk is encoded, sent,
+// decoded and added. It has no frame header or checksum (the transport frame
+// carries one): a chunk of n elements is exactly n*BytesPerElem() bytes.
+//
+// The methods keep no state, allocate nothing when dst has capacity, and are
+// safe for concurrent use.
+type ElementCodec interface {
+	// BytesPerElem is the encoded size of one element.
+	BytesPerElem() int
+	// EncodeElems appends the encoding of src to dst and returns it.
+	EncodeElems(dst []byte, src []float32) []byte
+	// DecodeElems overwrites dst with the decoding of b. It returns an
+	// error wrapping ErrCorrupt unless len(b) == len(dst)*BytesPerElem().
+	DecodeElems(dst []float32, b []byte) error
+	// DecodeAddElems adds the decoding of b to dst, with the same check.
+	DecodeAddElems(dst []float32, b []byte) error
+}
+
+// AsElementCodec returns the chunk-level codec of c if c is a Reduce codec
+// without an entropy stage (none, fp16, bf16), and false otherwise.
+func AsElementCodec(c Compressor) (ElementCodec, bool) {
+	if d, ok := c.(*Dense); ok {
+		return d.elem, true
+	}
+	return nil, false
 }

@@ -1,0 +1,372 @@
+package compressors
+
+import (
+	"fmt"
+	"math"
+	"math/bits"
+	"strconv"
+	"strings"
+)
+
+// Codec identifies a compression algorithm. Its value is the codec id in the
+// wire format and must never change.
+type Codec uint8
+
+const (
+	CodecNone     Codec = 1 // fp32, dense
+	CodecFP16     Codec = 2 // IEEE binary16, dense
+	CodecBF16     Codec = 3 // bfloat16, dense
+	CodecTopK     Codec = 4 // exact top-k by magnitude
+	CodecDGC      Codec = 5 // top-k with DGC's sampled threshold
+	CodecRandomK  Codec = 6 // random-k, indices from a shared seed
+	CodecSign     Codec = 7 // 1-bit sign with RMS scale
+	CodecQSGD     Codec = 8 // QSGD stochastic quantization
+	CodecPowerSGD Codec = 9 // PowerSGD rank-r factors
+)
+
+var codecNames = map[Codec]string{
+	CodecNone: "none", CodecFP16: "fp16", CodecBF16: "bf16", CodecTopK: "topk", CodecDGC: "dgc",
+	CodecRandomK: "randomk", CodecSign: "sign", CodecQSGD: "qsgd", CodecPowerSGD: "powersgd",
+}
+
+func (c Codec) String() string {
+	if s, ok := codecNames[c]; ok {
+		return s
+	}
+	return fmt.Sprintf("Codec(%d)", uint8(c))
+}
+
+// MaxQSGDLevels is the largest number of QSGD levels (so that a level and its
+// sign fit in one byte).
+const MaxQSGDLevels = 127
+
+// Recipe is a parsed compressor recipe such as "topk:0.001+zstd". The zero
+// Recipe is not valid; obtain one from Parse. A Recipe is a small value, safe
+// to copy and to use concurrently.
+type Recipe struct {
+	Codec   Codec
+	Density float64 // topk, dgc, randomk: kept fraction in (0,1]
+	Levels  int     // qsgd: number of levels s in [1, MaxQSGDLevels]
+	Rank    int     // powersgd: target rank r >= 1
+	Zstd    bool    // entropy stage (gathered codecs and sign only)
+}
+
+// Parse parses a recipe: "none", "fp16", "bf16", "topk:D", "dgc:D",
+// "randomk:D" (density D in (0,1]), "sign", "qsgd:S" (levels S in
+// [1,127]), "powersgd:R" (rank R >= 1), optionally followed by "+zstd" for
+// the gathered codecs and sign. Errors are *RecipeError values naming what is
+// wrong.
+func Parse(recipe string) (Recipe, error) {
+	bad := func(format string, args ...any) (Recipe, error) {
+		return Recipe{}, &RecipeError{Recipe: recipe, Reason: fmt.Sprintf(format, args...)}
+	}
+	s := strings.TrimSpace(recipe)
+	var r Recipe
+	if i := strings.IndexByte(s, '+'); i >= 0 {
+		stage := s[i+1:]
+		s = s[:i]
+		if stage != "zstd" {
+			return bad("unknown stage %q (only \"+zstd\")", stage)
+		}
+		r.Zstd = true
+	}
+	name, arg, hasArg := strings.Cut(s, ":")
+	switch name {
+	case "none", "fp32":
+		r.Codec = CodecNone
+	case "fp16":
+		r.Codec = CodecFP16
+	case "bf16":
+		r.Codec = CodecBF16
+	case "topk":
+		r.Codec = CodecTopK
+	case "dgc":
+		r.Codec = CodecDGC
+	case "randomk":
+		r.Codec = CodecRandomK
+	case "sign":
+		r.Codec = CodecSign
+	case "qsgd":
+		r.Codec = CodecQSGD
+	case "powersgd":
+		r.Codec = CodecPowerSGD
+	case "":
+		return bad("empty codec name")
+	default:
+		return bad("unknown codec %q (want none, fp16, bf16, topk, dgc, randomk, sign, qsgd or powersgd)", name)
+	}
+	switch r.Codec {
+	case CodecTopK, CodecDGC, CodecRandomK:
+		if !hasArg {
+			return bad("%s needs a density, e.g. %q", name, name+":0.001")
+		}
+		d, err := strconv.ParseFloat(arg, 64)
+		if err != nil {
+			return bad("density %q is not a number", arg)
+		}
+		if !(d > 0 && d <= 1) {
+			return bad("density must be in (0,1]")
+		}
+		r.Density = d
+	case CodecQSGD:
+		if !hasArg {
+			return bad("qsgd needs a number of levels, e.g. \"qsgd:4\"")
+		}
+		v, err := strconv.Atoi(arg)
+		if err != nil {
+			return bad("levels %q is not an integer", arg)
+		}
+		if v < 1 || v > MaxQSGDLevels {
+			return bad("levels must be in [1,%d]", MaxQSGDLevels)
+		}
+		r.Levels = v
+	case CodecPowerSGD:
+		if !hasArg {
+			return bad("powersgd needs a rank, e.g. \"powersgd:4\"")
+		}
+		v, err := strconv.Atoi(arg)
+		if err != nil {
+			return bad("rank %q is not an integer", arg)
+		}
+		if v < 1 || v > 1<<16 {
+			return bad("rank must be in [1,65536]")
+		}
+		r.Rank = v
+	default:
+		if hasArg {
+			return bad("%s takes no parameter", name)
+		}
+	}
+	if r.Zstd && r.Aggregation() != Gather && r.Codec != CodecSign {
+		return bad("+zstd applies to topk, dgc, randomk, qsgd and sign only")
+	}
+	return r, nil
+}
+
+// MustParse is Parse for recipes known to be valid; it panics on error.
+func MustParse(recipe string) Recipe {
+	r, err := Parse(recipe)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// String returns the canonical recipe, e.g. "topk:0.001+zstd".
+func (r Recipe) String() string {
+	s := r.Codec.String()
+	switch r.Codec {
+	case CodecTopK, CodecDGC, CodecRandomK:
+		s += ":" + strconv.FormatFloat(r.Density, 'g', -1, 64)
+	case CodecQSGD:
+		s += ":" + strconv.Itoa(r.Levels)
+	case CodecPowerSGD:
+		s += ":" + strconv.Itoa(r.Rank)
+	}
+	if r.Zstd {
+		s += "+zstd"
+	}
+	return s
+}
+
+// Aggregation is how payloads of this recipe combine across ranks.
+func (r Recipe) Aggregation() Aggregation {
+	switch r.Codec {
+	case CodecTopK, CodecDGC, CodecRandomK, CodecQSGD:
+		return Gather
+	case CodecSign:
+		return TwoPhase
+	case CodecPowerSGD:
+		return LowRank
+	}
+	return Reduce
+}
+
+// Biased reports whether the codec is biased (contractive, needs error
+// feedback): topk, dgc, sign, powersgd and the rounding of fp16/bf16. Random-k
+// (scaled by n/k) and QSGD are unbiased.
+func (r Recipe) Biased() bool {
+	return r.Codec != CodecRandomK && r.Codec != CodecQSGD && r.Codec != CodecNone
+}
+
+// K returns the number of elements a sparse codec sends for a layer of n
+// elements: ceil(Density·n) clamped to [0,n] (for dgc an upper bound). It is
+// n for the other codecs.
+func (r Recipe) K(n int) int {
+	switch r.Codec {
+	case CodecTopK, CodecDGC, CodecRandomK:
+		return kFor(r.Density, n)
+	}
+	return n
+}
+
+func kFor(density float64, n int) int {
+	x := density * float64(n)
+	// The relative slack keeps e.g. 0.001·25e6 (a hair above 25000 in float64)
+	// at 25000 instead of 25001.
+	k := int(math.Ceil(x - x*1e-12))
+	return min(max(k, 0), n)
+}
+
+// qsgdWidth is the bits per element of qsgd:s (level bits plus a sign bit).
+func qsgdWidth(levels int) int { return bits.Len(uint(levels)) + 1 }
+
+// NominalBytes returns the size of Compress's output (frame included) for a
+// layer of n elements without the entropy stage, which is what the
+// size-only simulator charges. For dgc it is the upper bound (num_selects
+// pairs). For powersgd the shape comes from WithShape among opts; without
+// it a square layer (√n × √n) is assumed.
+func (r Recipe) NominalBytes(n int, opts ...Option) int64 {
+	nn := int64(n)
+	var body int64
+	switch r.Codec {
+	case CodecNone:
+		body = 4 * nn
+	case CodecFP16, CodecBF16:
+		body = 2 * nn
+	case CodecTopK, CodecDGC:
+		body = 8 * int64(r.K(n))
+	case CodecRandomK:
+		body = 4 * int64(r.K(n))
+	case CodecSign:
+		body = 4 + (nn+7)/8
+	case CodecQSGD:
+		body = 4*((nn+QSGDBucket-1)/QSGDBucket) + (nn*int64(qsgdWidth(r.Levels))+7)/8
+	case CodecPowerSGD:
+		cfg := defaultConfig()
+		for _, o := range opts {
+			if o != nil {
+				_ = o(&cfg)
+			}
+		}
+		rows, cols := cfg.Rows, cfg.Cols
+		if rows <= 0 || cols <= 0 || rows*cols != n {
+			rows = int(math.Round(math.Sqrt(float64(n))))
+			cols = rows
+		}
+		rk := min(r.Rank, rows, cols)
+		body = 4 * int64(rk) * int64(rows+cols)
+	}
+	return FrameOverhead + body
+}
+
+// Config holds the options of New. Obtain defaults from defaultConfig; the
+// zero Config is not meaningful.
+type Config struct {
+	Rows, Cols  int     // matrix shape (powersgd); Rows*Cols must equal n
+	Seed        uint64  // seed shared by all ranks (random-k indices, PowerSGD Q)
+	Rank        int     // this rank's index, for per-rank randomness (DGC, QSGD)
+	SampleRatio float64 // dgc: fraction of elements sampled, clamped to [0.01,1]
+	Resample    bool    // dgc: exact resample when over 1.3× (default true)
+}
+
+func defaultConfig() Config {
+	return Config{SampleRatio: 0.01, Resample: true}
+}
+
+// Option configures New.
+type Option func(*Config) error
+
+// WithShape sets the matrix shape of the layer (PowerSGD); rows*cols must
+// equal the layer's length.
+func WithShape(rows, cols int) Option {
+	return func(c *Config) error {
+		if rows <= 0 || cols <= 0 {
+			return fmt.Errorf("shape %dx%d must be positive", rows, cols)
+		}
+		c.Rows, c.Cols = rows, cols
+		return nil
+	}
+}
+
+// WithSeed sets the seed shared by all ranks (random-k indices, PowerSGD's
+// initial Q). Ranks that exchange payloads must use the same seed.
+func WithSeed(seed uint64) Option {
+	return func(c *Config) error { c.Seed = seed; return nil }
+}
+
+// WithRank sets this rank's index for per-rank randomness (DGC sampling
+// offsets, QSGD rounding).
+func WithRank(rank int) Option {
+	return func(c *Config) error {
+		if rank < 0 {
+			return fmt.Errorf("rank %d is negative", rank)
+		}
+		c.Rank = rank
+		return nil
+	}
+}
+
+// WithSampleRatio sets DGC's sampled fraction (default 0.01; clamped to
+// [0.01,1] as in the reference code).
+func WithSampleRatio(ratio float64) Option {
+	return func(c *Config) error {
+		if !(ratio > 0 && ratio <= 1) {
+			return fmt.Errorf("sample ratio %v must be in (0,1]", ratio)
+		}
+		c.SampleRatio = ratio
+		return nil
+	}
+}
+
+// WithResample turns DGC's exact resample (when more than 1.3× the target
+// count pass the threshold) on or off; off multiplies the threshold by 1.3
+// instead, as in GRACE.
+func WithResample(on bool) Option {
+	return func(c *Config) error { c.Resample = on; return nil }
+}
+
+// New returns a compressor of this recipe for a layer of n elements. Errors
+// wrap ErrRecipe.
+func (r Recipe) New(n int, opts ...Option) (Compressor, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil {
+			return nil, &RecipeError{Recipe: r.String(), Reason: err.Error()}
+		}
+	}
+	bad := func(format string, args ...any) (Compressor, error) {
+		return nil, &RecipeError{Recipe: r.String(), Reason: fmt.Sprintf(format, args...)}
+	}
+	if n < 0 || int64(n) > math.MaxUint32/4 {
+		return bad("layer length %d out of range [0,%d]", n, math.MaxUint32/4)
+	}
+	if cfg.Rows != 0 && cfg.Rows*cfg.Cols != n {
+		return bad("shape %dx%d does not hold %d elements", cfg.Rows, cfg.Cols, n)
+	}
+	if _, err := Parse(r.String()); err != nil {
+		return nil, err
+	}
+	switch r.Codec {
+	case CodecNone, CodecFP16, CodecBF16:
+		return newDense(r, n), nil
+	case CodecTopK:
+		return newTopK(r, n), nil
+	case CodecDGC:
+		return newDGC(r, n, cfg), nil
+	case CodecRandomK:
+		return newRandomK(r, n, cfg), nil
+	case CodecSign:
+		return newSignCodec(r, n), nil
+	case CodecQSGD:
+		return newQSGD(r, n, cfg), nil
+	case CodecPowerSGD:
+		if cfg.Rows == 0 {
+			return bad("powersgd needs the layer's shape (WithShape)")
+		}
+		return newPowerSGD(r, cfg)
+	}
+	return bad("unknown codec %v", r.Codec)
+}
+
+// New parses recipe and returns a compressor for a layer of n elements.
+func New(recipe string, n int, opts ...Option) (Compressor, error) {
+	r, err := Parse(recipe)
+	if err != nil {
+		return nil, err
+	}
+	return r.New(n, opts...)
+}

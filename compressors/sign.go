@@ -1,0 +1,125 @@
+package compressors
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/slimgrad/slimgrad/internal/kernels"
+)
+
+// PackSigns appends one bit per element of src to dst and returns it:
+// MSB-first (element j is bit 7-(j mod 8) of byte j/8 of the appended
+// part), bit 1 iff src[j] >= 0 (so sign(0) = sign(-0) = +1; NaN gives 0).
+// Unused low bits of the last byte are 0. It appends (len(src)+7)/8 bytes
+// and allocates only if dst lacks capacity. Specs §2.2.
+func PackSigns(dst []byte, src []float32) []byte {
+	dst, b := grow(dst, (len(src)+7)/8)
+	kernels.PackSigns(b, src)
+	return dst
+}
+
+// UnpackSigns sets dst[j] = +scale where bit j of bits (MSB-first) is 1 and
+// -scale where it is 0. It panics if len(bits) < (len(dst)+7)/8.
+func UnpackSigns(dst []float32, bits []byte, scale float32) {
+	kernels.UnpackSigns(dst, bits, scale)
+}
+
+// UnpackSignsAdd adds ±scale to dst[j] according to bit j of bits. It panics
+// if len(bits) < (len(dst)+7)/8.
+func UnpackSignsAdd(dst []float32, bits []byte, scale float32) {
+	kernels.UnpackSignsAdd(dst, bits, scale)
+}
+
+// RMS returns ‖x‖₂/√n (0 for an empty x), accumulated in float64: the scale
+// of the 1-bit compressor C(x) = RMS(x)·sign(x), which keeps ‖C(x)‖₂ = ‖x‖₂.
+func RMS(x []float32) float32 {
+	if len(x) == 0 {
+		return 0
+	}
+	return float32(math.Sqrt(kernels.SumSq(x) / float64(len(x))))
+}
+
+// Sign is the 1-bit compressor C(x) = RMS(x)·sign(x) with sign(0) = +1
+// (specs §2.2): the frame body is the float32 scale followed by the packed
+// sign bits, 4 + ceil(n/8) bytes. Its aggregation is TwoPhase: the
+// collectives use PackSigns/UnpackSigns/RMS on chunks with worker and server
+// error. Compress returns ErrNonFinite when src holds NaN or Inf (the scale
+// would not be finite). Not safe for concurrent use.
+type Sign struct {
+	frame
+	entropy
+}
+
+var _ Compressor = (*Sign)(nil)
+
+func newSignCodec(r Recipe, n int) *Sign {
+	return &Sign{frame: newFrame(r, n), entropy: entropy{on: r.Zstd}}
+}
+
+// Compress appends the frame of RMS(src)·sign(src) to dst[:0].
+func (s *Sign) Compress(dst []byte, src []float32) ([]byte, error) {
+	if err := checkLen("src", len(src), s.n); err != nil {
+		return dst[:0], err
+	}
+	scale := RMS(src)
+	if math.IsInf(float64(scale), 0) || math.IsNaN(float64(scale)) {
+		return dst[:0], fmt.Errorf("%w: sign scale is %v", ErrNonFinite, scale)
+	}
+	dst = s.begin(dst)
+	dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(scale))
+	dst = PackSigns(dst, src)
+	raw := len(dst) - headerLen
+	dst, z := s.squeeze(dst)
+	return s.finish(dst, z, 0, 0, raw), nil
+}
+
+func (s *Sign) decode(dst []float32, payload []byte) (float32, []byte, error) {
+	if err := checkLen("dst", len(dst), s.n); err != nil {
+		return 0, nil, err
+	}
+	want := 4 + (s.n+7)/8
+	h, body, err := s.open(payload, want)
+	if err != nil {
+		return 0, nil, err
+	}
+	if h.Count != 0 || h.Aux != 0 {
+		return 0, nil, fmt.Errorf("%w: nonzero count or aux in a sign frame", ErrCorrupt)
+	}
+	raw, err := s.expand(h, body)
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(raw) != want {
+		return 0, nil, fmt.Errorf("%w: sign body of %d bytes, want %d", ErrCorrupt, len(raw), want)
+	}
+	scale := math.Float32frombits(binary.LittleEndian.Uint32(raw))
+	if !(scale >= 0) || math.IsInf(float64(scale), 0) {
+		return 0, nil, fmt.Errorf("%w: sign scale %v", ErrCorrupt, scale)
+	}
+	bits := raw[4:]
+	if r := s.n % 8; r != 0 && bits[len(bits)-1]&(0xff>>r) != 0 {
+		return 0, nil, fmt.Errorf("%w: padding bits of the last sign byte are not zero", ErrCorrupt)
+	}
+	return scale, bits, nil
+}
+
+// Decompress overwrites dst with ±scale from the frame.
+func (s *Sign) Decompress(dst []float32, payload []byte) error {
+	scale, bits, err := s.decode(dst, payload)
+	if err != nil {
+		return err
+	}
+	UnpackSigns(dst, bits, scale)
+	return nil
+}
+
+// DecompressAdd adds ±scale from the frame to dst.
+func (s *Sign) DecompressAdd(dst []float32, payload []byte) error {
+	scale, bits, err := s.decode(dst, payload)
+	if err != nil {
+		return err
+	}
+	UnpackSignsAdd(dst, bits, scale)
+	return nil
+}
