@@ -60,6 +60,24 @@ func newNetwork(caps []float64) *network {
 	}
 }
 
+// reset forgets every flow and statistic, keeping memory.
+func (nw *network) reset() {
+	for l := range nw.onLink {
+		nw.onLink[l] = nw.onLink[l][:0]
+	}
+	clear(nw.linkBytes)
+	clear(nw.linkBusy)
+	clear(nw.linkSince)
+	clear(nw.linkMark)
+	clear(nw.flowMark)
+	nw.flows = nw.flows[:0]
+	nw.flowMark = nw.flowMark[:0]
+	nw.free = nw.free[:0]
+	nw.dirty = nw.dirty[:0]
+	nw.changed = nw.changed[:0]
+	nw.epoch = 0
+}
+
 // add registers a new flow of size bytes over links at time now and
 // returns its id. Its rate is set by the next settle.
 func (nw *network) add(now float64, links *[maxPath]int32, n int, size float64) int32 {
@@ -130,43 +148,51 @@ func (nw *network) remove(now float64, id int32) {
 
 // settle recomputes, at time now, the max-min fair rates of every flow
 // connected to a dirty link, and lists in nw.changed the flows whose
-// rate changed (or that are new).
+// rate changed (or that are new). Each connected component (flows linked
+// through shared links) is filled on its own, so simultaneous changes in
+// disjoint parts of the network cost the sum of their sizes, not the
+// product.
 func (nw *network) settle(now float64) {
 	if len(nw.dirty) == 0 {
 		return
 	}
-	// Dirty marks used epoch+1; the component search uses a fresh epoch.
+	// Dirty marks used epoch+1; the component search uses a fresh epoch ep,
+	// frozen flows are marked ep+1.
 	nw.epoch += 2
 	ep := nw.epoch
-	links := nw.compLinks[:0]
-	flows := nw.compFlows[:0]
-	for _, l := range nw.dirty {
-		if nw.linkMark[l] != ep {
-			nw.linkMark[l] = ep
-			links = append(links, l)
+	for _, l0 := range nw.dirty {
+		if nw.linkMark[l0] == ep {
+			continue
 		}
-	}
-	nw.dirty = nw.dirty[:0]
-	for q := 0; q < len(links); q++ {
-		for _, id := range nw.onLink[links[q]] {
-			if nw.flowMark[id] == ep {
-				continue
-			}
-			nw.flowMark[id] = ep
-			flows = append(flows, id)
-			f := &nw.flows[id]
-			for k := 0; k < int(f.n); k++ {
-				if l := f.links[k]; nw.linkMark[l] != ep {
-					nw.linkMark[l] = ep
-					links = append(links, l)
+		nw.linkMark[l0] = ep
+		links := append(nw.compLinks[:0], l0)
+		flows := nw.compFlows[:0]
+		for q := 0; q < len(links); q++ {
+			for _, id := range nw.onLink[links[q]] {
+				if nw.flowMark[id] == ep {
+					continue
+				}
+				nw.flowMark[id] = ep
+				flows = append(flows, id)
+				f := &nw.flows[id]
+				for k := 0; k < int(f.n); k++ {
+					if l := f.links[k]; nw.linkMark[l] != ep {
+						nw.linkMark[l] = ep
+						links = append(links, l)
+					}
 				}
 			}
 		}
+		nw.fill(now, ep, links, flows)
+		nw.compLinks, nw.compFlows = links, flows
 	}
-	for _, l := range links {
-		nw.resid[l] = nw.caps[l]
-		nw.cnt[l] = int32(len(nw.onLink[l]))
-	}
+	nw.dirty = nw.dirty[:0]
+}
+
+// fill computes max-min fair rates for one connected component by
+// progressive filling: repeatedly saturate the link with the smallest
+// fair share and freeze the flows crossing it.
+func (nw *network) fill(now float64, ep uint32, links, flows []int32) {
 	for _, id := range flows {
 		f := &nw.flows[id]
 		if f.rate > 0 && now > f.last {
@@ -177,8 +203,25 @@ func (nw *network) settle(now float64) {
 		}
 		f.last = now
 	}
-	// Progressive filling: repeatedly saturate the most constrained link.
-	// Frozen flows are marked with ep+1 in flowMark.
+	if len(flows) == 1 {
+		// Alone on its links: the narrowest one decides.
+		id := flows[0]
+		f := &nw.flows[id]
+		r := math.Inf(1)
+		for k := 0; k < int(f.n); k++ {
+			r = min(r, nw.caps[f.links[k]])
+		}
+		if f.rate != r {
+			f.rate = r
+			nw.changed = append(nw.changed, id)
+		}
+		nw.flowMark[id] = ep + 1
+		return
+	}
+	for _, l := range links {
+		nw.resid[l] = nw.caps[l]
+		nw.cnt[l] = int32(len(nw.onLink[l]))
+	}
 	left := len(flows)
 	for left > 0 {
 		best, bestShare := int32(-1), math.Inf(1)
@@ -213,7 +256,6 @@ func (nw *network) settle(now float64) {
 			}
 		}
 	}
-	nw.compLinks, nw.compFlows = links, flows
 }
 
 // endTime is when flow id finishes at its current rate.

@@ -91,7 +91,7 @@ func TestSettleLocal(t *testing.T) {
 	if len(nw.changed) != 2 || nw.flows[b].rate != 10 || nw.flows[a].rate != 5 || nw.flows[c].rate != 5 {
 		t.Fatalf("changed %v rates %v %v %v", nw.changed, nw.flows[a].rate, nw.flows[b].rate, nw.flows[c].rate)
 	}
-	if len(nw.compFlows) != 2 {
+	if len(nw.compFlows) != 2 { // the last component filled
 		t.Fatalf("component had %d flows, want 2", len(nw.compFlows))
 	}
 }

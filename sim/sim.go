@@ -133,6 +133,58 @@ type machine struct {
 	flags []uint8
 	recvK []uint64 // sorted keys peer<<32|msg of recv ops
 	recvI []int32  // op index for recvK
+	// peer directory over recvK: peer dirP[k]'s recvs are recvK[dirO[k]:dirO[k+1]];
+	// dirD[k] says their msgs are exactly 0..n-1 (direct indexing).
+	dirP []int32
+	dirO []int32
+	dirD []bool
+}
+
+// lookupRecv returns the index of the Recv op for message msg from peer,
+// or -1.
+func (ms *machine) lookupRecv(peer, msg int32) int32 {
+	lo, hi := 0, len(ms.dirP)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if ms.dirP[m] < peer {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	if lo == len(ms.dirP) || ms.dirP[lo] != peer {
+		return -1
+	}
+	a, b := ms.dirO[lo], ms.dirO[lo+1]
+	if ms.dirD[lo] {
+		if msg < 0 || msg >= b-a {
+			return -1
+		}
+		return ms.recvI[a+msg]
+	}
+	key := uint64(peer)<<32 | uint64(uint32(msg))
+	j, ok := slices.BinarySearch(ms.recvK[a:b], key)
+	if !ok {
+		return -1
+	}
+	return ms.recvI[int(a)+j]
+}
+
+func (ms *machine) buildDir() {
+	ms.dirP, ms.dirO, ms.dirD = ms.dirP[:0], ms.dirO[:0], ms.dirD[:0]
+	for j, k := range ms.recvK {
+		peer := int32(k >> 32)
+		if n := len(ms.dirP); n == 0 || ms.dirP[n-1] != peer {
+			ms.dirP = append(ms.dirP, peer)
+			ms.dirO = append(ms.dirO, int32(j))
+			ms.dirD = append(ms.dirD, true)
+		}
+		n := len(ms.dirP) - 1
+		if uint32(k) != uint32(int32(j)-ms.dirO[n]) {
+			ms.dirD[n] = false
+		}
+	}
+	ms.dirO = append(ms.dirO, int32(len(ms.recvK)))
 }
 
 type rankState struct {
@@ -181,16 +233,50 @@ type driver struct {
 // sizes), ErrDeadlock if ranks wait forever, an executor's error in payload
 // mode, or ctx.Err() if ctx is cancelled.
 func Run(ctx context.Context, topo *Topology, colls []Collective, opts *Options) (*Result, error) {
-	if opts == nil {
-		opts = &Options{}
+	s, err := NewSimulator(topo)
+	if err != nil {
+		return nil, err
 	}
+	return s.Run(ctx, colls, opts)
+}
+
+// Simulator runs simulations on one topology and keeps its memory (machine
+// state, flow tables, event queue) between runs, so that repeated runs of
+// large collectives (one per training step) do not allocate. A Simulator is
+// not safe for concurrent use; the topology must not change while it is in
+// use.
+type Simulator struct {
+	d driver
+}
+
+// NewSimulator validates topo and returns a Simulator for it.
+func NewSimulator(topo *Topology) (*Simulator, error) {
 	if err := topo.Validate(); err != nil {
 		return nil, err
+	}
+	s := &Simulator{}
+	s.d.topo = topo
+	caps := make([]float64, topo.NumLinks())
+	for i := range caps {
+		caps[i] = topo.linkCap(i)
+	}
+	s.d.net = newNetwork(caps)
+	return s, nil
+}
+
+// Run is like the package-level Run on the Simulator's topology. The
+// Result does not share memory with the Simulator. Programs and executors
+// are not retained after Run returns.
+func (s *Simulator) Run(ctx context.Context, colls []Collective, opts *Options) (*Result, error) {
+	if opts == nil {
+		opts = &Options{}
 	}
 	if len(colls) == 0 {
 		return &Result{}, nil
 	}
-	d := &driver{topo: topo, opts: opts, colls: colls, trace: opts.Trace}
+	d := &s.d
+	d.opts, d.colls, d.trace = opts, colls, opts.Trace
+	defer d.release()
 	if err := d.setup(); err != nil {
 		return nil, err
 	}
@@ -198,6 +284,15 @@ func Run(ctx context.Context, topo *Topology, colls []Collective, opts *Options)
 		return nil, err
 	}
 	return d.finish(), nil
+}
+
+// release drops references to the caller's programs and executors.
+func (d *driver) release() {
+	for i := range d.ms {
+		d.ms[i].prog, d.ms[i].exec = nil, nil
+	}
+	d.colls, d.opts, d.trace = nil, nil, nil
+	clear(d.pay)
 }
 
 func (d *driver) setup() error {
@@ -213,8 +308,10 @@ func (d *driver) setup() error {
 	if pl == nil && world > len(d.topo.Nodes) {
 		return fmt.Errorf("sim: %d ranks but the topology has %d nodes", world, len(d.topo.Nodes))
 	}
-	d.ranks = make([]rankState, world)
+	d.ranks = grow(d.ranks, world)
 	for r := range d.ranks {
+		q := d.ranks[r].queue[:0]
+		d.ranks[r] = rankState{queue: q}
 		n := r
 		if pl != nil {
 			n = pl[r]
@@ -228,10 +325,12 @@ func (d *driver) setup() error {
 	if len(d.colls)*world > math.MaxInt32 {
 		return fmt.Errorf("sim: too many machines")
 	}
-	d.ms = make([]machine, len(d.colls)*world)
-	d.cfin = make([]float64, len(d.colls))
-	d.cbytes = make([]int64, len(d.colls))
-	d.cleft = make([]int, len(d.colls))
+	d.ms = grow(d.ms, len(d.colls)*world)
+	d.cfin = grow(d.cfin, len(d.colls))
+	d.cbytes = grow(d.cbytes, len(d.colls))
+	d.cleft = grow(d.cleft, len(d.colls))
+	clear(d.cfin)
+	clear(d.cbytes)
 	for c, col := range d.colls {
 		if len(col.Programs) != world {
 			return fmt.Errorf("%w: collective %d (%s) has %d programs, collective 0 has %d", ErrProgram, c, col.Name, len(col.Programs), world)
@@ -255,15 +354,16 @@ func (d *driver) setup() error {
 			if err := ms.m.Reset(p); err != nil {
 				return fmt.Errorf("%w: %w", ErrProgram, err)
 			}
-			ms.flags = make([]uint8, len(p.Ops))
+			ms.flags = grow(ms.flags, len(p.Ops))
+			clear(ms.flags)
 			nr := 0
 			for i := range p.Ops {
 				if p.Ops[i].Kind == allreduce.Recv {
 					nr++
 				}
 			}
-			ms.recvK = make([]uint64, 0, nr)
-			ms.recvI = make([]int32, 0, nr)
+			ms.recvK = slices.Grow(ms.recvK[:0], nr)
+			ms.recvI = slices.Grow(ms.recvI[:0], nr)
 			sorted := true
 			for i := range p.Ops {
 				o := &p.Ops[i]
@@ -300,26 +400,25 @@ func (d *driver) setup() error {
 					k2[j], i2[j] = ms.recvK[i], ms.recvI[i]
 				}
 				ms.recvK, ms.recvI = k2, i2
-				for j := 1; j < len(k2); j++ {
-					if k2[j] == k2[j-1] {
-						return fmt.Errorf("%w: collective %d rank %d: two recvs of message #%d from %d", ErrProgram, c, r, uint32(k2[j]), k2[j]>>32)
-					}
+			}
+			for j := 1; j < len(ms.recvK); j++ {
+				if ms.recvK[j] == ms.recvK[j-1] {
+					return fmt.Errorf("%w: collective %d rank %d: two recvs of message #%d from %d", ErrProgram, c, r, uint32(ms.recvK[j]), ms.recvK[j]>>32)
 				}
 			}
+			ms.buildDir()
 		}
 	}
-	caps := make([]float64, d.topo.NumLinks())
-	for i := range caps {
-		caps[i] = d.topo.linkCap(i)
-	}
-	d.net = newNetwork(caps)
+	d.net.reset()
+	d.now = 0
 	d.costs = d.opts.Calibration.table(d.opts.Recipe, d.opts.FreeCompute)
 	if d.opts.Calibration == nil && !d.opts.FreeCompute {
 		d.costs = DefaultCalibration().table(d.opts.Recipe, false)
 	}
 	d.rng = rand.New(rand.NewPCG(d.opts.Seed, d.opts.Seed^0x9e3779b97f4a7c15))
 	d.res = &Result{}
-	d.h.ev = make([]event, 0, 4*world)
+	d.h.ev = d.h.ev[:0]
+	d.h.seq = 0
 	return nil
 }
 
@@ -353,7 +452,7 @@ func (d *driver) loop(ctx context.Context) error {
 		case evFlowEnd:
 			err = d.flowEnd(ev.g, ev.x)
 		case evArrive:
-			err = d.arrive(ev.g, ev.op)
+			err = d.arrive(ev.g, ev.op, ev.x)
 		case evComputeEnd:
 			err = d.computeEnd(ev.g, ev.op)
 		}
@@ -443,12 +542,10 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	}
 	dg := ms.coll*int32(d.world) + peer
 	dm := &d.ms[dg]
-	key := uint64(ms.rank)<<32 | uint64(uint32(op.Msg))
-	j, ok := slices.BinarySearch(dm.recvK, key)
-	if !ok {
+	dop := dm.lookupRecv(ms.rank, op.Msg)
+	if dop < 0 {
 		return fmt.Errorf("%w: collective %d rank %d op %d: send #%d to %d has no matching recv", ErrProgram, ms.coll, ms.rank, i, op.Msg, peer)
 	}
-	dop := dm.recvI[j]
 	var size int64
 	if ms.exec != nil {
 		p, err := ms.exec.Payload(op)
@@ -467,8 +564,6 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 			if size < 0 {
 				return fmt.Errorf("%w: collective %d rank %d op %d: SizeHint returned %d", ErrProgram, ms.coll, ms.rank, i, size)
 			}
-		} else if rb := dm.prog.Ops[dop].Bytes; rb >= 0 && rb != size {
-			return fmt.Errorf("%w: collective %d: rank %d sends %d bytes as #%d to %d, which expects %d", ErrProgram, ms.coll, ms.rank, size, op.Msg, peer, rb)
 		}
 	}
 	var links [maxPath]int32
@@ -498,7 +593,12 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 	}
 	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
 	d.net.remove(d.now, id)
-	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop})
+	// The arrival carries the size (saturated) for the receiver's check.
+	sz := uint32(math.MaxUint32)
+	if f.size < math.MaxUint32 {
+		sz = uint32(f.size)
+	}
+	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop, x: sz})
 	ms := &d.ms[g]
 	d.trace.add(d.now, TraceSent, ms.coll, ms.rank, op, -1, 0)
 	if err := ms.m.Done(op); err != nil {
@@ -507,8 +607,12 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 	return d.pump(g)
 }
 
-func (d *driver) arrive(g, op int32) error {
+func (d *driver) arrive(g, op int32, size uint32) error {
 	ms := &d.ms[g]
+	o := &ms.prog.Ops[op]
+	if ms.exec == nil && o.Bytes >= 0 && size != math.MaxUint32 && int64(size) != o.Bytes {
+		return fmt.Errorf("%w: collective %d: rank %d received %d bytes as #%d from %d, expected %d", ErrProgram, ms.coll, ms.rank, size, o.Msg, o.Peer, o.Bytes)
+	}
 	ms.flags[op] |= flArrived
 	d.trace.add(d.now, TraceArrive, ms.coll, ms.rank, op, -1, 0)
 	if ms.flags[op]&flPosted == 0 {
@@ -607,6 +711,13 @@ func (d *driver) computeEnd(g, op int32) error {
 		return err
 	}
 	return d.pump(g)
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return append(s[:cap(s)], make([]T, n-cap(s))...)
+	}
+	return s[:n]
 }
 
 func (d *driver) finish() *Result {
