@@ -575,3 +575,68 @@ func TestLedger(t *testing.T) {
 		t.Errorf("Ratio() = %v", l.Ratio())
 	}
 }
+
+// PowerSGD's low-rank all-reduce equals the reference of specs §4.1
+// computed here rank by rank (P = mean M·Q, P̂ = orth(P), Q = mean Mᵀ·P̂,
+// update P̂·Qᵀ) up to float rounding (the ring sums in another order), and
+// the ef14 residual carries M − P̂·Qᵀ into the next step.
+func TestStepPowerSGDMatchesReference(t *testing.T) {
+	const n, rows, cols, rank, seed = 3, 20, 12, 2, 5
+	layers := []layerDef{{name: "m", shape: []int{rows, cols}, codec: "powersgd:2", ef: "ef14"}}
+	g := newGroup(t, n)
+	ws := startWorkers(t, g.Conns(), layers, WithSeed(seed))
+	refs := make([]*compressors.PowerSGD, n)
+	resid := make([][]float32, n)
+	for r := range refs {
+		c, err := compressors.New("powersgd:2", rows*cols, compressors.WithShape(rows, cols), compressors.WithSeed(seed), compressors.WithRank(r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs[r] = c.(*compressors.PowerSGD)
+		resid[r] = make([]float32, rows*cols)
+	}
+	rng := rand.New(rand.NewPCG(6, 6))
+	for step := 0; step < 3; step++ {
+		in := makeGrads(rng, n, layers, false)
+		got := cloneGrads(in)
+		mustStep(t, ws, got)
+		checkIdentical(t, got)
+		m := make([][]float32, n)
+		p := make([]float32, rows*rank)
+		q := make([]float32, cols*rank)
+		tmp := make([]float32, max(rows, cols)*rank)
+		for r := 0; r < n; r++ {
+			m[r] = slices.Clone(in[r][0])
+			for i := range m[r] {
+				m[r][i] += resid[r][i]
+			}
+			refs[r].ComputeP(tmp[:rows*rank], m[r])
+			for i := range p {
+				p[i] += tmp[i] / n
+			}
+		}
+		refs[0].Orthogonalize(p)
+		for r := 0; r < n; r++ {
+			refs[r].ComputeQ(tmp[:cols*rank], m[r], p)
+			for i := range q {
+				q[i] += tmp[i] / n
+			}
+		}
+		want := make([]float32, rows*cols)
+		refs[0].Reconstruct(want, p, q)
+		for r := 0; r < n; r++ {
+			refs[r].SetQ(q)
+			for i := range resid[r] {
+				resid[r][i] = m[r][i] - want[i]
+			}
+		}
+		var maxErr, norm float64
+		for i := range want {
+			maxErr = max(maxErr, math.Abs(float64(got[0][0][i]-want[i])))
+			norm = max(norm, math.Abs(float64(want[i])))
+		}
+		if maxErr > 1e-4*norm {
+			t.Fatalf("step %d: max error %g (max |want| %g)", step, maxErr, norm)
+		}
+	}
+}
