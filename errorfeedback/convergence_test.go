@@ -229,7 +229,7 @@ func TestConvergenceT2(t *testing.T) {
 			f, _ := NewEControl(newExactTopK(d, k), eta)
 			return f
 		}, gamma, sigma, steps, 1))
-		sgd := floor(p, runLSQ(t, p, func() Feedback { return NewNone(dense{d}) }, gamma, sigma, steps, 1))
+		sgd := floor(p, runLSQ(t, p, func() Feedback { return NewNone(newDense(d)) }, gamma, sigma, steps, 1))
 		t.Logf("n=%2d  floor E‖x−x*‖²: ef21 %.3g  econtrol:%v %.3g  sgd %.3g", n, ef21, eta, ec, sgd)
 		if !(ec < ef21) {
 			t.Errorf("n=%d: EControl floor %.3g not below EF21's %.3g", n, ec, ef21)

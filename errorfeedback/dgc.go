@@ -26,14 +26,16 @@ type DGCConfig struct {
 //	g ← g·min(1, (ClipNorm/√N)/(‖g‖₂+1e-6))     (only if ClipNorm > 0)
 //	u ← m·u + g;  v ← v + u                     (Nesterov: u ← m·(u+g); v ← v+u+g)
 //	Δ = C(v)                                    (e.g. DGC's sampled top-k)
-//	at every index j the payload carries (D(Δ)[j] != 0):
-//	    v[j] ← v[j] − D(Δ)[j]   (0 for exact fp32 values)
+//	at every index j the payload carries, with value Δ[j]:
+//	    v[j] ← v[j] − Δ[j]      (0: the sent values are v's, in fp32)
 //	    u[j] ← 0                (momentum-factor masking, unless NoMasking)
 //	Finish: identity; the optimizer then takes a PLAIN SGD step on the
 //	averaged update (momentum must not be applied twice).
 //
-// A sent index whose value is exactly 0 is indistinguishable from an unsent
-// one in the decoded vector; it is not masked (v is 0 there already).
+// The sent indices come from compressors.Sparse.Selected when the codec
+// implements it (top-k, dgc, random-k). For other codecs they are the non-zero
+// entries of the decoded payload, so a sent value of exactly 0 is then not
+// masked (v is 0 there already).
 //
 // Dense layers (a codec that aggregates by Reduce, such as "none" or "fp16",
 // or Config.Dense) take the reference code's dense path: Encode sends the
@@ -159,6 +161,17 @@ func (f *DGC) Encode(dst []byte, g []float32) ([]byte, error) {
 	p, err := f.c.Compress(dst, v)
 	if err != nil {
 		return p, fmt.Errorf("errorfeedback: %s: %w", f.label, err)
+	}
+	if sp, ok := f.c.(compressors.Sparse); ok {
+		// The codec lists what it sent: O(k) instead of decoding.
+		idx, val := sp.Selected()
+		for i, j := range idx {
+			v[j] -= val[i]
+			if f.masking {
+				u[j] = 0
+			}
+		}
+		return p, nil
 	}
 	w := f.w[:len(u)]
 	if err := f.c.Decompress(w, p); err != nil {

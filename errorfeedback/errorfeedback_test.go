@@ -340,10 +340,15 @@ func TestDGCMasking(t *testing.T) {
 		name     string
 		nesterov bool
 		mask     bool
-	}{{"plain", false, true}, {"nesterov", true, true}, {"nomask", false, false}} {
+		hide     bool // hide compressors.Sparse: masks from the decoded payload
+	}{{"plain", false, true, false}, {"nesterov", true, true, false}, {"nomask", false, false, false},
+		{"decoded", false, true, true}, {"decoded-nomask", true, false, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(6, 7))
 			c := newExactTopK(d, k)
+			if tc.hide {
+				c = hideSparse{c}
+			}
 			cfg := DGCConfig{Momentum: 0.9, Nesterov: tc.nesterov}
 			cfg.NoMasking = !tc.mask
 			f, err := NewDGC(c, cfg)
@@ -400,11 +405,54 @@ func TestDGCMasking(t *testing.T) {
 	}
 }
 
+// hideSparse hides the Selected method of a sparse codec.
+type hideSparse struct{ compressors.Compressor }
+
+// TestDGCSampled: with DGC's sampled-threshold codec, u and v are zero at
+// exactly the indices the codec reports as sent.
+func TestDGCSampled(t *testing.T) {
+	const d, world = 20000, 4
+	rng := rand.New(rand.NewPCG(14, 15))
+	for r := 0; r < world; r++ {
+		c, err := compressors.New("dgc:0.001", d, compressors.WithRank(r), compressors.WithSeed(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := NewDGC(c, DGCConfig{Momentum: 0.9, Config: Config{World: world}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf []byte
+		for s := 0; s < 5; s++ {
+			g := randVec(rng, d, 1)
+			if buf, err = f.Encode(buf, g); err != nil {
+				t.Fatal(err)
+			}
+			idx, _ := c.(compressors.Sparse).Selected()
+			if len(idx) == 0 || len(idx) > 20 {
+				t.Fatalf("rank %d step %d: %d sent, want 1..20", r, s, len(idx))
+			}
+			sent := map[uint32]bool{}
+			for _, j := range idx {
+				sent[j] = true
+				if f.Velocity()[j] != 0 || f.Momentum()[j] != 0 {
+					t.Fatalf("u, v at sent %d: %v, %v", j, f.Momentum()[j], f.Velocity()[j])
+				}
+			}
+			for j, x := range f.Velocity() {
+				if !sent[uint32(j)] && (x == 0 || f.Momentum()[j] == 0) {
+					t.Fatalf("unsent %d zeroed", j)
+				}
+			}
+		}
+	}
+}
+
 // TestDGCDense: a Reduce codec takes the dense path, momentum after averaging.
 func TestDGCDense(t *testing.T) {
 	const d = 64
 	for _, nesterov := range []bool{false, true} {
-		f, err := NewDGC(dense{d}, DGCConfig{Momentum: 0.9, Nesterov: nesterov})
+		f, err := NewDGC(newDense(d), DGCConfig{Momentum: 0.9, Nesterov: nesterov})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -439,7 +487,7 @@ func TestDGCDense(t *testing.T) {
 			sameBits(t, "dense direction", avg, want)
 		}
 	}
-	if f, _ := NewDGC(dense{4}, DGCConfig{}); f.SetCompressor(newExactTopK(4, 1)) == nil {
+	if f, _ := NewDGC(newDense(4), DGCConfig{}); f.SetCompressor(newExactTopK(4, 1)) == nil {
 		t.Error("switching a dense layer to a sparse codec should fail")
 	}
 	f, _ := NewDGC(newExactTopK(4, 1), DGCConfig{})
@@ -541,7 +589,7 @@ func TestAllocs(t *testing.T) {
 	rng := rand.New(rand.NewPCG(12, 13))
 	e, _ := NewEControl(newExactTopK(d, 16), 0.1)
 	g1, _ := NewDGC(newExactTopK(d, 16), DGCConfig{Momentum: 0.9, Config: Config{World: 4, ClipNorm: 1}})
-	g2, _ := NewDGC(dense{d}, DGCConfig{Momentum: 0.9, Nesterov: true})
+	g2, _ := NewDGC(newDense(d), DGCConfig{Momentum: 0.9, Nesterov: true})
 	for _, f := range []Feedback{NewNone(newExactTopK(d, 16)), NewEF14(newExactTopK(d, 16)), NewEF21(newExactTopK(d, 16)), e, g1, g2} {
 		g := randVec(rng, d, 1)
 		avg := make([]float32, d)
@@ -559,5 +607,3 @@ func TestAllocs(t *testing.T) {
 		}
 	}
 }
-
-var _ compressors.Compressor = (*exactTopK)(nil)
