@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -56,5 +58,78 @@ func TestRunCancelSynctest(t *testing.T) {
 		if err := <-done; !errors.Is(err, context.Canceled) {
 			t.Fatalf("got %v, want context.Canceled", err)
 		}
+	})
+}
+
+// A rank that started but never steps: every other rank's Step fails with a
+// *transport.PeerError wrapping ErrTimeout after Config.Timeout of fake time
+// (the first message they wait for is the silent rank's), and Close leaves
+// no goroutine behind.
+func TestStepSilentRankSynctest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n, silent, timeout = 4, 3, 45 * time.Second
+		g := newGroup(t, n)
+		layers := []layerDef{{name: "a", shape: []int{100}}, {name: "b", shape: []int{64}, codec: "topk:0.1"}}
+		ws := startWorkers(t, g.Conns(), layers, WithTimeout(timeout))
+		in := makeGrads(rand.New(rand.NewPCG(1, 2)), n, layers, false)
+		start := time.Now()
+		errs := runAll(n, func(r int) error {
+			if r == silent {
+				return nil
+			}
+			_, err := ws[r].Step(context.Background(), in[r])
+			return err
+		})
+		if el := time.Since(start); el != timeout {
+			t.Errorf("failed after %v, want %v", el, timeout)
+		}
+		direct := 0
+		for r, err := range errs {
+			if r == silent {
+				continue
+			}
+			// Either this rank's own timeout fired, or a rank whose timeout
+			// fired at the same instant told it first (abort notice).
+			var pe *transport.PeerError
+			switch {
+			case errors.As(err, &pe) && pe.Rank == silent && errors.Is(err, ErrTimeout):
+				direct++
+			case errors.As(err, &pe) && errors.Is(err, ErrAborted) && strings.Contains(err.Error(), "timed out"):
+			default:
+				t.Errorf("rank %d: got %v, want a PeerError caused by rank %d's timeout", r, err, silent)
+			}
+		}
+		if direct == 0 {
+			t.Errorf("no rank reported the timeout itself")
+		}
+		for _, w := range ws {
+			w.Close()
+		}
+		g.Close()
+	})
+}
+
+// Close during a step in flight (layers submitted, peers absent) cancels it
+// and returns; nothing keeps running.
+func TestCloseDuringStepSynctest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 3
+		g := newGroup(t, n)
+		layers := []layerDef{{name: "a", shape: []int{10}}}
+		ws := startWorkers(t, g.Conns(), layers, WithTimeout(time.Hour))
+		if err := ws[0].Submit(0, make([]float32, 10)); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if err := ws[0].Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ws[0].Wait(context.Background()); !errors.Is(err, ErrClosed) {
+			t.Errorf("Wait after Close: got %v, want ErrClosed", err)
+		}
+		for _, w := range ws {
+			w.Close()
+		}
+		g.Close()
 	})
 }
