@@ -67,8 +67,12 @@ func (e *entropy) expand(h Header, body []byte) ([]byte, error) {
 	if !h.Zstd() {
 		return body, nil
 	}
-	_, dec := zstdCodecs()
 	want := int(h.RawLen)
+	if len(body) >= want {
+		// The encoder only keeps a zstd body that is shorter than the raw one.
+		return nil, fmt.Errorf("%w: zstd body of %d bytes for %d raw bytes", ErrCorrupt, len(body), want)
+	}
+	_, dec := zstdCodecs()
 	if cap(e.buf) < want {
 		e.buf = make([]byte, 0, want)
 	}
