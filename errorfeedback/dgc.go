@@ -219,10 +219,7 @@ func (f *DGC) Finish(avg []float32) {
 // schedule) and keeps u and v. c must have the same Len and the same
 // aggregation class (dense or not) as the current codec.
 func (f *DGC) SetCompressor(c compressors.Compressor) error {
-	if c == nil {
-		return fmt.Errorf("%w: nil compressor", ErrConfig)
-	}
-	if err := checkLen("new codec", c.Len(), len(f.u)); err != nil {
+	if err := setCompressor(c, len(f.u)); err != nil {
 		return err
 	}
 	if dense := f.forced || c.Aggregation() == compressors.Reduce; dense != f.dense {

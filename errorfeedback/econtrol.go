@@ -124,6 +124,15 @@ func (f *EControl) Len() int                           { return len(f.hi) }
 func (f *EControl) Compressor() compressors.Compressor { return f.c }
 func (f *EControl) String() string                     { return f.label }
 
+// SetCompressor swaps the codec and keeps eᵢ, hᵢ and h.
+func (f *EControl) SetCompressor(c compressors.Compressor) error {
+	if err := setCompressor(c, len(f.hi)); err != nil {
+		return err
+	}
+	f.c = c
+	return nil
+}
+
 // Reset zeroes eᵢ, hᵢ and h.
 func (f *EControl) Reset() {
 	zero(f.e)

@@ -80,6 +80,11 @@ type Feedback interface {
 	Len() int
 	// Compressor returns the wrapped codec.
 	Compressor() compressors.Compressor
+	// SetCompressor swaps the wrapped codec and keeps the state, e.g. at
+	// the epochs of DGC's warm-up density schedule. c must have the same
+	// Len (else ErrLength); DGC also refuses to switch between its dense and
+	// compressed paths (ErrConfig). Every rank must switch at the same step.
+	SetCompressor(c compressors.Compressor) error
 	// Reset zeroes all state, as after construction.
 	Reset()
 	// String returns the canonical recipe, e.g. "econtrol:0.1".
@@ -280,6 +285,14 @@ func checkFinite(g []float32) error {
 	return nil
 }
 
+// setCompressor validates c for a layer of n elements.
+func setCompressor(c compressors.Compressor, n int) error {
+	if c == nil {
+		return fmt.Errorf("%w: nil compressor", ErrConfig)
+	}
+	return checkLen("new codec", c.Len(), n)
+}
+
 func checkLen(what string, got, want int) error {
 	if got != want {
 		return fmt.Errorf("%w: %s has %d elements, layer has %d", ErrLength, what, got, want)
@@ -330,7 +343,16 @@ func (f *None) Finish(avg []float32) {
 func (f *None) Len() int                           { return f.c.Len() }
 func (f *None) Compressor() compressors.Compressor { return f.c }
 func (f *None) Reset()                             {}
-func (f *None) String() string                     { return "none" }
+
+// SetCompressor swaps the codec.
+func (f *None) SetCompressor(c compressors.Compressor) error {
+	if err := setCompressor(c, f.c.Len()); err != nil {
+		return err
+	}
+	f.c = c
+	return nil
+}
+func (f *None) String() string { return "none" }
 
 // EF14 is classic residual error feedback in gradient form:
 // Δ = C(e + g), e ← e + g − D(Δ). The update direction is the mean of the
@@ -388,4 +410,13 @@ func (f *EF14) Residual() []float32 { return f.e }
 func (f *EF14) Len() int                           { return len(f.e) }
 func (f *EF14) Compressor() compressors.Compressor { return f.c }
 func (f *EF14) Reset()                             { zero(f.e) }
-func (f *EF14) String() string                     { return "ef14" }
+
+// SetCompressor swaps the codec and keeps the residual.
+func (f *EF14) SetCompressor(c compressors.Compressor) error {
+	if err := setCompressor(c, len(f.e)); err != nil {
+		return err
+	}
+	f.c = c
+	return nil
+}
+func (f *EF14) String() string { return "ef14" }
