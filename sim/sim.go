@@ -645,8 +645,9 @@ func (d *driver) computeCost(ms *machine, op *allreduce.Op) float64 {
 		return 0
 	}
 	el := op.Bytes
-	if el < 0 {
-		lo, hi := ms.prog.Layout.Bounds(int(op.Chunk))
+	if el <= 0 {
+		c, n := op.Chunks()
+		lo, hi := ms.prog.Layout.Region(c, n)
 		el = int64(hi - lo)
 	}
 	speed := d.topo.Nodes[ms.node].Speed

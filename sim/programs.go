@@ -1,0 +1,86 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+)
+
+// Programs generates the programs of every rank of one collective:
+// allreduce.Generate(alg, p) with p.Rank = 0 .. p.World−1.
+func Programs(alg allreduce.Algorithm, p allreduce.Params) ([]*allreduce.Program, error) {
+	progs := make([]*allreduce.Program, p.World)
+	for r := range progs {
+		p.Rank = r
+		prog, err := allreduce.Generate(alg, p)
+		if err != nil {
+			return nil, fmt.Errorf("sim: generating %v for rank %d: %w", alg, r, err)
+		}
+		progs[r] = prog
+	}
+	return progs, nil
+}
+
+// Baseline simulates the dense fp32 reference for a step: one ring
+// all-reduce (averaging) of elems float32 elements over world ranks on topo,
+// size-only, with the placement and compute model of opts (its Trace and
+// SizeHint are not used).
+func Baseline(ctx context.Context, topo *Topology, world, elems int, opts *Options) (*Result, error) {
+	progs, err := Programs(allreduce.AlgRing, allreduce.Params{World: world, Elems: elems, Average: true})
+	if err != nil {
+		return nil, err
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	o.Trace, o.SizeHint, o.Recipe = nil, nil, ""
+	return Run(ctx, topo, []Collective{{Name: "dense-fp32-ring", Programs: progs}}, &o)
+}
+
+// StepResult is a step's simulated cost next to that of the dense fp32
+// baseline on the same topology.
+type StepResult struct {
+	*Result
+	// Baseline is the dense fp32 ring all-reduce of DenseElems elements.
+	Baseline *Result
+	// DenseElems is the total float32 elements of the step's collectives
+	// (the sum of their programs' Elems).
+	DenseElems int
+}
+
+// Speedup is Baseline.Time / Time.
+func (s *StepResult) Speedup() float64 { return s.Baseline.Time / s.Time }
+
+// ByteSavings is Baseline.Bytes / Bytes: how many times fewer bytes the step
+// moved than the dense baseline.
+func (s *StepResult) ByteSavings() float64 {
+	if s.Bytes == 0 {
+		return 0
+	}
+	return float64(s.Baseline.Bytes) / float64(s.Bytes)
+}
+
+// RunStep runs the step's collectives (see Run) and the dense baseline for
+// the same total number of elements.
+func RunStep(ctx context.Context, topo *Topology, colls []Collective, opts *Options) (*StepResult, error) {
+	res, err := Run(ctx, topo, colls, opts)
+	if err != nil {
+		return nil, err
+	}
+	elems := 0
+	for _, c := range colls {
+		if len(c.Programs) > 0 {
+			elems += c.Programs[0].Elems
+		}
+	}
+	if len(colls) == 0 {
+		return &StepResult{Result: res, Baseline: &Result{}}, nil
+	}
+	base, err := Baseline(ctx, topo, len(colls[0].Programs), elems, opts)
+	if err != nil {
+		return nil, fmt.Errorf("sim: baseline: %w", err)
+	}
+	return &StepResult{Result: res, Baseline: base, DenseElems: elems}, nil
+}
