@@ -246,7 +246,10 @@ func ioCall(ctx context.Context, timeout time.Duration, peer int, what string, f
 	c, cancel := context.WithTimeout(ctx, timeout)
 	err := f(c)
 	cancel()
-	if err != nil && ctx.Err() == nil && c.Err() == context.DeadlineExceeded {
+	// c ends with DeadlineExceeded only if its own timer fired first (a
+	// cancelled parent makes it Canceled); the parent's own deadline is
+	// the caller's business, not the peer's.
+	if err != nil && c.Err() == context.DeadlineExceeded && ctx.Err() != context.DeadlineExceeded {
 		var pe *transport.PeerError
 		if errors.As(err, &pe) && !errors.Is(pe.Err, context.DeadlineExceeded) {
 			return err // the transport found something more specific

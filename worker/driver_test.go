@@ -57,8 +57,13 @@ type sumExec struct {
 	out   []byte
 }
 
+// Payload encodes the data once; every send of the run shares the bytes,
+// which stay unchanged while sends are in flight.
 func (x *sumExec) Payload(op *allreduce.Op) ([]byte, error) {
-	x.out = x.out[:0]
+	if x.out != nil {
+		return x.out, nil
+	}
+	x.out = make([]byte, 0, 4*len(x.data))
 	for _, v := range x.data {
 		x.out = binary.LittleEndian.AppendUint32(x.out, math.Float32bits(v))
 	}
