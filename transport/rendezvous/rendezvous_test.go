@@ -1,0 +1,256 @@
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/natsserver"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func startServer(t *testing.T) *natsserver.Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := natsserver.Start(ctx, natsserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+func dial(t *testing.T, s *natsserver.Server) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+type result struct {
+	g   *Group
+	err error
+}
+
+// joinAll runs one Join per member concurrently, each on its own
+// connection, and returns the results in member order.
+func joinAll(t *testing.T, s *natsserver.Server, job string, world int, members []Member, opts ...Option) []result {
+	t.Helper()
+	res := make([]result, len(members))
+	ncs := make([]*nats.Conn, len(members))
+	for i := range members {
+		ncs[i] = dial(t, s)
+	}
+	var wg sync.WaitGroup
+	for i, m := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			res[i].g, res[i].err = Join(ctx, ncs[i], job, world, m, opts...)
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+func members(prefix string, n int) []Member {
+	ms := make([]Member, n)
+	for i := range ms {
+		// IDs in an order unrelated to i, to check that ranks follow IDs.
+		ms[i] = Member{ID: fmt.Sprintf("%s-%02d", prefix, (i*7+3)%n), Addrs: []string{fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", 4000+i)}}
+	}
+	return ms
+}
+
+func TestAgreeOnRanks(t *testing.T) {
+	s := startServer(t)
+	for _, n := range []int{1, 2, 5} {
+		t.Run(fmt.Sprintf("n=%d", n), func(t *testing.T) {
+			ms := members("p", n)
+			res := joinAll(t, s, fmt.Sprintf("job-%d", n), n, ms)
+			want := slices.Clone(ms)
+			slices.SortFunc(want, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
+			seen := map[int]bool{}
+			for i, r := range res {
+				if r.err != nil {
+					t.Fatalf("member %d: %v", i, r.err)
+				}
+				if !slices.EqualFunc(r.g.Members, want, func(a, b Member) bool {
+					return a.ID == b.ID && slices.Equal(a.Addrs, b.Addrs)
+				}) {
+					t.Fatalf("member %d sees %v, want %v", i, r.g.Members, want)
+				}
+				if r.g.Members[r.g.Rank].ID != ms[i].ID {
+					t.Errorf("member %d (%s) got rank %d", i, ms[i].ID, r.g.Rank)
+				}
+				seen[r.g.Rank] = true
+			}
+			if len(seen) != n {
+				t.Errorf("ranks %v not distinct", seen)
+			}
+		})
+	}
+}
+
+// TestLateJoiner: a member that arrives after the others have waited a
+// while still completes the group.
+func TestLateJoiner(t *testing.T) {
+	s := startServer(t)
+	ms := members("late", 3)
+	res := make([]result, 3)
+	var wg sync.WaitGroup
+	ncs := []*nats.Conn{dial(t, s), dial(t, s), dial(t, s)}
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[i].g, res[i].err = Join(context.Background(), ncs[i], "late", 3, ms[i], WithTimeout(10*time.Second))
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // the late one is late on purpose
+	res[2].g, res[2].err = Join(context.Background(), ncs[2], "late", 3, ms[2], WithTimeout(10*time.Second))
+	wg.Wait()
+	for i, r := range res {
+		if r.err != nil {
+			t.Fatalf("member %d: %v", i, r.err)
+		}
+		if len(r.g.Members) != 3 {
+			t.Fatalf("member %d: %d members", i, len(r.g.Members))
+		}
+	}
+}
+
+// TestJobsDoNotMix: two jobs on one server at once form separate groups,
+// and foreign messages on a job's subject are ignored.
+func TestJobsDoNotMix(t *testing.T) {
+	s := startServer(t)
+	noise := dial(t, s)
+	stop := make(chan struct{})
+	var nwg sync.WaitGroup
+	nwg.Add(1)
+	go func() { // a process of job "b" (and garbage) published on job "a"'s subject
+		defer nwg.Done()
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			noise.Publish("slimgrad.rendezvous.a", []byte(`{"v":1,"job":"b","world":2,"id":"intruder"}`))
+			noise.Publish("slimgrad.rendezvous.a", []byte(`not json`))
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	defer func() { close(stop); nwg.Wait() }()
+	var ra, rb []result
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); ra = joinAll(t, s, "a", 2, members("a", 2)) }()
+	go func() { defer wg.Done(); rb = joinAll(t, s, "b", 3, members("b", 3)) }()
+	wg.Wait()
+	for _, r := range append(ra, rb...) {
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		for _, m := range r.g.Members {
+			if !strings.HasPrefix(m.ID, r.g.Job) {
+				t.Errorf("job %s has member %s", r.g.Job, m.ID)
+			}
+		}
+	}
+}
+
+func TestTimeoutSaysWhoIsMissing(t *testing.T) {
+	s := startServer(t)
+	ms := members("m", 2)
+	res := joinAll(t, s, "short", 3, ms, WithTimeout(300*time.Millisecond))
+	for i, r := range res {
+		if !errors.Is(r.err, transport.ErrRendezvous) || !errors.Is(r.err, context.DeadlineExceeded) {
+			t.Fatalf("member %d: %v, want ErrRendezvous and DeadlineExceeded", i, r.err)
+		}
+		var e *Error
+		if !errors.As(r.err, &e) || len(e.Joined) != 2 || e.World != 3 {
+			t.Fatalf("member %d: %#v", i, r.err)
+		}
+		if msg := r.err.Error(); !strings.Contains(msg, "2 of 3 processes joined, 1 missing") ||
+			!strings.Contains(msg, ms[0].ID) || !strings.Contains(msg, ms[1].ID) {
+			t.Errorf("message %q does not say who is missing", msg)
+		}
+	}
+}
+
+func TestWorldSizeMismatch(t *testing.T) {
+	s := startServer(t)
+	ms := members("w", 2)
+	ncs := []*nats.Conn{dial(t, s), dial(t, s)}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, world := range []int{2, 3} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = Join(context.Background(), ncs[i], "ws", world, ms[i], WithTimeout(5*time.Second))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if !errors.Is(err, transport.ErrRendezvous) || !strings.Contains(fmt.Sprint(err), "world size") {
+			t.Errorf("member %d: %v", i, err)
+		}
+	}
+}
+
+// TestOverfull: with one process more than the world size, no two
+// processes ever return different groups, and not all of them succeed.
+func TestOverfull(t *testing.T) {
+	s := startServer(t)
+	res := joinAll(t, s, "over", 2, members("o", 3), WithTimeout(time.Second))
+	var groups []*Group
+	for _, r := range res {
+		if r.err == nil {
+			groups = append(groups, r.g)
+		} else if !errors.Is(r.err, transport.ErrRendezvous) {
+			t.Errorf("error not wrapping ErrRendezvous: %v", r.err)
+		}
+	}
+	if len(groups) == 3 {
+		t.Fatal("three processes formed a group of two")
+	}
+	for _, g := range groups[min(1, len(groups)):] {
+		if !slices.EqualFunc(g.Members, groups[0].Members, func(a, b Member) bool { return a.ID == b.ID }) {
+			t.Fatalf("disagreement: %v vs %v", g.Members, groups[0].Members)
+		}
+	}
+}
+
+func TestInvalidArguments(t *testing.T) {
+	s := startServer(t)
+	nc := dial(t, s)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		job   string
+		world int
+		id    string
+	}{{"bad.job", 2, "x"}, {"", 2, "x"}, {"ok", 0, "x"}, {"ok", 2, ""}} {
+		if _, err := Join(ctx, nc, tc.job, tc.world, Member{ID: tc.id}); err == nil {
+			t.Errorf("%+v: no error", tc)
+		}
+	}
+}
