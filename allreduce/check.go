@@ -3,6 +3,7 @@ package allreduce
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // ErrCheck is wrapped by every error of Check.
@@ -48,12 +49,8 @@ func Check(progs []*Program) error {
 type checker struct {
 	progs []*Program
 	n     int
-	sym   bool // symbolic data flow is tracked
-}
-
-type msgKey struct {
-	src, dst int
-	msg      int32
+	sym   bool      // symbolic data flow is tracked
+	match [][]int32 // per rank, per Send/Recv op: the matching op on the peer
 }
 
 func (c *checker) shape() error {
@@ -76,7 +73,7 @@ func (c *checker) shape() error {
 				return fmt.Errorf("rank %d: layout differs from rank 0's or decreases at %d", r, i)
 			}
 		}
-		consumed := make(map[int32]bool)
+		consumed := make([]bool, len(p.Ops))
 		for i := range p.Ops {
 			o := &p.Ops[i]
 			where := func() string { return fmt.Sprintf("rank %d op %d (%v)", r, i, *o) }
@@ -154,51 +151,73 @@ func (c *checker) region(p *Program, o *Op, b Buf) error {
 }
 
 func (c *checker) messages() error {
-	type pair struct {
-		send, recv int32
-		sr, rr     int
+	type end struct {
+		src, dst, msg int32
+		op            int32
 	}
-	m := make(map[msgKey]*pair)
+	var sends, recvs []end
 	for r, p := range c.progs {
 		for i := range p.Ops {
 			o := &p.Ops[i]
 			switch o.Kind {
 			case Send:
-				k := msgKey{r, int(o.Peer), o.Msg}
-				e := m[k]
-				if e == nil {
-					e = &pair{send: -1, recv: -1}
-					m[k] = e
-				}
-				if e.send >= 0 {
-					return fmt.Errorf("rank %d ops %d and %d both send message %d to %d", r, e.send, i, o.Msg, o.Peer)
-				}
-				e.send, e.sr = int32(i), r
+				sends = append(sends, end{int32(r), o.Peer, o.Msg, int32(i)})
 			case Recv:
-				k := msgKey{int(o.Peer), r, o.Msg}
-				e := m[k]
-				if e == nil {
-					e = &pair{send: -1, recv: -1}
-					m[k] = e
-				}
-				if e.recv >= 0 {
-					return fmt.Errorf("rank %d ops %d and %d both receive message %d from %d", r, e.recv, i, o.Msg, o.Peer)
-				}
-				e.recv, e.rr = int32(i), r
+				recvs = append(recvs, end{o.Peer, int32(r), o.Msg, int32(i)})
 			}
 		}
 	}
-	for k, e := range m {
-		if e.send < 0 {
-			return fmt.Errorf("rank %d op %d receives message %d from %d, which never sends it", k.dst, e.recv, k.msg, k.src)
+	cmp := func(a, b end) int {
+		if a.src != b.src {
+			return int(a.src - b.src)
 		}
-		if e.recv < 0 {
-			return fmt.Errorf("rank %d op %d sends message %d to %d, which never receives it", k.src, e.send, k.msg, k.dst)
+		if a.dst != b.dst {
+			return int(a.dst - b.dst)
 		}
-		s, rv := &c.progs[k.src].Ops[e.send], &c.progs[k.dst].Ops[e.recv]
-		if s.Bytes != rv.Bytes {
-			return fmt.Errorf("message %d from %d to %d: send plans %d bytes, receive %d", k.msg, k.src, k.dst, s.Bytes, rv.Bytes)
+		if a.msg != b.msg {
+			if a.msg < b.msg {
+				return -1
+			}
+			return 1
 		}
+		return int(a.op - b.op)
+	}
+	slices.SortFunc(sends, cmp)
+	slices.SortFunc(recvs, cmp)
+	same := func(a, b end) bool { return a.src == b.src && a.dst == b.dst && a.msg == b.msg }
+	for i := 1; i < len(sends); i++ {
+		if same(sends[i-1], sends[i]) {
+			return fmt.Errorf("rank %d ops %d and %d both send message %d to %d", sends[i].src, sends[i-1].op, sends[i].op, sends[i].msg, sends[i].dst)
+		}
+	}
+	for i := 1; i < len(recvs); i++ {
+		if same(recvs[i-1], recvs[i]) {
+			return fmt.Errorf("rank %d ops %d and %d both receive message %d from %d", recvs[i].dst, recvs[i-1].op, recvs[i].op, recvs[i].msg, recvs[i].src)
+		}
+	}
+	c.match = make([][]int32, c.n)
+	for r, p := range c.progs {
+		c.match[r] = make([]int32, len(p.Ops))
+	}
+	i, j := 0, 0
+	for i < len(sends) || j < len(recvs) {
+		switch {
+		case j == len(recvs) || (i < len(sends) && cmp(end{sends[i].src, sends[i].dst, sends[i].msg, 0}, end{recvs[j].src, recvs[j].dst, recvs[j].msg, 0}) < 0):
+			e := sends[i]
+			return fmt.Errorf("rank %d op %d sends message %d to %d, which never receives it", e.src, e.op, e.msg, e.dst)
+		case i == len(sends) || !same(sends[i], recvs[j]):
+			e := recvs[j]
+			return fmt.Errorf("rank %d op %d receives message %d from %d, which never sends it", e.dst, e.op, e.msg, e.src)
+		}
+		se, re := sends[i], recvs[j]
+		so, ro := &c.progs[se.src].Ops[se.op], &c.progs[re.dst].Ops[re.op]
+		if so.Bytes != ro.Bytes {
+			return fmt.Errorf("message %d from %d to %d: send plans %d bytes, receive %d", se.msg, se.src, se.dst, so.Bytes, ro.Bytes)
+		}
+		c.match[se.src][se.op] = re.op
+		c.match[re.dst][re.op] = se.op
+		i++
+		j++
 	}
 	return nil
 }
@@ -325,8 +344,16 @@ func (c *checker) run() error {
 			st[r] = c.initSym(r)
 		}
 	}
-	mailbox := make(map[msgKey]symMsg)
-	waiting := make(map[msgKey]int32)
+	// per rank, per Recv op: 1 posted (waiting), 2 message arrived first
+	state := make([][]uint8, n)
+	inbox := make([][]symMsg, n)
+	for r, p := range c.progs {
+		state[r] = make([]uint8, len(p.Ops))
+		if c.sym {
+			inbox[r] = make([]symMsg, len(p.Ops))
+		}
+	}
+	const posted, arrived = 1, 2
 	dirty := make([]int, 0, n)
 	for r := n - 1; r >= 0; r-- {
 		dirty = append(dirty, r)
@@ -335,7 +362,7 @@ func (c *checker) run() error {
 	deliver := func(r int, i int32, msg symMsg) error {
 		if c.sym {
 			if err := c.symRecv(r, &st[r], i, msg); err != nil {
-				return err
+				return fmt.Errorf("rank %d op %d (%v): %w", r, i, c.progs[r].Ops[i], err)
 			}
 		}
 		return ms[r].Done(i)
@@ -359,28 +386,32 @@ func (c *checker) run() error {
 							return fmt.Errorf("rank %d op %d (%v): %w", r, i, *o, err)
 						}
 					}
-					k := msgKey{r, int(o.Peer), o.Msg}
-					if j, ok := waiting[k]; ok {
-						delete(waiting, k)
-						if err := deliver(k.dst, j, msg); err != nil {
-							return fmt.Errorf("rank %d op %d: %w", k.dst, j, err)
+					dst, j := int(o.Peer), c.match[r][i]
+					if state[dst][j] == posted {
+						if err := deliver(dst, j, msg); err != nil {
+							return err
 						}
-						dirty = append(dirty, k.dst)
+						dirty = append(dirty, dst)
 					} else {
-						mailbox[k] = msg
+						state[dst][j] = arrived
+						if c.sym {
+							inbox[dst][j] = msg
+						}
 					}
 					if err := ms[r].Done(i); err != nil {
 						return err
 					}
 				case Recv:
-					k := msgKey{int(o.Peer), r, o.Msg}
-					if msg, ok := mailbox[k]; ok {
-						delete(mailbox, k)
+					if state[r][i] == arrived {
+						var msg symMsg
+						if c.sym {
+							msg = inbox[r][i]
+						}
 						if err := deliver(r, i, msg); err != nil {
-							return fmt.Errorf("rank %d op %d (%v): %w", r, i, *o, err)
+							return err
 						}
 					} else {
-						waiting[k] = i
+						state[r][i] = posted
 					}
 				case Compute:
 					if c.sym {
@@ -397,8 +428,13 @@ func (c *checker) run() error {
 	}
 	for r, m := range ms {
 		if !m.Finished() {
-			for k, i := range waiting {
-				return fmt.Errorf("deadlock: rank %d finishes %d of %d ops; rank %d op %d waits for message %d from rank %d", r, len(c.progs[r].Ops)-m.Remaining(), len(c.progs[r].Ops), k.dst, i, k.msg, k.src)
+			for q, p := range c.progs {
+				for i := range p.Ops {
+					if state[q][i] == posted && !ms[q].done[i] {
+						o := &p.Ops[i]
+						return fmt.Errorf("deadlock: rank %d finishes %d of %d ops; rank %d op %d waits for message %d from rank %d", r, len(c.progs[r].Ops)-m.Remaining(), len(c.progs[r].Ops), q, i, o.Msg, o.Peer)
+					}
+				}
 			}
 			return fmt.Errorf("deadlock: rank %d stops with %d ops left", r, m.Remaining())
 		}

@@ -184,3 +184,7 @@ func (bf16) DecodeAddElems(dst []float32, b []byte) error {
 	}
 	return nil
 }
+
+func runAll(progs []*allreduce.Program, execs []allreduce.Executor, seed uint64) (allreducetest.Stats, error) {
+	return allreducetest.Run(progs, execs, allreducetest.Options{Seed: seed})
+}

@@ -569,6 +569,9 @@ func (e *Exec) runSparse(op *Op) error {
 		if err != nil {
 			return err
 		}
+		if b == nil {
+			b = []byte{}
+		}
 		e.own = b
 		e.slots[i] = b
 		return nil
@@ -607,3 +610,5 @@ func (e *Exec) runLowRank(op *Op) error {
 	}
 	return nil
 }
+
+func unsafeSizeofOp() uintptr { return unsafe.Sizeof(Op{}) }
