@@ -1,0 +1,54 @@
+// Package worker is slimgrad's real driver: it runs the collective programs
+// of package allreduce over a transport.Conn with real time, and gives a Go
+// training loop one API for data-parallel gradient exchange with compression.
+//
+// # Training loop
+//
+//	w, err := worker.New(ctx, conn, worker.WithDefaultCodec("topk:0.01", "ef14"))
+//	w.Register("fc1.weight", []int{256, 784})                       // forward order
+//	w.Register("fc1.bias", []int{256}, worker.WithCodec("none"))    // per-layer recipe
+//	...
+//	err = w.Start(ctx)                // ranks compare their layer lists (signature)
+//	for step := ... {
+//		led, err := w.Step(ctx, grads) // grads[i] becomes the averaged update, in place
+//		optimizer.Step(params, grads)
+//	}
+//
+// To overlap communication with backward, hand each layer over as soon as its
+// gradient exists and wait once at the end, as PyTorch DDP does with buckets:
+//
+//	for i := len(layers)-1; i >= 0; i-- { backward(i); w.Submit(i, grads[i]) }
+//	led, err := w.Wait(ctx)
+//
+// # Buckets and schemes
+//
+// Layers are taken in reverse registration order; consecutive layers with the
+// same element-wise codec (none, fp16, bf16) and element-wise error feedback
+// are fused into buckets of up to Config.BucketBytes, one collective each.
+// Every other layer is its own bucket. A bucket's scheme follows its codec's
+// aggregation (see package worker/adapt): dense ring, tree or
+// halving-doubling (Config.Algorithm, default ring); sparse all-gather with
+// rank-order decode-add; the two-phase sign all-reduce; PowerSGD's low-rank
+// P-then-Q all-reduce. Results are bit-identical on every rank.
+//
+// # Failure
+//
+// Every blocking call takes a context. A peer that is dead, or silent for
+// Config.Timeout on any single message, fails the step with an error wrapping
+// *transport.PeerError (ErrTimeout for silence); the failing rank tells the
+// others (abort notices) so they fail at once too. After such a failure the
+// Worker is broken (ErrBroken): the ranks' collectives may be out of step.
+// NaN/Inf gradients are a policy (NaNError, NaNSkip) on which the ranks
+// agree through a small flag exchange per bucket, so no rank diverges.
+//
+// # Ledger
+//
+// Each step returns a Ledger: per layer the dense fp32 bytes, the encoded
+// payload, the message bytes sent and received, compress / decompress /
+// communicate time, and the bytes a dense fp32 ring all-reduce would have sent
+// (2(N−1)/N·4d per rank), so Saved() always has its baseline; per peer the
+// transport's byte counters for the step.
+//
+// Run executes a single allreduce program over a conn, for callers that
+// drive collectives themselves.
+package worker
