@@ -1,0 +1,213 @@
+package worker
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/libp2p"
+)
+
+// Multi-process all-reduce benchmark over loopback: this test starts N
+// copies of the test binary (TestMultiProcChild), one rank each, that meet
+// through the parent (which relays their libp2p addresses), run a dense
+// all-reduce of SLIMGRAD_MP_BYTES (default 64 MiB) with the Worker, and
+// report the median step time. Run it with
+//
+//	SLIMGRAD_MULTIPROC=1 go test -run TestMultiProcAllReduce -v ./worker
+//
+// Optional: SLIMGRAD_MP_WORLDS=2,4  SLIMGRAD_MP_ITERS=10
+// SLIMGRAD_MP_SECURITY=noise,insecure  SLIMGRAD_MP_ALGS=ring,tree.
+func TestMultiProcAllReduce(t *testing.T) {
+	if testing.Short() || os.Getenv("SLIMGRAD_MULTIPROC") == "" {
+		t.Skip("set SLIMGRAD_MULTIPROC=1 to run the multi-process benchmark")
+	}
+	worlds := envList("SLIMGRAD_MP_WORLDS", "2,4")
+	secs := envList("SLIMGRAD_MP_SECURITY", "noise,insecure")
+	algs := envList("SLIMGRAD_MP_ALGS", "ring,tree")
+	size := envInt("SLIMGRAD_MP_BYTES", 64<<20)
+	iters := envInt("SLIMGRAD_MP_ITERS", 10)
+	for _, ws := range worlds {
+		n, _ := strconv.Atoi(ws)
+		for _, sec := range secs {
+			for _, alg := range algs {
+				name := fmt.Sprintf("transport=libp2p-%s/alg=%s/n=%d/size=%dMiB", sec, alg, n, size>>20)
+				t.Run(name, func(t *testing.T) {
+					med := runChildren(t, n, map[string]string{
+						"SLIMGRAD_MP_SEC": sec, "SLIMGRAD_MP_ALG": alg,
+						"SLIMGRAD_MP_BYTES": strconv.Itoa(size), "SLIMGRAD_MP_ITERS": strconv.Itoa(iters),
+					})
+					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
+					t.Logf("RESULT %s median_s=%.5f algbw_GBps=%.3f busbw_GBps=%.3f", name, med, float64(size)/med/1e9, bus)
+				})
+			}
+		}
+	}
+}
+
+// runChildren starts n ranks and relays addresses; it returns rank 0's
+// median step time in seconds.
+func runChildren(t *testing.T, n int, env map[string]string) float64 {
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	type child struct {
+		cmd   *exec.Cmd
+		in    io.WriteCloser
+		out   *bufio.Scanner
+		stdrr strings.Builder
+	}
+	cs := make([]*child, n)
+	for r := range cs {
+		c := &child{cmd: exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMultiProcChild$", "-test.v")}
+		c.cmd.Env = append(os.Environ(), "SLIMGRAD_MP_CHILD=1", "SLIMGRAD_MP_RANK="+strconv.Itoa(r), "SLIMGRAD_MP_WORLD="+strconv.Itoa(n))
+		for k, v := range env {
+			c.cmd.Env = append(c.cmd.Env, k+"="+v)
+		}
+		var err error
+		if c.in, err = c.cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+		out, err := c.cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.out = bufio.NewScanner(out)
+		c.cmd.Stderr = &c.stdrr
+		if err := c.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cs[r] = c
+	}
+	defer func() {
+		for _, c := range cs {
+			c.in.Close()
+			if err := c.cmd.Wait(); err != nil {
+				t.Errorf("child: %v\n%s", err, c.stdrr.String())
+			}
+		}
+	}()
+	readLine := func(c *child, prefix string) string {
+		for c.out.Scan() {
+			if s, ok := strings.CutPrefix(c.out.Text(), prefix); ok {
+				return s
+			}
+		}
+		t.Fatalf("child ended before %q: %v\n%s", prefix, c.out.Err(), c.stdrr.String())
+		return ""
+	}
+	peers := make([]string, n)
+	for r, c := range cs {
+		peers[r] = readLine(c, "PEER ")
+	}
+	for _, c := range cs {
+		fmt.Fprintf(c.in, "%s\n", strings.Join(peers, "|"))
+	}
+	var med float64
+	for r, c := range cs {
+		s := readLine(c, "MEDIAN ")
+		if r == 0 {
+			med, _ = strconv.ParseFloat(s, 64)
+		}
+	}
+	return med
+}
+
+// TestMultiProcChild is one rank of TestMultiProcAllReduce (it does nothing
+// unless started by it).
+func TestMultiProcChild(t *testing.T) {
+	if os.Getenv("SLIMGRAD_MP_CHILD") == "" {
+		t.Skip("started by TestMultiProcAllReduce only")
+	}
+	rank, n := envInt("SLIMGRAD_MP_RANK", 0), envInt("SLIMGRAD_MP_WORLD", 2)
+	size, iters := envInt("SLIMGRAD_MP_BYTES", 64<<20), envInt("SLIMGRAD_MP_ITERS", 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	opts := []libp2p.Option{libp2p.WithJob("worker-multiproc"), libp2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0")}
+	if os.Getenv("SLIMGRAD_MP_SEC") == "insecure" {
+		opts = append(opts, libp2p.WithInsecure())
+	}
+	node, err := libp2p.Listen(ctx, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	fmt.Printf("PEER %s %s\n", node.ID(), strings.Join(node.AddrStrings(), ","))
+	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peers []libp2p.Peer
+	for _, p := range strings.Split(strings.TrimSpace(line), "|") {
+		id, addrs, _ := strings.Cut(p, " ")
+		pp, err := libp2p.ParsePeer(id, strings.Split(addrs, ","))
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, pp)
+	}
+	conn, err := node.Connect(ctx, rank, peers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	med := benchSteps(t, ctx, conn, os.Getenv("SLIMGRAD_MP_ALG"), size, iters)
+	fmt.Printf("MEDIAN %.6f\n", med)
+	_ = n
+}
+
+// benchSteps runs warm-up and timed dense Steps of one size-byte layer and
+// returns the median seconds per step.
+func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg string, size, iters int) float64 {
+	w, err := New(ctx, conn, WithAlgorithm(alg), WithNaNPolicy(NaNIgnore), WithTimeout(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.Register("x", []int{size / 4}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g := make([]float32, size/4)
+	grads := [][]float32{g}
+	var ts []float64
+	for i := 0; i < iters+2; i++ {
+		for j := range g {
+			g[j] = 1
+		}
+		t0 := time.Now()
+		if _, err := w.Step(ctx, grads); err != nil {
+			t.Fatal(err)
+		}
+		if i >= 2 {
+			ts = append(ts, time.Since(t0).Seconds())
+		}
+	}
+	slices.Sort(ts)
+	return ts[len(ts)/2]
+}
+
+func envList(k, def string) []string {
+	if v := os.Getenv(k); v != "" {
+		return strings.Split(v, ",")
+	}
+	return strings.Split(def, ",")
+}
+
+func envInt(k string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(k)); err == nil {
+		return v
+	}
+	return def
+}
+
