@@ -210,4 +210,3 @@ func envInt(k string, def int) int {
 	}
 	return def
 }
-
