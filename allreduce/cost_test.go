@@ -1,0 +1,102 @@
+package allreduce_test
+
+import (
+	"math"
+	"testing"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+)
+
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(math.Abs(a), math.Abs(b)) }
+
+func TestCostTextbook(t *testing.T) {
+	m := allreduce.Model{Alpha: 5e-6, Beta: 1e-9}
+	for _, p := range []int{2, 3, 4, 8, 16, 100} {
+		S := 64.0 * 1024 * 1024
+		elems := int(S / 4)
+		a, b := m.Alpha, m.Beta
+		fp := float64(p)
+		d := math.Ceil(math.Log2(fp))
+		cases := []struct {
+			alg  allreduce.Algorithm
+			want float64
+		}{
+			{allreduce.AlgRing, 2 * (fp - 1) * (a + S/fp*b)},
+			{allreduce.AlgReduceScatter, (fp - 1) * (a + S/fp*b)},
+			{allreduce.AlgAllGather, (fp - 1) * (a + S/fp*b)},
+			{allreduce.AlgAllToAll, (fp - 1) * (a + S/fp*b)},
+			{allreduce.AlgTree, 2 * d * (a + S*b)},
+			{allreduce.AlgBarrier, d * a},
+			{allreduce.AlgBroadcast, d * (a + S*b)},
+		}
+		if p&(p-1) == 0 {
+			cases = append(cases, struct {
+				alg  allreduce.Algorithm
+				want float64
+			}{allreduce.AlgHalvingDoubling, 2*d*a + 2*(fp-1)/fp*S*b})
+		}
+		for _, c := range cases {
+			got := m.Cost(c.alg, allreduce.Params{World: p, Elems: elems})
+			if !near(got, c.want) {
+				t.Errorf("%v p=%d: cost %g, textbook %g", c.alg, p, got, c.want)
+			}
+		}
+	}
+}
+
+// TestCostMatchesPrograms checks the model's message and byte counts against
+// the generated programs: for every rank, α·messages sent + β·bytes sent
+// equals the model's cost (with γ = 0) for the symmetric algorithms.
+func TestCostMatchesPrograms(t *testing.T) {
+	m := allreduce.Model{Alpha: 1, Beta: 1e-3}
+	for _, n := range []int{2, 3, 5, 8} {
+		for _, alg := range []allreduce.Algorithm{allreduce.AlgRing, allreduce.AlgReduceScatter, allreduce.AlgAllGather, allreduce.AlgAllToAll, allreduce.AlgTwoPhaseSign, allreduce.AlgBarrier} {
+			p := allreduce.Params{World: n, Elems: 840 * n, Segments: 1}
+			for r, prog := range genAll(t, alg, p) {
+				var msgs, bytes float64
+				for _, o := range prog.Ops {
+					if o.Kind == allreduce.Send {
+						msgs++
+						bytes += float64(o.Bytes)
+					}
+				}
+				got, want := m.Alpha*msgs+m.Beta*bytes, m.Cost(alg, p)
+				if !near(got, want) {
+					t.Errorf("%v n=%d rank %d: program sends %v msgs, %v bytes (%g), model %g", alg, n, r, msgs, bytes, got, want)
+				}
+			}
+		}
+	}
+}
+
+func TestSelect(t *testing.T) {
+	m := allreduce.Model{Alpha: 20e-6, Beta: 1 / 1.25e9, Gamma: 1e-9}
+	// Tiny messages over many ranks: latency dominates, ring loses.
+	if c := allreduce.Select(m, 64, 256); c.Alg == allreduce.AlgRing {
+		t.Errorf("64 ranks, 256 B: selected ring (%+v)", c)
+	}
+	// Large messages: the tree's 2S bandwidth term loses to ring/HD.
+	if c := allreduce.Select(m, 12, 256<<20); c.Alg == allreduce.AlgTree {
+		t.Errorf("12 ranks, 256 MiB: selected tree (%+v)", c)
+	}
+	for _, world := range []int{2, 3, 7, 16, 100} {
+		for _, bytes := range []int64{4, 4096, 1 << 20, 64 << 20} {
+			c := allreduce.Select(m, world, bytes)
+			for _, alg := range []allreduce.Algorithm{allreduce.AlgRing, allreduce.AlgTree, allreduce.AlgHalvingDoubling} {
+				if other := m.CostBytes(alg, world, bytes); other < c.Cost*(1-1e-12) {
+					t.Errorf("world %d bytes %d: selected %v at %g, but %v costs %g", world, bytes, c.Alg, c.Cost, alg, other)
+				}
+			}
+		}
+	}
+	pol := allreduce.Policy{Model: m, Override: func(world int, bytes int64) (allreduce.Choice, bool) {
+		return allreduce.Choice{Alg: allreduce.AlgTree, Segments: 3}, bytes > 1000
+	}}
+	if c := pol.Select(8, 1<<20); c.Alg != allreduce.AlgTree || c.Segments != 3 {
+		t.Errorf("override ignored: %+v", c)
+	}
+	pol.Candidates = []allreduce.Algorithm{allreduce.AlgRing}
+	if c := pol.Select(8, 100); c.Alg != allreduce.AlgRing {
+		t.Errorf("candidates ignored: %+v", c)
+	}
+}
