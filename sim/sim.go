@@ -61,6 +61,12 @@ type Options struct {
 	// LatencyJitter adds a uniform random fraction in [0, LatencyJitter) of
 	// each message's latency; ComputeJitter does the same for compute ops.
 	LatencyJitter, ComputeJitter float64
+	// PerMessageFlows makes every message its own flow, sharing the links
+	// max-min fairly with the other messages between the same two ranks
+	// (one stream per message). By default messages from one rank to another
+	// go out one at a time in the order they were sent, as over one
+	// transport connection, and only different pairs share links.
+	PerMessageFlows bool
 	// Trace, if not nil, records every event.
 	Trace *Trace
 }
@@ -198,6 +204,25 @@ type rankState struct {
 	recvd   int64
 	left    int // collectives not finished
 	node    int32
+	conns   []conn // outgoing connections with a message in flight
+}
+
+// conn is the stream from one rank to another: messages between a pair go
+// out one after the other (FIFO), as over one transport connection.
+type conn struct {
+	dst        int32
+	head, tail int32 // queued messages (indices into driver.pend), -1 if none
+}
+
+// msgInfo is a message waiting for its connection.
+type msgInfo struct {
+	links   [maxPath]int32
+	n       int8
+	size    float64
+	lat     float64
+	g, op   int32
+	dg, dop int32
+	next    int32
 }
 
 type driver struct {
@@ -215,6 +240,8 @@ type driver struct {
 	scr    []int32
 	res    *Result
 	pay    map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
+	pend   []msgInfo
+	pfree  []int32
 	trace  *Trace
 	cfin   []float64
 	cbytes []int64
@@ -310,8 +337,8 @@ func (d *driver) setup() error {
 	}
 	d.ranks = grow(d.ranks, world)
 	for r := range d.ranks {
-		q := d.ranks[r].queue[:0]
-		d.ranks[r] = rankState{queue: q}
+		q, cs := d.ranks[r].queue[:0], d.ranks[r].conns[:0]
+		d.ranks[r] = rankState{queue: q, conns: cs}
 		n := r
 		if pl != nil {
 			n = pl[r]
@@ -411,6 +438,7 @@ func (d *driver) setup() error {
 	}
 	d.net.reset()
 	d.now = 0
+	d.pend, d.pfree = d.pend[:0], d.pfree[:0]
 	d.costs = d.opts.Calibration.table(d.opts.Recipe, d.opts.FreeCompute)
 	if d.opts.Calibration == nil && !d.opts.FreeCompute {
 		d.costs = DefaultCalibration().table(d.opts.Recipe, false)
@@ -566,17 +594,21 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 			}
 		}
 	}
-	var links [maxPath]int32
-	n := d.topo.route(int(ms.node), int(dm.node), &links)
-	id := d.net.add(d.now, &links, n, float64(size))
-	f := &d.net.flows[id]
-	f.g, f.op, f.dg, f.dop = g, i, dg, dop
+	var m msgInfo
+	m.n = int8(d.topo.route(int(ms.node), int(dm.node), &m.links))
+	m.size = float64(size)
+	m.g, m.op, m.dg, m.dop = g, i, dg, dop
 	lat := d.topo.PairLatency(int(ms.node), int(dm.node)).Seconds()
 	if d.opts.LatencyJitter > 0 {
 		lat += lat * d.opts.LatencyJitter * d.rng.Float64()
 	}
-	f.lat = lat
+	m.lat = lat
 	rs := &d.ranks[ms.rank]
+	if d.opts.PerMessageFlows {
+		d.startFlow(&m)
+	} else {
+		d.enqueue(rs, peer, &m)
+	}
 	rs.sent += size
 	d.ranks[peer].recvd += size
 	d.res.Bytes += size
@@ -586,17 +618,82 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	return nil
 }
 
+func (d *driver) startFlow(m *msgInfo) {
+	id := d.net.add(d.now, &m.links, int(m.n), m.size)
+	f := &d.net.flows[id]
+	f.g, f.op, f.dg, f.dop, f.lat = m.g, m.op, m.dg, m.dop, m.lat
+}
+
+// enqueue starts m at once if the connection to peer is idle, else queues it.
+func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
+	for k := range rs.conns {
+		c := &rs.conns[k]
+		if c.dst != peer {
+			continue
+		}
+		var j int32
+		if n := len(d.pfree); n > 0 {
+			j = d.pfree[n-1]
+			d.pfree = d.pfree[:n-1]
+		} else {
+			j = int32(len(d.pend))
+			d.pend = append(d.pend, msgInfo{})
+		}
+		m.next = -1
+		d.pend[j] = *m
+		if c.tail < 0 {
+			c.head = j
+		} else {
+			d.pend[c.tail].next = j
+		}
+		c.tail = j
+		return
+	}
+	rs.conns = append(rs.conns, conn{dst: peer, head: -1, tail: -1})
+	d.startFlow(m)
+}
+
+// connDone starts the next queued message from rank to peer, or closes the
+// connection if none is queued.
+func (d *driver) connDone(rank, peer int32) {
+	rs := &d.ranks[rank]
+	for k := range rs.conns {
+		c := &rs.conns[k]
+		if c.dst != peer {
+			continue
+		}
+		if c.head < 0 {
+			last := len(rs.conns) - 1
+			rs.conns[k] = rs.conns[last]
+			rs.conns = rs.conns[:last]
+			return
+		}
+		j := c.head
+		m := d.pend[j]
+		c.head = m.next
+		if c.head < 0 {
+			c.tail = -1
+		}
+		d.pfree = append(d.pfree, j)
+		d.startFlow(&m)
+		return
+	}
+}
+
 func (d *driver) flowEnd(id int32, ver uint32) error {
 	f := &d.net.flows[id]
 	if !f.active || f.ver != ver {
 		return nil // superseded by a rate change
 	}
 	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
-	d.net.remove(d.now, id)
 	// The arrival carries the size (saturated) for the receiver's check.
 	sz := uint32(math.MaxUint32)
 	if f.size < math.MaxUint32 {
 		sz = uint32(f.size)
+	}
+	d.net.remove(d.now, id) // f may be reused from here on
+	if !d.opts.PerMessageFlows {
+		d.connDone(d.ms[g].rank, d.ms[dg].rank)
 	}
 	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop, x: sz})
 	ms := &d.ms[g]
