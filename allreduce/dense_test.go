@@ -188,3 +188,5 @@ func (bf16) DecodeAddElems(dst []float32, b []byte) error {
 func runAll(progs []*allreduce.Program, execs []allreduce.Executor, seed uint64) (allreducetest.Stats, error) {
 	return allreducetest.Run(progs, execs, allreducetest.Options{Seed: seed})
 }
+
+func randSource() *rand.Rand { return rand.New(rand.NewPCG(42, 43)) }

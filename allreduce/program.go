@@ -142,21 +142,31 @@ func (o *Op) Chunks() (first, n int) {
 	return int(o.Chunk), n
 }
 
+// String formats o for program listings, e.g. "send data[3] -> 2 #5 (64 B)
+// after 7" or "decode-add data <- payload[1] (100 el) after 5 after 6".
 func (o Op) String() string {
 	var b strings.Builder
 	switch o.Kind {
 	case Send:
-		fmt.Fprintf(&b, "send %s%s -> %d #%d", bufName(o.Src), o.region(), o.Peer, o.Msg)
+		fmt.Fprintf(&b, "send %s -> %d #%d", o.side(o.Src, false), o.Peer, o.Msg)
 	case Recv:
-		fmt.Fprintf(&b, "recv %s%s <- %d #%d", bufName(o.Dst), o.region(), o.Peer, o.Msg)
+		fmt.Fprintf(&b, "recv %s <- %d #%d", o.side(o.Dst, false), o.Peer, o.Msg)
 	default:
-		fmt.Fprintf(&b, "%s %s%s <- %s", o.Fn, bufName(o.Dst), o.region(), bufName(o.Src))
+		slot := o.Src == BufPayload || o.Dst == BufPayload
+		fmt.Fprintf(&b, "%s %s", o.Fn, o.side(o.Dst, slot))
+		if o.Src != BufNone && o.Src != o.Dst {
+			fmt.Fprintf(&b, " <- %s", o.side(o.Src, slot))
+		}
 		if o.Fn == FnScale {
 			fmt.Fprintf(&b, " *%g", o.Scale)
 		}
 	}
 	if o.Bytes != 0 {
-		fmt.Fprintf(&b, " (%d)", o.Bytes)
+		unit := "B"
+		if o.Kind == Compute {
+			unit = "el"
+		}
+		fmt.Fprintf(&b, " (%d %s)", o.Bytes, unit)
 	}
 	for _, d := range o.Deps {
 		if d != NoDep {
@@ -166,11 +176,21 @@ func (o Op) String() string {
 	return b.String()
 }
 
-func (o Op) region() string {
-	if o.Span > 1 {
-		return fmt.Sprintf("[%d:%d]", o.Chunk, int(o.Chunk)+int(o.Span))
+// side formats one buffer operand; whole is set for the float32 side of an
+// op whose Chunk names a payload slot.
+func (o Op) side(buf Buf, slot bool) string {
+	name := bufName(buf)
+	switch {
+	case buf == BufNone:
+		return name
+	case slot && buf != BufPayload:
+		return name
+	case o.Chunk < 0:
+		return name
+	case o.Span > 1:
+		return fmt.Sprintf("%s[%d:%d]", name, o.Chunk, int(o.Chunk)+int(o.Span))
 	}
-	return fmt.Sprintf("[%d]", o.Chunk)
+	return fmt.Sprintf("%s[%d]", name, o.Chunk)
 }
 
 func bufName(b Buf) string {
@@ -259,7 +279,7 @@ type Program struct {
 // String prints the program one op per line, for golden tests and debugging.
 func (p *Program) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s rank %d/%d, %d elements in %d chunks\n", p.Name, p.Rank, p.World, p.Layout.Len(), p.Layout.Chunks())
+	fmt.Fprintf(&b, "%s rank %d/%d, %d elements, layout of %d in %d chunks\n", p.Name, p.Rank, p.World, p.Elems, p.Layout.Len(), p.Layout.Chunks())
 	for i, o := range p.Ops {
 		fmt.Fprintf(&b, "%4d %s\n", i, o)
 	}
