@@ -27,7 +27,7 @@ func BenchmarkRun(b *testing.B) {
 				b.Run(fmt.Sprintf("alg=%v/n=%d/size=%dMiB", alg, n, size>>20), func(b *testing.B) {
 					conns := newGroup(b, n).Conns()
 					elems := size / 4
-					segs := max(1, size/n/segmentBytes)
+					segs := max(1, size/n/(1<<20))
 					progs := make([]*allreduce.Program, n)
 					execs := make([]*allreduce.Exec, n)
 					for r := 0; r < n; r++ {

@@ -26,7 +26,8 @@ import (
 //	SLIMGRAD_MULTIPROC=1 go test -run TestMultiProcAllReduce -v ./worker
 //
 // Optional: SLIMGRAD_MP_WORLDS=2,4  SLIMGRAD_MP_ITERS=10
-// SLIMGRAD_MP_SECURITY=noise,insecure  SLIMGRAD_MP_ALGS=ring,tree.
+// SLIMGRAD_MP_SECURITY=noise,insecure  SLIMGRAD_MP_ALGS=ring,tree
+// SLIMGRAD_MP_SEGMENT=1048576 (Config.SegmentBytes)  SLIMGRAD_MP_SENDS=2.
 func TestMultiProcAllReduce(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_MULTIPROC") == "" {
 		t.Skip("set SLIMGRAD_MULTIPROC=1 to run the multi-process benchmark")
@@ -167,7 +168,8 @@ func TestMultiProcChild(t *testing.T) {
 // benchSteps runs warm-up and timed dense Steps of one size-byte layer and
 // returns the median seconds per step.
 func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg string, size, iters int) float64 {
-	w, err := New(ctx, conn, WithAlgorithm(alg), WithNaNPolicy(NaNIgnore), WithTimeout(time.Minute))
+	w, err := New(ctx, conn, WithAlgorithm(alg), WithNaNPolicy(NaNIgnore), WithTimeout(time.Minute),
+		WithSegmentBytes(envInt("SLIMGRAD_MP_SEGMENT", 1<<20)), WithSendsPerPeer(envInt("SLIMGRAD_MP_SENDS", 2)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,6 +63,10 @@ type Config struct {
 	// SendsPerPeer bounds the sends in flight to one peer per collective.
 	// Default 2.
 	SendsPerPeer int
+	// SegmentBytes is the message size up to which dense rings and trees
+	// pipeline a chunk: longer chunks are split into segments of about
+	// this size (at most 64 per chunk). Default 1 MiB.
+	SegmentBytes int
 	// SkipSignature turns off the start-up comparison of layer lists.
 	SkipSignature bool
 	// NoAbortNotice turns off abort notices: by default a rank whose step
@@ -84,6 +88,7 @@ func DefaultConfig() Config {
 		Codec:         "none",
 		ErrorFeedback: "none",
 		SendsPerPeer:  2,
+		SegmentBytes:  1 << 20,
 	}
 }
 
@@ -97,6 +102,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("unknown non-finite policy %d", c.NonFinite)
 	case c.SendsPerPeer < 1:
 		return errors.New("SendsPerPeer must be at least 1")
+	case c.SegmentBytes < 1:
+		return errors.New("SegmentBytes must be at least 1")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -141,6 +148,11 @@ func WithSeed(s uint64) Option { return func(c *Config) error { c.Seed = s; retu
 // WithSendsPerPeer sets Config.SendsPerPeer.
 func WithSendsPerPeer(n int) Option {
 	return func(c *Config) error { c.SendsPerPeer = n; return nil }
+}
+
+// WithSegmentBytes sets Config.SegmentBytes.
+func WithSegmentBytes(n int) Option {
+	return func(c *Config) error { c.SegmentBytes = n; return nil }
 }
 
 // WithLogger sets Config.Logger.

@@ -98,10 +98,6 @@ func (c *layerColl) run(ctx context.Context, conn transport.Conn, d *driver, id 
 	return cs, err
 }
 
-// segmentBytes is the largest message a dense ring or tree sends at once;
-// longer chunks are pipelined in segments of about this size.
-const segmentBytes = 1 << 20
-
 // newCollective builds bucket b's scheme on this rank.
 func (w *Worker) newCollective(b *bucket) (collective, error) {
 	s := w.layers[b.layers[0]]
@@ -126,7 +122,8 @@ func (w *Worker) newCollective(b *bucket) (collective, error) {
 		}
 		spec.Algorithm = alg
 		perRank := (b.elems()*eb + spec.World - 1) / spec.World
-		spec.Segments = min(max(1, (perRank+segmentBytes-1)/segmentBytes), 64)
+		seg := w.cfg.SegmentBytes
+		spec.Segments = min(max(1, (perRank+seg-1)/seg), 64)
 	}
 	l, err := adapt.New(spec)
 	if err != nil {
