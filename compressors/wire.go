@@ -199,3 +199,5 @@ func checkLen(what string, got, want int) error {
 	}
 	return nil
 }
+
+func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
