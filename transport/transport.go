@@ -81,6 +81,9 @@ var (
 	ErrUnauthorized = errors.New("transport: unauthorized peer")
 	// ErrRendezvous means the group did not form (see *RendezvousError).
 	ErrRendezvous = errors.New("transport: rendezvous failed")
+	// ErrInvalidPeer means a peer rank out of range or equal to the caller's
+	// own rank (a caller bug reported as an error, not a panic).
+	ErrInvalidPeer = errors.New("transport: invalid peer rank")
 )
 
 // PeerError reports a failure that concerns one peer. Err is one of the
