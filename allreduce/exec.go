@@ -610,5 +610,3 @@ func (e *Exec) runLowRank(op *Op) error {
 	}
 	return nil
 }
-
-func unsafeSizeofOp() uintptr { return unsafe.Sizeof(Op{}) }

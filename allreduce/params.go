@@ -236,40 +236,143 @@ func GenerateInto(dst *Program, alg Algorithm, p Params) error {
 	return nil
 }
 
-// Ring returns the ring all-reduce program (see AlgRing and genRing).
+// Ring returns rank p.Rank's ring all-reduce program on BufData: a
+// reduce-scatter then an all-gather, each of World−1 steps, every chunk split
+// into p.Segments segments so that the send of one segment overlaps the
+// reduction of another.
+//
+// Layout: World blocks of EvenLayout(Elems, World), each split evenly into
+// Segments chunks: chunk c·S+s is segment s of block c. Rank r finishes the
+// reduce-scatter owning block r.
+//
+// Ops, per step k and segment s (right = r+1, left = r−1, mod World):
+//
+//	reduce-scatter: send   data[block r−1−k, s] -> right     #k·S+s
+//	                recv   stage[block r−2−k, s] <- left     #k·S+s
+//	                reduce data[c] += stage (the Recv is the reduce's Deps[0])
+//	(Average)       scale  data[block r, s] *= 1/World
+//	all-gather:     send   data[block r−k, s] -> right       #(World−1+k)·S+s
+//	                recv   data[block r−1−k, s] <- left      (overwrites)
+//
+// Block c's sum is accumulated in the order c+1, c+2, …, c (mod World) and
+// then copied, so every rank ends with the same bits.
 func Ring(p Params) (*Program, error) { return Generate(AlgRing, p) }
 
-// Tree returns the double-binary-tree all-reduce program.
+// Tree returns rank p.Rank's double-binary-tree all-reduce program on
+// BufData (NCCL's trees: tree 0 is the binary tree in which rank 0 is the
+// root with one child and a rank with lowest set bit b has children rank∓b/2;
+// tree 1 mirrors it for even World and shifts it by one for odd World, so at
+// most one rank is interior in both).
+//
+// Layout: EvenLayout(Elems, 2·Segments); tree t carries chunks t·S..t·S+S−1.
+// Per chunk c (message numbers 2c going up, 2c+1 going down):
+//
+//	recv stage[c] <- child 0; recv stage[c] <- child 1
+//	reduce data[c] += child 0's; reduce data[c] += child 1's   (own + c0 + c1)
+//	send data[c] -> parent; recv data[c] <- parent (the root: scale if Average)
+//	send data[c] -> child 0; send data[c] -> child 1
+//
+// Latency grows with log2(World) instead of World; every node sends and
+// receives about 2·Elems·ElemBytes bytes in total.
 func Tree(p Params) (*Program, error) { return Generate(AlgTree, p) }
 
-// HalvingDoubling returns the recursive halving-doubling all-reduce program.
+// HalvingDoubling returns rank p.Rank's recursive halving-doubling
+// (Rabenseifner) all-reduce program on BufData: 2·log2(World) steps, for
+// small messages.
+//
+// With P the largest power of two <= World and E = World−P: ranks 2i and
+// 2i+1 (i < E) first combine (the even rank sends its whole vector, message
+// 0, and later receives the result, the last message); the P remaining ranks
+// (virtual rank v) run a reduce-scatter by recursive vector halving (step j
+// exchanges half of the current range with v XOR P/2^j, one message with
+// Span chunks, reduced from BufStage) and an all-gather by recursive
+// doubling. Layout: EvenLayout(Elems, P); v owns block v after the
+// reduce-scatter (scaled there if Average). Message number = step index.
 func HalvingDoubling(p Params) (*Program, error) { return Generate(AlgHalvingDoubling, p) }
 
-// ReduceScatter returns the ring reduce-scatter program.
+// ReduceScatter returns the reduce-scatter half of Ring: afterwards rank r's
+// block r (chunks [r·S, (r+1)·S), see Ring's layout) holds the sum (times
+// 1/World if Average); other blocks hold partial sums.
 func ReduceScatter(p Params) (*Program, error) { return Generate(AlgReduceScatter, p) }
 
-// AllGather returns the ring all-gather program of equal float32 blocks.
+// AllGather returns the all-gather half of Ring on BufData: rank r
+// contributes block r (Ring's layout) and every rank ends with all blocks.
+// The rest of the buffer's initial contents are ignored.
 func AllGather(p Params) (*Program, error) { return Generate(AlgAllGather, p) }
 
-// AllGatherV returns the ring all-gather program of variable-size payloads.
+// AllGatherV returns a ring all-gather of variable-size byte payloads in
+// BufPayload slots 0..World−1: rank r's own payload is slot r (Exec.SetSlot
+// before the run); afterwards slot j holds rank j's payload on every rank.
+// Step k (message k): send slot r−k to r+1, receive slot r−1−k from r−1.
+// Planned Bytes are p.Sizes[slot], or -1 when p.Sizes is nil.
 func AllGatherV(p Params) (*Program, error) { return Generate(AlgAllGatherV, p) }
 
-// AllToAll returns the pairwise all-to-all program.
+// AllToAll returns a pairwise all-to-all on BufData (Elems divisible by
+// World; Layout EvenLayout(Elems, World)): afterwards chunk j of rank r holds
+// what was chunk r of rank j. Sends come first (chunk r+k to rank r+k), then
+// receives (chunk r−k from rank r−k, each after the send of that chunk); one
+// message per pair, number 0.
 func AllToAll(p Params) (*Program, error) { return Generate(AlgAllToAll, p) }
 
-// Broadcast returns the pipelined binomial-tree broadcast program.
+// Broadcast returns a pipelined binomial-tree broadcast of BufData from
+// p.Root. Layout: EvenLayout(Elems, Segments); with v = (rank − Root) mod
+// World, v's parent is v without its highest set bit and its children are
+// v+2^k for 2^k > v, served largest subtree first. Per segment s (message s):
+// recv data[s] <- parent, then send data[s] to each child.
 func Broadcast(p Params) (*Program, error) { return Generate(AlgBroadcast, p) }
 
-// Barrier returns the dissemination barrier program.
+// Barrier returns a dissemination barrier: in round k = 0..⌈log2 World⌉−1
+// (message k) send an empty message (BufNone, Bytes 0) to rank+2^k after
+// round k−1's receive, and receive one from rank−2^k. No rank finishes
+// before every rank has started.
 func Barrier(p Params) (*Program, error) { return Generate(AlgBarrier, p) }
 
-// SparseGather returns the gather-aggregation scheme's program.
+// SparseGather returns the Gather-aggregation scheme's program (top-k,
+// random-k, DGC, QSGD), needing WithPayloadCodec on the executor:
+//
+//	encode payload[Rank] <- data        slot Rank = PayloadCodec.Encode(data)
+//	zero data                           (after the encode)
+//	ring all-gather of slots 0..N−1     as AllGatherV (messages 0..N−2)
+//	decode-add data <- payload[j]       for j = 0..N−1 in order: PayloadCodec.DecodeAdd
+//	scale data *= 1/N
+//
+// The result, the mean of all decoded payloads summed in rank order, is the
+// same bits on every rank. Bytes are p.Sizes[j] or -1. Layout: one chunk.
 func SparseGather(p Params) (*Program, error) { return Generate(AlgSparseGather, p) }
 
-// TwoPhaseSign returns the two-phase compressed all-reduce program.
+// TwoPhaseSign returns the two-phase compressed all-reduce of 1-bit Adam
+// (specs §2.2), needing WithTwoPhase on the executor. With d = Elems,
+// d′ = TwoPhasePaddedLen(d, N) and B = d′/(8N), each message is [scale
+// float32 little-endian | B sign bytes, MSB first, 1 for x >= 0]: phase 1's
+// all-to-all of sign chunks carries the all-gather of worker scales, and
+// phase 2's all-gather of server sign chunks carries the server scales (the
+// same bytes as separate scale messages, half the messages). Payload slots:
+// 0..N−1 outgoing (slot c for rank c), N..2N−1 incoming (slot N+j from rank
+// j; N+Rank is the own chunk), 2N..3N−1 the server chunks.
+//
+//	encode payload <- data            steps 1–4: TwoPhaseHook.WorkerCompress
+//	send payload[c] -> c #0; recv payload[N+j] <- j #0
+//	server payload[2N+Rank]           step 6: TwoPhaseHook.ServerStep over slots N..2N−1
+//	ring all-gather of slots 2N..3N−1 (messages 1..N−1)
+//	decode data <- payload            step 8: data[chunk c] = s_s(c)·sgn(slot 2N+c), first d
+//
+// Layout: N chunks of d′/N elements of the padded vector (Layout.Len() = d′).
 func TwoPhaseSign(p Params) (*Program, error) { return Generate(AlgTwoPhaseSign, p) }
 
-// LowRank returns the PowerSGD P-then-Q all-reduce program.
+// LowRank returns PowerSGD's P-then-Q all-reduce (specs §4.1), needing
+// WithLowRank on the executor. BufData is M (Rows×Cols, row-major); BufAux
+// is P (Rows×R) then Q (Cols×R), R = Components, row-major.
+//
+//	encode aux <- data      P = M·Q (LowRankHook.ComputeP, the hook's Q)
+//	ring all-reduce of P with scale 1/N     (messages from 0)
+//	ortho aux               P̂ = orthogonalize(P)
+//	project aux <- data     Q = Mᵀ·P̂ (LowRankHook.ComputeQ)
+//	ring all-reduce of Q with scale 1/N     (messages from 2(N−1)S)
+//	decode data <- aux      M ← P̂·Qᵀ (Reconstruct), then SetQ(Q) (warm start)
+//
+// Chunk -1 on these compute ops means the factor(s) the function names.
+// Layout (over BufAux): P in N blocks of Segments chunks, then Q likewise.
+// Every rank ends with the same P̂, Q and P̂·Qᵀ bits.
 func LowRank(p Params) (*Program, error) { return Generate(AlgLowRank, p) }
 
 // TwoPhasePaddedLen returns d′ for a d-element vector over world ranks

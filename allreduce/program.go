@@ -6,7 +6,31 @@
 // starts a goroutine. A Machine steps a program: it is told which operations
 // finished and answers which may start. Two drivers carry the operations out:
 // package worker over a real transport, and package sim in virtual time. The
-// data itself lives with an Executor that the driver owns.
+// data itself lives with an Executor that the driver owns; Exec is the
+// executor of every program generated here.
+//
+// Generators: Generate(alg, Params) or the functions named after the
+// algorithms (Ring, Tree, HalvingDoubling, ReduceScatter, AllGather,
+// AllGatherV, AllToAll, Broadcast, Barrier) and the compressed schemes
+// (SparseGather, TwoPhaseSign, LowRank). Each function's doc comment states
+// its layout, its ops and what each Fn means in it. Check verifies the
+// programs of all ranks together; Model and Policy give the alpha-beta cost
+// of each algorithm and select one.
+//
+// Driver contract:
+//   - A message is identified by (collective id, Op.Msg) between a pair of
+//     ranks in one direction; drivers use the transport tag
+//     collectiveID<<32 | uint64(uint32(Msg)).
+//   - For a Send, call Executor.Payload when the op is ready; the bytes stay
+//     valid until the op is reported Done. For a Recv, post the receive when
+//     ready and call Executor.Deliver with the message, then Done. For a
+//     Compute, call Executor.Run, then Done.
+//   - Op.Bytes is the planned message size (-1 if data-dependent) and, for
+//     Compute ops, the number of float32 elements touched (a cost hint for
+//     the simulator's compute model).
+//   - Reductions happen in an order fixed by the program, never by arrival
+//     order, so every rank (and every run, real or simulated) gets the same
+//     bits.
 package allreduce
 
 import (

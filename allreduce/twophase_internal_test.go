@@ -3,6 +3,7 @@ package allreduce
 import (
 	"math"
 	"testing"
+	"unsafe"
 )
 
 func TestPackSignsLayout(t *testing.T) {
@@ -28,7 +29,7 @@ func TestPackSignsLayout(t *testing.T) {
 }
 
 func TestOpSize(t *testing.T) {
-	if s := unsafeSizeofOp(); s != 40 {
+	if s := unsafe.Sizeof(Op{}); s != 40 {
 		t.Fatalf("sizeof(Op) = %d, want 40", s)
 	}
 }
