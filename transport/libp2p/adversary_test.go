@@ -59,8 +59,9 @@ func fakePeer(t *testing.T, opts ...Option) (*Conn, network.Stream) {
 			s.Reset()
 			return
 		}
-		var ack [8]byte
-		binary.LittleEndian.PutUint64(ack[:], 1<<20)
+		var ack [16]byte
+		binary.LittleEndian.PutUint64(ack[0:], 1<<20)
+		binary.LittleEndian.PutUint64(ack[8:], 1<<20)
 		transport.WriteFrame(s, flagHelloAck, 0, ack[:])
 		accepted <- s
 	})
@@ -80,7 +81,7 @@ func fakePeer(t *testing.T, opts ...Option) (*Conn, network.Stream) {
 		s, err = h.NewStream(ctx, nd.ID(), proto)
 		if err == nil {
 			if err = transport.WriteFrame(s, flagHello, 0, helloPayload("test-job", 1, 2)); err == nil {
-				_, _, err = transport.ReadFrame(s, 8, nil)
+				_, _, err = transport.ReadFrame(s, 16, nil)
 			}
 			if err == nil {
 				break
@@ -194,7 +195,7 @@ func TestUnknownPeerRefused(t *testing.T) {
 		msg := transport.AppendFrame(nil, flagHello, 0, helloPayload("test-job", 1, 2))
 		msg = transport.AppendFrame(msg, flagData, 7, []byte("intrusion"))
 		if _, err = s.Write(msg); err == nil {
-			_, _, err = transport.ReadFrame(s, 8, nil)
+			_, _, err = transport.ReadFrame(s, 16, nil)
 		}
 	}
 	if err == nil {
@@ -246,7 +247,7 @@ func TestOtherJobRefused(t *testing.T) {
 			s, err := h.NewStream(ctx, nd.ID(), protocol.ID(proto))
 			if err == nil {
 				if err = transport.WriteFrame(s, flagHello, 0, hello); err == nil {
-					_, _, err = transport.ReadFrame(s, 8, nil)
+					_, _, err = transport.ReadFrame(s, 16, nil)
 				}
 			}
 			if err == nil || ctx.Err() != nil {

@@ -69,6 +69,7 @@ type link struct {
 
 	cmu         sync.Mutex
 	limit       int64 // the peer's receive buffer bound
+	maxFrame    int   // min of ours and the peer's MaxFrame
 	outstanding int64 // bytes sent and not yet credited back
 	cwake       chan struct{}
 	sendErr     error
@@ -269,8 +270,8 @@ func (c *Conn) isClosed() bool {
 // ctx.Err() and leaves the link intact. Cancelling it while the frame is
 // being written resets the stream: the link to that peer is then unusable
 // (both sides report a *transport.PeerError) and Send returns an error
-// wrapping ctx.Err(). A payload above Options.MaxFrame is
-// transport.ErrTooLarge.
+// wrapping ctx.Err(). A payload above Options.MaxFrame (of either side)
+// is transport.ErrTooLarge and nothing is sent.
 func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	l, err := c.link(peer)
 	if err != nil {
@@ -282,9 +283,9 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if len(b) > c.opts.MaxFrame {
+	if len(b) > l.maxFrame {
 		return &transport.PeerError{Rank: peer, Op: "send",
-			Err: fmt.Errorf("%w: %d bytes, limit %d", transport.ErrTooLarge, len(b), c.opts.MaxFrame)}
+			Err: fmt.Errorf("%w: %d bytes, limit %d", transport.ErrTooLarge, len(b), l.maxFrame)}
 	}
 	cost := int64(len(b)) + transport.FrameHeaderLen
 	if err := l.acquireCredit(ctx, cost); err != nil {
@@ -665,13 +666,13 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 		s.Reset()
 		return fmt.Errorf("hello: %w", err)
 	}
-	var buf [8]byte
+	var buf [16]byte
 	h, p, err := transport.ReadFrame(s, len(buf), buf[:])
 	if err != nil {
 		s.Reset()
 		return fmt.Errorf("hello ack: %w", err)
 	}
-	if h.Flags != flagHelloAck || len(p) != 8 {
+	if h.Flags != flagHelloAck || len(p) != 16 {
 		s.Reset()
 		return fmt.Errorf("%w: unexpected handshake frame (flags %d, %d bytes)", transport.ErrBadFrame, h.Flags, len(p))
 	}
@@ -684,7 +685,8 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 	}
 	l.cmu.Lock()
 	l.out = s
-	l.limit = int64(binary.LittleEndian.Uint64(p))
+	l.limit = int64(binary.LittleEndian.Uint64(p[0:]))
+	l.maxFrame = int(min(binary.LittleEndian.Uint64(p[8:]), uint64(c.opts.MaxFrame)))
 	l.cmu.Unlock()
 	l.lastWrite.Store(time.Now().UnixNano())
 	c.wg.Add(1)
@@ -732,8 +734,9 @@ func (c *Conn) handleStream(s network.Stream) {
 	c.mu.Unlock()
 	defer c.wg.Done()
 
-	var ack [8]byte
-	binary.LittleEndian.PutUint64(ack[:], uint64(c.opts.MaxBuffered))
+	var ack [16]byte
+	binary.LittleEndian.PutUint64(ack[0:], uint64(c.opts.MaxBuffered))
+	binary.LittleEndian.PutUint64(ack[8:], uint64(c.opts.MaxFrame))
 	l.inWmu.Lock()
 	err = transport.WriteFrame(s, flagHelloAck, 0, ack[:])
 	l.inWmu.Unlock()

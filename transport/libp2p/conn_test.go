@@ -384,3 +384,44 @@ func TestOptionsValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestPeerMaxFrame: a message above the receiver's MaxFrame is refused by
+// the sender, before anything is sent, and the link stays usable.
+func TestPeerMaxFrame(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	small, err := Listen(ctx, fast(WithMaxFrame(1000))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := Listen(ctx, fast()...)
+	if err != nil {
+		small.Close()
+		t.Fatal(err)
+	}
+	peers := []Peer{big.Peer(), small.Peer()}
+	var c1 *Conn
+	var err1 error
+	done := make(chan struct{})
+	go func() { defer close(done); c1, err1 = small.Connect(ctx, 1, peers) }()
+	c0, err := big.Connect(ctx, 0, peers)
+	<-done
+	if c1 != nil {
+		defer c1.Close()
+	}
+	if c0 != nil {
+		defer c0.Close()
+	}
+	if err != nil || err1 != nil {
+		t.Fatal(err, err1)
+	}
+	if err := c0.Send(ctx, 1, 0, make([]byte, 1001)); !errors.Is(err, transport.ErrTooLarge) {
+		t.Fatalf("Send above the peer's MaxFrame: %v", err)
+	}
+	if err := c0.Send(ctx, 1, 0, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := c1.Recv(ctx, 0, 0); err != nil || len(b) != 1000 {
+		t.Fatalf("%d bytes, %v", len(b), err)
+	}
+}
