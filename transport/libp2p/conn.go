@@ -28,9 +28,6 @@ const (
 	flagCredit    uint8 = 4
 )
 
-// ErrInvalidPeer is returned for a peer rank out of range or equal to the
-// caller's own rank.
-var ErrInvalidPeer = errors.New("libp2p: invalid peer rank")
 
 // Conn is one rank's endpoint of a group connected over libp2p. It
 // implements transport.Conn; see that interface for the contract. All
@@ -248,7 +245,7 @@ func (c *Conn) Node() *Node { return c.node }
 
 func (c *Conn) link(peer int) (*link, error) {
 	if peer < 0 || peer >= c.size || peer == c.rank {
-		return nil, fmt.Errorf("%w: %d (rank %d of %d)", ErrInvalidPeer, peer, c.rank, c.size)
+		return nil, fmt.Errorf("%w: %d (rank %d of %d)", transport.ErrInvalidPeer, peer, c.rank, c.size)
 	}
 	return c.links[peer], nil
 }

@@ -290,7 +290,7 @@ func TestRecvCancelAndClose(t *testing.T) {
 func TestInvalidPeer(t *testing.T) {
 	conns := newGroup(t, 2)
 	for _, p := range []int{-1, 0, 2} {
-		if err := conns[0].Send(context.Background(), p, 0, nil); !errors.Is(err, ErrInvalidPeer) {
+		if err := conns[0].Send(context.Background(), p, 0, nil); !errors.Is(err, transport.ErrInvalidPeer) {
 			t.Errorf("Send to %d: %v", p, err)
 		}
 	}
