@@ -126,3 +126,44 @@ func TestExecAllocs(t *testing.T) {
 		t.Fatalf("executor allocates %v times per run", allocs)
 	}
 }
+
+// BenchmarkReduce measures the executor's hot path on one rank: a staged
+// fp32 message added into the data (FnReduce), and a received message copied
+// into the data (Recv into BufData).
+func BenchmarkReduce(b *testing.B) {
+	for _, size := range []int{64 << 10, 4 << 20} {
+		p := allreduce.Params{World: 2, Rank: 0, Elems: 2 * size / 4}
+		prog, err := allreduce.Ring(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		data := make([]float32, p.Elems)
+		e, err := allreduce.NewExec(prog, data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		// ops: 0 send, 1 recv stage, 2 reduce, 3 send, 4 recv data
+		msg := make([]byte, size)
+		b.Run(fmt.Sprintf("op=reduce/size=%dKiB", size>>10), func(b *testing.B) {
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := e.Deliver(&prog.Ops[1], msg); err != nil {
+					b.Fatal(err)
+				}
+				if err := e.Run(&prog.Ops[2]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("op=deliver/size=%dKiB", size>>10), func(b *testing.B) {
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := e.Deliver(&prog.Ops[4], msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
