@@ -27,7 +27,8 @@ import (
 //
 // Optional: SLIMGRAD_MP_WORLDS=2,4  SLIMGRAD_MP_ITERS=10
 // SLIMGRAD_MP_SECURITY=noise,insecure  SLIMGRAD_MP_ALGS=ring,tree
-// SLIMGRAD_MP_SEGMENT=1048576 (Config.SegmentBytes)  SLIMGRAD_MP_SENDS=2.
+// SLIMGRAD_MP_SEGMENT=1048576 (Config.SegmentBytes)  SLIMGRAD_MP_SENDS=2
+// SLIMGRAD_MP_PROFILE=dir (CPU profile of every rank).
 func TestMultiProcAllReduce(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_MULTIPROC") == "" {
 		t.Skip("set SLIMGRAD_MULTIPROC=1 to run the multi-process benchmark")
@@ -68,7 +69,11 @@ func runChildren(t *testing.T, n int, env map[string]string) float64 {
 	}
 	cs := make([]*child, n)
 	for r := range cs {
-		c := &child{cmd: exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMultiProcChild$", "-test.v")}
+		args := []string{"-test.run=^TestMultiProcChild$", "-test.v"}
+		if dir := os.Getenv("SLIMGRAD_MP_PROFILE"); dir != "" {
+			args = append(args, fmt.Sprintf("-test.cpuprofile=%s/rank%d.pprof", dir, r))
+		}
+		c := &child{cmd: exec.CommandContext(ctx, os.Args[0], args...)}
 		c.cmd.Env = append(os.Environ(), "SLIMGRAD_MP_CHILD=1", "SLIMGRAD_MP_RANK="+strconv.Itoa(r), "SLIMGRAD_MP_WORLD="+strconv.Itoa(n))
 		for k, v := range env {
 			c.cmd.Env = append(c.cmd.Env, k+"="+v)
