@@ -27,7 +27,7 @@ import (
 //
 // Optional: SLIMGRAD_MP_WORLDS=2,4  SLIMGRAD_MP_ITERS=10
 // SLIMGRAD_MP_SECURITY=noise,insecure  SLIMGRAD_MP_ALGS=ring,tree
-// SLIMGRAD_MP_SEGMENT=1048576 (Config.SegmentBytes)  SLIMGRAD_MP_SENDS=2
+// SLIMGRAD_MP_SEGMENT=bytes (Config.SegmentBytes; default: the cost model)  SLIMGRAD_MP_SENDS=2
 // SLIMGRAD_MP_PROFILE=dir (CPU profile of every rank).
 func TestMultiProcAllReduce(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_MULTIPROC") == "" {
@@ -35,7 +35,7 @@ func TestMultiProcAllReduce(t *testing.T) {
 	}
 	worlds := envList("SLIMGRAD_MP_WORLDS", "2,4")
 	secs := envList("SLIMGRAD_MP_SECURITY", "noise,insecure")
-	algs := envList("SLIMGRAD_MP_ALGS", "ring,tree")
+	algs := envList("SLIMGRAD_MP_ALGS", "ring,tree") // "" = the cost model's choice
 	size := envInt("SLIMGRAD_MP_BYTES", 64<<20)
 	iters := envInt("SLIMGRAD_MP_ITERS", 10)
 	for _, ws := range worlds {
@@ -174,7 +174,7 @@ func TestMultiProcChild(t *testing.T) {
 // returns the median seconds per step.
 func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg string, size, iters int) float64 {
 	w, err := New(ctx, conn, WithAlgorithm(alg), WithNaNPolicy(NaNIgnore), WithTimeout(time.Minute),
-		WithSegmentBytes(envInt("SLIMGRAD_MP_SEGMENT", 1<<20)), WithSendsPerPeer(envInt("SLIMGRAD_MP_SENDS", 2)))
+		WithSegmentBytes(envInt("SLIMGRAD_MP_SEGMENT", 0)), WithSendsPerPeer(envInt("SLIMGRAD_MP_SENDS", 2)))
 	if err != nil {
 		t.Fatal(err)
 	}

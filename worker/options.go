@@ -2,7 +2,9 @@ package worker
 
 import (
 	"errors"
+
 	"fmt"
+	"github.com/slimgrad/slimgrad/allreduce"
 	"log/slog"
 	"time"
 )
@@ -55,17 +57,20 @@ type Config struct {
 	// Defaults "none" and "none".
 	Codec, ErrorFeedback string
 	// Algorithm forces the all-reduce algorithm for dense (Reduce) layers,
-	// by allreduce algorithm name ("ring", "tree", ...). Empty selects by the
-	// allreduce cost model.
+	// by allreduce algorithm name ("ring", "tree", "halving-doubling").
+	// Empty selects per bucket with CostModel (allreduce.Policy.Select).
 	Algorithm string
+	// CostModel is the alpha-beta-gamma model that selects the dense
+	// algorithm and its segment count. Zero means allreduce.DefaultModel().
+	CostModel allreduce.Model
 	// Seed is the seed shared by all ranks (random-k indices, PowerSGD's Q).
 	Seed uint64
 	// SendsPerPeer bounds the sends in flight to one peer per collective.
 	// Default 2.
 	SendsPerPeer int
-	// SegmentBytes is the message size up to which dense rings and trees
-	// pipeline a chunk: longer chunks are split into segments of about
-	// this size (at most 64 per chunk). Default 1 MiB.
+	// SegmentBytes, if > 0, fixes the pipelining of dense rings and trees:
+	// a chunk is split into segments of about this many bytes (at most 64
+	// per chunk). 0 (the default) takes the segment count from CostModel.
 	SegmentBytes int
 	// SkipSignature turns off the start-up comparison of layer lists.
 	SkipSignature bool
@@ -88,7 +93,6 @@ func DefaultConfig() Config {
 		Codec:         "none",
 		ErrorFeedback: "none",
 		SendsPerPeer:  2,
-		SegmentBytes:  1 << 20,
 	}
 }
 
@@ -102,8 +106,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("unknown non-finite policy %d", c.NonFinite)
 	case c.SendsPerPeer < 1:
 		return errors.New("SendsPerPeer must be at least 1")
-	case c.SegmentBytes < 1:
-		return errors.New("SegmentBytes must be at least 1")
+	case c.SegmentBytes < 0:
+		return errors.New("negative SegmentBytes")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -140,6 +144,11 @@ func WithDefaultCodec(codec, errorFeedback string) Option {
 // WithAlgorithm forces the all-reduce algorithm of dense layers by name.
 func WithAlgorithm(name string) Option {
 	return func(c *Config) error { c.Algorithm = name; return nil }
+}
+
+// WithCostModel sets Config.CostModel.
+func WithCostModel(m allreduce.Model) Option {
+	return func(c *Config) error { c.CostModel = m; return nil }
 }
 
 // WithSeed sets the seed shared by all ranks.

@@ -116,14 +116,11 @@ func (w *Worker) newCollective(b *bucket) (collective, error) {
 		case compressors.CodecFP16, compressors.CodecBF16:
 			eb = 2
 		}
-		alg, err := w.denseAlgorithm(b.elems(), eb)
+		alg, segs, err := w.denseAlgorithm(b.elems(), eb)
 		if err != nil {
 			return nil, err
 		}
-		spec.Algorithm = alg
-		perRank := (b.elems()*eb + spec.World - 1) / spec.World
-		seg := w.cfg.SegmentBytes
-		spec.Segments = min(max(1, (perRank+seg-1)/seg), 64)
+		spec.Algorithm, spec.Segments = alg, segs
 	}
 	l, err := adapt.New(spec)
 	if err != nil {
@@ -132,19 +129,34 @@ func (w *Worker) newCollective(b *bucket) (collective, error) {
 	return &layerColl{l: l}, nil
 }
 
-// denseAlgorithm picks the all-reduce of a dense bucket: Config.Algorithm
-// if set, else ring.
-func (w *Worker) denseAlgorithm(elems, elemBytes int) (allreduce.Algorithm, error) {
+// denseAlgorithm picks the all-reduce of a dense bucket of elems elements
+// of elemBytes on the wire, and its segment count: Config.Algorithm if set,
+// else the cheapest under Config.CostModel; Config.SegmentBytes if set, else
+// the model's best segment count.
+func (w *Worker) denseAlgorithm(elems, elemBytes int) (allreduce.Algorithm, int, error) {
+	world := w.conn.Size()
+	bytes := int64(elems) * int64(elemBytes)
+	pol := allreduce.Policy{Model: w.cfg.CostModel}
 	if w.cfg.Algorithm != "" {
 		a, err := allreduce.ParseAlgorithm(w.cfg.Algorithm)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		switch a {
 		case allreduce.AlgRing, allreduce.AlgTree, allreduce.AlgHalvingDoubling:
-			return a, nil
+		default:
+			return 0, 0, fmt.Errorf("worker: algorithm %v is not an all-reduce", a)
 		}
-		return 0, fmt.Errorf("worker: algorithm %v is not an all-reduce", a)
+		pol.Override = func(int, int64) (allreduce.Choice, bool) { return allreduce.Choice{Alg: a}, true }
 	}
-	return allreduce.AlgRing, nil
+	c := pol.Select(world, bytes)
+	segs := c.Segments
+	if seg := w.cfg.SegmentBytes; seg > 0 {
+		perChunk := (bytes + int64(world) - 1) / int64(world)
+		if c.Alg == allreduce.AlgTree {
+			perChunk = (bytes + 1) / 2
+		}
+		segs = int(min(max(1, (perChunk+int64(seg)-1)/int64(seg)), 64))
+	}
+	return c.Alg, max(segs, 1), nil
 }
