@@ -358,3 +358,6 @@ func (s *counters) snapshot() transport.Stats {
 		SentMsgs: load(s.sentMsgs), RecvMsgs: load(s.recvMsgs),
 	}
 }
+
+// Group returns the group c belongs to (for fault injection in tests).
+func (c *Conn) Group() *Group { return c.g }

@@ -63,6 +63,27 @@ type Inbox struct {
 	closed    chan struct{}
 	isClosed  bool
 	onConsume ConsumeFunc
+	free      []*queue // emptied queues kept for reuse (steady state allocates nothing)
+}
+
+const maxFree = 64
+
+func (ib *Inbox) newQueue() *queue {
+	if n := len(ib.free); n > 0 {
+		q := ib.free[n-1]
+		ib.free = ib.free[:n-1]
+		return q
+	}
+	return &queue{}
+}
+
+// drop removes the empty, unwaited queue of k.
+func (ib *Inbox) drop(k key, q *queue) {
+	delete(ib.q, k)
+	if len(ib.free) < maxFree && cap(q.msgs) <= 1024 {
+		*q = queue{msgs: q.msgs[:0]}
+		ib.free = append(ib.free, q)
+	}
 }
 
 // New returns an inbox for a group of n ranks. onConsume may be nil.
@@ -94,7 +115,7 @@ func (ib *Inbox) Deliver(peer int, tag uint64, msg []byte) bool {
 	k := key{peer, tag}
 	q := ib.q[k]
 	if q == nil {
-		q = &queue{}
+		q = ib.newQueue()
 		ib.q[k] = q
 	}
 	q.msgs = append(q.msgs, msg)
@@ -123,7 +144,7 @@ func (ib *Inbox) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error)
 		if q != nil && q.len() > 0 {
 			m := q.pop()
 			if q.len() == 0 && q.waiters == 0 {
-				delete(ib.q, k)
+				ib.drop(k, q)
 			}
 			c := Charge(len(m))
 			ib.queued[peer]--
@@ -144,7 +165,7 @@ func (ib *Inbox) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error)
 			return nil, err
 		}
 		if q == nil {
-			q = &queue{}
+			q = ib.newQueue()
 			ib.q[k] = q
 		}
 		if q.wait == nil {
@@ -168,7 +189,7 @@ func (ib *Inbox) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error)
 				if q.wait != nil {
 					close(q.wait)
 				}
-				delete(ib.q, k)
+				ib.drop(k, q)
 			}
 			ib.mu.Unlock()
 			return nil, ctxErr

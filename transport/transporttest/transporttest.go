@@ -1,0 +1,749 @@
+// Package transporttest is the conformance suite every transport.Conn
+// implementation passes: Run(t, newGroup, options...).
+//
+// # Plugging a transport in
+//
+// newGroup(t, n) returns n connected endpoints, conns[r].Rank() == r. It
+// must release everything it started (servers, hosts) in t.Cleanup; the
+// suite closes the conns itself at the end of each subtest, and then checks
+// with go.uber.org/goleak that no goroutine started during the subtest is
+// left (WithLeakOptions adds goleak options, e.g. to ignore a library's
+// process-wide goroutines).
+//
+// Two hooks let a transport take part in the fault tests:
+//
+//   - WithKill(f): f(t, conns, r) makes rank r fail as a crashed process
+//     would (no goodbye): the survivors must report a *transport.PeerError
+//     with Rank r wrapping transport.ErrPeerDead within the death timeout
+//     (WithDeathTimeout). Without the hook, the suite uses conns[r].Close(),
+//     which must be detected as well (a closed peer is a dead peer).
+//   - WithCorrupt(f): f(t, conns, from, to) arranges for rank to to receive a
+//     damaged frame attributed to rank from before the next message from
+//     from to to is complete, either by damaging that message in transit or
+//     by injecting a bad frame on the link. The suite then sends from from to
+//     to and requires Recv on to to fail with a *transport.PeerError (Rank
+//     from) wrapping transport.ErrBadFrame, never with wrong data. Without
+//     the hook, the corrupt-frame subtest is skipped.
+//
+// Large-message subtests send 64 MiB + 3 bytes; WithLargeMessage changes
+// the size, and under -short they shrink to 8 MiB unless
+// WithLargeInShort(true).
+package transporttest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/slimgrad/slimgrad/transport"
+)
+
+// NewGroupFunc returns n connected endpoints ordered by rank.
+type NewGroupFunc func(t *testing.T, n int) []transport.Conn
+
+// KillFunc makes rank r of conns fail abruptly (see the package doc).
+type KillFunc func(t *testing.T, conns []transport.Conn, r int)
+
+// CorruptFunc makes rank to receive a bad frame from rank from (see the
+// package doc).
+type CorruptFunc func(t *testing.T, conns []transport.Conn, from, to int)
+
+type config struct {
+	kill         KillFunc
+	corrupt      CorruptFunc
+	deathTimeout time.Duration
+	callTimeout  time.Duration
+	large        int
+	largeInShort bool
+	leakOpts     []goleak.Option
+}
+
+// Option configures Run.
+type Option func(*config)
+
+// WithKill sets the hook that crashes a rank.
+func WithKill(f KillFunc) Option { return func(c *config) { c.kill = f } }
+
+// WithCorrupt sets the hook that delivers a bad frame.
+func WithCorrupt(f CorruptFunc) Option { return func(c *config) { c.corrupt = f } }
+
+// WithDeathTimeout sets how long survivors may take to report a dead peer
+// (default 10 s). It should be the transport's configured peer timeout plus
+// a margin for a loaded machine.
+func WithDeathTimeout(d time.Duration) Option { return func(c *config) { c.deathTimeout = d } }
+
+// WithCallTimeout bounds every call that should succeed (default 30 s); a
+// hang becomes a test failure instead of a stuck test binary.
+func WithCallTimeout(d time.Duration) Option { return func(c *config) { c.callTimeout = d } }
+
+// WithLargeMessage sets the size of the large-message subtests (default
+// 64 MiB + 3 bytes).
+func WithLargeMessage(bytes int) Option { return func(c *config) { c.large = bytes } }
+
+// WithLargeInShort keeps the full large-message size under -short.
+func WithLargeInShort(on bool) Option { return func(c *config) { c.largeInShort = on } }
+
+// WithLeakOptions adds goleak options to the per-subtest leak check.
+func WithLeakOptions(opts ...goleak.Option) Option {
+	return func(c *config) { c.leakOpts = append(c.leakOpts, opts...) }
+}
+
+// Run runs the conformance suite as subtests of t.
+func Run(t *testing.T, newGroup NewGroupFunc, opts ...Option) {
+	cfg := config{deathTimeout: 10 * time.Second, callTimeout: 30 * time.Second, large: 64<<20 + 3}
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if testing.Short() && !cfg.largeInShort && cfg.large > 8<<20 {
+		cfg.large = 8 << 20
+	}
+	s := &suite{cfg: cfg, newGroup: newGroup}
+	tests := []struct {
+		name string
+		f    func(t *testing.T)
+	}{
+		{"Basics", s.testBasics},
+		{"InvalidPeer", s.testInvalidPeer},
+		{"OrderPerPeerTag", s.testOrder},
+		{"ConcurrentTags", s.testConcurrentTags},
+		{"ZeroBytes", s.testZeroBytes},
+		{"SenderMayReuseBuffer", s.testReuse},
+		{"LargeMessage", s.testLarge},
+		{"LargeBothWays", s.testLargeBothWays},
+		{"RingSendFirst", s.testRing},
+		{"AllToAll", s.testAllToAll},
+		{"Cancel", s.testCancel},
+		{"Stats", s.testStats},
+		{"CloseUnblocks", s.testCloseUnblocks},
+		{"PeerClosed", s.testPeerClosed},
+		{"PeerDeath", s.testPeerDeath},
+		{"CorruptFrame", s.testCorrupt},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, tc.f)
+	}
+}
+
+type suite struct {
+	cfg      config
+	newGroup NewGroupFunc
+}
+
+// group starts a group for one subtest, closes it at the end and checks
+// that no goroutine started since is left.
+func (s *suite) group(t *testing.T, n int) []transport.Conn {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() {
+		if err := goleak.Find(append([]goleak.Option{ignore}, s.cfg.leakOpts...)...); err != nil {
+			t.Errorf("goroutines left after Close: %v", err)
+		}
+	})
+	conns := s.newGroup(t, n)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	if len(conns) != n {
+		t.Fatalf("newGroup returned %d conns, want %d", len(conns), n)
+	}
+	return conns
+}
+
+func (s *suite) ctx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), s.cfg.callTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// payload returns deterministic bytes identifying (from, to, tag, seq).
+func payload(size int, from, to int, tag uint64, seq int) []byte {
+	r := rand.New(rand.NewPCG(uint64(from)<<48|uint64(to)<<32|uint64(seq), tag))
+	b := make([]byte, size)
+	for i := 0; i < len(b); i += 8 {
+		v := r.Uint64()
+		for j := 0; j < 8 && i+j < len(b); j++ {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return b
+}
+
+func mustSend(t *testing.T, ctx context.Context, c transport.Conn, peer int, tag uint64, b []byte) {
+	t.Helper()
+	if err := c.Send(ctx, peer, tag, b); err != nil {
+		t.Fatalf("rank %d: Send(peer %d, tag %d, %d bytes): %v", c.Rank(), peer, tag, len(b), err)
+	}
+}
+
+func checkRecv(c transport.Conn, ctx context.Context, peer int, tag uint64, want []byte) error {
+	got, err := c.Recv(ctx, peer, tag)
+	if err != nil {
+		return fmt.Errorf("rank %d: Recv(peer %d, tag %d): %w", c.Rank(), peer, tag, err)
+	}
+	if !bytes.Equal(got, want) {
+		return fmt.Errorf("rank %d: Recv(peer %d, tag %d): got %d bytes %s, want %d bytes %s",
+			c.Rank(), peer, tag, len(got), head(got), len(want), head(want))
+	}
+	return nil
+}
+
+func head(b []byte) string {
+	if len(b) > 8 {
+		return fmt.Sprintf("%x…", b[:8])
+	}
+	return fmt.Sprintf("%x", b)
+}
+
+// parallel runs f(r) for r in 0..n-1 concurrently and reports every error.
+func parallel(t *testing.T, n int, f func(r int) error) {
+	t.Helper()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for r := range n {
+		wg.Go(func() { errs[r] = f(r) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func (s *suite) testBasics(t *testing.T) {
+	const n = 3
+	conns := s.group(t, n)
+	for r, c := range conns {
+		if c.Rank() != r || c.Size() != n {
+			t.Errorf("conns[%d]: Rank() = %d, Size() = %d; want %d, %d", r, c.Rank(), c.Size(), r, n)
+		}
+	}
+	ctx := s.ctx(t)
+	mustSend(t, ctx, conns[0], 2, 1, []byte("hello"))
+	if err := checkRecv(conns[2], ctx, 0, 1, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *suite) testInvalidPeer(t *testing.T) {
+	conns := s.group(t, 2)
+	ctx := s.ctx(t)
+	for _, p := range []int{-1, 0, 2, 1 << 20} {
+		if err := conns[0].Send(ctx, p, 1, []byte{1}); !errors.Is(err, transport.ErrInvalidPeer) {
+			t.Errorf("Send to peer %d from rank 0: err = %v, want ErrInvalidPeer", p, err)
+		}
+		if _, err := conns[0].Recv(ctx, p, 1); !errors.Is(err, transport.ErrInvalidPeer) {
+			t.Errorf("Recv from peer %d on rank 0: err = %v, want ErrInvalidPeer", p, err)
+		}
+	}
+}
+
+// testOrder: every rank sends a sequence of messages of varied sizes to every
+// other rank on two tags, interleaved; receivers drain one tag before the
+// other and must see each (peer, tag) sequence in order.
+func (s *suite) testOrder(t *testing.T) {
+	const n, msgs = 3, 40
+	conns := s.group(t, n)
+	ctx := s.ctx(t)
+	size := func(from, to int, tag uint64, i int) int {
+		return rand.New(rand.NewPCG(uint64(from*n+to), tag+uint64(i))).IntN(70_000)
+	}
+	tags := []uint64{5, 1<<40 | 3}
+	parallel(t, n, func(r int) error {
+		for i := range msgs {
+			for p := range n {
+				if p == r {
+					continue
+				}
+				for _, tag := range tags {
+					if err := conns[r].Send(ctx, p, tag, payload(size(r, p, tag, i), r, p, tag, i)); err != nil {
+						return fmt.Errorf("rank %d: Send: %w", r, err)
+					}
+				}
+			}
+		}
+		return nil
+	})
+	parallel(t, n, func(r int) error {
+		for ti := len(tags) - 1; ti >= 0; ti-- {
+			tag := tags[ti]
+			for p := range n {
+				if p == r {
+					continue
+				}
+				for i := range msgs {
+					if err := checkRecv(conns[r], ctx, p, tag, payload(size(p, r, tag, i), p, r, tag, i)); err != nil {
+						return fmt.Errorf("message %d: %w", i, err)
+					}
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// testConcurrentTags: many goroutines per rank each own a tag and exchange
+// messages at the same time; receivers wait on the tags in the reverse of
+// the order the senders use, so a transport that blocks one tag behind
+// another deadlocks (and fails on the call timeout).
+func (s *suite) testConcurrentTags(t *testing.T) {
+	const tagsN, rounds = 16, 8
+	conns := s.group(t, 2)
+	ctx := s.ctx(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4*tagsN)
+	for r := range 2 {
+		p := 1 - r
+		for k := range tagsN {
+			tag := uint64(k) * 0x9e3779b97f4a7c15
+			wg.Go(func() {
+				for i := range rounds {
+					if err := conns[r].Send(ctx, p, tag, payload(1000+k*100+i, r, p, tag, i)); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+			rtag := uint64(tagsN-1-k) * 0x9e3779b97f4a7c15
+			rk := tagsN - 1 - k
+			wg.Go(func() {
+				for i := range rounds {
+					if err := checkRecv(conns[r], ctx, p, rtag, payload(1000+rk*100+i, p, r, rtag, i)); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func (s *suite) testZeroBytes(t *testing.T) {
+	conns := s.group(t, 2)
+	ctx := s.ctx(t)
+	mustSend(t, ctx, conns[0], 1, 9, nil)
+	mustSend(t, ctx, conns[0], 1, 9, []byte{})
+	mustSend(t, ctx, conns[0], 1, 9, []byte{42})
+	mustSend(t, ctx, conns[0], 1, 9, nil)
+	for i, want := range [][]byte{{}, {}, {42}, {}} {
+		got, err := conns[1].Recv(ctx, 0, 9)
+		if err != nil {
+			t.Fatalf("Recv %d: %v", i, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("Recv %d: got %x, want %x", i, got, want)
+		}
+	}
+}
+
+func (s *suite) testReuse(t *testing.T) {
+	conns := s.group(t, 2)
+	ctx := s.ctx(t)
+	const size = 3 << 20
+	buf := payload(size, 0, 1, 2, 0)
+	want := bytes.Clone(buf)
+	mustSend(t, ctx, conns[0], 1, 2, buf)
+	for i := range buf {
+		buf[i] = ^buf[i]
+	}
+	mustSend(t, ctx, conns[0], 1, 2, buf[:1000])
+	if err := checkRecv(conns[1], ctx, 0, 2, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := conns[1].Recv(ctx, 0, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The receiver owns what Recv returned: scribbling on it must not
+	// disturb anything the transport still uses.
+	for i := range got {
+		got[i] = 0
+	}
+	mustSend(t, ctx, conns[0], 1, 2, want[:5000])
+	if err := checkRecv(conns[1], ctx, 0, 2, want[:5000]); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *suite) testLarge(t *testing.T) {
+	conns := s.group(t, 2)
+	ctx := s.ctx(t)
+	big := payload(s.cfg.large, 0, 1, 77, 0)
+	errc := make(chan error, 1)
+	go func() { errc <- checkRecv(conns[1], ctx, 0, 77, big) }()
+	mustSend(t, ctx, conns[0], 1, 77, big)
+	mustSend(t, ctx, conns[0], 1, 78, []byte("after"))
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if err := checkRecv(conns[1], ctx, 0, 78, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testLargeBothWays: two ranks send a large message to each other first and
+// receive after (each send must complete without the matching receive).
+func (s *suite) testLargeBothWays(t *testing.T) {
+	conns := s.group(t, 2)
+	ctx := s.ctx(t)
+	size := s.cfg.large / 4
+	parallel(t, 2, func(r int) error {
+		p := 1 - r
+		if err := conns[r].Send(ctx, p, 1, payload(size, r, p, 1, 0)); err != nil {
+			return err
+		}
+		return checkRecv(conns[r], ctx, p, 1, payload(size, p, r, 1, 0))
+	})
+}
+
+// testRing: every rank sends to its successor before receiving from its
+// predecessor, for several rounds, with messages of a few MiB.
+func (s *suite) testRing(t *testing.T) {
+	const n, rounds, size = 4, 6, 2<<20 + 1
+	conns := s.group(t, n)
+	ctx := s.ctx(t)
+	parallel(t, n, func(r int) error {
+		next, prev := (r+1)%n, (r+n-1)%n
+		for i := range rounds {
+			if err := conns[r].Send(ctx, next, uint64(i), payload(size, r, next, uint64(i), i)); err != nil {
+				return err
+			}
+			if err := checkRecv(conns[r], ctx, prev, uint64(i), payload(size, prev, r, uint64(i), i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// testAllToAll: every rank sends to all others, then receives from all
+// others in a rotated order.
+func (s *suite) testAllToAll(t *testing.T) {
+	const n, size = 5, 100_000
+	conns := s.group(t, n)
+	ctx := s.ctx(t)
+	parallel(t, n, func(r int) error {
+		for p := range n {
+			if p != r {
+				if err := conns[r].Send(ctx, p, 3, payload(size+p, r, p, 3, 0)); err != nil {
+					return err
+				}
+			}
+		}
+		for k := 1; k < n; k++ {
+			p := (r + n - k) % n
+			if err := checkRecv(conns[r], ctx, p, 3, payload(size+r, p, r, 3, 0)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s *suite) testCancel(t *testing.T) {
+	conns := s.group(t, 2)
+	ctx := s.ctx(t)
+
+	// An already-cancelled context fails at once.
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := conns[1].Recv(done, 0, 4); !errors.Is(err, context.Canceled) {
+		t.Errorf("Recv with a cancelled ctx: err = %v, want context.Canceled", err)
+	}
+	if err := conns[0].Send(done, 1, 4, []byte{1}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Send with a cancelled ctx: err = %v, want context.Canceled", err)
+	}
+
+	// A Recv waiting for a message that never comes returns when its
+	// context is cancelled...
+	wctx, wcancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := conns[1].Recv(wctx, 0, 4)
+		errc <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let the Recv block; the test passes either way
+	wcancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled Recv: err = %v, want context.Canceled", err)
+		}
+	case <-time.After(s.cfg.callTimeout):
+		t.Fatal("Recv did not return after its context was cancelled")
+	}
+	// ... or when its deadline passes.
+	dctx, dcancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer dcancel()
+	if _, err := conns[1].Recv(dctx, 0, 4); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Recv past its deadline: err = %v, want context.DeadlineExceeded", err)
+	}
+
+	// The connection is still usable and the message that arrives later
+	// goes to the next Recv, not to the cancelled one.
+	mustSend(t, ctx, conns[0], 1, 4, []byte("late"))
+	if err := checkRecv(conns[1], ctx, 0, 4, []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, ctx, conns[1], 0, 4, []byte("back"))
+	if err := checkRecv(conns[0], ctx, 1, 4, []byte("back")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *suite) testStats(t *testing.T) {
+	const n = 3
+	conns := s.group(t, n)
+	ctx := s.ctx(t)
+	sizes := []int{0, 1, 1000, 300_000}
+	var total int64
+	for i, sz := range sizes {
+		mustSend(t, ctx, conns[0], 2, uint64(i), payload(sz, 0, 2, uint64(i), 0))
+		total += int64(sz)
+	}
+	for i, sz := range sizes {
+		if err := checkRecv(conns[2], ctx, 0, uint64(i), payload(sz, 0, 2, uint64(i), 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, sr := conns[0].Stats(), conns[2].Stats()
+	for _, s := range []transport.Stats{st, sr} {
+		if len(s.SentPayload) != n || len(s.RecvPayload) != n || len(s.SentWire) != n || len(s.RecvWire) != n ||
+			len(s.SentMsgs) != n || len(s.RecvMsgs) != n {
+			t.Fatalf("Stats has wrong lengths: %+v", s)
+		}
+	}
+	if st.SentPayload[2] != total || st.SentMsgs[2] != int64(len(sizes)) {
+		t.Errorf("sender: SentPayload[2] = %d, SentMsgs[2] = %d; want %d, %d", st.SentPayload[2], st.SentMsgs[2], total, len(sizes))
+	}
+	if st.SentWire[2] < total {
+		t.Errorf("sender: SentWire[2] = %d < payload %d", st.SentWire[2], total)
+	}
+	if st.SentPayload[1] != 0 || st.RecvPayload[2] != 0 {
+		t.Errorf("sender: unexpected traffic: %+v", st)
+	}
+	if sr.RecvPayload[0] != total || sr.RecvMsgs[0] != int64(len(sizes)) {
+		t.Errorf("receiver: RecvPayload[0] = %d, RecvMsgs[0] = %d; want %d, %d", sr.RecvPayload[0], sr.RecvMsgs[0], total, len(sizes))
+	}
+	if sr.RecvWire[0] < total {
+		t.Errorf("receiver: RecvWire[0] = %d < payload %d", sr.RecvWire[0], total)
+	}
+	sp, _, rp, _ := sr.Total()
+	if sp != 0 || rp != total {
+		t.Errorf("receiver Total: sent payload %d, recv payload %d; want 0, %d", sp, rp, total)
+	}
+}
+
+// testCloseUnblocks: calls blocked on a rank return ErrClosed when it is
+// closed, and every later call does too.
+func (s *suite) testCloseUnblocks(t *testing.T) {
+	const n = 3
+	conns := s.group(t, n)
+	ctx := s.ctx(t)
+	const waiters = 6
+	errc := make(chan error, waiters)
+	for i := range waiters {
+		go func() {
+			_, err := conns[0].Recv(ctx, 1+i%2, uint64(100+i))
+			errc <- err
+		}()
+	}
+	time.Sleep(20 * time.Millisecond) // let them block; the test passes either way
+	if err := conns[0].Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	timeout := time.After(s.cfg.callTimeout)
+	for range waiters {
+		select {
+		case err := <-errc:
+			if !errors.Is(err, transport.ErrClosed) {
+				t.Errorf("blocked Recv after Close: err = %v, want ErrClosed", err)
+			}
+		case <-timeout:
+			t.Fatal("Close did not unblock a waiting Recv")
+		}
+	}
+	if err := conns[0].Send(ctx, 1, 1, []byte{1}); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Send after Close: err = %v, want ErrClosed", err)
+	}
+	if _, err := conns[0].Recv(ctx, 1, 1); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Recv after Close: err = %v, want ErrClosed", err)
+	}
+	conns[0].Close() // idempotent, must not panic or hang
+	// The others still talk to each other.
+	mustSend(t, ctx, conns[1], 2, 1, []byte("ok"))
+	if err := checkRecv(conns[2], ctx, 1, 1, []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkDead waits for a *transport.PeerError about rank dead wrapping
+// ErrPeerDead from f, within the death timeout.
+func (s *suite) checkDead(t *testing.T, what string, dead int, start time.Time, err error) {
+	t.Helper()
+	var pe *transport.PeerError
+	switch {
+	case err == nil:
+		t.Errorf("%s: no error, want a *PeerError for dead rank %d", what, dead)
+	case !errors.As(err, &pe) || pe.Rank != dead || !errors.Is(err, transport.ErrPeerDead):
+		t.Errorf("%s: err = %v (%T), want *PeerError{Rank: %d} wrapping ErrPeerDead", what, err, err, dead)
+	}
+	if el := time.Since(start); el > s.cfg.deathTimeout {
+		t.Errorf("%s: took %v, more than the death timeout %v", what, el, s.cfg.deathTimeout)
+	}
+}
+
+// testPeerClosed: a peer that closes is reported dead to a rank blocked on
+// it, after the messages it sent before closing are received.
+func (s *suite) testPeerClosed(t *testing.T) {
+	conns := s.group(t, 2)
+	ctx, cancel := context.WithTimeout(t.Context(), s.cfg.deathTimeout+5*time.Second)
+	defer cancel()
+	mustSend(t, ctx, conns[0], 1, 1, []byte("last words"))
+	// Make sure it arrived before closing: a transport may drop what is
+	// still queued at Close.
+	if err := checkRecv(conns[1], ctx, 0, 1, []byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := conns[1].Recv(ctx, 0, 1)
+		errc <- err
+	}()
+	start := time.Now()
+	conns[0].Close()
+	s.checkDead(t, "Recv from a closed peer", 0, start, <-errc)
+	_, err := conns[1].Recv(ctx, 0, 2)
+	s.checkDead(t, "later Recv from a closed peer", 0, start, err)
+}
+
+// testPeerDeath: one rank of four crashes while every survivor waits on it;
+// each survivor gets a *PeerError naming it within the death timeout, later
+// calls to it fail the same way, and the survivors keep working.
+func (s *suite) testPeerDeath(t *testing.T) {
+	const n, dead = 4, 2
+	conns := s.group(t, n)
+	ctx, cancel := context.WithTimeout(t.Context(), s.cfg.deathTimeout+s.cfg.callTimeout)
+	defer cancel()
+	// Warm up every link so that transports that connect lazily are
+	// connected.
+	parallel(t, n, func(r int) error {
+		for p := range n {
+			if p != r {
+				if err := conns[r].Send(ctx, p, 0, []byte{byte(r)}); err != nil {
+					return err
+				}
+			}
+		}
+		for p := range n {
+			if p != r {
+				if err := checkRecv(conns[r], ctx, p, 0, []byte{byte(p)}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if t.Failed() {
+		return
+	}
+	type result struct {
+		rank int
+		err  error
+	}
+	res := make(chan result, n)
+	for r := range n {
+		if r != dead {
+			go func() {
+				_, err := conns[r].Recv(ctx, dead, 1)
+				res <- result{r, err}
+			}()
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // let them block; the test passes either way
+	start := time.Now()
+	if s.cfg.kill != nil {
+		s.cfg.kill(t, conns, dead)
+	} else {
+		conns[dead].Close()
+	}
+	for range n - 1 {
+		r := <-res
+		s.checkDead(t, fmt.Sprintf("rank %d: Recv from the dead rank", r.rank), dead, start, r.err)
+	}
+	// Later calls about the dead rank fail at once or within the timeout.
+	for r := range n {
+		if r == dead {
+			continue
+		}
+		_, err := conns[r].Recv(ctx, dead, 7)
+		s.checkDead(t, fmt.Sprintf("rank %d: later Recv", r), dead, start, err)
+		sendStart := time.Now()
+		var serr error
+		for serr == nil && time.Since(sendStart) < s.cfg.deathTimeout {
+			// A transport may accept a send into a buffer before it knows;
+			// it must refuse one within the timeout.
+			serr = conns[r].Send(ctx, dead, 7, []byte{1})
+			if serr == nil {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		s.checkDead(t, fmt.Sprintf("rank %d: Send to the dead rank", r), dead, sendStart, serr)
+	}
+	// The survivors still form a working ring.
+	alive := []int{0, 1, 3}
+	parallel(t, len(alive), func(i int) error {
+		r, next, prev := alive[i], alive[(i+1)%3], alive[(i+2)%3]
+		if err := conns[r].Send(ctx, next, 8, payload(5000, r, next, 8, 0)); err != nil {
+			return err
+		}
+		return checkRecv(conns[r], ctx, prev, 8, payload(5000, prev, r, 8, 0))
+	})
+}
+
+func (s *suite) testCorrupt(t *testing.T) {
+	if s.cfg.corrupt == nil {
+		t.Skip("transport offers no corrupt-frame hook")
+	}
+	conns := s.group(t, 3)
+	ctx := s.ctx(t)
+	// The link works before.
+	mustSend(t, ctx, conns[0], 1, 6, []byte("fine"))
+	if err := checkRecv(conns[1], ctx, 0, 6, []byte("fine")); err != nil {
+		t.Fatal(err)
+	}
+	s.cfg.corrupt(t, conns, 0, 1)
+	msg := payload(200_000, 0, 1, 6, 1)
+	// The send may succeed or report the broken link.
+	_ = conns[0].Send(ctx, 1, 6, msg)
+	got, err := conns[1].Recv(ctx, 0, 6)
+	var pe *transport.PeerError
+	switch {
+	case err == nil:
+		t.Fatalf("Recv after a corrupt frame returned %d bytes (equal to the message: %v), want ErrBadFrame",
+			len(got), bytes.Equal(got, msg))
+	case !errors.Is(err, transport.ErrBadFrame) || !errors.As(err, &pe) || pe.Rank != 0:
+		t.Fatalf("Recv after a corrupt frame: err = %v, want *PeerError{Rank: 0} wrapping ErrBadFrame", err)
+	}
+	// Other links are unaffected.
+	mustSend(t, ctx, conns[2], 1, 6, []byte("still fine"))
+	if err := checkRecv(conns[1], ctx, 2, 6, []byte("still fine")); err != nil {
+		t.Fatal(err)
+	}
+}
