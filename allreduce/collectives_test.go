@@ -19,7 +19,7 @@ func block(p *allreduce.Program, c int) (lo, hi int) {
 
 func TestReduceScatter(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
-	for iter := 0; iter < 100; iter++ {
+	for iter := 0; iter < iters(100); iter++ {
 		n := 1 + rng.IntN(16)
 		elems := randSize(rng, n)
 		p := allreduce.Params{World: n, Elems: elems, Segments: 1 + rng.IntN(3), Average: rng.IntN(2) == 0}
@@ -47,7 +47,7 @@ func TestReduceScatter(t *testing.T) {
 
 func TestAllGather(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	for iter := 0; iter < 100; iter++ {
+	for iter := 0; iter < iters(100); iter++ {
 		n := 1 + rng.IntN(16)
 		elems := randSize(rng, n)
 		p := allreduce.Params{World: n, Elems: elems, Segments: 1 + rng.IntN(3)}
@@ -77,7 +77,7 @@ func TestAllGather(t *testing.T) {
 
 func TestAllToAll(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 10))
-	for iter := 0; iter < 100; iter++ {
+	for iter := 0; iter < iters(100); iter++ {
 		n := 1 + rng.IntN(16)
 		per := rng.IntN(5)
 		p := allreduce.Params{World: n, Elems: n * per}
@@ -106,7 +106,7 @@ func TestAllToAll(t *testing.T) {
 
 func TestBroadcast(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
-	for iter := 0; iter < 100; iter++ {
+	for iter := 0; iter < iters(100); iter++ {
 		n := 1 + rng.IntN(16)
 		elems := randSize(rng, n)
 		p := allreduce.Params{World: n, Elems: elems, Segments: 1 + rng.IntN(3), Root: rng.IntN(n)}
@@ -191,7 +191,7 @@ func TestBarrierWaitsForAll(t *testing.T) {
 
 func TestAllGatherV(t *testing.T) {
 	rng := rand.New(rand.NewPCG(13, 14))
-	for iter := 0; iter < 60; iter++ {
+	for iter := 0; iter < iters(60); iter++ {
 		n := 1 + rng.IntN(16)
 		payloads := make([][]byte, n)
 		sizes := make([]int64, n)
@@ -260,7 +260,7 @@ func (c sparseCodec) DecodeAdd(dst []float32, b []byte) error {
 
 func TestSparseGather(t *testing.T) {
 	rng := rand.New(rand.NewPCG(15, 16))
-	for iter := 0; iter < 80; iter++ {
+	for iter := 0; iter < iters(80); iter++ {
 		n := 1 + rng.IntN(16)
 		elems := randSize(rng, n)
 		in := randInputs(rng, n, elems, false)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"testing"
 
 	"github.com/slimgrad/slimgrad/allreduce"
@@ -85,7 +86,7 @@ var reducers = []allreduce.Algorithm{allreduce.AlgRing, allreduce.AlgTree, allre
 
 func TestAllReduceMatchesNaive(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for iter := 0; iter < 300; iter++ {
+	for iter := 0; iter < iters(300); iter++ {
 		n := 1 + rng.IntN(16)
 		elems := randSize(rng, n)
 		segs := 1 + rng.IntN(3)
@@ -115,7 +116,7 @@ func TestAllReduceMatchesNaive(t *testing.T) {
 
 func TestAllReduceBitIdentical(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	for iter := 0; iter < 150; iter++ {
+	for iter := 0; iter < iters(150); iter++ {
 		n := 1 + rng.IntN(16)
 		elems := randSize(rng, n)
 		alg := reducers[iter%len(reducers)]
@@ -190,3 +191,12 @@ func runAll(progs []*allreduce.Program, execs []allreduce.Executor, seed uint64)
 }
 
 func randSource() *rand.Rand { return rand.New(rand.NewPCG(42, 43)) }
+
+// iters scales a property test's iteration count: ×20 when
+// SLIMGRAD_ALLREDUCE_LONG is set and -short is not.
+func iters(n int) int {
+	if !testing.Short() && os.Getenv("SLIMGRAD_ALLREDUCE_LONG") != "" {
+		return 20 * n
+	}
+	return n
+}

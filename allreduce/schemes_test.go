@@ -293,7 +293,7 @@ func (h *powerSGD) SetQ(q []float32) { copy(h.q, q) }
 
 func TestLowRank(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
-	for iter := 0; iter < 30; iter++ {
+	for iter := 0; iter < iters(30); iter++ {
 		n := 1 + rng.IntN(10)
 		rows, cols := 1+rng.IntN(12), 1+rng.IntN(12)
 		rank := 1 + rng.IntN(min(3, rows, cols)) // well-conditioned orthogonalization
