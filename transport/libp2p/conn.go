@@ -28,7 +28,6 @@ const (
 	flagCredit    uint8 = 4
 )
 
-
 // Conn is one rank's endpoint of a group connected over libp2p. It
 // implements transport.Conn; see that interface for the contract. All
 // methods are safe for concurrent use.

@@ -153,6 +153,7 @@ type gater struct {
 	mu      sync.RWMutex
 	allowed map[peer.ID]bool
 	refused atomic.Int64
+	open    atomic.Bool // admit everyone (a bootstrap node while serving)
 }
 
 var _ connmgr.ConnectionGater = (*gater)(nil)
@@ -166,6 +167,9 @@ func (g *gater) allow(ids []peer.ID) {
 }
 
 func (g *gater) ok(p peer.ID) bool {
+	if g.open.Load() {
+		return true
+	}
 	g.mu.RLock()
 	ok := g.allowed[p]
 	g.mu.RUnlock()
