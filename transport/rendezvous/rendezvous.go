@@ -24,6 +24,10 @@
 //
 // Member IDs must be unique within a job; for libp2p they are peer IDs, for
 // other transports any unique string (a random nonce works).
+//
+// Without a NATS server, libp2p groups can rendezvous through one of their
+// members instead: see (*libp2p.Node).ServeBootstrap and JoinBootstrap in
+// package transport/libp2p, which follow the same rank rule.
 package rendezvous
 
 import (
