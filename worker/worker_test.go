@@ -640,3 +640,24 @@ func TestStepPowerSGDMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+// Dense buckets take the cost model's algorithm unless Config.Algorithm
+// forces one.
+func TestDenseAlgorithmSelection(t *testing.T) {
+	const n = 4
+	layers := []layerDef{{name: "big", shape: []int{1 << 20}}, {name: "small", shape: []int{256}, codec: "fp16"}}
+	for _, tc := range []struct {
+		alg        string
+		big, small string
+	}{
+		{"", "ring", "halving-doubling"},
+		{"tree", "tree", "tree"},
+	} {
+		g := newGroup(t, n)
+		ws := startWorkers(t, g.Conns(), layers, WithAlgorithm(tc.alg), WithBucketBytes(0))
+		leds := mustStep(t, ws, makeGrads(rand.New(rand.NewPCG(1, 1)), n, layers, true))
+		if got := [2]string{leds[0].Layers[0].Scheme, leds[0].Layers[1].Scheme}; got != [2]string{tc.big, tc.small} {
+			t.Errorf("algorithm %q: schemes %v, want [%s %s]", tc.alg, got, tc.big, tc.small)
+		}
+	}
+}
