@@ -1,3 +1,5 @@
+//go:build !amd64 || noasm
+
 package kernels
 
 func add(dst, src []float32)                        { addGeneric(dst, src) }
@@ -25,3 +27,5 @@ func unpackSigns(dst []float32, bits []byte, s float32) { unpackSignsGeneric(dst
 func unpackSignsAdd(dst []float32, bits []byte, s float32) {
 	unpackSignsAddGeneric(dst, bits, s)
 }
+
+func nextAbsGE(x []float32, lo uint32) int { return nextAbsGEGeneric(x, lo) }

@@ -281,3 +281,12 @@ func unpackSignsAddGeneric(dst []float32, bits []byte, scale float32) {
 		}
 	}
 }
+
+func nextAbsGEGeneric(x []float32, lo uint32) int {
+	for i, v := range x {
+		if math.Float32bits(v)&0x7fffffff >= lo {
+			return i
+		}
+	}
+	return len(x)
+}

@@ -255,3 +255,8 @@ func UnpackSignsAdd(dst []float32, bits []byte, scale float32) {
 	}
 	unpackSignsAdd(dst, bits, scale)
 }
+
+// NextAbsGE returns the index of the first element of x whose magnitude key
+// (float32 bits with the sign cleared; NaN ranks above +Inf) is >= lo, or
+// len(x) if there is none. lo must be <= 0x7fffffff.
+func NextAbsGE(x []float32, lo uint32) int { return nextAbsGE(x, lo) }

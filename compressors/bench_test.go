@@ -1,0 +1,99 @@
+package compressors
+
+import (
+	"math/rand/v2"
+	"sync"
+	"testing"
+)
+
+// benchN is the gradient size of the targets: 25,000,000 float32
+// (100 MB). The input is generated once and shared by all benchmarks.
+const benchN = 25_000_000
+
+var (
+	benchOnce sync.Once
+	benchX    []float32
+)
+
+func benchInput() []float32 {
+	benchOnce.Do(func() {
+		r := rand.New(rand.NewPCG(1, 2))
+		benchX = make([]float32, benchN)
+		for i := range benchX {
+			benchX[i] = float32(r.NormFloat64())
+		}
+	})
+	return benchX
+}
+
+func benchCompress(b *testing.B, recipe string, opts ...Option) {
+	x := benchInput()
+	c, err := New(recipe, len(x), opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf, err := c.Compress(nil, x)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(4 * len(x)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if buf, err = c.Compress(buf, x); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(buf)), "wire-bytes")
+}
+
+func BenchmarkTopK(b *testing.B) {
+	b.Run("exact/density=0.001/n=25M", func(b *testing.B) { benchCompress(b, "topk:0.001") })
+	b.Run("dgc/density=0.001/n=25M", func(b *testing.B) { benchCompress(b, "dgc:0.001") })
+}
+
+func BenchmarkSign(b *testing.B) {
+	x := benchInput()
+	b.Run("pack/n=25M", func(b *testing.B) {
+		bits := make([]byte, 0, (len(x)+7)/8)
+		b.SetBytes(int64(4 * len(x)))
+		b.ReportAllocs()
+		for b.Loop() {
+			bits = PackSigns(bits[:0], x)
+		}
+	})
+	b.Run("compress/n=25M", func(b *testing.B) { benchCompress(b, "sign") })
+}
+
+func benchElems(b *testing.B, ec ElementCodec) {
+	x := benchInput()
+	chunk := ec.EncodeElems(nil, x)
+	b.Run("encode/n=25M", func(b *testing.B) {
+		b.SetBytes(int64(4 * len(x)))
+		b.ReportAllocs()
+		for b.Loop() {
+			chunk = ec.EncodeElems(chunk[:0], x)
+		}
+	})
+	y := make([]float32, len(x))
+	b.Run("decode/n=25M", func(b *testing.B) {
+		b.SetBytes(int64(4 * len(x)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := ec.DecodeElems(y, chunk); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkFP16(b *testing.B) { benchElems(b, FP16) }
+func BenchmarkBF16(b *testing.B) { benchElems(b, BF16) }
+
+func BenchmarkQSGD(b *testing.B) {
+	b.Run("levels=4/n=25M", func(b *testing.B) { benchCompress(b, "qsgd:4") })
+}
+
+func BenchmarkPowerSGD(b *testing.B) {
+	b.Run("rank=4/shape=25000x1000", func(b *testing.B) { benchCompress(b, "powersgd:4", WithShape(25_000, 1000)) })
+}

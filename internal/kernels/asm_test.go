@@ -1,0 +1,107 @@
+package kernels
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// TestF16SweepMatchesScalar converts a stride through all 2^32 float32 bit
+// patterns with the slice kernels (assembly where available) and compares
+// with the scalar reference.
+func TestF16SweepMatchesScalar(t *testing.T) {
+	const step = 4093
+	src := make([]float32, 0, 1<<20+64)
+	for b := uint64(0); b < 1<<32; b += step {
+		src = append(src, math.Float32frombits(uint32(b)))
+	}
+	h := make([]byte, 2*len(src))
+	bf := make([]byte, 2*len(src))
+	EncodeFloat16(h, src)
+	EncodeBFloat16(bf, src)
+	back := make([]float32, len(src))
+	DecodeFloat16(back, h)
+	for i, v := range src {
+		got := uint16(h[2*i]) | uint16(h[2*i+1])<<8
+		if want := F32ToF16(v); got != want {
+			t.Fatalf("fp16(%#08x) = %#04x, scalar %#04x", math.Float32bits(v), got, want)
+		}
+		if w := F16ToF32(got); math.Float32bits(back[i]) != math.Float32bits(w) {
+			t.Fatalf("fp16 decode %#04x = %#08x, scalar %#08x", got, math.Float32bits(back[i]), math.Float32bits(w))
+		}
+		gotb := uint16(bf[2*i]) | uint16(bf[2*i+1])<<8
+		if want := F32ToBF16(v); gotb != want {
+			t.Fatalf("bf16(%#08x) = %#04x, scalar %#04x", math.Float32bits(v), gotb, want)
+		}
+	}
+}
+
+func TestNextAbsGE(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	for _, n := range []int{0, 1, 31, 32, 33, 100, 1000} {
+		x := make([]float32, n)
+		for i := range x {
+			x[i] = float32(r.NormFloat64())
+		}
+		for _, lo := range []uint32{0, 1, math.Float32bits(0.5), math.Float32bits(2), math.Float32bits(3.5), 0x7f800000, 0x7fffffff} {
+			for start := 0; start <= n; start += 7 {
+				if got, want := NextAbsGE(x[start:], lo), nextAbsGEGeneric(x[start:], lo); got != want {
+					t.Fatalf("n=%d lo=%#x start=%d: got %d want %d", n, lo, start, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestGuardBands runs every kernel on a window of a larger buffer and checks
+// that nothing outside the window changes.
+func TestGuardBands(t *testing.T) {
+	const guard = 64
+	r := rand.New(rand.NewPCG(33, 34))
+	for _, n := range []int{1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 65, 200} {
+		fbuf := make([]float32, n+2*guard)
+		bbuf := make([]byte, 4*n+2*guard)
+		for i := range fbuf {
+			fbuf[i] = 777
+		}
+		for i := range bbuf {
+			bbuf[i] = 0xa5
+		}
+		dst := fbuf[guard : guard+n]
+		src := make([]float32, n)
+		for i := range src {
+			src[i] = float32(r.NormFloat64())
+		}
+		b2 := bbuf[guard : guard+2*n]
+		b4 := bbuf[guard : guard+4*n]
+		bits := bbuf[guard : guard+(n+7)/8]
+		Add(dst, src)
+		AddTo(dst, src, src)
+		SubTo(dst, src, dst)
+		Scale(dst, 2)
+		ScaleTo(dst, 3, src)
+		Axpy(dst, 2, src)
+		AxpyTo(dst, 2, src, src)
+		EncodeFloat16(b2, src)
+		DecodeAddFloat16(dst, b2)
+		DecodeFloat16(dst, b2)
+		EncodeBFloat16(b2, src)
+		DecodeAddBFloat16(dst, b2)
+		DecodeBFloat16(dst, b2)
+		EncodeFloat32(b4, src)
+		DecodeAddFloat32(dst, b4)
+		PackSigns(bits, src)
+		UnpackSigns(dst, bits, 1)
+		UnpackSignsAdd(dst, bits, 1)
+		for i := range guard {
+			if fbuf[i] != 777 || fbuf[guard+n+i] != 777 {
+				t.Fatalf("n=%d: float guard band changed", n)
+			}
+		}
+		for i := range guard {
+			if bbuf[i] != 0xa5 || bbuf[len(bbuf)-1-i] != 0xa5 {
+				t.Fatalf("n=%d: byte guard band changed", n)
+			}
+		}
+	}
+}

@@ -1,0 +1,234 @@
+//go:build amd64 && !noasm
+
+package kernels
+
+// useAVX2 is true when the CPU and OS support AVX2, FMA and F16C.
+var useAVX2 = detectAVX2()
+
+func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
+func xgetbv() (eax, edx uint32)
+
+func detectAVX2() bool {
+	maxID, _, _, _ := cpuid(0, 0)
+	if maxID < 7 {
+		return false
+	}
+	_, _, ecx1, _ := cpuid(1, 0)
+	const (
+		fma     = 1 << 12
+		osxsave = 1 << 27
+		avx     = 1 << 28
+		f16c    = 1 << 29
+	)
+	if ecx1&(fma|osxsave|avx|f16c) != fma|osxsave|avx|f16c {
+		return false
+	}
+	if xcr0, _ := xgetbv(); xcr0&6 != 6 { // XMM and YMM state enabled
+		return false
+	}
+	_, ebx7, _, _ := cpuid(7, 0)
+	return ebx7&(1<<5) != 0
+}
+
+//go:noescape
+func addAVX2(dst, a, b *float32, n int)
+
+//go:noescape
+func subAVX2(dst, a, b *float32, n int)
+
+//go:noescape
+func axpyAVX2(dst, x, y *float32, a float32, n int)
+
+//go:noescape
+func scaleAVX2(dst, x *float32, s float32, n int)
+
+//go:noescape
+func dotAVX2(a, b *float32, n int) float64
+
+//go:noescape
+func sumSqAVX2(x *float32, n int) float64
+
+//go:noescape
+func f32ToF16AVX2(dst *byte, src *float32, n int)
+
+//go:noescape
+func f16ToF32AVX2(dst *float32, src *byte, n int, add bool)
+
+//go:noescape
+func f32ToBF16AVX2(dst *byte, src *float32, n int)
+
+//go:noescape
+func bf16ToF32AVX2(dst *float32, src *byte, n int, add bool)
+
+//go:noescape
+func packSignsAVX2(dst *byte, src *float32, n int)
+
+//go:noescape
+func unpackSignsAVX2(dst *float32, bits *byte, nbytes int, scale float32, add bool)
+
+//go:noescape
+func scanAbsGEAVX2(x *float32, n int, lom1 int32) int
+
+func add(dst, src []float32) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		addAVX2(&dst[0], &dst[0], &src[0], n)
+		dst, src = dst[n:], src[n:]
+	}
+	addGeneric(dst, src)
+}
+
+func addTo(dst, a, b []float32) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		addAVX2(&dst[0], &a[0], &b[0], n)
+		dst, a, b = dst[n:], a[n:], b[n:]
+	}
+	addToGeneric(dst, a, b)
+}
+
+func subTo(dst, a, b []float32) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		subAVX2(&dst[0], &a[0], &b[0], n)
+		dst, a, b = dst[n:], a[n:], b[n:]
+	}
+	subToGeneric(dst, a, b)
+}
+
+func scale(dst []float32, s float32) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		scaleAVX2(&dst[0], &dst[0], s, n)
+		dst = dst[n:]
+	}
+	scaleGeneric(dst, s)
+}
+
+func scaleTo(dst []float32, s float32, x []float32) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		scaleAVX2(&dst[0], &x[0], s, n)
+		dst, x = dst[n:], x[n:]
+	}
+	scaleToGeneric(dst, s, x)
+}
+
+func axpy(dst []float32, a float32, x []float32) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		axpyAVX2(&dst[0], &x[0], &dst[0], a, n)
+		dst, x = dst[n:], x[n:]
+	}
+	axpyGeneric(dst, a, x)
+}
+
+func axpyTo(dst []float32, a float32, x, y []float32) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		axpyAVX2(&dst[0], &x[0], &y[0], a, n)
+		dst, x, y = dst[n:], x[n:], y[n:]
+	}
+	axpyToGeneric(dst, a, x, y)
+}
+
+func dot(a, b []float32) float64 {
+	n := len(a) &^ 15
+	if !useAVX2 || n == 0 {
+		return dotGeneric(a, b)
+	}
+	s := dotAVX2(&a[0], &b[0], n)
+	for i := n; i < len(a); i++ {
+		s += float64(a[i]) * float64(b[i])
+	}
+	return s
+}
+
+func sumSq(x []float32) float64 {
+	n := len(x) &^ 15
+	if !useAVX2 || n == 0 {
+		return sumSqGeneric(x)
+	}
+	s := sumSqAVX2(&x[0], n)
+	for _, v := range x[n:] {
+		s += float64(v) * float64(v)
+	}
+	return s
+}
+
+func encodeFloat32(dst []byte, src []float32)    { encodeFloat32Generic(dst, src) }
+func decodeFloat32(dst []float32, src []byte)    { decodeFloat32Generic(dst, src) }
+func decodeAddFloat32(dst []float32, src []byte) { decodeAddFloat32Generic(dst, src) }
+
+func encodeFloat16(dst []byte, src []float32) {
+	if n := len(src) &^ 7; useAVX2 && n > 0 {
+		f32ToF16AVX2(&dst[0], &src[0], n)
+		dst, src = dst[2*n:], src[n:]
+	}
+	encodeFloat16Generic(dst, src)
+}
+
+func decodeFloat16(dst []float32, src []byte) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		f16ToF32AVX2(&dst[0], &src[0], n, false)
+		dst, src = dst[n:], src[2*n:]
+	}
+	decodeFloat16Generic(dst, src)
+}
+
+func decodeAddFloat16(dst []float32, src []byte) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		f16ToF32AVX2(&dst[0], &src[0], n, true)
+		dst, src = dst[n:], src[2*n:]
+	}
+	decodeAddFloat16Generic(dst, src)
+}
+
+func encodeBFloat16(dst []byte, src []float32) {
+	if n := len(src) &^ 15; useAVX2 && n > 0 {
+		f32ToBF16AVX2(&dst[0], &src[0], n)
+		dst, src = dst[2*n:], src[n:]
+	}
+	encodeBFloat16Generic(dst, src)
+}
+
+func decodeBFloat16(dst []float32, src []byte) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		bf16ToF32AVX2(&dst[0], &src[0], n, false)
+		dst, src = dst[n:], src[2*n:]
+	}
+	decodeBFloat16Generic(dst, src)
+}
+
+func decodeAddBFloat16(dst []float32, src []byte) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		bf16ToF32AVX2(&dst[0], &src[0], n, true)
+		dst, src = dst[n:], src[2*n:]
+	}
+	decodeAddBFloat16Generic(dst, src)
+}
+
+func packSigns(dst []byte, src []float32) {
+	if n := len(src) &^ 31; useAVX2 && n > 0 {
+		packSignsAVX2(&dst[0], &src[0], n)
+		dst, src = dst[n/8:], src[n:]
+	}
+	packSignsGeneric(dst, src)
+}
+
+func unpackSigns(dst []float32, bits []byte, s float32) {
+	if nb := len(dst) / 8; useAVX2 && nb > 0 {
+		unpackSignsAVX2(&dst[0], &bits[0], nb, s, false)
+		dst, bits = dst[8*nb:], bits[nb:]
+	}
+	unpackSignsGeneric(dst, bits, s)
+}
+
+func unpackSignsAdd(dst []float32, bits []byte, s float32) {
+	if nb := len(dst) / 8; useAVX2 && nb > 0 {
+		unpackSignsAVX2(&dst[0], &bits[0], nb, s, true)
+		dst, bits = dst[8*nb:], bits[nb:]
+	}
+	unpackSignsAddGeneric(dst, bits, s)
+}
+
+func nextAbsGE(x []float32, lo uint32) int {
+	i := 0
+	if n := len(x) &^ 31; useAVX2 && n > 0 && lo > 0 {
+		i = scanAbsGEAVX2(&x[0], n, int32(lo)-1)
+	}
+	return i + nextAbsGEGeneric(x[i:], lo)
+}

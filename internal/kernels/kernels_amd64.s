@@ -1,0 +1,507 @@
+//go:build !noasm
+
+#include "textflag.h"
+
+// func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
+TEXT ·cpuid(SB), NOSPLIT, $0-24
+	MOVL eaxArg+0(FP), AX
+	MOVL ecxArg+4(FP), CX
+	CPUID
+	MOVL AX, eax+8(FP)
+	MOVL BX, ebx+12(FP)
+	MOVL CX, ecx+16(FP)
+	MOVL DX, edx+20(FP)
+	RET
+
+// func xgetbv() (eax, edx uint32)
+TEXT ·xgetbv(SB), NOSPLIT, $0-8
+	MOVL $0, CX
+	XGETBV
+	MOVL AX, eax+0(FP)
+	MOVL DX, edx+4(FP)
+	RET
+
+// func addAVX2(dst, a, b *float32, n int)   dst = a + b, n % 8 == 0
+TEXT ·addAVX2(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), DI
+	MOVQ a+8(FP), SI
+	MOVQ b+16(FP), DX
+	MOVQ n+24(FP), CX
+add32:
+	CMPQ CX, $32
+	JB   add8
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	VADDPS  (DX), Y0, Y0
+	VADDPS  32(DX), Y1, Y1
+	VADDPS  64(DX), Y2, Y2
+	VADDPS  96(DX), Y3, Y3
+	VMOVUPS Y0, (DI)
+	VMOVUPS Y1, 32(DI)
+	VMOVUPS Y2, 64(DI)
+	VMOVUPS Y3, 96(DI)
+	ADDQ $128, SI
+	ADDQ $128, DX
+	ADDQ $128, DI
+	SUBQ $32, CX
+	JMP  add32
+add8:
+	CMPQ CX, $8
+	JB   adddone
+	VMOVUPS (SI), Y0
+	VADDPS  (DX), Y0, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $32, SI
+	ADDQ $32, DX
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  add8
+adddone:
+	VZEROUPPER
+	RET
+
+// func subAVX2(dst, a, b *float32, n int)   dst = a - b, n % 8 == 0
+TEXT ·subAVX2(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), DI
+	MOVQ a+8(FP), SI
+	MOVQ b+16(FP), DX
+	MOVQ n+24(FP), CX
+sub8:
+	CMPQ CX, $8
+	JB   subdone
+	VMOVUPS (SI), Y0
+	VSUBPS  (DX), Y0, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $32, SI
+	ADDQ $32, DX
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  sub8
+subdone:
+	VZEROUPPER
+	RET
+
+// func axpyAVX2(dst, x, y *float32, a float32, n int)   dst = a*x + y (mul, then add), n % 8 == 0
+TEXT ·axpyAVX2(SB), NOSPLIT, $0-40
+	MOVQ dst+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ y+16(FP), DX
+	VBROADCASTSS a+24(FP), Y15
+	MOVQ n+32(FP), CX
+axpy32:
+	CMPQ CX, $32
+	JB   axpy8
+	VMULPS  (SI), Y15, Y0
+	VMULPS  32(SI), Y15, Y1
+	VMULPS  64(SI), Y15, Y2
+	VMULPS  96(SI), Y15, Y3
+	VADDPS  (DX), Y0, Y0
+	VADDPS  32(DX), Y1, Y1
+	VADDPS  64(DX), Y2, Y2
+	VADDPS  96(DX), Y3, Y3
+	VMOVUPS Y0, (DI)
+	VMOVUPS Y1, 32(DI)
+	VMOVUPS Y2, 64(DI)
+	VMOVUPS Y3, 96(DI)
+	ADDQ $128, SI
+	ADDQ $128, DX
+	ADDQ $128, DI
+	SUBQ $32, CX
+	JMP  axpy32
+axpy8:
+	CMPQ CX, $8
+	JB   axpydone
+	VMULPS  (SI), Y15, Y0
+	VADDPS  (DX), Y0, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $32, SI
+	ADDQ $32, DX
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  axpy8
+axpydone:
+	VZEROUPPER
+	RET
+
+// func scaleAVX2(dst, x *float32, s float32, n int)   dst = s*x, n % 8 == 0
+TEXT ·scaleAVX2(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), DI
+	MOVQ x+8(FP), SI
+	VBROADCASTSS s+16(FP), Y15
+	MOVQ n+24(FP), CX
+scale8:
+	CMPQ CX, $8
+	JB   scaledone
+	VMULPS  (SI), Y15, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $32, SI
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  scale8
+scaledone:
+	VZEROUPPER
+	RET
+
+// Reductions: 16 float64 lanes in Y4..Y7 (lane l sums elements i ≡ l mod 16),
+// combined as in combine16. n % 16 == 0.
+#define COMBINE16 \
+	VADDPD Y6, Y4, Y4 \
+	VADDPD Y7, Y5, Y5 \
+	VADDPD Y5, Y4, Y4 \
+	VEXTRACTF128 $1, Y4, X1 \
+	VADDPD X1, X4, X4 \
+	VHADDPD X4, X4, X4
+
+// func dotAVX2(a, b *float32, n int) float64
+TEXT ·dotAVX2(SB), NOSPLIT, $0-32
+	MOVQ a+0(FP), SI
+	MOVQ b+8(FP), DX
+	MOVQ n+16(FP), CX
+	VXORPD Y4, Y4, Y4
+	VXORPD Y5, Y5, Y5
+	VXORPD Y6, Y6, Y6
+	VXORPD Y7, Y7, Y7
+dot16:
+	CMPQ CX, $16
+	JB   dotdone
+	VCVTPS2PD (SI), Y0
+	VCVTPS2PD 16(SI), Y1
+	VCVTPS2PD 32(SI), Y2
+	VCVTPS2PD 48(SI), Y3
+	VCVTPS2PD (DX), Y8
+	VCVTPS2PD 16(DX), Y9
+	VCVTPS2PD 32(DX), Y10
+	VCVTPS2PD 48(DX), Y11
+	VFMADD231PD Y8, Y0, Y4
+	VFMADD231PD Y9, Y1, Y5
+	VFMADD231PD Y10, Y2, Y6
+	VFMADD231PD Y11, Y3, Y7
+	ADDQ $64, SI
+	ADDQ $64, DX
+	SUBQ $16, CX
+	JMP  dot16
+dotdone:
+	COMBINE16
+	VMOVSD X4, ret+24(FP)
+	VZEROUPPER
+	RET
+
+// func sumSqAVX2(x *float32, n int) float64
+TEXT ·sumSqAVX2(SB), NOSPLIT, $0-24
+	MOVQ x+0(FP), SI
+	MOVQ n+8(FP), CX
+	VXORPD Y4, Y4, Y4
+	VXORPD Y5, Y5, Y5
+	VXORPD Y6, Y6, Y6
+	VXORPD Y7, Y7, Y7
+ss16:
+	CMPQ CX, $16
+	JB   ssdone
+	VCVTPS2PD (SI), Y0
+	VCVTPS2PD 16(SI), Y1
+	VCVTPS2PD 32(SI), Y2
+	VCVTPS2PD 48(SI), Y3
+	VFMADD231PD Y0, Y0, Y4
+	VFMADD231PD Y1, Y1, Y5
+	VFMADD231PD Y2, Y2, Y6
+	VFMADD231PD Y3, Y3, Y7
+	ADDQ $64, SI
+	SUBQ $16, CX
+	JMP  ss16
+ssdone:
+	COMBINE16
+	VMOVSD X4, ret+16(FP)
+	VZEROUPPER
+	RET
+
+// func f32ToF16AVX2(dst *byte, src *float32, n int)   n % 8 == 0
+TEXT ·f32ToF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+h32:
+	CMPQ CX, $32
+	JB   h8
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	VCVTPS2PH $0, Y0, X0
+	VCVTPS2PH $0, Y1, X1
+	VCVTPS2PH $0, Y2, X2
+	VCVTPS2PH $0, Y3, X3
+	VMOVDQU X0, (DI)
+	VMOVDQU X1, 16(DI)
+	VMOVDQU X2, 32(DI)
+	VMOVDQU X3, 48(DI)
+	ADDQ $128, SI
+	ADDQ $64, DI
+	SUBQ $32, CX
+	JMP  h32
+h8:
+	CMPQ CX, $8
+	JB   hdone
+	VMOVUPS (SI), Y0
+	VCVTPS2PH $0, Y0, X0
+	VMOVDQU X0, (DI)
+	ADDQ $32, SI
+	ADDQ $16, DI
+	SUBQ $8, CX
+	JMP  h8
+hdone:
+	VZEROUPPER
+	RET
+
+// func f16ToF32AVX2(dst *float32, src *byte, n int, add bool)   n % 8 == 0
+TEXT ·f16ToF32AVX2(SB), NOSPLIT, $0-25
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	MOVB add+24(FP), AX
+	TESTB AL, AL
+	JNZ  hadd8
+hd8:
+	CMPQ CX, $8
+	JB   hddone
+	VCVTPH2PS (SI), Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $16, SI
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  hd8
+hadd8:
+	CMPQ CX, $8
+	JB   hddone
+	VCVTPH2PS (SI), Y0
+	VADDPS  (DI), Y0, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $16, SI
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  hadd8
+hddone:
+	VZEROUPPER
+	RET
+
+DATA bfconst<>+0(SB)/4, $0x00000001
+DATA bfconst<>+4(SB)/4, $0x00007fff
+DATA bfconst<>+8(SB)/4, $0x7fffffff
+DATA bfconst<>+12(SB)/4, $0x7f800000
+DATA bfconst<>+16(SB)/4, $0x00000040
+GLOBL bfconst<>(SB), RODATA|NOPTR, $20
+
+// BF16ROUND converts the 8 floats in Y0 to bfloat16 values in the 32-bit
+// lanes of R (round to nearest even, NaN made quiet). Uses Y8, Y9.
+#define BF16ROUND(R) \
+	VPSRLD $16, Y0, R \
+	VPAND Y10, R, R \
+	VPADDD Y11, R, R \
+	VPADDD Y0, R, R \
+	VPSRLD $16, R, R \
+	VPAND Y12, Y0, Y8 \
+	VPCMPGTD Y13, Y8, Y8 \
+	VPSRLD $16, Y0, Y9 \
+	VPOR Y14, Y9, Y9 \
+	VPBLENDVB Y8, Y9, R, R
+
+// func f32ToBF16AVX2(dst *byte, src *float32, n int)   n % 16 == 0
+TEXT ·f32ToBF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	VPBROADCASTD bfconst<>+0(SB), Y10
+	VPBROADCASTD bfconst<>+4(SB), Y11
+	VPBROADCASTD bfconst<>+8(SB), Y12
+	VPBROADCASTD bfconst<>+12(SB), Y13
+	VPBROADCASTD bfconst<>+16(SB), Y14
+b16:
+	CMPQ CX, $16
+	JB   bdone
+	VMOVUPS (SI), Y0
+	BF16ROUND(Y1)
+	VMOVUPS 32(SI), Y0
+	BF16ROUND(Y2)
+	VPACKUSDW Y2, Y1, Y3
+	VPERMQ $0xD8, Y3, Y3
+	VMOVDQU Y3, (DI)
+	ADDQ $64, SI
+	ADDQ $32, DI
+	SUBQ $16, CX
+	JMP  b16
+bdone:
+	VZEROUPPER
+	RET
+
+// func bf16ToF32AVX2(dst *float32, src *byte, n int, add bool)   n % 8 == 0
+TEXT ·bf16ToF32AVX2(SB), NOSPLIT, $0-25
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	MOVB add+24(FP), AX
+	TESTB AL, AL
+	JNZ  badd8
+bd8:
+	CMPQ CX, $8
+	JB   bddone
+	VPMOVZXWD (SI), Y0
+	VPSLLD $16, Y0, Y0
+	VMOVDQU Y0, (DI)
+	ADDQ $16, SI
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  bd8
+badd8:
+	CMPQ CX, $8
+	JB   bddone
+	VPMOVZXWD (SI), Y0
+	VPSLLD $16, Y0, Y0
+	VADDPS (DI), Y0, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $16, SI
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  badd8
+bddone:
+	VZEROUPPER
+	RET
+
+DATA revidx<>+0(SB)/4, $7
+DATA revidx<>+4(SB)/4, $6
+DATA revidx<>+8(SB)/4, $5
+DATA revidx<>+12(SB)/4, $4
+DATA revidx<>+16(SB)/4, $3
+DATA revidx<>+20(SB)/4, $2
+DATA revidx<>+24(SB)/4, $1
+DATA revidx<>+28(SB)/4, $0
+GLOBL revidx<>(SB), RODATA|NOPTR, $32
+
+// func packSignsAVX2(dst *byte, src *float32, n int)   n % 32 == 0
+// Byte j/8 bit 7-(j%8) = src[j] >= 0: reverse each group of 8, compare, movmsk.
+TEXT ·packSignsAVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	VMOVDQU revidx<>(SB), Y14
+	VXORPS Y15, Y15, Y15
+p32:
+	CMPQ CX, $32
+	JB   pdone
+	VPERMPS (SI), Y14, Y0
+	VPERMPS 32(SI), Y14, Y1
+	VPERMPS 64(SI), Y14, Y2
+	VPERMPS 96(SI), Y14, Y3
+	VCMPPS $0x1D, Y15, Y0, Y0
+	VCMPPS $0x1D, Y15, Y1, Y1
+	VCMPPS $0x1D, Y15, Y2, Y2
+	VCMPPS $0x1D, Y15, Y3, Y3
+	VMOVMSKPS Y0, AX
+	VMOVMSKPS Y1, BX
+	VMOVMSKPS Y2, DX
+	VMOVMSKPS Y3, R8
+	SHLL $8, BX
+	SHLL $16, DX
+	SHLL $24, R8
+	ORL  BX, AX
+	ORL  DX, AX
+	ORL  R8, AX
+	MOVL AX, (DI)
+	ADDQ $128, SI
+	ADDQ $4, DI
+	SUBQ $32, CX
+	JMP  p32
+pdone:
+	VZEROUPPER
+	RET
+
+DATA bitsel<>+0(SB)/4, $0x80
+DATA bitsel<>+4(SB)/4, $0x40
+DATA bitsel<>+8(SB)/4, $0x20
+DATA bitsel<>+12(SB)/4, $0x10
+DATA bitsel<>+16(SB)/4, $0x08
+DATA bitsel<>+20(SB)/4, $0x04
+DATA bitsel<>+24(SB)/4, $0x02
+DATA bitsel<>+28(SB)/4, $0x01
+GLOBL bitsel<>(SB), RODATA|NOPTR, $32
+
+// func unpackSignsAVX2(dst *float32, bits *byte, nbytes int, scale float32, add bool)
+// Writes (or adds) 8 floats ±scale per byte.
+TEXT ·unpackSignsAVX2(SB), NOSPLIT, $0-29
+	MOVQ dst+0(FP), DI
+	MOVQ bits+8(FP), SI
+	MOVQ nbytes+16(FP), CX
+	VBROADCASTSS scale+24(FP), Y13
+	VXORPS Y12, Y12, Y12
+	VSUBPS Y13, Y12, Y12
+	VMOVDQU bitsel<>(SB), Y14
+	MOVB add+28(FP), R8
+	TESTB R8, R8
+	JNZ  uadd
+u1:
+	TESTQ CX, CX
+	JZ   udone
+	MOVBLZX (SI), AX
+	VMOVD AX, X0
+	VPBROADCASTD X0, Y0
+	VPAND Y14, Y0, Y0
+	VPCMPEQD Y14, Y0, Y0
+	VBLENDVPS Y0, Y13, Y12, Y1
+	VMOVUPS Y1, (DI)
+	INCQ SI
+	ADDQ $32, DI
+	DECQ CX
+	JMP  u1
+uadd:
+	TESTQ CX, CX
+	JZ   udone
+	MOVBLZX (SI), AX
+	VMOVD AX, X0
+	VPBROADCASTD X0, Y0
+	VPAND Y14, Y0, Y0
+	VPCMPEQD Y14, Y0, Y0
+	VBLENDVPS Y0, Y13, Y12, Y1
+	VADDPS (DI), Y1, Y1
+	VMOVUPS Y1, (DI)
+	INCQ SI
+	ADDQ $32, DI
+	DECQ CX
+	JMP  uadd
+udone:
+	VZEROUPPER
+	RET
+
+// func scanAbsGEAVX2(x *float32, n int, lom1 int32) int
+// Returns the offset (a multiple of 32) of the first block of 32 elements
+// holding an element with (bits &^ sign) > lom1, or n. n % 32 == 0.
+TEXT ·scanAbsGEAVX2(SB), NOSPLIT, $0-32
+	MOVQ x+0(FP), SI
+	MOVQ n+8(FP), CX
+	MOVL lom1+16(FP), AX
+	VMOVD AX, X14
+	VPBROADCASTD X14, Y14
+	VPBROADCASTD bfconst<>+8(SB), Y15
+	XORQ AX, AX
+s32:
+	CMPQ AX, CX
+	JAE  sdone
+	VPAND (SI), Y15, Y0
+	VPAND 32(SI), Y15, Y1
+	VPAND 64(SI), Y15, Y2
+	VPAND 96(SI), Y15, Y3
+	VPCMPGTD Y14, Y0, Y0
+	VPCMPGTD Y14, Y1, Y1
+	VPCMPGTD Y14, Y2, Y2
+	VPCMPGTD Y14, Y3, Y3
+	VPOR Y1, Y0, Y0
+	VPOR Y3, Y2, Y2
+	VPOR Y2, Y0, Y0
+	VPTEST Y0, Y0
+	JNZ  sdone
+	ADDQ $128, SI
+	ADDQ $32, AX
+	JMP  s32
+sdone:
+	MOVQ AX, ret+24(FP)
+	VZEROUPPER
+	RET
