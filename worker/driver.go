@@ -77,12 +77,21 @@ func Run(ctx context.Context, conn transport.Conn, id uint32, p *allreduce.Progr
 
 // driver keeps reusable state for consecutive runs. Not safe for concurrent use.
 type driver struct {
-	m       allreduce.Machine
-	ready   []int32
-	queues  [][]int32 // pending sends per peer
-	active  []int     // sends in flight per peer
-	events  chan event
-	started bool
+	m        allreduce.Machine
+	ready    []int32
+	queues   [][]int32 // pending sends per peer
+	active   []int     // sends in flight per peer
+	events   chan event
+	payloads [][]byte // per op: payload of a queued send
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	s = s[:n]
+	clear(s)
+	return s
 }
 
 func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *allreduce.Program, x allreduce.Executor, opts RunOptions) (st RunStats, err error) {
@@ -111,8 +120,14 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 		perPeer = 1
 	}
 	// Every op yields at most one event, so a buffer of len(Ops) never blocks
-	// a finishing goroutine even after Run has returned.
-	events := make(chan event, len(p.Ops))
+	// a finishing goroutine even after Run has returned. Every run drains
+	// what it started, so the channel is empty and reusable afterwards.
+	if cap(d.events) < len(p.Ops) {
+		d.events = make(chan event, len(p.Ops))
+	}
+	events := d.events
+	d.payloads = grow(d.payloads, len(p.Ops))
+	payloads := d.payloads // sends queued behind others to the same peer
 	rctx, cancel := context.WithCancel(ctx)
 	inflight := 0
 	defer func() {
@@ -137,7 +152,6 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 			})}
 		}()
 	}
-	payloads := make(map[int32][]byte) // sends queued behind others to the same peer
 
 	for !d.m.Finished() {
 		d.ready = d.m.Ready(d.ready[:0])
@@ -217,7 +231,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 				next := q[0]
 				d.queues[peer] = q[1:]
 				b := payloads[next]
-				delete(payloads, next)
+				payloads[next] = nil
 				startSend(next, b)
 			}
 		case evRecv:

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"sync"
@@ -202,6 +203,16 @@ func (w *Worker) Start(ctx context.Context) error {
 		return err
 	}
 	w.started = true
+	if log := w.cfg.Logger; log.Enabled(ctx, slog.LevelDebug) {
+		for _, b := range w.buckets {
+			names := make([]string, len(b.layers))
+			for k, li := range b.layers {
+				names[k] = w.layers[li].name
+			}
+			log.DebugContext(ctx, "worker: bucket", "rank", w.conn.Rank(), "bucket", b.index, "scheme", b.coll.scheme(),
+				"elems", b.elems(), "codec", w.layers[b.layers[0]].codec, "ef", w.layers[b.layers[0]].ef, "layers", names)
+		}
+	}
 	return nil
 }
 
@@ -514,6 +525,7 @@ func (w *Worker) Wait(ctx context.Context) (*Ledger, error) {
 			cause = first
 		}
 		w.broken = cause
+		w.cfg.Logger.Warn("worker: step failed", "rank", w.conn.Rank(), "step", step, "err", cause)
 		return nil, cause
 	}
 	led := w.ledger(st, step)
