@@ -5,19 +5,71 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/slimgrad/slimgrad/allreduce"
 )
 
-// BenchmarkRunRingTestDouble times the driver alone (programs generated
-// once, outside the loop) on the private ring test double.
-func BenchmarkRunRingTestDouble(b *testing.B) {
-	for _, p := range []int{64, 1024} {
-		const S = 100 << 20
-		progs := testRing(p, S/4, 4)
-		topo := Homogeneous(p, 10*Gbps, 5*time.Microsecond)
-		b.Run(fmt.Sprintf("n=%d/size=100MiB", p), func(b *testing.B) {
+// The benchmarks time the simulator alone: programs are generated once,
+// outside the loop (BenchmarkGenerate times that). Each iteration is a full
+// cold Run (new Simulator: machine state, flow tables and queue allocated),
+// except BenchmarkSimulator which reuses one Simulator as a training loop
+// would.
+
+const benchBytes = 100_000_000 // 100 MB of float32
+
+type benchCase struct {
+	alg   allreduce.Algorithm
+	world int
+	segs  int
+}
+
+var benchCases = []benchCase{
+	{allreduce.AlgRing, 64, 1},
+	{allreduce.AlgRing, 1024, 1},
+	{allreduce.AlgTree, 1024, 1},
+	{allreduce.AlgTree, 4096, 1},
+	{allreduce.AlgTree, 4096, 16},
+	{allreduce.AlgHalvingDoubling, 4096, 1},
+}
+
+func (c benchCase) name() string {
+	return fmt.Sprintf("alg=%v/n=%d/segs=%d/size=100MB", c.alg, c.world, c.segs)
+}
+
+func (c benchCase) programs(b *testing.B) []*allreduce.Program {
+	return mustPrograms(b, c.alg, allreduce.Params{World: c.world, Elems: benchBytes / 4, Segments: c.segs, Average: true})
+}
+
+func BenchmarkRun(b *testing.B) {
+	for _, c := range benchCases {
+		progs := c.programs(b)
+		topo := Homogeneous(c.world, 10*Gbps, 5*time.Microsecond)
+		b.Run(c.name(), func(b *testing.B) {
+			b.ReportAllocs()
+			var res *Result
+			for b.Loop() {
+				var err error
+				if res, err = Run(context.Background(), topo, []Collective{{Programs: progs}}, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(res.Events), "events/op")
+			b.ReportMetric(res.Time, "virtual-s/op")
+		})
+	}
+}
+
+func BenchmarkSimulator(b *testing.B) {
+	for _, c := range benchCases[1:2] {
+		progs := c.programs(b)
+		s, err := NewSimulator(Homogeneous(c.world, 10*Gbps, 5*time.Microsecond))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(c.name(), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := Run(context.Background(), topo, []Collective{{Programs: progs}}, nil); err != nil {
+				if _, err := s.Run(context.Background(), []Collective{{Programs: progs}}, nil); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -25,22 +77,14 @@ func BenchmarkRunRingTestDouble(b *testing.B) {
 	}
 }
 
-// BenchmarkSimulatorRingTestDouble reuses one Simulator across runs.
-func BenchmarkSimulatorRingTestDouble(b *testing.B) {
-	for _, p := range []int{1024} {
-		const S = 100 << 20
-		progs := testRing(p, S/4, 4)
-		topo := Homogeneous(p, 10*Gbps, 5*time.Microsecond)
-		s, err := NewSimulator(topo)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Run(fmt.Sprintf("n=%d/size=100MiB", p), func(b *testing.B) {
+// BenchmarkGenerate times generating every rank's program (package
+// allreduce's work, reported so the simulator's share is clear).
+func BenchmarkGenerate(b *testing.B) {
+	for _, c := range benchCases[1:4] {
+		b.Run(c.name(), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := s.Run(context.Background(), []Collective{{Programs: progs}}, nil); err != nil {
-					b.Fatal(err)
-				}
+				c.programs(b)
 			}
 		})
 	}

@@ -13,6 +13,7 @@ type flow struct {
 	last      float64 // virtual time remaining refers to
 	size      float64
 	ver       uint32
+	frozen    uint32 // == net.stamp once its rate is fixed in the current fill
 
 	// owner (driver side)
 	g, op   int32 // sending machine and its Send op
@@ -36,14 +37,20 @@ type network struct {
 	free  []int32
 
 	dirty     []int32 // links whose flow set changed since the last settle
-	linkMark  []uint32
+	isDirty   []bool
+	linkMark  []uint32 // == stamp: visited in the current settle
 	flowMark  []uint32
-	epoch     uint32
+	stamp     uint32
 	compLinks []int32
 	compFlows []int32
-	resid     []float64
-	cnt       []int32
-	changed   []int32 // flows whose end time must be (re)scheduled
+	compOffs  [][2]int32
+	lheap     []lentry
+
+	localSettles int64 // settles that fell back to local mode
+	exactBudget  int   // maxExactFlows; tests lower it to exercise local mode
+	resid        []float64
+	cnt          []int32
+	changed      []int32 // flows whose end time must be (re)scheduled
 }
 
 func newNetwork(caps []float64) *network {
@@ -55,8 +62,11 @@ func newNetwork(caps []float64) *network {
 		linkBusy:  make([]float64, L),
 		linkSince: make([]float64, L),
 		linkMark:  make([]uint32, L),
+		isDirty:   make([]bool, L),
 		resid:     make([]float64, L),
 		cnt:       make([]int32, L),
+
+		exactBudget: maxExactFlows,
 	}
 }
 
@@ -75,7 +85,9 @@ func (nw *network) reset() {
 	nw.free = nw.free[:0]
 	nw.dirty = nw.dirty[:0]
 	nw.changed = nw.changed[:0]
-	nw.epoch = 0
+	clear(nw.isDirty)
+	nw.stamp = 0
+	nw.localSettles = 0
 }
 
 // add registers a new flow of size bytes over links at time now and
@@ -110,8 +122,8 @@ func (nw *network) add(now float64, links *[maxPath]int32, n int, size float64) 
 }
 
 func (nw *network) markDirty(l int32) {
-	if nw.linkMark[l] != nw.epoch+1 {
-		nw.linkMark[l] = nw.epoch + 1
+	if !nw.isDirty[l] {
+		nw.isDirty[l] = true
 		nw.dirty = append(nw.dirty, l)
 	}
 }
@@ -146,53 +158,111 @@ func (nw *network) remove(now float64, id int32) {
 	nw.free = append(nw.free, id)
 }
 
-// settle recomputes, at time now, the max-min fair rates of every flow
-// connected to a dirty link, and lists in nw.changed the flows whose
-// rate changed (or that are new). Each connected component (flows linked
-// through shared links) is filled on its own, so simultaneous changes in
-// disjoint parts of the network cost the sum of their sizes, not the
-// product.
+// maxExactFlows bounds the work of an exact settle: when the components of
+// the changed links hold more than maxExactFlows flows plus four times the
+// flows on the changed links, settle switches to local mode.
+const maxExactFlows = 64
+
+// settle recomputes, at time now, the rates of the flows affected by the
+// changes since the last settle, and lists in nw.changed the flows whose
+// rate changed (or that are new).
+//
+// Exact mode: each connected component of the changed links (flows linked
+// through shared links, transitively) is filled max-min fairly on its own,
+// so simultaneous changes in disjoint parts of the network cost the sum of
+// their sizes. Local mode, when those components are large (a pipelined
+// tree over thousands of ranks couples every link): only the flows that
+// cross a changed link are recomputed, max-min fairly over the capacity the
+// other flows leave at their current rates. Local mode never oversubscribes
+// a link, but may leave capacity unused until the outer flows' own links
+// change; it is exact whenever the outer flows are bottlenecked elsewhere.
 func (nw *network) settle(now float64) {
 	if len(nw.dirty) == 0 {
 		return
 	}
-	// Dirty marks used epoch+1; the component search uses a fresh epoch ep,
-	// frozen flows are marked ep+1.
-	nw.epoch += 2
-	ep := nw.epoch
+	nw.stamp++
+	st := nw.stamp
+	local := 0
+	for _, l := range nw.dirty {
+		local += len(nw.onLink[l])
+	}
+	budget := nw.exactBudget + 4*local
+	links, flows := nw.compLinks[:0], nw.compFlows[:0]
+	offs := nw.compOffs[:0]
+	exact := true
 	for _, l0 := range nw.dirty {
-		if nw.linkMark[l0] == ep {
+		if nw.linkMark[l0] == st {
 			continue
 		}
-		nw.linkMark[l0] = ep
-		links := append(nw.compLinks[:0], l0)
-		flows := nw.compFlows[:0]
-		for q := 0; q < len(links); q++ {
+		offs = append(offs, [2]int32{int32(len(links)), int32(len(flows))})
+		nw.linkMark[l0] = st
+		links = append(links, l0)
+		for q := int(offs[len(offs)-1][0]); q < len(links) && exact; q++ {
 			for _, id := range nw.onLink[links[q]] {
-				if nw.flowMark[id] == ep {
+				if nw.flowMark[id] == st {
 					continue
 				}
-				nw.flowMark[id] = ep
+				nw.flowMark[id] = st
 				flows = append(flows, id)
+				if len(flows) > budget {
+					exact = false
+					break
+				}
 				f := &nw.flows[id]
 				for k := 0; k < int(f.n); k++ {
-					if l := f.links[k]; nw.linkMark[l] != ep {
-						nw.linkMark[l] = ep
+					if l := f.links[k]; nw.linkMark[l] != st {
+						nw.linkMark[l] = st
 						links = append(links, l)
 					}
 				}
 			}
 		}
-		nw.fill(now, ep, links, flows)
-		nw.compLinks, nw.compFlows = links, flows
+		if !exact {
+			break
+		}
+	}
+	if exact {
+		offs = append(offs, [2]int32{int32(len(links)), int32(len(flows))})
+		for c := 0; c+1 < len(offs); c++ {
+			nw.fill(now, links[offs[c][0]:offs[c+1][0]], flows[offs[c][1]:offs[c+1][1]], false)
+		}
+	} else {
+		// Local mode: the flows on the changed links, over all their links.
+		nw.stamp++
+		st = nw.stamp
+		links, flows = links[:0], flows[:0]
+		for _, l0 := range nw.dirty {
+			for _, id := range nw.onLink[l0] {
+				if nw.flowMark[id] == st {
+					continue
+				}
+				nw.flowMark[id] = st
+				flows = append(flows, id)
+				f := &nw.flows[id]
+				for k := 0; k < int(f.n); k++ {
+					if l := f.links[k]; nw.linkMark[l] != st {
+						nw.linkMark[l] = st
+						links = append(links, l)
+					}
+				}
+			}
+		}
+		nw.fill(now, links, flows, true)
+		nw.localSettles++
+	}
+	for _, l := range nw.dirty {
+		nw.isDirty[l] = false
 	}
 	nw.dirty = nw.dirty[:0]
+	nw.compLinks, nw.compFlows, nw.compOffs = links, flows, offs
 }
 
-// fill computes max-min fair rates for one connected component by
-// progressive filling: repeatedly saturate the link with the smallest
-// fair share and freeze the flows crossing it.
-func (nw *network) fill(now float64, ep uint32, links, flows []int32) {
+// fill computes max-min fair rates for flows (whose links are links) by
+// progressive filling: repeatedly saturate the link with the smallest fair
+// share and freeze the flows crossing it. With partial, links also carry
+// flows outside the set at fixed rates; flows in the set must carry the
+// current stamp in flowMark.
+func (nw *network) fill(now float64, links, flows []int32, partial bool) {
 	for _, id := range flows {
 		f := &nw.flows[id]
 		if f.rate > 0 && now > f.last {
@@ -203,7 +273,7 @@ func (nw *network) fill(now float64, ep uint32, links, flows []int32) {
 		}
 		f.last = now
 	}
-	if len(flows) == 1 {
+	if len(flows) == 1 && !partial {
 		// Alone on its links: the narrowest one decides.
 		id := flows[0]
 		f := &nw.flows[id]
@@ -215,47 +285,109 @@ func (nw *network) fill(now float64, ep uint32, links, flows []int32) {
 			f.rate = r
 			nw.changed = append(nw.changed, id)
 		}
-		nw.flowMark[id] = ep + 1
 		return
 	}
+	st := nw.stamp
 	for _, l := range links {
 		nw.resid[l] = nw.caps[l]
 		nw.cnt[l] = int32(len(nw.onLink[l]))
-	}
-	left := len(flows)
-	for left > 0 {
-		best, bestShare := int32(-1), math.Inf(1)
-		for _, l := range links {
-			if c := nw.cnt[l]; c > 0 {
-				if s := nw.resid[l] / float64(c); s < bestShare {
-					best, bestShare = l, s
+		if partial {
+			for _, id := range nw.onLink[l] {
+				if nw.flowMark[id] != st {
+					nw.resid[l] -= nw.flows[id].rate
+					nw.cnt[l]--
 				}
 			}
+			if nw.resid[l] < 0 {
+				nw.resid[l] = 0
+			}
 		}
-		if best < 0 {
-			break
+	}
+	// Link shares resid/cnt only grow as flows freeze, so a lazy min-heap
+	// works: a popped entry whose share is out of date is pushed again.
+	h := nw.lheap[:0]
+	for _, l := range links {
+		if nw.cnt[l] > 0 {
+			h = lheapPush(h, lentry{nw.resid[l] / float64(nw.cnt[l]), l})
 		}
-		if bestShare < 0 {
-			bestShare = 0
+	}
+	left := len(flows)
+	for left > 0 && len(h) > 0 {
+		var e lentry
+		e, h = lheapPop(h)
+		c := nw.cnt[e.l]
+		if c <= 0 {
+			continue
 		}
-		for _, id := range nw.onLink[best] {
-			if nw.flowMark[id] != ep {
+		share := nw.resid[e.l] / float64(c)
+		if share != e.share {
+			h = lheapPush(h, lentry{share, e.l})
+			continue
+		}
+		if share < 0 {
+			share = 0
+		}
+		for _, id := range nw.onLink[e.l] {
+			f := &nw.flows[id]
+			if nw.flowMark[id] != st || f.frozen == st {
 				continue
 			}
-			nw.flowMark[id] = ep + 1
+			f.frozen = st
 			left--
-			f := &nw.flows[id]
 			for k := 0; k < int(f.n); k++ {
 				l := f.links[k]
-				nw.resid[l] -= bestShare
+				nw.resid[l] -= share
 				nw.cnt[l]--
 			}
-			if f.rate != bestShare {
-				f.rate = bestShare
+			if f.rate != share {
+				f.rate = share
 				nw.changed = append(nw.changed, id)
 			}
 		}
 	}
+	nw.lheap = h[:0]
+}
+
+type lentry struct {
+	share float64
+	l     int32
+}
+
+func lheapPush(h []lentry, e lentry) []lentry {
+	h = append(h, e)
+	i := len(h) - 1
+	for i > 0 {
+		p := (i - 1) / 2
+		if !(h[i].share < h[p].share || h[i].share == h[p].share && h[i].l < h[p].l) {
+			break
+		}
+		h[i], h[p] = h[p], h[i]
+		i = p
+	}
+	return h
+}
+
+func lheapPop(h []lentry) (lentry, []lentry) {
+	e := h[0]
+	n := len(h) - 1
+	h[0] = h[n]
+	h = h[:n]
+	i := 0
+	for {
+		c := 2*i + 1
+		if c >= n {
+			break
+		}
+		if r := c + 1; r < n && (h[r].share < h[c].share || h[r].share == h[c].share && h[r].l < h[c].l) {
+			c = r
+		}
+		if !(h[c].share < h[i].share || h[c].share == h[i].share && h[c].l < h[i].l) {
+			break
+		}
+		h[i], h[c] = h[c], h[i]
+		i = c
+	}
+	return e, h
 }
 
 // endTime is when flow id finishes at its current rate.

@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"math"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -126,5 +127,92 @@ func TestRunSharedDownlink(t *testing.T) {
 	}
 	if res.Links[5].Name != "n2.down" || !near(res.Links[5].Busy, 2*S/float64(10*Gbps), 1e-9) {
 		t.Errorf("link stats %+v", res.Links[5])
+	}
+}
+
+// checkMaxMin verifies feasibility (no link above capacity) and, if exact,
+// the max-min optimality condition: every flow has a bottleneck link that
+// is saturated and on which no flow gets more than it.
+func checkMaxMin(t *testing.T, nw *network, exact bool) {
+	t.Helper()
+	load := make([]float64, len(nw.caps))
+	maxRate := make([]float64, len(nw.caps))
+	for id := range nw.flows {
+		f := &nw.flows[id]
+		if !f.active {
+			continue
+		}
+		for k := 0; k < int(f.n); k++ {
+			l := f.links[k]
+			load[l] += f.rate
+			maxRate[l] = max(maxRate[l], f.rate)
+		}
+	}
+	for l, c := range nw.caps {
+		if load[l] > c*(1+1e-9) {
+			t.Fatalf("link %d: load %v above capacity %v", l, load[l], c)
+		}
+	}
+	if !exact {
+		return
+	}
+	for id := range nw.flows {
+		f := &nw.flows[id]
+		if !f.active {
+			continue
+		}
+		ok := false
+		for k := 0; k < int(f.n); k++ {
+			l := f.links[k]
+			if load[l] >= nw.caps[l]*(1-1e-9) && f.rate >= maxRate[l]*(1-1e-9) {
+				ok = true
+			}
+		}
+		if !ok {
+			for k := 0; k < int(f.n); k++ {
+				l := f.links[k]
+				t.Logf("link %d cap %v load %v max %v flows %v", l, nw.caps[l], load[l], maxRate[l], nw.onLink[l])
+			}
+			t.Fatalf("flow %d (rate %v) has no bottleneck link", id, f.rate)
+		}
+	}
+}
+
+func TestMaxMinProperty(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for iter := 0; iter < 200; iter++ {
+		L := 2 + rng.IntN(30)
+		caps := make([]float64, L)
+		for i := range caps {
+			caps[i] = float64(1 + rng.IntN(100))
+		}
+		nw := newNetwork(caps)
+		if iter%2 == 1 {
+			nw.exactBudget = -1000 // always local mode
+		}
+		var live []int32
+		now := 0.0
+		for step := 0; step < 60; step++ {
+			now += rng.Float64()
+			if len(live) > 0 && rng.IntN(3) == 0 {
+				k := rng.IntN(len(live))
+				nw.remove(now, live[k])
+				live = append(live[:k], live[k+1:]...)
+			} else {
+				var l [maxPath]int32
+				n := 1 + rng.IntN(maxPath)
+				perm := rng.Perm(L)
+				for k := 0; k < n && k < L; k++ {
+					l[k] = int32(perm[k])
+				}
+				live = append(live, nw.add(now, &l, min(n, L), 1e9))
+			}
+			nw.settle(now)
+			nw.changed = nw.changed[:0]
+			checkMaxMin(t, nw, iter%2 == 0)
+		}
+		if iter%2 == 1 && nw.localSettles == 0 {
+			t.Fatal("local mode not exercised")
+		}
 	}
 }
