@@ -1,0 +1,58 @@
+package libp2p
+
+import (
+	"testing"
+	"time"
+
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/transporttest"
+)
+
+// TestConformance runs the transport conformance suite over real libp2p
+// hosts on loopback, with Noise and with security off.
+func TestConformance(t *testing.T) {
+	for _, sec := range []struct {
+		name string
+		opt  Option
+	}{{"noise", nil}, {"none", WithInsecure()}} {
+		t.Run("security="+sec.name, func(t *testing.T) {
+			transporttest.Run(t,
+				func(t *testing.T, n int) []transport.Conn {
+					cs := newGroup(t, n, sec.opt)
+					conns := make([]transport.Conn, n)
+					for i, c := range cs {
+						conns[i] = c
+					}
+					return conns
+				},
+				transporttest.WithKill(crash),
+				transporttest.WithCorrupt(injectBadFrame),
+				// fast() sets a 2 s peer timeout; a crash is seen at once
+				// through the closed connections.
+				transporttest.WithDeathTimeout(5*time.Second),
+				transporttest.WithLeakOptions(leakOptions()...),
+			)
+		})
+	}
+}
+
+// crash makes rank r vanish as a killed process would: its host closes
+// every connection, with no goodbye on the streams.
+func crash(t *testing.T, conns []transport.Conn, r int) {
+	if err := conns[r].(*Conn).node.Close(); err != nil {
+		t.Logf("crash: %v", err)
+	}
+}
+
+// injectBadFrame writes a frame whose payload does not match its CRC on
+// the stream from rank from to rank to.
+func injectBadFrame(t *testing.T, conns []transport.Conn, from, to int) {
+	l := conns[from].(*Conn).links[to]
+	f := transport.AppendFrame(nil, flagData, 6, []byte("damaged in transit"))
+	f[len(f)-1] ^= 0x5a
+	l.wsem <- struct{}{}
+	defer func() { <-l.wsem }()
+	if _, err := l.out.Write(f); err != nil {
+		t.Fatal(err)
+	}
+}
