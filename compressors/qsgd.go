@@ -28,7 +28,7 @@ type QSGD struct {
 	width            uint
 	buckets          int
 	seed, rank, step uint64
-	r                rng
+	g                kernels.Lanes
 	lut              [256]float32
 	valid            [256]bool
 }
@@ -69,7 +69,7 @@ func (q *QSGD) Compress(dst []byte, src []float32) ([]byte, error) {
 	var body []byte
 	dst, body = grow(dst, q.bodyLen())
 	norms, codes := body[:4*q.buckets], body[4*q.buckets:]
-	q.r.s = mix(domainQSGD, q.seed, q.rank, q.step)
+	q.g.Seed(mix(domainQSGD, q.seed, q.rank, q.step))
 	q.step++
 	w := int(q.width)
 	for b := range q.buckets {
@@ -86,7 +86,7 @@ func (q *QSGD) Compress(dst []byte, src []float32) ([]byte, error) {
 		}
 		c := codes[b*QSGDBucket*w/8 : (b*QSGDBucket*w+len(x)*w+7)/8]
 		if w == 4 {
-			q.quantize4(c, x, sc)
+			kernels.QSGDNibbles(c, x, sc, uint32(q.levels), &q.g)
 		} else {
 			q.quantizeN(c, x, sc)
 		}
@@ -96,47 +96,9 @@ func (q *QSGD) Compress(dst []byte, src []float32) ([]byte, error) {
 	return q.finish(dst, z, 0, 0, raw), nil
 }
 
-const inv24 = 1.0 / (1 << 24)
-
-// level draws the stochastic level of a = |x|·sc (a < s+1) from the top 24
-// of 32 random bits.
-func level(a float32, rnd uint32, s uint32) uint32 {
-	l := uint32(a)
-	if float32(rnd>>8)*inv24 < a-float32(l) {
-		l++
-	}
-	return min(l, s)
-}
-
-func (q *QSGD) quantize4(codes []byte, src []float32, sc float32) {
-	s := uint32(q.levels)
-	n := len(src) &^ 1
-	codes = codes[:(len(src)+1)/2]
-	for i := 0; i < n; i += 2 {
-		rnd := q.r.next()
-		x0, x1 := math.Float32bits(src[i]), math.Float32bits(src[i+1])
-		l0 := level(math.Float32frombits(x0&absMask)*sc, uint32(rnd), s)
-		l1 := level(math.Float32frombits(x1&absMask)*sc, uint32(rnd>>32), s)
-		if l0 != 0 {
-			l0 |= x0 >> 31 << 3
-		}
-		if l1 != 0 {
-			l1 |= x1 >> 31 << 3
-		}
-		codes[i>>1] = byte(l0 | l1<<4)
-	}
-	if n < len(src) {
-		x0 := math.Float32bits(src[n])
-		l0 := level(math.Float32frombits(x0&absMask)*sc, uint32(q.r.next()), s)
-		if l0 != 0 {
-			l0 |= x0 >> 31 << 3
-		}
-		codes[n>>1] = byte(l0)
-	}
-}
-
 // quantizeN packs codes of any width, LSB-first, into codes (which starts on
-// a byte boundary and is zero-padded at the end).
+// a byte boundary and is zero-padded at the end), with the same random
+// stream as kernels.QSGDNibbles (one Lanes step per 8 elements).
 func (q *QSGD) quantizeN(codes []byte, src []float32, sc float32) {
 	s := uint32(q.levels)
 	w := q.width
@@ -144,15 +106,13 @@ func (q *QSGD) quantizeN(codes []byte, src []float32, sc float32) {
 	var acc uint64
 	var nb uint
 	o := 0
-	var rnd uint64
+	var rnd [8]uint32
 	for i, v := range src {
-		if i&1 == 0 {
-			rnd = q.r.next()
-		} else {
-			rnd >>= 32
+		if i&7 == 0 {
+			q.g.Next(&rnd)
 		}
 		x := math.Float32bits(v)
-		l := level(math.Float32frombits(x&absMask)*sc, uint32(rnd), s)
+		l := kernels.QSGDLevel(math.Float32frombits(x&absMask)*sc, rnd[i&7], s)
 		if l != 0 && x>>31 != 0 {
 			l |= signBit
 		}

@@ -2,6 +2,8 @@ package compressors
 
 import (
 	"math"
+
+	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
 const absMask = 0x7fffffff
@@ -68,17 +70,18 @@ func (s *selector) collectGE(x []float32, lo uint32, limit int) (int, bool) {
 	}
 	ci, cv := s.cidx[:limit], s.cval[:limit]
 	c := 0
-	for j, v := range x {
-		if math.Float32bits(v)&absMask >= lo {
-			if c == limit {
-				return c + 1, true
-			}
-			ci[c] = uint32(j)
-			cv[c] = v
-			c++
+	for j := 0; ; j++ {
+		j += kernels.NextAbsGE(x[j:], lo)
+		if j >= len(x) {
+			return c, false
 		}
+		if c == limit {
+			return c + 1, true
+		}
+		ci[c] = uint32(j)
+		cv[c] = x[j]
+		c++
 	}
-	return c, false
 }
 
 // filterTop writes the candidates (ci, cv: increasing indices) whose key is

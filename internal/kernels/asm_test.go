@@ -105,3 +105,36 @@ func TestGuardBands(t *testing.T) {
 		}
 	}
 }
+
+func TestQSGDNibblesMatchesGeneric(t *testing.T) {
+	r := rand.New(rand.NewPCG(35, 36))
+	for _, n := range []int{0, 1, 7, 31, 32, 33, 64, 511, 512, 1000} {
+		x := make([]float32, n)
+		var ss float64
+		for i := range x {
+			x[i] = float32(r.NormFloat64())
+			ss += float64(x[i]) * float64(x[i])
+		}
+		if n > 3 {
+			x[1], x[2] = 0, float32(math.Copysign(0, -1))
+		}
+		for _, s := range []uint32{1, 4, 7} {
+			sc := float32(float64(s) / math.Sqrt(ss+1e-30))
+			var g1, g2 Lanes
+			g1.Seed(uint64(n) + uint64(s))
+			g2 = g1
+			got := make([]byte, (n+1)/2)
+			want := make([]byte, (n+1)/2)
+			QSGDNibbles(got, x, sc, s, &g1)
+			qsgdNibblesGeneric(want, x, sc, s, &g2)
+			for i := range want {
+				if got[i] != want[i] {
+					t.Fatalf("n=%d s=%d: byte %d = %#02x, generic %#02x", n, s, i, got[i], want[i])
+				}
+			}
+			if g1 != g2 {
+				t.Fatalf("n=%d s=%d: generator states differ after the call", n, s)
+			}
+		}
+	}
+}

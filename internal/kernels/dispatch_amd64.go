@@ -232,3 +232,14 @@ func nextAbsGE(x []float32, lo uint32) int {
 	}
 	return i + nextAbsGEGeneric(x[i:], lo)
 }
+
+//go:noescape
+func qsgd4AVX2(codes *byte, src *float32, n int, sc float32, s uint32, state *Lanes)
+
+func qsgdNibbles(codes []byte, src []float32, sc float32, s uint32, g *Lanes) {
+	if n := len(src) &^ 31; useAVX2 && n > 0 {
+		qsgd4AVX2(&codes[0], &src[0], n, sc, s, g)
+		codes, src = codes[n/2:], src[n:]
+	}
+	qsgdNibblesGeneric(codes, src, sc, s, g)
+}

@@ -29,3 +29,7 @@ func unpackSignsAdd(dst []float32, bits []byte, s float32) {
 }
 
 func nextAbsGE(x []float32, lo uint32) int { return nextAbsGEGeneric(x, lo) }
+
+func qsgdNibbles(codes []byte, src []float32, sc float32, s uint32, g *Lanes) {
+	qsgdNibblesGeneric(codes, src, sc, s, g)
+}

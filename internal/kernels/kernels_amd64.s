@@ -505,3 +505,100 @@ sdone:
 	MOVQ AX, ret+24(FP)
 	VZEROUPPER
 	RET
+
+DATA qconst<>+0(SB)/4, $0x33800000 // 2^-24
+DATA qconst<>+4(SB)/4, $0x7fffffff
+GLOBL qconst<>(SB), RODATA|NOPTR, $8
+
+DATA qperm<>+0(SB)/4, $0
+DATA qperm<>+4(SB)/4, $4
+DATA qperm<>+8(SB)/4, $1
+DATA qperm<>+12(SB)/4, $5
+DATA qperm<>+16(SB)/4, $2
+DATA qperm<>+20(SB)/4, $6
+DATA qperm<>+24(SB)/4, $3
+DATA qperm<>+28(SB)/4, $7
+GLOBL qperm<>(SB), RODATA|NOPTR, $32
+
+DATA qwmask<>+0(SB)/8, $0x00ff00ff00ff00ff
+DATA qwmask<>+8(SB)/8, $0x00ff00ff00ff00ff
+DATA qwmask<>+16(SB)/8, $0x00ff00ff00ff00ff
+DATA qwmask<>+24(SB)/8, $0x00ff00ff00ff00ff
+GLOBL qwmask<>(SB), RODATA|NOPTR, $32
+
+// QGROUP quantizes the 8 floats at off(SI) into 4-bit codes (dword lanes of
+// OUT), stepping the xorshift128 lanes whose x is RX and w is RW (the new w
+// replaces RX). Y0, Y1, Y3, Y6 are scratch.
+#define QGROUP(off, RX, RW, OUT) \
+	VMOVUPS off(SI), Y0 \
+	VPAND Y15, Y0, Y1 \
+	VMULPS Y14, Y1, Y1 \
+	VCVTTPS2DQ Y1, OUT \
+	VCVTDQ2PS OUT, Y3 \
+	VSUBPS Y3, Y1, Y1 \
+	VPSLLD $11, RX, Y6 \
+	VPXOR RX, Y6, Y6 \
+	VPSRLD $8, Y6, RX \
+	VPXOR Y6, RX, RX \
+	VPSRLD $19, RW, Y6 \
+	VPXOR Y6, RW, Y6 \
+	VPXOR Y6, RX, RX \
+	VPSRLD $8, RX, Y3 \
+	VCVTDQ2PS Y3, Y3 \
+	VMULPS Y13, Y3, Y3 \
+	VCMPPS $0x11, Y1, Y3, Y3 \
+	VPSUBD Y3, OUT, OUT \
+	VPMINUD Y12, OUT, OUT \
+	VPSRLD $31, Y0, Y3 \
+	VPSLLD $3, Y3, Y3 \
+	VPCMPEQD Y7, OUT, Y1 \
+	VPANDN Y3, Y1, Y3 \
+	VPOR Y3, OUT, OUT
+
+// func qsgd4AVX2(codes *byte, src *float32, n int, sc float32, s uint32, state *[32]uint32)
+// n % 32 == 0; writes n/2 bytes of nibble codes (element 2i low nibble).
+TEXT ·qsgd4AVX2(SB), NOSPLIT, $0-40
+	MOVQ codes+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	VBROADCASTSS sc+24(FP), Y14
+	MOVL s+28(FP), AX
+	VMOVD AX, X12
+	VPBROADCASTD X12, Y12
+	VPBROADCASTD qconst<>+0(SB), Y13
+	VPBROADCASTD qconst<>+4(SB), Y15
+	VPXOR Y7, Y7, Y7
+	MOVQ state+32(FP), DX
+	VMOVDQU (DX), Y8
+	VMOVDQU 32(DX), Y9
+	VMOVDQU 64(DX), Y10
+	VMOVDQU 96(DX), Y11
+q32:
+	CMPQ CX, $32
+	JB   qdone
+	QGROUP(0, Y8, Y11, Y4)
+	QGROUP(32, Y9, Y8, Y2)
+	VPACKUSDW Y2, Y4, Y4
+	QGROUP(64, Y10, Y9, Y5)
+	QGROUP(96, Y11, Y10, Y2)
+	VPACKUSDW Y2, Y5, Y5
+	VPACKUSWB Y5, Y4, Y4
+	VMOVDQU qperm<>(SB), Y6
+	VPERMD Y4, Y6, Y4
+	VPSRLW $4, Y4, Y6
+	VPOR Y6, Y4, Y4
+	VPAND qwmask<>(SB), Y4, Y4
+	VPACKUSWB Y4, Y4, Y4
+	VPERMQ $0x08, Y4, Y4
+	VMOVDQU X4, (DI)
+	ADDQ $128, SI
+	ADDQ $16, DI
+	SUBQ $32, CX
+	JMP  q32
+qdone:
+	VMOVDQU Y8, (DX)
+	VMOVDQU Y9, 32(DX)
+	VMOVDQU Y10, 64(DX)
+	VMOVDQU Y11, 96(DX)
+	VZEROUPPER
+	RET
