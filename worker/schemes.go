@@ -160,3 +160,21 @@ func (w *Worker) denseAlgorithm(elems, elemBytes int) (allreduce.Algorithm, int,
 	}
 	return c.Alg, max(segs, 1), nil
 }
+
+// newDenseCollective builds bucket b's ModeDense scheme: a plain fp32 mean.
+func (w *Worker) newDenseCollective(b *bucket) (collective, error) {
+	none, _ := compressors.Parse("none")
+	noEF, _ := errorfeedback.Parse("none")
+	spec := adapt.Spec{Codec: none, EF: noEF, Elems: b.elems(), Rows: b.elems(), Cols: 1,
+		World: w.conn.Size(), Rank: w.conn.Rank(), Seed: w.cfg.Seed}
+	alg, segs, err := w.denseAlgorithm(b.elems(), 4)
+	if err != nil {
+		return nil, err
+	}
+	spec.Algorithm, spec.Segments = alg, segs
+	l, err := adapt.New(spec)
+	if err != nil {
+		return nil, fmt.Errorf("worker: bucket %d (dense): %w", b.index, err)
+	}
+	return &layerColl{l: l}, nil
+}

@@ -28,6 +28,9 @@ var (
 	// ErrStepInFlight is returned by Step when a step begun with Submit has
 	// not been waited for.
 	ErrStepInFlight = errors.New("worker: a step is in flight")
+	// ErrModeMismatch is returned by Wait (on every rank, the Worker stays
+	// usable) when the ranks ran a step in different Modes.
+	ErrModeMismatch = errors.New("worker: ranks disagree on the step mode")
 	// ErrAborted is wrapped (inside a *transport.PeerError naming the peer)
 	// when a peer's step failed and it told the others to stop waiting.
 	ErrAborted = errors.New("worker: peer aborted the step")
@@ -71,6 +74,47 @@ type Worker struct {
 	nextID      uint32
 	step        int64
 	cur         *stepState
+	mode        Mode
+}
+
+// Mode is how a step aggregates the gradients.
+type Mode uint8
+
+const (
+	// ModeCompressed uses every layer's codec and error feedback (the default).
+	ModeCompressed Mode = iota
+	// ModeDense averages every layer as dense fp32 with the dense
+	// all-reduce, bypassing codecs and error feedback (whose state is left
+	// untouched): the warm-up stage of 1-bit Adam, PowerSGD's first
+	// iterations, or a dense baseline step.
+	ModeDense
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeCompressed:
+		return "compressed"
+	case ModeDense:
+		return "dense"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// SetMode sets the Mode of the following steps. Every rank must use the same
+// mode for a step; a disagreement is detected with the non-finite flags
+// (unless NaNIgnore) and fails that step on every rank with
+// ErrModeMismatch. SetMode must not be called while a step is in flight.
+func (w *Worker) SetMode(m Mode) error {
+	if m > ModeDense {
+		return fmt.Errorf("worker: unknown mode %d", m)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cur != nil {
+		return ErrStepInFlight
+	}
+	w.mode = m
+	return nil
 }
 
 // New returns a Worker for conn with the given options. It validates the
@@ -224,7 +268,24 @@ type bucket struct {
 	fused  bool
 	buf    []float32 // the fused vector (fused buckets only)
 	coll   collective
+	dense  collective // ModeDense, built on first use
 	drv    driver
+}
+
+// bucketColl returns the bucket's collective for mode m, building the dense
+// one on first use. Only the bucket's own goroutine calls it.
+func (w *Worker) bucketColl(b *bucket, m Mode) (collective, error) {
+	if m == ModeCompressed {
+		return b.coll, nil
+	}
+	if b.dense == nil {
+		c, err := w.newDenseCollective(b)
+		if err != nil {
+			return nil, err
+		}
+		b.dense = c
+	}
+	return b.dense, nil
 }
 
 func (b *bucket) elems() int { return b.offs[len(b.offs)-1] }
@@ -267,6 +328,7 @@ func (w *Worker) plan() error {
 type stepState struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
+	mode    Mode
 	base    uint32
 	start   time.Time
 	before  transport.Stats
@@ -344,6 +406,8 @@ type bucketResult struct {
 	skipped bool
 	stats   collStats
 	wall    time.Duration
+	coll    collective // the collective that ran (nil if none did)
+	modes   bool       // the ranks disagreed on the mode
 }
 
 func (w *Worker) beginStep() error {
@@ -361,7 +425,7 @@ func (w *Worker) beginStep() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	st := &stepState{
-		ctx: ctx, cancel: cancel, base: w.nextID, start: time.Now(), before: w.conn.Stats(),
+		ctx: ctx, cancel: cancel, mode: w.mode, base: w.nextID, start: time.Now(), before: w.conn.Stats(),
 		grads:   make([][]float32, len(w.layers)),
 		missing: make([]int, len(w.buckets)),
 		results: make([]bucketResult, len(w.buckets)),
@@ -529,6 +593,12 @@ func (w *Worker) Wait(ctx context.Context) (*Ledger, error) {
 		return nil, cause
 	}
 	led := w.ledger(st, step)
+	for _, r := range st.results {
+		if r.modes {
+			led.Skipped = true
+			return led, fmt.Errorf("%w: step %d, this rank ran %v", ErrModeMismatch, step, st.mode)
+		}
+	}
 	// Non-finite gradients: every rank saw the same flags.
 	for bi, r := range st.results {
 		if r.flagged == nil || !r.skipped {
@@ -561,7 +631,8 @@ func (w *Worker) Wait(ctx context.Context) (*Ledger, error) {
 			data = st.grads[b.layers[0]]
 		}
 		t0 := time.Now()
-		if err := b.coll.finish(data); err != nil {
+		coll := st.results[b.index].coll
+		if err := coll.finish(data); err != nil {
 			w.broken = err
 			return nil, err
 		}
@@ -593,7 +664,12 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 		data = st.grads[b.layers[0]]
 	}
 	flagID := st.base + 2*uint32(b.index)
+	fail := func(err error) {
+		res.err = err
+		w.fail(st, err)
+	}
 	if w.cfg.NonFinite != NaNIgnore {
+		// Flag message: [int32 first non-finite layer of the bucket or -1][mode].
 		mine := int32(-1)
 		for k := range b.layers {
 			if !finite(data[b.offs[k]:b.offs[k+1]]) {
@@ -601,41 +677,48 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 				break
 			}
 		}
-		var msg [4]byte
+		var msg [5]byte
 		binary.LittleEndian.PutUint32(msg[:], uint32(mine))
+		msg[4] = byte(st.mode)
 		all, err := allGatherSmall(st.ctx, w.conn, flagID, msg[:], w.cfg.Timeout)
 		if err != nil {
-			res.err = err
-			w.fail(st, err)
+			fail(err)
 			return
 		}
 		res.flagged = make([]int32, len(all))
 		for r, m := range all {
-			if len(m) != 4 {
-				res.err = fmt.Errorf("worker: non-finite flag from rank %d has %d bytes", r, len(m))
-				w.fail(st, res.err)
+			if len(m) != len(msg) {
+				fail(fmt.Errorf("worker: non-finite flag from rank %d has %d bytes", r, len(m)))
 				return
 			}
 			f := int32(binary.LittleEndian.Uint32(m))
 			if f < -1 || int(f) >= len(b.layers) {
-				res.err = fmt.Errorf("worker: non-finite flag %d from rank %d out of range", f, r)
-				w.fail(st, res.err)
+				fail(fmt.Errorf("worker: non-finite flag %d from rank %d out of range", f, r))
 				return
 			}
 			res.flagged[r] = f
 			if f >= 0 {
 				res.skipped = true
 			}
+			if Mode(m[4]) != st.mode {
+				res.modes = true
+			}
 		}
-		if res.skipped {
+		if res.skipped || res.modes {
+			res.skipped = true
 			return
 		}
 	}
-	cs, err := b.coll.run(st.ctx, w.conn, &b.drv, flagID+1, data, RunOptions{Timeout: w.cfg.Timeout, SendsPerPeer: w.cfg.SendsPerPeer})
+	coll, err := w.bucketColl(b, st.mode)
+	if err != nil {
+		fail(err)
+		return
+	}
+	res.coll = coll
+	cs, err := coll.run(st.ctx, w.conn, &b.drv, flagID+1, data, RunOptions{Timeout: w.cfg.Timeout, SendsPerPeer: w.cfg.SendsPerPeer})
 	res.stats = cs
 	if err != nil {
-		res.err = fmt.Errorf("worker: bucket %d (layer %q): %w", b.index, w.layers[b.layers[0]].name, err)
-		w.fail(st, res.err)
+		fail(fmt.Errorf("worker: bucket %d (layer %q): %w", b.index, w.layers[b.layers[0]].name, err))
 	}
 }
 
@@ -670,7 +753,14 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 		var acc [5]int64
 		for k, li := range b.layers {
 			l := &led.Layers[li]
-			l.Scheme = b.coll.scheme()
+			coll := r.coll
+			if coll == nil {
+				coll = b.coll
+			}
+			l.Scheme = coll.scheme()
+			if coll != b.coll {
+				l.Codec, l.EF = "none", "none"
+			}
 			l.Skipped = r.skipped
 			vals := [5]int64{r.stats.payload, r.stats.run.SentBytes, r.stats.run.RecvBytes,
 				r.stats.run.SentBytes + r.stats.run.Msgs*transport.FrameHeaderLen, 0}

@@ -661,3 +661,61 @@ func TestDenseAlgorithmSelection(t *testing.T) {
 		}
 	}
 }
+
+// ModeDense averages compressed layers densely and leaves error feedback
+// untouched; ranks in different modes fail the step together and go on.
+func TestModes(t *testing.T) {
+	const n = 3
+	layers := []layerDef{{name: "w", shape: []int{50, 4}, codec: "topk:0.05", ef: "ef14"}, {name: "s", shape: []int{33}, codec: "sign"}}
+	rng := rand.New(rand.NewPCG(4, 4))
+	ws := startWorkers(t, newGroup(t, n).Conns(), layers)
+	fresh := startWorkers(t, newGroup(t, n).Conns(), layers)
+	for _, w := range ws {
+		if err := w.SetMode(ModeDense); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in := makeGrads(rng, n, layers, true)
+	got := cloneGrads(in)
+	leds := mustStep(t, ws, got)
+	inv := 1 / float32(n)
+	for l := range layers {
+		for i := range in[0][l] {
+			var sum float32
+			for r := 0; r < n; r++ {
+				sum += in[r][l][i]
+			}
+			if got[1][l][i] != sum*inv {
+				t.Fatalf("dense mode layer %d elem %d: got %v, want %v", l, i, got[1][l][i], sum*inv)
+			}
+		}
+		if c := leds[0].Layers[l].Codec; c != "none" {
+			t.Errorf("dense mode: ledger codec %q", c)
+		}
+	}
+	// Back to compressed: the same as workers that never ran a dense step.
+	for _, w := range ws {
+		w.SetMode(ModeCompressed)
+	}
+	in = makeGrads(rng, n, layers, false)
+	a, b := cloneGrads(in), cloneGrads(in)
+	mustStep(t, ws, a)
+	mustStep(t, fresh, b)
+	for l := range layers {
+		if !slices.Equal(a[0][l], b[0][l]) {
+			t.Fatalf("layer %d: compressed step after a dense one differs from a fresh worker's", l)
+		}
+	}
+	// Disagreement.
+	ws[2].SetMode(ModeDense)
+	_, errs := stepAll(ws, makeGrads(rng, n, layers, false))
+	for r, err := range errs {
+		if !errors.Is(err, ErrModeMismatch) {
+			t.Fatalf("rank %d: got %v, want ErrModeMismatch", r, err)
+		}
+	}
+	ws[2].SetMode(ModeCompressed)
+	next := makeGrads(rng, n, layers, false)
+	mustStep(t, ws, next)
+	checkIdentical(t, next)
+}
