@@ -138,3 +138,30 @@ func TestQSGDNibblesMatchesGeneric(t *testing.T) {
 		}
 	}
 }
+
+func TestFloat32BytesUnaligned(t *testing.T) {
+	r := rand.New(rand.NewPCG(37, 38))
+	for _, n := range []int{1, 8, 9, 33, 100} {
+		src := make([]float32, n)
+		for i := range src {
+			src[i] = float32(r.NormFloat64())
+		}
+		buf := make([]byte, 4*n+3)
+		for off := range 4 {
+			b := buf[off : off+4*n]
+			EncodeFloat32(b, src)
+			got := make([]float32, n)
+			DecodeFloat32(got, b)
+			acc := make([]float32, n)
+			for i := range acc {
+				acc[i] = 1
+			}
+			DecodeAddFloat32(acc, b)
+			for i := range src {
+				if got[i] != src[i] || acc[i] != 1+src[i] {
+					t.Fatalf("n=%d off=%d i=%d: %v %v want %v", n, off, i, got[i], acc[i], src[i])
+				}
+			}
+		}
+	}
+}

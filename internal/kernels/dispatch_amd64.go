@@ -2,6 +2,8 @@
 
 package kernels
 
+import "unsafe"
+
 // useAVX2 is true when the CPU and OS support AVX2, FMA and F16C.
 var useAVX2 = detectAVX2()
 
@@ -149,9 +151,29 @@ func sumSq(x []float32) float64 {
 	return s
 }
 
-func encodeFloat32(dst []byte, src []float32)    { encodeFloat32Generic(dst, src) }
-func decodeFloat32(dst []float32, src []byte)    { decodeFloat32Generic(dst, src) }
-func decodeAddFloat32(dst []float32, src []byte) { decodeAddFloat32Generic(dst, src) }
+// On amd64 (little-endian) the float32 wire format is the memory layout.
+func encodeFloat32(dst []byte, src []float32) {
+	if len(src) > 0 {
+		copy(dst, unsafe.Slice((*byte)(unsafe.Pointer(&src[0])), 4*len(src)))
+	}
+}
+
+func decodeFloat32(dst []float32, src []byte) {
+	if len(dst) > 0 {
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*len(dst)), src)
+	}
+}
+
+//go:noescape
+func addBytesAVX2(dst *float32, a *float32, b *byte, n int)
+
+func decodeAddFloat32(dst []float32, src []byte) {
+	if n := len(dst) &^ 7; useAVX2 && n > 0 {
+		addBytesAVX2(&dst[0], &dst[0], &src[0], n)
+		dst, src = dst[n:], src[4*n:]
+	}
+	decodeAddFloat32Generic(dst, src)
+}
 
 func encodeFloat16(dst []byte, src []float32) {
 	if n := len(src) &^ 7; useAVX2 && n > 0 {

@@ -602,3 +602,8 @@ qdone:
 	VMOVDQU Y11, 96(DX)
 	VZEROUPPER
 	RET
+
+// func addBytesAVX2(dst, a *float32, b *byte, n int): addAVX2 with b given as
+// bytes (possibly unaligned; VADDPS takes unaligned memory operands).
+TEXT ·addBytesAVX2(SB), NOSPLIT, $0-32
+	JMP ·addAVX2(SB)
