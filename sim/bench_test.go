@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,12 +48,16 @@ func BenchmarkRun(b *testing.B) {
 		b.Run(c.name(), func(b *testing.B) {
 			b.ReportAllocs()
 			var res *Result
+			cpu0 := cpuTime()
 			for b.Loop() {
 				var err error
 				if res, err = Run(context.Background(), topo, []Collective{{Programs: progs}}, nil); err != nil {
 					b.Fatal(err)
 				}
 			}
+			// CPU seconds of the process per run: on a shared machine the
+			// wall time also counts waiting for a core.
+			b.ReportMetric((cpuTime()-cpu0)/float64(b.N), "cpu-s/op")
 			b.ReportMetric(float64(res.Events), "events/op")
 			b.ReportMetric(res.Time, "virtual-s/op")
 		})
@@ -88,4 +93,12 @@ func BenchmarkGenerate(b *testing.B) {
 			}
 		})
 	}
+}
+
+func cpuTime() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }

@@ -24,7 +24,8 @@ func (a *event) less(b *event) bool {
 	return a.t < b.t || a.t == b.t && a.seq < b.seq
 }
 
-// eventHeap is a binary min-heap of events stored by value.
+// eventHeap is a 4-ary min-heap of events stored by value (shallower
+// than a binary heap: fewer cache lines touched per pop).
 type eventHeap struct {
 	ev  []event
 	seq uint64
@@ -36,17 +37,17 @@ func (h *eventHeap) push(e event) {
 	e.seq = h.seq
 	h.seq++
 	h.ev = append(h.ev, e)
-	// sift up
 	s := h.ev
 	i := len(s) - 1
 	for i > 0 {
-		p := (i - 1) / 2
-		if !s[i].less(&s[p]) {
+		p := (i - 1) / 4
+		if !e.less(&s[p]) {
 			break
 		}
-		s[i], s[p] = s[p], s[i]
+		s[i] = s[p]
 		i = p
 	}
+	s[i] = e
 }
 
 func (h *eventHeap) top() *event { return &h.ev[0] }
@@ -61,21 +62,24 @@ func (h *eventHeap) pop() event {
 		return e
 	}
 	s = s[:n]
-	// sift the last element down from the root (hole method)
 	i := 0
 	for {
-		c := 2*i + 1
+		c := 4*i + 1
 		if c >= n {
 			break
 		}
-		if r := c + 1; r < n && s[r].less(&s[c]) {
-			c = r
+		m := c
+		end := min(c+4, n)
+		for k := c + 1; k < end; k++ {
+			if s[k].less(&s[m]) {
+				m = k
+			}
 		}
-		if !s[c].less(&last) {
+		if !s[m].less(&last) {
 			break
 		}
-		s[i] = s[c]
-		i = c
+		s[i] = s[m]
+		i = m
 	}
 	s[i] = last
 	return e

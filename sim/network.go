@@ -105,6 +105,14 @@ func (nw *network) add(now float64, links *[maxPath]int32, n int, size float64) 
 	f := &nw.flows[id]
 	ver := f.ver + 1
 	*f = flow{links: *links, n: int8(n), active: true, remaining: size, size: size, last: now, ver: ver}
+	alone := true
+	for k := 0; k < n; k++ {
+		if len(nw.onLink[f.links[k]]) != 0 || nw.isDirty[f.links[k]] {
+			alone = false
+			break
+		}
+	}
+	r := math.Inf(1)
 	for k := 0; k < n; k++ {
 		l := f.links[k]
 		if len(nw.onLink[l]) == 0 {
@@ -112,11 +120,18 @@ func (nw *network) add(now float64, links *[maxPath]int32, n int, size float64) 
 		}
 		f.pos[k] = int32(len(nw.onLink[l]))
 		nw.onLink[l] = append(nw.onLink[l], id)
-		nw.markDirty(l)
+		if alone {
+			r = min(r, nw.caps[l])
+		} else {
+			nw.markDirty(l)
+		}
 	}
-	if n == 0 {
+	if alone {
+		// Fast path: on otherwise idle links the narrowest one decides, and
+		// nothing else changes. A later add or remove on these links before
+		// the next settle marks them dirty and recomputes this flow too.
+		f.rate = r
 		nw.changed = append(nw.changed, id)
-		f.rate = math.Inf(1)
 	}
 	return id
 }
@@ -150,8 +165,9 @@ func (nw *network) remove(now float64, id int32) {
 		nw.onLink[l] = on[:len(on)-1]
 		if len(on) == 1 {
 			nw.linkBusy[l] += now - nw.linkSince[l]
+		} else {
+			nw.markDirty(l) // the remaining flows may speed up
 		}
-		nw.markDirty(l)
 	}
 	f.active = false
 	f.ver++

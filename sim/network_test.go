@@ -216,3 +216,41 @@ func TestMaxMinProperty(t *testing.T) {
 		}
 	}
 }
+
+func TestEventHeapOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	var h eventHeap
+	var want []event
+	for i := 0; i < 5000; i++ {
+		e := event{t: float64(rng.IntN(50)), op: int32(i)}
+		h.push(e)
+		e.seq = uint64(i)
+		want = append(want, e)
+		if rng.IntN(3) == 0 {
+			// pop the minimum of want
+			m := 0
+			for k := range want {
+				if want[k].less(&want[m]) {
+					m = k
+				}
+			}
+			got := h.pop()
+			if got != want[m] {
+				t.Fatalf("pop %+v, want %+v", got, want[m])
+			}
+			want = append(want[:m], want[m+1:]...)
+		}
+	}
+	for len(want) > 0 {
+		m := 0
+		for k := range want {
+			if want[k].less(&want[m]) {
+				m = k
+			}
+		}
+		if got := h.pop(); got != want[m] {
+			t.Fatalf("pop %+v, want %+v", got, want[m])
+		}
+		want = append(want[:m], want[m+1:]...)
+	}
+}
