@@ -1,0 +1,787 @@
+// Package nats is a transport over a NATS server (github.com/nats-io/nats.go).
+//
+// Every rank of a job holds one NATS connection and publishes to subjects
+// scoped by the job ID:
+//
+//	<prefix>.<job>.d.<dst>.<src>   data chunks from src to dst
+//	<prefix>.<job>.c.<dst>.<src>   credit (flow control) and link aborts from src to dst
+//	<prefix>.<job>.h.<src>         heartbeats and goodbye of src
+//
+// A message travels as one or more chunks, each a transport frame (tag,
+// length, CRC-32C) whose payload starts with a per-link chunk sequence
+// number; the first chunk also carries the message length, so a message above
+// MaxFrame is refused before anything is allocated for it and a lost chunk
+// (a gap in the sequence) is detected instead of silently mixing messages.
+// Chunks are at most the server's max payload, so messages of any size up to
+// MaxFrame pass.
+//
+// Core NATS has no back-pressure, so a receiver grants each sender credit:
+// a sender has at most Window bytes unconsumed at the receiver (one message
+// of any size when nothing is outstanding) and blocks beyond that; the
+// receiver returns credit as Recv consumes messages.
+//
+// Every rank publishes a heartbeat every Heartbeat; a peer heard from for no
+// PeerTimeout, a peer that says goodbye (Close), a connection to the server
+// down for PeerTimeout and a bad frame all become a *transport.PeerError on
+// the calls concerning that peer.
+//
+// Dial connects to a server (an external one, with a token or credentials
+// file, or a natsserver started by the caller); New uses a connection the
+// caller already has (e.g. the one used for rendezvous); NewGroup starts an
+// embedded server and N ranks in this process, with no setup.
+package nats
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/inbox"
+	"github.com/slimgrad/slimgrad/transport/natsserver"
+)
+
+// Frame flags.
+const (
+	flagFirst  = 1 << 0 // data: first chunk of a message (carries its length)
+	flagLast   = 1 << 1 // data: last chunk of a message
+	flagHello  = 1 << 4 // heartbeat
+	flagBye    = 1 << 5 // the sender closed
+	flagCredit = 1 << 6 // cumulative consumed bytes
+	flagAbort  = 1 << 7 // the sender dropped the link to the receiver
+)
+
+const (
+	seqLen   = 8
+	totalLen = 8
+	minChunk = transport.FrameHeaderLen + seqLen + totalLen + 1
+)
+
+// ErrJob is returned (wrapped) for an invalid job ID, rank or size.
+var ErrJob = errors.New("nats: invalid job")
+
+type partial struct {
+	buf []byte
+	n   int
+}
+
+type peer struct {
+	// Send side, under sendMu.
+	sendMu  sync.Mutex
+	seq     uint64
+	scratch []byte
+	// Receive side, touched only by the data handler goroutine.
+	rxSeq   uint64
+	partial map[uint64]*partial
+	// Credit received, touched only by the control handler goroutine.
+	granted int64
+	// Credit to give, under cmu.
+	cmu                sync.Mutex
+	consumed, reported int64
+
+	lastSeen atomic.Int64 // unix nanoseconds
+	heard    atomic.Bool
+}
+
+// Conn is one rank's endpoint; see transport.Conn for the contract. Send
+// returns once every chunk has been handed to the NATS client (which copies
+// it); the slice Recv returns is owned by the caller.
+type Conn struct {
+	cfg        Config
+	nc         *natsgo.Conn
+	ownNC      bool
+	job        string
+	rank, size int
+	chunk      int // largest NATS message published
+	maxIn      int // largest chunk accepted
+
+	in    *inbox.Inbox
+	win   []*inbox.Window
+	peers []peer
+	subs  []*natsgo.Subscription
+
+	subjData, subjCtl []string // per peer: where to publish to it
+	subjHB            string
+
+	nHeard   atomic.Int32
+	allHeard chan struct{}
+	ready    atomic.Bool
+
+	once   sync.Once
+	closed chan struct{}
+	wg     sync.WaitGroup
+	stats  counters
+}
+
+var _ transport.Conn = (*Conn)(nil)
+
+// Dial connects to the NATS server at url and joins job as rank of size
+// ranks (as assigned by a rendezvous). It returns once every peer has been
+// heard from, so that no message is published before its receiver listens;
+// a peer not heard from before ctx ends or ConnectTimeout passes is an error
+// wrapping transport.ErrRendezvous that names the missing ranks. The Conn
+// owns the NATS connection and closes it on Close.
+func Dial(ctx context.Context, url, job string, rank, size int, opts ...Option) (*Conn, error) {
+	cfg, err := buildConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkJob(job, rank, size); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	nopts := []natsgo.Option{
+		natsgo.Name(fmt.Sprintf("slimgrad %s rank %d", job, rank)),
+		natsgo.MaxReconnects(-1),
+		natsgo.ReconnectWait(100 * time.Millisecond),
+		natsgo.ReconnectBufSize(-1), // publishing while disconnected fails at once
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		nopts = append(nopts, natsgo.Timeout(time.Until(dl)))
+	}
+	if cfg.Token != "" {
+		nopts = append(nopts, natsgo.Token(cfg.Token))
+	}
+	if cfg.CredsFile != "" {
+		nopts = append(nopts, natsgo.UserCredentials(cfg.CredsFile))
+	}
+	nopts = append(nopts, cfg.NATSOptions...)
+	nc, err := natsgo.Connect(url, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats: rank %d: connect %s: %w", rank, url, err)
+	}
+	c, err := newConn(ctx, cfg, nc, true, job, rank, size)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// New joins job as rank of size over nc, a connection the caller owns and
+// keeps open until after Close. Otherwise as Dial. NATSOptions, Token and
+// CredsFile are ignored.
+func New(ctx context.Context, nc *natsgo.Conn, job string, rank, size int, opts ...Option) (*Conn, error) {
+	cfg, err := buildConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkJob(job, rank, size); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	return newConn(ctx, cfg, nc, false, job, rank, size)
+}
+
+func buildConfig(opts []Option) (Config, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil {
+			return cfg, fmt.Errorf("nats: %w", err)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return cfg, fmt.Errorf("nats: %w", err)
+	}
+	return cfg, nil
+}
+
+func checkJob(job string, rank, size int) error {
+	if !tokenRE.MatchString(job) {
+		return fmt.Errorf("%w: job ID %q: want letters, digits, '_' or '-'", ErrJob, job)
+	}
+	if size < 1 || rank < 0 || rank >= size {
+		return fmt.Errorf("%w: rank %d of size %d", ErrJob, rank, size)
+	}
+	return nil
+}
+
+func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job string, rank, size int) (*Conn, error) {
+	maxPayload := int(nc.MaxPayload())
+	chunk := cfg.ChunkSize
+	if chunk == 0 {
+		chunk = maxPayload
+	}
+	if chunk > maxPayload || chunk < minChunk {
+		return nil, fmt.Errorf("nats: chunk size %d outside [%d, %d] (server max payload)", chunk, minChunk, maxPayload)
+	}
+	c := &Conn{
+		cfg: cfg, nc: nc, ownNC: own, job: job, rank: rank, size: size,
+		chunk: chunk, maxIn: maxPayload,
+		win:      make([]*inbox.Window, size),
+		peers:    make([]peer, size),
+		subjData: make([]string, size),
+		subjCtl:  make([]string, size),
+		allHeard: make(chan struct{}),
+		closed:   make(chan struct{}),
+	}
+	c.stats.init(size)
+	base := cfg.SubjectPrefix + "." + job + "."
+	for p := range size {
+		if p == rank {
+			continue
+		}
+		c.win[p] = inbox.NewWindow(cfg.Window)
+		c.peers[p].partial = make(map[uint64]*partial)
+		c.subjData[p] = fmt.Sprintf("%sd.%d.%d", base, p, rank)
+		c.subjCtl[p] = fmt.Sprintf("%sc.%d.%d", base, p, rank)
+	}
+	c.subjHB = fmt.Sprintf("%sh.%d", base, rank)
+	c.in = inbox.New(size, c.onConsume)
+	if size == 1 {
+		close(c.allHeard)
+	}
+
+	subscribe := func(subj string, h natsgo.MsgHandler) error {
+		s, err := nc.Subscribe(subj, h)
+		if err != nil {
+			return err
+		}
+		c.subs = append(c.subs, s)
+		return s.SetPendingLimits(-1, -1) // bounded by credit; never drop
+	}
+	var err error
+	if err = subscribe(fmt.Sprintf("%sd.%d.*", base, rank), c.onData); err == nil {
+		if err = subscribe(fmt.Sprintf("%sc.%d.*", base, rank), c.onCtl); err == nil {
+			if err = subscribe(base+"h.*", c.onHB); err == nil {
+				err = nc.FlushWithContext(ctx)
+			}
+		}
+	}
+	if err != nil {
+		c.shutdown(false)
+		return nil, fmt.Errorf("nats: rank %d: subscribe: %w", rank, err)
+	}
+	c.wg.Add(1)
+	go c.heartbeat()
+	select {
+	case <-c.allHeard:
+	case <-ctx.Done():
+		var missing []int
+		for p := range size {
+			if p != rank && !c.peers[p].heard.Load() {
+				missing = append(missing, p)
+			}
+		}
+		c.shutdown(false)
+		return nil, fmt.Errorf("nats: job %s rank %d: ranks %v not heard from: %w (%w)", job, rank, missing, transport.ErrRendezvous, ctx.Err())
+	}
+	now := time.Now().UnixNano()
+	for p := range c.peers {
+		c.peers[p].lastSeen.Store(now)
+	}
+	c.ready.Store(true)
+	return c, nil
+}
+
+// Rank returns this endpoint's rank.
+func (c *Conn) Rank() int { return c.rank }
+
+// Size returns the group size.
+func (c *Conn) Size() int { return c.size }
+
+// Job returns the job ID.
+func (c *Conn) Job() string { return c.job }
+
+// NATSConn returns the underlying NATS connection.
+func (c *Conn) NATSConn() *natsgo.Conn { return c.nc }
+
+func (c *Conn) checkPeer(op string, peer int) error {
+	if peer < 0 || peer >= c.size || peer == c.rank {
+		return fmt.Errorf("nats: %s: rank %d: invalid peer %d (size %d): %w", op, c.rank, peer, c.size, transport.ErrInvalidPeer)
+	}
+	return nil
+}
+
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Send publishes b to peer in chunks, waiting first for credit if peer holds
+// a full window of unreceived bytes from this rank. A started message is
+// always published whole (ctx is checked before). Errors:
+// transport.ErrClosed, transport.ErrInvalidPeer, transport.ErrTooLarge,
+// ctx.Err(), or a *transport.PeerError wrapping ErrPeerDead.
+func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
+	if c.isClosed() {
+		return transport.ErrClosed
+	}
+	if err := c.checkPeer("send", peer); err != nil {
+		return err
+	}
+	if len(b) > c.cfg.MaxFrame {
+		return fmt.Errorf("nats: send %d bytes to rank %d: %w (limit %d)", len(b), peer, transport.ErrTooLarge, c.cfg.MaxFrame)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if cause := c.in.Failed(peer); cause != nil {
+		return &transport.PeerError{Rank: peer, Op: "send", Err: cause}
+	}
+	charge := inbox.Charge(len(b))
+	if err := c.win[peer].Acquire(ctx, charge, c.closed, c.in.FailCh(peer)); err != nil {
+		switch {
+		case errors.Is(err, inbox.ErrStopClosed):
+			return transport.ErrClosed
+		case errors.Is(err, inbox.ErrStopDead):
+			return &transport.PeerError{Rank: peer, Op: "send", Err: c.in.Failed(peer)}
+		}
+		return err
+	}
+	p := &c.peers[peer]
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
+	if c.isClosed() {
+		return transport.ErrClosed
+	}
+	if cause := c.in.Failed(peer); cause != nil {
+		return &transport.PeerError{Rank: peer, Op: "send", Err: cause}
+	}
+	if cap(p.scratch) < c.chunk {
+		p.scratch = make([]byte, c.chunk)
+	}
+	wire := 0
+	off, first := 0, true
+	for {
+		h := transport.FrameHeaderLen + seqLen
+		if first {
+			h += totalLen
+		}
+		n := min(len(b)-off, c.chunk-h)
+		last := off+n == len(b)
+		var flags uint8
+		if first {
+			flags |= flagFirst
+		}
+		if last {
+			flags |= flagLast
+		}
+		buf := p.scratch[:h+n]
+		binary.LittleEndian.PutUint64(buf[transport.FrameHeaderLen:], p.seq)
+		if first {
+			binary.LittleEndian.PutUint64(buf[transport.FrameHeaderLen+seqLen:], uint64(len(b)))
+		}
+		copy(buf[h:], b[off:off+n])
+		transport.PutFrameHeader(buf, flags, tag, buf[transport.FrameHeaderLen:])
+		if err := c.nc.Publish(c.subjData[peer], buf); err != nil {
+			// Part of the message may be out: the link is unusable.
+			cause := fmt.Errorf("%w: publish: %w", transport.ErrPeerDead, err)
+			c.failPeer(peer, cause, false)
+			return &transport.PeerError{Rank: peer, Op: "send", Err: c.in.Failed(peer)}
+		}
+		p.seq++
+		wire += len(buf)
+		off += n
+		first = false
+		if last {
+			break
+		}
+	}
+	c.stats.sentPayload[peer].Add(int64(len(b)))
+	c.stats.sentWire[peer].Add(int64(wire))
+	c.stats.sentMsgs[peer].Add(1)
+	return nil
+}
+
+// Recv returns the next message from peer with tag. Errors:
+// transport.ErrClosed, transport.ErrInvalidPeer, ctx.Err(), or a
+// *transport.PeerError wrapping ErrPeerDead (peer silent for PeerTimeout,
+// closed, or unreachable), ErrBadFrame or ErrTooLarge (peer sent a bad
+// frame; the link is then dropped).
+func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
+	if err := c.checkPeer("recv", peer); err != nil {
+		return nil, err
+	}
+	m, err := c.in.Recv(ctx, peer, tag)
+	if err != nil {
+		return nil, err
+	}
+	c.stats.recvPayload[peer].Add(int64(len(m)))
+	c.stats.recvMsgs[peer].Add(1)
+	return m, nil
+}
+
+// Stats returns a snapshot of the byte counters. Wire bytes count the NATS
+// message payloads (frames, chunk headers, credit messages) exchanged with
+// each peer, not heartbeats or the NATS protocol itself.
+func (c *Conn) Stats() transport.Stats { return c.stats.snapshot() }
+
+// Close says goodbye to the peers (who then see this rank as dead), stops
+// every goroutine, drops queued messages and closes the NATS connection if
+// Dial opened it. Waiting and later calls return transport.ErrClosed. Close
+// is idempotent and returns nil.
+func (c *Conn) Close() error {
+	c.shutdown(true)
+	return nil
+}
+
+func (c *Conn) shutdown(bye bool) {
+	c.once.Do(func() {
+		close(c.closed)
+		c.wg.Wait()
+		if bye && c.nc.IsConnected() {
+			c.publishCtl(c.subjHB, flagBye, nil)
+			c.nc.FlushTimeout(time.Second)
+		}
+		for _, s := range c.subs {
+			s.Unsubscribe()
+		}
+		c.in.Close()
+		if c.ownNC {
+			c.nc.Close()
+		}
+	})
+}
+
+func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
+	var buf [transport.FrameHeaderLen + 64]byte
+	n := copy(buf[transport.FrameHeaderLen:], payload)
+	msg := buf[:transport.FrameHeaderLen+n]
+	transport.PutFrameHeader(msg, flags, 0, msg[transport.FrameHeaderLen:])
+	c.nc.Publish(subj, msg) // best effort: a lost control message is covered by timeouts
+	return len(msg)
+}
+
+// failPeer records that the link to peer is broken; with notify, peer is
+// told (so that it fails too instead of waiting for credit).
+func (c *Conn) failPeer(peer int, cause error, notify bool) {
+	if c.in.Fail(peer, cause) && notify && !c.isClosed() {
+		msg := cause.Error()
+		if len(msg) > 64 {
+			msg = msg[:64]
+		}
+		c.publishCtl(c.subjCtl[peer], flagAbort, []byte(msg))
+	}
+}
+
+// onConsume returns credit to a sender as Recv consumes its messages: when a
+// quarter window has been consumed or nothing from it is left queued.
+func (c *Conn) onConsume(peer int, charge int64, queued int) {
+	p := &c.peers[peer]
+	p.cmu.Lock()
+	p.consumed += charge
+	if p.consumed-p.reported < c.cfg.Window/4 && queued > 0 {
+		p.cmu.Unlock()
+		return
+	}
+	p.reported = p.consumed
+	v := p.consumed
+	p.cmu.Unlock()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(v))
+	n := c.publishCtl(c.subjCtl[peer], flagCredit, b[:])
+	c.stats.sentWire[peer].Add(int64(n))
+}
+
+// source parses the last subject token as a peer rank.
+func (c *Conn) source(subj string) (int, bool) {
+	i := strings.LastIndexByte(subj, '.')
+	src, err := strconv.Atoi(subj[i+1:])
+	if err != nil || src < 0 || src >= c.size || src == c.rank {
+		return 0, false
+	}
+	return src, true
+}
+
+func (c *Conn) seen(src int) {
+	p := &c.peers[src]
+	p.lastSeen.Store(time.Now().UnixNano())
+	if !p.heard.Load() && p.heard.CompareAndSwap(false, true) {
+		// Tell a newcomer about us at once rather than at the next beat.
+		c.publishCtl(c.subjHB, flagHello, nil)
+		if int(c.nHeard.Add(1)) == c.size-1 {
+			close(c.allHeard)
+		}
+	}
+}
+
+func (c *Conn) onData(m *natsgo.Msg) {
+	src, ok := c.source(m.Subject)
+	if !ok {
+		return
+	}
+	c.seen(src)
+	if c.in.Failed(src) != nil {
+		return
+	}
+	c.stats.recvWire[src].Add(int64(len(m.Data)))
+	if err := c.handleChunk(src, m.Data); err != nil {
+		c.failPeer(src, err, true)
+	}
+}
+
+func (c *Conn) handleChunk(src int, data []byte) error {
+	h, err := transport.ParseFrameHeader(data, c.maxIn)
+	if err != nil {
+		return err
+	}
+	pl := data[transport.FrameHeaderLen:]
+	if err := h.VerifyPayload(pl); err != nil {
+		return err
+	}
+	if h.Flags&^(flagFirst|flagLast) != 0 {
+		return fmt.Errorf("%w: unexpected flags %#x on a data frame", transport.ErrBadFrame, h.Flags)
+	}
+	if len(pl) < seqLen {
+		return fmt.Errorf("%w: chunk without sequence number", transport.ErrBadFrame)
+	}
+	p := &c.peers[src]
+	if seq := binary.LittleEndian.Uint64(pl); seq != p.rxSeq {
+		return fmt.Errorf("%w: chunk %d lost (got %d)", transport.ErrPeerDead, p.rxSeq, seq)
+	}
+	p.rxSeq++
+	pl = pl[seqLen:]
+	pt := p.partial[h.Tag]
+	if h.Flags&flagFirst != 0 {
+		if len(pl) < totalLen {
+			return fmt.Errorf("%w: first chunk without length", transport.ErrBadFrame)
+		}
+		total := binary.LittleEndian.Uint64(pl)
+		pl = pl[totalLen:]
+		if total > uint64(c.cfg.MaxFrame) {
+			return fmt.Errorf("%w: %d-byte message, limit %d", transport.ErrTooLarge, total, c.cfg.MaxFrame)
+		}
+		if pt != nil {
+			return fmt.Errorf("%w: message on tag %d starts before the previous one ended", transport.ErrBadFrame, h.Tag)
+		}
+		if h.Flags&flagLast != 0 {
+			if uint64(len(pl)) != total {
+				return fmt.Errorf("%w: single chunk of %d bytes for a %d-byte message", transport.ErrBadFrame, len(pl), total)
+			}
+			c.in.Deliver(src, h.Tag, pl) // m.Data is ours: no copy
+			return nil
+		}
+		if uint64(len(pl)) >= total {
+			return fmt.Errorf("%w: non-final chunk completes a %d-byte message", transport.ErrBadFrame, total)
+		}
+		pt = &partial{buf: make([]byte, total)}
+		p.partial[h.Tag] = pt
+	} else if pt == nil {
+		return fmt.Errorf("%w: continuation chunk without a first chunk (tag %d)", transport.ErrBadFrame, h.Tag)
+	}
+	if pt.n+len(pl) > len(pt.buf) {
+		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, len(pt.buf))
+	}
+	pt.n += copy(pt.buf[pt.n:], pl)
+	last := h.Flags&flagLast != 0
+	if last != (pt.n == len(pt.buf)) {
+		return fmt.Errorf("%w: message of %d bytes ends at %d", transport.ErrBadFrame, len(pt.buf), pt.n)
+	}
+	if last {
+		delete(p.partial, h.Tag)
+		c.in.Deliver(src, h.Tag, pt.buf)
+	}
+	return nil
+}
+
+func (c *Conn) onCtl(m *natsgo.Msg) {
+	src, ok := c.source(m.Subject)
+	if !ok {
+		return
+	}
+	c.seen(src)
+	c.stats.recvWire[src].Add(int64(len(m.Data)))
+	h, err := transport.ParseFrameHeader(m.Data, c.maxIn)
+	if err == nil {
+		err = h.VerifyPayload(m.Data[transport.FrameHeaderLen:])
+	}
+	if err != nil {
+		c.failPeer(src, err, true)
+		return
+	}
+	pl := m.Data[transport.FrameHeaderLen:]
+	switch {
+	case h.Flags == flagCredit && len(pl) == 8:
+		v := int64(binary.LittleEndian.Uint64(pl))
+		p := &c.peers[src]
+		if v > p.granted {
+			c.win[src].Release(v - p.granted)
+			p.granted = v
+		}
+	case h.Flags == flagAbort:
+		c.failPeer(src, fmt.Errorf("%w: rank %d dropped the link: %s", transport.ErrPeerDead, src, pl), false)
+	default:
+		c.failPeer(src, fmt.Errorf("%w: unexpected control frame (flags %#x)", transport.ErrBadFrame, h.Flags), true)
+	}
+}
+
+func (c *Conn) onHB(m *natsgo.Msg) {
+	src, ok := c.source(m.Subject)
+	if !ok {
+		return
+	}
+	h, err := transport.ParseFrameHeader(m.Data, c.maxIn)
+	if err == nil {
+		err = h.VerifyPayload(m.Data[transport.FrameHeaderLen:])
+	}
+	if err != nil {
+		c.failPeer(src, err, true)
+		return
+	}
+	switch h.Flags {
+	case flagHello:
+		c.seen(src)
+	case flagBye:
+		c.failPeer(src, fmt.Errorf("%w: rank %d closed", transport.ErrPeerDead, src), false)
+	default:
+		c.failPeer(src, fmt.Errorf("%w: unexpected heartbeat frame (flags %#x)", transport.ErrBadFrame, h.Flags), true)
+	}
+}
+
+// heartbeat publishes hellos and declares silent peers dead.
+func (c *Conn) heartbeat() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.Heartbeat)
+	defer t.Stop()
+	c.publishCtl(c.subjHB, flagHello, nil)
+	var downSince time.Time
+	for {
+		select {
+		case <-c.closed:
+			return
+		case <-t.C:
+		}
+		c.publishCtl(c.subjHB, flagHello, nil)
+		if !c.ready.Load() {
+			continue
+		}
+		now := time.Now()
+		if c.nc.IsConnected() {
+			downSince = time.Time{}
+		} else if downSince.IsZero() {
+			downSince = now
+		}
+		lost := c.nc.IsClosed() || (!downSince.IsZero() && now.Sub(downSince) > c.cfg.PeerTimeout)
+		for p := range c.peers {
+			if p == c.rank {
+				continue
+			}
+			if lost {
+				c.failPeer(p, fmt.Errorf("%w: connection to the NATS server lost (%v)", transport.ErrPeerDead, c.nc.Status()), false)
+				continue
+			}
+			if d := now.Sub(time.Unix(0, c.peers[p].lastSeen.Load())); d > c.cfg.PeerTimeout {
+				c.failPeer(p, fmt.Errorf("%w: nothing heard from rank %d for %v", transport.ErrPeerDead, p, d.Round(time.Millisecond)), true)
+			}
+		}
+	}
+}
+
+// Group is size ranks of one job in this process, over an embedded server.
+type Group struct {
+	srv   *natsserver.Server
+	conns []*Conn
+}
+
+// NewGroup starts an embedded NATS server on a free loopback port (with a
+// random token unless WithToken is given) and connects n ranks of job
+// "local" to it over TCP. Close shuts everything down.
+func NewGroup(ctx context.Context, n int, opts ...Option) (*Group, error) {
+	cfg, err := buildConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	if n < 1 {
+		return nil, fmt.Errorf("%w: group size %d", ErrJob, n)
+	}
+	if cfg.Token == "" {
+		var b [16]byte
+		rand.Read(b[:])
+		cfg.Token = hex.EncodeToString(b[:])
+		cfg.Server.Token = cfg.Token
+	}
+	srv, err := natsserver.Start(ctx, cfg.Server)
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	g := &Group{srv: srv, conns: make([]*Conn, n)}
+	errs := make([]error, n)
+	dopts := append(append([]Option(nil), opts...), WithToken(cfg.Token))
+	var wg sync.WaitGroup
+	for r := range n {
+		wg.Go(func() {
+			g.conns[r], errs[r] = Dial(ctx, srv.ClientURL(), "local", r, n, dopts...)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		g.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// Conn returns rank r's endpoint.
+func (g *Group) Conn(r int) *Conn { return g.conns[r] }
+
+// Conns returns every rank's endpoint, indexed by rank.
+func (g *Group) Conns() []transport.Conn {
+	cs := make([]transport.Conn, len(g.conns))
+	for i, c := range g.conns {
+		cs[i] = c
+	}
+	return cs
+}
+
+// Server returns the embedded server.
+func (g *Group) Server() *natsserver.Server { return g.srv }
+
+// Close closes every Conn and shuts the server down.
+func (g *Group) Close() error {
+	for _, c := range g.conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+	g.srv.Shutdown()
+	return nil
+}
+
+type counters struct {
+	sentPayload, sentWire, recvPayload, recvWire, sentMsgs, recvMsgs []atomic.Int64
+}
+
+func (s *counters) init(n int) {
+	s.sentPayload = make([]atomic.Int64, n)
+	s.sentWire = make([]atomic.Int64, n)
+	s.recvPayload = make([]atomic.Int64, n)
+	s.recvWire = make([]atomic.Int64, n)
+	s.sentMsgs = make([]atomic.Int64, n)
+	s.recvMsgs = make([]atomic.Int64, n)
+}
+
+func load(a []atomic.Int64) []int64 {
+	out := make([]int64, len(a))
+	for i := range a {
+		out[i] = a[i].Load()
+	}
+	return out
+}
+
+func (s *counters) snapshot() transport.Stats {
+	return transport.Stats{
+		SentPayload: load(s.sentPayload), SentWire: load(s.sentWire),
+		RecvPayload: load(s.recvPayload), RecvWire: load(s.recvWire),
+		SentMsgs: load(s.sentMsgs), RecvMsgs: load(s.recvMsgs),
+	}
+}

@@ -1,0 +1,289 @@
+package nats_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/nats"
+	"github.com/slimgrad/slimgrad/transport/natsserver"
+	"github.com/slimgrad/slimgrad/transport/transporttest"
+)
+
+// Test timing: heartbeats every 50 ms, a peer is dead after 1 s of silence.
+var fastHB = nats.WithHeartbeat(50*time.Millisecond, time.Second)
+
+func startServer(t *testing.T, o natsserver.Options) *natsserver.Server {
+	t.Helper()
+	s, err := natsserver.Start(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// dialAll connects n ranks of job to url concurrently.
+func dialAll(t *testing.T, url, job string, n int, opts ...nats.Option) []*nats.Conn {
+	t.Helper()
+	conns := make([]*nats.Conn, n)
+	errs := make([]error, n)
+	done := make(chan struct{})
+	for r := range n {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			conns[r], errs[r] = nats.Dial(t.Context(), url, job, r, n, opts...)
+		}()
+	}
+	for range n {
+		<-done
+	}
+	t.Cleanup(func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return conns
+}
+
+func asConns(cs []*nats.Conn) []transport.Conn {
+	out := make([]transport.Conn, len(cs))
+	for i, c := range cs {
+		out[i] = c
+	}
+	return out
+}
+
+const testToken = "t0ken-for-tests"
+
+func TestConformance(t *testing.T) {
+	var srv *natsserver.Server
+	transporttest.Run(t, func(t *testing.T, n int) []transport.Conn {
+		// 1 MiB max payload (the nats-server default): 64 MiB messages
+		// travel as 65 chunks. A small window exercises flow control.
+		srv = startServer(t, natsserver.Options{Token: testToken})
+		return asConns(dialAll(t, srv.ClientURL(), "conf", n, nats.WithToken(testToken), fastHB, nats.WithWindow(8<<20)))
+	},
+		transporttest.WithKill(func(t *testing.T, conns []transport.Conn, r int) {
+			conns[r].(*nats.Conn).Crash()
+		}),
+		transporttest.WithCorrupt(func(t *testing.T, conns []transport.Conn, from, to int) {
+			// A client holding the token injects a frame whose payload
+			// does not match its checksum, impersonating rank from.
+			nc, err := natsgo.Connect(srv.ClientURL(), natsgo.Token(testToken))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			frame := transport.AppendFrame(nil, 3, 6, make([]byte, 24))
+			frame[len(frame)-1] ^= 1
+			if err := nc.Publish(fmt.Sprintf("slimgrad.conf.d.%d.%d", to, from), frame); err != nil {
+				t.Fatal(err)
+			}
+			if err := nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}),
+		transporttest.WithDeathTimeout(5*time.Second),
+		transporttest.WithLargeInShort(true),
+	)
+}
+
+func TestGroup(t *testing.T) {
+	ctx := t.Context()
+	g, err := nats.NewGroup(ctx, 3, fastHB, nats.WithServer(natsserver.Options{MaxPayload: 64 << 10}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	cs := g.Conns()
+	msg := make([]byte, 1<<20+5) // 17 chunks of 64 KiB
+	for i := range msg {
+		msg[i] = byte(i * 7)
+	}
+	if err := cs[0].Send(ctx, 2, 1, msg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := cs[2].Recv(ctx, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(msg) {
+		t.Fatal("message corrupted")
+	}
+	st := cs[0].Stats()
+	if st.SentPayload[2] != int64(len(msg)) || st.SentWire[2] <= st.SentPayload[2] {
+		t.Errorf("stats: payload %d wire %d", st.SentPayload[2], st.SentWire[2])
+	}
+	if g.Server().Token() == "" {
+		t.Error("NewGroup started a server without a token")
+	}
+}
+
+// TestNoTokenNoEntry: a client without the job's token cannot connect, so it
+// cannot get a message into the job; with a wrong token neither.
+func TestNoTokenNoEntry(t *testing.T) {
+	srv := startServer(t, natsserver.Options{Token: testToken})
+	conns := dialAll(t, srv.ClientURL(), "sec", 2, nats.WithToken(testToken), fastHB)
+	for _, opts := range [][]natsgo.Option{nil, {natsgo.Token("guess")}} {
+		nc, err := natsgo.Connect(srv.ClientURL(), append(opts, natsgo.NoReconnect())...)
+		if err == nil {
+			nc.Publish("slimgrad.sec.d.1.0", transport.AppendFrame(nil, 3, 1, []byte("intruder")))
+			nc.Flush()
+			nc.Close()
+			t.Errorf("client with options %v connected without the token", opts)
+		} else if !errors.Is(err, natsgo.ErrAuthorization) {
+			t.Errorf("connect: err = %v, want authorization violation", err)
+		}
+	}
+	// A rank without the token cannot join either.
+	if _, err := nats.Dial(t.Context(), srv.ClientURL(), "sec", 1, 2, fastHB, nats.WithConnectTimeout(2*time.Second)); err == nil {
+		t.Error("Dial without token succeeded")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if m, err := conns[1].Recv(ctx, 0, 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Recv: got %q, %v; want nothing", m, err)
+	}
+	if err := conns[0].Send(t.Context(), 1, 1, []byte("legit")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := conns[1].Recv(t.Context(), 0, 1); err != nil || string(m) != "legit" {
+		t.Errorf("Recv = %q, %v; want legit", m, err)
+	}
+}
+
+// TestJobsIsolated: two jobs with the same ranks on one server do not mix.
+func TestJobsIsolated(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	a := dialAll(t, srv.ClientURL(), "jobA", 2, fastHB)
+	b := dialAll(t, srv.ClientURL(), "jobB", 2, fastHB)
+	ctx := t.Context()
+	for i, g := range [][]*nats.Conn{a, b} {
+		if err := g[0].Send(ctx, 1, 1, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, g := range [][]*nats.Conn{a, b} {
+		m, err := g[1].Recv(ctx, 0, 1)
+		if err != nil || len(m) != 1 || m[0] != byte(i) {
+			t.Errorf("job %d: Recv = %v, %v; want [%d]", i, m, err, i)
+		}
+	}
+	ctx2, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if m, err := a[1].Recv(ctx2, 0, 1); err == nil {
+		t.Errorf("job A received a second message %v", m)
+	}
+}
+
+// TestMissingPeer: Dial fails, naming the rank that never came.
+func TestMissingPeer(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_, err := nats.Dial(ctx, srv.ClientURL(), "lonely", 0, 3, fastHB)
+	if !errors.Is(err, transport.ErrRendezvous) {
+		t.Fatalf("err = %v, want ErrRendezvous", err)
+	}
+	if want := "ranks [1 2] not heard"; !strings.Contains(err.Error(), want) {
+		t.Errorf("err = %v, want it to contain %q", err, want)
+	}
+}
+
+func contains(s, sub string) bool {
+	return len(s) >= len(sub) && (s == sub || len(sub) == 0 || indexOf(s, sub) >= 0)
+}
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+// TestServerLost: when the server goes away, every rank reports its peers
+// unreachable within the peer timeout.
+func TestServerLost(t *testing.T) {
+	srv, err := natsserver.Start(t.Context(), natsserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := dialAll(t, srv.ClientURL(), "lost", 2, fastHB)
+	errc := make(chan error, 2)
+	for r := range 2 {
+		go func() {
+			_, err := conns[r].Recv(t.Context(), 1-r, 1)
+			errc <- err
+		}()
+	}
+	start := time.Now()
+	srv.Shutdown()
+	for range 2 {
+		err := <-errc
+		var pe *transport.PeerError
+		if !errors.As(err, &pe) || !errors.Is(err, transport.ErrPeerDead) {
+			t.Errorf("err = %v, want PeerError wrapping ErrPeerDead", err)
+		}
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("took %v", el)
+	}
+}
+
+func TestTooLarge(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	conns := dialAll(t, srv.ClientURL(), "big", 2, fastHB, nats.WithMaxFrame(1000))
+	if err := conns[0].Send(t.Context(), 1, 1, make([]byte, 1001)); !errors.Is(err, transport.ErrTooLarge) {
+		t.Errorf("err = %v, want ErrTooLarge", err)
+	}
+	// A peer announcing a message above the limit is refused on receipt.
+	nc, err := natsgo.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var pl [16]byte // sequence number 0, then the message length
+	binary.LittleEndian.PutUint64(pl[8:], 1<<40)
+	nc.Publish("slimgrad.big.d.1.0", transport.AppendFrame(nil, 1, 1, pl[:]))
+	nc.Flush()
+	_, err = conns[1].Recv(t.Context(), 0, 1)
+	if !errors.Is(err, transport.ErrTooLarge) {
+		t.Errorf("Recv: err = %v, want ErrTooLarge", err)
+	}
+}
+
+func TestBadArgs(t *testing.T) {
+	ctx := t.Context()
+	for _, tc := range []struct {
+		job        string
+		rank, size int
+		opts       []nats.Option
+	}{
+		{"a.b", 0, 2, nil},
+		{"", 0, 2, nil},
+		{"j", 2, 2, nil},
+		{"j", 0, 0, nil},
+		{"j", 0, 2, []nats.Option{nats.WithWindow(0)}},
+		{"j", 0, 2, []nats.Option{nats.WithHeartbeat(time.Second, time.Second)}},
+		{"j", 0, 2, []nats.Option{nats.WithSubjectPrefix("a>")}},
+	} {
+		if _, err := nats.Dial(ctx, "nats://127.0.0.1:1", tc.job, tc.rank, tc.size, tc.opts...); err == nil {
+			t.Errorf("Dial(%q, %d, %d): no error", tc.job, tc.rank, tc.size)
+		}
+	}
+}

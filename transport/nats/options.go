@@ -1,0 +1,147 @@
+package nats
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/natsserver"
+)
+
+// Defaults.
+const (
+	DefaultWindow         = 64 << 20
+	DefaultHeartbeat      = time.Second
+	DefaultPeerTimeout    = 10 * time.Second
+	DefaultConnectTimeout = 30 * time.Second
+	DefaultSubjectPrefix  = "slimgrad"
+)
+
+// Config holds a Conn's settings; see the With… options for each field.
+type Config struct {
+	// Token is presented to the server (nats.Token).
+	Token string
+	// CredsFile is a NATS credentials file (nats.UserCredentials).
+	CredsFile string
+	// NATSOptions are passed to nats.Connect after the ones derived from
+	// this Config (Dial and NewGroup only).
+	NATSOptions []natsgo.Option
+	// SubjectPrefix is the first subject token; subjects are
+	// <prefix>.<job>.{d,c}.<dst>.<src> and <prefix>.<job>.h.<src>.
+	SubjectPrefix string
+	// Window bounds the unreceived bytes (plus 64 per message) a receiver
+	// holds from one sender; the sender blocks beyond it (credit-based flow
+	// control), except that one message of any size may go when nothing is
+	// outstanding.
+	Window int64
+	// MaxFrame is the largest message accepted, on Send and on receipt
+	// (transport.ErrTooLarge), checked before anything is allocated.
+	MaxFrame int
+	// ChunkSize is the largest NATS message this Conn publishes; 0 means
+	// the server's max payload. Messages are split into chunks of at most
+	// this size (frame header included).
+	ChunkSize int
+	// Heartbeat is how often a Conn tells its peers it is alive.
+	Heartbeat time.Duration
+	// PeerTimeout is how long a peer may stay silent (no heartbeat, no
+	// data) before it is declared dead; also how long the connection to the
+	// server may stay down before every peer is declared unreachable.
+	PeerTimeout time.Duration
+	// ConnectTimeout bounds Dial/New when ctx has no earlier deadline: the
+	// connection and the wait until every peer is heard from.
+	ConnectTimeout time.Duration
+	// Server configures the embedded server NewGroup starts.
+	Server natsserver.Options
+}
+
+// Option changes a Config. Nil options are ignored.
+type Option func(*Config) error
+
+func defaultConfig() Config {
+	return Config{
+		SubjectPrefix:  DefaultSubjectPrefix,
+		Window:         DefaultWindow,
+		MaxFrame:       transport.DefaultMaxFrame,
+		Heartbeat:      DefaultHeartbeat,
+		PeerTimeout:    DefaultPeerTimeout,
+		ConnectTimeout: DefaultConnectTimeout,
+	}
+}
+
+var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+func (c *Config) validate() error {
+	switch {
+	case !tokenRE.MatchString(c.SubjectPrefix):
+		return fmt.Errorf("subject prefix %q: want letters, digits, '_' or '-'", c.SubjectPrefix)
+	case c.Window <= 0:
+		return fmt.Errorf("window %d must be positive", c.Window)
+	case c.MaxFrame < 0 || int64(c.MaxFrame) > 1<<40:
+		return fmt.Errorf("max frame %d out of range", c.MaxFrame)
+	case c.ChunkSize != 0 && c.ChunkSize < minChunk:
+		return fmt.Errorf("chunk size %d below %d", c.ChunkSize, minChunk)
+	case c.Heartbeat <= 0 || c.PeerTimeout <= c.Heartbeat:
+		return fmt.Errorf("heartbeat %v and peer timeout %v: want 0 < heartbeat < timeout", c.Heartbeat, c.PeerTimeout)
+	case c.ConnectTimeout <= 0:
+		return fmt.Errorf("connect timeout %v must be positive", c.ConnectTimeout)
+	}
+	return nil
+}
+
+// WithToken sets Config.Token (and the embedded server's token in NewGroup).
+func WithToken(token string) Option {
+	return func(c *Config) error { c.Token = token; c.Server.Token = token; return nil }
+}
+
+// WithCredentials sets Config.CredsFile.
+func WithCredentials(file string) Option {
+	return func(c *Config) error { c.CredsFile = file; return nil }
+}
+
+// WithNATSOptions appends to Config.NATSOptions.
+func WithNATSOptions(opts ...natsgo.Option) Option {
+	return func(c *Config) error { c.NATSOptions = append(c.NATSOptions, opts...); return nil }
+}
+
+// WithSubjectPrefix sets Config.SubjectPrefix.
+func WithSubjectPrefix(p string) Option {
+	return func(c *Config) error { c.SubjectPrefix = p; return nil }
+}
+
+// WithWindow sets Config.Window (bytes).
+func WithWindow(bytes int64) Option { return func(c *Config) error { c.Window = bytes; return nil } }
+
+// WithMaxFrame sets Config.MaxFrame (bytes).
+func WithMaxFrame(bytes int) Option { return func(c *Config) error { c.MaxFrame = bytes; return nil } }
+
+// WithChunkSize sets Config.ChunkSize (bytes).
+func WithChunkSize(bytes int) Option {
+	return func(c *Config) error { c.ChunkSize = bytes; return nil }
+}
+
+// WithHeartbeat sets Config.Heartbeat and Config.PeerTimeout.
+func WithHeartbeat(interval, peerTimeout time.Duration) Option {
+	return func(c *Config) error { c.Heartbeat, c.PeerTimeout = interval, peerTimeout; return nil }
+}
+
+// WithConnectTimeout sets Config.ConnectTimeout.
+func WithConnectTimeout(d time.Duration) Option {
+	return func(c *Config) error { c.ConnectTimeout = d; return nil }
+}
+
+// WithServer sets the options of the embedded server NewGroup starts (its
+// Token is overridden by WithToken when both are given, whichever comes
+// last).
+func WithServer(o natsserver.Options) Option {
+	return func(c *Config) error {
+		tok := c.Server.Token
+		c.Server = o
+		if o.Token == "" {
+			c.Server.Token = tok
+		}
+		return nil
+	}
+}
