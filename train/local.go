@@ -3,54 +3,107 @@ package train
 import (
 	"context"
 	"fmt"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/internal/kernels"
+	"github.com/slimgrad/slimgrad/optim"
 )
 
-// Local is the in-process exact exchanger for uncompressed training: the
-// element-wise mean of the workers' vectors, summed in rank order 0..N−1 and
-// scaled by 1/N, so every worker gets a bit-identical result. It accounts
-// the bytes that a dense fp32 ring all-reduce sends and has no clock.
+// Local is the in-process exchanger, a reference without network or clock.
+// For units the optimizers ask to average through their codec (optim.Mean),
+// every worker's vector goes through its own error feedback and compressor
+// (Plan), and every worker gets
+//
+//	avg = (1/N) · Σ_{r=0..N−1} Decompress(payload_r)   (rank order, then Feedback.Finish)
+//
+// which is bit-identical on all workers and equals the result of the sparse
+// all-gather scheme. For element-wise codecs (none, fp16, bf16) it is the
+// exact mean of the decoded payloads, without the per-hop re-encoding of a
+// real ring. optim.DenseMean is the exact fp32 mean in rank order.
+// optim.TwoPhaseSign runs the two-phase 1-bit all-reduce (specs §2.2) with
+// allreduce.TwoPhaseState's worker and server errors: phase 1 gives chunk c
+// of every rank's signs to rank c, phase 2 gathers the server signs.
+// PowerSGD (low-rank aggregation) is rejected with ErrUnsupported.
+//
+// Bytes are accounted for the collective a real run would use: a ring
+// all-reduce of BytesPerElem·d per rank for element-wise codecs
+// (2(N−1)·bpe·d in total), a ring all-gather for gathered payloads (each
+// rank's payload crosses N−1 links), and for the two-phase scheme an
+// all-to-all plus an all-gather of d′/(8N)-byte sign chunks with a 4-byte
+// scale each.
 type Local struct {
+	plan   Plan
 	layers []Layer
 	n      int
+	fbs    [][]errorfeedback.Feedback // [worker][layer]
+	bufs   [][]byte
+	avg    []float32
+	tp     [][]*allreduce.TwoPhaseState // [worker][layer], made on first use
 }
 
-// NewLocal returns a Local exchanger for n workers over layers.
-func NewLocal(n int, layers []Layer) (*Local, error) {
+// NewLocal returns a Local exchanger for n workers over layers, communicating
+// as plan says (the zero Plan: dense fp32, no error feedback).
+func NewLocal(n int, layers []Layer, plan Plan) (*Local, error) {
 	if n < 1 || len(layers) == 0 {
 		return nil, fmt.Errorf("train: NewLocal: %d workers, %d layers", n, len(layers))
 	}
-	return &Local{layers: layers, n: n}, nil
+	if err := plan.validate(); err != nil {
+		return nil, err
+	}
+	x := &Local{plan: plan, layers: layers, n: n, fbs: make([][]errorfeedback.Feedback, n), bufs: make([][]byte, n)}
+	maxLen := 0
+	for w := range n {
+		for _, l := range layers {
+			fb, err := plan.NewFeedback(l, w, n)
+			if err != nil {
+				return nil, err
+			}
+			if agg := fb.Compressor().Aggregation(); agg != compressors.Reduce && agg != compressors.Gather {
+				return nil, fmt.Errorf("%w: the local exchanger cannot run %s (aggregation %s)", ErrUnsupported, fb.Compressor(), agg)
+			}
+			x.fbs[w] = append(x.fbs[w], fb)
+			maxLen = max(maxLen, l.Size)
+		}
+	}
+	x.avg = make([]float32, maxLen)
+	return x, nil
 }
 
 // Name implements Exchanger.
-func (x *Local) Name() string { return "local dense" }
+func (x *Local) Name() string { return "local " + x.plan.String() }
 
 // Exchange implements Exchanger.
-func (x *Local) Exchange(ctx context.Context, step int, in, out [][][]float32) (Stats, error) {
+func (x *Local) Exchange(ctx context.Context, step int, how []optim.Exchange, in, out [][][]float32) (Stats, error) {
 	if err := ctx.Err(); err != nil {
 		return Stats{}, err
 	}
-	if err := checkShapes(x.n, x.layers, in, out); err != nil {
+	if err := checkShapes(x.n, x.layers, how, in, out); err != nil {
 		return Stats{}, err
 	}
+	for w := range x.n {
+		if err := x.plan.advance(x.fbs[w], x.layers, step, w); err != nil {
+			return Stats{}, err
+		}
+	}
 	st := Stats{Layers: make([]LayerStats, len(x.layers))}
-	scale := 1 / float32(x.n)
-	for l, ly := range x.layers {
-		dst := out[0][l]
-		copy(dst, in[0][l])
-		for w := 1; w < x.n; w++ {
-			for j, v := range in[w][l] {
-				dst[j] += v
-			}
+	for l := range x.layers {
+		var ls LayerStats
+		var err error
+		switch how[l] {
+		case optim.Mean:
+			ls, err = x.mean(l, in, out)
+		case optim.DenseMean:
+			ls = x.denseMean(l, in, out)
+		case optim.TwoPhaseSign:
+			ls, err = x.twoPhase(l, in, out)
+		default:
+			err = fmt.Errorf("%w: aggregation %v", ErrUnsupported, how[l])
 		}
-		for j := range dst {
-			dst[j] *= scale
+		if err != nil {
+			return Stats{}, err
 		}
-		for w := 1; w < x.n; w++ {
-			copy(out[w][l], dst)
-		}
-		dense := DenseRingBytes(x.n, ly.Size)
-		ls := LayerStats{PayloadBytes: int64(x.n) * 4 * int64(ly.Size), WireBytes: dense, DenseBytes: dense}
 		st.Layers[l] = ls
 		st.PayloadBytes += ls.PayloadBytes
 		st.WireBytes += ls.WireBytes
@@ -59,7 +112,112 @@ func (x *Local) Exchange(ctx context.Context, step int, in, out [][][]float32) (
 	return st, nil
 }
 
-func checkShapes(n int, layers []Layer, in, out [][][]float32) error {
+// denseMean is the exact fp32 mean in rank order, without error feedback.
+func (x *Local) denseMean(l int, in, out [][][]float32) LayerStats {
+	d := x.layers[l].Size
+	avg := x.avg[:d]
+	copy(avg, in[0][l])
+	for w := 1; w < x.n; w++ {
+		kernels.Add(avg, in[w][l])
+	}
+	kernels.Scale(avg, 1/float32(x.n))
+	for w := range x.n {
+		copy(out[w][l], avg)
+	}
+	dense := DenseRingBytes(x.n, d)
+	return LayerStats{PayloadBytes: int64(x.n) * 4 * int64(d), WireBytes: dense, DenseBytes: dense}
+}
+
+// twoPhase runs the two-phase 1-bit all-reduce of unit l.
+func (x *Local) twoPhase(l int, in, out [][][]float32) (LayerStats, error) {
+	d := x.layers[l].Size
+	if x.tp == nil {
+		x.tp = make([][]*allreduce.TwoPhaseState, x.n)
+		for w := range x.n {
+			x.tp[w] = make([]*allreduce.TwoPhaseState, len(x.layers))
+		}
+	}
+	bits := make([][]byte, x.n)
+	scales := make([]float32, x.n)
+	for w := range x.n {
+		if x.tp[w][l] == nil {
+			x.tp[w][l] = allreduce.NewTwoPhaseState(d, x.n)
+		}
+		bits[w], scales[w] = x.tp[w][l].WorkerCompress(nil, in[w][l])
+	}
+	cb := len(bits[0]) / x.n
+	recv := make([][]byte, x.n)
+	server := make([][]byte, x.n)
+	sscales := make([]float32, x.n)
+	for c := range x.n {
+		for j := range x.n {
+			recv[j] = bits[j][c*cb : (c+1)*cb]
+		}
+		var err error
+		server[c], sscales[c], err = x.tp[c][l].ServerStep(nil, recv, scales)
+		if err != nil {
+			return LayerStats{}, fmt.Errorf("train: two-phase server step, rank %d: %w", c, err)
+		}
+	}
+	for w := range x.n {
+		if err := errorfeedback.DecodeSigns(out[w][l], server, sscales); err != nil {
+			return LayerStats{}, fmt.Errorf("train: two-phase decode: %w", err)
+		}
+	}
+	// Phase 1: every rank sends N−1 chunks and its scale; phase 2: every
+	// rank sends its server chunk and scale to N−1 peers.
+	msgs := int64(x.n) * int64(x.n-1)
+	return LayerStats{
+		PayloadBytes: int64(x.n) * int64(len(bits[0])+4),
+		WireBytes:    2 * msgs * int64(cb+4),
+		DenseBytes:   DenseRingBytes(x.n, d),
+	}, nil
+}
+
+// mean averages unit l through the plan's codec and error feedback.
+func (x *Local) mean(l int, in, out [][][]float32) (LayerStats, error) {
+	ly := x.layers[l]
+	avg := x.avg[:ly.Size]
+	clear(avg)
+	ls := LayerStats{DenseBytes: DenseRingBytes(x.n, ly.Size)}
+	var agg compressors.Aggregation
+	bpe := 4
+	for w := range x.n {
+		fb := x.fbs[w][l]
+		p, err := fb.Encode(x.bufs[w][:0], in[w][l])
+		if err != nil {
+			return LayerStats{}, fmt.Errorf("train: worker %d layer %s: %w", w, ly.Name, err)
+		}
+		x.bufs[w] = p
+		c := fb.Compressor()
+		if err := c.DecompressAdd(avg, p); err != nil {
+			return LayerStats{}, fmt.Errorf("train: worker %d layer %s: %w", w, ly.Name, err)
+		}
+		agg = c.Aggregation()
+		if ec, ok := compressors.AsElementCodec(c); ok {
+			bpe = ec.BytesPerElem()
+			ls.PayloadBytes += int64(bpe) * int64(ly.Size)
+		} else {
+			ls.PayloadBytes += int64(len(p))
+		}
+	}
+	kernels.Scale(avg, 1/float32(x.n))
+	for w := range x.n {
+		copy(out[w][l], avg)
+		x.fbs[w][l].Finish(out[w][l])
+	}
+	if agg == compressors.Reduce {
+		ls.WireBytes = int64(2*(x.n-1)) * int64(bpe) * int64(ly.Size)
+	} else {
+		ls.WireBytes = int64(x.n-1) * ls.PayloadBytes
+	}
+	return ls, nil
+}
+
+func checkShapes(n int, layers []Layer, how []optim.Exchange, in, out [][][]float32) error {
+	if len(how) != len(layers) {
+		return fmt.Errorf("train: exchange: %d aggregations for %d units", len(how), len(layers))
+	}
 	if len(in) != n || len(out) != n {
 		return fmt.Errorf("train: exchange: %d inputs and %d outputs for %d workers", len(in), len(out), n)
 	}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/workload"
 )
 
@@ -26,7 +27,8 @@ var ErrDiverged = errors.New("train: loss diverged")
 // step: an exchanger that did not give every worker the same result.
 var ErrReplicaMismatch = errors.New("train: replicas diverged from each other")
 
-// Layer describes one parameter tensor as the exchangers see it.
+// Layer describes one vector the exchange handles: a parameter tensor, or
+// the whole model flattened into one vector (see Units).
 type Layer struct {
 	Name  string
 	Shape []int // [out, in] for weight matrices
@@ -43,19 +45,35 @@ func LayersOf(m workload.Model) []Layer {
 	return out
 }
 
-// Exchanger combines the workers' per-layer vectors of one step into the
-// averaged update each worker applies.
+// Units returns the vectors a worker exchanges for m: its layers, or, if
+// flat, a single vector "model" of all parameters (an optimizer over one flat
+// vector, like DeepSpeed's 1-bit Adam).
+func Units(m workload.Model, flat bool) []Layer {
+	if !flat {
+		return LayersOf(m)
+	}
+	n := len(m.Flat())
+	return []Layer{{Name: "model", Shape: []int{n}, Size: n}}
+}
+
+// Exchanger combines the workers' vectors of one step into the result each
+// worker hands to its optimizer.
 //
-// in[w][l] is worker w's vector for layer l (a gradient, or what the optimizer
-// chose to communicate); Exchange writes worker w's result into out[w][l]. A
-// correct exchanger gives every worker bit-identical results. Exchange may
-// keep per-worker state (error-feedback residuals) between steps; it must not
-// retain in or out. It is called from one goroutine at a time.
+// in[w][u] is worker w's vector for unit u (what its optimizer's Prepare
+// returned) and how[u] the aggregation the optimizers asked for (the same on
+// every worker); Exchange writes worker w's result into out[w][u]. A correct
+// exchanger gives every worker bit-identical results. Exchange keeps
+// per-worker state (error feedback) between steps; it must not retain in or
+// out. It is called from one goroutine at a time.
 type Exchanger interface {
-	Exchange(ctx context.Context, step int, in, out [][][]float32) (Stats, error)
-	// Name describes the exchanger and its recipe, e.g. "local topk:0.001 ef14".
+	Exchange(ctx context.Context, step int, how []optim.Exchange, in, out [][][]float32) (Stats, error)
+	// Name describes the exchanger and its plan, e.g. "local topk:0.001 ef=ef14".
 	Name() string
 }
+
+// ErrUnsupported is returned by an exchanger asked for an aggregation or codec
+// it cannot run.
+var ErrUnsupported = errors.New("train: unsupported by this exchanger")
 
 // Stats is what one exchange cost. Byte counts are totals over all workers.
 type Stats struct {
@@ -67,9 +85,15 @@ type Stats struct {
 	// DenseBytes is what a dense fp32 ring all-reduce of the same layers
 	// would have sent: N · 2(N−1)/N · 4 · elements.
 	DenseBytes int64
-	// StepTime is the simulated communication + compression time of the
-	// step (0 if the exchanger has no clock); CommTime and CodecTime split it.
-	StepTime, CommTime, CodecTime time.Duration
+	// StepTime is the simulated time of the step (0 if the exchanger has
+	// no clock): GradTime (the slowest worker's forward and backward pass)
+	// plus the collectives, whose time on the critical rank splits into
+	// CodecTime (encode, decode, server steps), ReduceTime (element-wise
+	// reductions) and CommTime (the rest: sending and waiting).
+	StepTime, GradTime, CodecTime, ReduceTime, CommTime time.Duration
+	// BaselineTime is the simulated step time of a dense fp32 ring
+	// all-reduce of the same units on the same topology (0 without clock).
+	BaselineTime time.Duration
 	// Layers holds per-layer byte counts, in layer order (may be nil).
 	Layers []LayerStats
 }
@@ -123,16 +147,15 @@ func (r Record) Saved() float64 {
 	return float64(r.TotalDenseBytes) / float64(r.TotalWireBytes)
 }
 
-// Optimizer updates one replica's parameters from the exchanged update.
-// Each worker has its own Optimizer; all of them see identical inputs, so the
-// replicas stay identical.
-type Optimizer interface {
-	// Communicate returns, for each layer, the vector this worker sends into
-	// the exchange for this step, computed from its local gradients (for
-	// plain optimizers: the gradients themselves). The result may alias grads.
-	Communicate(step int, grads [][]float32) [][]float32
-	// Apply updates params with the exchanged (averaged) vectors.
-	Apply(step int, params, update [][]float32) error
+// OptimSpec builds the optimizers of one worker.
+type OptimSpec struct {
+	// Name describes the optimizer, e.g. "momentum:lr=0.1,m=0.9".
+	Name string
+	// Flat selects one optimizer over the whole model as a single vector
+	// (Units(m, true)); otherwise there is one optimizer per layer.
+	Flat bool
+	// New returns an optimizer for a vector of n parameters.
+	New func(n int) (optim.Optimizer, error)
 }
 
 // Config is a training scenario.
@@ -174,10 +197,13 @@ type Result struct {
 }
 
 // Run trains cfg.Workers replicas of task.Model (cloned; task.Model is not
-// modified) for cfg.Steps steps. newOpt makes each worker's optimizer. onStep,
-// if not nil, sees every record as it is produced. Run returns ctx.Err() if
-// ctx is cancelled, ErrDiverged if the loss becomes NaN/Inf.
-func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, newOpt func(worker int, layers []Layer) (Optimizer, error), onStep func(Record)) (*Result, error) {
+// modified) for cfg.Steps steps. Per step, every worker computes its
+// mini-batch gradient, its optimizers Prepare the vectors to send, ex
+// exchanges them (ex must have been built for Units(task.Model, opt.Flat)),
+// and every worker's optimizers Step with the result. onStep, if not nil, sees
+// every record as it is produced. Run returns ctx.Err() if ctx is cancelled,
+// ErrDiverged if the loss becomes NaN/Inf.
+func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec, onStep func(Record)) (*Result, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -190,14 +216,16 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, newOpt func(w
 		return nil, err
 	}
 	n := cfg.Workers
-	layers := LayersOf(task.Model)
+	units := Units(task.Model, opt.Flat)
 	type replica struct {
 		model   workload.Model
 		ws      workload.Workspace
 		sampler *workload.Sampler
-		opt     Optimizer
-		params  [][]float32
-		out     [][]float32
+		opts    []optim.Optimizer
+		params  [][]float32 // per unit
+		grads   [][]float32 // per unit
+		in, out [][]float32
+		how     []optim.Exchange
 		loss    float64
 		err     error
 	}
@@ -207,15 +235,26 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, newOpt func(w
 	for w := range n {
 		m := task.Model.Clone()
 		r := &replica{model: m, ws: m.NewWorkspace(cfg.Batch), sampler: workload.NewSampler(shards[w], cfg.Seed, w)}
-		for _, p := range m.Params() {
-			r.params = append(r.params, p.Data)
-			r.out = append(r.out, make([]float32, len(p.Data)))
+		if opt.Flat {
+			r.params, r.grads = [][]float32{m.Flat()}, [][]float32{r.ws.FlatGrads()}
+		} else {
+			for _, p := range m.Params() {
+				r.params = append(r.params, p.Data)
+			}
+			r.grads = r.ws.Grads()
 		}
-		if r.opt, err = newOpt(w, layers); err != nil {
-			return nil, err
+		for _, u := range units {
+			o, err := opt.New(u.Size)
+			if err != nil {
+				return nil, fmt.Errorf("train: optimizer %s: %w", opt.Name, err)
+			}
+			r.opts = append(r.opts, o)
+			r.out = append(r.out, make([]float32, u.Size))
 		}
+		r.in = make([][]float32, len(units))
+		r.how = make([]optim.Exchange, len(units))
 		reps[w] = r
-		out[w] = r.out
+		in[w], out[w] = r.in, r.out
 	}
 	var evalIdx []int
 	if cfg.EvalSamples > 0 && cfg.EvalSamples < task.Test.N {
@@ -246,8 +285,11 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, newOpt func(w
 				for w := range next {
 					r := reps[w]
 					r.loss, r.err = r.ws.Gradient(task.Train, r.sampler.Next(cfg.Batch))
-					if r.err == nil {
-						in[w] = r.opt.Communicate(step, r.ws.Grads())
+					for u := range units {
+						if r.err != nil {
+							break
+						}
+						r.in[u], r.how[u], r.err = r.opts[u].Prepare(r.grads[u])
 					}
 				}
 			}()
@@ -262,16 +304,25 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, newOpt func(w
 			loss += r.loss
 		}
 		loss /= float64(n)
+		for w, r := range reps {
+			for u := range units {
+				if r.how[u] != reps[0].how[u] {
+					return res, fmt.Errorf("train: step %d unit %s: worker %d asks for %v, worker 0 for %v", step, units[u].Name, w, r.how[u], reps[0].how[u])
+				}
+			}
+		}
 		if math.IsNaN(loss) || math.IsInf(loss, 0) {
 			return res, fmt.Errorf("%w at step %d (loss %g)", ErrDiverged, step, loss)
 		}
-		st, err := ex.Exchange(ctx, step, in, out)
+		st, err := ex.Exchange(ctx, step, reps[0].how, in, out)
 		if err != nil {
 			return res, fmt.Errorf("train: step %d: exchange: %w", step, err)
 		}
 		for w, r := range reps {
-			if err := r.opt.Apply(step, r.params, r.out); err != nil {
-				return res, fmt.Errorf("train: worker %d step %d: optimizer: %w", w, step, err)
+			for u := range units {
+				if err := r.opts[u].Step(r.params[u], r.out[u]); err != nil {
+					return res, fmt.Errorf("train: worker %d step %d unit %s: optimizer: %w", w, step, units[u].Name, err)
+				}
 			}
 		}
 		if cfg.CheckReplicas {

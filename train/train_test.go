@@ -6,30 +6,21 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/workload"
 )
 
-type sgd struct{ lr float32 }
-
-func (o sgd) Communicate(_ int, g [][]float32) [][]float32 { return g }
-func (o sgd) Apply(_ int, params, update [][]float32) error {
-	for l, p := range params {
-		for j, u := range update[l] {
-			p[j] -= o.lr * u
-		}
-	}
-	return nil
+func newSGD(lr float64) OptimSpec {
+	return OptimSpec{Name: "sgd", New: func(n int) (optim.Optimizer, error) { return optim.NewSGD(n, lr, 0) }}
 }
 
-func newSGD(lr float32) func(int, []Layer) (Optimizer, error) {
-	return func(int, []Layer) (Optimizer, error) { return sgd{lr}, nil }
-}
+func means(n int) []optim.Exchange { return make([]optim.Exchange, n) }
 
 func TestLocalMatchesNaiveMean(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	layers := []Layer{{Name: "a", Size: 7}, {Name: "b", Size: 1}}
 	for _, n := range []int{1, 2, 5} {
-		ex, err := NewLocal(n, layers)
+		ex, err := NewLocal(n, layers, Plan{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,7 +36,7 @@ func TestLocalMatchesNaiveMean(t *testing.T) {
 				out[w] = append(out[w], make([]float32, l.Size))
 			}
 		}
-		st, err := ex.Exchange(context.Background(), 0, in, out)
+		st, err := ex.Exchange(context.Background(), 0, means(len(layers)), in, out)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,8 +58,8 @@ func TestLocalMatchesNaiveMean(t *testing.T) {
 			t.Errorf("n=%d: wire %d dense %d, want %d", n, st.WireBytes, st.DenseBytes, want)
 		}
 	}
-	ex, _ := NewLocal(2, layers)
-	if _, err := ex.Exchange(context.Background(), 0, make([][][]float32, 3), make([][][]float32, 3)); err == nil {
+	ex, _ := NewLocal(2, layers, Plan{})
+	if _, err := ex.Exchange(context.Background(), 0, means(len(layers)), make([][][]float32, 3), make([][][]float32, 3)); err == nil {
 		t.Error("wrong worker count: no error")
 	}
 }
@@ -79,7 +70,7 @@ func TestRunTrainsAndKeepsReplicasIdentical(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := Config{Workers: 4, Batch: 16, Steps: 150, Seed: 3, Split: workload.NonIID, EvalEvery: 50, CheckReplicas: true}
-	ex, _ := NewLocal(cfg.Workers, LayersOf(task.Model))
+	ex, _ := NewLocal(cfg.Workers, LayersOf(task.Model), Plan{})
 	before, _ := task.Model.Evaluate(task.Test, nil)
 	var n int
 	res, err := Run(context.Background(), cfg, task, ex, newSGD(0.1), func(r Record) {
@@ -109,7 +100,7 @@ func TestRunTrainsAndKeepsReplicasIdentical(t *testing.T) {
 func TestRunDivergesAndCancels(t *testing.T) {
 	task, _ := LoadTask("leastsquares", "", 1)
 	cfg := Config{Workers: 2, Batch: 8, Steps: 200, Seed: 1}
-	ex, _ := NewLocal(2, LayersOf(task.Model))
+	ex, _ := NewLocal(2, LayersOf(task.Model), Plan{})
 	if _, err := Run(context.Background(), cfg, task, ex, newSGD(1e3), nil); !errors.Is(err, ErrDiverged) {
 		t.Errorf("lr 1e3: err %v, want ErrDiverged", err)
 	}
@@ -123,8 +114,8 @@ func TestRunDivergesAndCancels(t *testing.T) {
 // mismatched gives worker 1 a different result: Run must notice.
 type mismatched struct{ *Local }
 
-func (m mismatched) Exchange(ctx context.Context, step int, in, out [][][]float32) (Stats, error) {
-	st, err := m.Local.Exchange(ctx, step, in, out)
+func (m mismatched) Exchange(ctx context.Context, step int, how []optim.Exchange, in, out [][][]float32) (Stats, error) {
+	st, err := m.Local.Exchange(ctx, step, how, in, out)
 	out[1][0][0] += 1e-3
 	return st, err
 }
@@ -132,7 +123,7 @@ func (m mismatched) Exchange(ctx context.Context, step int, in, out [][][]float3
 func TestRunDetectsReplicaMismatch(t *testing.T) {
 	task, _ := LoadTask("logistic", "", 1)
 	cfg := Config{Workers: 2, Batch: 8, Steps: 3, Seed: 1, CheckReplicas: true}
-	l, _ := NewLocal(2, LayersOf(task.Model))
+	l, _ := NewLocal(2, LayersOf(task.Model), Plan{})
 	if _, err := Run(context.Background(), cfg, task, mismatched{l}, newSGD(0.1), nil); !errors.Is(err, ErrReplicaMismatch) {
 		t.Errorf("err %v, want ErrReplicaMismatch", err)
 	}

@@ -40,7 +40,31 @@ type MLP struct {
 	sizes  []int
 	loss   Loss
 	params []Param
+	flat   []float32
 	eval   *mlpWorkspace
+}
+
+// total returns the number of parameters of an MLP with these sizes.
+func total(sizes []int) int {
+	n := 0
+	for i := 0; i+1 < len(sizes); i++ {
+		n += sizes[i+1]*sizes[i] + sizes[i+1]
+	}
+	return n
+}
+
+// carve cuts flat into the parameter tensors of sizes.
+func carve(sizes []int, flat []float32) []Param {
+	var ps []Param
+	off := 0
+	for i := 0; i+1 < len(sizes); i++ {
+		in, out := sizes[i], sizes[i+1]
+		ps = append(ps,
+			Param{Name: fmt.Sprintf("fc%d.weight", i), Shape: []int{out, in}, Data: flat[off : off+out*in : off+out*in]},
+			Param{Name: fmt.Sprintf("fc%d.bias", i), Shape: []int{out}, Data: flat[off+out*in : off+out*in+out : off+out*in+out]})
+		off += out*in + out
+	}
+	return ps
 }
 
 // NewMLP returns an MLP with PyTorch's default initialisation of Linear layers
@@ -57,22 +81,16 @@ func NewMLP(sizes []int, loss Loss, seed uint64) (*MLP, error) {
 	if loss == Squared && sizes[len(sizes)-1] != 1 {
 		return nil, fmt.Errorf("%w: squared loss needs one output, got %d", ErrShape, sizes[len(sizes)-1])
 	}
-	m := &MLP{sizes: append([]int(nil), sizes...), loss: loss}
+	m := &MLP{sizes: append([]int(nil), sizes...), loss: loss, flat: make([]float32, total(sizes))}
+	m.params = carve(m.sizes, m.flat)
 	rng := rand.New(rand.NewPCG(seed, 0x6d6c70))
 	for i := 0; i+1 < len(sizes); i++ {
-		in, out := sizes[i], sizes[i+1]
-		bound := 1 / math.Sqrt(float64(in))
-		w := make([]float32, out*in)
-		b := make([]float32, out)
-		for j := range w {
-			w[j] = float32((2*rng.Float64() - 1) * bound)
+		bound := 1 / math.Sqrt(float64(sizes[i]))
+		for _, p := range m.params[2*i : 2*i+2] {
+			for j := range p.Data {
+				p.Data[j] = float32((2*rng.Float64() - 1) * bound)
+			}
 		}
-		for j := range b {
-			b[j] = float32((2*rng.Float64() - 1) * bound)
-		}
-		m.params = append(m.params,
-			Param{Name: fmt.Sprintf("fc%d.weight", i), Shape: []int{out, in}, Data: w},
-			Param{Name: fmt.Sprintf("fc%d.bias", i), Shape: []int{out}, Data: b})
 	}
 	return m, nil
 }
@@ -83,12 +101,13 @@ func (m *MLP) Sizes() []int { return append([]int(nil), m.sizes...) }
 // Params implements Model.
 func (m *MLP) Params() []Param { return m.params }
 
+// Flat implements Model.
+func (m *MLP) Flat() []float32 { return m.flat }
+
 // Clone implements Model.
 func (m *MLP) Clone() Model {
-	c := &MLP{sizes: append([]int(nil), m.sizes...), loss: m.loss}
-	for _, p := range m.params {
-		c.params = append(c.params, Param{Name: p.Name, Shape: append([]int(nil), p.Shape...), Data: append([]float32(nil), p.Data...)})
-	}
+	c := &MLP{sizes: append([]int(nil), m.sizes...), loss: m.loss, flat: append([]float32(nil), m.flat...)}
+	c.params = carve(c.sizes, c.flat)
 	return c
 }
 
@@ -104,8 +123,9 @@ func (m *MLP) newWorkspace(maxBatch int) *mlpWorkspace {
 		ws.acts = append(ws.acts, make([]float32, maxBatch*s))
 		ws.deltas = append(ws.deltas, make([]float32, maxBatch*s))
 	}
-	for _, p := range m.params {
-		ws.grads = append(ws.grads, make([]float32, len(p.Data)))
+	ws.flat = make([]float32, len(m.flat))
+	for _, p := range carve(m.sizes, ws.flat) {
+		ws.grads = append(ws.grads, p.Data)
 	}
 	return ws
 }
@@ -116,9 +136,12 @@ type mlpWorkspace struct {
 	acts   [][]float32 // acts[0] input, acts[i] post-activation of layer i (logits for the last)
 	deltas [][]float32 // dLoss/d(pre-activation) per layer
 	grads  [][]float32
+	flat   []float32
 }
 
 func (ws *mlpWorkspace) Grads() [][]float32 { return ws.grads }
+
+func (ws *mlpWorkspace) FlatGrads() []float32 { return ws.flat }
 
 func (ws *mlpWorkspace) check(ds *Dataset, idx []int) error {
 	m := ws.m

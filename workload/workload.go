@@ -57,6 +57,9 @@ type Model interface {
 	// Params returns the parameter tensors, in a fixed order. The slices
 	// alias the model's memory.
 	Params() []Param
+	// Flat returns all parameters as one vector: the concatenation of
+	// Params()[i].Data in order, aliasing the same memory.
+	Flat() []float32
 	// NewWorkspace returns a gradient workspace for batches of up to maxBatch
 	// samples.
 	NewWorkspace(maxBatch int) Workspace
@@ -78,6 +81,9 @@ type Workspace interface {
 	// Grads returns the gradient buffers, one per parameter, in Params()
 	// order. They are overwritten by every Gradient call.
 	Grads() [][]float32
+	// FlatGrads returns all gradients as one vector (the concatenation of
+	// Grads() in order, aliasing the same memory).
+	FlatGrads() []float32
 }
 
 // Metrics are evaluation results.

@@ -282,3 +282,29 @@ func BenchmarkMLPGradient(b *testing.B) {
 		}
 	}
 }
+
+func TestFlatAliasesParams(t *testing.T) {
+	m, _ := NewMLP([]int{3, 4, 2}, CrossEntropy, 1)
+	flat := m.Flat()
+	off := 0
+	for _, p := range m.Params() {
+		for j := range p.Data {
+			if &p.Data[j] != &flat[off+j] {
+				t.Fatalf("%s[%d] does not alias Flat()[%d]", p.Name, j, off+j)
+			}
+		}
+		off += len(p.Data)
+	}
+	if off != len(flat) {
+		t.Fatalf("params cover %d of %d flat elements", off, len(flat))
+	}
+	c := m.Clone()
+	c.Flat()[0]++
+	if c.Params()[0].Data[0] != c.Flat()[0] || m.Flat()[0] == c.Flat()[0] {
+		t.Error("Clone does not have its own aliased flat vector")
+	}
+	ws := m.NewWorkspace(2)
+	if &ws.Grads()[3][1] != &ws.FlatGrads()[3*4+4+4*2+1] {
+		t.Error("FlatGrads does not alias Grads")
+	}
+}

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/slimgrad/slimgrad/optim"
+	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
 )
 
@@ -17,19 +20,35 @@ type method struct {
 	Compress string
 	EF       string
 	Optim    string
+	// WarmupSteps > 0 runs DGC's density warm-up over that many steps; a
+	// negative value means 5% of the steps (at least 4).
+	WarmupSteps int
 }
 
 func (m method) describe() string {
-	return fmt.Sprintf("compress=%s ef=%s optim=%s", m.Compress, m.EF, m.Optim)
+	s := fmt.Sprintf("compress=%s ef=%s optim=%s", m.Compress, m.EF, m.Optim)
+	if m.WarmupSteps != 0 {
+		s += " + DGC warm-up"
+	}
+	return s
 }
 
-// presets are the named methods of `sim --methods`.
+// presets are the named methods of `sim --methods`. Their hyper-parameters
+// follow the PyTorch reference (../shared/anchors/reference_training.py):
+// momentum SGD lr 0.1 m 0.9; DGC at 0.1% with the paper's warm-up over the
+// first 5% of steps; 1-bit Adam lr 1e-3 frozen after 20% of the steps.
 var presets = []method{
 	{Name: "dense", Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9"},
+	{Name: "dgc", Compress: "dgc:0.001", EF: "dgc:0.9", Optim: "dgcsgd:lr=0.1,m=0.9", WarmupSteps: -1},
+	{Name: "onebitadam", Compress: "none", EF: "none", Optim: "onebitadam:lr=0.001,freeze=20%"},
+	{Name: "econtrol", Compress: "topk:0.01", EF: "econtrol:0.01", Optim: "momentum:lr=0.1,m=0.9"},
+	{Name: "topk-ef14", Compress: "topk:0.001", EF: "ef14", Optim: "momentum:lr=0.1,m=0.9"},
+	{Name: "adam", Compress: "none", EF: "none", Optim: "adam:lr=0.001"},
+	{Name: "fp16", Compress: "fp16", EF: "none", Optim: "momentum:lr=0.1,m=0.9"},
 }
 
 // defaultMethods are what `slimgrad sim` compares with no flags.
-var defaultMethods = []string{"dense"}
+var defaultMethods = []string{"dense", "dgc", "onebitadam", "econtrol"}
 
 func presetNames() []string {
 	var out []string
@@ -42,17 +61,27 @@ func presetNames() []string {
 func selectMethods(o simOptions) ([]method, error) {
 	var out []method
 	if o.Compress != "" || o.EF != "" || o.Optim != "" {
-		custom := method{Name: "custom", Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9"}
+		custom := method{Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9"}
 		if o.Compress != "" {
 			custom.Compress = o.Compress
 		}
 		if o.EF != "" {
 			custom.EF = o.EF
+			if strings.HasPrefix(o.EF, "dgc") && o.Optim == "" {
+				custom.Optim = "dgcsgd:lr=0.1,m=0.9" // momentum is in the feedback
+			}
 		}
 		if o.Optim != "" {
 			custom.Optim = o.Optim
 		}
-		custom.Name = strings.TrimSuffix(strings.Join([]string{custom.Compress, custom.EF, custom.Optim}, "/"), "/")
+		var parts []string
+		for _, p := range []string{custom.Compress, custom.EF} {
+			if p != "none" {
+				parts = append(parts, p)
+			}
+		}
+		parts = append(parts, strings.SplitN(custom.Optim, ":", 2)[0])
+		custom.Name = strings.Join(parts, "+")
 		if o.Methods == "default" {
 			return []method{presets[0], custom}, nil
 		}
@@ -79,75 +108,132 @@ func selectMethods(o simOptions) ([]method, error) {
 	return out, nil
 }
 
-// build returns the exchanger and the optimizer factory of m.
-func (m method) build(o simOptions, layers []train.Layer, log *slog.Logger) (train.Exchanger, func(int, []train.Layer) (train.Optimizer, error), error) {
-	if m.Compress != "none" || m.EF != "none" {
-		return nil, nil, fmt.Errorf("compressor %q with error feedback %q: compressed exchange is not available in this build", m.Compress, m.EF)
+// plan returns the communication plan of m for a run of steps steps.
+func (m method) plan(steps int, seed uint64) train.Plan {
+	p := train.Plan{Compress: m.Compress, EF: m.EF, Seed: seed}
+	if m.WarmupSteps != 0 {
+		ws := m.WarmupSteps
+		if ws < 0 {
+			ws = max(len(train.DGCWarmup), steps/20)
+		}
+		if ws < steps {
+			p.Warmup, p.WarmupSteps = train.DGCWarmup, ws
+		}
 	}
-	ex, err := train.NewLocal(o.Workers, layers)
-	if err != nil {
-		return nil, nil, err
-	}
-	lr, mom, err := parseMomentum(m.Optim)
-	if err != nil {
-		return nil, nil, err
-	}
-	return ex, func(int, []train.Layer) (train.Optimizer, error) { return newMomentumSGD(layers, lr, mom), nil }, nil
+	return p
 }
 
-func parseMomentum(recipe string) (lr, mom float32, err error) {
+// build returns the exchanger and the optimizer of m: the simulator over
+// env's topology, or the in-process reference (--exchange local).
+func (m method) build(ctx context.Context, o simOptions, task train.Task, env *simEnv, log *slog.Logger) (train.Exchanger, train.OptimSpec, error) {
+	spec, err := parseOptim(m.Optim, o.Steps)
+	if err != nil {
+		return nil, spec, err
+	}
+	units := train.Units(task.Model, spec.Flat)
+	plan := m.plan(o.Steps, o.Seed)
+	switch o.Exchange {
+	case "local":
+		ex, err := train.NewLocal(o.Workers, units, plan)
+		return ex, spec, err
+	case "sim":
+		params := len(task.Model.Flat())
+		ex, err := train.NewSim(ctx, o.Workers, units, plan, train.SimConfig{
+			Topology: env.topo,
+			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress},
+			GradFLOP: 6 * float64(params) * float64(o.Batch), // forward 2, backward 4 FLOP per parameter and sample
+			FLOPS:    o.FLOPS,
+		})
+		return ex, spec, err
+	}
+	return nil, spec, fmt.Errorf("unknown --exchange %q (want sim or local)", o.Exchange)
+}
+
+// parseOptim parses an optimizer recipe: NAME[:key=value,...] with NAME one of
+// sgd, momentum, nesterov, dgcsgd, adam, onebitadam and keys lr, m
+// (momentum), wd (weight decay), freeze (1-bit Adam's freeze step, a step
+// count or a percentage of steps, e.g. 20%).
+func parseOptim(recipe string, steps int) (train.OptimSpec, error) {
 	name, args, _ := strings.Cut(recipe, ":")
-	if name != "momentum" && name != "sgd" {
-		return 0, 0, fmt.Errorf("unknown optimizer recipe %q", recipe)
-	}
-	lr, mom = 0.1, 0.9
-	if name == "sgd" {
-		mom = 0
-	}
-	for kv := range strings.SplitSeq(args, ",") {
-		if kv == "" {
+	kv := map[string]string{}
+	for part := range strings.SplitSeq(args, ",") {
+		if part == "" {
 			continue
 		}
-		k, v, _ := strings.Cut(kv, "=")
-		f, err := strconv.ParseFloat(v, 32)
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			return train.OptimSpec{}, fmt.Errorf("optimizer recipe %q: %q is not key=value", recipe, part)
+		}
+		kv[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	get := func(k string, def float64) (float64, error) {
+		v, ok := kv[k]
+		if !ok {
+			return def, nil
+		}
+		delete(kv, k)
+		f, err := strconv.ParseFloat(v, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("optimizer recipe %q: %s: %w", recipe, k, err)
+			return 0, fmt.Errorf("optimizer recipe %q: %s=%q is not a number", recipe, k, v)
 		}
-		switch k {
-		case "lr":
-			lr = float32(f)
-		case "m":
-			mom = float32(f)
-		default:
-			return 0, 0, fmt.Errorf("optimizer recipe %q: unknown key %q", recipe, k)
+		return f, nil
+	}
+	var errs []error
+	num := func(k string, def float64) float64 {
+		f, err := get(k, def)
+		if err != nil {
+			errs = append(errs, err)
 		}
+		return f
 	}
-	return lr, mom, nil
-}
-
-// momentumSGD is heavy-ball SGD: b = m·b + g; p -= lr·b.
-type momentumSGD struct {
-	lr, m float32
-	buf   [][]float32
-}
-
-func newMomentumSGD(layers []train.Layer, lr, m float32) *momentumSGD {
-	o := &momentumSGD{lr: lr, m: m}
-	for _, l := range layers {
-		o.buf = append(o.buf, make([]float32, l.Size))
-	}
-	return o
-}
-
-func (o *momentumSGD) Communicate(_ int, grads [][]float32) [][]float32 { return grads }
-
-func (o *momentumSGD) Apply(_ int, params, update [][]float32) error {
-	for l, p := range params {
-		b := o.buf[l]
-		for j, g := range update[l] {
-			b[j] = o.m*b[j] + g
-			p[j] -= o.lr * b[j]
+	spec := train.OptimSpec{Name: recipe}
+	switch name {
+	case "sgd":
+		lr, wd := num("lr", 0.1), num("wd", 0)
+		spec.New = func(n int) (optim.Optimizer, error) { return optim.NewSGD(n, lr, wd) }
+	case "momentum", "nesterov":
+		lr, m, wd := num("lr", 0.1), num("m", 0.9), num("wd", 0)
+		nest := name == "nesterov"
+		spec.New = func(n int) (optim.Optimizer, error) { return optim.NewMomentum(n, lr, m, wd, nest) }
+	case "dgcsgd":
+		lr, m, wd := num("lr", 0.1), num("m", 0.9), num("wd", 0)
+		spec.New = func(n int) (optim.Optimizer, error) { return optim.NewDGCSGD(n, lr, m, wd, false) }
+	case "adam", "onebitadam":
+		cfg := optim.DefaultAdamConfig()
+		cfg.LR, cfg.WeightDecay = num("lr", cfg.LR), num("wd", 0)
+		if name == "adam" {
+			cfg.BiasCorrection = true
+			spec.New = func(n int) (optim.Optimizer, error) { return optim.NewAdam(n, cfg) }
+			break
 		}
+		freeze := max(1, steps/5)
+		if v, ok := kv["freeze"]; ok {
+			delete(kv, "freeze")
+			if pct, isPct := strings.CutSuffix(v, "%"); isPct {
+				f, err := strconv.ParseFloat(pct, 64)
+				if err != nil || f <= 0 || f > 100 {
+					return spec, fmt.Errorf("optimizer recipe %q: freeze=%q is not a percentage in (0,100]", recipe, v)
+				}
+				freeze = max(1, int(f/100*float64(steps)))
+			} else {
+				f, err := strconv.Atoi(v)
+				if err != nil || f < 1 {
+					return spec, fmt.Errorf("optimizer recipe %q: freeze=%q is not a step count >= 1", recipe, v)
+				}
+				freeze = f
+			}
+		}
+		cfg.FreezeStep = freeze
+		spec.Flat = true // DeepSpeed flattens the model: whole-model scales
+		spec.New = func(n int) (optim.Optimizer, error) { return optim.NewOneBitAdam(n, cfg) }
+	default:
+		return spec, fmt.Errorf("unknown optimizer %q (want sgd, momentum, nesterov, dgcsgd, adam or onebitadam)", name)
 	}
-	return nil
+	if len(errs) > 0 {
+		return spec, errs[0]
+	}
+	for k := range kv {
+		return spec, fmt.Errorf("optimizer recipe %q: unknown key %q", recipe, k)
+	}
+	return spec, nil
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
-	"image/color"
 	"io"
 	"os"
 	"path/filepath"
@@ -34,12 +33,17 @@ func timeToTarget(recs []train.Record, target float64) (time.Duration, int, bool
 
 func writeSummary(w io.Writer, rep *simReport, target float64) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "method\ttest acc\ttest loss\twire bytes\tdense-ring bytes\tsaved\tpayload bytes\tsim time\tsim time to %.0f%%\twall\t\n", 100*target)
+	fmt.Fprintf(tw, "method\ttest acc\ttest loss\twire bytes\tdense-ring bytes\tsaved\tpayload bytes\tsim time\tvs dense ring\tsim time to %.0f%%\twall\t\n", 100*target)
 	for _, run := range rep.Runs {
 		last := run.Result.Last
-		simTime, tta := "-", "not reached"
+		simTime, speedup, tta := "-", "-", "not reached"
 		if last.TotalStepTime > 0 {
 			simTime = fmtDuration(last.TotalStepTime)
+			var base time.Duration
+			for _, r := range run.Result.Records {
+				base += r.BaselineTime
+			}
+			speedup = fmt.Sprintf("%.2f× faster", base.Seconds()/last.TotalStepTime.Seconds())
 		}
 		if d, step, ok := timeToTarget(run.Result.Records, target); ok {
 			if d > 0 {
@@ -48,9 +52,9 @@ func writeSummary(w io.Writer, rep *simReport, target float64) {
 				tta = fmt.Sprintf("step %d", step)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%.2f%%\t%.4f\t%s\t%s\t%.1f×\t%s\t%s\t%s\t%s\t\n", run.Method.Name,
+		fmt.Fprintf(tw, "%s\t%.2f%%\t%.4f\t%s\t%s\t%.1f×\t%s\t%s\t%s\t%s\t%s\t\n", run.Method.Name,
 			100*run.Result.Final.Accuracy, run.Result.Final.Loss, fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes),
-			last.Saved(), fmtBytes(last.TotalPayloadBytes), simTime, tta, run.Wall.Round(10*time.Millisecond))
+			last.Saved(), fmtBytes(last.TotalPayloadBytes), simTime, speedup, tta, run.Wall.Round(10*time.Millisecond))
 	}
 	tw.Flush()
 }
@@ -61,7 +65,8 @@ var csvHeader = []string{
 	"method", "step", "loss", "evaluated", "test_loss", "accuracy",
 	"payload_bytes", "wire_bytes", "dense_bytes", "saved",
 	"total_payload_bytes", "total_wire_bytes", "total_dense_bytes", "cum_saved",
-	"sim_step_s", "sim_comm_s", "sim_codec_s", "total_sim_s", "compute_wall_s", "wall_s",
+	"sim_step_s", "sim_grad_s", "sim_codec_s", "sim_reduce_s", "sim_comm_s", "sim_dense_ring_step_s", "total_sim_s",
+	"compute_wall_s", "wall_s",
 }
 
 func csvRow(name string, r train.Record) []string {
@@ -71,7 +76,8 @@ func csvRow(name string, r train.Record) []string {
 		name, strconv.Itoa(r.Step), f(r.Loss), strconv.FormatBool(r.Evaluated), f(r.TestLoss), f(r.Accuracy),
 		i(r.PayloadBytes), i(r.WireBytes), i(r.DenseBytes), f(r.Ratio()),
 		i(r.TotalPayloadBytes), i(r.TotalWireBytes), i(r.TotalDenseBytes), f(r.Saved()),
-		f(r.StepTime.Seconds()), f(r.CommTime.Seconds()), f(r.CodecTime.Seconds()), f(r.TotalStepTime.Seconds()),
+		f(r.StepTime.Seconds()), f(r.GradTime.Seconds()), f(r.CodecTime.Seconds()), f(r.ReduceTime.Seconds()),
+		f(r.CommTime.Seconds()), f(r.BaselineTime.Seconds()), f(r.TotalStepTime.Seconds()),
 		f(r.Compute.Seconds()), f(r.Wall.Seconds()),
 	}
 }
@@ -231,53 +237,80 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 	return append(files, path), nil
 }
 
-// stepTimePlot is a stacked bar chart of the mean per-step time of each
-// method: gradient compute (measured wall time, all workers), codec and
-// communication (simulated).
+// stepTimePlot is a stacked bar chart of the mean simulated step time of
+// each method (gradient compute, codec, reduction, communication), beside the
+// simulated dense fp32 ring; without a simulated clock it shows the measured
+// wall time of gradient computation and exchange instead.
 func stepTimePlot(rep *simReport) *plot.Plot {
 	p := plot.New()
-	p.Title.Text = "mean step time breakdown"
-	p.Y.Label.Text = "milliseconds per step"
 	n := len(rep.Runs)
-	comp, codec, comm := make(plotter.Values, n), make(plotter.Values, n), make(plotter.Values, n)
+	simulated := false
+	for _, run := range rep.Runs {
+		if run.Result.Last.TotalStepTime > 0 {
+			simulated = true
+		}
+	}
+	type part struct {
+		name string
+		get  func(r train.Record) time.Duration
+	}
+	var parts []part
+	if simulated {
+		p.Title.Text = "mean simulated step time"
+		parts = []part{
+			{"gradient compute", func(r train.Record) time.Duration { return r.GradTime }},
+			{"codec", func(r train.Record) time.Duration { return r.CodecTime }},
+			{"reduction", func(r train.Record) time.Duration { return r.ReduceTime }},
+			{"communication", func(r train.Record) time.Duration { return r.CommTime }},
+		}
+	} else {
+		p.Title.Text = "mean wall time per step (no simulated clock)"
+		parts = []part{
+			{"gradient compute (wall)", func(r train.Record) time.Duration { return r.Compute }},
+			{"exchange and update (wall)", func(r train.Record) time.Duration { return r.Wall - r.Compute }},
+		}
+	}
+	p.Y.Label.Text = "milliseconds per step"
 	var names []string
-	for i, run := range rep.Runs {
-		recs := run.Result.Records
-		for _, r := range recs {
-			comp[i] += float64(r.Compute) / 1e6
-			codec[i] += float64(r.CodecTime) / 1e6
-			comm[i] += float64(r.CommTime) / 1e6
-		}
-		if len(recs) > 0 {
-			k := float64(len(recs))
-			comp[i], codec[i], comm[i] = comp[i]/k, codec[i]/k, comm[i]/k
-		}
+	for _, run := range rep.Runs {
 		names = append(names, run.Method.Name)
 	}
-	w := vg.Points(30)
+	if simulated {
+		names = append(names, "dense ring (baseline)")
+	}
+	w := vg.Points(28)
 	var below *plotter.BarChart
-	for k, part := range []struct {
-		name string
-		v    plotter.Values
-		c    color.Color
-	}{
-		{"gradient compute (wall)", comp, plotutil.Color(0)},
-		{"codec (simulated)", codec, plotutil.Color(1)},
-		{"communication (simulated)", comm, plotutil.Color(2)},
-	} {
-		b, err := plotter.NewBarChart(part.v, w)
-		if err != nil {
-			continue // a part with no data (e.g. no clock) is left out
+	for k, pt := range parts {
+		vals := make(plotter.Values, len(names))
+		for i, run := range rep.Runs {
+			recs := run.Result.Records
+			for _, r := range recs {
+				vals[i] += float64(pt.get(r)) / 1e6
+			}
+			if len(recs) > 0 {
+				vals[i] /= float64(len(recs))
+			}
 		}
-		b.Color = part.c
+		if simulated && n > 0 && k == 0 {
+			// The baseline bar: the dense ring's step (gradient compute included).
+			recs := rep.Runs[0].Result.Records
+			for _, r := range recs {
+				vals[n] += float64(r.BaselineTime) / 1e6
+			}
+			vals[n] /= float64(max(1, len(recs)))
+		}
+		b, err := plotter.NewBarChart(vals, w)
+		if err != nil {
+			continue
+		}
+		b.Color = plotutil.Color(k)
 		b.LineStyle.Width = 0
 		if below != nil {
 			b.StackOn(below)
 		}
 		below = b
 		p.Add(b)
-		p.Legend.Add(part.name, b)
-		_ = k
+		p.Legend.Add(pt.name, b)
 	}
 	p.Legend.Top = true
 	p.NominalX(names...)

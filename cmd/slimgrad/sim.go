@@ -8,11 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/workload"
 )
@@ -41,13 +44,24 @@ type simOptions struct {
 	Log         string
 	JSONL       bool
 	Plots       bool
+	CPUProfile  string
+	Exchange    string
+	Calibration string
+	FLOPS       float64
+}
+
+// simEnv is what all methods of a run share.
+type simEnv struct {
+	topo     *sim.Topology
+	topoYAML string // the default topology's text, "" for --topology
+	calib    *sim.Calibration
 }
 
 func defaultSimOptions() simOptions {
 	return simOptions{
 		Workers: 8, Batch: 32, Steps: 300, Seed: 1, Workload: "mnist", Split: "iid",
 		Methods: "default", Out: "slimgrad-out", Target: 0.9, EvalEvery: 50, EvalSamples: 2000,
-		Progress: "auto", Log: "warn", JSONL: true, Plots: true,
+		Progress: "auto", Log: "warn", JSONL: true, Plots: true, Exchange: "sim", FLOPS: train.DefaultFLOPS,
 	}
 }
 
@@ -76,6 +90,10 @@ func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Log, "log", o.Log, "log level: debug, info, warn, error")
 	fs.BoolVar(&o.JSONL, "jsonl", o.JSONL, "also write steps.jsonl")
 	fs.BoolVar(&o.Plots, "plots", o.Plots, "write PNG plots")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", o.CPUProfile, "write a CPU profile of the run to this file")
+	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time) or local (in-process reference, no clock)")
+	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by `slimgrad bench` (default: built-in throughputs)")
+	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -95,6 +113,17 @@ func runSimCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "slimgrad sim: unexpected arguments %q\n", fs.Args())
 		return errUsage
+	}
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	_, err := runSim(ctx, o, stdout, stderr)
 	return err
@@ -141,6 +170,17 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 		}
 		defer met.Close()
 	}
+	env := &simEnv{}
+	if o.Exchange == "sim" {
+		if env.topo, env.topoYAML, err = loadTopology(o.Topology, o.Workers); err != nil {
+			return nil, err
+		}
+		if o.Calibration != "" {
+			if env.calib, err = sim.LoadCalibration(o.Calibration); err != nil {
+				return nil, err
+			}
+		}
+	}
 	layers := train.LayersOf(task.Model)
 	var elems int
 	for _, l := range layers {
@@ -148,6 +188,14 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	}
 	fmt.Fprintf(stdout, "slimgrad sim: %s, %d parameters in %d layers, %d workers × batch %d, %s shards, %d steps, seed %d\n",
 		task.Name, elems, len(layers), o.Workers, o.Batch, split, o.Steps, o.Seed)
+	switch {
+	case o.Exchange != "sim":
+		fmt.Fprintf(stdout, "exchange: %s (no simulated clock)\n", o.Exchange)
+	case o.Topology != "":
+		fmt.Fprintf(stdout, "topology: %s (%d nodes)\n", o.Topology, len(env.topo.Nodes))
+	default:
+		fmt.Fprintf(stdout, "topology: built-in heterogeneous (two sites of 10 Gbit/s nodes, 2.5 Gbit/s WAN, one 1 Gbit/s edge node at half speed; written to topology.yaml)\n")
+	}
 
 	printEvery := o.PrintEvery
 	if printEvery <= 0 {
@@ -155,7 +203,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	}
 	rep := &simReport{Options: o}
 	for _, m := range methods {
-		ex, newOpt, err := m.build(o, layers, log)
+		ex, spec, err := m.build(ctx, o, task, env, log)
 		if err != nil {
 			return nil, fmt.Errorf("method %s: %w", m.Name, err)
 		}
@@ -168,11 +216,12 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 		}
 		start := time.Now()
 		lastAcc := -1.0
-		res, err := train.Run(ctx, cfg, task, ex, newOpt, func(r train.Record) {
+		units := train.Units(task.Model, spec.Flat)
+		res, err := train.Run(ctx, cfg, task, ex, spec, func(r train.Record) {
 			if r.Evaluated {
 				lastAcc = r.Accuracy
 			}
-			met.observe(m.Name, layers, r)
+			met.observe(m.Name, units, r)
 			if r.Step%printEvery == 0 || r.Step == o.Steps-1 {
 				line := stepLine(r, lastAcc)
 				if bar != nil {
@@ -198,6 +247,12 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	writeSummary(stdout, rep, o.Target)
 	if o.Out != "" {
 		files, err := writeOutputs(o.Out, rep, o.JSONL, o.Plots)
+		if err == nil && env.topoYAML != "" {
+			path := filepath.Join(o.Out, "topology.yaml")
+			if err = os.WriteFile(path, []byte(env.topoYAML), 0o644); err == nil {
+				files = append(files, path)
+			}
+		}
 		if err != nil {
 			return rep, err
 		}

@@ -1,0 +1,165 @@
+package train
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/errorfeedback"
+)
+
+// Plan says how every layer is communicated: the compressor and
+// error-feedback recipes of each layer, and an optional warm-up schedule.
+type Plan struct {
+	// Compress is the compressor recipe of compressed layers (e.g.
+	// "topk:0.001"); "" or "none" sends everything dense.
+	Compress string
+	// EF is the error-feedback recipe of every layer (e.g. "ef14",
+	// "econtrol:0.1", "dgc:0.9"); "" means "none". Dense layers run the same
+	// feedback around the "none" codec (for DGC: momentum after averaging).
+	EF string
+	// CompressVectors also compresses 1-D tensors (biases). By default only
+	// tensors of rank >= 2 are compressed, as in the DGC reference code.
+	CompressVectors bool
+	// Warmup, if not empty, replaces the density of Compress during the
+	// first WarmupSteps steps: stage i of len(Warmup) covers steps
+	// [i·WarmupSteps/len, (i+1)·WarmupSteps/len) and uses density Warmup[i]
+	// (DGC's exponential warm-up: 0.25, 0.0625, 0.015625, 0.00390625). Only
+	// for sparse codecs (topk, dgc, randomk) under a feedback that can swap
+	// its codec (DGC).
+	Warmup      []float64
+	WarmupSteps int
+	// Seed is shared by all ranks (random-k indices, PowerSGD's Q).
+	Seed uint64
+}
+
+// DGCWarmup is the paper's warm-up schedule of densities (specs §1.1).
+var DGCWarmup = []float64{0.25, 0.0625, 0.015625, 0.00390625}
+
+// Compressed reports whether layer l is sent with the Compress codec.
+func (p Plan) Compressed(l Layer) bool {
+	if p.Compress == "" || p.Compress == "none" {
+		return false
+	}
+	return p.CompressVectors || len(l.Shape) >= 2
+}
+
+// RecipeAt returns the compressor recipe of layer l at step.
+func (p Plan) RecipeAt(l Layer, step int) string {
+	if !p.Compressed(l) {
+		return "none"
+	}
+	if len(p.Warmup) > 0 && step < p.WarmupSteps {
+		r, err := compressors.Parse(p.Compress)
+		if err == nil && r.Density > 0 {
+			stage := step * len(p.Warmup) / p.WarmupSteps
+			r.Density = max(r.Density, p.Warmup[stage])
+			return r.String()
+		}
+	}
+	return p.Compress
+}
+
+func (p Plan) efRecipe() string {
+	if p.EF == "" {
+		return "none"
+	}
+	return p.EF
+}
+
+func (p Plan) validate() error {
+	if _, err := errorfeedback.Parse(p.efRecipe()); err != nil {
+		return fmt.Errorf("train: plan: %w", err)
+	}
+	if p.Compress != "" {
+		r, err := compressors.Parse(p.Compress)
+		if err != nil {
+			return fmt.Errorf("train: plan: %w", err)
+		}
+		if len(p.Warmup) > 0 {
+			if r.Density == 0 {
+				return fmt.Errorf("train: plan: warm-up needs a sparse codec, not %q", p.Compress)
+			}
+			if p.WarmupSteps < len(p.Warmup) {
+				return fmt.Errorf("train: plan: %d warm-up steps for %d stages", p.WarmupSteps, len(p.Warmup))
+			}
+		}
+	}
+	return nil
+}
+
+// String describes the plan, e.g. "topk:0.001 ef=ef14".
+func (p Plan) String() string {
+	var b strings.Builder
+	c := p.Compress
+	if c == "" {
+		c = "none"
+	}
+	fmt.Fprintf(&b, "%s ef=%s", c, p.efRecipe())
+	if len(p.Warmup) > 0 {
+		fmt.Fprintf(&b, " warmup=%d", p.WarmupSteps)
+	}
+	return b.String()
+}
+
+// NewCodec builds rank's compressor for layer l at step under the plan.
+func (p Plan) NewCodec(l Layer, step, rank int) (compressors.Compressor, error) {
+	opts := []compressors.Option{compressors.WithSeed(p.Seed), compressors.WithRank(rank)}
+	if len(l.Shape) >= 2 {
+		opts = append(opts, compressors.WithShape(l.Shape[0], l.Size/l.Shape[0]))
+	}
+	c, err := compressors.New(p.RecipeAt(l, step), l.Size, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("train: layer %s: %w", l.Name, err)
+	}
+	return c, nil
+}
+
+// NewFeedback builds rank's error-feedback state for layer l (world ranks).
+func (p Plan) NewFeedback(l Layer, rank, world int) (errorfeedback.Feedback, error) {
+	c, err := p.NewCodec(l, 0, rank)
+	if err != nil {
+		return nil, err
+	}
+	r, err := errorfeedback.Parse(p.efRecipe())
+	if err != nil {
+		return nil, err
+	}
+	fb, err := r.New(c, errorfeedback.WithWorld(world))
+	if err != nil {
+		return nil, fmt.Errorf("train: layer %s: %w", l.Name, err)
+	}
+	return fb, nil
+}
+
+// codecSwapper is implemented by feedbacks that can change codec mid-run
+// (errorfeedback.DGC).
+type codecSwapper interface {
+	SetCompressor(c compressors.Compressor) error
+}
+
+// advance swaps the codecs of fbs (one rank's layers) when the plan's
+// recipe changes at step.
+func (p Plan) advance(fbs []errorfeedback.Feedback, layers []Layer, step, rank int) error {
+	if len(p.Warmup) == 0 || step == 0 || step > p.WarmupSteps {
+		return nil
+	}
+	for l, ly := range layers {
+		want := p.RecipeAt(ly, step)
+		if want == p.RecipeAt(ly, step-1) {
+			continue
+		}
+		sw, ok := fbs[l].(codecSwapper)
+		if !ok {
+			return fmt.Errorf("train: warm-up needs an error feedback that can swap codecs (dgc), not %s", fbs[l])
+		}
+		c, err := p.NewCodec(ly, step, rank)
+		if err != nil {
+			return err
+		}
+		if err := sw.SetCompressor(c); err != nil {
+			return fmt.Errorf("train: layer %s: %w", ly.Name, err)
+		}
+	}
+	return nil
+}
