@@ -20,11 +20,14 @@ type dgcRun struct {
 
 // runSoftmax trains the softmax problem over world ranks and returns the
 // final evaluation loss and the bytes rank 0 sent.
-func runSoftmax(t testing.TB, p *softmaxProblem, world, steps, batch, epochSteps int, lr float64, decay bool, run dgcRun, target float64, seed uint64) (float64, int64) {
-	kf := p.k * p.f
-	layers := []layerSpec{
-		{off: 0, n: kf, codec: run.wCodec, ef: run.wEF, efOpts: run.efOpts},
-		{off: kf, n: p.k, codec: "none", ef: run.bEF},
+func runSoftmax(t testing.TB, p model, world, steps, batch, epochSteps int, lr float64, decay bool, run dgcRun, target float64, seed uint64) (float64, int64) {
+	var layers []layerSpec
+	for _, l := range p.parts() {
+		if l.codec == "w" {
+			layers = append(layers, layerSpec{off: l.off, n: l.n, codec: run.wCodec, ef: run.wEF, efOpts: run.efOpts})
+		} else {
+			layers = append(layers, layerSpec{off: l.off, n: l.n, codec: "none", ef: run.bEF})
+		}
 	}
 	mk := func(l layerSpec) Optimizer {
 		var o Optimizer
@@ -40,7 +43,7 @@ func runSoftmax(t testing.TB, p *softmaxProblem, world, steps, batch, epochSteps
 		}
 		return o
 	}
-	c := newCluster(t, world, layers, make([]float32, p.dim()), mk)
+	c := newCluster(t, world, layers, p.init(), mk)
 	rngs := make([]*rand.Rand, world)
 	for r := range rngs {
 		rngs[r] = rand.New(rand.NewPCG(seed, uint64(r)))
@@ -52,7 +55,11 @@ func runSoftmax(t testing.TB, p *softmaxProblem, world, steps, batch, epochSteps
 	for s := 0; s < steps; s++ {
 		if sparse {
 			if d := DGCDensity(s/epochSteps, target, PaperWarmup); d != cur {
-				c.setCodec(t, 0, fmt.Sprintf("dgc:%v", d))
+				for li, l := range layers {
+					if l.codec != "none" {
+						c.setCodec(t, li, fmt.Sprintf("dgc:%v", d))
+					}
+				}
 				cur = d
 			}
 		}
@@ -79,7 +86,10 @@ func TestDGCExplore(t *testing.T) {
 	if os.Getenv("SLIMGRAD_EXPLORE") == "" {
 		t.Skip("set SLIMGRAD_EXPLORE=1 to run the sweep")
 	}
-	p := newSoftmaxProblem(1, 10, 1000, 500, 0.1)
+	var p model = newSoftmaxProblem(1, 10, 1000, 500, 0.1)
+	if os.Getenv("SLIMGRAD_EXPLORE") == "mlp" {
+		p = newMLPProblem(1, 32, 320, 10, 64, 1000)
+	}
 	runs := []dgcRun{
 		{name: "dense", wCodec: "none", wEF: "none", bEF: "none", opt: "momentum"},
 		{name: "dgc", wCodec: "dgc:0.001", wEF: "dgc:0.9", bEF: "dgc:0.9", opt: "dgcsgd"},
@@ -89,11 +99,11 @@ func TestDGCExplore(t *testing.T) {
 	for _, cfg := range []struct {
 		lr    float64
 		decay bool
-	}{{0.03, false}, {0.045, false}} {
+	}{{0.1, false}} {
 		lr := cfg.lr
 		for _, run := range runs {
-			for seed := uint64(1); seed <= 4; seed++ {
-				l, b := runSoftmax(t, p, 8, 600, 4, 30, lr, cfg.decay, run, 0.001, seed)
+			for seed := uint64(1); seed <= 2; seed++ {
+				l, b := runSoftmax(t, p, 8, 1500, 8, 50, lr, cfg.decay, run, 0.001, seed)
 				t.Logf("lr=%v decay=%v %-8s seed %d loss %.4f bytes %d", lr, cfg.decay, run.name, seed, l, b)
 			}
 		}

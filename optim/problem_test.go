@@ -123,3 +123,188 @@ func (p *softmaxProblem) loss(params []float32) float64 {
 	}
 	return s / float64(len(p.evalY))
 }
+
+// model is a training problem for the multi-rank tests.
+type model interface {
+	dim() int
+	// parts lists the layers as (offset, length, compressed): weight
+	// matrices are compressed, biases take the dense path.
+	parts() []layerSpec
+	init() []float32
+	grad(rng *rand.Rand, params, grad []float32, batch int)
+	loss(params []float32) float64
+}
+
+func (p *softmaxProblem) parts() []layerSpec {
+	return []layerSpec{{off: 0, n: p.k * p.f, codec: "w"}, {off: p.k * p.f, n: p.k, codec: "b"}}
+}
+func (p *softmaxProblem) init() []float32 { return make([]float32, p.dim()) }
+
+// mlpProblem is a teacher-student classification task for a one-hidden-layer
+// ReLU MLP: x ~ N(0, I_in), y = argmax T2·relu(T1·x) for a random teacher; the
+// student has W1 (h×in), b1 (h), W2 (c×h), b2 (c), in that order.
+type mlpProblem struct {
+	in, h, c int
+	t1, t2   []float64
+	evalX    []float32
+	evalY    []int
+	x        []float32
+	hid, pre []float64
+	out      []float64
+	dh       []float64
+	seed     uint64
+}
+
+func newMLPProblem(seed uint64, in, h, c, th, evalN int) *mlpProblem {
+	rng := rand.New(rand.NewPCG(seed, 2))
+	p := &mlpProblem{in: in, h: h, c: c, x: make([]float32, in), hid: make([]float64, h), pre: make([]float64, h),
+		out: make([]float64, c), dh: make([]float64, h), seed: seed}
+	p.t1 = make([]float64, th*in)
+	p.t2 = make([]float64, c*th)
+	for i := range p.t1 {
+		p.t1[i] = rng.NormFloat64()
+	}
+	for i := range p.t2 {
+		p.t2[i] = rng.NormFloat64()
+	}
+	p.evalX = make([]float32, evalN*in)
+	p.evalY = make([]int, evalN)
+	for s := range p.evalY {
+		p.evalY[s] = p.draw(rng, p.evalX[s*in:(s+1)*in])
+	}
+	return p
+}
+
+func (p *mlpProblem) dim() int { return p.h*p.in + p.h + p.c*p.h + p.c }
+
+func (p *mlpProblem) parts() []layerSpec {
+	o1 := p.h * p.in
+	o2 := o1 + p.h
+	o3 := o2 + p.c*p.h
+	return []layerSpec{{off: 0, n: o1, codec: "w"}, {off: o1, n: p.h, codec: "b"},
+		{off: o2, n: p.c * p.h, codec: "w"}, {off: o3, n: p.c, codec: "b"}}
+}
+
+func (p *mlpProblem) init() []float32 {
+	rng := rand.New(rand.NewPCG(p.seed, 3))
+	w := make([]float32, p.dim())
+	s1 := math.Sqrt(2 / float64(p.in))
+	for i := 0; i < p.h*p.in; i++ {
+		w[i] = float32(s1 * rng.NormFloat64())
+	}
+	s2 := math.Sqrt(1 / float64(p.h))
+	o2 := p.h*p.in + p.h
+	for i := 0; i < p.c*p.h; i++ {
+		w[o2+i] = float32(s2 * rng.NormFloat64())
+	}
+	return w
+}
+
+// draw fills x with a sample and returns the teacher's label.
+func (p *mlpProblem) draw(rng *rand.Rand, x []float32) int {
+	for j := range x {
+		x[j] = float32(rng.NormFloat64())
+	}
+	th := len(p.t1) / p.in
+	best, arg := math.Inf(-1), 0
+	for c := 0; c < p.c; c++ {
+		var s float64
+		for k := 0; k < th; k++ {
+			var a float64
+			row := p.t1[k*p.in : (k+1)*p.in]
+			for j, xj := range x {
+				a += row[j] * float64(xj)
+			}
+			if a > 0 {
+				s += p.t2[c*th+k] * a
+			}
+		}
+		if s > best {
+			best, arg = s, c
+		}
+	}
+	return arg
+}
+
+// forward computes the hidden activations and class probabilities of x and
+// returns −log p_y.
+func (p *mlpProblem) forward(w []float32, x []float32, y int) float64 {
+	o1 := p.h * p.in
+	w1, b1 := w[:o1], w[o1:o1+p.h]
+	w2, b2 := w[o1+p.h:o1+p.h+p.c*p.h], w[o1+p.h+p.c*p.h:]
+	for k := 0; k < p.h; k++ {
+		a := float64(b1[k])
+		row := w1[k*p.in : (k+1)*p.in]
+		for j, xj := range x {
+			a += float64(row[j]) * float64(xj)
+		}
+		p.pre[k] = a
+		p.hid[k] = max(a, 0)
+	}
+	mx := math.Inf(-1)
+	for c := 0; c < p.c; c++ {
+		s := float64(b2[c])
+		row := w2[c*p.h : (c+1)*p.h]
+		for k, hk := range p.hid {
+			s += float64(row[k]) * hk
+		}
+		p.out[c] = s
+		mx = max(mx, s)
+	}
+	var z float64
+	for c := range p.out {
+		p.out[c] = math.Exp(p.out[c] - mx)
+		z += p.out[c]
+	}
+	for c := range p.out {
+		p.out[c] /= z
+	}
+	return -math.Log(max(p.out[y], 1e-300))
+}
+
+func (p *mlpProblem) grad(rng *rand.Rand, w, g []float32, batch int) {
+	clear(g)
+	o1 := p.h * p.in
+	g1, gb1 := g[:o1], g[o1:o1+p.h]
+	w2 := w[o1+p.h : o1+p.h+p.c*p.h]
+	g2, gb2 := g[o1+p.h:o1+p.h+p.c*p.h], g[o1+p.h+p.c*p.h:]
+	inv := 1 / float64(batch)
+	for s := 0; s < batch; s++ {
+		y := p.draw(rng, p.x)
+		p.forward(w, p.x, y)
+		clear(p.dh)
+		for c := 0; c < p.c; c++ {
+			d := p.out[c]
+			if c == y {
+				d--
+			}
+			d *= inv
+			gb2[c] += float32(d)
+			row, grow := w2[c*p.h:(c+1)*p.h], g2[c*p.h:(c+1)*p.h]
+			for k, hk := range p.hid {
+				grow[k] += float32(d * hk)
+				p.dh[k] += d * float64(row[k])
+			}
+		}
+		for k := 0; k < p.h; k++ {
+			if p.pre[k] <= 0 {
+				continue
+			}
+			d := p.dh[k]
+			gb1[k] += float32(d)
+			row := g1[k*p.in : (k+1)*p.in]
+			df := float32(d)
+			for j, xj := range p.x {
+				row[j] += df * xj
+			}
+		}
+	}
+}
+
+func (p *mlpProblem) loss(w []float32) float64 {
+	var s float64
+	for i, y := range p.evalY {
+		s += p.forward(w, p.evalX[i*p.in:(i+1)*p.in], y)
+	}
+	return s / float64(len(p.evalY))
+}
