@@ -31,6 +31,7 @@ const (
 
 var aggNames = [...]string{"reduce", "gather", "two-phase", "low-rank"}
 
+// String returns the scheme's name, e.g. "gather".
 func (a Aggregation) String() string {
 	if int(a) < len(aggNames) {
 		return aggNames[a]
@@ -92,6 +93,7 @@ type RecipeError struct {
 	Reason string // what is wrong, e.g. "density must be in (0,1]"
 }
 
+// Error formats as `compressors: recipe "topk:2": density must be in (0,1]`.
 func (e *RecipeError) Error() string {
 	return fmt.Sprintf("compressors: recipe %q: %s", e.Recipe, e.Reason)
 }

@@ -64,9 +64,14 @@ func newPowerSGD(rc Recipe, cfg Config) (*PowerSGD, error) {
 	return ps, nil
 }
 
-// Rows, Cols and Rank give the shape and the effective rank r.
+// Rows is the number of rows of the layer's matrix.
 func (ps *PowerSGD) Rows() int { return ps.rows }
+
+// Cols is the number of columns of the layer's matrix.
 func (ps *PowerSGD) Cols() int { return ps.cols }
+
+// Rank is the effective rank r = min(recipe rank, Rows, Cols): P is Rows×r
+// and Q is Cols×r.
 func (ps *PowerSGD) Rank() int { return ps.r }
 
 // Q returns the current (warm-start) Q, cols×r row-major. It aliases the

@@ -29,6 +29,7 @@ var codecNames = map[Codec]string{
 	CodecRandomK: "randomk", CodecSign: "sign", CodecQSGD: "qsgd", CodecPowerSGD: "powersgd",
 }
 
+// String returns the codec's recipe name, e.g. "topk".
 func (c Codec) String() string {
 	if s, ok := codecNames[c]; ok {
 		return s

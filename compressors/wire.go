@@ -129,9 +129,14 @@ func newFrame(r Recipe, n int) frame {
 	return f
 }
 
-func (f *frame) Len() int                 { return f.n }
+// Len is the layer's element count.
+func (f *frame) Len() int { return f.n }
+
+// Aggregation is how payloads of this codec combine across ranks.
 func (f *frame) Aggregation() Aggregation { return f.recipe.Aggregation() }
-func (f *frame) String() string           { return f.recipe.String() }
+
+// String returns the canonical recipe, e.g. "topk:0.001+zstd".
+func (f *frame) String() string { return f.recipe.String() }
 
 // Recipe returns the recipe the compressor was made from.
 func (f *frame) Recipe() Recipe { return f.recipe }
