@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"image/color"
 	"io"
 	"os"
 	"path/filepath"
@@ -291,14 +292,6 @@ func stepTimePlot(rep *simReport) *plot.Plot {
 				vals[i] /= float64(len(recs))
 			}
 		}
-		if simulated && n > 0 && k == 0 {
-			// The baseline bar: the dense ring's step (gradient compute included).
-			recs := rep.Runs[0].Result.Records
-			for _, r := range recs {
-				vals[n] += float64(r.BaselineTime) / 1e6
-			}
-			vals[n] /= float64(max(1, len(recs)))
-		}
 		b, err := plotter.NewBarChart(vals, w)
 		if err != nil {
 			continue
@@ -312,7 +305,36 @@ func stepTimePlot(rep *simReport) *plot.Plot {
 		p.Add(b)
 		p.Legend.Add(pt.name, b)
 	}
+	top := 0.0
+	if simulated && n > 0 {
+		// The baseline bar: a dense fp32 ring's whole step (gradient compute
+		// included) on the same topology.
+		vals := make(plotter.Values, len(names))
+		recs := rep.Runs[0].Result.Records
+		for _, r := range recs {
+			vals[n] += float64(r.BaselineTime) / 1e6
+		}
+		vals[n] /= float64(max(1, len(recs)))
+		if b, err := plotter.NewBarChart(vals, w); err == nil {
+			b.Color = color.Gray{Y: 150}
+			b.LineStyle.Width = 0
+			p.Add(b)
+			p.Legend.Add("dense fp32 ring, whole step", b)
+		}
+		top = vals[n]
+	}
 	p.Legend.Top = true
 	p.NominalX(names...)
+	p.Y.Min = 0
+	for _, run := range rep.Runs {
+		var sum float64
+		for _, r := range run.Result.Records {
+			for _, pt := range parts {
+				sum += float64(pt.get(r)) / 1e6
+			}
+		}
+		top = max(top, sum/float64(max(1, len(run.Result.Records))))
+	}
+	p.Y.Max = 1.45 * top // room for the legend
 	return p
 }
