@@ -14,6 +14,7 @@ const benchN = 25_000_000
 var (
 	benchOnce sync.Once
 	benchX    []float32
+	benchY    []float32 // shared decode target
 )
 
 func benchInput() []float32 {
@@ -23,6 +24,7 @@ func benchInput() []float32 {
 		for i := range benchX {
 			benchX[i] = float32(r.NormFloat64())
 		}
+		benchY = make([]float32, benchN)
 	})
 	return benchX
 }
@@ -87,7 +89,7 @@ func benchElems(b *testing.B, ec ElementCodec) {
 		b.SetBytes(int64(4 * len(x)))
 		loop(b, func() { chunk = ec.EncodeElems(chunk[:0], x) })
 	})
-	y := make([]float32, len(x))
+	y := benchY
 	if err := ec.DecodeElems(y, chunk); err != nil { // fault the pages in before timing
 		b.Fatal(err)
 	}
