@@ -40,6 +40,18 @@ type Collective struct {
 	// Start is the virtual time (seconds) at which the collective may start,
 	// e.g. when backpropagation has produced its gradients.
 	Start float64
+	// Prologue, if Elems > 0, is work every rank does on its compute engine
+	// before the program starts (e.g. error feedback and compression of a
+	// dense layer, which happen outside the program): a compute of Fn over
+	// Elems elements, timed by the compute model.
+	Prologue Prologue
+}
+
+// Prologue is a compute step before a collective's program (see
+// Collective.Prologue).
+type Prologue struct {
+	Fn    allreduce.Fn
+	Elems int64
 }
 
 // Options tunes a simulation. The zero value (or nil) is valid.
@@ -240,6 +252,7 @@ type driver struct {
 	scr    []int32
 	res    *Result
 	pay    map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
+	pro    []allreduce.Op // per collective: its prologue as a compute op
 	pend   []msgInfo
 	pfree  []int32
 	trace  *Trace
@@ -356,6 +369,11 @@ func (d *driver) setup() error {
 	d.cfin = grow(d.cfin, len(d.colls))
 	d.cbytes = grow(d.cbytes, len(d.colls))
 	d.cleft = grow(d.cleft, len(d.colls))
+	d.pro = grow(d.pro, len(d.colls))
+	for c := range d.colls {
+		pr := d.colls[c].Prologue
+		d.pro[c] = allreduce.Op{Kind: allreduce.Compute, Fn: pr.Fn, Chunk: -1, Bytes: pr.Elems}
+	}
 	clear(d.cfin)
 	clear(d.cbytes)
 	for c, col := range d.colls {
@@ -475,7 +493,12 @@ func (d *driver) loop(ctx context.Context) error {
 		switch ev.kind {
 		case evStart:
 			for r := 0; r < d.world && err == nil; r++ {
-				err = d.pump(ev.g*int32(d.world) + int32(r))
+				g := ev.g*int32(d.world) + int32(r)
+				if pro := &d.pro[ev.g]; pro.Bytes > 0 {
+					err = d.compute(g, &d.ms[g], -1, pro)
+				} else {
+					err = d.pump(g)
+				}
 			}
 		case evFlowEnd:
 			err = d.flowEnd(ev.g, ev.x)
@@ -758,8 +781,10 @@ func (d *driver) computeCost(ms *machine, op *allreduce.Op) float64 {
 	return t
 }
 
+// compute runs compute op i of machine g (i == -1: the collective's
+// prologue, op points to it).
 func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error {
-	if ms.exec != nil {
+	if ms.exec != nil && i >= 0 {
 		if err := ms.exec.Run(op); err != nil {
 			return fmt.Errorf("sim: collective %d rank %d op %d (%v): %w", ms.coll, ms.rank, i, op.Fn, err)
 		}
@@ -767,11 +792,14 @@ func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error 
 	cat := fnCategory(op.Fn)
 	if cat == CatNone || d.costs.secPerElem[op.Fn&15] == 0 {
 		d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, i, -1, 0)
+		if i < 0 {
+			return d.pump(g)
+		}
 		return ms.m.Done(i)
 	}
 	rs := &d.ranks[ms.rank]
 	if rs.busy {
-		rs.queue = append(rs.queue, int64(g)<<32|int64(i))
+		rs.queue = append(rs.queue, int64(g)<<32|int64(uint32(i)))
 		return nil
 	}
 	d.startCompute(rs, g, ms, i, op)
@@ -800,11 +828,18 @@ func (d *driver) computeEnd(g, op int32) error {
 		if rs.head == len(rs.queue) {
 			rs.queue, rs.head = rs.queue[:0], 0
 		}
-		ng, ni := int32(q>>32), int32(q)
+		ng, ni := int32(q>>32), int32(uint32(q))
 		nm := &d.ms[ng]
-		d.startCompute(rs, ng, nm, ni, &nm.prog.Ops[ni])
+		if ni < 0 {
+			d.startCompute(rs, ng, nm, ni, &d.pro[nm.coll])
+		} else {
+			d.startCompute(rs, ng, nm, ni, &nm.prog.Ops[ni])
+		}
 	}
 	d.trace.add(d.now, TraceComputed, ms.coll, ms.rank, op, -1, 0)
+	if op < 0 {
+		return d.pump(g)
+	}
 	if err := ms.m.Done(op); err != nil {
 		return err
 	}
