@@ -252,7 +252,7 @@ type driver struct {
 	scr    []int32
 	res    *Result
 	pay    map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
-	pro    []allreduce.Op // per collective: its prologue as a compute op
+	pro    []allreduce.Op   // per collective: its prologue as a compute op
 	pend   []msgInfo
 	pfree  []int32
 	trace  *Trace
