@@ -155,19 +155,50 @@ func (s *selector) exactTopK(idx []uint32, val []float32, x []float32, k int) in
 		if !over && c >= k {
 			return s.topKOf(idx, val, s.cidx[:c], s.cval[:c], k)
 		}
-	}
-	t, ties := radixThreshold(x, k, &s.hist)
-	o := 0
-	for j, v := range x {
-		key := math.Float32bits(v) & absMask
-		if key > t || (key == t && ties > 0) {
-			if key == t {
-				ties--
+		if over && lo < absMask {
+			// Many elements tie at the bound (quantized or mostly-zero
+			// gradients): if fewer than k are strictly above it, the
+			// threshold is the bound itself.
+			c2, over2 := s.collectGE(x, lo+1, limit)
+			if !over2 {
+				if c2 >= k {
+					return s.topKOf(idx, val, s.cidx[:c2], s.cval[:c2], k)
+				}
+				return emitThreshold(idx, val, x, lo, k-c2)
 			}
-			idx[o] = uint32(j)
-			val[o] = v
-			o++
 		}
 	}
-	return o
+	t, ties := radixThreshold(x, k, &s.hist)
+	return emitThreshold(idx, val, x, t, ties)
+}
+
+// emitThreshold writes, in index order, the elements of x with key > t and
+// the first ties elements with key == t. It visits only those elements (and
+// the ones with key > t), using the vectorized magnitude scan.
+func emitThreshold(idx []uint32, val []float32, x []float32, t uint32, ties int) int {
+	o, j := 0, 0
+	for ties > 0 {
+		j += kernels.NextAbsGE(x[j:], t)
+		if j >= len(x) {
+			return o
+		}
+		if math.Float32bits(x[j])&absMask == t {
+			ties--
+		}
+		idx[o], val[o] = uint32(j), x[j]
+		o++
+		j++
+	}
+	if t == absMask {
+		return o
+	}
+	for {
+		j += kernels.NextAbsGE(x[j:], t+1)
+		if j >= len(x) {
+			return o
+		}
+		idx[o], val[o] = uint32(j), x[j]
+		o++
+		j++
+	}
 }
