@@ -17,8 +17,8 @@ import (
 	"github.com/slimgrad/slimgrad/transport/transporttest"
 )
 
-// Test timing: heartbeats every 50 ms, a peer is dead after 1 s of silence.
-var fastHB = nats.WithHeartbeat(50*time.Millisecond, time.Second)
+// Test timing: heartbeats every 50 ms, a peer is dead after 2 s of silence.
+var fastHB = nats.WithHeartbeat(50*time.Millisecond, 2*time.Second)
 
 func startServer(t *testing.T, o natsserver.Options) *natsserver.Server {
 	t.Helper()
@@ -96,7 +96,7 @@ func TestConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 		}),
-		transporttest.WithDeathTimeout(5*time.Second),
+		transporttest.WithDeathTimeout(8*time.Second),
 		transporttest.WithLargeInShort(true),
 	)
 }
@@ -240,7 +240,7 @@ func TestServerLost(t *testing.T) {
 			t.Errorf("err = %v, want PeerError wrapping ErrPeerDead", err)
 		}
 	}
-	if el := time.Since(start); el > 5*time.Second {
+	if el := time.Since(start); el > 8*time.Second {
 		t.Errorf("took %v", el)
 	}
 }

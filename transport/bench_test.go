@@ -1,0 +1,216 @@
+package transport_test
+
+// Point-to-point throughput on loopback: one rank sends messages of a given
+// size to another as fast as flow control allows, the other receives them.
+// Baselines in the same file: raw Go TCP (plain bytes, and transport frames
+// with CRC-32C), and raw NATS publish→subscribe through the embedded server
+// without this module's protocol.
+//
+//	go test -run '^$' -bench P2P -benchtime 2s ./transport/
+//
+// The loops use b.N rather than b.Loop because the timed region must include
+// the receiver draining the last messages (sends are asynchronous).
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/mem"
+	"github.com/slimgrad/slimgrad/transport/nats"
+	"github.com/slimgrad/slimgrad/transport/natsserver"
+)
+
+var benchSizes = []int{64 << 10, 1 << 20, 4 << 20, 64 << 20}
+
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%dMiB", n>>20)
+	default:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+}
+
+// benchConns streams b.N messages of size bytes from conns[0] to conns[1].
+func benchConns(b *testing.B, conns []transport.Conn, size int) {
+	ctx := context.Background()
+	msg := make([]byte, size)
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	done := make(chan error, 1)
+	b.ResetTimer()
+	go func() {
+		for range b.N {
+			if _, err := conns[1].Recv(ctx, 0, 1); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for range b.N {
+		if err := conns[0].Send(ctx, 1, 1, msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}
+
+func BenchmarkP2P(b *testing.B) {
+	for _, size := range benchSizes {
+		b.Run("transport=mem/size="+sizeName(size), func(b *testing.B) {
+			g, err := mem.NewGroup(2)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer g.Close()
+			benchConns(b, g.Conns(), size)
+		})
+		b.Run("transport=mem-framed/size="+sizeName(size), func(b *testing.B) {
+			g, err := mem.NewGroup(2, mem.WithFraming(true))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer g.Close()
+			benchConns(b, g.Conns(), size)
+		})
+		for _, maxPayload := range []int{1 << 20, 8 << 20} {
+			b.Run(fmt.Sprintf("transport=nats-chunk%s/size=%s", sizeName(maxPayload), sizeName(size)), func(b *testing.B) {
+				g, err := nats.NewGroup(context.Background(), 2, nats.WithServer(natsserver.Options{MaxPayload: maxPayload}))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer g.Close()
+				benchConns(b, g.Conns(), size)
+			})
+		}
+		b.Run("transport=tcp-raw/size="+sizeName(size), func(b *testing.B) { benchTCP(b, size, false) })
+		b.Run("transport=tcp-framed/size="+sizeName(size), func(b *testing.B) { benchTCP(b, size, true) })
+		b.Run("transport=nats-pubsub-raw/size="+sizeName(size), func(b *testing.B) { benchNATSRaw(b, size) })
+	}
+}
+
+// benchTCP streams b.N messages over one loopback TCP connection, either as
+// plain bytes or as transport frames (header + CRC-32C checked on receipt).
+func benchTCP(b *testing.B, size int, framed bool) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	r := <-accepted
+	if r == nil {
+		b.Fatal("accept failed")
+	}
+	defer r.Close()
+	msg := make([]byte, size)
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	done := make(chan error, 1)
+	b.ResetTimer()
+	go func() {
+		buf := make([]byte, size)
+		for range b.N {
+			var err error
+			if framed {
+				_, _, err = transport.ReadFrame(r, size, buf)
+			} else {
+				_, err = io.ReadFull(r, buf)
+			}
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for range b.N {
+		var err error
+		if framed {
+			err = transport.WriteFrame(w, 0, 1, msg)
+		} else {
+			_, err = w.Write(msg)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}
+
+// benchNATSRaw publishes b.N messages of size bytes (in max-payload pieces)
+// through an embedded server to one subscriber, with no flow control,
+// checksums or reassembly: the ceiling for the nats transport.
+func benchNATSRaw(b *testing.B, size int) {
+	srv, err := natsserver.Start(context.Background(), natsserver.Options{MaxPayload: 8 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Shutdown()
+	pub, err := natsgo.Connect(srv.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pub.Close()
+	sc, err := natsgo.Connect(srv.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sc.Close()
+	var got atomic.Int64
+	want := int64(b.N) * int64(size)
+	done := make(chan struct{})
+	sub, err := sc.Subscribe("bench", func(m *natsgo.Msg) {
+		if got.Add(int64(len(m.Data))) == want {
+			close(done)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sub.SetPendingLimits(-1, -1)
+	if err := sc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	chunk := min(size, int(pub.MaxPayload()))
+	msg := make([]byte, size)
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		for off := 0; off < size; off += chunk {
+			if err := pub.Publish("bench", msg[off:min(off+chunk, size)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := pub.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	<-done
+}
