@@ -1,0 +1,328 @@
+package train
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/optim"
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/worker"
+	"github.com/slimgrad/slimgrad/workload"
+)
+
+// RegisterUnits registers units on w as the plan says: each unit's codec and
+// error feedback, or, if codec is not empty, that codec with no error feedback
+// for every unit (1-bit Adam registers "sign": its compressed stage is the
+// two-phase scheme). Warm-up schedules cannot be registered (the worker keeps
+// one codec per layer): a plan with Warmup is ErrUnsupported.
+func RegisterUnits(w *worker.Worker, units []Layer, plan Plan, codec string) error {
+	if len(plan.Warmup) > 0 {
+		return fmt.Errorf("%w: the worker keeps one codec per layer, so DGC's density warm-up cannot run over it", ErrUnsupported)
+	}
+	if err := plan.validate(); err != nil {
+		return err
+	}
+	for _, u := range units {
+		c, ef := plan.RecipeAt(u, 0), plan.efRecipe()
+		if codec != "" {
+			c, ef = codec, "none"
+		}
+		if _, err := w.Register(u.Name, u.Shape, worker.WithCodec(c), worker.WithErrorFeedback(ef)); err != nil {
+			return fmt.Errorf("train: register %s: %w", u.Name, err)
+		}
+	}
+	return nil
+}
+
+// WorkerOptions are the worker settings under which a real run computes
+// exactly what the simulator exchanger computes: no layer fusion (one
+// collective per unit) and the ring for dense layers.
+func WorkerOptions(seed uint64, log *slog.Logger) []worker.Option {
+	opts := []worker.Option{worker.WithSeed(seed), worker.WithBucketBytes(0), worker.WithAlgorithm(allreduce.AlgRing.String())}
+	if log != nil {
+		opts = append(opts, worker.WithLogger(log))
+	}
+	return opts
+}
+
+// modeFor maps the optimizers' aggregation of a step to the worker's mode.
+func modeFor(how []optim.Exchange) (worker.Mode, error) {
+	m := worker.ModeCompressed
+	for i, h := range how {
+		var hm worker.Mode
+		switch h {
+		case optim.Mean, optim.TwoPhaseSign:
+			hm = worker.ModeCompressed
+		case optim.DenseMean:
+			hm = worker.ModeDense
+		default:
+			return 0, fmt.Errorf("%w: aggregation %v", ErrUnsupported, h)
+		}
+		if i > 0 && hm != m {
+			return 0, fmt.Errorf("%w: a step that mixes dense and compressed units", ErrUnsupported)
+		}
+		m = hm
+	}
+	return m, nil
+}
+
+// statsOf sums the ledgers of all ranks of one step.
+func statsOf(leds []*worker.Ledger, units int) Stats {
+	st := Stats{Layers: make([]LayerStats, units)}
+	var codec, comm time.Duration
+	for _, l := range leds {
+		for i, ll := range l.Layers {
+			if i < units {
+				st.Layers[i].PayloadBytes += ll.PayloadBytes
+				st.Layers[i].WireBytes += ll.SentBytes
+				st.Layers[i].DenseBytes += ll.BaselineBytes
+			}
+		}
+		st.PayloadBytes += l.PayloadBytes()
+		st.WireBytes += l.SentBytes()
+		st.DenseBytes += l.BaselineBytes()
+		c, d, m := l.Times()
+		codec, comm = max(codec, c+d), max(comm, m)
+	}
+	st.CodecTime, st.CommTime = codec, comm
+	return st
+}
+
+// Workers is the exchanger backed by real workers (package worker), one per
+// rank, over the given transport connections, all driven from this process:
+// every Exchange runs worker.Step on all ranks concurrently. Its stats are the
+// workers' ledgers summed over ranks: message bytes sent, the worker's
+// measured codec and communication wall time (the slowest rank's), no
+// simulated clock.
+type Workers struct {
+	ws    []*worker.Worker
+	units []Layer
+	mode  worker.Mode
+	leds  []*worker.Ledger
+	errs  []error
+}
+
+// NewWorkers starts one worker per conn (conns[r] is rank r) with units
+// registered as plan says (codec: see RegisterUnits) and opts (see
+// WorkerOptions). It returns when every rank has started.
+func NewWorkers(ctx context.Context, conns []transport.Conn, units []Layer, plan Plan, codec string, opts ...worker.Option) (*Workers, error) {
+	x := &Workers{units: units, leds: make([]*worker.Ledger, len(conns)), errs: make([]error, len(conns))}
+	for _, c := range conns {
+		w, err := worker.New(ctx, c, opts...)
+		if err != nil {
+			x.Close()
+			return nil, err
+		}
+		x.ws = append(x.ws, w)
+		if err := RegisterUnits(w, units, plan, codec); err != nil {
+			x.Close()
+			return nil, err
+		}
+	}
+	var wg sync.WaitGroup
+	for r, w := range x.ws {
+		wg.Go(func() { x.errs[r] = w.Start(ctx) })
+	}
+	wg.Wait()
+	for r, err := range x.errs {
+		if err != nil {
+			x.Close()
+			return nil, fmt.Errorf("train: worker %d: %w", r, err)
+		}
+	}
+	return x, nil
+}
+
+// Close closes the workers (not their connections).
+func (x *Workers) Close() error {
+	for _, w := range x.ws {
+		w.Close()
+	}
+	return nil
+}
+
+// Name implements Exchanger.
+func (x *Workers) Name() string { return fmt.Sprintf("workers ×%d", len(x.ws)) }
+
+// Exchange implements Exchanger.
+func (x *Workers) Exchange(ctx context.Context, step int, how []optim.Exchange, in, out [][][]float32) (Stats, error) {
+	if err := checkShapes(len(x.ws), x.units, how, in, out); err != nil {
+		return Stats{}, err
+	}
+	mode, err := modeFor(how)
+	if err != nil {
+		return Stats{}, err
+	}
+	if mode != x.mode {
+		for _, w := range x.ws {
+			if err := w.SetMode(mode); err != nil {
+				return Stats{}, err
+			}
+		}
+		x.mode = mode
+	}
+	var wg sync.WaitGroup
+	for r, w := range x.ws {
+		for u := range x.units {
+			copy(out[r][u], in[r][u])
+		}
+		wg.Go(func() { x.leds[r], x.errs[r] = w.Step(ctx, out[r]) })
+	}
+	wg.Wait()
+	for r, err := range x.errs {
+		if err != nil {
+			return Stats{}, fmt.Errorf("train: worker %d step %d: %w", r, step, err)
+		}
+	}
+	return statsOf(x.leds, len(x.units)), nil
+}
+
+var _ Exchanger = (*Workers)(nil)
+
+// RankConfig is one process's part of a multi-process job.
+type RankConfig struct {
+	Config
+	// Rank and World place this process in the job; they must match the
+	// worker's transport.
+	Rank, World int
+}
+
+// RunRank trains one rank of a multi-process data-parallel job: this
+// process's replica of task.Model, its shard (the same sharding as Run:
+// Shard(task.Train, World, Split, Seed)), its sampler and optimizers, with
+// w (started or not; RunRank registers the units) doing the exchange. With
+// the same seed and settings every rank's parameters follow those of Run's
+// replicas when the exchanges compute the same (see WorkerOptions).
+//
+// Record.Loss is this rank's mini-batch loss; test metrics are evaluated on
+// every rank (the replicas are identical). Records carry this rank's ledger
+// bytes scaled to the whole job (its bytes times World), so that byte columns
+// compare with Run's.
+func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, plan Plan, opt OptimSpec, codec string, onStep func(Record)) (*Result, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.World != w.World() || cfg.Rank != w.Rank() {
+		return nil, fmt.Errorf("train: RunRank as rank %d of %d over a worker of rank %d of %d", cfg.Rank, cfg.World, w.Rank(), w.World())
+	}
+	shards, err := workload.Shard(task.Train, cfg.World, cfg.Split, cfg.Seed)
+	if err != nil {
+		return nil, err
+	}
+	units := Units(task.Model, opt.Flat)
+	if err := RegisterUnits(w, units, plan, codec); err != nil {
+		return nil, err
+	}
+	if err := w.Start(ctx); err != nil {
+		return nil, err
+	}
+	m := task.Model.Clone()
+	ws := m.NewWorkspace(cfg.Batch)
+	sampler := workload.NewSampler(shards[cfg.Rank], cfg.Seed, cfg.Rank)
+	var params, grads [][]float32
+	if opt.Flat {
+		params, grads = [][]float32{m.Flat()}, [][]float32{ws.FlatGrads()}
+	} else {
+		for _, p := range m.Params() {
+			params = append(params, p.Data)
+		}
+		grads = ws.Grads()
+	}
+	var opts []optim.Optimizer
+	send := make([][]float32, len(units))
+	how := make([]optim.Exchange, len(units))
+	for _, u := range units {
+		o, err := opt.New(u.Size)
+		if err != nil {
+			return nil, fmt.Errorf("train: optimizer %s: %w", opt.Name, err)
+		}
+		opts = append(opts, o)
+	}
+	var evalIdx []int
+	if cfg.EvalSamples > 0 && cfg.EvalSamples < task.Test.N {
+		evalIdx = make([]int, cfg.EvalSamples)
+		for i := range evalIdx {
+			evalIdx[i] = i
+		}
+	}
+	mode := worker.ModeCompressed
+	res := &Result{}
+	var tot Record
+	for step := 0; step < cfg.Steps; step++ {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		t0 := time.Now()
+		loss, err := ws.Gradient(task.Train, sampler.Next(cfg.Batch))
+		if err != nil {
+			return res, err
+		}
+		if math.IsNaN(loss) || math.IsInf(loss, 0) {
+			return res, fmt.Errorf("%w at step %d (loss %g)", ErrDiverged, step, loss)
+		}
+		for u := range units {
+			if send[u], how[u], err = opts[u].Prepare(grads[u]); err != nil {
+				return res, err
+			}
+		}
+		compute := time.Since(t0)
+		m2, err := modeFor(how)
+		if err != nil {
+			return res, err
+		}
+		if m2 != mode {
+			if err := w.SetMode(m2); err != nil {
+				return res, err
+			}
+			mode = m2
+		}
+		led, err := w.Step(ctx, send)
+		if err != nil {
+			return res, fmt.Errorf("train: rank %d step %d: %w", cfg.Rank, step, err)
+		}
+		for u := range units {
+			if err := opts[u].Step(params[u], send[u]); err != nil {
+				return res, err
+			}
+		}
+		st := statsOf([]*worker.Ledger{led}, len(units))
+		scale := int64(cfg.World)
+		st.PayloadBytes, st.WireBytes, st.DenseBytes = scale*st.PayloadBytes, scale*st.WireBytes, scale*st.DenseBytes
+		for i := range st.Layers {
+			l := &st.Layers[i]
+			l.PayloadBytes, l.WireBytes, l.DenseBytes = scale*l.PayloadBytes, scale*l.WireBytes, scale*l.DenseBytes
+		}
+		rec := Record{Step: step, Loss: loss, Stats: st}
+		tot.TotalWireBytes += st.WireBytes
+		tot.TotalDenseBytes += st.DenseBytes
+		tot.TotalPayloadBytes += st.PayloadBytes
+		rec.TotalWireBytes, rec.TotalDenseBytes, rec.TotalPayloadBytes = tot.TotalWireBytes, tot.TotalDenseBytes, tot.TotalPayloadBytes
+		last := step == cfg.Steps-1
+		if last || (cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0) {
+			idx := evalIdx
+			if last {
+				idx = nil
+			}
+			met, err := m.Evaluate(task.Test, idx)
+			if err != nil {
+				return res, err
+			}
+			rec.Evaluated, rec.TestLoss, rec.Accuracy = true, met.Loss, met.Accuracy
+			if last {
+				res.Final = met
+			}
+		}
+		rec.Wall, rec.Compute = time.Since(t0), compute
+		res.Records = append(res.Records, rec)
+		res.Last = rec
+		if onStep != nil {
+			onStep(rec)
+		}
+	}
+	return res, nil
+}
