@@ -113,3 +113,31 @@ func BenchmarkQSGD(b *testing.B) {
 func BenchmarkPowerSGD(b *testing.B) {
 	b.Run("rank=4/shape=25000x1000", func(b *testing.B) { benchCompress(b, "powersgd:4", WithShape(25_000, 1000)) })
 }
+
+// BenchmarkDecompressAdd is the receive side of the gathered and two-phase
+// schemes: one rank's frame scatter-added into the 25M-element sum.
+func BenchmarkDecompressAdd(b *testing.B) {
+	x := benchInput()
+	for _, r := range []string{"topk:0.001", "randomk:0.001", "sign", "qsgd:4", "fp16"} {
+		b.Run("codec="+r+"/n=25M", func(b *testing.B) {
+			c, err := New(r, len(x))
+			if err != nil {
+				b.Fatal(err)
+			}
+			frame, err := c.Compress(nil, x)
+			if err != nil {
+				b.Fatal(err)
+			}
+			y := benchY
+			if err := c.DecompressAdd(y, frame); err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(4 * len(x)))
+			loop(b, func() {
+				if err := c.DecompressAdd(y, frame); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+	}
+}
