@@ -1,0 +1,330 @@
+package lgreco
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"slices"
+
+	"github.com/slimgrad/slimgrad/compressors"
+)
+
+// Controller is one rank's L-GreCo state: the active per-layer choice, a
+// pending Decision and, on the deciding rank (rank 0), the accumulated
+// error-compensated gradients. Every rank runs one with the same Plan and
+// drives it with the same calls at the same step boundaries:
+//
+//	at the start of step t, before any collective of step t:
+//	  if c.Due(t) {                                   // the same on every rank
+//	      var b []byte
+//	      if rank == 0 { d := c.Decide(t); b, _ = d.MarshalBinary() }
+//	      b = broadcast(b)                            // from rank 0
+//	      d, err := plan.Decode(b); err = c.Schedule(d)
+//	  }
+//	  changed, err := c.Advance(t)                    // switches at d.ApplyAt
+//	  agree on c.Signature() (e.g. Agree, or inside the step's own exchange)
+//	  for _, l := range changed { rebuild layer l: c.Recipe(l), c.LayerSeed(l) }
+//	  ... run step t; on rank 0, if c.Collecting(t), c.Observe(l, g, e) per layer
+//
+// A Controller is not safe for concurrent use.
+type Controller struct {
+	plan     *Plan
+	active   []int
+	applied  int64 // ApplyAt of the active choice (-1: the initial default)
+	version  uint32
+	pending  *Decision
+	last     int64 // last step given to Advance
+	acc      [][]float64
+	accSteps []int64 // per layer: number of Observe calls in the window
+	lastSol  Solution
+}
+
+// NewController returns a Controller whose active choice is the plan's
+// uniform default.
+func NewController(p *Plan) *Controller {
+	return &Controller{plan: p, active: p.Default(), applied: -1, last: -1}
+}
+
+// Plan returns the controller's plan.
+func (c *Controller) Plan() *Plan { return c.plan }
+
+// Due reports whether step t is an adjustment boundary (t = Start + k·Adjust,
+// k ≥ 1): rank 0 must Decide and every rank must receive and Schedule the
+// broadcast decision before step t's collectives. It depends only on the
+// Config, so every rank agrees.
+func (c *Controller) Due(t int64) bool {
+	cfg := &c.plan.cfg
+	return t > cfg.Start && (t-cfg.Start)%cfg.Adjust == 0
+}
+
+// Collecting reports whether the error-compensated gradients of step t feed
+// the next decision (the last AccIter steps before a boundary). Only the
+// deciding rank needs to Observe.
+func (c *Controller) Collecting(t int64) bool {
+	cfg := &c.plan.cfg
+	if t < cfg.Start {
+		return false
+	}
+	next := t - (t-cfg.Start)%cfg.Adjust + cfg.Adjust // next boundary after t
+	return next-t <= cfg.AccIter
+}
+
+// Observe adds layer l's error-compensated gradient of this step, g + e, to
+// the running average (float64). e is the error-feedback residual before this
+// step's compression (nil if none, or if g already includes it: for EF14 and
+// PowerSGD with ef14 it is the residual of the previous step). It allocates
+// the layer's accumulator on first use and nothing afterwards. It panics if
+// the lengths do not match the layer.
+func (c *Controller) Observe(l int, g, e []float32) {
+	n := c.plan.layers[l].Elems()
+	if len(g) != n || (e != nil && len(e) != n) {
+		panic("lgreco: Observe: vector length does not match the layer")
+	}
+	if c.acc == nil {
+		c.acc = make([][]float64, len(c.plan.layers))
+		c.accSteps = make([]int64, len(c.plan.layers))
+	}
+	if !c.plan.layers[l].tuned {
+		return
+	}
+	if c.acc[l] == nil {
+		c.acc[l] = make([]float64, n)
+	}
+	a := c.acc[l][:n]
+	if e == nil {
+		for i, v := range g {
+			a[i] += float64(v)
+		}
+	} else {
+		e = e[:n]
+		for i, v := range g {
+			a[i] += float64(v) + float64(e[i])
+		}
+	}
+	c.accSteps[l]++
+}
+
+// Decide runs the DP on the gradients observed since the last decision and
+// returns the Decision to broadcast: Version one past the last scheduled one,
+// ApplyAt = t + Delay. Tuned layers that were never observed, non-finite
+// errors of the default (an undefined budget) or an infeasible DP give a
+// decision with Kept set and the previous choice (the pending one if any,
+// else the active one). The accumulators are reset. Call it on the deciding
+// rank only; it does not change the active choice (Schedule and Advance do).
+func (c *Controller) Decide(t int64) *Decision {
+	p := c.plan
+	prev := c.active
+	if c.pending != nil {
+		prev = c.pending.Choice
+	}
+	d := &Decision{Version: c.version + 1, Step: t, ApplyAt: t + p.cfg.Delay, PlanHash: p.hash}
+	defer c.resetAcc()
+	tab := Table{Err: make([][]float64, len(p.tuned)), Cost: make([][]float64, len(p.tuned)), Default: make([]int, len(p.tuned))}
+	for i, l := range p.tuned {
+		pl := &p.layers[l]
+		if c.accSteps == nil || c.accSteps[l] == 0 {
+			d.Kept, d.Choice = true, slices.Clone(prev)
+			return d
+		}
+		g := c.acc[l]
+		inv := 1 / float64(c.accSteps[l])
+		for j := range g {
+			g[j] *= inv
+		}
+		tab.Err[i] = p.Errors(l, g)
+		tab.Cost[i] = pl.cost
+		tab.Default[i] = pl.def
+	}
+	sol, err := Solve(tab, p.cfg.Alpha, p.cfg.Buckets)
+	if err != nil {
+		panic("lgreco: internal error: " + err.Error()) // the plan guarantees a well-formed table
+	}
+	c.lastSol = sol
+	d.Budget, d.DefaultCost, d.DefaultErr = sol.Budget, sol.DefaultCost, sol.DefaultErr
+	if !sol.Feasible {
+		d.Kept, d.Choice = true, slices.Clone(prev)
+		return d
+	}
+	d.Choice = p.Default()
+	for i, l := range p.tuned {
+		d.Choice[l] = sol.Choice[i]
+	}
+	d.Cost, d.Err = sol.Cost, sol.Err
+	return d
+}
+
+// LastSolution is the DP result of the last Decide (zero before any).
+func (c *Controller) LastSolution() Solution { return c.lastSol }
+
+func (c *Controller) resetAcc() {
+	for l, a := range c.acc {
+		clear(a)
+		c.accSteps[l] = 0
+	}
+}
+
+// Schedule records d, received from the deciding rank, as the pending
+// decision. It returns an error wrapping ErrMismatch, and changes nothing,
+// if d is for another plan, is not the next version, or applies at a step
+// that this rank has already started.
+func (c *Controller) Schedule(d *Decision) error {
+	if err := c.plan.check(d); err != nil {
+		return err
+	}
+	if d.Version != c.version+1 {
+		return fmt.Errorf("%w: decision version %d, this rank expects %d", ErrMismatch, d.Version, c.version+1)
+	}
+	if d.ApplyAt <= c.last {
+		return fmt.Errorf("%w: decision applies at step %d, this rank is already at step %d", ErrMismatch, d.ApplyAt, c.last)
+	}
+	if c.pending != nil {
+		return fmt.Errorf("%w: decision %d arrived before decision %d (step %d) was applied", ErrMismatch, d.Version, c.pending.Version, c.pending.ApplyAt)
+	}
+	cp := *d
+	cp.Choice = slices.Clone(d.Choice)
+	c.pending = &cp
+	c.version = d.Version
+	return nil
+}
+
+// Advance moves to the start of step t and, if a pending decision applies at
+// t, makes it active. It returns the layers whose recipe changed (nil if
+// none); the caller rebuilds their compressors (NewCompressor, LayerSeed).
+// Steps must increase; skipping the step at which a pending decision applies
+// returns an error wrapping ErrStep, and the choice is not changed.
+func (c *Controller) Advance(t int64) ([]int, error) {
+	if t <= c.last {
+		return nil, fmt.Errorf("%w: step %d after step %d", ErrStep, t, c.last)
+	}
+	if c.pending != nil && t > c.pending.ApplyAt {
+		return nil, fmt.Errorf("%w: step %d skips step %d, at which decision %d applies", ErrStep, t, c.pending.ApplyAt, c.pending.Version)
+	}
+	c.last = t
+	if c.pending == nil || t != c.pending.ApplyAt {
+		return nil, nil
+	}
+	var changed []int
+	for l, k := range c.pending.Choice {
+		if c.plan.layers[l].cands[k].Recipe != c.plan.layers[l].cands[c.active[l]].Recipe {
+			changed = append(changed, l)
+		}
+	}
+	c.active = c.pending.Choice
+	c.applied = t
+	c.pending = nil
+	return changed, nil
+}
+
+// Active returns the active choice (a candidate index per layer; do not
+// modify).
+func (c *Controller) Active() []int { return c.active }
+
+// Pending returns the scheduled decision that is not applied yet, or nil.
+func (c *Controller) Pending() *Decision { return c.pending }
+
+// Recipe returns layer l's active recipe.
+func (c *Controller) Recipe(l int) compressors.Recipe {
+	return c.plan.layers[l].cands[c.active[l]].Recipe
+}
+
+// Recipes returns the active recipe of every layer.
+func (c *Controller) Recipes() []compressors.Recipe { return c.plan.Recipes(c.active) }
+
+// AppliedAt is the step at which the active choice took effect (-1 for the
+// initial default).
+func (c *Controller) AppliedAt() int64 { return c.applied }
+
+// LayerSeed is the seed of layer l's compressor under the active choice:
+// LayerSeed(Config.Seed, AppliedAt(), l). Every rank gets the same value, so
+// PowerSGD's re-drawn Q is identical everywhere.
+func (c *Controller) LayerSeed(l int) uint64 { return LayerSeed(c.plan.cfg.Seed, c.applied, l) }
+
+// NewCompressor builds layer l's compressor for the active choice, with the
+// layer's shape and LayerSeed (PowerSGD's P and Q sized for the new rank and Q
+// re-drawn from the shared seed, identically on every rank). opts are added
+// after those (e.g. compressors.WithRank for per-rank randomness).
+func (c *Controller) NewCompressor(l int, opts ...compressors.Option) (compressors.Compressor, error) {
+	pl := &c.plan.layers[l]
+	all := append([]compressors.Option{compressors.WithShape(pl.Rows, pl.Cols), compressors.WithSeed(c.LayerSeed(l))}, opts...)
+	return c.Recipe(l).New(pl.Elems(), all...)
+}
+
+// LayerSeed derives the shared seed of layer l's compressor from the job's
+// seed and the step at which the configuration took effect (splitmix64 of the
+// three words). At applied = -1 (the initial configuration) it returns seed
+// itself, so an unadjusted job seeds its compressors exactly as without
+// L-GreCo.
+func LayerSeed(seed uint64, applied int64, l int) uint64 {
+	if applied < 0 {
+		return seed
+	}
+	h := seed ^ 0x4c477265436f5365
+	for _, w := range [...]uint64{uint64(applied), uint64(l)} {
+		h ^= w
+		h += 0x9e3779b97f4a7c15
+		h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9
+		h = (h ^ (h >> 27)) * 0x94d049bb133111eb
+		h ^= h >> 31
+	}
+	return h
+}
+
+// Signature hashes what this rank will run: the plan, the active choice and
+// the step it took effect, and the pending decision (version, apply step and
+// choice). Ranks that compare signatures at every step boundary (Agree, or
+// the worker's own per-step exchange) detect a rank that would apply a
+// different choice, or the same one at a different step, before any
+// collective whose sizes depend on it.
+func (c *Controller) Signature() uint64 {
+	h := fnv.New64a()
+	var b []byte
+	b = binary.LittleEndian.AppendUint64(b, c.plan.hash)
+	b = binary.LittleEndian.AppendUint64(b, uint64(c.applied))
+	b = binary.LittleEndian.AppendUint32(b, c.version)
+	for _, k := range c.active {
+		b = binary.AppendUvarint(b, uint64(k))
+	}
+	if c.pending != nil {
+		b = append(b, 1)
+		b = binary.LittleEndian.AppendUint64(b, uint64(c.pending.ApplyAt))
+		for _, k := range c.pending.Choice {
+			b = binary.AppendUvarint(b, uint64(k))
+		}
+	} else {
+		b = append(b, 0)
+	}
+	h.Write(b)
+	return h.Sum64()
+}
+
+// DesyncError reports that ranks hold different configurations at a step.
+type DesyncError struct {
+	Step int64
+	// Signatures holds every rank's Signature, indexed by rank.
+	Signatures []uint64
+	// Ranks lists the ranks whose signature differs from rank 0's.
+	Ranks []int
+}
+
+func (e *DesyncError) Error() string {
+	return fmt.Sprintf("lgreco: step %d: ranks %v disagree with rank 0 on the per-layer configuration (signatures %016x vs %016x); they would run collectives of different sizes",
+		e.Step, e.Ranks, e.Signatures[e.Ranks[0]], e.Signatures[0])
+}
+
+// Unwrap returns ErrDesync.
+func (e *DesyncError) Unwrap() error { return ErrDesync }
+
+// CheckSignatures compares the ranks' signatures (indexed by rank) and returns
+// a *DesyncError naming the ranks that differ from rank 0, or nil.
+func CheckSignatures(step int64, sigs []uint64) error {
+	var bad []int
+	for r, s := range sigs {
+		if s != sigs[0] {
+			bad = append(bad, r)
+		}
+	}
+	if bad == nil {
+		return nil
+	}
+	return &DesyncError{Step: step, Signatures: slices.Clone(sigs), Ranks: bad}
+}
