@@ -18,9 +18,9 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/counters"
 	"github.com/slimgrad/slimgrad/transport/internal/inbox"
 )
 
@@ -104,7 +104,7 @@ func NewGroup(n int, opts ...Option) (*Group, error) {
 	g := &Group{cfg: cfg, conns: make([]*Conn, n), corrupt: make(map[[2]int]int)}
 	for r := range g.conns {
 		c := &Conn{g: g, rank: r, closed: make(chan struct{}), win: make([]*inbox.Window, n)}
-		c.stats.init(n)
+		c.stats = counters.New(n)
 		for p := range c.win {
 			if p != r {
 				c.win[p] = inbox.NewWindow(cfg.Window)
@@ -193,7 +193,7 @@ type Conn struct {
 	win    []*inbox.Window // credit towards each peer
 	once   sync.Once
 	closed chan struct{}
-	stats  counters
+	stats  *counters.Set
 }
 
 var _ transport.Conn = (*Conn)(nil)
@@ -266,9 +266,7 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		c.in.Fail(peer, cause)
 		return &transport.PeerError{Rank: peer, Op: "send", Err: c.in.Failed(peer)}
 	}
-	c.stats.sentPayload[peer].Add(int64(len(b)))
-	c.stats.sentWire[peer].Add(int64(wire))
-	c.stats.sentMsgs[peer].Add(1)
+	c.stats.Sent(peer, len(b), wire)
 	return nil
 }
 
@@ -299,15 +297,14 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 		}
 		m = m[transport.FrameHeaderLen:]
 	}
-	c.stats.recvPayload[peer].Add(int64(len(m)))
-	c.stats.recvWire[peer].Add(int64(wire))
-	c.stats.recvMsgs[peer].Add(1)
+	c.stats.RecvWire(peer, wire)
+	c.stats.Received(peer, len(m))
 	return m, nil
 }
 
 // Stats returns a snapshot of the byte counters. Wire bytes include the
 // frame headers when framing is on.
-func (c *Conn) Stats() transport.Stats { return c.stats.snapshot() }
+func (c *Conn) Stats() transport.Stats { return c.stats.Snapshot() }
 
 // Close closes the endpoint: every waiting and later call returns
 // transport.ErrClosed, queued messages are dropped, and the peers see this
@@ -328,35 +325,6 @@ func (c *Conn) close(cause error) {
 			}
 		}
 	})
-}
-
-type counters struct {
-	sentPayload, sentWire, recvPayload, recvWire, sentMsgs, recvMsgs []atomic.Int64
-}
-
-func (s *counters) init(n int) {
-	s.sentPayload = make([]atomic.Int64, n)
-	s.sentWire = make([]atomic.Int64, n)
-	s.recvPayload = make([]atomic.Int64, n)
-	s.recvWire = make([]atomic.Int64, n)
-	s.sentMsgs = make([]atomic.Int64, n)
-	s.recvMsgs = make([]atomic.Int64, n)
-}
-
-func load(a []atomic.Int64) []int64 {
-	out := make([]int64, len(a))
-	for i := range a {
-		out[i] = a[i].Load()
-	}
-	return out
-}
-
-func (s *counters) snapshot() transport.Stats {
-	return transport.Stats{
-		SentPayload: load(s.sentPayload), SentWire: load(s.sentWire),
-		RecvPayload: load(s.recvPayload), RecvWire: load(s.recvWire),
-		SentMsgs: load(s.sentMsgs), RecvMsgs: load(s.recvMsgs),
-	}
 }
 
 // Group returns the group c belongs to (for fault injection in tests).

@@ -47,6 +47,7 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/counters"
 	"github.com/slimgrad/slimgrad/transport/internal/inbox"
 	"github.com/slimgrad/slimgrad/transport/natsserver"
 )
@@ -120,7 +121,7 @@ type Conn struct {
 	once   sync.Once
 	closed chan struct{}
 	wg     sync.WaitGroup
-	stats  counters
+	stats  *counters.Set
 }
 
 var _ transport.Conn = (*Conn)(nil)
@@ -230,7 +231,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		allHeard: make(chan struct{}),
 		closed:   make(chan struct{}),
 	}
-	c.stats.init(size)
+	c.stats = counters.New(size)
 	base := cfg.SubjectPrefix + "." + job + "."
 	for p := range size {
 		if p == rank {
@@ -397,9 +398,7 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 			break
 		}
 	}
-	c.stats.sentPayload[peer].Add(int64(len(b)))
-	c.stats.sentWire[peer].Add(int64(wire))
-	c.stats.sentMsgs[peer].Add(1)
+	c.stats.Sent(peer, len(b), wire)
 	return nil
 }
 
@@ -416,15 +415,14 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.stats.recvPayload[peer].Add(int64(len(m)))
-	c.stats.recvMsgs[peer].Add(1)
+	c.stats.Received(peer, len(m))
 	return m, nil
 }
 
 // Stats returns a snapshot of the byte counters. Wire bytes count the NATS
 // message payloads (frames, chunk headers, credit messages) exchanged with
 // each peer, not heartbeats or the NATS protocol itself.
-func (c *Conn) Stats() transport.Stats { return c.stats.snapshot() }
+func (c *Conn) Stats() transport.Stats { return c.stats.Snapshot() }
 
 // Close says goodbye to the peers (who then see this rank as dead), stops
 // every goroutine, drops queued messages and closes the NATS connection if
@@ -490,7 +488,7 @@ func (c *Conn) onConsume(peer int, charge int64, queued int) {
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], uint64(v))
 	n := c.publishCtl(c.subjCtl[peer], flagCredit, b[:])
-	c.stats.sentWire[peer].Add(int64(n))
+	c.stats.SentWire(peer, n)
 }
 
 // source parses the last subject token as a peer rank.
@@ -524,7 +522,7 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	if c.in.Failed(src) != nil {
 		return
 	}
-	c.stats.recvWire[src].Add(int64(len(m.Data)))
+	c.stats.RecvWire(src, len(m.Data))
 	if err := c.handleChunk(src, m.Data); err != nil {
 		c.failPeer(src, err, true)
 	}
@@ -600,7 +598,7 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 		return
 	}
 	c.seen(src)
-	c.stats.recvWire[src].Add(int64(len(m.Data)))
+	c.stats.RecvWire(src, len(m.Data))
 	h, err := transport.ParseFrameHeader(m.Data, c.maxIn)
 	if err == nil {
 		err = h.VerifyPayload(m.Data[transport.FrameHeaderLen:])
@@ -755,33 +753,4 @@ func (g *Group) Close() error {
 	}
 	g.srv.Shutdown()
 	return nil
-}
-
-type counters struct {
-	sentPayload, sentWire, recvPayload, recvWire, sentMsgs, recvMsgs []atomic.Int64
-}
-
-func (s *counters) init(n int) {
-	s.sentPayload = make([]atomic.Int64, n)
-	s.sentWire = make([]atomic.Int64, n)
-	s.recvPayload = make([]atomic.Int64, n)
-	s.recvWire = make([]atomic.Int64, n)
-	s.sentMsgs = make([]atomic.Int64, n)
-	s.recvMsgs = make([]atomic.Int64, n)
-}
-
-func load(a []atomic.Int64) []int64 {
-	out := make([]int64, len(a))
-	for i := range a {
-		out[i] = a[i].Load()
-	}
-	return out
-}
-
-func (s *counters) snapshot() transport.Stats {
-	return transport.Stats{
-		SentPayload: load(s.sentPayload), SentWire: load(s.sentWire),
-		RecvPayload: load(s.recvPayload), RecvWire: load(s.recvWire),
-		SentMsgs: load(s.sentMsgs), RecvMsgs: load(s.recvMsgs),
-	}
 }

@@ -287,3 +287,122 @@ func TestBadArgs(t *testing.T) {
 		}
 	}
 }
+
+// TestFlowControl: a sender blocks once the receiver holds a full window
+// and resumes when the receiver consumes; nothing is dropped.
+func TestFlowControl(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	const window = 1 << 20
+	conns := dialAll(t, srv.ClientURL(), "flow", 2, fastHB, nats.WithWindow(window))
+	ctx := t.Context()
+	msg := make([]byte, 64<<10)
+	fit := window / (len(msg) + 64) // 15
+	for i := range fit {
+		msg[0] = byte(i)
+		if err := conns[0].Send(ctx, 1, 1, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := conns[0].Send(short, 1, 1, msg); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("send beyond the window: err = %v, want DeadlineExceeded (blocked)", err)
+	}
+	for i := range fit {
+		m, err := conns[1].Recv(ctx, 0, 1)
+		if err != nil || len(m) != len(msg) || m[0] != byte(i) {
+			t.Fatalf("Recv %d: %d bytes, first %v, err %v", i, len(m), m[:1], err)
+		}
+	}
+	// All consumed: credit is back and the next send goes through.
+	if err := conns[0].Send(ctx, 1, 1, msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conns[1].Recv(ctx, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBadFrameAbortsLink: after a bad frame from (someone claiming to be)
+// rank 0, rank 1 drops the link and tells rank 0, whose sends then fail
+// instead of waiting for credit that never comes.
+func TestBadFrameAbortsLink(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	conns := dialAll(t, srv.ClientURL(), "abort", 2, fastHB)
+	nc, err := natsgo.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.Publish("slimgrad.abort.d.1.0", []byte("not a frame at all, just some bytes"))
+	nc.Flush()
+	if _, err := conns[1].Recv(t.Context(), 0, 1); !errors.Is(err, transport.ErrBadFrame) {
+		t.Fatalf("Recv: err = %v, want ErrBadFrame", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := conns[0].Send(t.Context(), 1, 1, []byte{1})
+		if err != nil {
+			var pe *transport.PeerError
+			if !errors.As(err, &pe) || pe.Rank != 1 || !errors.Is(err, transport.ErrPeerDead) {
+				t.Fatalf("Send: err = %v, want PeerError{Rank: 1} wrapping ErrPeerDead", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("rank 0 was never told that rank 1 dropped the link")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestNewOnCallerConn: New uses a connection the caller owns (e.g. the one
+// used for rendezvous) and leaves it open on Close.
+func TestNewOnCallerConn(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	ncs := make([]*natsgo.Conn, 2)
+	for i := range ncs {
+		nc, err := natsgo.Connect(srv.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		ncs[i] = nc
+	}
+	conns := make([]*nats.Conn, 2)
+	errs := make([]error, 2)
+	done := make(chan int, 2)
+	for r := range 2 {
+		go func() {
+			conns[r], errs[r] = nats.New(t.Context(), ncs[r], "shared", r, 2, fastHB)
+			done <- r
+		}()
+	}
+	<-done
+	<-done
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if err := conns[0].Send(t.Context(), 1, 9, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := conns[1].Recv(t.Context(), 0, 9); err != nil || string(m) != "x" {
+		t.Fatalf("Recv = %q, %v", m, err)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	for i, nc := range ncs {
+		if nc.IsClosed() {
+			t.Errorf("caller's connection %d closed by Close", i)
+		}
+	}
+}
+
+func TestMissingCredentials(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	_, err := nats.Dial(t.Context(), srv.ClientURL(), "creds", 0, 1, nats.WithCredentials(t.TempDir()+"/missing.creds"))
+	if err == nil {
+		t.Fatal("Dial with a missing credentials file succeeded")
+	}
+}
