@@ -200,36 +200,21 @@ func (q *QSGD) apply(dst []float32, norms, codes []byte, add bool) {
 	for b := range q.buckets {
 		norm := math.Float32frombits(binary.LittleEndian.Uint32(norms[4*b:]))
 		unit := norm / float32(q.levels)
+		d := dst[b*QSGDBucket : min((b+1)*QSGDBucket, q.n)]
+		if w == 4 {
+			var levels [8]float32
+			for l := range levels {
+				levels[l] = float32(l) * unit
+			}
+			kernels.QSGDDecodeNibbles(d, codes[b*QSGDBucket/2:b*QSGDBucket/2+(len(d)+1)/2], &levels, add)
+			continue
+		}
 		for c := range uint32(1) << w {
 			v := float32(c&lmask) * unit
 			if c&(lmask+1) != 0 {
 				v = -v
 			}
 			lut[c] = v
-		}
-		d := dst[b*QSGDBucket : min((b+1)*QSGDBucket, q.n)]
-		if w == 4 {
-			cb := codes[b*QSGDBucket/2:]
-			n := len(d) &^ 1
-			for i := 0; i < n; i += 2 {
-				c := cb[i>>1]
-				v0, v1 := lut[c&15], lut[c>>4]
-				if add {
-					d[i] += v0
-					d[i+1] += v1
-				} else {
-					d[i], d[i+1] = v0, v1
-				}
-			}
-			if n < len(d) {
-				v := lut[cb[n>>1]&15]
-				if add {
-					d[n] += v
-				} else {
-					d[n] = v
-				}
-			}
-			continue
 		}
 		base := b * QSGDBucket
 		for i := range d {

@@ -165,3 +165,31 @@ func TestFloat32BytesUnaligned(t *testing.T) {
 		}
 	}
 }
+
+func TestQSGDDecodeNibblesMatchesGeneric(t *testing.T) {
+	r := rand.New(rand.NewPCG(39, 40))
+	levels := [8]float32{0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75}
+	for _, n := range []int{0, 1, 15, 16, 17, 33, 512, 1001} {
+		codes := make([]byte, (n+1)/2)
+		for i := range codes {
+			codes[i] = byte(r.Uint32())
+		}
+		if n%2 == 1 {
+			codes[len(codes)-1] &= 15
+		}
+		for _, add := range []bool{false, true} {
+			got, want := make([]float32, n), make([]float32, n)
+			for i := range got {
+				got[i] = float32(i)
+				want[i] = float32(i)
+			}
+			QSGDDecodeNibbles(got, codes, &levels, add)
+			qsgdDecodeNibblesGeneric(want, codes, &levels, add)
+			for i := range got {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("n=%d add=%v: [%d] = %v, generic %v", n, add, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}

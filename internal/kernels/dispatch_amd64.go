@@ -265,3 +265,14 @@ func qsgdNibbles(codes []byte, src []float32, sc float32, s uint32, g *Lanes) {
 	}
 	qsgdNibblesGeneric(codes, src, sc, s, g)
 }
+
+//go:noescape
+func qsgdDecode4AVX2(dst *float32, codes *byte, n int, levels *[8]float32, add bool)
+
+func qsgdDecodeNibbles(dst []float32, codes []byte, levels *[8]float32, add bool) {
+	if n := len(dst) &^ 15; useAVX2 && n > 0 {
+		qsgdDecode4AVX2(&dst[0], &codes[0], n, levels, add)
+		dst, codes = dst[n:], codes[n/2:]
+	}
+	qsgdDecodeNibblesGeneric(dst, codes, levels, add)
+}

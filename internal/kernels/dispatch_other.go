@@ -33,3 +33,7 @@ func nextAbsGE(x []float32, lo uint32) int { return nextAbsGEGeneric(x, lo) }
 func qsgdNibbles(codes []byte, src []float32, sc float32, s uint32, g *Lanes) {
 	qsgdNibblesGeneric(codes, src, sc, s, g)
 }
+
+func qsgdDecodeNibbles(dst []float32, codes []byte, levels *[8]float32, add bool) {
+	qsgdDecodeNibblesGeneric(dst, codes, levels, add)
+}

@@ -607,3 +607,50 @@ qdone:
 // bytes (possibly unaligned; VADDPS takes unaligned memory operands).
 TEXT ·addBytesAVX2(SB), NOSPLIT, $0-32
 	JMP ·addAVX2(SB)
+
+DATA qdconst<>+0(SB)/4, $15
+GLOBL qdconst<>(SB), RODATA|NOPTR, $4
+
+// func qsgdDecode4AVX2(dst *float32, codes *byte, n int, levels *[8]float32, add bool)
+// n % 16 == 0. Element 2i is the low nibble of byte i; value =
+// ±levels[code&7], negative when code&8.
+TEXT ·qsgdDecode4AVX2(SB), NOSPLIT, $0-33
+	MOVQ dst+0(FP), DI
+	MOVQ codes+8(FP), SI
+	MOVQ n+16(FP), CX
+	MOVQ levels+24(FP), DX
+	VMOVUPS (DX), Y15
+	VPBROADCASTD qdconst<>+0(SB), Y14
+	MOVB add+32(FP), AX
+qd16:
+	CMPQ CX, $16
+	JB   qddone
+	VPMOVZXBD (SI), Y0
+	VPAND Y14, Y0, Y1
+	VPSRLD $4, Y0, Y2
+	VPERMPS Y15, Y1, Y3
+	VPSRLD $3, Y1, Y4
+	VPSLLD $31, Y4, Y4
+	VPXOR Y4, Y3, Y3
+	VPERMPS Y15, Y2, Y5
+	VPSRLD $3, Y2, Y4
+	VPSLLD $31, Y4, Y4
+	VPXOR Y4, Y5, Y5
+	VUNPCKLPS Y5, Y3, Y6
+	VUNPCKHPS Y5, Y3, Y7
+	VPERM2F128 $0x20, Y7, Y6, Y8
+	VPERM2F128 $0x31, Y7, Y6, Y9
+	TESTB AL, AL
+	JZ   qdstore
+	VADDPS (DI), Y8, Y8
+	VADDPS 32(DI), Y9, Y9
+qdstore:
+	VMOVUPS Y8, (DI)
+	VMOVUPS Y9, 32(DI)
+	ADDQ $8, SI
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JMP  qd16
+qddone:
+	VZEROUPPER
+	RET

@@ -73,3 +73,29 @@ func qsgdNibblesGeneric(codes []byte, src []float32, sc float32, s uint32, g *La
 		codes[i>>1] |= byte(l << (4 * (i & 1)))
 	}
 }
+
+// QSGDDecodeNibbles decodes 4-bit QSGD codes (two per byte, element 2i in
+// the low nibble): dst[i] = ±levels[code&7], negative when code&8 is set,
+// written (add false) or added. len(codes) must be (len(dst)+1)/2. Codes are
+// not validated here.
+func QSGDDecodeNibbles(dst []float32, codes []byte, levels *[8]float32, add bool) {
+	if len(codes) != (len(dst)+1)/2 {
+		panic("kernels: QSGDDecodeNibbles: bad lengths")
+	}
+	qsgdDecodeNibbles(dst, codes, levels, add)
+}
+
+func qsgdDecodeNibblesGeneric(dst []float32, codes []byte, levels *[8]float32, add bool) {
+	for i := range dst {
+		c := codes[i>>1] >> (4 * (i & 1))
+		v := levels[c&7]
+		if c&8 != 0 {
+			v = -v
+		}
+		if add {
+			dst[i] += v
+		} else {
+			dst[i] = v
+		}
+	}
+}
