@@ -33,6 +33,7 @@ package transporttest
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -63,6 +64,7 @@ type config struct {
 	large        int
 	largeInShort bool
 	leakOpts     []goleak.Option
+	bpLimit      int64
 }
 
 // Option configures Run.
@@ -90,6 +92,10 @@ func WithLargeMessage(bytes int) Option { return func(c *config) { c.large = byt
 // WithLargeInShort keeps the full large-message size under -short.
 func WithLargeInShort(on bool) Option { return func(c *config) { c.largeInShort = on } }
 
+// WithBackPressureLimit sets how many bytes a sender may push to a receiver
+// that receives nothing before a Send must block (default 512 MiB).
+func WithBackPressureLimit(bytes int64) Option { return func(c *config) { c.bpLimit = bytes } }
+
 // WithLeakOptions adds goleak options to the per-subtest leak check.
 func WithLeakOptions(opts ...goleak.Option) Option {
 	return func(c *config) { c.leakOpts = append(c.leakOpts, opts...) }
@@ -97,7 +103,7 @@ func WithLeakOptions(opts ...goleak.Option) Option {
 
 // Run runs the conformance suite as subtests of t.
 func Run(t *testing.T, newGroup NewGroupFunc, opts ...Option) {
-	cfg := config{deathTimeout: 10 * time.Second, callTimeout: 30 * time.Second, large: 64<<20 + 3}
+	cfg := config{deathTimeout: 10 * time.Second, callTimeout: 30 * time.Second, large: 64<<20 + 3, bpLimit: 512 << 20}
 	for _, o := range opts {
 		if o != nil {
 			o(&cfg)
@@ -121,6 +127,7 @@ func Run(t *testing.T, newGroup NewGroupFunc, opts ...Option) {
 		{"LargeBothWays", s.testLargeBothWays},
 		{"RingSendFirst", s.testRing},
 		{"AllToAll", s.testAllToAll},
+		{"BackPressure", s.testBackPressure},
 		{"Cancel", s.testCancel},
 		{"Stats", s.testStats},
 		{"CloseUnblocks", s.testCloseUnblocks},
@@ -454,6 +461,44 @@ func (s *suite) testAllToAll(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// testBackPressure: a receiver that receives nothing makes its sender block
+// (a Send that cannot complete within 500 ms counts as blocked) before the
+// back-pressure limit is reached; what was sent then arrives intact.
+func (s *suite) testBackPressure(t *testing.T) {
+	const size = 1 << 20
+	conns := s.group(t, 2)
+	ctx := s.ctx(t)
+	msg := make([]byte, size)
+	var sent int64
+	k := 0
+	for ; sent < s.cfg.bpLimit; k++ {
+		binary.LittleEndian.PutUint64(msg, uint64(k))
+		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		err := conns[0].Send(sctx, 1, 11, msg)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Send %d: %v", k, err)
+		}
+		sent += size
+	}
+	if sent >= s.cfg.bpLimit {
+		t.Fatalf("sent %d bytes to a rank that receives nothing without blocking: memory is not bounded", sent)
+	}
+	t.Logf("blocked after %d messages (%d MiB)", k, sent>>20)
+	for i := range k {
+		got, err := conns[1].Recv(ctx, 0, 11)
+		if err != nil {
+			t.Fatalf("Recv %d of %d: %v", i, k, err)
+		}
+		if len(got) != size || binary.LittleEndian.Uint64(got) != uint64(i) {
+			t.Fatalf("Recv %d of %d: got %d bytes, sequence number %d", i, k, len(got), binary.LittleEndian.Uint64(got))
+		}
+	}
 }
 
 func (s *suite) testCancel(t *testing.T) {
