@@ -15,6 +15,8 @@ import (
 
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/libp2p"
+	"github.com/slimgrad/slimgrad/transport/nats"
+	"github.com/slimgrad/slimgrad/transport/natsserver"
 )
 
 // Multi-process all-reduce benchmark over loopback: this test starts N
@@ -26,7 +28,9 @@ import (
 //	SLIMGRAD_MULTIPROC=1 go test -run TestMultiProcAllReduce -v ./worker
 //
 // Optional: SLIMGRAD_MP_WORLDS=2,4  SLIMGRAD_MP_ITERS=10
-// SLIMGRAD_MP_SECURITY=noise,insecure  SLIMGRAD_MP_ALGS=ring,tree
+// SLIMGRAD_MP_TRANSPORTS=libp2p-noise,libp2p-insecure,nats (nats: an
+// embedded server in the parent process; SLIMGRAD_MP_NATS_PAYLOAD sets its
+// max payload, default 8 MiB)  SLIMGRAD_MP_ALGS=ring,tree
 // SLIMGRAD_MP_SEGMENT=bytes (Config.SegmentBytes; default: the cost model)  SLIMGRAD_MP_SENDS=2
 // SLIMGRAD_MP_PROFILE=dir (CPU profile of every rank).
 func TestMultiProcAllReduce(t *testing.T) {
@@ -34,20 +38,29 @@ func TestMultiProcAllReduce(t *testing.T) {
 		t.Skip("set SLIMGRAD_MULTIPROC=1 to run the multi-process benchmark")
 	}
 	worlds := envList("SLIMGRAD_MP_WORLDS", "2,4")
-	secs := envList("SLIMGRAD_MP_SECURITY", "noise,insecure")
+	transports := envList("SLIMGRAD_MP_TRANSPORTS", "libp2p-noise,libp2p-insecure,nats")
 	algs := envList("SLIMGRAD_MP_ALGS", "ring,tree") // "" = the cost model's choice
 	size := envInt("SLIMGRAD_MP_BYTES", 64<<20)
 	iters := envInt("SLIMGRAD_MP_ITERS", 10)
 	for _, ws := range worlds {
 		n, _ := strconv.Atoi(ws)
-		for _, sec := range secs {
+		for _, tr := range transports {
 			for _, alg := range algs {
-				name := fmt.Sprintf("transport=libp2p-%s/alg=%s/n=%d/size=%dMiB", sec, alg, n, size>>20)
+				name := fmt.Sprintf("transport=%s/alg=%s/n=%d/size=%dMiB", tr, alg, n, size>>20)
 				t.Run(name, func(t *testing.T) {
-					med := runChildren(t, n, map[string]string{
-						"SLIMGRAD_MP_SEC": sec, "SLIMGRAD_MP_ALG": alg,
+					env := map[string]string{
+						"SLIMGRAD_MP_TRANSPORT": tr, "SLIMGRAD_MP_ALG": alg,
 						"SLIMGRAD_MP_BYTES": strconv.Itoa(size), "SLIMGRAD_MP_ITERS": strconv.Itoa(iters),
-					})
+					}
+					if tr == "nats" {
+						srv, err := natsserver.Start(t.Context(), natsserver.Options{MaxPayload: envInt("SLIMGRAD_MP_NATS_PAYLOAD", 8<<20)})
+						if err != nil {
+							t.Fatal(err)
+						}
+						defer srv.Shutdown()
+						env["SLIMGRAD_MP_NATS_URL"] = srv.ClientURL()
+					}
+					med := runChildren(t, n, env)
 					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
 					t.Logf("RESULT %s median_s=%.5f algbw_GBps=%.3f busbw_GBps=%.3f", name, med, float64(size)/med/1e9, bus)
 				})
@@ -137,37 +150,69 @@ func TestMultiProcChild(t *testing.T) {
 	size, iters := envInt("SLIMGRAD_MP_BYTES", 64<<20), envInt("SLIMGRAD_MP_ITERS", 10)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
+	var conn transport.Conn
+	switch tr := os.Getenv("SLIMGRAD_MP_TRANSPORT"); tr {
+	case "nats":
+		fmt.Printf("PEER nats\n")
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		c, err := nats.Dial(ctx, os.Getenv("SLIMGRAD_MP_NATS_URL"), "worker-multiproc", rank, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn = c
+	case "libp2p-noise", "libp2p-insecure":
+		c, err := libp2pChild(ctx, rank, tr == "libp2p-insecure")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn = c
+	default:
+		t.Fatalf("unknown transport %q", tr)
+	}
+	defer conn.Close()
+	med := benchSteps(t, ctx, conn, os.Getenv("SLIMGRAD_MP_ALG"), size, iters)
+	fmt.Printf("MEDIAN %.6f\n", med)
+	// Close only once every rank is done (the parent closes stdin after all
+	// MEDIAN lines): a transport may drop what a closing rank still has in
+	// flight.
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// libp2pChild listens, prints its address line, reads everyone's from
+// stdin and connects.
+func libp2pChild(ctx context.Context, rank int, insecure bool) (transport.Conn, error) {
 	opts := []libp2p.Option{libp2p.WithJob("worker-multiproc"), libp2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0")}
-	if os.Getenv("SLIMGRAD_MP_SEC") == "insecure" {
+	if insecure {
 		opts = append(opts, libp2p.WithInsecure())
 	}
 	node, err := libp2p.Listen(ctx, opts...)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	defer node.Close()
 	fmt.Printf("PEER %s %s\n", node.ID(), strings.Join(node.AddrStrings(), ","))
 	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
 	if err != nil {
-		t.Fatal(err)
+		node.Close()
+		return nil, err
 	}
 	var peers []libp2p.Peer
 	for _, p := range strings.Split(strings.TrimSpace(line), "|") {
 		id, addrs, _ := strings.Cut(p, " ")
 		pp, err := libp2p.ParsePeer(id, strings.Split(addrs, ","))
 		if err != nil {
-			t.Fatal(err)
+			node.Close()
+			return nil, err
 		}
 		peers = append(peers, pp)
 	}
-	conn, err := node.Connect(ctx, rank, peers)
+	c, err := node.Connect(ctx, rank, peers)
 	if err != nil {
-		t.Fatal(err)
+		node.Close()
+		return nil, err
 	}
-	defer conn.Close()
-	med := benchSteps(t, ctx, conn, os.Getenv("SLIMGRAD_MP_ALG"), size, iters)
-	fmt.Printf("MEDIAN %.6f\n", med)
-	_ = n
+	return c, nil
 }
 
 // benchSteps runs warm-up and timed dense Steps of one size-byte layer and
