@@ -210,7 +210,9 @@ func (w *Worker) Layers() int { return len(w.layers) }
 
 // settingsLine is the part of the configuration that must agree across ranks.
 func (w *Worker) settingsLine() string {
-	return fmt.Sprintf("world=%d bucket=%d nonfinite=%s algorithm=%q seed=%d", w.conn.Size(), w.cfg.BucketBytes, w.cfg.NonFinite, w.cfg.Algorithm, w.cfg.Seed)
+	m := w.cfg.CostModel
+	return fmt.Sprintf("world=%d bucket=%d nonfinite=%s algorithm=%q segment=%d model=%g/%g/%g seed=%d",
+		w.conn.Size(), w.cfg.BucketBytes, w.cfg.NonFinite, w.cfg.Algorithm, w.cfg.SegmentBytes, m.Alpha, m.Beta, m.Gamma, w.cfg.Seed)
 }
 
 // Start ends registration: it plans the buckets, builds every layer's codec

@@ -719,3 +719,30 @@ func TestModes(t *testing.T) {
 	mustStep(t, ws, next)
 	checkIdentical(t, next)
 }
+
+// Settings that shape the programs must agree too.
+func TestStartSettingsMismatch(t *testing.T) {
+	const n = 3
+	layers := []layerDef{{name: "a", shape: []int{10}}}
+	conns := newGroup(t, n).Conns()
+	errs := runAll(n, func(r int) error {
+		seg := 0
+		if r == 1 {
+			seg = 4096
+		}
+		w, err := New(context.Background(), conns[r], WithSegmentBytes(seg), WithTimeout(10*time.Second))
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		w.Register(layers[0].name, layers[0].shape)
+		return w.Start(context.Background())
+	})
+	for r, err := range errs {
+		var se *SignatureError
+		if !errors.As(err, &se) || se.Index != -1 || se.Rank != 1 {
+			t.Fatalf("rank %d: got %v, want a settings SignatureError naming rank 1", r, err)
+		}
+	}
+	t.Log(errs[0])
+}
