@@ -201,6 +201,11 @@ func TestStepDenseMatchesNaive(t *testing.T) {
 					}
 				}
 			}
+			// Random floats: the order of the sum is the program's, the
+			// same bits on every rank.
+			floats := makeGrads(rng, n, layers, false)
+			mustStep(t, ws, floats)
+			checkIdentical(t, floats)
 		})
 	}
 }
