@@ -22,19 +22,25 @@ type benchCase struct {
 	alg   allreduce.Algorithm
 	world int
 	segs  int
+	free  bool // FreeCompute: no compute events (pure network)
 }
 
 var benchCases = []benchCase{
-	{allreduce.AlgRing, 64, 1},
-	{allreduce.AlgRing, 1024, 1},
-	{allreduce.AlgTree, 1024, 1},
-	{allreduce.AlgTree, 4096, 1},
-	{allreduce.AlgTree, 4096, 16},
-	{allreduce.AlgHalvingDoubling, 4096, 1},
+	{allreduce.AlgRing, 64, 1, false},
+	{allreduce.AlgRing, 1024, 1, false},
+	{allreduce.AlgRing, 1024, 1, true},
+	{allreduce.AlgTree, 1024, 1, false},
+	{allreduce.AlgTree, 4096, 1, false},
+	{allreduce.AlgTree, 4096, 16, false},
+	{allreduce.AlgHalvingDoubling, 4096, 1, false},
 }
 
 func (c benchCase) name() string {
-	return fmt.Sprintf("alg=%v/n=%d/segs=%d/size=100MB", c.alg, c.world, c.segs)
+	compute := "calibrated"
+	if c.free {
+		compute = "free"
+	}
+	return fmt.Sprintf("alg=%v/n=%d/segs=%d/compute=%s/size=100MB", c.alg, c.world, c.segs, compute)
 }
 
 func (c benchCase) programs(b *testing.B) []*allreduce.Program {
@@ -51,7 +57,7 @@ func BenchmarkRun(b *testing.B) {
 			cpu0 := cpuTime()
 			for b.Loop() {
 				var err error
-				if res, err = Run(context.Background(), topo, []Collective{{Programs: progs}}, nil); err != nil {
+				if res, err = Run(context.Background(), topo, []Collective{{Programs: progs}}, &Options{FreeCompute: c.free}); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -85,7 +91,7 @@ func BenchmarkSimulator(b *testing.B) {
 // BenchmarkGenerate times generating every rank's program (package
 // allreduce's work, reported so the simulator's share is clear).
 func BenchmarkGenerate(b *testing.B) {
-	for _, c := range benchCases[1:4] {
+	for _, c := range []benchCase{benchCases[1], benchCases[3], benchCases[4], benchCases[5]} {
 		b.Run(c.name(), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

@@ -135,11 +135,19 @@ var (
 	ErrProgram  = errors.New("sim: bad program")
 )
 
-// recv op flags
+// Recv op state: two bits per op in machine.flags (posted, arrived).
 const (
-	flPosted  uint8 = 1
-	flArrived uint8 = 2
+	flPosted  uint64 = 1
+	flArrived uint64 = 2
 )
+
+func (ms *machine) flag(i int32) uint64 {
+	return ms.flags[i>>5] >> (uint(i&31) * 2) & 3
+}
+
+func (ms *machine) setFlag(i int32, f uint64) {
+	ms.flags[i>>5] |= f << (uint(i&31) * 2)
+}
 
 type machine struct {
 	m     allreduce.Machine
@@ -148,7 +156,7 @@ type machine struct {
 	coll  int32
 	rank  int32
 	node  int32
-	flags []uint8
+	flags []uint64 // 2 bits per op, a window of driver.flagSlab
 	recvK []uint64 // sorted keys peer<<32|msg of recv ops
 	recvI []int32  // op index for recvK
 	// peer directory over recvK: peer dirP[k]'s recvs are recvK[dirO[k]:dirO[k+1]];
@@ -238,27 +246,28 @@ type msgInfo struct {
 }
 
 type driver struct {
-	topo   *Topology
-	opts   *Options
-	colls  []Collective
-	world  int
-	ms     []machine
-	ranks  []rankState
-	net    *network
-	h      eventHeap
-	now    float64
-	costs  costTable
-	rng    *rand.Rand
-	scr    []int32
-	res    *Result
-	pay    map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
-	pro    []allreduce.Op   // per collective: its prologue as a compute op
-	pend   []msgInfo
-	pfree  []int32
-	trace  *Trace
-	cfin   []float64
-	cbytes []int64
-	cleft  []int
+	topo     *Topology
+	opts     *Options
+	colls    []Collective
+	world    int
+	ms       []machine
+	ranks    []rankState
+	net      *network
+	h        eventHeap
+	now      float64
+	costs    costTable
+	rng      *rand.Rand
+	scr      []int32
+	res      *Result
+	pay      map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
+	pro      []allreduce.Op   // per collective: its prologue as a compute op
+	flagSlab []uint64
+	pend     []msgInfo
+	pfree    []int32
+	trace    *Trace
+	cfin     []float64
+	cbytes   []int64
+	cleft    []int
 }
 
 // Run simulates collectives on topo and returns what they cost. All
@@ -369,6 +378,18 @@ func (d *driver) setup() error {
 	d.cfin = grow(d.cfin, len(d.colls))
 	d.cbytes = grow(d.cbytes, len(d.colls))
 	d.cleft = grow(d.cleft, len(d.colls))
+	// One slab for every machine's recv state keeps it dense in memory.
+	words := 0
+	for _, col := range d.colls {
+		for _, p := range col.Programs {
+			if p != nil {
+				words += (len(p.Ops) + 31) / 32
+			}
+		}
+	}
+	d.flagSlab = grow(d.flagSlab, words)
+	clear(d.flagSlab)
+	flagOff := 0
 	d.pro = grow(d.pro, len(d.colls))
 	for c := range d.colls {
 		pr := d.colls[c].Prologue
@@ -399,8 +420,8 @@ func (d *driver) setup() error {
 			if err := ms.m.Reset(p); err != nil {
 				return fmt.Errorf("%w: %w", ErrProgram, err)
 			}
-			ms.flags = grow(ms.flags, len(p.Ops))
-			clear(ms.flags)
+			ms.flags = d.flagSlab[flagOff : flagOff+(len(p.Ops)+31)/32 : flagOff+(len(p.Ops)+31)/32]
+			flagOff += (len(p.Ops) + 31) / 32
 			nr := 0
 			for i := range p.Ops {
 				if p.Ops[i].Kind == allreduce.Recv {
@@ -551,8 +572,8 @@ func (d *driver) pump(g int32) error {
 					return err
 				}
 			case allreduce.Recv:
-				ms.flags[i] |= flPosted
-				if ms.flags[i]&flArrived != 0 {
+				ms.setFlag(i, flPosted)
+				if ms.flag(i)&flArrived != 0 {
 					if err := d.completeRecv(g, ms, i); err != nil {
 						return err
 					}
@@ -733,9 +754,9 @@ func (d *driver) arrive(g, op int32, size uint32) error {
 	if ms.exec == nil && o.Bytes >= 0 && size != math.MaxUint32 && int64(size) != o.Bytes {
 		return fmt.Errorf("%w: collective %d: rank %d received %d bytes as #%d from %d, expected %d", ErrProgram, ms.coll, ms.rank, size, o.Msg, o.Peer, o.Bytes)
 	}
-	ms.flags[op] |= flArrived
+	ms.setFlag(op, flArrived)
 	d.trace.add(d.now, TraceArrive, ms.coll, ms.rank, op, -1, 0)
-	if ms.flags[op]&flPosted == 0 {
+	if ms.flag(op)&flPosted == 0 {
 		return nil
 	}
 	if err := d.completeRecv(g, ms, op); err != nil {
