@@ -4,16 +4,12 @@ import (
 	"fmt"
 	"math"
 
-	"gonum.org/v1/gonum/blas/gonum"
-
 	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
 // OrthoEpsilon is added to column norms in Orthogonalize, so that a zero
 // column stays zero instead of becoming NaN (specs §4.1, pitfall 2).
 const OrthoEpsilon = 1e-8
-
-var blas gonum.Implementation
 
 // PowerSGD is the rank-r PowerSGD compressor of a rows×cols layer (M
 // row-major, specs §4.1). r is min(rank, rows, cols). Q (cols×r, row-major)
@@ -29,8 +25,13 @@ var blas gonum.Implementation
 //	ComputeP(p, m); allreduce-mean(p); Orthogonalize(p)
 //	ComputeQ(q, m, p); allreduce-mean(q); Reconstruct(dst, p, q); SetQ(q)
 //
-// Matrix products use gonum's BLAS (float32); orthogonalization accumulates
-// in float64. Not safe for concurrent use.
+// The products run on internal/kernels: M·Q as float64-accumulated dot
+// products, Mᵀ·P̂ as float32 axpys, orthogonalization in float64. Those
+// kernels give bit-identical results in assembly and pure Go, so P, Q and
+// the reconstruction match across ranks even on different CPUs (gonum's
+// float32 BLAS does not: its SSE and Go dot products sum in different
+// orders). The tests check PowerSGD against gonum's SVD. Not safe for
+// concurrent use.
 type PowerSGD struct {
 	frame
 	rows, cols, r int
@@ -105,7 +106,7 @@ func (ps *PowerSGD) ComputeP(p, m []float32) {
 	for i := range rows {
 		row := m[i*cols : (i+1)*cols]
 		for c := range r {
-			p[i*r+c] = blas.Sdot(cols, row, 1, ps.qT[c*cols:(c+1)*cols], 1)
+			p[i*r+c] = float32(kernels.Dot(row, ps.qT[c*cols:(c+1)*cols]))
 		}
 	}
 }
@@ -134,7 +135,7 @@ func (ps *PowerSGD) orthoCols(a []float32, n int) {
 		clear(d)
 		for i := range n {
 			row := a[i*r : i*r+r]
-			v := row[c] * inv
+			v := float32(row[c] * inv) // explicit rounding: no FMA fusion on any platform
 			row[c] = v
 			for c2 := c + 1; c2 < r; c2++ {
 				d[c2] += float64(v) * float64(row[c2])
@@ -145,7 +146,7 @@ func (ps *PowerSGD) orthoCols(a []float32, n int) {
 				row := a[i*r : i*r+r]
 				v := row[c]
 				for c2 := c + 1; c2 < r; c2++ {
-					row[c2] -= float32(d[c2]) * v
+					row[c2] -= float32(float32(d[c2]) * v)
 				}
 			}
 		}
@@ -164,7 +165,7 @@ func (ps *PowerSGD) ComputeQ(q, m, p []float32) {
 	for i := range rows {
 		row := m[i*cols : (i+1)*cols]
 		for c := range r {
-			blas.Saxpy(cols, p[i*r+c], row, 1, t[c*cols:(c+1)*cols], 1)
+			kernels.Axpy(t[c*cols:(c+1)*cols], p[i*r+c], row)
 		}
 	}
 	for j := range cols {

@@ -112,7 +112,7 @@ func (q *QSGD) quantizeN(codes []byte, src []float32, sc float32) {
 			q.g.Next(&rnd)
 		}
 		x := math.Float32bits(v)
-		l := kernels.QSGDLevel(math.Float32frombits(x&absMask)*sc, rnd[i&7], s)
+		l := kernels.QSGDLevel(float32(math.Float32frombits(x&absMask)*sc), rnd[i&7], s)
 		if l != 0 && x>>31 != 0 {
 			l |= signBit
 		}

@@ -66,7 +66,7 @@ func qsgdNibblesGeneric(codes []byte, src []float32, sc float32, s uint32, g *La
 			g.Next(&rnd)
 		}
 		x := math.Float32bits(v)
-		l := QSGDLevel(math.Float32frombits(x&0x7fffffff)*sc, rnd[i&7], s)
+		l := QSGDLevel(float32(math.Float32frombits(x&0x7fffffff)*sc), rnd[i&7], s)
 		if l != 0 {
 			l |= x >> 31 << 3
 		}
