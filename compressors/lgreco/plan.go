@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/bits"
 	"slices"
+	"strconv"
 
 	"github.com/slimgrad/slimgrad/compressors"
 )
@@ -230,7 +231,7 @@ func (c *Config) validate() error {
 
 // Grid returns the default candidate list of a layer whose uniform default is
 // def, sorted by increasing size with def included: the top-k (dgc, random-k)
-// density grid def.Density·TopKFactors; the PowerSGD ranks
+// density grid def.Density·TopKFactors (rounded to 3 significant digits); the PowerSGD ranks
 // [⌊RankLow·r0⌋, ⌈RankHigh·r0⌉] that pass MinCompressionRate; the QSGD level
 // counts of widths bits.Len(s0)+1 ± QSGDBits. Other codecs (none, fp16,
 // bf16, sign) have only def. The entropy stage flag of def is kept.
@@ -241,7 +242,11 @@ func Grid(def compressors.Recipe, rows, cols int, cfg Config) []compressors.Reci
 	case compressors.CodecTopK, compressors.CodecDGC, compressors.CodecRandomK:
 		for _, f := range cfg.TopKFactors {
 			r := def
-			r.Density = min(def.Density*f, 1)
+			// Three significant digits keep the recipes readable.
+			r.Density, _ = strconv.ParseFloat(strconv.FormatFloat(min(def.Density*f, 1), 'g', 3, 64), 64)
+			if f == 1 {
+				r.Density = def.Density
+			}
 			out = append(out, r)
 		}
 	case compressors.CodecPowerSGD:
