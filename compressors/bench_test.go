@@ -103,8 +103,15 @@ func benchElems(b *testing.B, ec ElementCodec) {
 	})
 }
 
-func BenchmarkFP16(b *testing.B) { benchElems(b, FP16) }
-func BenchmarkBF16(b *testing.B) { benchElems(b, BF16) }
+func BenchmarkFP16(b *testing.B) {
+	benchElems(b, FP16)
+	b.Run("compress/n=25M", func(b *testing.B) { benchCompress(b, "fp16") }) // with frame and CRC-32C
+}
+
+func BenchmarkBF16(b *testing.B) {
+	benchElems(b, BF16)
+	b.Run("compress/n=25M", func(b *testing.B) { benchCompress(b, "bf16") })
+}
 
 func BenchmarkQSGD(b *testing.B) {
 	b.Run("levels=4/n=25M", func(b *testing.B) { benchCompress(b, "qsgd:4") })

@@ -4,6 +4,26 @@
 // A Compressor is bound to one layer (a fixed element count and shape) and may
 // keep per-layer state (PowerSGD's warm-started Q, random-k's step counter).
 // Error feedback lives in package errorfeedback, never here.
+//
+// Codecs: none, fp16, bf16 (Reduce; ElementCodec for ring hops), topk (exact
+// selection), dgc (DGC's sampled threshold), randomk (shared-seed indices),
+// qsgd (Gather), sign (TwoPhase; PackSigns, UnpackSigns, RMS for the
+// collective) and powersgd (LowRank; the exported steps of *PowerSGD). Parse
+// reads recipes, Recipe.New builds compressors, Recipe.NominalBytes sizes
+// frames without data.
+//
+// Every Compress output is a self-describing frame (see the layout in
+// wire.go): a versioned header with codec, parameters, element count and
+// lengths, the body, and a CRC-32C. Decoders validate everything against the
+// header and the layer before touching dst and never allocate more than the
+// layer's size, whatever the header claims. Errors wrap ErrCorrupt,
+// ErrMismatch, ErrLength, ErrNonFinite or ErrRecipe.
+//
+// Determinism: top-k ties go to the lower index; all randomness comes from
+// seeds (WithSeed shared by all ranks, WithRank per rank) through generators
+// defined in this module; and the float kernels give bit-identical results
+// in assembly and pure Go, so frames are identical on every platform
+// (golden_test.go). Steady-state Compress and Decompress allocate nothing.
 package compressors
 
 import (
