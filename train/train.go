@@ -194,6 +194,9 @@ type Result struct {
 	Records []Record
 	Final   workload.Metrics // on the whole test set
 	Last    Record
+	// Model is the trained replica (worker 0's in Run, this rank's in
+	// RunRank); all replicas hold the same parameters.
+	Model workload.Model
 }
 
 // Run trains cfg.Workers replicas of task.Model (cloned; task.Model is not
@@ -264,7 +267,7 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec
 		}
 	}
 	par := min(n, runtime.GOMAXPROCS(0))
-	res := &Result{}
+	res := &Result{Model: reps[0].model}
 	var tot Record
 	for step := 0; step < cfg.Steps; step++ {
 		if err := ctx.Err(); err != nil {

@@ -251,7 +251,7 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 		}
 	}
 	mode := worker.ModeCompressed
-	res := &Result{}
+	res := &Result{Model: m}
 	var tot Record
 	for step := 0; step < cfg.Steps; step++ {
 		if err := ctx.Err(); err != nil {

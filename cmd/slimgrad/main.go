@@ -6,6 +6,8 @@
 // Usage:
 //
 //	slimgrad sim [flags]      simulate a training scenario (default: 8 workers, MNIST MLP)
+//	slimgrad launch -n 4      train with 4 worker processes over NATS (or --transport libp2p)
+//	slimgrad worker [flags]   one process of a multi-process job
 //	slimgrad help [command]   show help
 package main
 
@@ -29,6 +31,8 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"sim", "train N virtual workers with gradient compression and report bytes, loss and plots", runSimCommand},
+		{"launch", "start N worker processes on this machine that train together over NATS or libp2p", runLaunchCommand},
+		{"worker", "one process of a multi-process training job (started by launch, or by hand)", runWorkerCommand},
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/mem"
 )
 
 // method is one way of training that `sim` compares: a compressor recipe, an
@@ -58,30 +60,47 @@ func presetNames() []string {
 	return out
 }
 
+// customMethod returns the method of --compress/--ef/--optim, if any is set.
+func customMethod(compress, ef, optimRecipe string) (method, bool) {
+	if compress == "" && ef == "" && optimRecipe == "" {
+		return method{}, false
+	}
+	custom := method{Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9"}
+	if compress != "" {
+		custom.Compress = compress
+	}
+	if ef != "" {
+		custom.EF = ef
+		if strings.HasPrefix(ef, "dgc") && optimRecipe == "" {
+			custom.Optim = "dgcsgd:lr=0.1,m=0.9" // momentum is in the feedback
+		}
+	}
+	if optimRecipe != "" {
+		custom.Optim = optimRecipe
+	}
+	var parts []string
+	for _, p := range []string{custom.Compress, custom.EF} {
+		if p != "none" {
+			parts = append(parts, p)
+		}
+	}
+	parts = append(parts, strings.SplitN(custom.Optim, ":", 2)[0])
+	custom.Name = strings.Join(parts, "+")
+	return custom, true
+}
+
+// preset returns the named preset.
+func preset(name string) (method, error) {
+	i := slices.IndexFunc(presets, func(p method) bool { return p.Name == name })
+	if i < 0 {
+		return method{}, fmt.Errorf("unknown method %q (want one of %s)", name, strings.Join(presetNames(), ", "))
+	}
+	return presets[i], nil
+}
+
 func selectMethods(o simOptions) ([]method, error) {
 	var out []method
-	if o.Compress != "" || o.EF != "" || o.Optim != "" {
-		custom := method{Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9"}
-		if o.Compress != "" {
-			custom.Compress = o.Compress
-		}
-		if o.EF != "" {
-			custom.EF = o.EF
-			if strings.HasPrefix(o.EF, "dgc") && o.Optim == "" {
-				custom.Optim = "dgcsgd:lr=0.1,m=0.9" // momentum is in the feedback
-			}
-		}
-		if o.Optim != "" {
-			custom.Optim = o.Optim
-		}
-		var parts []string
-		for _, p := range []string{custom.Compress, custom.EF} {
-			if p != "none" {
-				parts = append(parts, p)
-			}
-		}
-		parts = append(parts, strings.SplitN(custom.Optim, ":", 2)[0])
-		custom.Name = strings.Join(parts, "+")
+	if custom, ok := customMethod(o.Compress, o.EF, o.Optim); ok {
 		if o.Methods == "default" {
 			return []method{presets[0], custom}, nil
 		}
@@ -96,11 +115,11 @@ func selectMethods(o simOptions) ([]method, error) {
 		if n == "" {
 			continue
 		}
-		i := slices.IndexFunc(presets, func(p method) bool { return p.Name == n })
-		if i < 0 {
-			return nil, fmt.Errorf("unknown method %q (want one of %s)", n, strings.Join(presetNames(), ", "))
+		p, err := preset(n)
+		if err != nil {
+			return nil, err
 		}
-		out = append(out, presets[i])
+		out = append(out, p)
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("no methods selected")
@@ -133,6 +152,29 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 	units := train.Units(task.Model, spec.Flat)
 	plan := m.plan(o.Steps, o.Seed)
 	switch o.Exchange {
+	case "mem":
+		g, err := mem.NewGroup(o.Workers)
+		if err != nil {
+			return nil, spec, err
+		}
+		conns := make([]transport.Conn, o.Workers)
+		for r := range conns {
+			conns[r] = g.Conn(r)
+		}
+		codec := ""
+		if spec.Flat {
+			codec = "sign"
+		}
+		if len(plan.Warmup) > 0 {
+			log.Warn("DGC's density warm-up does not run over real workers; running without", "method", m.Name)
+			plan.Warmup, plan.WarmupSteps = nil, 0
+		}
+		ex, err := train.NewWorkers(ctx, conns, units, plan, codec, train.WorkerOptions(o.Seed, log)...)
+		if err != nil {
+			g.Close()
+			return nil, spec, err
+		}
+		return closingExchanger{ex, g}, spec, nil
 	case "local":
 		ex, err := train.NewLocal(o.Workers, units, plan)
 		return ex, spec, err
@@ -146,7 +188,18 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 		})
 		return ex, spec, err
 	}
-	return nil, spec, fmt.Errorf("unknown --exchange %q (want sim or local)", o.Exchange)
+	return nil, spec, fmt.Errorf("unknown --exchange %q (want sim, mem or local)", o.Exchange)
+}
+
+// closingExchanger is a Workers exchanger with the transport group it owns.
+type closingExchanger struct {
+	*train.Workers
+	g *mem.Group
+}
+
+func (c closingExchanger) Close() error {
+	c.Workers.Close()
+	return c.g.Close()
 }
 
 // parseOptim parses an optimizer recipe: NAME[:key=value,...] with NAME one of

@@ -83,6 +83,19 @@ func csvRow(name string, r train.Record) []string {
 	}
 }
 
+// writeCSV writes the per-step records of every run.
+func writeCSV(w io.Writer, rep *simReport) error {
+	cw := csv.NewWriter(w)
+	cw.Write(csvHeader)
+	for _, run := range rep.Runs {
+		for _, r := range run.Result.Records {
+			cw.Write(csvRow(run.Method.Name, r))
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
 type jsonRecord struct {
 	Method string `json:"method"`
 	train.Record
@@ -96,17 +109,7 @@ func writeOutputs(dir string, rep *simReport, jsonl, plots bool) ([]string, erro
 	}
 	var files []string
 	path := filepath.Join(dir, "steps.csv")
-	if err := writeFile(path, func(w io.Writer) error {
-		cw := csv.NewWriter(w)
-		cw.Write(csvHeader)
-		for _, run := range rep.Runs {
-			for _, r := range run.Result.Records {
-				cw.Write(csvRow(run.Method.Name, r))
-			}
-		}
-		cw.Flush()
-		return cw.Error()
-	}); err != nil {
+	if err := writeFile(path, func(w io.Writer) error { return writeCSV(w, rep) }); err != nil {
 		return files, err
 	}
 	files = append(files, path)

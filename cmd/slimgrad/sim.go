@@ -91,7 +91,7 @@ func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.JSONL, "jsonl", o.JSONL, "also write steps.jsonl")
 	fs.BoolVar(&o.Plots, "plots", o.Plots, "write PNG plots")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", o.CPUProfile, "write a CPU profile of the run to this file")
-	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time) or local (in-process reference, no clock)")
+	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time), mem (real workers over the in-memory transport, no simulated clock) or local (in-process reference)")
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by `slimgrad bench` (default: built-in throughputs)")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
 	fs.Usage = func() {
@@ -223,7 +223,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 			}
 			met.observe(m.Name, units, r)
 			if r.Step%printEvery == 0 || r.Step == o.Steps-1 {
-				line := stepLine(r, lastAcc)
+				line := stepLine(r, lastAcc, simStepCol(r))
 				if bar != nil {
 					bar.Clear()
 				}
@@ -233,6 +233,9 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 				bar.Add(1)
 			}
 		})
+		if c, ok := ex.(io.Closer); ok {
+			c.Close()
+		}
 		if bar != nil {
 			bar.Finish()
 			fmt.Fprintln(stderr)
@@ -245,6 +248,9 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	}
 	fmt.Fprintln(stdout)
 	writeSummary(stdout, rep, o.Target)
+	for _, run := range rep.Runs {
+		log.Info("final parameters", "method", run.Method.Name, "params", paramsDigest(run.Result.Model.Flat()))
+	}
 	if o.Out != "" {
 		files, err := writeOutputs(o.Out, rep, o.JSONL, o.Plots)
 		if err == nil && env.topoYAML != "" {
@@ -262,17 +268,22 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	return rep, nil
 }
 
-func stepLine(r train.Record, acc float64) string {
+// stepLine formats one per-step line; acc < 0 means not measured yet, and
+// timeCol is the last column (simulated step time or wall time).
+func stepLine(r train.Record, acc float64, timeCol string) string {
 	accs := "-"
 	if acc >= 0 {
 		accs = fmt.Sprintf("%.2f%%", 100*acc)
 	}
-	simStep := "-"
-	if r.StepTime > 0 {
-		simStep = fmtDuration(r.StepTime)
-	}
 	return fmt.Sprintf("%6d %9.4f %8s %12s %12s %8.1f× %11s",
-		r.Step, r.Loss, accs, fmtBytes(r.WireBytes), fmtBytes(r.DenseBytes), r.Ratio(), simStep)
+		r.Step, r.Loss, accs, fmtBytes(r.WireBytes), fmtBytes(r.DenseBytes), r.Ratio(), timeCol)
+}
+
+func simStepCol(r train.Record) string {
+	if r.StepTime > 0 {
+		return fmtDuration(r.StepTime)
+	}
+	return "-"
 }
 
 func newBar(o simOptions, stderr io.Writer, desc string) *progressbar.ProgressBar {

@@ -146,3 +146,28 @@ func TestCommandLineErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestExchangersAgree: the simulator and real workers over transport/mem run
+// the same collectives and train the same parameters, bit for bit (gathered
+// top-k with EControl and dense ring biases; 1-bit Adam's dense warm-up, then
+// its two-phase sign stage). The in-process reference sums dense layers in
+// rank order rather than ring order, so it agrees only to rounding.
+func TestExchangersAgree(t *testing.T) {
+	digests := map[string][]string{}
+	for _, ex := range []string{"sim", "mem"} {
+		o := simOptionsFor(t, []string{"--workload", "logistic", "--workers", "4", "--steps", "25", "--eval-every", "0",
+			"--methods", "econtrol,onebitadam", "--exchange", ex, "--out", "", "--progress", "off"})
+		rep, err := runSim(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("--exchange %s: %v", ex, err)
+		}
+		for _, run := range rep.Runs {
+			digests[run.Method.Name] = append(digests[run.Method.Name], paramsDigest(run.Result.Model.Flat()))
+		}
+	}
+	for m, d := range digests {
+		if d[0] != d[1] {
+			t.Errorf("%s: params sim %s, mem %s", m, d[0], d[1])
+		}
+	}
+}

@@ -1,0 +1,317 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/libp2p"
+	tnats "github.com/slimgrad/slimgrad/transport/nats"
+	"github.com/slimgrad/slimgrad/transport/rendezvous"
+	"github.com/slimgrad/slimgrad/worker"
+	"github.com/slimgrad/slimgrad/workload"
+)
+
+// jobOptions are the flags shared by `slimgrad worker` and `slimgrad launch`:
+// what to train and how the processes meet.
+type jobOptions struct {
+	Workload, Data, Split       string
+	Steps, Batch                int
+	EvalEvery, EvalSamples      int
+	Seed                        uint64
+	Method                      string
+	Compress, EF, Optim         string
+	Transport, NATS, Token, Job string
+	World                       int
+	Out                         string
+	PrintEvery                  int
+	Timeout                     time.Duration
+	Log                         string
+}
+
+func defaultJobOptions() jobOptions {
+	return jobOptions{Workload: "mnist", Split: "iid", Steps: 300, Batch: 32, EvalEvery: 50, EvalSamples: 2000, Seed: 1,
+		Method: "econtrol", Transport: "nats", Timeout: 2 * time.Minute, Log: "warn"}
+}
+
+func (o *jobOptions) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.Workload, "workload", o.Workload, "workload: "+strings.Join(train.Workloads, ", "))
+	fs.StringVar(&o.Data, "data", o.Data, "directory with the MNIST *-ubyte.gz files (default: the GoMNIST module in the Go module cache)")
+	fs.StringVar(&o.Split, "split", o.Split, "how data is sharded: iid or noniid")
+	fs.IntVar(&o.Steps, "steps", o.Steps, "training steps")
+	fs.IntVar(&o.Batch, "batch", o.Batch, "mini-batch size per worker")
+	fs.IntVar(&o.EvalEvery, "eval-every", o.EvalEvery, "steps between test evaluations")
+	fs.IntVar(&o.EvalSamples, "eval-samples", o.EvalSamples, "test samples per periodic evaluation (0: all)")
+	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the model initialisation, shards, samplers and codecs (same on every process)")
+	fs.StringVar(&o.Method, "method", o.Method, "method preset ("+strings.Join(presetNames(), ", ")+"); DGC's warm-up does not run over real workers")
+	fs.StringVar(&o.Compress, "compress", o.Compress, "compressor recipe of a custom method (overrides --method)")
+	fs.StringVar(&o.EF, "ef", o.EF, "error-feedback recipe of a custom method")
+	fs.StringVar(&o.Optim, "optim", o.Optim, "optimizer recipe of a custom method")
+	fs.StringVar(&o.Transport, "transport", o.Transport, "transport: nats or libp2p (libp2p meets through the NATS server's rendezvous)")
+	fs.StringVar(&o.NATS, "nats", o.NATS, "NATS server URL (launch: default an embedded server)")
+	fs.StringVar(&o.Token, "token", o.Token, "NATS auth token")
+	fs.StringVar(&o.Job, "job", o.Job, "job ID: processes of different jobs never mix (launch: default random)")
+	fs.StringVar(&o.Out, "out", o.Out, "directory for rank 0's steps.csv (\"\" writes nothing)")
+	fs.IntVar(&o.PrintEvery, "print-every", o.PrintEvery, "steps between per-step lines (0: about 10 lines)")
+	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "per-message timeout of the workers; also bounds the rendezvous")
+	fs.StringVar(&o.Log, "log", o.Log, "log level: debug, info, warn, error")
+}
+
+// args re-encodes the options as worker flags.
+func (o *jobOptions) args() []string {
+	return []string{
+		"--workload", o.Workload, "--data", o.Data, "--split", o.Split,
+		"--steps", strconv.Itoa(o.Steps), "--batch", strconv.Itoa(o.Batch),
+		"--eval-every", strconv.Itoa(o.EvalEvery), "--eval-samples", strconv.Itoa(o.EvalSamples),
+		"--seed", strconv.FormatUint(o.Seed, 10), "--method", o.Method,
+		"--compress", o.Compress, "--ef", o.EF, "--optim", o.Optim,
+		"--transport", o.Transport, "--nats", o.NATS, "--token", o.Token, "--job", o.Job,
+		"--world", strconv.Itoa(o.World), "--out", o.Out, "--print-every", strconv.Itoa(o.PrintEvery),
+		"--timeout", o.Timeout.String(), "--log", o.Log,
+	}
+}
+
+// method resolves the job's method; DGC's warm-up is dropped (the worker keeps
+// one codec per layer), with a note on w.
+func (o *jobOptions) method(w io.Writer) (method, error) {
+	m, ok := customMethod(o.Compress, o.EF, o.Optim)
+	if !ok {
+		var err error
+		if m, err = preset(o.Method); err != nil {
+			return m, err
+		}
+	}
+	if m.WarmupSteps != 0 {
+		fmt.Fprintf(w, "note: %s runs without DGC's density warm-up over real workers\n", m.Name)
+		m.WarmupSteps = 0
+	}
+	return m, nil
+}
+
+func newJobID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return "slimgrad-" + hex.EncodeToString(b[:])
+}
+
+// connect joins the job's group and returns this process's connection.
+// rank >= 0 is used as is for NATS; libp2p ranks come from the rendezvous.
+func connect(ctx context.Context, o *jobOptions, rank int) (transport.Conn, error) {
+	if o.NATS == "" {
+		return nil, errors.New("--nats URL is required")
+	}
+	if o.Job == "" {
+		return nil, errors.New("--job is required")
+	}
+	if o.World < 1 {
+		return nil, fmt.Errorf("--world %d", o.World)
+	}
+	switch o.Transport {
+	case "nats":
+		if rank < 0 || rank >= o.World {
+			return nil, fmt.Errorf("--rank %d outside [0,%d)", rank, o.World)
+		}
+		var opts []tnats.Option
+		if o.Token != "" {
+			opts = append(opts, tnats.WithToken(o.Token))
+		}
+		return tnats.Dial(ctx, o.NATS, o.Job, rank, o.World, opts...)
+	case "libp2p":
+		var nopts []natsgo.Option
+		if o.Token != "" {
+			nopts = append(nopts, natsgo.Token(o.Token))
+		}
+		nc, err := natsgo.Connect(o.NATS, nopts...)
+		if err != nil {
+			return nil, fmt.Errorf("rendezvous server: %w", err)
+		}
+		defer nc.Close()
+		node, err := libp2p.Listen(ctx, libp2p.WithJob(o.Job))
+		if err != nil {
+			return nil, err
+		}
+		g, err := rendezvous.Join(ctx, nc, o.Job, o.World, rendezvous.Member{ID: node.ID().String(), Addrs: node.AddrStrings()},
+			rendezvous.WithTimeout(o.Timeout))
+		if err != nil {
+			node.Close()
+			return nil, err
+		}
+		peers := make([]libp2p.Peer, len(g.Members))
+		for i, m := range g.Members {
+			if peers[i], err = libp2p.ParsePeer(m.ID, m.Addrs); err != nil {
+				node.Close()
+				return nil, err
+			}
+		}
+		return node.Connect(ctx, g.Rank, peers)
+	}
+	return nil, fmt.Errorf("unknown --transport %q (want nats or libp2p)", o.Transport)
+}
+
+// Tags of the shutdown barrier: above every tag the worker uses (its
+// collective ids count up from 0 in the high 32 bits).
+const (
+	barrierTag1 = uint64(0xffffffff)<<32 | 1
+	barrierTag2 = uint64(0xffffffff)<<32 | 2
+)
+
+// finishBarrier lets every rank close only once every peer has received
+// everything it sent. Some transports drop queued messages at Close (NATS),
+// so a rank that finished its last step must not close while a slower peer
+// still waits for its messages. Round 1 (strict): everyone tells everyone it
+// is done and waits to hear the same; a peer's round-1 message arrives only
+// after that peer finished its steps, which needed all of ours. Round 2
+// confirms round 1; a peer that is already gone in round 2 got our round-1
+// message (it sent its round 2 after receiving it), so its death is fine.
+func finishBarrier(ctx context.Context, conn transport.Conn) error {
+	for round, tag := range []uint64{barrierTag1, barrierTag2} {
+		for p := range conn.Size() {
+			if p != conn.Rank() {
+				if err := conn.Send(ctx, p, tag, nil); err != nil && round == 0 {
+					return fmt.Errorf("shutdown barrier: %w", err)
+				}
+			}
+		}
+		for p := range conn.Size() {
+			if p == conn.Rank() {
+				continue
+			}
+			if _, err := conn.Recv(ctx, p, tag); err != nil {
+				if round == 0 || !errors.Is(err, transport.ErrPeerDead) {
+					return fmt.Errorf("shutdown barrier: %w", err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// paramsDigest is a short digest of a parameter vector, to compare replicas
+// across processes (and with `slimgrad sim`).
+func paramsDigest(x []float32) string {
+	h := fnv.New64a()
+	var b [4]byte
+	for _, v := range x {
+		u := math.Float32bits(v)
+		b[0], b[1], b[2], b[3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
+		h.Write(b[:])
+	}
+	return fmt.Sprintf("%016x", h.Sum64())
+}
+
+func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o := defaultJobOptions()
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o.register(fs)
+	rank := fs.Int("rank", -1, "this process's rank (NATS transport; libp2p ranks come from the rendezvous)")
+	fs.IntVar(&o.World, "world", 0, "number of processes in the job")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: slimgrad worker --nats URL --job ID --world N [--rank R] [flags]\n\nOne process of a data-parallel job: trains its replica on its shard and exchanges\ngradients with the others over NATS or libp2p. `slimgrad launch` starts these for you.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	log, err := newLogger(stderr, o.Log)
+	if err != nil {
+		return err
+	}
+	m, err := o.method(stderr)
+	if err != nil {
+		return err
+	}
+	split, err := workload.ParseSplit(o.Split)
+	if err != nil {
+		return err
+	}
+	spec, err := parseOptim(m.Optim, o.Steps)
+	if err != nil {
+		return err
+	}
+	task, err := train.LoadTask(o.Workload, o.Data, o.Seed)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	conn, err := connect(cctx, &o, *rank)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("joining job %s: %w", o.Job, err)
+	}
+	defer conn.Close()
+	w, err := worker.New(ctx, conn, append(train.WorkerOptions(o.Seed, log), worker.WithTimeout(o.Timeout))...)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	r := conn.Rank()
+	codec := ""
+	if spec.Flat {
+		codec = "sign" // 1-bit Adam's compressed stage is the two-phase sign scheme
+	}
+	printEvery := o.PrintEvery
+	if printEvery <= 0 {
+		printEvery = max(1, o.Steps/10)
+	}
+	if r == 0 {
+		fmt.Fprintf(stdout, "slimgrad worker: job %s, %d processes over %s, %s (%s), %d steps\n", o.Job, o.World, o.Transport, m.Name, m.describe(), o.Steps)
+		fmt.Fprintf(stdout, "%6s %9s %8s %12s %12s %9s %11s\n", "step", "loss", "acc", "wire_bytes", "dense_bytes", "saved", "wall")
+	}
+	lastAcc := -1.0
+	cfg := train.RankConfig{Config: train.Config{Workers: o.World, Batch: o.Batch, Steps: o.Steps, Seed: o.Seed, Split: split,
+		EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log}, Rank: r, World: o.World}
+	start := time.Now()
+	res, err := train.RunRank(ctx, cfg, task, w, m.plan(o.Steps, o.Seed), spec, codec, func(rec train.Record) {
+		if rec.Evaluated {
+			lastAcc = rec.Accuracy
+		}
+		if r == 0 && (rec.Step%printEvery == 0 || rec.Step == o.Steps-1) {
+			fmt.Fprintln(stdout, stepLine(rec, lastAcc, fmtDuration(rec.Wall)))
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("rank %d: %w", r, err)
+	}
+	bctx, bcancel := context.WithTimeout(ctx, o.Timeout)
+	err = finishBarrier(bctx, conn)
+	bcancel()
+	if err != nil {
+		return fmt.Errorf("rank %d: %w", r, err)
+	}
+	last := res.Last
+	fmt.Fprintf(stdout, "rank %d/%d done: test accuracy %.4f test loss %.6f params %s, sent %s (dense ring %s, %.1f× saved), %s\n",
+		r, o.World, res.Final.Accuracy, res.Final.Loss, paramsDigest(res.Model.Flat()),
+		fmtBytes(last.TotalWireBytes/int64(o.World)), fmtBytes(last.TotalDenseBytes/int64(o.World)),
+		last.Saved(), time.Since(start).Round(time.Millisecond))
+	if r == 0 && o.Out != "" {
+		if err := os.MkdirAll(o.Out, 0o755); err != nil {
+			return err
+		}
+		rep := &simReport{Runs: []methodRun{{Method: m, Result: res, Wall: time.Since(start)}}}
+		path := filepath.Join(o.Out, "steps.csv")
+		if err := writeFile(path, func(wr io.Writer) error { return writeCSV(wr, rep) }); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s\n", path)
+	}
+	return nil
+}

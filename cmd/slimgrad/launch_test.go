@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestMain lets the test binary act as the slimgrad command: `slimgrad
+// launch` starts os.Executable() (this binary, in tests) as its workers.
+func TestMain(m *testing.M) {
+	if os.Getenv("SLIMGRAD_TEST_AS_CLI") == "1" {
+		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// TestLaunch runs `slimgrad launch -n 3` over embedded NATS and over libp2p:
+// three OS processes train together, every replica ends with the same
+// parameters, and they are the parameters `slimgrad sim` computes for the
+// same scenario (same seed, shards and method), bit for bit.
+func TestLaunch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts OS processes")
+	}
+	t.Setenv("SLIMGRAD_TEST_AS_CLI", "1")
+	scenario := []string{"--workload", "logistic", "--steps", "30", "--eval-every", "10", "--seed", "4", "--split", "noniid"}
+	rep, err := runSim(context.Background(), simOptionsFor(t, append([]string{"--workers", "3", "--methods", "econtrol", "--out", "", "--progress", "off"}, scenario...)), &bytes.Buffer{}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := paramsDigest(rep.Runs[0].Result.Model.Flat())
+	re := regexp.MustCompile(`all 3 replicas hold identical parameters \(params ([0-9a-f]{16})\)`)
+	for _, tp := range []string{"nats", "libp2p"} {
+		t.Run(tp, func(t *testing.T) {
+			dir := t.TempDir()
+			var stdout, stderr bytes.Buffer
+			args := append([]string{"launch", "-n", "3", "--transport", tp, "--method", "econtrol", "--out", dir}, scenario...)
+			if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+			}
+			m := re.FindStringSubmatch(stdout.String())
+			if m == nil {
+				t.Fatalf("no agreement line in:\n%s", stdout.String())
+			}
+			if m[1] != want {
+				t.Errorf("launch over %s ends with params %s, sim with %s", tp, m[1], want)
+			}
+			if n := strings.Count(stdout.String(), " done: "); n != 3 {
+				t.Errorf("%d workers reported done", n)
+			}
+			rows := readCSV(t, dir+"/steps.csv")
+			if len(rows) != 30 {
+				t.Errorf("rank 0 wrote %d rows", len(rows))
+			}
+			checkLedgerColumns(t, rows)
+		})
+	}
+}
+
+// simOptionsFor parses sim flags as the command line would.
+func simOptionsFor(t *testing.T, args []string) simOptions {
+	t.Helper()
+	o := defaultSimOptions()
+	if err := simFlags(&o, &bytes.Buffer{}).Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
