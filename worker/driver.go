@@ -34,11 +34,13 @@ type RunOptions struct {
 
 // RunStats are what one run of a program moved and how long it took.
 type RunStats struct {
-	Msgs      int64         // messages sent
-	SentBytes int64         // message bytes sent (as given to Send)
-	RecvBytes int64         // message bytes received
-	Compute   time.Duration // time spent in Executor.Run, Payload and Deliver
-	Wall      time.Duration // from start to the last op done
+	Msgs      int64 // messages sent
+	SentBytes int64 // message bytes sent (as given to Send)
+	RecvBytes int64 // message bytes received
+	// SentTo and RecvFrom split SentBytes and RecvBytes by peer rank.
+	SentTo, RecvFrom []int64
+	Compute          time.Duration // time spent in Executor.Run, Payload and Deliver
+	Wall             time.Duration // from start to the last op done
 }
 
 type evKind uint8
@@ -115,6 +117,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 		d.queues[i] = d.queues[i][:0]
 		d.active[i] = 0
 	}
+	st.SentTo, st.RecvFrom = make([]int64, n), make([]int64, n)
 	perPeer := opts.SendsPerPeer
 	if perPeer <= 0 {
 		perPeer = 1
@@ -145,6 +148,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 		inflight++
 		st.Msgs++
 		st.SentBytes += int64(len(b))
+		st.SentTo[peer] += int64(len(b))
 		tag := Tag(id, op.Msg)
 		go func() {
 			events <- event{kind: evSend, op: i, err: ioCall(rctx, opts.Timeout, peer, "send", func(c context.Context) error {
@@ -236,6 +240,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 			}
 		case evRecv:
 			st.RecvBytes += int64(len(ev.b))
+			st.RecvFrom[op.Peer] += int64(len(ev.b))
 			t0 := time.Now()
 			err := x.Deliver(op, ev.b)
 			st.Compute += time.Since(t0)

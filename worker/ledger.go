@@ -30,6 +30,8 @@ type LayerLedger struct {
 	// SentBytes and RecvBytes are the message bytes this rank sent and
 	// received for the layer (as given to transport Send / returned by Recv).
 	SentBytes, RecvBytes int64
+	// SentTo and RecvFrom split SentBytes and RecvBytes by peer rank.
+	SentTo, RecvFrom []int64
 	// WireBytes is SentBytes plus one frame header per message sent: what a
 	// framing transport puts on the wire for it (transports that chunk
 	// messages add more; see Ledger.SentWire for the measured total).

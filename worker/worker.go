@@ -753,6 +753,7 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 			return v * int64(w.layers[li].elems) / total
 		}
 		var acc [5]int64
+		peerAcc := [2][]int64{make([]int64, n), make([]int64, n)}
 		for k, li := range b.layers {
 			l := &led.Layers[li]
 			coll := r.coll
@@ -778,6 +779,18 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 				}
 			}
 			l.PayloadBytes, l.SentBytes, l.RecvBytes, l.WireBytes = got[0], got[1], got[2], got[3]
+			l.SentTo, l.RecvFrom = make([]int64, n), make([]int64, n)
+			for p := 0; p < n && r.stats.run.SentTo != nil; p++ {
+				if k == len(b.layers)-1 {
+					l.SentTo[p] = r.stats.run.SentTo[p] - peerAcc[0][p]
+					l.RecvFrom[p] = r.stats.run.RecvFrom[p] - peerAcc[1][p]
+				} else {
+					l.SentTo[p] = share(r.stats.run.SentTo[p], li)
+					l.RecvFrom[p] = share(r.stats.run.RecvFrom[p], li)
+					peerAcc[0][p] += l.SentTo[p]
+					peerAcc[1][p] += l.RecvFrom[p]
+				}
+			}
 			frac := func(d time.Duration) time.Duration {
 				return time.Duration(int64(d) * int64(w.layers[li].elems) / total)
 			}

@@ -559,6 +559,19 @@ func TestLedger(t *testing.T) {
 	if d.Scheme != "ring" || d.PayloadBytes != 16000 {
 		t.Errorf("dense layer: scheme %q payload %d", d.Scheme, d.PayloadBytes)
 	}
+	// A ring sends only to the right neighbour and receives only from the left.
+	for p := 0; p < n; p++ {
+		wantTo, wantFrom := int64(0), int64(0)
+		if p == 2 {
+			wantTo = base
+		}
+		if p == 0 {
+			wantFrom = base
+		}
+		if d.SentTo[p] != wantTo || d.RecvFrom[p] != wantFrom {
+			t.Errorf("dense layer, peer %d: sent %d received %d, want %d %d", p, d.SentTo[p], d.RecvFrom[p], wantTo, wantFrom)
+		}
+	}
 	if h.SentBytes != base/2 || h.PayloadBytes != 8000 {
 		t.Errorf("fp16 layer: sent %d payload %d, want %d %d", h.SentBytes, h.PayloadBytes, base/2, 8000)
 	}
