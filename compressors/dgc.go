@@ -76,13 +76,18 @@ func (d *DGC) selectIdx(x []float32) int {
 	if k == 0 || n == 0 {
 		return 0
 	}
-	s := &d.sel
-	// Samples: x[start::stride].
 	d.r.s = mix(domainDGC, d.seed, d.rank, d.step)
 	start := 0
 	if d.stride > 1 {
 		start = int(d.r.intn(uint64(d.stride)))
 	}
+	return d.selectFrom(x, start)
+}
+
+// selectFrom runs the selection with the samples x[start::stride].
+func (d *DGC) selectFrom(x []float32, start int) int {
+	n, k := d.n, d.numSelects
+	s := &d.sel
 	m := (n - start + d.stride - 1) / d.stride
 	if cap(s.sample) < m {
 		s.sample = make([]float32, m, (n+d.stride-1)/d.stride)
