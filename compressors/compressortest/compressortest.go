@@ -8,11 +8,13 @@ package compressortest
 
 import (
 	"encoding/binary"
+	"fmt"
 	"errors"
 	"hash/crc32"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/slimgrad/slimgrad/compressors"
@@ -76,6 +78,7 @@ func Run(t *testing.T, f Factory) {
 	t.Run("Corrupt", s.corrupt)
 	t.Run("Lengths", s.lengths)
 	t.Run("NonFinite", s.nonFinite)
+	t.Run("Independent", s.independent)
 }
 
 func (s *suite) isMatrix() bool { return s.recipe.Codec == compressors.CodecPowerSGD }
@@ -749,5 +752,49 @@ func (s *suite) nonFinite(t *testing.T) {
 		if err := c.Decompress(y, b); err != nil {
 			t.Fatalf("%v: frame of an input with %v does not decode: %v", c, bad, err)
 		}
+	}
+}
+
+// independent runs separate compressors on separate goroutines: instances
+// must share no mutable state (run the suite under -race to check), and each
+// must produce what it produces alone.
+func (s *suite) independent(t *testing.T) {
+	l := Layer{N: 1000}
+	if s.isMatrix() {
+		l = Layer{Rows: 25, Cols: 40}
+	}
+	x := gradient(rand.New(rand.NewPCG(17, 18)), nOf(l))
+	want := s.compress(t, s.build(t, l), x)
+	const workers = 4
+	var wg sync.WaitGroup
+	errs := make(chan string, workers)
+	for w := range workers {
+		c := s.build(t, l)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			y := make([]float32, nOf(l))
+			for i := range 20 {
+				var err error
+				if buf, err = c.Compress(buf, x); err != nil {
+					errs <- err.Error()
+					return
+				}
+				if i == 0 && !slices.Equal(buf, want) {
+					errs <- fmt.Sprintf("worker %d: first frame differs from a lone compressor's", w)
+					return
+				}
+				if err := c.DecompressAdd(y, buf); err != nil {
+					errs <- err.Error()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
 	}
 }
