@@ -8,8 +8,8 @@ package compressortest
 
 import (
 	"encoding/binary"
-	"fmt"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"math"
 	"math/rand/v2"
