@@ -8,6 +8,7 @@
 //	slimgrad sim [flags]      simulate a training scenario (default: 8 workers, MNIST MLP)
 //	slimgrad launch -n 4      train with 4 worker processes over NATS (or --transport libp2p)
 //	slimgrad worker [flags]   one process of a multi-process job
+//	slimgrad bench            measure this machine and write the simulator's calibration
 //	slimgrad help [command]   show help
 package main
 
@@ -33,6 +34,7 @@ func commands() []command {
 		{"sim", "train N virtual workers with gradient compression and report bytes, loss and plots", runSimCommand},
 		{"launch", "start N worker processes on this machine that train together over NATS or libp2p", runLaunchCommand},
 		{"worker", "one process of a multi-process training job (started by launch, or by hand)", runWorkerCommand},
+		{"bench", "measure codecs, kernels, transports and the simulator; write the simulator's calibration", runBenchCommand},
 	}
 }
 

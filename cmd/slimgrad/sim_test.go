@@ -171,3 +171,24 @@ func TestExchangersAgree(t *testing.T) {
 		}
 	}
 }
+
+func TestBenchCommand(t *testing.T) {
+	dir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "--codecs", "none,topk:0.01", "--elems", "4096", "--time", "1ms", "--transports", "mem",
+		"--world", "2", "--size", "65536", "--sim-ranks", "8", "--sim-bytes", "1000000", "--out", dir}
+	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	for _, f := range []string{"bench.csv", "bench.json", "calibration.json"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	// sim reads the calibration bench wrote.
+	o := simOptionsFor(t, []string{"--workload", "logistic", "--workers", "2", "--steps", "3", "--methods", "dense",
+		"--calibration", filepath.Join(dir, "calibration.json"), "--out", "", "--progress", "off"})
+	if _, err := runSim(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+}

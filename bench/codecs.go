@@ -1,0 +1,133 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/internal/kernels"
+	"github.com/slimgrad/slimgrad/sim"
+)
+
+// DefaultRecipes are the codecs `slimgrad bench` measures by default.
+var DefaultRecipes = []string{"none", "fp16", "bf16", "topk:0.001", "dgc:0.001", "topk:0.01", "randomk:0.01", "sign", "qsgd:4", "powersgd:4"}
+
+// gradient returns a deterministic gradient-like vector: Gaussian values of
+// varying scale (so top-k has a real tail).
+func gradient(n int, seed uint64) []float32 {
+	rng := rand.New(rand.NewPCG(seed, 0x62656e63))
+	g := make([]float32, n)
+	for i := range g {
+		g[i] = float32(rng.NormFloat64() * math.Exp(rng.NormFloat64()))
+	}
+	return g
+}
+
+// matrixShape returns a rows×cols shape with rows·cols == n, as square as a
+// divisor of n allows (PowerSGD needs a matrix).
+func matrixShape(n int) (int, int) {
+	r := int(math.Sqrt(float64(n)))
+	for r > 1 && n%r != 0 {
+		r--
+	}
+	return r, n / r
+}
+
+// Codecs measures Compress (key "encode/RECIPE"), Decompress ("decode/RECIPE")
+// and DecompressAdd ("decode-add/RECIPE") of each recipe on a vector of elems
+// float32 values, each for at least minTime. Extra["ratio"] is the dense fp32
+// size over the payload size.
+func Codecs(ctx context.Context, recipes []string, elems int, minTime time.Duration) ([]Result, error) {
+	if elems < 1 {
+		return nil, fmt.Errorf("bench: %d elements", elems)
+	}
+	g := gradient(elems, 1)
+	dst := make([]float32, elems)
+	rows, cols := matrixShape(elems)
+	var out []Result
+	for _, recipe := range recipes {
+		c, err := compressors.New(recipe, elems, compressors.WithShape(rows, cols), compressors.WithSeed(1))
+		if err != nil {
+			return out, fmt.Errorf("bench: %w", err)
+		}
+		canon := c.String()
+		var payload []byte
+		ratio := 0.0
+		steps := []struct {
+			fn string
+			op func() error
+		}{
+			{"encode", func() (err error) { payload, err = c.Compress(payload[:0], g); return err }},
+			{"decode", func() error { return c.Decompress(dst, payload) }},
+			{"decode-add", func() error { return c.DecompressAdd(dst, payload) }},
+		}
+		for _, s := range steps {
+			ops, d, allocs, err := measure(ctx, minTime, s.op)
+			if err != nil {
+				return out, fmt.Errorf("bench: %s %s: %w", s.fn, canon, err)
+			}
+			if s.fn == "encode" && len(payload) > 0 {
+				ratio = float64(4*elems) / float64(len(payload))
+			}
+			out = append(out, Result{
+				Group: "codec", Name: fmt.Sprintf("%s/codec=%s/n=%d", s.fn, canon, elems), Key: s.fn + "/" + canon,
+				Bytes: 4 * int64(elems), Ops: ops, Elapsed: d, Allocs: allocs, Extra: map[string]float64{"ratio": ratio},
+			})
+		}
+	}
+	return out, nil
+}
+
+// Kernels measures the element-wise float32 kernels the collectives use:
+// reduce (dst += src), copy and scale, on elems elements.
+func Kernels(ctx context.Context, elems int, minTime time.Duration) ([]Result, error) {
+	a, b := gradient(elems, 2), gradient(elems, 3)
+	var out []Result
+	for _, k := range []struct {
+		fn string
+		op func() error
+	}{
+		{"reduce", func() error { kernels.Add(a, b); return nil }},
+		{"copy", func() error { copy(a, b); return nil }},
+		{"scale", func() error { kernels.Scale(a, 0.999); return nil }},
+	} {
+		ops, d, allocs, err := measure(ctx, minTime, k.op)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, Result{Group: "kernel", Name: fmt.Sprintf("%s/n=%d", k.fn, elems), Key: k.fn,
+			Bytes: 4 * int64(elems), Ops: ops, Elapsed: d, Allocs: allocs})
+	}
+	return out, nil
+}
+
+// Calibrate returns the simulator calibration for results: the throughput
+// (input bytes per second) under each result's key. Unqualified codec keys
+// ("encode", "decode", "decode-add") get the fp32 "none" codec's figures.
+func Calibrate(rs []Result, host string) *sim.Calibration {
+	c := &sim.Calibration{Host: host, Date: time.Now().UTC().Format(time.RFC3339), Throughput: map[string]float64{}}
+	for _, r := range rs {
+		if r.Key == "" || r.Throughput() <= 0 {
+			continue
+		}
+		c.Throughput[r.Key] = r.Throughput()
+		if r.Group == "codec" {
+			if fn, recipe, ok := cut(r.Key); ok && recipe == "none" {
+				c.Throughput[fn] = r.Throughput()
+			}
+		}
+	}
+	return c
+}
+
+func cut(key string) (fn, recipe string, ok bool) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return key[:i], key[i+1:], true
+		}
+	}
+	return key, "", false
+}
