@@ -19,24 +19,45 @@ func ModelCost(m allreduce.Model, world int, layers []Layer) CostFunc {
 }
 
 // SchemeCost is the modelled time in seconds of one layer's collective for
-// candidate c, with the scheme package worker runs for its aggregation:
-//
-//	Reduce   ring all-reduce of Rows·Cols elements at the codec's element
-//	         size, with the model's best segment count
-//	Gather   sparse gather: an all-gather of c.Bytes per rank, then the
-//	         rank-order decode-adds, Σ growing with N·payload
-//	TwoPhase the two-phase sign all-reduce
-//	LowRank  the P-then-Q ring all-reduces of Rows·r and Cols·r elements
-//	         (r capped at min(Rows, Cols)) plus the three products
-//
-// It returns +Inf for a world below 1 or a model that rejects the parameters.
+// candidate c: m.Cost of the program Scheme returns (dense rings with the
+// model's best segment count). It returns +Inf for a
+// world below 1 or a model that gives no finite time.
 func SchemeCost(m allreduce.Model, world, rows, cols int, c Candidate) float64 {
-	if world < 1 {
+	alg, p, ok := Scheme(world, rows, cols, c)
+	if !ok {
 		return math.Inf(1)
 	}
+	if alg == allreduce.AlgRing {
+		p.Segments = m.BestSegments(alg, p)
+	}
+	t := m.Cost(alg, p)
+	if math.IsNaN(t) || t < 0 {
+		return math.Inf(1)
+	}
+	return t
+}
+
+// Scheme returns the collective that package worker runs for a rows×cols
+// layer compressed with candidate c over world ranks, as an allreduce
+// algorithm and its parameters (Rank 0; set Rank, or use sim.Programs, for
+// the other ranks). A simulator-backed CostFunc generates these programs and
+// times them on its topology:
+//
+//	Reduce   ring all-reduce (averaging) of Rows·Cols elements at the codec's
+//	         element size (Segments left 0: choose with Model.BestSegments)
+//	Gather   sparse gather: all-gather of c.Bytes per rank (Sizes), then the
+//	         rank-order decode-adds; its traffic grows with N·payload
+//	TwoPhase the two-phase sign all-reduce
+//	LowRank  the P-then-Q ring all-reduces of Rows·r and Cols·r elements
+//	         (r capped at min(Rows, Cols))
+//
+// ok is false for world < 1 or a codec without a scheme.
+func Scheme(world, rows, cols int, c Candidate) (alg allreduce.Algorithm, p allreduce.Params, ok bool) {
+	if world < 1 {
+		return 0, p, false
+	}
 	n := rows * cols
-	p := allreduce.Params{World: world, Elems: n}
-	var alg allreduce.Algorithm
+	p = allreduce.Params{World: world, Elems: n}
 	switch c.Recipe.Aggregation() {
 	case compressors.Reduce:
 		alg = allreduce.AlgRing
@@ -45,7 +66,6 @@ func SchemeCost(m allreduce.Model, world, rows, cols int, c Candidate) float64 {
 			p.ElemBytes = 2
 		}
 		p.Average = true
-		p.Segments = m.BestSegments(alg, p)
 	case compressors.Gather:
 		alg = allreduce.AlgSparseGather
 		p.Sizes = make([]int64, world)
@@ -58,11 +78,7 @@ func SchemeCost(m allreduce.Model, world, rows, cols int, c Candidate) float64 {
 		alg = allreduce.AlgLowRank
 		p.Rows, p.Cols, p.Components = rows, cols, min(c.Recipe.Rank, rows, cols)
 	default:
-		return math.Inf(1)
+		return 0, p, false
 	}
-	t := m.Cost(alg, p)
-	if math.IsNaN(t) || t < 0 {
-		return math.Inf(1)
-	}
-	return t
+	return alg, p, true
 }
