@@ -23,6 +23,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sync"
 
 	"github.com/slimgrad/slimgrad/allreduce"
 )
@@ -268,6 +269,7 @@ type driver struct {
 	cfin     []float64
 	cbytes   []int64
 	cleft    []int
+	wan      map[[2]int32]int32 // topo.wanIndex()
 }
 
 // Run simulates collectives on topo and returns what they cost. All
@@ -282,12 +284,24 @@ type driver struct {
 // sizes), ErrDeadlock if ranks wait forever, an executor's error in payload
 // mode, or ctx.Err() if ctx is cancelled.
 func Run(ctx context.Context, topo *Topology, colls []Collective, opts *Options) (*Result, error) {
-	s, err := NewSimulator(topo)
-	if err != nil {
+	if err := topo.Validate(); err != nil {
 		return nil, err
 	}
-	return s.Run(ctx, colls, opts)
+	// Simulators are pooled: a large run's machine state (hundreds of MB
+	// for a 1024-rank ring) is reused by the next run instead of being
+	// allocated and faulted in again.
+	s, _ := simPool.Get().(*Simulator)
+	if s == nil {
+		s = &Simulator{}
+	}
+	s.bind(topo)
+	res, err := s.Run(ctx, colls, opts)
+	s.d.topo, s.d.wan = nil, nil
+	simPool.Put(s)
+	return res, err
 }
+
+var simPool sync.Pool
 
 // Simulator runs simulations on one topology and keeps its memory (machine
 // state, flow tables, event queue) between runs, so that repeated runs of
@@ -304,13 +318,22 @@ func NewSimulator(topo *Topology) (*Simulator, error) {
 		return nil, err
 	}
 	s := &Simulator{}
+	s.bind(topo)
+	return s, nil
+}
+
+func (s *Simulator) bind(topo *Topology) {
 	s.d.topo = topo
+	s.d.wan = topo.wanIndex()
 	caps := make([]float64, topo.NumLinks())
 	for i := range caps {
 		caps[i] = topo.linkCap(i)
 	}
-	s.d.net = newNetwork(caps)
-	return s, nil
+	if s.d.net == nil || len(s.d.net.caps) != len(caps) {
+		s.d.net = newNetwork(caps)
+	} else {
+		s.d.net.caps = caps
+	}
 }
 
 // Run is like the package-level Run on the Simulator's topology. The
@@ -639,7 +662,7 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 		}
 	}
 	var m msgInfo
-	m.n = int8(d.topo.route(int(ms.node), int(dm.node), &m.links))
+	m.n = int8(d.topo.route(int(ms.node), int(dm.node), d.wan, &m.links))
 	m.size = float64(size)
 	m.g, m.op, m.dg, m.dop = g, i, dg, dop
 	lat := d.topo.PairLatency(int(ms.node), int(dm.node)).Seconds()

@@ -86,7 +86,7 @@ wan:
 		}
 	}
 	var links [maxPath]int32
-	n := tp.route(0, 4, &links)
+	n := tp.route(0, 4, tp.wanIndex(), &links)
 	var names []string
 	for _, l := range links[:n] {
 		names = append(names, tp.LinkName(int(l)))
@@ -94,7 +94,7 @@ wan:
 	if got := strings.Join(names, " "); got != "w0.up a.up wan:a->b b.down slow.down" {
 		t.Errorf("route 0->4: %s", got)
 	}
-	n = tp.route(5, 1, &links)
+	n = tp.route(5, 1, tp.wanIndex(), &links)
 	names = names[:0]
 	for _, l := range links[:n] {
 		names = append(names, tp.LinkName(int(l)))

@@ -58,7 +58,6 @@ type Topology struct {
 
 	pairLat map[[2]int32]time.Duration // unordered node pairs
 	rackLat map[[2]int32]time.Duration // unordered rack pairs
-	wanIdx  map[[2]int32]int32         // ordered rack pair -> link offset
 }
 
 // ErrTopology is wrapped by every topology validation error.
@@ -90,9 +89,9 @@ func (t *Topology) SetRackLatency(a, b int, d time.Duration) {
 }
 
 // PairLatency is the one-way latency of a message from node i to node j:
-// a pair latency if set; else a rack-pair latency (or WAN latency) if the
-// nodes are in different racks and one is set; else Latency plus both
-// nodes' Latency plus, across racks, both racks' Latency.
+// a pair latency if set; else, across racks, a rack-pair latency if set,
+// else the latency of a WAN link between the racks if positive; else
+// Latency plus both nodes' Latency plus, across racks, both racks' Latency.
 func (t *Topology) PairLatency(i, j int) time.Duration {
 	if i == j {
 		return 0
@@ -110,6 +109,12 @@ func (t *Topology) PairLatency(i, j int) time.Duration {
 				return l
 			}
 		}
+		for k := range t.WANs {
+			w := &t.WANs[k]
+			if w.Latency > 0 && (w.A == ni.Rack && w.B == nj.Rack || w.A == nj.Rack && w.B == ni.Rack) {
+				return w.Latency
+			}
+		}
 		if ni.Rack >= 0 {
 			d += t.Racks[ni.Rack].Latency
 		}
@@ -120,9 +125,9 @@ func (t *Topology) PairLatency(i, j int) time.Duration {
 	return d
 }
 
-// Validate checks the topology and prepares its lookup tables. It is called
-// by Run and LoadTopology; call it after building or changing a Topology by
-// hand.
+// Validate checks the topology. It does not modify t, so concurrent
+// simulations may share a topology. Run, NewSimulator and LoadTopology call
+// it.
 func (t *Topology) Validate() error {
 	if len(t.Nodes) == 0 {
 		return fmt.Errorf("%w: no nodes", ErrTopology)
@@ -146,7 +151,7 @@ func (t *Topology) Validate() error {
 			return fmt.Errorf("%w: rack %d (%s): negative bandwidth or latency", ErrTopology, i, r.Name)
 		}
 	}
-	t.wanIdx = nil
+	seen := map[[2]int]bool{}
 	for i, w := range t.WANs {
 		if w.A < 0 || w.A >= len(t.Racks) || w.B < 0 || w.B >= len(t.Racks) || w.A == w.B {
 			return fmt.Errorf("%w: wan %d: racks %d and %d", ErrTopology, i, w.A, w.B)
@@ -154,18 +159,11 @@ func (t *Topology) Validate() error {
 		if !(w.Bandwidth > 0) || w.Latency < 0 {
 			return fmt.Errorf("%w: wan %d: bandwidth must be positive, latency non-negative", ErrTopology, i)
 		}
-		if t.wanIdx == nil {
-			t.wanIdx = map[[2]int32]int32{}
-		}
-		ab, ba := [2]int32{int32(w.A), int32(w.B)}, [2]int32{int32(w.B), int32(w.A)}
-		if _, dup := t.wanIdx[ab]; dup {
+		a, b := min(w.A, w.B), max(w.A, w.B)
+		if seen[[2]int{a, b}] {
 			return fmt.Errorf("%w: wan %d: racks %s and %s already linked", ErrTopology, i, t.Racks[w.A].Name, t.Racks[w.B].Name)
 		}
-		t.wanIdx[ab] = int32(2 * i)
-		t.wanIdx[ba] = int32(2*i + 1)
-		if w.Latency > 0 {
-			t.SetRackLatency(w.A, w.B, w.Latency)
-		}
+		seen[[2]int{a, b}] = true
 	}
 	return nil
 }
@@ -216,8 +214,23 @@ func (t *Topology) linkCap(id int) float64 {
 // maxPath is the most links a route crosses.
 const maxPath = 5
 
-// route appends the links a message from node i to node j crosses.
-func (t *Topology) route(i, j int, dst *[maxPath]int32) int {
+// wanIndex maps an ordered rack pair to its WAN link's offset (2w for
+// A→B, 2w+1 for B→A); nil if there are no WAN links.
+func (t *Topology) wanIndex() map[[2]int32]int32 {
+	if len(t.WANs) == 0 {
+		return nil
+	}
+	m := make(map[[2]int32]int32, 2*len(t.WANs))
+	for i, w := range t.WANs {
+		m[[2]int32{int32(w.A), int32(w.B)}] = int32(2 * i)
+		m[[2]int32{int32(w.B), int32(w.A)}] = int32(2*i + 1)
+	}
+	return m
+}
+
+// route writes the links a message from node i to node j crosses and
+// returns their number; wan is t.wanIndex().
+func (t *Topology) route(i, j int, wan map[[2]int32]int32, dst *[maxPath]int32) int {
 	if i == j {
 		return 0
 	}
@@ -231,8 +244,8 @@ func (t *Topology) route(i, j int, dst *[maxPath]int32) int {
 			dst[k] = int32(2*n + 2*ri)
 			k++
 		}
-		if ri >= 0 && rj >= 0 && t.wanIdx != nil {
-			if w, ok := t.wanIdx[[2]int32{int32(ri), int32(rj)}]; ok {
+		if ri >= 0 && rj >= 0 && wan != nil {
+			if w, ok := wan[[2]int32{int32(ri), int32(rj)}]; ok {
 				dst[k] = int32(2*n+2*len(t.Racks)) + w
 				k++
 			}
