@@ -62,13 +62,19 @@ func (s *Sign) Compress(dst []byte, src []float32) ([]byte, error) {
 	if err := checkLen("src", len(src), s.n); err != nil {
 		return dst[:0], err
 	}
-	scale := RMS(src)
+	dst = s.begin(dst)
+	var body []byte
+	dst, body = grow(dst, 4+(len(src)+7)/8)
+	// One pass for the signs and the sum of squares (= RMS(src) exactly).
+	ss := kernels.PackSignsSumSq(body[4:], src)
+	var scale float32
+	if len(src) > 0 {
+		scale = float32(math.Sqrt(ss / float64(len(src))))
+	}
 	if math.IsInf(float64(scale), 0) || math.IsNaN(float64(scale)) {
 		return dst[:0], fmt.Errorf("%w: sign scale is %v", ErrNonFinite, scale)
 	}
-	dst = s.begin(dst)
-	dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(scale))
-	dst = PackSigns(dst, src)
+	binary.LittleEndian.PutUint32(body, math.Float32bits(scale))
 	raw := len(dst) - headerLen
 	dst, z := s.squeeze(dst)
 	return s.finish(dst, z, 0, 0, raw), nil

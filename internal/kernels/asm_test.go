@@ -193,3 +193,25 @@ func TestQSGDDecodeNibblesMatchesGeneric(t *testing.T) {
 		}
 	}
 }
+
+func TestPackSignsSumSq(t *testing.T) {
+	r := rand.New(rand.NewPCG(47, 48))
+	for _, n := range []int{0, 1, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 100, 1000, 4099} {
+		x := make([]float32, n)
+		for i := range x {
+			x[i] = float32(r.NormFloat64())
+		}
+		got := make([]byte, (n+7)/8)
+		want := make([]byte, (n+7)/8)
+		ss := PackSignsSumSq(got, x)
+		PackSigns(want, x)
+		if ss != SumSq(x) || ss != sumSqGeneric(x) {
+			t.Fatalf("n=%d: sum of squares %v, SumSq %v, generic %v", n, ss, SumSq(x), sumSqGeneric(x))
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("n=%d: byte %d = %#02x, PackSigns %#02x", n, i, got[i], want[i])
+			}
+		}
+	}
+}

@@ -276,3 +276,16 @@ func qsgdDecodeNibbles(dst []float32, codes []byte, levels *[8]float32, add bool
 	}
 	qsgdDecodeNibblesGeneric(dst, codes, levels, add)
 }
+
+//go:noescape
+func packSignsSumSqAVX2(dst *byte, src *float32, n int, acc *[16]float64)
+
+// packSignsSumSq handles the 32-aligned prefix and returns its length.
+func packSignsSumSq(dst []byte, src []float32, acc *[16]float64) int {
+	n := len(src) &^ 31
+	if !useAVX2 || n == 0 {
+		return 0
+	}
+	packSignsSumSqAVX2(&dst[0], &src[0], n, acc)
+	return n
+}

@@ -37,3 +37,5 @@ func qsgdNibbles(codes []byte, src []float32, sc float32, s uint32, g *Lanes) {
 func qsgdDecodeNibbles(dst []float32, codes []byte, levels *[8]float32, add bool) {
 	qsgdDecodeNibblesGeneric(dst, codes, levels, add)
 }
+
+func packSignsSumSq(dst []byte, src []float32, acc *[16]float64) int { return 0 }

@@ -260,3 +260,30 @@ func UnpackSignsAdd(dst []float32, bits []byte, scale float32) {
 // (float32 bits with the sign cleared; NaN ranks above +Inf) is >= lo, or
 // len(x) if there is none. lo must be <= 0x7fffffff.
 func NextAbsGE(x []float32, lo uint32) int { return nextAbsGE(x, lo) }
+
+// PackSignsSumSq does PackSigns(dst, src) and returns SumSq(src) (bit for
+// bit) in one pass over src: the 1-bit compressor's signs and RMS.
+func PackSignsSumSq(dst []byte, src []float32) float64 {
+	if len(dst) != (len(src)+7)/8 {
+		panic(badBits)
+	}
+	var acc [16]float64
+	done := packSignsSumSq(dst, src, &acc)
+	// Finish exactly as sumSqGeneric would: whole 16-groups into the lanes,
+	// then combine, then the tail in order.
+	packSignsGeneric(dst[done/8:], src[done:])
+	x := src[done:]
+	n := len(x) &^ 15
+	for i := 0; i < n; i += 16 {
+		xx := x[i : i+16 : i+16]
+		for l := range acc {
+			v := float64(xx[l])
+			acc[l] += v * v
+		}
+	}
+	s := combine16(&acc)
+	for _, v := range x[n:] {
+		s += float64(v) * float64(v)
+	}
+	return s
+}
