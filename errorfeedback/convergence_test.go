@@ -219,7 +219,7 @@ func floor(p *lsq, errs []float64) float64 {
 // the spec's [recalled] expectation that EF21's floor stays flat; it asserts
 // that EControl's floor is below EF21's at every n and logs both.
 func TestConvergenceT2(t *testing.T) {
-	const d, m, k, steps = 50, 200, 5, 2000
+	const d, m, k, steps = 50, 200, 5, 1500
 	const sigma, gamma, eta = 3, 0.02, 0.1
 	var prev float64
 	for _, n := range []int{1, 4, 16} {

@@ -23,6 +23,8 @@ import (
 // With η = 0 the compressed vector is computed as g − hᵢ exactly as EF21
 // computes it (the η·eᵢ term is skipped, not multiplied by zero), so
 // EControl(0) reproduces EF21 bit for bit, including the payload bytes.
+// With a codec that is not compressors.Sparse, D(Δᵢ) comes from decoding the
+// payload; otherwise from Selected (one pass over the layer).
 type EControl struct {
 	c     compressors.Compressor
 	eta   float32
@@ -67,6 +69,45 @@ func (f *EControl) Encode(dst []byte, g []float32) ([]byte, error) {
 	}
 	w, hi := f.w, f.hi[:len(f.w)]
 	g = g[:len(w)]
+	if sp, ok := f.c.(compressors.Sparse); ok {
+		// One pass: w = (g − hᵢ) [+ η·eᵢ]; eᵢ += g − hᵢ; then the sent
+		// pairs: eᵢ −= D(Δᵢ), hᵢ += D(Δᵢ).
+		switch {
+		case f.ef21:
+			for j := range w {
+				w[j] = g[j] - hi[j]
+			}
+		case f.eta == 0:
+			e := f.e[:len(w)]
+			for j := range w {
+				r := g[j] - hi[j]
+				w[j] = r
+				e[j] += r
+			}
+		default:
+			eta, e := f.eta, f.e[:len(w)]
+			for j := range w {
+				r := g[j] - hi[j]
+				w[j] = r + eta*e[j]
+				e[j] += r
+			}
+		}
+		p, err := f.c.Compress(dst, w)
+		if err != nil {
+			return p, fmt.Errorf("errorfeedback: %s: %w", f.label, err)
+		}
+		idx, val := sp.Selected()
+		if !f.ef21 {
+			e := f.e
+			for i, j := range idx {
+				e[j] -= val[i]
+			}
+		}
+		for i, j := range idx {
+			hi[j] += val[i]
+		}
+		return p, nil
+	}
 	for j := range w {
 		w[j] = g[j] - hi[j]
 	}

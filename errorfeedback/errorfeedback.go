@@ -12,8 +12,8 @@
 //	fb.Finish(avg)                      // avg becomes this step's update direction
 //	// optimizer: x -= lr * avg   (plain SGD on the direction; see package optim)
 //
-// The methods of every algorithm, with C the codec, D its decoder and ḡ_avg
-// the avg passed to Finish (specs/algorithms.md §1 and §3.2):
+// The methods of every algorithm, with C the codec, D its decoder and avg
+// the vector passed to Finish (specs/algorithms.md §1 and §3.2):
 //
 //	None      Encode: Δ = C(g)                      Finish: identity
 //	EF14      Encode: Δ = C(e+g); e = e+g−D(Δ)      Finish: identity
@@ -23,6 +23,11 @@
 //	DGC       Encode: u = m·u+g; v += u; Δ = C(v);  Finish: identity
 //	                  v −= D(Δ), u = 0 where sent
 //	DGC dense Encode: Δ = C(g)                      Finish: u = m·u+avg; avg = u
+//
+// For sparse codecs (compressors.Sparse: top-k, dgc, random-k) D(Δ) is read
+// from Selected (the sent indices and the values the payload decodes to)
+// instead of decoding the payload, so a step costs one pass over the layer
+// plus the codec.
 //
 // EF21 and EControl start from hᵢ = h = 0 (no dense initial round); EControl
 // with η = 0 is EF21 bit for bit. All state is O(layer size), allocated once
@@ -378,6 +383,23 @@ func (f *EF14) Encode(dst []byte, g []float32) ([]byte, error) {
 	}
 	if err := checkFinite(g); err != nil {
 		return dst[:0], err
+	}
+	if sp, ok := f.c.(compressors.Sparse); ok {
+		// One pass: e ← e + g, compress e, subtract the sent pairs.
+		e := f.e
+		g = g[:len(e)]
+		for j := range e {
+			e[j] += g[j]
+		}
+		p, err := f.c.Compress(dst, e)
+		if err != nil {
+			return p, fmt.Errorf("errorfeedback: ef14: %w", err)
+		}
+		idx, val := sp.Selected()
+		for i, j := range idx {
+			e[j] -= val[i]
+		}
+		return p, nil
 	}
 	w, e := f.w, f.e[:len(f.w)]
 	g = g[:len(w)]

@@ -607,3 +607,79 @@ func TestAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestSparseFastPath: reading D(Δ) from compressors.Sparse.Selected gives the
+// same messages and states (to float rounding) as decoding the payload.
+func TestSparseFastPath(t *testing.T) {
+	const d, steps = 2000, 6
+	for _, codec := range []string{"topk:0.01", "topk:0.01+zstd", "dgc:0.01", "randomk:0.01"} {
+		for _, ef := range []string{"ef14", "ef21", "econtrol:0", "econtrol:0.3", "dgc:0.9"} {
+			mk := func(hide bool) Feedback {
+				c, err := compressors.New(codec, d, compressors.WithSeed(3), compressors.WithRank(1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, ok := c.(compressors.Sparse); !ok {
+					t.Fatalf("%s is not sparse", codec)
+				}
+				if hide {
+					c = hideSparse{c}
+				}
+				r, _ := Parse(ef)
+				f, err := r.New(c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return f
+			}
+			fast, slow := mk(false), mk(true)
+			rng := rand.New(rand.NewPCG(20, 21))
+			da, db := make([]float32, d), make([]float32, d)
+			for s := 0; s < steps; s++ {
+				g := randVec(rng, d, 1)
+				pa, err := fast.Encode(nil, g)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pb, err := slow.Encode(nil, g)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := fast.Compressor().Decompress(da, pa); err != nil {
+					t.Fatal(err)
+				}
+				if err := slow.Compressor().Decompress(db, pb); err != nil {
+					t.Fatal(err)
+				}
+				for j := range da {
+					if math.Abs(float64(da[j]-db[j])) > 1e-5*(1+math.Abs(float64(db[j]))) {
+						t.Fatalf("%s/%s step %d: message[%d] %v vs %v", codec, ef, s, j, da[j], db[j])
+					}
+				}
+				sa, sb := stateOf(fast), stateOf(slow)
+				for k := range sa {
+					for j := range sa[k] {
+						if math.Abs(float64(sa[k][j]-sb[k][j])) > 1e-5*(1+math.Abs(float64(sb[k][j]))) {
+							t.Fatalf("%s/%s step %d: state %d[%d] %v vs %v", codec, ef, s, k, j, sa[k][j], sb[k][j])
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func stateOf(f Feedback) [][]float32 {
+	switch f := f.(type) {
+	case *EF14:
+		return [][]float32{f.Residual()}
+	case *EControl:
+		if f.Error() == nil {
+			return [][]float32{f.Local()}
+		}
+		return [][]float32{f.Local(), f.Error()}
+	case *DGC:
+		return [][]float32{f.Momentum(), f.Velocity()}
+	}
+	return nil
+}
