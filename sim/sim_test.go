@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -64,5 +65,38 @@ func TestRunErrors(t *testing.T) {
 	cancel()
 	if _, err = Run(ctx, topo, []Collective{{Programs: progs}}, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled: %v", err)
+	}
+}
+
+// TestConcurrentRuns shares one topology between concurrent Runs (run
+// with -race); results must equal a sequential run's.
+func TestConcurrentRuns(t *testing.T) {
+	topo, err := LoadTopology("testdata/topologies/wan-2sites.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	progs := mustPrograms(t, allreduce.AlgTree, allreduce.Params{World: 8, Elems: 1 << 16, Segments: 4})
+	want, err := Run(context.Background(), topo, []Collective{{Programs: progs}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		go func() {
+			res, err := Run(context.Background(), topo, []Collective{{Programs: progs}}, nil)
+			if err == nil && (res.Time != want.Time || res.Events != want.Events) {
+				err = fmt.Errorf("concurrent run: time %v events %d, want %v %d", res.Time, res.Events, want.Time, want.Events)
+			}
+			errs <- err
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	// The WAN link carries every cross-site message and dominates.
+	if want.Links[2*8+2*2].Bytes == 0 {
+		t.Errorf("wan link idle: %+v", want.Links[2*8+2*2])
 	}
 }
