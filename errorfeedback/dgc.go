@@ -32,6 +32,11 @@ type DGCConfig struct {
 //	Finish: identity; the optimizer then takes a PLAIN SGD step on the
 //	averaged update (momentum must not be applied twice).
 //
+// Clipping with Config.ClipNorm is per layer (the reference code's per-tensor
+// clip_grad_norm_ with the paper's N^(-1/2) threshold). For the paper's local
+// clipping by the total norm over all layers, call ClipByTotalNorm on the
+// whole gradient before the layers' Encode and leave ClipNorm at 0.
+//
 // The sent indices come from compressors.Sparse.Selected when the codec
 // implements it (top-k, dgc, random-k). For other codecs they are the non-zero
 // entries of the decoded payload, so a sent value of exactly 0 is then not
@@ -246,4 +251,33 @@ func (f *DGC) String() string                     { return f.label }
 func (f *DGC) Reset() {
 	zero(f.u)
 	zero(f.v)
+}
+
+// ClipByTotalNorm is DGC's local gradient clipping over a whole model (specs
+// §1.1, §1.6): with norm = ‖(g_1, …, g_L)‖₂ over all layers (float64
+// accumulation) and threshold maxNorm/√world, it scales every layer in place
+// by threshold/(norm+1e-6) if norm exceeds the threshold. It returns the norm
+// before clipping. It panics if world < 1; maxNorm <= 0 disables clipping.
+func ClipByTotalNorm(grads [][]float32, maxNorm float64, world int) float64 {
+	if world < 1 {
+		panic("errorfeedback: ClipByTotalNorm needs world >= 1")
+	}
+	var ss float64
+	for _, g := range grads {
+		for _, x := range g {
+			ss += float64(x) * float64(x)
+		}
+	}
+	norm := math.Sqrt(ss)
+	thr := maxNorm / math.Sqrt(float64(world))
+	if maxNorm <= 0 || norm <= thr {
+		return norm
+	}
+	s := float32(thr / (norm + 1e-6))
+	for _, g := range grads {
+		for j := range g {
+			g[j] *= s
+		}
+	}
+	return norm
 }

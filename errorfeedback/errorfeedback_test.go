@@ -683,3 +683,18 @@ func stateOf(f Feedback) [][]float32 {
 	}
 	return nil
 }
+
+func TestClipByTotalNorm(t *testing.T) {
+	a := []float32{3, 0}
+	b := []float32{0, 4}
+	if n := ClipByTotalNorm([][]float32{a, b}, 10, 4); n != 5 || a[0] != 3 || b[1] != 4 {
+		t.Errorf("below threshold 10/2: norm %v, a %v, b %v", n, a, b)
+	}
+	if n := ClipByTotalNorm([][]float32{a, b}, 2, 4); n != 5 {
+		t.Errorf("norm %v", n)
+	}
+	got := math.Hypot(float64(a[0]), float64(b[1]))
+	if math.Abs(got-1) > 1e-6 || math.Abs(float64(a[0]/b[1])-0.75) > 1e-6 {
+		t.Errorf("clipped to %v (a %v, b %v), want norm 1 = 2/√4", got, a, b)
+	}
+}
