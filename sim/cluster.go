@@ -94,7 +94,7 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 		for r := range progs {
 			progs[r] = c.layers[r][l].Program()
 		}
-		c.colls[l] = Collective{Name: ls.Name, Programs: progs, Executors: make([]allreduce.Executor, cfg.World), Start: ls.Start, Prologue: prologueOf(ls)}
+		c.colls[l] = Collective{Name: ls.Name, Programs: progs, Executors: make([]allreduce.Executor, cfg.World), Start: ls.Start, Prologue: prologueOf(ls), Recipe: ls.Codec.String()}
 		c.dense += ls.Elems
 	}
 	return c, nil
@@ -145,9 +145,6 @@ func (c *Cluster) Step(ctx context.Context, in, out [][][]float32) (*StepResult,
 	}
 	opts := c.cfg.Options
 	opts.Seed = c.cfg.Seed
-	if opts.Recipe == "" && L > 0 {
-		opts.Recipe = c.cfg.Layers[0].Codec.String()
-	}
 	res, err := c.sim.Run(ctx, c.colls, &opts)
 	if err != nil {
 		return nil, err
@@ -206,5 +203,5 @@ func SizeOnlyLayer(ls LayerSpec, world int) (Collective, int64, error) {
 	if err != nil {
 		return Collective{}, 0, err
 	}
-	return Collective{Name: ls.Name, Programs: progs, Start: ls.Start, Prologue: prologueOf(ls)}, nominal, nil
+	return Collective{Name: ls.Name, Programs: progs, Start: ls.Start, Prologue: prologueOf(ls), Recipe: ls.Codec.String()}, nominal, nil
 }

@@ -41,6 +41,9 @@ type Collective struct {
 	// Start is the virtual time (seconds) at which the collective may start,
 	// e.g. when backpropagation has produced its gradients.
 	Start float64
+	// Recipe, if set, replaces Options.Recipe for this collective's
+	// compute costs (recipe-qualified calibration keys).
+	Recipe string
 	// Prologue, if Elems > 0, is work every rank does on its compute engine
 	// before the program starts (e.g. error feedback and compression of a
 	// dense layer, which happen outside the program): a compute of Fn over
@@ -256,7 +259,7 @@ type driver struct {
 	net      *network
 	h        eventHeap
 	now      float64
-	costs    costTable
+	costs    []costTable // per collective
 	rng      *rand.Rand
 	scr      []int32
 	res      *Result
@@ -501,9 +504,17 @@ func (d *driver) setup() error {
 	d.net.reset()
 	d.now = 0
 	d.pend, d.pfree = d.pend[:0], d.pfree[:0]
-	d.costs = d.opts.Calibration.table(d.opts.Recipe, d.opts.FreeCompute)
-	if d.opts.Calibration == nil && !d.opts.FreeCompute {
-		d.costs = DefaultCalibration().table(d.opts.Recipe, false)
+	cal := d.opts.Calibration
+	if cal == nil {
+		cal = DefaultCalibration()
+	}
+	d.costs = grow(d.costs, len(d.colls))
+	for c := range d.colls {
+		recipe := d.colls[c].Recipe
+		if recipe == "" {
+			recipe = d.opts.Recipe
+		}
+		d.costs[c] = cal.table(recipe, d.opts.FreeCompute)
 	}
 	d.rng = rand.New(rand.NewPCG(d.opts.Seed, d.opts.Seed^0x9e3779b97f4a7c15))
 	d.res = &Result{}
@@ -804,7 +815,8 @@ func (d *driver) completeRecv(g int32, ms *machine, op int32) error {
 }
 
 func (d *driver) computeCost(ms *machine, op *allreduce.Op) float64 {
-	sec := d.costs.secPerElem[op.Fn&15]
+	ct := &d.costs[ms.coll]
+	sec := ct.secPerElem[op.Fn&15]
 	if sec == 0 {
 		return 0
 	}
@@ -818,7 +830,7 @@ func (d *driver) computeCost(ms *machine, op *allreduce.Op) float64 {
 	if speed == 0 {
 		speed = 1
 	}
-	t := d.costs.overhead + float64(el)*sec/speed
+	t := ct.overhead + float64(el)*sec/speed
 	if d.opts.ComputeJitter > 0 {
 		t += t * d.opts.ComputeJitter * d.rng.Float64()
 	}
@@ -834,7 +846,7 @@ func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error 
 		}
 	}
 	cat := fnCategory(op.Fn)
-	if cat == CatNone || d.costs.secPerElem[op.Fn&15] == 0 {
+	if cat == CatNone || d.costs[ms.coll].secPerElem[op.Fn&15] == 0 {
 		d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, i, -1, 0)
 		if i < 0 {
 			return d.pump(g)

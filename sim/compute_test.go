@@ -1,0 +1,67 @@
+package sim
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+)
+
+func TestCalibrationRoundTrip(t *testing.T) {
+	c := &Calibration{Host: "h", Throughput: map[string]float64{"reduce": 5e9, "encode/topk:0.001": 2e8}, Overhead: 1e-6}
+	for _, name := range []string{"cal.json", "cal.yaml"} {
+		p := filepath.Join(t.TempDir(), name)
+		if err := c.Save(p); err != nil {
+			t.Fatal(err)
+		}
+		got, err := LoadCalibration(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Host != "h" || got.Throughput["encode/topk:0.001"] != 2e8 || got.Overhead != 1e-6 {
+			t.Errorf("%s: %+v", name, got)
+		}
+	}
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	(&Calibration{Throughput: map[string]float64{"reduce": -1}}).Save(bad)
+	if _, err := LoadCalibration(bad); err == nil {
+		t.Error("negative throughput accepted")
+	}
+}
+
+// TestComputeModel: a program of compute ops on one rank takes
+// overhead + elems·4/throughput/speed per op, recipe-qualified keys win,
+// ops queue on the rank's single compute engine, and the split of the
+// result attributes them to compute and compress.
+func TestComputeModel(t *testing.T) {
+	const n = 1 << 20
+	prog := &allreduce.Program{Name: "local", Rank: 0, World: 1, Elems: n, Layout: allreduce.EvenLayout(n, 1), Ops: []allreduce.Op{
+		{Kind: allreduce.Compute, Fn: allreduce.FnReduce, Chunk: -1, Bytes: n, Deps: [2]int32{-1, -1}},
+		{Kind: allreduce.Compute, Fn: allreduce.FnEncode, Chunk: -1, Bytes: n, Deps: [2]int32{-1, -1}},
+		{Kind: allreduce.Compute, Fn: allreduce.FnBarrier, Chunk: -1, Deps: [2]int32{0, 1}},
+	}}
+	topo := Homogeneous(1, Gbps, 0)
+	topo.Nodes[0].Speed = 0.5
+	cal := &Calibration{Throughput: map[string]float64{"reduce": 4e9, "encode": 1e9, "encode/fp16": 2e9}, Overhead: 1e-6}
+	res, err := Run(context.Background(), topo, []Collective{{Programs: []*allreduce.Program{prog}, Recipe: "fp16"}}, &Options{Calibration: cal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reduce := 1e-6 + 4*float64(n)/4e9/0.5
+	encode := 1e-6 + 4*float64(n)/2e9/0.5
+	if !near(res.Time, reduce+encode, 1e-12) || !near(res.Compute, reduce, 1e-12) || !near(res.Compress, encode, 1e-12) || res.Communicate > 1e-15 {
+		t.Errorf("time %v (compute %v compress %v comm %v), want %v + %v", res.Time, res.Compute, res.Compress, res.Communicate, reduce, encode)
+	}
+	// A prologue runs before the program on the same engine.
+	res2, err := Run(context.Background(), topo, []Collective{{Programs: []*allreduce.Program{prog}, Prologue: Prologue{Fn: allreduce.FnEncode, Elems: n}}}, &Options{Calibration: cal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc1 := 1e-6 + 4*float64(n)/1e9/0.5
+	if want := reduce + 2*enc1; !near(res2.Time, want, 1e-12) {
+		t.Errorf("with prologue: %v, want %v", res2.Time, want)
+	}
+	_ = time.Second
+}
