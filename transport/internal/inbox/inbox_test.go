@@ -1,0 +1,208 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+
+	"github.com/slimgrad/slimgrad/transport"
+)
+
+func msg(i int) []byte { return []byte(fmt.Sprint(i)) }
+
+func TestFIFOPerKey(t *testing.T) {
+	ib := New(3, nil)
+	ctx := context.Background()
+	for i := range 10 {
+		for _, p := range []int{0, 2} {
+			for _, tag := range []uint64{1, 2} {
+				ib.Deliver(p, tag, msg(i*100+p*10+int(tag)))
+			}
+		}
+	}
+	for _, tag := range []uint64{2, 1} {
+		for _, p := range []int{2, 0} {
+			for i := range 10 {
+				got, err := ib.Recv(ctx, p, tag)
+				if want := msg(i*100 + p*10 + int(tag)); err != nil || string(got) != string(want) {
+					t.Fatalf("Recv(%d, %d) #%d = %s, %v; want %s", p, tag, i, got, err, want)
+				}
+			}
+		}
+	}
+	if len(ib.q) != 0 {
+		t.Errorf("%d queues left after draining", len(ib.q))
+	}
+	if n, c := ib.Held(0); n != 0 || c != 0 {
+		t.Errorf("Held(0) = %d, %d after draining", n, c)
+	}
+}
+
+func TestFailDrainsFirst(t *testing.T) {
+	ib := New(2, nil)
+	ctx := context.Background()
+	ib.Deliver(1, 5, msg(1))
+	cause := fmt.Errorf("%w: test", transport.ErrPeerDead)
+	if !ib.Fail(1, cause) {
+		t.Fatal("first Fail reported false")
+	}
+	if ib.Fail(1, errors.New("second")) {
+		t.Error("second Fail reported true")
+	}
+	if ib.Deliver(1, 5, msg(2)) {
+		t.Error("Deliver after Fail accepted the message")
+	}
+	if got, err := ib.Recv(ctx, 1, 5); err != nil || string(got) != "1" {
+		t.Fatalf("queued message: %s, %v", got, err)
+	}
+	_, err := ib.Recv(ctx, 1, 5)
+	var pe *transport.PeerError
+	if !errors.As(err, &pe) || pe.Rank != 1 || pe.Op != "recv" || !errors.Is(err, transport.ErrPeerDead) {
+		t.Fatalf("err = %v, want PeerError{1, recv} wrapping ErrPeerDead", err)
+	}
+}
+
+func TestWaitersWake(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ib := New(2, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		results := make(chan error, 4)
+		recv := func(ctx context.Context, tag uint64) {
+			_, err := ib.Recv(ctx, 1, tag)
+			results <- err
+		}
+		go recv(ctx, 1)
+		go recv(ctx, 2)
+		go recv(context.Background(), 3)
+		synctest.Wait()
+		ib.Deliver(1, 1, nil)
+		if err := <-results; err != nil {
+			t.Fatalf("woken by a message: %v", err)
+		}
+		cancel()
+		if err := <-results; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled: %v", err)
+		}
+		ib.Close()
+		if err := <-results; !errors.Is(err, transport.ErrClosed) {
+			t.Fatalf("closed: %v", err)
+		}
+		if _, err := ib.Recv(context.Background(), 1, 9); !errors.Is(err, transport.ErrClosed) {
+			t.Fatalf("after close: %v", err)
+		}
+		if ib.Deliver(1, 1, nil) {
+			t.Error("Deliver after Close accepted the message")
+		}
+	})
+}
+
+// TestConcurrentReceivers: every message goes to exactly one of several
+// receivers of the same key, and consumption is reported for each.
+func TestConcurrentReceivers(t *testing.T) {
+	const msgs, receivers = 2000, 4
+	var mu sync.Mutex
+	var consumed int64
+	ib := New(2, func(peer int, charge int64, _ int) {
+		mu.Lock()
+		consumed += charge
+		mu.Unlock()
+	})
+	seen := make([]int, msgs)
+	var wg sync.WaitGroup
+	var smu sync.Mutex
+	for range receivers {
+		wg.Go(func() {
+			for range msgs / receivers {
+				m, err := ib.Recv(context.Background(), 0, 7)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var i int
+				fmt.Sscan(string(m), &i)
+				smu.Lock()
+				seen[i]++
+				smu.Unlock()
+			}
+		})
+	}
+	var want int64
+	for i := range msgs {
+		m := msg(i)
+		want += Charge(len(m))
+		ib.Deliver(0, 7, m)
+	}
+	wg.Wait()
+	for i, n := range seen {
+		if n != 1 {
+			t.Fatalf("message %d received %d times", i, n)
+		}
+	}
+	if consumed != want {
+		t.Errorf("consumed %d, want %d", consumed, want)
+	}
+}
+
+func TestWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := NewWindow(100)
+		ctx := context.Background()
+		if err := w.Acquire(ctx, 500, nil, nil); err != nil { // oversize, nothing outstanding
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- w.Acquire(ctx, 10, nil, nil) }()
+		synctest.Wait()
+		select {
+		case err := <-done:
+			t.Fatalf("Acquire with a full window returned %v", err)
+		default:
+		}
+		w.Release(450) // 50 outstanding: 10 more fit
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if got := w.Outstanding(); got != 60 {
+			t.Fatalf("Outstanding = %d, want 60", got)
+		}
+		closed, dead := make(chan struct{}), make(chan struct{})
+		go func() { done <- w.Acquire(ctx, 50, closed, dead) }()
+		synctest.Wait()
+		close(dead)
+		if err := <-done; !errors.Is(err, ErrStopDead) {
+			t.Fatalf("err = %v, want ErrStopDead", err)
+		}
+		go func() { done <- w.Acquire(ctx, 50, closed, nil) }()
+		synctest.Wait()
+		close(closed)
+		if err := <-done; !errors.Is(err, ErrStopClosed) {
+			t.Fatalf("err = %v, want ErrStopClosed", err)
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		go func() { done <- w.Acquire(cctx, 50, nil, nil) }()
+		synctest.Wait()
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want Canceled", err)
+		}
+		if got := w.Outstanding(); got != 60 {
+			t.Fatalf("failed Acquires changed Outstanding to %d", got)
+		}
+	})
+}
+
+func TestSteadyStateAllocs(t *testing.T) {
+	ib := New(2, nil)
+	ctx := context.Background()
+	m := []byte("x")
+	allocs := testing.AllocsPerRun(1000, func() {
+		ib.Deliver(1, 3, m)
+		ib.Recv(ctx, 1, 3)
+	})
+	if allocs != 0 {
+		t.Errorf("Deliver+Recv: %v allocs, want 0", allocs)
+	}
+}
