@@ -153,7 +153,6 @@ func TestClusterMatchesWorker(t *testing.T) {
 			t.Errorf("step %d: split %v + %v + %v != %v", step, res.Compute, res.Compress, res.Communicate, res.Time)
 		}
 	}
-	_ = time.Second
 }
 
 // TestSizeOnlyLayers runs the compressed schemes size-only at a world size

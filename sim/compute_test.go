@@ -4,7 +4,6 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
 )
@@ -63,5 +62,4 @@ func TestComputeModel(t *testing.T) {
 	if want := reduce + 2*enc1; !near(res2.Time, want, 1e-12) {
 		t.Errorf("with prologue: %v, want %v", res2.Time, want)
 	}
-	_ = time.Second
 }
