@@ -243,9 +243,14 @@ func (f *DGC) Velocity() []float32 { return f.v }
 // Dense reports whether this layer takes the dense path.
 func (f *DGC) Dense() bool { return f.dense }
 
-func (f *DGC) Len() int                           { return len(f.u) }
+// Len implements Feedback.
+func (f *DGC) Len() int { return len(f.u) }
+
+// Compressor implements Feedback.
 func (f *DGC) Compressor() compressors.Compressor { return f.c }
-func (f *DGC) String() string                     { return f.label }
+
+// String describes the value.
+func (f *DGC) String() string { return f.label }
 
 // Reset zeroes u and v.
 func (f *DGC) Reset() {

@@ -161,9 +161,14 @@ func (f *EControl) Local() []float32 { return f.hi }
 // Shared returns the replicated h (a view into the state; do not modify).
 func (f *EControl) Shared() []float32 { return f.h }
 
-func (f *EControl) Len() int                           { return len(f.hi) }
+// Len implements Feedback.
+func (f *EControl) Len() int { return len(f.hi) }
+
+// Compressor implements Feedback.
 func (f *EControl) Compressor() compressors.Compressor { return f.c }
-func (f *EControl) String() string                     { return f.label }
+
+// String describes the value.
+func (f *EControl) String() string { return f.label }
 
 // SetCompressor swaps the codec and keeps eᵢ, hᵢ and h.
 func (f *EControl) SetCompressor(c compressors.Compressor) error {

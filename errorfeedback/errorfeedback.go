@@ -109,6 +109,7 @@ const (
 
 var kindNames = [...]string{"none", "ef14", "ef21", "econtrol", "dgc"}
 
+// String describes the value.
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
 		return kindNames[k]
@@ -345,9 +346,14 @@ func (f *None) Finish(avg []float32) {
 	}
 }
 
-func (f *None) Len() int                           { return f.c.Len() }
+// Len implements Feedback.
+func (f *None) Len() int { return f.c.Len() }
+
+// Compressor implements Feedback.
 func (f *None) Compressor() compressors.Compressor { return f.c }
-func (f *None) Reset()                             {}
+
+// Reset implements Feedback.
+func (f *None) Reset() {}
 
 // SetCompressor swaps the codec.
 func (f *None) SetCompressor(c compressors.Compressor) error {
@@ -357,6 +363,8 @@ func (f *None) SetCompressor(c compressors.Compressor) error {
 	f.c = c
 	return nil
 }
+
+// String describes the value.
 func (f *None) String() string { return "none" }
 
 // EF14 is classic residual error feedback in gradient form:
@@ -429,9 +437,14 @@ func (f *EF14) Finish(avg []float32) {
 // Residual returns the residual e (a view into the state; do not modify).
 func (f *EF14) Residual() []float32 { return f.e }
 
-func (f *EF14) Len() int                           { return len(f.e) }
+// Len implements Feedback.
+func (f *EF14) Len() int { return len(f.e) }
+
+// Compressor implements Feedback.
 func (f *EF14) Compressor() compressors.Compressor { return f.c }
-func (f *EF14) Reset()                             { zero(f.e) }
+
+// Reset implements Feedback.
+func (f *EF14) Reset() { zero(f.e) }
 
 // SetCompressor swaps the codec and keeps the residual.
 func (f *EF14) SetCompressor(c compressors.Compressor) error {
@@ -441,4 +454,6 @@ func (f *EF14) SetCompressor(c compressors.Compressor) error {
 	f.c = c
 	return nil
 }
+
+// String describes the value.
 func (f *EF14) String() string { return "ef14" }

@@ -119,6 +119,7 @@ func adamUpdate(p, g, m, v []float32, b1, b2, c1, c2, eps, wd, lr float32) {
 // Moments returns m and v (views; do not modify).
 func (o *Adam) Moments() (m, v []float32) { return o.m, o.v }
 
+// String describes the optimizer.
 func (o *Adam) String() string {
 	return fmt.Sprintf("adam(lr=%g, betas=(%g, %g), eps=%g, wd=%g, bias-correction=%v)",
 		o.lr, o.cfg.Beta1, o.cfg.Beta2, o.cfg.Eps, o.cfg.WeightDecay, o.cfg.BiasCorrection)
@@ -132,6 +133,7 @@ const (
 	Compression              // frozen v, local momentum through the 1-bit all-reduce
 )
 
+// String describes the value.
 func (s Stage) String() string {
 	if s == Warmup {
 		return "warmup"
@@ -263,6 +265,7 @@ func (o *OneBitAdam) Moments() (m, v []float32) { return o.m, o.v }
 // Mask returns the momentum mask, meaningful once frozen (a view).
 func (o *OneBitAdam) Mask() []float32 { return o.mask }
 
+// String describes the optimizer.
 func (o *OneBitAdam) String() string {
 	return fmt.Sprintf("onebit-adam(lr=%g, betas=(%g, %g), eps=%g, wd=%g, freeze_step=%d)",
 		o.lr, o.cfg.Beta1, o.cfg.Beta2, o.cfg.Eps, o.cfg.WeightDecay, o.cfg.FreezeStep)

@@ -52,6 +52,7 @@ const (
 
 var exchangeNames = [...]string{"mean", "dense-mean", "two-phase-sign"}
 
+// String describes the value.
 func (e Exchange) String() string {
 	if int(e) < len(exchangeNames) {
 		return exchangeNames[e]
@@ -106,10 +107,18 @@ type base struct {
 	prepared bool
 }
 
-func (b *base) Len() int         { return b.n }
-func (b *base) Steps() int       { return b.steps }
-func (b *base) LR() float64      { return b.lr }
+// Len implements Optimizer.
+func (b *base) Len() int { return b.n }
+
+// Steps implements Optimizer.
+func (b *base) Steps() int { return b.steps }
+
+// LR implements Optimizer.
+func (b *base) LR() float64 { return b.lr }
+
+// SetLR implements Optimizer.
 func (b *base) SetLR(lr float64) { b.lr = lr }
+
 func (b *base) checkGrad(g []float32) error {
 	if len(g) != b.n {
 		return fmt.Errorf("%w: gradient has %d elements, want %d", ErrLength, len(g), b.n)
@@ -186,6 +195,7 @@ func (o *SGD) Step(p, agg []float32) error {
 	return nil
 }
 
+// String describes the optimizer.
 func (o *SGD) String() string { return fmt.Sprintf("sgd(lr=%g, wd=%g)", o.lr, o.wd) }
 
 // Momentum is momentum SGD in PyTorch's form with L2 weight decay:
@@ -253,6 +263,7 @@ func (o *Momentum) Step(p, agg []float32) error {
 // Buffer returns the momentum buffer (a view; do not modify).
 func (o *Momentum) Buffer() []float32 { return o.buf }
 
+// String describes the optimizer.
 func (o *Momentum) String() string {
 	return fmt.Sprintf("momentum(lr=%g, m=%g, nesterov=%v, wd=%g)", o.lr, o.m, o.nesterov, o.wd)
 }
@@ -334,6 +345,7 @@ func (o *DGCSGD) Step(p, agg []float32) error {
 	return nil
 }
 
+// String describes the optimizer.
 func (o *DGCSGD) String() string {
 	return fmt.Sprintf("dgc-sgd(lr=%g, m=%g, nesterov=%v, wd=%g)", o.lr, o.m, o.nesterov, o.wd)
 }
