@@ -100,3 +100,26 @@ func TestConcurrentRuns(t *testing.T) {
 		t.Errorf("wan link idle: %+v", want.Links[2*8+2*2])
 	}
 }
+
+// TestSharedNodes places two ranks on each node: messages between them
+// cross no link and take no time; only cross-node messages use the NICs.
+func TestSharedNodes(t *testing.T) {
+	const elems = 1 << 16
+	progs := mustPrograms(t, allreduce.AlgRing, allreduce.Params{World: 4, Elems: elems})
+	topo := Homogeneous(2, Gbps, 10*time.Microsecond)
+	res, err := Run(context.Background(), topo, []Collective{{Programs: progs}}, &Options{FreeCompute: true, Placement: []int{0, 0, 1, 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each of the 2(p−1) = 6 steps sends one chunk of S/4 across each node
+	// boundary (rank 1 → 2 and rank 3 → 0).
+	chunk := float64(4 * elems / 4)
+	if got, want := res.Links[0].Bytes, 6*chunk; got != want { // n0.up
+		t.Errorf("n0.up carried %v bytes, want %v", got, want)
+	}
+	// The intra-node hops are free, so each NIC streams one chunk per step
+	// back to back and only the last message's latency is exposed.
+	if want := 6*chunk/float64(Gbps) + 10e-6; !near(res.Time, want, 1e-9) {
+		t.Errorf("time %v, want %v", res.Time, want)
+	}
+}
