@@ -85,6 +85,14 @@ type driver struct {
 	active   []int     // sends in flight per peer
 	events   chan event
 	payloads [][]byte // per op: payload of a queued send
+
+	// Timeout watchdog: I/O ops in the order they started, with their
+	// start times; the oldest unfinished one sets the next deadline.
+	ioOrder []int32
+	ioHead  int
+	ioStart []time.Time
+	ioDone  []bool
+	timer   *time.Timer
 }
 
 func grow[T any](s []T, n int) []T {
@@ -131,10 +139,22 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 	events := d.events
 	d.payloads = grow(d.payloads, len(p.Ops))
 	payloads := d.payloads // sends queued behind others to the same peer
+	d.ioOrder, d.ioHead = d.ioOrder[:0], 0
+	d.ioStart = grow(d.ioStart, len(p.Ops))
+	d.ioDone = grow(d.ioDone, len(p.Ops))
+	started := func(i int32) {
+		if opts.Timeout > 0 {
+			d.ioOrder = append(d.ioOrder, i)
+			d.ioStart[i] = time.Now()
+		}
+	}
 	rctx, cancel := context.WithCancel(ctx)
 	inflight := 0
 	defer func() {
 		cancel()
+		if d.timer != nil {
+			d.timer.Stop()
+		}
 		for ; inflight > 0; inflight-- {
 			<-events
 		}
@@ -150,10 +170,9 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 		st.SentBytes += int64(len(b))
 		st.SentTo[peer] += int64(len(b))
 		tag := Tag(id, op.Msg)
+		started(i)
 		go func() {
-			events <- event{kind: evSend, op: i, err: ioCall(rctx, opts.Timeout, peer, "send", func(c context.Context) error {
-				return conn.Send(c, peer, tag, b)
-			})}
+			events <- event{kind: evSend, op: i, err: conn.Send(rctx, peer, tag, b)}
 		}()
 	}
 
@@ -186,13 +205,9 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 				peer := int(op.Peer)
 				tag := Tag(id, op.Msg)
 				inflight++
+				started(i)
 				go func() {
-					var b []byte
-					err := ioCall(rctx, opts.Timeout, peer, "recv", func(c context.Context) error {
-						var err error
-						b, err = conn.Recv(c, peer, tag)
-						return err
-					})
+					b, err := conn.Recv(rctx, peer, tag)
 					events <- event{kind: evRecv, op: i, b: b, err: err}
 				}()
 			case allreduce.Compute:
@@ -216,12 +231,37 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 		if inflight == 0 {
 			return st, fmt.Errorf("worker: %s rank %d stalled with %d ops left and nothing in flight", p.Name, p.Rank, d.m.Remaining())
 		}
+		// The oldest send or receive still in flight sets the deadline: one
+		// reusable timer instead of a timeout context per message.
+		var expired <-chan time.Time
+		if opts.Timeout > 0 {
+			for d.ioHead < len(d.ioOrder) && d.ioDone[d.ioOrder[d.ioHead]] {
+				d.ioHead++
+			}
+			if d.ioHead < len(d.ioOrder) {
+				wait := time.Until(d.ioStart[d.ioOrder[d.ioHead]].Add(opts.Timeout))
+				if d.timer == nil {
+					d.timer = time.NewTimer(wait)
+				} else {
+					d.timer.Reset(wait)
+				}
+				expired = d.timer.C
+			}
+		}
 		var ev event
 		select {
 		case ev = <-events:
 			inflight--
+			d.ioDone[ev.op] = true
 		case <-ctx.Done():
 			return st, fmt.Errorf("worker: %s collective %d: %w", p.Name, id, ctx.Err())
+		case <-expired:
+			i := d.ioOrder[d.ioHead]
+			op := &p.Ops[i]
+			return st, fmt.Errorf("worker: %s collective %d op %d (%v): %w", p.Name, id, i, op, &transport.PeerError{
+				Rank: int(op.Peer), Op: op.Kind.String(),
+				Err: fmt.Errorf("%w after %v: %w", ErrTimeout, opts.Timeout, context.DeadlineExceeded),
+			})
 		}
 		op := &p.Ops[ev.op]
 		if ev.err != nil {
