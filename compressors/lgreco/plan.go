@@ -46,7 +46,8 @@ type Layer struct {
 	// reference of the error budget.
 	Default compressors.Recipe
 	// Candidates, if not nil, is the explicit candidate list (Default is
-	// added if missing). Nil means Grid(Default, Rows, Cols, cfg) for the
+	// added if missing; PowerSGD ranks that fail Config.MinCompressionRate
+	// are dropped). Nil means Grid(Default, Rows, Cols, cfg) for the
 	// Plan's Config. Lists may mix families (e.g. a top-k grid and a rank
 	// range): errors are comparable across families because they are all
 	// ‖G − C(G)‖₂ on the same G.
@@ -368,7 +369,15 @@ func NewPlan(layers []Layer, opts ...Option) (*Plan, error) {
 			// Sent dense by the worker; not tuned (specs §4.2 "excluded").
 			recipes = []compressors.Recipe{l.Default}
 		case l.Candidates != nil:
-			recipes = normalize(append([]compressors.Recipe{l.Default}, l.Candidates...), l.Elems(), l.Rows, l.Cols)
+			list := []compressors.Recipe{l.Default}
+			for _, r := range l.Candidates {
+				// The worker would send these dense: drop them, as Grid does.
+				if r.Codec == compressors.CodecPowerSGD && cfg.MinCompressionRate > 0 && !lowRankOK(l.Rows, l.Cols, r.Rank, cfg.MinCompressionRate) {
+					continue
+				}
+				list = append(list, r)
+			}
+			recipes = normalize(list, l.Elems(), l.Rows, l.Cols)
 		default:
 			recipes = Grid(l.Default, l.Rows, l.Cols, cfg)
 		}

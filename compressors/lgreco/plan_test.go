@@ -116,3 +116,19 @@ func TestNewPlan(t *testing.T) {
 		}
 	}
 }
+
+func TestExplicitCandidatesFiltered(t *testing.T) {
+	// 10×256: (266)·r·2 < 2560 admits r ≤ 4 only.
+	p, err := NewPlan([]Layer{{Name: "w", Rows: 10, Cols: 256, Default: compressors.MustParse("topk:0.05"),
+		Candidates: []compressors.Recipe{compressors.MustParse("powersgd:2"), compressors.MustParse("powersgd:6"), compressors.MustParse("topk:0.05")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range p.Candidates(0) {
+		got = append(got, c.Recipe.String())
+	}
+	if want := []string{"topk:0.05", "powersgd:2"}; !slices.Equal(got, want) {
+		t.Fatalf("candidates %v, want %v", got, want)
+	}
+}
