@@ -10,6 +10,7 @@ import (
 	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
+	"github.com/slimgrad/slimgrad/worker/adapt"
 )
 
 // SimConfig configures the simulator-backed exchanger.
@@ -51,7 +52,10 @@ const DefaultFLOPS = 20e9
 //	DenseMean: an fp32 all-reduce average with the Dense algorithm.
 //	TwoPhaseSign: the two-phase 1-bit all-reduce (specs §2.2).
 //
-// PowerSGD's low-rank aggregation is not supported (ErrUnsupported). Stats
+//	Mean, PowerSGD: the low-rank (P then Q) scheme with its ef14 residual,
+//	    through worker/adapt, as the real worker runs it.
+//
+// Stats
 // count message bytes (no transport framing); DenseBytes is the dense fp32
 // ring formula and BaselineTime the simulated time of a dense fp32 ring of
 // all units on the same topology.
@@ -61,6 +65,7 @@ type Sim struct {
 	units    []Layer
 	n        int
 	fbs      [][]errorfeedback.Feedback // [rank][unit]
+	lowrank  [][]*adapt.Layer           // [rank][unit], PowerSGD units only
 	tp       [][]*allreduce.TwoPhaseState
 	progs    map[progKey][]*allreduce.Program
 	execs    map[progKey][]*allreduce.Exec
@@ -109,20 +114,28 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 		cfg.FLOPS = DefaultFLOPS
 	}
 	s := &Sim{cfg: cfg, plan: plan, units: units, n: n,
-		fbs: make([][]errorfeedback.Feedback, n), tp: make([][]*allreduce.TwoPhaseState, n),
+		fbs: make([][]errorfeedback.Feedback, n), tp: make([][]*allreduce.TwoPhaseState, n), lowrank: make([][]*adapt.Layer, n),
 		progs: map[progKey][]*allreduce.Program{}, execs: map[progKey][]*allreduce.Exec{},
 		enc: make([][]byte, n), payloads: make([]payloadCodec, n)}
 	for w := range n {
 		s.tp[w] = make([]*allreduce.TwoPhaseState, len(units))
-		for _, u := range units {
+		s.lowrank[w] = make([]*adapt.Layer, len(units))
+		for i, u := range units {
 			fb, err := plan.NewFeedback(u, w, n)
 			if err != nil {
 				return nil, err
 			}
-			if fb.Compressor().Aggregation() == compressors.LowRank {
-				return nil, fmt.Errorf("%w: the simulator exchanger does not run %s (low-rank aggregation)", ErrUnsupported, fb.Compressor())
-			}
 			s.fbs[w] = append(s.fbs[w], fb)
+			if fb.Compressor().Aggregation() == compressors.LowRank {
+				// PowerSGD: worker/adapt runs the P-then-Q scheme and its
+				// ef14 residual exactly as the real worker does.
+				if len(plan.Warmup) > 0 {
+					return nil, fmt.Errorf("%w: a warm-up schedule for %s", ErrUnsupported, fb.Compressor())
+				}
+				if s.lowrank[w][i], err = newLowRank(u, plan, w, n); err != nil {
+					return nil, err
+				}
+			}
 		}
 	}
 	if err := s.computeModel(); err != nil {
@@ -186,6 +199,25 @@ func (s *Sim) computeModel() error {
 	return nil
 }
 
+// newLowRank builds rank's PowerSGD layer for unit u.
+func newLowRank(u Layer, plan Plan, rank, world int) (*adapt.Layer, error) {
+	codec, err := compressors.Parse(plan.RecipeAt(u, 0))
+	if err != nil {
+		return nil, err
+	}
+	ef, err := errorfeedback.Parse(plan.efRecipe())
+	if err != nil {
+		return nil, err
+	}
+	rows := u.Shape[0]
+	l, err := adapt.New(adapt.Spec{Codec: codec, EF: ef, Elems: u.Size, Rows: rows, Cols: u.Size / rows,
+		World: world, Rank: rank, Seed: plan.Seed})
+	if err != nil {
+		return nil, fmt.Errorf("train: unit %s: %w", u.Name, err)
+	}
+	return l, nil
+}
+
 // programs returns (and caches) the programs of all ranks for key.
 func (s *Sim) programs(k progKey) ([]*allreduce.Program, error) {
 	if p, ok := s.progs[k]; ok {
@@ -242,8 +274,9 @@ func (s *Sim) Name() string { return "sim " + s.plan.String() }
 func (s *Sim) BaselineTime() time.Duration { return s.baseline }
 
 type finish struct {
-	unit int
-	fb   bool
+	unit    int
+	fb      bool
+	lowrank bool
 }
 
 // Exchange implements Exchanger.
@@ -263,6 +296,7 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 	st := Stats{Layers: make([]LayerStats, len(s.units))}
 	var finishes []finish
 	gathers := make([][]*payloadCodec, len(s.units))
+	var lowUnits []int
 	start := s.gradTime.Seconds()
 	for u, unit := range s.units {
 		ls := &st.Layers[u]
@@ -323,6 +357,19 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 			}
 			ls.PayloadBytes = int64(s.n) * int64(ec.BytesPerElem()) * int64(unit.Size)
 			finishes = append(finishes, finish{unit: u, fb: true})
+		case agg == compressors.LowRank:
+			progs := make([]*allreduce.Program, s.n)
+			for r := range s.n {
+				l := s.lowrank[r][u]
+				copy(out[r][u], in[r][u])
+				if err := l.Begin(out[r][u]); err != nil {
+					return Stats{}, fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
+				}
+				execs[r], progs[r] = l.Exec(), l.Program()
+			}
+			lowUnits = append(lowUnits, u)
+			s.colls = append(s.colls, sim.Collective{Name: unit.Name, Programs: progs, Executors: execs, Start: start})
+			continue
 		case agg == compressors.Gather:
 			k := progKey{unit: u, alg: allreduce.AlgSparseGather}
 			for r := range s.n {
@@ -353,9 +400,22 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 			ls.PayloadBytes += pc.bytes
 		}
 	}
+	for _, u := range lowUnits {
+		for r := range s.n {
+			l := s.lowrank[r][u]
+			l.End(out[r][u])
+			_, _, payload := l.Stats()
+			st.Layers[u].PayloadBytes += payload
+		}
+		finishes = append(finishes, finish{unit: u, lowrank: true})
+	}
 	for _, f := range finishes {
 		for r := range s.n {
-			s.fbs[r][f.unit].Finish(out[r][f.unit])
+			if f.lowrank {
+				s.lowrank[r][f.unit].Finish(out[r][f.unit])
+			} else {
+				s.fbs[r][f.unit].Finish(out[r][f.unit])
+			}
 		}
 	}
 	for _, ls := range st.Layers {

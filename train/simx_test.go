@@ -2,7 +2,6 @@ package train
 
 import (
 	"context"
-	"errors"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -154,8 +153,8 @@ func TestSimBytes(t *testing.T) {
 
 func TestSimRejects(t *testing.T) {
 	topo := sim.Homogeneous(2, sim.Gbps, 0)
-	if _, err := NewSim(context.Background(), 2, testUnits, Plan{Compress: "powersgd:2", CompressVectors: false}, SimConfig{Topology: topo}); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("powersgd: err %v, want ErrUnsupported", err)
+	if _, err := NewSim(context.Background(), 2, testUnits, Plan{Compress: "powersgd:2", Warmup: DGCWarmup, WarmupSteps: 8}, SimConfig{Topology: topo}); err == nil {
+		t.Error("powersgd with a density warm-up: no error")
 	}
 	if _, err := NewSim(context.Background(), 2, testUnits, Plan{}, SimConfig{}); err == nil {
 		t.Error("no topology: no error")

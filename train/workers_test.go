@@ -45,6 +45,7 @@ func TestWorkersMatchSim(t *testing.T) {
 		{"topk-ef14", Plan{Compress: "topk:0.05", EF: "ef14", Seed: 3}, "", optim.Mean},
 		{"econtrol", Plan{Compress: "topk:0.1", EF: "econtrol:0.1", Seed: 3}, "", optim.Mean},
 		{"twophase", Plan{}, "sign", optim.TwoPhaseSign},
+		{"powersgd-ef14", Plan{Compress: "powersgd:2", EF: "ef14", Seed: 3}, "", optim.Mean},
 		{"densemean", Plan{}, "sign", optim.DenseMean},
 	}
 	for _, tc := range cases {

@@ -47,6 +47,7 @@ var presets = []method{
 	{Name: "topk-ef14", Compress: "topk:0.001", EF: "ef14", Optim: "momentum:lr=0.1,m=0.9"},
 	{Name: "adam", Compress: "none", EF: "none", Optim: "adam:lr=0.001"},
 	{Name: "fp16", Compress: "fp16", EF: "none", Optim: "momentum:lr=0.1,m=0.9"},
+	{Name: "powersgd", Compress: "powersgd:4", EF: "ef14", Optim: "momentum:lr=0.1,m=0.9"},
 }
 
 // defaultMethods are what `slimgrad sim` compares with no flags.
