@@ -108,26 +108,22 @@ func (p *Plan) Errors(l int, g []float64) []float64 {
 	return out
 }
 
-// sortedTail returns the suffix sums of the squared magnitudes sorted in
-// descending order (tail[k] = Σ_{i≥k} sq[i], len n+1), in float64.
+// sortedTail returns tail with tail[k] = the sum of all but the k largest
+// squared magnitudes of x (len n+1), in float64: the squares sorted ascending
+// and summed from the smallest up, which keeps the sums accurate.
 func sortedTail(x []float32) (tail []float64) {
 	sq := make([]float64, len(x))
 	for i, v := range x {
 		sq[i] = float64(v) * float64(v)
 	}
-	slices.SortFunc(sq, func(a, b float64) int {
-		switch {
-		case a > b:
-			return -1
-		case a < b:
-			return 1
-		}
-		return 0
-	})
-	tail = make([]float64, len(x)+1)
-	// Summing from the smallest up keeps the tail sums accurate.
-	for i := len(x) - 1; i >= 0; i-- {
-		tail[i] = tail[i+1] + sq[i]
+	slices.Sort(sq)
+	n := len(x)
+	tail = make([]float64, n+1)
+	// tail[n-i-1] = Σ of the i+1 smallest.
+	var s float64
+	for i, v := range sq {
+		s += v
+		tail[n-i-1] = s
 	}
 	return tail
 }
