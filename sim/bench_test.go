@@ -71,7 +71,7 @@ func BenchmarkRun(b *testing.B) {
 }
 
 func BenchmarkSimulator(b *testing.B) {
-	for _, c := range benchCases[1:2] {
+	for _, c := range benchCases[1:3] {
 		progs := c.programs(b)
 		s, err := NewSimulator(Homogeneous(c.world, 10*Gbps, 5*time.Microsecond))
 		if err != nil {
