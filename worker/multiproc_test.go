@@ -32,7 +32,10 @@ import (
 // embedded server in the parent process; SLIMGRAD_MP_NATS_PAYLOAD sets its
 // max payload, default 8 MiB)  SLIMGRAD_MP_ALGS=ring,tree
 // SLIMGRAD_MP_SEGMENT=bytes (Config.SegmentBytes; default: the cost model)  SLIMGRAD_MP_SENDS=2
-// SLIMGRAD_MP_PROFILE=dir (CPU profile of every rank).
+// SLIMGRAD_MP_PROFILE=dir (CPU profile of every rank)
+// SLIMGRAD_MP_GLOO=/work/shared/anchors/gloo_allreduce.py: also run the
+// torch.distributed Gloo anchor (python3 with torch) for every world size
+// and log each result's ratio to Gloo's bus bandwidth.
 func TestMultiProcAllReduce(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_MULTIPROC") == "" {
 		t.Skip("set SLIMGRAD_MULTIPROC=1 to run the multi-process benchmark")
@@ -44,6 +47,8 @@ func TestMultiProcAllReduce(t *testing.T) {
 	iters := envInt("SLIMGRAD_MP_ITERS", 10)
 	for _, ws := range worlds {
 		n, _ := strconv.Atoi(ws)
+		var results []string
+		var buses []float64
 		for _, tr := range transports {
 			for _, alg := range algs {
 				name := fmt.Sprintf("transport=%s/alg=%s/n=%d/size=%dMiB", tr, alg, n, size>>20)
@@ -63,10 +68,40 @@ func TestMultiProcAllReduce(t *testing.T) {
 					med := runChildren(t, n, env)
 					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
 					t.Logf("RESULT %s median_s=%.5f algbw_GBps=%.3f busbw_GBps=%.3f", name, med, float64(size)/med/1e9, bus)
+					results, buses = append(results, name), append(buses, bus)
 				})
 			}
 		}
+		if script := os.Getenv("SLIMGRAD_MP_GLOO"); script != "" {
+			gloo := runGloo(t, script, n, size, iters)
+			for i := range results {
+				t.Logf("RATIO %s busbw/gloo = %.2f", results[i], buses[i]/gloo)
+			}
+		}
 	}
+}
+
+// runGloo runs the Gloo anchor script and returns its bus bandwidth (GB/s).
+func runGloo(t *testing.T, script string, n, size, iters int) float64 {
+	py := os.Getenv("SLIMGRAD_MP_PYTHON")
+	if py == "" {
+		py = "/usr/bin/python3"
+	}
+	out, err := exec.CommandContext(t.Context(), py, script, strconv.Itoa(n), strconv.Itoa(size), strconv.Itoa(iters)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("gloo anchor: %v\n%s", err, out)
+	}
+	line := strings.TrimSpace(string(out))
+	if i := strings.LastIndexByte(line, '\n'); i >= 0 {
+		line = line[i+1:]
+	}
+	t.Logf("RESULT %s", line)
+	_, v, ok := strings.Cut(line, "busbw_GBps=")
+	bus, perr := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if !ok || perr != nil || bus <= 0 {
+		t.Fatalf("gloo anchor: cannot parse %q", line)
+	}
+	return bus
 }
 
 // runChildren starts n ranks and relays addresses; it returns rank 0's
