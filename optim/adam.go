@@ -162,6 +162,7 @@ type OneBitAdam struct {
 	base
 	cfg    AdamConfig
 	m, v   []float32
+	den    []float32 // √v + eps, fixed at the freeze
 	mask   []float32
 	frozen bool
 }
@@ -182,7 +183,7 @@ func NewOneBitAdam(n int, cfg AdamConfig) (*OneBitAdam, error) {
 		return nil, fmt.Errorf("%w: 1-bit Adam has no bias correction (as DeepSpeed)", ErrConfig)
 	}
 	o := &OneBitAdam{base: base{n: n, lr: cfg.LR}, cfg: cfg, m: make([]float32, n), v: make([]float32, n),
-		mask: make([]float32, n)}
+		den: make([]float32, n), mask: make([]float32, n)}
 	if cfg.Mask != nil {
 		if len(cfg.Mask) != n {
 			return nil, fmt.Errorf("%w: mask has %d elements, want %d", ErrConfig, len(cfg.Mask), n)
@@ -235,18 +236,21 @@ func (o *OneBitAdam) Step(p, agg []float32) error {
 		}
 		return nil
 	}
-	m, v, mask := o.m, o.v[:len(o.m)], o.mask[:len(o.m)]
-	agg = agg[:len(m)]
+	m, den, mask := o.m, o.den[:len(o.m)], o.mask[:len(o.m)]
+	agg, p = agg[:len(m)], p[:len(m)]
 	for j := range m {
 		m[j] = agg[j] * mask[j]
-		u := m[j] / (float32(math.Sqrt(float64(v[j]))) + eps)
-		p[j] -= lr * (u + wd*p[j])
+		p[j] -= lr * (m[j]/den[j] + wd*p[j])
 	}
 	return nil
 }
 
 func (o *OneBitAdam) freeze() {
 	o.frozen = true
+	eps := float32(o.cfg.Eps)
+	for j, x := range o.v {
+		o.den[j] = float32(math.Sqrt(float64(x))) + eps
+	}
 	if o.cfg.Mask != nil {
 		return
 	}
