@@ -133,3 +133,29 @@ func TestCloseDuringStepSynctest(t *testing.T) {
 		g.Close()
 	})
 }
+
+// Cancelling the context of a step blocked on silent peers returns
+// context.Canceled at once (fake time does not reach the timeout) and
+// breaks the worker.
+func TestStepCancelMidwaySynctest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 3
+		g := newGroup(t, n)
+		layers := []layerDef{{name: "a", shape: []int{100}}}
+		ws := startWorkers(t, g.Conns(), layers, WithTimeout(time.Hour))
+		ctx, cancel := context.WithCancel(t.Context())
+		start := time.Now()
+		time.AfterFunc(time.Second, cancel)
+		_, err := ws[0].Step(ctx, [][]float32{make([]float32, 100)})
+		if !errors.Is(err, context.Canceled) || time.Since(start) != time.Second {
+			t.Fatalf("got %v after %v, want context.Canceled after 1s", err, time.Since(start))
+		}
+		if _, err := ws[0].Step(t.Context(), [][]float32{make([]float32, 100)}); !errors.Is(err, ErrBroken) {
+			t.Fatalf("next step: got %v, want ErrBroken", err)
+		}
+		for _, w := range ws {
+			w.Close()
+		}
+		g.Close()
+	})
+}
