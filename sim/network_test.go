@@ -220,9 +220,13 @@ func TestMaxMinProperty(t *testing.T) {
 func TestEventHeapOrder(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	var h eventHeap
+	h.reset()
 	var want []event
 	for i := 0; i < 5000; i++ {
 		e := event{t: float64(rng.IntN(50)), op: int32(i)}
+		if len(want) > 0 && rng.IntN(4) == 0 {
+			e.t = want[len(want)-1].t // runs of equal times
+		}
 		h.push(e)
 		e.seq = uint64(i)
 		want = append(want, e)

@@ -518,8 +518,7 @@ func (d *driver) setup() error {
 	}
 	d.rng = rand.New(rand.NewPCG(d.opts.Seed, d.opts.Seed^0x9e3779b97f4a7c15))
 	d.res = &Result{}
-	d.h.ev = d.h.ev[:0]
-	d.h.seq = 0
+	d.h.reset()
 	return nil
 }
 
