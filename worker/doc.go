@@ -27,7 +27,8 @@
 // are fused into buckets of up to Config.BucketBytes, one collective each.
 // Every other layer is its own bucket. A bucket's scheme follows its codec's
 // aggregation (see package worker/adapt): dense ring, tree or
-// halving-doubling (Config.Algorithm, default ring); sparse all-gather with
+// halving-doubling (chosen per bucket by allreduce.Policy under
+// Config.CostModel, or forced by Config.Algorithm); sparse all-gather with
 // rank-order decode-add; the two-phase sign all-reduce; PowerSGD's low-rank
 // P-then-Q all-reduce. Results are bit-identical on every rank.
 //
@@ -49,6 +50,10 @@
 // (2(N−1)/N·4d per rank), so Saved() always has its baseline; per peer the
 // transport's byte counters for the step.
 //
+// A step's Mode can switch every layer to a dense fp32 mean (ModeDense) for
+// warm-up stages such as 1-bit Adam's, without touching error feedback.
+//
 // Run executes a single allreduce program over a conn, for callers that
-// drive collectives themselves.
+// drive collectives themselves; package worker/adapt binds a layer's codec and
+// error feedback to its scheme for any driver (the simulator uses it too).
 package worker
