@@ -161,9 +161,9 @@ type machine struct {
 	rank  int32
 	node  int32
 	flags []uint64 // 2 bits per op, a window of driver.flagSlab
-	recvK []uint64 // sorted keys peer<<32|msg of recv ops
-	recvI []int32  // op index for recvK
-	// peer directory over recvK: peer dirP[k]'s recvs are recvK[dirO[k]:dirO[k+1]];
+	recvK []uint64 // sorted keys peer<<32|msg of recv ops (empty if all peers are dense)
+	recvI []int32  // op index of the recvs in key order
+	// peer directory: peer dirP[k]'s recvs are recvI[dirO[k]:dirO[k+1]];
 	// dirD[k] says their msgs are exactly 0..n-1 (direct indexing).
 	dirP []int32
 	dirO []int32
@@ -200,9 +200,12 @@ func (ms *machine) lookupRecv(peer, msg int32) int32 {
 	return ms.recvI[int(a)+j]
 }
 
-func (ms *machine) buildDir() {
+// buildDir builds the peer directory from the sorted recv keys and
+// reports whether every peer's messages are numbered 0..n-1.
+func (ms *machine) buildDir(keys []uint64) bool {
 	ms.dirP, ms.dirO, ms.dirD = ms.dirP[:0], ms.dirO[:0], ms.dirD[:0]
-	for j, k := range ms.recvK {
+	dense := true
+	for j, k := range keys {
 		peer := int32(k >> 32)
 		if n := len(ms.dirP); n == 0 || ms.dirP[n-1] != peer {
 			ms.dirP = append(ms.dirP, peer)
@@ -212,9 +215,11 @@ func (ms *machine) buildDir() {
 		n := len(ms.dirP) - 1
 		if uint32(k) != uint32(int32(j)-ms.dirO[n]) {
 			ms.dirD[n] = false
+			dense = false
 		}
 	}
-	ms.dirO = append(ms.dirO, int32(len(ms.recvK)))
+	ms.dirO = append(ms.dirO, int32(len(keys)))
+	return dense
 }
 
 type rankState struct {
@@ -273,6 +278,7 @@ type driver struct {
 	cbytes   []int64
 	cleft    []int
 	wan      map[[2]int32]int32 // topo.wanIndex()
+	keys     []uint64           // scratch for recv directories
 }
 
 // Run simulates collectives on topo and returns what they cost. All
@@ -448,14 +454,11 @@ func (d *driver) setup() error {
 			}
 			ms.flags = d.flagSlab[flagOff : flagOff+(len(p.Ops)+31)/32 : flagOff+(len(p.Ops)+31)/32]
 			flagOff += (len(p.Ops) + 31) / 32
-			nr := 0
-			for i := range p.Ops {
-				if p.Ops[i].Kind == allreduce.Recv {
-					nr++
-				}
-			}
-			ms.recvK = slices.Grow(ms.recvK[:0], nr)
-			ms.recvI = slices.Grow(ms.recvI[:0], nr)
+			// Recv directory: keys (peer<<32 | msg) sorted with their op
+			// indices. The keys are kept only if some peer's messages are
+			// not numbered 0..n-1 (then lookups binary-search them).
+			keys := d.keys[:0]
+			ms.recvI = ms.recvI[:0]
 			sorted := true
 			for i := range p.Ops {
 				o := &p.Ops[i]
@@ -466,22 +469,22 @@ func (d *driver) setup() error {
 					return fmt.Errorf("%w: collective %d rank %d op %d: recv from %d", ErrProgram, c, r, i, o.Peer)
 				}
 				k := uint64(o.Peer)<<32 | uint64(uint32(o.Msg))
-				if n := len(ms.recvK); n > 0 && ms.recvK[n-1] >= k {
+				if n := len(keys); n > 0 && keys[n-1] >= k {
 					sorted = false
 				}
-				ms.recvK = append(ms.recvK, k)
+				keys = append(keys, k)
 				ms.recvI = append(ms.recvI, int32(i))
 			}
 			if !sorted {
-				idx := make([]int, len(ms.recvK))
+				idx := make([]int, len(keys))
 				for i := range idx {
 					idx[i] = i
 				}
 				slices.SortFunc(idx, func(a, b int) int {
-					if ms.recvK[a] < ms.recvK[b] {
+					if keys[a] < keys[b] {
 						return -1
 					}
-					if ms.recvK[a] > ms.recvK[b] {
+					if keys[a] > keys[b] {
 						return 1
 					}
 					return 0
@@ -489,16 +492,22 @@ func (d *driver) setup() error {
 				k2 := make([]uint64, len(idx))
 				i2 := make([]int32, len(idx))
 				for j, i := range idx {
-					k2[j], i2[j] = ms.recvK[i], ms.recvI[i]
+					k2[j], i2[j] = keys[i], ms.recvI[i]
 				}
-				ms.recvK, ms.recvI = k2, i2
+				copy(keys, k2)
+				copy(ms.recvI, i2)
 			}
-			for j := 1; j < len(ms.recvK); j++ {
-				if ms.recvK[j] == ms.recvK[j-1] {
-					return fmt.Errorf("%w: collective %d rank %d: two recvs of message #%d from %d", ErrProgram, c, r, uint32(ms.recvK[j]), ms.recvK[j]>>32)
+			for j := 1; j < len(keys); j++ {
+				if keys[j] == keys[j-1] {
+					return fmt.Errorf("%w: collective %d rank %d: two recvs of message #%d from %d", ErrProgram, c, r, uint32(keys[j]), keys[j]>>32)
 				}
 			}
-			ms.buildDir()
+			if ms.buildDir(keys) {
+				ms.recvK = ms.recvK[:0]
+			} else {
+				ms.recvK = append(ms.recvK[:0], keys...)
+			}
+			d.keys = keys
 		}
 	}
 	d.net.reset()
