@@ -21,7 +21,10 @@ const (
 	// they were, Ledger.Skipped is set and no error is returned.
 	NaNSkip
 	// NaNIgnore does not look: non-finite values go through the
-	// collectives as they are (the exchange of flags is saved).
+	// collectives as they are (the exchange of flags and the scan of the
+	// gradients are saved). Error feedback refuses them
+	// (errorfeedback.ErrNonFinite), which then fails the step like any
+	// local error; Mode disagreements go undetected.
 	NaNIgnore
 )
 
