@@ -137,6 +137,9 @@ func loadIDXPair(name, images, labels string) (*Dataset, error) {
 	return d, nil
 }
 
+// maxIDX bounds the elements of an IDX file (MNIST's training images are 47 Mi).
+const maxIDX = 1 << 28
+
 // readIDX reads a gzip-compressed IDX file of unsigned bytes with the given magic.
 func readIDX(path string, magic uint32) (dims []int, data []byte, err error) {
 	f, err := os.Open(path)
@@ -144,7 +147,12 @@ func readIDX(path string, magic uint32) (dims []int, data []byte, err error) {
 		return nil, nil, fmt.Errorf("%w: %v", ErrNoMNIST, err)
 	}
 	defer f.Close()
-	zr, err := gzip.NewReader(bufio.NewReader(f))
+	return decodeIDX(path, bufio.NewReader(f), magic)
+}
+
+// decodeIDX reads a gzip-compressed IDX stream; name is used in errors.
+func decodeIDX(path string, r io.Reader, magic uint32) (dims []int, data []byte, err error) {
+	zr, err := gzip.NewReader(r)
 	if err != nil {
 		return nil, nil, fmt.Errorf("workload: %s: %w", path, err)
 	}
@@ -165,15 +173,19 @@ func readIDX(path string, magic uint32) (dims []int, data []byte, err error) {
 		if v <= 0 || v > 1<<24 {
 			return nil, nil, fmt.Errorf("workload: %s: bad IDX dimension %d", path, v)
 		}
+		if total > maxIDX/v {
+			return nil, nil, fmt.Errorf("workload: %s: IDX too large (dimensions %v × %d)", path, dims, v)
+		}
 		dims = append(dims, v)
 		total *= v
 	}
-	if total > 1<<28 {
-		return nil, nil, fmt.Errorf("workload: %s: IDX too large (%d elements)", path, total)
+	// Read what is there rather than trusting the header with the allocation.
+	data, err = io.ReadAll(io.LimitReader(zr, int64(total)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("workload: %s: %w", path, err)
 	}
-	data = make([]byte, total)
-	if _, err := io.ReadFull(zr, data); err != nil {
-		return nil, nil, fmt.Errorf("workload: %s: truncated IDX: %w", path, err)
+	if len(data) != total {
+		return nil, nil, fmt.Errorf("workload: %s: truncated IDX: %d of %d bytes", path, len(data), total)
 	}
 	return dims, data, nil
 }
