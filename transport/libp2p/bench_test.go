@@ -3,31 +3,37 @@ package libp2p
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"testing"
 
 	"github.com/slimgrad/slimgrad/transport"
 )
 
+// pipelineDepth is the number of messages in flight.
+const pipelineDepth = 4
+
 var benchSizes = []int{1 << 20, 4 << 20, 16 << 20, 64 << 20}
 
 func sizeName(n int) string { return fmt.Sprintf("%dMiB", n>>20) }
 
 // pipeline measures one-way throughput: iteration i sends message i and
-// waits until message i-1 has been received, so two messages are in flight.
+// waits until message i-pipelineDepth+1 has been received.
 func pipeline(b *testing.B, size int, send func([]byte) error, recv func() error) {
 	msg := make([]byte, size)
-	got := make(chan error, 2)
+	got := make(chan error, pipelineDepth)
 	stop := make(chan struct{})
 	go func() {
+		// Runs until recv fails (the connection is closed at cleanup).
 		for {
+			err := recv()
 			select {
+			case got <- err:
 			case <-stop:
 				return
-			default:
 			}
-			got <- recv()
+			if err != nil {
+				return
+			}
 		}
 	}()
 	b.SetBytes(int64(size))
@@ -38,19 +44,19 @@ func pipeline(b *testing.B, size int, send func([]byte) error, recv func() error
 			b.Fatal(err)
 		}
 		inflight++
-		if inflight == 2 {
+		if inflight == pipelineDepth {
 			if err := <-got; err != nil {
 				b.Fatal(err)
 			}
 			inflight--
 		}
 	}
-	close(stop)
 	for ; inflight > 0; inflight-- {
 		if err := <-got; err != nil {
 			b.Fatal(err)
 		}
 	}
+	close(stop)
 }
 
 // BenchmarkPointToPoint: one libp2p stream on loopback, rank 0 to rank 1.
@@ -104,9 +110,6 @@ func BenchmarkRawTCP(b *testing.B) {
 				func(m []byte) error { return transport.WriteFrame(w, 0, 1, m) },
 				func() error {
 					_, _, err := transport.ReadFrame(r, transport.DefaultMaxFrame, nil)
-					if err == io.EOF {
-						return nil
-					}
 					return err
 				})
 		})
