@@ -34,7 +34,7 @@ func timeToTarget(recs []train.Record, target float64) (time.Duration, int, bool
 
 func writeSummary(w io.Writer, rep *simReport, target float64) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "method\ttest acc\ttest loss\twire bytes\tdense-ring bytes\tsaved\tpayload bytes\tsim time\tvs dense ring\tsim time to %.0f%%\twall\t\n", 100*target)
+	fmt.Fprintf(tw, "method\ttest acc\ttest loss\twire bytes\tdense-ring bytes\tsaved\tpayload bytes\tsim time\tspeed-up vs dense ring\tsim time to %.0f%%\twall\t\n", 100*target)
 	for _, run := range rep.Runs {
 		last := run.Result.Last
 		simTime, speedup, tta := "-", "-", "not reached"
@@ -44,7 +44,7 @@ func writeSummary(w io.Writer, rep *simReport, target float64) {
 			for _, r := range run.Result.Records {
 				base += r.BaselineTime
 			}
-			speedup = fmt.Sprintf("%.2f× faster", base.Seconds()/last.TotalStepTime.Seconds())
+			speedup = fmt.Sprintf("%.2f×", base.Seconds()/last.TotalStepTime.Seconds())
 		}
 		if d, step, ok := timeToTarget(run.Result.Records, target); ok {
 			if d > 0 {
