@@ -108,3 +108,25 @@ func cpuTime() float64 {
 	}
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
+
+// TestSteadyStateAllocs: a reused Simulator allocates only the Result (and
+// a few small per-run objects), independent of the number of events.
+func TestSteadyStateAllocs(t *testing.T) {
+	progs := mustPrograms(t, allreduce.AlgRing, allreduce.Params{World: 64, Elems: 1 << 16, Segments: 4})
+	s, err := NewSimulator(Homogeneous(64, 10*Gbps, 5*time.Microsecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	colls := []Collective{{Programs: progs}}
+	var events int64
+	allocs := testing.AllocsPerRun(3, func() {
+		res, err := s.Run(context.Background(), colls, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events = res.Events
+	})
+	if allocs > 24 { // Result and its slices, the seeded source: a constant
+		t.Errorf("%v allocs per run of %d events", allocs, events)
+	}
+}

@@ -255,30 +255,31 @@ type msgInfo struct {
 }
 
 type driver struct {
-	topo     *Topology
-	opts     *Options
-	colls    []Collective
-	world    int
-	ms       []machine
-	ranks    []rankState
-	net      *network
-	h        eventHeap
-	now      float64
-	costs    []costTable // per collective
-	rng      *rand.Rand
-	scr      []int32
-	res      *Result
-	pay      map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
-	pro      []allreduce.Op   // per collective: its prologue as a compute op
-	flagSlab []uint64
-	pend     []msgInfo
-	pfree    []int32
-	trace    *Trace
-	cfin     []float64
-	cbytes   []int64
-	cleft    []int
-	wan      map[[2]int32]int32 // topo.wanIndex()
-	keys     []uint64           // scratch for recv directories
+	topo      *Topology
+	opts      *Options
+	colls     []Collective
+	world     int
+	ms        []machine
+	ranks     []rankState
+	net       *network
+	h         eventHeap
+	now       float64
+	costs     []costTable // per collective
+	rng       *rand.Rand
+	scr       []int32
+	res       *Result
+	pay       map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
+	pro       []allreduce.Op   // per collective: its prologue as a compute op
+	flagSlab  []uint64
+	pend      []msgInfo
+	pfree     []int32
+	trace     *Trace
+	cfin      []float64
+	cbytes    []int64
+	cleft     []int
+	wan       map[[2]int32]int32 // topo.wanIndex()
+	keys      []uint64           // scratch for recv directories
+	linkNames []string
 }
 
 // Run simulates collectives on topo and returns what they cost. All
@@ -337,6 +338,10 @@ func (s *Simulator) bind(topo *Topology) {
 	caps := make([]float64, topo.NumLinks())
 	for i := range caps {
 		caps[i] = topo.linkCap(i)
+	}
+	s.d.linkNames = s.d.linkNames[:0]
+	for i := range caps {
+		s.d.linkNames = append(s.d.linkNames, topo.LinkName(i))
 	}
 	if s.d.net == nil || len(s.d.net.caps) != len(caps) {
 		s.d.net = newNetwork(caps)
@@ -939,7 +944,7 @@ func (d *driver) finish() *Result {
 	}
 	res.Links = make([]LinkStats, len(d.net.caps))
 	for l := range res.Links {
-		res.Links[l] = LinkStats{Name: d.topo.LinkName(l), Bytes: d.net.linkBytes[l], Busy: d.net.linkBusy[l]}
+		res.Links[l] = LinkStats{Name: d.linkNames[l], Bytes: d.net.linkBytes[l], Busy: d.net.linkBusy[l]}
 	}
 	return res
 }
