@@ -54,6 +54,20 @@ type Layer struct {
 	Candidates []compressors.Recipe
 }
 
+// LayerOf describes a tensor of the given shape with the matrix view package
+// worker uses ([shape[0], product of the rest]; a vector is shape[0]×1).
+// It panics on an empty shape.
+func LayerOf(name string, shape []int, def compressors.Recipe) Layer {
+	if len(shape) == 0 {
+		panic("lgreco: LayerOf: empty shape")
+	}
+	rows, cols := shape[0], 1
+	for _, d := range shape[1:] {
+		cols *= d
+	}
+	return Layer{Name: name, Rows: rows, Cols: cols, Default: def}
+}
+
 // Elems is Rows·Cols.
 func (l Layer) Elems() int { return l.Rows * l.Cols }
 
