@@ -387,6 +387,14 @@ func (d *driver) setup() error {
 	if world == 0 {
 		return fmt.Errorf("%w: collective %q has no programs", ErrProgram, d.colls[0].Name)
 	}
+	if !(d.opts.LatencyJitter >= 0) || !(d.opts.ComputeJitter >= 0) {
+		return fmt.Errorf("sim: jitter must be non-negative (latency %v, compute %v)", d.opts.LatencyJitter, d.opts.ComputeJitter)
+	}
+	for c := range d.colls {
+		if st := d.colls[c].Start; !(st >= 0) || math.IsInf(st, 1) {
+			return fmt.Errorf("sim: collective %d (%s): start time %v", c, d.colls[c].Name, st)
+		}
+	}
 	pl := d.opts.Placement
 	if pl != nil && len(pl) < world {
 		return fmt.Errorf("sim: placement has %d entries for %d ranks", len(pl), world)
