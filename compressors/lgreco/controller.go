@@ -22,9 +22,15 @@ import (
 //	      d, err := plan.Decode(b); err = c.Schedule(d)
 //	  }
 //	  changed, err := c.Advance(t)                    // switches at d.ApplyAt
-//	  agree on c.Signature() (e.g. Agree, or inside the step's own exchange)
+//	  if c.Due(t) { err = Agree(ctx, conn, tag, t, c.Signature()) }
 //	  for _, l := range changed { rebuild layer l: c.Recipe(l), c.LayerSeed(l) }
 //	  ... run step t; on rank 0, if c.Collecting(t), c.Observe(l, g, e) per layer
+//
+// Agreeing at every Due step is enough: the signature covers the pending
+// decision (choice and ApplyAt), so a rank that would switch differently is
+// caught at the decision's own boundary, where every rank calls Agree
+// (folding the signature into an exchange the step makes anyway, every step,
+// is a cheaper alternative).
 //
 // A Controller is not safe for concurrent use.
 type Controller struct {
