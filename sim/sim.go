@@ -24,6 +24,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
 )
@@ -83,6 +84,11 @@ type Options struct {
 	// go out one at a time in the order they were sent, as over one
 	// transport connection, and only different pairs share links.
 	PerMessageFlows bool
+	// LiveCompute, in payload mode, times each compute op by measuring the
+	// executor's wall time (divided by the node's speed) instead of the
+	// calibrated model. Results stay bit-identical, but virtual times then
+	// depend on the host and are not reproducible.
+	LiveCompute bool
 	// Trace, if not nil, records every event.
 	Trace *Trace
 }
@@ -222,9 +228,15 @@ func (ms *machine) buildDir(keys []uint64) bool {
 	return dense
 }
 
+// qent is a compute op waiting for its rank's compute engine.
+type qent struct {
+	g, op int32
+	dur   float64 // measured duration (Options.LiveCompute), or -1
+}
+
 type rankState struct {
 	busy    bool
-	queue   []int64 // pending compute ops: g<<32 | op
+	queue   []qent // pending compute ops
 	head    int
 	compute float64
 	compres float64
@@ -847,27 +859,39 @@ func (d *driver) computeCost(ms *machine, op *allreduce.Op) float64 {
 		lo, hi := ms.prog.Layout.Region(c, n)
 		el = int64(hi - lo)
 	}
-	speed := d.topo.Nodes[ms.node].Speed
-	if speed == 0 {
-		speed = 1
-	}
-	t := ct.overhead + float64(el)*sec/speed
+	t := ct.overhead + float64(el)*sec/d.speed(ms)
 	if d.opts.ComputeJitter > 0 {
 		t += t * d.opts.ComputeJitter * d.rng.Float64()
 	}
 	return t
 }
 
+// speed is the compute speed factor of ms's node.
+func (d *driver) speed(ms *machine) float64 {
+	if s := d.topo.Nodes[ms.node].Speed; s > 0 {
+		return s
+	}
+	return 1
+}
+
 // compute runs compute op i of machine g (i == -1: the collective's
 // prologue, op points to it).
 func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error {
+	dur := -1.0
 	if ms.exec != nil && i >= 0 {
+		var t0 time.Time
+		if d.opts.LiveCompute {
+			t0 = time.Now()
+		}
 		if err := ms.exec.Run(op); err != nil {
 			return fmt.Errorf("sim: collective %d rank %d op %d (%v): %w", ms.coll, ms.rank, i, op.Fn, err)
 		}
+		if d.opts.LiveCompute {
+			dur = time.Since(t0).Seconds() / d.speed(ms)
+		}
 	}
 	cat := fnCategory(op.Fn)
-	if cat == CatNone || d.costs[ms.coll].secPerElem[op.Fn&15] == 0 {
+	if cat == CatNone || dur < 0 && d.costs[ms.coll].secPerElem[op.Fn&15] == 0 {
 		d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, i, -1, 0)
 		if i < 0 {
 			return d.pump(g)
@@ -876,15 +900,20 @@ func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error 
 	}
 	rs := &d.ranks[ms.rank]
 	if rs.busy {
-		rs.queue = append(rs.queue, int64(g)<<32|int64(uint32(i)))
+		rs.queue = append(rs.queue, qent{g, i, dur})
 		return nil
 	}
-	d.startCompute(rs, g, ms, i, op)
+	d.startCompute(rs, g, ms, i, op, dur)
 	return nil
 }
 
-func (d *driver) startCompute(rs *rankState, g int32, ms *machine, i int32, op *allreduce.Op) {
-	t := d.computeCost(ms, op)
+// startCompute occupies the rank's engine with op for dur seconds, or, if
+// dur < 0, for the compute model's cost.
+func (d *driver) startCompute(rs *rankState, g int32, ms *machine, i int32, op *allreduce.Op, dur float64) {
+	t := dur
+	if t < 0 {
+		t = d.computeCost(ms, op)
+	}
 	if fnCategory(op.Fn) == CatCompute {
 		rs.compute += t
 	} else {
@@ -905,12 +934,11 @@ func (d *driver) computeEnd(g, op int32) error {
 		if rs.head == len(rs.queue) {
 			rs.queue, rs.head = rs.queue[:0], 0
 		}
-		ng, ni := int32(q>>32), int32(uint32(q))
-		nm := &d.ms[ng]
-		if ni < 0 {
-			d.startCompute(rs, ng, nm, ni, &d.pro[nm.coll])
+		nm := &d.ms[q.g]
+		if q.op < 0 {
+			d.startCompute(rs, q.g, nm, q.op, &d.pro[nm.coll], q.dur)
 		} else {
-			d.startCompute(rs, ng, nm, ni, &nm.prog.Ops[ni])
+			d.startCompute(rs, q.g, nm, q.op, &nm.prog.Ops[q.op], q.dur)
 		}
 	}
 	d.trace.add(d.now, TraceComputed, ms.coll, ms.rank, op, -1, 0)
