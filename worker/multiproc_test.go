@@ -209,10 +209,6 @@ func TestMultiProcChild(t *testing.T) {
 	defer conn.Close()
 	med := benchSteps(t, ctx, conn, os.Getenv("SLIMGRAD_MP_ALG"), size, iters)
 	fmt.Printf("MEDIAN %.6f\n", med)
-	// Close only once every rank is done (the parent closes stdin after all
-	// MEDIAN lines): a transport may drop what a closing rank still has in
-	// flight.
-	io.Copy(io.Discard, os.Stdin)
 }
 
 // libp2pChild listens, prints its address line, reads everyone's from
@@ -279,6 +275,11 @@ func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg stri
 		if i >= 2 {
 			ts = append(ts, time.Since(t0).Seconds())
 		}
+	}
+	// Close only once every rank is done: a transport may drop what a
+	// closing rank still has in flight.
+	if err := w.Shutdown(ctx); err != nil {
+		t.Fatal(err)
 	}
 	slices.Sort(ts)
 	return ts[len(ts)/2]

@@ -806,6 +806,34 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 	return led
 }
 
+// Shutdown waits until every rank has finished all its steps, then closes
+// the Worker. Closing a conn right after the last step can drop messages a
+// slower peer still has to receive (a transport may discard what a closing
+// rank has in flight); after Shutdown returns nil, the caller may close the
+// conn. It runs two small all-gathers: the first proves every rank finished
+// its steps (an error there is returned), the second that every rank saw the
+// first complete (its errors are ignored: a rank that already returned and
+// closed its conn is no longer needed).
+func (w *Worker) Shutdown(ctx context.Context) error {
+	if w.closed {
+		return ErrClosed
+	}
+	if w.cur != nil {
+		return ErrStepInFlight
+	}
+	defer w.Close()
+	if w.broken != nil {
+		return fmt.Errorf("%w: %w", ErrBroken, w.broken)
+	}
+	id := w.nextID
+	w.nextID += 2
+	if _, err := allGatherSmall(ctx, w.conn, id, []byte{1}, w.cfg.Timeout); err != nil {
+		return fmt.Errorf("worker: shutdown: %w", err)
+	}
+	_, _ = allGatherSmall(ctx, w.conn, id+1, []byte{2}, w.cfg.Timeout)
+	return nil
+}
+
 // Close cancels a step in flight and releases the Worker. It does not close
 // the conn. Close is idempotent.
 func (w *Worker) Close() error {

@@ -764,3 +764,30 @@ func TestStartSettingsMismatch(t *testing.T) {
 	}
 	t.Log(errs[0])
 }
+
+// Shutdown then Close of the conn, rank by rank: every rank's Shutdown
+// succeeds, also for ranks whose peers already closed.
+func TestShutdown(t *testing.T) {
+	const n = 4
+	layers := []layerDef{{name: "a", shape: []int{1000}}}
+	g := newGroup(t, n)
+	ws := startWorkers(t, g.Conns(), layers)
+	in := makeGrads(rand.New(rand.NewPCG(3, 3)), n, layers, false)
+	errs := runAll(n, func(r int) error {
+		if _, err := ws[r].Step(context.Background(), in[r]); err != nil {
+			return err
+		}
+		if err := ws[r].Shutdown(context.Background()); err != nil {
+			return err
+		}
+		return g.Conn(r).Close()
+	})
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	if _, err := ws[0].Step(context.Background(), in[0]); !errors.Is(err, ErrClosed) {
+		t.Fatalf("step after Shutdown: got %v, want ErrClosed", err)
+	}
+}
