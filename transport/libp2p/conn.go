@@ -769,10 +769,14 @@ func (l *link) readLoop(s network.Stream) {
 	var hb [transport.FrameHeaderLen]byte
 	for {
 		if _, err := io.ReadFull(r, hb[:]); err != nil {
+			if err == io.EOF {
+				// Acknowledge, even if we are closing too: the peer's
+				// Close waits for this.
+				s.Close()
+			}
 			switch {
 			case c.isClosed():
 			case err == io.EOF:
-				s.Close() // acknowledge: the peer's Close waits for this
 				l.fail(fmt.Errorf("%w: peer closed its end", transport.ErrPeerDead))
 			default:
 				l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))

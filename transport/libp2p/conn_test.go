@@ -425,3 +425,19 @@ func TestPeerMaxFrame(t *testing.T) {
 		t.Fatalf("%d bytes, %v", len(b), err)
 	}
 }
+
+// TestConcurrentCloseIsQuick: ranks closing at the same time acknowledge
+// each other instead of waiting out CloseTimeout.
+func TestConcurrentCloseIsQuick(t *testing.T) {
+	conns := newGroup(t, 4, WithCloseTimeout(5*time.Second))
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.Close() }()
+	}
+	wg.Wait()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("concurrent Close took %v", d)
+	}
+}
