@@ -14,10 +14,15 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/libp2p"
 	"github.com/slimgrad/slimgrad/transport/natsserver"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// Started once per process by go-libp2p's logging.
+		goleak.IgnoreTopFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"))
+}
 
 func startServer(t *testing.T) *natsserver.Server {
 	t.Helper()
@@ -251,6 +256,46 @@ func TestInvalidArguments(t *testing.T) {
 	}{{"bad.job", 2, "x"}, {"", 2, "x"}, {"ok", 0, "x"}, {"ok", 2, ""}} {
 		if _, err := Join(ctx, nc, tc.job, tc.world, Member{ID: tc.id}); err == nil {
 			t.Errorf("%+v: no error", tc)
+		}
+	}
+}
+
+// TestJoinLibp2p: three ranks start from (job, world, NATS) alone and
+// exchange a ring of messages over libp2p.
+func TestJoinLibp2p(t *testing.T) {
+	s := startServer(t)
+	const n = 3
+	conns := make([]*libp2p.Conn, n)
+	errs := make([]error, n)
+	ncs := []*nats.Conn{dial(t, s), dial(t, s), dial(t, s)}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conns[i], errs[i] = JoinLibp2p(ctx, ncs[i], "p2p-job", n, []libp2p.Option{libp2p.WithCloseTimeout(time.Second)})
+		}()
+	}
+	wg.Wait()
+	for _, c := range conns {
+		if c != nil {
+			defer c.Close()
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns {
+		if err := c.Send(ctx, (c.Rank()+1)%n, 5, []byte{byte(c.Rank())}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range conns {
+		prev := (c.Rank() + n - 1) % n
+		if b, err := c.Recv(ctx, prev, 5); err != nil || int(b[0]) != prev {
+			t.Fatalf("rank %d: %v, %v", c.Rank(), b, err)
 		}
 	}
 }

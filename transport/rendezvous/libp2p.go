@@ -1,0 +1,34 @@
+package rendezvous
+
+import (
+	"context"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/slimgrad/slimgrad/transport/libp2p"
+)
+
+// JoinLibp2p is the whole start-up of a libp2p rank that knows only the
+// job, the world size and a NATS connection: it starts a libp2p node
+// (opts, with the job set to job), rendezvouses under the node's peer ID
+// and addresses, and connects the node to the group. rdv configures the
+// rendezvous. On error nothing is left running; nc stays the caller's.
+func JoinLibp2p(ctx context.Context, nc *nats.Conn, job string, world int, opts []libp2p.Option, rdv ...Option) (*libp2p.Conn, error) {
+	node, err := libp2p.Listen(ctx, append([]libp2p.Option{libp2p.WithJob(job)}, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	g, err := Join(ctx, nc, job, world, Member{ID: node.ID().String(), Addrs: node.AddrStrings()}, rdv...)
+	if err != nil {
+		node.Close()
+		return nil, err
+	}
+	peers := make([]libp2p.Peer, len(g.Members))
+	for i, m := range g.Members {
+		if peers[i], err = libp2p.ParsePeer(m.ID, m.Addrs); err != nil {
+			node.Close()
+			return nil, err
+		}
+	}
+	return node.Connect(ctx, g.Rank, peers) // closes the node on error
+}
