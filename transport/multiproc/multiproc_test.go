@@ -250,23 +250,7 @@ func TestMultiProcessChild(t *testing.T) {
 }
 
 func joinLibp2p(ctx context.Context, nc *nats.Conn, job string, n int) (transport.Conn, error) {
-	node, err := libp2p.Listen(ctx, libp2p.WithJob(job), libp2p.WithPeerTimeout(peerTimout, 0))
-	if err != nil {
-		return nil, err
-	}
-	g, err := rendezvous.Join(ctx, nc, job, n, rendezvous.Member{ID: node.ID().String(), Addrs: node.AddrStrings()})
-	if err != nil {
-		node.Close()
-		return nil, err
-	}
-	peers := make([]libp2p.Peer, len(g.Members))
-	for i, m := range g.Members {
-		if peers[i], err = libp2p.ParsePeer(m.ID, m.Addrs); err != nil {
-			node.Close()
-			return nil, err
-		}
-	}
-	return node.Connect(ctx, g.Rank, peers)
+	return rendezvous.JoinLibp2p(ctx, nc, job, n, []libp2p.Option{libp2p.WithPeerTimeout(peerTimout, 0)})
 }
 
 // joinNATS takes a rank from the rendezvous (under a random member ID) and
