@@ -263,6 +263,9 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		default:
 		}
 		cause := fmt.Errorf("%w: rank %d closed", transport.ErrPeerDead, peer)
+		if why := c.g.conns[peer].in.Failed(c.rank); why != nil {
+			cause = fmt.Errorf("%w: rank %d dropped the link: %v", transport.ErrPeerDead, peer, why)
+		}
 		c.in.Fail(peer, cause)
 		return &transport.PeerError{Rank: peer, Op: "send", Err: c.in.Failed(peer)}
 	}

@@ -213,3 +213,25 @@ func TestRecvAllocs(t *testing.T) {
 		t.Errorf("Send+Recv: %v allocs, want ≤ 1", allocs)
 	}
 }
+
+// TestCorruptDropsLink: after a bad frame the receiver fails the sender, and
+// the sender's next Send learns it.
+func TestCorruptDropsLink(t *testing.T) {
+	g := newGroup(t, 2, mem.WithFraming(true))
+	ctx := context.Background()
+	g.CorruptNext(0, 1)
+	if err := g.Conn(0).Send(ctx, 1, 1, []byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Conn(1).Recv(ctx, 0, 1); !errors.Is(err, transport.ErrBadFrame) {
+		t.Fatalf("Recv: err = %v, want ErrBadFrame", err)
+	}
+	if _, err := g.Conn(1).Recv(ctx, 0, 2); !errors.Is(err, transport.ErrBadFrame) {
+		t.Fatalf("later Recv: err = %v, want ErrBadFrame (link dropped)", err)
+	}
+	err := g.Conn(0).Send(ctx, 1, 1, []byte("abc"))
+	var pe *transport.PeerError
+	if !errors.As(err, &pe) || pe.Rank != 1 || !errors.Is(err, transport.ErrPeerDead) {
+		t.Fatalf("Send after the link was dropped: err = %v, want PeerError{Rank: 1} wrapping ErrPeerDead", err)
+	}
+}
