@@ -5,8 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
+	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
 // Loss selects the output loss of an MLP.
@@ -127,9 +126,18 @@ func (m *MLP) newWorkspace(maxBatch int) *mlpWorkspace {
 	for _, p := range carve(m.sizes, ws.flat) {
 		ws.grads = append(ws.grads, p.Data)
 	}
+	for l := 0; l+1 < len(m.sizes); l++ {
+		n := m.sizes[l] * m.sizes[l+1]
+		ws.wt = append(ws.wt, make([]float32, n))
+		ws.dwt = append(ws.dwt, make([]float32, n))
+	}
 	return ws
 }
 
+// mlpWorkspace computes with transposed weights so that every inner loop is
+// an axpy over a row of Wᵀ (or of dWᵀ) scaled by one activation, skipped when
+// the activation is 0: MNIST pixels are about 80% zeros and ReLU outputs about
+// half, so the sparse-aware loops do a fraction of a dense GEMM's work.
 type mlpWorkspace struct {
 	m      *MLP
 	batch  int
@@ -137,6 +145,8 @@ type mlpWorkspace struct {
 	deltas [][]float32 // dLoss/d(pre-activation) per layer
 	grads  [][]float32
 	flat   []float32
+	wt     [][]float32 // per layer: Wᵀ, [in, out]
+	dwt    [][]float32 // per layer: dWᵀ, [in, out]
 }
 
 func (ws *mlpWorkspace) Grads() [][]float32 { return ws.grads }
@@ -161,7 +171,17 @@ func (ws *mlpWorkspace) check(ds *Dataset, idx []int) error {
 	return nil
 }
 
-// forward fills acts for the batch; returns the summed loss and correct count.
+// loadWeights refreshes the transposed weights from the model; call it once
+// before forward passes over the current parameters.
+func (ws *mlpWorkspace) loadWeights() {
+	m := ws.m
+	for l := 0; l+1 < len(m.sizes); l++ {
+		transpose(ws.wt[l], m.params[2*l].Data, m.sizes[l+1], m.sizes[l])
+	}
+}
+
+// forward fills acts for the batch; returns the summed loss and correct
+// count. The transposed weights must be current (loadWeights).
 func (ws *mlpWorkspace) forward(ds *Dataset, idx []int, wantDelta bool) (lossSum float64, correct int) {
 	m := ws.m
 	b := len(idx)
@@ -169,15 +189,18 @@ func (ws *mlpWorkspace) forward(ds *Dataset, idx []int, wantDelta bool) (lossSum
 	L := len(m.sizes) - 1
 	for l := 0; l < L; l++ {
 		in, out := m.sizes[l], m.sizes[l+1]
-		w, bias := m.params[2*l].Data, m.params[2*l+1].Data
+		wt, bias := ws.wt[l], m.params[2*l+1].Data
 		z := ws.acts[l+1][:b*out]
+		a := ws.acts[l][:b*in]
 		for r := 0; r < b; r++ {
-			copy(z[r*out:(r+1)*out], bias)
+			zr := z[r*out : (r+1)*out]
+			copy(zr, bias)
+			for i, v := range a[r*in : (r+1)*in] {
+				if v != 0 {
+					kernels.Axpy(zr, v, wt[i*out:(i+1)*out])
+				}
+			}
 		}
-		blas32.Gemm(blas.NoTrans, blas.Trans, 1,
-			blas32.General{Rows: b, Cols: in, Stride: in, Data: ws.acts[l][:b*in]},
-			blas32.General{Rows: out, Cols: in, Stride: in, Data: w},
-			1, blas32.General{Rows: b, Cols: out, Stride: out, Data: z})
 		if l+1 < L {
 			for j, v := range z {
 				if v < 0 {
@@ -236,36 +259,43 @@ func (ws *mlpWorkspace) Gradient(ds *Dataset, idx []int) (float64, error) {
 	}
 	m := ws.m
 	b := len(idx)
+	ws.loadWeights()
 	lossSum, _ := ws.forward(ds, idx, true)
 	for l := len(m.sizes) - 2; l >= 0; l-- {
 		in, out := m.sizes[l], m.sizes[l+1]
 		delta := ws.deltas[l+1][:b*out]
-		gw, gb := ws.grads[2*l], ws.grads[2*l+1]
-		// dW = deltaᵀ · a_l  ([out,b]·[b,in])
-		blas32.Gemm(blas.Trans, blas.NoTrans, 1,
-			blas32.General{Rows: b, Cols: out, Stride: out, Data: delta},
-			blas32.General{Rows: b, Cols: in, Stride: in, Data: ws.acts[l][:b*in]},
-			0, blas32.General{Rows: out, Cols: in, Stride: in, Data: gw})
+		a := ws.acts[l][:b*in]
+		gw, gb, dwt := ws.grads[2*l], ws.grads[2*l+1], ws.dwt[l]
+		// dWᵀ[i] = Σ_r a[r][i]·delta[r], then dW = (dWᵀ)ᵀ.
+		clear(dwt)
 		clear(gb)
 		for r := 0; r < b; r++ {
-			drow := delta[r*out : (r+1)*out]
-			for j, v := range drow {
+			dr := delta[r*out : (r+1)*out]
+			for i, v := range a[r*in : (r+1)*in] {
+				if v != 0 {
+					kernels.Axpy(dwt[i*out:(i+1)*out], v, dr)
+				}
+			}
+			for j, v := range dr {
 				gb[j] += v
 			}
 		}
+		transpose(gw, dwt, in, out)
 		if l == 0 {
 			break
 		}
-		// delta_l = (delta · W) ⊙ relu'(z_l)
+		// delta_l[r][i] = (delta[r] · Wᵀ[i]) where a[r][i] > 0 (ReLU'), else 0.
 		prev := ws.deltas[l][:b*in]
-		blas32.Gemm(blas.NoTrans, blas.NoTrans, 1,
-			blas32.General{Rows: b, Cols: out, Stride: out, Data: delta},
-			blas32.General{Rows: out, Cols: in, Stride: in, Data: m.params[2*l].Data},
-			0, blas32.General{Rows: b, Cols: in, Stride: in, Data: prev})
-		act := ws.acts[l][:b*in]
-		for j, a := range act {
-			if a <= 0 {
-				prev[j] = 0
+		wt := ws.wt[l]
+		for r := 0; r < b; r++ {
+			dr := delta[r*out : (r+1)*out]
+			pr := prev[r*in : (r+1)*in]
+			for i, v := range a[r*in : (r+1)*in] {
+				if v > 0 {
+					pr[i] = float32(kernels.Dot(dr, wt[i*out:(i+1)*out]))
+				} else {
+					pr[i] = 0
+				}
 			}
 		}
 	}
@@ -286,6 +316,7 @@ func (m *MLP) Evaluate(ds *Dataset, idx []int) (Metrics, error) {
 	if n == 0 {
 		return Metrics{}, fmt.Errorf("%w: evaluation on no samples", ErrShape)
 	}
+	ws.loadWeights()
 	buf := make([]int, 0, chunk)
 	var lossSum float64
 	var correct int
@@ -310,6 +341,26 @@ func (m *MLP) Evaluate(ds *Dataset, idx []int) (Metrics, error) {
 		met.Accuracy = float64(correct) / float64(n)
 	}
 	return met, nil
+}
+
+// transpose writes the transpose of src (rows×cols, row-major) into dst
+// (cols×rows), in tiles so that reads and writes stay within a few cache
+// lines.
+func transpose(dst, src []float32, rows, cols int) {
+	const tile = 16
+	dst, src = dst[:rows*cols], src[:rows*cols]
+	for j0 := 0; j0 < cols; j0 += tile {
+		j1 := min(j0+tile, cols)
+		for i0 := 0; i0 < rows; i0 += tile {
+			i1 := min(i0+tile, rows)
+			for j := j0; j < j1; j++ {
+				d := dst[j*rows+i0 : j*rows+i1]
+				for k := range d {
+					d[k] = src[(i0+k)*cols+j]
+				}
+			}
+		}
+	}
 }
 
 var _ Model = (*MLP)(nil)

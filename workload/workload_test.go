@@ -2,6 +2,7 @@ package workload
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -270,41 +271,34 @@ func firstN(n int) []int {
 	return out
 }
 
+// BenchmarkMLPGradient times one worker's gradient of the MNIST MLP on
+// MNIST batches (pixels ~80% zero) and on dense Gaussian inputs.
 func BenchmarkMLPGradient(b *testing.B) {
-	m, _ := NewMLP([]int{784, 256, 10}, CrossEntropy, 0)
-	ds := tinyClassification(&testing.T{}, 256, 784, 10)
-	ws := m.NewWorkspace(32)
-	idx := firstN(32)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := ws.Gradient(ds, idx); err != nil {
-			b.Fatal(err)
-		}
+	mnist, _, err := LoadMNIST("")
+	if err != nil {
+		b.Logf("MNIST absent (%v): dense inputs only", err)
 	}
-}
-
-func TestFlatAliasesParams(t *testing.T) {
-	m, _ := NewMLP([]int{3, 4, 2}, CrossEntropy, 1)
-	flat := m.Flat()
-	off := 0
-	for _, p := range m.Params() {
-		for j := range p.Data {
-			if &p.Data[j] != &flat[off+j] {
-				t.Fatalf("%s[%d] does not alias Flat()[%d]", p.Name, j, off+j)
+	for _, data := range []string{"mnist", "dense"} {
+		ds := tinyClassification(&testing.T{}, 256, 784, 10)
+		if data == "mnist" {
+			if mnist == nil {
+				continue
 			}
+			ds = mnist.Subset(256)
 		}
-		off += len(p.Data)
-	}
-	if off != len(flat) {
-		t.Fatalf("params cover %d of %d flat elements", off, len(flat))
-	}
-	c := m.Clone()
-	c.Flat()[0]++
-	if c.Params()[0].Data[0] != c.Flat()[0] || m.Flat()[0] == c.Flat()[0] {
-		t.Error("Clone does not have its own aliased flat vector")
-	}
-	ws := m.NewWorkspace(2)
-	if &ws.Grads()[3][1] != &ws.FlatGrads()[3*4+4+4*2+1] {
-		t.Error("FlatGrads does not alias Grads")
+		for _, batch := range []int{32, 128} {
+			b.Run(fmt.Sprintf("data=%s/sizes=784-256-10/batch=%d", data, batch), func(b *testing.B) {
+				m, _ := NewMLP([]int{784, 256, 10}, CrossEntropy, 0)
+				ws := m.NewWorkspace(batch)
+				idx := firstN(batch)
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := ws.Gradient(ds, idx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(batch)*float64(b.N)/b.Elapsed().Seconds(), "samples/s")
+			})
+		}
 	}
 }
