@@ -3,9 +3,9 @@
 // Every rank of a job holds one NATS connection and publishes to subjects
 // scoped by the job ID:
 //
-//	<prefix>.<job>.d.<dst>.<src>   data chunks from src to dst
+//	<prefix>.<job>.d.<dst>.<src>   data chunks, then goodbye, from src to dst
 //	<prefix>.<job>.c.<dst>.<src>   credit (flow control) and link aborts from src to dst
-//	<prefix>.<job>.h.<src>         heartbeats and goodbye of src
+//	<prefix>.<job>.h.<src>         heartbeats of src
 //
 // A message travels as one or more chunks, each a transport frame (tag,
 // length, CRC-32C) whose payload starts with a per-link chunk sequence
@@ -67,6 +67,9 @@ const (
 	totalLen = 8
 	minChunk = transport.FrameHeaderLen + seqLen + totalLen + 1
 )
+
+// errPeerClosed is the cause recorded for a peer that said goodbye.
+var errPeerClosed = fmt.Errorf("%w: closed", transport.ErrPeerDead)
 
 // ErrJob is returned (wrapped) for an invalid job ID, rank or size.
 var ErrJob = errors.New("nats: invalid job")
@@ -438,7 +441,13 @@ func (c *Conn) shutdown(bye bool) {
 		close(c.closed)
 		c.wg.Wait()
 		if bye && c.nc.IsConnected() {
-			c.publishCtl(c.subjHB, flagBye, nil)
+			// On the data subjects, so that each peer sees it after every
+			// chunk sent before (one subscription, in order).
+			for p := range c.size {
+				if p != c.rank {
+					c.publishCtl(c.subjData[p], flagBye, nil)
+				}
+			}
 			c.nc.FlushTimeout(time.Second)
 		}
 		for _, s := range c.subs {
@@ -524,7 +533,7 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	}
 	c.stats.RecvWire(src, len(m.Data))
 	if err := c.handleChunk(src, m.Data); err != nil {
-		c.failPeer(src, err, true)
+		c.failPeer(src, err, !errors.Is(err, errPeerClosed))
 	}
 }
 
@@ -536,6 +545,9 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 	pl := data[transport.FrameHeaderLen:]
 	if err := h.VerifyPayload(pl); err != nil {
 		return err
+	}
+	if h.Flags == flagBye {
+		return fmt.Errorf("%w: rank %d", errPeerClosed, src)
 	}
 	if h.Flags&^(flagFirst|flagLast) != 0 {
 		return fmt.Errorf("%w: unexpected flags %#x on a data frame", transport.ErrBadFrame, h.Flags)
@@ -639,8 +651,6 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 	switch h.Flags {
 	case flagHello:
 		c.seen(src)
-	case flagBye:
-		c.failPeer(src, fmt.Errorf("%w: rank %d closed", transport.ErrPeerDead, src), false)
 	default:
 		c.failPeer(src, fmt.Errorf("%w: unexpected heartbeat frame (flags %#x)", transport.ErrBadFrame, h.Flags), true)
 	}

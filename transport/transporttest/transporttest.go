@@ -132,6 +132,7 @@ func Run(t *testing.T, newGroup NewGroupFunc, opts ...Option) {
 		{"Stats", s.testStats},
 		{"CloseUnblocks", s.testCloseUnblocks},
 		{"PeerClosed", s.testPeerClosed},
+		{"SendThenClose", s.testSendThenClose},
 		{"PeerDeath", s.testPeerDeath},
 		{"CorruptFrame", s.testCorrupt},
 	}
@@ -676,6 +677,28 @@ func (s *suite) testPeerClosed(t *testing.T) {
 	s.checkDead(t, "Recv from a closed peer", 0, start, <-errc)
 	_, err := conns[1].Recv(ctx, 0, 2)
 	s.checkDead(t, "later Recv from a closed peer", 0, start, err)
+}
+
+// testSendThenClose: what a rank sent before closing is delivered (Close
+// does not drop messages Send accepted), then the receiver learns that the
+// rank is gone.
+func (s *suite) testSendThenClose(t *testing.T) {
+	const msgs = 20
+	conns := s.group(t, 2)
+	ctx, cancel := context.WithTimeout(t.Context(), s.cfg.deathTimeout+s.cfg.callTimeout)
+	defer cancel()
+	for i := range msgs {
+		mustSend(t, ctx, conns[0], 1, uint64(i%3), payload(10_000*i, 0, 1, uint64(i%3), i))
+	}
+	start := time.Now()
+	conns[0].Close()
+	for i := range msgs {
+		if err := checkRecv(conns[1], ctx, 0, uint64(i%3), payload(10_000*i, 0, 1, uint64(i%3), i)); err != nil {
+			t.Fatalf("message %d sent before Close: %v", i, err)
+		}
+	}
+	_, err := conns[1].Recv(ctx, 0, 0)
+	s.checkDead(t, "Recv after the peer's messages", 0, start, err)
 }
 
 // testPeerDeath: one rank of four crashes while every survivor waits on it;
