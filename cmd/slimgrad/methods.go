@@ -206,7 +206,7 @@ func (c closingExchanger) Close() error {
 // parseOptim parses an optimizer recipe: NAME[:key=value,...] with NAME one of
 // sgd, momentum, nesterov, dgcsgd, adam, onebitadam and keys lr, m
 // (momentum), wd (weight decay), freeze (1-bit Adam's freeze step, a step
-// count or a percentage of steps, e.g. 20%).
+// count or a percentage of steps, e.g. 20%, then at least 50 steps).
 func parseOptim(recipe string, steps int) (train.OptimSpec, error) {
 	name, args, _ := strings.Cut(recipe, ":")
 	kv := map[string]string{}
@@ -268,7 +268,10 @@ func parseOptim(recipe string, steps int) (train.OptimSpec, error) {
 				if err != nil || f <= 0 || f > 100 {
 					return spec, fmt.Errorf("optimizer recipe %q: freeze=%q is not a percentage in (0,100]", recipe, v)
 				}
-				freeze = max(1, int(f/100*float64(steps)))
+				// At least 50 steps (or the whole run): the variance
+				// estimate v must settle before it is frozen, or the
+				// compressed stage diverges.
+				freeze = max(1, int(f/100*float64(steps)), min(50, steps))
 			} else {
 				f, err := strconv.Atoi(v)
 				if err != nil || f < 1 {

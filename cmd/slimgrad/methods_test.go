@@ -1,0 +1,83 @@
+package main
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestParseOptim(t *testing.T) {
+	cases := []struct {
+		recipe string
+		steps  int
+		flat   bool
+		name   string // optimizer String() prefix
+		err    string
+	}{
+		{"sgd:lr=0.5", 10, false, "sgd", ""},
+		{"momentum", 10, false, "momentum", ""},
+		{"nesterov:lr=0.1,m=0.8,wd=1e-4", 10, false, "", ""},
+		{"dgcsgd:lr=0.1,m=0.9", 10, false, "", ""},
+		{"adam:lr=0.001", 10, false, "adam", ""},
+		{"onebitadam:freeze=20%", 1000, true, "", ""},
+		{"onebitadam:freeze=7", 1000, true, "", ""},
+		{"rmsprop", 10, false, "", "unknown optimizer"},
+		{"momentum:lr=fast", 10, false, "", "not a number"},
+		{"momentum:beta=0.9", 10, false, "", "unknown key"},
+		{"momentum:lr", 10, false, "", "not key=value"},
+		{"onebitadam:freeze=0", 10, false, "", "step count"},
+		{"onebitadam:freeze=120%", 10, false, "", "percentage"},
+		{"momentum:m=1.5", 10, false, "", "bad config"},
+	}
+	for _, tc := range cases {
+		spec, err := parseOptim(tc.recipe, tc.steps)
+		if err == nil && spec.New != nil {
+			_, err = spec.New(16)
+		}
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: err %v, want %q", tc.recipe, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.recipe, err)
+			continue
+		}
+		if spec.Flat != tc.flat {
+			t.Errorf("%q: flat %v", tc.recipe, spec.Flat)
+		}
+	}
+}
+
+func TestOneBitAdamFreezeFloor(t *testing.T) {
+	for _, tc := range []struct{ steps, freeze int }{{1000, 200}, {100, 50}, {20, 20}} {
+		spec, err := parseOptim("onebitadam:freeze=20%", tc.steps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := spec.New(8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "freeze_step=" + strconv.Itoa(tc.freeze) + ")"; !strings.Contains(o.String(), want) {
+			t.Errorf("%d steps: %s, want %s", tc.steps, o.String(), want)
+		}
+	}
+}
+
+func TestSelectMethods(t *testing.T) {
+	o := defaultSimOptions()
+	ms, err := selectMethods(o)
+	if err != nil || len(ms) != 4 || ms[0].Name != "dense" || ms[1].Name != "dgc" || ms[2].Name != "onebitadam" || ms[3].Name != "econtrol" {
+		t.Fatalf("default methods %v, %v", ms, err)
+	}
+	o.Compress, o.EF = "topk:0.01", "dgc:0.9"
+	ms, _ = selectMethods(o)
+	if len(ms) != 2 || ms[0].Name != "dense" || ms[1].Optim != "dgcsgd:lr=0.1,m=0.9" {
+		t.Errorf("custom: %+v", ms)
+	}
+	if _, err := selectMethods(simOptions{Methods: ""}); err == nil {
+		t.Error("no methods: no error")
+	}
+}
