@@ -21,9 +21,13 @@
 // receiver returns credit as Recv consumes messages.
 //
 // Every rank publishes a heartbeat every Heartbeat; a peer heard from for no
-// PeerTimeout, a peer that says goodbye (Close), a connection to the server
-// down for PeerTimeout and a bad frame all become a *transport.PeerError on
-// the calls concerning that peer.
+// PeerTimeout, a peer that says goodbye (Close) and a bad frame become a
+// *transport.PeerError on the calls concerning that peer. A break of this
+// rank's connection to the server (closed, disconnected, or reconnected, as
+// messages in flight may have been lost) fails every peer within one
+// Heartbeat. A server must therefore not cut slow consumers: its per-client
+// max_pending should exceed (size-1) × (Window + MaxFrame-sized message in
+// flight); NewGroup sets 1 GiB.
 //
 // Dial connects to a server (an external one, with a token or credentials
 // file, or a natsserver started by the caller); New uses a connection the
@@ -147,9 +151,9 @@ func Dial(ctx context.Context, url, job string, rank, size int, opts ...Option) 
 	defer cancel()
 	nopts := []natsgo.Option{
 		natsgo.Name(fmt.Sprintf("slimgrad %s rank %d", job, rank)),
-		natsgo.MaxReconnects(-1),
-		natsgo.ReconnectWait(100 * time.Millisecond),
-		natsgo.ReconnectBufSize(-1), // publishing while disconnected fails at once
+		// Core NATS drops what is in flight when a connection breaks, and
+		// a broken link fails the job's peers anyway (see heartbeat).
+		natsgo.NoReconnect(),
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		nopts = append(nopts, natsgo.Timeout(time.Until(dl)))
@@ -662,7 +666,7 @@ func (c *Conn) heartbeat() {
 	t := time.NewTicker(c.cfg.Heartbeat)
 	defer t.Stop()
 	c.publishCtl(c.subjHB, flagHello, nil)
-	var downSince time.Time
+	reconnects := c.nc.Stats().Reconnects
 	for {
 		select {
 		case <-c.closed:
@@ -674,18 +678,16 @@ func (c *Conn) heartbeat() {
 			continue
 		}
 		now := time.Now()
-		if c.nc.IsConnected() {
-			downSince = time.Time{}
-		} else if downSince.IsZero() {
-			downSince = now
-		}
-		lost := c.nc.IsClosed() || (!downSince.IsZero() && now.Sub(downSince) > c.cfg.PeerTimeout)
+		// Any break of the connection may have lost chunks or credit in
+		// flight (at-most-once delivery), which would leave a sender and a
+		// receiver waiting for each other: every link fails at once.
+		lost := !c.nc.IsConnected() || c.nc.Stats().Reconnects != reconnects
 		for p := range c.peers {
 			if p == c.rank {
 				continue
 			}
 			if lost {
-				c.failPeer(p, fmt.Errorf("%w: connection to the NATS server lost (%v)", transport.ErrPeerDead, c.nc.Status()), false)
+				c.failPeer(p, fmt.Errorf("%w: connection to the NATS server broken (%v); messages may be lost", transport.ErrPeerDead, c.nc.Status()), false)
 				continue
 			}
 			if d := now.Sub(time.Unix(0, c.peers[p].lastSeen.Load())); d > c.cfg.PeerTimeout {
@@ -702,8 +704,9 @@ type Group struct {
 }
 
 // NewGroup starts an embedded NATS server on a free loopback port (with a
-// random token unless WithToken is given) and connects n ranks of job
-// "local" to it over TCP. Close shuts everything down.
+// random token unless WithToken is given, and a per-client max pending of
+// 1 GiB unless WithServer sets one) and connects n ranks of job "local" to it
+// over TCP. Close shuts everything down.
 func NewGroup(ctx context.Context, n int, opts ...Option) (*Group, error) {
 	cfg, err := buildConfig(opts)
 	if err != nil {
@@ -711,6 +714,9 @@ func NewGroup(ctx context.Context, n int, opts ...Option) (*Group, error) {
 	}
 	if n < 1 {
 		return nil, fmt.Errorf("%w: group size %d", ErrJob, n)
+	}
+	if cfg.Server.MaxPending == 0 {
+		cfg.Server.MaxPending = 1 << 30
 	}
 	if cfg.Token == "" {
 		var b [16]byte

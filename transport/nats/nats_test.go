@@ -406,3 +406,53 @@ func TestMissingCredentials(t *testing.T) {
 		t.Fatal("Dial with a missing credentials file succeeded")
 	}
 }
+
+// TestReconnectFailsPeers: a caller-owned connection that reconnects to a
+// restarted server may have lost messages in flight, so every peer fails.
+func TestReconnectFailsPeers(t *testing.T) {
+	srv, err := natsserver.Start(t.Context(), natsserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := srv.Addr().Port
+	url := srv.ClientURL()
+	ncs := make([]*natsgo.Conn, 2)
+	for i := range ncs {
+		nc, err := natsgo.Connect(url, natsgo.MaxReconnects(-1), natsgo.ReconnectWait(20*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		ncs[i] = nc
+	}
+	conns := make([]*nats.Conn, 2)
+	errs := make([]error, 2)
+	done := make(chan int, 2)
+	for r := range 2 {
+		go func() {
+			conns[r], errs[r] = nats.New(t.Context(), ncs[r], "reconn", r, 2, fastHB)
+			done <- r
+		}()
+	}
+	<-done
+	<-done
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	defer conns[0].Close()
+	defer conns[1].Close()
+	srv.Shutdown()
+	srv2, err := natsserver.Start(t.Context(), natsserver.Options{Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv2.Shutdown()
+	for r := range 2 {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		_, err := conns[r].Recv(ctx, 1-r, 1)
+		cancel()
+		if !errors.Is(err, transport.ErrPeerDead) {
+			t.Errorf("rank %d: Recv after the server restarted: err = %v, want ErrPeerDead", r, err)
+		}
+	}
+}

@@ -27,7 +27,8 @@ type Config struct {
 	// CredsFile is a NATS credentials file (nats.UserCredentials).
 	CredsFile string
 	// NATSOptions are passed to nats.Connect after the ones derived from
-	// this Config (Dial and NewGroup only).
+	// this Config (Dial and NewGroup only). Dial disables reconnection, as
+	// any break of the connection fails every peer (see the package doc).
 	NATSOptions []natsgo.Option
 	// SubjectPrefix is the first subject token; subjects are
 	// <prefix>.<job>.{d,c}.<dst>.<src> and <prefix>.<job>.h.<src>.
@@ -47,8 +48,7 @@ type Config struct {
 	// Heartbeat is how often a Conn tells its peers it is alive.
 	Heartbeat time.Duration
 	// PeerTimeout is how long a peer may stay silent (no heartbeat, no
-	// data) before it is declared dead; also how long the connection to the
-	// server may stay down before every peer is declared unreachable.
+	// data) before it is declared dead.
 	PeerTimeout time.Duration
 	// ConnectTimeout bounds Dial/New when ctx has no earlier deadline: the
 	// connection and the wait until every peer is heard from.
