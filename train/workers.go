@@ -190,6 +190,13 @@ type RankConfig struct {
 	// Rank and World place this process in the job; they must match the
 	// worker's transport.
 	Rank, World int
+	// Combine, if not nil, turns this rank's mini-batch loss and byte
+	// counts into the job's (the mean loss summed in rank order as Run does,
+	// the bytes of all ranks), e.g. by gathering them at rank 0. Ranks that
+	// do not learn the job's figures return their own. Without Combine,
+	// Record.Loss is this rank's loss and the byte counts are this rank's
+	// times World (an estimate: sparse payloads differ between ranks).
+	Combine func(ctx context.Context, step int, loss float64, st Stats) (float64, Stats, error)
 }
 
 // RunRank trains one rank of a multi-process data-parallel job: this
@@ -199,8 +206,9 @@ type RankConfig struct {
 // the same seed and settings every rank's parameters follow those of Run's
 // replicas when the exchanges compute the same (see WorkerOptions).
 //
-// Record.Loss is this rank's mini-batch loss; test metrics are evaluated on
-// every rank (the replicas are identical). Records carry this rank's ledger
+// Record.Loss is this rank's mini-batch loss, or the job's mean through
+// cfg.MeanLoss; test metrics are evaluated on every rank (the replicas are
+// identical). Records carry this rank's ledger
 // bytes scaled to the whole job (its bytes times World), so that byte columns
 // compare with Run's.
 func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, plan Plan, opt OptimSpec, codec string, onStep func(Record)) (*Result, error) {
@@ -291,11 +299,17 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 			}
 		}
 		st := statsOf([]*worker.Ledger{led}, len(units))
-		scale := int64(cfg.World)
-		st.PayloadBytes, st.WireBytes, st.DenseBytes = scale*st.PayloadBytes, scale*st.WireBytes, scale*st.DenseBytes
-		for i := range st.Layers {
-			l := &st.Layers[i]
-			l.PayloadBytes, l.WireBytes, l.DenseBytes = scale*l.PayloadBytes, scale*l.WireBytes, scale*l.DenseBytes
+		if cfg.Combine != nil {
+			if loss, st, err = cfg.Combine(ctx, step, loss, st); err != nil {
+				return res, fmt.Errorf("train: rank %d step %d: combining the ranks' figures: %w", cfg.Rank, step, err)
+			}
+		} else {
+			scale := int64(cfg.World)
+			st.PayloadBytes, st.WireBytes, st.DenseBytes = scale*st.PayloadBytes, scale*st.WireBytes, scale*st.DenseBytes
+			for i := range st.Layers {
+				l := &st.Layers[i]
+				l.PayloadBytes, l.WireBytes, l.DenseBytes = scale*l.PayloadBytes, scale*l.WireBytes, scale*l.DenseBytes
+			}
 		}
 		rec := Record{Step: step, Loss: loss, Stats: st}
 		tot.TotalWireBytes += st.WireBytes

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -201,6 +202,51 @@ func finishBarrier(ctx context.Context, conn transport.Conn) error {
 	return nil
 }
 
+// figuresTag is the tag of step's figures message to rank 0 (above the
+// worker's tags, below the barrier's).
+func figuresTag(step int) uint64 { return uint64(0xfffffffe)<<32 | uint64(uint32(step)) }
+
+// gatherFigures sends this rank's loss and per-layer byte counts to rank 0,
+// which returns the job's: the mean loss summed in rank order (as `slimgrad
+// sim` computes it) and the bytes of all ranks. Other ranks return their own.
+func gatherFigures(conn transport.Conn) func(ctx context.Context, step int, loss float64, st train.Stats) (float64, train.Stats, error) {
+	return func(ctx context.Context, step int, loss float64, st train.Stats) (float64, train.Stats, error) {
+		if conn.Rank() != 0 {
+			b := binary.LittleEndian.AppendUint64(nil, math.Float64bits(loss))
+			for _, l := range st.Layers {
+				b = binary.LittleEndian.AppendUint64(b, uint64(l.PayloadBytes))
+				b = binary.LittleEndian.AppendUint64(b, uint64(l.WireBytes))
+				b = binary.LittleEndian.AppendUint64(b, uint64(l.DenseBytes))
+			}
+			return loss, st, conn.Send(ctx, 0, figuresTag(step), b)
+		}
+		sum := loss
+		for p := 1; p < conn.Size(); p++ {
+			b, err := conn.Recv(ctx, p, figuresTag(step))
+			if err != nil {
+				return 0, st, err
+			}
+			if len(b) != 8+24*len(st.Layers) {
+				return 0, st, fmt.Errorf("figures message of %d bytes from rank %d", len(b), p)
+			}
+			sum += math.Float64frombits(binary.LittleEndian.Uint64(b))
+			for i := range st.Layers {
+				l, o := &st.Layers[i], 8+24*i
+				l.PayloadBytes += int64(binary.LittleEndian.Uint64(b[o:]))
+				l.WireBytes += int64(binary.LittleEndian.Uint64(b[o+8:]))
+				l.DenseBytes += int64(binary.LittleEndian.Uint64(b[o+16:]))
+			}
+		}
+		st.PayloadBytes, st.WireBytes, st.DenseBytes = 0, 0, 0
+		for _, l := range st.Layers {
+			st.PayloadBytes += l.PayloadBytes
+			st.WireBytes += l.WireBytes
+			st.DenseBytes += l.DenseBytes
+		}
+		return sum / float64(conn.Size()), st, nil
+	}
+}
+
 // paramsDigest is a short digest of a parameter vector, to compare replicas
 // across processes (and with `slimgrad sim`).
 func paramsDigest(x []float32) string {
@@ -278,7 +324,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	lastAcc := -1.0
 	cfg := train.RankConfig{Config: train.Config{Workers: o.World, Batch: o.Batch, Steps: o.Steps, Seed: o.Seed, Split: split,
-		EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log}, Rank: r, World: o.World}
+		EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log}, Rank: r, World: o.World, Combine: gatherFigures(conn)}
 	start := time.Now()
 	res, err := train.RunRank(ctx, cfg, task, w, m.plan(o.Steps, o.Seed), spec, codec, func(rec train.Record) {
 		if rec.Evaluated {
@@ -298,10 +344,11 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		return fmt.Errorf("rank %d: %w", r, err)
 	}
 	last := res.Last
-	fmt.Fprintf(stdout, "rank %d/%d done: test accuracy %.4f test loss %.6f params %s, sent %s (dense ring %s, %.1f× saved), %s\n",
-		r, o.World, res.Final.Accuracy, res.Final.Loss, paramsDigest(res.Model.Flat()),
-		fmtBytes(last.TotalWireBytes/int64(o.World)), fmtBytes(last.TotalDenseBytes/int64(o.World)),
-		last.Saved(), time.Since(start).Round(time.Millisecond))
+	summary := fmt.Sprintf("rank %d/%d done: test accuracy %.4f test loss %.6f params %s", r, o.World, res.Final.Accuracy, res.Final.Loss, paramsDigest(res.Model.Flat()))
+	if r == 0 {
+		summary += fmt.Sprintf(", all ranks sent %s (dense ring %s, %.1f× saved)", fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes), last.Saved())
+	}
+	fmt.Fprintf(stdout, "%s, %s\n", summary, time.Since(start).Round(time.Millisecond))
 	if r == 0 && o.Out != "" {
 		if err := os.MkdirAll(o.Out, 0o755); err != nil {
 			return err

@@ -54,9 +54,19 @@ func TestLaunch(t *testing.T) {
 			}
 			rows := readCSV(t, dir+"/steps.csv")
 			if len(rows) != 30 {
-				t.Errorf("rank 0 wrote %d rows", len(rows))
+				t.Fatalf("rank 0 wrote %d rows", len(rows))
 			}
 			checkLedgerColumns(t, rows)
+			// The same loss curve and the same bytes as the simulator.
+			for i, r := range rows {
+				simRec := rep.Runs[0].Result.Records[i]
+				if got := num(t, r, "loss"); got != simRec.Loss {
+					t.Errorf("step %d: loss %v, sim %v", i, got, simRec.Loss)
+				}
+				if got := num(t, r, "wire_bytes"); got != float64(simRec.WireBytes) {
+					t.Errorf("step %d: wire bytes %v, sim %v", i, got, simRec.WireBytes)
+				}
+			}
 		})
 	}
 }

@@ -71,7 +71,7 @@ var csvHeader = []string{
 }
 
 func csvRow(name string, r train.Record) []string {
-	f := func(v float64) string { return strconv.FormatFloat(v, 'g', 8, 64) }
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 	i := func(v int64) string { return strconv.FormatInt(v, 10) }
 	return []string{
 		name, strconv.Itoa(r.Step), f(r.Loss), strconv.FormatBool(r.Evaluated), f(r.TestLoss), f(r.Accuracy),
