@@ -39,7 +39,7 @@ func TestConformance(t *testing.T) {
 // crash makes rank r vanish as a killed process would: its host closes
 // every connection, with no goodbye on the streams.
 func crash(t *testing.T, conns []transport.Conn, r int) {
-	if err := conns[r].(*Conn).node.Close(); err != nil {
+	if err := conns[r].(*Conn).node.closeHost(); err != nil {
 		t.Logf("crash: %v", err)
 	}
 }

@@ -140,8 +140,15 @@ func (n *Node) Connect(ctx context.Context, rank int, peers []Peer) (*Conn, erro
 		n.Close()
 		return nil, err
 	}
+	n.mu.Lock()
+	n.conn = c
+	n.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, n.opts.ConnectTimeout)
 	defer cancel()
+	// Heartbeats start with the first stream: a peer that connected early
+	// must not see us as silent while we wait for the others.
+	c.wg.Add(1)
+	go c.heartbeat()
 
 	errs := make([]error, c.size)
 	var dwg sync.WaitGroup
@@ -177,12 +184,6 @@ func (n *Node) Connect(ctx context.Context, rank int, peers []Peer) (*Conn, erro
 		return nil, fmt.Errorf("libp2p: rank %d could not connect to %d of %d peers: %w",
 			rank, len(missing), c.size-1, errors.Join(missing...))
 	}
-	c.mu.Lock()
-	if !c.isClosing {
-		c.wg.Add(1)
-		go c.heartbeat()
-	}
-	c.mu.Unlock()
 	return c, nil
 }
 
@@ -485,7 +486,7 @@ func (c *Conn) Close() error {
 				l.resetStreams()
 			}
 		}
-		c.closeErr = c.node.Close()
+		c.closeErr = c.node.closeHost()
 		c.wg.Wait()
 	})
 	return c.closeErr
@@ -891,12 +892,17 @@ func (c *Conn) heartbeat() {
 			if l == nil || l.failed() {
 				continue
 			}
-			if silent := time.Duration(now - l.lastRead.Load()); silent > c.opts.PeerTimeout {
+			if last := l.lastRead.Load(); last == 0 {
+				// No stream from the peer yet (Connect is waiting for it).
+			} else if silent := time.Duration(now - last); silent > c.opts.PeerTimeout {
 				l.fail(fmt.Errorf("%w: silent for %v (timeout %v)", transport.ErrPeerDead,
 					silent.Round(time.Millisecond), c.opts.PeerTimeout))
 				continue
 			}
-			if time.Duration(now-l.lastWrite.Load()) < c.opts.Heartbeat {
+			l.cmu.Lock()
+			s := l.out
+			l.cmu.Unlock()
+			if s == nil || time.Duration(now-l.lastWrite.Load()) < c.opts.Heartbeat {
 				continue
 			}
 			select {
@@ -904,7 +910,6 @@ func (c *Conn) heartbeat() {
 			default:
 				continue // a Send is writing: that is traffic enough
 			}
-			s := l.out
 			s.SetWriteDeadline(time.Now().Add(c.opts.Heartbeat))
 			n, err := s.Write(ping[:])
 			s.SetWriteDeadline(time.Time{})

@@ -441,3 +441,58 @@ func TestConcurrentCloseIsQuick(t *testing.T) {
 		t.Errorf("concurrent Close took %v", d)
 	}
 }
+
+// TestLateJoinerNoFalseDeath: ranks that connected early keep hearing from
+// each other while they wait for a rank that starts late, well past the
+// peer timeout.
+func TestLateJoinerNoFalseDeath(t *testing.T) {
+	opts := fast(WithPeerTimeout(300*time.Millisecond, 50*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	const n = 3
+	nodes := make([]*Node, n)
+	peers := make([]Peer, n)
+	for i := range nodes {
+		nd, err := Listen(ctx, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nd.Close()
+		nodes[i], peers[i] = nd, nd.Peer()
+	}
+	conns := make([]*Conn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i == n-1 {
+				time.Sleep(time.Second) // late, on purpose: > 3 peer timeouts
+			}
+			conns[i], errs[i] = nodes[i].Connect(ctx, i, peers)
+		}()
+	}
+	wg.Wait()
+	for _, c := range conns {
+		if c != nil {
+			defer c.Close()
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	// Idle for a few heartbeats (less than a peer timeout), so that the
+	// liveness checks run before any data flows.
+	time.Sleep(200 * time.Millisecond)
+	for r, c := range conns {
+		if err := c.Send(ctx, (r+1)%n, 1, []byte{byte(r)}); err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	for r, c := range conns {
+		if b, err := c.Recv(ctx, (r+n-1)%n, 1); err != nil || int(b[0]) != (r+n-1)%n {
+			t.Fatalf("rank %d: %v, %v", r, b, err)
+		}
+	}
+}

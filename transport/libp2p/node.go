@@ -58,6 +58,7 @@ type Node struct {
 
 	mu        sync.Mutex
 	connected bool
+	conn      *Conn // set by Connect
 	closed    bool
 }
 
@@ -133,6 +134,16 @@ func (n *Node) Refused() int64 { return n.gater.refused.Load() }
 // Close shuts the host down. After a successful Connect, closing the node
 // closes the Conn. Close is idempotent.
 func (n *Node) Close() error {
+	n.mu.Lock()
+	c := n.conn
+	n.mu.Unlock()
+	if c != nil {
+		return c.Close()
+	}
+	return n.closeHost()
+}
+
+func (n *Node) closeHost() error {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
