@@ -267,6 +267,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	o.register(fs)
 	rank := fs.Int("rank", -1, "this process's rank (NATS transport; libp2p ranks come from the rendezvous)")
 	fs.IntVar(&o.World, "world", 0, "number of processes in the job")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics of this process on this address, e.g. :9090")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: slimgrad worker --nats URL --job ID --world N [--rank R] [flags]\n\nOne process of a data-parallel job: trains its replica on its shard and exchanges\ngradients with the others over NATS or libp2p. `slimgrad launch` starts these for you.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -297,6 +298,13 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
+	var met *metrics
+	if *metricsAddr != "" {
+		if met, err = startMetrics(ctx, *metricsAddr, log); err != nil {
+			return err
+		}
+		defer met.Close()
+	}
 	cctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	conn, err := connect(cctx, &o, *rank)
 	cancel()
@@ -326,10 +334,12 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	cfg := train.RankConfig{Config: train.Config{Workers: o.World, Batch: o.Batch, Steps: o.Steps, Seed: o.Seed, Split: split,
 		EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log}, Rank: r, World: o.World, Combine: gatherFigures(conn)}
 	start := time.Now()
+	units := train.Units(task.Model, spec.Flat)
 	res, err := train.RunRank(ctx, cfg, task, w, m.plan(o.Steps, o.Seed), spec, codec, func(rec train.Record) {
 		if rec.Evaluated {
 			lastAcc = rec.Accuracy
 		}
+		met.observe(m.Name, units, rec)
 		if r == 0 && (rec.Step%printEvery == 0 || rec.Step == o.Steps-1) {
 			fmt.Fprintln(stdout, stepLine(rec, lastAcc, fmtDuration(rec.Wall)))
 		}
