@@ -22,6 +22,23 @@
 // transport.ErrPeerDead (or transport.ErrBadFrame for a corrupt frame).
 // Messages that arrived before the failure can still be received.
 //
+// Cancellation: a Send or Recv that waits (for credit, for its turn on the
+// stream, for a message) returns ctx.Err() when ctx ends and leaves the
+// link intact. A Send whose frame is already being written when ctx ends
+// resets the stream, as go-libp2p streams are cancelled; the link to that
+// peer is then unusable on both sides, like a dead peer's.
+//
+// Starting a group: Listen starts a node (its ID and addresses can then be
+// published), Node.Connect joins the group once ranks are known; New does
+// both when the peers are known in advance. Package transport/rendezvous
+// assigns ranks over NATS (rendezvous.JoinLibp2p does everything in one
+// call); Node.ServeBootstrap and Node.JoinBootstrap do it through one
+// member acting as bootstrap peer, without NATS.
+//
+// Close tells the peers this rank is done and waits (up to
+// Options.CloseTimeout) until they have read everything it sent, then
+// stops every goroutine it started.
+//
 // Frame flags used on the wire (frame.go leaves them to implementations):
 // 0 data, 1 hello, 2 hello acknowledgement, 3 heartbeat, 4 credit.
 package libp2p
