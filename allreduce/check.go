@@ -430,7 +430,7 @@ func (c *checker) run() error {
 		if !m.Finished() {
 			for q, p := range c.progs {
 				for i := range p.Ops {
-					if state[q][i] == posted && !ms[q].done[i] {
+					if state[q][i] == posted && !ms[q].opDone(int32(i)) {
 						o := &p.Ops[i]
 						return fmt.Errorf("deadlock: rank %d finishes %d of %d ops; rank %d op %d waits for message %d from rank %d", r, len(c.progs[r].Ops)-m.Remaining(), len(c.progs[r].Ops), q, i, o.Msg, o.Peer)
 					}

@@ -11,17 +11,37 @@ import (
 // all its dependencies are done; ready ops are returned in the order they
 // became ready (program order among the initially ready ones).
 //
+// All per-op state (dependency counter, issued and done bits, the driver's
+// marks and, for up to two dependents, the dependents themselves) is packed
+// into one 12-byte record per op, so that stepping an op touches one cache
+// line: the simulator steps thousands of Machines in lock-step, where every
+// separate array costs a cache and TLB miss per op.
+//
 // A Machine is not safe for concurrent use.
 type Machine struct {
 	prog      *Program
-	waiting   []int8  // unfinished deps per op; -1 once issued
-	first     []int32 // CSR: dependents of op i are next[first[i]:first[i+1]]
-	next      []int32
-	ready     []int32 // ops whose deps are done, not yet issued (a queue, sorted lazily)
-	issued    []bool
-	done      []bool
+	st        []opState
+	more      []int32 // dependents of ops with more than two (stOverflow)
+	ready     []int32 // ops whose deps are done, not yet issued, in order
 	remaining int
 }
+
+// opState is one op's state. bits: the number of unfinished dependencies
+// (stWait), stIssued, stDone, stOverflow, and the driver's marks
+// (stMarkShift). s holds the op's dependents (-1: none) or, with
+// stOverflow, the start and count of its dependents in Machine.more.
+type opState struct {
+	bits uint32
+	s    [2]int32
+}
+
+const (
+	stWait      = 3 // mask: unfinished dependencies (at most 2)
+	stIssued    = 1 << 2
+	stDone      = 1 << 3
+	stOverflow  = 1 << 4
+	stMarkShift = 8
+)
 
 // ErrNotIssued is returned by Done for an op that was never handed out or was
 // already reported.
@@ -38,52 +58,62 @@ func NewMachine(p *Program) (*Machine, error) {
 	return m, nil
 }
 
-// Reset rewinds m to the start of p, reusing its memory.
+// Reset rewinds m to the start of p, reusing its memory. On error m is
+// unusable until the next successful Reset.
 func (m *Machine) Reset(p *Program) error {
 	n := len(p.Ops)
 	m.prog = p
-	m.waiting = grow(m.waiting, n)
-	m.issued = grow(m.issued, n)
-	m.done = grow(m.done, n)
-	m.first = grow(m.first, n+1)
-	for i := range m.first {
-		m.first[i] = 0
+	m.st = grow(m.st, n)
+	// Pass 1: validate, count dependencies and dependents (in s[0]).
+	for i := range m.st {
+		m.st[i] = opState{}
 	}
-	edges := 0
 	for i := range p.Ops {
-		m.waiting[i] = 0
-		m.issued[i] = false
-		m.done[i] = false
 		for _, d := range p.Ops[i].Deps {
 			if d == NoDep {
 				continue
 			}
 			if d < 0 || int(d) >= i {
+				m.st = m.st[:0]
+				m.prog = nil
 				return fmt.Errorf("allreduce: %s rank %d op %d depends on op %d", p.Name, p.Rank, i, d)
 			}
-			m.waiting[i]++
-			m.first[d+1]++
-			edges++
+			m.st[i].bits++
+			m.st[d].s[0]++
 		}
 	}
-	for i := 0; i < n; i++ {
-		m.first[i+1] += m.first[i]
+	// Ops with more than two dependents get a range of m.more.
+	extra := int32(0)
+	for i := range m.st {
+		s := &m.st[i]
+		if c := s.s[0]; c > 2 {
+			s.bits |= stOverflow
+			s.s = [2]int32{extra, 0}
+			extra += c
+		} else {
+			s.s = [2]int32{-1, -1}
+		}
 	}
-	m.next = grow(m.next, edges)
-	fill := grow(m.ready, n) // reuse as a cursor array temporarily
-	copy(fill, m.first[:n])
+	m.more = grow(m.more, int(extra))
+	// Pass 2: record dependents in program order.
+	m.ready = m.ready[:0]
 	for i := range p.Ops {
 		for _, d := range p.Ops[i].Deps {
 			if d == NoDep {
 				continue
 			}
-			m.next[fill[d]] = int32(i)
-			fill[d]++
+			s := &m.st[d]
+			switch {
+			case s.bits&stOverflow != 0:
+				m.more[s.s[0]+s.s[1]] = int32(i)
+				s.s[1]++
+			case s.s[0] < 0:
+				s.s[0] = int32(i)
+			default:
+				s.s[1] = int32(i)
+			}
 		}
-	}
-	m.ready = fill[:0]
-	for i := range p.Ops {
-		if m.waiting[i] == 0 {
+		if m.st[i].bits&stWait == 0 {
 			m.ready = append(m.ready, int32(i))
 		}
 	}
@@ -105,7 +135,7 @@ func (m *Machine) Program() *Program { return m.prog }
 // in flight and returns the extended slice. Each op is returned once.
 func (m *Machine) Ready(dst []int32) []int32 {
 	for _, i := range m.ready {
-		m.issued[i] = true
+		m.st[i].bits |= stIssued
 	}
 	dst = append(dst, m.ready...)
 	m.ready = m.ready[:0]
@@ -113,20 +143,37 @@ func (m *Machine) Ready(dst []int32) []int32 {
 }
 
 // Done reports op i finished. The ops that depended only on finished ops
-// become ready.
+// become ready. It returns an error wrapping ErrNotIssued if i was not
+// handed out by Ready or was already reported.
 func (m *Machine) Done(i int32) error {
-	if i < 0 || int(i) >= len(m.done) || !m.issued[i] || m.done[i] {
+	if uint(i) >= uint(len(m.st)) || m.st[i].bits&(stIssued|stDone) != stIssued {
 		return fmt.Errorf("%w: %d", ErrNotIssued, i)
 	}
-	m.done[i] = true
+	s := &m.st[i]
+	s.bits |= stDone
 	m.remaining--
-	for _, j := range m.next[m.first[i]:m.first[i+1]] {
-		m.waiting[j]--
-		if m.waiting[j] == 0 {
-			m.ready = append(m.ready, j)
+	if s.bits&stOverflow != 0 {
+		for _, j := range m.more[s.s[0] : s.s[0]+s.s[1]] {
+			m.release(j)
+		}
+		return nil
+	}
+	if j := s.s[0]; j >= 0 {
+		m.release(j)
+		if j := s.s[1]; j >= 0 {
+			m.release(j)
 		}
 	}
 	return nil
+}
+
+// release counts one finished dependency of op j.
+func (m *Machine) release(j int32) {
+	b := &m.st[j].bits
+	*b--
+	if *b&stWait == 0 {
+		m.ready = append(m.ready, j)
+	}
 }
 
 // Finished reports whether every op is done.
@@ -134,3 +181,20 @@ func (m *Machine) Finished() bool { return m.remaining == 0 }
 
 // Remaining is the number of ops not yet done.
 func (m *Machine) Remaining() int { return m.remaining }
+
+// Marks returns the driver's mark bits of op i: eight bits per op that the
+// Machine stores next to the op's own state for its driver (e.g. "message
+// arrived"), zero after Reset and never interpreted by the Machine. Keeping
+// them here spares a driver a parallel per-op array. i must be in range.
+func (m *Machine) Marks(i int32) uint8 { return uint8(m.st[i].bits >> stMarkShift) }
+
+// Mark sets the mark bits b of op i (ORs them in) and returns the marks as
+// they are now. i must be in range.
+func (m *Machine) Mark(i int32, b uint8) uint8 {
+	s := &m.st[i].bits
+	*s |= uint32(b) << stMarkShift
+	return uint8(*s >> stMarkShift)
+}
+
+// opDone reports whether op i was reported done.
+func (m *Machine) opDone(i int32) bool { return m.st[i].bits&stDone != 0 }

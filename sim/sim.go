@@ -145,19 +145,11 @@ var (
 	ErrProgram  = errors.New("sim: bad program")
 )
 
-// Recv op state: two bits per op in machine.flags (posted, arrived).
+// Recv op state: marks kept in the op's Machine state (Machine.Mark).
 const (
-	flPosted  uint64 = 1
-	flArrived uint64 = 2
+	flPosted  uint8 = 1
+	flArrived uint8 = 2
 )
-
-func (ms *machine) flag(i int32) uint64 {
-	return ms.flags[i>>5] >> (uint(i&31) * 2) & 3
-}
-
-func (ms *machine) setFlag(i int32, f uint64) {
-	ms.flags[i>>5] |= f << (uint(i&31) * 2)
-}
 
 type machine struct {
 	m     allreduce.Machine
@@ -166,7 +158,6 @@ type machine struct {
 	coll  int32
 	rank  int32
 	node  int32
-	flags []uint64 // 2 bits per op, a window of driver.flagSlab
 	recvK []uint64 // sorted keys peer<<32|msg of recv ops (empty if all peers are dense)
 	recvI []int32  // op index of the recvs in key order
 	// peer directory: peer dirP[k]'s recvs are recvI[dirO[k]:dirO[k+1]];
@@ -282,7 +273,6 @@ type driver struct {
 	res       *Result
 	pay       map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
 	pro       []allreduce.Op   // per collective: its prologue as a compute op
-	flagSlab  []uint64
 	pend      []msgInfo
 	pfree     []int32
 	trace     *Trace
@@ -435,18 +425,6 @@ func (d *driver) setup() error {
 	d.cfin = grow(d.cfin, len(d.colls))
 	d.cbytes = grow(d.cbytes, len(d.colls))
 	d.cleft = grow(d.cleft, len(d.colls))
-	// One slab for every machine's recv state keeps it dense in memory.
-	words := 0
-	for _, col := range d.colls {
-		for _, p := range col.Programs {
-			if p != nil {
-				words += (len(p.Ops) + 31) / 32
-			}
-		}
-	}
-	d.flagSlab = grow(d.flagSlab, words)
-	clear(d.flagSlab)
-	flagOff := 0
 	d.pro = grow(d.pro, len(d.colls))
 	for c := range d.colls {
 		pr := d.colls[c].Prologue
@@ -477,8 +455,6 @@ func (d *driver) setup() error {
 			if err := ms.m.Reset(p); err != nil {
 				return fmt.Errorf("%w: %w", ErrProgram, err)
 			}
-			ms.flags = d.flagSlab[flagOff : flagOff+(len(p.Ops)+31)/32 : flagOff+(len(p.Ops)+31)/32]
-			flagOff += (len(p.Ops) + 31) / 32
 			// Recv directory: keys (peer<<32 | msg) sorted with their op
 			// indices. The keys are kept only if some peer's messages are
 			// not numbered 0..n-1 (then lookups binary-search them).
@@ -639,8 +615,7 @@ func (d *driver) pump(g int32) error {
 					return err
 				}
 			case allreduce.Recv:
-				ms.setFlag(i, flPosted)
-				if ms.flag(i)&flArrived != 0 {
+				if ms.m.Mark(i, flPosted)&flArrived != 0 {
 					if err := d.completeRecv(g, ms, i); err != nil {
 						return err
 					}
@@ -821,9 +796,9 @@ func (d *driver) arrive(g, op int32, size uint32) error {
 	if ms.exec == nil && o.Bytes >= 0 && size != math.MaxUint32 && int64(size) != o.Bytes {
 		return fmt.Errorf("%w: collective %d: rank %d received %d bytes as #%d from %d, expected %d", ErrProgram, ms.coll, ms.rank, size, o.Msg, o.Peer, o.Bytes)
 	}
-	ms.setFlag(op, flArrived)
+	posted := ms.m.Mark(op, flArrived)&flPosted != 0
 	d.trace.add(d.now, TraceArrive, ms.coll, ms.rank, op, -1, 0)
-	if ms.flag(op)&flPosted == 0 {
+	if !posted {
 		return nil
 	}
 	if err := d.completeRecv(g, ms, op); err != nil {

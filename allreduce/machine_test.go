@@ -1,0 +1,178 @@
+package allreduce
+
+import (
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// refMachine is the obvious implementation of the Machine contract: after
+// Done(i), the ops that depend on i and now have all dependencies done become
+// ready, in program order.
+type refMachine struct {
+	p      *Program
+	done   []bool
+	queued []bool
+	ready  []int32
+}
+
+func newRef(p *Program) *refMachine {
+	r := &refMachine{p: p, done: make([]bool, len(p.Ops)), queued: make([]bool, len(p.Ops))}
+	for i := range p.Ops {
+		r.check(int32(i))
+	}
+	return r
+}
+
+func (r *refMachine) check(j int32) {
+	if r.queued[j] {
+		return
+	}
+	for _, d := range r.p.Ops[j].Deps {
+		if d != NoDep && !r.done[d] {
+			return
+		}
+	}
+	r.queued[j] = true
+	r.ready = append(r.ready, j)
+}
+
+func (r *refMachine) complete(i int32) {
+	r.done[i] = true
+	for j := i + 1; int(j) < len(r.p.Ops); j++ {
+		if d := r.p.Ops[j].Deps; d[0] == i || d[1] == i {
+			r.check(j)
+		}
+	}
+}
+
+// randomDAG builds a program of n compute ops with random backward
+// dependencies; hub ops collect many dependents (the overflow path).
+func randomDAG(rng *rand.Rand, n int) *Program {
+	p := &Program{Name: "random", World: 1}
+	hubs := []int32{}
+	for i := 0; i < n; i++ {
+		o := Op{Kind: Compute, Fn: FnBarrier, Deps: [2]int32{NoDep, NoDep}}
+		for k := range o.Deps {
+			if i == 0 || rng.IntN(4) == 0 {
+				continue
+			}
+			if len(hubs) > 0 && rng.IntN(3) == 0 {
+				o.Deps[k] = hubs[rng.IntN(len(hubs))]
+			} else {
+				o.Deps[k] = int32(rng.IntN(i))
+			}
+		}
+		if rng.IntN(10) == 0 {
+			hubs = append(hubs, int32(i))
+		}
+		p.Ops = append(p.Ops, o)
+	}
+	return p
+}
+
+func TestMachineMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	m := &Machine{} // reused across programs: Reset must clear everything
+	for trial := 0; trial < 300; trial++ {
+		p := randomDAG(rng, 1+rng.IntN(200))
+		if err := m.Reset(p); err != nil {
+			t.Fatal(err)
+		}
+		ref := newRef(p)
+		var inflight, got []int32
+		for steps := 0; ; steps++ {
+			got = m.Ready(got[:0])
+			if !slices.Equal(got, ref.ready) {
+				t.Fatalf("trial %d step %d: Ready = %v, reference %v", trial, steps, got, ref.ready)
+			}
+			ref.ready = ref.ready[:0]
+			inflight = append(inflight, got...)
+			if len(inflight) == 0 {
+				break
+			}
+			k := rng.IntN(len(inflight))
+			i := inflight[k]
+			inflight = slices.Delete(inflight, k, k+1)
+			if err := m.Done(i); err != nil {
+				t.Fatalf("trial %d: Done(%d): %v", trial, i, err)
+			}
+			ref.complete(i)
+			if !errors.Is(m.Done(i), ErrNotIssued) {
+				t.Fatalf("trial %d: second Done(%d) accepted", trial, i)
+			}
+		}
+		if !m.Finished() || m.Remaining() != 0 {
+			t.Fatalf("trial %d: not finished, %d remaining", trial, m.Remaining())
+		}
+	}
+}
+
+func TestMachineErrorsAndMarks(t *testing.T) {
+	p := &Program{Ops: []Op{
+		{Kind: Compute, Deps: [2]int32{NoDep, NoDep}},
+		{Kind: Compute, Deps: [2]int32{0, 0}}, // a duplicated dependency counts once per slot
+		{Kind: Compute, Deps: [2]int32{1, NoDep}},
+	}}
+	m, err := NewMachine(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int32{-1, 1, 3} {
+		if err := m.Done(i); !errors.Is(err, ErrNotIssued) {
+			t.Errorf("Done(%d) before issue: %v", i, err)
+		}
+	}
+	if got := m.Mark(1, 2); got != 2 {
+		t.Errorf("Mark(1, 2) = %d", got)
+	}
+	if got := m.Mark(1, 1); got != 3 || m.Marks(1) != 3 || m.Marks(0) != 0 {
+		t.Errorf("marks: %d, %d, %d", got, m.Marks(1), m.Marks(0))
+	}
+	r := m.Ready(nil)
+	if !slices.Equal(r, []int32{0}) {
+		t.Fatalf("Ready = %v", r)
+	}
+	if err := m.Done(0); err != nil {
+		t.Fatal(err)
+	}
+	if r = m.Ready(nil); !slices.Equal(r, []int32{1}) || m.Marks(1) != 3 {
+		t.Fatalf("Ready = %v, marks %d (marks must survive stepping)", r, m.Marks(1))
+	}
+	if err := m.Reset(p); err != nil || m.Marks(1) != 0 || m.Remaining() != 3 {
+		t.Fatalf("Reset: %v, marks %d, remaining %d", err, m.Marks(1), m.Remaining())
+	}
+	bad := &Program{Ops: []Op{{Kind: Compute, Deps: [2]int32{0, NoDep}}}}
+	if err := m.Reset(bad); err == nil {
+		t.Error("self-dependency accepted")
+	}
+	if _, err := NewMachine(&Program{Ops: []Op{{Kind: Compute, Deps: [2]int32{-2, NoDep}}}}); err == nil {
+		t.Error("negative dependency accepted")
+	}
+}
+
+func BenchmarkMachine(b *testing.B) {
+	p, err := Ring(Params{World: 64, Elems: 1 << 20, Segments: 4})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var m Machine
+	var ready, q []int32
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := m.Reset(p); err != nil {
+			b.Fatal(err)
+		}
+		// Complete ops in the order they are handed out (a FIFO driver).
+		q = m.Ready(q[:0])
+		for h := 0; h < len(q); h++ {
+			if err := m.Done(q[h]); err != nil {
+				b.Fatal(err)
+			}
+			ready = m.Ready(ready[:0])
+			q = append(q, ready...)
+		}
+	}
+	b.ReportMetric(float64(len(p.Ops)), "ops")
+}
