@@ -74,6 +74,8 @@ type Layer struct {
 	// LowRank with ef14.
 	resid, mcopy []float32
 
+	tp *twoPhase // TwoPhase: worker and server errors
+
 	t timer
 }
 
@@ -85,6 +87,51 @@ type timer struct {
 
 // New builds the layer's codec, error feedback, program and executor.
 func New(s Spec) (*Layer, error) {
+	l := &Layer{}
+	nl, err := build(s, &l.t, nil)
+	if err != nil {
+		return nil, err
+	}
+	*l = *nl
+	return l, nil
+}
+
+// SetCodec switches the layer to codec r with the shared seed seed (at a
+// step boundary, on every rank at the same step), keeping the error-feedback
+// state: the codec, program and executor are rebuilt for r (PowerSGD's P and
+// Q sized for the new rank, Q drawn from seed, so identically on every rank
+// that passes the same seed), while the PowerSGD ef14 residual, the
+// error feedback of gathered and dense codecs (switched with
+// errorfeedback.Feedback.SetCompressor) and the two-phase errors carry over.
+// r must have the layer's aggregation (a switch between schemes would change
+// what the state means); otherwise, or if the new codec cannot be built, it
+// returns an error wrapping ErrSpec (or the codec's error) and the layer is
+// unchanged. It must not be called between Begin and End.
+func (l *Layer) SetCodec(r compressors.Recipe, seed uint64) error {
+	if r.Aggregation() != l.agg {
+		return fmt.Errorf("%w: cannot switch %s (%v) to %s (%v)", ErrSpec, l.spec.Codec, l.agg, r, r.Aggregation())
+	}
+	s := l.spec
+	s.Codec, s.Seed = r, seed
+	nl, err := build(s, &l.t, l)
+	if err != nil {
+		return err
+	}
+	if l.fb != nil {
+		// Last, so that a failure leaves the layer as it was.
+		if err := l.fb.SetCompressor(nl.comp); err != nil {
+			return fmt.Errorf("adapt: switching to %s: %w", r, err)
+		}
+	}
+	nl.t = l.t
+	*l = *nl
+	return nil
+}
+
+// build makes a layer for s whose hooks account their time in t. With old
+// set, the error-feedback state of old is reused (not modified: the caller
+// switches old.fb to the new compressor).
+func build(s Spec, t *timer, old *Layer) (*Layer, error) {
 	if s.World < 1 || s.Rank < 0 || s.Rank >= s.World || s.Elems < 0 {
 		return nil, fmt.Errorf("%w: rank %d of %d, %d elements", ErrSpec, s.Rank, s.World, s.Elems)
 	}
@@ -120,9 +167,11 @@ func New(s Spec) (*Layer, error) {
 		p.ElemBytes = ec.BytesPerElem()
 		if s.Codec.Codec != compressors.CodecNone {
 			// Wrapped for timing; the raw fp32 path (zero copy) is the default.
-			xopts = append(xopts, allreduce.WithElementCodec(timedElem{ec, &l.t}))
+			xopts = append(xopts, allreduce.WithElementCodec(timedElem{ec, t}))
 		}
-		if s.EF.Kind != errorfeedback.KindNone {
+		if old != nil {
+			l.fb, l.payload = old.fb, old.payload
+		} else if s.EF.Kind != errorfeedback.KindNone {
 			if l.fb, err = s.EF.New(comp, errorfeedback.WithWorld(s.World)); err != nil {
 				return nil, err
 			}
@@ -130,21 +179,28 @@ func New(s Spec) (*Layer, error) {
 	case compressors.Gather:
 		alg = allreduce.AlgSparseGather
 		p.Segments = 0
-		if l.fb, err = s.EF.New(comp, errorfeedback.WithWorld(s.World)); err != nil {
+		if old != nil {
+			l.fb = old.fb
+		} else if l.fb, err = s.EF.New(comp, errorfeedback.WithWorld(s.World)); err != nil {
 			return nil, err
 		}
-		xopts = append(xopts, allreduce.WithPayloadCodec(&payloadCodec{fb: l.fb, comp: comp, t: &l.t}))
+		xopts = append(xopts, allreduce.WithPayloadCodec(&payloadCodec{fb: l.fb, comp: comp, t: t}))
 	case compressors.TwoPhase:
 		if s.EF.Kind != errorfeedback.KindNone {
 			return nil, fmt.Errorf("%w: %s keeps its own worker and server errors; error feedback must be none", ErrSpec, s.Codec)
 		}
 		alg = allreduce.AlgTwoPhaseSign
 		p.Segments = 0
-		xopts = append(xopts, allreduce.WithTwoPhase(&twoPhase{
-			w: errorfeedback.NewWorkerError(s.Elems, s.World),
-			s: errorfeedback.NewServerError(s.Elems, s.World),
-			t: &l.t,
-		}))
+		if old != nil {
+			l.tp = old.tp
+		} else {
+			l.tp = &twoPhase{
+				w: errorfeedback.NewWorkerError(s.Elems, s.World),
+				s: errorfeedback.NewServerError(s.Elems, s.World),
+				t: t,
+			}
+		}
+		xopts = append(xopts, allreduce.WithTwoPhase(l.tp))
 	case compressors.LowRank:
 		h, ok := comp.(allreduce.LowRankHook)
 		if !ok {
@@ -153,14 +209,18 @@ func New(s Spec) (*Layer, error) {
 		switch s.EF.Kind {
 		case errorfeedback.KindNone:
 		case errorfeedback.KindEF14:
-			l.resid = make([]float32, s.Elems)
-			l.mcopy = make([]float32, s.Elems)
+			if old != nil && old.resid != nil {
+				l.resid, l.mcopy = old.resid, old.mcopy
+			} else {
+				l.resid = make([]float32, s.Elems)
+				l.mcopy = make([]float32, s.Elems)
+			}
 		default:
 			return nil, fmt.Errorf("%w: %s supports error feedback none or ef14, not %s", ErrSpec, s.Codec, s.EF)
 		}
 		alg = allreduce.AlgLowRank
 		p.Rows, p.Cols, p.Components = h.Rows(), h.Cols(), h.Rank()
-		xopts = append(xopts, allreduce.WithLowRank(timedLowRank{h, &l.t}))
+		xopts = append(xopts, allreduce.WithLowRank(timedLowRank{h, t}))
 	default:
 		return nil, fmt.Errorf("%w: unknown aggregation %v", ErrSpec, l.agg)
 	}
