@@ -6,6 +6,7 @@ import (
 
 	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/optim"
 )
 
 // Plan says how every layer is communicated: the compressor and
@@ -23,18 +24,16 @@ type Plan struct {
 	CompressVectors bool
 	// Warmup, if not empty, replaces the density of Compress during the
 	// first WarmupSteps steps: stage i of len(Warmup) covers steps
-	// [i·WarmupSteps/len, (i+1)·WarmupSteps/len) and uses density Warmup[i]
-	// (DGC's exponential warm-up: 0.25, 0.0625, 0.015625, 0.00390625). Only
-	// for sparse codecs (topk, dgc, randomk) under a feedback that can swap
-	// its codec (DGC).
+	// [i·WarmupSteps/len, (i+1)·WarmupSteps/len) and uses density
+	// optim.DGCDensity(i, density, Warmup) (DGC's exponential warm-up,
+	// optim.PaperWarmup: 0.25, 0.0625, 0.015625, 0.00390625). Only for
+	// sparse codecs (topk, dgc, randomk); the error feedback keeps its state
+	// across the codec changes.
 	Warmup      []float64
 	WarmupSteps int
 	// Seed is shared by all ranks (random-k indices, PowerSGD's Q).
 	Seed uint64
 }
-
-// DGCWarmup is the paper's warm-up schedule of densities (specs §1.1).
-var DGCWarmup = []float64{0.25, 0.0625, 0.015625, 0.00390625}
 
 // Compressed reports whether layer l is sent with the Compress codec.
 func (p Plan) Compressed(l Layer) bool {
@@ -53,7 +52,7 @@ func (p Plan) RecipeAt(l Layer, step int) string {
 		r, err := compressors.Parse(p.Compress)
 		if err == nil && r.Density > 0 {
 			stage := step * len(p.Warmup) / p.WarmupSteps
-			r.Density = max(r.Density, p.Warmup[stage])
+			r.Density = optim.DGCDensity(stage, r.Density, p.Warmup)
 			return r.String()
 		}
 	}

@@ -60,7 +60,7 @@ func TestSimMatchesLocal(t *testing.T) {
 		exact bool
 	}{
 		{"topk-ef14", Plan{Compress: "topk:0.05", EF: "ef14", CompressVectors: true, Seed: 3}, optim.Mean, true},
-		{"dgc-warmup", Plan{Compress: "dgc:0.01", EF: "dgc:0.9", CompressVectors: true, Warmup: DGCWarmup, WarmupSteps: 4, Seed: 3}, optim.Mean, true},
+		{"dgc-warmup", Plan{Compress: "dgc:0.01", EF: "dgc:0.9", CompressVectors: true, Warmup: optim.PaperWarmup, WarmupSteps: 4, Seed: 3}, optim.Mean, true},
 		{"econtrol", Plan{Compress: "topk:0.1", EF: "econtrol:0.1", CompressVectors: true, Seed: 3}, optim.Mean, true},
 		{"dgc-dense-bias", Plan{Compress: "dgc:0.01", EF: "dgc:0.9", Seed: 3}, optim.Mean, false},
 		{"twophase", Plan{}, optim.TwoPhaseSign, true},
@@ -153,7 +153,7 @@ func TestSimBytes(t *testing.T) {
 
 func TestSimRejects(t *testing.T) {
 	topo := sim.Homogeneous(2, sim.Gbps, 0)
-	if _, err := NewSim(context.Background(), 2, testUnits, Plan{Compress: "powersgd:2", Warmup: DGCWarmup, WarmupSteps: 8}, SimConfig{Topology: topo}); err == nil {
+	if _, err := NewSim(context.Background(), 2, testUnits, Plan{Compress: "powersgd:2", Warmup: optim.PaperWarmup, WarmupSteps: 8}, SimConfig{Topology: topo}); err == nil {
 		t.Error("powersgd with a density warm-up: no error")
 	}
 	if _, err := NewSim(context.Background(), 2, testUnits, Plan{}, SimConfig{}); err == nil {

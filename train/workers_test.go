@@ -149,7 +149,7 @@ func TestRunRankMatchesRun(t *testing.T) {
 }
 
 func TestRegisterRejectsWarmup(t *testing.T) {
-	_, err := NewWorkers(context.Background(), memConns(t, 2), testUnits, Plan{Compress: "dgc:0.01", EF: "dgc:0.9", Warmup: DGCWarmup, WarmupSteps: 8}, "")
+	_, err := NewWorkers(context.Background(), memConns(t, 2), testUnits, Plan{Compress: "dgc:0.01", EF: "dgc:0.9", Warmup: optim.PaperWarmup, WarmupSteps: 8}, "")
 	if !errors.Is(err, ErrUnsupported) {
 		t.Errorf("warm-up over workers: err %v, want ErrUnsupported", err)
 	}

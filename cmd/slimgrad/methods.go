@@ -134,10 +134,10 @@ func (m method) plan(steps int, seed uint64) train.Plan {
 	if m.WarmupSteps != 0 {
 		ws := m.WarmupSteps
 		if ws < 0 {
-			ws = max(len(train.DGCWarmup), steps/20)
+			ws = max(len(optim.PaperWarmup), steps/20)
 		}
 		if ws < steps {
-			p.Warmup, p.WarmupSteps = train.DGCWarmup, ws
+			p.Warmup, p.WarmupSteps = optim.PaperWarmup, ws
 		}
 	}
 	return p

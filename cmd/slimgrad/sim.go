@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -331,5 +330,3 @@ func fmtDuration(d time.Duration) string {
 		return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond))
 	}
 }
-
-var _ = slog.LevelInfo
