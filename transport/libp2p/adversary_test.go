@@ -281,3 +281,30 @@ func TestOtherJobRefused(t *testing.T) {
 		t.Error("Connect succeeded without a valid peer")
 	}
 }
+
+// TestSendCancelledMidFrame: a Send blocked inside a frame (the peer does
+// not read) returns when its context ends, by resetting the stream; the
+// link is then unusable, and says so.
+func TestSendCancelledMidFrame(t *testing.T) {
+	c, _ := fakePeer(t) // the fake peer never reads what rank 0 sends
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- c.Send(ctx, 1, 1, make([]byte, 1<<20)) }() // > the 256 KiB stream window
+	select {
+	case err := <-errc:
+		t.Fatalf("Send of 1 MiB to a peer that does not read returned early: %v", err)
+	case <-time.After(200 * time.Millisecond): // it is blocked in the stream
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		var pe *transport.PeerError
+		if !errors.Is(err, context.Canceled) || !errors.As(err, &pe) || pe.Rank != 1 {
+			t.Fatalf("cancelled Send: %v, want a PeerError wrapping context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancelled Send did not return")
+	}
+	err := c.Send(context.Background(), 1, 1, []byte("x"))
+	wantPeerErr(t, err, transport.ErrPeerDead)
+}
