@@ -338,8 +338,8 @@ func TestPeerDeath(t *testing.T) {
 // TestIdleGroupStaysAlive: heartbeats keep idle peers alive well past
 // PeerTimeout.
 func TestIdleGroupStaysAlive(t *testing.T) {
-	conns := newGroup(t, 3, WithPeerTimeout(300*time.Millisecond, 50*time.Millisecond))
-	time.Sleep(time.Second) // idle for over 3 timeouts
+	conns := newGroup(t, 3, WithPeerTimeout(600*time.Millisecond, 60*time.Millisecond))
+	time.Sleep(1500 * time.Millisecond) // idle for over 2 timeouts
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for r, c := range conns {
@@ -446,7 +446,7 @@ func TestConcurrentCloseIsQuick(t *testing.T) {
 // each other while they wait for a rank that starts late, well past the
 // peer timeout.
 func TestLateJoinerNoFalseDeath(t *testing.T) {
-	opts := fast(WithPeerTimeout(300*time.Millisecond, 50*time.Millisecond))
+	opts := fast(WithPeerTimeout(600*time.Millisecond, 60*time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	const n = 3
@@ -468,7 +468,7 @@ func TestLateJoinerNoFalseDeath(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			if i == n-1 {
-				time.Sleep(time.Second) // late, on purpose: > 3 peer timeouts
+				time.Sleep(1500 * time.Millisecond) // late, on purpose: > 2 peer timeouts
 			}
 			conns[i], errs[i] = nodes[i].Connect(ctx, i, peers)
 		}()
@@ -484,7 +484,7 @@ func TestLateJoinerNoFalseDeath(t *testing.T) {
 	}
 	// Idle for a few heartbeats (less than a peer timeout), so that the
 	// liveness checks run before any data flows.
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
 	for r, c := range conns {
 		if err := c.Send(ctx, (r+1)%n, 1, []byte{byte(r)}); err != nil {
 			t.Fatalf("rank %d: %v", r, err)

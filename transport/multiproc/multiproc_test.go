@@ -237,7 +237,7 @@ func TestMultiProcessChild(t *testing.T) {
 		if !errors.As(err, &pe) || pe.Rank != dead || !errors.Is(err, transport.ErrPeerDead) {
 			t.Fatalf("Recv from the dead rank: %v, want PeerError wrapping ErrPeerDead", err)
 		}
-		if d := time.Since(start); d > peerTimout+time.Second {
+		if d := time.Since(start); d > 2*peerTimout { // the timeout plus a margin for a loaded machine
 			t.Fatalf("death detected after %v, timeout is %v", d, peerTimout)
 		}
 		// The survivors still exchange among themselves.
