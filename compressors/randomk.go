@@ -25,6 +25,10 @@ type RandomK struct {
 	val  []float32
 	last int
 	r    rng
+	// The indices of one step are a pure function of (seed, step): keep the
+	// last set, since a receiver decodes N frames of the same step.
+	have     bool
+	haveStep uint64
 }
 
 var _ Sparse = (*RandomK)(nil)
@@ -48,6 +52,10 @@ func (rk *RandomK) indices(step uint64) []uint32 {
 		rk.val = make([]float32, k)
 	}
 	idx := rk.idx[:k]
+	if rk.have && rk.haveStep == step {
+		return idx
+	}
+	rk.have, rk.haveStep = true, step
 	if k == n {
 		for i := range idx {
 			idx[i] = uint32(i)
