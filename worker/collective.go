@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/worker/adapt"
 )
 
 // collStats is what one run of a bucket's collective cost.
@@ -20,7 +21,9 @@ type collStats struct {
 type collective interface {
 	// run replaces data (the bucket's vector) with the mean over ranks of
 	// the decoded contributions, as collective id over conn.
-	run(ctx context.Context, conn transport.Conn, d *driver, id uint32, data []float32, opts RunOptions) (collStats, error)
+	// obs, if not nil, sees the layer and its data after Begin (L-GreCo's
+	// observation on rank 0).
+	run(ctx context.Context, conn transport.Conn, d *driver, id uint32, data []float32, obs func(*adapt.Layer, []float32), opts RunOptions) (collStats, error)
 	// finish turns the mean into the update direction (error feedback's
 	// replicated state); called once per step after every bucket succeeded.
 	finish(data []float32) error

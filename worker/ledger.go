@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/slimgrad/slimgrad/compressors/lgreco"
 	"github.com/slimgrad/slimgrad/transport"
 )
 
@@ -65,6 +66,14 @@ type Ledger struct {
 	Peers []PeerBytes
 	// Wall is the time from the first Submit (or Step) to the end of Wait.
 	Wall time.Duration
+
+	// With L-GreCo (Config.LGreCo): Switched lists the layers whose level
+	// changed at the start of this step (their Codec above is the new
+	// one), and Decision is the decision made at the start of this step
+	// (identical on every rank; it applies at Decision.ApplyAt), nil if
+	// this step was not an adjustment boundary.
+	Switched []int
+	Decision *lgreco.Decision
 }
 
 // Totals over all layers.

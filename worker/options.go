@@ -2,11 +2,12 @@ package worker
 
 import (
 	"errors"
-
 	"fmt"
-	"github.com/slimgrad/slimgrad/allreduce"
 	"log/slog"
 	"time"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/compressors/lgreco"
 )
 
 // NaNPolicy says what a step does when some rank's gradient holds a NaN
@@ -85,6 +86,26 @@ type Config struct {
 	NoAbortNotice bool
 	// Logger receives debug and error logs. Default slog.Default().
 	Logger *slog.Logger
+
+	// LGreCo turns on L-GreCo (package compressors/lgreco, specs §4.2):
+	// every layer whose codec has levels (top-k, dgc and random-k
+	// densities, PowerSGD ranks, QSGD widths) gets its level chosen by
+	// rank 0's dynamic program every Adjust steps, under the error budget
+	// of the uniform default (the registered recipe); every rank switches
+	// at the same step boundary, keeping error-feedback state. The
+	// boundary exchanges run at the end of Wait for the next step (see
+	// Wait). Ledger.Layers[i].Codec and Recipes report the active levels.
+	LGreCo bool
+	// LGreCoOptions configure L-GreCo's plan and schedule (e.g.
+	// lgreco.WithSchedule, lgreco.WithAlpha). lgreco.WithSeed is always
+	// Config.Seed. They are part of the start-up signature, through the
+	// plan's hash, its schedule and every candidate's cost.
+	LGreCoOptions []lgreco.Option
+	// LGreCoLinkAware makes L-GreCo minimize the modelled communication
+	// time of each layer's collective under CostModel
+	// (lgreco.ModelCost) instead of bytes. A user CostFunc passed with
+	// lgreco.WithCost in LGreCoOptions is replaced.
+	LGreCoLinkAware bool
 }
 
 // DefaultConfig returns the default settings (a fresh value every call).
@@ -169,6 +190,26 @@ func WithSegmentBytes(n int) Option {
 
 // WithLogger sets Config.Logger.
 func WithLogger(l *slog.Logger) Option { return func(c *Config) error { c.Logger = l; return nil } }
+
+// WithLGreCo turns on L-GreCo (Config.LGreCo) with the given plan options,
+// e.g. lgreco.WithSchedule(start, adjust, accIter, delay).
+func WithLGreCo(opts ...lgreco.Option) Option {
+	return func(c *Config) error {
+		c.LGreCo = true
+		c.LGreCoOptions = append(c.LGreCoOptions, opts...)
+		return nil
+	}
+}
+
+// WithLGreCoLinkAware turns on L-GreCo with the link-aware objective
+// (Config.LGreCoLinkAware) and the given plan options.
+func WithLGreCoLinkAware(opts ...lgreco.Option) Option {
+	return func(c *Config) error {
+		c.LGreCo, c.LGreCoLinkAware = true, true
+		c.LGreCoOptions = append(c.LGreCoOptions, opts...)
+		return nil
+	}
+}
 
 // LayerOption changes how one layer is communicated.
 type LayerOption func(*layerSpec) error

@@ -82,10 +82,13 @@ func (c *layerColl) finish(data []float32) error {
 	return nil
 }
 
-func (c *layerColl) run(ctx context.Context, conn transport.Conn, d *driver, id uint32, data []float32, opts RunOptions) (collStats, error) {
+func (c *layerColl) run(ctx context.Context, conn transport.Conn, d *driver, id uint32, data []float32, obs func(*adapt.Layer, []float32), opts RunOptions) (collStats, error) {
 	var cs collStats
 	if err := c.l.Begin(data); err != nil {
 		return cs, err
+	}
+	if obs != nil {
+		obs(c.l, data)
 	}
 	rs, err := d.run(ctx, conn, id, c.l.Program(), c.l.Exec(), opts)
 	if err == nil {

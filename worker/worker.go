@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/worker/adapt"
 )
 
 // Errors.
@@ -75,6 +76,7 @@ type Worker struct {
 	step        int64
 	cur         *stepState
 	mode        Mode
+	lg          *lgState // nil unless Config.LGreCo
 }
 
 // Mode is how a step aggregates the gradients.
@@ -211,8 +213,12 @@ func (w *Worker) Layers() int { return len(w.layers) }
 // settingsLine is the part of the configuration that must agree across ranks.
 func (w *Worker) settingsLine() string {
 	m := w.cfg.CostModel
-	return fmt.Sprintf("world=%d bucket=%d nonfinite=%s algorithm=%q segment=%d model=%g/%g/%g seed=%d",
+	line := fmt.Sprintf("world=%d bucket=%d nonfinite=%s algorithm=%q segment=%d model=%g/%g/%g seed=%d",
 		w.conn.Size(), w.cfg.BucketBytes, w.cfg.NonFinite, w.cfg.Algorithm, w.cfg.SegmentBytes, m.Alpha, m.Beta, m.Gamma, w.cfg.Seed)
+	if w.lg != nil {
+		line += " " + w.lg.settings
+	}
+	return line
 }
 
 // Start ends registration: it plans the buckets, builds every layer's codec
@@ -234,6 +240,13 @@ func (w *Worker) Start(ctx context.Context) error {
 	if len(w.layers) == 0 {
 		return errors.New("worker: no layers registered")
 	}
+	if w.cfg.LGreCo && w.lg == nil {
+		g, err := w.newLGState()
+		if err != nil {
+			return fmt.Errorf("worker: L-GreCo: %w", err)
+		}
+		w.lg = g
+	}
 	if !w.cfg.SkipSignature {
 		lines := signatureLines(w.settingsLine(), w.layers)
 		if err := checkSignature(ctx, w.conn, w.nextID, lines, &w.cfg); err != nil {
@@ -247,6 +260,15 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.nextID += 2
 	if err := w.plan(); err != nil {
 		return err
+	}
+	if w.lg != nil {
+		if err := w.checkTuned(); err != nil {
+			return err
+		}
+		if err := w.lgBoundary(ctx, w.step); err != nil {
+			w.broken = err
+			return err
+		}
 	}
 	w.started = true
 	if log := w.cfg.Logger; log.Enabled(ctx, slog.LevelDebug) {
@@ -335,6 +357,7 @@ type stepState struct {
 	start   time.Time
 	before  transport.Stats
 	grads   [][]float32
+	collect bool  // rank 0 feeds L-GreCo this step
 	missing []int // per bucket: layers not yet submitted
 	results []bucketResult
 	wg      sync.WaitGroup // bucket goroutines
@@ -435,6 +458,7 @@ func (w *Worker) beginStep() error {
 	for i, b := range w.buckets {
 		st.missing[i] = len(b.layers)
 	}
+	st.collect = w.lg != nil && w.lg.collecting && st.mode == ModeCompressed
 	st.abortID = st.base + 2*uint32(len(w.buckets))
 	w.nextID += 2*uint32(len(w.buckets)) + 1
 	w.cur = st
@@ -531,7 +555,28 @@ func (w *Worker) abort(err error) {
 // nil error; the gradients' contents are then unspecified and must not be
 // applied. Under NaNError it returns a *NonFiniteError and the
 // Worker stays usable.
+//
+// With L-GreCo (Config.LGreCo), once a step has ended in a way the ranks
+// agree on (success, skipped, non-finite error, mode mismatch), Wait also
+// runs L-GreCo's boundary of the next step: at an adjustment step the
+// decision broadcast and the comparison of configurations, then the switch
+// of the layers whose new level applies at the next step. A failure there
+// (a timeout, or ranks that disagree: an error wrapping lgreco.ErrDesync,
+// on every rank) does not change this step's result; it breaks the
+// Worker, so the next call returns it wrapped in ErrBroken.
 func (w *Worker) Wait(ctx context.Context) (*Ledger, error) {
+	before := w.step
+	led, err := w.wait(ctx)
+	if w.lg != nil && w.step != before && w.broken == nil && !w.closed {
+		if berr := w.lgBoundary(ctx, w.step); berr != nil {
+			w.broken = berr
+			w.cfg.Logger.Warn("worker: L-GreCo boundary failed", "rank", w.conn.Rank(), "step", w.step, "err", berr)
+		}
+	}
+	return led, err
+}
+
+func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 	w.mu.Lock()
 	st := w.cur
 	w.mu.Unlock()
@@ -717,7 +762,11 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 		return
 	}
 	res.coll = coll
-	cs, err := coll.run(st.ctx, w.conn, &b.drv, flagID+1, data, RunOptions{Timeout: w.cfg.Timeout, SendsPerPeer: w.cfg.SendsPerPeer})
+	var obs func(*adapt.Layer, []float32)
+	if st.collect && !b.fused && w.lg.plan.Tuned(b.layers[0]) {
+		obs = w.lg.observer(b.layers[0])
+	}
+	cs, err := coll.run(st.ctx, w.conn, &b.drv, flagID+1, data, obs, RunOptions{Timeout: w.cfg.Timeout, SendsPerPeer: w.cfg.SendsPerPeer})
 	res.stats = cs
 	if err != nil {
 		fail(fmt.Errorf("worker: bucket %d (layer %q): %w", b.index, w.layers[b.layers[0]].name, err))
@@ -737,6 +786,9 @@ func finite(x []float32) bool {
 func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 	n := w.conn.Size()
 	led := &Ledger{Step: step, World: n, Rank: w.conn.Rank(), Wall: time.Since(st.start)}
+	if w.lg != nil {
+		led.Switched, led.Decision = w.lg.switched, w.lg.decision
+	}
 	led.Peers = statsDelta(st.before, w.conn.Stats())
 	led.Layers = make([]LayerLedger, len(w.layers))
 	for li, s := range w.layers {

@@ -1,0 +1,240 @@
+package worker
+
+import (
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/slimgrad/slimgrad/compressors/lgreco"
+)
+
+// spectraGrads returns a generator of gradients grads[rank][layer] for a
+// synthetic problem whose layers have uneven spectra: for PowerSGD, layer 0
+// is a rank-1 signal plus faint noise and layer 1 a full-rank Gaussian
+// matrix; for top-k, layer 0 has a few large entries at fixed positions and
+// layer 1 is dense Gaussian. Layer 2 is a dense bias. Every rank adds its own
+// noise; the stream is seeded.
+func spectraGrads(n int, layers []layerDef, lowRank bool, seed uint64) func() [][][]float32 {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	rows, cols := layers[0].shape[0], layers[0].elems()/layers[0].shape[0]
+	u, v := make([]float64, rows), make([]float64, cols)
+	for i := range u {
+		u[i] = rng.NormFloat64()
+	}
+	for j := range v {
+		v[j] = rng.NormFloat64()
+	}
+	spikes := rng.Perm(layers[0].elems())[:layers[0].elems()/100]
+	return func() [][][]float32 {
+		scale := 1 + rng.Float64()
+		g := make([][][]float32, n)
+		for r := range g {
+			g[r] = make([][]float32, len(layers))
+			for l, ld := range layers {
+				x := make([]float32, ld.elems())
+				for i := range x {
+					x[i] = float32(rng.NormFloat64())
+				}
+				if l == 0 {
+					for i := range x {
+						x[i] *= 0.01
+					}
+					if lowRank {
+						for i := range rows {
+							for j := range cols {
+								x[i*cols+j] += float32(scale * u[i] * v[j])
+							}
+						}
+					} else {
+						for _, i := range spikes {
+							x[i] += float32(10 * scale)
+						}
+					}
+				}
+				g[r][l] = x
+			}
+		}
+		return g
+	}
+}
+
+// lgLayers is the synthetic model: two tunable weight matrices and a bias.
+func lgLayers(codec string) []layerDef {
+	return []layerDef{
+		{name: "w0", shape: []int{48, 40}, codec: codec, ef: "ef14"},
+		{name: "w1", shape: []int{48, 40}, codec: codec, ef: "ef14"},
+		{name: "b", shape: []int{40}, codec: "none"},
+	}
+}
+
+// L-GreCo over PowerSGD and over top-k on three ranks over transport/mem:
+// every rank switches the same layers at the same step (the decision's
+// ApplyAt), the updates stay bit-identical across ranks at every step, the
+// decision meets the error budget, and the run sends fewer bytes than the
+// uniform default on the same gradients.
+func TestLGreCoSwitchesTogetherAndSaves(t *testing.T) {
+	const n, steps = 3, 14
+	for _, tc := range []struct {
+		codec   string
+		lowRank bool
+	}{{"powersgd:4", true}, {"topk:0.05", false}} {
+		t.Run(tc.codec, func(t *testing.T) {
+			layers := lgLayers(tc.codec)
+			run := func(tune bool) (sent []int64, leds [][]*Ledger) {
+				opts := []Option{WithSeed(7)}
+				if tune {
+					opts = append(opts, WithLGreCo(lgreco.WithSchedule(0, 4, 2, 1)))
+				}
+				ws := startWorkers(t, newGroup(t, n).Conns(), layers, opts...)
+				next := spectraGrads(n, layers, tc.lowRank, 11)
+				for range steps {
+					g := next()
+					ls := mustStep(t, ws, g)
+					checkIdentical(t, g)
+					sent = append(sent, ls[0].SentBytes())
+					leds = append(leds, ls)
+				}
+				return sent, leds
+			}
+			uni, _ := run(false)
+			got, leds := run(true)
+
+			// Decisions at steps 4, 8, 12 (the same on every rank), applied
+			// one step later.
+			var switches []int64
+			for step, ls := range leds {
+				d0 := ls[0].Decision
+				if (step%4 == 0 && step > 0) != (d0 != nil) {
+					t.Fatalf("step %d: decision %v", step, d0)
+				}
+				for r, l := range ls {
+					if !slices.Equal(l.Switched, ls[0].Switched) {
+						t.Fatalf("step %d: rank %d switched %v, rank 0 %v", step, r, l.Switched, ls[0].Switched)
+					}
+					for i := range l.Layers {
+						if l.Layers[i].Codec != ls[0].Layers[i].Codec {
+							t.Fatalf("step %d layer %d: rank %d runs %s, rank 0 %s", step, i, r, l.Layers[i].Codec, ls[0].Layers[i].Codec)
+						}
+					}
+					if d0 != nil && (l.Decision == nil || !slices.Equal(l.Decision.Choice, d0.Choice) || l.Decision.ApplyAt != d0.ApplyAt) {
+						t.Fatalf("step %d: rank %d decision %+v, rank 0 %+v", step, r, l.Decision, d0)
+					}
+				}
+				if d0 != nil {
+					if d0.Kept {
+						t.Fatalf("step %d: no feasible configuration (%+v)", step, d0)
+					}
+					if d0.ApplyAt != int64(step)+1 {
+						t.Fatalf("step %d: applies at %d", step, d0.ApplyAt)
+					}
+					if d0.Err > d0.Budget {
+						t.Errorf("step %d: error %g over the budget %g", step, d0.Err, d0.Budget)
+					}
+					if d0.Cost > d0.DefaultCost {
+						t.Errorf("step %d: cost %g above the uniform default's %g", step, d0.Cost, d0.DefaultCost)
+					}
+				}
+				if len(ls[0].Switched) > 0 {
+					switches = append(switches, int64(step))
+					if leds[step-1][0].Decision == nil {
+						t.Errorf("step %d: switched without a decision at the step before", step)
+					}
+				}
+				if ls[0].Layers[2].Codec != "none" {
+					t.Errorf("the dense bias was tuned: %s", ls[0].Layers[2].Codec)
+				}
+			}
+			if len(switches) == 0 {
+				t.Fatal("L-GreCo never switched")
+			}
+			var su, sg int64
+			for i := range uni {
+				su += uni[i]
+				sg += got[i]
+				if i < 5 && uni[i] != got[i] {
+					t.Errorf("step %d (before the first switch): sent %d, uniform %d", i, got[i], uni[i])
+				}
+			}
+			last := leds[steps-1][0]
+			t.Logf("%s: sent %d B vs uniform %d B (%.2f×), switches at %v, last recipes %s / %s", tc.codec, sg, su,
+				float64(su)/float64(sg), switches, last.Layers[0].Codec, last.Layers[1].Codec)
+			if sg >= su {
+				t.Errorf("L-GreCo sent %d bytes, not fewer than the uniform default's %d", sg, su)
+			}
+		})
+	}
+}
+
+// A rank that would apply another configuration is caught at the boundary:
+// every rank's next call fails with an error naming the rank (a
+// *lgreco.DesyncError) instead of hanging in collectives whose sizes differ.
+// Rank 1's received decision is altered in two ways: a later switch step
+// (accepted locally, caught by the comparison) and a skipped version
+// (refused locally; rank 1 still takes part in the comparison).
+func TestLGreCoDesyncDetected(t *testing.T) {
+	const n = 3
+	for _, tc := range []struct {
+		name   string
+		tamper func(*lgreco.Decision)
+		local  error // rank 1's own error
+	}{
+		{"later switch", func(d *lgreco.Decision) { d.ApplyAt++ }, nil},
+		{"skipped version", func(d *lgreco.Decision) { d.Version++ }, lgreco.ErrMismatch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			layers := lgLayers("powersgd:4")
+			ws := startWorkers(t, newGroup(t, n).Conns(), layers, WithLGreCo(lgreco.WithSchedule(0, 2, 1, 1)))
+			ws[1].lg.tamper = tc.tamper
+			next := spectraGrads(n, layers, true, 3)
+			for range 2 { // steps 0 and 1; the boundary of step 2 fails
+				mustStep(t, ws, next())
+			}
+			_, errs := stepAll(ws, next())
+			for r, err := range errs {
+				var de *lgreco.DesyncError
+				if !errors.Is(err, ErrBroken) || !errors.As(err, &de) || !slices.Equal(de.Ranks, []int{1}) || de.Step != 2 {
+					t.Errorf("rank %d: got %v, want ErrBroken with a DesyncError for rank 1 at step 2", r, err)
+				}
+				if r == 1 && tc.local != nil && !errors.Is(err, tc.local) {
+					t.Errorf("rank 1: got %v, want it to wrap %v", err, tc.local)
+				}
+			}
+		})
+	}
+}
+
+// L-GreCo's settings are part of the start-up signature: a rank with another
+// schedule fails Start on every rank with a *SignatureError on the settings.
+func TestLGreCoSettingsInSignature(t *testing.T) {
+	const n = 3
+	g := newGroup(t, n)
+	conns := g.Conns()
+	ws := make([]*Worker, n)
+	errs := runAll(n, func(r int) error {
+		adjust := int64(10)
+		if r == 2 {
+			adjust = 20
+		}
+		w, err := New(t.Context(), conns[r], WithLGreCo(lgreco.WithSchedule(0, adjust, 2, 1)))
+		if err != nil {
+			return err
+		}
+		ws[r] = w
+		if _, err := w.Register("w", []int{32, 32}, WithCodec("powersgd:2")); err != nil {
+			return err
+		}
+		return w.Start(t.Context())
+	})
+	for r, err := range errs {
+		var se *SignatureError
+		if !errors.As(err, &se) || se.Index != -1 || se.Rank != 2 {
+			t.Errorf("rank %d: got %v, want a settings SignatureError naming rank 2", r, err)
+		}
+	}
+	for _, w := range ws {
+		if w != nil {
+			w.Close()
+		}
+	}
+}
