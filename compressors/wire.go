@@ -153,8 +153,13 @@ func (f *frame) begin(dst []byte) []byte {
 // finish fills in the header of a frame whose body is dst[headerLen:] and
 // appends the checksum.
 func (f *frame) finish(dst []byte, flags uint8, aux uint64, count, rawLen int) []byte {
-	body := len(dst) - headerLen
-	h := dst[:headerLen]
+	f.putHeader(dst[:headerLen], flags, aux, count, rawLen, len(dst)-headerLen)
+	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst, castagnoli))
+}
+
+// putHeader writes a frame header into h (headerLen bytes).
+func (f *frame) putHeader(h []byte, flags uint8, aux uint64, count, rawLen, bodyLen int) {
+	_ = h[headerLen-1]
 	binary.LittleEndian.PutUint16(h[0:], wireMagic)
 	h[2] = WireVersion
 	h[3] = byte(f.recipe.Codec)
@@ -165,8 +170,7 @@ func (f *frame) finish(dst []byte, flags uint8, aux uint64, count, rawLen int) [
 	binary.LittleEndian.PutUint64(h[16:], aux)
 	binary.LittleEndian.PutUint32(h[24:], uint32(count))
 	binary.LittleEndian.PutUint32(h[28:], uint32(rawLen))
-	binary.LittleEndian.PutUint32(h[32:], uint32(body))
-	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst, castagnoli))
+	binary.LittleEndian.PutUint32(h[32:], uint32(bodyLen))
 }
 
 // open validates payload's framing and that it belongs to this compressor
