@@ -53,6 +53,20 @@
 // A step's Mode can switch every layer to a dense fp32 mean (ModeDense) for
 // warm-up stages such as 1-bit Adam's, without touching error feedback.
 //
+// # L-GreCo
+//
+// WithLGreCo (or WithLGreCoLinkAware) lets package compressors/lgreco choose
+// each layer's level (top-k density, PowerSGD rank, QSGD width) around its
+// registered recipe, under the error budget of that uniform default. Rank 0
+// observes its error-compensated gradients in the last AccIter steps before
+// every adjustment; at the end of the Wait before an adjustment step it
+// decides, the decision is broadcast, the ranks compare their
+// configurations (a mismatch fails every rank with an error wrapping
+// lgreco.ErrDesync, never a hang), and the layers whose level changes are
+// rebuilt at the same step on every rank with their error-feedback state
+// kept (adapt.Layer.SetCodec). Ledger.Switched, Ledger.Decision and each
+// layer's Codec report it.
+//
 // Run executes a single allreduce program over a conn, for callers that
 // drive collectives themselves; package worker/adapt binds a layer's codec and
 // error feedback to its scheme for any driver (the simulator uses it too).

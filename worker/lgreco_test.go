@@ -81,7 +81,7 @@ func TestLGreCoSwitchesTogetherAndSaves(t *testing.T) {
 	}{{"powersgd:4", true}, {"topk:0.05", false}} {
 		t.Run(tc.codec, func(t *testing.T) {
 			layers := lgLayers(tc.codec)
-			run := func(tune bool) (sent []int64, leds [][]*Ledger) {
+			run := func(tune bool) (sent []int64, leds [][]*Ledger, upd [][][]float32) {
 				opts := []Option{WithSeed(7)}
 				if tune {
 					opts = append(opts, WithLGreCo(lgreco.WithSchedule(0, 4, 2, 1)))
@@ -94,11 +94,17 @@ func TestLGreCoSwitchesTogetherAndSaves(t *testing.T) {
 					checkIdentical(t, g)
 					sent = append(sent, ls[0].SentBytes())
 					leds = append(leds, ls)
+					upd = append(upd, g[0])
 				}
-				return sent, leds
+				return sent, leds, upd
 			}
-			uni, _ := run(false)
-			got, leds := run(true)
+			uni, _, updUni := run(false)
+			got, leds, upd := run(true)
+			// Until the first switch, L-GreCo runs exactly the uniform
+			// default (same seeds): the updates are bit-identical.
+			for step := range 5 {
+				checkIdentical(t, [][][]float32{updUni[step], upd[step]})
+			}
 
 			// Decisions at steps 4, 8, 12 (the same on every rank), applied
 			// one step later.
@@ -236,5 +242,33 @@ func TestLGreCoSettingsInSignature(t *testing.T) {
 		if w != nil {
 			w.Close()
 		}
+	}
+}
+
+// The link-aware objective (modelled collective time under the cost model)
+// decides within the error budget and never above the uniform default's
+// modelled time; the ranks stay bit-identical.
+func TestLGreCoLinkAware(t *testing.T) {
+	const n = 3
+	layers := lgLayers("topk:0.05")
+	ws := startWorkers(t, newGroup(t, n).Conns(), layers, WithLGreCoLinkAware(lgreco.WithSchedule(0, 3, 2, 0)))
+	next := spectraGrads(n, layers, false, 5)
+	var decided bool
+	for step := range 5 {
+		g := next()
+		ls := mustStep(t, ws, g)
+		checkIdentical(t, g)
+		if d := ls[0].Decision; d != nil {
+			decided = true
+			if d.Kept || d.Err > d.Budget || d.Cost > d.DefaultCost || d.ApplyAt != int64(step) {
+				t.Fatalf("step %d: decision %+v", step, d)
+			}
+			if d.Cost >= 1 || d.Cost <= 0 {
+				t.Errorf("step %d: cost %g is not a modelled time in seconds", step, d.Cost)
+			}
+		}
+	}
+	if !decided {
+		t.Fatal("no decision")
 	}
 }
