@@ -47,6 +47,8 @@ type simOptions struct {
 	Exchange    string
 	Calibration string
 	FLOPS       float64
+	SizeOnly    bool
+	Layers      string
 }
 
 // simEnv is what all methods of a run share.
@@ -93,6 +95,8 @@ func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time), mem (real workers over the in-memory transport, no simulated clock) or local (in-process reference)")
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by `slimgrad bench` (default: built-in throughputs)")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
+	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data (cheap for thousands of workers): bytes and step time only")
+	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -154,6 +158,21 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	methods, err := selectMethods(o)
 	if err != nil {
 		return nil, err
+	}
+	if o.SizeOnly {
+		if o.Exchange != "sim" {
+			return nil, fmt.Errorf("--size-only needs --exchange sim")
+		}
+		env := &simEnv{}
+		if env.topo, _, err = loadTopology(o.Topology, o.Workers); err != nil {
+			return nil, err
+		}
+		if o.Calibration != "" {
+			if env.calib, err = sim.LoadCalibration(o.Calibration); err != nil {
+				return nil, err
+			}
+		}
+		return &simReport{Options: o}, runSizeOnly(ctx, o, methods, env, stdout)
 	}
 	t0 := time.Now()
 	task, err := train.LoadTask(o.Workload, o.Data, o.Seed)

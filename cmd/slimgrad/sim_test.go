@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"regexp"
 	"context"
 	"encoding/csv"
 	"math"
@@ -190,5 +191,31 @@ func TestBenchCommand(t *testing.T) {
 		"--calibration", filepath.Join(dir, "calibration.json"), "--out", "", "--progress", "off"})
 	if _, err := runSim(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSimSizeOnly(t *testing.T) {
+	var stdout bytes.Buffer
+	args := []string{"sim", "--size-only", "--workers", "32", "--layers", "256x256,256", "--methods", "dense,dgc,onebitadam,powersgd", "--out", ""}
+	if code := run(context.Background(), args, &stdout, &stdout); code != 0 {
+		t.Fatalf("exit %d: %s", code, stdout.String())
+	}
+	out := stdout.String()
+	for _, m := range []string{"dense", "dgc", "onebitadam", "powersgd"} {
+		if !strings.Contains(out, "  "+m+"  ") {
+			t.Errorf("no row for %s:\n%s", m, out)
+		}
+	}
+	// 1-bit Adam after its freeze sends 1 bit per parameter, plus padding
+	// and scales: about 32× fewer bytes.
+	m := regexp.MustCompile(`onebitadam\s+\d+\s+\S+ \S+\s+\S+ \S+\s+([0-9.]+)×`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no 1-bit Adam ratio in:\n%s", out)
+	}
+	if r, _ := strconv.ParseFloat(m[1], 64); r < 28 || r > 32 {
+		t.Errorf("1-bit Adam's steady state is %g× smaller, want about 32×", r)
+	}
+	if code := run(context.Background(), []string{"sim", "--size-only", "--layers", "12xq", "--out", ""}, &stdout, &stdout); code != 1 {
+		t.Errorf("bad --layers: exit %d", code)
 	}
 }

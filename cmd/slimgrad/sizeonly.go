@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/slimgrad/slimgrad/optim"
+	"github.com/slimgrad/slimgrad/sim"
+	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/workload"
+)
+
+// parseLayers parses a layer list such as "4096x4096,4096,1000x4096": matrices
+// ROWSxCOLS and vectors N, named l0, l1, ...
+func parseLayers(spec string) ([]train.Layer, error) {
+	var out []train.Layer
+	for i, part := range strings.Split(spec, ",") {
+		part = strings.TrimSpace(part)
+		l := train.Layer{Name: fmt.Sprintf("l%d", i)}
+		size := 1
+		for _, d := range strings.Split(part, "x") {
+			v, err := strconv.Atoi(d)
+			if err != nil || v < 1 {
+				return nil, fmt.Errorf("--layers: %q is not ROWSxCOLS or N", part)
+			}
+			l.Shape = append(l.Shape, v)
+			size *= v
+		}
+		l.Size = size
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// modelUnits returns the units of the workload's model without loading data.
+func modelUnits(o simOptions, flat bool) ([]train.Layer, error) {
+	if o.Layers != "" {
+		ls, err := parseLayers(o.Layers)
+		if err != nil || !flat {
+			return ls, err
+		}
+		n := 0
+		for _, l := range ls {
+			n += l.Size
+		}
+		return []train.Layer{{Name: "model", Shape: []int{n}, Size: n}}, nil
+	}
+	sizes := map[string][]int{"mnist": {784, 256, 10}, "logistic": {workload.DefaultSynthetic().Dim, 2}, "leastsquares": {workload.DefaultSynthetic().Dim, 1}}[o.Workload]
+	if sizes == nil {
+		return nil, fmt.Errorf("unknown workload %q (want one of %v)", o.Workload, train.Workloads)
+	}
+	loss := workload.CrossEntropy
+	if o.Workload == "leastsquares" {
+		loss = workload.Squared
+	}
+	m, err := workload.NewMLP(sizes, loss, o.Seed)
+	if err != nil {
+		return nil, err
+	}
+	return train.Units(m, flat), nil
+}
+
+// runSizeOnly simulates one steady-state step per method without data: the
+// bytes and the simulated time of a step of the compressed stage (after any
+// warm-up), against a dense fp32 ring on the same topology.
+func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEnv, stdout io.Writer) error {
+	fmt.Fprintf(stdout, "slimgrad sim --size-only: %d workers, one steady-state step per method (no data, nominal payload sizes)\n\n", o.Workers)
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "method\tparameters\twire bytes/step\tdense-ring bytes/step\tsaved\tstep time\tdense-ring step\tspeed-up\tcodec\tcomm\t\n")
+	for _, m := range methods {
+		spec, err := parseOptim(m.Optim, o.Steps)
+		if err != nil {
+			return fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		units, err := modelUnits(o, spec.Flat)
+		if err != nil {
+			return err
+		}
+		params := 0
+		for _, u := range units {
+			params += u.Size
+		}
+		how := make([]optim.Exchange, len(units))
+		if spec.Flat { // 1-bit Adam after its freeze
+			for i := range how {
+				how[i] = optim.TwoPhaseSign
+			}
+		}
+		st, err := train.SizeOnly(ctx, o.Workers, units, m.plan(o.Steps, o.Seed), how, train.SimConfig{
+			Topology: env.topo,
+			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress},
+			GradFLOP: 6 * float64(params) * float64(o.Batch),
+			FLOPS:    o.FLOPS,
+		})
+		if err != nil {
+			return fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%.1f×\t%s\t%s\t%.2f×\t%s\t%s\t\n", m.Name, params, fmtBytes(st.WireBytes), fmtBytes(st.DenseBytes),
+			st.Ratio(), fmtDuration(st.StepTime), fmtDuration(st.BaselineTime), st.BaselineTime.Seconds()/st.StepTime.Seconds(),
+			fmtDuration(st.CodecTime), fmtDuration(st.CommTime))
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,135 @@
+package train
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/optim"
+	"github.com/slimgrad/slimgrad/sim"
+)
+
+// SizeOnly simulates one step of n workers exchanging units without data:
+// the simulator's size-only mode, cheap enough for thousands of ranks. Each
+// unit runs the scheme Sim would run for the plan's codec (or for how[u]:
+// DenseMean is a dense fp32 all-reduce, TwoPhaseSign the two-phase 1-bit
+// scheme) with message sizes from the codec's nominal payload
+// (compressors.Recipe.NominalBytes: for DGC the upper bound; for PowerSGD
+// the P and Q factors). Error feedback
+// changes no sizes and is not simulated. The Stats have the same meaning as
+// Sim's, with PayloadBytes nominal.
+func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.Exchange, cfg SimConfig) (Stats, error) {
+	if cfg.Topology == nil {
+		return Stats{}, fmt.Errorf("train: SizeOnly: no topology")
+	}
+	if len(how) != len(units) || n < 1 {
+		return Stats{}, fmt.Errorf("train: SizeOnly: %d workers, %d aggregations for %d units", n, len(how), len(units))
+	}
+	if err := plan.validate(); err != nil {
+		return Stats{}, err
+	}
+	if cfg.FLOPS == 0 {
+		cfg.FLOPS = DefaultFLOPS
+	}
+	s := &Sim{cfg: cfg, units: units, n: n}
+	if err := s.computeModel(); err != nil {
+		return Stats{}, err
+	}
+	dense := s.denseAlg()
+	st := Stats{Layers: make([]LayerStats, len(units))}
+	var colls, base []sim.Collective
+	start := s.gradTime.Seconds()
+	for u, unit := range units {
+		r, err := compressors.Parse(plan.RecipeAt(unit, 1<<30))
+		if err != nil {
+			return Stats{}, err
+		}
+		var opts []compressors.Option
+		rows, cols := 1, unit.Size
+		if len(unit.Shape) >= 2 {
+			rows, cols = unit.Shape[0], unit.Size/unit.Shape[0]
+			opts = append(opts, compressors.WithShape(rows, cols))
+		}
+		p := allreduce.Params{World: n, Elems: unit.Size}
+		alg := dense
+		payload := int64(4 * unit.Size)
+		switch agg := r.Aggregation(); {
+		case how[u] == optim.DenseMean:
+			p.Average, p.ElemBytes = true, 4
+		case how[u] == optim.TwoPhaseSign || agg == compressors.TwoPhase:
+			alg = allreduce.AlgTwoPhaseSign
+			payload = int64(allreduce.TwoPhasePaddedLen(unit.Size, n)/8 + 4)
+		case agg == compressors.Reduce:
+			c, err := r.New(unit.Size, opts...)
+			if err != nil {
+				return Stats{}, err
+			}
+			ec, ok := compressors.AsElementCodec(c)
+			if !ok {
+				return Stats{}, fmt.Errorf("%w: %s has no element codec", ErrUnsupported, r)
+			}
+			p.Average, p.ElemBytes = true, ec.BytesPerElem()
+			payload = int64(p.ElemBytes) * int64(unit.Size)
+		case agg == compressors.Gather:
+			alg = allreduce.AlgSparseGather
+			payload = r.NominalBytes(unit.Size, opts...)
+			p.Sizes = make([]int64, n)
+			for i := range p.Sizes {
+				p.Sizes[i] = payload
+			}
+		case agg == compressors.LowRank:
+			alg = allreduce.AlgLowRank
+			p.Rows, p.Cols, p.Components = rows, cols, r.Rank
+			payload = 4 * int64(rows+cols) * int64(r.Rank) // the P and Q factors
+		default:
+			return Stats{}, fmt.Errorf("%w: aggregation %v", ErrUnsupported, agg)
+		}
+		progs, err := generateAll(alg, p, n)
+		if err != nil {
+			return Stats{}, fmt.Errorf("train: %s for %s: %w", alg, unit.Name, err)
+		}
+		colls = append(colls, sim.Collective{Name: unit.Name, Programs: progs, Start: start})
+		bp, err := generateAll(dense, allreduce.Params{World: n, Elems: unit.Size, Average: true, ElemBytes: 4}, n)
+		if err != nil {
+			return Stats{}, err
+		}
+		base = append(base, sim.Collective{Name: unit.Name, Programs: bp, Start: start})
+		st.Layers[u] = LayerStats{PayloadBytes: int64(n) * payload, DenseBytes: DenseRingBytes(n, unit.Size)}
+	}
+	res, err := sim.Run(ctx, cfg.Topology, colls, s.options())
+	if err != nil {
+		return Stats{}, fmt.Errorf("train: size-only simulation: %w", err)
+	}
+	bres, err := sim.Run(ctx, cfg.Topology, base, s.options())
+	if err != nil {
+		return Stats{}, fmt.Errorf("train: size-only dense baseline: %w", err)
+	}
+	for u := range units {
+		ls := &st.Layers[u]
+		ls.WireBytes = res.Collectives[u].Bytes
+		st.PayloadBytes += ls.PayloadBytes
+		st.WireBytes += ls.WireBytes
+		st.DenseBytes += ls.DenseBytes
+	}
+	st.GradTime = s.gradTime
+	st.StepTime = seconds(res.Time)
+	st.CodecTime = seconds(res.Compress)
+	st.ReduceTime = seconds(res.Compute)
+	st.CommTime = max(0, seconds(res.Communicate)-s.gradTime)
+	st.BaselineTime = seconds(bres.Time)
+	return st, nil
+}
+
+func generateAll(alg allreduce.Algorithm, p allreduce.Params, n int) ([]*allreduce.Program, error) {
+	progs := make([]*allreduce.Program, n)
+	for r := range n {
+		p.Rank = r
+		prog, err := allreduce.Generate(alg, p)
+		if err != nil {
+			return nil, err
+		}
+		progs[r] = prog
+	}
+	return progs, nil
+}
