@@ -72,12 +72,17 @@ type event struct {
 // returning, so nothing touches x or its buffers afterwards. Errors wrap the
 // transport's *transport.PeerError where a peer is at fault (a timeout becomes
 // one wrapping ErrTimeout), ctx.Err() when ctx ends, or the executor's error.
+// The returned RunStats belong to the caller.
 func Run(ctx context.Context, conn transport.Conn, id uint32, p *allreduce.Program, x allreduce.Executor, opts RunOptions) (RunStats, error) {
 	var d driver
+	defer d.close()
 	return d.run(ctx, conn, id, p, x, opts)
 }
 
-// driver keeps reusable state for consecutive runs. Not safe for concurrent use.
+// driver keeps reusable state for consecutive runs: a Machine, the queues,
+// the goroutines that carry sends and receives (a pool, the Worker's or its
+// own), a reusable context and timer, so that a run in steady state
+// allocates nothing of its own. Not safe for concurrent use.
 type driver struct {
 	m        allreduce.Machine
 	ready    []int32
@@ -86,6 +91,10 @@ type driver struct {
 	events   chan event
 	payloads [][]byte // per op: payload of a queued send
 
+	pool *pool  // shared pool (the Worker's); nil: own
+	own  pool   // used when pool is nil; released by close
+	rctx runCtx // the context of the run's I/O
+
 	// Timeout watchdog: I/O ops in the order they started, with their
 	// start times; the oldest unfinished one sets the next deadline.
 	ioOrder []int32
@@ -93,6 +102,21 @@ type driver struct {
 	ioStart []time.Time
 	ioDone  []bool
 	timer   *time.Timer
+
+	// Per-peer byte counts of the last run (RunStats.SentTo, RecvFrom)
+	// and the last exchange's messages; valid until the next call.
+	sentTo, recvFrom []int64
+	xout             [][]byte
+}
+
+// close releases the driver's own goroutines (if it has any).
+func (d *driver) close() { d.own.close() }
+
+func (d *driver) pl() *pool {
+	if d.pool != nil {
+		return d.pool
+	}
+	return &d.own
 }
 
 func grow[T any](s []T, n int) []T {
@@ -104,6 +128,23 @@ func grow[T any](s []T, n int) []T {
 	return s
 }
 
+// wait returns the timer channel for the deadline at start+timeout
+// (nil if timeout is 0).
+func (d *driver) deadline(start time.Time, timeout time.Duration) <-chan time.Time {
+	if timeout <= 0 {
+		return nil
+	}
+	wait := time.Until(start.Add(timeout))
+	if d.timer == nil {
+		d.timer = time.NewTimer(wait)
+	} else {
+		d.timer.Reset(wait)
+	}
+	return d.timer.C
+}
+
+// run is Run on reusable state. The RunStats' SentTo and RecvFrom are the
+// driver's, valid until its next run.
 func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *allreduce.Program, x allreduce.Executor, opts RunOptions) (st RunStats, err error) {
 	start := time.Now()
 	if err := ctx.Err(); err != nil {
@@ -125,13 +166,14 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 		d.queues[i] = d.queues[i][:0]
 		d.active[i] = 0
 	}
-	st.SentTo, st.RecvFrom = make([]int64, n), make([]int64, n)
+	d.sentTo, d.recvFrom = grow(d.sentTo, n), grow(d.recvFrom, n)
+	st.SentTo, st.RecvFrom = d.sentTo, d.recvFrom
 	perPeer := opts.SendsPerPeer
 	if perPeer <= 0 {
 		perPeer = 1
 	}
 	// Every op yields at most one event, so a buffer of len(Ops) never blocks
-	// a finishing goroutine even after Run has returned. Every run drains
+	// a finishing goroutine even after run has returned. Every run drains
 	// what it started, so the channel is empty and reusable afterwards.
 	if cap(d.events) < len(p.Ops) {
 		d.events = make(chan event, len(p.Ops))
@@ -142,38 +184,38 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 	d.ioOrder, d.ioHead = d.ioOrder[:0], 0
 	d.ioStart = grow(d.ioStart, len(p.Ops))
 	d.ioDone = grow(d.ioDone, len(p.Ops))
-	started := func(i int32) {
-		if opts.Timeout > 0 {
-			d.ioOrder = append(d.ioOrder, i)
-			d.ioStart[i] = time.Now()
-		}
-	}
-	rctx, cancel := context.WithCancel(ctx)
+	pl := d.pl()
+	d.rctx.reset(ctx)
+	rctx := &d.rctx
 	inflight := 0
 	defer func() {
-		cancel()
+		if inflight > 0 {
+			rctx.cancel()
+			for ; inflight > 0; inflight-- {
+				<-events
+			}
+		}
 		if d.timer != nil {
 			d.timer.Stop()
-		}
-		for ; inflight > 0; inflight-- {
-			<-events
 		}
 		st.Wall = time.Since(start)
 	}()
 
-	startSend := func(i int32, b []byte) {
+	startIO := func(kind taskKind, i int32, b []byte) {
 		op := &p.Ops[i]
 		peer := int(op.Peer)
-		d.active[peer]++
 		inflight++
-		st.Msgs++
-		st.SentBytes += int64(len(b))
-		st.SentTo[peer] += int64(len(b))
-		tag := Tag(id, op.Msg)
-		started(i)
-		go func() {
-			events <- event{kind: evSend, op: i, err: conn.Send(rctx, peer, tag, b)}
-		}()
+		if opts.Timeout > 0 {
+			d.ioOrder = append(d.ioOrder, i)
+			d.ioStart[i] = time.Now()
+		}
+		if kind == taskSend {
+			d.active[peer]++
+			st.Msgs++
+			st.SentBytes += int64(len(b))
+			st.SentTo[peer] += int64(len(b))
+		}
+		pl.do(task{kind: kind, op: i, peer: peer, tag: Tag(id, op.Msg), b: b, conn: conn, ctx: rctx, out: events})
 	}
 
 	for !d.m.Finished() {
@@ -193,7 +235,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 					return st, fmt.Errorf("worker: %s op %d (%v): %w", p.Name, i, op, err)
 				}
 				if d.active[op.Peer] < perPeer {
-					startSend(i, b)
+					startIO(taskSend, i, b)
 				} else {
 					payloads[i] = b
 					d.queues[op.Peer] = append(d.queues[op.Peer], i)
@@ -202,14 +244,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 				if op.Peer < 0 || int(op.Peer) >= n || int(op.Peer) == p.Rank {
 					return st, fmt.Errorf("worker: %s op %d: bad peer %d", p.Name, i, op.Peer)
 				}
-				peer := int(op.Peer)
-				tag := Tag(id, op.Msg)
-				inflight++
-				started(i)
-				go func() {
-					b, err := conn.Recv(rctx, peer, tag)
-					events <- event{kind: evRecv, op: i, b: b, err: err}
-				}()
+				startIO(taskRecv, i, nil)
 			case allreduce.Compute:
 				t0 := time.Now()
 				err := x.Run(op)
@@ -239,13 +274,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 				d.ioHead++
 			}
 			if d.ioHead < len(d.ioOrder) {
-				wait := time.Until(d.ioStart[d.ioOrder[d.ioHead]].Add(opts.Timeout))
-				if d.timer == nil {
-					d.timer = time.NewTimer(wait)
-				} else {
-					d.timer.Reset(wait)
-				}
-				expired = d.timer.C
+				expired = d.deadline(d.ioStart[d.ioOrder[d.ioHead]], opts.Timeout)
 			}
 		}
 		var ev event
@@ -276,7 +305,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 				d.queues[peer] = q[1:]
 				b := payloads[next]
 				payloads[next] = nil
-				startSend(next, b)
+				startIO(taskSend, next, b)
 			}
 		case evRecv:
 			st.RecvBytes += int64(len(ev.b))
@@ -293,6 +322,84 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 		}
 	}
 	return st, nil
+}
+
+// exchange sends msg to every other rank and receives every other rank's
+// message, as collective id (tag Tag(id, 0)), on the driver's goroutines: a
+// direct all-gather of small control messages (the non-finite flags). It
+// returns the messages indexed by rank (out[conn.Rank()] is msg), valid
+// until the driver's next call. msg must stay unchanged until it returns.
+// Every message is bounded by timeout (if > 0): a peer that neither
+// delivers nor accepts its message in time becomes a *transport.PeerError
+// wrapping ErrTimeout. On error every exchange in flight is cancelled and
+// waited for.
+func (d *driver) exchange(ctx context.Context, conn transport.Conn, id uint32, msg []byte, timeout time.Duration) ([][]byte, error) {
+	n, me := conn.Size(), conn.Rank()
+	d.xout = grow(d.xout, n)
+	d.xout[me] = msg
+	if n == 1 {
+		return d.xout, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("worker: control exchange %d: %w", id, err)
+	}
+	if cap(d.events) < 2*n {
+		d.events = make(chan event, 2*n)
+	}
+	// ioDone[2p] and ioDone[2p+1]: the send to and the receive from p.
+	d.ioDone = grow(d.ioDone, 2*n)
+	d.rctx.reset(ctx)
+	pl, tag, inflight := d.pl(), Tag(id, 0), 0
+	for p := range n {
+		if p == me {
+			continue
+		}
+		pl.do(task{kind: taskSend, op: int32(2 * p), peer: p, tag: tag, b: msg, conn: conn, ctx: &d.rctx, out: d.events})
+		pl.do(task{kind: taskRecv, op: int32(2*p + 1), peer: p, tag: tag, conn: conn, ctx: &d.rctx, out: d.events})
+		inflight += 2
+	}
+	expired, cancelled := d.deadline(time.Now(), timeout), ctx.Done()
+	var first error
+	fail := func(err error) {
+		if first == nil {
+			first = err
+			d.rctx.cancel()
+		}
+	}
+	for inflight > 0 {
+		select {
+		case ev := <-d.events:
+			inflight--
+			d.ioDone[ev.op] = true
+			if ev.err != nil {
+				fail(ev.err)
+			} else if ev.kind == evRecv {
+				d.xout[ev.op/2] = ev.b
+			}
+		case <-cancelled:
+			cancelled = nil
+			fail(ctx.Err())
+		case <-expired:
+			expired = nil
+			for i, done := range d.ioDone {
+				if !done && i/2 != me {
+					op := "send"
+					if i%2 == 1 {
+						op = "recv"
+					}
+					fail(&transport.PeerError{Rank: i / 2, Op: op, Err: fmt.Errorf("%w after %v: %w", ErrTimeout, timeout, context.DeadlineExceeded)})
+					break
+				}
+			}
+		}
+	}
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	if first != nil {
+		return nil, fmt.Errorf("worker: control exchange %d: %w", id, first)
+	}
+	return d.xout, nil
 }
 
 // ioCall runs f under ctx bounded by timeout (if > 0). When the timeout, and

@@ -77,6 +77,13 @@ type Worker struct {
 	cur         *stepState
 	mode        Mode
 	lg          *lgState // nil unless Config.LGreCo
+
+	// Steady state without allocation: the goroutines that run buckets,
+	// sends, receives and abort watchers; the step state, reused; the
+	// transport counters at the end of the last step.
+	pool      pool
+	stState   stepState
+	lastStats transport.Stats
 }
 
 // Mode is how a step aggregates the gradients.
@@ -271,6 +278,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		}
 	}
 	w.started = true
+	w.lastStats = w.conn.Stats()
 	if log := w.cfg.Logger; log.Enabled(ctx, slog.LevelDebug) {
 		for _, b := range w.buckets {
 			names := make([]string, len(b.layers))
@@ -294,6 +302,9 @@ type bucket struct {
 	coll   collective
 	dense  collective // ModeDense, built on first use
 	drv    driver
+
+	flagMsg [5]byte // this rank's non-finite flag message
+	flagged []int32 // per rank: flagged layer (reused by every step)
 }
 
 // bucketColl returns the bucket's collective for mode m, building the dense
@@ -335,6 +346,7 @@ func (w *Worker) plan() error {
 		w.layerBucket[li] = cur.index
 	}
 	for _, b := range w.buckets {
+		b.drv.pool = &w.pool
 		b.fused = len(b.layers) > 1
 		if b.fused {
 			b.buf = make([]float32, b.elems())
@@ -348,10 +360,10 @@ func (w *Worker) plan() error {
 	return nil
 }
 
-// stepState is the state of the step in flight.
+// stepState is the state of the step in flight. The Worker reuses one.
 type stepState struct {
-	ctx     context.Context
-	cancel  context.CancelFunc
+	rc      runCtx          // the step's context, cancelled at its end
+	ctx     context.Context // &rc
 	mode    Mode
 	base    uint32
 	start   time.Time
@@ -361,6 +373,8 @@ type stepState struct {
 	missing []int // per bucket: layers not yet submitted
 	results []bucketResult
 	wg      sync.WaitGroup // bucket goroutines
+	done    chan int       // indices of the buckets that finished (cap: buckets)
+	started int            // buckets started
 
 	// Abort notices: when a step fails on one rank, it tells every peer, so
 	// that they fail at once instead of after Config.Timeout.
@@ -371,7 +385,11 @@ type stepState struct {
 	notified bool  // this rank sent its notice
 }
 
-// watch waits for abort notices from every peer until the step ends.
+func (st *stepState) cancel() { st.rc.cancel() }
+
+// watch waits for abort notices from every peer until the step ends (on
+// the Worker's pool; a receive that ends with an error means the step ended
+// or the peer is gone, which the buckets see).
 func (w *Worker) watch(st *stepState) {
 	n, me := w.conn.Size(), w.conn.Rank()
 	tag := Tag(st.abortID, 0)
@@ -379,19 +397,19 @@ func (w *Worker) watch(st *stepState) {
 		if p == me {
 			continue
 		}
-		st.watchers.Go(func() {
-			b, err := w.conn.Recv(st.ctx, p, tag)
-			if err != nil {
-				return // the step ended (or the peer is gone: the buckets see it)
-			}
-			st.mu.Lock()
-			if st.aborted == nil {
-				st.aborted = &transport.PeerError{Rank: p, Op: "abort", Err: fmt.Errorf("%w: %s", ErrAborted, b)}
-			}
-			st.mu.Unlock()
-			st.cancel()
-		})
+		st.watchers.Add(1)
+		w.pool.do(task{kind: taskWatch, peer: p, tag: tag, conn: w.conn, ctx: st.ctx, st: st})
 	}
+}
+
+// peerAborted records peer's abort notice and cancels the step.
+func (st *stepState) peerAborted(peer int, msg []byte) {
+	st.mu.Lock()
+	if st.aborted == nil {
+		st.aborted = &transport.PeerError{Rank: peer, Op: "abort", Err: fmt.Errorf("%w: %s", ErrAborted, msg)}
+	}
+	st.mu.Unlock()
+	st.cancel()
 }
 
 // fail records that the step failed on this rank: unless a peer's notice
@@ -448,13 +466,18 @@ func (w *Worker) beginStep() error {
 	if !w.started {
 		return errors.New("worker: not started (call Start, or Step)")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	st := &stepState{
-		ctx: ctx, cancel: cancel, mode: w.mode, base: w.nextID, start: time.Now(), before: w.conn.Stats(),
-		grads:   make([][]float32, len(w.layers)),
-		missing: make([]int, len(w.buckets)),
-		results: make([]bucketResult, len(w.buckets)),
+	st := &w.stState
+	st.rc.reset(context.Background())
+	st.ctx = &st.rc
+	st.mode, st.base, st.start, st.before = w.mode, w.nextID, time.Now(), w.lastStats
+	st.grads = grow(st.grads, len(w.layers))
+	st.missing = grow(st.missing, len(w.buckets))
+	st.results = grow(st.results, len(w.buckets))
+	if cap(st.done) < len(w.buckets) {
+		st.done = make(chan int, len(w.buckets))
 	}
+	st.started = 0
+	st.aborted, st.notified = nil, false
 	for i, b := range w.buckets {
 		st.missing[i] = len(b.layers)
 	}
@@ -496,11 +519,9 @@ func (w *Worker) Submit(layer int, grad []float32) error {
 	st.missing[bi]--
 	if st.missing[bi] == 0 {
 		st.results[bi].started = true
+		st.started++
 		st.wg.Add(1)
-		go func() {
-			defer st.wg.Done()
-			w.runBucket(st, w.buckets[bi])
-		}()
+		w.pool.do(task{kind: taskBucket, w: w, st: st, bi: bi})
 	}
 	return nil
 }
@@ -539,8 +560,7 @@ func (w *Worker) abort(err error) {
 		return
 	}
 	w.fail(st, err)
-	st.wg.Wait()
-	st.watchers.Wait()
+	st.drain()
 	w.broken = err
 	w.step++
 }
@@ -600,9 +620,18 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 			return nil, err
 		}
 	}
-	stop := context.AfterFunc(ctx, st.cancel)
+	// Wait for every bucket; ctx ending cancels the step.
+	cancelled := ctx.Done()
+	for k := 0; k < st.started; {
+		select {
+		case <-st.done:
+			k++
+		case <-cancelled:
+			st.cancel()
+			cancelled = nil
+		}
+	}
 	st.wg.Wait()
-	stop()
 	w.mu.Lock()
 	w.cur = nil
 	w.mu.Unlock()
@@ -724,17 +753,18 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 				break
 			}
 		}
-		var msg [5]byte
-		binary.LittleEndian.PutUint32(msg[:], uint32(mine))
+		msg := b.flagMsg[:]
+		binary.LittleEndian.PutUint32(msg, uint32(mine))
 		msg[4] = byte(st.mode)
-		all, err := allGatherSmall(st.ctx, w.conn, flagID, msg[:], w.cfg.Timeout)
+		all, err := b.drv.exchange(st.ctx, w.conn, flagID, msg, w.cfg.Timeout)
 		if err != nil {
 			fail(err)
 			return
 		}
-		res.flagged = make([]int32, len(all))
+		b.flagged = grow(b.flagged, len(all))
+		res.flagged = b.flagged
 		for r, m := range all {
-			if len(m) != len(msg) {
+			if len(m) != len(b.flagMsg) {
 				fail(fmt.Errorf("worker: non-finite flag from rank %d has %d bytes", r, len(m)))
 				return
 			}
@@ -789,7 +819,9 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 	if w.lg != nil {
 		led.Switched, led.Decision = w.lg.switched, w.lg.decision
 	}
-	led.Peers = statsDelta(st.before, w.conn.Stats())
+	after := w.conn.Stats()
+	led.Peers = statsDelta(st.before, after)
+	w.lastStats = after
 	led.Layers = make([]LayerLedger, len(w.layers))
 	for li, s := range w.layers {
 		led.Layers[li] = LayerLedger{
@@ -896,8 +928,20 @@ func (w *Worker) Close() error {
 	w.mu.Unlock()
 	if st != nil {
 		w.fail(st, ErrClosed)
-		st.wg.Wait()
-		st.watchers.Wait()
+		st.drain()
+	}
+	w.pool.close()
+	for _, b := range w.buckets {
+		b.drv.close()
 	}
 	return nil
+}
+
+// drain waits for the step's buckets and watchers after a failure.
+func (st *stepState) drain() {
+	st.wg.Wait()
+	for len(st.done) > 0 {
+		<-st.done
+	}
+	st.watchers.Wait()
 }

@@ -1,0 +1,156 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/slimgrad/slimgrad/transport"
+)
+
+// task is one unit of work for a pool goroutine. Tasks are plain values
+// passed over a channel, so handing one over allocates nothing.
+type task struct {
+	kind taskKind
+	op   int32
+	peer int
+	tag  uint64
+	b    []byte
+	conn transport.Conn
+	ctx  context.Context
+	out  chan<- event // send and recv: where the completion goes
+
+	w  *Worker    // watch, bucket
+	st *stepState // watch, bucket
+	bi int        // bucket
+}
+
+type taskKind uint8
+
+const (
+	taskSend   taskKind = iota // conn.Send, then an evSend event on out
+	taskRecv                   // conn.Recv, then an evRecv event on out
+	taskWatch                  // receive a peer's abort notice for the step
+	taskBucket                 // run a bucket's collective for the step
+)
+
+// pool runs tasks on long-lived goroutines, started on demand and reused,
+// so that a steady state of steps starts no goroutine and allocates no
+// closure. Every task handed over reserves a goroutine (an idle one, or a
+// new one), so a task never waits for another to finish: tasks may block
+// for as long as they like, and may hand over tasks themselves. The zero
+// value is ready to use; close stops the goroutines (every task must have
+// finished). A pool is safe for concurrent use.
+type pool struct {
+	mu    sync.Mutex
+	tasks chan task
+	idle  int // goroutines waiting for a task and not reserved
+	wg    sync.WaitGroup
+}
+
+// do hands t to a goroutine of the pool.
+func (p *pool) do(t task) {
+	p.mu.Lock()
+	if p.tasks == nil {
+		p.tasks = make(chan task)
+	}
+	ch := p.tasks
+	if p.idle > 0 {
+		p.idle--
+	} else {
+		p.wg.Add(1)
+		go p.serve(ch)
+	}
+	p.mu.Unlock()
+	ch <- t
+}
+
+func (p *pool) serve(ch chan task) {
+	defer p.wg.Done()
+	for t := range ch {
+		switch t.kind {
+		case taskSend:
+			t.out <- event{kind: evSend, op: t.op, err: t.conn.Send(t.ctx, t.peer, t.tag, t.b)}
+		case taskRecv:
+			b, err := t.conn.Recv(t.ctx, t.peer, t.tag)
+			t.out <- event{kind: evRecv, op: t.op, b: b, err: err}
+		case taskWatch:
+			b, err := t.conn.Recv(t.ctx, t.peer, t.tag)
+			if err == nil {
+				t.st.peerAborted(t.peer, b)
+			}
+			t.st.watchers.Done()
+		case taskBucket:
+			t.w.runBucket(t.st, t.w.buckets[t.bi])
+			t.st.done <- t.bi
+			t.st.wg.Done()
+		}
+		p.mu.Lock()
+		p.idle++
+		p.mu.Unlock()
+	}
+}
+
+// close stops the goroutines and waits for them. No task may be running
+// or handed over concurrently. The pool is reusable afterwards.
+func (p *pool) close() {
+	p.mu.Lock()
+	ch := p.tasks
+	p.tasks, p.idle = nil, 0
+	p.mu.Unlock()
+	if ch != nil {
+		close(ch)
+		p.wg.Wait()
+	}
+}
+
+// runCtx is a reusable cancellable context for the I/O of one run of a
+// driver (or one step of a Worker). Unlike context.WithCancel it allocates
+// nothing per use unless it was cancelled (a cancelled runCtx needs a new
+// done channel). It does not watch its parent: the goroutine that owns it
+// selects on the parent's Done and calls cancel, which every run loop does
+// while I/O is in flight. Deadline and Value are the parent's.
+type runCtx struct {
+	mu     sync.Mutex
+	parent context.Context
+	done   chan struct{}
+	err    error
+}
+
+// reset makes c an uncancelled child of parent. Nothing may use c while
+// it is reset.
+func (c *runCtx) reset(parent context.Context) {
+	c.mu.Lock()
+	c.parent = parent
+	if c.done == nil || c.err != nil {
+		c.done, c.err = make(chan struct{}), nil
+	}
+	c.mu.Unlock()
+}
+
+// cancel cancels c with context.Canceled (idempotent).
+func (c *runCtx) cancel() {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = context.Canceled
+		close(c.done)
+	}
+	c.mu.Unlock()
+}
+
+func (c *runCtx) Deadline() (time.Time, bool) { return c.parent.Deadline() }
+func (c *runCtx) Value(key any) any           { return c.parent.Value(key) }
+
+func (c *runCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	d := c.done
+	c.mu.Unlock()
+	return d
+}
+
+func (c *runCtx) Err() error {
+	c.mu.Lock()
+	err := c.err
+	c.mu.Unlock()
+	return err
+}
