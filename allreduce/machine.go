@@ -12,8 +12,8 @@ import (
 // became ready (program order among the initially ready ones).
 //
 // All per-op state (dependency counter, issued and done bits, the driver's
-// marks and, for up to two dependents, the dependents themselves) is packed
-// into one 12-byte record per op, so that stepping an op touches one cache
+// marks and word, and, for up to two dependents, the dependents themselves)
+// is packed into one 16-byte record per op, so that stepping an op touches one cache
 // line: the simulator steps thousands of Machines in lock-step, where every
 // separate array costs a cache and TLB miss per op.
 //
@@ -28,10 +28,12 @@ type Machine struct {
 
 // opState is one op's state. bits: the number of unfinished dependencies
 // (stWait), stIssued, stDone, stOverflow, and the driver's marks
-// (stMarkShift). s holds the op's dependents (-1: none) or, with
-// stOverflow, the start and count of its dependents in Machine.more.
+// (stMarkShift). aux is the driver's word. s holds the op's dependents (-1:
+// none) or, with stOverflow, the start and count of its dependents in
+// Machine.more.
 type opState struct {
 	bits uint32
+	aux  int32
 	s    [2]int32
 }
 
@@ -198,3 +200,12 @@ func (m *Machine) Mark(i int32, b uint8) uint8 {
 
 // opDone reports whether op i was reported done.
 func (m *Machine) opDone(i int32) bool { return m.st[i].bits&stDone != 0 }
+
+// Aux returns the driver's word of op i: 32 bits per op that the Machine
+// stores next to the op's own state for its driver (e.g. the index of the
+// matching Recv at the peer), zero after Reset and never interpreted by the
+// Machine. i must be in range.
+func (m *Machine) Aux(i int32) int32 { return m.st[i].aux }
+
+// SetAux sets the driver's word of op i. i must be in range.
+func (m *Machine) SetAux(i, v int32) { m.st[i].aux = v }

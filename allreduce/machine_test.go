@@ -130,6 +130,10 @@ func TestMachineErrorsAndMarks(t *testing.T) {
 	if got := m.Mark(1, 1); got != 3 || m.Marks(1) != 3 || m.Marks(0) != 0 {
 		t.Errorf("marks: %d, %d, %d", got, m.Marks(1), m.Marks(0))
 	}
+	m.SetAux(2, -7)
+	if m.Aux(2) != -7 || m.Aux(1) != 0 {
+		t.Errorf("aux: %d, %d", m.Aux(2), m.Aux(1))
+	}
 	r := m.Ready(nil)
 	if !slices.Equal(r, []int32{0}) {
 		t.Fatalf("Ready = %v", r)
@@ -140,8 +144,8 @@ func TestMachineErrorsAndMarks(t *testing.T) {
 	if r = m.Ready(nil); !slices.Equal(r, []int32{1}) || m.Marks(1) != 3 {
 		t.Fatalf("Ready = %v, marks %d (marks must survive stepping)", r, m.Marks(1))
 	}
-	if err := m.Reset(p); err != nil || m.Marks(1) != 0 || m.Remaining() != 3 {
-		t.Fatalf("Reset: %v, marks %d, remaining %d", err, m.Marks(1), m.Remaining())
+	if err := m.Reset(p); err != nil || m.Marks(1) != 0 || m.Aux(2) != 0 || m.Remaining() != 3 {
+		t.Fatalf("Reset: %v, marks %d, aux %d, remaining %d", err, m.Marks(1), m.Aux(2), m.Remaining())
 	}
 	bad := &Program{Ops: []Op{{Kind: Compute, Deps: [2]int32{0, NoDep}}}}
 	if err := m.Reset(bad); err == nil {

@@ -511,6 +511,9 @@ func (d *driver) setup() error {
 			d.keys = keys
 		}
 	}
+	if err := d.matchSends(); err != nil {
+		return err
+	}
 	d.net.reset()
 	d.now = 0
 	d.pend, d.pfree = d.pend[:0], d.pfree[:0]
@@ -529,6 +532,38 @@ func (d *driver) setup() error {
 	d.rng = rand.New(rand.NewPCG(d.opts.Seed, d.opts.Seed^0x9e3779b97f4a7c15))
 	d.res = &Result{}
 	d.h.reset()
+	return nil
+}
+
+// matchSends pairs every Send with its Recv before the run, visiting each
+// rank's ops in order (cheap here, a cache miss per message in the event
+// loop): the receiving op's index goes into the Machine's word of the Send,
+// and planned sizes that disagree are an error up front.
+func (d *driver) matchSends() error {
+	world := int32(d.world)
+	for g := range d.ms {
+		ms := &d.ms[g]
+		ops := ms.prog.Ops
+		for i := range ops {
+			o := &ops[i]
+			if o.Kind != allreduce.Send {
+				continue
+			}
+			peer := o.Peer
+			if peer < 0 || peer >= world || peer == ms.rank {
+				return fmt.Errorf("%w: collective %d rank %d op %d: send to %d", ErrProgram, ms.coll, ms.rank, i, peer)
+			}
+			dm := &d.ms[ms.coll*world+peer]
+			dop := dm.lookupRecv(ms.rank, o.Msg)
+			if dop < 0 {
+				return fmt.Errorf("%w: collective %d rank %d op %d: send #%d to %d has no matching recv", ErrProgram, ms.coll, ms.rank, i, o.Msg, peer)
+			}
+			if want := dm.prog.Ops[dop].Bytes; ms.exec == nil && o.Bytes >= 0 && want >= 0 && o.Bytes != want {
+				return fmt.Errorf("%w: collective %d: rank %d sends %d bytes as #%d to %d, which expects %d", ErrProgram, ms.coll, ms.rank, o.Bytes, o.Msg, peer, want)
+			}
+			ms.m.SetAux(int32(i), dop)
+		}
+	}
 	return nil
 }
 
@@ -567,7 +602,7 @@ func (d *driver) loop(ctx context.Context) error {
 		case evFlowEnd:
 			err = d.flowEnd(ev.g, ev.x)
 		case evArrive:
-			err = d.arrive(ev.g, ev.op, ev.x)
+			err = d.arrive(ev.g, ev.op)
 		case evComputeEnd:
 			err = d.computeEnd(ev.g, ev.op)
 		}
@@ -650,16 +685,10 @@ func (d *driver) machineDone(ms *machine) {
 }
 
 func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
-	peer := op.Peer
-	if peer < 0 || int(peer) >= d.world || peer == ms.rank {
-		return fmt.Errorf("%w: collective %d rank %d op %d: send to %d", ErrProgram, ms.coll, ms.rank, i, peer)
-	}
+	peer := op.Peer // checked by matchSends
 	dg := ms.coll*int32(d.world) + peer
 	dm := &d.ms[dg]
-	dop := dm.lookupRecv(ms.rank, op.Msg)
-	if dop < 0 {
-		return fmt.Errorf("%w: collective %d rank %d op %d: send #%d to %d has no matching recv", ErrProgram, ms.coll, ms.rank, i, op.Msg, peer)
-	}
+	dop := ms.m.Aux(i)
 	var size int64
 	if ms.exec != nil {
 		p, err := ms.exec.Payload(op)
@@ -677,6 +706,9 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 			size = d.opts.SizeHint(int(ms.coll), int(ms.rank), op)
 			if size < 0 {
 				return fmt.Errorf("%w: collective %d rank %d op %d: SizeHint returned %d", ErrProgram, ms.coll, ms.rank, i, size)
+			}
+			if want := dm.prog.Ops[dop].Bytes; want >= 0 && size != want {
+				return fmt.Errorf("%w: collective %d: rank %d sends %d bytes (SizeHint) as #%d to %d, which expects %d", ErrProgram, ms.coll, ms.rank, size, op.Msg, peer, want)
 			}
 		}
 	}
@@ -772,16 +804,11 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 		return nil // superseded by a rate change
 	}
 	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
-	// The arrival carries the size (saturated) for the receiver's check.
-	sz := uint32(math.MaxUint32)
-	if f.size < math.MaxUint32 {
-		sz = uint32(f.size)
-	}
 	d.net.remove(d.now, id) // f may be reused from here on
 	if !d.opts.PerMessageFlows {
 		d.connDone(d.ms[g].rank, d.ms[dg].rank)
 	}
-	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop, x: sz})
+	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop})
 	ms := &d.ms[g]
 	d.trace.add(d.now, TraceSent, ms.coll, ms.rank, op, -1, 0)
 	if err := ms.m.Done(op); err != nil {
@@ -790,12 +817,8 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 	return d.pump(g)
 }
 
-func (d *driver) arrive(g, op int32, size uint32) error {
+func (d *driver) arrive(g, op int32) error {
 	ms := &d.ms[g]
-	o := &ms.prog.Ops[op]
-	if ms.exec == nil && o.Bytes >= 0 && size != math.MaxUint32 && int64(size) != o.Bytes {
-		return fmt.Errorf("%w: collective %d: rank %d received %d bytes as #%d from %d, expected %d", ErrProgram, ms.coll, ms.rank, size, o.Msg, o.Peer, o.Bytes)
-	}
 	posted := ms.m.Mark(op, flArrived)&flPosted != 0
 	d.trace.add(d.now, TraceArrive, ms.coll, ms.rank, op, -1, 0)
 	if !posted {
