@@ -21,7 +21,7 @@ type task struct {
 	out  chan<- event // send and recv: where the completion goes
 
 	w  *Worker    // watch, bucket
-	st *stepState // watch, bucket
+	st *stepState // bucket
 	bi int        // bucket
 }
 
@@ -30,7 +30,7 @@ type taskKind uint8
 const (
 	taskSend   taskKind = iota // conn.Send, then an evSend event on out
 	taskRecv                   // conn.Recv, then an evRecv event on out
-	taskWatch                  // receive a peer's abort notice for the step
+	taskWatch                  // receive a peer's abort notice (Worker.watch)
 	taskBucket                 // run a bucket's collective for the step
 )
 
@@ -77,9 +77,9 @@ func (p *pool) serve(ch chan task) {
 		case taskWatch:
 			b, err := t.conn.Recv(t.ctx, t.peer, t.tag)
 			if err == nil {
-				t.st.peerAborted(t.peer, b)
+				t.w.peerAborted(t.peer, b)
 			}
-			t.st.watchers.Done()
+			t.w.watchWG.Done()
 		case taskBucket:
 			t.w.runBucket(t.st, t.w.buckets[t.bi])
 			t.st.done <- t.bi
@@ -128,10 +128,11 @@ func (c *runCtx) reset(parent context.Context) {
 	c.mu.Unlock()
 }
 
-// cancel cancels c with context.Canceled (idempotent).
+// cancel cancels c with context.Canceled (idempotent; a no-op on a
+// runCtx never reset).
 func (c *runCtx) cancel() {
 	c.mu.Lock()
-	if c.err == nil {
+	if c.err == nil && c.done != nil {
 		c.err = context.Canceled
 		close(c.done)
 	}

@@ -84,7 +84,20 @@ type Worker struct {
 	pool      pool
 	stState   stepState
 	lastStats transport.Stats
+
+	// Abort watchers: one receive per peer on abortTag for the Worker's
+	// life (cancelled by Close). A notice fails the step in flight, or the
+	// next one if none is.
+	life         runCtx
+	watchWG      sync.WaitGroup
+	abortMu      sync.Mutex
+	abortCur     *stepState // the step in flight, while its buckets may run
+	abortPending error      // a notice that arrived between steps
 }
+
+// abortTag is the tag of abort notices: collective id 0, which no step or
+// exchange uses (ids start at 1).
+var abortTag = Tag(0, 1)
 
 // Mode is how a step aggregates the gradients.
 type Mode uint8
@@ -279,6 +292,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	w.started = true
 	w.lastStats = w.conn.Stats()
+	w.watch()
 	if log := w.cfg.Logger; log.Enabled(ctx, slog.LevelDebug) {
 		for _, b := range w.buckets {
 			names := make([]string, len(b.layers))
@@ -378,8 +392,6 @@ type stepState struct {
 
 	// Abort notices: when a step fails on one rank, it tells every peer, so
 	// that they fail at once instead of after Config.Timeout.
-	abortID  uint32
-	watchers sync.WaitGroup
 	mu       sync.Mutex
 	aborted  error // a peer's notice, if one arrived
 	notified bool  // this rank sent its notice
@@ -387,29 +399,56 @@ type stepState struct {
 
 func (st *stepState) cancel() { st.rc.cancel() }
 
-// watch waits for abort notices from every peer until the step ends (on
-// the Worker's pool; a receive that ends with an error means the step ended
-// or the peer is gone, which the buckets see).
-func (w *Worker) watch(st *stepState) {
+// watch starts, on the Worker's pool, one receive of an abort notice per
+// peer that lasts until Close (a receive that ends with an error means the
+// Worker closed or the peer is gone, which the steps see by themselves). A
+// notice is for the step in flight, or the next step if none is: the peer's
+// step failed, so this rank's next step cannot succeed either.
+func (w *Worker) watch() {
 	n, me := w.conn.Size(), w.conn.Rank()
-	tag := Tag(st.abortID, 0)
+	if n == 1 || w.cfg.NoAbortNotice {
+		return
+	}
+	w.life.reset(context.Background())
 	for p := 0; p < n; p++ {
 		if p == me {
 			continue
 		}
-		st.watchers.Add(1)
-		w.pool.do(task{kind: taskWatch, peer: p, tag: tag, conn: w.conn, ctx: st.ctx, st: st})
+		w.watchWG.Add(1)
+		w.pool.do(task{kind: taskWatch, peer: p, tag: abortTag, conn: w.conn, ctx: &w.life, w: w})
 	}
 }
 
-// peerAborted records peer's abort notice and cancels the step.
-func (st *stepState) peerAborted(peer int, msg []byte) {
+// peerAborted records peer's abort notice: it fails the step in flight, or
+// is kept for the next one.
+func (w *Worker) peerAborted(peer int, msg []byte) {
+	err := &transport.PeerError{Rank: peer, Op: "abort", Err: fmt.Errorf("%w: %s", ErrAborted, msg)}
+	w.abortMu.Lock()
+	if st := w.abortCur; st != nil {
+		st.setAborted(err)
+	} else if w.abortPending == nil {
+		w.abortPending = err
+	}
+	w.abortMu.Unlock()
+}
+
+func (st *stepState) setAborted(err error) {
 	st.mu.Lock()
 	if st.aborted == nil {
-		st.aborted = &transport.PeerError{Rank: peer, Op: "abort", Err: fmt.Errorf("%w: %s", ErrAborted, msg)}
+		st.aborted = err
 	}
 	st.mu.Unlock()
 	st.cancel()
+}
+
+// watching sets the step that abort notices fail (nil: none in flight).
+func (w *Worker) watching(st *stepState) {
+	w.abortMu.Lock()
+	w.abortCur = st
+	if st != nil && w.abortPending != nil {
+		st.setAborted(w.abortPending)
+	}
+	w.abortMu.Unlock()
 }
 
 // fail records that the step failed on this rank: unless a peer's notice
@@ -433,7 +472,7 @@ func (w *Worker) fail(st *stepState, err error) {
 		var wg sync.WaitGroup
 		for p := 0; p < w.conn.Size(); p++ {
 			if p != w.conn.Rank() {
-				wg.Go(func() { _ = w.conn.Send(ctx, p, Tag(st.abortID, 0), msg) })
+				wg.Go(func() { _ = w.conn.Send(ctx, p, abortTag, msg) })
 			}
 		}
 		wg.Wait()
@@ -482,12 +521,9 @@ func (w *Worker) beginStep() error {
 		st.missing[i] = len(b.layers)
 	}
 	st.collect = w.lg != nil && w.lg.collecting && st.mode == ModeCompressed
-	st.abortID = st.base + 2*uint32(len(w.buckets))
 	w.nextID += 2*uint32(len(w.buckets)) + 1
 	w.cur = st
-	if w.conn.Size() > 1 && !w.cfg.NoAbortNotice {
-		w.watch(st)
-	}
+	w.watching(st)
 	return nil
 }
 
@@ -561,6 +597,7 @@ func (w *Worker) abort(err error) {
 	}
 	w.fail(st, err)
 	st.drain()
+	w.watching(nil)
 	w.broken = err
 	w.step++
 }
@@ -632,13 +669,12 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 		}
 	}
 	st.wg.Wait()
+	w.watching(nil)
 	w.mu.Lock()
 	w.cur = nil
 	w.mu.Unlock()
 	step := w.step
 	w.step++
-	st.cancel()
-	st.watchers.Wait()
 
 	// A failure anywhere breaks the worker. Report the cause: a local
 	// failure (first in bucket order) rather than the cancellations it
@@ -823,6 +859,7 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 	led.Peers = statsDelta(st.before, after)
 	w.lastStats = after
 	led.Layers = make([]LayerLedger, len(w.layers))
+	peerBuf := make([]int64, 2*n*len(w.layers)) // every layer's SentTo and RecvFrom
 	for li, s := range w.layers {
 		led.Layers[li] = LayerLedger{
 			Name: s.name, Elems: s.elems, Bucket: w.layerBucket[li], Codec: s.codec, EF: s.ef,
@@ -863,7 +900,8 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 				}
 			}
 			l.PayloadBytes, l.SentBytes, l.RecvBytes, l.WireBytes = got[0], got[1], got[2], got[3]
-			l.SentTo, l.RecvFrom = make([]int64, n), make([]int64, n)
+			o := 2 * n * li
+			l.SentTo, l.RecvFrom = peerBuf[o:o+n:o+n], peerBuf[o+n:o+2*n:o+2*n]
 			for p := 0; p < n && r.stats.run.SentTo != nil; p++ {
 				if k == len(b.layers)-1 {
 					l.SentTo[p] = r.stats.run.SentTo[p] - peerAcc[0][p]
@@ -929,7 +967,10 @@ func (w *Worker) Close() error {
 	if st != nil {
 		w.fail(st, ErrClosed)
 		st.drain()
+		w.watching(nil)
 	}
+	w.life.cancel()
+	w.watchWG.Wait()
 	w.pool.close()
 	for _, b := range w.buckets {
 		b.drv.close()
@@ -943,5 +984,4 @@ func (st *stepState) drain() {
 	for len(st.done) > 0 {
 		<-st.done
 	}
-	st.watchers.Wait()
 }
