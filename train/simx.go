@@ -70,7 +70,7 @@ type Sim struct {
 	progs    map[progKey][]*allreduce.Program
 	execs    map[progKey][]*allreduce.Exec
 	enc      [][]byte
-	payloads []payloadCodec // [rank], reused per unit
+	pcs      [][]*payloadCodec // [rank][unit], gathered units only
 	colls    []sim.Collective
 	gradTime time.Duration
 	baseline time.Duration
@@ -116,10 +116,11 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 	s := &Sim{cfg: cfg, plan: plan, units: units, n: n,
 		fbs: make([][]errorfeedback.Feedback, n), tp: make([][]*allreduce.TwoPhaseState, n), lowrank: make([][]*adapt.Layer, n),
 		progs: map[progKey][]*allreduce.Program{}, execs: map[progKey][]*allreduce.Exec{},
-		enc: make([][]byte, n), payloads: make([]payloadCodec, n)}
+		enc: make([][]byte, n), pcs: make([][]*payloadCodec, n)}
 	for w := range n {
 		s.tp[w] = make([]*allreduce.TwoPhaseState, len(units))
 		s.lowrank[w] = make([]*adapt.Layer, len(units))
+		s.pcs[w] = make([]*payloadCodec, len(units))
 		for i, u := range units {
 			fb, err := plan.NewFeedback(u, w, n)
 			if err != nil {
@@ -250,9 +251,10 @@ func (s *Sim) exec(k progKey, r int, data []float32, opts ...allreduce.ExecOptio
 		ex = make([]*allreduce.Exec, s.n)
 		s.execs[k] = ex
 	}
-	// Options (codec hooks) may change between steps; build a new executor
-	// when they are given, reuse otherwise.
-	if ex[r] == nil || len(opts) > 0 {
+	// The hooks in opts are persistent per rank and unit (error feedback,
+	// two-phase state, payload codec), so an executor is built once per key
+	// and rank and reset every step.
+	if ex[r] == nil {
 		e, err := allreduce.NewExec(progs[r], data, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("train: executor for %s: %w", s.units[k.unit].Name, err)
@@ -373,7 +375,11 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 		case agg == compressors.Gather:
 			k := progKey{unit: u, alg: allreduce.AlgSparseGather}
 			for r := range s.n {
-				pc := &payloadCodec{fb: s.fbs[r][u]}
+				if s.pcs[r][u] == nil {
+					s.pcs[r][u] = &payloadCodec{fb: s.fbs[r][u]}
+				}
+				pc := s.pcs[r][u]
+				pc.bytes = 0
 				gathers[u] = append(gathers[u], pc)
 				copy(out[r][u], in[r][u])
 				e, err := s.exec(k, r, out[r][u], allreduce.WithPayloadCodec(pc))
