@@ -302,3 +302,19 @@ func BenchmarkMLPGradient(b *testing.B) {
 		}
 	}
 }
+
+// TestGradientAllocatesNothing: the training hot path allocates nothing in
+// steady state.
+func TestGradientAllocatesNothing(t *testing.T) {
+	ds := tinyClassification(t, 64, 20, 3)
+	m, _ := NewMLP([]int{20, 16, 3}, CrossEntropy, 1)
+	ws := m.NewWorkspace(8)
+	s := NewSampler(firstN(64), 1, 0)
+	if n := testing.AllocsPerRun(50, func() {
+		if _, err := ws.Gradient(ds, s.Next(8)); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("Gradient+Next: %v allocations per step", n)
+	}
+}

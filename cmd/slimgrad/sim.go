@@ -204,7 +204,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	for _, l := range layers {
 		elems += l.Size
 	}
-	fmt.Fprintf(stdout, "slimgrad sim: %s, %d parameters in %d layers, %d workers × batch %d, %s shards, %d steps, seed %d\n",
+	fmt.Fprintf(stdout, "slimgrad sim: %s, %d parameters in %d tensors, %d workers × batch %d, %s shards, %d steps, seed %d\n",
 		task.Name, elems, len(layers), o.Workers, o.Batch, split, o.Steps, o.Seed)
 	switch {
 	case o.Exchange != "sim":
@@ -212,7 +212,11 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	case o.Topology != "":
 		fmt.Fprintf(stdout, "topology: %s (%d nodes)\n", o.Topology, len(env.topo.Nodes))
 	default:
-		fmt.Fprintf(stdout, "topology: built-in heterogeneous (two sites of 10 Gbit/s nodes, 2.5 Gbit/s WAN, one 1 Gbit/s edge node at half speed; written to topology.yaml)\n")
+		where := ""
+		if o.Out != "" {
+			where = "; written to " + filepath.Join(o.Out, "topology.yaml")
+		}
+		fmt.Fprintf(stdout, "topology: built-in heterogeneous (two sites of 10 Gbit/s nodes, 2.5 Gbit/s WAN, one 1 Gbit/s edge node at half speed%s)\n", where)
 	}
 
 	printEvery := o.PrintEvery
