@@ -79,10 +79,11 @@ type Config struct {
 	// SkipSignature turns off the start-up comparison of layer lists.
 	SkipSignature bool
 	// NoAbortNotice turns off abort notices: by default a rank whose step
-	// fails tells every peer (a tiny message on a per-step tag that each
-	// rank listens to while a step is in flight), so the peers fail at once
-	// with a *transport.PeerError wrapping ErrAborted instead of waiting
-	// for Config.Timeout.
+	// fails tells every peer (a tiny message on a reserved tag, collective
+	// id 0, that each rank listens to from Start to Close), so the peers
+	// fail the step in flight, or their next step if none is, at once with
+	// a *transport.PeerError wrapping ErrAborted instead of waiting for
+	// Config.Timeout.
 	NoAbortNotice bool
 	// Logger receives debug and error logs. Default slog.Default().
 	Logger *slog.Logger

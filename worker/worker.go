@@ -956,8 +956,10 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// Close cancels a step in flight and releases the Worker. It does not close
-// the conn. Close is idempotent.
+// Close cancels a step in flight and releases the Worker, including the
+// goroutines it keeps between steps (they carry its sends, receives, abort
+// watchers and buckets, so that steps in steady state start none): call it
+// (or Shutdown) when done. It does not close the conn. Close is idempotent.
 func (w *Worker) Close() error {
 	w.mu.Lock()
 	st := w.cur
