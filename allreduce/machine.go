@@ -24,6 +24,7 @@ type Machine struct {
 	more      []int32 // dependents of ops with more than two (stOverflow)
 	ready     []int32 // ops whose deps are done, not yet issued, in order
 	remaining int
+	arena     bool // st and more belong to an Arena
 }
 
 // opState is one op's state. bits: the number of unfinished dependencies
@@ -63,9 +64,23 @@ func NewMachine(p *Program) (*Machine, error) {
 // Reset rewinds m to the start of p, reusing its memory. On error m is
 // unusable until the next successful Reset.
 func (m *Machine) Reset(p *Program) error {
+	return m.reset(p, nil)
+}
+
+// reset is Reset taking memory from a if it is not nil.
+func (m *Machine) reset(p *Program, a *Arena) error {
 	n := len(p.Ops)
 	m.prog = p
-	m.st = grow(m.st, n)
+	if a != nil {
+		m.st = a.takeSt(n)
+		m.more = nil
+	} else {
+		if m.arena {
+			m.st, m.more = nil, nil // never write into an arena's block
+		}
+		m.st = grow(m.st, n)
+	}
+	m.arena = a != nil
 	// Pass 1: validate, count dependencies and dependents (in s[0]).
 	for i := range m.st {
 		m.st[i] = opState{}
@@ -96,7 +111,11 @@ func (m *Machine) Reset(p *Program) error {
 			s.s = [2]int32{-1, -1}
 		}
 	}
-	m.more = grow(m.more, int(extra))
+	if a != nil {
+		m.more = a.takeMore(int(extra))
+	} else {
+		m.more = grow(m.more, int(extra))
+	}
 	// Pass 2: record dependents in program order.
 	m.ready = m.ready[:0]
 	for i := range p.Ops {

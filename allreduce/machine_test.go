@@ -180,3 +180,113 @@ func BenchmarkMachine(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(p.Ops)), "ops")
 }
+
+// TestMachineArena: Machines whose state lives in one Arena (including
+// blocks added when it overflows, and overflowing dependents) step exactly
+// like private ones, even interleaved, and a Machine moved back to private
+// memory never writes into the arena again.
+func TestMachineArena(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	progs := make([]*Program, 40)
+	for i := range progs {
+		progs[i] = randomDAG(rng, 1+rng.IntN(150))
+	}
+	var a Arena
+	for round, reserve := range []int{0, 1000, 100000} {
+		a.Reset(reserve)
+		ms := make([]Machine, len(progs))
+		refs := make([]*refMachine, len(progs))
+		inflight := make([][]int32, len(progs))
+		for i, p := range progs {
+			if err := ms[i].ResetIn(p, &a); err != nil {
+				t.Fatal(err)
+			}
+			refs[i] = newRef(p)
+		}
+		var got []int32
+		for live := len(progs); live > 0; {
+			live = 0
+			for i := range ms { // one op per machine per pass: interleaved
+				got = ms[i].Ready(got[:0])
+				if !slices.Equal(got, refs[i].ready) {
+					t.Fatalf("round %d machine %d: Ready = %v, reference %v", round, i, got, refs[i].ready)
+				}
+				refs[i].ready = refs[i].ready[:0]
+				inflight[i] = append(inflight[i], got...)
+				if len(inflight[i]) == 0 {
+					continue
+				}
+				live++
+				k := rng.IntN(len(inflight[i]))
+				op := inflight[i][k]
+				inflight[i] = slices.Delete(inflight[i], k, k+1)
+				if err := ms[i].Done(op); err != nil {
+					t.Fatal(err)
+				}
+				refs[i].complete(op)
+			}
+		}
+		for i := range ms {
+			if !ms[i].Finished() {
+				t.Fatalf("round %d machine %d unfinished", round, i)
+			}
+		}
+	}
+	// A Machine reset privately after living in the arena leaves the
+	// arena's (since reused) memory alone.
+	a.Reset(0)
+	var m1, m2 Machine
+	if err := m1.ResetIn(progs[0], &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := m1.Reset(progs[1]); err != nil {
+		t.Fatal(err)
+	}
+	a.Reset(0)
+	if err := m2.ResetIn(progs[0], &a); err != nil {
+		t.Fatal(err)
+	}
+	m2.Mark(0, 0x5a)
+	for _, i := range m1.Ready(nil) {
+		m1.Mark(i, 0xff)
+		if err := m1.Done(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m2.Marks(0) != 0x5a {
+		t.Errorf("arena state overwritten: marks %#x", m2.Marks(0))
+	}
+}
+
+// TestGenerateAll: the contiguous programs equal those of Generate.
+func TestGenerateAll(t *testing.T) {
+	cases := []struct {
+		alg Algorithm
+		p   Params
+	}{
+		{AlgRing, Params{World: 7, Elems: 1000, Segments: 3, Average: true}},
+		{AlgTree, Params{World: 13, Elems: 999, Segments: 4}},
+		{AlgHalvingDoubling, Params{World: 6, Elems: 100}},
+		{AlgBroadcast, Params{World: 5, Elems: 64, Root: 2, Segments: 2}},
+	}
+	for _, c := range cases {
+		all, err := GenerateAll(c.alg, c.p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for r := range all {
+			p := c.p
+			p.Rank = r
+			want, err := Generate(c.alg, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := all[r].String(); got != want.String() || !slices.Equal(all[r].Ops, want.Ops) || !slices.Equal(all[r].Layout.Offs, want.Layout.Offs) {
+				t.Errorf("%v rank %d: GenerateAll differs from Generate:\n%s\nwant\n%s", c.alg, r, got, want)
+			}
+		}
+	}
+	if _, err := GenerateAll(AlgRing, Params{World: 0, Elems: 10}); err == nil {
+		t.Error("world 0 accepted")
+	}
+}

@@ -280,6 +280,7 @@ type driver struct {
 	cbytes    []int64
 	cleft     []int
 	wan       map[[2]int32]int32 // topo.wanIndex()
+	arena     allreduce.Arena    // the Machines' per-op state
 	keys      []uint64           // scratch for recv directories
 	linkNames []string
 }
@@ -422,6 +423,17 @@ func (d *driver) setup() error {
 		return fmt.Errorf("sim: too many machines")
 	}
 	d.ms = grow(d.ms, len(d.colls)*world)
+	// All Machines' state in one arena: dense, and huge pages where the
+	// kernel allows (thousands of ranks are stepped in lock-step).
+	ops := 0
+	for _, col := range d.colls {
+		for _, p := range col.Programs {
+			if p != nil {
+				ops += len(p.Ops)
+			}
+		}
+	}
+	d.arena.Reset(ops)
 	d.cfin = grow(d.cfin, len(d.colls))
 	d.cbytes = grow(d.cbytes, len(d.colls))
 	d.cleft = grow(d.cleft, len(d.colls))
@@ -452,7 +464,7 @@ func (d *driver) setup() error {
 			if col.Executors != nil {
 				ms.exec = col.Executors[r]
 			}
-			if err := ms.m.Reset(p); err != nil {
+			if err := ms.m.ResetIn(p, &d.arena); err != nil {
 				return fmt.Errorf("%w: %w", ErrProgram, err)
 			}
 			// Recv directory: keys (peer<<32 | msg) sorted with their op
