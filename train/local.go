@@ -41,6 +41,9 @@ type Local struct {
 	bufs   [][]byte
 	avg    []float32
 	tp     [][]*allreduce.TwoPhaseState // [worker][layer], made on first use
+	// two-phase scratch, reused across steps
+	bits, server, recv [][]byte
+	scales, sscales    []float32
 }
 
 // NewLocal returns a Local exchanger for n workers over layers, communicating
@@ -137,24 +140,24 @@ func (x *Local) twoPhase(l int, in, out [][][]float32) (LayerStats, error) {
 			x.tp[w] = make([]*allreduce.TwoPhaseState, len(x.layers))
 		}
 	}
-	bits := make([][]byte, x.n)
-	scales := make([]float32, x.n)
+	if x.bits == nil {
+		x.bits, x.server, x.recv = make([][]byte, x.n), make([][]byte, x.n), make([][]byte, x.n)
+		x.scales, x.sscales = make([]float32, x.n), make([]float32, x.n)
+	}
+	bits, server, recv, scales, sscales := x.bits, x.server, x.recv, x.scales, x.sscales
 	for w := range x.n {
 		if x.tp[w][l] == nil {
 			x.tp[w][l] = allreduce.NewTwoPhaseState(d, x.n)
 		}
-		bits[w], scales[w] = x.tp[w][l].WorkerCompress(nil, in[w][l])
+		bits[w], scales[w] = x.tp[w][l].WorkerCompress(bits[w][:0], in[w][l])
 	}
 	cb := len(bits[0]) / x.n
-	recv := make([][]byte, x.n)
-	server := make([][]byte, x.n)
-	sscales := make([]float32, x.n)
 	for c := range x.n {
 		for j := range x.n {
 			recv[j] = bits[j][c*cb : (c+1)*cb]
 		}
 		var err error
-		server[c], sscales[c], err = x.tp[c][l].ServerStep(nil, recv, scales)
+		server[c], sscales[c], err = x.tp[c][l].ServerStep(server[c][:0], recv, scales)
 		if err != nil {
 			return LayerStats{}, fmt.Errorf("train: two-phase server step, rank %d: %w", c, err)
 		}
