@@ -164,10 +164,12 @@ func benchTCP(b *testing.B, size int, framed bool) {
 }
 
 // benchNATSRaw publishes b.N messages of size bytes (in max-payload pieces)
-// through an embedded server to one subscriber, with no flow control,
-// checksums or reassembly: the ceiling for the nats transport.
+// through an embedded server to one subscriber, with no checksums or
+// reassembly and only a crude in-process flow control (the publisher waits
+// while more than 64 MiB are in flight, so that the server does not cut the
+// subscriber as a slow consumer): the ceiling for the nats transport.
 func benchNATSRaw(b *testing.B, size int) {
-	srv, err := natsserver.Start(context.Background(), natsserver.Options{MaxPayload: 8 << 20})
+	srv, err := natsserver.Start(context.Background(), natsserver.Options{MaxPayload: 8 << 20, MaxPending: 1 << 30})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -177,7 +179,9 @@ func benchNATSRaw(b *testing.B, size int) {
 		b.Fatal(err)
 	}
 	defer pub.Close()
-	sc, err := natsgo.Connect(srv.ClientURL())
+	broken := make(chan struct{})
+	sc, err := natsgo.Connect(srv.ClientURL(), natsgo.NoReconnect(),
+		natsgo.ClosedHandler(func(*natsgo.Conn) { close(broken) }))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -185,9 +189,14 @@ func benchNATSRaw(b *testing.B, size int) {
 	var got atomic.Int64
 	want := int64(b.N) * int64(size)
 	done := make(chan struct{})
+	progress := make(chan struct{}, 1)
 	sub, err := sc.Subscribe("bench", func(m *natsgo.Msg) {
 		if got.Add(int64(len(m.Data))) == want {
 			close(done)
+		}
+		select {
+		case progress <- struct{}{}:
+		default:
 		}
 	})
 	if err != nil {
@@ -202,15 +211,28 @@ func benchNATSRaw(b *testing.B, size int) {
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	b.ResetTimer()
+	var sent int64
 	for range b.N {
 		for off := 0; off < size; off += chunk {
 			if err := pub.Publish("bench", msg[off:min(off+chunk, size)]); err != nil {
 				b.Fatal(err)
 			}
 		}
+		sent += int64(size)
+		for sent-got.Load() > 64<<20 {
+			select {
+			case <-progress:
+			case <-broken:
+				b.Fatal("subscriber connection closed")
+			}
+		}
 	}
 	if err := pub.Flush(); err != nil {
 		b.Fatal(err)
 	}
-	<-done
+	select {
+	case <-done:
+	case <-broken:
+		b.Fatal("subscriber connection closed")
+	}
 }
