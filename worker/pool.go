@@ -45,6 +45,7 @@ type pool struct {
 	mu    sync.Mutex
 	tasks chan task
 	idle  int // goroutines waiting for a task and not reserved
+	spawn int // goroutines started (for tests)
 	wg    sync.WaitGroup
 }
 
@@ -58,6 +59,7 @@ func (p *pool) do(t task) {
 	if p.idle > 0 {
 		p.idle--
 	} else {
+		p.spawn++
 		p.wg.Add(1)
 		go p.serve(ch)
 	}
