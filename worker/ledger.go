@@ -62,7 +62,9 @@ type Ledger struct {
 	Skipped bool  // the step was skipped on every rank (non-finite gradient)
 	Layers  []LayerLedger
 	// Peers holds the transport's byte counters per peer rank for this step
-	// (deltas of transport.Conn.Stats), control messages included.
+	// (deltas of transport.Conn.Stats since the previous step's Ledger, or
+	// Start), control messages included: the non-finite flags, abort
+	// notices and L-GreCo's boundary exchanges before this step.
 	Peers []PeerBytes
 	// Wall is the time from the first Submit (or Step) to the end of Wait.
 	Wall time.Duration
