@@ -14,6 +14,9 @@ var conformanceRecipes = []string{
 	"sign", "sign+zstd",
 	"qsgd:1", "qsgd:4", "qsgd:5", "qsgd:127", "qsgd:4+zstd",
 	"powersgd:1", "powersgd:4",
+	"topk:0.01+kmeans:16+zstd", "topk:0.3+kmeans:4", "topk:1+kmeans:1", "topk:0.3+kmeans:256+zstd",
+	"dgc:0.25+kmeans:8", "dgc:0.01+kmeans:3+zstd",
+	"lossless",
 }
 
 func TestConformance(t *testing.T) {

@@ -68,7 +68,7 @@ func (d *DGC) Compress(dst []byte, src []float32) ([]byte, error) {
 	d.scratch()
 	d.last = d.selectIdx(src)
 	d.step++
-	return d.encode(dst, d.last), nil
+	return d.encode(dst, d.last)
 }
 
 func (d *DGC) selectIdx(x []float32) int {

@@ -13,20 +13,22 @@ import (
 type Codec uint8
 
 const (
-	CodecNone     Codec = 1 // fp32, dense
-	CodecFP16     Codec = 2 // IEEE binary16, dense
-	CodecBF16     Codec = 3 // bfloat16, dense
-	CodecTopK     Codec = 4 // exact top-k by magnitude
-	CodecDGC      Codec = 5 // top-k with DGC's sampled threshold
-	CodecRandomK  Codec = 6 // random-k, indices from a shared seed
-	CodecSign     Codec = 7 // 1-bit sign with RMS scale
-	CodecQSGD     Codec = 8 // QSGD stochastic quantization
-	CodecPowerSGD Codec = 9 // PowerSGD rank-r factors
+	CodecNone     Codec = 1  // fp32, dense
+	CodecFP16     Codec = 2  // IEEE binary16, dense
+	CodecBF16     Codec = 3  // bfloat16, dense
+	CodecTopK     Codec = 4  // exact top-k by magnitude
+	CodecDGC      Codec = 5  // top-k with DGC's sampled threshold
+	CodecRandomK  Codec = 6  // random-k, indices from a shared seed
+	CodecSign     Codec = 7  // 1-bit sign with RMS scale
+	CodecQSGD     Codec = 8  // QSGD stochastic quantization
+	CodecPowerSGD Codec = 9  // PowerSGD rank-r factors
+	CodecLossless Codec = 10 // exact fp32: Huffman-coded exponents, raw sign+mantissa
 )
 
 var codecNames = map[Codec]string{
 	CodecNone: "none", CodecFP16: "fp16", CodecBF16: "bf16", CodecTopK: "topk", CodecDGC: "dgc",
 	CodecRandomK: "randomk", CodecSign: "sign", CodecQSGD: "qsgd", CodecPowerSGD: "powersgd",
+	CodecLossless: "lossless",
 }
 
 // String returns the codec's recipe name, e.g. "topk".
@@ -41,6 +43,10 @@ func (c Codec) String() string {
 // sign fit in one byte).
 const MaxQSGDLevels = 127
 
+// MaxKMeans is the largest number of centroids of the k-means stage
+// ("+kmeans:K"), so that a cluster id fits in one byte.
+const MaxKMeans = 256
+
 // Recipe is a parsed compressor recipe such as "topk:0.001+zstd". The zero
 // Recipe is not valid; obtain one from Parse. A Recipe is a small value, safe
 // to copy and to use concurrently.
@@ -49,14 +55,17 @@ type Recipe struct {
 	Density float64 // topk, dgc, randomk: kept fraction in (0,1]
 	Levels  int     // qsgd: number of levels s in [1, MaxQSGDLevels]
 	Rank    int     // powersgd: target rank r >= 1
+	KMeans  int     // topk, dgc: k-means stage with this many centroids in [1, MaxKMeans]; 0 = off
 	Zstd    bool    // entropy stage (gathered codecs and sign only)
 }
 
 // Parse parses a recipe: "none", "fp16", "bf16", "topk:D", "dgc:D",
 // "randomk:D" (density D in (0,1]), "sign", "qsgd:S" (levels S in
-// [1,127]), "powersgd:R" (rank R >= 1), optionally followed by "+zstd" for
-// the gathered codecs and sign. Errors are *RecipeError values naming what is
-// wrong.
+// [1,127]), "powersgd:R" (rank R >= 1) or "lossless", then optional stages
+// in this order: "+kmeans:K" after topk or dgc (the kept values are
+// replaced by the means of K clusters, K in [1,MaxKMeans]; see KMeans), and
+// "+zstd" for the gathered lossy codecs and sign. Errors are *RecipeError
+// values naming what is wrong.
 func Parse(recipe string) (Recipe, error) {
 	bad := func(format string, args ...any) (Recipe, error) {
 		return Recipe{}, &RecipeError{Recipe: recipe, Reason: fmt.Sprintf(format, args...)}
@@ -64,12 +73,45 @@ func Parse(recipe string) (Recipe, error) {
 	s := strings.TrimSpace(recipe)
 	var r Recipe
 	if i := strings.IndexByte(s, '+'); i >= 0 {
-		stage := s[i+1:]
+		stages := s[i+1:]
 		s = s[:i]
-		if stage != "zstd" {
-			return bad("unknown stage %q (only \"+zstd\")", stage)
+		for more := true; more; {
+			var stage string
+			stage, stages, more = strings.Cut(stages, "+")
+			sname, sarg, sHasArg := strings.Cut(stage, ":")
+			switch sname {
+			case "zstd":
+				if r.Zstd {
+					return bad("+zstd given twice")
+				}
+				if sHasArg {
+					return bad("+zstd takes no parameter")
+				}
+				r.Zstd = true
+			case "kmeans":
+				if r.Zstd {
+					return bad("+kmeans must come before +zstd (zstd is the last stage)")
+				}
+				if r.KMeans != 0 {
+					return bad("+kmeans given twice")
+				}
+				if !sHasArg {
+					return bad("kmeans needs a number of centroids, e.g. \"+kmeans:16\"")
+				}
+				v, err := strconv.Atoi(sarg)
+				if err != nil {
+					return bad("centroids %q is not an integer", sarg)
+				}
+				if v < 1 || v > MaxKMeans {
+					return bad("centroids must be in [1,%d]", MaxKMeans)
+				}
+				r.KMeans = v
+			case "":
+				return bad("empty stage")
+			default:
+				return bad("unknown stage %q (want \"+kmeans:K\" or \"+zstd\")", stage)
+			}
 		}
-		r.Zstd = true
 	}
 	name, arg, hasArg := strings.Cut(s, ":")
 	switch name {
@@ -91,10 +133,14 @@ func Parse(recipe string) (Recipe, error) {
 		r.Codec = CodecQSGD
 	case "powersgd":
 		r.Codec = CodecPowerSGD
+	case "lossless":
+		r.Codec = CodecLossless
+	case "kmeans":
+		return bad("kmeans is a stage after a sparsifier, e.g. \"topk:0.01+kmeans:16\"")
 	case "":
 		return bad("empty codec name")
 	default:
-		return bad("unknown codec %q (want none, fp16, bf16, topk, dgc, randomk, sign, qsgd or powersgd)", name)
+		return bad("unknown codec %q (want none, fp16, bf16, topk, dgc, randomk, sign, qsgd, powersgd or lossless)", name)
 	}
 	switch r.Codec {
 	case CodecTopK, CodecDGC, CodecRandomK:
@@ -138,7 +184,10 @@ func Parse(recipe string) (Recipe, error) {
 			return bad("%s takes no parameter", name)
 		}
 	}
-	if r.Zstd && r.Aggregation() != Gather && r.Codec != CodecSign {
+	if r.KMeans != 0 && r.Codec != CodecTopK && r.Codec != CodecDGC {
+		return bad("+kmeans clusters the values kept by a sparsifier: it follows topk or dgc only")
+	}
+	if r.Zstd && ((r.Aggregation() != Gather && r.Codec != CodecSign) || r.Codec == CodecLossless) {
 		return bad("+zstd applies to topk, dgc, randomk, qsgd and sign only")
 	}
 	return r, nil
@@ -164,6 +213,9 @@ func (r Recipe) String() string {
 	case CodecPowerSGD:
 		s += ":" + strconv.Itoa(r.Rank)
 	}
+	if r.KMeans != 0 {
+		s += "+kmeans:" + strconv.Itoa(r.KMeans)
+	}
 	if r.Zstd {
 		s += "+zstd"
 	}
@@ -173,7 +225,7 @@ func (r Recipe) String() string {
 // Aggregation is how payloads of this recipe combine across ranks.
 func (r Recipe) Aggregation() Aggregation {
 	switch r.Codec {
-	case CodecTopK, CodecDGC, CodecRandomK, CodecQSGD:
+	case CodecTopK, CodecDGC, CodecRandomK, CodecQSGD, CodecLossless:
 		return Gather
 	case CodecSign:
 		return TwoPhase
@@ -184,10 +236,11 @@ func (r Recipe) Aggregation() Aggregation {
 }
 
 // Biased reports whether the codec is biased (contractive, needs error
-// feedback): topk, dgc, sign, powersgd and the rounding of fp16/bf16. Random-k
-// (scaled by n/k) and QSGD are unbiased.
+// feedback): topk, dgc (with or without k-means), sign, powersgd and the
+// rounding of fp16/bf16. Random-k (scaled by n/k) and QSGD are unbiased;
+// none and lossless are exact.
 func (r Recipe) Biased() bool {
-	return r.Codec != CodecRandomK && r.Codec != CodecQSGD && r.Codec != CodecNone
+	return r.Codec != CodecRandomK && r.Codec != CodecQSGD && r.Codec != CodecNone && r.Codec != CodecLossless
 }
 
 // K returns the number of elements a sparse codec sends for a layer of n
@@ -215,7 +268,8 @@ func qsgdWidth(levels int) int { return bits.Len(uint(levels)) + 1 }
 // NominalBytes returns the size of Compress's output (frame included) for a
 // layer of n elements without the entropy stage, which is what the
 // size-only simulator charges. For dgc it is the upper bound (num_selects
-// pairs). For powersgd the shape comes from WithShape among opts; without
+// pairs); with "+kmeans:K" it is the bound with min(K,k) centroids; for
+// lossless it is the bound (incompressible exponents), about 1.0003·4n. For powersgd the shape comes from WithShape among opts; without
 // it a square layer (√n × √n) is assumed.
 func (r Recipe) NominalBytes(n int, opts ...Option) int64 {
 	nn := int64(n)
@@ -226,7 +280,12 @@ func (r Recipe) NominalBytes(n int, opts ...Option) int64 {
 	case CodecFP16, CodecBF16:
 		body = 2 * nn
 	case CodecTopK, CodecDGC:
-		body = 8 * int64(r.K(n))
+		k := int64(r.K(n))
+		body = 8 * k
+		if r.KMeans != 0 {
+			c := min(int64(r.KMeans), k)
+			body = 4*k + 4*c + (k*int64(kmeansWidth(int(c)))+7)/8
+		}
 	case CodecRandomK:
 		body = 4 * int64(r.K(n))
 	case CodecSign:
@@ -247,6 +306,8 @@ func (r Recipe) NominalBytes(n int, opts ...Option) int64 {
 		}
 		rk := min(r.Rank, rows, cols)
 		body = 4 * int64(rk) * int64(rows+cols)
+	case CodecLossless:
+		body = int64(losslessMaxBody(n))
 	}
 	return FrameOverhead + body
 }
@@ -352,6 +413,8 @@ func (r Recipe) New(n int, opts ...Option) (Compressor, error) {
 		return newRandomK(r, n, cfg), nil
 	case CodecSign:
 		return newSignCodec(r, n), nil
+	case CodecLossless:
+		return newLossless(r, n), nil
 	case CodecQSGD:
 		return newQSGD(r, n, cfg), nil
 	case CodecPowerSGD:

@@ -14,13 +14,18 @@ type sparse struct {
 	sel  selector
 	idx  []uint32
 	val  []float32
-	kmax int // most pairs a frame may carry
-	last int // pairs selected by the last Compress
+	kmax int     // most pairs a frame may carry
+	last int     // pairs selected by the last Compress
+	km   *kmeans // the k-means stage, or nil
 }
 
 func newSparse(r Recipe, n int) sparse {
 	k := r.K(n)
-	return sparse{frame: newFrame(r, n), entropy: entropy{on: r.Zstd}, kmax: k}
+	s := sparse{frame: newFrame(r, n), entropy: entropy{on: r.Zstd}, kmax: k}
+	if r.KMeans != 0 {
+		s.km = newKMeans(r.KMeans)
+	}
+	return s
 }
 
 func (s *sparse) scratch() {
@@ -31,7 +36,16 @@ func (s *sparse) scratch() {
 }
 
 // encode writes the frame for pairs idx[:k], val[:k] (indices increasing).
-func (s *sparse) encode(dst []byte, k int) []byte {
+// With the k-means stage it first replaces val[:k] by the centroids.
+func (s *sparse) encode(dst []byte, k int) ([]byte, error) {
+	var c int
+	if s.km != nil {
+		var err error
+		if c, err = s.km.cluster(s.val[:k]); err != nil {
+			s.last = 0
+			return dst[:0], err
+		}
+	}
 	dst = s.begin(dst)
 	idx, val := s.idx[:k], s.val[:k]
 	var flags uint8
@@ -53,21 +67,35 @@ func (s *sparse) encode(dst []byte, k int) []byte {
 			binary.LittleEndian.PutUint32(b[4*i:], j)
 		}
 	}
-	var b []byte
-	dst, b = grow(dst, 4*k)
-	for i, v := range val {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+	var aux uint64
+	if s.km != nil {
+		flags |= flagKMeans
+		aux = uint64(s.recipe.KMeans)<<32 | uint64(c)
+		var b []byte
+		dst, b = grow(dst, 4*c)
+		for j, v := range s.km.c32[:c] {
+			binary.LittleEndian.PutUint32(b[4*j:], math.Float32bits(v))
+		}
+		dst = appendLabels(dst, s.km.label[:k], kmeansWidth(c))
+	} else {
+		var b []byte
+		dst, b = grow(dst, 4*k)
+		for i, v := range val {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+		}
 	}
 	raw := len(dst) - headerLen
 	dst, z := s.squeeze(dst)
-	return s.finish(dst, flags|z, 0, k, raw)
+	return s.finish(dst, flags|z, aux, k, raw), nil
 }
 
 // decoded is a validated sparse body: either indices in s.idx (varint form)
-// or raw little-endian uint32 indices in ib; values in vb.
+// or raw little-endian uint32 indices in ib; values in vb, or (k-means) the
+// centroids in s.km.dcent and the ids in s.km.label.
 type decoded struct {
 	k      int
 	varint bool
+	kmeans bool
 	ib, vb []byte
 }
 
@@ -78,7 +106,7 @@ func (s *sparse) decode(dst []float32, payload []byte, exact bool) (decoded, err
 	if err := checkLen("dst", len(dst), s.n); err != nil {
 		return d, err
 	}
-	h, body, err := s.open(payload, 9*s.kmax)
+	h, body, err := s.open(payload, 9*s.kmax+4*MaxKMeans)
 	if err != nil {
 		return d, err
 	}
@@ -86,7 +114,19 @@ func (s *sparse) decode(dst []float32, payload []byte, exact bool) (decoded, err
 	if k > s.kmax || (exact && k != s.kmax) {
 		return d, fmt.Errorf("%w: %d pairs, want at most %d (exactly for topk)", ErrCorrupt, k, s.kmax)
 	}
-	if h.Aux != 0 {
+	c := 0
+	if s.km != nil {
+		// The flag matches the recipe (checked by open).
+		kk, cc := int(h.Aux>>32), int(uint32(h.Aux))
+		if kk != s.recipe.KMeans {
+			return d, fmt.Errorf("%w: %d centroids in the recipe, want %d", ErrMismatch, kk, s.recipe.KMeans)
+		}
+		if cc > min(kk, k) || (k > 0 && cc == 0) {
+			return d, fmt.Errorf("%w: %d centroids for %d values", ErrCorrupt, cc, k)
+		}
+		c = cc
+		d.kmeans = true
+	} else if h.Aux != 0 {
 		return d, fmt.Errorf("%w: nonzero aux field", ErrCorrupt)
 	}
 	raw, err := s.expand(h, body)
@@ -121,15 +161,28 @@ func (s *sparse) decode(dst []float32, payload []byte, exact bool) (decoded, err
 			prev = j
 		}
 		d.vb = raw[p:]
+		if d.kmeans {
+			return d, s.km.parseKMeans(d.vb, k, c)
+		}
 		if len(d.vb) != 4*k {
 			return d, fmt.Errorf("%w: %d value bytes for %d pairs", ErrCorrupt, len(d.vb), k)
 		}
 		return d, nil
 	}
-	if len(raw) != 8*k {
-		return d, fmt.Errorf("%w: body of %d bytes for %d pairs", ErrCorrupt, len(raw), k)
+	if d.kmeans {
+		if len(raw) < 4*k {
+			return d, fmt.Errorf("%w: body of %d bytes for %d indices", ErrCorrupt, len(raw), k)
+		}
+		d.ib, d.vb = raw[:4*k], raw[4*k:]
+		if err := s.km.parseKMeans(d.vb, k, c); err != nil {
+			return d, err
+		}
+	} else {
+		if len(raw) != 8*k {
+			return d, fmt.Errorf("%w: body of %d bytes for %d pairs", ErrCorrupt, len(raw), k)
+		}
+		d.ib, d.vb = raw[:4*k], raw[4*k:]
 	}
-	d.ib, d.vb = raw[:4*k], raw[4*k:]
 	var prev uint32
 	for i := range k {
 		j := binary.LittleEndian.Uint32(d.ib[4*i:])
@@ -143,10 +196,25 @@ func (s *sparse) decode(dst []float32, payload []byte, exact bool) (decoded, err
 
 // apply writes (add=false) or adds the validated pairs into dst.
 func (s *sparse) apply(dst []float32, d decoded, add bool) {
-	vb := d.vb[:4*d.k]
 	if !add {
 		clear(dst)
 	}
+	if d.kmeans {
+		cent := &s.km.dcent
+		label := s.km.label[:d.k]
+		if d.varint {
+			for i, j := range s.idx[:d.k] {
+				dst[j] += cent[label[i]]
+			}
+			return
+		}
+		ib := d.ib[:4*d.k]
+		for i, l := range label {
+			dst[binary.LittleEndian.Uint32(ib[4*i:])] += cent[l]
+		}
+		return
+	}
+	vb := d.vb[:4*d.k]
 	if d.varint {
 		for i, j := range s.idx[:d.k] {
 			dst[j] += math.Float32frombits(binary.LittleEndian.Uint32(vb[4*i:]))
@@ -169,8 +237,9 @@ func (s *sparse) decompress(dst []float32, payload []byte, exact, add bool) erro
 }
 
 // Selected returns the indices and values chosen by the last Compress, in
-// increasing index order. They alias internal scratch and are valid until
-// the next call on the compressor.
+// increasing index order: the values the frame decodes to (with the k-means
+// stage, the centroids, not the original values). They alias internal
+// scratch and are valid until the next call on the compressor.
 func (s *sparse) Selected() ([]uint32, []float32) { return s.idx[:s.last], s.val[:s.last] }
 
 // Sparse is implemented by the index/value codecs (topk, dgc, randomk): it
@@ -198,7 +267,7 @@ func (t *TopK) Compress(dst []byte, src []float32) ([]byte, error) {
 	}
 	t.scratch()
 	t.last = t.sel.exactTopK(t.idx, t.val, src, t.kmax)
-	return t.encode(dst, t.last), nil
+	return t.encode(dst, t.last)
 }
 
 // Decompress overwrites dst with the sparse vector of the frame (zeros

@@ -13,12 +13,15 @@ import (
 //	 2 version  uint8  = WireVersion
 //	 3 codec    uint8  (Codec)
 //	 4 flags    uint8  (bit 0: body is zstd-compressed; bit 1: sparse indices
-//	                    are delta+uvarint coded; other bits zero)
+//	                    are delta+uvarint coded; bit 2: values are k-means
+//	                    coded; other bits zero)
 //	 5 reserved [3]byte, zero
 //	 8 param    uint32 (float32 bits of the density for topk/dgc/randomk,
 //	                    levels | bucket<<8 for qsgd, rank for powersgd, else 0)
 //	12 n        uint32 element count of the layer
-//	16 aux      uint64 (randomk: step; powersgd: rows<<32 | cols; else 0)
+//	16 aux      uint64 (randomk: step; powersgd: rows<<32 | cols; k-means:
+//	                    K<<32 | c, K the recipe's centroids, c those sent;
+//	                    else 0)
 //	24 count    uint32 (sparse codecs: pairs/values sent; powersgd: the
 //	                    effective rank; else 0)
 //	28 rawLen   uint32 body length before the zstd stage
@@ -38,6 +41,12 @@ import (
 //	           w = bits.Len(s)+1 bits, LSB-first (code = sign<<(w-1) | level,
 //	           level <= s)
 //	powersgd   rows·r float32 (P̂, row-major), then cols·r float32 (Q, row-major)
+//	topk/dgc+kmeans
+//	           the indices as for topk/dgc, then c float32 centroids
+//	           (increasing), then count cluster ids of w = bits.Len(c-1) bits,
+//	           LSB-first, zero padding (see kmeans.go)
+//	lossless   n little-endian 24-bit words mantissa | sign<<23, then the
+//	           exponent section (see lossless.go)
 const (
 	WireVersion   = 1
 	headerLen     = 36
@@ -46,6 +55,7 @@ const (
 	wireMagic     = 0x4353
 	flagZstd      = 1
 	flagVarint    = 2
+	flagKMeans    = 4
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -97,7 +107,7 @@ func ParseHeader(payload []byte) (Header, []byte, error) {
 	if payload[5]|payload[6]|payload[7] != 0 {
 		return h, nil, fmt.Errorf("%w: reserved header bytes are not zero", ErrCorrupt)
 	}
-	if h.Flags&^(flagZstd|flagVarint) != 0 {
+	if h.Flags&^(flagZstd|flagVarint|flagKMeans) != 0 {
 		return h, nil, fmt.Errorf("%w: unknown flags %#02x", ErrCorrupt, h.Flags)
 	}
 	if int64(h.BodyLen) != int64(end-headerLen) {
@@ -195,6 +205,9 @@ func (f *frame) open(payload []byte, maxRaw int) (Header, []byte, error) {
 	}
 	if h.Flags&flagVarint != 0 && !(f.recipe.Zstd && (f.recipe.Codec == CodecTopK || f.recipe.Codec == CodecDGC)) {
 		return h, nil, fmt.Errorf("%w: varint indices for recipe %v", ErrMismatch, f.recipe)
+	}
+	if (h.Flags&flagKMeans != 0) != (f.recipe.KMeans != 0) {
+		return h, nil, fmt.Errorf("%w: k-means flag %v for recipe %v", ErrMismatch, h.Flags&flagKMeans != 0, f.recipe)
 	}
 	if int64(h.RawLen) > int64(maxRaw) {
 		return h, nil, fmt.Errorf("%w: raw body of %d bytes exceeds the %d possible for this layer", ErrCorrupt, h.RawLen, maxRaw)

@@ -1,9 +1,11 @@
 // Package compressortest is the conformance suite of compressors.Compressor
-// implementations: Run checks round trips against naive references, the
-// contraction bound of biased codecs, unbiasedness of random-k and QSGD
-// (a statistical test with fixed seeds), determinism, exact byte counts,
-// the bit layout of sign frames, and that corrupt or mismatched frames give
-// errors, never panics or partial writes.
+// implementations: Run checks round trips against naive references (for the
+// k-means stage: the sent support, values that are the means of their
+// clusters and an order-preserving quantiser; for lossless: the exact
+// bits), the contraction bound of biased codecs, unbiasedness of random-k
+// and QSGD (a statistical test with fixed seeds), determinism, exact byte
+// counts, the bit layout of sign frames, and that corrupt or mismatched
+// frames give errors, never panics or partial writes.
 package compressortest
 
 import (
@@ -192,17 +194,123 @@ func naiveTopK(x []float32, k int) map[int]bool {
 
 func same(a, b float32) bool { return math.Float32bits(a) == math.Float32bits(b) }
 
-// checkDecoded verifies y = D(C(x)) against the codec's definition.
-func (s *suite) checkDecoded(t *testing.T, l Layer, x, y []float32, frame []byte) {
+// selection is a copy of what a compressors.Sparse reported after Compress.
+type selection struct {
+	ok  bool
+	idx []uint32
+	val []float32
+}
+
+func selected(c compressors.Compressor) selection {
+	sp, ok := c.(compressors.Sparse)
+	if !ok {
+		return selection{}
+	}
+	idx, val := sp.Selected()
+	return selection{true, slices.Clone(idx), slices.Clone(val)}
+}
+
+// checkKMeans verifies a frame of a sparsifier with the k-means stage: the
+// decoded vector is the reported selection (the top k for topk), the
+// values take at most c distinct values, each the mean of the kept values
+// mapped to it, and the quantiser preserves order.
+func (s *suite) checkKMeans(t *testing.T, x, y []float32, frame []byte, sel selection) {
+	t.Helper()
+	rec := s.recipe
+	n := len(x)
+	h := header(t, frame)
+	if !sel.ok {
+		t.Fatalf("%v is not a compressors.Sparse", rec)
+	}
+	k := len(sel.idx)
+	if int(h.Count) != k || k > rec.K(n) || (rec.Codec == compressors.CodecTopK && k != rec.K(n)) {
+		t.Fatalf("%v n=%d: %d pairs in the header, %d selected, k=%d", rec, n, h.Count, k, rec.K(n))
+	}
+	if kk, c := int(h.Aux>>32), int(uint32(h.Aux)); kk != rec.KMeans || c > min(kk, k) || (k > 0 && c == 0) {
+		t.Fatalf("%v n=%d: aux %#x (K=%d, c=%d) for %d values", rec, n, h.Aux, kk, c, k)
+	}
+	var top map[int]bool
+	if rec.Codec == compressors.CodecTopK {
+		top = naiveTopK(x, k)
+	}
+	kept := make(map[int]bool, k)
+	for i, j := range sel.idx {
+		if i > 0 && j <= sel.idx[i-1] {
+			t.Fatalf("%v: selected indices not increasing", rec)
+		}
+		if top != nil && !top[int(j)] {
+			t.Fatalf("%v n=%d: index %d sent but not in the reference top %d", rec, n, j, k)
+		}
+		kept[int(j)] = true
+		if !same(y[j], sel.val[i]) {
+			t.Fatalf("%v: y[%d] = %v, Selected says %v", rec, j, y[j], sel.val[i])
+		}
+	}
+	for j := range y {
+		if !kept[j] && y[j] != 0 {
+			t.Fatalf("%v: y[%d] = %v outside the selection", rec, j, y[j])
+		}
+	}
+	// Group the kept values by their quantised value.
+	type group struct {
+		sum, maxAbs float64
+		n           int
+	}
+	groups := map[uint32]*group{}
+	for i, j := range sel.idx {
+		g := groups[math.Float32bits(sel.val[i])]
+		if g == nil {
+			g = &group{}
+			groups[math.Float32bits(sel.val[i])] = g
+		}
+		g.sum += float64(x[j])
+		g.maxAbs = max(g.maxAbs, math.Abs(float64(x[j])))
+		g.n++
+	}
+	if c := int(uint32(h.Aux)); len(groups) > c {
+		t.Fatalf("%v: %d distinct values for %d centroids", rec, len(groups), c)
+	}
+	for b, g := range groups {
+		v := float64(math.Float32frombits(b))
+		if mean := g.sum / float64(g.n); math.Abs(mean-v) > 1e-5*g.maxAbs+1e-30 {
+			t.Fatalf("%v: %d values quantised to %v, their mean is %v", rec, g.n, v, mean)
+		}
+	}
+	order := slices.Clone(sel.idx)
+	slices.SortFunc(order, func(a, b uint32) int { return cmpFloat(x[a], x[b]) })
+	for i := 1; i < len(order); i++ {
+		if x[order[i]] > x[order[i-1]] && y[order[i]] < y[order[i-1]] {
+			t.Fatalf("%v: %v < %v quantised to %v > %v", rec, x[order[i-1]], x[order[i]], y[order[i-1]], y[order[i]])
+		}
+	}
+}
+
+func cmpFloat(a, b float32) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// checkDecoded verifies y = D(C(x)) against the codec's definition; sel is
+// what the compressor reported by Selected right after Compress.
+func (s *suite) checkDecoded(t *testing.T, l Layer, x, y []float32, frame []byte, sel selection) {
 	t.Helper()
 	n := len(x)
 	rec := s.recipe
 	h := header(t, frame)
+	if rec.KMeans != 0 {
+		s.checkKMeans(t, x, y, frame, sel)
+		return
+	}
 	switch rec.Codec {
-	case compressors.CodecNone:
+	case compressors.CodecNone, compressors.CodecLossless:
 		for i := range x {
 			if !same(x[i], y[i]) {
-				t.Fatalf("none: y[%d] = %v, want %v", i, y[i], x[i])
+				t.Fatalf("%v: y[%d] = %v, want %v", rec, i, y[i], x[i])
 			}
 		}
 	case compressors.CodecFP16:
@@ -321,8 +429,9 @@ func (s *suite) roundTrip(t *testing.T) {
 		for range 3 {
 			x := gradient(r, nOf(l))
 			b := s.compress(t, c, x)
+			sel := selected(c)
 			y := s.decompress(t, c, b)
-			s.checkDecoded(t, l, x, y, b)
+			s.checkDecoded(t, l, x, y, b, sel)
 			var err error
 			if reused, err = twin.Compress(reused, x); err != nil {
 				t.Fatal(err)
@@ -397,7 +506,11 @@ func (s *suite) contraction(t *testing.T) {
 				continue
 			}
 			var delta float64
-			switch rec.Codec {
+			codec := rec.Codec
+			if rec.KMeans != 0 {
+				codec = compressors.CodecPowerSGD // the same Pythagorean bound below
+			}
+			switch codec {
 			case compressors.CodecTopK:
 				delta = float64(rec.K(n)) / float64(n)
 			case compressors.CodecDGC:
@@ -427,7 +540,7 @@ func (s *suite) contraction(t *testing.T) {
 					ny += float64(v) * float64(v)
 				}
 				delta = ny / nx
-				if !(delta > 0) {
+				if !(delta > 0) && rec.KMeans == 0 {
 					t.Fatalf("powersgd %dx%d: projection kept nothing", l.Rows, l.Cols)
 				}
 				delta *= 1 - 1e-4
@@ -549,9 +662,9 @@ func (s *suite) bytes(t *testing.T) {
 		}
 		nominal := rec.NominalBytes(n, opts...)
 		switch {
-		case rec.Zstd:
+		case rec.Zstd, rec.KMeans != 0, rec.Codec == compressors.CodecLossless:
 			if int64(len(b)) > nominal {
-				t.Fatalf("%v n=%d: %d bytes with zstd, more than the %d without", rec, n, len(b), nominal)
+				t.Fatalf("%v n=%d: %d bytes, more than the bound %d", rec, n, len(b), nominal)
 			}
 		case rec.Codec == compressors.CodecDGC:
 			if want := compressors.FrameOverhead + 8*int(h.Count); len(b) != want || int64(len(b)) > nominal {
@@ -571,6 +684,19 @@ func (s *suite) bytes(t *testing.T) {
 			body = 2 * n
 		case compressors.CodecTopK, compressors.CodecDGC:
 			body = 8 * int(h.Count)
+			if rec.KMeans != 0 {
+				m, c := int(h.Count), int(uint32(h.Aux))
+				w := 0
+				for 1<<w < c {
+					w++
+				}
+				body = 4*m + 4*c + (m*w+7)/8
+			}
+		case compressors.CodecLossless:
+			body = int(h.RawLen) // data-dependent; bounded above
+			if body < 3*n+1 {
+				t.Fatalf("lossless n=%d: body of %d bytes, less than the %d of the raw words", n, body, 3*n+1)
+			}
 		case compressors.CodecRandomK:
 			body = 4 * rec.K(n)
 		case compressors.CodecSign:
@@ -748,6 +874,13 @@ func (s *suite) nonFinite(t *testing.T) {
 		y := make([]float32, 64)
 		if err := c.Decompress(y, b); err != nil {
 			t.Fatalf("%v: frame of an input with %v does not decode: %v", c, bad, err)
+		}
+		if s.recipe.Codec == compressors.CodecLossless {
+			for i := range x {
+				if !same(x[i], y[i]) {
+					t.Fatalf("lossless: y[%d] bits %#x, want %#x", i, math.Float32bits(y[i]), math.Float32bits(x[i]))
+				}
+			}
 		}
 	}
 }
