@@ -9,12 +9,12 @@ import (
 )
 
 // TestConformance runs the transport conformance suite over real libp2p
-// hosts on loopback, with Noise and with security off.
+// hosts on loopback, with Noise, with TLS and with security off.
 func TestConformance(t *testing.T) {
 	for _, sec := range []struct {
 		name string
 		opt  Option
-	}{{"noise", nil}, {"none", WithInsecure()}} {
+	}{{"noise", nil}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
 		t.Run("security="+sec.name, func(t *testing.T) {
 			transporttest.Run(t,
 				func(t *testing.T, n int) []transport.Conn {
