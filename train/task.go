@@ -7,10 +7,12 @@ import (
 )
 
 // Workloads lists the names LoadTask accepts.
-var Workloads = []string{"mnist", "logistic", "leastsquares"}
+var Workloads = []string{"mnist", "mnist-cnn", "logistic", "leastsquares"}
 
 // LoadTask builds a named workload: "mnist" (the 784-256-10 MLP on MNIST,
 // files from dataDir or the GoMNIST module cache; see workload.MNISTDir),
+// "mnist-cnn" (a small CNN on MNIST: 8 5×5 filters, 2×2 max pooling, a
+// fully connected layer),
 // "logistic" or "leastsquares" (synthetic, clustered for non-IID sharding).
 // The model's initial parameters come from seed.
 func LoadTask(name, dataDir string, seed uint64) (Task, error) {
@@ -25,6 +27,16 @@ func LoadTask(name, dataDir string, seed uint64) (Task, error) {
 			return Task{}, err
 		}
 		return Task{Name: "mnist-mlp", Model: m, Train: tr, Test: te}, nil
+	case "mnist-cnn":
+		tr, te, err := workload.LoadMNIST(dataDir)
+		if err != nil {
+			return Task{}, err
+		}
+		m, err := workload.NewCNN(8, 10, seed)
+		if err != nil {
+			return Task{}, err
+		}
+		return Task{Name: "mnist-cnn", Model: m, Train: tr, Test: te}, nil
 	case "logistic", "leastsquares":
 		cfg := workload.DefaultSynthetic()
 		cfg.Seed = seed + 1

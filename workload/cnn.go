@@ -83,6 +83,15 @@ func (c *CNN) Params() []Param { return c.params }
 // Flat implements Model.
 func (c *CNN) Flat() []float32 { return c.flat }
 
+// TrainFLOPs is the floating-point work of one sample's forward and backward
+// pass: the convolution applies every filter weight at all 576 positions
+// (2 FLOP per multiply-add forward, as much again for the weight gradient),
+// the fully connected layer 6 FLOP per weight.
+func (c *CNN) TrainFLOPs() float64 {
+	conv := float64(c.filters * cnnK * cnnK * cnnConv * cnnConv)
+	return 4*conv + 6*float64(c.classes*c.hidden())
+}
+
 // Clone implements Model.
 func (c *CNN) Clone() Model {
 	d := &CNN{filters: c.filters, classes: c.classes, flat: append([]float32(nil), c.flat...)}

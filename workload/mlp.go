@@ -103,6 +103,10 @@ func (m *MLP) Params() []Param { return m.params }
 // Flat implements Model.
 func (m *MLP) Flat() []float32 { return m.flat }
 
+// TrainFLOPs is the floating-point work of one sample's forward and backward
+// pass with dense matrices: 2 FLOP per weight forward, 4 backward.
+func (m *MLP) TrainFLOPs() float64 { return 6 * float64(len(m.flat)) }
+
 // Clone implements Model.
 func (m *MLP) Clone() Model {
 	c := &MLP{sizes: append([]int(nil), m.sizes...), loss: m.loss, flat: append([]float32(nil), m.flat...)}

@@ -13,6 +13,7 @@ import (
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/mem"
+	"github.com/slimgrad/slimgrad/workload"
 )
 
 // method is one way of training that `sim` compares: a compressor recipe, an
@@ -180,16 +181,24 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 		ex, err := train.NewLocal(o.Workers, units, plan)
 		return ex, spec, err
 	case "sim":
-		params := len(task.Model.Flat())
 		ex, err := train.NewSim(ctx, o.Workers, units, plan, train.SimConfig{
 			Topology: env.topo,
 			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress},
-			GradFLOP: 6 * float64(params) * float64(o.Batch), // forward 2, backward 4 FLOP per parameter and sample
+			GradFLOP: trainFLOPs(task.Model) * float64(o.Batch),
 			FLOPS:    o.FLOPS,
 		})
 		return ex, spec, err
 	}
 	return nil, spec, fmt.Errorf("unknown --exchange %q (want sim, mem or local)", o.Exchange)
+}
+
+// trainFLOPs is the work of one sample's forward and backward pass: the
+// model's own count if it has one, else 6 FLOP per parameter.
+func trainFLOPs(m workload.Model) float64 {
+	if f, ok := m.(interface{ TrainFLOPs() float64 }); ok {
+		return f.TrainFLOPs()
+	}
+	return 6 * float64(len(m.Flat()))
 }
 
 // closingExchanger is a Workers exchanger with the transport group it owns.

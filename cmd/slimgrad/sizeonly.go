@@ -49,6 +49,13 @@ func modelUnits(o simOptions, flat bool) ([]train.Layer, error) {
 		}
 		return []train.Layer{{Name: "model", Shape: []int{n}, Size: n}}, nil
 	}
+	if o.Workload == "mnist-cnn" {
+		m, err := workload.NewCNN(8, 10, o.Seed)
+		if err != nil {
+			return nil, err
+		}
+		return train.Units(m, flat), nil
+	}
 	sizes := map[string][]int{"mnist": {784, 256, 10}, "logistic": {workload.DefaultSynthetic().Dim, 2}, "leastsquares": {workload.DefaultSynthetic().Dim, 1}}[o.Workload]
 	if sizes == nil {
 		return nil, fmt.Errorf("unknown workload %q (want one of %v)", o.Workload, train.Workloads)
