@@ -25,7 +25,7 @@ func TestCostTextbook(t *testing.T) {
 			{allreduce.AlgReduceScatter, (fp - 1) * (a + S/fp*b)},
 			{allreduce.AlgAllGather, (fp - 1) * (a + S/fp*b)},
 			{allreduce.AlgAllToAll, (fp - 1) * (a + S/fp*b)},
-			{allreduce.AlgTree, 2 * d * (a + S*b)},
+			{allreduce.AlgTree, 2*d*a + (2*d-1)*S*b}, // the root has one child: S/(2B) per direction
 			{allreduce.AlgBarrier, d * a},
 			{allreduce.AlgBroadcast, d * (a + S*b)},
 		}
