@@ -189,7 +189,6 @@ func TestMultiProcessChild(t *testing.T) {
 	case "libp2p":
 		conn, err = joinLibp2p(ctx, nc, job, n)
 	case "nats":
-		lossyClose = true
 		conn, err = joinNATS(ctx, nc, job, n)
 	default:
 		t.Fatalf("unknown transport %q", tp)
@@ -337,29 +336,12 @@ func allToAll(ctx context.Context, c transport.Conn) error {
 	}
 	for p := range c.Size() {
 		if p != c.Rank() {
-			if err := finalRecv(ctx, c, p, tag+1); err != nil {
+			if _, err := c.Recv(ctx, p, tag+1); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
-}
-
-// lossyClose is set for transports whose Close may drop messages still in
-// flight (transporttest allows it): NATS, whose goodbye can overtake the
-// last data. libp2p's Close waits until every peer has read everything, so
-// it is held to the strict check.
-var lossyClose bool
-
-// finalRecv receives the last message of an exchange (an acknowledgement
-// after which the peer closes). With lossyClose, the peer's Close may
-// overtake it, so a PeerError saying the peer is gone is accepted too.
-func finalRecv(ctx context.Context, c transport.Conn, peer int, tag uint64) error {
-	_, err := c.Recv(ctx, peer, tag)
-	if err != nil && lossyClose && errors.Is(err, transport.ErrPeerDead) {
-		return nil
-	}
-	return err
 }
 
 // survivorsRing is a ring over the ranks other than dead.
@@ -387,5 +369,6 @@ func survivorsRing(ctx context.Context, c transport.Conn, dead int) error {
 	if err := c.Send(ctx, prev, tag+1, nil); err != nil {
 		return err
 	}
-	return finalRecv(ctx, c, next, tag+1)
+	_, err = c.Recv(ctx, next, tag+1)
+	return err
 }
