@@ -28,6 +28,13 @@ import (
 // All methods are safe for concurrent use. Every blocking method returns
 // ctx.Err() (possibly wrapped) when ctx ends, ErrClosed after Close, and a
 // *PeerError when the peer is dead, unreachable or sent a bad frame.
+//
+// Failures are per link and final: once a peer is dead (it crashed, closed,
+// stayed silent past the implementation's timeout) or sent a bad frame, every
+// later call concerning it returns a *PeerError, after the messages it sent
+// before have been received. A peer that closes is seen as dead (ErrPeerDead)
+// by the others. Invalid peer ranks (out of range, or the caller's own rank)
+// are ErrInvalidPeer.
 type Conn interface {
 	// Rank is this endpoint's rank.
 	Rank() int
@@ -42,7 +49,9 @@ type Conn interface {
 	// Stats returns a snapshot of the byte counters, indexed by peer rank.
 	Stats() Stats
 	// Close releases every resource and unblocks every waiting call, which
-	// then return ErrClosed. Close is idempotent.
+	// then return ErrClosed. Messages Send accepted before Close are still
+	// delivered (implementations flush them within a bounded time). Close is
+	// idempotent.
 	Close() error
 }
 
