@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/compressors"
 	"gopkg.in/yaml.v3"
 )
 
@@ -126,6 +127,11 @@ func fnCategory(f allreduce.Fn) Category {
 type costTable struct {
 	secPerElem [16]float64
 	overhead   float64
+	// hop: a dense 16-bit codec (fp16, bf16) encodes every hop; encode and
+	// decode are its per-element costs (a send's encode includes rounding
+	// the chunk back, i.e. a decode, as allreduce.Exec does).
+	hop            bool
+	encode, decode float64
 }
 
 func (c *Calibration) table(recipe string, free bool) costTable {
@@ -158,6 +164,11 @@ func (c *Calibration) table(recipe string, free bool) costTable {
 		t.overhead = c.Overhead
 	} else {
 		t.overhead = def.Overhead
+	}
+	if r, err := compressors.Parse(recipe); err == nil && (r.Codec == compressors.CodecFP16 || r.Codec == compressors.CodecBF16) {
+		t.hop = true
+		t.encode = t.secPerElem[allreduce.FnEncode] + t.secPerElem[allreduce.FnDecode]
+		t.decode = t.secPerElem[allreduce.FnDecode]
 	}
 	return t
 }

@@ -4,7 +4,7 @@ package sim
 const (
 	evFlowEnd    uint8 = iota + 1 // a flow's last byte left the links: a = flow id, x = version
 	evArrive                      // a message reached its receiver: g = machine, op = recv op
-	evComputeEnd                  // a compute op finished: g = machine, op = compute op
+	evComputeEnd                  // an engine job finished: g = machine, op = its op, job, x
 	evStart                       // a collective may start: g = collective
 )
 
@@ -18,6 +18,7 @@ type event struct {
 	op   int32
 	x    uint32
 	kind uint8
+	job  uint8 // evComputeEnd: the engine job (jobOp, ...); x: its message
 }
 
 func (a *event) less(b *event) bool {

@@ -43,7 +43,13 @@ type Collective struct {
 	// e.g. when backpropagation has produced its gradients.
 	Start float64
 	// Recipe, if set, replaces Options.Recipe for this collective's
-	// compute costs (recipe-qualified calibration keys).
+	// compute costs (recipe-qualified calibration keys) and hop codec: with
+	// a dense 16-bit codec ("fp16", "bf16") every Send of a float chunk is
+	// encoded (and rounded back, as allreduce.Exec does) on the rank's
+	// compute engine before its message leaves, every Recv into a float
+	// buffer is decoded before it is done, and a reduction of a received
+	// message is a decode-add; these count as Compress. FreeCompute makes
+	// them free.
 	Recipe string
 	// Prologue, if Elems > 0, is work every rank does on its compute engine
 	// before the program starts (e.g. error feedback and compression of a
@@ -66,7 +72,9 @@ type Options struct {
 	Placement []int
 	// Calibration gives compute throughputs; nil uses DefaultCalibration.
 	Calibration *Calibration
-	// Recipe selects recipe-qualified calibration keys ("encode/topk:0.001").
+	// Recipe selects recipe-qualified calibration keys ("encode/topk:0.001")
+	// and, for "fp16" and "bf16", the per-hop codec work of dense
+	// collectives (see Collective.Recipe).
 	Recipe string
 	// FreeCompute makes every compute op take zero time (pure network runs).
 	FreeCompute bool
@@ -223,7 +231,20 @@ func (ms *machine) buildDir(keys []uint64) bool {
 type qent struct {
 	g, op int32
 	dur   float64 // measured duration (Options.LiveCompute), or -1
+	job   uint8   // jobOp, jobEncode, jobDecode
+	x     int32   // jobEncode: the parked message (index into driver.pend)
 }
+
+// Jobs of a rank's compute engine: a program's compute op (or, op == -1,
+// the collective's prologue), or a dense codec's per-hop work (fp16/bf16
+// collectives): encoding a Send's chunk before its message leaves (x is the
+// parked message) and decoding a Recv into a float buffer before the op is
+// done.
+const (
+	jobOp uint8 = iota
+	jobEncode
+	jobDecode
+)
 
 type rankState struct {
 	busy    bool
@@ -616,7 +637,7 @@ func (d *driver) loop(ctx context.Context) error {
 		case evArrive:
 			err = d.arrive(ev.g, ev.op)
 		case evComputeEnd:
-			err = d.computeEnd(ev.g, ev.op)
+			err = d.computeEnd(ev.g, ev.op, ev.job, int32(ev.x))
 		}
 		if err != nil {
 			return err
@@ -702,10 +723,18 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	dm := &d.ms[dg]
 	dop := ms.m.Aux(i)
 	var size int64
+	dur := -1.0
 	if ms.exec != nil {
+		var t0 time.Time
+		if d.opts.LiveCompute {
+			t0 = time.Now()
+		}
 		p, err := ms.exec.Payload(op)
 		if err != nil {
 			return fmt.Errorf("sim: collective %d rank %d op %d: payload: %w", ms.coll, ms.rank, i, err)
+		}
+		if d.opts.LiveCompute {
+			dur = time.Since(t0).Seconds() / d.speed(ms)
 		}
 		size = int64(len(p))
 		d.pay[int64(dg)<<32|int64(dop)] = append([]byte(nil), p...)
@@ -734,10 +763,12 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	}
 	m.lat = lat
 	rs := &d.ranks[ms.rank]
-	if d.opts.PerMessageFlows {
-		d.startFlow(&m)
+	if d.hopCodec(ms, op.Src) && (dur >= 0 || d.costs[ms.coll].encode > 0) {
+		// Encode on the compute engine first; the message leaves after.
+		j := d.park(&m)
+		d.engine(rs, qent{g: g, op: i, dur: dur, job: jobEncode, x: j})
 	} else {
-		d.enqueue(rs, peer, &m)
+		d.launch(rs, peer, &m)
 	}
 	rs.sent += size
 	d.ranks[peer].recvd += size
@@ -746,6 +777,38 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	d.cbytes[ms.coll] += size
 	d.trace.add(d.now, TraceSend, ms.coll, ms.rank, i, peer, size)
 	return nil
+}
+
+// launch sends m now: its own flow (PerMessageFlows) or the next message
+// of its connection.
+func (d *driver) launch(rs *rankState, peer int32, m *msgInfo) {
+	if d.opts.PerMessageFlows {
+		d.startFlow(m)
+	} else {
+		d.enqueue(rs, peer, m)
+	}
+}
+
+// park stores m in d.pend until its encoding finishes and returns its
+// index.
+func (d *driver) park(m *msgInfo) int32 {
+	var j int32
+	if n := len(d.pfree); n > 0 {
+		j = d.pfree[n-1]
+		d.pfree = d.pfree[:n-1]
+	} else {
+		j = int32(len(d.pend))
+		d.pend = append(d.pend, msgInfo{})
+	}
+	m.next = -1
+	d.pend[j] = *m
+	return j
+}
+
+// hopCodec reports whether ms's collective encodes float chunks per hop
+// (fp16/bf16) and buf is a float buffer whose messages it encodes.
+func (d *driver) hopCodec(ms *machine, buf allreduce.Buf) bool {
+	return d.costs[ms.coll].hop && (buf == allreduce.BufData || buf == allreduce.BufAux)
 }
 
 func (d *driver) startFlow(m *msgInfo) {
@@ -761,16 +824,7 @@ func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 		if c.dst != peer {
 			continue
 		}
-		var j int32
-		if n := len(d.pfree); n > 0 {
-			j = d.pfree[n-1]
-			d.pfree = d.pfree[:n-1]
-		} else {
-			j = int32(len(d.pend))
-			d.pend = append(d.pend, msgInfo{})
-		}
-		m.next = -1
-		d.pend[j] = *m
+		j := d.park(m)
 		if c.tail < 0 {
 			c.head = j
 		} else {
@@ -845,29 +899,74 @@ func (d *driver) arrive(g, op int32) error {
 // completeRecv finishes a Recv that is both posted and arrived; the caller
 // pumps.
 func (d *driver) completeRecv(g int32, ms *machine, op int32) error {
+	o := &ms.prog.Ops[op]
+	dur := -1.0
 	if ms.exec != nil {
 		k := int64(g)<<32 | int64(op)
 		b := d.pay[k]
 		delete(d.pay, k)
-		if err := ms.exec.Deliver(&ms.prog.Ops[op], b); err != nil {
+		var t0 time.Time
+		if d.opts.LiveCompute {
+			t0 = time.Now()
+		}
+		if err := ms.exec.Deliver(o, b); err != nil {
 			return fmt.Errorf("sim: collective %d rank %d op %d: deliver: %w", ms.coll, ms.rank, op, err)
+		}
+		if d.opts.LiveCompute {
+			dur = time.Since(t0).Seconds() / d.speed(ms)
 		}
 	}
 	d.trace.add(d.now, TraceRecv, ms.coll, ms.rank, op, -1, 0)
+	if d.hopCodec(ms, o.Dst) && (dur >= 0 || d.costs[ms.coll].decode > 0) {
+		// Decode on the compute engine; the op is done after.
+		d.engine(&d.ranks[ms.rank], qent{g: g, op: op, dur: dur, job: jobDecode})
+		return nil
+	}
 	return ms.m.Done(op)
 }
 
-func (d *driver) computeCost(ms *machine, op *allreduce.Op) float64 {
+// regionElems is the number of float32 elements of op's region.
+func regionElems(ms *machine, op *allreduce.Op) int64 {
+	c, n := op.Chunks()
+	lo, hi := ms.prog.Layout.Region(c, n)
+	return int64(hi - lo)
+}
+
+// opSecPerElem is the compute model's cost per element of compute op op:
+// its Fn's, except that reducing a received message under a hop codec is
+// a decode-add.
+func (d *driver) opSecPerElem(ms *machine, op *allreduce.Op) float64 {
 	ct := &d.costs[ms.coll]
-	sec := ct.secPerElem[op.Fn&15]
+	if ct.hop && op.Fn == allreduce.FnReduce && op.Src == allreduce.BufStage {
+		return ct.secPerElem[allreduce.FnDecodeAdd]
+	}
+	return ct.secPerElem[op.Fn&15]
+}
+
+// jobCost is the compute model's time for job q of machine ms.
+func (d *driver) jobCost(ms *machine, q *qent) float64 {
+	ct := &d.costs[ms.coll]
+	var op *allreduce.Op
+	if q.op < 0 {
+		op = &d.pro[ms.coll]
+	} else {
+		op = &ms.prog.Ops[q.op]
+	}
+	var sec float64
+	var el int64
+	switch q.job {
+	case jobEncode:
+		sec, el = ct.encode, regionElems(ms, op)
+	case jobDecode:
+		sec, el = ct.decode, regionElems(ms, op)
+	default:
+		sec, el = d.opSecPerElem(ms, op), op.Bytes
+		if el <= 0 {
+			el = regionElems(ms, op)
+		}
+	}
 	if sec == 0 {
 		return 0
-	}
-	el := op.Bytes
-	if el <= 0 {
-		c, n := op.Chunks()
-		lo, hi := ms.prog.Layout.Region(c, n)
-		el = int64(hi - lo)
 	}
 	t := ct.overhead + float64(el)*sec/d.speed(ms)
 	if d.opts.ComputeJitter > 0 {
@@ -901,40 +1000,54 @@ func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error 
 		}
 	}
 	cat := fnCategory(op.Fn)
-	if cat == CatNone || dur < 0 && d.costs[ms.coll].secPerElem[op.Fn&15] == 0 {
+	if cat == CatNone || dur < 0 && d.opSecPerElem(ms, op) == 0 {
 		d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, i, -1, 0)
 		if i < 0 {
 			return d.pump(g)
 		}
 		return ms.m.Done(i)
 	}
-	rs := &d.ranks[ms.rank]
-	if rs.busy {
-		rs.queue = append(rs.queue, qent{g, i, dur})
-		return nil
-	}
-	d.startCompute(rs, g, ms, i, op, dur)
+	d.engine(&d.ranks[ms.rank], qent{g: g, op: i, dur: dur, job: jobOp})
 	return nil
 }
 
-// startCompute occupies the rank's engine with op for dur seconds, or, if
-// dur < 0, for the compute model's cost.
-func (d *driver) startCompute(rs *rankState, g int32, ms *machine, i int32, op *allreduce.Op, dur float64) {
-	t := dur
-	if t < 0 {
-		t = d.computeCost(ms, op)
+// engine runs job q on the rank's compute engine, now if it is idle, else
+// after the jobs queued before it.
+func (d *driver) engine(rs *rankState, q qent) {
+	if rs.busy {
+		rs.queue = append(rs.queue, q)
+		return
 	}
-	if fnCategory(op.Fn) == CatCompute {
+	d.startCompute(rs, &q)
+}
+
+// startCompute occupies the rank's engine with job q for q.dur seconds, or,
+// if q.dur < 0, for the compute model's cost.
+func (d *driver) startCompute(rs *rankState, q *qent) {
+	ms := &d.ms[q.g]
+	t := q.dur
+	if t < 0 {
+		t = d.jobCost(ms, q)
+	}
+	cat := CatCompress
+	if q.job == jobOp {
+		if q.op < 0 {
+			cat = fnCategory(d.pro[ms.coll].Fn)
+		} else if o := &ms.prog.Ops[q.op]; !(d.costs[ms.coll].hop && o.Fn == allreduce.FnReduce && o.Src == allreduce.BufStage) {
+			cat = fnCategory(o.Fn)
+		}
+	}
+	if cat == CatCompute {
 		rs.compute += t
 	} else {
 		rs.compres += t
 	}
 	rs.busy = true
-	d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, i, -1, 0)
-	d.h.push(event{t: d.now + t, kind: evComputeEnd, g: g, op: i})
+	d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, q.op, -1, 0)
+	d.h.push(event{t: d.now + t, kind: evComputeEnd, g: q.g, op: q.op, job: q.job, x: uint32(q.x)})
 }
 
-func (d *driver) computeEnd(g, op int32) error {
+func (d *driver) computeEnd(g, op int32, job uint8, x int32) error {
 	ms := &d.ms[g]
 	rs := &d.ranks[ms.rank]
 	rs.busy = false
@@ -944,15 +1057,16 @@ func (d *driver) computeEnd(g, op int32) error {
 		if rs.head == len(rs.queue) {
 			rs.queue, rs.head = rs.queue[:0], 0
 		}
-		nm := &d.ms[q.g]
-		if q.op < 0 {
-			d.startCompute(rs, q.g, nm, q.op, &d.pro[nm.coll], q.dur)
-		} else {
-			d.startCompute(rs, q.g, nm, q.op, &nm.prog.Ops[q.op], q.dur)
-		}
+		d.startCompute(rs, &q)
 	}
 	d.trace.add(d.now, TraceComputed, ms.coll, ms.rank, op, -1, 0)
-	if op < 0 {
+	switch {
+	case job == jobEncode:
+		m := d.pend[x]
+		d.pfree = append(d.pfree, x)
+		d.launch(&d.ranks[ms.rank], ms.prog.Ops[op].Peer, &m)
+		return nil
+	case op < 0:
 		return d.pump(g)
 	}
 	if err := ms.m.Done(op); err != nil {
