@@ -143,3 +143,50 @@ func FuzzParseHeader(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeKMeans(f *testing.F)     { fuzzDecoder(f, "topk:0.2+kmeans:5", 100) }
+func FuzzDecodeKMeansZstd(f *testing.F) { fuzzDecoder(f, "topk:0.2+kmeans:16+zstd", 300) }
+func FuzzDecodeDGCKMeans(f *testing.F)  { fuzzDecoder(f, "dgc:0.05+kmeans:3+zstd", 500) }
+func FuzzDecodeLossless(f *testing.F)   { fuzzDecoder(f, "lossless", 300) }
+
+// FuzzLosslessRoundTrip: any bit patterns (read as little-endian float32)
+// come back exactly, through Decompress and through DecompressAdd onto +0
+// for the non-NaN values.
+func FuzzLosslessRoundTrip(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte{0, 0, 0, 0x80, 1, 0, 0, 0, 0, 0, 0x80, 0x7f, 1, 0, 0xc0, 0xff, 0x45, 0x23, 0x81, 0xff})
+	seed := make([]byte, 4*500)
+	r := rand.New(rand.NewPCG(71, 72))
+	for i := 0; i < len(seed); i += 4 {
+		v := math.Float32bits(float32(r.NormFloat64() * 1e-2))
+		seed[i], seed[i+1], seed[i+2], seed[i+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+	}
+	f.Add(seed)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n := len(b) / 4
+		x := make([]float32, n)
+		for i := range x {
+			x[i] = math.Float32frombits(uint32(b[4*i]) | uint32(b[4*i+1])<<8 | uint32(b[4*i+2])<<16 | uint32(b[4*i+3])<<24)
+		}
+		c, err := New("lossless", n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		frame, err := c.Compress(nil, x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(frame)) > MustParse("lossless").NominalBytes(n) {
+			t.Fatalf("%d bytes above the bound", len(frame))
+		}
+		y := make([]float32, n)
+		if err := c.Decompress(y, frame); err != nil {
+			t.Fatal(err)
+		}
+		for i := range x {
+			if math.Float32bits(x[i]) != math.Float32bits(y[i]) {
+				t.Fatalf("y[%d] = %#08x, want %#08x", i, math.Float32bits(y[i]), math.Float32bits(x[i]))
+			}
+		}
+	})
+}
