@@ -3,6 +3,7 @@ package train
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/compressors"
@@ -18,7 +19,8 @@ import (
 // (compressors.Recipe.NominalBytes: for DGC the upper bound; for PowerSGD
 // the P and Q factors). Error feedback
 // changes no sizes and is not simulated. The Stats have the same meaning as
-// Sim's, with PayloadBytes nominal.
+// Sim's, with PayloadBytes nominal and BaselineTime left 0 (see
+// SizeOnlyBaseline).
 func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.Exchange, cfg SimConfig) (Stats, error) {
 	if cfg.Topology == nil {
 		return Stats{}, fmt.Errorf("train: SizeOnly: no topology")
@@ -38,7 +40,7 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 	}
 	dense := s.denseAlg()
 	st := Stats{Layers: make([]LayerStats, len(units))}
-	var colls, base []sim.Collective
+	var colls []sim.Collective
 	start := s.gradTime.Seconds()
 	for u, unit := range units {
 		r, err := compressors.Parse(plan.RecipeAt(unit, 1<<30))
@@ -90,20 +92,11 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 			return Stats{}, fmt.Errorf("train: %s for %s: %w", alg, unit.Name, err)
 		}
 		colls = append(colls, sim.Collective{Name: unit.Name, Programs: progs, Start: start})
-		bp, err := generateAll(dense, allreduce.Params{World: n, Elems: unit.Size, Average: true, ElemBytes: 4}, n)
-		if err != nil {
-			return Stats{}, err
-		}
-		base = append(base, sim.Collective{Name: unit.Name, Programs: bp, Start: start})
 		st.Layers[u] = LayerStats{PayloadBytes: int64(n) * payload, DenseBytes: DenseRingBytes(n, unit.Size)}
 	}
 	res, err := sim.Run(ctx, cfg.Topology, colls, s.options())
 	if err != nil {
 		return Stats{}, fmt.Errorf("train: size-only simulation: %w", err)
-	}
-	bres, err := sim.Run(ctx, cfg.Topology, base, s.options())
-	if err != nil {
-		return Stats{}, fmt.Errorf("train: size-only dense baseline: %w", err)
 	}
 	for u := range units {
 		ls := &st.Layers[u]
@@ -117,8 +110,37 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 	st.CodecTime = seconds(res.Compress)
 	st.ReduceTime = seconds(res.Compute)
 	st.CommTime = max(0, seconds(res.Communicate)-s.gradTime)
-	st.BaselineTime = seconds(bres.Time)
 	return st, nil
+}
+
+// SizeOnlyBaseline is the simulated step time of a dense fp32 all-reduce of
+// units with cfg.Dense (the ring by default) over n workers, gradient
+// compute included: the BaselineTime that SizeOnly leaves to its caller,
+// since it is the same for every plan.
+func SizeOnlyBaseline(ctx context.Context, n int, units []Layer, cfg SimConfig) (time.Duration, error) {
+	if cfg.Topology == nil {
+		return 0, fmt.Errorf("train: SizeOnlyBaseline: no topology")
+	}
+	if cfg.FLOPS == 0 {
+		cfg.FLOPS = DefaultFLOPS
+	}
+	s := &Sim{cfg: cfg, units: units, n: n}
+	if err := s.computeModel(); err != nil {
+		return 0, err
+	}
+	var base []sim.Collective
+	for _, unit := range units {
+		bp, err := generateAll(s.denseAlg(), allreduce.Params{World: n, Elems: unit.Size, Average: true, ElemBytes: 4}, n)
+		if err != nil {
+			return 0, err
+		}
+		base = append(base, sim.Collective{Name: unit.Name, Programs: bp, Start: s.gradTime.Seconds()})
+	}
+	res, err := sim.Run(ctx, cfg.Topology, base, s.options())
+	if err != nil {
+		return 0, fmt.Errorf("train: size-only dense baseline: %w", err)
+	}
+	return seconds(res.Time), nil
 }
 
 func generateAll(alg allreduce.Algorithm, p allreduce.Params, n int) ([]*allreduce.Program, error) {
