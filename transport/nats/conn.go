@@ -27,7 +27,7 @@
 // messages in flight may have been lost) fails every peer within one
 // Heartbeat. A server must therefore not cut slow consumers: its per-client
 // max_pending should exceed (size-1) × (Window + MaxFrame-sized message in
-// flight); NewGroup sets 1 GiB.
+// flight); natsserver's default is 1 GiB.
 //
 // Dial connects to a server (an external one, with a token or credentials
 // file, or a natsserver started by the caller); New uses a connection the
@@ -704,8 +704,7 @@ type Group struct {
 }
 
 // NewGroup starts an embedded NATS server on a free loopback port (with a
-// random token unless WithToken is given, and a per-client max pending of
-// 1 GiB unless WithServer sets one) and connects n ranks of job "local" to it
+// random token unless WithToken is given) and connects n ranks of job "local" to it
 // over TCP. Close shuts everything down.
 func NewGroup(ctx context.Context, n int, opts ...Option) (*Group, error) {
 	cfg, err := buildConfig(opts)
@@ -714,9 +713,6 @@ func NewGroup(ctx context.Context, n int, opts ...Option) (*Group, error) {
 	}
 	if n < 1 {
 		return nil, fmt.Errorf("%w: group size %d", ErrJob, n)
-	}
-	if cfg.Server.MaxPending == 0 {
-		cfg.Server.MaxPending = 1 << 30
 	}
 	if cfg.Token == "" {
 		var b [16]byte

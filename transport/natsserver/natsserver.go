@@ -22,6 +22,13 @@ var ErrStart = errors.New("natsserver: start failed")
 // Options.MaxPayload is zero: the nats-server default of 1 MiB.
 const DefaultMaxPayload = 1 << 20
 
+// DefaultMaxPending is the per-client outbound buffer when
+// Options.MaxPending is zero: 1 GiB rather than nats-server's 64 MiB, because
+// a rank receiving large messages from several peers at once can have more
+// than 64 MiB in flight (bounded by transport/nats's credit windows), and a
+// client cut as a slow consumer loses messages.
+const DefaultMaxPending = 1 << 30
+
 // MaxMaxPayload is the largest accepted Options.MaxPayload (64 MiB, the
 // nats-server hard limit).
 const MaxMaxPayload = 64 << 20
@@ -39,8 +46,7 @@ type Options struct {
 	// bytes; 0 means DefaultMaxPayload. At most MaxMaxPayload.
 	MaxPayload int
 	// MaxPending is the per-client buffer of outbound bytes before the
-	// server treats the client as a slow consumer; 0 means nats-server's
-	// default (64 MiB).
+	// server cuts the client as a slow consumer; 0 means DefaultMaxPending.
 	MaxPending int64
 	// WriteDeadline is how long the server waits on a stalled client socket
 	// before closing it; 0 means nats-server's default.
@@ -99,7 +105,10 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		WriteDeadline:   o.WriteDeadline,
 		HTTPPort:        0,
 	}
-	if sopts.MaxPending != 0 && sopts.MaxPending < int64(maxP) {
+	if sopts.MaxPending == 0 {
+		sopts.MaxPending = DefaultMaxPending
+	}
+	if sopts.MaxPending < int64(maxP) {
 		return nil, fmt.Errorf("%w: MaxPending %d below MaxPayload %d", ErrStart, sopts.MaxPending, maxP)
 	}
 	ns, err := server.NewServer(sopts)
