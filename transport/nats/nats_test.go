@@ -456,3 +456,46 @@ func TestReconnectFailsPeers(t *testing.T) {
 		}
 	}
 }
+
+// TestIncast: four ranks push large messages to one rank at once, which
+// drains them one sender after the other, so the others' windows fill: no
+// message is lost and nobody is cut as a slow consumer.
+func TestIncast(t *testing.T) {
+	const senders, msgs, size = 4, 6, 8 << 20
+	g, err := nats.NewGroup(t.Context(), senders+1, fastHB, nats.WithWindow(32<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx := t.Context()
+	errc := make(chan error, senders)
+	for r := 1; r <= senders; r++ {
+		go func() {
+			msg := make([]byte, size)
+			for i := range msgs {
+				binary.LittleEndian.PutUint64(msg, uint64(r*1000+i))
+				if err := g.Conn(r).Send(ctx, 0, 1, msg); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for r := 1; r <= senders; r++ {
+		for i := range msgs {
+			m, err := g.Conn(0).Recv(ctx, r, 1)
+			if err != nil {
+				t.Fatalf("Recv from %d, #%d: %v", r, i, err)
+			}
+			if len(m) != size || binary.LittleEndian.Uint64(m) != uint64(r*1000+i) {
+				t.Fatalf("Recv from %d, #%d: %d bytes, id %d", r, i, len(m), binary.LittleEndian.Uint64(m))
+			}
+		}
+	}
+	for range senders {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
