@@ -121,6 +121,7 @@ func Run(t *testing.T, newGroup NewGroupFunc, opts ...Option) {
 		{"InvalidPeer", s.testInvalidPeer},
 		{"OrderPerPeerTag", s.testOrder},
 		{"ConcurrentTags", s.testConcurrentTags},
+		{"ConcurrentSendersOneTag", s.testConcurrentSenders},
 		{"ZeroBytes", s.testZeroBytes},
 		{"SenderMayReuseBuffer", s.testReuse},
 		{"LargeMessage", s.testLarge},
@@ -340,6 +341,47 @@ func (s *suite) testConcurrentTags(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// testConcurrentSenders: goroutines of one rank send on the same (peer, tag)
+// at once; every message arrives exactly once, intact, and each goroutine's
+// messages arrive in the order it sent them.
+func (s *suite) testConcurrentSenders(t *testing.T) {
+	const goroutines, each = 8, 25
+	conns := s.group(t, 2)
+	ctx := s.ctx(t)
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range each {
+				b := payload(100+g*1000+i*37, 0, 1, uint64(g), i)
+				binary.LittleEndian.PutUint32(b, uint32(g<<16|i))
+				if err := conns[0].Send(ctx, 1, 4, b); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	next := make([]int, goroutines)
+	for k := range goroutines * each {
+		got, err := conns[1].Recv(ctx, 0, 4)
+		if err != nil {
+			t.Fatalf("Recv %d: %v", k, err)
+		}
+		id := binary.LittleEndian.Uint32(got)
+		g, i := int(id>>16), int(id&0xffff)
+		if g >= goroutines || i != next[g] {
+			t.Fatalf("Recv %d: message %d of goroutine %d, want message %d", k, i, g, next[min(g, goroutines-1)])
+		}
+		want := payload(100+g*1000+i*37, 0, 1, uint64(g), i)
+		binary.LittleEndian.PutUint32(want, id)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("Recv %d: message %d of goroutine %d corrupted", k, i, g)
+		}
+		next[g]++
+	}
+	wg.Wait()
 }
 
 func (s *suite) testZeroBytes(t *testing.T) {
