@@ -157,6 +157,7 @@ var (
 const (
 	flPosted  uint8 = 1
 	flArrived uint8 = 2
+	flRecv    uint8 = 4 // set at setup: the op is a Recv (pump need not read it)
 )
 
 type machine struct {
@@ -571,7 +572,8 @@ func (d *driver) setup() error {
 // matchSends pairs every Send with its Recv before the run, visiting each
 // rank's ops in order (cheap here, a cache miss per message in the event
 // loop): the receiving op's index goes into the Machine's word of the Send,
-// and planned sizes that disagree are an error up front.
+// Recv ops get the flRecv mark, and planned sizes that disagree are an
+// error up front.
 func (d *driver) matchSends() error {
 	world := int32(d.world)
 	for g := range d.ms {
@@ -579,6 +581,9 @@ func (d *driver) matchSends() error {
 		ops := ms.prog.Ops
 		for i := range ops {
 			o := &ops[i]
+			if o.Kind == allreduce.Recv {
+				ms.m.Mark(int32(i), flRecv)
+			}
 			if o.Kind != allreduce.Send {
 				continue
 			}
@@ -676,17 +681,21 @@ func (d *driver) pump(g int32) error {
 			break
 		}
 		for _, i := range d.scr {
+			if ms.m.Marks(i)&flRecv != 0 {
+				// Post the Recv; its op record is not needed (often a cache
+				// miss: a Recv may wait on an op far back in the program).
+				if ms.m.Mark(i, flPosted)&flArrived != 0 {
+					if err := d.completeRecv(g, ms, i); err != nil {
+						return err
+					}
+				}
+				continue
+			}
 			op := &ms.prog.Ops[i]
 			switch op.Kind {
 			case allreduce.Send:
 				if err := d.send(g, ms, i, op); err != nil {
 					return err
-				}
-			case allreduce.Recv:
-				if ms.m.Mark(i, flPosted)&flArrived != 0 {
-					if err := d.completeRecv(g, ms, i); err != nil {
-						return err
-					}
 				}
 			case allreduce.Compute:
 				if err := d.compute(g, ms, i, op); err != nil {
@@ -899,9 +908,9 @@ func (d *driver) arrive(g, op int32) error {
 // completeRecv finishes a Recv that is both posted and arrived; the caller
 // pumps.
 func (d *driver) completeRecv(g int32, ms *machine, op int32) error {
-	o := &ms.prog.Ops[op]
 	dur := -1.0
 	if ms.exec != nil {
+		o := &ms.prog.Ops[op]
 		k := int64(g)<<32 | int64(op)
 		b := d.pay[k]
 		delete(d.pay, k)
@@ -917,7 +926,7 @@ func (d *driver) completeRecv(g int32, ms *machine, op int32) error {
 		}
 	}
 	d.trace.add(d.now, TraceRecv, ms.coll, ms.rank, op, -1, 0)
-	if d.hopCodec(ms, o.Dst) && (dur >= 0 || d.costs[ms.coll].decode > 0) {
+	if d.costs[ms.coll].hop && d.hopCodec(ms, ms.prog.Ops[op].Dst) && (dur >= 0 || d.costs[ms.coll].decode > 0) {
 		// Decode on the compute engine; the op is done after.
 		d.engine(&d.ranks[ms.rank], qent{g: g, op: op, dur: dur, job: jobDecode})
 		return nil
