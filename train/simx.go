@@ -127,6 +127,10 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 				return nil, err
 			}
 			s.fbs[w] = append(s.fbs[w], fb)
+			if fb.Compressor().Aggregation() == compressors.TwoPhase && plan.efRecipe() != "none" {
+				return nil, fmt.Errorf("%w: %s runs the two-phase scheme with its own worker and server error; use --ef none, not %s",
+					ErrUnsupported, fb.Compressor(), plan.efRecipe())
+			}
 			if fb.Compressor().Aggregation() == compressors.LowRank {
 				// PowerSGD: worker/adapt runs the P-then-Q scheme and its
 				// ef14 residual exactly as the real worker does.
