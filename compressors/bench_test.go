@@ -1,6 +1,7 @@
 package compressors
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -149,5 +150,86 @@ func BenchmarkDecompressAdd(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkLossless: the exact codec on 25M Gaussian floats; wire-bytes and
+// ratio (frame bytes / 4n) are reported next to the throughput of the raw
+// fp32 input.
+func BenchmarkLossless(b *testing.B) {
+	x := benchInput()
+	c, err := New("lossless", len(x))
+	if err != nil {
+		b.Fatal(err)
+	}
+	frame, err := c.Compress(nil, x)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ratio := float64(len(frame)) / float64(4*len(x))
+	b.Run("encode/n=25M", func(b *testing.B) {
+		b.SetBytes(int64(4 * len(x)))
+		loop(b, func() {
+			if frame, err = c.Compress(frame, x); err != nil {
+				b.Fatal(err)
+			}
+		})
+		b.ReportMetric(float64(len(frame)), "wire-bytes")
+		b.ReportMetric(ratio, "ratio")
+	})
+	y := benchY
+	for _, add := range []bool{false, true} {
+		name := "decode/n=25M"
+		if add {
+			name = "decodeadd/n=25M"
+		}
+		b.Run(name, func(b *testing.B) {
+			if err := c.Decompress(y, frame); err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(4 * len(x)))
+			loop(b, func() {
+				var err error
+				if add {
+					err = c.DecompressAdd(y, frame)
+				} else {
+					err = c.Decompress(y, frame)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkKMeans: the k-means stage alone on the 250,000 values that
+// top-1% keeps of the 25M input (throughput in bytes of kept values), and
+// whole frames of topk:0.01 with and without it.
+func BenchmarkKMeans(b *testing.B) {
+	x := benchInput()
+	t, err := New("topk:0.01", len(x))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := t.Compress(nil, x); err != nil {
+		b.Fatal(err)
+	}
+	_, kept := t.(Sparse).Selected()
+	val := make([]float32, len(kept))
+	for _, k := range []int{4, 16, 256} {
+		b.Run(fmt.Sprintf("stage/k=%d/m=250000", k), func(b *testing.B) {
+			km := newKMeans(k)
+			b.SetBytes(int64(4 * len(kept)))
+			loop(b, func() {
+				copy(val, kept)
+				if _, err := km.cluster(val); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+	}
+	for _, r := range []string{"topk:0.01", "topk:0.01+zstd", "topk:0.01+kmeans:16", "topk:0.01+kmeans:16+zstd"} {
+		b.Run("compress/codec="+r+"/n=25M", func(b *testing.B) { benchCompress(b, r) })
 	}
 }

@@ -2,11 +2,12 @@ package compressors
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"math"
+	"hash/crc32"
 
 	"github.com/klauspost/compress/huff0"
+
+	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
 // Lossless ("lossless") sends dense float32 exactly, bit for bit (NaN
@@ -16,17 +17,16 @@ import (
 // mantissa | sign<<23. The words are sent raw (they are close to uniform);
 // the exponents, which take a few dozen values with a peaked distribution,
 // are Huffman-coded with huff0 (the Huffman stage of zstd, with amd64
-// assembly decoding): one table built from the layer's histogram, then
-// blocks of LosslessBlock exponents, each 4-stream Huffman, raw when that
-// does not pay, or run-length when the block holds one value. A layer
-// whose exponents take one value is sent as one byte; if Huffman coding
-// would not pay at all the exponents are sent raw.
+// assembly decoding) in blocks of LosslessBlock exponents, each 4-stream
+// Huffman with its own table (so a layer made of parts with different
+// scales is coded part by part), raw when that does not pay, or one byte
+// when the block holds one value. If the blocks would not pay at all the
+// exponents are sent raw.
 //
 // Body (little-endian): n 24-bit words, then the exponent section: a mode
-// byte, then for mode 0 (raw) n exponent bytes, for mode 1 (one value) that
-// byte, for mode 2 (Huffman) the huff0 table followed by ceil(n/
-// LosslessBlock) blocks, each a uint32 kind<<30 | length (kind 0 raw, 1 one
-// value, 2 huff0 4X) and its length bytes.
+// byte, then for mode 0 (raw) n exponent bytes, for mode 2 (blocks)
+// ceil(n/LosslessBlock) blocks, each a uint32 kind<<30 | length (kind 0
+// raw, 1 one value, 2 huff0 table and 4X stream) and its length bytes.
 //
 // Aggregation is Gather: the payload has a data-dependent length, so it
 // cannot be re-encoded chunk by chunk on the hops of a ring (there is no
@@ -40,10 +40,9 @@ import (
 // safe for concurrent use.
 type Lossless struct {
 	frame
-	exp  []byte        // exponents of the layer (encode and decode scratch)
-	enc  huff0.Scratch // encoder with the layer's table
-	dec  huff0.Scratch // decoder table of the last frame
-	hist [4][256]uint32
+	exp []byte        // exponents of the layer (encode and decode scratch)
+	enc huff0.Scratch // block encoder
+	dec huff0.Scratch // table of the block being decoded
 }
 
 var _ Compressor = (*Lossless)(nil)
@@ -52,15 +51,17 @@ var _ Compressor = (*Lossless)(nil)
 // lossless codec (huff0 blocks must be shorter than 256 KiB).
 const LosslessBlock = 1 << 17
 
+// Exponent section modes and block kinds.
 const (
-	expRaw  = 0
-	expRLE  = 1
-	expHuff = 2
+	expRaw    = 0 // section: n raw exponents; block: raw
+	expBlocks = 2 // section: blocks
+	expRLE    = 1 // block: one value
+	expHuff   = 2 // block: huff0 4X stream with its table
 )
 
 func newLossless(r Recipe, n int) *Lossless {
 	l := &Lossless{frame: newFrame(r, n)}
-	l.enc.Reuse = huff0.ReusePolicyMust
+	l.enc.Reuse = huff0.ReusePolicyNone
 	return l
 }
 
@@ -75,6 +76,10 @@ func (l *Lossless) scratch() []byte {
 	return l.exp[:l.n]
 }
 
+// losslessChunk is the number of elements split before the histogram and
+// the checksum catch up, so that both read the chunk from cache.
+const losslessChunk = 16 << 10
+
 // Compress appends the exact encoding of src to dst[:0].
 func (l *Lossless) Compress(dst []byte, src []float32) ([]byte, error) {
 	if err := checkLen("src", len(src), l.n); err != nil {
@@ -83,67 +88,50 @@ func (l *Lossless) Compress(dst []byte, src []float32) ([]byte, error) {
 	n := l.n
 	exp := l.scratch()
 	dst = l.begin(dst)
-	if cap(dst)-len(dst) < 3*n+64 {
-		nd := make([]byte, headerLen, headerLen+losslessMaxBody(n)+trailerLen+n/64+64)
-		dst = nd
+	if need := headerLen + losslessMaxBody(n) + trailerLen; cap(dst) < need {
+		dst = make([]byte, headerLen, need)
 	}
 	var words []byte
 	dst, words = grow(dst, 3*n)
-	for i := range l.hist {
-		clear(l.hist[i][:])
+	// Split, count and checksum chunk by chunk; the checksum of the header
+	// (whose lengths are known only at the end) is combined in afterwards.
+	var crc uint32
+	for lo := 0; lo < n; lo += losslessChunk {
+		hi := min(lo+losslessChunk, n)
+		kernels.SplitFloat32(words[3*lo:3*hi], exp[lo:hi], src[lo:hi])
+		crc = crc32.Update(crc, castagnoli, words[3*lo:3*hi])
 	}
-	splitFloats(words, exp, src, &l.hist)
 	secStart := len(dst)
-	var hist [256]uint32
-	distinct := 0
-	for s := range hist {
-		c := l.hist[0][s] + l.hist[1][s] + l.hist[2][s] + l.hist[3][s]
-		hist[s] = c
-		if c != 0 {
-			distinct++
-		}
+	if n > 0 {
+		dst = l.huffman(dst, exp)
 	}
-	switch {
-	case n == 0:
-		dst = append(dst, expRaw)
-	case distinct == 1:
-		dst = append(dst, expRLE, exp[0])
-	default:
-		dst = l.huffman(dst, exp, &hist)
-		if len(dst)-secStart > 1+n {
-			dst = append(dst[:secStart], expRaw)
-			dst = append(dst, exp...)
-		}
+	if n == 0 || len(dst)-secStart > 1+n {
+		dst = append(dst[:secStart], expRaw)
+		dst = append(dst, exp...)
 	}
-	return l.finish(dst, 0, 0, 0, len(dst)-headerLen), nil
+	crc = crc32.Update(crc, castagnoli, dst[secStart:])
+	body := len(dst) - headerLen
+	l.putHeader(dst[:headerLen], 0, 0, 0, body, body)
+	crc = crc32Combine(crc32.Checksum(dst[:headerLen], castagnoli), crc, int64(body))
+	return binary.LittleEndian.AppendUint32(dst, crc), nil
 }
 
-// huffman appends the Huffman exponent section (mode, table, blocks), or
-// the raw section if no table can be built.
-func (l *Lossless) huffman(dst, exp []byte, hist *[256]uint32) []byte {
-	start := len(dst)
+// huffman appends the block-coded exponent section: the mode byte, then
+// per block its header and body (huff0 4X with the block's own table, one
+// value, or raw).
+func (l *Lossless) huffman(dst, exp []byte) []byte {
+	dst = append(dst, expBlocks)
 	s := &l.enc
-	if err := s.BuildCTable(hist); err != nil {
-		return append(append(dst, expRaw), exp...)
-	}
-	dst = append(dst, expHuff)
-	var err error
-	if dst, err = s.AppendTable(dst); err != nil {
-		return append(append(dst[:start], expRaw), exp...)
-	}
 	for lo := 0; lo < len(exp); lo += LosslessBlock {
 		blk := exp[lo:min(lo+LosslessBlock, len(exp))]
 		kind, body := uint32(expRaw), blk
-		if len(blk) >= 64 {
-			out, _, err := huff0.Compress4X(blk, s)
-			switch {
-			case err == nil:
-				kind, body = expHuff, out
-			case errors.Is(err, huff0.ErrUseRLE):
-				kind, body = expRLE, blk[:1]
-			}
-		} else if allSame(blk) {
+		switch {
+		case allSame(blk):
 			kind, body = expRLE, blk[:1]
+		case len(blk) >= 64:
+			if out, _, err := huff0.Compress4X(blk, s); err == nil {
+				kind, body = expHuff, out
+			}
 		}
 		dst = binary.LittleEndian.AppendUint32(dst, kind<<30|uint32(len(body)))
 		dst = append(dst, body...)
@@ -184,26 +172,15 @@ func (l *Lossless) decode(dst []float32, payload []byte) (words, exp []byte, err
 			return nil, nil, fmt.Errorf("%w: raw exponent section of %d bytes for %d elements", ErrCorrupt, len(sec)-1, n)
 		}
 		return words, sec[1:], nil
-	case expRLE:
-		if len(sec) != 2 || n == 0 {
-			return nil, nil, fmt.Errorf("%w: one-value exponent section of %d bytes", ErrCorrupt, len(sec))
+	case expBlocks:
+		if n == 0 {
+			return nil, nil, fmt.Errorf("%w: exponent blocks for an empty layer", ErrCorrupt)
 		}
-		exp = l.scratch()
-		fill(exp, sec[1])
-		return words, exp, nil
-	case expHuff:
 	default:
 		return nil, nil, fmt.Errorf("%w: exponent mode %d", ErrCorrupt, mode)
 	}
-	if n == 0 {
-		return nil, nil, fmt.Errorf("%w: Huffman exponents for an empty layer", ErrCorrupt)
-	}
-	_, rest, err := huff0.ReadTable(sec[1:], &l.dec)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: exponent table: %v", ErrCorrupt, err)
-	}
 	exp = l.scratch()
-	dec := l.dec.Decoder()
+	rest := sec[1:]
 	for lo := 0; lo < n; lo += LosslessBlock {
 		hi := min(lo+LosslessBlock, n)
 		if len(rest) < 4 {
@@ -232,7 +209,11 @@ func (l *Lossless) decode(dst []float32, payload []byte) (words, exp []byte, err
 			if ln >= hi-lo {
 				return nil, nil, fmt.Errorf("%w: Huffman exponent block of %d bytes for %d", ErrCorrupt, ln, hi-lo)
 			}
-			out, err := dec.Decompress4X(exp[lo:lo:hi], blk)
+			_, stream, err := huff0.ReadTable(blk, &l.dec)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%w: exponent block at %d: table: %v", ErrCorrupt, lo, err)
+			}
+			out, err := l.dec.Decoder().Decompress4X(exp[lo:lo:hi], stream)
 			if err != nil {
 				return nil, nil, fmt.Errorf("%w: exponent block at %d: %v", ErrCorrupt, lo, err)
 			}
@@ -261,7 +242,7 @@ func (l *Lossless) Decompress(dst []float32, payload []byte) error {
 	if err != nil {
 		return err
 	}
-	mergeFloats(dst, words, exp, false)
+	kernels.MergeFloat32(dst, words, exp)
 	return nil
 }
 
@@ -271,84 +252,59 @@ func (l *Lossless) DecompressAdd(dst []float32, payload []byte) error {
 	if err != nil {
 		return err
 	}
-	mergeFloats(dst, words, exp, true)
+	kernels.MergeAddFloat32(dst, words, exp)
 	return nil
 }
 
-// splitFloats writes the 24-bit words (mantissa | sign<<23) of src into
-// words (3 bytes each) and the exponents into exp, and counts the exponents
-// into four histograms (element i into hist[i%4]).
-func splitFloats(words, exp []byte, src []float32, hist *[4][256]uint32) {
-	n := len(src)
-	words, exp = words[:3*n], exp[:n]
-	i := 0
-	for ; i+8 <= n; i += 8 {
-		s := src[i : i+8 : i+8]
-		var q [3]uint64
-		var e uint64
-		for k := range 8 {
-			u := math.Float32bits(s[k])
-			ek := (u >> 23) & 0xff
-			hist[k&3][ek]++
-			e |= uint64(ek) << (8 * k)
-			w := uint64(u&0x7fffff | (u>>8)&0x800000)
-			bit := 24 * k
-			q[bit/64] |= w << (bit % 64)
-			if bit%64 > 40 {
-				q[bit/64+1] |= w >> (64 - bit%64)
-			}
+// crc32Combine returns the CRC-32C of A‖B from crcA = CRC(A), crcB = CRC(B)
+// and len(B) (zlib's crc32_combine: crcA is advanced over len(B) zero bytes
+// by repeated squaring of the one-zero-bit operator over GF(2)).
+func crc32Combine(crcA, crcB uint32, lenB int64) uint32 {
+	if lenB <= 0 {
+		return crcA
+	}
+	var even, odd [32]uint32
+	odd[0] = crc32.Castagnoli // reflected polynomial: one zero bit
+	row := uint32(1)
+	for i := 1; i < 32; i++ {
+		odd[i] = row
+		row <<= 1
+	}
+	gf2Square(&even, &odd) // two zero bits
+	gf2Square(&odd, &even) // four zero bits
+	for {
+		gf2Square(&even, &odd) // 8·2^j zero bits
+		if lenB&1 != 0 {
+			crcA = gf2Times(&even, crcA)
 		}
-		binary.LittleEndian.PutUint64(exp[i:], e)
-		wb := words[3*i : 3*i+24 : 3*i+24]
-		binary.LittleEndian.PutUint64(wb[0:], q[0])
-		binary.LittleEndian.PutUint64(wb[8:], q[1])
-		binary.LittleEndian.PutUint64(wb[16:], q[2])
+		lenB >>= 1
+		if lenB == 0 {
+			break
+		}
+		gf2Square(&odd, &even)
+		if lenB&1 != 0 {
+			crcA = gf2Times(&odd, crcA)
+		}
+		lenB >>= 1
+		if lenB == 0 {
+			break
+		}
 	}
-	for ; i < n; i++ {
-		u := math.Float32bits(src[i])
-		ek := (u >> 23) & 0xff
-		hist[i&3][ek]++
-		exp[i] = byte(ek)
-		w := u&0x7fffff | (u>>8)&0x800000
-		words[3*i], words[3*i+1], words[3*i+2] = byte(w), byte(w>>8), byte(w>>16)
-	}
+	return crcA ^ crcB
 }
 
-// mergeFloats rebuilds the floats from words and exp into dst (or adds
-// them to dst).
-func mergeFloats(dst []float32, words, exp []byte, add bool) {
-	n := len(dst)
-	words, exp = words[:3*n], exp[:n]
-	i := 0
-	for ; i+8 <= n; i += 8 {
-		wb := words[3*i : 3*i+24 : 3*i+24]
-		q0 := binary.LittleEndian.Uint64(wb[0:])
-		q1 := binary.LittleEndian.Uint64(wb[8:])
-		q2 := binary.LittleEndian.Uint64(wb[16:])
-		e := binary.LittleEndian.Uint64(exp[i:])
-		const m = 0xffffff
-		v := [8]uint32{
-			uint32(q0) & m, uint32(q0>>24) & m, uint32(q0>>48|q1<<16) & m, uint32(q1>>8) & m,
-			uint32(q1>>32) & m, uint32(q1>>56|q2<<8) & m, uint32(q2>>16) & m, uint32(q2 >> 40),
-		}
-		d := dst[i : i+8 : i+8]
-		if add {
-			for k := range 8 {
-				d[k] += math.Float32frombits(v[k]&0x7fffff | (v[k]&0x800000)<<8 | uint32(byte(e>>(8*k)))<<23)
-			}
-		} else {
-			for k := range 8 {
-				d[k] = math.Float32frombits(v[k]&0x7fffff | (v[k]&0x800000)<<8 | uint32(byte(e>>(8*k)))<<23)
-			}
+func gf2Times(mat *[32]uint32, vec uint32) uint32 {
+	var sum uint32
+	for i := 0; vec != 0; i, vec = i+1, vec>>1 {
+		if vec&1 != 0 {
+			sum ^= mat[i]
 		}
 	}
-	for ; i < n; i++ {
-		w := uint32(words[3*i]) | uint32(words[3*i+1])<<8 | uint32(words[3*i+2])<<16
-		f := math.Float32frombits(w&0x7fffff | (w&0x800000)<<8 | uint32(exp[i])<<23)
-		if add {
-			dst[i] += f
-		} else {
-			dst[i] = f
-		}
+	return sum
+}
+
+func gf2Square(square, mat *[32]uint32) {
+	for i := range 32 {
+		square[i] = gf2Times(mat, mat[i])
 	}
 }

@@ -87,8 +87,8 @@ func TestLosslessExact(t *testing.T) {
 					t.Errorf("n=%d gauss: %d body bytes, want below 3.5 per float", n, body)
 				}
 			case "zeros", "ones":
-				if body != 3*n+1+min(n, 1) {
-					t.Errorf("n=%d %s: %d body bytes, want %d", n, name, body, 3*n+1+min(n, 1))
+				if want := min(3*n+1+5*((n+LosslessBlock-1)/LosslessBlock), 4*n+1); body != want {
+					t.Errorf("n=%d %s: %d body bytes, want %d", n, name, body, want)
 				}
 			case "mixed":
 				if n > 2*LosslessBlock && body > 3*n+(n-2*LosslessBlock)/2+1000 {
@@ -117,7 +117,7 @@ func TestLosslessCorruptBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	sec := headerLen + 3*n
-	if frame[sec] != expHuff {
+	if frame[sec] != expBlocks || frame[sec+1+3]>>6 != expHuff {
 		t.Fatalf("gauss exponents use mode %d, want Huffman", frame[sec])
 	}
 	dst := make([]float32, n)
@@ -357,6 +357,25 @@ func TestPipelineAllocs(t *testing.T) {
 		})
 		if allocs != 0 {
 			t.Errorf("%s: %v allocations per step, want 0", rec, allocs)
+		}
+	}
+}
+
+func TestCRC32Combine(t *testing.T) {
+	r := rand.New(rand.NewPCG(73, 74))
+	for _, la := range []int{0, 1, 36, 100} {
+		for _, lb := range []int{0, 1, 3, 64, 1000, 100_003} {
+			a, b := make([]byte, la), make([]byte, lb)
+			for i := range a {
+				a[i] = byte(r.Uint32())
+			}
+			for i := range b {
+				b[i] = byte(r.Uint32())
+			}
+			want := crc32c(append(slices.Clone(a), b...))
+			if got := crc32Combine(crc32c(a), crc32c(b), int64(lb)); got != want {
+				t.Fatalf("combine(%d, %d) = %#x, want %#x", la, lb, got, want)
+			}
 		}
 	}
 }

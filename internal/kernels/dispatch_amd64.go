@@ -289,3 +289,35 @@ func packSignsSumSq(dst []byte, src []float32, acc *[16]float64) int {
 	packSignsSumSqAVX2(&dst[0], &src[0], n, acc)
 	return n
 }
+
+//go:noescape
+func splitF32AVX2(words, exp *byte, src *float32, n int)
+
+//go:noescape
+func mergeF32AVX2(dst *float32, words, exp *byte, n int, add bool)
+
+// asm24 is how many of n elements the 24-bit assembly loops may handle: a
+// multiple of 8 that leaves the 4 bytes after their last word inside the
+// slice (each 8-element step touches 28 bytes of words).
+func asm24(n int) int {
+	if n < 10 {
+		return 0
+	}
+	return (n - 2) &^ 7
+}
+
+func splitFloat32(words, exp []byte, src []float32) {
+	if m := asm24(len(src)); useAVX2 && m > 0 {
+		splitF32AVX2(&words[0], &exp[0], &src[0], m)
+		words, exp, src = words[3*m:], exp[m:], src[m:]
+	}
+	splitFloat32Generic(words, exp, src)
+}
+
+func mergeFloat32(dst []float32, words, exp []byte, add bool) {
+	if m := asm24(len(dst)); useAVX2 && m > 0 {
+		mergeF32AVX2(&dst[0], &words[0], &exp[0], m, add)
+		dst, words, exp = dst[m:], words[3*m:], exp[m:]
+	}
+	mergeFloat32Generic(dst, words, exp, add)
+}

@@ -39,3 +39,8 @@ func qsgdDecodeNibbles(dst []float32, codes []byte, levels *[8]float32, add bool
 }
 
 func packSignsSumSq(dst []byte, src []float32, acc *[16]float64) int { return 0 }
+
+func splitFloat32(words, exp []byte, src []float32) { splitFloat32Generic(words, exp, src) }
+func mergeFloat32(dst []float32, words, exp []byte, add bool) {
+	mergeFloat32Generic(dst, words, exp, add)
+}

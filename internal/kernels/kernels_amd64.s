@@ -718,3 +718,118 @@ psdone:
 	VMOVUPD Y7, 96(DX)
 	VZEROUPPER
 	RET
+
+// Shuffles of the 24-bit word layout (per 128-bit lane).
+// pack24: dwords -> 12 bytes (low three bytes of each), 4 zero bytes.
+DATA pack24<>+0(SB)/8, $0x0908060504020100
+DATA pack24<>+8(SB)/8, $0x808080800e0d0c0a
+DATA pack24<>+16(SB)/8, $0x0908060504020100
+DATA pack24<>+24(SB)/8, $0x808080800e0d0c0a
+GLOBL pack24<>(SB), RODATA|NOPTR, $32
+// unpack24: 12 bytes -> dwords (zero high byte).
+DATA unpack24<>+0(SB)/8, $0x8005040380020100
+DATA unpack24<>+8(SB)/8, $0x800b0a0980080706
+DATA unpack24<>+16(SB)/8, $0x8005040380020100
+DATA unpack24<>+24(SB)/8, $0x800b0a0980080706
+GLOBL unpack24<>(SB), RODATA|NOPTR, $32
+// packexp: byte 0 of each dword -> the low 4 bytes of the lane.
+DATA packexp<>+0(SB)/8, $0x808080800c080400
+DATA packexp<>+8(SB)/8, $0x8080808080808080
+DATA packexp<>+16(SB)/8, $0x808080800c080400
+DATA packexp<>+24(SB)/8, $0x8080808080808080
+GLOBL packexp<>(SB), RODATA|NOPTR, $32
+DATA c24<>+0(SB)/4, $0x007fffff
+DATA c24<>+4(SB)/4, $0x00800000
+GLOBL c24<>(SB), RODATA|NOPTR, $8
+
+// func splitF32AVX2(words, exp *byte, src *float32, n int)   n % 8 == 0;
+// writes 4 bytes past words[3n-1] (overwritten by the caller's tail).
+TEXT ·splitF32AVX2(SB), NOSPLIT, $0-32
+	MOVQ words+0(FP), DI
+	MOVQ exp+8(FP), BX
+	MOVQ src+16(FP), SI
+	MOVQ n+24(FP), CX
+	VMOVDQU pack24<>(SB), Y10
+	VMOVDQU packexp<>(SB), Y11
+	VPBROADCASTD c24<>+0(SB), Y12
+	VPBROADCASTD c24<>+4(SB), Y13
+sp8:
+	CMPQ CX, $8
+	JB   spdone
+	VMOVDQU (SI), Y0
+	VPSRLD $23, Y0, Y1
+	VPSHUFB Y11, Y1, Y1
+	VEXTRACTI128 $1, Y1, X2
+	VPUNPCKLDQ X2, X1, X1
+	VMOVQ X1, (BX)
+	VPAND Y12, Y0, Y3
+	VPSRLD $8, Y0, Y4
+	VPAND Y13, Y4, Y4
+	VPOR Y4, Y3, Y3
+	VPSHUFB Y10, Y3, Y3
+	VMOVDQU X3, (DI)
+	VEXTRACTI128 $1, Y3, 12(DI)
+	ADDQ $32, SI
+	ADDQ $8, BX
+	ADDQ $24, DI
+	SUBQ $8, CX
+	JMP  sp8
+spdone:
+	VZEROUPPER
+	RET
+
+// func mergeF32AVX2(dst *float32, words, exp *byte, n int, add bool)   n % 8 == 0;
+// reads 4 bytes past words[3n-1].
+TEXT ·mergeF32AVX2(SB), NOSPLIT, $0-33
+	MOVQ dst+0(FP), DI
+	MOVQ words+8(FP), SI
+	MOVQ exp+16(FP), BX
+	MOVQ n+24(FP), CX
+	MOVB add+32(FP), AX
+	VMOVDQU unpack24<>(SB), Y10
+	VPBROADCASTD c24<>+0(SB), Y12
+	VPBROADCASTD c24<>+4(SB), Y13
+	TESTB AL, AL
+	JNZ  madd8
+m8:
+	CMPQ CX, $8
+	JB   mdone
+	VMOVDQU (SI), X0
+	VINSERTI128 $1, 12(SI), Y0, Y0
+	VPSHUFB Y10, Y0, Y0
+	VPAND Y12, Y0, Y1
+	VPAND Y13, Y0, Y2
+	VPSLLD $8, Y2, Y2
+	VPOR Y2, Y1, Y1
+	VPMOVZXBD (BX), Y3
+	VPSLLD $23, Y3, Y3
+	VPOR Y3, Y1, Y1
+	VMOVDQU Y1, (DI)
+	ADDQ $24, SI
+	ADDQ $8, BX
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  m8
+madd8:
+	CMPQ CX, $8
+	JB   mdone
+	VMOVDQU (SI), X0
+	VINSERTI128 $1, 12(SI), Y0, Y0
+	VPSHUFB Y10, Y0, Y0
+	VPAND Y12, Y0, Y1
+	VPAND Y13, Y0, Y2
+	VPSLLD $8, Y2, Y2
+	VPOR Y2, Y1, Y1
+	VPMOVZXBD (BX), Y3
+	VPSLLD $23, Y3, Y3
+	VPOR Y3, Y1, Y1
+	VADDPS (DI), Y1, Y1
+	VMOVUPS Y1, (DI)
+	ADDQ $24, SI
+	ADDQ $8, BX
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  madd8
+mdone:
+	VZEROUPPER
+	RET
