@@ -74,7 +74,8 @@ type Config struct {
 	SendsPerPeer int
 	// SegmentBytes, if > 0, fixes the pipelining of dense rings and trees:
 	// a chunk is split into segments of about this many bytes (at most 64
-	// per chunk). 0 (the default) takes the segment count from CostModel.
+	// per chunk). 0 (the default) takes the segment count from CostModel,
+	// with segments of at least 16 KiB.
 	SegmentBytes int
 	// SkipSignature turns off the start-up comparison of layer lists.
 	SkipSignature bool

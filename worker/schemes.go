@@ -135,7 +135,8 @@ func (w *Worker) newCollective(b *bucket) (collective, error) {
 // denseAlgorithm picks the all-reduce of a dense bucket of elems elements
 // of elemBytes on the wire, and its segment count: Config.Algorithm if set,
 // else the cheapest under Config.CostModel; Config.SegmentBytes if set, else
-// the model's best segment count.
+// the model's best segment count, capped so that segments are at least
+// minSegmentBytes.
 func (w *Worker) denseAlgorithm(elems, elemBytes int) (allreduce.Algorithm, int, error) {
 	world := w.conn.Size()
 	bytes := int64(elems) * int64(elemBytes)
@@ -154,15 +155,25 @@ func (w *Worker) denseAlgorithm(elems, elemBytes int) (allreduce.Algorithm, int,
 	}
 	c := pol.Select(world, bytes)
 	segs := c.Segments
+	perChunk := (bytes + int64(world) - 1) / int64(world)
+	if c.Alg == allreduce.AlgTree {
+		perChunk = (bytes + 1) / 2
+	}
 	if seg := w.cfg.SegmentBytes; seg > 0 {
-		perChunk := (bytes + int64(world) - 1) / int64(world)
-		if c.Alg == allreduce.AlgTree {
-			perChunk = (bytes + 1) / 2
-		}
 		segs = int(min(max(1, (perChunk+int64(seg)-1)/int64(seg)), 64))
+	} else {
+		// A floor on the model's choice: real transports pay their
+		// per-message cost on every segment, so segments stay at least
+		// minSegmentBytes (a model that overlaps per-message latencies can
+		// otherwise split a 1 KiB bucket into a hundred messages).
+		segs = int(min(int64(segs), max(1, perChunk/minSegmentBytes)))
 	}
 	return c.Alg, max(segs, 1), nil
 }
+
+// minSegmentBytes is the smallest segment of a pipelined dense all-reduce
+// whose segment count comes from the cost model.
+const minSegmentBytes = 16 << 10
 
 // newDenseCollective builds bucket b's ModeDense scheme: a plain fp32 mean.
 func (w *Worker) newDenseCollective(b *bucket) (collective, error) {
