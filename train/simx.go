@@ -3,6 +3,9 @@ package train
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
@@ -66,7 +69,7 @@ type Sim struct {
 	n        int
 	fbs      [][]errorfeedback.Feedback // [rank][unit]
 	lowrank  [][]*adapt.Layer           // [rank][unit], PowerSGD units only
-	tp       [][]*allreduce.TwoPhaseState
+	tp       [][]*twoPhaseHook
 	progs    map[progKey][]*allreduce.Program
 	execs    map[progKey][]*allreduce.Exec
 	enc      [][]byte
@@ -83,16 +86,84 @@ type progKey struct {
 }
 
 // payloadCodec adapts one rank's error feedback to allreduce.PayloadCodec and
-// records the payload size.
+// records the payload size. The payload may be encoded ahead of the
+// simulation (precompute, in parallel over ranks); the executor's Encode then
+// hands out that payload, which is what it would have computed from the same
+// data.
 type payloadCodec struct {
 	fb    errorfeedback.Feedback
 	bytes int64
+	pre   []byte
+	ready bool
+}
+
+func (p *payloadCodec) precompute(src []float32) error {
+	b, err := p.fb.Encode(p.pre[:0], src)
+	p.pre, p.ready, p.bytes = b, err == nil, int64(len(b))
+	return err
 }
 
 func (p *payloadCodec) Encode(dst []byte, src []float32) ([]byte, error) {
+	if p.ready {
+		p.ready = false
+		return append(dst[:0], p.pre...), nil
+	}
 	b, err := p.fb.Encode(dst, src)
 	p.bytes += int64(len(b))
 	return b, err
+}
+
+// twoPhaseHook is a rank's two-phase state whose worker step (steps 1-4, the
+// larger part of the work) may run ahead of the simulation, in parallel over
+// ranks; the server step runs inside it.
+type twoPhaseHook struct {
+	st    *allreduce.TwoPhaseState
+	bits  []byte
+	scale float32
+	ready bool
+}
+
+func (h *twoPhaseHook) precompute(m []float32) {
+	h.bits, h.scale = h.st.WorkerCompress(h.bits[:0], m)
+	h.ready = true
+}
+
+func (h *twoPhaseHook) WorkerCompress(dst []byte, m []float32) ([]byte, float32) {
+	if h.ready {
+		h.ready = false
+		return append(dst[:0], h.bits...), h.scale
+	}
+	return h.st.WorkerCompress(dst, m)
+}
+
+func (h *twoPhaseHook) ServerStep(dst []byte, recv [][]byte, scales []float32) ([]byte, float32, error) {
+	return h.st.ServerStep(dst, recv, scales)
+}
+
+// parallel runs f(0..n-1) on up to GOMAXPROCS goroutines and returns the
+// first error by index.
+func parallel(n int, f func(i int) error) error {
+	errs := make([]error, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(n, runtime.GOMAXPROCS(0)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				errs[i] = f(i)
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (p *payloadCodec) DecodeAdd(dst []float32, payload []byte) error {
@@ -114,11 +185,11 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 		cfg.FLOPS = DefaultFLOPS
 	}
 	s := &Sim{cfg: cfg, plan: plan, units: units, n: n,
-		fbs: make([][]errorfeedback.Feedback, n), tp: make([][]*allreduce.TwoPhaseState, n), lowrank: make([][]*adapt.Layer, n),
+		fbs: make([][]errorfeedback.Feedback, n), tp: make([][]*twoPhaseHook, n), lowrank: make([][]*adapt.Layer, n),
 		progs: map[progKey][]*allreduce.Program{}, execs: map[progKey][]*allreduce.Exec{},
 		enc: make([][]byte, n), pcs: make([][]*payloadCodec, n)}
 	for w := range n {
-		s.tp[w] = make([]*allreduce.TwoPhaseState, len(units))
+		s.tp[w] = make([]*twoPhaseHook, len(units))
 		s.lowrank[w] = make([]*adapt.Layer, len(units))
 		s.pcs[w] = make([]*payloadCodec, len(units))
 		for i, u := range units {
@@ -315,11 +386,15 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 		switch {
 		case how[u] == optim.TwoPhaseSign || (how[u] == optim.Mean && agg == compressors.TwoPhase):
 			k := progKey{unit: u, alg: allreduce.AlgTwoPhaseSign}
-			for r := range s.n {
+			parallel(s.n, func(r int) error {
 				if s.tp[r][u] == nil {
-					s.tp[r][u] = allreduce.NewTwoPhaseState(unit.Size, s.n)
+					s.tp[r][u] = &twoPhaseHook{st: allreduce.NewTwoPhaseState(unit.Size, s.n)}
 				}
 				copy(out[r][u], in[r][u])
+				s.tp[r][u].precompute(out[r][u])
+				return nil
+			})
+			for r := range s.n {
 				e, err := s.exec(k, r, out[r][u], allreduce.WithTwoPhase(s.tp[r][u]))
 				if err != nil {
 					return Stats{}, err
@@ -344,17 +419,23 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 				return Stats{}, fmt.Errorf("%w: %s has no element codec", ErrUnsupported, s.fbs[0][u].Compressor())
 			}
 			k := progKey{unit: u, alg: s.denseAlg(), bpe: ec.BytesPerElem()}
-			for r := range s.n {
+			// Error feedback before the collective: data ← D(EF.Encode(g)).
+			if err := parallel(s.n, func(r int) error {
 				fb := s.fbs[r][u]
 				p, err := fb.Encode(s.enc[r][:0], in[r][u])
 				if err != nil {
-					return Stats{}, fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
+					return fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
 				}
 				s.enc[r] = p
 				if err := fb.Compressor().Decompress(out[r][u], p); err != nil {
-					return Stats{}, fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
+					return fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
 				}
-				rec, _ := compressors.AsElementCodec(fb.Compressor())
+				return nil
+			}); err != nil {
+				return Stats{}, err
+			}
+			for r := range s.n {
+				rec, _ := compressors.AsElementCodec(s.fbs[r][u].Compressor())
 				e, err := s.exec(k, r, out[r][u], allreduce.WithElementCodec(rec))
 				if err != nil {
 					return Stats{}, err
@@ -378,14 +459,21 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 			continue
 		case agg == compressors.Gather:
 			k := progKey{unit: u, alg: allreduce.AlgSparseGather}
-			for r := range s.n {
+			if err := parallel(s.n, func(r int) error {
 				if s.pcs[r][u] == nil {
 					s.pcs[r][u] = &payloadCodec{fb: s.fbs[r][u]}
 				}
-				pc := s.pcs[r][u]
-				pc.bytes = 0
-				gathers[u] = append(gathers[u], pc)
 				copy(out[r][u], in[r][u])
+				if err := s.pcs[r][u].precompute(out[r][u]); err != nil {
+					return fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
+				}
+				return nil
+			}); err != nil {
+				return Stats{}, err
+			}
+			for r := range s.n {
+				pc := s.pcs[r][u]
+				gathers[u] = append(gathers[u], pc)
 				e, err := s.exec(k, r, out[r][u], allreduce.WithPayloadCodec(pc))
 				if err != nil {
 					return Stats{}, err
