@@ -201,7 +201,7 @@ func TestStepAllocs(t *testing.T) {
 			} else {
 				conns = newZGroup(n)
 			}
-			ws := startWorkers(t, conns, layers, WithAlgorithm("ring"))
+			ws := startWorkers(t, conns, layers, WithAlgorithm("ring"), WithSegmentBytes(1<<20))
 			s := newStepper(ws, grads)
 			for range 3 {
 				if err := s.step(); err != nil {
