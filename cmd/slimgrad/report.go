@@ -162,6 +162,20 @@ func writeFile(path string, fill func(io.Writer) error) error {
 	return f.Close()
 }
 
+// plainTicks are gonum's default ticks labelled without trailing zeros
+// ("250", not "250.00").
+type plainTicks struct{}
+
+func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ts {
+		if ts[i].Label != "" {
+			ts[i].Label = strconv.FormatFloat(ts[i].Value, 'f', -1, 64)
+		}
+	}
+	return ts
+}
+
 // smooth returns the trailing moving average of ys over window points.
 func smooth(ys []float64, window int) []float64 {
 	out := make([]float64, len(ys))
@@ -182,6 +196,7 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 	lossStep := plot.New()
 	lossStep.Title.Text = fmt.Sprintf("training loss (moving average over %d steps)", window)
 	lossStep.X.Label.Text = "step"
+	lossStep.X.Tick.Marker = plainTicks{}
 	lossStep.Y.Label.Text = "loss"
 	lossBytes := plot.New()
 	lossBytes.Title.Text = "training loss vs cumulative bytes on the wire"
