@@ -48,6 +48,13 @@ func (w *Worker) newLGState() (*lgState, error) {
 	}
 	opts := append([]lgreco.Option(nil), w.cfg.LGreCoOptions...)
 	opts = append(opts, lgreco.WithSeed(w.cfg.Seed))
+	if f := w.cfg.LGreCoCost; f != nil {
+		cost, err := f(w.conn.Size(), layers)
+		if err != nil {
+			return nil, fmt.Errorf("cost function: %w", err)
+		}
+		opts = append(opts, lgreco.WithCost(cost))
+	}
 	if w.cfg.LGreCoLinkAware {
 		m := w.cfg.CostModel
 		if m == (allreduce.Model{}) {

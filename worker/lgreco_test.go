@@ -2,6 +2,7 @@ package worker
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -270,5 +271,86 @@ func TestLGreCoLinkAware(t *testing.T) {
 	}
 	if !decided {
 		t.Fatal("no decision")
+	}
+}
+
+// A user cost factory (e.g. sim.LinkCost on the job's topology) gets the
+// world size and the layers as L-GreCo sees them, drives the decisions, and
+// its costs are in the start-up signature: a rank whose costs differ fails
+// Start on every rank.
+func TestLGreCoCostFactory(t *testing.T) {
+	const n = 3
+	layers := lgLayers("topk:0.05")
+	factory := func(slow float64) LGreCoCostFactory {
+		return func(world int, ls []lgreco.Layer) (lgreco.CostFunc, error) {
+			if world != n || len(ls) != len(layers) || ls[0].Name != "w0" || ls[0].Rows != 48 || ls[0].Cols != 40 {
+				return nil, fmt.Errorf("factory got world %d, layers %+v", world, ls)
+			}
+			return func(l int, c lgreco.Candidate) float64 {
+				if l == 1 {
+					return slow * float64(c.Bytes) // layer 1 sits on a slow link
+				}
+				return float64(c.Bytes)
+			}, nil
+		}
+	}
+	decide := func(opt Option) *lgreco.Decision {
+		ws := startWorkers(t, newGroup(t, n).Conns(), layers, opt)
+		next := spectraGrads(n, layers, false, 5)
+		var d *lgreco.Decision
+		for range 4 {
+			g := next()
+			ls := mustStep(t, ws, g)
+			checkIdentical(t, g)
+			if ls[0].Decision != nil {
+				d = ls[0].Decision
+			}
+		}
+		if d == nil || d.Kept || d.Err > d.Budget || d.Cost > d.DefaultCost {
+			t.Fatalf("decision %+v", d)
+		}
+		return d
+	}
+	slow := decide(WithLGreCoCost(factory(10), lgreco.WithSchedule(0, 3, 2, 0)))
+	bytes := decide(WithLGreCo(lgreco.WithSchedule(0, 3, 2, 0)))
+	// Candidates are sorted by size: with layer 1's bytes ten times dearer,
+	// the DP buys its error budget elsewhere.
+	if slow.Choice[1] >= bytes.Choice[1] {
+		t.Errorf("layer 1 on a slow link gets candidate %d, the byte objective %d: the cost function had no effect", slow.Choice[1], bytes.Choice[1])
+	}
+	t.Logf("choices: slow link on layer 1 %v, bytes %v", slow.Choice, bytes.Choice)
+	_, errs := tryStartWorkers(t, newGroup(t, n).Conns(), func(int) []layerDef { return layers }, WithLGreCoCost(factory(10)))
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	// Ranks whose factories disagree.
+	conns := newGroup(t, n).Conns()
+	errs = runAll(n, func(r int) error {
+		w, err := New(t.Context(), conns[r], WithLGreCoCost(factory(float64(1+r/2))))
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		for _, l := range layers {
+			ef := l.ef
+			if ef == "" {
+				ef = "none"
+			}
+			if _, err := w.Register(l.name, l.shape, WithCodec(l.codec), WithErrorFeedback(ef)); err != nil {
+				return err
+			}
+		}
+		return w.Start(t.Context())
+	})
+	for r, err := range errs {
+		var se *SignatureError
+		if !errors.As(err, &se) || se.Index != -1 || se.Rank != 2 {
+			t.Errorf("rank %d: got %v, want a settings SignatureError naming rank 2", r, err)
+		}
+	}
+	if _, err := New(t.Context(), conns[0], WithLGreCoCost(factory(1)), WithLGreCoLinkAware()); err == nil {
+		t.Error("a cost factory and the link-aware objective together were accepted")
 	}
 }

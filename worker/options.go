@@ -108,7 +108,23 @@ type Config struct {
 	// (lgreco.ModelCost) instead of bytes. A user CostFunc passed with
 	// lgreco.WithCost in LGreCoOptions is replaced.
 	LGreCoLinkAware bool
+	// LGreCoCost, if not nil, builds L-GreCo's objective from the job's
+	// world size and the layers as L-GreCo sees them (one lgreco.LayerOf
+	// per registered layer, in registration order), e.g. the simulated
+	// time on the job's topology:
+	//
+	//	func(world int, layers []lgreco.Layer) (lgreco.CostFunc, error) {
+	//		return sim.LinkCost(topo, world, layers, nil)
+	//	}
+	//
+	// Every rank must get the same costs (they are in the start-up
+	// signature). It excludes LGreCoLinkAware.
+	LGreCoCost LGreCoCostFactory
 }
+
+// LGreCoCostFactory builds the cost function of L-GreCo's DP for a job of
+// world ranks and the given layers (see Config.LGreCoCost).
+type LGreCoCostFactory func(world int, layers []lgreco.Layer) (lgreco.CostFunc, error)
 
 // DefaultConfig returns the default settings (a fresh value every call).
 func DefaultConfig() Config {
@@ -134,6 +150,8 @@ func (c *Config) validate() error {
 		return errors.New("SendsPerPeer must be at least 1")
 	case c.SegmentBytes < 0:
 		return errors.New("negative SegmentBytes")
+	case c.LGreCoCost != nil && c.LGreCoLinkAware:
+		return errors.New("LGreCoCost and LGreCoLinkAware are exclusive")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -208,6 +226,16 @@ func WithLGreCo(opts ...lgreco.Option) Option {
 func WithLGreCoLinkAware(opts ...lgreco.Option) Option {
 	return func(c *Config) error {
 		c.LGreCo, c.LGreCoLinkAware = true, true
+		c.LGreCoOptions = append(c.LGreCoOptions, opts...)
+		return nil
+	}
+}
+
+// WithLGreCoCost turns on L-GreCo with the objective built by f
+// (Config.LGreCoCost) and the given plan options.
+func WithLGreCoCost(f LGreCoCostFactory, opts ...lgreco.Option) Option {
+	return func(c *Config) error {
+		c.LGreCo, c.LGreCoCost = true, f
 		c.LGreCoOptions = append(c.LGreCoOptions, opts...)
 		return nil
 	}
