@@ -1,9 +1,11 @@
 package compressors
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"math"
 
 	"github.com/klauspost/compress/huff0"
 
@@ -17,16 +19,26 @@ import (
 // mantissa | sign<<23. The words are sent raw (they are close to uniform);
 // the exponents, which take a few dozen values with a peaked distribution,
 // are Huffman-coded with huff0 (the Huffman stage of zstd, with amd64
-// assembly decoding) in blocks of LosslessBlock exponents, each 4-stream
+// assembly decoding) in blocks of LosslessBlock bytes, each 4-stream
 // Huffman with its own table (so a layer made of parts with different
 // scales is coded part by part), raw when that does not pay, or one byte
 // when the block holds one value. If the blocks would not pay at all the
-// exponents are sent raw.
+// bytes are sent raw.
 //
-// Body (little-endian): n 24-bit words, then the exponent section: a mode
-// byte, then for mode 0 (raw) n exponent bytes, for mode 2 (blocks)
-// ceil(n/LosslessBlock) blocks, each a uint32 kind<<30 | length (kind 0
-// raw, 1 one value, 2 huff0 table and 4X stream) and its length bytes.
+// Zero elision: when at least 1/16 of the exponents are 0 (exact zeros, as
+// in the first layer of an MLP on images with blank borders, or dead ReLU
+// units; subnormals also have exponent 0), the words of those elements are
+// taken out of the raw stream and sent as a separate byte section coded
+// like the exponents, so that a zero costs about its exponent code.
+//
+// Header: count is the number z of elided elements, aux 0 (dense layout)
+// or 1 (zero elision). Body (little-endian): the 24-bit words of the n
+// elements (dense) or of the n−z elements with a nonzero exponent
+// (elision), then the exponent section (n bytes), then with elision the
+// section of the 3z bytes of the elided words. A section is a mode byte,
+// then for mode 0 (raw) its bytes, for mode 2 (blocks) ceil(len/
+// LosslessBlock) blocks, each a uint32 kind<<30 | length (kind 0 raw, 1
+// one value, 2 huff0 table and 4X stream) and its length bytes.
 //
 // Aggregation is Gather: the payload has a data-dependent length, so it
 // cannot be re-encoded chunk by chunk on the hops of a ring (there is no
@@ -35,28 +47,35 @@ import (
 // fp32 Gather would (few ranks, slow links); for a dense Reduce use "none".
 //
 // Decoding validates the whole frame (every block decodes to exactly its
-// length) into a per-compressor scratch of n exponent bytes before dst is
-// touched. Compress and the decoders allocate nothing in steady state. Not
-// safe for concurrent use.
+// length, the elided count matches the zero exponents) into per-compressor
+// scratch before dst is touched. Compress and the decoders allocate nothing
+// in steady state. Not safe for concurrent use.
 type Lossless struct {
 	frame
 	exp []byte        // exponents of the layer (encode and decode scratch)
+	zw  []byte        // elided words (encode and decode scratch)
 	enc huff0.Scratch // block encoder
 	dec huff0.Scratch // table of the block being decoded
 }
 
 var _ Compressor = (*Lossless)(nil)
 
-// LosslessBlock is the number of exponents per Huffman block of the
-// lossless codec (huff0 blocks must be shorter than 256 KiB).
+// LosslessBlock is the number of bytes per Huffman block of the lossless
+// codec (huff0 blocks must be shorter than 256 KiB).
 const LosslessBlock = 1 << 17
 
-// Exponent section modes and block kinds.
+// Section modes and block kinds.
 const (
-	expRaw    = 0 // section: n raw exponents; block: raw
+	expRaw    = 0 // section: raw bytes; block: raw
 	expBlocks = 2 // section: blocks
 	expRLE    = 1 // block: one value
 	expHuff   = 2 // block: huff0 4X stream with its table
+)
+
+// Layouts (header aux).
+const (
+	layoutDense  = 0
+	layoutElided = 1
 )
 
 func newLossless(r Recipe, n int) *Lossless {
@@ -66,8 +85,8 @@ func newLossless(r Recipe, n int) *Lossless {
 }
 
 // losslessMaxBody is the largest lossless body of a layer of n elements:
-// raw words and raw exponents plus the mode byte.
-func losslessMaxBody(n int) int { return 4*n + 1 }
+// raw words and raw exponents plus two mode bytes.
+func losslessMaxBody(n int) int { return 4*n + 2 }
 
 func (l *Lossless) scratch() []byte {
 	if len(l.exp) < l.n {
@@ -76,8 +95,15 @@ func (l *Lossless) scratch() []byte {
 	return l.exp[:l.n]
 }
 
-// losslessChunk is the number of elements split before the histogram and
-// the checksum catch up, so that both read the chunk from cache.
+func (l *Lossless) zwords(z int) []byte {
+	if cap(l.zw) < 3*z {
+		l.zw = make([]byte, 3*l.n)
+	}
+	return l.zw[:3*z]
+}
+
+// losslessChunk is the number of elements split before the checksum and
+// the zero count catch up, so that both read the chunk from cache.
 const losslessChunk = 16 << 10
 
 // Compress appends the exact encoding of src to dst[:0].
@@ -93,37 +119,68 @@ func (l *Lossless) Compress(dst []byte, src []float32) ([]byte, error) {
 	}
 	var words []byte
 	dst, words = grow(dst, 3*n)
-	// Split, count and checksum chunk by chunk; the checksum of the header
-	// (whose lengths are known only at the end) is combined in afterwards.
+	// Split, checksum and count zero exponents chunk by chunk; the checksum
+	// of the header (whose lengths are known only at the end) is combined
+	// in afterwards.
 	var crc uint32
+	z := 0
 	for lo := 0; lo < n; lo += losslessChunk {
 		hi := min(lo+losslessChunk, n)
 		kernels.SplitFloat32(words[3*lo:3*hi], exp[lo:hi], src[lo:hi])
 		crc = crc32.Update(crc, castagnoli, words[3*lo:3*hi])
+		z += bytes.Count(exp[lo:hi], zeroByte)
+	}
+	layout := layoutDense
+	var zw []byte
+	if z > 0 && z >= n/16 {
+		layout = layoutElided
+		zw = l.zwords(z)
+		// Move the words of zero exponents out, compacting the rest in place.
+		w, zi := 0, 0
+		for i := 0; i < n; {
+			j := bytes.IndexByte(exp[i:], 0)
+			if j < 0 {
+				j = n - i
+			}
+			copy(words[3*w:], words[3*i:3*(i+j)])
+			w += j
+			i += j
+			if i < n {
+				copy(zw[3*zi:3*zi+3], words[3*i:3*i+3])
+				zi++
+				i++
+			}
+		}
+		dst = dst[:headerLen+3*w]
+		crc = crc32.Checksum(dst[headerLen:], castagnoli)
 	}
 	secStart := len(dst)
-	if n > 0 {
-		dst = l.huffman(dst, exp)
-	}
-	if n == 0 || len(dst)-secStart > 1+n {
-		dst = append(dst[:secStart], expRaw)
-		dst = append(dst, exp...)
+	dst = l.appendSection(dst, exp)
+	if layout == layoutElided {
+		dst = l.appendSection(dst, zw)
+	} else {
+		z = 0
 	}
 	crc = crc32.Update(crc, castagnoli, dst[secStart:])
 	body := len(dst) - headerLen
-	l.putHeader(dst[:headerLen], 0, 0, 0, body, body)
+	l.putHeader(dst[:headerLen], 0, uint64(layout), z, body, body)
 	crc = crc32Combine(crc32.Checksum(dst[:headerLen], castagnoli), crc, int64(body))
 	return binary.LittleEndian.AppendUint32(dst, crc), nil
 }
 
-// huffman appends the block-coded exponent section: the mode byte, then
-// per block its header and body (huff0 4X with the block's own table, one
-// value, or raw).
-func (l *Lossless) huffman(dst, exp []byte) []byte {
+var zeroByte = []byte{0}
+
+// appendSection appends the section of b: blocks (huff0 4X with the
+// block's own table, one value, or raw), or b raw if blocks do not pay.
+func (l *Lossless) appendSection(dst, b []byte) []byte {
+	start := len(dst)
+	if len(b) == 0 {
+		return append(dst, expRaw)
+	}
 	dst = append(dst, expBlocks)
 	s := &l.enc
-	for lo := 0; lo < len(exp); lo += LosslessBlock {
-		blk := exp[lo:min(lo+LosslessBlock, len(exp))]
+	for lo := 0; lo < len(b); lo += LosslessBlock {
+		blk := b[lo:min(lo+LosslessBlock, len(b))]
 		kind, body := uint32(expRaw), blk
 		switch {
 		case allSame(blk):
@@ -135,6 +192,9 @@ func (l *Lossless) huffman(dst, exp []byte) []byte {
 		}
 		dst = binary.LittleEndian.AppendUint32(dst, kind<<30|uint32(len(body)))
 		dst = append(dst, body...)
+	}
+	if len(dst)-start > 1+len(b) {
+		dst = append(append(dst[:start], expRaw), b...)
 	}
 	return dst
 }
@@ -148,86 +208,116 @@ func allSame(b []byte) bool {
 	return true
 }
 
-// decode validates payload and returns the 24-bit words and the exponents
-// (in l.exp or aliasing the payload), without touching dst.
-func (l *Lossless) decode(dst []float32, payload []byte) (words, exp []byte, err error) {
-	if err := checkLen("dst", len(dst), l.n); err != nil {
-		return nil, nil, err
+// readSection decodes the section at the start of sec, of want bytes, into
+// out (or returns the raw bytes aliasing sec) and returns the rest of sec.
+func (l *Lossless) readSection(sec []byte, want int, out []byte, what string) (data, rest []byte, err error) {
+	if len(sec) < 1 {
+		return nil, nil, fmt.Errorf("%w: %s section missing", ErrCorrupt, what)
 	}
-	n := l.n
-	h, body, err := l.open(payload, losslessMaxBody(n))
-	if err != nil {
-		return nil, nil, err
-	}
-	if h.Count != 0 || h.Aux != 0 {
-		return nil, nil, fmt.Errorf("%w: nonzero count or aux field", ErrCorrupt)
-	}
-	if len(body) < 3*n+1 {
-		return nil, nil, fmt.Errorf("%w: lossless body of %d bytes for %d elements", ErrCorrupt, len(body), n)
-	}
-	words, sec := body[:3*n], body[3*n:]
 	switch mode := sec[0]; mode {
 	case expRaw:
-		if len(sec) != 1+n {
-			return nil, nil, fmt.Errorf("%w: raw exponent section of %d bytes for %d elements", ErrCorrupt, len(sec)-1, n)
+		if len(sec) < 1+want {
+			return nil, nil, fmt.Errorf("%w: raw %s section of %d bytes for %d", ErrCorrupt, what, len(sec)-1, want)
 		}
-		return words, sec[1:], nil
+		return sec[1 : 1+want], sec[1+want:], nil
 	case expBlocks:
-		if n == 0 {
-			return nil, nil, fmt.Errorf("%w: exponent blocks for an empty layer", ErrCorrupt)
+		if want == 0 {
+			return nil, nil, fmt.Errorf("%w: %s blocks for no bytes", ErrCorrupt, what)
 		}
 	default:
-		return nil, nil, fmt.Errorf("%w: exponent mode %d", ErrCorrupt, mode)
+		return nil, nil, fmt.Errorf("%w: %s section mode %d", ErrCorrupt, what, mode)
 	}
-	exp = l.scratch()
-	rest := sec[1:]
-	for lo := 0; lo < n; lo += LosslessBlock {
-		hi := min(lo+LosslessBlock, n)
+	out = out[:want]
+	rest = sec[1:]
+	for lo := 0; lo < want; lo += LosslessBlock {
+		hi := min(lo+LosslessBlock, want)
 		if len(rest) < 4 {
-			return nil, nil, fmt.Errorf("%w: exponent block at %d is truncated", ErrCorrupt, lo)
+			return nil, nil, fmt.Errorf("%w: %s block at %d is truncated", ErrCorrupt, what, lo)
 		}
 		hdr := binary.LittleEndian.Uint32(rest)
 		kind, ln := hdr>>30, int(hdr&(1<<30-1))
 		rest = rest[4:]
 		if ln > len(rest) {
-			return nil, nil, fmt.Errorf("%w: exponent block at %d of %d bytes, %d left", ErrCorrupt, lo, ln, len(rest))
+			return nil, nil, fmt.Errorf("%w: %s block at %d of %d bytes, %d left", ErrCorrupt, what, lo, ln, len(rest))
 		}
 		blk := rest[:ln]
 		rest = rest[ln:]
 		switch kind {
 		case expRaw:
 			if ln != hi-lo {
-				return nil, nil, fmt.Errorf("%w: raw exponent block of %d bytes for %d", ErrCorrupt, ln, hi-lo)
+				return nil, nil, fmt.Errorf("%w: raw %s block of %d bytes for %d", ErrCorrupt, what, ln, hi-lo)
 			}
-			copy(exp[lo:hi], blk)
+			copy(out[lo:hi], blk)
 		case expRLE:
 			if ln != 1 {
-				return nil, nil, fmt.Errorf("%w: one-value exponent block of %d bytes", ErrCorrupt, ln)
+				return nil, nil, fmt.Errorf("%w: one-value %s block of %d bytes", ErrCorrupt, what, ln)
 			}
-			fill(exp[lo:hi], blk[0])
+			fill(out[lo:hi], blk[0])
 		case expHuff:
 			if ln >= hi-lo {
-				return nil, nil, fmt.Errorf("%w: Huffman exponent block of %d bytes for %d", ErrCorrupt, ln, hi-lo)
+				return nil, nil, fmt.Errorf("%w: Huffman %s block of %d bytes for %d", ErrCorrupt, what, ln, hi-lo)
 			}
 			_, stream, err := huff0.ReadTable(blk, &l.dec)
 			if err != nil {
-				return nil, nil, fmt.Errorf("%w: exponent block at %d: table: %v", ErrCorrupt, lo, err)
+				return nil, nil, fmt.Errorf("%w: %s block at %d: table: %v", ErrCorrupt, what, lo, err)
 			}
-			out, err := l.dec.Decoder().Decompress4X(exp[lo:lo:hi], stream)
+			got, err := l.dec.Decoder().Decompress4X(out[lo:lo:hi], stream)
 			if err != nil {
-				return nil, nil, fmt.Errorf("%w: exponent block at %d: %v", ErrCorrupt, lo, err)
+				return nil, nil, fmt.Errorf("%w: %s block at %d: %v", ErrCorrupt, what, lo, err)
 			}
-			if len(out) != hi-lo {
-				return nil, nil, fmt.Errorf("%w: exponent block at %d decodes to %d bytes, want %d", ErrCorrupt, lo, len(out), hi-lo)
+			if len(got) != hi-lo {
+				return nil, nil, fmt.Errorf("%w: %s block at %d decodes to %d bytes, want %d", ErrCorrupt, what, lo, len(got), hi-lo)
 			}
 		default:
-			return nil, nil, fmt.Errorf("%w: exponent block kind %d", ErrCorrupt, kind)
+			return nil, nil, fmt.Errorf("%w: %s block kind %d", ErrCorrupt, what, kind)
+		}
+	}
+	return out, rest, nil
+}
+
+// decoded is a validated lossless frame.
+type losslessFrame struct {
+	words, exp, zw []byte // zw: elided words, nil for the dense layout
+}
+
+// decode validates payload completely without touching dst.
+func (l *Lossless) decode(dst []float32, payload []byte) (losslessFrame, error) {
+	var f losslessFrame
+	if err := checkLen("dst", len(dst), l.n); err != nil {
+		return f, err
+	}
+	n := l.n
+	h, body, err := l.open(payload, losslessMaxBody(n))
+	if err != nil {
+		return f, err
+	}
+	z := int(h.Count)
+	switch {
+	case h.Aux == layoutDense && z == 0:
+	case h.Aux == layoutElided && z > 0 && z <= n:
+	default:
+		return f, fmt.Errorf("%w: lossless layout %d with %d elided elements", ErrCorrupt, h.Aux, z)
+	}
+	if len(body) < 3*(n-z) {
+		return f, fmt.Errorf("%w: lossless body of %d bytes for %d words", ErrCorrupt, len(body), n-z)
+	}
+	f.words = body[:3*(n-z)]
+	rest := body[3*(n-z):]
+	if f.exp, rest, err = l.readSection(rest, n, l.scratch(), "exponent"); err != nil {
+		return f, err
+	}
+	if z > 0 {
+		if c := bytes.Count(f.exp, zeroByte); c != z {
+			return f, fmt.Errorf("%w: %d zero exponents, header says %d elided", ErrCorrupt, c, z)
+		}
+		if f.zw, rest, err = l.readSection(rest, 3*z, l.zwords(z), "elided word"); err != nil {
+			return f, err
 		}
 	}
 	if len(rest) != 0 {
-		return nil, nil, fmt.Errorf("%w: %d bytes after the exponent blocks", ErrCorrupt, len(rest))
+		return f, fmt.Errorf("%w: %d bytes after the last section", ErrCorrupt, len(rest))
 	}
-	return words, exp, nil
+	return f, nil
 }
 
 func fill(b []byte, v byte) {
@@ -236,23 +326,66 @@ func fill(b []byte, v byte) {
 	}
 }
 
+// merge writes or adds the frame's floats into dst: runs of nonzero
+// exponents through the vector kernel, elided elements one by one.
+func (f losslessFrame) merge(dst []float32, add bool) {
+	if f.zw == nil {
+		if add {
+			kernels.MergeAddFloat32(dst, f.words, f.exp)
+		} else {
+			kernels.MergeFloat32(dst, f.words, f.exp)
+		}
+		return
+	}
+	n := len(dst)
+	exp, words, zw := f.exp[:n], f.words, f.zw
+	w, zi := 0, 0
+	for i := 0; i < n; {
+		j := bytes.IndexByte(exp[i:], 0)
+		if j < 0 {
+			j = n - i
+		}
+		if j > 0 {
+			if add {
+				kernels.MergeAddFloat32(dst[i:i+j], words[3*w:3*(w+j)], exp[i:i+j])
+			} else {
+				kernels.MergeFloat32(dst[i:i+j], words[3*w:3*(w+j)], exp[i:i+j])
+			}
+			w += j
+			i += j
+		}
+		// A run of zero exponents.
+		for ; i < n && exp[i] == 0; i++ {
+			c := zw[3*zi : 3*zi+3 : 3*zi+3]
+			u := uint32(c[0]) | uint32(c[1])<<8 | uint32(c[2])<<16
+			v := math.Float32frombits(u&0x7fffff | (u&0x800000)<<8)
+			zi++
+			if add {
+				dst[i] += v
+			} else {
+				dst[i] = v
+			}
+		}
+	}
+}
+
 // Decompress overwrites dst with the exact floats of the frame.
 func (l *Lossless) Decompress(dst []float32, payload []byte) error {
-	words, exp, err := l.decode(dst, payload)
+	f, err := l.decode(dst, payload)
 	if err != nil {
 		return err
 	}
-	kernels.MergeFloat32(dst, words, exp)
+	f.merge(dst, false)
 	return nil
 }
 
 // DecompressAdd adds the frame's floats to dst.
 func (l *Lossless) DecompressAdd(dst []float32, payload []byte) error {
-	words, exp, err := l.decode(dst, payload)
+	f, err := l.decode(dst, payload)
 	if err != nil {
 		return err
 	}
-	kernels.MergeAddFloat32(dst, words, exp)
+	f.merge(dst, true)
 	return nil
 }
 

@@ -19,6 +19,7 @@ func losslessInputs(r *rand.Rand, n int) map[string][]float32 {
 	zeros := make([]float32, n)
 	ones := make([]float32, n)
 	mixed := make([]float32, n)
+	halfzero := make([]float32, n)
 	specials := []uint32{
 		0x00000000, 0x80000000, // ±0
 		0x00000001, 0x807fffff, 0x00400000, // subnormals
@@ -34,8 +35,18 @@ func losslessInputs(r *rand.Rand, n int) map[string][]float32 {
 		if i >= min(n, 2*LosslessBlock+17) {
 			mixed[i] = gauss[i]
 		}
+		switch r.IntN(8) {
+		case 0, 1, 2:
+			halfzero[i] = 0
+		case 3:
+			halfzero[i] = float32(math.Copysign(0, -1))
+		case 4:
+			halfzero[i] = math.Float32frombits(r.Uint32() & 0x807fffff) // ±subnormal or ±0
+		default:
+			halfzero[i] = gauss[i]
+		}
 	}
-	return map[string][]float32{"gauss": gauss, "bits": bitsv, "special": special, "zeros": zeros, "ones": ones, "mixed": mixed}
+	return map[string][]float32{"gauss": gauss, "bits": bitsv, "special": special, "zeros": zeros, "ones": ones, "mixed": mixed, "halfzero": halfzero}
 }
 
 func TestLosslessExact(t *testing.T) {
@@ -86,9 +97,17 @@ func TestLosslessExact(t *testing.T) {
 				if n >= 1000 && body > 35*n/10 {
 					t.Errorf("n=%d gauss: %d body bytes, want below 3.5 per float", n, body)
 				}
-			case "zeros", "ones":
+			case "ones":
 				if want := min(3*n+1+5*((n+LosslessBlock-1)/LosslessBlock), 4*n+1); body != want {
 					t.Errorf("n=%d %s: %d body bytes, want %d", n, name, body, want)
+				}
+			case "zeros": // elided words, one-value blocks
+				if want := 2 + 20*((n+LosslessBlock-1)/LosslessBlock); body > want {
+					t.Errorf("n=%d zeros: %d body bytes, want at most %d", n, body, want)
+				}
+			case "halfzero":
+				if n >= 1000 && body > 22*n/10 {
+					t.Errorf("n=%d halfzero: %d body bytes, want below 2.2 per float", n, body)
 				}
 			case "mixed":
 				if n > 2*LosslessBlock && body > 3*n+(n-2*LosslessBlock)/2+1000 {
