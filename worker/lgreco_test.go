@@ -354,3 +354,54 @@ func TestLGreCoCostFactory(t *testing.T) {
 		t.Error("a cost factory and the link-aware objective together were accepted")
 	}
 }
+
+// L-GreCo with Submit/Wait (layers handed over in backward order from
+// several goroutines) and a dense-mode step among the observed ones: the
+// ranks still decide and switch together and stay bit-identical.
+func TestLGreCoSubmitWaitAndDenseStep(t *testing.T) {
+	const n, steps = 3, 9
+	layers := lgLayers("powersgd:4")
+	ws := startWorkers(t, newGroup(t, n).Conns(), layers, WithLGreCo(lgreco.WithSchedule(0, 3, 2, 1)))
+	next := spectraGrads(n, layers, true, 8)
+	var switched int
+	for step := range steps {
+		g := next()
+		leds := make([]*Ledger, n)
+		errs := runAll(n, func(r int) error {
+			mode := ModeCompressed
+			if step == 2 {
+				mode = ModeDense
+			}
+			if err := ws[r].SetMode(mode); err != nil {
+				return err
+			}
+			sub := make([]error, len(layers))
+			runAll(len(layers), func(l int) error { sub[l] = ws[r].Submit(l, g[r][l]); return nil })
+			if err := errors.Join(sub...); err != nil {
+				return err
+			}
+			var err error
+			leds[r], err = ws[r].Wait(t.Context())
+			return err
+		})
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		checkIdentical(t, g)
+		for r := range leds {
+			if !slices.Equal(leds[r].Switched, leds[0].Switched) {
+				t.Fatalf("step %d: rank %d switched %v, rank 0 %v", step, r, leds[r].Switched, leds[0].Switched)
+			}
+		}
+		if (step%3 == 0 && step > 0) != (leds[0].Decision != nil) {
+			t.Fatalf("step %d: decision %v", step, leds[0].Decision)
+		}
+		switched += len(leds[0].Switched)
+	}
+	if switched == 0 {
+		t.Fatal("no layer switched")
+	}
+	if got := ws[1].Recipes(); !slices.Equal(got, ws[0].Recipes()) {
+		t.Fatalf("recipes differ: %v vs %v", got, ws[0].Recipes())
+	}
+}
