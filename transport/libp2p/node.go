@@ -57,6 +57,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	yamux "github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
@@ -98,6 +99,7 @@ func listen(o Options) (*Node, error) {
 	hopts := []golibp2p.Option{
 		golibp2p.ListenAddrStrings(o.ListenAddrs...),
 		golibp2p.Transport(tcp.NewTCPTransport),
+		golibp2p.Muxer(yamux.ID, muxer()),
 		golibp2p.ConnectionGater(g),
 		golibp2p.ConnectionManager(connmgr.NullConnMgr{}),
 		golibp2p.ResourceManager(&network.NullResourceManager{}),
@@ -124,6 +126,31 @@ func listen(o Options) (*Node, error) {
 		return nil, fmt.Errorf("libp2p: new host: %w", err)
 	}
 	return &Node{opts: o, host: h, gater: g}, nil
+}
+
+// Yamux tuning (see muxer).
+const (
+	// yamuxMaxMessage is the largest yamux data frame we send. go-yamux
+	// sends at most 64 KiB per frame by default; with Noise that frame is
+	// then two Noise messages (65519 + 17 bytes: two encryptions, two
+	// system calls), and every frame is a copy plus a hand-over to the
+	// session's send goroutine. 1 MiB frames make a 4 MiB message 4
+	// hand-overs instead of 64, and each full Noise message one system call.
+	yamuxMaxMessage = 1 << 20
+	// yamuxMaxWindow is the largest receive window of a stream. It bounds
+	// the bytes in flight on one stream (memory held by yamux, on top of
+	// Options.MaxBuffered); go-libp2p's default is 16 MiB.
+	yamuxMaxWindow = 32 << 20
+)
+
+// muxer is go-libp2p's yamux configuration with larger data frames and
+// stream window (both sides of a link use it: every host of a job is built
+// here).
+func muxer() *yamux.Transport {
+	t := *yamux.DefaultTransport
+	t.MaxMessageSize = yamuxMaxMessage
+	t.MaxStreamWindowSize = yamuxMaxWindow
+	return &t
 }
 
 // ID is the node's peer ID.
