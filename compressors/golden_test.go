@@ -12,18 +12,21 @@ import (
 // (assembly or -tags noasm), since ranks on different machines must agree;
 // a change here is a wire-format or numerics change and needs a reason.
 var goldenCRC = map[string]string{
-	"bf16":           "004f767b",
-	"dgc:0.01":       "4e69dea8",
-	"fp16":           "7c14183e",
-	"none":           "da189768",
-	"powersgd:4":     "58f81799",
-	"qsgd:4":         "93ee8ebe",
-	"qsgd:4+zstd":    "b995acca",
-	"qsgd:5":         "90c8197d",
-	"randomk:0.01":   "696003bf",
-	"sign":           "bb8b6d57",
-	"topk:0.01":      "f59e19d6",
-	"topk:0.01+zstd": "3e87c956",
+	"bf16":                     "004f767b",
+	"dgc:0.01":                 "4e69dea8",
+	"fp16":                     "7c14183e",
+	"none":                     "da189768",
+	"powersgd:4":               "58f81799",
+	"qsgd:4":                   "93ee8ebe",
+	"qsgd:4+zstd":              "b995acca",
+	"qsgd:5":                   "90c8197d",
+	"randomk:0.01":             "696003bf",
+	"sign":                     "bb8b6d57",
+	"topk:0.01":                "f59e19d6",
+	"topk:0.01+zstd":           "3e87c956",
+	"topk:0.01+kmeans:16+zstd": "b06ae55f",
+	"dgc:0.05+kmeans:4":        "b0d48ecc",
+	"lossless":                 "77ae359f",
 }
 
 func TestGoldenFrames(t *testing.T) {
