@@ -74,8 +74,9 @@ func (m *Machine) ResetIn(p *Program, a *Arena) error {
 // Generate does, with their ops stored contiguously in a few large blocks
 // (advised to be backed by huge pages on Linux): the layout a simulator
 // stepping all ranks at once wants. The programs are independent values
-// but share these blocks: regenerating one into its own memory
-// (GenerateInto) is fine, growing its Ops in place is not.
+// but share these blocks (keeping any one alive keeps its block alive):
+// regenerating one into its own memory (GenerateInto) is fine; its Ops have
+// no spare capacity, so appending to them copies.
 func GenerateAll(alg Algorithm, p Params) ([]*Program, error) {
 	if p.World < 1 {
 		// Let validate produce the error.

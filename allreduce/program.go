@@ -13,9 +13,11 @@
 // algorithms (Ring, Tree, HalvingDoubling, ReduceScatter, AllGather,
 // AllGatherV, AllToAll, Broadcast, Barrier) and the compressed schemes
 // (SparseGather, TwoPhaseSign, LowRank). Each function's doc comment states
-// its layout, its ops and what each Fn means in it. Check verifies the
+// its layout, its ops and what each Fn means in it; GenerateAll builds every
+// rank's program with their ops in shared blocks. Check verifies the
 // programs of all ranks together; Model and Policy give the alpha-beta cost
-// of each algorithm and select one.
+// of each algorithm and select one. Machines reset into one Arena share
+// memory for their per-op state (the simulator steps thousands at once).
 //
 // Driver contract:
 //   - A message is identified by (collective id, Op.Msg) between a pair of
