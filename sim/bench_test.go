@@ -111,7 +111,8 @@ func cpuTime() float64 {
 }
 
 // TestSteadyStateAllocs: a reused Simulator allocates only the Result (and
-// a few small per-run objects), independent of the number of events.
+// a few small per-run objects), independent of the number of events, also
+// with the fp16 hop codec's engine jobs.
 func TestSteadyStateAllocs(t *testing.T) {
 	progs := mustPrograms(t, allreduce.AlgRing, allreduce.Params{World: 64, Elems: 1 << 16, Segments: 4})
 	s, err := NewSimulator(Homogeneous(64, 10*Gbps, 5*time.Microsecond))
@@ -119,15 +120,18 @@ func TestSteadyStateAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	colls := []Collective{{Programs: progs}}
-	var events int64
-	allocs := testing.AllocsPerRun(3, func() {
-		res, err := s.Run(context.Background(), colls, nil)
-		if err != nil {
-			t.Fatal(err)
+	for _, recipe := range []string{"", "fp16"} {
+		opts := &Options{Recipe: recipe}
+		var events int64
+		allocs := testing.AllocsPerRun(3, func() {
+			res, err := s.Run(context.Background(), colls, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			events = res.Events
+		})
+		if allocs > 24 { // Result and its slices, the seeded source: a constant
+			t.Errorf("recipe %q: %v allocs per run of %d events", recipe, allocs, events)
 		}
-		events = res.Events
-	})
-	if allocs > 24 { // Result and its slices, the seeded source: a constant
-		t.Errorf("%v allocs per run of %d events", allocs, events)
 	}
 }
