@@ -8,9 +8,13 @@
 // Codecs: none, fp16, bf16 (Reduce; ElementCodec for ring hops), topk (exact
 // selection), dgc (DGC's sampled threshold), randomk (shared-seed indices),
 // qsgd (Gather), sign (TwoPhase; PackSigns, UnpackSigns, RMS for the
-// collective) and powersgd (LowRank; the exported steps of *PowerSGD). Parse
-// reads recipes, Recipe.New builds compressors, Recipe.NominalBytes sizes
-// frames without data.
+// collective), powersgd (LowRank; the exported steps of *PowerSGD) and
+// lossless (Gather; exact fp32 with Huffman-coded exponents, see Lossless).
+// Stages compose after a codec: "+kmeans:K" after topk or dgc replaces the
+// kept values by the means of K clusters and sends centroids plus packed
+// cluster ids (FedZip; see Recipe), and "+zstd" entropy-codes the body,
+// e.g. "topk:0.01+kmeans:16+zstd". Parse reads recipes, Recipe.New builds
+// compressors, Recipe.NominalBytes sizes frames without data.
 //
 // Every Compress output is a self-describing frame (see the layout in
 // wire.go): a versioned header with codec, parameters, element count and

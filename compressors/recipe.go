@@ -50,6 +50,18 @@ const MaxKMeans = 256
 // Recipe is a parsed compressor recipe such as "topk:0.001+zstd". The zero
 // Recipe is not valid; obtain one from Parse. A Recipe is a small value, safe
 // to copy and to use concurrently.
+//
+// The k-means stage (KMeans > 0, "topk:0.01+kmeans:16+zstd") replaces the
+// values kept by topk or dgc by the means of at most KMeans clusters and
+// sends the centroids plus a cluster id of ceil(log2 c) bits per value
+// instead of the float32 values (c <= KMeans centroids actually used).
+// Clustering is one-dimensional Lloyd on the sorted values, initialised at
+// quantiles, deterministic on every rank (no randomness), at most 32
+// iterations, stopping when the assignment no longer changes. Decoded
+// values, and the values Selected reports to error feedback, are the
+// float32 cluster means, so the residual stays exact and the stage is a
+// contraction (‖x_kept − q‖² = ‖x_kept‖² − ‖q‖²). Compress returns
+// ErrNonFinite if a kept value is NaN or Inf.
 type Recipe struct {
 	Codec   Codec
 	Density float64 // topk, dgc, randomk: kept fraction in (0,1]
