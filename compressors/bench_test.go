@@ -153,11 +153,26 @@ func BenchmarkDecompressAdd(b *testing.B) {
 	}
 }
 
-// BenchmarkLossless: the exact codec on 25M Gaussian floats; wire-bytes and
+// BenchmarkLossless: the exact codec on 25M Gaussian floats, and on the
+// same with half of the elements zero in runs of 300 (like the first-layer
+// gradient of an MLP on images: the zero-elision layout); wire-bytes and
 // ratio (frame bytes / 4n) are reported next to the throughput of the raw
 // fp32 input.
 func BenchmarkLossless(b *testing.B) {
-	x := benchInput()
+	b.Run("input=gauss", func(b *testing.B) { benchLossless(b, benchInput()) })
+	b.Run("input=halfzero", func(b *testing.B) {
+		x := benchInput()
+		z := make([]float32, len(x))
+		for i := range z {
+			if (i/300)%2 == 1 {
+				z[i] = x[i]
+			}
+		}
+		benchLossless(b, z)
+	})
+}
+
+func benchLossless(b *testing.B, x []float32) {
 	c, err := New("lossless", len(x))
 	if err != nil {
 		b.Fatal(err)

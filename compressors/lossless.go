@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
-	"math"
 
 	"github.com/klauspost/compress/huff0"
 
@@ -145,11 +144,10 @@ func (l *Lossless) Compress(dst []byte, src []float32) ([]byte, error) {
 			copy(words[3*w:], words[3*i:3*(i+j)])
 			w += j
 			i += j
-			if i < n {
-				copy(zw[3*zi:3*zi+3], words[3*i:3*i+3])
-				zi++
-				i++
-			}
+			r := zeroRun(exp[i:])
+			copy(zw[3*zi:], words[3*i:3*(i+r)])
+			zi += r
+			i += r
 		}
 		dst = dst[:headerLen+3*w]
 		crc = crc32.Checksum(dst[headerLen:], castagnoli)
@@ -200,12 +198,7 @@ func (l *Lossless) appendSection(dst, b []byte) []byte {
 }
 
 func allSame(b []byte) bool {
-	for _, v := range b {
-		if v != b[0] {
-			return false
-		}
-	}
-	return true
+	return len(b) > 0 && bytes.Count(b, b[:1]) == len(b)
 }
 
 // readSection decodes the section at the start of sec, of want bytes, into
@@ -320,9 +313,14 @@ func (l *Lossless) decode(dst []float32, payload []byte) (losslessFrame, error) 
 	return f, nil
 }
 
+// fill sets every byte of b to v (by doubling copies).
 func fill(b []byte, v byte) {
-	for i := range b {
-		b[i] = v
+	if len(b) == 0 {
+		return
+	}
+	b[0] = v
+	for i := 1; i < len(b); i *= 2 {
+		copy(b[i:], b[:i])
 	}
 }
 
@@ -354,19 +352,27 @@ func (f losslessFrame) merge(dst []float32, add bool) {
 			w += j
 			i += j
 		}
-		// A run of zero exponents.
-		for ; i < n && exp[i] == 0; i++ {
-			c := zw[3*zi : 3*zi+3 : 3*zi+3]
-			u := uint32(c[0]) | uint32(c[1])<<8 | uint32(c[2])<<16
-			v := math.Float32frombits(u&0x7fffff | (u&0x800000)<<8)
-			zi++
+		// A run of zero exponents: its words are consecutive in zw.
+		if r := zeroRun(exp[i:]); r > 0 {
 			if add {
-				dst[i] += v
+				kernels.MergeAddFloat32(dst[i:i+r], zw[3*zi:3*(zi+r)], exp[i:i+r])
 			} else {
-				dst[i] = v
+				kernels.MergeFloat32(dst[i:i+r], zw[3*zi:3*(zi+r)], exp[i:i+r])
 			}
+			zi += r
+			i += r
 		}
 	}
+}
+
+// zeroRun returns the number of leading zero bytes of b.
+func zeroRun(b []byte) int {
+	i := 0
+	for ; i+8 <= len(b) && binary.LittleEndian.Uint64(b[i:]) == 0; i += 8 {
+	}
+	for ; i < len(b) && b[i] == 0; i++ {
+	}
+	return i
 }
 
 // Decompress overwrites dst with the exact floats of the frame.
