@@ -28,6 +28,30 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Checksum returns the CRC-32C of b, as used in frames.
 func Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
+// UpdateChecksum returns the CRC-32C of the concatenation of the bytes whose
+// checksum is crc and b: Checksum(append(x, b...)) == UpdateChecksum(Checksum(x), b),
+// and UpdateChecksum(0, b) == Checksum(b). It lets an implementation checksum
+// a payload piece by piece while each piece is in cache (when it copies or
+// reads it) instead of in a separate pass.
+func UpdateChecksum(crc uint32, b []byte) uint32 { return crc32.Update(crc, castagnoli, b) }
+
+// PutFrameHeaderSum is PutFrameHeader for a payload of n bytes whose CRC-32C
+// (Checksum) the caller has already computed. It panics if dst is shorter
+// than FrameHeaderLen or n is negative or above the 32-bit length field.
+func PutFrameHeaderSum(dst []byte, flags uint8, tag uint64, n int, crc uint32) {
+	_ = dst[FrameHeaderLen-1]
+	if n < 0 || int64(n) > int64(^uint32(0)) {
+		panic(fmt.Sprintf("transport: frame payload length %d out of range", n))
+	}
+	binary.LittleEndian.PutUint16(dst[0:], frameMagic)
+	dst[2] = FrameVersion
+	dst[3] = flags
+	binary.LittleEndian.PutUint64(dst[4:], tag)
+	binary.LittleEndian.PutUint32(dst[12:], uint32(n))
+	binary.LittleEndian.PutUint32(dst[16:], crc)
+	binary.LittleEndian.PutUint32(dst[20:], Checksum(dst[:20]))
+}
+
 // FrameHeader is the decoded header of a frame.
 type FrameHeader struct {
 	Flags uint8
@@ -39,14 +63,7 @@ type FrameHeader struct {
 // PutFrameHeader writes the header for payload into dst[:FrameHeaderLen].
 // It panics if dst is shorter than FrameHeaderLen.
 func PutFrameHeader(dst []byte, flags uint8, tag uint64, payload []byte) {
-	_ = dst[FrameHeaderLen-1]
-	binary.LittleEndian.PutUint16(dst[0:], frameMagic)
-	dst[2] = FrameVersion
-	dst[3] = flags
-	binary.LittleEndian.PutUint64(dst[4:], tag)
-	binary.LittleEndian.PutUint32(dst[12:], uint32(len(payload)))
-	binary.LittleEndian.PutUint32(dst[16:], Checksum(payload))
-	binary.LittleEndian.PutUint32(dst[20:], Checksum(dst[:20]))
+	PutFrameHeaderSum(dst, flags, tag, len(payload), Checksum(payload))
 }
 
 // AppendFrame appends a whole frame (header and payload) to dst.

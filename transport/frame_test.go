@@ -86,3 +86,27 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestChecksumPieces: a checksum built piece by piece with UpdateChecksum,
+// and a header from PutFrameHeaderSum, equal the one-pass versions.
+func TestChecksumPieces(t *testing.T) {
+	b := make([]byte, 100_003)
+	for i := range b {
+		b[i] = byte(i*7 + i>>9)
+	}
+	for _, piece := range []int{1, 13, 4096, 65536, len(b)} {
+		var crc uint32
+		for off := 0; off < len(b); off += piece {
+			crc = transport.UpdateChecksum(crc, b[off:min(off+piece, len(b))])
+		}
+		if want := transport.Checksum(b); crc != want {
+			t.Fatalf("piece %d: crc %#x, want %#x", piece, crc, want)
+		}
+		var h1, h2 [transport.FrameHeaderLen]byte
+		transport.PutFrameHeader(h1[:], 3, 42, b)
+		transport.PutFrameHeaderSum(h2[:], 3, 42, len(b), crc)
+		if h1 != h2 {
+			t.Fatalf("piece %d: headers differ: %x vs %x", piece, h1, h2)
+		}
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -860,8 +859,6 @@ const (
 	coalesceMax = 64 << 10
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // readPayload fills p from r and returns the CRC-32C of p (the frame
 // checksum, transport.Checksum), computed chunk by chunk right after each
 // chunk is read instead of in a second pass over the whole payload.
@@ -870,7 +867,7 @@ func readPayload(r io.Reader, p []byte) (uint32, error) {
 	for off := 0; off < len(p); {
 		end := min(off+crcChunk, len(p))
 		n, err := io.ReadFull(r, p[off:end])
-		crc = crc32.Update(crc, castagnoli, p[off:off+n])
+		crc = transport.UpdateChecksum(crc, p[off:off+n])
 		off += n
 		if err != nil {
 			return crc, err
