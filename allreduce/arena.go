@@ -25,10 +25,8 @@ func hugeSlice[T any](n int) []T {
 // The zero Arena is ready to use. An Arena is not safe for concurrent use;
 // the Machines using it may be stepped independently.
 type Arena struct {
-	st    []opState
-	more  []int32
-	nst   int
-	nmore int
+	st  []opState
+	nst int
 }
 
 // Reset makes room for ops op records in one block and forgets what was
@@ -39,7 +37,7 @@ func (a *Arena) Reset(ops int) {
 		a.st = hugeSlice[opState](ops)
 	}
 	a.st = a.st[:cap(a.st)]
-	a.nst, a.nmore = 0, 0
+	a.nst = 0
 }
 
 func (a *Arena) takeSt(n int) []opState {
@@ -50,16 +48,6 @@ func (a *Arena) takeSt(n int) []opState {
 	}
 	s := a.st[a.nst : a.nst+n : a.nst+n]
 	a.nst += n
-	return s
-}
-
-func (a *Arena) takeMore(n int) []int32 {
-	if a.nmore+n > len(a.more) {
-		a.more = make([]int32, max(n, 2*len(a.more), 1024))
-		a.nmore = 0
-	}
-	s := a.more[a.nmore : a.nmore+n : a.nmore+n]
-	a.nmore += n
 	return s
 }
 

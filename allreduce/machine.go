@@ -21,17 +21,17 @@ import (
 type Machine struct {
 	prog      *Program
 	st        []opState
-	more      []int32 // dependents of ops with more than two (stOverflow)
+	more      []int32 // chains of (dependent, next) of ops with more than two (stOverflow)
 	ready     []int32 // ops whose deps are done, not yet issued, in order
 	remaining int
-	arena     bool // st and more belong to an Arena
+	arena     bool // st belongs to an Arena
 }
 
 // opState is one op's state. bits: the number of unfinished dependencies
 // (stWait), stIssued, stDone, stOverflow, and the driver's marks
 // (stMarkShift). aux is the driver's word. s holds the op's dependents (-1:
-// none) or, with stOverflow, the start and count of its dependents in
-// Machine.more.
+// none) or, with stOverflow, the head and tail of the chain of its
+// dependents in Machine.more.
 type opState struct {
 	bits uint32
 	aux  int32
@@ -67,26 +67,27 @@ func (m *Machine) Reset(p *Program) error {
 	return m.reset(p, nil)
 }
 
-// reset is Reset taking memory from a if it is not nil.
+// reset is Reset taking memory from a if it is not nil. It makes one pass
+// over p's ops: dependencies point backwards, so op i's record is complete
+// before any later op registers as its dependent.
 func (m *Machine) reset(p *Program, a *Arena) error {
 	n := len(p.Ops)
 	m.prog = p
 	if a != nil {
 		m.st = a.takeSt(n)
-		m.more = nil
 	} else {
 		if m.arena {
-			m.st, m.more = nil, nil // never write into an arena's block
+			m.st = nil // never write into an arena's block
 		}
 		m.st = grow(m.st, n)
 	}
 	m.arena = a != nil
-	// Pass 1: validate, count dependencies and dependents (in s[0]).
-	for i := range m.st {
-		m.st[i] = opState{}
-	}
+	m.more = m.more[:0]
+	m.ready = m.ready[:0]
 	for i := range p.Ops {
-		for _, d := range p.Ops[i].Deps {
+		deps := p.Ops[i].Deps
+		w := uint32(0)
+		for _, d := range deps {
 			if d == NoDep {
 				continue
 			}
@@ -95,51 +96,39 @@ func (m *Machine) reset(p *Program, a *Arena) error {
 				m.prog = nil
 				return fmt.Errorf("allreduce: %s rank %d op %d depends on op %d", p.Name, p.Rank, i, d)
 			}
-			m.st[i].bits++
-			m.st[d].s[0]++
+			w++
+			m.addDependent(d, int32(i))
 		}
-	}
-	// Ops with more than two dependents get a range of m.more.
-	extra := int32(0)
-	for i := range m.st {
-		s := &m.st[i]
-		if c := s.s[0]; c > 2 {
-			s.bits |= stOverflow
-			s.s = [2]int32{extra, 0}
-			extra += c
-		} else {
-			s.s = [2]int32{-1, -1}
-		}
-	}
-	if a != nil {
-		m.more = a.takeMore(int(extra))
-	} else {
-		m.more = grow(m.more, int(extra))
-	}
-	// Pass 2: record dependents in program order.
-	m.ready = m.ready[:0]
-	for i := range p.Ops {
-		for _, d := range p.Ops[i].Deps {
-			if d == NoDep {
-				continue
-			}
-			s := &m.st[d]
-			switch {
-			case s.bits&stOverflow != 0:
-				m.more[s.s[0]+s.s[1]] = int32(i)
-				s.s[1]++
-			case s.s[0] < 0:
-				s.s[0] = int32(i)
-			default:
-				s.s[1] = int32(i)
-			}
-		}
-		if m.st[i].bits&stWait == 0 {
+		m.st[i] = opState{bits: w, s: [2]int32{-1, -1}}
+		if w == 0 {
 			m.ready = append(m.ready, int32(i))
 		}
 	}
 	m.remaining = n
 	return nil
+}
+
+// addDependent records j as a dependent of d, after the ones recorded
+// before: inline for the first two, then in a chain of (op, next) pairs in
+// m.more whose head and tail are s[0] and s[1].
+func (m *Machine) addDependent(d, j int32) {
+	s := &m.st[d]
+	switch {
+	case s.bits&stOverflow != 0:
+		k := int32(len(m.more))
+		m.more = append(m.more, j, -1)
+		m.more[s.s[1]+1] = k
+		s.s[1] = k
+	case s.s[0] < 0:
+		s.s[0] = j
+	case s.s[1] < 0:
+		s.s[1] = j
+	default:
+		k := int32(len(m.more))
+		m.more = append(m.more, s.s[0], k+2, s.s[1], k+4, j, -1)
+		s.s = [2]int32{k, k + 4}
+		s.bits |= stOverflow
+	}
 }
 
 func grow[T any](s []T, n int) []T {
@@ -174,8 +163,8 @@ func (m *Machine) Done(i int32) error {
 	s.bits |= stDone
 	m.remaining--
 	if s.bits&stOverflow != 0 {
-		for _, j := range m.more[s.s[0] : s.s[0]+s.s[1]] {
-			m.release(j)
+		for k := s.s[0]; k >= 0; k = m.more[k+1] {
+			m.release(m.more[k])
 		}
 		return nil
 	}
