@@ -4,15 +4,18 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/compressors/lgreco"
 	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
+	"github.com/slimgrad/slimgrad/worker"
 	"github.com/slimgrad/slimgrad/worker/adapt"
 )
 
@@ -32,6 +35,18 @@ type SimConfig struct {
 	// start when the slowest worker is done (synchronous data parallelism).
 	// GradFLOP 0 leaves gradient compute out of the step time.
 	GradFLOP, FLOPS float64
+	// LGreCo turns on L-GreCo (package compressors/lgreco) exactly as
+	// worker.Config.LGreCo does on real workers: a controller over the
+	// units (default level: the plan's codec), observing rank 0's
+	// error-compensated gradients, deciding every Adjust steps and switching
+	// every rank's layer (adapt.Layer.SetCodec) at the same step, with the
+	// plan's Seed as L-GreCo's seed. LGreCoOptions configure it
+	// (lgreco.WithSchedule, lgreco.WithAlpha; lgreco.WithSeed is replaced).
+	// LGreCoCost, if not nil, builds the objective (e.g. from sim.LinkCost
+	// for the link-aware variant); nil minimises wire bytes.
+	LGreCo        bool
+	LGreCoOptions []lgreco.Option
+	LGreCoCost    worker.LGreCoCostFactory
 }
 
 // DefaultFLOPS is the per-node gradient compute rate of SimConfig when FLOPS
@@ -44,100 +59,41 @@ const DefaultFLOPS = 20e9
 // averaged result is the one the real collectives compute and the step time,
 // bytes and per-link traffic come from the network model.
 //
-// Per unit and step, by the aggregation asked for and the plan's codec:
+// Every unit of every rank is a worker/adapt Layer, the same binding of
+// codec, error feedback and collective scheme that package worker runs over
+// a transport; Sim only replaces the transport by the simulator. Per unit
+// and step, by the aggregation asked for:
 //
-//	Mean, element-wise codec (none, fp16, bf16): Encode through the error
-//	    feedback, decode, all-reduce-average with the Dense algorithm on the
-//	    codec's element encoding, Finish.
-//	Mean, gathered codec (top-k, DGC, random-k, QSGD): the SparseGather
-//	    scheme with the error feedback as payload codec, Finish.
-//	Mean, sign codec: the two-phase scheme with worker and server error.
-//	DenseMean: an fp32 all-reduce average with the Dense algorithm.
-//	TwoPhaseSign: the two-phase 1-bit all-reduce (specs §2.2).
+//	Mean: the plan's codec and error feedback (adapt's scheme for the
+//	    codec's aggregation: the Dense all-reduce on the element encoding,
+//	    the sparse gather, the two-phase sign scheme, PowerSGD's P-then-Q).
+//	DenseMean: an fp32 all-reduce average with the Dense algorithm (the
+//	    worker's ModeDense).
+//	TwoPhaseSign: the two-phase 1-bit all-reduce (codec "sign", what
+//	    1-bit Adam registers on real workers).
 //
-//	Mean, PowerSGD: the low-rank (P then Q) scheme with its ef14 residual,
-//	    through worker/adapt, as the real worker runs it.
+// A DGC warm-up (Plan.Warmup) switches the Mean layers' codecs at the stage
+// boundaries with adapt.Layer.SetCodec, keeping the error feedback; L-GreCo
+// (SimConfig.LGreCo) switches them at its decisions' steps the same way; the
+// two combine when L-GreCo starts after the warm-up.
 //
-// Stats
-// count message bytes (no transport framing); DenseBytes is the dense fp32
-// ring formula and BaselineTime the simulated time of a dense fp32 ring of
-// all units on the same topology.
+// Stats count message bytes (no transport framing); DenseBytes is the dense
+// fp32 ring formula and BaselineTime the simulated time of a dense fp32 ring
+// of all units on the same topology.
 type Sim struct {
-	cfg      SimConfig
-	plan     Plan
-	units    []Layer
-	n        int
-	fbs      [][]errorfeedback.Feedback // [rank][unit]
-	lowrank  [][]*adapt.Layer           // [rank][unit], PowerSGD units only
-	tp       [][]*twoPhaseHook
-	progs    map[progKey][]*allreduce.Program
-	execs    map[progKey][]*allreduce.Exec
-	enc      [][]byte
-	pcs      [][]*payloadCodec // [rank][unit], gathered units only
+	cfg    SimConfig
+	plan   Plan
+	units  []Layer
+	n      int
+	layers [][]*adapt.Layer // [rank][unit]: the plan's codec (Mean)
+	dense  [][]*adapt.Layer // [rank][unit]: fp32 (DenseMean), built on first use
+	signs  [][]*adapt.Layer // [rank][unit]: sign (TwoPhaseSign), built on first use
+	lg     *lgreco.Controller
+	lgPlan *lgreco.Plan
+
 	colls    []sim.Collective
 	gradTime time.Duration
 	baseline time.Duration
-}
-
-type progKey struct {
-	unit int
-	alg  allreduce.Algorithm
-	bpe  int
-}
-
-// payloadCodec adapts one rank's error feedback to allreduce.PayloadCodec and
-// records the payload size. The payload may be encoded ahead of the
-// simulation (precompute, in parallel over ranks); the executor's Encode then
-// hands out that payload, which is what it would have computed from the same
-// data.
-type payloadCodec struct {
-	fb    errorfeedback.Feedback
-	bytes int64
-	pre   []byte
-	ready bool
-}
-
-func (p *payloadCodec) precompute(src []float32) error {
-	b, err := p.fb.Encode(p.pre[:0], src)
-	p.pre, p.ready, p.bytes = b, err == nil, int64(len(b))
-	return err
-}
-
-func (p *payloadCodec) Encode(dst []byte, src []float32) ([]byte, error) {
-	if p.ready {
-		p.ready = false
-		return append(dst[:0], p.pre...), nil
-	}
-	b, err := p.fb.Encode(dst, src)
-	p.bytes += int64(len(b))
-	return b, err
-}
-
-// twoPhaseHook is a rank's two-phase state whose worker step (steps 1-4, the
-// larger part of the work) may run ahead of the simulation, in parallel over
-// ranks; the server step runs inside it.
-type twoPhaseHook struct {
-	st    *allreduce.TwoPhaseState
-	bits  []byte
-	scale float32
-	ready bool
-}
-
-func (h *twoPhaseHook) precompute(m []float32) {
-	h.bits, h.scale = h.st.WorkerCompress(h.bits[:0], m)
-	h.ready = true
-}
-
-func (h *twoPhaseHook) WorkerCompress(dst []byte, m []float32) ([]byte, float32) {
-	if h.ready {
-		h.ready = false
-		return append(dst[:0], h.bits...), h.scale
-	}
-	return h.st.WorkerCompress(dst, m)
-}
-
-func (h *twoPhaseHook) ServerStep(dst []byte, recv [][]byte, scales []float32) ([]byte, float32, error) {
-	return h.st.ServerStep(dst, recv, scales)
 }
 
 // parallel runs f(0..n-1) on up to GOMAXPROCS goroutines and returns the
@@ -166,10 +122,6 @@ func parallel(n int, f func(i int) error) error {
 	return nil
 }
 
-func (p *payloadCodec) DecodeAdd(dst []float32, payload []byte) error {
-	return p.fb.Compressor().DecompressAdd(dst, payload)
-}
-
 // NewSim returns a simulator-backed exchanger for n workers over units.
 func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig) (*Sim, error) {
 	if cfg.Topology == nil {
@@ -185,33 +137,32 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 		cfg.FLOPS = DefaultFLOPS
 	}
 	s := &Sim{cfg: cfg, plan: plan, units: units, n: n,
-		fbs: make([][]errorfeedback.Feedback, n), tp: make([][]*twoPhaseHook, n), lowrank: make([][]*adapt.Layer, n),
-		progs: map[progKey][]*allreduce.Program{}, execs: map[progKey][]*allreduce.Exec{},
-		enc: make([][]byte, n), pcs: make([][]*payloadCodec, n)}
+		layers: make([][]*adapt.Layer, n), dense: make([][]*adapt.Layer, n), signs: make([][]*adapt.Layer, n)}
+	ef, err := errorfeedback.Parse(plan.efRecipe())
+	if err != nil {
+		return nil, err
+	}
 	for w := range n {
-		s.tp[w] = make([]*twoPhaseHook, len(units))
-		s.lowrank[w] = make([]*adapt.Layer, len(units))
-		s.pcs[w] = make([]*payloadCodec, len(units))
+		s.layers[w] = make([]*adapt.Layer, len(units))
+		s.dense[w] = make([]*adapt.Layer, len(units))
+		s.signs[w] = make([]*adapt.Layer, len(units))
 		for i, u := range units {
-			fb, err := plan.NewFeedback(u, w, n)
+			codec, err := compressors.Parse(plan.RecipeAt(u, 0))
 			if err != nil {
 				return nil, err
 			}
-			s.fbs[w] = append(s.fbs[w], fb)
-			if fb.Compressor().Aggregation() == compressors.TwoPhase && plan.efRecipe() != "none" {
+			if codec.Aggregation() == compressors.TwoPhase && ef.Kind != errorfeedback.KindNone {
 				return nil, fmt.Errorf("%w: %s runs the two-phase scheme with its own worker and server error; use --ef none, not %s",
-					ErrUnsupported, fb.Compressor(), plan.efRecipe())
+					ErrUnsupported, codec, ef)
 			}
-			if fb.Compressor().Aggregation() == compressors.LowRank {
-				// PowerSGD: worker/adapt runs the P-then-Q scheme and its
-				// ef14 residual exactly as the real worker does.
-				if len(plan.Warmup) > 0 {
-					return nil, fmt.Errorf("%w: a warm-up schedule for %s", ErrUnsupported, fb.Compressor())
-				}
-				if s.lowrank[w][i], err = newLowRank(u, plan, w, n); err != nil {
-					return nil, err
-				}
+			if s.layers[w][i], err = s.newLayer(u, codec, ef, w); err != nil {
+				return nil, err
 			}
+		}
+	}
+	if cfg.LGreCo {
+		if err := s.newLGreCo(); err != nil {
+			return nil, err
 		}
 	}
 	if err := s.computeModel(); err != nil {
@@ -220,9 +171,12 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 	// The dense fp32 baseline of the same units on the same topology.
 	var colls []sim.Collective
 	for u := range units {
-		progs, err := s.programs(progKey{unit: u, alg: s.denseAlg(), bpe: 4})
-		if err != nil {
-			return nil, err
+		progs := make([]*allreduce.Program, n)
+		for r := range n {
+			p := allreduce.Params{World: n, Rank: r, Elems: units[u].Size, Average: true, ElemBytes: 4}
+			if progs[r], err = allreduce.Generate(s.denseAlg(), p); err != nil {
+				return nil, fmt.Errorf("train: %s program for %s: %w", s.denseAlg(), units[u].Name, err)
+			}
 		}
 		colls = append(colls, sim.Collective{Name: units[u].Name, Programs: progs, Start: s.gradTime.Seconds()})
 	}
@@ -232,6 +186,61 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 	}
 	s.baseline = seconds(res.Time)
 	return s, nil
+}
+
+// newLayer builds rank's adapt layer of unit u with codec and ef.
+func (s *Sim) newLayer(u Layer, codec compressors.Recipe, ef errorfeedback.Recipe, rank int) (*adapt.Layer, error) {
+	rows, cols := u.Size, 1
+	if len(u.Shape) >= 2 {
+		rows, cols = u.Shape[0], u.Size/u.Shape[0]
+	}
+	l, err := adapt.New(adapt.Spec{Codec: codec, EF: ef, Elems: u.Size, Rows: rows, Cols: cols,
+		World: s.n, Rank: rank, Seed: s.plan.Seed, Algorithm: s.denseAlg()})
+	if err != nil {
+		return nil, fmt.Errorf("train: unit %s: %w", u.Name, err)
+	}
+	return l, nil
+}
+
+// newLGreCo builds L-GreCo's plan and controller over the units, as
+// package worker does over its registered layers.
+func (s *Sim) newLGreCo() error {
+	layers := make([]lgreco.Layer, len(s.units))
+	for i, u := range s.units {
+		r, err := compressors.Parse(s.plan.RecipeAt(u, 0))
+		if err != nil {
+			return err
+		}
+		layers[i] = lgreco.LayerOf(u.Name, u.Shape, r)
+	}
+	opts := append([]lgreco.Option(nil), s.cfg.LGreCoOptions...)
+	opts = append(opts, lgreco.WithSeed(s.plan.Seed))
+	if f := s.cfg.LGreCoCost; f != nil {
+		cost, err := f(s.n, layers)
+		if err != nil {
+			return fmt.Errorf("train: L-GreCo cost function: %w", err)
+		}
+		opts = append(opts, lgreco.WithCost(cost))
+	}
+	p, err := lgreco.NewPlan(layers, opts...)
+	if err != nil {
+		return fmt.Errorf("train: L-GreCo: %w", err)
+	}
+	if len(s.plan.Warmup) > 0 && p.Config().Start < int64(s.plan.WarmupSteps) {
+		return fmt.Errorf("%w: L-GreCo starting at step %d, inside the %d-step warm-up (lgreco.WithSchedule's start must be at least the warm-up)",
+			ErrUnsupported, p.Config().Start, s.plan.WarmupSteps)
+	}
+	s.lgPlan, s.lg = p, lgreco.NewController(p)
+	return nil
+}
+
+// LinkCostFactory is the worker.LGreCoCostFactory of L-GreCo's link-aware
+// objective on topo (sim.LinkCost with opts): the simulated time of each
+// candidate's collective on the job's links.
+func LinkCostFactory(topo *sim.Topology, opts *sim.Options) worker.LGreCoCostFactory {
+	return func(world int, layers []lgreco.Layer) (lgreco.CostFunc, error) {
+		return sim.LinkCost(topo, world, layers, opts)
+	}
 }
 
 func seconds(t float64) time.Duration { return time.Duration(t * float64(time.Second)) }
@@ -275,85 +284,105 @@ func (s *Sim) computeModel() error {
 	return nil
 }
 
-// newLowRank builds rank's PowerSGD layer for unit u.
-func newLowRank(u Layer, plan Plan, rank, world int) (*adapt.Layer, error) {
-	codec, err := compressors.Parse(plan.RecipeAt(u, 0))
-	if err != nil {
-		return nil, err
-	}
-	ef, err := errorfeedback.Parse(plan.efRecipe())
-	if err != nil {
-		return nil, err
-	}
-	rows := u.Shape[0]
-	l, err := adapt.New(adapt.Spec{Codec: codec, EF: ef, Elems: u.Size, Rows: rows, Cols: u.Size / rows,
-		World: world, Rank: rank, Seed: plan.Seed})
-	if err != nil {
-		return nil, fmt.Errorf("train: unit %s: %w", u.Name, err)
-	}
-	return l, nil
-}
-
-// programs returns (and caches) the programs of all ranks for key.
-func (s *Sim) programs(k progKey) ([]*allreduce.Program, error) {
-	if p, ok := s.progs[k]; ok {
-		return p, nil
-	}
-	progs := make([]*allreduce.Program, s.n)
-	for r := range s.n {
-		p := allreduce.Params{World: s.n, Rank: r, Elems: s.units[k.unit].Size}
-		if k.alg.Reduces() {
-			p.Average, p.ElemBytes = true, k.bpe
-		}
-		prog, err := allreduce.Generate(k.alg, p)
-		if err != nil {
-			return nil, fmt.Errorf("train: %s program for %s: %w", k.alg, s.units[k.unit].Name, err)
-		}
-		progs[r] = prog
-	}
-	s.progs[k] = progs
-	return progs, nil
-}
-
-// exec returns rank r's executor for key, reset to run over data.
-func (s *Sim) exec(k progKey, r int, data []float32, opts ...allreduce.ExecOption) (*allreduce.Exec, error) {
-	progs, err := s.programs(k)
-	if err != nil {
-		return nil, err
-	}
-	ex := s.execs[k]
-	if ex == nil {
-		ex = make([]*allreduce.Exec, s.n)
-		s.execs[k] = ex
-	}
-	// The hooks in opts are persistent per rank and unit (error feedback,
-	// two-phase state, payload codec), so an executor is built once per key
-	// and rank and reset every step.
-	if ex[r] == nil {
-		e, err := allreduce.NewExec(progs[r], data, opts...)
-		if err != nil {
-			return nil, fmt.Errorf("train: executor for %s: %w", s.units[k.unit].Name, err)
-		}
-		ex[r] = e
-		return e, nil
-	}
-	if err := ex[r].Reset(progs[r], data); err != nil {
-		return nil, err
-	}
-	return ex[r], nil
-}
-
 // Name implements Exchanger.
-func (s *Sim) Name() string { return "sim " + s.plan.String() }
+func (s *Sim) Name() string {
+	if s.lg != nil {
+		return "sim " + s.plan.String() + " lgreco"
+	}
+	return "sim " + s.plan.String()
+}
 
 // BaselineTime is the simulated step time of a dense fp32 ring all-reduce of
 // all units on the same topology (gradient compute included).
 func (s *Sim) BaselineTime() time.Duration { return s.baseline }
 
-type finish struct {
-	unit    int
-	fb      bool
-	lowrank bool
+// Recipes returns the codec recipe of every unit's Mean layer now, in unit
+// order (the plan's, the warm-up stage's or L-GreCo's active choice).
+func (s *Sim) Recipes() []string {
+	out := make([]string, len(s.units))
+	for u, l := range s.layers[0] {
+		out[u] = l.Compressor().String()
+	}
+	return out
+}
+
+// LGreCo returns L-GreCo's controller (nil without SimConfig.LGreCo), for
+// reports: its plan, active choice and last solution.
+func (s *Sim) LGreCo() *lgreco.Controller { return s.lg }
+
+// boundary switches codecs at the start of step: the DGC warm-up stage and
+// L-GreCo's schedule (decided from rank 0's observations, applied to every
+// rank). It reports whether rank 0 observes this step for L-GreCo.
+func (s *Sim) boundary(step int) (collect bool, err error) {
+	if len(s.plan.Warmup) > 0 && step > 0 && step <= s.plan.WarmupSteps {
+		for u, unit := range s.units {
+			want := s.plan.RecipeAt(unit, step)
+			if want == s.plan.RecipeAt(unit, step-1) {
+				continue
+			}
+			r, err := compressors.Parse(want)
+			if err != nil {
+				return false, err
+			}
+			for w := range s.n {
+				if err := s.layers[w][u].SetCodec(r, s.plan.Seed); err != nil {
+					return false, fmt.Errorf("train: warm-up of unit %s: %w", unit.Name, err)
+				}
+			}
+		}
+	}
+	if s.lg == nil {
+		return false, nil
+	}
+	c, t := s.lg, int64(step)
+	if c.Due(t) {
+		// One controller stands for every rank's: they hold the same state
+		// once rank 0's decision is scheduled.
+		if err := c.Schedule(c.Decide(t)); err != nil {
+			return false, fmt.Errorf("train: L-GreCo decision of step %d: %w", step, err)
+		}
+	}
+	changed, err := c.Advance(t)
+	if err != nil {
+		return false, fmt.Errorf("train: L-GreCo: %w", err)
+	}
+	for _, u := range changed {
+		for w := range s.n {
+			if err := s.layers[w][u].SetCodec(c.Recipe(u), c.LayerSeed(u)); err != nil {
+				return false, fmt.Errorf("train: L-GreCo: unit %s to %s: %w", s.units[u].Name, c.Recipe(u), err)
+			}
+		}
+	}
+	return c.Collecting(t), nil
+}
+
+// layerFor returns rank's layer of unit u for aggregation how, building the
+// DenseMean and TwoPhaseSign layers on first use.
+func (s *Sim) layerFor(rank, u int, how optim.Exchange) (*adapt.Layer, error) {
+	var slot **adapt.Layer
+	var codec string
+	switch how {
+	case optim.Mean:
+		return s.layers[rank][u], nil
+	case optim.DenseMean:
+		slot, codec = &s.dense[rank][u], "none"
+	case optim.TwoPhaseSign:
+		slot, codec = &s.signs[rank][u], "sign"
+	default:
+		return nil, fmt.Errorf("%w: aggregation %v", ErrUnsupported, how)
+	}
+	if *slot == nil {
+		r, err := compressors.Parse(codec)
+		if err != nil {
+			return nil, err
+		}
+		l, err := s.newLayer(s.units[u], r, errorfeedback.Recipe{Kind: errorfeedback.KindNone}, rank)
+		if err != nil {
+			return nil, err
+		}
+		*slot = l
+	}
+	return *slot, nil
 }
 
 // Exchange implements Exchanger.
@@ -364,127 +393,57 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 	if err := checkShapes(s.n, s.units, how, in, out); err != nil {
 		return Stats{}, err
 	}
-	for w := range s.n {
-		if err := s.plan.advance(s.fbs[w], s.units, step, w); err != nil {
-			return Stats{}, err
-		}
+	collect, err := s.boundary(step)
+	if err != nil {
+		return Stats{}, err
 	}
 	s.colls = s.colls[:0]
 	st := Stats{Layers: make([]LayerStats, len(s.units))}
-	var finishes []finish
-	gathers := make([][]*payloadCodec, len(s.units))
-	var lowUnits []int
+	ls := make([][]*adapt.Layer, len(s.units)) // [unit][rank]
 	start := s.gradTime.Seconds()
 	for u, unit := range s.units {
-		ls := &st.Layers[u]
-		ls.DenseBytes = DenseRingBytes(s.n, unit.Size)
+		st.Layers[u].DenseBytes = DenseRingBytes(s.n, unit.Size)
+		ls[u] = make([]*adapt.Layer, s.n)
+		for r := range s.n {
+			if ls[u][r], err = s.layerFor(r, u, how[u]); err != nil {
+				return Stats{}, err
+			}
+		}
+		// Error feedback before the collective, in parallel over ranks
+		// (each rank's layer state is its own).
+		if err := parallel(s.n, func(r int) error {
+			copy(out[r][u], in[r][u])
+			if err := ls[u][r].Begin(out[r][u]); err != nil {
+				return fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
+			}
+			return nil
+		}); err != nil {
+			return Stats{}, err
+		}
+		if collect && how[u] == optim.Mean && s.lgPlan.Tuned(u) {
+			s.observe(u, ls[u][0], out[0][u])
+		}
+		// The ranks' first compute ops (the encode of the gathered, two-phase
+		// and low-rank schemes: most of the codec work) run ahead, in
+		// parallel over ranks; the simulation then runs the rest.
+		progs := make([]*allreduce.Program, s.n)
 		execs := make([]allreduce.Executor, s.n)
-		agg := compressors.Reduce
-		if how[u] == optim.Mean {
-			agg = s.fbs[0][u].Compressor().Aggregation()
+		if err := parallel(s.n, func(r int) error {
+			l := ls[u][r]
+			progs[r] = l.Program()
+			if s.options().LiveCompute {
+				execs[r] = l.Exec() // measured compute: nothing runs ahead
+				return nil
+			}
+			x, err := runAhead(l.Program(), l.Exec())
+			if err != nil {
+				return fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
+			}
+			execs[r] = x
+			return nil
+		}); err != nil {
+			return Stats{}, err
 		}
-		switch {
-		case how[u] == optim.TwoPhaseSign || (how[u] == optim.Mean && agg == compressors.TwoPhase):
-			k := progKey{unit: u, alg: allreduce.AlgTwoPhaseSign}
-			parallel(s.n, func(r int) error {
-				if s.tp[r][u] == nil {
-					s.tp[r][u] = &twoPhaseHook{st: allreduce.NewTwoPhaseState(unit.Size, s.n)}
-				}
-				copy(out[r][u], in[r][u])
-				s.tp[r][u].precompute(out[r][u])
-				return nil
-			})
-			for r := range s.n {
-				e, err := s.exec(k, r, out[r][u], allreduce.WithTwoPhase(s.tp[r][u]))
-				if err != nil {
-					return Stats{}, err
-				}
-				execs[r] = e
-			}
-			ls.PayloadBytes = int64(s.n) * int64(allreduce.TwoPhasePaddedLen(unit.Size, s.n)/8+4)
-		case how[u] == optim.DenseMean:
-			k := progKey{unit: u, alg: s.denseAlg(), bpe: 4}
-			for r := range s.n {
-				copy(out[r][u], in[r][u])
-				e, err := s.exec(k, r, out[r][u])
-				if err != nil {
-					return Stats{}, err
-				}
-				execs[r] = e
-			}
-			ls.PayloadBytes = int64(s.n) * 4 * int64(unit.Size)
-		case agg == compressors.Reduce:
-			ec, ok := compressors.AsElementCodec(s.fbs[0][u].Compressor())
-			if !ok {
-				return Stats{}, fmt.Errorf("%w: %s has no element codec", ErrUnsupported, s.fbs[0][u].Compressor())
-			}
-			k := progKey{unit: u, alg: s.denseAlg(), bpe: ec.BytesPerElem()}
-			// Error feedback before the collective: data ← D(EF.Encode(g)).
-			if err := parallel(s.n, func(r int) error {
-				fb := s.fbs[r][u]
-				p, err := fb.Encode(s.enc[r][:0], in[r][u])
-				if err != nil {
-					return fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
-				}
-				s.enc[r] = p
-				if err := fb.Compressor().Decompress(out[r][u], p); err != nil {
-					return fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
-				}
-				return nil
-			}); err != nil {
-				return Stats{}, err
-			}
-			for r := range s.n {
-				rec, _ := compressors.AsElementCodec(s.fbs[r][u].Compressor())
-				e, err := s.exec(k, r, out[r][u], allreduce.WithElementCodec(rec))
-				if err != nil {
-					return Stats{}, err
-				}
-				execs[r] = e
-			}
-			ls.PayloadBytes = int64(s.n) * int64(ec.BytesPerElem()) * int64(unit.Size)
-			finishes = append(finishes, finish{unit: u, fb: true})
-		case agg == compressors.LowRank:
-			progs := make([]*allreduce.Program, s.n)
-			for r := range s.n {
-				l := s.lowrank[r][u]
-				copy(out[r][u], in[r][u])
-				if err := l.Begin(out[r][u]); err != nil {
-					return Stats{}, fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
-				}
-				execs[r], progs[r] = l.Exec(), l.Program()
-			}
-			lowUnits = append(lowUnits, u)
-			s.colls = append(s.colls, sim.Collective{Name: unit.Name, Programs: progs, Executors: execs, Start: start})
-			continue
-		case agg == compressors.Gather:
-			k := progKey{unit: u, alg: allreduce.AlgSparseGather}
-			if err := parallel(s.n, func(r int) error {
-				if s.pcs[r][u] == nil {
-					s.pcs[r][u] = &payloadCodec{fb: s.fbs[r][u]}
-				}
-				copy(out[r][u], in[r][u])
-				if err := s.pcs[r][u].precompute(out[r][u]); err != nil {
-					return fmt.Errorf("train: worker %d unit %s: %w", r, unit.Name, err)
-				}
-				return nil
-			}); err != nil {
-				return Stats{}, err
-			}
-			for r := range s.n {
-				pc := s.pcs[r][u]
-				gathers[u] = append(gathers[u], pc)
-				e, err := s.exec(k, r, out[r][u], allreduce.WithPayloadCodec(pc))
-				if err != nil {
-					return Stats{}, err
-				}
-				execs[r] = e
-			}
-			finishes = append(finishes, finish{unit: u, fb: true})
-		default:
-			return Stats{}, fmt.Errorf("%w: aggregation %v of %s", ErrUnsupported, agg, s.fbs[0][u].Compressor())
-		}
-		progs := s.progs[progKeyOf(s, u, how[u], agg)]
 		s.colls = append(s.colls, sim.Collective{Name: unit.Name, Programs: progs, Executors: execs, Start: start})
 	}
 	res, err := sim.Run(ctx, s.cfg.Topology, s.colls, s.options())
@@ -492,35 +451,24 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 		return Stats{}, fmt.Errorf("train: step %d: simulation: %w", step, err)
 	}
 	for u := range s.units {
-		ls := &st.Layers[u]
-		ls.WireBytes = res.Collectives[u].Bytes
-		for _, pc := range gathers[u] {
-			ls.PayloadBytes += pc.bytes
-		}
-	}
-	for _, u := range lowUnits {
-		for r := range s.n {
-			l := s.lowrank[r][u]
+		st.Layers[u].WireBytes = res.Collectives[u].Bytes
+		for r, l := range ls[u] {
 			l.End(out[r][u])
 			_, _, payload := l.Stats()
 			st.Layers[u].PayloadBytes += payload
 		}
-		finishes = append(finishes, finish{unit: u, lowrank: true})
 	}
-	for _, f := range finishes {
-		for r := range s.n {
-			if f.lowrank {
-				s.lowrank[r][f.unit].Finish(out[r][f.unit])
-			} else {
-				s.fbs[r][f.unit].Finish(out[r][f.unit])
-			}
+	for u := range s.units {
+		for r, l := range ls[u] {
+			l.Finish(out[r][u])
 		}
 	}
-	for _, ls := range st.Layers {
-		st.PayloadBytes += ls.PayloadBytes
-		st.WireBytes += ls.WireBytes
-		st.DenseBytes += ls.DenseBytes
+	for _, l := range st.Layers {
+		st.PayloadBytes += l.PayloadBytes
+		st.WireBytes += l.WireBytes
+		st.DenseBytes += l.DenseBytes
 	}
+	st.Recipes = s.Recipes()
 	st.GradTime = s.gradTime
 	st.StepTime = seconds(res.Time)
 	st.CodecTime = seconds(res.Compress)
@@ -531,18 +479,71 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 	return st, nil
 }
 
-// progKeyOf is the program key Exchange used for unit u.
-func progKeyOf(s *Sim, u int, how optim.Exchange, agg compressors.Aggregation) progKey {
-	switch {
-	case how == optim.TwoPhaseSign || (how == optim.Mean && agg == compressors.TwoPhase):
-		return progKey{unit: u, alg: allreduce.AlgTwoPhaseSign}
-	case how == optim.DenseMean:
-		return progKey{unit: u, alg: s.denseAlg(), bpe: 4}
-	case agg == compressors.Reduce:
-		ec, _ := compressors.AsElementCodec(s.fbs[0][u].Compressor())
-		return progKey{unit: u, alg: s.denseAlg(), bpe: ec.BytesPerElem()}
+// aheadExec is an executor whose compute ops in pre already ran (runAhead):
+// Run skips them once; everything else goes to the Exec.
+type aheadExec struct {
+	*allreduce.Exec
+	pre []*allreduce.Op
+}
+
+func (a *aheadExec) Run(op *allreduce.Op) error {
+	for i, p := range a.pre {
+		if p == op {
+			a.pre[i] = nil
+			return nil
+		}
 	}
-	return progKey{unit: u, alg: allreduce.AlgSparseGather}
+	return a.Exec.Run(op)
+}
+
+// runAhead runs the compute ops of p that depend on nothing (a valid first
+// step of any execution order the program's dependencies allow, so the
+// result is the same bits) on x, and returns the executor for the rest. The
+// simulator charges compute from its model, not from measured time, so
+// running ahead changes no simulated time (with Options.LiveCompute, which
+// measures, Exchange does not run ahead).
+func runAhead(p *allreduce.Program, x *allreduce.Exec) (allreduce.Executor, error) {
+	var pre []*allreduce.Op
+	for i := range p.Ops {
+		op := &p.Ops[i]
+		if op.Kind != allreduce.Compute || op.Deps[0] != allreduce.NoDep || op.Deps[1] != allreduce.NoDep {
+			continue
+		}
+		if err := x.Run(op); err != nil {
+			return nil, err
+		}
+		pre = append(pre, op)
+	}
+	if len(pre) == 0 {
+		return x, nil
+	}
+	return &aheadExec{Exec: x, pre: pre}, nil
+}
+
+// observe feeds rank 0's error-compensated gradient of unit u (data after
+// Begin) to L-GreCo, as the worker's observer does: with a gathered codec
+// under a feedback that keeps a residual (EF14), the residual too.
+func (s *Sim) observe(u int, l *adapt.Layer, data []float32) {
+	var e []float32
+	if l.Aggregation() == compressors.Gather {
+		if r, ok := l.Feedback().(interface{ Residual() []float32 }); ok {
+			e = r.Residual()
+		}
+	}
+	s.lg.Observe(u, data, e)
+}
+
+// RecipeHash is a short stable digest of a list of per-layer recipes (the
+// CSV's recipe column): equal lists give equal hashes.
+func RecipeHash(recipes []string) string {
+	if len(recipes) == 0 {
+		return ""
+	}
+	var h uint32 = 2166136261
+	for _, c := range []byte(strings.Join(recipes, ";")) {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return fmt.Sprintf("%08x", h)
 }
 
 var _ Exchanger = (*Sim)(nil)

@@ -96,6 +96,10 @@ type Stats struct {
 	BaselineTime time.Duration
 	// Layers holds per-layer byte counts, in layer order (may be nil).
 	Layers []LayerStats
+	// Recipes are the codec recipes of the units in this step, in unit
+	// order (nil if the exchanger does not report them): the plan's, a
+	// warm-up stage's or L-GreCo's current choice.
+	Recipes []string
 }
 
 // LayerStats are the per-layer byte counts of one exchange.

@@ -179,7 +179,9 @@ func (x *Workers) Exchange(ctx context.Context, step int, how []optim.Exchange, 
 			return Stats{}, fmt.Errorf("train: worker %d step %d: %w", r, step, err)
 		}
 	}
-	return statsOf(x.leds, len(x.units)), nil
+	st := statsOf(x.leds, len(x.units))
+	st.Recipes = x.ws[0].Recipes()
+	return st, nil
 }
 
 var _ Exchanger = (*Workers)(nil)

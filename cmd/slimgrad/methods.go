@@ -8,12 +8,14 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/compressors/lgreco"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/mem"
-	"github.com/slimgrad/slimgrad/workload"
+	"github.com/slimgrad/slimgrad/worker"
 )
 
 // method is one way of training that `sim` compares: a compressor recipe, an
@@ -26,12 +28,61 @@ type method struct {
 	// WarmupSteps > 0 runs DGC's density warm-up over that many steps; a
 	// negative value means 5% of the steps (at least 4).
 	WarmupSteps int
+	// LGreCo, if not empty, runs L-GreCo over the method's codec with the
+	// objective "bytes" (wire bytes, the paper's) or "link" (the simulated
+	// time of each layer's collective on the job's topology, sim.LinkCost);
+	// Base names the uniform method it is compared with.
+	LGreCo, Base string
+}
+
+// lgrecoVariants returns the L-GreCo runs that --lgreco (bytes) and
+// --lgreco-link-aware (link) add after each method whose codec has levels to
+// choose (top-k, DGC, random-k, QSGD, PowerSGD).
+func lgrecoVariants(ms []method, bytes, link bool) []method {
+	var out []method
+	for _, m := range ms {
+		out = append(out, m)
+		if m.LGreCo != "" {
+			continue
+		}
+		r, err := compressors.Parse(m.Compress)
+		if err != nil || (r.Aggregation() != compressors.Gather && r.Aggregation() != compressors.LowRank) {
+			continue
+		}
+		for _, v := range []struct {
+			on        bool
+			obj, name string
+		}{{bytes, "bytes", "+lgreco"}, {link, "link", "+lgreco-link"}} {
+			if v.on {
+				l := m
+				l.Name, l.LGreCo, l.Base = m.Name+v.name, v.obj, m.Name
+				out = append(out, l)
+			}
+		}
+	}
+	return out
+}
+
+// lgrecoOptions is L-GreCo's schedule for m: the first decision Adjust steps
+// after the end of any DGC warm-up, the last min(10, Adjust) steps observed,
+// switching one step after a decision.
+func (m method) lgrecoOptions(o simOptions) []lgreco.Option {
+	start := int64(m.plan(o.Steps, o.Seed).WarmupSteps)
+	adj := int64(o.LGreCoAdjust)
+	opts := []lgreco.Option{lgreco.WithSchedule(start, adj, min(10, adj), 1)}
+	if o.LGreCoAlpha > 0 {
+		opts = append(opts, lgreco.WithAlpha(o.LGreCoAlpha))
+	}
+	return opts
 }
 
 func (m method) describe() string {
 	s := fmt.Sprintf("compress=%s ef=%s optim=%s", m.Compress, m.EF, m.Optim)
 	if m.WarmupSteps != 0 {
 		s += " + DGC warm-up"
+	}
+	if m.LGreCo != "" {
+		s += " + L-GreCo (" + m.LGreCo + " objective)"
 	}
 	return s
 }
@@ -104,7 +155,7 @@ func selectMethods(o simOptions) ([]method, error) {
 	var out []method
 	if custom, ok := customMethod(o.Compress, o.EF, o.Optim); ok {
 		if o.Methods == "default" {
-			return []method{presets[0], custom}, nil
+			return lgrecoVariants([]method{presets[0], custom}, o.LGreCo, o.LGreCoLink), nil
 		}
 		out = append(out, custom)
 	}
@@ -126,7 +177,7 @@ func selectMethods(o simOptions) ([]method, error) {
 	if len(out) == 0 {
 		return nil, fmt.Errorf("no methods selected")
 	}
-	return out, nil
+	return lgrecoVariants(out, o.LGreCo, o.LGreCoLink), nil
 }
 
 // plan returns the communication plan of m for a run of steps steps.
@@ -171,34 +222,42 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 			log.Warn("DGC's density warm-up does not run over real workers; running without", "method", m.Name)
 			plan.Warmup, plan.WarmupSteps = nil, 0
 		}
-		ex, err := train.NewWorkers(ctx, conns, units, plan, codec, train.WorkerOptions(o.Seed, log)...)
+		wopts := train.WorkerOptions(o.Seed, log)
+		switch m.LGreCo {
+		case "bytes":
+			wopts = append(wopts, worker.WithLGreCo(m.lgrecoOptions(o)...))
+		case "link":
+			wopts = append(wopts, worker.WithLGreCoCost(train.LinkCostFactory(env.topo, env.linkOptions(o)), m.lgrecoOptions(o)...))
+		}
+		ex, err := train.NewWorkers(ctx, conns, units, plan, codec, wopts...)
 		if err != nil {
 			g.Close()
 			return nil, spec, err
 		}
 		return closingExchanger{ex, g}, spec, nil
 	case "local":
+		if m.LGreCo != "" {
+			return nil, spec, fmt.Errorf("L-GreCo runs with --exchange sim or mem, not local")
+		}
 		ex, err := train.NewLocal(o.Workers, units, plan)
 		return ex, spec, err
 	case "sim":
-		ex, err := train.NewSim(ctx, o.Workers, units, plan, train.SimConfig{
+		cfg := train.SimConfig{
 			Topology: env.topo,
 			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress},
-			GradFLOP: trainFLOPs(task.Model) * float64(o.Batch),
+			GradFLOP: train.TrainFLOPs(task.Model) * float64(o.Batch),
 			FLOPS:    o.FLOPS,
-		})
+		}
+		if m.LGreCo != "" {
+			cfg.LGreCo, cfg.LGreCoOptions = true, m.lgrecoOptions(o)
+			if m.LGreCo == "link" {
+				cfg.LGreCoCost = train.LinkCostFactory(env.topo, env.linkOptions(o))
+			}
+		}
+		ex, err := train.NewSim(ctx, o.Workers, units, plan, cfg)
 		return ex, spec, err
 	}
 	return nil, spec, fmt.Errorf("unknown --exchange %q (want sim, mem or local)", o.Exchange)
-}
-
-// trainFLOPs is the work of one sample's forward and backward pass: the
-// model's own count if it has one, else 6 FLOP per parameter.
-func trainFLOPs(m workload.Model) float64 {
-	if f, ok := m.(interface{ TrainFLOPs() float64 }); ok {
-		return f.TrainFLOPs()
-	}
-	return 6 * float64(len(m.Flat()))
 }
 
 // closingExchanger is a Workers exchanger with the transport group it owns.
@@ -302,4 +361,11 @@ func parseOptim(recipe string, steps int) (train.OptimSpec, error) {
 		return spec, fmt.Errorf("optimizer recipe %q: unknown key %q", recipe, k)
 	}
 	return spec, nil
+}
+
+// linkOptions are the simulation options of L-GreCo's link-aware objective
+// (sim.LinkCost): the run's calibration and seed, network and codec time as
+// in the training simulation.
+func (e *simEnv) linkOptions(o simOptions) *sim.Options {
+	return &sim.Options{Calibration: e.calib, Seed: o.Seed}
 }

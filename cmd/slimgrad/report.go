@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -61,13 +62,17 @@ func writeSummary(w io.Writer, rep *simReport, target float64) {
 }
 
 // csvHeader is the per-step CSV schema. saved = dense_bytes / wire_bytes of the
-// step; cum_saved = total_dense_bytes / total_wire_bytes.
+// step; cum_saved = total_dense_bytes / total_wire_bytes; recipes are the
+// units' codec recipes of the step, space-separated in unit order (L-GreCo's
+// per-layer choice, a DGC warm-up stage), recipe_hash a short digest of them
+// that changes exactly when some unit's recipe does.
 var csvHeader = []string{
 	"method", "step", "loss", "evaluated", "test_loss", "accuracy",
 	"payload_bytes", "wire_bytes", "dense_bytes", "saved",
 	"total_payload_bytes", "total_wire_bytes", "total_dense_bytes", "cum_saved",
 	"sim_step_s", "sim_grad_s", "sim_codec_s", "sim_reduce_s", "sim_comm_s", "sim_dense_ring_step_s", "total_sim_s",
 	"compute_wall_s", "wall_s",
+	"recipe_hash", "recipes",
 }
 
 func csvRow(name string, r train.Record) []string {
@@ -80,6 +85,7 @@ func csvRow(name string, r train.Record) []string {
 		f(r.StepTime.Seconds()), f(r.GradTime.Seconds()), f(r.CodecTime.Seconds()), f(r.ReduceTime.Seconds()),
 		f(r.CommTime.Seconds()), f(r.BaselineTime.Seconds()), f(r.TotalStepTime.Seconds()),
 		f(r.Compute.Seconds()), f(r.Wall.Seconds()),
+		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "),
 	}
 }
 
@@ -355,4 +361,52 @@ func stepTimePlot(rep *simReport) *plot.Plot {
 	}
 	p.Y.Max = 1.45 * top // room for the legend
 	return p
+}
+
+// tailLoss is the mean training loss over the last tenth of the records (at
+// least one): the end-of-run loss with less mini-batch noise than one step.
+func tailLoss(recs []train.Record) float64 {
+	n := max(1, len(recs)/10)
+	var s float64
+	for _, r := range recs[len(recs)-n:] {
+		s += r.Loss
+	}
+	return s / float64(n)
+}
+
+// writeLGreCoSummary compares every L-GreCo run with the uniform run of the
+// same method (Method.Base): bytes sent, final losses and simulated time.
+func writeLGreCoSummary(w io.Writer, rep *simReport) {
+	uniform := map[string]methodRun{}
+	for _, run := range rep.Runs {
+		if run.Method.LGreCo == "" {
+			uniform[run.Method.Name] = run
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	header := false
+	for _, run := range rep.Runs {
+		u, ok := uniform[run.Method.Base]
+		if run.Method.LGreCo == "" || !ok {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(w, "\nL-GreCo vs the uniform default (bytes = all ranks' wire bytes; train loss = mean of the last 10%% of steps):\n")
+			fmt.Fprintf(tw, "method\tobjective\twire bytes\tuniform\tfewer bytes\ttrain loss\tuniform\ttest loss\tuniform\tsim time\tuniform\tlayouts\t\n")
+			header = true
+		}
+		a, b := run.Result.Last, u.Result.Last
+		layouts := map[string]bool{}
+		for _, r := range run.Result.Records {
+			layouts[train.RecipeHash(r.Recipes)] = true
+		}
+		simT, simU := "-", "-"
+		if a.TotalStepTime > 0 {
+			simT, simU = fmtDuration(a.TotalStepTime), fmtDuration(b.TotalStepTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f×\t%.4f\t%.4f\t%.4f\t%.4f\t%s\t%s\t%d\t\n", run.Method.Name, run.Method.LGreCo,
+			fmtBytes(a.TotalWireBytes), fmtBytes(b.TotalWireBytes), float64(b.TotalWireBytes)/float64(max(1, a.TotalWireBytes)),
+			tailLoss(run.Result.Records), tailLoss(u.Result.Records), run.Result.Final.Loss, u.Result.Final.Loss, simT, simU, len(layouts))
+	}
+	tw.Flush()
 }

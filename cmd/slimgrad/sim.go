@@ -49,6 +49,10 @@ type simOptions struct {
 	FLOPS       float64
 	SizeOnly    bool
 	Layers      string
+	// L-GreCo: --lgreco, --lgreco-link-aware, --lgreco-adjust, --lgreco-alpha.
+	LGreCo, LGreCoLink bool
+	LGreCoAdjust       int
+	LGreCoAlpha        float64
 }
 
 // simEnv is what all methods of a run share.
@@ -63,6 +67,7 @@ func defaultSimOptions() simOptions {
 		Workers: 8, Batch: 32, Steps: 300, Seed: 1, Workload: "mnist", Split: "iid",
 		Methods: "default", Out: "slimgrad-out", Target: 0.9, EvalEvery: 50, EvalSamples: 2000,
 		Progress: "auto", Log: "warn", JSONL: true, Plots: true, Exchange: "sim", FLOPS: train.DefaultFLOPS,
+		LGreCoAdjust: 50,
 	}
 }
 
@@ -97,6 +102,10 @@ func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
 	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data (cheap for thousands of workers): bytes and step time only")
 	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
+	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "also run L-GreCo (per-layer levels under the uniform default's error budget, minimising bytes) after each method whose codec has levels (topk, dgc, randomk, qsgd, powersgd), and compare")
+	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "also run L-GreCo with the link-aware objective: the simulated time of each layer's collective on the topology")
+	fs.IntVar(&o.LGreCoAdjust, "lgreco-adjust", o.LGreCoAdjust, "steps between L-GreCo decisions (the last min(10, adjust) steps are observed)")
+	fs.Float64Var(&o.LGreCoAlpha, "lgreco-alpha", o.LGreCoAlpha, "L-GreCo's error budget as a multiple of the uniform default's error (0: lgreco's default, 1)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -189,7 +198,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 		defer met.Close()
 	}
 	env := &simEnv{}
-	if o.Exchange == "sim" {
+	if o.Exchange == "sim" || o.LGreCoLink {
 		if env.topo, env.topoYAML, err = loadTopology(o.Topology, o.Workers); err != nil {
 			return nil, err
 		}
@@ -270,6 +279,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	}
 	fmt.Fprintln(stdout)
 	writeSummary(stdout, rep, o.Target)
+	writeLGreCoSummary(stdout, rep)
 	for _, run := range rep.Runs {
 		log.Info("final parameters", "method", run.Method.Name, "params", paramsDigest(run.Result.Model.Flat()))
 	}

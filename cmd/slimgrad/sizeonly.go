@@ -12,7 +12,6 @@ import (
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
-	"github.com/slimgrad/slimgrad/workload"
 )
 
 // parseLayers parses a layer list such as "4096x4096,4096,1000x4096": matrices
@@ -37,39 +36,27 @@ func parseLayers(spec string) ([]train.Layer, error) {
 	return out, nil
 }
 
-// modelUnits returns the units of the workload's model without loading data.
-func modelUnits(o simOptions, flat bool) ([]train.Layer, error) {
+// modelUnits returns the units of the workload's model without loading data,
+// and the work of one sample's forward and backward pass (train.TrainFLOPs:
+// the model's own count; with --layers, which has no model, 6 FLOP per
+// parameter, the dense-matrix count).
+func modelUnits(o simOptions, flat bool) ([]train.Layer, float64, error) {
 	if o.Layers != "" {
 		ls, err := parseLayers(o.Layers)
-		if err != nil || !flat {
-			return ls, err
-		}
 		n := 0
 		for _, l := range ls {
 			n += l.Size
 		}
-		return []train.Layer{{Name: "model", Shape: []int{n}, Size: n}}, nil
-	}
-	if o.Workload == "mnist-cnn" {
-		m, err := workload.NewCNN(8, 10, o.Seed)
-		if err != nil {
-			return nil, err
+		if err != nil || !flat {
+			return ls, 6 * float64(n), err
 		}
-		return train.Units(m, flat), nil
+		return []train.Layer{{Name: "model", Shape: []int{n}, Size: n}}, 6 * float64(n), nil
 	}
-	sizes := map[string][]int{"mnist": {784, 256, 10}, "logistic": {workload.DefaultSynthetic().Dim, 2}, "leastsquares": {workload.DefaultSynthetic().Dim, 1}}[o.Workload]
-	if sizes == nil {
-		return nil, fmt.Errorf("unknown workload %q (want one of %v)", o.Workload, train.Workloads)
-	}
-	loss := workload.CrossEntropy
-	if o.Workload == "leastsquares" {
-		loss = workload.Squared
-	}
-	m, err := workload.NewMLP(sizes, loss, o.Seed)
+	m, err := train.NewModel(o.Workload, o.Seed)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return train.Units(m, flat), nil
+	return train.Units(m, flat), train.TrainFLOPs(m), nil
 }
 
 // runSizeOnly simulates one steady-state step per method without data: the
@@ -81,11 +68,14 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 	fmt.Fprintf(tw, "method\tparameters\twire bytes/step\tdense-ring bytes/step\tsaved\tstep time\tdense-ring step\tspeed-up\tcodec\tcomm\t\n")
 	baselines := map[string]time.Duration{}
 	for _, m := range methods {
+		if m.LGreCo != "" {
+			continue // L-GreCo decides from gradients: it needs a training run
+		}
 		spec, err := parseOptim(m.Optim, o.Steps)
 		if err != nil {
 			return fmt.Errorf("method %s: %w", m.Name, err)
 		}
-		units, err := modelUnits(o, spec.Flat)
+		units, flops, err := modelUnits(o, spec.Flat)
 		if err != nil {
 			return err
 		}
@@ -102,7 +92,7 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 		cfg := train.SimConfig{
 			Topology: env.topo,
 			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress},
-			GradFLOP: 6 * float64(params) * float64(o.Batch),
+			GradFLOP: flops * float64(o.Batch),
 			FLOPS:    o.FLOPS,
 		}
 		st, err := train.SizeOnly(ctx, o.Workers, units, m.plan(o.Steps, o.Seed), how, cfg)
