@@ -32,17 +32,17 @@ nodes:
     latency: 50us
 `
 
-// simCost times one layer's collective alone on the topology (size-only,
-// network only), as the simulator-backed CostFunc of package sim would.
-type simCost struct {
+// stepSim simulates the collectives of a whole choice together, as one step
+// (size-only, network only), to check the per-layer objective against the
+// step it stands for.
+type stepSim struct {
 	t      *testing.T
 	topo   *sim.Topology
 	world  int
 	layers []lgreco.Layer
-	cache  map[string]float64
 }
 
-func (s *simCost) collective(l int, c lgreco.Candidate) sim.Collective {
+func (s *stepSim) collective(l int, c lgreco.Candidate) sim.Collective {
 	alg, p, ok := lgreco.Scheme(s.world, s.layers[l].Rows, s.layers[l].Cols, c)
 	if !ok {
 		s.t.Fatalf("no scheme for %s", c.Recipe)
@@ -54,21 +54,8 @@ func (s *simCost) collective(l int, c lgreco.Candidate) sim.Collective {
 	return sim.Collective{Name: s.layers[l].Name + "/" + c.Recipe.String(), Programs: progs}
 }
 
-func (s *simCost) cost(l int, c lgreco.Candidate) float64 {
-	key := s.layers[l].Name + "/" + c.Recipe.String()
-	if v, ok := s.cache[key]; ok {
-		return v
-	}
-	res, err := sim.Run(context.Background(), s.topo, []sim.Collective{s.collective(l, c)}, &sim.Options{FreeCompute: true})
-	if err != nil {
-		s.t.Fatalf("%s: %v", key, err)
-	}
-	s.cache[key] = res.Time
-	return res.Time
-}
-
 // step simulates all layers' collectives of a choice together, as one step.
-func (s *simCost) step(p *lgreco.Plan, choice []int) float64 {
+func (s *stepSim) step(p *lgreco.Plan, choice []int) float64 {
 	var colls []sim.Collective
 	for l, k := range choice {
 		colls = append(colls, s.collective(l, p.Candidates(l)[k]))
@@ -139,12 +126,16 @@ func TestLinkAwareBeatsBytes(t *testing.T) {
 		}
 		grads = append(grads, gradient(rng, sh[0], sh[1], 4, spikes))
 	}
-	sc := &simCost{t: t, topo: topo, world: world, layers: layers, cache: map[string]float64{}}
+	sc := &stepSim{t: t, topo: topo, world: world, layers: layers}
+	linkCost, err := sim.LinkCost(topo, world, layers, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	bytePlan, err := lgreco.NewPlan(layers)
 	if err != nil {
 		t.Fatal(err)
 	}
-	timePlan, err := lgreco.NewPlan(layers, lgreco.WithCost(sc.cost))
+	timePlan, err := lgreco.NewPlan(layers, lgreco.WithCost(linkCost))
 	if err != nil {
 		t.Fatal(err)
 	}
