@@ -468,7 +468,10 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 		st.WireBytes += l.WireBytes
 		st.DenseBytes += l.DenseBytes
 	}
-	st.Recipes = s.Recipes()
+	st.Recipes = make([]string, len(s.units))
+	for u := range s.units {
+		st.Recipes[u] = ls[u][0].Compressor().String()
+	}
 	st.GradTime = s.gradTime
 	st.StepTime = seconds(res.Time)
 	st.CodecTime = seconds(res.Compress)

@@ -75,6 +75,15 @@ func modeFor(how []optim.Exchange) (worker.Mode, error) {
 func statsOf(leds []*worker.Ledger, units int) Stats {
 	st := Stats{Layers: make([]LayerStats, units)}
 	var codec, comm time.Duration
+	if len(leds) > 0 && leds[0] != nil {
+		// The codecs this step ran with (Worker.Recipes may already be the
+		// next step's, after an L-GreCo boundary).
+		for i, ll := range leds[0].Layers {
+			if i < units {
+				st.Recipes = append(st.Recipes, ll.Codec)
+			}
+		}
+	}
 	for _, l := range leds {
 		for i, ll := range l.Layers {
 			if i < units {
@@ -179,9 +188,7 @@ func (x *Workers) Exchange(ctx context.Context, step int, how []optim.Exchange, 
 			return Stats{}, fmt.Errorf("train: worker %d step %d: %w", r, step, err)
 		}
 	}
-	st := statsOf(x.leds, len(x.units))
-	st.Recipes = x.ws[0].Recipes()
-	return st, nil
+	return statsOf(x.leds, len(x.units)), nil
 }
 
 var _ Exchanger = (*Workers)(nil)
