@@ -129,7 +129,7 @@ func BenchmarkPowerSGD(b *testing.B) {
 // schemes: one rank's frame scatter-added into the 25M-element sum.
 func BenchmarkDecompressAdd(b *testing.B) {
 	x := benchInput()
-	for _, r := range []string{"topk:0.001", "randomk:0.001", "sign", "qsgd:4", "fp16"} {
+	for _, r := range []string{"topk:0.001", "randomk:0.001", "sign", "qsgd:4", "fp16", "topk:0.01+kmeans:16+zstd", "lossless"} {
 		b.Run("codec="+r+"/n=25M", func(b *testing.B) {
 			c, err := New(r, len(x))
 			if err != nil {
