@@ -21,9 +21,9 @@ import (
 //	12 n        uint32 element count of the layer
 //	16 aux      uint64 (randomk: step; powersgd: rows<<32 | cols; k-means:
 //	                    K<<32 | c, K the recipe's centroids, c those sent;
-//	                    else 0)
+//	                    lossless: layout, 0 dense or 1 zero elision; else 0)
 //	24 count    uint32 (sparse codecs: pairs/values sent; powersgd: the
-//	                    effective rank; else 0)
+//	                    effective rank; lossless: elided elements; else 0)
 //	28 rawLen   uint32 body length before the zstd stage
 //	32 bodyLen  uint32 body length as sent
 //	36 body     [bodyLen]byte
@@ -45,8 +45,10 @@ import (
 //	           the indices as for topk/dgc, then c float32 centroids
 //	           (increasing), then count cluster ids of w = bits.Len(c-1) bits,
 //	           LSB-first, zero padding (see kmeans.go)
-//	lossless   n little-endian 24-bit words mantissa | sign<<23, then the
-//	           exponent section (see lossless.go)
+//	lossless   little-endian 24-bit words mantissa | sign<<23 of the n
+//	           elements (aux 0) or of those with a nonzero exponent (aux 1,
+//	           count = z elided), then the exponent section, then (aux 1)
+//	           the section of the 3z elided word bytes (see Lossless)
 const (
 	WireVersion   = 1
 	headerLen     = 36
