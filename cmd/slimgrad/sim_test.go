@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/slimgrad/slimgrad/workload"
 )
 
 // readCSV returns the rows of path as maps keyed by the header.
@@ -157,7 +159,8 @@ func TestExchangersAgree(t *testing.T) {
 	digests := map[string][]string{}
 	for _, ex := range []string{"sim", "mem"} {
 		o := simOptionsFor(t, []string{"--workload", "logistic", "--workers", "4", "--steps", "25", "--eval-every", "0",
-			"--methods", "econtrol,onebitadam", "--exchange", ex, "--out", "", "--progress", "off"})
+			"--methods", "econtrol,onebitadam", "--exchange", ex, "--out", "", "--progress", "off",
+			"--lgreco", "--lgreco-link-aware", "--lgreco-adjust", "5"})
 		rep, err := runSim(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
 		if err != nil {
 			t.Fatalf("--exchange %s: %v", ex, err)
@@ -165,6 +168,9 @@ func TestExchangersAgree(t *testing.T) {
 		for _, run := range rep.Runs {
 			digests[run.Method.Name] = append(digests[run.Method.Name], paramsDigest(run.Result.Model.Flat()))
 		}
+	}
+	if len(digests["econtrol+lgreco"]) != 2 || len(digests["econtrol+lgreco-link"]) != 2 {
+		t.Errorf("L-GreCo runs missing: %v", digests)
 	}
 	for m, d := range digests {
 		if d[0] != d[1] {
@@ -217,5 +223,53 @@ func TestSimSizeOnly(t *testing.T) {
 	}
 	if code := run(context.Background(), []string{"sim", "--size-only", "--layers", "12xq", "--out", ""}, &stdout, &stdout); code != 1 {
 		t.Errorf("bad --layers: exit %d", code)
+	}
+}
+
+// TestSimLGreCo runs `slimgrad sim --lgreco --lgreco-link-aware` on a small
+// MNIST MLP: the CSV holds the uniform run and both L-GreCo runs with their
+// per-step recipes, L-GreCo changes the per-layer levels during the run,
+// and the summary compares each L-GreCo run with the uniform default.
+func TestSimLGreCo(t *testing.T) {
+	if _, err := workload.MNISTDir(""); err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	args := []string{"sim", "--workload", "mnist-mlp:784-32-16-10", "--workers", "4", "--steps", "16", "--eval-every", "0",
+		"--eval-samples", "200", "--methods", "topk-ef14", "--lgreco", "--lgreco-link-aware", "--lgreco-adjust", "5",
+		"--plots=false", "--out", dir, "--progress", "off"}
+	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"L-GreCo vs the uniform default", "topk-ef14+lgreco ", "topk-ef14+lgreco-link"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	rows := readCSV(t, filepath.Join(dir, "steps.csv"))
+	hashes := map[string]map[string]bool{}
+	for _, r := range rows {
+		m := r["method"]
+		if hashes[m] == nil {
+			hashes[m] = map[string]bool{}
+		}
+		if r["recipes"] == "" || r["recipe_hash"] == "" {
+			t.Fatalf("%s step %s: no recipes", m, r["step"])
+		}
+		if n := len(strings.Fields(r["recipes"])); n != 6 {
+			t.Errorf("%s step %s: %d recipes for 6 tensors: %q", m, r["step"], n, r["recipes"])
+		}
+		hashes[m][r["recipe_hash"]] = true
+	}
+	if len(hashes) != 3 {
+		t.Fatalf("methods in the CSV: %v", hashes)
+	}
+	if n := len(hashes["topk-ef14"]); n != 1 {
+		t.Errorf("the uniform run has %d layouts", n)
+	}
+	if n := len(hashes["topk-ef14+lgreco"]); n < 2 {
+		t.Errorf("L-GreCo never changed the levels (%d layouts)", n)
 	}
 }
