@@ -26,6 +26,8 @@ const (
 	flagHelloAck  uint8 = 2
 	flagHeartbeat uint8 = 3
 	flagCredit    uint8 = 4
+	flagLarge     uint8 = 5 // a message in pieces: 8-byte total length, then its pieces
+	flagPiece     uint8 = 6 // one piece of a large message (same tag)
 )
 
 // Conn is one rank's endpoint of a group connected over libp2p. It
@@ -311,17 +313,20 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, func() { s.Reset() })
 	}
-	if len(b) <= coalesceMax {
+	switch {
+	case len(b) <= coalesceMax:
 		// One write, so one yamux frame (and one Noise message and
 		// system call) for header and payload.
 		l.wbuf = transport.AppendFrame(l.wbuf[:0], flagData, tag, b)
 		_, err = s.Write(l.wbuf)
-	} else {
+	case len(b) <= pieceMax:
 		transport.PutFrameHeader(l.hdr[:], flagData, tag, b)
 		_, err = s.Write(l.hdr[:])
 		if err == nil {
 			_, err = s.Write(b)
 		}
+	default:
+		err = l.writePieces(s, tag, b)
 	}
 	l.lastWrite.Store(time.Now().UnixNano())
 	if stop != nil && !stop() {
@@ -338,8 +343,61 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	}
 	l.sentMsgs.Add(1)
 	l.sentPayload.Add(int64(len(b)))
-	l.sentWire.Add(cost)
+	l.sentWire.Add(wireBytes(len(b)))
 	return nil
+}
+
+// writePieces writes a message above pieceMax as a flagLarge frame (its
+// total length) followed by flagPiece frames of at most pieceMax bytes.
+// Each piece is copied into the link's buffer and checksummed in the same
+// pass, while in cache, and written with its header in one Write: the
+// message is read from memory once (a single frame would need its checksum
+// over the whole message first, a second pass that misses the cache).
+// The caller holds l.wsem.
+func (l *link) writePieces(s network.Stream, tag uint64, b []byte) error {
+	const h = transport.FrameHeaderLen
+	if cap(l.wbuf) < largeHdrLen+h+pieceMax {
+		l.wbuf = make([]byte, 0, largeHdrLen+h+pieceMax)
+	}
+	w := l.wbuf[:largeHdrLen]
+	binary.LittleEndian.PutUint64(w[h:], uint64(len(b)))
+	transport.PutFrameHeader(w, flagLarge, tag, w[h:])
+	for off := 0; off < len(b); {
+		n := min(pieceMax, len(b)-off)
+		start := len(w)
+		w = w[:start+h+n]
+		crc := copySum(w[start+h:], b[off:off+n])
+		transport.PutFrameHeaderSum(w[start:], flagPiece, tag, n, crc)
+		if _, err := s.Write(w); err != nil {
+			return err
+		}
+		off += n
+		w = w[:0]
+	}
+	return nil
+}
+
+// copySum copies src into dst and returns its CRC-32C, block by block so
+// that each block is checksummed while in cache.
+func copySum(dst, src []byte) uint32 {
+	var crc uint32
+	for off := 0; off < len(src); off += sumBlock {
+		end := min(off+sumBlock, len(src))
+		d := dst[off:end]
+		copy(d, src[off:end])
+		crc = transport.UpdateChecksum(crc, d)
+	}
+	return crc
+}
+
+// wireBytes is what a message of n payload bytes takes on the stream:
+// one frame, or a flagLarge frame and one frame per piece.
+func wireBytes(n int) int64 {
+	if n <= pieceMax {
+		return int64(n) + transport.FrameHeaderLen
+	}
+	pieces := (n + pieceMax - 1) / pieceMax
+	return int64(n) + largeHdrLen + int64(pieces)*transport.FrameHeaderLen
 }
 
 // Recv returns the next message from peer with tag, in the order the peer
@@ -382,7 +440,7 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 			l.mu.Unlock()
 			l.recvMsgs.Add(1)
 			l.recvPayload.Add(int64(len(m)))
-			l.recvWire.Add(cost)
+			l.recvWire.Add(wireBytes(len(m)))
 			if credit > 0 && !failed {
 				l.sendCredit(credit)
 			}
@@ -420,8 +478,9 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 }
 
 // Stats returns the byte counters per peer. Payload counts message bytes;
-// Wire adds the 24-byte frame header per message (heartbeats, credits and
-// handshakes are not counted). Received bytes are counted when Recv returns
+// Wire adds the frame headers: 24 bytes for a message up to 1 MiB, and for
+// a larger one 32 bytes plus 24 per piece of at most 1 MiB (heartbeats,
+// credits and handshakes are not counted). Received bytes are counted when Recv returns
 // them.
 func (c *Conn) Stats() transport.Stats {
 	s := transport.Stats{
@@ -797,6 +856,7 @@ func (l *link) readLoop(s network.Stream) {
 			l.fail(err)
 			return
 		}
+		size := int64(h.Len)
 		switch h.Flags {
 		case flagHeartbeat:
 			if h.Len != 0 {
@@ -805,11 +865,31 @@ func (l *link) readLoop(s network.Stream) {
 			}
 			continue
 		case flagData:
+		case flagLarge:
+			var tb [8]byte
+			if h.Len != 8 {
+				l.fail(fmt.Errorf("%w: large-message frame with %d bytes", transport.ErrBadFrame, h.Len))
+				return
+			}
+			if _, err := io.ReadFull(r, tb[:]); err != nil {
+				l.readFailed(err)
+				return
+			}
+			if err := h.VerifyPayload(tb[:]); err != nil {
+				l.fail(err)
+				return
+			}
+			size = int64(binary.LittleEndian.Uint64(tb[:]))
+			if size <= pieceMax || size > int64(c.opts.MaxFrame) {
+				l.fail(fmt.Errorf("%w: large message of %d bytes (pieces above %d, limit %d)",
+					transport.ErrTooLarge, size, pieceMax, c.opts.MaxFrame))
+				return
+			}
 		default:
 			l.fail(fmt.Errorf("%w: unexpected flags %d on a data stream", transport.ErrBadFrame, h.Flags))
 			return
 		}
-		cost := int64(h.Len) + transport.FrameHeaderLen
+		cost := size + transport.FrameHeaderLen
 		l.mu.Lock()
 		used := l.buffered + l.creditPending
 		l.mu.Unlock()
@@ -817,19 +897,18 @@ func (l *link) readLoop(s network.Stream) {
 			l.fail(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered))
 			return
 		}
-		p := make([]byte, h.Len)
-		crc, err := readPayload(r, p)
-		if err != nil {
-			if !c.isClosed() {
-				if err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
-				l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
+		p := make([]byte, size)
+		if h.Flags == flagData {
+			crc, err := readPayload(r, p)
+			if err != nil {
+				l.readFailed(err)
+				return
 			}
-			return
-		}
-		if crc != h.CRC {
-			l.fail(fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag))
+			if crc != h.CRC {
+				l.fail(fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag))
+				return
+			}
+		} else if !l.readPieces(r, h.Tag, p) {
 			return
 		}
 		l.mu.Lock()
@@ -857,6 +936,13 @@ const (
 	// their header in one Write (a copy into the link's buffer); larger
 	// ones are written in place, after the header.
 	coalesceMax = 64 << 10
+	// pieceMax: a message above it is sent in pieces of at most this
+	// size (see writePieces), each checksummed and copied while in cache.
+	pieceMax = 1 << 20
+	// largeHdrLen is the flagLarge frame: a header and the total length.
+	largeHdrLen = transport.FrameHeaderLen + 8
+	// sumBlock is the block copySum copies and then checksums (in L1/L2).
+	sumBlock = 32 << 10
 )
 
 // readPayload fills p from r and returns the CRC-32C of p (the frame
@@ -874,6 +960,51 @@ func readPayload(r io.Reader, p []byte) (uint32, error) {
 		}
 	}
 	return crc, nil
+}
+
+// readPieces reads the pieces of a large message with tag into p; on
+// failure it fails the link and returns false.
+func (l *link) readPieces(r io.Reader, tag uint64, p []byte) bool {
+	var hb [transport.FrameHeaderLen]byte
+	for off := 0; off < len(p); {
+		if _, err := io.ReadFull(r, hb[:]); err != nil {
+			l.readFailed(err)
+			return false
+		}
+		h, err := transport.ParseFrameHeader(hb[:], pieceMax)
+		if err != nil {
+			l.fail(err)
+			return false
+		}
+		if h.Flags != flagPiece || h.Tag != tag || h.Len == 0 || int(h.Len) > len(p)-off {
+			l.fail(fmt.Errorf("%w: piece (flags %d, tag %d, %d bytes) at %d of a %d-byte message on tag %d",
+				transport.ErrBadFrame, h.Flags, h.Tag, h.Len, off, len(p), tag))
+			return false
+		}
+		crc, err := readPayload(r, p[off:off+int(h.Len)])
+		if err != nil {
+			l.readFailed(err)
+			return false
+		}
+		if crc != h.CRC {
+			l.fail(fmt.Errorf("%w: payload checksum mismatch (tag %d, piece at %d)", transport.ErrBadFrame, tag, off))
+			return false
+		}
+		off += int(h.Len)
+	}
+	return true
+}
+
+// readFailed fails the link after a read error inside a frame (unless we
+// are closing).
+func (l *link) readFailed(err error) {
+	if l.c.isClosed() {
+		return
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
 }
 
 // creditLoop reads credits from the peer on the outgoing stream. It ends

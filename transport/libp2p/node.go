@@ -40,7 +40,11 @@
 // stops every goroutine it started.
 //
 // Frame flags used on the wire (frame.go leaves them to implementations):
-// 0 data, 1 hello, 2 hello acknowledgement, 3 heartbeat, 4 credit.
+// 0 data, 1 hello, 2 hello acknowledgement, 3 heartbeat, 4 credit, 5 large
+// message (its 8-byte length; the message follows in pieces), 6 piece. A
+// message above 1 MiB is sent as a large-message frame and pieces of at most
+// 1 MiB with the same tag, each with its own checksum; the receiver checks
+// the total against MaxFrame and the credit before it allocates anything.
 package libp2p
 
 import (
