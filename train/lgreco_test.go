@@ -162,3 +162,36 @@ func TestSimWarmupThenLGreCo(t *testing.T) {
 		t.Errorf("%d distinct consecutive layouts (warm-up stages, then L-GreCo): %v", len(seen), seen)
 	}
 }
+
+// TestSimRecipePerCollective: compute costs follow each layer's own recipe:
+// a recipe-qualified calibration key slows the layers that run that codec,
+// with no Options.Recipe set, and L-GreCo's levels pick their own keys.
+func TestSimRecipePerCollective(t *testing.T) {
+	ctx := context.Background()
+	const n = 2
+	topo := sim.Homogeneous(n, sim.Gbps, time.Microsecond)
+	plan := Plan{Compress: "topk:0.05", EF: "ef14", Seed: 1}
+	codec := func(cal *sim.Calibration) time.Duration {
+		sx, err := NewSim(ctx, n, lgUnits, plan, SimConfig{Topology: topo, Options: &sim.Options{Calibration: cal}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, out := skewed(rand.New(rand.NewPCG(1, 1)), n)
+		st, err := sx.Exchange(ctx, 0, hows(optim.Mean, len(lgUnits)), in, out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.CodecTime
+	}
+	slow := sim.DefaultCalibration()
+	slow.Throughput["encode/topk:0.05"] = 1e6 // 4 µs per element
+	other := sim.DefaultCalibration()
+	other.Throughput["encode/topk:0.5"] = 1e6
+	base, s, o := codec(sim.DefaultCalibration()), codec(slow), codec(other)
+	if s < base+time.Millisecond {
+		t.Errorf("encode/topk:0.05 at 1 MB/s: codec time %v, default %v", s, base)
+	}
+	if o != base {
+		t.Errorf("a key of another recipe changed the codec time: %v, default %v", o, base)
+	}
+}

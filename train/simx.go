@@ -444,7 +444,7 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 		}); err != nil {
 			return Stats{}, err
 		}
-		s.colls = append(s.colls, sim.Collective{Name: unit.Name, Programs: progs, Executors: execs, Start: start})
+		s.colls = append(s.colls, collective(unit, ls[u][0], progs, execs, start))
 	}
 	res, err := sim.Run(ctx, s.cfg.Topology, s.colls, s.options())
 	if err != nil {
@@ -480,6 +480,20 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 	st.CommTime = max(0, seconds(res.Communicate)-s.gradTime)
 	st.BaselineTime = s.baseline
 	return st, nil
+}
+
+// collective is the simulated collective of unit as rank 0's layer l runs
+// it: its recipe (per layer and step, so recipe-qualified calibration keys
+// and the fp16/bf16 hop codec follow warm-up and L-GreCo, and dense layers
+// of a compressed plan are not charged the plan's codec) and, for an
+// element-wise codec under error feedback, the encode and decode that Begin
+// runs before the program (data ← D(EF(data))) as the prologue.
+func collective(unit Layer, l *adapt.Layer, progs []*allreduce.Program, execs []allreduce.Executor, start float64) sim.Collective {
+	c := sim.Collective{Name: unit.Name, Programs: progs, Executors: execs, Start: start, Recipe: l.Compressor().String()}
+	if l.Aggregation() == compressors.Reduce && l.Feedback() != nil {
+		c.Prologue = sim.Prologue{Fn: allreduce.FnEncode, Elems: int64(unit.Size)}
+	}
+	return c
 }
 
 // aheadExec is an executor whose compute ops in pre already ran (runAhead):

@@ -91,7 +91,18 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 		if err != nil {
 			return Stats{}, fmt.Errorf("train: %s for %s: %w", alg, unit.Name, err)
 		}
-		colls = append(colls, sim.Collective{Name: unit.Name, Programs: progs, Start: start})
+		c := sim.Collective{Name: unit.Name, Programs: progs, Start: start, Recipe: r.String()}
+		switch {
+		case how[u] == optim.DenseMean:
+			c.Recipe = "none"
+		case how[u] == optim.TwoPhaseSign:
+			c.Recipe = "sign"
+		case r.Aggregation() == compressors.Reduce && plan.efRecipe() != "none":
+			// Error feedback's encode and decode before the program, as
+			// Sim charges it.
+			c.Prologue = sim.Prologue{Fn: allreduce.FnEncode, Elems: int64(unit.Size)}
+		}
+		colls = append(colls, c)
 		st.Layers[u] = LayerStats{PayloadBytes: int64(n) * payload, DenseBytes: DenseRingBytes(n, unit.Size)}
 	}
 	res, err := sim.Run(ctx, cfg.Topology, colls, s.options())
