@@ -170,6 +170,12 @@ func BenchmarkLossless(b *testing.B) {
 		}
 		benchLossless(b, z)
 	})
+	b.Run("input=bf16", func(b *testing.B) {
+		x := benchInput()
+		z := make([]float32, len(x))
+		BF16.DecodeElems(z, BF16.EncodeElems(nil, x)) // bf16-rounded, held in fp32
+		benchLossless(b, z)
+	})
 }
 
 func benchLossless(b *testing.B, x []float32) {

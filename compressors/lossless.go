@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"math"
 
 	"github.com/klauspost/compress/huff0"
 
@@ -30,11 +31,16 @@ import (
 // taken out of the raw stream and sent as a separate byte section coded
 // like the exponents, so that a zero costs about its exponent code.
 //
-// Header: count is the number z of elided elements, aux 0 (dense layout)
-// or 1 (zero elision). Body (little-endian): the 24-bit words of the n
-// elements (dense) or of the n−z elements with a nonzero exponent
-// (elision), then the exponent section (n bytes), then with elision the
-// section of the 3z bytes of the elided words. A section is a mode byte,
+// bfloat16 held in float32: when the low 16 bits of every float of the
+// layer are zero (bf16 values widened to fp32, e.g. after a bf16 backward
+// pass), the words shrink to one byte, mantissa>>16 | sign<<7, and a float
+// costs about 8 bits plus its exponent code (DFloat11's setting).
+//
+// Header: count is the number z of elided elements, aux the layout bits:
+// 1 zero elision, 2 bf16 words. Body (little-endian): the words (3 bytes,
+// or 1 with bf16) of the n elements or, with elision, of the n−z elements
+// with a nonzero exponent, then the exponent section (n bytes), then with
+// elision the section of the elided words. A section is a mode byte,
 // then for mode 0 (raw) its bytes, for mode 2 (blocks) ceil(len/
 // LosslessBlock) blocks, each a uint32 kind<<30 | length (kind 0 raw, 1
 // one value, 2 huff0 table and 4X stream) and its length bytes.
@@ -71,10 +77,10 @@ const (
 	expHuff   = 2 // block: huff0 4X stream with its table
 )
 
-// Layouts (header aux).
+// Layout bits (header aux).
 const (
-	layoutDense  = 0
-	layoutElided = 1
+	layoutElided = 1 // words of zero exponents in their own section
+	layoutBF16   = 2 // the low 16 bits of every float are zero: 1-byte words
 )
 
 func newLossless(r Recipe, n int) *Lossless {
@@ -94,11 +100,23 @@ func (l *Lossless) scratch() []byte {
 	return l.exp[:l.n]
 }
 
-func (l *Lossless) zwords(z int) []byte {
-	if cap(l.zw) < 3*z {
+func (l *Lossless) zwords(nb int) []byte {
+	if cap(l.zw) < nb {
 		l.zw = make([]byte, 3*l.n)
 	}
-	return l.zw[:3*z]
+	return l.zw[:nb]
+}
+
+// bf16Held reports whether every float of src has zero low 16 bits (a
+// bfloat16 value held in float32). It stops at the first that does not,
+// which for fp32 data is almost always the first.
+func bf16Held(src []float32) bool {
+	for _, v := range src {
+		if math.Float32bits(v)&0xffff != 0 {
+			return false
+		}
+	}
+	return len(src) > 0
 }
 
 // losslessChunk is the number of elements split before the checksum and
@@ -116,8 +134,12 @@ func (l *Lossless) Compress(dst []byte, src []float32) ([]byte, error) {
 	if need := headerLen + losslessMaxBody(n) + trailerLen; cap(dst) < need {
 		dst = make([]byte, headerLen, need)
 	}
+	layout, wb := 0, 3 // bytes per word
+	if bf16Held(src) {
+		layout, wb = layoutBF16, 1
+	}
 	var words []byte
-	dst, words = grow(dst, 3*n)
+	dst, words = grow(dst, wb*n)
 	// Split, checksum and count zero exponents chunk by chunk; the checksum
 	// of the header (whose lengths are known only at the end) is combined
 	// in afterwards.
@@ -125,15 +147,18 @@ func (l *Lossless) Compress(dst []byte, src []float32) ([]byte, error) {
 	z := 0
 	for lo := 0; lo < n; lo += losslessChunk {
 		hi := min(lo+losslessChunk, n)
-		kernels.SplitFloat32(words[3*lo:3*hi], exp[lo:hi], src[lo:hi])
-		crc = crc32.Update(crc, castagnoli, words[3*lo:3*hi])
+		if wb == 1 {
+			kernels.SplitBF16Words(words[lo:hi], exp[lo:hi], src[lo:hi])
+		} else {
+			kernels.SplitFloat32(words[3*lo:3*hi], exp[lo:hi], src[lo:hi])
+		}
+		crc = crc32.Update(crc, castagnoli, words[wb*lo:wb*hi])
 		z += bytes.Count(exp[lo:hi], zeroByte)
 	}
-	layout := layoutDense
 	var zw []byte
 	if z > 0 && z >= n/16 {
-		layout = layoutElided
-		zw = l.zwords(z)
+		layout |= layoutElided
+		zw = l.zwords(wb * z)
 		// Move the words of zero exponents out, compacting the rest in place.
 		w, zi := 0, 0
 		for i := 0; i < n; {
@@ -141,20 +166,20 @@ func (l *Lossless) Compress(dst []byte, src []float32) ([]byte, error) {
 			if j < 0 {
 				j = n - i
 			}
-			copy(words[3*w:], words[3*i:3*(i+j)])
+			copy(words[wb*w:], words[wb*i:wb*(i+j)])
 			w += j
 			i += j
 			r := zeroRun(exp[i:])
-			copy(zw[3*zi:], words[3*i:3*(i+r)])
+			copy(zw[wb*zi:], words[wb*i:wb*(i+r)])
 			zi += r
 			i += r
 		}
-		dst = dst[:headerLen+3*w]
+		dst = dst[:headerLen+wb*w]
 		crc = crc32.Checksum(dst[headerLen:], castagnoli)
 	}
 	secStart := len(dst)
 	dst = l.appendSection(dst, exp)
-	if layout == layoutElided {
+	if layout&layoutElided != 0 {
 		dst = l.appendSection(dst, zw)
 	} else {
 		z = 0
@@ -268,9 +293,10 @@ func (l *Lossless) readSection(sec []byte, want int, out []byte, what string) (d
 	return out, rest, nil
 }
 
-// decoded is a validated lossless frame.
+// losslessFrame is a validated lossless frame.
 type losslessFrame struct {
-	words, exp, zw []byte // zw: elided words, nil for the dense layout
+	words, exp, zw []byte // zw: elided words, nil without elision
+	wb             int    // bytes per word: 3, or 1 for the bf16 layout
 }
 
 // decode validates payload completely without touching dst.
@@ -285,17 +311,20 @@ func (l *Lossless) decode(dst []float32, payload []byte) (losslessFrame, error) 
 		return f, err
 	}
 	z := int(h.Count)
-	switch {
-	case h.Aux == layoutDense && z == 0:
-	case h.Aux == layoutElided && z > 0 && z <= n:
-	default:
+	elided := h.Aux&layoutElided != 0
+	if h.Aux&^(layoutElided|layoutBF16) != 0 || elided != (z > 0) || z > n || (h.Aux&layoutBF16 != 0 && n == 0) {
 		return f, fmt.Errorf("%w: lossless layout %d with %d elided elements", ErrCorrupt, h.Aux, z)
 	}
-	if len(body) < 3*(n-z) {
+	f.wb = 3
+	if h.Aux&layoutBF16 != 0 {
+		f.wb = 1
+	}
+	wb := f.wb
+	if len(body) < wb*(n-z) {
 		return f, fmt.Errorf("%w: lossless body of %d bytes for %d words", ErrCorrupt, len(body), n-z)
 	}
-	f.words = body[:3*(n-z)]
-	rest := body[3*(n-z):]
+	f.words = body[:wb*(n-z)]
+	rest := body[wb*(n-z):]
 	if f.exp, rest, err = l.readSection(rest, n, l.scratch(), "exponent"); err != nil {
 		return f, err
 	}
@@ -303,7 +332,7 @@ func (l *Lossless) decode(dst []float32, payload []byte) (losslessFrame, error) 
 		if c := bytes.Count(f.exp, zeroByte); c != z {
 			return f, fmt.Errorf("%w: %d zero exponents, header says %d elided", ErrCorrupt, c, z)
 		}
-		if f.zw, rest, err = l.readSection(rest, 3*z, l.zwords(z), "elided word"); err != nil {
+		if f.zw, rest, err = l.readSection(rest, wb*z, l.zwords(wb*z), "elided word"); err != nil {
 			return f, err
 		}
 	}
@@ -325,17 +354,14 @@ func fill(b []byte, v byte) {
 }
 
 // merge writes or adds the frame's floats into dst: runs of nonzero
-// exponents through the vector kernel, elided elements one by one.
+// exponents, then runs of zero exponents (whose words are consecutive in
+// zw), each through the split kernels.
 func (f losslessFrame) merge(dst []float32, add bool) {
 	if f.zw == nil {
-		if add {
-			kernels.MergeAddFloat32(dst, f.words, f.exp)
-		} else {
-			kernels.MergeFloat32(dst, f.words, f.exp)
-		}
+		f.run(dst, f.words, f.exp, add)
 		return
 	}
-	n := len(dst)
+	n, wb := len(dst), f.wb
 	exp, words, zw := f.exp[:n], f.words, f.zw
 	w, zi := 0, 0
 	for i := 0; i < n; {
@@ -344,24 +370,27 @@ func (f losslessFrame) merge(dst []float32, add bool) {
 			j = n - i
 		}
 		if j > 0 {
-			if add {
-				kernels.MergeAddFloat32(dst[i:i+j], words[3*w:3*(w+j)], exp[i:i+j])
-			} else {
-				kernels.MergeFloat32(dst[i:i+j], words[3*w:3*(w+j)], exp[i:i+j])
-			}
+			f.run(dst[i:i+j], words[wb*w:wb*(w+j)], exp[i:i+j], add)
 			w += j
 			i += j
 		}
-		// A run of zero exponents: its words are consecutive in zw.
 		if r := zeroRun(exp[i:]); r > 0 {
-			if add {
-				kernels.MergeAddFloat32(dst[i:i+r], zw[3*zi:3*(zi+r)], exp[i:i+r])
-			} else {
-				kernels.MergeFloat32(dst[i:i+r], zw[3*zi:3*(zi+r)], exp[i:i+r])
-			}
+			f.run(dst[i:i+r], zw[wb*zi:wb*(zi+r)], exp[i:i+r], add)
 			zi += r
 			i += r
 		}
+	}
+}
+
+// run merges one run of elements.
+func (f losslessFrame) run(dst []float32, words, exp []byte, add bool) {
+	switch {
+	case f.wb == 1:
+		kernels.MergeBF16Words(dst, words, exp, add)
+	case add:
+		kernels.MergeAddFloat32(dst, words, exp)
+	default:
+		kernels.MergeFloat32(dst, words, exp)
 	}
 }
 

@@ -60,6 +60,16 @@ func TestMNISTRatios(t *testing.T) {
 			comps[ri] = append(comps[ri], c)
 		}
 	}
+	// lossless on the gradient rounded to bfloat16 (held in fp32), against
+	// the 2 bytes per element of bf16 (DFloat11's comparison).
+	llBF16 := make([]compressors.Compressor, len(params))
+	for li, p := range params {
+		if llBF16[li], err = compressors.New("lossless", len(p.Data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var bf16Bytes int64
+	var gb []float32
 	var raw int64
 	var buf []byte
 	var y []float32
@@ -72,6 +82,14 @@ func TestMNISTRatios(t *testing.T) {
 		if step >= from {
 			for li, g := range grads {
 				raw += int64(4 * len(g))
+				gb = append(gb[:0], g...)
+				if err := compressors.BF16.DecodeElems(gb, compressors.BF16.EncodeElems(nil, g)); err != nil {
+					t.Fatal(err)
+				}
+				if buf, err = llBF16[li].Compress(buf, gb); err != nil {
+					t.Fatal(err)
+				}
+				bf16Bytes += int64(len(buf))
 				if cap(y) < len(g) {
 					y = make([]float32, len(g))
 				}
@@ -112,6 +130,8 @@ func TestMNISTRatios(t *testing.T) {
 		t.Logf("%-26s %10d bytes  %6.3f of fp32  %7.2fx smaller than topk:0.01  rel.err %.4f",
 			r, s.bytes, float64(s.bytes)/float64(raw), float64(topk)/float64(s.bytes), math.Sqrt(s.err2/s.nrm2))
 	}
+
+	t.Logf("%-26s %10d bytes  %6.3f of bf16 (gradients rounded to bf16, held in fp32)", "lossless (bf16 input)", bf16Bytes, float64(bf16Bytes)/float64(raw/2))
 
 	// Throughput on the flat gradient of the last step (203,530 floats),
 	// best of 5 runs of 200 encodes/decodes.

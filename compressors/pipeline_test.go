@@ -20,6 +20,8 @@ func losslessInputs(r *rand.Rand, n int) map[string][]float32 {
 	ones := make([]float32, n)
 	mixed := make([]float32, n)
 	halfzero := make([]float32, n)
+	bf16 := make([]float32, n)
+	bf16specials := []uint32{0, 0x80000000, 0x00010000, 0x807f0000, 0x7f800000, 0xff800000, 0x7fc10000, 0xff810000, 0x7f7f0000}
 	specials := []uint32{
 		0x00000000, 0x80000000, // ±0
 		0x00000001, 0x807fffff, 0x00400000, // subnormals
@@ -35,6 +37,11 @@ func losslessInputs(r *rand.Rand, n int) map[string][]float32 {
 		if i >= min(n, 2*LosslessBlock+17) {
 			mixed[i] = gauss[i]
 		}
+		if r.IntN(50) == 0 {
+			bf16[i] = math.Float32frombits(bf16specials[r.IntN(len(bf16specials))])
+		} else {
+			bf16[i] = math.Float32frombits(math.Float32bits(gauss[i]) &^ 0xffff)
+		}
 		switch r.IntN(8) {
 		case 0, 1, 2:
 			halfzero[i] = 0
@@ -46,7 +53,7 @@ func losslessInputs(r *rand.Rand, n int) map[string][]float32 {
 			halfzero[i] = gauss[i]
 		}
 	}
-	return map[string][]float32{"gauss": gauss, "bits": bitsv, "special": special, "zeros": zeros, "ones": ones, "mixed": mixed, "halfzero": halfzero}
+	return map[string][]float32{"gauss": gauss, "bits": bitsv, "special": special, "zeros": zeros, "ones": ones, "mixed": mixed, "halfzero": halfzero, "bf16": bf16}
 }
 
 func TestLosslessExact(t *testing.T) {
@@ -97,13 +104,17 @@ func TestLosslessExact(t *testing.T) {
 				if n >= 1000 && body > 35*n/10 {
 					t.Errorf("n=%d gauss: %d body bytes, want below 3.5 per float", n, body)
 				}
-			case "ones":
-				if want := min(3*n+1+5*((n+LosslessBlock-1)/LosslessBlock), 4*n+1); body != want {
+			case "ones": // bf16-held: one-byte words
+				if want := n + min(1+5*((n+LosslessBlock-1)/LosslessBlock), 1+n); body != want {
 					t.Errorf("n=%d %s: %d body bytes, want %d", n, name, body, want)
 				}
 			case "zeros": // elided words, one-value blocks
 				if want := 2 + 20*((n+LosslessBlock-1)/LosslessBlock); body > want {
 					t.Errorf("n=%d zeros: %d body bytes, want at most %d", n, body, want)
+				}
+			case "bf16":
+				if n >= 1000 && body > 15*n/10 {
+					t.Errorf("n=%d bf16: %d body bytes, want below 1.5 per float", n, body)
 				}
 			case "halfzero":
 				if n >= 1000 && body > 22*n/10 {

@@ -79,3 +79,37 @@ func mergeFloat32Generic(dst []float32, words, exp []byte, add bool) {
 		}
 	}
 }
+
+// SplitBF16Words is SplitFloat32 for floats whose low 16 bits are zero
+// (bfloat16 values held in float32): words[i] is the byte mantissa>>16 |
+// sign<<7 (the low 16 mantissa bits are dropped). It panics unless
+// len(exp) == len(words) == len(src).
+func SplitBF16Words(words, exp []byte, src []float32) {
+	if len(exp) != len(src) || len(words) != len(src) {
+		panic(badBytes)
+	}
+	words, exp = words[:len(src)], exp[:len(src)]
+	for i, v := range src {
+		u := f32bits(v)
+		exp[i] = byte(u >> 23)
+		words[i] = byte(u>>16)&0x7f | byte(u>>24)&0x80
+	}
+}
+
+// MergeBF16Words rebuilds dst[i] from the byte words[i] and exp[i] (the
+// inverse of SplitBF16Words, with zero low 16 bits), or adds it if add.
+func MergeBF16Words(dst []float32, words, exp []byte, add bool) {
+	if len(exp) != len(dst) || len(words) != len(dst) {
+		panic(badBytes)
+	}
+	words, exp = words[:len(dst)], exp[:len(dst)]
+	if add {
+		for i, w := range words {
+			dst[i] += f32frombits(uint32(w&0x7f)<<16 | uint32(w>>7)<<31 | uint32(exp[i])<<23)
+		}
+		return
+	}
+	for i, w := range words {
+		dst[i] = f32frombits(uint32(w&0x7f)<<16 | uint32(w>>7)<<31 | uint32(exp[i])<<23)
+	}
+}
