@@ -565,6 +565,10 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		return err
 	}
 	pl := data[transport.FrameHeaderLen:]
+	if h.Flags&^flagLast == 0 && len(pl) >= seqLen {
+		// A continuation chunk: copied and checksummed in one pass.
+		return c.handleContinuation(src, h, pl)
+	}
 	if err := h.VerifyPayload(pl); err != nil {
 		return err
 	}
@@ -615,6 +619,50 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, len(pt.buf))
 	}
 	pt.n += copy(pt.buf[pt.n:], pl) // pl was checksummed just before: in cache
+	last := h.Flags&flagLast != 0
+	if last != (pt.n == len(pt.buf)) {
+		return fmt.Errorf("%w: message of %d bytes ends at %d", transport.ErrBadFrame, len(pt.buf), pt.n)
+	}
+	if last {
+		delete(p.partial, h.Tag)
+		c.in.Deliver(src, h.Tag, pt.buf)
+	}
+	return nil
+}
+
+// handleContinuation handles a data chunk without flagFirst (h.Flags is 0
+// or flagLast): its payload (sequence number, then data) is checksummed
+// while the data is copied into the partial message, block by block, and
+// the chunk counts only if the checksum matches. Only the header, verified
+// by its own checksum, is used before that (tag and length, to find the
+// partial message and bound the copy).
+func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) error {
+	if len(pl) != int(h.Len) {
+		return fmt.Errorf("%w: payload %d bytes, header says %d", transport.ErrBadFrame, len(pl), h.Len)
+	}
+	p := &c.peers[src]
+	pt := p.partial[h.Tag]
+	data := pl[seqLen:]
+	if pt == nil || pt.n+len(data) > len(pt.buf) {
+		// Report a damaged chunk as such rather than as a protocol error.
+		if err := h.VerifyPayload(pl); err != nil {
+			return err
+		}
+		if pt == nil {
+			return fmt.Errorf("%w: continuation chunk without a first chunk (tag %d)", transport.ErrBadFrame, h.Tag)
+		}
+		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, len(pt.buf))
+	}
+	crc := transport.UpdateChecksum(0, pl[:seqLen])
+	crc = copySum(pt.buf[pt.n:], data, crc)
+	if crc != h.CRC {
+		return fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag)
+	}
+	if seq := binary.LittleEndian.Uint64(pl); seq != p.rxSeq {
+		return fmt.Errorf("%w: chunk %d lost (got %d)", transport.ErrPeerDead, p.rxSeq, seq)
+	}
+	p.rxSeq++
+	pt.n += len(data)
 	last := h.Flags&flagLast != 0
 	if last != (pt.n == len(pt.buf)) {
 		return fmt.Errorf("%w: message of %d bytes ends at %d", transport.ErrBadFrame, len(pt.buf), pt.n)
