@@ -162,6 +162,14 @@ func FuzzLosslessRoundTrip(f *testing.F) {
 		seed[i], seed[i+1], seed[i+2], seed[i+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
 	}
 	f.Add(seed)
+	bf := make([]byte, 4*300) // bf16 held in fp32, a third zeros: both layout bits
+	for i := 0; i < len(bf); i += 4 {
+		if i%12 != 0 {
+			v := math.Float32bits(float32(r.NormFloat64()))
+			bf[i+2], bf[i+3] = byte(v>>16), byte(v>>24)
+		}
+	}
+	f.Add(bf)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		n := len(b) / 4
 		x := make([]float32, n)

@@ -81,3 +81,22 @@ func TestSplitMerge(t *testing.T) {
 		}
 	}
 }
+
+func TestBF16Words(t *testing.T) {
+	r := rand.New(rand.NewPCG(83, 84))
+	for _, n := range []int{0, 1, 9, 1000} {
+		src := make([]float32, n)
+		for i := range src {
+			src[i] = math.Float32frombits(r.Uint32() &^ 0xffff)
+		}
+		w, e := make([]byte, n), make([]byte, n)
+		SplitBF16Words(w, e, src)
+		dst := make([]float32, n)
+		MergeBF16Words(dst, w, e, false)
+		for i := range src {
+			if math.Float32bits(dst[i]) != math.Float32bits(src[i]) {
+				t.Fatalf("n=%d: %#08x back as %#08x", n, math.Float32bits(src[i]), math.Float32bits(dst[i]))
+			}
+		}
+	}
+}
