@@ -19,6 +19,7 @@ import (
 
 	natsgo "github.com/nats-io/nats.go"
 
+	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/libp2p"
@@ -43,11 +44,16 @@ type jobOptions struct {
 	PrintEvery                  int
 	Timeout                     time.Duration
 	Log                         string
+	// L-GreCo (see sim's flags); Topology is the link-aware objective's.
+	LGreCo, LGreCoLink bool
+	LGreCoAdjust       int
+	LGreCoAlpha        float64
+	Topology           string
 }
 
 func defaultJobOptions() jobOptions {
 	return jobOptions{Workload: "mnist", Split: "iid", Steps: 300, Batch: 32, EvalEvery: 50, EvalSamples: 2000, Seed: 1,
-		Method: "econtrol", Transport: "nats", Timeout: 2 * time.Minute, Log: "warn"}
+		Method: "econtrol", Transport: "nats", Timeout: 2 * time.Minute, Log: "warn", LGreCoAdjust: 50}
 }
 
 func (o *jobOptions) register(fs *flag.FlagSet) {
@@ -71,6 +77,11 @@ func (o *jobOptions) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.PrintEvery, "print-every", o.PrintEvery, "steps between per-step lines (0: about 10 lines)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "per-message timeout of the workers; also bounds the rendezvous")
 	fs.StringVar(&o.Log, "log", o.Log, "log level: debug, info, warn, error")
+	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "run L-GreCo over the method's codec (per-layer levels under the uniform default's error budget, minimising bytes)")
+	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "run L-GreCo with the link-aware objective: the simulated time of each layer's collective on --topology")
+	fs.IntVar(&o.LGreCoAdjust, "lgreco-adjust", o.LGreCoAdjust, "steps between L-GreCo decisions")
+	fs.Float64Var(&o.LGreCoAlpha, "lgreco-alpha", o.LGreCoAlpha, "L-GreCo's error budget as a multiple of the uniform default's error (0: 1)")
+	fs.StringVar(&o.Topology, "topology", o.Topology, "with --lgreco-link-aware: the job's topology YAML (default: sim's built-in heterogeneous topology for the world size)")
 }
 
 // args re-encodes the options as worker flags.
@@ -84,6 +95,9 @@ func (o *jobOptions) args() []string {
 		"--transport", o.Transport, "--nats", o.NATS, "--token", o.Token, "--job", o.Job,
 		"--world", strconv.Itoa(o.World), "--out", o.Out, "--print-every", strconv.Itoa(o.PrintEvery),
 		"--timeout", o.Timeout.String(), "--log", o.Log,
+		"--lgreco=" + strconv.FormatBool(o.LGreCo), "--lgreco-link-aware=" + strconv.FormatBool(o.LGreCoLink),
+		"--lgreco-adjust", strconv.Itoa(o.LGreCoAdjust), "--lgreco-alpha", strconv.FormatFloat(o.LGreCoAlpha, 'g', -1, 64),
+		"--topology", o.Topology,
 	}
 }
 
@@ -100,6 +114,14 @@ func (o *jobOptions) method(w io.Writer) (method, error) {
 	if m.WarmupSteps != 0 {
 		fmt.Fprintf(w, "note: %s runs without DGC's density warm-up over real workers\n", m.Name)
 		m.WarmupSteps = 0
+	}
+	switch {
+	case o.LGreCo && o.LGreCoLink:
+		return m, errors.New("choose one of --lgreco and --lgreco-link-aware")
+	case o.LGreCo:
+		m.Name, m.LGreCo, m.Base = m.Name+"+lgreco", "bytes", m.Name
+	case o.LGreCoLink:
+		m.Name, m.LGreCo, m.Base = m.Name+"+lgreco-link", "link", m.Name
 	}
 	return m, nil
 }
@@ -312,7 +334,17 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		return fmt.Errorf("joining job %s: %w", o.Job, err)
 	}
 	defer conn.Close()
-	w, err := worker.New(ctx, conn, append(train.WorkerOptions(o.Seed, log), worker.WithTimeout(o.Timeout))...)
+	wopts := append(train.WorkerOptions(o.Seed, log), worker.WithTimeout(o.Timeout))
+	if m.LGreCo != "" {
+		var topo *sim.Topology
+		if m.LGreCo == "link" {
+			if topo, _, err = loadTopology(o.Topology, o.World); err != nil {
+				return err
+			}
+		}
+		wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LGreCoAdjust, o.LGreCoAlpha, topo, &sim.Options{Seed: o.Seed}))
+	}
+	w, err := worker.New(ctx, conn, wopts...)
 	if err != nil {
 		return err
 	}

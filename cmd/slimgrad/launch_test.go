@@ -28,17 +28,31 @@ func TestLaunch(t *testing.T) {
 	}
 	t.Setenv("SLIMGRAD_TEST_AS_CLI", "1")
 	scenario := []string{"--workload", "logistic", "--steps", "30", "--eval-every", "10", "--seed", "4", "--split", "noniid"}
-	rep, err := runSim(context.Background(), simOptionsFor(t, append([]string{"--workers", "3", "--methods", "econtrol", "--out", "", "--progress", "off"}, scenario...)), &bytes.Buffer{}, &bytes.Buffer{})
+	lg := []string{"--lgreco-link-aware", "--lgreco-adjust", "5"}
+	rep, err := runSim(context.Background(), simOptionsFor(t, append([]string{"--workers", "3", "--methods", "econtrol", "--out", "", "--progress", "off"}, append(lg, scenario...)...)), &bytes.Buffer{}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := paramsDigest(rep.Runs[0].Result.Model.Flat())
+	if len(rep.Runs) != 2 || rep.Runs[1].Method.Name != "econtrol+lgreco-link" {
+		t.Fatalf("sim runs: %d", len(rep.Runs))
+	}
 	re := regexp.MustCompile(`all 3 replicas hold identical parameters \(params ([0-9a-f]{16})\)`)
-	for _, tp := range []string{"nats", "libp2p"} {
-		t.Run(tp, func(t *testing.T) {
+	for _, tc := range []struct {
+		name, transport string
+		extra           []string
+		sim             methodRun
+	}{
+		{"nats", "nats", nil, rep.Runs[0]},
+		{"libp2p", "libp2p", nil, rep.Runs[0]},
+		// L-GreCo (link-aware, on the default topology of 3 workers) over
+		// real processes decides and computes what sim does.
+		{"nats-lgreco-link", "nats", lg, rep.Runs[1]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := paramsDigest(tc.sim.Result.Model.Flat())
 			dir := t.TempDir()
 			var stdout, stderr bytes.Buffer
-			args := append([]string{"launch", "-n", "3", "--transport", tp, "--method", "econtrol", "--out", dir}, scenario...)
+			args := append([]string{"launch", "-n", "3", "--transport", tc.transport, "--method", "econtrol", "--out", dir}, append(tc.extra, scenario...)...)
 			if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
 				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 			}
@@ -47,7 +61,7 @@ func TestLaunch(t *testing.T) {
 				t.Fatalf("no agreement line in:\n%s", stdout.String())
 			}
 			if m[1] != want {
-				t.Errorf("launch over %s ends with params %s, sim with %s", tp, m[1], want)
+				t.Errorf("launch over %s ends with params %s, sim with %s", tc.transport, m[1], want)
 			}
 			if n := strings.Count(stdout.String(), " done: "); n != 3 {
 				t.Errorf("%d workers reported done", n)
@@ -57,14 +71,17 @@ func TestLaunch(t *testing.T) {
 				t.Fatalf("rank 0 wrote %d rows", len(rows))
 			}
 			checkLedgerColumns(t, rows)
-			// The same loss curve and the same bytes as the simulator.
+			// The same loss curve, bytes and recipes as the simulator.
 			for i, r := range rows {
-				simRec := rep.Runs[0].Result.Records[i]
+				simRec := tc.sim.Result.Records[i]
 				if got := num(t, r, "loss"); got != simRec.Loss {
 					t.Errorf("step %d: loss %v, sim %v", i, got, simRec.Loss)
 				}
 				if got := num(t, r, "wire_bytes"); got != float64(simRec.WireBytes) {
 					t.Errorf("step %d: wire bytes %v, sim %v", i, got, simRec.WireBytes)
+				}
+				if got, want := r["recipes"], strings.Join(simRec.Recipes, " "); got != want {
+					t.Errorf("step %d: recipes %q, sim %q", i, got, want)
 				}
 			}
 		})

@@ -63,15 +63,16 @@ func lgrecoVariants(ms []method, bytes, link bool) []method {
 	return out
 }
 
-// lgrecoOptions is L-GreCo's schedule for m: the first decision Adjust steps
-// after the end of any DGC warm-up, the last min(10, Adjust) steps observed,
-// switching one step after a decision.
-func (m method) lgrecoOptions(o simOptions) []lgreco.Option {
-	start := int64(m.plan(o.Steps, o.Seed).WarmupSteps)
-	adj := int64(o.LGreCoAdjust)
+// lgrecoOptions is L-GreCo's schedule for m in a run of steps steps: the
+// first decision adjust steps after the end of any DGC warm-up, the last
+// min(10, adjust) steps observed, switching one step after a decision; alpha
+// > 0 sets the error budget.
+func (m method) lgrecoOptions(steps int, seed uint64, adjust int, alpha float64) []lgreco.Option {
+	start := int64(m.plan(steps, seed).WarmupSteps)
+	adj := int64(adjust)
 	opts := []lgreco.Option{lgreco.WithSchedule(start, adj, min(10, adj), 1)}
-	if o.LGreCoAlpha > 0 {
-		opts = append(opts, lgreco.WithAlpha(o.LGreCoAlpha))
+	if alpha > 0 {
+		opts = append(opts, lgreco.WithAlpha(alpha))
 	}
 	return opts
 }
@@ -223,11 +224,8 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 			plan.Warmup, plan.WarmupSteps = nil, 0
 		}
 		wopts := train.WorkerOptions(o.Seed, log)
-		switch m.LGreCo {
-		case "bytes":
-			wopts = append(wopts, worker.WithLGreCo(m.lgrecoOptions(o)...))
-		case "link":
-			wopts = append(wopts, worker.WithLGreCoCost(train.LinkCostFactory(env.topo, env.linkOptions(o)), m.lgrecoOptions(o)...))
+		if m.LGreCo != "" {
+			wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LGreCoAdjust, o.LGreCoAlpha, env.topo, env.linkOptions(o)))
 		}
 		ex, err := train.NewWorkers(ctx, conns, units, plan, codec, wopts...)
 		if err != nil {
@@ -249,7 +247,7 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 			FLOPS:    o.FLOPS,
 		}
 		if m.LGreCo != "" {
-			cfg.LGreCo, cfg.LGreCoOptions = true, m.lgrecoOptions(o)
+			cfg.LGreCo, cfg.LGreCoOptions = true, m.lgrecoOptions(o.Steps, o.Seed, o.LGreCoAdjust, o.LGreCoAlpha)
 			if m.LGreCo == "link" {
 				cfg.LGreCoCost = train.LinkCostFactory(env.topo, env.linkOptions(o))
 			}
@@ -368,4 +366,13 @@ func parseOptim(recipe string, steps int) (train.OptimSpec, error) {
 // in the training simulation.
 func (e *simEnv) linkOptions(o simOptions) *sim.Options {
 	return &sim.Options{Calibration: e.calib, Seed: o.Seed}
+}
+
+// lgrecoWorkerOption is the worker option of L-GreCo for m ("" objective: none).
+func lgrecoWorkerOption(m method, steps int, seed uint64, adjust int, alpha float64, topo *sim.Topology, so *sim.Options) worker.Option {
+	opts := m.lgrecoOptions(steps, seed, adjust, alpha)
+	if m.LGreCo == "link" {
+		return worker.WithLGreCoCost(train.LinkCostFactory(topo, so), opts...)
+	}
+	return worker.WithLGreCo(opts...)
 }
