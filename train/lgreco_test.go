@@ -195,3 +195,30 @@ func TestSimRecipePerCollective(t *testing.T) {
 		t.Errorf("a key of another recipe changed the codec time: %v, default %v", o, base)
 	}
 }
+
+// TestPlanStages: the warm-up schedule as stages agrees with RecipeAt at
+// every step.
+func TestPlanStages(t *testing.T) {
+	for _, p := range []Plan{
+		{Compress: "dgc:0.001", EF: "dgc:0.9", Warmup: optim.PaperWarmup, WarmupSteps: 15},
+		{Compress: "topk:0.01", Warmup: []float64{0.5, 0.1}, WarmupSteps: 2},
+		{Compress: "topk:0.01"},
+		{},
+	} {
+		for _, l := range lgUnits {
+			st := p.Stages(l)
+			if st[0].From != 0 {
+				t.Fatalf("%v: first stage from %d", p, st[0].From)
+			}
+			k := 0
+			for step := range p.WarmupSteps + 5 {
+				if k+1 < len(st) && st[k+1].From == step {
+					k++
+				}
+				if got, want := st[k].Recipe, p.RecipeAt(l, step); got != want {
+					t.Errorf("%v %s step %d: stage recipe %s, RecipeAt %s", p, l.Name, step, got, want)
+				}
+			}
+		}
+	}
+}

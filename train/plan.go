@@ -59,6 +59,32 @@ func (p Plan) RecipeAt(l Layer, step int) string {
 	return p.Compress
 }
 
+// Stage is one stretch of a layer's codec schedule: Recipe from step From on.
+type Stage struct {
+	From   int
+	Recipe string
+}
+
+// Stages returns layer l's codec schedule under the plan: one stage from
+// step 0 with the plan's codec, or, with a warm-up, one stage per warm-up
+// density and the plan's codec from WarmupSteps on (consecutive equal
+// recipes merged). A driver switches the layer's codec (keeping its error
+// feedback) at the start of each stage's From step, on every rank.
+func (p Plan) Stages(l Layer) []Stage {
+	out := []Stage{{From: 0, Recipe: p.RecipeAt(l, 0)}}
+	if len(p.Warmup) == 0 {
+		return out
+	}
+	for i := 1; i <= len(p.Warmup); i++ {
+		// The first step whose stage (step·len/WarmupSteps) is i.
+		from := (i*p.WarmupSteps + len(p.Warmup) - 1) / len(p.Warmup)
+		if r := p.RecipeAt(l, from); r != out[len(out)-1].Recipe {
+			out = append(out, Stage{From: from, Recipe: r})
+		}
+	}
+	return out
+}
+
 func (p Plan) efRecipe() string {
 	if p.EF == "" {
 		return "none"

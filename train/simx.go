@@ -316,17 +316,18 @@ func (s *Sim) LGreCo() *lgreco.Controller { return s.lg }
 func (s *Sim) boundary(step int) (collect bool, err error) {
 	if len(s.plan.Warmup) > 0 && step > 0 && step <= s.plan.WarmupSteps {
 		for u, unit := range s.units {
-			want := s.plan.RecipeAt(unit, step)
-			if want == s.plan.RecipeAt(unit, step-1) {
-				continue
-			}
-			r, err := compressors.Parse(want)
-			if err != nil {
-				return false, err
-			}
-			for w := range s.n {
-				if err := s.layers[w][u].SetCodec(r, s.plan.Seed); err != nil {
-					return false, fmt.Errorf("train: warm-up of unit %s: %w", unit.Name, err)
+			for _, st := range s.plan.Stages(unit) {
+				if st.From != step {
+					continue
+				}
+				r, err := compressors.Parse(st.Recipe)
+				if err != nil {
+					return false, err
+				}
+				for w := range s.n {
+					if err := s.layers[w][u].SetCodec(r, s.plan.Seed); err != nil {
+						return false, fmt.Errorf("train: warm-up of unit %s: %w", unit.Name, err)
+					}
 				}
 			}
 		}
