@@ -212,12 +212,20 @@ func floor(p *lsq, errs []float64) float64 {
 // noise floor, does not change with n; the x_i* stay distinct) plus Gaussian
 // gradient noise σ, a fixed γ, n = 1, 4, 16. EControl's floor E‖x − x*‖²
 // falls roughly as 1/n and stays within a small factor of uncompressed
-// SGD's.
+// SGD's; EF21-SGD's floor stays several times above EControl's at every n.
 //
-// Note: in these runs EF21-SGD's floor ALSO falls with n (it stays a
-// roughly constant factor, ≈ 7×, above SGD's), so the test does not assert
-// the spec's [recalled] expectation that EF21's floor stays flat; it asserts
-// that EControl's floor is below EF21's at every n and logs both.
+// The spec's [recalled] expectation that EF21-SGD's floor does NOT fall with
+// n is not what this problem shows, so the test does not assert it: EF21's
+// floor falls about as 1/n too (fixed γ = 0.02: 54 / 10.9 / 2.55 at n = 1 /
+// 4 / 16, against EControl 12 / 2.97 / 0.68 and SGD 5.9 / 1.67 / 0.37), and
+// the same holds with γ tuned per method and per n over {0.005 … 0.16}
+// (TestT2Explore: best floors EF21 13.2 / 2.91 / 0.61, EControl 2.35 /
+// 0.42 / 0.11, SGD 1.90 / 0.34 / 0.086; EF21 is a constant ≈ 7× above SGD,
+// EControl ≈ 1.25×). With independent, zero-mean worker noise the EF21
+// estimator errors hᵢ − ∇fᵢ are independent across workers and average out
+// in h = mean hᵢ; EF21-SGD's analysis loses the 1/n by bounding
+// ‖mean(hᵢ − ∇fᵢ)‖² with mean‖hᵢ − ∇fᵢ‖². What EControl fixes here is the
+// constant: EF21 keeps each worker's stale, top-k-selected noise in hᵢ.
 func TestConvergenceT2(t *testing.T) {
 	const d, m, k, steps = 50, 200, 5, 1500
 	const sigma, gamma, eta = 3, 0.02, 0.1
@@ -231,8 +239,8 @@ func TestConvergenceT2(t *testing.T) {
 		}, gamma, sigma, steps, 1))
 		sgd := floor(p, runLSQ(t, p, func() Feedback { return NewNone(newDense(d)) }, gamma, sigma, steps, 1))
 		t.Logf("n=%2d  floor E‖x−x*‖²: ef21 %.3g  econtrol:%v %.3g  sgd %.3g", n, ef21, eta, ec, sgd)
-		if !(ec < ef21) {
-			t.Errorf("n=%d: EControl floor %.3g not below EF21's %.3g", n, ec, ef21)
+		if !(2.5*ec < ef21) {
+			t.Errorf("n=%d: EControl floor %.3g not 2.5× below EF21's %.3g", n, ec, ef21)
 		}
 		if !(ec < 3*sgd) {
 			t.Errorf("n=%d: EControl floor %.3g not within 3× of SGD's %.3g", n, ec, sgd)
