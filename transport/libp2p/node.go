@@ -145,6 +145,13 @@ const (
 	// the bytes in flight on one stream (memory held by yamux, on top of
 	// Options.MaxBuffered); go-libp2p's default is 16 MiB.
 	yamuxMaxWindow = 32 << 20
+	// yamuxInitialWindow is the window a stream grants with its first
+	// window update (the 256 KiB go-yamux starts with otherwise grows only
+	// while updates come faster than 4 round trips, which a loaded host
+	// rarely manages). The reader goroutine drains every stream at once
+	// into the credit-bounded queues, so the window limits bytes in
+	// flight, not memory held.
+	yamuxInitialWindow = 16 << 20
 )
 
 // muxer is go-libp2p's yamux configuration with larger data frames and
@@ -154,6 +161,7 @@ func muxer() *yamux.Transport {
 	t := *yamux.DefaultTransport
 	t.MaxMessageSize = yamuxMaxMessage
 	t.MaxStreamWindowSize = yamuxMaxWindow
+	t.InitialStreamWindowSize = yamuxInitialWindow
 	return &t
 }
 
