@@ -19,6 +19,10 @@ type softmaxProblem struct {
 	logits []float64
 	noise  []float32 // pool of poolN N(0, 1) scalars, drawn once
 	poolN  int       // a power of two
+	// The first strong features are multiplied by strongScale (means and
+	// noise alike): high-curvature coordinates (see newStrongSoftmaxProblem).
+	strong      int
+	strongScale float32
 }
 
 func newSoftmaxProblem(seed uint64, k, f, evalN int, a float64) *softmaxProblem {
@@ -45,6 +49,41 @@ func newSoftmaxProblem(seed uint64, k, f, evalN int, a float64) *softmaxProblem 
 	return p
 }
 
+// newSparseSoftmaxProblem is newSoftmaxProblem with class means that are
+// non-zero (N(0, a²)) on only `informative` randomly chosen features per
+// class: the remaining features are pure noise, so the optimal W is sparse
+// and most gradient coordinates are noise that averages out over steps.
+func newSparseSoftmaxProblem(seed uint64, k, f, informative, evalN int, a float64) *softmaxProblem {
+	p := newSoftmaxProblem(seed, k, f, evalN, 0)
+	rng := rand.New(rand.NewPCG(seed, 5))
+	for c := 0; c < k; c++ {
+		for _, j := range rng.Perm(f)[:informative] {
+			p.mu[c*f+j] = float32(a * rng.NormFloat64())
+		}
+	}
+	for s, y := range p.evalY { // the evaluation set was drawn with zero means
+		x := p.evalX[s*f : (s+1)*f]
+		for j := range x {
+			x[j] += p.mu[y*f+j]
+		}
+	}
+	return p
+}
+
+// newStrongSoftmaxProblem is newSoftmaxProblem with the first strong
+// features scaled by scale: their weights have scale² times the curvature of
+// the others, and their gradients are large, so DGC sends them often.
+func newStrongSoftmaxProblem(seed uint64, k, f, evalN int, a float64, strong int, scale float32) *softmaxProblem {
+	p := newSoftmaxProblem(seed, k, f, evalN, a)
+	p.strong, p.strongScale = strong, scale
+	for s := range p.evalY {
+		for j := range p.evalX[s*f : s*f+strong] {
+			p.evalX[s*f+j] *= scale
+		}
+	}
+	return p
+}
+
 // dim is the number of parameters.
 func (p *softmaxProblem) dim() int { return p.k*p.f + p.k }
 
@@ -63,6 +102,9 @@ func (p *softmaxProblem) draw(rng *rand.Rand, x []float32) int {
 	}
 	for j := range x {
 		x[j] = mu[j] + sign*p.noise[(o+j)&mask]
+	}
+	for j := range x[:p.strong] {
+		x[j] *= p.strongScale
 	}
 	return y
 }
