@@ -250,7 +250,7 @@ func TestDGCExplore(t *testing.T) {
 	case "sparse":
 		p = newSparseSoftmaxProblem(1, 10, int(f("F", 1000)), int(f("S", 20)), 500, f("A", 0.7))
 	case "strong":
-		p = newStrongSoftmaxProblem(1, 10, int(f("F", 1000)), 500, f("A", 0.1), int(f("S", 10)), float32(f("C", 10)))
+		p = newStrongSoftmaxProblem(uint64(f("PSEED", 1)), 10, int(f("F", 1000)), 500, f("A", 0.1), int(f("S", 10)), float32(f("C", 10)))
 	case "softmax2":
 		p = newSoftmaxProblem(1, 10, int(f("F", 1000)), 500, f("A", 0.1))
 	}
