@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/transport/mem"
 	"github.com/slimgrad/slimgrad/worker"
@@ -159,6 +160,12 @@ func TestOneBitAdamWorkers(t *testing.T) {
 		ratio := float64(o.baseline) / float64(o.sent)
 		t.Logf("seed %d: compression stage (%d steps), rank 0 Ledger: sent %d B vs dense fp32 ring %d B (%.1fx); Adam over the worker sent %d B for the same steps",
 			seed, steps-freeze, o.sent, o.baseline, ratio, a.sent)
+		// The two-phase scheme: per step each rank sends its sign chunks and
+		// scale to the N−1 others in phase 1 and its server chunk and scale
+		// in phase 2: 2(N−1)·(d′/(8N) + 4) bytes, d′ the padded length.
+		if want := int64(steps-freeze) * 2 * (world - 1) * int64(errorfeedback.PaddedLen(p.Dim(), world)/(8*world)+4); o.sent != want {
+			t.Errorf("seed %d: compression stage sent %d bytes by the Ledger, want %d", seed, o.sent, want)
+		}
 		if ratio < 25 {
 			t.Errorf("seed %d: compression stage saves only %.1fx over dense fp32, want >= 25x", seed, ratio)
 		}
