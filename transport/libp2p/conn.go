@@ -61,7 +61,7 @@ type link struct {
 	// Outgoing stream: our frames to the peer; its credits come back on it.
 	wsem      chan struct{} // write lock; held by one writer at a time
 	hdr       [transport.FrameHeaderLen]byte
-	wbuf      []byte         // a small frame (header and payload) being written
+	wbuf      []byte         // frame being written: a small message, or a piece (≤ 1 MiB + 56 bytes)
 	out       network.Stream // set once during Connect
 	lastWrite atomic.Int64   // unix nanos
 	acked     chan struct{}  // closed when the credit reader ends
