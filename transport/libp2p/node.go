@@ -39,6 +39,17 @@
 // Options.CloseTimeout) until they have read everything it sent, then
 // stops every goroutine it started.
 //
+// Performance (loopback, 2 cores): the muxer is go-yamux with 1 MiB data
+// frames and 16-32 MiB stream windows (see muxer); a message above 1 MiB is
+// written as pieces of 1 MiB, each checksummed just before the muxer copies
+// it, and the receiver checksums each 128 KiB as it reads it, so no pass
+// over a whole message misses the cache. What is left per byte is the
+// muxer's copy on each side, the kernel's copies, zeroing the receive
+// buffer and, with Noise, ChaCha20-Poly1305 (about a third of a rank's CPU
+// time in the multi-process all-reduce). TLS 1.3 (AES-GCM) measured only
+// about 7% less CPU per byte than Noise in BenchmarkPointToPoint (it writes
+// 16 KiB records, Noise 64 KiB messages), so Noise stays the default.
+//
 // Frame flags used on the wire (frame.go leaves them to implementations):
 // 0 data, 1 hello, 2 hello acknowledgement, 3 heartbeat, 4 credit, 5 large
 // message (its 8-byte length; the message follows in pieces), 6 piece. A
