@@ -12,9 +12,15 @@ import (
 // pipelineDepth is the number of messages in flight.
 const pipelineDepth = 4
 
-var benchSizes = []int{1 << 20, 4 << 20, 16 << 20, 64 << 20}
+// The small sizes are the segments of a pipelined tree all-reduce.
+var benchSizes = []int{16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20}
 
-func sizeName(n int) string { return fmt.Sprintf("%dMiB", n>>20) }
+func sizeName(n int) string {
+	if n < 1<<20 {
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dMiB", n>>20)
+}
 
 // pipeline measures one-way throughput: iteration i sends message i and
 // waits until message i-pipelineDepth+1 has been received.
