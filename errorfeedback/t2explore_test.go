@@ -2,6 +2,7 @@ package errorfeedback
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"testing"
@@ -49,4 +50,80 @@ func TestT2Explore(t *testing.T) {
 			t.Logf("n=%2d %-9s best %.3g at γ=%v | %s", n, name, best, bestG, strings.Join(row, " "))
 		}
 	}
+}
+
+// TestT2ExploreMinibatch is T2 with the natural stochastic gradient of least
+// squares instead of additive Gaussian noise: worker i's gradient is
+// (m/B)·Σ_{r∈S} a_r(a_rᵀx − b_r) over B rows S of A_i drawn uniformly
+// (with replacement). Fixed γ, floors as in TestConvergenceT2:
+//
+//	SLIMGRAD_EXPLORE=t2mb go test -run T2ExploreMinibatch -v ./errorfeedback
+func TestT2ExploreMinibatch(t *testing.T) {
+	if os.Getenv("SLIMGRAD_EXPLORE") != "t2mb" {
+		t.Skip("set SLIMGRAD_EXPLORE=t2mb")
+	}
+	const d, m, k, steps, batch = 50, 200, 5, 3000, 4
+	for _, gamma := range []float64{0.005, 0.02} {
+		for _, n := range []int{1, 4, 16} {
+			p := newLSQShared(2, n, d, m, true)
+			var row []string
+			for _, c := range []struct {
+				name string
+				mk   func() Feedback
+			}{
+				{"ef21", func() Feedback { return NewEF21(newExactTopK(d, k)) }},
+				{"econtrol", func() Feedback { f, _ := NewEControl(newExactTopK(d, k), 0.1); return f }},
+				{"sgd", func() Feedback { return NewNone(newDense(d)) }},
+			} {
+				var fl float64
+				for seed := uint64(1); seed <= 2; seed++ {
+					fl += floor(p, runLSQMinibatch(t, p, c.mk, gamma, batch, steps, seed)) / 2
+				}
+				row = append(row, fmt.Sprintf("%s %.3g", c.name, fl))
+			}
+			t.Logf("γ=%v n=%2d floor E‖x−x*‖²: %s", gamma, n, strings.Join(row, "  "))
+		}
+	}
+}
+
+// runLSQMinibatch is runLSQ with mini-batch row sampling (see
+// TestT2ExploreMinibatch).
+func runLSQMinibatch(t testing.TB, p *lsq, mk func() Feedback, gamma float64, batch, steps int, seed uint64) []float64 {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	fbs := make([]Feedback, p.n)
+	grads := make([][]float32, p.n)
+	for i := range fbs {
+		fbs[i] = mk()
+		grads[i] = make([]float32, p.d)
+	}
+	bufs, dirs := newBufs(p.n, p.d)
+	x := make([]float32, p.d)
+	errs := make([]float64, steps)
+	g64 := make([]float64, p.d)
+	for s := 0; s < steps; s++ {
+		for i := range grads {
+			clear(g64)
+			a, b := p.a[i], p.b[i]
+			for range batch {
+				r := rng.IntN(p.m)
+				row := a[r*p.d : (r+1)*p.d]
+				res := -b[r]
+				for j, xj := range x {
+					res += row[j] * float64(xj)
+				}
+				for j := range g64 {
+					g64[j] += row[j] * res
+				}
+			}
+			for j := range g64 {
+				grads[i][j] = float32(g64[j] * float64(p.m) / float64(batch))
+			}
+		}
+		exchange(t, fbs, grads, bufs, dirs)
+		for j := range x {
+			x[j] -= float32(gamma) * dirs[0][j]
+		}
+		errs[s] = p.relErr(x)
+	}
+	return errs
 }
