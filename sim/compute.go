@@ -140,6 +140,7 @@ func (c *Calibration) table(recipe string, free bool) costTable {
 		return t
 	}
 	def := DefaultCalibration()
+	var qualified [16]bool
 	for f := allreduce.Fn(0); f < 16; f++ {
 		if fnCategory(f) == CatNone {
 			continue
@@ -148,6 +149,9 @@ func (c *Calibration) table(recipe string, free bool) costTable {
 		thr := 0.0
 		if c != nil && recipe != "" {
 			thr = c.Throughput[name+"/"+recipe]
+		}
+		if thr != 0 {
+			qualified[f] = true
 		}
 		if thr == 0 && c != nil {
 			thr = c.Throughput[name]
@@ -165,10 +169,27 @@ func (c *Calibration) table(recipe string, free bool) costTable {
 	} else {
 		t.overhead = def.Overhead
 	}
-	if r, err := compressors.Parse(recipe); err == nil && (r.Codec == compressors.CodecFP16 || r.Codec == compressors.CodecBF16) {
+	r, err := compressors.Parse(recipe)
+	if err == nil && r.Aggregation() == compressors.Gather && !qualified[allreduce.FnDecodeAdd] {
+		// A gathered payload's decode-add touches only what the payload
+		// holds (k index/value pairs, or s-level codes), while the op counts
+		// the whole layer: an unqualified (dense) throughput is scaled by
+		// the payload's share of the fp32 layer.
+		if frac := payloadFraction(r); frac < 1 {
+			t.secPerElem[allreduce.FnDecodeAdd] *= frac
+		}
+	}
+	if err == nil && (r.Codec == compressors.CodecFP16 || r.Codec == compressors.CodecBF16) {
 		t.hop = true
 		t.encode = t.secPerElem[allreduce.FnEncode] + t.secPerElem[allreduce.FnDecode]
 		t.decode = t.secPerElem[allreduce.FnDecode]
 	}
 	return t
+}
+
+// payloadFraction is recipe r's nominal payload size as a share of the fp32
+// layer, on a layer large enough that frame headers do not count.
+func payloadFraction(r compressors.Recipe) float64 {
+	const n = 1 << 22
+	return float64(r.NominalBytes(n)) / (4 * n)
 }

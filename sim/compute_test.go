@@ -63,3 +63,28 @@ func TestComputeModel(t *testing.T) {
 		t.Errorf("with prologue: %v, want %v", res2.Time, want)
 	}
 }
+
+// TestSparseDecodeAddCost: a gathered codec's decode-add counts the whole
+// layer, so a dense (unqualified) throughput is scaled by the payload's
+// share of the fp32 layer; a recipe-qualified throughput (as `slimgrad bench`
+// measures per layer element) is used as it is.
+func TestSparseDecodeAddCost(t *testing.T) {
+	dense := (&Calibration{Throughput: map[string]float64{"decode-add": 4e9}}).table("none", false)
+	topk := (&Calibration{Throughput: map[string]float64{"decode-add": 4e9}}).table("topk:0.001", false)
+	qual := (&Calibration{Throughput: map[string]float64{"decode-add": 4e9, "decode-add/topk:0.001": 1e12}}).table("topk:0.001", false)
+	d, s, q := dense.secPerElem[allreduce.FnDecodeAdd], topk.secPerElem[allreduce.FnDecodeAdd], qual.secPerElem[allreduce.FnDecodeAdd]
+	if d != 1e-9 {
+		t.Fatalf("dense decode-add %v s/elem, want 1e-9", d)
+	}
+	// top-0.1%: k (index, value) pairs of 8 bytes per 4000 bytes of layer.
+	if want := d * 0.002; !near(s, want, 0.01) {
+		t.Errorf("topk:0.001 decode-add %v s/elem, want about %v", s, want)
+	}
+	if q != 4/1e12 {
+		t.Errorf("qualified decode-add %v s/elem, want %v", q, 4/1e12)
+	}
+	// Other functions of a gathered codec keep their throughput.
+	if topk.secPerElem[allreduce.FnEncode] != dense.secPerElem[allreduce.FnEncode] {
+		t.Errorf("encode cost changed by the decode-add scaling")
+	}
+}
