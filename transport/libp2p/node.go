@@ -41,8 +41,9 @@
 //
 // Performance (loopback, 2 cores): the muxer is go-yamux with 1 MiB data
 // frames and 16-32 MiB stream windows (see muxer); a message above 1 MiB is
-// written as pieces of 1 MiB, each checksummed just before the muxer copies
-// it, and the receiver checksums each 128 KiB as it reads it, so no pass
+// written as pieces of 1 MiB, each copied into a buffer and checksummed in
+// the same cached pass, then written with its header in one Write, and the
+// receiver checksums each 128 KiB as it reads it, so no pass
 // over a whole message misses the cache. What is left per byte is the
 // muxer's copy on each side, the kernel's copies, zeroing the receive
 // buffer and, with Noise, ChaCha20-Poly1305 (about a third of a rank's CPU
