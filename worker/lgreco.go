@@ -37,14 +37,19 @@ type lgState struct {
 }
 
 // newLGState builds the plan of L-GreCo over the registered layers: one
-// lgreco.LayerOf per layer with its resolved recipe as the default (layers
+// lgreco.LayerOf per layer with its resolved recipe (a scheduled layer's
+// last stage) as the default (layers
 // whose codec has no levels to choose, such as none, fp16 or sign, are not
 // tuned). The plan's seed is Config.Seed, so that before the first
 // adjustment every layer is seeded exactly as without L-GreCo.
 func (w *Worker) newLGState() (*lgState, error) {
 	layers := make([]lgreco.Layer, len(w.layers))
 	for i, s := range w.layers {
-		layers[i] = lgreco.LayerOf(s.name, s.shape, s.recipe)
+		r := s.recipe
+		if n := len(s.stages); n > 0 {
+			r = s.stages[n-1].recipe // the codec after the schedule
+		}
+		layers[i] = lgreco.LayerOf(s.name, s.shape, r)
 	}
 	opts := append([]lgreco.Option(nil), w.cfg.LGreCoOptions...)
 	opts = append(opts, lgreco.WithSeed(w.cfg.Seed))
@@ -160,7 +165,7 @@ func (w *Worker) lgBoundary(ctx context.Context, t int64) error {
 		return local
 	}
 	for _, l := range changed {
-		if err := w.switchLayer(l); err != nil {
+		if err := w.switchLayer(l, c.Recipe(l), c.LayerSeed(l), "L-GreCo"); err != nil {
 			return err
 		}
 	}
@@ -172,20 +177,55 @@ func (w *Worker) lgBoundary(ctx context.Context, t int64) error {
 	return nil
 }
 
-// switchLayer rebuilds layer l's collective for the controller's active
-// recipe and seed.
-func (w *Worker) switchLayer(l int) error {
+// switchLayer rebuilds layer l's collective for recipe r with the shared
+// seed, keeping its error-feedback state (adapt.Layer.SetCodec): L-GreCo's
+// switches and codec schedules (WithCodecSchedule). by names the caller in
+// errors.
+func (w *Worker) switchLayer(l int, r compressors.Recipe, seed uint64, by string) error {
 	s := w.layers[l]
-	r := w.lg.ctrl.Recipe(l)
 	b := w.buckets[w.layerBucket[l]]
 	lc, ok := b.coll.(*layerColl)
-	if !ok {
-		return fmt.Errorf("worker: L-GreCo: layer %q has no switchable collective", s.name)
+	if !ok || b.fused {
+		return fmt.Errorf("worker: %s: layer %q has no switchable collective", by, s.name)
 	}
-	if err := lc.l.SetCodec(r, w.lg.ctrl.LayerSeed(l)); err != nil {
-		return fmt.Errorf("worker: L-GreCo: layer %q to %s: %w", s.name, r, err)
+	if err := lc.l.SetCodec(r, seed); err != nil {
+		return fmt.Errorf("worker: %s: layer %q to %s: %w", by, s.name, r, err)
 	}
 	s.recipe, s.codec = r, r.String()
+	return nil
+}
+
+// scheduleBoundary switches the layers whose codec schedule
+// (WithCodecSchedule) has a stage from step t, on every rank alike (the
+// schedules agreed at Start).
+func (w *Worker) scheduleBoundary(ctx context.Context, t int64) error {
+	if t == 0 {
+		return nil // stage 0 is the codec the layer was built with
+	}
+	for l, s := range w.layers {
+		for _, st := range s.stages {
+			if st.from != t {
+				continue
+			}
+			if err := w.switchLayer(l, st.recipe, w.cfg.Seed, "codec schedule"); err != nil {
+				return err
+			}
+			w.cfg.Logger.DebugContext(ctx, "worker: codec schedule switched", "rank", w.conn.Rank(), "step", t, "layer", s.name, "codec", s.codec)
+		}
+	}
+	return nil
+}
+
+// checkSchedules refuses L-GreCo tuning a layer whose codec schedule has a
+// stage at or after L-GreCo's start (see WithCodecSchedule).
+func (w *Worker) checkSchedules() error {
+	start := w.lg.plan.Config().Start
+	for l, s := range w.layers {
+		if n := len(s.stages); n > 0 && w.lg.plan.Tuned(l) && s.stages[n-1].from > start {
+			return fmt.Errorf("worker: L-GreCo: layer %q's codec schedule switches at step %d, after L-GreCo's start %d (lgreco.WithSchedule's start must be at least the schedule's last step)",
+				s.name, s.stages[n-1].from, start)
+		}
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
@@ -252,4 +253,56 @@ func WithCodec(recipe string) LayerOption {
 // WithErrorFeedback sets the layer's error-feedback recipe, e.g. "ef14".
 func WithErrorFeedback(recipe string) LayerOption {
 	return func(s *layerSpec) error { s.ef = recipe; return nil }
+}
+
+// CodecStage is one stretch of a layer's codec schedule (WithCodecSchedule):
+// the compressor recipe Codec from step From on.
+type CodecStage struct {
+	From  int64
+	Codec string
+}
+
+// WithCodecSchedule makes the layer run stages[i].Codec from step
+// stages[i].From on, e.g. DGC's density warm-up (train.Plan.Stages):
+//
+//	worker.WithCodecSchedule(
+//		worker.CodecStage{From: 0, Codec: "dgc:0.25"},
+//		worker.CodecStage{From: 100, Codec: "dgc:0.0625"},
+//		worker.CodecStage{From: 200, Codec: "dgc:0.001"})
+//
+// stages[0].From must be 0 and the From steps strictly increasing. The
+// schedule replaces the codec of WithCodec and the Worker's default (its
+// first stage is the layer's codec). Steps are counted by the Worker: every
+// step that Wait returned from counts, skipped and ModeDense steps included.
+// At the boundary before step From (at the end of Wait, before L-GreCo's
+// boundary) every rank switches the layer with adapt.Layer.SetCodec, the
+// shared Config.Seed as the codec's seed, keeping the error-feedback state;
+// a failure there breaks the Worker like a failed L-GreCo boundary.
+//
+// Every stage must resolve to the aggregation of the first (a switch between
+// schemes would change what the error-feedback state means); Register
+// refuses a schedule that does not. The schedule is part of the layer's
+// signature line, so ranks with different schedules fail at Start with a
+// *SignatureError. A scheduled layer is never fused with others. With
+// L-GreCo, the default level of a scheduled layer is its last stage's
+// recipe, and L-GreCo's start (lgreco.WithSchedule) must be at or after the
+// last stage's From on every layer it tunes (two controllers of one layer's
+// codec cannot both hold): Start refuses otherwise. A schedule of one stage
+// (or of equal consecutive recipes) is merged into fewer stages.
+func WithCodecSchedule(stages ...CodecStage) LayerOption {
+	return func(s *layerSpec) error {
+		if len(stages) == 0 {
+			return errors.New("empty codec schedule")
+		}
+		if stages[0].From != 0 {
+			return fmt.Errorf("codec schedule starts at step %d, not 0", stages[0].From)
+		}
+		for i := 1; i < len(stages); i++ {
+			if stages[i].From <= stages[i-1].From {
+				return fmt.Errorf("codec schedule: stage %d from step %d does not follow step %d", i, stages[i].From, stages[i-1].From)
+			}
+		}
+		s.schedule = slices.Clone(stages)
+		return nil
+	}
 }

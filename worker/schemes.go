@@ -22,8 +22,15 @@ import (
 //   - sign uses the two-phase scheme's own worker and server errors, so its
 //     error feedback must be "none"; PowerSGD supports "none" and "ef14"
 //     (the residual against the all-reduced approximation, as in the paper).
+//
+// A codec schedule (WithCodecSchedule) resolves every stage by these rules;
+// its first stage becomes the layer's codec, consecutive equal recipes are
+// merged, and every stage must keep the first stage's aggregation.
 func resolveLayer(s *layerSpec) error {
-	r, err := compressors.Parse(s.codec)
+	if len(s.schedule) > 0 {
+		s.codec = s.schedule[0].Codec
+	}
+	r, err := resolveCodec(s.codec, s.shape)
 	if err != nil {
 		return err
 	}
@@ -31,10 +38,24 @@ func resolveLayer(s *layerSpec) error {
 	if err != nil {
 		return err
 	}
-	if r.Codec == compressors.CodecPowerSGD {
-		rows, cols := matrixShape(s.shape)
-		if (rows+cols)*r.Rank*2 >= rows*cols {
-			r, _ = compressors.Parse("none")
+	s.stages = nil
+	if len(s.schedule) > 0 {
+		stages := []stage{{from: 0, recipe: r}}
+		for _, cs := range s.schedule[1:] {
+			sr, err := resolveCodec(cs.Codec, s.shape)
+			if err != nil {
+				return fmt.Errorf("codec schedule, stage from step %d: %w", cs.From, err)
+			}
+			if sr.Aggregation() != r.Aggregation() {
+				return fmt.Errorf("codec schedule: stage from step %d runs %s (%v), the layer starts with %s (%v): every stage must keep the aggregation",
+					cs.From, sr, sr.Aggregation(), r, r.Aggregation())
+			}
+			if sr.String() != stages[len(stages)-1].recipe.String() {
+				stages = append(stages, stage{from: cs.From, recipe: sr})
+			}
+		}
+		if len(stages) > 1 {
+			s.stages = stages
 		}
 	}
 	switch r.Aggregation() {
@@ -52,6 +73,22 @@ func resolveLayer(s *layerSpec) error {
 	return nil
 }
 
+// resolveCodec parses codec for a layer of the given shape: PowerSGD on a
+// matrix too small to gain is "none".
+func resolveCodec(codec string, shape []int) (compressors.Recipe, error) {
+	r, err := compressors.Parse(codec)
+	if err != nil {
+		return r, err
+	}
+	if r.Codec == compressors.CodecPowerSGD {
+		rows, cols := matrixShape(shape)
+		if (rows+cols)*r.Rank*2 >= rows*cols {
+			r, _ = compressors.Parse("none")
+		}
+	}
+	return r, nil
+}
+
 // matrixShape views a shape as a matrix [shape[0], product of the rest].
 func matrixShape(shape []int) (rows, cols int) {
 	rows, cols = shape[0], 1
@@ -63,9 +100,10 @@ func matrixShape(shape []int) (rows, cols int) {
 
 // fusable reports whether a layer may share a bucket with others: its codec
 // is element-wise (Reduce) and its error feedback is element-wise too (DGC's
-// clipping uses the norm of the whole vector, so DGC layers stay alone).
+// clipping uses the norm of the whole vector, so DGC layers stay alone), and
+// it has no codec schedule (a bucket has one codec).
 func fusable(s *layerSpec) bool {
-	return s.recipe.Aggregation() == compressors.Reduce && s.efRecipe.Kind != errorfeedback.KindDGC
+	return s.recipe.Aggregation() == compressors.Reduce && s.efRecipe.Kind != errorfeedback.KindDGC && len(s.stages) == 0
 }
 
 func sameRecipe(a, b *layerSpec) bool { return a.codec == b.codec && a.ef == b.ef }

@@ -24,6 +24,17 @@ type layerSpec struct {
 
 	recipe   compressors.Recipe
 	efRecipe errorfeedback.Recipe
+
+	// schedule is WithCodecSchedule's argument; stages its resolution
+	// (nil unless the layer changes codec: at least two stages).
+	schedule []CodecStage
+	stages   []stage
+}
+
+// stage is a resolved CodecStage.
+type stage struct {
+	from   int64
+	recipe compressors.Recipe
 }
 
 // describe is the layer's line in the signature: everything that must agree
@@ -42,6 +53,17 @@ func (s *layerSpec) describe() string {
 	b.WriteString(s.codec)
 	b.WriteString(" ef=")
 	b.WriteString(s.ef)
+	if len(s.stages) > 0 {
+		b.WriteString(" schedule=")
+		for i, st := range s.stages {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(strconv.FormatInt(st.from, 10))
+			b.WriteByte('@')
+			b.WriteString(st.recipe.String())
+		}
+	}
 	return b.String()
 }
 

@@ -266,6 +266,10 @@ func (w *Worker) Start(ctx context.Context) error {
 			return fmt.Errorf("worker: L-GreCo: %w", err)
 		}
 		w.lg = g
+		if err := w.checkSchedules(); err != nil {
+			w.lg = nil
+			return err
+		}
 	}
 	if !w.cfg.SkipSignature {
 		lines := signatureLines(w.settingsLine(), w.layers)
@@ -613,6 +617,10 @@ func (w *Worker) abort(err error) {
 // applied. Under NaNError it returns a *NonFiniteError and the
 // Worker stays usable.
 //
+// Once a step has ended in a way the ranks agree on, Wait switches the
+// layers whose codec schedule (WithCodecSchedule) has a stage from the next
+// step; a failure there breaks the Worker (the next call returns it).
+//
 // With L-GreCo (Config.LGreCo), once a step has ended in a way the ranks
 // agree on (success, skipped, non-finite error, mode mismatch), Wait also
 // runs L-GreCo's boundary of the next step: at an adjustment step the
@@ -624,6 +632,12 @@ func (w *Worker) abort(err error) {
 func (w *Worker) Wait(ctx context.Context) (*Ledger, error) {
 	before := w.step
 	led, err := w.wait(ctx)
+	if w.step != before && w.broken == nil && !w.closed {
+		if berr := w.scheduleBoundary(ctx, w.step); berr != nil {
+			w.broken = berr
+			w.cfg.Logger.Warn("worker: codec schedule boundary failed", "rank", w.conn.Rank(), "step", w.step, "err", berr)
+		}
+	}
 	if w.lg != nil && w.step != before && w.broken == nil && !w.closed {
 		if berr := w.lgBoundary(ctx, w.step); berr != nil {
 			w.broken = berr

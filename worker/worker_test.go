@@ -21,6 +21,7 @@ type layerDef struct {
 	shape []int
 	codec string
 	ef    string
+	sched []CodecStage // WithCodecSchedule, if not nil
 }
 
 func (l layerDef) elems() int {
@@ -60,6 +61,9 @@ func tryStartWorkers(t testing.TB, conns []transport.Conn, layersOf func(rank in
 			}
 			if l.ef != "" {
 				lo = append(lo, WithErrorFeedback(l.ef))
+			}
+			if l.sched != nil {
+				lo = append(lo, WithCodecSchedule(l.sched...))
 			}
 			if _, err := w.Register(l.name, l.shape, lo...); err != nil {
 				return err
