@@ -207,7 +207,10 @@ func (s *Sim) newLayer(u Layer, codec compressors.Recipe, ef errorfeedback.Recip
 func (s *Sim) newLGreCo() error {
 	layers := make([]lgreco.Layer, len(s.units))
 	for i, u := range s.units {
-		r, err := compressors.Parse(s.plan.RecipeAt(u, 0))
+		// The default level is the codec after any warm-up (L-GreCo starts
+		// after it), as worker gives a scheduled layer its last stage.
+		st := s.plan.Stages(u)
+		r, err := compressors.Parse(st[len(st)-1].Recipe)
 		if err != nil {
 			return err
 		}

@@ -18,21 +18,25 @@ import (
 // RegisterUnits registers units on w as the plan says: each unit's codec and
 // error feedback, or, if codec is not empty, that codec with no error feedback
 // for every unit (1-bit Adam registers "sign": its compressed stage is the
-// two-phase scheme). Warm-up schedules cannot be registered (the worker keeps
-// one codec per layer): a plan with Warmup is ErrUnsupported.
+// two-phase scheme). A warm-up (Plan.Warmup) is registered as each unit's
+// codec schedule (worker.WithCodecSchedule from Plan.Stages), so the worker
+// switches densities at the same steps as Sim, keeping the error feedback.
 func RegisterUnits(w *worker.Worker, units []Layer, plan Plan, codec string) error {
-	if len(plan.Warmup) > 0 {
-		return fmt.Errorf("%w: the worker keeps one codec per layer, so DGC's density warm-up cannot run over it", ErrUnsupported)
-	}
 	if err := plan.validate(); err != nil {
 		return err
 	}
 	for _, u := range units {
-		c, ef := plan.RecipeAt(u, 0), plan.efRecipe()
+		opts := []worker.LayerOption{worker.WithCodec(plan.RecipeAt(u, 0)), worker.WithErrorFeedback(plan.efRecipe())}
 		if codec != "" {
-			c, ef = codec, "none"
+			opts = []worker.LayerOption{worker.WithCodec(codec), worker.WithErrorFeedback("none")}
+		} else if st := plan.Stages(u); len(st) > 1 {
+			sched := make([]worker.CodecStage, len(st))
+			for i, s := range st {
+				sched[i] = worker.CodecStage{From: int64(s.From), Codec: s.Recipe}
+			}
+			opts = append(opts, worker.WithCodecSchedule(sched...))
 		}
-		if _, err := w.Register(u.Name, u.Shape, worker.WithCodec(c), worker.WithErrorFeedback(ef)); err != nil {
+		if _, err := w.Register(u.Name, u.Shape, opts...); err != nil {
 			return fmt.Errorf("train: register %s: %w", u.Name, err)
 		}
 	}

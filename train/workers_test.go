@@ -2,9 +2,9 @@ package train
 
 import (
 	"context"
-	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -47,6 +47,11 @@ func TestWorkersMatchSim(t *testing.T) {
 		{"twophase", Plan{}, "sign", optim.TwoPhaseSign},
 		{"powersgd-ef14", Plan{Compress: "powersgd:2", EF: "ef14", Seed: 3}, "", optim.Mean},
 		{"densemean", Plan{}, "sign", optim.DenseMean},
+		// DGC's density warm-up: codec schedules on the workers, SetCodec
+		// in Sim, switching at steps 1, 2 and 3 (4 stages in 4 steps) and
+		// to the plan's density at step 4.
+		{"dgc-warmup", Plan{Compress: "dgc:0.01", EF: "dgc:0.9", CompressVectors: true, Warmup: optim.PaperWarmup, WarmupSteps: 4, Seed: 3}, "", optim.Mean},
+		{"topk-warmup-ef14", Plan{Compress: "topk:0.05", EF: "ef14", Warmup: []float64{0.5, 0.2}, WarmupSteps: 3, Seed: 3}, "", optim.Mean},
 	}
 	for _, tc := range cases {
 		n := 3
@@ -60,7 +65,7 @@ func TestWorkersMatchSim(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for step := range 4 {
+		for step := range 6 {
 			in, outW := vectors(rng, n, testUnits)
 			outS := clone3(outW)
 			h := hows(tc.how, len(testUnits))
@@ -81,6 +86,9 @@ func TestWorkersMatchSim(t *testing.T) {
 					}
 				}
 			}
+			if !slices.Equal(stW.Recipes, stS.Recipes) {
+				t.Errorf("%s step %d: recipes %v, sim %v", tc.name, step, stW.Recipes, stS.Recipes)
+			}
 			if stW.WireBytes != stS.WireBytes || stW.DenseBytes != stS.DenseBytes {
 				t.Errorf("%s step %d: wire %d/%d dense %d/%d (real/sim)", tc.name, step, stW.WireBytes, stS.WireBytes, stW.DenseBytes, stS.DenseBytes)
 			}
@@ -89,7 +97,8 @@ func TestWorkersMatchSim(t *testing.T) {
 }
 
 // TestRunRankMatchesRun: N RunRank replicas over real workers follow Run's
-// replicas over the simulator exactly (same losses, same final accuracy).
+// replicas over the simulator exactly (same losses, same final accuracy),
+// DGC's density warm-up included.
 func TestRunRankMatchesRun(t *testing.T) {
 	ctx := context.Background()
 	task, err := LoadTask("logistic", "", 2)
@@ -98,59 +107,62 @@ func TestRunRankMatchesRun(t *testing.T) {
 	}
 	n := 3
 	cfg := Config{Workers: n, Batch: 8, Steps: 25, Seed: 2, Split: workload.NonIID, EvalEvery: 10}
-	plan := Plan{Compress: "topk:0.1", EF: "ef14", CompressVectors: true, Seed: 2}
 	opt := OptimSpec{Name: "momentum", New: func(n int) (optim.Optimizer, error) { return optim.NewMomentum(n, 0.1, 0.9, 0, false) }}
-	sx, err := NewSim(ctx, n, Units(task.Model, false), plan, SimConfig{Topology: sim.Homogeneous(n, sim.Gbps, time.Microsecond)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := Run(ctx, cfg, task, sx, opt, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conns := memConns(t, n)
-	results := make([]*Result, n)
-	errs := make(chan error, n)
-	for r := range n {
-		go func() {
-			w, err := worker.New(ctx, conns[r], WorkerOptions(cfg.Seed, nil)...)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer w.Close()
-			results[r], err = RunRank(ctx, RankConfig{Config: cfg, Rank: r, World: n}, task, w, plan, opt, "", nil)
-			errs <- err
-		}()
-	}
-	for range n {
-		if err := <-errs; err != nil {
+	for _, plan := range []Plan{
+		{Compress: "topk:0.1", EF: "ef14", CompressVectors: true, Seed: 2},
+		{Compress: "dgc:0.01", EF: "dgc:0.9", CompressVectors: true, Warmup: optim.PaperWarmup, WarmupSteps: 10, Seed: 2},
+	} {
+		sx, err := NewSim(ctx, n, Units(task.Model, false), plan, SimConfig{Topology: sim.Homogeneous(n, sim.Gbps, time.Microsecond)})
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	for s := range cfg.Steps {
-		var mean float64
+		want, err := Run(ctx, cfg, task, sx, opt, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns := memConns(t, n)
+		results := make([]*Result, n)
+		errs := make(chan error, n)
 		for r := range n {
-			mean += results[r].Records[s].Loss
+			go func() {
+				w, err := worker.New(ctx, conns[r], WorkerOptions(cfg.Seed, nil)...)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer w.Close()
+				results[r], err = RunRank(ctx, RankConfig{Config: cfg, Rank: r, World: n}, task, w, plan, opt, "", nil)
+				errs <- err
+			}()
 		}
-		mean /= float64(n)
-		if math.Abs(mean-want.Records[s].Loss) > 1e-12 {
-			t.Fatalf("step %d: mean loss over ranks %g, Run %g", s, mean, want.Records[s].Loss)
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("%v: %v", plan, err)
+			}
 		}
-		if got := results[0].Records[s]; got.WireBytes != want.Records[s].WireBytes {
-			t.Errorf("step %d: wire %d, Run %d", s, got.WireBytes, want.Records[s].WireBytes)
+		for s := range cfg.Steps {
+			var mean float64
+			for r := range n {
+				mean += results[r].Records[s].Loss
+			}
+			mean /= float64(n)
+			if math.Abs(mean-want.Records[s].Loss) > 1e-12 {
+				t.Fatalf("%v step %d: mean loss over ranks %g, Run %g", plan, s, mean, want.Records[s].Loss)
+			}
+			// Without Combine a rank reports its own bytes × World; DGC's
+			// message sizes differ between ranks, so sum the ranks' own.
+			var wire int64
+			for r := range n {
+				wire += results[r].Records[s].WireBytes / int64(n)
+			}
+			if got := results[0].Records[s]; wire != want.Records[s].WireBytes || !slices.Equal(got.Recipes, want.Records[s].Recipes) {
+				t.Errorf("%v step %d: wire %d %v, Run %d %v", plan, s, wire, got.Recipes, want.Records[s].WireBytes, want.Records[s].Recipes)
+			}
 		}
-	}
-	for r := range n {
-		if results[r].Final != want.Final {
-			t.Errorf("rank %d: final %+v, Run %+v", r, results[r].Final, want.Final)
+		for r := range n {
+			if results[r].Final != want.Final {
+				t.Errorf("%v rank %d: final %+v, Run %+v", plan, r, results[r].Final, want.Final)
+			}
 		}
-	}
-}
-
-func TestRegisterRejectsWarmup(t *testing.T) {
-	_, err := NewWorkers(context.Background(), memConns(t, 2), testUnits, Plan{Compress: "dgc:0.01", EF: "dgc:0.9", Warmup: optim.PaperWarmup, WarmupSteps: 8}, "")
-	if !errors.Is(err, ErrUnsupported) {
-		t.Errorf("warm-up over workers: err %v, want ErrUnsupported", err)
 	}
 }
