@@ -100,3 +100,95 @@ func TestSelect(t *testing.T) {
 		t.Errorf("candidates ignored: %+v", c)
 	}
 }
+
+// TestMessagesMatchPrograms checks Messages, the count Cost charges Overhead
+// for, against the generated programs: the most sends of any rank.
+func TestMessagesMatchPrograms(t *testing.T) {
+	m := allreduce.Model{Overhead: 1} // Cost is then Overhead·Messages alone
+	algs := []allreduce.Algorithm{allreduce.AlgRing, allreduce.AlgReduceScatter, allreduce.AlgAllGather,
+		allreduce.AlgTree, allreduce.AlgHalvingDoubling, allreduce.AlgAllToAll, allreduce.AlgBroadcast,
+		allreduce.AlgBarrier, allreduce.AlgTwoPhaseSign}
+	for _, alg := range algs {
+		for _, n := range []int{2, 3, 4, 5, 6, 8, 13, 16} {
+			for _, k := range []int{1, 4} {
+				p := allreduce.Params{World: n, Elems: 840 * n * 8, Segments: k}
+				most := 0
+				for _, prog := range genAll(t, alg, p) {
+					sends := 0
+					for _, o := range prog.Ops {
+						if o.Kind == allreduce.Send {
+							sends++
+						}
+					}
+					most = max(most, sends)
+				}
+				if got := allreduce.Messages(alg, p); got != most {
+					t.Errorf("%v n=%d k=%d: Messages %d, busiest program sends %d", alg, n, k, got, most)
+				}
+				if got := m.Cost(alg, p); got != float64(most) {
+					t.Errorf("%v n=%d k=%d: Cost with only Overhead = 1 is %g, want %d", alg, n, k, got, most)
+				}
+			}
+		}
+	}
+}
+
+// TestOverheadSegments checks that a per-message overhead keeps the
+// pipelined algorithms from splitting a large vector into tiny segments,
+// and that without it the choice is the overlap-only one.
+func TestOverheadSegments(t *testing.T) {
+	const bytes = 64 << 20
+	base := allreduce.Model{Alpha: 20e-6, Beta: 1 / 1.25e9, Gamma: 1e-9}
+	withOH := base
+	withOH.Overhead = 25e-6
+	for _, world := range []int{2, 4, 8} {
+		p := allreduce.Params{World: world, Elems: bytes / 4}
+		for _, alg := range []allreduce.Algorithm{allreduce.AlgRing, allreduce.AlgTree} {
+			perSeg := func(k int) int64 {
+				if alg == allreduce.AlgTree {
+					return bytes / 2 / int64(k) // each tree carries half
+				}
+				return bytes / int64(world) / int64(k)
+			}
+			k0 := base.BestSegments(alg, p)
+			k1 := withOH.BestSegments(alg, p)
+			if seg := perSeg(k1); seg < 1<<20 {
+				t.Errorf("%v world %d, overhead 25 µs: %d segments of %d B, want ≥ 1 MiB", alg, world, k1, seg)
+			}
+			if k1 > k0 {
+				t.Errorf("%v world %d: overhead raised the segments from %d to %d", alg, world, k0, k1)
+			}
+			// Without overhead the choice minimises the overhead-free cost,
+			// which for the tree is the deepest pipelining allowed.
+			for k := 1; k <= 4096; k *= 2 {
+				q := p
+				q.Segments = k
+				if c, best := base.Cost(alg, q), base.Cost(alg, allreduce.Params{World: world, Elems: bytes / 4, Segments: k0}); c < best*(1-1e-12) {
+					t.Errorf("%v world %d, no overhead: %d segments cost %g < chosen %d at %g", alg, world, k, c, k0, best)
+				}
+			}
+		}
+		if k := base.BestSegments(allreduce.AlgTree, p); k != 4096 {
+			t.Errorf("tree world %d, no overhead: %d segments, want 4096 (the overlap-only choice)", world, k)
+		}
+		// The overhead is added on top: Cost grows by Overhead·Messages.
+		for _, alg := range []allreduce.Algorithm{allreduce.AlgRing, allreduce.AlgTree, allreduce.AlgHalvingDoubling, allreduce.AlgBroadcast} {
+			q := p
+			q.Segments = 8
+			want := base.Cost(alg, q) + withOH.Overhead*float64(allreduce.Messages(alg, q))
+			if got := withOH.Cost(alg, q); !near(got, want) {
+				t.Errorf("%v world %d: cost %g with overhead, want %g", alg, world, got, want)
+			}
+		}
+	}
+	// LowRank charges its two rings' messages.
+	lr := allreduce.Params{World: 4, Rows: 512, Cols: 256, Components: 4}
+	ring := func(elems int) allreduce.Params { return allreduce.Params{World: 4, Elems: elems} }
+	want := base.Cost(allreduce.AlgLowRank, lr) + withOH.Overhead*float64(allreduce.Messages(allreduce.AlgRing, ring(512*4))+allreduce.Messages(allreduce.AlgRing, ring(256*4)))
+	if got := withOH.Cost(allreduce.AlgLowRank, lr); !near(got, want) {
+		t.Errorf("low-rank with overhead: %g, want %g", got, want)
+	}
+	if d := allreduce.DefaultModel(); d.Overhead <= 0 {
+		t.Errorf("DefaultModel has no per-message overhead: %+v", d)
+	}
+}
