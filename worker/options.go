@@ -66,7 +66,10 @@ type Config struct {
 	// Empty selects per bucket with CostModel (allreduce.Policy.Select).
 	Algorithm string
 	// CostModel is the alpha-beta-gamma model that selects the dense
-	// algorithm and its segment count. Zero means allreduce.DefaultModel().
+	// algorithm and its segment count. Zero means allreduce.DefaultModel(),
+	// whose per-message Overhead (25 µs, the CPU a libp2p or NATS message
+	// costs on loopback) keeps large buckets in segments of a MiB or more;
+	// a model with Overhead 0 pipelines as deeply as its link allows.
 	CostModel allreduce.Model
 	// Seed is the seed shared by all ranks (random-k indices, PowerSGD's Q).
 	Seed uint64

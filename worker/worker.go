@@ -233,8 +233,8 @@ func (w *Worker) Layers() int { return len(w.layers) }
 // settingsLine is the part of the configuration that must agree across ranks.
 func (w *Worker) settingsLine() string {
 	m := w.cfg.CostModel
-	line := fmt.Sprintf("world=%d bucket=%d nonfinite=%s algorithm=%q segment=%d model=%g/%g/%g seed=%d",
-		w.conn.Size(), w.cfg.BucketBytes, w.cfg.NonFinite, w.cfg.Algorithm, w.cfg.SegmentBytes, m.Alpha, m.Beta, m.Gamma, w.cfg.Seed)
+	line := fmt.Sprintf("world=%d bucket=%d nonfinite=%s algorithm=%q segment=%d model=%g/%g/%g/%g seed=%d",
+		w.conn.Size(), w.cfg.BucketBytes, w.cfg.NonFinite, w.cfg.Algorithm, w.cfg.SegmentBytes, m.Alpha, m.Beta, m.Gamma, m.Overhead, w.cfg.Seed)
 	if w.lg != nil {
 		line += " " + w.lg.settings
 	}
