@@ -65,7 +65,7 @@ func (o *jobOptions) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.EvalEvery, "eval-every", o.EvalEvery, "steps between test evaluations")
 	fs.IntVar(&o.EvalSamples, "eval-samples", o.EvalSamples, "test samples per periodic evaluation (0: all)")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the model initialisation, shards, samplers and codecs (same on every process)")
-	fs.StringVar(&o.Method, "method", o.Method, "method preset ("+strings.Join(presetNames(), ", ")+"); DGC's warm-up does not run over real workers")
+	fs.StringVar(&o.Method, "method", o.Method, "method preset ("+strings.Join(presetNames(), ", ")+"); dgc runs its density warm-up on the workers, as sim does")
 	fs.StringVar(&o.Compress, "compress", o.Compress, "compressor recipe of a custom method (overrides --method)")
 	fs.StringVar(&o.EF, "ef", o.EF, "error-feedback recipe of a custom method")
 	fs.StringVar(&o.Optim, "optim", o.Optim, "optimizer recipe of a custom method")
@@ -101,19 +101,15 @@ func (o *jobOptions) args() []string {
 	}
 }
 
-// method resolves the job's method; DGC's warm-up is dropped (the worker keeps
-// one codec per layer), with a note on w.
-func (o *jobOptions) method(w io.Writer) (method, error) {
+// method resolves the job's method. DGC's warm-up runs as the workers'
+// codec schedules (train.RegisterUnits), as in sim.
+func (o *jobOptions) method() (method, error) {
 	m, ok := customMethod(o.Compress, o.EF, o.Optim)
 	if !ok {
 		var err error
 		if m, err = preset(o.Method); err != nil {
 			return m, err
 		}
-	}
-	if m.WarmupSteps != 0 {
-		fmt.Fprintf(w, "note: %s runs without DGC's density warm-up over real workers\n", m.Name)
-		m.WarmupSteps = 0
 	}
 	switch {
 	case o.LGreCo && o.LGreCoLink:
@@ -304,7 +300,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	m, err := o.method(stderr)
+	m, err := o.method()
 	if err != nil {
 		return err
 	}

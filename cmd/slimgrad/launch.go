@@ -44,7 +44,7 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if o.Transport != "nats" && o.Transport != "libp2p" {
 		return fmt.Errorf("unknown --transport %q (want nats or libp2p)", o.Transport)
 	}
-	if _, err := o.method(io.Discard); err != nil {
+	if _, err := o.method(); err != nil {
 		return err
 	}
 	if o.Job == "" {

@@ -36,23 +36,34 @@ func TestLaunch(t *testing.T) {
 	if len(rep.Runs) != 2 || rep.Runs[1].Method.Name != "econtrol+lgreco-link" {
 		t.Fatalf("sim runs: %d", len(rep.Runs))
 	}
+	// DGC with its density warm-up (4 steps of 30: max(4, 30/20)).
+	dgc, err := runSim(context.Background(), simOptionsFor(t, append([]string{"--workers", "3", "--methods", "dgc", "--out", "", "--progress", "off"}, scenario...)), &bytes.Buffer{}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dgc.Runs) != 1 || dgc.Runs[0].Result.Records[0].Recipes[0] == dgc.Runs[0].Result.Records[29].Recipes[0] {
+		t.Fatalf("sim dgc: %d runs, no warm-up in the recipes", len(dgc.Runs))
+	}
 	re := regexp.MustCompile(`all 3 replicas hold identical parameters \(params ([0-9a-f]{16})\)`)
 	for _, tc := range []struct {
 		name, transport string
+		method          string
 		extra           []string
 		sim             methodRun
 	}{
-		{"nats", "nats", nil, rep.Runs[0]},
-		{"libp2p", "libp2p", nil, rep.Runs[0]},
+		{"nats", "nats", "econtrol", nil, rep.Runs[0]},
+		{"libp2p", "libp2p", "econtrol", nil, rep.Runs[0]},
 		// L-GreCo (link-aware, on the default topology of 3 workers) over
 		// real processes decides and computes what sim does.
-		{"nats-lgreco-link", "nats", lg, rep.Runs[1]},
+		{"nats-lgreco-link", "nats", "econtrol", lg, rep.Runs[1]},
+		// DGC's density warm-up runs as the workers' codec schedules.
+		{"nats-dgc", "nats", "dgc", nil, dgc.Runs[0]},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			want := paramsDigest(tc.sim.Result.Model.Flat())
 			dir := t.TempDir()
 			var stdout, stderr bytes.Buffer
-			args := append([]string{"launch", "-n", "3", "--transport", tc.transport, "--method", "econtrol", "--out", dir}, append(tc.extra, scenario...)...)
+			args := append([]string{"launch", "-n", "3", "--transport", tc.transport, "--method", tc.method, "--out", dir}, append(tc.extra, scenario...)...)
 			if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
 				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 			}

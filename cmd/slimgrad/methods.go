@@ -219,10 +219,6 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 		if spec.Flat {
 			codec = "sign"
 		}
-		if len(plan.Warmup) > 0 {
-			log.Warn("DGC's density warm-up does not run over real workers; running without", "method", m.Name)
-			plan.Warmup, plan.WarmupSteps = nil, 0
-		}
 		wopts := train.WorkerOptions(o.Seed, log)
 		if m.LGreCo != "" {
 			wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LGreCoAdjust, o.LGreCoAlpha, env.topo, env.linkOptions(o)))

@@ -153,13 +153,14 @@ func TestCommandLineErrors(t *testing.T) {
 // TestExchangersAgree: the simulator and real workers over transport/mem run
 // the same collectives and train the same parameters, bit for bit (gathered
 // top-k with EControl and dense ring biases; 1-bit Adam's dense warm-up, then
-// its two-phase sign stage). The in-process reference sums dense layers in
+// its two-phase sign stage; DGC's density warm-up, the workers' codec
+// schedules, alone and followed by L-GreCo). The in-process reference sums dense layers in
 // rank order rather than ring order, so it agrees only to rounding.
 func TestExchangersAgree(t *testing.T) {
 	digests := map[string][]string{}
 	for _, ex := range []string{"sim", "mem"} {
 		o := simOptionsFor(t, []string{"--workload", "logistic", "--workers", "4", "--steps", "25", "--eval-every", "0",
-			"--methods", "econtrol,onebitadam", "--exchange", ex, "--out", "", "--progress", "off",
+			"--methods", "econtrol,onebitadam,dgc", "--exchange", ex, "--out", "", "--progress", "off",
 			"--lgreco", "--lgreco-link-aware", "--lgreco-adjust", "5"})
 		rep, err := runSim(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
 		if err != nil {
@@ -169,7 +170,7 @@ func TestExchangersAgree(t *testing.T) {
 			digests[run.Method.Name] = append(digests[run.Method.Name], paramsDigest(run.Result.Model.Flat()))
 		}
 	}
-	if len(digests["econtrol+lgreco"]) != 2 || len(digests["econtrol+lgreco-link"]) != 2 {
+	if len(digests["econtrol+lgreco"]) != 2 || len(digests["econtrol+lgreco-link"]) != 2 || len(digests["dgc"]) != 2 || len(digests["dgc+lgreco"]) != 2 {
 		t.Errorf("L-GreCo runs missing: %v", digests)
 	}
 	for m, d := range digests {
