@@ -67,6 +67,16 @@
 // kept (adapt.Layer.SetCodec). Ledger.Switched, Ledger.Decision and each
 // layer's Codec report it.
 //
+// # Codec schedules
+//
+// WithCodecSchedule gives a layer a codec per range of steps (DGC's density
+// warm-up: train.Plan.Stages). At the end of the Wait before a stage's first
+// step every rank switches the layer through the same path as L-GreCo
+// (adapt.Layer.SetCodec, error feedback kept); the schedule is in the
+// signature, scheduled layers are never fused, and every stage keeps the
+// first stage's aggregation. L-GreCo tunes a scheduled layer around its last
+// stage and must start after the schedule ends.
+//
 // Run executes a single allreduce program over a conn, for callers that
 // drive collectives themselves; package worker/adapt binds a layer's codec and
 // error feedback to its scheme for any driver (the simulator uses it too).
