@@ -337,23 +337,7 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	if err := c.checkPeer("send", peer); err != nil {
 		return err
 	}
-	if len(b) > c.cfg.MaxFrame {
-		return fmt.Errorf("nats: send %d bytes to rank %d: %w (limit %d)", len(b), peer, transport.ErrTooLarge, c.cfg.MaxFrame)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if cause := c.in.Failed(peer); cause != nil {
-		return &transport.PeerError{Rank: peer, Op: "send", Err: cause}
-	}
-	charge := inbox.Charge(len(b))
-	if err := c.win[peer].Acquire(ctx, charge, c.closed, c.in.FailCh(peer)); err != nil {
-		switch {
-		case errors.Is(err, inbox.ErrStopClosed):
-			return transport.ErrClosed
-		case errors.Is(err, inbox.ErrStopDead):
-			return &transport.PeerError{Rank: peer, Op: "send", Err: c.in.Failed(peer)}
-		}
+	if _, err := c.in.AcquireSend(ctx, c.win[peer], c.closed, "nats", peer, len(b), c.cfg.MaxFrame); err != nil {
 		return err
 	}
 	p := &c.peers[peer]

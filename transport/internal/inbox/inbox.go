@@ -11,6 +11,7 @@ package inbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/slimgrad/slimgrad/transport"
@@ -322,4 +323,37 @@ func (w *Window) Outstanding() int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.out
+}
+
+// AcquireSend is the common start of a Send of n payload bytes to peer by a
+// transport built on an Inbox (ib, this rank's) and a Window (w, the credit
+// towards peer), once the caller has checked that it is open and that peer is
+// a valid rank. In order, it returns an error wrapping transport.ErrTooLarge
+// (the message prefixed with pkg) if n exceeds maxFrame, ctx.Err() if ctx has
+// ended, or a *transport.PeerError (Op "send") wrapping the failure cause if
+// peer has failed; otherwise it waits on w for the message's Charge, mapping
+// the closed channel firing to transport.ErrClosed and peer failing meanwhile
+// to a *transport.PeerError. On success it returns the charge taken, which
+// the caller must Release if the message is not delivered after all.
+func (ib *Inbox) AcquireSend(ctx context.Context, w *Window, closed <-chan struct{}, pkg string, peer, n, maxFrame int) (int64, error) {
+	if n > maxFrame {
+		return 0, fmt.Errorf("%s: send %d bytes to rank %d: %w (limit %d)", pkg, n, peer, transport.ErrTooLarge, maxFrame)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if cause := ib.Failed(peer); cause != nil {
+		return 0, &transport.PeerError{Rank: peer, Op: "send", Err: cause}
+	}
+	charge := Charge(n)
+	if err := w.Acquire(ctx, charge, closed, ib.FailCh(peer)); err != nil {
+		switch {
+		case errors.Is(err, ErrStopClosed):
+			return 0, transport.ErrClosed
+		case errors.Is(err, ErrStopDead):
+			return 0, &transport.PeerError{Rank: peer, Op: "send", Err: ib.Failed(peer)}
+		}
+		return 0, err
+	}
+	return charge, nil
 }

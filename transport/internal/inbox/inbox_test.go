@@ -206,3 +206,92 @@ func TestSteadyStateAllocs(t *testing.T) {
 		t.Errorf("Deliver+Recv: %v allocs, want 0", allocs)
 	}
 }
+
+func TestAcquireSend(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	errDead := fmt.Errorf("%w: test", transport.ErrPeerDead)
+	tests := []struct {
+		name   string
+		n      int
+		ctx    context.Context
+		failed bool
+		want   error
+	}{
+		{"ok", 10, context.Background(), false, nil},
+		{"too large", 101, context.Background(), false, transport.ErrTooLarge},
+		{"ctx ended", 10, cancelled, false, context.Canceled},
+		{"peer failed", 10, context.Background(), true, transport.ErrPeerDead},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ib := New(2, nil)
+			w := NewWindow(1 << 10)
+			if tc.failed {
+				ib.Fail(1, errDead)
+			}
+			charge, err := ib.AcquireSend(tc.ctx, w, nil, "test", 1, tc.n, 100)
+			if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if want := int64(0); err == nil {
+				want = Charge(tc.n)
+				if charge != want || w.Outstanding() != want {
+					t.Fatalf("charge %d, outstanding %d, want %d", charge, w.Outstanding(), want)
+				}
+			} else if charge != 0 || w.Outstanding() != 0 {
+				t.Fatalf("failed call took charge %d (outstanding %d)", charge, w.Outstanding())
+			}
+			var pe *transport.PeerError
+			if tc.failed && (!errors.As(err, &pe) || pe.Op != "send" || pe.Rank != 1) {
+				t.Fatalf("err = %#v, want a *transport.PeerError for send to rank 1", err)
+			}
+		})
+	}
+}
+
+// TestAcquireSendStops checks the error mapping while waiting for credit:
+// closed fires -> transport.ErrClosed, peer fails -> *transport.PeerError.
+func TestAcquireSendStops(t *testing.T) {
+	for _, stop := range []string{"closed", "dead"} {
+		t.Run(stop, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ib := New(2, nil)
+				w := NewWindow(100)
+				closed := make(chan struct{})
+				ctx := context.Background()
+				if _, err := ib.AcquireSend(ctx, w, closed, "test", 1, 90, 1000); err != nil {
+					t.Fatal(err)
+				}
+				done := make(chan error, 1)
+				go func() {
+					_, err := ib.AcquireSend(ctx, w, closed, "test", 1, 90, 1000)
+					done <- err
+				}()
+				synctest.Wait()
+				select {
+				case err := <-done:
+					t.Fatalf("second send did not wait for credit: %v", err)
+				default:
+				}
+				cause := fmt.Errorf("%w: test", transport.ErrPeerDead)
+				if stop == "closed" {
+					close(closed)
+				} else {
+					ib.Fail(1, cause)
+				}
+				err := <-done
+				var pe *transport.PeerError
+				switch {
+				case stop == "closed" && err != transport.ErrClosed:
+					t.Fatalf("err = %v, want transport.ErrClosed", err)
+				case stop == "dead" && (!errors.As(err, &pe) || pe.Op != "send" || !errors.Is(err, transport.ErrPeerDead)):
+					t.Fatalf("err = %v, want a send PeerError wrapping ErrPeerDead", err)
+				}
+				if got, want := w.Outstanding(), Charge(90); got != want {
+					t.Fatalf("outstanding %d, want %d (a stopped send takes no credit)", got, want)
+				}
+			})
+		})
+	}
+}
