@@ -263,16 +263,9 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec
 		reps[w] = r
 		in[w], out[w] = r.in, r.out
 	}
-	var evalIdx []int
-	if cfg.EvalSamples > 0 && cfg.EvalSamples < task.Test.N {
-		evalIdx = make([]int, cfg.EvalSamples)
-		for i := range evalIdx {
-			evalIdx[i] = i
-		}
-	}
 	par := min(n, runtime.GOMAXPROCS(0))
 	res := &Result{Model: reps[0].model}
-	var tot Record
+	rc := newRecorder(cfg, task.Test, res, onStep)
 	for step := 0; step < cfg.Steps; step++ {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -343,39 +336,74 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec
 				return res, fmt.Errorf("step %d: %w", step, err)
 			}
 		}
-		rec := Record{Step: step, Loss: loss, Stats: st}
-		tot.TotalWireBytes += st.WireBytes
-		tot.TotalDenseBytes += st.DenseBytes
-		tot.TotalPayloadBytes += st.PayloadBytes
-		tot.TotalStepTime += st.StepTime
-		rec.TotalWireBytes, rec.TotalDenseBytes, rec.TotalPayloadBytes, rec.TotalStepTime =
-			tot.TotalWireBytes, tot.TotalDenseBytes, tot.TotalPayloadBytes, tot.TotalStepTime
-		last := step == cfg.Steps-1
-		if last || (cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0) {
-			idx := evalIdx
-			if last {
-				idx = nil
-			}
-			met, err := reps[0].model.Evaluate(task.Test, idx)
-			if err != nil {
-				return res, err
-			}
-			rec.Evaluated, rec.TestLoss, rec.Accuracy = true, met.Loss, met.Accuracy
-			if last {
-				res.Final = met
-			}
+		if err := rc.record(step, loss, st, reps[0].model, t0, compute); err != nil {
+			return res, err
 		}
-		rec.Wall, rec.Compute = time.Since(t0), compute
-		res.Records = append(res.Records, rec)
-		res.Last = rec
-		if onStep != nil {
-			onStep(rec)
-		}
-		if step%100 == 0 || last {
+		if step%100 == 0 || step == cfg.Steps-1 {
 			log.Debug("step", "exchanger", ex.Name(), "step", step, "loss", loss, "wire_bytes", st.WireBytes, "saved", st.Ratio())
 		}
 	}
 	return res, nil
+}
+
+// recorder turns each step's figures into a Record: it keeps the running
+// totals, evaluates the model on the test set when due (on the first
+// cfg.EvalSamples samples every cfg.EvalEvery steps, on the whole set at the
+// last step, which also sets Result.Final), and appends the record to the
+// Result and hands it to onStep. Run and RunRank share it.
+type recorder struct {
+	cfg     Config
+	test    *workload.Dataset
+	evalIdx []int // periodic evaluations' samples; nil: all
+	tot     Record
+	res     *Result
+	onStep  func(Record)
+}
+
+func newRecorder(cfg Config, test *workload.Dataset, res *Result, onStep func(Record)) *recorder {
+	r := &recorder{cfg: cfg, test: test, res: res, onStep: onStep}
+	if cfg.EvalSamples > 0 && cfg.EvalSamples < test.N {
+		r.evalIdx = make([]int, cfg.EvalSamples)
+		for i := range r.evalIdx {
+			r.evalIdx[i] = i
+		}
+	}
+	return r
+}
+
+// record adds the Record of step, whose mean loss is loss and exchange
+// figures st, that began at t0 and spent compute on the gradients; m is the
+// model to evaluate. It returns m.Evaluate's error.
+func (r *recorder) record(step int, loss float64, st Stats, m workload.Model, t0 time.Time, compute time.Duration) error {
+	rec := Record{Step: step, Loss: loss, Stats: st}
+	r.tot.TotalWireBytes += st.WireBytes
+	r.tot.TotalDenseBytes += st.DenseBytes
+	r.tot.TotalPayloadBytes += st.PayloadBytes
+	r.tot.TotalStepTime += st.StepTime
+	rec.TotalWireBytes, rec.TotalDenseBytes, rec.TotalPayloadBytes, rec.TotalStepTime =
+		r.tot.TotalWireBytes, r.tot.TotalDenseBytes, r.tot.TotalPayloadBytes, r.tot.TotalStepTime
+	last := step == r.cfg.Steps-1
+	if last || (r.cfg.EvalEvery > 0 && (step+1)%r.cfg.EvalEvery == 0) {
+		idx := r.evalIdx
+		if last {
+			idx = nil
+		}
+		met, err := m.Evaluate(r.test, idx)
+		if err != nil {
+			return err
+		}
+		rec.Evaluated, rec.TestLoss, rec.Accuracy = true, met.Loss, met.Accuracy
+		if last {
+			r.res.Final = met
+		}
+	}
+	rec.Wall, rec.Compute = time.Since(t0), compute
+	r.res.Records = append(r.res.Records, rec)
+	r.res.Last = rec
+	if r.onStep != nil {
+		r.onStep(rec)
+	}
+	return nil
 }
 
 func sameParams(ref [][]float32, others func(yield func(int, [][]float32) bool)) error {

@@ -264,16 +264,9 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 		}
 		opts = append(opts, o)
 	}
-	var evalIdx []int
-	if cfg.EvalSamples > 0 && cfg.EvalSamples < task.Test.N {
-		evalIdx = make([]int, cfg.EvalSamples)
-		for i := range evalIdx {
-			evalIdx[i] = i
-		}
-	}
 	mode := worker.ModeCompressed
 	res := &Result{Model: m}
-	var tot Record
+	rc := newRecorder(cfg.Config, task.Test, res, onStep)
 	for step := 0; step < cfg.Steps; step++ {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -324,31 +317,8 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 				l.PayloadBytes, l.WireBytes, l.DenseBytes = scale*l.PayloadBytes, scale*l.WireBytes, scale*l.DenseBytes
 			}
 		}
-		rec := Record{Step: step, Loss: loss, Stats: st}
-		tot.TotalWireBytes += st.WireBytes
-		tot.TotalDenseBytes += st.DenseBytes
-		tot.TotalPayloadBytes += st.PayloadBytes
-		rec.TotalWireBytes, rec.TotalDenseBytes, rec.TotalPayloadBytes = tot.TotalWireBytes, tot.TotalDenseBytes, tot.TotalPayloadBytes
-		last := step == cfg.Steps-1
-		if last || (cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0) {
-			idx := evalIdx
-			if last {
-				idx = nil
-			}
-			met, err := m.Evaluate(task.Test, idx)
-			if err != nil {
-				return res, err
-			}
-			rec.Evaluated, rec.TestLoss, rec.Accuracy = true, met.Loss, met.Accuracy
-			if last {
-				res.Final = met
-			}
-		}
-		rec.Wall, rec.Compute = time.Since(t0), compute
-		res.Records = append(res.Records, rec)
-		res.Last = rec
-		if onStep != nil {
-			onStep(rec)
+		if err := rc.record(step, loss, st, m, t0, compute); err != nil {
+			return res, err
 		}
 	}
 	return res, nil
