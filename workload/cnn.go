@@ -287,27 +287,11 @@ func (c *CNN) Evaluate(ds *Dataset, idx []int) (Metrics, error) {
 		c.eval = c.newWorkspace(chunk)
 	}
 	ws := c.eval
-	n := ds.N
-	if idx != nil {
-		n = len(idx)
-	}
-	if n == 0 {
-		return Metrics{}, fmt.Errorf("%w: evaluation on no samples", ErrShape)
-	}
-	buf := make([]int, 0, chunk)
 	var lossSum float64
 	var correct int
-	for s := 0; s < n; s += chunk {
-		buf = buf[:0]
-		for i := s; i < min(n, s+chunk); i++ {
-			if idx != nil {
-				buf = append(buf, idx[i])
-			} else {
-				buf = append(buf, i)
-			}
-		}
+	n, err := evalBatches(ds, idx, chunk, func(buf []int) error {
 		if err := ws.check(ds, buf); err != nil {
-			return Metrics{}, err
+			return err
 		}
 		ds.Features(ws.x, buf)
 		for r, i := range buf {
@@ -318,6 +302,10 @@ func (c *CNN) Evaluate(ds *Dataset, idx []int) (Metrics, error) {
 				correct++
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return Metrics{}, err
 	}
 	return Metrics{Loss: lossSum / float64(n), Accuracy: float64(correct) / float64(n)}, nil
 }

@@ -313,32 +313,20 @@ func (m *MLP) Evaluate(ds *Dataset, idx []int) (Metrics, error) {
 		m.eval = m.newWorkspace(chunk)
 	}
 	ws := m.eval
-	n := ds.N
-	if idx != nil {
-		n = len(idx)
-	}
-	if n == 0 {
-		return Metrics{}, fmt.Errorf("%w: evaluation on no samples", ErrShape)
-	}
 	ws.loadWeights()
-	buf := make([]int, 0, chunk)
 	var lossSum float64
 	var correct int
-	for s := 0; s < n; s += chunk {
-		buf = buf[:0]
-		for i := s; i < min(n, s+chunk); i++ {
-			if idx != nil {
-				buf = append(buf, idx[i])
-			} else {
-				buf = append(buf, i)
-			}
-		}
+	n, err := evalBatches(ds, idx, chunk, func(buf []int) error {
 		if err := ws.check(ds, buf); err != nil {
-			return Metrics{}, err
+			return err
 		}
 		l, c := ws.forward(ds, buf, false)
 		lossSum += l
 		correct += c
+		return nil
+	})
+	if err != nil {
+		return Metrics{}, err
 	}
 	met := Metrics{Loss: lossSum / float64(n)}
 	if m.loss == CrossEntropy {

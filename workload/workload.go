@@ -188,3 +188,33 @@ func (d *Dataset) Subset(n int) *Dataset {
 	}
 	return &s
 }
+
+// evalBatches is the sample loop of the models' Evaluate: it calls batch
+// with the samples idx of ds in order (0..ds.N-1 if idx is nil), at most
+// chunk at a time, in a slice reused between calls, and stops at batch's
+// first error. It returns the number of samples, or an error wrapping
+// ErrShape (without calling batch) if there are none.
+func evalBatches(ds *Dataset, idx []int, chunk int, batch func(buf []int) error) (int, error) {
+	n := ds.N
+	if idx != nil {
+		n = len(idx)
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("%w: evaluation on no samples", ErrShape)
+	}
+	buf := make([]int, 0, min(chunk, n))
+	for s := 0; s < n; s += chunk {
+		buf = buf[:0]
+		for i := s; i < min(n, s+chunk); i++ {
+			if idx != nil {
+				buf = append(buf, idx[i])
+			} else {
+				buf = append(buf, i)
+			}
+		}
+		if err := batch(buf); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}

@@ -318,3 +318,48 @@ func TestGradientAllocatesNothing(t *testing.T) {
 		t.Errorf("Gradient+Next: %v allocations per step", n)
 	}
 }
+
+func TestEvalBatches(t *testing.T) {
+	ds := &Dataset{N: 7}
+	errStop := errors.New("stop")
+	tests := []struct {
+		name    string
+		idx     []int
+		chunk   int
+		stopAt  int // batch call that fails (-1: none)
+		want    [][]int
+		wantN   int
+		wantErr error
+	}{
+		{"all", nil, 3, -1, [][]int{{0, 1, 2}, {3, 4, 5}, {6}}, 7, nil},
+		{"all, one chunk", nil, 64, -1, [][]int{{0, 1, 2, 3, 4, 5, 6}}, 7, nil},
+		{"idx", []int{5, 1, 4, 2}, 2, -1, [][]int{{5, 1}, {4, 2}}, 4, nil},
+		{"empty idx", []int{}, 2, -1, nil, 0, ErrShape},
+		{"stops at error", nil, 2, 1, [][]int{{0, 1}, {2, 3}}, 7, errStop},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got [][]int
+			n, err := evalBatches(ds, tc.idx, tc.chunk, func(buf []int) error {
+				got = append(got, slices.Clone(buf))
+				if len(got)-1 == tc.stopAt {
+					return errStop
+				}
+				return nil
+			})
+			if !errors.Is(err, tc.wantErr) || (err == nil) != (tc.wantErr == nil) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if err == nil && n != tc.wantN {
+				t.Fatalf("n = %d, want %d", n, tc.wantN)
+			}
+			if !slices.EqualFunc(got, tc.want, slices.Equal) {
+				t.Fatalf("batches %v, want %v", got, tc.want)
+			}
+		})
+	}
+	empty := &Dataset{}
+	if _, err := evalBatches(empty, nil, 4, func([]int) error { t.Fatal("batch called on no samples"); return nil }); !errors.Is(err, ErrShape) {
+		t.Fatalf("empty dataset: err = %v, want ErrShape", err)
+	}
+}
