@@ -22,7 +22,6 @@ import (
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
-	"github.com/slimgrad/slimgrad/transport/libp2p"
 	tnats "github.com/slimgrad/slimgrad/transport/nats"
 	"github.com/slimgrad/slimgrad/transport/rendezvous"
 	"github.com/slimgrad/slimgrad/worker"
@@ -160,24 +159,11 @@ func connect(ctx context.Context, o *jobOptions, rank int) (transport.Conn, erro
 			return nil, fmt.Errorf("rendezvous server: %w", err)
 		}
 		defer nc.Close()
-		node, err := libp2p.Listen(ctx, libp2p.WithJob(o.Job))
+		c, err := rendezvous.JoinLibp2p(ctx, nc, o.Job, o.World, nil, rendezvous.WithTimeout(o.Timeout))
 		if err != nil {
-			return nil, err
+			return nil, err // not a nil *libp2p.Conn in a non-nil interface
 		}
-		g, err := rendezvous.Join(ctx, nc, o.Job, o.World, rendezvous.Member{ID: node.ID().String(), Addrs: node.AddrStrings()},
-			rendezvous.WithTimeout(o.Timeout))
-		if err != nil {
-			node.Close()
-			return nil, err
-		}
-		peers := make([]libp2p.Peer, len(g.Members))
-		for i, m := range g.Members {
-			if peers[i], err = libp2p.ParsePeer(m.ID, m.Addrs); err != nil {
-				node.Close()
-				return nil, err
-			}
-		}
-		return node.Connect(ctx, g.Rank, peers)
+		return c, nil
 	}
 	return nil, fmt.Errorf("unknown --transport %q (want nats or libp2p)", o.Transport)
 }
