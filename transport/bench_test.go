@@ -15,7 +15,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"sync/atomic"
 	"testing"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/slimgrad/slimgrad/transport/mem"
 	"github.com/slimgrad/slimgrad/transport/nats"
 	"github.com/slimgrad/slimgrad/transport/natsserver"
+	"github.com/slimgrad/slimgrad/transport/transporttest"
 )
 
 var benchSizes = []int{64 << 10, 1 << 20, 4 << 20, 64 << 20}
@@ -102,30 +102,7 @@ func BenchmarkP2P(b *testing.B) {
 // benchTCP streams b.N messages over one loopback TCP connection, either as
 // plain bytes or as transport frames (header + CRC-32C checked on receipt).
 func benchTCP(b *testing.B, size int, framed bool) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	w, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer w.Close()
-	r := <-accepted
-	if r == nil {
-		b.Fatal("accept failed")
-	}
-	defer r.Close()
+	w, r := transporttest.LoopbackTCP(b)
 	msg := make([]byte, size)
 	b.SetBytes(int64(size))
 	b.ReportAllocs()

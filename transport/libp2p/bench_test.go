@@ -3,10 +3,10 @@ package libp2p
 import (
 	"context"
 	"fmt"
-	"net"
 	"testing"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/transporttest"
 )
 
 // pipelineDepth is the number of messages in flight.
@@ -88,30 +88,7 @@ func BenchmarkPointToPoint(b *testing.B) {
 func BenchmarkRawTCP(b *testing.B) {
 	for _, size := range benchSizes {
 		b.Run("size="+sizeName(size), func(b *testing.B) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer ln.Close()
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					close(accepted)
-					return
-				}
-				accepted <- c
-			}()
-			w, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer w.Close()
-			r := <-accepted
-			if r == nil {
-				b.Fatal("accept failed")
-			}
-			defer r.Close()
+			w, r := transporttest.LoopbackTCP(b)
 			pipeline(b, size,
 				func(m []byte) error { return transport.WriteFrame(w, 0, 1, m) },
 				func() error {
