@@ -204,10 +204,7 @@ func (c *Conn) Rank() int { return c.rank }
 func (c *Conn) Size() int { return len(c.g.conns) }
 
 func (c *Conn) checkPeer(op string, peer int) error {
-	if peer < 0 || peer >= len(c.g.conns) || peer == c.rank {
-		return fmt.Errorf("mem: %s: rank %d: invalid peer %d (size %d): %w", op, c.rank, peer, len(c.g.conns), transport.ErrInvalidPeer)
-	}
-	return nil
+	return inbox.CheckPeer("mem", op, c.rank, len(c.g.conns), peer)
 }
 
 // Send copies b into peer's inbox. It blocks only while peer holds a full

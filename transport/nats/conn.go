@@ -310,10 +310,7 @@ func (c *Conn) Job() string { return c.job }
 func (c *Conn) NATSConn() *natsgo.Conn { return c.nc }
 
 func (c *Conn) checkPeer(op string, peer int) error {
-	if peer < 0 || peer >= c.size || peer == c.rank {
-		return fmt.Errorf("nats: %s: rank %d: invalid peer %d (size %d): %w", op, c.rank, peer, c.size, transport.ErrInvalidPeer)
-	}
-	return nil
+	return inbox.CheckPeer("nats", op, c.rank, c.size, peer)
 }
 
 func (c *Conn) isClosed() bool {

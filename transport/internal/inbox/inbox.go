@@ -325,6 +325,16 @@ func (w *Window) Outstanding() int64 {
 	return w.out
 }
 
+// CheckPeer returns an error wrapping transport.ErrInvalidPeer (the message
+// prefixed with pkg and op) unless peer is a rank of a group of size other
+// than rank, this endpoint's own.
+func CheckPeer(pkg, op string, rank, size, peer int) error {
+	if peer < 0 || peer >= size || peer == rank {
+		return fmt.Errorf("%s: %s: rank %d: invalid peer %d (size %d): %w", pkg, op, rank, peer, size, transport.ErrInvalidPeer)
+	}
+	return nil
+}
+
 // AcquireSend is the common start of a Send of n payload bytes to peer by a
 // transport built on an Inbox (ib, this rank's) and a Window (w, the credit
 // towards peer), once the caller has checked that it is open and that peer is

@@ -295,3 +295,15 @@ func TestAcquireSendStops(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckPeer(t *testing.T) {
+	for _, tc := range []struct {
+		peer int
+		ok   bool
+	}{{-1, false}, {0, true}, {1, false}, {2, true}, {3, false}} {
+		err := CheckPeer("test", "send", 1, 3, tc.peer)
+		if tc.ok != (err == nil) || (err != nil && !errors.Is(err, transport.ErrInvalidPeer)) {
+			t.Errorf("peer %d of rank 1 in 3: err = %v, want ok %v", tc.peer, err, tc.ok)
+		}
+	}
+}
