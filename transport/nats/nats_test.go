@@ -356,17 +356,18 @@ func TestBadFrameAbortsLink(t *testing.T) {
 	}
 }
 
-// TestNewOnCallerConn: New uses a connection the caller owns (e.g. the one
-// used for rendezvous) and leaves it open on Close.
-func TestNewOnCallerConn(t *testing.T) {
-	srv := startServer(t, natsserver.Options{})
+// joinOnCallerConns connects two NATS clients to url (with nopts), closed
+// at cleanup, and joins them to job as ranks 0 and 1 through nats.New; the
+// returned Conns are the caller's to close.
+func joinOnCallerConns(t *testing.T, url, job string, nopts ...natsgo.Option) ([]*natsgo.Conn, []*nats.Conn) {
+	t.Helper()
 	ncs := make([]*natsgo.Conn, 2)
 	for i := range ncs {
-		nc, err := natsgo.Connect(srv.ClientURL())
+		nc, err := natsgo.Connect(url, nopts...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer nc.Close()
+		t.Cleanup(nc.Close)
 		ncs[i] = nc
 	}
 	conns := make([]*nats.Conn, 2)
@@ -374,15 +375,28 @@ func TestNewOnCallerConn(t *testing.T) {
 	done := make(chan int, 2)
 	for r := range 2 {
 		go func() {
-			conns[r], errs[r] = nats.New(t.Context(), ncs[r], "shared", r, 2, fastHB)
+			conns[r], errs[r] = nats.New(t.Context(), ncs[r], job, r, 2, fastHB)
 			done <- r
 		}()
 	}
 	<-done
 	<-done
 	if err := errors.Join(errs...); err != nil {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
 		t.Fatal(err)
 	}
+	return ncs, conns
+}
+
+// TestNewOnCallerConn: New uses a connection the caller owns (e.g. the one
+// used for rendezvous) and leaves it open on Close.
+func TestNewOnCallerConn(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	ncs, conns := joinOnCallerConns(t, srv.ClientURL(), "shared")
 	if err := conns[0].Send(t.Context(), 1, 9, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -416,29 +430,7 @@ func TestReconnectFailsPeers(t *testing.T) {
 	}
 	port := srv.Addr().Port
 	url := srv.ClientURL()
-	ncs := make([]*natsgo.Conn, 2)
-	for i := range ncs {
-		nc, err := natsgo.Connect(url, natsgo.MaxReconnects(-1), natsgo.ReconnectWait(20*time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		ncs[i] = nc
-	}
-	conns := make([]*nats.Conn, 2)
-	errs := make([]error, 2)
-	done := make(chan int, 2)
-	for r := range 2 {
-		go func() {
-			conns[r], errs[r] = nats.New(t.Context(), ncs[r], "reconn", r, 2, fastHB)
-			done <- r
-		}()
-	}
-	<-done
-	<-done
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
+	_, conns := joinOnCallerConns(t, url, "reconn", natsgo.MaxReconnects(-1), natsgo.ReconnectWait(20*time.Millisecond))
 	defer conns[0].Close()
 	defer conns[1].Close()
 	srv.Shutdown()
