@@ -222,28 +222,14 @@ func (ws *mlpWorkspace) forward(ds *Dataset, idx []int, wantDelta bool) (lossSum
 		drow := delta[r*out : (r+1)*out]
 		switch m.loss {
 		case CrossEntropy:
-			mx := row[0]
-			arg := 0
-			for j, v := range row {
-				if v > mx {
-					mx, arg = v, j
-				}
-			}
-			var sum float64
-			for _, v := range row {
-				sum += math.Exp(float64(v - mx))
-			}
-			y := int(ds.Labels[i])
-			lse := float64(mx) + math.Log(sum)
-			lossSum += lse - float64(row[y])
-			if arg == y {
-				correct++
-			}
+			var d []float32
 			if wantDelta {
-				for j, v := range row {
-					drow[j] = float32(math.Exp(float64(v)-lse)) * inv
-				}
-				drow[y] -= inv
+				d = drow
+			}
+			loss, ok := softmaxCE(row, int(ds.Labels[i]), d, inv)
+			lossSum += loss
+			if ok {
+				correct++
 			}
 		case Squared:
 			e := row[0] - ds.Targets[i]
