@@ -140,11 +140,8 @@ var _ transport.Conn = (*Conn)(nil)
 // wrapping transport.ErrRendezvous that names the missing ranks. The Conn
 // owns the NATS connection and closes it on Close.
 func Dial(ctx context.Context, url, job string, rank, size int, opts ...Option) (*Conn, error) {
-	cfg, err := buildConfig(opts)
+	cfg, err := jobConfig(job, rank, size, opts)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkJob(job, rank, size); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
@@ -181,11 +178,8 @@ func Dial(ctx context.Context, url, job string, rank, size int, opts ...Option) 
 // keeps open until after Close. Otherwise as Dial. NATSOptions, Token and
 // CredsFile are ignored.
 func New(ctx context.Context, nc *natsgo.Conn, job string, rank, size int, opts ...Option) (*Conn, error) {
-	cfg, err := buildConfig(opts)
+	cfg, err := jobConfig(job, rank, size, opts)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkJob(job, rank, size); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
@@ -209,14 +203,20 @@ func buildConfig(opts []Option) (Config, error) {
 	return cfg, nil
 }
 
-func checkJob(job string, rank, size int) error {
+// jobConfig is the start of Dial and New: the configuration opts build,
+// once job, rank and size are checked (those errors wrap ErrJob).
+func jobConfig(job string, rank, size int, opts []Option) (Config, error) {
+	cfg, err := buildConfig(opts)
+	if err != nil {
+		return cfg, err
+	}
 	if !tokenRE.MatchString(job) {
-		return fmt.Errorf("%w: job ID %q: want letters, digits, '_' or '-'", ErrJob, job)
+		return cfg, fmt.Errorf("%w: job ID %q: want letters, digits, '_' or '-'", ErrJob, job)
 	}
 	if size < 1 || rank < 0 || rank >= size {
-		return fmt.Errorf("%w: rank %d of size %d", ErrJob, rank, size)
+		return cfg, fmt.Errorf("%w: rank %d of size %d", ErrJob, rank, size)
 	}
-	return nil
+	return cfg, nil
 }
 
 func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job string, rank, size int) (*Conn, error) {
