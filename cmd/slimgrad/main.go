@@ -91,6 +91,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // errUsage marks a command-line error that the flag package already reported.
 var errUsage = errors.New("usage error")
 
+// setUsage makes fs's usage message header followed by its flags, on w.
+func setUsage(fs *flag.FlagSet, w io.Writer, header string) {
+	fs.Usage = func() {
+		fmt.Fprint(w, header)
+		fs.PrintDefaults()
+	}
+}
+
+// parseFlags parses args into fs, a flag.ContinueOnError set that reports
+// its own errors: it returns flag.ErrHelp for -h and errUsage for any other
+// error.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	return nil
+}
+
 // newLogger returns a slog text logger on w at the given level name.
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	var l slog.Level

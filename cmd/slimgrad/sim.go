@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -106,21 +105,15 @@ func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "also run L-GreCo with the link-aware objective: the simulated time of each layer's collective on the topology")
 	fs.IntVar(&o.LGreCoAdjust, "lgreco-adjust", o.LGreCoAdjust, "steps between L-GreCo decisions (the last min(10, adjust) steps are observed)")
 	fs.Float64Var(&o.LGreCoAlpha, "lgreco-alpha", o.LGreCoAlpha, "L-GreCo's error budget as a multiple of the uniform default's error (0: lgreco's default, 1)")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	setUsage(fs, stderr, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
 	return fs
 }
 
 func runSimCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o := defaultSimOptions()
 	fs := simFlags(&o, stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "slimgrad sim: unexpected arguments %q\n", fs.Args())
