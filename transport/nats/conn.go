@@ -532,11 +532,19 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	}
 	c.seen(src)
 	if c.in.Failed(src) != nil {
+		clear(c.peers[src].partial) // never completed: free it
 		return
 	}
 	c.stats.RecvWire(src, len(m.Data))
 	if err := c.handleChunk(src, m.Data); err != nil {
 		c.failPeer(src, err, !errors.Is(err, errPeerClosed))
+		return
+	}
+	// A sender that honours its credit never has more than Window bytes
+	// (or one message when nothing was outstanding) unconsumed here; one
+	// that ignores it would make this rank buffer without bound.
+	if _, held := c.in.Held(src); held > c.cfg.Window+inbox.Charge(c.cfg.MaxFrame) {
+		c.failPeer(src, fmt.Errorf("%w: rank %d exceeded its credit (%d bytes unconsumed, window %d)", transport.ErrBadFrame, src, held, c.cfg.Window), true)
 	}
 }
 
@@ -578,7 +586,11 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		if total > uint64(c.cfg.MaxFrame) {
 			return fmt.Errorf("%w: %d-byte message, limit %d", transport.ErrTooLarge, total, c.cfg.MaxFrame)
 		}
-		if pt != nil {
+		if len(p.partial) != 0 {
+			// A sender publishes each message whole under its sendMu, so
+			// at most one message per link is ever being assembled: any
+			// other start is a protocol violation (and bounds what a
+			// misbehaving peer makes this rank allocate to one MaxFrame).
 			return fmt.Errorf("%w: message on tag %d starts before the previous one ended", transport.ErrBadFrame, h.Tag)
 		}
 		if h.Flags&flagLast != 0 {

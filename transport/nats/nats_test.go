@@ -339,20 +339,76 @@ func TestBadFrameAbortsLink(t *testing.T) {
 	if _, err := conns[1].Recv(t.Context(), 0, 1); !errors.Is(err, transport.ErrBadFrame) {
 		t.Fatalf("Recv: err = %v, want ErrBadFrame", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := conns[0].Send(t.Context(), 1, 1, []byte{1})
-		if err != nil {
-			var pe *transport.PeerError
-			if !errors.As(err, &pe) || pe.Rank != 1 || !errors.Is(err, transport.ErrPeerDead) {
-				t.Fatalf("Send: err = %v, want PeerError{Rank: 1} wrapping ErrPeerDead", err)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("rank 0 was never told that rank 1 dropped the link")
-		}
-		time.Sleep(5 * time.Millisecond)
+	// Rank 0 learns it from rank 1's abort notice, well before the 2 s
+	// peer timeout: a Recv from rank 1 waits for exactly that.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	_, err = conns[0].Recv(ctx, 1, 1)
+	var pe *transport.PeerError
+	if !errors.As(err, &pe) || pe.Rank != 1 || !errors.Is(err, transport.ErrPeerDead) {
+		t.Fatalf("rank 0 Recv: err = %v, want PeerError{Rank: 1} wrapping ErrPeerDead (the abort notice)", err)
+	}
+	if err := conns[0].Send(t.Context(), 1, 1, []byte{1}); !errors.As(err, &pe) || !errors.Is(err, transport.ErrPeerDead) {
+		t.Fatalf("rank 0 Send: err = %v, want PeerError wrapping ErrPeerDead", err)
+	}
+}
+
+// chunk is a data chunk as a sender of the nats transport publishes it:
+// sequence number, message length on a first chunk, then data.
+func chunk(flags uint8, tag, seq uint64, total int, data []byte) []byte {
+	pl := binary.LittleEndian.AppendUint64(nil, seq)
+	if flags&1 != 0 {
+		pl = binary.LittleEndian.AppendUint64(pl, uint64(total))
+	}
+	return transport.AppendFrame(nil, flags, tag, append(pl, data...))
+}
+
+// TestInterleavedMessagesRefused: a peer that starts a second message
+// before finishing the first (which a sender never does) is a bad frame,
+// so it cannot make the receiver assemble many MaxFrame-sized messages at
+// once.
+func TestInterleavedMessagesRefused(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	conns := dialAll(t, srv.ClientURL(), "inter", 2, fastHB, nats.WithMaxFrame(1<<20))
+	nc, err := natsgo.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.Publish("slimgrad.inter.d.1.0", chunk(1, 1, 0, 1<<20, []byte("a")))
+	nc.Publish("slimgrad.inter.d.1.0", chunk(1, 2, 1, 1<<20, []byte("b")))
+	nc.Flush()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	if _, err := conns[1].Recv(ctx, 0, 2); !errors.Is(err, transport.ErrBadFrame) {
+		t.Fatalf("Recv: err = %v, want ErrBadFrame", err)
+	}
+}
+
+// TestCreditEnforced: a peer that ignores its credit and floods the
+// receiver with unconsumed messages is cut off (ErrBadFrame) instead of
+// being buffered without bound.
+func TestCreditEnforced(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	const window, maxFrame = 4 << 10, 1 << 10
+	conns := dialAll(t, srv.ClientURL(), "flood", 2, fastHB, nats.WithWindow(window), nats.WithMaxFrame(maxFrame))
+	nc, err := natsgo.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	data := make([]byte, maxFrame)
+	n := (window+maxFrame)/(maxFrame+64) + 2 // past the bound a sender can reach
+	for i := range n {
+		nc.Publish("slimgrad.flood.d.1.0", chunk(3, 1, uint64(i), len(data), data))
+	}
+	nc.Flush()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	// Nothing is consumed meanwhile (a Recv on tag 1 would return credit):
+	// a Recv on another tag returns once the link fails.
+	if _, err := conns[1].Recv(ctx, 0, 2); !errors.Is(err, transport.ErrBadFrame) {
+		t.Fatalf("Recv: err = %v, want ErrBadFrame (credit exceeded)", err)
 	}
 }
 
