@@ -689,3 +689,37 @@ func TestPerRankRandomness(t *testing.T) {
 		}
 	}
 }
+
+// A bucket whose norm is so small that s/‖x‖ overflows float32 would make
+// 0·Inf = NaN the input of the level rounding of its zero elements, whose
+// int32 conversion differs by platform (amd64 gives level s). Such buckets
+// must decode to zero, and a normal bucket beside one must be unaffected.
+func TestQSGDTinyBucket(t *testing.T) {
+	for _, rec := range []string{"qsgd:4", "qsgd:5"} {
+		n := QSGDBucket + 4
+		c, err := New(rec, n, WithSeed(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := make([]float32, n)
+		x[3] = 1e-38 // bucket 0: norm 1e-38, s/norm > MaxFloat32
+		x[QSGDBucket+1] = 2
+		b, err := c.Compress(nil, x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		y := make([]float32, n)
+		if err := c.Decompress(y, b); err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range y {
+			want := float32(0)
+			if i == QSGDBucket+1 {
+				want = 2 // the bucket's only element is quantized exactly
+			}
+			if v != want {
+				t.Errorf("%s: y[%d] = %v, want %v", rec, i, v, want)
+			}
+		}
+	}
+}

@@ -19,8 +19,10 @@ const QSGDBucket = 512
 // and decoded as ‖x_B‖₂·sign(x_j)·l_j/s, which is unbiased. The body is the
 // float32 norms of the ceil(n/QSGDBucket) buckets, then n fixed-width codes
 // of bits.Len(s)+1 bits (4 bits for qsgd:4). Rounding randomness comes from
-// (seed, rank, step), so runs are reproducible. Compress returns
-// ErrNonFinite for NaN or Inf input. Not safe for concurrent use.
+// (seed, rank, step), so runs are reproducible. A bucket whose norm is so
+// small (below s/MaxFloat32, about 1e-38) that s/‖x_B‖₂ overflows float32 is
+// sent as zero. Compress returns ErrNonFinite for NaN or Inf input. Not safe
+// for concurrent use.
 type QSGD struct {
 	frame
 	entropy
@@ -79,11 +81,17 @@ func (q *QSGD) Compress(dst []byte, src []float32) ([]byte, error) {
 		if math.IsInf(ss, 0) || math.IsNaN(ss) || math.IsInf(float64(norm), 0) {
 			return dst[:0], fmt.Errorf("%w: qsgd bucket %d norm is %v", ErrNonFinite, b, math.Sqrt(ss))
 		}
-		binary.LittleEndian.PutUint32(norms[4*b:], math.Float32bits(norm))
 		var sc float32
 		if norm > 0 {
 			sc = float32(float64(q.levels) / float64(norm))
 		}
+		if math.IsInf(float64(sc), 0) {
+			// norm < s/MaxFloat32 (about 1e-38): s/‖x‖ overflows float32,
+			// and 0·Inf = NaN would give zeros a platform-dependent level.
+			// Such a bucket is sent as zero.
+			norm, sc = 0, 0
+		}
+		binary.LittleEndian.PutUint32(norms[4*b:], math.Float32bits(norm))
 		c := codes[b*QSGDBucket*w/8 : (b*QSGDBucket*w+len(x)*w+7)/8]
 		if w == 4 {
 			kernels.QSGDNibbles(c, x, sc, uint32(q.levels), &q.g)
