@@ -103,3 +103,21 @@ func TestAllReduceOverTransports(t *testing.T) {
 		t.Error("unknown transport: no error")
 	}
 }
+
+// TestRejectsBadSizes: sizes that are not a positive whole number of float32
+// elements, and empty simulations, are errors rather than results with a
+// negative or rounded throughput.
+func TestRejectsBadSizes(t *testing.T) {
+	ctx := context.Background()
+	for _, bytes := range []int64{-4, 0, 6} {
+		if _, err := SimSpeed(ctx, allreduce.AlgRing, 2, bytes, time.Millisecond); err == nil {
+			t.Errorf("SimSpeed(bytes=%d): no error", bytes)
+		}
+		if _, err := AllReduce(ctx, "mem", nil, allreduce.AlgRing, bytes, time.Millisecond); err == nil {
+			t.Errorf("AllReduce(bytes=%d): no error", bytes)
+		}
+	}
+	if _, err := SimSpeed(ctx, allreduce.AlgRing, 0, 1<<10, time.Millisecond); err == nil {
+		t.Error("SimSpeed(ranks=0): no error")
+	}
+}

@@ -91,6 +91,9 @@ func Group(ctx context.Context, name string, n int) ([]transport.Conn, func() er
 // definition: 2(n−1)/n · bytes / time) and the algorithm bandwidth
 // ("algbw_Bps": bytes / time).
 func AllReduce(ctx context.Context, name string, conns []transport.Conn, alg allreduce.Algorithm, bytes int64, minTime time.Duration) (Result, error) {
+	if err := checkSize(bytes); err != nil {
+		return Result{}, err
+	}
 	n := len(conns)
 	elems := int(bytes / 4)
 	progs := make([]*allreduce.Program, n)
@@ -133,6 +136,16 @@ func AllReduce(ctx context.Context, name string, conns []transport.Conn, alg all
 		r.Extra["busbw_Bps"] = 2 * float64(n-1) / float64(n) * float64(bytes) / t
 	}
 	return r, nil
+}
+
+// checkSize rejects an all-reduce size that is not a whole, positive number
+// of float32 elements, which would otherwise be measured and reported with a
+// meaningless (negative or rounded-down) throughput.
+func checkSize(bytes int64) error {
+	if bytes <= 0 || bytes%4 != 0 {
+		return fmt.Errorf("bench: all-reduce size %d bytes: want a positive multiple of 4 (float32 elements)", bytes)
+	}
+	return nil
 }
 
 func sizeName(b int64) string {

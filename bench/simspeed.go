@@ -15,6 +15,12 @@ import (
 // Program generation is not timed. Extra holds the simulated time
 // ("virtual_s"), the events processed and the events per wall second.
 func SimSpeed(ctx context.Context, alg allreduce.Algorithm, ranks int, bytes int64, minTime time.Duration) (Result, error) {
+	if ranks < 1 {
+		return Result{}, fmt.Errorf("bench: simulating %d ranks: want at least 1", ranks)
+	}
+	if err := checkSize(bytes); err != nil {
+		return Result{}, err
+	}
 	elems := int(bytes / 4)
 	progs := make([]*allreduce.Program, ranks)
 	for r := range ranks {
