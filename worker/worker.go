@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -423,10 +424,19 @@ func (w *Worker) watch() {
 	}
 }
 
+// maxAbortMsg bounds the text of an abort notice, as sent (fail) and as
+// received from a peer (peerAborted), where it comes off the wire.
+const maxAbortMsg = 1024
+
 // peerAborted records peer's abort notice: it fails the step in flight, or
-// is kept for the next one.
+// is kept for the next one. msg is the peer's text, untrusted: only its
+// first maxAbortMsg bytes go into the error, invalid UTF-8 replaced.
 func (w *Worker) peerAborted(peer int, msg []byte) {
-	err := &transport.PeerError{Rank: peer, Op: "abort", Err: fmt.Errorf("%w: %s", ErrAborted, msg)}
+	if len(msg) > maxAbortMsg {
+		msg = msg[:maxAbortMsg]
+	}
+	text := strings.ToValidUTF8(string(msg), "\ufffd")
+	err := &transport.PeerError{Rank: peer, Op: "abort", Err: fmt.Errorf("%w: %s", ErrAborted, text)}
 	w.abortMu.Lock()
 	if st := w.abortCur; st != nil {
 		st.setAborted(err)
@@ -465,8 +475,8 @@ func (w *Worker) fail(st *stepState, err error) {
 	st.mu.Unlock()
 	if send {
 		msg := []byte(fmt.Sprintf("rank %d: %v", w.conn.Rank(), err))
-		if len(msg) > 1024 {
-			msg = msg[:1024]
+		if len(msg) > maxAbortMsg {
+			msg = msg[:maxAbortMsg]
 		}
 		timeout := min(w.cfg.Timeout, 5*time.Second)
 		if timeout <= 0 {

@@ -1,14 +1,17 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/errorfeedback"
@@ -793,5 +796,27 @@ func TestShutdown(t *testing.T) {
 	}
 	if _, err := ws[0].Step(context.Background(), in[0]); !errors.Is(err, ErrClosed) {
 		t.Fatalf("step after Shutdown: got %v, want ErrClosed", err)
+	}
+}
+
+// TestPeerAbortedUntrusted: an abort notice comes off the wire, so the
+// error it becomes holds a bounded, valid-UTF-8 excerpt of it.
+func TestPeerAbortedUntrusted(t *testing.T) {
+	var w Worker
+	msg := append([]byte("rank 1: \xff\xfe boom "), bytes.Repeat([]byte{'x'}, 1<<20)...)
+	w.peerAborted(1, msg)
+	err := w.abortPending
+	var pe *transport.PeerError
+	if !errors.As(err, &pe) || pe.Rank != 1 || !errors.Is(err, ErrAborted) {
+		t.Fatalf("err = %v, want a PeerError{Rank: 1} wrapping ErrAborted", err)
+	}
+	s := err.Error()
+	if len(s) > maxAbortMsg+200 || !utf8.ValidString(s) || !strings.Contains(s, "boom") {
+		t.Fatalf("error text: %d bytes, valid UTF-8 %v, want a bounded valid excerpt", len(s), utf8.ValidString(s))
+	}
+	// The first notice is kept.
+	w.peerAborted(2, []byte("later"))
+	if w.abortPending != err {
+		t.Fatalf("a later notice replaced the first: %v", w.abortPending)
 	}
 }
