@@ -305,6 +305,7 @@ func (c *Controller) Signature() uint64 {
 
 // DesyncError reports that ranks hold different configurations at a step.
 type DesyncError struct {
+	// Step is the training step at which the signatures were compared.
 	Step int64
 	// Signatures holds every rank's Signature, indexed by rank.
 	Signatures []uint64
@@ -312,7 +313,13 @@ type DesyncError struct {
 	Ranks []int
 }
 
+// Error names the step, the differing ranks and the signatures of the first
+// of them and of rank 0. It does not panic on a DesyncError built by hand
+// without Ranks.
 func (e *DesyncError) Error() string {
+	if len(e.Ranks) == 0 || len(e.Signatures) == 0 || e.Ranks[0] < 0 || e.Ranks[0] >= len(e.Signatures) {
+		return fmt.Sprintf("lgreco: step %d: ranks %v disagree with rank 0 on the per-layer configuration", e.Step, e.Ranks)
+	}
 	return fmt.Sprintf("lgreco: step %d: ranks %v disagree with rank 0 on the per-layer configuration (signatures %016x vs %016x); they would run collectives of different sizes",
 		e.Step, e.Ranks, e.Signatures[e.Ranks[0]], e.Signatures[0])
 }

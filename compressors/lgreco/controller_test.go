@@ -448,3 +448,19 @@ func TestDesyncDetected(t *testing.T) {
 		})
 	}
 }
+
+// CheckSignatures reports exactly the differing ranks, and a DesyncError
+// built by hand without ranks formats without panicking.
+func TestCheckSignatures(t *testing.T) {
+	if err := CheckSignatures(3, []uint64{7, 7, 7}); err != nil {
+		t.Fatalf("equal signatures: %v", err)
+	}
+	err := CheckSignatures(3, []uint64{7, 8, 7, 9})
+	var de *DesyncError
+	if !errors.As(err, &de) || !slices.Equal(de.Ranks, []int{1, 3}) || de.Step != 3 {
+		t.Fatalf("err = %v, want ranks [1 3] at step 3", err)
+	}
+	if msg := (&DesyncError{Step: 5}).Error(); msg == "" {
+		t.Fatal("empty message")
+	}
+}
