@@ -3,6 +3,7 @@ package train
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"strings"
 	"sync"
@@ -122,6 +123,16 @@ func parallel(n int, f func(i int) error) error {
 	return nil
 }
 
+// checkCompute rejects a negative, NaN or infinite compute model, which would
+// otherwise give negative or NaN gradient times on the simulated clock.
+func (cfg SimConfig) checkCompute(who string) error {
+	ok := func(v float64) bool { return v >= 0 && !math.IsInf(v, 0) }
+	if !ok(cfg.FLOPS) || !ok(cfg.GradFLOP) {
+		return fmt.Errorf("train: %s: FLOPS %g, GradFLOP %g: want finite and non-negative", who, cfg.FLOPS, cfg.GradFLOP)
+	}
+	return nil
+}
+
 // NewSim returns a simulator-backed exchanger for n workers over units.
 func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig) (*Sim, error) {
 	if cfg.Topology == nil {
@@ -131,6 +142,9 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 		return nil, fmt.Errorf("train: NewSim: %d workers, %d units", n, len(units))
 	}
 	if err := plan.validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.checkCompute("NewSim"); err != nil {
 		return nil, err
 	}
 	if cfg.FLOPS == 0 {

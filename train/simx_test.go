@@ -162,4 +162,17 @@ func TestSimRejects(t *testing.T) {
 	if _, err := NewSim(context.Background(), 3, testUnits, Plan{}, SimConfig{Topology: topo, GradFLOP: 1}); err == nil {
 		t.Error("3 workers on 2 nodes: no error")
 	}
+	for _, cfg := range []SimConfig{
+		{Topology: topo, FLOPS: -1, GradFLOP: 1},
+		{Topology: topo, FLOPS: math.NaN(), GradFLOP: 1},
+		{Topology: topo, FLOPS: math.Inf(1), GradFLOP: 1},
+		{Topology: topo, GradFLOP: -1},
+	} {
+		if _, err := NewSim(context.Background(), 2, testUnits, Plan{}, cfg); err == nil {
+			t.Errorf("NewSim(FLOPS %g, GradFLOP %g): no error", cfg.FLOPS, cfg.GradFLOP)
+		}
+		if _, err := SizeOnlyBaseline(context.Background(), 2, testUnits, cfg); err == nil {
+			t.Errorf("SizeOnlyBaseline(FLOPS %g, GradFLOP %g): no error", cfg.FLOPS, cfg.GradFLOP)
+		}
+	}
 }

@@ -31,6 +31,9 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 	if err := plan.validate(); err != nil {
 		return Stats{}, err
 	}
+	if err := cfg.checkCompute("SizeOnly"); err != nil {
+		return Stats{}, err
+	}
 	if cfg.FLOPS == 0 {
 		cfg.FLOPS = DefaultFLOPS
 	}
@@ -131,6 +134,9 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 func SizeOnlyBaseline(ctx context.Context, n int, units []Layer, cfg SimConfig) (time.Duration, error) {
 	if cfg.Topology == nil {
 		return 0, fmt.Errorf("train: SizeOnlyBaseline: no topology")
+	}
+	if err := cfg.checkCompute("SizeOnlyBaseline"); err != nil {
+		return 0, err
 	}
 	if cfg.FLOPS == 0 {
 		cfg.FLOPS = DefaultFLOPS

@@ -179,8 +179,13 @@ type Config struct {
 }
 
 func (c Config) validate() error {
-	if c.Workers < 1 || c.Batch < 1 || c.Steps < 1 || c.EvalEvery < 0 || c.EvalSamples < 0 {
-		return fmt.Errorf("train: invalid config: workers %d, batch %d, steps %d, eval every %d", c.Workers, c.Batch, c.Steps, c.EvalEvery)
+	for _, f := range []struct {
+		name   string
+		v, min int
+	}{{"Workers", c.Workers, 1}, {"Batch", c.Batch, 1}, {"Steps", c.Steps, 1}, {"EvalEvery", c.EvalEvery, 0}, {"EvalSamples", c.EvalSamples, 0}} {
+		if f.v < f.min {
+			return fmt.Errorf("train: invalid config: %s %d, want at least %d", f.name, f.v, f.min)
+		}
 	}
 	return nil
 }
