@@ -10,7 +10,7 @@ type AdamConfig struct {
 	LR          float64 // learning rate; DeepSpeed default 1e-3
 	Beta1       float64 // default 0.9
 	Beta2       float64 // default 0.999
-	Eps         float64 // added outside the square root; default 1e-8
+	Eps         float64 // added outside the square root, > 0 in float32; default 1e-8
 	WeightDecay float64 // decoupled, scaled by lr: update += wd·p; default 0
 
 	// BiasCorrection (Adam only) divides m by 1−β1ᵗ and v by 1−β2ᵗ.
@@ -54,6 +54,10 @@ func (c *AdamConfig) validate() error {
 		if err := checkHyper(h.name, h.v, h.lo, h.hi, h.open); err != nil {
 			return err
 		}
+	}
+	if float32(c.Eps) <= 0 {
+		// A coordinate whose gradient is 0 would divide 0 by √0 + 0.
+		return fmt.Errorf("%w: eps = %v, want > 0 (as float32)", ErrConfig, c.Eps)
 	}
 	return nil
 }

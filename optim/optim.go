@@ -81,7 +81,8 @@ type Optimizer interface {
 	// Steps is the number of completed steps.
 	Steps() int
 	// LR returns the learning rate; SetLR changes it for the next steps
-	// (schedules, warm-up).
+	// (schedules, warm-up). SetLR does not validate: the caller keeps lr
+	// finite and ≥ 0, as the constructors require.
 	LR() float64
 	SetLR(lr float64)
 	// String describes the optimizer and its settings.
@@ -160,7 +161,9 @@ type SGD struct {
 	wd float32
 }
 
-// NewSGD returns plain SGD for n parameters. lr > 0, weightDecay ≥ 0.
+// NewSGD returns plain SGD for n parameters. 0 ≤ lr ≤ MaxFloat32 (0
+// freezes the parameters), weightDecay ≥ 0; otherwise it returns an error
+// wrapping ErrConfig.
 func NewSGD(n int, lr, weightDecay float64) (*SGD, error) {
 	if n < 0 {
 		return nil, fmt.Errorf("%w: n = %d", ErrConfig, n)

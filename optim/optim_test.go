@@ -171,6 +171,8 @@ func TestSequenceAndLength(t *testing.T) {
 		func() error { _, err := NewDGCSGD(4, 0.1, 0.9, -1, false); return err },
 		func() error { _, err := NewAdam(4, AdamConfig{LR: 0.1, Beta1: 1, Beta2: 0.9}); return err },
 		func() error { c := DefaultAdamConfig(); c.FreezeStep = 0; _, err := NewOneBitAdam(4, c); return err },
+		func() error { c := DefaultAdamConfig(); c.Eps = 0; _, err := NewAdam(4, c); return err },
+		func() error { c := DefaultAdamConfig(); c.Eps = 1e-50; _, err := NewOneBitAdam(4, c); return err },
 		func() error {
 			c := DefaultAdamConfig()
 			c.BiasCorrection = true
