@@ -107,6 +107,22 @@ func (n *Node) ServeBootstrap(ctx context.Context, world int, secret string) (in
 	return groupOf(me.ID, members)
 }
 
+// checkMembers checks a bootstrap reply against the rank rule every member
+// relies on: world members with distinct IDs, sorted by ID. A reply that
+// breaks it would give this process another group (size or ranks) than the
+// others.
+func checkMembers(members []joinMember, world int) error {
+	if len(members) != world {
+		return fmt.Errorf("%w: reply lists %d members for a world of %d", transport.ErrBadFrame, len(members), world)
+	}
+	for i := 1; i < len(members); i++ {
+		if members[i-1].ID >= members[i].ID {
+			return fmt.Errorf("%w: reply members not sorted by distinct IDs (%q, %q)", transport.ErrBadFrame, members[i-1].ID, members[i].ID)
+		}
+	}
+	return nil
+}
+
 func groupOf(self string, members []joinMember) (int, []Peer, error) {
 	rank := -1
 	peers := make([]Peer, len(members))
@@ -203,6 +219,12 @@ func (b *bootstrapServer) handle(s network.Stream) {
 		refuse("peer ID does not match the connection")
 		return
 	}
+	// Addresses that do not parse would fail every member's groupOf once
+	// the group is full: refuse this joiner alone instead.
+	if _, err := ParsePeer(req.ID, req.Addrs); err != nil {
+		refuse(err.Error())
+		return
+	}
 	b.mu.Lock()
 	if _, ok := b.members[req.ID]; !ok && len(b.members) == b.world {
 		b.mu.Unlock()
@@ -210,6 +232,9 @@ func (b *bootstrapServer) handle(s network.Stream) {
 		return
 	}
 	b.members[req.ID] = joinMember{ID: req.ID, Addrs: req.Addrs}
+	if h := b.n.joinedHook; h != nil {
+		h(len(b.members))
+	}
 	b.replied.Add(1)
 	defer b.replied.Done()
 	if len(b.members) == b.world {
@@ -267,6 +292,9 @@ func (n *Node) JoinBootstrap(ctx context.Context, addr string, world int, secret
 		case err == nil && rep.Error != "":
 			return 0, nil, fmt.Errorf("libp2p: %w: bootstrap %s refused the join: %s", transport.ErrRendezvous, ai.ID, rep.Error)
 		case err == nil:
+			if err := checkMembers(rep.Members, world); err != nil {
+				return 0, nil, fmt.Errorf("libp2p: %w: bootstrap %s: %w", transport.ErrRendezvous, ai.ID, err)
+			}
 			return groupOf(me.ID, rep.Members)
 		}
 		last = err

@@ -2,11 +2,15 @@ package libp2p
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 
 	"github.com/slimgrad/slimgrad/transport"
 )
@@ -86,6 +90,8 @@ func TestBootstrapRefusals(t *testing.T) {
 	}
 	defer srv.Close()
 	addr := srv.Addrs()[0].String() + "/p2p/" + srv.ID().String()
+	joinedCh := make(chan int, 8)
+	srv.joinedHook = func(members int) { joinedCh <- members }
 	sctx, scancel := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() { _, _, err := srv.ServeBootstrap(sctx, 3, "s3cret"); served <- err }()
@@ -113,6 +119,20 @@ func TestBootstrapRefusals(t *testing.T) {
 			t.Errorf("%s: %v", tc.name, err)
 		}
 	}
+	// A joiner whose addresses do not parse is refused alone (it would
+	// otherwise fail every member once the group is full).
+	bad, err := Listen(ctx, fast()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := json.Marshal(joinRequest{Job: "test-job", World: 3, ID: bad.ID().String(), Addrs: []string{"not a multiaddr"}, Secret: "s3cret"})
+	bad.gater.allow([]peer.ID{srv.ID()})
+	bad.host.Peerstore().AddAddrs(srv.ID(), srv.Addrs(), peerstore.PermanentAddrTTL)
+	rep, err := bad.joinOnce(ctx, srv.ID(), req)
+	bad.Close()
+	if err != nil || !strings.Contains(rep.Error, "bad address") {
+		t.Errorf("join with a bad address: reply %+v, err %v; want a refusal", rep, err)
+	}
 	// One valid joiner, then the server gives up: 2 of 3 joined.
 	nd, err := Listen(ctx, fast()...)
 	if err != nil {
@@ -121,7 +141,9 @@ func TestBootstrapRefusals(t *testing.T) {
 	defer nd.Close()
 	joined := make(chan error, 1)
 	go func() { _, _, err := nd.JoinBootstrap(ctx, addr, 3, "s3cret"); joined <- err }()
-	time.Sleep(200 * time.Millisecond) // let it join before the server gives up
+	if m := <-joinedCh; m != 2 { // it joined; now the server gives up
+		t.Fatalf("server has %d members after the valid join, want 2", m)
+	}
 	scancel()
 	err = <-served
 	if !errors.Is(err, transport.ErrRendezvous) || !strings.Contains(err.Error(), "2 of 3 processes joined, 1 missing") {
@@ -129,5 +151,35 @@ func TestBootstrapRefusals(t *testing.T) {
 	}
 	if err := <-joined; !errors.Is(err, transport.ErrRendezvous) {
 		t.Errorf("joiner: %v", err)
+	}
+}
+
+// TestCheckMembers: a bootstrap reply must list world members with
+// distinct IDs in rank (ID) order, or a joiner would get another group
+// than the others.
+func TestCheckMembers(t *testing.T) {
+	m := func(ids ...string) []joinMember {
+		var ms []joinMember
+		for _, id := range ids {
+			ms = append(ms, joinMember{ID: id})
+		}
+		return ms
+	}
+	for _, tc := range []struct {
+		members []joinMember
+		world   int
+		ok      bool
+	}{
+		{m("a", "b", "c"), 3, true},
+		{m("a"), 1, true},
+		{m("a", "b"), 3, false},
+		{m("a", "b", "c", "d"), 3, false},
+		{m("a", "a", "b"), 3, false},
+		{m("b", "a", "c"), 3, false},
+	} {
+		err := checkMembers(tc.members, tc.world)
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, transport.ErrBadFrame)) {
+			t.Errorf("checkMembers(%v, %d) = %v, want ok %v", tc.members, tc.world, err, tc.ok)
+		}
 	}
 }

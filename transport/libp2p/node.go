@@ -94,6 +94,10 @@ type Node struct {
 	connected bool
 	conn      *Conn // set by Connect
 	closed    bool
+
+	// joinedHook, if set (by tests, before ServeBootstrap), is called with
+	// the number of members each time a joiner is accepted.
+	joinedHook func(members int)
 }
 
 // Listen starts a libp2p host according to opts (see Options; Rank and
