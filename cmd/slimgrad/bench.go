@@ -17,8 +17,8 @@ import (
 func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	codecs := fs.String("codecs", strings.Join(bench.DefaultRecipes, ","), "compressor recipes to measure (\"\" skips codecs)")
-	elems := fs.Int("elems", 1<<22, "elements per codec and kernel measurement (default 4 Mi floats, 16 MiB)")
+	codecs := fs.String("codecs", strings.Join(bench.DefaultRecipes, ","), "compressor recipes to measure (\"\" skips the codec and kernel measurements)")
+	elems := fs.Int("elems", 1<<22, "float32 elements per codec and kernel measurement (4 Mi = 16 MiB)")
 	minTime := fs.Duration("time", 300*time.Millisecond, "minimum measuring time per measurement")
 	transports := fs.String("transports", "mem,nats,libp2p,libp2p-insecure", "transports for the all-reduce bus bandwidth (\"\" skips)")
 	world := fs.Int("world", 4, "ranks of the all-reduce measurement (in this process, over loopback)")

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -97,7 +98,7 @@ func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.Plots, "plots", o.Plots, "write PNG plots")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", o.CPUProfile, "write a CPU profile of the run to this file")
 	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time), mem (real workers over the in-memory transport, no simulated clock) or local (in-process reference)")
-	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by `slimgrad bench` (default: built-in throughputs)")
+	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by slimgrad bench (default: built-in throughputs)")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
 	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data (cheap for thousands of workers): bytes and step time only")
 	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
@@ -148,7 +149,48 @@ type simReport struct {
 	Files   []string
 }
 
+// validate rejects flag values that would otherwise fail late (after output
+// has started), be silently ignored, or give meaningless numbers. Each error
+// names the flag.
+func (o simOptions) validate() error {
+	for _, f := range []struct {
+		flag   string
+		v, min int
+	}{
+		{"workers", o.Workers, 1}, {"batch", o.Batch, 1}, {"steps", o.Steps, 1},
+		{"eval-every", o.EvalEvery, 0}, {"eval-samples", o.EvalSamples, 0},
+		{"print-every", o.PrintEvery, 0}, {"lgreco-adjust", o.LGreCoAdjust, 1},
+	} {
+		if f.v < f.min {
+			return fmt.Errorf("--%s %d: want at least %d", f.flag, f.v, f.min)
+		}
+	}
+	if !(o.Target > 0 && o.Target <= 1) {
+		return fmt.Errorf("--target %g: want an accuracy in (0, 1]", o.Target)
+	}
+	if !(o.FLOPS >= 0) || math.IsInf(o.FLOPS, 0) {
+		return fmt.Errorf("--flops %g: want a finite, non-negative rate (0: the default)", o.FLOPS)
+	}
+	if !(o.LGreCoAlpha >= 0) || math.IsInf(o.LGreCoAlpha, 0) {
+		return fmt.Errorf("--lgreco-alpha %g: want a finite, non-negative multiple (0: the default)", o.LGreCoAlpha)
+	}
+	switch o.Progress {
+	case "auto", "on", "off":
+	default:
+		return fmt.Errorf("--progress %q: want auto, on or off", o.Progress)
+	}
+	switch o.Exchange {
+	case "sim", "mem", "local":
+	default:
+		return fmt.Errorf("--exchange %q: want sim, mem or local", o.Exchange)
+	}
+	return nil
+}
+
 func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simReport, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
 	log, err := newLogger(stderr, o.Log)
 	if err != nil {
 		return nil, err

@@ -274,3 +274,27 @@ func TestSimLGreCo(t *testing.T) {
 		t.Errorf("L-GreCo never changed the levels (%d layouts)", n)
 	}
 }
+
+// TestSimRejectsBadFlags: out-of-range flag values fail before any work or
+// output, with an error that names the flag.
+func TestSimRejectsBadFlags(t *testing.T) {
+	for _, tc := range []struct{ flag, value string }{
+		{"workers", "0"}, {"workers", "-2"}, {"batch", "0"}, {"steps", "0"},
+		{"eval-every", "-1"}, {"eval-samples", "-1"}, {"print-every", "-1"},
+		{"target", "0"}, {"target", "1.5"}, {"flops", "-1"}, {"flops", "NaN"},
+		{"progress", "maybe"}, {"exchange", "carrier-pigeon"},
+		{"lgreco-adjust", "0"}, {"lgreco-alpha", "-0.5"},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := []string{"sim", "--out", "", "--" + tc.flag, tc.value}
+		if code := run(context.Background(), args, &stdout, &stderr); code != 1 {
+			t.Errorf("--%s %s: exit %d, want 1", tc.flag, tc.value, code)
+		}
+		if stdout.Len() != 0 {
+			t.Errorf("--%s %s: output before the error:\n%s", tc.flag, tc.value, stdout.String())
+		}
+		if !strings.Contains(stderr.String(), "--"+tc.flag) {
+			t.Errorf("--%s %s: error does not name the flag: %q", tc.flag, tc.value, stderr.String())
+		}
+	}
+}
