@@ -38,7 +38,7 @@ type EControl struct {
 
 var _ Feedback = (*EControl)(nil)
 
-// NewEF21 wraps c with EF21 state (hᵢ = h = 0).
+// NewEF21 wraps c with EF21 state (hᵢ = h = 0). It panics if c is nil.
 func NewEF21(c compressors.Compressor) *EControl {
 	n := c.Len()
 	return &EControl{c: c, ef21: true, hi: make([]float32, n), h: make([]float32, n),
@@ -48,8 +48,12 @@ func NewEF21(c compressors.Compressor) *EControl {
 // NewEControl wraps c with EControl(η) state (eᵢ = hᵢ = h = 0). η must be
 // finite and ≥ 0 (theory suggests η of the order of the compressor's δ, e.g.
 // k/d for top-k; η = 1 is EF14 applied to g − hᵢ). η = 0 tracks eᵢ without
-// using it and is EF21 bit for bit.
+// using it and is EF21 bit for bit. Errors wrap ErrConfig (a bad η or a nil
+// c).
 func NewEControl(c compressors.Compressor, eta float64) (*EControl, error) {
+	if c == nil {
+		return nil, fmt.Errorf("%w: nil compressor", ErrConfig)
+	}
 	if eta < 0 || math.IsNaN(eta) || math.IsInf(eta, 0) {
 		return nil, fmt.Errorf("%w: econtrol η = %v, want finite and >= 0", ErrConfig, eta)
 	}

@@ -321,7 +321,7 @@ type None struct {
 
 var _ Feedback = (*None)(nil)
 
-// NewNone wraps c without error feedback.
+// NewNone wraps c without error feedback. c must not be nil.
 func NewNone(c compressors.Compressor) *None { return &None{c: c} }
 
 // Encode compresses g as is.
@@ -378,7 +378,7 @@ type EF14 struct {
 
 var _ Feedback = (*EF14)(nil)
 
-// NewEF14 wraps c with a zero residual.
+// NewEF14 wraps c with a zero residual. It panics if c is nil.
 func NewEF14(c compressors.Compressor) *EF14 {
 	n := c.Len()
 	return &EF14{c: c, e: make([]float32, n), w: make([]float32, n)}

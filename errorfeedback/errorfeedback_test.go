@@ -75,6 +75,12 @@ func TestRecipeNew(t *testing.T) {
 	if _, err := NewEControl(c, -0.5); !errors.Is(err, ErrConfig) {
 		t.Errorf("eta < 0: %v", err)
 	}
+	if _, err := NewEControl(nil, 0.1); !errors.Is(err, ErrConfig) {
+		t.Errorf("econtrol, nil compressor: %v", err)
+	}
+	if _, err := NewDGC(nil, DGCConfig{Momentum: 0.9}); !errors.Is(err, ErrConfig) {
+		t.Errorf("dgc, nil compressor: %v", err)
+	}
 }
 
 func randVec(r *rand.Rand, n int, s float64) []float32 {
