@@ -175,7 +175,7 @@ func (l *Lossless) Compress(dst []byte, src []float32) ([]byte, error) {
 			i += r
 		}
 		dst = dst[:headerLen+wb*w]
-		crc = crc32.Checksum(dst[headerLen:], castagnoli)
+		crc = crc32c(dst[headerLen:])
 	}
 	secStart := len(dst)
 	dst = l.appendSection(dst, exp)
@@ -187,7 +187,7 @@ func (l *Lossless) Compress(dst []byte, src []float32) ([]byte, error) {
 	crc = crc32.Update(crc, castagnoli, dst[secStart:])
 	body := len(dst) - headerLen
 	l.putHeader(dst[:headerLen], 0, uint64(layout), z, body, body)
-	crc = crc32Combine(crc32.Checksum(dst[:headerLen], castagnoli), crc, int64(body))
+	crc = crc32Combine(crc32c(dst[:headerLen]), crc, int64(body))
 	return binary.LittleEndian.AppendUint32(dst, crc), nil
 }
 

@@ -93,7 +93,7 @@ func ParseHeader(payload []byte) (Header, []byte, error) {
 		return h, nil, fmt.Errorf("%w: unsupported wire version %d", ErrCorrupt, v)
 	}
 	end := len(payload) - trailerLen
-	if want, got := binary.LittleEndian.Uint32(payload[end:]), crc32.Checksum(payload[:end], castagnoli); want != got {
+	if want, got := binary.LittleEndian.Uint32(payload[end:]), crc32c(payload[:end]); want != got {
 		return h, nil, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
 	}
 	h = Header{
@@ -166,7 +166,7 @@ func (f *frame) begin(dst []byte) []byte {
 // appends the checksum.
 func (f *frame) finish(dst []byte, flags uint8, aux uint64, count, rawLen int) []byte {
 	f.putHeader(dst[:headerLen], flags, aux, count, rawLen, len(dst)-headerLen)
-	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst, castagnoli))
+	return binary.LittleEndian.AppendUint32(dst, crc32c(dst))
 }
 
 // putHeader writes a frame header into h (headerLen bytes).
@@ -224,4 +224,5 @@ func checkLen(what string, got, want int) error {
 	return nil
 }
 
+// crc32c is the CRC-32C (Castagnoli) of b, the checksum of every frame.
 func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
