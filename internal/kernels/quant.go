@@ -39,6 +39,9 @@ func (g *Lanes) Next(out *[8]uint32) {
 
 // QSGDLevel is the stochastic level of a = |x|·s/‖x‖ given 32 random bits:
 // ⌊a⌋, plus one with probability a−⌊a⌋ (from the top 24 bits), at most s.
+// a must be finite and in [0, s+1): Go's float-to-int conversion of NaN, Inf
+// or out-of-range values is platform-dependent, so callers keep the scale
+// s/‖x‖ finite (see compressors.QSGD).
 func QSGDLevel(a float32, rnd uint32, s uint32) uint32 {
 	l := uint32(int32(a))
 	if float32(rnd>>8)*(1.0/(1<<24)) < a-float32(l) {
@@ -47,8 +50,8 @@ func QSGDLevel(a float32, rnd uint32, s uint32) uint32 {
 	return min(l, s)
 }
 
-// QSGDNibbles quantizes src with scale sc (= s/‖bucket‖) and s levels (at
-// most 7) into 4-bit codes sign<<3 | level, two per byte (element 2i in the
+// QSGDNibbles quantizes src with scale sc (= s/‖bucket‖, finite, so that
+// every |x|·sc is a valid QSGDLevel input) and s levels (at most 7) into 4-bit codes sign<<3 | level, two per byte (element 2i in the
 // low nibble), drawing one Lanes step per group of 8 elements. len(codes)
 // must be (len(src)+1)/2; a trailing odd code leaves the high nibble zero.
 func QSGDNibbles(codes []byte, src []float32, sc float32, s uint32, g *Lanes) {
