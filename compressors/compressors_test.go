@@ -89,6 +89,7 @@ func TestNewErrors(t *testing.T) {
 	}{
 		{"powersgd:4", 12, nil, `compressors: recipe "powersgd:4": powersgd needs the layer's shape (WithShape)`},
 		{"powersgd:4", 12, []Option{WithShape(5, 3)}, `compressors: recipe "powersgd:4": shape 5x3 does not hold 12 elements`},
+		{"powersgd:4", 0, []Option{WithShape(1<<32, 1<<32)}, `compressors: recipe "powersgd:4": shape 4294967296x4294967296 does not hold 0 elements`},
 		{"none", 12, []Option{WithShape(0, 3)}, `compressors: recipe "none": shape 0x3 must be positive`},
 		{"none", -1, nil, `compressors: recipe "none": layer length -1 out of range [0,1073741823]`},
 		{"dgc:0.1", 12, []Option{WithRank(-2)}, `compressors: recipe "dgc:0.1": rank -2 is negative`},

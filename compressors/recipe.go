@@ -324,8 +324,9 @@ func (r Recipe) NominalBytes(n int, opts ...Option) int64 {
 	return FrameOverhead + body
 }
 
-// Config holds the options of New. Obtain defaults from defaultConfig; the
-// zero Config is not meaningful.
+// Config holds the settings that Options change. New starts from the
+// defaults (SampleRatio 0.01, Resample true, no shape, seed and rank 0);
+// the zero Config is not meaningful.
 type Config struct {
 	Rows, Cols  int     // matrix shape (powersgd); Rows*Cols must equal n
 	Seed        uint64  // seed shared by all ranks (random-k indices, PowerSGD Q)
@@ -408,7 +409,8 @@ func (r Recipe) New(n int, opts ...Option) (Compressor, error) {
 	if n < 0 || int64(n) > math.MaxUint32/4 {
 		return bad("layer length %d out of range [0,%d]", n, math.MaxUint32/4)
 	}
-	if cfg.Rows != 0 && cfg.Rows*cfg.Cols != n {
+	// Divide rather than multiply: Rows*Cols may overflow to n.
+	if cfg.Rows != 0 && (n%cfg.Rows != 0 || n/cfg.Rows != cfg.Cols) {
 		return bad("shape %dx%d does not hold %d elements", cfg.Rows, cfg.Cols, n)
 	}
 	if _, err := Parse(r.String()); err != nil {
