@@ -125,23 +125,26 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		wait = 10 * time.Second
 	}
 	if dl, ok := ctx.Deadline(); ok {
-		wait = time.Until(dl)
+		wait = min(wait, time.Until(dl))
 	}
-	// ReadyForConnections polls; run it so that ctx can interrupt the wait.
-	ready := make(chan bool, 1)
-	go func() { ready <- ns.ReadyForConnections(wait) }()
-	select {
-	case ok := <-ready:
-		if !ok {
+	// ReadyForConnections polls until its timeout, even after Shutdown:
+	// call it in short slices so that ctx ending interrupts the wait at
+	// once and no goroutine outlives Start.
+	const slice = 50 * time.Millisecond
+	for end := time.Now().Add(wait); ; {
+		if err := ctx.Err(); err != nil {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			return nil, err
+		}
+		if ns.ReadyForConnections(slice) {
+			break
+		}
+		if !time.Now().Before(end) {
 			ns.Shutdown()
 			ns.WaitForShutdown()
 			return nil, fmt.Errorf("%w: not ready after %v", ErrStart, wait)
 		}
-	case <-ctx.Done():
-		ns.Shutdown()
-		<-ready
-		ns.WaitForShutdown()
-		return nil, ctx.Err()
 	}
 	return &Server{ns: ns, token: o.Token, maxP: maxP}, nil
 }

@@ -3,6 +3,7 @@ package natsserver_test
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -113,4 +114,27 @@ func TestShutdownIdempotent(t *testing.T) {
 	defer nc.Close()
 	s.Shutdown()
 	s.Shutdown()
+}
+
+// TestStartCancelled: a server that cannot become ready (its port is
+// taken) is abandoned as soon as ctx is cancelled, not after ReadyTimeout,
+// and leaves no goroutine behind (TestMain).
+func TestStartCancelled(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := time.AfterFunc(200*time.Millisecond, cancel)
+	defer stop.Stop()
+	t0 := time.Now()
+	_, err = natsserver.Start(ctx, natsserver.Options{Port: l.Addr().(*net.TCPAddr).Port, ReadyTimeout: time.Minute})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Start on a taken port, cancelled: err = %v, want context.Canceled", err)
+	}
+	if d := time.Since(t0); d > 20*time.Second {
+		t.Fatalf("Start returned %v after ctx was cancelled (ReadyTimeout is 1 min)", d)
+	}
 }
