@@ -247,7 +247,8 @@ func (c *Config) validate() error {
 // Grid returns the default candidate list of a layer whose uniform default is
 // def, sorted by increasing size with def included: the top-k (dgc, random-k)
 // density grid def.Density·TopKFactors (rounded to 3 significant digits); the PowerSGD ranks
-// [⌊RankLow·r0⌋, ⌈RankHigh·r0⌉] that pass MinCompressionRate; the QSGD level
+// [⌊RankLow·r0⌋, ⌈RankHigh·r0⌉], capped at max(r0, min(rows, cols)), that
+// pass MinCompressionRate; the QSGD level
 // counts of widths bits.Len(s0)+1 ± QSGDBits. Other codecs (none, fp16,
 // bf16, sign) have only def. The entropy stage flag of def is kept.
 func Grid(def compressors.Recipe, rows, cols int, cfg Config) []compressors.Recipe {
@@ -265,8 +266,12 @@ func Grid(def compressors.Recipe, rows, cols int, cfg Config) []compressors.Reci
 			out = append(out, r)
 		}
 	case compressors.CodecPowerSGD:
-		lo := max(1, int(math.Floor(cfg.RankLow*float64(def.Rank))))
-		hi := max(lo, int(math.Ceil(cfg.RankHigh*float64(def.Rank))))
+		// A rank above min(rows, cols) is that rank again (PowerSGD caps
+		// it), so the range stops there: a huge RankHigh neither loops for
+		// long nor converts an out-of-range float to int.
+		top := float64(max(def.Rank, min(rows, cols), 1))
+		lo := max(1, int(min(math.Floor(cfg.RankLow*float64(def.Rank)), top)))
+		hi := max(lo, int(min(math.Ceil(cfg.RankHigh*float64(def.Rank)), top)))
 		for k := lo; k <= hi; k++ {
 			r := def
 			r.Rank = k

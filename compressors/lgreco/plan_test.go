@@ -132,3 +132,19 @@ func TestExplicitCandidatesFiltered(t *testing.T) {
 		t.Fatalf("candidates %v, want %v", got, want)
 	}
 }
+
+// A huge RankHigh (or a MinCompressionRate of 0, which admits every rank)
+// stops the PowerSGD range at min(rows, cols): higher ranks are the same
+// codec, and the range must not loop over them.
+func TestGridRankCap(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.RankHigh, cfg.MinCompressionRate = 1e15, 0
+	var got []string
+	for _, r := range Grid(compressors.MustParse("powersgd:2"), 5, 7, cfg) {
+		got = append(got, r.String())
+	}
+	want := []string{"powersgd:1", "powersgd:2", "powersgd:3", "powersgd:4", "powersgd:5"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Grid = %v, want %v", got, want)
+	}
+}
