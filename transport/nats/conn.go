@@ -472,13 +472,17 @@ func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
 	return len(msg)
 }
 
+// maxAbortText bounds the reason carried by an abort notice, sent or
+// received (it fits publishCtl's buffer).
+const maxAbortText = 64
+
 // failPeer records that the link to peer is broken; with notify, peer is
 // told (so that it fails too instead of waiting for credit).
 func (c *Conn) failPeer(peer int, cause error, notify bool) {
 	if c.in.Fail(peer, cause) && notify && !c.isClosed() {
 		msg := cause.Error()
-		if len(msg) > 64 {
-			msg = msg[:64]
+		if len(msg) > maxAbortText {
+			msg = msg[:maxAbortText]
 		}
 		c.publishCtl(c.subjCtl[peer], flagAbort, []byte(msg))
 	}
@@ -692,7 +696,10 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 			p.granted = v
 		}
 	case h.Flags == flagAbort:
-		c.failPeer(src, fmt.Errorf("%w: rank %d dropped the link: %s", transport.ErrPeerDead, src, pl), false)
+		// The reason is the peer's text: at most maxAbortText bytes (what
+		// failPeer sends) go into the error, as valid UTF-8.
+		why := pl[:min(len(pl), maxAbortText)]
+		c.failPeer(src, fmt.Errorf("%w: rank %d dropped the link: %s", transport.ErrPeerDead, src, strings.ToValidUTF8(string(why), "\ufffd")), false)
 	default:
 		c.failPeer(src, fmt.Errorf("%w: unexpected control frame (flags %#x)", transport.ErrBadFrame, h.Flags), true)
 	}

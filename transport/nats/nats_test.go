@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	natsgo "github.com/nats-io/nats.go"
 
@@ -545,5 +546,29 @@ func TestIncast(t *testing.T) {
 		if err := <-errc; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestAbortNoticeUntrusted: the reason in a peer's abort notice comes off
+// the wire; the error it becomes holds a short, valid-UTF-8 excerpt.
+func TestAbortNoticeUntrusted(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	conns := dialAll(t, srv.ClientURL(), "why", 2, fastHB)
+	nc, err := natsgo.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	why := append([]byte("\xff\xfe gone "), make([]byte, 100<<10)...)
+	nc.Publish("slimgrad.why.c.1.0", transport.AppendFrame(nil, 1<<7, 0, why))
+	nc.Flush()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	_, err = conns[1].Recv(ctx, 0, 1)
+	if !errors.Is(err, transport.ErrPeerDead) {
+		t.Fatalf("Recv: err = %v, want ErrPeerDead (abort notice)", err)
+	}
+	if s := err.Error(); len(s) > 300 || !utf8.ValidString(s) || !strings.Contains(s, "gone") {
+		t.Fatalf("error text of %d bytes (valid UTF-8 %v): want a short valid excerpt of the reason", len(s), utf8.ValidString(s))
 	}
 }
