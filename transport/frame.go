@@ -54,10 +54,10 @@ func PutFrameHeaderSum(dst []byte, flags uint8, tag uint64, n int, crc uint32) {
 
 // FrameHeader is the decoded header of a frame.
 type FrameHeader struct {
-	Flags uint8
-	Tag   uint64
-	Len   uint32
-	CRC   uint32
+	Flags uint8  // implementation-defined flags
+	Tag   uint64 // the message's tag
+	Len   uint32 // payload bytes (at most the maxLen given to ParseFrameHeader)
+	CRC   uint32 // CRC-32C of the payload (Checksum), checked by VerifyPayload
 }
 
 // PutFrameHeader writes the header for payload into dst[:FrameHeaderLen].

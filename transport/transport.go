@@ -59,10 +59,12 @@ type Conn interface {
 // Send or returned by Recv; Wire counts what the transport put on or took off
 // the wire for them (frame headers, chunking, checksums; not TCP/IP or
 // encryption overhead unless the implementation can see it).
+// Every slice has Size() entries (the caller's own rank's are zero); a
+// snapshot is the caller's and does not change afterwards.
 type Stats struct {
-	SentPayload, SentWire []int64
-	RecvPayload, RecvWire []int64
-	SentMsgs, RecvMsgs    []int64
+	SentPayload, SentWire []int64 // bytes sent to each peer
+	RecvPayload, RecvWire []int64 // bytes received from each peer
+	SentMsgs, RecvMsgs    []int64 // messages sent to / received from each peer
 }
 
 // Total returns the sums over all peers of the four byte counters.
@@ -103,8 +105,10 @@ type PeerError struct {
 	Err  error
 }
 
+// Error formats the operation, the peer's rank and the cause.
 func (e *PeerError) Error() string {
 	return fmt.Sprintf("transport: %s rank %d: %v", e.Op, e.Rank, e.Err)
 }
 
+// Unwrap returns Err, so that errors.Is matches the sentinel it wraps.
 func (e *PeerError) Unwrap() error { return e.Err }
