@@ -157,6 +157,13 @@ func dotGeneric(a, b []float32) float64 {
 
 func sumSqGeneric(x []float32) float64 {
 	var acc [16]float64
+	return sumSqAcc(&acc, x)
+}
+
+// sumSqAcc finishes a sum of squares whose 16 lanes hold acc: the whole
+// 16-groups of x go into the lanes, then the lanes are combined, then the
+// tail is added in order. With acc zero it is the whole of SumSq's order.
+func sumSqAcc(acc *[16]float64, x []float32) float64 {
 	n := len(x) &^ 15
 	for i := 0; i < n; i += 16 {
 		xx := x[i : i+16 : i+16]
@@ -165,7 +172,7 @@ func sumSqGeneric(x []float32) float64 {
 			acc[l] += v * v
 		}
 	}
-	s := combine16(&acc)
+	s := combine16(acc)
 	for i := n; i < len(x); i++ {
 		v := float64(x[i])
 		s += v * v

@@ -272,18 +272,5 @@ func PackSignsSumSq(dst []byte, src []float32) float64 {
 	// Finish exactly as sumSqGeneric would: whole 16-groups into the lanes,
 	// then combine, then the tail in order.
 	packSignsGeneric(dst[done/8:], src[done:])
-	x := src[done:]
-	n := len(x) &^ 15
-	for i := 0; i < n; i += 16 {
-		xx := x[i : i+16 : i+16]
-		for l := range acc {
-			v := float64(xx[l])
-			acc[l] += v * v
-		}
-	}
-	s := combine16(&acc)
-	for _, v := range x[n:] {
-		s += float64(v) * float64(v)
-	}
-	return s
+	return sumSqAcc(&acc, src[done:])
 }
