@@ -724,3 +724,32 @@ func TestQSGDTinyBucket(t *testing.T) {
 		}
 	}
 }
+
+// A QSGD Compress that fails (ErrNonFinite) does not advance the rounding
+// stream: the next frame is the one a fresh compressor makes.
+func TestQSGDFailedCompressKeepsStream(t *testing.T) {
+	const n = 1000
+	a, _ := New("qsgd:4", n, WithSeed(3))
+	b, _ := New("qsgd:4", n, WithSeed(3))
+	r := rand.New(rand.NewPCG(5, 6))
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+	}
+	bad := slices.Clone(x)
+	bad[n-1] = float32(math.NaN()) // the last bucket: the first ones are quantized
+	if _, err := a.Compress(nil, bad); !errors.Is(err, ErrNonFinite) {
+		t.Fatalf("NaN input: err = %v, want ErrNonFinite", err)
+	}
+	fa, err := a.Compress(nil, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := b.Compress(nil, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(fa, fb) {
+		t.Fatal("a failed Compress changed the next frame")
+	}
+}

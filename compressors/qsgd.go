@@ -21,8 +21,8 @@ const QSGDBucket = 512
 // of bits.Len(s)+1 bits (4 bits for qsgd:4). Rounding randomness comes from
 // (seed, rank, step), so runs are reproducible. A bucket whose norm is so
 // small (below s/MaxFloat32, about 1e-38) that s/‖x_B‖₂ overflows float32 is
-// sent as zero. Compress returns ErrNonFinite for NaN or Inf input. Not safe
-// for concurrent use.
+// sent as zero. Compress returns ErrNonFinite for NaN or Inf input, or when
+// a bucket's norm overflows float32. Not safe for concurrent use.
 type QSGD struct {
 	frame
 	entropy
@@ -61,8 +61,8 @@ func newQSGD(r Recipe, n int, cfg Config) *QSGD {
 func (q *QSGD) codeBytes() int { return (q.n*int(q.width) + 7) / 8 }
 func (q *QSGD) bodyLen() int   { return 4*q.buckets + q.codeBytes() }
 
-// Compress quantizes src and appends the frame to dst[:0]. Each call
-// advances the rounding stream.
+// Compress quantizes src and appends the frame to dst[:0]. Each successful
+// call advances the rounding stream; a failed one leaves it as it was.
 func (q *QSGD) Compress(dst []byte, src []float32) ([]byte, error) {
 	if err := checkLen("src", len(src), q.n); err != nil {
 		return dst[:0], err
@@ -72,7 +72,6 @@ func (q *QSGD) Compress(dst []byte, src []float32) ([]byte, error) {
 	dst, body = grow(dst, q.bodyLen())
 	norms, codes := body[:4*q.buckets], body[4*q.buckets:]
 	q.g.Seed(mix(domainQSGD, q.seed, q.rank, q.step))
-	q.step++
 	w := int(q.width)
 	for b := range q.buckets {
 		x := src[b*QSGDBucket : min((b+1)*QSGDBucket, q.n)]
@@ -99,6 +98,7 @@ func (q *QSGD) Compress(dst []byte, src []float32) ([]byte, error) {
 			q.quantizeN(c, x, sc)
 		}
 	}
+	q.step++
 	raw := len(dst) - headerLen
 	dst, z := q.squeeze(dst)
 	return q.finish(dst, z, 0, 0, raw), nil
