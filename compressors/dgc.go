@@ -60,15 +60,20 @@ func (d *DGC) Plan() (stride, numSamples, topKSamples, numSelects int) {
 }
 
 // Compress selects about k elements of src as DGC does and appends their
-// frame to dst[:0]. Each call advances the per-rank sampling stream.
+// frame to dst[:0]. Each successful call advances the per-rank sampling
+// stream; a failed one (a non-finite kept value with the k-means stage)
+// leaves it as it was.
 func (d *DGC) Compress(dst []byte, src []float32) ([]byte, error) {
 	if err := checkLen("src", len(src), d.n); err != nil {
 		return dst[:0], err
 	}
 	d.scratch()
 	d.last = d.selectIdx(src)
-	d.step++
-	return d.encode(dst, d.last)
+	p, err := d.encode(dst, d.last)
+	if err == nil {
+		d.step++
+	}
+	return p, err
 }
 
 func (d *DGC) selectIdx(x []float32) int {
