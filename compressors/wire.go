@@ -62,7 +62,9 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Header is the decoded header of a frame.
+// Header is the decoded header of a frame: its fields are the header words
+// of the layout above, of the same names. ParseHeader checks only the
+// framing; what Param, Aux and Count mean depends on the codec.
 type Header struct {
 	Codec   Codec
 	Flags   uint8
