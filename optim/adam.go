@@ -164,11 +164,10 @@ func (s Stage) String() string {
 // ServerError), not here.
 type OneBitAdam struct {
 	base
-	cfg    AdamConfig
-	m, v   []float32
-	den    []float32 // √v + eps, fixed at the freeze
-	mask   []float32
-	frozen bool
+	cfg  AdamConfig
+	m, v []float32
+	den  []float32 // √v + eps, fixed at the freeze
+	mask []float32
 }
 
 // NewOneBitAdam returns 1-bit Adam for n parameters. cfg.FreezeStep must be
@@ -250,7 +249,6 @@ func (o *OneBitAdam) Step(p, agg []float32) error {
 }
 
 func (o *OneBitAdam) freeze() {
-	o.frozen = true
 	eps := float32(o.cfg.Eps)
 	for j, x := range o.v {
 		o.den[j] = float32(math.Sqrt(float64(x))) + eps
