@@ -227,6 +227,14 @@ func Join(ctx context.Context, nc *nats.Conn, job string, world int, self Member
 				nc.FlushWithContext(ctx)
 				return nil, r.fail(fmt.Sprintf("member %s expects world size %d, not %d", jm.ID, jm.World, world), nil)
 			}
+			if jm.ID == self.ID && !slices.Equal(jm.Addrs, self.Addrs) {
+				// Not our own message echoed: another process uses our ID,
+				// and the two would take the same rank. Tell it too (it
+				// subscribed before it published).
+				publish()
+				nc.FlushWithContext(ctx)
+				return nil, r.fail(fmt.Sprintf("another process uses member ID %s (addresses %v)", jm.ID, jm.Addrs), nil)
+			}
 			changed := r.see(jm)
 			if len(r.members) > world {
 				publish()

@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -128,7 +129,28 @@ func TestLateJoiner(t *testing.T) {
 			res[i].g, res[i].err = Join(context.Background(), ncs[i], "late", 3, ms[i], WithTimeout(10*time.Second))
 		}()
 	}
-	time.Sleep(300 * time.Millisecond) // the late one is late on purpose
+	// The late one starts only once both others have been waiting for a
+	// while: a watcher has heard each publish at least three times.
+	watch := dial(t, s)
+	msgs := make(chan *nats.Msg, 64)
+	sub, err := watch.ChanSubscribe("slimgrad.rendezvous.late", msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heard := map[string]int{}
+	giveUp := time.After(10 * time.Second)
+	for heard[ms[0].ID] < 3 || heard[ms[1].ID] < 3 {
+		select {
+		case m := <-msgs:
+			var jm joinMsg
+			if err := json.Unmarshal(m.Data, &jm); err == nil {
+				heard[jm.ID]++
+			}
+		case <-giveUp:
+			t.Fatalf("the first two members were not heard from: %v", heard)
+		}
+	}
+	sub.Unsubscribe()
 	res[2].g, res[2].err = Join(context.Background(), ncs[2], "late", 3, ms[2], WithTimeout(10*time.Second))
 	wg.Wait()
 	for i, r := range res {
@@ -296,6 +318,18 @@ func TestJoinLibp2p(t *testing.T) {
 		prev := (c.Rank() + n - 1) % n
 		if b, err := c.Recv(ctx, prev, 5); err != nil || int(b[0]) != prev {
 			t.Fatalf("rank %d: %v, %v", c.Rank(), b, err)
+		}
+	}
+}
+
+// TestDuplicateID: two processes with the same member ID (and different
+// addresses) would take the same rank; the rendezvous fails instead.
+func TestDuplicateID(t *testing.T) {
+	s := startServer(t)
+	ms := []Member{{ID: "same", Addrs: []string{"a"}}, {ID: "same", Addrs: []string{"b"}}}
+	for i, r := range joinAll(t, s, "dup", 2, ms, WithTimeout(5*time.Second)) {
+		if !errors.Is(r.err, transport.ErrRendezvous) || !strings.Contains(r.err.Error(), "member ID") {
+			t.Errorf("member %d: err = %v, want a duplicate-ID ErrRendezvous", i, r.err)
 		}
 	}
 }
