@@ -58,8 +58,9 @@ func (e *NonFiniteError) Error() string {
 // A Worker does not own its transport.Conn: Close does not close it, and the
 // Worker assumes it is the only user of the conn's tag space and counters.
 //
-// Register, Start, Step, Wait and Close must not be called concurrently with
-// each other. Submit may be called from several goroutines at once.
+// Register, Start, Step, Wait, Shutdown and Close must not be called
+// concurrently with each other. Submit may be called from several
+// goroutines at once.
 type Worker struct {
 	conn transport.Conn
 	cfg  Config
