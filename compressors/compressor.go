@@ -44,7 +44,8 @@ const (
 	// tree (none, fp16, bf16). Reduced chunks are re-encoded by the codec.
 	Reduce Aggregation = iota
 	// Gather: each rank's payload is all-gathered and decoded with
-	// DecompressAdd in rank order 0..N-1 (top-k, DGC, random-k, QSGD).
+	// DecompressAdd in rank order 0..N-1 (top-k, DGC, random-k, QSGD,
+	// lossless).
 	Gather
 	// TwoPhase: the two-phase compressed all-reduce of 1-bit Adam with worker
 	// and server error (sign).
