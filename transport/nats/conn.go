@@ -42,6 +42,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -155,6 +156,10 @@ func Dial(ctx context.Context, url, job string, rank, size int, opts ...Option) 
 	if dl, ok := ctx.Deadline(); ok {
 		nopts = append(nopts, natsgo.Timeout(time.Until(dl)))
 	}
+	// natsgo.Connect takes no context: dial through ctx, so that
+	// cancelling it interrupts the TCP connect (the handshake after it is
+	// bounded by the Timeout above).
+	nopts = append(nopts, natsgo.SetCustomDialer(ctxDialer{ctx}))
 	if cfg.Token != "" {
 		nopts = append(nopts, natsgo.Token(cfg.Token))
 	}
@@ -172,6 +177,14 @@ func Dial(ctx context.Context, url, job string, rank, size int, opts ...Option) 
 		return nil, err
 	}
 	return c, nil
+}
+
+// ctxDialer is a natsgo.CustomDialer that dials with a context.
+type ctxDialer struct{ ctx context.Context }
+
+func (d ctxDialer) Dial(network, address string) (net.Conn, error) {
+	var nd net.Dialer
+	return nd.DialContext(d.ctx, network, address)
 }
 
 // New joins job as rank of size over nc, a connection the caller owns and

@@ -572,3 +572,20 @@ func TestAbortNoticeUntrusted(t *testing.T) {
 		t.Fatalf("error text of %d bytes (valid UTF-8 %v): want a short valid excerpt of the reason", len(s), utf8.ValidString(s))
 	}
 }
+
+// TestDialCancelled: Dial with a cancelled context fails with its error
+// (the TCP connect goes through ctx) and leaves nothing behind.
+func TestDialCancelled(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if c, err := nats.Dial(ctx, srv.ClientURL(), "gone", 0, 1); !errors.Is(err, context.Canceled) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("Dial with a cancelled ctx: err = %v, want context.Canceled", err)
+	}
+	if n := srv.NumClients(); n != 0 {
+		t.Fatalf("%d clients left connected", n)
+	}
+}
