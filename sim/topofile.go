@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"time"
@@ -164,14 +165,18 @@ func (p *topoParser) latency(n *yaml.Node, what string) (time.Duration, error) {
 	return time.Duration(v*1e9 + 0.5), nil
 }
 
+// maxTopologyNodes bounds the nodes a topology file may declare, so that a
+// typo in a count fails with an error instead of exhausting memory.
+const maxTopologyNodes = 1 << 20
+
 func (p *topoParser) float(n *yaml.Node, what string) (float64, error) {
 	s, err := p.scalar(n, what)
 	if err != nil {
 		return 0, err
 	}
 	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || v < 0 {
-		return 0, p.errf(n, err, "%s: want a non-negative number, have %q", what, s)
+	if err != nil || !(v >= 0) || math.IsInf(v, 0) {
+		return 0, p.errf(n, err, "%s: want a finite non-negative number, have %q", what, s)
 	}
 	return v, nil
 }
@@ -378,6 +383,9 @@ func (p *topoParser) parse(root *yaml.Node) (*Topology, error) {
 			count, err = strconv.Atoi(s)
 			if err != nil || count < 1 {
 				return nil, p.errf(cn, err, "node %s: count must be a positive integer, have %q", name, s)
+			}
+			if count > maxTopologyNodes-len(t.Nodes) {
+				return nil, p.errf(cn, nil, "node %s: count %d makes more than %d nodes", name, count, maxTopologyNodes)
 			}
 			counted = true
 		}

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"errors"
+	"math"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -124,6 +125,9 @@ func TestParseTopologyErrors(t *testing.T) {
 		{"no nodes", "latency: 1us\n", "no nodes", 1},
 		{"yaml syntax", "nodes: [\n", "", 0},
 		{"count", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    count: -2\n", "count", 4},
+		{"huge count", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    count: 99999999999\n", "more than", 4},
+		{"NaN speed", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    speed: NaN\n", "finite", 4},
+		{"infinite speed", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    speed: +Inf\n", "finite", 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseTopology("bad.yaml", []byte(tc.src))
@@ -165,5 +169,17 @@ func TestGenerators(t *testing.T) {
 	s := OneSlow(8, 10*Gbps, 10, 0)
 	if s.Nodes[7].Up != Gbps || s.Nodes[6].Up != 10*Gbps {
 		t.Errorf("one slow: %+v", s.Nodes[6:])
+	}
+}
+
+// TestValidateRejectsBadSpeed: a NaN or infinite compute speed would give NaN
+// or zero compute times on the simulated clock.
+func TestValidateRejectsBadSpeed(t *testing.T) {
+	for _, speed := range []float64{-1, math.NaN(), math.Inf(1)} {
+		tp := Homogeneous(2, Gbps, 0)
+		tp.Nodes[1].Speed = speed
+		if err := tp.Validate(); !errors.Is(err, ErrTopology) {
+			t.Errorf("speed %v: Validate() = %v, want ErrTopology", speed, err)
+		}
 	}
 }

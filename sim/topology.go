@@ -3,6 +3,7 @@ package sim
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -142,8 +143,8 @@ func (t *Topology) Validate() error {
 		if n.Rack < -1 || n.Rack >= len(t.Racks) {
 			return fmt.Errorf("%w: node %d (%s): rack %d out of range", ErrTopology, i, n.Name, n.Rack)
 		}
-		if n.Latency < 0 || n.Speed < 0 {
-			return fmt.Errorf("%w: node %d (%s): negative latency or speed", ErrTopology, i, n.Name)
+		if n.Latency < 0 || !(n.Speed >= 0) || math.IsInf(n.Speed, 0) {
+			return fmt.Errorf("%w: node %d (%s): negative latency, or speed not finite and non-negative (have %v, %v)", ErrTopology, i, n.Name, n.Latency, n.Speed)
 		}
 	}
 	for i, r := range t.Racks {
