@@ -1,10 +1,15 @@
 package sim
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/slimgrad/slimgrad/allreduce"
@@ -64,24 +69,58 @@ func LoadCalibration(path string) (*Calibration, error) {
 		return nil, fmt.Errorf("sim: calibration: %w", err)
 	}
 	c := &Calibration{}
+	// Unknown fields are errors: a misspelt "throughput" or "overhead_s"
+	// would otherwise silently leave the defaults in place.
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".yaml", ".yml":
-		err = yaml.Unmarshal(data, c)
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err = dec.Decode(c); err == io.EOF {
+			err = nil // an empty file: all defaults
+		}
 	default:
-		err = json.Unmarshal(data, c)
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(c)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("sim: calibration %s: %w", path, err)
 	}
-	for k, v := range c.Throughput {
-		if !(v > 0) {
-			return nil, fmt.Errorf("sim: calibration %s: throughput %q must be positive, have %g", path, k, v)
+	for _, k := range slices.Sorted(maps.Keys(c.Throughput)) {
+		if v := c.Throughput[k]; !(v > 0) || math.IsInf(v, 0) {
+			return nil, fmt.Errorf("sim: calibration %s: throughput %q must be positive and finite, have %g", path, k, v)
+		}
+		if err := checkCalibrationKey(k); err != nil {
+			return nil, fmt.Errorf("sim: calibration %s: %w", path, err)
 		}
 	}
-	if c.Overhead < 0 {
+	if !(c.Overhead >= 0) || math.IsInf(c.Overhead, 0) {
 		return nil, fmt.Errorf("sim: calibration %s: negative overhead", path)
 	}
 	return c, nil
+}
+
+// checkCalibrationKey reports a throughput key that the compute model would
+// never look up: a function other than the costed allreduce.Fn names, or a
+// qualifying recipe that does not parse. Such keys are typos whose
+// measurements would silently be ignored.
+func checkCalibrationKey(k string) error {
+	name, recipe, qualified := strings.Cut(k, "/")
+	known := false
+	for f := allreduce.Fn(0); f < 16; f++ {
+		if fnCategory(f) != CatNone && f.String() == name {
+			known = true
+		}
+	}
+	if !known {
+		return fmt.Errorf("throughput key %q: unknown function %q", k, name)
+	}
+	if qualified {
+		if _, err := compressors.Parse(recipe); err != nil {
+			return fmt.Errorf("throughput key %q: %w", k, err)
+		}
+	}
+	return nil
 }
 
 // Save writes c to path as JSON, or YAML if path ends in .yaml or .yml.

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -27,6 +28,23 @@ func TestCalibrationRoundTrip(t *testing.T) {
 	(&Calibration{Throughput: map[string]float64{"reduce": -1}}).Save(bad)
 	if _, err := LoadCalibration(bad); err == nil {
 		t.Error("negative throughput accepted")
+	}
+	// Typos must not silently leave the defaults in place.
+	for name, text := range map[string]string{
+		"field.json":    `{"throughputs": {"reduce": 1e9}}`,
+		"field.yaml":    "throughput: {reduce: 1e9}\noverhead: 1e-6\n",
+		"fn.json":       `{"throughput": {"reduse": 1e9}}`,
+		"recipe.json":   `{"throughput": {"encode/topk:2": 1e9}}`,
+		"inf.yaml":      "throughput: {reduce: .inf}\n",
+		"overhead.yaml": "overhead_s: .nan\n",
+	} {
+		p := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadCalibration(p); err == nil {
+			t.Errorf("%s %q: no error", name, text)
+		}
 	}
 }
 
