@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -182,6 +183,45 @@ func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
 	return ts
 }
 
+// byteTicks marks a logarithmic byte axis at 1, 2 and 5 × 10^k, labelled in
+// SI units ("20 MB"); over more than three decades only the powers of ten
+// are labelled. gonum's LogTicks labels powers of ten only, which leaves a
+// typical run (a decade or so of cumulative bytes) with one bare "1e+07".
+type byteTicks struct{}
+
+func (byteTicks) Ticks(lo, hi float64) []plot.Tick {
+	if !(lo > 0) || !(hi >= lo) {
+		return nil
+	}
+	labelAll := math.Log10(hi/lo) <= 3
+	var ts []plot.Tick
+	for e := math.Floor(math.Log10(lo)); math.Pow(10, e) <= hi; e++ {
+		for _, m := range []float64{1, 2, 5} {
+			v := m * math.Pow(10, e)
+			if v < lo || v > hi {
+				continue
+			}
+			t := plot.Tick{Value: v}
+			if m == 1 || labelAll {
+				t.Label = siBytes(v)
+			}
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
+// siBytes formats b bytes with an SI prefix: 2e7 is "20 MB".
+func siBytes(b float64) string {
+	units := []string{"B", "kB", "MB", "GB", "TB", "PB"}
+	u := 0
+	for b >= 1000 && u < len(units)-1 {
+		b /= 1000
+		u++
+	}
+	return strconv.FormatFloat(b, 'g', 3, 64) + " " + units[u]
+}
+
 // smooth returns the trailing moving average of ys over window points.
 func smooth(ys []float64, window int) []float64 {
 	out := make([]float64, len(ys))
@@ -200,16 +240,19 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 	var files []string
 	window := max(1, rep.Options.Steps/50)
 	lossStep := plot.New()
-	lossStep.Title.Text = fmt.Sprintf("training loss (moving average over %d steps)", window)
+	lossStep.Title.Text = "training loss"
+	if window > 1 {
+		lossStep.Title.Text = fmt.Sprintf("training loss (moving average over %d steps)", window)
+	}
 	lossStep.X.Label.Text = "step"
 	lossStep.X.Tick.Marker = plainTicks{}
 	lossStep.Y.Label.Text = "loss"
 	lossBytes := plot.New()
-	lossBytes.Title.Text = "training loss vs cumulative bytes on the wire"
-	lossBytes.X.Label.Text = "bytes sent by all workers"
+	lossBytes.Title.Text = lossStep.Title.Text + " vs cumulative bytes on the wire"
+	lossBytes.X.Label.Text = "bytes sent by all workers (log scale)"
 	lossBytes.Y.Label.Text = "loss"
 	lossBytes.X.Scale = plot.LogScale{}
-	lossBytes.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	lossBytes.X.Tick.Marker = byteTicks{}
 	for k, run := range rep.Runs {
 		recs := run.Result.Records
 		ys := make([]float64, len(recs))

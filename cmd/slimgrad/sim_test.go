@@ -298,3 +298,26 @@ func TestSimRejectsBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestByteTicks: a decade of cumulative bytes gets labelled 1-2-5 ticks in
+// SI units, many decades only labelled powers of ten.
+func TestByteTicks(t *testing.T) {
+	labels := func(lo, hi float64) []string {
+		var ls []string
+		for _, tk := range (byteTicks{}).Ticks(lo, hi) {
+			if tk.Label != "" {
+				ls = append(ls, tk.Label)
+			}
+		}
+		return ls
+	}
+	if got, want := strings.Join(labels(3e6, 6.5e7), ","), "5 MB,10 MB,20 MB,50 MB"; got != want {
+		t.Errorf("3e6..6.5e7: labels %s, want %s", got, want)
+	}
+	if got, want := strings.Join(labels(900, 2e9), ","), "1 kB,10 kB,100 kB,1 MB,10 MB,100 MB,1 GB"; got != want {
+		t.Errorf("900..2e9: labels %s, want %s", got, want)
+	}
+	if got := labels(0, 10); got != nil {
+		t.Errorf("non-positive range: labels %v", got)
+	}
+}
