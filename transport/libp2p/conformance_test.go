@@ -27,7 +27,7 @@ func TestConformance(t *testing.T) {
 				},
 				transporttest.WithKill(crash),
 				transporttest.WithCorrupt(injectBadFrame),
-				// fast() sets a 2 s peer timeout; a crash is seen at once
+				// fast() sets a 2 s peer timeout (6 s under -race); a crash is seen at once
 				// through the closed connections.
 				transporttest.WithDeathTimeout(5*time.Second),
 				transporttest.WithLeakOptions(leakOptions()...),

@@ -610,7 +610,10 @@ func (l *link) returnCredit(n int64) {
 }
 
 // fail records the link's terminal error (the first one wins), wakes every
-// waiter and resets both streams.
+// waiter and resets both streams. The receive and send errors are set
+// together (cmu nested in mu, the only place the two locks nest): a
+// caller whose Recv has returned the failure must not see a later Send
+// succeed.
 func (l *link) fail(cause error) {
 	l.mu.Lock()
 	if l.err != nil {
@@ -618,13 +621,6 @@ func (l *link) fail(cause error) {
 		return
 	}
 	l.err = cause
-	for _, q := range l.queues {
-		if q.wake != nil {
-			close(q.wake)
-			q.wake = nil
-		}
-	}
-	l.mu.Unlock()
 	l.cmu.Lock()
 	l.sendErr = cause
 	if l.cwake != nil {
@@ -632,6 +628,13 @@ func (l *link) fail(cause error) {
 		l.cwake = nil
 	}
 	l.cmu.Unlock()
+	for _, q := range l.queues {
+		if q.wake != nil {
+			close(q.wake)
+			q.wake = nil
+		}
+	}
+	l.mu.Unlock()
 	close(l.dead)
 	l.resetStreams()
 }

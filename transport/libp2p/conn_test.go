@@ -29,11 +29,17 @@ func leakOptions() []goleak.Option {
 	}
 }
 
+// fastPeerTimeout is fast's peer timeout: short, so that silence is
+// detected quickly, but longer under the race detector, whose slowdown on
+// a loaded machine can delay heartbeats past 2 s (tests that measure
+// silence detection set their own timeout).
+var fastPeerTimeout = map[bool]time.Duration{false: 2 * time.Second, true: 6 * time.Second}[raceEnabled]
+
 // fast are options for tests: quick failure detection.
 func fast(extra ...Option) []Option {
 	return append([]Option{
 		WithJob("test-job"),
-		WithPeerTimeout(2*time.Second, 100*time.Millisecond),
+		WithPeerTimeout(fastPeerTimeout, 100*time.Millisecond),
 		WithConnectTimeout(15 * time.Second),
 		WithCloseTimeout(time.Second),
 	}, extra...)
