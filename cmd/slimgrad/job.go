@@ -55,6 +55,39 @@ func defaultJobOptions() jobOptions {
 		Method: "econtrol", Transport: "nats", Timeout: 2 * time.Minute, Log: "warn", LGreCoAdjust: 50}
 }
 
+// validate rejects flag values that would otherwise fail only inside every
+// worker process, or be accepted with a meaningless result; worldFlag is the
+// name of the world-size flag ("n" for launch, "world" for worker). Each
+// error names the flag.
+func (o *jobOptions) validate(worldFlag string) error {
+	for _, f := range []struct {
+		flag   string
+		v, min int
+	}{
+		{worldFlag, o.World, 1}, {"steps", o.Steps, 1}, {"batch", o.Batch, 1},
+		{"eval-every", o.EvalEvery, 0}, {"eval-samples", o.EvalSamples, 0},
+		{"print-every", o.PrintEvery, 0}, {"lgreco-adjust", o.LGreCoAdjust, 1},
+	} {
+		if f.v < f.min {
+			dash := "--"
+			if len(f.flag) == 1 {
+				dash = "-" // launch's -n
+			}
+			return fmt.Errorf("%s%s %d: want at least %d", dash, f.flag, f.v, f.min)
+		}
+	}
+	if !(o.LGreCoAlpha >= 0) || math.IsInf(o.LGreCoAlpha, 0) {
+		return fmt.Errorf("--lgreco-alpha %g: want a finite, non-negative multiple (0: the default)", o.LGreCoAlpha)
+	}
+	if o.Timeout <= 0 {
+		return fmt.Errorf("--timeout %v: want a positive duration", o.Timeout)
+	}
+	if o.Transport != "nats" && o.Transport != "libp2p" {
+		return fmt.Errorf("unknown --transport %q (want nats or libp2p)", o.Transport)
+	}
+	return nil
+}
+
 func (o *jobOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Workload, "workload", o.Workload, "workload: "+strings.Join(train.Workloads, ", "))
 	fs.StringVar(&o.Data, "data", o.Data, "directory with the MNIST *-ubyte.gz files (default: the GoMNIST module in the Go module cache)")
@@ -274,6 +307,13 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics of this process on this address, e.g. :9090")
 	setUsage(fs, stderr, "Usage: slimgrad worker --nats URL --job ID --world N [--rank R] [flags]\n\nOne process of a data-parallel job: trains its replica on its shard and exchanges\ngradients with the others over NATS or libp2p. `slimgrad launch` starts these for you.\n\nFlags:\n")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "slimgrad worker: unexpected arguments %q\n", fs.Args())
+		return errUsage
+	}
+	if err := o.validate("world"); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, o.Log)

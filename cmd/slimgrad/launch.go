@@ -32,11 +32,12 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if o.World < 1 {
-		return fmt.Errorf("-n %d: need at least one process", o.World)
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "slimgrad launch: unexpected arguments %q\n", fs.Args())
+		return errUsage
 	}
-	if o.Transport != "nats" && o.Transport != "libp2p" {
-		return fmt.Errorf("unknown --transport %q (want nats or libp2p)", o.Transport)
+	if err := o.validate("n"); err != nil {
+		return err
 	}
 	if _, err := o.method(); err != nil {
 		return err

@@ -108,3 +108,35 @@ func simOptionsFor(t *testing.T, args []string) simOptions {
 	}
 	return o
 }
+
+// TestJobRejectsBadFlags: launch and worker reject out-of-range flags and
+// stray arguments before starting or joining anything, naming the flag.
+func TestJobRejectsBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"launch", "-n", "0"}, "-n 0"},
+		{[]string{"launch", "--steps", "0"}, "--steps"},
+		{[]string{"launch", "--batch", "-1"}, "--batch"},
+		{[]string{"launch", "--eval-samples", "-1"}, "--eval-samples"},
+		{[]string{"launch", "--timeout", "-1s"}, "--timeout"},
+		{[]string{"launch", "--lgreco-alpha", "NaN"}, "--lgreco-alpha"},
+		{[]string{"launch", "--transport", "x"}, "--transport"},
+		{[]string{"launch", "stray"}, "unexpected arguments"},
+		{[]string{"worker", "--world", "0"}, "--world"},
+		{[]string{"worker", "--world", "2", "--print-every", "-1"}, "--print-every"},
+		{[]string{"worker", "--world", "2", "stray"}, "unexpected arguments"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), tc.args, &stdout, &stderr); code == 0 {
+			t.Errorf("%q: exit 0", tc.args)
+		}
+		if stdout.Len() != 0 {
+			t.Errorf("%q: output %q", tc.args, stdout.String())
+		}
+		if !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%q: error %q does not mention %q", tc.args, stderr.String(), tc.want)
+		}
+	}
+}
