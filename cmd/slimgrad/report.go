@@ -34,6 +34,15 @@ func timeToTarget(recs []train.Record, target float64) (time.Duration, int, bool
 	return 0, 0, false
 }
 
+// roundWall rounds a measured wall time to 10 ms, or to 10 µs below 5 ms so
+// that a fast run does not read "0s".
+func roundWall(d time.Duration) time.Duration {
+	if r := d.Round(10 * time.Millisecond); r > 0 {
+		return r
+	}
+	return d.Round(10 * time.Microsecond)
+}
+
 func writeSummary(w io.Writer, rep *simReport, target float64) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "method\ttest acc\ttest loss\twire bytes\tdense-ring bytes\tsaved\tpayload bytes\tsim time\tspeed-up vs dense ring\tsim time to %.0f%%\twall\t\n", 100*target)
@@ -57,7 +66,7 @@ func writeSummary(w io.Writer, rep *simReport, target float64) {
 		}
 		fmt.Fprintf(tw, "%s\t%.2f%%\t%.4f\t%s\t%s\t%.1f×\t%s\t%s\t%s\t%s\t%s\t\n", run.Method.Name,
 			100*run.Result.Final.Accuracy, run.Result.Final.Loss, fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes),
-			last.Saved(), fmtBytes(last.TotalPayloadBytes), simTime, speedup, tta, run.Wall.Round(10*time.Millisecond))
+			last.Saved(), fmtBytes(last.TotalPayloadBytes), simTime, speedup, tta, roundWall(run.Wall))
 	}
 	tw.Flush()
 }
