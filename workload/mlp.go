@@ -66,15 +66,31 @@ func carve(sizes []int, flat []float32) []Param {
 	return ps
 }
 
+// MaxParams bounds the parameters of a model built by NewMLP (2^28 float32,
+// 1 GiB per replica), so that a mistyped layer size is an ErrShape error
+// rather than an out-of-memory crash or an overflowing allocation.
+const MaxParams = 1 << 28
+
 // NewMLP returns an MLP with PyTorch's default initialisation of Linear layers
-// (weights and biases uniform in ±1/√in) from a PCG seeded with seed.
+// (weights and biases uniform in ±1/√in) from a PCG seeded with seed. It
+// returns an ErrShape error for fewer than two sizes, a non-positive size,
+// more than MaxParams parameters, or squared loss with more than one output.
 func NewMLP(sizes []int, loss Loss, seed uint64) (*MLP, error) {
 	if len(sizes) < 2 {
 		return nil, fmt.Errorf("%w: MLP needs at least input and output sizes, got %v", ErrShape, sizes)
 	}
-	for _, s := range sizes {
-		if s <= 0 {
+	params := 0
+	for i, s := range sizes {
+		if s <= 0 || s > MaxParams {
 			return nil, fmt.Errorf("%w: MLP layer size %d in %v", ErrShape, s, sizes)
+		}
+		if i > 0 {
+			// Both factors are at most MaxParams (2^28), so the product
+			// cannot overflow before the check.
+			params += sizes[i-1]*s + s
+			if params > MaxParams {
+				return nil, fmt.Errorf("%w: MLP %v has more than %d parameters", ErrShape, sizes, MaxParams)
+			}
 		}
 	}
 	if loss == Squared && sizes[len(sizes)-1] != 1 {

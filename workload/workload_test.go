@@ -363,3 +363,23 @@ func TestEvalBatches(t *testing.T) {
 		t.Fatalf("empty dataset: err = %v, want ErrShape", err)
 	}
 }
+
+// TestNewMLPRejectsBadSizes: bad or oversized layer sizes are ErrShape
+// errors, not panics or huge allocations.
+func TestNewMLPRejectsBadSizes(t *testing.T) {
+	for _, sizes := range [][]int{
+		{784},
+		{784, 0, 10},
+		{784, -3, 10},
+		{784, 99999999999, 10},
+		{784, 100000, 100000, 10}, // 1e10 parameters
+		{MaxParams, 2},            // just over: 2·MaxParams + 2
+	} {
+		if _, err := NewMLP(sizes, CrossEntropy, 1); !errors.Is(err, ErrShape) {
+			t.Errorf("NewMLP(%v): err %v, want ErrShape", sizes, err)
+		}
+	}
+	if _, err := NewMLP([]int{3, 1}, Squared, 1); err != nil {
+		t.Errorf("NewMLP([3 1], Squared): %v", err)
+	}
+}
