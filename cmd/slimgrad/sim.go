@@ -174,6 +174,14 @@ func (o simOptions) validate() error {
 	if !(o.LGreCoAlpha >= 0) || math.IsInf(o.LGreCoAlpha, 0) {
 		return fmt.Errorf("--lgreco-alpha %g: want a finite, non-negative multiple (0: the default)", o.LGreCoAlpha)
 	}
+	if o.Layers != "" {
+		if !o.SizeOnly {
+			return fmt.Errorf("--layers needs --size-only (a training run uses the workload's model)")
+		}
+		if _, err := parseLayers(o.Layers); err != nil {
+			return err
+		}
+	}
 	switch o.Progress {
 	case "auto", "on", "off":
 	default:

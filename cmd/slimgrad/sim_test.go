@@ -222,8 +222,14 @@ func TestSimSizeOnly(t *testing.T) {
 	if r, _ := strconv.ParseFloat(m[1], 64); r < 28 || r > 32 {
 		t.Errorf("1-bit Adam's steady state is %g× smaller, want about 32×", r)
 	}
-	if code := run(context.Background(), []string{"sim", "--size-only", "--layers", "12xq", "--out", ""}, &stdout, &stdout); code != 1 {
-		t.Errorf("bad --layers: exit %d", code)
+	for _, layers := range []string{"12xq", "0x4", "3037000500x3037000500", "65536x16384"} {
+		stdout.Reset()
+		if code := run(context.Background(), []string{"sim", "--size-only", "--layers", layers, "--out", ""}, &stdout, &stdout); code != 1 {
+			t.Errorf("--layers %s: exit %d", layers, code)
+		}
+		if !strings.HasPrefix(stdout.String(), "slimgrad sim: --layers") {
+			t.Errorf("--layers %s: output %q, want only the error", layers, stdout.String())
+		}
 	}
 }
 
@@ -284,6 +290,7 @@ func TestSimRejectsBadFlags(t *testing.T) {
 		{"target", "0"}, {"target", "1.5"}, {"flops", "-1"}, {"flops", "NaN"},
 		{"progress", "maybe"}, {"exchange", "carrier-pigeon"},
 		{"lgreco-adjust", "0"}, {"lgreco-alpha", "-0.5"},
+		{"layers", "3x"}, // without --size-only, and malformed
 	} {
 		var stdout, stderr bytes.Buffer
 		args := []string{"sim", "--out", "", "--" + tc.flag, tc.value}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -13,6 +14,10 @@ import (
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
 )
+
+// maxLayerElems is the largest layer the codecs accept: a frame's length
+// field counts bytes in 32 bits (see compressors.Parse's layer-length check).
+const maxLayerElems = math.MaxUint32 / 4
 
 // parseLayers parses a layer list such as "4096x4096,4096,1000x4096": matrices
 // ROWSxCOLS and vectors N, named l0, l1, ...
@@ -26,6 +31,9 @@ func parseLayers(spec string) ([]train.Layer, error) {
 			v, err := strconv.Atoi(d)
 			if err != nil || v < 1 {
 				return nil, fmt.Errorf("--layers: %q is not ROWSxCOLS or N", part)
+			}
+			if v > maxLayerElems/size {
+				return nil, fmt.Errorf("--layers: %q has more than %d elements, the largest layer a frame can carry", part, maxLayerElems)
 			}
 			l.Shape = append(l.Shape, v)
 			size *= v
