@@ -88,10 +88,7 @@ func NewAdam(n int, cfg AdamConfig) (*Adam, error) {
 
 // Prepare returns grad to be averaged with the layer's codec (Mean).
 func (o *Adam) Prepare(grad []float32) ([]float32, Exchange, error) {
-	if err := o.checkGrad(grad); err != nil {
-		return nil, Mean, err
-	}
-	return grad, Mean, nil
+	return o.prepareMean(grad)
 }
 
 // Step applies one Adam step.

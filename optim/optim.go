@@ -131,6 +131,15 @@ func (b *base) checkGrad(g []float32) error {
 	return nil
 }
 
+// prepareMean is Prepare for optimizers that send the gradient itself
+// through the layer's codec (Mean).
+func (b *base) prepareMean(grad []float32) ([]float32, Exchange, error) {
+	if err := b.checkGrad(grad); err != nil {
+		return nil, Mean, err
+	}
+	return grad, Mean, nil
+}
+
 func (b *base) checkStep(p, agg []float32) error {
 	if len(p) != b.n || len(agg) != b.n {
 		return fmt.Errorf("%w: params %d, agg %d, want %d", ErrLength, len(p), len(agg), b.n)
@@ -179,10 +188,7 @@ func NewSGD(n int, lr, weightDecay float64) (*SGD, error) {
 
 // Prepare returns grad to be averaged with the layer's codec (Mean).
 func (o *SGD) Prepare(grad []float32) ([]float32, Exchange, error) {
-	if err := o.checkGrad(grad); err != nil {
-		return nil, Mean, err
-	}
-	return grad, Mean, nil
+	return o.prepareMean(grad)
 }
 
 // Step sets p ← p − lr·(agg + wd·p).
@@ -232,10 +238,7 @@ func NewMomentum(n int, lr, momentum, weightDecay float64, nesterov bool) (*Mome
 
 // Prepare returns grad to be averaged with the layer's codec (Mean).
 func (o *Momentum) Prepare(grad []float32) ([]float32, Exchange, error) {
-	if err := o.checkGrad(grad); err != nil {
-		return nil, Mean, err
-	}
-	return grad, Mean, nil
+	return o.prepareMean(grad)
 }
 
 // Step applies one momentum step.
@@ -310,10 +313,7 @@ func NewDGCSGD(n int, lr, momentum, weightDecay float64, nesterov bool) (*DGCSGD
 // Prepare returns grad to be averaged through the layer's codec with
 // errorfeedback.DGC (Mean).
 func (o *DGCSGD) Prepare(grad []float32) ([]float32, Exchange, error) {
-	if err := o.checkGrad(grad); err != nil {
-		return nil, Mean, err
-	}
-	return grad, Mean, nil
+	return o.prepareMean(grad)
 }
 
 // Step applies one DGC-SGD step.
