@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -36,12 +37,20 @@ import (
 // SLIMGRAD_MP_GLOO=/work/shared/anchors/gloo_allreduce.py: also run the
 // torch.distributed Gloo anchor (python3 with torch) for every world size
 // and log each result's ratio to Gloo's bus bandwidth.
+//
+// Two pseudo-transports measure what the machine allows, in the same run:
+// "tcp-floor" moves exactly the bytes of a ring all-reduce (2(n-1)/n of the
+// message out to the next rank and in from the previous one, in 1 MiB
+// writes) over plain TCP sockets, with no framing, reduction or
+// encryption; "relay-floor" does the same through a user-space relay in
+// the parent (the two TCP hops of a broker such as nats-server, with none
+// of its parsing). Every result is also logged as a ratio to them.
 func TestMultiProcAllReduce(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_MULTIPROC") == "" {
 		t.Skip("set SLIMGRAD_MULTIPROC=1 to run the multi-process benchmark")
 	}
 	worlds := envList("SLIMGRAD_MP_WORLDS", "2,4")
-	transports := envList("SLIMGRAD_MP_TRANSPORTS", "libp2p-noise,libp2p-insecure,nats")
+	transports := envList("SLIMGRAD_MP_TRANSPORTS", "tcp-floor,relay-floor,libp2p-noise,libp2p-insecure,nats")
 	algs := envList("SLIMGRAD_MP_ALGS", "ring,tree") // "" = the cost model's choice
 	size := envInt("SLIMGRAD_MP_BYTES", 64<<20)
 	iters := envInt("SLIMGRAD_MP_ITERS", 10)
@@ -49,7 +58,23 @@ func TestMultiProcAllReduce(t *testing.T) {
 		n, _ := strconv.Atoi(ws)
 		var results []string
 		var buses []float64
+		floors := map[string]float64{}
 		for _, tr := range transports {
+			if strings.HasSuffix(tr, "-floor") {
+				name := fmt.Sprintf("transport=%s/n=%d/size=%dMiB", tr, n, size>>20)
+				t.Run(name, func(t *testing.T) {
+					env := map[string]string{"SLIMGRAD_MP_TRANSPORT": tr,
+						"SLIMGRAD_MP_BYTES": strconv.Itoa(size), "SLIMGRAD_MP_ITERS": strconv.Itoa(iters)}
+					if tr == "relay-floor" {
+						env["SLIMGRAD_MP_RELAY"] = startRelay(t, n)
+					}
+					med := runChildren(t, n, env)
+					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
+					t.Logf("RESULT %s median_s=%.5f busbw_GBps=%.3f", name, med, bus)
+					floors[tr] = bus
+				})
+				continue
+			}
 			for _, alg := range algs {
 				name := fmt.Sprintf("transport=%s/alg=%s/n=%d/size=%dMiB", tr, alg, n, size>>20)
 				t.Run(name, func(t *testing.T) {
@@ -72,10 +97,23 @@ func TestMultiProcAllReduce(t *testing.T) {
 				})
 			}
 		}
+		gloo := 0.0
 		if script := os.Getenv("SLIMGRAD_MP_GLOO"); script != "" {
-			gloo := runGloo(t, script, n, size, iters)
+			gloo = runGloo(t, script, n, size, iters)
 			for i := range results {
 				t.Logf("RATIO %s busbw/gloo = %.2f", results[i], buses[i]/gloo)
+			}
+		}
+		for _, f := range []string{"tcp-floor", "relay-floor"} {
+			fb := floors[f]
+			if fb == 0 {
+				continue
+			}
+			if gloo > 0 {
+				t.Logf("RATIO gloo/n=%d busbw/%s = %.2f", n, f, gloo/fb)
+			}
+			for i := range results {
+				t.Logf("RATIO %s busbw/%s = %.2f", results[i], f, buses[i]/fb)
 			}
 		}
 	}
@@ -187,6 +225,9 @@ func TestMultiProcChild(t *testing.T) {
 	defer cancel()
 	var conn transport.Conn
 	switch tr := os.Getenv("SLIMGRAD_MP_TRANSPORT"); tr {
+	case "tcp-floor", "relay-floor":
+		fmt.Printf("MEDIAN %.6f\n", floorSteps(t, ctx, tr, rank, n, size, iters))
+		return
 	case "nats":
 		fmt.Printf("PEER nats\n")
 		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
@@ -297,4 +338,129 @@ func envInt(k string, def int) int {
 		return v
 	}
 	return def
+}
+
+// floorSteps is one rank of a floor measurement: each step it writes
+// 2(n-1)/n·size bytes in 1 MiB writes to the next rank while reading as many
+// from the previous one (directly over TCP, or through the relay), and it
+// returns the median seconds per step.
+func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, iters int) float64 {
+	var out io.Writer
+	var in io.Reader
+	var d net.Dialer
+	switch tr {
+	case "tcp-floor":
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		fmt.Printf("PEER %s\n", l.Addr())
+		line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs := strings.Split(strings.TrimSpace(line), "|")
+		o, err := d.DialContext(ctx, "tcp", addrs[(rank+1)%n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer o.Close()
+		i, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer i.Close()
+		out, in = o, i
+	case "relay-floor":
+		fmt.Printf("PEER relay\n")
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		c, err := d.DialContext(ctx, "tcp", os.Getenv("SLIMGRAD_MP_RELAY"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte{byte(rank)}); err != nil {
+			t.Fatal(err)
+		}
+		out, in = c, c
+	}
+	total := 2 * (n - 1) * size / n
+	src, dst := make([]byte, total), make([]byte, total)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	const chunk = 1 << 20
+	var ts []float64
+	for it := 0; it < iters+2; it++ {
+		t0 := time.Now()
+		werr := make(chan error, 1)
+		go func() {
+			for off := 0; off < total; off += chunk {
+				if _, err := out.Write(src[off:min(off+chunk, total)]); err != nil {
+					werr <- err
+					return
+				}
+			}
+			werr <- nil
+		}()
+		if _, err := io.ReadFull(in, dst); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-werr; err != nil {
+			t.Fatal(err)
+		}
+		if it >= 2 {
+			ts = append(ts, time.Since(t0).Seconds())
+		}
+	}
+	slices.Sort(ts)
+	return ts[len(ts)/2]
+}
+
+// startRelay listens on loopback for n ranks (each sends its rank as one
+// byte) and forwards what rank r writes to rank (r+1)%n through a 1 MiB
+// user-space buffer (no splice: a broker reads and writes every byte). It
+// returns the address; the relay stops with the test.
+func startRelay(t *testing.T, n int) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		conns := make([]net.Conn, n)
+		for range n {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			var r [1]byte
+			if _, err := io.ReadFull(c, r[:]); err != nil || int(r[0]) >= n {
+				c.Close()
+				return
+			}
+			conns[r[0]] = c
+		}
+		for r, c := range conns {
+			go func() {
+				buf := make([]byte, 1<<20)
+				dst := conns[(r+1)%n]
+				for {
+					k, err := c.Read(buf)
+					if k > 0 {
+						if _, werr := dst.Write(buf[:k]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
 }
