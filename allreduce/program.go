@@ -312,6 +312,14 @@ func (p *Program) String() string {
 	return b.String()
 }
 
+// KeepsMessage reports whether an Executor holds on to the message of Recv
+// op o after Deliver: a Recv into BufStage or BufPayload keeps it until a
+// later op consumes it. Any other message is decoded into a float32 buffer
+// during Deliver and is dead afterwards.
+func (o *Op) KeepsMessage() bool {
+	return o.Kind == Recv && (o.Dst == BufStage || o.Dst == BufPayload)
+}
+
 // Executor holds one rank's buffers, codecs and error-feedback state and
 // carries out the data side of operations. Drivers call it from one goroutine
 // at a time unless an implementation documents otherwise.
@@ -320,7 +328,9 @@ type Executor interface {
 	// valid and unchanged until the driver reports that op done.
 	Payload(op *Op) ([]byte, error)
 	// Deliver hands over the bytes received for a Recv op; the executor
-	// owns b afterwards. A malformed message is an error.
+	// owns b afterwards. It keeps b only if op.KeepsMessage(): otherwise b
+	// is dead once Deliver returns, and the driver may recycle its memory
+	// (transport.Release). A malformed message is an error.
 	Deliver(op *Op, b []byte) error
 	// Run executes a Compute op.
 	Run(op *Op) error

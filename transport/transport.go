@@ -44,7 +44,7 @@ type Conn interface {
 	// Send returns. Sending to oneself is an error.
 	Send(ctx context.Context, peer int, tag uint64, b []byte) error
 	// Recv returns the next message from peer with tag. The returned slice is
-	// owned by the caller.
+	// owned by the caller, who may give it back with Release when done.
 	Recv(ctx context.Context, peer int, tag uint64) ([]byte, error)
 	// Stats returns a snapshot of the byte counters, indexed by peer rank.
 	Stats() Stats
@@ -53,6 +53,25 @@ type Conn interface {
 	// delivered (implementations flush them within a bounded time). Close is
 	// idempotent.
 	Close() error
+}
+
+// Releaser is implemented by a Conn that recycles receive buffers. Release
+// gives back a slice that Recv returned: the caller must not use it, or any
+// slice of it, afterwards, since a later Recv may return the same memory.
+// Releasing is optional (a buffer never released is garbage collected),
+// safe for concurrent use, and b may be nil. Recycling spares the receiver
+// the allocation and zeroing of every large message (a tenth of the CPU
+// of a 64 MiB all-reduce over loopback).
+type Releaser interface {
+	Release(b []byte)
+}
+
+// Release gives b back to c if c implements Releaser, and does nothing
+// otherwise. The caller must own b (Recv returned it) and not use it again.
+func Release(c Conn, b []byte) {
+	if r, ok := c.(Releaser); ok {
+		r.Release(b)
+	}
 }
 
 // Stats counts traffic per peer. Payload counts message bytes as given to

@@ -313,6 +313,9 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 			t0 := time.Now()
 			err := x.Deliver(op, ev.b)
 			st.Compute += time.Since(t0)
+			if !op.KeepsMessage() {
+				transport.Release(conn, ev.b)
+			}
 			if err != nil {
 				return st, fmt.Errorf("worker: %s op %d (%v) from rank %d: %w", p.Name, ev.op, op, op.Peer, err)
 			}

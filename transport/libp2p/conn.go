@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	pool "github.com/libp2p/go-buffer-pool"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
@@ -477,6 +478,19 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 	}
 }
 
+// bufs recycles receive buffers (see Release). Get returns memory that is
+// not zeroed: the reader overwrites all of it before anyone sees it.
+var bufs pool.BufferPool
+
+// Release gives back a message that Recv returned (transport.Releaser):
+// the next message of a similar size reuses its memory instead of a fresh,
+// zeroed allocation. The caller must not use b afterwards.
+func (c *Conn) Release(b []byte) {
+	if cap(b) > 0 {
+		bufs.Put(b)
+	}
+}
+
 // Stats returns the byte counters per peer. Payload counts message bytes;
 // Wire adds the frame headers: 24 bytes for a message up to 1 MiB, and for
 // a larger one 32 bytes plus 24 per piece of at most 1 MiB (heartbeats,
@@ -900,7 +914,7 @@ func (l *link) readLoop(s network.Stream) {
 			l.fail(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered))
 			return
 		}
-		p := make([]byte, size)
+		p := bufs.Get(int(size))
 		if h.Flags == flagData {
 			crc, err := readPayload(r, p)
 			if err != nil {
