@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,9 +69,9 @@ func TestMultiProcAllReduce(t *testing.T) {
 					if tr == "relay-floor" {
 						env["SLIMGRAD_MP_RELAY"] = startRelay(t, n)
 					}
-					med := runChildren(t, n, env)
+					med, cpu := runChildren(t, n, env)
 					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
-					t.Logf("RESULT %s median_s=%.5f busbw_GBps=%.3f", name, med, bus)
+					t.Logf("RESULT %s median_s=%.5f busbw_GBps=%.3f cpu_ms_per_step=%.1f", name, med, bus, 1e3*cpu)
 					floors[tr] = bus
 				})
 				continue
@@ -90,9 +91,9 @@ func TestMultiProcAllReduce(t *testing.T) {
 						defer srv.Shutdown()
 						env["SLIMGRAD_MP_NATS_URL"] = srv.ClientURL()
 					}
-					med := runChildren(t, n, env)
+					med, cpu := runChildren(t, n, env)
 					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
-					t.Logf("RESULT %s median_s=%.5f algbw_GBps=%.3f busbw_GBps=%.3f", name, med, float64(size)/med/1e9, bus)
+					t.Logf("RESULT %s median_s=%.5f algbw_GBps=%.3f busbw_GBps=%.3f cpu_ms_per_step=%.1f", name, med, float64(size)/med/1e9, bus, 1e3*cpu)
 					results, buses = append(results, name), append(buses, bus)
 				})
 			}
@@ -143,8 +144,9 @@ func runGloo(t *testing.T, script string, n, size, iters int) float64 {
 }
 
 // runChildren starts n ranks and relays addresses; it returns rank 0's
-// median step time in seconds.
-func runChildren(t *testing.T, n int, env map[string]string) float64 {
+// median step time and the CPU time all ranks used per timed step (user and
+// system, seconds: the figure that load on a shared machine disturbs least).
+func runChildren(t *testing.T, n int, env map[string]string) (med, cpu float64) {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	type child struct {
@@ -203,14 +205,18 @@ func runChildren(t *testing.T, n int, env map[string]string) float64 {
 	for _, c := range cs {
 		fmt.Fprintf(c.in, "%s\n", strings.Join(peers, "|"))
 	}
-	var med float64
 	for r, c := range cs {
-		s := readLine(c, "MEDIAN ")
+		f := strings.Fields(readLine(c, "MEDIAN "))
+		if len(f) != 2 {
+			t.Fatalf("rank %d: bad result line %q", r, f)
+		}
+		c, _ := strconv.ParseFloat(f[1], 64)
+		cpu += c
 		if r == 0 {
-			med, _ = strconv.ParseFloat(s, 64)
+			med, _ = strconv.ParseFloat(f[0], 64)
 		}
 	}
-	return med
+	return med, cpu
 }
 
 // TestMultiProcChild is one rank of TestMultiProcAllReduce (it does nothing
@@ -226,7 +232,8 @@ func TestMultiProcChild(t *testing.T) {
 	var conn transport.Conn
 	switch tr := os.Getenv("SLIMGRAD_MP_TRANSPORT"); tr {
 	case "tcp-floor", "relay-floor":
-		fmt.Printf("MEDIAN %.6f\n", floorSteps(t, ctx, tr, rank, n, size, iters))
+		med, cpu := floorSteps(t, ctx, tr, rank, n, size, iters)
+		fmt.Printf("MEDIAN %.6f %.6f\n", med, cpu)
 		return
 	case "nats":
 		fmt.Printf("PEER nats\n")
@@ -248,8 +255,8 @@ func TestMultiProcChild(t *testing.T) {
 		t.Fatalf("unknown transport %q", tr)
 	}
 	defer conn.Close()
-	med := benchSteps(t, ctx, conn, os.Getenv("SLIMGRAD_MP_ALG"), size, iters)
-	fmt.Printf("MEDIAN %.6f\n", med)
+	med, cpu := benchSteps(t, ctx, conn, os.Getenv("SLIMGRAD_MP_ALG"), size, iters)
+	fmt.Printf("MEDIAN %.6f %.6f\n", med, cpu)
 }
 
 // libp2pChild listens, prints its address line, reads everyone's from
@@ -289,7 +296,7 @@ func libp2pChild(ctx context.Context, rank int, insecure bool) (transport.Conn, 
 
 // benchSteps runs warm-up and timed dense Steps of one size-byte layer and
 // returns the median seconds per step.
-func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg string, size, iters int) float64 {
+func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg string, size, iters int) (median, cpu float64) {
 	w, err := New(ctx, conn, WithAlgorithm(alg), WithNaNPolicy(NaNIgnore), WithTimeout(time.Minute),
 		WithSegmentBytes(envInt("SLIMGRAD_MP_SEGMENT", 0)), WithSendsPerPeer(envInt("SLIMGRAD_MP_SENDS", 2)))
 	if err != nil {
@@ -305,7 +312,11 @@ func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg stri
 	g := make([]float32, size/4)
 	grads := [][]float32{g}
 	var ts []float64
+	var cpu0 float64
 	for i := 0; i < iters+2; i++ {
+		if i == 2 {
+			cpu0 = cpuSeconds(t)
+		}
 		for j := range g {
 			g[j] = 1
 		}
@@ -317,13 +328,23 @@ func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg stri
 			ts = append(ts, time.Since(t0).Seconds())
 		}
 	}
+	cpu = (cpuSeconds(t) - cpu0) / float64(iters)
 	// Close only once every rank is done: a transport may drop what a
 	// closing rank still has in flight.
 	if err := w.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	slices.Sort(ts)
-	return ts[len(ts)/2]
+	return ts[len(ts)/2], cpu
+}
+
+// cpuSeconds is the CPU time (user and system) this process has used.
+func cpuSeconds(t *testing.T) float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func envList(k, def string) []string {
@@ -344,7 +365,7 @@ func envInt(k string, def int) int {
 // 2(n-1)/n·size bytes in 1 MiB writes to the next rank while reading as many
 // from the previous one (directly over TCP, or through the relay), and it
 // returns the median seconds per step.
-func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, iters int) float64 {
+func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, iters int) (median, cpu float64) {
 	var out io.Writer
 	var in io.Reader
 	var d net.Dialer
@@ -394,7 +415,11 @@ func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, ite
 	}
 	const chunk = 1 << 20
 	var ts []float64
+	var cpu0 float64
 	for it := 0; it < iters+2; it++ {
+		if it == 2 {
+			cpu0 = cpuSeconds(t)
+		}
 		t0 := time.Now()
 		werr := make(chan error, 1)
 		go func() {
@@ -416,8 +441,9 @@ func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, ite
 			ts = append(ts, time.Since(t0).Seconds())
 		}
 	}
+	cpu = (cpuSeconds(t) - cpu0) / float64(iters)
 	slices.Sort(ts)
-	return ts[len(ts)/2]
+	return ts[len(ts)/2], cpu
 }
 
 // startRelay listens on loopback for n ranks (each sends its rank as one
