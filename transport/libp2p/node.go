@@ -44,10 +44,11 @@
 // written as pieces of 1 MiB, each copied into a buffer and checksummed in
 // the same cached pass, then written with its header in one Write, and the
 // receiver checksums each 128 KiB as it reads it, so no pass
-// over a whole message misses the cache. What is left per byte is the
-// muxer's copy on each side, the kernel's copies, zeroing the receive
-// buffer and, with Noise, ChaCha20-Poly1305 (about a third of a rank's CPU
-// time in the multi-process all-reduce). TLS 1.3 (AES-GCM) measured only
+// over a whole message misses the cache. Receive buffers are recycled
+// (Conn.Release; the worker gives back every message it has reduced), so
+// they are not zeroed. What is left per byte is the muxer's copy on each
+// side, the kernel's copies and, with Noise, ChaCha20-Poly1305 (about a
+// third of a rank's CPU time in the multi-process all-reduce). TLS 1.3 (AES-GCM) measured only
 // about 7% less CPU per byte than Noise in BenchmarkPointToPoint (it writes
 // 16 KiB records, Noise 64 KiB messages), so Noise stays the default.
 //
