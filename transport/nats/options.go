@@ -36,10 +36,14 @@ type Config struct {
 	// Window bounds the unreceived bytes (plus 64 per message) a receiver
 	// holds from one sender; the sender blocks beyond it (credit-based flow
 	// control), except that one message of any size may go when nothing is
-	// outstanding.
+	// outstanding. A sender assumes its peers use its own Window (it is not
+	// exchanged): every rank of a job must set the same value, or a rank
+	// with a smaller one fails its peers for exceeding their credit.
 	Window int64
 	// MaxFrame is the largest message accepted, on Send and on receipt
-	// (transport.ErrTooLarge), checked before anything is allocated.
+	// (transport.ErrTooLarge), checked before anything is allocated. Like
+	// Window it must be the same on every rank: a message that a larger
+	// MaxFrame lets through fails the link on a receiver with a smaller one.
 	MaxFrame int
 	// ChunkSize is the largest NATS message this Conn publishes; 0 means
 	// the server's max payload. Messages are split into chunks of at most
