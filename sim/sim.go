@@ -388,7 +388,7 @@ func (s *Simulator) Run(ctx context.Context, colls []Collective, opts *Options) 
 	d := &s.d
 	d.opts, d.colls, d.trace = opts, colls, opts.Trace
 	defer d.release()
-	if err := d.setup(); err != nil {
+	if err := d.setup(ctx); err != nil {
 		return nil, err
 	}
 	if err := d.loop(ctx); err != nil {
@@ -406,7 +406,7 @@ func (d *driver) release() {
 	clear(d.pay)
 }
 
-func (d *driver) setup() error {
+func (d *driver) setup(ctx context.Context) error {
 	world := len(d.colls[0].Programs)
 	d.world = world
 	if world == 0 {
@@ -478,6 +478,13 @@ func (d *driver) setup() error {
 		}
 		d.cleft[c] = world
 		for r, p := range col.Programs {
+			if r&255 == 0 {
+				// Setting up thousands of ranks takes seconds: stay
+				// cancellable (the CLI's memory guard relies on it).
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
 			if p == nil || p.World != world || p.Rank != r {
 				return fmt.Errorf("%w: collective %d (%s): program %d is not rank %d of %d", ErrProgram, c, col.Name, r, r, world)
 			}

@@ -157,6 +157,10 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 		return nil, err
 	}
 	for w := range n {
+		// Thousands of workers take seconds to set up: stay cancellable.
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		s.layers[w] = make([]*adapt.Layer, len(units))
 		s.dense[w] = make([]*adapt.Layer, len(units))
 		s.signs[w] = make([]*adapt.Layer, len(units))
@@ -185,12 +189,9 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 	// The dense fp32 baseline of the same units on the same topology.
 	var colls []sim.Collective
 	for u := range units {
-		progs := make([]*allreduce.Program, n)
-		for r := range n {
-			p := allreduce.Params{World: n, Rank: r, Elems: units[u].Size, Average: true, ElemBytes: 4}
-			if progs[r], err = allreduce.Generate(s.denseAlg(), p); err != nil {
-				return nil, fmt.Errorf("train: %s program for %s: %w", s.denseAlg(), units[u].Name, err)
-			}
+		progs, err := generateAll(ctx, s.denseAlg(), allreduce.Params{World: n, Elems: units[u].Size, Average: true, ElemBytes: 4}, n)
+		if err != nil {
+			return nil, fmt.Errorf("train: %s program for %s: %w", s.denseAlg(), units[u].Name, err)
 		}
 		colls = append(colls, sim.Collective{Name: units[u].Name, Programs: progs, Start: s.gradTime.Seconds()})
 	}

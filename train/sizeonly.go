@@ -90,7 +90,7 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 		default:
 			return Stats{}, fmt.Errorf("%w: aggregation %v", ErrUnsupported, agg)
 		}
-		progs, err := generateAll(alg, p, n)
+		progs, err := generateAll(ctx, alg, p, n)
 		if err != nil {
 			return Stats{}, fmt.Errorf("train: %s for %s: %w", alg, unit.Name, err)
 		}
@@ -147,7 +147,7 @@ func SizeOnlyBaseline(ctx context.Context, n int, units []Layer, cfg SimConfig) 
 	}
 	var base []sim.Collective
 	for _, unit := range units {
-		bp, err := generateAll(s.denseAlg(), allreduce.Params{World: n, Elems: unit.Size, Average: true, ElemBytes: 4}, n)
+		bp, err := generateAll(ctx, s.denseAlg(), allreduce.Params{World: n, Elems: unit.Size, Average: true, ElemBytes: 4}, n)
 		if err != nil {
 			return 0, err
 		}
@@ -160,9 +160,14 @@ func SizeOnlyBaseline(ctx context.Context, n int, units []Layer, cfg SimConfig) 
 	return seconds(res.Time), nil
 }
 
-func generateAll(alg allreduce.Algorithm, p allreduce.Params, n int) ([]*allreduce.Program, error) {
+// generateAll generates every rank's program; it stops with ctx.Err()
+// when ctx ends (thousands of ranks take seconds).
+func generateAll(ctx context.Context, alg allreduce.Algorithm, p allreduce.Params, n int) ([]*allreduce.Program, error) {
 	progs := make([]*allreduce.Program, n)
 	for r := range n {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		p.Rank = r
 		prog, err := allreduce.Generate(alg, p)
 		if err != nil {

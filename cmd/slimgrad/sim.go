@@ -44,6 +44,7 @@ type simOptions struct {
 	JSONL       bool
 	Plots       bool
 	CPUProfile  string
+	MaxMemory   string
 	Exchange    string
 	Calibration string
 	FLOPS       float64
@@ -67,7 +68,7 @@ func defaultSimOptions() simOptions {
 		Workers: 8, Batch: 32, Steps: 300, Seed: 1, Workload: "mnist", Split: "iid",
 		Methods: "default", Out: "slimgrad-out", Target: 0.9, EvalEvery: 50, EvalSamples: 2000,
 		Progress: "auto", Log: "warn", JSONL: true, Plots: true, Exchange: "sim", FLOPS: train.DefaultFLOPS,
-		LGreCoAdjust: 50,
+		LGreCoAdjust: 50, MaxMemory: "auto",
 	}
 }
 
@@ -97,10 +98,11 @@ func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.JSONL, "jsonl", o.JSONL, "also write steps.jsonl")
 	fs.BoolVar(&o.Plots, "plots", o.Plots, "write PNG plots")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", o.CPUProfile, "write a CPU profile of the run to this file")
+	fs.StringVar(&o.MaxMemory, "max-memory", o.MaxMemory, "stop with an error once the run holds more memory than this: auto (90% of what the system has available at start), off, or a size such as 8GiB")
 	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time), mem (real workers over the in-memory transport, no simulated clock) or local (in-process reference)")
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by slimgrad bench (default: built-in throughputs)")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
-	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data (cheap for thousands of workers): bytes and step time only")
+	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data: bytes and step time only (no training state; the programs still grow as workers²)")
 	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "also run L-GreCo (per-layer levels under the uniform default's error budget, minimising bytes) after each method whose codec has levels (topk, dgc, randomk, qsgd, powersgd), and compare")
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "also run L-GreCo with the link-aware objective: the simulated time of each layer's collective on the topology")
@@ -134,6 +136,9 @@ func runSimCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	_, err := runSim(ctx, o, stdout, stderr)
 	return err
 }
+
+// memoryPollInterval is how often the --max-memory guard looks at the heap.
+const memoryPollInterval = 20 * time.Millisecond
 
 // methodRun is one method's results.
 type methodRun struct {
@@ -195,10 +200,17 @@ func (o simOptions) validate() error {
 	return nil
 }
 
-func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simReport, error) {
+func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *simReport, err error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
+	limit, err := parseMemoryLimit(o.MaxMemory)
+	if err != nil {
+		return nil, err
+	}
+	ctx, stop := guardMemory(ctx, limit, memoryPollInterval)
+	defer stop()
+	defer func() { err = memoryCause(ctx, err) }()
 	log, err := newLogger(stderr, o.Log)
 	if err != nil {
 		return nil, err
@@ -275,7 +287,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (*simRe
 	if printEvery <= 0 {
 		printEvery = max(1, o.Steps/10)
 	}
-	rep := &simReport{Options: o}
+	rep = &simReport{Options: o}
 	for _, m := range methods {
 		ex, spec, err := m.build(ctx, o, task, env, log)
 		if err != nil {
