@@ -40,7 +40,10 @@ type lgState struct {
 // lgreco.LayerOf per layer with its resolved recipe (a scheduled layer's
 // last stage) as the default (layers
 // whose codec has no levels to choose, such as none, fp16 or sign, are not
-// tuned). The plan's seed is Config.Seed, so that before the first
+// tuned). Rank 0 observes every step from L-GreCo's start if some layer is
+// lgreco.Plan.Replayable: a top-k, random-k or QSGD layer under EF14 (the
+// observer passes its residual) then has its errors measured by replaying
+// error feedback for every candidate, unless lgreco.WithOneShot is given. The plan's seed is Config.Seed, so that before the first
 // adjustment every layer is seeded exactly as without L-GreCo.
 func (w *Worker) newLGState() (*lgState, error) {
 	layers := make([]lgreco.Layer, len(w.layers))
@@ -233,8 +236,8 @@ func (w *Worker) checkSchedules() error {
 // gradient of a collecting step to the controller (rank 0 only): with
 // PowerSGD the data after adapt.Layer.Begin (which added the ef14
 // residual); with a gathered codec under EF14 the gradient and the residual
-// before encoding. Other error feedback (EF21, EControl, DGC) contributes
-// the plain gradient.
+// before encoding (which makes a replayable layer replay error feedback).
+// Other error feedback (EF21, EControl, DGC) contributes the plain gradient.
 func (g *lgState) observer(l int) func(*adapt.Layer, []float32) {
 	return func(al *adapt.Layer, data []float32) {
 		var e []float32

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/compressors/lgreco"
 )
 
@@ -404,4 +405,99 @@ func TestLGreCoSubmitWaitAndDenseStep(t *testing.T) {
 	if got := ws[1].Recipes(); !slices.Equal(got, ws[0].Recipes()) {
 		t.Fatalf("recipes differ: %v vs %v", got, ws[0].Recipes())
 	}
+}
+
+// A top-k layer under EF14 has its L-GreCo errors measured by replaying
+// error feedback on rank 0 (lgreco.Plan.Replayable): rank 0 feeds the plain
+// gradient and its residual at every step from Start, so its decisions are
+// exactly those of a standalone lgreco.Controller replaying rank 0's
+// gradients. Without error feedback the layer is measured one-shot (no
+// residual), which decides differently on the same gradients.
+func TestLGreCoReplaysErrorFeedback(t *testing.T) {
+	const n, steps = 3, 14
+	layers := lgLayers("topk:0.05")
+	sched := lgreco.WithSchedule(1, 4, 2, 1)
+	ws := startWorkers(t, newGroup(t, n).Conns(), layers, WithSeed(7), WithLGreCo(sched))
+	plan := ws[0].lg.plan
+	if !plan.Replayable(0) || !plan.Replayable(1) || plan.Replayable(2) {
+		t.Fatalf("replayable layers: %v %v %v, want true true false", plan.Replayable(0), plan.Replayable(1), plan.Replayable(2))
+	}
+	var ll []lgreco.Layer
+	for _, ld := range layers {
+		ll = append(ll, lgreco.LayerOf(ld.name, ld.shape, compressorsMustParse(t, ld.codec)))
+	}
+	ref, err := lgreco.NewPlan(ll, sched, lgreco.WithSeed(7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref.Hash() != plan.Hash() {
+		t.Fatal("the standalone plan differs from the worker's")
+	}
+	c := lgreco.NewController(ref)
+	next := spectraGrads(n, layers, false, 3)
+	decisions, first := 0, 0.0
+	for s := int64(0); s < steps; s++ {
+		g := next()
+		g0 := make([][]float32, len(g[0]))
+		for l := range g0 {
+			g0[l] = slices.Clone(g[0][l])
+		}
+		var want *lgreco.Decision
+		if c.Due(s) {
+			want = c.Decide(s)
+			if err := c.Schedule(want); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := c.Advance(s); err != nil {
+			t.Fatal(err)
+		}
+		if c.Collecting(s) {
+			for l := range g0 {
+				if ref.Tuned(l) {
+					// Any residual: its presence selects the replay.
+					c.Observe(l, g0[l], make([]float32, len(g0[l])))
+				}
+			}
+		}
+		got := mustStep(t, ws, g)[0].Decision
+		if (want == nil) != (got == nil) {
+			t.Fatalf("step %d: decision %v, standalone %v", s, got, want)
+		}
+		if want != nil {
+			if decisions == 0 {
+				first = want.DefaultErr
+			}
+			decisions++
+			if got.Kept || !slices.Equal(got.Choice, want.Choice) || got.Err != want.Err || got.DefaultErr != want.DefaultErr {
+				t.Fatalf("step %d: worker decided %+v, standalone %+v", s, got, want)
+			}
+		}
+	}
+	if decisions != 3 {
+		t.Fatalf("%d decisions, want 3", decisions)
+	}
+
+	// The same gradients without error feedback: one-shot errors of the
+	// plain gradients, another table.
+	noEF := lgLayers("topk:0.05")
+	for i := range noEF {
+		noEF[i].ef = "none"
+	}
+	ws2 := startWorkers(t, newGroup(t, n).Conns(), noEF, WithSeed(7), WithLGreCo(sched))
+	next = spectraGrads(n, layers, false, 3)
+	for s := int64(0); s < 6; s++ {
+		if d := mustStep(t, ws2, next())[0].Decision; d != nil && d.DefaultErr == first {
+			t.Fatalf("step %d: without error feedback the default's error %g equals the replayed one", s, d.DefaultErr)
+		}
+	}
+}
+
+func compressorsMustParse(t *testing.T, s string) compressors.Recipe {
+	t.Helper()
+	r, err := compressors.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

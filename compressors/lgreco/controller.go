@@ -4,9 +4,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"slices"
 
 	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
 // Controller is one rank's L-GreCo state: the active per-layer choice, a
@@ -42,7 +45,19 @@ type Controller struct {
 	last     int64 // last step given to Advance
 	acc      [][]float64
 	accSteps []int64 // per layer: number of Observe calls in the window
+	replay   []*replayLayer
 	lastSol  Solution
+	lastTab  Table
+}
+
+// replayLayer is the replayed error feedback of one layer (Plan.Replayable):
+// per candidate, an EF14 over the candidate's own codec, whose residual is
+// what the layer would carry had it always run that candidate, and the sum of
+// that residual's norm over the decision window.
+type replayLayer struct {
+	ef    []*errorfeedback.EF14
+	sum   []float64
+	frame []byte
 }
 
 // NewController returns a Controller whose active choice is the plan's
@@ -63,10 +78,19 @@ func (c *Controller) Due(t int64) bool {
 	return t > cfg.Start && (t-cfg.Start)%cfg.Adjust == 0
 }
 
-// Collecting reports whether the error-compensated gradients of step t feed
-// the next decision (the last AccIter steps before a boundary). Only the
-// deciding rank needs to Observe.
+// Collecting reports whether the deciding rank must Observe step t: the last
+// AccIter steps before a boundary, whose error-compensated gradients feed the
+// next decision, and, if the plan has replayable layers (Plan.Replayable),
+// every step from Start, since replayed error feedback must see every
+// gradient.
+// Only the deciding rank needs to Observe.
 func (c *Controller) Collecting(t int64) bool {
+	return c.window(t) || (c.plan.hasReplay() && t >= c.plan.cfg.Start)
+}
+
+// window reports whether step t is one of the last AccIter steps before a
+// boundary.
+func (c *Controller) window(t int64) bool {
 	cfg := &c.plan.cfg
 	if t < cfg.Start {
 		return false
@@ -75,22 +99,56 @@ func (c *Controller) Collecting(t int64) bool {
 	return next-t <= cfg.AccIter
 }
 
-// Observe adds layer l's error-compensated gradient of this step, g + e, to
-// the running average (float64). e is the error-feedback residual before this
-// step's compression (nil if none, or if g already includes it: for EF14 and
-// PowerSGD with ef14 it is the residual of the previous step). It allocates
-// the layer's accumulator on first use and nothing afterwards. It panics if
-// the lengths do not match the layer.
+// Observe feeds layer l's gradient of the step of the last Advance to the
+// next decision. e is the layer's error-feedback residual before this step's
+// compression, or nil: for EF14 over a gathered codec, g is the plain
+// gradient and e the residual; for PowerSGD with ef14, g already includes the
+// residual and e is nil; without error feedback e is nil.
+//
+// One-shot: the error-compensated gradient g + e of the steps of the window
+// (the last AccIter steps before a decision) is averaged in float64, and
+// err(c) = ‖G − C_c(G)‖₂ on that average (Plan.Errors), as specs §4.2
+// describes.
+//
+// Replayed: a replayable layer (Plan.Replayable) observed with a residual
+// runs, for every candidate c, the error feedback it would have had the layer
+// always run c: r_c ← (g + r_c) − C_c(g + r_c), with c's own codec (EF14), on
+// every observed gradient from Start on; err(c) is the mean of ‖r_c‖₂ over
+// the window. Under error feedback this is what a level costs: the residual
+// of a sparser level grows until what it sends keeps up with the gradient,
+// which the one-shot error of one error-compensated gradient does not show
+// (a dense vector's tail holds nearly all of its energy at any small
+// density, so the one-shot errors hardly differ and the DP sparsifies large
+// layers almost for free). It does not depend on the active choice either,
+// so the budget stays anchored at the uniform default's own residual, and a
+// level that proves too sparse is charged for it at the next decision. The
+// layer is replayed from its first observation with a residual; observe it
+// the same way every time. The deciding rank must then call Observe at every
+// step for which Collecting holds (every step from Start), after Advance of
+// that step; one-shot observations outside the window are ignored in such a
+// plan.
+//
+// It allocates the layer's state on first use and nothing afterwards (if the
+// codecs allocate nothing). It panics if the lengths do not match the layer.
 func (c *Controller) Observe(l int, g, e []float32) {
-	n := c.plan.layers[l].Elems()
+	pl := &c.plan.layers[l]
+	n := pl.Elems()
 	if len(g) != n || (e != nil && len(e) != n) {
 		panic("lgreco: Observe: vector length does not match the layer")
 	}
 	if c.acc == nil {
 		c.acc = make([][]float64, len(c.plan.layers))
 		c.accSteps = make([]int64, len(c.plan.layers))
+		c.replay = make([]*replayLayer, len(c.plan.layers))
 	}
-	if !c.plan.layers[l].tuned {
+	if !pl.tuned {
+		return
+	}
+	if pl.replay && (e != nil || c.replay[l] != nil) {
+		c.observeReplay(l, g)
+		return
+	}
+	if c.plan.hasReplay() && !c.window(c.last) {
 		return
 	}
 	if c.acc[l] == nil {
@@ -108,6 +166,45 @@ func (c *Controller) Observe(l int, g, e []float32) {
 		}
 	}
 	c.accSteps[l]++
+}
+
+// observeReplay advances the replayed error feedback of layer l by one step.
+func (c *Controller) observeReplay(l int, g []float32) {
+	pl := &c.plan.layers[l]
+	n := pl.Elems()
+	rl := c.replay[l]
+	if rl == nil {
+		rl = &replayLayer{ef: make([]*errorfeedback.EF14, len(pl.cands)), sum: make([]float64, len(pl.cands))}
+		for k, cand := range pl.cands {
+			comp, err := cand.Recipe.New(n, compressors.WithShape(pl.Rows, pl.Cols), compressors.WithSeed(LayerSeed(c.plan.cfg.Seed, -1, l)))
+			if err != nil {
+				panic("lgreco: internal error: candidate " + cand.Recipe.String() + ": " + err.Error()) // NewPlan parsed it
+			}
+			rl.ef[k] = errorfeedback.NewEF14(comp)
+		}
+		c.replay[l] = rl
+	}
+	win := c.window(c.last)
+	for k, ef := range rl.ef {
+		var err error
+		rl.frame, err = ef.Encode(rl.frame[:0], g)
+		norm := math.NaN()
+		if err == nil {
+			norm = math.Sqrt(kernels.SumSq(ef.Residual()))
+		}
+		if math.IsNaN(norm) || math.IsInf(norm, 0) {
+			// A non-finite gradient: this window's error is undefined
+			// (infeasible), and the replay restarts from zero.
+			ef.Reset()
+			norm = math.NaN()
+		}
+		if win {
+			rl.sum[k] += norm
+		}
+	}
+	if win {
+		c.accSteps[l]++
+	}
 }
 
 // Decide runs the DP on the gradients observed since the last decision and
@@ -132,15 +229,23 @@ func (c *Controller) Decide(t int64) *Decision {
 			d.Kept, d.Choice = true, slices.Clone(prev)
 			return d
 		}
-		g := c.acc[l]
 		inv := 1 / float64(c.accSteps[l])
-		for j := range g {
-			g[j] *= inv
+		if c.replay[l] != nil {
+			tab.Err[i] = make([]float64, len(pl.cands))
+			for k, s := range c.replay[l].sum {
+				tab.Err[i][k] = s * inv
+			}
+		} else {
+			g := c.acc[l]
+			for j := range g {
+				g[j] *= inv
+			}
+			tab.Err[i] = p.Errors(l, g)
 		}
-		tab.Err[i] = p.Errors(l, g)
 		tab.Cost[i] = pl.cost
 		tab.Default[i] = pl.def
 	}
+	c.lastTab = tab
 	sol, err := Solve(tab, p.cfg.Alpha, p.cfg.Buckets)
 	if err != nil {
 		panic("lgreco: internal error: " + err.Error()) // the plan guarantees a well-formed table
@@ -162,10 +267,19 @@ func (c *Controller) Decide(t int64) *Decision {
 // LastSolution is the DP result of the last Decide (zero before any).
 func (c *Controller) LastSolution() Solution { return c.lastSol }
 
+// LastTable is the DP input of the last Decide that had data for every tuned
+// layer (zero before any): one row per tuned layer (Plan.Tuned, in layer
+// order) with its candidates' errors and costs, for logs and diagnostics.
+// The slices are shared: do not modify them.
+func (c *Controller) LastTable() Table { return c.lastTab }
+
 func (c *Controller) resetAcc() {
 	for l, a := range c.acc {
 		clear(a)
 		c.accSteps[l] = 0
+		if rl := c.replay[l]; rl != nil {
+			clear(rl.sum)
+		}
 	}
 }
 

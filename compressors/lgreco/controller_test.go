@@ -132,7 +132,9 @@ func observeAll(c *Controller, rng *rand.Rand) {
 }
 
 func TestControllerSchedule(t *testing.T) {
-	p, err := NewPlan(testLayers(), WithSchedule(0, 10, 3, 1))
+	// One-shot: only the window is observed (with replay, every step; see
+	// TestReplayPlan).
+	p, err := NewPlan(testLayers(), WithSchedule(0, 10, 3, 1), WithOneShot(true))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,14 @@
 //     nothing is feasible the caller keeps its previous choice.
 //   - Controller: averages the error-compensated gradients of the last
 //     AccIter steps on rank 0, decides every Adjust steps, and switches every
-//     rank at the same step boundary; Decision has a versioned, checksummed
+//     rank at the same step boundary. For a top-k, random-k or QSGD layer
+//     under error feedback (Plan.Replayable, observed with its residual) it
+//     instead replays error feedback for every candidate on rank 0's
+//     gradients, from Start, and takes err(c) as the norm of the residual
+//     c itself would carry: the one-shot error of one error-compensated
+//     gradient hardly depends on the density, which let the DP sparsify
+//     large layers for free at a loss in accuracy (Config.OneShot keeps the
+//     spec's one-shot measure); Decision has a versioned, checksummed
 //     encoding; Signature/Agree detect ranks that disagree; NewCompressor and
 //     LayerSeed rebuild a layer's codec (PowerSGD P/Q resized, Q re-drawn from
 //     the shared seed and the switch step, identically on every rank).
