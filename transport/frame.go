@@ -35,6 +35,23 @@ func Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 // reads it) instead of in a separate pass.
 func UpdateChecksum(crc uint32, b []byte) uint32 { return crc32.Update(crc, castagnoli, b) }
 
+// copyBlock is the piece CopyChecksum copies before it checksums it (it is
+// then still in L1/L2).
+const copyBlock = 32 << 10
+
+// CopyChecksum copies src into dst (len(dst) >= len(src)) and returns
+// UpdateChecksum(crc, src), block by block so that each block is
+// checksummed while in cache: a copy and a checksum in one pass over src.
+func CopyChecksum(dst, src []byte, crc uint32) uint32 {
+	for off := 0; off < len(src); off += copyBlock {
+		end := min(off+copyBlock, len(src))
+		d := dst[off:end]
+		copy(d, src[off:end])
+		crc = UpdateChecksum(crc, d)
+	}
+	return crc
+}
+
 // PutFrameHeaderSum is PutFrameHeader for a payload of n bytes whose CRC-32C
 // (Checksum) the caller has already computed. It panics if dst is shorter
 // than FrameHeaderLen or n is negative or above the 32-bit length field.

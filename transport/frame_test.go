@@ -110,3 +110,22 @@ func TestChecksumPieces(t *testing.T) {
 		}
 	}
 }
+
+func TestCopyChecksum(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, n := range []int{0, 1, 32<<10 - 1, 32 << 10, 3*(32<<10) + 17} {
+		src := make([]byte, n)
+		for i := range src {
+			src[i] = byte(rng.Uint32())
+		}
+		prefix := []byte("prefix")
+		dst := make([]byte, n+5)
+		got := transport.CopyChecksum(dst, src, transport.Checksum(prefix))
+		if want := transport.Checksum(append(prefix, src...)); got != want {
+			t.Errorf("n=%d: checksum %08x, want %08x", n, got, want)
+		}
+		if !bytes.Equal(dst[:n], src) {
+			t.Errorf("n=%d: copy differs", n)
+		}
+	}
+}

@@ -367,7 +367,7 @@ func (l *link) writePieces(s network.Stream, tag uint64, b []byte) error {
 		n := min(pieceMax, len(b)-off)
 		start := len(w)
 		w = w[:start+h+n]
-		crc := copySum(w[start+h:], b[off:off+n])
+		crc := transport.CopyChecksum(w[start+h:], b[off:off+n], 0)
 		transport.PutFrameHeaderSum(w[start:], flagPiece, tag, n, crc)
 		if _, err := s.Write(w); err != nil {
 			return err
@@ -376,19 +376,6 @@ func (l *link) writePieces(s network.Stream, tag uint64, b []byte) error {
 		w = w[:0]
 	}
 	return nil
-}
-
-// copySum copies src into dst and returns its CRC-32C, block by block so
-// that each block is checksummed while in cache.
-func copySum(dst, src []byte) uint32 {
-	var crc uint32
-	for off := 0; off < len(src); off += sumBlock {
-		end := min(off+sumBlock, len(src))
-		d := dst[off:end]
-		copy(d, src[off:end])
-		crc = transport.UpdateChecksum(crc, d)
-	}
-	return crc
 }
 
 // wireBytes is what a message of n payload bytes takes on the stream:
@@ -958,8 +945,6 @@ const (
 	pieceMax = 1 << 20
 	// largeHdrLen is the flagLarge frame: a header and the total length.
 	largeHdrLen = transport.FrameHeaderLen + 8
-	// sumBlock is the block copySum copies and then checksums (in L1/L2).
-	sumBlock = 32 << 10
 )
 
 // readPayload fills p from r and returns the CRC-32C of p (the frame

@@ -384,7 +384,7 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 			binary.LittleEndian.PutUint64(buf[transport.FrameHeaderLen+seqLen:], uint64(len(b)))
 		}
 		crc := transport.UpdateChecksum(0, buf[transport.FrameHeaderLen:h])
-		crc = copySum(buf[h:], b[off:off+n], crc)
+		crc = transport.CopyChecksum(buf[h:], b[off:off+n], crc)
 		transport.PutFrameHeaderSum(buf, flags, tag, len(buf)-transport.FrameHeaderLen, crc)
 		if err := c.nc.Publish(c.subjData[peer], buf); err != nil {
 			// Part of the message may be out: the link is unusable.
@@ -402,23 +402,6 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	}
 	c.stats.Sent(peer, len(b), wire)
 	return nil
-}
-
-// sumBlock is the piece copySum copies before it checksums it (in L1/L2).
-const sumBlock = 32 << 10
-
-// copySum copies src into dst (len(dst) >= len(src)) and returns crc
-// updated with src (transport.UpdateChecksum), block by block so that each
-// block is checksummed while in cache: one pass over src from memory
-// instead of two.
-func copySum(dst, src []byte, crc uint32) uint32 {
-	for off := 0; off < len(src); off += sumBlock {
-		end := min(off+sumBlock, len(src))
-		d := dst[off:end]
-		copy(d, src[off:end])
-		crc = transport.UpdateChecksum(crc, d)
-	}
-	return crc
 }
 
 // Recv returns the next message from peer with tag. Errors:
@@ -664,7 +647,7 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, len(pt.buf))
 	}
 	crc := transport.UpdateChecksum(0, pl[:seqLen])
-	crc = copySum(pt.buf[pt.n:], data, crc)
+	crc = transport.CopyChecksum(pt.buf[pt.n:], data, crc)
 	if crc != h.CRC {
 		return fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag)
 	}
