@@ -127,3 +127,33 @@ func runLSQMinibatch(t testing.TB, p *lsq, mk func() Feedback, gamma float64, ba
 	}
 	return errs
 }
+
+// TestT2ExploreHeterogeneous is TestConvergenceT2's protocol on T1's own
+// problem (every worker its own design matrix A_i, as specs §3.4 T2 says:
+// "same as T1 plus noise"), for two fixed γ:
+//
+//	SLIMGRAD_EXPLORE=t2het go test -run T2ExploreHeterogeneous -v ./errorfeedback
+//
+// Measured (E‖x − x*‖² floors at n = 1 / 4 / 16): γ = 0.02: EF21 54.1 / 8.58
+// / 2.06, EControl 12.0 / 2.51 / 0.577, SGD 5.86 / 1.26 / 0.287; γ = 0.005:
+// EF21 13.3 / 2.22 / 0.532, EControl 2.36 / 0.467 / 0.101, SGD 1.91 / 0.364
+// / 0.0764. EF21's floor falls as 1/n here too.
+func TestT2ExploreHeterogeneous(t *testing.T) {
+	if os.Getenv("SLIMGRAD_EXPLORE") != "t2het" {
+		t.Skip("set SLIMGRAD_EXPLORE=t2het")
+	}
+	const d, m, k, steps = 50, 200, 5, 1500
+	const sigma, eta = 3, 0.1
+	for _, gamma := range []float64{0.02, 0.005} {
+		for _, n := range []int{1, 4, 16} {
+			p := newLSQ(2, n, d, m)
+			ef21 := floor(p, runLSQ(t, p, func() Feedback { return NewEF21(newExactTopK(d, k)) }, gamma, sigma, steps, 1))
+			ec := floor(p, runLSQ(t, p, func() Feedback {
+				f, _ := NewEControl(newExactTopK(d, k), eta)
+				return f
+			}, gamma, sigma, steps, 1))
+			sgd := floor(p, runLSQ(t, p, func() Feedback { return NewNone(newDense(d)) }, gamma, sigma, steps, 1))
+			t.Logf("γ=%g n=%2d  floor E‖x−x*‖²: ef21 %.3g  econtrol:%v %.3g  sgd %.3g", gamma, n, ef21, eta, ec, sgd)
+		}
+	}
+}
