@@ -53,8 +53,8 @@ func TestLGreCoSimMatchesWorkers(t *testing.T) {
 		plan Plan
 		link bool
 	}{
-		{"topk-ef14", Plan{Compress: "topk:0.05", EF: "ef14", Seed: 3}, false},
-		{"topk-ef14-link", Plan{Compress: "topk:0.05", EF: "ef14", Seed: 3}, true},
+		{"topk-ef14", Plan{Compress: "topk:0.25", EF: "ef14", Seed: 3}, false},
+		{"topk-ef14-link", Plan{Compress: "topk:0.25", EF: "ef14", Seed: 3}, true},
 		{"powersgd-ef14", Plan{Compress: "powersgd:2", EF: "ef14", Seed: 3}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

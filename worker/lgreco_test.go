@@ -80,7 +80,7 @@ func TestLGreCoSwitchesTogetherAndSaves(t *testing.T) {
 	for _, tc := range []struct {
 		codec   string
 		lowRank bool
-	}{{"powersgd:4", true}, {"topk:0.05", false}} {
+	}{{"powersgd:4", true}, {"topk:0.25", false}} {
 		t.Run(tc.codec, func(t *testing.T) {
 			layers := lgLayers(tc.codec)
 			run := func(tune bool) (sent []int64, leds [][]*Ledger, upd [][][]float32) {
@@ -252,7 +252,7 @@ func TestLGreCoSettingsInSignature(t *testing.T) {
 // modelled time; the ranks stay bit-identical.
 func TestLGreCoLinkAware(t *testing.T) {
 	const n = 3
-	layers := lgLayers("topk:0.05")
+	layers := lgLayers("topk:0.25")
 	ws := startWorkers(t, newGroup(t, n).Conns(), layers, WithLGreCoLinkAware(lgreco.WithSchedule(0, 3, 2, 0)))
 	next := spectraGrads(n, layers, false, 5)
 	var decided bool
@@ -281,7 +281,7 @@ func TestLGreCoLinkAware(t *testing.T) {
 // Start on every rank.
 func TestLGreCoCostFactory(t *testing.T) {
 	const n = 3
-	layers := lgLayers("topk:0.05")
+	layers := lgLayers("topk:0.25")
 	factory := func(slow float64) LGreCoCostFactory {
 		return func(world int, ls []lgreco.Layer) (lgreco.CostFunc, error) {
 			if world != n || len(ls) != len(layers) || ls[0].Name != "w0" || ls[0].Rows != 48 || ls[0].Cols != 40 {
@@ -299,7 +299,7 @@ func TestLGreCoCostFactory(t *testing.T) {
 		ws := startWorkers(t, newGroup(t, n).Conns(), layers, opt)
 		next := spectraGrads(n, layers, false, 5)
 		var d *lgreco.Decision
-		for range 4 {
+		for range 17 {
 			g := next()
 			ls := mustStep(t, ws, g)
 			checkIdentical(t, g)
@@ -312,8 +312,10 @@ func TestLGreCoCostFactory(t *testing.T) {
 		}
 		return d
 	}
-	slow := decide(WithLGreCoCost(factory(10), lgreco.WithSchedule(0, 3, 2, 0)))
-	bytes := decide(WithLGreCo(lgreco.WithSchedule(0, 3, 2, 0)))
+	// The first decision at step 16, when the sparsest candidate's replayed
+	// residual (top-k 0.0625) is filled.
+	slow := decide(WithLGreCoCost(factory(10), lgreco.WithSchedule(0, 16, 2, 0)))
+	bytes := decide(WithLGreCo(lgreco.WithSchedule(0, 16, 2, 0)))
 	// Candidates are sorted by size: with layer 1's bytes ten times dearer,
 	// the DP buys its error budget elsewhere.
 	if slow.Choice[1] >= bytes.Choice[1] {

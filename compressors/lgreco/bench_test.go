@@ -1,6 +1,7 @@
 package lgreco
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -41,6 +42,30 @@ func BenchmarkObserve(b *testing.B) {
 	e := make([]float32, 512*784)
 	b.Run("size=401408", func(b *testing.B) {
 		b.SetBytes(int64(8 * len(g)))
+		b.ReportAllocs()
+		for b.Loop() {
+			c.Observe(0, g, e)
+		}
+	})
+}
+
+// BenchmarkObserveReplay is rank 0's extra work per step for a replayed
+// top-k layer (EF14 over each of its 9 candidate densities, 0.25×–4×): the
+// price of measuring errors by replay.
+func BenchmarkObserveReplay(b *testing.B) {
+	p, err := NewPlan(mlpLayers("topk:0.01"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := NewController(p)
+	rng := rand.New(rand.NewPCG(2, 2))
+	g := make([]float32, 512*784)
+	for i := range g {
+		g[i] = float32(rng.NormFloat64())
+	}
+	e := make([]float32, len(g))
+	b.Run(fmt.Sprintf("size=%d/cands=%d", len(g), len(p.Candidates(0))), func(b *testing.B) {
+		b.SetBytes(int64(4 * len(g)))
 		b.ReportAllocs()
 		for b.Loop() {
 			c.Observe(0, g, e)

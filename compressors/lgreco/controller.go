@@ -57,7 +57,23 @@ type Controller struct {
 type replayLayer struct {
 	ef    []*errorfeedback.EF14
 	sum   []float64
+	steps []int64 // steps replayed since the (re)start of each candidate
+	warm  []int64 // steps each candidate needs to fill its residual (replayWarm)
 	frame []byte
+}
+
+// replayWarm is the number of steps error feedback with r needs before its
+// residual is representative: a level that sends k of n elements per step
+// gets round to every element about once in n/k steps, so a residual
+// replayed from zero for fewer steps still underestimates what the level
+// carries (for top-k at density d, ⌈1/d⌉ steps). Codecs that send every
+// element (QSGD) need one step.
+func replayWarm(r compressors.Recipe, n int) int64 {
+	k := r.K(n)
+	if k >= n {
+		return 1
+	}
+	return int64((n + max(k, 1) - 1) / max(k, 1))
 }
 
 // NewController returns a Controller whose active choice is the plan's
@@ -114,7 +130,12 @@ func (c *Controller) window(t int64) bool {
 // runs, for every candidate c, the error feedback it would have had the layer
 // always run c: r_c ← (g + r_c) − C_c(g + r_c), with c's own codec (EF14), on
 // every observed gradient from Start on; err(c) is the mean of ‖r_c‖₂ over
-// the window. Under error feedback this is what a level costs: the residual
+// the window; a candidate whose replay has run fewer steps than it needs to
+// fill its residual (about n/k steps for a level that sends k of n elements,
+// ⌈1/d⌉ for top-k at density d) is not offered yet, since its error would be
+// underestimated (the default is always offered: while it is not filled,
+// the budget is underestimated, which is on the safe side). Under error
+// feedback this is what a level costs: the residual
 // of a sparser level grows until what it sends keeps up with the gradient,
 // which the one-shot error of one error-compensated gradient does not show
 // (a dense vector's tail holds nearly all of its energy at any small
@@ -174,8 +195,10 @@ func (c *Controller) observeReplay(l int, g []float32) {
 	n := pl.Elems()
 	rl := c.replay[l]
 	if rl == nil {
-		rl = &replayLayer{ef: make([]*errorfeedback.EF14, len(pl.cands)), sum: make([]float64, len(pl.cands))}
+		nc := len(pl.cands)
+		rl = &replayLayer{ef: make([]*errorfeedback.EF14, nc), sum: make([]float64, nc), steps: make([]int64, nc), warm: make([]int64, nc)}
 		for k, cand := range pl.cands {
+			rl.warm[k] = replayWarm(cand.Recipe, n)
 			comp, err := cand.Recipe.New(n, compressors.WithShape(pl.Rows, pl.Cols), compressors.WithSeed(LayerSeed(c.plan.cfg.Seed, -1, l)))
 			if err != nil {
 				panic("lgreco: internal error: candidate " + cand.Recipe.String() + ": " + err.Error()) // NewPlan parsed it
@@ -197,6 +220,9 @@ func (c *Controller) observeReplay(l int, g []float32) {
 			// (infeasible), and the replay restarts from zero.
 			ef.Reset()
 			norm = math.NaN()
+			rl.steps[k] = 0
+		} else {
+			rl.steps[k]++
 		}
 		if win {
 			rl.sum[k] += norm
@@ -232,8 +258,16 @@ func (c *Controller) Decide(t int64) *Decision {
 		inv := 1 / float64(c.accSteps[l])
 		if c.replay[l] != nil {
 			tab.Err[i] = make([]float64, len(pl.cands))
-			for k, s := range c.replay[l].sum {
+			rl := c.replay[l]
+			for k, s := range rl.sum {
 				tab.Err[i][k] = s * inv
+				if rl.steps[k] < rl.warm[k] && k != pl.def {
+					// Not filled yet: its error would be underestimated
+					// (and the DP would pick it for that): infeasible. The
+					// default stays, an underestimated budget is on the
+					// safe side.
+					tab.Err[i][k] = math.NaN()
+				}
 			}
 		} else {
 			g := c.acc[l]

@@ -353,11 +353,21 @@ func TestMNISTLGreCo(t *testing.T) {
 		}
 		return result{x.bytes, res.Final, x.switch_}
 	}
+	// SLIMGRAD_LGRECO_MATCHED=RECIPE also runs the uniform RECIPE (e.g. the
+	// default's density divided by L-GreCo's byte ratio) on every seed and
+	// reports its paired loss difference to the uniform default: whether
+	// L-GreCo's per-layer allocation beats lowering the level uniformly.
+	matched := os.Getenv("SLIMGRAD_LGRECO_MATCHED")
 	for _, def := range codecs {
-		var diff, ratio []float64
+		var diff, ratio, mdiff []float64
 		var ub, gb int64
 		for seed := uint64(1); seed <= uint64(seeds); seed++ {
 			u := run(seed, def, false)
+			if matched != "" {
+				m := run(seed, matched, false)
+				mdiff = append(mdiff, m.test.Loss-u.test.Loss)
+				t.Logf("%-10s seed %d: uniform %s %10d B loss %.4f acc %.4f (%.3f× fewer bytes than %s)", def, seed, matched, m.bytes, m.test.Loss, m.test.Accuracy, float64(u.bytes)/float64(m.bytes), def)
+			}
 			g := run(seed, def, true)
 			ub += u.bytes
 			gb += g.bytes
@@ -373,6 +383,10 @@ func TestMNISTLGreCo(t *testing.T) {
 		mr, _ := meanSE(ratio)
 		t.Logf("%-10s %d seeds: bytes uniform/L-GreCo %.3f× (mean per seed %.3f×); test loss L-GreCo − uniform %+.4f ± %.4f (paired mean ± s.e.)",
 			def, seeds, float64(ub)/float64(gb), mr, md, se)
+		if matched != "" {
+			mm, ms := meanSE(mdiff)
+			t.Logf("%-10s uniform %s − uniform %s: test loss %+.4f ± %.4f (paired mean ± s.e.)", def, matched, def, mm, ms)
+		}
 		if md > se {
 			t.Errorf("%s: L-GreCo's final test loss is worse than uniform's by %.4f, more than one standard error (%.4f)", def, md, se)
 		}

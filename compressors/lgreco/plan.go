@@ -456,9 +456,12 @@ func NewPlan(layers []Layer, opts ...Option) (*Plan, error) {
 // Compress is a function of its input (and its own seeded stream). Each
 // rank compresses its own error-compensated gradient, so a replay on rank
 // 0's gradients is rank 0's residual exactly. Not PowerSGD: its factors are
-// averaged over the ranks before a rank's residual is formed, so a one-rank
-// replay fits that rank's gradient far better than the job does (on the
-// MNIST MLP its residual is about 7× smaller than the real one).
+// averaged over the ranks before a rank's residual is formed, so no rank's
+// residual is a function of its own gradients. (The mean residual follows
+// error-feedback PowerSGD on the mean gradient, which the deciding rank does
+// not have; its own residual also carries a random walk of its gradient
+// noise that cancels across ranks. A replay on rank 0's gradients alone,
+// tried on the MNIST MLP, kept the uniform default.)
 func replayable(r compressors.Recipe) bool {
 	switch r.Codec {
 	case compressors.CodecDGC, compressors.CodecLossless:
