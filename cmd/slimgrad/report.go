@@ -112,11 +112,58 @@ func writeCSV(w io.Writer, rep *simReport) error {
 	return cw.Error()
 }
 
+// jsonRecord is one line of steps.jsonl: the CSV's columns under the same
+// names (durations in seconds), with the recipes as a list and the
+// per-layer byte counts the CSV leaves out.
 type jsonRecord struct {
-	Method string `json:"method"`
-	train.Record
-	Saved    float64 `json:"saved"`
-	CumSaved float64 `json:"cum_saved"`
+	Method            string      `json:"method"`
+	Step              int         `json:"step"`
+	Loss              float64     `json:"loss"`
+	Evaluated         bool        `json:"evaluated"`
+	TestLoss          float64     `json:"test_loss"`
+	Accuracy          float64     `json:"accuracy"`
+	PayloadBytes      int64       `json:"payload_bytes"`
+	WireBytes         int64       `json:"wire_bytes"`
+	DenseBytes        int64       `json:"dense_bytes"`
+	Saved             float64     `json:"saved"`
+	TotalPayloadBytes int64       `json:"total_payload_bytes"`
+	TotalWireBytes    int64       `json:"total_wire_bytes"`
+	TotalDenseBytes   int64       `json:"total_dense_bytes"`
+	CumSaved          float64     `json:"cum_saved"`
+	SimStep           float64     `json:"sim_step_s"`
+	SimGrad           float64     `json:"sim_grad_s"`
+	SimCodec          float64     `json:"sim_codec_s"`
+	SimReduce         float64     `json:"sim_reduce_s"`
+	SimComm           float64     `json:"sim_comm_s"`
+	SimDenseRingStep  float64     `json:"sim_dense_ring_step_s"`
+	TotalSim          float64     `json:"total_sim_s"`
+	ComputeWall       float64     `json:"compute_wall_s"`
+	Wall              float64     `json:"wall_s"`
+	RecipeHash        string      `json:"recipe_hash"`
+	Recipes           []string    `json:"recipes"`
+	Layers            []jsonLayer `json:"layers,omitempty"`
+}
+
+type jsonLayer struct {
+	PayloadBytes int64 `json:"payload_bytes"`
+	WireBytes    int64 `json:"wire_bytes"`
+	DenseBytes   int64 `json:"dense_bytes"`
+}
+
+func newJSONRecord(name string, r train.Record) jsonRecord {
+	j := jsonRecord{
+		Method: name, Step: r.Step, Loss: r.Loss, Evaluated: r.Evaluated, TestLoss: r.TestLoss, Accuracy: r.Accuracy,
+		PayloadBytes: r.PayloadBytes, WireBytes: r.WireBytes, DenseBytes: r.DenseBytes, Saved: r.Ratio(),
+		TotalPayloadBytes: r.TotalPayloadBytes, TotalWireBytes: r.TotalWireBytes, TotalDenseBytes: r.TotalDenseBytes,
+		CumSaved: r.Saved(), SimStep: r.StepTime.Seconds(), SimGrad: r.GradTime.Seconds(), SimCodec: r.CodecTime.Seconds(),
+		SimReduce: r.ReduceTime.Seconds(), SimComm: r.CommTime.Seconds(), SimDenseRingStep: r.BaselineTime.Seconds(),
+		TotalSim: r.TotalStepTime.Seconds(), ComputeWall: r.Compute.Seconds(), Wall: r.Wall.Seconds(),
+		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes,
+	}
+	for _, l := range r.Layers {
+		j.Layers = append(j.Layers, jsonLayer(l))
+	}
+	return j
 }
 
 func writeOutputs(dir string, rep *simReport, jsonl, plots bool) ([]string, error) {
@@ -135,7 +182,7 @@ func writeOutputs(dir string, rep *simReport, jsonl, plots bool) ([]string, erro
 			enc := json.NewEncoder(w)
 			for _, run := range rep.Runs {
 				for _, r := range run.Result.Records {
-					if err := enc.Encode(jsonRecord{Method: run.Method.Name, Record: r, Saved: r.Ratio(), CumSaved: r.Saved()}); err != nil {
+					if err := enc.Encode(newJSONRecord(run.Method.Name, r)); err != nil {
 						return err
 					}
 				}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -117,8 +119,59 @@ func TestSimEndToEnd(t *testing.T) {
 	for _, p := range []string{"loss_vs_step.png", "loss_vs_bytes.png", "step_time.png"} {
 		checkPNG(t, filepath.Join(dir, p))
 	}
-	if _, err := os.Stat(filepath.Join(dir, "steps.jsonl")); err != nil {
-		t.Error(err)
+	checkJSONL(t, filepath.Join(dir, "steps.jsonl"), rows)
+}
+
+// checkJSONL: steps.jsonl has one object per CSV row, under the CSV's
+// column names and with the same values (recipes as a list), plus the
+// per-layer byte counts, which add up to the step's.
+func checkJSONL(t *testing.T, path string, rows []map[string]string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != len(rows) {
+		t.Fatalf("%d JSON lines for %d CSV rows", len(lines), len(rows))
+	}
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %d: %v", i, err)
+		}
+		for _, col := range csvHeader {
+			v, ok := m[col]
+			if !ok {
+				t.Fatalf("line %d: no %q", i, col)
+			}
+			want := rows[i][col]
+			var got string
+			switch v := v.(type) {
+			case string:
+				got = v
+			case bool:
+				got = strconv.FormatBool(v)
+			case float64:
+				got = strconv.FormatFloat(v, 'g', -1, 64)
+			case []any:
+				var parts []string
+				for _, p := range v {
+					parts = append(parts, fmt.Sprint(p))
+				}
+				got = strings.Join(parts, " ")
+			}
+			if got != want {
+				t.Fatalf("line %d: %s = %q, CSV has %q", i, col, got, want)
+			}
+		}
+		var sum float64
+		for _, l := range m["layers"].([]any) {
+			sum += l.(map[string]any)["wire_bytes"].(float64)
+		}
+		if sum != m["wire_bytes"].(float64) {
+			t.Fatalf("line %d: layers' wire bytes add up to %v, step has %v", i, sum, m["wire_bytes"])
+		}
 	}
 }
 
