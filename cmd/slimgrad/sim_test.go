@@ -297,13 +297,17 @@ func TestSimLGreCo(t *testing.T) {
 	dir := t.TempDir()
 	var stdout, stderr bytes.Buffer
 	args := []string{"sim", "--workload", "mnist-mlp:784-32-16-10", "--workers", "4", "--steps", "16", "--eval-every", "0",
-		"--eval-samples", "200", "--methods", "topk-ef14", "--lgreco", "--lgreco-link-aware", "--lgreco-adjust", "5",
+		"--eval-samples", "200", "--compress", "topk:0.25", "--ef", "ef14", "--lgreco", "--lgreco-link-aware", "--lgreco-adjust", "5",
 		"--plots=false", "--out", dir, "--progress", "off"}
 	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
 	out := stdout.String()
-	for _, want := range []string{"L-GreCo vs the uniform default", "topk-ef14+lgreco ", "topk-ef14+lgreco-link"} {
+	// The custom method (and the dense run that comes with it): top-k
+	// 0.25, so that L-GreCo's replayed candidates fill (about 1/density
+	// steps) within this short run and it can change levels.
+	const base = "topk:0.25+ef14+momentum"
+	for _, want := range []string{"L-GreCo vs the uniform default", base + "+lgreco ", base + "+lgreco-link"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -323,13 +327,13 @@ func TestSimLGreCo(t *testing.T) {
 		}
 		hashes[m][r["recipe_hash"]] = true
 	}
-	if len(hashes) != 3 {
+	if len(hashes) != 4 {
 		t.Fatalf("methods in the CSV: %v", hashes)
 	}
-	if n := len(hashes["topk-ef14"]); n != 1 {
+	if n := len(hashes[base]); n != 1 {
 		t.Errorf("the uniform run has %d layouts", n)
 	}
-	if n := len(hashes["topk-ef14+lgreco"]); n < 2 {
+	if n := len(hashes[base+"+lgreco"]); n < 2 {
 		t.Errorf("L-GreCo never changed the levels (%d layouts)", n)
 	}
 }
