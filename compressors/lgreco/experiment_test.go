@@ -274,25 +274,52 @@ func meanSE(x []float64) (mean, se float64) {
 // TestMNISTLGreCo is the paired multi-seed experiment of issue 8.
 //
 // MNIST MLP 784-512-256-128-10 (SLIMGRAD_LGRECO_MLP), 8 in-process workers
-// (lgExchanger), batch 32 per worker, momentum SGD lr 0.05 (0.9), weight
-// matrices compressed with EF14, biases dense. The protocol, fixed before
-// measuring and identical in both arms: SLIMGRAD_LGRECO_WARM dense steps
-// (default 100; L-GreCo's Start), then compression; L-GreCo decides every
-// SLIMGRAD_LGRECO_ADJUST steps (default 100) on worker 0's gradients of the
-// last 10 steps, α = 1, the default grids (top-k 0.25×–4× the density,
-// PowerSGD ranks r0/2–2·r0); SLIMGRAD_LGRECO_STEPS steps in all (default
-// 1000). For every seed 1..SLIMGRAD_LGRECO_SEEDS (default 5) the uniform
-// default and L-GreCo run with the same initial model, data order and
-// codec seeds; bytes are the compressed layers' payloads after the warm-up;
-// the loss is the final test loss (whole test set). It asserts, for powersgd:4
-// and topk:0.01 (SLIMGRAD_LGRECO_CODECS), that L-GreCo sent fewer bytes on
-// every seed and that the paired mean difference of the final test loss
-// (L-GreCo − uniform) is at most one standard error of that mean.
+// (lgExchanger), batch 32 per worker, momentum SGD lr 0.05 (0.9)
+// cosine-decayed to 0, weight matrices compressed with EF14, biases dense.
+// The protocol, fixed before measuring and identical in both arms:
+// SLIMGRAD_LGRECO_WARM dense steps (default 100; L-GreCo's Start), then
+// compression; L-GreCo decides every SLIMGRAD_LGRECO_ADJUST steps (default
+// 100) on worker 0's gradients (window: the last 10 steps), α = 1, the
+// default grids (top-k 0.25×–4× the density, PowerSGD ranks r0/2–2·r0);
+// SLIMGRAD_LGRECO_STEPS steps in all (default 600, 2.6 epochs). For every
+// seed 1..SLIMGRAD_LGRECO_SEEDS (default 5) the uniform default and L-GreCo
+// run with the same initial model, data order and codec seeds; bytes are the
+// compressed layers' payloads after the warm-up; the loss is the final test
+// loss (whole test set). It asserts, for powersgd:4 and topk:0.01
+// (SLIMGRAD_LGRECO_CODECS), that L-GreCo sent fewer bytes on every seed and
+// that the paired mean difference of the final test loss (L-GreCo −
+// uniform) is at most one standard error of that mean.
 // SLIMGRAD_LGRECO_ONESHOT=1 measures top-k errors one-shot (the spec's
 // ‖G − C(G)‖ on the accumulated error-compensated gradient) instead of
-// replaying error feedback (lgreco.Layer.ErrorFeedback), for comparison.
+// replaying error feedback; SLIMGRAD_LGRECO_MATCHED=RECIPE adds a uniform
+// run at RECIPE (e.g. the density with L-GreCo's bytes) per seed.
 //
-// It takes many minutes: run with SLIMGRAD_LGRECO_MNIST=1.
+// It takes about 4 minutes per codec on a loaded 2-core machine:
+//
+//	SLIMGRAD_LGRECO_MNIST=1 go test -count=1 -timeout 30m -run 'TestMNISTLGreCo$' -v ./compressors/lgreco/
+//
+// Measured (defaults, 5 seeds; paired mean ± standard error):
+//
+//	topk:0.01   L-GreCo 1.139× fewer bytes (1.127–1.152 per seed);
+//	            test loss +0.0004 ± 0.0001 (mean 0.1570 vs 0.1565; worse on
+//	            5/5 seeds; accuracy 95.14 % vs 95.16 %)            -> FAILS
+//	powersgd:4  L-GreCo 1.005× fewer bytes (1.003–1.013);
+//	            test loss +0.0002 ± 0.0000 (0.1382 vs 0.1380)     -> FAILS
+//
+// So the claim does not hold as stated on this model: L-GreCo saves bytes at
+// a small but consistent loss cost. Measured on the way (same protocol):
+//
+//	topk, one-shot errors (3 seeds):               1.418×, +0.0045 ± 0.0017
+//	topk, replay, sparse levels offered at once:   1.236×, +0.0012 ± 0.0007
+//	topk, replay (the default, above):             1.139×, +0.0004 ± 0.0001
+//	uniform topk:0.0081 (L-GreCo's 1.236× bytes):  1.233×, +0.0057 ± 0.0017
+//
+// At equal bytes L-GreCo's per-layer allocation is thus much better than
+// lowering the density uniformly (+0.0012 vs +0.0057), but with α = 1 it is
+// not free. PowerSGD barely moves: its one-shot errors on worker 0's
+// error-compensated gradient are dominated by that worker's residual, whose
+// part that differs from the other workers' is a random walk of its gradient
+// noise (it cancels in the mean), and that part is nearly flat across ranks.
 func TestMNISTLGreCo(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_LGRECO_MNIST") == "" {
 		t.Skip("set SLIMGRAD_LGRECO_MNIST=1 to run the MNIST experiment")
