@@ -130,24 +130,23 @@ func (c *Controller) window(t int64) bool {
 // runs, for every candidate c, the error feedback it would have had the layer
 // always run c: r_c ← (g + r_c) − C_c(g + r_c), with c's own codec (EF14), on
 // every observed gradient from Start on; err(c) is the mean of ‖r_c‖₂ over
-// the window; a candidate whose replay has run fewer steps than it needs to
-// fill its residual (about n/k steps for a level that sends k of n elements,
-// ⌈1/d⌉ for top-k at density d) is not offered yet, since its error would be
-// underestimated (the default is always offered: while it is not filled,
-// the budget is underestimated, which is on the safe side). Under error
-// feedback this is what a level costs: the residual
+// the window. Under error feedback this is what a level costs: the residual
 // of a sparser level grows until what it sends keeps up with the gradient,
 // which the one-shot error of one error-compensated gradient does not show
-// (a dense vector's tail holds nearly all of its energy at any small
-// density, so the one-shot errors hardly differ and the DP sparsifies large
-// layers almost for free). It does not depend on the active choice either,
-// so the budget stays anchored at the uniform default's own residual, and a
-// level that proves too sparse is charged for it at the next decision. The
-// layer is replayed from its first observation with a residual; observe it
-// the same way every time. The deciding rank must then call Observe at every
-// step for which Collecting holds (every step from Start), after Advance of
-// that step; one-shot observations outside the window are ignored in such a
-// plan.
+// (a dense vector's tail holds nearly all of its energy at any small density,
+// so the one-shot errors hardly differ and the DP sparsifies large layers
+// almost for free). It does not depend on the active choice either, so the
+// budget stays anchored at the uniform default's own residual, and a level
+// that proves too sparse is charged for it at the next decision. A candidate
+// whose replay has run fewer steps than it needs to fill its residual (about
+// n/k steps for a level that sends k of n elements, ⌈1/d⌉ for top-k at
+// density d) is not offered yet, since its error would be underestimated;
+// the default always is (while it is not filled the budget is
+// underestimated, which is on the safe side). A layer is replayed from its
+// first observation with a residual; observe it the same way every time. The
+// deciding rank must then call Observe at every step for which Collecting
+// holds (every step from Start), after Advance of that step; in such a plan,
+// one-shot observations outside the window are ignored.
 //
 // It allocates the layer's state on first use and nothing afterwards (if the
 // codecs allocate nothing). It panics if the lengths do not match the layer.
