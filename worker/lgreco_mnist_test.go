@@ -53,17 +53,26 @@ func envInt(t *testing.T, name string, def int) int {
 // AccIter 10, α 1; top-k errors by replayed error feedback). Workers cannot
 // run a dense warm-up (a codec schedule keeps the aggregation), so both arms
 // compress from step 0 and L-GreCo starts at step 100. For seeds
-// 1..SLIMGRAD_LGRECO_SEEDS (default 2) it asserts that L-GreCo sent fewer
-// bytes (Ledger.SentBytes, all layers, all ranks) and that the paired mean
+// 1..SLIMGRAD_LGRECO_SEEDS (default 5) it asserts that L-GreCo sent fewer
+// bytes (all ranks' wire bytes, all layers) and that the paired mean
 // difference of the final test loss is at most one standard error. It takes
-// about 10 minutes per seed on a loaded 2-core machine: run with
-// SLIMGRAD_LGRECO_MNIST=1 (SLIMGRAD_LGRECO_CODECS selects codecs).
+// about a minute per seed and codec on a loaded 2-core machine:
+//
+//	SLIMGRAD_LGRECO_MNIST=1 go test -count=1 -timeout 30m -run 'TestMNISTLGreCoWorkers$' -v ./worker/
+//
+// Measured (5 seeds, paired mean ± standard error), as in the in-process
+// study the claim is not met:
+//
+//	topk:0.01   1.102× fewer bytes (1.089–1.116 per seed);
+//	            test loss +0.0003 ± 0.0001 (worse on 5/5 seeds)  -> FAILS
+//	powersgd:4  1.005× fewer bytes (1.000 on seeds 2 and 4: the DP
+//	            kept rank 4 everywhere); test loss +0.0002 ± 0.0001 -> FAILS
 func TestMNISTLGreCoWorkers(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_LGRECO_MNIST") == "" {
 		t.Skip("set SLIMGRAD_LGRECO_MNIST=1 to run the MNIST experiment")
 	}
 	steps := envInt(t, "SLIMGRAD_LGRECO_STEPS", 600)
-	seeds := envInt(t, "SLIMGRAD_LGRECO_SEEDS", 2)
+	seeds := envInt(t, "SLIMGRAD_LGRECO_SEEDS", 5)
 	codecs := []string{"powersgd:4", "topk:0.01"}
 	if s := os.Getenv("SLIMGRAD_LGRECO_CODECS"); s != "" {
 		codecs = strings.Split(s, ",")
