@@ -38,13 +38,14 @@ type lgState struct {
 
 // newLGState builds the plan of L-GreCo over the registered layers: one
 // lgreco.LayerOf per layer with its resolved recipe (a scheduled layer's
-// last stage) as the default (layers
-// whose codec has no levels to choose, such as none, fp16 or sign, are not
-// tuned). Rank 0 observes every step from L-GreCo's start if some layer is
-// lgreco.Plan.Replayable: a top-k, random-k or QSGD layer under EF14 (the
-// observer passes its residual) then has its errors measured by replaying
-// error feedback for every candidate, unless lgreco.WithOneShot is given. The plan's seed is Config.Seed, so that before the first
-// adjustment every layer is seeded exactly as without L-GreCo.
+// last stage) as the default (layers whose codec has no levels to choose,
+// such as none, fp16 or sign, are not tuned). Rank 0 observes every step
+// from L-GreCo's start if some layer is lgreco.Plan.Replayable: a top-k,
+// random-k or QSGD layer under EF14 (the observer passes its residual) then
+// has its errors measured by replaying error feedback for every candidate,
+// unless lgreco.WithOneShot is given; that costs rank 0 one EF14 step per
+// candidate per step. The plan's seed is Config.Seed, so that before the
+// first adjustment every layer is seeded exactly as without L-GreCo.
 func (w *Worker) newLGState() (*lgState, error) {
 	layers := make([]lgreco.Layer, len(w.layers))
 	for i, s := range w.layers {

@@ -526,7 +526,9 @@ func (p *Plan) hasReplay() bool { return p.nreplay > 0 }
 // when it is given the layer's residual (see Controller.Observe): a tuned
 // layer whose candidates are all gathered codecs without a memory of their
 // own (top-k, random-k, QSGD; not DGC, whose memory is its momentum
-// correction; not PowerSGD, see below), unless Config.OneShot is set.
+// correction; not PowerSGD, whose factors are averaged over the ranks, so
+// that no rank's residual follows from its own gradients), unless
+// Config.OneShot is set.
 // Replayed, err(c) is the norm of the residual that c itself would carry
 // under error feedback, rather than ‖G − C_c(G)‖ on the residual that the
 // active choice left; other layers are measured one-shot, as specs §4.2
