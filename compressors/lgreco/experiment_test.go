@@ -44,8 +44,9 @@ type lgExchanger struct {
 
 // lgProtocol is the experiment's protocol, the same for both arms.
 type lgProtocol struct {
-	warm, adjust int64 // dense warm-up steps (= L-GreCo's Start); steps between decisions
-	oneShot      bool  // measure top-k errors one-shot instead of replaying EF
+	warm, adjust int64   // dense warm-up steps (= L-GreCo's Start); steps between decisions
+	oneShot      bool    // measure top-k errors one-shot instead of replaying EF
+	alpha        float64 // error budget multiple (0: the default, 1)
 }
 
 func newLGExchanger(t *testing.T, n int, units []train.Layer, def string, tune bool, seed uint64, pr lgProtocol) *lgExchanger {
@@ -57,7 +58,7 @@ func newLGExchanger(t *testing.T, n int, units []train.Layer, def string, tune b
 		}
 		layers = append(layers, lgreco.LayerOf(u.Name, u.Shape, r))
 	}
-	plan, err := lgreco.NewPlan(layers, lgreco.WithSeed(seed), lgreco.WithSchedule(pr.warm, pr.adjust, 10, 1), lgreco.WithOneShot(pr.oneShot))
+	plan, err := lgreco.NewPlan(layers, lgreco.WithSeed(seed), lgreco.WithSchedule(pr.warm, pr.adjust, 10, 1), lgreco.WithOneShot(pr.oneShot), lgreco.WithAlpha(pr.alpha))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,6 +315,18 @@ func meanSE(x []float64) (mean, se float64) {
 //	topk, replay (the default, above):             1.139×, +0.0004 ± 0.0001
 //	uniform topk:0.0081 (L-GreCo's 1.236× bytes):  1.233×, +0.0057 ± 0.0017
 //
+// With a tighter budget, α = 0.9 (SLIMGRAD_LGRECO_ALPHA; one value, chosen
+// after the α = 1 result above and run once, 2026-11-27):
+//
+//	topk:0.01   L-GreCo 1.027× fewer bytes (1.019–1.039 per seed); test
+//	            loss −0.0008 ± 0.0001 (better on 5/5 seeds)         -> holds
+//	powersgd:4  L-GreCo 0.873× (MORE bytes: ranks 5–7 on the middle
+//	            layers); test loss −0.0002 ± 0.0001                 -> fails
+//
+// so for top-k a budget 10% below the uniform default's error buys fewer
+// bytes at a better loss, while PowerSGD's per-layer error/size curves are
+// too alike on this model for any budget to do both.
+//
 // At equal bytes L-GreCo's per-layer allocation is thus much better than
 // lowering the density uniformly (+0.0012 vs +0.0057), but with α = 1 it is
 // not free. PowerSGD barely moves: its one-shot errors on worker 0's
@@ -324,12 +337,18 @@ func TestMNISTLGreCo(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_LGRECO_MNIST") == "" {
 		t.Skip("set SLIMGRAD_LGRECO_MNIST=1 to run the MNIST experiment")
 	}
-	steps := envInt(t, "SLIMGRAD_LGRECO_STEPS", 1000)
+	steps := envInt(t, "SLIMGRAD_LGRECO_STEPS", 600)
 	seeds := envInt(t, "SLIMGRAD_LGRECO_SEEDS", 5)
 	pr := lgProtocol{
 		warm:    int64(envInt(t, "SLIMGRAD_LGRECO_WARM", 100)),
 		adjust:  int64(envInt(t, "SLIMGRAD_LGRECO_ADJUST", 100)),
 		oneShot: os.Getenv("SLIMGRAD_LGRECO_ONESHOT") != "",
+	}
+	if s := os.Getenv("SLIMGRAD_LGRECO_ALPHA"); s != "" {
+		var err error
+		if pr.alpha, err = strconv.ParseFloat(s, 64); err != nil || !(pr.alpha > 0) {
+			t.Fatalf("SLIMGRAD_LGRECO_ALPHA=%q: want a positive number", s)
+		}
 	}
 	codecs := []string{"powersgd:4", "topk:0.01"}
 	if s := os.Getenv("SLIMGRAD_LGRECO_CODECS"); s != "" {
@@ -354,8 +373,8 @@ func TestMNISTLGreCo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("MLP %v, %d workers, %d steps (%d dense), batch 32 per worker, momentum SGD lr 0.05 cosine-decayed to 0, L-GreCo every %d steps (acc_iter 10, α 1, one-shot %v), seeds 1..%d",
-		sizes, workers, steps, pr.warm, pr.adjust, pr.oneShot, seeds)
+	t.Logf("MLP %v, %d workers, %d steps (%d dense), batch 32 per worker, momentum SGD lr 0.05 cosine-decayed to 0, L-GreCo every %d steps (acc_iter 10, α %v (0: 1), one-shot %v), seeds 1..%d",
+		sizes, workers, steps, pr.warm, pr.adjust, pr.alpha, pr.oneShot, seeds)
 	opt := train.OptimSpec{Name: "momentum-cosine", New: func(n int) (optim.Optimizer, error) {
 		o, err := optim.NewMomentum(n, 0.05, 0.9, 0, false)
 		return &cosineLR{Optimizer: o, base: 0.05, total: steps}, err
