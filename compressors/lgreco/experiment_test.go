@@ -46,7 +46,7 @@ type lgExchanger struct {
 type lgProtocol struct {
 	warm, adjust int64   // dense warm-up steps (= L-GreCo's Start); steps between decisions
 	oneShot      bool    // measure top-k errors one-shot instead of replaying EF
-	alpha        float64 // error budget multiple (0: the default, 1)
+	alpha        float64 // error budget multiple (0: lgreco's default, 1)
 }
 
 func newLGExchanger(t *testing.T, n int, units []train.Layer, def string, tune bool, seed uint64, pr lgProtocol) *lgExchanger {
@@ -58,7 +58,11 @@ func newLGExchanger(t *testing.T, n int, units []train.Layer, def string, tune b
 		}
 		layers = append(layers, lgreco.LayerOf(u.Name, u.Shape, r))
 	}
-	plan, err := lgreco.NewPlan(layers, lgreco.WithSeed(seed), lgreco.WithSchedule(pr.warm, pr.adjust, 10, 1), lgreco.WithOneShot(pr.oneShot), lgreco.WithAlpha(pr.alpha))
+	opts := []lgreco.Option{lgreco.WithSeed(seed), lgreco.WithSchedule(pr.warm, pr.adjust, 10, 1), lgreco.WithOneShot(pr.oneShot)}
+	if pr.alpha > 0 {
+		opts = append(opts, lgreco.WithAlpha(pr.alpha))
+	}
+	plan, err := lgreco.NewPlan(layers, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
