@@ -18,19 +18,6 @@ import (
 	"github.com/slimgrad/slimgrad/workload"
 )
 
-// cosineLR sets the learning rate of step t (counted by the optimizer) to
-// base·(1 + cos(π·t/total))/2 before each Prepare.
-type cosineLR struct {
-	optim.Optimizer
-	base  float64
-	total int
-}
-
-func (o *cosineLR) Prepare(grad []float32) ([]float32, optim.Exchange, error) {
-	o.SetLR(o.base * (1 + math.Cos(math.Pi*float64(o.Steps())/float64(o.total))) / 2)
-	return o.Optimizer.Prepare(grad)
-}
-
 func envInt(t *testing.T, name string, def int) int {
 	s := os.Getenv(name)
 	if s == "" {
@@ -87,7 +74,10 @@ func TestMNISTLGreCoWorkers(t *testing.T) {
 	}
 	opt := train.OptimSpec{Name: "momentum-cosine", New: func(n int) (optim.Optimizer, error) {
 		o, err := optim.NewMomentum(n, 0.05, 0.9, 0, false)
-		return &cosineLR{Optimizer: o, base: 0.05, total: steps}, err
+		if err != nil {
+			return nil, err
+		}
+		return optim.Cosine(o, steps)
 	}}
 	type result struct {
 		sent int64

@@ -234,19 +234,6 @@ func (x *lgExchanger) Exchange(ctx context.Context, step int, how []optim.Exchan
 	return st, nil
 }
 
-// cosineLR sets the learning rate of step t (counted by the optimizer) to
-// base·(1 + cos(π·t/total))/2 before each Prepare.
-type cosineLR struct {
-	optim.Optimizer
-	base  float64
-	total int
-}
-
-func (o *cosineLR) Prepare(grad []float32) ([]float32, optim.Exchange, error) {
-	o.SetLR(o.base * (1 + math.Cos(math.Pi*float64(o.Steps())/float64(o.total))) / 2)
-	return o.Optimizer.Prepare(grad)
-}
-
 // envInt reads an integer environment variable, def if unset.
 func envInt(t *testing.T, name string, def int) int {
 	s := os.Getenv(name)
@@ -381,7 +368,10 @@ func TestMNISTLGreCo(t *testing.T) {
 		sizes, workers, steps, pr.warm, pr.adjust, pr.alpha, pr.oneShot, seeds)
 	opt := train.OptimSpec{Name: "momentum-cosine", New: func(n int) (optim.Optimizer, error) {
 		o, err := optim.NewMomentum(n, 0.05, 0.9, 0, false)
-		return &cosineLR{Optimizer: o, base: 0.05, total: steps}, err
+		if err != nil {
+			return nil, err
+		}
+		return optim.Cosine(o, steps)
 	}}
 	type result struct {
 		bytes    int64
