@@ -483,7 +483,7 @@ func writeLGreCoSummary(w io.Writer, rep *simReport) {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	header := false
+	header, unchanged := false, false
 	for _, run := range rep.Runs {
 		u, ok := uniform[run.Method.Base]
 		if run.Method.LGreCo == "" || !ok {
@@ -506,6 +506,12 @@ func writeLGreCoSummary(w io.Writer, rep *simReport) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f×\t%.4f\t%.4f\t%.4f\t%.4f\t%s\t%s\t%d\t\n", run.Method.Name, run.Method.LGreCo,
 			fmtBytes(a.TotalWireBytes), fmtBytes(b.TotalWireBytes), float64(b.TotalWireBytes)/float64(max(1, a.TotalWireBytes)),
 			tailLoss(run.Result.Records), tailLoss(u.Result.Records), run.Result.Final.Loss, u.Result.Final.Loss, simT, simU, len(layouts))
+		unchanged = unchanged || len(layouts) == 1
 	}
 	tw.Flush()
+	if unchanged {
+		fmt.Fprintf(w, "A run with 1 layout kept the uniform levels throughout: no other layout fitted the error budget, or (top-k,\n"+
+			"random-k and QSGD under ef14) the other levels had not been offered yet, which takes about 1/density steps of\n"+
+			"replayed error feedback (top-k 0.001: about 1000 steps). Use more --steps or a denser recipe.\n")
+	}
 }

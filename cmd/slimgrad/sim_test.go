@@ -333,8 +333,29 @@ func TestSimLGreCo(t *testing.T) {
 	if n := len(hashes[base]); n != 1 {
 		t.Errorf("the uniform run has %d layouts", n)
 	}
+	if strings.Contains(out, "kept the uniform levels") {
+		t.Errorf("the note for unchanged L-GreCo runs is printed although both changed:\n%s", out)
+	}
 	if n := len(hashes[base+"+lgreco"]); n < 2 {
 		t.Errorf("L-GreCo never changed the levels (%d layouts)", n)
+	}
+}
+
+// TestSimLGreCoUnchangedNote: an L-GreCo run too short for its replayed
+// levels to be offered (top-k 0.001, 8 steps) keeps one layout, and the
+// summary says why instead of leaving a bare "1".
+func TestSimLGreCoUnchangedNote(t *testing.T) {
+	if _, err := workload.MNISTDir(""); err != nil {
+		t.Skip(err)
+	}
+	var stdout, stderr bytes.Buffer
+	args := []string{"sim", "--workload", "mnist-mlp:784-32-16-10", "--workers", "4", "--steps", "8", "--eval-every", "0",
+		"--eval-samples", "200", "--methods", "topk-ef14", "--lgreco", "--lgreco-adjust", "3", "--plots=false", "--out", "", "--progress", "off"}
+	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "A run with 1 layout kept the uniform levels") {
+		t.Errorf("no note for the unchanged L-GreCo run:\n%s", stdout.String())
 	}
 }
 
