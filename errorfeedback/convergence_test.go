@@ -207,6 +207,20 @@ func floor(p *lsq, errs []float64) float64 {
 	return s / float64(len(tail))
 }
 
+// t2Floors runs EF21, EControl(η) and uncompressed SGD over top-k of k
+// coordinates on p and returns their floors (see floor).
+func t2Floors(t *testing.T, p *lsq, k int, gamma, sigma, eta float64, steps int) (ef21, econtrol, sgd float64) {
+	t.Helper()
+	d := p.d
+	ef21 = floor(p, runLSQ(t, p, func() Feedback { return NewEF21(newExactTopK(d, k)) }, gamma, sigma, steps, 1))
+	econtrol = floor(p, runLSQ(t, p, func() Feedback {
+		f, _ := NewEControl(newExactTopK(d, k), eta)
+		return f
+	}, gamma, sigma, steps, 1))
+	sgd = floor(p, runLSQ(t, p, func() Feedback { return NewNone(newDense(d)) }, gamma, sigma, steps, 1))
+	return ef21, econtrol, sgd
+}
+
 // TestConvergenceT2 is specs §3.4 T2: T1's problem (here with a design
 // matrix shared by all workers, so that the Hessian of f, and hence SGD's
 // noise floor, does not change with n; the x_i* stay distinct) plus Gaussian
@@ -237,12 +251,7 @@ func TestConvergenceT2(t *testing.T) {
 	var prev float64
 	for _, n := range []int{1, 4, 16} {
 		p := newLSQShared(2, n, d, m, true)
-		ef21 := floor(p, runLSQ(t, p, func() Feedback { return NewEF21(newExactTopK(d, k)) }, gamma, sigma, steps, 1))
-		ec := floor(p, runLSQ(t, p, func() Feedback {
-			f, _ := NewEControl(newExactTopK(d, k), eta)
-			return f
-		}, gamma, sigma, steps, 1))
-		sgd := floor(p, runLSQ(t, p, func() Feedback { return NewNone(newDense(d)) }, gamma, sigma, steps, 1))
+		ef21, ec, sgd := t2Floors(t, p, k, gamma, sigma, eta, steps)
 		t.Logf("n=%2d  floor E‖x−x*‖²: ef21 %.3g  econtrol:%v %.3g  sgd %.3g", n, ef21, eta, ec, sgd)
 		if !(2.5*ec < ef21) {
 			t.Errorf("n=%d: EControl floor %.3g not 2.5× below EF21's %.3g", n, ec, ef21)

@@ -147,12 +147,7 @@ func TestT2ExploreHeterogeneous(t *testing.T) {
 	for _, gamma := range []float64{0.02, 0.005} {
 		for _, n := range []int{1, 4, 16} {
 			p := newLSQ(2, n, d, m)
-			ef21 := floor(p, runLSQ(t, p, func() Feedback { return NewEF21(newExactTopK(d, k)) }, gamma, sigma, steps, 1))
-			ec := floor(p, runLSQ(t, p, func() Feedback {
-				f, _ := NewEControl(newExactTopK(d, k), eta)
-				return f
-			}, gamma, sigma, steps, 1))
-			sgd := floor(p, runLSQ(t, p, func() Feedback { return NewNone(newDense(d)) }, gamma, sigma, steps, 1))
+			ef21, ec, sgd := t2Floors(t, p, k, gamma, sigma, eta, steps)
 			t.Logf("γ=%g n=%2d  floor E‖x−x*‖²: ef21 %.3g  econtrol:%v %.3g  sgd %.3g", gamma, n, ef21, eta, ec, sgd)
 		}
 	}
