@@ -130,9 +130,20 @@ func (p *lsq) relErr(x []float32) float64 {
 	return math.Sqrt(num / den)
 }
 
-// runLSQ trains with n in-process workers and returns the relative error
-// after every step.
+// runLSQ trains with n in-process workers on full gradients plus Gaussian
+// noise σ and returns the relative error after every step.
 func runLSQ(t testing.TB, p *lsq, mk func() Feedback, gamma, sigma float64, steps int, seed uint64) []float64 {
+	return runLSQGrad(t, p, mk, gamma, steps, seed, func(i int, x, g []float32, rng *rand.Rand) {
+		p.grad(i, x, g, sigma, rng)
+	})
+}
+
+// runLSQGrad trains with n in-process workers, worker i's gradient at x
+// written into g by grad (which draws any randomness from rng, shared by
+// the workers in rank order), and returns the relative error after every
+// step.
+func runLSQGrad(t testing.TB, p *lsq, mk func() Feedback, gamma float64, steps int, seed uint64,
+	grad func(i int, x, g []float32, rng *rand.Rand)) []float64 {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	fbs := make([]Feedback, p.n)
 	grads := make([][]float32, p.n)
@@ -146,7 +157,7 @@ func runLSQ(t testing.TB, p *lsq, mk func() Feedback, gamma, sigma float64, step
 	g32 := float32(gamma)
 	for s := 0; s < steps; s++ {
 		for i := range grads {
-			p.grad(i, x, grads[i], sigma, rng)
+			grad(i, x, grads[i], rng)
 		}
 		exchange(t, fbs, grads, bufs, dirs)
 		for j := range x {

@@ -89,43 +89,25 @@ func TestT2ExploreMinibatch(t *testing.T) {
 // runLSQMinibatch is runLSQ with mini-batch row sampling (see
 // TestT2ExploreMinibatch).
 func runLSQMinibatch(t testing.TB, p *lsq, mk func() Feedback, gamma float64, batch, steps int, seed uint64) []float64 {
-	rng := rand.New(rand.NewPCG(seed, 7))
-	fbs := make([]Feedback, p.n)
-	grads := make([][]float32, p.n)
-	for i := range fbs {
-		fbs[i] = mk()
-		grads[i] = make([]float32, p.d)
-	}
-	bufs, dirs := newBufs(p.n, p.d)
-	x := make([]float32, p.d)
-	errs := make([]float64, steps)
 	g64 := make([]float64, p.d)
-	for s := 0; s < steps; s++ {
-		for i := range grads {
-			clear(g64)
-			a, b := p.a[i], p.b[i]
-			for range batch {
-				r := rng.IntN(p.m)
-				row := a[r*p.d : (r+1)*p.d]
-				res := -b[r]
-				for j, xj := range x {
-					res += row[j] * float64(xj)
-				}
-				for j := range g64 {
-					g64[j] += row[j] * res
-				}
+	return runLSQGrad(t, p, mk, gamma, steps, seed, func(i int, x, g []float32, rng *rand.Rand) {
+		clear(g64)
+		a, b := p.a[i], p.b[i]
+		for range batch {
+			r := rng.IntN(p.m)
+			row := a[r*p.d : (r+1)*p.d]
+			res := -b[r]
+			for j, xj := range x {
+				res += row[j] * float64(xj)
 			}
 			for j := range g64 {
-				grads[i][j] = float32(g64[j] * float64(p.m) / float64(batch))
+				g64[j] += row[j] * res
 			}
 		}
-		exchange(t, fbs, grads, bufs, dirs)
-		for j := range x {
-			x[j] -= float32(gamma) * dirs[0][j]
+		for j := range g64 {
+			g[j] = float32(g64[j] * float64(p.m) / float64(batch))
 		}
-		errs[s] = p.relErr(x)
-	}
-	return errs
+	})
 }
 
 // TestT2ExploreHeterogeneous is TestConvergenceT2's protocol on T1's own
