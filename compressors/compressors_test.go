@@ -592,6 +592,38 @@ func TestElementCodecs(t *testing.T) {
 	}
 }
 
+// checkStepAllocs fails t if Compress, DecompressAdd and Decompress of x
+// with c allocate once their scratch is warm.
+func checkStepAllocs(t *testing.T, rec string, c Compressor, x []float32) {
+	t.Helper()
+	buf, err := c.Compress(nil, x) // warm up scratch
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := make([]float32, len(x))
+	if err := c.DecompressAdd(y, buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Decompress(y, buf); err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(5, func() {
+		var err error
+		if buf, err = c.Compress(buf, x); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.DecompressAdd(y, buf); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Decompress(y, buf); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%s: %v allocations per Compress+DecompressAdd+Decompress, want 0", rec, allocs)
+	}
+}
+
 func TestZeroAllocs(t *testing.T) {
 	const n = 1 << 16
 	r := rand.New(rand.NewPCG(29, 30))
@@ -604,26 +636,7 @@ func TestZeroAllocs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		buf, _ := c.Compress(nil, x) // warm up scratch
-		y := make([]float32, n)
-		if err := c.DecompressAdd(y, buf); err != nil {
-			t.Fatal(err)
-		}
-		allocs := testing.AllocsPerRun(5, func() {
-			var err error
-			if buf, err = c.Compress(buf, x); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.DecompressAdd(y, buf); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Decompress(y, buf); err != nil {
-				t.Fatal(err)
-			}
-		})
-		if allocs != 0 {
-			t.Errorf("%s: %v allocations per Compress+DecompressAdd+Decompress, want 0", rec, allocs)
-		}
+		checkStepAllocs(t, rec, c, x)
 	}
 	ps, _ := New("powersgd:4", 64*64, WithShape(64, 64))
 	m := x[:64*64]

@@ -1,6 +1,7 @@
 package compressors
 
 import (
+	"cmp"
 	"errors"
 	"math"
 	"math/rand/v2"
@@ -234,7 +235,7 @@ func naiveKMeans(val []float32, k int) []float32 {
 		for i := range order {
 			order[i] = i
 		}
-		slices.SortStableFunc(order, func(p, q int) int { return cmpF(val[p], val[q]) })
+		slices.SortStableFunc(order, func(p, q int) int { return cmp.Compare(val[p], val[q]) })
 		for _, i := range order {
 			sum[a[i]] += float64(val[i])
 			cnt[a[i]]++
@@ -262,16 +263,6 @@ func naiveKMeans(val []float32, k int) []float32 {
 		out[i] = float32(cent[prev[i]])
 	}
 	return out
-}
-
-func cmpF(a, b float32) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func TestKMeansReference(t *testing.T) {
@@ -370,24 +361,7 @@ func TestPipelineAllocs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		y := make([]float32, n)
-		buf, _ := c.Compress(nil, x)
-		_ = c.Decompress(y, buf)
-		allocs := testing.AllocsPerRun(5, func() {
-			var err error
-			if buf, err = c.Compress(buf, x); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.DecompressAdd(y, buf); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Decompress(y, buf); err != nil {
-				t.Fatal(err)
-			}
-		})
-		if allocs != 0 {
-			t.Errorf("%s: %v allocations per step, want 0", rec, allocs)
-		}
+		checkStepAllocs(t, rec, c, x)
 	}
 }
 

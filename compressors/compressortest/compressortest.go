@@ -9,6 +9,7 @@
 package compressortest
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -277,22 +278,12 @@ func (s *suite) checkKMeans(t *testing.T, x, y []float32, frame []byte, sel sele
 		}
 	}
 	order := slices.Clone(sel.idx)
-	slices.SortFunc(order, func(a, b uint32) int { return cmpFloat(x[a], x[b]) })
+	slices.SortFunc(order, func(a, b uint32) int { return cmp.Compare(x[a], x[b]) })
 	for i := 1; i < len(order); i++ {
 		if x[order[i]] > x[order[i-1]] && y[order[i]] < y[order[i-1]] {
 			t.Fatalf("%v: %v < %v quantised to %v > %v", rec, x[order[i-1]], x[order[i]], y[order[i-1]], y[order[i]])
 		}
 	}
-}
-
-func cmpFloat(a, b float32) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // checkDecoded verifies y = D(C(x)) against the codec's definition; sel is
