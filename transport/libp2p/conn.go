@@ -902,6 +902,9 @@ func (l *link) readLoop(s network.Stream) {
 			return
 		}
 		p := bufs.Get(int(size))
+		if p == nil {
+			p = []byte{} // an empty message is non-nil, as before recycling
+		}
 		if h.Flags == flagData {
 			crc, err := readPayload(r, p)
 			if err != nil {

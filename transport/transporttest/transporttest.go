@@ -400,9 +400,10 @@ func (s *suite) testZeroBytes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Recv %d: %v", i, err)
 		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("Recv %d: got %x, want %x", i, got, want)
+		if !bytes.Equal(got, want) || got == nil {
+			t.Fatalf("Recv %d: got %x (nil %v), want %x (an empty message is a non-nil slice)", i, got, got == nil, want)
 		}
+		transport.Release(conns[1], got)
 	}
 }
 
