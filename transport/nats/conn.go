@@ -612,15 +612,7 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, len(pt.buf))
 	}
 	pt.n += copy(pt.buf[pt.n:], pl) // pl was checksummed just before: in cache
-	last := h.Flags&flagLast != 0
-	if last != (pt.n == len(pt.buf)) {
-		return fmt.Errorf("%w: message of %d bytes ends at %d", transport.ErrBadFrame, len(pt.buf), pt.n)
-	}
-	if last {
-		delete(p.partial, h.Tag)
-		c.in.Deliver(src, h.Tag, pt.buf)
-	}
-	return nil
+	return c.finish(src, p, h, pt)
 }
 
 // handleContinuation handles a data chunk without flagFirst (h.Flags is 0
@@ -656,6 +648,13 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 	}
 	p.rxSeq++
 	pt.n += len(data)
+	return c.finish(src, p, h, pt)
+}
+
+// finish ends a chunk added to partial message pt: a chunk flagged last
+// must complete the message exactly (and only such a chunk may), and the
+// completed message is delivered.
+func (c *Conn) finish(src int, p *peer, h transport.FrameHeader, pt *partial) error {
 	last := h.Flags&flagLast != 0
 	if last != (pt.n == len(pt.buf)) {
 		return fmt.Errorf("%w: message of %d bytes ends at %d", transport.ErrBadFrame, len(pt.buf), pt.n)
