@@ -212,6 +212,18 @@ func TestLGreCoDesyncDetected(t *testing.T) {
 	}
 }
 
+// wantSettingsMismatch checks that every rank's Start failed with a
+// SignatureError about the settings (Index -1) that names rank bad.
+func wantSettingsMismatch(t *testing.T, errs []error, bad int) {
+	t.Helper()
+	for r, err := range errs {
+		var se *SignatureError
+		if !errors.As(err, &se) || se.Index != -1 || se.Rank != bad {
+			t.Errorf("rank %d: got %v, want a settings SignatureError naming rank %d", r, err, bad)
+		}
+	}
+}
+
 // L-GreCo's settings are part of the start-up signature: a rank with another
 // schedule fails Start on every rank with a *SignatureError on the settings.
 func TestLGreCoSettingsInSignature(t *testing.T) {
@@ -234,12 +246,7 @@ func TestLGreCoSettingsInSignature(t *testing.T) {
 		}
 		return w.Start(t.Context())
 	})
-	for r, err := range errs {
-		var se *SignatureError
-		if !errors.As(err, &se) || se.Index != -1 || se.Rank != 2 {
-			t.Errorf("rank %d: got %v, want a settings SignatureError naming rank 2", r, err)
-		}
-	}
+	wantSettingsMismatch(t, errs, 2)
 	for _, w := range ws {
 		if w != nil {
 			w.Close()
@@ -347,12 +354,7 @@ func TestLGreCoCostFactory(t *testing.T) {
 		}
 		return w.Start(t.Context())
 	})
-	for r, err := range errs {
-		var se *SignatureError
-		if !errors.As(err, &se) || se.Index != -1 || se.Rank != 2 {
-			t.Errorf("rank %d: got %v, want a settings SignatureError naming rank 2", r, err)
-		}
-	}
+	wantSettingsMismatch(t, errs, 2)
 	if _, err := New(t.Context(), conns[0], WithLGreCoCost(factory(1)), WithLGreCoLinkAware()); err == nil {
 		t.Error("a cost factory and the link-aware objective together were accepted")
 	}
