@@ -1,8 +1,10 @@
 package compressors
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/slimgrad/slimgrad/internal/kernels"
 )
@@ -86,6 +88,41 @@ func (ps *PowerSGD) SetQ(q []float32) {
 		panic("compressors: PowerSGD.SetQ: wrong length")
 	}
 	copy(ps.q, q)
+}
+
+// WarmStartFrom carries old's warm start over a rank change (L-GreCo): the
+// min(old.Rank(), Rank()) columns of old's Q with the largest norms (the
+// directions that carried the most of the last step's gradient; ties to the
+// lower column) become Q's first columns, in that order; the remaining
+// columns keep ps's own seeded draw, and ComputeP orthonormalizes them
+// against the carried ones. A rank change then starts from the subspace the
+// layer already tracks instead of a random one, which a re-seeded Q needs
+// several steps to find again. old is not modified. Q is the same on every
+// rank after SetQ of the averaged Q, and the choice depends on Q alone, so
+// every rank that carries over from its own old compressor gets the same
+// result. It returns an error if the shapes differ.
+func (ps *PowerSGD) WarmStartFrom(old *PowerSGD) error {
+	if old.rows != ps.rows || old.cols != ps.cols {
+		return fmt.Errorf("compressors: PowerSGD.WarmStartFrom: %d×%d from %d×%d", ps.rows, ps.cols, old.rows, old.cols)
+	}
+	keep := min(old.r, ps.r)
+	norm := make([]float64, old.r)
+	for j := range old.cols {
+		for c, v := range old.q[j*old.r : (j+1)*old.r] {
+			norm[c] += float64(v) * float64(v)
+		}
+	}
+	order := make([]int, old.r)
+	for c := range order {
+		order[c] = c
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(norm[b], norm[a]) })
+	for j := range ps.cols {
+		for c, from := range order[:keep] {
+			ps.q[j*ps.r+c] = old.q[j*old.r+from]
+		}
+	}
+	return nil
 }
 
 // ComputeP sets p (rows×r) = M·Q̂ where M is m (rows×cols) and Q̂ is the

@@ -29,7 +29,10 @@
 //     spec's one-shot measure); Decision has a versioned, checksummed
 //     encoding; Signature/Agree detect ranks that disagree; NewCompressor and
 //     LayerSeed rebuild a layer's codec (PowerSGD P/Q resized, Q re-drawn from
-//     the shared seed and the switch step, identically on every rank).
+//     the shared seed and the switch step, identically on every rank; the
+//     worker then carries the old Q's strongest columns over with
+//     compressors.PowerSGD.WarmStartFrom, which the reference does not: it
+//     loses the warm start at every change).
 //   - Broadcast and Agree run the two small exchanges over a transport.Conn.
 //
 // Only rank 0's gradients drive a decision; all ranks must then apply exactly

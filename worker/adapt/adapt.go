@@ -99,8 +99,11 @@ func New(s Spec) (*Layer, error) {
 // SetCodec switches the layer to codec r with the shared seed seed (at a
 // step boundary, on every rank at the same step), keeping the error-feedback
 // state: the codec, program and executor are rebuilt for r (PowerSGD's P and
-// Q sized for the new rank, Q drawn from seed, so identically on every rank
-// that passes the same seed), while the PowerSGD ef14 residual, the
+// Q sized for the new rank; Q's leading columns carried over from the old
+// rank's warm start by compressors.PowerSGD.WarmStartFrom, the rest drawn
+// from seed, so identically on every rank that passes the same seed and
+// shares the old Q, as the low-rank all-reduce makes it), while the PowerSGD
+// ef14 residual, the
 // error feedback of gathered and dense codecs (switched with
 // errorfeedback.Feedback.SetCompressor) and the two-phase errors carry over.
 // r must have the layer's aggregation (a switch between schemes would change
@@ -116,6 +119,13 @@ func (l *Layer) SetCodec(r compressors.Recipe, seed uint64) error {
 	nl, err := build(s, &l.t, l)
 	if err != nil {
 		return err
+	}
+	if ps, ok := nl.comp.(*compressors.PowerSGD); ok {
+		if o, ok := l.comp.(*compressors.PowerSGD); ok {
+			if err := ps.WarmStartFrom(o); err != nil {
+				return fmt.Errorf("adapt: switching to %s: %w", r, err)
+			}
+		}
 	}
 	if l.fb != nil {
 		// Last, so that a failure leaves the layer as it was.
