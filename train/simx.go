@@ -556,17 +556,11 @@ func runAhead(p *allreduce.Program, x *allreduce.Exec) (allreduce.Executor, erro
 	return &aheadExec{Exec: x, pre: pre}, nil
 }
 
-// observe feeds rank 0's error-compensated gradient of unit u (data after
-// Begin) to L-GreCo, as the worker's observer does: with a gathered codec
-// under a feedback that keeps a residual (EF14), the residual too.
+// observe feeds rank 0's gradient and error-feedback residual of unit u
+// (data after Begin) to L-GreCo, as the worker's observer does.
 func (s *Sim) observe(u int, l *adapt.Layer, data []float32) {
-	var e []float32
-	if l.Aggregation() == compressors.Gather {
-		if r, ok := l.Feedback().(interface{ Residual() []float32 }); ok {
-			e = r.Residual()
-		}
-	}
-	s.lg.Observe(u, data, e)
+	g, e := l.Observation(data)
+	s.lg.Observe(u, g, e)
 }
 
 // RecipeHash is a short stable digest of a list of per-layer recipes (the

@@ -233,22 +233,14 @@ func (w *Worker) checkSchedules() error {
 	return nil
 }
 
-// observer returns the hook that feeds layer l's error-compensated
-// gradient of a collecting step to the controller (rank 0 only): with
-// PowerSGD the data after adapt.Layer.Begin (which added the ef14
-// residual); with a gathered codec under EF14 the gradient and the residual
-// before encoding (which makes a replayable layer replay error feedback).
-// Other error feedback (EF21, EControl, DGC) contributes the plain gradient.
+// observer returns the hook that feeds layer l's gradient and error-feedback
+// residual of a collecting step to the controller (rank 0 only), as
+// adapt.Layer.Observation gives them.
 func (g *lgState) observer(l int) func(*adapt.Layer, []float32) {
 	return func(al *adapt.Layer, data []float32) {
-		var e []float32
-		if al.Aggregation() == compressors.Gather {
-			if r, ok := al.Feedback().(interface{ Residual() []float32 }); ok {
-				e = r.Residual()
-			}
-		}
+		grad, e := al.Observation(data)
 		g.mu.Lock()
-		g.ctrl.Observe(l, data, e)
+		g.ctrl.Observe(l, grad, e)
 		g.mu.Unlock()
 	}
 }

@@ -45,14 +45,13 @@ type jobOptions struct {
 	Log                         string
 	// L-GreCo (see sim's flags); Topology is the link-aware objective's.
 	LGreCo, LGreCoLink bool
-	LGreCoAdjust       int
-	LGreCoAlpha        float64
+	LG                 lgrecoSettings
 	Topology           string
 }
 
 func defaultJobOptions() jobOptions {
 	return jobOptions{Workload: "mnist", Split: "iid", Steps: 300, Batch: 32, EvalEvery: 50, EvalSamples: 2000, Seed: 1,
-		Method: "econtrol", Transport: "nats", Timeout: 2 * time.Minute, Log: "warn", LGreCoAdjust: 50}
+		Method: "econtrol", Transport: "nats", Timeout: 2 * time.Minute, Log: "warn", LG: defaultLGreCoSettings()}
 }
 
 // validate rejects flag values that would otherwise fail only inside every
@@ -66,7 +65,7 @@ func (o *jobOptions) validate(worldFlag string) error {
 	}{
 		{worldFlag, o.World, 1}, {"steps", o.Steps, 1}, {"batch", o.Batch, 1},
 		{"eval-every", o.EvalEvery, 0}, {"eval-samples", o.EvalSamples, 0},
-		{"print-every", o.PrintEvery, 0}, {"lgreco-adjust", o.LGreCoAdjust, 1},
+		{"print-every", o.PrintEvery, 0},
 	} {
 		if f.v < f.min {
 			dash := "--"
@@ -76,8 +75,8 @@ func (o *jobOptions) validate(worldFlag string) error {
 			return fmt.Errorf("%s%s %d: want at least %d", dash, f.flag, f.v, f.min)
 		}
 	}
-	if !(o.LGreCoAlpha >= 0) || math.IsInf(o.LGreCoAlpha, 0) {
-		return fmt.Errorf("--lgreco-alpha %g: want a finite, non-negative multiple (0: the default)", o.LGreCoAlpha)
+	if err := o.LG.validate(); err != nil {
+		return err
 	}
 	if o.Timeout <= 0 {
 		return fmt.Errorf("--timeout %v: want a positive duration", o.Timeout)
@@ -111,14 +110,13 @@ func (o *jobOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Log, "log", o.Log, "log level: debug, info, warn, error")
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "run L-GreCo over the method's codec (per-layer levels under the uniform default's error budget, minimising bytes)")
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "run L-GreCo with the link-aware objective: the simulated time of each layer's collective on --topology")
-	fs.IntVar(&o.LGreCoAdjust, "lgreco-adjust", o.LGreCoAdjust, "steps between L-GreCo decisions")
-	fs.Float64Var(&o.LGreCoAlpha, "lgreco-alpha", o.LGreCoAlpha, "L-GreCo's error budget as a multiple of the uniform default's error (0: 1)")
+	o.LG.register(fs)
 	fs.StringVar(&o.Topology, "topology", o.Topology, "with --lgreco-link-aware: the job's topology YAML (default: sim's built-in heterogeneous topology for the world size)")
 }
 
 // args re-encodes the options as worker flags.
 func (o *jobOptions) args() []string {
-	return []string{
+	return append([]string{
 		"--workload", o.Workload, "--data", o.Data, "--split", o.Split,
 		"--steps", strconv.Itoa(o.Steps), "--batch", strconv.Itoa(o.Batch),
 		"--eval-every", strconv.Itoa(o.EvalEvery), "--eval-samples", strconv.Itoa(o.EvalSamples),
@@ -128,9 +126,8 @@ func (o *jobOptions) args() []string {
 		"--world", strconv.Itoa(o.World), "--out", o.Out, "--print-every", strconv.Itoa(o.PrintEvery),
 		"--timeout", o.Timeout.String(), "--log", o.Log,
 		"--lgreco=" + strconv.FormatBool(o.LGreCo), "--lgreco-link-aware=" + strconv.FormatBool(o.LGreCoLink),
-		"--lgreco-adjust", strconv.Itoa(o.LGreCoAdjust), "--lgreco-alpha", strconv.FormatFloat(o.LGreCoAlpha, 'g', -1, 64),
 		"--topology", o.Topology,
-	}
+	}, o.LG.args()...)
 }
 
 // method resolves the job's method. DGC's warm-up runs as the workers'
@@ -358,7 +355,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 				return err
 			}
 		}
-		wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LGreCoAdjust, o.LGreCoAlpha, topo, &sim.Options{Seed: o.Seed}))
+		wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LG, topo, &sim.Options{Seed: o.Seed}))
 	}
 	w, err := worker.New(ctx, conn, wopts...)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"os"
 	"regexp"
 	"strings"
@@ -138,5 +139,31 @@ func TestJobRejectsBadFlags(t *testing.T) {
 		if !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("%q: error %q does not mention %q", tc.args, stderr.String(), tc.want)
 		}
+	}
+}
+
+// TestJobArgsRoundTrip: what launch passes to its workers (jobOptions.args)
+// parses back to the same options, so that no flag, such as
+// --lgreco-squared=false, is lost on the way to the worker processes.
+func TestJobArgsRoundTrip(t *testing.T) {
+	o := defaultJobOptions()
+	fs := flag.NewFlagSet("launch", flag.ContinueOnError)
+	o.register(fs)
+	o.World = 3
+	if err := fs.Parse([]string{"--steps", "7", "--lgreco", "--lgreco-adjust", "3", "--lgreco-alpha", "0.9", "--lgreco-squared=false", "--seed", "5"}); err != nil {
+		t.Fatal(err)
+	}
+	back := defaultJobOptions()
+	fs2 := flag.NewFlagSet("worker", flag.ContinueOnError)
+	back.register(fs2)
+	fs2.IntVar(&back.World, "world", 0, "") // worker's own flag, as the worker command adds it
+	if err := fs2.Parse(o.args()); err != nil {
+		t.Fatal(err)
+	}
+	if back != o {
+		t.Fatalf("round trip through the worker flags:\n got %+v\nwant %+v", back, o)
+	}
+	if back.LG != (lgrecoSettings{Adjust: 3, Alpha: 0.9, Squared: false}) {
+		t.Fatalf("L-GreCo settings %+v", back.LG)
 	}
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -67,14 +69,49 @@ func lgrecoVariants(ms []method, bytes, link bool) []method {
 // first decision adjust steps after the end of any DGC warm-up, the last
 // min(10, adjust) steps observed, switching one step after a decision; alpha
 // > 0 sets the error budget.
-func (m method) lgrecoOptions(steps int, seed uint64, adjust int, alpha float64) []lgreco.Option {
+func (m method) lgrecoOptions(steps int, seed uint64, lg lgrecoSettings) []lgreco.Option {
 	start := int64(m.plan(steps, seed).WarmupSteps)
-	adj := int64(adjust)
-	opts := []lgreco.Option{lgreco.WithSchedule(start, adj, min(10, adj), 1)}
-	if alpha > 0 {
-		opts = append(opts, lgreco.WithAlpha(alpha))
+	adj := int64(lg.Adjust)
+	opts := []lgreco.Option{lgreco.WithSchedule(start, adj, min(10, adj), 1), lgreco.WithSquared(lg.Squared)}
+	if lg.Alpha > 0 {
+		opts = append(opts, lgreco.WithAlpha(lg.Alpha))
 	}
 	return opts
+}
+
+// lgrecoSettings are the L-GreCo flags that sim and the job commands
+// (launch, worker) share.
+type lgrecoSettings struct {
+	Adjust  int     // steps between decisions
+	Alpha   float64 // error budget multiple (0: lgreco's default, 1)
+	Squared bool    // budget on Σ err² (lgreco.Config.Squared)
+}
+
+func defaultLGreCoSettings() lgrecoSettings { return lgrecoSettings{Adjust: 50, Squared: true} }
+
+// register adds the settings' flags to fs.
+func (lg *lgrecoSettings) register(fs *flag.FlagSet) {
+	fs.IntVar(&lg.Adjust, "lgreco-adjust", lg.Adjust, "steps between L-GreCo decisions (the last min(10, adjust) steps are observed)")
+	fs.Float64Var(&lg.Alpha, "lgreco-alpha", lg.Alpha, "L-GreCo's error budget as a multiple of the uniform default's error (0: lgreco's default, 1)")
+	fs.BoolVar(&lg.Squared, "lgreco-squared", lg.Squared, "put L-GreCo's budget on the squared errors, Σ err² (the model's residual norm, what error feedback's bounds charge); false: the reference's Σ err")
+}
+
+// validate rejects settings that the plan would refuse later; each error
+// names its flag.
+func (lg lgrecoSettings) validate() error {
+	if lg.Adjust < 1 {
+		return fmt.Errorf("--lgreco-adjust %d: want at least 1", lg.Adjust)
+	}
+	if !(lg.Alpha >= 0) || math.IsInf(lg.Alpha, 0) {
+		return fmt.Errorf("--lgreco-alpha %g: want a finite, non-negative multiple (0: the default)", lg.Alpha)
+	}
+	return nil
+}
+
+// args re-encodes the settings as flags.
+func (lg lgrecoSettings) args() []string {
+	return []string{"--lgreco-adjust", strconv.Itoa(lg.Adjust), "--lgreco-alpha", strconv.FormatFloat(lg.Alpha, 'g', -1, 64),
+		"--lgreco-squared=" + strconv.FormatBool(lg.Squared)}
 }
 
 func (m method) describe() string {
@@ -221,7 +258,7 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 		}
 		wopts := train.WorkerOptions(o.Seed, log)
 		if m.LGreCo != "" {
-			wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LGreCoAdjust, o.LGreCoAlpha, env.topo, env.linkOptions(o)))
+			wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LG, env.topo, env.linkOptions(o)))
 		}
 		ex, err := train.NewWorkers(ctx, conns, units, plan, codec, wopts...)
 		if err != nil {
@@ -243,7 +280,7 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 			FLOPS:    o.FLOPS,
 		}
 		if m.LGreCo != "" {
-			cfg.LGreCo, cfg.LGreCoOptions = true, m.lgrecoOptions(o.Steps, o.Seed, o.LGreCoAdjust, o.LGreCoAlpha)
+			cfg.LGreCo, cfg.LGreCoOptions = true, m.lgrecoOptions(o.Steps, o.Seed, o.LG)
 			if m.LGreCo == "link" {
 				cfg.LGreCoCost = train.LinkCostFactory(env.topo, env.linkOptions(o))
 			}
@@ -365,8 +402,8 @@ func (e *simEnv) linkOptions(o simOptions) *sim.Options {
 }
 
 // lgrecoWorkerOption is the worker option of L-GreCo for m ("" objective: none).
-func lgrecoWorkerOption(m method, steps int, seed uint64, adjust int, alpha float64, topo *sim.Topology, so *sim.Options) worker.Option {
-	opts := m.lgrecoOptions(steps, seed, adjust, alpha)
+func lgrecoWorkerOption(m method, steps int, seed uint64, lg lgrecoSettings, topo *sim.Topology, so *sim.Options) worker.Option {
+	opts := m.lgrecoOptions(steps, seed, lg)
 	if m.LGreCo == "link" {
 		return worker.WithLGreCoCost(train.LinkCostFactory(topo, so), opts...)
 	}

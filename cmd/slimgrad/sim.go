@@ -52,8 +52,7 @@ type simOptions struct {
 	Layers      string
 	// L-GreCo: --lgreco, --lgreco-link-aware, --lgreco-adjust, --lgreco-alpha.
 	LGreCo, LGreCoLink bool
-	LGreCoAdjust       int
-	LGreCoAlpha        float64
+	LG                 lgrecoSettings
 }
 
 // simEnv is what all methods of a run share.
@@ -68,7 +67,7 @@ func defaultSimOptions() simOptions {
 		Workers: 8, Batch: 32, Steps: 300, Seed: 1, Workload: "mnist", Split: "iid",
 		Methods: "default", Out: "slimgrad-out", Target: 0.9, EvalEvery: 50, EvalSamples: 2000,
 		Progress: "auto", Log: "warn", JSONL: true, Plots: true, Exchange: "sim", FLOPS: train.DefaultFLOPS,
-		LGreCoAdjust: 50, MaxMemory: "auto",
+		LG: defaultLGreCoSettings(), MaxMemory: "auto",
 	}
 }
 
@@ -106,8 +105,7 @@ func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "also run L-GreCo (per-layer levels under the uniform default's error budget, minimising bytes) after each method whose codec has levels (topk, dgc, randomk, qsgd, powersgd), and compare")
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "also run L-GreCo with the link-aware objective: the simulated time of each layer's collective on the topology")
-	fs.IntVar(&o.LGreCoAdjust, "lgreco-adjust", o.LGreCoAdjust, "steps between L-GreCo decisions (the last min(10, adjust) steps are observed)")
-	fs.Float64Var(&o.LGreCoAlpha, "lgreco-alpha", o.LGreCoAlpha, "L-GreCo's error budget as a multiple of the uniform default's error (0: lgreco's default, 1)")
+	o.LG.register(fs)
 	setUsage(fs, stderr, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
 	return fs
 }
@@ -164,7 +162,7 @@ func (o simOptions) validate() error {
 	}{
 		{"workers", o.Workers, 1}, {"batch", o.Batch, 1}, {"steps", o.Steps, 1},
 		{"eval-every", o.EvalEvery, 0}, {"eval-samples", o.EvalSamples, 0},
-		{"print-every", o.PrintEvery, 0}, {"lgreco-adjust", o.LGreCoAdjust, 1},
+		{"print-every", o.PrintEvery, 0},
 	} {
 		if f.v < f.min {
 			return fmt.Errorf("--%s %d: want at least %d", f.flag, f.v, f.min)
@@ -176,8 +174,8 @@ func (o simOptions) validate() error {
 	if !(o.FLOPS >= 0) || math.IsInf(o.FLOPS, 0) {
 		return fmt.Errorf("--flops %g: want a finite, non-negative rate (0: the default)", o.FLOPS)
 	}
-	if !(o.LGreCoAlpha >= 0) || math.IsInf(o.LGreCoAlpha, 0) {
-		return fmt.Errorf("--lgreco-alpha %g: want a finite, non-negative multiple (0: the default)", o.LGreCoAlpha)
+	if err := o.LG.validate(); err != nil {
+		return err
 	}
 	if o.Layers != "" {
 		if !o.SizeOnly {

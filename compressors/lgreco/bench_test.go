@@ -18,22 +18,30 @@ func mlpLayers(def string) []Layer {
 	}
 }
 
+// TestObserveAllocs: Observe allocates its state on first use and nothing
+// afterwards, one-shot (the window's accumulator) and replayed (PowerSGD's
+// EF14 replays of every candidate rank; top-k's: TestReplayObserveAllocs).
 func TestObserveAllocs(t *testing.T) {
-	p, err := NewPlan(mlpLayers("powersgd:4"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := NewController(p)
-	g := make([]float32, 512*784)
-	e := make([]float32, 512*784)
-	c.Observe(0, g, e) // allocates the accumulator once
-	if n := testing.AllocsPerRun(10, func() { c.Observe(0, g, e) }); n != 0 {
-		t.Fatalf("Observe allocates %v times per call", n)
+	for _, oneShot := range []bool{true, false} {
+		p, err := NewPlan(mlpLayers("powersgd:4"), WithOneShot(oneShot))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := NewController(p)
+		g := make([]float32, 512*784)
+		e := make([]float32, 512*784)
+		c.Observe(0, g, e) // allocates the accumulator or the replays once
+		if n := testing.AllocsPerRun(5, func() { c.Observe(0, g, e) }); n != 0 {
+			t.Fatalf("one-shot %v: Observe allocates %v times per call", oneShot, n)
+		}
 	}
 }
 
+// BenchmarkObserve is rank 0's work per observed step of the 512×784 layer
+// measured one-shot (adding the error-compensated gradient to the window's
+// accumulator).
 func BenchmarkObserve(b *testing.B) {
-	p, err := NewPlan(mlpLayers("powersgd:4"))
+	p, err := NewPlan(mlpLayers("powersgd:4"), WithOneShot(true))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -50,27 +58,29 @@ func BenchmarkObserve(b *testing.B) {
 }
 
 // BenchmarkObserveReplay is rank 0's extra work per step for a replayed
-// top-k layer (EF14 over each of its 9 candidate densities, 0.25×–4×): the
-// price of measuring errors by replay.
+// 512×784 layer (EF14 over each candidate: top-k's 9 densities 0.25×–4×,
+// PowerSGD's 7 ranks 2–8): the price of measuring errors by replay.
 func BenchmarkObserveReplay(b *testing.B) {
-	p, err := NewPlan(mlpLayers("topk:0.01"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	c := NewController(p)
-	rng := rand.New(rand.NewPCG(2, 2))
-	g := make([]float32, 512*784)
-	for i := range g {
-		g[i] = float32(rng.NormFloat64())
-	}
-	e := make([]float32, len(g))
-	b.Run(fmt.Sprintf("size=%d/cands=%d", len(g), len(p.Candidates(0))), func(b *testing.B) {
-		b.SetBytes(int64(4 * len(g)))
-		b.ReportAllocs()
-		for b.Loop() {
-			c.Observe(0, g, e)
+	for _, def := range []string{"topk:0.01", "powersgd:4"} {
+		p, err := NewPlan(mlpLayers(def))
+		if err != nil {
+			b.Fatal(err)
 		}
-	})
+		c := NewController(p)
+		rng := rand.New(rand.NewPCG(2, 2))
+		g := make([]float32, 512*784)
+		for i := range g {
+			g[i] = float32(rng.NormFloat64())
+		}
+		e := make([]float32, len(g))
+		b.Run(fmt.Sprintf("codec=%s/size=%d/cands=%d", def, len(g), len(p.Candidates(0))), func(b *testing.B) {
+			b.SetBytes(int64(4 * len(g)))
+			b.ReportAllocs()
+			for b.Loop() {
+				c.Observe(0, g, e)
+			}
+		})
+	}
 }
 
 // BenchmarkDecide is a whole adjustment on rank 0 (error table and DP) for

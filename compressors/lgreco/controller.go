@@ -67,7 +67,10 @@ type replayLayer struct {
 // gets round to every element about once in n/k steps, so a residual
 // replayed from zero for fewer steps still underestimates what the level
 // carries (for top-k at density d, ⌈1/d⌉ steps). Codecs that send every
-// element (QSGD) need one step.
+// element (QSGD) need one step, and so does PowerSGD, which sends a
+// projection of the whole matrix every step (its replayed errors on the
+// MNIST MLP were already at their level 100 steps in, at the first
+// decision, and stayed there to the last).
 func replayWarm(r compressors.Recipe, n int) int64 {
 	k := r.K(n)
 	if k >= n {
@@ -117,9 +120,9 @@ func (c *Controller) window(t int64) bool {
 
 // Observe feeds layer l's gradient of the step of the last Advance to the
 // next decision. e is the layer's error-feedback residual before this step's
-// compression, or nil: for EF14 over a gathered codec, g is the plain
-// gradient and e the residual; for PowerSGD with ef14, g already includes the
-// residual and e is nil; without error feedback e is nil.
+// compression, or nil: under EF14 (over a gathered codec, or PowerSGD's
+// ef14) g is the plain gradient and e the residual (adapt.Layer.Observation
+// gives both); without error feedback e is nil.
 //
 // One-shot: the error-compensated gradient g + e of the steps of the window
 // (the last AccIter steps before a decision) is averaged in float64, and
@@ -130,7 +133,8 @@ func (c *Controller) window(t int64) bool {
 // runs, for every candidate c, the error feedback it would have had the layer
 // always run c: r_c ← (g + r_c) − C_c(g + r_c), with c's own codec (EF14), on
 // every observed gradient from Start on; err(c) is the mean of ‖r_c‖₂ over
-// the window. Under error feedback this is what a level costs: the residual
+// the window (PowerSGD: rank 0's own replay, an estimate, see
+// Plan.Replayable). Under error feedback this is what a level costs: the residual
 // of a sparser level grows until what it sends keeps up with the gradient,
 // which the one-shot error of one error-compensated gradient does not show
 // (a dense vector's tail holds nearly all of its energy at any small density,
@@ -278,6 +282,13 @@ func (c *Controller) Decide(t int64) *Decision {
 		tab.Cost[i] = pl.cost
 		tab.Default[i] = pl.def
 	}
+	if p.cfg.Squared {
+		for _, row := range tab.Err {
+			for k, e := range row {
+				row[k] = e * e
+			}
+		}
+	}
 	c.lastTab = tab
 	sol, err := Solve(tab, p.cfg.Alpha, p.cfg.Buckets)
 	if err != nil {
@@ -395,7 +406,9 @@ func (c *Controller) LayerSeed(l int) uint64 { return LayerSeed(c.plan.cfg.Seed,
 // NewCompressor builds layer l's compressor for the active choice, with the
 // layer's shape and LayerSeed (PowerSGD's P and Q sized for the new rank and Q
 // re-drawn from the shared seed, identically on every rank). opts are added
-// after those (e.g. compressors.WithRank for per-rank randomness).
+// after those (e.g. compressors.WithRank for per-rank randomness). To keep a
+// PowerSGD layer's warm start across the change, as the worker does, call
+// compressors.PowerSGD.WarmStartFrom with the layer's previous compressor.
 func (c *Controller) NewCompressor(l int, opts ...compressors.Option) (compressors.Compressor, error) {
 	pl := &c.plan.layers[l]
 	all := append([]compressors.Option{compressors.WithShape(pl.Rows, pl.Cols), compressors.WithSeed(c.LayerSeed(l))}, opts...)

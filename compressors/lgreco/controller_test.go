@@ -232,7 +232,8 @@ func TestControllerInfeasibleKeepsPrevious(t *testing.T) {
 	// budget) is infeasible and keeps the switched choice. With α = 0.2 no
 	// configuration reaches the budget and the default stays.
 	layers := []Layer{{Name: "w", Rows: 48, Cols: 96, Default: compressors.MustParse("powersgd:4")}}
-	p, err := NewPlan(layers, WithSchedule(0, 5, 2, 0), WithAlpha(1))
+	// One-shot errors: this test is about the decision logic, not the measure.
+	p, err := NewPlan(layers, WithSchedule(0, 5, 2, 0), WithAlpha(1), WithOneShot(true))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +262,7 @@ func TestControllerInfeasibleKeepsPrevious(t *testing.T) {
 
 	// α = 0.2: no configuration of this layer reaches a fifth of the
 	// default's error.
-	p2, _ := NewPlan(layers, WithSchedule(0, 5, 2, 0), WithAlpha(0.2))
+	p2, _ := NewPlan(layers, WithSchedule(0, 5, 2, 0), WithAlpha(0.2), WithOneShot(true))
 	c2 := NewController(p2)
 	observeAll(c2, rng)
 	d3 := c2.Decide(5)

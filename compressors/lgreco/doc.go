@@ -3,7 +3,9 @@
 // with the link-aware objective, the modelled communication time) is minimal
 // while the total compression error stays within α times the error of the
 // uniform default. Because the default is always within budget for α ≥ 1,
-// L-GreCo never sends more than the uniform default.
+// L-GreCo never sends more than the uniform default. By default the total
+// is the sum of the layers' squared errors, the squared norm of the model's
+// residual (Config.Squared); the reference sums the unsquared norms.
 //
 // The pieces:
 //
@@ -19,10 +21,12 @@
 //     nothing is feasible the caller keeps its previous choice.
 //   - Controller: averages the error-compensated gradients of the last
 //     AccIter steps on rank 0, decides every Adjust steps, and switches every
-//     rank at the same step boundary. For a top-k, random-k or QSGD layer
-//     under error feedback (Plan.Replayable, observed with its residual) it
-//     instead replays error feedback for every candidate on rank 0's
-//     gradients, from Start, and takes err(c) as the norm of the residual
+//     rank at the same step boundary. For a top-k, random-k, QSGD or
+//     PowerSGD layer under error feedback (Plan.Replayable, observed with
+//     its residual) it instead replays error feedback for every candidate on
+//     rank 0's gradients (exact for the gathered codecs, an estimate for
+//     PowerSGD, whose real residual follows the ranks' mean), from Start,
+//     and takes err(c) as the norm of the residual
 //     c itself would carry: the one-shot error of one error-compensated
 //     gradient hardly depends on the density, which let the DP sparsify
 //     large layers for free at a loss in accuracy (Config.OneShot keeps the

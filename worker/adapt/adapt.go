@@ -73,6 +73,7 @@ type Layer struct {
 
 	// LowRank with ef14.
 	resid, mcopy []float32
+	obs          []float32 // Observation's scratch: M − e
 
 	tp *twoPhase // TwoPhase: worker and server errors
 
@@ -263,6 +264,36 @@ func (l *Layer) Compressor() compressors.Compressor { return l.comp }
 // Feedback is the layer's error feedback (nil for schemes that keep their
 // own, and for dense layers without feedback).
 func (l *Layer) Feedback() errorfeedback.Feedback { return l.fb }
+
+// Observation returns what L-GreCo's deciding rank observes of this step,
+// given data as Begin left it: the plain gradient g and the error-feedback
+// residual e it was compensated with, for the layers whose feedback keeps
+// one (lgreco.Controller.Observe replays error feedback from those):
+//
+//	gathered codec under EF14   data (the plain gradient: EF14 encodes
+//	                            later) and the residual
+//	PowerSGD with ef14          data − e (data is already M = g + e),
+//	                            in a scratch buffer of the layer, and e
+//	otherwise                   data and nil (other feedback: the plain
+//	                            gradient; Reduce codecs: the decoded vector)
+//
+// The slices alias the layer's state: read only, valid until the next Begin
+// or SetCodec. Call it after Begin and before the program runs.
+func (l *Layer) Observation(data []float32) (g, e []float32) {
+	switch {
+	case l.agg == compressors.Gather:
+		if r, ok := l.fb.(interface{ Residual() []float32 }); ok {
+			return data, r.Residual()
+		}
+	case l.agg == compressors.LowRank && l.resid != nil:
+		if l.obs == nil {
+			l.obs = make([]float32, len(l.resid))
+		}
+		kernels.AxpyTo(l.obs, -1, l.resid, data)
+		return l.obs, l.resid
+	}
+	return data, nil
+}
 
 // Begin starts a step on data (len Elems), which the layer then owns until
 // End: it runs error feedback's encode for Reduce codecs (data ← D(EF(data)))

@@ -262,3 +262,74 @@ func TestSetCodecKeepsState(t *testing.T) {
 		t.Fatal("refused switch changed the layer")
 	}
 }
+
+// TestObservation: what L-GreCo's deciding rank observes after Begin is the
+// plain gradient and the residual it was compensated with, for PowerSGD's
+// ef14 (data is M = g + e there) and EF14 over a gathered codec; layers
+// without a residual give the data and nil.
+func TestObservation(t *testing.T) {
+	const n, rows, cols = 2, 12, 10
+	rng := rand.New(rand.NewPCG(8, 9))
+	for _, tc := range []struct{ codec, ef string }{
+		{"powersgd:2", "ef14"},
+		{"topk:0.2", "ef14"},
+		{"topk:0.2", "ef21"},
+		{"powersgd:2", "none"},
+	} {
+		t.Run(tc.codec+"/"+tc.ef, func(t *testing.T) {
+			layers := make([]*adapt.Layer, n)
+			for r := range layers {
+				s := spec(t, tc.codec, tc.ef, rows*cols, n, r)
+				s.Rows, s.Cols = rows, cols
+				l, err := adapt.New(s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				layers[r] = l
+			}
+			grads := func() [][]float32 {
+				g := make([][]float32, n)
+				for r := range g {
+					g[r] = make([]float32, rows*cols)
+					for i := range g[r] {
+						g[r][i] = float32(rng.NormFloat64())
+					}
+				}
+				return g
+			}
+			runLayers(t, layers, grads()) // a first step leaves a residual
+			g := grads()[0]
+			data := slices.Clone(g)
+			l := layers[0]
+			// Before Begin, only to copy the residual the step will use.
+			_, e := l.Observation(slices.Clone(g))
+			before := slices.Clone(e)
+			if err := l.Begin(data); err != nil {
+				t.Fatal(err)
+			}
+			og, oe := l.Observation(data)
+			keeps := tc.ef == "ef14"
+			if !keeps {
+				if oe != nil || &og[0] != &data[0] {
+					t.Fatalf("no residual: got e %v and g not the data", oe != nil)
+				}
+				return
+			}
+			if oe == nil || !slices.Equal(oe, before) {
+				t.Fatal("the residual is not the one the gradient was compensated with")
+			}
+			var norm float64
+			for _, v := range oe {
+				norm += float64(v) * float64(v)
+			}
+			if norm == 0 {
+				t.Fatal("the first step left no residual")
+			}
+			for i := range g {
+				if d := math.Abs(float64(og[i] - g[i])); d > 1e-5*(1+math.Abs(float64(g[i]))) {
+					t.Fatalf("g[%d] = %v observed, the gradient was %v", i, og[i], g[i])
+				}
+			}
+		})
+	}
+}
