@@ -231,7 +231,8 @@ func (s *Sim) newLGreCo() error {
 		}
 		layers[i] = lgreco.LayerOf(u.Name, u.Shape, r)
 	}
-	opts := append([]lgreco.Option(nil), s.cfg.LGreCoOptions...)
+	// The world size first, so that the caller's options can override it.
+	opts := append([]lgreco.Option{lgreco.WithRanks(s.n)}, s.cfg.LGreCoOptions...)
 	opts = append(opts, lgreco.WithSeed(s.plan.Seed))
 	if f := s.cfg.LGreCoCost; f != nil {
 		cost, err := f(s.n, layers)

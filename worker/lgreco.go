@@ -55,7 +55,8 @@ func (w *Worker) newLGState() (*lgState, error) {
 		}
 		layers[i] = lgreco.LayerOf(s.name, s.shape, r)
 	}
-	opts := append([]lgreco.Option(nil), w.cfg.LGreCoOptions...)
+	// The world size first, so that the caller's options can override it.
+	opts := append([]lgreco.Option{lgreco.WithRanks(w.conn.Size())}, w.cfg.LGreCoOptions...)
 	opts = append(opts, lgreco.WithSeed(w.cfg.Seed))
 	if f := w.cfg.LGreCoCost; f != nil {
 		cost, err := f(w.conn.Size(), layers)

@@ -142,7 +142,7 @@ func TestMNISTLGreCoWorkers(t *testing.T) {
 		if len(diff) > 1 {
 			se = math.Sqrt(ss / float64(len(diff)-1) / float64(len(diff)))
 		}
-		t.Logf("%-10s %d seeds: bytes uniform/L-GreCo %.3f×; test loss L-GreCo − uniform %+.4f ± %.4f (paired mean ± s.e.)", codec, seeds, float64(ub)/float64(gb), md, se)
+		t.Logf("%-10s %d seeds: bytes uniform/L-GreCo %.3f×; test loss L-GreCo − uniform %+.5f ± %.5f (paired mean ± s.e.)", codec, seeds, float64(ub)/float64(gb), md, se)
 		if len(diff) < 2 {
 			t.Logf("%s: one seed: the loss comparison needs SLIMGRAD_LGRECO_SEEDS ≥ 2", codec)
 		} else if md > se {

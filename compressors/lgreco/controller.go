@@ -60,6 +60,11 @@ type replayLayer struct {
 	steps []int64 // steps replayed since the (re)start of each candidate
 	warm  []int64 // steps each candidate needs to fill its residual (replayWarm)
 	frame []byte
+	// PowerSGD: the moving average of rank 0's gradients that the replay
+	// runs on, and its factor (nil, 0: the raw gradients).
+	ema     []float32
+	beta    float64
+	emaInit bool
 }
 
 // replayWarm is the number of steps error feedback with r needs before its
@@ -208,7 +213,22 @@ func (c *Controller) observeReplay(l int, g []float32) {
 			}
 			rl.ef[k] = errorfeedback.NewEF14(comp)
 		}
+		if b := c.plan.cfg.smoothing(); b > 0 && pl.cands[0].Recipe.Codec == compressors.CodecPowerSGD {
+			rl.ema, rl.beta = make([]float32, n), b
+		}
 		c.replay[l] = rl
+	}
+	if rl.ema != nil {
+		// PowerSGD: the replay runs on rank 0's smoothed gradients (see
+		// Config.Ranks).
+		if rl.emaInit {
+			kernels.Scale(rl.ema, float32(rl.beta))
+			kernels.Axpy(rl.ema, float32(1-rl.beta), g)
+		} else {
+			copy(rl.ema, g)
+			rl.emaInit = true
+		}
+		g = rl.ema
 	}
 	win := c.window(c.last)
 	for k, ef := range rl.ef {

@@ -27,7 +27,8 @@ type Decision struct {
 	Choice []int
 	// Cost and Err are the DP's Σ cost and Σ error of Choice on rank 0's
 	// gradients, Budget the error budget and DefaultCost/DefaultErr the
-	// uniform default's (for logs; 0 when Kept without data).
+	// uniform default's (for logs; 0 when Kept without data). With
+	// Config.Squared the errors are sums of squared norms.
 	Cost, Err, Budget       float64
 	DefaultCost, DefaultErr float64
 }

@@ -47,6 +47,7 @@ type lgProtocol struct {
 	warm, adjust int64   // dense warm-up steps (= L-GreCo's Start); steps between decisions
 	oneShot      bool    // measure errors one-shot instead of replaying EF
 	unsquared    bool    // the reference's budget on Σ err instead of Σ err²
+	raw          bool    // replay PowerSGD on worker 0's raw gradients (Config.Ranks 1)
 	alpha        float64 // error budget multiple (0: lgreco's default, 1)
 }
 
@@ -63,7 +64,10 @@ func newLGExchanger(t *testing.T, n int, units []train.Layer, def string, tune b
 		}
 		layers = append(layers, lgreco.LayerOf(u.Name, u.Shape, r))
 	}
-	opts := []lgreco.Option{lgreco.WithSeed(seed), lgreco.WithSchedule(pr.warm, pr.adjust, 10, 1), lgreco.WithOneShot(pr.oneShot), lgreco.WithSquared(!pr.unsquared)}
+	opts := []lgreco.Option{lgreco.WithSeed(seed), lgreco.WithSchedule(pr.warm, pr.adjust, 10, 1), lgreco.WithOneShot(pr.oneShot), lgreco.WithSquared(!pr.unsquared), lgreco.WithRanks(n)}
+	if pr.raw {
+		opts = append(opts, lgreco.WithRanks(1))
+	}
 	if pr.alpha > 0 {
 		opts = append(opts, lgreco.WithAlpha(pr.alpha))
 	}
@@ -364,6 +368,7 @@ func TestMNISTLGreCo(t *testing.T) {
 		adjust:    int64(envInt(t, "SLIMGRAD_LGRECO_ADJUST", 100)),
 		oneShot:   os.Getenv("SLIMGRAD_LGRECO_ONESHOT") != "",
 		unsquared: os.Getenv("SLIMGRAD_LGRECO_SQUARED") == "0",
+		raw:       os.Getenv("SLIMGRAD_LGRECO_RAW") != "",
 	}
 	if s := os.Getenv("SLIMGRAD_LGRECO_ALPHA"); s != "" {
 		var err error
@@ -446,7 +451,7 @@ func TestMNISTLGreCo(t *testing.T) {
 			gb += g.bytes
 			diff = append(diff, g.test.Loss-u.test.Loss)
 			ratio = append(ratio, float64(u.bytes)/float64(g.bytes))
-			t.Logf("%-10s seed %d: uniform %10d B loss %.4f acc %.4f | L-GreCo %10d B loss %.4f acc %.4f | %.3f× fewer bytes, Δloss %+.4f; last %v",
+			t.Logf("%-10s seed %d: uniform %10d B loss %.4f acc %.4f | L-GreCo %10d B loss %.4f acc %.4f | %.3f× fewer bytes, Δloss %+.5f; last %v",
 				def, seed, u.bytes, u.test.Loss, u.test.Accuracy, g.bytes, g.test.Loss, g.test.Accuracy, ratio[len(ratio)-1], diff[len(diff)-1], g.switches[max(0, len(g.switches)-1):])
 			if g.bytes >= u.bytes {
 				t.Errorf("%s seed %d: L-GreCo sent %d B, uniform %d B: not fewer", def, seed, g.bytes, u.bytes)
@@ -454,7 +459,7 @@ func TestMNISTLGreCo(t *testing.T) {
 		}
 		md, se := meanSE(diff)
 		mr, _ := meanSE(ratio)
-		t.Logf("%-10s %d seeds: bytes uniform/L-GreCo %.3f× (mean per seed %.3f×); test loss L-GreCo − uniform %+.4f ± %.4f (paired mean ± s.e.)",
+		t.Logf("%-10s %d seeds: bytes uniform/L-GreCo %.3f× (mean per seed %.3f×); test loss L-GreCo − uniform %+.5f ± %.5f (paired mean ± s.e.)",
 			def, seeds, float64(ub)/float64(gb), mr, md, se)
 		if matched != "" {
 			mm, ms := meanSE(mdiff)

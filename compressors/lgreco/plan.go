@@ -176,6 +176,20 @@ type Config struct {
 	// Controller would replay error feedback (Plan.Replayable). Default
 	// false.
 	OneShot bool
+	// Ranks is the number of ranks whose mean gradient a PowerSGD layer's
+	// residual follows: the job's world size (package worker and train's
+	// simulator set it). Rank 0 replays PowerSGD's error feedback on an
+	// exponential moving average of its own gradients with factor
+	// β = (N−1)/(N+1), N = min(Ranks, 2·AccIter+1): for white gradient noise
+	// that keeps 1/N of its variance, the noise level of the mean of N
+	// ranks' gradients, at a lag of (N−1)/2 steps, at most AccIter (the
+	// window the reference averages over). Rank 0's raw gradients carry N×
+	// the mean's noise, which overstates the errors of the low ranks: on the
+	// MNIST MLP with 8 ranks, smoothing took L-GreCo from 1.045× to 1.100×
+	// fewer bytes than the uniform default, both at no loss cost
+	// (TestMNISTLGreCo). Gathered codecs are replayed on the raw gradients:
+	// each rank compresses its own. Default 1 (no smoothing).
+	Ranks int
 	// Delay is the number of steps between a decision (made at the start of
 	// step S) and the step at which every rank switches (S + Delay), so
 	// that the broadcast can overlap step S. Default 1; 0 switches at S.
@@ -189,7 +203,7 @@ func DefaultConfig() Config {
 		f = append(f, math.Pow(2, float64(i)/2))
 	}
 	return Config{
-		Alpha: 1, Squared: true, Buckets: DefaultBuckets, TopKFactors: f,
+		Alpha: 1, Squared: true, Ranks: 1, Buckets: DefaultBuckets, TopKFactors: f,
 		RankLow: 0.5, RankHigh: 2, QSGDBits: 2, MinCompressionRate: 2,
 		ErrorMethod: ErrorAuto, PowerIters: 5,
 		Adjust: 100, AccIter: 10, Delay: 1,
@@ -219,6 +233,9 @@ func WithSchedule(start, adjust, accIter, delay int64) Option {
 	}
 }
 
+// WithRanks sets Config.Ranks.
+func WithRanks(n int) Option { return func(c *Config) error { c.Ranks = n; return nil } }
+
 // WithSquared sets Config.Squared.
 func WithSquared(on bool) Option { return func(c *Config) error { c.Squared = on; return nil } }
 
@@ -233,12 +250,24 @@ func WithErrorMethod(m ErrorMethod) Option {
 	return func(c *Config) error { c.ErrorMethod = m; return nil }
 }
 
+// smoothing is the moving-average factor of PowerSGD's replay (Ranks): 0
+// for one rank.
+func (c *Config) smoothing() float64 {
+	n := float64(min(int64(c.Ranks), 2*c.AccIter+1))
+	if n <= 1 {
+		return 0
+	}
+	return (n - 1) / (n + 1)
+}
+
 func (c *Config) validate() error {
 	switch {
 	case !(c.Alpha > 0) || math.IsInf(c.Alpha, 0):
 		return fmt.Errorf("alpha %v must be positive and finite", c.Alpha)
 	case c.Buckets < 1 || c.Buckets > 1<<24:
 		return fmt.Errorf("buckets %d out of [1, 2^24]", c.Buckets)
+	case c.Ranks < 1:
+		return fmt.Errorf("ranks %d: want at least 1", c.Ranks)
 	case !(c.RankLow > 0) || !(c.RankHigh >= c.RankLow) || math.IsInf(c.RankHigh, 0):
 		return fmt.Errorf("rank range [%v, %v] invalid", c.RankLow, c.RankHigh)
 	case c.QSGDBits < 0 || c.QSGDBits > 6:

@@ -107,6 +107,7 @@ func TestNewPlan(t *testing.T) {
 		{"default", []Layer{{Name: "x", Rows: 2, Cols: 3}}, nil},
 		{"alpha", layers, []Option{WithAlpha(-1)}},
 		{"buckets", layers, []Option{WithBuckets(0)}},
+		{"ranks", layers, []Option{WithRanks(0)}},
 		{"schedule", layers, []Option{WithSchedule(0, 10, 11, 1)}},
 		{"adjust", layers, []Option{WithSchedule(0, 0, 0, 1)}},
 	}

@@ -68,26 +68,34 @@ func driftStream(seed uint64, n int, sigma float64) func() []float32 {
 // candidate is offered only once its residual had time to fill; with
 // Config.Squared (the default) the DP's table holds their squares.
 func TestReplayMatchesEF14(t *testing.T) {
+	density := func(r compressors.Recipe) int64 { return int64(math.Ceil(1 / r.Density)) }
+	one := func(compressors.Recipe) int64 { return 1 }
 	for _, tc := range []struct {
 		def     string
 		squared bool
+		ranks   int
+		beta    float64                        // the moving average the reference runs on (0: raw)
 		fill    func(compressors.Recipe) int64 // steps to fill
 	}{
-		// topk:0.25 of 600: densities 0.0625..1, filled after 16..1 steps.
-		{"topk:0.25", false, func(r compressors.Recipe) int64 { return int64(math.Ceil(1 / r.Density)) }},
-		{"topk:0.25", true, func(r compressors.Recipe) int64 { return int64(math.Ceil(1 / r.Density)) }},
-		// powersgd:2 of 20×30: ranks 1..4, one step.
-		{"powersgd:2", true, func(compressors.Recipe) int64 { return 1 }},
+		// topk:0.25 of 600: densities 0.0625..1, filled after 16..1 steps;
+		// raw gradients at any Ranks (each rank compresses its own).
+		{"topk:0.25", false, 1, 0, density},
+		{"topk:0.25", true, 4, 0, density},
+		// powersgd:2 of 20×30: ranks 1..4, one step; Ranks 4 smooths
+		// with β = 3/5, Ranks 64 with N capped at 2·AccIter+1 = 9.
+		{"powersgd:2", true, 1, 0, one},
+		{"powersgd:2", true, 4, 3.0 / 5, one},
+		{"powersgd:2", false, 64, 8.0 / 10, one},
 	} {
-		t.Run(fmt.Sprintf("%s/squared=%v", tc.def, tc.squared), func(t *testing.T) {
-			testReplayMatchesEF14(t, tc.def, tc.squared, tc.fill)
+		t.Run(fmt.Sprintf("%s/squared=%v/ranks=%d", tc.def, tc.squared, tc.ranks), func(t *testing.T) {
+			testReplayMatchesEF14(t, tc.def, tc.squared, tc.ranks, tc.beta, tc.fill)
 		})
 	}
 }
 
-func testReplayMatchesEF14(t *testing.T, def string, squared bool, fill func(compressors.Recipe) int64) {
+func testReplayMatchesEF14(t *testing.T, def string, squared bool, ranks int, beta float64, fill func(compressors.Recipe) int64) {
 	l := Layer{Name: "w", Rows: 20, Cols: 30, Default: compressors.MustParse(def)}
-	p, err := NewPlan([]Layer{l}, WithSchedule(3, 10, 4, 1), WithSeed(9), WithSquared(squared))
+	p, err := NewPlan([]Layer{l}, WithSchedule(3, 10, 4, 1), WithSeed(9), WithSquared(squared), WithRanks(ranks))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,6 +112,7 @@ func testReplayMatchesEF14(t *testing.T, def string, squared bool, fill func(com
 	}
 	want := make([]float64, len(cands))
 	var collecting []int64
+	var ema []float32
 	decisions, unfilled := 0, 0
 	for s := int64(0); s < 24; s++ {
 		if c.Due(s) {
@@ -146,8 +155,18 @@ func testReplayMatchesEF14(t *testing.T, def string, squared bool, fill func(com
 			c.Observe(0, g, make([]float32, len(g))) // a residual: replay
 		}
 		if s >= 3 {
+			in := g
+			if beta > 0 {
+				if ema == nil {
+					ema = slices.Clone(g)
+				} else {
+					kernels.Scale(ema, float32(beta))
+					kernels.Axpy(ema, float32(1-beta), g)
+				}
+				in = ema
+			}
 			for k, ef := range refs {
-				if _, err := ef.Encode(nil, g); err != nil {
+				if _, err := ef.Encode(nil, in); err != nil {
 					t.Fatal(err)
 				}
 				if (s-3)%10 >= 6 {
