@@ -306,7 +306,8 @@ func meanSE(x []float64) (mean, se float64) {
 // SLIMGRAD_LGRECO_MATCHED=RECIPE adds a uniform run at RECIPE per seed,
 // where RECIPE may list one recipe per weight matrix, separated by "/"
 // (e.g. powersgd:5/powersgd:2/powersgd:2/powersgd:3);
-// SLIMGRAD_LGRECO_UNTUNED=1 skips the L-GreCo arm (for MATCHED studies).
+// SLIMGRAD_LGRECO_UNTUNED=1 skips the L-GreCo arm (for MATCHED studies);
+// SLIMGRAD_LGRECO_CONSTANT=1 keeps the learning rate constant (no cosine).
 //
 // It takes about 5 minutes per codec on a loaded 2-core machine:
 //
@@ -316,10 +317,13 @@ func meanSE(x []float64) (mean, se float64) {
 //
 //	topk:0.01   L-GreCo 1.015× fewer bytes (1.008–1.023 per seed); test
 //	            loss −0.0001 ± 0.0000                              -> holds
-//	powersgd:4  L-GreCo 1.045× fewer bytes (1.039–1.052; ranks
-//	            5/3/2/2 at 15 of the 20 decisions, the first layer at
-//	            rank 5 at all); test loss −0.0002 ± 0.0000 (better
-//	            on 5/5 seeds)                                      -> holds
+//	powersgd:4  L-GreCo 1.096× fewer bytes (1.086–1.107; last layout
+//	            5/2/2/2, on two seeds 5/2/2/3); test loss −0.00000 ±
+//	            0.00004                                           -> holds
+//
+// PowerSGD replayed on worker 0's raw gradients (SLIMGRAD_LGRECO_RAW=1,
+// Config.Ranks 1): 1.045× fewer bytes (1.039–1.052; ranks 5/3/2/2 at 15 of
+// the 20 decisions), test loss −0.0002 ± 0.0000 (better on 5/5 seeds).
 //
 // How it got there (same protocol, 5 seeds unless noted):
 //
@@ -337,6 +341,17 @@ func meanSE(x []float64) (mean, se float64) {
 //	  (WarmStartFrom, now the default) instead of re-drawn: 1.005× at
 //	  +0.0002 ± 0.0001, the same: the losses did not come from the switches
 //
+// The protocol varied one thing at a time (powersgd:4, 5 seeds):
+//
+//	no dense warm-up (SLIMGRAD_LGRECO_WARM=0)    1.085× at −0.00031 ± 0.00006
+//	constant rate (SLIMGRAD_LGRECO_CONSTANT=1)   1.105× at +0.00176 ± 0.00120
+//	  the same, raw replay (…_RAW=1)             1.043× at +0.00025 ± 0.00025
+//	  topk:0.01, constant rate                   1.011× at +0.0014 ± 0.0031
+//
+// so the claim holds for a decayed schedule; with a constant rate the final
+// loss is far noisier and the smoothed replay, which spends the budget more
+// fully, leans worse.
+//
 // Why squared: the loss cost of single-layer changes (rank 4 with one
 // matrix at rank 2, MATCHED, seeds 1–2: +0.0028 on the 512×784 layer,
 // +0.0003 on 256×512, +0.0001 on 128×256, +0.0000 on 10×128) per unit of
@@ -353,10 +368,11 @@ func meanSE(x []float64) (mean, se float64) {
 // replayed residuals fall 5–10× between ranks 2 and 8, and the choices
 // above were stable.
 //
-// Headroom: uniform powersgd:5/2/2/3 from the start (MATCHED) sends 1.125×
-// fewer bytes at −0.0003 ± 0.0002, so a better measure could save more; rank
-// 0's replay sees N× the gradient noise of the mean that the real residual
-// follows, which overstates the low ranks' errors.
+// Why smoothed: rank 0's replay on its raw gradients sees N× the gradient
+// noise of the mean that the real residual follows, which overstates the
+// low ranks' errors; uniform powersgd:5/2/2/3 from the start (MATCHED) sent
+// 1.125× fewer bytes at −0.0003 ± 0.0002, more than the raw replay found.
+// Smoothed to the mean's noise level (Config.Ranks = 8) it finds 5/2/2/2.
 func TestMNISTLGreCo(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_LGRECO_MNIST") == "" {
 		t.Skip("set SLIMGRAD_LGRECO_MNIST=1 to run the MNIST experiment")
@@ -405,6 +421,9 @@ func TestMNISTLGreCo(t *testing.T) {
 		o, err := optim.NewMomentum(n, 0.05, 0.9, 0, false)
 		if err != nil {
 			return nil, err
+		}
+		if os.Getenv("SLIMGRAD_LGRECO_CONSTANT") != "" {
+			return o, nil
 		}
 		return optim.Cosine(o, steps)
 	}}

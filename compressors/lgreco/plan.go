@@ -185,7 +185,7 @@ type Config struct {
 	// ranks' gradients, at a lag of (N−1)/2 steps, at most AccIter (the
 	// window the reference averages over). Rank 0's raw gradients carry N×
 	// the mean's noise, which overstates the errors of the low ranks: on the
-	// MNIST MLP with 8 ranks, smoothing took L-GreCo from 1.045× to 1.100×
+	// MNIST MLP with 8 ranks, smoothing took L-GreCo from 1.045× to 1.096×
 	// fewer bytes than the uniform default, both at no loss cost
 	// (TestMNISTLGreCo). Gathered codecs are replayed on the raw gradients:
 	// each rank compresses its own. Default 1 (no smoothing).
