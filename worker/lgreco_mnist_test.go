@@ -5,11 +5,11 @@ import (
 	"errors"
 	"math"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/internal/testenv"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
@@ -17,18 +17,6 @@ import (
 	"github.com/slimgrad/slimgrad/worker"
 	"github.com/slimgrad/slimgrad/workload"
 )
-
-func envInt(t *testing.T, name string, def int) int {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	v, err := strconv.Atoi(s)
-	if err != nil || v < 1 {
-		t.Fatalf("%s=%q: want a positive integer", name, s)
-	}
-	return v
-}
 
 // TestMNISTLGreCoWorkers is the end-to-end form of compressors/lgreco's
 // TestMNISTLGreCo (the paired multi-seed study): the same MNIST MLP
@@ -63,8 +51,8 @@ func TestMNISTLGreCoWorkers(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_LGRECO_MNIST") == "" {
 		t.Skip("set SLIMGRAD_LGRECO_MNIST=1 to run the MNIST experiment")
 	}
-	steps := envInt(t, "SLIMGRAD_LGRECO_STEPS", 600)
-	seeds := envInt(t, "SLIMGRAD_LGRECO_SEEDS", 5)
+	steps := testenv.Int(t, "SLIMGRAD_LGRECO_STEPS", 600, 1)
+	seeds := testenv.Int(t, "SLIMGRAD_LGRECO_SEEDS", 5, 1)
 	codecs := []string{"powersgd:4", "topk:0.01"}
 	if s := os.Getenv("SLIMGRAD_LGRECO_CODECS"); s != "" {
 		codecs = strings.Split(s, ",")

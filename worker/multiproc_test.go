@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slimgrad/slimgrad/internal/testenv"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/libp2p"
 	"github.com/slimgrad/slimgrad/transport/nats"
@@ -50,11 +51,11 @@ func TestMultiProcAllReduce(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_MULTIPROC") == "" {
 		t.Skip("set SLIMGRAD_MULTIPROC=1 to run the multi-process benchmark")
 	}
-	worlds := envList("SLIMGRAD_MP_WORLDS", "2,4")
-	transports := envList("SLIMGRAD_MP_TRANSPORTS", "tcp-floor,relay-floor,libp2p-noise,libp2p-insecure,nats")
-	algs := envList("SLIMGRAD_MP_ALGS", "ring,tree") // "" = the cost model's choice
-	size := envInt("SLIMGRAD_MP_BYTES", 64<<20)
-	iters := envInt("SLIMGRAD_MP_ITERS", 10)
+	worlds := testenv.List("SLIMGRAD_MP_WORLDS", "2,4")
+	transports := testenv.List("SLIMGRAD_MP_TRANSPORTS", "tcp-floor,relay-floor,libp2p-noise,libp2p-insecure,nats")
+	algs := testenv.List("SLIMGRAD_MP_ALGS", "ring,tree") // "" = the cost model's choice
+	size := testenv.Int(t, "SLIMGRAD_MP_BYTES", 64<<20, 0)
+	iters := testenv.Int(t, "SLIMGRAD_MP_ITERS", 10, 0)
 	for _, ws := range worlds {
 		n, _ := strconv.Atoi(ws)
 		var results []string
@@ -84,7 +85,7 @@ func TestMultiProcAllReduce(t *testing.T) {
 						"SLIMGRAD_MP_BYTES": strconv.Itoa(size), "SLIMGRAD_MP_ITERS": strconv.Itoa(iters),
 					}
 					if tr == "nats" {
-						srv, err := natsserver.Start(t.Context(), natsserver.Options{MaxPayload: envInt("SLIMGRAD_MP_NATS_PAYLOAD", 8<<20)})
+						srv, err := natsserver.Start(t.Context(), natsserver.Options{MaxPayload: testenv.Int(t, "SLIMGRAD_MP_NATS_PAYLOAD", 8<<20, 0)})
 						if err != nil {
 							t.Fatal(err)
 						}
@@ -225,8 +226,8 @@ func TestMultiProcChild(t *testing.T) {
 	if os.Getenv("SLIMGRAD_MP_CHILD") == "" {
 		t.Skip("started by TestMultiProcAllReduce only")
 	}
-	rank, n := envInt("SLIMGRAD_MP_RANK", 0), envInt("SLIMGRAD_MP_WORLD", 2)
-	size, iters := envInt("SLIMGRAD_MP_BYTES", 64<<20), envInt("SLIMGRAD_MP_ITERS", 10)
+	rank, n := testenv.Int(t, "SLIMGRAD_MP_RANK", 0, 0), testenv.Int(t, "SLIMGRAD_MP_WORLD", 2, 0)
+	size, iters := testenv.Int(t, "SLIMGRAD_MP_BYTES", 64<<20, 0), testenv.Int(t, "SLIMGRAD_MP_ITERS", 10, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var conn transport.Conn
@@ -298,7 +299,7 @@ func libp2pChild(ctx context.Context, rank int, insecure bool) (transport.Conn, 
 // returns the median seconds per step.
 func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg string, size, iters int) (median, cpu float64) {
 	w, err := New(ctx, conn, WithAlgorithm(alg), WithNaNPolicy(NaNIgnore), WithTimeout(time.Minute),
-		WithSegmentBytes(envInt("SLIMGRAD_MP_SEGMENT", 0)), WithSendsPerPeer(envInt("SLIMGRAD_MP_SENDS", 2)))
+		WithSegmentBytes(testenv.Int(t, "SLIMGRAD_MP_SEGMENT", 0, 0)), WithSendsPerPeer(testenv.Int(t, "SLIMGRAD_MP_SENDS", 2, 0)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,20 +346,6 @@ func cpuSeconds(t *testing.T) float64 {
 		t.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
-func envList(k, def string) []string {
-	if v := os.Getenv(k); v != "" {
-		return strings.Split(v, ",")
-	}
-	return strings.Split(def, ",")
-}
-
-func envInt(k string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(k)); err == nil {
-		return v
-	}
-	return def
 }
 
 // floorSteps is one rank of a floor measurement: each step it writes

@@ -13,6 +13,7 @@ import (
 	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/compressors/lgreco"
 	"github.com/slimgrad/slimgrad/internal/kernels"
+	"github.com/slimgrad/slimgrad/internal/testenv"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/workload"
@@ -250,19 +251,6 @@ func (x *lgExchanger) Exchange(ctx context.Context, step int, how []optim.Exchan
 	return st, nil
 }
 
-// envInt reads an integer environment variable, def if unset.
-func envInt(t *testing.T, name string, def int) int {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	v, err := strconv.Atoi(s)
-	if err != nil || v < 0 {
-		t.Fatalf("%s=%q: want a non-negative integer", name, s)
-	}
-	return v
-}
-
 // meanSE returns the mean and its standard error.
 func meanSE(x []float64) (mean, se float64) {
 	for _, v := range x {
@@ -377,11 +365,11 @@ func TestMNISTLGreCo(t *testing.T) {
 	if testing.Short() || os.Getenv("SLIMGRAD_LGRECO_MNIST") == "" {
 		t.Skip("set SLIMGRAD_LGRECO_MNIST=1 to run the MNIST experiment")
 	}
-	steps := envInt(t, "SLIMGRAD_LGRECO_STEPS", 600)
-	seeds := envInt(t, "SLIMGRAD_LGRECO_SEEDS", 5)
+	steps := testenv.Int(t, "SLIMGRAD_LGRECO_STEPS", 600, 0)
+	seeds := testenv.Int(t, "SLIMGRAD_LGRECO_SEEDS", 5, 0)
 	pr := lgProtocol{
-		warm:      int64(envInt(t, "SLIMGRAD_LGRECO_WARM", 100)),
-		adjust:    int64(envInt(t, "SLIMGRAD_LGRECO_ADJUST", 100)),
+		warm:      int64(testenv.Int(t, "SLIMGRAD_LGRECO_WARM", 100, 0)),
+		adjust:    int64(testenv.Int(t, "SLIMGRAD_LGRECO_ADJUST", 100, 0)),
 		oneShot:   os.Getenv("SLIMGRAD_LGRECO_ONESHOT") != "",
 		unsquared: os.Getenv("SLIMGRAD_LGRECO_SQUARED") == "0",
 		raw:       os.Getenv("SLIMGRAD_LGRECO_RAW") != "",
