@@ -58,8 +58,11 @@
 // WithLGreCo (or WithLGreCoLinkAware) lets package compressors/lgreco choose
 // each layer's level (top-k density, PowerSGD rank, QSGD width) around its
 // registered recipe, under the error budget of that uniform default. Rank 0
-// observes its error-compensated gradients in the last AccIter steps before
-// every adjustment; at the end of the Wait before an adjustment step it
+// observes its gradients and error-feedback residuals (every step from
+// L-GreCo's start when it replays error feedback per candidate, the default
+// for top-k, random-k, QSGD and PowerSGD under EF14; PowerSGD's replay runs
+// on rank 0's gradients smoothed to the noise of the mean over the world
+// size); at the end of the Wait before an adjustment step it
 // decides, the decision is broadcast, the ranks compare their
 // configurations (a mismatch fails every rank with an error wrapping
 // lgreco.ErrDesync, never a hang), and the layers whose level changes are

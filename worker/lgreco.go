@@ -41,11 +41,13 @@ type lgState struct {
 // last stage) as the default (layers whose codec has no levels to choose,
 // such as none, fp16 or sign, are not tuned). Rank 0 observes every step
 // from L-GreCo's start if some layer is lgreco.Plan.Replayable: a top-k,
-// random-k or QSGD layer under EF14 (the observer passes its residual) then
-// has its errors measured by replaying error feedback for every candidate,
-// unless lgreco.WithOneShot is given; that costs rank 0 one EF14 step per
-// candidate per step. The plan's seed is Config.Seed, so that before the
-// first adjustment every layer is seeded exactly as without L-GreCo.
+// random-k, QSGD or PowerSGD layer under EF14 (the observer passes its
+// residual) then has its errors measured by replaying error feedback for
+// every candidate, unless lgreco.WithOneShot is given; that costs rank 0 one
+// EF14 step per candidate per step (about 9 ms for a 512×784 layer). The
+// plan gets lgreco.WithRanks(world size) before the caller's options, and
+// its seed is Config.Seed, so that before the first adjustment every layer
+// is seeded exactly as without L-GreCo.
 func (w *Worker) newLGState() (*lgState, error) {
 	layers := make([]lgreco.Layer, len(w.layers))
 	for i, s := range w.layers {
