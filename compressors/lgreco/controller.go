@@ -84,6 +84,9 @@ func replayWarm(r compressors.Recipe, n int) int64 {
 	return int64((n + max(k, 1) - 1) / max(k, 1))
 }
 
+// lowRank reports whether c is a PowerSGD level.
+func lowRank(c Candidate) bool { return c.Recipe.Codec == compressors.CodecPowerSGD }
+
 // NewController returns a Controller whose active choice is the plan's
 // uniform default.
 func NewController(p *Plan) *Controller {
@@ -213,13 +216,14 @@ func (c *Controller) observeReplay(l int, g []float32) {
 			}
 			rl.ef[k] = errorfeedback.NewEF14(comp)
 		}
-		if b := c.plan.cfg.smoothing(); b > 0 && pl.cands[0].Recipe.Codec == compressors.CodecPowerSGD {
+		if b := c.plan.cfg.smoothing(); b > 0 && slices.ContainsFunc(pl.cands, lowRank) {
 			rl.ema, rl.beta = make([]float32, n), b
 		}
 		c.replay[l] = rl
 	}
+	smooth := g
 	if rl.ema != nil {
-		// PowerSGD: the replay runs on rank 0's smoothed gradients (see
+		// PowerSGD candidates replay on rank 0's smoothed gradients (see
 		// Config.Ranks).
 		if rl.emaInit {
 			kernels.Scale(rl.ema, float32(rl.beta))
@@ -228,22 +232,28 @@ func (c *Controller) observeReplay(l int, g []float32) {
 			copy(rl.ema, g)
 			rl.emaInit = true
 		}
-		g = rl.ema
+		smooth = rl.ema
 	}
 	win := c.window(c.last)
 	for k, ef := range rl.ef {
+		in := g
+		if lowRank(pl.cands[k]) {
+			in = smooth
+		}
 		var err error
-		rl.frame, err = ef.Encode(rl.frame[:0], g)
+		rl.frame, err = ef.Encode(rl.frame[:0], in)
 		norm := math.NaN()
 		if err == nil {
 			norm = math.Sqrt(kernels.SumSq(ef.Residual()))
 		}
 		if math.IsNaN(norm) || math.IsInf(norm, 0) {
 			// A non-finite gradient: this window's error is undefined
-			// (infeasible), and the replay restarts from zero.
+			// (infeasible), and the replay restarts from zero, the
+			// moving average too.
 			ef.Reset()
 			norm = math.NaN()
 			rl.steps[k] = 0
+			rl.emaInit = false
 		} else {
 			rl.steps[k]++
 		}
