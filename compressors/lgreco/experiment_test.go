@@ -295,7 +295,8 @@ func meanSE(x []float64) (mean, se float64) {
 // where RECIPE may list one recipe per weight matrix, separated by "/"
 // (e.g. powersgd:5/powersgd:2/powersgd:2/powersgd:3);
 // SLIMGRAD_LGRECO_UNTUNED=1 skips the L-GreCo arm (for MATCHED studies);
-// SLIMGRAD_LGRECO_CONSTANT=1 keeps the learning rate constant (no cosine).
+// SLIMGRAD_LGRECO_CONSTANT=1 keeps the learning rate constant (no cosine);
+// SLIMGRAD_LGRECO_FIRST_SEED moves the seeds to FIRST..FIRST+SEEDS−1.
 //
 // It takes about 5 minutes per codec on a loaded 2-core machine:
 //
@@ -333,12 +334,13 @@ func meanSE(x []float64) (mean, se float64) {
 //
 //	no dense warm-up (SLIMGRAD_LGRECO_WARM=0)    1.085× at −0.00031 ± 0.00006
 //	constant rate (SLIMGRAD_LGRECO_CONSTANT=1)   1.105× at +0.00176 ± 0.00120
-//	  the same, raw replay (…_RAW=1)             1.043× at +0.00025 ± 0.00025
+//	  seeds 6–10 (…_FIRST_SEED=6)                1.101× at −0.00175 ± 0.00142
+//	  all 10 seeds                               +0.00001 ± 0.00105 (worse on 6)
+//	  raw replay (…_RAW=1), 10 seeds             1.044× at +0.00003 ± 0.00058
 //	  topk:0.01, constant rate                   1.011× at +0.0014 ± 0.0031
 //
-// so the claim holds for a decayed schedule; with a constant rate the final
-// loss is far noisier and the smoothed replay, which spends the budget more
-// fully, leans worse.
+// With a constant rate the final loss is about 25× noisier (the paired
+// differences spread ±0.004) and five seeds cannot tell; ten show no cost.
 //
 // Why squared: the loss cost of single-layer changes (rank 4 with one
 // matrix at rank 2, MATCHED, seeds 1–2: +0.0028 on the 512×784 layer,
@@ -367,6 +369,12 @@ func TestMNISTLGreCo(t *testing.T) {
 	}
 	steps := testenv.Int(t, "SLIMGRAD_LGRECO_STEPS", 600, 0)
 	seeds := testenv.Int(t, "SLIMGRAD_LGRECO_SEEDS", 5, 0)
+	first := uint64(testenv.Int(t, "SLIMGRAD_LGRECO_FIRST_SEED", 1, 1))
+	constant := os.Getenv("SLIMGRAD_LGRECO_CONSTANT") != ""
+	schedule := "cosine-decayed to 0"
+	if constant {
+		schedule = "constant"
+	}
 	pr := lgProtocol{
 		warm:      int64(testenv.Int(t, "SLIMGRAD_LGRECO_WARM", 100, 0)),
 		adjust:    int64(testenv.Int(t, "SLIMGRAD_LGRECO_ADJUST", 100, 0)),
@@ -403,14 +411,14 @@ func TestMNISTLGreCo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("MLP %v, %d workers, %d steps (%d dense), batch 32 per worker, momentum SGD lr 0.05 cosine-decayed to 0, L-GreCo every %d steps (acc_iter 10, α %v (0: 1), squared %v, one-shot %v), seeds 1..%d",
-		sizes, workers, steps, pr.warm, pr.adjust, pr.alpha, !pr.unsquared, pr.oneShot, seeds)
+	t.Logf("MLP %v, %d workers, %d steps (%d dense), batch 32 per worker, momentum SGD lr 0.05 %s, L-GreCo every %d steps (acc_iter 10, α %v (0: 1), squared %v, one-shot %v), seeds %d..%d",
+		sizes, workers, steps, pr.warm, schedule, pr.adjust, pr.alpha, !pr.unsquared, pr.oneShot, first, first+uint64(seeds)-1)
 	opt := train.OptimSpec{Name: "momentum-cosine", New: func(n int) (optim.Optimizer, error) {
 		o, err := optim.NewMomentum(n, 0.05, 0.9, 0, false)
 		if err != nil {
 			return nil, err
 		}
-		if os.Getenv("SLIMGRAD_LGRECO_CONSTANT") != "" {
+		if constant {
 			return o, nil
 		}
 		return optim.Cosine(o, steps)
@@ -443,7 +451,7 @@ func TestMNISTLGreCo(t *testing.T) {
 	for _, def := range codecs {
 		var diff, ratio, mdiff []float64
 		var ub, gb int64
-		for seed := uint64(1); seed <= uint64(seeds); seed++ {
+		for seed := first; seed < first+uint64(seeds); seed++ {
 			u := run(seed, def, false)
 			if matched != "" {
 				m := run(seed, matched, false)
