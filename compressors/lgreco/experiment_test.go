@@ -339,10 +339,14 @@ func meanSE(x []float64) (mean, se float64) {
 //	  all 10 seeds                               +0.00001 ± 0.00105 (worse on 6)
 //	  raw replay (…_RAW=1), 10 seeds             1.044× at +0.00003 ± 0.00058
 //	  lr 0.1 (SLIMGRAD_LGRECO_LR=0.1), 10 seeds  1.065× at −0.00128 ± 0.00182
+//	sim's protocol (WARM=0 ADJUST=50 STEPS=300
+//	  LR=0.1 CONSTANT=1), 10 seeds               1.075× at +0.0061 ± 0.0032
 //	  topk:0.01, constant rate                   1.011× at +0.0014 ± 0.0031
 //
 // With a constant rate the final loss is about 25× noisier (the paired
 // differences spread ±0.004) and five seeds cannot tell; ten show no cost.
+// A short run with decisions from step 50 on does cost loss: start L-GreCo
+// after the early phase on short runs.
 //
 // Why squared: the loss cost of single-layer changes (rank 4 with one
 // matrix at rank 2, MATCHED, seeds 1–2: +0.0028 on the 512×784 layer,
