@@ -150,7 +150,7 @@ func TestJobArgsRoundTrip(t *testing.T) {
 	fs := flag.NewFlagSet("launch", flag.ContinueOnError)
 	o.register(fs)
 	o.World = 3
-	if err := fs.Parse([]string{"--steps", "7", "--lgreco", "--lgreco-adjust", "3", "--lgreco-alpha", "0.9", "--lgreco-squared=false", "--seed", "5"}); err != nil {
+	if err := fs.Parse([]string{"--steps", "7", "--lgreco", "--lgreco-start", "4", "--lgreco-adjust", "3", "--lgreco-alpha", "0.9", "--lgreco-squared=false", "--seed", "5"}); err != nil {
 		t.Fatal(err)
 	}
 	back := defaultJobOptions()
@@ -163,7 +163,7 @@ func TestJobArgsRoundTrip(t *testing.T) {
 	if back != o {
 		t.Fatalf("round trip through the worker flags:\n got %+v\nwant %+v", back, o)
 	}
-	if back.LG != (lgrecoSettings{Adjust: 3, Alpha: 0.9, Squared: false}) {
+	if back.LG != (lgrecoSettings{Start: 4, Adjust: 3, Alpha: 0.9, Squared: false}) {
 		t.Fatalf("L-GreCo settings %+v", back.LG)
 	}
 }

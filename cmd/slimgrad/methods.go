@@ -70,7 +70,7 @@ func lgrecoVariants(ms []method, bytes, link bool) []method {
 // min(10, adjust) steps observed, switching one step after a decision; alpha
 // > 0 sets the error budget.
 func (m method) lgrecoOptions(steps int, seed uint64, lg lgrecoSettings) []lgreco.Option {
-	start := int64(m.plan(steps, seed).WarmupSteps)
+	start := max(int64(m.plan(steps, seed).WarmupSteps), int64(lg.Start))
 	adj := int64(lg.Adjust)
 	opts := []lgreco.Option{lgreco.WithSchedule(start, adj, min(10, adj), 1), lgreco.WithSquared(lg.Squared)}
 	if lg.Alpha > 0 {
@@ -82,6 +82,7 @@ func (m method) lgrecoOptions(steps int, seed uint64, lg lgrecoSettings) []lgrec
 // lgrecoSettings are the L-GreCo flags that sim and the job commands
 // (launch, worker) share.
 type lgrecoSettings struct {
+	Start   int     // first step L-GreCo observes (at least the method's warm-up)
 	Adjust  int     // steps between decisions
 	Alpha   float64 // error budget multiple (0: lgreco's default, 1)
 	Squared bool    // budget on Σ err² (lgreco.Config.Squared)
@@ -91,6 +92,7 @@ func defaultLGreCoSettings() lgrecoSettings { return lgrecoSettings{Adjust: 50, 
 
 // register adds the settings' flags to fs.
 func (lg *lgrecoSettings) register(fs *flag.FlagSet) {
+	fs.IntVar(&lg.Start, "lgreco-start", lg.Start, "first step L-GreCo observes; its first decision is --lgreco-adjust steps later (never before the end of the method's warm-up)")
 	fs.IntVar(&lg.Adjust, "lgreco-adjust", lg.Adjust, "steps between L-GreCo decisions (the last min(10, adjust) steps are observed)")
 	fs.Float64Var(&lg.Alpha, "lgreco-alpha", lg.Alpha, "L-GreCo's error budget as a multiple of the uniform default's error (0: lgreco's default, 1)")
 	fs.BoolVar(&lg.Squared, "lgreco-squared", lg.Squared, "put L-GreCo's budget on the squared errors, Σ err² (the model's residual norm, what error feedback's bounds charge); false: the reference's Σ err")
@@ -99,6 +101,9 @@ func (lg *lgrecoSettings) register(fs *flag.FlagSet) {
 // validate rejects settings that the plan would refuse later; each error
 // names its flag.
 func (lg lgrecoSettings) validate() error {
+	if lg.Start < 0 {
+		return fmt.Errorf("--lgreco-start %d: want a step, at least 0", lg.Start)
+	}
 	if lg.Adjust < 1 {
 		return fmt.Errorf("--lgreco-adjust %d: want at least 1", lg.Adjust)
 	}
@@ -110,7 +115,7 @@ func (lg lgrecoSettings) validate() error {
 
 // args re-encodes the settings as flags.
 func (lg lgrecoSettings) args() []string {
-	return []string{"--lgreco-adjust", strconv.Itoa(lg.Adjust), "--lgreco-alpha", strconv.FormatFloat(lg.Alpha, 'g', -1, 64),
+	return []string{"--lgreco-start", strconv.Itoa(lg.Start), "--lgreco-adjust", strconv.Itoa(lg.Adjust), "--lgreco-alpha", strconv.FormatFloat(lg.Alpha, 'g', -1, 64),
 		"--lgreco-squared=" + strconv.FormatBool(lg.Squared)}
 }
 

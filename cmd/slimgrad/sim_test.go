@@ -369,7 +369,7 @@ func TestSimRejectsBadFlags(t *testing.T) {
 		{"eval-every", "-1"}, {"eval-samples", "-1"}, {"print-every", "-1"},
 		{"target", "0"}, {"target", "1.5"}, {"flops", "-1"}, {"flops", "NaN"},
 		{"progress", "maybe"}, {"exchange", "carrier-pigeon"},
-		{"lgreco-adjust", "0"}, {"lgreco-alpha", "-0.5"},
+		{"lgreco-adjust", "0"}, {"lgreco-alpha", "-0.5"}, {"lgreco-start", "-1"},
 		{"layers", "3x"}, // without --size-only, and malformed
 	} {
 		var stdout, stderr bytes.Buffer
@@ -406,5 +406,44 @@ func TestByteTicks(t *testing.T) {
 	}
 	if got := labels(0, 10); got != nil {
 		t.Errorf("non-positive range: labels %v", got)
+	}
+}
+
+// TestSimLGreCoStart: --lgreco-start delays L-GreCo: with start 15 and
+// decisions every 5 steps no level changes before step 21 (the first
+// decision is at 20 and applies a step later), and later ones do; started
+// at 0 the same run first changes at step 16.
+func TestSimLGreCoStart(t *testing.T) {
+	if _, err := workload.MNISTDir(""); err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	args := []string{"sim", "--workload", "mnist-mlp:784-32-16-10", "--workers", "4", "--steps", "31", "--eval-every", "0",
+		"--eval-samples", "200", "--compress", "topk:0.25", "--ef", "ef14", "--lgreco", "--lgreco-start", "15", "--lgreco-adjust", "5",
+		"--plots=false", "--out", dir, "--progress", "off"}
+	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	first, firstChange := "", -1
+	for _, r := range readCSV(t, filepath.Join(dir, "steps.csv")) {
+		if r["method"] != "topk:0.25+ef14+momentum+lgreco" {
+			continue
+		}
+		step, err := strconv.Atoi(r["step"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == "" {
+			first = r["recipe_hash"]
+		} else if r["recipe_hash"] != first && firstChange < 0 {
+			firstChange = step
+		}
+	}
+	if firstChange < 0 {
+		t.Fatal("L-GreCo never changed the levels")
+	}
+	if firstChange < 21 {
+		t.Fatalf("levels changed at step %d, before L-GreCo's first decision after its start (step 20)", firstChange)
 	}
 }
