@@ -452,17 +452,7 @@ func TestPowerSGDWarmStart(t *testing.T) {
 	y := make([]float32, len(m))
 	var first, last float64
 	for step := range 30 {
-		frame, err := c.Compress(nil, m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Decompress(y, frame); err != nil {
-			t.Fatal(err)
-		}
-		var e float64
-		for i := range m {
-			e += float64(y[i]-m[i]) * float64(y[i]-m[i])
-		}
+		e := powerStep(t, c, m, y)
 		if step == 0 {
 			first = e
 		}

@@ -16,23 +16,7 @@ import (
 func TestPowerSGDMatchesSVD(t *testing.T) {
 	const rows, cols, rank = 50, 30, 3
 	r := rand.New(rand.NewPCG(43, 44))
-	// A matrix with a decaying spectrum: Σ_k s_k u_k v_kᵀ, s_k = 2^-k.
-	m := make([]float32, rows*cols)
-	for k := range cols {
-		u, v := make([]float64, rows), make([]float64, cols)
-		for i := range u {
-			u[i] = r.NormFloat64()
-		}
-		for j := range v {
-			v[j] = r.NormFloat64()
-		}
-		s := math.Ldexp(1, -k)
-		for i := range rows {
-			for j := range cols {
-				m[i*cols+j] += float32(s * u[i] * v[j])
-			}
-		}
-	}
+	m := decayingMatrix(r, rows, cols)
 	dense := mat.NewDense(rows, cols, nil)
 	for i := range rows {
 		for j := range cols {
@@ -54,18 +38,7 @@ func TestPowerSGDMatchesSVD(t *testing.T) {
 	y := make([]float32, len(m))
 	var got float64
 	for range 40 {
-		frame, err := c.Compress(nil, m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Decompress(y, frame); err != nil {
-			t.Fatal(err)
-		}
-		got = 0
-		for i := range m {
-			d := float64(y[i]) - float64(m[i])
-			got += d * d
-		}
+		got = powerStep(t, c, m, y)
 	}
 	if got > best*1.001+1e-9 {
 		t.Fatalf("after 40 warm-started steps ‖M−P̂Qᵀ‖² = %g, best rank-%d (SVD) %g", got, rank, best)
@@ -83,23 +56,7 @@ func TestPowerSGDMatchesSVD(t *testing.T) {
 // which a re-seeded Q is not.
 func TestPowerSGDWarmStartFrom(t *testing.T) {
 	const rows, cols = 50, 30
-	r := rand.New(rand.NewPCG(45, 46))
-	m := make([]float32, rows*cols)
-	for k := range cols {
-		u, v := make([]float64, rows), make([]float64, cols)
-		for i := range u {
-			u[i] = r.NormFloat64()
-		}
-		for j := range v {
-			v[j] = r.NormFloat64()
-		}
-		s := math.Ldexp(1, -k)
-		for i := range rows {
-			for j := range cols {
-				m[i*cols+j] += float32(s * u[i] * v[j])
-			}
-		}
-	}
+	m := decayingMatrix(rand.New(rand.NewPCG(45, 46)), rows, cols)
 	newPS := func(rank int, seed uint64) *PowerSGD {
 		t.Helper()
 		c, err := New(fmt.Sprintf("powersgd:%d", rank), rows*cols, WithShape(rows, cols), WithSeed(seed))
@@ -109,21 +66,7 @@ func TestPowerSGDWarmStartFrom(t *testing.T) {
 		return c.(*PowerSGD)
 	}
 	y := make([]float32, len(m))
-	step := func(c *PowerSGD) float64 {
-		t.Helper()
-		frame, err := c.Compress(nil, m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Decompress(y, frame); err != nil {
-			t.Fatal(err)
-		}
-		var e float64
-		for i := range m {
-			e += float64(y[i]-m[i]) * float64(y[i]-m[i])
-		}
-		return e
-	}
+	step := func(c *PowerSGD) float64 { return powerStep(t, c, m, y) }
 	old := newPS(4, 1)
 	for range 20 {
 		step(old)
@@ -185,4 +128,45 @@ func TestPowerSGDWarmStartFrom(t *testing.T) {
 	if !(warm < 1.05*best) || !(cold > 1.5*best) {
 		t.Fatalf("first step after the change: carried %.4g, re-seeded %.4g, want ≤ 1.05× and > 1.5× the converged %.4g", warm, cold, best)
 	}
+}
+
+// decayingMatrix returns a rows×cols matrix (row-major) with a decaying
+// spectrum: Σ_k s_k u_k v_kᵀ with s_k = 2^-k and Gaussian u_k, v_k.
+func decayingMatrix(r *rand.Rand, rows, cols int) []float32 {
+	m := make([]float32, rows*cols)
+	for k := range cols {
+		u, v := make([]float64, rows), make([]float64, cols)
+		for i := range u {
+			u[i] = r.NormFloat64()
+		}
+		for j := range v {
+			v[j] = r.NormFloat64()
+		}
+		s := math.Ldexp(1, -k)
+		for i := range rows {
+			for j := range cols {
+				m[i*cols+j] += float32(s * u[i] * v[j])
+			}
+		}
+	}
+	return m
+}
+
+// powerStep runs one PowerSGD step of c on m (Compress, then Decompress into
+// y) and returns the squared error ‖y − m‖².
+func powerStep(t *testing.T, c Compressor, m, y []float32) float64 {
+	t.Helper()
+	frame, err := c.Compress(nil, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Decompress(y, frame); err != nil {
+		t.Fatal(err)
+	}
+	var e float64
+	for i := range m {
+		d := float64(y[i]) - float64(m[i])
+		e += d * d
+	}
+	return e
 }

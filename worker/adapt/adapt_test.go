@@ -163,16 +163,7 @@ func TestSetCodecKeepsState(t *testing.T) {
 			for r := range a {
 				a[r], b[r] = mk(tc.from, r, 3), mk(tc.from, r, 3)
 			}
-			grads := func() [][]float32 {
-				g := make([][]float32, n)
-				for r := range g {
-					g[r] = make([]float32, rows*cols)
-					for i := range g[r] {
-						g[r][i] = float32(rng.NormFloat64())
-					}
-				}
-				return g
-			}
+			grads := func() [][]float32 { return randGrads(rng, n, rows*cols) }
 			clone := func(g [][]float32) [][]float32 {
 				out := make([][]float32, len(g))
 				for r := range g {
@@ -287,16 +278,7 @@ func TestObservation(t *testing.T) {
 				}
 				layers[r] = l
 			}
-			grads := func() [][]float32 {
-				g := make([][]float32, n)
-				for r := range g {
-					g[r] = make([]float32, rows*cols)
-					for i := range g[r] {
-						g[r][i] = float32(rng.NormFloat64())
-					}
-				}
-				return g
-			}
+			grads := func() [][]float32 { return randGrads(rng, n, rows*cols) }
 			runLayers(t, layers, grads()) // a first step leaves a residual
 			g := grads()[0]
 			data := slices.Clone(g)
@@ -332,4 +314,16 @@ func TestObservation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// randGrads returns n Gaussian gradients of size elements each.
+func randGrads(rng *rand.Rand, n, size int) [][]float32 {
+	g := make([][]float32, n)
+	for r := range g {
+		g[r] = make([]float32, size)
+		for i := range g[r] {
+			g[r][i] = float32(rng.NormFloat64())
+		}
+	}
+	return g
 }
