@@ -312,29 +312,44 @@ func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg stri
 	}
 	g := make([]float32, size/4)
 	grads := [][]float32{g}
-	var ts []float64
-	var cpu0 float64
-	for i := 0; i < iters+2; i++ {
-		if i == 2 {
-			cpu0 = cpuSeconds(t)
-		}
+	median, cpu = timeSteps(t, iters, func() {
 		for j := range g {
 			g[j] = 1
 		}
-		t0 := time.Now()
+	}, func() {
 		if _, err := w.Step(ctx, grads); err != nil {
 			t.Fatal(err)
 		}
-		if i >= 2 {
-			ts = append(ts, time.Since(t0).Seconds())
-		}
-	}
-	cpu = (cpuSeconds(t) - cpu0) / float64(iters)
+	})
 	// Close only once every rank is done: a transport may drop what a
 	// closing rank still has in flight.
 	if err := w.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return median, cpu
+}
+
+// timeSteps runs prepare (untimed, may be nil) and step iters+2 times and
+// returns step's median wall time over the last iters runs and the CPU
+// time (user and system) this process used per run over them, in seconds.
+func timeSteps(t *testing.T, iters int, prepare, step func()) (median, cpu float64) {
+	const warm = 2
+	var ts []float64
+	var cpu0 float64
+	for i := range iters + warm {
+		if i == warm {
+			cpu0 = cpuSeconds(t)
+		}
+		if prepare != nil {
+			prepare()
+		}
+		t0 := time.Now()
+		step()
+		if i >= warm {
+			ts = append(ts, time.Since(t0).Seconds())
+		}
+	}
+	cpu = (cpuSeconds(t) - cpu0) / float64(iters)
 	slices.Sort(ts)
 	return ts[len(ts)/2], cpu
 }
@@ -401,13 +416,7 @@ func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, ite
 		src[i] = byte(i)
 	}
 	const chunk = 1 << 20
-	var ts []float64
-	var cpu0 float64
-	for it := 0; it < iters+2; it++ {
-		if it == 2 {
-			cpu0 = cpuSeconds(t)
-		}
-		t0 := time.Now()
+	return timeSteps(t, iters, nil, func() {
 		werr := make(chan error, 1)
 		go func() {
 			for off := 0; off < total; off += chunk {
@@ -424,13 +433,7 @@ func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, ite
 		if err := <-werr; err != nil {
 			t.Fatal(err)
 		}
-		if it >= 2 {
-			ts = append(ts, time.Since(t0).Seconds())
-		}
-	}
-	cpu = (cpuSeconds(t) - cpu0) / float64(iters)
-	slices.Sort(ts)
-	return ts[len(ts)/2], cpu
+	})
 }
 
 // startRelay listens on loopback for n ranks (each sends its rank as one
