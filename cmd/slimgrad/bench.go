@@ -27,7 +27,7 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	simBytes := fs.Int64("sim-bytes", 100e6, "bytes of the simulated all-reduce")
 	out := fs.String("out", "slimgrad-out", "output directory for bench.csv, bench.json and calibration.json")
 	calib := fs.String("calibration", "", "where to write the simulator calibration (default OUT/calibration.json)")
-	setUsage(fs, stderr, "Usage: slimgrad bench [flags]\n\nMeasures codec throughput (encode, decode, decode-add per recipe), the float32 kernels,\nthe dense all-reduce bus bandwidth per transport and the simulator's speed, and writes\nthe calibration file that `slimgrad sim --calibration` reads.\n\nFlags:\n")
+	setUsage(fs, stdout, "Usage: slimgrad bench [flags]\n\nMeasures codec throughput (encode, decode, decode-add per recipe), the float32 kernels,\nthe dense all-reduce bus bandwidth per transport and the simulator's speed, and writes\nthe calibration file that `slimgrad sim --calibration` reads.\n\nFlags:\n")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

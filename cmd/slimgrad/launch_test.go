@@ -104,7 +104,7 @@ func TestLaunch(t *testing.T) {
 func simOptionsFor(t *testing.T, args []string) simOptions {
 	t.Helper()
 	o := defaultSimOptions()
-	if err := simFlags(&o, &bytes.Buffer{}).Parse(args); err != nil {
+	if err := simFlags(&o, &bytes.Buffer{}, &bytes.Buffer{}).Parse(args); err != nil {
 		t.Fatal(err)
 	}
 	return o

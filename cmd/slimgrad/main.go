@@ -91,20 +91,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // errUsage marks a command-line error that the flag package already reported.
 var errUsage = errors.New("usage error")
 
-// setUsage makes fs's usage message header followed by its flags, on w.
-func setUsage(fs *flag.FlagSet, w io.Writer, header string) {
+// setUsage makes fs's usage message header followed by its flags. It is
+// printed on help (stdout, as `slimgrad -h` does) only for -h; a bad flag gets
+// the flag package's one-line error on fs's output and no usage dump.
+func setUsage(fs *flag.FlagSet, help io.Writer, header string) {
 	fs.Usage = func() {
-		fmt.Fprint(w, header)
+		fmt.Fprint(help, header)
+		out := fs.Output()
+		fs.SetOutput(help)
 		fs.PrintDefaults()
+		fs.SetOutput(out)
 	}
 }
 
-// parseFlags parses args into fs, a flag.ContinueOnError set that reports
-// its own errors: it returns flag.ErrHelp for -h and errUsage for any other
-// error.
+// parseFlags parses args into fs, a flag.ContinueOnError set: it returns
+// flag.ErrHelp (after printing the usage set by setUsage) for -h, and errUsage
+// for any other error, which the flag package has already reported in one
+// line.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	usage := fs.Usage
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.Usage = usage
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			usage()
 			return err
 		}
 		return errUsage

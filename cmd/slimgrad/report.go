@@ -225,18 +225,36 @@ func writeFile(path string, fill func(io.Writer) error) error {
 	return f.Close()
 }
 
-// plainTicks are gonum's default ticks labelled without trailing zeros
-// ("250", not "250.00").
+// plainTicks label a linear axis every 1, 2, 2.5 or 5 × 10^k units, about
+// six labels over the range, without trailing zeros ("250", not "250.00").
+// gonum's DefaultTicks aims at three labels, which leaves a 300-step run with
+// "0" and "250" alone.
 type plainTicks struct{}
 
 func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
-	ts := plot.DefaultTicks{}.Ticks(lo, hi)
-	for i := range ts {
-		if ts[i].Label != "" {
-			ts[i].Label = strconv.FormatFloat(ts[i].Value, 'f', -1, 64)
+	if !(hi > lo) || math.IsInf(hi-lo, 0) {
+		return plot.DefaultTicks{}.Ticks(lo, hi)
+	}
+	step := niceStep((hi - lo) / 6)
+	var ts []plot.Tick
+	for v := math.Ceil(lo/step) * step; v <= hi+step*1e-9; v += step {
+		ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', -1, 64)})
+		if minor := v + step/2; minor < hi {
+			ts = append(ts, plot.Tick{Value: minor})
 		}
 	}
 	return ts
+}
+
+// niceStep is the smallest of 1, 2, 2.5 and 5 × 10^k that is at least raw.
+func niceStep(raw float64) float64 {
+	mag := math.Pow(10, math.Floor(math.Log10(raw)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*mag >= raw {
+			return m * mag
+		}
+	}
+	return 10 * mag
 }
 
 // byteTicks marks a logarithmic byte axis at 1, 2 and 5 × 10^k, labelled in
@@ -348,6 +366,11 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 		p    *plot.Plot
 		name string
 	}{{lossStep, "loss_vs_step.png"}, {lossBytes, "loss_vs_bytes.png"}} {
+		if len(pl.p.Legend.Entries) == 0 {
+			// No method sent a byte (one worker): a log-scale byte axis
+			// has nothing to show, and gonum cannot scale an empty one.
+			continue
+		}
 		path := filepath.Join(dir, pl.name)
 		if err := pl.p.Save(8*vg.Inch, 5*vg.Inch, path); err != nil {
 			return files, err

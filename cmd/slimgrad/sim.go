@@ -71,7 +71,7 @@ func defaultSimOptions() simOptions {
 	}
 }
 
-func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
+func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.IntVar(&o.Workers, "workers", o.Workers, "number of virtual workers")
@@ -106,13 +106,13 @@ func simFlags(o *simOptions, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "also run L-GreCo (per-layer levels under the uniform default's error budget, minimising bytes) after each method whose codec has levels (topk, dgc, randomk, qsgd, powersgd), and compare")
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "also run L-GreCo with the link-aware objective: the simulated time of each layer's collective on the topology")
 	o.LG.register(fs)
-	setUsage(fs, stderr, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
+	setUsage(fs, stdout, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
 	return fs
 }
 
 func runSimCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o := defaultSimOptions()
-	fs := simFlags(&o, stderr)
+	fs := simFlags(&o, stdout, stderr)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
