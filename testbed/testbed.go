@@ -87,11 +87,11 @@ type Host struct {
 	// Router is the NAT router the host sits behind, or nil.
 	Router *Router
 
-	bed        *Bed
-	outNS      string // namespace and device of the egress qdisc
-	outDev     string
-	inNS       string // namespace and device of the ingress qdisc
-	inDev      string
+	bed    *Bed
+	outNS  string // namespace and device of the egress qdisc
+	outDev string
+	inNS   string // namespace and device of the ingress qdisc
+	inDev  string
 }
 
 // Router is a NAT router of a bed.
