@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/slimgrad/slimgrad/compressors/lgreco"
-	"github.com/slimgrad/slimgrad/internal/testenv"
+	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slimgrad/slimgrad/internal/testenv"
+	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/libp2p"
 	"github.com/slimgrad/slimgrad/transport/nats"
