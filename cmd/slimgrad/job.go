@@ -17,13 +17,9 @@ import (
 	"strings"
 	"time"
 
-	natsgo "github.com/nats-io/nats.go"
-
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
-	tnats "github.com/slimgrad/slimgrad/transport/nats"
-	"github.com/slimgrad/slimgrad/transport/rendezvous"
 	"github.com/slimgrad/slimgrad/worker"
 	"github.com/slimgrad/slimgrad/workload"
 )
@@ -37,8 +33,8 @@ type jobOptions struct {
 	Seed                        uint64
 	Method                      string
 	Compress, EF, Optim         string
-	Transport, NATS, Token, Job string
-	World                       int
+	connOptions
+	World int
 	Out                         string
 	PrintEvery                  int
 	Timeout                     time.Duration
@@ -51,7 +47,7 @@ type jobOptions struct {
 
 func defaultJobOptions() jobOptions {
 	return jobOptions{Workload: "mnist", Split: "iid", Steps: 300, Batch: 32, EvalEvery: 50, EvalSamples: 2000, Seed: 1,
-		Method: "econtrol", Transport: "nats", Timeout: 2 * time.Minute, Log: "warn", LG: defaultLGreCoSettings()}
+		Method: "econtrol", connOptions: connOptions{Transport: "nats"}, Timeout: 2 * time.Minute, Log: "warn", LG: defaultLGreCoSettings()}
 }
 
 // validate rejects flag values that would otherwise fail only inside every
@@ -81,10 +77,7 @@ func (o *jobOptions) validate(worldFlag string) error {
 	if o.Timeout <= 0 {
 		return fmt.Errorf("--timeout %v: want a positive duration", o.Timeout)
 	}
-	if o.Transport != "nats" && o.Transport != "libp2p" {
-		return fmt.Errorf("unknown --transport %q (want nats or libp2p)", o.Transport)
-	}
-	return nil
+	return o.connOptions.validate()
 }
 
 func (o *jobOptions) register(fs *flag.FlagSet) {
@@ -100,10 +93,7 @@ func (o *jobOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Compress, "compress", o.Compress, "compressor recipe of a custom method (overrides --method)")
 	fs.StringVar(&o.EF, "ef", o.EF, "error-feedback recipe of a custom method")
 	fs.StringVar(&o.Optim, "optim", o.Optim, "optimizer recipe of a custom method")
-	fs.StringVar(&o.Transport, "transport", o.Transport, "transport: nats or libp2p (libp2p meets through the NATS server's rendezvous)")
-	fs.StringVar(&o.NATS, "nats", o.NATS, "NATS server URL (launch: default an embedded server)")
-	fs.StringVar(&o.Token, "token", o.Token, "NATS auth token")
-	fs.StringVar(&o.Job, "job", o.Job, "job ID: processes of different jobs never mix (launch: default random)")
+	o.connOptions.register(fs)
 	fs.StringVar(&o.Out, "out", o.Out, "directory for rank 0's steps.csv (\"\" writes nothing)")
 	fs.IntVar(&o.PrintEvery, "print-every", o.PrintEvery, "steps between per-step lines (0: about 10 lines)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "per-message timeout of the workers; also bounds the rendezvous")
@@ -122,12 +112,11 @@ func (o *jobOptions) args() []string {
 		"--eval-every", strconv.Itoa(o.EvalEvery), "--eval-samples", strconv.Itoa(o.EvalSamples),
 		"--seed", strconv.FormatUint(o.Seed, 10), "--method", o.Method,
 		"--compress", o.Compress, "--ef", o.EF, "--optim", o.Optim,
-		"--transport", o.Transport, "--nats", o.NATS, "--token", o.Token, "--job", o.Job,
 		"--world", strconv.Itoa(o.World), "--out", o.Out, "--print-every", strconv.Itoa(o.PrintEvery),
 		"--timeout", o.Timeout.String(), "--log", o.Log,
 		"--lgreco=" + strconv.FormatBool(o.LGreCo), "--lgreco-link-aware=" + strconv.FormatBool(o.LGreCoLink),
 		"--topology", o.Topology,
-	}, o.LG.args()...)
+	}, append(o.LG.args(), o.connOptions.args()...)...)
 }
 
 // method resolves the job's method. DGC's warm-up runs as the workers'
@@ -155,47 +144,6 @@ func newJobID() string {
 	var b [6]byte
 	rand.Read(b[:])
 	return "slimgrad-" + hex.EncodeToString(b[:])
-}
-
-// connect joins the job's group and returns this process's connection.
-// rank >= 0 is used as is for NATS; libp2p ranks come from the rendezvous.
-func connect(ctx context.Context, o *jobOptions, rank int) (transport.Conn, error) {
-	if o.NATS == "" {
-		return nil, errors.New("--nats URL is required")
-	}
-	if o.Job == "" {
-		return nil, errors.New("--job is required")
-	}
-	if o.World < 1 {
-		return nil, fmt.Errorf("--world %d", o.World)
-	}
-	switch o.Transport {
-	case "nats":
-		if rank < 0 || rank >= o.World {
-			return nil, fmt.Errorf("--rank %d outside [0,%d)", rank, o.World)
-		}
-		var opts []tnats.Option
-		if o.Token != "" {
-			opts = append(opts, tnats.WithToken(o.Token))
-		}
-		return tnats.Dial(ctx, o.NATS, o.Job, rank, o.World, opts...)
-	case "libp2p":
-		var nopts []natsgo.Option
-		if o.Token != "" {
-			nopts = append(nopts, natsgo.Token(o.Token))
-		}
-		nc, err := natsgo.Connect(o.NATS, nopts...)
-		if err != nil {
-			return nil, fmt.Errorf("rendezvous server: %w", err)
-		}
-		defer nc.Close()
-		c, err := rendezvous.JoinLibp2p(ctx, nc, o.Job, o.World, nil, rendezvous.WithTimeout(o.Timeout))
-		if err != nil {
-			return nil, err // not a nil *libp2p.Conn in a non-nil interface
-		}
-		return c, nil
-	}
-	return nil, fmt.Errorf("unknown --transport %q (want nats or libp2p)", o.Transport)
 }
 
 // Tags of the shutdown barrier: above every tag the worker uses (its
@@ -341,7 +289,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		defer met.Close()
 	}
 	cctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	conn, err := connect(cctx, &o, *rank)
+	conn, err := connect(cctx, &o.connOptions, o.World, *rank, o.Timeout)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("joining job %s: %w", o.Job, err)

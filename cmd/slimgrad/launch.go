@@ -45,6 +45,9 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if o.Job == "" {
 		o.Job = newJobID()
 	}
+	if o.Transport == "libp2p" && o.Listen == "" {
+		o.Listen = "/ip4/127.0.0.1/tcp/0" // every worker is on this machine
+	}
 	if o.NATS == "" {
 		if o.Token == "" {
 			var b [16]byte
@@ -73,6 +76,7 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	for p := range o.World {
 		cmd := exec.CommandContext(ctx, exe, append(append([]string{"worker"}, o.args()...), "--rank", strconv.Itoa(p))...)
 		cmd.WaitDelay = 5 * time.Second
+		cmd.Env = append(os.Environ(), o.env()...) // the token, never in argv
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return err

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/libp2p"
+	tnats "github.com/slimgrad/slimgrad/transport/nats"
+	"github.com/slimgrad/slimgrad/transport/rendezvous"
+)
+
+// tokenEnv is the environment variable that carries the NATS token to a
+// worker (and to launch and server). Secrets never travel in argv, which
+// every user of the machine can read (ps).
+const tokenEnv = "SLIMGRAD_NATS_TOKEN"
+
+// connOptions are the flags that say how a worker reaches its job: the
+// transport, the NATS server (rendezvous, and the NATS transport) with its
+// TLS and credentials, and libp2p's addresses.
+type connOptions struct {
+	Transport, NATS, Job string
+	// TokenFile, if set, holds the NATS token; otherwise it comes from
+	// $SLIMGRAD_NATS_TOKEN. Token is the loaded value (never a flag).
+	TokenFile, Token string
+	Creds            string // NATS credentials file (user JWT and NKey seed)
+	// NATS TLS: the CA that signed the server's certificate, and a client
+	// certificate and key for servers that verify clients.
+	NATSCA, NATSCert, NATSKey string
+	// libp2p: comma-separated listen and announce addresses (multiaddrs or
+	// host:port).
+	Listen, Announce string
+	// Failure detection: a peer silent for PeerTimeout is dead; liveness
+	// is signalled every Heartbeat. 0 means the transport's default.
+	Heartbeat, PeerTimeout time.Duration
+}
+
+// defaultListen is a worker's libp2p listen address: every interface, a
+// free port.
+const defaultListen = "/ip4/0.0.0.0/tcp/0"
+
+func (c *connOptions) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.Transport, "transport", c.Transport, "transport: nats or libp2p (libp2p meets through the NATS server's rendezvous)")
+	fs.StringVar(&c.NATS, "nats", c.NATS, "NATS server URL, e.g. nats://198.18.0.10:4222 (launch: default an embedded server); the token comes from $"+tokenEnv+" or --token-file, never from the command line")
+	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "file holding the NATS auth token (default: $"+tokenEnv+")")
+	fs.StringVar(&c.Creds, "creds", c.Creds, "NATS credentials file (user JWT and NKey seed)")
+	fs.StringVar(&c.NATSCA, "nats-ca", c.NATSCA, "PEM file of the CA that signed the NATS server's certificate (turns TLS on)")
+	fs.StringVar(&c.NATSCert, "nats-cert", c.NATSCert, "PEM client certificate for a NATS server that verifies clients (with --nats-key)")
+	fs.StringVar(&c.NATSKey, "nats-key", c.NATSKey, "PEM private key of --nats-cert")
+	fs.StringVar(&c.Job, "job", c.Job, "job ID: processes of different jobs never mix (launch: default random)")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "libp2p: comma-separated addresses to listen on, multiaddrs or host:port (default "+defaultListen+": every interface, a free port)")
+	fs.StringVar(&c.Announce, "announce", c.Announce, "libp2p: comma-separated addresses peers dial, multiaddrs or host:port, port 0 for the listening port (default: the listen addresses, never loopback when the host has another address)")
+	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "interval of the liveness heartbeats between peers (0: the transport's default, --peer-timeout/5 for libp2p)")
+	fs.DurationVar(&c.PeerTimeout, "peer-timeout", c.PeerTimeout, "a peer silent this long (a hung process) is dead; a peer whose process exits is detected at once (0: the transport's default)")
+}
+
+// args re-encodes the options as worker flags (no secret among them).
+func (c *connOptions) args() []string {
+	return []string{"--transport", c.Transport, "--nats", c.NATS, "--job", c.Job,
+		"--token-file", c.TokenFile, "--creds", c.Creds,
+		"--nats-ca", c.NATSCA, "--nats-cert", c.NATSCert, "--nats-key", c.NATSKey,
+		"--listen", c.Listen, "--announce", c.Announce,
+		"--heartbeat", c.Heartbeat.String(), "--peer-timeout", c.PeerTimeout.String()}
+}
+
+// env is the environment a worker started by launch needs besides argv:
+// the token.
+func (c *connOptions) env() []string {
+	if c.Token == "" {
+		return nil
+	}
+	return []string{tokenEnv + "=" + c.Token}
+}
+
+// validate checks the flags and loads the token.
+func (c *connOptions) validate() error {
+	if c.Transport != "nats" && c.Transport != "libp2p" {
+		return fmt.Errorf("unknown --transport %q (want nats or libp2p)", c.Transport)
+	}
+	if (c.NATSCert == "") != (c.NATSKey == "") {
+		return errors.New("--nats-cert and --nats-key go together")
+	}
+	if c.Heartbeat < 0 || c.PeerTimeout < 0 {
+		return errors.New("--heartbeat and --peer-timeout must not be negative")
+	}
+	if c.Heartbeat > 0 && c.PeerTimeout > 0 && c.Heartbeat >= c.PeerTimeout {
+		return fmt.Errorf("--heartbeat %v must be shorter than --peer-timeout %v", c.Heartbeat, c.PeerTimeout)
+	}
+	for _, f := range []struct{ name, v string }{{"listen", c.Listen}, {"announce", c.Announce}} {
+		if _, err := libp2p.ParseAddrs(f.v); err != nil {
+			return fmt.Errorf("--%s: %w", f.name, err)
+		}
+	}
+	tok, err := loadToken(c.TokenFile)
+	if err != nil {
+		return err
+	}
+	if tok != "" {
+		c.Token = tok
+	}
+	return nil
+}
+
+// loadToken reads the token from file, or from $SLIMGRAD_NATS_TOKEN when
+// file is empty. Surrounding white space (a final newline) is dropped.
+func loadToken(file string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(os.Getenv(tokenEnv)), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--token-file %s is empty", file)
+	}
+	return tok, nil
+}
+
+// natsOptions are the NATS client options of the flags: token,
+// credentials, TLS.
+func (c *connOptions) natsOptions() []natsgo.Option {
+	var opts []natsgo.Option
+	if c.Token != "" {
+		opts = append(opts, natsgo.Token(c.Token))
+	}
+	if c.Creds != "" {
+		opts = append(opts, natsgo.UserCredentials(c.Creds))
+	}
+	if c.NATSCA != "" {
+		opts = append(opts, natsgo.RootCAs(c.NATSCA))
+	}
+	if c.NATSCert != "" {
+		opts = append(opts, natsgo.ClientCert(c.NATSCert, c.NATSKey))
+	}
+	return opts
+}
+
+// libp2pOptions are the libp2p options of the flags.
+func (c *connOptions) libp2pOptions() ([]libp2p.Option, error) {
+	listen := c.Listen
+	if listen == "" {
+		listen = defaultListen
+	}
+	l, err := libp2p.ParseAddrs(listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	a, err := libp2p.ParseAddrs(c.Announce)
+	if err != nil {
+		return nil, fmt.Errorf("--announce: %w", err)
+	}
+	opts := []libp2p.Option{libp2p.WithListenAddrs(l...), libp2p.WithAnnounceAddrs(a...)}
+	if c.PeerTimeout > 0 || c.Heartbeat > 0 {
+		to := c.PeerTimeout
+		if to == 0 {
+			to = libp2p.DefaultPeerTimeout
+		}
+		opts = append(opts, libp2p.WithPeerTimeout(to, c.Heartbeat))
+	}
+	return opts, nil
+}
+
+// natsHeartbeat is the NATS transport's heartbeat option of the flags.
+func (c *connOptions) natsHeartbeat() tnats.Option {
+	if c.PeerTimeout == 0 && c.Heartbeat == 0 {
+		return nil
+	}
+	to, hb := c.PeerTimeout, c.Heartbeat
+	if to == 0 {
+		to = tnats.DefaultPeerTimeout
+	}
+	if hb == 0 {
+		hb = min(tnats.DefaultHeartbeat, to/5)
+	}
+	return tnats.WithHeartbeat(hb, to)
+}
+
+// connect joins the job's group of world processes and returns this
+// process's connection; rendezvous bounds the rendezvous. rank >= 0 is used
+// as is for NATS; libp2p ranks come from the rendezvous.
+func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout time.Duration) (transport.Conn, error) {
+	if c.NATS == "" {
+		return nil, errors.New("--nats URL is required")
+	}
+	if c.Job == "" {
+		return nil, errors.New("--job is required")
+	}
+	if world < 1 {
+		return nil, fmt.Errorf("--world %d", world)
+	}
+	switch c.Transport {
+	case "nats":
+		if rank < 0 || rank >= world {
+			return nil, fmt.Errorf("--rank %d outside [0,%d)", rank, world)
+		}
+		return tnats.Dial(ctx, c.NATS, c.Job, rank, world, tnats.WithNATSOptions(c.natsOptions()...), c.natsHeartbeat())
+	case "libp2p":
+		lopts, err := c.libp2pOptions()
+		if err != nil {
+			return nil, err
+		}
+		nc, err := natsgo.Connect(c.NATS, c.natsOptions()...)
+		if err != nil {
+			return nil, fmt.Errorf("rendezvous server: %w", err)
+		}
+		defer nc.Close()
+		conn, err := rendezvous.JoinLibp2p(ctx, nc, c.Job, world, lopts, rendezvous.WithTimeout(rdvTimeout))
+		if err != nil {
+			return nil, err // not a nil *libp2p.Conn in a non-nil interface
+		}
+		return conn, nil
+	}
+	return nil, fmt.Errorf("unknown --transport %q (want nats or libp2p)", c.Transport)
+}
