@@ -27,18 +27,18 @@ import (
 // jobOptions are the flags shared by `slimgrad worker` and `slimgrad launch`:
 // what to train and how the processes meet.
 type jobOptions struct {
-	Workload, Data, Split       string
-	Steps, Batch                int
-	EvalEvery, EvalSamples      int
-	Seed                        uint64
-	Method                      string
-	Compress, EF, Optim         string
+	Workload, Data, Split  string
+	Steps, Batch           int
+	EvalEvery, EvalSamples int
+	Seed                   uint64
+	Method                 string
+	Compress, EF, Optim    string
 	connOptions
-	World int
-	Out                         string
-	PrintEvery                  int
-	Timeout                     time.Duration
-	Log                         string
+	World      int
+	Out        string
+	PrintEvery int
+	Timeout    time.Duration
+	Log        string
 	// L-GreCo (see sim's flags); Topology is the link-aware objective's.
 	LGreCo, LGreCoLink bool
 	LG                 lgrecoSettings
