@@ -132,7 +132,8 @@ func log2ceil(p int) int {
 //	AllGatherV     (P−1)α + (P−1)·max(Sizes)·β (each ring step forwards one
 //	               payload; Sizes nil: S per rank)
 //	SparseGather   as AllGatherV, plus P·γ·Elems for the decode-adds
-//	TwoPhaseSign   2(P−1)(α + Bβ), B = 4 + d′/(8P) bytes per message
+//	TwoPhaseSign   2(P−1)(α + Bβ), B = TwoPhaseLayout.MaxMessageBytes (4 +
+//	               4·scales + d′/(8P) bytes)
 //	LowRank        ring all-reduces of Rows·R and Cols·R elements, plus
 //	               γ·2·Rows·Cols·R for each of the three products
 //
@@ -216,7 +217,11 @@ func (m Model) cost(alg Algorithm, p Params) float64 {
 		}
 		return t
 	case AlgTwoPhaseSign:
-		B := 4 + float64(TwoPhasePaddedLen(p.Elems, P)/(8*P))
+		lay, err := NewTwoPhaseLayout(p.Elems, P, p.SignBlock)
+		if err != nil {
+			return math.Inf(1)
+		}
+		B := float64(lay.MaxMessageBytes())
 		return 2 * (fp - 1) * (a + B*b)
 	case AlgLowRank:
 		r := float64(p.Components)

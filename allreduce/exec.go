@@ -44,20 +44,28 @@ type PayloadCodec interface {
 }
 
 // TwoPhaseHook holds the error-feedback state of the TwoPhaseSign scheme
-// for one vector (specs §2.2). TwoPhaseState is the package's own
-// implementation; errorfeedback.WorkerError and ServerError can be adapted.
+// for one vector (specs §2.2, with one scale per block of TwoPhaseLayout).
+// TwoPhaseState is the package's own implementation; errorfeedback's
+// WorkerError and ServerError can be adapted.
 type TwoPhaseHook interface {
+	// TwoPhaseLayout is the geometry the state was built for; it must equal
+	// the program's (Elems, World, SignBlock).
+	TwoPhaseLayout() TwoPhaseLayout
 	// WorkerCompress runs steps 1–4 on m (the d-element input): b =
-	// concat(m, 0…) + worker_error; s_w = ‖b‖₂/√d′; worker_error = b −
-	// s_w·sgn(b). It appends the d′/8 MSB-first sign bytes of b (bit 1 for
-	// b >= 0) to dst[:0] and returns them with s_w. m is not modified.
-	WorkerCompress(dst []byte, m []float32) ([]byte, float32)
-	// ServerStep runs step 6 for this rank's chunk: c = Σ_j sgn_j·(s_j/N)
-	// in rank order j = 0..N−1 plus server_error, s_s = ‖c‖₂/√len(c),
-	// server_error = c − s_s·sgn(c). recv[j] are rank j's sign bytes for
-	// this chunk and scales[j] its worker scale. It appends the chunk's
-	// sign bytes to dst[:0] and returns them with s_s.
-	ServerStep(dst []byte, recv [][]byte, scales []float32) ([]byte, float32, error)
+	// concat(m, 0…) + worker_error; per block k, s_k = RMS of b over the
+	// block and worker_error = b − s_k·sgn(b) there. It appends the d′/8
+	// MSB-first sign bytes of b (bit 1 for b >= 0) to dst[:0] and the
+	// Blocks() scales s_k to scales[:0], and returns both. m is not
+	// modified.
+	WorkerCompress(dst []byte, scales, m []float32) ([]byte, []float32)
+	// ServerStep runs step 6 for chunk (this rank's): per group g of the
+	// chunk (TwoPhaseLayout.Group), c = Σ_j sgn_j·(scales[j][g]/N) in rank
+	// order j = 0..N−1 plus server_error, s_g = RMS of c over the group,
+	// server_error = c − s_g·sgn(c). recv[j] are rank j's sign bytes for
+	// the chunk and scales[j] its worker scales of the chunk's groups. It
+	// appends the chunk's sign bytes to dst[:0] and the group scales to
+	// sscales[:0], and returns both; an error wraps ErrMessage.
+	ServerStep(dst []byte, sscales []float32, chunk int, recv [][]byte, scales [][]float32) ([]byte, []float32, error)
 }
 
 // LowRankHook runs the PowerSGD steps of the LowRank scheme for one
@@ -250,9 +258,10 @@ type Exec struct {
 	own     []byte   // backing of slots written by this executor
 
 	// TwoPhaseSign scratch
-	bits, sbits []byte
-	recvBits    [][]byte
-	scales      []float32
+	bits, sbits                        []byte
+	recvBits                           [][]byte
+	scales                             [][]float32 // per rank: views of rscales
+	wscales, rscales, sscales, dscales []float32
 }
 
 var _ Executor = (*Exec)(nil)
@@ -305,6 +314,10 @@ func (e *Exec) Reset(p *Program, data []float32) error {
 		}
 		if e.cfg.two == nil {
 			return fmt.Errorf("%w: %s needs WithTwoPhase", ErrExec, p.Name)
+		}
+		if l := e.cfg.two.TwoPhaseLayout(); l.Elems() != p.Elems || l.World() != p.World || l.Block() != p.SignBlock {
+			return fmt.Errorf("%w: %s: two-phase state for %d elements, %d ranks, scale block %d; program for %d, %d, %d",
+				ErrExec, p.Name, l.Elems(), l.World(), l.Block(), p.Elems, p.World, p.SignBlock)
 		}
 	case AlgLowRank:
 		h := e.cfg.low
@@ -437,6 +450,9 @@ func (e *Exec) Deliver(op *Op, b []byte) error {
 		return fmt.Errorf("%w: Deliver to %v", ErrExec, op)
 	}
 	if err := checkSize(op, len(b)); err != nil {
+		if e.prog.Alg == AlgTwoPhaseSign && op.Dst == BufPayload {
+			return e.twoPhaseSizeError(op, b, err)
+		}
 		return err
 	}
 	if b == nil {

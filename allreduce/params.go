@@ -101,6 +101,13 @@ type Params struct {
 	// SparseGather). nil means data-dependent: Bytes is -1 in the program.
 	Sizes []int64
 
+	// SignBlock is TwoPhaseSign's scale block: one worker scale per block
+	// of SignBlock elements of the padded vector and one server scale per
+	// block and chunk (see TwoPhaseLayout); 0 means one worker scale for
+	// the whole vector and one server scale per chunk (DeepSpeed's). It
+	// must be 0 or a positive multiple of 8.
+	SignBlock int
+
 	// Rows, Cols and Components shape LowRank: M is Rows×Cols (row-major in
 	// BufData), P is Rows×Components and Q is Cols×Components.
 	Rows, Cols, Components int
@@ -175,6 +182,9 @@ func (p *Params) validate(alg Algorithm) error {
 		if int64(TwoPhasePaddedLen(p.Elems, p.World)) > int64(maxChunks)*8 {
 			return fmt.Errorf("%w: two-phase vector too large", ErrParams)
 		}
+		if _, err := NewTwoPhaseLayout(p.Elems, p.World, p.SignBlock); err != nil {
+			return err
+		}
 	}
 	if alg >= numAlgorithms {
 		return fmt.Errorf("%w: unknown algorithm %v", ErrParams, alg)
@@ -206,6 +216,7 @@ func GenerateInto(dst *Program, alg Algorithm, p Params) error {
 	dst.Rank = p.Rank
 	dst.World = p.World
 	dst.Elems = p.Elems
+	dst.SignBlock = 0
 	dst.Ops = dst.Ops[:0]
 	switch alg {
 	case AlgRing:
@@ -342,8 +353,10 @@ func SparseGather(p Params) (*Program, error) { return Generate(AlgSparseGather,
 
 // TwoPhaseSign returns the two-phase compressed all-reduce of 1-bit Adam
 // (specs §2.2), needing WithTwoPhase on the executor. With d = Elems,
-// d′ = TwoPhasePaddedLen(d, N) and B = d′/(8N), each message is [scale
-// float32 little-endian | B sign bytes, MSB first, 1 for x >= 0]: phase 1's
+// d′ = TwoPhasePaddedLen(d, N), B = d′/(8N) and the scale blocks of
+// TwoPhaseLayout(d, N, SignBlock), chunk c's messages are [version 2 | scale
+// count n_c (24-bit) | n_c float32 little-endian scales | B sign bytes, MSB
+// first, 1 for x >= 0] (TwoPhaseLayout.MessageBytes): phase 1's
 // all-to-all of sign chunks carries the all-gather of worker scales, and
 // phase 2's all-gather of server sign chunks carries the server scales (the
 // same bytes as separate scale messages, half the messages). Payload slots:

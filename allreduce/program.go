@@ -299,7 +299,9 @@ type Program struct {
 	World  int
 	Elems  int    // float32 elements of BufData the program expects (Params.Elems)
 	Layout Layout // chunks of the reduced/gathered float32 buffer (see each generator)
-	Ops    []Op
+	// SignBlock is TwoPhaseSign's scale block (Params.SignBlock).
+	SignBlock int
+	Ops       []Op
 }
 
 // String prints the program one op per line, for golden tests and debugging.

@@ -37,8 +37,9 @@ func (b *builder) genSparseGather(p *Params) {
 
 // genTwoPhaseSign: the two-phase compressed all-reduce of 1-bit Adam
 // (specs §2.2). With d = Elems, d′ = TwoPhasePaddedLen(d, N) and
-// B = d′/(8N) sign bytes per chunk, every message is [scale float32
-// little-endian][B bytes of MSB-first signs], so phase 1's all-to-all of
+// B = d′/(8N) sign bytes per chunk, every message is [header | the scales
+// of the chunk's groups | B bytes of MSB-first signs] (TwoPhaseLayout,
+// MessageBytes), so phase 1's all-to-all of
 // sign chunks also carries the all-gather of worker scales, and phase 2's
 // all-gather of server sign chunks carries the server scales (same bytes as
 // separate scale messages, fewer messages). BufPayload slots:
@@ -62,25 +63,26 @@ func (b *builder) genSparseGather(p *Params) {
 // d′, not d).
 func (b *builder) genTwoPhase(p *Params) {
 	n, r := b.n, b.r
-	dp := TwoPhasePaddedLen(p.Elems, n)
+	lay, _ := NewTwoPhaseLayout(p.Elems, n, p.SignBlock) // validated
+	dp := lay.Padded()
 	b.p.Layout = EvenLayout(dp, n)
-	mb := 4 + int64(dp/(8*n))
+	b.p.SignBlock = p.SignBlock
 	b.grow(4*n + 8)
 	enc := b.compute(FnEncode, BufPayload, BufData, -1, 1, int64(dp), NoDep, NoDep)
 	for k := 1; k < n; k++ {
 		c := mod(r+k, n)
-		b.send(c, 0, BufPayload, c, 1, mb, enc, NoDep)
+		b.send(c, 0, BufPayload, c, 1, int64(lay.MessageBytes(c)), enc, NoDep)
 	}
 	recvStart := int32(len(b.p.Ops))
 	for k := 1; k < n; k++ {
 		j := mod(r-k, n)
-		b.recv(j, 0, BufPayload, n+j, 1, mb, NoDep, NoDep)
+		b.recv(j, 0, BufPayload, n+j, 1, int64(lay.MessageBytes(r)), NoDep, NoDep)
 	}
 	join := b.join(recvStart, enc)
 	srv := b.compute(FnServer, BufPayload, BufPayload, 2*n+r, 1, int64(dp/n), join, NoDep)
 	sizes := make([]int64, n)
 	for i := range sizes {
-		sizes[i] = mb
+		sizes[i] = int64(lay.MessageBytes(i))
 	}
 	agStart := int32(len(b.p.Ops))
 	b.payloadRing(2*n, srv, 1, sizes)

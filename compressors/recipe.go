@@ -43,6 +43,9 @@ func (c Codec) String() string {
 // sign fit in one byte).
 const MaxQSGDLevels = 127
 
+// MaxSignBlock is the largest scale block of "sign:B" (2^30 elements).
+const MaxSignBlock = 1 << 30
+
 // MaxKMeans is the largest number of centroids of the k-means stage
 // ("+kmeans:K"), so that a cluster id fits in one byte.
 const MaxKMeans = 256
@@ -68,11 +71,18 @@ type Recipe struct {
 	Levels  int     // qsgd: number of levels s in [1, MaxQSGDLevels]
 	Rank    int     // powersgd: target rank r >= 1
 	KMeans  int     // topk, dgc: k-means stage with this many centroids in [1, MaxKMeans]; 0 = off
-	Zstd    bool    // entropy stage (gathered codecs and sign only)
+	// Block (sign only, "sign:B"): elements per scale block, a positive
+	// multiple of 8 up to MaxSignBlock; 0 = one scale for the whole vector.
+	// The two-phase scheme sends one worker scale per block of the padded
+	// vector and one server scale per block and chunk (allreduce's
+	// TwoPhaseLayout); the Sign frame one scale per block of the layer.
+	Block int
+	Zstd  bool // entropy stage (gathered codecs and sign only)
 }
 
 // Parse parses a recipe: "none", "fp16", "bf16", "topk:D", "dgc:D",
-// "randomk:D" (density D in (0,1]), "sign", "qsgd:S" (levels S in
+// "randomk:D" (density D in (0,1]), "sign" or "sign:B" (one scale per
+// block of B elements, B a positive multiple of 8), "qsgd:S" (levels S in
 // [1,127]), "powersgd:R" (rank R >= 1) or "lossless", then optional stages
 // in this order: "+kmeans:K" after topk or dgc (the kept values are
 // replaced by the means of K clusters, K in [1,MaxKMeans]; see KMeans), and
@@ -179,6 +189,17 @@ func Parse(recipe string) (Recipe, error) {
 			return bad("levels must be in [1,%d]", MaxQSGDLevels)
 		}
 		r.Levels = v
+	case CodecSign:
+		if hasArg {
+			v, err := strconv.Atoi(arg)
+			if err != nil {
+				return bad("scale block %q is not an integer (sign:B, B elements per scale)", arg)
+			}
+			if v < 8 || v%8 != 0 || v > MaxSignBlock {
+				return bad("scale block must be a multiple of 8 in [8,%d] (or plain \"sign\": one scale per vector)", MaxSignBlock)
+			}
+			r.Block = v
+		}
 	case CodecPowerSGD:
 		if !hasArg {
 			return bad("powersgd needs a rank, e.g. \"powersgd:4\"")
@@ -224,6 +245,10 @@ func (r Recipe) String() string {
 		s += ":" + strconv.Itoa(r.Levels)
 	case CodecPowerSGD:
 		s += ":" + strconv.Itoa(r.Rank)
+	case CodecSign:
+		if r.Block > 0 {
+			s += ":" + strconv.Itoa(r.Block)
+		}
 	}
 	if r.KMeans != 0 {
 		s += "+kmeans:" + strconv.Itoa(r.KMeans)
@@ -301,7 +326,7 @@ func (r Recipe) NominalBytes(n int, opts ...Option) int64 {
 	case CodecRandomK:
 		body = 4 * int64(r.K(n))
 	case CodecSign:
-		body = 4 + (nn+7)/8
+		body = 4*int64(signBlocks(n, r.Block)) + (nn+7)/8
 	case CodecQSGD:
 		body = 4*((nn+QSGDBucket-1)/QSGDBucket) + (nn*int64(qsgdWidth(r.Levels))+7)/8
 	case CodecPowerSGD:

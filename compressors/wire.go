@@ -139,6 +139,8 @@ func newFrame(r Recipe, n int) frame {
 		f.param = uint32(r.Levels) | QSGDBucket<<8
 	case CodecPowerSGD:
 		f.param = uint32(r.Rank)
+	case CodecSign:
+		f.param = uint32(r.Block)
 	}
 	return f
 }

@@ -37,6 +37,62 @@ func gcd(a, b int) int {
 	return a
 }
 
+// signBlocks is the scale-block geometry of a padded two-phase vector (the
+// same as allreduce.TwoPhaseLayout): block k covers [k·B, min((k+1)·B, d′))
+// with B = block, or B = d′ when block is 0; chunk c is [c·L, (c+1)·L) with
+// L = d′/world, and its groups are the intersections of blocks with it.
+type signBlocks struct {
+	padded, chunk, block int
+}
+
+func newSignBlocks(d, world, block int) signBlocks {
+	if block < 0 || block%8 != 0 {
+		panic("errorfeedback: the two-phase scale block must be 0 or a positive multiple of 8")
+	}
+	p := PaddedLen(d, world)
+	return signBlocks{padded: p, chunk: p / world, block: block}
+}
+
+func (l signBlocks) blockLen() int {
+	if l.block == 0 {
+		return l.padded
+	}
+	return l.block
+}
+
+// blocks is the number of worker scales.
+func (l signBlocks) blocks() int {
+	if l.padded == 0 {
+		return 0
+	}
+	b := l.blockLen()
+	return (l.padded + b - 1) / b
+}
+
+func (l signBlocks) blockRange(k int) (lo, hi int) {
+	b := l.blockLen()
+	return k * b, min((k+1)*b, l.padded)
+}
+
+// chunkGroups returns the first block that meets chunk c and the number of
+// groups of the chunk.
+func (l signBlocks) chunkGroups(c int) (first, n int) {
+	if l.chunk == 0 {
+		return 0, 0
+	}
+	b := l.blockLen()
+	lo, hi := c*l.chunk, (c+1)*l.chunk
+	return lo / b, (hi-1)/b - lo/b + 1
+}
+
+// group returns group i of chunk c relative to the chunk's start.
+func (l signBlocks) group(c, i int) (lo, hi int) {
+	first, _ := l.chunkGroups(c)
+	blo, bhi := l.blockRange(first + i)
+	base := c * l.chunk
+	return max(blo, base) - base, min(bhi, base+l.chunk) - base
+}
+
 // rms returns ‖x‖₂/√len(x) with float64 accumulation (0 for empty x).
 func rms(x []float32) float32 {
 	if len(x) == 0 {
@@ -59,17 +115,28 @@ func signFeedback(bits []byte, b []float32, s float32) {
 }
 
 // WorkerError is one rank's worker-side error of the two-phase scheme for a
-// d-element vector (specs §2.2 steps 1-4). It is not safe for concurrent use.
+// d-element vector (specs §2.2 steps 1-4), with one scale per block of the
+// padded vector (see NewBlockWorkerError). It is not safe for concurrent use.
 type WorkerError struct {
 	d, world int
+	lay      signBlocks
 	e        []float32 // worker_error, length d′
+	one      [1]float32
 }
 
 // NewWorkerError returns a zero worker error for a d-element vector over
-// world ranks (internally of length PaddedLen(d, world)). It panics if d < 0
-// or world < 1.
-func NewWorkerError(d, world int) *WorkerError {
-	return &WorkerError{d: d, world: world, e: make([]float32, PaddedLen(d, world))}
+// world ranks (internally of length PaddedLen(d, world)) with one scale for
+// the whole padded vector (DeepSpeed's). It panics if d < 0 or world < 1.
+func NewWorkerError(d, world int) *WorkerError { return NewBlockWorkerError(d, world, 0) }
+
+// NewBlockWorkerError is NewWorkerError with one scale per block of block
+// elements of the padded vector: block k covers [k·block, (k+1)·block), the
+// last block ends at d′ (block 0: one block, the whole vector). Its
+// geometry is allreduce.TwoPhaseLayout's. It panics if d < 0, world < 1, or
+// block is negative or not a multiple of 8.
+func NewBlockWorkerError(d, world, block int) *WorkerError {
+	lay := newSignBlocks(d, world, block)
+	return &WorkerError{d: d, world: world, lay: lay, e: make([]float32, lay.padded)}
 }
 
 // Len is d, the unpadded vector length.
@@ -78,24 +145,61 @@ func (w *WorkerError) Len() int { return w.d }
 // PaddedLen is d′.
 func (w *WorkerError) PaddedLen() int { return len(w.e) }
 
+// Block is the scale block length (0: one block).
+func (w *WorkerError) Block() int { return w.lay.block }
+
+// Blocks is the number of scales CompressBlocks returns.
+func (w *WorkerError) Blocks() int { return w.lay.blocks() }
+
 // ChunkBytes is the number of sign bytes each rank owns, d′/(8·world).
 func (w *WorkerError) ChunkBytes() int { return len(w.e) / (8 * w.world) }
 
-// Compress runs steps 1-4 on m (len d): b = concat(m, 0…) + worker_error,
-// s_w = ‖b‖₂/√d′, worker_error = b − s_w·sgn(b). It appends the d′/8 packed
-// sign bytes of b to dst[:0] and returns them with s_w. Chunk c of the result
-// (bytes [c·ChunkBytes(), (c+1)·ChunkBytes())) goes to rank c in phase 1.
-// m is not modified. It panics if len(m) != Len().
+// ChunkScales returns the scales of chunk c among the Blocks() scales that
+// CompressBlocks returned: those of the blocks that meet the chunk, the ones
+// phase 1 sends to rank c with its sign chunk (a view of scales).
+func (w *WorkerError) ChunkScales(scales []float32, c int) []float32 {
+	first, n := w.lay.chunkGroups(c)
+	return scales[first : first+n]
+}
+
+// Compress runs steps 1-4 on m (len d) with a single scale: b = concat(m,
+// 0…) + worker_error, s_w = ‖b‖₂/√d′, worker_error = b − s_w·sgn(b). It
+// appends the d′/8 packed sign bytes of b to dst[:0] and returns them with
+// s_w. Chunk c of the result (bytes [c·ChunkBytes(), (c+1)·ChunkBytes()))
+// goes to rank c in phase 1. m is not modified. It panics if len(m) !=
+// Len() or the error has more than one block.
 func (w *WorkerError) Compress(dst []byte, m []float32) ([]byte, float32) {
+	if w.lay.blocks() > 1 {
+		panic("errorfeedback: WorkerError.Compress on a blocked error; use CompressBlocks")
+	}
+	dst, sc := w.CompressBlocks(dst, w.one[:0], m)
+	if len(sc) == 0 {
+		return dst, 0
+	}
+	return dst, sc[0]
+}
+
+// CompressBlocks is Compress with one scale per block: per block k, s_k =
+// RMS of b over the block and worker_error = b − s_k·sgn(b) there. It
+// appends the d′/8 sign bytes to dst[:0] and the Blocks() scales to
+// scales[:0]. It panics if len(m) != Len().
+func (w *WorkerError) CompressBlocks(dst []byte, scales, m []float32) ([]byte, []float32) {
 	if len(m) != w.d {
 		panic("errorfeedback: WorkerError.Compress: len(m) != Len()")
 	}
 	kernels.Add(w.e[:w.d], m)
-	s := rms(w.e)
-	n := len(w.e) / 8
-	dst = grow(dst[:0], n)
-	signFeedback(dst, w.e, s)
-	return dst, s
+	dst = grow(dst[:0], len(w.e)/8)
+	nb := w.lay.blocks()
+	if cap(scales) < nb {
+		scales = make([]float32, nb)
+	}
+	scales = scales[:nb]
+	for k := range scales {
+		lo, hi := w.lay.blockRange(k)
+		scales[k] = rms(w.e[lo:hi])
+		signFeedback(dst[lo/8:hi/8], w.e[lo:hi], scales[k])
+	}
+	return dst, scales
 }
 
 // Error returns worker_error (length d′; a view, do not modify).
@@ -105,20 +209,34 @@ func (w *WorkerError) Error() []float32 { return w.e }
 func (w *WorkerError) Reset() { zero(w.e) }
 
 // ServerError is rank r's server-side error of the two-phase scheme for its
-// chunk of d′/world elements (specs §2.2 step 6). It is not safe for
-// concurrent use.
+// chunk of d′/world elements (specs §2.2 step 6), with one scale per group
+// of the chunk (see NewBlockServerError). It is not safe for concurrent use.
 type ServerError struct {
-	world int
-	e     []float32 // server_error, length chunk
-	c     []float32 // scratch for Step
+	world, rank int
+	lay         signBlocks
+	e           []float32 // server_error, length chunk
+	c           []float32 // scratch for Step
+	one         [1]float32
+	sc          [][]float32
 }
 
 // NewServerError returns a zero server error for a d-element vector over
-// world ranks: its chunk has PaddedLen(d, world)/world elements. It panics
-// if d < 0 or world < 1.
-func NewServerError(d, world int) *ServerError {
-	chunk := PaddedLen(d, world) / world
-	return &ServerError{world: world, e: make([]float32, chunk), c: make([]float32, chunk)}
+// world ranks with one scale per chunk: its chunk has PaddedLen(d,
+// world)/world elements. It panics if d < 0 or world < 1.
+func NewServerError(d, world int) *ServerError { return NewBlockServerError(d, world, 0, 0) }
+
+// NewBlockServerError returns rank's zero server error for a d-element vector
+// over world ranks with scale blocks of block elements (see
+// NewBlockWorkerError): the chunk's groups are the intersections of the
+// blocks with chunk rank, each with its own server scale. It panics if d <
+// 0, world < 1, rank is not in [0, world), or block is negative or not a
+// multiple of 8.
+func NewBlockServerError(d, world, rank, block int) *ServerError {
+	if rank < 0 || rank >= max(world, 1) {
+		panic("errorfeedback: NewBlockServerError: rank out of range")
+	}
+	lay := newSignBlocks(d, world, block)
+	return &ServerError{world: world, rank: rank, lay: lay, e: make([]float32, lay.chunk), c: make([]float32, lay.chunk)}
 }
 
 // Len is the chunk length d′/world.
@@ -127,26 +245,57 @@ func (s *ServerError) Len() int { return len(s.e) }
 // ChunkBytes is len/8, the size of one sign chunk.
 func (s *ServerError) ChunkBytes() int { return len(s.e) / 8 }
 
+// Groups is the number of scales of this chunk: worker scales received from
+// each rank, and server scales sent.
+func (s *ServerError) Groups() int {
+	_, n := s.lay.chunkGroups(s.rank)
+	return n
+}
+
 // MeanSigns sets c = Σ_j (scales[j]/world)·sgn_j in rank order j = 0..N−1,
 // where sgn_j[k] = +1 if bit k of recv[j] (MSB-first) is 1, else −1: the
-// average of the decoded worker messages for this rank's chunk. It returns
-// an error wrapping ErrLength if the counts or sizes do not match.
+// average of the decoded worker messages for this rank's chunk, with a
+// single scale per rank. It returns an error wrapping ErrLength if the
+// counts or sizes do not match or the chunk has several groups.
 func (s *ServerError) MeanSigns(c []float32, recv [][]byte, scales []float32) error {
-	if len(recv) != s.world || len(scales) != s.world {
+	if len(scales) != s.world {
 		return fmt.Errorf("%w: %d sign chunks and %d scales for world %d", ErrLength, len(recv), len(scales), s.world)
+	}
+	if s.sc == nil {
+		s.sc = make([][]float32, s.world)
+	}
+	one := min(1, s.Groups()) // an empty chunk has no group
+	for j := range scales {
+		s.sc[j] = scales[j : j+one]
+	}
+	return s.MeanSignBlocks(c, recv, s.sc)
+}
+
+// MeanSignBlocks is MeanSigns with one scale per group: scales[j][g] is
+// rank j's worker scale for group g of the chunk.
+func (s *ServerError) MeanSignBlocks(c []float32, recv [][]byte, scales [][]float32) error {
+	if len(recv) != s.world || len(scales) != s.world {
+		return fmt.Errorf("%w: %d sign chunks and %d scale lists for world %d", ErrLength, len(recv), len(scales), s.world)
 	}
 	if len(c) != len(s.e) {
 		return fmt.Errorf("%w: chunk buffer %d, want %d", ErrLength, len(c), len(s.e))
 	}
+	ng := s.Groups()
 	for j, b := range recv {
 		if len(b) != len(s.e)/8 {
 			return fmt.Errorf("%w: sign chunk from rank %d has %d bytes, want %d", ErrLength, j, len(b), len(s.e)/8)
+		}
+		if len(scales[j]) != ng {
+			return fmt.Errorf("%w: %d scales from rank %d, want %d", ErrLength, len(scales[j]), j, ng)
 		}
 	}
 	zero(c)
 	inv := float32(1 / float64(s.world))
 	for j, b := range recv {
-		kernels.UnpackSignsAdd(c, b, scales[j]*inv)
+		for g := range ng {
+			lo, hi := s.lay.group(s.rank, g)
+			kernels.UnpackSignsAdd(c[lo:hi], b[lo/8:hi/8], scales[j][g]*inv)
+		}
 	}
 	return nil
 }
@@ -155,17 +304,40 @@ func (s *ServerError) MeanSigns(c []float32, recv [][]byte, scales []float32) er
 // messages for this chunk (see MeanSigns): c += server_error (in place),
 // s_s = ‖c‖₂/√len(c), server_error = c − s_s·sgn(c). It appends the packed
 // signs of c (len(c)/8 bytes) to dst[:0] and returns them with s_s. On return
-// c holds the compensated vector c_r. It panics if len(c) != Len().
+// c holds the compensated vector c_r. It panics if len(c) != Len() or the
+// chunk has several groups.
 func (s *ServerError) Compress(dst []byte, c []float32) ([]byte, float32) {
+	if s.Groups() > 1 {
+		panic("errorfeedback: ServerError.Compress on a blocked chunk; use CompressBlocks")
+	}
+	dst, sc := s.CompressBlocks(dst, s.one[:0], c)
+	if len(sc) == 0 {
+		return dst, 0
+	}
+	return dst, sc[0]
+}
+
+// CompressBlocks is Compress with one server scale per group: s_g = RMS of
+// c over group g and server_error = c − s_g·sgn(c) there. It appends the
+// sign bytes to dst[:0] and the Groups() scales to sscales[:0].
+func (s *ServerError) CompressBlocks(dst []byte, sscales, c []float32) ([]byte, []float32) {
 	if len(c) != len(s.e) {
 		panic("errorfeedback: ServerError.Compress: len(c) != Len()")
 	}
 	kernels.Add(c, s.e)
-	ss := rms(c)
 	copy(s.e, c)
 	dst = grow(dst[:0], len(c)/8)
-	signFeedback(dst, s.e, ss)
-	return dst, ss
+	ng := s.Groups()
+	if cap(sscales) < ng {
+		sscales = make([]float32, ng)
+	}
+	sscales = sscales[:ng]
+	for g := range sscales {
+		lo, hi := s.lay.group(s.rank, g)
+		sscales[g] = rms(c[lo:hi])
+		signFeedback(dst[lo/8:hi/8], s.e[lo:hi], sscales[g])
+	}
+	return dst, sscales
 }
 
 // Step is MeanSigns followed by Compress on an internal buffer: the whole of
@@ -180,6 +352,18 @@ func (s *ServerError) Step(dst []byte, recv [][]byte, scales []float32) ([]byte,
 	return out, ss, nil
 }
 
+// StepBlocks is Step with one scale per group: scales[j] are rank j's
+// Groups() worker scales for this chunk (WorkerError.ChunkScales); it
+// appends the server's sign bytes to dst[:0] and its Groups() scales to
+// sscales[:0].
+func (s *ServerError) StepBlocks(dst []byte, sscales []float32, recv [][]byte, scales [][]float32) ([]byte, []float32, error) {
+	if err := s.MeanSignBlocks(s.c, recv, scales); err != nil {
+		return dst[:0], sscales[:0], err
+	}
+	out, ss := s.CompressBlocks(dst, sscales, s.c)
+	return out, ss, nil
+}
+
 // Error returns server_error (a view, do not modify).
 func (s *ServerError) Error() []float32 { return s.e }
 
@@ -191,10 +375,10 @@ func (s *ServerError) Reset() { zero(s.e) }
 // world)/world and world = len(bits), truncated to len(out). It returns an
 // error wrapping ErrLength if the counts or sizes do not match.
 func DecodeSigns(out []float32, bits [][]byte, scales []float32) error {
-	world := len(bits)
-	if world < 1 || len(scales) != world {
+	if len(bits) < 1 || len(scales) != len(bits) {
 		return fmt.Errorf("%w: %d sign chunks and %d scales", ErrLength, len(bits), len(scales))
 	}
+	world := len(bits)
 	chunk := PaddedLen(len(out), world) / world
 	for c, b := range bits {
 		if len(b) != chunk/8 {
@@ -206,8 +390,41 @@ func DecodeSigns(out []float32, bits [][]byte, scales []float32) error {
 		if lo >= len(out) {
 			break
 		}
-		hi := min(lo+chunk, len(out))
-		kernels.UnpackSigns(out[lo:hi], b, scales[c])
+		kernels.UnpackSigns(out[lo:min(lo+chunk, len(out))], b, scales[c])
+	}
+	return nil
+}
+
+// DecodeSignBlocks is DecodeSigns with scale blocks of block elements (see
+// NewBlockWorkerError): scales[c][g] is the server scale of group g of chunk
+// c, and out[group] = scales[c][g]·sgn(bits[c][group]).
+func DecodeSignBlocks(out []float32, block int, bits [][]byte, scales [][]float32) error {
+	world := len(bits)
+	if world < 1 || len(scales) != world {
+		return fmt.Errorf("%w: %d sign chunks and %d scale lists", ErrLength, len(bits), len(scales))
+	}
+	if block < 0 || block%8 != 0 {
+		return fmt.Errorf("%w: scale block %d is not a multiple of 8", ErrLength, block)
+	}
+	lay := newSignBlocks(len(out), world, block)
+	chunk := lay.chunk
+	for c, b := range bits {
+		if len(b) != chunk/8 {
+			return fmt.Errorf("%w: server sign chunk %d has %d bytes, want %d", ErrLength, c, len(b), chunk/8)
+		}
+		if _, n := lay.chunkGroups(c); len(scales[c]) != n {
+			return fmt.Errorf("%w: server chunk %d has %d scales, want %d", ErrLength, c, len(scales[c]), n)
+		}
+	}
+	for c, b := range bits {
+		base := c * chunk
+		for g, s := range scales[c] {
+			lo, hi := lay.group(c, g)
+			if base+lo >= len(out) {
+				break
+			}
+			kernels.UnpackSigns(out[base+lo:min(base+hi, len(out))], b[lo/8:], s)
+		}
 	}
 	return nil
 }

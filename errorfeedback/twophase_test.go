@@ -228,3 +228,77 @@ func TestTwoPhaseErrors(t *testing.T) {
 		t.Errorf("%v allocs per step", allocs)
 	}
 }
+
+// TestTwoPhaseBlocks: one scale per block of the padded vector, one server
+// scale per group of the chunk; wrong scale counts are errors; the steady
+// state allocates nothing.
+func TestTwoPhaseBlocks(t *testing.T) {
+	const d, world, block = 100, 4, 24 // d′ = 128, chunks of 32: groups cut at 24, 48, 72, 96, 120
+	w := NewBlockWorkerError(d, world, block)
+	if w.Blocks() != 6 || w.Block() != block {
+		t.Fatalf("blocks %d, block %d", w.Blocks(), w.Block())
+	}
+	m := make([]float32, d)
+	for i := range m {
+		m[i] = float32(i%7) - 3
+		if i >= 48 {
+			m[i] *= 1e-4
+		}
+	}
+	bits, scales := w.CompressBlocks(nil, nil, m)
+	if len(bits) != 16 || len(scales) != 6 {
+		t.Fatalf("%d sign bytes, %d scales", len(bits), len(scales))
+	}
+	if !(scales[0] > 100*scales[2]) {
+		t.Errorf("scales %v: block 2 (from element 48) should be ~1e-4 of block 0", scales)
+	}
+	wantGroups := []int{2, 2, 2, 2} // chunk c meets blocks ⌊32c/24⌋ .. ⌊(32c+31)/24⌋
+	recv := make([][]byte, world)
+	sc := make([][]float32, world)
+	sbits := make([][]byte, world)
+	sscales := make([][]float32, world)
+	for c := range world {
+		s := NewBlockServerError(d, world, c, block)
+		if s.Groups() != wantGroups[c] {
+			t.Fatalf("chunk %d: %d groups, want %d", c, s.Groups(), wantGroups[c])
+		}
+		for j := range world {
+			recv[j] = bits[c*4 : (c+1)*4]
+			sc[j] = w.ChunkScales(scales, c)
+		}
+		var err error
+		if sbits[c], sscales[c], err = s.StepBlocks(nil, nil, recv, sc); err != nil {
+			t.Fatal(err)
+		}
+		sc[1] = sc[1][:1]
+		if _, _, err := s.StepBlocks(nil, nil, recv, sc); !errors.Is(err, ErrLength) {
+			t.Errorf("chunk %d: one scale short: %v", c, err)
+		}
+	}
+	out := make([]float32, d)
+	if err := DecodeSignBlocks(out, block, sbits, sscales); err != nil {
+		t.Fatal(err)
+	}
+	for i := 48; i < d; i++ {
+		if math.Abs(float64(out[i])) > 1e-3 {
+			t.Fatalf("out[%d] = %v: the small region kept its own scale", i, out[i])
+		}
+	}
+	if err := DecodeSignBlocks(out, 12, sbits, sscales); !errors.Is(err, ErrLength) {
+		t.Errorf("block 12: %v", err)
+	}
+	s := NewBlockServerError(d, world, 1, block)
+	for j := range world {
+		sc[j] = w.ChunkScales(scales, 1)
+	}
+	var sb []byte
+	var ss []float32
+	allocs := testing.AllocsPerRun(10, func() {
+		bits, scales = w.CompressBlocks(bits, scales, m)
+		sb, ss, _ = s.StepBlocks(sb, ss, recv, sc)
+		_ = DecodeSignBlocks(out, block, sbits, sscales)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocs per blocked step", allocs)
+	}
+}

@@ -162,8 +162,9 @@ func TestOneBitAdamWorkers(t *testing.T) {
 			seed, steps-freeze, o.sent, o.baseline, ratio, a.sent)
 		// The two-phase scheme: per step each rank sends its sign chunks and
 		// scale to the N−1 others in phase 1 and its server chunk and scale
-		// in phase 2: 2(N−1)·(d′/(8N) + 4) bytes, d′ the padded length.
-		if want := int64(steps-freeze) * 2 * (world - 1) * int64(errorfeedback.PaddedLen(p.Dim(), world)/(8*world)+4); o.sent != want {
+		// in phase 2, each message with a 4-byte header (version 2, one
+		// scale): 2(N−1)·(d′/(8N) + 8) bytes, d′ the padded length.
+		if want := int64(steps-freeze) * 2 * (world - 1) * int64(errorfeedback.PaddedLen(p.Dim(), world)/(8*world)+8); o.sent != want {
 			t.Errorf("seed %d: compression stage sent %d bytes by the Ledger, want %d", seed, o.sent, want)
 		}
 		if ratio < 25 {

@@ -188,8 +188,12 @@ func SizeOnlyLayer(ls LayerSpec, world int) (Collective, int64, error) {
 		alg, p.Segments = allreduce.AlgSparseGather, 0
 		nominal = ls.Codec.NominalBytes(ls.Elems)
 	case compressors.TwoPhase:
-		alg, p.Segments = allreduce.AlgTwoPhaseSign, 0
-		nominal = int64(allreduce.TwoPhasePaddedLen(ls.Elems, world)/8 + 4)
+		alg, p.Segments, p.SignBlock = allreduce.AlgTwoPhaseSign, 0, ls.Codec.Block
+		lay, err := allreduce.NewTwoPhaseLayout(ls.Elems, world, ls.Codec.Block)
+		if err != nil {
+			return Collective{}, 0, fmt.Errorf("%w: layer %s: %v", ErrCluster, ls.Name, err)
+		}
+		nominal = int64(lay.PayloadBytes())
 	case compressors.LowRank:
 		alg = allreduce.AlgLowRank
 		p.Rows, p.Cols, p.Components = ls.Rows, ls.Cols, ls.Codec.Rank

@@ -31,8 +31,8 @@ import (
 // all-reduce of BytesPerElem·d per rank for element-wise codecs
 // (2(N−1)·bpe·d in total), a ring all-gather for gathered payloads (each
 // rank's payload crosses N−1 links), and for the two-phase scheme an
-// all-to-all plus an all-gather of d′/(8N)-byte sign chunks with a 4-byte
-// scale each.
+// all-to-all plus an all-gather of d′/(8N)-byte sign chunks, each with a
+// 4-byte header and its groups' scales (allreduce.TwoPhaseLayout).
 type Local struct {
 	plan   Plan
 	layers []Layer
@@ -42,8 +42,8 @@ type Local struct {
 	avg    []float32
 	tp     [][]*allreduce.TwoPhaseState // [worker][layer], made on first use
 	// two-phase scratch, reused across steps
-	bits, server, recv [][]byte
-	scales, sscales    []float32
+	bits, server, recv       [][]byte
+	scales, sscales, rscales [][]float32
 }
 
 // NewLocal returns a Local exchanger for n workers over layers, communicating
@@ -131,9 +131,14 @@ func (x *Local) denseMean(l int, in, out [][][]float32) LayerStats {
 	return LayerStats{PayloadBytes: int64(x.n) * 4 * int64(d), WireBytes: dense, DenseBytes: dense}
 }
 
-// twoPhase runs the two-phase 1-bit all-reduce of unit l.
+// twoPhase runs the two-phase 1-bit all-reduce of unit l with the plan's
+// Sign codec's scale blocks.
 func (x *Local) twoPhase(l int, in, out [][][]float32) (LayerStats, error) {
 	d := x.layers[l].Size
+	sr, err := x.plan.SignRecipe()
+	if err != nil {
+		return LayerStats{}, err
+	}
 	if x.tp == nil {
 		x.tp = make([][]*allreduce.TwoPhaseState, x.n)
 		for w := range x.n {
@@ -142,37 +147,44 @@ func (x *Local) twoPhase(l int, in, out [][][]float32) (LayerStats, error) {
 	}
 	if x.bits == nil {
 		x.bits, x.server, x.recv = make([][]byte, x.n), make([][]byte, x.n), make([][]byte, x.n)
-		x.scales, x.sscales = make([]float32, x.n), make([]float32, x.n)
+		x.scales, x.sscales, x.rscales = make([][]float32, x.n), make([][]float32, x.n), make([][]float32, x.n)
 	}
-	bits, server, recv, scales, sscales := x.bits, x.server, x.recv, x.scales, x.sscales
+	bits, server, recv, scales, sscales, rscales := x.bits, x.server, x.recv, x.scales, x.sscales, x.rscales
 	for w := range x.n {
 		if x.tp[w][l] == nil {
-			x.tp[w][l] = allreduce.NewTwoPhaseState(d, x.n)
+			if x.tp[w][l], err = allreduce.NewTwoPhaseBlockState(d, x.n, sr.Block); err != nil {
+				return LayerStats{}, fmt.Errorf("train: unit %s: %w", x.layers[l].Name, err)
+			}
 		}
-		bits[w], scales[w] = x.tp[w][l].WorkerCompress(bits[w][:0], in[w][l])
+		bits[w], scales[w] = x.tp[w][l].WorkerCompress(bits[w][:0], scales[w][:0], in[w][l])
 	}
+	lay := x.tp[0][l].TwoPhaseLayout()
 	cb := len(bits[0]) / x.n
 	for c := range x.n {
+		first, k := lay.ChunkBlocks(c)
 		for j := range x.n {
 			recv[j] = bits[j][c*cb : (c+1)*cb]
+			rscales[j] = scales[j][first : first+k]
 		}
-		var err error
-		server[c], sscales[c], err = x.tp[c][l].ServerStep(server[c][:0], recv, scales)
+		server[c], sscales[c], err = x.tp[c][l].ServerStep(server[c][:0], sscales[c][:0], c, recv, rscales)
 		if err != nil {
 			return LayerStats{}, fmt.Errorf("train: two-phase server step, rank %d: %w", c, err)
 		}
 	}
 	for w := range x.n {
-		if err := errorfeedback.DecodeSigns(out[w][l], server, sscales); err != nil {
+		if err := errorfeedback.DecodeSignBlocks(out[w][l], sr.Block, server, sscales); err != nil {
 			return LayerStats{}, fmt.Errorf("train: two-phase decode: %w", err)
 		}
 	}
-	// Phase 1: every rank sends N−1 chunks and its scale; phase 2: every
-	// rank sends its server chunk and scale to N−1 peers.
-	msgs := int64(x.n) * int64(x.n-1)
+	// Phase 1: every rank sends N−1 chunks with their scales; phase 2:
+	// every rank sends its server chunk and scales to N−1 peers.
+	var wire int64
+	for c := range x.n {
+		wire += 2 * int64(x.n-1) * int64(lay.MessageBytes(c))
+	}
 	return LayerStats{
-		PayloadBytes: int64(x.n) * int64(len(bits[0])+4),
-		WireBytes:    2 * msgs * int64(cb+4),
+		PayloadBytes: int64(x.n) * int64(lay.PayloadBytes()),
+		WireBytes:    wire,
 		DenseBytes:   DenseRingBytes(x.n, d),
 	}, nil
 }

@@ -33,6 +33,29 @@ type Plan struct {
 	WarmupSteps int
 	// Seed is shared by all ranks (random-k indices, PowerSGD's Q).
 	Seed uint64
+	// Sign is the codec of the units an optimizer sends through the
+	// two-phase 1-bit all-reduce (optim.TwoPhaseSign, 1-bit Adam's
+	// compression stage): "sign" (one scale per unit; the default when
+	// empty) or "sign:B" (one scale per block of B elements of the unit,
+	// see allreduce.TwoPhaseLayout). Every driver uses it: Local, Sim and
+	// RegisterUnits' callers.
+	Sign string
+}
+
+// SignRecipe returns the parsed Sign codec ("sign" when empty).
+func (p Plan) SignRecipe() (compressors.Recipe, error) {
+	s := p.Sign
+	if s == "" {
+		s = "sign"
+	}
+	r, err := compressors.Parse(s)
+	if err != nil {
+		return r, fmt.Errorf("train: plan: two-phase codec: %w", err)
+	}
+	if r.Codec != compressors.CodecSign {
+		return r, fmt.Errorf("train: plan: two-phase codec %q is not sign or sign:B", s)
+	}
+	return r, nil
 }
 
 // Compressed reports whether layer l is sent with the Compress codec.
@@ -97,6 +120,9 @@ func (p Plan) efRecipe() string {
 func (p Plan) validate() error {
 	if _, err := errorfeedback.Parse(p.efRecipe()); err != nil {
 		return fmt.Errorf("train: plan: %w", err)
+	}
+	if _, err := p.SignRecipe(); err != nil {
+		return err
 	}
 	if p.Compress != "" {
 		r, err := compressors.Parse(p.Compress)

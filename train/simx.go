@@ -70,8 +70,8 @@ const DefaultFLOPS = 20e9
 //	    the sparse gather, the two-phase sign scheme, PowerSGD's P-then-Q).
 //	DenseMean: an fp32 all-reduce average with the Dense algorithm (the
 //	    worker's ModeDense).
-//	TwoPhaseSign: the two-phase 1-bit all-reduce (codec "sign", what
-//	    1-bit Adam registers on real workers).
+//	TwoPhaseSign: the two-phase 1-bit all-reduce (the plan's Sign codec,
+//	    "sign" or "sign:B", what 1-bit Adam registers on real workers).
 //
 // A DGC warm-up (Plan.Warmup) switches the Mean layers' codecs at the stage
 // boundaries with adapt.Layer.SetCodec, keeping the error feedback; L-GreCo
@@ -380,22 +380,22 @@ func (s *Sim) boundary(step int) (collect bool, err error) {
 // DenseMean and TwoPhaseSign layers on first use.
 func (s *Sim) layerFor(rank, u int, how optim.Exchange) (*adapt.Layer, error) {
 	var slot **adapt.Layer
-	var codec string
+	var r compressors.Recipe
+	var err error
 	switch how {
 	case optim.Mean:
 		return s.layers[rank][u], nil
 	case optim.DenseMean:
-		slot, codec = &s.dense[rank][u], "none"
+		slot, r = &s.dense[rank][u], compressors.MustParse("none")
 	case optim.TwoPhaseSign:
-		slot, codec = &s.signs[rank][u], "sign"
+		slot = &s.signs[rank][u]
+		if r, err = s.plan.SignRecipe(); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("%w: aggregation %v", ErrUnsupported, how)
 	}
 	if *slot == nil {
-		r, err := compressors.Parse(codec)
-		if err != nil {
-			return nil, err
-		}
 		l, err := s.newLayer(s.units[u], r, errorfeedback.Recipe{Kind: errorfeedback.KindNone}, rank)
 		if err != nil {
 			return nil, err

@@ -64,7 +64,17 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 			p.Average, p.ElemBytes = true, 4
 		case how[u] == optim.TwoPhaseSign || agg == compressors.TwoPhase:
 			alg = allreduce.AlgTwoPhaseSign
-			payload = int64(allreduce.TwoPhasePaddedLen(unit.Size, n)/8 + 4)
+			if how[u] == optim.TwoPhaseSign {
+				if r, err = plan.SignRecipe(); err != nil {
+					return Stats{}, err
+				}
+			}
+			p.SignBlock = r.Block
+			lay, err := allreduce.NewTwoPhaseLayout(unit.Size, n, r.Block)
+			if err != nil {
+				return Stats{}, fmt.Errorf("train: unit %s: %w", unit.Name, err)
+			}
+			payload = int64(lay.PayloadBytes())
 		case agg == compressors.Reduce:
 			c, err := r.New(unit.Size, opts...)
 			if err != nil {
@@ -99,7 +109,7 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 		case how[u] == optim.DenseMean:
 			c.Recipe = "none"
 		case how[u] == optim.TwoPhaseSign:
-			c.Recipe = "sign"
+			c.Recipe = r.String()
 		case r.Aggregation() == compressors.Reduce && plan.efRecipe() != "none":
 			// Error feedback's encode and decode before the program, as
 			// Sim charges it.

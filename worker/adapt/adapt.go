@@ -201,14 +201,19 @@ func build(s Spec, t *timer, old *Layer) (*Layer, error) {
 			return nil, fmt.Errorf("%w: %s keeps its own worker and server errors; error feedback must be none", ErrSpec, s.Codec)
 		}
 		alg = allreduce.AlgTwoPhaseSign
-		p.Segments = 0
-		if old != nil {
+		p.Segments, p.SignBlock = 0, s.Codec.Block
+		if old != nil && old.tp != nil && old.tp.lay.Block() == s.Codec.Block {
 			l.tp = old.tp
 		} else {
+			lay, err := allreduce.NewTwoPhaseLayout(s.Elems, s.World, s.Codec.Block)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrSpec, err)
+			}
 			l.tp = &twoPhase{
-				w: errorfeedback.NewWorkerError(s.Elems, s.World),
-				s: errorfeedback.NewServerError(s.Elems, s.World),
-				t: t,
+				lay: lay,
+				w:   errorfeedback.NewBlockWorkerError(s.Elems, s.World, s.Codec.Block),
+				s:   errorfeedback.NewBlockServerError(s.Elems, s.World, s.Rank, s.Codec.Block),
+				t:   t,
 			}
 		}
 		xopts = append(xopts, allreduce.WithTwoPhase(l.tp))
@@ -366,7 +371,7 @@ func (l *Layer) NominalPayload() int64 {
 	case compressors.Reduce:
 		return int64(l.spec.Elems * l.elem.BytesPerElem())
 	case compressors.TwoPhase:
-		return int64(allreduce.TwoPhasePaddedLen(l.spec.Elems, l.spec.World)/8 + 4)
+		return int64(l.tp.lay.PayloadBytes())
 	case compressors.LowRank:
 		return 4 * int64(l.prog.Layout.Len())
 	}
@@ -399,22 +404,25 @@ func (c *payloadCodec) DecodeAdd(dst []float32, payload []byte) error {
 // twoPhase adapts errorfeedback's worker and server errors to
 // allreduce.TwoPhaseHook.
 type twoPhase struct {
-	w *errorfeedback.WorkerError
-	s *errorfeedback.ServerError
-	t *timer
+	lay allreduce.TwoPhaseLayout
+	w   *errorfeedback.WorkerError
+	s   *errorfeedback.ServerError
+	t   *timer
 }
 
-func (h *twoPhase) WorkerCompress(dst []byte, m []float32) ([]byte, float32) {
+func (h *twoPhase) TwoPhaseLayout() allreduce.TwoPhaseLayout { return h.lay }
+
+func (h *twoPhase) WorkerCompress(dst []byte, scales, m []float32) ([]byte, []float32) {
 	t0 := time.Now()
-	b, s := h.w.Compress(dst, m)
+	b, s := h.w.CompressBlocks(dst, scales, m)
 	h.t.compress += time.Since(t0)
-	h.t.payload = int64(len(b)) + 4
+	h.t.payload = int64(len(b)) + 4*int64(len(s))
 	return b, s
 }
 
-func (h *twoPhase) ServerStep(dst []byte, recv [][]byte, scales []float32) ([]byte, float32, error) {
+func (h *twoPhase) ServerStep(dst []byte, sscales []float32, chunk int, recv [][]byte, scales [][]float32) ([]byte, []float32, error) {
 	t0 := time.Now()
-	b, s, err := h.s.Step(dst, recv, scales)
+	b, s, err := h.s.StepBlocks(dst, sscales, recv, scales)
 	h.t.compress += time.Since(t0)
 	return b, s, err
 }
