@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/errorfeedback/eftest"
 )
 
 func TestParse(t *testing.T) {
@@ -91,56 +92,6 @@ func randVec(r *rand.Rand, n int, s float64) []float32 {
 	return v
 }
 
-// exchange simulates one step of N ranks in-process: every rank encodes its
-// gradient; the payloads are decoded and summed in rank order 0..N-1 and
-// scaled by 1/N; every rank finishes its own copy. It returns the directions
-// and checks they are bit-identical across ranks.
-func exchange(t testing.TB, fbs []Feedback, grads [][]float32, bufs [][]byte, dirs [][]float32) {
-	t.Helper()
-	n := len(fbs)
-	for r, fb := range fbs {
-		p, err := fb.Encode(bufs[r], grads[r])
-		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
-		}
-		bufs[r] = p
-	}
-	avg := dirs[0]
-	zero(avg)
-	c := fbs[0].Compressor()
-	for r := 0; r < n; r++ {
-		if err := c.DecompressAdd(avg, bufs[r]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	inv := float32(1 / float64(n))
-	for j := range avg {
-		avg[j] *= inv
-	}
-	for r := 1; r < n; r++ {
-		copy(dirs[r], avg)
-	}
-	for r, fb := range fbs {
-		fb.Finish(dirs[r])
-	}
-	for r := 1; r < n; r++ {
-		for j := range dirs[r] {
-			if math.Float32bits(dirs[r][j]) != math.Float32bits(dirs[0][j]) {
-				t.Fatalf("rank %d direction[%d] = %v, rank 0 has %v", r, j, dirs[r][j], dirs[0][j])
-			}
-		}
-	}
-}
-
-func newBufs(n, d int) ([][]byte, [][]float32) {
-	bufs := make([][]byte, n)
-	dirs := make([][]float32, n)
-	for r := range dirs {
-		dirs[r] = make([]float32, d)
-	}
-	return bufs, dirs
-}
-
 // TestEControlVirtualIterate: x̃ = x − γ·mean eᵢ follows uncompressed SGD on
 // the same gradient sequence, for any η (specs §3.2).
 func TestEControlVirtualIterate(t *testing.T) {
@@ -161,7 +112,7 @@ func TestEControlVirtualIterate(t *testing.T) {
 			}
 			fbs[i] = f
 		}
-		bufs, dirs := newBufs(n, d)
+		bufs, dirs := eftest.NewBufs(n, d)
 		x := make([]float32, d)
 		sgd := make([]float64, d) // x̃ by uncompressed SGD: x̃ -= γ·ḡ
 		grads := make([][]float32, n)
@@ -181,7 +132,7 @@ func TestEControlVirtualIterate(t *testing.T) {
 				}
 				sgd[j] -= gamma * gm / n
 			}
-			exchange(t, fbs, grads, bufs, dirs)
+			eftest.Exchange(t, fbs, grads, bufs, dirs)
 			for j := range x {
 				x[j] -= gamma * dirs[0][j]
 			}
@@ -225,8 +176,8 @@ func TestEControlZeroIsEF21(t *testing.T) {
 		}
 		b[i] = f
 	}
-	bufA, dirA := newBufs(n, d)
-	bufB, dirB := newBufs(n, d)
+	bufA, dirA := eftest.NewBufs(n, d)
+	bufB, dirB := eftest.NewBufs(n, d)
 	grads := make([][]float32, n)
 	for s := 0; s < steps; s++ {
 		for i := range grads {
@@ -236,8 +187,8 @@ func TestEControlZeroIsEF21(t *testing.T) {
 				grads[i][(s+1)%d] = float32(math.Copysign(0, -1))
 			}
 		}
-		exchange(t, a, grads, bufA, dirA)
-		exchange(t, b, grads, bufB, dirB)
+		eftest.Exchange(t, a, grads, bufA, dirA)
+		eftest.Exchange(t, b, grads, bufB, dirB)
 		for i := range a {
 			if !bytes.Equal(bufA[i], bufB[i]) {
 				t.Fatalf("step %d rank %d: payloads differ", s, i)

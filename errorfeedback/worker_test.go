@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/errorfeedback/eftest"
 	"github.com/slimgrad/slimgrad/transport/mem"
 	"github.com/slimgrad/slimgrad/worker"
 )
@@ -17,7 +17,7 @@ import (
 // of x, Step turns it into the update direction in place, x −= γ·direction.
 // It returns rank 0's relative error after every step and checks that the
 // replicas stay bit-identical.
-func runLSQWorkers(t *testing.T, p *errorfeedback.LSQ, n int, codec, ef string, gamma float64, steps int) []float64 {
+func runLSQWorkers(t *testing.T, p *eftest.LSQ, n int, codec, ef string, gamma float64, steps int) []float64 {
 	t.Helper()
 	ctx := context.Background()
 	g, err := mem.NewGroup(n)
@@ -45,7 +45,7 @@ func runLSQWorkers(t *testing.T, p *errorfeedback.LSQ, n int, codec, ef string, 
 	g32 := float32(gamma)
 	for s := 0; s < steps; s++ {
 		for r := range ws {
-			p.Grad(r, xs[r], grads[r][0])
+			p.Grad(r, xs[r], grads[r][0], 0, nil)
 		}
 		var wg sync.WaitGroup
 		for r, w := range ws {
@@ -81,7 +81,7 @@ func runLSQWorkers(t *testing.T, p *errorfeedback.LSQ, n int, codec, ef string, 
 // error feedback stalls; EF21 and EControl reach ≤ 1e-6 relative error.
 func TestConvergenceT1Workers(t *testing.T) {
 	const n, d, m, steps, gamma = 10, 50, 100, 800, 0.5
-	p := errorfeedback.NewLSQ(1, n, d, m)
+	p := eftest.NewLSQ(1, n, d, m, false)
 	for _, c := range []struct {
 		ef   string
 		want func(e float64) bool
