@@ -137,76 +137,13 @@ func (b *builder) join(from int32, pre int32) int32 {
 // the reduce-scatter's send of that block: the send may alias buf).
 //
 // The op indices are arithmetic (3 ops per reduce-scatter (step, segment), 2
-// per all-gather one), so no scratch memory is needed.
+// per all-gather one): ringSpec computes each op from its index, and the
+// ops appended here are exactly ringSpec's.
 func (b *builder) ring(buf Buf, base, S int, rs, ag, avg bool, pre int32, msg0 int) {
-	n, r := b.n, b.r
-	if n == 1 {
-		return
-	}
-	right, left := mod(r+1, n), mod(r-1, n)
-	nops := 0
-	if rs {
-		nops += 3 * (n - 1) * S
-		if avg {
-			nops += S
-		}
-	}
-	if ag {
-		nops += 2 * (n - 1) * S
-	}
-	b.grow(nops)
-	rsStart := int32(len(b.p.Ops))
-	msg := msg0
-	if rs {
-		for k := 0; k < n-1; k++ {
-			cs, cr := mod(r-1-k, n), mod(r-2-k, n)
-			for s := 0; s < S; s++ {
-				sc, rc := base+cs*S+s, base+cr*S+s
-				d := pre
-				if k > 0 {
-					d = rsStart + int32(((k-1)*S+s)*3+2) // reduce of step k-1
-				}
-				b.send(right, msg+k*S+s, buf, sc, 1, b.regionBytes(sc, 1), d, NoDep)
-				rv := b.recv(left, msg+k*S+s, BufStage, rc, 1, b.regionBytes(rc, 1), NoDep, NoDep)
-				b.compute(FnReduce, buf, BufStage, rc, 1, b.regionElems(rc, 1), rv, pre)
-			}
-		}
-		msg += (n - 1) * S
-	}
-	// final[s]: the op after which segment s of the own block is complete.
-	final := func(s int) int32 {
-		if !rs {
-			return pre
-		}
-		return rsStart + int32(((n-2)*S+s)*3+2)
-	}
-	if rs && avg {
-		scStart := int32(len(b.p.Ops))
-		for s := 0; s < S; s++ {
-			c := base + r*S + s
-			op := b.compute(FnScale, buf, buf, c, 1, b.regionElems(c, 1), final(s), NoDep)
-			b.p.Ops[op].Scale = 1 / float32(n)
-		}
-		final = func(s int) int32 { return scStart + int32(s) }
-	}
-	if ag {
-		agStart := int32(len(b.p.Ops))
-		for k := 0; k < n-1; k++ {
-			cs, cr := mod(r-k, n), mod(r-1-k, n)
-			for s := 0; s < S; s++ {
-				sc, rc := base+cs*S+s, base+cr*S+s
-				d := final(s)
-				if k > 0 {
-					d = agStart + int32(((k-1)*S+s)*2+1) // recv of step k-1
-				}
-				b.send(right, msg+k*S+s, buf, sc, 1, b.regionBytes(sc, 1), d, NoDep)
-				war := NoDep
-				if rs {
-					war = rsStart + int32((k*S+s)*3) // reduce-scatter send of block r-1-k
-				}
-				b.recv(left, msg+k*S+s, buf, rc, 1, b.regionBytes(rc, 1), war, pre)
-			}
-		}
+	sp := newRingSpec(b.n, b.r, S, base, buf, rs, ag, avg, pre, msg0, int32(len(b.p.Ops)), b.p.Layout.Offs, b.eb)
+	b.grow(int(sp.nops))
+	for x := int32(0); x < sp.nops; x++ {
+		b.add(sp.op(x))
 	}
 }
 
@@ -237,25 +174,12 @@ func (b *builder) genAllGatherV(p *Params) {
 
 // payloadRing appends a ring all-gather of slots base..base+N−1 (rank j's
 // item is slot base+j), waiting for pre before the first send. Messages are
-// numbered msg0..msg0+N−2.
+// numbered msg0..msg0+N−2. The ops are payloadSpec's.
 func (b *builder) payloadRing(base int, pre int32, msg0 int, sizes []int64) {
-	n, r := b.n, b.r
-	if n == 1 {
-		return
-	}
-	right, left := mod(r+1, n), mod(r-1, n)
-	b.grow(2 * (n - 1))
-	size := func(j int) int64 {
-		if sizes == nil {
-			return -1
-		}
-		return sizes[j]
-	}
-	prev := pre
-	for k := 0; k < n-1; k++ {
-		cs, cr := mod(r-k, n), mod(r-1-k, n)
-		b.send(right, msg0+k, BufPayload, base+cs, 1, size(cs), prev, NoDep)
-		prev = b.recv(left, msg0+k, BufPayload, base+cr, 1, size(cr), NoDep, NoDep)
+	sp := newPayloadSpec(b.n, b.r, base, pre, msg0, int32(len(b.p.Ops)), sizes)
+	b.grow(int(sp.nops))
+	for x := int32(0); x < sp.nops; x++ {
+		b.add(sp.op(x))
 	}
 }
 

@@ -17,9 +17,19 @@ import (
 // line: the simulator steps thousands of Machines in lock-step, where every
 // separate array costs a cache and TLB miss per op.
 //
+// A Machine reset with ResetShared steps one rank's program of a Shared
+// instead: it computes ops on demand and keeps one byte of state per op
+// (the issued and done bits and six mark bits), so that the Machines of
+// thousands of ranks fit in memory; it has no driver's word (Aux).
+//
 // A Machine is not safe for concurrent use.
 type Machine struct {
 	prog      *Program
+	sh        *Shared  // shared mode: the programs, and this Machine's rank
+	rank      int      // shared mode
+	sb        []uint8  // shared mode: per-op state (sbIssued, sbDone, marks)
+	fresh     bool     // shared mode: the roots are not handed out yet
+	scr       []int32  // shared mode: scratch for dependents
 	st        []opState
 	more      []int32 // chains of (dependent, next) of ops with more than two (stOverflow)
 	ready     []int32 // ops whose deps are done, not yet issued, in order
@@ -73,6 +83,7 @@ func (m *Machine) Reset(p *Program) error {
 func (m *Machine) reset(p *Program, a *Arena) error {
 	n := len(p.Ops)
 	m.prog = p
+	m.sh, m.sb = nil, nil
 	if a != nil {
 		m.st = a.takeSt(n)
 	} else {
@@ -138,12 +149,83 @@ func grow[T any](s []T, n int) []T {
 	return s[:n]
 }
 
-// Program returns the program being stepped.
+// Shared-mode state bits; the driver's marks sit above them.
+const (
+	sbIssued    = 1
+	sbDone      = 2
+	sbMarkShift = 2
+	sbMarkMax   = 1<<(8-sbMarkShift) - 1
+)
+
+// ResetShared rewinds m to the start of rank's program of s (shared mode,
+// see Machine), reusing m's memory. It panics if rank is out of range.
+func (m *Machine) ResetShared(s *Shared, rank int) error {
+	return m.resetShared(s, rank, nil)
+}
+
+// ResetSharedIn is ResetShared taking m's per-op state from a (see Arena).
+func (m *Machine) ResetSharedIn(s *Shared, rank int, a *Arena) error {
+	return m.resetShared(s, rank, a)
+}
+
+func (m *Machine) resetShared(s *Shared, rank int, a *Arena) error {
+	if uint(rank) >= uint(s.World) {
+		panic("allreduce: ResetShared rank out of range")
+	}
+	n := s.Len()
+	m.prog, m.sh, m.rank = nil, s, rank
+	if m.arena {
+		m.st = nil
+	}
+	m.st = m.st[:0]
+	if a != nil {
+		m.sb = a.takeB(n)
+	} else {
+		if m.arena || cap(m.sb) < n {
+			m.sb = make([]uint8, n)
+		} else {
+			m.sb = m.sb[:n]
+			clear(m.sb)
+		}
+	}
+	m.arena = a != nil
+	m.more = m.more[:0]
+	m.ready = m.ready[:0]
+	m.fresh = true
+	m.remaining = n
+	return nil
+}
+
+// Program returns the program being stepped (nil in shared mode).
 func (m *Machine) Program() *Program { return m.prog }
+
+// Shared returns the Shared and rank being stepped in shared mode, or nil.
+func (m *Machine) Shared() (*Shared, int) { return m.sh, m.rank }
+
+// Op returns op i of the program being stepped (computed in shared mode).
+// i must be in range.
+func (m *Machine) Op(i int32) Op {
+	if m.sh != nil {
+		return m.sh.Op(m.rank, i)
+	}
+	return m.prog.Ops[i]
+}
 
 // Ready appends to dst the indices of the ops that may start now, marks them
 // in flight and returns the extended slice. Each op is returned once.
 func (m *Machine) Ready(dst []int32) []int32 {
+	if m.sh != nil {
+		if m.fresh {
+			m.fresh = false
+			m.ready = m.sh.Roots(m.rank, m.ready)
+		}
+		for _, i := range m.ready {
+			m.sb[i] |= sbIssued
+		}
+		dst = append(dst, m.ready...)
+		m.ready = m.ready[:0]
+		return dst
+	}
 	for _, i := range m.ready {
 		m.st[i].bits |= stIssued
 	}
@@ -156,6 +238,9 @@ func (m *Machine) Ready(dst []int32) []int32 {
 // become ready. It returns an error wrapping ErrNotIssued if i was not
 // handed out by Ready or was already reported.
 func (m *Machine) Done(i int32) error {
+	if m.sh != nil {
+		return m.doneShared(i)
+	}
 	if uint(i) >= uint(len(m.st)) || m.st[i].bits&(stIssued|stDone) != stIssued {
 		return fmt.Errorf("%w: %d", ErrNotIssued, i)
 	}
@@ -172,6 +257,22 @@ func (m *Machine) Done(i int32) error {
 		m.release(j)
 		if j := s.s[1]; j >= 0 {
 			m.release(j)
+		}
+	}
+	return nil
+}
+
+func (m *Machine) doneShared(i int32) error {
+	if uint(i) >= uint(len(m.sb)) || m.sb[i]&(sbIssued|sbDone) != sbIssued {
+		return fmt.Errorf("%w: %d", ErrNotIssued, i)
+	}
+	m.sb[i] |= sbDone
+	m.remaining--
+	m.scr = m.sh.Dependents(m.rank, i, m.scr[:0])
+	for _, j := range m.scr {
+		o := m.sh.Op(m.rank, j)
+		if (o.Deps[0] == NoDep || m.sb[o.Deps[0]]&sbDone != 0) && (o.Deps[1] == NoDep || m.sb[o.Deps[1]]&sbDone != 0) {
+			m.ready = append(m.ready, j)
 		}
 	}
 	return nil
@@ -195,25 +296,54 @@ func (m *Machine) Remaining() int { return m.remaining }
 // Marks returns the driver's mark bits of op i: eight bits per op that the
 // Machine stores next to the op's own state for its driver (e.g. "message
 // arrived"), zero after Reset and never interpreted by the Machine. Keeping
-// them here spares a driver a parallel per-op array. i must be in range.
-func (m *Machine) Marks(i int32) uint8 { return uint8(m.st[i].bits >> stMarkShift) }
+// them here spares a driver a parallel per-op array. In shared mode there
+// are six mark bits (values below 64). i must be in range.
+func (m *Machine) Marks(i int32) uint8 {
+	if m.sh != nil {
+		return m.sb[i] >> sbMarkShift
+	}
+	return uint8(m.st[i].bits >> stMarkShift)
+}
 
 // Mark sets the mark bits b of op i (ORs them in) and returns the marks as
-// they are now. i must be in range.
+// they are now. i must be in range; in shared mode b must be below 64.
 func (m *Machine) Mark(i int32, b uint8) uint8 {
+	if m.sh != nil {
+		if b > sbMarkMax {
+			panic("allreduce: mark bits beyond a shared-mode Machine's six")
+		}
+		m.sb[i] |= b << sbMarkShift
+		return m.sb[i] >> sbMarkShift
+	}
 	s := &m.st[i].bits
 	*s |= uint32(b) << stMarkShift
 	return uint8(*s >> stMarkShift)
 }
 
 // opDone reports whether op i was reported done.
-func (m *Machine) opDone(i int32) bool { return m.st[i].bits&stDone != 0 }
+func (m *Machine) opDone(i int32) bool {
+	if m.sh != nil {
+		return m.sb[i]&sbDone != 0
+	}
+	return m.st[i].bits&stDone != 0
+}
 
 // Aux returns the driver's word of op i: 32 bits per op that the Machine
 // stores next to the op's own state for its driver (e.g. the index of the
 // matching Recv at the peer), zero after Reset and never interpreted by the
-// Machine. i must be in range.
-func (m *Machine) Aux(i int32) int32 { return m.st[i].aux }
+// Machine. i must be in range. A shared-mode Machine has no driver's word:
+// Aux returns 0 and SetAux panics.
+func (m *Machine) Aux(i int32) int32 {
+	if m.sh != nil {
+		return 0
+	}
+	return m.st[i].aux
+}
 
 // SetAux sets the driver's word of op i. i must be in range.
-func (m *Machine) SetAux(i, v int32) { m.st[i].aux = v }
+func (m *Machine) SetAux(i, v int32) {
+	if m.sh != nil {
+		panic("allreduce: SetAux on a shared-mode Machine")
+	}
+	m.st[i].aux = v
+}

@@ -455,6 +455,7 @@ func (d *driver) setup(ctx context.Context) error {
 			}
 		}
 	}
+	d.arena.Advise = adviseHuge
 	d.arena.Reset(ops)
 	d.cfin = grow(d.cfin, len(d.colls))
 	d.cbytes = grow(d.cbytes, len(d.colls))

@@ -1,0 +1,446 @@
+package allreduce
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ringSpec is a ring reduce-scatter and/or all-gather (see builder.ring) as
+// arithmetic: op x (counted from the ring's first op) is a function of x
+// and the rank, so that a simulator of thousands of ranks need not store
+// every rank's ops. builder.ring appends exactly these ops.
+//
+// Op order (t = k·S+s): reduce-scatter ops 3t (send), 3t+1 (recv into
+// BufStage), 3t+2 (reduce); then, when averaging, S scale ops; then the
+// all-gather ops agBase+2t (send) and agBase+2t+1 (recv).
+type ringSpec struct {
+	n, r, S   int
+	base      int // first chunk of the ring's region
+	buf       Buf
+	rs, ag    bool
+	avg       bool // scale by 1/n after the reduce-scatter (rs only)
+	pre       int32
+	msg0      int
+	start     int32 // program index of the ring's first op
+	offs      []int // the program's layout
+	eb        int64
+	nrs, nsc  int32 // reduce-scatter ops, scale ops
+	agBase    int32 // first all-gather op (relative)
+	nops      int32
+	right, lf int32
+}
+
+func newRingSpec(n, r, S, base int, buf Buf, rs, ag, avg bool, pre int32, msg0 int, start int32, offs []int, eb int64) ringSpec {
+	sp := ringSpec{n: n, r: r, S: S, base: base, buf: buf, rs: rs, ag: ag, avg: avg && rs, pre: pre, msg0: msg0, start: start, offs: offs, eb: eb}
+	if n == 1 {
+		return sp
+	}
+	if rs {
+		sp.nrs = int32(3 * (n - 1) * S)
+		if sp.avg {
+			sp.nsc = int32(S)
+		}
+	}
+	sp.agBase = sp.nrs + sp.nsc
+	sp.nops = sp.agBase
+	if ag {
+		sp.nops += int32(2 * (n - 1) * S)
+	}
+	sp.right, sp.lf = int32(mod(r+1, n)), int32(mod(r-1, n))
+	return sp
+}
+
+func (sp *ringSpec) chunkElems(c int) int64 { return int64(sp.offs[c+1] - sp.offs[c]) }
+
+// final is the relative index of the op after which segment s of the own
+// block is complete (-1: pre).
+func (sp *ringSpec) final(s int) int32 {
+	switch {
+	case sp.avg:
+		return sp.nrs + int32(s)
+	case sp.rs:
+		return int32(((sp.n-2)*sp.S+s)*3 + 2)
+	}
+	return -1
+}
+
+// abs turns a relative index (or -1 for pre) into a program index.
+func (sp *ringSpec) abs(x int32) int32 {
+	if x < 0 {
+		return sp.pre
+	}
+	return sp.start + x
+}
+
+// op returns relative op x.
+func (sp *ringSpec) op(x int32) Op {
+	n, S := sp.n, sp.S
+	if x < sp.nrs {
+		t := int(x / 3)
+		k, s := t/S, t%S
+		switch x % 3 {
+		case 0:
+			sc := sp.base + mod(sp.r-1-k, n)*S + s
+			d := sp.pre
+			if k > 0 {
+				d = sp.abs(int32(((k-1)*S+s)*3 + 2))
+			}
+			return Op{Kind: Send, Peer: sp.right, Msg: int32(sp.msg0 + t), Src: sp.buf, Dst: BufNone, Chunk: int32(sc), Bytes: sp.chunkElems(sc) * sp.eb, Deps: [2]int32{d, NoDep}}
+		case 1:
+			rc := sp.base + mod(sp.r-2-k, n)*S + s
+			return Op{Kind: Recv, Peer: sp.lf, Msg: int32(sp.msg0 + t), Src: BufNone, Dst: BufStage, Chunk: int32(rc), Bytes: sp.chunkElems(rc) * sp.eb, Deps: [2]int32{NoDep, NoDep}}
+		default:
+			rc := sp.base + mod(sp.r-2-k, n)*S + s
+			return Op{Kind: Compute, Fn: FnReduce, Peer: -1, Msg: -1, Src: BufStage, Dst: sp.buf, Chunk: int32(rc), Bytes: sp.chunkElems(rc), Deps: [2]int32{sp.start + x - 1, sp.pre}}
+		}
+	}
+	if x < sp.agBase {
+		s := int(x - sp.nrs)
+		c := sp.base + sp.r*S + s
+		last := int32(((n-2)*S+s)*3 + 2) // the segment's last reduce
+		return Op{Kind: Compute, Fn: FnScale, Peer: -1, Msg: -1, Src: sp.buf, Dst: sp.buf, Chunk: int32(c), Bytes: sp.chunkElems(c), Scale: 1 / float32(n), Deps: [2]int32{sp.abs(last), NoDep}}
+	}
+	y := x - sp.agBase
+	t := int(y / 2)
+	k, s := t/S, t%S
+	msg := sp.msg0 + t
+	if sp.rs {
+		msg += (n - 1) * S
+	}
+	if y%2 == 0 {
+		sc := sp.base + mod(sp.r-k, n)*S + s
+		d := sp.abs(sp.final(s))
+		if k > 0 {
+			d = sp.abs(sp.agBase + int32(((k-1)*S+s)*2+1))
+		}
+		return Op{Kind: Send, Peer: sp.right, Msg: int32(msg), Src: sp.buf, Dst: BufNone, Chunk: int32(sc), Bytes: sp.chunkElems(sc) * sp.eb, Deps: [2]int32{d, NoDep}}
+	}
+	rc := sp.base + mod(sp.r-1-k, n)*S + s
+	war := NoDep
+	if sp.rs {
+		war = sp.abs(int32(t * 3)) // the reduce-scatter send of the same (step, segment)
+	}
+	return Op{Kind: Recv, Peer: sp.lf, Msg: int32(msg), Src: BufNone, Dst: sp.buf, Chunk: int32(rc), Bytes: sp.chunkElems(rc) * sp.eb, Deps: [2]int32{war, sp.pre}}
+}
+
+// dependents appends the program indices of the ring's ops that depend on
+// relative op x, in ascending order (ops outside the ring are the caller's).
+func (sp *ringSpec) dependents(x int32, dst []int32) []int32 {
+	n, S := sp.n, sp.S
+	if x < sp.nrs {
+		t := int(x / 3)
+		k, s := t/S, t%S
+		switch x % 3 {
+		case 0:
+			if sp.ag {
+				dst = append(dst, sp.start+sp.agBase+int32(t*2+1))
+			}
+		case 1:
+			dst = append(dst, sp.start+x+1)
+		default:
+			switch {
+			case k < n-2:
+				dst = append(dst, sp.start+int32(((k+1)*S+s)*3))
+			case sp.avg:
+				dst = append(dst, sp.start+sp.nrs+int32(s))
+			case sp.ag:
+				dst = append(dst, sp.start+sp.agBase+int32(2*s))
+			}
+		}
+		return dst
+	}
+	if x < sp.agBase {
+		if sp.ag {
+			dst = append(dst, sp.start+sp.agBase+int32(2*(int(x-sp.nrs))))
+		}
+		return dst
+	}
+	y := x - sp.agBase
+	if y%2 == 1 && int(y/2)/S < n-2 {
+		dst = append(dst, sp.start+x+int32(2*S)-1)
+	}
+	return dst
+}
+
+// roots appends the program indices of the ring's ops without
+// dependencies, in program order.
+func (sp *ringSpec) roots(dst []int32) []int32 {
+	if sp.nops == 0 {
+		return dst
+	}
+	steps := int32((sp.n - 1) * sp.S)
+	free := sp.pre == NoDep
+	if sp.rs {
+		// Every reduce-scatter recv; the sends of step 0 if nothing precedes.
+		for t := int32(0); t < steps; t++ {
+			if free && t < int32(sp.S) {
+				dst = append(dst, sp.start+3*t)
+			}
+			dst = append(dst, sp.start+3*t+1)
+		}
+		return dst
+	}
+	if !free {
+		return dst
+	}
+	for t := int32(0); t < steps; t++ {
+		if t < int32(sp.S) {
+			dst = append(dst, sp.start+sp.agBase+2*t)
+		}
+		dst = append(dst, sp.start+sp.agBase+2*t+1)
+	}
+	return dst
+}
+
+// payloadSpec is builder.payloadRing as arithmetic: op 2k sends slot
+// base+(r−k) mod n to the right, op 2k+1 receives slot base+(r−1−k) mod n
+// from the left, message msg0+k; send k waits for receive k−1 (send 0 for
+// pre).
+type payloadSpec struct {
+	n, r     int
+	base     int
+	pre      int32
+	msg0     int
+	start    int32
+	sizes    []int64
+	nops     int32
+	right, l int32
+}
+
+func newPayloadSpec(n, r, base int, pre int32, msg0 int, start int32, sizes []int64) payloadSpec {
+	sp := payloadSpec{n: n, r: r, base: base, pre: pre, msg0: msg0, start: start, sizes: sizes}
+	if n > 1 {
+		sp.nops = int32(2 * (n - 1))
+		sp.right, sp.l = int32(mod(r+1, n)), int32(mod(r-1, n))
+	}
+	return sp
+}
+
+func (sp *payloadSpec) size(j int) int64 {
+	if sp.sizes == nil {
+		return -1
+	}
+	return sp.sizes[j]
+}
+
+func (sp *payloadSpec) op(x int32) Op {
+	k := int(x / 2)
+	if x%2 == 0 {
+		cs := mod(sp.r-k, sp.n)
+		d := sp.pre
+		if k > 0 {
+			d = sp.start + x - 1
+		}
+		return Op{Kind: Send, Peer: sp.right, Msg: int32(sp.msg0 + k), Src: BufPayload, Dst: BufNone, Chunk: int32(sp.base + cs), Bytes: sp.size(cs), Deps: [2]int32{d, NoDep}}
+	}
+	cr := mod(sp.r-1-k, sp.n)
+	return Op{Kind: Recv, Peer: sp.l, Msg: int32(sp.msg0 + k), Src: BufNone, Dst: BufPayload, Chunk: int32(sp.base + cr), Bytes: sp.size(cr), Deps: [2]int32{NoDep, NoDep}}
+}
+
+// ErrNotShared is returned by NewShared for an algorithm whose programs it
+// cannot compute on demand; generate them per rank instead.
+var ErrNotShared = errors.New("allreduce: algorithm has no shared program form")
+
+// Shared is every rank's program of one collective, computed on demand:
+// op i of rank r is a pure function of (r, i), so a driver stepping
+// thousands of ranks stores no ops (a ring all-reduce has about 5·World
+// ops per rank). Op(r, i) equals Generate(alg, p with Rank r).Ops[i].
+//
+// Shared programs exist for the ring family (Ring, ReduceScatter,
+// AllGather), AllGatherV and SparseGather. A Shared is immutable and safe
+// for concurrent use.
+type Shared struct {
+	// Name and Alg are the programs' Name and Alg.
+	Name string
+	Alg  Algorithm
+	// World and Elems are the programs' World and Elems.
+	World, Elems int
+	// Layout is every rank's layout (the same for all ranks).
+	Layout Layout
+
+	p    Params
+	nops int32
+	S    int
+	eb   int64
+}
+
+// NewShared returns the shared form of the programs of alg for p.World ranks
+// (p.Rank is ignored). It returns an error wrapping ErrParams for invalid
+// parameters and ErrNotShared for an algorithm without a shared form.
+func NewShared(alg Algorithm, p Params) (*Shared, error) {
+	p.Rank = 0
+	if err := p.validate(alg); err != nil {
+		return nil, err
+	}
+	n := p.World
+	s := &Shared{Name: alg.String(), Alg: alg, World: n, Elems: p.Elems, p: p, S: p.segments(), eb: p.elemBytes()}
+	switch alg {
+	case AlgRing, AlgReduceScatter, AlgAllGather:
+		nestedLayout(&s.Layout, p.Elems, n, s.S)
+		sp := s.ring(0)
+		s.nops = sp.nops
+	case AlgAllGatherV:
+		s.nops = int32(2 * (n - 1))
+	case AlgSparseGather:
+		s.Layout = EvenLayout(p.Elems, 1)
+		s.nops = int32(2*(n-1) + n + 3)
+	default:
+		return nil, fmt.Errorf("%w: %v", ErrNotShared, alg)
+	}
+	return s, nil
+}
+
+// Len is the number of ops of every rank's program.
+func (s *Shared) Len() int { return int(s.nops) }
+
+func (s *Shared) ring(rank int) ringSpec {
+	rs := s.Alg != AlgAllGather
+	ag := s.Alg != AlgReduceScatter
+	return newRingSpec(s.World, rank, s.S, 0, BufData, rs, ag, s.p.Average, NoDep, 0, 0, s.Layout.Offs, s.eb)
+}
+
+// Sparse gather (schemes.go, genSparseGather): op 0 encode, op 1 zero, the
+// payload ring from op 2, then the n decode-adds in rank order from
+// s.dec(), then the scale.
+func (s *Shared) dec() int32 { return int32(2 * s.World) }
+
+func (s *Shared) payload(rank int, start int32, pre int32) payloadSpec {
+	return newPayloadSpec(s.World, rank, 0, pre, 0, start, s.p.Sizes)
+}
+
+// Op returns op i of rank's program. It panics if rank or i is out of
+// range.
+func (s *Shared) Op(rank int, i int32) Op {
+	if uint(rank) >= uint(s.World) || uint32(i) >= uint32(s.nops) {
+		panic("allreduce: Shared.Op out of range")
+	}
+	switch s.Alg {
+	case AlgAllGatherV:
+		sp := s.payload(rank, 0, NoDep)
+		return sp.op(i)
+	case AlgSparseGather:
+		return s.sparseOp(rank, i)
+	}
+	sp := s.ring(rank)
+	return sp.op(i)
+}
+
+func (s *Shared) sparseOp(r int, i int32) Op {
+	n := s.World
+	all := int64(s.Elems)
+	dec := s.dec()
+	switch {
+	case i == 0:
+		return Op{Kind: Compute, Fn: FnEncode, Peer: -1, Msg: -1, Src: BufData, Dst: BufPayload, Chunk: int32(r), Bytes: all, Deps: [2]int32{NoDep, NoDep}}
+	case i == 1:
+		return Op{Kind: Compute, Fn: FnZero, Peer: -1, Msg: -1, Src: BufNone, Dst: BufData, Chunk: -1, Bytes: all, Deps: [2]int32{0, NoDep}}
+	case i < dec:
+		sp := s.payload(r, 2, 0)
+		return sp.op(i - 2)
+	case i < dec+int32(n):
+		j := int(i - dec)
+		src := int32(0)
+		if j != r {
+			src = 2 + int32(2*mod(r-1-j, n)+1) // the ring received slot j at step (r−1−j) mod n
+		}
+		prev := i - 1
+		if j == 0 {
+			prev = 1
+		}
+		return Op{Kind: Compute, Fn: FnDecodeAdd, Peer: -1, Msg: -1, Src: BufPayload, Dst: BufData, Chunk: int32(j), Bytes: all, Deps: [2]int32{src, prev}}
+	}
+	return Op{Kind: Compute, Fn: FnScale, Peer: -1, Msg: -1, Src: BufData, Dst: BufData, Chunk: -1, Bytes: all, Scale: 1 / float32(n), Deps: [2]int32{i - 1, NoDep}}
+}
+
+// Dependents appends to dst the indices of the ops of rank's program that
+// list op i among their Deps, in ascending order, and returns the extended
+// slice.
+func (s *Shared) Dependents(rank int, i int32, dst []int32) []int32 {
+	switch s.Alg {
+	case AlgAllGatherV:
+		if i%2 == 1 && int(i/2) < s.World-2 {
+			dst = append(dst, i+1)
+		}
+		return dst
+	case AlgSparseGather:
+		return s.sparseDependents(rank, i, dst)
+	}
+	sp := s.ring(rank)
+	return sp.dependents(i, dst)
+}
+
+func (s *Shared) sparseDependents(r int, i int32, dst []int32) []int32 {
+	n := s.World
+	dec := s.dec()
+	switch {
+	case i == 0:
+		dst = append(dst, 1)
+		if n > 1 {
+			dst = append(dst, 2)
+		}
+		return append(dst, dec+int32(r))
+	case i == 1:
+		return append(dst, dec)
+	case i < dec:
+		x := i - 2
+		if x%2 == 0 {
+			return dst // sends
+		}
+		k := int(x / 2)
+		if k < n-2 {
+			dst = append(dst, i+1)
+		}
+		return append(dst, dec+int32(mod(r-1-k, n)))
+	case i < dec+int32(n):
+		return append(dst, i+1)
+	}
+	return dst
+}
+
+// Roots appends to dst the indices of the ops of rank's program that have
+// no dependencies, in program order, and returns the extended slice.
+func (s *Shared) Roots(rank int, dst []int32) []int32 {
+	switch s.Alg {
+	case AlgAllGatherV:
+		for x := int32(0); x < s.nops; x++ {
+			if x == 0 || x%2 == 1 {
+				dst = append(dst, x)
+			}
+		}
+		return dst
+	case AlgSparseGather:
+		dst = append(dst, 0)
+		for x := int32(3); x < s.dec(); x += 2 {
+			dst = append(dst, x)
+		}
+		return dst
+	}
+	sp := s.ring(rank)
+	return sp.roots(dst)
+}
+
+// Match returns, for Send op i of rank's program, the index of the Recv op
+// that receives its message in the peer's program. It panics if op i is not
+// a Send.
+func (s *Shared) Match(rank int, i int32) int32 {
+	// In every shared form the matching Recv directly follows the Send's
+	// position in the peer's (identically shaped) program.
+	if o := s.Op(rank, i); o.Kind != Send {
+		panic("allreduce: Shared.Match of an op that is not a send")
+	}
+	return i + 1
+}
+
+// Program materializes rank's program: the value Generate returns for the
+// same algorithm and parameters with that rank.
+func (s *Shared) Program(rank int) *Program {
+	if uint(rank) >= uint(s.World) {
+		panic("allreduce: Shared.Program rank out of range")
+	}
+	p := &Program{Name: s.Name, Alg: s.Alg, Rank: rank, World: s.World, Elems: s.Elems, Ops: make([]Op, s.nops)}
+	p.Layout.Offs = append([]int(nil), s.Layout.Offs...)
+	for i := range p.Ops {
+		p.Ops[i] = s.Op(rank, int32(i))
+	}
+	return p
+}
