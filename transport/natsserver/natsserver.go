@@ -1,11 +1,21 @@
 // Package natsserver runs an embedded NATS server (github.com/nats-io/nats-server/v2)
-// inside the current process, listening on a free loopback port. It is the
-// zero-setup default for transport/nats and for rendezvous, and the server
-// every NATS test in this module runs against.
+// inside the current process, listening on a free loopback port by default
+// (any address, with TLS, by option). It is the zero-setup default for
+// transport/nats and for rendezvous, the NATS server of `slimgrad server`,
+// and the server every NATS test in this module runs against.
+//
+// Disconnect notices: whenever a client's connection ends (it closed, its
+// process died and the kernel closed its socket, or the server cut it), the
+// server publishes the nats-server disconnect advisory
+// (io.nats.server.advisory.v1.client_disconnect, JSON with the client's
+// name under "client") on DisconnectSubject, which every client may
+// subscribe to. transport/nats uses it to learn within milliseconds that a
+// peer's process is gone, instead of waiting for its heartbeats to stop.
 package natsserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -42,6 +52,12 @@ type Options struct {
 	Port int
 	// Token, when not empty, is required from every client (nats.Token).
 	Token string
+	// CertFile and KeyFile, when set, turn TLS on: every client must speak
+	// TLS and the server presents this certificate (PEM files).
+	CertFile, KeyFile string
+	// ClientCAFile, when set (with CertFile), makes the server require a
+	// client certificate signed by this CA (PEM) from every client.
+	ClientCAFile string
 	// MaxPayload is the largest message payload the server accepts, in
 	// bytes; 0 means DefaultMaxPayload. At most MaxMaxPayload.
 	MaxPayload int
@@ -61,12 +77,17 @@ type Options struct {
 	Debug, Trace bool
 }
 
+// DisconnectSubject is where the server publishes a disconnect advisory
+// for every client connection that ends (see the package doc).
+const DisconnectSubject = "slimgrad.events.disconnect"
+
 // Server is a running embedded NATS server. Its methods are safe for
 // concurrent use.
 type Server struct {
 	ns    *server.Server
 	token string
 	maxP  int
+	tls   bool
 }
 
 // Start starts a server and waits until it accepts connections, ctx ends or
@@ -93,13 +114,18 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if maxP == 0 {
 		maxP = DefaultMaxPayload
 	}
+	if (o.CertFile == "") != (o.KeyFile == "") {
+		return nil, fmt.Errorf("%w: CertFile and KeyFile go together", ErrStart)
+	}
+	if o.ClientCAFile != "" && o.CertFile == "" {
+		return nil, fmt.Errorf("%w: ClientCAFile needs CertFile and KeyFile", ErrStart)
+	}
 	sopts := &server.Options{
-		Host:            host,
-		Port:            port,
-		NoLog:           o.Logger == nil,
-		NoSigs:          true,
-		NoSystemAccount: true,
-		Authorization:   o.Token,
+		Host:          host,
+		Port:          port,
+		NoLog:         o.Logger == nil,
+		NoSigs:        true,
+		Authorization: o.Token,
 		MaxPayload:      int32(maxP),
 		MaxPending:      o.MaxPending,
 		WriteDeadline:   o.WriteDeadline,
@@ -110,6 +136,15 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	}
 	if sopts.MaxPending < int64(maxP) {
 		return nil, fmt.Errorf("%w: MaxPending %d below MaxPayload %d", ErrStart, sopts.MaxPending, maxP)
+	}
+	if o.CertFile != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: o.CertFile, KeyFile: o.KeyFile,
+			CaFile: o.ClientCAFile, Verify: o.ClientCAFile != "", MinVersion: tls.VersionTLS12})
+		if err != nil {
+			return nil, fmt.Errorf("%w: TLS: %w", ErrStart, err)
+		}
+		sopts.TLSConfig, sopts.TLS, sopts.TLSVerify = tc, true, o.ClientCAFile != ""
+		sopts.TLSTimeout = 5
 	}
 	ns, err := server.NewServer(sopts)
 	if err != nil {
@@ -146,12 +181,36 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 			return nil, fmt.Errorf("%w: not ready after %v", ErrStart, wait)
 		}
 	}
-	return &Server{ns: ns, token: o.Token, maxP: maxP}, nil
+	if err := exportDisconnects(ns); err != nil {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, fmt.Errorf("%w: disconnect notices: %w", ErrStart, err)
+	}
+	return &Server{ns: ns, token: o.Token, maxP: maxP, tls: o.CertFile != ""}, nil
 }
 
-// ClientURL returns the URL clients connect to, e.g. "nats://127.0.0.1:41234".
-// It does not contain the token.
+// exportDisconnects makes the system account's disconnect advisories of the
+// clients' (global) account visible to those clients on DisconnectSubject.
+func exportDisconnects(ns *server.Server) error {
+	sys, g := ns.SystemAccount(), ns.GlobalAccount()
+	if sys == nil || g == nil {
+		return errors.New("no system account")
+	}
+	subj := fmt.Sprintf("$SYS.ACCOUNT.%s.DISCONNECT", g.Name)
+	if err := sys.AddStreamExport(subj, nil); err != nil {
+		return err
+	}
+	return g.AddMappedStreamImport(sys, subj, DisconnectSubject)
+}
+
+// ClientURL returns the URL clients connect to, e.g. "nats://127.0.0.1:41234"
+// ("tls://..." with TLS on). It does not contain the token. For a server
+// listening on every interface (Host "0.0.0.0") the host part is 0.0.0.0:
+// remote clients need one of the machine's addresses instead.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// TLS reports whether clients must connect with TLS.
+func (s *Server) TLS() bool { return s.tls }
 
 // Addr returns the server's TCP listen address.
 func (s *Server) Addr() *net.TCPAddr {

@@ -2,14 +2,17 @@ package natsserver_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
+	"github.com/slimgrad/slimgrad/testbed"
 	"github.com/slimgrad/slimgrad/transport/natsserver"
 )
 
@@ -136,5 +139,105 @@ func TestStartCancelled(t *testing.T) {
 	}
 	if d := time.Since(t0); d > 20*time.Second {
 		t.Fatalf("Start returned %v after ctx was cancelled (ReadyTimeout is 1 min)", d)
+	}
+}
+
+func TestTLS(t *testing.T) {
+	certs, err := testbed.WriteCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := natsserver.Start(t.Context(), natsserver.Options{CertFile: certs.ServerCert, KeyFile: certs.ServerKey,
+		ClientCAFile: certs.CA, Token: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	if !strings.HasPrefix(s.ClientURL(), "tls://") || !s.TLS() {
+		t.Errorf("ClientURL %s, TLS %v: want tls://", s.ClientURL(), s.TLS())
+	}
+	nc, err := nats.Connect(s.ClientURL(), nats.NoReconnect(), nats.Token("tok"), nats.RootCAs(certs.CA),
+		nats.ClientCert(certs.ClientCert, certs.ClientKey))
+	if err != nil {
+		t.Fatalf("TLS client with a client certificate: %v", err)
+	}
+	nc.Close()
+	// Without the client certificate, and without TLS, the server refuses.
+	for name, opts := range map[string][]nats.Option{
+		"no client certificate": {nats.RootCAs(certs.CA)},
+		"plain":                 nil,
+	} {
+		u := s.ClientURL()
+		if opts == nil {
+			u = "nats://" + strings.TrimPrefix(u, "tls://")
+		}
+		nc, err := nats.Connect(u, append(opts, nats.NoReconnect(), nats.Token("tok"), nats.Timeout(2*time.Second))...)
+		if err == nil {
+			nc.Close()
+			t.Errorf("%s: connected", name)
+		}
+	}
+	for _, o := range []natsserver.Options{{CertFile: certs.ServerCert}, {ClientCAFile: certs.CA},
+		{CertFile: certs.ServerCert, KeyFile: certs.CA}} {
+		if s, err := natsserver.Start(t.Context(), o); !errors.Is(err, natsserver.ErrStart) {
+			if s != nil {
+				s.Shutdown()
+			}
+			t.Errorf("Start(%+v): %v, want ErrStart", o, err)
+		}
+	}
+}
+
+// A client whose connection ends is announced on DisconnectSubject, with
+// its name, to the other clients.
+func TestDisconnectNotice(t *testing.T) {
+	s, err := natsserver.Start(t.Context(), natsserver.Options{Token: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	watcher, err := nats.Connect(s.ClientURL(), nats.Token("tok"), nats.NoReconnect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
+	sub, err := watcher.SubscribeSync(natsserver.DisconnectSubject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watcher.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// A raw TCP connection that goes away without a word, as a killed
+	// process's does.
+	raw, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Write([]byte("CONNECT {\"name\":\"victim\",\"auth_token\":\"tok\",\"verbose\":false}\r\nPING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	got := ""
+	for !strings.Contains(got, "PONG") {
+		n, err := raw.Read(buf)
+		if err != nil {
+			t.Fatalf("raw client: %v (read %q)", err, got)
+		}
+		got += string(buf[:n])
+	}
+	raw.Close()
+	m, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no disconnect notice: %v", err)
+	}
+	var ev struct {
+		Type   string `json:"type"`
+		Client struct {
+			Name string `json:"name"`
+		} `json:"client"`
+	}
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Client.Name != "victim" || !strings.Contains(ev.Type, "disconnect") {
+		t.Errorf("notice %s: %+v, %v", m.Data, ev, err)
 	}
 }
