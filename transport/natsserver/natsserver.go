@@ -126,10 +126,10 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		NoLog:         o.Logger == nil,
 		NoSigs:        true,
 		Authorization: o.Token,
-		MaxPayload:      int32(maxP),
-		MaxPending:      o.MaxPending,
-		WriteDeadline:   o.WriteDeadline,
-		HTTPPort:        0,
+		MaxPayload:    int32(maxP),
+		MaxPending:    o.MaxPending,
+		WriteDeadline: o.WriteDeadline,
+		HTTPPort:      0,
 	}
 	if sopts.MaxPending == 0 {
 		sopts.MaxPending = DefaultMaxPending
