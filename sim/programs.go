@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/slimgrad/slimgrad/allreduce"
@@ -19,12 +20,44 @@ func Programs(alg allreduce.Algorithm, p allreduce.Params) ([]*allreduce.Program
 	return progs, nil
 }
 
+// SizeOnlyCollective returns a size-only collective of alg for p.World
+// ranks named name: its programs computed on demand (Collective.Shared)
+// where allreduce has a shared form (the ring family, AllGatherV,
+// SparseGather), so that memory grows with the number of ranks rather than
+// with its square, and generated per rank (Programs) otherwise. Both run
+// the same ops and give the same Result.
+func SizeOnlyCollective(name string, alg allreduce.Algorithm, p allreduce.Params) (Collective, error) {
+	sh, err := allreduce.NewShared(alg, p)
+	if err == nil {
+		return Collective{Name: name, Shared: sh}, nil
+	}
+	if !errors.Is(err, allreduce.ErrNotShared) {
+		return Collective{}, fmt.Errorf("sim: generating %v: %w", alg, err)
+	}
+	progs, err := Programs(alg, p)
+	if err != nil {
+		return Collective{}, err
+	}
+	return Collective{Name: name, Programs: progs}, nil
+}
+
+// elems is the float32 element count of c's programs (Program.Elems).
+func (c *Collective) elems() int {
+	if c.Shared != nil {
+		return c.Shared.Elems
+	}
+	if len(c.Programs) > 0 {
+		return c.Programs[0].Elems
+	}
+	return 0
+}
+
 // Baseline simulates the dense fp32 reference for a step: one ring
 // all-reduce (averaging) of elems float32 elements over world ranks on topo,
 // size-only, with the placement and compute model of opts (its Trace and
 // SizeHint are not used).
 func Baseline(ctx context.Context, topo *Topology, world, elems int, opts *Options) (*Result, error) {
-	progs, err := Programs(allreduce.AlgRing, allreduce.Params{World: world, Elems: elems, Average: true})
+	c, err := SizeOnlyCollective("dense-fp32-ring", allreduce.AlgRing, allreduce.Params{World: world, Elems: elems, Average: true})
 	if err != nil {
 		return nil, err
 	}
@@ -33,7 +66,7 @@ func Baseline(ctx context.Context, topo *Topology, world, elems int, opts *Optio
 		o = *opts
 	}
 	o.Trace, o.SizeHint, o.Recipe = nil, nil, ""
-	return Run(ctx, topo, []Collective{{Name: "dense-fp32-ring", Programs: progs}}, &o)
+	return Run(ctx, topo, []Collective{c}, &o)
 }
 
 // StepResult is a step's simulated cost next to that of the dense fp32
@@ -67,15 +100,13 @@ func RunStep(ctx context.Context, topo *Topology, colls []Collective, opts *Opti
 		return nil, err
 	}
 	elems := 0
-	for _, c := range colls {
-		if len(c.Programs) > 0 {
-			elems += c.Programs[0].Elems
-		}
+	for i := range colls {
+		elems += colls[i].elems()
 	}
 	if len(colls) == 0 {
 		return &StepResult{Result: res, Baseline: &Result{}}, nil
 	}
-	base, err := Baseline(ctx, topo, len(colls[0].Programs), elems, opts)
+	base, err := Baseline(ctx, topo, colls[0].world(), elems, opts)
 	if err != nil {
 		return nil, fmt.Errorf("sim: baseline: %w", err)
 	}

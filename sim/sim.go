@@ -35,6 +35,11 @@ type Collective struct {
 	Name string
 	// Programs holds rank r's program at index r; all have the same World.
 	Programs []*allreduce.Program
+	// Shared, if not nil, replaces Programs: every rank's program computed
+	// on demand (allreduce.Shared), so that the collective's ops are never
+	// stored and each rank's state is one byte per op. Size-only only (no
+	// Executors).
+	Shared *allreduce.Shared
 	// Executors, if not nil, holds rank r's executor at index r (payload
 	// mode): Send sizes are the real payloads and Recv ops deliver them.
 	// If nil the collective runs size-only.
@@ -162,7 +167,8 @@ const (
 
 type machine struct {
 	m     allreduce.Machine
-	prog  *allreduce.Program
+	prog  *allreduce.Program // nil for a Shared collective
+	sh    *allreduce.Shared  // the collective's Shared, or nil
 	exec  allreduce.Executor
 	coll  int32
 	rank  int32
@@ -174,6 +180,30 @@ type machine struct {
 	dirP []int32
 	dirO []int32
 	dirD []bool
+}
+
+// layout is the layout of ms's program.
+func (ms *machine) layout() *allreduce.Layout {
+	if ms.sh != nil {
+		return &ms.sh.Layout
+	}
+	return &ms.prog.Layout
+}
+
+// ops is the number of ops of ms's program.
+func (ms *machine) ops() int {
+	if ms.sh != nil {
+		return ms.sh.Len()
+	}
+	return len(ms.prog.Ops)
+}
+
+// world is the number of ranks of c.
+func (c *Collective) world() int {
+	if c.Shared != nil {
+		return c.Shared.World
+	}
+	return len(c.Programs)
 }
 
 // lookupRecv returns the index of the Recv op for message msg from peer,
@@ -400,14 +430,14 @@ func (s *Simulator) Run(ctx context.Context, colls []Collective, opts *Options) 
 // release drops references to the caller's programs and executors.
 func (d *driver) release() {
 	for i := range d.ms {
-		d.ms[i].prog, d.ms[i].exec = nil, nil
+		d.ms[i].prog, d.ms[i].sh, d.ms[i].exec = nil, nil, nil
 	}
 	d.colls, d.opts, d.trace = nil, nil, nil
 	clear(d.pay)
 }
 
 func (d *driver) setup(ctx context.Context) error {
-	world := len(d.colls[0].Programs)
+	world := d.colls[0].world()
 	d.world = world
 	if world == 0 {
 		return fmt.Errorf("%w: collective %q has no programs", ErrProgram, d.colls[0].Name)
@@ -468,8 +498,23 @@ func (d *driver) setup(ctx context.Context) error {
 	clear(d.cfin)
 	clear(d.cbytes)
 	for c, col := range d.colls {
-		if len(col.Programs) != world {
-			return fmt.Errorf("%w: collective %d (%s) has %d programs, collective 0 has %d", ErrProgram, c, col.Name, len(col.Programs), world)
+		if col.world() != world {
+			return fmt.Errorf("%w: collective %d (%s) has %d programs, collective 0 has %d", ErrProgram, c, col.Name, col.world(), world)
+		}
+		if col.Shared != nil {
+			if col.Programs != nil || col.Executors != nil {
+				return fmt.Errorf("%w: collective %d (%s) has both a Shared program and per-rank programs or executors", ErrProgram, c, col.Name)
+			}
+			d.cleft[c] = world
+			for r := range world {
+				ms := &d.ms[c*world+r]
+				ms.prog, ms.sh, ms.coll, ms.rank, ms.node = nil, col.Shared, int32(c), int32(r), d.ranks[r].node
+				ms.recvK, ms.recvI, ms.dirP, ms.dirO, ms.dirD = ms.recvK[:0], ms.recvI[:0], ms.dirP[:0], ms.dirO[:0], ms.dirD[:0]
+				if err := ms.m.ResetSharedIn(col.Shared, r, &d.arena); err != nil {
+					return fmt.Errorf("%w: %w", ErrProgram, err)
+				}
+			}
+			continue
 		}
 		if col.Executors != nil && len(col.Executors) != world {
 			return fmt.Errorf("%w: collective %d (%s) has %d executors for %d ranks", ErrProgram, c, col.Name, len(col.Executors), world)
@@ -490,7 +535,7 @@ func (d *driver) setup(ctx context.Context) error {
 				return fmt.Errorf("%w: collective %d (%s): program %d is not rank %d of %d", ErrProgram, c, col.Name, r, r, world)
 			}
 			ms := &d.ms[c*world+r]
-			ms.prog, ms.coll, ms.rank, ms.node = p, int32(c), int32(r), d.ranks[r].node
+			ms.prog, ms.sh, ms.coll, ms.rank, ms.node = p, nil, int32(c), int32(r), d.ranks[r].node
 			if col.Executors != nil {
 				ms.exec = col.Executors[r]
 			}
@@ -586,6 +631,9 @@ func (d *driver) matchSends() error {
 	world := int32(d.world)
 	for g := range d.ms {
 		ms := &d.ms[g]
+		if ms.sh != nil {
+			continue // matched by construction (allreduce.Shared.Match)
+		}
 		ops := ms.prog.Ops
 		for i := range ops {
 			o := &ops[i]
@@ -660,7 +708,7 @@ func (d *driver) loop(ctx context.Context) error {
 	for g := range d.ms {
 		if !d.ms[g].m.Finished() {
 			ms := &d.ms[g]
-			return fmt.Errorf("%w: collective %d (%s) rank %d stuck with %d of %d ops left at t=%gs", ErrDeadlock, ms.coll, d.colls[ms.coll].Name, ms.rank, ms.m.Remaining(), len(ms.prog.Ops), d.now)
+			return fmt.Errorf("%w: collective %d (%s) rank %d stuck with %d of %d ops left at t=%gs", ErrDeadlock, ms.coll, d.colls[ms.coll].Name, ms.rank, ms.m.Remaining(), ms.ops(), d.now)
 		}
 	}
 	return nil
@@ -689,7 +737,11 @@ func (d *driver) pump(g int32) error {
 			break
 		}
 		for _, i := range d.scr {
-			if ms.m.Marks(i)&flRecv != 0 {
+			var op allreduce.Op
+			if ms.sh != nil {
+				op = ms.sh.Op(int(ms.rank), i)
+			}
+			if ms.sh == nil && ms.m.Marks(i)&flRecv != 0 || ms.sh != nil && op.Kind == allreduce.Recv {
 				// Post the Recv; its op record is not needed (often a cache
 				// miss: a Recv may wait on an op far back in the program).
 				if ms.m.Mark(i, flPosted)&flArrived != 0 {
@@ -699,14 +751,16 @@ func (d *driver) pump(g int32) error {
 				}
 				continue
 			}
-			op := &ms.prog.Ops[i]
+			if ms.sh == nil {
+				op = ms.prog.Ops[i]
+			}
 			switch op.Kind {
 			case allreduce.Send:
-				if err := d.send(g, ms, i, op); err != nil {
+				if err := d.send(g, ms, i, &op); err != nil {
 					return err
 				}
 			case allreduce.Compute:
-				if err := d.compute(g, ms, i, op); err != nil {
+				if err := d.compute(g, ms, i, &op); err != nil {
 					return err
 				}
 			default:
@@ -738,7 +792,12 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	peer := op.Peer // checked by matchSends
 	dg := ms.coll*int32(d.world) + peer
 	dm := &d.ms[dg]
-	dop := ms.m.Aux(i)
+	var dop int32
+	if ms.sh != nil {
+		dop = ms.sh.Match(int(ms.rank), i)
+	} else {
+		dop = ms.m.Aux(i)
+	}
 	var size int64
 	dur := -1.0
 	if ms.exec != nil {
@@ -765,7 +824,7 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 			if size < 0 {
 				return fmt.Errorf("%w: collective %d rank %d op %d: SizeHint returned %d", ErrProgram, ms.coll, ms.rank, i, size)
 			}
-			if want := dm.prog.Ops[dop].Bytes; want >= 0 && size != want {
+			if want := dm.m.Op(dop).Bytes; want >= 0 && size != want {
 				return fmt.Errorf("%w: collective %d: rank %d sends %d bytes (SizeHint) as #%d to %d, which expects %d", ErrProgram, ms.coll, ms.rank, size, op.Msg, peer, want)
 			}
 		}
@@ -934,7 +993,7 @@ func (d *driver) completeRecv(g int32, ms *machine, op int32) error {
 		}
 	}
 	d.trace.add(d.now, TraceRecv, ms.coll, ms.rank, op, -1, 0)
-	if d.costs[ms.coll].hop && d.hopCodec(ms, ms.prog.Ops[op].Dst) && (dur >= 0 || d.costs[ms.coll].decode > 0) {
+	if d.costs[ms.coll].hop && d.hopCodec(ms, ms.m.Op(op).Dst) && (dur >= 0 || d.costs[ms.coll].decode > 0) {
 		// Decode on the compute engine; the op is done after.
 		d.engine(&d.ranks[ms.rank], qent{g: g, op: op, dur: dur, job: jobDecode})
 		return nil
@@ -945,7 +1004,7 @@ func (d *driver) completeRecv(g int32, ms *machine, op int32) error {
 // regionElems is the number of float32 elements of op's region.
 func regionElems(ms *machine, op *allreduce.Op) int64 {
 	c, n := op.Chunks()
-	lo, hi := ms.prog.Layout.Region(c, n)
+	lo, hi := ms.layout().Region(c, n)
 	return int64(hi - lo)
 }
 
@@ -967,7 +1026,8 @@ func (d *driver) jobCost(ms *machine, q *qent) float64 {
 	if q.op < 0 {
 		op = &d.pro[ms.coll]
 	} else {
-		op = &ms.prog.Ops[q.op]
+		o := ms.m.Op(q.op)
+		op = &o
 	}
 	var sec float64
 	var el int64
@@ -1050,7 +1110,7 @@ func (d *driver) startCompute(rs *rankState, q *qent) {
 	if q.job == jobOp {
 		if q.op < 0 {
 			cat = fnCategory(d.pro[ms.coll].Fn)
-		} else if o := &ms.prog.Ops[q.op]; !(d.costs[ms.coll].hop && o.Fn == allreduce.FnReduce && o.Src == allreduce.BufStage) {
+		} else if o := ms.m.Op(q.op); !(d.costs[ms.coll].hop && o.Fn == allreduce.FnReduce && o.Src == allreduce.BufStage) {
 			cat = fnCategory(o.Fn)
 		}
 	}
@@ -1081,7 +1141,7 @@ func (d *driver) computeEnd(g, op int32, job uint8, x int32) error {
 	case job == jobEncode:
 		m := d.pend[x]
 		d.pfree = append(d.pfree, x)
-		d.launch(&d.ranks[ms.rank], ms.prog.Ops[op].Peer, &m)
+		d.launch(&d.ranks[ms.rank], ms.m.Op(op).Peer, &m)
 		return nil
 	case op < 0:
 		return d.pump(g)
