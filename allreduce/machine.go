@@ -25,11 +25,11 @@ import (
 // A Machine is not safe for concurrent use.
 type Machine struct {
 	prog      *Program
-	sh        *Shared  // shared mode: the programs, and this Machine's rank
-	rank      int      // shared mode
-	sb        []uint8  // shared mode: per-op state (sbIssued, sbDone, marks)
-	fresh     bool     // shared mode: the roots are not handed out yet
-	scr       []int32  // shared mode: scratch for dependents
+	sh        *Shared // shared mode: the programs, and this Machine's rank
+	rank      int     // shared mode
+	sb        []uint8 // shared mode: per-op state (sbIssued, sbDone, marks)
+	fresh     bool    // shared mode: the roots are not handed out yet
+	scr       []int32 // shared mode: scratch for dependents
 	st        []opState
 	more      []int32 // chains of (dependent, next) of ops with more than two (stOverflow)
 	ready     []int32 // ops whose deps are done, not yet issued, in order

@@ -335,6 +335,7 @@ type driver struct {
 	arena     allreduce.Arena    // the Machines' per-op state
 	keys      []uint64           // scratch for recv directories
 	linkNames []string
+	opx, opj  allreduce.Op // ops of Shared collectives, computed (pump, jobCost)
 }
 
 // Run simulates collectives on topo and returns what they cost. All
@@ -737,9 +738,11 @@ func (d *driver) pump(g int32) error {
 			break
 		}
 		for _, i := range d.scr {
-			var op allreduce.Op
+			// The op: in its program, or computed into d.opx (Shared).
+			var op *allreduce.Op
 			if ms.sh != nil {
-				op = ms.sh.Op(int(ms.rank), i)
+				d.opx = ms.sh.Op(int(ms.rank), i)
+				op = &d.opx
 			}
 			if ms.sh == nil && ms.m.Marks(i)&flRecv != 0 || ms.sh != nil && op.Kind == allreduce.Recv {
 				// Post the Recv; its op record is not needed (often a cache
@@ -752,15 +755,15 @@ func (d *driver) pump(g int32) error {
 				continue
 			}
 			if ms.sh == nil {
-				op = ms.prog.Ops[i]
+				op = &ms.prog.Ops[i]
 			}
 			switch op.Kind {
 			case allreduce.Send:
-				if err := d.send(g, ms, i, &op); err != nil {
+				if err := d.send(g, ms, i, op); err != nil {
 					return err
 				}
 			case allreduce.Compute:
-				if err := d.compute(g, ms, i, &op); err != nil {
+				if err := d.compute(g, ms, i, op); err != nil {
 					return err
 				}
 			default:
@@ -1025,9 +1028,11 @@ func (d *driver) jobCost(ms *machine, q *qent) float64 {
 	var op *allreduce.Op
 	if q.op < 0 {
 		op = &d.pro[ms.coll]
+	} else if ms.sh != nil {
+		d.opj = ms.sh.Op(int(ms.rank), q.op)
+		op = &d.opj
 	} else {
-		o := ms.m.Op(q.op)
-		op = &o
+		op = &ms.prog.Ops[q.op]
 	}
 	var sec float64
 	var el int64
