@@ -20,8 +20,9 @@
 // of any size when nothing is outstanding) and blocks beyond that; the
 // receiver returns credit as Recv consumes messages.
 //
-// Every rank publishes a heartbeat every Heartbeat; a peer heard from for no
-// PeerTimeout, a peer that says goodbye (Close) and a bad frame become a
+// Every rank publishes a heartbeat every Heartbeat; a peer whose connection
+// to the server ends (announced by the server's disconnect notices, see
+// Config.DisconnectSubject), a peer heard from for no PeerTimeout, a peer that says goodbye (Close) and a bad frame become a
 // *transport.PeerError on the calls concerning that peer. A break of this
 // rank's connection to the server (closed, disconnected, or reconnected, as
 // messages in flight may have been lost) fails every peer within one
@@ -40,6 +41,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -61,6 +63,7 @@ import (
 const (
 	flagFirst  = 1 << 0 // data: first chunk of a message (carries its length)
 	flagLast   = 1 << 1 // data: last chunk of a message
+	flagGone   = 1 << 2 // data, from this rank to itself: the sender's connection to the server ended
 	flagHello  = 1 << 4 // heartbeat
 	flagBye    = 1 << 5 // the sender closed
 	flagCredit = 1 << 6 // cumulative consumed bytes
@@ -75,6 +78,10 @@ const (
 
 // errPeerClosed is the cause recorded for a peer that said goodbye.
 var errPeerClosed = fmt.Errorf("%w: closed", transport.ErrPeerDead)
+
+// errPeerGone is the cause recorded for a peer whose connection to the
+// server ended without a goodbye (its process died, or it lost the server).
+var errPeerGone = fmt.Errorf("%w: its connection to the NATS server ended", transport.ErrPeerDead)
 
 // ErrJob is returned (wrapped) for an invalid job ID, rank or size.
 var ErrJob = errors.New("nats: invalid job")
@@ -100,6 +107,9 @@ type peer struct {
 
 	lastSeen atomic.Int64 // unix nanoseconds
 	heard    atomic.Bool
+	// cid is the peer's client ID on this rank's server, from its hellos
+	// (0: unknown, or it is connected to another server of a cluster).
+	cid atomic.Uint64
 }
 
 // Conn is one rank's endpoint; see transport.Conn for the contract. Send
@@ -121,6 +131,8 @@ type Conn struct {
 
 	subjData, subjCtl []string // per peer: where to publish to it
 	subjHB            string
+	subjGone          []string // per peer: this rank's data subject from it
+	hello             []byte   // heartbeat payload: client ID and server ID
 
 	nHeard   atomic.Int32
 	allHeard chan struct{}
@@ -148,7 +160,7 @@ func Dial(ctx context.Context, url, job string, rank, size int, opts ...Option) 
 	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
 	nopts := []natsgo.Option{
-		natsgo.Name(fmt.Sprintf("slimgrad %s rank %d", job, rank)),
+		natsgo.Name(clientName(job, rank)),
 		// Core NATS drops what is in flight when a connection breaks, and
 		// a broken link fails the job's peers anyway (see heartbeat).
 		natsgo.NoReconnect(),
@@ -178,6 +190,10 @@ func Dial(ctx context.Context, url, job string, rank, size int, opts ...Option) 
 	}
 	return c, nil
 }
+
+// clientName is the NATS connection name of a rank that Dial connects: the
+// server's disconnect notices name the rank whose connection ended.
+func clientName(job string, rank int) string { return fmt.Sprintf("slimgrad %s rank %d", job, rank) }
 
 // ctxDialer is a natsgo.CustomDialer that dials with a context.
 type ctxDialer struct{ ctx context.Context }
@@ -248,6 +264,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		peers:    make([]peer, size),
 		subjData: make([]string, size),
 		subjCtl:  make([]string, size),
+		subjGone: make([]string, size),
 		allHeard: make(chan struct{}),
 		closed:   make(chan struct{}),
 	}
@@ -261,8 +278,18 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		c.peers[p].partial = make(map[uint64]*partial)
 		c.subjData[p] = fmt.Sprintf("%sd.%d.%d", base, p, rank)
 		c.subjCtl[p] = fmt.Sprintf("%sc.%d.%d", base, p, rank)
+		c.subjGone[p] = fmt.Sprintf("%sd.%d.%d", base, rank, p)
 	}
 	c.subjHB = fmt.Sprintf("%sh.%d", base, rank)
+	// Hellos carry this rank's client ID and its server's ID, so that a
+	// disconnect notice is matched to the very connection of a peer (not
+	// to another client using its name, say one refused for a bad token).
+	if cid, err := nc.GetClientID(); err == nil {
+		c.hello = binary.LittleEndian.AppendUint64(nil, cid)
+		if sid := nc.ConnectedServerId(); len(sid) <= maxHelloServerID {
+			c.hello = append(c.hello, sid...)
+		}
+	}
 	c.in = inbox.New(size, c.onConsume)
 	if size == 1 {
 		close(c.allHeard)
@@ -279,7 +306,10 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	var err error
 	if err = subscribe(fmt.Sprintf("%sd.%d.*", base, rank), c.onData); err == nil {
 		if err = subscribe(fmt.Sprintf("%sc.%d.*", base, rank), c.onCtl); err == nil {
-			if err = subscribe(base+"h.*", c.onHB); err == nil {
+			if err = subscribe(base+"h.*", c.onHB); err == nil && cfg.DisconnectSubject != "" {
+				err = subscribe(cfg.DisconnectSubject, c.onDisconnect)
+			}
+			if err == nil {
 				err = nc.FlushWithContext(ctx)
 			}
 		}
@@ -468,6 +498,11 @@ func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
 	return len(msg)
 }
 
+// maxHelloServerID bounds the server ID a hello carries (it fits
+// publishCtl's buffer after the 8-byte client ID; nats-server IDs are 56
+// characters).
+const maxHelloServerID = 56
+
 // maxAbortText bounds the reason carried by an abort notice, sent or
 // received (it fits publishCtl's buffer).
 const maxAbortText = 64
@@ -518,7 +553,7 @@ func (c *Conn) seen(src int) {
 	p.lastSeen.Store(time.Now().UnixNano())
 	if !p.heard.Load() && p.heard.CompareAndSwap(false, true) {
 		// Tell a newcomer about us at once rather than at the next beat.
-		c.publishCtl(c.subjHB, flagHello, nil)
+		c.publishCtl(c.subjHB, flagHello, c.hello)
 		if int(c.nHeard.Add(1)) == c.size-1 {
 			close(c.allHeard)
 		}
@@ -537,7 +572,7 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	}
 	c.stats.RecvWire(src, len(m.Data))
 	if err := c.handleChunk(src, m.Data); err != nil {
-		c.failPeer(src, err, !errors.Is(err, errPeerClosed))
+		c.failPeer(src, err, !errors.Is(err, errPeerClosed) && !errors.Is(err, errPeerGone))
 		return
 	}
 	// A sender that honours its credit never has more than Window bytes
@@ -563,6 +598,9 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 	}
 	if h.Flags == flagBye {
 		return fmt.Errorf("%w: rank %d", errPeerClosed, src)
+	}
+	if h.Flags == flagGone {
+		return fmt.Errorf("%w: rank %d", errPeerGone, src)
 	}
 	if h.Flags&^(flagFirst|flagLast) != 0 {
 		return fmt.Errorf("%w: unexpected flags %#x on a data frame", transport.ErrBadFrame, h.Flags)
@@ -700,6 +738,39 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 	}
 }
 
+// onDisconnect reads the server's disconnect notices (see
+// natsserver.DisconnectSubject). When one names a peer, it does not fail
+// the peer at once: it publishes a gone marker on its own data subject from
+// that peer, which arrives after every chunk the peer published before its
+// connection ended (the server handled those first, and one subscription
+// delivers in order), so no message the peer sent is lost to the failure.
+func (c *Conn) onDisconnect(m *natsgo.Msg) {
+	var ev struct {
+		Server struct {
+			ID string `json:"id"`
+		} `json:"server"`
+		Client struct {
+			ID   uint64 `json:"id"`
+			Name string `json:"name"`
+		} `json:"client"`
+	}
+	if json.Unmarshal(m.Data, &ev) != nil || ev.Server.ID != c.nc.ConnectedServerId() {
+		return
+	}
+	prefix := clientName(c.job, 0)
+	prefix = prefix[:len(prefix)-1]
+	r, ok := strings.CutPrefix(ev.Client.Name, prefix)
+	if !ok {
+		return
+	}
+	p, err := strconv.Atoi(r)
+	if err != nil || p < 0 || p >= c.size || p == c.rank || ev.Client.ID == 0 ||
+		c.peers[p].cid.Load() != ev.Client.ID || c.in.Failed(p) != nil || c.isClosed() {
+		return
+	}
+	c.publishCtl(c.subjGone[p], flagGone, nil)
+}
+
 func (c *Conn) onHB(m *natsgo.Msg) {
 	src, ok := c.source(m.Subject)
 	if !ok {
@@ -715,6 +786,9 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 	}
 	switch h.Flags {
 	case flagHello:
+		if pl := m.Data[transport.FrameHeaderLen:]; len(pl) > 8 && string(pl[8:]) == c.nc.ConnectedServerId() {
+			c.peers[src].cid.Store(binary.LittleEndian.Uint64(pl))
+		}
 		c.seen(src)
 	default:
 		c.failPeer(src, fmt.Errorf("%w: unexpected heartbeat frame (flags %#x)", transport.ErrBadFrame, h.Flags), true)
@@ -726,7 +800,7 @@ func (c *Conn) heartbeat() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.Heartbeat)
 	defer t.Stop()
-	c.publishCtl(c.subjHB, flagHello, nil)
+	c.publishCtl(c.subjHB, flagHello, c.hello)
 	reconnects := c.nc.Stats().Reconnects
 	for {
 		select {
@@ -734,7 +808,7 @@ func (c *Conn) heartbeat() {
 			return
 		case <-t.C:
 		}
-		c.publishCtl(c.subjHB, flagHello, nil)
+		c.publishCtl(c.subjHB, flagHello, c.hello)
 		if !c.ready.Load() {
 			continue
 		}

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -587,5 +589,78 @@ func TestDialCancelled(t *testing.T) {
 	}
 	if n := srv.NumClients(); n != 0 {
 		t.Fatalf("%d clients left connected", n)
+	}
+}
+
+// recordingDialer dials TCP and keeps the connection, so that a test can
+// cut it as the kernel does when a process is killed.
+type recordingDialer struct {
+	mu   sync.Mutex
+	conn net.Conn
+}
+
+func (d *recordingDialer) Dial(network, address string) (net.Conn, error) {
+	c, err := net.Dial(network, address)
+	d.mu.Lock()
+	d.conn = c
+	d.mu.Unlock()
+	return c, err
+}
+
+// TestKilledPeerDetectedFast: a rank whose connection to the server ends
+// without a goodbye (its process was killed) is dead for its peers within
+// a second, long before its heartbeats are missed (PeerTimeout 20 s), and
+// what it sent before is still delivered.
+func TestKilledPeerDetectedFast(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	slow := nats.WithHeartbeat(time.Second, 20*time.Second)
+	d := &recordingDialer{}
+	conns := make([]*nats.Conn, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for r := range 3 {
+		opts := []nats.Option{slow}
+		if r == 1 {
+			opts = append(opts, nats.WithNATSOptions(natsgo.SetCustomDialer(d)))
+		}
+		wg.Go(func() { conns[r], errs[r] = nats.Dial(t.Context(), srv.ClientURL(), "kill", r, 3, opts...) })
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+		t.Cleanup(func() { conns[r].Close() })
+	}
+	ctx := t.Context()
+	if err := conns[1].Send(ctx, 0, 7, []byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	if err := conns[1].NATSConn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.conn.Close()
+	d.mu.Unlock()
+	start := time.Now()
+	if m, err := conns[0].Recv(ctx, 1, 7); err != nil || string(m) != "last words" {
+		t.Errorf("message sent before the death: %q, %v", m, err)
+	}
+	for _, r := range []int{0, 2} {
+		_, err := conns[r].Recv(ctx, 1, 8)
+		var pe *transport.PeerError
+		if !errors.As(err, &pe) || pe.Rank != 1 || !errors.Is(err, transport.ErrPeerDead) {
+			t.Errorf("rank %d: Recv from the killed rank: %v, want a PeerError wrapping ErrPeerDead", r, err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("rank %d: detected after %v, want within 1s", r, d)
+		}
+	}
+	// The survivors still talk to each other.
+	if err := conns[0].Send(ctx, 2, 9, []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := conns[2].Recv(ctx, 0, 9); err != nil || string(m) != "ok" {
+		t.Errorf("survivors: %q, %v", m, err)
 	}
 }

@@ -57,6 +57,13 @@ type Config struct {
 	// ConnectTimeout bounds Dial/New when ctx has no earlier deadline: the
 	// connection and the wait until every peer is heard from.
 	ConnectTimeout time.Duration
+	// DisconnectSubject is where the server announces connections that
+	// ended (natsserver.DisconnectSubject, the default; "" turns it off). A
+	// rank that Dial connected is named in them, so its peers fail it as
+	// soon as its connection ends (its process died) instead of after
+	// PeerTimeout. A server that does not publish them (an external
+	// server without the export natsserver sets up) leaves the heartbeats.
+	DisconnectSubject string
 	// Server configures the embedded server NewGroup starts.
 	Server natsserver.Options
 }
@@ -72,6 +79,8 @@ func defaultConfig() Config {
 		Heartbeat:      DefaultHeartbeat,
 		PeerTimeout:    DefaultPeerTimeout,
 		ConnectTimeout: DefaultConnectTimeout,
+
+		DisconnectSubject: natsserver.DisconnectSubject,
 	}
 }
 
@@ -129,6 +138,12 @@ func WithChunkSize(bytes int) Option {
 // WithHeartbeat sets Config.Heartbeat and Config.PeerTimeout.
 func WithHeartbeat(interval, peerTimeout time.Duration) Option {
 	return func(c *Config) error { c.Heartbeat, c.PeerTimeout = interval, peerTimeout; return nil }
+}
+
+// WithDisconnectSubject sets Config.DisconnectSubject ("" turns the
+// notices off).
+func WithDisconnectSubject(subject string) Option {
+	return func(c *Config) error { c.DisconnectSubject = subject; return nil }
 }
 
 // WithConnectTimeout sets Config.ConnectTimeout.
