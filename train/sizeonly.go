@@ -100,11 +100,11 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 		default:
 			return Stats{}, fmt.Errorf("%w: aggregation %v", ErrUnsupported, agg)
 		}
-		progs, err := generateAll(ctx, alg, p, n)
+		c, err := sizeOnlyCollective(ctx, unit.Name, alg, p)
 		if err != nil {
 			return Stats{}, fmt.Errorf("train: %s for %s: %w", alg, unit.Name, err)
 		}
-		c := sim.Collective{Name: unit.Name, Programs: progs, Start: start, Recipe: r.String()}
+		c.Start, c.Recipe = start, r.String()
 		switch {
 		case how[u] == optim.DenseMean:
 			c.Recipe = "none"
@@ -157,17 +157,33 @@ func SizeOnlyBaseline(ctx context.Context, n int, units []Layer, cfg SimConfig) 
 	}
 	var base []sim.Collective
 	for _, unit := range units {
-		bp, err := generateAll(ctx, s.denseAlg(), allreduce.Params{World: n, Elems: unit.Size, Average: true, ElemBytes: 4}, n)
+		c, err := sizeOnlyCollective(ctx, unit.Name, s.denseAlg(), allreduce.Params{World: n, Elems: unit.Size, Average: true, ElemBytes: 4})
 		if err != nil {
 			return 0, err
 		}
-		base = append(base, sim.Collective{Name: unit.Name, Programs: bp, Start: s.gradTime.Seconds()})
+		c.Start = s.gradTime.Seconds()
+		base = append(base, c)
 	}
 	res, err := sim.Run(ctx, cfg.Topology, base, s.options())
 	if err != nil {
 		return 0, fmt.Errorf("train: size-only dense baseline: %w", err)
 	}
 	return seconds(res.Time), nil
+}
+
+// sizeOnlyCollective is the size-only collective of alg for p.World ranks:
+// its programs computed on demand where allreduce has a shared form (memory
+// linear in the ranks, sim.SizeOnlyCollective), else generated per rank
+// (stopping with ctx.Err() when ctx ends).
+func sizeOnlyCollective(ctx context.Context, name string, alg allreduce.Algorithm, p allreduce.Params) (sim.Collective, error) {
+	if _, err := allreduce.NewShared(alg, p); err == nil {
+		return sim.SizeOnlyCollective(name, alg, p)
+	}
+	progs, err := generateAll(ctx, alg, p, p.World)
+	if err != nil {
+		return sim.Collective{}, err
+	}
+	return sim.Collective{Name: name, Programs: progs}, nil
 }
 
 // generateAll generates every rank's program; it stops with ctx.Err()
