@@ -27,16 +27,29 @@ type AdamConfig struct {
 
 	// Mask (OneBitAdam only, optional, len n): DeepSpeed's exp_avg_mask,
 	// multiplied into the momentum after every compressed all-reduce. When
-	// nil, the mask is computed at the freeze: 1 where v ≠ 0, 0 where the
-	// coordinate never received a non-zero gradient during warm-up (sign
-	// compression cannot represent 0, so such coordinates would drift).
+	// nil, the mask is computed at the freeze from the frozen variance: 1
+	// where v > MaskThreshold, 0 elsewhere (coordinates that received no, or
+	// only negligible, gradient during warm-up: sign compression cannot
+	// represent 0, so such coordinates would drift, and dividing their
+	// compression error by √v + eps ≈ eps would blow it up).
 	Mask []float32
+
+	// MaskThreshold (OneBitAdam only, ≥ 0): the frozen-variance level at or
+	// below which a coordinate is masked when Mask is nil. The PyTorch
+	// reference (../shared/anchors/reference_training.py) masks v <= 1e-16,
+	// DefaultAdamConfig's value; 0 masks only v == 0.
+	MaskThreshold float64
 }
 
+// DefaultMaskThreshold is the reference's frozen-variance mask threshold:
+// coordinates with v <= 1e-16 at the freeze are masked.
+const DefaultMaskThreshold = 1e-16
+
 // DefaultAdamConfig returns DeepSpeed's defaults: lr 1e-3, betas (0.9,
-// 0.999), eps 1e-8, no weight decay, no bias correction, freeze_step 100000.
+// 0.999), eps 1e-8, no weight decay, no bias correction, freeze_step 100000,
+// and the reference's mask threshold 1e-16.
 func DefaultAdamConfig() AdamConfig {
-	return AdamConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, FreezeStep: 100000}
+	return AdamConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, FreezeStep: 100000, MaskThreshold: DefaultMaskThreshold}
 }
 
 func (c *AdamConfig) validate() error {
@@ -50,6 +63,7 @@ func (c *AdamConfig) validate() error {
 		{"beta2", c.Beta2, 0, 1, true},
 		{"eps", c.Eps, 0, 1, false},
 		{"weight decay", c.WeightDecay, 0, math.MaxFloat32, false},
+		{"mask threshold", c.MaskThreshold, 0, math.MaxFloat32, false},
 	} {
 		if err := checkHyper(h.name, h.v, h.lo, h.hi, h.open); err != nil {
 			return err
@@ -143,12 +157,16 @@ func (s Stage) String() string {
 }
 
 // OneBitAdam is 1-bit Adam as DeepSpeed's OnebitAdam implements it (specs
-// §2.1), on one flat vector (DeepSpeed flattens all parameters, so the
-// two-phase scales are whole-model RMS values):
+// §2.1) on one vector: the whole model flattened (DeepSpeed's choice, so the
+// two-phase scales are whole-model RMS values), or one tensor, with one
+// OneBitAdam per tensor (the PyTorch reference's choice: per-tensor scales,
+// which label-skewed shards need; the driver's sign codec can add scale
+// blocks within a tensor, see train.Plan.Sign):
 //
 //	warm-up, steps 1..FreezeStep: Prepare returns the local gradient for a
 //	    DenseMean; Step: m = β1·m + (1−β1)·ḡ; v = β2·v + (1−β2)·ḡ²
-//	    (after step FreezeStep, v is frozen and the mask is fixed)
+//	    (after step FreezeStep, v is frozen and the mask is fixed:
+//	    1 where v > MaskThreshold)
 //	compression, steps FreezeStep+1...: Prepare updates the LOCAL momentum
 //	    m = β1·m + (1−β1)·g_local and returns m for TwoPhaseSign (the
 //	    gradient is never all-reduced); Step: m = agg ⊙ mask (the
@@ -253,8 +271,9 @@ func (o *OneBitAdam) freeze() {
 	if o.cfg.Mask != nil {
 		return
 	}
+	th := float32(o.cfg.MaskThreshold)
 	for j, x := range o.v {
-		if x != 0 {
+		if x > th {
 			o.mask[j] = 1
 		} else {
 			o.mask[j] = 0
@@ -270,8 +289,8 @@ func (o *OneBitAdam) Mask() []float32 { return o.mask }
 
 // String describes the optimizer.
 func (o *OneBitAdam) String() string {
-	return fmt.Sprintf("onebit-adam(lr=%g, betas=(%g, %g), eps=%g, wd=%g, freeze_step=%d)",
-		o.lr, o.cfg.Beta1, o.cfg.Beta2, o.cfg.Eps, o.cfg.WeightDecay, o.cfg.FreezeStep)
+	return fmt.Sprintf("onebit-adam(lr=%g, betas=(%g, %g), eps=%g, wd=%g, freeze_step=%d, mask_threshold=%g)",
+		o.lr, o.cfg.Beta1, o.cfg.Beta2, o.cfg.Eps, o.cfg.WeightDecay, o.cfg.FreezeStep, o.cfg.MaskThreshold)
 }
 
 var (

@@ -152,15 +152,23 @@ func (b *base) checkStep(p, agg []float32) error {
 	return nil
 }
 
+// checkHyper checks lo <= v <= hi (v < hi if hiOpen). The error states the
+// range in words: hi = MaxFloat32 reads "finite" (a float32 limit, not a
+// number to make a user read).
 func checkHyper(name string, v, lo, hi float64, hiOpen bool) error {
-	if math.IsNaN(v) || v < lo || v > hi || (hiOpen && v == hi) {
-		r := "]"
-		if hiOpen {
-			r = ")"
-		}
-		return fmt.Errorf("%w: %s = %v, want [%v, %v%s", ErrConfig, name, v, lo, hi, r)
+	if !math.IsNaN(v) && v >= lo && v <= hi && !(hiOpen && v == hi) {
+		return nil
 	}
-	return nil
+	var want string
+	switch {
+	case hi == math.MaxFloat32:
+		want = fmt.Sprintf("must be >= %g and finite", lo)
+	case hiOpen:
+		want = fmt.Sprintf("must be in [%g, %g)", lo, hi)
+	default:
+		want = fmt.Sprintf("must be in [%g, %g]", lo, hi)
+	}
+	return fmt.Errorf("%w: %s %s, got %v", ErrConfig, name, want, v)
 }
 
 // SGD is plain stochastic gradient descent with L2 weight decay:

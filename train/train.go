@@ -160,6 +160,11 @@ type OptimSpec struct {
 	Flat bool
 	// New returns an optimizer for a vector of n parameters.
 	New func(n int) (optim.Optimizer, error)
+	// Sign, if not empty, is the codec of the units these optimizers send
+	// through the two-phase 1-bit all-reduce (optim.TwoPhaseSign): "sign"
+	// or "sign:B" (Plan.Sign). Drivers set their Plan.Sign from it and
+	// register it as the units' codec on real workers (RegisterUnits).
+	Sign string
 }
 
 // Config is a training scenario.

@@ -311,10 +311,9 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	defer w.Close()
 	r := conn.Rank()
-	codec := ""
-	if spec.Flat {
-		codec = "sign" // 1-bit Adam's compressed stage is the two-phase sign scheme
-	}
+	codec := spec.Sign // 1-bit Adam's compressed stage is the two-phase sign scheme
+	plan := m.plan(o.Steps, o.Seed)
+	plan.Sign = spec.Sign
 	printEvery := o.PrintEvery
 	if printEvery <= 0 {
 		printEvery = max(1, o.Steps/10)
@@ -328,7 +327,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log}, Rank: r, World: o.World, Combine: gatherFigures(conn)}
 	start := time.Now()
 	units := train.Units(task.Model, spec.Flat)
-	res, err := train.RunRank(ctx, cfg, task, w, m.plan(o.Steps, o.Seed), spec, codec, func(rec train.Record) {
+	res, err := train.RunRank(ctx, cfg, task, w, plan, spec, codec, func(rec train.Record) {
 		if rec.Evaluated {
 			lastAcc = rec.Accuracy
 		}

@@ -247,6 +247,7 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 	}
 	units := train.Units(task.Model, spec.Flat)
 	plan := m.plan(o.Steps, o.Seed)
+	plan.Sign = spec.Sign
 	switch o.Exchange {
 	case "mem":
 		g, err := mem.NewGroup(o.Workers)
@@ -257,10 +258,7 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 		for r := range conns {
 			conns[r] = g.Conn(r)
 		}
-		codec := ""
-		if spec.Flat {
-			codec = "sign"
-		}
+		codec := spec.Sign // 1-bit Adam: every unit registers the two-phase sign codec
 		wopts := train.WorkerOptions(o.Seed, log)
 		if m.LGreCo != "" {
 			wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LG, env.topo, env.linkOptions(o)))
@@ -307,10 +305,31 @@ func (c closingExchanger) Close() error {
 	return c.g.Close()
 }
 
+// MinFreeze is the fewest warm-up steps an explicit 1-bit Adam freeze may
+// have: before that the variance estimate v has not settled, and freezing
+// it makes the compressed stage diverge (freeze=10 of 20 steps: loss 8021).
+const MinFreeze = 50
+
+// DefaultSignBlock is 1-bit Adam's default scale block within a tensor
+// (elements per scale): 16384 elements are 2 KiB of signs per 4-byte scale
+// (0.2% overhead); tensors up to this size get one scale each.
+const DefaultSignBlock = 16384
+
 // parseOptim parses an optimizer recipe: NAME[:key=value,...] with NAME one of
-// sgd, momentum, nesterov, dgcsgd, adam, onebitadam and keys lr, m
-// (momentum), wd (weight decay), freeze (1-bit Adam's freeze step, a step
-// count or a percentage of steps, e.g. 20%, then at least 50 steps).
+// sgd, momentum, nesterov, dgcsgd, adam, onebitadam. Keys: lr (learning rate,
+// >= 0), m (momentum), wd (weight decay), and
+//
+//	adam, onebitadam: bias=true|false (Adam's bias correction, default true;
+//	    the reference and DeepSpeed use false; 1-bit Adam has none)
+//	onebitadam: freeze (the freeze step: a step count of at least MinFreeze
+//	    and below steps, or a percentage of steps, e.g. 20%, then at least
+//	    MinFreeze steps or the whole run); scale=tensor|model (per-tensor
+//	    scales, the default and the reference's, or one flat vector for the
+//	    whole model, DeepSpeed's); block (elements per scale within a tensor,
+//	    a multiple of 8, default DefaultSignBlock; 0: one scale per tensor,
+//	    or per model with scale=model); mask (the frozen-variance threshold
+//	    at or below which momentum is masked, default 1e-16 as the
+//	    reference).
 func parseOptim(recipe string, steps int) (train.OptimSpec, error) {
 	name, args, _ := strings.Cut(recipe, ":")
 	kv := map[string]string{}
@@ -324,25 +343,34 @@ func parseOptim(recipe string, steps int) (train.OptimSpec, error) {
 		}
 		kv[strings.TrimSpace(k)] = strings.TrimSpace(v)
 	}
-	get := func(k string, def float64) (float64, error) {
+	var errs []error
+	num := func(k string, def float64) float64 {
 		v, ok := kv[k]
 		if !ok {
-			return def, nil
+			return def
 		}
 		delete(kv, k)
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil {
-			return 0, fmt.Errorf("optimizer recipe %q: %s=%q is not a number", recipe, k, v)
-		}
-		return f, nil
-	}
-	var errs []error
-	num := func(k string, def float64) float64 {
-		f, err := get(k, def)
-		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("optimizer recipe %q: %s=%q is not a number", recipe, k, v))
 		}
 		return f
+	}
+	str := func(k, def string) string {
+		v, ok := kv[k]
+		if !ok {
+			return def
+		}
+		delete(kv, k)
+		return v
+	}
+	boolean := func(k string, def bool) bool {
+		v := str(k, strconv.FormatBool(def))
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("optimizer recipe %q: %s=%q is not true or false", recipe, k, v))
+		}
+		return b
 	}
 	spec := train.OptimSpec{Name: recipe}
 	switch name {
@@ -356,36 +384,45 @@ func parseOptim(recipe string, steps int) (train.OptimSpec, error) {
 	case "dgcsgd":
 		lr, m, wd := num("lr", 0.1), num("m", 0.9), num("wd", 0)
 		spec.New = func(n int) (optim.Optimizer, error) { return optim.NewDGCSGD(n, lr, m, wd, false) }
-	case "adam", "onebitadam":
+	case "adam":
 		cfg := optim.DefaultAdamConfig()
 		cfg.LR, cfg.WeightDecay = num("lr", cfg.LR), num("wd", 0)
-		if name == "adam" {
-			cfg.BiasCorrection = true
-			spec.New = func(n int) (optim.Optimizer, error) { return optim.NewAdam(n, cfg) }
-			break
+		cfg.BiasCorrection = boolean("bias", true)
+		spec.New = func(n int) (optim.Optimizer, error) { return optim.NewAdam(n, cfg) }
+	case "onebitadam":
+		cfg := optim.DefaultAdamConfig()
+		cfg.LR, cfg.WeightDecay = num("lr", cfg.LR), num("wd", 0)
+		cfg.MaskThreshold = num("mask", cfg.MaskThreshold)
+		if boolean("bias", false) {
+			errs = append(errs, fmt.Errorf("optimizer recipe %q: 1-bit Adam has no bias correction (as DeepSpeed): bias must be false", recipe))
 		}
-		freeze := max(1, steps/5)
-		if v, ok := kv["freeze"]; ok {
-			delete(kv, "freeze")
-			if pct, isPct := strings.CutSuffix(v, "%"); isPct {
-				f, err := strconv.ParseFloat(pct, 64)
-				if err != nil || f <= 0 || f > 100 {
-					return spec, fmt.Errorf("optimizer recipe %q: freeze=%q is not a percentage in (0,100]", recipe, v)
-				}
-				// At least 50 steps (or the whole run): the variance
-				// estimate v must settle before it is frozen, or the
-				// compressed stage diverges.
-				freeze = max(1, int(f/100*float64(steps)), min(50, steps))
-			} else {
-				f, err := strconv.Atoi(v)
-				if err != nil || f < 1 {
-					return spec, fmt.Errorf("optimizer recipe %q: freeze=%q is not a step count >= 1", recipe, v)
-				}
-				freeze = f
-			}
+		freeze, err := parseFreeze(recipe, str("freeze", "20%"), steps)
+		if err != nil {
+			return spec, err
 		}
 		cfg.FreezeStep = freeze
-		spec.Flat = true // DeepSpeed flattens the model: whole-model scales
+		switch scale := str("scale", "tensor"); scale {
+		case "tensor":
+		case "model":
+			spec.Flat = true // DeepSpeed flattens the model: whole-model scales
+		default:
+			return spec, fmt.Errorf("optimizer recipe %q: scale=%q: want tensor (a scale per tensor) or model (one flat vector, DeepSpeed's)", recipe, scale)
+		}
+		block := DefaultSignBlock
+		if spec.Flat {
+			block = 0 // DeepSpeed parity: one worker scale for the model
+		}
+		if v := str("block", ""); v != "" {
+			b, err := strconv.Atoi(v)
+			if err != nil || b < 0 || b%8 != 0 || b > compressors.MaxSignBlock {
+				return spec, fmt.Errorf("optimizer recipe %q: block=%q: want 0 (one scale per vector) or a multiple of 8 up to %d (elements per scale)", recipe, v, compressors.MaxSignBlock)
+			}
+			block = b
+		}
+		spec.Sign = "sign"
+		if block > 0 {
+			spec.Sign = "sign:" + strconv.Itoa(block)
+		}
 		spec.New = func(n int) (optim.Optimizer, error) { return optim.NewOneBitAdam(n, cfg) }
 	default:
 		return spec, fmt.Errorf("unknown optimizer %q (want sgd, momentum, nesterov, dgcsgd, adam or onebitadam)", name)
@@ -396,7 +433,37 @@ func parseOptim(recipe string, steps int) (train.OptimSpec, error) {
 	for k := range kv {
 		return spec, fmt.Errorf("optimizer recipe %q: unknown key %q", recipe, k)
 	}
+	// Build one optimizer now, so that a bad hyper-parameter is reported
+	// before any training, in the recipe's words.
+	if _, err := spec.New(1); err != nil {
+		return spec, fmt.Errorf("optimizer recipe %q: %w", recipe, err)
+	}
 	return spec, nil
+}
+
+// parseFreeze returns 1-bit Adam's freeze step for v, a step count or a
+// percentage of steps. An explicit count must leave MinFreeze warm-up steps
+// and a compression stage (freeze < steps); a percentage is raised to
+// MinFreeze steps, or the whole run when it is shorter.
+func parseFreeze(recipe, v string, steps int) (int, error) {
+	if pct, isPct := strings.CutSuffix(v, "%"); isPct {
+		f, err := strconv.ParseFloat(pct, 64)
+		if err != nil || f <= 0 || f > 100 {
+			return 0, fmt.Errorf("optimizer recipe %q: freeze=%q is not a percentage in (0,100]", recipe, v)
+		}
+		return max(1, int(f/100*float64(steps)), min(MinFreeze, steps)), nil
+	}
+	f, err := strconv.Atoi(v)
+	if err != nil || f < 1 {
+		return 0, fmt.Errorf("optimizer recipe %q: freeze=%q is not a step count >= 1", recipe, v)
+	}
+	if f < MinFreeze {
+		return 0, fmt.Errorf("optimizer recipe %q: freeze=%d: 1-bit Adam needs at least %d warm-up steps before it freezes the variance (an unsettled variance makes the compressed stage diverge)", recipe, f, MinFreeze)
+	}
+	if f >= steps {
+		return 0, fmt.Errorf("optimizer recipe %q: freeze=%d with %d steps: the freeze step must be below the number of steps, or the compressed stage never starts", recipe, f, steps)
+	}
+	return f, nil
 }
 
 // linkOptions are the simulation options of L-GreCo's link-aware objective

@@ -19,26 +19,42 @@ func TestParseOptim(t *testing.T) {
 		{"nesterov:lr=0.1,m=0.8,wd=1e-4", 10, false, "", ""},
 		{"dgcsgd:lr=0.1,m=0.9", 10, false, "", ""},
 		{"adam:lr=0.001", 10, false, "adam", ""},
-		{"onebitadam:freeze=20%", 1000, true, "", ""},
-		{"onebitadam:freeze=7", 1000, true, "", ""},
+		{"onebitadam:freeze=20%", 1000, false, "", ""},
+		{"onebitadam:freeze=20%,scale=model", 1000, true, "", ""},
+		{"onebitadam:freeze=70,block=0,mask=0", 1000, false, "", ""},
+		{"adam:lr=0.001,bias=false", 10, false, "adam", ""},
+		// issue #21: an explicit freeze needs MinFreeze warm-up steps and a
+		// compressed stage.
+		{"onebitadam:freeze=10", 20, false, "", "at least 50 warm-up steps"},
+		{"onebitadam:freeze=7", 1000, false, "", "at least 50 warm-up steps"},
+		{"onebitadam:freeze=60", 60, false, "", "must be below the number of steps"},
+		{"onebitadam:scale=layer", 1000, false, "", "want tensor"},
+		{"onebitadam:block=12", 1000, false, "", "multiple of 8"},
+		{"onebitadam:bias=true", 1000, false, "", "no bias correction"},
+		{"onebitadam:mask=-1", 1000, false, "", "mask threshold must be >= 0 and finite, got -1"},
+		{"adam:bias=maybe", 10, false, "", "not true or false"},
+		// issue #21: ranges in words, not "want [0, 3.4028234663852886e+38]".
+		{"momentum:lr=-1", 10, false, "", "lr must be >= 0 and finite, got -1"},
+		{"adam:lr=-1", 10, false, "", "lr must be >= 0 and finite, got -1"},
+		{"adam:beta1=2", 10, false, "", "unknown key"},
 		{"rmsprop", 10, false, "", "unknown optimizer"},
 		{"momentum:lr=fast", 10, false, "", "not a number"},
 		{"momentum:beta=0.9", 10, false, "", "unknown key"},
 		{"momentum:lr", 10, false, "", "not key=value"},
 		{"onebitadam:freeze=0", 10, false, "", "step count"},
 		{"onebitadam:freeze=120%", 10, false, "", "percentage"},
-		{"momentum:m=1.5", 10, false, "", "bad config"},
+		{"momentum:m=1.5", 10, false, "", "momentum must be in [0, 1), got 1.5"},
 	}
 	for _, tc := range cases {
 		spec, err := parseOptim(tc.recipe, tc.steps)
-		if err == nil && spec.New != nil {
-			_, err = spec.New(16)
-		}
 		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || strings.Contains(err.Error(), "3.4028234663852886e+38") {
 				t.Errorf("%q: err %v, want %q", tc.recipe, err, tc.err)
 			}
 			continue
+		}
+		if err == nil {
+			_, err = spec.New(16)
 		}
 		if err != nil {
 			t.Errorf("%q: %v", tc.recipe, err)
@@ -60,7 +76,7 @@ func TestOneBitAdamFreezeFloor(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := "freeze_step=" + strconv.Itoa(tc.freeze) + ")"; !strings.Contains(o.String(), want) {
+		if want := "freeze_step=" + strconv.Itoa(tc.freeze) + ","; !strings.Contains(o.String(), want) {
 			t.Errorf("%d steps: %s, want %s", tc.steps, o.String(), want)
 		}
 	}

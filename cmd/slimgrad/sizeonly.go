@@ -92,7 +92,7 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 			params += u.Size
 		}
 		how := make([]optim.Exchange, len(units))
-		if spec.Flat { // 1-bit Adam after its freeze
+		if spec.Sign != "" { // 1-bit Adam after its freeze
 			for i := range how {
 				how[i] = optim.TwoPhaseSign
 			}
@@ -103,7 +103,9 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 			GradFLOP: flops * float64(o.Batch),
 			FLOPS:    o.FLOPS,
 		}
-		st, err := train.SizeOnly(ctx, o.Workers, units, m.plan(o.Steps, o.Seed), how, cfg)
+		plan := m.plan(o.Steps, o.Seed)
+		plan.Sign = spec.Sign
+		st, err := train.SizeOnly(ctx, o.Workers, units, plan, how, cfg)
 		if err != nil {
 			return fmt.Errorf("method %s: %w", m.Name, err)
 		}
