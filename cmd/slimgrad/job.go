@@ -133,12 +133,18 @@ func (o *jobOptions) args() []string {
 // method resolves the job's method. DGC's warm-up runs as the workers'
 // codec schedules (train.RegisterUnits), as in sim.
 func (o *jobOptions) method() (method, error) {
+	if err := checkCustomFlags(o.Compress, o.EF); err != nil {
+		return method{}, err
+	}
 	m, ok := customMethod(o.Compress, o.EF, o.Optim)
 	if !ok {
 		var err error
 		if m, err = preset(o.Method); err != nil {
 			return m, err
 		}
+	}
+	if err := m.checkRecipes(o.Steps); err != nil {
+		return m, err
 	}
 	switch {
 	case o.LGreCo && o.LGreCoLink:

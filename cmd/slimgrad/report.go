@@ -327,6 +327,7 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 	lossBytes.Y.Label.Text = "loss"
 	lossBytes.X.Scale = plot.LogScale{}
 	lossBytes.X.Tick.Marker = byteTicks{}
+	lines := map[*plot.Plot]int{}
 	for k, run := range rep.Runs {
 		recs := run.Result.Records
 		ys := make([]float64, len(recs))
@@ -358,6 +359,7 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 			l.Width = vg.Points(1.5)
 			pl.p.Add(l)
 			pl.p.Legend.Add(run.Method.Name, l)
+			lines[pl.p]++
 		}
 	}
 	lossStep.Legend.Top = true
@@ -366,7 +368,7 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 		p    *plot.Plot
 		name string
 	}{{lossStep, "loss_vs_step.png"}, {lossBytes, "loss_vs_bytes.png"}} {
-		if len(pl.p.Legend.Entries) == 0 {
+		if lines[pl.p] == 0 {
 			// No method sent a byte (one worker): a log-scale byte axis
 			// has nothing to show, and gonum cannot scale an empty one.
 			continue
