@@ -319,6 +319,9 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err := o.validate("world"); err != nil {
 		return err
 	}
+	if os.Getenv(envWatchStdin) == "1" {
+		ctx = stopOnEOF(ctx, os.Stdin)
+	}
 	log, err := newLogger(stderr, o.Log)
 	if err != nil {
 		return err
@@ -422,4 +425,18 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		fmt.Fprintf(stdout, "wrote %s\n", path)
 	}
 	return nil
+}
+
+// errLauncherGone is the cause of a worker stopped because its launcher died.
+var errLauncherGone = errors.New("the launcher is gone (stdin closed)")
+
+// stopOnEOF returns a context that is cancelled with errLauncherGone once r
+// (the worker's stdin, a pipe from launch) reaches EOF or fails.
+func stopOnEOF(ctx context.Context, r io.Reader) context.Context {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		io.Copy(io.Discard, r)
+		cancel(errLauncherGone)
+	}()
+	return ctx
 }
