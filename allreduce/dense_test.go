@@ -1,10 +1,10 @@
 package allreduce_test
 
 import (
+	"flag"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"testing"
 
 	"github.com/slimgrad/slimgrad/allreduce"
@@ -192,11 +192,17 @@ func runAll(progs []*allreduce.Program, execs []allreduce.Executor, seed uint64)
 
 func randSource() *rand.Rand { return rand.New(rand.NewPCG(42, 43)) }
 
-// iters scales a property test's iteration count: ×20 when
-// SLIMGRAD_ALLREDUCE_LONG is set and -short is not.
+// soak multiplies the iteration count of every property test, for a long
+// search after a change to the programs or the executor:
+//
+//	go test -run . ./allreduce -args -soak 20
+var soak = flag.Int("soak", 1, "multiply the property tests' iterations by this")
+
+// iters scales a property test's iteration count by -soak (ignored with
+// -short).
 func iters(n int) int {
-	if !testing.Short() && os.Getenv("SLIMGRAD_ALLREDUCE_LONG") != "" {
-		return 20 * n
+	if !testing.Short() && *soak > 1 {
+		return *soak * n
 	}
 	return n
 }

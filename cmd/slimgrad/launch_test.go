@@ -11,9 +11,11 @@ import (
 )
 
 // TestMain lets the test binary act as the slimgrad command: `slimgrad
-// launch` starts os.Executable() (this binary, in tests) as its workers.
+// launch` starts os.Executable() (this binary, in tests) as its workers,
+// which inherit GO_WANT_HELPER_PROCESS=1 (os/exec's convention for a test
+// binary that plays another program).
 func TestMain(m *testing.M) {
-	if os.Getenv("SLIMGRAD_TEST_AS_CLI") == "1" {
+	if os.Getenv("GO_WANT_HELPER_PROCESS") == "1" {
 		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
@@ -27,7 +29,7 @@ func TestLaunch(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts OS processes")
 	}
-	t.Setenv("SLIMGRAD_TEST_AS_CLI", "1")
+	t.Setenv("GO_WANT_HELPER_PROCESS", "1")
 	scenario := []string{"--workload", "logistic", "--steps", "30", "--eval-every", "10", "--seed", "4", "--split", "noniid"}
 	lg := []string{"--lgreco-link-aware", "--lgreco-adjust", "5"}
 	rep, err := runSim(context.Background(), simOptionsFor(t, append([]string{"--workers", "3", "--methods", "econtrol", "--out", "", "--progress", "off"}, append(lg, scenario...)...)), &bytes.Buffer{}, &bytes.Buffer{})

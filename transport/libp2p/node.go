@@ -1,7 +1,7 @@
 // Package libp2p implements transport.Conn over go-libp2p hosts.
 //
-// Each rank runs one libp2p host (TCP on loopback by default, QUIC
-// optional) secured with Noise (TLS, or no security for trusted networks, by
+// Each rank runs one libp2p host (TCP on loopback by default, any listen
+// and announce addresses by option, QUIC optional) secured with Noise (TLS, or no security for trusted networks, by
 // option). Only the job's peer IDs get through: a connection gater refuses
 // every other peer at dial and right after the security handshake, and the
 // stream handler checks the remote peer ID, the job ID and the claimed rank
@@ -117,8 +117,13 @@ func Listen(ctx context.Context, opts ...Option) (*Node, error) {
 
 func listen(o Options) (*Node, error) {
 	g := &gater{allowed: map[peer.ID]bool{}}
+	var announce []ma.Multiaddr
+	for _, a := range o.AnnounceAddrs {
+		announce = append(announce, ma.StringCast(a)) // validated
+	}
 	hopts := []golibp2p.Option{
 		golibp2p.ListenAddrStrings(o.ListenAddrs...),
+		golibp2p.AddrsFactory(func(listen []ma.Multiaddr) []ma.Multiaddr { return announced(listen, announce) }),
 		golibp2p.Transport(tcp.NewTCPTransport),
 		golibp2p.Muxer(yamux.ID, muxer()),
 		golibp2p.ConnectionGater(g),
@@ -185,7 +190,8 @@ func muxer() *yamux.Transport {
 // ID is the node's peer ID.
 func (n *Node) ID() peer.ID { return n.host.ID() }
 
-// Addrs are the addresses the node listens on (with the ports it got).
+// Addrs are the addresses the node announces to its peers: its listen
+// addresses with the ports it got, or Options.AnnounceAddrs.
 func (n *Node) Addrs() []ma.Multiaddr { return n.host.Addrs() }
 
 // AddrStrings are Addrs as strings, for a rendezvous.

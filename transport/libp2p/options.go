@@ -70,8 +70,17 @@ type Options struct {
 	// Identity is the host's private key; nil means a fresh Ed25519 key.
 	Identity crypto.PrivKey
 	// ListenAddrs are multiaddrs to listen on. Default: loopback TCP on a
-	// free port (plus loopback QUIC when QUIC is set).
+	// free port (plus loopback QUIC when QUIC is set). /ip4/0.0.0.0/tcp/0
+	// listens on every interface.
 	ListenAddrs []string
+	// AnnounceAddrs, when not empty, are the multiaddrs the node gives its
+	// peers (Node.Addrs) instead of the ones it listens on: for example
+	// the address of a port forwarded to it. A TCP port 0 stands for the
+	// port it listens on. When empty, the node announces its listen
+	// addresses (every interface's address when listening on 0.0.0.0),
+	// without the loopback ones unless they are all there is, so that a
+	// peer on another machine is never told to dial a loopback address.
+	AnnounceAddrs []string
 	// JobID scopes the stream protocol (/slimgrad/<JobID>/1): hosts of
 	// another job never get a stream accepted. Required: 1-128 characters
 	// from [A-Za-z0-9._-].
@@ -145,6 +154,12 @@ func WithIdentity(k crypto.PrivKey) Option {
 // WithListenAddrs replaces the listen multiaddrs.
 func WithListenAddrs(addrs ...string) Option {
 	return func(o *Options) error { o.ListenAddrs = append([]string(nil), addrs...); return nil }
+}
+
+// WithAnnounceAddrs replaces the announced multiaddrs (see
+// Options.AnnounceAddrs).
+func WithAnnounceAddrs(addrs ...string) Option {
+	return func(o *Options) error { o.AnnounceAddrs = append([]string(nil), addrs...); return nil }
 }
 
 // WithJob sets the job ID.
@@ -221,6 +236,11 @@ func (o *Options) validate() error {
 	}
 	if len(o.ListenAddrs) == 0 {
 		return errors.New("no listen address")
+	}
+	for _, a := range append(append([]string(nil), o.ListenAddrs...), o.AnnounceAddrs...) {
+		if _, err := ma.NewMultiaddr(a); err != nil {
+			return fmt.Errorf("address %q: %w", a, err)
+		}
 	}
 	switch o.Security {
 	case SecurityNoise, SecurityTLS:

@@ -28,15 +28,15 @@ import (
 	"github.com/slimgrad/slimgrad/transport/rendezvous"
 )
 
-// Environment of a child process.
+// Environment a parent hands its children (set only in a child).
 const (
-	envRole      = "SLIMGRAD_MULTIPROC_ROLE" // "child" in a child
-	envURL       = "SLIMGRAD_MULTIPROC_NATS"
-	envToken     = "SLIMGRAD_MULTIPROC_TOKEN"
-	envJob       = "SLIMGRAD_MULTIPROC_JOB"
-	envWorld     = "SLIMGRAD_MULTIPROC_WORLD"
-	envScenario  = "SLIMGRAD_MULTIPROC_SCENARIO"  // "ring", "death" or "hang"
-	envTransport = "SLIMGRAD_MULTIPROC_TRANSPORT" // "libp2p" or "nats"
+	envRole      = "MULTIPROC_TEST_ROLE" // "child" in a child
+	envURL       = "MULTIPROC_TEST_NATS"
+	envToken     = "MULTIPROC_TEST_TOKEN"
+	envJob       = "MULTIPROC_TEST_JOB"
+	envWorld     = "MULTIPROC_TEST_WORLD"
+	envScenario  = "MULTIPROC_TEST_SCENARIO"  // "ring", "death" or "hang"
+	envTransport = "MULTIPROC_TEST_TRANSPORT" // "libp2p" or "nats"
 )
 
 const (

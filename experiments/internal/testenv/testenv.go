@@ -1,5 +1,6 @@
-// Package testenv reads the environment variables that gate and size
-// slimgrad's long-running experiments and benchmarks in tests.
+// Package testenv reads the environment variables that size slimgrad's
+// experiments (package experiments): a malformed value fails the experiment
+// instead of silently running another one than asked.
 package testenv
 
 import (

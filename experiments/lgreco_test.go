@@ -1,4 +1,6 @@
-package lgreco_test
+//go:build experiments
+
+package experiments
 
 import (
 	"context"
@@ -12,8 +14,8 @@ import (
 
 	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
 	"github.com/slimgrad/slimgrad/internal/kernels"
-	"github.com/slimgrad/slimgrad/internal/testenv"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/workload"
@@ -301,7 +303,7 @@ func meanSE(x []float64) (mean, se float64) {
 //
 // It takes about 5 minutes per codec on a loaded 2-core machine:
 //
-//	SLIMGRAD_LGRECO_MNIST=1 go test -count=1 -timeout 30m -run 'TestMNISTLGreCo$' -v ./compressors/lgreco/
+//	go test -tags experiments -count=1 -timeout 30m -run 'TestMNISTLGreCo$' -v ./experiments/
 //
 // Measured with the defaults (5 seeds; paired mean ± standard error):
 //
@@ -372,9 +374,6 @@ func meanSE(x []float64) (mean, se float64) {
 // 1.125× fewer bytes at −0.0003 ± 0.0002, more than the raw replay found.
 // Smoothed to the mean's noise level (Config.Ranks = 8) it finds 5/2/2/2.
 func TestMNISTLGreCo(t *testing.T) {
-	if testing.Short() || os.Getenv("SLIMGRAD_LGRECO_MNIST") == "" {
-		t.Skip("set SLIMGRAD_LGRECO_MNIST=1 to run the MNIST experiment")
-	}
 	steps := testenv.Int(t, "SLIMGRAD_LGRECO_STEPS", 600, 0)
 	seeds := testenv.Int(t, "SLIMGRAD_LGRECO_SEEDS", 5, 0)
 	first := uint64(testenv.Int(t, "SLIMGRAD_LGRECO_FIRST_SEED", 1, 1))

@@ -1,8 +1,10 @@
-package compressors_test
+//go:build experiments
+
+package experiments
 
 import (
 	"math"
-	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,14 +17,13 @@ import (
 // gradients of steps 10..60, compresses every layer with each recipe and
 // reports the payload bytes (summed over layers and steps) against raw fp32
 // and top-1%, the relative error ‖D(C(g))−g‖/‖g‖, and encode/decode
-// throughput on the flat gradient. It needs the MNIST files (module cache)
-// and runs only with SLIMGRAD_MNIST_RATIOS=1 and without -short:
+// throughput on the flat gradient. It fails if none or lossless is not
+// exact, if a codec sends no fewer bytes than fp32, or if a stage after
+// top-k sends no fewer than top-k alone. It needs the MNIST files (module
+// cache) and skips without them:
 //
-//	SLIMGRAD_MNIST_RATIOS=1 go test -run TestMNISTRatios -v ./compressors/
+//	go test -tags experiments -run TestMNISTRatios -v ./experiments/
 func TestMNISTRatios(t *testing.T) {
-	if testing.Short() || os.Getenv("SLIMGRAD_MNIST_RATIOS") == "" {
-		t.Skip("set SLIMGRAD_MNIST_RATIOS=1 (and no -short) to train the MNIST MLP and measure")
-	}
 	dir, err := workload.MNISTDir("")
 	if err != nil {
 		t.Skip(err)
@@ -129,6 +130,18 @@ func TestMNISTRatios(t *testing.T) {
 		s := stats[ri]
 		t.Logf("%-26s %10d bytes  %6.3f of fp32  %7.2fx smaller than topk:0.01  rel.err %.4f",
 			r, s.bytes, float64(s.bytes)/float64(raw), float64(topk)/float64(s.bytes), math.Sqrt(s.err2/s.nrm2))
+		if (r == "none" || r == "lossless") && s.err2 != 0 {
+			t.Errorf("%s is not exact: relative error %.3g", r, math.Sqrt(s.err2/s.nrm2))
+		}
+		if r != "none" && s.bytes >= raw {
+			t.Errorf("%s sent %d bytes, no fewer than fp32's %d", r, s.bytes, raw)
+		}
+	}
+	// A second stage after top-k only ever shrinks its payload.
+	for ri, r := range recipes {
+		if strings.HasPrefix(r, "topk:0.01+") && stats[ri].bytes >= topk {
+			t.Errorf("%s sent %d bytes, no fewer than topk:0.01's %d", r, stats[ri].bytes, topk)
+		}
 	}
 
 	t.Logf("%-26s %10d bytes  %6.3f of bf16 (gradients rounded to bf16, held in fp32)", "lossless (bf16 input)", bf16Bytes, float64(bf16Bytes)/float64(raw/2))

@@ -1,15 +1,16 @@
-package worker_test
+//go:build experiments
+
+package experiments
 
 import (
 	"context"
 	"errors"
-	"math"
 	"os"
 	"strings"
 	"testing"
 
 	"github.com/slimgrad/slimgrad/compressors/lgreco"
-	"github.com/slimgrad/slimgrad/internal/testenv"
+	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
@@ -18,8 +19,8 @@ import (
 	"github.com/slimgrad/slimgrad/workload"
 )
 
-// TestMNISTLGreCoWorkers is the end-to-end form of compressors/lgreco's
-// TestMNISTLGreCo (the paired multi-seed study): the same MNIST MLP
+// TestMNISTLGreCoWorkers is the end-to-end form of TestMNISTLGreCo
+// (the paired multi-seed study): the same MNIST MLP
 // (784-512-256-128-10), 8 real Workers over transport/mem, batch 32 per
 // worker, momentum SGD 0.05 (0.9) cosine-decayed to 0 over
 // SLIMGRAD_LGRECO_STEPS steps (default 600), EF14 on the weight matrices,
@@ -35,7 +36,7 @@ import (
 // standard error. It takes about a minute per seed and codec on a loaded
 // 2-core machine:
 //
-//	SLIMGRAD_LGRECO_MNIST=1 go test -count=1 -timeout 30m -run 'TestMNISTLGreCoWorkers$' -v ./worker/
+//	go test -tags experiments -count=1 -timeout 30m -run 'TestMNISTLGreCoWorkers$' -v ./experiments/
 //
 // Measured (5 seeds, paired mean ± standard error):
 //
@@ -48,9 +49,6 @@ import (
 // 1.102× at +0.0003 ± 0.0001, PowerSGD 1.005× at +0.0002 ± 0.0001; neither
 // held.)
 func TestMNISTLGreCoWorkers(t *testing.T) {
-	if testing.Short() || os.Getenv("SLIMGRAD_LGRECO_MNIST") == "" {
-		t.Skip("set SLIMGRAD_LGRECO_MNIST=1 to run the MNIST experiment")
-	}
 	steps := testenv.Int(t, "SLIMGRAD_LGRECO_STEPS", 600, 1)
 	seeds := testenv.Int(t, "SLIMGRAD_LGRECO_SEEDS", 5, 1)
 	codecs := []string{"powersgd:4", "topk:0.01"}
@@ -123,18 +121,7 @@ func TestMNISTLGreCoWorkers(t *testing.T) {
 				t.Errorf("%s seed %d: L-GreCo sent %d B, uniform %d B: not fewer", codec, seed, g.sent, u.sent)
 			}
 		}
-		var md, ss float64
-		for _, d := range diff {
-			md += d
-		}
-		md /= float64(len(diff))
-		for _, d := range diff {
-			ss += (d - md) * (d - md)
-		}
-		se := math.Inf(1)
-		if len(diff) > 1 {
-			se = math.Sqrt(ss / float64(len(diff)-1) / float64(len(diff)))
-		}
+		md, se := meanSE(diff)
 		t.Logf("%-10s %d seeds: bytes uniform/L-GreCo %.3f×; test loss L-GreCo − uniform %+.5f ± %.5f (paired mean ± s.e.)", codec, seeds, float64(ub)/float64(gb), md, se)
 		if len(diff) < 2 {
 			t.Logf("%s: one seed: the loss comparison needs SLIMGRAD_LGRECO_SEEDS ≥ 2", codec)

@@ -1,4 +1,6 @@
-package worker
+//go:build experiments
+
+package experiments
 
 import (
 	"bufio"
@@ -15,11 +17,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slimgrad/slimgrad/internal/testenv"
+	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/libp2p"
 	"github.com/slimgrad/slimgrad/transport/nats"
 	"github.com/slimgrad/slimgrad/transport/natsserver"
+	"github.com/slimgrad/slimgrad/worker"
 )
 
 // Multi-process all-reduce benchmark over loopback: this test starts N
@@ -28,7 +31,7 @@ import (
 // all-reduce of SLIMGRAD_MP_BYTES (default 64 MiB) with the Worker, and
 // report the median step time. Run it with
 //
-//	SLIMGRAD_MULTIPROC=1 go test -run TestMultiProcAllReduce -v ./worker
+//	go test -tags experiments -run TestMultiProcAllReduce -v ./experiments/
 //
 // Optional: SLIMGRAD_MP_WORLDS=2,4  SLIMGRAD_MP_ITERS=10
 // SLIMGRAD_MP_TRANSPORTS=libp2p-noise,libp2p-insecure,nats (nats: an
@@ -48,9 +51,6 @@ import (
 // the parent (the two TCP hops of a broker such as nats-server, with none
 // of its parsing). Every result is also logged as a ratio to them.
 func TestMultiProcAllReduce(t *testing.T) {
-	if testing.Short() || os.Getenv("SLIMGRAD_MULTIPROC") == "" {
-		t.Skip("set SLIMGRAD_MULTIPROC=1 to run the multi-process benchmark")
-	}
 	worlds := testenv.List("SLIMGRAD_MP_WORLDS", "2,4")
 	transports := testenv.List("SLIMGRAD_MP_TRANSPORTS", "tcp-floor,relay-floor,libp2p-noise,libp2p-insecure,nats")
 	algs := testenv.List("SLIMGRAD_MP_ALGS", "ring,tree") // "" = the cost model's choice
@@ -298,8 +298,8 @@ func libp2pChild(ctx context.Context, rank int, insecure bool) (transport.Conn, 
 // benchSteps runs warm-up and timed dense Steps of one size-byte layer and
 // returns the median seconds per step.
 func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg string, size, iters int) (median, cpu float64) {
-	w, err := New(ctx, conn, WithAlgorithm(alg), WithNaNPolicy(NaNIgnore), WithTimeout(time.Minute),
-		WithSegmentBytes(testenv.Int(t, "SLIMGRAD_MP_SEGMENT", 0, 0)), WithSendsPerPeer(testenv.Int(t, "SLIMGRAD_MP_SENDS", 2, 0)))
+	w, err := worker.New(ctx, conn, worker.WithAlgorithm(alg), worker.WithNaNPolicy(worker.NaNIgnore), worker.WithTimeout(time.Minute),
+		worker.WithSegmentBytes(testenv.Int(t, "SLIMGRAD_MP_SEGMENT", 0, 0)), worker.WithSendsPerPeer(testenv.Int(t, "SLIMGRAD_MP_SENDS", 2, 0)))
 	if err != nil {
 		t.Fatal(err)
 	}
