@@ -84,6 +84,9 @@ func (o *jobOptions) validate(worldFlag string) error {
 	if o.Transport != "nats" && o.Transport != "libp2p" {
 		return fmt.Errorf("unknown --transport %q (want nats or libp2p)", o.Transport)
 	}
+	if _, err := checkOutDir(o.Out); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -385,10 +388,23 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		fmt.Fprintf(stdout, "%6s %9s %8s %12s %12s %9s %11s\n", "step", "loss", "acc", "wire_bytes", "dense_bytes", "saved", "wall")
 	}
 	lastAcc := -1.0
+	// Records are streamed to rank 0's steps.csv as they come and not kept:
+	// a run of hours holds the last one only.
+	var csvOut *csvStream
+	if r == 0 && o.Out != "" {
+		if err := os.MkdirAll(o.Out, 0o755); err != nil {
+			return err
+		}
+		if csvOut, err = newCSVStream(filepath.Join(o.Out, "steps.csv"), m.Name); err != nil {
+			return err
+		}
+		defer csvOut.Close()
+	}
 	cfg := train.RankConfig{Config: train.Config{Workers: o.World, Batch: o.Batch, Steps: o.Steps, Seed: o.Seed, Split: split,
-		EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log}, Rank: r, World: o.World, Combine: gatherFigures(conn)}
+		EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log, RecordWindow: 1}, Rank: r, World: o.World, Combine: gatherFigures(conn)}
 	start := time.Now()
 	units := train.Units(task.Model, spec.Flat)
+	var csvErr error
 	res, err := train.RunRank(ctx, cfg, task, w, m.plan(o.Steps, o.Seed), spec, codec, func(rec train.Record) {
 		if rec.Evaluated {
 			lastAcc = rec.Accuracy
@@ -397,9 +413,15 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		if r == 0 && (rec.Step%printEvery == 0 || rec.Step == o.Steps-1) {
 			fmt.Fprintln(stdout, stepLine(rec, lastAcc, fmtDuration(rec.Wall)))
 		}
+		if csvOut != nil && csvErr == nil {
+			csvErr = csvOut.Write(rec)
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", r, err)
+	}
+	if csvErr != nil {
+		return fmt.Errorf("rank %d: writing %s: %w", r, filepath.Join(o.Out, "steps.csv"), csvErr)
 	}
 	bctx, bcancel := context.WithTimeout(ctx, o.Timeout)
 	err = finishBarrier(bctx, conn)
@@ -413,16 +435,11 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		summary += fmt.Sprintf(", all ranks sent %s (dense ring %s, %.1f× saved)", fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes), last.Saved())
 	}
 	fmt.Fprintf(stdout, "%s, %s\n", summary, time.Since(start).Round(time.Millisecond))
-	if r == 0 && o.Out != "" {
-		if err := os.MkdirAll(o.Out, 0o755); err != nil {
+	if csvOut != nil {
+		if err := csvOut.Close(); err != nil {
 			return err
 		}
-		rep := &simReport{Runs: []methodRun{{Method: m, Result: res, Wall: time.Since(start)}}}
-		path := filepath.Join(o.Out, "steps.csv")
-		if err := writeFile(path, func(wr io.Writer) error { return writeCSV(wr, rep) }); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "wrote %s\n", path)
+		fmt.Fprintf(stdout, "wrote %s\n", filepath.Join(o.Out, "steps.csv"))
 	}
 	return nil
 }

@@ -68,7 +68,7 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	var mu sync.Mutex
 	digests := map[int]string{}
 	lastErr := make([]string, o.World) // each worker's last stderr line
-	first := -1                         // the worker that failed first
+	first := -1                        // the worker that failed first
 	errs := make([]error, o.World)
 	var wg sync.WaitGroup
 	start := time.Now()
