@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"strconv"
@@ -39,6 +40,11 @@ type Result struct {
 	Elapsed time.Duration `json:"elapsed_ns"`
 	// Allocs is the number of heap allocations per operation.
 	Allocs float64 `json:"allocs_per_op"`
+	// Spread is the slowest quarter's time per operation over the fastest
+	// quarter's in the final timed round (1 is perfectly steady; 0 when the
+	// round had fewer than four operations). A wide spread means the
+	// machine was busy while measuring.
+	Spread float64 `json:"spread,omitempty"`
 	// Extra holds measurement-specific figures (e.g. "ratio", "busbw_Bps").
 	Extra map[string]float64 `json:"extra,omitempty"`
 }
@@ -62,27 +68,44 @@ func (r Result) Throughput() float64 {
 // measure runs op repeatedly for at least minTime (and at least once),
 // doubling the batch size, and returns the timing. op must not retain state
 // that makes later calls cheaper than the first.
-func measure(ctx context.Context, minTime time.Duration, op func() error) (ops int, elapsed time.Duration, allocs float64, err error) {
+func measure(ctx context.Context, minTime time.Duration, op func() error) (ops int, elapsed time.Duration, allocs, spread float64, err error) {
 	if err := op(); err != nil { // warm-up, and validation
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	n := 1
 	var ms0, ms1 runtime.MemStats
 	for {
 		if err := ctx.Err(); err != nil {
-			return 0, 0, 0, err
+			return 0, 0, 0, 0, err
 		}
 		runtime.ReadMemStats(&ms0)
-		t0 := time.Now()
-		for range n {
-			if err := op(); err != nil {
-				return 0, 0, 0, err
+		// The round runs in four parts of (about) n/4 operations, each
+		// timed: the ratio of the slowest part to the fastest is the
+		// measurement's spread, at no extra cost.
+		var d time.Duration
+		fast, slow := time.Duration(math.MaxInt64), time.Duration(0)
+		for part := range 4 {
+			k := (part+1)*n/4 - part*n/4
+			if k == 0 {
+				continue
 			}
+			t0 := time.Now()
+			for range k {
+				if err := op(); err != nil {
+					return 0, 0, 0, 0, err
+				}
+			}
+			pd := time.Since(t0)
+			d += pd
+			perOp := pd / time.Duration(k)
+			fast, slow = min(fast, perOp), max(slow, perOp)
 		}
-		d := time.Since(t0)
 		runtime.ReadMemStats(&ms1)
 		if d >= minTime || n >= 1<<30 {
-			return n, d, float64(ms1.Mallocs-ms0.Mallocs) / float64(n), nil
+			if fast > 0 && n >= 4 {
+				spread = float64(slow) / float64(fast)
+			}
+			return n, d, float64(ms1.Mallocs-ms0.Mallocs) / float64(n), spread, nil
 		}
 		// Aim a little past minTime, at most 100× more iterations per round.
 		next := n * 2

@@ -65,7 +65,7 @@ func Codecs(ctx context.Context, recipes []string, elems int, minTime time.Durat
 			{"decode-add", func() error { return c.DecompressAdd(dst, payload) }},
 		}
 		for _, s := range steps {
-			ops, d, allocs, err := measure(ctx, minTime, s.op)
+			ops, d, allocs, spread, err := measure(ctx, minTime, s.op)
 			if err != nil {
 				return out, fmt.Errorf("bench: %s %s: %w", s.fn, canon, err)
 			}
@@ -74,7 +74,7 @@ func Codecs(ctx context.Context, recipes []string, elems int, minTime time.Durat
 			}
 			out = append(out, Result{
 				Group: "codec", Name: fmt.Sprintf("%s/codec=%s/n=%d", s.fn, canon, elems), Key: s.fn + "/" + canon,
-				Bytes: 4 * int64(elems), Ops: ops, Elapsed: d, Allocs: allocs, Extra: map[string]float64{"ratio": ratio},
+				Bytes: 4 * int64(elems), Ops: ops, Elapsed: d, Allocs: allocs, Spread: spread, Extra: map[string]float64{"ratio": ratio},
 			})
 		}
 	}
@@ -94,12 +94,12 @@ func Kernels(ctx context.Context, elems int, minTime time.Duration) ([]Result, e
 		{"copy", func() error { copy(a, b); return nil }},
 		{"scale", func() error { kernels.Scale(a, 0.999); return nil }},
 	} {
-		ops, d, allocs, err := measure(ctx, minTime, k.op)
+		ops, d, allocs, spread, err := measure(ctx, minTime, k.op)
 		if err != nil {
 			return out, err
 		}
 		out = append(out, Result{Group: "kernel", Name: fmt.Sprintf("%s/n=%d", k.fn, elems), Key: k.fn,
-			Bytes: 4 * int64(elems), Ops: ops, Elapsed: d, Allocs: allocs})
+			Bytes: 4 * int64(elems), Ops: ops, Elapsed: d, Allocs: allocs, Spread: spread})
 	}
 	return out, nil
 }

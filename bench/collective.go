@@ -18,8 +18,9 @@ import (
 // Transports lists the transports Group can build.
 var Transports = []string{"mem", "nats", "libp2p", "libp2p-insecure"}
 
-// Group returns n connected ranks of the named transport, all in this
-// process (loopback for nats and libp2p), and a function that closes them.
+// Group returns n connected ranks of the named transport (one of
+// Transports), all in this process (loopback for nats and libp2p), and a
+// function that closes them.
 func Group(ctx context.Context, name string, n int) ([]transport.Conn, func() error, error) {
 	switch name {
 	case "mem":
@@ -112,7 +113,7 @@ func AllReduce(ctx context.Context, name string, conns []transport.Conn, alg all
 	}
 	var id uint32
 	errs := make([]error, n)
-	ops, d, allocs, err := measure(ctx, minTime, func() error {
+	ops, d, allocs, spread, err := measure(ctx, minTime, func() error {
 		id++
 		var wg sync.WaitGroup
 		for r := range n {
@@ -130,7 +131,7 @@ func AllReduce(ctx context.Context, name string, conns []transport.Conn, alg all
 		return Result{}, fmt.Errorf("bench: %s all-reduce over %s: %w", alg, name, err)
 	}
 	r := Result{Group: "collective", Name: fmt.Sprintf("allreduce/transport=%s/alg=%s/n=%d/size=%s", name, alg, n, sizeName(bytes)),
-		Bytes: bytes, Ops: ops, Elapsed: d, Allocs: allocs, Extra: map[string]float64{}}
+		Bytes: bytes, Ops: ops, Elapsed: d, Allocs: allocs, Spread: spread, Extra: map[string]float64{}}
 	if t := r.PerOp().Seconds(); t > 0 {
 		r.Extra["algbw_Bps"] = float64(bytes) / t
 		r.Extra["busbw_Bps"] = 2 * float64(n-1) / float64(n) * float64(bytes) / t

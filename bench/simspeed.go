@@ -32,7 +32,7 @@ func SimSpeed(ctx context.Context, alg allreduce.Algorithm, ranks int, bytes int
 	}
 	topo := sim.Homogeneous(ranks, 10*sim.Gbps, 5*time.Microsecond)
 	var res *sim.Result
-	ops, d, allocs, err := measure(ctx, minTime, func() (err error) {
+	ops, d, allocs, spread, err := measure(ctx, minTime, func() (err error) {
 		res, err = sim.Run(ctx, topo, []sim.Collective{{Name: alg.String(), Programs: progs}}, &sim.Options{FreeCompute: true})
 		return err
 	})
@@ -41,7 +41,7 @@ func SimSpeed(ctx context.Context, alg allreduce.Algorithm, ranks int, bytes int
 	}
 	r := Result{
 		Group: "sim", Name: fmt.Sprintf("sim/alg=%s/ranks=%d/size=%dMB", alg, ranks, bytes/1e6),
-		Bytes: bytes, Ops: ops, Elapsed: d, Allocs: allocs,
+		Bytes: bytes, Ops: ops, Elapsed: d, Allocs: allocs, Spread: spread,
 		Extra: map[string]float64{"virtual_s": res.Time, "events": float64(res.Events)},
 	}
 	if per := r.PerOp().Seconds(); per > 0 {

@@ -100,6 +100,10 @@ type Stats struct {
 	// order (nil if the exchanger does not report them): the plan's, a
 	// warm-up stage's or L-GreCo's current choice.
 	Recipes []string
+	// Skipped says every worker skipped this step's update: some gradient
+	// was NaN or Inf, or a reduced format overflowed, under the workers'
+	// worker.NaNSkip policy.
+	Skipped bool
 }
 
 // LayerStats are the per-layer byte counts of one exchange.
@@ -180,14 +184,18 @@ type Config struct {
 	EvalSamples int
 	// CheckReplicas compares all replicas' parameters after every step.
 	CheckReplicas bool
-	Logger        *slog.Logger
+	// RecordWindow, if > 0, bounds Result.Records to the last RecordWindow
+	// records, so that a long run's memory stays flat (onStep still sees
+	// every record, to stream them out); 0 keeps every record.
+	RecordWindow int
+	Logger       *slog.Logger
 }
 
 func (c Config) validate() error {
 	for _, f := range []struct {
 		name   string
 		v, min int
-	}{{"Workers", c.Workers, 1}, {"Batch", c.Batch, 1}, {"Steps", c.Steps, 1}, {"EvalEvery", c.EvalEvery, 0}, {"EvalSamples", c.EvalSamples, 0}} {
+	}{{"Workers", c.Workers, 1}, {"Batch", c.Batch, 1}, {"Steps", c.Steps, 1}, {"EvalEvery", c.EvalEvery, 0}, {"EvalSamples", c.EvalSamples, 0}, {"RecordWindow", c.RecordWindow, 0}} {
 		if f.v < f.min {
 			return fmt.Errorf("train: invalid config: %s %d, want at least %d", f.name, f.v, f.min)
 		}
@@ -205,6 +213,8 @@ type Task struct {
 
 // Result is the outcome of a run.
 type Result struct {
+	// Records are the run's records in step order: all of them, or the
+	// last Config.RecordWindow.
 	Records []Record
 	Final   workload.Metrics // on the whole test set
 	Last    Record
@@ -330,6 +340,9 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec
 		}
 		for w, r := range reps {
 			for u := range units {
+				if st.Skipped {
+					break // worker.NaNSkip: every worker skips the update
+				}
 				if err := r.opts[u].Step(r.params[u], r.out[u]); err != nil {
 					return res, fmt.Errorf("train: worker %d step %d unit %s: optimizer: %w", w, step, units[u].Name, err)
 				}
@@ -408,7 +421,15 @@ func (r *recorder) record(step int, loss float64, st Stats, m workload.Model, t0
 		}
 	}
 	rec.Wall, rec.Compute = time.Since(t0), compute
+	if w := r.cfg.RecordWindow; w > 0 && len(r.res.Records) >= 2*w-1 {
+		// Keep the last w-1 and append: amortised O(1) per step, at most
+		// 2w-1 records held.
+		r.res.Records = append(r.res.Records[:0], r.res.Records[len(r.res.Records)-(w-1):]...)
+	}
 	r.res.Records = append(r.res.Records, rec)
+	if w := r.cfg.RecordWindow; w > 0 && last && len(r.res.Records) > w {
+		r.res.Records = r.res.Records[len(r.res.Records)-w:]
+	}
 	r.res.Last = rec
 	if r.onStep != nil {
 		r.onStep(rec)

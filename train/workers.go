@@ -101,6 +101,7 @@ func statsOf(leds []*worker.Ledger, units int) Stats {
 		st.DenseBytes += l.BaselineBytes()
 		c, d, m := l.Times()
 		codec, comm = max(codec, c+d), max(comm, m)
+		st.Skipped = st.Skipped || l.Skipped
 	}
 	st.CodecTime, st.CommTime = codec, comm
 	return st
@@ -300,6 +301,9 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 			return res, fmt.Errorf("train: rank %d step %d: %w", cfg.Rank, step, err)
 		}
 		for u := range units {
+			if led.Skipped {
+				break // worker.NaNSkip: every rank skips the update
+			}
 			if err := opts[u].Step(params[u], send[u]); err != nil {
 				return res, err
 			}

@@ -41,13 +41,22 @@ var (
 // NonFiniteError reports NaN or Inf gradients under the NaNError policy.
 // Every rank returns the same error for the same step; the Worker stays
 // usable (the ranks agree on what happened).
+//
+// Overflow marks a sum that left the range of a reduced wire format: every
+// rank's gradient was finite, but the reduction in fp16 (say, two ranks'
+// 40000) came out as ±Inf or NaN. Every rank sees the same reduced values,
+// so every rank decides the same without another exchange.
 type NonFiniteError struct {
-	Step  int64
-	Layer string // the first layer (in bucket order) flagged by some rank
-	Ranks []int  // the ranks that flagged it, ascending
+	Step     int64
+	Layer    string // the first layer (in bucket order) flagged by some rank
+	Ranks    []int  // the ranks that flagged it, ascending; none for Overflow
+	Overflow bool
 }
 
 func (e *NonFiniteError) Error() string {
+	if e.Overflow {
+		return fmt.Sprintf("worker: step %d: the reduced gradient of layer %q overflowed its wire format (finite on every rank, non-finite after the reduction)", e.Step, e.Layer)
+	}
 	return fmt.Sprintf("worker: step %d: NaN or Inf in the gradient of layer %q on rank(s) %v", e.Step, e.Layer, e.Ranks)
 }
 
@@ -76,6 +85,7 @@ type Worker struct {
 	layerBucket []int // layer index → bucket index
 	nextID      uint32
 	step        int64
+	overflows   int // steps whose reduced gradient overflowed (Overflows)
 	cur         *stepState
 	mode        Mode
 	lg          *lgState // nil unless Config.LGreCo
@@ -762,6 +772,7 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 	if led.Skipped {
 		return led, nil
 	}
+	overflow := -1 // the first layer whose reduction left its format's range
 	for _, b := range w.buckets {
 		data := b.buf
 		if !b.fused {
@@ -774,6 +785,19 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 			return nil, err
 		}
 		dt := time.Since(t0)
+		if overflow < 0 && w.cfg.NonFinite != NaNIgnore {
+			// The inputs were finite on every rank (checked above), so a
+			// non-finite result is an overflow of a reduced format. Every
+			// rank holds the same bits and decides alike. All buckets still
+			// finish, so that error-feedback state advances alike on
+			// every rank whatever the decision.
+			for k, li := range b.layers {
+				if !finite(data[b.offs[k]:b.offs[k+1]]) {
+					overflow = li
+					break
+				}
+			}
+		}
 		if b.fused {
 			for k, li := range b.layers {
 				copy(st.grads[li], b.buf[b.offs[k]:b.offs[k+1]])
@@ -783,8 +807,21 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 			led.Layers[li].Decompress += dt * time.Duration(w.layers[li].elems) / time.Duration(b.elems())
 		}
 	}
+	if overflow >= 0 {
+		led.Skipped = true
+		w.overflows++
+		w.cfg.Logger.Warn("worker: reduced gradient overflowed", "rank", w.conn.Rank(), "step", step, "layer", w.layers[overflow].name, "policy", w.cfg.NonFinite)
+		if w.cfg.NonFinite == NaNError {
+			return led, &NonFiniteError{Step: step, Layer: w.layers[overflow].name, Overflow: true}
+		}
+	}
 	return led, nil
 }
+
+// Overflows is the number of steps whose reduced gradient overflowed its
+// wire format (see NonFiniteError.Overflow), each skipped or failed by the
+// NaN policy. Not safe for concurrent use with Wait.
+func (w *Worker) Overflows() int { return w.overflows }
 
 // runBucket runs on its own goroutine: the non-finite flag exchange, then
 // the bucket's collective.

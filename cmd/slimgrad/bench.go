@@ -7,11 +7,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/bench"
+	"github.com/slimgrad/slimgrad/compressors"
 )
 
 func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -31,6 +35,19 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "slimgrad bench: unexpected arguments %q\n", fs.Args())
+		return errUsage
+	}
+	bo := benchOptions{Codecs: *codecs, Elems: *elems, Time: *minTime, Transports: *transports, World: *world,
+		Size: *size, SimRanks: *simRanks, SimBytes: *simBytes, Out: *out}
+	if err := bo.validate(); err != nil {
+		return err
+	}
+	if _, err := checkOutDir(*out); err != nil {
+		return err
+	}
+	warnIfBusy(stderr)
 	var results []bench.Result
 	section := func(name string, rs []bench.Result, err error) error {
 		if err != nil {
@@ -82,6 +99,7 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 			return err
 		}
 	}
+	warnSpread(stderr, results)
 	if *out == "" {
 		return nil
 	}
@@ -108,4 +126,88 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	fmt.Fprintf(stdout, "\nwrote %s\n", strings.Join(files, ", "))
 	return nil
+}
+
+// benchOptions are the flags of `slimgrad bench` that validate checks.
+type benchOptions struct {
+	Codecs, Transports, Out string
+	Elems, World, SimRanks  int
+	Size, SimBytes          int64
+	Time                    time.Duration
+}
+
+// validate rejects values that would fail only after minutes of measuring,
+// naming the flag.
+func (o benchOptions) validate() error {
+	for _, f := range []struct {
+		flag   string
+		v, min int64
+	}{
+		{"elems", int64(o.Elems), 1}, {"world", int64(o.World), 2}, {"size", o.Size, 4},
+		{"sim-ranks", int64(o.SimRanks), 0}, {"sim-bytes", o.SimBytes, 1},
+	} {
+		if f.v < f.min {
+			return fmt.Errorf("--%s %d: want at least %d", f.flag, f.v, f.min)
+		}
+	}
+	if o.Time <= 0 {
+		return fmt.Errorf("--time %v: want a positive duration", o.Time)
+	}
+	if o.Codecs != "" {
+		for _, r := range strings.Split(o.Codecs, ",") {
+			if _, err := compressors.Parse(r); err != nil {
+				return fmt.Errorf("--codecs: %w", err)
+			}
+		}
+	}
+	if o.Transports != "" {
+		for _, tp := range strings.Split(o.Transports, ",") {
+			if !slices.Contains(bench.Transports, tp) {
+				return fmt.Errorf("--transports: unknown transport %q (want some of %s)", tp, strings.Join(bench.Transports, ", "))
+			}
+		}
+	}
+	return nil
+}
+
+// busyLoad is the one-minute load average per core above which bench warns
+// that its measurements, and so a calibration, will come out low.
+const busyLoad = 0.5
+
+// warnIfBusy warns on w when the machine is busy: measured throughputs then
+// fall with the load (a bf16 decode-add was once measured at 16.6 MB/s).
+func warnIfBusy(w io.Writer) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return
+	}
+	fields := strings.Fields(string(b))
+	if len(fields) == 0 {
+		return
+	}
+	load, err := strconv.ParseFloat(fields[0], 64)
+	if err != nil {
+		return
+	}
+	if cores := runtime.NumCPU(); load > busyLoad*float64(cores) {
+		fmt.Fprintf(w, "slimgrad bench: warning: the machine is busy (load average %.2f on %d cores): measurements, and the calibration written from them, will be low; measure on a quiet machine\n", load, cores)
+	}
+}
+
+// wideSpread is the spread (bench.Result.Spread) above which a measurement
+// is reported as unsteady.
+const wideSpread = 1.5
+
+// warnSpread warns on w about the measurements whose repetitions disagreed
+// by more than wideSpread.
+func warnSpread(w io.Writer, rs []bench.Result) {
+	var wide []string
+	for _, r := range rs {
+		if r.Spread > wideSpread {
+			wide = append(wide, fmt.Sprintf("%s (%.1f×)", r.Name, r.Spread))
+		}
+	}
+	if len(wide) > 0 {
+		fmt.Fprintf(w, "slimgrad bench: warning: %d measurements varied by more than %.1f× between repetitions, so the machine was busy or throttled while measuring: %s\n", len(wide), wideSpread, strings.Join(wide, ", "))
+	}
 }

@@ -77,6 +77,9 @@ func (o *jobOptions) validate(worldFlag string) error {
 	if o.Timeout <= 0 {
 		return fmt.Errorf("--timeout %v: want a positive duration", o.Timeout)
 	}
+	if _, err := checkOutDir(o.Out); err != nil {
+		return err
+	}
 	return o.connOptions.validate()
 }
 
@@ -122,12 +125,18 @@ func (o *jobOptions) args() []string {
 // method resolves the job's method. DGC's warm-up runs as the workers'
 // codec schedules (train.RegisterUnits), as in sim.
 func (o *jobOptions) method() (method, error) {
+	if err := checkCustomFlags(o.Compress, o.EF); err != nil {
+		return method{}, err
+	}
 	m, ok := customMethod(o.Compress, o.EF, o.Optim)
 	if !ok {
 		var err error
 		if m, err = preset(o.Method); err != nil {
 			return m, err
 		}
+	}
+	if err := m.checkRecipes(o.Steps); err != nil {
+		return m, err
 	}
 	switch {
 	case o.LGreCo && o.LGreCoLink:
@@ -261,6 +270,9 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err := o.validate("world"); err != nil {
 		return err
 	}
+	if os.Getenv(envWatchStdin) == "1" {
+		ctx = stopOnEOF(ctx, os.Stdin)
+	}
 	log, err := newLogger(stderr, o.Log)
 	if err != nil {
 		return err
@@ -323,10 +335,23 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		fmt.Fprintf(stdout, "%6s %9s %8s %12s %12s %9s %11s\n", "step", "loss", "acc", "wire_bytes", "dense_bytes", "saved", "wall")
 	}
 	lastAcc := -1.0
+	// Records are streamed to rank 0's steps.csv as they come and not kept:
+	// a run of hours holds the last one only.
+	var csvOut *csvStream
+	if r == 0 && o.Out != "" {
+		if err := os.MkdirAll(o.Out, 0o755); err != nil {
+			return err
+		}
+		if csvOut, err = newCSVStream(filepath.Join(o.Out, "steps.csv"), m.Name); err != nil {
+			return err
+		}
+		defer csvOut.Close()
+	}
 	cfg := train.RankConfig{Config: train.Config{Workers: o.World, Batch: o.Batch, Steps: o.Steps, Seed: o.Seed, Split: split,
-		EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log}, Rank: r, World: o.World, Combine: gatherFigures(conn)}
+		EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log, RecordWindow: 1}, Rank: r, World: o.World, Combine: gatherFigures(conn)}
 	start := time.Now()
 	units := train.Units(task.Model, spec.Flat)
+	var csvErr error
 	res, err := train.RunRank(ctx, cfg, task, w, plan, spec, codec, func(rec train.Record) {
 		if rec.Evaluated {
 			lastAcc = rec.Accuracy
@@ -335,9 +360,15 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		if r == 0 && (rec.Step%printEvery == 0 || rec.Step == o.Steps-1) {
 			fmt.Fprintln(stdout, stepLine(rec, lastAcc, fmtDuration(rec.Wall)))
 		}
+		if csvOut != nil && csvErr == nil {
+			csvErr = csvOut.Write(rec)
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", r, err)
+	}
+	if csvErr != nil {
+		return fmt.Errorf("rank %d: writing %s: %w", r, filepath.Join(o.Out, "steps.csv"), csvErr)
 	}
 	bctx, bcancel := context.WithTimeout(ctx, o.Timeout)
 	err = finishBarrier(bctx, conn)
@@ -351,16 +382,25 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		summary += fmt.Sprintf(", all ranks sent %s (dense ring %s, %.1f× saved)", fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes), last.Saved())
 	}
 	fmt.Fprintf(stdout, "%s, %s\n", summary, time.Since(start).Round(time.Millisecond))
-	if r == 0 && o.Out != "" {
-		if err := os.MkdirAll(o.Out, 0o755); err != nil {
+	if csvOut != nil {
+		if err := csvOut.Close(); err != nil {
 			return err
 		}
-		rep := &simReport{Runs: []methodRun{{Method: m, Result: res, Wall: time.Since(start)}}}
-		path := filepath.Join(o.Out, "steps.csv")
-		if err := writeFile(path, func(wr io.Writer) error { return writeCSV(wr, rep) }); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "wrote %s\n", path)
+		fmt.Fprintf(stdout, "wrote %s\n", filepath.Join(o.Out, "steps.csv"))
 	}
 	return nil
+}
+
+// errLauncherGone is the cause of a worker stopped because its launcher died.
+var errLauncherGone = errors.New("the launcher is gone (stdin closed)")
+
+// stopOnEOF returns a context that is cancelled with errLauncherGone once r
+// (the worker's stdin, a pipe from launch) reaches EOF or fails.
+func stopOnEOF(ctx context.Context, r io.Reader) context.Context {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		io.Copy(io.Discard, r)
+		cancel(errLauncherGone)
+	}()
+	return ctx
 }

@@ -70,13 +70,24 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	defer cancel()
 	var mu sync.Mutex
 	digests := map[int]string{}
+	lastErr := make([]string, o.World) // each worker's last stderr line
+	first := -1                        // the worker that failed first
 	errs := make([]error, o.World)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for p := range o.World {
 		cmd := exec.CommandContext(ctx, exe, append(append([]string{"worker"}, o.args()...), "--rank", strconv.Itoa(p))...)
 		cmd.WaitDelay = 5 * time.Second
-		cmd.Env = append(os.Environ(), o.env()...) // the token, never in argv
+		// Workers die with the launcher: on Linux the kernel signals them
+		// when it dies (even by SIGKILL), and everywhere they stop when
+		// their stdin, a pipe whose other end only this process holds,
+		// reaches EOF.
+		dieWithParent(cmd)
+		// The token goes in the environment, never in argv.
+		cmd.Env = append(append(os.Environ(), o.env()...), envWatchStdin+"=1")
+		if _, err := cmd.StdinPipe(); err != nil {
+			return err
+		}
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return err
@@ -101,6 +112,9 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 					digests[rank] = m[2]
 				}
 				fmt.Fprintln(w, prefix+line)
+				if w == stderr && line != "" {
+					lastErr[p] = line
+				}
 				mu.Unlock()
 			}
 		}
@@ -110,13 +124,18 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		wg.Go(func() {
 			pipes.Wait()
 			if err := cmd.Wait(); err != nil {
-				errs[p] = fmt.Errorf("worker process %d: %w", p, err)
+				mu.Lock()
+				errs[p] = err
+				if first < 0 && ctx.Err() == nil {
+					first = p
+				}
+				mu.Unlock()
 				cancel() // one failed: stop the others rather than let them time out
 			}
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := launchFailure(ctx, errs, lastErr, first); err != nil {
 		return err
 	}
 	if len(digests) != o.World {
@@ -130,4 +149,36 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	fmt.Fprintf(stdout, "all %d replicas hold identical parameters (params %s); %s\n", o.World, ref, time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// envWatchStdin, set to 1 in a worker's environment by launch, makes the
+// worker stop when its standard input reaches EOF: when the launcher is gone.
+const envWatchStdin = "SLIMGRAD_WORKER_WATCH_STDIN"
+
+// launchFailure explains a launch whose workers did not all succeed: which
+// worker failed first and why (its error and last stderr line), then that the
+// others were stopped, rather than one "signal: killed" per worker. first is
+// -1 when no worker failed on its own (the launch itself was interrupted).
+func launchFailure(ctx context.Context, errs []error, lastErr []string, first int) error {
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	if failed == 0 {
+		return nil
+	}
+	if first < 0 {
+		return fmt.Errorf("interrupted (%v): stopped the %d workers still running", context.Cause(ctx), failed)
+	}
+	why := errs[first].Error()
+	if lastErr[first] != "" {
+		why += ": " + lastErr[first]
+	}
+	msg := fmt.Sprintf("worker %d failed first (%s)", first, why)
+	if others := failed - 1; others > 0 {
+		msg += fmt.Sprintf("; stopped the other %d workers", others)
+	}
+	return errors.New(msg)
 }

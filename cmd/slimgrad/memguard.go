@@ -33,7 +33,7 @@ func parseMemoryLimit(s string) (uint64, error) {
 	}
 	n, err := humanize.ParseBytes(s)
 	if err != nil {
-		return 0, fmt.Errorf("--max-memory %q: want auto, off or a size such as 8GiB: %w", s, err)
+		return 0, fmt.Errorf("--max-memory %q: want auto, off or a size such as 8GiB or 500MB", s)
 	}
 	return n, nil
 }

@@ -82,7 +82,7 @@ var csvHeader = []string{
 	"total_payload_bytes", "total_wire_bytes", "total_dense_bytes", "cum_saved",
 	"sim_step_s", "sim_grad_s", "sim_codec_s", "sim_reduce_s", "sim_comm_s", "sim_dense_ring_step_s", "total_sim_s",
 	"compute_wall_s", "wall_s",
-	"recipe_hash", "recipes",
+	"recipe_hash", "recipes", "skipped",
 }
 
 func csvRow(name string, r train.Record) []string {
@@ -95,7 +95,7 @@ func csvRow(name string, r train.Record) []string {
 		f(r.StepTime.Seconds()), f(r.GradTime.Seconds()), f(r.CodecTime.Seconds()), f(r.ReduceTime.Seconds()),
 		f(r.CommTime.Seconds()), f(r.BaselineTime.Seconds()), f(r.TotalStepTime.Seconds()),
 		f(r.Compute.Seconds()), f(r.Wall.Seconds()),
-		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "),
+		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "), strconv.FormatBool(r.Skipped),
 	}
 }
 
@@ -110,6 +110,45 @@ func writeCSV(w io.Writer, rep *simReport) error {
 	}
 	cw.Flush()
 	return cw.Error()
+}
+
+// csvStream writes steps.csv one record at a time, as a long run produces
+// them, so that no record needs to be kept in memory.
+type csvStream struct {
+	f    *os.File
+	cw   *csv.Writer
+	name string
+}
+
+// newCSVStream creates path and writes the header; records of method name
+// follow through Write.
+func newCSVStream(path, name string) (*csvStream, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	s := &csvStream{f: f, cw: csv.NewWriter(f), name: name}
+	s.cw.Write(csvHeader)
+	return s, nil
+}
+
+// Write appends r's row; rows reach the file at the latest every 100 steps.
+func (s *csvStream) Write(r train.Record) error {
+	s.cw.Write(csvRow(s.name, r))
+	if r.Step%100 == 99 {
+		s.cw.Flush()
+	}
+	return s.cw.Error()
+}
+
+// Close flushes the rows and closes the file.
+func (s *csvStream) Close() error {
+	s.cw.Flush()
+	if err := s.cw.Error(); err != nil {
+		s.f.Close()
+		return err
+	}
+	return s.f.Close()
 }
 
 // jsonRecord is one line of steps.jsonl: the CSV's columns under the same
@@ -141,6 +180,7 @@ type jsonRecord struct {
 	Wall              float64     `json:"wall_s"`
 	RecipeHash        string      `json:"recipe_hash"`
 	Recipes           []string    `json:"recipes"`
+	Skipped           bool        `json:"skipped,omitempty"`
 	Layers            []jsonLayer `json:"layers,omitempty"`
 }
 
@@ -158,7 +198,7 @@ func newJSONRecord(name string, r train.Record) jsonRecord {
 		CumSaved: r.Saved(), SimStep: r.StepTime.Seconds(), SimGrad: r.GradTime.Seconds(), SimCodec: r.CodecTime.Seconds(),
 		SimReduce: r.ReduceTime.Seconds(), SimComm: r.CommTime.Seconds(), SimDenseRingStep: r.BaselineTime.Seconds(),
 		TotalSim: r.TotalStepTime.Seconds(), ComputeWall: r.Compute.Seconds(), Wall: r.Wall.Seconds(),
-		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes,
+		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes, Skipped: r.Skipped,
 	}
 	for _, l := range r.Layers {
 		j.Layers = append(j.Layers, jsonLayer(l))
@@ -327,6 +367,7 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 	lossBytes.Y.Label.Text = "loss"
 	lossBytes.X.Scale = plot.LogScale{}
 	lossBytes.X.Tick.Marker = byteTicks{}
+	lines := map[*plot.Plot]int{}
 	for k, run := range rep.Runs {
 		recs := run.Result.Records
 		ys := make([]float64, len(recs))
@@ -358,6 +399,7 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 			l.Width = vg.Points(1.5)
 			pl.p.Add(l)
 			pl.p.Legend.Add(run.Method.Name, l)
+			lines[pl.p]++
 		}
 	}
 	lossStep.Legend.Top = true
@@ -366,7 +408,7 @@ func writePlots(dir string, rep *simReport) ([]string, error) {
 		p    *plot.Plot
 		name string
 	}{{lossStep, "loss_vs_step.png"}, {lossBytes, "loss_vs_bytes.png"}} {
-		if len(pl.p.Legend.Entries) == 0 {
+		if lines[pl.p] == 0 {
 			// No method sent a byte (one worker): a log-scale byte axis
 			// has nothing to show, and gonum cannot scale an empty one.
 			continue

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -177,6 +178,9 @@ func (o simOptions) validate() error {
 	if err := o.LG.validate(); err != nil {
 		return err
 	}
+	if err := checkCustomFlags(o.Compress, o.EF); err != nil {
+		return err
+	}
 	if o.Layers != "" {
 		if !o.SizeOnly {
 			return fmt.Errorf("--layers needs --size-only (a training run uses the workload's model)")
@@ -221,20 +225,31 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 	if err != nil {
 		return nil, err
 	}
-	if o.SizeOnly {
-		if o.Exchange != "sim" {
-			return nil, fmt.Errorf("--size-only needs --exchange sim")
+	for _, m := range methods {
+		if err := m.checkRecipes(o.Steps); err != nil {
+			return nil, fmt.Errorf("method %s: %w", m.Name, err)
 		}
-		env := &simEnv{}
-		if env.topo, _, err = loadTopology(o.Topology, o.Workers); err != nil {
+	}
+	var env simEnv
+	if o.SizeOnly || o.Exchange == "sim" || o.LGreCoLink {
+		if env.topo, env.topoYAML, err = loadTopology(o.Topology, o.Workers); err != nil {
 			return nil, err
 		}
 		if o.Calibration != "" {
 			if env.calib, err = sim.LoadCalibration(o.Calibration); err != nil {
-				return nil, err
+				return nil, flagError("calibration", err)
 			}
 		}
-		return &simReport{Options: o}, runSizeOnly(ctx, o, methods, env, stdout)
+	}
+	if o.SizeOnly {
+		if o.Exchange != "sim" {
+			return nil, fmt.Errorf("--size-only needs --exchange sim")
+		}
+		return &simReport{Options: o}, runSizeOnly(ctx, o, methods, &env, stdout)
+	}
+	replaces, err := checkOutDir(o.Out)
+	if err != nil {
+		return nil, err
 	}
 	t0 := time.Now()
 	task, err := train.LoadTask(o.Workload, o.Data, o.Seed)
@@ -249,17 +264,6 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 			return nil, err
 		}
 		defer met.Close()
-	}
-	env := &simEnv{}
-	if o.Exchange == "sim" || o.LGreCoLink {
-		if env.topo, env.topoYAML, err = loadTopology(o.Topology, o.Workers); err != nil {
-			return nil, err
-		}
-		if o.Calibration != "" {
-			if env.calib, err = sim.LoadCalibration(o.Calibration); err != nil {
-				return nil, err
-			}
-		}
 	}
 	layers := train.LayersOf(task.Model)
 	var elems int
@@ -276,18 +280,21 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 	default:
 		where := ""
 		if o.Out != "" {
-			where = "; written to " + filepath.Join(o.Out, "topology.yaml")
+			where = "; saved with the results as " + filepath.Join(o.Out, "topology.yaml")
 		}
 		fmt.Fprintf(stdout, "topology: built-in heterogeneous (two sites of 10 Gbit/s nodes, 2.5 Gbit/s WAN, one 1 Gbit/s edge node at half speed%s)\n", where)
 	}
 
+	if replaces {
+		fmt.Fprintf(stdout, "output: %s (replaces the results of the run already there)\n", o.Out)
+	}
 	printEvery := o.PrintEvery
 	if printEvery <= 0 {
 		printEvery = max(1, o.Steps/10)
 	}
 	rep = &simReport{Options: o}
 	for _, m := range methods {
-		ex, spec, err := m.build(ctx, o, task, env, log)
+		ex, spec, err := m.build(ctx, o, task, &env, log)
 		if err != nil {
 			return nil, fmt.Errorf("method %s: %w", m.Name, err)
 		}
@@ -324,6 +331,11 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 			bar.Finish()
 			fmt.Fprintln(stderr)
 		}
+		if err != nil && ctx.Err() != nil {
+			// Interrupted (SIGINT, SIGTERM, --max-memory): keep what the
+			// methods that finished produced.
+			return rep, interrupted(stdout, o, rep, &env, m.Name, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("method %s: %w", m.Name, err)
 		}
@@ -336,21 +348,44 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 	for _, run := range rep.Runs {
 		log.Info("final parameters", "method", run.Method.Name, "params", paramsDigest(run.Result.Model.Flat()))
 	}
-	if o.Out != "" {
-		files, err := writeOutputs(o.Out, rep, o.JSONL, o.Plots)
-		if err == nil && env.topoYAML != "" {
-			path := filepath.Join(o.Out, "topology.yaml")
-			if err = os.WriteFile(path, []byte(env.topoYAML), 0o644); err == nil {
-				files = append(files, path)
-			}
-		}
-		if err != nil {
-			return rep, err
-		}
-		rep.Files = files
-		fmt.Fprintf(stdout, "\nwrote %s\n", strings.Join(files, ", "))
+	return rep, writeResults(stdout, o, rep, &env)
+}
+
+// writeResults writes rep's files into --out (if set) and lists them.
+func writeResults(stdout io.Writer, o simOptions, rep *simReport, env *simEnv) error {
+	if o.Out == "" {
+		return nil
 	}
-	return rep, nil
+	files, err := writeOutputs(o.Out, rep, o.JSONL, o.Plots)
+	if err == nil && env.topoYAML != "" {
+		path := filepath.Join(o.Out, "topology.yaml")
+		if err = os.WriteFile(path, []byte(env.topoYAML), 0o644); err == nil {
+			files = append(files, path)
+		}
+	}
+	rep.Files = files
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nwrote %s\n", strings.Join(files, ", "))
+	return nil
+}
+
+// interrupted ends a run stopped during method name: it prints the summary
+// of the methods that finished, writes their results, says so, and returns
+// the cause.
+func interrupted(stdout io.Writer, o simOptions, rep *simReport, env *simEnv, name string, cause error) error {
+	fmt.Fprintf(stdout, "\ninterrupted during method %s: ", name)
+	if len(rep.Runs) == 0 {
+		fmt.Fprintln(stdout, "no method had finished, nothing written")
+		return fmt.Errorf("method %s: %w", name, cause)
+	}
+	fmt.Fprintf(stdout, "keeping the %d methods that finished\n\n", len(rep.Runs))
+	writeSummary(stdout, rep, o.Target)
+	if err := writeResults(stdout, o, rep, env); err != nil {
+		return errors.Join(fmt.Errorf("method %s: %w", name, cause), err)
+	}
+	return fmt.Errorf("method %s: %w (the results of the %d methods that finished were written)", name, cause, len(rep.Runs))
 }
 
 // stepLine formats one per-step line; acc < 0 means not measured yet, and

@@ -40,7 +40,7 @@ func loadTopology(path string, n int) (*sim.Topology, string, error) {
 	if path != "" {
 		t, err := sim.LoadTopology(path)
 		if err != nil {
-			return nil, "", err
+			return nil, "", flagError("topology", err)
 		}
 		if len(t.Nodes) < n {
 			return nil, "", fmt.Errorf("topology %s has %d nodes for %d workers", path, len(t.Nodes), n)
