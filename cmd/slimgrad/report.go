@@ -180,7 +180,7 @@ type jsonRecord struct {
 	Wall              float64     `json:"wall_s"`
 	RecipeHash        string      `json:"recipe_hash"`
 	Recipes           []string    `json:"recipes"`
-	Skipped           bool        `json:"skipped,omitempty"`
+	Skipped           bool        `json:"skipped"`
 	Layers            []jsonLayer `json:"layers,omitempty"`
 }
 
