@@ -26,6 +26,34 @@ func (m method) checkRecipes(steps int) error {
 	if _, err := parseOptim(m.Optim, steps); err != nil {
 		return fmt.Errorf("--optim %q: %w", m.Optim, err)
 	}
+	return m.checkWarmup(steps)
+}
+
+// warmupUsage is the help text of --warmup (sim, worker, launch).
+const warmupUsage = "DGC's density warm-up of the custom method: the paper's densities 0.25, 0.0625, 0.015625, 0.00390625, then the codec's, over the first P% of the steps (e.g. 5%, at least 4 steps) or N steps; needs a sparse codec (topk, dgc, randomk) and --ef dgc:M (e.g. --compress topk:0.001 --ef dgc:0.9 --warmup 5%: exact top-k DGC, the PyTorch reference's)"
+
+// checkWarmup rejects a DGC warm-up that does not parse or that the
+// method's codec and error feedback cannot run: the warm-up changes the
+// density of a sparse codec, and only DGC's feedback keeps its state across
+// the codec changes.
+func (m method) checkWarmup(steps int) error {
+	if _, err := warmupSteps(m.Warmup, steps); err != nil || m.Warmup == "" || m.Warmup == "off" {
+		return err
+	}
+	r, err := compressors.Parse(m.Compress)
+	if err != nil {
+		return fmt.Errorf("--compress %q: %w", m.Compress, err)
+	}
+	if r.Density == 0 {
+		return fmt.Errorf("--warmup %s: DGC's warm-up changes the density of a sparse codec (topk, dgc or randomk), not of %q (e.g. --compress topk:0.001)", m.Warmup, m.Compress)
+	}
+	ef, err := errorfeedback.Parse(m.EF)
+	if err != nil {
+		return fmt.Errorf("--ef %q: %w", m.EF, err)
+	}
+	if ef.Kind != errorfeedback.KindDGC {
+		return fmt.Errorf("--warmup %s: DGC's warm-up runs with DGC's momentum correction, --ef dgc:M (e.g. dgc:0.9), not %q", m.Warmup, m.EF)
+	}
 	return nil
 }
 

@@ -33,6 +33,7 @@ type jobOptions struct {
 	Seed                   uint64
 	Method                 string
 	Compress, EF, Optim    string
+	Warmup                 string
 	connOptions
 	World      int
 	Out        string
@@ -96,6 +97,7 @@ func (o *jobOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Compress, "compress", o.Compress, "compressor recipe of a custom method (overrides --method)")
 	fs.StringVar(&o.EF, "ef", o.EF, "error-feedback recipe of a custom method")
 	fs.StringVar(&o.Optim, "optim", o.Optim, "optimizer recipe of a custom method")
+	fs.StringVar(&o.Warmup, "warmup", o.Warmup, warmupUsage)
 	o.connOptions.register(fs)
 	fs.StringVar(&o.Out, "out", o.Out, "directory for rank 0's steps.csv (\"\" writes nothing)")
 	fs.IntVar(&o.PrintEvery, "print-every", o.PrintEvery, "steps between per-step lines (0: about 10 lines)")
@@ -114,7 +116,7 @@ func (o *jobOptions) args() []string {
 		"--steps", strconv.Itoa(o.Steps), "--batch", strconv.Itoa(o.Batch),
 		"--eval-every", strconv.Itoa(o.EvalEvery), "--eval-samples", strconv.Itoa(o.EvalSamples),
 		"--seed", strconv.FormatUint(o.Seed, 10), "--method", o.Method,
-		"--compress", o.Compress, "--ef", o.EF, "--optim", o.Optim,
+		"--compress", o.Compress, "--ef", o.EF, "--optim", o.Optim, "--warmup", o.Warmup,
 		"--world", strconv.Itoa(o.World), "--out", o.Out, "--print-every", strconv.Itoa(o.PrintEvery),
 		"--timeout", o.Timeout.String(), "--log", o.Log,
 		"--lgreco=" + strconv.FormatBool(o.LGreCo), "--lgreco-link-aware=" + strconv.FormatBool(o.LGreCoLink),
@@ -128,7 +130,7 @@ func (o *jobOptions) method() (method, error) {
 	if err := checkCustomFlags(o.Compress, o.EF); err != nil {
 		return method{}, err
 	}
-	m, ok := customMethod(o.Compress, o.EF, o.Optim)
+	m, ok := customMethod(o.Compress, o.EF, o.Optim, o.Warmup)
 	if !ok {
 		var err error
 		if m, err = preset(o.Method); err != nil {
@@ -324,7 +326,10 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	defer w.Close()
 	r := conn.Rank()
 	codec := spec.Sign // 1-bit Adam's compressed stage is the two-phase sign scheme
-	plan := m.plan(o.Steps, o.Seed)
+	plan, err := m.plan(o.Steps, o.Seed)
+	if err != nil {
+		return err
+	}
 	plan.Sign = spec.Sign
 	printEvery := o.PrintEvery
 	if printEvery <= 0 {

@@ -152,7 +152,8 @@ func TestJobArgsRoundTrip(t *testing.T) {
 	fs := flag.NewFlagSet("launch", flag.ContinueOnError)
 	o.register(fs)
 	o.World = 3
-	if err := fs.Parse([]string{"--steps", "7", "--lgreco", "--lgreco-start", "4", "--lgreco-adjust", "3", "--lgreco-alpha", "0.9", "--lgreco-squared=false", "--seed", "5"}); err != nil {
+	if err := fs.Parse([]string{"--steps", "7", "--lgreco", "--lgreco-start", "4", "--lgreco-adjust", "3", "--lgreco-alpha", "0.9", "--lgreco-squared=false", "--seed", "5",
+		"--compress", "topk:0.001", "--ef", "dgc:0.9", "--warmup", "5%"}); err != nil {
 		t.Fatal(err)
 	}
 	back := defaultJobOptions()

@@ -27,9 +27,10 @@ type method struct {
 	Compress string
 	EF       string
 	Optim    string
-	// WarmupSteps > 0 runs DGC's density warm-up over that many steps; a
-	// negative value means 5% of the steps (at least 4).
-	WarmupSteps int
+	// Warmup, if not empty, runs DGC's density warm-up (the paper's
+	// densities optim.PaperWarmup, then the codec's own) over the first
+	// steps of the run: "N" steps or "P%" of the steps (see warmupSteps).
+	Warmup string
 	// LGreCo, if not empty, runs L-GreCo over the method's codec with the
 	// objective "bytes" (wire bytes, the paper's) or "link" (the simulated
 	// time of each layer's collective on the job's topology, sim.LinkCost);
@@ -70,7 +71,8 @@ func lgrecoVariants(ms []method, bytes, link bool) []method {
 // min(10, adjust) steps observed, switching one step after a decision; alpha
 // > 0 sets the error budget.
 func (m method) lgrecoOptions(steps int, seed uint64, lg lgrecoSettings) []lgreco.Option {
-	start := max(int64(m.plan(steps, seed).WarmupSteps), int64(lg.Start))
+	p, _ := m.plan(steps, seed) // checkRecipes has rejected a bad warm-up
+	start := max(int64(p.WarmupSteps), int64(lg.Start))
 	adj := int64(lg.Adjust)
 	opts := []lgreco.Option{lgreco.WithSchedule(start, adj, min(10, adj), 1), lgreco.WithSquared(lg.Squared)}
 	if lg.Alpha > 0 {
@@ -121,8 +123,8 @@ func (lg lgrecoSettings) args() []string {
 
 func (m method) describe() string {
 	s := fmt.Sprintf("compress=%s ef=%s optim=%s", m.Compress, m.EF, m.Optim)
-	if m.WarmupSteps != 0 {
-		s += " + DGC warm-up"
+	if m.Warmup != "" {
+		s += " + DGC warm-up " + m.Warmup
 	}
 	if m.LGreCo != "" {
 		s += " + L-GreCo (" + m.LGreCo + " objective)"
@@ -136,7 +138,7 @@ func (m method) describe() string {
 // first 5% of steps; 1-bit Adam lr 1e-3 frozen after 20% of the steps.
 var presets = []method{
 	{Name: "dense", Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9"},
-	{Name: "dgc", Compress: "dgc:0.001", EF: "dgc:0.9", Optim: "dgcsgd:lr=0.1,m=0.9", WarmupSteps: -1},
+	{Name: "dgc", Compress: "dgc:0.001", EF: "dgc:0.9", Optim: "dgcsgd:lr=0.1,m=0.9", Warmup: "5%"},
 	{Name: "onebitadam", Compress: "none", EF: "none", Optim: "onebitadam:lr=0.001,freeze=20%"},
 	{Name: "econtrol", Compress: "topk:0.01", EF: "econtrol:0.01", Optim: "momentum:lr=0.1,m=0.9"},
 	{Name: "topk-ef14", Compress: "topk:0.001", EF: "ef14", Optim: "momentum:lr=0.1,m=0.9"},
@@ -156,12 +158,13 @@ func presetNames() []string {
 	return out
 }
 
-// customMethod returns the method of --compress/--ef/--optim, if any is set.
-func customMethod(compress, ef, optimRecipe string) (method, bool) {
-	if compress == "" && ef == "" && optimRecipe == "" {
+// customMethod returns the method of --compress/--ef/--optim/--warmup, if
+// any is set.
+func customMethod(compress, ef, optimRecipe, warmup string) (method, bool) {
+	if compress == "" && ef == "" && optimRecipe == "" && warmup == "" {
 		return method{}, false
 	}
-	custom := method{Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9"}
+	custom := method{Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9", Warmup: warmup}
 	if compress != "" {
 		custom.Compress = compress
 	}
@@ -181,6 +184,9 @@ func customMethod(compress, ef, optimRecipe string) (method, bool) {
 		}
 	}
 	parts = append(parts, strings.SplitN(custom.Optim, ":", 2)[0])
+	if warmup != "" {
+		parts = append(parts, "warmup")
+	}
 	custom.Name = strings.Join(parts, "+")
 	return custom, true
 }
@@ -196,7 +202,7 @@ func preset(name string) (method, error) {
 
 func selectMethods(o simOptions) ([]method, error) {
 	var out []method
-	if custom, ok := customMethod(o.Compress, o.EF, o.Optim); ok {
+	if custom, ok := customMethod(o.Compress, o.EF, o.Optim, o.Warmup); ok {
 		if o.Methods == "default" {
 			return lgrecoVariants([]method{presets[0], custom}, o.LGreCo, o.LGreCoLink), nil
 		}
@@ -211,6 +217,12 @@ func selectMethods(o simOptions) ([]method, error) {
 		if n == "" {
 			continue
 		}
+		if n == referenceMethods {
+			for _, row := range referenceRows {
+				out = append(out, row.Method)
+			}
+			continue
+		}
 		p, err := preset(n)
 		if err != nil {
 			return nil, err
@@ -223,19 +235,52 @@ func selectMethods(o simOptions) ([]method, error) {
 	return lgrecoVariants(out, o.LGreCo, o.LGreCoLink), nil
 }
 
-// plan returns the communication plan of m for a run of steps steps.
-func (m method) plan(steps int, seed uint64) train.Plan {
+// plan returns the communication plan of m for a run of steps steps. It
+// fails only on a malformed or unusable Warmup (see warmupSteps).
+func (m method) plan(steps int, seed uint64) (train.Plan, error) {
 	p := train.Plan{Compress: m.Compress, EF: m.EF, Seed: seed}
-	if m.WarmupSteps != 0 {
-		ws := m.WarmupSteps
-		if ws < 0 {
-			ws = max(len(optim.PaperWarmup), steps/20)
-		}
-		if ws < steps {
-			p.Warmup, p.WarmupSteps = optim.PaperWarmup, ws
-		}
+	ws, err := warmupSteps(m.Warmup, steps)
+	if err != nil {
+		return p, err
 	}
-	return p
+	if ws > 0 {
+		p.Warmup, p.WarmupSteps = optim.PaperWarmup, ws
+	}
+	return p, nil
+}
+
+// warmupSteps returns the length of a DGC density warm-up in a run of steps
+// steps, from spec: "" or "off" (none: 0), "N" (N steps: at least
+// len(optim.PaperWarmup), one per density, and below steps, so that the
+// codec's own density is reached), or "P%" with 0 < P <= 100 (the first
+// ⌊P·steps/100⌋ steps, raised to len(optim.PaperWarmup); the PyTorch
+// reference's max(4, steps/20) for 5%; none when that leaves no step at
+// the codec's own density).
+func warmupSteps(spec string, steps int) (int, error) {
+	stages := len(optim.PaperWarmup)
+	switch spec {
+	case "", "off":
+		return 0, nil
+	}
+	if pct, isPct := strings.CutSuffix(spec, "%"); isPct {
+		f, err := strconv.ParseFloat(pct, 64)
+		if err != nil || !(f > 0 && f <= 100) {
+			return 0, fmt.Errorf("--warmup %q: want a percentage of the steps in (0,100], a step count, or off", spec)
+		}
+		ws := max(stages, int(math.Floor(f*float64(steps)/100+1e-9)))
+		if ws >= steps {
+			return 0, nil // a run too short for a warm-up: the codec's density throughout
+		}
+		return ws, nil
+	}
+	n, err := strconv.Atoi(spec)
+	if err != nil {
+		return 0, fmt.Errorf("--warmup %q: want a step count, a percentage of the steps such as 5%%, or off", spec)
+	}
+	if n < stages || n >= steps {
+		return 0, fmt.Errorf("--warmup %d: want at least %d steps (one per warm-up density %v) and fewer than the run's %d steps", n, stages, optim.PaperWarmup, steps)
+	}
+	return n, nil
 }
 
 // build returns the exchanger and the optimizer of m: the simulator over
@@ -246,7 +291,10 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 		return nil, spec, err
 	}
 	units := train.Units(task.Model, spec.Flat)
-	plan := m.plan(o.Steps, o.Seed)
+	plan, err := m.plan(o.Steps, o.Seed)
+	if err != nil {
+		return nil, spec, err
+	}
 	plan.Sign = spec.Sign
 	switch o.Exchange {
 	case "mem":

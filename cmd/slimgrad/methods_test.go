@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/slimgrad/slimgrad/train"
 )
 
 func TestParseOptim(t *testing.T) {
@@ -95,5 +99,111 @@ func TestSelectMethods(t *testing.T) {
 	}
 	if _, err := selectMethods(simOptions{Methods: ""}); err == nil {
 		t.Error("no methods: no error")
+	}
+}
+
+// TestWarmupSteps: --warmup as steps or a percentage; the percentage is the
+// PyTorch reference's max(4, ⌊P·steps/100⌋) (5%: steps/20), and a run too
+// short for it has none; a step count must cover the four densities and
+// leave steps at the codec's own density.
+func TestWarmupSteps(t *testing.T) {
+	for _, tc := range []struct {
+		spec  string
+		steps int
+		want  int
+		err   string
+	}{
+		{"", 1200, 0, ""}, {"off", 1200, 0, ""},
+		{"5%", 1200, 60, ""}, {"5%", 300, 15, ""}, {"5%", 20, 4, ""}, {"5%", 4, 0, ""},
+		{"10%", 60, 6, ""}, {"0.5%", 1200, 6, ""}, {"100%", 1200, 0, ""},
+		{"60", 1200, 60, ""}, {"4", 5, 4, ""},
+		{"3", 1200, 0, "at least 4 steps"}, {"60", 60, 0, "fewer than the run's 60 steps"},
+		{"0%", 1200, 0, "percentage"}, {"101%", 1200, 0, "percentage"}, {"x%", 1200, 0, "percentage"},
+		{"five", 1200, 0, "step count"},
+	} {
+		got, err := warmupSteps(tc.spec, tc.steps)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "--warmup") {
+				t.Errorf("%q, %d steps: err %v, want one naming --warmup with %q", tc.spec, tc.steps, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q, %d steps: %d, %v; want %d", tc.spec, tc.steps, got, err, tc.want)
+		}
+	}
+	// The dgc preset keeps its schedule: max(4, steps/20) while below steps.
+	dgc, err := preset("dgc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, steps := range []int{4, 5, 20, 79, 80, 300, 1200} {
+		p, err := dgc.plan(steps, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := max(4, steps/20)
+		if want >= steps {
+			want = 0
+		}
+		if p.WarmupSteps != want || (want > 0) != (len(p.Warmup) > 0) {
+			t.Errorf("dgc preset, %d steps: warm-up %d steps (%v), want %d", steps, p.WarmupSteps, p.Warmup, want)
+		}
+	}
+}
+
+// TestWarmupExactTopK: --compress topk:0.001 --ef dgc:0.9 --warmup 5% (the
+// reference's DGC row) runs exact top-k at the reference's densities
+// warm[t·4/W] for t < W = 60 of 1200 steps, then 0.001; and the flags that
+// cannot run a warm-up are refused with the reason.
+func TestWarmupExactTopK(t *testing.T) {
+	o := simOptionsFor(t, []string{"--compress", "topk:0.001", "--ef", "dgc:0.9", "--warmup", "5%", "--methods", "", "--steps", "1200"})
+	ms, err := selectMethods(o)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("methods %v, %v", ms, err)
+	}
+	m := ms[0]
+	if err := m.checkRecipes(o.Steps); err != nil {
+		t.Fatal(err)
+	}
+	if m.Optim != "dgcsgd:lr=0.1,m=0.9" || !strings.Contains(m.describe(), "DGC warm-up 5%") {
+		t.Errorf("method %+v: %s", m, m.describe())
+	}
+	p, err := m.plan(o.Steps, o.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm := []string{"topk:0.25", "topk:0.0625", "topk:0.015625", "topk:0.00390625"}
+	w := train.Layer{Name: "w", Shape: []int{256, 784}, Size: 256 * 784}
+	for step := range 80 {
+		want := "topk:0.001"
+		if step < 60 {
+			want = warm[step*4/60]
+		}
+		if got := p.RecipeAt(w, step); got != want {
+			t.Errorf("step %d: %s, want %s", step, got, want)
+		}
+	}
+	if got := p.RecipeAt(train.Layer{Name: "b", Shape: []int{256}, Size: 256}, 0); got != "none" {
+		t.Errorf("bias at step 0: %s, want none (dense, as the reference)", got)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--warmup", "5%"}, "sparse codec"},
+		{[]string{"--compress", "fp16", "--warmup", "5%"}, "sparse codec"},
+		{[]string{"--compress", "topk:0.001", "--ef", "ef14", "--warmup", "5%"}, "--ef dgc:M"},
+		{[]string{"--compress", "topk:0.001", "--ef", "dgc:0.9", "--warmup", "2"}, "at least 4 steps"},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"sim", "--out", "", "--workload", "logistic"}, tc.args...)
+		if code := run(context.Background(), args, &stdout, &stderr); code != 1 {
+			t.Errorf("%q: exit %d, want 1", tc.args, code)
+		}
+		if stdout.Len() != 0 || !strings.Contains(stderr.String(), "--warmup") || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%q: stdout %q, stderr %q; want an error naming --warmup with %q", tc.args, stdout.String(), stderr.String(), tc.want)
+		}
 	}
 }

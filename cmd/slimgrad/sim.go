@@ -34,6 +34,7 @@ type simOptions struct {
 	Compress    string
 	EF          string
 	Optim       string
+	Warmup      string
 	Out         string
 	Target      float64
 	EvalEvery   int
@@ -83,10 +84,11 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Data, "data", o.Data, "directory with the MNIST *-ubyte.gz files (default: the GoMNIST module in the Go module cache)")
 	fs.StringVar(&o.Split, "split", o.Split, "how data is sharded: iid or noniid")
 	fs.StringVar(&o.Topology, "topology", o.Topology, "topology YAML file of the simulated network (default: a built-in heterogeneous topology)")
-	fs.StringVar(&o.Methods, "methods", o.Methods, "comma-separated method presets to compare ("+strings.Join(presetNames(), ", ")+"), or \"default\"")
+	fs.StringVar(&o.Methods, "methods", o.Methods, "comma-separated method presets to compare ("+strings.Join(presetNames(), ", ")+"), \"default\", or \"reference\" (the PyTorch reference's rows: dense, DGC with exact top-k and warm-up, top-k EF14, Adam without bias correction, 1-bit Adam; their figures are printed beside the results)")
 	fs.StringVar(&o.Compress, "compress", o.Compress, "compressor recipe of a custom method, e.g. topk:0.001 (runs dense + the custom method)")
 	fs.StringVar(&o.EF, "ef", o.EF, "error-feedback recipe of the custom method, e.g. econtrol:0.1, ef14, dgc:0.9")
 	fs.StringVar(&o.Optim, "optim", o.Optim, "optimizer recipe of the custom method, e.g. momentum:lr=0.1,m=0.9 or onebitadam:freeze=200")
+	fs.StringVar(&o.Warmup, "warmup", o.Warmup, warmupUsage)
 	fs.StringVar(&o.Out, "out", o.Out, "output directory for CSV, JSONL and PNG files (\"\" to write nothing)")
 	fs.Float64Var(&o.Target, "target", o.Target, "target test accuracy for the time-to-accuracy column")
 	fs.IntVar(&o.EvalEvery, "eval-every", o.EvalEvery, "steps between test evaluations")
@@ -345,6 +347,9 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 	fmt.Fprintln(stdout)
 	writeSummary(stdout, rep, o.Target)
 	writeLGreCoSummary(stdout, rep)
+	if wantsReference(o.Methods) {
+		writeReferenceTable(stdout, o, rep, elems)
+	}
 	for _, run := range rep.Runs {
 		log.Info("final parameters", "method", run.Method.Name, "params", paramsDigest(run.Result.Model.Flat()))
 	}

@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/workload"
 )
 
@@ -207,13 +209,15 @@ func TestCommandLineErrors(t *testing.T) {
 // the same collectives and train the same parameters, bit for bit (gathered
 // top-k with EControl and dense ring biases; 1-bit Adam's dense warm-up, then
 // its two-phase sign stage; DGC's density warm-up, the workers' codec
-// schedules, alone and followed by L-GreCo). The in-process reference sums dense layers in
+// schedules, alone and followed by L-GreCo, over the sampled dgc codec and
+// over exact top-k). The in-process reference sums dense layers in
 // rank order rather than ring order, so it agrees only to rounding.
 func TestExchangersAgree(t *testing.T) {
 	digests := map[string][]string{}
 	for _, ex := range []string{"sim", "mem"} {
 		o := simOptionsFor(t, []string{"--workload", "logistic", "--workers", "4", "--steps", "25", "--eval-every", "0",
 			"--methods", "econtrol,onebitadam,dgc", "--exchange", ex, "--out", "", "--progress", "off",
+			"--compress", "topk:0.01", "--ef", "dgc:0.9", "--warmup", "8",
 			"--lgreco", "--lgreco-link-aware", "--lgreco-adjust", "5"})
 		rep, err := runSim(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
 		if err != nil {
@@ -221,9 +225,18 @@ func TestExchangersAgree(t *testing.T) {
 		}
 		for _, run := range rep.Runs {
 			digests[run.Method.Name] = append(digests[run.Method.Name], paramsDigest(run.Result.Model.Flat()))
+			if run.Method.Name == "topk:0.01+dgc:0.9+dgcsgd+warmup" {
+				// The warm-up's stages (steps 0-1, 2-3, 4-5, 6-7) switch the exact top-k codec.
+				for step, want := range map[int]string{0: "topk:0.25", 2: "topk:0.0625", 7: "topk:0.01", 8: "topk:0.01"} {
+					if got := run.Result.Records[step].Recipes; !slices.Contains(got, want) {
+						t.Errorf("--exchange %s: %s step %d: recipes %q, want %s", ex, run.Method.Name, step, got, want)
+					}
+				}
+			}
 		}
 	}
-	if len(digests["econtrol+lgreco"]) != 2 || len(digests["econtrol+lgreco-link"]) != 2 || len(digests["dgc"]) != 2 || len(digests["dgc+lgreco"]) != 2 {
+	if len(digests["econtrol+lgreco"]) != 2 || len(digests["econtrol+lgreco-link"]) != 2 || len(digests["dgc"]) != 2 || len(digests["dgc+lgreco"]) != 2 ||
+		len(digests["topk:0.01+dgc:0.9+dgcsgd+warmup"]) != 2 {
 		t.Errorf("L-GreCo runs missing: %v", digests)
 	}
 	for m, d := range digests {
@@ -445,5 +458,60 @@ func TestSimLGreCoStart(t *testing.T) {
 	}
 	if firstChange < 21 {
 		t.Fatalf("levels changed at step %d, before L-GreCo's first decision after its start (step 20)", firstChange)
+	}
+}
+
+// TestSimReferenceRows: --methods reference runs the PyTorch reference's
+// five rows with their recipes and prints each run's accuracy and payload
+// ratio beside the reference's figures; a run outside the reference's
+// setting says that the figures are not comparable.
+func TestSimReferenceRows(t *testing.T) {
+	var stdout bytes.Buffer
+	o := simOptionsFor(t, []string{"--workload", "logistic", "--workers", "4", "--steps", "60", "--eval-every", "0",
+		"--methods", "reference", "--out", "", "--progress", "off"})
+	rep, err := runSim(context.Background(), o, &stdout, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range rep.Runs {
+		names = append(names, r.Method.Name)
+	}
+	if want := []string{"dense", "dgc-topk", "topk-ef14", "adam-nobias", "onebitadam"}; !slices.Equal(names, want) {
+		t.Fatalf("runs %q, want %q", names, want)
+	}
+	out := stdout.String()
+	i := strings.Index(out, "beside the PyTorch reference")
+	if i < 0 {
+		t.Fatalf("no reference table:\n%s", out)
+	}
+	table := out[i:]
+	if !strings.Contains(table, "not the reference's setting") {
+		t.Errorf("no note that a 60-step logistic run is not the reference's setting:\n%s", table)
+	}
+	elems := 0
+	for _, l := range train.LayersOf(rep.Runs[0].Result.Model) {
+		elems += l.Size
+	}
+	for i, row := range referenceRows {
+		run := rep.Runs[i]
+		ratio := payloadRatio(elems, 4, 60, run.Result.Last.TotalPayloadBytes)
+		want := fmt.Sprintf("%.2f%%  %.2f%%  %+.2f  %.1f×  %.1f×", 100*run.Result.Final.Accuracy, 100*row.Accuracy,
+			100*(run.Result.Final.Accuracy-row.Accuracy), ratio, row.Ratio)
+		if !regexp.MustCompile(regexp.QuoteMeta(row.Row) + ` +` + regexp.QuoteMeta(run.Method.Name) + ` +`).MatchString(table) ||
+			!strings.Contains(strings.Join(strings.Fields(table), "  "), strings.Join(strings.Fields(want), "  ")) {
+			t.Errorf("row %q: table lacks %s %q:\n%s", row.Row, run.Method.Name, want, table)
+		}
+	}
+	// Dense rows send 4 bytes per element, worker and step: ratio 1; the
+	// compressed rows send fewer.
+	for i, run := range rep.Runs {
+		r := payloadRatio(elems, 4, 60, run.Result.Last.TotalPayloadBytes)
+		if dense := referenceRows[i].Ratio == 1; dense != (r == 1) || r < 1 {
+			t.Errorf("%s: payload ratio %g", run.Method.Name, r)
+		}
+	}
+	if rep.Runs[3].Method.Optim != "adam:lr=0.001,bias=false" {
+		t.Errorf("Adam row: %s, want the reference's Adam without bias correction", rep.Runs[3].Method.Optim)
 	}
 }

@@ -103,7 +103,10 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 			GradFLOP: flops * float64(o.Batch),
 			FLOPS:    o.FLOPS,
 		}
-		plan := m.plan(o.Steps, o.Seed)
+		plan, err := m.plan(o.Steps, o.Seed)
+		if err != nil {
+			return fmt.Errorf("method %s: %w", m.Name, err)
+		}
 		plan.Sign = spec.Sign
 		st, err := train.SizeOnly(ctx, o.Workers, units, plan, how, cfg)
 		if err != nil {
