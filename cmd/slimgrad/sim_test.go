@@ -498,7 +498,7 @@ func TestSimReferenceRows(t *testing.T) {
 		ratio := payloadRatio(elems, 4, 60, run.Result.Last.TotalPayloadBytes)
 		want := fmt.Sprintf("%.2f%%  %.2f%%  %+.2f  %.1f×  %.1f×", 100*run.Result.Final.Accuracy, 100*row.Accuracy,
 			100*(run.Result.Final.Accuracy-row.Accuracy), ratio, row.Ratio)
-		if !regexp.MustCompile(regexp.QuoteMeta(row.Row) + ` +` + regexp.QuoteMeta(run.Method.Name) + ` +`).MatchString(table) ||
+		if !regexp.MustCompile(regexp.QuoteMeta(row.Row)+` +`+regexp.QuoteMeta(run.Method.Name)+` +`).MatchString(table) ||
 			!strings.Contains(strings.Join(strings.Fields(table), "  "), strings.Join(strings.Fields(want), "  ")) {
 			t.Errorf("row %q: table lacks %s %q:\n%s", row.Row, run.Method.Name, want, table)
 		}
