@@ -18,7 +18,7 @@ type scaledPair struct {
 	c    float32
 }
 
-func (p *scaledPair) dim() int { return p.a.dim() + p.b.dim() }
+func (p *scaledPair) dim() int        { return p.a.dim() + p.b.dim() }
 func (p *scaledPair) init() []float32 { return make([]float32, p.dim()) }
 func (p *scaledPair) parts() []layerSpec {
 	return []layerSpec{{off: 0, n: p.a.dim()}, {off: p.a.dim(), n: p.b.dim()}}
