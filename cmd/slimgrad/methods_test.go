@@ -207,3 +207,25 @@ func TestWarmupExactTopK(t *testing.T) {
 		}
 	}
 }
+
+// TestAdamBiasRecipe: adam's bias=true|false reaches the optimizer (the
+// reference's Adam row has none; the adam preset keeps PyTorch's default).
+func TestAdamBiasRecipe(t *testing.T) {
+	for recipe, want := range map[string]string{
+		"adam:lr=0.001":            "bias-correction=true",
+		"adam:lr=0.001,bias=true":  "bias-correction=true",
+		"adam:lr=0.001,bias=false": "bias-correction=false",
+	} {
+		spec, err := parseOptim(recipe, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := spec.New(4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(o.String(), want) {
+			t.Errorf("%s: %s, want %s", recipe, o, want)
+		}
+	}
+}
