@@ -78,7 +78,7 @@ func writeReferenceTable(w io.Writer, o simOptions, rep *simReport, elems int) {
 			o.Workload, o.Workers, o.Batch, o.Steps, o.Split)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "reference row\tmethod\tslimgrad acc\treference acc\tΔ points\tslimgrad payload ratio\treference payload ratio\t\n")
+	fmt.Fprintf(tw, "reference row\tmethod\tslimgrad acc\treference acc\tΔ points\tslimgrad payload ratio\treference payload ratio\n")
 	for _, row := range referenceRows {
 		i := slices.IndexFunc(rep.Runs, func(r methodRun) bool { return r.Method == row.Method })
 		if i < 0 {
@@ -87,7 +87,7 @@ func writeReferenceTable(w io.Writer, o simOptions, rep *simReport, elems int) {
 		run := rep.Runs[i]
 		acc := run.Result.Final.Accuracy
 		ratio := payloadRatio(elems, o.Workers, o.Steps, run.Result.Last.TotalPayloadBytes)
-		fmt.Fprintf(tw, "%s\t%s\t%.2f%%\t%.2f%%\t%+.2f\t%.1f×\t%.1f×\t\n", row.Row, run.Method.Name,
+		fmt.Fprintf(tw, "%s\t%s\t%.2f%%\t%.2f%%\t%+.2f\t%.1f×\t%.1f×\n", row.Row, run.Method.Name,
 			100*acc, 100*row.Accuracy, 100*(acc-row.Accuracy), ratio, row.Ratio)
 	}
 	tw.Flush()
