@@ -220,15 +220,15 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 			}
 		}
 	}
-	rounds := make([]int, nf)     // syncs started per fragment
-	applyAt := make([]int, nf)    // step after which the pending update is applied; -1: none
-	doneAt := make([]float64, nf) // simulated time its collectives finish, seconds
+	rounds := make([]int, nf)           // syncs started per fragment
+	applyAt := make([]int, nf)          // step after which the pending update is applied; -1: none
+	doneAt := make([]time.Duration, nf) // simulated time its collectives finish
 	for p := range applyAt {
 		applyAt[p] = -1
 	}
 	res := &Result{Model: reps[0].global}
 	rc := newRecorder(cfg, task.Test, res, onStep)
-	var clock float64 // simulated seconds
+	var clock time.Duration // simulated
 	alpha := float32(o.mix())
 	// apply runs fragment p's pending outer update on every worker.
 	apply := func(p int) error {
@@ -262,7 +262,7 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 		}
 		last := step == cfg.Steps-1
 		start := clock
-		clock += gradTime.Seconds()
+		clock += gradTime
 		st := Stats{DenseBytes: denseBytes, GradTime: gradTime, BaselineTime: baseline, Layers: make([]LayerStats, len(units))}
 		for u := range units {
 			st.Layers[u].DenseBytes = DenseRingBytes(n, units[u].Size)
@@ -301,7 +301,7 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 				}
 			}
 			st.CodecTime, st.ReduceTime = max(st.CodecTime, s.CodecTime), max(st.ReduceTime, s.ReduceTime)
-			doneAt[p] = clock + max(0, (s.StepTime-s.GradTime).Seconds())
+			doneAt[p] = clock + max(0, s.StepTime-s.GradTime)
 			applyAt[p] = step + o.Delay
 			if last {
 				applyAt[p] = step
@@ -316,8 +316,8 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 			}
 		}
 		if clock > start {
-			st.StepTime = seconds(clock - start)
-			st.CommTime = seconds(clock - computeEnd)
+			st.StepTime = clock - start
+			st.CommTime = clock - computeEnd
 		}
 		if cfg.CheckReplicas {
 			if err := sameParams(reps[0].gp, func(yield func(int, [][]float32) bool) {
