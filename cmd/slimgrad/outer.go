@@ -56,6 +56,24 @@ func defaultOuterSettings() outerSettings {
 	return outerSettings{Optim: DefaultOuterOptim, Fragments: 1, Mix: 1}
 }
 
+// validate rejects outer flags given without --outer (they would be
+// ignored) and a bad outer loop; each error names its flag.
+func (s outerSettings) validate(steps int) error {
+	if s.H != 0 {
+		return outerMethod(s).check(steps)
+	}
+	d := defaultOuterSettings()
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"outer-optim", s.Optim != d.Optim}, {"outer-fragments", s.Fragments != d.Fragments}, {"outer-delay", s.Delay != d.Delay}, {"outer-mix", s.Mix != d.Mix}} {
+		if f.set {
+			return fmt.Errorf("--%s needs --outer H (the inner steps per round)", f.name)
+		}
+	}
+	return nil
+}
+
 // spec parses the outer optimizer (for runs of steps inner steps).
 func (om outerMethod) spec(steps int) (train.OptimSpec, error) {
 	spec, err := parseOptim(om.Optim, max(1, steps/max(1, om.H)))

@@ -181,6 +181,9 @@ func (o simOptions) validate() error {
 	if err := o.LG.validate(); err != nil {
 		return err
 	}
+	if err := o.Outer.validate(o.Steps); err != nil {
+		return err
+	}
 	if err := checkCustomFlags(o.Compress, o.EF); err != nil {
 		return err
 	}
