@@ -140,8 +140,9 @@ type ExchangerFactory func(ctx context.Context, units []Layer) (Exchanger, error
 // data parallelism, the baseline of the savings), WireBytes what this step's
 // syncs sent (0 on a local step), Synced the number of fragments exchanged.
 // cfg.CheckReplicas compares the workers' θ_g after every step. A sync whose
-// exchange skipped the update (worker.NaNSkip) is an error: the outer
-// optimizers cannot step back. RunOuter returns ctx.Err() if ctx is
+// exchange skipped the update (worker.NaNSkip on real workers) leaves θ_g and
+// the outer optimizers as they were (optim.Optimizer.Skip) and the local
+// progress in θ_w for the next sync; Record.Skipped says so. RunOuter returns ctx.Err() if ctx is
 // cancelled and ErrDiverged if the loss becomes NaN/Inf.
 func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx ExchangerFactory, inner OptimSpec, o Outer, onStep func(Record)) (*Result, error) {
 	if err := cfg.validate(); err != nil {
@@ -301,6 +302,10 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 				}
 			}
 			st.CodecTime, st.ReduceTime = max(st.CodecTime, s.CodecTime), max(st.ReduceTime, s.ReduceTime)
+			st.Skipped = st.Skipped || s.Skipped
+			if s.Skipped {
+				continue
+			}
 			doneAt[p] = clock + max(0, s.StepTime-s.GradTime)
 			applyAt[p] = step + o.Delay
 			if last {
@@ -468,7 +473,13 @@ func syncFragment(ctx context.Context, ex Exchanger, round int, reps []*outerRep
 		return st, fmt.Errorf("exchange: %w", err)
 	}
 	if st.Skipped {
-		return st, fmt.Errorf("exchange skipped the update (a non-finite pseudo-gradient or an overflow); an outer loop cannot skip a sync")
+		// worker.NaNSkip: every worker forgets this sync; the round's local
+		// progress stays in θ_w and goes into the next pseudo-gradient.
+		for _, r := range reps {
+			for _, u := range us {
+				r.outer[u].Skip()
+			}
+		}
 	}
 	return st, nil
 }
