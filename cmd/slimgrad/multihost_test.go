@@ -173,8 +173,8 @@ func (m *multiHost) run(t *testing.T, hosts []*testbed.Host, job bedJob, scenari
 // headers or NATS protocol lines, heartbeats, and a fixed part for the
 // connections, handshakes and the rendezvous.
 const (
-	overheadMin   = 0.03  // at least the TCP/IP headers
-	overheadMax   = 0.12  // at most
+	overheadMin   = 0.03 // at least the TCP/IP headers
+	overheadMax   = 0.12 // at most
 	overheadFixed = 96 << 10
 )
 
