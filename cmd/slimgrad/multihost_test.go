@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -251,4 +253,186 @@ func TestMultiHostBed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMultiHostNAT: two public hosts and two hosts behind two NAT routers
+// (nftables masquerade, unsolicited inbound dropped) train over libp2p,
+// meeting through `slimgrad server`. The hosts behind NAT learn it from the
+// relay's observed address and take reservations on the relay. Links
+// between a public host and one behind NAT are direct (the host behind NAT
+// connects first, through its NAT); the link between the two hosts behind
+// NAT is relayed (go-libp2p's hole punching only uses public addresses,
+// and 198.18.0.0/15 is not one). The job ends with the parameters that
+// `slimgrad sim` computes for it.
+func TestMultiHostNAT(t *testing.T) {
+	m := startMultiHost(t)
+	ctx := t.Context()
+	var hosts []*testbed.Host
+	for i := range 2 {
+		h, err := m.bed.AddHost(ctx, fmt.Sprintf("p%d", i), testbed.Link{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts = append(hosts, h)
+	}
+	for i := range 2 {
+		r, err := m.bed.AddNATRouter(ctx, fmt.Sprintf("r%d", i))
+		if err != nil {
+			t.Fatal(err) // NewT skipped already when the bed is unsupported; nft is part of it here
+		}
+		h, err := m.bed.AddHostBehind(ctx, r, fmt.Sprintf("n%d", i), testbed.Link{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts = append(hosts, h)
+	}
+	scenario := []string{"--workload", "logistic", "--steps", "20", "--eval-every", "10", "--seed", "5"}
+	rep, err := runSim(ctx, simOptionsFor(t, append([]string{"--workers", "4", "--methods", "econtrol", "--out", "", "--progress", "off"}, scenario...)), &bytes.Buffer{}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := paramsDigest(rep.Runs[0].Result.Model.Flat())
+	ranks := m.run(t, hosts, bedJob{"libp2p", "ring", "econtrol", nil}, scenario)
+	behind := map[int]bool{} // ranks behind NAT
+	for _, r := range ranks {
+		if r.host.Router != nil {
+			behind[r.rank] = true
+		}
+	}
+	for _, r := range ranks {
+		if r.digest != want {
+			t.Errorf("%s (rank %d) ends with params %s, sim with %s", r.host.Name, r.rank, r.digest, want)
+		}
+		t.Logf("%s (%s, rank %d): links %v", r.host.Name, r.host.Addr, r.rank, r.links)
+		if len(r.links) != 3 {
+			t.Fatalf("%s (rank %d) reported %d links, want 3:\n%s", r.host.Name, r.rank, len(r.links), r.out)
+		}
+		for p, kind := range r.links {
+			wantKind := "direct"
+			if behind[r.rank] && behind[p] {
+				wantKind = "relayed"
+			}
+			if kind != wantKind {
+				t.Errorf("%s (rank %d): link to rank %d is %s, want %s", r.host.Name, r.rank, p, kind, wantKind)
+			}
+		}
+	}
+}
+
+var killTrials = flag.Int("kill-trials", 3, "TestMultiHostKill: trials per transport (the issue's experiment: 20)")
+
+// TestMultiHostKill: a worker of a four-host job is killed (SIGKILL) while
+// the job trains; every survivor stops with a typed error (the transport's
+// peer-dead error) within 1 s, on libp2p and on NATS, long before the peer
+// timeout, and no process is left on any host.
+func TestMultiHostKill(t *testing.T) {
+	m := startMultiHost(t)
+	ctx := t.Context()
+	var hosts []*testbed.Host
+	for i := range 4 {
+		h, err := m.bed.AddHost(ctx, fmt.Sprintf("k%d", i), testbed.Link{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts = append(hosts, h)
+	}
+	for _, tp := range []string{"libp2p", "nats"} {
+		t.Run(tp, func(t *testing.T) {
+			var worst time.Duration
+			for trial := range *killTrials {
+				if d := m.killTrial(t, hosts, tp, trial); d > worst {
+					worst = d
+				}
+			}
+			t.Logf("%s: %d trials, slowest survivor stopped %v after the kill", tp, *killTrials, worst)
+		})
+	}
+}
+
+// killTrial runs a job that would train for hours, kills the worker on the
+// trial's victim host once rank 0 reports a step, and returns how long the
+// slowest survivor took to stop.
+func (m *multiHost) killTrial(t *testing.T, hosts []*testbed.Host, tp string, trial int) time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	victim := 1 + trial%(len(hosts)-1) // never host 0, whose rank 0 line starts the kill (NATS)
+	type proc struct {
+		cmd    *exec.Cmd
+		stderr bytes.Buffer
+		exited chan time.Time
+	}
+	procs := make([]*proc, len(hosts))
+	stepped := make(chan struct{}, len(hosts))
+	for i, h := range hosts {
+		p := &proc{exited: make(chan time.Time, 1)}
+		args := []string{"worker", "--nats", m.url, "--nats-ca", m.ca, "--token-file", m.tokFile,
+			"--job", fmt.Sprintf("kill-%s-%d", tp, trial), "--world", strconv.Itoa(len(hosts)), "--rank", strconv.Itoa(i),
+			"--transport", tp, "--workload", "logistic", "--steps", "100000000", "--eval-every", "0",
+			"--print-every", "1", "--timeout", "30s", "--peer-timeout", "20s", "--out", ""}
+		p.cmd = h.Command(ctx, m.exe, args...)
+		p.cmd.Env = append(os.Environ(), "GO_WANT_HELPER_PROCESS=1")
+		p.cmd.Stderr = &p.stderr
+		out, err := p.cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			sc := bufio.NewScanner(out)
+			seen := false
+			for sc.Scan() {
+				if f := strings.Fields(sc.Text()); !seen && len(f) > 0 && f[0] == "1" {
+					seen = true
+					stepped <- struct{}{}
+				}
+			}
+			p.cmd.Wait()
+			p.exited <- time.Now()
+		}()
+		procs[i] = p
+	}
+	select {
+	case <-stepped:
+	case <-ctx.Done():
+		t.Fatalf("trial %d: the job never trained", trial)
+	}
+	killed := time.Now()
+	if err := procs[victim].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	var worst time.Duration
+	for i, p := range procs {
+		select {
+		case at := <-p.exited:
+			if i == victim {
+				continue
+			}
+			d := at.Sub(killed)
+			worst = max(worst, d)
+			if d > time.Second {
+				t.Errorf("trial %d: the worker on %s stopped %v after %s was killed, want within 1 s", trial, hosts[i].Name, d, hosts[victim].Name)
+			}
+			if code := p.cmd.ProcessState.ExitCode(); code != 1 {
+				t.Errorf("trial %d: the worker on %s exited with %d, want 1:\n%s", trial, hosts[i].Name, code, p.stderr.String())
+			}
+			if !strings.Contains(p.stderr.String(), "peer dead") {
+				t.Errorf("trial %d: the worker on %s did not report a dead peer:\n%s", trial, hosts[i].Name, p.stderr.String())
+			}
+		case <-ctx.Done():
+			t.Fatalf("trial %d: the worker on %s hangs after %s was killed", trial, hosts[i].Name, hosts[victim].Name)
+		}
+	}
+	for _, h := range hosts {
+		pids, err := h.Pids(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pids) != 0 {
+			t.Errorf("trial %d: processes %v left on %s", trial, pids, h.Name)
+		}
+	}
+	return worst
 }
