@@ -244,24 +244,34 @@ func (c *connOptions) natsHeartbeat() tnats.Option {
 	return tnats.WithHeartbeat(hb, to)
 }
 
+// checkJoin checks what joining a job needs: the rendezvous server, the job
+// ID, a world size and, for NATS, a rank in it (libp2p ranks come from the
+// rendezvous; a rank given anyway must be in the world).
+func (c *connOptions) checkJoin(world, rank int) error {
+	switch {
+	case c.NATS == "":
+		return errors.New("--nats URL is required: the NATS server that the job's processes meet at, e.g. nats://198.18.0.10:4222")
+	case c.Job == "":
+		return errors.New("--job is required: the ID that every process of the job is given (slimgrad launch picks one)")
+	case world < 1:
+		return fmt.Errorf("--world %d: want at least 1", world)
+	case c.Transport == "nats" && (rank < 0 || rank >= world):
+		return fmt.Errorf("--rank %d: want 0 to %d (--world %d) with --transport nats", rank, world-1, world)
+	case rank >= world:
+		return fmt.Errorf("--rank %d: want 0 to %d (--world %d), or none: libp2p ranks come from the rendezvous", rank, world-1, world)
+	}
+	return nil
+}
+
 // connect joins the job's group of world processes and returns this
 // process's connection; rendezvous bounds the rendezvous. rank >= 0 is used
 // as is for NATS; libp2p ranks come from the rendezvous.
 func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout time.Duration) (transport.Conn, error) {
-	if c.NATS == "" {
-		return nil, errors.New("--nats URL is required")
-	}
-	if c.Job == "" {
-		return nil, errors.New("--job is required")
-	}
-	if world < 1 {
-		return nil, fmt.Errorf("--world %d", world)
+	if err := c.checkJoin(world, rank); err != nil {
+		return nil, err
 	}
 	switch c.Transport {
 	case "nats":
-		if rank < 0 || rank >= world {
-			return nil, fmt.Errorf("--rank %d outside [0,%d)", rank, world)
-		}
 		return tnats.Dial(ctx, c.NATS, c.Job, rank, world, tnats.WithNATSOptions(c.natsOptions()...), c.natsHeartbeat())
 	case "libp2p":
 		lopts, err := c.libp2pOptions()

@@ -40,6 +40,7 @@ type jobOptions struct {
 	Out        string
 	PrintEvery int
 	Timeout    time.Duration
+	NaNPolicy  nanPolicy
 	Log        string
 	// L-GreCo (see sim's flags); Topology is the link-aware objective's.
 	LGreCo, LGreCoLink bool
@@ -107,6 +108,7 @@ func (o *jobOptions) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.PrintEvery, "print-every", o.PrintEvery, "steps between per-step lines (0: about 10 lines)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "per-message timeout of the workers; also bounds the rendezvous")
 	fs.StringVar(&o.Log, "log", o.Log, "log level: debug, info, warn, error")
+	fs.Var(&o.NaNPolicy, "nan-policy", nanPolicyUsage)
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "run L-GreCo over the method's codec (per-layer levels under the uniform default's error budget, minimising bytes)")
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "run L-GreCo with the link-aware objective: the simulated time of each layer's collective on --topology")
 	o.LG.register(fs)
@@ -122,7 +124,7 @@ func (o *jobOptions) args() []string {
 		"--seed", strconv.FormatUint(o.Seed, 10), "--method", o.Method,
 		"--compress", o.Compress, "--ef", o.EF, "--optim", o.Optim, "--algorithm", o.Algorithm,
 		"--world", strconv.Itoa(o.World), "--out", o.Out, "--print-every", strconv.Itoa(o.PrintEvery),
-		"--timeout", o.Timeout.String(), "--log", o.Log,
+		"--timeout", o.Timeout.String(), "--log", o.Log, "--nan-policy", o.NaNPolicy.String(),
 		"--lgreco=" + strconv.FormatBool(o.LGreCo), "--lgreco-link-aware=" + strconv.FormatBool(o.LGreCoLink),
 		"--topology", o.Topology,
 	}, append(o.LG.args(), o.connOptions.args()...)...)
@@ -276,6 +278,9 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err := o.validate("world"); err != nil {
 		return err
 	}
+	if err := o.checkJoin(o.World, *rank); err != nil {
+		return err
+	}
 	if os.Getenv(envWatchStdin) == "1" {
 		ctx = stopOnEOF(ctx, os.Stdin)
 	}
@@ -313,7 +318,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		return fmt.Errorf("joining job %s: %w", o.Job, err)
 	}
 	defer conn.Close()
-	wopts := append(train.WorkerOptions(o.Seed, log), worker.WithTimeout(o.Timeout), worker.WithAlgorithm(o.Algorithm))
+	wopts := append(train.WorkerOptions(o.Seed, log), worker.WithTimeout(o.Timeout), worker.WithAlgorithm(o.Algorithm), worker.WithNaNPolicy(o.NaNPolicy.p))
 	if m.LGreCo != "" {
 		var topo *sim.Topology
 		if m.LGreCo == "link" {

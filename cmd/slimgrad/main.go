@@ -111,15 +111,18 @@ func setUsage(fs *flag.FlagSet, help io.Writer, header string) {
 // for any other error, which the flag package has already reported in one
 // line.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	usage := fs.Usage
+	usage, out := fs.Usage, fs.Output()
 	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
 	err := fs.Parse(args)
 	fs.Usage = usage
+	fs.SetOutput(out)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage()
 			return err
 		}
+		fmt.Fprintf(out, "slimgrad %s: %v\n", fs.Name(), err)
 		return errUsage
 	}
 	return nil

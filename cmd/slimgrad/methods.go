@@ -259,7 +259,7 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 			conns[r] = g.Conn(r)
 		}
 		codec := spec.Sign // 1-bit Adam: every unit registers the two-phase sign codec
-		wopts := train.WorkerOptions(o.Seed, log)
+		wopts := append(train.WorkerOptions(o.Seed, log), worker.WithNaNPolicy(o.NaNPolicy.p))
 		if m.LGreCo != "" {
 			wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LG, env.topo, env.linkOptions(o)))
 		}

@@ -47,6 +47,7 @@ type simOptions struct {
 	CPUProfile  string
 	MaxMemory   string
 	Exchange    string
+	NaNPolicy   nanPolicy
 	Calibration string
 	FLOPS       float64
 	SizeOnly    bool
@@ -100,6 +101,7 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.CPUProfile, "cpuprofile", o.CPUProfile, "write a CPU profile of the run to this file")
 	fs.StringVar(&o.MaxMemory, "max-memory", o.MaxMemory, "stop with an error once the run holds more memory than this: auto (90% of what the system has available at start), off, or a size such as 8GiB")
 	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time), mem (real workers over the in-memory transport, no simulated clock) or local (in-process reference)")
+	fs.Var(&o.NaNPolicy, "nan-policy", nanPolicyUsage)
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by slimgrad bench (default: built-in throughputs)")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
 	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data: bytes and step time only (no training state; the programs still grow as workers²)")
@@ -303,7 +305,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 		bar := newBar(o, stderr, m.Name)
 		cfg := train.Config{
 			Workers: o.Workers, Batch: o.Batch, Steps: o.Steps, Seed: o.Seed, Split: split,
-			EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log,
+			EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log, NaNPolicy: o.NaNPolicy.p,
 		}
 		start := time.Now()
 		lastAcc := -1.0
