@@ -139,7 +139,7 @@ func (o *jobOptions) method() (method, error) {
 	m, ok := customMethod(o.Compress, o.EF, o.Optim)
 	if !ok {
 		var err error
-		if m, err = preset(o.Method); err != nil {
+		if m, err = preset(o.Method, o.Workload); err != nil {
 			return m, err
 		}
 	}
