@@ -133,7 +133,7 @@ func TestWarmupSteps(t *testing.T) {
 		}
 	}
 	// The dgc preset keeps its schedule: max(4, steps/20) while below steps.
-	dgc, err := preset("dgc")
+	dgc, err := preset("dgc", "mnist")
 	if err != nil {
 		t.Fatal(err)
 	}
