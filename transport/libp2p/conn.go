@@ -66,6 +66,7 @@ type link struct {
 	out       network.Stream // set once during Connect
 	lastWrite atomic.Int64   // unix nanos
 	acked     chan struct{}  // closed when the credit reader ends
+	abortFn   func()         // l.abortOut, bound once (a Send's cancellation callback)
 
 	cmu         sync.Mutex
 	limit       int64 // the peer's receive buffer bound
@@ -229,7 +230,7 @@ func (n *Node) newConn(rank int, peers []Peer) (*Conn, error) {
 		}
 		ids = append(ids, p.ID)
 		n.host.Peerstore().AddAddrs(p.ID, p.Addrs, peerstore.PermanentAddrTTL)
-		c.links[r] = &link{
+		l := &link{
 			c:       c,
 			rank:    r,
 			id:      p.ID,
@@ -240,6 +241,8 @@ func (n *Node) newConn(rank int, peers []Peer) (*Conn, error) {
 			dead:    make(chan struct{}),
 			private: peerPrivate(p.Addrs),
 		}
+		l.abortFn = l.abortOut
+		c.links[r] = l
 	}
 	n.gater.allow(ids)
 	n.host.SetStreamHandler(c.proto, c.handleStream)
@@ -318,10 +321,7 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		return err
 	}
 	s := l.out
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { s.Reset() })
-	}
+	stop := watchCtx(ctx, l.abortFn)
 	switch {
 	case len(b) <= coalesceMax:
 		// One write, so one yamux frame (and one Noise message and
@@ -354,6 +354,38 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	l.sentPayload.Add(int64(len(b)))
 	l.sentWire.Add(wireBytes(len(b)))
 	return nil
+}
+
+// afterFuncer is a context that registers callbacks itself (as the
+// worker's per-step contexts do) instead of needing a goroutine that waits
+// on its Done channel.
+type afterFuncer interface {
+	AfterFunc(f func()) (stop func() bool)
+}
+
+// watchCtx arranges for abort to run once ctx ends and returns the func
+// that cancels that (nil when ctx can never end). A context with its own
+// AfterFunc method is asked directly, which for the worker's contexts
+// allocates nothing and starts no goroutine per message; others go through
+// context.AfterFunc.
+func watchCtx(ctx context.Context, abort func()) (stop func() bool) {
+	if ctx.Done() == nil {
+		return nil
+	}
+	if a, ok := ctx.(afterFuncer); ok {
+		return a.AfterFunc(abort)
+	}
+	return context.AfterFunc(ctx, abort)
+}
+
+// abortOut resets the outgoing stream (a Send cancelled mid-frame).
+func (l *link) abortOut() {
+	l.cmu.Lock()
+	s := l.out
+	l.cmu.Unlock()
+	if s != nil {
+		s.Reset()
+	}
 }
 
 // writePieces writes a message above pieceMax as a flagLarge frame (its
