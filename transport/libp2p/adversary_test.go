@@ -81,7 +81,7 @@ func fakePeer(t *testing.T, opts ...Option) (*Conn, network.Stream) {
 		s, err = h.NewStream(ctx, nd.ID(), proto)
 		if err == nil {
 			if err = transport.WriteFrame(s, flagHello, 0, helloPayload("test-job", 1, 2)); err == nil {
-				_, _, err = transport.ReadFrame(s, 16, nil)
+				_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 			}
 			if err == nil {
 				break
@@ -200,7 +200,7 @@ func TestUnknownPeerRefused(t *testing.T) {
 		msg := transport.AppendFrame(nil, flagHello, 0, helloPayload("test-job", 1, 2))
 		msg = transport.AppendFrame(msg, flagData, 7, []byte("intrusion"))
 		if _, err = s.Write(msg); err == nil {
-			_, _, err = transport.ReadFrame(s, 16, nil)
+			_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 		}
 	}
 	if err == nil {
@@ -252,7 +252,7 @@ func TestOtherJobRefused(t *testing.T) {
 			s, err := h.NewStream(ctx, nd.ID(), protocol.ID(proto))
 			if err == nil {
 				if err = transport.WriteFrame(s, flagHello, 0, hello); err == nil {
-					_, _, err = transport.ReadFrame(s, 16, nil)
+					_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 				}
 			}
 			if err == nil || ctx.Err() != nil {
