@@ -511,7 +511,11 @@ const maxAbortText = 64
 // told (so that it fails too instead of waiting for credit).
 func (c *Conn) failPeer(peer int, cause error, notify bool) {
 	if c.in.Fail(peer, cause) && notify && !c.isClosed() {
-		msg := cause.Error()
+		why := cause
+		if ie, ok := cause.(*transport.InboundError); ok {
+			why = ie.Err // the peer knows it sent the frame
+		}
+		msg := why.Error()
 		if len(msg) > maxAbortText {
 			msg = msg[:maxAbortText]
 		}
@@ -572,14 +576,18 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	}
 	c.stats.RecvWire(src, len(m.Data))
 	if err := c.handleChunk(src, m.Data); err != nil {
-		c.failPeer(src, err, !errors.Is(err, errPeerClosed) && !errors.Is(err, errPeerGone))
+		if errors.Is(err, errPeerClosed) || errors.Is(err, errPeerGone) {
+			c.failPeer(src, err, false)
+		} else {
+			c.failPeer(src, &transport.InboundError{Rank: src, Err: err}, true)
+		}
 		return
 	}
 	// A sender that honours its credit never has more than Window bytes
 	// (or one message when nothing was outstanding) unconsumed here; one
 	// that ignores it would make this rank buffer without bound.
 	if _, held := c.in.Held(src); held > c.cfg.Window+inbox.Charge(c.cfg.MaxFrame) {
-		c.failPeer(src, fmt.Errorf("%w: rank %d exceeded its credit (%d bytes unconsumed, window %d)", transport.ErrBadFrame, src, held, c.cfg.Window), true)
+		c.failPeer(src, &transport.InboundError{Rank: src, Err: fmt.Errorf("%w: rank %d exceeded its credit (%d bytes unconsumed, window %d)", transport.ErrBadFrame, src, held, c.cfg.Window)}, true)
 	}
 }
 
@@ -716,7 +724,7 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 		err = h.VerifyPayload(m.Data[transport.FrameHeaderLen:])
 	}
 	if err != nil {
-		c.failPeer(src, err, true)
+		c.failPeer(src, &transport.InboundError{Rank: src, Err: err}, true)
 		return
 	}
 	pl := m.Data[transport.FrameHeaderLen:]
@@ -734,7 +742,7 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 		why := pl[:min(len(pl), maxAbortText)]
 		c.failPeer(src, fmt.Errorf("%w: rank %d dropped the link: %s", transport.ErrPeerDead, src, strings.ToValidUTF8(string(why), "\ufffd")), false)
 	default:
-		c.failPeer(src, fmt.Errorf("%w: unexpected control frame (flags %#x)", transport.ErrBadFrame, h.Flags), true)
+		c.failPeer(src, &transport.InboundError{Rank: src, Err: fmt.Errorf("%w: unexpected control frame (flags %#x)", transport.ErrBadFrame, h.Flags)}, true)
 	}
 }
 
@@ -781,7 +789,7 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 		err = h.VerifyPayload(m.Data[transport.FrameHeaderLen:])
 	}
 	if err != nil {
-		c.failPeer(src, err, true)
+		c.failPeer(src, &transport.InboundError{Rank: src, Err: err}, true)
 		return
 	}
 	switch h.Flags {
@@ -791,7 +799,7 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 		}
 		c.seen(src)
 	default:
-		c.failPeer(src, fmt.Errorf("%w: unexpected heartbeat frame (flags %#x)", transport.ErrBadFrame, h.Flags), true)
+		c.failPeer(src, &transport.InboundError{Rank: src, Err: fmt.Errorf("%w: unexpected heartbeat frame (flags %#x)", transport.ErrBadFrame, h.Flags)}, true)
 	}
 }
 
