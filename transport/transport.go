@@ -111,6 +111,13 @@ var (
 	ErrUnauthorized = errors.New("transport: unauthorized peer")
 	// ErrRendezvous means the group did not form (see *RendezvousError).
 	ErrRendezvous = errors.New("transport: rendezvous failed")
+	// ErrRankTaken means that another process already holds the rank this
+	// one was given in the job (the group does not take this process in;
+	// the running processes are not disturbed).
+	ErrRankTaken = errors.New("transport: rank already taken")
+	// ErrWorldMismatch means that processes of one job were given different
+	// world sizes.
+	ErrWorldMismatch = errors.New("transport: world size mismatch")
 	// ErrInvalidPeer means a peer rank out of range or equal to the caller's
 	// own rank (a caller bug reported as an error, not a panic).
 	ErrInvalidPeer = errors.New("transport: invalid peer rank")

@@ -64,6 +64,7 @@ const (
 	flagFirst  = 1 << 0 // data: first chunk of a message (carries its length)
 	flagLast   = 1 << 1 // data: last chunk of a message
 	flagGone   = 1 << 2 // data, from this rank to itself: the sender's connection to the server ended
+	flagAck    = 1 << 3 // control: the instance the sender knows as the receiver's rank
 	flagHello  = 1 << 4 // heartbeat
 	flagBye    = 1 << 5 // the sender closed
 	flagCredit = 1 << 6 // cumulative consumed bytes
@@ -107,6 +108,13 @@ type peer struct {
 
 	lastSeen atomic.Int64 // unix nanoseconds
 	heard    atomic.Bool
+	// instance is the peer's instance ID, from the first hello heard for
+	// its rank (0: none yet); hellos of another instance are ignored.
+	instance atomic.Uint64
+	// ackedBy is the instance of the peer that acknowledged this rank's
+	// own instance (0: none yet).
+	ackedBy atomic.Uint64
+	counted bool // bound and acknowledged, under Conn.startMu
 	// cid is the peer's client ID on this rank's server, from its hellos
 	// (0: unknown, or it is connected to another server of a cluster).
 	cid atomic.Uint64
@@ -134,9 +142,18 @@ type Conn struct {
 	subjGone          []string // per peer: this rank's data subject from it
 	hello             []byte   // heartbeat payload: client ID and server ID
 
-	nHeard   atomic.Int32
+	// instance identifies this process's Conn (random, never 0): a
+	// second process given the same rank has another one.
+	instance uint64
+	// Start-up: every peer bound (its hello heard) and every peer's
+	// acknowledgement that it knows this instance as this rank.
+	startMu  sync.Mutex
+	nStart   int
 	allHeard chan struct{}
+	refused  chan struct{} // closed with refuseErr set: this process may not join
+	refuseErr error
 	ready    atomic.Bool
+	ignored  atomic.Int64 // hellos and acks of other instances or jobs, ignored
 
 	once   sync.Once
 	closed chan struct{}
@@ -266,7 +283,13 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		subjCtl:  make([]string, size),
 		subjGone: make([]string, size),
 		allHeard: make(chan struct{}),
+		refused:  make(chan struct{}),
 		closed:   make(chan struct{}),
+	}
+	for c.instance == 0 {
+		var b [8]byte
+		rand.Read(b[:])
+		c.instance = binary.LittleEndian.Uint64(b[:])
 	}
 	c.stats = counters.New(size)
 	base := cfg.SubjectPrefix + "." + job + "."
@@ -281,14 +304,17 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		c.subjGone[p] = fmt.Sprintf("%sd.%d.%d", base, rank, p)
 	}
 	c.subjHB = fmt.Sprintf("%sh.%d", base, rank)
-	// Hellos carry this rank's client ID and its server's ID, so that a
-	// disconnect notice is matched to the very connection of a peer (not
-	// to another client using its name, say one refused for a bad token).
-	if cid, err := nc.GetClientID(); err == nil {
-		c.hello = binary.LittleEndian.AppendUint64(nil, cid)
-		if sid := nc.ConnectedServerId(); len(sid) <= maxHelloServerID {
-			c.hello = append(c.hello, sid...)
-		}
+	// Hellos carry this Conn's instance ID and world size (a second
+	// process given a taken rank, or another world size, is told apart),
+	// then its client ID and its server's ID, so that a disconnect notice
+	// is matched to the very connection of a peer (not to another client
+	// using its name, say one refused for a bad token).
+	c.hello = binary.LittleEndian.AppendUint64(nil, c.instance)
+	c.hello = binary.LittleEndian.AppendUint32(c.hello, uint32(size))
+	cid, cidErr := nc.GetClientID()
+	c.hello = binary.LittleEndian.AppendUint64(c.hello, cid) // 0: unknown
+	if sid := nc.ConnectedServerId(); cidErr == nil && len(sid) <= maxHelloServerID {
+		c.hello = append(c.hello, sid...)
 	}
 	c.in = inbox.New(size, c.onConsume)
 	if size == 1 {
@@ -322,15 +348,26 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	go c.heartbeat()
 	select {
 	case <-c.allHeard:
+	case <-c.refused:
+		c.shutdown(false)
+		return nil, c.refuseErr
 	case <-ctx.Done():
-		var missing []int
+		var missing, unconfirmed []int
 		for p := range size {
-			if p != rank && !c.peers[p].heard.Load() {
+			switch {
+			case p == rank:
+			case !c.peers[p].heard.Load():
 				missing = append(missing, p)
+			case c.peers[p].ackedBy.Load() != c.peers[p].instance.Load():
+				unconfirmed = append(unconfirmed, p)
 			}
 		}
 		c.shutdown(false)
-		return nil, fmt.Errorf("nats: job %s rank %d: ranks %v not heard from: %w (%w)", job, rank, missing, transport.ErrRendezvous, ctx.Err())
+		why := fmt.Sprintf("ranks %v not heard from", missing)
+		if len(missing) == 0 {
+			why = fmt.Sprintf("ranks %v did not acknowledge this process", unconfirmed)
+		}
+		return nil, fmt.Errorf("nats: job %s rank %d: %s: %w (%w)", job, rank, why, transport.ErrRendezvous, ctx.Err())
 	}
 	now := time.Now().UnixNano()
 	for p := range c.peers {
@@ -348,6 +385,12 @@ func (c *Conn) Size() int { return c.size }
 
 // Job returns the job ID.
 func (c *Conn) Job() string { return c.job }
+
+// Ignored returns the number of messages this Conn ignored because they
+// did not come from its job's processes: hellos and acknowledgements of a
+// second process given a taken rank or another world size, and malformed
+// hellos. They change nothing else.
+func (c *Conn) Ignored() int64 { return c.ignored.Load() }
 
 // NATSConn returns the underlying NATS connection.
 func (c *Conn) NATSConn() *natsgo.Conn { return c.nc }
@@ -490,7 +533,7 @@ func (c *Conn) shutdown(bye bool) {
 }
 
 func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
-	var buf [transport.FrameHeaderLen + 64]byte
+	var buf [transport.FrameHeaderLen + helloFixed + maxHelloServerID]byte
 	n := copy(buf[transport.FrameHeaderLen:], payload)
 	msg := buf[:transport.FrameHeaderLen+n]
 	transport.PutFrameHeader(msg, flags, 0, msg[transport.FrameHeaderLen:])
@@ -498,8 +541,12 @@ func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
 	return len(msg)
 }
 
+// helloFixed is the fixed part of a hello: instance ID, world size and
+// client ID.
+const helloFixed = 8 + 4 + 8
+
 // maxHelloServerID bounds the server ID a hello carries (it fits
-// publishCtl's buffer after the 8-byte client ID; nats-server IDs are 56
+// publishCtl's buffer after the fixed part; nats-server IDs are 56
 // characters).
 const maxHelloServerID = 56
 
@@ -510,7 +557,10 @@ const maxAbortText = 64
 // failPeer records that the link to peer is broken; with notify, peer is
 // told (so that it fails too instead of waiting for credit).
 func (c *Conn) failPeer(peer int, cause error, notify bool) {
-	if c.in.Fail(peer, cause) && notify && !c.isClosed() {
+	// Before Dial returns, nobody is told: a process that may not join (its
+	// rank is taken) sees the frames meant for the process holding its rank,
+	// and must not abort that process's links.
+	if c.in.Fail(peer, cause) && notify && c.ready.Load() && !c.isClosed() {
 		why := cause
 		if ie, ok := cause.(*transport.InboundError); ok {
 			why = ie.Err // the peer knows it sent the frame
@@ -553,15 +603,51 @@ func (c *Conn) source(subj string) (int, bool) {
 }
 
 func (c *Conn) seen(src int) {
+	c.peers[src].lastSeen.Store(time.Now().UnixNano())
+}
+
+// progress counts peer src towards start-up once it is bound (its hello
+// heard) and has acknowledged this rank's instance, and ends the wait in
+// Dial/New when every peer has.
+func (c *Conn) progress(src int) {
 	p := &c.peers[src]
-	p.lastSeen.Store(time.Now().UnixNano())
-	if !p.heard.Load() && p.heard.CompareAndSwap(false, true) {
-		// Tell a newcomer about us at once rather than at the next beat.
-		c.publishCtl(c.subjHB, flagHello, c.hello)
-		if int(c.nHeard.Add(1)) == c.size-1 {
-			close(c.allHeard)
-		}
+	inst := p.instance.Load()
+	if inst == 0 || p.ackedBy.Load() != inst {
+		return
 	}
+	c.startMu.Lock()
+	defer c.startMu.Unlock()
+	if p.counted {
+		return
+	}
+	p.counted = true
+	if c.nStart++; c.nStart == c.size-1 {
+		close(c.allHeard)
+	}
+}
+
+// refuse ends the wait in Dial/New with err (the first error wins). It
+// does nothing once the Conn is ready: a running job is not disturbed by
+// what a newcomer claims.
+func (c *Conn) refuse(err error) {
+	if c.ready.Load() {
+		return
+	}
+	c.startMu.Lock()
+	defer c.startMu.Unlock()
+	if c.refuseErr == nil {
+		c.refuseErr = err
+		close(c.refused)
+	}
+}
+
+// ack tells peer which instance this rank knows as the peer's rank: a
+// second process given that rank learns that it is taken.
+func (c *Conn) ack(peer int, inst uint64) {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[0:], inst)
+	binary.LittleEndian.PutUint64(b[8:], c.instance)
+	c.publishCtl(c.subjCtl[peer], flagAck, b[:])
 }
 
 func (c *Conn) onData(m *natsgo.Msg) {
@@ -736,6 +822,20 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 			c.win[src].Release(v - p.granted)
 			p.granted = v
 		}
+	case h.Flags == flagAck && len(pl) == 16:
+		known, from := binary.LittleEndian.Uint64(pl[0:]), binary.LittleEndian.Uint64(pl[8:])
+		if known != c.instance {
+			// Rank src knows another process as this rank: either this
+			// process came second (it must not join), or the ack is meant
+			// for a second process given this rank (and a ready Conn
+			// ignores it).
+			c.ignored.Add(1)
+			c.refuse(fmt.Errorf("nats: job %s: rank %d is already taken: rank %d knows another process as rank %d: %w (%w)",
+				c.job, c.rank, src, c.rank, transport.ErrRankTaken, transport.ErrRendezvous))
+			return
+		}
+		c.peers[src].ackedBy.Store(from)
+		c.progress(src)
 	case h.Flags == flagAbort:
 		// The reason is the peer's text: at most maxAbortText bytes (what
 		// failPeer sends) go into the error, as valid UTF-8.
@@ -779,28 +879,60 @@ func (c *Conn) onDisconnect(m *natsgo.Msg) {
 	c.publishCtl(c.subjGone[p], flagGone, nil)
 }
 
+// onHB handles hellos. The heartbeat subjects are the only ones every
+// rank listens to, so nothing published there fails a link: a malformed
+// hello, or a hello of another world size or of a second process given a
+// bound rank, is ignored (and counted in Ignored). The first hello heard
+// for a rank binds it to the sender's instance; the bound instance is
+// acknowledged to whoever announces that rank, so a second process given a
+// taken rank learns so at once (see refuse).
 func (c *Conn) onHB(m *natsgo.Msg) {
 	src, ok := c.source(m.Subject)
 	if !ok {
 		return
 	}
 	h, err := transport.ParseFrameHeader(m.Data, c.maxIn)
+	pl := m.Data[min(len(m.Data), transport.FrameHeaderLen):]
 	if err == nil {
-		err = h.VerifyPayload(m.Data[transport.FrameHeaderLen:])
+		err = h.VerifyPayload(pl)
 	}
-	if err != nil {
-		c.failPeer(src, &transport.InboundError{Rank: src, Err: err}, true)
+	if err != nil || h.Flags != flagHello || len(pl) < helloFixed {
+		c.ignored.Add(1)
 		return
 	}
-	switch h.Flags {
-	case flagHello:
-		if pl := m.Data[transport.FrameHeaderLen:]; len(pl) > 8 && string(pl[8:]) == c.nc.ConnectedServerId() {
-			c.peers[src].cid.Store(binary.LittleEndian.Uint64(pl))
-		}
-		c.seen(src)
-	default:
-		c.failPeer(src, &transport.InboundError{Rank: src, Err: fmt.Errorf("%w: unexpected heartbeat frame (flags %#x)", transport.ErrBadFrame, h.Flags)}, true)
+	inst, world := binary.LittleEndian.Uint64(pl[0:]), int(binary.LittleEndian.Uint32(pl[8:]))
+	if world != c.size {
+		c.ignored.Add(1)
+		c.refuse(fmt.Errorf("nats: job %s rank %d: rank %d belongs to a job of %d ranks, but this process was given a world size of %d: %w (%w)",
+			c.job, c.rank, src, world, c.size, transport.ErrWorldMismatch, transport.ErrRendezvous))
+		return
 	}
+	if inst == 0 {
+		c.ignored.Add(1)
+		return
+	}
+	p := &c.peers[src]
+	bound := p.instance.Load()
+	if bound == 0 && !c.ready.Load() {
+		p.instance.Store(inst)
+		p.heard.Store(true)
+		bound = inst
+		// Tell a newcomer about us at once rather than at the next beat,
+		// and that we know it as rank src.
+		c.publishCtl(c.subjHB, flagHello, c.hello)
+		c.ack(src, inst)
+	}
+	if inst != bound {
+		// A second process given rank src: tell it who holds the rank.
+		c.ignored.Add(1)
+		c.ack(src, bound)
+		return
+	}
+	if rest := pl[helloFixed-8:]; len(rest) > 8 && string(rest[8:]) == c.nc.ConnectedServerId() {
+		p.cid.Store(binary.LittleEndian.Uint64(rest))
+	}
+	c.seen(src)
+	c.progress(src)
 }
 
 // heartbeat publishes hellos and declares silent peers dead.
