@@ -147,13 +147,13 @@ type Conn struct {
 	instance uint64
 	// Start-up: every peer bound (its hello heard) and every peer's
 	// acknowledgement that it knows this instance as this rank.
-	startMu  sync.Mutex
-	nStart   int
-	allHeard chan struct{}
-	refused  chan struct{} // closed with refuseErr set: this process may not join
+	startMu   sync.Mutex
+	nStart    int
+	allHeard  chan struct{}
+	refused   chan struct{} // closed with refuseErr set: this process may not join
 	refuseErr error
-	ready    atomic.Bool
-	ignored  atomic.Int64 // hellos and acks of other instances or jobs, ignored
+	ready     atomic.Bool
+	ignored   atomic.Int64 // hellos and acks of other instances or jobs, ignored
 
 	once   sync.Once
 	closed chan struct{}
