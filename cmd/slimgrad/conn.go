@@ -212,12 +212,31 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 		if err != nil {
 			return nil, fmt.Errorf("rendezvous server: %w", err)
 		}
-		defer nc.Close()
 		conn, err := rendezvous.JoinLibp2p(ctx, nc, c.Job, world, lopts, rendezvous.WithTimeout(rdvTimeout))
 		if err != nil {
+			nc.Close()
+			if errors.Is(err, transport.ErrRankTaken) && rank >= 0 {
+				return nil, fmt.Errorf("rank %d is already taken: %w", rank, err)
+			}
 			return nil, err // not a nil *libp2p.Conn in a non-nil interface
 		}
-		return conn, nil
+		// The NATS connection stays open while the job runs, so that this
+		// process answers latecomers of the job (they fail at once).
+		return &answeringConn{Conn: conn, nc: nc}, nil
 	}
 	return nil, fmt.Errorf("unknown --transport %q (want nats or libp2p)", c.Transport)
+}
+
+// answeringConn is a libp2p rank that keeps its rendezvous connection open
+// (see rendezvous.Answer) until it closes.
+type answeringConn struct {
+	*libp2p.Conn
+	nc *natsgo.Conn
+}
+
+// Close closes the libp2p connection, then the NATS connection.
+func (c *answeringConn) Close() error {
+	err := c.Conn.Close()
+	c.nc.Close()
+	return err
 }
