@@ -44,6 +44,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -115,6 +116,13 @@ type peer struct {
 	// own instance (0: none yet).
 	ackedBy atomic.Uint64
 	counted bool // bound and acknowledged, under Conn.startMu
+
+	// Authentication (Config.Key): mac signs this rank's data to the peer
+	// (under sendMu); vData, vCtl and vHB verify the peer's data, control
+	// frames and hellos, each used by its handler goroutine only.
+	mac              *macer
+	vData, vCtl, vHB *macer
+	hbSeq, ctlSeqIn  uint64 // last sequence numbers accepted (vHB's, vCtl's goroutine)
 	// cid is the peer's client ID on this rank's server, from its hellos
 	// (0: unknown, or it is connected to another server of a cluster).
 	cid atomic.Uint64
@@ -153,7 +161,18 @@ type Conn struct {
 	refused   chan struct{} // closed with refuseErr set: this process may not join
 	refuseErr error
 	ready     atomic.Bool
-	ignored   atomic.Int64 // hellos and acks of other instances or jobs, ignored
+
+	// Authentication (Config.Key; tagLen is 0 without one). ctlMu orders
+	// the control frames and hellos this rank publishes with their
+	// sequence numbers (ctlSeq), signed by ctlMac; vGone verifies this
+	// rank's own gone markers (data handler goroutine).
+	tagLen                    int
+	ctlMu                     sync.Mutex
+	ctlSeq                    uint64
+	ctlMac                    *macer
+	vGone                     *macer
+	log                       *slog.Logger
+	forged, replayed, ignored dropCounter
 
 	once   sync.Once
 	closed chan struct{}
@@ -271,7 +290,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	if chunk == 0 {
 		chunk = maxPayload
 	}
-	if chunk > maxPayload || chunk < minChunk {
+	if chunk > maxPayload || chunk < minChunk+macLen {
 		return nil, fmt.Errorf("nats: chunk size %d outside [%d, %d] (server max payload)", chunk, minChunk, maxPayload)
 	}
 	c := &Conn{
@@ -285,6 +304,20 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		allHeard: make(chan struct{}),
 		refused:  make(chan struct{}),
 		closed:   make(chan struct{}),
+	}
+	c.forged.what, c.replayed.what, c.ignored.what = "forged", "replayed", "ignored"
+	c.log = cfg.Logger
+	if cfg.Key != nil {
+		c.tagLen = macLen
+		c.ctlMac = newMacer(cfg.Key, job, rank)
+		c.vGone = newMacer(cfg.Key, job, rank)
+		for p := range size {
+			if p != rank {
+				pp := &c.peers[p]
+				pp.mac = newMacer(cfg.Key, job, rank)
+				pp.vData, pp.vCtl, pp.vHB = newMacer(cfg.Key, job, p), newMacer(cfg.Key, job, p), newMacer(cfg.Key, job, p)
+			}
+		}
 	}
 	for c.instance == 0 {
 		var b [8]byte
@@ -386,11 +419,10 @@ func (c *Conn) Size() int { return c.size }
 // Job returns the job ID.
 func (c *Conn) Job() string { return c.job }
 
-// Ignored returns the number of messages this Conn ignored because they
-// did not come from its job's processes: hellos and acknowledgements of a
-// second process given a taken rank or another world size, and malformed
-// hellos. They change nothing else.
-func (c *Conn) Ignored() int64 { return c.ignored.Load() }
+// Drops returns the numbers of messages this Conn dropped, by reason.
+func (c *Conn) Drops() Drops {
+	return Drops{Forged: c.forged.n.Load(), Replayed: c.replayed.n.Load(), Ignored: c.ignored.n.Load()}
+}
 
 // NATSConn returns the underlying NATS connection.
 func (c *Conn) NATSConn() *natsgo.Conn { return c.nc }
@@ -442,7 +474,7 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		if first {
 			h += totalLen
 		}
-		n := min(len(b)-off, c.chunk-h)
+		n := min(len(b)-off, c.chunk-h-c.tagLen)
 		last := off+n == len(b)
 		var flags uint8
 		if first {
@@ -459,6 +491,9 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		crc := transport.UpdateChecksum(0, buf[transport.FrameHeaderLen:h])
 		crc = transport.CopyChecksum(buf[h:], b[off:off+n], crc)
 		transport.PutFrameHeaderSum(buf, flags, tag, len(buf)-transport.FrameHeaderLen, crc)
+		if p.mac != nil {
+			buf = append(buf, p.mac.sum(c.instance, c.subjData[peer], buf)...) // within scratch: h+n+tagLen <= chunk
+		}
 		if err := c.nc.Publish(c.subjData[peer], buf); err != nil {
 			// Part of the message may be out: the link is unusable.
 			cause := fmt.Errorf("%w: publish: %w", transport.ErrPeerDead, err)
@@ -532,11 +567,20 @@ func (c *Conn) shutdown(bye bool) {
 	})
 }
 
+// publishCtl publishes a control frame or hello: its tag field carries
+// this rank's next control sequence number, and with Config.Key it is
+// signed.
 func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
-	var buf [transport.FrameHeaderLen + helloFixed + maxHelloServerID]byte
-	n := copy(buf[transport.FrameHeaderLen:], payload)
+	var buf [transport.FrameHeaderLen + helloFixed + maxHelloServerID + macLen]byte
+	n := copy(buf[transport.FrameHeaderLen:transport.FrameHeaderLen+helloFixed+maxHelloServerID], payload)
 	msg := buf[:transport.FrameHeaderLen+n]
-	transport.PutFrameHeader(msg, flags, 0, msg[transport.FrameHeaderLen:])
+	c.ctlMu.Lock()
+	defer c.ctlMu.Unlock()
+	c.ctlSeq++
+	transport.PutFrameHeader(msg, flags, c.ctlSeq, msg[transport.FrameHeaderLen:])
+	if c.ctlMac != nil {
+		msg = append(msg, c.ctlMac.sum(c.instance, subj, msg)...)
+	}
 	c.nc.Publish(subj, msg) // best effort: a lost control message is covered by timeouts
 	return len(msg)
 }
@@ -655,13 +699,36 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	if !ok {
 		return
 	}
+	data := m.Data
+	if c.tagLen != 0 {
+		// This rank's own gone markers travel on the subject of src's data
+		// and are signed with this rank's key.
+		var frame []byte
+		switch p := &c.peers[src]; {
+		case len(data) > 3 && data[3] == flagGone:
+			frame, ok = c.vGone.verify(c.instance, m.Subject, data)
+		case p.instance.Load() != 0:
+			frame, ok = p.vData.verify(p.instance.Load(), m.Subject, data)
+		default:
+			ok = false
+		}
+		if !ok {
+			c.forged.add(c.log, c.job, c.rank, src, "data frame failed authentication")
+			return
+		}
+		data = frame
+	}
 	c.seen(src)
 	if c.in.Failed(src) != nil {
 		clear(c.peers[src].partial) // never completed: free it
 		return
 	}
 	c.stats.RecvWire(src, len(m.Data))
-	if err := c.handleChunk(src, m.Data); err != nil {
+	if err := c.handleChunk(src, data); err != nil {
+		if errors.Is(err, errReplay) {
+			c.replayed.add(c.log, c.job, c.rank, src, err.Error())
+			return
+		}
 		if errors.Is(err, errPeerClosed) || errors.Is(err, errPeerGone) {
 			c.failPeer(src, err, false)
 		} else {
@@ -703,10 +770,9 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		return fmt.Errorf("%w: chunk without sequence number", transport.ErrBadFrame)
 	}
 	p := &c.peers[src]
-	if seq := binary.LittleEndian.Uint64(pl); seq != p.rxSeq {
-		return fmt.Errorf("%w: chunk %d lost (got %d)", transport.ErrPeerDead, p.rxSeq, seq)
+	if err := c.checkSeq(p, binary.LittleEndian.Uint64(pl)); err != nil {
+		return err
 	}
-	p.rxSeq++
 	pl = pl[seqLen:]
 	pt := p.partial[h.Tag]
 	if h.Flags&flagFirst != 0 {
@@ -717,6 +783,11 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		pl = pl[totalLen:]
 		if total > uint64(c.cfg.MaxFrame) {
 			return fmt.Errorf("%w: %d-byte message, limit %d", transport.ErrTooLarge, total, c.cfg.MaxFrame)
+		}
+		// Checked against the sender's credit before anything is
+		// allocated for the message (see the check after delivery).
+		if _, held := c.in.Held(src); held+inbox.Charge(int(total)) > c.cfg.Window+inbox.Charge(c.cfg.MaxFrame) {
+			return fmt.Errorf("%w: rank %d exceeded its credit (a %d-byte message on %d bytes unconsumed, window %d)", transport.ErrBadFrame, src, total, held, c.cfg.Window)
 		}
 		if len(p.partial) != 0 {
 			// A sender publishes each message whole under its sendMu, so
@@ -760,6 +831,14 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 	p := &c.peers[src]
 	pt := p.partial[h.Tag]
 	data := pl[seqLen:]
+	if seq := binary.LittleEndian.Uint64(pl); seq != p.rxSeq {
+		// Nothing is copied for an out-of-sequence chunk (a replay must
+		// not touch the message being assembled).
+		if err := h.VerifyPayload(pl); err != nil {
+			return err
+		}
+		return c.checkSeq(p, seq)
+	}
 	if pt == nil || pt.n+len(data) > len(pt.buf) {
 		// Report a damaged chunk as such rather than as a protocol error.
 		if err := h.VerifyPayload(pl); err != nil {
@@ -775,12 +854,34 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 	if crc != h.CRC {
 		return fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag)
 	}
-	if seq := binary.LittleEndian.Uint64(pl); seq != p.rxSeq {
-		return fmt.Errorf("%w: chunk %d lost (got %d)", transport.ErrPeerDead, p.rxSeq, seq)
-	}
 	p.rxSeq++
 	pt.n += len(data)
 	return c.finish(src, p, h, pt)
+}
+
+// errReplay is the cause of an authenticated chunk dropped for repeating
+// an earlier sequence number.
+var errReplay = errors.New("nats: replayed chunk")
+
+// checkSeq accepts chunk number seq from p if it is the next one. An
+// earlier number is a replay when frames are authenticated (errReplay:
+// dropped, the link unharmed); a later one means that a real chunk failed
+// authentication (ErrBadFrame). Without authentication both are a lost
+// chunk (ErrPeerDead).
+func (c *Conn) checkSeq(p *peer, seq uint64) error {
+	switch {
+	case seq == p.rxSeq:
+		p.rxSeq++
+		return nil
+	case c.tagLen == 0:
+	case seq < p.rxSeq:
+		return fmt.Errorf("%w %d (next %d)", errReplay, seq, p.rxSeq)
+	default:
+		// Chunks are lost only with the connection (which fails every
+		// link): the missing one was corrupted and failed authentication.
+		return fmt.Errorf("%w: chunk %d missing (got %d): it failed authentication (corrupted in flight)", transport.ErrBadFrame, p.rxSeq, seq)
+	}
+	return fmt.Errorf("%w: chunk %d lost (got %d)", transport.ErrPeerDead, p.rxSeq, seq)
 }
 
 // finish ends a chunk added to partial message pt: a chunk flagged last
@@ -803,21 +904,44 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 	if !ok {
 		return
 	}
+	data := m.Data
+	p := &c.peers[src]
+	if c.tagLen != 0 {
+		// An acknowledgement may come before src's hello is bound: it is
+		// signed by the instance it names as its sender.
+		inst := p.instance.Load()
+		if n := len(data) - macLen - transport.FrameHeaderLen; n == 16 && data[3] == flagAck {
+			inst = binary.LittleEndian.Uint64(data[transport.FrameHeaderLen+8:])
+		}
+		frame, ok := p.vCtl.verify(inst, m.Subject, data)
+		if !ok || inst == 0 {
+			c.forged.add(c.log, c.job, c.rank, src, "control frame failed authentication")
+			return
+		}
+		if inst == p.instance.Load() {
+			if seq := binary.LittleEndian.Uint64(frame[4:]); seq <= p.ctlSeqIn {
+				c.replayed.add(c.log, c.job, c.rank, src, fmt.Sprintf("control frame %d (last %d)", seq, p.ctlSeqIn))
+				return
+			} else {
+				p.ctlSeqIn = seq
+			}
+		}
+		data = frame
+	}
 	c.seen(src)
 	c.stats.RecvWire(src, len(m.Data))
-	h, err := transport.ParseFrameHeader(m.Data, c.maxIn)
+	h, err := transport.ParseFrameHeader(data, c.maxIn)
 	if err == nil {
-		err = h.VerifyPayload(m.Data[transport.FrameHeaderLen:])
+		err = h.VerifyPayload(data[transport.FrameHeaderLen:])
 	}
 	if err != nil {
 		c.failPeer(src, &transport.InboundError{Rank: src, Err: err}, true)
 		return
 	}
-	pl := m.Data[transport.FrameHeaderLen:]
+	pl := data[transport.FrameHeaderLen:]
 	switch {
 	case h.Flags == flagCredit && len(pl) == 8:
 		v := int64(binary.LittleEndian.Uint64(pl))
-		p := &c.peers[src]
 		if v > p.granted {
 			c.win[src].Release(v - p.granted)
 			p.granted = v
@@ -829,7 +953,7 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 			// process came second (it must not join), or the ack is meant
 			// for a second process given this rank (and a ready Conn
 			// ignores it).
-			c.ignored.Add(1)
+			c.ignored.add(c.log, c.job, c.rank, src, "acknowledgement naming another process as this rank")
 			c.refuse(fmt.Errorf("nats: job %s: rank %d is already taken: rank %d knows another process as rank %d: %w (%w)",
 				c.job, c.rank, src, c.rank, transport.ErrRankTaken, transport.ErrRendezvous))
 			return
@@ -891,30 +1015,53 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 	if !ok {
 		return
 	}
-	h, err := transport.ParseFrameHeader(m.Data, c.maxIn)
-	pl := m.Data[min(len(m.Data), transport.FrameHeaderLen):]
+	data := m.Data
+	p := &c.peers[src]
+	if c.tagLen != 0 {
+		// A hello is signed by the instance it announces.
+		var inst uint64
+		if len(data) >= transport.FrameHeaderLen+8+macLen {
+			inst = binary.LittleEndian.Uint64(data[transport.FrameHeaderLen:])
+		}
+		frame, ok := p.vHB.verify(inst, m.Subject, data)
+		if !ok {
+			c.forged.add(c.log, c.job, c.rank, src, "hello failed authentication")
+			return
+		}
+		if inst == p.instance.Load() {
+			if seq := binary.LittleEndian.Uint64(frame[4:]); seq <= p.hbSeq {
+				c.replayed.add(c.log, c.job, c.rank, src, fmt.Sprintf("hello %d (last %d)", seq, p.hbSeq))
+				return
+			} else {
+				p.hbSeq = seq
+			}
+		}
+		data = frame
+	}
+	h, err := transport.ParseFrameHeader(data, c.maxIn)
+	pl := data[min(len(data), transport.FrameHeaderLen):]
 	if err == nil {
 		err = h.VerifyPayload(pl)
 	}
 	if err != nil || h.Flags != flagHello || len(pl) < helloFixed {
-		c.ignored.Add(1)
+		c.ignored.add(c.log, c.job, c.rank, src, "malformed hello")
 		return
 	}
 	inst, world := binary.LittleEndian.Uint64(pl[0:]), int(binary.LittleEndian.Uint32(pl[8:]))
 	if world != c.size {
-		c.ignored.Add(1)
+		c.ignored.add(c.log, c.job, c.rank, src, "hello of another world size")
 		c.refuse(fmt.Errorf("nats: job %s rank %d: rank %d belongs to a job of %d ranks, but this process was given a world size of %d: %w (%w)",
 			c.job, c.rank, src, world, c.size, transport.ErrWorldMismatch, transport.ErrRendezvous))
 		return
 	}
 	if inst == 0 {
-		c.ignored.Add(1)
+		c.ignored.add(c.log, c.job, c.rank, src, "hello without an instance")
 		return
 	}
-	p := &c.peers[src]
 	bound := p.instance.Load()
 	if bound == 0 && !c.ready.Load() {
 		p.instance.Store(inst)
+		p.hbSeq = h.Tag
 		p.heard.Store(true)
 		bound = inst
 		// Tell a newcomer about us at once rather than at the next beat,
@@ -924,7 +1071,7 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 	}
 	if inst != bound {
 		// A second process given rank src: tell it who holds the rank.
-		c.ignored.Add(1)
+		c.ignored.add(c.log, c.job, c.rank, src, "hello of a second process given this rank")
 		c.ack(src, bound)
 		return
 	}

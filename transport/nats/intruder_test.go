@@ -102,7 +102,7 @@ func TestRankTaken(t *testing.T) {
 	for round := 1; round <= 20; round++ {
 		wantRing(t, ringRound(t, conns, round), round)
 	}
-	if conns[0].Ignored() == 0 {
+	if conns[0].Drops().Ignored == 0 {
 		t.Error("rank 0 ignored nothing: the intruder's hellos were not seen")
 	}
 }

@@ -2,6 +2,7 @@ package nats
 
 import (
 	"fmt"
+	"log/slog"
 	"regexp"
 	"time"
 
@@ -64,9 +65,23 @@ type Config struct {
 	// PeerTimeout. A server that does not publish them (an external
 	// server without the export natsserver sets up) leaves the heartbeats.
 	DisconnectSubject string
+	// Key, when set, is the job's secret: every message a Conn publishes is
+	// authenticated with a key derived from it for the sending rank, and
+	// messages that fail authentication or repeat an earlier one are
+	// dropped (counted in Drops, logged) without any other effect. Every
+	// rank of a job must have the same Key; at least MinKeyLen bytes. nil
+	// leaves messages unauthenticated (anyone who may publish on the
+	// job's subjects can then fail its links).
+	Key []byte
+	// Logger receives a line for dropped messages (the 1st, 2nd, 4th...
+	// of each kind); nil logs nothing.
+	Logger *slog.Logger
 	// Server configures the embedded server NewGroup starts.
 	Server natsserver.Options
 }
+
+// MinKeyLen is the shortest Config.Key accepted.
+const MinKeyLen = 16
 
 // Option changes a Config. Nil options are ignored.
 type Option func(*Config) error
@@ -98,6 +113,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("chunk size %d below %d", c.ChunkSize, minChunk)
 	case c.Heartbeat <= 0 || c.PeerTimeout <= c.Heartbeat:
 		return fmt.Errorf("heartbeat %v and peer timeout %v: want 0 < heartbeat < timeout", c.Heartbeat, c.PeerTimeout)
+	case c.Key != nil && len(c.Key) < MinKeyLen:
+		return fmt.Errorf("key of %d bytes: want at least %d", len(c.Key), MinKeyLen)
 	case c.ConnectTimeout <= 0:
 		return fmt.Errorf("connect timeout %v must be positive", c.ConnectTimeout)
 	}
@@ -108,6 +125,14 @@ func (c *Config) validate() error {
 func WithToken(token string) Option {
 	return func(c *Config) error { c.Token = token; c.Server.Token = token; return nil }
 }
+
+// WithKey sets Config.Key (a copy of key).
+func WithKey(key []byte) Option {
+	return func(c *Config) error { c.Key = append([]byte(nil), key...); return nil }
+}
+
+// WithLogger sets Config.Logger.
+func WithLogger(l *slog.Logger) Option { return func(c *Config) error { c.Logger = l; return nil } }
 
 // WithCredentials sets Config.CredsFile.
 func WithCredentials(file string) Option {
