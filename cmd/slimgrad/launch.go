@@ -48,6 +48,12 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if o.Transport == "libp2p" && o.Listen == "" {
 		o.Listen = "/ip4/127.0.0.1/tcp/0" // every worker is on this machine
 	}
+	if o.Key == "" && o.KeyFile == "" {
+		// A key per job: every NATS frame of the workers is authenticated.
+		var b [32]byte
+		rand.Read(b[:])
+		o.Key = hex.EncodeToString(b[:])
+	}
 	if o.NATS == "" {
 		if o.Token == "" {
 			var b [16]byte
