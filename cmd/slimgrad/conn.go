@@ -39,7 +39,7 @@ type connOptions struct {
 	// frame; otherwise it comes from $SLIMGRAD_JOB_KEY. Key is the loaded
 	// value (never a flag); empty leaves frames unauthenticated.
 	KeyFile, Key string
-	Creds            string // NATS credentials file (user JWT and NKey seed)
+	Creds        string // NATS credentials file (user JWT and NKey seed)
 	// NATS TLS: the CA that signed the server's certificate, and a client
 	// certificate and key for servers that verify clients.
 	NATSCA, NATSCert, NATSKey string
