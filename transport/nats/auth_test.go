@@ -296,3 +296,21 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 	waitDrops(t, conns[0], "the wrong key's hellos dropped", func(d nats.Drops) bool { return d.Forged >= 1 })
 	exchange(t, conns, 1, 1000)
 }
+
+// TestBacklogBounded: every subscription's backlog in the NATS client is
+// bounded (one per peer for data, sized from the window and MaxFrame), so
+// a flood cannot make a rank buffer without limit.
+func TestBacklogBounded(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	conns := dialAll(t, srv.ClientURL(), "bounded", 3, fastHB, nats.WithWindow(1<<20), nats.WithMaxFrame(4<<20))
+	lim := conns[0].PendingLimits()
+	if len(lim) != 5 { // two peers' data, control, hellos, disconnect notices
+		t.Fatalf("%d subscriptions: %v", len(lim), lim)
+	}
+	for i, l := range lim {
+		if l[0] <= 0 || l[1] <= 0 || l[1] > 64<<20 {
+			t.Errorf("subscription %d: limits %v, want positive and at most 64 MiB", i, l)
+		}
+	}
+	exchange(t, conns, 0, 3<<20) // messages of 3 MiB pass the bounds
+}

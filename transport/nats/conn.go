@@ -45,6 +45,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -354,24 +355,39 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		close(c.allHeard)
 	}
 
-	subscribe := func(subj string, h natsgo.MsgHandler) error {
+	// Every subscription's backlog in the NATS client is bounded. A peer's
+	// data subject has its own: a sender that honours its credit never has
+	// more than a window and one message unconsumed here (inbox or
+	// backlog), so its chunks are never dropped; a flood beyond that drops
+	// chunks, and the gap fails that link alone. Control frames and hellos
+	// are small and few.
+	dataBytes := 2*(cfg.Window+inbox.Charge(cfg.MaxFrame)) + int64(chunk)
+	dataMsgs := dataBytes/inbox.MsgOverhead + 1024
+	subscribe := func(subj string, h natsgo.MsgHandler, msgs, bytes int64) error {
 		s, err := nc.Subscribe(subj, h)
 		if err != nil {
 			return err
 		}
 		c.subs = append(c.subs, s)
-		return s.SetPendingLimits(-1, -1) // bounded by credit; never drop
+		return s.SetPendingLimits(int(min(msgs, math.MaxInt32)), int(min(bytes, math.MaxInt)))
 	}
 	var err error
-	if err = subscribe(fmt.Sprintf("%sd.%d.*", base, rank), c.onData); err == nil {
-		if err = subscribe(fmt.Sprintf("%sc.%d.*", base, rank), c.onCtl); err == nil {
-			if err = subscribe(base+"h.*", c.onHB); err == nil && cfg.DisconnectSubject != "" {
-				err = subscribe(cfg.DisconnectSubject, c.onDisconnect)
-			}
-			if err == nil {
-				err = nc.FlushWithContext(ctx)
-			}
+	for p := 0; p < size && err == nil; p++ {
+		if p != rank {
+			err = subscribe(c.subjGone[p], c.onData, dataMsgs, dataBytes)
 		}
+	}
+	if err == nil {
+		err = subscribe(fmt.Sprintf("%sc.%d.*", base, rank), c.onCtl, ctlPendingMsgs, ctlPendingBytes)
+	}
+	if err == nil {
+		err = subscribe(base+"h.*", c.onHB, ctlPendingMsgs, ctlPendingBytes)
+	}
+	if err == nil && cfg.DisconnectSubject != "" {
+		err = subscribe(cfg.DisconnectSubject, c.onDisconnect, ctlPendingMsgs, ctlPendingBytes)
+	}
+	if err == nil {
+		err = nc.FlushWithContext(ctx)
 	}
 	if err != nil {
 		c.shutdown(false)
@@ -584,6 +600,13 @@ func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
 	c.nc.Publish(subj, msg) // best effort: a lost control message is covered by timeouts
 	return len(msg)
 }
+
+// Backlog bounds of the control, hello and disconnect-notice
+// subscriptions (see newConn).
+const (
+	ctlPendingMsgs  = 1 << 16
+	ctlPendingBytes = 64 << 20
+)
 
 // helloFixed is the fixed part of a hello: instance ID, world size and
 // client ID.
@@ -878,8 +901,9 @@ func (c *Conn) checkSeq(p *peer, seq uint64) error {
 		return fmt.Errorf("%w %d (next %d)", errReplay, seq, p.rxSeq)
 	default:
 		// Chunks are lost only with the connection (which fails every
-		// link): the missing one was corrupted and failed authentication.
-		return fmt.Errorf("%w: chunk %d missing (got %d): it failed authentication (corrupted in flight)", transport.ErrBadFrame, p.rxSeq, seq)
+		// link) or past the subscription's backlog bound: the missing one
+		// was most likely corrupted and failed authentication.
+		return fmt.Errorf("%w: chunk %d missing (got %d): it failed authentication (corrupted in flight) or was dropped (the link's backlog was full)", transport.ErrBadFrame, p.rxSeq, seq)
 	}
 	return fmt.Errorf("%w: chunk %d lost (got %d)", transport.ErrPeerDead, p.rxSeq, seq)
 }

@@ -43,3 +43,14 @@ func (c *Conn) PublishCorrupted(peer int, tag uint64, n int) error {
 
 // Outstanding returns the credit c has outstanding towards peer.
 func (c *Conn) Outstanding(peer int) int64 { return c.win[peer].Outstanding() }
+
+// PendingLimits returns the backlog bounds (messages, bytes) of every
+// subscription of c.
+func (c *Conn) PendingLimits() [][2]int {
+	var out [][2]int
+	for _, s := range c.subs {
+		m, b, _ := s.PendingLimits()
+		out = append(out, [2]int{m, b})
+	}
+	return out
+}
