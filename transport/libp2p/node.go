@@ -96,6 +96,8 @@ type Node struct {
 	conn      *Conn // set by Connect
 	closed    bool
 
+	rm network.ResourceManager // closed by the host
+
 	// joinedHook, if set (by tests, before ServeBootstrap), is called with
 	// the number of members each time a joiner is accepted.
 	joinedHook func(members int)
@@ -121,6 +123,10 @@ func listen(o Options) (*Node, error) {
 	for _, a := range o.AnnounceAddrs {
 		announce = append(announce, ma.StringCast(a)) // validated
 	}
+	rm, err := resourceManager(JobLimits(o.MaxPeers))
+	if err != nil {
+		return nil, err
+	}
 	hopts := []golibp2p.Option{
 		golibp2p.ListenAddrStrings(o.ListenAddrs...),
 		golibp2p.AddrsFactory(func(listen []ma.Multiaddr) []ma.Multiaddr { return announced(listen, announce) }),
@@ -128,7 +134,7 @@ func listen(o Options) (*Node, error) {
 		golibp2p.Muxer(yamux.ID, muxer()),
 		golibp2p.ConnectionGater(g),
 		golibp2p.ConnectionManager(connmgr.NullConnMgr{}),
-		golibp2p.ResourceManager(&network.NullResourceManager{}),
+		golibp2p.ResourceManager(rm),
 		golibp2p.DisableRelay(),
 		golibp2p.DisableMetrics(),
 		golibp2p.Ping(false),
@@ -149,9 +155,10 @@ func listen(o Options) (*Node, error) {
 	}
 	h, err := golibp2p.New(hopts...)
 	if err != nil {
+		rm.Close()
 		return nil, fmt.Errorf("libp2p: new host: %w", err)
 	}
-	return &Node{opts: o, host: h, gater: g}, nil
+	return &Node{opts: o, host: h, gater: g, rm: rm}, nil
 }
 
 // Yamux tuning (see muxer).
