@@ -23,6 +23,14 @@ import (
 // every user of the machine can read (ps).
 const tokenEnv = "SLIMGRAD_NATS_TOKEN"
 
+// userEnv and passwordEnv carry a worker's own NATS user, which launch
+// creates per rank on its embedded server (allowed only that rank's
+// subjects of the job).
+const (
+	userEnv     = "SLIMGRAD_NATS_USER"
+	passwordEnv = "SLIMGRAD_NATS_PASSWORD"
+)
+
 // keyEnv is the environment variable that carries the job key (see
 // --key-file) to a worker; launch makes one per job.
 const keyEnv = "SLIMGRAD_JOB_KEY"
@@ -39,6 +47,8 @@ type connOptions struct {
 	// frame; otherwise it comes from $SLIMGRAD_JOB_KEY. Key is the loaded
 	// value (never a flag); empty leaves frames unauthenticated.
 	KeyFile, Key string
+	// User and Password are a NATS user (from the environment only).
+	User, Password string
 	Creds        string // NATS credentials file (user JWT and NKey seed)
 	// NATS TLS: the CA that signed the server's certificate, and a client
 	// certificate and key for servers that verify clients.
@@ -122,6 +132,9 @@ func (c *connOptions) validate() error {
 	if tok != "" {
 		c.Token = tok
 	}
+	if u := os.Getenv(userEnv); u != "" {
+		c.User, c.Password = u, os.Getenv(passwordEnv)
+	}
 	key, err := loadSecret("--key-file", c.KeyFile, keyEnv)
 	if err != nil {
 		return err
@@ -161,11 +174,14 @@ func loadToken(file string) (string, error) { return loadSecret("--token-file", 
 // credentials, TLS.
 func (c *connOptions) natsOptions() []natsgo.Option {
 	var opts []natsgo.Option
-	if c.Token != "" {
+	if c.Token != "" && c.User == "" {
 		opts = append(opts, natsgo.Token(c.Token))
 	}
 	if c.Creds != "" {
 		opts = append(opts, natsgo.UserCredentials(c.Creds))
+	}
+	if c.User != "" {
+		opts = append(opts, natsgo.UserInfo(c.User, c.Password))
 	}
 	if c.NATSCA != "" {
 		opts = append(opts, natsgo.RootCAs(c.NATSCA))

@@ -53,14 +53,15 @@ func TestWorkerRankTaken(t *testing.T) {
 					t.Fatalf("rank 2 of 3: err = %v, want a world size mismatch", err)
 				}
 			}
-			for r, c := range conns {
-				if err := c.Send(ctx, 1-r, 9, []byte{byte(r)}); err != nil {
-					t.Fatalf("rank %d: %v", r, err)
+			// (libp2p ranks come from the rendezvous, not the order above.)
+			for _, c := range conns {
+				if err := c.Send(ctx, 1-c.Rank(), 9, []byte{byte(c.Rank())}); err != nil {
+					t.Fatalf("rank %d: %v", c.Rank(), err)
 				}
 			}
-			for r, c := range conns {
-				if b, err := c.Recv(ctx, 1-r, 9); err != nil || len(b) != 1 || int(b[0]) != 1-r {
-					t.Fatalf("rank %d: %v, %v", r, b, err)
+			for _, c := range conns {
+				if b, err := c.Recv(ctx, 1-c.Rank(), 9); err != nil || len(b) != 1 || int(b[0]) != 1-c.Rank() {
+					t.Fatalf("rank %d: %v, %v", c.Rank(), b, err)
 				}
 			}
 		})

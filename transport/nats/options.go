@@ -80,6 +80,28 @@ type Config struct {
 	Server natsserver.Options
 }
 
+// Permissions returns the subjects rank of a job of size ranks publishes
+// and subscribes to with the default subject prefix and disconnect subject:
+// what a NATS user for that rank alone needs (natsserver.User, or the
+// permissions of an external server's user). A rank so restricted cannot
+// publish as another rank, nor touch another job.
+func Permissions(job string, rank int) (publish, subscribe []string) {
+	base := DefaultSubjectPrefix + "." + job + "."
+	publish = []string{
+		fmt.Sprintf("%sd.*.%d", base, rank), // data and goodbyes to each peer
+		fmt.Sprintf("%sc.*.%d", base, rank), // credit, aborts, acknowledgements
+		fmt.Sprintf("%sh.%d", base, rank),   // hellos
+		fmt.Sprintf("%sd.%d.*", base, rank), // gone markers, to itself
+	}
+	subscribe = []string{
+		fmt.Sprintf("%sd.%d.*", base, rank),
+		fmt.Sprintf("%sc.%d.*", base, rank),
+		base + "h.*",
+		natsserver.DisconnectSubject,
+	}
+	return publish, subscribe
+}
+
 // MinKeyLen is the shortest Config.Key accepted.
 const MinKeyLen = 16
 
