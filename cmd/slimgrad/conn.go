@@ -49,7 +49,7 @@ type connOptions struct {
 	KeyFile, Key string
 	// User and Password are a NATS user (from the environment only).
 	User, Password string
-	Creds        string // NATS credentials file (user JWT and NKey seed)
+	Creds          string // NATS credentials file (user JWT and NKey seed)
 	// NATS TLS: the CA that signed the server's certificate, and a client
 	// certificate and key for servers that verify clients.
 	NATSCA, NATSCert, NATSKey string
