@@ -22,13 +22,28 @@
 //
 // Every rank publishes a heartbeat every Heartbeat; a peer whose connection
 // to the server ends (announced by the server's disconnect notices, see
-// Config.DisconnectSubject), a peer heard from for no PeerTimeout, a peer that says goodbye (Close) and a bad frame become a
+// Config.DisconnectSubject), a peer heard from for no PeerTimeout, a peer
+// that says goodbye (Close) and a bad frame become a
 // *transport.PeerError on the calls concerning that peer. A break of this
 // rank's connection to the server (closed, disconnected, or reconnected, as
 // messages in flight may have been lost) fails every peer within one
 // Heartbeat. A server must therefore not cut slow consumers: its per-client
 // max_pending should exceed (size-1) × (Window + MaxFrame-sized message in
 // flight); natsserver's default is 1 GiB.
+//
+// Joining: every Conn announces in its hellos a random instance ID and
+// the world size. The first hello heard for a rank binds that rank to its
+// instance; every rank acknowledges to each peer the instance it bound for
+// it, and Dial returns only when every peer has acknowledged this one. A
+// second process given a rank that is taken, or another world size, fails
+// its Dial at once (transport.ErrRankTaken, transport.ErrWorldMismatch)
+// and the running job ignores it: nothing published on the heartbeat
+// subjects fails a link, and no abort notice is sent before Dial returns.
+//
+// With Config.Key every message is authenticated and carries a sequence
+// number; forged and replayed messages are dropped (see Drops and the
+// comment of macLen). SECURITY.md at the root of the module has the
+// threat model.
 //
 // Dial connects to a server (an external one, with a token or credentials
 // file, or a natsserver started by the caller); New uses a connection the
