@@ -113,7 +113,13 @@ func (e *Error) Error() string {
 	if missing := e.World - len(e.Joined); missing > 0 {
 		fmt.Fprintf(&b, ", %d missing", missing)
 	} else if len(e.Confirmed) < len(e.Joined) {
-		fmt.Fprintf(&b, ", %d did not confirm the group", len(e.Joined)-len(e.Confirmed))
+		var silent []string
+		for _, m := range e.Joined {
+			if !slices.Contains(e.Confirmed, m.ID) {
+				silent = append(silent, m.ID)
+			}
+		}
+		fmt.Fprintf(&b, ", %d did not confirm the group: [%s]", len(silent), strings.Join(silent, " "))
 	}
 	ids := make([]string, len(e.Joined))
 	for i, m := range e.Joined {

@@ -410,3 +410,37 @@ func TestLibp2pLatecomerRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestFakeMemberNeverConfirms: a process that announces itself once as a
+// member and then says nothing makes the rendezvous fail within its
+// timeout, with an error that names it as the member that did not confirm.
+func TestFakeMemberNeverConfirms(t *testing.T) {
+	s := startServer(t)
+	fake := dial(t, s)
+	b, err := json.Marshal(joinMsg{V: protoVersion, Job: "fake", World: 3, Member: Member{ID: "m-fake"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Published until both real members have subscribed and seen it: it
+	// is republished on every real member's message.
+	sub, err := fake.Subscribe("slimgrad.rendezvous.fake", func(m *nats.Msg) {
+		var jm joinMsg
+		if json.Unmarshal(m.Data, &jm) == nil && jm.ID != "m-fake" && jm.View == "" {
+			fake.Publish("slimgrad.rendezvous.fake", b)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	fake.Flush()
+	start := time.Now()
+	for i, r := range joinAll(t, s, "fake", 3, members("m", 2), WithTimeout(time.Second)) {
+		if !errors.Is(r.err, transport.ErrRendezvous) || !strings.Contains(r.err.Error(), "did not confirm the group: [m-fake]") {
+			t.Errorf("member %d: err = %v, want a timeout naming m-fake", i, r.err)
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("failed after %v, timeout 1s", d)
+	}
+}
