@@ -183,6 +183,7 @@ type OneBitAdam struct {
 	m, v []float32
 	den  []float32 // √v + eps, fixed at the freeze
 	mask []float32
+	send []float32 // the compression stage's local momentum, sent by Prepare
 }
 
 // NewOneBitAdam returns 1-bit Adam for n parameters. cfg.FreezeStep must be
@@ -201,7 +202,7 @@ func NewOneBitAdam(n int, cfg AdamConfig) (*OneBitAdam, error) {
 		return nil, fmt.Errorf("%w: 1-bit Adam has no bias correction (as DeepSpeed)", ErrConfig)
 	}
 	o := &OneBitAdam{base: base{n: n, lr: cfg.LR}, cfg: cfg, m: make([]float32, n), v: make([]float32, n),
-		den: make([]float32, n), mask: make([]float32, n)}
+		den: make([]float32, n), mask: make([]float32, n), send: make([]float32, n)}
 	if cfg.Mask != nil {
 		if len(cfg.Mask) != n {
 			return nil, fmt.Errorf("%w: mask has %d elements, want %d", ErrConfig, len(cfg.Mask), n)
@@ -220,8 +221,8 @@ func (o *OneBitAdam) Stage() Stage {
 }
 
 // Prepare returns the local gradient for a DenseMean during warm-up, and in
-// the compression stage updates the local momentum with grad and returns it
-// (an internal buffer) for TwoPhaseSign.
+// the compression stage returns the local momentum β1·m + (1−β1)·grad (in an
+// internal buffer, valid until the next Prepare) for TwoPhaseSign.
 func (o *OneBitAdam) Prepare(grad []float32) ([]float32, Exchange, error) {
 	if err := o.checkGrad(grad); err != nil {
 		return nil, DenseMean, err
@@ -229,13 +230,15 @@ func (o *OneBitAdam) Prepare(grad []float32) ([]float32, Exchange, error) {
 	if o.Stage() == Warmup {
 		return grad, DenseMean, nil
 	}
+	// The local momentum goes to a buffer of its own: o.m changes only in
+	// Step (to the all-reduced momentum), so that Skip leaves it as it was.
 	b1 := float32(o.cfg.Beta1)
-	m := o.m
+	m, send := o.m, o.send[:len(o.m)]
 	grad = grad[:len(m)]
 	for j := range m {
-		m[j] = b1*m[j] + (1-b1)*grad[j]
+		send[j] = b1*m[j] + (1-b1)*grad[j]
 	}
-	return m, TwoPhaseSign, nil
+	return send, TwoPhaseSign, nil
 }
 
 // Step applies one step: the Adam moment update on the averaged gradient

@@ -76,6 +76,12 @@ type Optimizer interface {
 	// and ErrSequence without a preceding Prepare; params are then unchanged.
 	Step(params, agg []float32) error
 
+	// Skip abandons the vector the last Prepare returned: the step is not
+	// taken (for example a NaN or Inf gradient on some rank under a skip
+	// policy), and the optimizer's state is as before that Prepare; the next
+	// call is Prepare. Skip without a pending Prepare does nothing.
+	Skip()
+
 	// Len is the parameter count.
 	Len() int
 	// Steps is the number of completed steps.
@@ -110,6 +116,9 @@ type base struct {
 
 // Len implements Optimizer.
 func (b *base) Len() int { return b.n }
+
+// Skip implements Optimizer for optimizers whose Prepare changes no state.
+func (b *base) Skip() { b.prepared = false }
 
 // Steps implements Optimizer.
 func (b *base) Steps() int { return b.steps }

@@ -315,6 +315,10 @@ func (s *Sim) Name() string {
 // all units on the same topology (gradient compute included).
 func (s *Sim) BaselineTime() time.Duration { return s.baseline }
 
+// GradTime is the simulated time of a step's gradient computation: the
+// slowest worker's forward and backward pass (0 without SimConfig.GradFLOP).
+func (s *Sim) GradTime() time.Duration { return s.gradTime }
+
 // Recipes returns the codec recipe of every unit's Mean layer now, in unit
 // order (the plan's, the warm-up stage's or L-GreCo's active choice).
 func (s *Sim) Recipes() []string {

@@ -16,7 +16,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/slimgrad/slimgrad/internal/kernels"
 	"github.com/slimgrad/slimgrad/optim"
+	"github.com/slimgrad/slimgrad/worker"
 	"github.com/slimgrad/slimgrad/workload"
 )
 
@@ -145,6 +147,10 @@ type Record struct {
 	// Wall is the real time the step took in this process; Compute is the
 	// part spent computing the workers' gradients (all workers).
 	Wall, Compute time.Duration
+	// Synced is the number of fragments whose pseudo-gradients an outer
+	// loop (RunOuter) exchanged at this step: 0 on a local step (and in
+	// per-step training, Run and RunRank).
+	Synced int
 }
 
 // Saved is the cumulative ratio TotalDenseBytes/TotalWireBytes.
@@ -188,7 +194,15 @@ type Config struct {
 	// records, so that a long run's memory stays flat (onStep still sees
 	// every record, to stream them out); 0 keeps every record.
 	RecordWindow int
-	Logger       *slog.Logger
+	// NaNPolicy is what Run does when a worker's prepared gradient holds a
+	// NaN or Inf (whatever the exchanger): worker.NaNError (the default)
+	// fails the step with a *worker.NonFiniteError, worker.NaNSkip skips it
+	// on every worker (Stats.Skipped, nothing sent, no optimizer steps),
+	// worker.NaNIgnore exchanges it as it is. Real workers (RunRank) take
+	// the policy from their worker.Config instead, where the ranks agree on
+	// it over the wire.
+	NaNPolicy worker.NaNPolicy
+	Logger    *slog.Logger
 }
 
 func (c Config) validate() error {
@@ -229,7 +243,8 @@ type Result struct {
 // exchanges them (ex must have been built for Units(task.Model, opt.Flat)),
 // and every worker's optimizers Step with the result. onStep, if not nil, sees
 // every record as it is produced. Run returns ctx.Err() if ctx is cancelled,
-// ErrDiverged if the loss becomes NaN/Inf.
+// ErrDiverged if the loss becomes NaN/Inf on a step that is not skipped,
+// and follows cfg.NaNPolicy when a prepared gradient holds a NaN or Inf.
 func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec, onStep func(Record)) (*Result, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -286,6 +301,7 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec
 	par := min(n, runtime.GOMAXPROCS(0))
 	res := &Result{Model: reps[0].model}
 	rc := newRecorder(cfg, task.Test, res, onStep)
+	skipRun := 0 // steps skipped in a row
 	for step := 0; step < cfg.Steps; step++ {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -331,17 +347,31 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec
 				}
 			}
 		}
-		if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		var st Stats
+		nf := nonFinite(step, cfg.NaNPolicy, units, in)
+		switch {
+		case nf != nil && cfg.NaNPolicy == worker.NaNSkip:
+			st.Skipped = true
+			skipRun++
+			log.Warn("step skipped", "step", step, "reason", nf.Error())
+			if skipRun == MaxSkipRun {
+				return res, fmt.Errorf("%w: %d steps in a row skipped, up to step %d (%v)", ErrDiverged, skipRun, step, nf)
+			}
+		case math.IsNaN(loss) || math.IsInf(loss, 0):
 			return res, fmt.Errorf("%w at step %d (loss %g)", ErrDiverged, step, loss)
-		}
-		st, err := ex.Exchange(ctx, step, reps[0].how, in, out)
-		if err != nil {
-			return res, fmt.Errorf("train: step %d: exchange: %w", step, err)
+		case nf != nil:
+			return res, fmt.Errorf("train: %w", nf)
+		default:
+			skipRun = 0
+			if st, err = ex.Exchange(ctx, step, reps[0].how, in, out); err != nil {
+				return res, fmt.Errorf("train: step %d: exchange: %w", step, err)
+			}
 		}
 		for w, r := range reps {
 			for u := range units {
-				if st.Skipped {
-					break // worker.NaNSkip: every worker skips the update
+				if st.Skipped { // worker.NaNSkip: every worker skips the update
+					r.opts[u].Skip()
+					continue
 				}
 				if err := r.opts[u].Step(r.params[u], r.out[u]); err != nil {
 					return res, fmt.Errorf("train: worker %d step %d unit %s: optimizer: %w", w, step, units[u].Name, err)
@@ -369,6 +399,33 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec
 	return res, nil
 }
 
+// MaxSkipRun is how many steps in a row Run skips under worker.NaNSkip before
+// it gives up with ErrDiverged: a model whose every gradient is non-finite
+// no longer trains, and skipping on would only hide it.
+const MaxSkipRun = 100
+
+// nonFinite returns the *worker.NonFiniteError of a step whose prepared
+// vectors in[w][u] hold a NaN or Inf (the first unit, in unit order, that
+// some worker flags, with every worker that flags it), or nil if all are
+// finite or policy is worker.NaNIgnore.
+func nonFinite(step int, policy worker.NaNPolicy, units []Layer, in [][][]float32) *worker.NonFiniteError {
+	if policy == worker.NaNIgnore {
+		return nil
+	}
+	for u := range units {
+		var ranks []int
+		for w := range in {
+			if !kernels.AllFinite(in[w][u]) {
+				ranks = append(ranks, w)
+			}
+		}
+		if ranks != nil {
+			return &worker.NonFiniteError{Step: int64(step), Layer: units[u].Name, Ranks: ranks}
+		}
+	}
+	return nil
+}
+
 // recorder turns each step's figures into a Record: it keeps the running
 // totals, evaluates the model on the test set when due (on the first
 // cfg.EvalSamples samples every cfg.EvalEvery steps, on the whole set at the
@@ -381,6 +438,8 @@ type recorder struct {
 	tot     Record
 	res     *Result
 	onStep  func(Record)
+	// synced is the next record's Synced (RunOuter sets it per step).
+	synced int
 }
 
 func newRecorder(cfg Config, test *workload.Dataset, res *Result, onStep func(Record)) *recorder {
@@ -398,7 +457,7 @@ func newRecorder(cfg Config, test *workload.Dataset, res *Result, onStep func(Re
 // figures st, that began at t0 and spent compute on the gradients; m is the
 // model to evaluate. It returns m.Evaluate's error.
 func (r *recorder) record(step int, loss float64, st Stats, m workload.Model, t0 time.Time, compute time.Duration) error {
-	rec := Record{Step: step, Loss: loss, Stats: st}
+	rec := Record{Step: step, Loss: loss, Stats: st, Synced: r.synced}
 	r.tot.TotalWireBytes += st.WireBytes
 	r.tot.TotalDenseBytes += st.DenseBytes
 	r.tot.TotalPayloadBytes += st.PayloadBytes

@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -268,6 +269,7 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 	mode := worker.ModeCompressed
 	res := &Result{Model: m}
 	rc := newRecorder(cfg.Config, task.Test, res, onStep)
+	skipRun := 0 // steps skipped in a row
 	for step := 0; step < cfg.Steps; step++ {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -276,9 +278,6 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 		loss, err := ws.Gradient(task.Train, sampler.Next(cfg.Batch))
 		if err != nil {
 			return res, err
-		}
-		if math.IsNaN(loss) || math.IsInf(loss, 0) {
-			return res, fmt.Errorf("%w at step %d (loss %g)", ErrDiverged, step, loss)
 		}
 		for u := range units {
 			if send[u], how[u], err = opts[u].Prepare(grads[u]); err != nil {
@@ -297,12 +296,29 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 			mode = m2
 		}
 		led, err := w.Step(ctx, send)
+		if nf := (*worker.NonFiniteError)(nil); errors.As(err, &nf) && (math.IsNaN(loss) || math.IsInf(loss, 0)) {
+			return res, fmt.Errorf("%w at step %d (loss %g): %w", ErrDiverged, step, loss, err)
+		}
 		if err != nil {
 			return res, fmt.Errorf("train: rank %d step %d: %w", cfg.Rank, step, err)
 		}
+		// A non-finite loss comes with a non-finite gradient, which the
+		// worker's NaN policy has handled the same way on every rank
+		// (skipped, or a *worker.NonFiniteError above); only a step that
+		// went through with it (worker.NaNIgnore) ends here.
+		if !led.Skipped && (math.IsNaN(loss) || math.IsInf(loss, 0)) {
+			return res, fmt.Errorf("%w at step %d (loss %g)", ErrDiverged, step, loss)
+		}
+		skipRun++
+		if !led.Skipped {
+			skipRun = 0
+		} else if skipRun == MaxSkipRun {
+			return res, fmt.Errorf("%w: %d steps in a row skipped, up to step %d", ErrDiverged, skipRun, step)
+		}
 		for u := range units {
-			if led.Skipped {
-				break // worker.NaNSkip: every rank skips the update
+			if led.Skipped { // worker.NaNSkip: every rank skips the update
+				opts[u].Skip()
+				continue
 			}
 			if err := opts[u].Step(params[u], send[u]); err != nil {
 				return res, err

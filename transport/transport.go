@@ -84,6 +84,10 @@ type Stats struct {
 	SentPayload, SentWire []int64 // bytes sent to each peer
 	RecvPayload, RecvWire []int64 // bytes received from each peer
 	SentMsgs, RecvMsgs    []int64 // messages sent to / received from each peer
+	// Relayed, when not nil, says per peer whether the link goes through a
+	// relay (a libp2p circuit relay) rather than directly to the peer. It
+	// is nil for transports without relays.
+	Relayed []bool
 }
 
 // Total returns the sums over all peers of the four byte counters.

@@ -50,6 +50,9 @@ type LayerLedger struct {
 type PeerBytes struct {
 	SentPayload, SentWire, RecvPayload, RecvWire int64
 	SentMsgs, RecvMsgs                           int64
+	// Relayed is whether the link to this peer goes through a relay (see
+	// transport.Stats.Relayed) at the end of the step.
+	Relayed bool
 }
 
 // Ledger is the account of one step: per layer and in total, what was sent,
@@ -207,6 +210,7 @@ func statsDelta(before, after transport.Stats) []PeerBytes {
 			RecvWire:    get(after.RecvWire, i) - get(before.RecvWire, i),
 			SentMsgs:    get(after.SentMsgs, i) - get(before.SentMsgs, i),
 			RecvMsgs:    get(after.RecvMsgs, i) - get(before.RecvMsgs, i),
+			Relayed:     i < len(after.Relayed) && after.Relayed[i],
 		}
 	}
 	return out

@@ -42,6 +42,17 @@ func (p NaNPolicy) String() string {
 	return fmt.Sprintf("NaNPolicy(%d)", uint8(p))
 }
 
+// ParseNaNPolicy returns the policy named s ("error", "skip" or "ignore",
+// as String prints them), or an error that lists the names.
+func ParseNaNPolicy(s string) (NaNPolicy, error) {
+	for _, p := range []NaNPolicy{NaNError, NaNSkip, NaNIgnore} {
+		if s == p.String() {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown NaN policy %q (want error, skip or ignore)", s)
+}
+
 // Config holds a Worker's settings. Get the defaults from DefaultConfig and
 // change them with Options.
 type Config struct {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/slimgrad/slimgrad/internal/kernels"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/worker/adapt"
 )
@@ -792,7 +793,7 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 			// finish, so that error-feedback state advances alike on
 			// every rank whatever the decision.
 			for k, li := range b.layers {
-				if !finite(data[b.offs[k]:b.offs[k+1]]) {
+				if !kernels.AllFinite(data[b.offs[k]:b.offs[k+1]]) {
 					overflow = li
 					break
 				}
@@ -846,7 +847,7 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 		// Flag message: [int32 first non-finite layer of the bucket or -1][mode].
 		mine := int32(-1)
 		for k := range b.layers {
-			if !finite(data[b.offs[k]:b.offs[k+1]]) {
+			if !kernels.AllFinite(data[b.offs[k]:b.offs[k+1]]) {
 				mine = int32(k)
 				break
 			}
@@ -899,15 +900,6 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 	if err != nil {
 		fail(fmt.Errorf("worker: bucket %d (layer %q): %w", b.index, w.layers[b.layers[0]].name, err))
 	}
-}
-
-func finite(x []float32) bool {
-	for _, v := range x {
-		if v-v != 0 { // NaN or ±Inf
-			return false
-		}
-	}
-	return true
 }
 
 // ledger assembles the step's account.

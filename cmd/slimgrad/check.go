@@ -10,6 +10,7 @@ import (
 
 	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/worker"
 )
 
 // checkRecipes parses every recipe of m (compressor, error feedback,
@@ -26,7 +27,7 @@ func (m method) checkRecipes(steps int) error {
 	if _, err := parseOptim(m.Optim, steps); err != nil {
 		return fmt.Errorf("--optim %q: %w", m.Optim, err)
 	}
-	return nil
+	return m.Outer.check(steps)
 }
 
 // checkCustomFlags rejects --compress/--ef combinations that would run but
@@ -116,3 +117,16 @@ type cliError struct {
 
 func (e *cliError) Error() string { return e.msg }
 func (e *cliError) Unwrap() error { return e.err }
+
+// nanPolicy is the --nan-policy flag of sim, launch and worker: a
+// worker.NaNPolicy by its name.
+type nanPolicy struct{ p worker.NaNPolicy }
+
+func (f *nanPolicy) String() string { return f.p.String() }
+
+func (f *nanPolicy) Set(s string) (err error) {
+	f.p, err = worker.ParseNaNPolicy(s)
+	return err
+}
+
+const nanPolicyUsage = "what a step does when some worker's gradient holds a NaN or Inf, or a reduced format overflows: error (stop the run, naming the step, layer and workers), skip (every worker skips the update; counted in the skipped column) or ignore (exchange it as it is)"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -56,6 +57,10 @@ type connOptions struct {
 	// libp2p: comma-separated listen and announce addresses (multiaddrs or
 	// host:port).
 	Listen, Announce string
+	// libp2p NAT traversal: Relay is "auto" (ask the NATS server for its
+	// relay), "off", or comma-separated relay multiaddrs; Reachability is
+	// auto, public or private.
+	Relay, Reachability string
 	// Failure detection: a peer silent for PeerTimeout is dead; liveness
 	// is signalled every Heartbeat. 0 means the transport's default.
 	Heartbeat, PeerTimeout time.Duration
@@ -80,6 +85,8 @@ func (c *connOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Job, "job", c.Job, "job ID: processes of different jobs never mix (launch: default random)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "libp2p: comma-separated addresses to listen on, multiaddrs or host:port (default "+defaultListen+": every interface, a free port)")
 	fs.StringVar(&c.Announce, "announce", c.Announce, "libp2p: comma-separated addresses peers dial, multiaddrs or host:port, port 0 for the listening port (default: the listen addresses, never loopback when the host has another address)")
+	fs.StringVar(&c.Relay, "relay", c.Relay, "libp2p: circuit relay v2 for peers behind NAT: auto (the relay of `slimgrad server`, if the NATS server is one), off, or comma-separated multiaddrs ending in /p2p/<relay ID>")
+	fs.StringVar(&c.Reachability, "reachability", c.Reachability, "libp2p: whether peers can dial this host: auto (ask the relay which address it sees), public, or private (behind NAT: reached through the relay)")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "interval of the liveness heartbeats between peers (0: the transport's default, --peer-timeout/5 for libp2p)")
 	fs.DurationVar(&c.PeerTimeout, "peer-timeout", c.PeerTimeout, "a peer silent this long (a hung process) is dead; a peer whose process exits is detected at once (0: the transport's default)")
 }
@@ -89,7 +96,7 @@ func (c *connOptions) args() []string {
 	return []string{"--transport", c.Transport, "--nats", c.NATS, "--job", c.Job,
 		"--token-file", c.TokenFile, "--key-file", c.KeyFile, "--creds", c.Creds,
 		"--nats-ca", c.NATSCA, "--nats-cert", c.NATSCert, "--nats-key", c.NATSKey,
-		"--listen", c.Listen, "--announce", c.Announce,
+		"--listen", c.Listen, "--announce", c.Announce, "--relay", c.Relay, "--reachability", c.Reachability,
 		"--heartbeat", c.Heartbeat.String(), "--peer-timeout", c.PeerTimeout.String()}
 }
 
@@ -119,6 +126,16 @@ func (c *connOptions) validate() error {
 	}
 	if c.Heartbeat > 0 && c.PeerTimeout > 0 && c.Heartbeat >= c.PeerTimeout {
 		return fmt.Errorf("--heartbeat %v must be shorter than --peer-timeout %v", c.Heartbeat, c.PeerTimeout)
+	}
+	if _, err := c.reachability(); err != nil {
+		return err
+	}
+	if c.Relay != "auto" && c.Relay != "off" && c.Relay != "" {
+		for _, a := range strings.Split(c.Relay, ",") {
+			if err := libp2p.CheckRelayAddr(a); err != nil {
+				return fmt.Errorf("--relay: %w", err)
+			}
+		}
 	}
 	for _, f := range []struct{ name, v string }{{"listen", c.Listen}, {"announce", c.Announce}} {
 		if _, err := libp2p.ParseAddrs(f.v); err != nil {
@@ -217,6 +234,49 @@ func (c *connOptions) libp2pOptions() ([]libp2p.Option, error) {
 	return opts, nil
 }
 
+// reachability parses --reachability.
+func (c *connOptions) reachability() (libp2p.Reachability, error) {
+	switch c.Reachability {
+	case "", "auto":
+		return libp2p.ReachabilityAuto, nil
+	case "public":
+		return libp2p.ReachabilityPublic, nil
+	case "private":
+		return libp2p.ReachabilityPrivate, nil
+	}
+	return 0, fmt.Errorf("--reachability %q: want auto, public or private", c.Reachability)
+}
+
+// relays resolves --relay: the given multiaddrs, none for off, and for
+// auto the relay that `slimgrad server` announces on relayInfoSubject (none
+// when the NATS server is not a slimgrad server).
+func (c *connOptions) relays(ctx context.Context, nc *natsgo.Conn) ([]string, error) {
+	switch c.Relay {
+	case "off":
+		return nil, nil
+	case "", "auto":
+		rctx, cancel := context.WithTimeout(ctx, relayTimeout)
+		defer cancel()
+		m, err := nc.RequestWithContext(rctx, relayInfoSubject, nil)
+		if errors.Is(err, natsgo.ErrNoResponders) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("asking the server for its relay: %w", err)
+		}
+		var ri relayInfo
+		if err := json.Unmarshal(m.Data, &ri); err != nil {
+			return nil, fmt.Errorf("the server's relay info: %w", err)
+		}
+		var out []string
+		for _, a := range ri.Addrs {
+			out = append(out, a+"/p2p/"+ri.ID)
+		}
+		return out, nil
+	}
+	return strings.Split(c.Relay, ","), nil
+}
+
 // natsHeartbeat is the NATS transport's heartbeat option of the flags.
 func (c *connOptions) natsHeartbeat() tnats.Option {
 	if c.PeerTimeout == 0 && c.Heartbeat == 0 {
@@ -232,24 +292,34 @@ func (c *connOptions) natsHeartbeat() tnats.Option {
 	return tnats.WithHeartbeat(hb, to)
 }
 
+// checkJoin checks what joining a job needs: the rendezvous server, the job
+// ID, a world size and, for NATS, a rank in it (libp2p ranks come from the
+// rendezvous; a rank given anyway must be in the world).
+func (c *connOptions) checkJoin(world, rank int) error {
+	switch {
+	case c.NATS == "":
+		return errors.New("--nats URL is required: the NATS server that the job's processes meet at, e.g. nats://198.18.0.10:4222")
+	case c.Job == "":
+		return errors.New("--job is required: the ID that every process of the job is given (slimgrad launch picks one)")
+	case world < 1:
+		return fmt.Errorf("--world %d: want at least 1", world)
+	case c.Transport == "nats" && (rank < 0 || rank >= world):
+		return fmt.Errorf("--rank %d: want 0 to %d (--world %d) with --transport nats", rank, world-1, world)
+	case rank >= world:
+		return fmt.Errorf("--rank %d: want 0 to %d (--world %d), or none: libp2p ranks come from the rendezvous", rank, world-1, world)
+	}
+	return nil
+}
+
 // connect joins the job's group of world processes and returns this
 // process's connection; rendezvous bounds the rendezvous. rank >= 0 is used
 // as is for NATS; libp2p ranks come from the rendezvous.
 func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout time.Duration) (transport.Conn, error) {
-	if c.NATS == "" {
-		return nil, errors.New("--nats URL is required")
-	}
-	if c.Job == "" {
-		return nil, errors.New("--job is required")
-	}
-	if world < 1 {
-		return nil, fmt.Errorf("--world %d", world)
+	if err := c.checkJoin(world, rank); err != nil {
+		return nil, err
 	}
 	switch c.Transport {
 	case "nats":
-		if rank < 0 || rank >= world {
-			return nil, fmt.Errorf("--rank %d outside [0,%d)", rank, world)
-		}
 		var key tnats.Option
 		if c.Key != "" {
 			key = tnats.WithKey([]byte(c.Key))
@@ -264,6 +334,16 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 		if err != nil {
 			return nil, fmt.Errorf("rendezvous server: %w", err)
 		}
+		relays, err := c.relays(ctx, nc)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		reach, _ := c.reachability() // validated
+		if len(relays) > 0 {
+			lopts = append(lopts, libp2p.WithRelays(relays...))
+		}
+		lopts = append(lopts, libp2p.WithReachability(reach))
 		conn, err := rendezvous.JoinLibp2p(ctx, nc, c.Job, world, lopts, rendezvous.WithTimeout(rdvTimeout))
 		if err != nil {
 			nc.Close()

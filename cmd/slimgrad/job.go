@@ -33,11 +33,14 @@ type jobOptions struct {
 	Seed                   uint64
 	Method                 string
 	Compress, EF, Optim    string
+	// Algorithm is the all-reduce of dense layers: ring or tree.
+	Algorithm string
 	connOptions
 	World      int
 	Out        string
 	PrintEvery int
 	Timeout    time.Duration
+	NaNPolicy  nanPolicy
 	Log        string
 	// L-GreCo (see sim's flags); Topology is the link-aware objective's.
 	LGreCo, LGreCoLink bool
@@ -47,7 +50,7 @@ type jobOptions struct {
 
 func defaultJobOptions() jobOptions {
 	return jobOptions{Workload: "mnist", Split: "iid", Steps: 300, Batch: 32, EvalEvery: 50, EvalSamples: 2000, Seed: 1,
-		Method: "econtrol", connOptions: connOptions{Transport: "nats"}, Timeout: 2 * time.Minute, Log: "warn", LG: defaultLGreCoSettings()}
+		Method: "econtrol", Algorithm: "ring", connOptions: connOptions{Transport: "nats"}, Timeout: 2 * time.Minute, Log: "warn", LG: defaultLGreCoSettings()}
 }
 
 // validate rejects flag values that would otherwise fail only inside every
@@ -74,6 +77,9 @@ func (o *jobOptions) validate(worldFlag string) error {
 	if err := o.LG.validate(); err != nil {
 		return err
 	}
+	if o.Algorithm != "ring" && o.Algorithm != "tree" {
+		return fmt.Errorf("--algorithm %q: want ring or tree", o.Algorithm)
+	}
 	if o.Timeout <= 0 {
 		return fmt.Errorf("--timeout %v: want a positive duration", o.Timeout)
 	}
@@ -96,11 +102,13 @@ func (o *jobOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Compress, "compress", o.Compress, "compressor recipe of a custom method (overrides --method)")
 	fs.StringVar(&o.EF, "ef", o.EF, "error-feedback recipe of a custom method")
 	fs.StringVar(&o.Optim, "optim", o.Optim, "optimizer recipe of a custom method")
+	fs.StringVar(&o.Algorithm, "algorithm", o.Algorithm, "all-reduce of dense layers: ring (as sim) or tree")
 	o.connOptions.register(fs)
 	fs.StringVar(&o.Out, "out", o.Out, "directory for rank 0's steps.csv (\"\" writes nothing)")
 	fs.IntVar(&o.PrintEvery, "print-every", o.PrintEvery, "steps between per-step lines (0: about 10 lines)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "per-message timeout of the workers; also bounds the rendezvous")
 	fs.StringVar(&o.Log, "log", o.Log, "log level: debug, info, warn, error")
+	fs.Var(&o.NaNPolicy, "nan-policy", nanPolicyUsage)
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "run L-GreCo over the method's codec (per-layer levels under the uniform default's error budget, minimising bytes)")
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "run L-GreCo with the link-aware objective: the simulated time of each layer's collective on --topology")
 	o.LG.register(fs)
@@ -114,9 +122,9 @@ func (o *jobOptions) args() []string {
 		"--steps", strconv.Itoa(o.Steps), "--batch", strconv.Itoa(o.Batch),
 		"--eval-every", strconv.Itoa(o.EvalEvery), "--eval-samples", strconv.Itoa(o.EvalSamples),
 		"--seed", strconv.FormatUint(o.Seed, 10), "--method", o.Method,
-		"--compress", o.Compress, "--ef", o.EF, "--optim", o.Optim,
+		"--compress", o.Compress, "--ef", o.EF, "--optim", o.Optim, "--algorithm", o.Algorithm,
 		"--world", strconv.Itoa(o.World), "--out", o.Out, "--print-every", strconv.Itoa(o.PrintEvery),
-		"--timeout", o.Timeout.String(), "--log", o.Log,
+		"--timeout", o.Timeout.String(), "--log", o.Log, "--nan-policy", o.NaNPolicy.String(),
 		"--lgreco=" + strconv.FormatBool(o.LGreCo), "--lgreco-link-aware=" + strconv.FormatBool(o.LGreCoLink),
 		"--topology", o.Topology,
 	}, append(o.LG.args(), o.connOptions.args()...)...)
@@ -131,7 +139,7 @@ func (o *jobOptions) method() (method, error) {
 	m, ok := customMethod(o.Compress, o.EF, o.Optim)
 	if !ok {
 		var err error
-		if m, err = preset(o.Method); err != nil {
+		if m, err = preset(o.Method, o.Workload); err != nil {
 			return m, err
 		}
 	}
@@ -270,6 +278,9 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err := o.validate("world"); err != nil {
 		return err
 	}
+	if err := o.checkJoin(o.World, *rank); err != nil {
+		return err
+	}
 	if os.Getenv(envWatchStdin) == "1" {
 		ctx = stopOnEOF(ctx, os.Stdin)
 	}
@@ -308,7 +319,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		return fmt.Errorf("joining job %s: %w", o.Job, err)
 	}
 	defer conn.Close()
-	wopts := append(train.WorkerOptions(o.Seed, log), worker.WithTimeout(o.Timeout))
+	wopts := append(train.WorkerOptions(o.Seed, log), worker.WithTimeout(o.Timeout), worker.WithAlgorithm(o.Algorithm), worker.WithNaNPolicy(o.NaNPolicy.p))
 	if m.LGreCo != "" {
 		var topo *sim.Topology
 		if m.LGreCo == "link" {
@@ -377,6 +388,20 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", r, err)
 	}
+	st := conn.Stats()
+	_, sentWire, _, recvWire := st.Total()
+	// Every rank's transport totals over the job (steps, figures and the
+	// shutdown barrier), and how each of its links runs.
+	wire := fmt.Sprintf("rank %d wire: sent %d recv %d", r, sentWire, recvWire)
+	if st.Relayed != nil {
+		wire += ", links:"
+		for p, rel := range st.Relayed {
+			if p != r {
+				wire += fmt.Sprintf(" %d=%s", p, map[bool]string{false: "direct", true: "relayed"}[rel])
+			}
+		}
+	}
+	fmt.Fprintln(stdout, wire)
 	last := res.Last
 	summary := fmt.Sprintf("rank %d/%d done: test accuracy %.4f test loss %.6f params %s", r, o.World, res.Final.Accuracy, res.Final.Loss, paramsDigest(res.Model.Flat()))
 	if r == 0 {

@@ -68,8 +68,10 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 			if o.Transport == "nats" {
 				u.Publish, u.Subscribe = tnats.Permissions(o.Job, p)
 			} else {
+				// The rendezvous, and the question for a relay (answered
+				// by nobody here) with its reply inbox.
 				rdv := rendezvous.DefaultOptions().SubjectPrefix + "." + o.Job
-				u.Publish, u.Subscribe = []string{rdv}, []string{rdv}
+				u.Publish, u.Subscribe = []string{rdv, relayInfoSubject}, []string{rdv, "_INBOX.>"}
 			}
 			users = append(users, u)
 		}

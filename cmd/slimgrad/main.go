@@ -8,6 +8,7 @@
 //	slimgrad sim [flags]      simulate a training scenario (default: 8 workers, MNIST MLP)
 //	slimgrad launch -n 4      train with 4 worker processes over NATS (or --transport libp2p)
 //	slimgrad worker [flags]   one process of a multi-process job
+//	slimgrad server [flags]   NATS server and libp2p relay for workers on several machines
 //	slimgrad bench            measure this machine and write the simulator's calibration
 //	slimgrad help [command]   show help
 package main
@@ -34,6 +35,7 @@ func commands() []command {
 		{"sim", "train N virtual workers with gradient compression and report bytes, loss and plots", runSimCommand},
 		{"launch", "start N worker processes on this machine that train together over NATS or libp2p", runLaunchCommand},
 		{"worker", "one process of a multi-process training job (started by launch, or by hand)", runWorkerCommand},
+		{"server", "a job's meeting point on a reachable host: NATS server and libp2p relay for workers on other machines", runServerCommand},
 		{"bench", "measure codecs, kernels, transports and the simulator; write the simulator's calibration", runBenchCommand},
 	}
 }
@@ -109,15 +111,18 @@ func setUsage(fs *flag.FlagSet, help io.Writer, header string) {
 // for any other error, which the flag package has already reported in one
 // line.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	usage := fs.Usage
+	usage, out := fs.Usage, fs.Output()
 	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
 	err := fs.Parse(args)
 	fs.Usage = usage
+	fs.SetOutput(out)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage()
 			return err
 		}
+		fmt.Fprintf(out, "slimgrad %s: %v\n", fs.Name(), err)
 		return errUsage
 	}
 	return nil

@@ -35,6 +35,8 @@ type method struct {
 	// time of each layer's collective on the job's topology, sim.LinkCost);
 	// Base names the uniform method it is compared with.
 	LGreCo, Base string
+	// Outer, if H > 0, trains with an outer loop (DiLoCo; see outer.go).
+	Outer outerMethod
 }
 
 // lgrecoVariants returns the L-GreCo runs that --lgreco (bytes) and
@@ -127,7 +129,7 @@ func (m method) describe() string {
 	if m.LGreCo != "" {
 		s += " + L-GreCo (" + m.LGreCo + " objective)"
 	}
-	return s
+	return s + m.outerDescription()
 }
 
 // presets are the named methods of `sim --methods`. Their hyper-parameters
@@ -186,17 +188,49 @@ func customMethod(compress, ef, optimRecipe string) (method, bool) {
 }
 
 // preset returns the named preset.
-func preset(name string) (method, error) {
+// preset returns the preset method name, with its optimizer tuned for
+// workload where workloadOptim has an entry.
+func preset(name, workload string) (method, error) {
 	i := slices.IndexFunc(presets, func(p method) bool { return p.Name == name })
 	if i < 0 {
 		return method{}, fmt.Errorf("unknown method %q (want one of %s)", name, strings.Join(presetNames(), ", "))
 	}
-	return presets[i], nil
+	m := presets[i]
+	if o, ok := workloadOptim[workload][name]; ok {
+		m.Optim = o
+	}
+	return m, nil
+}
+
+// workloadOptim overrides the presets' optimizers on the synthetic
+// workloads. Their models are tiny (65 and 130 parameters), so top-0.1% keeps
+// one coordinate per layer and the error-feedback memory holds most of the
+// gradient for many steps; at the MNIST rates (lr 0.1 with momentum 0.9) the
+// delayed updates overshoot and the test loss ends at 1–3 (logistic) or
+// explodes (least squares; there even dense momentum at lr 0.1 diverges
+// with 2 workers of batch 16). These rates reach the dense preset's test loss
+// in 300 steps on 8 workers (measured with, e.g., slimgrad sim --workload
+// leastsquares --compress topk:0.001 --ef ef14 --optim sgd:lr=0.05), and
+// TestPresetsTrainOnEveryWorkload keeps every preset converging.
+var workloadOptim = map[string]map[string]string{
+	"logistic": {
+		"dgc":       "dgcsgd:lr=0.01,m=0.9",
+		"econtrol":  "momentum:lr=0.01,m=0.9",
+		"topk-ef14": "momentum:lr=0.01,m=0.9",
+	},
+	"leastsquares": {
+		"dense":     "momentum:lr=0.02,m=0.9",
+		"fp16":      "momentum:lr=0.02,m=0.9",
+		"powersgd":  "momentum:lr=0.02,m=0.9",
+		"dgc":       "dgcsgd:lr=0.002,m=0.9",
+		"econtrol":  "momentum:lr=0.002,m=0.9",
+		"topk-ef14": "sgd:lr=0.05",
+	},
 }
 
 func selectMethods(o simOptions) ([]method, error) {
 	var out []method
-	if custom, ok := customMethod(o.Compress, o.EF, o.Optim); ok {
+	if custom, ok := o.custom(); ok {
 		if o.Methods == "default" {
 			return lgrecoVariants([]method{presets[0], custom}, o.LGreCo, o.LGreCoLink), nil
 		}
@@ -211,7 +245,7 @@ func selectMethods(o simOptions) ([]method, error) {
 		if n == "" {
 			continue
 		}
-		p, err := preset(n)
+		p, err := preset(n, o.Workload)
 		if err != nil {
 			return nil, err
 		}
@@ -245,36 +279,48 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 	if err != nil {
 		return nil, spec, err
 	}
-	units := train.Units(task.Model, spec.Flat)
+	exSpec := spec // what the exchanger carries: the outer optimizer's vectors with --outer
+	if m.Outer.H > 0 {
+		if exSpec, err = m.Outer.spec(o.Steps); err != nil {
+			return nil, spec, err
+		}
+	}
+	ex, err := m.exchanger(ctx, o, task, env, log, exSpec, train.Units(task.Model, spec.Flat))
+	return ex, spec, err
+}
+
+// exchanger returns the exchanger of m over units (the whole model, or one
+// fragment of an outer loop) for the optimizers of spec.
+func (m method) exchanger(ctx context.Context, o simOptions, task train.Task, env *simEnv, log *slog.Logger, spec train.OptimSpec, units []train.Layer) (train.Exchanger, error) {
 	plan := m.plan(o.Steps, o.Seed)
 	plan.Sign = spec.Sign
 	switch o.Exchange {
 	case "mem":
 		g, err := mem.NewGroup(o.Workers)
 		if err != nil {
-			return nil, spec, err
+			return nil, err
 		}
 		conns := make([]transport.Conn, o.Workers)
 		for r := range conns {
 			conns[r] = g.Conn(r)
 		}
 		codec := spec.Sign // 1-bit Adam: every unit registers the two-phase sign codec
-		wopts := train.WorkerOptions(o.Seed, log)
+		wopts := append(train.WorkerOptions(o.Seed, log), worker.WithNaNPolicy(o.NaNPolicy.p))
 		if m.LGreCo != "" {
 			wopts = append(wopts, lgrecoWorkerOption(m, o.Steps, o.Seed, o.LG, env.topo, env.linkOptions(o)))
 		}
 		ex, err := train.NewWorkers(ctx, conns, units, plan, codec, wopts...)
 		if err != nil {
 			g.Close()
-			return nil, spec, err
+			return nil, err
 		}
-		return closingExchanger{ex, g}, spec, nil
+		return closingExchanger{ex, g}, nil
 	case "local":
 		if m.LGreCo != "" {
-			return nil, spec, fmt.Errorf("L-GreCo runs with --exchange sim or mem, not local")
+			return nil, fmt.Errorf("L-GreCo runs with --exchange sim or mem, not local")
 		}
 		ex, err := train.NewLocal(o.Workers, units, plan)
-		return ex, spec, err
+		return ex, err
 	case "sim":
 		cfg := train.SimConfig{
 			Topology: env.topo,
@@ -289,9 +335,9 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 			}
 		}
 		ex, err := train.NewSim(ctx, o.Workers, units, plan, cfg)
-		return ex, spec, err
+		return ex, err
 	}
-	return nil, spec, fmt.Errorf("unknown --exchange %q (want sim, mem or local)", o.Exchange)
+	return nil, fmt.Errorf("unknown --exchange %q (want sim, mem or local)", o.Exchange)
 }
 
 // closingExchanger is a Workers exchanger with the transport group it owns.

@@ -75,14 +75,16 @@ func writeSummary(w io.Writer, rep *simReport, target float64) {
 // step; cum_saved = total_dense_bytes / total_wire_bytes; recipes are the
 // units' codec recipes of the step, space-separated in unit order (L-GreCo's
 // per-layer choice, a DGC warm-up stage), recipe_hash a short digest of them
-// that changes exactly when some unit's recipe does.
+// that changes exactly when some unit's recipe does; synced is the number of
+// fragments an outer loop synchronised at the step (0: a local step, or
+// per-step training), so wire_bytes of such a step is one outer sync's.
 var csvHeader = []string{
 	"method", "step", "loss", "evaluated", "test_loss", "accuracy",
 	"payload_bytes", "wire_bytes", "dense_bytes", "saved",
 	"total_payload_bytes", "total_wire_bytes", "total_dense_bytes", "cum_saved",
 	"sim_step_s", "sim_grad_s", "sim_codec_s", "sim_reduce_s", "sim_comm_s", "sim_dense_ring_step_s", "total_sim_s",
 	"compute_wall_s", "wall_s",
-	"recipe_hash", "recipes", "skipped",
+	"recipe_hash", "recipes", "skipped", "synced",
 }
 
 func csvRow(name string, r train.Record) []string {
@@ -95,7 +97,7 @@ func csvRow(name string, r train.Record) []string {
 		f(r.StepTime.Seconds()), f(r.GradTime.Seconds()), f(r.CodecTime.Seconds()), f(r.ReduceTime.Seconds()),
 		f(r.CommTime.Seconds()), f(r.BaselineTime.Seconds()), f(r.TotalStepTime.Seconds()),
 		f(r.Compute.Seconds()), f(r.Wall.Seconds()),
-		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "), strconv.FormatBool(r.Skipped),
+		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "), strconv.FormatBool(r.Skipped), strconv.Itoa(r.Synced),
 	}
 }
 
@@ -181,6 +183,7 @@ type jsonRecord struct {
 	RecipeHash        string      `json:"recipe_hash"`
 	Recipes           []string    `json:"recipes"`
 	Skipped           bool        `json:"skipped"`
+	Synced            int         `json:"synced"`
 	Layers            []jsonLayer `json:"layers,omitempty"`
 }
 
@@ -198,7 +201,7 @@ func newJSONRecord(name string, r train.Record) jsonRecord {
 		CumSaved: r.Saved(), SimStep: r.StepTime.Seconds(), SimGrad: r.GradTime.Seconds(), SimCodec: r.CodecTime.Seconds(),
 		SimReduce: r.ReduceTime.Seconds(), SimComm: r.CommTime.Seconds(), SimDenseRingStep: r.BaselineTime.Seconds(),
 		TotalSim: r.TotalStepTime.Seconds(), ComputeWall: r.Compute.Seconds(), Wall: r.Wall.Seconds(),
-		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes, Skipped: r.Skipped,
+		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes, Skipped: r.Skipped, Synced: r.Synced,
 	}
 	for _, l := range r.Layers {
 		j.Layers = append(j.Layers, jsonLayer(l))

@@ -47,6 +47,7 @@ type simOptions struct {
 	CPUProfile  string
 	MaxMemory   string
 	Exchange    string
+	NaNPolicy   nanPolicy
 	Calibration string
 	FLOPS       float64
 	SizeOnly    bool
@@ -54,6 +55,8 @@ type simOptions struct {
 	// L-GreCo: --lgreco, --lgreco-link-aware, --lgreco-adjust, --lgreco-alpha.
 	LGreCo, LGreCoLink bool
 	LG                 lgrecoSettings
+	// Outer: --outer, --outer-optim, --outer-fragments, --outer-delay, --outer-mix.
+	Outer outerSettings
 }
 
 // simEnv is what all methods of a run share.
@@ -68,7 +71,7 @@ func defaultSimOptions() simOptions {
 		Workers: 8, Batch: 32, Steps: 300, Seed: 1, Workload: "mnist", Split: "iid",
 		Methods: "default", Out: "slimgrad-out", Target: 0.9, EvalEvery: 50, EvalSamples: 2000,
 		Progress: "auto", Log: "warn", JSONL: true, Plots: true, Exchange: "sim", FLOPS: train.DefaultFLOPS,
-		LG: defaultLGreCoSettings(), MaxMemory: "auto",
+		LG: defaultLGreCoSettings(), MaxMemory: "auto", Outer: defaultOuterSettings(),
 	}
 }
 
@@ -100,6 +103,7 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.CPUProfile, "cpuprofile", o.CPUProfile, "write a CPU profile of the run to this file")
 	fs.StringVar(&o.MaxMemory, "max-memory", o.MaxMemory, "stop with an error once the run holds more memory than this: auto (90% of what the system has available at start), off, or a size such as 8GiB")
 	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time), mem (real workers over the in-memory transport, no simulated clock) or local (in-process reference)")
+	fs.Var(&o.NaNPolicy, "nan-policy", nanPolicyUsage)
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by slimgrad bench (default: built-in throughputs)")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
 	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data: bytes and step time only (no training state; the programs still grow as workers²)")
@@ -107,6 +111,7 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "also run L-GreCo (per-layer levels under the uniform default's error budget, minimising bytes) after each method whose codec has levels (topk, dgc, randomk, qsgd, powersgd), and compare")
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "also run L-GreCo with the link-aware objective: the simulated time of each layer's collective on the topology")
 	o.LG.register(fs)
+	o.Outer.register(fs)
 	setUsage(fs, stdout, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
 	return fs
 }
@@ -178,6 +183,9 @@ func (o simOptions) validate() error {
 	if err := o.LG.validate(); err != nil {
 		return err
 	}
+	if err := o.Outer.validate(o.Steps); err != nil {
+		return err
+	}
 	if err := checkCustomFlags(o.Compress, o.EF); err != nil {
 		return err
 	}
@@ -228,6 +236,9 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 	for _, m := range methods {
 		if err := m.checkRecipes(o.Steps); err != nil {
 			return nil, fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		if m.Outer.H > 0 && o.SizeOnly {
+			return nil, fmt.Errorf("method %s: --size-only prices one per-step exchange; an outer-loop method needs training (drop --size-only)", m.Name)
 		}
 	}
 	var env simEnv
@@ -303,12 +314,12 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 		bar := newBar(o, stderr, m.Name)
 		cfg := train.Config{
 			Workers: o.Workers, Batch: o.Batch, Steps: o.Steps, Seed: o.Seed, Split: split,
-			EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log,
+			EvalEvery: o.EvalEvery, EvalSamples: o.EvalSamples, Logger: log, NaNPolicy: o.NaNPolicy.p,
 		}
 		start := time.Now()
 		lastAcc := -1.0
 		units := train.Units(task.Model, spec.Flat)
-		res, err := train.Run(ctx, cfg, task, ex, spec, func(r train.Record) {
+		res, err := m.trainMethod(ctx, o, task, &env, log, cfg, ex, spec, func(r train.Record) {
 			if r.Evaluated {
 				lastAcc = r.Accuracy
 			}

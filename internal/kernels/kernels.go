@@ -274,3 +274,13 @@ func PackSignsSumSq(dst []byte, src []float32) float64 {
 	packSignsGeneric(dst[done/8:], src[done:])
 	return sumSqAcc(&acc, src[done:])
 }
+
+// AllFinite reports whether every element of x is finite (no NaN, no ±Inf).
+func AllFinite(x []float32) bool {
+	for _, v := range x {
+		if v-v != 0 { // NaN or ±Inf
+			return false
+		}
+	}
+	return true
+}

@@ -80,6 +80,12 @@ type link struct {
 	inWmu    sync.Mutex
 	lastRead atomic.Int64
 
+	// Whether the outgoing and incoming streams run over relayed
+	// connections (set once, when each stream opens).
+	relayedOut, relayedIn atomic.Bool
+	// private: the peer announced relayed addresses (it is behind NAT).
+	private bool
+
 	mu            sync.Mutex
 	queues        map[uint64]*tagQueue
 	buffered      int64 // bytes (payload + headers) waiting for Recv
@@ -108,7 +114,7 @@ func New(ctx context.Context, opts ...Option) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := listen(o)
+	n, err := listen(ctx, o)
 	if err != nil {
 		return nil, err
 	}
@@ -163,6 +169,7 @@ func (n *Node) Connect(ctx context.Context, rank int, peers []Peer) (*Conn, erro
 		dwg.Add(1)
 		go func() {
 			defer dwg.Done()
+			c.awaitReversal(ctx, l)
 			errs[l.rank] = c.dial(ctx, l)
 		}()
 	}
@@ -231,6 +238,7 @@ func (n *Node) newConn(rank int, peers []Peer) (*Conn, error) {
 			inReady: make(chan struct{}),
 			queues:  map[uint64]*tagQueue{},
 			dead:    make(chan struct{}),
+			private: peerPrivate(p.Addrs),
 		}
 	}
 	n.gater.allow(ids)
@@ -496,6 +504,12 @@ func (c *Conn) Stats() transport.Stats {
 		s.SentPayload[r], s.SentWire[r], s.SentMsgs[r] = l.sentPayload.Load(), l.sentWire.Load(), l.sentMsgs.Load()
 		s.RecvPayload[r], s.RecvWire[r], s.RecvMsgs[r] = l.recvPayload.Load(), l.recvWire.Load(), l.recvMsgs.Load()
 	}
+	if len(c.node.relay.relays) > 0 {
+		s.Relayed = make([]bool, c.size)
+		for r := range s.Relayed {
+			s.Relayed[r] = c.Relayed(r)
+		}
+	}
 	return s
 }
 
@@ -718,6 +732,30 @@ func (c *Conn) dial(ctx context.Context, l *link) error {
 	}
 }
 
+// reversalWait bounds how long a reachable rank waits for a private peer
+// (one behind NAT) to open its link first.
+const reversalWait = 5 * time.Second
+
+// awaitReversal lets a private peer connect first when this node can be
+// dialled and the peer cannot: the peer's dial reaches us directly (its
+// NAT lets it out), and our own stream then reuses that direct connection
+// instead of going through a relay. If the peer's stream does not come
+// within reversalWait (or a quarter of the connect timeout), we dial
+// anyway, through its relayed addresses.
+func (c *Conn) awaitReversal(ctx context.Context, l *link) {
+	if !l.private || c.node.relay.reach == ReachabilityPrivate {
+		return
+	}
+	t := time.NewTimer(min(reversalWait, c.opts.ConnectTimeout/4))
+	defer t.Stop()
+	select {
+	case <-l.inReady:
+	case <-t.C:
+	case <-ctx.Done():
+	case <-c.closing:
+	}
+}
+
 func helloPayload(job string, rank, size int) []byte {
 	p := make([]byte, 8+len(job))
 	binary.LittleEndian.PutUint32(p[0:], uint32(rank))
@@ -729,10 +767,13 @@ func helloPayload(job string, rank, size int) []byte {
 // open makes one attempt: stream, hello, acknowledgement with the peer's
 // buffer bound.
 func (c *Conn) open(ctx context.Context, l *link) error {
-	s, err := c.node.host.NewStream(ctx, l.id, c.proto)
+	// A relayed connection may be limited; the relay of `slimgrad server`
+	// imposes no limit, and a link is what it is.
+	s, err := c.node.host.NewStream(network.WithAllowLimitedConn(ctx, "slimgrad"), l.id, c.proto)
 	if err != nil {
 		return err
 	}
+	l.relayedOut.Store(streamRelayed(s))
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
 	s.SetDeadline(time.Now().Add(c.opts.PeerTimeout))
@@ -803,6 +844,7 @@ func (c *Conn) handleStream(s network.Stream) {
 		return
 	}
 	l.in = s
+	l.relayedIn.Store(streamRelayed(s))
 	l.mu.Unlock()
 	c.wg.Add(1)
 	c.mu.Unlock()

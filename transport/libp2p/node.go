@@ -64,6 +64,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -90,6 +91,7 @@ type Node struct {
 	opts  Options
 	host  host.Host
 	gater *gater
+	relay *relayState
 
 	mu        sync.Mutex
 	connected bool
@@ -114,10 +116,10 @@ func Listen(ctx context.Context, opts ...Option) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return listen(o)
+	return listen(ctx, o)
 }
 
-func listen(o Options) (*Node, error) {
+func listen(ctx context.Context, o Options) (*Node, error) {
 	g := &gater{allowed: map[peer.ID]bool{}}
 	var announce []ma.Multiaddr
 	for _, a := range o.AnnounceAddrs {
@@ -127,17 +129,33 @@ func listen(o Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	relays, _ := relayInfos(o.Relays) // validated
+	rs := &relayState{relays: relays, reach: o.Reachability}
+	for _, r := range relays {
+		g.relays = append(g.relays, r.ID)
+	}
 	hopts := []golibp2p.Option{
 		golibp2p.ListenAddrStrings(o.ListenAddrs...),
-		golibp2p.AddrsFactory(func(listen []ma.Multiaddr) []ma.Multiaddr { return announced(listen, announce) }),
+		golibp2p.AddrsFactory(func(listen []ma.Multiaddr) []ma.Multiaddr {
+			return append(announced(listen, announce), rs.circuitAddrs()...)
+		}),
 		golibp2p.Transport(tcp.NewTCPTransport),
 		golibp2p.Muxer(yamux.ID, muxer()),
 		golibp2p.ConnectionGater(g),
 		golibp2p.ConnectionManager(connmgr.NullConnMgr{}),
 		golibp2p.ResourceManager(rm),
-		golibp2p.DisableRelay(),
 		golibp2p.DisableMetrics(),
 		golibp2p.Ping(false),
+	}
+	if len(relays) > 0 {
+		// The circuit transport, and DCUtR to upgrade relayed links where
+		// both sides have public addresses.
+		hopts = append(hopts, golibp2p.EnableRelay(), golibp2p.EnableHolePunching())
+		if o.Reachability == ReachabilityPrivate {
+			hopts = append(hopts, golibp2p.ForceReachabilityPrivate())
+		}
+	} else {
+		hopts = append(hopts, golibp2p.DisableRelay())
 	}
 	if o.Identity != nil {
 		hopts = append(hopts, golibp2p.Identity(o.Identity))
@@ -158,7 +176,12 @@ func listen(o Options) (*Node, error) {
 		rm.Close()
 		return nil, fmt.Errorf("libp2p: new host: %w", err)
 	}
-	return &Node{opts: o, host: h, gater: g, rm: rm}, nil
+	n := &Node{opts: o, host: h, gater: g, relay: rs, rm: rm}
+	if err := n.setupRelays(ctx); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return n, nil
 }
 
 // Yamux tuning (see muxer).
@@ -237,6 +260,7 @@ func (n *Node) closeHost() error {
 	}
 	n.closed = true
 	n.mu.Unlock()
+	n.relay.close()
 	return n.host.Close()
 }
 
@@ -251,6 +275,7 @@ type gater struct {
 	allowed map[peer.ID]bool
 	refused atomic.Int64
 	open    atomic.Bool // admit everyone (a bootstrap node while serving)
+	relays  []peer.ID   // always admitted (set before the host starts)
 }
 
 var _ connmgr.ConnectionGater = (*gater)(nil)
@@ -264,7 +289,7 @@ func (g *gater) allow(ids []peer.ID) {
 }
 
 func (g *gater) ok(p peer.ID) bool {
-	if g.open.Load() {
+	if g.open.Load() || slices.Contains(g.relays, p) {
 		return true
 	}
 	g.mu.RLock()

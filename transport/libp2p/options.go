@@ -117,6 +117,14 @@ type Options struct {
 	// connections, streams and memory are sized for it (JobLimits).
 	// Default DefaultMaxPeers.
 	MaxPeers int
+	// Relays are circuit relay v2 servers, as multiaddrs ending in
+	// /p2p/<relay ID> (see WithRelays). Listen connects to them and fails
+	// if one cannot be reached. Default none: no relayed links, no hole
+	// punching.
+	Relays []string
+	// Reachability says whether peers can dial this node; by default it is
+	// detected through the first relay (see Reachability).
+	Reachability Reachability
 }
 
 // Defaults.
@@ -256,6 +264,15 @@ func (o *Options) validate() error {
 		if _, err := ma.NewMultiaddr(a); err != nil {
 			return fmt.Errorf("address %q: %w", a, err)
 		}
+	}
+	if _, err := relayInfos(o.Relays); err != nil {
+		return err
+	}
+	if o.Reachability < ReachabilityAuto || o.Reachability > ReachabilityPrivate {
+		return fmt.Errorf("unknown %v", o.Reachability)
+	}
+	if o.Reachability == ReachabilityPrivate && len(o.Relays) == 0 {
+		return errors.New("a private node (behind NAT) needs a relay")
 	}
 	switch o.Security {
 	case SecurityNoise, SecurityTLS:

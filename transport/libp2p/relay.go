@@ -1,0 +1,411 @@
+package libp2p
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	golibp2p "github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	yamux "github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+// ObservedProtocol is the protocol of a Relay's observed-address service:
+// on a stream, the relay writes the multiaddr it sees the stream's
+// connection come from, followed by a newline, and closes the stream. A
+// node compares that address with its own to learn whether it sits behind
+// NAT (see Reachability). go-libp2p's AutoNAT does the same by dialling
+// back, but only for public addresses; this works on any network.
+const ObservedProtocol = protocol.ID("/slimgrad/observed/1")
+
+// Reachability says whether peers can dial a node directly.
+type Reachability int
+
+const (
+	// ReachabilityAuto asks the relay which address the node's connection
+	// comes from: a node whose observed address is none of its own is
+	// behind NAT (private), otherwise public. Without relays it is public.
+	ReachabilityAuto Reachability = iota
+	// ReachabilityPublic: peers can dial the node's addresses.
+	ReachabilityPublic
+	// ReachabilityPrivate: peers cannot dial the node (it is behind NAT or
+	// a firewall); it takes a reservation on every relay and announces
+	// the relayed addresses besides its own.
+	ReachabilityPrivate
+)
+
+// String returns "auto", "public" or "private".
+func (r Reachability) String() string {
+	switch r {
+	case ReachabilityAuto:
+		return "auto"
+	case ReachabilityPublic:
+		return "public"
+	case ReachabilityPrivate:
+		return "private"
+	}
+	return fmt.Sprintf("Reachability(%d)", int(r))
+}
+
+// WithRelays sets the circuit relay v2 servers (multiaddrs ending in
+// /p2p/<relay ID>, such as `slimgrad server` prints) through which the
+// node is reached when it is private, and through which it reaches private
+// peers. With relays, hole punching (DCUtR) is on as well.
+func WithRelays(addrs ...string) Option {
+	return func(o *Options) error { o.Relays = append([]string(nil), addrs...); return nil }
+}
+
+// WithReachability overrides the detection of whether the node is behind
+// NAT (see Reachability).
+func WithReachability(r Reachability) Option {
+	return func(o *Options) error { o.Reachability = r; return nil }
+}
+
+// relayInfos parses Options.Relays.
+func relayInfos(addrs []string) ([]peer.AddrInfo, error) {
+	var out []peer.AddrInfo
+	for _, a := range addrs {
+		m, err := ma.NewMultiaddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("relay %q: %w", a, err)
+		}
+		ai, err := peer.AddrInfoFromP2pAddr(m)
+		if err != nil {
+			return nil, fmt.Errorf("relay %q: want a multiaddr ending in /p2p/<peer ID>: %w", a, err)
+		}
+		out = append(out, *ai)
+	}
+	return out, nil
+}
+
+// isCircuit reports whether a is a relayed (/p2p-circuit) address.
+func isCircuit(a ma.Multiaddr) bool {
+	_, err := a.ValueForProtocol(ma.P_CIRCUIT)
+	return err == nil
+}
+
+// relayState is a node's side of its relays: the reservations it holds and
+// the relayed addresses it announces.
+type relayState struct {
+	relays []peer.AddrInfo
+	reach  Reachability // resolved: public or private
+
+	mu       sync.Mutex
+	circuits []ma.Multiaddr
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func (rs *relayState) circuitAddrs() []ma.Multiaddr {
+	if rs == nil {
+		return nil
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.circuits
+}
+
+// setupRelays connects to the node's relays, resolves its reachability and,
+// when private, takes a reservation on every relay and keeps it fresh until
+// the node closes.
+func (n *Node) setupRelays(ctx context.Context) error {
+	rs := n.relay
+	if len(rs.relays) == 0 {
+		rs.reach = ReachabilityPublic
+		return nil
+	}
+	for _, ai := range rs.relays {
+		if err := n.host.Connect(ctx, ai); err != nil {
+			return fmt.Errorf("libp2p: relay %s: %w", ai.ID, err)
+		}
+	}
+	if rs.reach == ReachabilityAuto {
+		obs, err := observedAddr(ctx, n.host, rs.relays[0].ID)
+		if err != nil {
+			return fmt.Errorf("libp2p: asking relay %s for this node's address: %w", rs.relays[0].ID, err)
+		}
+		rs.reach = ReachabilityPrivate
+		if ownAddr(n.host, obs) {
+			rs.reach = ReachabilityPublic
+		}
+	}
+	if rs.reach != ReachabilityPrivate {
+		return nil
+	}
+	expiry, err := n.reserve(ctx)
+	if err != nil {
+		return err
+	}
+	rs.stop, rs.done = make(chan struct{}), make(chan struct{})
+	go n.keepReservations(expiry)
+	return nil
+}
+
+// reserve takes a reservation on every relay and records the relayed
+// addresses; it returns the earliest expiry.
+func (n *Node) reserve(ctx context.Context) (time.Time, error) {
+	rs := n.relay
+	var circuits []ma.Multiaddr
+	var expiry time.Time
+	for _, ai := range rs.relays {
+		r, err := client.Reserve(ctx, n.host, ai)
+		if err != nil {
+			return expiry, fmt.Errorf("libp2p: reservation on relay %s: %w", ai.ID, err)
+		}
+		if expiry.IsZero() || r.Expiration.Before(expiry) {
+			expiry = r.Expiration
+		}
+		for _, a := range ai.Addrs {
+			c, err := ma.NewMultiaddr(a.String() + "/p2p/" + ai.ID.String() + "/p2p-circuit")
+			if err != nil {
+				return expiry, err
+			}
+			circuits = append(circuits, c)
+		}
+	}
+	rs.mu.Lock()
+	rs.circuits = circuits
+	rs.mu.Unlock()
+	return expiry, nil
+}
+
+// keepReservations renews the reservations halfway to their expiry until
+// the node closes.
+func (n *Node) keepReservations(expiry time.Time) {
+	rs := n.relay
+	defer close(rs.done)
+	for {
+		wait := max(time.Until(expiry)/2, time.Second)
+		t := time.NewTimer(wait)
+		select {
+		case <-rs.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		go func() {
+			select {
+			case <-rs.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		e, err := n.reserve(ctx)
+		cancel()
+		if err == nil {
+			expiry = e
+		} else {
+			expiry = time.Now().Add(10 * time.Second) // retry soon
+		}
+	}
+}
+
+func (rs *relayState) close() {
+	if rs == nil || rs.stop == nil {
+		return
+	}
+	close(rs.stop)
+	<-rs.done
+}
+
+// observedAddr asks relay, over ObservedProtocol, where the node's
+// connection comes from.
+func observedAddr(ctx context.Context, h host.Host, relay peer.ID) (ma.Multiaddr, error) {
+	s, err := h.NewStream(ctx, relay, ObservedProtocol)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(s).ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	return ma.NewMultiaddr(strings.TrimSpace(line))
+}
+
+// ownAddr reports whether obs's IP is one of h's interface addresses: no
+// NAT rewrote the connection's source.
+func ownAddr(h host.Host, obs ma.Multiaddr) bool {
+	ip, err := manet.ToIP(obs)
+	if err != nil {
+		return false
+	}
+	listen, err := h.Network().InterfaceListenAddresses()
+	if err != nil {
+		return false
+	}
+	for _, a := range listen {
+		if lip, err := manet.ToIP(a); err == nil && lip.Equal(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// Reachability is the node's resolved reachability: ReachabilityPublic or
+// ReachabilityPrivate (never Auto).
+func (n *Node) Reachability() Reachability { return n.relay.reach }
+
+// Relayed reports whether the link to peer is relayed: whether either of
+// the two streams between this rank and peer runs over a circuit relay
+// connection. It is false for the own rank, an unknown rank, and a link
+// not yet (or no longer) open.
+func (c *Conn) Relayed(peer int) bool {
+	l, err := c.link(peer)
+	if err != nil || l == nil {
+		return false
+	}
+	return l.relayedOut.Load() || l.relayedIn.Load()
+}
+
+// streamRelayed reports whether s runs over a relayed connection.
+func streamRelayed(s network.Stream) bool {
+	return s.Conn().Stat().Limited || isCircuit(s.Conn().RemoteMultiaddr())
+}
+
+// peerPrivate reports whether a peer announced relayed addresses: it is
+// behind NAT and can be dialled directly only by itself.
+func peerPrivate(addrs []ma.Multiaddr) bool {
+	for _, a := range addrs {
+		if isCircuit(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// RelayOptions configures StartRelay.
+type RelayOptions struct {
+	// ListenAddrs are the multiaddrs to listen on (required).
+	ListenAddrs []string
+	// AnnounceAddrs, when not empty, are the addresses the relay gives
+	// out (see Options.AnnounceAddrs).
+	AnnounceAddrs []string
+	// Identity is the relay's private key; nil means a fresh Ed25519 key.
+	Identity crypto.PrivKey
+	// MaxReservations bounds the reservations held at once; 0 means 1024.
+	MaxReservations int
+	// MaxCircuits bounds the relayed connections per peer; 0 means 64.
+	MaxCircuits int
+}
+
+// Relay is a circuit relay v2 server: peers behind NAT take reservations on
+// it and are reached through it, and it answers ObservedProtocol. Relayed
+// connections are not limited in time or bytes (a training job's links
+// carry gigabytes for hours); the number of reservations and circuits is.
+// A Relay serves any number of jobs: their streams are end-to-end encrypted
+// between the peers. Its methods are safe for concurrent use.
+type Relay struct {
+	host  host.Host
+	relay *relayv2.Relay
+	once  sync.Once
+}
+
+// StartRelay starts a relay host. The caller must Close it.
+func StartRelay(ctx context.Context, o RelayOptions) (*Relay, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(o.ListenAddrs) == 0 {
+		return nil, errors.New("libp2p: relay: no listen address")
+	}
+	var announce []ma.Multiaddr
+	for _, a := range o.AnnounceAddrs {
+		m, err := ma.NewMultiaddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("libp2p: relay: announce address %q: %w", a, err)
+		}
+		announce = append(announce, m)
+	}
+	hopts := []golibp2p.Option{
+		golibp2p.ListenAddrStrings(o.ListenAddrs...),
+		golibp2p.AddrsFactory(func(listen []ma.Multiaddr) []ma.Multiaddr { return announced(listen, announce) }),
+		golibp2p.Transport(tcp.NewTCPTransport),
+		golibp2p.Muxer(yamux.ID, muxer()),
+		golibp2p.Security(noise.ID, noise.New),
+		golibp2p.Security(tls.ID, tls.New),
+		golibp2p.ConnectionManager(connmgr.NullConnMgr{}),
+		golibp2p.ResourceManager(&network.NullResourceManager{}),
+		golibp2p.DisableRelay(),
+		golibp2p.DisableMetrics(),
+		golibp2p.ForceReachabilityPublic(),
+	}
+	if o.Identity != nil {
+		hopts = append(hopts, golibp2p.Identity(o.Identity))
+	}
+	h, err := golibp2p.New(hopts...)
+	if err != nil {
+		return nil, fmt.Errorf("libp2p: relay host: %w", err)
+	}
+	rc := relayv2.DefaultResources()
+	rc.MaxReservations = 1024
+	if o.MaxReservations > 0 {
+		rc.MaxReservations = o.MaxReservations
+	}
+	rc.MaxCircuits = 64
+	if o.MaxCircuits > 0 {
+		rc.MaxCircuits = o.MaxCircuits
+	}
+	rc.MaxReservationsPerIP = rc.MaxReservations // hosts behind one NAT share an IP
+	rc.MaxReservationsPerASN = rc.MaxReservations
+	r, err := relayv2.New(h, relayv2.WithResources(rc), relayv2.WithInfiniteLimits())
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("libp2p: relay service: %w", err)
+	}
+	h.SetStreamHandler(ObservedProtocol, func(s network.Stream) {
+		defer s.Close()
+		s.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(s, "%s\n", s.Conn().RemoteMultiaddr())
+	})
+	return &Relay{host: h, relay: r}, nil
+}
+
+// ID is the relay's peer ID.
+func (r *Relay) ID() peer.ID { return r.host.ID() }
+
+// AddrStrings are the relay's announced addresses, without /p2p/<ID>.
+func (r *Relay) AddrStrings() []string {
+	var s []string
+	for _, a := range r.host.Addrs() {
+		s = append(s, a.String())
+	}
+	return s
+}
+
+// Close stops the relay and its host. It is idempotent.
+func (r *Relay) Close() error {
+	var err error
+	r.once.Do(func() {
+		r.relay.Close()
+		err = r.host.Close()
+	})
+	return err
+}
+
+// CheckRelayAddr checks that a is a relay address WithRelays accepts: a
+// multiaddr ending in /p2p/<peer ID>.
+func CheckRelayAddr(a string) error {
+	_, err := relayInfos([]string{a})
+	return err
+}
