@@ -67,6 +67,23 @@ func record(t *testing.T, nc *natsgo.Conn, job string) *recorder {
 	return r
 }
 
+// waitFor polls until r holds a message on subject (its subscription
+// delivers asynchronously) or fails the test after 10 s.
+func (r *recorder) waitFor(t *testing.T, subject string) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); ; {
+		for _, m := range r.all() {
+			if m.Subject == subject {
+				return
+			}
+		}
+		if time.Now().After(end) {
+			t.Fatalf("nothing recorded on %s", subject)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func (r *recorder) all() []*natsgo.Msg {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -154,6 +171,8 @@ func TestForgedFramesDropped(t *testing.T) {
 	other := dialAll(t, srv.ClientURL(), "jobA", 3, nats.WithToken(testToken), nats.WithKey(otherKey), fastHB)
 	exchange(t, conns, 0, 100<<10)
 	exchange(t, other, 0, 1000)
+	rec.waitFor(t, "slimgrad.victim.d.1.0")
+	recA.waitFor(t, "slimgrad.jobA.d.1.0")
 
 	pub := func(subj string, data []byte) {
 		if err := attacker.Publish(subj, data); err != nil {
@@ -240,6 +259,7 @@ func TestReplayedHeartbeatsDoNotKeepDeadRankAlive(t *testing.T) {
 	conns := dialAll(t, srv.ClientURL(), "alive", 3, nats.WithKey(testKey),
 		nats.WithHeartbeat(20*time.Millisecond, timeout), nats.WithDisconnectSubject(""))
 	exchange(t, conns, 0, 1000)
+	rec.waitFor(t, "slimgrad.alive.h.2")
 	var hellos []*natsgo.Msg
 	for _, m := range rec.all() {
 		if m.Subject == "slimgrad.alive.h.2" {
