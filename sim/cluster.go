@@ -6,9 +6,9 @@ import (
 	"fmt"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/binding"
 	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/errorfeedback"
-	"github.com/slimgrad/slimgrad/worker/adapt"
 )
 
 // LayerSpec describes one layer (or fused bucket of layers) of a simulated
@@ -18,7 +18,7 @@ type LayerSpec struct {
 	// Elems is the vector length; Rows×Cols its matrix shape (PowerSGD).
 	Elems, Rows, Cols int
 	// Codec and EF are the layer's compressor and error feedback; the codec's
-	// aggregation picks the scheme (see package worker/adapt).
+	// aggregation picks the scheme (see package binding).
 	Codec compressors.Recipe
 	EF    errorfeedback.Recipe
 	// Algorithm is the all-reduce of dense (Reduce) codecs: AlgRing,
@@ -48,7 +48,7 @@ var ErrCluster = errors.New("sim: bad cluster")
 
 // Cluster simulates data-parallel training steps in payload mode: World
 // virtual ranks, each with the same per-layer codec and error-feedback
-// state as a real worker (package worker/adapt), exchanging real payloads
+// state as a real worker (package binding), exchanging real payloads
 // over the simulated topology. Results are bit-identical to the same step
 // run by package worker over a real transport; sizes are the real payload
 // sizes and times come from the network and compute models.
@@ -57,7 +57,7 @@ var ErrCluster = errors.New("sim: bad cluster")
 // safe for concurrent use.
 type Cluster struct {
 	cfg    ClusterConfig
-	layers [][]*adapt.Layer // [rank][layer]
+	layers [][]*binding.Layer // [rank][layer]
 	sim    *Simulator
 	colls  []Collective
 	base   *Result
@@ -65,7 +65,7 @@ type Cluster struct {
 }
 
 // NewCluster builds every rank's layers. It returns an error wrapping
-// ErrCluster (or adapt.ErrSpec) for an invalid configuration.
+// ErrCluster (or binding.ErrSpec) for an invalid configuration.
 func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 	if cfg.Topology == nil || cfg.World < 1 || len(cfg.Layers) == 0 {
 		return nil, fmt.Errorf("%w: need a topology, World >= 1 and at least one layer", ErrCluster)
@@ -74,11 +74,11 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{cfg: cfg, sim: s, layers: make([][]*adapt.Layer, cfg.World)}
+	c := &Cluster{cfg: cfg, sim: s, layers: make([][]*binding.Layer, cfg.World)}
 	for r := range c.layers {
-		c.layers[r] = make([]*adapt.Layer, len(cfg.Layers))
+		c.layers[r] = make([]*binding.Layer, len(cfg.Layers))
 		for l, ls := range cfg.Layers {
-			al, err := adapt.New(adapt.Spec{
+			al, err := binding.New(binding.Spec{
 				Codec: ls.Codec, EF: ls.EF, Elems: ls.Elems, Rows: ls.Rows, Cols: ls.Cols,
 				World: cfg.World, Rank: r, Seed: cfg.Seed, Algorithm: ls.Algorithm, Segments: ls.Segments,
 			})
@@ -112,7 +112,7 @@ func prologueOf(ls LayerSpec) Prologue {
 }
 
 // Layers returns rank r's layers (for inspection: codec, feedback, scheme).
-func (c *Cluster) Layers(rank int) []*adapt.Layer { return c.layers[rank] }
+func (c *Cluster) Layers(rank int) []*binding.Layer { return c.layers[rank] }
 
 // Step runs one training step. in[r][l] is rank r's vector for layer l (not
 // modified); out[r][l] (same lengths) receives rank r's update direction:
@@ -171,7 +171,7 @@ func (c *Cluster) Step(ctx context.Context, in, out [][][]float32) (*StepResult,
 // without data, for size-only runs of compressed steps at large World, and
 // the size in bytes of one rank's data-dependent payload (the codec's
 // nominal size) for Options.SizeHint. The scheme is the one package
-// worker/adapt picks for the codec.
+// package binding picks for the codec.
 func SizeOnlyLayer(ls LayerSpec, world int) (Collective, int64, error) {
 	p := allreduce.Params{World: world, Elems: ls.Elems, Segments: ls.Segments, Average: true}
 	var alg allreduce.Algorithm

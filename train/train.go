@@ -147,6 +147,10 @@ type Record struct {
 	// Wall is the real time the step took in this process; Compute is the
 	// part spent computing the workers' gradients (all workers).
 	Wall, Compute time.Duration
+	// Synced is the number of fragments whose pseudo-gradients an outer
+	// loop (RunOuter) exchanged at this step: 0 on a local step (and in
+	// per-step training, Run and RunRank).
+	Synced int
 }
 
 // Saved is the cumulative ratio TotalDenseBytes/TotalWireBytes.
@@ -434,6 +438,8 @@ type recorder struct {
 	tot     Record
 	res     *Result
 	onStep  func(Record)
+	// synced is the next record's Synced (RunOuter sets it per step).
+	synced int
 }
 
 func newRecorder(cfg Config, test *workload.Dataset, res *Result, onStep func(Record)) *recorder {
@@ -451,7 +457,7 @@ func newRecorder(cfg Config, test *workload.Dataset, res *Result, onStep func(Re
 // figures st, that began at t0 and spent compute on the gradients; m is the
 // model to evaluate. It returns m.Evaluate's error.
 func (r *recorder) record(step int, loss float64, st Stats, m workload.Model, t0 time.Time, compute time.Duration) error {
-	rec := Record{Step: step, Loss: loss, Stats: st}
+	rec := Record{Step: step, Loss: loss, Stats: st, Synced: r.synced}
 	r.tot.TotalWireBytes += st.WireBytes
 	r.tot.TotalDenseBytes += st.DenseBytes
 	r.tot.TotalPayloadBytes += st.PayloadBytes

@@ -27,7 +27,7 @@ func (m method) checkRecipes(steps int) error {
 	if _, err := parseOptim(m.Optim, steps); err != nil {
 		return fmt.Errorf("--optim %q: %w", m.Optim, err)
 	}
-	return nil
+	return m.Outer.check(steps)
 }
 
 // checkCustomFlags rejects --compress/--ef combinations that would run but

@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/slimgrad/slimgrad/compressors"
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/lgreco"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
@@ -35,6 +35,8 @@ type method struct {
 	// time of each layer's collective on the job's topology, sim.LinkCost);
 	// Base names the uniform method it is compared with.
 	LGreCo, Base string
+	// Outer, if H > 0, trains with an outer loop (DiLoCo; see outer.go).
+	Outer outerMethod
 }
 
 // lgrecoVariants returns the L-GreCo runs that --lgreco (bytes) and
@@ -127,7 +129,7 @@ func (m method) describe() string {
 	if m.LGreCo != "" {
 		s += " + L-GreCo (" + m.LGreCo + " objective)"
 	}
-	return s
+	return s + m.outerDescription()
 }
 
 // presets are the named methods of `sim --methods`. Their hyper-parameters
@@ -228,7 +230,7 @@ var workloadOptim = map[string]map[string]string{
 
 func selectMethods(o simOptions) ([]method, error) {
 	var out []method
-	if custom, ok := customMethod(o.Compress, o.EF, o.Optim); ok {
+	if custom, ok := o.custom(); ok {
 		if o.Methods == "default" {
 			return lgrecoVariants([]method{presets[0], custom}, o.LGreCo, o.LGreCoLink), nil
 		}
@@ -277,14 +279,26 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 	if err != nil {
 		return nil, spec, err
 	}
-	units := train.Units(task.Model, spec.Flat)
+	exSpec := spec // what the exchanger carries: the outer optimizer's vectors with --outer
+	if m.Outer.H > 0 {
+		if exSpec, err = m.Outer.spec(o.Steps); err != nil {
+			return nil, spec, err
+		}
+	}
+	ex, err := m.exchanger(ctx, o, task, env, log, exSpec, train.Units(task.Model, spec.Flat))
+	return ex, spec, err
+}
+
+// exchanger returns the exchanger of m over units (the whole model, or one
+// fragment of an outer loop) for the optimizers of spec.
+func (m method) exchanger(ctx context.Context, o simOptions, task train.Task, env *simEnv, log *slog.Logger, spec train.OptimSpec, units []train.Layer) (train.Exchanger, error) {
 	plan := m.plan(o.Steps, o.Seed)
 	plan.Sign = spec.Sign
 	switch o.Exchange {
 	case "mem":
 		g, err := mem.NewGroup(o.Workers)
 		if err != nil {
-			return nil, spec, err
+			return nil, err
 		}
 		conns := make([]transport.Conn, o.Workers)
 		for r := range conns {
@@ -298,15 +312,15 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 		ex, err := train.NewWorkers(ctx, conns, units, plan, codec, wopts...)
 		if err != nil {
 			g.Close()
-			return nil, spec, err
+			return nil, err
 		}
-		return closingExchanger{ex, g}, spec, nil
+		return closingExchanger{ex, g}, nil
 	case "local":
 		if m.LGreCo != "" {
-			return nil, spec, fmt.Errorf("L-GreCo runs with --exchange sim or mem, not local")
+			return nil, fmt.Errorf("L-GreCo runs with --exchange sim or mem, not local")
 		}
 		ex, err := train.NewLocal(o.Workers, units, plan)
-		return ex, spec, err
+		return ex, err
 	case "sim":
 		cfg := train.SimConfig{
 			Topology: env.topo,
@@ -321,9 +335,9 @@ func (m method) build(ctx context.Context, o simOptions, task train.Task, env *s
 			}
 		}
 		ex, err := train.NewSim(ctx, o.Workers, units, plan, cfg)
-		return ex, spec, err
+		return ex, err
 	}
-	return nil, spec, fmt.Errorf("unknown --exchange %q (want sim, mem or local)", o.Exchange)
+	return nil, fmt.Errorf("unknown --exchange %q (want sim, mem or local)", o.Exchange)
 }
 
 // closingExchanger is a Workers exchanger with the transport group it owns.

@@ -42,7 +42,8 @@ func TestPresetsTrainOnSyntheticWorkloads(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				res, err := train.Run(context.Background(), train.Config{Workers: o.Workers, Batch: o.Batch, Steps: steps, Seed: o.Seed}, task, ex, spec, nil)
+				cfg := train.Config{Workers: o.Workers, Batch: o.Batch, Steps: steps, Seed: o.Seed}
+				res, err := m.trainMethod(context.Background(), o, task, env, slog.New(slog.DiscardHandler), cfg, ex, spec, nil) // train.Run, or RunOuter for outer presets
 				if err != nil {
 					t.Fatalf("%s: %v", name, err)
 				}

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -43,9 +44,11 @@ func roundWall(d time.Duration) time.Duration {
 	return d.Round(10 * time.Microsecond)
 }
 
-func writeSummary(w io.Writer, rep *simReport, target float64) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "method\ttest acc\ttest loss\twire bytes\tdense-ring bytes\tsaved\tpayload bytes\tsim time\tspeed-up vs dense ring\tsim time to %.0f%%\twall\t\n", 100*target)
+// summaryTable returns the summary's header and one row per run; the last
+// column is the wall time, which alone differs between identical runs.
+func summaryTable(rep *simReport, target float64) (header []string, rows [][]string) {
+	header = []string{"method", "test acc", "test loss", "wire bytes", "dense-ring bytes", "saved", "payload bytes",
+		"sim time", "speed-up vs dense ring", fmt.Sprintf("sim time to %.0f%%", 100*target), "wall"}
 	for _, run := range rep.Runs {
 		last := run.Result.Last
 		simTime, speedup, tta := "-", "-", "not reached"
@@ -64,25 +67,52 @@ func writeSummary(w io.Writer, rep *simReport, target float64) {
 				tta = fmt.Sprintf("step %d", step)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%.2f%%\t%.4f\t%s\t%s\t%.1f×\t%s\t%s\t%s\t%s\t%s\t\n", run.Method.Name,
-			100*run.Result.Final.Accuracy, run.Result.Final.Loss, fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes),
-			last.Saved(), fmtBytes(last.TotalPayloadBytes), simTime, speedup, tta, roundWall(run.Wall))
+		rows = append(rows, []string{run.Method.Name,
+			fmt.Sprintf("%.2f%%", 100*run.Result.Final.Accuracy), fmt.Sprintf("%.4f", run.Result.Final.Loss),
+			fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes), fmt.Sprintf("%.1f×", last.Saved()),
+			fmtBytes(last.TotalPayloadBytes), simTime, speedup, tta, roundWall(run.Wall).String()})
+	}
+	return header, rows
+}
+
+// writeSummary writes the summary as aligned text (the terminal's and
+// summary.txt's form).
+func writeSummary(w io.Writer, rep *simReport, target float64) {
+	header, rows := summaryTable(rep, target)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	for _, r := range append([][]string{header}, rows...) {
+		fmt.Fprintf(tw, "%s\t\n", strings.Join(r, "\t"))
 	}
 	tw.Flush()
+}
+
+// writeSummaryMarkdown writes the summary as a Markdown table without the
+// wall-time column, so that the same command always writes the same
+// table (summary.md; the README's results are spliced from it).
+func writeSummaryMarkdown(w io.Writer, rep *simReport, target float64) {
+	header, rows := summaryTable(rep, target)
+	for i, r := range append([][]string{header, nil}, rows...) {
+		if i == 1 {
+			r = slices.Repeat([]string{"---"}, len(header))
+		}
+		fmt.Fprintf(w, "| %s |\n", strings.Join(r[:len(r)-1], " | "))
+	}
 }
 
 // csvHeader is the per-step CSV schema. saved = dense_bytes / wire_bytes of the
 // step; cum_saved = total_dense_bytes / total_wire_bytes; recipes are the
 // units' codec recipes of the step, space-separated in unit order (L-GreCo's
 // per-layer choice, a DGC warm-up stage), recipe_hash a short digest of them
-// that changes exactly when some unit's recipe does.
+// that changes exactly when some unit's recipe does; synced is the number of
+// fragments an outer loop synchronised at the step (0: a local step, or
+// per-step training), so wire_bytes of such a step is one outer sync's.
 var csvHeader = []string{
 	"method", "step", "loss", "evaluated", "test_loss", "accuracy",
 	"payload_bytes", "wire_bytes", "dense_bytes", "saved",
 	"total_payload_bytes", "total_wire_bytes", "total_dense_bytes", "cum_saved",
 	"sim_step_s", "sim_grad_s", "sim_codec_s", "sim_reduce_s", "sim_comm_s", "sim_dense_ring_step_s", "total_sim_s",
 	"compute_wall_s", "wall_s",
-	"recipe_hash", "recipes", "skipped",
+	"recipe_hash", "recipes", "skipped", "synced",
 }
 
 func csvRow(name string, r train.Record) []string {
@@ -95,7 +125,7 @@ func csvRow(name string, r train.Record) []string {
 		f(r.StepTime.Seconds()), f(r.GradTime.Seconds()), f(r.CodecTime.Seconds()), f(r.ReduceTime.Seconds()),
 		f(r.CommTime.Seconds()), f(r.BaselineTime.Seconds()), f(r.TotalStepTime.Seconds()),
 		f(r.Compute.Seconds()), f(r.Wall.Seconds()),
-		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "), strconv.FormatBool(r.Skipped),
+		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "), strconv.FormatBool(r.Skipped), strconv.Itoa(r.Synced),
 	}
 }
 
@@ -181,6 +211,7 @@ type jsonRecord struct {
 	RecipeHash        string      `json:"recipe_hash"`
 	Recipes           []string    `json:"recipes"`
 	Skipped           bool        `json:"skipped"`
+	Synced            int         `json:"synced"`
 	Layers            []jsonLayer `json:"layers,omitempty"`
 }
 
@@ -198,7 +229,7 @@ func newJSONRecord(name string, r train.Record) jsonRecord {
 		CumSaved: r.Saved(), SimStep: r.StepTime.Seconds(), SimGrad: r.GradTime.Seconds(), SimCodec: r.CodecTime.Seconds(),
 		SimReduce: r.ReduceTime.Seconds(), SimComm: r.CommTime.Seconds(), SimDenseRingStep: r.BaselineTime.Seconds(),
 		TotalSim: r.TotalStepTime.Seconds(), ComputeWall: r.Compute.Seconds(), Wall: r.Wall.Seconds(),
-		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes, Skipped: r.Skipped,
+		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes, Skipped: r.Skipped, Synced: r.Synced,
 	}
 	for _, l := range r.Layers {
 		j.Layers = append(j.Layers, jsonLayer(l))
@@ -233,11 +264,16 @@ func writeOutputs(dir string, rep *simReport, jsonl, plots bool) ([]string, erro
 		}
 		files = append(files, path)
 	}
-	path = filepath.Join(dir, "summary.txt")
-	if err := writeFile(path, func(w io.Writer) error { writeSummary(w, rep, rep.Options.Target); return nil }); err != nil {
-		return files, err
+	for _, sum := range []struct {
+		name  string
+		write func(io.Writer, *simReport, float64)
+	}{{"summary.txt", writeSummary}, {"summary.md", writeSummaryMarkdown}} {
+		path = filepath.Join(dir, sum.name)
+		if err := writeFile(path, func(w io.Writer) error { sum.write(w, rep, rep.Options.Target); return nil }); err != nil {
+			return files, err
+		}
+		files = append(files, path)
 	}
-	files = append(files, path)
 	if plots {
 		ps, err := writePlots(dir, rep)
 		files = append(files, ps...)

@@ -56,6 +56,8 @@ type simOptions struct {
 	// L-GreCo: --lgreco, --lgreco-link-aware, --lgreco-adjust, --lgreco-alpha.
 	LGreCo, LGreCoLink bool
 	LG                 lgrecoSettings
+	// Outer: --outer, --outer-optim, --outer-fragments, --outer-delay, --outer-mix.
+	Outer outerSettings
 }
 
 // simEnv is what all methods of a run share.
@@ -73,7 +75,7 @@ func defaultSimOptions() simOptions {
 		Workers: 8, Batch: 32, Steps: 300, Seed: 1, Workload: "mnist", Split: "iid",
 		Methods: "default", Out: "slimgrad-out", Target: 0.9, EvalEvery: 50, EvalSamples: 2000,
 		Progress: "auto", Log: "warn", JSONL: true, Plots: true, Exchange: "sim", FLOPS: train.DefaultFLOPS,
-		LG: defaultLGreCoSettings(), MaxMemory: "auto",
+		LG: defaultLGreCoSettings(), MaxMemory: "auto", Outer: defaultOuterSettings(),
 	}
 }
 
@@ -114,6 +116,7 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "also run L-GreCo (per-layer levels under the uniform default's error budget, minimising bytes) after each method whose codec has levels (topk, dgc, randomk, qsgd, powersgd), and compare")
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "also run L-GreCo with the link-aware objective: the simulated time of each layer's collective on the topology")
 	o.LG.register(fs)
+	o.Outer.register(fs)
 	setUsage(fs, stdout, "Usage: slimgrad sim [flags]\n\nTrains N virtual workers on a workload with each method and reports bytes saved versus a\ndense fp32 ring all-reduce. With no flags: 8 workers, MNIST MLP 784-256-10, the default methods.\n\nFlags:\n")
 	return fs
 }
@@ -185,6 +188,9 @@ func (o simOptions) validate() error {
 	if err := o.LG.validate(); err != nil {
 		return err
 	}
+	if err := o.Outer.validate(o.Steps); err != nil {
+		return err
+	}
 	if err := checkCustomFlags(o.Compress, o.EF); err != nil {
 		return err
 	}
@@ -235,6 +241,9 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 	for _, m := range methods {
 		if err := m.checkRecipes(o.Steps); err != nil {
 			return nil, fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		if m.Outer.H > 0 && o.SizeOnly {
+			return nil, fmt.Errorf("method %s: --size-only prices one per-step exchange; an outer-loop method needs training (drop --size-only)", m.Name)
 		}
 	}
 	var env simEnv
@@ -324,7 +333,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 		start := time.Now()
 		lastAcc := -1.0
 		units := train.Units(task.Model, spec.Flat)
-		res, err := train.Run(ctx, cfg, task, ex, spec, func(r train.Record) {
+		res, err := m.trainMethod(ctx, o, task, &env, log, cfg, ex, spec, func(r train.Record) {
 			if r.Evaluated {
 				lastAcc = r.Accuracy
 			}

@@ -23,10 +23,20 @@ import (
 // to play a misbehaving or foreign peer.
 func rawHost(t *testing.T, key crypto.PrivKey) host.Host {
 	t.Helper()
+	return rawHostSec(t, key, false)
+}
+
+// rawHostSec is rawHost with Noise, or with no security when insecure.
+func rawHostSec(t *testing.T, key crypto.PrivKey, insecure bool) host.Host {
+	t.Helper()
+	sec := golibp2p.Security(noise.ID, noise.New)
+	if insecure {
+		sec = golibp2p.NoSecurity
+	}
 	opts := []golibp2p.Option{
 		golibp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
 		golibp2p.Transport(tcp.NewTCPTransport),
-		golibp2p.Security(noise.ID, noise.New),
+		sec,
 		golibp2p.DisableRelay(), golibp2p.DisableMetrics(), golibp2p.Ping(false),
 		golibp2p.ResourceManager(&network.NullResourceManager{}),
 	}
@@ -45,13 +55,20 @@ func rawHost(t *testing.T, key crypto.PrivKey) host.Host {
 // rank 0's Conn and the stream rank 1 writes its frames on.
 func fakePeer(t *testing.T, opts ...Option) (*Conn, network.Stream) {
 	t.Helper()
+	c, s, _ := fakePeerHost(t, opts...)
+	return c, s
+}
+
+// fakePeerHost is fakePeer that also returns the fake rank 1's host.
+func fakePeerHost(t *testing.T, opts ...Option) (*Conn, network.Stream, host.Host) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	nd, err := Listen(ctx, fast(opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := rawHost(t, nil)
+	h := rawHostSec(t, nil, nd.opts.Security == SecurityNone)
 	proto := nd.protocol()
 	accepted := make(chan network.Stream, 1)
 	h.SetStreamHandler(proto, func(s network.Stream) {
@@ -81,7 +98,7 @@ func fakePeer(t *testing.T, opts ...Option) (*Conn, network.Stream) {
 		s, err = h.NewStream(ctx, nd.ID(), proto)
 		if err == nil {
 			if err = transport.WriteFrame(s, flagHello, 0, helloPayload("test-job", 1, 2)); err == nil {
-				_, _, err = transport.ReadFrame(s, 16, nil)
+				_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 			}
 			if err == nil {
 				break
@@ -98,7 +115,7 @@ func fakePeer(t *testing.T, opts ...Option) (*Conn, network.Stream) {
 	}
 	t.Cleanup(func() { r.c.Close() })
 	<-accepted
-	return r.c, s
+	return r.c, s, h
 }
 
 func wantPeerErr(t *testing.T, err error, target error) {
@@ -200,7 +217,7 @@ func TestUnknownPeerRefused(t *testing.T) {
 		msg := transport.AppendFrame(nil, flagHello, 0, helloPayload("test-job", 1, 2))
 		msg = transport.AppendFrame(msg, flagData, 7, []byte("intrusion"))
 		if _, err = s.Write(msg); err == nil {
-			_, _, err = transport.ReadFrame(s, 16, nil)
+			_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 		}
 	}
 	if err == nil {
@@ -252,7 +269,7 @@ func TestOtherJobRefused(t *testing.T) {
 			s, err := h.NewStream(ctx, nd.ID(), protocol.ID(proto))
 			if err == nil {
 				if err = transport.WriteFrame(s, flagHello, 0, hello); err == nil {
-					_, _, err = transport.ReadFrame(s, 16, nil)
+					_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 				}
 			}
 			if err == nil || ctx.Err() != nil {

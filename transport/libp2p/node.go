@@ -39,22 +39,19 @@
 // Options.CloseTimeout) until they have read everything it sent, then
 // stops every goroutine it started.
 //
-// Performance (loopback, 2 cores): the muxer is go-yamux with 1 MiB data
-// frames and 16-32 MiB stream windows (see muxer); a message above 1 MiB is
-// written as pieces of 1 MiB, each copied into a buffer and checksummed in
-// the same cached pass, then written with its header in one Write, and the
-// receiver checksums each 128 KiB as it reads it, so no pass
-// over a whole message misses the cache. Receive buffers are recycled
-// (Conn.Release; the worker gives back every message it has reduced), so
-// they are not zeroed. What is left per byte is the muxer's copy on each
-// side, the kernel's copies and, with Noise, ChaCha20-Poly1305 (about a
-// third of a rank's CPU time in the multi-process all-reduce). TLS 1.3 (AES-GCM) measured only
-// about 7% less CPU per byte than Noise in BenchmarkPointToPoint (it writes
-// 16 KiB records, Noise 64 KiB messages), so Noise stays the default.
+// Bulk path: messages of at least Options.BulkMin bytes go over
+// Options.BulkStreams dedicated TCP connections per peer and direction,
+// secured by the same security transport and host key as the libp2p
+// connection, and are read straight into the receive buffer (see bulk.go);
+// the libp2p stream keeps the control traffic, small messages and the
+// order of messages. On an encrypted link every byte is checked once, by
+// the AEAD; the frame checksum then covers only headers. Receive buffers
+// are recycled (Conn.Release). docs/ holds the measurements.
 //
 // Frame flags used on the wire (frame.go leaves them to implementations):
 // 0 data, 1 hello, 2 hello acknowledgement, 3 heartbeat, 4 credit, 5 large
-// message (its 8-byte length; the message follows in pieces), 6 piece. A
+// message (its 8-byte length; the message follows in pieces), 6 piece,
+// 7 bulk message complete, 8 bulk hello, 9 bulk piece (bulk.go). A
 // message above 1 MiB is sent as a large-message frame and pieces of at most
 // 1 MiB with the same tag, each with its own checksum; the receiver checks
 // the total against MaxFrame and the credit before it allocates anything.

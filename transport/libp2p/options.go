@@ -120,6 +120,18 @@ type Options struct {
 	// Reachability says whether peers can dial this node; by default it is
 	// detected through the first relay (see Reachability).
 	Reachability Reachability
+	// BulkStreams is the number of dedicated TCP connections per peer and
+	// direction that carry messages of at least BulkMin bytes, each secured
+	// by the host's own security (Noise, TLS, or none) with the host's
+	// identity, so only the peer's proven ID is accepted on them. A message
+	// is split across them in contiguous parts. Messages below BulkMin, and
+	// every message of a link whose bulk connections cannot be set up (a
+	// relayed link, an unreachable port), go over the libp2p stream. 0
+	// turns the bulk path off. Default DefaultBulkStreams.
+	BulkStreams int
+	// BulkMin is the smallest message sent over the bulk connections.
+	// Default DefaultBulkMin.
+	BulkMin int
 }
 
 // Defaults.
@@ -128,11 +140,15 @@ const (
 	DefaultPeerTimeout    = 15 * time.Second
 	DefaultConnectTimeout = 60 * time.Second
 	DefaultCloseTimeout   = 2 * time.Second
+	DefaultBulkStreams    = 1
+	DefaultBulkMin        = 256 << 10
+	maxBulkStreams        = 64
 )
 
 // DefaultOptions returns a fresh Options with the defaults: Noise, TCP on
 // 127.0.0.1, transport.DefaultMaxFrame, DefaultMaxBuffered,
-// DefaultPeerTimeout, DefaultConnectTimeout and DefaultCloseTimeout.
+// DefaultPeerTimeout, DefaultConnectTimeout, DefaultCloseTimeout,
+// DefaultBulkStreams and DefaultBulkMin.
 func DefaultOptions() Options {
 	return Options{
 		ListenAddrs:    []string{"/ip4/127.0.0.1/tcp/0"},
@@ -142,6 +158,8 @@ func DefaultOptions() Options {
 		PeerTimeout:    DefaultPeerTimeout,
 		ConnectTimeout: DefaultConnectTimeout,
 		CloseTimeout:   DefaultCloseTimeout,
+		BulkStreams:    DefaultBulkStreams,
+		BulkMin:        DefaultBulkMin,
 	}
 }
 
@@ -218,6 +236,19 @@ func WithCloseTimeout(d time.Duration) Option {
 	return func(o *Options) error { o.CloseTimeout = d; return nil }
 }
 
+// WithBulkStreams sets the number of bulk TCP connections per peer and
+// direction (0: no bulk path) and the smallest message sent over them
+// (0 keeps the current value); see Options.BulkStreams.
+func WithBulkStreams(n, minBytes int) Option {
+	return func(o *Options) error {
+		o.BulkStreams = n
+		if minBytes != 0 {
+			o.BulkMin = minBytes
+		}
+		return nil
+	}
+}
+
 var jobRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
 func (o *Options) validate() error {
@@ -241,6 +272,9 @@ func (o *Options) validate() error {
 	}
 	if o.ConnectTimeout <= 0 || o.CloseTimeout < 0 {
 		return errors.New("ConnectTimeout must be positive and CloseTimeout not negative")
+	}
+	if o.BulkStreams < 0 || o.BulkStreams > maxBulkStreams || o.BulkMin <= 0 {
+		return fmt.Errorf("BulkStreams %d must be in [0, %d] and BulkMin %d positive", o.BulkStreams, maxBulkStreams, o.BulkMin)
 	}
 	if len(o.ListenAddrs) == 0 {
 		return errors.New("no listen address")

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+
+	"github.com/slimgrad/slimgrad/train"
+)
+
+// outerMethod is the outer loop of a method (train.Outer): H inner steps
+// per round (0: per-step training), the outer optimizer's recipe (as
+// --optim), the number of fragments, the delay τ and the mix α.
+type outerMethod struct {
+	H         int
+	Optim     string
+	Fragments int
+	Delay     int
+	Mix       float64
+}
+
+// DefaultOuterOptim is DiLoCo's outer optimizer: Nesterov momentum, lr 0.7,
+// m 0.9.
+const DefaultOuterOptim = "nesterov:lr=0.7,m=0.9"
+
+// outerPresets are the outer-loop methods of `sim --methods`. The inner
+// optimizer is the dense preset's (momentum SGD lr 0.1, m 0.9), so that
+// they compare with it at the same number of samples. sparseloco is
+// SparseLoCo's recipe: the top 1% of each weight matrix's pseudo-gradient,
+// its values quantized to 2 bits (4 k-means centroids), EF14 error feedback
+// in place of outer momentum, outer SGD at lr 1.
+var outerPresets = []method{
+	{Name: "diloco", Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9", Outer: outerMethod{H: 10, Optim: DefaultOuterOptim}},
+	{Name: "diloco-h50", Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9", Outer: outerMethod{H: 50, Optim: DefaultOuterOptim}},
+	{Name: "streaming-diloco", Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9", Outer: outerMethod{H: 10, Optim: DefaultOuterOptim, Fragments: 2, Delay: 2, Mix: 0.5}},
+	{Name: "sparseloco", Compress: "topk:0.01+kmeans:4", EF: "ef14", Optim: "momentum:lr=0.1,m=0.9", Outer: outerMethod{H: 10, Optim: "sgd:lr=1"}},
+}
+
+// outerWorkloadOptim are the outer presets' inner optimizers on the
+// synthetic workloads (see workloadOptim): on these tiny models the inner
+// rate of MNIST, amplified by the outer Nesterov step, makes the loss grow
+// within 56 steps; these rates keep TestPresetsTrainOnSyntheticWorkloads
+// converging.
+var outerWorkloadOptim = map[string]map[string]string{
+	"logistic":     outerRates("momentum:lr=0.01,m=0.9"),
+	"leastsquares": outerRates("momentum:lr=0.005,m=0.9"),
+}
+
+// outerRates gives every outer preset the inner optimizer o.
+func outerRates(o string) map[string]string {
+	m := map[string]string{}
+	for _, p := range outerPresets {
+		m[p.Name] = o
+	}
+	return m
+}
+
+func init() {
+	presets = append(presets, outerPresets...)
+	for wl, ms := range outerWorkloadOptim {
+		for name, o := range ms {
+			workloadOptim[wl][name] = o
+		}
+	}
+}
+
+// outerSettings are the --outer flags: they turn the custom method
+// (--compress/--ef/--optim) into an outer-loop method.
+type outerSettings outerMethod
+
+func (s *outerSettings) register(fs *flag.FlagSet) {
+	fs.IntVar(&s.H, "outer", s.H, "run the custom method (--compress/--ef/--optim, --optim being the inner optimizer) as an outer loop (DiLoCo) with this many inner steps per round; 0: per-step training")
+	fs.StringVar(&s.Optim, "outer-optim", s.Optim, "outer optimizer recipe of --outer (as --optim): nesterov:lr=0.7,m=0.9 is DiLoCo's, sgd:lr=1 the identity")
+	fs.IntVar(&s.Fragments, "outer-fragments", s.Fragments, "with --outer: fragments synced at staggered steps (Streaming DiLoCo; tensor u is in fragment u mod F)")
+	fs.IntVar(&s.Delay, "outer-delay", s.Delay, "with --outer: inner steps a fragment's sync overlaps before its update is applied (τ, below --outer)")
+	fs.Float64Var(&s.Mix, "outer-mix", s.Mix, "with --outer: the weight α of the new global parameters when a sync is merged into the local ones, in (0,1]")
+}
+
+func defaultOuterSettings() outerSettings {
+	return outerSettings{Optim: DefaultOuterOptim, Fragments: 1, Mix: 1}
+}
+
+// validate rejects outer flags given without --outer (they would be
+// ignored) and a bad outer loop; each error names its flag.
+func (s outerSettings) validate(steps int) error {
+	if s.H != 0 {
+		return outerMethod(s).check(steps)
+	}
+	d := defaultOuterSettings()
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"outer-optim", s.Optim != d.Optim}, {"outer-fragments", s.Fragments != d.Fragments}, {"outer-delay", s.Delay != d.Delay}, {"outer-mix", s.Mix != d.Mix}} {
+		if f.set {
+			return fmt.Errorf("--%s needs --outer H (the inner steps per round)", f.name)
+		}
+	}
+	return nil
+}
+
+// spec parses the outer optimizer (for runs of steps inner steps).
+func (om outerMethod) spec(steps int) (train.OptimSpec, error) {
+	spec, err := parseOptim(om.Optim, max(1, steps/max(1, om.H)))
+	if err != nil {
+		return spec, fmt.Errorf("--outer-optim %q: %w", om.Optim, err)
+	}
+	if spec.Flat {
+		return spec, fmt.Errorf("--outer-optim %q: the outer optimizer runs per tensor, not scale=model", om.Optim)
+	}
+	return spec, nil
+}
+
+// outer returns the train.Outer of om.
+func (om outerMethod) outer(steps int) (train.Outer, error) {
+	spec, err := om.spec(steps)
+	return train.Outer{H: om.H, Optim: spec, Fragments: om.Fragments, Delay: om.Delay, Mix: om.Mix}, err
+}
+
+// check rejects a bad outer loop before any training; each error names its
+// flag.
+func (om outerMethod) check(steps int) error {
+	if om.H == 0 {
+		return nil
+	}
+	switch {
+	case om.H < 0:
+		return fmt.Errorf("--outer %d: want inner steps per round, at least 1 (0: off)", om.H)
+	case om.Fragments < 0:
+		return fmt.Errorf("--outer-fragments %d: want at least 1 (0: 1)", om.Fragments)
+	case om.Delay < 0 || om.Delay >= om.H:
+		return fmt.Errorf("--outer-delay %d: want 0 to %d (below --outer %d, so a fragment's update arrives before its next sync)", om.Delay, om.H-1, om.H)
+	case !(om.Mix >= 0 && om.Mix <= 1):
+		return fmt.Errorf("--outer-mix %g: want in (0, 1] (0: 1)", om.Mix)
+	}
+	_, err := om.spec(steps)
+	return err
+}
+
+func (m method) outerDescription() string {
+	om := m.Outer
+	if om.H == 0 {
+		return ""
+	}
+	s := fmt.Sprintf(" + outer loop H=%d outer=%s", om.H, om.Optim)
+	if om.Fragments > 1 || om.Delay > 0 {
+		s += fmt.Sprintf(" fragments=%d delay=%d mix=%g", om.Fragments, om.Delay, om.Mix)
+	}
+	return s
+}
+
+// custom returns the custom method of the flags (customMethod), as an
+// outer-loop method "NAME+outerH" when --outer is set (then even without
+// --compress/--ef/--optim: the dense preset's recipes).
+func (o simOptions) custom() (method, bool) {
+	m, ok := customMethod(o.Compress, o.EF, o.Optim)
+	if o.Outer.H == 0 {
+		return m, ok
+	}
+	if !ok {
+		m, _ = customMethod("none", "none", "momentum:lr=0.1,m=0.9")
+	}
+	m.Outer, m.Name = outerMethod(o.Outer), fmt.Sprintf("%s+outer%d", m.Name, o.Outer.H)
+	return m, true
+}
+
+// trainMethod trains m: per step (train.Run with ex) or, with an outer loop,
+// with train.RunOuter, ex being the whole model's exchanger and one more
+// exchanger built per fragment.
+func (m method) trainMethod(ctx context.Context, o simOptions, task train.Task, env *simEnv, log *slog.Logger, cfg train.Config, ex train.Exchanger, spec train.OptimSpec, onStep func(train.Record)) (*train.Result, error) {
+	if m.Outer.H == 0 {
+		return train.Run(ctx, cfg, task, ex, spec, onStep)
+	}
+	outer, err := m.Outer.outer(o.Steps)
+	if err != nil {
+		return nil, err
+	}
+	newEx := func(ctx context.Context, units []train.Layer) (train.Exchanger, error) {
+		return m.exchanger(ctx, o, task, env, log, outer.Optim, units)
+	}
+	return train.RunOuter(ctx, cfg, task, ex, newEx, spec, outer, onStep)
+}
