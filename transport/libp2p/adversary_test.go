@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -395,5 +396,31 @@ func TestLargeMessagePieces(t *testing.T) {
 			}
 			wantPeerErr(t, err, tc.want)
 		})
+	}
+}
+
+// TestOversizeFrameNamesPeer: after a peer announces a 4 GiB frame, the
+// errors of the failed link name that peer as the sender of the bad frame,
+// on Recv and on a later Send alike (not "send rank 1: frame too large",
+// which reads as if this rank had sent it).
+func TestOversizeFrameNamesPeer(t *testing.T) {
+	c, s := fakePeer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var hdr [transport.FrameHeaderLen]byte
+	transport.PutFrameHeaderSum(hdr[:], flagData, 4, 1<<32-1, 0)
+	if _, err := s.Write(hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	_, rerr := c.Recv(ctx, 1, 4)
+	serr := c.Send(ctx, 1, 4, []byte("x"))
+	for _, err := range []error{rerr, serr} {
+		var ie *transport.InboundError
+		if !errors.As(err, &ie) || ie.Rank != 1 || !errors.Is(err, transport.ErrTooLarge) {
+			t.Fatalf("err = %v, want an InboundError from rank 1 wrapping ErrTooLarge", err)
+		}
+		if !strings.Contains(err.Error(), "frame received from rank 1") || !strings.Contains(err.Error(), "4294967295") {
+			t.Errorf("error text %q: want the peer, the direction and the size", err)
+		}
 	}
 }

@@ -725,6 +725,12 @@ func (l *link) fail(cause error) {
 	l.resetStreams()
 }
 
+// failInbound fails the link for a bad frame the peer sent (see
+// transport.InboundError).
+func (l *link) failInbound(cause error) {
+	l.fail(&transport.InboundError{Rank: l.rank, Err: cause})
+}
+
 func (l *link) resetStreams() {
 	l.cmu.Lock()
 	out, bw := l.out, l.bulkW
@@ -993,14 +999,14 @@ func (l *link) readLoop(s network.Stream) {
 		}
 		h, err := transport.ParseFrameHeader(hb[:], c.opts.MaxFrame)
 		if err != nil {
-			l.fail(err)
+			l.failInbound(err)
 			return
 		}
 		size := int64(h.Len)
 		switch h.Flags {
 		case flagHeartbeat:
 			if h.Len != 0 {
-				l.fail(fmt.Errorf("%w: heartbeat with %d bytes", transport.ErrBadFrame, h.Len))
+				l.failInbound(fmt.Errorf("%w: heartbeat with %d bytes", transport.ErrBadFrame, h.Len))
 				return
 			}
 			continue
@@ -1033,7 +1039,7 @@ func (l *link) readLoop(s network.Stream) {
 		case flagLarge:
 			var tb [8]byte
 			if h.Len != 8 {
-				l.fail(fmt.Errorf("%w: large-message frame with %d bytes", transport.ErrBadFrame, h.Len))
+				l.failInbound(fmt.Errorf("%w: large-message frame with %d bytes", transport.ErrBadFrame, h.Len))
 				return
 			}
 			if _, err := io.ReadFull(r, tb[:]); err != nil {
@@ -1041,17 +1047,17 @@ func (l *link) readLoop(s network.Stream) {
 				return
 			}
 			if err := h.VerifyPayload(tb[:]); err != nil {
-				l.fail(err)
+				l.failInbound(err)
 				return
 			}
 			size = int64(binary.LittleEndian.Uint64(tb[:]))
 			if size <= pieceMax || size > int64(c.opts.MaxFrame) {
-				l.fail(fmt.Errorf("%w: large message of %d bytes (pieces above %d, limit %d)",
+				l.failInbound(fmt.Errorf("%w: large message of %d bytes (pieces above %d, limit %d)",
 					transport.ErrTooLarge, size, pieceMax, c.opts.MaxFrame))
 				return
 			}
 		default:
-			l.fail(fmt.Errorf("%w: unexpected flags %d on a data stream", transport.ErrBadFrame, h.Flags))
+			l.failInbound(fmt.Errorf("%w: unexpected flags %d on a data stream", transport.ErrBadFrame, h.Flags))
 			return
 		}
 		cost := size + transport.FrameHeaderLen
@@ -1059,7 +1065,7 @@ func (l *link) readLoop(s network.Stream) {
 		used := l.buffered + l.creditPending
 		l.mu.Unlock()
 		if used > 0 && used+cost > int64(c.opts.MaxBuffered) {
-			l.fail(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered))
+			l.failInbound(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered))
 			return
 		}
 		p := bufs.Get(int(size))
@@ -1073,7 +1079,7 @@ func (l *link) readLoop(s network.Stream) {
 				return
 			}
 			if crc != h.CRC {
-				l.fail(fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag))
+				l.failInbound(fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag))
 				return
 			}
 		} else if !l.readPieces(r, h.Tag, p) {
@@ -1149,11 +1155,11 @@ func (l *link) readPieces(r io.Reader, tag uint64, p []byte) bool {
 		}
 		h, err := transport.ParseFrameHeader(hb[:], pieceMax)
 		if err != nil {
-			l.fail(err)
+			l.failInbound(err)
 			return false
 		}
 		if h.Flags != flagPiece || h.Tag != tag || h.Len == 0 || int(h.Len) > len(p)-off {
-			l.fail(fmt.Errorf("%w: piece (flags %d, tag %d, %d bytes) at %d of a %d-byte message on tag %d",
+			l.failInbound(fmt.Errorf("%w: piece (flags %d, tag %d, %d bytes) at %d of a %d-byte message on tag %d",
 				transport.ErrBadFrame, h.Flags, h.Tag, h.Len, off, len(p), tag))
 			return false
 		}
@@ -1163,7 +1169,7 @@ func (l *link) readPieces(r io.Reader, tag uint64, p []byte) bool {
 			return false
 		}
 		if crc != h.CRC {
-			l.fail(fmt.Errorf("%w: payload checksum mismatch (tag %d, piece at %d)", transport.ErrBadFrame, tag, off))
+			l.failInbound(fmt.Errorf("%w: payload checksum mismatch (tag %d, piece at %d)", transport.ErrBadFrame, tag, off))
 			return false
 		}
 		off += int(h.Len)
@@ -1198,7 +1204,7 @@ func (l *link) creditLoop(s network.Stream) {
 			return
 		}
 		if h.Flags != flagCredit || len(p) != 8 {
-			l.fail(fmt.Errorf("%w: unexpected frame (flags %d, %d bytes) on the credit stream", transport.ErrBadFrame, h.Flags, len(p)))
+			l.failInbound(fmt.Errorf("%w: unexpected frame (flags %d, %d bytes) on the credit stream", transport.ErrBadFrame, h.Flags, len(p)))
 			return
 		}
 		n := int64(binary.LittleEndian.Uint64(p))
@@ -1211,7 +1217,7 @@ func (l *link) creditLoop(s network.Stream) {
 		}
 		l.cmu.Unlock()
 		if bad {
-			l.fail(fmt.Errorf("%w: peer returned more credit than it was given", transport.ErrBadFrame))
+			l.failInbound(fmt.Errorf("%w: peer returned more credit than it was given", transport.ErrBadFrame))
 			return
 		}
 	}

@@ -95,6 +95,8 @@ type Node struct {
 	conn      *Conn // set by Connect
 	closed    bool
 
+	rm network.ResourceManager // closed by the host
+
 	// joinedHook, if set (by tests, before ServeBootstrap), is called with
 	// the number of members each time a joiner is accepted.
 	joinedHook func(members int)
@@ -120,6 +122,10 @@ func listen(ctx context.Context, o Options) (*Node, error) {
 	for _, a := range o.AnnounceAddrs {
 		announce = append(announce, ma.StringCast(a)) // validated
 	}
+	rm, err := resourceManager(JobLimits(o.MaxPeers))
+	if err != nil {
+		return nil, err
+	}
 	relays, _ := relayInfos(o.Relays) // validated
 	rs := &relayState{relays: relays, reach: o.Reachability}
 	for _, r := range relays {
@@ -134,7 +140,7 @@ func listen(ctx context.Context, o Options) (*Node, error) {
 		golibp2p.Muxer(yamux.ID, muxer()),
 		golibp2p.ConnectionGater(g),
 		golibp2p.ConnectionManager(connmgr.NullConnMgr{}),
-		golibp2p.ResourceManager(&network.NullResourceManager{}),
+		golibp2p.ResourceManager(rm),
 		golibp2p.DisableMetrics(),
 		golibp2p.Ping(false),
 	}
@@ -164,9 +170,10 @@ func listen(ctx context.Context, o Options) (*Node, error) {
 	}
 	h, err := golibp2p.New(hopts...)
 	if err != nil {
+		rm.Close()
 		return nil, fmt.Errorf("libp2p: new host: %w", err)
 	}
-	n := &Node{opts: o, host: h, gater: g, relay: rs}
+	n := &Node{opts: o, host: h, gater: g, relay: rs, rm: rm}
 	if err := n.setupRelays(ctx); err != nil {
 		h.Close()
 		return nil, err

@@ -112,6 +112,11 @@ type Options struct {
 	// CloseTimeout bounds how long Close waits for peers to acknowledge
 	// that they received everything sent to them.
 	CloseTimeout time.Duration
+	// MaxPeers is the largest number of other processes the node serves
+	// (the job's world size minus one): the resource manager's limits on
+	// connections, streams and memory are sized for it (JobLimits).
+	// Default DefaultMaxPeers.
+	MaxPeers int
 	// Relays are circuit relay v2 servers, as multiaddrs ending in
 	// /p2p/<relay ID> (see WithRelays). Listen connects to them and fails
 	// if one cannot be reached. Default none: no relayed links, no hole
@@ -140,6 +145,7 @@ const (
 	DefaultPeerTimeout    = 15 * time.Second
 	DefaultConnectTimeout = 60 * time.Second
 	DefaultCloseTimeout   = 2 * time.Second
+	DefaultMaxPeers       = 1024
 	DefaultBulkStreams    = 1
 	DefaultBulkMin        = 256 << 10
 	maxBulkStreams        = 64
@@ -231,6 +237,9 @@ func WithConnectTimeout(d time.Duration) Option {
 	return func(o *Options) error { o.ConnectTimeout = d; return nil }
 }
 
+// WithMaxPeers sets Options.MaxPeers.
+func WithMaxPeers(n int) Option { return func(o *Options) error { o.MaxPeers = n; return nil } }
+
 // WithCloseTimeout bounds the graceful part of Close.
 func WithCloseTimeout(d time.Duration) Option {
 	return func(o *Options) error { o.CloseTimeout = d; return nil }
@@ -260,6 +269,12 @@ func (o *Options) validate() error {
 	}
 	if o.MaxBuffered <= 0 {
 		return fmt.Errorf("MaxBuffered %d must be positive", o.MaxBuffered)
+	}
+	if o.MaxPeers == 0 {
+		o.MaxPeers = DefaultMaxPeers
+	}
+	if o.MaxPeers < 1 || o.MaxPeers > 1<<20 {
+		return fmt.Errorf("MaxPeers %d out of range [1, %d]", o.MaxPeers, 1<<20)
 	}
 	if o.PeerTimeout <= 0 {
 		return fmt.Errorf("PeerTimeout %v must be positive", o.PeerTimeout)
