@@ -2,29 +2,46 @@ package elastic_test
 
 import (
 	"errors"
+	"flag"
+	"log/slog"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/slimgrad/slimgrad/elastic"
+	"github.com/slimgrad/slimgrad/elastic/elastictest"
 )
 
 // killAt makes member killer kill victim right after killer applies step
 // at (once): the victim may have applied it or not, and so may the others.
-func killAt(j *job, killer, victim string, at int64) func(*elastic.Config) {
+func killAt(j *elastictest.Job, killer, victim string, at int64) func(*elastic.Config) {
 	return func(c *elastic.Config) {
 		if c.ID != killer {
 			return
 		}
 		var once sync.Once
-		c.Replica.(*replica).onApply = func(s elastic.Info) {
+		c.Replica.(*elastictest.Replica).OnApply = func(s elastic.Info) {
 			if s.Step == at {
-				once.Do(func() { j.kill(victim) })
+				once.Do(func() { j.Kill(victim) })
 			}
 		}
 	}
+}
+
+var logFlag = flag.Bool("elastic.log", false, "log the members' events to stderr")
+
+// newJob is elastictest.NewJob with the members' logs on stderr under
+// -elastic.log.
+func newJob(t testing.TB, seed uint64, steps int64) *elastictest.Job {
+	j := elastictest.NewJob(t, seed, steps)
+	if *logFlag {
+		j.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return j
 }
 
 func without(s []string, x string) []string {
@@ -44,17 +61,17 @@ func TestKillOneOfEight(t *testing.T) {
 			seed := uint64(trial)
 			rng := rand.New(rand.NewPCG(seed, 99))
 			j := newJob(t, seed, 24)
-			v := elastic.View{Members: ids(8)}
+			v := elastic.View{Members: elastictest.IDs(8)}
 			victim, killer := v.Members[rng.IntN(8)], v.Members[rng.IntN(8)]
 			at := int64(rng.IntN(20))
 			for _, id := range v.Members {
-				j.start(id, &v, killAt(j, killer, victim, at))
+				j.Start(id, &v, killAt(j, killer, victim, at))
 			}
-			j.wait()
+			j.Wait()
 			survivors := without(v.Members, victim)
-			j.checkIdentical(survivors)
+			j.CheckIdentical(survivors)
 			for _, id := range survivors {
-				ch := j.results[id].Changes
+				ch := j.Result(id).Changes
 				if len(ch) != 1 || ch[0].World != 7 || !slices.Equal(ch[0].Left, []string{victim}) || ch[0].Epoch != 1 {
 					t.Fatalf("trial %d (kill %s at %s's step %d): member %s changes %+v, want one leave of %s", trial, victim, killer, at, id, ch, victim)
 				}
@@ -64,14 +81,14 @@ func TestKillOneOfEight(t *testing.T) {
 				if ch[0].Discarded > 1 {
 					t.Fatalf("trial %d: member %s discarded %d steps", trial, id, ch[0].Discarded)
 				}
-				reps := j.reps[id]
-				for s := ch[0].Restart; s < j.steps; s++ {
-					if reps.worlds[s] != 7 {
-						t.Fatalf("trial %d: member %s ran step %d in a world of %d", trial, id, s, reps.worlds[s])
+				reps := j.Replica(id)
+				for s := ch[0].Restart; s < j.Steps; s++ {
+					if reps.Worlds[s] != 7 {
+						t.Fatalf("trial %d: member %s ran step %d in a world of %d", trial, id, s, reps.Worlds[s])
 					}
 				}
 			}
-			if err := j.errs[victim]; err == nil {
+			if err := j.Err(victim); err == nil {
 				t.Fatalf("trial %d: the killed member %s returned no error", trial, victim)
 			}
 		})
@@ -85,8 +102,8 @@ func TestKillOneOfEight(t *testing.T) {
 func TestJoinCorruptSlice(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		j := newJob(t, 5, 30)
-		j.pol = elastic.Policy{AllowJoins: true, JoinEvery: 5}
-		v := elastic.View{Members: ids(3)}
+		j.Policy = elastic.Policy{AllowJoins: true, JoinEvery: 5}
+		v := elastic.View{Members: elastictest.IDs(3)}
 		var mu sync.Mutex
 		served := map[string]int{} // donor -> slices served
 		damaged := 0
@@ -103,13 +120,13 @@ func TestJoinCorruptSlice(t *testing.T) {
 			})
 		}
 		for _, id := range v.Members {
-			j.start(id, &v, tweak)
+			j.Start(id, &v, tweak)
 		}
-		j.start("j0", nil, nil)
-		j.wait()
+		j.Start("j0", nil, nil)
+		j.Wait()
 		all := append(slices.Clone(v.Members), "j0")
-		j.checkIdentical(all)
-		if got := j.results["j0"].Refetched; got != 1 {
+		j.CheckIdentical(all)
+		if got := j.Result("j0").Refetched; got != 1 {
 			t.Errorf("joiner refetched %d slices, want 1", got)
 		}
 		donors := 0
@@ -122,17 +139,17 @@ func TestJoinCorruptSlice(t *testing.T) {
 			t.Errorf("state came from %d donors (%v), want at least 2", donors, served)
 		}
 		for _, id := range all {
-			ch := j.results[id].Changes
+			ch := j.Result(id).Changes
 			if len(ch) != 1 || ch[0].World != 4 || !slices.Equal(ch[0].Joined, []string{"j0"}) {
 				t.Fatalf("member %s: changes %+v, want one join of j0", id, ch)
 			}
 		}
-		r := j.reps["j0"]
-		first := j.results["j0"].Changes[0].Restart
+		r := j.Replica("j0")
+		first := j.Result("j0").Changes[0].Restart
 		if first == 0 || first%5 != 0 {
 			t.Errorf("joined at step %d, want a boundary (multiple of 5)", first)
 		}
-		if _, ok := r.hashes[first-1]; ok {
+		if _, ok := r.Hashes[first-1]; ok {
 			t.Errorf("joiner applied step %d before it joined", first-1)
 		}
 	})
@@ -143,25 +160,145 @@ func TestJoinCorruptSlice(t *testing.T) {
 func TestJoinRefused(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		j := newJob(t, 6, 20)
-		j.pol = elastic.Policy{AllowJoins: true, JoinEvery: 4}
-		v := elastic.View{Members: ids(3)}
+		j.Policy = elastic.Policy{AllowJoins: true, JoinEvery: 4}
+		v := elastic.View{Members: elastictest.IDs(3)}
 		for _, id := range v.Members {
-			j.start(id, &v, nil)
+			j.Start(id, &v, nil)
 		}
-		j.start("dup", nil, func(c *elastic.Config) { c.ID = "m1" }) // a member's ID
-		j.start("x", nil, func(c *elastic.Config) { c.Settings = "lsq fp16" })
-		j.wait()
-		j.checkIdentical(v.Members)
-		if err := j.errs["dup"]; !errors.Is(err, elastic.ErrDuplicateMember) {
+		j.Start("dup", nil, func(c *elastic.Config) { c.ID = "m1" }) // a member's ID
+		j.Start("x", nil, func(c *elastic.Config) { c.Settings = "lsq fp16" })
+		j.Wait()
+		j.CheckIdentical(v.Members)
+		if err := j.Err("dup"); !errors.Is(err, elastic.ErrDuplicateMember) {
 			t.Errorf("joiner with a member's ID: %v, want ErrDuplicateMember", err)
 		}
-		if err := j.errs["x"]; !errors.Is(err, elastic.ErrSettings) {
+		if err := j.Err("x"); !errors.Is(err, elastic.ErrSettings) {
 			t.Errorf("joiner with other settings: %v, want ErrSettings", err)
 		}
 		for _, id := range v.Members {
-			if n := len(j.results[id].Changes); n != 0 {
+			if n := len(j.Result(id).Changes); n != 0 {
 				t.Errorf("member %s went through %d changes", id, n)
 			}
 		}
 	})
+}
+
+// TestMinWorldPause: a leave below Policy.MinWorld pauses the job until a
+// joiner arrives, which enters the same epoch change; without one, every
+// survivor fails with ErrWorldTooSmall after the pause timeout.
+func TestMinWorldPause(t *testing.T) {
+	for _, joiner := range []bool{true, false} {
+		synctest.Test(t, func(t *testing.T) {
+			j := newJob(t, 8, 16)
+			j.Policy = elastic.Policy{AllowJoins: true, JoinEvery: 100, MinWorld: 3, PauseTimeout: 10 * time.Second}
+			v := elastic.View{Members: elastictest.IDs(3)}
+			for _, id := range v.Members {
+				j.Start(id, &v, func(c *elastic.Config) {
+					if c.ID != "m0" {
+						return
+					}
+					var once sync.Once
+					c.Replica.(*elastictest.Replica).OnApply = func(s elastic.Info) {
+						if s.Step == 4 {
+							once.Do(func() {
+								j.Kill("m2")
+								if joiner {
+									j.Start("j0", nil, nil)
+								}
+							})
+						}
+					}
+				})
+			}
+			start := time.Now()
+			j.Wait()
+			if !joiner {
+				for _, id := range []string{"m0", "m1"} {
+					if err := j.Err(id); !errors.Is(err, elastic.ErrWorldTooSmall) {
+						t.Errorf("member %s: %v, want ErrWorldTooSmall", id, err)
+					}
+				}
+				if d := time.Since(start); d < 10*time.Second || d > 20*time.Second {
+					t.Errorf("gave up after %v, want the 10s pause timeout (plus detection)", d)
+				}
+				return
+			}
+			all := []string{"m0", "m1", "j0"}
+			j.CheckIdentical(all)
+			for _, id := range all {
+				ch := j.Result(id).Changes
+				if len(ch) != 1 || ch[0].World != 3 || !slices.Equal(ch[0].Joined, []string{"j0"}) {
+					t.Fatalf("member %s: changes %+v, want world 3 with j0", id, ch)
+				}
+				if id != "j0" && !slices.Equal(ch[0].Left, []string{"m2"}) {
+					t.Fatalf("member %s: changes %+v, want m2 left", id, ch)
+				}
+			}
+		})
+	}
+}
+
+// TestNoQuorum: a member that loses more than half of its epoch stops with
+// ErrNoQuorum instead of training on alone.
+func TestNoQuorum(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		j := newJob(t, 9, 12)
+		v := elastic.View{Members: elastictest.IDs(4)}
+		for _, id := range v.Members {
+			j.Start(id, &v, func(c *elastic.Config) {
+				if c.ID != "m3" {
+					return
+				}
+				var once sync.Once
+				c.Replica.(*elastictest.Replica).OnApply = func(s elastic.Info) {
+					if s.Step == 3 {
+						once.Do(func() { j.Kill("m0"); j.Kill("m1") })
+					}
+				}
+			})
+		}
+		j.Wait()
+		for _, id := range []string{"m2", "m3"} {
+			if err := j.Err(id); !errors.Is(err, elastic.ErrNoQuorum) {
+				t.Errorf("member %s: %v, want ErrNoQuorum", id, err)
+			}
+		}
+	})
+}
+
+// TestStreamCoversPass: whatever the world sizes of successive steps, the
+// positions they consume cover each pass exactly once.
+func TestStreamCoversPass(t *testing.T) {
+	const n, batch = 97, 3
+	s := elastic.NewStream(n, 4)
+	rng := rand.New(rand.NewPCG(1, 1))
+	seen := make([]int, n)
+	var cursor int64
+	var buf []int
+	for cursor+8*batch <= n {
+		world := 1 + rng.IntN(8)
+		for r := range world {
+			for _, i := range s.Batch(buf, cursor, r, batch) {
+				seen[i]++
+			}
+		}
+		cursor += int64(world * batch)
+	}
+	for i, c := range seen {
+		if c > 1 {
+			t.Fatalf("sample %d drawn %d times within one pass", i, c)
+		}
+	}
+	// The rest of the pass, then the next pass's first positions.
+	for ; cursor < n; cursor++ {
+		seen[s.At(cursor)]++
+	}
+	for i, c := range seen {
+		if c != 1 {
+			t.Fatalf("sample %d drawn %d times in the pass, want 1", i, c)
+		}
+	}
+	if a, b := elastic.NewStream(n, 4).At(n), elastic.NewStream(n, 4).At(0); a == b && elastic.NewStream(n, 4).At(n+1) == elastic.NewStream(n, 4).At(1) {
+		t.Errorf("pass 1 repeats pass 0's order")
+	}
 }
