@@ -13,9 +13,9 @@ import (
 	"testing"
 
 	"github.com/slimgrad/slimgrad/compressors"
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
 	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
 	"github.com/slimgrad/slimgrad/internal/kernels"
+	"github.com/slimgrad/slimgrad/lgreco"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/workload"

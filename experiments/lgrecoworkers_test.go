@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
 	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
+	"github.com/slimgrad/slimgrad/lgreco"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"

@@ -34,10 +34,11 @@ import (
 //	go test -tags experiments -run TestMultiProcAllReduce -v ./experiments/
 //
 // Optional: SLIMGRAD_MP_WORLDS=2,4  SLIMGRAD_MP_ITERS=10
-// SLIMGRAD_MP_TRANSPORTS=libp2p-noise,libp2p-insecure,nats (nats: an
+// SLIMGRAD_MP_TRANSPORTS=libp2p-noise,libp2p-tls,libp2p-insecure,nats (nats: an
 // embedded server in the parent process; SLIMGRAD_MP_NATS_PAYLOAD sets its
 // max payload, default 8 MiB)  SLIMGRAD_MP_ALGS=ring,tree
 // SLIMGRAD_MP_SEGMENT=bytes (Config.SegmentBytes; default: the cost model)  SLIMGRAD_MP_SENDS=2
+// SLIMGRAD_MP_BULK=n (libp2p bulk connections per peer and direction; 0: all over yamux)
 // SLIMGRAD_MP_PROFILE=dir (CPU profile of every rank)
 // SLIMGRAD_MP_GLOO=/work/shared/anchors/gloo_allreduce.py: also run the
 // torch.distributed Gloo anchor (python3 with torch) for every world size
@@ -246,8 +247,8 @@ func TestMultiProcChild(t *testing.T) {
 			t.Fatal(err)
 		}
 		conn = c
-	case "libp2p-noise", "libp2p-insecure":
-		c, err := libp2pChild(ctx, rank, tr == "libp2p-insecure")
+	case "libp2p-noise", "libp2p-insecure", "libp2p-tls":
+		c, err := libp2pChild(ctx, rank, strings.TrimPrefix(tr, "libp2p-"), testenv.Int(t, "SLIMGRAD_MP_BULK", libp2p.DefaultBulkStreams, 0))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,10 +263,14 @@ func TestMultiProcChild(t *testing.T) {
 
 // libp2pChild listens, prints its address line, reads everyone's from
 // stdin and connects.
-func libp2pChild(ctx context.Context, rank int, insecure bool) (transport.Conn, error) {
-	opts := []libp2p.Option{libp2p.WithJob("worker-multiproc"), libp2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0")}
-	if insecure {
+func libp2pChild(ctx context.Context, rank int, security string, bulk int) (transport.Conn, error) {
+	opts := []libp2p.Option{libp2p.WithJob("worker-multiproc"), libp2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0"),
+		libp2p.WithBulkStreams(bulk, 0)}
+	switch security {
+	case "insecure":
 		opts = append(opts, libp2p.WithInsecure())
+	case "tls":
+		opts = append(opts, libp2p.WithTLS())
 	}
 	node, err := libp2p.Listen(ctx, opts...)
 	if err != nil {

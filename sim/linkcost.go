@@ -7,7 +7,7 @@ import (
 	"sync"
 
 	"github.com/slimgrad/slimgrad/allreduce"
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/lgreco"
 )
 
 // LinkCost returns a cost function for L-GreCo's link-aware objective

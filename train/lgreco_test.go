@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/lgreco"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/worker"

@@ -93,7 +93,7 @@ type Stage struct {
 // density and the plan's codec from WarmupSteps on (consecutive equal
 // recipes merged). A driver switches the layer's codec (keeping its error
 // feedback) at the start of each stage's From step, on every rank: Sim with
-// adapt.Layer.SetCodec, real workers through worker.WithCodecSchedule
+// binding.Layer.SetCodec, real workers through worker.WithCodecSchedule
 // (RegisterUnits).
 func (p Plan) Stages(l Layer) []Stage {
 	out := []Stage{{From: 0, Recipe: p.RecipeAt(l, 0)}}

@@ -11,13 +11,13 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/binding"
 	"github.com/slimgrad/slimgrad/compressors"
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
 	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/lgreco"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/worker"
-	"github.com/slimgrad/slimgrad/worker/adapt"
 )
 
 // SimConfig configures the simulator-backed exchanger.
@@ -36,11 +36,11 @@ type SimConfig struct {
 	// start when the slowest worker is done (synchronous data parallelism).
 	// GradFLOP 0 leaves gradient compute out of the step time.
 	GradFLOP, FLOPS float64
-	// LGreCo turns on L-GreCo (package compressors/lgreco) exactly as
+	// LGreCo turns on L-GreCo (package lgreco) exactly as
 	// worker.Config.LGreCo does on real workers: a controller over the
 	// units (default level: the plan's codec), observing rank 0's
 	// error-compensated gradients, deciding every Adjust steps and switching
-	// every rank's layer (adapt.Layer.SetCodec) at the same step, with the
+	// every rank's layer (binding.Layer.SetCodec) at the same step, with the
 	// plan's Seed as L-GreCo's seed. LGreCoOptions configure it
 	// (lgreco.WithSchedule, lgreco.WithAlpha; lgreco.WithSeed is replaced).
 	// LGreCoCost, if not nil, builds the objective (e.g. from sim.LinkCost
@@ -60,7 +60,7 @@ const DefaultFLOPS = 20e9
 // averaged result is the one the real collectives compute and the step time,
 // bytes and per-link traffic come from the network model.
 //
-// Every unit of every rank is a worker/adapt Layer, the same binding of
+// Every unit of every rank is a binding.Layer, the same binding of
 // codec, error feedback and collective scheme that package worker runs over
 // a transport; Sim only replaces the transport by the simulator. Per unit
 // and step, by the aggregation asked for:
@@ -74,7 +74,7 @@ const DefaultFLOPS = 20e9
 //	    "sign" or "sign:B", what 1-bit Adam registers on real workers).
 //
 // A DGC warm-up (Plan.Warmup) switches the Mean layers' codecs at the stage
-// boundaries with adapt.Layer.SetCodec, keeping the error feedback; L-GreCo
+// boundaries with binding.Layer.SetCodec, keeping the error feedback; L-GreCo
 // (SimConfig.LGreCo) switches them at its decisions' steps the same way; the
 // two combine when L-GreCo starts after the warm-up.
 //
@@ -86,9 +86,9 @@ type Sim struct {
 	plan   Plan
 	units  []Layer
 	n      int
-	layers [][]*adapt.Layer // [rank][unit]: the plan's codec (Mean)
-	dense  [][]*adapt.Layer // [rank][unit]: fp32 (DenseMean), built on first use
-	signs  [][]*adapt.Layer // [rank][unit]: sign (TwoPhaseSign), built on first use
+	layers [][]*binding.Layer // [rank][unit]: the plan's codec (Mean)
+	dense  [][]*binding.Layer // [rank][unit]: fp32 (DenseMean), built on first use
+	signs  [][]*binding.Layer // [rank][unit]: sign (TwoPhaseSign), built on first use
 	lg     *lgreco.Controller
 	lgPlan *lgreco.Plan
 
@@ -151,7 +151,7 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 		cfg.FLOPS = DefaultFLOPS
 	}
 	s := &Sim{cfg: cfg, plan: plan, units: units, n: n,
-		layers: make([][]*adapt.Layer, n), dense: make([][]*adapt.Layer, n), signs: make([][]*adapt.Layer, n)}
+		layers: make([][]*binding.Layer, n), dense: make([][]*binding.Layer, n), signs: make([][]*binding.Layer, n)}
 	ef, err := errorfeedback.Parse(plan.efRecipe())
 	if err != nil {
 		return nil, err
@@ -161,9 +161,9 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		s.layers[w] = make([]*adapt.Layer, len(units))
-		s.dense[w] = make([]*adapt.Layer, len(units))
-		s.signs[w] = make([]*adapt.Layer, len(units))
+		s.layers[w] = make([]*binding.Layer, len(units))
+		s.dense[w] = make([]*binding.Layer, len(units))
+		s.signs[w] = make([]*binding.Layer, len(units))
 		for i, u := range units {
 			codec, err := compressors.Parse(plan.RecipeAt(u, 0))
 			if err != nil {
@@ -204,12 +204,12 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 }
 
 // newLayer builds rank's adapt layer of unit u with codec and ef.
-func (s *Sim) newLayer(u Layer, codec compressors.Recipe, ef errorfeedback.Recipe, rank int) (*adapt.Layer, error) {
+func (s *Sim) newLayer(u Layer, codec compressors.Recipe, ef errorfeedback.Recipe, rank int) (*binding.Layer, error) {
 	rows, cols := u.Size, 1
 	if len(u.Shape) >= 2 {
 		rows, cols = u.Shape[0], u.Size/u.Shape[0]
 	}
-	l, err := adapt.New(adapt.Spec{Codec: codec, EF: ef, Elems: u.Size, Rows: rows, Cols: cols,
+	l, err := binding.New(binding.Spec{Codec: codec, EF: ef, Elems: u.Size, Rows: rows, Cols: cols,
 		World: s.n, Rank: rank, Seed: s.plan.Seed, Algorithm: s.denseAlg()})
 	if err != nil {
 		return nil, fmt.Errorf("train: unit %s: %w", u.Name, err)
@@ -382,8 +382,8 @@ func (s *Sim) boundary(step int) (collect bool, err error) {
 
 // layerFor returns rank's layer of unit u for aggregation how, building the
 // DenseMean and TwoPhaseSign layers on first use.
-func (s *Sim) layerFor(rank, u int, how optim.Exchange) (*adapt.Layer, error) {
-	var slot **adapt.Layer
+func (s *Sim) layerFor(rank, u int, how optim.Exchange) (*binding.Layer, error) {
+	var slot **binding.Layer
 	var r compressors.Recipe
 	var err error
 	switch how {
@@ -423,11 +423,11 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 	}
 	s.colls = s.colls[:0]
 	st := Stats{Layers: make([]LayerStats, len(s.units))}
-	ls := make([][]*adapt.Layer, len(s.units)) // [unit][rank]
+	ls := make([][]*binding.Layer, len(s.units)) // [unit][rank]
 	start := s.gradTime.Seconds()
 	for u, unit := range s.units {
 		st.Layers[u].DenseBytes = DenseRingBytes(s.n, unit.Size)
-		ls[u] = make([]*adapt.Layer, s.n)
+		ls[u] = make([]*binding.Layer, s.n)
 		for r := range s.n {
 			if ls[u][r], err = s.layerFor(r, u, how[u]); err != nil {
 				return Stats{}, err
@@ -512,7 +512,7 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 // of a compressed plan are not charged the plan's codec) and, for an
 // element-wise codec under error feedback, the encode and decode that Begin
 // runs before the program (data ← D(EF(data))) as the prologue.
-func collective(unit Layer, l *adapt.Layer, progs []*allreduce.Program, execs []allreduce.Executor, start float64) sim.Collective {
+func collective(unit Layer, l *binding.Layer, progs []*allreduce.Program, execs []allreduce.Executor, start float64) sim.Collective {
 	c := sim.Collective{Name: unit.Name, Programs: progs, Executors: execs, Start: start, Recipe: l.Compressor().String()}
 	if l.Aggregation() == compressors.Reduce && l.Feedback() != nil {
 		c.Prologue = sim.Prologue{Fn: allreduce.FnEncode, Elems: int64(unit.Size)}
@@ -563,7 +563,7 @@ func runAhead(p *allreduce.Program, x *allreduce.Exec) (allreduce.Executor, erro
 
 // observe feeds rank 0's gradient and error-feedback residual of unit u
 // (data after Begin) to L-GreCo, as the worker's observer does.
-func (s *Sim) observe(u int, l *adapt.Layer, data []float32) {
+func (s *Sim) observe(u int, l *binding.Layer, data []float32) {
 	g, e := l.Observation(data)
 	s.lg.Observe(u, g, e)
 }

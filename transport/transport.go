@@ -115,6 +115,13 @@ var (
 	ErrUnauthorized = errors.New("transport: unauthorized peer")
 	// ErrRendezvous means the group did not form (see *RendezvousError).
 	ErrRendezvous = errors.New("transport: rendezvous failed")
+	// ErrRankTaken means that another process already holds the rank this
+	// one was given in the job (the group does not take this process in;
+	// the running processes are not disturbed).
+	ErrRankTaken = errors.New("transport: rank already taken")
+	// ErrWorldMismatch means that processes of one job were given different
+	// world sizes.
+	ErrWorldMismatch = errors.New("transport: world size mismatch")
 	// ErrInvalidPeer means a peer rank out of range or equal to the caller's
 	// own rank (a caller bug reported as an error, not a panic).
 	ErrInvalidPeer = errors.New("transport: invalid peer rank")
@@ -135,3 +142,22 @@ func (e *PeerError) Error() string {
 
 // Unwrap returns Err, so that errors.Is matches the sentinel it wraps.
 func (e *PeerError) Unwrap() error { return e.Err }
+
+// InboundError is the cause of a link failure found in what the peer sent:
+// a bad, oversized or out-of-sequence frame, or a peer that ignored its
+// credit. It names the peer and the direction, so that a *PeerError of a
+// later Send on the failed link (Op "send") does not read as if this rank
+// had sent the bad frame. Err wraps the sentinel (ErrBadFrame, ErrTooLarge,
+// ErrPeerDead) and the details.
+type InboundError struct {
+	Rank int // the peer whose frame failed
+	Err  error
+}
+
+// Error says that a frame received from the peer failed, and why.
+func (e *InboundError) Error() string {
+	return fmt.Sprintf("frame received from rank %d: %v", e.Rank, e.Err)
+}
+
+// Unwrap returns Err.
+func (e *InboundError) Unwrap() error { return e.Err }

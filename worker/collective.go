@@ -4,8 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/slimgrad/slimgrad/binding"
 	"github.com/slimgrad/slimgrad/transport"
-	"github.com/slimgrad/slimgrad/worker/adapt"
 )
 
 // collStats is what one run of a bucket's collective cost.
@@ -23,7 +23,7 @@ type collective interface {
 	// the decoded contributions, as collective id over conn.
 	// obs, if not nil, sees the layer and its data after Begin (L-GreCo's
 	// observation on rank 0).
-	run(ctx context.Context, conn transport.Conn, d *driver, id uint32, data []float32, obs func(*adapt.Layer, []float32), opts RunOptions) (collStats, error)
+	run(ctx context.Context, conn transport.Conn, d *driver, id uint32, data []float32, obs func(*binding.Layer, []float32), opts RunOptions) (collStats, error)
 	// finish turns the mean into the update direction (error feedback's
 	// replicated state); called once per step after every bucket succeeded.
 	finish(data []float32) error

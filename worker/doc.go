@@ -26,7 +26,7 @@
 // same element-wise codec (none, fp16, bf16) and element-wise error feedback
 // are fused into buckets of up to Config.BucketBytes, one collective each.
 // Every other layer is its own bucket. A bucket's scheme follows its codec's
-// aggregation (see package worker/adapt): dense ring, tree or
+// aggregation (see package binding): dense ring, tree or
 // halving-doubling (chosen per bucket by allreduce.Policy under
 // Config.CostModel, or forced by Config.Algorithm); sparse all-gather with
 // rank-order decode-add; the two-phase sign all-reduce; PowerSGD's low-rank
@@ -55,7 +55,7 @@
 //
 // # L-GreCo
 //
-// WithLGreCo (or WithLGreCoLinkAware) lets package compressors/lgreco choose
+// WithLGreCo (or WithLGreCoLinkAware) lets package lgreco choose
 // each layer's level (top-k density, PowerSGD rank, QSGD width) around its
 // registered recipe, under the error budget of that uniform default. Rank 0
 // observes its gradients and error-feedback residuals (every step from
@@ -67,7 +67,7 @@
 // configurations (a mismatch fails every rank with an error wrapping
 // lgreco.ErrDesync, never a hang), and the layers whose level changes are
 // rebuilt at the same step on every rank with their error-feedback state
-// kept (adapt.Layer.SetCodec). Ledger.Switched, Ledger.Decision and each
+// kept (binding.Layer.SetCodec). Ledger.Switched, Ledger.Decision and each
 // layer's Codec report it.
 //
 // # Codec schedules
@@ -75,12 +75,12 @@
 // WithCodecSchedule gives a layer a codec per range of steps (DGC's density
 // warm-up: train.Plan.Stages). At the end of the Wait before a stage's first
 // step every rank switches the layer through the same path as L-GreCo
-// (adapt.Layer.SetCodec, error feedback kept); the schedule is in the
+// (binding.Layer.SetCodec, error feedback kept); the schedule is in the
 // signature, scheduled layers are never fused, and every stage keeps the
 // first stage's aggregation. L-GreCo tunes a scheduled layer around its last
 // stage and must start after the schedule ends.
 //
 // Run executes a single allreduce program over a conn, for callers that
-// drive collectives themselves; package worker/adapt binds a layer's codec and
+// drive collectives themselves; package binding binds a layer's codec and
 // error feedback to its scheme for any driver (the simulator uses it too).
 package worker

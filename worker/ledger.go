@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/lgreco"
 	"github.com/slimgrad/slimgrad/transport"
 )
 

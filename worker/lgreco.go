@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/binding"
 	"github.com/slimgrad/slimgrad/compressors"
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
-	"github.com/slimgrad/slimgrad/worker/adapt"
+	"github.com/slimgrad/slimgrad/lgreco"
 )
 
 // lgState is the Worker's L-GreCo state (Config.LGreCo).
@@ -118,7 +118,7 @@ func (w *Worker) checkTuned() error {
 // Config.Timeout. A rank whose decision fails to arrive or to schedule still
 // takes part in the comparison, so every rank fails at once with an error
 // wrapping lgreco.ErrDesync rather than waiting for a timeout. The changed
-// layers are rebuilt (adapt.Layer.SetCodec) with the active recipe and the
+// layers are rebuilt (binding.Layer.SetCodec) with the active recipe and the
 // controller's layer seed, keeping their error-feedback state.
 func (w *Worker) lgBoundary(ctx context.Context, t int64) error {
 	g := w.lg
@@ -185,7 +185,7 @@ func (w *Worker) lgBoundary(ctx context.Context, t int64) error {
 }
 
 // switchLayer rebuilds layer l's collective for recipe r with the shared
-// seed, keeping its error-feedback state (adapt.Layer.SetCodec): L-GreCo's
+// seed, keeping its error-feedback state (binding.Layer.SetCodec): L-GreCo's
 // switches and codec schedules (WithCodecSchedule). by names the caller in
 // errors.
 func (w *Worker) switchLayer(l int, r compressors.Recipe, seed uint64, by string) error {
@@ -238,9 +238,9 @@ func (w *Worker) checkSchedules() error {
 
 // observer returns the hook that feeds layer l's gradient and error-feedback
 // residual of a collecting step to the controller (rank 0 only), as
-// adapt.Layer.Observation gives them.
-func (g *lgState) observer(l int) func(*adapt.Layer, []float32) {
-	return func(al *adapt.Layer, data []float32) {
+// binding.Layer.Observation gives them.
+func (g *lgState) observer(l int) func(*binding.Layer, []float32) {
+	return func(al *binding.Layer, data []float32) {
 		grad, e := al.Observation(data)
 		g.mu.Lock()
 		g.ctrl.Observe(l, grad, e)

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/slimgrad/slimgrad/compressors"
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/lgreco"
 )
 
 // spectraGrads returns a generator of gradients grads[rank][layer] for a

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/lgreco"
 )
 
 // NaNPolicy says what a step does when some rank's gradient holds a NaN
@@ -104,7 +104,7 @@ type Config struct {
 	// Logger receives debug and error logs. Default slog.Default().
 	Logger *slog.Logger
 
-	// LGreCo turns on L-GreCo (package compressors/lgreco, specs §4.2):
+	// LGreCo turns on L-GreCo (package lgreco, specs §4.2):
 	// every layer whose codec has levels (top-k, dgc and random-k
 	// densities, PowerSGD ranks, QSGD widths) gets its level chosen by
 	// rank 0's dynamic program every Adjust steps, under the error budget
@@ -289,7 +289,7 @@ type CodecStage struct {
 // first stage is the layer's codec). Steps are counted by the Worker: every
 // step that Wait returned from counts, skipped and ModeDense steps included.
 // At the boundary before step From (at the end of Wait, before L-GreCo's
-// boundary) every rank switches the layer with adapt.Layer.SetCodec, the
+// boundary) every rank switches the layer with binding.Layer.SetCodec, the
 // shared Config.Seed as the codec's seed, keeping the error-feedback state;
 // a failure there breaks the Worker like a failed L-GreCo boundary.
 //

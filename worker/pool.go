@@ -112,33 +112,110 @@ func (p *pool) close() {
 // done channel). It does not watch its parent: the goroutine that owns it
 // selects on the parent's Done and calls cancel, which every run loop does
 // while I/O is in flight. Deadline and Value are the parent's.
+//
+// It has an AfterFunc method, so context.AfterFunc and the transports that
+// look for one register a callback with it instead of starting a goroutine
+// that waits on Done for every call.
 type runCtx struct {
 	mu     sync.Mutex
 	parent context.Context
 	done   chan struct{}
 	err    error
+	regs   []*afterReg // live AfterFunc registrations
+	free   []*afterReg // stopped registrations, for reuse
+}
+
+// afterReg is one AfterFunc registration. Its stop func is bound once,
+// when the registration is first made, so reusing it allocates nothing.
+type afterReg struct {
+	c    *runCtx
+	f    func()
+	live bool
+	stop func() bool
 }
 
 // reset makes c an uncancelled child of parent. Nothing may use c while
-// it is reset.
+// it is reset; registrations still live are dropped without running.
 func (c *runCtx) reset(parent context.Context) {
 	c.mu.Lock()
 	c.parent = parent
 	if c.done == nil || c.err != nil {
 		c.done, c.err = make(chan struct{}), nil
 	}
+	for i, r := range c.regs {
+		r.live, r.f = false, nil
+		c.regs[i] = nil
+	}
+	c.regs = c.regs[:0]
 	c.mu.Unlock()
 }
 
 // cancel cancels c with context.Canceled (idempotent; a no-op on a
-// runCtx never reset).
+// runCtx never reset) and runs every registered AfterFunc callback, each
+// in its own goroutine.
 func (c *runCtx) cancel() {
 	c.mu.Lock()
-	if c.err == nil && c.done != nil {
-		c.err = context.Canceled
-		close(c.done)
+	if c.err != nil || c.done == nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = context.Canceled
+	close(c.done)
+	regs := c.regs
+	c.regs = nil // their stop funcs may still be called: never reuse them
+	for _, r := range regs {
+		r.live = false
 	}
 	c.mu.Unlock()
+	for _, r := range regs {
+		go r.f()
+	}
+}
+
+// AfterFunc arranges to call f in its own goroutine once c is cancelled
+// (at once if it already is), as context.AfterFunc does. The returned stop
+// unregisters f; it returns true if it stopped f from being run, false if
+// c was already cancelled (or reset). stop must be called at most once:
+// its registration is reused afterwards. In steady state (c not
+// cancelled) AfterFunc and stop allocate nothing.
+func (c *runCtx) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	if c.err != nil || c.done == nil {
+		c.mu.Unlock()
+		go f()
+		return func() bool { return false }
+	}
+	var r *afterReg
+	if n := len(c.free); n > 0 {
+		r, c.free = c.free[n-1], c.free[:n-1]
+	} else {
+		r = &afterReg{c: c}
+		r.stop = r.unregister
+	}
+	r.f, r.live = f, true
+	c.regs = append(c.regs, r)
+	c.mu.Unlock()
+	return r.stop
+}
+
+func (r *afterReg) unregister() bool {
+	c := r.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !r.live {
+		return false
+	}
+	r.live, r.f = false, nil
+	for i, x := range c.regs {
+		if x == r {
+			last := len(c.regs) - 1
+			c.regs[i], c.regs[last] = c.regs[last], nil
+			c.regs = c.regs[:last]
+			break
+		}
+	}
+	c.free = append(c.free, r)
+	return true
 }
 
 func (c *runCtx) Deadline() (time.Time, bool) { return c.parent.Deadline() }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 )
 
@@ -76,5 +77,62 @@ func TestRunCtx(t *testing.T) {
 	}
 	if a := testing.AllocsPerRun(100, func() { c.reset(parent) }); a != 0 {
 		t.Fatalf("reset of an uncancelled runCtx allocates %v", a)
+	}
+}
+
+// runCtx.AfterFunc runs callbacks on cancel, not after stop, allocates
+// nothing in steady state, and lets context.AfterFunc register through it
+// instead of starting a goroutine per call.
+func TestRunCtxAfterFunc(t *testing.T) {
+	var c runCtx
+	c.reset(context.Background())
+	ran := make(chan int, 3)
+	stop1 := c.AfterFunc(func() { ran <- 1 })
+	stop2 := c.AfterFunc(func() { ran <- 2 })
+	if !stop1() {
+		t.Fatal("stop of a live registration returned false")
+	}
+	noop := func() {}
+	if a := testing.AllocsPerRun(1000, func() { c.AfterFunc(noop)() }); a != 0 {
+		t.Fatalf("AfterFunc+stop allocates %v per call, want 0", a)
+	}
+	before := runtime.NumGoroutine()
+	stops := make([]func() bool, 100)
+	for i := range stops {
+		stops[i] = context.AfterFunc(&c, noop)
+	}
+	// Without the method each call would leave a goroutine waiting on
+	// Done; allow some slack for goroutines of other tests.
+	if got := runtime.NumGoroutine(); got-before >= len(stops)/2 {
+		t.Fatalf("context.AfterFunc on a runCtx started %d goroutines for %d calls", got-before, len(stops))
+	}
+	for _, s := range stops {
+		if !s() {
+			t.Fatal("context.AfterFunc stop returned false before cancel")
+		}
+	}
+	c.cancel()
+	if got := <-ran; got != 2 {
+		t.Fatalf("callback %d ran, want 2", got)
+	}
+	if stop2() {
+		t.Fatal("stop after cancel returned true")
+	}
+	// Registering on a cancelled context runs f at once.
+	c.AfterFunc(func() { ran <- 3 })
+	if got := <-ran; got != 3 {
+		t.Fatalf("callback %d ran, want 3", got)
+	}
+	select {
+	case got := <-ran:
+		t.Fatalf("stopped callback %d ran", got)
+	default:
+	}
+	// After reset, a registration works again and a cancel runs it.
+	c.reset(context.Background())
+	c.AfterFunc(func() { ran <- 4 })
+	c.cancel()
+	if got := <-ran; got != 4 {
+		t.Fatalf("callback %d ran after reset, want 4", got)
 	}
 }

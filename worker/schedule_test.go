@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/lgreco"
 )
 
 // schedLayers: a DGC warm-up on a matrix, a top-k schedule under EF14, an

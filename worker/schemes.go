@@ -5,8 +5,8 @@ import (
 	"fmt"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/binding"
 	"github.com/slimgrad/slimgrad/transport"
-	"github.com/slimgrad/slimgrad/worker/adapt"
 
 	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/errorfeedback"
@@ -108,9 +108,9 @@ func fusable(s *layerSpec) bool {
 
 func sameRecipe(a, b *layerSpec) bool { return a.codec == b.codec && a.ef == b.ef }
 
-// layerColl is a bucket's collective: an adapt.Layer run by the driver.
+// layerColl is a bucket's collective: an binding.Layer run by the driver.
 type layerColl struct {
-	l *adapt.Layer
+	l *binding.Layer
 }
 
 func (c *layerColl) scheme() string { return c.l.Scheme() }
@@ -120,7 +120,7 @@ func (c *layerColl) finish(data []float32) error {
 	return nil
 }
 
-func (c *layerColl) run(ctx context.Context, conn transport.Conn, d *driver, id uint32, data []float32, obs func(*adapt.Layer, []float32), opts RunOptions) (collStats, error) {
+func (c *layerColl) run(ctx context.Context, conn transport.Conn, d *driver, id uint32, data []float32, obs func(*binding.Layer, []float32), opts RunOptions) (collStats, error) {
 	var cs collStats
 	if err := c.l.Begin(data); err != nil {
 		return cs, err
@@ -146,7 +146,7 @@ func (w *Worker) newCollective(b *bucket) (collective, error) {
 	if b.fused {
 		rows, cols = b.elems(), 1
 	}
-	spec := adapt.Spec{
+	spec := binding.Spec{
 		Codec: s.recipe, EF: s.efRecipe,
 		Elems: b.elems(), Rows: rows, Cols: cols,
 		World: w.conn.Size(), Rank: w.conn.Rank(), Seed: w.cfg.Seed,
@@ -163,7 +163,7 @@ func (w *Worker) newCollective(b *bucket) (collective, error) {
 		}
 		spec.Algorithm, spec.Segments = alg, segs
 	}
-	l, err := adapt.New(spec)
+	l, err := binding.New(spec)
 	if err != nil {
 		return nil, fmt.Errorf("worker: bucket %d (layer %q): %w", b.index, s.name, err)
 	}
@@ -217,14 +217,14 @@ const minSegmentBytes = 16 << 10
 func (w *Worker) newDenseCollective(b *bucket) (collective, error) {
 	none, _ := compressors.Parse("none")
 	noEF, _ := errorfeedback.Parse("none")
-	spec := adapt.Spec{Codec: none, EF: noEF, Elems: b.elems(), Rows: b.elems(), Cols: 1,
+	spec := binding.Spec{Codec: none, EF: noEF, Elems: b.elems(), Rows: b.elems(), Cols: 1,
 		World: w.conn.Size(), Rank: w.conn.Rank(), Seed: w.cfg.Seed}
 	alg, segs, err := w.denseAlgorithm(b.elems(), 4)
 	if err != nil {
 		return nil, err
 	}
 	spec.Algorithm, spec.Segments = alg, segs
-	l, err := adapt.New(spec)
+	l, err := binding.New(spec)
 	if err != nil {
 		return nil, fmt.Errorf("worker: bucket %d (dense): %w", b.index, err)
 	}

@@ -12,9 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/slimgrad/slimgrad/binding"
 	"github.com/slimgrad/slimgrad/internal/kernels"
 	"github.com/slimgrad/slimgrad/transport"
-	"github.com/slimgrad/slimgrad/worker/adapt"
 )
 
 // Errors.
@@ -891,7 +891,7 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 		return
 	}
 	res.coll = coll
-	var obs func(*adapt.Layer, []float32)
+	var obs func(*binding.Layer, []float32)
 	if st.collect && !b.fused && w.lg.plan.Tuned(b.layers[0]) {
 		obs = w.lg.observer(b.layers[0])
 	}

@@ -63,7 +63,7 @@ func TestBadInputs(t *testing.T) {
 		code := run(context.Background(), tc.args, &stdout, &stderr)
 		lines := strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n")
 		if code == 0 || stdout.Len() != 0 || len(lines) != 1 || !strings.Contains(lines[0], tc.want) ||
-			!strings.HasPrefix(lines[0], "slimgrad "+tc.args[0]+": ") {
+			!strings.HasPrefix(lines[0], "slimgrad "+tc.args[0]+": ") || strings.Count(lines[0], tc.args[0]+": ") > 1 {
 			t.Errorf("%q: exit %d, stdout %q, stderr %q; want a non-zero exit, no stdout and one line %q", tc.args, code, stdout.String(), stderr.String(), "slimgrad "+tc.args[0]+": ..."+tc.want+"...")
 		}
 		if ents, _ := os.ReadDir("."); len(ents) != 0 {

@@ -177,21 +177,24 @@ const busyLoad = 0.5
 // warnIfBusy warns on w when the machine is busy: measured throughputs then
 // fall with the load (a bf16 decode-add was once measured at 16.6 MB/s).
 func warnIfBusy(w io.Writer) {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Fprint(w, busyWarning(string(b), runtime.NumCPU()))
 	}
-	fields := strings.Fields(string(b))
+}
+
+// busyWarning returns bench's warning line for the contents of
+// /proc/loadavg on a machine of cores cores, or "" when the one-minute load
+// is below busyLoad per core or cannot be read.
+func busyWarning(loadavg string, cores int) string {
+	fields := strings.Fields(loadavg)
 	if len(fields) == 0 {
-		return
+		return ""
 	}
 	load, err := strconv.ParseFloat(fields[0], 64)
-	if err != nil {
-		return
+	if err != nil || load <= busyLoad*float64(cores) {
+		return ""
 	}
-	if cores := runtime.NumCPU(); load > busyLoad*float64(cores) {
-		fmt.Fprintf(w, "slimgrad bench: warning: the machine is busy (load average %.2f on %d cores): measurements, and the calibration written from them, will be low; measure on a quiet machine\n", load, cores)
-	}
+	return fmt.Sprintf("slimgrad bench: warning: the machine is busy (load average %.2f on %d cores): measurements, and the calibration written from them, will be low; measure on a quiet machine\n", load, cores)
 }
 
 // wideSpread is the spread (bench.Result.Spread) above which a measurement

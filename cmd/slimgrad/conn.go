@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -23,6 +24,18 @@ import (
 // every user of the machine can read (ps).
 const tokenEnv = "SLIMGRAD_NATS_TOKEN"
 
+// userEnv and passwordEnv carry a worker's own NATS user, which launch
+// creates per rank on its embedded server (allowed only that rank's
+// subjects of the job).
+const (
+	userEnv     = "SLIMGRAD_NATS_USER"
+	passwordEnv = "SLIMGRAD_NATS_PASSWORD"
+)
+
+// keyEnv is the environment variable that carries the job key (see
+// --key-file) to a worker; launch makes one per job.
+const keyEnv = "SLIMGRAD_JOB_KEY"
+
 // connOptions are the flags that say how a worker reaches its job: the
 // transport, the NATS server (rendezvous, and the NATS transport) with its
 // TLS and credentials, and libp2p's addresses.
@@ -31,7 +44,13 @@ type connOptions struct {
 	// TokenFile, if set, holds the NATS token; otherwise it comes from
 	// $SLIMGRAD_NATS_TOKEN. Token is the loaded value (never a flag).
 	TokenFile, Token string
-	Creds            string // NATS credentials file (user JWT and NKey seed)
+	// KeyFile, if set, holds the job key that authenticates every NATS
+	// frame; otherwise it comes from $SLIMGRAD_JOB_KEY. Key is the loaded
+	// value (never a flag); empty leaves frames unauthenticated.
+	KeyFile, Key string
+	// User and Password are a NATS user (from the environment only).
+	User, Password string
+	Creds          string // NATS credentials file (user JWT and NKey seed)
 	// NATS TLS: the CA that signed the server's certificate, and a client
 	// certificate and key for servers that verify clients.
 	NATSCA, NATSCert, NATSKey string
@@ -45,6 +64,9 @@ type connOptions struct {
 	// Failure detection: a peer silent for PeerTimeout is dead; liveness
 	// is signalled every Heartbeat. 0 means the transport's default.
 	Heartbeat, PeerTimeout time.Duration
+	// Log receives the transport's warnings (dropped forged frames); nil
+	// logs nothing.
+	Log *slog.Logger
 }
 
 // defaultListen is a worker's libp2p listen address: every interface, a
@@ -55,6 +77,7 @@ func (c *connOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Transport, "transport", c.Transport, "transport: nats or libp2p (libp2p meets through the NATS server's rendezvous)")
 	fs.StringVar(&c.NATS, "nats", c.NATS, "NATS server URL, e.g. nats://198.18.0.10:4222 (launch: default an embedded server); the token comes from $"+tokenEnv+" or --token-file, never from the command line")
 	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "file holding the NATS auth token (default: $"+tokenEnv+")")
+	fs.StringVar(&c.KeyFile, "key-file", c.KeyFile, "file holding the job key (at least 16 characters, the same for every worker) that authenticates every NATS frame (default: $"+keyEnv+"; launch makes one per job)")
 	fs.StringVar(&c.Creds, "creds", c.Creds, "NATS credentials file (user JWT and NKey seed)")
 	fs.StringVar(&c.NATSCA, "nats-ca", c.NATSCA, "PEM file of the CA that signed the NATS server's certificate (turns TLS on)")
 	fs.StringVar(&c.NATSCert, "nats-cert", c.NATSCert, "PEM client certificate for a NATS server that verifies clients (with --nats-key)")
@@ -71,7 +94,7 @@ func (c *connOptions) register(fs *flag.FlagSet) {
 // args re-encodes the options as worker flags (no secret among them).
 func (c *connOptions) args() []string {
 	return []string{"--transport", c.Transport, "--nats", c.NATS, "--job", c.Job,
-		"--token-file", c.TokenFile, "--creds", c.Creds,
+		"--token-file", c.TokenFile, "--key-file", c.KeyFile, "--creds", c.Creds,
 		"--nats-ca", c.NATSCA, "--nats-cert", c.NATSCert, "--nats-key", c.NATSKey,
 		"--listen", c.Listen, "--announce", c.Announce, "--relay", c.Relay, "--reachability", c.Reachability,
 		"--heartbeat", c.Heartbeat.String(), "--peer-timeout", c.PeerTimeout.String()}
@@ -80,10 +103,14 @@ func (c *connOptions) args() []string {
 // env is the environment a worker started by launch needs besides argv:
 // the token.
 func (c *connOptions) env() []string {
-	if c.Token == "" {
-		return nil
+	var env []string
+	if c.Token != "" {
+		env = append(env, tokenEnv+"="+c.Token)
 	}
-	return []string{tokenEnv + "=" + c.Token}
+	if c.Key != "" && c.KeyFile == "" {
+		env = append(env, keyEnv+"="+c.Key)
+	}
+	return env
 }
 
 // validate checks the flags and loads the token.
@@ -122,35 +149,56 @@ func (c *connOptions) validate() error {
 	if tok != "" {
 		c.Token = tok
 	}
+	if u := os.Getenv(userEnv); u != "" {
+		c.User, c.Password = u, os.Getenv(passwordEnv)
+	}
+	key, err := loadSecret("--key-file", c.KeyFile, keyEnv)
+	if err != nil {
+		return err
+	}
+	if key != "" {
+		if len(key) < tnats.MinKeyLen {
+			return fmt.Errorf("the job key (--key-file or $%s) has %d characters, want at least %d", keyEnv, len(key), tnats.MinKeyLen)
+		}
+		c.Key = key
+	}
 	return nil
+}
+
+// loadSecret reads a secret from file (named by flag in errors), or from
+// the environment variable env when file is empty. Surrounding white space
+// is dropped.
+func loadSecret(flag, file, env string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(os.Getenv(env)), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flag, err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("%s %s is empty", flag, file)
+	}
+	return s, nil
 }
 
 // loadToken reads the token from file, or from $SLIMGRAD_NATS_TOKEN when
 // file is empty. Surrounding white space (a final newline) is dropped.
-func loadToken(file string) (string, error) {
-	if file == "" {
-		return strings.TrimSpace(os.Getenv(tokenEnv)), nil
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return "", fmt.Errorf("--token-file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return "", fmt.Errorf("--token-file %s is empty", file)
-	}
-	return tok, nil
-}
+func loadToken(file string) (string, error) { return loadSecret("--token-file", file, tokenEnv) }
 
 // natsOptions are the NATS client options of the flags: token,
 // credentials, TLS.
 func (c *connOptions) natsOptions() []natsgo.Option {
 	var opts []natsgo.Option
-	if c.Token != "" {
+	if c.Token != "" && c.User == "" {
 		opts = append(opts, natsgo.Token(c.Token))
 	}
 	if c.Creds != "" {
 		opts = append(opts, natsgo.UserCredentials(c.Creds))
+	}
+	if c.User != "" {
+		opts = append(opts, natsgo.UserInfo(c.User, c.Password))
 	}
 	if c.NATSCA != "" {
 		opts = append(opts, natsgo.RootCAs(c.NATSCA))
@@ -272,7 +320,11 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 	}
 	switch c.Transport {
 	case "nats":
-		return tnats.Dial(ctx, c.NATS, c.Job, rank, world, tnats.WithNATSOptions(c.natsOptions()...), c.natsHeartbeat())
+		var key tnats.Option
+		if c.Key != "" {
+			key = tnats.WithKey([]byte(c.Key))
+		}
+		return tnats.Dial(ctx, c.NATS, c.Job, rank, world, tnats.WithNATSOptions(c.natsOptions()...), c.natsHeartbeat(), key, tnats.WithLogger(c.Log))
 	case "libp2p":
 		lopts, err := c.libp2pOptions()
 		if err != nil {
@@ -282,9 +334,9 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 		if err != nil {
 			return nil, fmt.Errorf("rendezvous server: %w", err)
 		}
-		defer nc.Close()
 		relays, err := c.relays(ctx, nc)
 		if err != nil {
+			nc.Close()
 			return nil, err
 		}
 		reach, _ := c.reachability() // validated
@@ -294,9 +346,29 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 		lopts = append(lopts, libp2p.WithReachability(reach))
 		conn, err := rendezvous.JoinLibp2p(ctx, nc, c.Job, world, lopts, rendezvous.WithTimeout(rdvTimeout))
 		if err != nil {
+			nc.Close()
+			if errors.Is(err, transport.ErrRankTaken) && rank >= 0 {
+				return nil, fmt.Errorf("rank %d is already taken: %w", rank, err)
+			}
 			return nil, err // not a nil *libp2p.Conn in a non-nil interface
 		}
-		return conn, nil
+		// The NATS connection stays open while the job runs, so that this
+		// process answers latecomers of the job (they fail at once).
+		return &answeringConn{Conn: conn, nc: nc}, nil
 	}
 	return nil, fmt.Errorf("unknown --transport %q (want nats or libp2p)", c.Transport)
+}
+
+// answeringConn is a libp2p rank that keeps its rendezvous connection open
+// (see rendezvous.Answer) until it closes.
+type answeringConn struct {
+	*libp2p.Conn
+	nc *natsgo.Conn
+}
+
+// Close closes the libp2p connection, then the NATS connection.
+func (c *answeringConn) Close() error {
+	err := c.Conn.Close()
+	c.nc.Close()
+	return err
 }

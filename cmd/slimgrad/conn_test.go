@@ -90,3 +90,28 @@ func TestConnFlagsValidate(t *testing.T) {
 		t.Error("--peer-timeout gave no NATS heartbeat option")
 	}
 }
+
+// The job key, like the token, comes from the environment or a file, never
+// from argv, and is handed to workers in the environment; a short key is
+// refused.
+func TestKeyNeverInArgv(t *testing.T) {
+	const secret = "a-job-key-of-enough-length"
+	t.Setenv(keyEnv, secret)
+	o, err := parseConn(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Key != secret {
+		t.Errorf("key from $%s: %q", keyEnv, o.Key)
+	}
+	if args := strings.Join(o.args(), " "); strings.Contains(args, secret) {
+		t.Errorf("worker argv holds the key: %s", args)
+	}
+	if env := o.env(); !slices.Contains(env, keyEnv+"="+secret) {
+		t.Errorf("worker environment %q lacks the key", env)
+	}
+	t.Setenv(keyEnv, "short")
+	if _, err := parseConn(t); err == nil || !strings.Contains(err.Error(), "at least 16") {
+		t.Errorf("short key: err = %v", err)
+	}
+}

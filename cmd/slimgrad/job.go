@@ -311,6 +311,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		}
 		defer met.Close()
 	}
+	o.connOptions.Log = log
 	cctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	conn, err := connect(cctx, &o.connOptions, o.World, *rank, o.Timeout)
 	cancel()

@@ -16,7 +16,9 @@ import (
 	"sync"
 	"time"
 
+	tnats "github.com/slimgrad/slimgrad/transport/nats"
 	"github.com/slimgrad/slimgrad/transport/natsserver"
+	"github.com/slimgrad/slimgrad/transport/rendezvous"
 )
 
 // digestRE finds a worker's final parameter digest in its summary line.
@@ -48,13 +50,33 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if o.Transport == "libp2p" && o.Listen == "" {
 		o.Listen = "/ip4/127.0.0.1/tcp/0" // every worker is on this machine
 	}
+	if o.Key == "" && o.KeyFile == "" {
+		// A key per job: every NATS frame of the workers is authenticated.
+		var b [32]byte
+		rand.Read(b[:])
+		o.Key = hex.EncodeToString(b[:])
+	}
+	var users []natsserver.User // per rank, on the embedded server
 	if o.NATS == "" {
-		if o.Token == "" {
+		// Every worker gets its own NATS user, allowed only its rank's
+		// subjects of this job (a shared token would let any worker
+		// publish as any rank).
+		for p := range o.World {
 			var b [16]byte
 			rand.Read(b[:])
-			o.Token = hex.EncodeToString(b[:])
+			u := natsserver.User{Name: fmt.Sprintf("%s-rank-%d", o.Job, p), Password: hex.EncodeToString(b[:])}
+			if o.Transport == "nats" {
+				u.Publish, u.Subscribe = tnats.Permissions(o.Job, p)
+			} else {
+				// The rendezvous, and the question for a relay (answered
+				// by nobody here) with its reply inbox.
+				rdv := rendezvous.DefaultOptions().SubjectPrefix + "." + o.Job
+				u.Publish, u.Subscribe = []string{rdv, relayInfoSubject}, []string{rdv, "_INBOX.>"}
+			}
+			users = append(users, u)
 		}
-		srv, err := natsserver.Start(ctx, natsserver.Options{Token: o.Token})
+		o.Token = ""
+		srv, err := natsserver.Start(ctx, natsserver.Options{Users: users})
 		if err != nil {
 			return fmt.Errorf("embedded NATS server: %w", err)
 		}
@@ -85,6 +107,9 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		dieWithParent(cmd)
 		// The token goes in the environment, never in argv.
 		cmd.Env = append(append(os.Environ(), o.env()...), envWatchStdin+"=1")
+		if users != nil {
+			cmd.Env = append(cmd.Env, userEnv+"="+users[p].Name, passwordEnv+"="+users[p].Password)
+		}
 		if _, err := cmd.StdinPipe(); err != nil {
 			return err
 		}

@@ -11,6 +11,8 @@
 //	slimgrad server [flags]   NATS server and libp2p relay for workers on several machines
 //	slimgrad bench            measure this machine and write the simulator's calibration
 //	slimgrad help [command]   show help
+//go:generate go run ../../internal/readme -readme ../../README.md
+
 package main
 
 import (

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -43,9 +44,11 @@ func roundWall(d time.Duration) time.Duration {
 	return d.Round(10 * time.Microsecond)
 }
 
-func writeSummary(w io.Writer, rep *simReport, target float64) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "method\ttest acc\ttest loss\twire bytes\tdense-ring bytes\tsaved\tpayload bytes\tsim time\tspeed-up vs dense ring\tsim time to %.0f%%\twall\t\n", 100*target)
+// summaryTable returns the summary's header and one row per run; the last
+// column is the wall time, which alone differs between identical runs.
+func summaryTable(rep *simReport, target float64) (header []string, rows [][]string) {
+	header = []string{"method", "test acc", "test loss", "wire bytes", "dense-ring bytes", "saved", "payload bytes",
+		"sim time", "speed-up vs dense ring", fmt.Sprintf("sim time to %.0f%%", 100*target), "wall"}
 	for _, run := range rep.Runs {
 		last := run.Result.Last
 		simTime, speedup, tta := "-", "-", "not reached"
@@ -64,11 +67,36 @@ func writeSummary(w io.Writer, rep *simReport, target float64) {
 				tta = fmt.Sprintf("step %d", step)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%.2f%%\t%.4f\t%s\t%s\t%.1f×\t%s\t%s\t%s\t%s\t%s\t\n", run.Method.Name,
-			100*run.Result.Final.Accuracy, run.Result.Final.Loss, fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes),
-			last.Saved(), fmtBytes(last.TotalPayloadBytes), simTime, speedup, tta, roundWall(run.Wall))
+		rows = append(rows, []string{run.Method.Name,
+			fmt.Sprintf("%.2f%%", 100*run.Result.Final.Accuracy), fmt.Sprintf("%.4f", run.Result.Final.Loss),
+			fmtBytes(last.TotalWireBytes), fmtBytes(last.TotalDenseBytes), fmt.Sprintf("%.1f×", last.Saved()),
+			fmtBytes(last.TotalPayloadBytes), simTime, speedup, tta, roundWall(run.Wall).String()})
+	}
+	return header, rows
+}
+
+// writeSummary writes the summary as aligned text (the terminal's and
+// summary.txt's form).
+func writeSummary(w io.Writer, rep *simReport, target float64) {
+	header, rows := summaryTable(rep, target)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	for _, r := range append([][]string{header}, rows...) {
+		fmt.Fprintf(tw, "%s\t\n", strings.Join(r, "\t"))
 	}
 	tw.Flush()
+}
+
+// writeSummaryMarkdown writes the summary as a Markdown table without the
+// wall-time column, so that the same command always writes the same
+// table (summary.md; the README's results are spliced from it).
+func writeSummaryMarkdown(w io.Writer, rep *simReport, target float64) {
+	header, rows := summaryTable(rep, target)
+	for i, r := range append([][]string{header, nil}, rows...) {
+		if i == 1 {
+			r = slices.Repeat([]string{"---"}, len(header))
+		}
+		fmt.Fprintf(w, "| %s |\n", strings.Join(r[:len(r)-1], " | "))
+	}
 }
 
 // csvHeader is the per-step CSV schema. saved = dense_bytes / wire_bytes of the
@@ -236,11 +264,16 @@ func writeOutputs(dir string, rep *simReport, jsonl, plots bool) ([]string, erro
 		}
 		files = append(files, path)
 	}
-	path = filepath.Join(dir, "summary.txt")
-	if err := writeFile(path, func(w io.Writer) error { writeSummary(w, rep, rep.Options.Target); return nil }); err != nil {
-		return files, err
+	for _, sum := range []struct {
+		name  string
+		write func(io.Writer, *simReport, float64)
+	}{{"summary.txt", writeSummary}, {"summary.md", writeSummaryMarkdown}} {
+		path = filepath.Join(dir, sum.name)
+		if err := writeFile(path, func(w io.Writer) error { sum.write(w, rep, rep.Options.Target); return nil }); err != nil {
+			return files, err
+		}
+		files = append(files, path)
 	}
-	files = append(files, path)
 	if plots {
 		ps, err := writePlots(dir, rep)
 		files = append(files, ps...)

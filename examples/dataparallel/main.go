@@ -76,7 +76,7 @@ func rankLoop(ctx context.Context, conn transport.Conn, data, test *workload.Dat
 	if err != nil {
 		return err
 	}
-	defer w.Close()
+	defer w.Close() // after an error; a finished run calls Shutdown below
 	var opts []*optim.Momentum
 	for _, p := range model.Params() {
 		layer := []worker.LayerOption{}
@@ -122,6 +122,11 @@ func rankLoop(ctx context.Context, conn transport.Conn, data, test *workload.Dat
 			fmt.Fprintf(out, "step %3d  loss %.4f  sent %6d B  (dense ring %6d B, %.1f× fewer)\n",
 				step, loss, led.SentBytes(), led.BaselineBytes(), led.Ratio())
 		}
+	}
+	// Wait for every rank to finish before the conn closes: closing right
+	// after the last step could drop messages a slower peer still needs.
+	if err := w.Shutdown(ctx); err != nil {
+		return err
 	}
 	if rank == 0 {
 		met, err := model.Evaluate(test, nil)

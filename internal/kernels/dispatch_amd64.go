@@ -2,35 +2,15 @@
 
 package kernels
 
-import "unsafe"
+import (
+	"unsafe"
 
-// useAVX2 is true when the CPU and OS support AVX2, FMA and F16C.
-var useAVX2 = detectAVX2()
+	"golang.org/x/sys/cpu"
+)
 
-func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
-func xgetbv() (eax, edx uint32)
-
-func detectAVX2() bool {
-	maxID, _, _, _ := cpuid(0, 0)
-	if maxID < 7 {
-		return false
-	}
-	_, _, ecx1, _ := cpuid(1, 0)
-	const (
-		fma     = 1 << 12
-		osxsave = 1 << 27
-		avx     = 1 << 28
-		f16c    = 1 << 29
-	)
-	if ecx1&(fma|osxsave|avx|f16c) != fma|osxsave|avx|f16c {
-		return false
-	}
-	if xcr0, _ := xgetbv(); xcr0&6 != 6 { // XMM and YMM state enabled
-		return false
-	}
-	_, ebx7, _, _ := cpuid(7, 0)
-	return ebx7&(1<<5) != 0
-}
+// useAVX2 is true when the CPU and OS support AVX2, FMA and F16C (x/sys/cpu
+// sets HasAVX2 only when the OS saves the YMM registers).
+var useAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA && cpu.X86.HasF16C
 
 //go:noescape
 func addAVX2(dst, a, b *float32, n int)

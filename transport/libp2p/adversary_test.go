@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,10 +24,20 @@ import (
 // to play a misbehaving or foreign peer.
 func rawHost(t *testing.T, key crypto.PrivKey) host.Host {
 	t.Helper()
+	return rawHostSec(t, key, false)
+}
+
+// rawHostSec is rawHost with Noise, or with no security when insecure.
+func rawHostSec(t *testing.T, key crypto.PrivKey, insecure bool) host.Host {
+	t.Helper()
+	sec := golibp2p.Security(noise.ID, noise.New)
+	if insecure {
+		sec = golibp2p.NoSecurity
+	}
 	opts := []golibp2p.Option{
 		golibp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
 		golibp2p.Transport(tcp.NewTCPTransport),
-		golibp2p.Security(noise.ID, noise.New),
+		sec,
 		golibp2p.DisableRelay(), golibp2p.DisableMetrics(), golibp2p.Ping(false),
 		golibp2p.ResourceManager(&network.NullResourceManager{}),
 	}
@@ -45,13 +56,20 @@ func rawHost(t *testing.T, key crypto.PrivKey) host.Host {
 // rank 0's Conn and the stream rank 1 writes its frames on.
 func fakePeer(t *testing.T, opts ...Option) (*Conn, network.Stream) {
 	t.Helper()
+	c, s, _ := fakePeerHost(t, opts...)
+	return c, s
+}
+
+// fakePeerHost is fakePeer that also returns the fake rank 1's host.
+func fakePeerHost(t *testing.T, opts ...Option) (*Conn, network.Stream, host.Host) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	nd, err := Listen(ctx, fast(opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := rawHost(t, nil)
+	h := rawHostSec(t, nil, nd.opts.Security == SecurityNone)
 	proto := nd.protocol()
 	accepted := make(chan network.Stream, 1)
 	h.SetStreamHandler(proto, func(s network.Stream) {
@@ -81,7 +99,7 @@ func fakePeer(t *testing.T, opts ...Option) (*Conn, network.Stream) {
 		s, err = h.NewStream(ctx, nd.ID(), proto)
 		if err == nil {
 			if err = transport.WriteFrame(s, flagHello, 0, helloPayload("test-job", 1, 2)); err == nil {
-				_, _, err = transport.ReadFrame(s, 16, nil)
+				_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 			}
 			if err == nil {
 				break
@@ -98,7 +116,7 @@ func fakePeer(t *testing.T, opts ...Option) (*Conn, network.Stream) {
 	}
 	t.Cleanup(func() { r.c.Close() })
 	<-accepted
-	return r.c, s
+	return r.c, s, h
 }
 
 func wantPeerErr(t *testing.T, err error, target error) {
@@ -200,7 +218,7 @@ func TestUnknownPeerRefused(t *testing.T) {
 		msg := transport.AppendFrame(nil, flagHello, 0, helloPayload("test-job", 1, 2))
 		msg = transport.AppendFrame(msg, flagData, 7, []byte("intrusion"))
 		if _, err = s.Write(msg); err == nil {
-			_, _, err = transport.ReadFrame(s, 16, nil)
+			_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 		}
 	}
 	if err == nil {
@@ -252,7 +270,7 @@ func TestOtherJobRefused(t *testing.T) {
 			s, err := h.NewStream(ctx, nd.ID(), protocol.ID(proto))
 			if err == nil {
 				if err = transport.WriteFrame(s, flagHello, 0, hello); err == nil {
-					_, _, err = transport.ReadFrame(s, 16, nil)
+					_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 				}
 			}
 			if err == nil || ctx.Err() != nil {
@@ -378,5 +396,31 @@ func TestLargeMessagePieces(t *testing.T) {
 			}
 			wantPeerErr(t, err, tc.want)
 		})
+	}
+}
+
+// TestOversizeFrameNamesPeer: after a peer announces a 4 GiB frame, the
+// errors of the failed link name that peer as the sender of the bad frame,
+// on Recv and on a later Send alike (not "send rank 1: frame too large",
+// which reads as if this rank had sent it).
+func TestOversizeFrameNamesPeer(t *testing.T) {
+	c, s := fakePeer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var hdr [transport.FrameHeaderLen]byte
+	transport.PutFrameHeaderSum(hdr[:], flagData, 4, 1<<32-1, 0)
+	if _, err := s.Write(hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	_, rerr := c.Recv(ctx, 1, 4)
+	serr := c.Send(ctx, 1, 4, []byte("x"))
+	for _, err := range []error{rerr, serr} {
+		var ie *transport.InboundError
+		if !errors.As(err, &ie) || ie.Rank != 1 || !errors.Is(err, transport.ErrTooLarge) {
+			t.Fatalf("err = %v, want an InboundError from rank 1 wrapping ErrTooLarge", err)
+		}
+		if !strings.Contains(err.Error(), "frame received from rank 1") || !strings.Contains(err.Error(), "4294967295") {
+			t.Errorf("error text %q: want the peer, the direction and the size", err)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,12 @@ type Conn struct {
 	closeOnce sync.Once
 	closeErr  error
 	wg        sync.WaitGroup
+
+	// The bulk path (bulk.go): the security transport that secures bulk
+	// connections, and the listener for the peers' ones.
+	sec      secureTransport
+	bulkLn   net.Listener
+	bulkPort int
 }
 
 var _ transport.Conn = (*Conn)(nil)
@@ -66,6 +73,7 @@ type link struct {
 	out       network.Stream // set once during Connect
 	lastWrite atomic.Int64   // unix nanos
 	acked     chan struct{}  // closed when the credit reader ends
+	abortFn   func()         // l.abortOut, bound once (a Send's cancellation callback)
 
 	cmu         sync.Mutex
 	limit       int64 // the peer's receive buffer bound
@@ -93,15 +101,32 @@ type link struct {
 	err           error // terminal error once the link failed
 	dead          chan struct{}
 
+	// Bulk path, sending: a writer per outgoing bulk connection (nil: no
+	// bulk path), set once during Connect; bulkSeq is guarded by wsem.
+	bulkW   []*bulkWriter
+	bulkSeq uint64
+	// Bulk path, receiving (guarded by mu): the incoming bulk
+	// connections, the messages being received, and their credit.
+	bulkIn       []net.Conn
+	pend         []*bulkMsg
+	freePend     []*bulkMsg
+	bulkReserved int64
+
 	sentPayload, sentWire, sentMsgs atomic.Int64
 	recvPayload, recvWire, recvMsgs atomic.Int64
 }
 
 type tagQueue struct {
-	msgs    [][]byte
+	msgs    []qmsg
 	head    int
 	wake    chan struct{} // closed on push; created by waiters
 	waiters int
+}
+
+// qmsg is a received message and the wire bytes it took.
+type qmsg struct {
+	b    []byte
+	wire int64
 }
 
 // New starts a node and connects it to the group given by WithPeers. It is
@@ -229,7 +254,7 @@ func (n *Node) newConn(rank int, peers []Peer) (*Conn, error) {
 		}
 		ids = append(ids, p.ID)
 		n.host.Peerstore().AddAddrs(p.ID, p.Addrs, peerstore.PermanentAddrTTL)
-		c.links[r] = &link{
+		l := &link{
 			c:       c,
 			rank:    r,
 			id:      p.ID,
@@ -240,6 +265,11 @@ func (n *Node) newConn(rank int, peers []Peer) (*Conn, error) {
 			dead:    make(chan struct{}),
 			private: peerPrivate(p.Addrs),
 		}
+		l.abortFn = l.abortOut
+		c.links[r] = l
+	}
+	if err := c.startBulk(); err != nil {
+		return nil, err
 	}
 	n.gater.allow(ids)
 	n.host.SetStreamHandler(c.proto, c.handleStream)
@@ -318,10 +348,8 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		return err
 	}
 	s := l.out
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { s.Reset() })
-	}
+	stop := watchCtx(ctx, l.abortFn)
+	wire := wireBytes(len(b))
 	switch {
 	case len(b) <= coalesceMax:
 		// One write, so one yamux frame (and one Noise message and
@@ -334,6 +362,9 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		if err == nil {
 			_, err = s.Write(b)
 		}
+	case l.bulkW != nil && len(b) >= c.opts.BulkMin:
+		err = l.sendBulk(s, tag, b)
+		wire = bulkWire(len(b))
 	default:
 		err = l.writePieces(s, tag, b)
 	}
@@ -352,8 +383,44 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	}
 	l.sentMsgs.Add(1)
 	l.sentPayload.Add(int64(len(b)))
-	l.sentWire.Add(wireBytes(len(b)))
+	l.sentWire.Add(wire)
 	return nil
+}
+
+// afterFuncer is a context that registers callbacks itself (as the
+// worker's per-step contexts do) instead of needing a goroutine that waits
+// on its Done channel.
+type afterFuncer interface {
+	AfterFunc(f func()) (stop func() bool)
+}
+
+// watchCtx arranges for abort to run once ctx ends and returns the func
+// that cancels that (nil when ctx can never end). A context with its own
+// AfterFunc method is asked directly, which for the worker's contexts
+// allocates nothing and starts no goroutine per message; others go through
+// context.AfterFunc.
+func watchCtx(ctx context.Context, abort func()) (stop func() bool) {
+	if ctx.Done() == nil {
+		return nil
+	}
+	if a, ok := ctx.(afterFuncer); ok {
+		return a.AfterFunc(abort)
+	}
+	return context.AfterFunc(ctx, abort)
+}
+
+// abortOut resets the outgoing stream and closes the outgoing bulk
+// connections (a Send cancelled mid-frame).
+func (l *link) abortOut() {
+	l.cmu.Lock()
+	s, bw := l.out, l.bulkW
+	l.cmu.Unlock()
+	if s != nil {
+		s.Reset()
+	}
+	for _, w := range bw {
+		w.conn.Close()
+	}
 }
 
 // writePieces writes a message above pieceMax as a flagLarge frame (its
@@ -416,8 +483,9 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 		l.mu.Lock()
 		q := l.queues[tag]
 		if q != nil && q.head < len(q.msgs) {
-			m := q.msgs[q.head]
-			q.msgs[q.head] = nil
+			qm := q.msgs[q.head]
+			m := qm.b
+			q.msgs[q.head] = qmsg{}
 			q.head++
 			if q.head == len(q.msgs) {
 				q.msgs, q.head = q.msgs[:0], 0
@@ -436,7 +504,7 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 			l.mu.Unlock()
 			l.recvMsgs.Add(1)
 			l.recvPayload.Add(int64(len(m)))
-			l.recvWire.Add(wireBytes(len(m)))
+			l.recvWire.Add(qm.wire)
 			if credit > 0 && !failed {
 				l.sendCredit(credit)
 			}
@@ -563,6 +631,9 @@ func (c *Conn) Close() error {
 		}
 		gw.Wait()
 		c.node.host.RemoveStreamHandler(c.proto)
+		if c.bulkLn != nil {
+			c.bulkLn.Close()
+		}
 		for _, l := range c.links {
 			if l != nil {
 				l.resetStreams()
@@ -654,13 +725,25 @@ func (l *link) fail(cause error) {
 	l.resetStreams()
 }
 
+// failInbound fails the link for a bad frame the peer sent (see
+// transport.InboundError).
+func (l *link) failInbound(cause error) {
+	l.fail(&transport.InboundError{Rank: l.rank, Err: cause})
+}
+
 func (l *link) resetStreams() {
 	l.cmu.Lock()
-	out := l.out
+	out, bw := l.out, l.bulkW
 	l.cmu.Unlock()
 	l.mu.Lock()
-	in := l.in
+	in, bin := l.in, l.bulkIn
 	l.mu.Unlock()
+	for _, w := range bw {
+		w.conn.Close()
+	}
+	for _, b := range bin {
+		b.Close()
+	}
 	if out != nil {
 		out.Reset()
 	}
@@ -775,24 +858,40 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 		s.Reset()
 		return fmt.Errorf("hello: %w", err)
 	}
-	var buf [16]byte
+	var buf [24]byte
 	h, p, err := transport.ReadFrame(s, len(buf), buf[:])
 	if err != nil {
 		s.Reset()
 		return fmt.Errorf("hello ack: %w", err)
 	}
-	if h.Flags != flagHelloAck || len(p) != 16 {
+	if h.Flags != flagHelloAck || (len(p) != 16 && len(p) != 24) {
 		s.Reset()
 		return fmt.Errorf("%w: unexpected handshake frame (flags %d, %d bytes)", transport.ErrBadFrame, h.Flags, len(p))
 	}
 	s.SetDeadline(time.Time{})
+	var bulk []net.Conn
+	if len(p) == 24 {
+		bulk = c.dialBulk(ctx, l, s.Conn().RemoteMultiaddr(), int(binary.LittleEndian.Uint64(p[16:])))
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.isClosing {
 		s.Reset()
+		for _, b := range bulk {
+			b.Close()
+		}
 		return transport.ErrClosed
 	}
 	l.cmu.Lock()
+	for _, b := range bulk {
+		w := &bulkWriter{conn: b}
+		if len(bulk) > 1 {
+			w.jobs, w.res = make(chan bulkJob), make(chan error, 1)
+			c.wg.Add(1)
+			go l.bulkRun(w)
+		}
+		l.bulkW = append(l.bulkW, w)
+	}
 	l.out = s
 	l.limit = int64(binary.LittleEndian.Uint64(p[0:]))
 	l.maxFrame = int(min(binary.LittleEndian.Uint64(p[8:]), uint64(c.opts.MaxFrame)))
@@ -844,9 +943,10 @@ func (c *Conn) handleStream(s network.Stream) {
 	c.mu.Unlock()
 	defer c.wg.Done()
 
-	var ack [16]byte
+	var ack [24]byte
 	binary.LittleEndian.PutUint64(ack[0:], uint64(c.opts.MaxBuffered))
 	binary.LittleEndian.PutUint64(ack[8:], uint64(c.opts.MaxFrame))
+	binary.LittleEndian.PutUint64(ack[16:], uint64(c.bulkPort)) // 0: no bulk path
 	l.inWmu.Lock()
 	err = transport.WriteFrame(s, flagHelloAck, 0, ack[:])
 	l.inWmu.Unlock()
@@ -864,7 +964,7 @@ func (c *Conn) handleStream(s network.Stream) {
 
 // liveReader records the time of every successful read.
 type liveReader struct {
-	s    network.Stream
+	s    io.Reader
 	last *atomic.Int64
 }
 
@@ -899,22 +999,47 @@ func (l *link) readLoop(s network.Stream) {
 		}
 		h, err := transport.ParseFrameHeader(hb[:], c.opts.MaxFrame)
 		if err != nil {
-			l.fail(err)
+			l.failInbound(err)
 			return
 		}
 		size := int64(h.Len)
 		switch h.Flags {
 		case flagHeartbeat:
 			if h.Len != 0 {
-				l.fail(fmt.Errorf("%w: heartbeat with %d bytes", transport.ErrBadFrame, h.Len))
+				l.failInbound(fmt.Errorf("%w: heartbeat with %d bytes", transport.ErrBadFrame, h.Len))
 				return
 			}
 			continue
 		case flagData:
+		case flagBulk:
+			var bb [16]byte
+			if h.Len != 16 {
+				l.fail(fmt.Errorf("%w: bulk frame with %d bytes", transport.ErrBadFrame, h.Len))
+				return
+			}
+			if _, err := io.ReadFull(r, bb[:]); err != nil {
+				l.readFailed(err)
+				return
+			}
+			if err := h.VerifyPayload(bb[:]); err != nil {
+				l.fail(err)
+				return
+			}
+			n := binary.LittleEndian.Uint64(bb[8:])
+			p, err := l.finishBulk(binary.LittleEndian.Uint64(bb[:]), n)
+			if err != nil {
+				l.fail(err)
+				return
+			}
+			if p == nil {
+				return // the link failed or we are closing
+			}
+			l.enqueue(h.Tag, p, int64(n)+transport.FrameHeaderLen, bulkWire(int(n)))
+			continue
 		case flagLarge:
 			var tb [8]byte
 			if h.Len != 8 {
-				l.fail(fmt.Errorf("%w: large-message frame with %d bytes", transport.ErrBadFrame, h.Len))
+				l.failInbound(fmt.Errorf("%w: large-message frame with %d bytes", transport.ErrBadFrame, h.Len))
 				return
 			}
 			if _, err := io.ReadFull(r, tb[:]); err != nil {
@@ -922,17 +1047,17 @@ func (l *link) readLoop(s network.Stream) {
 				return
 			}
 			if err := h.VerifyPayload(tb[:]); err != nil {
-				l.fail(err)
+				l.failInbound(err)
 				return
 			}
 			size = int64(binary.LittleEndian.Uint64(tb[:]))
 			if size <= pieceMax || size > int64(c.opts.MaxFrame) {
-				l.fail(fmt.Errorf("%w: large message of %d bytes (pieces above %d, limit %d)",
+				l.failInbound(fmt.Errorf("%w: large message of %d bytes (pieces above %d, limit %d)",
 					transport.ErrTooLarge, size, pieceMax, c.opts.MaxFrame))
 				return
 			}
 		default:
-			l.fail(fmt.Errorf("%w: unexpected flags %d on a data stream", transport.ErrBadFrame, h.Flags))
+			l.failInbound(fmt.Errorf("%w: unexpected flags %d on a data stream", transport.ErrBadFrame, h.Flags))
 			return
 		}
 		cost := size + transport.FrameHeaderLen
@@ -940,7 +1065,7 @@ func (l *link) readLoop(s network.Stream) {
 		used := l.buffered + l.creditPending
 		l.mu.Unlock()
 		if used > 0 && used+cost > int64(c.opts.MaxBuffered) {
-			l.fail(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered))
+			l.failInbound(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered))
 			return
 		}
 		p := bufs.Get(int(size))
@@ -954,26 +1079,32 @@ func (l *link) readLoop(s network.Stream) {
 				return
 			}
 			if crc != h.CRC {
-				l.fail(fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag))
+				l.failInbound(fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag))
 				return
 			}
 		} else if !l.readPieces(r, h.Tag, p) {
 			return
 		}
-		l.mu.Lock()
-		q := l.queues[h.Tag]
-		if q == nil {
-			q = &tagQueue{}
-			l.queues[h.Tag] = q
-		}
-		q.msgs = append(q.msgs, p)
-		l.buffered += cost
-		if q.wake != nil {
-			close(q.wake)
-			q.wake = nil
-		}
-		l.mu.Unlock()
+		l.enqueue(h.Tag, p, cost, wireBytes(len(p)))
 	}
+}
+
+// enqueue adds a received message to its tag's queue, with cost counted
+// against the receive buffer.
+func (l *link) enqueue(tag uint64, p []byte, cost, wire int64) {
+	l.mu.Lock()
+	q := l.queues[tag]
+	if q == nil {
+		q = &tagQueue{}
+		l.queues[tag] = q
+	}
+	q.msgs = append(q.msgs, qmsg{b: p, wire: wire})
+	l.buffered += cost
+	if q.wake != nil {
+		close(q.wake)
+		q.wake = nil
+	}
+	l.mu.Unlock()
 }
 
 // Receive and send tuning.
@@ -996,7 +1127,11 @@ const (
 // checksum, transport.Checksum), computed chunk by chunk right after each
 // chunk is read instead of in a second pass over the whole payload.
 func readPayload(r io.Reader, p []byte) (uint32, error) {
-	var crc uint32
+	return readPayloadCRC(r, p, 0)
+}
+
+// readPayloadCRC is readPayload continuing the checksum crc.
+func readPayloadCRC(r io.Reader, p []byte, crc uint32) (uint32, error) {
 	for off := 0; off < len(p); {
 		end := min(off+crcChunk, len(p))
 		n, err := io.ReadFull(r, p[off:end])
@@ -1020,11 +1155,11 @@ func (l *link) readPieces(r io.Reader, tag uint64, p []byte) bool {
 		}
 		h, err := transport.ParseFrameHeader(hb[:], pieceMax)
 		if err != nil {
-			l.fail(err)
+			l.failInbound(err)
 			return false
 		}
 		if h.Flags != flagPiece || h.Tag != tag || h.Len == 0 || int(h.Len) > len(p)-off {
-			l.fail(fmt.Errorf("%w: piece (flags %d, tag %d, %d bytes) at %d of a %d-byte message on tag %d",
+			l.failInbound(fmt.Errorf("%w: piece (flags %d, tag %d, %d bytes) at %d of a %d-byte message on tag %d",
 				transport.ErrBadFrame, h.Flags, h.Tag, h.Len, off, len(p), tag))
 			return false
 		}
@@ -1034,7 +1169,7 @@ func (l *link) readPieces(r io.Reader, tag uint64, p []byte) bool {
 			return false
 		}
 		if crc != h.CRC {
-			l.fail(fmt.Errorf("%w: payload checksum mismatch (tag %d, piece at %d)", transport.ErrBadFrame, tag, off))
+			l.failInbound(fmt.Errorf("%w: payload checksum mismatch (tag %d, piece at %d)", transport.ErrBadFrame, tag, off))
 			return false
 		}
 		off += int(h.Len)
@@ -1069,7 +1204,7 @@ func (l *link) creditLoop(s network.Stream) {
 			return
 		}
 		if h.Flags != flagCredit || len(p) != 8 {
-			l.fail(fmt.Errorf("%w: unexpected frame (flags %d, %d bytes) on the credit stream", transport.ErrBadFrame, h.Flags, len(p)))
+			l.failInbound(fmt.Errorf("%w: unexpected frame (flags %d, %d bytes) on the credit stream", transport.ErrBadFrame, h.Flags, len(p)))
 			return
 		}
 		n := int64(binary.LittleEndian.Uint64(p))
@@ -1082,7 +1217,7 @@ func (l *link) creditLoop(s network.Stream) {
 		}
 		l.cmu.Unlock()
 		if bad {
-			l.fail(fmt.Errorf("%w: peer returned more credit than it was given", transport.ErrBadFrame))
+			l.failInbound(fmt.Errorf("%w: peer returned more credit than it was given", transport.ErrBadFrame))
 			return
 		}
 	}

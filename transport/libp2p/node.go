@@ -39,22 +39,19 @@
 // Options.CloseTimeout) until they have read everything it sent, then
 // stops every goroutine it started.
 //
-// Performance (loopback, 2 cores): the muxer is go-yamux with 1 MiB data
-// frames and 16-32 MiB stream windows (see muxer); a message above 1 MiB is
-// written as pieces of 1 MiB, each copied into a buffer and checksummed in
-// the same cached pass, then written with its header in one Write, and the
-// receiver checksums each 128 KiB as it reads it, so no pass
-// over a whole message misses the cache. Receive buffers are recycled
-// (Conn.Release; the worker gives back every message it has reduced), so
-// they are not zeroed. What is left per byte is the muxer's copy on each
-// side, the kernel's copies and, with Noise, ChaCha20-Poly1305 (about a
-// third of a rank's CPU time in the multi-process all-reduce). TLS 1.3 (AES-GCM) measured only
-// about 7% less CPU per byte than Noise in BenchmarkPointToPoint (it writes
-// 16 KiB records, Noise 64 KiB messages), so Noise stays the default.
+// Bulk path: messages of at least Options.BulkMin bytes go over
+// Options.BulkStreams dedicated TCP connections per peer and direction,
+// secured by the same security transport and host key as the libp2p
+// connection, and are read straight into the receive buffer (see bulk.go);
+// the libp2p stream keeps the control traffic, small messages and the
+// order of messages. On an encrypted link every byte is checked once, by
+// the AEAD; the frame checksum then covers only headers. Receive buffers
+// are recycled (Conn.Release). docs/ holds the measurements.
 //
 // Frame flags used on the wire (frame.go leaves them to implementations):
 // 0 data, 1 hello, 2 hello acknowledgement, 3 heartbeat, 4 credit, 5 large
-// message (its 8-byte length; the message follows in pieces), 6 piece. A
+// message (its 8-byte length; the message follows in pieces), 6 piece,
+// 7 bulk message complete, 8 bulk hello, 9 bulk piece (bulk.go). A
 // message above 1 MiB is sent as a large-message frame and pieces of at most
 // 1 MiB with the same tag, each with its own checksum; the receiver checks
 // the total against MaxFrame and the credit before it allocates anything.
@@ -98,6 +95,8 @@ type Node struct {
 	conn      *Conn // set by Connect
 	closed    bool
 
+	rm network.ResourceManager // closed by the host
+
 	// joinedHook, if set (by tests, before ServeBootstrap), is called with
 	// the number of members each time a joiner is accepted.
 	joinedHook func(members int)
@@ -123,6 +122,10 @@ func listen(ctx context.Context, o Options) (*Node, error) {
 	for _, a := range o.AnnounceAddrs {
 		announce = append(announce, ma.StringCast(a)) // validated
 	}
+	rm, err := resourceManager(JobLimits(o.MaxPeers))
+	if err != nil {
+		return nil, err
+	}
 	relays, _ := relayInfos(o.Relays) // validated
 	rs := &relayState{relays: relays, reach: o.Reachability}
 	for _, r := range relays {
@@ -137,7 +140,7 @@ func listen(ctx context.Context, o Options) (*Node, error) {
 		golibp2p.Muxer(yamux.ID, muxer()),
 		golibp2p.ConnectionGater(g),
 		golibp2p.ConnectionManager(connmgr.NullConnMgr{}),
-		golibp2p.ResourceManager(&network.NullResourceManager{}),
+		golibp2p.ResourceManager(rm),
 		golibp2p.DisableMetrics(),
 		golibp2p.Ping(false),
 	}
@@ -167,9 +170,10 @@ func listen(ctx context.Context, o Options) (*Node, error) {
 	}
 	h, err := golibp2p.New(hopts...)
 	if err != nil {
+		rm.Close()
 		return nil, fmt.Errorf("libp2p: new host: %w", err)
 	}
-	n := &Node{opts: o, host: h, gater: g, relay: rs}
+	n := &Node{opts: o, host: h, gater: g, relay: rs, rm: rm}
 	if err := n.setupRelays(ctx); err != nil {
 		h.Close()
 		return nil, err

@@ -112,6 +112,11 @@ type Options struct {
 	// CloseTimeout bounds how long Close waits for peers to acknowledge
 	// that they received everything sent to them.
 	CloseTimeout time.Duration
+	// MaxPeers is the largest number of other processes the node serves
+	// (the job's world size minus one): the resource manager's limits on
+	// connections, streams and memory are sized for it (JobLimits).
+	// Default DefaultMaxPeers.
+	MaxPeers int
 	// Relays are circuit relay v2 servers, as multiaddrs ending in
 	// /p2p/<relay ID> (see WithRelays). Listen connects to them and fails
 	// if one cannot be reached. Default none: no relayed links, no hole
@@ -120,6 +125,18 @@ type Options struct {
 	// Reachability says whether peers can dial this node; by default it is
 	// detected through the first relay (see Reachability).
 	Reachability Reachability
+	// BulkStreams is the number of dedicated TCP connections per peer and
+	// direction that carry messages of at least BulkMin bytes, each secured
+	// by the host's own security (Noise, TLS, or none) with the host's
+	// identity, so only the peer's proven ID is accepted on them. A message
+	// is split across them in contiguous parts. Messages below BulkMin, and
+	// every message of a link whose bulk connections cannot be set up (a
+	// relayed link, an unreachable port), go over the libp2p stream. 0
+	// turns the bulk path off. Default DefaultBulkStreams.
+	BulkStreams int
+	// BulkMin is the smallest message sent over the bulk connections.
+	// Default DefaultBulkMin.
+	BulkMin int
 }
 
 // Defaults.
@@ -128,11 +145,16 @@ const (
 	DefaultPeerTimeout    = 15 * time.Second
 	DefaultConnectTimeout = 60 * time.Second
 	DefaultCloseTimeout   = 2 * time.Second
+	DefaultMaxPeers       = 1024
+	DefaultBulkStreams    = 1
+	DefaultBulkMin        = 256 << 10
+	maxBulkStreams        = 64
 )
 
 // DefaultOptions returns a fresh Options with the defaults: Noise, TCP on
 // 127.0.0.1, transport.DefaultMaxFrame, DefaultMaxBuffered,
-// DefaultPeerTimeout, DefaultConnectTimeout and DefaultCloseTimeout.
+// DefaultPeerTimeout, DefaultConnectTimeout, DefaultCloseTimeout,
+// DefaultBulkStreams and DefaultBulkMin.
 func DefaultOptions() Options {
 	return Options{
 		ListenAddrs:    []string{"/ip4/127.0.0.1/tcp/0"},
@@ -142,6 +164,8 @@ func DefaultOptions() Options {
 		PeerTimeout:    DefaultPeerTimeout,
 		ConnectTimeout: DefaultConnectTimeout,
 		CloseTimeout:   DefaultCloseTimeout,
+		BulkStreams:    DefaultBulkStreams,
+		BulkMin:        DefaultBulkMin,
 	}
 }
 
@@ -213,9 +237,25 @@ func WithConnectTimeout(d time.Duration) Option {
 	return func(o *Options) error { o.ConnectTimeout = d; return nil }
 }
 
+// WithMaxPeers sets Options.MaxPeers.
+func WithMaxPeers(n int) Option { return func(o *Options) error { o.MaxPeers = n; return nil } }
+
 // WithCloseTimeout bounds the graceful part of Close.
 func WithCloseTimeout(d time.Duration) Option {
 	return func(o *Options) error { o.CloseTimeout = d; return nil }
+}
+
+// WithBulkStreams sets the number of bulk TCP connections per peer and
+// direction (0: no bulk path) and the smallest message sent over them
+// (0 keeps the current value); see Options.BulkStreams.
+func WithBulkStreams(n, minBytes int) Option {
+	return func(o *Options) error {
+		o.BulkStreams = n
+		if minBytes != 0 {
+			o.BulkMin = minBytes
+		}
+		return nil
+	}
 }
 
 var jobRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
@@ -230,6 +270,12 @@ func (o *Options) validate() error {
 	if o.MaxBuffered <= 0 {
 		return fmt.Errorf("MaxBuffered %d must be positive", o.MaxBuffered)
 	}
+	if o.MaxPeers == 0 {
+		o.MaxPeers = DefaultMaxPeers
+	}
+	if o.MaxPeers < 1 || o.MaxPeers > 1<<20 {
+		return fmt.Errorf("MaxPeers %d out of range [1, %d]", o.MaxPeers, 1<<20)
+	}
 	if o.PeerTimeout <= 0 {
 		return fmt.Errorf("PeerTimeout %v must be positive", o.PeerTimeout)
 	}
@@ -241,6 +287,9 @@ func (o *Options) validate() error {
 	}
 	if o.ConnectTimeout <= 0 || o.CloseTimeout < 0 {
 		return errors.New("ConnectTimeout must be positive and CloseTimeout not negative")
+	}
+	if o.BulkStreams < 0 || o.BulkStreams > maxBulkStreams || o.BulkMin <= 0 {
+		return fmt.Errorf("BulkStreams %d must be in [0, %d] and BulkMin %d positive", o.BulkStreams, maxBulkStreams, o.BulkMin)
 	}
 	if len(o.ListenAddrs) == 0 {
 		return errors.New("no listen address")

@@ -22,13 +22,28 @@
 //
 // Every rank publishes a heartbeat every Heartbeat; a peer whose connection
 // to the server ends (announced by the server's disconnect notices, see
-// Config.DisconnectSubject), a peer heard from for no PeerTimeout, a peer that says goodbye (Close) and a bad frame become a
+// Config.DisconnectSubject), a peer heard from for no PeerTimeout, a peer
+// that says goodbye (Close) and a bad frame become a
 // *transport.PeerError on the calls concerning that peer. A break of this
 // rank's connection to the server (closed, disconnected, or reconnected, as
 // messages in flight may have been lost) fails every peer within one
 // Heartbeat. A server must therefore not cut slow consumers: its per-client
 // max_pending should exceed (size-1) × (Window + MaxFrame-sized message in
 // flight); natsserver's default is 1 GiB.
+//
+// Joining: every Conn announces in its hellos a random instance ID and
+// the world size. The first hello heard for a rank binds that rank to its
+// instance; every rank acknowledges to each peer the instance it bound for
+// it, and Dial returns only when every peer has acknowledged this one. A
+// second process given a rank that is taken, or another world size, fails
+// its Dial at once (transport.ErrRankTaken, transport.ErrWorldMismatch)
+// and the running job ignores it: nothing published on the heartbeat
+// subjects fails a link, and no abort notice is sent before Dial returns.
+//
+// With Config.Key every message is authenticated and carries a sequence
+// number; forged and replayed messages are dropped (see Drops and the
+// comment of macLen). SECURITY.md at the root of the module has the
+// threat model.
 //
 // Dial connects to a server (an external one, with a token or credentials
 // file, or a natsserver started by the caller); New uses a connection the
@@ -44,6 +59,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -64,6 +81,7 @@ const (
 	flagFirst  = 1 << 0 // data: first chunk of a message (carries its length)
 	flagLast   = 1 << 1 // data: last chunk of a message
 	flagGone   = 1 << 2 // data, from this rank to itself: the sender's connection to the server ended
+	flagAck    = 1 << 3 // control: the instance the sender knows as the receiver's rank
 	flagHello  = 1 << 4 // heartbeat
 	flagBye    = 1 << 5 // the sender closed
 	flagCredit = 1 << 6 // cumulative consumed bytes
@@ -107,6 +125,20 @@ type peer struct {
 
 	lastSeen atomic.Int64 // unix nanoseconds
 	heard    atomic.Bool
+	// instance is the peer's instance ID, from the first hello heard for
+	// its rank (0: none yet); hellos of another instance are ignored.
+	instance atomic.Uint64
+	// ackedBy is the instance of the peer that acknowledged this rank's
+	// own instance (0: none yet).
+	ackedBy atomic.Uint64
+	counted bool // bound and acknowledged, under Conn.startMu
+
+	// Authentication (Config.Key): mac signs this rank's data to the peer
+	// (under sendMu); vData, vCtl and vHB verify the peer's data, control
+	// frames and hellos, each used by its handler goroutine only.
+	mac              *macer
+	vData, vCtl, vHB *macer
+	hbSeq, ctlSeqIn  uint64 // last sequence numbers accepted (vHB's, vCtl's goroutine)
 	// cid is the peer's client ID on this rank's server, from its hellos
 	// (0: unknown, or it is connected to another server of a cluster).
 	cid atomic.Uint64
@@ -134,9 +166,29 @@ type Conn struct {
 	subjGone          []string // per peer: this rank's data subject from it
 	hello             []byte   // heartbeat payload: client ID and server ID
 
-	nHeard   atomic.Int32
-	allHeard chan struct{}
-	ready    atomic.Bool
+	// instance identifies this process's Conn (random, never 0): a
+	// second process given the same rank has another one.
+	instance uint64
+	// Start-up: every peer bound (its hello heard) and every peer's
+	// acknowledgement that it knows this instance as this rank.
+	startMu   sync.Mutex
+	nStart    int
+	allHeard  chan struct{}
+	refused   chan struct{} // closed with refuseErr set: this process may not join
+	refuseErr error
+	ready     atomic.Bool
+
+	// Authentication (Config.Key; tagLen is 0 without one). ctlMu orders
+	// the control frames and hellos this rank publishes with their
+	// sequence numbers (ctlSeq), signed by ctlMac; vGone verifies this
+	// rank's own gone markers (data handler goroutine).
+	tagLen                    int
+	ctlMu                     sync.Mutex
+	ctlSeq                    uint64
+	ctlMac                    *macer
+	vGone                     *macer
+	log                       *slog.Logger
+	forged, replayed, ignored dropCounter
 
 	once   sync.Once
 	closed chan struct{}
@@ -254,7 +306,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	if chunk == 0 {
 		chunk = maxPayload
 	}
-	if chunk > maxPayload || chunk < minChunk {
+	if chunk > maxPayload || chunk < minChunk+macLen {
 		return nil, fmt.Errorf("nats: chunk size %d outside [%d, %d] (server max payload)", chunk, minChunk, maxPayload)
 	}
 	c := &Conn{
@@ -266,7 +318,27 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		subjCtl:  make([]string, size),
 		subjGone: make([]string, size),
 		allHeard: make(chan struct{}),
+		refused:  make(chan struct{}),
 		closed:   make(chan struct{}),
+	}
+	c.forged.what, c.replayed.what, c.ignored.what = "forged", "replayed", "ignored"
+	c.log = cfg.Logger
+	if cfg.Key != nil {
+		c.tagLen = macLen
+		c.ctlMac = newMacer(cfg.Key, job, rank)
+		c.vGone = newMacer(cfg.Key, job, rank)
+		for p := range size {
+			if p != rank {
+				pp := &c.peers[p]
+				pp.mac = newMacer(cfg.Key, job, rank)
+				pp.vData, pp.vCtl, pp.vHB = newMacer(cfg.Key, job, p), newMacer(cfg.Key, job, p), newMacer(cfg.Key, job, p)
+			}
+		}
+	}
+	for c.instance == 0 {
+		var b [8]byte
+		rand.Read(b[:])
+		c.instance = binary.LittleEndian.Uint64(b[:])
 	}
 	c.stats = counters.New(size)
 	base := cfg.SubjectPrefix + "." + job + "."
@@ -281,38 +353,56 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		c.subjGone[p] = fmt.Sprintf("%sd.%d.%d", base, rank, p)
 	}
 	c.subjHB = fmt.Sprintf("%sh.%d", base, rank)
-	// Hellos carry this rank's client ID and its server's ID, so that a
-	// disconnect notice is matched to the very connection of a peer (not
-	// to another client using its name, say one refused for a bad token).
-	if cid, err := nc.GetClientID(); err == nil {
-		c.hello = binary.LittleEndian.AppendUint64(nil, cid)
-		if sid := nc.ConnectedServerId(); len(sid) <= maxHelloServerID {
-			c.hello = append(c.hello, sid...)
-		}
+	// Hellos carry this Conn's instance ID and world size (a second
+	// process given a taken rank, or another world size, is told apart),
+	// then its client ID and its server's ID, so that a disconnect notice
+	// is matched to the very connection of a peer (not to another client
+	// using its name, say one refused for a bad token).
+	c.hello = binary.LittleEndian.AppendUint64(nil, c.instance)
+	c.hello = binary.LittleEndian.AppendUint32(c.hello, uint32(size))
+	cid, cidErr := nc.GetClientID()
+	c.hello = binary.LittleEndian.AppendUint64(c.hello, cid) // 0: unknown
+	if sid := nc.ConnectedServerId(); cidErr == nil && len(sid) <= maxHelloServerID {
+		c.hello = append(c.hello, sid...)
 	}
 	c.in = inbox.New(size, c.onConsume)
 	if size == 1 {
 		close(c.allHeard)
 	}
 
-	subscribe := func(subj string, h natsgo.MsgHandler) error {
+	// Every subscription's backlog in the NATS client is bounded. A peer's
+	// data subject has its own: a sender that honours its credit never has
+	// more than a window and one message unconsumed here (inbox or
+	// backlog), so its chunks are never dropped; a flood beyond that drops
+	// chunks, and the gap fails that link alone. Control frames and hellos
+	// are small and few.
+	dataBytes := 2*(cfg.Window+inbox.Charge(cfg.MaxFrame)) + int64(chunk)
+	dataMsgs := dataBytes/inbox.MsgOverhead + 1024
+	subscribe := func(subj string, h natsgo.MsgHandler, msgs, bytes int64) error {
 		s, err := nc.Subscribe(subj, h)
 		if err != nil {
 			return err
 		}
 		c.subs = append(c.subs, s)
-		return s.SetPendingLimits(-1, -1) // bounded by credit; never drop
+		return s.SetPendingLimits(int(min(msgs, math.MaxInt32)), int(min(bytes, math.MaxInt)))
 	}
 	var err error
-	if err = subscribe(fmt.Sprintf("%sd.%d.*", base, rank), c.onData); err == nil {
-		if err = subscribe(fmt.Sprintf("%sc.%d.*", base, rank), c.onCtl); err == nil {
-			if err = subscribe(base+"h.*", c.onHB); err == nil && cfg.DisconnectSubject != "" {
-				err = subscribe(cfg.DisconnectSubject, c.onDisconnect)
-			}
-			if err == nil {
-				err = nc.FlushWithContext(ctx)
-			}
+	for p := 0; p < size && err == nil; p++ {
+		if p != rank {
+			err = subscribe(c.subjGone[p], c.onData, dataMsgs, dataBytes)
 		}
+	}
+	if err == nil {
+		err = subscribe(fmt.Sprintf("%sc.%d.*", base, rank), c.onCtl, ctlPendingMsgs, ctlPendingBytes)
+	}
+	if err == nil {
+		err = subscribe(base+"h.*", c.onHB, ctlPendingMsgs, ctlPendingBytes)
+	}
+	if err == nil && cfg.DisconnectSubject != "" {
+		err = subscribe(cfg.DisconnectSubject, c.onDisconnect, ctlPendingMsgs, ctlPendingBytes)
+	}
+	if err == nil {
+		err = nc.FlushWithContext(ctx)
 	}
 	if err != nil {
 		c.shutdown(false)
@@ -322,15 +412,26 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	go c.heartbeat()
 	select {
 	case <-c.allHeard:
+	case <-c.refused:
+		c.shutdown(false)
+		return nil, c.refuseErr
 	case <-ctx.Done():
-		var missing []int
+		var missing, unconfirmed []int
 		for p := range size {
-			if p != rank && !c.peers[p].heard.Load() {
+			switch {
+			case p == rank:
+			case !c.peers[p].heard.Load():
 				missing = append(missing, p)
+			case c.peers[p].ackedBy.Load() != c.peers[p].instance.Load():
+				unconfirmed = append(unconfirmed, p)
 			}
 		}
 		c.shutdown(false)
-		return nil, fmt.Errorf("nats: job %s rank %d: ranks %v not heard from: %w (%w)", job, rank, missing, transport.ErrRendezvous, ctx.Err())
+		why := fmt.Sprintf("ranks %v not heard from", missing)
+		if len(missing) == 0 {
+			why = fmt.Sprintf("ranks %v did not acknowledge this process", unconfirmed)
+		}
+		return nil, fmt.Errorf("nats: job %s rank %d: %s: %w (%w)", job, rank, why, transport.ErrRendezvous, ctx.Err())
 	}
 	now := time.Now().UnixNano()
 	for p := range c.peers {
@@ -348,6 +449,11 @@ func (c *Conn) Size() int { return c.size }
 
 // Job returns the job ID.
 func (c *Conn) Job() string { return c.job }
+
+// Drops returns the numbers of messages this Conn dropped, by reason.
+func (c *Conn) Drops() Drops {
+	return Drops{Forged: c.forged.n.Load(), Replayed: c.replayed.n.Load(), Ignored: c.ignored.n.Load()}
+}
 
 // NATSConn returns the underlying NATS connection.
 func (c *Conn) NATSConn() *natsgo.Conn { return c.nc }
@@ -399,7 +505,7 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		if first {
 			h += totalLen
 		}
-		n := min(len(b)-off, c.chunk-h)
+		n := min(len(b)-off, c.chunk-h-c.tagLen)
 		last := off+n == len(b)
 		var flags uint8
 		if first {
@@ -416,6 +522,9 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		crc := transport.UpdateChecksum(0, buf[transport.FrameHeaderLen:h])
 		crc = transport.CopyChecksum(buf[h:], b[off:off+n], crc)
 		transport.PutFrameHeaderSum(buf, flags, tag, len(buf)-transport.FrameHeaderLen, crc)
+		if p.mac != nil {
+			buf = append(buf, p.mac.sum(c.instance, c.subjData[peer], buf)...) // within scratch: h+n+tagLen <= chunk
+		}
 		if err := c.nc.Publish(c.subjData[peer], buf); err != nil {
 			// Part of the message may be out: the link is unusable.
 			cause := fmt.Errorf("%w: publish: %w", transport.ErrPeerDead, err)
@@ -489,17 +598,37 @@ func (c *Conn) shutdown(bye bool) {
 	})
 }
 
+// publishCtl publishes a control frame or hello: its tag field carries
+// this rank's next control sequence number, and with Config.Key it is
+// signed.
 func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
-	var buf [transport.FrameHeaderLen + 64]byte
-	n := copy(buf[transport.FrameHeaderLen:], payload)
+	var buf [transport.FrameHeaderLen + helloFixed + maxHelloServerID + macLen]byte
+	n := copy(buf[transport.FrameHeaderLen:transport.FrameHeaderLen+helloFixed+maxHelloServerID], payload)
 	msg := buf[:transport.FrameHeaderLen+n]
-	transport.PutFrameHeader(msg, flags, 0, msg[transport.FrameHeaderLen:])
+	c.ctlMu.Lock()
+	defer c.ctlMu.Unlock()
+	c.ctlSeq++
+	transport.PutFrameHeader(msg, flags, c.ctlSeq, msg[transport.FrameHeaderLen:])
+	if c.ctlMac != nil {
+		msg = append(msg, c.ctlMac.sum(c.instance, subj, msg)...)
+	}
 	c.nc.Publish(subj, msg) // best effort: a lost control message is covered by timeouts
 	return len(msg)
 }
 
+// Backlog bounds of the control, hello and disconnect-notice
+// subscriptions (see newConn).
+const (
+	ctlPendingMsgs  = 1 << 16
+	ctlPendingBytes = 64 << 20
+)
+
+// helloFixed is the fixed part of a hello: instance ID, world size and
+// client ID.
+const helloFixed = 8 + 4 + 8
+
 // maxHelloServerID bounds the server ID a hello carries (it fits
-// publishCtl's buffer after the 8-byte client ID; nats-server IDs are 56
+// publishCtl's buffer after the fixed part; nats-server IDs are 56
 // characters).
 const maxHelloServerID = 56
 
@@ -510,8 +639,15 @@ const maxAbortText = 64
 // failPeer records that the link to peer is broken; with notify, peer is
 // told (so that it fails too instead of waiting for credit).
 func (c *Conn) failPeer(peer int, cause error, notify bool) {
-	if c.in.Fail(peer, cause) && notify && !c.isClosed() {
-		msg := cause.Error()
+	// Before Dial returns, nobody is told: a process that may not join (its
+	// rank is taken) sees the frames meant for the process holding its rank,
+	// and must not abort that process's links.
+	if c.in.Fail(peer, cause) && notify && c.ready.Load() && !c.isClosed() {
+		why := cause
+		if ie, ok := cause.(*transport.InboundError); ok {
+			why = ie.Err // the peer knows it sent the frame
+		}
+		msg := why.Error()
 		if len(msg) > maxAbortText {
 			msg = msg[:maxAbortText]
 		}
@@ -549,15 +685,51 @@ func (c *Conn) source(subj string) (int, bool) {
 }
 
 func (c *Conn) seen(src int) {
+	c.peers[src].lastSeen.Store(time.Now().UnixNano())
+}
+
+// progress counts peer src towards start-up once it is bound (its hello
+// heard) and has acknowledged this rank's instance, and ends the wait in
+// Dial/New when every peer has.
+func (c *Conn) progress(src int) {
 	p := &c.peers[src]
-	p.lastSeen.Store(time.Now().UnixNano())
-	if !p.heard.Load() && p.heard.CompareAndSwap(false, true) {
-		// Tell a newcomer about us at once rather than at the next beat.
-		c.publishCtl(c.subjHB, flagHello, c.hello)
-		if int(c.nHeard.Add(1)) == c.size-1 {
-			close(c.allHeard)
-		}
+	inst := p.instance.Load()
+	if inst == 0 || p.ackedBy.Load() != inst {
+		return
 	}
+	c.startMu.Lock()
+	defer c.startMu.Unlock()
+	if p.counted {
+		return
+	}
+	p.counted = true
+	if c.nStart++; c.nStart == c.size-1 {
+		close(c.allHeard)
+	}
+}
+
+// refuse ends the wait in Dial/New with err (the first error wins). It
+// does nothing once the Conn is ready: a running job is not disturbed by
+// what a newcomer claims.
+func (c *Conn) refuse(err error) {
+	if c.ready.Load() {
+		return
+	}
+	c.startMu.Lock()
+	defer c.startMu.Unlock()
+	if c.refuseErr == nil {
+		c.refuseErr = err
+		close(c.refused)
+	}
+}
+
+// ack tells peer which instance this rank knows as the peer's rank: a
+// second process given that rank learns that it is taken.
+func (c *Conn) ack(peer int, inst uint64) {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[0:], inst)
+	binary.LittleEndian.PutUint64(b[8:], c.instance)
+	c.publishCtl(c.subjCtl[peer], flagAck, b[:])
 }
 
 func (c *Conn) onData(m *natsgo.Msg) {
@@ -565,21 +737,48 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	if !ok {
 		return
 	}
+	data := m.Data
+	if c.tagLen != 0 {
+		// This rank's own gone markers travel on the subject of src's data
+		// and are signed with this rank's key.
+		var frame []byte
+		switch p := &c.peers[src]; {
+		case len(data) > 3 && data[3] == flagGone:
+			frame, ok = c.vGone.verify(c.instance, m.Subject, data)
+		case p.instance.Load() != 0:
+			frame, ok = p.vData.verify(p.instance.Load(), m.Subject, data)
+		default:
+			ok = false
+		}
+		if !ok {
+			c.forged.add(c.log, c.job, c.rank, src, "data frame failed authentication")
+			return
+		}
+		data = frame
+	}
 	c.seen(src)
 	if c.in.Failed(src) != nil {
 		clear(c.peers[src].partial) // never completed: free it
 		return
 	}
 	c.stats.RecvWire(src, len(m.Data))
-	if err := c.handleChunk(src, m.Data); err != nil {
-		c.failPeer(src, err, !errors.Is(err, errPeerClosed) && !errors.Is(err, errPeerGone))
+	if err := c.handleChunk(src, data); err != nil {
+		if errors.Is(err, errReplay) {
+			c.replayed.add(c.log, c.job, c.rank, src, err.Error())
+			return
+		}
+		if errors.Is(err, errPeerClosed) || errors.Is(err, errPeerGone) {
+			c.failPeer(src, err, false)
+		} else {
+			c.failPeer(src, &transport.InboundError{Rank: src, Err: err}, true)
+		}
 		return
 	}
 	// A sender that honours its credit never has more than Window bytes
 	// (or one message when nothing was outstanding) unconsumed here; one
 	// that ignores it would make this rank buffer without bound.
 	if _, held := c.in.Held(src); held > c.cfg.Window+inbox.Charge(c.cfg.MaxFrame) {
-		c.failPeer(src, fmt.Errorf("%w: rank %d exceeded its credit (%d bytes unconsumed, window %d)", transport.ErrBadFrame, src, held, c.cfg.Window), true)
+		c.failPeer(src, &transport.InboundError{Rank: src, Err: fmt.Errorf("%w: rank %d exceeded its credit (%d bytes unconsumed, window %d)", transport.ErrBadFrame, src, held, c.cfg.Window)}, true)
 	}
 }
 
@@ -609,10 +808,9 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		return fmt.Errorf("%w: chunk without sequence number", transport.ErrBadFrame)
 	}
 	p := &c.peers[src]
-	if seq := binary.LittleEndian.Uint64(pl); seq != p.rxSeq {
-		return fmt.Errorf("%w: chunk %d lost (got %d)", transport.ErrPeerDead, p.rxSeq, seq)
+	if err := c.checkSeq(p, binary.LittleEndian.Uint64(pl)); err != nil {
+		return err
 	}
-	p.rxSeq++
 	pl = pl[seqLen:]
 	pt := p.partial[h.Tag]
 	if h.Flags&flagFirst != 0 {
@@ -623,6 +821,11 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		pl = pl[totalLen:]
 		if total > uint64(c.cfg.MaxFrame) {
 			return fmt.Errorf("%w: %d-byte message, limit %d", transport.ErrTooLarge, total, c.cfg.MaxFrame)
+		}
+		// Checked against the sender's credit before anything is
+		// allocated for the message (see the check after delivery).
+		if _, held := c.in.Held(src); held+inbox.Charge(int(total)) > c.cfg.Window+inbox.Charge(c.cfg.MaxFrame) {
+			return fmt.Errorf("%w: rank %d exceeded its credit (a %d-byte message on %d bytes unconsumed, window %d)", transport.ErrBadFrame, src, total, held, c.cfg.Window)
 		}
 		if len(p.partial) != 0 {
 			// A sender publishes each message whole under its sendMu, so
@@ -666,6 +869,14 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 	p := &c.peers[src]
 	pt := p.partial[h.Tag]
 	data := pl[seqLen:]
+	if seq := binary.LittleEndian.Uint64(pl); seq != p.rxSeq {
+		// Nothing is copied for an out-of-sequence chunk (a replay must
+		// not touch the message being assembled).
+		if err := h.VerifyPayload(pl); err != nil {
+			return err
+		}
+		return c.checkSeq(p, seq)
+	}
 	if pt == nil || pt.n+len(data) > len(pt.buf) {
 		// Report a damaged chunk as such rather than as a protocol error.
 		if err := h.VerifyPayload(pl); err != nil {
@@ -681,12 +892,35 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 	if crc != h.CRC {
 		return fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag)
 	}
-	if seq := binary.LittleEndian.Uint64(pl); seq != p.rxSeq {
-		return fmt.Errorf("%w: chunk %d lost (got %d)", transport.ErrPeerDead, p.rxSeq, seq)
-	}
 	p.rxSeq++
 	pt.n += len(data)
 	return c.finish(src, p, h, pt)
+}
+
+// errReplay is the cause of an authenticated chunk dropped for repeating
+// an earlier sequence number.
+var errReplay = errors.New("nats: replayed chunk")
+
+// checkSeq accepts chunk number seq from p if it is the next one. An
+// earlier number is a replay when frames are authenticated (errReplay:
+// dropped, the link unharmed); a later one means that a real chunk failed
+// authentication (ErrBadFrame). Without authentication both are a lost
+// chunk (ErrPeerDead).
+func (c *Conn) checkSeq(p *peer, seq uint64) error {
+	switch {
+	case seq == p.rxSeq:
+		p.rxSeq++
+		return nil
+	case c.tagLen == 0:
+	case seq < p.rxSeq:
+		return fmt.Errorf("%w %d (next %d)", errReplay, seq, p.rxSeq)
+	default:
+		// Chunks are lost only with the connection (which fails every
+		// link) or past the subscription's backlog bound: the missing one
+		// was most likely corrupted and failed authentication.
+		return fmt.Errorf("%w: chunk %d missing (got %d): it failed authentication (corrupted in flight) or was dropped (the link's backlog was full)", transport.ErrBadFrame, p.rxSeq, seq)
+	}
+	return fmt.Errorf("%w: chunk %d lost (got %d)", transport.ErrPeerDead, p.rxSeq, seq)
 }
 
 // finish ends a chunk added to partial message pt: a chunk flagged last
@@ -709,32 +943,69 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 	if !ok {
 		return
 	}
+	data := m.Data
+	p := &c.peers[src]
+	if c.tagLen != 0 {
+		// An acknowledgement may come before src's hello is bound: it is
+		// signed by the instance it names as its sender.
+		inst := p.instance.Load()
+		if n := len(data) - macLen - transport.FrameHeaderLen; n == 16 && data[3] == flagAck {
+			inst = binary.LittleEndian.Uint64(data[transport.FrameHeaderLen+8:])
+		}
+		frame, ok := p.vCtl.verify(inst, m.Subject, data)
+		if !ok || inst == 0 {
+			c.forged.add(c.log, c.job, c.rank, src, "control frame failed authentication")
+			return
+		}
+		if inst == p.instance.Load() {
+			if seq := binary.LittleEndian.Uint64(frame[4:]); seq <= p.ctlSeqIn {
+				c.replayed.add(c.log, c.job, c.rank, src, fmt.Sprintf("control frame %d (last %d)", seq, p.ctlSeqIn))
+				return
+			} else {
+				p.ctlSeqIn = seq
+			}
+		}
+		data = frame
+	}
 	c.seen(src)
 	c.stats.RecvWire(src, len(m.Data))
-	h, err := transport.ParseFrameHeader(m.Data, c.maxIn)
+	h, err := transport.ParseFrameHeader(data, c.maxIn)
 	if err == nil {
-		err = h.VerifyPayload(m.Data[transport.FrameHeaderLen:])
+		err = h.VerifyPayload(data[transport.FrameHeaderLen:])
 	}
 	if err != nil {
-		c.failPeer(src, err, true)
+		c.failPeer(src, &transport.InboundError{Rank: src, Err: err}, true)
 		return
 	}
-	pl := m.Data[transport.FrameHeaderLen:]
+	pl := data[transport.FrameHeaderLen:]
 	switch {
 	case h.Flags == flagCredit && len(pl) == 8:
 		v := int64(binary.LittleEndian.Uint64(pl))
-		p := &c.peers[src]
 		if v > p.granted {
 			c.win[src].Release(v - p.granted)
 			p.granted = v
 		}
+	case h.Flags == flagAck && len(pl) == 16:
+		known, from := binary.LittleEndian.Uint64(pl[0:]), binary.LittleEndian.Uint64(pl[8:])
+		if known != c.instance {
+			// Rank src knows another process as this rank: either this
+			// process came second (it must not join), or the ack is meant
+			// for a second process given this rank (and a ready Conn
+			// ignores it).
+			c.ignored.add(c.log, c.job, c.rank, src, "acknowledgement naming another process as this rank")
+			c.refuse(fmt.Errorf("nats: job %s: rank %d is already taken: rank %d knows another process as rank %d: %w (%w)",
+				c.job, c.rank, src, c.rank, transport.ErrRankTaken, transport.ErrRendezvous))
+			return
+		}
+		c.peers[src].ackedBy.Store(from)
+		c.progress(src)
 	case h.Flags == flagAbort:
 		// The reason is the peer's text: at most maxAbortText bytes (what
 		// failPeer sends) go into the error, as valid UTF-8.
 		why := pl[:min(len(pl), maxAbortText)]
 		c.failPeer(src, fmt.Errorf("%w: rank %d dropped the link: %s", transport.ErrPeerDead, src, strings.ToValidUTF8(string(why), "\ufffd")), false)
 	default:
-		c.failPeer(src, fmt.Errorf("%w: unexpected control frame (flags %#x)", transport.ErrBadFrame, h.Flags), true)
+		c.failPeer(src, &transport.InboundError{Rank: src, Err: fmt.Errorf("%w: unexpected control frame (flags %#x)", transport.ErrBadFrame, h.Flags)}, true)
 	}
 }
 
@@ -771,28 +1042,83 @@ func (c *Conn) onDisconnect(m *natsgo.Msg) {
 	c.publishCtl(c.subjGone[p], flagGone, nil)
 }
 
+// onHB handles hellos. The heartbeat subjects are the only ones every
+// rank listens to, so nothing published there fails a link: a malformed
+// hello, or a hello of another world size or of a second process given a
+// bound rank, is ignored (and counted in Ignored). The first hello heard
+// for a rank binds it to the sender's instance; the bound instance is
+// acknowledged to whoever announces that rank, so a second process given a
+// taken rank learns so at once (see refuse).
 func (c *Conn) onHB(m *natsgo.Msg) {
 	src, ok := c.source(m.Subject)
 	if !ok {
 		return
 	}
-	h, err := transport.ParseFrameHeader(m.Data, c.maxIn)
-	if err == nil {
-		err = h.VerifyPayload(m.Data[transport.FrameHeaderLen:])
+	data := m.Data
+	p := &c.peers[src]
+	if c.tagLen != 0 {
+		// A hello is signed by the instance it announces.
+		var inst uint64
+		if len(data) >= transport.FrameHeaderLen+8+macLen {
+			inst = binary.LittleEndian.Uint64(data[transport.FrameHeaderLen:])
+		}
+		frame, ok := p.vHB.verify(inst, m.Subject, data)
+		if !ok {
+			c.forged.add(c.log, c.job, c.rank, src, "hello failed authentication")
+			return
+		}
+		if inst == p.instance.Load() {
+			if seq := binary.LittleEndian.Uint64(frame[4:]); seq <= p.hbSeq {
+				c.replayed.add(c.log, c.job, c.rank, src, fmt.Sprintf("hello %d (last %d)", seq, p.hbSeq))
+				return
+			} else {
+				p.hbSeq = seq
+			}
+		}
+		data = frame
 	}
-	if err != nil {
-		c.failPeer(src, err, true)
+	h, err := transport.ParseFrameHeader(data, c.maxIn)
+	pl := data[min(len(data), transport.FrameHeaderLen):]
+	if err == nil {
+		err = h.VerifyPayload(pl)
+	}
+	if err != nil || h.Flags != flagHello || len(pl) < helloFixed {
+		c.ignored.add(c.log, c.job, c.rank, src, "malformed hello")
 		return
 	}
-	switch h.Flags {
-	case flagHello:
-		if pl := m.Data[transport.FrameHeaderLen:]; len(pl) > 8 && string(pl[8:]) == c.nc.ConnectedServerId() {
-			c.peers[src].cid.Store(binary.LittleEndian.Uint64(pl))
-		}
-		c.seen(src)
-	default:
-		c.failPeer(src, fmt.Errorf("%w: unexpected heartbeat frame (flags %#x)", transport.ErrBadFrame, h.Flags), true)
+	inst, world := binary.LittleEndian.Uint64(pl[0:]), int(binary.LittleEndian.Uint32(pl[8:]))
+	if world != c.size {
+		c.ignored.add(c.log, c.job, c.rank, src, "hello of another world size")
+		c.refuse(fmt.Errorf("nats: job %s rank %d: rank %d belongs to a job of %d ranks, but this process was given a world size of %d: %w (%w)",
+			c.job, c.rank, src, world, c.size, transport.ErrWorldMismatch, transport.ErrRendezvous))
+		return
 	}
+	if inst == 0 {
+		c.ignored.add(c.log, c.job, c.rank, src, "hello without an instance")
+		return
+	}
+	bound := p.instance.Load()
+	if bound == 0 && !c.ready.Load() {
+		p.instance.Store(inst)
+		p.hbSeq = h.Tag
+		p.heard.Store(true)
+		bound = inst
+		// Tell a newcomer about us at once rather than at the next beat,
+		// and that we know it as rank src.
+		c.publishCtl(c.subjHB, flagHello, c.hello)
+		c.ack(src, inst)
+	}
+	if inst != bound {
+		// A second process given rank src: tell it who holds the rank.
+		c.ignored.add(c.log, c.job, c.rank, src, "hello of a second process given this rank")
+		c.ack(src, bound)
+		return
+	}
+	if rest := pl[helloFixed-8:]; len(rest) > 8 && string(rest[8:]) == c.nc.ConnectedServerId() {
+		p.cid.Store(binary.LittleEndian.Uint64(rest))
+	}
+	c.seen(src)
+	c.progress(src)
 }
 
 // heartbeat publishes hellos and declares silent peers dead.

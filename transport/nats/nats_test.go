@@ -664,3 +664,31 @@ func TestKilledPeerDetectedFast(t *testing.T) {
 		t.Errorf("survivors: %q, %v", m, err)
 	}
 }
+
+// TestOversizeFrameNamesPeer: a message of 4 GiB announced by rank 0 fails
+// the link on rank 1, and rank 1's errors (Recv, and a later Send) name rank
+// 0 as the sender of the bad frame; rank 0 learns from the abort notice.
+func TestOversizeFrameNamesPeer(t *testing.T) {
+	srv := startServer(t, natsserver.Options{})
+	conns := dialAll(t, srv.ClientURL(), "huge", 2, fastHB)
+	if err := conns[0].InjectData(1, chunk(1, 1, 0, 4<<30, nil)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	_, rerr := conns[1].Recv(ctx, 0, 1)
+	serr := conns[1].Send(ctx, 0, 1, []byte("x"))
+	for _, err := range []error{rerr, serr} {
+		var ie *transport.InboundError
+		if !errors.As(err, &ie) || ie.Rank != 0 || !errors.Is(err, transport.ErrTooLarge) {
+			t.Fatalf("err = %v, want an InboundError from rank 0 wrapping ErrTooLarge", err)
+		}
+		if s := err.Error(); !strings.Contains(s, "frame received from rank 0") || !strings.Contains(s, "4294967296") {
+			t.Errorf("error text %q: want the peer, the direction and the size", s)
+		}
+	}
+	_, err := conns[0].Recv(ctx, 1, 1)
+	if !errors.Is(err, transport.ErrPeerDead) || !strings.Contains(err.Error(), "rank 1 dropped the link") || !strings.Contains(err.Error(), "too large") {
+		t.Errorf("rank 0: err = %v, want rank 1's abort notice naming the reason", err)
+	}
+}

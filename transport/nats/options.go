@@ -2,6 +2,7 @@ package nats
 
 import (
 	"fmt"
+	"log/slog"
 	"regexp"
 	"time"
 
@@ -64,9 +65,45 @@ type Config struct {
 	// PeerTimeout. A server that does not publish them (an external
 	// server without the export natsserver sets up) leaves the heartbeats.
 	DisconnectSubject string
+	// Key, when set, is the job's secret: every message a Conn publishes is
+	// authenticated with a key derived from it for the sending rank, and
+	// messages that fail authentication or repeat an earlier one are
+	// dropped (counted in Drops, logged) without any other effect. Every
+	// rank of a job must have the same Key; at least MinKeyLen bytes. nil
+	// leaves messages unauthenticated (anyone who may publish on the
+	// job's subjects can then fail its links).
+	Key []byte
+	// Logger receives a line for dropped messages (the 1st, 2nd, 4th...
+	// of each kind); nil logs nothing.
+	Logger *slog.Logger
 	// Server configures the embedded server NewGroup starts.
 	Server natsserver.Options
 }
+
+// Permissions returns the subjects rank of a job of size ranks publishes
+// and subscribes to with the default subject prefix and disconnect subject:
+// what a NATS user for that rank alone needs (natsserver.User, or the
+// permissions of an external server's user). A rank so restricted cannot
+// publish as another rank, nor touch another job.
+func Permissions(job string, rank int) (publish, subscribe []string) {
+	base := DefaultSubjectPrefix + "." + job + "."
+	publish = []string{
+		fmt.Sprintf("%sd.*.%d", base, rank), // data and goodbyes to each peer
+		fmt.Sprintf("%sc.*.%d", base, rank), // credit, aborts, acknowledgements
+		fmt.Sprintf("%sh.%d", base, rank),   // hellos
+		fmt.Sprintf("%sd.%d.*", base, rank), // gone markers, to itself
+	}
+	subscribe = []string{
+		fmt.Sprintf("%sd.%d.*", base, rank),
+		fmt.Sprintf("%sc.%d.*", base, rank),
+		base + "h.*",
+		natsserver.DisconnectSubject,
+	}
+	return publish, subscribe
+}
+
+// MinKeyLen is the shortest Config.Key accepted.
+const MinKeyLen = 16
 
 // Option changes a Config. Nil options are ignored.
 type Option func(*Config) error
@@ -98,6 +135,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("chunk size %d below %d", c.ChunkSize, minChunk)
 	case c.Heartbeat <= 0 || c.PeerTimeout <= c.Heartbeat:
 		return fmt.Errorf("heartbeat %v and peer timeout %v: want 0 < heartbeat < timeout", c.Heartbeat, c.PeerTimeout)
+	case c.Key != nil && len(c.Key) < MinKeyLen:
+		return fmt.Errorf("key of %d bytes: want at least %d", len(c.Key), MinKeyLen)
 	case c.ConnectTimeout <= 0:
 		return fmt.Errorf("connect timeout %v must be positive", c.ConnectTimeout)
 	}
@@ -108,6 +147,14 @@ func (c *Config) validate() error {
 func WithToken(token string) Option {
 	return func(c *Config) error { c.Token = token; c.Server.Token = token; return nil }
 }
+
+// WithKey sets Config.Key (a copy of key).
+func WithKey(key []byte) Option {
+	return func(c *Config) error { c.Key = append([]byte(nil), key...); return nil }
+}
+
+// WithLogger sets Config.Logger.
+func WithLogger(l *slog.Logger) Option { return func(c *Config) error { c.Logger = l; return nil } }
 
 // WithCredentials sets Config.CredsFile.
 func WithCredentials(file string) Option {

@@ -51,7 +51,14 @@ type Options struct {
 	// Port is the TCP port; 0 means a free port chosen by the kernel.
 	Port int
 	// Token, when not empty, is required from every client (nats.Token).
+	// Token and Users exclude each other.
 	Token string
+	// Users, when not empty, are the only identities clients may connect
+	// with (nats.UserInfo), each allowed only its subjects: per-job (or
+	// per-rank) credentials, so that holding one job's password gives no
+	// access to another job. See transport/nats.Permissions for a rank's
+	// subjects.
+	Users []User
 	// CertFile and KeyFile, when set, turn TLS on: every client must speak
 	// TLS and the server presents this certificate (PEM files).
 	CertFile, KeyFile string
@@ -75,6 +82,14 @@ type Options struct {
 	Logger server.Logger
 	// Debug and Trace enable the server's verbose logging when a Logger is set.
 	Debug, Trace bool
+}
+
+// User is a client identity with the subjects it may use. Subjects may
+// hold NATS wildcards (* and >). A user may subscribe to DisconnectSubject
+// only if Subscribe says so, and nobody may publish there.
+type User struct {
+	Name, Password     string
+	Publish, Subscribe []string
 }
 
 // DisconnectSubject is where the server publishes a disconnect advisory
@@ -120,6 +135,19 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if o.ClientCAFile != "" && o.CertFile == "" {
 		return nil, fmt.Errorf("%w: ClientCAFile needs CertFile and KeyFile", ErrStart)
 	}
+	if o.Token != "" && len(o.Users) > 0 {
+		return nil, fmt.Errorf("%w: Token and Users exclude each other", ErrStart)
+	}
+	var users []*server.User
+	for _, u := range o.Users {
+		if u.Name == "" || u.Password == "" {
+			return nil, fmt.Errorf("%w: user %q without a name or password", ErrStart, u.Name)
+		}
+		users = append(users, &server.User{Username: u.Name, Password: u.Password, Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: nonEmpty(u.Publish), Deny: []string{"slimgrad.events.>"}},
+			Subscribe: &server.SubjectPermission{Allow: nonEmpty(u.Subscribe)},
+		}})
+	}
 	sopts := &server.Options{
 		Host:          host,
 		Port:          port,
@@ -130,6 +158,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		MaxPending:    o.MaxPending,
 		WriteDeadline: o.WriteDeadline,
 		HTTPPort:      0,
+		Users:         users,
 	}
 	if sopts.MaxPending == 0 {
 		sopts.MaxPending = DefaultMaxPending
@@ -187,6 +216,15 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("%w: disconnect notices: %w", ErrStart, err)
 	}
 	return &Server{ns: ns, token: o.Token, maxP: maxP, tls: o.CertFile != ""}, nil
+}
+
+// nonEmpty returns subjects, or a subject nobody uses when there are none
+// (an empty allow list would allow everything).
+func nonEmpty(subjects []string) []string {
+	if len(subjects) == 0 {
+		return []string{"slimgrad.nothing"}
+	}
+	return subjects
 }
 
 // exportDisconnects makes the system account's disconnect advisories of the

@@ -10,11 +10,15 @@ import (
 
 // JoinLibp2p is the whole start-up of a libp2p rank that knows only the
 // job, the world size and a NATS connection: it starts a libp2p node
-// (opts, with the job set to job), rendezvouses under the node's peer ID
-// and addresses, and connects the node to the group. rdv configures the
-// rendezvous. On error nothing is left running; nc stays the caller's.
+// (opts, with the job set to job and its resource limits sized for world),
+// rendezvouses under the node's peer ID and addresses, and connects the
+// node to the group. rdv configures the
+// rendezvous. Once the group has formed, the process answers later joiners
+// of the job on nc (see Answer: they fail at once with
+// transport.ErrRankTaken) for as long as nc stays open. On error nothing is
+// left running; nc stays the caller's.
 func JoinLibp2p(ctx context.Context, nc *nats.Conn, job string, world int, opts []libp2p.Option, rdv ...Option) (*libp2p.Conn, error) {
-	node, err := libp2p.Listen(ctx, append([]libp2p.Option{libp2p.WithJob(job)}, opts...)...)
+	node, err := libp2p.Listen(ctx, append([]libp2p.Option{libp2p.WithJob(job), libp2p.WithMaxPeers(max(world-1, 1))}, opts...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -30,5 +34,13 @@ func JoinLibp2p(ctx context.Context, nc *nats.Conn, job string, world int, opts 
 			return nil, err
 		}
 	}
-	return node.Connect(ctx, g.Rank, peers) // closes the node on error
+	c, err := node.Connect(ctx, g.Rank, peers) // closes the node on error
+	if err != nil {
+		return nil, err
+	}
+	if _, err := Answer(nc, g, rdv...); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }

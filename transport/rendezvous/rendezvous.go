@@ -113,7 +113,13 @@ func (e *Error) Error() string {
 	if missing := e.World - len(e.Joined); missing > 0 {
 		fmt.Fprintf(&b, ", %d missing", missing)
 	} else if len(e.Confirmed) < len(e.Joined) {
-		fmt.Fprintf(&b, ", %d did not confirm the group", len(e.Joined)-len(e.Confirmed))
+		var silent []string
+		for _, m := range e.Joined {
+			if !slices.Contains(e.Confirmed, m.ID) {
+				silent = append(silent, m.ID)
+			}
+		}
+		fmt.Fprintf(&b, ", %d did not confirm the group: [%s]", len(silent), strings.Join(silent, " "))
 	}
 	ids := make([]string, len(e.Joined))
 	for i, m := range e.Joined {
@@ -142,6 +148,10 @@ type joinMsg struct {
 	World int    `json:"world"`
 	Member
 	View string `json:"view,omitempty"`
+	// Formed, with To, is a member's answer to a process that joins after
+	// the group formed (see Answer): To may not join.
+	Formed bool   `json:"formed,omitempty"`
+	To     string `json:"to,omitempty"`
 }
 
 var jobRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
@@ -220,12 +230,24 @@ func Join(ctx context.Context, nc *nats.Conn, job string, world int, self Member
 			if err := json.Unmarshal(m.Data, &jm); err != nil || jm.V != protoVersion || jm.Job != job || jm.ID == "" {
 				continue // not ours: another job or protocol
 			}
+			if jm.Formed {
+				if jm.To != self.ID {
+					continue // an answer to another latecomer
+				}
+				reason := fmt.Sprintf("the job has already formed with %d processes (member %s answered): every rank is taken", jm.World, jm.ID)
+				err := transport.ErrRankTaken
+				if jm.World != world {
+					reason += fmt.Sprintf("; and its world size is %d, not %d", jm.World, world)
+					err = errors.Join(transport.ErrRankTaken, transport.ErrWorldMismatch)
+				}
+				return nil, r.fail(reason, err)
+			}
 			if jm.World != world {
 				// Tell the other side too: it may have subscribed after our
 				// last publication.
 				publish()
 				nc.FlushWithContext(ctx)
-				return nil, r.fail(fmt.Sprintf("member %s expects world size %d, not %d", jm.ID, jm.World, world), nil)
+				return nil, r.fail(fmt.Sprintf("member %s expects world size %d, not %d", jm.ID, jm.World, world), transport.ErrWorldMismatch)
 			}
 			if jm.ID == self.ID && !slices.Equal(jm.Addrs, self.Addrs) {
 				// Not our own message echoed: another process uses our ID,
@@ -330,4 +352,42 @@ func (r *round) fail(reason string, err error) error {
 		}
 	}
 	return e
+}
+
+// Answer makes this process, a member of g, answer every process that
+// joins g's job over nc after the group formed: such a process fails its
+// Join at once with an *Error wrapping transport.ErrRankTaken (and
+// transport.ErrWorldMismatch if it was given another world size), instead of
+// waiting for its timeout. Processes of g still in Join are not disturbed.
+// The answers go on until the returned subscription is unsubscribed or nc is
+// closed; opts must be the ones given to Join (the subject prefix). Answer
+// does not block.
+func Answer(nc *nats.Conn, g *Group, opts ...Option) (*nats.Subscription, error) {
+	o := DefaultOptions()
+	for _, opt := range opts {
+		if opt != nil {
+			if err := opt(&o); err != nil {
+				return nil, fmt.Errorf("rendezvous: %w", err)
+			}
+		}
+	}
+	if g == nil || g.Rank < 0 || g.Rank >= len(g.Members) {
+		return nil, errors.New("rendezvous: Answer needs a formed group")
+	}
+	members := make(map[string]bool, len(g.Members))
+	for _, m := range g.Members {
+		members[m.ID] = true
+	}
+	self := g.Members[g.Rank]
+	subject := o.SubjectPrefix + "." + g.Job
+	return nc.Subscribe(subject, func(m *nats.Msg) {
+		var jm joinMsg
+		if json.Unmarshal(m.Data, &jm) != nil || jm.V != protoVersion || jm.Job != g.Job || jm.ID == "" || jm.Formed || members[jm.ID] {
+			return
+		}
+		b, err := json.Marshal(joinMsg{V: protoVersion, Job: g.Job, World: len(g.Members), Member: Member{ID: self.ID}, Formed: true, To: jm.ID})
+		if err == nil {
+			nc.Publish(subject, b)
+		}
+	})
 }

@@ -333,3 +333,114 @@ func TestDuplicateID(t *testing.T) {
 		}
 	}
 }
+
+// TestLatecomerRefused: once a group has formed and answers (Answer), a
+// process that joins the job later fails at once with ErrRankTaken (and
+// ErrWorldMismatch when its world size differs) instead of waiting for its
+// timeout.
+func TestLatecomerRefused(t *testing.T) {
+	s := startServer(t)
+	res := joinAll(t, s, "late", 3, members("m", 3))
+	for _, r := range res {
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		sub, err := Answer(dial(t, s), r.g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+	}
+	for _, world := range []int{3, 4} {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		start := time.Now()
+		_, err := Join(ctx, dial(t, s), "late", world, Member{ID: "z-late"})
+		cancel()
+		if !errors.Is(err, transport.ErrRankTaken) || !strings.Contains(fmt.Sprint(err), "already formed with 3 processes") {
+			t.Fatalf("world %d: err = %v, want ErrRankTaken saying the job formed", world, err)
+		}
+		if mismatch := errors.Is(err, transport.ErrWorldMismatch); mismatch != (world != 3) {
+			t.Errorf("world %d: ErrWorldMismatch = %v", world, mismatch)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("world %d: refused after %v, want at once", world, d)
+		}
+	}
+}
+
+// TestLibp2pLatecomerRefused: the same over JoinLibp2p, and the running
+// ranks go on exchanging messages.
+func TestLibp2pLatecomerRefused(t *testing.T) {
+	s := startServer(t)
+	const n = 2
+	conns := make([]*libp2p.Conn, n)
+	errs := make([]error, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range n {
+		nc := dial(t, s)
+		wg.Go(func() {
+			conns[i], errs[i] = JoinLibp2p(ctx, nc, "p2p-late", n, []libp2p.Option{libp2p.WithCloseTimeout(time.Second)})
+		})
+	}
+	wg.Wait()
+	for _, c := range conns {
+		if c != nil {
+			defer c.Close()
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	_, err := JoinLibp2p(ctx, dial(t, s), "p2p-late", n, []libp2p.Option{libp2p.WithCloseTimeout(time.Second)})
+	if !errors.Is(err, transport.ErrRankTaken) {
+		t.Fatalf("latecomer: err = %v, want ErrRankTaken", err)
+	}
+	for round := range 3 {
+		for _, c := range conns {
+			if err := c.Send(ctx, 1-c.Rank(), 5, []byte{byte(c.Rank()), byte(round)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, c := range conns {
+			if b, err := c.Recv(ctx, 1-c.Rank(), 5); err != nil || int(b[0]) != 1-c.Rank() || int(b[1]) != round {
+				t.Fatalf("rank %d round %d: %v, %v", c.Rank(), round, b, err)
+			}
+		}
+	}
+}
+
+// TestFakeMemberNeverConfirms: a process that announces itself once as a
+// member and then says nothing makes the rendezvous fail within its
+// timeout, with an error that names it as the member that did not confirm.
+func TestFakeMemberNeverConfirms(t *testing.T) {
+	s := startServer(t)
+	fake := dial(t, s)
+	b, err := json.Marshal(joinMsg{V: protoVersion, Job: "fake", World: 3, Member: Member{ID: "m-fake"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Published until both real members have subscribed and seen it: it
+	// is republished on every real member's message.
+	sub, err := fake.Subscribe("slimgrad.rendezvous.fake", func(m *nats.Msg) {
+		var jm joinMsg
+		if json.Unmarshal(m.Data, &jm) == nil && jm.ID != "m-fake" && jm.View == "" {
+			fake.Publish("slimgrad.rendezvous.fake", b)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	fake.Flush()
+	start := time.Now()
+	for i, r := range joinAll(t, s, "fake", 3, members("m", 2), WithTimeout(time.Second)) {
+		if !errors.Is(r.err, transport.ErrRendezvous) || !strings.Contains(r.err.Error(), "did not confirm the group: [m-fake]") {
+			t.Errorf("member %d: err = %v, want a timeout naming m-fake", i, r.err)
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("failed after %v, timeout 1s", d)
+	}
+}

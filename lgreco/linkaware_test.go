@@ -8,7 +8,7 @@ import (
 
 	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/compressors"
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/lgreco"
 	"github.com/slimgrad/slimgrad/sim"
 )
 

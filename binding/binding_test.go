@@ -1,4 +1,4 @@
-package adapt_test
+package binding_test
 
 import (
 	"errors"
@@ -9,12 +9,12 @@ import (
 
 	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/allreduce/allreducetest"
+	"github.com/slimgrad/slimgrad/binding"
 	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/errorfeedback"
-	"github.com/slimgrad/slimgrad/worker/adapt"
 )
 
-func spec(t *testing.T, codec, ef string, elems, world, rank int) adapt.Spec {
+func spec(t *testing.T, codec, ef string, elems, world, rank int) binding.Spec {
 	t.Helper()
 	c, err := compressors.Parse(codec)
 	if err != nil {
@@ -24,29 +24,29 @@ func spec(t *testing.T, codec, ef string, elems, world, rank int) adapt.Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return adapt.Spec{Codec: c, EF: e, Elems: elems, World: world, Rank: rank, Seed: 3, Algorithm: allreduce.AlgRing}
+	return binding.Spec{Codec: c, EF: e, Elems: elems, World: world, Rank: rank, Seed: 3, Algorithm: allreduce.AlgRing}
 }
 
 func TestNewRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		s    func() adapt.Spec
+		s    func() binding.Spec
 	}{
-		{"powersgd without shape", func() adapt.Spec { return spec(t, "powersgd:2", "none", 100, 2, 0) }},
-		{"sign with ef14", func() adapt.Spec { return spec(t, "sign", "ef14", 100, 2, 0) }},
-		{"powersgd with ef21", func() adapt.Spec {
+		{"powersgd without shape", func() binding.Spec { return spec(t, "powersgd:2", "none", 100, 2, 0) }},
+		{"sign with ef14", func() binding.Spec { return spec(t, "sign", "ef14", 100, 2, 0) }},
+		{"powersgd with ef21", func() binding.Spec {
 			s := spec(t, "powersgd:2", "ef21", 100, 2, 0)
 			s.Rows, s.Cols = 10, 10
 			return s
 		}},
-		{"dense with a gather algorithm", func() adapt.Spec {
+		{"dense with a gather algorithm", func() binding.Spec {
 			s := spec(t, "none", "none", 100, 2, 0)
 			s.Algorithm = allreduce.AlgSparseGather
 			return s
 		}},
-		{"rank out of range", func() adapt.Spec { return spec(t, "none", "none", 100, 2, 2) }},
+		{"rank out of range", func() binding.Spec { return spec(t, "none", "none", 100, 2, 2) }},
 	} {
-		if _, err := adapt.New(tc.s()); !errors.Is(err, adapt.ErrSpec) {
+		if _, err := binding.New(tc.s()); !errors.Is(err, binding.ErrSpec) {
 			t.Errorf("%s: got %v, want ErrSpec", tc.name, err)
 		}
 	}
@@ -63,13 +63,13 @@ func TestLayersInLockStep(t *testing.T) {
 	} {
 		t.Run(tc.codec, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(1, 2))
-			layers := make([]*adapt.Layer, n)
+			layers := make([]*binding.Layer, n)
 			data := make([][]float32, n)
 			for r := range layers {
 				s := spec(t, tc.codec, tc.ef, rows*cols, n, r)
 				s.Rows, s.Cols = rows, cols
 				var err error
-				if layers[r], err = adapt.New(s); err != nil {
+				if layers[r], err = binding.New(s); err != nil {
 					t.Fatal(err)
 				}
 				if got := layers[r].Scheme(); got != tc.scheme {
@@ -113,7 +113,7 @@ func TestLayersInLockStep(t *testing.T) {
 
 // runLayers runs one step of every rank's layer in lock step on data and
 // returns nothing; it fails the test on any error.
-func runLayers(t *testing.T, layers []*adapt.Layer, data [][]float32) {
+func runLayers(t *testing.T, layers []*binding.Layer, data [][]float32) {
 	t.Helper()
 	progs := make([]*allreduce.Program, len(layers))
 	execs := make([]allreduce.Executor, len(layers))
@@ -149,17 +149,17 @@ func TestSetCodecKeepsState(t *testing.T) {
 	} {
 		t.Run(tc.from+"->"+tc.to, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(5, 6))
-			mk := func(codec string, r int, seed uint64) *adapt.Layer {
+			mk := func(codec string, r int, seed uint64) *binding.Layer {
 				s := spec(t, codec, tc.ef, rows*cols, n, r)
 				s.Rows, s.Cols, s.Seed = rows, cols, seed
-				l, err := adapt.New(s)
+				l, err := binding.New(s)
 				if err != nil {
 					t.Fatal(err)
 				}
 				return l
 			}
-			a := make([]*adapt.Layer, n) // switched
-			b := make([]*adapt.Layer, n) // twin with the same history
+			a := make([]*binding.Layer, n) // switched
+			b := make([]*binding.Layer, n) // twin with the same history
 			for r := range a {
 				a[r], b[r] = mk(tc.from, r, 3), mk(tc.from, r, 3)
 			}
@@ -195,7 +195,7 @@ func TestSetCodecKeepsState(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			fresh := make([]*adapt.Layer, n)
+			fresh := make([]*binding.Layer, n)
 			for r := range fresh {
 				fresh[r] = mk(tc.to, r, 77)
 			}
@@ -242,11 +242,11 @@ func TestSetCodecKeepsState(t *testing.T) {
 		})
 	}
 	// A switch across aggregations is refused and changes nothing.
-	l, err := adapt.New(spec(t, "topk:0.1", "ef14", 100, 2, 0))
+	l, err := binding.New(spec(t, "topk:0.1", "ef14", 100, 2, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.SetCodec(compressors.MustParse("fp16"), 1); !errors.Is(err, adapt.ErrSpec) {
+	if err := l.SetCodec(compressors.MustParse("fp16"), 1); !errors.Is(err, binding.ErrSpec) {
 		t.Fatalf("switch topk to fp16: got %v, want ErrSpec", err)
 	}
 	if l.Scheme() != "sparse-gather" || l.Compressor().String() != "topk:0.1" {
@@ -268,11 +268,11 @@ func TestObservation(t *testing.T) {
 		{"powersgd:2", "none"},
 	} {
 		t.Run(tc.codec+"/"+tc.ef, func(t *testing.T) {
-			layers := make([]*adapt.Layer, n)
+			layers := make([]*binding.Layer, n)
 			for r := range layers {
 				s := spec(t, tc.codec, tc.ef, rows*cols, n, r)
 				s.Rows, s.Cols = rows, cols
-				l, err := adapt.New(s)
+				l, err := binding.New(s)
 				if err != nil {
 					t.Fatal(err)
 				}

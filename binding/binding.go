@@ -1,4 +1,4 @@
-// Package adapt binds one layer's codec (package compressors) and error
+// Package binding binds one layer's codec (package compressors) and error
 // feedback (package errorfeedback) to the collective scheme that its codec's
 // aggregation needs (package allreduce): it chooses the program, builds the
 // allreduce.Exec with the right hooks, and runs the error-feedback steps that
@@ -25,7 +25,7 @@
 //	                              ServerError (specs §2.2).
 //	LowRank  (powersgd)           low-rank (P then Q) with the codec's PowerSGD steps;
 //	                              with ef14 the residual e = M − P̂Qᵀ (specs §4.1).
-package adapt
+package binding
 
 import (
 	"errors"

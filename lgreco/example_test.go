@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/slimgrad/slimgrad/compressors"
-	"github.com/slimgrad/slimgrad/compressors/lgreco"
+	"github.com/slimgrad/slimgrad/lgreco"
 )
 
 // The life of one adjustment, as every rank runs it (here a single process

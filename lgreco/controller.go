@@ -129,7 +129,7 @@ func (c *Controller) window(t int64) bool {
 // Observe feeds layer l's gradient of the step of the last Advance to the
 // next decision. e is the layer's error-feedback residual before this step's
 // compression, or nil: under EF14 (over a gathered codec, or PowerSGD's
-// ef14) g is the plain gradient and e the residual (adapt.Layer.Observation
+// ef14) g is the plain gradient and e the residual (binding.Layer.Observation
 // gives both); without error feedback e is nil.
 //
 // One-shot: the error-compensated gradient g + e of the steps of the window

@@ -37,7 +37,8 @@
 //     worker then carries the old Q's strongest columns over with
 //     compressors.PowerSGD.WarmStartFrom, which the reference does not: it
 //     loses the warm start at every change).
-//   - Broadcast and Agree run the two small exchanges over a transport.Conn.
+//   - Broadcast and Agree run the two small exchanges over a Conn (a
+//     transport.Conn, or anything with its Send and Recv).
 //
 // Only rank 0's gradients drive a decision; all ranks must then apply exactly
 // the broadcast choice at exactly its ApplyAt step, or the low-rank

@@ -4,9 +4,18 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-
-	"github.com/slimgrad/slimgrad/transport"
 )
+
+// Conn is what Broadcast and Agree need of a job's connection: this rank,
+// the world size, and tagged point-to-point messages delivered in order per
+// peer and tag (transport.Conn has these methods; lgreco imports no
+// transport).
+type Conn interface {
+	Rank() int
+	Size() int
+	Send(ctx context.Context, peer int, tag uint64, b []byte) error
+	Recv(ctx context.Context, peer int, tag uint64) ([]byte, error)
+}
 
 // Broadcast delivers rank 0's decision to every rank over conn: rank 0 sends
 // its encoding to ranks 1..N−1 (N−1 messages of ~76+L bytes on tag) and
@@ -14,7 +23,7 @@ import (
 // decoded and checked against p (errors wrap ErrCorrupt or ErrMismatch).
 // It does not Schedule the decision. Every rank must call it at the same
 // boundary (Controller.Due); tag must not be used by anything else in flight.
-func Broadcast(ctx context.Context, conn transport.Conn, tag uint64, p *Plan, d *Decision) (*Decision, error) {
+func Broadcast(ctx context.Context, conn Conn, tag uint64, p *Plan, d *Decision) (*Decision, error) {
 	if conn.Rank() == 0 {
 		if d == nil {
 			panic("lgreco: Broadcast: rank 0 needs a decision")
@@ -44,7 +53,7 @@ func Broadcast(ctx context.Context, conn transport.Conn, tag uint64, p *Plan, d 
 // differ from rank 0. The messages have fixed sizes that do not depend on
 // the configuration, so a desynchronised rank cannot deadlock the check; call
 // it after Advance and before the step's collectives. 2(N−1) messages on tag.
-func Agree(ctx context.Context, conn transport.Conn, tag uint64, step int64, sig uint64) error {
+func Agree(ctx context.Context, conn Conn, tag uint64, step int64, sig uint64) error {
 	n := conn.Size()
 	if conn.Rank() != 0 {
 		if err := conn.Send(ctx, 0, tag, binary.LittleEndian.AppendUint64(nil, sig)); err != nil {

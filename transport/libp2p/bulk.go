@@ -1,0 +1,533 @@
+package libp2p
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/sec"
+	"github.com/libp2p/go-libp2p/p2p/security/insecure"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/slimgrad/slimgrad/transport"
+)
+
+// The bulk path. Messages of at least Options.BulkMin bytes bypass the
+// muxer: each direction of a link has BulkStreams dedicated TCP
+// connections, secured with the host's security transport and identity
+// (the same Noise or TLS handshake as libp2p's, so the remote peer ID is
+// proven; with SecurityNone it is only claimed, as on the libp2p
+// connection). The receiver reads every piece straight into the message's
+// buffer: no muxer copy, and with Noise the decryption writes there in
+// place.
+//
+// Wire: on each bulk connection the dialer first sends a flagBulkHello
+// frame (its rank, the group size, the connection's index and the job
+// ID), then pieces. A piece is a frame with flags flagBulkPiece whose tag
+// field is the message's sequence number on the link and whose payload is
+// the piece's offset and the message's total length (two uint64) followed
+// by the piece's bytes. The frame checksum covers the whole payload on an
+// insecure link and only the 16 prefix bytes on a secured one, whose AEAD
+// already authenticates every byte: each byte gets one integrity check.
+// Once every part of a message is written, the sender puts a flagBulk
+// frame (sequence number and total length) on the libp2p stream, in order
+// with the link's other messages; the receiver queues the message there,
+// once all its bytes have arrived. Credit covers bulk messages as any
+// other.
+
+// Frame flags of the bulk path.
+const (
+	flagBulk      uint8 = 7 // on the stream: a bulk message is complete (seq, total)
+	flagBulkHello uint8 = 8 // first frame of a bulk connection
+	flagBulkPiece uint8 = 9 // a piece of a bulk message
+)
+
+// bulkPrefix is the piece payload's prefix: offset and total length.
+const bulkPrefix = 16
+
+// secureTransport is what the bulk path needs of a libp2p security
+// transport.
+type secureTransport interface {
+	SecureInbound(ctx context.Context, insecure net.Conn, p peer.ID) (sec.SecureConn, error)
+	SecureOutbound(ctx context.Context, insecure net.Conn, p peer.ID) (sec.SecureConn, error)
+}
+
+// bulkMsg is a bulk message being received.
+type bulkMsg struct {
+	seq   uint64
+	total int
+	got   int
+	buf   []byte
+	done  chan struct{} // gets a token when got == total (cap 1)
+}
+
+// bulkWriter writes its part of each message on one bulk connection
+// (with more than one connection, parts are written concurrently).
+type bulkWriter struct {
+	conn net.Conn
+	hdr  [transport.FrameHeaderLen + bulkPrefix]byte
+	jobs chan bulkJob
+	res  chan error // one result per job (cap 1)
+}
+
+type bulkJob struct {
+	seq   uint64
+	b     []byte // the part
+	base  int    // its offset in the message
+	total int
+}
+
+// startBulk opens the bulk listener on the IP of the node's first TCP
+// listen address. Without one, or with BulkStreams 0, there is no bulk
+// path into this node (peers then send everything over the stream).
+func (c *Conn) startBulk() error {
+	if c.opts.BulkStreams == 0 {
+		return nil
+	}
+	ip := ""
+	for _, a := range c.node.host.Network().ListenAddresses() {
+		if _, err := a.ValueForProtocol(ma.P_TCP); err != nil {
+			continue
+		}
+		if v, err := a.ValueForProtocol(ma.P_IP4); err == nil {
+			ip = v
+			break
+		}
+		if v, err := a.ValueForProtocol(ma.P_IP6); err == nil {
+			ip = v
+			break
+		}
+	}
+	if ip == "" {
+		return nil
+	}
+	key := c.node.host.Peerstore().PrivKey(c.node.host.ID())
+	var err error
+	switch c.opts.Security {
+	case SecurityNoise:
+		c.sec, err = noise.New(noise.ID, key, nil)
+	case SecurityTLS:
+		c.sec, err = tls.New(tls.ID, key, nil)
+	default:
+		c.sec = insecure.NewWithIdentity(insecure.ID, c.node.host.ID(), key)
+	}
+	if err != nil {
+		return fmt.Errorf("libp2p: bulk security: %w", err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return fmt.Errorf("libp2p: bulk listener: %w", err)
+	}
+	c.bulkLn = ln
+	c.bulkPort = ln.Addr().(*net.TCPAddr).Port
+	c.wg.Add(1)
+	go c.acceptBulk(ln)
+	return nil
+}
+
+// acceptBulk accepts bulk connections until the listener closes.
+func (c *Conn) acceptBulk(ln net.Listener) {
+	defer c.wg.Done()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.mu.Lock()
+		if c.isClosing {
+			c.mu.Unlock()
+			nc.Close()
+			return
+		}
+		c.wg.Add(1)
+		c.mu.Unlock()
+		go c.handleBulk(nc)
+	}
+}
+
+// handleBulk authenticates an incoming bulk connection and reads its
+// pieces until it ends.
+func (c *Conn) handleBulk(nc net.Conn) {
+	defer c.wg.Done()
+	refuse := func() {
+		c.node.gater.refused.Add(1)
+		nc.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.PeerTimeout)
+	go func() { // setup only: Close must not wait for a handshake to time out
+		select {
+		case <-c.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	sc, err := c.sec.SecureInbound(ctx, nc, "")
+	if err != nil {
+		stop()
+		cancel()
+		refuse()
+		return
+	}
+	sc.SetDeadline(time.Now().Add(c.opts.PeerTimeout))
+	r, ok := c.byID[sc.RemotePeer()]
+	var h transport.FrameHeader
+	var p []byte
+	if ok && r != c.rank {
+		h, p, err = transport.ReadFrame(sc, 12+128, nil)
+	}
+	stopped := stop()
+	cancel()
+	if !ok || r == c.rank || err != nil || !stopped || h.Flags != flagBulkHello || len(p) < 12 ||
+		int(binary.LittleEndian.Uint32(p[0:])) != r ||
+		int(binary.LittleEndian.Uint32(p[4:])) != c.size ||
+		binary.LittleEndian.Uint32(p[8:]) >= maxBulkStreams ||
+		string(p[12:]) != c.opts.JobID {
+		sc.Close()
+		c.node.gater.refused.Add(1)
+		return
+	}
+	sc.SetDeadline(time.Time{})
+	l := c.links[r]
+	c.mu.Lock()
+	l.mu.Lock()
+	if c.isClosing || l.err != nil || len(l.bulkIn) >= maxBulkStreams {
+		l.mu.Unlock()
+		c.mu.Unlock()
+		sc.Close()
+		return
+	}
+	l.bulkIn = append(l.bulkIn, sc)
+	l.mu.Unlock()
+	c.mu.Unlock()
+	l.bulkReadLoop(sc, c.opts.Security != SecurityNone)
+}
+
+// bulkReadLoop reads pieces from one bulk connection into their messages.
+func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
+	c := l.c
+	r := bufio.NewReaderSize(liveReader{s: sc, last: &l.lastRead}, 4<<10)
+	var hb [transport.FrameHeaderLen + bulkPrefix]byte
+	for {
+		if _, err := io.ReadFull(r, hb[:transport.FrameHeaderLen]); err != nil {
+			// A clean end between pieces is the peer closing: the stream
+			// decides when the link is dead.
+			if err != io.EOF {
+				l.readFailed(err)
+			}
+			return
+		}
+		h, err := transport.ParseFrameHeader(hb[:], pieceMax+bulkPrefix)
+		if err != nil {
+			l.fail(err)
+			return
+		}
+		if h.Flags != flagBulkPiece || h.Len <= bulkPrefix {
+			l.fail(fmt.Errorf("%w: unexpected frame (flags %d, %d bytes) on a bulk connection", transport.ErrBadFrame, h.Flags, h.Len))
+			return
+		}
+		pre := hb[transport.FrameHeaderLen:]
+		if _, err := io.ReadFull(r, pre); err != nil {
+			l.readFailed(err)
+			return
+		}
+		off, total := binary.LittleEndian.Uint64(pre), binary.LittleEndian.Uint64(pre[8:])
+		n := int(h.Len) - bulkPrefix
+		m, err := l.bulkPending(h.Tag, total)
+		if err != nil {
+			l.fail(err)
+			return
+		}
+		if off > uint64(m.total) || uint64(n) > uint64(m.total)-off {
+			l.fail(fmt.Errorf("%w: bulk piece [%d, +%d) outside a %d-byte message", transport.ErrBadFrame, off, n, m.total))
+			return
+		}
+		crc := transport.UpdateChecksum(0, pre)
+		dst := m.buf[off : int(off)+n]
+		if secure {
+			_, err = io.ReadFull(r, dst)
+		} else {
+			crc, err = readPayloadCRC(r, dst, crc)
+		}
+		if err != nil {
+			l.readFailed(err)
+			return
+		}
+		if crc != h.CRC {
+			l.fail(fmt.Errorf("%w: bulk piece checksum mismatch (message %d, offset %d)", transport.ErrBadFrame, h.Tag, off))
+			return
+		}
+		l.mu.Lock()
+		m.got += n
+		full := m.got > m.total
+		if m.got == m.total {
+			m.done <- struct{}{}
+		}
+		l.mu.Unlock()
+		if full {
+			l.fail(fmt.Errorf("%w: bulk message %d got more than its %d bytes", transport.ErrBadFrame, h.Tag, m.total))
+			return
+		}
+		if c.isClosed() {
+			return
+		}
+	}
+}
+
+// bulkPending returns the message being received with sequence number
+// seq, creating it (and reserving its credit) on its first piece.
+func (l *link) bulkPending(seq, total uint64) (*bulkMsg, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.pend {
+		if m.seq == seq {
+			if uint64(m.total) != total {
+				return nil, fmt.Errorf("%w: bulk message %d is %d bytes, a piece says %d", transport.ErrBadFrame, seq, m.total, total)
+			}
+			return m, nil
+		}
+	}
+	if l.err != nil {
+		return nil, l.err
+	}
+	c := l.c
+	if total == 0 || total > uint64(c.opts.MaxFrame) {
+		return nil, fmt.Errorf("%w: bulk message of %d bytes (limit %d)", transport.ErrTooLarge, total, c.opts.MaxFrame)
+	}
+	cost := int64(total) + transport.FrameHeaderLen
+	used := l.buffered + l.creditPending + l.bulkReserved
+	if used > 0 && used+cost > int64(c.opts.MaxBuffered) {
+		return nil, fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered)
+	}
+	var m *bulkMsg
+	if n := len(l.freePend); n > 0 {
+		m, l.freePend = l.freePend[n-1], l.freePend[:n-1]
+	} else {
+		m = &bulkMsg{done: make(chan struct{}, 1)}
+	}
+	m.seq, m.total, m.got, m.buf = seq, int(total), 0, bufs.Get(int(total))
+	l.bulkReserved += cost
+	l.pend = append(l.pend, m)
+	return m, nil
+}
+
+// finishBulk is the stream's flagBulk frame: it waits until every byte of
+// message seq has arrived and returns it, with its credit moved from the
+// bulk reservation to the buffered count (the caller queues it).
+func (l *link) finishBulk(seq, total uint64) ([]byte, error) {
+	m, err := l.bulkPending(seq, total)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-m.done:
+	case <-l.dead:
+		return nil, nil
+	case <-l.c.closing:
+		return nil, nil
+	}
+	cost := int64(total) + transport.FrameHeaderLen
+	l.mu.Lock()
+	for i, x := range l.pend {
+		if x == m {
+			last := len(l.pend) - 1
+			l.pend[i], l.pend[last] = l.pend[last], nil
+			l.pend = l.pend[:last]
+			break
+		}
+	}
+	l.bulkReserved -= cost
+	b := m.buf
+	m.buf = nil
+	l.freePend = append(l.freePend, m)
+	l.mu.Unlock()
+	return b, nil
+}
+
+// dialBulk opens the link's outgoing bulk connections to the peer's bulk
+// port, at the IP address its libp2p connection reached. It returns nil
+// (no bulk path, everything goes over the stream) when the link is
+// relayed or the connections cannot be set up within the timeout.
+func (c *Conn) dialBulk(ctx context.Context, l *link, remote ma.Multiaddr, port int) []net.Conn {
+	if port <= 0 || c.sec == nil || c.opts.BulkStreams == 0 {
+		return nil
+	}
+	if _, err := remote.ValueForProtocol(ma.P_CIRCUIT); err == nil {
+		return nil
+	}
+	if _, err := remote.ValueForProtocol(ma.P_TCP); err != nil {
+		return nil
+	}
+	ip, err := remote.ValueForProtocol(ma.P_IP4)
+	if err != nil {
+		if ip, err = remote.ValueForProtocol(ma.P_IP6); err != nil {
+			return nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, min(c.opts.PeerTimeout, bulkDialTimeout))
+	defer cancel()
+	addr := net.JoinHostPort(ip, strconv.Itoa(port))
+	conns := make([]net.Conn, 0, c.opts.BulkStreams)
+	for i := range c.opts.BulkStreams {
+		sc, err := c.dialBulkOne(ctx, l, addr, i)
+		if err != nil {
+			for _, x := range conns {
+				x.Close()
+			}
+			return nil
+		}
+		conns = append(conns, sc)
+	}
+	return conns
+}
+
+// bulkDialTimeout bounds the setup of a link's bulk connections.
+const bulkDialTimeout = 5 * time.Second
+
+func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int) (net.Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	sc, err := c.sec.SecureOutbound(ctx, nc, l.id)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if sc.RemotePeer() != l.id {
+		sc.Close()
+		return nil, errors.New("bulk connection reached another peer")
+	}
+	p := make([]byte, 12+len(c.opts.JobID))
+	binary.LittleEndian.PutUint32(p[0:], uint32(c.rank))
+	binary.LittleEndian.PutUint32(p[4:], uint32(c.size))
+	binary.LittleEndian.PutUint32(p[8:], uint32(index))
+	copy(p[12:], c.opts.JobID)
+	sc.SetWriteDeadline(time.Now().Add(c.opts.PeerTimeout))
+	if err := transport.WriteFrame(sc, flagBulkHello, 0, p); err != nil {
+		sc.Close()
+		return nil, err
+	}
+	sc.SetWriteDeadline(time.Time{})
+	return sc, nil
+}
+
+// writeBulkPart writes part (at offset base of a total-byte message with
+// sequence number seq) as pieces of at most pieceMax bytes.
+func writeBulkPart(w io.Writer, hdr []byte, secure bool, seq uint64, part []byte, base, total int) error {
+	const h = transport.FrameHeaderLen
+	for off := 0; off < len(part); {
+		n := min(pieceMax, len(part)-off)
+		pre := hdr[h : h+bulkPrefix]
+		binary.LittleEndian.PutUint64(pre, uint64(base+off))
+		binary.LittleEndian.PutUint64(pre[8:], uint64(total))
+		crc := transport.UpdateChecksum(0, pre)
+		data := part[off : off+n]
+		if !secure {
+			crc = transport.UpdateChecksum(crc, data)
+		}
+		transport.PutFrameHeaderSum(hdr, flagBulkPiece, seq, bulkPrefix+n, crc)
+		if _, err := w.Write(hdr[:h+bulkPrefix]); err != nil {
+			return err
+		}
+		if _, err := w.Write(data); err != nil {
+			return err
+		}
+		off += n
+	}
+	return nil
+}
+
+// bulkRun is a writer goroutine of a link with several bulk connections.
+func (l *link) bulkRun(w *bulkWriter) {
+	defer l.c.wg.Done()
+	secure := l.c.opts.Security != SecurityNone
+	for {
+		select {
+		case j := <-w.jobs:
+			w.res <- writeBulkPart(w.conn, w.hdr[:], secure, j.seq, j.b, j.base, j.total)
+		case <-l.c.closing:
+			return
+		case <-l.dead:
+			return
+		}
+	}
+}
+
+// sendBulk writes b over the bulk connections, split into one contiguous
+// part per connection, then the flagBulk frame on the stream s. The caller
+// holds l.wsem.
+func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
+	seq := l.bulkSeq
+	l.bulkSeq++
+	secure := l.c.opts.Security != SecurityNone
+	k := len(l.bulkW)
+	if k == 1 {
+		w := l.bulkW[0]
+		if err := writeBulkPart(w.conn, w.hdr[:], secure, seq, b, 0, len(b)); err != nil {
+			return err
+		}
+	} else {
+		part := bulkPart(len(b), k)
+		used := 0
+		for i, w := range l.bulkW {
+			lo := min(i*part, len(b))
+			hi := min(lo+part, len(b))
+			if lo == hi {
+				break
+			}
+			w.jobs <- bulkJob{seq: seq, b: b[lo:hi], base: lo, total: len(b)}
+			used++
+		}
+		var first error
+		for _, w := range l.bulkW[:used] {
+			select {
+			case err := <-w.res:
+				if err != nil && first == nil {
+					first = err
+				}
+			case <-l.dead:
+				return l.sendError()
+			}
+		}
+		if first != nil {
+			return first
+		}
+	}
+	var f [transport.FrameHeaderLen + 16]byte
+	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen:], seq)
+	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen+8:], uint64(len(b)))
+	transport.PutFrameHeader(f[:], flagBulk, tag, f[transport.FrameHeaderLen:])
+	_, err := s.Write(f[:])
+	return err
+}
+
+// bulkPart is the size of each connection's part of an n-byte message
+// over k connections: a whole number of pieces, so that the message is
+// ceil(n/pieceMax) pieces however it is split.
+func bulkPart(n, k int) int {
+	pieces := (n + pieceMax - 1) / pieceMax
+	return (pieces + k - 1) / k * pieceMax
+}
+
+// bulkWire is what a bulk message of n bytes takes on the wire: the
+// flagBulk frame, and per piece a header and prefix.
+func bulkWire(n int) int64 {
+	pieces := (n + pieceMax - 1) / pieceMax
+	return int64(n) + transport.FrameHeaderLen + 16 + int64(pieces)*(transport.FrameHeaderLen+bulkPrefix)
+}
