@@ -302,3 +302,47 @@ func TestStreamCoversPass(t *testing.T) {
 		t.Errorf("pass 1 repeats pass 0's order")
 	}
 }
+
+// TestKillLeaderAndAnother kills rank 0 (the first leader of the
+// agreement) together with another member, then later a third one: the
+// next lowest rank leads, and the survivors go through two epochs with
+// bit-identical states.
+func TestKillLeaderAndAnother(t *testing.T) {
+	for trial := range 10 {
+		synctest.Test(t, func(t *testing.T) {
+			seed := uint64(100 + trial)
+			rng := rand.New(rand.NewPCG(seed, 7))
+			j := newJob(t, seed, 30)
+			v := elastic.View{Members: elastictest.IDs(8)}
+			second := v.Members[1+rng.IntN(7)]
+			third := without(v.Members[1:], second)[rng.IntN(6)]
+			first, later := int64(rng.IntN(10)), int64(12+rng.IntN(10))
+			killer := without(without(v.Members[1:], second), third)[0]
+			for _, id := range v.Members {
+				j.Start(id, &v, func(c *elastic.Config) {
+					if c.ID != killer {
+						return
+					}
+					var once [2]sync.Once
+					c.Replica.(*elastictest.Replica).OnApply = func(s elastic.Info) {
+						switch s.Step {
+						case first:
+							once[0].Do(func() { j.Kill("m0"); j.Kill(second) })
+						case later:
+							once[1].Do(func() { j.Kill(third) })
+						}
+					}
+				})
+			}
+			j.Wait()
+			survivors := without(without(without(v.Members, "m0"), second), third)
+			j.CheckIdentical(survivors)
+			for _, id := range survivors {
+				ch := j.Result(id).Changes
+				if len(ch) != 2 || ch[0].World != 6 || ch[1].World != 5 || ch[1].Epoch != 2 {
+					t.Fatalf("trial %d: member %s changes %+v, want worlds 6 then 5", trial, id, ch)
+				}
+			}
+		})
+	}
+}
