@@ -82,8 +82,8 @@ func decodeDecision(b []byte) (decision, error) {
 //     return ErrExcluded.
 //
 // Failures are assumed to be crashes or silences that every rank observes
-// alike within the timeouts; the quorum rule (more than half of the previous
-// epoch, unless Policy.NoQuorum) keeps the two sides of a partition from
+// alike within the timeouts; the quorum rule (more than half of the members
+// that held state when the previous epoch formed, unless Policy.NoQuorum) keeps the two sides of a partition from
 // both going on. attempt numbers the agreements run on conn, so that their
 // messages never mix.
 func (m *Member) agree(ctx context.Context, conn transport.Conn, v View, attempt uint32, me report) (decision, error) {
@@ -169,8 +169,8 @@ func (m *Member) lead(ctx context.Context, conn transport.Conn, v View, dead []b
 		// A joiner without state cannot lead; it hands the decision to the
 		// others by leaving (they see it silent and decide without it).
 		return decision{}, fmt.Errorf("%w: joiner without state lost its donors", ErrExcluded)
-	case !m.cfg.Policy.NoQuorum && 2*len(d.view.Members) <= n:
-		d.fail, d.reason = failNoQuorum, fmt.Sprintf("%d of %d members answered", len(d.view.Members), n)
+	case !m.cfg.Policy.NoQuorum && 2*quorum(v, d.view.Members) <= len(v.Donors()):
+		d.fail, d.reason = failNoQuorum, fmt.Sprintf("%d of the %d members that formed epoch %d answered", quorum(v, d.view.Members), len(v.Donors()), v.Epoch)
 	default:
 		joiners, err := m.pickJoiners(ctx, d.view.Members, len(d.view.Members) < m.cfg.Policy.MinWorld)
 		if err != nil {
@@ -197,6 +197,19 @@ func (m *Member) lead(ctx context.Context, conn transport.Conn, v View, dead []b
 	cancel()
 	m.admit(ctx, d.view)
 	return d, nil
+}
+
+// quorum counts the members of next that held state when v formed (v's
+// donors): the quorum is a majority of those, so that joiners who had not
+// finished their transfer do not count.
+func quorum(v View, next []string) int {
+	q := 0
+	for _, id := range v.Donors() {
+		if slices.Contains(next, id) {
+			q++
+		}
+	}
+	return q
 }
 
 // pickJoiners chooses the waiting joiners to admit next to members: each

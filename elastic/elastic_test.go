@@ -346,3 +346,35 @@ func TestKillLeaderAndAnother(t *testing.T) {
 		})
 	}
 }
+
+// TestDonorDiesDuringTransfer: a donor dies while serving a joiner. The
+// joiner gives up with an error, and the remaining members (a quorum of the
+// epoch's donors, though not of its members) go on bit-identically.
+func TestDonorDiesDuringTransfer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		j := newJob(t, 11, 20)
+		j.Policy = elastic.Policy{AllowJoins: true, JoinEvery: 5}
+		v := elastic.View{Members: elastictest.IDs(3)}
+		for _, id := range v.Members {
+			j.Start(id, &v, func(c *elastic.Config) {
+				if c.ID != "m1" {
+					return
+				}
+				var once sync.Once
+				elastic.SetCorrupt(c, func(string, int, []byte) { once.Do(func() { j.Kill("m1") }) })
+			})
+		}
+		j.Start("j0", nil, nil)
+		j.Wait()
+		j.CheckIdentical([]string{"m0", "m2"})
+		if err := j.Err("j0"); err == nil {
+			t.Errorf("joiner succeeded though a donor died mid-transfer")
+		}
+		for _, id := range []string{"m0", "m2"} {
+			ch := j.Result(id).Changes
+			if len(ch) != 1 || ch[0].World != 2 || !slices.Contains(ch[0].Left, "m1") || !slices.Contains(ch[0].Left, "j0") {
+				t.Errorf("member %s: changes %+v, want m1 and j0 gone, world 2", id, ch)
+			}
+		}
+	})
+}
