@@ -101,6 +101,7 @@ type Policy struct {
 	NoQuorum bool
 }
 
+// String formats the policy for the settings line.
 func (p Policy) String() string {
 	return fmt.Sprintf("min=%d max=%d joins=%v every=%d quorum=%v", p.MinWorld, p.MaxWorld, p.AllowJoins, p.JoinEvery, !p.NoQuorum)
 }

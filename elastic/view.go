@@ -52,6 +52,7 @@ func (v View) Key() string {
 	return fmt.Sprintf("e%d-%s", v.Epoch, hex.EncodeToString(h.Sum(nil)[:4]))
 }
 
+// String formats the epoch, the members and the joiners, for logs.
 func (v View) String() string {
 	return fmt.Sprintf("epoch %d %v (joining %v)", v.Epoch, v.Members, v.Joiners)
 }
