@@ -153,7 +153,7 @@ type Network interface {
 type Job struct {
 	T       testing.TB
 	Net     Network
-	Lobby   *elastic.MemLobby
+	Lobby   elastic.Lobby // shared by every member and joiner of the Job
 	Problem *Problem
 	Seed    uint64
 	Codec   string // every layer's codec, with ef14
