@@ -247,8 +247,8 @@ var ErrNotShared = errors.New("allreduce: algorithm has no shared program form")
 // ops per rank). Op(r, i) equals Generate(alg, p with Rank r).Ops[i].
 //
 // Shared programs exist for the ring family (Ring, ReduceScatter,
-// AllGather), AllGatherV and SparseGather. A Shared is immutable and safe
-// for concurrent use.
+// AllGather), AllGatherV, SparseGather and TwoPhaseSign. A Shared is
+// immutable and safe for concurrent use.
 type Shared struct {
 	// Name and Alg are the programs' Name and Alg.
 	Name string
@@ -262,6 +262,7 @@ type Shared struct {
 	nops int32
 	S    int
 	eb   int64
+	tp   twoPhaseSpec // AlgTwoPhaseSign only
 }
 
 // NewShared returns the shared form of the programs of alg for p.World ranks
@@ -284,6 +285,14 @@ func NewShared(alg Algorithm, p Params) (*Shared, error) {
 	case AlgSparseGather:
 		s.Layout = EvenLayout(p.Elems, 1)
 		s.nops = int32(2*(n-1) + n + 3)
+	case AlgTwoPhaseSign:
+		lay, err := NewTwoPhaseLayout(p.Elems, n, p.SignBlock)
+		if err != nil {
+			return nil, err
+		}
+		s.Layout = EvenLayout(lay.Padded(), n)
+		s.tp = newTwoPhaseSpec(lay)
+		s.nops = s.tp.nops
 	default:
 		return nil, fmt.Errorf("%w: %v", ErrNotShared, alg)
 	}
@@ -320,6 +329,8 @@ func (s *Shared) Op(rank int, i int32) Op {
 		return sp.op(i)
 	case AlgSparseGather:
 		return s.sparseOp(rank, i)
+	case AlgTwoPhaseSign:
+		return s.tp.op(rank, i)
 	}
 	sp := s.ring(rank)
 	return sp.op(i)
@@ -364,6 +375,8 @@ func (s *Shared) Dependents(rank int, i int32, dst []int32) []int32 {
 		return dst
 	case AlgSparseGather:
 		return s.sparseDependents(rank, i, dst)
+	case AlgTwoPhaseSign:
+		return s.tp.dependents(rank, i, dst)
 	}
 	sp := s.ring(rank)
 	return sp.dependents(i, dst)
@@ -414,6 +427,8 @@ func (s *Shared) Roots(rank int, dst []int32) []int32 {
 			dst = append(dst, x)
 		}
 		return dst
+	case AlgTwoPhaseSign:
+		return s.tp.roots(dst)
 	}
 	sp := s.ring(rank)
 	return sp.roots(dst)
@@ -421,10 +436,16 @@ func (s *Shared) Roots(rank int, dst []int32) []int32 {
 
 // Match returns, for Send op i of rank's program, the index of the Recv op
 // that receives its message in the peer's program. i must be a Send (the
-// result is meaningless otherwise): in every shared form the matching Recv
+// result is meaningless otherwise): in the ring forms the matching Recv
 // directly follows the Send's position in the peer's identically shaped
-// program.
-func (s *Shared) Match(rank int, i int32) int32 { return i + 1 }
+// program; in TwoPhaseSign's all-to-all, send k (to rank+k) is received by
+// the peer's k-th recv (from peer−k).
+func (s *Shared) Match(rank int, i int32) int32 {
+	if s.Alg == AlgTwoPhaseSign && i < int32(s.World) {
+		return i + int32(s.World) - 1
+	}
+	return i + 1
+}
 
 // Program materializes rank's program: the value Generate returns for the
 // same algorithm and parameters with that rank.
@@ -433,9 +454,150 @@ func (s *Shared) Program(rank int) *Program {
 		panic("allreduce: Shared.Program rank out of range")
 	}
 	p := &Program{Name: s.Name, Alg: s.Alg, Rank: rank, World: s.World, Elems: s.Elems, Ops: make([]Op, s.nops)}
+	if s.Alg == AlgTwoPhaseSign {
+		p.SignBlock = s.p.SignBlock
+	}
 	p.Layout.Offs = append([]int(nil), s.Layout.Offs...)
 	for i := range p.Ops {
 		p.Ops[i] = s.Op(rank, int32(i))
 	}
 	return p
+}
+
+// twoPhaseSpec is genTwoPhase as arithmetic (N ranks, rank r):
+//
+//	0                      encode
+//	1 … N−1                send k to r+k (all-to-all, msg 0)
+//	N … 2N−2               recv k from r−k (op N−1+k)
+//	2N−1 … 3N−3            join: barrier k after barrier k−1 (encode for k=1) and recv k
+//	srv = 3N−2             server step on chunk 2N+r
+//	ring = 3N−1 …          the payload ring of slots 2N… after srv (payloadSpec, msg 1…)
+//	j2 = ring+2(N−1) …     join: N barriers over the ring's sends and its last recv (none for N = 1)
+//	dec                    decode
+type twoPhaseSpec struct {
+	n                  int32
+	srv, ring, j2, dec int32
+	nops               int32
+	dp                 int64
+	sizes              []int64 // message bytes of chunk c
+}
+
+func newTwoPhaseSpec(lay TwoPhaseLayout) twoPhaseSpec {
+	n := int32(lay.World())
+	sp := twoPhaseSpec{n: n, dp: int64(lay.Padded()), sizes: make([]int64, n)}
+	for c := range sp.sizes {
+		sp.sizes[c] = int64(lay.MessageBytes(c))
+	}
+	sp.srv = 3*n - 2
+	sp.ring = sp.srv + 1
+	sp.j2 = sp.ring + 2*(n-1)
+	sp.dec = sp.j2
+	if n > 1 {
+		sp.dec += n
+	}
+	sp.nops = sp.dec + 1
+	return sp
+}
+
+func (sp *twoPhaseSpec) payload(r int) payloadSpec {
+	return newPayloadSpec(int(sp.n), r, 2*int(sp.n), sp.srv, 1, sp.ring, sp.sizes)
+}
+
+// join2Item is the m-th op of the ring that the second join waits for: the
+// sends in order, then the last recv.
+func (sp *twoPhaseSpec) join2Item(m int32) int32 {
+	if m < sp.n-1 {
+		return sp.ring + 2*m
+	}
+	return sp.ring + 2*sp.n - 3
+}
+
+func (sp *twoPhaseSpec) op(r int, i int32) Op {
+	n := sp.n
+	barrier := func(d0, d1 int32) Op {
+		return Op{Kind: Compute, Fn: FnBarrier, Peer: -1, Msg: -1, Src: BufNone, Dst: BufNone, Chunk: -1, Deps: [2]int32{d0, d1}}
+	}
+	switch {
+	case i == 0:
+		return Op{Kind: Compute, Fn: FnEncode, Peer: -1, Msg: -1, Src: BufData, Dst: BufPayload, Chunk: -1, Bytes: sp.dp, Deps: [2]int32{NoDep, NoDep}}
+	case i < n:
+		c := int32(mod(r+int(i), int(n)))
+		return Op{Kind: Send, Peer: c, Src: BufPayload, Dst: BufNone, Chunk: c, Bytes: sp.sizes[c], Deps: [2]int32{0, NoDep}}
+	case i < 2*n-1:
+		j := int32(mod(r-int(i-n+1), int(n)))
+		return Op{Kind: Recv, Peer: j, Src: BufNone, Dst: BufPayload, Chunk: n + j, Bytes: sp.sizes[r], Deps: [2]int32{NoDep, NoDep}}
+	case i < sp.srv:
+		k := i - (2*n - 2)
+		prev := i - 1
+		if k == 1 {
+			prev = 0
+		}
+		return barrier(prev, n-1+k)
+	case i == sp.srv:
+		prev := sp.srv - 1
+		if n == 1 {
+			prev = 0
+		}
+		return Op{Kind: Compute, Fn: FnServer, Peer: -1, Msg: -1, Src: BufPayload, Dst: BufPayload, Chunk: 2*n + int32(r), Bytes: sp.dp / int64(n), Deps: [2]int32{prev, NoDep}}
+	case i < sp.j2:
+		p := sp.payload(r)
+		return p.op(i - sp.ring)
+	case i < sp.dec:
+		m := i - sp.j2
+		prev := i - 1
+		if m == 0 {
+			prev = sp.srv
+		}
+		return barrier(prev, sp.join2Item(m))
+	}
+	return Op{Kind: Compute, Fn: FnDecode, Peer: -1, Msg: -1, Src: BufPayload, Dst: BufData, Chunk: -1, Bytes: sp.dp, Deps: [2]int32{i - 1, NoDep}}
+}
+
+func (sp *twoPhaseSpec) dependents(r int, i int32, dst []int32) []int32 {
+	n := sp.n
+	switch {
+	case i == 0:
+		for k := int32(1); k < n; k++ {
+			dst = append(dst, k)
+		}
+		if n == 1 {
+			return append(dst, sp.srv)
+		}
+		return append(dst, 2*n-1)
+	case i < n:
+		return dst
+	case i < 2*n-1:
+		return append(dst, i+n-1) // barrier k = i−n+1 at 2n−2+k
+	case i < sp.srv:
+		return append(dst, i+1) // the next barrier, or srv
+	case i == sp.srv:
+		if n == 1 {
+			return append(dst, sp.dec)
+		}
+		return append(dst, sp.ring, sp.j2)
+	case i < sp.j2:
+		x := i - sp.ring
+		k := x / 2
+		if x%2 == 0 {
+			return append(dst, sp.j2+k)
+		}
+		if k < n-2 {
+			return append(dst, i+1)
+		}
+		return append(dst, sp.j2+n-1)
+	case i < sp.dec:
+		return append(dst, i+1)
+	}
+	return dst
+}
+
+func (sp *twoPhaseSpec) roots(dst []int32) []int32 {
+	dst = append(dst, 0)
+	for i := sp.n; i < 2*sp.n-1; i++ {
+		dst = append(dst, i)
+	}
+	for i := sp.ring + 1; i < sp.j2; i += 2 {
+		dst = append(dst, i)
+	}
+	return dst
 }

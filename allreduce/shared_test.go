@@ -18,7 +18,7 @@ func TestSharedMatchesGenerate(t *testing.T) {
 		}
 		return s
 	}
-	for _, alg := range []Algorithm{AlgRing, AlgReduceScatter, AlgAllGather, AlgAllGatherV, AlgSparseGather} {
+	for _, alg := range []Algorithm{AlgRing, AlgReduceScatter, AlgAllGather, AlgAllGatherV, AlgSparseGather, AlgTwoPhaseSign} {
 		for _, n := range []int{1, 2, 3, 5, 8} {
 			for _, segs := range []int{0, 1, 3} {
 				for _, avg := range []bool{false, true} {
@@ -32,6 +32,13 @@ func TestSharedMatchesGenerate(t *testing.T) {
 						p.Sizes = sizes(n)
 					case AlgAllGather:
 						p.Average = false
+					case AlgTwoPhaseSign:
+						if avg || segs > 0 {
+							continue
+						}
+						p.Segments, p.ElemBytes = 0, 0
+						checkShared(t, alg, p)
+						p.SignBlock = 8 // several scales per message
 					}
 					checkShared(t, alg, p)
 					if alg == AlgAllGatherV || alg == AlgSparseGather {
@@ -125,6 +132,7 @@ func TestSharedMachineMatchesMachine(t *testing.T) {
 		{AlgAllGather, Params{World: 6, Elems: 31}},
 		{AlgAllGatherV, Params{World: 5}},
 		{AlgSparseGather, Params{World: 6, Elems: 9, Sizes: []int64{1, 2, 3, 4, 5, 6}}},
+		{AlgTwoPhaseSign, Params{World: 5, Elems: 203, SignBlock: 16}},
 	} {
 		sh, err := NewShared(c.alg, c.p)
 		if err != nil {

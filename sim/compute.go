@@ -37,6 +37,53 @@ type Calibration struct {
 	// Overhead is a fixed cost per compute op in seconds (dispatch, cache
 	// misses); it is not scaled by node speed.
 	Overhead float64 `json:"overhead_s,omitempty" yaml:"overhead_s,omitempty"`
+	// Messages is the software cost of a message per transport ("mem",
+	// "nats", "libp2p", ...): the simulator adds it to the latency of every
+	// message when Options.Transport names the transport.
+	Messages map[string]MessageCost `json:"messages,omitempty" yaml:"messages,omitempty"`
+	// Grad is the wall time of one sample's forward and backward pass per
+	// workload ("mnist", ...) on one core, in seconds: the gradient compute
+	// that a simulated step charges before its collectives.
+	Grad map[string]float64 `json:"grad_s,omitempty" yaml:"grad_s,omitempty"`
+}
+
+// MessageCost is a transport's software cost of one message, measured as
+// the send and receive of small and large messages on one host: Overhead
+// seconds per message plus PerByte seconds per byte, beyond what the links
+// take.
+type MessageCost struct {
+	Overhead float64 `json:"overhead_s" yaml:"overhead_s"`
+	PerByte  float64 `json:"byte_s" yaml:"byte_s"`
+}
+
+// Message returns the cost of a message of size bytes.
+func (m MessageCost) Message(size int64) float64 { return m.Overhead + float64(size)*m.PerByte }
+
+// Validate reports values that are negative or not finite, naming the field.
+func (c *Calibration) Validate() error {
+	bad := func(v float64) bool { return !(v >= 0) || math.IsInf(v, 0) }
+	for _, k := range slices.Sorted(maps.Keys(c.Throughput)) {
+		if v := c.Throughput[k]; !(v > 0) || math.IsInf(v, 0) {
+			return fmt.Errorf("throughput %q must be positive and finite, have %g", k, v)
+		}
+		if err := checkCalibrationKey(k); err != nil {
+			return err
+		}
+	}
+	if bad(c.Overhead) {
+		return fmt.Errorf("overhead_s must be non-negative and finite, have %g", c.Overhead)
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Messages)) {
+		if m := c.Messages[k]; bad(m.Overhead) || bad(m.PerByte) {
+			return fmt.Errorf("messages %q: overhead_s and byte_s must be non-negative and finite, have %g and %g", k, m.Overhead, m.PerByte)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Grad)) {
+		if v := c.Grad[k]; !(v > 0) || math.IsInf(v, 0) {
+			return fmt.Errorf("grad_s %q must be positive and finite, have %g", k, v)
+		}
+	}
+	return nil
 }
 
 // DefaultCalibration returns conservative single-core throughputs for a
@@ -86,16 +133,8 @@ func LoadCalibration(path string) (*Calibration, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sim: calibration %s: %w", path, err)
 	}
-	for _, k := range slices.Sorted(maps.Keys(c.Throughput)) {
-		if v := c.Throughput[k]; !(v > 0) || math.IsInf(v, 0) {
-			return nil, fmt.Errorf("sim: calibration %s: throughput %q must be positive and finite, have %g", path, k, v)
-		}
-		if err := checkCalibrationKey(k); err != nil {
-			return nil, fmt.Errorf("sim: calibration %s: %w", path, err)
-		}
-	}
-	if !(c.Overhead >= 0) || math.IsInf(c.Overhead, 0) {
-		return nil, fmt.Errorf("sim: calibration %s: negative overhead", path)
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("sim: calibration %s: %w", path, err)
 	}
 	return c, nil
 }

@@ -62,6 +62,7 @@ func TestSharedMatchesPrograms(t *testing.T) {
 		{allreduce.AlgAllGatherV, allreduce.Params{World: n, Sizes: sizes}},
 		{allreduce.AlgSparseGather, allreduce.Params{World: n, Elems: 40_000, Sizes: sizes}},
 		{allreduce.AlgSparseGather, allreduce.Params{World: n, Elems: 40_000}}, // SizeHint
+		{allreduce.AlgTwoPhaseSign, allreduce.Params{World: n, Elems: 60_001, SignBlock: 1024}},
 	}
 	topos := map[string]*Topology{
 		"homogeneous": Homogeneous(n, 10*Gbps, 5*time.Microsecond),

@@ -104,6 +104,10 @@ type Options struct {
 	LiveCompute bool
 	// Trace, if not nil, records every event.
 	Trace *Trace
+	// Transport, if set, names the transport whose per-message software
+	// cost (Calibration.Messages) is added to every message's latency; Run
+	// returns an error if the calibration has no cost for it.
+	Transport string
 }
 
 // Result is what a simulation measured. Times are virtual seconds.
@@ -336,6 +340,8 @@ type driver struct {
 	keys      []uint64           // scratch for recv directories
 	linkNames []string
 	opx, opj  allreduce.Op // ops of Shared collectives, computed (pump, jobCost)
+	msgCost   MessageCost  // Options.Transport's software cost per message
+	slow      []float64    // per node: compute slowdown from ranks sharing its cores
 }
 
 // Run simulates collectives on topo and returns what they cost. All
@@ -617,6 +623,25 @@ func (d *driver) setup(ctx context.Context) error {
 		}
 		d.costs[c] = cal.table(recipe, d.opts.FreeCompute)
 	}
+	d.msgCost = MessageCost{}
+	if tp := d.opts.Transport; tp != "" {
+		mc, ok := cal.Messages[tp]
+		if !ok {
+			return fmt.Errorf("sim: the calibration has no message cost for transport %q (run slimgrad bench with it)", tp)
+		}
+		d.msgCost = mc
+	}
+	d.slow = grow(d.slow, len(d.topo.Nodes))
+	clear(d.slow)
+	for r := range d.ranks {
+		d.slow[d.ranks[r].node]++
+	}
+	for i, k := range d.slow {
+		d.slow[i] = 1
+		if c := d.topo.Nodes[i].Cores; c > 0 && k > float64(c) {
+			d.slow[i] = k / float64(c)
+		}
+	}
 	d.rng = rand.New(rand.NewPCG(d.opts.Seed, d.opts.Seed^0x9e3779b97f4a7c15))
 	d.res = &Result{}
 	d.h.reset()
@@ -840,6 +865,7 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	if d.opts.LatencyJitter > 0 {
 		lat += lat * d.opts.LatencyJitter * d.rng.Float64()
 	}
+	lat += d.msgCost.Message(size)
 	m.lat = lat
 	rs := &d.ranks[ms.rank]
 	if d.hopCodec(ms, op.Src) && (dur >= 0 || d.costs[ms.coll].encode > 0) {
@@ -1057,12 +1083,14 @@ func (d *driver) jobCost(ms *machine, q *qent) float64 {
 	return t
 }
 
-// speed is the compute speed factor of ms's node.
+// speed is the compute speed factor of ms's rank: its node's Speed,
+// divided by the slowdown of ranks sharing the node's cores.
 func (d *driver) speed(ms *machine) float64 {
-	if s := d.topo.Nodes[ms.node].Speed; s > 0 {
-		return s
+	s := d.topo.Nodes[ms.node].Speed
+	if s <= 0 {
+		s = 1
 	}
-	return 1
+	return s / d.slow[ms.node]
 }
 
 // compute runs compute op i of machine g (i == -1: the collective's

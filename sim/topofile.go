@@ -42,6 +42,7 @@ func (e *TopologyError) Unwrap() []error {
 //	  bandwidth: 10Gbit/s        # uplink and downlink; or uplink:/downlink:
 //	  latency: 0s                # added to every message the node sends or receives
 //	  speed: 1                   # compute speed factor (0.1 = a 10x straggler)
+//	  cores: 4                   # cores its ranks share (omitted: one per rank)
 //	racks:
 //	  - name: r0
 //	    oversubscription: 4      # uplink/downlink = sum of node links / 4
@@ -194,6 +195,7 @@ type nodeLinks struct {
 	hasDown    bool
 	latency    time.Duration
 	speed      float64
+	cores      int
 	upNode     *yaml.Node
 	downNode   *yaml.Node
 	speedGiven bool
@@ -245,6 +247,13 @@ func (p *topoParser) links(f map[string]*yaml.Node, what string, l *nodeLinks) e
 		}
 		l.speed, l.speedGiven = v, true
 	}
+	if n, ok := f["cores"]; ok {
+		v, err := strconv.Atoi(n.Value)
+		if n.Kind != yaml.ScalarNode || err != nil || v < 1 {
+			return p.errf(n, nil, "%s cores: want a whole number of at least 1, have %q", what, n.Value)
+		}
+		l.cores = v
+	}
 	return nil
 }
 
@@ -261,7 +270,7 @@ func (p *topoParser) parse(root *yaml.Node) (*Topology, error) {
 	}
 	def := nodeLinks{speed: 1}
 	if n, ok := f["defaults"]; ok {
-		df, err := p.fields(n, "defaults", "bandwidth", "uplink", "downlink", "latency", "speed")
+		df, err := p.fields(n, "defaults", "bandwidth", "uplink", "downlink", "latency", "speed", "cores")
 		if err != nil {
 			return nil, err
 		}
@@ -334,7 +343,7 @@ func (p *topoParser) parse(root *yaml.Node) (*Topology, error) {
 		return nil, err
 	}
 	for _, it := range items {
-		nf, err := p.fields(it, "node", "name", "count", "rack", "bandwidth", "uplink", "downlink", "latency", "speed")
+		nf, err := p.fields(it, "node", "name", "count", "rack", "bandwidth", "uplink", "downlink", "latency", "speed", "cores")
 		if err != nil {
 			return nil, err
 		}
@@ -398,7 +407,7 @@ func (p *topoParser) parse(root *yaml.Node) (*Topology, error) {
 				return nil, p.errf(nameNode, nil, "node %q defined twice", nm)
 			}
 			nodeByName[nm] = len(t.Nodes)
-			t.Nodes = append(t.Nodes, Node{Name: nm, Rack: rack, Up: l.up, Down: l.down, Latency: l.latency, Speed: l.speed})
+			t.Nodes = append(t.Nodes, Node{Name: nm, Rack: rack, Up: l.up, Down: l.down, Latency: l.latency, Speed: l.speed, Cores: l.cores})
 		}
 	}
 	for r, ex := range extras {

@@ -22,6 +22,11 @@ type Node struct {
 	// Speed scales the node's compute throughput: 1 is nominal, 0.1 a
 	// straggler ten times slower. Zero means 1.
 	Speed float64
+	// Cores is the number of compute engines the node's ranks share: when
+	// more ranks than Cores are placed on the node (Options.Placement),
+	// each rank's compute runs k/Cores times slower, for k ranks. Zero
+	// means one core per rank (no sharing).
+	Cores int
 }
 
 // Rack is a switch that connects its nodes to the core (or to other racks
@@ -142,6 +147,9 @@ func (t *Topology) Validate() error {
 		}
 		if n.Rack < -1 || n.Rack >= len(t.Racks) {
 			return fmt.Errorf("%w: node %d (%s): rack %d out of range", ErrTopology, i, n.Name, n.Rack)
+		}
+		if n.Cores < 0 {
+			return fmt.Errorf("%w: node %d (%s): %d cores", ErrTopology, i, n.Name, n.Cores)
 		}
 		if n.Latency < 0 || !(n.Speed >= 0) || math.IsInf(n.Speed, 0) {
 			return fmt.Errorf("%w: node %d (%s): negative latency, or speed not finite and non-negative (have %v, %v)", ErrTopology, i, n.Name, n.Latency, n.Speed)

@@ -76,7 +76,22 @@ func modeFor(how []optim.Exchange) (worker.Mode, error) {
 	return m, nil
 }
 
-// statsOf sums the ledgers of all ranks of one step.
+// exchangeComm is the communication time of one rank's step: the wall
+// time of the exchange, from the first submission to the last completion
+// (Ledger.Wall), less the rank's codec time, and at most the sum of the
+// layers' Communicate. Layers whose collectives overlap (concurrent
+// buckets) each count the shared wall time in their Communicate, so their
+// sum over-counts; a ledger without a wall time (0) keeps that sum.
+func exchangeComm(l *worker.Ledger) time.Duration {
+	c, d, m := l.Times()
+	if l.Wall <= 0 {
+		return m
+	}
+	return min(m, max(0, l.Wall-c-d))
+}
+
+// statsOf sums the ledgers of all ranks of one step. CodecTime and
+// CommTime are the slowest rank's (see exchangeComm).
 func statsOf(leds []*worker.Ledger, units int) Stats {
 	st := Stats{Layers: make([]LayerStats, units)}
 	var codec, comm time.Duration
@@ -100,8 +115,7 @@ func statsOf(leds []*worker.Ledger, units int) Stats {
 		st.PayloadBytes += l.PayloadBytes()
 		st.WireBytes += l.SentBytes()
 		st.DenseBytes += l.BaselineBytes()
-		c, d, m := l.Times()
-		codec, comm = max(codec, c+d), max(comm, m)
+		codec, comm = max(codec, codecTime(l)), max(comm, exchangeComm(l))
 		st.Skipped = st.Skipped || l.Skipped
 	}
 	st.CodecTime, st.CommTime = codec, comm
@@ -112,8 +126,9 @@ func statsOf(leds []*worker.Ledger, units int) Stats {
 // rank, over the given transport connections, all driven from this process:
 // every Exchange runs worker.Step on all ranks concurrently. Its stats are the
 // workers' ledgers summed over ranks: message bytes sent, the worker's
-// measured codec and communication wall time (the slowest rank's), no
-// simulated clock.
+// measured codec time and communication time (the exchange's wall time
+// less codec time, see exchangeComm; the slowest rank's), no simulated
+// clock.
 type Workers struct {
 	ws    []*worker.Worker
 	units []Layer
@@ -343,4 +358,10 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 		}
 	}
 	return res, nil
+}
+
+// codecTime is a rank's encode and decode time over all layers.
+func codecTime(l *worker.Ledger) time.Duration {
+	c, d, _ := l.Times()
+	return c + d
 }

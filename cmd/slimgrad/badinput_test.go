@@ -38,6 +38,7 @@ func TestBadInputs(t *testing.T) {
 		{[]string{"sim", "--optim", "onebitadam:freeze=10", "--steps", "20"}, "at least 50 warm-up steps"},
 		{[]string{"sim", "--topology", "/nonexistent/t.yaml"}, "--topology"},
 		{[]string{"sim", "--calibration", "/nonexistent/c.json"}, "--calibration"},
+		{[]string{"sim", "--transport", "libp2p"}, "--transport needs --calibration"},
 		{[]string{"sim", "--out", "/proc/slimgrad-test"}, "--out /proc/slimgrad-test: cannot write there"},
 		{[]string{"launch", "-n", "0"}, "-n 0: want at least 1"},
 		{[]string{"launch", "--transport", "carrier"}, `unknown --transport "carrier" (want nats or libp2p)`},

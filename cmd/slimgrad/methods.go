@@ -324,7 +324,7 @@ func (m method) exchanger(ctx context.Context, o simOptions, task train.Task, en
 	case "sim":
 		cfg := train.SimConfig{
 			Topology: env.topo,
-			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress},
+			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport},
 			GradFLOP: train.TrainFLOPs(task.Model) * float64(o.Batch),
 			FLOPS:    o.FLOPS,
 		}
@@ -516,7 +516,7 @@ func parseFreeze(recipe, v string, steps int) (int, error) {
 // (sim.LinkCost): the run's calibration and seed, network and codec time as
 // in the training simulation.
 func (e *simEnv) linkOptions(o simOptions) *sim.Options {
-	return &sim.Options{Calibration: e.calib, Seed: o.Seed}
+	return &sim.Options{Calibration: e.calib, Seed: o.Seed, Transport: e.transport}
 }
 
 // lgrecoWorkerOption is the worker option of L-GreCo for m ("" objective: none).

@@ -49,6 +49,7 @@ type simOptions struct {
 	Exchange    string
 	NaNPolicy   nanPolicy
 	Calibration string
+	Transport   string
 	FLOPS       float64
 	SizeOnly    bool
 	Layers      string
@@ -64,6 +65,9 @@ type simEnv struct {
 	topo     *sim.Topology
 	topoYAML string // the default topology's text, "" for --topology
 	calib    *sim.Calibration
+	// transport is --transport: its calibrated per-message cost is added to
+	// every simulated message.
+	transport string
 }
 
 func defaultSimOptions() simOptions {
@@ -105,6 +109,7 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time), mem (real workers over the in-memory transport, no simulated clock) or local (in-process reference)")
 	fs.Var(&o.NaNPolicy, "nan-policy", nanPolicyUsage)
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by slimgrad bench (default: built-in throughputs)")
+	fs.StringVar(&o.Transport, "transport", o.Transport, "with --calibration: add this transport's measured per-message cost (mem, nats, libp2p, ...) to every simulated message")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
 	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data: bytes and step time only (no training state; the programs still grow as workers²)")
 	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
@@ -250,6 +255,15 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 			if env.calib, err = sim.LoadCalibration(o.Calibration); err != nil {
 				return nil, flagError("calibration", err)
 			}
+		}
+		if o.Transport != "" {
+			if env.calib == nil {
+				return nil, fmt.Errorf("--transport needs --calibration (a file written by slimgrad bench)")
+			}
+			if _, ok := env.calib.Messages[o.Transport]; !ok {
+				return nil, fmt.Errorf("--transport: calibration %s has no message cost for %q", o.Calibration, o.Transport)
+			}
+			env.transport = o.Transport
 		}
 	}
 	if o.SizeOnly {

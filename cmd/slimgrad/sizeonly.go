@@ -99,7 +99,7 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 		}
 		cfg := train.SimConfig{
 			Topology: env.topo,
-			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress},
+			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport},
 			GradFLOP: flops * float64(o.Batch),
 			FLOPS:    o.FLOPS,
 		}
