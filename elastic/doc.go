@@ -16,9 +16,10 @@
 // collects the reports it can get within twice Config.Timeout and sends the
 // decision (the next View and the step to restart from) to every other rank.
 // A leader that dies is replaced by the next lowest rank. The leader needs
-// more than half of the previous epoch (Policy.NoQuorum lifts this), so the
-// two sides of a partition never both go on; a member it did not hear from
-// learns that it is out (ErrExcluded).
+// more than half of the members that held state when the previous epoch
+// formed (Policy.NoQuorum lifts this), so the two sides of a partition never
+// both go on; a member it did not hear from learns that it is out
+// (ErrExcluded). Package natslobby provides the Lobby over NATS.
 //
 // # The step in flight
 //
