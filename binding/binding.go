@@ -270,6 +270,42 @@ func (l *Layer) Compressor() compressors.Compressor { return l.comp }
 // own, and for dense layers without feedback).
 func (l *Layer) Feedback() errorfeedback.Feedback { return l.fb }
 
+// State returns the live slices of the layer's state that carry over to a
+// layer of the same Spec in another world size: the error feedback's
+// vectors (EF14: the residual; DGC: momentum u, then velocity v when it
+// keeps one; EControl: e, hᵢ, h; EF21: hᵢ, h), and for PowerSGD the ef14
+// residual, then Q (the warm start, bit-identical on every rank). The
+// two-phase sign errors are sharded by world size and are not included;
+// nor is any compressor state other than PowerSGD's Q (the random-k stream
+// restarts with a new layer). The slices alias the layer: the caller may read
+// or overwrite them (same lengths) between steps, never between Begin and
+// Finish, and they are valid until SetCodec. Layers built from the same
+// Spec return slices of the same count and lengths.
+func (l *Layer) State() [][]float32 {
+	var st [][]float32
+	switch fb := l.fb.(type) {
+	case *errorfeedback.EF14:
+		st = append(st, fb.Residual())
+	case *errorfeedback.DGC:
+		st = append(st, fb.Momentum())
+		if v := fb.Velocity(); v != nil {
+			st = append(st, v)
+		}
+	case *errorfeedback.EControl:
+		if e := fb.Error(); e != nil {
+			st = append(st, e)
+		}
+		st = append(st, fb.Local(), fb.Shared())
+	}
+	if l.resid != nil {
+		st = append(st, l.resid)
+	}
+	if ps, ok := l.comp.(*compressors.PowerSGD); ok {
+		st = append(st, ps.Q())
+	}
+	return st
+}
+
 // Observation returns what L-GreCo's deciding rank observes of this step,
 // given data as Begin left it: the plain gradient g and the error-feedback
 // residual e it was compensated with, for the layers whose feedback keeps

@@ -151,6 +151,12 @@ type Record struct {
 	// loop (RunOuter) exchanged at this step: 0 on a local step (and in
 	// per-step training, Run and RunRank).
 	Synced int
+	// Epoch and World are the membership epoch of the step and the number
+	// of replicas that contributed to it: 0 and the fixed world size for
+	// Run, RunRank and RunOuter; an elastic driver (package elastic) sets
+	// them per step, so that a run with churn shows where the world changed.
+	Epoch uint64
+	World int
 }
 
 // Saved is the cumulative ratio TotalDenseBytes/TotalWireBytes.
@@ -440,10 +446,11 @@ type recorder struct {
 	onStep  func(Record)
 	// synced is the next record's Synced (RunOuter sets it per step).
 	synced int
+	world  int // Record.World
 }
 
 func newRecorder(cfg Config, test *workload.Dataset, res *Result, onStep func(Record)) *recorder {
-	r := &recorder{cfg: cfg, test: test, res: res, onStep: onStep}
+	r := &recorder{cfg: cfg, test: test, res: res, onStep: onStep, world: cfg.Workers}
 	if cfg.EvalSamples > 0 && cfg.EvalSamples < test.N {
 		r.evalIdx = make([]int, cfg.EvalSamples)
 		for i := range r.evalIdx {
@@ -457,7 +464,7 @@ func newRecorder(cfg Config, test *workload.Dataset, res *Result, onStep func(Re
 // figures st, that began at t0 and spent compute on the gradients; m is the
 // model to evaluate. It returns m.Evaluate's error.
 func (r *recorder) record(step int, loss float64, st Stats, m workload.Model, t0 time.Time, compute time.Duration) error {
-	rec := Record{Step: step, Loss: loss, Stats: st, Synced: r.synced}
+	rec := Record{Step: step, Loss: loss, Stats: st, Synced: r.synced, World: r.world}
 	r.tot.TotalWireBytes += st.WireBytes
 	r.tot.TotalDenseBytes += st.DenseBytes
 	r.tot.TotalPayloadBytes += st.PayloadBytes

@@ -284,6 +284,7 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 	mode := worker.ModeCompressed
 	res := &Result{Model: m}
 	rc := newRecorder(cfg.Config, task.Test, res, onStep)
+	rc.world = cfg.World
 	skipRun := 0 // steps skipped in a row
 	for step := 0; step < cfg.Steps; step++ {
 		if err := ctx.Err(); err != nil {

@@ -155,6 +155,9 @@ func TestRunRankMatchesRun(t *testing.T) {
 			for r := range n {
 				wire += results[r].Records[s].WireBytes / int64(n)
 			}
+			if got, w := results[0].Records[s].World, want.Records[s].World; got != n || w != n {
+				t.Fatalf("%v step %d: world %d in RunRank's record, %d in Run's, want %d", plan, s, got, w, n)
+			}
 			if got := results[0].Records[s]; wire != want.Records[s].WireBytes || !slices.Equal(got.Recipes, want.Records[s].Recipes) {
 				t.Errorf("%v step %d: wire %d %v, Run %d %v", plan, s, wire, got.Recipes, want.Records[s].WireBytes, want.Records[s].Recipes)
 			}

@@ -1041,3 +1041,23 @@ func (st *stepState) drain() {
 		<-st.done
 	}
 }
+
+// FeedbackState returns the live slices of every bucket's carried state, in
+// bucket order, each bucket's as adapt.Layer.State lists them (error-feedback
+// vectors, the PowerSGD residual and Q; not the two-phase sign errors, which
+// are sharded by world size). Two Workers with the same layers, options and
+// bucket size return slices of the same count and lengths whatever their
+// world size, so a caller can snapshot this state and restore it, or carry it
+// into a Worker for another member set (package elastic does both). The
+// caller may read or overwrite the slices only between steps (not while a
+// step is in flight); they are valid until the next codec switch (codec
+// schedules, L-GreCo) or Close. It returns nil before Start.
+func (w *Worker) FeedbackState() [][]float32 {
+	var st [][]float32
+	for _, b := range w.buckets {
+		if c, ok := b.coll.(*layerColl); ok {
+			st = append(st, c.l.State()...)
+		}
+	}
+	return st
+}

@@ -105,14 +105,16 @@ func writeSummaryMarkdown(w io.Writer, rep *simReport, target float64) {
 // per-layer choice, a DGC warm-up stage), recipe_hash a short digest of them
 // that changes exactly when some unit's recipe does; synced is the number of
 // fragments an outer loop synchronised at the step (0: a local step, or
-// per-step training), so wire_bytes of such a step is one outer sync's.
+// per-step training), so wire_bytes of such a step is one outer sync's;
+// epoch and world are the step's membership epoch and world size
+// (train.Record.Epoch, World).
 var csvHeader = []string{
 	"method", "step", "loss", "evaluated", "test_loss", "accuracy",
 	"payload_bytes", "wire_bytes", "dense_bytes", "saved",
 	"total_payload_bytes", "total_wire_bytes", "total_dense_bytes", "cum_saved",
 	"sim_step_s", "sim_grad_s", "sim_codec_s", "sim_reduce_s", "sim_comm_s", "sim_dense_ring_step_s", "total_sim_s",
 	"compute_wall_s", "wall_s",
-	"recipe_hash", "recipes", "skipped", "synced",
+	"recipe_hash", "recipes", "skipped", "synced", "epoch", "world",
 }
 
 func csvRow(name string, r train.Record) []string {
@@ -126,6 +128,7 @@ func csvRow(name string, r train.Record) []string {
 		f(r.CommTime.Seconds()), f(r.BaselineTime.Seconds()), f(r.TotalStepTime.Seconds()),
 		f(r.Compute.Seconds()), f(r.Wall.Seconds()),
 		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "), strconv.FormatBool(r.Skipped), strconv.Itoa(r.Synced),
+		strconv.FormatUint(r.Epoch, 10), strconv.Itoa(r.World),
 	}
 }
 
@@ -212,6 +215,8 @@ type jsonRecord struct {
 	Recipes           []string    `json:"recipes"`
 	Skipped           bool        `json:"skipped"`
 	Synced            int         `json:"synced"`
+	Epoch             uint64      `json:"epoch"`
+	World             int         `json:"world"`
 	Layers            []jsonLayer `json:"layers,omitempty"`
 }
 
@@ -230,6 +235,7 @@ func newJSONRecord(name string, r train.Record) jsonRecord {
 		SimReduce: r.ReduceTime.Seconds(), SimComm: r.CommTime.Seconds(), SimDenseRingStep: r.BaselineTime.Seconds(),
 		TotalSim: r.TotalStepTime.Seconds(), ComputeWall: r.Compute.Seconds(), Wall: r.Wall.Seconds(),
 		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes, Skipped: r.Skipped, Synced: r.Synced,
+		Epoch: r.Epoch, World: r.World,
 	}
 	for _, l := range r.Layers {
 		j.Layers = append(j.Layers, jsonLayer(l))

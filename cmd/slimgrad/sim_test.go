@@ -111,6 +111,9 @@ func TestSimEndToEnd(t *testing.T) {
 	methods := map[string]int{}
 	for _, r := range rows {
 		methods[r["method"]]++
+		if r["world"] != "3" || r["epoch"] != "0" {
+			t.Fatalf("row %v: epoch %q world %q, want 0 and 3", r["step"], r["epoch"], r["world"])
+		}
 	}
 	for m, n := range methods {
 		if n != 12 {
