@@ -58,7 +58,12 @@ func TestBadInputs(t *testing.T) {
 		{[]string{"bench", "--codecs", "nope"}, `unknown codec "nope"`},
 		{[]string{"bench", "--transports", "x"}, `unknown transport "x"`},
 		{[]string{"bench", "--time", "0s"}, "--time 0s: want a positive duration"},
+		{[]string{"server", "--listen", "nonsense"}, `--listen "nonsense": want host:port`},
+		{[]string{"server", "--tls-cert", "x.pem"}, "--tls-cert and --tls-key go together"},
+		{[]string{"server", "--relay", "bogus", "--no-auth"}, `--relay: libp2p: address "bogus": want a multiaddr or host:port`},
+		{[]string{"server"}, "no token: put one in a file for --token-file"},
 	}
+	t.Setenv(tokenEnv, "") // the server without a token refuses to start
 	for _, tc := range cases {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), tc.args, &stdout, &stderr)
@@ -76,7 +81,7 @@ func TestBadInputs(t *testing.T) {
 // TestHelpOnStdout: -h of every command prints its usage on stdout, exits 0
 // and says nothing on stderr.
 func TestHelpOnStdout(t *testing.T) {
-	for _, cmd := range []string{"sim", "launch", "worker", "bench"} {
+	for _, cmd := range []string{"sim", "launch", "worker", "bench", "server"} {
 		var stdout, stderr bytes.Buffer
 		if code := run(context.Background(), []string{cmd, "-h"}, &stdout, &stderr); code != 0 ||
 			!strings.Contains(stdout.String(), "Usage: slimgrad "+cmd) || stderr.Len() != 0 {
