@@ -48,7 +48,12 @@ type connOptions struct {
 	// frame; otherwise it comes from $SLIMGRAD_JOB_KEY. Key is the loaded
 	// value (never a flag); empty leaves frames unauthenticated.
 	KeyFile, Key string
-	// User and Password are a NATS user (from the environment only).
+	// UserFile, if set, holds the worker's own NATS user and password
+	// (the lines SLIMGRAD_NATS_USER=… and SLIMGRAD_NATS_PASSWORD=…, as
+	// `slimgrad server --jobs` writes them); otherwise they come from those
+	// environment variables.
+	UserFile string
+	// User and Password are a NATS user (loaded values, never flags).
 	User, Password string
 	Creds          string // NATS credentials file (user JWT and NKey seed)
 	// NATS TLS: the CA that signed the server's certificate, and a client
@@ -78,6 +83,7 @@ func (c *connOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATS, "nats", c.NATS, "NATS server URL, e.g. nats://198.18.0.10:4222 (launch: default an embedded server); the token comes from $"+tokenEnv+" or --token-file, never from the command line")
 	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "file holding the NATS auth token (default: $"+tokenEnv+")")
 	fs.StringVar(&c.KeyFile, "key-file", c.KeyFile, "file holding the job key (at least 16 characters, the same for every worker) that authenticates every NATS frame (default: $"+keyEnv+"; launch makes one per job)")
+	fs.StringVar(&c.UserFile, "user-file", c.UserFile, "file holding this worker's own NATS user and password, as `slimgrad server --jobs` writes them in its --creds-dir (default: $"+userEnv+" and $"+passwordEnv+")")
 	fs.StringVar(&c.Creds, "creds", c.Creds, "NATS credentials file (user JWT and NKey seed)")
 	fs.StringVar(&c.NATSCA, "nats-ca", c.NATSCA, "PEM file of the CA that signed the NATS server's certificate (turns TLS on)")
 	fs.StringVar(&c.NATSCert, "nats-cert", c.NATSCert, "PEM client certificate for a NATS server that verifies clients (with --nats-key)")
@@ -94,7 +100,7 @@ func (c *connOptions) register(fs *flag.FlagSet) {
 // args re-encodes the options as worker flags (no secret among them).
 func (c *connOptions) args() []string {
 	return []string{"--transport", c.Transport, "--nats", c.NATS, "--job", c.Job,
-		"--token-file", c.TokenFile, "--key-file", c.KeyFile, "--creds", c.Creds,
+		"--token-file", c.TokenFile, "--key-file", c.KeyFile, "--user-file", c.UserFile, "--creds", c.Creds,
 		"--nats-ca", c.NATSCA, "--nats-cert", c.NATSCert, "--nats-key", c.NATSKey,
 		"--listen", c.Listen, "--announce", c.Announce, "--relay", c.Relay, "--reachability", c.Reachability,
 		"--heartbeat", c.Heartbeat.String(), "--peer-timeout", c.PeerTimeout.String()}
@@ -149,7 +155,11 @@ func (c *connOptions) validate() error {
 	if tok != "" {
 		c.Token = tok
 	}
-	if u := os.Getenv(userEnv); u != "" {
+	if c.UserFile != "" {
+		if c.User, c.Password, err = readUserFile(c.UserFile); err != nil {
+			return fmt.Errorf("--user-file: %w", err)
+		}
+	} else if u := os.Getenv(userEnv); u != "" {
 		c.User, c.Password = u, os.Getenv(passwordEnv)
 	}
 	key, err := loadSecret("--key-file", c.KeyFile, keyEnv)
@@ -191,6 +201,11 @@ func loadToken(file string) (string, error) { return loadSecret("--token-file", 
 // credentials, TLS.
 func (c *connOptions) natsOptions() []natsgo.Option {
 	var opts []natsgo.Option
+	if jobIDRE.MatchString(c.Job) {
+		// Replies (the relay's address) come to subjects of the job's own,
+		// which a per-rank user of `slimgrad server --jobs` may read.
+		opts = append(opts, natsgo.CustomInboxPrefix(jobInboxPrefix(c.Job)))
+	}
 	if c.Token != "" && c.User == "" {
 		opts = append(opts, natsgo.Token(c.Token))
 	}

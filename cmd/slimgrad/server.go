@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -11,6 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +32,8 @@ type serverOptions struct {
 	ClientCA           string
 	TokenFile          string
 	NoAuth             bool
+	Jobs               string // JSON or YAML file of jobs: one NATS user per rank
+	CredsDir           string // where the ranks' credentials files go (with Jobs)
 	Relay              string // libp2p relay listen addresses ("" or "off": no relay)
 	RelayAnnounce      string
 	RelayKey           string
@@ -49,6 +54,8 @@ func (o *serverOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.ClientCA, "client-ca", o.ClientCA, "PEM CA: require a client certificate signed by it (with --tls-cert)")
 	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding the token clients must present (default: $"+tokenEnv+"); never given on the command line")
 	fs.BoolVar(&o.NoAuth, "no-auth", o.NoAuth, "accept clients without a token (only on a trusted network)")
+	fs.StringVar(&o.Jobs, "jobs", o.Jobs, "JSON or YAML file of the jobs to serve ({jobs: [{id: ID, world: N}, ...]}): instead of a shared token, every rank of every job gets its own NATS user, allowed only its subjects of its job; its credentials go to a file in --creds-dir")
+	fs.StringVar(&o.CredsDir, "creds-dir", o.CredsDir, "with --jobs: directory (mode 0700) of the credentials files JOB/rank-R (mode 0600), handed to each worker's --user-file; existing files are kept (default: creds next to the --jobs file)")
 	fs.StringVar(&o.Relay, "relay", o.Relay, "libp2p circuit relay v2: comma-separated listen addresses, multiaddrs or host:port (\"off\": no relay)")
 	fs.StringVar(&o.RelayAnnounce, "relay-announce", o.RelayAnnounce, "libp2p relay: comma-separated addresses workers dial, when not the listen addresses (port 0: the listening port)")
 	fs.StringVar(&o.RelayKey, "relay-key", o.RelayKey, "file of the relay's libp2p private key, created (mode 0600) if missing, so that its peer ID survives restarts (default: a fresh key)")
@@ -73,6 +80,15 @@ func (o *serverOptions) validate() error {
 	}
 	if o.ClientCA != "" && o.TLSCert == "" {
 		return errors.New("--client-ca needs --tls-cert and --tls-key")
+	}
+	if o.CredsDir != "" && o.Jobs == "" {
+		return errors.New("--creds-dir needs --jobs")
+	}
+	if o.Jobs != "" && o.NoAuth {
+		return errors.New("--jobs and --no-auth exclude each other")
+	}
+	if o.Jobs != "" && o.CredsDir == "" {
+		o.CredsDir = filepath.Join(filepath.Dir(o.Jobs), "creds")
 	}
 	if o.MaxPayload < 0 || o.MaxPayload > natsserver.MaxMaxPayload {
 		return fmt.Errorf("--max-payload %d: want 0 to %d", o.MaxPayload, natsserver.MaxMaxPayload)
@@ -108,7 +124,10 @@ func runServerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		"workers behind NAT are reached (workers find the relay through the server).\n"+
 		"It serves any number of jobs (each worker names its job with --job) until\n"+
 		"interrupted. The token comes from --token-file or $"+tokenEnv+", never from\n"+
-		"the command line; workers take it the same way.\n\nFlags:\n")
+		"the command line; workers take it the same way. With --jobs, there is no\n"+
+		"shared token: each rank of each listed job has its own user, allowed only its\n"+
+		"subjects of its job, whose credentials file (in --creds-dir) its worker reads\n"+
+		"with --user-file.\n\nFlags:\n")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -127,12 +146,31 @@ func runServerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	if token == "" && !o.NoAuth {
+	var users []natsserver.User
+	var self natsserver.User // the server's own client, for the relay question
+	if o.Jobs != "" {
+		if token != "" {
+			return fmt.Errorf("--jobs gives every rank its own user: remove the shared token (--token-file or $%s)", tokenEnv)
+		}
+		jobs, err := readServerJobs(o.Jobs)
+		if err != nil {
+			return err
+		}
+		if users, err = jobUsers(o.CredsDir, jobs); err != nil {
+			return err
+		}
+		var b [16]byte
+		rand.Read(b[:])
+		self = natsserver.User{Name: "slimgrad-server", Password: hex.EncodeToString(b[:]),
+			Publish: []string{"_INBOX.>"}, Subscribe: []string{relayInfoSubject}}
+		users = append(users, self)
+		log.Info("per-rank users", "jobs", len(jobs), "creds", o.CredsDir)
+	} else if token == "" && !o.NoAuth {
 		return fmt.Errorf("no token: put one in a file for --token-file (e.g. `head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > token`) or in $%s, or accept anyone with --no-auth", tokenEnv)
 	}
 	host, port, _ := net.SplitHostPort(o.Listen)
 	p, _ := strconv.Atoi(port)
-	srv, err := natsserver.Start(ctx, natsserver.Options{Host: host, Port: p, Token: token,
+	srv, err := natsserver.Start(ctx, natsserver.Options{Host: host, Port: p, Token: token, Users: users,
 		CertFile: o.TLSCert, KeyFile: o.TLSKey, ClientCAFile: o.ClientCA, MaxPayload: o.MaxPayload})
 	if err != nil {
 		return err
@@ -159,7 +197,11 @@ func runServerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		info.RelayID = r.ID().String()
 		info.RelayAddrs = r.AddrStrings()
 		// Workers ask the server where its relay is (see relayInfoSubject).
-		nc, err := natsgo.Connect("", natsgo.InProcessServer(srv), natsgo.Token(token), natsgo.Name("slimgrad-server"))
+		auth := natsgo.Token(token)
+		if users != nil {
+			auth = natsgo.UserInfo(self.Name, self.Password)
+		}
+		nc, err := natsgo.Connect("", natsgo.InProcessServer(srv), auth, natsgo.Name("slimgrad-server"))
 		if err != nil {
 			return fmt.Errorf("server's own NATS client: %w", err)
 		}
@@ -172,7 +214,14 @@ func runServerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 			return err
 		}
 	}
-	printServerInfo(stdout, info, token != "")
+	auth := "none (--no-auth)"
+	switch {
+	case users != nil:
+		auth = fmt.Sprintf("a user per rank (workers: --user-file %s)", filepath.Join(o.CredsDir, "JOB", "rank-R"))
+	case token != "":
+		auth = "token (workers: --token-file or $" + tokenEnv + ")"
+	}
+	printServerInfo(stdout, info, auth)
 	if o.ReadyFile != "" {
 		b, _ := json.MarshalIndent(info, "", "  ")
 		if err := os.WriteFile(o.ReadyFile, append(b, '\n'), 0o644); err != nil {
@@ -196,7 +245,7 @@ type relayInfo struct {
 	Addrs []string `json:"addrs"`
 }
 
-func printServerInfo(w io.Writer, info serverInfo, token bool) {
+func printServerInfo(w io.Writer, info serverInfo, auth string) {
 	fmt.Fprintln(w, "slimgrad server: serving")
 	for _, u := range info.URLs {
 		fmt.Fprintf(w, "  NATS URL:        %s\n", u)
@@ -204,11 +253,7 @@ func printServerInfo(w io.Writer, info serverInfo, token bool) {
 	if info.TLSFingerprint != "" {
 		fmt.Fprintf(w, "  TLS certificate: SHA-256 %s\n", info.TLSFingerprint)
 	}
-	if token {
-		fmt.Fprintln(w, "  auth:            token (workers: --token-file or $"+tokenEnv+")")
-	} else {
-		fmt.Fprintln(w, "  auth:            none (--no-auth)")
-	}
+	fmt.Fprintf(w, "  auth:            %s\n", auth)
 	if info.RelayID != "" {
 		fmt.Fprintf(w, "  relay peer ID:   %s\n", info.RelayID)
 		for _, a := range info.RelayAddrs {
