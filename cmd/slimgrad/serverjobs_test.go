@@ -212,6 +212,23 @@ func TestServerJobs(t *testing.T) {
 			}
 		})
 	}
+	// A training job of `slimgrad worker` processes (here in this
+	// process) runs to its end with its ranks' files.
+	codes := make([]int, 2)
+	outs := make([]bytes.Buffer, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() {
+			codes[r] = run(ctx, []string{"worker", "--nats", url, "--job", "ja", "--world", "2", "--rank", string(rune('0' + r)),
+				"--user-file", file("ja", r), "--relay", "off", "--workload", "logistic", "--steps", "5", "--seed", "4"}, io.Discard, &outs[r])
+		})
+	}
+	wg.Wait()
+	for r, code := range codes {
+		if code != 0 {
+			t.Errorf("worker %d of job ja: exit %d: %s", r, code, outs[r].String())
+		}
+	}
 	cancel()
 	if code := <-done; code != 0 {
 		t.Errorf("server exited with %d", code)
