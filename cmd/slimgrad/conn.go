@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -323,7 +324,31 @@ func (c *connOptions) checkJoin(world, rank int) error {
 	case rank >= world:
 		return fmt.Errorf("--rank %d: want 0 to %d (--world %d), or none: libp2p ranks come from the rendezvous", rank, world-1, world)
 	}
+	if job, r, ok := parseRankUser(c.User); ok {
+		// A per-rank user of slimgrad server or launch may use only its
+		// rank's subjects: say so now rather than fail on permissions.
+		if job != c.Job {
+			return fmt.Errorf("the NATS user %q (--user-file or $%s) belongs to job %q, not --job %q", c.User, userEnv, job, c.Job)
+		}
+		if c.Transport == "nats" && r != rank {
+			return fmt.Errorf("the NATS user %q (--user-file or $%s) is rank %d's, not --rank %d's", c.User, userEnv, r, rank)
+		}
+	}
 	return nil
+}
+
+// parseRankUser splits a user name made by rankUserName into its job and
+// rank; ok is false for any other name.
+func parseRankUser(user string) (job string, rank int, ok bool) {
+	i := strings.LastIndex(user, "-rank-")
+	if i <= 0 {
+		return "", 0, false
+	}
+	r, err := strconv.Atoi(user[i+len("-rank-"):])
+	if err != nil || r < 0 || strconv.Itoa(r) != user[i+len("-rank-"):] {
+		return "", 0, false
+	}
+	return user[:i], r, true
 }
 
 // connect joins the job's group of world processes and returns this

@@ -64,7 +64,7 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		for p := range o.World {
 			var b [16]byte
 			rand.Read(b[:])
-			u := natsserver.User{Name: fmt.Sprintf("%s-rank-%d", o.Job, p), Password: hex.EncodeToString(b[:])}
+			u := natsserver.User{Name: rankUserName(o.Job, p), Password: hex.EncodeToString(b[:])}
 			if o.Transport == "nats" {
 				u.Publish, u.Subscribe = tnats.Permissions(o.Job, p)
 			} else {

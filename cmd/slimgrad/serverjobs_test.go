@@ -199,16 +199,23 @@ func TestServerJobs(t *testing.T) {
 					}
 				}
 			}
-			o := &connOptions{Transport: tr, NATS: url, Job: "jb", UserFile: file("ja", 0), Relay: "off",
-				Listen: "/ip4/127.0.0.1/tcp/0", Heartbeat: 50 * time.Millisecond, PeerTimeout: time.Second}
-			if err := o.validate(); err != nil {
-				t.Fatal(err)
-			}
-			cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
-			defer ccancel()
-			if c, err := connect(cctx, o, 2, 0, 2*time.Second); err == nil {
-				c.Close()
-				t.Errorf("job A's rank 0 joined job B")
+			// A worker given another job's or rank's file is told so.
+			for _, w := range []struct {
+				job  string
+				rank int
+				want string
+			}{{"jb", 0, `belongs to job "ja", not --job "jb"`}, {"ja", 1, "is rank 0's, not --rank 1's"}} {
+				o := &connOptions{Transport: tr, NATS: url, Job: w.job, UserFile: file("ja", 0), Relay: "off"}
+				if err := o.validate(); err != nil {
+					t.Fatal(err)
+				}
+				_, err := connect(ctx, o, 2, w.rank, time.Second)
+				if tr == "libp2p" && w.job == "ja" {
+					continue // libp2p ranks come from the rendezvous: no --rank to check
+				}
+				if err == nil || !strings.Contains(err.Error(), w.want) {
+					t.Errorf("job %s rank %d with ja's rank 0 file: err = %v, want %q", w.job, w.rank, err, w.want)
+				}
 			}
 		})
 	}
@@ -228,6 +235,13 @@ func TestServerJobs(t *testing.T) {
 		if code != 0 {
 			t.Errorf("worker %d of job ja: exit %d: %s", r, code, outs[r].String())
 		}
+	}
+	// Past that check, the server itself keeps job A's rank 0 out of job B.
+	cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+	defer ccancel()
+	if c, err := tnats.Dial(cctx, url, "jb", 0, 2, tnats.WithNATSOptions(natsgo.UserInfo("ja-rank-0", pass["ja-rank-0"]))); err == nil {
+		c.Close()
+		t.Errorf("job A's rank 0 joined job B over NATS")
 	}
 	cancel()
 	if code := <-done; code != 0 {
