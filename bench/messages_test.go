@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,10 @@ func TestMessageRoundTripsAndCalibration(t *testing.T) {
 			t.Errorf("%s: fit %+v", tp, fit)
 		}
 		rs = append(rs, r...)
+	}
+	var tab strings.Builder
+	if err := Table(&tab, rs); err != nil || !regexp.MustCompile(`message-cost/transport=mem\s+-\s+-\s+-\s+byte_s=`).MatchString(tab.String()) {
+		t.Errorf("table (%v): the fit's row should show its costs and no timing:\n%s", err, tab.String())
 	}
 	gs, err := Grad(ctx, []string{"logistic", "mnist"}, 8, time.Millisecond)
 	if err != nil {
