@@ -83,7 +83,7 @@ type simEnv struct {
 func (e *simEnv) printGrad(w io.Writer, o simOptions) {
 	if e.gradSample > 0 {
 		fmt.Fprintf(w, "gradient compute: %s per sample measured by slimgrad bench (%s), %s per step of %d on a speed-1 node (instead of the FLOP model)\n",
-			time.Duration(e.gradSample*1e9), o.Calibration, time.Duration(e.gradSeconds(o)*1e9), o.Batch)
+			time.Duration(e.gradSample*1e9).Round(time.Microsecond), o.Calibration, time.Duration(e.gradSeconds(o)*1e9).Round(time.Microsecond), o.Batch)
 	}
 }
 
