@@ -3,7 +3,6 @@ package optim
 import (
 	"math"
 	"math/rand/v2"
-	"os"
 	"testing"
 
 	"github.com/slimgrad/slimgrad/errorfeedback"
@@ -63,10 +62,10 @@ func runAdam(t testing.TB, p model, world, steps, batch, freeze int, lr float64,
 // grid of lr and seeds, the numbers behind the settings of the convergence
 // tests. It asserts nothing, so it is skipped unless asked for:
 //
-//	SLIMGRAD_EXPLORE=1 go test -run AdamExplore -v ./optim
+//	go test -run AdamExplore -v ./optim -args -explore adam
 func TestAdamExplore(t *testing.T) {
-	if os.Getenv("SLIMGRAD_EXPLORE") == "" {
-		t.Skip("set SLIMGRAD_EXPLORE=1 to run the sweep")
+	if exploring() != "adam" {
+		t.Skip("run with -args -explore adam")
 	}
 	p := newSoftmaxProblem(1, 10, 1000, 500, 0.1)
 	for _, lr := range []float64{0.001, 0.003} {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -194,10 +193,12 @@ func TestDGC(t *testing.T) {
 // change, as in this non-convex model.)
 //
 // It takes about 20 s on 2 cores; TestDGC shows the ablation and the match
-// with dense on one problem, so this one runs only with SLIMGRAD_DGC_MLP=1.
+// with dense on one problem, so this one runs only when asked for:
+//
+//	go test -run DGCAblation -v ./optim -args -explore dgc-mlp
 func TestDGCAblation(t *testing.T) {
-	if testing.Short() || os.Getenv("SLIMGRAD_DGC_MLP") == "" {
-		t.Skip("set SLIMGRAD_DGC_MLP=1 to train the 6 MLPs")
+	if testing.Short() || exploring() != "dgc-mlp" {
+		t.Skip("run with -args -explore dgc-mlp to train the 6 MLPs")
 	}
 	const world, steps, batch, epoch, lr = 8, 1500, 8, 50, 0.1
 	const seeds = 2
@@ -226,25 +227,25 @@ func TestDGCAblation(t *testing.T) {
 // TestDGCExplore runs the four variants of dgcRuns on one problem, to tune
 // the DGC tests:
 //
-//	SLIMGRAD_EXPLORE=dgc PROB=strong C=7 LR=0.01 STEPS=1200 EPOCH=60 SEEDS=3 \
-//	    go test -run DGCExplore -v ./optim
+//	go test -run DGCExplore -v ./optim -args \
+//	    -explore dgc,PROB=strong,C=7,LR=0.01,STEPS=1200,EPOCH=60,SEEDS=3
 //
 // PROB: softmax (default), strong (first S features ×C), sparse (S
 // informative features per class, mean scale A), mlp (IN, H); BATCH, DECAY
 // (linear lr decay to 0 if set).
 func TestDGCExplore(t *testing.T) {
-	if os.Getenv("SLIMGRAD_EXPLORE") != "dgc" {
-		t.Skip("set SLIMGRAD_EXPLORE=dgc")
+	if exploring() != "dgc" {
+		t.Skip("run with -args -explore dgc[,KEY=VALUE...]")
 	}
 	f := func(k string, def float64) float64 {
-		if v, err := strconv.ParseFloat(os.Getenv(k), 64); err == nil {
+		if v, err := strconv.ParseFloat(exploreArg(k), 64); err == nil {
 			return v
 		}
 		return def
 	}
 	lr, steps, batch, epoch := f("LR", 0.01), int(f("STEPS", 600)), int(f("BATCH", 4)), int(f("EPOCH", 30))
 	var p model = newSoftmaxProblem(1, 10, 1000, 500, 0.1)
-	switch os.Getenv("PROB") {
+	switch exploreArg("PROB") {
 	case "mlp":
 		p = newMLPProblem(1, int(f("IN", 32)), int(f("H", 320)), 10, 64, 1000)
 	case "sparse":
@@ -257,7 +258,7 @@ func TestDGCExplore(t *testing.T) {
 	for seed := uint64(1); seed <= uint64(f("SEEDS", 2)); seed++ {
 		for _, run := range dgcRuns {
 			t0 := time.Now()
-			r := runSoftmax(t, p, 8, steps, batch, epoch, lr, os.Getenv("DECAY") != "", run, 0.001, seed)
+			r := runSoftmax(t, p, 8, steps, batch, epoch, lr, exploreArg("DECAY") != "", run, 0.001, seed)
 			t.Logf("lr=%v seed %d %-8s loss %.4f (%v)", lr, seed, run.name, r.loss, time.Since(t0).Round(time.Millisecond))
 		}
 	}
