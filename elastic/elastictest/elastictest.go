@@ -130,6 +130,9 @@ func (r *Replica) Gradients(ctx context.Context, s elastic.Info) ([][]float32, e
 		}
 	}
 	layers := r.split(r.g)
+	for _, o := range r.opts {
+		o.Skip() // a step that never reached Apply
+	}
 	for i, o := range r.opts {
 		send, how, err := o.Prepare(layers[i])
 		if err != nil {
@@ -169,13 +172,17 @@ func (r *Replica) Apply(s elastic.Info, avg [][]float32, led *worker.Ledger) err
 	return nil
 }
 
-// AppendState implements elastic.Replica. With optimizers it panics if one
-// has a pending Prepare (elastic calls it only at step boundaries).
+// AppendState implements elastic.Replica. With optimizers, a step whose
+// gradients were prepared but not applied is abandoned first (the state is
+// the one before it).
 func (r *Replica) AppendState(dst []byte) []byte {
 	if r.opts != nil {
+		for _, o := range r.opts {
+			o.Skip() // no-op without a pending Prepare
+		}
 		dst, err := elastic.AppendModelState(dst, [][]float32{r.x}, r.stateful())
 		if err != nil {
-			panic("elastictest: AppendState in the middle of a step")
+			panic("elastictest: " + err.Error()) // unreachable: nothing is pending
 		}
 		return dst
 	}
