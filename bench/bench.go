@@ -125,6 +125,10 @@ func Table(w io.Writer, rs []Result) error {
 		for _, k := range sortedKeys(r.Extra) {
 			extra += fmt.Sprintf("%s=%.4g ", k, r.Extra[k])
 		}
+		if r.Ops == 0 { // a figure derived from other results (a fit): nothing timed
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t%s\t\n", r.Name, extra)
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%s\t\n", r.Name, r.PerOp(), FormatRate(r.Throughput()), r.Allocs, extra)
 	}
 	return tw.Flush()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/slimgrad/slimgrad/compressors"
@@ -105,11 +106,32 @@ func Kernels(ctx context.Context, elems int, minTime time.Duration) ([]Result, e
 }
 
 // Calibrate returns the simulator calibration for results: the throughput
-// (input bytes per second) under each result's key. Unqualified codec keys
-// ("encode", "decode", "decode-add") get the fp32 "none" codec's figures.
+// (input bytes per second) under each codec and kernel result's key, the
+// per-transport message cost of MessageRoundTrips' summaries
+// (Calibration.Messages) and the seconds per sample of Grad's results
+// (Calibration.Grad). Unqualified codec keys ("encode", "decode",
+// "decode-add") get the fp32 "none" codec's figures.
 func Calibrate(rs []Result, host string) *sim.Calibration {
 	c := &sim.Calibration{Host: host, Date: time.Now().UTC().Format(time.RFC3339), Throughput: map[string]float64{}}
 	for _, r := range rs {
+		switch r.Group {
+		case "message":
+			if tp, ok := strings.CutPrefix(r.Key, "messages/"); ok {
+				if c.Messages == nil {
+					c.Messages = map[string]sim.MessageCost{}
+				}
+				c.Messages[tp] = sim.MessageCost{Overhead: r.Extra["overhead_s"], PerByte: r.Extra["byte_s"]}
+			}
+			continue
+		case "grad":
+			if wl, ok := strings.CutPrefix(r.Key, "grad_s/"); ok && r.Extra["sample_s"] > 0 {
+				if c.Grad == nil {
+					c.Grad = map[string]float64{}
+				}
+				c.Grad[wl] = r.Extra["sample_s"]
+			}
+			continue
+		}
 		if r.Key == "" || r.Throughput() <= 0 {
 			continue
 		}

@@ -34,6 +34,14 @@
 // never half-applied: the state of every survivor after every step is
 // bit-identical.
 //
+// A Replica trained with package optim carries its optimizers in its state
+// with AppendModelState and SetModelState (parameters plus every
+// optimizer's optim.Stateful encoding: step counts, moments, masks), so a
+// joiner's optimizers start bit-identical to the members' and a rollback
+// restores them too. Optimizers whose Prepare asks for another exchange
+// than optim.Mean (1-bit Adam) are not supported by Run: the Worker's
+// layers aggregate with their configured codec.
+//
 // # Error feedback across epochs
 //
 // Survivors keep their own error-feedback state: the snapshot of it at the

@@ -21,7 +21,9 @@
 // biases), use one optimizer per group. All state is allocated at
 // construction; Prepare and Step allocate nothing. Optimizers are not safe
 // for concurrent use. Every rank must see bit-identical agg vectors; the
-// optimizers are deterministic, so replicas stay bit-identical.
+// optimizers are deterministic, so replicas stay bit-identical. Every
+// optimizer is Stateful: its whole state can be saved and restored
+// (MarshalBinary, UnmarshalBinary), e.g. to bring a joining replica level.
 package optim
 
 import (

@@ -10,7 +10,9 @@ import (
 // base·(1 + cos(π·min(t, total)/total))/2, where base is o.LR() when Cosine
 // is called, so the rate falls from base to 0 at step total and stays 0
 // after it. The result is o in every other respect (it forwards every call);
-// o must not be used directly afterwards. It returns ErrConfig if total < 1.
+// o must not be used directly afterwards. The result is Stateful when o is
+// (its state is o's: the rate follows o's restored step count at the next
+// Prepare). It returns ErrConfig if total < 1.
 func Cosine(o Optimizer, total int) (Optimizer, error) {
 	if total < 1 {
 		return nil, fmt.Errorf("%w: cosine schedule over %d steps", ErrConfig, total)

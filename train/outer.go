@@ -152,21 +152,12 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 	if err := o.validate(len(units)); err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	shards, err := workload.Shard(task.Train, cfg.Workers, cfg.Split, cfg.Seed)
 	if err != nil {
 		return nil, err
 	}
 	n, nf := cfg.Workers, o.fragments()
-
-	// Fragments: their units and exchangers.
-	frags := make([][]int, nf)
-	for u := range units {
-		frags[o.Fragment(u)] = append(frags[o.Fragment(u)], u)
-	}
+	frags := o.frags(len(units))
 	exs := []Exchanger{ex}
 	if nf > 1 {
 		if newEx == nil {
@@ -190,25 +181,72 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 			}
 		}
 	}
-	var gradTime, baseline time.Duration
+	run := outerRun{cfg: cfg, task: task, units: units, frags: frags, exs: exs, world: n, rank: -1, o: o}
 	if c, ok := ex.(interface {
 		GradTime() time.Duration
 		BaselineTime() time.Duration
 	}); ok {
-		gradTime, baseline = c.GradTime(), c.BaselineTime()
+		run.gradTime, run.baseline = c.GradTime(), c.BaselineTime()
 	}
-	var denseBytes int64
-	for _, u := range units {
-		denseBytes += DenseRingBytes(n, u.Size)
-	}
-
-	reps := make([]*outerReplica, n)
 	for w := range n {
 		r, err := newOuterReplica(task, cfg, inner, o.Optim, units, shards[w], w)
 		if err != nil {
 			return nil, err
 		}
-		reps[w] = r
+		run.reps = append(run.reps, r)
+	}
+	return run.run(ctx, onStep)
+}
+
+// frags returns the units (indices) of each fragment.
+func (o Outer) frags(units int) [][]int {
+	frags := make([][]int, o.fragments())
+	for u := range units {
+		frags[o.Fragment(u)] = append(frags[o.Fragment(u)], u)
+	}
+	return frags
+}
+
+// outerRun is the step loop of an outer loop, shared by RunOuter (every
+// worker's replica in this process, rank −1) and RunRankOuter (one rank's
+// replica, its exchangers being this rank's workers).
+type outerRun struct {
+	cfg                Config
+	task               Task
+	units              []Layer
+	frags              [][]int
+	exs                []Exchanger // per fragment
+	reps               []*outerReplica
+	world, rank        int
+	o                  Outer
+	gradTime, baseline time.Duration // simulated; 0 without a simulator
+	// combine (RunRankOuter's RankConfig.Combine) turns the rank's loss and
+	// byte counts into the job's.
+	combine func(ctx context.Context, step int, loss float64, st Stats) (float64, Stats, error)
+}
+
+// denseShare is rank's share of a dense ring's bytes for a unit of size
+// elements: the job's total split over the ranks so that the shares sum to
+// it exactly.
+func denseShare(world, rank, size int) int64 {
+	t := DenseRingBytes(world, size)
+	s := t / int64(world)
+	if int64(rank) < t%int64(world) {
+		s++
+	}
+	return s
+}
+
+func (x *outerRun) run(ctx context.Context, onStep func(Record)) (*Result, error) {
+	cfg, o, units, frags, reps, exs := x.cfg, x.o, x.units, x.frags, x.reps, x.exs
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	n, nf := len(reps), len(frags)
+	var denseBytes int64
+	for _, u := range units {
+		denseBytes += DenseRingBytes(x.world, u.Size)
 	}
 	// Exchange buffers of each fragment: [fragment][worker][unit of fragment].
 	in, out := make([][][][]float32, nf), make([][][][]float32, nf)
@@ -228,7 +266,8 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 		applyAt[p] = -1
 	}
 	res := &Result{Model: reps[0].global}
-	rc := newRecorder(cfg, task.Test, res, onStep)
+	rc := newRecorder(cfg, x.task.Test, res, onStep)
+	rc.world = x.world
 	var clock time.Duration // simulated
 	alpha := float32(o.mix())
 	// apply runs fragment p's pending outer update on every worker.
@@ -236,7 +275,7 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 		err := parallel(n, func(w int) error {
 			for _, u := range frags[p] {
 				if err := reps[w].apply(u, alpha); err != nil {
-					return fmt.Errorf("train: worker %d unit %s: outer optimizer: %w", w, units[u].Name, err)
+					return fmt.Errorf("train: worker %d unit %s: outer optimizer: %w", reps[w].id, units[u].Name, err)
 				}
 			}
 			return nil
@@ -249,7 +288,7 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 			return res, err
 		}
 		t0 := time.Now()
-		if err := parallel(n, func(w int) error { return reps[w].innerStep(task.Train, cfg.Batch, units, step) }); err != nil {
+		if err := parallel(n, func(w int) error { return reps[w].innerStep(x.task.Train, cfg.Batch, units, step) }); err != nil {
 			return res, err
 		}
 		compute := time.Since(t0)
@@ -263,10 +302,10 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 		}
 		last := step == cfg.Steps-1
 		start := clock
-		clock += gradTime
-		st := Stats{DenseBytes: denseBytes, GradTime: gradTime, BaselineTime: baseline, Layers: make([]LayerStats, len(units))}
+		clock += x.gradTime
+		st := Stats{DenseBytes: denseBytes, GradTime: x.gradTime, BaselineTime: x.baseline, Layers: make([]LayerStats, len(units))}
 		for u := range units {
-			st.Layers[u].DenseBytes = DenseRingBytes(n, units[u].Size)
+			st.Layers[u].DenseBytes = DenseRingBytes(x.world, units[u].Size)
 		}
 		synced := 0
 		for p, us := range frags {
@@ -335,6 +374,12 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 				return res, fmt.Errorf("step %d: global copies: %w", step, err)
 			}
 		}
+		if x.rank >= 0 {
+			var err error
+			if loss, st, err = x.rankFigures(ctx, step, loss, st); err != nil {
+				return res, err
+			}
+		}
 		rc.synced = synced
 		if err := rc.record(step, loss, st, reps[0].global, t0, compute); err != nil {
 			return res, err
@@ -346,8 +391,35 @@ func RunOuter(ctx context.Context, cfg Config, task Task, ex Exchanger, newEx Ex
 	return res, nil
 }
 
+// rankFigures turns one rank's loss and bytes of a step into the job's:
+// through combine, with the dense baseline split into the ranks' shares
+// (denseShare) so that summing the ranks' figures gives the job's, or
+// without it the rank's payload and wire bytes times the world size.
+func (x *outerRun) rankFigures(ctx context.Context, step int, loss float64, st Stats) (float64, Stats, error) {
+	if x.combine == nil {
+		scale := int64(x.world)
+		st.PayloadBytes, st.WireBytes = scale*st.PayloadBytes, scale*st.WireBytes
+		for i := range st.Layers {
+			l := &st.Layers[i]
+			l.PayloadBytes, l.WireBytes = scale*l.PayloadBytes, scale*l.WireBytes
+		}
+		return loss, st, nil
+	}
+	st.DenseBytes = 0
+	for u := range st.Layers {
+		st.Layers[u].DenseBytes = denseShare(x.world, x.rank, x.units[u].Size)
+		st.DenseBytes += st.Layers[u].DenseBytes
+	}
+	loss, st, err := x.combine(ctx, step, loss, st)
+	if err != nil {
+		return loss, st, fmt.Errorf("train: rank %d step %d: combining the ranks' figures: %w", x.rank, step, err)
+	}
+	return loss, st, nil
+}
+
 // outerReplica is one worker's state in RunOuter.
 type outerReplica struct {
+	id            int // the worker's index (its rank)
 	model, global workload.Model
 	ws            workload.Workspace
 	sampler       *workload.Sampler
@@ -371,7 +443,7 @@ func unitData(m workload.Model, flat bool) [][]float32 {
 
 func newOuterReplica(task Task, cfg Config, inner, outer OptimSpec, units []Layer, shard []int, w int) (*outerReplica, error) {
 	m := task.Model.Clone()
-	r := &outerReplica{model: m, global: task.Model.Clone(), ws: m.NewWorkspace(cfg.Batch), sampler: workload.NewSampler(shard, cfg.Seed, w)}
+	r := &outerReplica{id: w, model: m, global: task.Model.Clone(), ws: m.NewWorkspace(cfg.Batch), sampler: workload.NewSampler(shard, cfg.Seed, w)}
 	r.params, r.gp = unitData(m, inner.Flat), unitData(r.global, inner.Flat)
 	if inner.Flat {
 		r.grads = [][]float32{r.ws.FlatGrads()}
@@ -454,7 +526,7 @@ func syncFragment(ctx context.Context, ex Exchanger, round int, reps []*outerRep
 		for i, u := range us {
 			var err error
 			if in[w][i], hows[w][i], err = reps[w].pseudo(u); err != nil {
-				return fmt.Errorf("train: worker %d: outer optimizer: %w", w, err)
+				return fmt.Errorf("train: worker %d: outer optimizer: %w", reps[w].id, err)
 			}
 		}
 		return nil

@@ -36,6 +36,15 @@ type SimConfig struct {
 	// start when the slowest worker is done (synchronous data parallelism).
 	// GradFLOP 0 leaves gradient compute out of the step time.
 	GradFLOP, FLOPS float64
+	// GradSeconds, if positive, is the measured wall time of one worker's
+	// forward and backward pass per step on one core of a speed-1 node
+	// (sim.Calibration.Grad times the batch): node r then takes
+	// GradSeconds/Speed_r and GradFLOP and FLOPS are not used.
+	//
+	// Either way, when more workers are placed on a node than its Cores
+	// (sim.Node.Cores, Options.Placement), each of the k workers computes
+	// k/Cores times slower, as the simulator's collective compute does.
+	GradSeconds float64
 	// LGreCo turns on L-GreCo (package lgreco) exactly as
 	// worker.Config.LGreCo does on real workers: a controller over the
 	// units (default level: the plan's codec), observing rank 0's
@@ -129,6 +138,9 @@ func (cfg SimConfig) checkCompute(who string) error {
 	ok := func(v float64) bool { return v >= 0 && !math.IsInf(v, 0) }
 	if !ok(cfg.FLOPS) || !ok(cfg.GradFLOP) {
 		return fmt.Errorf("train: %s: FLOPS %g, GradFLOP %g: want finite and non-negative", who, cfg.FLOPS, cfg.GradFLOP)
+	}
+	if !ok(cfg.GradSeconds) {
+		return fmt.Errorf("train: %s: GradSeconds %g: want finite and non-negative", who, cfg.GradSeconds)
 	}
 	return nil
 }
@@ -278,26 +290,48 @@ func (s *Sim) options() *sim.Options {
 	return s.cfg.Options
 }
 
-// computeModel sets the simulated gradient time: the slowest worker's.
+// computeModel sets the simulated gradient time: the slowest worker's, from
+// the measured GradSeconds or else GradFLOP/FLOPS, over the node's speed and
+// slowed by the workers sharing the node's cores.
 func (s *Sim) computeModel() error {
-	if s.cfg.GradFLOP <= 0 {
-		return nil
+	work := s.cfg.GradSeconds
+	if work <= 0 {
+		if s.cfg.GradFLOP <= 0 {
+			return nil
+		}
+		work = s.cfg.GradFLOP / s.cfg.FLOPS
 	}
+	topo := s.cfg.Topology
 	place := s.options().Placement
+	if place != nil && len(place) < s.n {
+		return fmt.Errorf("train: placement has %d entries for %d workers", len(place), s.n)
+	}
+	node := func(r int) int {
+		if place != nil {
+			return place[r]
+		}
+		return r
+	}
+	perNode := make([]int, len(topo.Nodes))
+	for r := range s.n {
+		nd := node(r)
+		if nd < 0 || nd >= len(topo.Nodes) {
+			return fmt.Errorf("train: worker %d has no node in a topology of %d", r, len(topo.Nodes))
+		}
+		perNode[nd]++
+	}
 	var worst float64
 	for r := range s.n {
-		node := r
-		if place != nil {
-			node = place[r]
-		}
-		if node >= len(s.cfg.Topology.Nodes) {
-			return fmt.Errorf("train: worker %d has no node in a topology of %d", r, len(s.cfg.Topology.Nodes))
-		}
-		speed := s.cfg.Topology.Nodes[node].Speed
+		n := topo.Nodes[node(r)]
+		speed := n.Speed
 		if speed <= 0 {
 			speed = 1
 		}
-		worst = max(worst, s.cfg.GradFLOP/(s.cfg.FLOPS*speed))
+		share := 1.0
+		if k := perNode[node(r)]; n.Cores > 0 && k > n.Cores {
+			share = float64(k) / float64(n.Cores)
+		}
+		worst = max(worst, work*share/speed)
 	}
 	s.gradTime = seconds(worst)
 	return nil
@@ -316,7 +350,8 @@ func (s *Sim) Name() string {
 func (s *Sim) BaselineTime() time.Duration { return s.baseline }
 
 // GradTime is the simulated time of a step's gradient computation: the
-// slowest worker's forward and backward pass (0 without SimConfig.GradFLOP).
+// slowest worker's forward and backward pass (0 without SimConfig.GradFLOP
+// or GradSeconds).
 func (s *Sim) GradTime() time.Duration { return s.gradTime }
 
 // Recipes returns the codec recipe of every unit's Mean layer now, in unit

@@ -58,6 +58,8 @@ func TestBadInputs(t *testing.T) {
 		{[]string{"bench", "--codecs", "nope"}, `unknown codec "nope"`},
 		{[]string{"bench", "--transports", "x"}, `unknown transport "x"`},
 		{[]string{"bench", "--time", "0s"}, "--time 0s: want a positive duration"},
+		{[]string{"bench", "--grad-batch", "0"}, "--grad-batch 0: want at least 1"},
+		{[]string{"bench", "--workloads", "imagenet"}, `--workloads: train: unknown workload "imagenet"`},
 		{[]string{"server", "--listen", "nonsense"}, `--listen "nonsense": want host:port`},
 		{[]string{"server", "--tls-cert", "x.pem"}, "--tls-cert and --tls-key go together"},
 		{[]string{"server", "--relay", "bogus", "--no-auth"}, `--relay: libp2p: address "bogus": want a multiaddr or host:port`},

@@ -16,6 +16,7 @@ import (
 	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/bench"
 	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/train"
 )
 
 func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -24,14 +25,16 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	codecs := fs.String("codecs", strings.Join(bench.DefaultRecipes, ","), "compressor recipes to measure (\"\" skips the codec and kernel measurements)")
 	elems := fs.Int("elems", 1<<22, "float32 elements per codec and kernel measurement (4 Mi = 16 MiB)")
 	minTime := fs.Duration("time", 300*time.Millisecond, "minimum measuring time per measurement")
-	transports := fs.String("transports", "mem,nats,libp2p,libp2p-insecure", "transports for the all-reduce bus bandwidth (\"\" skips)")
+	transports := fs.String("transports", "mem,nats,libp2p,libp2p-insecure", "transports for the all-reduce bus bandwidth and the per-message cost (\"\" skips)")
+	workloads := fs.String("workloads", strings.Join(train.Workloads, ","), "workloads whose gradient compute (forward and backward of one batch) to measure (\"\" skips)")
+	gradBatch := fs.Int("grad-batch", 32, "samples per batch of the gradient measurement (the time per sample goes into the calibration)")
 	world := fs.Int("world", 4, "ranks of the all-reduce measurement (in this process, over loopback)")
 	size := fs.Int64("size", 16<<20, "all-reduce size in bytes")
 	simRanks := fs.Int("sim-ranks", 1024, "ranks of the simulator-speed measurement (0 skips)")
 	simBytes := fs.Int64("sim-bytes", 100e6, "bytes of the simulated all-reduce")
 	out := fs.String("out", "slimgrad-out", "output directory for bench.csv, bench.json and calibration.json")
 	calib := fs.String("calibration", "", "where to write the simulator calibration (default OUT/calibration.json)")
-	setUsage(fs, stdout, "Usage: slimgrad bench [flags]\n\nMeasures codec throughput (encode, decode, decode-add per recipe), the float32 kernels,\nthe dense all-reduce bus bandwidth per transport and the simulator's speed, and writes\nthe calibration file that `slimgrad sim --calibration` reads.\n\nFlags:\n")
+	setUsage(fs, stdout, "Usage: slimgrad bench [flags]\n\nMeasures codec throughput (encode, decode, decode-add per recipe), the float32 kernels,\nthe dense all-reduce bus bandwidth and the software cost of a message per transport (round\ntrips of small and large messages between two ranks, fitted to a per-message and a per-byte\ncost), the gradient compute per workload and the simulator's speed, and writes the\ncalibration file that `slimgrad sim --calibration` reads.\n\nFlags:\n")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -40,7 +43,7 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		return errUsage
 	}
 	bo := benchOptions{Codecs: *codecs, Elems: *elems, Time: *minTime, Transports: *transports, World: *world,
-		Size: *size, SimRanks: *simRanks, SimBytes: *simBytes, Out: *out}
+		Size: *size, SimRanks: *simRanks, SimBytes: *simBytes, Out: *out, Workloads: *workloads, GradBatch: *gradBatch}
 	if err := bo.validate(); err != nil {
 		return err
 	}
@@ -85,6 +88,28 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		if err := section("all-reduce bus bandwidth (ranks in one process, loopback)", rs, nil); err != nil {
 			return err
 		}
+		rs = nil
+		for _, tp := range strings.Split(*transports, ",") {
+			conns, closeAll, err := bench.Group(ctx, tp, 2)
+			if err != nil {
+				return fmt.Errorf("transport %s: %w", tp, err)
+			}
+			r, err := bench.MessageRoundTrips(ctx, tp, conns, bench.MessageSizes, *minTime)
+			closeAll()
+			if err != nil {
+				return err
+			}
+			rs = append(rs, r...)
+		}
+		if err := section("message cost (round trips between two ranks in one process, loopback)", rs, nil); err != nil {
+			return err
+		}
+	}
+	if *workloads != "" {
+		rs, err := bench.Grad(ctx, strings.Split(*workloads, ","), *gradBatch, *minTime)
+		if err := section(fmt.Sprintf("gradient compute (forward and backward of a batch of %d, one goroutine)", *gradBatch), rs, err); err != nil {
+			return err
+		}
 	}
 	if *simRanks > 0 {
 		var rs []bench.Result
@@ -114,7 +139,7 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	if err := writeFile(files[1], rep.WriteJSON); err != nil {
 		return err
 	}
-	if *codecs != "" {
+	if *codecs != "" || *transports != "" || *workloads != "" {
 		path := *calib
 		if path == "" {
 			path = filepath.Join(*out, "calibration.json")
@@ -130,10 +155,10 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 
 // benchOptions are the flags of `slimgrad bench` that validate checks.
 type benchOptions struct {
-	Codecs, Transports, Out string
-	Elems, World, SimRanks  int
-	Size, SimBytes          int64
-	Time                    time.Duration
+	Codecs, Transports, Out, Workloads string
+	Elems, World, SimRanks, GradBatch  int
+	Size, SimBytes                     int64
+	Time                               time.Duration
 }
 
 // validate rejects values that would fail only after minutes of measuring,
@@ -144,7 +169,7 @@ func (o benchOptions) validate() error {
 		v, min int64
 	}{
 		{"elems", int64(o.Elems), 1}, {"world", int64(o.World), 2}, {"size", o.Size, 4},
-		{"sim-ranks", int64(o.SimRanks), 0}, {"sim-bytes", o.SimBytes, 1},
+		{"sim-ranks", int64(o.SimRanks), 0}, {"sim-bytes", o.SimBytes, 1}, {"grad-batch", int64(o.GradBatch), 1},
 	} {
 		if f.v < f.min {
 			return fmt.Errorf("--%s %d: want at least %d", f.flag, f.v, f.min)
@@ -157,6 +182,13 @@ func (o benchOptions) validate() error {
 		for _, r := range strings.Split(o.Codecs, ",") {
 			if _, err := compressors.Parse(r); err != nil {
 				return fmt.Errorf("--codecs: %w", err)
+			}
+		}
+	}
+	if o.Workloads != "" {
+		for _, wl := range strings.Split(o.Workloads, ",") {
+			if _, err := train.NewModel(wl, 1); err != nil {
+				return fmt.Errorf("--workloads: %w", err)
 			}
 		}
 	}

@@ -47,11 +47,14 @@ type jobOptions struct {
 	LGreCo, LGreCoLink bool
 	LG                 lgrecoSettings
 	Topology           string
+	// Outer: --outer, --outer-optim, --outer-fragments, --outer-delay,
+	// --outer-mix (as sim's).
+	Outer outerSettings
 }
 
 func defaultJobOptions() jobOptions {
 	return jobOptions{Workload: "mnist", Split: "iid", Steps: 300, Batch: 32, EvalEvery: 50, EvalSamples: 2000, Seed: 1,
-		Method: "econtrol", Algorithm: "ring", connOptions: connOptions{Transport: "nats"}, Timeout: 2 * time.Minute, Log: "warn", LG: defaultLGreCoSettings()}
+		Method: "econtrol", Algorithm: "ring", connOptions: connOptions{Transport: "nats"}, Timeout: 2 * time.Minute, Log: "warn", LG: defaultLGreCoSettings(), Outer: defaultOuterSettings()}
 }
 
 // validate rejects flag values that would otherwise fail only inside every
@@ -76,6 +79,9 @@ func (o *jobOptions) validate(worldFlag string) error {
 		}
 	}
 	if err := o.LG.validate(); err != nil {
+		return err
+	}
+	if err := o.Outer.validate(o.Steps); err != nil {
 		return err
 	}
 	if o.Algorithm != "ring" && o.Algorithm != "tree" {
@@ -115,6 +121,7 @@ func (o *jobOptions) register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "run L-GreCo with the link-aware objective: the simulated time of each layer's collective on --topology")
 	o.LG.register(fs)
 	fs.StringVar(&o.Topology, "topology", o.Topology, "with --lgreco-link-aware: the job's topology YAML (default: sim's built-in heterogeneous topology for the world size)")
+	o.Outer.register(fs)
 }
 
 // args re-encodes the options as worker flags.
@@ -129,7 +136,7 @@ func (o *jobOptions) args() []string {
 		"--timeout", o.Timeout.String(), "--log", o.Log, "--nan-policy", o.NaNPolicy.String(),
 		"--lgreco=" + strconv.FormatBool(o.LGreCo), "--lgreco-link-aware=" + strconv.FormatBool(o.LGreCoLink),
 		"--topology", o.Topology,
-	}, append(o.LG.args(), o.connOptions.args()...)...)
+	}, append(append(o.LG.args(), o.Outer.args()...), o.connOptions.args()...)...)
 }
 
 // method resolves the job's method. DGC's warm-up runs as the workers'
@@ -138,7 +145,7 @@ func (o *jobOptions) method() (method, error) {
 	if err := checkCustomFlags(o.Compress, o.EF); err != nil {
 		return method{}, err
 	}
-	m, ok := customMethod(o.Compress, o.EF, o.Optim, o.Warmup)
+	m, ok := withOuter(customMethod(o.Compress, o.EF, o.Optim, o.Warmup))(o.Outer)
 	if !ok {
 		var err error
 		if m, err = preset(o.Method, o.Workload); err != nil {
@@ -294,6 +301,9 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
+	if err := checkJobOuter(m, o.Transport); err != nil {
+		return err
+	}
 	split, err := workload.ParseSplit(o.Split)
 	if err != nil {
 		return err
@@ -369,7 +379,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	start := time.Now()
 	units := train.Units(task.Model, spec.Flat)
 	var csvErr error
-	res, err := train.RunRank(ctx, cfg, task, w, plan, spec, codec, func(rec train.Record) {
+	onStep := func(rec train.Record) {
 		if rec.Evaluated {
 			lastAcc = rec.Accuracy
 		}
@@ -380,7 +390,16 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		if csvOut != nil && csvErr == nil {
 			csvErr = csvOut.Write(rec)
 		}
-	})
+	}
+	var res *train.Result
+	var fragConns []transport.Conn // an outer loop's fragments 1 to F−1
+	if m.Outer.H == 0 {
+		res, err = train.RunRank(ctx, cfg, task, w, plan, spec, codec, onStep)
+	} else {
+		var closeFragments func()
+		res, fragConns, closeFragments, err = rankOuter(ctx, &o, m, conn, w, wopts, cfg, task, spec, onStep)
+		defer closeFragments() // after the shutdown barrier below
+	}
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", r, err)
 	}
@@ -395,8 +414,13 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	st := conn.Stats()
 	_, sentWire, _, recvWire := st.Total()
-	// Every rank's transport totals over the job (steps, figures and the
-	// shutdown barrier), and how each of its links runs.
+	for _, c := range fragConns {
+		_, s, _, r := c.Stats().Total()
+		sentWire, recvWire = sentWire+s, recvWire+r
+	}
+	// Every rank's transport totals over the job (steps, figures, the
+	// shutdown barrier and an outer loop's fragment connections), and how
+	// each link of its main connection runs.
 	wire := fmt.Sprintf("rank %d wire: sent %d recv %d", r, sentWire, recvWire)
 	if st.Relayed != nil {
 		wire += ", links:"

@@ -41,7 +41,11 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err := o.validate("n"); err != nil {
 		return err
 	}
-	if _, err := o.method(); err != nil {
+	m, err := o.method()
+	if err != nil {
+		return err
+	}
+	if err := checkJobOuter(m, o.Transport); err != nil {
 		return err
 	}
 	if o.Job == "" {
@@ -67,6 +71,12 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 			u := natsserver.User{Name: rankUserName(o.Job, p), Password: hex.EncodeToString(b[:])}
 			if o.Transport == "nats" {
 				u.Publish, u.Subscribe = tnats.Permissions(o.Job, p)
+				// An outer loop with F fragments: one more connection
+				// per fragment (fragmentJob), the same rank.
+				for f := 1; f < m.Outer.Fragments; f++ {
+					pub, sub := tnats.Permissions(fragmentJob(o.Job, f), p)
+					u.Publish, u.Subscribe = append(u.Publish, pub...), append(u.Subscribe, sub...)
+				}
 			} else {
 				// The rendezvous, and the question for a relay (answered
 				// by nobody here) with its reply inbox.

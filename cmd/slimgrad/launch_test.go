@@ -153,7 +153,7 @@ func TestJobArgsRoundTrip(t *testing.T) {
 	o.register(fs)
 	o.World = 3
 	if err := fs.Parse([]string{"--steps", "7", "--lgreco", "--lgreco-start", "4", "--lgreco-adjust", "3", "--lgreco-alpha", "0.9", "--lgreco-squared=false", "--seed", "5",
-		"--compress", "topk:0.001", "--ef", "dgc:0.9", "--warmup", "5%"}); err != nil {
+		"--compress", "topk:0.001", "--ef", "dgc:0.9", "--warmup", "5%", "--outer", "8", "--outer-optim", "sgd:lr=1", "--outer-fragments", "2", "--outer-delay", "3", "--outer-mix", "0.25"}); err != nil {
 		t.Fatal(err)
 	}
 	back := defaultJobOptions()

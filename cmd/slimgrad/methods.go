@@ -383,10 +383,11 @@ func (m method) exchanger(ctx context.Context, o simOptions, task train.Task, en
 		return ex, err
 	case "sim":
 		cfg := train.SimConfig{
-			Topology: env.topo,
-			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport},
-			GradFLOP: train.TrainFLOPs(task.Model) * float64(o.Batch),
-			FLOPS:    o.FLOPS,
+			Topology:    env.topo,
+			Options:     &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport},
+			GradFLOP:    train.TrainFLOPs(task.Model) * float64(o.Batch),
+			FLOPS:       o.FLOPS,
+			GradSeconds: env.gradSeconds(o),
 		}
 		if m.LGreCo != "" {
 			cfg.LGreCo, cfg.LGreCoOptions = true, m.lgrecoOptions(o.Steps, o.Seed, o.LG)

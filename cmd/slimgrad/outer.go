@@ -5,8 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"strconv"
 
 	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/worker"
 )
 
 // outerMethod is the outer loop of a method (train.Outer): H inner steps
@@ -153,15 +156,96 @@ func (m method) outerDescription() string {
 // outer-loop method "NAME+outerH" when --outer is set (then even without
 // --compress/--ef/--optim: the dense preset's recipes).
 func (o simOptions) custom() (method, bool) {
-	m, ok := customMethod(o.Compress, o.EF, o.Optim, o.Warmup)
-	if o.Outer.H == 0 {
-		return m, ok
+	return withOuter(customMethod(o.Compress, o.EF, o.Optim, o.Warmup))(o.Outer)
+}
+
+// withOuter returns a function that turns the custom method m (ok: the
+// flags asked for one) into the outer-loop method "NAME+outerH" of s when
+// --outer is set (then even without --compress/--ef/--optim: the dense
+// preset's recipes); without --outer it returns m and ok unchanged.
+func withOuter(m method, ok bool) func(s outerSettings) (method, bool) {
+	return func(s outerSettings) (method, bool) {
+		if s.H == 0 {
+			return m, ok
+		}
+		if !ok {
+			m, _ = customMethod("none", "none", "momentum:lr=0.1,m=0.9", "")
+		}
+		m.Outer, m.Name = outerMethod(s), fmt.Sprintf("%s+outer%d", m.Name, s.H)
+		return m, true
 	}
-	if !ok {
-		m, _ = customMethod("none", "none", "momentum:lr=0.1,m=0.9", "")
+}
+
+// args re-encodes the settings as flags (launch passes them to its workers).
+func (s outerSettings) args() []string {
+	return []string{"--outer", strconv.Itoa(s.H), "--outer-optim", s.Optim, "--outer-fragments", strconv.Itoa(s.Fragments),
+		"--outer-delay", strconv.Itoa(s.Delay), "--outer-mix", strconv.FormatFloat(s.Mix, 'g', -1, 64)}
+}
+
+// fragmentJob is the job ID of fragment p's connections of an outer-loop job
+// with several fragments (p ≥ 1; fragment 0 uses the job's own): each
+// fragment's worker needs a connection of its own (a worker owns its
+// connection's tags).
+func fragmentJob(job string, p int) string { return fmt.Sprintf("%s-f%d", job, p) }
+
+// checkJobOuter rejects an outer loop a multi-process job cannot run: with
+// several fragments every process opens one connection per fragment, each
+// with the same rank, which libp2p's rendezvous (it assigns ranks) cannot
+// promise.
+func checkJobOuter(m method, transport string) error {
+	if m.Outer.Fragments > 1 && transport != "nats" {
+		return fmt.Errorf("method %s: %d fragments need one connection per fragment with this process's rank: run it with --transport nats (libp2p ranks come from the rendezvous)", m.Name, m.Outer.Fragments)
 	}
-	m.Outer, m.Name = outerMethod(o.Outer), fmt.Sprintf("%s+outer%d", m.Name, o.Outer.H)
-	return m, true
+	return nil
+}
+
+// rankOuter runs this rank's part of an outer-loop job (train.RunRankOuter):
+// w exchanges fragment 0 over conn; fragments 1 to F−1 get a connection each
+// (job fragmentJob(job, p), same rank, NATS) and a worker with wopts. The
+// returned closer closes those workers and connections; call it only after
+// the job's shutdown barrier on conn (a rank that finished may still owe its
+// peers messages until then). conns are the fragments' connections (for
+// their transport totals).
+func rankOuter(ctx context.Context, o *jobOptions, m method, conn transport.Conn, w *worker.Worker, wopts []worker.Option, cfg train.RankConfig, task train.Task, inner train.OptimSpec, onStep func(train.Record)) (res *train.Result, conns []transport.Conn, closeAll func(), err error) {
+	var closers []func()
+	closeAll = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	outer, err := m.Outer.outer(o.Steps)
+	if err != nil {
+		return nil, conns, closeAll, err
+	}
+	if err := checkJobOuter(m, o.Transport); err != nil {
+		return nil, conns, closeAll, err
+	}
+	plan, err := m.plan(o.Steps, o.Seed)
+	if err != nil {
+		return nil, conns, closeAll, err
+	}
+	plan.Sign = outer.Optim.Sign // the exchanges carry the outer optimizer's vectors
+	ws := []*worker.Worker{w}
+	for p := 1; p < max(1, outer.Fragments); p++ {
+		co := o.connOptions
+		co.Job = fragmentJob(o.Job, p)
+		cctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		c, err := connect(cctx, &co, o.World, conn.Rank(), o.Timeout)
+		cancel()
+		if err != nil {
+			return nil, conns, closeAll, fmt.Errorf("joining fragment %d's connections (job %s): %w", p, co.Job, err)
+		}
+		closers = append(closers, func() { c.Close() })
+		conns = append(conns, c)
+		fw, err := worker.New(ctx, c, wopts...)
+		if err != nil {
+			return nil, conns, closeAll, err
+		}
+		closers = append(closers, func() { fw.Close() })
+		ws = append(ws, fw)
+	}
+	res, err = train.RunRankOuter(ctx, cfg, task, ws, plan, outer.Optim.Sign, inner, outer, onStep)
+	return res, conns, closeAll, err
 }
 
 // trainMethod trains m: per step (train.Run with ex) or, with an outer loop,

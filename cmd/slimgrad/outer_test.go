@@ -5,6 +5,7 @@ import (
 	"context"
 	"math"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -99,5 +100,98 @@ func TestSimOuterFlags(t *testing.T) {
 	}
 	if len(ms) != 2 || ms[1].Name != "topk:0.01+ef14+momentum+outer4" || ms[1].Outer.H != 4 || ms[1].Outer.Optim != DefaultOuterOptim {
 		t.Errorf("--outer 4 methods: %+v", ms)
+	}
+}
+
+// TestLaunchOuter: `slimgrad launch -n 2` runs the outer-loop presets and
+// the --outer flags on real processes (train.RunRankOuter; Streaming
+// DiLoCo's second fragment over its own connections) and ends with the
+// parameters of `slimgrad sim --exchange mem` bit for bit, with the same
+// loss curve and bytes in rank 0's steps.csv.
+func TestLaunchOuter(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts OS processes")
+	}
+	t.Setenv("GO_WANT_HELPER_PROCESS", "1")
+	scenario := []string{"--workload", "logistic", "--steps", "24", "--eval-every", "10", "--seed", "4", "--split", "noniid"}
+	custom := []string{"--outer", "6", "--compress", "topk:0.1", "--ef", "ef14", "--outer-optim", "sgd:lr=1", "--outer-fragments", "2", "--outer-delay", "1"}
+	sims := map[string]methodRun{}
+	for _, args := range [][]string{{"--methods", "streaming-diloco,sparseloco"}, append([]string{"--methods", "dense"}, custom...)} {
+		rep, err := runSim(context.Background(), simOptionsFor(t, append(append([]string{"--workers", "2", "--exchange", "mem", "--out", "", "--progress", "off"}, args...), scenario...)), &bytes.Buffer{}, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rep.Runs {
+			sims[r.Method.Name] = r
+		}
+	}
+	re := regexp.MustCompile(`all 2 replicas hold identical parameters \(params ([0-9a-f]{16})\)`)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"streaming-diloco", []string{"--method", "streaming-diloco"}},
+		{"sparseloco", []string{"--method", "sparseloco"}},
+		{"topk:0.1+ef14+momentum+outer6", custom},
+	} {
+		sr, ok := sims[tc.name]
+		if !ok {
+			t.Fatalf("sim ran no method %s", tc.name)
+		}
+		dir := t.TempDir()
+		var stdout, stderr bytes.Buffer
+		args := append(append([]string{"launch", "-n", "2", "--out", dir}, tc.args...), scenario...)
+		if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+			t.Fatalf("%s: exit %d\nstdout:\n%s\nstderr:\n%s", tc.name, code, stdout.String(), stderr.String())
+		}
+		m := re.FindStringSubmatch(stdout.String())
+		if m == nil {
+			t.Fatalf("%s: no agreement line in:\n%s", tc.name, stdout.String())
+		}
+		if want := paramsDigest(sr.Result.Model.Flat()); m[1] != want {
+			t.Errorf("%s: launch ends with params %s, sim --exchange mem with %s", tc.name, m[1], want)
+		}
+		rows := readCSV(t, filepath.Join(dir, "steps.csv"))
+		if len(rows) != 24 {
+			t.Fatalf("%s: rank 0 wrote %d rows", tc.name, len(rows))
+		}
+		var syncs float64
+		for i, r := range rows {
+			rec := sr.Result.Records[i]
+			for _, c := range []struct {
+				col  string
+				want float64
+			}{{"loss", rec.Loss}, {"wire_bytes", float64(rec.WireBytes)}, {"dense_bytes", float64(rec.DenseBytes)}, {"synced", float64(rec.Synced)}} {
+				if got := num(t, r, c.col); got != c.want {
+					t.Errorf("%s step %d: %s %v, sim %v", tc.name, i, c.col, got, c.want)
+				}
+			}
+			syncs += num(t, r, "synced")
+		}
+		if syncs < 3 { // H ≤ 10 in 24 steps, with the final flush
+			t.Errorf("%s: %v fragment syncs in 24 steps", tc.name, syncs)
+		}
+	}
+}
+
+// TestJobOuterFlags: launch and worker check the outer flags before
+// starting anything, and a multi-fragment outer loop needs NATS.
+func TestJobOuterFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"launch", "--outer-delay", "2"}, "--outer-delay needs --outer"},
+		{[]string{"launch", "--outer", "5", "--outer-delay", "5"}, "--outer-delay"},
+		{[]string{"launch", "--method", "streaming-diloco", "--transport", "libp2p"}, "--transport nats"},
+		{[]string{"worker", "--world", "2", "--outer", "-2"}, "--outer"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), tc.args, &stdout, &stderr); code == 0 {
+			t.Errorf("%q: exit 0", tc.args)
+		}
+		if !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%q: error %q does not mention %q", tc.args, stderr.String(), tc.want)
+		}
 	}
 }

@@ -52,8 +52,11 @@ type simOptions struct {
 	Calibration string
 	Transport   string
 	FLOPS       float64
-	SizeOnly    bool
-	Layers      string
+	// flopsSet is whether --flops was given: an explicit rate wins over the
+	// calibration's measured gradient time.
+	flopsSet bool
+	SizeOnly bool
+	Layers   string
 	// L-GreCo: --lgreco, --lgreco-link-aware, --lgreco-adjust, --lgreco-alpha.
 	LGreCo, LGreCoLink bool
 	LG                 lgrecoSettings
@@ -69,7 +72,24 @@ type simEnv struct {
 	// transport is --transport: its calibrated per-message cost is added to
 	// every simulated message.
 	transport string
+	// gradSample is the calibration's measured gradient time of the
+	// workload, seconds per sample, or 0 to use the FLOP model (no
+	// calibration, no figure for the workload, --flops given, or --layers).
+	gradSample float64
 }
+
+// printGrad says on w, when the run uses a measured gradient time, what it
+// is and where it comes from.
+func (e *simEnv) printGrad(w io.Writer, o simOptions) {
+	if e.gradSample > 0 {
+		fmt.Fprintf(w, "gradient compute: %s per sample measured by slimgrad bench (%s), %s per step of %d on a speed-1 node (instead of the FLOP model)\n",
+			time.Duration(e.gradSample*1e9).Round(time.Microsecond), o.Calibration, time.Duration(e.gradSeconds(o)*1e9).Round(time.Microsecond), o.Batch)
+	}
+}
+
+// gradSeconds is train.SimConfig.GradSeconds for a run of o: the measured
+// time per sample times the batch, or 0 for the FLOP model.
+func (e *simEnv) gradSeconds(o simOptions) float64 { return e.gradSample * float64(o.Batch) }
 
 func defaultSimOptions() simOptions {
 	return simOptions{
@@ -112,7 +132,7 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.Var(&o.NaNPolicy, "nan-policy", nanPolicyUsage)
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by slimgrad bench (default: built-in throughputs)")
 	fs.StringVar(&o.Transport, "transport", o.Transport, "with --calibration: add this transport's measured per-message cost (mem, nats, libp2p, ...) to every simulated message")
-	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s")
+	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s (default: the --calibration's measured gradient time of the workload when it has one, else 20e9)")
 	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data: bytes and step time only (no training state; the programs still grow as workers²)")
 	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "also run L-GreCo (per-layer levels under the uniform default's error budget, minimising bytes) after each method whose codec has levels (topk, dgc, randomk, qsgd, powersgd), and compare")
@@ -133,6 +153,7 @@ func runSimCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stderr, "slimgrad sim: unexpected arguments %q\n", fs.Args())
 		return errUsage
 	}
+	fs.Visit(func(f *flag.Flag) { o.flopsSet = o.flopsSet || f.Name == "flops" })
 	if o.CPUProfile != "" {
 		f, err := os.Create(o.CPUProfile)
 		if err != nil {
@@ -267,11 +288,15 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 			}
 			env.transport = o.Transport
 		}
+		if env.calib != nil && !o.flopsSet && o.Layers == "" {
+			env.gradSample = env.calib.Grad[o.Workload]
+		}
 	}
 	if o.SizeOnly {
 		if o.Exchange != "sim" {
 			return nil, fmt.Errorf("--size-only needs --exchange sim")
 		}
+		env.printGrad(stdout, o)
 		return &simReport{Options: o}, runSizeOnly(ctx, o, methods, &env, stdout)
 	}
 	replaces, err := checkOutDir(o.Out)
@@ -311,7 +336,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 		}
 		fmt.Fprintf(stdout, "topology: built-in heterogeneous (two sites of 10 Gbit/s nodes, 2.5 Gbit/s WAN, one 1 Gbit/s edge node at half speed%s)\n", where)
 	}
-
+	env.printGrad(stdout, o)
 	if replaces {
 		fmt.Fprintf(stdout, "output: %s (replaces the results of the run already there)\n", o.Out)
 	}

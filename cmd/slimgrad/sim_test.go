@@ -14,7 +14,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/workload"
 )
@@ -253,13 +255,25 @@ func TestBenchCommand(t *testing.T) {
 	dir := t.TempDir()
 	var stdout, stderr bytes.Buffer
 	args := []string{"bench", "--codecs", "none,topk:0.01", "--elems", "4096", "--time", "1ms", "--transports", "mem",
-		"--world", "2", "--size", "65536", "--sim-ranks", "8", "--sim-bytes", "1000000", "--out", dir}
+		"--world", "2", "--size", "65536", "--sim-ranks", "8", "--sim-bytes", "1000000", "--workloads", "logistic", "--grad-batch", "8", "--out", dir}
 	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	for _, f := range []string{"bench.csv", "bench.json", "calibration.json"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Error(err)
+		}
+	}
+	cal, err := sim.LoadCalibration(filepath.Join(dir, "calibration.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mc, ok := cal.Messages["mem"]; !ok || !(mc.Overhead+mc.PerByte > 0) || !(cal.Grad["logistic"] > 0) || len(cal.Grad) != 1 {
+		t.Errorf("calibration: messages %v, grad_s %v; want mem's message cost and logistic's gradient time", cal.Messages, cal.Grad)
+	}
+	for _, want := range []string{"message-cost/transport=mem", "roundtrip/transport=mem/size=64B", "grad/workload=logistic/batch=8"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("bench output lacks %q", want)
 		}
 	}
 	// sim reads the calibration bench wrote.
@@ -516,5 +530,74 @@ func TestSimReferenceRows(t *testing.T) {
 	}
 	if rep.Runs[3].Method.Optim != "adam:lr=0.001,bias=false" {
 		t.Errorf("Adam row: %s, want the reference's Adam without bias correction", rep.Runs[3].Method.Optim)
+	}
+}
+
+// TestSimUsesMeasuredGradTime: with --calibration, a run's simulated
+// gradient compute is the calibration's grad_s for the workload times the
+// batch (not the FLOP model), follows the calibration when it changes, and
+// an explicit --flops or a workload the calibration lacks keeps the FLOP
+// model.
+func TestSimUsesMeasuredGradTime(t *testing.T) {
+	dir := t.TempDir()
+	calib := func(name string, perSample float64) string {
+		path := filepath.Join(dir, name)
+		body := fmt.Sprintf(`{"throughput": {}, "grad_s": {"logistic": %g}, "messages": {"mem": {"overhead_s": 2e-6, "byte_s": 1e-10}}}`, perSample)
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	topo := func(name, node string) string {
+		path := filepath.Join(dir, name)
+		body := "latency: 5us\ndefaults:\n  bandwidth: 1Gbit/s\nnodes:\n  - name: a\n    count: 2\n" + node
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	even := topo("even.yaml", "")
+	gradOf := func(args ...string) time.Duration {
+		t.Helper()
+		o := simOptionsFor(t, append([]string{"--workload", "logistic", "--workers", "2", "--batch", "16", "--steps", "2", "--methods", "dense",
+			"--eval-every", "0", "--out", "", "--progress", "off", "--topology", even}, args...))
+		rep, err := runSim(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep.Runs[0].Result.Last.GradTime
+	}
+	flopModel := gradOf()
+	if flopModel <= 0 || flopModel >= time.Millisecond {
+		t.Fatalf("FLOP model: grad %v for a 16-sample logistic batch", flopModel)
+	}
+	if g := gradOf("--calibration", calib("a.json", 1e-3)); g != 16*time.Millisecond {
+		t.Errorf("grad_s 1 ms per sample, batch 16: grad %v, want 16ms", g)
+	}
+	if g := gradOf("--calibration", calib("b.json", 2.5e-3), "--transport", "mem"); g != 40*time.Millisecond {
+		t.Errorf("grad_s 2.5 ms per sample, batch 16: grad %v, want 40ms", g)
+	}
+	// A straggler at half speed takes twice as long, and the step waits for it.
+	slow := topo("slow.yaml", "  - name: s\n    speed: 0.5\n")
+	if g := gradOf("--calibration", calib("a.json", 1e-3), "--workers", "3", "--topology", slow); g != 32*time.Millisecond {
+		t.Errorf("grad_s 1 ms per sample, batch 16, a half-speed node: grad %v, want 32ms", g)
+	}
+	if g := gradOf("--calibration", calib("c.json", 1e-3), "--workload", "leastsquares"); g <= 0 || g >= time.Millisecond {
+		t.Errorf("a workload without grad_s: grad %v, want the FLOP model's", g)
+	}
+	// The command line: the run says what it uses; an explicit --flops wins.
+	for _, tc := range []struct {
+		extra []string
+		want  bool
+	}{{nil, true}, {[]string{"--flops", "1e9"}, false}} {
+		var out bytes.Buffer
+		args := append([]string{"sim", "--size-only", "--workload", "logistic", "--workers", "4", "--methods", "dense", "--out", "",
+			"--calibration", calib("d.json", 1e-3)}, tc.extra...)
+		if code := run(context.Background(), args, &out, &out); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, out.String())
+		}
+		if got := strings.Contains(out.String(), "gradient compute: 1ms per sample measured by slimgrad bench"); got != tc.want {
+			t.Errorf("%v: measured gradient line %v, want %v:\n%s", tc.extra, got, tc.want, out.String())
+		}
 	}
 }

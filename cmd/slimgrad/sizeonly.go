@@ -98,10 +98,11 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 			}
 		}
 		cfg := train.SimConfig{
-			Topology: env.topo,
-			Options:  &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport},
-			GradFLOP: flops * float64(o.Batch),
-			FLOPS:    o.FLOPS,
+			Topology:    env.topo,
+			Options:     &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport},
+			GradFLOP:    flops * float64(o.Batch),
+			FLOPS:       o.FLOPS,
+			GradSeconds: env.gradSeconds(o),
 		}
 		plan, err := m.plan(o.Steps, o.Seed)
 		if err != nil {

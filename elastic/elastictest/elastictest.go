@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/elastic"
+	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/worker"
 )
@@ -51,9 +52,12 @@ func NewProblem(seed uint64, dim, n int) *Problem {
 
 // Replica is an elastic.Replica: a momentum-SGD replica of the problem's
 // linear model, its parameters split in two layers, its batches drawn with
-// elastic.Stream. Its state is the parameters and momentum.
+// elastic.Stream. Its state is the parameters and momentum; with
+// optimizers (NewOptimReplica) it is the parameters and the optimizers'
+// full state (elastic.AppendModelState).
 type Replica struct {
 	p       *Problem
+	opts    []optim.Optimizer // one per layer, or nil: built-in momentum
 	stream  *elastic.Stream
 	x, mom  []float32
 	g       []float32
@@ -70,6 +74,36 @@ type Replica struct {
 func NewReplica(p *Problem, seed uint64) *Replica {
 	return &Replica{p: p, stream: elastic.NewStream(p.n, seed), x: make([]float32, p.dim), mom: make([]float32, p.dim),
 		g: make([]float32, p.dim), lr: 0.05, mu: 0.5, Hashes: make(map[int64][32]byte), Worlds: make(map[int64]int)}
+}
+
+// NewOptimReplica returns a replica at zero parameters that updates each of
+// its two layers with an optimizer from newOpt (called with the layer's
+// length). The optimizers must communicate their gradient (optim.Mean).
+func NewOptimReplica(p *Problem, seed uint64, newOpt func(n int) (optim.Optimizer, error)) (*Replica, error) {
+	r := NewReplica(p, seed)
+	r.mom = nil
+	for range 2 {
+		o, err := newOpt(p.dim / 2)
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := o.(optim.Stateful); !ok {
+			return nil, fmt.Errorf("elastictest: optimizer %s cannot save its state", o)
+		}
+		r.opts = append(r.opts, o)
+	}
+	return r, nil
+}
+
+// Optimizers returns the replica's optimizers (nil for built-in momentum).
+func (r *Replica) Optimizers() []optim.Optimizer { return r.opts }
+
+func (r *Replica) stateful() []optim.Stateful {
+	s := make([]optim.Stateful, len(r.opts))
+	for i, o := range r.opts {
+		s[i] = o.(optim.Stateful)
+	}
+	return s
 }
 
 // Loss is the sum of squared errors of the last batch.
@@ -95,7 +129,20 @@ func (r *Replica) Gradients(ctx context.Context, s elastic.Info) ([][]float32, e
 			r.g[j] += e * row[j] / float32(len(r.idx))
 		}
 	}
-	return r.split(r.g), nil
+	layers := r.split(r.g)
+	for _, o := range r.opts {
+		o.Skip() // a step that never reached Apply
+	}
+	for i, o := range r.opts {
+		send, how, err := o.Prepare(layers[i])
+		if err != nil {
+			return nil, err
+		}
+		if how != optim.Mean || len(send) != len(layers[i]) || len(send) > 0 && &send[0] != &layers[i][0] {
+			return nil, fmt.Errorf("elastictest: %s asks for %v of its own buffer; only gradient means are supported", o, how)
+		}
+	}
+	return layers, nil
 }
 
 // Apply implements elastic.Replica: a momentum-SGD step, then the digest
@@ -104,9 +151,18 @@ func (r *Replica) Apply(s elastic.Info, avg [][]float32, led *worker.Ledger) err
 	if led.World != s.World {
 		return fmt.Errorf("ledger world %d, step world %d", led.World, s.World)
 	}
-	for j := range r.x {
-		r.mom[j] = r.mu*r.mom[j] + r.g[j] // r.g holds avg (the split aliases it)
-		r.x[j] -= r.lr * r.mom[j]
+	if r.opts != nil {
+		xs := r.split(r.x)
+		for i, o := range r.opts {
+			if err := o.Step(xs[i], avg[i]); err != nil {
+				return err
+			}
+		}
+	} else {
+		for j := range r.x {
+			r.mom[j] = r.mu*r.mom[j] + r.g[j] // r.g holds avg (the split aliases it)
+			r.x[j] -= r.lr * r.mom[j]
+		}
 	}
 	r.Hashes[s.Step] = sha256.Sum256(r.AppendState(nil))
 	r.Worlds[s.Step] = s.World
@@ -116,8 +172,20 @@ func (r *Replica) Apply(s elastic.Info, avg [][]float32, led *worker.Ledger) err
 	return nil
 }
 
-// AppendState implements elastic.Replica.
+// AppendState implements elastic.Replica. With optimizers, a step whose
+// gradients were prepared but not applied is abandoned first (the state is
+// the one before it).
 func (r *Replica) AppendState(dst []byte) []byte {
+	if r.opts != nil {
+		for _, o := range r.opts {
+			o.Skip() // no-op without a pending Prepare
+		}
+		dst, err := elastic.AppendModelState(dst, [][]float32{r.x}, r.stateful())
+		if err != nil {
+			panic("elastictest: " + err.Error()) // unreachable: nothing is pending
+		}
+		return dst
+	}
 	for _, v := range [][]float32{r.x, r.mom} {
 		for _, f := range v {
 			dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(f))
@@ -128,6 +196,9 @@ func (r *Replica) AppendState(dst []byte) []byte {
 
 // SetState implements elastic.Replica.
 func (r *Replica) SetState(b []byte) error {
+	if r.opts != nil {
+		return elastic.SetModelState(b, [][]float32{r.x}, r.stateful())
+	}
 	if len(b) != 8*r.p.dim {
 		return fmt.Errorf("state of %d bytes, want %d", len(b), 8*r.p.dim)
 	}
@@ -161,6 +232,9 @@ type Job struct {
 	Policy  elastic.Policy
 	Timeout time.Duration // Config.Timeout and the worker's
 	Logger  *slog.Logger
+	// Optim, if not nil, gives every replica one optimizer per layer
+	// (NewOptimReplica) instead of the built-in momentum.
+	Optim func(n int) (optim.Optimizer, error)
 
 	mu      sync.Mutex
 	reps    map[string]*Replica
@@ -181,9 +255,13 @@ func NewJob(t testing.TB, seed uint64, steps int64) *Job {
 
 // Config returns member id's configuration with replica r.
 func (j *Job) Config(id string, r *Replica) elastic.Config {
+	settings := "lsq " + j.Codec
+	for _, o := range r.opts {
+		settings += " " + o.String()
+	}
 	return elastic.Config{
 		ID: id, Dial: j.Net.Dial, Replica: r, Lobby: j.Lobby, Steps: j.Steps, Batch: 4, Policy: j.Policy,
-		Settings: "lsq " + j.Codec, Timeout: j.Timeout, Logger: j.Logger,
+		Settings: settings, Timeout: j.Timeout, Logger: j.Logger,
 		NewWorker: func(ctx context.Context, conn transport.Conn) (*worker.Worker, error) {
 			w, err := worker.New(ctx, conn, worker.WithSeed(j.Seed), worker.WithTimeout(j.Timeout),
 				worker.WithDefaultCodec(j.Codec, "ef14"), worker.WithBucketBytes(0), worker.WithLogger(j.Logger))
@@ -205,6 +283,12 @@ func (j *Job) Config(id string, r *Replica) elastic.Config {
 // error are found under key.
 func (j *Job) Start(key string, v *elastic.View, tweak func(*elastic.Config)) {
 	r := NewReplica(j.Problem, j.Seed)
+	if j.Optim != nil {
+		var err error
+		if r, err = NewOptimReplica(j.Problem, j.Seed, j.Optim); err != nil {
+			j.T.Fatal(err)
+		}
+	}
 	cfg := j.Config(key, r)
 	if tweak != nil {
 		tweak(&cfg)

@@ -1,0 +1,148 @@
+package train
+
+import (
+	"context"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/slimgrad/slimgrad/sim"
+	"github.com/slimgrad/slimgrad/worker"
+	"github.com/slimgrad/slimgrad/workload"
+)
+
+// TestRunRankOuterMatchesRunOuter: N RunRankOuter ranks over real workers
+// (transport/mem, one connection per fragment) end with RunOuter's global
+// model over the simulator bit for bit, step losses and bytes included, for
+// DiLoCo, Streaming DiLoCo (two fragments, delay, mix) and a SparseLoCo
+// recipe (top-k + 2-bit k-means values, EF14, identity outer step).
+func TestRunRankOuterMatchesRunOuter(t *testing.T) {
+	ctx := context.Background()
+	task, err := LoadTask("logistic", "", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 3
+	cfg := Config{Workers: n, Batch: 8, Steps: 23, Seed: 4, Split: workload.NonIID, EvalEvery: 10}
+	inner := newSGD(0.1)
+	topo := sim.Homogeneous(n, sim.Gbps, time.Microsecond)
+	for _, tc := range []struct {
+		name string
+		plan Plan
+		o    Outer
+	}{
+		{"diloco", Plan{}, Outer{H: 5, Optim: nesterov(0.7, 0.9)}},
+		{"streaming", Plan{}, Outer{H: 6, Optim: nesterov(0.7, 0.9), Fragments: 2, Delay: 2, Mix: 0.5}},
+		{"sparseloco", Plan{Compress: "topk:0.1+kmeans:4", EF: "ef14", Seed: 4}, Outer{H: 4, Optim: newSGD(1)}},
+	} {
+		units := Units(task.Model, false)
+		newSim := func(_ context.Context, us []Layer) (Exchanger, error) {
+			return NewSim(ctx, n, us, tc.plan, SimConfig{Topology: topo})
+		}
+		sx, err := newSim(ctx, units)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := RunOuter(ctx, cfg, task, sx, newSim, inner, tc.o, nil)
+		if err != nil {
+			t.Fatalf("%s: RunOuter: %v", tc.name, err)
+		}
+		nf := tc.o.fragments()
+		wk := make([][]*worker.Worker, n) // [rank][fragment]
+		for range nf {
+			for r, c := range memConns(t, n) {
+				w, err := worker.New(ctx, c, WorkerOptions(cfg.Seed, nil)...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Close()
+				wk[r] = append(wk[r], w)
+			}
+		}
+		results := make([]*Result, n)
+		errs := make(chan error, n)
+		for r := range n {
+			go func() {
+				var err error
+				results[r], err = RunRankOuter(ctx, RankConfig{Config: cfg, Rank: r, World: n}, task, wk[r], tc.plan, "", inner, tc.o, nil)
+				errs <- err
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+		}
+		ref := want.Model.Flat()
+		for r := range n {
+			for j, v := range results[r].Model.Flat() {
+				if math.Float32bits(v) != math.Float32bits(ref[j]) {
+					t.Fatalf("%s rank %d: θ_g[%d] = %g, RunOuter %g", tc.name, r, j, v, ref[j])
+				}
+			}
+			if results[r].Final != want.Final {
+				t.Errorf("%s rank %d: final %+v, RunOuter %+v", tc.name, r, results[r].Final, want.Final)
+			}
+		}
+		var syncs int
+		for s := range cfg.Steps {
+			w := want.Records[s]
+			var mean float64
+			var wire int64
+			for r := range n {
+				got := results[r].Records[s]
+				mean += got.Loss
+				wire += got.WireBytes / int64(n) // without Combine: own bytes × World
+				if got.Synced != w.Synced || got.DenseBytes != w.DenseBytes || got.World != n {
+					t.Fatalf("%s rank %d step %d: synced %d dense %d world %d, RunOuter %d %d %d", tc.name, r, s, got.Synced, got.DenseBytes, got.World, w.Synced, w.DenseBytes, w.World)
+				}
+			}
+			if mean /= float64(n); math.Abs(mean-w.Loss) > 1e-12 {
+				t.Fatalf("%s step %d: mean loss over ranks %g, RunOuter %g", tc.name, s, mean, w.Loss)
+			}
+			if wire != w.WireBytes {
+				t.Errorf("%s step %d: wire %d, RunOuter %d", tc.name, s, wire, w.WireBytes)
+			}
+			syncs += w.Synced
+		}
+		if min := cfg.Steps / tc.o.H * nf; syncs < min {
+			t.Errorf("%s: %d fragment syncs, want at least %d", tc.name, syncs, min)
+		}
+	}
+}
+
+// The ranks' shares of the dense baseline sum to the job's exactly.
+func TestDenseShare(t *testing.T) {
+	for world := 1; world <= 9; world++ {
+		for _, size := range []int{1, 7, 100, 7850} {
+			var s int64
+			for r := range world {
+				s += denseShare(world, r, size)
+			}
+			if want := DenseRingBytes(world, size); s != want {
+				t.Errorf("world %d size %d: shares sum to %d, want %d", world, size, s, want)
+			}
+		}
+	}
+}
+
+func TestRunRankOuterRejects(t *testing.T) {
+	ctx := context.Background()
+	task := quadTask(t)
+	conns := memConns(t, 2)
+	w, err := worker.New(ctx, conns[0], WorkerOptions(1, nil)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	cfg := RankConfig{Config: Config{Workers: 2, Batch: 2, Steps: 4, Seed: 1}, Rank: 0, World: 2}
+	o := Outer{H: 2, Optim: newSGD(1), Fragments: 2}
+	if _, err := RunRankOuter(ctx, cfg, task, []*worker.Worker{w}, Plan{}, "", newSGD(0.5), o, nil); err == nil {
+		t.Error("one worker for two fragments accepted")
+	}
+	cfg.Rank = 1
+	o.Fragments = 1
+	if _, err := RunRankOuter(ctx, cfg, task, []*worker.Worker{w}, Plan{}, "", newSGD(0.5), o, nil); err == nil {
+		t.Error("a rank-0 worker accepted as rank 1")
+	}
+}
