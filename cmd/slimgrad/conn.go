@@ -327,7 +327,7 @@ func (c *connOptions) checkJoin(world, rank int) error {
 	if job, r, ok := parseRankUser(c.User); ok {
 		// A per-rank user of slimgrad server or launch may use only its
 		// rank's subjects: say so now rather than fail on permissions.
-		if job != c.Job {
+		if job != c.Job && !isFragmentJob(c.Job, job) {
 			return fmt.Errorf("the NATS user %q (--user-file or $%s) belongs to job %q, not --job %q", c.User, userEnv, job, c.Job)
 		}
 		if c.Transport == "nats" && r != rank {

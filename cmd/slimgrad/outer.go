@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
@@ -187,6 +188,12 @@ func (s outerSettings) args() []string {
 // fragment's worker needs a connection of its own (a worker owns its
 // connection's tags).
 func fragmentJob(job string, p int) string { return fmt.Sprintf("%s-f%d", job, p) }
+
+// isFragmentJob reports whether id is fragmentJob(job, p) for some p ≥ 1.
+func isFragmentJob(id, job string) bool {
+	p, err := strconv.Atoi(strings.TrimPrefix(id, job+"-f"))
+	return strings.HasPrefix(id, job+"-f") && err == nil && p >= 1 && id == fragmentJob(job, p)
+}
 
 // checkJobOuter rejects an outer loop a multi-process job cannot run: with
 // several fragments every process opens one connection per fragment, each

@@ -21,10 +21,13 @@ import (
 )
 
 // serverJob is one job that `slimgrad server --jobs` admits: its ID (the
-// workers' --job) and its world size.
+// workers' --job), its world size, and for an outer loop with several
+// fragments (--outer-fragments) their number, whose connections use the
+// job IDs fragmentJob(ID, 1..F-1).
 type serverJob struct {
-	ID    string `json:"id" yaml:"id"`
-	World int    `json:"world" yaml:"world"`
+	ID        string `json:"id" yaml:"id"`
+	World     int    `json:"world" yaml:"world"`
+	Fragments int    `json:"fragments,omitempty" yaml:"fragments,omitempty"`
 }
 
 // serverJobsFile is the --jobs file of `slimgrad server`, JSON (.json) or
@@ -40,6 +43,9 @@ type serverJobsFile struct {
 // maxJobWorld bounds a job's world size in a --jobs file: one NATS user per
 // rank.
 const maxJobWorld = 4096
+
+// maxJobFragments bounds the fragments of a job in a --jobs file.
+const maxJobFragments = 256
 
 // jobIDRE is what a job ID of a --jobs file may hold: it is a NATS subject
 // token and a file name.
@@ -79,6 +85,8 @@ func readServerJobs(file string) ([]serverJob, error) {
 			return nil, fmt.Errorf("--jobs %s: job %q listed twice", file, j.ID)
 		case j.World < 1 || j.World > maxJobWorld:
 			return nil, fmt.Errorf("--jobs %s: job %q: world %d: want 1 to %d", file, j.ID, j.World, maxJobWorld)
+		case j.Fragments < 0 || j.Fragments > maxJobFragments:
+			return nil, fmt.Errorf("--jobs %s: job %q: fragments %d: want 0 to %d", file, j.ID, j.Fragments, maxJobFragments)
 		}
 		seen[j.ID] = true
 	}
@@ -129,6 +137,10 @@ func jobUsers(dir string, jobs []serverJob) ([]natsserver.User, error) {
 				return nil, err
 			}
 			u.Publish, u.Subscribe = rankPermissions(j.ID, r)
+			for f := 1; f < j.Fragments; f++ {
+				pub, sub := tnats.Permissions(fragmentJob(j.ID, f), r)
+				u.Publish, u.Subscribe = append(u.Publish, pub...), append(u.Subscribe, sub...)
+			}
 			users = append(users, u)
 		}
 	}

@@ -57,7 +57,7 @@ func TestServerJobs(t *testing.T) {
 	t.Setenv(tokenEnv, "")
 	dir := t.TempDir()
 	jobs := filepath.Join(dir, "jobs.yaml")
-	if err := os.WriteFile(jobs, []byte("jobs:\n  - {id: ja, world: 2}\n  - {id: jb, world: 2}\n"), 0o644); err != nil {
+	if err := os.WriteFile(jobs, []byte("jobs:\n  - {id: ja, world: 2, fragments: 2}\n  - {id: jb, world: 2}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	creds := filepath.Join(dir, "creds")
@@ -220,14 +220,16 @@ func TestServerJobs(t *testing.T) {
 		})
 	}
 	// A training job of `slimgrad worker` processes (here in this
-	// process) runs to its end with its ranks' files.
+	// process) runs to its end with its ranks' files; it is an outer loop
+	// with two fragments, whose second connection is job ja-f1.
 	codes := make([]int, 2)
 	outs := make([]bytes.Buffer, 2)
 	var wg sync.WaitGroup
 	for r := range 2 {
 		wg.Go(func() {
 			codes[r] = run(ctx, []string{"worker", "--nats", url, "--job", "ja", "--world", "2", "--rank", string(rune('0' + r)),
-				"--user-file", file("ja", r), "--relay", "off", "--workload", "logistic", "--steps", "5", "--seed", "4"}, io.Discard, &outs[r])
+				"--user-file", file("ja", r), "--relay", "off", "--workload", "logistic", "--steps", "6", "--seed", "4",
+				"--method", "sgd", "--outer", "3", "--outer-fragments", "2"}, io.Discard, &outs[r])
 		})
 	}
 	wg.Wait()
@@ -292,6 +294,7 @@ func TestServerJobsBadInput(t *testing.T) {
 		{[]string{"--jobs", write("d.json", `{"jobs": [{"id": "j", "size": 2}]}`, 0o644)}, "unknown field"},
 		{[]string{"--jobs", write("e.txt", "", 0o644)}, "want a .json, .yaml or .yml"},
 		{[]string{"--jobs", write("f.json", `{"jobs": []}`, 0o644)}, "no jobs"},
+		{[]string{"--jobs", write("g.json", `{"jobs": [{"id": "j", "world": 2, "fragments": -1}]}`, 0o644)}, "fragments -1"},
 		{[]string{"--jobs", ok, "--token-file", tok}, "remove the shared token"},
 		{[]string{"--jobs", ok, "--no-auth"}, "exclude each other"},
 		{[]string{"--creds-dir", dir, "--no-auth"}, "--creds-dir needs --jobs"},
