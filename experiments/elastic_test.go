@@ -3,7 +3,6 @@
 package experiments
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -13,7 +12,7 @@ import (
 
 	"github.com/slimgrad/slimgrad/elastic"
 	"github.com/slimgrad/slimgrad/elastic/elastictest"
-	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/elastic/natslobby"
 	"github.com/slimgrad/slimgrad/transport/nats"
 	"github.com/slimgrad/slimgrad/transport/natsserver"
 )
@@ -40,41 +39,10 @@ func TestElasticKillNATS(t *testing.T) {
 	job := 0
 	elasticKillTrials(t, "nats", 10, func() elastictest.Network {
 		job++
-		return &natsNetwork{url: srv.ClientURL(), job: fmt.Sprintf("elastic%d", job), conns: map[string]transport.Conn{}}
+		return &natslobby.Network{URL: srv.ClientURL(), Job: fmt.Sprintf("elastic%d", job), Options: []nats.Option{
+			nats.WithHeartbeat(250*time.Millisecond, 2*time.Second), nats.WithConnectTimeout(4 * time.Second)}}
 	})
 }
-
-// natsNetwork dials each epoch as a NATS job named after View.Key; Kill
-// closes the member's current conn (its peers see it gone).
-type natsNetwork struct {
-	url, job string
-	mu       sync.Mutex
-	conns    map[string]transport.Conn
-}
-
-func (n *natsNetwork) Dial(ctx context.Context, v elastic.View, rank int) (transport.Conn, error) {
-	c, err := nats.Dial(ctx, n.url, n.job+"-"+v.Key(), rank, v.World(),
-		nats.WithHeartbeat(250*time.Millisecond, 2*time.Second), nats.WithConnectTimeout(4*time.Second))
-	if err != nil {
-		return nil, err
-	}
-	n.mu.Lock()
-	n.conns[v.Members[rank]] = c
-	n.mu.Unlock()
-	return c, nil
-}
-
-func (n *natsNetwork) Kill(id string) bool {
-	n.mu.Lock()
-	c := n.conns[id]
-	n.mu.Unlock()
-	if c != nil {
-		c.Close()
-	}
-	return c != nil
-}
-
-func (n *natsNetwork) Close() error { return nil }
 
 func elasticKillTrials(t *testing.T, name string, trials int, network func() elastictest.Network) {
 	var rec []time.Duration

@@ -14,7 +14,6 @@ import (
 	"github.com/slimgrad/slimgrad/elastic"
 	"github.com/slimgrad/slimgrad/elastic/elastictest"
 	"github.com/slimgrad/slimgrad/elastic/natslobby"
-	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/nats"
 	"github.com/slimgrad/slimgrad/transport/natsserver"
 )
@@ -92,37 +91,6 @@ func TestAdmitAndRefuse(t *testing.T) {
 	}
 }
 
-// natsNet dials each epoch as a NATS job named after View.Key.
-type natsNet struct {
-	url, token string
-	mu         sync.Mutex
-	conns      map[string]transport.Conn
-}
-
-func (n *natsNet) Dial(ctx context.Context, v elastic.View, rank int) (transport.Conn, error) {
-	c, err := nats.Dial(ctx, n.url, "el-"+v.Key(), rank, v.World(), nats.WithToken(n.token),
-		nats.WithHeartbeat(250*time.Millisecond, 2*time.Second), nats.WithConnectTimeout(5*time.Second))
-	if err != nil {
-		return nil, err
-	}
-	n.mu.Lock()
-	n.conns[v.Members[rank]] = c
-	n.mu.Unlock()
-	return c, nil
-}
-
-func (n *natsNet) Kill(id string) bool {
-	n.mu.Lock()
-	c := n.conns[id]
-	n.mu.Unlock()
-	if c != nil {
-		c.Close()
-	}
-	return c != nil
-}
-
-func (n *natsNet) Close() error { return nil }
-
 // TestJobOverNATS: an elastic job over the NATS transport and this lobby:
 // a joiner enters at a boundary, then a member dies; the others end
 // bit-identical.
@@ -137,7 +105,8 @@ func TestJobOverNATS(t *testing.T) {
 	}
 	defer lobby.Close()
 	j := elastictest.NewJob(t, 3, 24)
-	j.Net = &natsNet{url: srv.ClientURL(), token: srv.Token(), conns: map[string]transport.Conn{}}
+	j.Net = &natslobby.Network{URL: srv.ClientURL(), Job: "el", Options: []nats.Option{nats.WithToken(srv.Token()),
+		nats.WithHeartbeat(250*time.Millisecond, 2*time.Second), nats.WithConnectTimeout(5 * time.Second)}}
 	j.Lobby = lobby
 	j.Policy = elastic.Policy{AllowJoins: true, JoinEvery: 4}
 	v := elastic.View{Members: elastictest.IDs(3)}
