@@ -16,20 +16,7 @@ import (
 // curve holds the evaluation loss after every tenth of the steps.
 func runAdam(t testing.TB, p model, world, steps, batch, freeze int, lr float64, onebit bool, seed uint64) (loss float64, curve []float64, sent, dense int64) {
 	cfg := AdamConfig{LR: lr, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, FreezeStep: freeze}
-	mk := func(l layerSpec) Optimizer {
-		var o Optimizer
-		var err error
-		if onebit {
-			o, err = NewOneBitAdam(l.n, cfg)
-		} else {
-			o, err = NewAdam(l.n, cfg)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return o
-	}
-	c := newCluster(t, world, []layerSpec{{n: p.dim(), codec: "none", ef: "none"}}, p.init(), mk)
+	c := newCluster(t, world, []layerSpec{{n: p.dim(), codec: "none", ef: "none"}}, p.init(), adamMaker(t, cfg, onebit))
 	rngs := make([]*rand.Rand, world)
 	for r := range rngs {
 		rngs[r] = rand.New(rand.NewPCG(seed, uint64(r)))
@@ -111,6 +98,24 @@ func TestOneBitAdamFollowsAdam(t *testing.T) {
 	t.Logf("final-window loss over %d seeds: adam %.4f ± %.4f, 1-bit adam %.4f ± %.4f", seeds, ma, noise, m1, stddev(onebit))
 	if math.Abs(m1-ma) > 2*noise+0.005 {
 		t.Errorf("1-bit Adam mean loss %.4f differs from Adam's %.4f by more than 2σ_seeds + 0.005 (σ = %.4f)", m1, ma, noise)
+	}
+}
+
+// adamMaker returns newCluster's optimizer factory: Adam, or 1-bit Adam if
+// onebit, with cfg for every layer.
+func adamMaker(t testing.TB, cfg AdamConfig, onebit bool) func(layerSpec) Optimizer {
+	return func(l layerSpec) Optimizer {
+		var o Optimizer
+		var err error
+		if onebit {
+			o, err = NewOneBitAdam(l.n, cfg)
+		} else {
+			o, err = NewAdam(l.n, cfg)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
 	}
 }
 

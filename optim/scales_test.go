@@ -52,19 +52,7 @@ func runScaled(t testing.TB, p *scaledPair, world, steps, batch, freeze int, lr 
 	for i := range layers {
 		layers[i].codec, layers[i].ef = "none", "none"
 	}
-	c := newCluster(t, world, layers, p.init(), func(l layerSpec) Optimizer {
-		var o Optimizer
-		var err error
-		if onebit {
-			o, err = NewOneBitAdam(l.n, cfg)
-		} else {
-			o, err = NewAdam(l.n, cfg)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return o
-	})
+	c := newCluster(t, world, layers, p.init(), adamMaker(t, cfg, onebit))
 	rngs := make([]*rand.Rand, world)
 	for r := range rngs {
 		rngs[r] = rand.New(rand.NewPCG(seed, uint64(r)))

@@ -60,19 +60,12 @@ func NewElasticReplica(task Task, opt OptimSpec, seed uint64, batch int) (*Elast
 	r := &ElasticReplica{model: m, train: task.Train, stream: elastic.NewStream(task.Train.N, seed),
 		units: Units(m, opt.Flat)}
 	r.ws, r.batch = m.NewWorkspace(batch), batch
-	if opt.Flat {
-		r.params, r.grads = [][]float32{m.Flat()}, [][]float32{r.ws.FlatGrads()}
-	} else {
-		for _, p := range m.Params() {
-			r.params = append(r.params, p.Data)
-		}
-		r.grads = r.ws.Grads()
+	r.params, r.grads = unitData(m, opt.Flat), unitGrads(r.ws, opt.Flat)
+	opts, err := newOptimizers(opt, r.units, "optimizer")
+	if err != nil {
+		return nil, err
 	}
-	for _, u := range r.units {
-		o, err := opt.New(u.Size)
-		if err != nil {
-			return nil, fmt.Errorf("train: optimizer %s: %w", opt.Name, err)
-		}
+	for _, o := range opts {
 		s, ok := o.(optim.Stateful)
 		if !ok {
 			return nil, fmt.Errorf("train: optimizer %s cannot save its state, which joins need", o)

@@ -430,36 +430,19 @@ type outerReplica struct {
 	loss          float64
 }
 
-func unitData(m workload.Model, flat bool) [][]float32 {
-	if flat {
-		return [][]float32{m.Flat()}
-	}
-	var out [][]float32
-	for _, p := range m.Params() {
-		out = append(out, p.Data)
-	}
-	return out
-}
-
 func newOuterReplica(task Task, cfg Config, inner, outer OptimSpec, units []Layer, shard []int, w int) (*outerReplica, error) {
 	m := task.Model.Clone()
 	r := &outerReplica{id: w, model: m, global: task.Model.Clone(), ws: m.NewWorkspace(cfg.Batch), sampler: workload.NewSampler(shard, cfg.Seed, w)}
 	r.params, r.gp = unitData(m, inner.Flat), unitData(r.global, inner.Flat)
-	if inner.Flat {
-		r.grads = [][]float32{r.ws.FlatGrads()}
-	} else {
-		r.grads = r.ws.Grads()
+	r.grads = unitGrads(r.ws, inner.Flat)
+	var err error
+	if r.inner, err = newOptimizers(inner, units, "inner optimizer"); err != nil {
+		return nil, err
+	}
+	if r.outer, err = newOptimizers(outer, units, "outer optimizer"); err != nil {
+		return nil, err
 	}
 	for _, u := range units {
-		io, err := inner.New(u.Size)
-		if err != nil {
-			return nil, fmt.Errorf("train: inner optimizer %s: %w", inner.Name, err)
-		}
-		oo, err := outer.New(u.Size)
-		if err != nil {
-			return nil, fmt.Errorf("train: outer optimizer %s: %w", outer.Name, err)
-		}
-		r.inner, r.outer = append(r.inner, io), append(r.outer, oo)
 		r.delta = append(r.delta, make([]float32, u.Size))
 		r.agg = append(r.agg, make([]float32, u.Size))
 	}

@@ -58,6 +58,42 @@ func Units(m workload.Model, flat bool) []Layer {
 	return []Layer{{Name: "model", Shape: []int{n}, Size: n}}
 }
 
+// unitData returns m's parameters as the vectors of Units(m, flat), aliasing
+// the model's storage.
+func unitData(m workload.Model, flat bool) [][]float32 {
+	if flat {
+		return [][]float32{m.Flat()}
+	}
+	var out [][]float32
+	for _, p := range m.Params() {
+		out = append(out, p.Data)
+	}
+	return out
+}
+
+// unitGrads returns ws's gradients as the vectors of Units(m, flat),
+// aliasing the workspace's storage.
+func unitGrads(ws workload.Workspace, flat bool) [][]float32 {
+	if flat {
+		return [][]float32{ws.FlatGrads()}
+	}
+	return ws.Grads()
+}
+
+// newOptimizers builds one optimizer of spec per unit; what names the
+// optimizer's role in errors ("optimizer", "inner optimizer", ...).
+func newOptimizers(spec OptimSpec, units []Layer, what string) ([]optim.Optimizer, error) {
+	opts := make([]optim.Optimizer, len(units))
+	for i, u := range units {
+		o, err := spec.New(u.Size)
+		if err != nil {
+			return nil, fmt.Errorf("train: %s %s: %w", what, spec.Name, err)
+		}
+		opts[i] = o
+	}
+	return opts, nil
+}
+
 // Exchanger combines the workers' vectors of one step into the result each
 // worker hands to its optimizer.
 //
@@ -283,20 +319,11 @@ func Run(ctx context.Context, cfg Config, task Task, ex Exchanger, opt OptimSpec
 	for w := range n {
 		m := task.Model.Clone()
 		r := &replica{model: m, ws: m.NewWorkspace(cfg.Batch), sampler: workload.NewSampler(shards[w], cfg.Seed, w)}
-		if opt.Flat {
-			r.params, r.grads = [][]float32{m.Flat()}, [][]float32{r.ws.FlatGrads()}
-		} else {
-			for _, p := range m.Params() {
-				r.params = append(r.params, p.Data)
-			}
-			r.grads = r.ws.Grads()
+		r.params, r.grads = unitData(m, opt.Flat), unitGrads(r.ws, opt.Flat)
+		if r.opts, err = newOptimizers(opt, units, "optimizer"); err != nil {
+			return nil, err
 		}
 		for _, u := range units {
-			o, err := opt.New(u.Size)
-			if err != nil {
-				return nil, fmt.Errorf("train: optimizer %s: %w", opt.Name, err)
-			}
-			r.opts = append(r.opts, o)
 			r.out = append(r.out, make([]float32, u.Size))
 		}
 		r.in = make([][]float32, len(units))

@@ -262,25 +262,13 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 	m := task.Model.Clone()
 	ws := m.NewWorkspace(cfg.Batch)
 	sampler := workload.NewSampler(shards[cfg.Rank], cfg.Seed, cfg.Rank)
-	var params, grads [][]float32
-	if opt.Flat {
-		params, grads = [][]float32{m.Flat()}, [][]float32{ws.FlatGrads()}
-	} else {
-		for _, p := range m.Params() {
-			params = append(params, p.Data)
-		}
-		grads = ws.Grads()
+	params, grads := unitData(m, opt.Flat), unitGrads(ws, opt.Flat)
+	opts, err := newOptimizers(opt, units, "optimizer")
+	if err != nil {
+		return nil, err
 	}
-	var opts []optim.Optimizer
 	send := make([][]float32, len(units))
 	how := make([]optim.Exchange, len(units))
-	for _, u := range units {
-		o, err := opt.New(u.Size)
-		if err != nil {
-			return nil, fmt.Errorf("train: optimizer %s: %w", opt.Name, err)
-		}
-		opts = append(opts, o)
-	}
 	mode := worker.ModeCompressed
 	res := &Result{Model: m}
 	rc := newRecorder(cfg.Config, task.Test, res, onStep)
