@@ -39,7 +39,7 @@ import (
 )
 
 // ErrSpec is wrapped by every error about an invalid Spec.
-var ErrSpec = errors.New("adapt: invalid layer spec")
+var ErrSpec = errors.New("binding: invalid layer spec")
 
 // Spec describes one layer (or fused bucket) on one rank.
 type Spec struct {
@@ -124,14 +124,14 @@ func (l *Layer) SetCodec(r compressors.Recipe, seed uint64) error {
 	if ps, ok := nl.comp.(*compressors.PowerSGD); ok {
 		if o, ok := l.comp.(*compressors.PowerSGD); ok {
 			if err := ps.WarmStartFrom(o); err != nil {
-				return fmt.Errorf("adapt: switching to %s: %w", r, err)
+				return fmt.Errorf("binding: switching to %s: %w", r, err)
 			}
 		}
 	}
 	if l.fb != nil {
 		// Last, so that a failure leaves the layer as it was.
 		if err := l.fb.SetCompressor(nl.comp); err != nil {
-			return fmt.Errorf("adapt: switching to %s: %w", r, err)
+			return fmt.Errorf("binding: switching to %s: %w", r, err)
 		}
 	}
 	nl.t = l.t
@@ -143,15 +143,13 @@ func (l *Layer) SetCodec(r compressors.Recipe, seed uint64) error {
 // set, the error-feedback state of old is reused (not modified: the caller
 // switches old.fb to the new compressor).
 func build(s Spec, t *timer, old *Layer) (*Layer, error) {
-	if s.World < 1 || s.Rank < 0 || s.Rank >= s.World || s.Elems < 0 {
-		return nil, fmt.Errorf("%w: rank %d of %d, %d elements", ErrSpec, s.Rank, s.World, s.Elems)
+	alg, p, err := SchemeFor(s)
+	if err != nil {
+		return nil, err
 	}
 	l := &Layer{spec: s, agg: s.Codec.Aggregation()}
 	opts := []compressors.Option{compressors.WithSeed(s.Seed), compressors.WithRank(s.Rank)}
-	if s.Codec.Codec == compressors.CodecPowerSGD {
-		if s.Rows*s.Cols != s.Elems || s.Rows < 1 {
-			return nil, fmt.Errorf("%w: powersgd needs a matrix shape, got %d×%d for %d elements", ErrSpec, s.Rows, s.Cols, s.Elems)
-		}
+	if alg == allreduce.AlgLowRank {
 		opts = append(opts, compressors.WithShape(s.Rows, s.Cols))
 	}
 	comp, err := s.Codec.New(s.Elems, opts...)
@@ -159,23 +157,17 @@ func build(s Spec, t *timer, old *Layer) (*Layer, error) {
 		return nil, err
 	}
 	l.comp = comp
-	p := allreduce.Params{World: s.World, Rank: s.Rank, Elems: s.Elems, Segments: s.Segments, Average: true}
-	var alg allreduce.Algorithm
 	var xopts []allreduce.ExecOption
 	switch l.agg {
 	case compressors.Reduce:
-		switch s.Algorithm {
-		case allreduce.AlgRing, allreduce.AlgTree, allreduce.AlgHalvingDoubling:
-		default:
-			return nil, fmt.Errorf("%w: %v is not an all-reduce for dense layers", ErrSpec, s.Algorithm)
-		}
-		alg = s.Algorithm
 		ec, ok := compressors.AsElementCodec(comp)
 		if !ok {
 			return nil, fmt.Errorf("%w: codec %s has no element codec", ErrSpec, s.Codec)
 		}
+		if ec.BytesPerElem() != p.ElemBytes {
+			return nil, fmt.Errorf("%w: codec %s sends %d bytes per element, its recipe says %d", ErrSpec, s.Codec, ec.BytesPerElem(), p.ElemBytes)
+		}
 		l.elem = ec
-		p.ElemBytes = ec.BytesPerElem()
 		if s.Codec.Codec != compressors.CodecNone {
 			// Wrapped for timing; the raw fp32 path (zero copy) is the default.
 			xopts = append(xopts, allreduce.WithElementCodec(timedElem{ec, t}))
@@ -188,8 +180,6 @@ func build(s Spec, t *timer, old *Layer) (*Layer, error) {
 			}
 		}
 	case compressors.Gather:
-		alg = allreduce.AlgSparseGather
-		p.Segments = 0
 		if old != nil {
 			l.fb = old.fb
 		} else if l.fb, err = s.EF.New(comp, errorfeedback.WithWorld(s.World)); err != nil {
@@ -197,11 +187,6 @@ func build(s Spec, t *timer, old *Layer) (*Layer, error) {
 		}
 		xopts = append(xopts, allreduce.WithPayloadCodec(&payloadCodec{fb: l.fb, comp: comp, t: t}))
 	case compressors.TwoPhase:
-		if s.EF.Kind != errorfeedback.KindNone {
-			return nil, fmt.Errorf("%w: %s keeps its own worker and server errors; error feedback must be none", ErrSpec, s.Codec)
-		}
-		alg = allreduce.AlgTwoPhaseSign
-		p.Segments, p.SignBlock = 0, s.Codec.Block
 		if old != nil && old.tp != nil && old.tp.lay.Block() == s.Codec.Block {
 			l.tp = old.tp
 		} else {
@@ -222,23 +207,19 @@ func build(s Spec, t *timer, old *Layer) (*Layer, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: codec %s does not provide the PowerSGD steps", ErrSpec, s.Codec)
 		}
-		switch s.EF.Kind {
-		case errorfeedback.KindNone:
-		case errorfeedback.KindEF14:
+		if h.Rows() != p.Rows || h.Cols() != p.Cols || h.Rank() != p.Components {
+			return nil, fmt.Errorf("%w: codec %s is %d×%d of rank %d, its recipe says %d×%d of rank %d",
+				ErrSpec, s.Codec, h.Rows(), h.Cols(), h.Rank(), p.Rows, p.Cols, p.Components)
+		}
+		if s.EF.Kind == errorfeedback.KindEF14 {
 			if old != nil && old.resid != nil {
 				l.resid, l.mcopy = old.resid, old.mcopy
 			} else {
 				l.resid = make([]float32, s.Elems)
 				l.mcopy = make([]float32, s.Elems)
 			}
-		default:
-			return nil, fmt.Errorf("%w: %s supports error feedback none or ef14, not %s", ErrSpec, s.Codec, s.EF)
 		}
-		alg = allreduce.AlgLowRank
-		p.Rows, p.Cols, p.Components = h.Rows(), h.Cols(), h.Rank()
 		xopts = append(xopts, allreduce.WithLowRank(timedLowRank{h, t}))
-	default:
-		return nil, fmt.Errorf("%w: unknown aggregation %v", ErrSpec, l.agg)
 	}
 	if l.prog, err = allreduce.Generate(alg, p); err != nil {
 		return nil, err
@@ -249,6 +230,77 @@ func build(s Spec, t *timer, old *Layer) (*Layer, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// SchemeFor is the collective that a layer of spec s runs: the program's
+// algorithm and parameters for rank s.Rank, by the codec's aggregation:
+//
+//	Reduce    s.Algorithm (ring, tree or halving-doubling) in s.Segments,
+//	          averaging, at the codec's element size (2 bytes for fp16
+//	          and bf16, else 4)
+//	Gather    sparse-gather (Params.Sizes nil: the payloads' lengths are
+//	          learned at run time; see NominalScheme)
+//	TwoPhase  two-phase-sign with the codec's scale block
+//	LowRank   low-rank: Rows×Cols with min(rank, Rows, Cols) components
+//
+// It is the one mapping from codecs to schemes: New builds its program
+// from it, and the simulator's size-only mode and L-GreCo's cost models
+// time the programs it describes. It builds nothing. It returns an error
+// wrapping ErrSpec for a spec that no layer can run (a rank outside the
+// world, an algorithm that is not an all-reduce for a Reduce codec,
+// error feedback that the scheme does not take, PowerSGD without a
+// matrix shape, an unknown aggregation).
+func SchemeFor(s Spec) (allreduce.Algorithm, allreduce.Params, error) {
+	p := allreduce.Params{World: s.World, Rank: s.Rank, Elems: s.Elems, Average: true}
+	if s.World < 1 || s.Rank < 0 || s.Rank >= s.World || s.Elems < 0 {
+		return 0, p, fmt.Errorf("%w: rank %d of %d, %d elements", ErrSpec, s.Rank, s.World, s.Elems)
+	}
+	switch agg := s.Codec.Aggregation(); agg {
+	case compressors.Reduce:
+		switch s.Algorithm {
+		case allreduce.AlgRing, allreduce.AlgTree, allreduce.AlgHalvingDoubling:
+		default:
+			return 0, p, fmt.Errorf("%w: %v is not an all-reduce for dense layers", ErrSpec, s.Algorithm)
+		}
+		p.Segments, p.ElemBytes = s.Segments, 4
+		if s.Codec.Codec == compressors.CodecFP16 || s.Codec.Codec == compressors.CodecBF16 {
+			p.ElemBytes = 2
+		}
+		return s.Algorithm, p, nil
+	case compressors.Gather:
+		return allreduce.AlgSparseGather, p, nil
+	case compressors.TwoPhase:
+		if s.EF.Kind != errorfeedback.KindNone {
+			return 0, p, fmt.Errorf("%w: %s keeps its own worker and server errors; error feedback must be none", ErrSpec, s.Codec)
+		}
+		p.SignBlock = s.Codec.Block
+		return allreduce.AlgTwoPhaseSign, p, nil
+	case compressors.LowRank:
+		if s.EF.Kind != errorfeedback.KindNone && s.EF.Kind != errorfeedback.KindEF14 {
+			return 0, p, fmt.Errorf("%w: %s supports error feedback none or ef14, not %s", ErrSpec, s.Codec, s.EF)
+		}
+		if s.Rows < 1 || s.Cols < 1 || s.Rows*s.Cols != s.Elems {
+			return 0, p, fmt.Errorf("%w: %s needs a matrix shape, got %d×%d for %d elements", ErrSpec, s.Codec, s.Rows, s.Cols, s.Elems)
+		}
+		p.Rows, p.Cols, p.Components = s.Rows, s.Cols, min(s.Codec.Rank, s.Rows, s.Cols)
+		return allreduce.AlgLowRank, p, nil
+	default:
+		return 0, p, fmt.Errorf("%w: unknown aggregation %v", ErrSpec, agg)
+	}
+}
+
+// NominalScheme is SchemeFor with a sparse gather's payloads set to payload
+// bytes on every rank (Params.Sizes), for timing a program before the
+// payloads exist (the simulator's size-only mode, L-GreCo's cost models).
+func NominalScheme(s Spec, payload int64) (allreduce.Algorithm, allreduce.Params, error) {
+	alg, p, err := SchemeFor(s)
+	if err == nil && alg == allreduce.AlgSparseGather {
+		p.Sizes = make([]int64, s.World)
+		for i := range p.Sizes {
+			p.Sizes[i] = payload
+		}
+	}
+	return alg, p, err
 }
 
 // Program is the layer's program (the same every step).

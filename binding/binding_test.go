@@ -49,6 +49,64 @@ func TestNewRejects(t *testing.T) {
 		if _, err := binding.New(tc.s()); !errors.Is(err, binding.ErrSpec) {
 			t.Errorf("%s: got %v, want ErrSpec", tc.name, err)
 		}
+		if _, _, err := binding.SchemeFor(tc.s()); !errors.Is(err, binding.ErrSpec) {
+			t.Errorf("%s: SchemeFor: got %v, want ErrSpec", tc.name, err)
+		}
+	}
+}
+
+// TestSchemeForIsWhatNewRuns checks that New builds the program SchemeFor
+// describes, for every codec, and that NominalScheme sizes a sparse gather.
+func TestSchemeForIsWhatNewRuns(t *testing.T) {
+	for _, tc := range []struct {
+		codec, ef string
+		alg       allreduce.Algorithm
+	}{
+		{"none", "none", allreduce.AlgRing},
+		{"fp16", "ef14", allreduce.AlgTree},
+		{"bf16", "none", allreduce.AlgHalvingDoubling},
+		{"topk:0.1", "ef14", allreduce.AlgSparseGather},
+		{"dgc:0.1+kmeans:4+zstd", "dgc:0.9", allreduce.AlgSparseGather},
+		{"randomk:0.1", "ef21", allreduce.AlgSparseGather},
+		{"qsgd:4", "none", allreduce.AlgSparseGather},
+		{"lossless", "none", allreduce.AlgSparseGather},
+		{"sign:8", "none", allreduce.AlgTwoPhaseSign},
+		{"powersgd:3", "ef14", allreduce.AlgLowRank},
+		{"powersgd:30", "none", allreduce.AlgLowRank}, // rank capped at 12
+	} {
+		for _, world := range []int{1, 3, 4} {
+			s := spec(t, tc.codec, tc.ef, 12*20, world, world-1)
+			s.Rows, s.Cols, s.Segments = 12, 20, 2
+			if tc.alg != allreduce.AlgSparseGather && tc.alg != allreduce.AlgTwoPhaseSign && tc.alg != allreduce.AlgLowRank {
+				s.Algorithm = tc.alg
+			}
+			alg, p, err := binding.SchemeFor(s)
+			if err != nil || alg != tc.alg {
+				t.Fatalf("%s over %d: SchemeFor = %v, %v; want %v", tc.codec, world, alg, err, tc.alg)
+			}
+			want, err := allreduce.Generate(alg, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := binding.New(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := l.Program(); got.String() != want.String() {
+				t.Errorf("%s over %d: New runs\n%s\nSchemeFor describes\n%s", tc.codec, world, got, want)
+			}
+			_, np, err := binding.NominalScheme(s, 77)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if alg == allreduce.AlgSparseGather {
+				if len(np.Sizes) != world || np.Sizes[world-1] != 77 {
+					t.Errorf("%s: nominal sizes %v", tc.codec, np.Sizes)
+				}
+			} else if np.Sizes != nil {
+				t.Errorf("%s: nominal sizes %v for %v", tc.codec, np.Sizes, alg)
+			}
+		}
 	}
 }
 

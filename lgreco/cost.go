@@ -4,7 +4,7 @@ import (
 	"math"
 
 	"github.com/slimgrad/slimgrad/allreduce"
-	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/binding"
 )
 
 // ModelCost returns the link-aware objective of the alpha-beta(-gamma) model
@@ -39,46 +39,18 @@ func SchemeCost(m allreduce.Model, world, rows, cols int, c Candidate) float64 {
 
 // Scheme returns the collective that package worker runs for a rows×cols
 // layer compressed with candidate c over world ranks, as an allreduce
-// algorithm and its parameters (Rank 0; set Rank, or use sim.Programs, for
-// the other ranks). A simulator-backed CostFunc generates these programs and
-// times them on its topology:
-//
-//	Reduce   ring all-reduce (averaging) of Rows·Cols elements at the codec's
-//	         element size (Segments left 0: choose with Model.BestSegments)
-//	Gather   sparse gather: all-gather of c.Bytes per rank (Sizes), then the
-//	         rank-order decode-adds; its traffic grows with N·payload
-//	TwoPhase the two-phase sign all-reduce
-//	LowRank  the P-then-Q ring all-reduces of Rows·r and Cols·r elements
-//	         (r capped at min(Rows, Cols))
+// algorithm and its parameters for rank 0 (set Rank, or use sim.Programs,
+// for the other ranks): binding.NominalScheme of the layer with a dense
+// ring for Reduce codecs (Segments left 0: choose with Model.BestSegments)
+// and c.Bytes per rank for a sparse gather. A simulator-backed CostFunc
+// generates these programs and times them on its topology.
 //
 // ok is false for world < 1 or a codec without a scheme.
 func Scheme(world, rows, cols int, c Candidate) (alg allreduce.Algorithm, p allreduce.Params, ok bool) {
-	if world < 1 {
+	if world < 1 || rows < 1 || cols < 1 {
 		return 0, p, false
 	}
-	n := rows * cols
-	p = allreduce.Params{World: world, Elems: n}
-	switch c.Recipe.Aggregation() {
-	case compressors.Reduce:
-		alg = allreduce.AlgRing
-		p.ElemBytes = 4
-		if c.Recipe.Codec == compressors.CodecFP16 || c.Recipe.Codec == compressors.CodecBF16 {
-			p.ElemBytes = 2
-		}
-		p.Average = true
-	case compressors.Gather:
-		alg = allreduce.AlgSparseGather
-		p.Sizes = make([]int64, world)
-		for i := range p.Sizes {
-			p.Sizes[i] = c.Bytes
-		}
-	case compressors.TwoPhase:
-		alg = allreduce.AlgTwoPhaseSign
-	case compressors.LowRank:
-		alg = allreduce.AlgLowRank
-		p.Rows, p.Cols, p.Components = rows, cols, min(c.Recipe.Rank, rows, cols)
-	default:
-		return 0, p, false
-	}
-	return alg, p, true
+	alg, p, err := binding.NominalScheme(binding.Spec{Codec: c.Recipe, Elems: rows * cols, Rows: rows, Cols: cols,
+		World: world, Algorithm: allreduce.AlgRing}, c.Bytes)
+	return alg, p, err == nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/binding"
 	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/engine"
 	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/lgreco"
 	"github.com/slimgrad/slimgrad/optim"
@@ -101,6 +103,12 @@ type Sim struct {
 	lg     *lgreco.Controller
 	lgPlan *lgreco.Plan
 
+	// The engine's view: the policy of rank 0, the resolved units and
+	// rank 0's buckets (one per unit).
+	pol     engine.Policy
+	eng     []engine.Layer
+	buckets []engine.Bucket
+
 	colls    []sim.Collective
 	gradTime time.Duration
 	baseline time.Duration
@@ -164,8 +172,15 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 	}
 	s := &Sim{cfg: cfg, plan: plan, units: units, n: n,
 		layers: make([][]*binding.Layer, n), dense: make([][]*binding.Layer, n), signs: make([][]*binding.Layer, n)}
-	ef, err := errorfeedback.Parse(plan.efRecipe())
-	if err != nil {
+	if ef := plan.efRecipe(); ef != "none" {
+		for _, u := range units {
+			if codec, err := compressors.Parse(plan.RecipeAt(u, 0)); err == nil && codec.Aggregation() == compressors.TwoPhase {
+				return nil, fmt.Errorf("%w: %s runs the two-phase scheme with its own worker and server error; use --ef none, not %s",
+					ErrUnsupported, codec, ef)
+			}
+		}
+	}
+	if err := s.newPlan(); err != nil {
 		return nil, err
 	}
 	for w := range n {
@@ -176,18 +191,15 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 		s.layers[w] = make([]*binding.Layer, len(units))
 		s.dense[w] = make([]*binding.Layer, len(units))
 		s.signs[w] = make([]*binding.Layer, len(units))
-		for i, u := range units {
-			codec, err := compressors.Parse(plan.RecipeAt(u, 0))
+		for _, b := range s.buckets {
+			spec := b.Spec
+			spec.Rank = w
+			u := b.Layers[0]
+			l, err := binding.New(spec)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("train: unit %s: %w", units[u].Name, err)
 			}
-			if codec.Aggregation() == compressors.TwoPhase && ef.Kind != errorfeedback.KindNone {
-				return nil, fmt.Errorf("%w: %s runs the two-phase scheme with its own worker and server error; use --ef none, not %s",
-					ErrUnsupported, codec, ef)
-			}
-			if s.layers[w][i], err = s.newLayer(u, codec, ef, w); err != nil {
-				return nil, err
-			}
+			s.layers[w][u] = l
 		}
 	}
 	if cfg.LGreCo {
@@ -215,18 +227,32 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 	return s, nil
 }
 
-// newLayer builds rank's adapt layer of unit u with codec and ef.
-func (s *Sim) newLayer(u Layer, codec compressors.Recipe, ef errorfeedback.Recipe, rank int) (*binding.Layer, error) {
-	rows, cols := u.Size, 1
-	if len(u.Shape) >= 2 {
-		rows, cols = u.Shape[0], u.Size/u.Shape[0]
-	}
-	l, err := binding.New(binding.Spec{Codec: codec, EF: ef, Elems: u.Size, Rows: rows, Cols: cols,
-		World: s.n, Rank: rank, Seed: s.plan.Seed, Algorithm: s.denseAlg()})
+// newPlan resolves the units as package worker resolves the layers that
+// RegisterUnits registers, and plans them with the policy of the real
+// run's WorkerOptions (one bucket per unit, Dense for element-wise codecs).
+func (s *Sim) newPlan() error {
+	layers, err := engineLayers(s.units, s.plan, "")
 	if err != nil {
-		return nil, fmt.Errorf("train: unit %s: %w", u.Name, err)
+		return err
 	}
-	return l, nil
+	s.pol = engine.Policy{World: s.n, Seed: s.plan.Seed, Algorithms: []allreduce.Algorithm{s.denseAlg()}}
+	if s.buckets, err = s.pol.Plan(layers); err != nil {
+		return fmt.Errorf("train: %w", err)
+	}
+	s.eng = layers
+	return nil
+}
+
+// Plan returns rank 0's buckets (engine.Policy.Plan) of the units' Mean
+// exchange: one per unit, in reverse order, each with the collective that
+// a real worker registered by RegisterUnits under WorkerOptions runs. The
+// result is the caller's.
+func (s *Sim) Plan() []engine.Bucket {
+	out := make([]engine.Bucket, len(s.buckets))
+	for i, b := range s.buckets {
+		out[i] = engine.Bucket{Layers: slices.Clone(b.Layers), Offs: slices.Clone(b.Offs), Spec: b.Spec}
+	}
+	return out
 }
 
 // newLGreCo builds L-GreCo's plan and controller over the units, as
@@ -372,20 +398,14 @@ func (s *Sim) LGreCo() *lgreco.Controller { return s.lg }
 // L-GreCo's schedule (decided from rank 0's observations, applied to every
 // rank). It reports whether rank 0 observes this step for L-GreCo.
 func (s *Sim) boundary(step int) (collect bool, err error) {
-	if len(s.plan.Warmup) > 0 && step > 0 && step <= s.plan.WarmupSteps {
-		for u, unit := range s.units {
-			for _, st := range s.plan.Stages(unit) {
-				if st.From != step {
-					continue
-				}
-				r, err := compressors.Parse(st.Recipe)
-				if err != nil {
-					return false, err
-				}
-				for w := range s.n {
-					if err := s.layers[w][u].SetCodec(r, s.plan.Seed); err != nil {
-						return false, fmt.Errorf("train: warm-up of unit %s: %w", unit.Name, err)
-					}
+	for u, l := range s.eng {
+		for _, st := range l.Stages {
+			if st.From != int64(step) || step == 0 {
+				continue
+			}
+			for w := range s.n {
+				if err := s.layers[w][u].SetCodec(st.Codec, s.plan.Seed); err != nil {
+					return false, fmt.Errorf("train: codec schedule of unit %s: %w", l.Name, err)
 				}
 			}
 		}
@@ -419,25 +439,37 @@ func (s *Sim) boundary(step int) (collect bool, err error) {
 // DenseMean and TwoPhaseSign layers on first use.
 func (s *Sim) layerFor(rank, u int, how optim.Exchange) (*binding.Layer, error) {
 	var slot **binding.Layer
-	var r compressors.Recipe
+	var spec binding.Spec
 	var err error
+	unit := s.units[u]
 	switch how {
 	case optim.Mean:
 		return s.layers[rank][u], nil
 	case optim.DenseMean:
-		slot, r = &s.dense[rank][u], compressors.MustParse("none")
+		slot = &s.dense[rank][u]
+		if *slot == nil {
+			spec, err = s.pol.Dense(unit.Size)
+		}
 	case optim.TwoPhaseSign:
 		slot = &s.signs[rank][u]
-		if r, err = s.plan.SignRecipe(); err != nil {
-			return nil, err
+		if *slot == nil {
+			var r compressors.Recipe
+			if r, err = s.plan.SignRecipe(); err == nil {
+				rows, cols := engine.MatrixShape(unit.Shape)
+				spec, err = s.pol.SchemeFor(r, errorfeedback.Recipe{Kind: errorfeedback.KindNone}, unit.Size, rows, cols)
+			}
 		}
 	default:
 		return nil, fmt.Errorf("%w: aggregation %v", ErrUnsupported, how)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("train: unit %s: %w", unit.Name, err)
+	}
 	if *slot == nil {
-		l, err := s.newLayer(s.units[u], r, errorfeedback.Recipe{Kind: errorfeedback.KindNone}, rank)
+		spec.Rank = rank
+		l, err := binding.New(spec)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("train: unit %s: %w", unit.Name, err)
 		}
 		*slot = l
 	}

@@ -6,7 +6,10 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/binding"
 	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/engine"
+	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
 )
@@ -41,76 +44,72 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 	if err := s.computeModel(); err != nil {
 		return Stats{}, err
 	}
-	dense := s.denseAlg()
+	layers, err := engineLayers(units, plan, "")
+	if err != nil {
+		return Stats{}, err
+	}
+	pol := engine.Policy{World: n, Seed: plan.Seed, Algorithms: []allreduce.Algorithm{s.denseAlg()}}
+	noEF := errorfeedback.Recipe{Kind: errorfeedback.KindNone}
 	st := Stats{Layers: make([]LayerStats, len(units))}
 	var colls []sim.Collective
 	start := s.gradTime.Seconds()
 	for u, unit := range units {
-		r, err := compressors.Parse(plan.RecipeAt(unit, 1<<30))
-		if err != nil {
-			return Stats{}, err
+		l := layers[u]
+		r, ef := l.Codec, l.EF
+		if k := len(l.Stages); k > 0 {
+			r = l.Stages[k-1].Codec // the steady state, after the warm-up
 		}
-		var opts []compressors.Option
-		rows, cols := 1, unit.Size
-		if len(unit.Shape) >= 2 {
-			rows, cols = unit.Shape[0], unit.Size/unit.Shape[0]
-			opts = append(opts, compressors.WithShape(rows, cols))
-		}
-		p := allreduce.Params{World: n, Elems: unit.Size}
-		alg := dense
-		payload := int64(4 * unit.Size)
-		switch agg := r.Aggregation(); {
-		case how[u] == optim.DenseMean:
-			p.Average, p.ElemBytes = true, 4
-		case how[u] == optim.TwoPhaseSign || agg == compressors.TwoPhase:
-			alg = allreduce.AlgTwoPhaseSign
-			if how[u] == optim.TwoPhaseSign {
-				if r, err = plan.SignRecipe(); err != nil {
-					return Stats{}, err
-				}
+		switch how[u] {
+		case optim.Mean:
+		case optim.DenseMean:
+			r, ef = compressors.MustParse("none"), noEF
+		case optim.TwoPhaseSign:
+			if r, err = plan.SignRecipe(); err != nil {
+				return Stats{}, err
 			}
-			p.SignBlock = r.Block
+			ef = noEF
+		default:
+			return Stats{}, fmt.Errorf("%w: aggregation %v", ErrUnsupported, how[u])
+		}
+		rows, cols := engine.MatrixShape(unit.Shape)
+		spec, err := pol.SchemeFor(r, ef, unit.Size, rows, cols)
+		if err != nil {
+			return Stats{}, fmt.Errorf("train: unit %s: %w", unit.Name, err)
+		}
+		_, p, err := binding.SchemeFor(spec)
+		if err != nil {
+			return Stats{}, fmt.Errorf("train: unit %s: %w", unit.Name, err)
+		}
+		// The payload of one rank.
+		var payload int64
+		switch r.Aggregation() {
+		case compressors.Reduce:
+			payload = int64(p.ElemBytes) * int64(unit.Size)
+		case compressors.Gather:
+			var opts []compressors.Option
+			if len(unit.Shape) >= 2 {
+				opts = append(opts, compressors.WithShape(rows, cols))
+			}
+			payload = r.NominalBytes(unit.Size, opts...)
+		case compressors.TwoPhase:
 			lay, err := allreduce.NewTwoPhaseLayout(unit.Size, n, r.Block)
 			if err != nil {
 				return Stats{}, fmt.Errorf("train: unit %s: %w", unit.Name, err)
 			}
 			payload = int64(lay.PayloadBytes())
-		case agg == compressors.Reduce:
-			c, err := r.New(unit.Size, opts...)
-			if err != nil {
-				return Stats{}, err
-			}
-			ec, ok := compressors.AsElementCodec(c)
-			if !ok {
-				return Stats{}, fmt.Errorf("%w: %s has no element codec", ErrUnsupported, r)
-			}
-			p.Average, p.ElemBytes = true, ec.BytesPerElem()
-			payload = int64(p.ElemBytes) * int64(unit.Size)
-		case agg == compressors.Gather:
-			alg = allreduce.AlgSparseGather
-			payload = r.NominalBytes(unit.Size, opts...)
-			p.Sizes = make([]int64, n)
-			for i := range p.Sizes {
-				p.Sizes[i] = payload
-			}
-		case agg == compressors.LowRank:
-			alg = allreduce.AlgLowRank
-			p.Rows, p.Cols, p.Components = rows, cols, r.Rank
-			payload = 4 * int64(rows+cols) * int64(r.Rank) // the P and Q factors
-		default:
-			return Stats{}, fmt.Errorf("%w: aggregation %v", ErrUnsupported, agg)
+		case compressors.LowRank:
+			payload = 4 * int64(p.Rows+p.Cols) * int64(p.Components) // the P and Q factors
+		}
+		alg, p, err := binding.NominalScheme(spec, payload)
+		if err != nil {
+			return Stats{}, fmt.Errorf("train: unit %s: %w", unit.Name, err)
 		}
 		c, err := sizeOnlyCollective(ctx, unit.Name, alg, p)
 		if err != nil {
 			return Stats{}, fmt.Errorf("train: %s for %s: %w", alg, unit.Name, err)
 		}
 		c.Start, c.Recipe = start, r.String()
-		switch {
-		case how[u] == optim.DenseMean:
-			c.Recipe = "none"
-		case how[u] == optim.TwoPhaseSign:
-			c.Recipe = r.String()
-		case r.Aggregation() == compressors.Reduce && plan.efRecipe() != "none":
+		if r.Aggregation() == compressors.Reduce && ef.Kind != errorfeedback.KindNone {
 			// Error feedback's encode and decode before the program, as
 			// Sim charges it.
 			c.Prologue = sim.Prologue{Fn: allreduce.FnEncode, Elems: int64(unit.Size)}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/engine"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/worker"
@@ -27,21 +28,51 @@ func RegisterUnits(w *worker.Worker, units []Layer, plan Plan, codec string) err
 		return err
 	}
 	for _, u := range units {
-		opts := []worker.LayerOption{worker.WithCodec(plan.RecipeAt(u, 0)), worker.WithErrorFeedback(plan.efRecipe())}
-		if codec != "" {
-			opts = []worker.LayerOption{worker.WithCodec(codec), worker.WithErrorFeedback("none")}
-		} else if st := plan.Stages(u); len(st) > 1 {
-			sched := make([]worker.CodecStage, len(st))
-			for i, s := range st {
-				sched[i] = worker.CodecStage{From: int64(s.From), Codec: s.Recipe}
+		c, ef, sched := unitRecipes(u, plan, codec)
+		opts := []worker.LayerOption{worker.WithCodec(c), worker.WithErrorFeedback(ef)}
+		if len(sched) > 0 {
+			ws := make([]worker.CodecStage, len(sched))
+			for i, st := range sched {
+				ws[i] = worker.CodecStage(st)
 			}
-			opts = append(opts, worker.WithCodecSchedule(sched...))
+			opts = append(opts, worker.WithCodecSchedule(ws...))
 		}
 		if _, err := w.Register(u.Name, u.Shape, opts...); err != nil {
 			return fmt.Errorf("train: register %s: %w", u.Name, err)
 		}
 	}
 	return nil
+}
+
+// unitRecipes are the codec, error feedback and codec schedule of unit u
+// under plan: the plan's, with its warm-up as the schedule, or, if codec is
+// not empty, that codec without error feedback.
+func unitRecipes(u Layer, plan Plan, codec string) (c, ef string, sched []engine.CodecStage) {
+	if codec != "" {
+		return codec, "none", nil
+	}
+	if st := plan.Stages(u); len(st) > 1 {
+		sched = make([]engine.CodecStage, len(st))
+		for i, s := range st {
+			sched[i] = engine.CodecStage{From: int64(s.From), Codec: s.Recipe}
+		}
+	}
+	return plan.RecipeAt(u, 0), plan.efRecipe(), sched
+}
+
+// engineLayers resolves units under plan (see unitRecipes) as package worker
+// resolves the layers RegisterUnits registers (engine.NewLayer).
+func engineLayers(units []Layer, plan Plan, codec string) ([]engine.Layer, error) {
+	out := make([]engine.Layer, len(units))
+	for i, u := range units {
+		c, ef, sched := unitRecipes(u, plan, codec)
+		l, err := engine.NewLayer(u.Name, u.Shape, c, ef, sched)
+		if err != nil {
+			return nil, fmt.Errorf("train: unit %s: %w", u.Name, err)
+		}
+		out[i] = l
+	}
+	return out, nil
 }
 
 // WorkerOptions are the worker settings under which a real run computes

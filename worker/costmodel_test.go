@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/engine"
 )
 
 // TestDefaultCostModelSegments checks that the default cost model, with its
@@ -22,10 +23,14 @@ func TestDefaultCostModelSegments(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer w.Close()
-				a, segs, err := w.denseAlgorithm(elems, 4)
+				if _, err := w.Register("big", []int{elems}); err != nil {
+					t.Fatal(err)
+				}
+				plan, err := w.Plan()
 				if err != nil {
 					t.Fatal(err)
 				}
+				a, segs := plan[0].Spec.Algorithm, plan[0].Spec.Segments
 				per := int64(elems*4) / int64(world)
 				if a == allreduce.AlgTree {
 					per = elems * 4 / 2
@@ -38,7 +43,7 @@ func TestDefaultCostModelSegments(t *testing.T) {
 			if alg == "tree" {
 				noOverhead := allreduce.DefaultModel()
 				noOverhead.Overhead = 0
-				check("overhead 0", func(seg int64) bool { return seg == minSegmentBytes }, WithCostModel(noOverhead))
+				check("overhead 0", func(seg int64) bool { return seg == engine.MinSegmentBytes }, WithCostModel(noOverhead))
 			}
 		}
 	}

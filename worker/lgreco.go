@@ -51,11 +51,11 @@ type lgState struct {
 func (w *Worker) newLGState() (*lgState, error) {
 	layers := make([]lgreco.Layer, len(w.layers))
 	for i, s := range w.layers {
-		r := s.recipe
-		if n := len(s.stages); n > 0 {
-			r = s.stages[n-1].recipe // the codec after the schedule
+		r := s.Codec
+		if n := len(s.Stages); n > 0 {
+			r = s.Stages[n-1].Codec // the codec after the schedule
 		}
-		layers[i] = lgreco.LayerOf(s.name, s.shape, r)
+		layers[i] = lgreco.LayerOf(s.Name, s.Shape, r)
 	}
 	// The world size first, so that the caller's options can override it.
 	opts := append([]lgreco.Option{lgreco.WithRanks(w.conn.Size())}, w.cfg.LGreCoOptions...)
@@ -101,8 +101,8 @@ func (w *Worker) newLGState() (*lgState, error) {
 // fused, which have no levels; this guards that invariant).
 func (w *Worker) checkTuned() error {
 	for l := range w.layers {
-		if w.lg.plan.Tuned(l) && w.buckets[w.layerBucket[l]].fused {
-			return fmt.Errorf("worker: L-GreCo: layer %q is tuned but fused into a bucket", w.layers[l].name)
+		if w.lg.plan.Tuned(l) && w.buckets[w.layerBucket[l]].Fused() {
+			return fmt.Errorf("worker: L-GreCo: layer %q is tuned but fused into a bucket", w.layers[l].Name)
 		}
 	}
 	return nil
@@ -192,13 +192,13 @@ func (w *Worker) switchLayer(l int, r compressors.Recipe, seed uint64, by string
 	s := w.layers[l]
 	b := w.buckets[w.layerBucket[l]]
 	lc, ok := b.coll.(*layerColl)
-	if !ok || b.fused {
-		return fmt.Errorf("worker: %s: layer %q has no switchable collective", by, s.name)
+	if !ok || b.Fused() {
+		return fmt.Errorf("worker: %s: layer %q has no switchable collective", by, s.Name)
 	}
 	if err := lc.l.SetCodec(r, seed); err != nil {
-		return fmt.Errorf("worker: %s: layer %q to %s: %w", by, s.name, r, err)
+		return fmt.Errorf("worker: %s: layer %q to %s: %w", by, s.Name, r, err)
 	}
-	s.recipe, s.codec = r, r.String()
+	s.Codec, s.codec = r, r.String()
 	return nil
 }
 
@@ -210,14 +210,14 @@ func (w *Worker) scheduleBoundary(ctx context.Context, t int64) error {
 		return nil // stage 0 is the codec the layer was built with
 	}
 	for l, s := range w.layers {
-		for _, st := range s.stages {
-			if st.from != t {
+		for _, st := range s.Stages {
+			if st.From != t {
 				continue
 			}
-			if err := w.switchLayer(l, st.recipe, w.cfg.Seed, "codec schedule"); err != nil {
+			if err := w.switchLayer(l, st.Codec, w.cfg.Seed, "codec schedule"); err != nil {
 				return err
 			}
-			w.cfg.Logger.DebugContext(ctx, "worker: codec schedule switched", "rank", w.conn.Rank(), "step", t, "layer", s.name, "codec", s.codec)
+			w.cfg.Logger.DebugContext(ctx, "worker: codec schedule switched", "rank", w.conn.Rank(), "step", t, "layer", s.Name, "codec", s.codec)
 		}
 	}
 	return nil
@@ -228,9 +228,9 @@ func (w *Worker) scheduleBoundary(ctx context.Context, t int64) error {
 func (w *Worker) checkSchedules() error {
 	start := w.lg.plan.Config().Start
 	for l, s := range w.layers {
-		if n := len(s.stages); n > 0 && w.lg.plan.Tuned(l) && s.stages[n-1].from > start {
+		if n := len(s.Stages); n > 0 && w.lg.plan.Tuned(l) && s.Stages[n-1].From > start {
 			return fmt.Errorf("worker: L-GreCo: layer %q's codec schedule switches at step %d, after L-GreCo's start %d (lgreco.WithSchedule's start must be at least the schedule's last step)",
-				s.name, s.stages[n-1].from, start)
+				s.Name, s.Stages[n-1].From, start)
 		}
 	}
 	return nil

@@ -149,11 +149,11 @@ func TestCodecScheduleRegister(t *testing.T) {
 			if s.codec != tc.sched[0].Codec && !(tc.name == "merged") {
 				t.Errorf("%s: codec %q, want the first stage's %q", tc.name, s.codec, tc.sched[0].Codec)
 			}
-			if tc.name != "ok" && s.stages != nil {
-				t.Errorf("%s: stages %v, want none (one codec)", tc.name, s.stages)
+			if tc.name != "ok" && s.Stages != nil {
+				t.Errorf("%s: stages %v, want none (one codec)", tc.name, s.Stages)
 			}
-			if tc.name == "ok" && len(s.stages) != 2 {
-				t.Errorf("ok: %d stages, want 2", len(s.stages))
+			if tc.name == "ok" && len(s.Stages) != 2 {
+				t.Errorf("ok: %d stages, want 2", len(s.Stages))
 			}
 			continue
 		}

@@ -9,41 +9,27 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/slimgrad/slimgrad/compressors"
-	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/engine"
 	"github.com/slimgrad/slimgrad/transport"
 )
 
 // layerSpec is a registered layer as the user described it.
 type layerSpec struct {
-	name  string
-	shape []int
-	elems int
-	codec string // canonical compressor recipe
+	engine.Layer
+	codec string // canonical compressor recipe (the active codec's)
 	ef    string // canonical error-feedback recipe
 
-	recipe   compressors.Recipe
-	efRecipe errorfeedback.Recipe
-
-	// schedule is WithCodecSchedule's argument; stages its resolution
-	// (nil unless the layer changes codec: at least two stages).
+	// schedule is WithCodecSchedule's argument; Layer.Stages its resolution.
 	schedule []CodecStage
-	stages   []stage
-}
-
-// stage is a resolved CodecStage.
-type stage struct {
-	from   int64
-	recipe compressors.Recipe
 }
 
 // describe is the layer's line in the signature: everything that must agree
 // across ranks for the collectives to match.
 func (s *layerSpec) describe() string {
 	var b strings.Builder
-	b.WriteString(strconv.Quote(s.name))
+	b.WriteString(strconv.Quote(s.Name))
 	b.WriteString(" [")
-	for i, d := range s.shape {
+	for i, d := range s.Shape {
 		if i > 0 {
 			b.WriteByte(' ')
 		}
@@ -53,15 +39,15 @@ func (s *layerSpec) describe() string {
 	b.WriteString(s.codec)
 	b.WriteString(" ef=")
 	b.WriteString(s.ef)
-	if len(s.stages) > 0 {
+	if len(s.Stages) > 0 {
 		b.WriteString(" schedule=")
-		for i, st := range s.stages {
+		for i, st := range s.Stages {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			b.WriteString(strconv.FormatInt(st.from, 10))
+			b.WriteString(strconv.FormatInt(st.From, 10))
 			b.WriteByte('@')
-			b.WriteString(st.recipe.String())
+			b.WriteString(st.Codec.String())
 		}
 	}
 	return b.String()

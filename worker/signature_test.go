@@ -5,13 +5,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/slimgrad/slimgrad/engine"
 )
 
 func specs(descr ...string) []*layerSpec {
 	var out []*layerSpec
 	for _, d := range descr {
 		name, codec, _ := strings.Cut(d, ":")
-		out = append(out, &layerSpec{name: name, shape: []int{len(name), 3}, codec: codec, ef: "none"})
+		out = append(out, &layerSpec{Layer: engine.Layer{Name: name, Shape: []int{len(name), 3}}, codec: codec, ef: "none"})
 	}
 	return out
 }

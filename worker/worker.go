@@ -12,7 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/binding"
+	"github.com/slimgrad/slimgrad/engine"
 	"github.com/slimgrad/slimgrad/internal/kernels"
 	"github.com/slimgrad/slimgrad/transport"
 )
@@ -217,7 +219,7 @@ func (w *Worker) Register(name string, shape []int, opts ...LayerOption) (int, e
 		}
 		elems *= d
 	}
-	s := &layerSpec{name: name, shape: slices.Clone(shape), elems: elems, codec: w.cfg.Codec, ef: w.cfg.ErrorFeedback}
+	s := &layerSpec{Layer: engine.Layer{Name: name, Shape: slices.Clone(shape), Elems: elems}, codec: w.cfg.Codec, ef: w.cfg.ErrorFeedback}
 	for _, o := range opts {
 		if o == nil {
 			continue
@@ -312,12 +314,12 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.watch()
 	if log := w.cfg.Logger; log.Enabled(ctx, slog.LevelDebug) {
 		for _, b := range w.buckets {
-			names := make([]string, len(b.layers))
-			for k, li := range b.layers {
-				names[k] = w.layers[li].name
+			names := make([]string, len(b.Layers))
+			for k, li := range b.Layers {
+				names[k] = w.layers[li].Name
 			}
 			log.DebugContext(ctx, "worker: bucket", "rank", w.conn.Rank(), "bucket", b.index, "scheme", b.coll.scheme(),
-				"elems", b.elems(), "codec", w.layers[b.layers[0]].codec, "ef", w.layers[b.layers[0]].ef, "layers", names)
+				"elems", b.Elems(), "codec", w.layers[b.Layers[0]].codec, "ef", w.layers[b.Layers[0]].ef, "layers", names)
 		}
 	}
 	return nil
@@ -325,14 +327,12 @@ func (w *Worker) Start(ctx context.Context) error {
 
 // bucket is one collective per step: one layer, or several fused.
 type bucket struct {
-	index  int
-	layers []int // layer indices, in submission (reverse registration) order
-	offs   []int // offsets of the layers in the fused vector; len(layers)+1
-	fused  bool
-	buf    []float32 // the fused vector (fused buckets only)
-	coll   collective
-	dense  collective // ModeDense, built on first use
-	drv    driver
+	engine.Bucket
+	index int
+	buf   []float32 // the fused vector (fused buckets only)
+	coll  collective
+	dense collective // ModeDense, built on first use
+	drv   driver
 
 	flagMsg [5]byte // this rank's non-finite flag message
 	flagged []int32 // per rank: flagged layer (reused by every step)
@@ -354,39 +354,61 @@ func (w *Worker) bucketColl(b *bucket, m Mode) (collective, error) {
 	return b.dense, nil
 }
 
-func (b *bucket) elems() int { return b.offs[len(b.offs)-1] }
-
-// plan fuses layers into buckets and builds their collectives. Layers are
-// taken in reverse registration order (backward produces the last layer's
-// gradient first); consecutive fusable layers with the same recipes share a
-// bucket while it stays within BucketBytes.
-func (w *Worker) plan() error {
-	w.layerBucket = make([]int, len(w.layers))
-	var cur *bucket
-	for li := len(w.layers) - 1; li >= 0; li-- {
-		s := w.layers[li]
-		join := cur != nil && w.cfg.BucketBytes > 0 && fusable(s) &&
-			fusable(w.layers[cur.layers[0]]) && sameRecipe(s, w.layers[cur.layers[0]]) &&
-			4*(cur.elems()+s.elems) <= w.cfg.BucketBytes
-		if !join {
-			cur = &bucket{index: len(w.buckets), offs: []int{0}}
-			w.buckets = append(w.buckets, cur)
-		}
-		cur.layers = append(cur.layers, li)
-		cur.offs = append(cur.offs, cur.elems()+s.elems)
-		w.layerBucket[li] = cur.index
-	}
-	for _, b := range w.buckets {
-		b.drv.pool = &w.pool
-		b.fused = len(b.layers) > 1
-		if b.fused {
-			b.buf = make([]float32, b.elems())
-		}
-		c, err := w.newCollective(b)
+// policy is the engine's policy of this rank under the Worker's Config.
+func (w *Worker) policy() (engine.Policy, error) {
+	p := engine.Policy{World: w.conn.Size(), Rank: w.conn.Rank(), Seed: w.cfg.Seed,
+		BucketBytes: w.cfg.BucketBytes, CostModel: w.cfg.CostModel, SegmentBytes: w.cfg.SegmentBytes}
+	if w.cfg.Algorithm != "" {
+		a, err := allreduce.ParseAlgorithm(w.cfg.Algorithm)
 		if err != nil {
-			return err
+			return p, err
 		}
-		b.coll = c
+		p.Algorithms = []allreduce.Algorithm{a}
+	}
+	return p, nil
+}
+
+// Plan returns the buckets of the layers registered so far under the
+// Worker's Config (engine.Policy.Plan): what Start builds and every step
+// runs. It may be called before Start; the result is the caller's.
+func (w *Worker) Plan() ([]engine.Bucket, error) {
+	pol, err := w.policy()
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	layers := make([]engine.Layer, len(w.layers))
+	for i, s := range w.layers {
+		layers[i] = s.Layer
+	}
+	bs, err := pol.Plan(layers)
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	return bs, nil
+}
+
+// plan fuses layers into buckets (Plan) and builds their collectives.
+func (w *Worker) plan() error {
+	bs, err := w.Plan()
+	if err != nil {
+		return err
+	}
+	w.layerBucket = make([]int, len(w.layers))
+	for i, eb := range bs {
+		b := &bucket{Bucket: eb, index: i}
+		b.drv.pool = &w.pool
+		for _, li := range b.Layers {
+			w.layerBucket[li] = i
+		}
+		if b.Fused() {
+			b.buf = make([]float32, b.Elems())
+		}
+		l, err := binding.New(b.Spec)
+		if err != nil {
+			return fmt.Errorf("worker: bucket %d (layer %q): %w", i, w.layers[b.Layers[0]].Name, err)
+		}
+		b.coll = &layerColl{l: l}
+		w.buckets = append(w.buckets, b)
 	}
 	return nil
 }
@@ -544,7 +566,7 @@ func (w *Worker) beginStep() error {
 	st.started = 0
 	st.aborted, st.notified = nil, false
 	for i, b := range w.buckets {
-		st.missing[i] = len(b.layers)
+		st.missing[i] = len(b.Layers)
 	}
 	st.collect = w.lg != nil && w.lg.collecting && st.mode == ModeCompressed
 	w.nextID += 2*uint32(len(w.buckets)) + 1
@@ -569,12 +591,12 @@ func (w *Worker) Submit(layer int, grad []float32) error {
 		return fmt.Errorf("worker: no layer %d", layer)
 	}
 	s := w.layers[layer]
-	if len(grad) != s.elems {
-		return fmt.Errorf("worker: layer %q: gradient has %d elements, want %d", s.name, len(grad), s.elems)
+	if len(grad) != s.Elems {
+		return fmt.Errorf("worker: layer %q: gradient has %d elements, want %d", s.Name, len(grad), s.Elems)
 	}
 	st := w.cur
 	if st.grads[layer] != nil {
-		return fmt.Errorf("worker: layer %q submitted twice in step %d", s.name, w.step)
+		return fmt.Errorf("worker: layer %q submitted twice in step %d", s.Name, w.step)
 	}
 	st.grads[layer] = grad
 	bi := w.layerBucket[layer]
@@ -681,14 +703,14 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 	}
 	for bi, m := range st.missing {
 		if m != 0 {
-			l := w.layers[w.buckets[bi].layers[0]]
-			for _, li := range w.buckets[bi].layers {
+			l := w.layers[w.buckets[bi].Layers[0]]
+			for _, li := range w.buckets[bi].Layers {
 				if st.grads[li] == nil {
 					l = w.layers[li]
 					break
 				}
 			}
-			err := fmt.Errorf("worker: step %d: Wait before layer %q was submitted", w.step, l.name)
+			err := fmt.Errorf("worker: step %d: Wait before layer %q was submitted", w.step, l.Name)
 			w.abort(err)
 			return nil, err
 		}
@@ -761,7 +783,7 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 					first = f
 				}
 			}
-			e := &NonFiniteError{Step: step, Layer: w.layers[b.layers[first]].name}
+			e := &NonFiniteError{Step: step, Layer: w.layers[b.Layers[first]].Name}
 			for rank, f := range r.flagged {
 				if f == first {
 					e.Ranks = append(e.Ranks, rank)
@@ -776,8 +798,8 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 	overflow := -1 // the first layer whose reduction left its format's range
 	for _, b := range w.buckets {
 		data := b.buf
-		if !b.fused {
-			data = st.grads[b.layers[0]]
+		if !b.Fused() {
+			data = st.grads[b.Layers[0]]
 		}
 		t0 := time.Now()
 		coll := st.results[b.index].coll
@@ -792,28 +814,28 @@ func (w *Worker) wait(ctx context.Context) (*Ledger, error) {
 			// rank holds the same bits and decides alike. All buckets still
 			// finish, so that error-feedback state advances alike on
 			// every rank whatever the decision.
-			for k, li := range b.layers {
-				if !kernels.AllFinite(data[b.offs[k]:b.offs[k+1]]) {
+			for k, li := range b.Layers {
+				if !kernels.AllFinite(data[b.Offs[k]:b.Offs[k+1]]) {
 					overflow = li
 					break
 				}
 			}
 		}
-		if b.fused {
-			for k, li := range b.layers {
-				copy(st.grads[li], b.buf[b.offs[k]:b.offs[k+1]])
+		if b.Fused() {
+			for k, li := range b.Layers {
+				copy(st.grads[li], b.buf[b.Offs[k]:b.Offs[k+1]])
 			}
 		}
-		for _, li := range b.layers {
-			led.Layers[li].Decompress += dt * time.Duration(w.layers[li].elems) / time.Duration(b.elems())
+		for _, li := range b.Layers {
+			led.Layers[li].Decompress += dt * time.Duration(w.layers[li].Elems) / time.Duration(b.Elems())
 		}
 	}
 	if overflow >= 0 {
 		led.Skipped = true
 		w.overflows++
-		w.cfg.Logger.Warn("worker: reduced gradient overflowed", "rank", w.conn.Rank(), "step", step, "layer", w.layers[overflow].name, "policy", w.cfg.NonFinite)
+		w.cfg.Logger.Warn("worker: reduced gradient overflowed", "rank", w.conn.Rank(), "step", step, "layer", w.layers[overflow].Name, "policy", w.cfg.NonFinite)
 		if w.cfg.NonFinite == NaNError {
-			return led, &NonFiniteError{Step: step, Layer: w.layers[overflow].name, Overflow: true}
+			return led, &NonFiniteError{Step: step, Layer: w.layers[overflow].Name, Overflow: true}
 		}
 	}
 	return led, nil
@@ -831,12 +853,12 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 	t0 := time.Now()
 	defer func() { res.wall = time.Since(t0) }()
 	data := b.buf
-	if b.fused {
-		for k, li := range b.layers {
-			copy(b.buf[b.offs[k]:b.offs[k+1]], st.grads[li])
+	if b.Fused() {
+		for k, li := range b.Layers {
+			copy(b.buf[b.Offs[k]:b.Offs[k+1]], st.grads[li])
 		}
 	} else {
-		data = st.grads[b.layers[0]]
+		data = st.grads[b.Layers[0]]
 	}
 	flagID := st.base + 2*uint32(b.index)
 	fail := func(err error) {
@@ -846,8 +868,8 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 	if w.cfg.NonFinite != NaNIgnore {
 		// Flag message: [int32 first non-finite layer of the bucket or -1][mode].
 		mine := int32(-1)
-		for k := range b.layers {
-			if !kernels.AllFinite(data[b.offs[k]:b.offs[k+1]]) {
+		for k := range b.Layers {
+			if !kernels.AllFinite(data[b.Offs[k]:b.Offs[k+1]]) {
 				mine = int32(k)
 				break
 			}
@@ -868,7 +890,7 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 				return
 			}
 			f := int32(binary.LittleEndian.Uint32(m))
-			if f < -1 || int(f) >= len(b.layers) {
+			if f < -1 || int(f) >= len(b.Layers) {
 				fail(fmt.Errorf("worker: non-finite flag %d from rank %d out of range", f, r))
 				return
 			}
@@ -892,13 +914,13 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 	}
 	res.coll = coll
 	var obs func(*binding.Layer, []float32)
-	if st.collect && !b.fused && w.lg.plan.Tuned(b.layers[0]) {
-		obs = w.lg.observer(b.layers[0])
+	if st.collect && !b.Fused() && w.lg.plan.Tuned(b.Layers[0]) {
+		obs = w.lg.observer(b.Layers[0])
 	}
 	cs, err := coll.run(st.ctx, w.conn, &b.drv, flagID+1, data, obs, RunOptions{Timeout: w.cfg.Timeout, SendsPerPeer: w.cfg.SendsPerPeer})
 	res.stats = cs
 	if err != nil {
-		fail(fmt.Errorf("worker: bucket %d (layer %q): %w", b.index, w.layers[b.layers[0]].name, err))
+		fail(fmt.Errorf("worker: bucket %d (layer %q): %w", b.index, w.layers[b.Layers[0]].Name, err))
 	}
 }
 
@@ -916,20 +938,20 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 	peerBuf := make([]int64, 2*n*len(w.layers)) // every layer's SentTo and RecvFrom
 	for li, s := range w.layers {
 		led.Layers[li] = LayerLedger{
-			Name: s.name, Elems: s.elems, Bucket: w.layerBucket[li], Codec: s.codec, EF: s.ef,
-			DenseBytes: 4 * int64(s.elems), BaselineBytes: ringBaseline(n, s.elems),
+			Name: s.Name, Elems: s.Elems, Bucket: w.layerBucket[li], Codec: s.codec, EF: s.ef,
+			DenseBytes: 4 * int64(s.Elems), BaselineBytes: ringBaseline(n, s.Elems),
 		}
 	}
 	for bi, b := range w.buckets {
 		r := &st.results[bi]
-		total := int64(b.elems())
+		total := int64(b.Elems())
 		share := func(v int64, li int) int64 {
 			// Proportional split whose parts sum to v: the last layer takes the rest.
-			return v * int64(w.layers[li].elems) / total
+			return v * int64(w.layers[li].Elems) / total
 		}
 		var acc [5]int64
 		peerAcc := [2][]int64{make([]int64, n), make([]int64, n)}
-		for k, li := range b.layers {
+		for k, li := range b.Layers {
 			l := &led.Layers[li]
 			coll := r.coll
 			if coll == nil {
@@ -943,7 +965,7 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 			vals := [5]int64{r.stats.payload, r.stats.run.SentBytes, r.stats.run.RecvBytes,
 				r.stats.run.SentBytes + r.stats.run.Msgs*transport.FrameHeaderLen, 0}
 			var got [5]int64
-			if k == len(b.layers)-1 {
+			if k == len(b.Layers)-1 {
 				for j := range 4 {
 					got[j] = vals[j] - acc[j]
 				}
@@ -957,7 +979,7 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 			o := 2 * n * li
 			l.SentTo, l.RecvFrom = peerBuf[o:o+n:o+n], peerBuf[o+n:o+2*n:o+2*n]
 			for p := 0; p < n && r.stats.run.SentTo != nil; p++ {
-				if k == len(b.layers)-1 {
+				if k == len(b.Layers)-1 {
 					l.SentTo[p] = r.stats.run.SentTo[p] - peerAcc[0][p]
 					l.RecvFrom[p] = r.stats.run.RecvFrom[p] - peerAcc[1][p]
 				} else {
@@ -968,7 +990,7 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 				}
 			}
 			frac := func(d time.Duration) time.Duration {
-				return time.Duration(int64(d) * int64(w.layers[li].elems) / total)
+				return time.Duration(int64(d) * int64(w.layers[li].Elems) / total)
 			}
 			l.Compress = frac(r.stats.compress)
 			l.Decompress = frac(r.stats.decompress)

@@ -19,6 +19,7 @@ var rules = []struct{ pkg, forbidden string }{
 	{"compressors/...", `^` + mod + `(transport|worker|sim|errorfeedback|allreduce|binding|lgreco|train|cmd)(/|$)`},
 	{"errorfeedback/...", `^` + mod + `(transport|worker|sim|binding|lgreco|train|cmd)(/|$)`},
 	{"binding", `^` + mod + `(transport|worker|sim|lgreco|train|cmd)(/|$)`},
+	{"engine", `^` + mod + `(transport|worker|sim|lgreco|optim|train|cmd)(/|$)|^net$`},
 	{"lgreco", `^` + mod + `(transport|worker|sim|train|cmd)(/|$)`},
 	{"optim", `^` + mod + `(transport|worker|sim|train|cmd)(/|$)`},
 	{"transport/...", `^` + mod + `(worker|sim|binding|lgreco|train|cmd)(/|$)`},
