@@ -45,8 +45,8 @@ type PayloadCodec interface {
 
 // TwoPhaseHook holds the error-feedback state of the TwoPhaseSign scheme
 // for one vector (specs §2.2, with one scale per block of TwoPhaseLayout).
-// TwoPhaseState is the package's own implementation; errorfeedback's
-// WorkerError and ServerError can be adapted.
+// errorfeedback.TwoPhase implements it (this package holds only the
+// scheme's geometry and messages, not its arithmetic).
 type TwoPhaseHook interface {
 	// TwoPhaseLayout is the geometry the state was built for; it must equal
 	// the program's (Elems, World, SignBlock).

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/errorfeedback"
 )
 
 func sgn(x float32) float32 {
@@ -78,14 +79,14 @@ func TestTwoPhaseSignMatchesReference(t *testing.T) {
 				orig[r] = append([]float32(nil), in[r]...)
 			}
 			wantOut, wantW, wantS, avg := twoPhaseReference(orig, n)
-			states := make([]*allreduce.TwoPhaseState, n)
+			states := make([]*errorfeedback.TwoPhase, n)
 			progs := genAll(t, allreduce.AlgTwoPhaseSign, allreduce.Params{World: n, Elems: d})
 			if err := allreduce.Check(progs); err != nil {
 				t.Fatal(err)
 			}
 			execs := make([]allreduce.Executor, n)
 			for r := range execs {
-				states[r] = allreduce.NewTwoPhaseState(d, n)
+				states[r] = mustTwoPhase(t, d, n, r)
 				e, err := allreduce.NewExec(progs[r], in[r], allreduce.WithTwoPhase(states[r]))
 				if err != nil {
 					t.Fatal(err)
@@ -112,12 +113,12 @@ func TestTwoPhaseSignMatchesReference(t *testing.T) {
 						t.Fatalf("n=%d d=%d: rank %d out[%d] = %v, reference %v", n, d, r, i, in[r][i], wantOut[i])
 					}
 				}
-				for i, v := range states[r].WorkerError() {
+				for i, v := range states[r].W.Error() {
 					if !close32(v, wantW[r][i], 1e-5) {
 						t.Fatalf("n=%d d=%d: rank %d worker error [%d] = %v, reference %v", n, d, r, i, v, wantW[r][i])
 					}
 				}
-				for i, v := range states[r].ServerError() {
+				for i, v := range states[r].S.Error() {
 					if math.Abs(float64(avg[r*L+i])) < 1e-6 {
 						continue
 					}
@@ -170,9 +171,9 @@ func TestTwoPhaseSteps(t *testing.T) {
 	rng := rand.New(rand.NewPCG(19, 20))
 	n, d := 6, 333
 	progs := genAll(t, allreduce.AlgTwoPhaseSign, allreduce.Params{World: n, Elems: d})
-	states := make([]*allreduce.TwoPhaseState, n)
+	states := make([]*errorfeedback.TwoPhase, n)
 	for r := range states {
-		states[r] = allreduce.NewTwoPhaseState(d, n)
+		states[r] = mustTwoPhase(t, d, n, r)
 	}
 	g := make([]float32, d) // a fixed "gradient" seen by all ranks
 	for i := range g {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/errorfeedback"
 )
 
 // twoPhaseBlockReference is the two-phase scheme computed directly (specs
@@ -79,11 +80,11 @@ func TestTwoPhaseBlocksMatchReference(t *testing.T) {
 				if err := allreduce.Check(progs); err != nil {
 					t.Fatal(err)
 				}
-				states := make([]*allreduce.TwoPhaseState, n)
+				states := make([]*errorfeedback.TwoPhase, n)
 				execs := make([]allreduce.Executor, n)
 				for r := range execs {
 					var err error
-					if states[r], err = allreduce.NewTwoPhaseBlockState(d, n, block); err != nil {
+					if states[r], err = errorfeedback.NewTwoPhase(d, n, r, block); err != nil {
 						t.Fatal(err)
 					}
 					if execs[r], err = allreduce.NewExec(progs[r], in[r], allreduce.WithTwoPhase(states[r])); err != nil {
@@ -106,12 +107,12 @@ func TestTwoPhaseBlocksMatchReference(t *testing.T) {
 							t.Fatalf("n=%d d=%d block %d: rank %d out[%d] = %v, reference %v", n, d, block, r, i, in[r][i], wantOut[i])
 						}
 					}
-					for i, v := range states[r].WorkerError() {
+					for i, v := range states[r].W.Error() {
 						if !close32(v, wantW[r][i], 1e-5) {
 							t.Fatalf("n=%d d=%d block %d: rank %d worker error [%d] = %v, reference %v", n, d, block, r, i, v, wantW[r][i])
 						}
 					}
-					for i, v := range states[r].ServerError() {
+					for i, v := range states[r].S.Error() {
 						a := math.Abs(float64(avg[r*L+i]))
 						if a < 1e-6 {
 							continue
@@ -147,7 +148,7 @@ func TestTwoPhaseBlocksKeepSmallRegions(t *testing.T) {
 		execs := make([]allreduce.Executor, n)
 		for r := range inputs {
 			inputs[r] = append([]float32(nil), in...)
-			st, err := allreduce.NewTwoPhaseBlockState(d, n, block)
+			st, err := errorfeedback.NewTwoPhase(d, n, r, block)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -249,7 +250,7 @@ func TestTwoPhaseOldVersion(t *testing.T) {
 		progs := genAll(t, allreduce.AlgTwoPhaseSign, allreduce.Params{World: n, Elems: d, SignBlock: 16})
 		execs := make([]allreduce.Executor, n)
 		for r := range execs {
-			st, err := allreduce.NewTwoPhaseBlockState(d, n, 16)
+			st, err := errorfeedback.NewTwoPhase(d, n, r, 16)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -295,8 +296,19 @@ func (v badVersion) Deliver(op *allreduce.Op, b []byte) error {
 // refused by the executor.
 func TestTwoPhaseStateLayoutMismatch(t *testing.T) {
 	progs := genAll(t, allreduce.AlgTwoPhaseSign, allreduce.Params{World: 2, Elems: 64, SignBlock: 16})
-	st := allreduce.NewTwoPhaseState(64, 2)
+	st := mustTwoPhase(t, 64, 2, 0)
 	if _, err := allreduce.NewExec(progs[0], make([]float32, 64), allreduce.WithTwoPhase(st)); !errors.Is(err, allreduce.ErrExec) {
 		t.Fatalf("err %v, want ErrExec", err)
 	}
+}
+
+// mustTwoPhase is rank's two-phase state (one scale per vector) for a
+// d-element vector over n ranks.
+func mustTwoPhase(t *testing.T, d, n, rank int) *errorfeedback.TwoPhase {
+	t.Helper()
+	st, err := errorfeedback.NewTwoPhase(d, n, rank, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

@@ -187,19 +187,14 @@ func build(s Spec, t *timer, old *Layer) (*Layer, error) {
 		}
 		xopts = append(xopts, allreduce.WithPayloadCodec(&payloadCodec{fb: l.fb, comp: comp, t: t}))
 	case compressors.TwoPhase:
-		if old != nil && old.tp != nil && old.tp.lay.Block() == s.Codec.Block {
+		if old != nil && old.tp != nil && old.tp.TwoPhaseLayout().Block() == s.Codec.Block {
 			l.tp = old.tp
 		} else {
-			lay, err := allreduce.NewTwoPhaseLayout(s.Elems, s.World, s.Codec.Block)
+			st, err := errorfeedback.NewTwoPhase(s.Elems, s.World, s.Rank, s.Codec.Block)
 			if err != nil {
 				return nil, fmt.Errorf("%w: %v", ErrSpec, err)
 			}
-			l.tp = &twoPhase{
-				lay: lay,
-				w:   errorfeedback.NewBlockWorkerError(s.Elems, s.World, s.Codec.Block),
-				s:   errorfeedback.NewBlockServerError(s.Elems, s.World, s.Rank, s.Codec.Block),
-				t:   t,
-			}
+			l.tp = &twoPhase{TwoPhase: st, t: t}
 		}
 		xopts = append(xopts, allreduce.WithTwoPhase(l.tp))
 	case compressors.LowRank:
@@ -459,7 +454,7 @@ func (l *Layer) NominalPayload() int64 {
 	case compressors.Reduce:
 		return int64(l.spec.Elems * l.elem.BytesPerElem())
 	case compressors.TwoPhase:
-		return int64(l.tp.lay.PayloadBytes())
+		return int64(l.tp.TwoPhaseLayout().PayloadBytes())
 	case compressors.LowRank:
 		return 4 * int64(l.prog.Layout.Len())
 	}
@@ -489,20 +484,15 @@ func (c *payloadCodec) DecodeAdd(dst []float32, payload []byte) error {
 	return err
 }
 
-// twoPhase adapts errorfeedback's worker and server errors to
-// allreduce.TwoPhaseHook.
+// twoPhase times errorfeedback's two-phase state (the allreduce.TwoPhaseHook).
 type twoPhase struct {
-	lay allreduce.TwoPhaseLayout
-	w   *errorfeedback.WorkerError
-	s   *errorfeedback.ServerError
-	t   *timer
+	*errorfeedback.TwoPhase
+	t *timer
 }
-
-func (h *twoPhase) TwoPhaseLayout() allreduce.TwoPhaseLayout { return h.lay }
 
 func (h *twoPhase) WorkerCompress(dst []byte, scales, m []float32) ([]byte, []float32) {
 	t0 := time.Now()
-	b, s := h.w.CompressBlocks(dst, scales, m)
+	b, s := h.TwoPhase.WorkerCompress(dst, scales, m)
 	h.t.compress += time.Since(t0)
 	h.t.payload = int64(len(b)) + 4*int64(len(s))
 	return b, s
@@ -510,7 +500,7 @@ func (h *twoPhase) WorkerCompress(dst []byte, scales, m []float32) ([]byte, []fl
 
 func (h *twoPhase) ServerStep(dst []byte, sscales []float32, chunk int, recv [][]byte, scales [][]float32) ([]byte, []float32, error) {
 	t0 := time.Now()
-	b, s, err := h.s.StepBlocks(dst, sscales, recv, scales)
+	b, s, err := h.TwoPhase.ServerStep(dst, sscales, chunk, recv, scales)
 	h.t.compress += time.Since(t0)
 	return b, s, err
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
@@ -17,80 +18,15 @@ import (
 // MSB-first with bit 1 for x >= 0 (kernels.PackSigns). Scales are RMS values
 // ‖x‖₂/√len(x), accumulated in float64 and rounded to float32 once.
 
-// PaddedLen returns d′, the length of the padded vector of the two-phase
-// scheme for a d-element vector over world ranks: d rounded up to a multiple
-// of world·lcm(world, 8), so that each of the world chunks of d′/world
-// elements packs into a whole number of bytes, d′/(8·world). It panics if
-// d < 0 or world < 1.
-func PaddedLen(d, world int) int {
-	if d < 0 || world < 1 {
-		panic("errorfeedback: PaddedLen needs d >= 0 and world >= 1")
+// mustLayout is the two-phase geometry (allreduce.TwoPhaseLayout) of a
+// d-element vector over world ranks with scale blocks of block elements. It
+// panics if the layout is invalid (block negative or not a multiple of 8).
+func mustLayout(d, world, block int) allreduce.TwoPhaseLayout {
+	l, err := allreduce.NewTwoPhaseLayout(d, world, block)
+	if err != nil {
+		panic("errorfeedback: " + err.Error())
 	}
-	unit := world * (8 * world / gcd(world, 8))
-	return (d + unit - 1) / unit * unit
-}
-
-func gcd(a, b int) int {
-	for b != 0 {
-		a, b = b, a%b
-	}
-	return a
-}
-
-// signBlocks is the scale-block geometry of a padded two-phase vector (the
-// same as allreduce.TwoPhaseLayout): block k covers [k·B, min((k+1)·B, d′))
-// with B = block, or B = d′ when block is 0; chunk c is [c·L, (c+1)·L) with
-// L = d′/world, and its groups are the intersections of blocks with it.
-type signBlocks struct {
-	padded, chunk, block int
-}
-
-func newSignBlocks(d, world, block int) signBlocks {
-	if block < 0 || block%8 != 0 {
-		panic("errorfeedback: the two-phase scale block must be 0 or a positive multiple of 8")
-	}
-	p := PaddedLen(d, world)
-	return signBlocks{padded: p, chunk: p / world, block: block}
-}
-
-func (l signBlocks) blockLen() int {
-	if l.block == 0 {
-		return l.padded
-	}
-	return l.block
-}
-
-// blocks is the number of worker scales.
-func (l signBlocks) blocks() int {
-	if l.padded == 0 {
-		return 0
-	}
-	b := l.blockLen()
-	return (l.padded + b - 1) / b
-}
-
-func (l signBlocks) blockRange(k int) (lo, hi int) {
-	b := l.blockLen()
-	return k * b, min((k+1)*b, l.padded)
-}
-
-// chunkGroups returns the first block that meets chunk c and the number of
-// groups of the chunk.
-func (l signBlocks) chunkGroups(c int) (first, n int) {
-	if l.chunk == 0 {
-		return 0, 0
-	}
-	b := l.blockLen()
-	lo, hi := c*l.chunk, (c+1)*l.chunk
-	return lo / b, (hi-1)/b - lo/b + 1
-}
-
-// group returns group i of chunk c relative to the chunk's start.
-func (l signBlocks) group(c, i int) (lo, hi int) {
-	first, _ := l.chunkGroups(c)
-	blo, bhi := l.blockRange(first + i)
-	base := c * l.chunk
-	return max(blo, base) - base, min(bhi, base+l.chunk) - base
+	return l
 }
 
 // rms returns ‖x‖₂/√len(x) with float64 accumulation (0 for empty x).
@@ -119,13 +55,13 @@ func signFeedback(bits []byte, b []float32, s float32) {
 // padded vector (see NewBlockWorkerError). It is not safe for concurrent use.
 type WorkerError struct {
 	d, world int
-	lay      signBlocks
+	lay      allreduce.TwoPhaseLayout
 	e        []float32 // worker_error, length d′
 	one      [1]float32
 }
 
 // NewWorkerError returns a zero worker error for a d-element vector over
-// world ranks (internally of length PaddedLen(d, world)) with one scale for
+// world ranks (internally of length allreduce.TwoPhasePaddedLen(d, world)) with one scale for
 // the whole padded vector (DeepSpeed's). It panics if d < 0 or world < 1.
 func NewWorkerError(d, world int) *WorkerError { return NewBlockWorkerError(d, world, 0) }
 
@@ -135,8 +71,8 @@ func NewWorkerError(d, world int) *WorkerError { return NewBlockWorkerError(d, w
 // geometry is allreduce.TwoPhaseLayout's. It panics if d < 0, world < 1, or
 // block is negative or not a multiple of 8.
 func NewBlockWorkerError(d, world, block int) *WorkerError {
-	lay := newSignBlocks(d, world, block)
-	return &WorkerError{d: d, world: world, lay: lay, e: make([]float32, lay.padded)}
+	lay := mustLayout(d, world, block)
+	return &WorkerError{d: d, world: world, lay: lay, e: make([]float32, lay.Padded())}
 }
 
 // Len is d, the unpadded vector length.
@@ -146,10 +82,10 @@ func (w *WorkerError) Len() int { return w.d }
 func (w *WorkerError) PaddedLen() int { return len(w.e) }
 
 // Block is the scale block length (0: one block).
-func (w *WorkerError) Block() int { return w.lay.block }
+func (w *WorkerError) Block() int { return w.lay.Block() }
 
 // Blocks is the number of scales CompressBlocks returns.
-func (w *WorkerError) Blocks() int { return w.lay.blocks() }
+func (w *WorkerError) Blocks() int { return w.lay.Blocks() }
 
 // ChunkBytes is the number of sign bytes each rank owns, d′/(8·world).
 func (w *WorkerError) ChunkBytes() int { return len(w.e) / (8 * w.world) }
@@ -158,7 +94,7 @@ func (w *WorkerError) ChunkBytes() int { return len(w.e) / (8 * w.world) }
 // CompressBlocks returned: those of the blocks that meet the chunk, the ones
 // phase 1 sends to rank c with its sign chunk (a view of scales).
 func (w *WorkerError) ChunkScales(scales []float32, c int) []float32 {
-	first, n := w.lay.chunkGroups(c)
+	first, n := w.lay.ChunkBlocks(c)
 	return scales[first : first+n]
 }
 
@@ -169,7 +105,7 @@ func (w *WorkerError) ChunkScales(scales []float32, c int) []float32 {
 // goes to rank c in phase 1. m is not modified. It panics if len(m) !=
 // Len() or the error has more than one block.
 func (w *WorkerError) Compress(dst []byte, m []float32) ([]byte, float32) {
-	if w.lay.blocks() > 1 {
+	if w.lay.Blocks() > 1 {
 		panic("errorfeedback: WorkerError.Compress on a blocked error; use CompressBlocks")
 	}
 	dst, sc := w.CompressBlocks(dst, w.one[:0], m)
@@ -189,13 +125,13 @@ func (w *WorkerError) CompressBlocks(dst []byte, scales, m []float32) ([]byte, [
 	}
 	kernels.Add(w.e[:w.d], m)
 	dst = grow(dst[:0], len(w.e)/8)
-	nb := w.lay.blocks()
+	nb := w.lay.Blocks()
 	if cap(scales) < nb {
 		scales = make([]float32, nb)
 	}
 	scales = scales[:nb]
 	for k := range scales {
-		lo, hi := w.lay.blockRange(k)
+		lo, hi := w.lay.BlockRange(k)
 		scales[k] = rms(w.e[lo:hi])
 		signFeedback(dst[lo/8:hi/8], w.e[lo:hi], scales[k])
 	}
@@ -213,7 +149,7 @@ func (w *WorkerError) Reset() { zero(w.e) }
 // of the chunk (see NewBlockServerError). It is not safe for concurrent use.
 type ServerError struct {
 	world, rank int
-	lay         signBlocks
+	lay         allreduce.TwoPhaseLayout
 	e           []float32 // server_error, length chunk
 	c           []float32 // scratch for Step
 	one         [1]float32
@@ -221,7 +157,7 @@ type ServerError struct {
 }
 
 // NewServerError returns a zero server error for a d-element vector over
-// world ranks with one scale per chunk: its chunk has PaddedLen(d,
+// world ranks with one scale per chunk: its chunk has allreduce.TwoPhasePaddedLen(d,
 // world)/world elements. It panics if d < 0 or world < 1.
 func NewServerError(d, world int) *ServerError { return NewBlockServerError(d, world, 0, 0) }
 
@@ -235,8 +171,8 @@ func NewBlockServerError(d, world, rank, block int) *ServerError {
 	if rank < 0 || rank >= max(world, 1) {
 		panic("errorfeedback: NewBlockServerError: rank out of range")
 	}
-	lay := newSignBlocks(d, world, block)
-	return &ServerError{world: world, rank: rank, lay: lay, e: make([]float32, lay.chunk), c: make([]float32, lay.chunk)}
+	lay := mustLayout(d, world, block)
+	return &ServerError{world: world, rank: rank, lay: lay, e: make([]float32, lay.ChunkLen()), c: make([]float32, lay.ChunkLen())}
 }
 
 // Len is the chunk length d′/world.
@@ -248,7 +184,7 @@ func (s *ServerError) ChunkBytes() int { return len(s.e) / 8 }
 // Groups is the number of scales of this chunk: worker scales received from
 // each rank, and server scales sent.
 func (s *ServerError) Groups() int {
-	_, n := s.lay.chunkGroups(s.rank)
+	_, n := s.lay.ChunkBlocks(s.rank)
 	return n
 }
 
@@ -293,7 +229,7 @@ func (s *ServerError) MeanSignBlocks(c []float32, recv [][]byte, scales [][]floa
 	inv := float32(1 / float64(s.world))
 	for j, b := range recv {
 		for g := range ng {
-			lo, hi := s.lay.group(s.rank, g)
+			lo, hi := s.lay.Group(s.rank, g)
 			kernels.UnpackSignsAdd(c[lo:hi], b[lo/8:hi/8], scales[j][g]*inv)
 		}
 	}
@@ -333,7 +269,7 @@ func (s *ServerError) CompressBlocks(dst []byte, sscales, c []float32) ([]byte, 
 	}
 	sscales = sscales[:ng]
 	for g := range sscales {
-		lo, hi := s.lay.group(s.rank, g)
+		lo, hi := s.lay.Group(s.rank, g)
 		sscales[g] = rms(c[lo:hi])
 		signFeedback(dst[lo/8:hi/8], s.e[lo:hi], sscales[g])
 	}
@@ -371,7 +307,7 @@ func (s *ServerError) Error() []float32 { return s.e }
 func (s *ServerError) Reset() { zero(s.e) }
 
 // DecodeSigns is phase 2's output (specs §2.2 step 8): for every chunk c,
-// out[c·L : (c+1)·L] = scales[c]·sgn(bits[c]) with L = PaddedLen(len(out),
+// out[c·L : (c+1)·L] = scales[c]·sgn(bits[c]) with L = allreduce.TwoPhasePaddedLen(len(out),
 // world)/world and world = len(bits), truncated to len(out). It returns an
 // error wrapping ErrLength if the counts or sizes do not match.
 func DecodeSigns(out []float32, bits [][]byte, scales []float32) error {
@@ -379,7 +315,7 @@ func DecodeSigns(out []float32, bits [][]byte, scales []float32) error {
 		return fmt.Errorf("%w: %d sign chunks and %d scales", ErrLength, len(bits), len(scales))
 	}
 	world := len(bits)
-	chunk := PaddedLen(len(out), world) / world
+	chunk := allreduce.TwoPhasePaddedLen(len(out), world) / world
 	for c, b := range bits {
 		if len(b) != chunk/8 {
 			return fmt.Errorf("%w: server sign chunk %d has %d bytes, want %d", ErrLength, c, len(b), chunk/8)
@@ -406,20 +342,20 @@ func DecodeSignBlocks(out []float32, block int, bits [][]byte, scales [][]float3
 	if block < 0 || block%8 != 0 {
 		return fmt.Errorf("%w: scale block %d is not a multiple of 8", ErrLength, block)
 	}
-	lay := newSignBlocks(len(out), world, block)
-	chunk := lay.chunk
+	lay := mustLayout(len(out), world, block)
+	chunk := lay.ChunkLen()
 	for c, b := range bits {
 		if len(b) != chunk/8 {
 			return fmt.Errorf("%w: server sign chunk %d has %d bytes, want %d", ErrLength, c, len(b), chunk/8)
 		}
-		if _, n := lay.chunkGroups(c); len(scales[c]) != n {
+		if _, n := lay.ChunkBlocks(c); len(scales[c]) != n {
 			return fmt.Errorf("%w: server chunk %d has %d scales, want %d", ErrLength, c, len(scales[c]), n)
 		}
 	}
 	for c, b := range bits {
 		base := c * chunk
 		for g, s := range scales[c] {
-			lo, hi := lay.group(c, g)
+			lo, hi := lay.Group(c, g)
 			if base+lo >= len(out) {
 				break
 			}
@@ -434,4 +370,60 @@ func grow(b []byte, n int) []byte {
 		return make([]byte, n)
 	}
 	return b[:n]
+}
+
+// TwoPhase is one rank's state of the two-phase sign all-reduce for one
+// vector: its WorkerError and ServerError, as the allreduce.TwoPhaseHook
+// that allreduce.WithTwoPhase takes. It persists across steps (keep one per
+// layer and rank). Not safe for concurrent use.
+type TwoPhase struct {
+	lay  allreduce.TwoPhaseLayout
+	rank int
+	W    *WorkerError
+	S    *ServerError
+}
+
+var _ allreduce.TwoPhaseHook = (*TwoPhase)(nil)
+
+// NewTwoPhase returns rank's zero errors for a d-element vector over world
+// ranks with scale blocks of block elements (0: one per vector). It returns
+// allreduce.NewTwoPhaseLayout's error for invalid arguments, or an error
+// for a rank outside the world.
+func NewTwoPhase(d, world, rank, block int) (*TwoPhase, error) {
+	lay, err := allreduce.NewTwoPhaseLayout(d, world, block)
+	if err != nil {
+		return nil, err
+	}
+	if rank < 0 || rank >= world {
+		return nil, fmt.Errorf("errorfeedback: two-phase state of rank %d in a world of %d", rank, world)
+	}
+	return &TwoPhase{lay: lay, rank: rank, W: NewBlockWorkerError(d, world, block), S: NewBlockServerError(d, world, rank, block)}, nil
+}
+
+// TwoPhaseLayout implements allreduce.TwoPhaseHook.
+func (t *TwoPhase) TwoPhaseLayout() allreduce.TwoPhaseLayout { return t.lay }
+
+// WorkerCompress implements allreduce.TwoPhaseHook (WorkerError.CompressBlocks).
+func (t *TwoPhase) WorkerCompress(dst []byte, scales, m []float32) ([]byte, []float32) {
+	return t.W.CompressBlocks(dst, scales, m)
+}
+
+// ServerStep implements allreduce.TwoPhaseHook (ServerError.StepBlocks) for
+// the chunk of the rank the state was built for. Its errors (another chunk,
+// messages of the wrong sizes) wrap allreduce.ErrMessage.
+func (t *TwoPhase) ServerStep(dst []byte, sscales []float32, chunk int, recv [][]byte, scales [][]float32) ([]byte, []float32, error) {
+	if chunk != t.rank {
+		return dst[:0], sscales[:0], fmt.Errorf("%w: server step for chunk %d on the state of rank %d", allreduce.ErrMessage, chunk, t.rank)
+	}
+	b, ss, err := t.S.StepBlocks(dst, sscales, recv, scales)
+	if err != nil {
+		return b, ss, fmt.Errorf("%w: %w", allreduce.ErrMessage, err)
+	}
+	return b, ss, nil
+}
+
+// Reset zeroes both errors.
+func (t *TwoPhase) Reset() {
+	t.W.Reset()
+	t.S.Reset()
 }

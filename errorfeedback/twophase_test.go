@@ -5,25 +5,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
-)
 
-func TestPaddedLen(t *testing.T) {
-	for _, tc := range []struct{ d, world, want int }{
-		{0, 1, 0}, {1, 1, 8}, {8, 1, 8}, {9, 1, 16},
-		{1, 3, 72}, {72, 3, 72}, {73, 3, 144}, // unit 3·lcm(3,8) = 72
-		{1001, 5, 1200}, // unit 5·40 = 200
-		{1, 8, 64}, {1000, 8, 1024}, {10010, 8, 10048},
-		{5, 2, 16}, {17, 4, 32},
-	} {
-		got := PaddedLen(tc.d, tc.world)
-		if got != tc.want {
-			t.Errorf("PaddedLen(%d, %d) = %d, want %d", tc.d, tc.world, got, tc.want)
-		}
-		if got%(8*tc.world) != 0 || got < tc.d {
-			t.Errorf("PaddedLen(%d, %d) = %d: chunks not whole bytes", tc.d, tc.world, got)
-		}
-	}
-}
+	"github.com/slimgrad/slimgrad/allreduce"
+)
 
 // TestWorkerErrorPacking: known bytes, MSB first, bit 1 for x >= 0 (−0 too).
 func TestWorkerErrorPacking(t *testing.T) {
@@ -94,7 +78,7 @@ func TestTwoPhaseMatchesDeepSpeedReference(t *testing.T) {
 	for _, world := range []int{1, 3, 5, 8} {
 		for _, d := range []int{7, 1001, 4096} {
 			rng := rand.New(rand.NewPCG(uint64(world), uint64(d)))
-			dp := PaddedLen(d, world)
+			dp := allreduce.TwoPhasePaddedLen(d, world)
 			ws := make([]*WorkerError, world)
 			ss := make([]*ServerError, world)
 			m := make([][]float32, world)

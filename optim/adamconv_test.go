@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/allreduce"
 )
 
 // runAdam trains p over world ranks with Adam (no bias correction, to match
@@ -78,7 +78,7 @@ func TestOneBitAdamFollowsAdam(t *testing.T) {
 		l1, c1, sent, dense := runAdam(t, p, world, steps, batch, freeze, lr, true, seed)
 		t.Logf("seed %d: final loss adam %.4f, 1-bit adam %.4f; curves (every 30 steps):\n adam  %.3f\n 1-bit %.3f", seed, la, l1, ca, c1)
 		adam, onebit, diffs = append(adam, la), append(onebit, l1), append(diffs, l1-la)
-		wantSent := int64(steps-freeze) * 2 * (world - 1) * int64(errorfeedback.PaddedLen(p.dim(), world)/(8*world)+4)
+		wantSent := int64(steps-freeze) * 2 * (world - 1) * int64(allreduce.TwoPhasePaddedLen(p.dim(), world)/(8*world)+4)
 		if sent != wantSent {
 			t.Errorf("compression stage sent %d bytes, want %d", sent, wantSent)
 		}

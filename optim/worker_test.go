@@ -7,7 +7,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/slimgrad/slimgrad/errorfeedback"
+	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/transport/mem"
 	"github.com/slimgrad/slimgrad/worker"
@@ -164,7 +164,7 @@ func TestOneBitAdamWorkers(t *testing.T) {
 		// scale to the N−1 others in phase 1 and its server chunk and scale
 		// in phase 2, each message with a 4-byte header (version 2, one
 		// scale): 2(N−1)·(d′/(8N) + 8) bytes, d′ the padded length.
-		if want := int64(steps-freeze) * 2 * (world - 1) * int64(errorfeedback.PaddedLen(p.Dim(), world)/(8*world)+8); o.sent != want {
+		if want := int64(steps-freeze) * 2 * (world - 1) * int64(allreduce.TwoPhasePaddedLen(p.Dim(), world)/(8*world)+8); o.sent != want {
 			t.Errorf("seed %d: compression stage sent %d bytes by the Ledger, want %d", seed, o.sent, want)
 		}
 		if ratio < 25 {

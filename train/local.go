@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/compressors"
 	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/internal/kernels"
@@ -23,7 +22,7 @@ import (
 // exact mean of the decoded payloads, without the per-hop re-encoding of a
 // real ring. optim.DenseMean is the exact fp32 mean in rank order.
 // optim.TwoPhaseSign runs the two-phase 1-bit all-reduce (specs §2.2) with
-// allreduce.TwoPhaseState's worker and server errors: phase 1 gives chunk c
+// errorfeedback.TwoPhase's worker and server errors: phase 1 gives chunk c
 // of every rank's signs to rank c, phase 2 gathers the server signs.
 // PowerSGD (low-rank aggregation) is rejected with ErrUnsupported.
 //
@@ -40,7 +39,7 @@ type Local struct {
 	fbs    [][]errorfeedback.Feedback // [worker][layer]
 	bufs   [][]byte
 	avg    []float32
-	tp     [][]*allreduce.TwoPhaseState // [worker][layer], made on first use
+	tp     [][]*errorfeedback.TwoPhase // [worker][layer], made on first use
 	// two-phase scratch, reused across steps
 	bits, server, recv       [][]byte
 	scales, sscales, rscales [][]float32
@@ -140,9 +139,9 @@ func (x *Local) twoPhase(l int, in, out [][][]float32) (LayerStats, error) {
 		return LayerStats{}, err
 	}
 	if x.tp == nil {
-		x.tp = make([][]*allreduce.TwoPhaseState, x.n)
+		x.tp = make([][]*errorfeedback.TwoPhase, x.n)
 		for w := range x.n {
-			x.tp[w] = make([]*allreduce.TwoPhaseState, len(x.layers))
+			x.tp[w] = make([]*errorfeedback.TwoPhase, len(x.layers))
 		}
 	}
 	if x.bits == nil {
@@ -152,7 +151,7 @@ func (x *Local) twoPhase(l int, in, out [][][]float32) (LayerStats, error) {
 	bits, server, recv, scales, sscales, rscales := x.bits, x.server, x.recv, x.scales, x.sscales, x.rscales
 	for w := range x.n {
 		if x.tp[w][l] == nil {
-			if x.tp[w][l], err = allreduce.NewTwoPhaseBlockState(d, x.n, sr.Block); err != nil {
+			if x.tp[w][l], err = errorfeedback.NewTwoPhase(d, x.n, w, sr.Block); err != nil {
 				return LayerStats{}, fmt.Errorf("train: unit %s: %w", x.layers[l].Name, err)
 			}
 		}
