@@ -44,7 +44,7 @@ type PayloadCodec interface {
 }
 
 // TwoPhaseHook holds the error-feedback state of the TwoPhaseSign scheme
-// for one vector (specs §2.2, with one scale per block of TwoPhaseLayout).
+// for one vector (docs/algorithms.md §2.2, with one scale per block of TwoPhaseLayout).
 // errorfeedback.TwoPhase implements it (this package holds only the
 // scheme's geometry and messages, not its arithmetic).
 type TwoPhaseHook interface {

@@ -352,7 +352,7 @@ func Barrier(p Params) (*Program, error) { return Generate(AlgBarrier, p) }
 func SparseGather(p Params) (*Program, error) { return Generate(AlgSparseGather, p) }
 
 // TwoPhaseSign returns the two-phase compressed all-reduce of 1-bit Adam
-// (specs §2.2), needing WithTwoPhase on the executor. With d = Elems,
+// (docs/algorithms.md §2.2), needing WithTwoPhase on the executor. With d = Elems,
 // d′ = TwoPhasePaddedLen(d, N), B = d′/(8N) and the scale blocks of
 // TwoPhaseLayout(d, N, SignBlock), chunk c's messages are [version 2 | scale
 // count n_c (24-bit) | n_c float32 little-endian scales | B sign bytes, MSB
@@ -372,7 +372,7 @@ func SparseGather(p Params) (*Program, error) { return Generate(AlgSparseGather,
 // Layout: N chunks of d′/N elements of the padded vector (Layout.Len() = d′).
 func TwoPhaseSign(p Params) (*Program, error) { return Generate(AlgTwoPhaseSign, p) }
 
-// LowRank returns PowerSGD's P-then-Q all-reduce (specs §4.1), needing
+// LowRank returns PowerSGD's P-then-Q all-reduce (docs/algorithms.md §4.1), needing
 // WithLowRank on the executor. BufData is M (Rows×Cols, row-major); BufAux
 // is P (Rows×R) then Q (Cols×R), R = Components, row-major.
 //
@@ -389,7 +389,7 @@ func TwoPhaseSign(p Params) (*Program, error) { return Generate(AlgTwoPhaseSign,
 func LowRank(p Params) (*Program, error) { return Generate(AlgLowRank, p) }
 
 // TwoPhasePaddedLen returns d′ for a d-element vector over world ranks
-// (specs §2.2): d rounded up to a multiple of world·lcm(world, 8), so that
+// (docs/algorithms.md §2.2): d rounded up to a multiple of world·lcm(world, 8), so that
 // each of the world chunks of d′/world elements packs into d′/(8·world)
 // whole bytes.
 func TwoPhasePaddedLen(d, world int) int {

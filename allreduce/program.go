@@ -92,7 +92,7 @@ const (
 	// FnDecodeAdd: Dst[region] += decode(payload slot Src Chunk) (sparse
 	// scatter-add, SparseGather).
 	FnDecodeAdd
-	// FnServer: the server step of the two-phase sign scheme (specs §2.2
+	// FnServer: the server step of the two-phase sign scheme (docs/algorithms.md §2.2
 	// step 6).
 	FnServer
 	// FnOrtho: orthogonalize the P factor (LowRank).

@@ -36,7 +36,7 @@ func (b *builder) genSparseGather(p *Params) {
 }
 
 // genTwoPhaseSign: the two-phase compressed all-reduce of 1-bit Adam
-// (specs §2.2). With d = Elems, d′ = TwoPhasePaddedLen(d, N) and
+// (docs/algorithms.md §2.2). With d = Elems, d′ = TwoPhasePaddedLen(d, N) and
 // B = d′/(8N) sign bytes per chunk, every message is [header | the scales
 // of the chunk's groups | B bytes of MSB-first signs] (TwoPhaseLayout,
 // MessageBytes), so phase 1's all-to-all of
@@ -90,7 +90,7 @@ func (b *builder) genTwoPhase(p *Params) {
 	b.compute(FnDecode, BufData, BufPayload, -1, 1, int64(dp), join, NoDep)
 }
 
-// genLowRank: PowerSGD's P-then-Q all-reduce (specs §4.1). BufData is M
+// genLowRank: PowerSGD's P-then-Q all-reduce (docs/algorithms.md §4.1). BufData is M
 // (Rows×Cols, row-major); BufAux is P (Rows×R) followed by Q (Cols×R), R =
 // Components, both row-major. Layout (over BufAux): P split into N blocks of
 // Segments chunks (chunks 0..N·S−1), then Q likewise (chunks N·S..2N·S−1).

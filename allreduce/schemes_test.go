@@ -24,7 +24,7 @@ func rmsOf(x []float32) float32 {
 	return float32(math.Sqrt(ss / float64(len(x))))
 }
 
-// twoPhaseReference is specs §2.5's reference simulation from zero errors:
+// twoPhaseReference is docs/algorithms.md §2.5's reference simulation from zero errors:
 // a_c = s_w(a)·sgn(a); worker_err = a − a_c; avg = mean(a_c); chunk c of avg
 // → s_c·sgn(chunk c); server_err(r) = chunk_r − s_r·sgn(chunk_r). It works
 // on padded vectors.

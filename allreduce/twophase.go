@@ -18,7 +18,7 @@ const MaxTwoPhaseScales = 1<<24 - 1
 
 // TwoPhaseLayout is the geometry of the two-phase sign scheme for a
 // d-element vector over world ranks with scale blocks of Block elements
-// (specs §2.2, with several scales):
+// (docs/algorithms.md §2.2, with several scales):
 //
 //   - the padded vector has d′ = TwoPhasePaddedLen(d, world) elements, in
 //     world chunks of L = d′/world elements (chunk c goes to rank c);

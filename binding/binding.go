@@ -22,9 +22,9 @@
 //	Gather   (topk, randomk, dgc, qsgd)  sparse-gather: EF.Encode → all-gather →
 //	                              DecompressAdd in rank order → ×1/N.
 //	TwoPhase (sign)               two-phase-sign with errorfeedback.WorkerError and
-//	                              ServerError (specs §2.2).
+//	                              ServerError (docs/algorithms.md §2.2).
 //	LowRank  (powersgd)           low-rank (P then Q) with the codec's PowerSGD steps;
-//	                              with ef14 the residual e = M − P̂Qᵀ (specs §4.1).
+//	                              with ef14 the residual e = M − P̂Qᵀ (docs/algorithms.md §4.1).
 package binding
 
 import (

@@ -222,7 +222,7 @@ func TestExactTopK(t *testing.T) {
 }
 
 func TestDGCPlan(t *testing.T) {
-	// Numbers from the reference setup (specs §1.2) worked by hand.
+	// Numbers from the reference setup (docs/algorithms.md §1.2) worked by hand.
 	cases := []struct {
 		n                       int
 		ratio                   float64

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// refDGC transcribes the _sparsify pseudo-code of specs §1.2 literally
+// refDGC transcribes the _sparsify pseudo-code of docs/algorithms.md §1.2 literally
 // (float comparisons, sorting, lists) and returns the selected indices as a
 // sorted set.
 func refDGC(x []float32, ratio float64, start int, resample bool) []int {

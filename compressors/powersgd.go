@@ -10,11 +10,11 @@ import (
 )
 
 // OrthoEpsilon is added to column norms in Orthogonalize, so that a zero
-// column stays zero instead of becoming NaN (specs §4.1, pitfall 2).
+// column stays zero instead of becoming NaN (docs/algorithms.md §4.1, pitfall 2).
 const OrthoEpsilon = 1e-8
 
 // PowerSGD is the rank-r PowerSGD compressor of a rows×cols layer (M
-// row-major, specs §4.1). r is min(rank, rows, cols). Q (cols×r, row-major)
+// row-major, docs/algorithms.md §4.1). r is min(rank, rows, cols). Q (cols×r, row-major)
 // is drawn from the shared seed (WithSeed), so it is identical on every rank,
 // and is warm-started: each Compress, or SetQ, keeps the new Q for the next
 // step.

@@ -50,7 +50,7 @@ func signBlocks(n, block int) int {
 }
 
 // Sign is the 1-bit compressor C(x) = RMS(x)·sign(x) with sign(0) = +1
-// (specs §2.2), or with Recipe.Block > 0 ("sign:B") one RMS scale per block
+// (docs/algorithms.md §2.2), or with Recipe.Block > 0 ("sign:B") one RMS scale per block
 // of B elements (block k is [k·B, min((k+1)·B, n))): the frame body is the
 // float32 scales (1, or ⌈n/B⌉) followed by the packed sign bits,
 // 4·scales + ceil(n/8) bytes; the header's Param is B. Its aggregation is

@@ -16,7 +16,7 @@ func runLSQ(t testing.TB, p *eftest.LSQ, mk func() Feedback, gamma, sigma float6
 	})
 }
 
-// TestConvergenceT1 is specs §3.4 T1: n = 10 heterogeneous workers, full
+// TestConvergenceT1 is docs/algorithms.md §3.4 T1: n = 10 heterogeneous workers, full
 // gradients, top-k with k/d = 0.1. Compressed SGD without error feedback
 // stalls at a large error; EF21 and EControl converge linearly to ≤ 1e-6.
 func TestConvergenceT1(t *testing.T) {
@@ -66,7 +66,7 @@ func t2Floors(t *testing.T, p *eftest.LSQ, k int, gamma, sigma, eta float64, ste
 	return ef21, econtrol, sgd
 }
 
-// TestConvergenceT2 is specs §3.4 T2: T1's problem (here with a design
+// TestConvergenceT2 is docs/algorithms.md §3.4 T2: T1's problem (here with a design
 // matrix shared by all workers, so that the Hessian of f, and hence SGD's
 // noise floor, does not change with n; the x_i* stay distinct) plus Gaussian
 // gradient noise σ, a fixed γ, n = 1, 4, 16. EControl's floor E‖x − x*‖²

@@ -8,7 +8,7 @@ import (
 	"github.com/slimgrad/slimgrad/compressors"
 )
 
-// EControl is EControl(η) (specs/algorithms.md §3.2) and, with η = 0 and no
+// EControl is EControl(η) (docs/algorithms.md §3.2) and, with η = 0 and no
 // error vector, EF21. Per rank i and step:
 //
 //	Δᵢ = C(η·eᵢ + g − hᵢ)        (EF21: C(g − hᵢ))

@@ -13,7 +13,7 @@
 //	// optimizer: x -= lr * avg   (plain SGD on the direction; see package optim)
 //
 // The methods of every algorithm, with C the codec, D its decoder and avg
-// the vector passed to Finish (specs/algorithms.md §1 and §3.2):
+// the vector passed to Finish (docs/algorithms.md §1 and §3.2):
 //
 //	None      Encode: Δ = C(g)                      Finish: identity
 //	EF14      Encode: Δ = C(e+g); e = e+g−D(Δ)      Finish: identity

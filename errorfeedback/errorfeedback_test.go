@@ -93,7 +93,7 @@ func randVec(r *rand.Rand, n int, s float64) []float32 {
 }
 
 // TestEControlVirtualIterate: x̃ = x − γ·mean eᵢ follows uncompressed SGD on
-// the same gradient sequence, for any η (specs §3.2).
+// the same gradient sequence, for any η (docs/algorithms.md §3.2).
 func TestEControlVirtualIterate(t *testing.T) {
 	const n, d, steps = 4, 200, 300
 	const gamma = 0.05
@@ -243,7 +243,7 @@ func TestEF14Telescopes(t *testing.T) {
 	}
 }
 
-// dgcRef is a naive DGC reference (specs §1.2) in float32, with exact top-k.
+// dgcRef is a naive DGC reference (docs/algorithms.md §1.2) in float32, with exact top-k.
 type dgcRef struct {
 	m          float32
 	k          int

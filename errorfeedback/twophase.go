@@ -9,7 +9,7 @@ import (
 )
 
 // This file holds the state of the two-phase compressed all-reduce of 1-bit
-// Adam (specs/algorithms.md §2.2): the worker error (steps 1-4, on the whole
+// Adam (docs/algorithms.md §2.2): the worker error (steps 1-4, on the whole
 // padded vector) and the server error (step 6, on this rank's chunk). The
 // collective itself (all-to-all of sign chunks, all-gathers of scales and
 // server signs) is package allreduce's TwoPhaseSign scheme.
@@ -51,7 +51,7 @@ func signFeedback(bits []byte, b []float32, s float32) {
 }
 
 // WorkerError is one rank's worker-side error of the two-phase scheme for a
-// d-element vector (specs §2.2 steps 1-4), with one scale per block of the
+// d-element vector (docs/algorithms.md §2.2 steps 1-4), with one scale per block of the
 // padded vector (see NewBlockWorkerError). It is not safe for concurrent use.
 type WorkerError struct {
 	d, world int
@@ -145,7 +145,7 @@ func (w *WorkerError) Error() []float32 { return w.e }
 func (w *WorkerError) Reset() { zero(w.e) }
 
 // ServerError is rank r's server-side error of the two-phase scheme for its
-// chunk of d′/world elements (specs §2.2 step 6), with one scale per group
+// chunk of d′/world elements (docs/algorithms.md §2.2 step 6), with one scale per group
 // of the chunk (see NewBlockServerError). It is not safe for concurrent use.
 type ServerError struct {
 	world, rank int
@@ -306,7 +306,7 @@ func (s *ServerError) Error() []float32 { return s.e }
 // Reset zeroes the error.
 func (s *ServerError) Reset() { zero(s.e) }
 
-// DecodeSigns is phase 2's output (specs §2.2 step 8): for every chunk c,
+// DecodeSigns is phase 2's output (docs/algorithms.md §2.2 step 8): for every chunk c,
 // out[c·L : (c+1)·L] = scales[c]·sgn(bits[c]) with L = allreduce.TwoPhasePaddedLen(len(out),
 // world)/world and world = len(bits), truncated to len(out). It returns an
 // error wrapping ErrLength if the counts or sizes do not match.

@@ -74,7 +74,7 @@ func runLSQWorkers(t *testing.T, p *eftest.LSQ, n int, codec, ef string, gamma f
 	return errs
 }
 
-// TestConvergenceT1Workers is TestConvergenceT1 (specs §3.4 T1: n = 10
+// TestConvergenceT1Workers is TestConvergenceT1 (docs/algorithms.md §3.4 T1: n = 10
 // heterogeneous workers, full gradients, top-k at k/d = 0.1) run through
 // real worker.Workers over transport/mem (sparse all-gather, rank-order
 // decode-add, the worker's error-feedback binding): compressed SGD without

@@ -14,7 +14,7 @@ import (
 	"github.com/slimgrad/slimgrad/errorfeedback/eftest"
 )
 
-// t2Methods are the error-feedback methods of specs §3.4 T2 over top-k of k
+// t2Methods are the error-feedback methods of docs/algorithms.md §3.4 T2 over top-k of k
 // of d coordinates: EF21, EControl(0.1) and uncompressed SGD.
 func t2Methods(d, k int) []t2Method {
 	return []t2Method{
@@ -69,7 +69,7 @@ func checkT2Floors(t *testing.T, what string, ns []int, floors []map[string]floa
 	}
 }
 
-// TestT2Explore tunes γ per method and per n for specs §3.4 T2 (T2's
+// TestT2Explore tunes γ per method and per n for docs/algorithms.md §3.4 T2 (T2's
 // problem with a design matrix shared by all workers, σ = 3, top-k 5 of 50)
 // and logs the floor E‖x − x*‖² over the last 10% of the run, averaged over
 // 2 seeds, for every γ of the grid. It asserts, of the best floor per
@@ -147,7 +147,7 @@ func TestT2ExploreMinibatch(t *testing.T) {
 
 // TestT2ExploreHeterogeneous is T2's protocol (σ = 3, one seed, floors over
 // the last half of 1500 steps) on T1's own problem, where every worker has
-// its own design matrix A_i, as specs §3.4 T2 says ("same as T1 plus
+// its own design matrix A_i, as docs/algorithms.md §3.4 T2 says ("same as T1 plus
 // noise"), for two fixed γ. It asserts what TestT2Explore does, for each γ:
 //
 //	go test -tags experiments -run 'TestT2ExploreHeterogeneous$' -v ./experiments/

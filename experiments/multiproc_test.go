@@ -40,7 +40,7 @@ import (
 // SLIMGRAD_MP_SEGMENT=bytes (Config.SegmentBytes; default: the cost model)  SLIMGRAD_MP_SENDS=2
 // SLIMGRAD_MP_BULK=n (libp2p bulk connections per peer and direction; 0: all over yamux)
 // SLIMGRAD_MP_PROFILE=dir (CPU profile of every rank)
-// SLIMGRAD_MP_GLOO=/work/shared/anchors/gloo_allreduce.py: also run the
+// SLIMGRAD_MP_GLOO=/abs/path/to/docs/anchors/gloo_allreduce.py: also run the
 // torch.distributed Gloo anchor (python3 with torch) for every world size
 // and log each result's ratio to Gloo's bus bandwidth.
 //

@@ -134,7 +134,7 @@ func (c *Controller) window(t int64) bool {
 //
 // One-shot: the error-compensated gradient g + e of the steps of the window
 // (the last AccIter steps before a decision) is averaged in float64, and
-// err(c) = ‖G − C_c(G)‖₂ on that average (Plan.Errors), as specs §4.2
+// err(c) = ‖G − C_c(G)‖₂ on that average (Plan.Errors), as docs/algorithms.md §4.2
 // describes.
 //
 // Replayed: a replayable layer (Plan.Replayable) observed with a residual

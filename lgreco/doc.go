@@ -1,4 +1,4 @@
-// Package lgreco implements L-GreCo (specs/algorithms.md §4.2): per-layer
+// Package lgreco implements L-GreCo (docs/algorithms.md §4.2): per-layer
 // compression levels chosen by dynamic programming so that the total size (or,
 // with the link-aware objective, the modelled communication time) is minimal
 // while the total compression error stays within α times the error of the
@@ -42,6 +42,6 @@
 //
 // Only rank 0's gradients drive a decision; all ranks must then apply exactly
 // the broadcast choice at exactly its ApplyAt step, or the low-rank
-// all-reduce sizes would not match (specs §4.2 pitfall 3). The error-feedback
+// all-reduce sizes would not match (docs/algorithms.md §4.2 pitfall 3). The error-feedback
 // residual of a layer stays valid across a change (it is full size).
 package lgreco

@@ -40,7 +40,7 @@ type Solution struct {
 	FromDefault bool
 }
 
-// Solve runs L-GreCo's dynamic program (specs §4.2): it minimises
+// Solve runs L-GreCo's dynamic program (docs/algorithms.md §4.2): it minimises
 // Σ_l Cost[l][c_l] subject to Σ_l Err[l][c_l] ≤ α·Σ_l Err[l][Default[l]].
 //
 // The budget E is split into buckets of width w = E/buckets and every error is
@@ -53,7 +53,7 @@ type Solution struct {
 // O(L·buckets).
 //
 // A candidate whose error or cost is NaN or ±Inf, or whose error alone
-// exceeds E, is infeasible and never chosen (specs §4.2 pitfall 1: the
+// exceeds E, is infeasible and never chosen (docs/algorithms.md §4.2 pitfall 1: the
 // reference's NaN guard is a no-op). If the default's own errors are not
 // finite the budget is undefined and nothing is feasible. When the uniform
 // default meets the budget (always for α ≥ 1) and costs no more than the DP's

@@ -282,7 +282,7 @@ func TestErrorsNonFinite(t *testing.T) {
 		}
 	}
 	// An all-zero gradient gives zero errors, never NaN (Gram–Schmidt of a
-	// zero column, specs §4.1 pitfall 2).
+	// zero column, docs/algorithms.md §4.1 pitfall 2).
 	for _, m := range []ErrorMethod{ErrorSVD, ErrorPower} {
 		p2, _ := NewPlan([]Layer{{Name: "a", Rows: 8, Cols: 40, Default: recipes(t, "powersgd:2")[0]}}, WithErrorMethod(m))
 		for c, e := range p2.Errors(0, make([]float64, 320)) {

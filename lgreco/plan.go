@@ -77,7 +77,7 @@ type Candidate struct {
 	// Bytes is the size of one rank's encoded message for this layer: the
 	// compressors' NominalBytes (a full frame, header and checksum
 	// included) with the layer's shape. For PowerSGD ranks above the
-	// matrix's rank it is the true rank's size plus 1 (specs §4.2), so
+	// matrix's rank it is the true rank's size plus 1 (docs/algorithms.md §4.2), so
 	// that the DP prefers the true rank.
 	Bytes int64
 }
@@ -129,7 +129,7 @@ type Config struct {
 	// undercharges the largest layer's error: on the MNIST MLP a unit of
 	// unsquared error cost 7.7× more final loss on the first layer than on
 	// the third, a unit of squared error 1.6× (TestMNISTLGreCo). Default
-	// true; false is the reference (specs §4.2).
+	// true; false is the reference (docs/algorithms.md §4.2).
 	Squared bool
 	// Buckets is the DP's resolution. Default 10,000.
 	Buckets int
@@ -139,7 +139,7 @@ type Config struct {
 	// (0.25× to 4×).
 	TopKFactors []float64
 	// RankLow and RankHigh bound the PowerSGD ranks: r ∈ [⌊RankLow·r0⌋,
-	// ⌈RankHigh·r0⌉] (at least 1). Defaults 0.5 and 2 (specs §4.2).
+	// ⌈RankHigh·r0⌉] (at least 1). Defaults 0.5 and 2 (docs/algorithms.md §4.2).
 	RankLow, RankHigh float64
 	// QSGDBits is the ± range, in code bits, around the default QSGD
 	// width bits.Len(s0)+1; every width w in range contributes its largest
@@ -172,7 +172,7 @@ type Config struct {
 	// Adjust.
 	AccIter int64
 	// OneShot measures every layer's errors one-shot on the accumulated
-	// error-compensated gradient, as specs §4.2 describes, even where the
+	// error-compensated gradient, as docs/algorithms.md §4.2 describes, even where the
 	// Controller would replay error feedback (Plan.Replayable). Default
 	// false.
 	OneShot bool
@@ -436,7 +436,7 @@ func NewPlan(layers []Layer, opts ...Option) (*Plan, error) {
 			cfg.MinCompressionRate > 0 && !lowRankOK(l.Rows, l.Cols, l.Default.Rank, cfg.MinCompressionRate)
 		switch {
 		case lowRankDense:
-			// Sent dense by the worker; not tuned (specs §4.2 "excluded").
+			// Sent dense by the worker; not tuned (docs/algorithms.md §4.2 "excluded").
 			recipes = []compressors.Recipe{l.Default}
 		case l.Candidates != nil:
 			list := []compressors.Recipe{l.Default}
@@ -581,7 +581,7 @@ func (p *Plan) hasReplay() bool { return p.nreplay > 0 }
 // alone, see replayable), unless Config.OneShot is set.
 // Replayed, err(c) is the norm of the residual that c itself would carry
 // under error feedback, rather than ‖G − C_c(G)‖ on the residual that the
-// active choice left; other layers are measured one-shot, as specs §4.2
+// active choice left; other layers are measured one-shot, as docs/algorithms.md §4.2
 // describes. Only the deciding rank measures, so this does not enter the
 // plan hash.
 func (p *Plan) Replayable(l int) bool { return p.layers[l].replay }

@@ -36,7 +36,7 @@ type AdamConfig struct {
 
 	// MaskThreshold (OneBitAdam only, ≥ 0): the frozen-variance level at or
 	// below which a coordinate is masked when Mask is nil. The PyTorch
-	// reference (../shared/anchors/reference_training.py) masks v <= 1e-16,
+	// reference (docs/anchors/reference_training.py) masks v <= 1e-16,
 	// DefaultAdamConfig's value; 0 masks only v == 0.
 	MaskThreshold float64
 }

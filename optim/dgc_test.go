@@ -100,7 +100,7 @@ func runSoftmax(t testing.TB, p model, world, steps, batch, epochSteps int, lr f
 
 // dgcRuns are the variants of the DGC tests: the dense momentum-SGD
 // baseline, DGC (momentum correction + masking, DGC-SGD), and the two
-// ablations of specs §1.8: no momentum correction (accumulate raw gradients
+// ablations of docs/algorithms.md §1.8: no momentum correction (accumulate raw gradients
 // with EF14, momentum after aggregation) and no momentum-factor masking.
 var dgcRuns = []dgcRun{
 	{name: "dense", wCodec: "none", wEF: "none", bEF: "none", opt: "momentum"},
@@ -110,7 +110,7 @@ var dgcRuns = []dgcRun{
 		efOpts: []errorfeedback.Option{errorfeedback.WithoutMasking()}},
 }
 
-// TestDGC is the DGC experiment of specs §1.8 on one problem: softmax
+// TestDGC is the DGC experiment of docs/algorithms.md §1.8 on one problem: softmax
 // regression over 8 ranks (10 classes × 1000 features: a compressed
 // 10,000-element weight layer, k = 10 per rank at density 0.001, plus a dense
 // bias layer with momentum after averaging), momentum 0.9, lr 0.01, 1200 steps

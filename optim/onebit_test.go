@@ -92,7 +92,7 @@ func TestOneBitAdamStages(t *testing.T) {
 	}
 }
 
-// refTwoPhase is a float64 transcription of specs §2.2 for all ranks at once:
+// refTwoPhase is a float64 transcription of docs/algorithms.md §2.2 for all ranks at once:
 // inputs m[r] (len d), worker errors we[r] (len d′), server errors se[r]
 // (len d′/N); it returns the output (len d) and the new errors, plus a mask
 // of output elements whose sign was ambiguous (|value| < tiny somewhere on
@@ -162,7 +162,7 @@ func refTwoPhase(m [][]float32, we, se [][]float64, d int) (out []float64, nwe, 
 
 // TestOneBitAdamReference: the compression stage of OneBitAdam driven through
 // errorfeedback's WorkerError/ServerError (the in-process two-phase all-reduce
-// of sim_test.go) equals a float64 transcription of specs §2.1-2.2, step by
+// of sim_test.go) equals a float64 transcription of docs/algorithms.md §2.1-2.2, step by
 // step, for several world sizes and a d that does not divide evenly.
 func TestOneBitAdamReference(t *testing.T) {
 	const d, freeze, steps = 1001, 3, 12

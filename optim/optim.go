@@ -293,7 +293,7 @@ func (o *Momentum) String() string {
 	return fmt.Sprintf("momentum(lr=%g, m=%g, nesterov=%v, wd=%g)", o.lr, o.m, o.nesterov, o.wd)
 }
 
-// DGCSGD is the optimizer of Deep Gradient Compression (specs §1.4, the
+// DGCSGD is the optimizer of Deep Gradient Compression (docs/algorithms.md §1.4, the
 // reference DGCSGD): a PLAIN SGD step on agg, the update that
 // errorfeedback.DGC already momentum-corrected (compressed layers) or to which
 // it applied momentum after averaging (dense layers), plus weight decay with
@@ -372,7 +372,7 @@ func (o *DGCSGD) String() string {
 	return fmt.Sprintf("dgc-sgd(lr=%g, m=%g, nesterov=%v, wd=%g)", o.lr, o.m, o.nesterov, o.wd)
 }
 
-// PaperWarmup is DGC's warm-up density list from the paper (specs §1.1,
+// PaperWarmup is DGC's warm-up density list from the paper (docs/algorithms.md §1.1,
 // §1.5): 75%, 93.75%, 98.4375%, 99.6% sparsity in the first four epochs.
 var PaperWarmup = []float64{0.25, 0.0625, 0.015625, 0.00390625}
 

@@ -159,7 +159,7 @@ func (c *cluster) step(t testing.TB, gradFn func(r int, params, grad []float32))
 	}
 }
 
-// twoPhase runs specs §2.2 for layer li over all ranks, writing the decoded
+// twoPhase runs docs/algorithms.md §2.2 for layer li over all ranks, writing the decoded
 // output (identical on every rank) to out, and counts the bytes of one rank:
 // phase 1 sends N−1 sign chunks and N−1 scales, phase 2 (all-gather) N−1
 // server sign chunks and N−1 server scales.

@@ -21,7 +21,7 @@ import (
 // all-gather scheme. For element-wise codecs (none, fp16, bf16) it is the
 // exact mean of the decoded payloads, without the per-hop re-encoding of a
 // real ring. optim.DenseMean is the exact fp32 mean in rank order.
-// optim.TwoPhaseSign runs the two-phase 1-bit all-reduce (specs §2.2) with
+// optim.TwoPhaseSign runs the two-phase 1-bit all-reduce (docs/algorithms.md §2.2) with
 // errorfeedback.TwoPhase's worker and server errors: phase 1 gives chunk c
 // of every rank's signs to rank c, phase 2 gathers the server signs.
 // PowerSGD (low-rank aggregation) is rejected with ErrUnsupported.

@@ -108,7 +108,7 @@ func (w *Worker) checkTuned() error {
 	return nil
 }
 
-// lgBoundary runs L-GreCo's step boundary before step t (specs §4.2, and
+// lgBoundary runs L-GreCo's step boundary before step t (docs/algorithms.md §4.2, and
 // lgreco.Controller): at an adjustment step rank 0 decides, every rank
 // receives the decision (lgreco.Broadcast) and schedules it; every rank
 // advances to t, switching the layers whose decision applies at t; at an

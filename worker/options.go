@@ -104,7 +104,7 @@ type Config struct {
 	// Logger receives debug and error logs. Default slog.Default().
 	Logger *slog.Logger
 
-	// LGreCo turns on L-GreCo (package lgreco, specs §4.2):
+	// LGreCo turns on L-GreCo (package lgreco, docs/algorithms.md §4.2):
 	// every layer whose codec has levels (top-k, dgc and random-k
 	// densities, PowerSGD ranks, QSGD widths) gets its level chosen by
 	// rank 0's dynamic program every Adjust steps, under the error budget

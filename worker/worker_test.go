@@ -306,7 +306,7 @@ func TestStepGatherMatchesNaive(t *testing.T) {
 	}
 }
 
-// The two-phase sign all-reduce equals a sequential simulation of specs §2.2
+// The two-phase sign all-reduce equals a sequential simulation of docs/algorithms.md §2.2
 // with the worker and server errors of package errorfeedback, over several
 // steps, including padding (sizes not divisible by 8N).
 func TestStepSignMatchesReference(t *testing.T) {
@@ -601,7 +601,7 @@ func TestLedger(t *testing.T) {
 	}
 }
 
-// PowerSGD's low-rank all-reduce equals the reference of specs §4.1
+// PowerSGD's low-rank all-reduce equals the reference of docs/algorithms.md §4.1
 // computed here rank by rank (P = mean M·Q, P̂ = orth(P), Q = mean Mᵀ·P̂,
 // update P̂·Qᵀ) up to float rounding (the ring sums in another order), and
 // the ef14 residual carries M − P̂·Qᵀ into the next step.

@@ -135,7 +135,7 @@ func (m method) describe() string {
 }
 
 // presets are the named methods of `sim --methods`. Their hyper-parameters
-// follow the PyTorch reference (../shared/anchors/reference_training.py):
+// follow the PyTorch reference (docs/anchors/reference_training.py):
 // momentum SGD lr 0.1 m 0.9; DGC at 0.1% with the paper's warm-up over the
 // first 5% of steps; 1-bit Adam lr 1e-3 frozen after 20% of the steps.
 var presets = []method{

@@ -9,7 +9,7 @@ import (
 )
 
 // referenceRow is one row of the PyTorch reference's table in
-// ../shared/anchors/README.md (reference_training.py, figures of
+// docs/anchors/README.md (reference_training.py, figures of
 // 2026-11-27): the method that runs the row in slimgrad, and the
 // reference's final test accuracy and payload ratio (dense fp32 bytes over
 // the bytes a worker's messages held, warm-up stages included).
@@ -71,7 +71,7 @@ func payloadRatio(elems, workers, steps int, payload int64) float64 {
 // figures are then not comparable.
 func writeReferenceTable(w io.Writer, o simOptions, rep *simReport, elems int) {
 	rs := referenceSetting
-	fmt.Fprintf(w, "\nbeside the PyTorch reference (../shared/anchors/README.md: %s, %d workers × batch %d, %d steps, %s shards):\n",
+	fmt.Fprintf(w, "\nbeside the PyTorch reference (docs/anchors/README.md: %s, %d workers × batch %d, %d steps, %s shards):\n",
 		rs.Workload, rs.Workers, rs.Batch, rs.Steps, rs.Split)
 	if o.Workload != rs.Workload || o.Split != rs.Split || o.Workers != rs.Workers || o.Batch != rs.Batch || o.Steps != rs.Steps {
 		fmt.Fprintf(w, "note: this run (%s, %d workers × batch %d, %d steps, %s shards) is not the reference's setting; the figures are not comparable\n",

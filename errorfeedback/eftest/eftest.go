@@ -1,5 +1,5 @@
 // Package eftest is a test kit for error feedback: the least-squares problems
-// of specs §3.4 (T1, T2), an in-process exchange that runs N ranks'
+// of docs/algorithms.md §3.4 (T1, T2), an in-process exchange that runs N ranks'
 // error-feedback states as a collective would (decoded payloads summed in
 // rank order), and a trainer on top of both. Package errorfeedback's tests
 // and the experiments use it.

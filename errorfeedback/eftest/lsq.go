@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 )
 
-// LSQ is the heterogeneous least-squares problem of specs §3.4 T1:
+// LSQ is the heterogeneous least-squares problem of docs/algorithms.md §3.4 T1:
 // f_i(x) = ½‖A_i x − b_i‖² with Gaussian A_i (entries N(0, 1/m)) and
 // b_i = A_i x_i* for a distinct x_i* per worker; f = (1/n) Σ f_i.
 type LSQ struct {

@@ -75,7 +75,7 @@ func TestLayers(t *testing.T) {
 			matched = true
 			for _, d := range ds {
 				if re.MatchString(d) {
-					t.Errorf("%s depends on %s (DESIGN.md, \"Packages follow the layers\")", strings.TrimPrefix(p, mod), d)
+					t.Errorf("%s depends on %s (docs/design.md, \"Packages follow the layers\")", strings.TrimPrefix(p, mod), d)
 				}
 			}
 		}
