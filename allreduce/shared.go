@@ -247,7 +247,7 @@ var ErrNotShared = errors.New("allreduce: algorithm has no shared program form")
 // ops per rank). Op(r, i) equals Generate(alg, p with Rank r).Ops[i].
 //
 // Shared programs exist for the ring family (Ring, ReduceScatter,
-// AllGather), AllGatherV, SparseGather and TwoPhaseSign. A Shared is
+// AllGather), AllGatherV, AllToAll, SparseGather and TwoPhaseSign. A Shared is
 // immutable and safe for concurrent use.
 type Shared struct {
 	// Name and Alg are the programs' Name and Alg.
@@ -281,6 +281,9 @@ func NewShared(alg Algorithm, p Params) (*Shared, error) {
 		sp := s.ring(0)
 		s.nops = sp.nops
 	case AlgAllGatherV:
+		s.nops = int32(2 * (n - 1))
+	case AlgAllToAll:
+		s.Layout = EvenLayout(p.Elems, n)
 		s.nops = int32(2 * (n - 1))
 	case AlgSparseGather:
 		s.Layout = EvenLayout(p.Elems, 1)
@@ -327,6 +330,8 @@ func (s *Shared) Op(rank int, i int32) Op {
 	case AlgAllGatherV:
 		sp := s.payload(rank, 0, NoDep)
 		return sp.op(i)
+	case AlgAllToAll:
+		return s.allToAllOp(rank, i)
 	case AlgSparseGather:
 		return s.sparseOp(rank, i)
 	case AlgTwoPhaseSign:
@@ -334,6 +339,25 @@ func (s *Shared) Op(rank int, i int32) Op {
 	}
 	sp := s.ring(rank)
 	return sp.op(i)
+}
+
+// allToAllOp is op i of genAllToAll: the sends of chunks r+1, …, r+N−1
+// to their ranks, then the receives of chunks r−1, …, r−N+1, each after the
+// send of the same chunk.
+func (s *Shared) allToAllOp(r int, i int32) Op {
+	n := int32(s.World)
+	if i < n-1 {
+		c := int32(mod(r+int(i)+1, s.World))
+		return Op{Kind: Send, Peer: c, Msg: 0, Src: BufData, Dst: BufNone, Chunk: c, Bytes: s.chunkBytes(c), Deps: [2]int32{NoDep, NoDep}}
+	}
+	k := i - (n - 1) + 1
+	c := int32(mod(r-int(k), s.World))
+	return Op{Kind: Recv, Peer: c, Msg: 0, Src: BufNone, Dst: BufData, Chunk: c, Bytes: s.chunkBytes(c), Deps: [2]int32{n - k - 1, NoDep}}
+}
+
+func (s *Shared) chunkBytes(c int32) int64 {
+	lo, hi := s.Layout.Region(int(c), 1)
+	return int64(hi-lo) * s.eb
 }
 
 func (s *Shared) sparseOp(r int, i int32) Op {
@@ -371,6 +395,11 @@ func (s *Shared) Dependents(rank int, i int32, dst []int32) []int32 {
 	case AlgAllGatherV:
 		if i%2 == 1 && int(i/2) < s.World-2 {
 			dst = append(dst, i+1)
+		}
+		return dst
+	case AlgAllToAll:
+		if n := int32(s.World); i < n-1 {
+			dst = append(dst, 2*n-3-i) // the receive of the same chunk
 		}
 		return dst
 	case AlgSparseGather:
@@ -421,6 +450,11 @@ func (s *Shared) Roots(rank int, dst []int32) []int32 {
 			}
 		}
 		return dst
+	case AlgAllToAll:
+		for x := int32(0); x < int32(s.World)-1; x++ {
+			dst = append(dst, x)
+		}
+		return dst
 	case AlgSparseGather:
 		dst = append(dst, 0)
 		for x := int32(3); x < s.dec(); x += 2 {
@@ -438,10 +472,13 @@ func (s *Shared) Roots(rank int, dst []int32) []int32 {
 // that receives its message in the peer's program. i must be a Send (the
 // result is meaningless otherwise): in the ring forms the matching Recv
 // directly follows the Send's position in the peer's identically shaped
-// program; in TwoPhaseSign's all-to-all, send k (to rank+k) is received by
+// program; in AllToAll and TwoPhaseSign's all-to-all, send k (to rank+k) is received by
 // the peer's k-th recv (from peer−k).
 func (s *Shared) Match(rank int, i int32) int32 {
 	if s.Alg == AlgTwoPhaseSign && i < int32(s.World) {
+		return i + int32(s.World) - 1
+	}
+	if s.Alg == AlgAllToAll {
 		return i + int32(s.World) - 1
 	}
 	return i + 1

@@ -18,7 +18,7 @@ func TestSharedMatchesGenerate(t *testing.T) {
 		}
 		return s
 	}
-	for _, alg := range []Algorithm{AlgRing, AlgReduceScatter, AlgAllGather, AlgAllGatherV, AlgSparseGather, AlgTwoPhaseSign} {
+	for _, alg := range []Algorithm{AlgRing, AlgReduceScatter, AlgAllGather, AlgAllGatherV, AlgAllToAll, AlgSparseGather, AlgTwoPhaseSign} {
 		for _, n := range []int{1, 2, 3, 5, 8} {
 			for _, segs := range []int{0, 1, 3} {
 				for _, avg := range []bool{false, true} {
@@ -32,6 +32,11 @@ func TestSharedMatchesGenerate(t *testing.T) {
 						p.Sizes = sizes(n)
 					case AlgAllGather:
 						p.Average = false
+					case AlgAllToAll:
+						if avg || segs > 0 {
+							continue
+						}
+						p.Segments, p.Elems = 0, 3*n
 					case AlgTwoPhaseSign:
 						if avg || segs > 0 {
 							continue
@@ -131,6 +136,7 @@ func TestSharedMachineMatchesMachine(t *testing.T) {
 		{AlgReduceScatter, Params{World: 4, Elems: 20, Segments: 2}},
 		{AlgAllGather, Params{World: 6, Elems: 31}},
 		{AlgAllGatherV, Params{World: 5}},
+		{AlgAllToAll, Params{World: 5, Elems: 10, ElemBytes: 5}},
 		{AlgSparseGather, Params{World: 6, Elems: 9, Sizes: []int64{1, 2, 3, 4, 5, 6}}},
 		{AlgTwoPhaseSign, Params{World: 5, Elems: 203, SignBlock: 16}},
 	} {

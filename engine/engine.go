@@ -168,6 +168,31 @@ type Policy struct {
 	// per chunk). 0 takes the segment count from CostModel, with segments
 	// of at least MinSegmentBytes.
 	SegmentBytes int
+	// CheckFinite makes every bucket's collective wait for the non-finite
+	// flag exchange (see Flags); a worker whose NaN/Inf policy is not
+	// "ignore" runs it.
+	CheckFinite bool
+}
+
+// FlagBytes is the size of one rank's non-finite flag message for a bucket:
+// the index in the bucket of its first layer whose gradient is not finite
+// (int32 little-endian, −1 for none), then the rank's mode (dense or
+// compressed).
+const FlagBytes = 5
+
+// Flags is the exchange that precedes each bucket's collective when
+// Policy.CheckFinite is set: every rank sends its FlagBytes-byte flag message to
+// every other rank directly, the all-to-all of one element of FlagBytes per
+// pair of ranks (allreduce.AlgAllToAll with ElemBytes FlagBytes). From it
+// every rank learns, before any error feedback runs, whether some rank's
+// gradients in the bucket are not finite or some rank is in another mode,
+// and all skip or fail the bucket alike. ok is false when the policy has no
+// flag exchange.
+func (p Policy) Flags() (alg allreduce.Algorithm, params allreduce.Params, ok bool) {
+	if !p.CheckFinite {
+		return 0, params, false
+	}
+	return allreduce.AlgAllToAll, allreduce.Params{World: p.World, Rank: p.Rank, Elems: p.World, ElemBytes: FlagBytes}, true
 }
 
 // MinSegmentBytes is the smallest segment of a pipelined dense all-reduce

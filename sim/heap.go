@@ -6,6 +6,7 @@ const (
 	evArrive                      // a message reached its receiver: g = machine, op = recv op
 	evComputeEnd                  // an engine job finished: g = machine, op = its op, job, x
 	evStart                       // a collective may start: g = collective
+	evStartRank                   // one rank's part of a collective may start: g = machine
 )
 
 // event is one entry of the virtual-time queue; events are ordered by

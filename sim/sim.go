@@ -61,6 +61,12 @@ type Collective struct {
 	// dense layer, which happen outside the program): a compute of Fn over
 	// Elems elements, timed by the compute model.
 	Prologue Prologue
+	// After, if positive, chains the collective to the earlier collective
+	// After−1 of the list: each rank starts its part (prologue, then
+	// program) when it has finished its part of that one, and not before
+	// Start. The real worker's non-finite flag exchange before a bucket's
+	// collective is such a chain.
+	After int
 }
 
 // Prologue is a compute step before a collective's program (see
@@ -329,6 +335,7 @@ type driver struct {
 	res       *Result
 	pay       map[int64][]byte // payload mode: (g<<32|op) of recv -> bytes
 	pro       []allreduce.Op   // per collective: its prologue as a compute op
+	next      [][]int32        // per collective: the collectives chained After it
 	pend      []msgInfo
 	pfree     []int32
 	trace     *Trace
@@ -452,9 +459,17 @@ func (d *driver) setup(ctx context.Context) error {
 	if !(d.opts.LatencyJitter >= 0) || !(d.opts.ComputeJitter >= 0) {
 		return fmt.Errorf("sim: jitter must be non-negative (latency %v, compute %v)", d.opts.LatencyJitter, d.opts.ComputeJitter)
 	}
+	d.next = grow(d.next, len(d.colls))
 	for c := range d.colls {
 		if st := d.colls[c].Start; !(st >= 0) || math.IsInf(st, 1) {
 			return fmt.Errorf("sim: collective %d (%s): start time %v", c, d.colls[c].Name, st)
+		}
+		d.next[c] = d.next[c][:0]
+		if a := d.colls[c].After; a != 0 {
+			if a < 0 || a > c {
+				return fmt.Errorf("%w: collective %d (%s): After %d is not an earlier collective", ErrProgram, c, d.colls[c].Name, a)
+			}
+			d.next[a-1] = append(d.next[a-1], int32(c))
 		}
 	}
 	pl := d.opts.Placement
@@ -689,7 +704,9 @@ func (d *driver) matchSends() error {
 
 func (d *driver) loop(ctx context.Context) error {
 	for c := range d.colls {
-		d.h.push(event{t: d.colls[c].Start, kind: evStart, g: int32(c)})
+		if d.colls[c].After == 0 {
+			d.h.push(event{t: d.colls[c].Start, kind: evStart, g: int32(c)})
+		}
 	}
 	var n int64
 	for {
@@ -712,13 +729,10 @@ func (d *driver) loop(ctx context.Context) error {
 		switch ev.kind {
 		case evStart:
 			for r := 0; r < d.world && err == nil; r++ {
-				g := ev.g*int32(d.world) + int32(r)
-				if pro := &d.pro[ev.g]; pro.Bytes > 0 {
-					err = d.compute(g, &d.ms[g], -1, pro)
-				} else {
-					err = d.pump(g)
-				}
+				err = d.start(ev.g*int32(d.world) + int32(r))
 			}
+		case evStartRank:
+			err = d.start(ev.g)
 		case evFlowEnd:
 			err = d.flowEnd(ev.g, ev.x)
 		case evArrive:
@@ -802,6 +816,14 @@ func (d *driver) pump(g int32) error {
 	return nil
 }
 
+// start begins machine g: its collective's prologue, or its program.
+func (d *driver) start(g int32) error {
+	if pro := &d.pro[d.ms[g].coll]; pro.Bytes > 0 {
+		return d.compute(g, &d.ms[g], -1, pro)
+	}
+	return d.pump(g)
+}
+
 func (d *driver) machineDone(ms *machine) {
 	rs := &d.ranks[ms.rank]
 	rs.left--
@@ -814,6 +836,9 @@ func (d *driver) machineDone(ms *machine) {
 		d.cfin[c] = d.now
 	}
 	d.trace.add(d.now, TraceDone, ms.coll, ms.rank, -1, -1, 0)
+	for _, n := range d.next[c] {
+		d.h.push(event{t: max(d.now, d.colls[n].Start), kind: evStartRank, g: n*int32(d.world) + ms.rank})
+	}
 }
 
 func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {

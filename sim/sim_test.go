@@ -123,3 +123,44 @@ func TestSharedNodes(t *testing.T) {
 		t.Errorf("time %v, want %v", res.Time, want)
 	}
 }
+
+// TestAfterChains checks Collective.After: a collective chained after
+// another starts on each rank when that rank finished the first, as if it
+// had been started then, and a chain to a later collective is refused.
+func TestAfterChains(t *testing.T) {
+	const p = 4
+	topo := Homogeneous(p, 10*Gbps, 5*time.Microsecond)
+	opts := &Options{FreeCompute: true}
+	a := Collective{Name: "a", Programs: testRing(p, 1<<18, 4), Start: 0.001}
+	first, err := Run(context.Background(), topo, []Collective{a}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone, err := Run(context.Background(), topo, []Collective{{Name: "b", Programs: testRing(p, 1<<16, 4), Start: first.Time}}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, start := range []float64{0, first.Time} {
+		b := Collective{Name: "b", Programs: testRing(p, 1<<16, 4), Start: start, After: 1}
+		res, err := Run(context.Background(), topo, []Collective{a, b}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Collectives[0].Finish != first.Time || res.Time != alone.Time {
+			t.Errorf("b (Start %v) after a: a finishes at %v, the step at %v; want %v and %v", start, res.Collectives[0].Finish, res.Time, first.Time, alone.Time)
+		}
+	}
+	// Without the chain the two overlap and finish sooner.
+	b := Collective{Name: "b", Programs: testRing(p, 1<<16, 4), Start: 0.001}
+	res, err := Run(context.Background(), topo, []Collective{a, b}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(res.Time < alone.Time) {
+		t.Errorf("unchained: %v, want less than the chained %v", res.Time, alone.Time)
+	}
+	b.After = 2
+	if _, err := Run(context.Background(), topo, []Collective{a, b}, opts); !errors.Is(err, ErrProgram) {
+		t.Errorf("a collective chained after itself: %v, want ErrProgram", err)
+	}
+}

@@ -18,7 +18,8 @@ import (
 // a DGC warm-up as a codec schedule), every dense all-reduce and every world
 // size from 1 to 16, a Sim and a Worker registered by RegisterUnits under
 // WorkerOptions produce the same buckets, each with the same binding.Spec
-// (codec, error feedback, algorithm, segments, shape), and the programs that
+// (codec, error feedback, algorithm, segments, shape) under the same policy
+// (and so the same non-finite flag exchange), and the programs that
 // those specs generate for every rank are the ones the drivers run.
 func TestSimPlansAsWorker(t *testing.T) {
 	units := []Layer{
@@ -54,9 +55,12 @@ func TestSimPlansAsWorker(t *testing.T) {
 					t.Fatalf("%s: NewSim: %v", name, err)
 				}
 				got := s.Plan()
-				want := workerPlan(t, world, units, plan, alg)
+				want, pol := workerPlan(t, world, units, plan, alg)
 				if !reflect.DeepEqual(got, want) {
 					t.Fatalf("%s: the simulator plans\n%+v\nthe worker\n%+v", name, got, want)
+				}
+				if !reflect.DeepEqual(s.Policy(), pol) {
+					t.Fatalf("%s: the simulator's policy\n%+v\nthe worker's\n%+v", name, s.Policy(), pol)
 				}
 				// The program of every rank's bucket is the one the spec
 				// describes, on both drivers (the Sim's layers are built
@@ -87,7 +91,7 @@ func TestSimPlansAsWorker(t *testing.T) {
 // workerPlan is the plan of rank 0 of a real job of world workers
 // registered as RegisterUnits registers a run's units, with alg for dense
 // layers.
-func workerPlan(t *testing.T, world int, units []Layer, plan Plan, alg allreduce.Algorithm) []engine.Bucket {
+func workerPlan(t *testing.T, world int, units []Layer, plan Plan, alg allreduce.Algorithm) ([]engine.Bucket, engine.Policy) {
 	t.Helper()
 	g, err := mem.NewGroup(world)
 	if err != nil {
@@ -107,5 +111,9 @@ func workerPlan(t *testing.T, world int, units []Layer, plan Plan, alg allreduce
 	if err != nil {
 		t.Fatal(err)
 	}
-	return bs
+	pol, err := w.Policy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bs, pol
 }

@@ -59,6 +59,11 @@ type SimConfig struct {
 	LGreCo        bool
 	LGreCoOptions []lgreco.Option
 	LGreCoCost    worker.LGreCoCostFactory
+	// NonFinite is the real workers' NaN/Inf policy. Unless it is
+	// worker.NaNIgnore, each unit's collective waits for the flag exchange
+	// that the workers run before it (engine.Policy.Flags), and the
+	// simulation times it.
+	NonFinite worker.NaNPolicy
 }
 
 // DefaultFLOPS is the per-node gradient compute rate of SimConfig when FLOPS
@@ -104,10 +109,13 @@ type Sim struct {
 	lgPlan *lgreco.Plan
 
 	// The engine's view: the policy of rank 0, the resolved units and
-	// rank 0's buckets (one per unit).
+	// rank 0's buckets (one per unit), and the flag exchange before each
+	// (nil without one).
 	pol     engine.Policy
 	eng     []engine.Layer
 	buckets []engine.Bucket
+	flags   *allreduce.Shared
+	collIdx []int // per unit: its collective's index in colls
 
 	colls    []sim.Collective
 	gradTime time.Duration
@@ -227,6 +235,39 @@ func NewSim(ctx context.Context, n int, units []Layer, plan Plan, cfg SimConfig)
 	return s, nil
 }
 
+// policy is the engine's policy of rank 0 of a simulated job of n workers:
+// that of the real workers under WorkerOptions, with Dense as their
+// algorithm and NonFinite as their NaN policy.
+func (cfg SimConfig) policy(n int, seed uint64) engine.Policy {
+	dense := cfg.Dense // zero is the ring
+	return engine.Policy{World: n, Seed: seed, Algorithms: []allreduce.Algorithm{dense}, CheckFinite: cfg.NonFinite != worker.NaNIgnore}
+}
+
+// flagExchange is the shared program of the flag exchange that precedes
+// every bucket's collective under pol, or nil if pol has none.
+func flagExchange(pol engine.Policy) (*allreduce.Shared, error) {
+	alg, p, ok := pol.Flags()
+	if !ok {
+		return nil, nil
+	}
+	sh, err := allreduce.NewShared(alg, p)
+	if err != nil {
+		return nil, fmt.Errorf("train: flag exchange: %w", err)
+	}
+	return sh, nil
+}
+
+// withFlags appends c to colls, chained after the flag exchange flags if
+// it is not nil (appended first, from c's Start), and returns colls and c's
+// index in it.
+func withFlags(colls []sim.Collective, flags *allreduce.Shared, c sim.Collective) ([]sim.Collective, int) {
+	if flags != nil {
+		colls = append(colls, sim.Collective{Name: c.Name + " (flags)", Shared: flags, Start: c.Start})
+		c.After = len(colls)
+	}
+	return append(colls, c), len(colls)
+}
+
 // newPlan resolves the units as package worker resolves the layers that
 // RegisterUnits registers, and plans them with the policy of the real
 // run's WorkerOptions (one bucket per unit, Dense for element-wise codecs).
@@ -235,13 +276,20 @@ func (s *Sim) newPlan() error {
 	if err != nil {
 		return err
 	}
-	s.pol = engine.Policy{World: s.n, Seed: s.plan.Seed, Algorithms: []allreduce.Algorithm{s.denseAlg()}}
+	s.pol = s.cfg.policy(s.n, s.plan.Seed)
 	if s.buckets, err = s.pol.Plan(layers); err != nil {
 		return fmt.Errorf("train: %w", err)
+	}
+	if s.flags, err = flagExchange(s.pol); err != nil {
+		return err
 	}
 	s.eng = layers
 	return nil
 }
+
+// Policy returns the engine's policy of rank 0 (see SimConfig.NonFinite
+// and Plan).
+func (s *Sim) Policy() engine.Policy { return s.pol }
 
 // Plan returns rank 0's buckets (engine.Policy.Plan) of the units' Mean
 // exchange: one per unit, in reverse order, each with the collective that
@@ -489,6 +537,9 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 		return Stats{}, err
 	}
 	s.colls = s.colls[:0]
+	if len(s.collIdx) != len(s.units) {
+		s.collIdx = make([]int, len(s.units))
+	}
 	st := Stats{Layers: make([]LayerStats, len(s.units))}
 	ls := make([][]*binding.Layer, len(s.units)) // [unit][rank]
 	start := s.gradTime.Seconds()
@@ -535,14 +586,15 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 		}); err != nil {
 			return Stats{}, err
 		}
-		s.colls = append(s.colls, collective(unit, ls[u][0], progs, execs, start))
+		c := collective(unit, ls[u][0], progs, execs, start)
+		s.colls, s.collIdx[u] = withFlags(s.colls, s.flags, c)
 	}
 	res, err := sim.Run(ctx, s.cfg.Topology, s.colls, s.options())
 	if err != nil {
 		return Stats{}, fmt.Errorf("train: step %d: simulation: %w", step, err)
 	}
 	for u := range s.units {
-		st.Layers[u].WireBytes = res.Collectives[u].Bytes
+		st.Layers[u].WireBytes = res.Collectives[s.collIdx[u]].Bytes
 		for r, l := range ls[u] {
 			l.End(out[r][u])
 			_, _, payload := l.Stats()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
+	"github.com/slimgrad/slimgrad/worker"
 )
 
 // vectors returns n workers' random vectors for units, and zeroed outputs.
@@ -134,8 +135,18 @@ func TestSimBytes(t *testing.T) {
 	if st.WireBytes != st.DenseBytes || st.DenseBytes != DenseRingBytes(n, 4096) {
 		t.Errorf("dense ring: wire %d, dense %d, formula %d", st.WireBytes, st.DenseBytes, DenseRingBytes(n, 4096))
 	}
-	if st.StepTime != st.BaselineTime {
-		t.Errorf("dense ring step %v, baseline %v", st.StepTime, st.BaselineTime)
+	// The step is the baseline's ring plus the workers' non-finite flag
+	// exchange before it: one hop of latency and 5 bytes.
+	if d := st.StepTime - st.BaselineTime; d < 10*time.Microsecond || d > 11*time.Microsecond {
+		t.Errorf("dense ring step %v, baseline %v: the flag exchange took %v, want one hop of 10µs", st.StepTime, st.BaselineTime, d)
+	}
+	// Workers that ignore NaN/Inf send no flags: the step is the baseline.
+	ignore, _ := NewSim(context.Background(), n, units, Plan{}, SimConfig{Topology: topo, NonFinite: worker.NaNIgnore})
+	if st, err = ignore.Exchange(context.Background(), 0, hows(optim.Mean, 1), in, out); err != nil {
+		t.Fatal(err)
+	}
+	if st.StepTime != st.BaselineTime || st.WireBytes != st.DenseBytes {
+		t.Errorf("without flags: dense ring step %v, baseline %v, wire %d", st.StepTime, st.BaselineTime, st.WireBytes)
 	}
 	sparse, _ := NewSim(context.Background(), n, units, Plan{Compress: "topk:0.01"}, SimConfig{Topology: topo})
 	st, err = sparse.Exchange(context.Background(), 0, hows(optim.Mean, 1), in, out)

@@ -48,7 +48,12 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 	if err != nil {
 		return Stats{}, err
 	}
-	pol := engine.Policy{World: n, Seed: plan.Seed, Algorithms: []allreduce.Algorithm{s.denseAlg()}}
+	pol := cfg.policy(n, plan.Seed)
+	flags, err := flagExchange(pol)
+	if err != nil {
+		return Stats{}, err
+	}
+	idx := make([]int, len(units))
 	noEF := errorfeedback.Recipe{Kind: errorfeedback.KindNone}
 	st := Stats{Layers: make([]LayerStats, len(units))}
 	var colls []sim.Collective
@@ -114,7 +119,7 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 			// Sim charges it.
 			c.Prologue = sim.Prologue{Fn: allreduce.FnEncode, Elems: int64(unit.Size)}
 		}
-		colls = append(colls, c)
+		colls, idx[u] = withFlags(colls, flags, c)
 		st.Layers[u] = LayerStats{PayloadBytes: int64(n) * payload, DenseBytes: DenseRingBytes(n, unit.Size)}
 	}
 	res, err := sim.Run(ctx, cfg.Topology, colls, s.options())
@@ -123,7 +128,7 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 	}
 	for u := range units {
 		ls := &st.Layers[u]
-		ls.WireBytes = res.Collectives[u].Bytes
+		ls.WireBytes = res.Collectives[idx[u]].Bytes
 		st.PayloadBytes += ls.PayloadBytes
 		st.WireBytes += ls.WireBytes
 		st.DenseBytes += ls.DenseBytes

@@ -59,7 +59,7 @@ func (c *layerColl) run(ctx context.Context, conn transport.Conn, d *driver, id 
 // newDenseCollective builds bucket b's ModeDense scheme: a plain fp32 mean
 // (engine.Policy.Dense).
 func (w *Worker) newDenseCollective(b *bucket) (collective, error) {
-	pol, err := w.policy()
+	pol, err := w.Policy()
 	if err != nil {
 		return nil, err
 	}

@@ -334,7 +334,7 @@ type bucket struct {
 	dense collective // ModeDense, built on first use
 	drv   driver
 
-	flagMsg [5]byte // this rank's non-finite flag message
+	flagMsg [engine.FlagBytes]byte // this rank's non-finite flag message
 	flagged []int32 // per rank: flagged layer (reused by every step)
 }
 
@@ -354,10 +354,14 @@ func (w *Worker) bucketColl(b *bucket, m Mode) (collective, error) {
 	return b.dense, nil
 }
 
-// policy is the engine's policy of this rank under the Worker's Config.
-func (w *Worker) policy() (engine.Policy, error) {
+// Policy is the engine's policy of this rank under the Worker's Config: the
+// world, rank and seed, fusion, the dense algorithms, the cost model, the
+// pipelining and the non-finite flag exchange (unless the NaN policy is
+// NaNIgnore).
+func (w *Worker) Policy() (engine.Policy, error) {
 	p := engine.Policy{World: w.conn.Size(), Rank: w.conn.Rank(), Seed: w.cfg.Seed,
-		BucketBytes: w.cfg.BucketBytes, CostModel: w.cfg.CostModel, SegmentBytes: w.cfg.SegmentBytes}
+		BucketBytes: w.cfg.BucketBytes, CostModel: w.cfg.CostModel, SegmentBytes: w.cfg.SegmentBytes,
+		CheckFinite: w.cfg.NonFinite != NaNIgnore}
 	if w.cfg.Algorithm != "" {
 		a, err := allreduce.ParseAlgorithm(w.cfg.Algorithm)
 		if err != nil {
@@ -372,7 +376,7 @@ func (w *Worker) policy() (engine.Policy, error) {
 // Worker's Config (engine.Policy.Plan): what Start builds and every step
 // runs. It may be called before Start; the result is the caller's.
 func (w *Worker) Plan() ([]engine.Bucket, error) {
-	pol, err := w.policy()
+	pol, err := w.Policy()
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
@@ -866,7 +870,8 @@ func (w *Worker) runBucket(st *stepState, b *bucket) {
 		w.fail(st, err)
 	}
 	if w.cfg.NonFinite != NaNIgnore {
-		// Flag message: [int32 first non-finite layer of the bucket or -1][mode].
+		// The flag exchange of engine.Policy.Flags, sent directly to every
+		// peer: [int32 first non-finite layer of the bucket or -1][mode].
 		mine := int32(-1)
 		for k := range b.Layers {
 			if !kernels.AllFinite(data[b.Offs[k]:b.Offs[k+1]]) {

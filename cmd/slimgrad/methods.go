@@ -388,6 +388,7 @@ func (m method) exchanger(ctx context.Context, o simOptions, task train.Task, en
 			GradFLOP:    train.TrainFLOPs(task.Model) * float64(o.Batch),
 			FLOPS:       o.FLOPS,
 			GradSeconds: env.gradSeconds(o),
+			NonFinite:   o.NaNPolicy.p,
 		}
 		if m.LGreCo != "" {
 			cfg.LGreCo, cfg.LGreCoOptions = true, m.lgrecoOptions(o.Steps, o.Seed, o.LG)

@@ -103,6 +103,7 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 			GradFLOP:    flops * float64(o.Batch),
 			FLOPS:       o.FLOPS,
 			GradSeconds: env.gradSeconds(o),
+			NonFinite:   o.NaNPolicy.p,
 		}
 		plan, err := m.plan(o.Steps, o.Seed)
 		if err != nil {
