@@ -335,7 +335,7 @@ type bucket struct {
 	drv   driver
 
 	flagMsg [engine.FlagBytes]byte // this rank's non-finite flag message
-	flagged []int32 // per rank: flagged layer (reused by every step)
+	flagged []int32                // per rank: flagged layer (reused by every step)
 }
 
 // bucketColl returns the bucket's collective for mode m, building the dense
