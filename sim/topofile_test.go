@@ -187,6 +187,18 @@ func TestParseTopologyErrors(t *testing.T) {
 	}
 }
 
+// TestParseTopologyAnchors: YAML anchors, aliases and merge keys work as in
+// any YAML file (the hand-walked parser rejected them).
+func TestParseTopologyAnchors(t *testing.T) {
+	tp, err := ParseTopology("a.yaml", []byte("defaults: &d {bandwidth: &bw 5Gbit/s, speed: 2}\nnodes:\n  - {name: a, uplink: *bw, downlink: 1Gbit/s}\n  - <<: *d\n    name: b\n    speed: 0.5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := tp.Nodes[0], tp.Nodes[1]; a.Up != 5*Gbps || a.Down != Gbps || a.Speed != 2 || b.Up != 5*Gbps || b.Speed != 0.5 {
+		t.Errorf("nodes %+v", tp.Nodes)
+	}
+}
+
 // TestTopologyUnitErrorWrapsErrUnit: a bad unit in a file is both a
 // topology error and an ErrUnit.
 func TestTopologyUnitErrorWrapsErrUnit(t *testing.T) {
@@ -242,7 +254,13 @@ func FuzzParseTopology(f *testing.F) {
 		if !errors.As(err, &te) || !errors.Is(err, ErrTopology) {
 			t.Fatalf("error %T %v is not a *TopologyError", err, err)
 		}
-		if lines := bytes.Count(src, []byte("\n")) + 1; te.Line < 0 || te.Line > lines {
+		// YAML breaks lines at \n, \r, \r\n, NEL, LS and PS (this bound
+		// counts \r\n twice).
+		lines := 1
+		for _, br := range []string{"\n", "\r", "\u0085", "\u2028", "\u2029"} {
+			lines += bytes.Count(src, []byte(br))
+		}
+		if te.Line < 0 || te.Line > lines {
 			t.Fatalf("error at line %d of a %d-line file: %v", te.Line, lines, err)
 		}
 	})
