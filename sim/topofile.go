@@ -136,6 +136,8 @@ type at[T any] struct {
 	Line int
 }
 
+// UnmarshalYAML records the line and decodes the value into V (through T's
+// own UnmarshalYAML for the unit types).
 func (a *at[T]) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
 		return bad(n, fmt.Errorf("want a single value, have %s", kinds[n.Kind]))
