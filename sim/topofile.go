@@ -386,11 +386,21 @@ func (b *topoBuilder) errf(line int, format string, args ...any) error {
 }
 
 // itemLine is the line of item i of the top-level list key, for a field
-// the item lacks.
+// the item lacks (i < 0: the key's line); without the key, the line of the
+// file's mapping, if it is one.
 func (b *topoBuilder) itemLine(key string, i int) int {
+	if b.root.Kind != yaml.MappingNode {
+		return 0 // an empty document
+	}
 	for j := 0; j+1 < len(b.root.Content); j += 2 {
-		if k, v := b.root.Content[j], b.root.Content[j+1]; k.Value == key && i < len(v.Content) {
-			return v.Content[i].Line
+		if k, v := b.root.Content[j], b.root.Content[j+1]; k.Value == key {
+			if v.Alias != nil {
+				v = v.Alias
+			}
+			if i >= 0 && i < len(v.Content) {
+				return v.Content[i].Line
+			}
+			return k.Line
 		}
 	}
 	return b.root.Line
@@ -414,7 +424,7 @@ func (b *topoBuilder) build(f *topoFile) error {
 		}
 	}
 	if len(f.Nodes) == 0 {
-		return b.errf(b.root.Line, "no nodes")
+		return b.errf(b.itemLine("nodes", -1), "no nodes")
 	}
 	for i, n := range f.Nodes {
 		if err := b.node(n, &f.Defaults, i); err != nil {
