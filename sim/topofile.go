@@ -1,10 +1,16 @@
 package sim
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
+	"reflect"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -66,8 +72,9 @@ func (e *TopologyError) Unwrap() []error {
 //	    bandwidth: 1Gbit/s       # each direction
 //	    latency: 30ms
 //
-// Bandwidths take units (see ParseBandwidth), latencies Go durations. Every
-// error is a *TopologyError naming the line.
+// Bandwidths take units (see ParseBandwidth), latencies Go durations. A
+// top-level name and description are allowed and ignored; any other field
+// is an error. Every error is a *TopologyError naming the line.
 func LoadTopology(path string) (*Topology, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -76,465 +83,515 @@ func LoadTopology(path string) (*Topology, error) {
 	return ParseTopology(path, data)
 }
 
+// The file's schema. A value that an error may have to point at is an
+// at[T], which keeps its line; list items are pointers so that an empty
+// item stays visible (nil) instead of being dropped.
+type (
+	topoFile struct {
+		Name        at[string]     `yaml:"name"`
+		Description at[string]     `yaml:"description"`
+		Latency     at[duration]   `yaml:"latency"`
+		Defaults    nodeFields     `yaml:"defaults"`
+		Racks       []*rackSpec    `yaml:"racks"`
+		Nodes       []*nodeSpec    `yaml:"nodes"`
+		Latencies   []*latencySpec `yaml:"latencies"`
+		WAN         []*wanSpec     `yaml:"wan"`
+	}
+	links struct {
+		Bandwidth at[Bandwidth] `yaml:"bandwidth"`
+		Uplink    at[Bandwidth] `yaml:"uplink"`
+		Downlink  at[Bandwidth] `yaml:"downlink"`
+		Latency   at[duration]  `yaml:"latency"`
+	}
+	nodeFields struct { // the fields of a node that defaults may set
+		links `yaml:",inline"`
+		Speed at[positive] `yaml:"speed"`
+		Cores at[count]    `yaml:"cores"`
+	}
+	rackSpec struct {
+		Name             at[string] `yaml:"name"`
+		links            `yaml:",inline"`
+		Oversubscription at[positive] `yaml:"oversubscription"`
+	}
+	nodeSpec struct {
+		Name       at[string] `yaml:"name"`
+		Count      at[count]  `yaml:"count"`
+		Rack       at[string] `yaml:"rack"`
+		nodeFields `yaml:",inline"`
+	}
+	latencySpec struct {
+		Between []at[string] `yaml:"between"`
+		Latency at[duration] `yaml:"latency"`
+	}
+	wanSpec struct {
+		Between   []at[string]  `yaml:"between"`
+		Bandwidth at[Bandwidth] `yaml:"bandwidth"`
+		Latency   at[duration]  `yaml:"latency"`
+	}
+)
+
+// at is a single YAML value and its line; Line 0 means not given.
+type at[T any] struct {
+	V    T
+	Line int
+}
+
+// UnmarshalYAML records the line and decodes the value into V (through T's
+// own UnmarshalYAML for the unit types).
+func (a *at[T]) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return bad(n, fmt.Errorf("want a single value, have %s", kinds[n.Kind]))
+	}
+	a.Line = n.Line
+	return n.Decode(&a.V)
+}
+
+var kinds = map[yaml.Kind]string{yaml.SequenceNode: "a list", yaml.MappingNode: "a mapping"}
+
+// or returns the first value given, else the last.
+func or[T any](vs ...at[T]) at[T] {
+	for _, v := range vs[:len(vs)-1] {
+		if v.Line > 0 {
+			return v
+		}
+	}
+	return vs[len(vs)-1]
+}
+
+// A valueError is a YAML value that does not decode, and where it is.
+type valueError struct {
+	line, col int
+	err       error
+}
+
+func (e *valueError) Error() string { return fmt.Sprintf("line %d: %v", e.line, e.err) }
+func (e *valueError) Unwrap() error { return e.err }
+
+// bad returns err, if any, as a *valueError at n.
+func bad(n *yaml.Node, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &valueError{n.Line, n.Column, err}
+}
+
+// UnmarshalYAML decodes a bandwidth with a unit, such as 10Gbit/s (see
+// ParseBandwidth). Its error names the line and wraps ErrUnit for a bad
+// unit.
+func (b *Bandwidth) UnmarshalYAML(n *yaml.Node) (err error) {
+	*b, err = ParseBandwidth(n.Value)
+	return bad(n, err)
+}
+
+// duration is a non-negative Go duration such as 5us or 1.5ms.
+type duration time.Duration
+
+func (d *duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseLatency(n.Value)
+	*d = duration(math.Round(v * 1e9))
+	return bad(n, err)
+}
+
+// positive is a finite number above zero.
+type positive float64
+
+func (p *positive) UnmarshalYAML(n *yaml.Node) error {
+	v, err := strconv.ParseFloat(n.Value, 64)
+	if err != nil || !(v > 0) || math.IsInf(v, 0) {
+		return bad(n, fmt.Errorf("want a finite positive number, have %q", n.Value))
+	}
+	*p = positive(v)
+	return nil
+}
+
+// count is a whole number of at least 1 (yaml.v3 would truncate 1.5 to 1).
+type count int
+
+func (c *count) UnmarshalYAML(n *yaml.Node) error {
+	v, err := strconv.Atoi(n.Value)
+	if err != nil || v < 1 {
+		return bad(n, fmt.Errorf("want a whole number of at least 1, have %q", n.Value))
+	}
+	*c = count(v)
+	return nil
+}
+
 // ParseTopology parses a YAML topology (see LoadTopology); name is used in
 // error messages.
 func ParseTopology(name string, data []byte) (*Topology, error) {
-	p := &topoParser{file: name}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, &TopologyError{File: name, Msg: err.Error(), Err: err}
-	}
-	if len(doc.Content) == 0 {
+	var f topoFile
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	err := dec.Decode(&f)
+	if err == io.EOF {
 		return nil, &TopologyError{File: name, Msg: "empty file"}
 	}
-	t, err := p.parse(doc.Content[0])
+	// The document as a tree, to find the field that a bad value belongs
+	// to and the item that lacks a field.
+	var doc yaml.Node
+	root := &doc
+	if yaml.Unmarshal(data, &doc) == nil && len(doc.Content) > 0 {
+		root = doc.Content[0]
+	}
 	if err != nil {
+		return nil, decodeError(name, root, err)
+	}
+	b := &topoBuilder{file: name, root: root, t: &Topology{Latency: time.Duration(f.Latency.V)},
+		racks: map[string]int{}, nodes: map[string]int{}}
+	if err := b.build(&f); err != nil {
 		return nil, err
 	}
-	if err := t.Validate(); err != nil {
+	if err := b.t.Validate(); err != nil {
 		return nil, &TopologyError{File: name, Msg: err.Error(), Err: err}
 	}
-	return t, nil
+	return b.t, nil
 }
 
-type topoParser struct {
-	file string
-}
+var (
+	lineRE     = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+	unknownRE  = regexp.MustCompile(`^field (\S+) not found in type (\S+)$`)
+	mismatchRE = regexp.MustCompile("^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (\\S+)$")
+	// schema names the file's types in messages.
+	schema = map[reflect.Type]string{
+		reflect.TypeFor[topoFile](): "topology", reflect.TypeFor[nodeFields](): "defaults",
+		reflect.TypeFor[rackSpec](): "rack", reflect.TypeFor[[]*rackSpec](): "racks",
+		reflect.TypeFor[nodeSpec](): "node", reflect.TypeFor[[]*nodeSpec](): "nodes",
+		reflect.TypeFor[latencySpec](): "latencies entry", reflect.TypeFor[[]*latencySpec](): "latencies",
+		reflect.TypeFor[wanSpec](): "wan link", reflect.TypeFor[[]*wanSpec](): "wan",
+		reflect.TypeFor[[]at[string]](): "between",
+	}
+)
 
-func (p *topoParser) errf(n *yaml.Node, cause error, format string, args ...any) error {
+// decodeError turns an error of yaml.v3 into a *TopologyError that says
+// which field is wrong in the words of the file.
+func decodeError(file string, root *yaml.Node, err error) error {
+	var ve *valueError
+	if errors.As(err, &ve) {
+		msg := ve.err.Error()
+		if f := fieldAt(root, ve.line, ve.col); f != "" {
+			msg = f + ": " + msg
+		}
+		return &TopologyError{File: file, Line: ve.line, Msg: msg, Err: ve.err}
+	}
+	msg := err.Error()
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		msg = te.Errors[0] // each is "line N: ..."; report the first
+	}
 	line := 0
-	if n != nil {
-		line = n.Line
+	if m := lineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
 	}
-	return &TopologyError{File: p.file, Line: line, Msg: fmt.Sprintf(format, args...), Err: cause}
+	if m := unknownRE.FindStringSubmatch(msg); m != nil {
+		if t, what := schemaType(m[2]); t != nil {
+			msg = fmt.Sprintf("%s: unknown field %q (known: %s)", what, m[1], strings.Join(yamlFields(t), ", "))
+		}
+	} else if m := mismatchRE.FindStringSubmatch(msg); m != nil {
+		if t, what := schemaType(m[3]); t != nil {
+			want, have := "a mapping", map[string]string{"seq": "a list", "map": "a mapping"}[m[1]]
+			if t.Kind() == reflect.Slice {
+				want = "a list"
+			}
+			if have == "" {
+				have = strconv.Quote(m[2])
+			}
+			msg = fmt.Sprintf("%s: want %s, have %s", what, want, have)
+		}
+	}
+	return &TopologyError{File: file, Line: line, Msg: msg, Err: err}
 }
 
-// fields iterates a mapping node, rejecting keys not in allowed.
-func (p *topoParser) fields(n *yaml.Node, what string, allowed ...string) (map[string]*yaml.Node, error) {
-	if n.Kind != yaml.MappingNode {
-		return nil, p.errf(n, nil, "%s: want a mapping", what)
+// schemaType is the type of the schema that yaml.v3 calls name, and what
+// the file calls it.
+func schemaType(name string) (reflect.Type, string) {
+	for t, what := range schema {
+		if t.String() == name {
+			return t, what
+		}
 	}
-	out := make(map[string]*yaml.Node, len(n.Content)/2)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		ok := false
-		for _, a := range allowed {
-			if k.Value == a {
-				ok = true
-				break
+	return nil, ""
+}
+
+// yamlFields lists the YAML keys of struct type t.
+func yamlFields(t reflect.Type) []string {
+	var out []string
+	for i := 0; t.Kind() == reflect.Struct && i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, opt, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if opt == "inline" {
+			out = append(out, yamlFields(f.Type)...)
+		} else {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// itemNames name an item of each top-level list in messages.
+var itemNames = map[string]string{"racks": "rack", "nodes": "node", "latencies": "latencies entry", "wan": "wan link"}
+
+// fieldAt names the field whose value (or an item of it) is at line:col of
+// the document, as "latency", "defaults bandwidth" or "node gpu count"; ""
+// if no field is there.
+func fieldAt(root *yaml.Node, line, col int) string {
+	here := func(n *yaml.Node) bool {
+		ok := n.Line == line && n.Column == col
+		for _, c := range n.Content {
+			ok = ok || c.Line == line && c.Column == col
+		}
+		return ok
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		key, v := root.Content[i].Value, root.Content[i+1]
+		if v.Line == line && v.Column == col {
+			return key
+		}
+		items, what := []*yaml.Node{v}, key
+		if v.Kind == yaml.SequenceNode {
+			items, what = v.Content, itemNames[key]
+		}
+		for _, it := range items {
+			for j := 0; j+1 < len(it.Content); j += 2 {
+				if here(it.Content[j+1]) {
+					return what + itemName(it) + " " + it.Content[j].Value
+				}
 			}
 		}
-		if !ok {
-			return nil, p.errf(k, nil, "%s: unknown field %q (known: %v)", what, k.Value, allowed)
-		}
-		if _, dup := out[k.Value]; dup {
-			return nil, p.errf(k, nil, "%s: field %q given twice", what, k.Value)
-		}
-		out[k.Value] = v
 	}
-	return out, nil
+	return ""
 }
 
-func (p *topoParser) scalar(n *yaml.Node, what string) (string, error) {
-	if n.Kind != yaml.ScalarNode {
-		return "", p.errf(n, nil, "%s: want a single value", what)
+// itemName is " NAME" for a mapping with a name field, else "".
+func itemName(n *yaml.Node) string {
+	for j := 0; j+1 < len(n.Content); j += 2 {
+		if n.Content[j].Value == "name" && n.Content[j+1].Kind == yaml.ScalarNode {
+			return " " + n.Content[j+1].Value
+		}
 	}
-	return n.Value, nil
+	return ""
 }
 
-func (p *topoParser) bandwidth(n *yaml.Node, what string) (Bandwidth, error) {
-	s, err := p.scalar(n, what)
-	if err != nil {
-		return 0, err
-	}
-	b, err := ParseBandwidth(s)
-	if err != nil {
-		return 0, p.errf(n, err, "%s: %v", what, err)
-	}
-	return b, nil
+// topoBuilder checks what decoding cannot (references, ranges, fields
+// that exclude each other) and builds the Topology.
+type topoBuilder struct {
+	file         string
+	root         *yaml.Node
+	t            *Topology
+	racks, nodes map[string]int // index by name
 }
 
-func (p *topoParser) latency(n *yaml.Node, what string) (time.Duration, error) {
-	s, err := p.scalar(n, what)
-	if err != nil {
-		return 0, err
-	}
-	v, err := parseLatency(s)
-	if err != nil {
-		return 0, p.errf(n, err, "%s: %v", what, err)
-	}
-	return time.Duration(v*1e9 + 0.5), nil
+func (b *topoBuilder) errf(line int, format string, args ...any) error {
+	return &TopologyError{File: b.file, Line: line, Msg: fmt.Sprintf(format, args...)}
 }
 
-// maxTopologyNodes bounds the nodes a topology file may declare, so that a
-// typo in a count fails with an error instead of exhausting memory.
-const maxTopologyNodes = 1 << 20
-
-func (p *topoParser) float(n *yaml.Node, what string) (float64, error) {
-	s, err := p.scalar(n, what)
-	if err != nil {
-		return 0, err
+// itemLine is the line of item i of the top-level list key, for a field
+// the item lacks (i < 0: the key's line); without the key, the line of the
+// file's mapping, if it is one.
+func (b *topoBuilder) itemLine(key string, i int) int {
+	if b.root.Kind != yaml.MappingNode {
+		return 0 // an empty document
 	}
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || !(v >= 0) || math.IsInf(v, 0) {
-		return 0, p.errf(n, err, "%s: want a finite non-negative number, have %q", what, s)
+	for j := 0; j+1 < len(b.root.Content); j += 2 {
+		if k, v := b.root.Content[j], b.root.Content[j+1]; k.Value == key {
+			if v.Alias != nil {
+				v = v.Alias
+			}
+			if i >= 0 && i < len(v.Content) {
+				return v.Content[i].Line
+			}
+			return k.Line
+		}
 	}
-	return v, nil
+	return b.root.Line
 }
 
-func (p *topoParser) list(n *yaml.Node, what string) ([]*yaml.Node, error) {
-	if n.Kind != yaml.SequenceNode {
-		return nil, p.errf(n, nil, "%s: want a list", what)
-	}
-	return n.Content, nil
-}
-
-type nodeLinks struct {
-	up, down   Bandwidth
-	hasUp      bool
-	hasDown    bool
-	latency    time.Duration
-	speed      float64
-	cores      int
-	upNode     *yaml.Node
-	downNode   *yaml.Node
-	speedGiven bool
-}
-
-// links reads bandwidth/uplink/downlink/latency/speed fields into l.
-func (p *topoParser) links(f map[string]*yaml.Node, what string, l *nodeLinks) error {
-	if n, ok := f["bandwidth"]; ok {
-		if _, u := f["uplink"]; u {
-			return p.errf(n, nil, "%s: give bandwidth or uplink/downlink, not both", what)
-		}
-		if _, d := f["downlink"]; d {
-			return p.errf(n, nil, "%s: give bandwidth or uplink/downlink, not both", what)
-		}
-		b, err := p.bandwidth(n, what+" bandwidth")
-		if err != nil {
-			return err
-		}
-		l.up, l.down, l.hasUp, l.hasDown, l.upNode, l.downNode = b, b, true, true, n, n
-	}
-	if n, ok := f["uplink"]; ok {
-		b, err := p.bandwidth(n, what+" uplink")
-		if err != nil {
-			return err
-		}
-		l.up, l.hasUp, l.upNode = b, true, n
-	}
-	if n, ok := f["downlink"]; ok {
-		b, err := p.bandwidth(n, what+" downlink")
-		if err != nil {
-			return err
-		}
-		l.down, l.hasDown, l.downNode = b, true, n
-	}
-	if n, ok := f["latency"]; ok {
-		d, err := p.latency(n, what+" latency")
-		if err != nil {
-			return err
-		}
-		l.latency = d
-	}
-	if n, ok := f["speed"]; ok {
-		v, err := p.float(n, what+" speed")
-		if err != nil {
-			return err
-		}
-		if v == 0 {
-			return p.errf(n, nil, "%s speed: must be positive", what)
-		}
-		l.speed, l.speedGiven = v, true
-	}
-	if n, ok := f["cores"]; ok {
-		v, err := strconv.Atoi(n.Value)
-		if n.Kind != yaml.ScalarNode || err != nil || v < 1 {
-			return p.errf(n, nil, "%s cores: want a whole number of at least 1, have %q", what, n.Value)
-		}
-		l.cores = v
+// check rejects bandwidth together with uplink or downlink.
+func (b *topoBuilder) check(l *links, what string) error {
+	if l.Bandwidth.Line > 0 && (l.Uplink.Line > 0 || l.Downlink.Line > 0) {
+		return b.errf(l.Bandwidth.Line, "%s: give bandwidth or uplink/downlink, not both", what)
 	}
 	return nil
 }
 
-func (p *topoParser) parse(root *yaml.Node) (*Topology, error) {
-	f, err := p.fields(root, "topology", "name", "description", "latency", "defaults", "racks", "nodes", "latencies", "wan")
-	if err != nil {
-		return nil, err
+func (b *topoBuilder) build(f *topoFile) error {
+	if err := b.check(&f.Defaults.links, "defaults"); err != nil {
+		return err
 	}
-	t := &Topology{}
-	if n, ok := f["latency"]; ok {
-		if t.Latency, err = p.latency(n, "latency"); err != nil {
-			return nil, err
+	for i, r := range f.Racks {
+		if err := b.rack(r, i); err != nil {
+			return err
 		}
 	}
-	def := nodeLinks{speed: 1}
-	if n, ok := f["defaults"]; ok {
-		df, err := p.fields(n, "defaults", "bandwidth", "uplink", "downlink", "latency", "speed", "cores")
-		if err != nil {
-			return nil, err
-		}
-		if err := p.links(df, "defaults", &def); err != nil {
-			return nil, err
+	if len(f.Nodes) == 0 {
+		return b.errf(b.itemLine("nodes", -1), "no nodes")
+	}
+	for i, n := range f.Nodes {
+		if err := b.node(n, &f.Defaults, i); err != nil {
+			return err
 		}
 	}
-
-	// Racks.
-	rackByName := map[string]int{}
-	type rackExtra struct {
-		oversub float64
-		node    *yaml.Node
-	}
-	var extras []rackExtra
-	if n, ok := f["racks"]; ok {
-		items, err := p.list(n, "racks")
-		if err != nil {
-			return nil, err
-		}
-		for _, it := range items {
-			rf, err := p.fields(it, "rack", "name", "bandwidth", "uplink", "downlink", "oversubscription", "latency")
-			if err != nil {
-				return nil, err
-			}
-			nn, ok := rf["name"]
-			if !ok {
-				return nil, p.errf(it, nil, "rack: missing name")
-			}
-			name, err := p.scalar(nn, "rack name")
-			if err != nil {
-				return nil, err
-			}
-			if _, dup := rackByName[name]; dup {
-				return nil, p.errf(nn, nil, "rack %q defined twice", name)
-			}
-			var l nodeLinks
-			if err := p.links(rf, "rack "+name, &l); err != nil {
-				return nil, err
-			}
-			ex := rackExtra{node: it}
-			if on, ok := rf["oversubscription"]; ok {
-				if l.hasUp || l.hasDown {
-					return nil, p.errf(on, nil, "rack %s: give oversubscription or uplink/downlink, not both", name)
-				}
-				if ex.oversub, err = p.float(on, "rack "+name+" oversubscription"); err != nil {
-					return nil, err
-				}
-				if ex.oversub == 0 {
-					return nil, p.errf(on, nil, "rack %s: oversubscription must be positive", name)
-				}
-			}
-			if (l.hasUp && l.up == 0) || (l.hasDown && l.down == 0) {
-				return nil, p.errf(it, nil, "rack %s: a zero link capacity; omit the field for an unlimited link", name)
-			}
-			rackByName[name] = len(t.Racks)
-			t.Racks = append(t.Racks, Rack{Name: name, Up: l.up, Down: l.down, Latency: l.latency})
-			extras = append(extras, ex)
-		}
-	}
-
-	// Nodes.
-	nodeByName := map[string]int{}
-	nn, ok := f["nodes"]
-	if !ok {
-		return nil, p.errf(root, nil, "no nodes")
-	}
-	items, err := p.list(nn, "nodes")
-	if err != nil {
-		return nil, err
-	}
-	for _, it := range items {
-		nf, err := p.fields(it, "node", "name", "count", "rack", "bandwidth", "uplink", "downlink", "latency", "speed", "cores")
-		if err != nil {
-			return nil, err
-		}
-		nameNode, ok := nf["name"]
-		if !ok {
-			return nil, p.errf(it, nil, "node: missing name")
-		}
-		name, err := p.scalar(nameNode, "node name")
-		if err != nil {
-			return nil, err
-		}
-		l := def
-		if err := p.links(nf, "node "+name, &l); err != nil {
-			return nil, err
-		}
-		if !l.hasUp {
-			return nil, p.errf(it, nil, "node %s: missing link: no uplink bandwidth (set bandwidth or uplink here or in defaults)", name)
-		}
-		if !l.hasDown {
-			return nil, p.errf(it, nil, "node %s: missing link: no downlink bandwidth (set bandwidth or downlink here or in defaults)", name)
-		}
-		if l.up == 0 {
-			return nil, p.errf(l.upNode, nil, "node %s: uplink bandwidth must be positive", name)
-		}
-		if l.down == 0 {
-			return nil, p.errf(l.downNode, nil, "node %s: downlink bandwidth must be positive", name)
-		}
-		rack := -1
-		if rn, ok := nf["rack"]; ok {
-			rname, err := p.scalar(rn, "node rack")
-			if err != nil {
-				return nil, err
-			}
-			r, ok := rackByName[rname]
-			if !ok {
-				return nil, p.errf(rn, nil, "node %s: unknown rack %q", name, rname)
-			}
-			rack = r
-		}
-		count, counted := 1, false
-		if cn, ok := nf["count"]; ok {
-			s, err := p.scalar(cn, "node count")
-			if err != nil {
-				return nil, err
-			}
-			count, err = strconv.Atoi(s)
-			if err != nil || count < 1 {
-				return nil, p.errf(cn, err, "node %s: count must be a positive integer, have %q", name, s)
-			}
-			if count > maxTopologyNodes-len(t.Nodes) {
-				return nil, p.errf(cn, nil, "node %s: count %d makes more than %d nodes", name, count, maxTopologyNodes)
-			}
-			counted = true
-		}
-		for c := 0; c < count; c++ {
-			nm := name
-			if counted {
-				nm = name + strconv.Itoa(c)
-			}
-			if _, dup := nodeByName[nm]; dup {
-				return nil, p.errf(nameNode, nil, "node %q defined twice", nm)
-			}
-			nodeByName[nm] = len(t.Nodes)
-			t.Nodes = append(t.Nodes, Node{Name: nm, Rack: rack, Up: l.up, Down: l.down, Latency: l.latency, Speed: l.speed, Cores: l.cores})
-		}
-	}
-	for r, ex := range extras {
-		if ex.oversub == 0 {
+	for r, rs := range f.Racks {
+		if rs.Oversubscription.Line == 0 {
 			continue
 		}
 		var up, down float64
-		for _, n := range t.Nodes {
+		for _, n := range b.t.Nodes {
 			if n.Rack == r {
 				up += float64(n.Up)
 				down += float64(n.Down)
 			}
 		}
 		if up == 0 {
-			return nil, p.errf(ex.node, nil, "rack %s: oversubscription given but the rack has no nodes", t.Racks[r].Name)
+			return b.errf(rs.Name.Line, "rack %s: oversubscription given but the rack has no nodes", rs.Name.V)
 		}
-		t.Racks[r].Up = Bandwidth(up / ex.oversub)
-		t.Racks[r].Down = Bandwidth(down / ex.oversub)
+		b.t.Racks[r].Up = Bandwidth(up / float64(rs.Oversubscription.V))
+		b.t.Racks[r].Down = Bandwidth(down / float64(rs.Oversubscription.V))
 	}
+	for i, l := range f.Latencies {
+		if l == nil || l.Between == nil || l.Latency.Line == 0 {
+			return b.errf(b.itemLine("latencies", i), "latencies entry: needs between and latency")
+		}
+		x, y, racks, err := b.between(l.Between, b.itemLine("latencies", i), "latencies entry")
+		if err != nil {
+			return err
+		}
+		if racks {
+			b.t.SetRackLatency(x, y, time.Duration(l.Latency.V))
+		} else {
+			b.t.SetPairLatency(x, y, time.Duration(l.Latency.V))
+		}
+	}
+	for i, w := range f.WAN {
+		if w == nil || w.Between == nil {
+			return b.errf(b.itemLine("wan", i), "wan link: missing between")
+		}
+		x, y, racks, err := b.between(w.Between, b.itemLine("wan", i), "wan link")
+		if err != nil {
+			return err
+		}
+		line := w.Between[0].Line
+		if !racks {
+			return b.errf(line, "wan link: between needs two racks (sites), not nodes")
+		}
+		name := b.t.Racks[x].Name + "-" + b.t.Racks[y].Name
+		if w.Bandwidth.Line == 0 {
+			return b.errf(b.itemLine("wan", i), "wan link %s: missing link bandwidth", name)
+		}
+		if w.Bandwidth.V == 0 {
+			return b.errf(w.Bandwidth.Line, "wan link %s: bandwidth must be positive", name)
+		}
+		for _, o := range b.t.WANs {
+			if (o.A == x && o.B == y) || (o.A == y && o.B == x) {
+				return b.errf(line, "wan link %s defined twice", name)
+			}
+		}
+		b.t.WANs = append(b.t.WANs, WAN{A: x, B: y, Bandwidth: w.Bandwidth.V, Latency: time.Duration(w.Latency.V)})
+	}
+	return nil
+}
 
-	between := func(it *yaml.Node, bn *yaml.Node, what string) (a, b int, racks bool, err error) {
-		items, err := p.list(bn, what+" between")
-		if err != nil {
-			return 0, 0, false, err
-		}
-		if len(items) != 2 {
-			return 0, 0, false, p.errf(bn, nil, "%s: between needs exactly two names", what)
-		}
-		var idx [2]int
-		var isRack [2]bool
-		for k, in := range items {
-			s, err := p.scalar(in, what+" between")
-			if err != nil {
-				return 0, 0, false, err
-			}
-			if i, ok := nodeByName[s]; ok {
-				idx[k] = i
-			} else if r, ok := rackByName[s]; ok {
-				idx[k], isRack[k] = r, true
-			} else {
-				return 0, 0, false, p.errf(in, nil, "%s: unknown node or rack %q", what, s)
-			}
-		}
-		if isRack[0] != isRack[1] {
-			return 0, 0, false, p.errf(bn, nil, "%s: between needs two nodes or two racks", what)
-		}
-		if idx[0] == idx[1] {
-			return 0, 0, false, p.errf(bn, nil, "%s: between names the same %s twice", what, map[bool]string{true: "rack", false: "node"}[isRack[0]])
-		}
-		return idx[0], idx[1], isRack[0], nil
+func (b *topoBuilder) rack(r *rackSpec, i int) error {
+	if r == nil || r.Name.Line == 0 {
+		return b.errf(b.itemLine("racks", i), "rack: missing name")
 	}
+	name := r.Name.V
+	if _, dup := b.racks[name]; dup {
+		return b.errf(r.Name.Line, "rack %q defined twice", name)
+	}
+	if err := b.check(&r.links, "rack "+name); err != nil {
+		return err
+	}
+	up, down := or(r.Uplink, r.Bandwidth), or(r.Downlink, r.Bandwidth)
+	if o := r.Oversubscription.Line; o > 0 && (up.Line > 0 || down.Line > 0) {
+		return b.errf(o, "rack %s: give oversubscription or uplink/downlink, not both", name)
+	}
+	for _, l := range []at[Bandwidth]{up, down} {
+		if l.Line > 0 && l.V == 0 {
+			return b.errf(l.Line, "rack %s: a zero link capacity; omit the field for an unlimited link", name)
+		}
+	}
+	b.racks[name] = len(b.t.Racks)
+	b.t.Racks = append(b.t.Racks, Rack{Name: name, Up: up.V, Down: down.V, Latency: time.Duration(r.Latency.V)})
+	return nil
+}
 
-	if ln, ok := f["latencies"]; ok {
-		items, err := p.list(ln, "latencies")
-		if err != nil {
-			return nil, err
+// maxTopologyNodes bounds the nodes a topology file may declare, so that a
+// typo in a count fails with an error instead of exhausting memory.
+const maxTopologyNodes = 1 << 20
+
+func (b *topoBuilder) node(n *nodeSpec, def *nodeFields, i int) error {
+	if n == nil || n.Name.Line == 0 {
+		return b.errf(b.itemLine("nodes", i), "node: missing name")
+	}
+	name := n.Name.V
+	if err := b.check(&n.links, "node "+name); err != nil {
+		return err
+	}
+	up := or(n.Uplink, n.Bandwidth, def.Uplink, def.Bandwidth)
+	down := or(n.Downlink, n.Bandwidth, def.Downlink, def.Bandwidth)
+	for _, l := range []struct {
+		dir string
+		at[Bandwidth]
+	}{{"uplink", up}, {"downlink", down}} {
+		if l.Line == 0 {
+			return b.errf(n.Name.Line, "node %s: missing link: no %s bandwidth (set bandwidth or %[2]s here or in defaults)", name, l.dir)
 		}
-		for _, it := range items {
-			lf, err := p.fields(it, "latencies entry", "between", "latency")
-			if err != nil {
-				return nil, err
-			}
-			bn, ok1 := lf["between"]
-			dn, ok2 := lf["latency"]
-			if !ok1 || !ok2 {
-				return nil, p.errf(it, nil, "latencies entry: needs between and latency")
-			}
-			a, b, racks, err := between(it, bn, "latencies entry")
-			if err != nil {
-				return nil, err
-			}
-			d, err := p.latency(dn, "latencies entry latency")
-			if err != nil {
-				return nil, err
-			}
-			if racks {
-				t.SetRackLatency(a, b, d)
-			} else {
-				t.SetPairLatency(a, b, d)
-			}
+		if l.V == 0 {
+			return b.errf(l.Line, "node %s: %s bandwidth must be positive", name, l.dir)
 		}
 	}
-	if wn, ok := f["wan"]; ok {
-		items, err := p.list(wn, "wan")
-		if err != nil {
-			return nil, err
+	rack := -1
+	if n.Rack.Line > 0 {
+		r, ok := b.racks[n.Rack.V]
+		if !ok {
+			return b.errf(n.Rack.Line, "node %s: unknown rack %q", name, n.Rack.V)
 		}
-		for _, it := range items {
-			wf, err := p.fields(it, "wan link", "between", "bandwidth", "latency")
-			if err != nil {
-				return nil, err
-			}
-			bn, ok := wf["between"]
-			if !ok {
-				return nil, p.errf(it, nil, "wan link: missing between")
-			}
-			a, b, racks, err := between(it, bn, "wan link")
-			if err != nil {
-				return nil, err
-			}
-			if !racks {
-				return nil, p.errf(bn, nil, "wan link: between needs two racks (sites), not nodes")
-			}
-			bwn, ok := wf["bandwidth"]
-			if !ok {
-				return nil, p.errf(it, nil, "wan link %s-%s: missing link bandwidth", t.Racks[a].Name, t.Racks[b].Name)
-			}
-			bw, err := p.bandwidth(bwn, "wan link bandwidth")
-			if err != nil {
-				return nil, err
-			}
-			if bw == 0 {
-				return nil, p.errf(bwn, nil, "wan link: bandwidth must be positive")
-			}
-			w := WAN{A: a, B: b, Bandwidth: bw}
-			if dn, ok := wf["latency"]; ok {
-				if w.Latency, err = p.latency(dn, "wan link latency"); err != nil {
-					return nil, err
-				}
-			}
-			for _, o := range t.WANs {
-				if (o.A == a && o.B == b) || (o.A == b && o.B == a) {
-					return nil, p.errf(bn, nil, "wan link %s-%s defined twice", t.Racks[a].Name, t.Racks[b].Name)
-				}
-			}
-			t.WANs = append(t.WANs, w)
+		rack = r
+	}
+	c := int(n.Count.V)
+	if c > maxTopologyNodes-len(b.t.Nodes) {
+		return b.errf(n.Count.Line, "node %s: count %d makes more than %d nodes", name, c, maxTopologyNodes)
+	}
+	nd := Node{Rack: rack, Up: up.V, Down: down.V, Speed: float64(or(n.Speed, def.Speed, at[positive]{V: 1}).V),
+		Latency: time.Duration(or(n.Latency, def.Latency).V), Cores: int(or(n.Cores, def.Cores).V)}
+	for k := 0; k < max(c, 1); k++ {
+		nd.Name = name
+		if n.Count.Line > 0 {
+			nd.Name += strconv.Itoa(k)
+		}
+		if _, dup := b.nodes[nd.Name]; dup {
+			return b.errf(n.Name.Line, "node %q defined twice", nd.Name)
+		}
+		b.nodes[nd.Name] = len(b.t.Nodes)
+		b.t.Nodes = append(b.t.Nodes, nd)
+	}
+	return nil
+}
+
+// between resolves the two names of a latencies entry or wan link (at
+// line) to two nodes or two racks.
+func (b *topoBuilder) between(names []at[string], line int, what string) (x, y int, racks bool, err error) {
+	if len(names) != 2 {
+		return 0, 0, false, b.errf(line, "%s: between needs exactly two names", what)
+	}
+	var idx [2]int
+	var isRack [2]bool
+	for k, n := range names {
+		if i, ok := b.nodes[n.V]; ok && n.Line > 0 {
+			idx[k] = i
+		} else if r, ok := b.racks[n.V]; ok && n.Line > 0 {
+			idx[k], isRack[k] = r, true
+		} else {
+			return 0, 0, false, b.errf(max(n.Line, line), "%s: unknown node or rack %q", what, n.V)
 		}
 	}
-	return t, nil
+	if isRack[0] != isRack[1] {
+		return 0, 0, false, b.errf(names[0].Line, "%s: between needs two nodes or two racks", what)
+	}
+	if idx[0] == idx[1] {
+		kind := map[bool]string{true: "rack", false: "node"}[isRack[0]]
+		return 0, 0, false, b.errf(names[0].Line, "%s: between names the same %s twice", what, kind)
+	}
+	return idx[0], idx[1], isRack[0], nil
 }

@@ -1,12 +1,17 @@
 package sim
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestLoadExamples(t *testing.T) {
@@ -128,6 +133,34 @@ func TestParseTopologyErrors(t *testing.T) {
 		{"huge count", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    count: 99999999999\n", "more than", 4},
 		{"NaN speed", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    speed: NaN\n", "finite", 4},
 		{"infinite speed", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    speed: +Inf\n", "finite", 4},
+		// Unknown fields at every level, with the fields that are known.
+		{"unknown top-level field", "defaults: {bandwidth: 1Gbit/s}\nnodes: [{name: a}]\nlatncy: 1us\n", `topology: unknown field "latncy" (known: name, description, latency, defaults,`, 3},
+		{"unknown defaults field", "defaults:\n  bandwidth: 1Gbit/s\n  rack: r\nnodes: [{name: a}]\n", `defaults: unknown field "rack" (known: bandwidth, uplink, downlink, latency, speed, cores)`, 3},
+		{"unknown rack field", "racks:\n  - {name: r, speed: 2}\nnodes: [{name: a, bandwidth: 1Gbit/s}]\n", `rack: unknown field "speed"`, 2},
+		{"unknown wan field", "racks: [{name: x}, {name: y}]\nnodes: [{name: a, bandwidth: 1Gbit/s}]\nwan:\n  - between: [x, y]\n    bandwidth: 1Gbit/s\n    latancy: 1ms\n", `wan link: unknown field "latancy"`, 6},
+		{"field twice", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    name: b\n", `"name" already defined at line 3`, 4},
+		// A bad unit names its field, also among others on the same line.
+		{"bad unit in flow mapping", "nodes:\n  - {name: a, uplink: 1Gbit/s, downlink: 5 furlongs}\n", `node a downlink: sim: unknown unit in bandwidth "5 furlongs"`, 2},
+		{"bad rack latency", "defaults: {bandwidth: 1Gbit/s}\nracks:\n  - name: r\n    latency: 2 us\nnodes: [{name: a}]\n", `rack r latency: sim: unknown unit in duration "2 us"`, 4},
+		{"bad wan bandwidth", "racks: [{name: x}, {name: y}]\nnodes: [{name: a, bandwidth: 1Gbit/s}]\nwan:\n  - between: [x, y]\n    bandwidth: 1 pigeon/s\n", "wan link bandwidth: sim: unknown unit", 5},
+		{"negative latency", "latency: -5us\ndefaults: {bandwidth: 1Gbit/s}\nnodes: [{name: a}]\n", "latency: sim: duration \"-5us\" must not be negative", 1},
+		// Type mismatches.
+		{"nodes not a list", "defaults: {bandwidth: 1Gbit/s}\nnodes: 5\n", `nodes: want a list, have "5"`, 2},
+		{"node not a mapping", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - a\n", `node: want a mapping, have "a"`, 3},
+		{"defaults a list", "defaults: [1Gbit/s]\nnodes: [{name: a}]\n", "defaults: want a mapping, have a list", 1},
+		{"between not a list", "defaults: {bandwidth: 1Gbit/s}\nnodes: [{name: a}, {name: b}]\nlatencies:\n  - {between: a, latency: 1ms}\n", `between: want a list, have "a"`, 4},
+		{"bandwidth a mapping", "nodes:\n  - name: a\n    bandwidth: {up: 1Gbit/s}\n", "node a bandwidth: want a single value, have a mapping", 3},
+		{"name a list", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: [a, b]\n", "node name: want a single value, have a list", 3},
+		{"fractional count", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - {name: a, count: 1.5}\n", `node a count: want a whole number of at least 1, have "1.5"`, 3},
+		// The whole file.
+		{"empty file", "", "empty file", 0},
+		{"only comments", "# nothing yet\n", "empty file", 0},
+		{"a list", "- name: a\n- name: b\n", "topology: want a mapping, have a list", 1},
+		{"a scalar", "\nhello\n", `topology: want a mapping, have "hello"`, 2},
+		// Items that lack a field are named by their line.
+		{"empty node item", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n  -\n", "node: missing name", 4},
+		{"node without name", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n  - {rack: r}\n", "node: missing name", 4},
+		{"latencies without latency", "defaults: {bandwidth: 1Gbit/s}\nnodes: [{name: a}, {name: b}]\nlatencies:\n  - between: [a, b]\n", "needs between and latency", 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseTopology("bad.yaml", []byte(tc.src))
@@ -141,7 +174,7 @@ func TestParseTopologyErrors(t *testing.T) {
 			if !errors.As(err, &te) {
 				t.Fatalf("error %T is not a *TopologyError", err)
 			}
-			if tc.line > 0 && te.Line != tc.line {
+			if te.Line != tc.line && (tc.line > 0 || tc.want == "empty file") {
 				t.Errorf("line %d, want %d (%v)", te.Line, tc.line, err)
 			}
 			if !strings.Contains(err.Error(), tc.want) {
@@ -152,6 +185,85 @@ func TestParseTopologyErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestParseTopologyAnchors: YAML anchors, aliases and merge keys work as in
+// any YAML file (the hand-walked parser rejected them).
+func TestParseTopologyAnchors(t *testing.T) {
+	tp, err := ParseTopology("a.yaml", []byte("defaults: &d {bandwidth: &bw 5Gbit/s, speed: 2}\nnodes:\n  - {name: a, uplink: *bw, downlink: 1Gbit/s}\n  - <<: *d\n    name: b\n    speed: 0.5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := tp.Nodes[0], tp.Nodes[1]; a.Up != 5*Gbps || a.Down != Gbps || a.Speed != 2 || b.Up != 5*Gbps || b.Speed != 0.5 {
+		t.Errorf("nodes %+v", tp.Nodes)
+	}
+}
+
+// TestTopologyUnitErrorWrapsErrUnit: a bad unit in a file is both a
+// topology error and an ErrUnit.
+func TestTopologyUnitErrorWrapsErrUnit(t *testing.T) {
+	for _, src := range []string{
+		"nodes:\n  - {name: a, bandwidth: 10}\n",
+		"latency: 5\nnodes:\n  - {name: a, bandwidth: 10Gbit/s}\n",
+	} {
+		_, err := ParseTopology("u.yaml", []byte(src))
+		if !errors.Is(err, ErrUnit) || !errors.Is(err, ErrTopology) {
+			t.Errorf("%q: %v, want ErrUnit and ErrTopology", src, err)
+		}
+	}
+}
+
+// TestBandwidthUnmarshalYAML: Bandwidth decodes with units from any YAML
+// document, and a bad one is an error naming its line.
+func TestBandwidthUnmarshalYAML(t *testing.T) {
+	var v struct {
+		Link Bandwidth `yaml:"link"`
+	}
+	if err := yaml.Unmarshal([]byte("link: 2.5Gbit/s\n"), &v); err != nil || v.Link != 2.5*Gbps {
+		t.Fatalf("2.5Gbit/s: %v, %v", v.Link, err)
+	}
+	err := yaml.Unmarshal([]byte("# c\nlink: 10\n"), &v)
+	if !errors.Is(err, ErrUnit) || !strings.HasPrefix(fmt.Sprint(err), "line 2: ") {
+		t.Errorf("no unit: %v, want ErrUnit at line 2", err)
+	}
+}
+
+// FuzzParseTopology: any input gives a valid topology or a *TopologyError
+// whose line is in the file, never a panic.
+func FuzzParseTopology(f *testing.F) {
+	files, _ := filepath.Glob("testdata/topologies/*.yaml")
+	for _, name := range files {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("defaults: {bandwidth: 1Gbit/s, cores: 2}\nnodes:\n  - {name: a, count: 2}\nlatencies:\n  - {between: [a0, a1], latency: 1ms}\n"))
+	f.Add([]byte("racks: [{name: x, oversubscription: 2}, {name: y}]\nnodes: [{name: a, rack: x, uplink: 1Gbit/s, downlink: 2Gbit/s}]\nwan: [{between: [x, y], bandwidth: 1Gbit/s}]\n"))
+	f.Add([]byte("nodes:\n  - {name: a, bandwith: 1Gbit/s}\n  -\n"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		tp, err := ParseTopology("f.yaml", src)
+		if err == nil {
+			if len(tp.Nodes) == 0 || tp.Validate() != nil {
+				t.Fatalf("accepted an invalid topology: %+v", tp)
+			}
+			return
+		}
+		var te *TopologyError
+		if !errors.As(err, &te) || !errors.Is(err, ErrTopology) {
+			t.Fatalf("error %T %v is not a *TopologyError", err, err)
+		}
+		// YAML breaks lines at \n, \r, \r\n, NEL, LS and PS (this bound
+		// counts \r\n twice).
+		lines := 1
+		for _, br := range []string{"\n", "\r", "\u0085", "\u2028", "\u2029"} {
+			lines += bytes.Count(src, []byte(br))
+		}
+		if te.Line < 0 || te.Line > lines {
+			t.Fatalf("error at line %d of a %d-line file: %v", te.Line, lines, err)
+		}
+	})
 }
 
 func TestGenerators(t *testing.T) {

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+
+	"golang.org/x/mod/module"
 
 	// The GoMNIST module ships the MNIST files in its data folder. Nothing
 	// of its Go code is used; importing the package makes every build of
@@ -39,8 +41,9 @@ var mnistFiles = [4]string{
 
 // MNISTDir returns the directory holding the MNIST files: dir if it is not
 // empty, else the data folder of the GoMNIST module in the Go module cache
-// (GOMODCACHE, or `go env GOMODCACHE`, or $GOPATH/pkg/mod). It returns an
-// error wrapping ErrNoMNIST if the files are not there; it never downloads.
+// that `go env GOMODCACHE` names (see moduleCaches), without running the go
+// command. It returns an error wrapping ErrNoMNIST if the files are not
+// there; it never downloads.
 func MNISTDir(dir string) (string, error) {
 	if dir != "" {
 		if err := checkMNISTDir(dir); err != nil {
@@ -48,9 +51,13 @@ func MNISTDir(dir string) (string, error) {
 		}
 		return dir, nil
 	}
+	mod, err := module.EscapePath(MNISTModule)
+	if err != nil {
+		panic(err) // a constant
+	}
 	var tried []string
 	for _, cache := range moduleCaches() {
-		d := filepath.Join(cache, escapeModulePath(MNISTModule)+"@"+MNISTVersion, "data")
+		d := filepath.Join(cache, mod+"@"+MNISTVersion, "data")
 		if checkMNISTDir(d) == nil {
 			return d, nil
 		}
@@ -68,37 +75,61 @@ func checkMNISTDir(dir string) error {
 	return nil
 }
 
+// moduleCaches returns the module caches to look in: first the one that
+// `go env GOMODCACHE` reports, computed as the go command does it
+// (GOMODCACHE, else the first entry of GOPATH plus pkg/mod, else
+// $HOME/go/pkg/mod; each variable from the environment, else from the file
+// that `go env -w` writes), then the GOPATH and home defaults in case the
+// module was fetched with other settings.
 func moduleCaches() []string {
 	var out []string
-	if c := os.Getenv("GOMODCACHE"); c != "" {
-		out = append(out, c)
-	}
-	if b, err := exec.Command("go", "env", "GOMODCACHE").Output(); err == nil {
-		if c := strings.TrimSpace(string(b)); c != "" {
-			out = append(out, c)
+	add := func(dir string) {
+		if dir != "" && !slices.Contains(out, dir) {
+			out = append(out, dir)
 		}
 	}
-	if gp := os.Getenv("GOPATH"); gp != "" {
-		out = append(out, filepath.Join(strings.Split(gp, string(os.PathListSeparator))[0], "pkg", "mod"))
+	add(goEnv("GOMODCACHE"))
+	home, err := os.UserHomeDir()
+	if err == nil {
+		home = filepath.Join(home, "go")
 	}
-	if h, err := os.UserHomeDir(); err == nil {
-		out = append(out, filepath.Join(h, "go", "pkg", "mod"))
+	for _, gopath := range []string{goEnv("GOPATH"), home} {
+		if list := filepath.SplitList(gopath); len(list) > 0 && list[0] != "" {
+			add(filepath.Join(list[0], "pkg", "mod"))
+		}
 	}
 	return out
 }
 
-// escapeModulePath applies the module cache's case encoding: every upper-case
-// letter becomes '!' followed by its lower-case form.
-func escapeModulePath(p string) string {
-	var b strings.Builder
-	for _, r := range p {
-		if r >= 'A' && r <= 'Z' {
-			b.WriteByte('!')
-			r += 'a' - 'A'
-		}
-		b.WriteRune(r)
+// goEnv returns the Go environment variable key as the go command reads it:
+// the process environment, else the go env file (GOENV, "off" for none,
+// default $(os.UserConfigDir)/go/env) of KEY=VALUE lines. It does not read
+// $GOROOT/go.env, which sets neither GOPATH nor GOMODCACHE.
+func goEnv(key string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
 	}
-	return b.String()
+	file := os.Getenv("GOENV")
+	if file == "" {
+		dir, err := os.UserConfigDir()
+		if err != nil {
+			return ""
+		}
+		file = filepath.Join(dir, "go", "env")
+	}
+	if file == "off" {
+		return ""
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
 }
 
 // LoadMNIST loads the MNIST training and test sets from dir (see MNISTDir for

