@@ -3,9 +3,11 @@ package compressors
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // The codec registry: one entry per codec name, built-in or registered by a
@@ -98,19 +100,24 @@ type codecDef struct {
 	nominal func(r Recipe, n int, cfg Config) int64
 }
 
-// codecRegistry maps names and wire ids to entries.
-type codecRegistry struct {
-	sync.RWMutex
+// codecTable maps names and wire ids to entries. A table is never modified
+// once published: Register copies it, adds the codec and publishes the copy,
+// so lookups (on every Recipe method) take no lock.
+type codecTable struct {
 	byName map[string]*codecDef
 	byID   [256]*codecDef
 }
 
-var registry = &codecRegistry{byName: map[string]*codecDef{}}
+var (
+	registry   atomic.Pointer[codecTable]
+	registerMu sync.Mutex // serialises Register's copy-and-publish
+)
 
 // init registers the codecs of this package, each defined in its own file
 // beside its compressor. (So no package-level variable of this package may
 // parse a recipe: it would be initialised before the registry is filled.)
 func init() {
+	t := &codecTable{byName: map[string]*codecDef{}}
 	for _, b := range []struct {
 		def     codecDef
 		aliases []string
@@ -120,17 +127,18 @@ func init() {
 		{qsgdCodec, nil}, {powersgdCodec, nil}, {losslessCodec, nil},
 	} {
 		d := b.def
-		if d.id == 0 || d.id >= MinUserCodec || d.build == nil || d.nominal == nil || registry.byID[d.id] != nil {
+		if d.id == 0 || d.id >= MinUserCodec || d.build == nil || d.nominal == nil || t.byID[d.id] != nil {
 			panic("compressors: bad built-in codec " + d.name)
 		}
-		registry.byID[d.id] = &d
+		t.byID[d.id] = &d
 		for _, name := range append([]string{d.name}, b.aliases...) {
-			if registry.byName[name] != nil {
+			if t.byName[name] != nil {
 				panic("compressors: codec name registered twice: " + name)
 			}
-			registry.byName[name] = &d
+			t.byName[name] = &d
 		}
 	}
+	registry.Store(t)
 }
 
 // Register adds a user codec: afterwards the recipe "NAME" or "NAME:ARGS"
@@ -195,16 +203,19 @@ func Register(spec CodecSpec) error {
 	}
 	d.nominal = func(r Recipe, n int, cfg Config) int64 { return spec.NominalBytes(n, r.Args, cfg) }
 
-	registry.Lock()
-	defer registry.Unlock()
-	if o := registry.byName[spec.Name]; o != nil {
+	registerMu.Lock()
+	defer registerMu.Unlock()
+	old := registry.Load()
+	if o := old.byName[spec.Name]; o != nil {
 		return bad("the name is taken by codec id %d", o.id)
 	}
-	if o := registry.byID[spec.ID]; o != nil {
+	if o := old.byID[spec.ID]; o != nil {
 		return bad("wire id %d is taken by %q", spec.ID, o.name)
 	}
-	registry.byName[spec.Name] = d
-	registry.byID[spec.ID] = d
+	t := &codecTable{byName: maps.Clone(old.byName), byID: old.byID}
+	t.byName[spec.Name] = d
+	t.byID[spec.ID] = d
+	registry.Store(t)
 	return nil
 }
 
@@ -230,10 +241,8 @@ func checkCodecName(name string) error {
 // Codecs returns the names of the registered codecs, built-in ones first,
 // in order of wire id (aliases such as "fp32" not included).
 func Codecs() []string {
-	registry.RLock()
-	defer registry.RUnlock()
 	var names []string
-	for _, d := range registry.byID {
+	for _, d := range registry.Load().byID {
 		if d != nil {
 			names = append(names, d.name)
 		}
@@ -243,29 +252,23 @@ func Codecs() []string {
 
 // lookupName returns the entry of a recipe name.
 func lookupName(name string) *codecDef {
-	registry.RLock()
-	defer registry.RUnlock()
-	return registry.byName[name]
+	return registry.Load().byName[name]
 }
 
 // lookup returns the entry of a codec id, or nil.
 func lookup(c Codec) *codecDef {
-	registry.RLock()
-	defer registry.RUnlock()
-	return registry.byID[c]
+	return registry.Load().byID[c]
 }
 
 // namesWith lists, in id order, the codecs for which ok holds, as "a, b
 // and c" (or "a or b" with conj "or").
 func namesWith(ok func(*codecDef) bool, conj string) string {
-	registry.RLock()
 	var names []string
-	for _, d := range registry.byID {
+	for _, d := range registry.Load().byID {
 		if d != nil && ok(d) {
 			names = append(names, d.name)
 		}
 	}
-	registry.RUnlock()
 	switch len(names) {
 	case 0:
 		return ""
