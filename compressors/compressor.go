@@ -16,6 +16,13 @@
 // e.g. "topk:0.01+kmeans:16+zstd". Parse reads recipes, Recipe.New builds
 // compressors, Recipe.NominalBytes sizes frames without data.
 //
+// Codecs live in one registry that Parse looks names up in: the built-in
+// codecs above and user codecs added with Register (a name, a wire id in
+// [MinUserCodec, MaxUserCodec], a constructor and a size function; see
+// CodecSpec). After Register the recipe "name:ARGS" works wherever a recipe
+// string is accepted. Frame writes and checks the wire frames of a user
+// codec; package compressortest's conformance suite runs against it.
+//
 // Every Compress output is a self-describing frame (see the layout in
 // wire.go): a versioned header with codec, parameters, element count and
 // lengths, the body, and a CRC-32C. Decoders validate everything against the

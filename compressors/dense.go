@@ -42,6 +42,23 @@ func newDense(r Recipe, n int) *Dense {
 	return d
 }
 
+// The dense codecs: fp32 ("none", alias "fp32"), fp16 and bf16, summed
+// element-wise in rings and trees.
+var (
+	noneCodec = codecDef{name: "none", id: CodecNone, agg: Reduce,
+		build: buildDense, nominal: denseNominal(4)}
+	fp16Codec = codecDef{name: "fp16", id: CodecFP16, agg: Reduce, biased: true,
+		build: buildDense, nominal: denseNominal(2)}
+	bf16Codec = codecDef{name: "bf16", id: CodecBF16, agg: Reduce, biased: true,
+		build: buildDense, nominal: denseNominal(2)}
+)
+
+func buildDense(r Recipe, n int, _ Config) (Compressor, error) { return newDense(r, n), nil }
+
+func denseNominal(bytesPerElem int64) func(Recipe, int, Config) int64 {
+	return func(_ Recipe, n int, _ Config) int64 { return FrameOverhead + bytesPerElem*int64(n) }
+}
+
 // denseChunk is the number of elements encoded before the checksum catches
 // up, so that the CRC reads the body from cache, not from memory.
 const denseChunk = 16 << 10

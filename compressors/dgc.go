@@ -31,6 +31,13 @@ func newDGC(r Recipe, n int, cfg Config) *DGC {
 	return d
 }
 
+// dgcCodec is "dgc:D" (DGC's sampled threshold), with the k-means and zstd
+// stages; its size is the bound of num_selects pairs.
+var dgcCodec = codecDef{name: "dgc", id: CodecDGC, agg: Gather, biased: true, kmeans: true, zstd: true,
+	args: densityArg, format: formatDensity, k: kDensity,
+	build:   func(r Recipe, n int, cfg Config) (Compressor, error) { return newDGC(r, n, cfg), nil },
+	nominal: sparseNominal}
+
 // dgcPlan is the reference code's setup: sampling stride, number of samples,
 // rank of the threshold in the sample and number of elements to select.
 func dgcPlan(n int, ratio, sampleRatio float64) (stride, numSamples, topKSamples, numSelects int) {

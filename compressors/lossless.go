@@ -89,6 +89,14 @@ func newLossless(r Recipe, n int) *Lossless {
 	return l
 }
 
+// losslessCodec is "lossless"; its size is the bound of incompressible
+// exponents.
+var losslessCodec = codecDef{name: "lossless", id: CodecLossless, agg: Gather,
+	build: func(r Recipe, n int, _ Config) (Compressor, error) { return newLossless(r, n), nil },
+	nominal: func(_ Recipe, n int, _ Config) int64 {
+		return FrameOverhead + int64(losslessMaxBody(n))
+	}}
+
 // losslessMaxBody is the largest lossless body of a layer of n elements:
 // raw words and raw exponents plus two mode bytes.
 func losslessMaxBody(n int) int { return 4*n + 2 }

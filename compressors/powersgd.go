@@ -2,9 +2,11 @@ package compressors
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 
 	"github.com/slimgrad/slimgrad/internal/kernels"
 )
@@ -66,6 +68,39 @@ func newPowerSGD(rc Recipe, cfg Config) (*PowerSGD, error) {
 	}
 	return ps, nil
 }
+
+// powersgdCodec is "powersgd:R" (rank R); it needs the layer's shape.
+var powersgdCodec = codecDef{name: "powersgd", id: CodecPowerSGD, agg: LowRank, biased: true,
+	args: func(r *Recipe, arg string, hasArg bool) error {
+		if !hasArg {
+			return errors.New("powersgd needs a rank, e.g. \"powersgd:4\"")
+		}
+		v, err := strconv.Atoi(arg)
+		if err != nil {
+			return fmt.Errorf("rank %q is not an integer", arg)
+		}
+		if v < 1 || v > 1<<16 {
+			return errors.New("rank must be in [1,65536]")
+		}
+		r.Rank = v
+		return nil
+	},
+	format: func(r Recipe) string { return strconv.Itoa(r.Rank) },
+	build: func(r Recipe, _ int, cfg Config) (Compressor, error) {
+		if cfg.Rows == 0 {
+			return nil, errors.New("powersgd needs the layer's shape (WithShape)")
+		}
+		return newPowerSGD(r, cfg)
+	},
+	nominal: func(r Recipe, n int, cfg Config) int64 {
+		rows, cols := cfg.Rows, cfg.Cols
+		if rows <= 0 || cols <= 0 || rows*cols != n {
+			rows = int(math.Round(math.Sqrt(float64(n))))
+			cols = rows
+		}
+		rk := min(r.Rank, rows, cols)
+		return FrameOverhead + 4*int64(rk)*int64(rows+cols)
+	}}
 
 // Rows is the number of rows of the layer's matrix.
 func (ps *PowerSGD) Rows() int { return ps.rows }

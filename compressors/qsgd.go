@@ -2,8 +2,10 @@ package compressors
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
+	"strconv"
 
 	"github.com/slimgrad/slimgrad/internal/kernels"
 )
@@ -57,6 +59,29 @@ func newQSGD(r Recipe, n int, cfg Config) *QSGD {
 	}
 	return q
 }
+
+// qsgdCodec is "qsgd:S" (S levels), with the zstd stage.
+var qsgdCodec = codecDef{name: "qsgd", id: CodecQSGD, agg: Gather, zstd: true,
+	args: func(r *Recipe, arg string, hasArg bool) error {
+		if !hasArg {
+			return errors.New("qsgd needs a number of levels, e.g. \"qsgd:4\"")
+		}
+		v, err := strconv.Atoi(arg)
+		if err != nil {
+			return fmt.Errorf("levels %q is not an integer", arg)
+		}
+		if v < 1 || v > MaxQSGDLevels {
+			return fmt.Errorf("levels must be in [1,%d]", MaxQSGDLevels)
+		}
+		r.Levels = v
+		return nil
+	},
+	format: func(r Recipe) string { return strconv.Itoa(r.Levels) },
+	build:  func(r Recipe, n int, cfg Config) (Compressor, error) { return newQSGD(r, n, cfg), nil },
+	nominal: func(r Recipe, n int, _ Config) int64 {
+		nn := int64(n)
+		return FrameOverhead + 4*((nn+QSGDBucket-1)/QSGDBucket) + (nn*int64(qsgdWidth(r.Levels))+7)/8
+	}}
 
 func (q *QSGD) codeBytes() int { return (q.n*int(q.width) + 7) / 8 }
 func (q *QSGD) bodyLen() int   { return 4*q.buckets + q.codeBytes() }

@@ -37,6 +37,14 @@ func newRandomK(r Recipe, n int, cfg Config) *RandomK {
 	return &RandomK{frame: newFrame(r, n), entropy: entropy{on: r.Zstd}, seed: cfg.Seed, k: r.K(n)}
 }
 
+// randomkCodec is "randomk:D": k values, indices from the shared seed.
+var randomkCodec = codecDef{name: "randomk", id: CodecRandomK, agg: Gather, zstd: true,
+	args: densityArg, format: formatDensity, k: kDensity,
+	build: func(r Recipe, n int, cfg Config) (Compressor, error) { return newRandomK(r, n, cfg), nil },
+	nominal: func(r Recipe, n int, _ Config) int64 {
+		return FrameOverhead + 4*int64(r.K(n))
+	}}
+
 // Step is the step number the next Compress will use.
 func (rk *RandomK) Step() uint64 { return rk.step }
 

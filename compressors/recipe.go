@@ -1,6 +1,7 @@
 package compressors
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/bits"
@@ -25,16 +26,11 @@ const (
 	CodecLossless Codec = 10 // exact fp32: Huffman-coded exponents, raw sign+mantissa
 )
 
-var codecNames = map[Codec]string{
-	CodecNone: "none", CodecFP16: "fp16", CodecBF16: "bf16", CodecTopK: "topk", CodecDGC: "dgc",
-	CodecRandomK: "randomk", CodecSign: "sign", CodecQSGD: "qsgd", CodecPowerSGD: "powersgd",
-	CodecLossless: "lossless",
-}
-
-// String returns the codec's recipe name, e.g. "topk".
+// String returns the codec's recipe name, e.g. "topk", or "Codec(N)" for an
+// id that no codec is registered under.
 func (c Codec) String() string {
-	if s, ok := codecNames[c]; ok {
-		return s
+	if d := lookup(c); d != nil {
+		return d.name
 	}
 	return fmt.Sprintf("Codec(%d)", uint8(c))
 }
@@ -78,6 +74,10 @@ type Recipe struct {
 	// TwoPhaseLayout); the Sign frame one scale per block of the layer.
 	Block int
 	Zstd  bool // entropy stage (gathered codecs and sign only)
+	// Args is the canonical argument text of a user codec (see Register):
+	// "ARGS" in "mycodec:ARGS", "" if it has none. Built-in codecs keep
+	// their parameters in the fields above and leave Args empty.
+	Args string
 }
 
 // Parse parses a recipe: "none", "fp16", "bf16", "topk:D", "dgc:D",
@@ -86,8 +86,11 @@ type Recipe struct {
 // [1,127]), "powersgd:R" (rank R >= 1) or "lossless", then optional stages
 // in this order: "+kmeans:K" after topk or dgc (the kept values are
 // replaced by the means of K clusters, K in [1,MaxKMeans]; see KMeans), and
-// "+zstd" for the gathered lossy codecs and sign. Errors are *RecipeError
-// values naming what is wrong.
+// "+zstd" for the gathered lossy codecs and sign. A codec added with
+// Register parses as "name" or "name:ARGS" (its ParseArgs decides) and
+// takes no stage. Names are looked up in the codec registry, which is safe
+// for concurrent use. Errors are *RecipeError values naming what is wrong;
+// an unknown name lists the registered ones.
 func Parse(recipe string) (Recipe, error) {
 	bad := func(format string, args ...any) (Recipe, error) {
 		return Recipe{}, &RecipeError{Recipe: recipe, Reason: fmt.Sprintf(format, args...)}
@@ -136,92 +139,30 @@ func Parse(recipe string) (Recipe, error) {
 		}
 	}
 	name, arg, hasArg := strings.Cut(s, ":")
-	switch name {
-	case "none", "fp32":
-		r.Codec = CodecNone
-	case "fp16":
-		r.Codec = CodecFP16
-	case "bf16":
-		r.Codec = CodecBF16
-	case "topk":
-		r.Codec = CodecTopK
-	case "dgc":
-		r.Codec = CodecDGC
-	case "randomk":
-		r.Codec = CodecRandomK
-	case "sign":
-		r.Codec = CodecSign
-	case "qsgd":
-		r.Codec = CodecQSGD
-	case "powersgd":
-		r.Codec = CodecPowerSGD
-	case "lossless":
-		r.Codec = CodecLossless
-	case "kmeans":
-		return bad("kmeans is a stage after a sparsifier, e.g. \"topk:0.01+kmeans:16\"")
-	case "":
-		return bad("empty codec name")
-	default:
-		return bad("unknown codec %q (want none, fp16, bf16, topk, dgc, randomk, sign, qsgd, powersgd or lossless)", name)
+	d := lookupName(name)
+	if d == nil {
+		switch name {
+		case "kmeans":
+			return bad("kmeans is a stage after a sparsifier, e.g. \"topk:0.01+kmeans:16\"")
+		case "":
+			return bad("empty codec name")
+		}
+		names := Codecs()
+		return bad("unknown codec %q (want %s or %s)", name, strings.Join(names[:len(names)-1], ", "), names[len(names)-1])
 	}
-	switch r.Codec {
-	case CodecTopK, CodecDGC, CodecRandomK:
-		if !hasArg {
-			return bad("%s needs a density, e.g. %q", name, name+":0.001")
+	r.Codec = d.id
+	if d.args != nil {
+		if err := d.args(&r, arg, hasArg); err != nil {
+			return bad("%s", err.Error())
 		}
-		d, err := strconv.ParseFloat(arg, 64)
-		if err != nil {
-			return bad("density %q is not a number", arg)
-		}
-		if !(d > 0 && d <= 1) {
-			return bad("density must be in (0,1]")
-		}
-		r.Density = d
-	case CodecQSGD:
-		if !hasArg {
-			return bad("qsgd needs a number of levels, e.g. \"qsgd:4\"")
-		}
-		v, err := strconv.Atoi(arg)
-		if err != nil {
-			return bad("levels %q is not an integer", arg)
-		}
-		if v < 1 || v > MaxQSGDLevels {
-			return bad("levels must be in [1,%d]", MaxQSGDLevels)
-		}
-		r.Levels = v
-	case CodecSign:
-		if hasArg {
-			v, err := strconv.Atoi(arg)
-			if err != nil {
-				return bad("scale block %q is not an integer (sign:B, B elements per scale)", arg)
-			}
-			if v < 8 || v%8 != 0 || v > MaxSignBlock {
-				return bad("scale block must be a multiple of 8 in [8,%d] (or plain \"sign\": one scale per vector)", MaxSignBlock)
-			}
-			r.Block = v
-		}
-	case CodecPowerSGD:
-		if !hasArg {
-			return bad("powersgd needs a rank, e.g. \"powersgd:4\"")
-		}
-		v, err := strconv.Atoi(arg)
-		if err != nil {
-			return bad("rank %q is not an integer", arg)
-		}
-		if v < 1 || v > 1<<16 {
-			return bad("rank must be in [1,65536]")
-		}
-		r.Rank = v
-	default:
-		if hasArg {
-			return bad("%s takes no parameter", name)
-		}
+	} else if hasArg {
+		return bad("%s takes no parameter", name)
 	}
-	if r.KMeans != 0 && r.Codec != CodecTopK && r.Codec != CodecDGC {
-		return bad("+kmeans clusters the values kept by a sparsifier: it follows topk or dgc only")
+	if r.KMeans != 0 && !d.kmeans {
+		return bad("+kmeans clusters the values kept by a sparsifier: it follows %s only", namesWith(func(d *codecDef) bool { return d.kmeans }, "or"))
 	}
-	if r.Zstd && ((r.Aggregation() != Gather && r.Codec != CodecSign) || r.Codec == CodecLossless) {
-		return bad("+zstd applies to topk, dgc, randomk, qsgd and sign only")
+	if r.Zstd && !d.zstd {
+		return bad("+zstd applies to %s only", namesWith(func(d *codecDef) bool { return d.zstd }, "and"))
 	}
 	return r, nil
 }
@@ -235,19 +176,13 @@ func MustParse(recipe string) Recipe {
 	return r
 }
 
-// String returns the canonical recipe, e.g. "topk:0.001+zstd".
+// String returns the canonical recipe, e.g. "topk:0.001+zstd" or, for a
+// user codec, "mycodec:ARGS".
 func (r Recipe) String() string {
 	s := r.Codec.String()
-	switch r.Codec {
-	case CodecTopK, CodecDGC, CodecRandomK:
-		s += ":" + strconv.FormatFloat(r.Density, 'g', -1, 64)
-	case CodecQSGD:
-		s += ":" + strconv.Itoa(r.Levels)
-	case CodecPowerSGD:
-		s += ":" + strconv.Itoa(r.Rank)
-	case CodecSign:
-		if r.Block > 0 {
-			s += ":" + strconv.Itoa(r.Block)
+	if d := lookup(r.Codec); d != nil && d.format != nil {
+		if a := d.format(r); a != "" {
+			s += ":" + a
 		}
 	}
 	if r.KMeans != 0 {
@@ -259,15 +194,11 @@ func (r Recipe) String() string {
 	return s
 }
 
-// Aggregation is how payloads of this recipe combine across ranks.
+// Aggregation is how payloads of this recipe combine across ranks (Reduce
+// for a codec id that nothing is registered under, as for the zero Recipe).
 func (r Recipe) Aggregation() Aggregation {
-	switch r.Codec {
-	case CodecTopK, CodecDGC, CodecRandomK, CodecQSGD, CodecLossless:
-		return Gather
-	case CodecSign:
-		return TwoPhase
-	case CodecPowerSGD:
-		return LowRank
+	if d := lookup(r.Codec); d != nil {
+		return d.agg
 	}
 	return Reduce
 }
@@ -275,21 +206,26 @@ func (r Recipe) Aggregation() Aggregation {
 // Biased reports whether the codec is biased (contractive, needs error
 // feedback): topk, dgc (with or without k-means), sign, powersgd and the
 // rounding of fp16/bf16. Random-k (scaled by n/k) and QSGD are unbiased;
-// none and lossless are exact.
+// none and lossless are exact. A user codec is what its CodecSpec says.
 func (r Recipe) Biased() bool {
-	return r.Codec != CodecRandomK && r.Codec != CodecQSGD && r.Codec != CodecNone && r.Codec != CodecLossless
+	if d := lookup(r.Codec); d != nil {
+		return d.biased
+	}
+	return true
 }
 
 // K returns the number of elements a sparse codec sends for a layer of n
 // elements: ceil(Density·n) clamped to [0,n] (for dgc an upper bound). It is
 // n for the other codecs.
 func (r Recipe) K(n int) int {
-	switch r.Codec {
-	case CodecTopK, CodecDGC, CodecRandomK:
-		return kFor(r.Density, n)
+	if d := lookup(r.Codec); d != nil && d.k != nil {
+		return d.k(r, n)
 	}
 	return n
 }
+
+// kDensity is K of the codecs with a density.
+func kDensity(r Recipe, n int) int { return kFor(r.Density, n) }
 
 func kFor(density float64, n int) int {
 	x := density * float64(n)
@@ -306,47 +242,23 @@ func qsgdWidth(levels int) int { return bits.Len(uint(levels)) + 1 }
 // layer of n elements without the entropy stage, which is what the
 // size-only simulator charges. For dgc it is the upper bound (num_selects
 // pairs); with "+kmeans:K" it is the bound with min(K,k) centroids; for
-// lossless it is the bound (incompressible exponents), about 1.0003·4n. For powersgd the shape comes from WithShape among opts; without
-// it a square layer (√n × √n) is assumed.
+// lossless it is the bound (incompressible exponents), about 1.0003·4n. For
+// powersgd the shape comes from WithShape among opts; without it a square
+// layer (√n × √n) is assumed. For a user codec it is its CodecSpec's
+// NominalBytes, given the options (invalid options are ignored). For a
+// codec id that nothing is registered under it is FrameOverhead.
 func (r Recipe) NominalBytes(n int, opts ...Option) int64 {
-	nn := int64(n)
-	var body int64
-	switch r.Codec {
-	case CodecNone:
-		body = 4 * nn
-	case CodecFP16, CodecBF16:
-		body = 2 * nn
-	case CodecTopK, CodecDGC:
-		k := int64(r.K(n))
-		body = 8 * k
-		if r.KMeans != 0 {
-			c := min(int64(r.KMeans), k)
-			body = 4*k + 4*c + (k*int64(kmeansWidth(int(c)))+7)/8
-		}
-	case CodecRandomK:
-		body = 4 * int64(r.K(n))
-	case CodecSign:
-		body = 4*int64(signBlocks(n, r.Block)) + (nn+7)/8
-	case CodecQSGD:
-		body = 4*((nn+QSGDBucket-1)/QSGDBucket) + (nn*int64(qsgdWidth(r.Levels))+7)/8
-	case CodecPowerSGD:
-		cfg := defaultConfig()
-		for _, o := range opts {
-			if o != nil {
-				_ = o(&cfg)
-			}
-		}
-		rows, cols := cfg.Rows, cfg.Cols
-		if rows <= 0 || cols <= 0 || rows*cols != n {
-			rows = int(math.Round(math.Sqrt(float64(n))))
-			cols = rows
-		}
-		rk := min(r.Rank, rows, cols)
-		body = 4 * int64(rk) * int64(rows+cols)
-	case CodecLossless:
-		body = int64(losslessMaxBody(n))
+	d := lookup(r.Codec)
+	if d == nil {
+		return FrameOverhead
 	}
-	return FrameOverhead + body
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o != nil {
+			_ = o(&cfg)
+		}
+	}
+	return d.nominal(r, n, cfg)
 }
 
 // Config holds the settings that Options change. New starts from the
@@ -438,31 +350,22 @@ func (r Recipe) New(n int, opts ...Option) (Compressor, error) {
 	if cfg.Rows != 0 && (n%cfg.Rows != 0 || n/cfg.Rows != cfg.Cols) {
 		return bad("shape %dx%d does not hold %d elements", cfg.Rows, cfg.Cols, n)
 	}
+	d := lookup(r.Codec)
+	if d == nil {
+		return bad("unknown codec %v", r.Codec)
+	}
 	if _, err := Parse(r.String()); err != nil {
 		return nil, err
 	}
-	switch r.Codec {
-	case CodecNone, CodecFP16, CodecBF16:
-		return newDense(r, n), nil
-	case CodecTopK:
-		return newTopK(r, n), nil
-	case CodecDGC:
-		return newDGC(r, n, cfg), nil
-	case CodecRandomK:
-		return newRandomK(r, n, cfg), nil
-	case CodecSign:
-		return newSignCodec(r, n), nil
-	case CodecLossless:
-		return newLossless(r, n), nil
-	case CodecQSGD:
-		return newQSGD(r, n, cfg), nil
-	case CodecPowerSGD:
-		if cfg.Rows == 0 {
-			return bad("powersgd needs the layer's shape (WithShape)")
+	c, err := d.build(r, n, cfg)
+	if err != nil {
+		var re *RecipeError
+		if errors.As(err, &re) {
+			return nil, err
 		}
-		return newPowerSGD(r, cfg)
+		return bad("%s", err.Error())
 	}
-	return bad("unknown codec %v", r.Codec)
+	return c, nil
 }
 
 // New parses recipe and returns a compressor for a layer of n elements.

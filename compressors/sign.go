@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"strconv"
 
 	"github.com/slimgrad/slimgrad/internal/kernels"
 )
@@ -69,6 +70,34 @@ var _ Compressor = (*Sign)(nil)
 func newSignCodec(r Recipe, n int) *Sign {
 	return &Sign{frame: newFrame(r, n), entropy: entropy{on: r.Zstd}, block: r.Block}
 }
+
+// signCodec is "sign" or "sign:B" (one RMS scale per block of B elements),
+// with the zstd stage.
+var signCodec = codecDef{name: "sign", id: CodecSign, agg: TwoPhase, biased: true, zstd: true,
+	args: func(r *Recipe, arg string, hasArg bool) error {
+		if !hasArg {
+			return nil
+		}
+		v, err := strconv.Atoi(arg)
+		if err != nil {
+			return fmt.Errorf("scale block %q is not an integer (sign:B, B elements per scale)", arg)
+		}
+		if v < 8 || v%8 != 0 || v > MaxSignBlock {
+			return fmt.Errorf("scale block must be a multiple of 8 in [8,%d] (or plain \"sign\": one scale per vector)", MaxSignBlock)
+		}
+		r.Block = v
+		return nil
+	},
+	format: func(r Recipe) string {
+		if r.Block > 0 {
+			return strconv.Itoa(r.Block)
+		}
+		return ""
+	},
+	build: func(r Recipe, n int, _ Config) (Compressor, error) { return newSignCodec(r, n), nil },
+	nominal: func(r Recipe, n int, _ Config) int64 {
+		return FrameOverhead + 4*int64(signBlocks(n, r.Block)) + (int64(n)+7)/8
+	}}
 
 // Block is the scale block length (0: one scale for the whole vector).
 func (s *Sign) Block() int { return s.block }

@@ -270,6 +270,24 @@ func (t *TopK) Compress(dst []byte, src []float32) ([]byte, error) {
 	return t.encode(dst, t.last)
 }
 
+// topkCodec is "topk:D" (exact top-k), with the k-means and zstd stages.
+var topkCodec = codecDef{name: "topk", id: CodecTopK, agg: Gather, biased: true, kmeans: true, zstd: true,
+	args: densityArg, format: formatDensity, k: kDensity,
+	build:   func(r Recipe, n int, _ Config) (Compressor, error) { return newTopK(r, n), nil },
+	nominal: sparseNominal}
+
+// sparseNominal is the frame size of topk and dgc: k index/value pairs, or
+// with "+kmeans:K" k indices, min(K,k) centroids and k packed cluster ids.
+func sparseNominal(r Recipe, n int, _ Config) int64 {
+	k := int64(r.K(n))
+	body := 8 * k
+	if r.KMeans != 0 {
+		c := min(int64(r.KMeans), k)
+		body = 4*k + 4*c + (k*int64(kmeansWidth(int(c)))+7)/8
+	}
+	return FrameOverhead + body
+}
+
 // Decompress overwrites dst with the sparse vector of the frame (zeros
 // elsewhere). The frame is validated completely before dst is touched.
 func (t *TopK) Decompress(dst []float32, payload []byte) error {

@@ -230,3 +230,54 @@ func checkLen(what string, got, want int) error {
 
 // crc32c is the CRC-32C (Castagnoli) of b, the checksum of every frame.
 func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// Frame writes and opens the wire frames of one codec and layer, for codecs
+// defined outside this package (see Register): the header carries the
+// codec's id, Param and the element count, the trailer a CRC-32C of the
+// whole frame, so every payload is self-describing and checked like those
+// of the built-in codecs. Fill in all three fields; a Frame is a small
+// value, safe to copy and to use concurrently.
+//
+//	b := f.Begin(dst)                // dst[:0] with room for the header
+//	b = append(b, body...)           // the codec's body
+//	return f.Seal(b, aux, count), nil
+//
+//	h, body, err := f.Open(payload, maxBody) // then check h.Aux, h.Count and body
+type Frame struct {
+	Codec Codec  // the codec's wire id
+	Param uint32 // a parameter that frames must match (e.g. a block size), or 0
+	N     int    // the layer's element count
+}
+
+func (f Frame) internal() frame {
+	return frame{recipe: Recipe{Codec: f.Codec}, n: f.N, param: f.Param}
+}
+
+// Begin returns dst[:0] extended by room for the header (allocating only if
+// dst lacks the capacity): append the body to it, then call Seal.
+func (f Frame) Begin(dst []byte) []byte {
+	fr := f.internal()
+	return fr.begin(dst)
+}
+
+// Seal fills in the header of b, a slice returned by Begin with the body
+// appended, and appends the checksum. aux and count are the codec's to
+// define (Open returns them in the Header; the codec must validate them).
+// It panics if b is shorter than a header (a caller bug).
+func (f Frame) Seal(b []byte, aux uint64, count uint32) []byte {
+	if len(b) < headerLen {
+		panic("compressors: Frame.Seal: no header room (use Begin)")
+	}
+	fr := f.internal()
+	return fr.finish(b, 0, aux, int(count), len(b)-headerLen)
+}
+
+// Open validates payload as a frame of this codec and layer: the framing and
+// checksum (ParseHeader), the codec id, Param, element count, no flags set,
+// and a body of at most maxBody bytes. It returns the header and the body
+// (a subslice of payload). Errors wrap ErrCorrupt or ErrMismatch. Aux,
+// Count and the body's contents are for the codec to check.
+func (f Frame) Open(payload []byte, maxBody int) (Header, []byte, error) {
+	fr := f.internal()
+	return fr.open(payload, maxBody)
+}

@@ -109,10 +109,13 @@ const (
 
 var kindNames = [...]string{"none", "ef14", "ef21", "econtrol", "dgc"}
 
-// String describes the value.
+// String describes the value: the algorithm's recipe name.
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
 		return kindNames[k]
+	}
+	if s := userByKind(k); s != nil {
+		return s.Name
 	}
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
@@ -123,11 +126,15 @@ type Recipe struct {
 	Eta      float64 // EControl's η
 	Momentum float64 // DGC's momentum m
 	Nesterov bool    // DGC: Nesterov variant ("dgc-nesterov:0.9")
+	// Args is the canonical argument text of a user algorithm (see
+	// Register): "ARGS" in "myef:ARGS", "" if it has none.
+	Args string
 }
 
 // Parse parses "none", "ef14", "ef21", "econtrol:ETA" (ETA ≥ 0, e.g.
 // "econtrol:0.1"; "econtrol:0" is EF21), "dgc:M" (momentum 0 ≤ M < 1, e.g.
-// "dgc:0.9") and "dgc-nesterov:M". Errors wrap ErrRecipe.
+// "dgc:0.9") and "dgc-nesterov:M", and the algorithms added with Register
+// ("name" or "name:ARGS"). Errors wrap ErrRecipe.
 func Parse(s string) (Recipe, error) {
 	name, arg, hasArg := strings.Cut(strings.TrimSpace(s), ":")
 	name = strings.ToLower(name)
@@ -176,7 +183,23 @@ func Parse(s string) (Recipe, error) {
 		}
 		return Recipe{Kind: KindDGC, Momentum: m, Nesterov: name == "dgc-nesterov"}, nil
 	}
-	return Recipe{}, fmt.Errorf("%w: unknown algorithm %q (want none, ef14, ef21, econtrol:ETA, dgc:M, dgc-nesterov:M)", ErrRecipe, name)
+	if u, k := lookupUser(name); u != nil {
+		r := Recipe{Kind: k}
+		if u.ParseArgs == nil {
+			return noArg(k)
+		}
+		canon, err := u.ParseArgs(arg)
+		if err != nil {
+			return Recipe{}, fmt.Errorf("%w: %q: %w", ErrRecipe, s, err)
+		}
+		r.Args = canon
+		return r, nil
+	}
+	want := "none, ef14, ef21, econtrol:ETA, dgc:M, dgc-nesterov:M"
+	if u := userNames(); len(u) > 0 {
+		want += ", " + strings.Join(u, ", ")
+	}
+	return Recipe{}, fmt.Errorf("%w: unknown algorithm %q (want %s)", ErrRecipe, name, want)
 }
 
 // String returns the canonical recipe string; Parse(r.String()) == r.
@@ -190,6 +213,9 @@ func (r Recipe) String() string {
 			name = "dgc-nesterov:"
 		}
 		return name + strconv.FormatFloat(r.Momentum, 'g', -1, 64)
+	}
+	if r.Args != "" && r.Kind >= KindUser {
+		return r.Kind.String() + ":" + r.Args
 	}
 	return r.Kind.String()
 }
@@ -276,6 +302,9 @@ func (r Recipe) New(c compressors.Compressor, opts ...Option) (Feedback, error) 
 		return NewDGC(c, DGCConfig{
 			Momentum: r.Momentum, Nesterov: r.Nesterov, Config: cfg,
 		})
+	}
+	if r.Kind >= KindUser {
+		return newUser(r, c, cfg)
 	}
 	return nil, fmt.Errorf("%w: kind %v", ErrRecipe, r.Kind)
 }

@@ -56,12 +56,12 @@ func Example() {
 }
 
 func ExampleParse() {
-	for _, s := range []string{"econtrol:0.1", "dgc:0.9", "ef22"} {
+	for _, s := range []string{"econtrol:0.1", "dgc:0.9", "dgc:1"} {
 		r, err := errorfeedback.Parse(s)
 		fmt.Println(r, err)
 	}
 	// Output:
 	// econtrol:0.1 <nil>
 	// dgc:0.9 <nil>
-	// none errorfeedback: bad recipe: unknown algorithm "ef22" (want none, ef14, ef21, econtrol:ETA, dgc:M, dgc-nesterov:M)
+	// none errorfeedback: bad recipe: "dgc:1": momentum must be in [0, 1)
 }

@@ -6,6 +6,16 @@
 // and QSGD (a statistical test with fixed seeds), determinism, exact byte
 // counts, the bit layout of sign frames, and that corrupt or mismatched
 // frames give errors, never panics or partial writes.
+//
+// The suite also runs against a codec added with compressors.Register, as
+// long as its frames are written with compressors.Frame (the suite parses
+// their headers and corrupts them): Run(t, FromRecipe("mycodec:ARGS")).
+// For such a codec it checks what the Compressor contract and its
+// CodecSpec promise: round trips that Decompress and DecompressAdd agree
+// on, ‖D(C(x))−x‖ ≤ ‖x‖ if it is Biased, unbiasedness (against the sample
+// variance) if not, determinism across instances and ranks, frames no
+// larger than NominalBytes, and the handling of corrupt, mismatched and
+// non-finite input.
 package compressortest
 
 import (
@@ -543,16 +553,19 @@ func (s *suite) contraction(t *testing.T) {
 	}
 }
 
+// user reports whether the codec was added with compressors.Register.
+func (s *suite) user() bool { return s.recipe.Codec >= compressors.MinUserCodec }
+
 func (s *suite) unbiased(t *testing.T) {
 	rec := s.recipe
-	if rec.Codec != compressors.CodecRandomK && rec.Codec != compressors.CodecQSGD {
+	if s.user() && rec.Biased() || !s.user() && rec.Codec != compressors.CodecRandomK && rec.Codec != compressors.CodecQSGD {
 		t.Skipf("%v is biased", rec)
 	}
 	r := rand.New(rand.NewPCG(7, 8))
 	const n, trials = 40, 4000
 	c := s.build(t, Layer{N: n, Seed: 99})
 	x := gradient(r, n)
-	sum := make([]float64, n)
+	sum, sumSq := make([]float64, n), make([]float64, n)
 	y := make([]float32, n)
 	var buf []byte
 	for range trials {
@@ -565,11 +578,18 @@ func (s *suite) unbiased(t *testing.T) {
 		}
 		for i, v := range y {
 			sum[i] += float64(v)
+			sumSq[i] += float64(v) * float64(v)
 		}
 	}
-	// Per-element variance of one draw.
+	// Per-element variance of one draw: the codec's for the built-in
+	// codecs, the sample variance for a user codec.
 	vari := make([]float64, n)
 	switch rec.Codec {
+	default:
+		for i := range vari {
+			m := sum[i] / trials
+			vari[i] = max(sumSq[i]/trials-m*m, 0) * trials / (trials - 1)
+		}
 	case compressors.CodecRandomK:
 		k := rec.K(n)
 		for i, v := range x {
@@ -653,7 +673,7 @@ func (s *suite) bytes(t *testing.T) {
 		}
 		nominal := rec.NominalBytes(n, opts...)
 		switch {
-		case rec.Zstd, rec.KMeans != 0, rec.Codec == compressors.CodecLossless:
+		case rec.Zstd, rec.KMeans != 0, rec.Codec == compressors.CodecLossless, s.user():
 			if int64(len(b)) > nominal {
 				t.Fatalf("%v n=%d: %d bytes, more than the bound %d", rec, n, len(b), nominal)
 			}
@@ -669,6 +689,8 @@ func (s *suite) bytes(t *testing.T) {
 		// The body length in bytes follows the codec's definition.
 		var body int
 		switch rec.Codec {
+		default: // a user codec: the size is its own
+			body = int(h.RawLen)
 		case compressors.CodecNone:
 			body = 4 * n
 		case compressors.CodecFP16, compressors.CodecBF16:
