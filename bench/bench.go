@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"text/tabwriter"
 	"time"
+
+	"github.com/dustin/go-humanize"
 )
 
 // Result is one measurement.
@@ -135,17 +137,7 @@ func Table(w io.Writer, rs []Result) error {
 }
 
 // FormatRate formats bytes per second with a decimal prefix, e.g. "1.25 GB/s".
-func FormatRate(bps float64) string {
-	switch {
-	case bps >= 1e9:
-		return fmt.Sprintf("%.2f GB/s", bps/1e9)
-	case bps >= 1e6:
-		return fmt.Sprintf("%.1f MB/s", bps/1e6)
-	case bps >= 1e3:
-		return fmt.Sprintf("%.1f kB/s", bps/1e3)
-	}
-	return fmt.Sprintf("%.0f B/s", bps)
-}
+func FormatRate(bps float64) string { return humanize.SIWithDigits(bps, 2, "B/s") }
 
 // WriteCSV writes results as CSV with a header row.
 func WriteCSV(w io.Writer, rs []Result) error {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/slimgrad/slimgrad/allreduce"
 	"github.com/slimgrad/slimgrad/compressors"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Calibration holds measured compute throughputs, as written by

@@ -3,6 +3,8 @@ package train
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"math"
 	"runtime"
 	"slices"
@@ -693,11 +695,9 @@ func RecipeHash(recipes []string) string {
 	if len(recipes) == 0 {
 		return ""
 	}
-	var h uint32 = 2166136261
-	for _, c := range []byte(strings.Join(recipes, ";")) {
-		h = (h ^ uint32(c)) * 16777619
-	}
-	return fmt.Sprintf("%08x", h)
+	h := fnv.New32a() // FNV-1a, 32 bits
+	io.WriteString(h, strings.Join(recipes, ";"))
+	return fmt.Sprintf("%08x", h.Sum32())
 }
 
 var _ Exchanger = (*Sim)(nil)

@@ -21,6 +21,7 @@ import (
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 
+	"github.com/dustin/go-humanize"
 	"github.com/slimgrad/slimgrad/train"
 )
 
@@ -368,15 +369,7 @@ func (byteTicks) Ticks(lo, hi float64) []plot.Tick {
 }
 
 // siBytes formats b bytes with an SI prefix: 2e7 is "20 MB".
-func siBytes(b float64) string {
-	units := []string{"B", "kB", "MB", "GB", "TB", "PB"}
-	u := 0
-	for b >= 1000 && u < len(units)-1 {
-		b /= 1000
-		u++
-	}
-	return strconv.FormatFloat(b, 'g', 3, 64) + " " + units[u]
-}
+func siBytes(b float64) string { return humanize.SIWithDigits(b, 2, "B") }
 
 // smooth returns the trailing moving average of ys over window points.
 func smooth(ys []float64, window int) []float64 {

@@ -13,7 +13,7 @@ import (
 	"regexp"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	tnats "github.com/slimgrad/slimgrad/transport/nats"
 	"github.com/slimgrad/slimgrad/transport/natsserver"
