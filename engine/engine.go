@@ -110,6 +110,22 @@ func NewLayer(name string, shape []int, codec, ef string, schedule []CodecStage)
 	return l, nil
 }
 
+// SwitchAt returns the codec that the layer's schedule switches to at step,
+// and false when no stage starts there (step 0 is the codec the layer is
+// built with, never a switch). Every driver switches its layers with it at
+// the start of each step.
+func (l *Layer) SwitchAt(step int64) (compressors.Recipe, bool) {
+	if step == 0 {
+		return compressors.Recipe{}, false
+	}
+	for _, st := range l.Stages {
+		if st.From == step {
+			return st.Codec, true
+		}
+	}
+	return compressors.Recipe{}, false
+}
+
 // resolveCodec parses codec for a layer of the given shape: PowerSGD on a
 // matrix too small to gain is "none".
 func resolveCodec(codec string, shape []int) (compressors.Recipe, error) {

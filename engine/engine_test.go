@@ -72,6 +72,12 @@ func TestNewLayer(t *testing.T) {
 	if len(l.Stages) != 2 || l.Stages[1].From != 20 || l.Codec.String() != "topk:0.25" || l.Fusable() {
 		t.Errorf("schedule resolved to %+v (codec %s)", l.Stages, l.Codec)
 	}
+	for step, want := range map[int64]string{0: "", 10: "", 19: "", 20: "topk:0.01", 21: ""} {
+		r, ok := l.SwitchAt(step)
+		if ok != (want != "") || ok && r.String() != want {
+			t.Errorf("SwitchAt(%d) = %s, %v; want %q", step, r, ok, want)
+		}
+	}
 	if l := mustLayer(t, "one", []int{8}, "", "none", CodecStage{0, "none"}, CodecStage{5, "none"}); l.Stages != nil {
 		t.Errorf("a schedule of one codec keeps stages %v", l.Stages)
 	}

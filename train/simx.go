@@ -449,14 +449,13 @@ func (s *Sim) LGreCo() *lgreco.Controller { return s.lg }
 // rank). It reports whether rank 0 observes this step for L-GreCo.
 func (s *Sim) boundary(step int) (collect bool, err error) {
 	for u, l := range s.eng {
-		for _, st := range l.Stages {
-			if st.From != int64(step) || step == 0 {
-				continue
-			}
-			for w := range s.n {
-				if err := s.layers[w][u].SetCodec(st.Codec, s.plan.Seed); err != nil {
-					return false, fmt.Errorf("train: codec schedule of unit %s: %w", l.Name, err)
-				}
+		r, ok := l.SwitchAt(int64(step))
+		if !ok {
+			continue
+		}
+		for w := range s.n {
+			if err := s.layers[w][u].SetCodec(r, s.plan.Seed); err != nil {
+				return false, fmt.Errorf("train: codec schedule of unit %s: %w", l.Name, err)
 			}
 		}
 	}

@@ -206,19 +206,15 @@ func (w *Worker) switchLayer(l int, r compressors.Recipe, seed uint64, by string
 // (WithCodecSchedule) has a stage from step t, on every rank alike (the
 // schedules agreed at Start).
 func (w *Worker) scheduleBoundary(ctx context.Context, t int64) error {
-	if t == 0 {
-		return nil // stage 0 is the codec the layer was built with
-	}
 	for l, s := range w.layers {
-		for _, st := range s.Stages {
-			if st.From != t {
-				continue
-			}
-			if err := w.switchLayer(l, st.Codec, w.cfg.Seed, "codec schedule"); err != nil {
-				return err
-			}
-			w.cfg.Logger.DebugContext(ctx, "worker: codec schedule switched", "rank", w.conn.Rank(), "step", t, "layer", s.Name, "codec", s.codec)
+		r, ok := s.SwitchAt(t)
+		if !ok {
+			continue
 		}
+		if err := w.switchLayer(l, r, w.cfg.Seed, "codec schedule"); err != nil {
+			return err
+		}
+		w.cfg.Logger.DebugContext(ctx, "worker: codec schedule switched", "rank", w.conn.Rank(), "step", t, "layer", s.Name, "codec", s.codec)
 	}
 	return nil
 }
