@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/engine"
 	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/internal/kernels"
 	"github.com/slimgrad/slimgrad/optim"
@@ -35,6 +36,7 @@ import (
 type Local struct {
 	plan   Plan
 	layers []Layer
+	eng    []engine.Layer // the layers resolved as every driver resolves them
 	n      int
 	fbs    [][]errorfeedback.Feedback // [worker][layer]
 	bufs   [][]byte
@@ -54,23 +56,67 @@ func NewLocal(n int, layers []Layer, plan Plan) (*Local, error) {
 	if err := plan.validate(); err != nil {
 		return nil, err
 	}
-	x := &Local{plan: plan, layers: layers, n: n, fbs: make([][]errorfeedback.Feedback, n), bufs: make([][]byte, n)}
+	eng, err := engineLayers(layers, plan, "")
+	if err != nil {
+		return nil, err
+	}
+	x := &Local{plan: plan, layers: layers, eng: eng, n: n, fbs: make([][]errorfeedback.Feedback, n), bufs: make([][]byte, n)}
 	maxLen := 0
 	for w := range n {
-		for _, l := range layers {
-			fb, err := plan.NewFeedback(l, w, n)
+		for l := range layers {
+			c, err := x.newCodec(l, eng[l].Codec, w)
 			if err != nil {
 				return nil, err
 			}
-			if agg := fb.Compressor().Aggregation(); agg != compressors.Reduce && agg != compressors.Gather {
-				return nil, fmt.Errorf("%w: the local exchanger cannot run %s (aggregation %s)", ErrUnsupported, fb.Compressor(), agg)
+			if agg := c.Aggregation(); agg != compressors.Reduce && agg != compressors.Gather {
+				return nil, fmt.Errorf("%w: the local exchanger cannot run %s (aggregation %s)", ErrUnsupported, c, agg)
+			}
+			fb, err := eng[l].EF.New(c, errorfeedback.WithWorld(n))
+			if err != nil {
+				return nil, fmt.Errorf("train: layer %s: %w", layers[l].Name, err)
 			}
 			x.fbs[w] = append(x.fbs[w], fb)
-			maxLen = max(maxLen, l.Size)
+			maxLen = max(maxLen, layers[l].Size)
 		}
 	}
 	x.avg = make([]float32, maxLen)
 	return x, nil
+}
+
+// newCodec builds rank's compressor r for layer l (the plan's seed, the
+// layer's matrix shape).
+func (x *Local) newCodec(l int, r compressors.Recipe, rank int) (compressors.Compressor, error) {
+	ly := x.layers[l]
+	opts := []compressors.Option{compressors.WithSeed(x.plan.Seed), compressors.WithRank(rank)}
+	if len(ly.Shape) >= 2 {
+		opts = append(opts, compressors.WithShape(engine.MatrixShape(ly.Shape)))
+	}
+	c, err := r.New(ly.Size, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("train: layer %s: %w", ly.Name, err)
+	}
+	return c, nil
+}
+
+// switchCodecs switches every rank's layers whose codec schedule (the plan's
+// warm-up) changes at step, keeping their error feedback.
+func (x *Local) switchCodecs(step int) error {
+	for l := range x.eng {
+		r, ok := x.eng[l].SwitchAt(int64(step))
+		if !ok {
+			continue
+		}
+		for w := range x.n {
+			c, err := x.newCodec(l, r, w)
+			if err != nil {
+				return err
+			}
+			if err := x.fbs[w][l].SetCompressor(c); err != nil {
+				return fmt.Errorf("train: layer %s: %w", x.layers[l].Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // Name implements Exchanger.
@@ -84,10 +130,8 @@ func (x *Local) Exchange(ctx context.Context, step int, how []optim.Exchange, in
 	if err := checkShapes(x.n, x.layers, how, in, out); err != nil {
 		return Stats{}, err
 	}
-	for w := range x.n {
-		if err := x.plan.advance(x.fbs[w], x.layers, step, w); err != nil {
-			return Stats{}, err
-		}
+	if err := x.switchCodecs(step); err != nil {
+		return Stats{}, err
 	}
 	st := Stats{Layers: make([]LayerStats, len(x.layers))}
 	for l := range x.layers {
