@@ -938,6 +938,29 @@ func (c *Conn) finish(src int, p *peer, h transport.FrameHeader, pt *partial) er
 	return nil
 }
 
+// authentic verifies a keyed control frame or hello of src, signed by
+// instance inst (0 is never valid), with v, and, for the instance src is
+// bound to, that its sequence number (the frame header's tag) moved past
+// *last, which it then advances: a replayed frame is refused. Refusals are
+// counted as forged or replayed, naming what. It returns the frame without
+// its MAC.
+func (c *Conn) authentic(p *peer, src int, v *macer, inst uint64, subject string, data []byte, last *uint64, what string) ([]byte, bool) {
+	frame, ok := v.verify(inst, subject, data)
+	if !ok || inst == 0 {
+		c.forged.add(c.log, c.job, c.rank, src, what+" failed authentication")
+		return nil, false
+	}
+	if inst == p.instance.Load() {
+		seq := binary.LittleEndian.Uint64(frame[4:])
+		if seq <= *last {
+			c.replayed.add(c.log, c.job, c.rank, src, fmt.Sprintf("%s %d (last %d)", what, seq, *last))
+			return nil, false
+		}
+		*last = seq
+	}
+	return frame, true
+}
+
 func (c *Conn) onCtl(m *natsgo.Msg) {
 	src, ok := c.source(m.Subject)
 	if !ok {
@@ -952,18 +975,9 @@ func (c *Conn) onCtl(m *natsgo.Msg) {
 		if n := len(data) - macLen - transport.FrameHeaderLen; n == 16 && data[3] == flagAck {
 			inst = binary.LittleEndian.Uint64(data[transport.FrameHeaderLen+8:])
 		}
-		frame, ok := p.vCtl.verify(inst, m.Subject, data)
-		if !ok || inst == 0 {
-			c.forged.add(c.log, c.job, c.rank, src, "control frame failed authentication")
+		frame, ok := c.authentic(p, src, p.vCtl, inst, m.Subject, data, &p.ctlSeqIn, "control frame")
+		if !ok {
 			return
-		}
-		if inst == p.instance.Load() {
-			if seq := binary.LittleEndian.Uint64(frame[4:]); seq <= p.ctlSeqIn {
-				c.replayed.add(c.log, c.job, c.rank, src, fmt.Sprintf("control frame %d (last %d)", seq, p.ctlSeqIn))
-				return
-			} else {
-				p.ctlSeqIn = seq
-			}
 		}
 		data = frame
 	}
@@ -1062,18 +1076,9 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 		if len(data) >= transport.FrameHeaderLen+8+macLen {
 			inst = binary.LittleEndian.Uint64(data[transport.FrameHeaderLen:])
 		}
-		frame, ok := p.vHB.verify(inst, m.Subject, data)
+		frame, ok := c.authentic(p, src, p.vHB, inst, m.Subject, data, &p.hbSeq, "hello")
 		if !ok {
-			c.forged.add(c.log, c.job, c.rank, src, "hello failed authentication")
 			return
-		}
-		if inst == p.instance.Load() {
-			if seq := binary.LittleEndian.Uint64(frame[4:]); seq <= p.hbSeq {
-				c.replayed.add(c.log, c.job, c.rank, src, fmt.Sprintf("hello %d (last %d)", seq, p.hbSeq))
-				return
-			} else {
-				p.hbSeq = seq
-			}
 		}
 		data = frame
 	}
