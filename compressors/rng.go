@@ -26,8 +26,13 @@ func (r *rng) intn(n uint64) uint64 {
 }
 
 // mix derives a stream seed from a few words (splitmix64 finalizer chain).
-func mix(words ...uint64) uint64 {
-	h := uint64(0x9e3779b97f4a7c15)
+func mix(words ...uint64) uint64 { return MixSeed(0x9e3779b97f4a7c15, words...) }
+
+// MixSeed folds words into the seed h with splitmix64's finalizer, one word
+// at a time, and returns the result: how slimgrad derives every shared
+// stream seed (codec streams here, L-GreCo's per-layer seeds), so that all
+// ranks that mix the same words get the same seed.
+func MixSeed(h uint64, words ...uint64) uint64 {
 	for _, w := range words {
 		h ^= w
 		h += 0x9e3779b97f4a7c15

@@ -454,15 +454,7 @@ func LayerSeed(seed uint64, applied int64, l int) uint64 {
 	if applied < 0 {
 		return seed
 	}
-	h := seed ^ 0x4c477265436f5365
-	for _, w := range [...]uint64{uint64(applied), uint64(l)} {
-		h ^= w
-		h += 0x9e3779b97f4a7c15
-		h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9
-		h = (h ^ (h >> 27)) * 0x94d049bb133111eb
-		h ^= h >> 31
-	}
-	return h
+	return compressors.MixSeed(seed^0x4c477265436f5365, uint64(applied), uint64(l))
 }
 
 // Signature hashes what this rank will run: the plan, the active choice and
