@@ -129,10 +129,19 @@ func (c *Conn) startBulk() error {
 	}
 	c.bulkLn = ln
 	c.bulkPort = ln.Addr().(*net.TCPAddr).Port
+	c.bulkHandshakes = make(chan struct{}, bulkHandshakeLimit(c.size))
 	c.wg.Add(1)
 	go c.acceptBulk(ln)
 	return nil
 }
+
+// bulkHandshakeLimit bounds the bulk connections of a job of size ranks
+// that may be in their handshake at once: every other member's streams
+// (maxBulkStreams each) at the same time, and at least 64. Connections
+// beyond it are closed at once, so a flood of half-open connections holds
+// a bounded number of goroutines and handshake states; a legitimate peer
+// refused that way dials again (its bulk path is optional).
+func bulkHandshakeLimit(size int) int { return max(64, (size-1)*maxBulkStreams) }
 
 // acceptBulk accepts bulk connections until the listener closes.
 func (c *Conn) acceptBulk(ln net.Listener) {
@@ -142,10 +151,18 @@ func (c *Conn) acceptBulk(ln net.Listener) {
 		if err != nil {
 			return
 		}
+		select {
+		case c.bulkHandshakes <- struct{}{}:
+		default:
+			c.node.gater.refused.Add(1) // too many handshakes in flight
+			nc.Close()
+			continue
+		}
 		c.mu.Lock()
 		if c.isClosing {
 			c.mu.Unlock()
 			nc.Close()
+			<-c.bulkHandshakes
 			return
 		}
 		c.wg.Add(1)
@@ -175,6 +192,7 @@ func (c *Conn) handleBulk(nc net.Conn) {
 	if err != nil {
 		stop()
 		cancel()
+		<-c.bulkHandshakes
 		refuse()
 		return
 	}
@@ -187,6 +205,7 @@ func (c *Conn) handleBulk(nc net.Conn) {
 	}
 	stopped := stop()
 	cancel()
+	<-c.bulkHandshakes // authenticated or not, the handshake is over
 	if !ok || r == c.rank || err != nil || !stopped || h.Flags != flagBulkHello || len(p) < 12 ||
 		int(binary.LittleEndian.Uint32(p[0:])) != r ||
 		int(binary.LittleEndian.Uint32(p[4:])) != c.size ||

@@ -1,6 +1,7 @@
 package libp2p
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -300,3 +301,71 @@ func TestSteadyStateGoroutines(t *testing.T) {
 }
 
 func (c *stepCtx) stop0() { c.done, c.stopF = make(chan struct{}), c.stop }
+
+// TestBulkHalfOpenBounded: 1000 TCP connections to the bulk listener that
+// never start their handshake hold at most bulkHandshakeLimit handshakes
+// (the rest are closed at once and counted as refused), the process's heap
+// grows by a bounded amount, and the job's links still carry large
+// messages afterwards.
+func TestBulkHalfOpenBounded(t *testing.T) {
+	cs := newGroup(t, 2)
+	c := cs[0]
+	limit := bulkHandshakeLimit(c.size)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	refused := c.node.Refused()
+	var conns []net.Conn
+	defer func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+	}()
+	peak := 0
+	for range 1000 {
+		nc, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(c.bulkPort)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, nc)
+		peak = max(peak, len(c.bulkHandshakes))
+	}
+	// Every connection beyond the limit is refused by the accept loop.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for c.node.Refused()-refused < int64(1000-limit) {
+		if ctx.Err() != nil {
+			t.Fatalf("%d of 1000 half-open connections refused, want at least %d", c.node.Refused()-refused, 1000-limit)
+		}
+		runtime.Gosched()
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	growth := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("1000 half-open bulk connections: at most %d in their handshake (limit %d), heap growth %d KiB (both ends, this process)",
+		max(peak, len(c.bulkHandshakes)), limit, growth>>10)
+	if n := len(c.bulkHandshakes); n > limit || peak > limit {
+		t.Errorf("%d handshakes held (peak %d), limit %d", n, peak, limit)
+	}
+	if growth > 32<<20 {
+		t.Errorf("heap grew by %d MiB", growth>>20)
+	}
+	for _, nc := range conns {
+		nc.Close()
+	}
+	conns = nil
+	msg := make([]byte, 4<<20)
+	for i := range msg {
+		msg[i] = byte(i * 7)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- cs[1].Send(ctx, 0, 9, msg) }()
+	got, err := c.Recv(ctx, 1, 9)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("after the flood: got %d bytes, %v", len(got), err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}

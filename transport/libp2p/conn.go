@@ -56,6 +56,9 @@ type Conn struct {
 	sec      secureTransport
 	bulkLn   net.Listener
 	bulkPort int
+	// bulkHandshakes holds a token per bulk connection in its handshake
+	// (bulkHandshakeLimit).
+	bulkHandshakes chan struct{}
 }
 
 var _ transport.Conn = (*Conn)(nil)
