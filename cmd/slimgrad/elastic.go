@@ -20,10 +20,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/slimgrad/slimgrad/elastic"
+	"github.com/slimgrad/slimgrad/elastic/libp2pnet"
 	"github.com/slimgrad/slimgrad/elastic/natslobby"
+	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/libp2p"
 	tnats "github.com/slimgrad/slimgrad/transport/nats"
+	"github.com/slimgrad/slimgrad/transport/rendezvous"
 	"github.com/slimgrad/slimgrad/worker"
 )
 
@@ -55,7 +59,7 @@ func defaultElasticOptions() elasticOptions {
 // register adds the flags; launch gets --chaos and --chaos-kills, worker
 // --id and --join.
 func (e *elasticOptions) register(fs *flag.FlagSet, launch bool) {
-	fs.BoolVar(&e.Elastic, "elastic", e.Elastic, "elastic membership: the job trains on when workers die (the survivors agree on a new epoch and redo the step in flight) and admits workers that join; NATS transport only")
+	fs.BoolVar(&e.Elastic, "elastic", e.Elastic, "elastic membership: the job trains on when workers die (the survivors agree on a new epoch and redo the step in flight) and admits workers that join (--join); founders meet at the NATS server by --rank, and every epoch is a NATS or libp2p group of its own")
 	fs.IntVar(&e.MinWorld, "min-world", e.MinWorld, "with --elastic: below this many workers the job pauses for joiners, up to --pause-timeout, then fails")
 	fs.IntVar(&e.MaxWorld, "max-world", e.MaxWorld, "with --elastic: joins never grow the job beyond this many workers (0: no cap)")
 	fs.BoolVar(&e.Joins, "joins", e.Joins, "with --elastic: admit workers that join the running job (at the step boundaries of --join-every)")
@@ -105,8 +109,6 @@ func (e *elasticOptions) validate(fs *flag.FlagSet, o *jobOptions) error {
 		return nil
 	}
 	switch {
-	case o.Transport != "nats":
-		return errors.New("--elastic needs --transport nats: libp2p has no elastic dialer (a libp2p host and rendezvous per membership epoch) yet")
 	case e.MinWorld < 1:
 		return fmt.Errorf("--min-world %d: want at least 1", e.MinWorld)
 	case e.MaxWorld != 0 && e.MaxWorld < e.MinWorld:
@@ -174,9 +176,20 @@ func elasticSettings(o *jobOptions, m method) string {
 		o.Workload, o.Seed, o.Steps, o.Batch, o.World, m.Name, m.Compress, m.EF, m.Optim, o.Algorithm, o.NaNPolicy.String())
 }
 
-// checkElasticMethod refuses what elastic.Run cannot carry across epochs.
-func checkElasticMethod(m method, spec train.OptimSpec, plan train.Plan) error {
+// checkElasticMethod refuses what elastic.Run cannot carry across epochs
+// (joins: whether joiners are admitted).
+func checkElasticMethod(m method, spec train.OptimSpec, plan train.Plan, joins bool) error {
+	ef, err := errorfeedback.Parse(m.EF)
+	if err != nil {
+		return err
+	}
 	switch {
+	case joins && (ef.Kind == errorfeedback.KindEControl || ef.Kind == errorfeedback.KindEF21):
+		// EControl and EF21 keep an estimate h that every member holds
+		// bit-identical and that the update is made of; elastic hands a
+		// joiner parameters and optimizer state only, and the Worker does
+		// not tell its shared carried slices from its local ones.
+		return fmt.Errorf("method %s: with --joins, a joiner would start with %s's shared estimate h at zero while the members hold it bit-identical (a joiner receives parameters and optimizer state, not this part of the error feedback), so its updates would differ: use --joins=false (members may leave, none join) or a method whose error feedback is local only, e.g. --method topk-ef14", m.Name, m.EF)
 	case m.Outer.H > 0:
 		return fmt.Errorf("method %s: --elastic does not run outer loops", m.Name)
 	case spec.Sign != "":
@@ -443,7 +456,7 @@ func runElasticWorker(ctx context.Context, o *jobOptions, e *elasticOptions, ran
 	if err != nil {
 		return err
 	}
-	if err := checkElasticMethod(m, spec, plan); err != nil {
+	if err := checkElasticMethod(m, spec, plan, e.Joins); err != nil {
 		return err
 	}
 	task, err := train.LoadTask(o.Workload, o.Data, o.Seed)
@@ -475,7 +488,26 @@ func runElasticWorker(ctx context.Context, o *jobOptions, e *elasticOptions, ran
 		return err
 	}
 	defer lobby.Close()
-	network := &natslobby.Network{URL: o.NATS, Job: o.Job, Options: natsOpts}
+	var dial elastic.Dialer
+	switch o.Transport {
+	case "nats":
+		dial = (&natslobby.Network{URL: o.NATS, Job: o.Job, Options: natsOpts}).Dial
+	case "libp2p":
+		lopts, err := o.libp2pOptions()
+		if err != nil {
+			return err
+		}
+		relays, err := o.relays(ctx, nc)
+		if err != nil {
+			return err
+		}
+		if len(relays) > 0 {
+			lopts = append(lopts, libp2p.WithRelays(relays...))
+		}
+		reach, _ := o.reachability() // validated
+		lopts = append(lopts, libp2p.WithReachability(reach))
+		dial = (&libp2pnet.Network{NC: nc, Job: o.Job, Options: lopts, Rendezvous: []rendezvous.Option{rendezvous.WithTimeout(o.Timeout)}}).Dial
+	}
 
 	var csvOut *csvStream
 	var jsonOut *jsonlStream
@@ -554,7 +586,7 @@ func runElasticWorker(ctx context.Context, o *jobOptions, e *elasticOptions, ran
 		return nil
 	}
 	cfg := elastic.Config{
-		ID: id, Dial: network.Dial, Replica: sr, Lobby: boundedLobby{Lobby: lobby, wait: o.Timeout},
+		ID: id, Dial: dial, Replica: sr, Lobby: boundedLobby{Lobby: lobby, wait: o.Timeout},
 		Steps: int64(o.Steps), Batch: o.Batch, Policy: e.policy(), Settings: settings, Timeout: o.Timeout, Logger: log,
 		NewWorker: func(ctx context.Context, conn transport.Conn) (*worker.Worker, error) {
 			wopts := append(train.WorkerOptions(o.Seed, log), worker.WithTimeout(o.Timeout), worker.WithAlgorithm(o.Algorithm), worker.WithNaNPolicy(o.NaNPolicy.p))
@@ -578,7 +610,7 @@ func runElasticWorker(ctx context.Context, o *jobOptions, e *elasticOptions, ran
 	start := time.Now()
 	var res *elastic.Result
 	if e.Join {
-		fmt.Fprintf(stdout, "[%s] joining elastic job %s over NATS (%s, %s)\n", id, o.Job, m.Name, m.describe())
+		fmt.Fprintf(stdout, "[%s] joining elastic job %s over %s (%s, %s)\n", id, o.Job, o.Transport, m.Name, m.describe())
 		res, err = elastic.Join(ctx, cfg)
 		if err != nil {
 			return fmt.Errorf("member %s: %w", id, err)
@@ -595,8 +627,8 @@ func runElasticWorker(ctx context.Context, o *jobOptions, e *elasticOptions, ran
 		}
 		defer boot.Close()
 		if rank == 0 {
-			fmt.Fprintf(stdout, "[%s] elastic job %s: %d founders over NATS, %s (%s), %d steps, policy %s\n",
-				id, o.Job, v.World(), m.Name, m.describe(), o.Steps, e.policy())
+			fmt.Fprintf(stdout, "[%s] elastic job %s: %d founders over %s, %s (%s), %d steps, policy %s\n",
+				id, o.Job, v.World(), o.Transport, m.Name, m.describe(), o.Steps, e.policy())
 		}
 		res, err = elastic.Run(ctx, cfg, v)
 		if err != nil {

@@ -135,7 +135,7 @@ func launchElastic(ctx context.Context, o jobOptions, e elasticOptions, stdout, 
 	if err != nil {
 		return err
 	}
-	if err := checkElasticMethod(m, spec, plan); err != nil {
+	if err := checkElasticMethod(m, spec, plan, e.Joins); err != nil {
 		return err
 	}
 	if o.Job == "" {
@@ -161,6 +161,9 @@ func launchElastic(ctx context.Context, o jobOptions, e elasticOptions, stdout, 
 		defer srv.Shutdown()
 		o.NATS = srv.ClientURL()
 	}
+	if o.Transport == "libp2p" && o.Listen == "" {
+		o.Listen = "/ip4/127.0.0.1/tcp/0" // every worker is on this machine
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -172,7 +175,7 @@ func launchElastic(ctx context.Context, o jobOptions, e elasticOptions, stdout, 
 	// Workers print every step; launch shows every printEvery-th.
 	base := append(append([]string{"worker"}, o.args()...), e.args()...)
 	base = append(base, "--print-every", "1")
-	fmt.Fprintf(stdout, "slimgrad launch: %d elastic workers over nats, job %s, NATS %s, policy %s\n", o.World, o.Job, o.NATS, e.policy())
+	fmt.Fprintf(stdout, "slimgrad launch: %d elastic workers over %s, job %s, NATS %s, policy %s\n", o.World, o.Transport, o.Job, o.NATS, e.policy())
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

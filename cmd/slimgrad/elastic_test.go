@@ -28,8 +28,9 @@ import (
 var elasticScenario = []string{"--workload", "logistic", "--method", "topk-ef14", "--eval-every", "0", "--join-every", "5", "--timeout", "10s"}
 
 // TestLaunchElasticChaos runs `slimgrad launch --elastic -n 4 --chaos`: four
-// worker processes over embedded NATS, one killed (SIGKILL) at a seeded
-// random step and restarted as a new worker that joins. The job finishes;
+// worker processes over NATS and over libp2p (meeting at an embedded NATS
+// server), one killed (SIGKILL) at a seeded random step and restarted as a
+// new worker that joins. The job finishes;
 // the epochs are 0 (world 4), 1 (world 3, the victim left) and 2 (world 4,
 // the restart joined); every member's steps-<id>.csv and .jsonl carry
 // those epochs and world sizes on every step; the recovery was measured;
@@ -39,10 +40,16 @@ func TestLaunchElasticChaos(t *testing.T) {
 		t.Skip("starts OS processes")
 	}
 	t.Setenv("GO_WANT_HELPER_PROCESS", "1")
+	for _, tp := range []string{"nats", "libp2p"} {
+		t.Run(tp, func(t *testing.T) { launchElasticChaos(t, tp) })
+	}
+}
+
+func launchElasticChaos(t *testing.T, tp string) {
 	const steps = 300
 	dir := t.TempDir()
 	var stdout, stderr bytes.Buffer
-	args := append([]string{"launch", "--elastic", "-n", "4", "--chaos", "3", "--steps", strconv.Itoa(steps), "--out", dir}, elasticScenario...)
+	args := append([]string{"launch", "--elastic", "-n", "4", "--transport", tp, "--chaos", "3", "--steps", strconv.Itoa(steps), "--out", dir}, elasticScenario...)
 	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
@@ -197,8 +204,12 @@ func TestElasticIntruders(t *testing.T) {
 	case code := <-done:
 		t.Fatalf("launch ended (exit %d) before training:\n%s\n%s", code, progress.String(), stderr.String())
 	}
+	// One after the other: each would hear the other's hellos.
 	for i, in := range founders {
 		runIntruder(len(joiners)+i, in)
+		if i < len(founders)-1 {
+			wg.Wait()
+		}
 	}
 	wg.Wait()
 	for i, in := range append(joiners, founders...) {
@@ -231,7 +242,6 @@ func TestElasticFlags(t *testing.T) {
 		{[]string{"launch", "--min-world", "2"}, "--min-world only apply with --elastic"},
 		{[]string{"launch", "--chaos", "1"}, "--chaos only apply with --elastic"},
 		{[]string{"worker", "--world", "2", "--join"}, "--join only apply with --elastic"},
-		{[]string{"launch", "--elastic", "--transport", "libp2p"}, "libp2p has no elastic dialer"},
 		{[]string{"launch", "--elastic", "--split", "noniid"}, "--split noniid"},
 		{[]string{"launch", "--elastic", "-n", "4", "--min-world", "5"}, "--min-world 5 is above the founding world size 4"},
 		{[]string{"launch", "--elastic", "-n", "4", "--max-world", "3"}, "--max-world 3 is below the founding world size 4"},
@@ -239,6 +249,8 @@ func TestElasticFlags(t *testing.T) {
 		{[]string{"launch", "--elastic", "--chaos", "x"}, "-chaos: want a seed"},
 		{[]string{"launch", "--elastic", "--chaos", "1", "--joins=false"}, "it needs --joins"},
 		{[]string{"launch", "--elastic", "--lgreco"}, "L-GreCo"},
+		{[]string{"launch", "--elastic"}, "econtrol:0.01's shared estimate h"},
+		{[]string{"launch", "--elastic", "--compress", "topk:0.1", "--ef", "ef21"}, "use --joins=false"},
 		{[]string{"launch", "--elastic", "--method", "dgc"}, "warm-up"},
 		{[]string{"launch", "--elastic", "--method", "onebitadam"}, "1-bit Adam"},
 		{[]string{"launch", "--elastic", "--method", "diloco"}, "outer loops"},
