@@ -184,18 +184,19 @@ func checkElasticMethod(m method, spec train.OptimSpec, plan train.Plan, joins b
 		return err
 	}
 	switch {
-	case joins && (ef.Kind == errorfeedback.KindEControl || ef.Kind == errorfeedback.KindEF21):
-		// EControl and EF21 keep an estimate h that every member holds
-		// bit-identical and that the update is made of; elastic hands a
-		// joiner parameters and optimizer state only, and the Worker does
-		// not tell its shared carried slices from its local ones.
-		return fmt.Errorf("method %s: with --joins, a joiner would start with %s's shared estimate h at zero while the members hold it bit-identical (a joiner receives parameters and optimizer state, not this part of the error feedback), so its updates would differ: use --joins=false (members may leave, none join) or a method whose error feedback is local only, e.g. --method topk-ef14", m.Name, m.EF)
+	case joins && ef.Kind != errorfeedback.KindNone && ef.Kind != errorfeedback.KindEF14:
+		// EControl and EF21 keep an estimate h, DGC the momentum of its
+		// dense layers, that every member holds bit-identical and that the
+		// update is made of; elastic hands a joiner parameters and
+		// optimizer state only, and the Worker does not tell its shared
+		// carried slices from its local ones. EF14's residual is local.
+		return fmt.Errorf("method %s: with --joins, a joiner would start the error feedback %s at zero, but part of its state (EControl, EF21: the estimate h; DGC: the momentum of dense layers) is held bit-identical by every member and makes the update (a joiner receives parameters and optimizer state only), so its updates would differ: use --joins=false (members may leave, none join) or error feedback ef14 or none, e.g. --method topk-ef14", m.Name, m.EF)
 	case m.Outer.H > 0:
 		return fmt.Errorf("method %s: --elastic does not run outer loops", m.Name)
 	case spec.Sign != "":
 		return fmt.Errorf("method %s: --elastic does not run 1-bit Adam (its two-phase sign exchange is not a mean)", m.Name)
 	case plan.WarmupSteps > 0:
-		return fmt.Errorf("method %s: --elastic does not run codec schedules such as DGC's warm-up (their step counters live in each epoch's worker); set --warmup 0 or use another method", m.Name)
+		return fmt.Errorf("method %s: --elastic does not run codec schedules such as DGC's warm-up (their step counters live in each epoch's worker); DGC without its warm-up is --compress dgc:0.001 --ef dgc:0.9", m.Name)
 	}
 	return nil
 }

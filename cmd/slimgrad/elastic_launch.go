@@ -146,7 +146,12 @@ func launchElastic(ctx context.Context, o jobOptions, e elasticOptions, stdout, 
 		crand.Read(b[:])
 		o.Key = hex.EncodeToString(b[:])
 	}
+	env := os.Environ()
 	if o.NATS == "" {
+		// A NATS user of the environment is not the embedded server's.
+		env = slices.DeleteFunc(env, func(kv string) bool {
+			return strings.HasPrefix(kv, userEnv+"=") || strings.HasPrefix(kv, passwordEnv+"=")
+		})
 		// One token for the job's processes: an elastic job's ranks and
 		// NATS job names change with every epoch, so per-rank users (as a
 		// fixed-size launch makes) cannot follow them. The job key still
@@ -189,7 +194,7 @@ func launchElastic(ctx context.Context, o jobOptions, e elasticOptions, stdout, 
 		cmd := exec.CommandContext(ctx, exe, append(append(slices.Clone(base), "--id", id), extra...)...)
 		cmd.WaitDelay = 5 * time.Second
 		dieWithParent(cmd)
-		cmd.Env = append(append(os.Environ(), o.env()...), envWatchStdin+"=1")
+		cmd.Env = append(append(env, o.env()...), envWatchStdin+"=1")
 		if _, err := cmd.StdinPipe(); err != nil {
 			return err
 		}
