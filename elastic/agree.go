@@ -238,7 +238,7 @@ func (m *Member) pickJoiners(ctx context.Context, members []string, pause bool) 
 				case slices.Contains(members, a.ID) || slices.Contains(picked, a.ID):
 					refusal = fmt.Errorf("%w: %q is a member of the job", ErrDuplicateMember, a.ID)
 				case a.Settings != m.cfg.settingsLine():
-					refusal = fmt.Errorf("%w: joiner has %q, job has %q", ErrSettings, a.Settings, m.cfg.settingsLine())
+					refusal = fmt.Errorf("%w: %s", ErrSettings, SettingsDiff(a.Settings, m.cfg.settingsLine()))
 				case p.MaxWorld > 0 && len(members)+len(picked) >= p.MaxWorld:
 					continue // stays waiting for a later boundary
 				default:

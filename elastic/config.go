@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/slimgrad/slimgrad/transport"
@@ -200,3 +201,41 @@ func (c *Config) setDefaults() error {
 }
 
 func (c *Config) settingsLine() string { return c.Settings + " policy:" + c.Policy.String() }
+
+// SettingsDiff describes how the settings line got differs from want,
+// field by field, for an error message: fields are separated by spaces and
+// named by what precedes their first '=' ("batch=16 (want batch=32)", "no
+// seed= (want seed=1)"). It returns "" for equal lines.
+func SettingsDiff(got, want string) string {
+	fields := func(s string) (keys []string, vals map[string]string) {
+		vals = map[string]string{}
+		for _, f := range strings.Fields(s) {
+			k, _, _ := strings.Cut(f, "=")
+			if _, dup := vals[k]; !dup {
+				keys = append(keys, k)
+			}
+			vals[k] = f
+		}
+		return keys, vals
+	}
+	gk, gv := fields(got)
+	wk, wv := fields(want)
+	var diffs []string
+	for _, k := range wk {
+		switch g, ok := gv[k]; {
+		case !ok:
+			diffs = append(diffs, fmt.Sprintf("no %s= (want %s)", k, wv[k]))
+		case g != wv[k]:
+			diffs = append(diffs, fmt.Sprintf("%s (want %s)", g, wv[k]))
+		}
+	}
+	for _, k := range gk {
+		if _, ok := wv[k]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s (not wanted)", gv[k]))
+		}
+	}
+	if len(diffs) == 0 && got != want {
+		return fmt.Sprintf("%q (want %q)", got, want)
+	}
+	return strings.Join(diffs, ", ")
+}

@@ -53,7 +53,14 @@
 // zero in each epoch; so do compressor streams other than PowerSGD's Q
 // (random-k, QSGD rounding), identically on every member. A joiner starts
 // with zero residuals. Codec schedules and L-GreCo, whose step counters live
-// in the Worker, are not supported.
+// in the Worker, are not supported. Nor are joins with EControl, EF21 or
+// DGC: part of their carried state (the estimate h; DGC's momentum of the
+// layers it sends dense) is held bit-identical by every member and makes
+// the update, and a joiner does not receive it
+// (worker.Worker.FeedbackState does not tell it from the local vectors), so
+// a joiner's updates would differ from the members' (leaves are fine: the
+// survivors keep their equal copies). EF14's residual is local, and
+// PowerSGD's Q is made equal again by the step's all-reduce.
 //
 // # Joining
 //

@@ -276,6 +276,8 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	rank := fs.Int("rank", -1, "this process's rank (NATS transport; libp2p ranks come from the rendezvous)")
 	fs.IntVar(&o.World, "world", 0, "number of processes in the job")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics of this process on this address, e.g. :9090")
+	el := defaultElasticOptions()
+	el.register(fs, false)
 	setUsage(fs, stdout, "Usage: slimgrad worker --nats URL --job ID --world N [--rank R] [flags]\n\nOne process of a data-parallel job: trains its replica on its shard and exchanges\ngradients with the others over NATS or libp2p. `slimgrad launch` starts these for you.\n\nFlags:\n")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -286,6 +288,12 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	if err := o.validate("world"); err != nil {
 		return err
+	}
+	if err := el.validate(fs, &o); err != nil {
+		return err
+	}
+	if el.Elastic {
+		return workerElastic(ctx, &o, &el, *rank, *metricsAddr, stdout, stderr)
 	}
 	if err := o.checkJoin(o.World, *rank); err != nil {
 		return err

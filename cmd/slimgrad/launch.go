@@ -30,7 +30,9 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.SetOutput(stderr)
 	o.register(fs)
 	fs.IntVar(&o.World, "n", 4, "number of worker processes")
-	setUsage(fs, stdout, "Usage: slimgrad launch -n N [--transport nats|libp2p] [--nats URL] [flags]\n\nStarts N `slimgrad worker` OS processes on this machine that train together over NATS\n(an embedded server unless --nats is given) or libp2p (meeting through the NATS\nserver), streams their per-step ledger, and checks that every replica ends with the\nsame parameters.\n\nFlags:\n")
+	el := defaultElasticOptions()
+	el.register(fs, true)
+	setUsage(fs, stdout, "Usage: slimgrad launch -n N [--transport nats|libp2p] [--nats URL] [flags]\n\nStarts N `slimgrad worker` OS processes on this machine that train together over NATS\n(an embedded server unless --nats is given) or libp2p (meeting through the NATS\nserver), streams their per-step ledger, and checks that every replica ends with the\nsame parameters. With --elastic the job trains on when workers die and admits\nworkers that join; --chaos kills and restarts workers (docs/elastic.md).\n\nFlags:\n")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -40,6 +42,12 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	if err := o.validate("n"); err != nil {
 		return err
+	}
+	if err := el.validate(fs, &o); err != nil {
+		return err
+	}
+	if el.Elastic {
+		return launchElastic(ctx, o, el, stdout, stderr)
 	}
 	m, err := o.method()
 	if err != nil {

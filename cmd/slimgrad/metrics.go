@@ -20,6 +20,7 @@ import (
 type metrics struct {
 	srv      *http.Server
 	ln       net.Listener
+	reg      *prometheus.Registry // more series register here (elasticMetrics)
 	sent     *prometheus.CounterVec
 	saved    *prometheus.CounterVec
 	dense    *prometheus.CounterVec
@@ -49,6 +50,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 func startMetrics(ctx context.Context, addr string, log *slog.Logger) (*metrics, error) {
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg)
+	m.reg = reg
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -183,15 +184,20 @@ func (l *Lobby) Admit(ctx context.Context, id string, v elastic.View, refusal er
 	a := answer{View: v}
 	if refusal != nil {
 		a.Reason = refusal.Error()
+		var kind error
 		switch {
 		case errors.Is(refusal, elastic.ErrDuplicateMember):
-			a.Refused = "duplicate"
+			a.Refused, kind = "duplicate", elastic.ErrDuplicateMember
 		case errors.Is(refusal, elastic.ErrSettings):
-			a.Refused = "settings"
+			a.Refused, kind = "settings", elastic.ErrSettings
 		case errors.Is(refusal, elastic.ErrJoinsClosed):
-			a.Refused = "closed"
+			a.Refused, kind = "closed", elastic.ErrJoinsClosed
 		default:
 			a.Refused = "other"
+		}
+		if kind != nil {
+			// The joiner's error wraps kind again: send only what follows it.
+			a.Reason = strings.TrimPrefix(a.Reason, kind.Error()+": ")
 		}
 	}
 	b, err := json.Marshal(a)
@@ -239,11 +245,11 @@ func (l *Lobby) Admission(ctx context.Context, id string) (elastic.View, error) 
 		case "":
 			return a.View, nil
 		case "duplicate":
-			return elastic.View{}, fmt.Errorf("%w (%s)", elastic.ErrDuplicateMember, a.Reason)
+			return elastic.View{}, fmt.Errorf("%w: %s", elastic.ErrDuplicateMember, a.Reason)
 		case "settings":
-			return elastic.View{}, fmt.Errorf("%w (%s)", elastic.ErrSettings, a.Reason)
+			return elastic.View{}, fmt.Errorf("%w: %s", elastic.ErrSettings, a.Reason)
 		case "closed":
-			return elastic.View{}, fmt.Errorf("%w (%s)", elastic.ErrJoinsClosed, a.Reason)
+			return elastic.View{}, fmt.Errorf("%w: %s", elastic.ErrJoinsClosed, a.Reason)
 		}
 		return elastic.View{}, fmt.Errorf("natslobby: refused: %s", a.Reason)
 	}
