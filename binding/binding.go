@@ -330,27 +330,47 @@ func (l *Layer) Feedback() errorfeedback.Feedback { return l.fb }
 // Spec return slices of the same count and lengths.
 func (l *Layer) State() [][]float32 {
 	var st [][]float32
+	l.eachState(func(v []float32, _ bool) { st = append(st, v) })
+	return st
+}
+
+// StateShared reports, for each slice of State in its order, whether it is
+// bit-identical on every rank of the job, so that a rank that joins must
+// receive it from the others rather than start it at zero: EControl's and
+// EF21's estimate h, DGC's momentum and velocity on a layer it sends dense
+// (they follow the averaged gradient), and PowerSGD's Q. The others (EF14's
+// residual, EControl's e and hᵢ, DGC's state on a sparse layer, the PowerSGD
+// residual) are the rank's own.
+func (l *Layer) StateShared() []bool {
+	var sh []bool
+	l.eachState(func(_ []float32, shared bool) { sh = append(sh, shared) })
+	return sh
+}
+
+// eachState calls f on every slice of State in order, with whether it is
+// shared (see StateShared).
+func (l *Layer) eachState(f func(v []float32, shared bool)) {
 	switch fb := l.fb.(type) {
 	case *errorfeedback.EF14:
-		st = append(st, fb.Residual())
+		f(fb.Residual(), false)
 	case *errorfeedback.DGC:
-		st = append(st, fb.Momentum())
+		f(fb.Momentum(), fb.Dense())
 		if v := fb.Velocity(); v != nil {
-			st = append(st, v)
+			f(v, fb.Dense())
 		}
 	case *errorfeedback.EControl:
 		if e := fb.Error(); e != nil {
-			st = append(st, e)
+			f(e, false)
 		}
-		st = append(st, fb.Local(), fb.Shared())
+		f(fb.Local(), false)
+		f(fb.Shared(), true)
 	}
 	if l.resid != nil {
-		st = append(st, l.resid)
+		f(l.resid, false)
 	}
 	if ps, ok := l.comp.(*compressors.PowerSGD); ok {
-		st = append(st, ps.Q())
+		f(ps.Q(), true)
 	}
-	return st
 }
 
 // Observation returns what L-GreCo's deciding rank observes of this step,

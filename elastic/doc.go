@@ -52,15 +52,12 @@
 // Two-phase sign (1-bit) errors are sharded by world size and restart from
 // zero in each epoch; so do compressor streams other than PowerSGD's Q
 // (random-k, QSGD rounding), identically on every member. A joiner starts
-// with zero residuals. Codec schedules and L-GreCo, whose step counters live
-// in the Worker, are not supported. Nor are joins with EControl, EF21 or
-// DGC: part of their carried state (the estimate h; DGC's momentum of the
-// layers it sends dense) is held bit-identical by every member and makes
-// the update, and a joiner does not receive it
-// (worker.Worker.FeedbackState does not tell it from the local vectors), so
-// a joiner's updates would differ from the members' (leaves are fine: the
-// survivors keep their equal copies). EF14's residual is local, and
-// PowerSGD's Q is made equal again by the step's all-reduce.
+// with zero residuals of its own and the state that every member holds
+// bit-identical (worker.Worker.FeedbackShared: EControl's and EF21's
+// estimate h, DGC's momentum and velocity on layers it sends dense,
+// PowerSGD's Q), which the donors send with the replicated state, so its
+// updates equal the members'. Codec schedules and L-GreCo, whose step
+// counters live in the Worker, are not supported.
 //
 // # Joining
 //

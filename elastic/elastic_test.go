@@ -155,6 +155,33 @@ func TestJoinCorruptSlice(t *testing.T) {
 	})
 }
 
+// TestJoinSharedFeedback: with error feedback whose state is partly
+// identical on every member (EControl's and EF21's estimate h, DGC's
+// momentum on a dense layer, PowerSGD's Q), a joiner receives that part
+// with the replicated state and stays bit-identical to the members.
+func TestJoinSharedFeedback(t *testing.T) {
+	for _, tc := range []struct{ codec, ef string }{
+		{"topk:0.25", "econtrol:0.1"},
+		{"topk:0.25", "ef21"},
+		{"none", "dgc:0.9"},
+	} {
+		t.Run(tc.codec+"+"+tc.ef, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				j := newJob(t, 7, 20)
+				j.Codec, j.EF = tc.codec, tc.ef
+				j.Policy = elastic.Policy{AllowJoins: true, JoinEvery: 5}
+				v := elastic.View{Members: elastictest.IDs(3)}
+				for _, id := range v.Members {
+					j.Start(id, &v, nil)
+				}
+				j.Start("j0", nil, nil)
+				j.Wait()
+				j.CheckIdentical(append(slices.Clone(v.Members), "j0"))
+			})
+		})
+	}
+}
+
 // TestJoinRefused: a joiner with a member's ID, and one with other
 // settings, are refused with errors that say so; the job trains on.
 func TestJoinRefused(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -52,6 +53,7 @@ type snapshot struct {
 	step, cursor int64
 	state        []byte
 	ef           [][]float32 // nil: zero (a joiner's)
+	shared       []bool      // per vector of ef: identical on every member (worker.Worker.FeedbackShared)
 }
 
 // fatalError marks an error that no membership change can repair (the
@@ -163,18 +165,71 @@ func (m *Member) takeSnapshot() {
 	s := &m.snaps[m.cur]
 	s.valid, s.step, s.cursor = true, m.step, m.cursor
 	s.state = m.cfg.Replica.AppendState(s.state[:0])
+	s.takeEF(m.w)
+}
+
+// takeEF copies w's carried error-feedback state (nil w or none: zero).
+func (s *snapshot) takeEF(w *worker.Worker) {
 	var live [][]float32
-	if m.w != nil {
-		live = m.w.FeedbackState()
+	if w != nil {
+		live = w.FeedbackState()
 	}
 	if live == nil {
-		s.ef = nil
+		s.ef, s.shared = nil, nil
 		return
 	}
 	s.ef = slices.Grow(s.ef[:0], len(live))[:len(live)]
 	for i, v := range live {
 		s.ef[i] = append(s.ef[i][:0], v...)
 	}
+	s.shared = w.FeedbackShared()
+}
+
+// appendShared appends the vectors of s's error-feedback state that every
+// member holds bit-identical (a count, then each as a length and float32s)
+// to e: what a joiner receives with the replicated state. A nil s appends
+// none.
+func (e *enc) appendShared(s *snapshot) {
+	var n int
+	if s != nil {
+		for i := range s.ef {
+			if s.shared[i] {
+				n++
+			}
+		}
+	}
+	e.u32(uint32(n))
+	for i := 0; n > 0 && i < len(s.ef); i++ {
+		if !s.shared[i] {
+			continue
+		}
+		e.u32(uint32(len(s.ef[i])))
+		for _, x := range s.ef[i] {
+			e.u32(math.Float32bits(x))
+		}
+	}
+}
+
+// shared decodes what appendShared wrote.
+func (d *dec) shared() [][]float32 {
+	n := int(d.u32())
+	var out [][]float32
+	for range n {
+		if d.err != nil {
+			return nil
+		}
+		k := int(d.u32())
+		if k < 0 || 4*k > len(d.b) {
+			d.err = errShort
+			return nil
+		}
+		v := make([]float32, k)
+		for j := range v {
+			v[j] = math.Float32frombits(d.u32())
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 // runStep runs step m.step: the boundary (joins), the gradients, the
@@ -197,7 +252,7 @@ func (m *Member) runStep(ctx context.Context) error {
 			}
 			m.w.Close()
 			m.w = nil
-			if err := m.transition(ctx, v, m.snaps[m.cur].ef); err != nil {
+			if err := m.transition(ctx, v, &m.snaps[m.cur]); err != nil {
 				return err
 			}
 		}
@@ -316,7 +371,7 @@ func (m *Member) recover(ctx context.Context) error {
 		c.Discarded += s
 		m.pending = c
 		m.cfg.Logger.Info("elastic: next epoch agreed", "id", m.cfg.ID, "view", d.view.String(), "restart", d.restart, "discarded", s)
-		err = m.transition(ctx, d.view, m.snaps[m.cur].ef)
+		err = m.transition(ctx, d.view, &m.snaps[m.cur])
 		if err == nil {
 			return nil
 		}
@@ -348,7 +403,11 @@ func (m *Member) rollback(restart int64) (int64, error) {
 
 // transition enters epoch v: dial, state transfer (as donor or joiner), a
 // new Worker started with the carried error-feedback state ef.
-func (m *Member) transition(ctx context.Context, v View, ef [][]float32) error {
+func (m *Member) transition(ctx context.Context, v View, snap *snapshot) error {
+	var ef [][]float32
+	if snap != nil {
+		ef = snap.ef
+	}
 	rank := v.Rank(m.cfg.ID)
 	conn, err := m.cfg.Dial(ctx, v, rank)
 	if err != nil {
@@ -366,6 +425,7 @@ func (m *Member) transition(ctx context.Context, v View, ef [][]float32) error {
 	if err != nil {
 		return fatalError{fmt.Errorf("elastic: NewWorker: %w", err)}
 	}
+	var joinEF [][]float32 // a joiner's: the members' shared error-feedback state
 	var donors []int
 	for _, id := range v.Donors() {
 		donors = append(donors, v.Rank(id))
@@ -379,6 +439,7 @@ func (m *Member) transition(ctx context.Context, v View, ef [][]float32) error {
 		}
 		d := dec{b: state}
 		step, cursor := int64(d.u64()), int64(d.u64())
+		joinEF = d.shared()
 		if d.err != nil {
 			w.Close()
 			return fatalError{fmt.Errorf("%w: %v", ErrState, d.err)}
@@ -393,6 +454,7 @@ func (m *Member) transition(ctx context.Context, v View, ef [][]float32) error {
 		var e enc
 		e.u64(uint64(m.step))
 		e.u64(uint64(m.cursor))
+		e.appendShared(snap)
 		state := m.cfg.Replica.AppendState(e.b)
 		h, hdr := makeHeader(state, len(donors), m.cfg.SliceBytes)
 		errs := make([]error, len(v.Joiners))
@@ -428,6 +490,34 @@ func (m *Member) transition(ctx context.Context, v View, ef [][]float32) error {
 			copy(live[i], ef[i])
 		}
 	}
+	if joinEF != nil {
+		if err := installShared(w, joinEF); err != nil {
+			w.Close()
+			return fatalError{err}
+		}
+		m.snaps[m.cur].takeEF(w) // a rollback to the joining step keeps it
+	}
 	m.w, m.started = w, m.step
+	return nil
+}
+
+// installShared copies the members' shared error-feedback vectors into a
+// joiner's started Worker, in the order of its FeedbackShared.
+func installShared(w *worker.Worker, shared [][]float32) error {
+	live, mask := w.FeedbackState(), w.FeedbackShared()
+	k := 0
+	for i := range live {
+		if !mask[i] {
+			continue
+		}
+		if k >= len(shared) || len(shared[k]) != len(live[i]) {
+			return fmt.Errorf("%w: the members' shared error-feedback state does not fit this worker's layers", ErrState)
+		}
+		copy(live[i], shared[k])
+		k++
+	}
+	if k != len(shared) {
+		return fmt.Errorf("%w: %d shared error-feedback vectors for %d", ErrState, len(shared), k)
+	}
 	return nil
 }

@@ -1070,7 +1070,7 @@ func (st *stepState) drain() {
 }
 
 // FeedbackState returns the live slices of every bucket's carried state, in
-// bucket order, each bucket's as adapt.Layer.State lists them (error-feedback
+// bucket order, each bucket's as binding.Layer.State lists them (error-feedback
 // vectors, the PowerSGD residual and Q; not the two-phase sign errors, which
 // are sharded by world size). Two Workers with the same layers, options and
 // bucket size return slices of the same count and lengths whatever their
@@ -1087,4 +1087,17 @@ func (w *Worker) FeedbackState() [][]float32 {
 		}
 	}
 	return st
+}
+
+// FeedbackShared reports, for each vector of FeedbackState in its order,
+// whether it is bit-identical on every rank (binding.Layer.StateShared):
+// state that a rank joining the job must receive from the others.
+func (w *Worker) FeedbackShared() []bool {
+	var sh []bool
+	for _, b := range w.buckets {
+		if c, ok := b.coll.(*layerColl); ok {
+			sh = append(sh, c.l.StateShared()...)
+		}
+	}
+	return sh
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/slimgrad/slimgrad/elastic"
 	"github.com/slimgrad/slimgrad/elastic/libp2pnet"
 	"github.com/slimgrad/slimgrad/elastic/natslobby"
-	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/train"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/libp2p"
@@ -177,20 +176,9 @@ func elasticSettings(o *jobOptions, m method) string {
 }
 
 // checkElasticMethod refuses what elastic.Run cannot carry across epochs
-// (joins: whether joiners are admitted).
-func checkElasticMethod(m method, spec train.OptimSpec, plan train.Plan, joins bool) error {
-	ef, err := errorfeedback.Parse(m.EF)
-	if err != nil {
-		return err
-	}
+// (outer loops, 1-bit Adam, codec schedules).
+func checkElasticMethod(m method, spec train.OptimSpec, plan train.Plan) error {
 	switch {
-	case joins && ef.Kind != errorfeedback.KindNone && ef.Kind != errorfeedback.KindEF14:
-		// EControl and EF21 keep an estimate h, DGC the momentum of its
-		// dense layers, that every member holds bit-identical and that the
-		// update is made of; elastic hands a joiner parameters and
-		// optimizer state only, and the Worker does not tell its shared
-		// carried slices from its local ones. EF14's residual is local.
-		return fmt.Errorf("method %s: with --joins, a joiner would start the error feedback %s at zero, but part of its state (EControl, EF21: the estimate h; DGC: the momentum of dense layers) is held bit-identical by every member and makes the update (a joiner receives parameters and optimizer state only), so its updates would differ: use --joins=false (members may leave, none join) or error feedback ef14 or none, e.g. --method topk-ef14", m.Name, m.EF)
 	case m.Outer.H > 0:
 		return fmt.Errorf("method %s: --elastic does not run outer loops", m.Name)
 	case spec.Sign != "":
@@ -457,7 +445,7 @@ func runElasticWorker(ctx context.Context, o *jobOptions, e *elasticOptions, ran
 	if err != nil {
 		return err
 	}
-	if err := checkElasticMethod(m, spec, plan, e.Joins); err != nil {
+	if err := checkElasticMethod(m, spec, plan); err != nil {
 		return err
 	}
 	task, err := train.LoadTask(o.Workload, o.Data, o.Seed)

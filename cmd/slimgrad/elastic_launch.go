@@ -135,7 +135,7 @@ func launchElastic(ctx context.Context, o jobOptions, e elasticOptions, stdout, 
 	if err != nil {
 		return err
 	}
-	if err := checkElasticMethod(m, spec, plan, e.Joins); err != nil {
+	if err := checkElasticMethod(m, spec, plan); err != nil {
 		return err
 	}
 	if o.Job == "" {

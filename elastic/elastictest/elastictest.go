@@ -227,7 +227,8 @@ type Job struct {
 	Lobby   elastic.Lobby // shared by every member and joiner of the Job
 	Problem *Problem
 	Seed    uint64
-	Codec   string // every layer's codec, with ef14
+	Codec   string // every layer's codec
+	EF      string // every layer's error feedback ("" is ef14)
 	Steps   int64
 	Policy  elastic.Policy
 	Timeout time.Duration // Config.Timeout and the worker's
@@ -245,7 +246,8 @@ type Job struct {
 }
 
 // NewJob returns a Job over an elastic.MemNetwork: a 24-parameter problem
-// of 512 samples, top-k 25% with EF14, steps steps, 2 s timeouts.
+// of 512 samples, top-k 25% with EF14 (Codec, EF), steps steps, 2 s
+// timeouts.
 func NewJob(t testing.TB, seed uint64, steps int64) *Job {
 	return &Job{T: t, Net: elastic.NewMemNetwork(), Lobby: elastic.NewMemLobby(), Problem: NewProblem(seed, 24, 512), Seed: seed,
 		Codec: "topk:0.25", Steps: steps, Timeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler),
@@ -255,7 +257,11 @@ func NewJob(t testing.TB, seed uint64, steps int64) *Job {
 
 // Config returns member id's configuration with replica r.
 func (j *Job) Config(id string, r *Replica) elastic.Config {
-	settings := "lsq " + j.Codec
+	ef := j.EF
+	if ef == "" {
+		ef = "ef14"
+	}
+	settings := "lsq " + j.Codec + " " + ef
 	for _, o := range r.opts {
 		settings += " " + o.String()
 	}
@@ -264,7 +270,7 @@ func (j *Job) Config(id string, r *Replica) elastic.Config {
 		Settings: settings, Timeout: j.Timeout, Logger: j.Logger,
 		NewWorker: func(ctx context.Context, conn transport.Conn) (*worker.Worker, error) {
 			w, err := worker.New(ctx, conn, worker.WithSeed(j.Seed), worker.WithTimeout(j.Timeout),
-				worker.WithDefaultCodec(j.Codec, "ef14"), worker.WithBucketBytes(0), worker.WithLogger(j.Logger))
+				worker.WithDefaultCodec(j.Codec, ef), worker.WithBucketBytes(0), worker.WithLogger(j.Logger))
 			if err != nil {
 				return nil, err
 			}
