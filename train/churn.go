@@ -118,6 +118,9 @@ type ChurnResult struct {
 	Model     workload.Model
 	// Worlds[s] is the world size in which step s was applied.
 	Worlds []int
+	// StateBytes is the size of the replicated state that a joiner
+	// receives (elastic.Replica.AppendState).
+	StateBytes int
 }
 
 // RunChurn trains cfg.Task as an elastic job over transport/mem in this
@@ -316,7 +319,9 @@ func RunChurn(ctx context.Context, cfg ChurnConfig) (*ChurnResult, error) {
 			errs = append(errs, fmt.Errorf("member %s: %w", id, m.err))
 			continue
 		}
-		d := sha256.Sum256(m.rep.AppendState(nil))
+		st := m.rep.AppendState(nil)
+		res.StateBytes = len(st)
+		d := sha256.Sum256(st)
 		if len(res.Finishers) == 0 {
 			res.Digest, res.Model = d, m.rep.Model()
 		} else if d != res.Digest {

@@ -56,6 +56,10 @@ type simOptions struct {
 	// calibration's measured gradient time.
 	flopsSet bool
 	SizeOnly bool
+	// Churn is a membership schedule (train.ParseChurn); ChurnDetect the
+	// time a leave takes to be detected.
+	Churn       string
+	ChurnDetect time.Duration
 	Layers   string
 	// L-GreCo: --lgreco, --lgreco-link-aware, --lgreco-adjust, --lgreco-alpha.
 	LGreCo, LGreCoLink bool
@@ -96,7 +100,7 @@ func defaultSimOptions() simOptions {
 		Workers: 8, Batch: 32, Steps: 300, Seed: 1, Workload: "mnist", Split: "iid",
 		Methods: "default", Out: "slimgrad-out", Target: 0.9, EvalEvery: 50, EvalSamples: 2000,
 		Progress: "auto", Log: "warn", JSONL: true, Plots: true, Exchange: "sim", FLOPS: train.DefaultFLOPS,
-		LG: defaultLGreCoSettings(), MaxMemory: "auto", Outer: defaultOuterSettings(),
+		LG: defaultLGreCoSettings(), MaxMemory: "auto", Outer: defaultOuterSettings(), ChurnDetect: time.Second,
 	}
 }
 
@@ -133,6 +137,8 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by slimgrad bench (default: built-in throughputs)")
 	fs.StringVar(&o.Transport, "transport", o.Transport, "with --calibration: add this transport's measured per-message cost (mem, nats, libp2p, ...) to every simulated message")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s (default: the --calibration's measured gradient time of the workload when it has one, else 20e9)")
+	fs.StringVar(&o.Churn, "churn", o.Churn, "membership churn: comma-separated leave:RANK@STEP and join@STEP events; each method trains as an elastic job (in this process, over transport/mem) with and without them, and the table says what the churn cost")
+	fs.DurationVar(&o.ChurnDetect, "churn-detect", o.ChurnDetect, "with --churn: the simulated time from a member's death to its detection (the transports detect a dead process within about a second, a hung one at the peer timeout)")
 	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data: bytes and step time only (no training state; the programs still grow as workers²)")
 	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "also run L-GreCo (per-layer levels under the uniform default's error budget, minimising bytes) after each method whose codec has levels (topk, dgc, randomk, qsgd, powersgd), and compare")
@@ -235,6 +241,19 @@ func (o simOptions) validate() error {
 	default:
 		return fmt.Errorf("--exchange %q: want sim, mem or local", o.Exchange)
 	}
+	if o.Churn != "" {
+		if _, err := train.ParseChurn(o.Churn); err != nil {
+			return flagError("churn", err)
+		}
+		switch {
+		case o.SizeOnly:
+			return fmt.Errorf("--churn trains (an elastic job per method): drop --size-only")
+		case o.Exchange != "sim":
+			return fmt.Errorf("--churn simulates step times on the topology: use --exchange sim")
+		case o.ChurnDetect < 0:
+			return fmt.Errorf("--churn-detect %v: want a non-negative duration", o.ChurnDetect)
+		}
+	}
 	return nil
 }
 
@@ -307,6 +326,9 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 	task, err := train.LoadTask(o.Workload, o.Data, o.Seed)
 	if err != nil {
 		return nil, err
+	}
+	if o.Churn != "" {
+		return &simReport{Options: o}, runChurnMode(ctx, o, methods, &env, task, stdout)
 	}
 	log.Info("workload loaded", "workload", task.Name, "train", task.Train.N, "test", task.Test.N, "took", time.Since(t0))
 	var met *metrics

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/slimgrad/slimgrad/optim"
+	"github.com/slimgrad/slimgrad/sim"
+	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/worker"
+)
+
+// runChurnMode is `sim --churn SCHEDULE`: every method that elastic jobs
+// support trains as an elastic job in this process (train.RunChurn: package
+// elastic's membership code path over transport/mem) once under the
+// schedule and once without it, and the table says what the churn cost:
+// accuracy, whether the finishers are bit-identical, and the simulated
+// training time on the topology, in which each step takes the simulated
+// time of a step at the world size it ran in (train.SizeOnly) and each
+// change adds its detection (--churn-detect, for a leave), the steps run
+// again, and a joiner's state transfer over its node's downlink.
+func runChurnMode(ctx context.Context, o simOptions, methods []method, env *simEnv, task train.Task, stdout io.Writer) error {
+	events, err := train.ParseChurn(o.Churn)
+	if err != nil {
+		return flagError("churn", err)
+	}
+	fmt.Fprintf(stdout, "slimgrad sim --churn %q: %d founders, %d steps, elastic jobs over transport/mem, step times simulated on the topology\n\n", o.Churn, o.Workers, o.Steps)
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "method\tchanges\tfinal world\ttest acc\twithout churn\tΔ points\tfinishers identical\tsim time\twithout churn\tchurn cost\t\n")
+	var skipped []string
+	for _, m := range methods {
+		spec, err := parseOptim(m.Optim, o.Steps)
+		if err != nil {
+			return fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		plan, err := m.plan(o.Steps, o.Seed)
+		if err != nil {
+			return fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		if m.LGreCo != "" {
+			skipped = append(skipped, fmt.Sprintf("%s: elastic jobs do not run L-GreCo", m.Name))
+			continue
+		}
+		if err := checkElasticMethod(m, spec, plan); err != nil {
+			skipped = append(skipped, err.Error())
+			continue
+		}
+		cfg := train.ChurnConfig{Task: task, Optim: spec, Plan: plan, Seed: o.Seed, Workers: o.Workers, Batch: o.Batch,
+			Steps: int64(o.Steps), Events: events, Settings: m.Name,
+			WorkerOptions: []worker.Option{worker.WithNaNPolicy(o.NaNPolicy.p)}}
+		churned, err := train.RunChurn(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("method %s under churn: %w", m.Name, err)
+		}
+		cfg.Events = nil
+		plain, err := train.RunChurn(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("method %s without churn: %w", m.Name, err)
+		}
+		accC, err := churned.Model.Evaluate(task.Test, nil)
+		if err != nil {
+			return err
+		}
+		accP, err := plain.Model.Evaluate(task.Test, nil)
+		if err != nil {
+			return err
+		}
+		clock := churnClock{ctx: ctx, o: o, env: env, m: m, plan: plan, units: train.Units(task.Model, spec.Flat),
+			flops: train.TrainFLOPs(task.Model) * float64(o.Batch), times: map[int]time.Duration{}}
+		tC, err := clock.total(churned, events)
+		if err != nil {
+			return fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		tP, err := clock.total(plain, nil)
+		if err != nil {
+			return fmt.Errorf("method %s: %w", m.Name, err)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f%%\t%.2f%%\t%+.2f\t%v\t%s\t%s\t%s\t\n", m.Name, len(churned.Changes), len(churned.Finishers),
+			100*accC.Accuracy, 100*accP.Accuracy, 100*(accC.Accuracy-accP.Accuracy), churned.Identical,
+			fmtDuration(tC), fmtDuration(tP), fmtDuration(tC-tP))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, s := range skipped {
+		fmt.Fprintf(stdout, "skipped %s\n", s)
+	}
+	return nil
+}
+
+// churnClock prices an elastic run on the topology: simulated step times
+// per world size, and the cost of each membership change.
+type churnClock struct {
+	ctx   context.Context
+	o     simOptions
+	env   *simEnv
+	m     method
+	plan  train.Plan
+	units []train.Layer
+	flops float64               // one rank's gradient work per step
+	times map[int]time.Duration // per world size: the simulated step
+}
+
+// step is the simulated time of one step at world size n (train.SizeOnly,
+// gradient compute included).
+func (c *churnClock) step(n int) (time.Duration, error) {
+	if t, ok := c.times[n]; ok {
+		return t, nil
+	}
+	st, err := train.SizeOnly(c.ctx, n, c.units, c.plan, make([]optim.Exchange, len(c.units)), train.SimConfig{
+		Topology:    c.env.topo,
+		Options:     &sim.Options{Calibration: c.env.calib, Seed: c.o.Seed, Recipe: c.m.Compress, Transport: c.env.transport},
+		GradFLOP:    c.flops,
+		FLOPS:       c.o.FLOPS,
+		GradSeconds: c.env.gradSeconds(c.o),
+		NonFinite:   c.o.NaNPolicy.p,
+	})
+	if err != nil {
+		return 0, err
+	}
+	c.times[n] = st.StepTime
+	return st.StepTime, nil
+}
+
+// total is the simulated training time of run: every applied step at its
+// world size, plus for each change the detection of a leave
+// (--churn-detect), the steps rolled back and run again, and for a join the
+// transfer of the state (parameters and optimizer state, 4 bytes per
+// parameter and optimizer value) into the joiner's node at its downlink.
+func (c *churnClock) total(run *train.ChurnResult, events []train.ChurnEvent) (time.Duration, error) {
+	var t time.Duration
+	for _, n := range run.Worlds {
+		d, err := c.step(n)
+		if err != nil {
+			return 0, err
+		}
+		t += d
+	}
+	stateBytes := int64(run.StateBytes)
+	for _, ch := range run.Changes {
+		before := ch.World + len(ch.Left) - len(ch.Joined)
+		if len(ch.Left) > 0 {
+			t += c.o.ChurnDetect
+		}
+		if ch.Discarded > 0 {
+			d, err := c.step(max(before, 1))
+			if err != nil {
+				return 0, err
+			}
+			t += time.Duration(ch.Discarded) * d
+		}
+		for range ch.Joined {
+			node := c.env.topo.Nodes[min(ch.World-1, len(c.env.topo.Nodes)-1)]
+			t += time.Duration(float64(stateBytes) / float64(node.Down) * float64(time.Second))
+		}
+	}
+	return t, nil
+}
