@@ -60,7 +60,7 @@ type simOptions struct {
 	// time a leave takes to be detected.
 	Churn       string
 	ChurnDetect time.Duration
-	Layers   string
+	Layers      string
 	// L-GreCo: --lgreco, --lgreco-link-aware, --lgreco-adjust, --lgreco-alpha.
 	LGreCo, LGreCoLink bool
 	LG                 lgrecoSettings
