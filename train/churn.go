@@ -116,8 +116,11 @@ type ChurnResult struct {
 	Identical bool
 	Digest    [sha256.Size]byte
 	Model     workload.Model
-	// Worlds[s] is the world size in which step s was applied.
-	Worlds []int
+	// Worlds[s] is the world size in which step s was applied, Members[s]
+	// the members that applied it, in rank order (steps of one epoch share
+	// one slice).
+	Worlds  []int
+	Members [][]string
 	// StateBytes is the size of the replicated state that a joiner
 	// receives (elastic.Replica.AppendState).
 	StateBytes int
@@ -173,6 +176,8 @@ func RunChurn(ctx context.Context, cfg ChurnConfig) (*ChurnResult, error) {
 		members = map[string]*member{}
 		view    []string // the current epoch's members in rank order, as the events change it
 		worlds  = make([]int, cfg.Steps)
+		epochOf = make([][]string, cfg.Steps)
+		cur     []string // view as of the last step applied (shared by its steps)
 		next    int // the next event
 		joined  int
 		hookErr error
@@ -193,6 +198,12 @@ func RunChurn(ctx context.Context, cfg ChurnConfig) (*ChurnResult, error) {
 			return
 		}
 		worlds[s.Step] = s.World
+		// A joiner is in view from the hook that started it, and in the job
+		// from the boundary that admits it: joiners come last.
+		if in := view[:min(len(view), s.World)]; !slices.Equal(cur, in) {
+			cur = slices.Clone(in)
+		}
+		epochOf[s.Step] = cur
 		if cfg.OnApply != nil {
 			cfg.OnApply(s, loss)
 		}
@@ -311,7 +322,7 @@ func RunChurn(ctx context.Context, cfg ChurnConfig) (*ChurnResult, error) {
 	if hookErr != nil {
 		return nil, hookErr
 	}
-	res := &ChurnResult{Worlds: worlds, Identical: true}
+	res := &ChurnResult{Worlds: worlds, Members: epochOf, Identical: true}
 	var errs []error
 	for _, id := range view {
 		m := members[id]

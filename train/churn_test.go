@@ -70,6 +70,14 @@ func TestRunChurn(t *testing.T) {
 			t.Fatalf("step %d ran in a world of %d, want %d (worlds %v)", s, w, want, res.Worlds)
 		}
 	}
+	for s, ms := range res.Members {
+		if len(ms) != res.Worlds[s] {
+			t.Fatalf("step %d: members %v in a world of %d", s, ms, res.Worlds[s])
+		}
+	}
+	if got := res.Members[49]; !slices.Equal(got, []string{"m1", "m3", "j0", "j1"}) {
+		t.Errorf("last step's members %v", got)
+	}
 	if again := run(); again.Digest != res.Digest {
 		t.Errorf("a second run ends with another state")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -69,12 +70,12 @@ func runChurnMode(ctx context.Context, o simOptions, methods []method, env *simE
 			return err
 		}
 		clock := churnClock{ctx: ctx, o: o, env: env, m: m, plan: plan, units: train.Units(task.Model, spec.Flat),
-			flops: train.TrainFLOPs(task.Model) * float64(o.Batch), times: map[int]time.Duration{}}
-		tC, err := clock.total(churned, events)
+			flops: train.TrainFLOPs(task.Model) * float64(o.Batch), times: map[string]time.Duration{}}
+		tC, err := clock.total(churned)
 		if err != nil {
 			return fmt.Errorf("method %s: %w", m.Name, err)
 		}
-		tP, err := clock.total(plain, nil)
+		tP, err := clock.total(plain)
 		if err != nil {
 			return fmt.Errorf("method %s: %w", m.Name, err)
 		}
@@ -92,7 +93,7 @@ func runChurnMode(ctx context.Context, o simOptions, methods []method, env *simE
 }
 
 // churnClock prices an elastic run on the topology: simulated step times
-// per world size, and the cost of each membership change.
+// per member placement, and the cost of each membership change.
 type churnClock struct {
 	ctx   context.Context
 	o     simOptions
@@ -100,19 +101,21 @@ type churnClock struct {
 	m     method
 	plan  train.Plan
 	units []train.Layer
-	flops float64               // one rank's gradient work per step
-	times map[int]time.Duration // per world size: the simulated step
+	flops float64                  // one rank's gradient work per step
+	times map[string]time.Duration // per placement: the simulated step
 }
 
-// step is the simulated time of one step at world size n (train.SizeOnly,
-// gradient compute included).
-func (c *churnClock) step(n int) (time.Duration, error) {
-	if t, ok := c.times[n]; ok {
+// step is the simulated time of one step of the members on nodes placement
+// (rank r on node placement[r]; train.SizeOnly, gradient compute included).
+func (c *churnClock) step(placement []int) (time.Duration, error) {
+	key := fmt.Sprint(placement)
+	if t, ok := c.times[key]; ok {
 		return t, nil
 	}
-	st, err := train.SizeOnly(c.ctx, n, c.units, c.plan, make([]optim.Exchange, len(c.units)), train.SimConfig{
-		Topology:    c.env.topo,
-		Options:     &sim.Options{Calibration: c.env.calib, Seed: c.o.Seed, Recipe: c.m.Compress, Transport: c.env.transport},
+	st, err := train.SizeOnly(c.ctx, len(placement), c.units, c.plan, make([]optim.Exchange, len(c.units)), train.SimConfig{
+		Topology: c.env.topo,
+		Options: &sim.Options{Calibration: c.env.calib, Seed: c.o.Seed, Recipe: c.m.Compress, Transport: c.env.transport,
+			Placement: placement},
 		GradFLOP:    c.flops,
 		FLOPS:       c.o.FLOPS,
 		GradSeconds: c.env.gradSeconds(c.o),
@@ -121,41 +124,80 @@ func (c *churnClock) step(n int) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	c.times[n] = st.StepTime
+	c.times[key] = st.StepTime
 	return st.StepTime, nil
 }
 
-// total is the simulated training time of run: every applied step at its
-// world size, plus for each change the detection of a leave
-// (--churn-detect), the steps rolled back and run again, and for a join the
-// transfer of the state (parameters and optimizer state, 4 bytes per
-// parameter and optimizer value) into the joiner's node at its downlink.
-func (c *churnClock) total(run *train.ChurnResult, events []train.ChurnEvent) (time.Duration, error) {
+// total is the simulated training time of run. Founder i runs on node i; a
+// joiner takes the lowest-numbered node that no member holds (the node of a
+// member that left, or a new one). Every applied step takes the simulated
+// step of its members on their nodes; each change adds the detection of a
+// leave (--churn-detect), the steps rolled back and run again, and for a
+// join the transfer of the replicated state into the joiner's node at its
+// downlink.
+func (c *churnClock) total(run *train.ChurnResult) (time.Duration, error) {
+	node := map[string]int{}
 	var t time.Duration
-	for _, n := range run.Worlds {
-		d, err := c.step(n)
+	var prev []string
+	place := func(members []string) ([]int, error) {
+		held := map[int]bool{}
+		for _, id := range members {
+			if n, ok := node[id]; ok {
+				held[n] = true
+			}
+		}
+		p := make([]int, len(members))
+		for r, id := range members {
+			n, ok := node[id]
+			if !ok {
+				for n = 0; held[n]; n++ {
+				}
+				if n >= len(c.env.topo.Nodes) {
+					return nil, fmt.Errorf("member %s: no free node in the topology's %d", id, len(c.env.topo.Nodes))
+				}
+				node[id], held[n] = n, true
+				if prev != nil { // a joiner: the state comes to its node
+					t += time.Duration(float64(run.StateBytes) / float64(c.env.topo.Nodes[n].Down) * float64(time.Second))
+				}
+			}
+			p[r] = n
+		}
+		return p, nil
+	}
+	for s, members := range run.Members {
+		p, err := place(members)
+		if err != nil {
+			return 0, err
+		}
+		if prev != nil && len(members) < len(prev) || prev != nil && !isPrefixOrSame(prev, members) {
+			t += c.o.ChurnDetect // a member left
+		}
+		d, err := c.step(p)
 		if err != nil {
 			return 0, err
 		}
 		t += d
+		prev = run.Members[s]
 	}
-	stateBytes := int64(run.StateBytes)
 	for _, ch := range run.Changes {
-		before := ch.World + len(ch.Left) - len(ch.Joined)
-		if len(ch.Left) > 0 {
-			t += c.o.ChurnDetect
-		}
 		if ch.Discarded > 0 {
-			d, err := c.step(max(before, 1))
+			// Rework: the steps rolled back, at the new epoch's cost.
+			p, err := place(run.Members[min(int(ch.Restart), len(run.Members)-1)])
+			if err != nil {
+				return 0, err
+			}
+			d, err := c.step(p)
 			if err != nil {
 				return 0, err
 			}
 			t += time.Duration(ch.Discarded) * d
 		}
-		for range ch.Joined {
-			node := c.env.topo.Nodes[min(ch.World-1, len(c.env.topo.Nodes)-1)]
-			t += time.Duration(float64(stateBytes) / float64(node.Down) * float64(time.Second))
-		}
 	}
 	return t, nil
+}
+
+// isPrefixOrSame reports whether cur keeps every member of prev (the same
+// epoch, or joiners appended): no member left.
+func isPrefixOrSame(prev, cur []string) bool {
+	return len(cur) >= len(prev) && slices.Equal(prev, cur[:len(prev)])
 }

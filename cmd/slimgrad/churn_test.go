@@ -27,6 +27,11 @@ func TestSimChurn(t *testing.T) {
 		if !re.MatchString(out) {
 			t.Errorf("no row for %s with 2 changes, 3 finishers, identical:\n%s", m, out)
 		}
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] == m && strings.HasPrefix(f[len(f)-1], "-") {
+				t.Errorf("%s: the churn cost %s is negative (the survivors stay on their nodes)", m, f[len(f)-1])
+			}
+		}
 	}
 	if !strings.Contains(out, "skipped method dgc:") {
 		t.Errorf("dgc (warm-up) not listed as skipped:\n%s", out)
