@@ -178,7 +178,7 @@ func RunChurn(ctx context.Context, cfg ChurnConfig) (*ChurnResult, error) {
 		worlds  = make([]int, cfg.Steps)
 		epochOf = make([][]string, cfg.Steps)
 		cur     []string // view as of the last step applied (shared by its steps)
-		next    int // the next event
+		next    int      // the next event
 		joined  int
 		hookErr error
 		wg      sync.WaitGroup
