@@ -773,7 +773,12 @@ func (o validateOptions) runJob(ctx context.Context, b *testBed, j valJob, dir s
 			"--transport", o.Transport, "--relay", "off", "--reachability", "public",
 			"--algorithm", j.algorithm, "--compress", j.method.Compress, "--ef", j.method.EF, "--optim", j.method.Optim,
 			"--workload", j.workload, "--data", o.Data, "--steps", strconv.Itoa(j.steps), "--batch", strconv.Itoa(o.Batch),
-			"--eval-every", "0", "--seed", strconv.FormatUint(o.Seed, 10), "--timeout", "2m", "--out", outs[i]}
+			"--eval-every", "0", "--seed", strconv.FormatUint(o.Seed, 10), "--out", outs[i],
+			// A measurement, not a production job: behind a slow lossy
+			// link a peer's heartbeats may wait in a congested TCP
+			// connection for tens of seconds (seen once at 2.5 Mbit/s);
+			// the case's own timeout bounds the job.
+			"--timeout", "2m", "--peer-timeout", "2m"}
 		if o.Transport == "nats" {
 			args = append(args, "--rank", strconv.Itoa(i))
 		}
