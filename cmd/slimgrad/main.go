@@ -39,6 +39,7 @@ func commands() []command {
 		{"worker", "one process of a multi-process training job (started by launch, or by hand)", runWorkerCommand},
 		{"server", "a job's meeting point on a reachable host: NATS server and libp2p relay for workers on other machines", runServerCommand},
 		{"bench", "measure codecs, kernels, transports and the simulator; write the simulator's calibration", runBenchCommand},
+		{"validate", "check the simulator against real shaped links: real workers in network namespaces vs sim (root)", runValidateCommand},
 	}
 }
 

@@ -1,0 +1,1073 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/csv"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+	"github.com/slimgrad/slimgrad/internal/kernels"
+	"github.com/slimgrad/slimgrad/optim"
+	"github.com/slimgrad/slimgrad/sim"
+	"github.com/slimgrad/slimgrad/testbed"
+	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/workload"
+)
+
+// validateOptions are the flags of `slimgrad validate`.
+type validateOptions struct {
+	Cases       string // comma-separated names or globs; "" all (or the quick ones)
+	Quick       bool
+	List        bool
+	Steps, Skip int
+	Batch       int
+	Seed        uint64
+	Workload    string
+	Data        string
+	Transport   string
+	Calibration string
+	Grad        string // data or calibration
+	MsgCost     string // probe or calibration
+	ProbeSteps  int
+	BenchTime   time.Duration
+	Cores       int
+	Goodput     float64
+	Latency     time.Duration
+	Out         string
+	CaseTimeout time.Duration
+}
+
+func defaultValidateOptions() validateOptions {
+	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", MsgCost: "probe", ProbeSteps: 60,
+		BenchTime: 300 * time.Millisecond, Cores: runtime.NumCPU(), Goodput: tcpGoodput, Latency: 30 * time.Microsecond,
+		CaseTimeout: 15 * time.Minute}
+}
+
+// tcpGoodput is the share of a shaped link's rate that carries a TCP
+// stream's payload: a full Ethernet frame of 1514 bytes (what tc's token
+// bucket counts: 14 bytes of Ethernet, 20 of IPv4, 32 of TCP with
+// timestamps) carries a 1448-byte segment. The simulator's links carry
+// message bytes, so the topology that validate writes gives each link this
+// share of its shaped rate.
+const tcpGoodput = 1448.0 / 1514.0
+
+// valCase is one validation case: hosts with shaped links, a dense
+// all-reduce algorithm and a method.
+type valCase struct {
+	Name      string
+	Rates     []int64 // per host: egress and ingress rate, bits/s
+	Algorithm string  // ring or tree
+	Method    string  // dense, topk, sign or powersgd
+	Quick     bool    // in the --quick subset
+}
+
+// valMethods are the methods of the cases: a compressor, error feedback
+// and optimizer recipe each, passed the same to the workers (--compress,
+// --ef, --optim) and to the simulator.
+var valMethods = map[string]method{
+	"dense":    {Name: "dense", Compress: "none", EF: "none", Optim: "momentum:lr=0.1,m=0.9"},
+	"topk":     {Name: "topk", Compress: "topk:0.001", EF: "ef14", Optim: "momentum:lr=0.1,m=0.9"},
+	"sign":     {Name: "sign", Compress: "sign", EF: "none", Optim: "momentum:lr=0.1,m=0.9"}, // keeps its own worker and server error
+	"powersgd": {Name: "powersgd", Compress: "powersgd:4", EF: "ef14", Optim: "momentum:lr=0.1,m=0.9"},
+}
+
+// validationCases are the cases of issue #18: homogeneous links, one slow
+// host (a quarter of the others' rate) and mixed rates (R/4, R/2, R in
+// turn); 4 and 8 hosts; ring and tree; dense, top-k with EF, sign
+// (two-phase) and PowerSGD; at 10 Mbit/s, where the network takes most of
+// a dense step, and at 200 Mbit/s, where the CPU does.
+func validationCases() []valCase {
+	type spec struct {
+		method, alg string
+		n           int
+		profile     string // hom, slow, mix
+		rate        int64
+		quick       bool
+	}
+	const net, cpu = 10_000_000, 200_000_000
+	specs := []spec{
+		{"dense", "ring", 4, "hom", net, true},
+		{"dense", "tree", 4, "hom", net, true},
+		{"dense", "ring", 8, "hom", net, false},
+		{"dense", "tree", 8, "hom", net, false},
+		{"dense", "ring", 4, "slow", net, false},
+		{"dense", "tree", 4, "slow", net, false},
+		{"dense", "ring", 8, "mix", net, false},
+		{"topk", "ring", 4, "hom", net, false},
+		{"topk", "ring", 8, "mix", net, false},
+		{"sign", "ring", 4, "hom", net, true},
+		{"sign", "ring", 8, "hom", net, false},
+		{"sign", "ring", 4, "slow", net, false},
+		{"powersgd", "ring", 4, "hom", net, false},
+		{"powersgd", "tree", 8, "hom", net, false},
+		{"powersgd", "ring", 8, "mix", net, false},
+		{"dense", "ring", 4, "hom", cpu, true},
+		{"dense", "tree", 4, "hom", cpu, false},
+		{"dense", "ring", 8, "hom", cpu, false},
+		{"dense", "ring", 8, "mix", cpu, false},
+		{"dense", "tree", 8, "mix", cpu, false},
+		{"topk", "ring", 4, "hom", cpu, true},
+		{"topk", "ring", 8, "hom", cpu, false},
+		{"sign", "ring", 4, "hom", cpu, false},
+		{"sign", "ring", 8, "mix", cpu, false},
+		{"powersgd", "ring", 4, "hom", cpu, false},
+		{"powersgd", "ring", 8, "hom", cpu, false},
+	}
+	var out []valCase
+	for _, s := range specs {
+		rates := make([]int64, s.n)
+		for i := range rates {
+			switch s.profile {
+			case "hom":
+				rates[i] = s.rate
+			case "slow":
+				rates[i] = s.rate
+				if i == s.n-1 {
+					rates[i] = s.rate / 4
+				}
+			case "mix":
+				rates[i] = [3]int64{s.rate / 4, s.rate / 2, s.rate}[i%3]
+			}
+		}
+		out = append(out, valCase{Name: fmt.Sprintf("%s-%s-%d%s-%s", s.method, s.alg, s.n, s.profile, rateLabel(s.rate)),
+			Rates: rates, Algorithm: s.alg, Method: s.method, Quick: s.quick})
+	}
+	return out
+}
+
+// rateLabel is a rate in bits/s as "10M", "2.5M" or "200M".
+func rateLabel(r int64) string {
+	return strconv.FormatFloat(float64(r)/1e6, 'g', -1, 64) + "M"
+}
+
+// selectCases returns the cases that o selects: those matching any of the
+// comma-separated --cases patterns (exact names or path.Match globs), else
+// the quick subset with --quick, else all.
+func (o validateOptions) selectCases() ([]valCase, error) {
+	all := validationCases()
+	if o.Cases == "" {
+		if !o.Quick {
+			return all, nil
+		}
+		var out []valCase
+		for _, c := range all {
+			if c.Quick {
+				out = append(out, c)
+			}
+		}
+		return out, nil
+	}
+	var out []valCase
+	for _, p := range strings.Split(o.Cases, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("--cases: bad pattern %q: %w", p, err)
+		}
+		n := 0
+		for _, c := range all {
+			if ok, _ := path.Match(p, c.Name); ok && !slices.ContainsFunc(out, func(d valCase) bool { return d.Name == c.Name }) {
+				out = append(out, c)
+				n++
+			} else if ok {
+				n++
+			}
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("--cases: %q matches no case (see slimgrad validate --list)", p)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--cases selects no case")
+	}
+	return out, nil
+}
+
+func (o validateOptions) validate() error {
+	for _, f := range []struct {
+		flag   string
+		v, min int
+	}{{"steps", o.Steps, 3}, {"skip", o.Skip, 0}, {"batch", o.Batch, 1}, {"cores", o.Cores, 1}, {"probe-steps", o.ProbeSteps, 3}} {
+		if f.v < f.min {
+			return fmt.Errorf("--%s %d: want at least %d", f.flag, f.v, f.min)
+		}
+	}
+	if o.Skip > o.Steps-2 || o.Skip > o.ProbeSteps-2 {
+		return fmt.Errorf("--skip %d: leaves no step to measure of --steps %d or --probe-steps %d (the last one, with the final evaluation, is not measured either)", o.Skip, o.Steps, o.ProbeSteps)
+	}
+	if o.Transport != "libp2p" && o.Transport != "nats" {
+		return fmt.Errorf("--transport %q: want libp2p or nats", o.Transport)
+	}
+	if o.Grad != "data" && o.Grad != "calibration" {
+		return fmt.Errorf("--grad %q: want data or calibration", o.Grad)
+	}
+	if o.MsgCost != "probe" && o.MsgCost != "calibration" {
+		return fmt.Errorf("--message-cost %q: want probe or calibration", o.MsgCost)
+	}
+	if !(o.Goodput > 0 && o.Goodput <= 1) {
+		return fmt.Errorf("--goodput %g: want a share in (0, 1]", o.Goodput)
+	}
+	if o.Latency < 0 {
+		return fmt.Errorf("--latency %v: want a non-negative duration", o.Latency)
+	}
+	if o.BenchTime <= 0 || o.CaseTimeout <= 0 {
+		return errors.New("--bench-time and --case-timeout must be positive")
+	}
+	if _, err := train.NewModel(o.Workload, 1); err != nil {
+		return fmt.Errorf("--workload: %w", err)
+	}
+	_, err := o.selectCases()
+	return err
+}
+
+func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o := defaultValidateOptions()
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.Cases, "cases", o.Cases, "comma-separated case names or globs, e.g. 'dense-*-10M,sign-ring-4hom-10M' (default: all; see --list)")
+	fs.BoolVar(&o.Quick, "quick", o.Quick, "run the quick subset (4-host dense ring and tree, sign and top-k) unless --cases is given")
+	fs.BoolVar(&o.List, "list", o.List, "list the cases and exit")
+	fs.IntVar(&o.Steps, "steps", o.Steps, "training steps per case, real and simulated")
+	fs.IntVar(&o.Skip, "skip", o.Skip, "warm-up steps left out of the per-step figures (the last step, with the final evaluation, is left out too)")
+	fs.IntVar(&o.Batch, "batch", o.Batch, "mini-batch size per worker")
+	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the model, shards, samplers and codecs")
+	fs.StringVar(&o.Workload, "workload", o.Workload, "workload: "+strings.Join(train.Workloads, ", "))
+	fs.StringVar(&o.Data, "data", o.Data, "directory with the MNIST *-ubyte.gz files (default: the GoMNIST module in the Go module cache)")
+	fs.StringVar(&o.Transport, "transport", o.Transport, "transport of the real workers, whose per-message cost the simulator charges: libp2p (direct TCP links between the hosts, as the simulator's network) or nats (every message through the server host)")
+	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file of slimgrad bench (default: run bench on this machine first, into --out)")
+	fs.StringVar(&o.Grad, "grad", o.Grad, "a simulated step's compute outside the collectives: data (measured here in one goroutine on the workload's training data: gradient, the optimizer's prepare and update, the workers' finite check) or calibration (the file's gradient time, which bench measures on random inputs of the workload's shape)")
+	fs.StringVar(&o.MsgCost, "message-cost", o.MsgCost, "the simulated per-message cost: probe (fitted before each case to a latency-bound job on the case's bed: the logistic workload's dense ring, --probe-steps steps) or calibration (bench's, measured between two ranks in one process)")
+	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
+	fs.DurationVar(&o.BenchTime, "bench-time", o.BenchTime, "minimum measuring time per measurement of bench and of the local compute")
+	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): a case of N hosts gives every simulated node speed min(1, cores/N)")
+	fs.Float64Var(&o.Goodput, "goodput", o.Goodput, "share of a shaped link's rate left for message bytes (default: TCP/IPv4 with timestamps over Ethernet, 1448/1514)")
+	fs.DurationVar(&o.Latency, "latency", o.Latency, "one-way latency between two hosts in the simulated topology (the bed's veth and bridge)")
+	fs.StringVar(&o.Out, "out", o.Out, "directory for the cases' topologies, the workers' steps.csv, the calibration and validate.csv (default: a temporary directory, removed)")
+	fs.DurationVar(&o.CaseTimeout, "case-timeout", o.CaseTimeout, "time limit of one case's real jobs")
+	setUsage(fs, stdout, "Usage: slimgrad validate [--quick | --cases LIST] [flags]\n\n"+
+		"Checks the simulator against real links (needs root: it builds network namespaces\n"+
+		"with tc-shaped links, see package testbed). For each case it runs one `slimgrad worker`\n"+
+		"process per host over --transport, takes rank 0's per-step wall time, simulates the\n"+
+		"same job (a topology written from the hosts' rates, the calibration of this machine)\n"+
+		"and prints case | simulated | real median | real mean | ratio, and the geometric mean\n"+
+		"of |ratio-1|.\n\nFlags:\n")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "slimgrad validate: unexpected arguments %q\n", fs.Args())
+		return errUsage
+	}
+	if err := o.validate(); err != nil {
+		return err
+	}
+	if o.List {
+		cases, _ := o.selectCases()
+		for _, c := range cases {
+			q := ""
+			if c.Quick {
+				q = "  (quick)"
+			}
+			fmt.Fprintf(stdout, "%-26s %d hosts at %s Mbit/s, %s, %s%s\n", c.Name, len(c.Rates), ratesList(c.Rates), c.Algorithm, c.Method, q)
+		}
+		return nil
+	}
+	_, err := runValidate(ctx, o, stdout, stderr)
+	return err
+}
+
+// ratesList is "10,10,10,2.5": the hosts' rates in Mbit/s.
+func ratesList(rates []int64) string {
+	s := make([]string, len(rates))
+	for i, r := range rates {
+		s[i] = strings.TrimSuffix(rateLabel(r), "M")
+	}
+	return strings.Join(s, ",")
+}
+
+// caseResult is what one case measured and simulated. Durations are per
+// step: medians unless named otherwise, over the steps after --skip but for
+// the last.
+type caseResult struct {
+	Case valCase
+	// Sim is the simulated step time (local compute and exchange),
+	// SimLocal its local compute (gradient and, with --grad data, the
+	// optimizer and finite check), SimComm the share of the step that is
+	// neither that nor codec or reduction compute.
+	Sim, SimLocal time.Duration
+	SimComm       float64
+	// Speed is the simulated nodes' compute speed, MsgCost the simulated
+	// software cost per message (fitted by the probe, or bench's).
+	Speed   float64
+	MsgCost time.Duration
+	// RealMedian and RealMean are rank 0's wall time per step; RealGrad is
+	// its gradient compute (with the optimizer's preparation) per step.
+	RealMedian, RealMean, RealGrad time.Duration
+	Steps                          int     // steps measured
+	Load                           float64 // one-minute load average when the real job ended
+	Err                            error
+}
+
+// Ratio is the simulated over the real median step time.
+func (r caseResult) Ratio() float64 { return r.Sim.Seconds() / r.RealMedian.Seconds() }
+
+// valEnv is what every case of a run uses.
+type valEnv struct {
+	dir, exe string
+	calib    *sim.Calibration
+	task     train.Task
+	// local is the local compute per step of one worker at speed 1 (the
+	// simulated GradSeconds) of the workload, probeLocal the probe's.
+	local, probeLocal float64
+	probe             train.Task // the probe's workload (logistic)
+}
+
+// The probe of --message-cost probe: a job whose step is a chain of small
+// messages, so that its real step time, against the simulated one, gives
+// the software cost per message as the workers see it (separate processes
+// sharing cores), which bench measures between two ranks of one process.
+const (
+	probeWorkload = "logistic"
+	probeMethod   = "dense"
+	probeAlg      = "ring"
+)
+
+// runValidate runs the selected cases and prints the table; it returns the
+// results of the cases it ran (also those that failed, with Err set) and an
+// error when it could not start or some case failed.
+func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Writer) ([]caseResult, error) {
+	if err := testbed.Supported(); err != nil {
+		return nil, fmt.Errorf("validate runs real workers in network namespaces: %w (run it as root on Linux with ip and tc)", err)
+	}
+	cases, err := o.selectCases()
+	if err != nil {
+		return nil, err
+	}
+	env := &valEnv{}
+	if env.exe, err = os.Executable(); err != nil {
+		return nil, err
+	}
+	env.dir = o.Out
+	if env.dir == "" {
+		if env.dir, err = os.MkdirTemp("", "slimgrad-validate-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(env.dir)
+	} else if err := os.MkdirAll(env.dir, 0o755); err != nil {
+		return nil, err
+	}
+	calib, calPath, err := o.calibration(ctx, env.dir, cases, stderr)
+	if err != nil {
+		return nil, err
+	}
+	mc, ok := calib.Messages[o.Transport]
+	if !ok {
+		return nil, fmt.Errorf("calibration %s has no message cost of transport %q (run slimgrad bench --transports %s)", calPath, o.Transport, o.Transport)
+	}
+	env.calib = calib
+	for _, r := range valCodecs(cases) {
+		if _, ok := calib.Throughput["encode/"+r]; !ok && r != "none" {
+			fmt.Fprintf(stderr, "slimgrad validate: warning: calibration %s has no throughputs of codec %s: the simulator uses its generic ones (run slimgrad bench --codecs %s)\n", calPath, r, r)
+		}
+	}
+	if env.task, err = train.LoadTask(o.Workload, o.Data, o.Seed); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(stdout, "slimgrad validate: %d cases, %s, %d steps (%d measured), batch %d, %s transport, %d cores shared\n",
+		len(cases), o.Workload, o.Steps, o.Steps-o.Skip-1, o.Batch, o.Transport, o.Cores)
+	fmt.Fprintf(stdout, "calibration %s: %s message cost %s + %.2f ns/byte (between two ranks of one process)\n", calPath,
+		o.Transport, fmtDuration(seconds(mc.Overhead)), mc.PerByte*1e9)
+	env.local = calib.Grad[o.Workload] * float64(o.Batch)
+	if o.Grad == "data" {
+		l, err := o.measureLocal(ctx, env.task, valMethods["dense"].Optim)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(stdout, "local compute of a worker on %s's training data, alone: gradient %s, with the optimizer and finite check %s per step of %d (bench's gradient, on random inputs: %s)\n",
+			o.Workload, fmtDuration(seconds(l.grad)), fmtDuration(seconds(l.step)), o.Batch, fmtDuration(seconds(env.local)))
+		env.local = l.step
+	}
+	if !(env.local > 0) {
+		return nil, fmt.Errorf("calibration %s has no gradient time of workload %q (run slimgrad bench --workloads %s, or use --grad data)", calPath, o.Workload, o.Workload)
+	}
+	if o.MsgCost == "probe" {
+		if env.probe, err = train.LoadTask(probeWorkload, "", o.Seed); err != nil {
+			return nil, err
+		}
+		l, err := o.measureLocal(ctx, env.probe, valMethods[probeMethod].Optim)
+		if err != nil {
+			return nil, err
+		}
+		env.probeLocal = l.step
+	}
+	fmt.Fprintf(stdout, "simulated: local compute %s per step at speed 1 (--grad %s), node speed min(1, %d/N), message cost %s\n\n",
+		fmtDuration(seconds(env.local)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost])
+	var results []caseResult
+	var failed int
+	for _, c := range cases {
+		if ctx.Err() != nil {
+			break
+		}
+		r := o.runCase(ctx, env, c)
+		if r.Err != nil {
+			failed++
+			fmt.Fprintf(stdout, "%-26s failed: %s\n", c.Name, oneLine(r.Err))
+		} else {
+			fmt.Fprintf(stdout, "%-26s simulated %-9s real median %-9s mean %-9s ratio %.3f (message cost %s, load %.1f)\n", c.Name,
+				fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(), fmtDuration(r.MsgCost), r.Load)
+		}
+		results = append(results, r)
+	}
+	fmt.Fprintln(stdout)
+	writeValidationTable(stdout, results)
+	if o.Out != "" {
+		p := filepath.Join(o.Out, "validate.csv")
+		if err := writeFile(p, func(w io.Writer) error { return writeValidationCSV(w, results) }); err != nil {
+			return results, err
+		}
+		fmt.Fprintf(stdout, "\nwrote %s\n", p)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return results, fmt.Errorf("interrupted after %d of %d cases: %w", len(results), len(cases), context.Cause(ctx))
+	case failed > 0:
+		return results, fmt.Errorf("%d of %d cases failed", failed, len(cases))
+	}
+	return results, nil
+}
+
+// calibration loads --calibration, or runs slimgrad bench on what the
+// cases need (their codecs, the transport, the workload) into dir.
+func (o validateOptions) calibration(ctx context.Context, dir string, cases []valCase, stderr io.Writer) (*sim.Calibration, string, error) {
+	p := o.Calibration
+	if p == "" {
+		p = filepath.Join(dir, "calibration.json")
+		args := []string{"--codecs", strings.Join(valCodecs(cases), ","), "--transports", o.Transport, "--workloads", o.Workload,
+			"--grad-batch", strconv.Itoa(o.Batch), "--time", o.BenchTime.String(), "--sim-ranks", "0",
+			"--world", "2", "--size", strconv.Itoa(1 << 20), "--out", filepath.Join(dir, "bench"), "--calibration", p}
+		var out bytes.Buffer
+		if err := runBenchCommand(ctx, args, &out, stderr); err != nil {
+			return nil, "", fmt.Errorf("calibrating (slimgrad bench %s): %w", strings.Join(args, " "), err)
+		}
+	}
+	c, err := sim.LoadCalibration(p)
+	if err != nil {
+		return nil, "", flagError("calibration", err)
+	}
+	return c, p, nil
+}
+
+// valCodecs are the codec recipes of the cases' methods.
+func valCodecs(cases []valCase) []string {
+	var codecs []string
+	for _, c := range cases {
+		if r := valMethods[c.Method].Compress; !slices.Contains(codecs, r) {
+			codecs = append(codecs, r)
+		}
+	}
+	return codecs
+}
+
+// localCost is a worker's compute per step outside its collectives, in
+// seconds: the gradient (forward and backward) and the whole local step.
+type localCost struct{ grad, step float64 }
+
+// measureLocal measures for at least --bench-time, in one goroutine, what a
+// worker with the optimizer recipe optimRecipe does per step outside its
+// collectives: the gradient of a batch of task's training data (drawn as a
+// worker draws it), its optimizers' Prepare, the finite check of what it
+// would send, and the optimizers' Step; it returns the medians. Unlike
+// bench's gradient figure (random inputs of the workload's shape) this sees
+// the data's zeros, which the MLP's backward pass skips: about 80% of
+// MNIST's pixels.
+func (o validateOptions) measureLocal(ctx context.Context, task train.Task, optimRecipe string) (localCost, error) {
+	spec, err := parseOptim(optimRecipe, o.Steps)
+	if err != nil {
+		return localCost{}, err
+	}
+	shards, err := workload.Shard(task.Train, 1, workload.IID, o.Seed)
+	if err != nil {
+		return localCost{}, err
+	}
+	model := task.Model.Clone()
+	ws := model.NewWorkspace(o.Batch)
+	sampler := workload.NewSampler(shards[0], o.Seed, 0)
+	params, gs := unitVectors(model, ws, spec.Flat)
+	opts := make([]optim.Optimizer, len(params))
+	for u := range params {
+		if opts[u], err = spec.New(len(params[u])); err != nil {
+			return localCost{}, err
+		}
+	}
+	var grads, steps []float64
+	for start := time.Now(); len(steps) < 5 || time.Since(start) < o.BenchTime; {
+		if err := ctx.Err(); err != nil {
+			return localCost{}, err
+		}
+		t0 := time.Now()
+		if _, err := ws.Gradient(task.Train, sampler.Next(o.Batch)); err != nil {
+			return localCost{}, err
+		}
+		tg := time.Since(t0)
+		for u := range params {
+			send, _, err := opts[u].Prepare(gs[u])
+			if err == nil && !kernels.AllFinite(send) {
+				err = fmt.Errorf("non-finite gradient of unit %d", u)
+			}
+			if err == nil {
+				err = opts[u].Step(params[u], send)
+			}
+			if err != nil {
+				return localCost{}, fmt.Errorf("measuring the local compute: %w", err)
+			}
+		}
+		grads = append(grads, tg.Seconds())
+		steps = append(steps, time.Since(t0).Seconds())
+	}
+	return localCost{grad: median(grads), step: median(steps)}, nil
+}
+
+// unitVectors returns the parameters and the workspace's gradients of m as
+// the vectors of train.Units(m, flat): one per parameter tensor, or the
+// whole model as one.
+func unitVectors(m workload.Model, ws workload.Workspace, flat bool) (params, grads [][]float32) {
+	if flat {
+		return [][]float32{m.Flat()}, [][]float32{ws.FlatGrads()}
+	}
+	for _, p := range m.Params() {
+		params = append(params, p.Data)
+	}
+	return params, ws.Grads()
+}
+
+// valJob is one job of a case, real and simulated.
+type valJob struct {
+	name      string // for the job ID and its directory
+	workload  string
+	task      train.Task
+	method    method
+	algorithm string
+	steps     int
+	local     float64 // simulated local compute per step at speed 1
+}
+
+// measured reports whether a step of j counts in the per-step figures:
+// after the warm-up, not the last (which runs the final evaluation), not
+// evaluated.
+func (o validateOptions) measured(j valJob, step int, evaluated bool) bool {
+	return step >= o.Skip && step < j.steps-1 && !evaluated
+}
+
+// runCase runs c: it builds the case's bed, runs the probe (--message-cost
+// probe) and the case's job on it, and simulates both on the topology of
+// the hosts as each job placed its ranks.
+func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) caseResult {
+	res := caseResult{Case: c, Speed: min(1, float64(o.Cores)/float64(len(c.Rates))), MsgCost: seconds(env.calib.Messages[o.Transport].Overhead)}
+	dir := filepath.Join(env.dir, c.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		res.Err = err
+		return res
+	}
+	rctx, cancel := context.WithTimeout(ctx, o.CaseTimeout)
+	defer cancel()
+	bed, err := o.newBed(rctx, c, env.exe)
+	if err != nil {
+		res.Err = fmt.Errorf("test bed: %w", err)
+		return res
+	}
+	defer bed.close()
+	calib := env.calib
+	if o.MsgCost == "probe" {
+		j := valJob{name: "probe", workload: probeWorkload, task: env.probe, method: valMethods[probeMethod], algorithm: probeAlg,
+			steps: o.ProbeSteps, local: env.probeLocal}
+		real, err := o.runJob(rctx, bed, j, filepath.Join(dir, j.name))
+		if err != nil {
+			res.Err = fmt.Errorf("probe job: %w", err)
+			return res
+		}
+		if calib, err = o.fitMessageCost(ctx, c, j, real, env.calib, filepath.Join(dir, j.name)); err != nil {
+			res.Err = fmt.Errorf("probe: %w", err)
+			return res
+		}
+		res.MsgCost = seconds(calib.Messages[o.Transport].Overhead)
+	}
+	j := valJob{name: "job", workload: o.Workload, task: env.task, method: valMethods[c.Method], algorithm: c.Algorithm, steps: o.Steps, local: env.local}
+	real, err := o.runJob(rctx, bed, j, filepath.Join(dir, j.name))
+	res.Load = loadAverage()
+	bed.close()
+	if err != nil {
+		res.Err = fmt.Errorf("real job: %w", err)
+		return res
+	}
+	res.Steps = len(real.wall)
+	res.RealMedian, res.RealMean, res.RealGrad = seconds(median(real.wall)), seconds(mean(real.wall)), seconds(median(real.compute))
+	recs, err := o.simulate(ctx, c, j, real.hostOf, calib, filepath.Join(dir, j.name))
+	if err != nil {
+		res.Err = fmt.Errorf("simulation: %w", err)
+		return res
+	}
+	var st, lo, comm []float64
+	for _, r := range recs {
+		if o.measured(j, r.Step, r.Evaluated) {
+			st = append(st, r.StepTime.Seconds())
+			lo = append(lo, r.GradTime.Seconds())
+			comm = append(comm, r.CommTime.Seconds()/r.StepTime.Seconds())
+		}
+	}
+	if len(st) == 0 {
+		res.Err = errors.New("simulation: no step to measure")
+		return res
+	}
+	res.Sim, res.SimLocal, res.SimComm = seconds(median(st)), seconds(median(lo)), median(comm)
+	if r := res.Ratio(); math.IsNaN(r) || math.IsInf(r, 0) || r <= 0 {
+		res.Err = fmt.Errorf("ratio %v of simulated %v to real %v", r, res.Sim, res.RealMedian)
+	}
+	return res
+}
+
+// fitMessageCost returns calib with the transport's per-message overhead
+// set so that the simulated probe job j (on the topology of its real run)
+// takes the median step time that it took for real. The simulated step of
+// a chain of small messages is about linear in that overhead: a first
+// simulation at 0 and 1 ms gives the line, a third checks it, and one more
+// secant step corrects a bend (a new critical path). The per-byte cost is
+// bench's.
+func (o validateOptions) fitMessageCost(ctx context.Context, c valCase, j valJob, real *realRun, calib *sim.Calibration, dir string) (*sim.Calibration, error) {
+	target := median(real.wall)
+	at := func(ov float64) (*sim.Calibration, float64, error) {
+		cal := *calib
+		cal.Messages = maps.Clone(calib.Messages)
+		mc := cal.Messages[o.Transport]
+		mc.Overhead = ov
+		cal.Messages[o.Transport] = mc
+		recs, err := o.simulate(ctx, c, j, real.hostOf, &cal, dir)
+		if err != nil {
+			return nil, 0, err
+		}
+		var st []float64
+		for _, r := range recs {
+			if o.measured(j, r.Step, r.Evaluated) {
+				st = append(st, r.StepTime.Seconds())
+			}
+		}
+		return &cal, median(st), nil
+	}
+	_, s0, err := at(0)
+	if err != nil {
+		return nil, err
+	}
+	const probe = 1e-3
+	_, s1, err := at(probe)
+	if err != nil {
+		return nil, err
+	}
+	if !(s1 > s0) {
+		return nil, fmt.Errorf("the simulated probe does not depend on the message cost (%v at 0, %v at 1 ms)", s0, s1)
+	}
+	x0, y0, x1, y1 := 0.0, s0, probe, s1
+	ov := max(0, (target-s0)/(s1-s0)*probe)
+	var cal *sim.Calibration
+	for range 2 {
+		var s float64
+		if cal, s, err = at(ov); err != nil {
+			return nil, err
+		}
+		if math.Abs(s-target) <= 0.01*target || ov == 0 {
+			break
+		}
+		x0, y0, x1, y1 = x1, y1, ov, s
+		if y1 == y0 {
+			break
+		}
+		ov = max(0, x1+(target-y1)*(x1-x0)/(y1-y0))
+	}
+	return cal, nil
+}
+
+// testBed is a case's bed: a server host, unshaped, for the NATS server
+// that the workers meet at, and one shaped host per worker.
+type testBed struct {
+	bed   *testbed.Bed
+	hosts []*testbed.Host
+	url   string
+	exe   string
+	stop  func()
+}
+
+func (o validateOptions) newBed(ctx context.Context, c valCase, exe string) (*testBed, error) {
+	bed, err := testbed.New(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b := &testBed{bed: bed, exe: exe, stop: func() {}}
+	srv, err := bed.AddHost(ctx, "srv", testbed.Link{})
+	if err != nil {
+		b.close()
+		return nil, err
+	}
+	for i, r := range c.Rates {
+		h, err := bed.AddHost(ctx, fmt.Sprintf("h%d", i), testbed.Link{Egress: r, Ingress: r})
+		if err != nil {
+			b.close()
+			return nil, err
+		}
+		b.hosts = append(b.hosts, h)
+	}
+	if b.url, b.stop, err = startBedServer(ctx, srv, exe); err != nil {
+		b.close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// close stops the server and removes the bed; it may be called again.
+func (b *testBed) close() {
+	b.stop()
+	b.stop = func() {}
+	b.bed.Close()
+}
+
+// realRun is what a real job measured.
+type realRun struct {
+	wall, compute []float64 // rank 0's, per measured step, seconds
+	hostOf        []int     // rank -> host index
+}
+
+var (
+	valWireRE  = regexp.MustCompile(`(?m)^rank (\d+) wire: `)
+	natsURLRE  = regexp.MustCompile(`NATS URL:\s+(\S+)`)
+	valJobIDRE = regexp.MustCompile(`[^A-Za-z0-9_-]`)
+)
+
+// runJob runs j with one `slimgrad worker` per host of b and reads rank
+// 0's steps.csv (the workers write into dir/HOST).
+func (o validateOptions) runJob(ctx context.Context, b *testBed, j valJob, dir string) (*realRun, error) {
+	n := len(b.hosts)
+	id := valJobIDRE.ReplaceAllString(fmt.Sprintf("validate-%s-%d", j.name, time.Now().UnixNano()), "_")
+	outs := make([]string, n)
+	errs := make([]error, n)
+	ranks := make([]int, n)
+	var wg sync.WaitGroup
+	for i, h := range b.hosts {
+		outs[i] = filepath.Join(dir, h.Name)
+		args := []string{"worker", "--nats", b.url, "--job", id, "--world", strconv.Itoa(n),
+			"--transport", o.Transport, "--relay", "off", "--reachability", "public",
+			"--algorithm", j.algorithm, "--compress", j.method.Compress, "--ef", j.method.EF, "--optim", j.method.Optim,
+			"--workload", j.workload, "--data", o.Data, "--steps", strconv.Itoa(j.steps), "--batch", strconv.Itoa(o.Batch),
+			"--eval-every", "0", "--seed", strconv.FormatUint(o.Seed, 10), "--out", outs[i],
+			// A measurement, not a production job: behind a slow lossy
+			// link a peer's heartbeats may wait in a congested TCP
+			// connection for tens of seconds (seen once at 2.5 Mbit/s);
+			// the case's own timeout bounds the job.
+			"--timeout", "2m", "--peer-timeout", "2m"}
+		if o.Transport == "nats" {
+			args = append(args, "--rank", strconv.Itoa(i))
+		}
+		cmd := h.Command(ctx, b.exe, args...)
+		cmd.Env = os.Environ()
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		wg.Go(func() {
+			if err := cmd.Run(); err != nil {
+				errs[i] = fmt.Errorf("worker on %s: %v: %s", h.Name, err, lastLines(stderr.String(), 3))
+				return
+			}
+			w := valWireRE.FindStringSubmatch(stdout.String())
+			if w == nil {
+				errs[i] = fmt.Errorf("worker on %s printed no rank: %s", h.Name, lastLines(stdout.String(), 3))
+				return
+			}
+			ranks[i], _ = strconv.Atoi(w[1])
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	run := &realRun{hostOf: make([]int, n)}
+	seen := make([]bool, n)
+	for i, r := range ranks {
+		if r < 0 || r >= n || seen[r] {
+			return nil, fmt.Errorf("workers reported ranks %v", ranks)
+		}
+		seen[r] = true
+		run.hostOf[r] = i
+	}
+	f, err := os.Open(filepath.Join(outs[run.hostOf[0]], "steps.csv"))
+	if err != nil {
+		return nil, fmt.Errorf("rank 0's records: %w", err)
+	}
+	defer f.Close()
+	if run.wall, run.compute, err = o.readSteps(j, f); err != nil {
+		return nil, fmt.Errorf("rank 0's %s: %w", f.Name(), err)
+	}
+	return run, nil
+}
+
+// startBedServer starts `slimgrad server` (no auth, no relay: a closed
+// bed) on h and returns its NATS URL once it serves, and a function that
+// stops it.
+func startBedServer(ctx context.Context, h *testbed.Host, exe string) (string, func(), error) {
+	cmd := h.Command(ctx, exe, "server", "--no-auth", "--relay", "off", "--listen", h.Addr.String()+":4222")
+	cmd.Env = os.Environ()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop := func() { cmd.Process.Kill(); cmd.Wait() }
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if m := natsURLRE.FindStringSubmatch(sc.Text()); m != nil {
+			go io.Copy(io.Discard, out)
+			return m[1], stop, nil
+		}
+	}
+	stop()
+	return "", nil, fmt.Errorf("slimgrad server on %s printed no NATS URL: %s", h.Name, lastLines(stderr.String(), 3))
+}
+
+// readSteps reads the wall and gradient compute times of j's measured
+// steps from a worker's steps.csv.
+func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute []float64, err error) {
+	rows, err := csv.NewReader(r).ReadAll()
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(rows) < 2 {
+		return nil, nil, errors.New("no records")
+	}
+	col := map[string]int{}
+	for i, h := range rows[0] {
+		col[h] = i
+	}
+	for _, name := range []string{"step", "evaluated", "wall_s", "compute_wall_s"} {
+		if _, ok := col[name]; !ok {
+			return nil, nil, fmt.Errorf("no column %s", name)
+		}
+	}
+	for _, row := range rows[1:] {
+		step, err1 := strconv.Atoi(row[col["step"]])
+		ev, err2 := strconv.ParseBool(row[col["evaluated"]])
+		w, err3 := strconv.ParseFloat(row[col["wall_s"]], 64)
+		c, err4 := strconv.ParseFloat(row[col["compute_wall_s"]], 64)
+		if err := errors.Join(err1, err2, err3, err4); err != nil {
+			return nil, nil, err
+		}
+		if o.measured(j, step, ev) {
+			wall, compute = append(wall, w), append(compute, c)
+		}
+	}
+	if len(wall) == 0 {
+		return nil, nil, errors.New("no step to measure")
+	}
+	return wall, compute, nil
+}
+
+// topologyYAML is the simulator's topology of c's bed with rank r on host
+// hostOf[r]: each node's uplink and downlink are its host's shaped rate
+// times --goodput, and, since the N workers share this machine's --cores
+// cores, every node computes at speed min(1, cores/N).
+func (o validateOptions) topologyYAML(c valCase, hostOf []int) string {
+	n := len(c.Rates)
+	speed := min(1, float64(o.Cores)/float64(n))
+	var b strings.Builder
+	fmt.Fprintf(&b, "# slimgrad validate, case %s: %d hosts (network namespaces) with tc-shaped links; node r is rank r's host.\n", c.Name, n)
+	fmt.Fprintf(&b, "# Links: the shaped rate times %.4f, the share that carries message bytes (--goodput).\n", o.Goodput)
+	fmt.Fprintf(&b, "# Compute: the %d workers share the %d cores of one machine: speed %.3f. (A node's cores\n", n, o.Cores, speed)
+	fmt.Fprintf(&b, "# attribute counts the ranks placed on that one node; here every rank is a node of its own.)\n")
+	fmt.Fprintf(&b, "name: validate-%s\nlatency: %s\nnodes:\n", c.Name, o.Latency)
+	for _, h := range hostOf {
+		bw := strconv.FormatFloat(float64(c.Rates[h])*o.Goodput, 'f', 0, 64) + "bit/s"
+		fmt.Fprintf(&b, "  - {name: h%d, uplink: %s, downlink: %s, speed: %s}\n", h, bw, bw, strconv.FormatFloat(speed, 'g', 4, 64))
+	}
+	return b.String()
+}
+
+// simulate writes j's topology on c's bed (rank r on host hostOf[r]) into
+// dir/topology.yaml and trains j in the simulator on it with calib's codec
+// throughputs and the transport's per-message cost, and j.local as each
+// step's compute at speed 1: what `slimgrad sim --topology FILE
+// --calibration FILE --transport T` runs, with the job's dense algorithm.
+func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, hostOf []int, calib *sim.Calibration, dir string) ([]train.Record, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "topology.yaml")
+	if err := os.WriteFile(path, []byte(o.topologyYAML(c, hostOf)), 0o644); err != nil {
+		return nil, err
+	}
+	topo, err := sim.LoadTopology(path)
+	if err != nil {
+		return nil, err
+	}
+	n := len(c.Rates)
+	spec, err := parseOptim(j.method.Optim, j.steps)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := j.method.plan(j.steps, o.Seed)
+	if err != nil {
+		return nil, err
+	}
+	plan.Sign = spec.Sign
+	alg, err := allreduce.ParseAlgorithm(j.algorithm)
+	if err != nil {
+		return nil, err
+	}
+	cfg := train.SimConfig{
+		Topology:    topo,
+		Options:     &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport},
+		Dense:       alg,
+		GradFLOP:    train.TrainFLOPs(j.task.Model) * float64(o.Batch),
+		FLOPS:       train.DefaultFLOPS,
+		GradSeconds: j.local,
+	}
+	ex, err := train.NewSim(ctx, n, train.Units(j.task.Model, spec.Flat), plan, cfg)
+	if err != nil {
+		return nil, err
+	}
+	res, err := train.Run(ctx, train.Config{Workers: n, Batch: o.Batch, Steps: j.steps, Seed: o.Seed, Split: workload.IID}, j.task, ex, spec, nil)
+	if err != nil {
+		return nil, err
+	}
+	return res.Records, nil
+}
+
+// writeValidationTable prints the results as a Markdown table and the
+// geometric mean of the absolute errors |ratio − 1| of the cases that ran.
+func writeValidationTable(w io.Writer, rs []caseResult) {
+	fmt.Fprintln(w, "| case | hosts (Mbit/s) | simulated | real median | real mean | ratio | sim local | real grad | sim comm | message cost | load |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	var errs []float64
+	within := 0
+	for _, r := range rs {
+		if r.Err != nil {
+			fmt.Fprintf(w, "| %s | %s | failed: %s | | | | | | | | |\n", r.Case.Name, ratesList(r.Case.Rates), oneLine(r.Err))
+			continue
+		}
+		e := math.Abs(r.Ratio() - 1)
+		errs = append(errs, e)
+		if e <= 0.10 {
+			within++
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.3f | %s | %s | %.0f%% | %s | %.1f |\n", r.Case.Name, ratesList(r.Case.Rates),
+			fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(),
+			fmtDuration(r.SimLocal), fmtDuration(r.RealGrad), 100*r.SimComm, fmtDuration(r.MsgCost), r.Load)
+	}
+	if len(errs) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\ngeometric mean of |ratio-1| over %d cases: %.1f%%; %d of %d within 10%% of the real median\n",
+		len(errs), 100*geoMeanAbsErr(errs), within, len(errs))
+}
+
+// geoMeanAbsErr is the geometric mean of errs, each floored at 1e-4 (a
+// case that matches exactly would make it 0 whatever the others).
+func geoMeanAbsErr(errs []float64) float64 {
+	var s float64
+	for _, e := range errs {
+		s += math.Log(max(e, 1e-4))
+	}
+	return math.Exp(s / float64(len(errs)))
+}
+
+// writeValidationCSV writes one row per case, durations in seconds.
+func writeValidationCSV(w io.Writer, rs []caseResult) error {
+	cw := csv.NewWriter(w)
+	cw.Write([]string{"case", "hosts", "rates_mbit", "algorithm", "method", "sim_step_s", "real_median_s", "real_mean_s", "ratio",
+		"sim_local_s", "real_grad_s", "sim_comm_share", "speed", "message_cost_s", "steps", "load1", "error"})
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
+	for _, r := range rs {
+		row := []string{r.Case.Name, strconv.Itoa(len(r.Case.Rates)), ratesList(r.Case.Rates), r.Case.Algorithm, r.Case.Method}
+		if r.Err != nil {
+			row = append(row, "", "", "", "", "", "", "", f(r.Speed), f(r.MsgCost.Seconds()), "", f(r.Load), oneLine(r.Err))
+		} else {
+			row = append(row, f(r.Sim.Seconds()), f(r.RealMedian.Seconds()), f(r.RealMean.Seconds()), f(r.Ratio()),
+				f(r.SimLocal.Seconds()), f(r.RealGrad.Seconds()), f(r.SimComm), f(r.Speed), f(r.MsgCost.Seconds()), strconv.Itoa(r.Steps), f(r.Load), "")
+		}
+		cw.Write(row)
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func mean(xs []float64) float64 {
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+func seconds(s float64) time.Duration { return time.Duration(math.Round(s * 1e9)) }
+
+// loadAverage is the one-minute load average, or NaN if unknown.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return math.NaN()
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return math.NaN()
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return math.NaN()
+	}
+	return v
+}
+
+// oneLine is err's message on one line.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " | ") }
+
+// lastLines is the last n non-empty lines of s, joined by " | ".
+func lastLines(s string, n int) string {
+	var lines []string
+	for l := range strings.SplitSeq(strings.TrimSpace(s), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bytes"
+	"encoding/csv"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/slimgrad/slimgrad/sim"
+	"github.com/slimgrad/slimgrad/testbed"
+)
+
+// TestValidateBed runs two tiny cases of `slimgrad validate` end to end on a
+// test bed (a network-bound dense ring and a top-k ring, 4 hosts each, the
+// logistic workload so that no MNIST files load): bench's calibration, the
+// probe and the real job of each case, their simulations. It checks that the
+// table and validate.csv come out with a finite positive ratio per case, not
+// how close the ratios are (the machine is shared).
+func TestValidateBed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("validate: starts OS processes in network namespaces")
+	}
+	if err := testbed.Supported(); err != nil {
+		t.Skipf("skipping validate: %v", err)
+	}
+	t.Setenv("GO_WANT_HELPER_PROCESS", "1") // the workers and the server are this test binary (TestMain)
+	o := defaultValidateOptions()
+	o.Cases = "dense-ring-4hom-10M,topk-ring-4hom-200M"
+	o.Workload = "logistic"
+	o.Steps, o.Skip, o.ProbeSteps = 6, 2, 6
+	o.BenchTime = 20 * time.Millisecond
+	o.CaseTimeout = time.Minute
+	o.Out = t.TempDir()
+	if err := o.validate(); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	rs, err := runValidate(t.Context(), o, &stdout, &stderr)
+	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2 {
+		t.Fatalf("%d results, want 2", len(rs))
+	}
+	for _, r := range rs {
+		if q := r.Ratio(); r.Err != nil || math.IsNaN(q) || math.IsInf(q, 0) || q <= 0 {
+			t.Errorf("%s: ratio %v, error %v", r.Case.Name, q, r.Err)
+		}
+		if r.Steps != o.Steps-o.Skip-1 || r.RealMedian <= 0 || r.Sim <= 0 || r.MsgCost < 0 {
+			t.Errorf("%s: %d steps measured (want %d), real %v, simulated %v, message cost %v", r.Case.Name, r.Steps, o.Steps-o.Skip-1, r.RealMedian, r.Sim, r.MsgCost)
+		}
+		if _, err := sim.LoadTopology(filepath.Join(o.Out, r.Case.Name, "job", "topology.yaml")); err != nil {
+			t.Errorf("%s: the topology written: %v", r.Case.Name, err)
+		}
+	}
+	for _, want := range []string{"| dense-ring-4hom-10M | 10,10,10,10 |", "| topk-ring-4hom-200M | 200,200,200,200 |", "geometric mean of |ratio-1| over 2 cases"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("the output lacks %q", want)
+		}
+	}
+	f, err := os.Open(filepath.Join(o.Out, "validate.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 3 || rows[1][0] != "dense-ring-4hom-10M" || rows[2][len(rows[2])-1] != "" {
+		t.Errorf("validate.csv: %q", rows)
+	}
+}
+
+// TestValidateCases: the issue's case grid (4 and 8 hosts, ring and tree,
+// the four methods, both regimes and the three rate profiles), --quick,
+// --cases globs, and errors for patterns that match nothing.
+func TestValidateCases(t *testing.T) {
+	all := validationCases()
+	seen := map[string]bool{}
+	for _, c := range all {
+		if seen[c.Name] {
+			t.Errorf("case %s twice", c.Name)
+		}
+		seen[c.Name] = true
+		for _, k := range []string{c.Method, c.Algorithm, map[int]string{4: "4hosts", 8: "8hosts"}[len(c.Rates)]} {
+			seen[k] = true
+		}
+		if _, ok := valMethods[c.Method]; !ok {
+			t.Errorf("case %s: unknown method %s", c.Name, c.Method)
+		}
+	}
+	for _, k := range []string{"dense", "topk", "sign", "powersgd", "ring", "tree", "4hosts", "8hosts",
+		"dense-ring-4slow-10M", "dense-ring-8mix-200M", "dense-tree-8hom-10M"} {
+		if !seen[k] {
+			t.Errorf("no case with %s", k)
+		}
+	}
+	if c := all[len(all)-1]; c.Name != "powersgd-ring-8hom-200M" || c.Rates[0] != 200_000_000 {
+		t.Errorf("last case %+v", c)
+	}
+	mix := all[slicesIndex(all, "dense-ring-8mix-200M")]
+	if got := ratesList(mix.Rates); got != "50,100,200,50,100,200,50,100" {
+		t.Errorf("mixed rates %s", got)
+	}
+	o := defaultValidateOptions()
+	o.Quick = true
+	q, err := o.selectCases()
+	if err != nil || len(q) != 5 {
+		t.Errorf("--quick: %d cases, %v", len(q), err)
+	}
+	o.Cases = "dense-*-10M, sign-ring-4hom-10M,dense-ring-4hom-10M"
+	sel, err := o.selectCases()
+	if err != nil || len(sel) != 8 || sel[len(sel)-1].Name != "sign-ring-4hom-10M" {
+		t.Errorf("--cases %q: %d cases, %v", o.Cases, len(sel), err)
+	}
+	for _, bad := range []string{"nosuch", "dense-[", ","} {
+		o.Cases = bad
+		if _, err := o.selectCases(); err == nil {
+			t.Errorf("--cases %q: no error", bad)
+		}
+	}
+}
+
+func slicesIndex(cs []valCase, name string) int {
+	return slices.IndexFunc(cs, func(c valCase) bool { return c.Name == name })
+}
+
+// TestValidateFlags: bad flag values are refused, naming the flag, before
+// anything runs; --list prints the cases without needing root.
+func TestValidateFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--steps", "2"}, "--steps"},
+		{[]string{"--skip", "19"}, "--skip"},
+		{[]string{"--transport", "tcp"}, "--transport"},
+		{[]string{"--grad", "flops"}, "--grad"},
+		{[]string{"--message-cost", "x"}, "--message-cost"},
+		{[]string{"--goodput", "1.5"}, "--goodput"},
+		{[]string{"--workload", "imagenet"}, "--workload"},
+		{[]string{"--cases", "nosuch"}, "--cases"},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := runValidateCommand(t.Context(), tc.args, &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one naming %s", tc.args, err, tc.want)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if err := runValidateCommand(t.Context(), []string{"--list", "--quick"}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(stdout.String(), "(quick)"); n != 5 || !strings.Contains(stdout.String(), "sign-ring-4hom-10M") {
+		t.Errorf("--list --quick:\n%s", stdout.String())
+	}
+}
+
+// TestValidateTopology: the topology written for a case parses, puts rank
+// r on host hostOf[r] with its shaped rate times the goodput, and slows
+// every node by the workers sharing the cores.
+func TestValidateTopology(t *testing.T) {
+	o := defaultValidateOptions()
+	o.Cores = 2
+	c := validationCases()[slicesIndex(validationCases(), "dense-ring-4slow-10M")]
+	text := o.topologyYAML(c, []int{3, 0, 2, 1})
+	topo, err := sim.ParseTopology("validate", []byte(text))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, text)
+	}
+	if len(topo.Nodes) != 4 {
+		t.Fatalf("%d nodes", len(topo.Nodes))
+	}
+	for r, want := range []struct {
+		name string
+		rate float64
+	}{{"h3", 2.5e6}, {"h0", 10e6}, {"h2", 10e6}, {"h1", 10e6}} {
+		n := topo.Nodes[r]
+		if n.Name != want.name || math.Abs(float64(n.Up)*8-want.rate*tcpGoodput) > 8 || n.Up != n.Down || n.Speed != 0.5 {
+			t.Errorf("node %d: %+v, want %s at %g bit/s × %.4f, speed 0.5", r, n, want.name, want.rate, tcpGoodput)
+		}
+	}
+}
+
+// TestValidateSteps: readSteps keeps the steps after --skip but for the
+// last (the final evaluation) and any evaluated one, and rejects a file
+// without the columns.
+func TestValidateSteps(t *testing.T) {
+	o := defaultValidateOptions()
+	o.Skip = 1
+	j := valJob{steps: 5}
+	var b strings.Builder
+	w := csv.NewWriter(&b)
+	w.Write(csvHeader)
+	for step := range 5 {
+		row := make([]string, len(csvHeader))
+		for i, h := range csvHeader {
+			switch h {
+			case "step":
+				row[i] = strconv.Itoa(step)
+			case "evaluated":
+				row[i] = map[bool]string{true: "true", false: "false"}[step == 2 || step == 4]
+			case "wall_s":
+				row[i] = strconv.Itoa(10 + step)
+			case "compute_wall_s":
+				row[i] = "0.5"
+			default:
+				row[i] = "0"
+			}
+		}
+		w.Write(row)
+	}
+	w.Flush()
+	wall, compute, err := o.readSteps(j, strings.NewReader(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(wall) != 2 || wall[0] != 11 || wall[1] != 13 || len(compute) != 2 {
+		t.Errorf("wall %v compute %v, want steps 1 and 3", wall, compute)
+	}
+	if _, _, err := o.readSteps(j, strings.NewReader("step,wall_s\n1,2\n")); err == nil {
+		t.Error("no error for a file without evaluated and compute_wall_s")
+	}
+	if g := geoMeanAbsErr([]float64{0.01, 0.04}); math.Abs(g-0.02) > 1e-12 {
+		t.Errorf("geometric mean of 1%% and 4%%: %v", g)
+	}
+	if g := geoMeanAbsErr([]float64{0, 0.01}); math.Abs(g-1e-3) > 1e-12 {
+		t.Errorf("geometric mean of 0 (floored at 1e-4) and 1%%: %v", g)
+	}
+}
