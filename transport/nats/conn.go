@@ -16,9 +16,11 @@
 // MaxFrame pass.
 //
 // Core NATS has no back-pressure, so a receiver grants each sender credit:
-// a sender has at most Window bytes unconsumed at the receiver (one message
-// of any size when nothing is outstanding) and blocks beyond that; the
-// receiver returns credit as Recv consumes messages.
+// a sender has at most Window bytes unconsumed at the receiver (a message
+// of any size may go while at most a quarter window is outstanding) and
+// blocks beyond that; the receiver returns credit in one control message
+// per quarter window that Recv consumes, so small messages cost no credit
+// message each.
 //
 // Every rank publishes a heartbeat every Heartbeat; a peer whose connection
 // to the server ends (announced by the server's disconnect notices, see
@@ -185,6 +187,7 @@ type Conn struct {
 	tagLen                    int
 	ctlMu                     sync.Mutex
 	ctlSeq                    uint64
+	ctlBuf                    [transport.FrameHeaderLen + helloFixed + maxHelloServerID + macLen]byte // publishCtl's frame
 	ctlMac                    *macer
 	vGone                     *macer
 	log                       *slog.Logger
@@ -346,7 +349,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		if p == rank {
 			continue
 		}
-		c.win[p] = inbox.NewWindow(cfg.Window)
+		c.win[p] = inbox.NewLazyWindow(cfg.Window, creditSlack(cfg.Window))
 		c.peers[p].partial = make(map[uint64]*partial)
 		c.subjData[p] = fmt.Sprintf("%sd.%d.%d", base, p, rank)
 		c.subjCtl[p] = fmt.Sprintf("%sc.%d.%d", base, p, rank)
@@ -602,11 +605,11 @@ func (c *Conn) shutdown(bye bool) {
 // this rank's next control sequence number, and with Config.Key it is
 // signed.
 func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
-	var buf [transport.FrameHeaderLen + helloFixed + maxHelloServerID + macLen]byte
-	n := copy(buf[transport.FrameHeaderLen:transport.FrameHeaderLen+helloFixed+maxHelloServerID], payload)
-	msg := buf[:transport.FrameHeaderLen+n]
 	c.ctlMu.Lock()
 	defer c.ctlMu.Unlock()
+	buf := c.ctlBuf[:]
+	n := copy(buf[transport.FrameHeaderLen:transport.FrameHeaderLen+helloFixed+maxHelloServerID], payload)
+	msg := buf[:transport.FrameHeaderLen+n]
 	c.ctlSeq++
 	transport.PutFrameHeader(msg, flags, c.ctlSeq, msg[transport.FrameHeaderLen:])
 	if c.ctlMac != nil {
@@ -655,13 +658,19 @@ func (c *Conn) failPeer(peer int, cause error, notify bool) {
 	}
 }
 
-// onConsume returns credit to a sender as Recv consumes its messages: when a
-// quarter window has been consumed or nothing from it is left queued.
-func (c *Conn) onConsume(peer int, charge int64, queued int) {
+// creditSlack is the consumed charge a receiver may leave unreported
+// (inbox.NewLazyWindow): a quarter window.
+func creditSlack(window int64) int64 { return window / 4 }
+
+// onConsume returns credit to a sender as Recv consumes its messages, once
+// more than a quarter window is unreported (see inbox.Lazy): then a sender
+// blocked for credit (more than a quarter window outstanding) always has
+// credit on its way, and one at rest always has room for a message.
+func (c *Conn) onConsume(peer int, charge int64, _ int) {
 	p := &c.peers[peer]
 	p.cmu.Lock()
 	p.consumed += charge
-	if p.consumed-p.reported < c.cfg.Window/4 && queued > 0 {
+	if inbox.Lazy(p.consumed-p.reported, creditSlack(c.cfg.Window)) {
 		p.cmu.Unlock()
 		return
 	}
