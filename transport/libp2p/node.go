@@ -13,8 +13,10 @@
 // flow-control credits to a. A reader goroutine per incoming stream moves
 // frames into per-(peer, tag) queues. Memory is bounded by credits: a sender
 // writes a frame only when the receiver has room for it (Options.MaxBuffered),
-// so Send returns as soon as the frame is written and never waits for the
-// peer's Recv unless the receiver's buffer is full (back-pressure).
+// or, while less than a quarter of it is outstanding, a frame of any size;
+// the receiver returns credit per quarter consumed, not per message. So Send
+// returns as soon as the frame is written and never waits for the peer's
+// Recv unless the receiver's buffer is full (back-pressure).
 //
 // Failure: a peer whose stream ends, resets or carries no bytes for
 // Options.PeerTimeout is dead; every pending and later call concerning it

@@ -98,8 +98,11 @@ type Options struct {
 	MaxFrame int
 	// MaxBuffered bounds, per peer, the bytes (payload plus frame headers)
 	// of received messages that wait for Recv. Senders are flow-controlled
-	// by credits, so beyond the bound they block in Send. A single message
-	// larger than MaxBuffered is admitted when nothing else is buffered.
+	// by credits, so beyond the bound they block in Send. Credit is
+	// returned per quarter of MaxBuffered consumed, not per message, and a
+	// message of any size is admitted while less than a quarter is
+	// outstanding: what waits for Recv is at most MaxBuffered, or a
+	// quarter of it and one message.
 	MaxBuffered int
 	// PeerTimeout is how long a peer may stay silent (no data and no
 	// heartbeat) before it is declared dead.
