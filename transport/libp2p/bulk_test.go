@@ -299,7 +299,7 @@ func TestSteadyStateGoroutines(t *testing.T) {
 	if after := runtime.NumGoroutine(); after > before+2 {
 		t.Errorf("goroutines %d -> %d over 1000 rounds", before, after)
 	}
-	if a := testing.AllocsPerRun(200, func() { round(small) }); a != 0 {
+	if a := testing.AllocsPerRun(200, func() { round(small) }); a != 0 && !raceEnabled { // the race detector's sync.Pool drops buffers
 		t.Errorf("%v allocations per small message, want 0", a)
 	}
 }

@@ -16,6 +16,9 @@ import (
 // waiters. With Framing (a test setting, for CorruptNext) the frame is the
 // one allocation per message, as frames are not recycled.
 func TestSteadyStateAllocs(t *testing.T) {
+	if transporttest.RaceEnabled {
+		t.Skip("the race detector's sync.Pool drops buffers at random")
+	}
 	for _, framed := range []bool{false, true} {
 		for _, size := range []int{0, 64, 4 << 10} {
 			t.Run(fmt.Sprintf("framed=%v/size=%d", framed, size), func(t *testing.T) {
@@ -42,6 +45,9 @@ func TestSteadyStateAllocs(t *testing.T) {
 // either: the inbox reuses its waiters. The bubble makes the receiver wait
 // before every Send.
 func TestWaitingRecvAllocs(t *testing.T) {
+	if transporttest.RaceEnabled {
+		t.Skip("the race detector's sync.Pool drops buffers at random")
+	}
 	synctest.Test(t, func(t *testing.T) {
 		g := newGroup(t, 2)
 		a, b := g.Conn(0), g.Conn(1)
