@@ -3,9 +3,9 @@
 // context, per-peer failure, and a sender-side credit window for
 // back-pressure.
 //
-// Only channels created by New / NewWindow (or by the calls themselves) are
-// waited on, and no timers are used, so both types work inside a
-// testing/synctest bubble when created there.
+// Only channels created by New, NewWindow and NewLazyWindow (or by the
+// calls themselves) are waited on, and no timers are used, so both types
+// work inside a testing/synctest bubble when created there.
 package inbox
 
 import (
