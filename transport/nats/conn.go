@@ -41,6 +41,9 @@
 // its Dial at once (transport.ErrRankTaken, transport.ErrWorldMismatch)
 // and the running job ignores it: nothing published on the heartbeat
 // subjects fails a link, and no abort notice is sent before Dial returns.
+// Hellos also carry the protocol version (flagProto2): processes of an
+// earlier version, whose flow control differs, never join one job with
+// this one.
 //
 // With Config.Key every message is authenticated and carries a sequence
 // number; forged and replayed messages are dropped (see Drops and the
@@ -84,11 +87,19 @@ const (
 	flagLast   = 1 << 1 // data: last chunk of a message
 	flagGone   = 1 << 2 // data, from this rank to itself: the sender's connection to the server ended
 	flagAck    = 1 << 3 // control: the instance the sender knows as the receiver's rank
-	flagHello  = 1 << 4 // heartbeat
+	flagHello  = 1 << 4 // heartbeat (with flagProto2)
 	flagBye    = 1 << 5 // the sender closed
 	flagCredit = 1 << 6 // cumulative consumed bytes
 	flagAbort  = 1 << 7 // the sender dropped the link to the receiver
 )
+
+// flagProto2 marks the hellos of this version of the protocol, whose
+// receivers return credit per quarter window consumed (creditSlack). A
+// hello with flagHello alone comes from an earlier version, whose senders
+// wait for credit after every message and would stall here: the two never
+// join (a newer process refuses to, an older one ignores the newer
+// hellos as malformed).
+const flagProto2 = flagFirst
 
 const (
 	seqLen   = 8
@@ -1096,8 +1107,13 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 	if err == nil {
 		err = h.VerifyPayload(pl)
 	}
-	if err != nil || h.Flags != flagHello || len(pl) < helloFixed {
+	if err != nil || h.Flags&^flagProto2 != flagHello || len(pl) < helloFixed {
 		c.ignored.add(c.log, c.job, c.rank, src, "malformed hello")
+		return
+	}
+	if h.Flags&flagProto2 == 0 {
+		c.ignored.add(c.log, c.job, c.rank, src, "hello of an earlier protocol version")
+		c.refuse(fmt.Errorf("nats: job %s rank %d: rank %d runs an earlier version of this transport, whose flow control this one does not follow: %w", c.job, c.rank, src, transport.ErrRendezvous))
 		return
 	}
 	inst, world := binary.LittleEndian.Uint64(pl[0:]), int(binary.LittleEndian.Uint32(pl[8:]))
@@ -1119,7 +1135,7 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 		bound = inst
 		// Tell a newcomer about us at once rather than at the next beat,
 		// and that we know it as rank src.
-		c.publishCtl(c.subjHB, flagHello, c.hello)
+		c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
 		c.ack(src, inst)
 	}
 	if inst != bound {
@@ -1140,7 +1156,7 @@ func (c *Conn) heartbeat() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.Heartbeat)
 	defer t.Stop()
-	c.publishCtl(c.subjHB, flagHello, c.hello)
+	c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
 	reconnects := c.nc.Stats().Reconnects
 	for {
 		select {
@@ -1148,7 +1164,7 @@ func (c *Conn) heartbeat() {
 			return
 		case <-t.C:
 		}
-		c.publishCtl(c.subjHB, flagHello, c.hello)
+		c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
 		if !c.ready.Load() {
 			continue
 		}
