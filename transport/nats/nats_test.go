@@ -706,7 +706,7 @@ func TestEarlierVersionRefused(t *testing.T) {
 	defer old.Close()
 	// The earlier version's rank 1 answers every hello it hears with its
 	// own, as a running process does for a newcomer.
-	hello := binary.LittleEndian.AppendUint64(nil, 77)  // instance
+	hello := binary.LittleEndian.AppendUint64(nil, 77) // instance
 	hello = binary.LittleEndian.AppendUint32(hello, 2) // world size
 	hello = binary.LittleEndian.AppendUint64(hello, 0) // client ID unknown
 	var seq uint64
