@@ -107,6 +107,8 @@ type driver struct {
 	// and the last exchange's messages; valid until the next call.
 	sentTo, recvFrom []int64
 	xout             [][]byte
+	xconn            transport.Conn // the Conn of the last exchange
+	xme              int            // its rank (xout[xme] is the caller's message)
 }
 
 // close releases the driver's own goroutines (if it has any).
@@ -335,11 +337,14 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 // Every message is bounded by timeout (if > 0): a peer that neither
 // delivers nor accepts its message in time becomes a *transport.PeerError
 // wrapping ErrTimeout. On error every exchange in flight is cancelled and
-// waited for.
+// waited for. The messages of the previous exchange are given back to their
+// Conn (transport.Release) first.
 func (d *driver) exchange(ctx context.Context, conn transport.Conn, id uint32, msg []byte, timeout time.Duration) ([][]byte, error) {
 	n, me := conn.Size(), conn.Rank()
+	d.releaseExchanged()
 	d.xout = grow(d.xout, n)
 	d.xout[me] = msg
+	d.xconn, d.xme = conn, me
 	if n == 1 {
 		return d.xout, nil
 	}
@@ -403,6 +408,17 @@ func (d *driver) exchange(ctx context.Context, conn transport.Conn, id uint32, m
 		return nil, fmt.Errorf("worker: control exchange %d: %w", id, first)
 	}
 	return d.xout, nil
+}
+
+// releaseExchanged gives the messages the last exchange received back to
+// their Conn: they were the caller's until the driver's next call.
+func (d *driver) releaseExchanged() {
+	for p, m := range d.xout {
+		if p != d.xme && m != nil {
+			transport.Release(d.xconn, m)
+		}
+	}
+	clear(d.xout)
 }
 
 // ioCall runs f under ctx bounded by timeout (if > 0). When the timeout, and

@@ -70,27 +70,43 @@ func (p *pool) do(t task) {
 func (p *pool) serve(ch chan task) {
 	defer p.wg.Done()
 	for t := range ch {
+		// The goroutine counts itself idle before it reports the task done:
+		// a task handed over in reaction to the report (the next send to a
+		// peer, the next step's bucket) then goes to it instead of a new
+		// goroutine, so the pool does not grow in steady state. Reports
+		// never block (every channel they go to has room for all of them),
+		// so a do waiting for an idle goroutine never waits for its own
+		// caller.
 		switch t.kind {
 		case taskSend:
-			t.out <- event{kind: evSend, op: t.op, err: t.conn.Send(t.ctx, t.peer, t.tag, t.b)}
+			err := t.conn.Send(t.ctx, t.peer, t.tag, t.b)
+			p.idleAgain()
+			t.out <- event{kind: evSend, op: t.op, err: err}
 		case taskRecv:
 			b, err := t.conn.Recv(t.ctx, t.peer, t.tag)
+			p.idleAgain()
 			t.out <- event{kind: evRecv, op: t.op, b: b, err: err}
 		case taskWatch:
 			b, err := t.conn.Recv(t.ctx, t.peer, t.tag)
 			if err == nil {
 				t.w.peerAborted(t.peer, b)
 			}
+			p.idleAgain()
 			t.w.watchWG.Done()
 		case taskBucket:
 			t.w.runBucket(t.st, t.w.buckets[t.bi])
+			p.idleAgain()
 			t.st.done <- t.bi
 			t.st.wg.Done()
 		}
-		p.mu.Lock()
-		p.idle++
-		p.mu.Unlock()
 	}
+}
+
+// idleAgain makes the calling goroutine available to the next do.
+func (p *pool) idleAgain() {
+	p.mu.Lock()
+	p.idle++
+	p.mu.Unlock()
 }
 
 // close stops the goroutines and waits for them. No task may be running

@@ -234,7 +234,7 @@ func (c *Conn) handleBulk(nc net.Conn) {
 // bulkReadLoop reads pieces from one bulk connection into their messages.
 func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 	c := l.c
-	r := bufio.NewReaderSize(liveReader{s: sc, last: &l.lastRead}, 4<<10)
+	r := bufio.NewReaderSize(&liveReader{s: sc, last: &l.lastRead}, 4<<10)
 	var hb [transport.FrameHeaderLen + bulkPrefix]byte
 	for {
 		if _, err := io.ReadFull(r, hb[:transport.FrameHeaderLen]); err != nil {
@@ -322,10 +322,16 @@ func (l *link) bulkPending(seq, total uint64) (*bulkMsg, error) {
 	if total == 0 || total > uint64(c.opts.MaxFrame) {
 		return nil, fmt.Errorf("%w: bulk message of %d bytes (limit %d)", transport.ErrTooLarge, total, c.opts.MaxFrame)
 	}
+	// Pieces of messages sent later may be reserved before this one's (they
+	// come over other connections), so this bound is what a sender within
+	// its credit can have outstanding at most, whatever the order: the
+	// buffer, or a message of any size on top of less than the slack
+	// (creditSlack). The exact check is made in stream order, on the
+	// message's flagBulk frame (readLoop).
 	cost := int64(total) + transport.FrameHeaderLen
 	used := l.buffered + l.creditPending + l.bulkReserved
-	if used > 0 && used+cost > int64(c.opts.MaxBuffered) {
-		return nil, fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered)
+	if bound := max(int64(c.opts.MaxBuffered), c.creditBatch()+int64(c.opts.MaxFrame)+transport.FrameHeaderLen); used+cost > bound {
+		return nil, fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, bound)
 	}
 	var m *bulkMsg
 	if n := len(l.freePend); n > 0 {

@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/inbox"
 )
 
 // Frame flags (see the package documentation).
@@ -99,9 +100,11 @@ type link struct {
 
 	mu            sync.Mutex
 	queues        map[uint64]*tagQueue
-	buffered      int64 // bytes (payload + headers) waiting for Recv
-	creditPending int64 // consumed bytes not yet credited back
-	err           error // terminal error once the link failed
+	freeQueues    []*tagQueue      // emptied queues, for reuse
+	waiters       inbox.WaiterPool // Recv's waiters, for reuse
+	buffered      int64            // bytes (payload + headers) waiting for Recv
+	creditPending int64            // consumed bytes not yet credited back
+	err           error            // terminal error once the link failed
 	dead          chan struct{}
 
 	// Bulk path, sending: a writer per outgoing bulk connection (nil: no
@@ -122,8 +125,31 @@ type link struct {
 type tagQueue struct {
 	msgs    []qmsg
 	head    int
-	wake    chan struct{} // closed on push; created by waiters
-	waiters int
+	waiting inbox.Waiters // receivers waiting for a message (or the link's failure)
+}
+
+// maxFreeQueues bounds the emptied tag queues a link keeps for reuse.
+const maxFreeQueues = 64
+
+// newQueue returns an empty tag queue, reused if possible. l.mu is held.
+func (l *link) newQueue() *tagQueue {
+	if n := len(l.freeQueues); n > 0 {
+		q := l.freeQueues[n-1]
+		l.freeQueues[n-1] = nil
+		l.freeQueues = l.freeQueues[:n-1]
+		return q
+	}
+	return &tagQueue{}
+}
+
+// dropQueue removes the empty queue of tag, which nobody waits on, and
+// keeps it for reuse. l.mu is held.
+func (l *link) dropQueue(tag uint64, q *tagQueue) {
+	delete(l.queues, tag)
+	if len(l.freeQueues) < maxFreeQueues && cap(q.msgs) <= 1024 {
+		q.msgs, q.head = q.msgs[:0], 0
+		l.freeQueues = append(l.freeQueues, q)
+	}
 }
 
 // qmsg is a received message and the wire bytes it took.
@@ -492,15 +518,15 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 			q.head++
 			if q.head == len(q.msgs) {
 				q.msgs, q.head = q.msgs[:0], 0
-				if q.waiters == 0 {
-					delete(l.queues, tag)
+				if q.waiting.Len() == 0 {
+					l.dropQueue(tag, q)
 				}
 			}
 			cost := int64(len(m)) + transport.FrameHeaderLen
 			l.buffered -= cost
 			l.creditPending += cost
 			var credit int64
-			if l.creditPending >= l.c.creditBatch() || l.buffered == 0 {
+			if l.creditPending >= l.c.creditBatch() {
 				credit, l.creditPending = l.creditPending, 0
 			}
 			failed := l.err != nil
@@ -519,26 +545,26 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 			return nil, &transport.PeerError{Rank: peer, Op: "recv", Err: err}
 		}
 		if q == nil {
-			q = &tagQueue{}
+			q = l.newQueue()
 			l.queues[tag] = q
 		}
-		if q.wake == nil {
-			q.wake = make(chan struct{})
-		}
-		wake := q.wake
-		q.waiters++
+		w := l.waiters.Get()
+		q.waiting.Add(w)
 		l.mu.Unlock()
 
+		woken := false
 		select {
-		case <-wake:
+		case <-w.C():
+			woken = true
 		case <-ctx.Done():
 		case <-c.closing:
 		}
 
 		l.mu.Lock()
-		q.waiters--
-		if q.waiters == 0 && q.head == len(q.msgs) && l.queues[tag] == q {
-			delete(l.queues, tag)
+		q.waiting.Leave(w, woken)
+		l.waiters.Put(w)
+		if q.waiting.Len() == 0 && q.head == len(q.msgs) && l.queues[tag] == q {
+			l.dropQueue(tag, q)
 		}
 		l.mu.Unlock()
 	}
@@ -667,7 +693,7 @@ func (l *link) acquireCredit(ctx context.Context, cost int64) error {
 			l.cmu.Unlock()
 			return &transport.PeerError{Rank: l.rank, Op: "send", Err: err}
 		}
-		if l.outstanding == 0 || l.outstanding+cost <= l.limit {
+		if l.outstanding < creditSlack(l.limit) || l.outstanding+cost <= l.limit {
 			l.outstanding += cost
 			l.cmu.Unlock()
 			return nil
@@ -718,10 +744,7 @@ func (l *link) fail(cause error) {
 	}
 	l.cmu.Unlock()
 	for _, q := range l.queues {
-		if q.wake != nil {
-			close(q.wake)
-			q.wake = nil
-		}
+		q.waiting.WakeAll()
 	}
 	l.mu.Unlock()
 	close(l.dead)
@@ -779,9 +802,29 @@ func (l *link) sendCredit(n int64) {
 	}
 }
 
-// creditBatch: credits are returned once a quarter of the buffer has been
-// consumed, or when the buffer is empty.
-func (c *Conn) creditBatch() int64 { return int64(c.opts.MaxBuffered) / 4 }
+// Flow control. A receiver returns credit once creditSlack(MaxBuffered)
+// bytes have been consumed, not per message, and a sender may write a
+// frame of any size while less than creditSlack(limit) is outstanding
+// (limit: the receiver's MaxBuffered), besides whenever the frame fits in
+// the limit. A sender blocked for credit therefore has at least that much
+// outstanding, of which the receiver either still holds some (and returns
+// credit as it consumes it) or has credit on its way; a sender at rest,
+// all consumed, has less outstanding and may send.
+//
+// creditSlack is a quarter of limit (at least 1 byte: with a limit below
+// 4, credit is returned per message and a frame larger than the space
+// left goes when nothing is outstanding).
+func creditSlack(limit int64) int64 { return max(1, limit/4) }
+
+// creditBatch is the consumed bytes after which credit is returned.
+func (c *Conn) creditBatch() int64 { return creditSlack(int64(c.opts.MaxBuffered)) }
+
+// overCredit reports whether a frame of cost bytes arriving in stream
+// order while used bytes are buffered or not yet credited exceeds the
+// credit its sender had (see creditSlack).
+func (c *Conn) overCredit(used, cost int64) bool {
+	return used >= c.creditBatch() && used+cost > int64(c.opts.MaxBuffered)
+}
 
 // ---- connection setup ----
 
@@ -971,7 +1014,7 @@ type liveReader struct {
 	last *atomic.Int64
 }
 
-func (r liveReader) Read(p []byte) (int, error) {
+func (r *liveReader) Read(p []byte) (int, error) {
 	n, err := r.s.Read(p)
 	if n > 0 {
 		r.last.Store(time.Now().UnixNano())
@@ -982,7 +1025,9 @@ func (r liveReader) Read(p []byte) (int, error) {
 // readLoop moves the peer's frames into the tag queues.
 func (l *link) readLoop(s network.Stream) {
 	c := l.c
-	r := liveReader{s: s, last: &l.lastRead}
+	// One interface value and one header buffer for the loop's life: read
+	// calls through them allocate nothing per frame.
+	var r io.Reader = &liveReader{s: s, last: &l.lastRead}
 	var hb [transport.FrameHeaderLen]byte
 	for {
 		if _, err := io.ReadFull(r, hb[:]); err != nil {
@@ -1029,6 +1074,13 @@ func (l *link) readLoop(s network.Stream) {
 				return
 			}
 			n := binary.LittleEndian.Uint64(bb[8:])
+			l.mu.Lock()
+			used := l.buffered + l.creditPending
+			l.mu.Unlock()
+			if n <= uint64(c.opts.MaxFrame) && c.overCredit(used, int64(n)+transport.FrameHeaderLen) {
+				l.failInbound(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, int64(n)+transport.FrameHeaderLen, c.opts.MaxBuffered))
+				return
+			}
 			p, err := l.finishBulk(binary.LittleEndian.Uint64(bb[:]), n)
 			if err != nil {
 				l.fail(err)
@@ -1067,7 +1119,7 @@ func (l *link) readLoop(s network.Stream) {
 		l.mu.Lock()
 		used := l.buffered + l.creditPending
 		l.mu.Unlock()
-		if used > 0 && used+cost > int64(c.opts.MaxBuffered) {
+		if c.overCredit(used, cost) {
 			l.failInbound(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, c.opts.MaxBuffered))
 			return
 		}
@@ -1098,15 +1150,12 @@ func (l *link) enqueue(tag uint64, p []byte, cost, wire int64) {
 	l.mu.Lock()
 	q := l.queues[tag]
 	if q == nil {
-		q = &tagQueue{}
+		q = l.newQueue()
 		l.queues[tag] = q
 	}
 	q.msgs = append(q.msgs, qmsg{b: p, wire: wire})
 	l.buffered += cost
-	if q.wake != nil {
-		close(q.wake)
-		q.wake = nil
-	}
+	q.waiting.WakeAll()
 	l.mu.Unlock()
 }
 

@@ -13,8 +13,10 @@
 // flow-control credits to a. A reader goroutine per incoming stream moves
 // frames into per-(peer, tag) queues. Memory is bounded by credits: a sender
 // writes a frame only when the receiver has room for it (Options.MaxBuffered),
-// so Send returns as soon as the frame is written and never waits for the
-// peer's Recv unless the receiver's buffer is full (back-pressure).
+// or, while less than a quarter of it is outstanding, a frame of any size;
+// the receiver returns credit per quarter consumed, not per message. So Send
+// returns as soon as the frame is written and never waits for the peer's
+// Recv unless the receiver's buffer is full (back-pressure).
 //
 // Failure: a peer whose stream ends, resets or carries no bytes for
 // Options.PeerTimeout is dead; every pending and later call concerning it
@@ -261,8 +263,13 @@ func (n *Node) closeHost() error {
 	return n.host.Close()
 }
 
+// protocol is the stream protocol of the node's job. Its version is that
+// of the frames and the flow control: version 2 returns credit per
+// quarter buffer consumed (see creditSlack), which a version 1 peer, whose
+// sender waits for credit after every message, would stall on; hosts of
+// different versions do not get a stream accepted.
 func (n *Node) protocol() protocol.ID {
-	return protocol.ID("/slimgrad/" + n.opts.JobID + "/1")
+	return protocol.ID("/slimgrad/" + n.opts.JobID + "/2")
 }
 
 // gater admits only the job's peers. Before Connect the allow list is empty

@@ -81,7 +81,7 @@ type Options struct {
 	// without the loopback ones unless they are all there is, so that a
 	// peer on another machine is never told to dial a loopback address.
 	AnnounceAddrs []string
-	// JobID scopes the stream protocol (/slimgrad/<JobID>/1): hosts of
+	// JobID scopes the stream protocol (/slimgrad/<JobID>/2): hosts of
 	// another job never get a stream accepted. Required: 1-128 characters
 	// from [A-Za-z0-9._-].
 	JobID string
@@ -98,8 +98,11 @@ type Options struct {
 	MaxFrame int
 	// MaxBuffered bounds, per peer, the bytes (payload plus frame headers)
 	// of received messages that wait for Recv. Senders are flow-controlled
-	// by credits, so beyond the bound they block in Send. A single message
-	// larger than MaxBuffered is admitted when nothing else is buffered.
+	// by credits, so beyond the bound they block in Send. Credit is
+	// returned per quarter of MaxBuffered consumed, not per message, and a
+	// message of any size is admitted while less than a quarter is
+	// outstanding: what waits for Recv is at most MaxBuffered, or a
+	// quarter of it and one message.
 	MaxBuffered int
 	// PeerTimeout is how long a peer may stay silent (no data and no
 	// heartbeat) before it is declared dead.

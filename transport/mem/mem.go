@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"sync"
 
+	pool "github.com/libp2p/go-buffer-pool"
+
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/internal/counters"
 	"github.com/slimgrad/slimgrad/transport/internal/inbox"
@@ -36,8 +38,9 @@ type Config struct {
 	// MaxFrame is the largest message Send accepts (transport.ErrTooLarge).
 	MaxFrame int
 	// Framing makes every message travel as a transport frame (header with
-	// tag, length and CRC-32C), verified by Recv. It costs one copy and two
-	// checksums per message; it is needed by CorruptNext.
+	// tag, length and CRC-32C), verified by Recv. It costs two checksums
+	// and an allocation per message (frames are not recycled, see
+	// Conn.Release); it is needed by CorruptNext.
 	Framing bool
 }
 
@@ -183,8 +186,9 @@ func (g *Group) takeCorrupt(from, to int) bool {
 }
 
 // Conn is one rank's endpoint; see transport.Conn for the contract. A
-// message given to Send is copied before Send returns; the slice Recv
-// returns is owned by the caller.
+// message given to Send is copied before Send returns, into a buffer
+// recycled through Release; the slice Recv returns is owned by the caller,
+// who may give it back with Release (transport.Releaser).
 type Conn struct {
 	g      *Group
 	rank   int
@@ -195,7 +199,25 @@ type Conn struct {
 	stats  *counters.Set
 }
 
-var _ transport.Conn = (*Conn)(nil)
+var (
+	_ transport.Conn     = (*Conn)(nil)
+	_ transport.Releaser = (*Conn)(nil)
+)
+
+// bufs recycles message buffers (Release). Get returns memory that is not
+// zeroed: Send overwrites all of it.
+var bufs pool.BufferPool
+
+// Release gives back a message that Recv returned (transport.Releaser): a
+// later Send of a similar size copies into its memory instead of a new
+// allocation. The caller must not use b afterwards. With Framing, messages
+// are not recycled (the frame header precedes the slice Recv returns, so
+// its buffer is not whole) and Release does nothing.
+func (c *Conn) Release(b []byte) {
+	if cap(b) > 0 && !c.g.cfg.Framing {
+		bufs.Put(b)
+	}
+}
 
 // Rank returns this endpoint's rank.
 func (c *Conn) Rank() int { return c.rank }
@@ -232,11 +254,14 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		if c.g.takeCorrupt(c.rank, peer) {
 			msg[len(msg)-1] ^= 0x40 // last payload byte, or the header CRC if empty
 		}
+	} else if len(b) == 0 {
+		msg = []byte{} // an empty message is non-nil
 	} else {
-		msg = make([]byte, len(b))
+		msg = bufs.Get(len(b))
 		copy(msg, b)
 	}
 	if !c.g.conns[peer].in.Deliver(c.rank, tag, msg) {
+		c.Release(msg)
 		c.win[peer].Release(charge)
 		select {
 		case <-c.closed:

@@ -16,9 +16,11 @@
 // MaxFrame pass.
 //
 // Core NATS has no back-pressure, so a receiver grants each sender credit:
-// a sender has at most Window bytes unconsumed at the receiver (one message
-// of any size when nothing is outstanding) and blocks beyond that; the
-// receiver returns credit as Recv consumes messages.
+// a sender has at most Window bytes unconsumed at the receiver (a message
+// of any size may go while at most a quarter window is outstanding) and
+// blocks beyond that; the receiver returns credit in one control message
+// per quarter window that Recv consumes, so small messages cost no credit
+// message each.
 //
 // Every rank publishes a heartbeat every Heartbeat; a peer whose connection
 // to the server ends (announced by the server's disconnect notices, see
@@ -39,6 +41,9 @@
 // its Dial at once (transport.ErrRankTaken, transport.ErrWorldMismatch)
 // and the running job ignores it: nothing published on the heartbeat
 // subjects fails a link, and no abort notice is sent before Dial returns.
+// Hellos also carry the protocol version (flagProto2): processes of an
+// earlier version, whose flow control differs, never join one job with
+// this one.
 //
 // With Config.Key every message is authenticated and carries a sequence
 // number; forged and replayed messages are dropped (see Drops and the
@@ -82,11 +87,19 @@ const (
 	flagLast   = 1 << 1 // data: last chunk of a message
 	flagGone   = 1 << 2 // data, from this rank to itself: the sender's connection to the server ended
 	flagAck    = 1 << 3 // control: the instance the sender knows as the receiver's rank
-	flagHello  = 1 << 4 // heartbeat
+	flagHello  = 1 << 4 // heartbeat (with flagProto2)
 	flagBye    = 1 << 5 // the sender closed
 	flagCredit = 1 << 6 // cumulative consumed bytes
 	flagAbort  = 1 << 7 // the sender dropped the link to the receiver
 )
+
+// flagProto2 marks the hellos of this version of the protocol, whose
+// receivers return credit per quarter window consumed (creditSlack). A
+// hello with flagHello alone comes from an earlier version, whose senders
+// wait for credit after every message and would stall here: the two never
+// join (a newer process refuses to, an older one ignores the newer
+// hellos as malformed).
+const flagProto2 = flagFirst
 
 const (
 	seqLen   = 8
@@ -185,6 +198,7 @@ type Conn struct {
 	tagLen                    int
 	ctlMu                     sync.Mutex
 	ctlSeq                    uint64
+	ctlBuf                    [transport.FrameHeaderLen + helloFixed + maxHelloServerID + macLen]byte // publishCtl's frame
 	ctlMac                    *macer
 	vGone                     *macer
 	log                       *slog.Logger
@@ -346,7 +360,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		if p == rank {
 			continue
 		}
-		c.win[p] = inbox.NewWindow(cfg.Window)
+		c.win[p] = inbox.NewLazyWindow(cfg.Window, creditSlack(cfg.Window))
 		c.peers[p].partial = make(map[uint64]*partial)
 		c.subjData[p] = fmt.Sprintf("%sd.%d.%d", base, p, rank)
 		c.subjCtl[p] = fmt.Sprintf("%sc.%d.%d", base, p, rank)
@@ -602,11 +616,11 @@ func (c *Conn) shutdown(bye bool) {
 // this rank's next control sequence number, and with Config.Key it is
 // signed.
 func (c *Conn) publishCtl(subj string, flags uint8, payload []byte) int {
-	var buf [transport.FrameHeaderLen + helloFixed + maxHelloServerID + macLen]byte
-	n := copy(buf[transport.FrameHeaderLen:transport.FrameHeaderLen+helloFixed+maxHelloServerID], payload)
-	msg := buf[:transport.FrameHeaderLen+n]
 	c.ctlMu.Lock()
 	defer c.ctlMu.Unlock()
+	buf := c.ctlBuf[:]
+	n := copy(buf[transport.FrameHeaderLen:transport.FrameHeaderLen+helloFixed+maxHelloServerID], payload)
+	msg := buf[:transport.FrameHeaderLen+n]
 	c.ctlSeq++
 	transport.PutFrameHeader(msg, flags, c.ctlSeq, msg[transport.FrameHeaderLen:])
 	if c.ctlMac != nil {
@@ -655,13 +669,19 @@ func (c *Conn) failPeer(peer int, cause error, notify bool) {
 	}
 }
 
-// onConsume returns credit to a sender as Recv consumes its messages: when a
-// quarter window has been consumed or nothing from it is left queued.
-func (c *Conn) onConsume(peer int, charge int64, queued int) {
+// creditSlack is the consumed charge a receiver may leave unreported
+// (inbox.NewLazyWindow): a quarter window.
+func creditSlack(window int64) int64 { return window / 4 }
+
+// onConsume returns credit to a sender as Recv consumes its messages, once
+// more than a quarter window is unreported (see inbox.Lazy): then a sender
+// blocked for credit (more than a quarter window outstanding) always has
+// credit on its way, and one at rest always has room for a message.
+func (c *Conn) onConsume(peer int, charge int64, _ int) {
 	p := &c.peers[peer]
 	p.cmu.Lock()
 	p.consumed += charge
-	if p.consumed-p.reported < c.cfg.Window/4 && queued > 0 {
+	if inbox.Lazy(p.consumed-p.reported, creditSlack(c.cfg.Window)) {
 		p.cmu.Unlock()
 		return
 	}
@@ -1087,8 +1107,13 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 	if err == nil {
 		err = h.VerifyPayload(pl)
 	}
-	if err != nil || h.Flags != flagHello || len(pl) < helloFixed {
+	if err != nil || h.Flags&^flagProto2 != flagHello || len(pl) < helloFixed {
 		c.ignored.add(c.log, c.job, c.rank, src, "malformed hello")
+		return
+	}
+	if h.Flags&flagProto2 == 0 {
+		c.ignored.add(c.log, c.job, c.rank, src, "hello of an earlier protocol version")
+		c.refuse(fmt.Errorf("nats: job %s rank %d: rank %d runs an earlier version of this transport, whose flow control this one does not follow: %w", c.job, c.rank, src, transport.ErrRendezvous))
 		return
 	}
 	inst, world := binary.LittleEndian.Uint64(pl[0:]), int(binary.LittleEndian.Uint32(pl[8:]))
@@ -1110,7 +1135,7 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 		bound = inst
 		// Tell a newcomer about us at once rather than at the next beat,
 		// and that we know it as rank src.
-		c.publishCtl(c.subjHB, flagHello, c.hello)
+		c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
 		c.ack(src, inst)
 	}
 	if inst != bound {
@@ -1131,7 +1156,7 @@ func (c *Conn) heartbeat() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.Heartbeat)
 	defer t.Stop()
-	c.publishCtl(c.subjHB, flagHello, c.hello)
+	c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
 	reconnects := c.nc.Stats().Reconnects
 	for {
 		select {
@@ -1139,7 +1164,7 @@ func (c *Conn) heartbeat() {
 			return
 		case <-t.C:
 		}
-		c.publishCtl(c.subjHB, flagHello, c.hello)
+		c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
 		if !c.ready.Load() {
 			continue
 		}

@@ -36,8 +36,9 @@ type Config struct {
 	SubjectPrefix string
 	// Window bounds the unreceived bytes (plus 64 per message) a receiver
 	// holds from one sender; the sender blocks beyond it (credit-based flow
-	// control), except that one message of any size may go when nothing is
-	// outstanding. A sender assumes its peers use its own Window (it is not
+	// control), except that a message of any size may go while at most a
+	// quarter window is outstanding (the receiver returns credit per
+	// quarter window consumed, not per message). A sender assumes its peers use its own Window (it is not
 	// exchanged): every rank of a job must set the same value, or a rank
 	// with a smaller one fails its peers for exceeding their credit.
 	Window int64

@@ -3,9 +3,9 @@
 // context, per-peer failure, and a sender-side credit window for
 // back-pressure.
 //
-// Only channels created by New / NewWindow (or by the calls themselves) are
-// waited on, and no timers are used, so both types work inside a
-// testing/synctest bubble when created there.
+// Only channels created by New, NewWindow and NewLazyWindow (or by the
+// calls themselves) are waited on, and no timers are used, so both types
+// work inside a testing/synctest bubble when created there.
 package inbox
 
 import (
@@ -32,8 +32,7 @@ type key struct {
 type queue struct {
 	msgs    [][]byte
 	head    int
-	wait    chan struct{} // closed when a message arrives; nil if nobody waits
-	waiters int
+	waiting Waiters // receivers waiting for a message
 }
 
 func (q *queue) len() int { return len(q.msgs) - q.head }
@@ -64,7 +63,8 @@ type Inbox struct {
 	closed    chan struct{}
 	isClosed  bool
 	onConsume ConsumeFunc
-	free      []*queue // emptied queues kept for reuse (steady state allocates nothing)
+	free      []*queue   // emptied queues kept for reuse (steady state allocates nothing)
+	waiters   WaiterPool // likewise for waiting receivers
 }
 
 const maxFree = 64
@@ -82,7 +82,7 @@ func (ib *Inbox) newQueue() *queue {
 func (ib *Inbox) drop(k key, q *queue) {
 	delete(ib.q, k)
 	if len(ib.free) < maxFree && cap(q.msgs) <= 1024 {
-		*q = queue{msgs: q.msgs[:0]}
+		*q = queue{msgs: q.msgs[:0], waiting: q.waiting}
 		ib.free = append(ib.free, q)
 	}
 }
@@ -122,10 +122,7 @@ func (ib *Inbox) Deliver(peer int, tag uint64, msg []byte) bool {
 	q.msgs = append(q.msgs, msg)
 	ib.queued[peer]++
 	ib.held[peer] += Charge(len(msg))
-	if q.wait != nil {
-		close(q.wait)
-		q.wait = nil
-	}
+	q.waiting.WakeAll()
 	return true
 }
 
@@ -144,7 +141,7 @@ func (ib *Inbox) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error)
 		q := ib.q[k]
 		if q != nil && q.len() > 0 {
 			m := q.pop()
-			if q.len() == 0 && q.waiters == 0 {
+			if q.len() == 0 && q.waiting.Len() == 0 {
 				ib.drop(k, q)
 			}
 			c := Charge(len(m))
@@ -169,27 +166,24 @@ func (ib *Inbox) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error)
 			q = ib.newQueue()
 			ib.q[k] = q
 		}
-		if q.wait == nil {
-			q.wait = make(chan struct{})
-		}
-		w := q.wait
-		q.waiters++
+		w := ib.waiters.Get()
+		q.waiting.Add(w)
 		ib.mu.Unlock()
 		var ctxErr error
+		woken := false
 		select {
-		case <-w:
+		case <-w.C():
+			woken = true
 		case <-ib.closed:
 		case <-ib.failCh[peer]:
 		case <-ctx.Done():
 			ctxErr = ctx.Err()
 		}
 		ib.mu.Lock()
-		q.waiters--
+		q.waiting.Leave(w, woken)
+		ib.waiters.Put(w)
 		if ctxErr != nil && q.len() == 0 {
-			if q.waiters == 0 {
-				if q.wait != nil {
-					close(q.wait)
-				}
+			if q.waiting.Len() == 0 {
 				ib.drop(k, q)
 			}
 			ib.mu.Unlock()
@@ -258,31 +252,48 @@ var (
 )
 
 // Window is a sender's credit towards one receiver: at most Limit bytes of
-// charge may be outstanding (sent but not yet consumed by the receiver's
-// Recv), except that one message of any size may go when nothing is
-// outstanding, so messages larger than the window cannot deadlock. It is
-// safe for concurrent use.
+// charge may be outstanding (sent but not yet credited back by the
+// receiver), except that a message of any size may go while at most the
+// window's slack is outstanding, so messages larger than the window cannot
+// deadlock. A receiver that returns credit over the wire may then keep up
+// to slack bytes of consumed charge unreported (Lazy says when to report):
+// at rest, when it has consumed everything, the sender can always send,
+// and small messages cost no credit message each. It is safe for
+// concurrent use.
 type Window struct {
 	mu    sync.Mutex
 	limit int64
+	slack int64
 	out   int64
 	wake  chan struct{}
 }
 
-// NewWindow returns a window of limit bytes (limit > 0).
-func NewWindow(limit int64) *Window {
-	if limit <= 0 {
-		panic("inbox: non-positive window")
+// NewWindow returns a window of limit bytes (limit > 0) without slack: a
+// message larger than the space left goes only when nothing is
+// outstanding, so the receiver must return every consumed byte at once.
+func NewWindow(limit int64) *Window { return NewLazyWindow(limit, 0) }
+
+// NewLazyWindow returns a window of limit bytes (limit > 0) with slack
+// bytes (0 <= slack < limit) that the receiver may leave unreported (see
+// Lazy).
+func NewLazyWindow(limit, slack int64) *Window {
+	if limit <= 0 || slack < 0 || slack >= limit {
+		panic("inbox: bad window")
 	}
-	return &Window{limit: limit}
+	return &Window{limit: limit, slack: slack}
 }
+
+// Lazy reports whether a receiver whose consumed charge not yet reported
+// to the sender is unreported may keep it unreported, for a window with
+// the given slack: it must report once unreported exceeds the slack.
+func Lazy(unreported, slack int64) bool { return unreported <= slack }
 
 // Acquire waits until charge bytes may be sent and takes them. It returns
 // ctx.Err(), ErrStopClosed or ErrStopDead if ctx ends or closed or dead is
 // closed first (a nil channel never fires).
 func (w *Window) Acquire(ctx context.Context, charge int64, closed, dead <-chan struct{}) error {
 	w.mu.Lock()
-	for w.out > 0 && w.out+charge > w.limit {
+	for w.out > w.slack && w.out+charge > w.limit {
 		if w.wake == nil {
 			w.wake = make(chan struct{})
 		}
