@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/slimgrad/slimgrad/transport"
 )
 
 // View is one membership epoch: its number and its members in rank order
@@ -160,4 +162,33 @@ func (l *MemLobby) Admission(ctx context.Context, id string) (View, error) {
 	case <-ctx.Done():
 		return View{}, ctx.Err()
 	}
+}
+
+// LatestConns remembers each member's latest conn, so that a Dialer can
+// offer Kill for chaos tests: closing it is what the member's peers see
+// when its process dies. The zero value is ready; safe for concurrent use.
+type LatestConns struct {
+	mu    sync.Mutex
+	conns map[string]transport.Conn
+}
+
+// Remember records c as member id's latest conn.
+func (l *LatestConns) Remember(id string, c transport.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conns == nil {
+		l.conns = map[string]transport.Conn{}
+	}
+	l.conns[id] = c
+}
+
+// Kill closes member id's latest conn and reports whether it had one.
+func (l *LatestConns) Kill(id string) bool {
+	l.mu.Lock()
+	c := l.conns[id]
+	l.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+	return c != nil
 }

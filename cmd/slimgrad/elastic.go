@@ -175,6 +175,24 @@ func elasticSettings(o *jobOptions, m method) string {
 		o.Workload, o.Seed, o.Steps, o.Batch, o.World, m.Name, m.Compress, m.EF, m.Optim, o.Algorithm, o.NaNPolicy.String())
 }
 
+// elasticMethod is o's method with its optimizer and plan, refused if an
+// elastic job cannot run it (checkElasticMethod).
+func (o *jobOptions) elasticMethod() (method, train.OptimSpec, train.Plan, error) {
+	m, err := o.method()
+	if err != nil {
+		return m, train.OptimSpec{}, train.Plan{}, err
+	}
+	spec, err := parseOptim(m.Optim, o.Steps)
+	if err != nil {
+		return m, spec, train.Plan{}, err
+	}
+	plan, err := m.plan(o.Steps, o.Seed)
+	if err != nil {
+		return m, spec, plan, err
+	}
+	return m, spec, plan, checkElasticMethod(m, spec, plan)
+}
+
 // checkElasticMethod refuses what elastic.Run cannot carry across epochs
 // (outer loops, 1-bit Adam, codec schedules).
 func checkElasticMethod(m method, spec train.OptimSpec, plan train.Plan) error {
@@ -433,19 +451,8 @@ func runElasticWorker(ctx context.Context, o *jobOptions, e *elasticOptions, ran
 	if id == "" {
 		id = defaultMemberID()
 	}
-	m, err := o.method()
+	m, spec, plan, err := o.elasticMethod()
 	if err != nil {
-		return err
-	}
-	spec, err := parseOptim(m.Optim, o.Steps)
-	if err != nil {
-		return err
-	}
-	plan, err := m.plan(o.Steps, o.Seed)
-	if err != nil {
-		return err
-	}
-	if err := checkElasticMethod(m, spec, plan); err != nil {
 		return err
 	}
 	task, err := train.LoadTask(o.Workload, o.Data, o.Seed)

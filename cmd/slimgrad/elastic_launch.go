@@ -123,20 +123,8 @@ type elasticReport struct {
 // every member that finished holds the same state, and with --out writes
 // elastic.json beside the members' steps-<id>.csv/.jsonl.
 func launchElastic(ctx context.Context, o jobOptions, e elasticOptions, stdout, stderr io.Writer) error {
-	m, err := o.method()
-	if err != nil {
-		return err
-	}
-	spec, err := parseOptim(m.Optim, o.Steps)
-	if err != nil {
-		return err
-	}
-	plan, err := m.plan(o.Steps, o.Seed)
-	if err != nil {
-		return err
-	}
-	if err := checkElasticMethod(m, spec, plan); err != nil {
-		return err
+	if _, _, _, err := o.elasticMethod(); err != nil {
+		return err // refused before any process starts
 	}
 	if o.Job == "" {
 		o.Job = newJobID()

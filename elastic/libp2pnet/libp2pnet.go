@@ -15,7 +15,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/nats-io/nats.go"
 
@@ -42,8 +41,7 @@ type Network struct {
 	// the wait for the epoch's members).
 	Rendezvous []rendezvous.Option
 
-	mu    sync.Mutex
-	conns map[string]transport.Conn // member ID → its latest conn
+	conns elastic.LatestConns // for Kill
 }
 
 // Dial implements elastic.Dialer: it joins rank's place in epoch v. On
@@ -83,26 +81,13 @@ func (n *Network) Dial(ctx context.Context, v elastic.View, rank int) (transport
 	if err != nil {
 		return nil, err
 	}
-	n.mu.Lock()
-	if n.conns == nil {
-		n.conns = map[string]transport.Conn{}
-	}
-	n.conns[v.Members[rank]] = c
-	n.mu.Unlock()
+	n.conns.Remember(v.Members[rank], c)
 	return c, nil
 }
 
 // Kill closes member id's latest conn (its node: the peers see it gone)
 // and reports whether it had one.
-func (n *Network) Kill(id string) bool {
-	n.mu.Lock()
-	c := n.conns[id]
-	n.mu.Unlock()
-	if c != nil {
-		c.Close()
-	}
-	return c != nil
-}
+func (n *Network) Kill(id string) bool { return n.conns.Kill(id) }
 
 // Close does nothing: every conn is closed by its member (or Kill).
 func (n *Network) Close() error { return nil }

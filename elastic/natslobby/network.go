@@ -2,7 +2,6 @@ package natslobby
 
 import (
 	"context"
-	"sync"
 
 	"github.com/slimgrad/slimgrad/elastic"
 	"github.com/slimgrad/slimgrad/transport"
@@ -19,8 +18,7 @@ type Network struct {
 	URL, Job string
 	Options  []nats.Option // e.g. nats.WithToken, nats.WithHeartbeat
 
-	mu    sync.Mutex
-	conns map[string]transport.Conn // member ID → its latest conn
+	conns elastic.LatestConns // for Kill
 }
 
 // Dial joins rank's place in epoch v (v.World() ranks). The conn is the
@@ -30,25 +28,12 @@ func (n *Network) Dial(ctx context.Context, v elastic.View, rank int) (transport
 	if err != nil {
 		return nil, err
 	}
-	n.mu.Lock()
-	if n.conns == nil {
-		n.conns = map[string]transport.Conn{}
-	}
-	n.conns[v.Members[rank]] = c
-	n.mu.Unlock()
+	n.conns.Remember(v.Members[rank], c)
 	return c, nil
 }
 
 // Kill closes member id's latest conn and reports whether it had one.
-func (n *Network) Kill(id string) bool {
-	n.mu.Lock()
-	c := n.conns[id]
-	n.mu.Unlock()
-	if c != nil {
-		c.Close()
-	}
-	return c != nil
-}
+func (n *Network) Kill(id string) bool { return n.conns.Kill(id) }
 
 // Close does nothing: every conn is closed by its member (or Kill).
 func (n *Network) Close() error { return nil }
