@@ -1,0 +1,925 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/slimgrad/slimgrad/allreduce"
+)
+
+// Aggregate selects how Run simulates the ranks of a run (Options.Aggregate).
+//
+// The aggregated mode partitions the ranks into groups of equivalent ranks
+// and simulates one representative rank per group; every member of a group
+// is taken to do what its representative does, at the same times. A
+// message of a representative stands for the messages of all members of
+// its group, and loads the links it crosses with all of them: the network
+// holds one flow per group, destination group and route, weighted by how
+// many real flows it stands for on each link (a rack uplink that carries
+// one flow from each of k members carries weight k), and max-min fairness
+// shares a link in proportion to the weights. Cost: the representatives'
+// ops instead of every rank's, so a ring costs O(groups·N) events instead
+// of O(N²), and an all-to-all O(groups·N) instead of O(N³).
+//
+// Groups. Two ranks are in one group when their nodes have the same links
+// (uplink, downlink), latency and speed, their racks are of one class (the
+// same uplink, downlink, latency and members, and WAN links of the same
+// bandwidth and latency to racks of the same classes), and, for
+// AggregateDepth rounds, their neighbours in the programs' ring order
+// (peer offsets ±1, …, of every collective with few distinct peers) are in
+// the same groups and reached over the same kind of route. Members of a
+// group can still differ further out (the third rank after a rack boundary
+// is grouped with the middle of the rack); that is the approximation, and
+// the reason its results are compared with per-message runs (1% on rings,
+// trees excepted, all-to-alls and the compressed schemes, homogeneous and
+// heterogeneous topologies; see aggregate_test.go).
+//
+// What the mode assumes, beyond the grouping:
+//   - every collective is Shared (allreduce.Shared: its programs are the
+//     same up to rotation, op i of rank r sending to or receiving from
+//     r + δᵢ for an offset δᵢ common to all ranks); a member's op i moves
+//     the representative's op i's bytes (chunks of an uneven layout differ
+//     by an element: totals per rank agree, single messages may not);
+//   - the members' flows of one op are spread evenly over the links of
+//     their class (a group's node links, the uplinks of a rack class, the
+//     WAN links of a class): a link class's capacity is shared as if each
+//     of its links carried the average load, and no flow gets more than a
+//     whole link.
+//
+// Run refuses the aggregated mode, and simulates every rank, when a
+// collective has per-rank programs or executors (payload mode; per-rank
+// programs include the double binary tree and halving-doubling, which are
+// not rotation-symmetric), when latency or compute jitter is set (members
+// would draw independent delays), with a Trace (it records every rank),
+// when two ranks share a node (Options.Placement), when the topology sets
+// a latency between two nodes (Topology.SetPairLatency), and when grouping
+// leaves no two ranks in one group. Result.NotAggregated says which.
+type Aggregate uint8
+
+const (
+	// AggregateOff simulates every rank and every message.
+	AggregateOff Aggregate = iota
+	// AggregateAuto aggregates runs of at least AutoAggregateRanks ranks
+	// that allow it, and simulates smaller runs message by message.
+	AggregateAuto
+	// AggregateOn aggregates every run that allows it.
+	AggregateOn
+)
+
+// AutoAggregateRanks is the world size from which AggregateAuto
+// aggregates: below it per-message runs take seconds at most.
+const AutoAggregateRanks = 1024
+
+// DefaultAggregateDepth is the grouping depth used when
+// Options.AggregateDepth is 0: ranks up to two hops from a difference in
+// ring order (a rack boundary, a WAN link, a slow node) are told apart.
+const DefaultAggregateDepth = 2
+
+func (a Aggregate) String() string {
+	switch a {
+	case AggregateOff:
+		return "off"
+	case AggregateAuto:
+		return "auto"
+	case AggregateOn:
+		return "on"
+	}
+	return "Aggregate(" + strconv.Itoa(int(a)) + ")"
+}
+
+// ParseAggregate parses "off", "auto" or "on".
+func ParseAggregate(s string) (Aggregate, error) {
+	switch s {
+	case "off":
+		return AggregateOff, nil
+	case "auto":
+		return AggregateAuto, nil
+	case "on":
+		return AggregateOn, nil
+	}
+	return 0, fmt.Errorf("sim: aggregate mode %q (want off, auto or on)", s)
+}
+
+// aggPlan is the grouping of an aggregated run and its virtual network: a
+// link per group uplink and downlink, per rack class uplink and downlink
+// and per WAN class direction.
+type aggPlan struct {
+	n      int
+	node   []int32   // rank -> node
+	cls    []int32   // rank -> group
+	reps   []int32   // group -> representative rank
+	gsize  []float64 // group -> members
+	rcls   []int32   // rack -> rack class
+	up     []int32   // group -> virtual uplink
+	down   []int32   // group -> virtual downlink
+	rup    []int32   // rack class -> virtual uplink, -1 if unlimited
+	rdown  []int32   // rack class -> virtual downlink, -1 if unlimited
+	wanVL  []int32   // WAN direction (2w, 2w+1) -> virtual link
+	caps   []float64 // virtual link capacities
+	lsize  []float64 // real links per virtual link
+	routes []aggRoute
+	rIdx   map[aggRoute]int32
+	runs   []aggRun
+	rpair  []int32 // route of runs (i, j) at i*len(runs)+j, -2 unknown; nil if too many runs
+	dist   [][]aggEntry
+	acc    map[[3]int32]int32 // scratch of distFor
+	offs   map[*allreduce.Shared][]int32
+	route  func(a, b int) int32 // the route id of ranks a -> b
+}
+
+// aggRoute is a route between two ranks, up to the groups at its ends:
+// within a rack (or between nodes without racks) it crosses only their node
+// links; across racks also the racks' uplink and downlink (by rack class,
+// when limited) and the WAN link between them (virtual link, or -1).
+type aggRoute struct {
+	same   bool
+	rs, rd int32
+	wan    int32
+	lat    float64
+}
+
+// aggRun is a maximal run of consecutive ranks [start, end) of one group
+// and one rack.
+type aggRun struct {
+	start, end int32
+	cls, rack  int32
+}
+
+// aggEntry: at a peer offset, n members of group y send to members of
+// group x over route.
+type aggEntry struct {
+	y, x, route int32
+	n           int32
+}
+
+// aggItem is what the end of a sub-flow does: finish the sender's op
+// (op >= 0), deliver to the receiving representative (dg >= 0), free its
+// connection (conn >= 0).
+type aggItem struct {
+	g, op   int32
+	dg, dop int32
+	conn    int32
+	next    int32
+	lat     float64
+}
+
+// aggMsg is a sub-flow: the messages of one op of a group's members to
+// one destination group over one route, waiting for its connection or
+// being launched.
+type aggMsg struct {
+	links [maxPath]int32
+	w     [maxPath]float64
+	n     int8
+	size  float64
+	key   [3]int32 // y, x, route
+	item  int32
+	next  int32
+}
+
+// aggConn is the stream of one group's members to the peers at one offset
+// in one destination group over one route: its sub-flows go one at a time.
+type aggConn struct {
+	head, tail int32 // queued sub-flows (indices into aggState.msgs), -1 if none
+	key        [4]int32
+}
+
+type lumpKey struct {
+	key  [3]int32
+	size float64
+}
+
+type lumpVal struct {
+	id  int32
+	ver uint32
+}
+
+// aggState is the driver's state of an aggregated run.
+type aggState struct {
+	p      *aggPlan
+	items  []aggItem
+	ifree  []int32
+	msgs   []aggMsg
+	mfree  []int32
+	conns  []aggConn
+	cfree  []int32
+	connIx map[[4]int32]int32 // (group, destination group, route, offset) -> conn
+	lump   map[lumpKey]lumpVal
+	lumpT  float64
+	net    *network
+	pnet   *network // the per-message network, restored by release
+	ents   []aggEntry
+}
+
+// planAggregate decides whether the run is aggregated and, if so, builds
+// its plan into d.agg. It returns why not ("" if it is, or if the options
+// do not ask for it).
+func (d *driver) planAggregate(ctx context.Context) (string, error) {
+	o := d.opts
+	switch {
+	case o.Aggregate == AggregateOff:
+		return "", nil
+	case o.Aggregate == AggregateAuto && d.world < AutoAggregateRanks:
+		return "", nil
+	}
+	for c := range d.colls {
+		col := &d.colls[c]
+		if col.Shared == nil {
+			return fmt.Sprintf("collective %d (%s) has per-rank programs or executors; only on-demand (Shared) programs are known to be rotation-symmetric", c, col.Name), nil
+		}
+	}
+	switch {
+	case o.LatencyJitter > 0 || o.ComputeJitter > 0:
+		return "jitter would give each member of a group its own delays", nil
+	case o.Trace != nil:
+		return "a trace records every rank", nil
+	case len(d.topo.pairLat) > 0:
+		return "the topology sets latencies between single nodes", nil
+	}
+	p := &aggPlan{n: d.world, offs: map[*allreduce.Shared][]int32{}}
+	p.node = make([]int32, d.world)
+	seen := make([]bool, len(d.topo.Nodes))
+	for r := range d.world {
+		nd := r
+		if o.Placement != nil {
+			nd = o.Placement[r]
+		}
+		if seen[nd] {
+			return fmt.Sprintf("ranks share node %d", nd), nil
+		}
+		seen[nd] = true
+		p.node[r] = int32(nd)
+	}
+	if err := p.group(ctx, d.topo, d.colls, o.AggregateDepth); err != nil {
+		return "", err
+	}
+	if len(p.reps) == d.world {
+		return "no two ranks are equivalent", nil
+	}
+	d.agg = p
+	return "", nil
+}
+
+// group computes the groups, their representatives and the virtual links.
+func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, depth int) error {
+	if depth <= 0 {
+		depth = DefaultAggregateDepth
+	}
+	n := p.n
+	// Rack classes: links, latency and members, refined by WAN links.
+	R := len(t.Racks)
+	p.rcls = make([]int32, R)
+	{
+		comp := make([][]string, R)
+		for r := range n {
+			nd := &t.Nodes[p.node[r]]
+			if nd.Rack >= 0 {
+				comp[nd.Rack] = append(comp[nd.Rack], nodeSig(nd))
+			}
+		}
+		keys := make([]string, R)
+		for i := range R {
+			slices.Sort(comp[i])
+			rk := &t.Racks[i]
+			keys[i] = fmt.Sprintf("%v/%v/%d/%s", float64(rk.Up), float64(rk.Down), int64(rk.Latency), strings.Join(comp[i], ","))
+		}
+		classify(keys, p.rcls)
+		for {
+			nb := make([][]string, R)
+			for _, w := range t.WANs {
+				nb[w.A] = append(nb[w.A], fmt.Sprintf("%v/%d/%d", float64(w.Bandwidth), int64(w.Latency), p.rcls[w.B]))
+				nb[w.B] = append(nb[w.B], fmt.Sprintf("%v/%d/%d", float64(w.Bandwidth), int64(w.Latency), p.rcls[w.A]))
+			}
+			for a, l := range t.rackLat {
+				nb[a[0]] = append(nb[a[0]], fmt.Sprintf("lat%d/%d", int64(l), p.rcls[a[1]]))
+				nb[a[1]] = append(nb[a[1]], fmt.Sprintf("lat%d/%d", int64(l), p.rcls[a[0]]))
+			}
+			for i := range R {
+				slices.Sort(nb[i])
+				keys[i] = fmt.Sprintf("%d|%s", p.rcls[i], strings.Join(nb[i], ","))
+			}
+			next := make([]int32, R)
+			if classify(keys, next) == countClasses(p.rcls) {
+				break
+			}
+			p.rcls = next
+		}
+	}
+	rackOf := func(r int) int32 { return int32(t.Nodes[p.node[r]].Rack) }
+	rc := func(rack int32) int32 {
+		if rack < 0 {
+			return -1
+		}
+		return p.rcls[rack]
+	}
+	// Virtual links of racks and WANs.
+	nrc := countClasses(p.rcls)
+	p.rup, p.rdown = make([]int32, nrc), make([]int32, nrc)
+	for c := range nrc {
+		p.rup[c], p.rdown[c] = -1, -1
+	}
+	for i := range R {
+		c := p.rcls[i]
+		if t.Racks[i].Up > 0 {
+			if p.rup[c] < 0 {
+				p.rup[c] = p.addLink(float64(t.Racks[i].Up))
+			}
+			p.lsize[p.rup[c]]++
+		}
+		if t.Racks[i].Down > 0 {
+			if p.rdown[c] < 0 {
+				p.rdown[c] = p.addLink(float64(t.Racks[i].Down))
+			}
+			p.lsize[p.rdown[c]]++
+		}
+	}
+	p.wanVL = make([]int32, 2*len(t.WANs))
+	wcls := map[string]int32{}
+	for i, w := range t.WANs {
+		for dir, ab := range [2][2]int{{w.A, w.B}, {w.B, w.A}} {
+			k := fmt.Sprintf("%v/%d/%d/%d", float64(w.Bandwidth), int64(w.Latency), p.rcls[ab[0]], p.rcls[ab[1]])
+			v, ok := wcls[k]
+			if !ok {
+				v = p.addLink(float64(w.Bandwidth))
+				wcls[k] = v
+			}
+			p.lsize[v]++
+			p.wanVL[2*i+dir] = v
+		}
+	}
+	wan := t.wanIndex()
+	p.rIdx = map[aggRoute]int32{}
+	route := func(a, b int) int32 {
+		na, nb := int(p.node[a]), int(p.node[b])
+		ra, rb := rackOf(a), rackOf(b)
+		k := aggRoute{same: ra == rb, rs: rc(ra), rd: rc(rb), wan: -1, lat: t.PairLatency(na, nb).Seconds()}
+		if !k.same && ra >= 0 && rb >= 0 && wan != nil {
+			if w, ok := wan[[2]int32{ra, rb}]; ok {
+				k.wan = p.wanVL[w]
+			}
+		}
+		id, ok := p.rIdx[k]
+		if !ok {
+			id = int32(len(p.routes))
+			p.routes = append(p.routes, k)
+			p.rIdx[k] = id
+		}
+		return id
+	}
+	// Round 0: the node and its rack class.
+	keys := make([]string, n)
+	for r := range n {
+		keys[r] = fmt.Sprintf("%s/%d", nodeSig(&t.Nodes[p.node[r]]), rc(rackOf(r)))
+	}
+	cls := make([]int32, n)
+	classify(keys, cls)
+	// Refinement by the ring-order neighbours of the collectives with few
+	// peer offsets.
+	var offs []int32
+	for c := range colls {
+		o, err := p.offsets(ctx, colls[c].Shared)
+		if err != nil {
+			return err
+		}
+		if len(o) <= 4 {
+			for _, x := range o {
+				offs = append(offs, x, int32(n)-x)
+			}
+		}
+	}
+	slices.Sort(offs)
+	offs = slices.Compact(offs)
+	if len(offs) > 8 {
+		offs = offs[:8]
+	}
+	if len(offs) > 0 {
+		rt := make([][]int32, len(offs)) // routes to the neighbours: fixed
+		for k, x := range offs {
+			rt[k] = make([]int32, n)
+			for r := range n {
+				rt[k][r] = route(r, (r+int(x))%n)
+			}
+		}
+		type sig struct {
+			c  int32
+			nb [8][2]int32
+		}
+		for range depth {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			ids := map[sig]int32{}
+			next := make([]int32, n)
+			for r := range n {
+				s := sig{c: cls[r]}
+				for k, x := range offs {
+					s.nb[k] = [2]int32{cls[(r+int(x))%n], rt[k][r]}
+				}
+				id, ok := ids[s]
+				if !ok {
+					id = int32(len(ids))
+					ids[s] = id
+				}
+				next[r] = id
+			}
+			stable := len(ids) == countClasses(cls)
+			cls = next
+			if stable {
+				break
+			}
+		}
+	}
+	p.cls = cls
+	G := countClasses(cls)
+	// Runs of (group, rack); the representative of a group is the middle
+	// rank of its longest run.
+	p.runs = p.runs[:0]
+	for r := 0; r < n; {
+		e := r + 1
+		for e < n && cls[e] == cls[r] && rackOf(e) == rackOf(r) {
+			e++
+		}
+		p.runs = append(p.runs, aggRun{start: int32(r), end: int32(e), cls: cls[r], rack: rackOf(r)})
+		r = e
+	}
+	p.reps = make([]int32, G)
+	best := make([]int32, G)
+	p.gsize = make([]float64, G)
+	for _, ru := range p.runs {
+		if l := ru.end - ru.start; l > best[ru.cls] {
+			best[ru.cls] = l
+			p.reps[ru.cls] = ru.start + l/2
+		}
+		p.gsize[ru.cls] += float64(ru.end - ru.start)
+	}
+	p.up, p.down = make([]int32, G), make([]int32, G)
+	for y := range G {
+		nd := &t.Nodes[p.node[p.reps[y]]]
+		p.up[y] = p.addLink(float64(nd.Up))
+		p.down[y] = p.addLink(float64(nd.Down))
+		p.lsize[p.up[y]] = p.gsize[y]
+		p.lsize[p.down[y]] = p.gsize[y]
+	}
+	if nr := len(p.runs); nr <= 2048 {
+		p.rpair = make([]int32, nr*nr)
+		for i := range p.rpair {
+			p.rpair[i] = -2
+		}
+	}
+	p.route = route
+	p.dist = make([][]aggEntry, n)
+	p.acc = map[[3]int32]int32{}
+	return nil
+}
+
+// nodeSig is what makes two nodes equivalent: links, latency, speed.
+func nodeSig(nd *Node) string {
+	s := nd.Speed
+	if s <= 0 {
+		s = 1
+	}
+	return fmt.Sprintf("%v/%v/%d/%v", float64(nd.Up), float64(nd.Down), int64(nd.Latency), s)
+}
+
+// classify numbers the distinct keys in order of first appearance into
+// out and returns how many there are.
+func classify(keys []string, out []int32) int {
+	ids := map[string]int32{}
+	for i, k := range keys {
+		id, ok := ids[k]
+		if !ok {
+			id = int32(len(ids))
+			ids[k] = id
+		}
+		out[i] = id
+	}
+	return len(ids)
+}
+
+func countClasses(c []int32) int {
+	m := int32(-1)
+	for _, x := range c {
+		m = max(m, x)
+	}
+	return int(m + 1)
+}
+
+func (p *aggPlan) addLink(c float64) int32 {
+	p.caps = append(p.caps, c)
+	p.lsize = append(p.lsize, 0)
+	return int32(len(p.caps) - 1)
+}
+
+// offsets returns the distinct peer offsets of the Send ops of s's
+// programs (the same for every rank), ascending; it stops counting beyond
+// 64.
+func (p *aggPlan) offsets(ctx context.Context, s *allreduce.Shared) ([]int32, error) {
+	if o, ok := p.offs[s]; ok {
+		return o, nil
+	}
+	var o []int32
+	for i := range int32(s.Len()) {
+		if i&(1<<16-1) == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
+		op := s.Op(0, i)
+		if op.Kind != allreduce.Send {
+			continue
+		}
+		if !slices.Contains(o, op.Peer) {
+			o = append(o, op.Peer)
+			if len(o) > 64 {
+				break
+			}
+		}
+	}
+	slices.Sort(o)
+	p.offs[s] = o
+	return o, nil
+}
+
+// distFor returns, for peer offset x, how many members of each group send
+// to members of each group over each route (sorted by sending group). It
+// merges the runs of (group, rack) with themselves shifted by x.
+func (p *aggPlan) distFor(x int) []aggEntry {
+	if e := p.dist[x]; e != nil {
+		return e
+	}
+	runs := p.runs
+	nr := len(runs)
+	// The run holding rank x.
+	ib, _ := slices.BinarySearchFunc(runs, int32(x), func(ru aggRun, v int32) int {
+		switch {
+		case ru.end <= v:
+			return -1
+		case ru.start > v:
+			return 1
+		}
+		return 0
+	})
+	clear(p.acc)
+	var out []aggEntry
+	r, q := 0, x
+	for ia := 0; ia < nr; {
+		ra, rb := &runs[ia], &runs[ib]
+		l := min(int(ra.end)-r, int(rb.end)-q)
+		var rt int32
+		if p.rpair != nil {
+			k := ia*nr + ib
+			if rt = p.rpair[k]; rt == -2 {
+				rt = p.route(r, q)
+				p.rpair[k] = rt
+			}
+		} else {
+			rt = p.route(r, q)
+		}
+		k := [3]int32{ra.cls, rb.cls, rt}
+		if j, ok := p.acc[k]; ok {
+			out[j].n += int32(l)
+		} else {
+			p.acc[k] = int32(len(out))
+			out = append(out, aggEntry{y: ra.cls, x: rb.cls, route: rt, n: int32(l)})
+		}
+		r += l
+		q += l
+		if r == int(ra.end) {
+			ia++
+		}
+		if q == int(rb.end) {
+			ib++
+			if ib == nr {
+				ib, q = 0, 0
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b aggEntry) int { return int(a.y - b.y) })
+	p.dist[x] = out
+	return out
+}
+
+// entries returns distFor(x)'s entries of sending group y.
+func (p *aggPlan) entries(x int, y int32) []aggEntry {
+	e := p.distFor(x)
+	lo, _ := slices.BinarySearchFunc(e, y, func(a aggEntry, y int32) int { return int(a.y - y) })
+	hi := lo
+	for hi < len(e) && e[hi].y == y {
+		hi++
+	}
+	return e[lo:hi]
+}
+
+// path writes the virtual links of a sub-flow of n messages from group y
+// to group x over route rt and its weight on each (real flows per real
+// link of the class), and returns their number.
+func (p *aggPlan) path(y, x, rt int32, n float64, links *[maxPath]int32, w *[maxPath]float64) int {
+	k := 0
+	add := func(l int32) {
+		links[k] = l
+		w[k] = n / p.lsize[l]
+		k++
+	}
+	ro := &p.routes[rt]
+	add(p.up[y])
+	if !ro.same {
+		if ro.rs >= 0 && p.rup[ro.rs] >= 0 {
+			add(p.rup[ro.rs])
+		}
+		if ro.wan >= 0 {
+			add(ro.wan)
+		}
+		if ro.rd >= 0 && p.rdown[ro.rd] >= 0 {
+			add(p.rdown[ro.rd])
+		}
+	}
+	add(p.down[x])
+	return k
+}
+
+// aggSetup prepares the driver's state for the aggregated run of plan p:
+// the virtual network in place of the topology's.
+func (d *driver) aggSetup() {
+	a := &d.as
+	p := d.agg
+	if a.net == nil || len(a.net.caps) != len(p.caps) {
+		a.net = newNetwork(p.caps)
+		a.net.weighted = true
+	} else {
+		a.net.caps = p.caps
+	}
+	a.pnet = d.net
+	d.net = a.net
+	a.items, a.ifree = a.items[:0], a.ifree[:0]
+	a.msgs, a.mfree = a.msgs[:0], a.mfree[:0]
+	a.conns, a.cfree = a.conns[:0], a.cfree[:0]
+	if a.connIx == nil {
+		a.connIx = map[[4]int32]int32{}
+		a.lump = map[lumpKey]lumpVal{}
+	}
+	clear(a.connIx)
+	clear(a.lump)
+	a.lumpT = -1
+}
+
+// aggRelease puts the per-message network back.
+func (d *driver) aggRelease() {
+	if d.agg == nil {
+		return
+	}
+	d.net = d.as.pnet
+	d.as.pnet = nil
+	d.agg = nil
+}
+
+// aggSend is send for an aggregated run: the messages of op i of every
+// member of ms's group, one sub-flow per destination group and route.
+func (d *driver) aggSend(g int32, ms *machine, i int32, op *allreduce.Op) error {
+	size := op.Bytes
+	if size < 0 {
+		if d.opts.SizeHint == nil {
+			return fmt.Errorf("%w: collective %d rank %d op %d: data-dependent message size and no SizeHint", ErrProgram, ms.coll, ms.rank, i)
+		}
+		size = d.opts.SizeHint(int(ms.coll), int(ms.rank), op)
+		if size < 0 {
+			return fmt.Errorf("%w: collective %d rank %d op %d: SizeHint returned %d", ErrProgram, ms.coll, ms.rank, i, size)
+		}
+	}
+	rs := &d.ranks[ms.slot]
+	rs.sent += size
+	if d.hopCodec(ms, op.Src) && d.costs[ms.coll].encode > 0 {
+		// Encode on the compute engine first; the messages leave after.
+		j := d.park(&msgInfo{g: g, op: i, size: float64(size)})
+		d.engine(rs, qent{g: g, op: i, dur: -1, job: jobEncode, x: j})
+		return nil
+	}
+	return d.aggLaunch(g, ms, i, op.Peer, size)
+}
+
+// aggLaunch sends the sub-flows of op i (to peer, size bytes per message)
+// of machine g's group.
+func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) error {
+	p := d.agg
+	a := &d.as
+	n := int32(p.n)
+	x := (peer - ms.rank + n) % n
+	y := ms.slot
+	own := p.route(int(ms.rank), int(peer))
+	ownX := p.cls[peer]
+	dop := ms.sh.Match(int(ms.rank), i)
+	ents := p.entries(int(x), y)
+	found := false
+	for _, e := range ents {
+		m := float64(e.n)
+		d.res.Messages += int64(e.n)
+		d.res.Bytes += int64(e.n) * size
+		d.cbytes[ms.coll] += int64(e.n) * size
+		it := d.aggItem()
+		item := &a.items[it]
+		item.g, item.op, item.dg, item.dop, item.conn = g, -1, -1, -1, -1
+		item.lat = p.routes[e.route].lat + d.msgCost.Message(size)
+		if e.x == ownX && e.route == own {
+			item.op = i
+			found = true
+		}
+		// The receiving representative takes this sub-flow if its peer at
+		// this offset is in group y and reached over the same route.
+		q := p.reps[e.x]
+		if src := (q - x + n) % n; p.cls[src] == y && p.route(int(src), int(q)) == e.route {
+			item.dg, item.dop = ms.coll*int32(len(p.reps))+e.x, dop
+			d.ranks[e.x].recvd += size
+		}
+		var sm aggMsg
+		sm.n = int8(p.path(y, e.x, e.route, m, &sm.links, &sm.w))
+		sm.size = float64(size)
+		sm.key = [3]int32{y, e.x, e.route}
+		sm.item = it
+		if d.opts.PerMessageFlows {
+			d.aggStart(&sm)
+			continue
+		}
+		ck := [4]int32{y, e.x, e.route, x}
+		c, ok := a.connIx[ck]
+		if !ok {
+			c = d.aggConn(ck)
+			a.connIx[ck] = c
+			item.conn = c
+			d.aggStart(&sm)
+			continue
+		}
+		item.conn = c
+		j := d.aggMsg(&sm)
+		cn := &a.conns[c]
+		if cn.tail < 0 {
+			cn.head = j
+		} else {
+			a.msgs[cn.tail].next = j
+		}
+		cn.tail = j
+	}
+	if !found {
+		return fmt.Errorf("sim: aggregated: collective %d rank %d op %d: no sub-flow to its own peer %d", ms.coll, ms.rank, i, peer)
+	}
+	return nil
+}
+
+func (d *driver) aggItem() int32 {
+	a := &d.as
+	if k := len(a.ifree); k > 0 {
+		j := a.ifree[k-1]
+		a.ifree = a.ifree[:k-1]
+		return j
+	}
+	a.items = append(a.items, aggItem{})
+	return int32(len(a.items) - 1)
+}
+
+func (d *driver) aggMsg(m *aggMsg) int32 {
+	a := &d.as
+	m.next = -1
+	if k := len(a.mfree); k > 0 {
+		j := a.mfree[k-1]
+		a.mfree = a.mfree[:k-1]
+		a.msgs[j] = *m
+		return j
+	}
+	a.msgs = append(a.msgs, *m)
+	return int32(len(a.msgs) - 1)
+}
+
+func (d *driver) aggConn(key [4]int32) int32 {
+	a := &d.as
+	if k := len(a.cfree); k > 0 {
+		j := a.cfree[k-1]
+		a.cfree = a.cfree[:k-1]
+		a.conns[j] = aggConn{head: -1, tail: -1, key: key}
+		return j
+	}
+	a.conns = append(a.conns, aggConn{head: -1, tail: -1, key: key})
+	return int32(len(a.conns) - 1)
+}
+
+// aggStart puts sub-flow m on the network: merged into a flow that started
+// at the same time on the same route with the same size (they would run
+// side by side at the same rate), or as a new flow. The flow's g holds the
+// head of its chain of items.
+func (d *driver) aggStart(m *aggMsg) {
+	a := &d.as
+	nw := a.net
+	if d.now != a.lumpT {
+		clear(a.lump)
+		a.lumpT = d.now
+	}
+	lk := lumpKey{key: m.key, size: m.size}
+	if v, ok := a.lump[lk]; ok {
+		if f := &nw.flows[v.id]; f.active && f.ver == v.ver && f.last == d.now && f.remaining == f.size {
+			nw.addWeight(v.id, &m.w)
+			a.items[m.item].next = f.g
+			f.g = m.item
+			return
+		}
+	}
+	id := nw.addWeighted(d.now, &m.links, int(m.n), m.size, &m.w)
+	f := &nw.flows[id]
+	a.items[m.item].next = -1
+	f.g = m.item
+	a.lump[lk] = lumpVal{id: id, ver: f.ver}
+}
+
+// aggFlowEnd ends flow id of an aggregated run: every item's connection
+// moves on, its delivery is scheduled and its sender's op is done.
+func (d *driver) aggFlowEnd(id int32) error {
+	a := &d.as
+	it := d.net.flows[id].g
+	d.net.remove(d.now, id)
+	for it >= 0 {
+		item := a.items[it]
+		a.ifree = append(a.ifree, it)
+		it = item.next
+		if item.conn >= 0 {
+			d.aggConnDone(item.conn)
+		}
+		if item.dg >= 0 {
+			d.h.push(event{t: d.now + item.lat, kind: evArrive, g: item.dg, op: item.dop})
+		}
+		if item.op >= 0 {
+			ms := &d.ms[item.g]
+			if err := ms.m.Done(item.op); err != nil {
+				return err
+			}
+			if err := d.pump(item.g); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// aggConnDone starts connection c's next sub-flow, or closes it.
+func (d *driver) aggConnDone(c int32) {
+	a := &d.as
+	cn := &a.conns[c]
+	if cn.head < 0 {
+		delete(a.connIx, cn.key)
+		a.cfree = append(a.cfree, c)
+		return
+	}
+	j := cn.head
+	m := a.msgs[j]
+	cn.head = m.next
+	if cn.head < 0 {
+		cn.tail = -1
+	}
+	a.mfree = append(a.mfree, j)
+	d.aggStart(&m)
+}
+
+// aggFinish fills res's per-rank and per-link statistics from the groups'
+// and the virtual links'.
+func (d *driver) aggFinish(res *Result) {
+	p := d.agg
+	res.Groups = len(p.reps)
+	res.Ranks = make([]RankStats, p.n)
+	crit := int32(-1)
+	for y := range p.reps {
+		rs := &d.ranks[y]
+		if crit < 0 || rs.finish > d.ranks[crit].finish {
+			crit = int32(y)
+		}
+	}
+	for r := range p.n {
+		rs := &d.ranks[p.cls[r]]
+		res.Ranks[r] = RankStats{Finish: rs.finish, Compute: rs.compute, Compress: rs.compres, BytesSent: rs.sent, BytesIn: rs.recvd}
+	}
+	cr := &d.ranks[crit]
+	res.Time, res.Critical = cr.finish, int(p.reps[crit])
+	res.Compute, res.Compress = cr.compute, cr.compres
+	res.Communicate = max(0, res.Time-cr.compute-cr.compres)
+	t := d.topo
+	N, R := len(t.Nodes), len(t.Racks)
+	res.Links = make([]LinkStats, t.NumLinks())
+	nw := d.net
+	set := func(l int, v int32) {
+		if v >= 0 {
+			res.Links[l].Bytes, res.Links[l].Busy = nw.linkBytes[v], nw.linkBusy[v]
+		}
+	}
+	for l := range res.Links {
+		res.Links[l].Name = d.linkNames[l]
+	}
+	for r := range p.n {
+		nd := int(p.node[r])
+		set(2*nd, p.up[p.cls[r]])
+		set(2*nd+1, p.down[p.cls[r]])
+	}
+	for i := range R {
+		set(2*N+2*i, p.rup[p.rcls[i]])
+		set(2*N+2*i+1, p.rdown[p.rcls[i]])
+	}
+	for w := range t.WANs {
+		set(2*N+2*R+2*w, p.wanVL[2*w])
+		set(2*N+2*R+2*w+1, p.wanVL[2*w+1])
+	}
+}
