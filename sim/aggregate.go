@@ -2,10 +2,14 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
 )
@@ -107,27 +111,40 @@ func ParseAggregate(s string) (Aggregate, error) {
 // link per group uplink and downlink, per rack class uplink and downlink
 // and per WAN class direction.
 type aggPlan struct {
-	n      int
-	node   []int32   // rank -> node
-	cls    []int32   // rank -> group
-	reps   []int32   // group -> representative rank
-	gsize  []float64 // group -> members
-	rcls   []int32   // rack -> rack class
-	up     []int32   // group -> virtual uplink
-	down   []int32   // group -> virtual downlink
-	rup    []int32   // rack class -> virtual uplink, -1 if unlimited
-	rdown  []int32   // rack class -> virtual downlink, -1 if unlimited
-	wanVL  []int32   // WAN direction (2w, 2w+1) -> virtual link
-	caps   []float64 // virtual link capacities
-	lsize  []float64 // real links per virtual link
-	routes []aggRoute
-	rIdx   map[aggRoute]int32
-	runs   []aggRun
-	rpair  []int32 // route of runs (i, j) at i*len(runs)+j, -2 unknown; nil if too many runs
-	dist   [][]aggEntry
-	acc    map[[3]int32]int32 // scratch of distFor
-	offs   map[*allreduce.Shared][]int32
-	route  func(a, b int) int32 // the route id of ranks a -> b
+	n          int
+	node       []int32   // rank -> node
+	cls        []int32   // rank -> group
+	reps       []int32   // group -> representative rank
+	gsize      []float64 // group -> members
+	rcls       []int32   // rack -> rack class
+	up         []int32   // group -> virtual uplink
+	down       []int32   // group -> virtual downlink
+	rup        []int32   // rack class -> virtual uplink, -1 if unlimited
+	rdown      []int32   // rack class -> virtual downlink, -1 if unlimited
+	wanVL      []int32   // WAN direction (2w, 2w+1) -> virtual link
+	caps       []float64 // virtual link capacities
+	lsize      []float64 // real links per virtual link
+	routes     []aggRoute
+	rIdx       map[aggRoute]int32
+	runs       []aggRun
+	runOf      []int32 // rank -> its run (with rpair)
+	maxRoutes  float64 // a bound on len(routes)
+	gb, rb, ob uint    // key bits (keyBits)
+	rpair      []int32 // route of runs (i, j) at i*len(runs)+j, -2 unknown; nil if too many runs
+	dist       [][]aggEntry
+	acc        map[[3]int32]int32        // scratch of distFor
+	offs       map[*allreduce.Shared]int // chainOffsets
+	route      func(a, b int) int32      // the route id of ranks a -> b
+
+	// Chains (aggregate.go, chains): consecutive members of a group in
+	// ring order.
+	closed   bool      // one group round the whole ring: no chains
+	entry    []int32   // rank -> the first rank of its chain
+	clen     []int32   // entry rank -> its chain's length
+	croute   []int32   // group -> its chain route
+	chain    []int32   // group -> the length of its representative's chain
+	chainLat []float64 // group -> the latency between consecutive members
+	pipes    map[*allreduce.Shared]*pipeline
 }
 
 // aggRoute is a route between two ranks, up to the groups at its ends:
@@ -164,6 +181,9 @@ type aggItem struct {
 	conn    int32
 	next    int32
 	lat     float64
+	size    int64
+	t0, ts  float64 // when the op was launched, when the sub-flow started
+	line    bool    // the representative's own message along its chain: schedules the chain exit's messages (delay line)
 }
 
 // aggMsg is a sub-flow: the messages of one op of a group's members to
@@ -183,17 +203,37 @@ type aggMsg struct {
 // in one destination group over one route: its sub-flows go one at a time.
 type aggConn struct {
 	head, tail int32 // queued sub-flows (indices into aggState.msgs), -1 if none
-	key        [4]int32
+	key        uint64
 }
 
-type lumpKey struct {
-	key  [3]int32
-	size float64
-}
-
+// lumpVal is the last flow started on a sub-flow key (lumpKey) at
+// aggState.lumpT.
 type lumpVal struct {
-	id  int32
-	ver uint32
+	size float64
+	id   int32
+	ver  uint32
+}
+
+// Keys of sub-flows pack group, destination group and route, keys of
+// connections also the peer offset, into 64 bits: gb bits for a group, rb
+// for a route, ob for an offset (aggPlan.keyBits; planAggregate refuses
+// runs that need more).
+func (p *aggPlan) lumpKey(k [3]int32) uint64 {
+	return (uint64(k[0])<<p.gb|uint64(k[1]))<<p.rb | uint64(k[2])
+}
+
+func (p *aggPlan) connKey(k [4]int32) uint64 {
+	return p.lumpKey([3]int32{k[0], k[1], k[2]})<<p.ob | uint64(k[3])
+}
+
+// keyBits sets gb, rb and ob and reports whether the keys fit.
+func (p *aggPlan) keyBits() bool {
+	w := func(n int) uint { return uint(bits.Len(uint(max(n-1, 1)))) }
+	if p.maxRoutes >= 1<<32 {
+		return false
+	}
+	p.gb, p.rb, p.ob = w(len(p.reps)), w(int(p.maxRoutes)+1), w(p.n)
+	return 2*p.gb+p.rb+p.ob <= 64
 }
 
 // aggState is the driver's state of an aggregated run.
@@ -205,12 +245,12 @@ type aggState struct {
 	mfree  []int32
 	conns  []aggConn
 	cfree  []int32
-	connIx map[[4]int32]int32 // (group, destination group, route, offset) -> conn
-	lump   map[lumpKey]lumpVal
+	connIx map[uint64]int32   // connKey(group, destination group, route, offset) -> conn
+	lump   map[uint64]lumpVal // lumpKey -> the last flow started at lumpT
 	lumpT  float64
 	net    *network
 	pnet   *network // the per-message network, restored by release
-	ents   []aggEntry
+	pcost  []*pipeCost
 }
 
 // planAggregate decides whether the run is aggregated and, if so, builds
@@ -233,12 +273,12 @@ func (d *driver) planAggregate(ctx context.Context) (string, error) {
 	switch {
 	case o.LatencyJitter > 0 || o.ComputeJitter > 0:
 		return "jitter would give each member of a group its own delays", nil
-	case o.Trace != nil:
+	case o.Trace != nil && !aggTraceOK:
 		return "a trace records every rank", nil
 	case len(d.topo.pairLat) > 0:
 		return "the topology sets latencies between single nodes", nil
 	}
-	p := &aggPlan{n: d.world, offs: map[*allreduce.Shared][]int32{}}
+	p := &aggPlan{n: d.world, offs: map[*allreduce.Shared]int{}, pipes: map[*allreduce.Shared]*pipeline{}}
 	p.node = make([]int32, d.world)
 	seen := make([]bool, len(d.topo.Nodes))
 	for r := range d.world {
@@ -253,10 +293,16 @@ func (d *driver) planAggregate(ctx context.Context) (string, error) {
 		p.node[r] = int32(nd)
 	}
 	if err := p.group(ctx, d.topo, d.colls, o.AggregateDepth); err != nil {
+		if errors.Is(err, errChainOffset) {
+			return "a collective sends several messages to a peer other than rank+1 (only rings to rank+1 are chained)", nil
+		}
 		return "", err
 	}
 	if len(p.reps) == d.world {
 		return "no two ranks are equivalent", nil
+	}
+	if !p.keyBits() {
+		return fmt.Sprintf("%d groups, %d routes and %d ranks: too many to aggregate", len(p.reps), len(p.routes), p.n), nil
 	}
 	d.agg = p
 	return "", nil
@@ -374,38 +420,38 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 		keys[r] = fmt.Sprintf("%s/%d", nodeSig(&t.Nodes[p.node[r]]), rc(rackOf(r)))
 	}
 	cls := make([]int32, n)
-	classify(keys, cls)
-	// Refinement by the ring-order neighbours of the collectives with few
-	// peer offsets.
-	var offs []int32
+	c0 := classify(keys, cls)
+	// A bound on the routes (node classes, rack classes, WAN classes and
+	// rack-pair latencies at both ends), for the keys (keyBits).
+	lats := map[time.Duration]bool{}
+	for _, l := range t.rackLat {
+		lats[l] = true
+	}
+	p.maxRoutes = float64(c0) * float64(c0) * float64(nrc+1) * float64(nrc+1) * float64(len(wcls)+1) * float64(len(lats)+1)
+	// Refinement by the ring-order neighbours (offset ±1) when some
+	// collective sends more than one message to rank+1 (a ring): a rank is
+	// told apart by its neighbours' groups and the routes to them, depth
+	// times, and then by the upstream of its chain until that is stable.
+	ring := false
 	for c := range colls {
-		o, err := p.offsets(ctx, colls[c].Shared)
+		k, err := p.chainOffsets(ctx, colls[c].Shared)
 		if err != nil {
 			return err
 		}
-		if len(o) <= 4 {
-			for _, x := range o {
-				offs = append(offs, x, int32(n)-x)
-			}
+		switch k {
+		case chainNone:
+		case chainRing:
+			ring = true
+		default:
+			return errChainOffset
 		}
 	}
-	slices.Sort(offs)
-	offs = slices.Compact(offs)
-	if len(offs) > 8 {
-		offs = offs[:8]
+	rt1 := make([]int32, n) // route r -> r+1
+	for r := range n {
+		rt1[r] = route(r, (r+1)%n)
 	}
-	if len(offs) > 0 {
-		rt := make([][]int32, len(offs)) // routes to the neighbours: fixed
-		for k, x := range offs {
-			rt[k] = make([]int32, n)
-			for r := range n {
-				rt[k][r] = route(r, (r+int(x))%n)
-			}
-		}
-		type sig struct {
-			c  int32
-			nb [8][2]int32
-		}
+	if ring && n > 1 {
+		type sig struct{ c, l, lr, r, rr int32 }
 		for range depth {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -413,10 +459,8 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 			ids := map[sig]int32{}
 			next := make([]int32, n)
 			for r := range n {
-				s := sig{c: cls[r]}
-				for k, x := range offs {
-					s.nb[k] = [2]int32{cls[(r+int(x))%n], rt[k][r]}
-				}
+				lf := (r + n - 1) % n
+				s := sig{cls[r], cls[lf], rt1[lf], cls[(r+1)%n], rt1[r]}
 				id, ok := ids[s]
 				if !ok {
 					id = int32(len(ids))
@@ -430,11 +474,45 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 				break
 			}
 		}
+		// Chains: maximal runs of ranks linked r -> r+1 within a group over
+		// its chain route. Split groups by the upstream of their chain (the
+		// group of the rank before the chain's entry and the route from
+		// it), while that changes and the groups stay few.
+		for round := 0; ; round++ {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			p.cls = cls
+			p.chains(rt1)
+			if p.closed || round >= n {
+				break
+			}
+			type csig struct{ c, u, ur int32 }
+			ids := map[csig]int32{}
+			next := make([]int32, n)
+			for r := range n {
+				e := p.entry[r]
+				u := (e + int32(n) - 1) % int32(n)
+				s := csig{cls[r], cls[u], rt1[u]}
+				id, ok := ids[s]
+				if !ok {
+					id = int32(len(ids))
+					ids[s] = id
+				}
+				next[r] = id
+			}
+			if len(ids) == countClasses(cls) || len(ids) > maxChainGroups {
+				break
+			}
+			cls = next
+		}
 	}
 	p.cls = cls
 	G := countClasses(cls)
-	// Runs of (group, rack); the representative of a group is the middle
-	// rank of its longest run.
+	if p.entry == nil {
+		p.chains(rt1)
+	}
+	// Runs of (group, rack) for distFor.
 	p.runs = p.runs[:0]
 	for r := 0; r < n; {
 		e := r + 1
@@ -444,15 +522,36 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 		p.runs = append(p.runs, aggRun{start: int32(r), end: int32(e), cls: cls[r], rack: rackOf(r)})
 		r = e
 	}
+	// The representative of a group is the entry of its longest chain
+	// (any rank of a group that closes the ring); chain is that chain's
+	// length.
 	p.reps = make([]int32, G)
-	best := make([]int32, G)
+	p.chain = make([]int32, G)
 	p.gsize = make([]float64, G)
-	for _, ru := range p.runs {
-		if l := ru.end - ru.start; l > best[ru.cls] {
-			best[ru.cls] = l
-			p.reps[ru.cls] = ru.start + l/2
+	for y := range p.reps {
+		p.reps[y] = -1
+	}
+	for r := range n {
+		y := cls[r]
+		p.gsize[y]++
+		if p.closed {
+			if p.reps[y] < 0 {
+				p.reps[y] = int32(r)
+			}
+			continue
 		}
-		p.gsize[ru.cls] += float64(ru.end - ru.start)
+		if p.entry[r] == int32(r) && p.clen[r] > p.chain[y] {
+			p.reps[y], p.chain[y] = int32(r), p.clen[r]
+		}
+	}
+	if !ring {
+		clear(p.chain)
+	}
+	p.chainLat = make([]float64, G)
+	for y, r := range p.reps {
+		if p.chain[y] > 1 {
+			p.chainLat[y] = p.routes[rt1[r]].lat
+		}
 	}
 	p.up, p.down = make([]int32, G), make([]int32, G)
 	for y := range G {
@@ -466,6 +565,12 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 		p.rpair = make([]int32, nr*nr)
 		for i := range p.rpair {
 			p.rpair[i] = -2
+		}
+		p.runOf = make([]int32, n)
+		for k, ru := range p.runs {
+			for r := ru.start; r < ru.end; r++ {
+				p.runOf[r] = int32(k)
+			}
 		}
 	}
 	p.route = route
@@ -512,34 +617,104 @@ func (p *aggPlan) addLink(c float64) int32 {
 	return int32(len(p.caps) - 1)
 }
 
-// offsets returns the distinct peer offsets of the Send ops of s's
-// programs (the same for every rank), ascending; it stops counting beyond
-// 64.
-func (p *aggPlan) offsets(ctx context.Context, s *allreduce.Shared) ([]int32, error) {
-	if o, ok := p.offs[s]; ok {
-		return o, nil
+// Kinds of a collective's peer offsets (chainOffsets).
+const (
+	chainNone  = iota // every offset carries at most one message per rank
+	chainRing         // offset 1 carries several (a ring), no other does
+	chainOther        // another offset carries several
+)
+
+var errChainOffset = errors.New("sim: aggregated: a collective sends several messages to a peer other than rank+1")
+
+// maxChainGroups bounds the groups that chain refinement may create.
+const maxChainGroups = 96
+
+// chainOffsets classifies the Send ops of s's programs (the same for every
+// rank) by peer offset.
+func (p *aggPlan) chainOffsets(ctx context.Context, s *allreduce.Shared) (int, error) {
+	if k, ok := p.offs[s]; ok {
+		return k, nil
 	}
-	var o []int32
+	n := int32(s.World)
+	cnt := map[int32]int32{}
+	k := chainNone
 	for i := range int32(s.Len()) {
 		if i&(1<<16-1) == 0 {
 			if err := ctx.Err(); err != nil {
-				return nil, err
+				return 0, err
 			}
 		}
 		op := s.Op(0, i)
 		if op.Kind != allreduce.Send {
 			continue
 		}
-		if !slices.Contains(o, op.Peer) {
-			o = append(o, op.Peer)
-			if len(o) > 64 {
+		x := (op.Peer + n) % n
+		cnt[x]++
+		if cnt[x] == 2 {
+			if x != 1 {
+				k = chainOther
 				break
 			}
+			k = chainRing
 		}
 	}
-	slices.Sort(o)
-	p.offs[s] = o
-	return o, nil
+	p.offs[s] = k
+	return k, nil
+}
+
+// chains finds the chains of the current groups (p.cls): a group's chain
+// route is the most common route between consecutive members; rank r is
+// linked to r+1 when both are in one group and that is the route between
+// them. It sets p.closed if every rank is linked (one group round the
+// ring), else p.entry (the first rank of each rank's chain), p.clen (at
+// entries: the chain's length) and p.croute.
+func (p *aggPlan) chains(rt1 []int32) {
+	n := p.n
+	cls := p.cls
+	G := countClasses(cls)
+	cnt := map[[2]int32]int32{}
+	for r := range n {
+		if cls[(r+1)%n] == cls[r] {
+			cnt[[2]int32{cls[r], rt1[r]}]++
+		}
+	}
+	p.croute = make([]int32, G)
+	best := make([]int32, G)
+	for y := range p.croute {
+		p.croute[y] = -1
+	}
+	for k, c := range cnt {
+		y := k[0]
+		if c > best[y] || c == best[y] && k[1] < p.croute[y] {
+			best[y], p.croute[y] = c, k[1]
+		}
+	}
+	link := func(r int) bool {
+		return cls[(r+1)%n] == cls[r] && rt1[r] == p.croute[cls[r]]
+	}
+	start := -1
+	for r := range n {
+		if !link((r + n - 1) % n) {
+			start = r
+			break
+		}
+	}
+	p.closed = start < 0
+	if p.closed {
+		return
+	}
+	p.entry = grow(p.entry, n)
+	p.clen = grow(p.clen, n)
+	clear(p.clen)
+	e := start
+	for k := range n {
+		r := (start + k) % n
+		if !link((r + n - 1) % n) {
+			e = r
+		}
+		p.entry[r] = int32(e)
+		p.clen[e]++
+	}
 }
 
 // distFor returns, for peer offset x, how many members of each group send
@@ -601,6 +776,21 @@ func (p *aggPlan) distFor(x int) []aggEntry {
 	return out
 }
 
+// routeOf is route(a, b), from the cache of run pairs where there is one.
+func (p *aggPlan) routeOf(a, b int32) int32 {
+	if p.rpair == nil {
+		return p.route(int(a), int(b))
+	}
+	nr := int32(len(p.runs))
+	k := p.runOf[a]*nr + p.runOf[b]
+	rt := p.rpair[k]
+	if rt == -2 {
+		rt = p.route(int(a), int(b))
+		p.rpair[k] = rt
+	}
+	return rt
+}
+
 // entries returns distFor(x)'s entries of sending group y.
 func (p *aggPlan) entries(x int, y int32) []aggEntry {
 	e := p.distFor(x)
@@ -652,12 +842,17 @@ func (d *driver) aggSetup() {
 	}
 	a.pnet = d.net
 	d.net = a.net
+	a.pcost = grow(a.pcost, len(d.colls))
+	clear(a.pcost)
+	for g := range d.ms[:len(d.colls)*d.slots] {
+		d.ms[g].line = d.ms[g].line[:0]
+	}
 	a.items, a.ifree = a.items[:0], a.ifree[:0]
 	a.msgs, a.mfree = a.msgs[:0], a.mfree[:0]
 	a.conns, a.cfree = a.conns[:0], a.cfree[:0]
 	if a.connIx == nil {
-		a.connIx = map[[4]int32]int32{}
-		a.lump = map[lumpKey]lumpVal{}
+		a.connIx = map[uint64]int32{}
+		a.lump = map[uint64]lumpVal{}
 	}
 	clear(a.connIx)
 	clear(a.lump)
@@ -695,39 +890,75 @@ func (d *driver) aggSend(g int32, ms *machine, i int32, op *allreduce.Op) error 
 		d.engine(rs, qent{g: g, op: i, dur: -1, job: jobEncode, x: j})
 		return nil
 	}
-	return d.aggLaunch(g, ms, i, op.Peer, size)
+	return d.aggLaunch(g, ms, i, op.Peer, size, launchOp)
 }
+
+// What aggLaunch launches.
+const (
+	launchOp   = iota // the representative's op: every sub-flow, except the chain exit's when a delay line times it
+	launchExit        // the chain exit's sub-flows of the op (evExit)
+)
 
 // aggLaunch sends the sub-flows of op i (to peer, size bytes per message)
 // of machine g's group.
-func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) error {
+//
+// Along a chain (offset 1, a group with chains longer than one rank), the
+// members do not run in step: member j of a chain runs pipeline step s when
+// the entry (the representative) ran step s−j, j hops earlier. The
+// sub-flows that leave the chain (its exit's messages to the next group)
+// are therefore not sent with the representative's op but by evExit, at
+// the time the representative's own message of the step chain−1 earlier
+// (or, for the first steps, of the pipeline's first step) plus that many
+// hops, each the representative's transfer time, latency and the compute
+// between a receive and the next send (aggFlowEnd).
+func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64, mode int) error {
 	p := d.agg
 	a := &d.as
 	n := int32(p.n)
-	x := (peer - ms.rank + n) % n
+	x := (peer - ms.prank + n) % n // peer is in ms.prank's program
+	peer = (ms.rank + x) % n
 	y := ms.slot
-	own := p.route(int(ms.rank), int(peer))
+	own := p.routeOf(ms.rank, peer)
 	ownX := p.cls[peer]
-	dop := ms.sh.Match(int(ms.rank), i)
+	dop := ms.sh.Match(int(ms.prank), i)
 	ents := p.entries(int(x), y)
+	// Delay line: the exits of a pipeline step after the first.
+	line, later := false, false
+	if x == 1 && p.chain[y] > 1 && mode == launchOp {
+		if pl := d.pipelineOf(ms); pl.pid[i] >= 0 {
+			// The first step runs on every member at once; the exit's
+			// later steps wait for the delay line.
+			line, later = true, pl.pos[i] > 0
+		}
+	}
 	found := false
 	for _, e := range ents {
+		exit := e.x != y || e.route != p.croute[y]
+		if mode == launchExit && !exit {
+			continue
+		}
+		if mode == launchOp {
+			d.res.Messages += int64(e.n)
+			d.res.Bytes += int64(e.n) * size
+			d.cbytes[ms.coll] += int64(e.n) * size
+			if exit && later {
+				continue
+			}
+		}
 		m := float64(e.n)
-		d.res.Messages += int64(e.n)
-		d.res.Bytes += int64(e.n) * size
-		d.cbytes[ms.coll] += int64(e.n) * size
 		it := d.aggItem()
 		item := &a.items[it]
-		item.g, item.op, item.dg, item.dop, item.conn = g, -1, -1, -1, -1
+		*item = aggItem{g: g, op: -1, dg: -1, dop: -1, conn: -1, size: size, t0: d.now}
 		item.lat = p.routes[e.route].lat + d.msgCost.Message(size)
-		if e.x == ownX && e.route == own {
+		if mode != launchExit && e.x == ownX && e.route == own {
 			item.op = i
+			item.line = line
 			found = true
 		}
 		// The receiving representative takes this sub-flow if its peer at
 		// this offset is in group y and reached over the same route.
 		q := p.reps[e.x]
-		if src := (q - x + n) % n; p.cls[src] == y && p.route(int(src), int(q)) == e.route {
+		if src := (q - x + n) % n; p.cls[src] == y && p.routeOf(src, q) == e.route {
 			item.dg, item.dop = ms.coll*int32(len(p.reps))+e.x, dop
 			d.ranks[e.x].recvd += size
 		}
@@ -740,7 +971,7 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 			d.aggStart(&sm)
 			continue
 		}
-		ck := [4]int32{y, e.x, e.route, x}
+		ck := p.connKey([4]int32{y, e.x, e.route, x})
 		c, ok := a.connIx[ck]
 		if !ok {
 			c = d.aggConn(ck)
@@ -759,10 +990,204 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 		}
 		cn.tail = j
 	}
-	if !found {
+	if !found && mode != launchExit {
 		return fmt.Errorf("sim: aggregated: collective %d rank %d op %d: no sub-flow to its own peer %d", ms.coll, ms.rank, i, peer)
 	}
 	return nil
+}
+
+// aggExit launches the chain exit's sub-flows of op i of machine g.
+func (d *driver) aggExit(g, i int32) error {
+	ms := &d.ms[g]
+	if aggDebugExit != nil {
+		aggDebugExit(ms.rank, i, d.now)
+	}
+	op := ms.m.Op(i)
+	size := op.Bytes
+	if size < 0 {
+		size = d.opts.SizeHint(int(ms.coll), int(ms.rank), &op)
+	}
+	return d.aggLaunch(g, ms, i, op.Peer, size, launchExit)
+}
+
+// progRank is the rank whose program group y's representative steps in
+// collective s: its own, except for a sparse gather, whose decode-adds
+// run in rank order (the same on every rank, for identical sums) and so
+// end later on some ranks than on others: there, the member that decodes
+// most after its last message arrives, the one that comes first after rank
+// 0's predecessor (rank World−1, else the group's lowest rank), so that
+// the group finishes when its last member does.
+func (p *aggPlan) progRank(s *allreduce.Shared, y int32) int {
+	if s.Alg != allreduce.AlgSparseGather {
+		return int(p.reps[y])
+	}
+	best, bk := -1, 0
+	for r := range p.n {
+		if p.cls[r] != y {
+			continue
+		}
+		if k := (r + 1) % p.n; best < 0 || k < bk {
+			best, bk = r, k
+		}
+	}
+	return best
+}
+
+// pipeline arranges the sends to rank+1 of a Shared collective in
+// pipelines: each send forwards what its rank received from the previous
+// send of its pipeline (sent by rank−1), e.g. a ring's steps of one
+// segment. It is the same for every rank.
+type pipeline struct {
+	pid, pos []int32 // per op: its pipeline and position in it, -1 for other ops
+	start    []int32 // pipeline k's sends are ops[start[k]:start[k+1]]
+	ops      []int32
+}
+
+// pipelineOf returns the pipelines of ms's collective.
+func (d *driver) pipelineOf(ms *machine) *pipeline {
+	p := d.agg
+	if pl, ok := p.pipes[ms.sh]; ok {
+		return pl
+	}
+	sh := ms.sh
+	L := int32(sh.Len())
+	pl := &pipeline{pid: make([]int32, L), pos: make([]int32, L)}
+	next := make([]int32, L)
+	fwd := make([]bool, L) // a send to rank+1
+	prev := make([]bool, L)
+	for i := range L {
+		pl.pid[i], pl.pos[i], next[i] = -1, -1, -1
+		if d.toNext(ms, i) {
+			fwd[i] = true
+		}
+	}
+	for i := range L {
+		if fwd[i] {
+			next[i], _ = d.pipeNext(ms, i)
+			if next[i] >= 0 {
+				prev[next[i]] = true
+			}
+		}
+	}
+	for i := range L {
+		if !fwd[i] || prev[i] {
+			continue
+		}
+		k := int32(len(pl.start))
+		pl.start = append(pl.start, int32(len(pl.ops)))
+		for x, q := i, int32(0); x >= 0 && pl.pid[x] < 0; x, q = next[x], q+1 {
+			pl.pid[x], pl.pos[x] = k, q
+			pl.ops = append(pl.ops, x)
+		}
+	}
+	pl.start = append(pl.start, int32(len(pl.ops)))
+	p.pipes[sh] = pl
+	return pl
+}
+
+// toNext reports whether op i of ms's program is a Send to rank+1.
+func (d *driver) toNext(ms *machine, i int32) bool {
+	op := ms.sh.Op(int(ms.prank), i)
+	n := int32(ms.sh.World)
+	return op.Kind == allreduce.Send && (op.Peer-ms.prank+n)%n == 1
+}
+
+// pipeNext returns the send that forwards the message of send i (the
+// next step of its pipeline): the first send to rank+1 reached from the
+// matching recv through at most three compute ops; -1 if none. It also
+// returns the compute model's work between the two at the receiving rank
+// (see jobWork): the compute ops on the way, and a hop codec's decoding of
+// the receive and encoding of the send.
+func (d *driver) pipeNext(ms *machine, i int32) (int32, work) {
+	sh := ms.sh
+	r := int(ms.prank)
+	j := sh.Match(r, i)
+	var walk func(x int32, depth int) (int32, work)
+	walk = func(x int32, depth int) (int32, work) {
+		deps := sh.Dependents(r, x, nil)
+		for _, y := range deps {
+			op := sh.Op(r, y)
+			switch {
+			case op.Kind == allreduce.Send && d.toNext(ms, y):
+				var w work
+				if d.hopCodec(ms, op.Src) {
+					w = d.jobWork(ms, y, jobEncode)
+				}
+				return y, w
+			case op.Kind == allreduce.Compute && depth < 3:
+				if z, w := walk(y, depth+1); z >= 0 {
+					return z, w.add(d.jobWork(ms, y, jobOp))
+				}
+			}
+		}
+		return -1, work{}
+	}
+	z, w := walk(j, 0)
+	if z >= 0 {
+		if o := sh.Op(r, j); d.costs[ms.coll].hop && d.hopCodec(ms, o.Dst) {
+			w = w.add(d.jobWork(ms, j, jobDecode))
+		}
+	}
+	return z, w
+}
+
+// work is compute-model work: jobs, each costing the overhead, and
+// element-seconds at speed 1.
+type work struct{ jobs, sec float64 }
+
+func (w work) add(v work) work { return work{w.jobs + v.jobs, w.sec + v.sec} }
+
+// jobWork is jobCost's work of job on op i of ms's program.
+func (d *driver) jobWork(ms *machine, i int32, job uint8) work {
+	ct := &d.costs[ms.coll]
+	op := ms.sh.Op(int(ms.prank), i)
+	var sec float64
+	var el int64
+	switch job {
+	case jobEncode:
+		sec, el = ct.encode, regionElems(ms, &op)
+	case jobDecode:
+		sec, el = ct.decode, regionElems(ms, &op)
+	default:
+		sec, el = d.opSecPerElem(ms, &op), op.Bytes
+		if el <= 0 {
+			el = regionElems(ms, &op)
+		}
+	}
+	if sec == 0 {
+		return work{}
+	}
+	return work{1, float64(el) * sec}
+}
+
+// pipeCost holds, for one collective, prefix sums over its pipelines'
+// sends (pipeline.ops): bytes[x] is the bytes of ops[:x], and jobs[x],
+// sec[x] the work of the hops after them (pipeNext).
+type pipeCost struct {
+	bytes, jobs, sec []float64
+}
+
+// pipeCostOf returns the prefix sums of ms's collective.
+func (d *driver) pipeCostOf(ms *machine, pl *pipeline) *pipeCost {
+	a := &d.as
+	if pc := a.pcost[ms.coll]; pc != nil {
+		return pc
+	}
+	L := len(pl.ops)
+	pc := &pipeCost{bytes: make([]float64, L+1), jobs: make([]float64, L+1), sec: make([]float64, L+1)}
+	for x, i := range pl.ops {
+		op := ms.sh.Op(int(ms.prank), i)
+		b := op.Bytes
+		if b < 0 && d.opts.SizeHint != nil {
+			b = d.opts.SizeHint(int(ms.coll), int(ms.rank), &op)
+		}
+		_, w := d.pipeNext(ms, i)
+		pc.bytes[x+1] = pc.bytes[x] + float64(max(b, 0))
+		pc.jobs[x+1] = pc.jobs[x] + w.jobs
+		pc.sec[x+1] = pc.sec[x] + w.sec
+	}
+	a.pcost[ms.coll] = pc
+	return pc
 }
 
 func (d *driver) aggItem() int32 {
@@ -789,7 +1214,7 @@ func (d *driver) aggMsg(m *aggMsg) int32 {
 	return int32(len(a.msgs) - 1)
 }
 
-func (d *driver) aggConn(key [4]int32) int32 {
+func (d *driver) aggConn(key uint64) int32 {
 	a := &d.as
 	if k := len(a.cfree); k > 0 {
 		j := a.cfree[k-1]
@@ -812,8 +1237,9 @@ func (d *driver) aggStart(m *aggMsg) {
 		clear(a.lump)
 		a.lumpT = d.now
 	}
-	lk := lumpKey{key: m.key, size: m.size}
-	if v, ok := a.lump[lk]; ok {
+	a.items[m.item].ts = d.now
+	lk := d.agg.lumpKey(m.key)
+	if v, ok := a.lump[lk]; ok && v.size == m.size {
 		if f := &nw.flows[v.id]; f.active && f.ver == v.ver && f.last == d.now && f.remaining == f.size {
 			nw.addWeight(v.id, &m.w)
 			a.items[m.item].next = f.g
@@ -825,7 +1251,7 @@ func (d *driver) aggStart(m *aggMsg) {
 	f := &nw.flows[id]
 	a.items[m.item].next = -1
 	f.g = m.item
-	a.lump[lk] = lumpVal{id: id, ver: f.ver}
+	a.lump[lk] = lumpVal{size: m.size, id: id, ver: f.ver}
 }
 
 // aggFlowEnd ends flow id of an aggregated run: every item's connection
@@ -846,6 +1272,9 @@ func (d *driver) aggFlowEnd(id int32) error {
 		}
 		if item.op >= 0 {
 			ms := &d.ms[item.g]
+			if item.line {
+				d.aggLine(ms, item.g, item.op, &item)
+			}
 			if err := ms.m.Done(item.op); err != nil {
 				return err
 			}
@@ -855,6 +1284,59 @@ func (d *driver) aggFlowEnd(id int32) error {
 		}
 	}
 	return nil
+}
+
+// aggLine schedules the chain exit's messages timed by the representative's
+// own message of op i (item), which just arrived at the chain's second rank
+// (see aggLaunch). A hop from step u to u+1 of a pipeline takes the
+// message's transfer at the rate op i's message got, the latency between
+// members, the transport's cost per message and the compute between the
+// receive and the next send; the exit's step q leaves when the
+// representative's step q−(chain−1) did plus the hops in between (for the
+// first steps: its pipeline's first step plus q hops). An exit step never
+// leaves before the previous one of its pipeline.
+func (d *driver) aggLine(ms *machine, g, i int32, item *aggItem) {
+	p := d.agg
+	y := ms.slot
+	k := int(p.chain[y]) - 1
+	pl := d.pipelineOf(ms)
+	pc := d.pipeCostOf(ms, pl)
+	pid, pos := pl.pid[i], int(pl.pos[i])
+	a0, a1 := int(pl.start[pid]), int(pl.start[pid+1])
+	L := a1 - a0
+	rate := math.Inf(1)
+	if dur := d.now - item.t0; dur > 0 && item.size > 0 {
+		rate = float64(item.size) / dur
+	}
+	ct := &d.costs[ms.coll]
+	speed := d.speed(ms)
+	mc := d.msgCost
+	at := func(q int) float64 { // when the exit's step q leaves, from step pos
+		hops := float64(q - pos)
+		b := pc.bytes[a0+q] - pc.bytes[a0+pos]
+		t := item.t0 + hops*(p.chainLat[y]+mc.Overhead) + b/rate + b*mc.PerByte
+		if j := pc.jobs[a0+q] - pc.jobs[a0+pos]; j > 0 {
+			t += j*ct.overhead + (pc.sec[a0+q]-pc.sec[a0+pos])/speed
+		}
+		return t
+	}
+	if len(ms.line) == 0 {
+		ms.line = grow(ms.line, len(pl.start)-1)
+		clear(ms.line)
+	}
+	push := func(q int) {
+		t := max(at(q), ms.line[pid])
+		ms.line[pid] = t
+		d.h.push(event{t: t, kind: evExit, g: g, op: pl.ops[a0+q]})
+	}
+	if pos == 0 {
+		for q := 1; q < min(k, L); q++ {
+			push(q)
+		}
+	}
+	if pos+k < L {
+		push(pos + k)
+	}
 }
 
 // aggConnDone starts connection c's next sub-flow, or closes it.
@@ -923,3 +1405,8 @@ func (d *driver) aggFinish(res *Result) {
 		set(2*N+2*R+2*w+1, p.wanVL[2*w+1])
 	}
 }
+
+var aggDebug func(rank, op int32, pos int, t0, ts, now, c, h float64)
+
+var aggDebugExit func(rank, op int32, now float64)
+var aggTraceOK bool

@@ -157,8 +157,15 @@ var aggCases = []aggCase{
 	}},
 }
 
+// collTol bounds the difference of single collectives' finish times: of
+// concurrent collectives, one may finish earlier and another later when
+// the members of a group share their links and compute in a different
+// order than the representative does.
+var collTol = 0.05
+
 // checkAgree runs colls message by message and aggregated and fails if
-// the times differ by more than tol or the byte and message counts differ.
+// the times differ by more than tol, single collectives' by more than
+// collTol, or the byte and message counts differ.
 func checkAgree(t *testing.T, topo *Topology, colls []Collective, opts Options, tol float64) (per, agg *Result) {
 	t.Helper()
 	ctx := context.Background()
@@ -184,7 +191,7 @@ func checkAgree(t *testing.T, topo *Topology, colls []Collective, opts Options, 
 		t.Errorf("bytes: per-message %d, aggregated %d", per.Bytes, agg.Bytes)
 	}
 	for c := range per.Collectives {
-		if d := agg.Collectives[c].Finish/per.Collectives[c].Finish - 1; !(math.Abs(d) <= tol) {
+		if d := agg.Collectives[c].Finish/per.Collectives[c].Finish - 1; !(math.Abs(d) <= collTol) {
 			t.Errorf("collective %d (%s) finish: per-message %.6g s, aggregated %.6g s: %+.3f%%", c, per.Collectives[c].Name, per.Collectives[c].Finish, agg.Collectives[c].Finish, 100*d)
 		}
 	}

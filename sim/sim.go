@@ -198,7 +198,8 @@ type machine struct {
 	sh    *allreduce.Shared  // the collective's Shared, or nil
 	exec  allreduce.Executor
 	coll  int32
-	rank  int32 // the rank whose program it steps
+	rank  int32 // the rank it simulates
+	prank int32 // the rank whose program it steps: rank, except in some aggregated runs (aggPlan.progRank)
 	slot  int32 // its index in driver.ranks: the rank, or its group (aggregated)
 	node  int32
 	recvK []uint64 // sorted keys peer<<32|msg of recv ops (empty if all peers are dense)
@@ -208,6 +209,7 @@ type machine struct {
 	dirP []int32
 	dirO []int32
 	dirD []bool
+	line []float64 // aggregated: per pipeline, the last chain exit step scheduled (aggLine)
 }
 
 // layout is the layout of ms's program.
@@ -566,13 +568,13 @@ func (d *driver) setup(ctx context.Context) error {
 			d.cleft[c] = d.slots
 			for r := range d.slots {
 				ms := &d.ms[c*d.slots+r]
-				rank := r
+				rank, prank := r, r
 				if d.agg != nil {
-					rank = int(d.agg.reps[r])
+					rank, prank = int(d.agg.reps[r]), d.agg.progRank(col.Shared, int32(r))
 				}
-				ms.prog, ms.sh, ms.coll, ms.rank, ms.slot, ms.node = nil, col.Shared, int32(c), int32(rank), int32(r), d.ranks[r].node
+				ms.prog, ms.sh, ms.coll, ms.rank, ms.prank, ms.slot, ms.node = nil, col.Shared, int32(c), int32(rank), int32(prank), int32(r), d.ranks[r].node
 				ms.recvK, ms.recvI, ms.dirP, ms.dirO, ms.dirD = ms.recvK[:0], ms.recvI[:0], ms.dirP[:0], ms.dirO[:0], ms.dirD[:0]
-				if err := ms.m.ResetSharedIn(col.Shared, rank, &d.arena); err != nil {
+				if err := ms.m.ResetSharedIn(col.Shared, prank, &d.arena); err != nil {
 					return fmt.Errorf("%w: %w", ErrProgram, err)
 				}
 			}
@@ -597,7 +599,7 @@ func (d *driver) setup(ctx context.Context) error {
 				return fmt.Errorf("%w: collective %d (%s): program %d is not rank %d of %d", ErrProgram, c, col.Name, r, r, world)
 			}
 			ms := &d.ms[c*world+r]
-			ms.prog, ms.sh, ms.coll, ms.rank, ms.slot, ms.node = p, nil, int32(c), int32(r), int32(r), d.ranks[r].node
+			ms.prog, ms.sh, ms.coll, ms.rank, ms.prank, ms.slot, ms.node = p, nil, int32(c), int32(r), int32(r), int32(r), d.ranks[r].node
 			if col.Executors != nil {
 				ms.exec = col.Executors[r]
 			}
@@ -782,6 +784,8 @@ func (d *driver) loop(ctx context.Context) error {
 			err = d.arrive(ev.g, ev.op)
 		case evComputeEnd:
 			err = d.computeEnd(ev.g, ev.op, ev.job, int32(ev.x))
+		case evExit:
+			err = d.aggExit(ev.g, ev.op)
 		}
 		if err != nil {
 			return err
@@ -823,7 +827,7 @@ func (d *driver) pump(g int32) error {
 			// The op: in its program, or computed into d.opx (Shared).
 			var op *allreduce.Op
 			if ms.sh != nil {
-				d.opx = ms.sh.Op(int(ms.rank), i)
+				d.opx = ms.sh.Op(int(ms.prank), i)
 				op = &d.opx
 			}
 			if ms.sh == nil && ms.m.Marks(i)&flRecv != 0 || ms.sh != nil && op.Kind == allreduce.Recv {
@@ -1129,7 +1133,7 @@ func (d *driver) jobCost(ms *machine, q *qent) float64 {
 	if q.op < 0 {
 		op = &d.pro[ms.coll]
 	} else if ms.sh != nil {
-		d.opj = ms.sh.Op(int(ms.rank), q.op)
+		d.opj = ms.sh.Op(int(ms.prank), q.op)
 		op = &d.opj
 	} else {
 		op = &ms.prog.Ops[q.op]
@@ -1249,7 +1253,7 @@ func (d *driver) computeEnd(g, op int32, job uint8, x int32) error {
 		m := d.pend[x]
 		d.pfree = append(d.pfree, x)
 		if d.agg != nil {
-			return d.aggLaunch(g, ms, op, ms.m.Op(op).Peer, int64(m.size))
+			return d.aggLaunch(g, ms, op, ms.m.Op(op).Peer, int64(m.size), launchOp)
 		}
 		d.launch(&d.ranks[ms.rank], ms.m.Op(op).Peer, &m)
 		return nil
