@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"math/bits"
 	"slices"
 	"strconv"
@@ -180,10 +179,7 @@ type aggItem struct {
 	dg, dop int32
 	conn    int32
 	next    int32
-	lat     float64
-	size    int64
-	t0, ts  float64 // when the op was launched, when the sub-flow started
-	line    bool    // the representative's own message along its chain: schedules the chain exit's messages (delay line)
+	lat     float64 // until delivery after the sub-flow's end
 }
 
 // aggMsg is a sub-flow: the messages of one op of a group's members to
@@ -273,7 +269,7 @@ func (d *driver) planAggregate(ctx context.Context) (string, error) {
 	switch {
 	case o.LatencyJitter > 0 || o.ComputeJitter > 0:
 		return "jitter would give each member of a group its own delays", nil
-	case o.Trace != nil && !aggTraceOK:
+	case o.Trace != nil:
 		return "a trace records every rank", nil
 	case len(d.topo.pairLat) > 0:
 		return "the topology sets latencies between single nodes", nil
@@ -522,9 +518,9 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 		p.runs = append(p.runs, aggRun{start: int32(r), end: int32(e), cls: cls[r], rack: rackOf(r)})
 		r = e
 	}
-	// The representative of a group is the entry of its longest chain
-	// (any rank of a group that closes the ring); chain is that chain's
-	// length.
+	// The representative of a group is the last member of its longest
+	// chain (any rank of a group that closes the ring); chain is that
+	// chain's length.
 	p.reps = make([]int32, G)
 	p.chain = make([]int32, G)
 	p.gsize = make([]float64, G)
@@ -541,7 +537,7 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 			continue
 		}
 		if p.entry[r] == int32(r) && p.clen[r] > p.chain[y] {
-			p.reps[y], p.chain[y] = int32(r), p.clen[r]
+			p.reps[y], p.chain[y] = (int32(r)+p.clen[r]-1)%int32(n), p.clen[r]
 		}
 	}
 	if !ring {
@@ -550,7 +546,7 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 	p.chainLat = make([]float64, G)
 	for y, r := range p.reps {
 		if p.chain[y] > 1 {
-			p.chainLat[y] = p.routes[rt1[r]].lat
+			p.chainLat[y] = p.routes[rt1[p.entry[r]]].lat
 		}
 	}
 	p.up, p.down = make([]int32, G), make([]int32, G)
@@ -844,9 +840,7 @@ func (d *driver) aggSetup() {
 	d.net = a.net
 	a.pcost = grow(a.pcost, len(d.colls))
 	clear(a.pcost)
-	for g := range d.ms[:len(d.colls)*d.slots] {
-		d.ms[g].line = d.ms[g].line[:0]
-	}
+
 	a.items, a.ifree = a.items[:0], a.ifree[:0]
 	a.msgs, a.mfree = a.msgs[:0], a.mfree[:0]
 	a.conns, a.cfree = a.conns[:0], a.cfree[:0]
@@ -890,28 +884,23 @@ func (d *driver) aggSend(g int32, ms *machine, i int32, op *allreduce.Op) error 
 		d.engine(rs, qent{g: g, op: i, dur: -1, job: jobEncode, x: j})
 		return nil
 	}
-	return d.aggLaunch(g, ms, i, op.Peer, size, launchOp)
+	return d.aggLaunch(g, ms, i, op.Peer, size)
 }
 
-// What aggLaunch launches.
-const (
-	launchOp   = iota // the representative's op: every sub-flow, except the chain exit's when a delay line times it
-	launchExit        // the chain exit's sub-flows of the op (evExit)
-)
-
-// aggLaunch sends the sub-flows of op i (to peer, size bytes per message)
-// of machine g's group.
+// aggLaunch sends the sub-flows of op i (to peer, a rank of ms.prank's
+// program, size bytes per message) of machine g's group.
 //
-// Along a chain (offset 1, a group with chains longer than one rank), the
-// members do not run in step: member j of a chain runs pipeline step s when
-// the entry (the representative) ran step s−j, j hops earlier. The
-// sub-flows that leave the chain (its exit's messages to the next group)
-// are therefore not sent with the representative's op but by evExit, at
-// the time the representative's own message of the step chain−1 earlier
-// (or, for the first steps, of the pipeline's first step) plus that many
-// hops, each the representative's transfer time, latency and the compute
-// between a receive and the next send (aggFlowEnd).
-func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64, mode int) error {
+// Along a chain (offset 1, a group whose chains are longer than one rank),
+// the members do not run in step: a message that enters a chain at its
+// first member reaches the chain's last member, the representative, after
+// a hop per member (the member's compute between its receive and its
+// send, the transfer at its links' capacity, the latency). The
+// representative's receives from its chain are therefore not the chain's
+// own sub-flows but "feeds": the sub-flow that enters the chain, delivered
+// chain−1 hops later to the receive it leads to (for a pipeline's first
+// steps, which start inside the chain, the hops from the chain member that
+// starts them).
+func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) error {
 	p := d.agg
 	a := &d.as
 	n := int32(p.n)
@@ -921,46 +910,54 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64, mode
 	own := p.routeOf(ms.rank, peer)
 	ownX := p.cls[peer]
 	dop := ms.sh.Match(int(ms.prank), i)
-	ents := p.entries(int(x), y)
-	// Delay line: the exits of a pipeline step after the first.
-	line, later := false, false
-	if x == 1 && p.chain[y] > 1 && mode == launchOp {
-		if pl := d.pipelineOf(ms); pl.pid[i] >= 0 {
-			// The first step runs on every member at once; the exit's
-			// later steps wait for the delay line.
-			line, later = true, pl.pos[i] > 0
+	var pl *pipeline
+	pos := int32(-1)
+	if x == 1 {
+		pl = d.pipelineOf(ms)
+		pos = pl.pos[i]
+		if pos == 0 && p.chain[y] > 1 {
+			d.aggRootFeeds(g, ms, pl, i)
 		}
 	}
 	found := false
-	for _, e := range ents {
-		exit := e.x != y || e.route != p.croute[y]
-		if mode == launchExit && !exit {
-			continue
-		}
-		if mode == launchOp {
-			d.res.Messages += int64(e.n)
-			d.res.Bytes += int64(e.n) * size
-			d.cbytes[ms.coll] += int64(e.n) * size
-			if exit && later {
-				continue
-			}
-		}
+	G := int32(len(p.reps))
+	for _, e := range p.entries(int(x), y) {
 		m := float64(e.n)
+		d.res.Messages += int64(e.n)
+		d.res.Bytes += int64(e.n) * size
+		d.cbytes[ms.coll] += int64(e.n) * size
 		it := d.aggItem()
 		item := &a.items[it]
-		*item = aggItem{g: g, op: -1, dg: -1, dop: -1, conn: -1, size: size, t0: d.now}
+		*item = aggItem{g: g, op: -1, dg: -1, dop: -1, conn: -1}
 		item.lat = p.routes[e.route].lat + d.msgCost.Message(size)
-		if mode != launchExit && e.x == ownX && e.route == own {
+		if e.x == ownX && e.route == own {
 			item.op = i
-			item.line = line
 			found = true
 		}
-		// The receiving representative takes this sub-flow if its peer at
-		// this offset is in group y and reached over the same route.
 		q := p.reps[e.x]
-		if src := (q - x + n) % n; p.cls[src] == y && p.routeOf(src, q) == e.route {
-			item.dg, item.dop = ms.coll*int32(len(p.reps))+e.x, dop
-			d.ranks[e.x].recvd += size
+		switch {
+		case pos >= 0 && p.chain[e.x] > 1:
+			// Into a chain: the sub-flow that enters it feeds its
+			// representative (the chain's last member) chain−1 hops on;
+			// the chain's own sub-flows feed nothing.
+			k := p.chain[e.x] - 1
+			entry := (q - k + n) % n
+			if src := (entry - 1 + n) % n; p.cls[src] == y && p.routeOf(src, entry) == e.route {
+				dm := &d.ms[ms.coll*G+e.x]
+				if u := pos + k; u < pl.len(pl.pid[i]) {
+					item.dg, item.dop = ms.coll*G+e.x, dm.sh.Match(int(dm.prank), pl.at(pl.pid[i], u))
+					item.lat += d.hops(dm, pl, pl.pid[i], pos+1, pos+k+1, k)
+					d.ranks[e.x].recvd += size
+				}
+			}
+		default:
+			// The receiving representative takes this sub-flow if its
+			// peer at this offset is in group y and reached over the same
+			// route.
+			if src := (q - x + n) % n; p.cls[src] == y && p.routeOf(src, q) == e.route {
+				item.dg, item.dop = ms.coll*G+e.x, dop
+				d.ranks[e.x].recvd += size
+			}
 		}
 		var sm aggMsg
 		sm.n = int8(p.path(y, e.x, e.route, m, &sm.links, &sm.w))
@@ -990,24 +987,51 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64, mode
 		}
 		cn.tail = j
 	}
-	if !found && mode != launchExit {
+	if !found {
 		return fmt.Errorf("sim: aggregated: collective %d rank %d op %d: no sub-flow to its own peer %d", ms.coll, ms.rank, i, peer)
 	}
 	return nil
 }
 
-// aggExit launches the chain exit's sub-flows of op i of machine g.
-func (d *driver) aggExit(g, i int32) error {
-	ms := &d.ms[g]
-	if aggDebugExit != nil {
-		aggDebugExit(ms.rank, i, d.now)
+// aggRootFeeds delivers the representative's receives of the first
+// chain−1 steps of the pipeline that op i (its first step) starts: the
+// chain member q+1 places before the representative starts it with the
+// representative and passes it on q times.
+func (d *driver) aggRootFeeds(g int32, ms *machine, pl *pipeline, i int32) {
+	k := d.agg.chain[ms.slot] - 1
+	pid := pl.pid[i]
+	for q := int32(0); q < min(k, pl.len(pid)); q++ {
+		j := ms.sh.Match(int(ms.prank), pl.at(pid, q))
+		d.h.push(event{t: d.now + d.hops(ms, pl, pid, 0, q+1, q+1), kind: evArrive, g: g, op: j})
 	}
-	op := ms.m.Op(i)
-	size := op.Bytes
-	if size < 0 {
-		size = d.opts.SizeHint(int(ms.coll), int(ms.rank), &op)
+}
+
+// hops is how long a message takes through h members of ms's chain (its
+// group's): the members send steps [from, to) of pipeline pid, each after
+// the compute that follows the previous step's receive (none for the first
+// when from is 0), at the capacity of the group's links, with the latency
+// and the transport's cost per message between members.
+func (d *driver) hops(ms *machine, pl *pipeline, pid, from, to, h int32) float64 {
+	p := d.agg
+	y := ms.slot
+	pc := d.pipeCostOf(ms, pl)
+	a0 := pl.start[pid]
+	b := pc.bytes[a0+to] - pc.bytes[a0+from]
+	cap := min(p.caps[p.up[y]], p.caps[p.down[y]])
+	t := b/cap + float64(h)*(p.chainLat[y]+d.msgCost.Overhead) + b*d.msgCost.PerByte
+	c0 := max(from-1, 0)
+	t += d.work(ms, pc, a0+c0, a0+to-1)
+	return t
+}
+
+// work is the compute model's time of the hops after steps [from, to) of
+// pc (indices into the pipelines' ops).
+func (d *driver) work(ms *machine, pc *pipeCost, from, to int32) float64 {
+	j := pc.jobs[to] - pc.jobs[from]
+	if j <= 0 {
+		return 0
 	}
-	return d.aggLaunch(g, ms, i, op.Peer, size, launchExit)
+	return j*d.costs[ms.coll].overhead + (pc.sec[to]-pc.sec[from])/d.speed(ms)
 }
 
 // progRank is the rank whose program group y's representative steps in
@@ -1042,6 +1066,12 @@ type pipeline struct {
 	start    []int32 // pipeline k's sends are ops[start[k]:start[k+1]]
 	ops      []int32
 }
+
+// len is the number of steps of pipeline k.
+func (pl *pipeline) len(k int32) int32 { return pl.start[k+1] - pl.start[k] }
+
+// at is step q of pipeline k.
+func (pl *pipeline) at(k, q int32) int32 { return pl.ops[pl.start[k]+q] }
 
 // pipelineOf returns the pipelines of ms's collective.
 func (d *driver) pipelineOf(ms *machine) *pipeline {
@@ -1237,7 +1267,6 @@ func (d *driver) aggStart(m *aggMsg) {
 		clear(a.lump)
 		a.lumpT = d.now
 	}
-	a.items[m.item].ts = d.now
 	lk := d.agg.lumpKey(m.key)
 	if v, ok := a.lump[lk]; ok && v.size == m.size {
 		if f := &nw.flows[v.id]; f.active && f.ver == v.ver && f.last == d.now && f.remaining == f.size {
@@ -1272,9 +1301,6 @@ func (d *driver) aggFlowEnd(id int32) error {
 		}
 		if item.op >= 0 {
 			ms := &d.ms[item.g]
-			if item.line {
-				d.aggLine(ms, item.g, item.op, &item)
-			}
 			if err := ms.m.Done(item.op); err != nil {
 				return err
 			}
@@ -1284,59 +1310,6 @@ func (d *driver) aggFlowEnd(id int32) error {
 		}
 	}
 	return nil
-}
-
-// aggLine schedules the chain exit's messages timed by the representative's
-// own message of op i (item), which just arrived at the chain's second rank
-// (see aggLaunch). A hop from step u to u+1 of a pipeline takes the
-// message's transfer at the rate op i's message got, the latency between
-// members, the transport's cost per message and the compute between the
-// receive and the next send; the exit's step q leaves when the
-// representative's step q−(chain−1) did plus the hops in between (for the
-// first steps: its pipeline's first step plus q hops). An exit step never
-// leaves before the previous one of its pipeline.
-func (d *driver) aggLine(ms *machine, g, i int32, item *aggItem) {
-	p := d.agg
-	y := ms.slot
-	k := int(p.chain[y]) - 1
-	pl := d.pipelineOf(ms)
-	pc := d.pipeCostOf(ms, pl)
-	pid, pos := pl.pid[i], int(pl.pos[i])
-	a0, a1 := int(pl.start[pid]), int(pl.start[pid+1])
-	L := a1 - a0
-	rate := math.Inf(1)
-	if dur := d.now - item.t0; dur > 0 && item.size > 0 {
-		rate = float64(item.size) / dur
-	}
-	ct := &d.costs[ms.coll]
-	speed := d.speed(ms)
-	mc := d.msgCost
-	at := func(q int) float64 { // when the exit's step q leaves, from step pos
-		hops := float64(q - pos)
-		b := pc.bytes[a0+q] - pc.bytes[a0+pos]
-		t := item.t0 + hops*(p.chainLat[y]+mc.Overhead) + b/rate + b*mc.PerByte
-		if j := pc.jobs[a0+q] - pc.jobs[a0+pos]; j > 0 {
-			t += j*ct.overhead + (pc.sec[a0+q]-pc.sec[a0+pos])/speed
-		}
-		return t
-	}
-	if len(ms.line) == 0 {
-		ms.line = grow(ms.line, len(pl.start)-1)
-		clear(ms.line)
-	}
-	push := func(q int) {
-		t := max(at(q), ms.line[pid])
-		ms.line[pid] = t
-		d.h.push(event{t: t, kind: evExit, g: g, op: pl.ops[a0+q]})
-	}
-	if pos == 0 {
-		for q := 1; q < min(k, L); q++ {
-			push(q)
-		}
-	}
-	if pos+k < L {
-		push(pos + k)
-	}
 }
 
 // aggConnDone starts connection c's next sub-flow, or closes it.
@@ -1406,7 +1379,3 @@ func (d *driver) aggFinish(res *Result) {
 	}
 }
 
-var aggDebug func(rank, op int32, pos int, t0, ts, now, c, h float64)
-
-var aggDebugExit func(rank, op int32, now float64)
-var aggTraceOK bool

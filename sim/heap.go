@@ -7,7 +7,6 @@ const (
 	evComputeEnd                  // an engine job finished: g = machine, op = its op, job, x
 	evStart                       // a collective may start: g = collective
 	evStartRank                   // one rank's part of a collective may start: g = machine
-	evExit                        // aggregated: a chain exit's messages leave: g = machine, op = its op
 )
 
 // event is one entry of the virtual-time queue; events are ordered by

@@ -209,7 +209,6 @@ type machine struct {
 	dirP []int32
 	dirO []int32
 	dirD []bool
-	line []float64 // aggregated: per pipeline, the last chain exit step scheduled (aggLine)
 }
 
 // layout is the layout of ms's program.
@@ -784,8 +783,6 @@ func (d *driver) loop(ctx context.Context) error {
 			err = d.arrive(ev.g, ev.op)
 		case evComputeEnd:
 			err = d.computeEnd(ev.g, ev.op, ev.job, int32(ev.x))
-		case evExit:
-			err = d.aggExit(ev.g, ev.op)
 		}
 		if err != nil {
 			return err
@@ -1253,7 +1250,7 @@ func (d *driver) computeEnd(g, op int32, job uint8, x int32) error {
 		m := d.pend[x]
 		d.pfree = append(d.pfree, x)
 		if d.agg != nil {
-			return d.aggLaunch(g, ms, op, ms.m.Op(op).Peer, int64(m.size), launchOp)
+			return d.aggLaunch(g, ms, op, ms.m.Op(op).Peer, int64(m.size))
 		}
 		d.launch(&d.ranks[ms.rank], ms.m.Op(op).Peer, &m)
 		return nil
