@@ -1378,4 +1378,3 @@ func (d *driver) aggFinish(res *Result) {
 		set(2*N+2*R+2*w+1, p.wanVL[2*w+1])
 	}
 }
-
