@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"slices"
 	"strconv"
@@ -126,10 +127,11 @@ type aggPlan struct {
 	routes     []aggRoute
 	rIdx       map[aggRoute]int32
 	runs       []aggRun
-	runOf      []int32 // rank -> its run (with rpair)
-	maxRoutes  float64 // a bound on len(routes)
-	gb, rb, ob uint    // key bits (keyBits)
-	rpair      []int32 // route of runs (i, j) at i*len(runs)+j, -2 unknown; nil if too many runs
+	runOf      []int32   // rank -> its run (with rpair)
+	pairs      []aggPair // with rpair: ordered pairs of distinct ranks by group, group and route, sorted by y
+	maxRoutes  float64   // a bound on len(routes)
+	gb, rb, ob uint      // key bits (keyBits)
+	rpair      []int32   // route of runs (i, j) at i*len(runs)+j, -2 unknown; nil if too many runs
 	dist       [][]aggEntry
 	acc        map[[3]int32]int32        // scratch of distFor
 	offs       map[*allreduce.Shared]int // chainOffsets
@@ -171,6 +173,12 @@ type aggEntry struct {
 	n           int32
 }
 
+// aggPair: n ordered pairs of ranks of groups y and x, over route.
+type aggPair struct {
+	y, x, route int32
+	n           int64
+}
+
 // aggItem is what the end of a sub-flow does: finish the sender's op
 // (op >= 0), deliver to the receiving representative (dg >= 0), free its
 // connection (conn >= 0).
@@ -180,6 +188,9 @@ type aggItem struct {
 	conn    int32
 	next    int32
 	lat     float64 // until delivery after the sub-flow's end
+	// An exchange's sub-flow (aggExchange) finishes many ops at once: the
+	// sender's ops and the receiving representative's receives.
+	ops, dops []int32
 }
 
 // aggMsg is a sub-flow: the messages of one op of a group's members to
@@ -191,6 +202,7 @@ type aggMsg struct {
 	n     int8
 	size  float64
 	key   [3]int32 // y, x, route
+	lump  int32    // its index in aggState.lump1 (offset 1), or -1: aggState.lump
 	item  int32
 	next  int32
 }
@@ -199,15 +211,14 @@ type aggMsg struct {
 // in one destination group over one route: its sub-flows go one at a time.
 type aggConn struct {
 	head, tail int32 // queued sub-flows (indices into aggState.msgs), -1 if none
-	key        uint64
+	busy       bool  // one of its sub-flows is on the network
 }
 
-// lumpVal is the last flow started on a sub-flow key (lumpKey) at
-// aggState.lumpT.
+// lumpVal is the last flow started on a sub-flow key (lumpKey): at t.
 type lumpVal struct {
-	size float64
-	id   int32
-	ver  uint32
+	t, size float64
+	id      int32
+	ver     uint32
 }
 
 // Keys of sub-flows pack group, destination group and route, keys of
@@ -240,13 +251,17 @@ type aggState struct {
 	msgs   []aggMsg
 	mfree  []int32
 	conns  []aggConn
-	cfree  []int32
 	connIx map[uint64]int32   // connKey(group, destination group, route, offset) -> conn
-	lump   map[uint64]lumpVal // lumpKey -> the last flow started at lumpT
-	lumpT  float64
+	lump   map[uint64]lumpVal // lumpKey -> the last flow started with that key
 	net    *network
 	pnet   *network // the per-message network, restored by release
 	pcost  []*pipeCost
+	exCons map[[2]int32]map[[2]int32][]int32 // (collective, group) -> (sending group, route) -> the representative's receives of an exchange
+	exSeen []bool
+	exOps  []int32
+	exRest []int32
+	conn1  []int32   // offset 1: the connection of each entry of distFor(1), -1 until used
+	lump1  []lumpVal // offset 1: the last flow started on each entry of distFor(1)
 }
 
 // planAggregate decides whether the run is aggregated and, if so, builds
@@ -480,7 +495,7 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 			}
 			p.cls = cls
 			p.chains(rt1)
-			if p.closed || round >= n {
+			if p.closed || round >= maxChainRounds {
 				break
 			}
 			type csig struct{ c, u, ur int32 }
@@ -570,6 +585,31 @@ func (p *aggPlan) group(ctx context.Context, t *Topology, colls []Collective, de
 		}
 	}
 	p.route = route
+	if p.rpair != nil {
+		// Ordered pairs of distinct ranks by group, group and route.
+		acc := map[[3]int32]int32{}
+		for a, ra := range p.runs {
+			for b, rb := range p.runs {
+				na, nb := int64(ra.end-ra.start), int64(rb.end-rb.start)
+				c, q := na*nb, rb.start
+				if a == b {
+					c, q = na*(na-1), ra.start+1
+				}
+				if c == 0 {
+					continue
+				}
+				k := [3]int32{ra.cls, rb.cls, p.routeOf(ra.start, q)}
+				j, ok := acc[k]
+				if !ok {
+					j = int32(len(p.pairs))
+					acc[k] = j
+					p.pairs = append(p.pairs, aggPair{y: k[0], x: k[1], route: k[2]})
+				}
+				p.pairs[j].n += c
+			}
+		}
+		slices.SortStableFunc(p.pairs, func(a, b aggPair) int { return int(a.y - b.y) })
+	}
 	p.dist = make([][]aggEntry, n)
 	p.acc = map[[3]int32]int32{}
 	return nil
@@ -622,8 +662,13 @@ const (
 
 var errChainOffset = errors.New("sim: aggregated: a collective sends several messages to a peer other than rank+1")
 
-// maxChainGroups bounds the groups that chain refinement may create.
-const maxChainGroups = 96
+// Chain refinement stops after maxChainRounds rounds or before it makes
+// more than maxChainGroups groups: chains further from a difference (a WAN
+// link two racks upstream) are grouped with the others.
+const (
+	maxChainRounds = 2
+	maxChainGroups = 64
+)
 
 // chainOffsets classifies the Send ops of s's programs (the same for every
 // rank) by peer offset.
@@ -788,14 +833,15 @@ func (p *aggPlan) routeOf(a, b int32) int32 {
 }
 
 // entries returns distFor(x)'s entries of sending group y.
-func (p *aggPlan) entries(x int, y int32) []aggEntry {
+// The second result is the index of the first in distFor(x).
+func (p *aggPlan) entries(x int, y int32) ([]aggEntry, int) {
 	e := p.distFor(x)
 	lo, _ := slices.BinarySearchFunc(e, y, func(a aggEntry, y int32) int { return int(a.y - y) })
 	hi := lo
 	for hi < len(e) && e[hi].y == y {
 		hi++
 	}
-	return e[lo:hi]
+	return e[lo:hi], lo
 }
 
 // path writes the virtual links of a sub-flow of n messages from group y
@@ -843,14 +889,15 @@ func (d *driver) aggSetup() {
 
 	a.items, a.ifree = a.items[:0], a.ifree[:0]
 	a.msgs, a.mfree = a.msgs[:0], a.mfree[:0]
-	a.conns, a.cfree = a.conns[:0], a.cfree[:0]
+	a.conns = a.conns[:0]
 	if a.connIx == nil {
 		a.connIx = map[uint64]int32{}
 		a.lump = map[uint64]lumpVal{}
 	}
 	clear(a.connIx)
 	clear(a.lump)
-	a.lumpT = -1
+	a.conn1, a.lump1 = a.conn1[:0], a.lump1[:0]
+	a.exCons = map[[2]int32]map[[2]int32][]int32{}
 }
 
 // aggRelease puts the per-message network back.
@@ -861,6 +908,11 @@ func (d *driver) aggRelease() {
 	d.net = d.as.pnet
 	d.as.pnet = nil
 	d.agg = nil
+	for g := range d.ms {
+		d.ms[g].pipe = nil
+	}
+	clear(d.as.pcost)
+	clear(d.as.exCons)
 }
 
 // aggSend is send for an aggregated run: the messages of op i of every
@@ -921,7 +973,8 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 	}
 	found := false
 	G := int32(len(p.reps))
-	for _, e := range p.entries(int(x), y) {
+	ents, base := p.entries(int(x), y)
+	for k, e := range ents {
 		m := float64(e.n)
 		d.res.Messages += int64(e.n)
 		d.res.Bytes += int64(e.n) * size
@@ -964,33 +1017,175 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 		sm.size = float64(size)
 		sm.key = [3]int32{y, e.x, e.route}
 		sm.item = it
-		if d.opts.PerMessageFlows {
-			d.aggStart(&sm)
+		sm.lump = -1
+		if x == 1 {
+			// Rings: connections and merging by entry, without maps.
+			j := base + k
+			if len(a.conn1) == 0 {
+				a.conn1 = grow(a.conn1, len(p.distFor(1)))
+				a.lump1 = grow(a.lump1, len(a.conn1))
+				for q := range a.conn1 {
+					a.conn1[q], a.lump1[q] = -1, lumpVal{t: -1}
+				}
+			}
+			if a.conn1[j] < 0 {
+				a.conn1[j] = d.aggConn()
+			}
+			sm.lump = int32(j)
+			d.aggSendOn(&sm, a.conn1[j])
 			continue
 		}
-		ck := p.connKey([4]int32{y, e.x, e.route, x})
-		c, ok := a.connIx[ck]
-		if !ok {
-			c = d.aggConn(ck)
-			a.connIx[ck] = c
-			item.conn = c
-			d.aggStart(&sm)
-			continue
-		}
-		item.conn = c
-		j := d.aggMsg(&sm)
-		cn := &a.conns[c]
-		if cn.tail < 0 {
-			cn.head = j
-		} else {
-			a.msgs[cn.tail].next = j
-		}
-		cn.tail = j
+		d.aggSend1(&sm, p.connKey([4]int32{y, e.x, e.route, x}))
 	}
 	if !found {
 		return fmt.Errorf("sim: aggregated: collective %d rank %d op %d: no sub-flow to its own peer %d", ms.coll, ms.rank, i, peer)
 	}
 	return nil
+}
+
+// aggExchange launches at once the sends among ready (ops of machine g)
+// that make an exchange, one message to every other rank (an all-to-all,
+// the first phase of the two-phase scheme), and returns the other ready
+// ops. An exchange's messages all start together, so the messages of the
+// group's members to the members of a group over a route run side by
+// side: one sub-flow each, weighted by the number of such pairs, which
+// finishes the representative's sends of that kind and the receiving
+// representative's receives of that kind. Their size is the mean of the
+// exchange's. Without an exchange it returns ready.
+func (d *driver) aggExchange(g int32, ms *machine, ready []int32) ([]int32, error) {
+	p := d.agg
+	a := &d.as
+	n := int32(p.n)
+	if n < 3 || len(ready) < int(n)-1 || p.pairs == nil || ms.sh == nil {
+		return ready, nil
+	}
+	a.exSeen = grow(a.exSeen, int(n))
+	clear(a.exSeen)
+	ex, rest := a.exOps[:0], a.exRest[:0]
+	for _, i := range ready {
+		op := ms.sh.Op(int(ms.prank), i)
+		x := (op.Peer - ms.prank + n) % n
+		if op.Kind != allreduce.Send || x == 1 && d.inPipeline(ms, i) || a.exSeen[x] || d.hopCodec(ms, op.Src) && d.costs[ms.coll].encode > 0 {
+			rest = append(rest, i)
+			continue
+		}
+		a.exSeen[x] = true
+		ex = append(ex, i)
+	}
+	a.exOps, a.exRest = ex, rest
+	if len(ex) != int(n)-1 {
+		return ready, nil
+	}
+	// The representative's own sends by destination group and route.
+	y := ms.slot
+	rs := &d.ranks[y]
+	var total int64
+	own := map[[2]int32][]int32{}
+	for _, i := range ex {
+		op := ms.sh.Op(int(ms.prank), i)
+		size := op.Bytes
+		if size < 0 {
+			if d.opts.SizeHint == nil {
+				return nil, fmt.Errorf("%w: collective %d rank %d op %d: data-dependent message size and no SizeHint", ErrProgram, ms.coll, ms.rank, i)
+			}
+			size = d.opts.SizeHint(int(ms.coll), int(ms.rank), &op)
+		}
+		total += size
+		dst := (ms.rank + (op.Peer-ms.prank+n)%n) % n
+		k := [2]int32{p.cls[dst], p.routeOf(ms.rank, dst)}
+		own[k] = append(own[k], i)
+	}
+	rs.sent += total
+	size := float64(total) / float64(n-1)
+	G := int32(len(p.reps))
+	lo, _ := slices.BinarySearchFunc(p.pairs, y, func(e aggPair, y int32) int { return int(e.y - y) })
+	for _, e := range p.pairs[lo:] {
+		if e.y != y {
+			break
+		}
+		d.res.Messages += e.n
+		b := int64(math.Round(float64(e.n) * size))
+		d.res.Bytes += b
+		d.cbytes[ms.coll] += b
+		it := d.aggItem()
+		item := &a.items[it]
+		*item = aggItem{g: g, op: -1, dg: ms.coll*G + e.x, dop: -1, conn: -1}
+		item.lat = p.routes[e.route].lat + d.msgCost.Message(int64(size))
+		item.ops = own[[2]int32{e.x, e.route}]
+		item.dops = d.exConsumers(ms.coll, e.x, ex)[[2]int32{y, e.route}]
+		d.ranks[e.x].recvd += int64(float64(len(item.dops)) * size)
+		var sm aggMsg
+		sm.n = int8(p.path(y, e.x, e.route, float64(e.n), &sm.links, &sm.w))
+		sm.size = size
+		sm.key = [3]int32{y, e.x, e.route}
+		sm.item = it
+		sm.lump = -1
+		d.aggSend1(&sm, p.connKey([4]int32{y, e.x, e.route, 0}))
+	}
+	return rest, nil
+}
+
+// exConsumers returns, for group x's representative in collective c, its
+// receives of the exchange ops ex by sending group and route.
+func (d *driver) exConsumers(c, x int32, ex []int32) map[[2]int32][]int32 {
+	a := &d.as
+	key := [2]int32{c, x}
+	if m, ok := a.exCons[key]; ok {
+		return m
+	}
+	p := d.agg
+	n := int32(p.n)
+	dm := &d.ms[c*int32(len(p.reps))+x]
+	m := map[[2]int32][]int32{}
+	for _, i := range ex {
+		j := dm.sh.Match(int(dm.prank), i)
+		o := dm.sh.Op(int(dm.prank), j)
+		src := (dm.rank + (o.Peer-dm.prank+n)%n) % n
+		k := [2]int32{p.cls[src], p.routeOf(src, dm.rank)}
+		m[k] = append(m[k], j)
+	}
+	a.exCons[key] = m
+	return m
+}
+
+// aggSend1 puts sub-flow m on its connection ck: at once if it is idle,
+// else after the sub-flows queued on it.
+func (d *driver) aggSend1(m *aggMsg, ck uint64) {
+	a := &d.as
+	if d.opts.PerMessageFlows {
+		d.aggStart(m)
+		return
+	}
+	c, ok := a.connIx[ck]
+	if !ok {
+		c = d.aggConn()
+		a.connIx[ck] = c
+	}
+	d.aggSendOn(m, c)
+}
+
+// aggSendOn is aggSend1 on connection c.
+func (d *driver) aggSendOn(m *aggMsg, c int32) {
+	a := &d.as
+	if d.opts.PerMessageFlows {
+		d.aggStart(m)
+		return
+	}
+	item := &a.items[m.item]
+	item.conn = c
+	if cn := &a.conns[c]; !cn.busy {
+		cn.busy = true
+		d.aggStart(m)
+		return
+	}
+	j := d.aggMsg(m)
+	cn := &a.conns[c]
+	if cn.tail < 0 {
+		cn.head = j
+	} else {
+		a.msgs[cn.tail].next = j
+	}
+	cn.tail = j
 }
 
 // aggRootFeeds delivers the representative's receives of the first
@@ -1075,8 +1270,12 @@ func (pl *pipeline) at(k, q int32) int32 { return pl.ops[pl.start[k]+q] }
 
 // pipelineOf returns the pipelines of ms's collective.
 func (d *driver) pipelineOf(ms *machine) *pipeline {
+	if ms.pipe != nil {
+		return ms.pipe
+	}
 	p := d.agg
 	if pl, ok := p.pipes[ms.sh]; ok {
+		ms.pipe = pl
 		return pl
 	}
 	sh := ms.sh
@@ -1112,7 +1311,15 @@ func (d *driver) pipelineOf(ms *machine) *pipeline {
 	}
 	pl.start = append(pl.start, int32(len(pl.ops)))
 	p.pipes[sh] = pl
+	ms.pipe = pl
 	return pl
+}
+
+// inPipeline reports whether op i is a step of a pipeline of more than one
+// step.
+func (d *driver) inPipeline(ms *machine, i int32) bool {
+	pl := d.pipelineOf(ms)
+	return pl.pid[i] >= 0 && pl.len(pl.pid[i]) > 1
 }
 
 // toNext reports whether op i of ms's program is a Send to rank+1.
@@ -1244,15 +1451,12 @@ func (d *driver) aggMsg(m *aggMsg) int32 {
 	return int32(len(a.msgs) - 1)
 }
 
-func (d *driver) aggConn(key uint64) int32 {
+// aggConn returns a new connection (they are kept for the run: there are
+// few, one per group, destination group, route and offset of a ring or
+// exchange).
+func (d *driver) aggConn() int32 {
 	a := &d.as
-	if k := len(a.cfree); k > 0 {
-		j := a.cfree[k-1]
-		a.cfree = a.cfree[:k-1]
-		a.conns[j] = aggConn{head: -1, tail: -1, key: key}
-		return j
-	}
-	a.conns = append(a.conns, aggConn{head: -1, tail: -1, key: key})
+	a.conns = append(a.conns, aggConn{head: -1, tail: -1})
 	return int32(len(a.conns) - 1)
 }
 
@@ -1263,12 +1467,17 @@ func (d *driver) aggConn(key uint64) int32 {
 func (d *driver) aggStart(m *aggMsg) {
 	a := &d.as
 	nw := a.net
-	if d.now != a.lumpT {
-		clear(a.lump)
-		a.lumpT = d.now
+	v := lumpVal{t: -1}
+	var lk uint64
+	if m.lump >= 0 {
+		v = a.lump1[m.lump]
+	} else {
+		lk = d.agg.lumpKey(m.key)
+		if w, ok := a.lump[lk]; ok {
+			v = w
+		}
 	}
-	lk := d.agg.lumpKey(m.key)
-	if v, ok := a.lump[lk]; ok && v.size == m.size {
+	if v.t == d.now && v.size == m.size {
 		if f := &nw.flows[v.id]; f.active && f.ver == v.ver && f.last == d.now && f.remaining == f.size {
 			nw.addWeight(v.id, &m.w)
 			a.items[m.item].next = f.g
@@ -1280,7 +1489,12 @@ func (d *driver) aggStart(m *aggMsg) {
 	f := &nw.flows[id]
 	a.items[m.item].next = -1
 	f.g = m.item
-	a.lump[lk] = lumpVal{size: m.size, id: id, ver: f.ver}
+	v = lumpVal{t: d.now, size: m.size, id: id, ver: f.ver}
+	if m.lump >= 0 {
+		a.lump1[m.lump] = v
+	} else {
+		a.lump[lk] = v
+	}
 }
 
 // aggFlowEnd ends flow id of an aggregated run: every item's connection
@@ -1296,8 +1510,22 @@ func (d *driver) aggFlowEnd(id int32) error {
 		if item.conn >= 0 {
 			d.aggConnDone(item.conn)
 		}
-		if item.dg >= 0 {
+		if item.dg >= 0 && item.dop >= 0 {
 			d.h.push(event{t: d.now + item.lat, kind: evArrive, g: item.dg, op: item.dop})
+		}
+		for _, j := range item.dops {
+			d.h.push(event{t: d.now + item.lat, kind: evArrive, g: item.dg, op: j})
+		}
+		if len(item.ops) > 0 {
+			ms := &d.ms[item.g]
+			for _, j := range item.ops {
+				if err := ms.m.Done(j); err != nil {
+					return err
+				}
+			}
+			if err := d.pump(item.g); err != nil {
+				return err
+			}
 		}
 		if item.op >= 0 {
 			ms := &d.ms[item.g]
@@ -1317,8 +1545,7 @@ func (d *driver) aggConnDone(c int32) {
 	a := &d.as
 	cn := &a.conns[c]
 	if cn.head < 0 {
-		delete(a.connIx, cn.key)
-		a.cfree = append(a.cfree, c)
+		cn.busy = false
 		return
 	}
 	j := cn.head

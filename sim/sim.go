@@ -209,6 +209,7 @@ type machine struct {
 	dirP []int32
 	dirO []int32
 	dirD []bool
+	pipe *pipeline // aggregated: its collective's pipelines, once known
 }
 
 // layout is the layout of ms's program.
@@ -704,6 +705,7 @@ func (d *driver) setup(ctx context.Context) error {
 	d.rng = rand.New(rand.NewPCG(d.opts.Seed, d.opts.Seed^0x9e3779b97f4a7c15))
 	d.res = &Result{NotAggregated: d.notAgg}
 	d.h.reset()
+	d.h.plain = d.agg != nil
 	return nil
 }
 
@@ -820,7 +822,14 @@ func (d *driver) pump(g int32) error {
 		if len(d.scr) == 0 {
 			break
 		}
-		for _, i := range d.scr {
+		ready := d.scr
+		if d.agg != nil {
+			var err error
+			if ready, err = d.aggExchange(g, ms, ready); err != nil {
+				return err
+			}
+		}
+		for _, i := range ready {
 			// The op: in its program, or computed into d.opx (Shared).
 			var op *allreduce.Op
 			if ms.sh != nil {
