@@ -249,6 +249,14 @@ var ErrNotShared = errors.New("allreduce: algorithm has no shared program form")
 // Shared programs exist for the ring family (Ring, ReduceScatter,
 // AllGather), AllGatherV, AllToAll, SparseGather and TwoPhaseSign. A Shared is
 // immutable and safe for concurrent use.
+//
+// Every rank's program is rank 0's rotated: op i of rank r has the kind,
+// function, message number and dependencies of op i of rank 0, and its
+// peer is rank 0's shifted by r (mod World); Match does not depend on the
+// rank. Only the sizes of chunks may differ (an uneven layout), and a
+// sparse gather's decode-adds, which run in rank order on every rank (for
+// identical sums), depend on different receives. The simulator's
+// aggregated mode relies on this.
 type Shared struct {
 	// Name and Alg are the programs' Name and Alg.
 	Name string
