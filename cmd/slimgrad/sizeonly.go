@@ -104,9 +104,9 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 	note := func(what string, res *sim.Result) {
 		switch {
 		case res.Groups > 0:
-			notes = append(notes, fmt.Sprintf("%s: aggregated, %d groups, %d events", what, res.Groups, res.Events))
+			notes = append(notes, fmt.Sprintf("%s: aggregated, %d groups, %d events for %d messages", what, res.Groups, res.Events, res.Messages))
 		case res.NotAggregated != "":
-			notes = append(notes, fmt.Sprintf("%s: every rank simulated (%d events): not aggregated: %s", what, res.Events, res.NotAggregated))
+			notes = append(notes, fmt.Sprintf("%s: every rank simulated (%d events, %d messages): not aggregated: %s", what, res.Events, res.Messages, res.NotAggregated))
 		}
 	}
 	for _, m := range methods {
