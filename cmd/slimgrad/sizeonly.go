@@ -100,13 +100,15 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "method\tparameters\twire bytes/step\tdense-ring bytes/step\tsaved\tstep time\tdense-ring step\tspeed-up\tcodec\tcomm\t\n")
 	baselines := map[string]time.Duration{}
-	var notes []string // how each simulation ran (aggregated or not)
+	var notes []string // how each simulation ran (aggregated or not), its events and messages
 	note := func(what string, res *sim.Result) {
 		switch {
 		case res.Groups > 0:
 			notes = append(notes, fmt.Sprintf("%s: aggregated, %d groups, %d events for %d messages", what, res.Groups, res.Events, res.Messages))
 		case res.NotAggregated != "":
-			notes = append(notes, fmt.Sprintf("%s: every rank simulated (%d events, %d messages): not aggregated: %s", what, res.Events, res.Messages, res.NotAggregated))
+			notes = append(notes, fmt.Sprintf("%s: every rank simulated, %d events for %d messages (not aggregated: %s)", what, res.Events, res.Messages, res.NotAggregated))
+		default:
+			notes = append(notes, fmt.Sprintf("%s: every rank simulated, %d events for %d messages", what, res.Events, res.Messages))
 		}
 	}
 	for _, m := range methods {
