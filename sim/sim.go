@@ -13,7 +13,9 @@
 // Options.SizeHint for data-dependent messages), cheap enough for thousands
 // of ranks; and payload mode (Collective.Executors set), in which each
 // rank's real Executor encodes, reduces and decodes, so sizes and results
-// are real.
+// are real. A size-only run can be aggregated (Options.Aggregate): one
+// representative rank simulated per group of equivalent ranks, for tens of
+// thousands of ranks.
 package sim
 
 import (
