@@ -160,7 +160,6 @@ var aggCases = []aggCase{
 	}, 0.08}, // concurrent rings share each member's connection and compute in an order that differs from member to member (the sparse gather decodes in rank order): up to 7% at 32 ranks (racks-wan), see docs/simulator.md
 }
 
-
 // checkAgree runs colls message by message and aggregated and fails if
 // the step times or the byte counts differ by more than tol, or the
 // message counts differ.
