@@ -17,50 +17,55 @@ import (
 // Aggregate selects how Run simulates the ranks of a run (Options.Aggregate).
 //
 // The aggregated mode partitions the ranks into groups of equivalent ranks
-// and simulates one representative rank per group; every member of a group
-// is taken to do what its representative does, at the same times. A
-// message of a representative stands for the messages of all members of
-// its group, and loads the links it crosses with all of them: the network
-// holds one flow per group, destination group and route, weighted by how
-// many real flows it stands for on each link (a rack uplink that carries
-// one flow from each of k members carries weight k), and max-min fairness
-// shares a link in proportion to the weights. Cost: the representatives'
-// ops instead of every rank's, so a ring costs O(groups·N) events instead
-// of O(N²), and an all-to-all O(groups·N) instead of O(N³).
+// and simulates one representative rank per group; the members of a group
+// are taken to do what their representative does. A message of a
+// representative stands for the messages of all members of its group and
+// loads the links it crosses with all of them: the network holds one flow
+// per group, destination group and route, weighted by how many real flows
+// it stands for on each link (a rack uplink that carries one flow from
+// each of k members carries weight k), and max-min fairness shares a link
+// in proportion to the weights. An exchange (one message to every other
+// rank, ready at once) is one flow per pair of groups and route. Cost: the
+// representatives' ops instead of every rank's, so a ring costs O(groups·N)
+// events instead of O(N²), and an all-to-all O(groups·N) instead of O(N³).
 //
 // Groups. Two ranks are in one group when their nodes have the same links
 // (uplink, downlink), latency and speed, their racks are of one class (the
 // same uplink, downlink, latency and members, and WAN links of the same
-// bandwidth and latency to racks of the same classes), and, for
-// AggregateDepth rounds, their neighbours in the programs' ring order
-// (peer offsets ±1, …, of every collective with few distinct peers) are in
-// the same groups and reached over the same kind of route. Members of a
-// group can still differ further out (the third rank after a rack boundary
-// is grouped with the middle of the rack); that is the approximation, and
-// the reason its results are compared with per-message runs (1% on rings,
-// trees excepted, all-to-alls and the compressed schemes, homogeneous and
-// heterogeneous topologies; see aggregate_test.go).
+// bandwidth and latency to racks of the same classes), and, when a
+// collective is a ring (several messages to rank+1), their neighbours in
+// ring order are in the same groups over the same kind of route,
+// AggregateDepth hops out, and the first rank of their chain has the same
+// upstream (two rounds, at most maxChainGroups groups).
 //
-// What the mode assumes, beyond the grouping:
-//   - every collective is Shared (allreduce.Shared: its programs are the
-//     same up to rotation, op i of rank r sending to or receiving from
-//     r + δᵢ for an offset δᵢ common to all ranks); a member's op i moves
-//     the representative's op i's bytes (chunks of an uneven layout differ
-//     by an element: totals per rank agree, single messages may not);
-//   - the members' flows of one op are spread evenly over the links of
-//     their class (a group's node links, the uplinks of a rack class, the
-//     WAN links of a class): a link class's capacity is shared as if each
-//     of its links carried the average load, and no flow gets more than a
-//     whole link.
+// Chains. Consecutive ranks of a group in ring order form a chain; a
+// message that enters a chain reaches its last rank one hop per rank
+// later. The representative is a chain's last rank, and its receives from
+// the chain are fed by the message entering the chain, chain−1 hops later
+// (aggLaunch).
+//
+// What the mode assumes: every collective is Shared (allreduce.Shared:
+// every rank's program is rank 0's rotated; a member's op moves the
+// representative's op's bytes, chunks of an uneven layout differ by an
+// element); the members of a group are in the same state, except along
+// chains, and in particular interleave concurrent collectives on their
+// connection and compute engine as their representative does (a sparse
+// gather, which decodes in rank order, runs the program of the member that
+// decodes most after its last message: progRank); the flows of one op are
+// spread evenly over the links of their class, and no flow gets more than
+// a whole link. docs/simulator.md gives the measured agreement with the
+// per-message mode (TestAggregateAgrees).
 //
 // Run refuses the aggregated mode, and simulates every rank, when a
 // collective has per-rank programs or executors (payload mode; per-rank
 // programs include the double binary tree and halving-doubling, which are
-// not rotation-symmetric), when latency or compute jitter is set (members
-// would draw independent delays), with a Trace (it records every rank),
-// when two ranks share a node (Options.Placement), when the topology sets
-// a latency between two nodes (Topology.SetPairLatency), and when grouping
-// leaves no two ranks in one group. Result.NotAggregated says which.
+// not rotations of one program), when latency or compute jitter is set
+// (members would draw independent delays), with a Trace (it records every
+// rank), when two ranks share a node (Options.Placement), when the
+// topology sets a latency between two nodes (Topology.SetPairLatency),
+// when a collective sends several messages to a peer other than rank+1,
+// and when grouping leaves no two ranks in one group or more groups,
+// routes and ranks than its keys hold. Result.NotAggregated says which.
 type Aggregate uint8
 
 const (
