@@ -265,6 +265,8 @@ type aggState struct {
 	exSeen []bool
 	exOps  []int32
 	exRest []int32
+	bulk   [][]int32 // receives of evArriveAll events
+	bfree  []uint32
 	conn1  []int32   // offset 1: the connection of each entry of distFor(1), -1 until used
 	lump1  []lumpVal // offset 1: the last flow started on each entry of distFor(1)
 }
@@ -902,6 +904,8 @@ func (d *driver) aggSetup() {
 	clear(a.connIx)
 	clear(a.lump)
 	a.conn1, a.lump1 = a.conn1[:0], a.lump1[:0]
+	clear(a.bulk)
+	a.bulk, a.bfree = a.bulk[:0], a.bfree[:0]
 	a.exCons = map[[2]int32]map[[2]int32][]int32{}
 }
 
@@ -1518,8 +1522,8 @@ func (d *driver) aggFlowEnd(id int32) error {
 		if item.dg >= 0 && item.dop >= 0 {
 			d.h.push(event{t: d.now + item.lat, kind: evArrive, g: item.dg, op: item.dop})
 		}
-		for _, j := range item.dops {
-			d.h.push(event{t: d.now + item.lat, kind: evArrive, g: item.dg, op: j})
+		if len(item.dops) > 0 {
+			d.h.push(event{t: d.now + item.lat, kind: evArriveAll, g: item.dg, x: d.aggBulk(item.dops)})
 		}
 		if len(item.ops) > 0 {
 			ms := &d.ms[item.g]
@@ -1543,6 +1547,38 @@ func (d *driver) aggFlowEnd(id int32) error {
 		}
 	}
 	return nil
+}
+
+// aggBulk keeps ops for an evArriveAll event and returns their index.
+func (d *driver) aggBulk(ops []int32) uint32 {
+	a := &d.as
+	if k := len(a.bfree); k > 0 {
+		j := a.bfree[k-1]
+		a.bfree = a.bfree[:k-1]
+		a.bulk[j] = ops
+		return j
+	}
+	a.bulk = append(a.bulk, ops)
+	return uint32(len(a.bulk) - 1)
+}
+
+// arriveAll is arrive for the receives kept at index x (aggBulk) of
+// machine g, pumping it once.
+func (d *driver) arriveAll(g int32, x uint32) error {
+	a := &d.as
+	ops := a.bulk[x]
+	a.bulk[x] = nil
+	a.bfree = append(a.bfree, x)
+	ms := &d.ms[g]
+	for _, op := range ops {
+		if ms.m.Mark(op, flArrived)&flPosted == 0 {
+			continue
+		}
+		if err := d.completeRecv(g, ms, op); err != nil {
+			return err
+		}
+	}
+	return d.pump(g)
 }
 
 // aggConnDone starts connection c's next sub-flow, or closes it.

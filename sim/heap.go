@@ -7,6 +7,7 @@ const (
 	evComputeEnd                  // an engine job finished: g = machine, op = its op, job, x
 	evStart                       // a collective may start: g = collective
 	evStartRank                   // one rank's part of a collective may start: g = machine
+	evArriveAll                   // aggregated: messages reached a representative: g = machine, x = its receives (aggBulk)
 )
 
 // event is one entry of the virtual-time queue; events are ordered by

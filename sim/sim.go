@@ -787,6 +787,8 @@ func (d *driver) loop(ctx context.Context) error {
 			err = d.arrive(ev.g, ev.op)
 		case evComputeEnd:
 			err = d.computeEnd(ev.g, ev.op, ev.job, int32(ev.x))
+		case evArriveAll:
+			err = d.arriveAll(ev.g, ev.x)
 		}
 		if err != nil {
 			return err
