@@ -249,6 +249,14 @@ var ErrNotShared = errors.New("allreduce: algorithm has no shared program form")
 // Shared programs exist for the ring family (Ring, ReduceScatter,
 // AllGather), AllGatherV, AllToAll, SparseGather and TwoPhaseSign. A Shared is
 // immutable and safe for concurrent use.
+//
+// Every rank's program is rank 0's rotated: op i of rank r has the kind,
+// function, message number and dependencies of op i of rank 0, and its
+// peer is rank 0's shifted by r (mod World); Match does not depend on the
+// rank. Only the sizes of chunks may differ (an uneven layout), and a
+// sparse gather's decode-adds, which run in rank order on every rank (for
+// identical sums), depend on different receives. The simulator's
+// aggregated mode relies on this.
 type Shared struct {
 	// Name and Alg are the programs' Name and Alg.
 	Name string
@@ -258,11 +266,12 @@ type Shared struct {
 	// Layout is every rank's layout (the same for all ranks).
 	Layout Layout
 
-	p    Params
-	nops int32
-	S    int
-	eb   int64
-	tp   twoPhaseSpec // AlgTwoPhaseSign only
+	p     Params
+	nops  int32
+	S     int
+	eb    int64
+	tp    twoPhaseSpec // AlgTwoPhaseSign only
+	ring0 ringSpec     // the ring family: rank 0's ring (see ring)
 }
 
 // NewShared returns the shared form of the programs of alg for p.World ranks
@@ -278,8 +287,10 @@ func NewShared(alg Algorithm, p Params) (*Shared, error) {
 	switch alg {
 	case AlgRing, AlgReduceScatter, AlgAllGather:
 		nestedLayout(&s.Layout, p.Elems, n, s.S)
-		sp := s.ring(0)
-		s.nops = sp.nops
+		rs := s.Alg != AlgAllGather
+		ag := s.Alg != AlgReduceScatter
+		s.ring0 = newRingSpec(s.World, 0, s.S, 0, BufData, rs, ag, s.p.Average, NoDep, 0, 0, s.Layout.Offs, s.eb)
+		s.nops = s.ring0.nops
 	case AlgAllGatherV:
 		s.nops = int32(2 * (n - 1))
 	case AlgAllToAll:
@@ -305,10 +316,15 @@ func NewShared(alg Algorithm, p Params) (*Shared, error) {
 // Len is the number of ops of every rank's program.
 func (s *Shared) Len() int { return int(s.nops) }
 
+// ring is rank's ring: rank 0's with the rank and its neighbours
+// replaced (newRingSpec's other fields do not depend on the rank).
 func (s *Shared) ring(rank int) ringSpec {
-	rs := s.Alg != AlgAllGather
-	ag := s.Alg != AlgReduceScatter
-	return newRingSpec(s.World, rank, s.S, 0, BufData, rs, ag, s.p.Average, NoDep, 0, 0, s.Layout.Offs, s.eb)
+	sp := s.ring0
+	if sp.n > 1 {
+		sp.r = rank
+		sp.right, sp.lf = int32(mod(rank+1, sp.n)), int32(mod(rank-1, sp.n))
+	}
+	return sp
 }
 
 // Sparse gather (schemes.go, genSparseGather): op 0 encode, op 1 zero, the

@@ -7,6 +7,7 @@ const (
 	evComputeEnd                  // an engine job finished: g = machine, op = its op, job, x
 	evStart                       // a collective may start: g = collective
 	evStartRank                   // one rank's part of a collective may start: g = machine
+	evArriveAll                   // aggregated: messages reached a representative: g = machine, x = its receives (aggBulk)
 )
 
 // event is one entry of the virtual-time queue; events are ordered by
@@ -33,6 +34,11 @@ func (a *event) less(b *event) bool {
 // events at identical times, so most pushes append to the bucket of the
 // previous push and most pops take the next event of the current bucket.
 type eventHeap struct {
+	// plain makes it a 4-ary min-heap of single events (aggregated runs:
+	// few events share a time, and the grouping would cost a map access
+	// and a bucket per event).
+	plain   bool
+	ev      []event
 	seq     uint64
 	n       int
 	times   []tentry          // 4-ary min-heap by t; times are distinct
@@ -50,6 +56,7 @@ type tentry struct {
 }
 
 func (h *eventHeap) reset() {
+	h.ev = h.ev[:0]
 	for _, te := range h.times {
 		h.release(te.b)
 	}
@@ -58,7 +65,12 @@ func (h *eventHeap) reset() {
 	h.seq, h.n, h.lastB = 0, 0, -1
 }
 
-func (h *eventHeap) len() int { return h.n }
+func (h *eventHeap) len() int {
+	if h.plain {
+		return len(h.ev)
+	}
+	return h.n
+}
 
 func (h *eventHeap) release(b int32) {
 	h.buckets[b] = h.buckets[b][:0]
@@ -69,6 +81,21 @@ func (h *eventHeap) release(b int32) {
 func (h *eventHeap) push(e event) {
 	e.seq = h.seq
 	h.seq++
+	if h.plain {
+		h.ev = append(h.ev, e)
+		s := h.ev
+		i := len(s) - 1
+		for i > 0 {
+			p := (i - 1) / 4
+			if !e.less(&s[p]) {
+				break
+			}
+			s[i] = s[p]
+			i = p
+		}
+		s[i] = e
+		return
+	}
 	h.n++
 	if h.lastB >= 0 && e.t == h.lastT {
 		h.buckets[h.lastB] = append(h.buckets[h.lastB], e)
@@ -96,12 +123,45 @@ func (h *eventHeap) push(e event) {
 
 // top returns the next event without removing it; len() must be > 0.
 func (h *eventHeap) top() *event {
+	if h.plain {
+		return &h.ev[0]
+	}
 	b := h.times[0].b
 	return &h.buckets[b][h.heads[b]]
 }
 
 // pop removes and returns the next event; len() must be > 0.
 func (h *eventHeap) pop() event {
+	if h.plain {
+		s := h.ev
+		e := s[0]
+		n := len(s) - 1
+		last := s[n]
+		s = s[:n]
+		h.ev = s
+		if n > 0 {
+			i := 0
+			for {
+				c := 4*i + 1
+				if c >= n {
+					break
+				}
+				m := c
+				for k := c + 1; k < min(c+4, n); k++ {
+					if s[k].less(&s[m]) {
+						m = k
+					}
+				}
+				if !s[m].less(&last) {
+					break
+				}
+				s[i] = s[m]
+				i = m
+			}
+			s[i] = last
+		}
+		return e
+	}
 	b := h.times[0].b
 	e := h.buckets[b][h.heads[b]]
 	h.heads[b]++

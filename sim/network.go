@@ -49,8 +49,21 @@ type network struct {
 	localSettles int64 // settles that fell back to local mode
 	exactBudget  int   // maxExactFlows; tests lower it to exercise local mode
 	resid        []float64
-	cnt          []int32
+	cnt          []float64
 	changed      []int32 // flows whose end time must be (re)scheduled
+
+	// weighted (the aggregated mode, aggregate.go): flow id's load on the
+	// k-th link of its route is wt[id].w[k] flows instead of one, and its
+	// rate is at most wt[id].cap.
+	weighted bool
+	wt       []flowWeights
+}
+
+// flowWeights is a weighted flow's load on each link of its route and its
+// own rate limit (see network.addWeighted).
+type flowWeights struct {
+	w   [maxPath]float64
+	cap float64
 }
 
 func newNetwork(caps []float64) *network {
@@ -64,7 +77,7 @@ func newNetwork(caps []float64) *network {
 		linkMark:  make([]uint32, L),
 		isDirty:   make([]bool, L),
 		resid:     make([]float64, L),
-		cnt:       make([]int32, L),
+		cnt:       make([]float64, L),
 
 		exactBudget: maxExactFlows,
 	}
@@ -93,6 +106,16 @@ func (nw *network) reset() {
 // add registers a new flow of size bytes over links at time now and
 // returns its id. Its rate is set by the next settle.
 func (nw *network) add(now float64, links *[maxPath]int32, n int, size float64) int32 {
+	return nw.addWeighted(now, links, n, size, nil)
+}
+
+// addWeighted is add for a flow that stands for w[k] flows on its k-th
+// link (nil: one on each; the network must be weighted otherwise). Its
+// rate is then max-min fair with each link's capacity shared in proportion
+// to the weights, and at most flowCap(w): a flow that stands for fewer than
+// one flow on a link (a group's flow on links of a larger class) still
+// crosses a whole real link.
+func (nw *network) addWeighted(now float64, links *[maxPath]int32, n int, size float64, w *[maxPath]float64) int32 {
 	var id int32
 	if k := len(nw.free); k > 0 {
 		id = nw.free[k-1]
@@ -101,10 +124,16 @@ func (nw *network) add(now float64, links *[maxPath]int32, n int, size float64) 
 		id = int32(len(nw.flows))
 		nw.flows = append(nw.flows, flow{})
 		nw.flowMark = append(nw.flowMark, 0)
+		if nw.weighted {
+			nw.wt = append(nw.wt, flowWeights{})
+		}
 	}
 	f := &nw.flows[id]
 	ver := f.ver + 1
 	*f = flow{links: *links, n: int8(n), active: true, remaining: size, size: size, last: now, ver: ver}
+	if nw.weighted {
+		nw.wt[id] = flowWeights{w: *w, cap: nw.flowCap(links, n, w)}
+	}
 	alone := true
 	for k := 0; k < n; k++ {
 		if len(nw.onLink[f.links[k]]) != 0 || nw.isDirty[f.links[k]] {
@@ -130,10 +159,38 @@ func (nw *network) add(now float64, links *[maxPath]int32, n int, size float64) 
 		// Fast path: on otherwise idle links the narrowest one decides, and
 		// nothing else changes. A later add or remove on these links before
 		// the next settle marks them dirty and recomputes this flow too.
+		if nw.weighted {
+			r = nw.wt[id].cap
+		}
 		f.rate = r
 		nw.changed = append(nw.changed, id)
 	}
 	return id
+}
+
+// flowCap is the rate limit of a weighted flow: on each link, the
+// capacity over its weight, but never more than the link's capacity (a
+// flow standing for w < 1 flows on a link class is a whole flow on the
+// real links that carry it).
+func (nw *network) flowCap(links *[maxPath]int32, n int, w *[maxPath]float64) float64 {
+	r := math.Inf(1)
+	for k := 0; k < n; k++ {
+		r = min(r, nw.caps[links[k]]/max(w[k], 1))
+	}
+	return r
+}
+
+// addWeight adds w[k] to flow id's weight on its k-th link (a weighted
+// network's flows that start together on the same route are merged into
+// one). Its rate is recomputed by the next settle.
+func (nw *network) addWeight(id int32, w *[maxPath]float64) {
+	f := &nw.flows[id]
+	fw := &nw.wt[id]
+	for k := 0; k < int(f.n); k++ {
+		fw.w[k] += w[k]
+		nw.markDirty(f.links[k])
+	}
+	fw.cap = nw.flowCap(&f.links, int(f.n), &fw.w)
 }
 
 func (nw *network) markDirty(l int32) {
@@ -148,7 +205,11 @@ func (nw *network) remove(now float64, id int32) {
 	f := &nw.flows[id]
 	for k := 0; k < int(f.n); k++ {
 		l := f.links[k]
-		nw.linkBytes[l] += f.size
+		if nw.weighted {
+			nw.linkBytes[l] += f.size * nw.wt[id].w[k]
+		} else {
+			nw.linkBytes[l] += f.size
+		}
 		on := nw.onLink[l]
 		p := f.pos[k]
 		last := on[len(on)-1]
@@ -277,7 +338,10 @@ func (nw *network) settle(now float64) {
 // progressive filling: repeatedly saturate the link with the smallest fair
 // share and freeze the flows crossing it. With partial, links also carry
 // flows outside the set at fixed rates; flows in the set must carry the
-// current stamp in flowMark.
+// current stamp in flowMark. In a weighted network a link's share is its
+// residual capacity over the weights of its unfrozen flows, and a flow
+// whose own limit (flowWeights.cap) is below every share left is frozen at
+// that limit.
 func (nw *network) fill(now float64, links, flows []int32, partial bool) {
 	for _, id := range flows {
 		f := &nw.flows[id]
@@ -297,6 +361,9 @@ func (nw *network) fill(now float64, links, flows []int32, partial bool) {
 		for k := 0; k < int(f.n); k++ {
 			r = min(r, nw.caps[f.links[k]])
 		}
+		if nw.weighted {
+			r = nw.wt[id].cap
+		}
 		if f.rate != r {
 			f.rate = r
 			nw.changed = append(nw.changed, id)
@@ -306,36 +373,62 @@ func (nw *network) fill(now float64, links, flows []int32, partial bool) {
 	st := nw.stamp
 	for _, l := range links {
 		nw.resid[l] = nw.caps[l]
-		nw.cnt[l] = int32(len(nw.onLink[l]))
-		if partial {
+		if nw.weighted {
+			c := 0.0
 			for _, id := range nw.onLink[l] {
-				if nw.flowMark[id] != st {
-					nw.resid[l] -= nw.flows[id].rate
-					nw.cnt[l]--
+				w := nw.weightOn(id, l)
+				c += w
+				if partial && nw.flowMark[id] != st {
+					nw.resid[l] -= nw.flows[id].rate * w
+					c -= w
 				}
 			}
-			if nw.resid[l] < 0 {
-				nw.resid[l] = 0
+			nw.cnt[l] = c
+		} else {
+			nw.cnt[l] = float64(len(nw.onLink[l]))
+			if partial {
+				for _, id := range nw.onLink[l] {
+					if nw.flowMark[id] != st {
+						nw.resid[l] -= nw.flows[id].rate
+						nw.cnt[l]--
+					}
+				}
 			}
+		}
+		if partial && nw.resid[l] < 0 {
+			nw.resid[l] = 0
 		}
 	}
 	// Link shares resid/cnt only grow as flows freeze, so a lazy min-heap
 	// works: a popped entry whose share is out of date is pushed again.
+	// Weighted flows' own limits are entries too (l = -1-id).
 	h := nw.lheap[:0]
 	for _, l := range links {
-		if nw.cnt[l] > 0 {
-			h = lheapPush(h, lentry{nw.resid[l] / float64(nw.cnt[l]), l})
+		if nw.cnt[l] > cntEps {
+			h = lheapPush(h, lentry{nw.resid[l] / nw.cnt[l], l})
+		}
+	}
+	if nw.weighted {
+		for _, id := range flows {
+			h = lheapPush(h, lentry{nw.wt[id].cap, -1 - id})
 		}
 	}
 	left := len(flows)
 	for left > 0 && len(h) > 0 {
 		var e lentry
 		e, h = lheapPop(h)
-		c := nw.cnt[e.l]
-		if c <= 0 {
+		if e.l < 0 {
+			if id := -1 - e.l; nw.flows[id].frozen != st {
+				nw.freeze(id, e.share)
+				left--
+			}
 			continue
 		}
-		share := nw.resid[e.l] / float64(c)
+		c := nw.cnt[e.l]
+		if c <= cntEps {
+			continue
+		}
+		share := nw.resid[e.l] / c
 		if share != e.share {
 			h = lheapPush(h, lentry{share, e.l})
 			continue
@@ -344,24 +437,50 @@ func (nw *network) fill(now float64, links, flows []int32, partial bool) {
 			share = 0
 		}
 		for _, id := range nw.onLink[e.l] {
-			f := &nw.flows[id]
-			if nw.flowMark[id] != st || f.frozen == st {
+			if nw.flowMark[id] != st || nw.flows[id].frozen == st {
 				continue
 			}
-			f.frozen = st
+			nw.freeze(id, share)
 			left--
-			for k := 0; k < int(f.n); k++ {
-				l := f.links[k]
-				nw.resid[l] -= share
-				nw.cnt[l]--
-			}
-			if f.rate != share {
-				f.rate = share
-				nw.changed = append(nw.changed, id)
-			}
 		}
 	}
 	nw.lheap = h[:0]
+}
+
+// cntEps is the weight below which a link counts as carrying no unfrozen
+// flow (weights are sums and differences of fractions).
+const cntEps = 1e-9
+
+// freeze fixes flow id's rate at share in the current fill.
+func (nw *network) freeze(id int32, share float64) {
+	f := &nw.flows[id]
+	f.frozen = nw.stamp
+	for k := 0; k < int(f.n); k++ {
+		l := f.links[k]
+		if nw.weighted {
+			w := nw.wt[id].w[k]
+			nw.resid[l] -= share * w
+			nw.cnt[l] -= w
+		} else {
+			nw.resid[l] -= share
+			nw.cnt[l]--
+		}
+	}
+	if f.rate != share {
+		f.rate = share
+		nw.changed = append(nw.changed, id)
+	}
+}
+
+// weightOn is flow id's weight on link l (a weighted network).
+func (nw *network) weightOn(id, l int32) float64 {
+	f := &nw.flows[id]
+	for k := 0; k < int(f.n); k++ {
+		if f.links[k] == l {
+			return nw.wt[id].w[k]
+		}
+	}
+	return 0
 }
 
 type lentry struct {

@@ -258,3 +258,50 @@ func TestEventHeapOrder(t *testing.T) {
 		want = append(want[:m], want[m+1:]...)
 	}
 }
+
+// TestWeightedFlows: in a weighted network (the aggregated mode) a flow of
+// weight k on a link gets the rate of each of k identical flows, a flow of
+// weight below one never more than the link, and merging a flow into
+// another (addWeight) is the same as starting them as one.
+func TestWeightedFlows(t *testing.T) {
+	// Link 0 (capacity 100) carries flow a (weight 3) and flow b (weight
+	// 1) that also crosses link 1 (capacity 10): b is held to 10, a gets
+	// the 90 left over 3: 30 each. Unweighted, the same with 3 copies of a.
+	w := newNetwork([]float64{100, 10})
+	w.weighted = true
+	links := [maxPath]int32{0}
+	a := w.addWeighted(0, &links, 1, 1e3, &[maxPath]float64{3})
+	lb := [maxPath]int32{0, 1}
+	b := w.addWeighted(0, &lb, 2, 1e3, &[maxPath]float64{1, 1})
+	w.settle(0)
+	u := newNetwork([]float64{100, 10})
+	var ua [3]int32
+	for i := range ua {
+		ua[i] = addFlow(u, 0, 1e3, 0)
+	}
+	ub := addFlow(u, 0, 1e3, 0, 1)
+	u.settle(0)
+	if ra, rb := w.flows[a].rate, w.flows[b].rate; !near(ra, u.flows[ua[0]].rate, 1e-12) || !near(rb, u.flows[ub].rate, 1e-12) || !near(ra, 30, 1e-12) || !near(rb, 10, 1e-12) {
+		t.Errorf("weighted rates %v, %v; unweighted %v, %v; want 30, 10", ra, rb, u.flows[ua[0]].rate, u.flows[ub].rate)
+	}
+	// A flow standing for a tenth of a flow on each link of a class still
+	// crosses a whole link: at most its capacity.
+	c := newNetwork([]float64{100})
+	c.weighted = true
+	f := c.addWeighted(0, &links, 1, 1e3, &[maxPath]float64{0.1})
+	g := c.addWeighted(0, &links, 1, 1e3, &[maxPath]float64{0.1})
+	c.settle(0)
+	if r := c.flows[f].rate; r != 100 || c.flows[g].rate != 100 {
+		t.Errorf("weights 0.1 and 0.1: rates %v, %v, want 100 each", r, c.flows[g].rate)
+	}
+	// Merging: a flow of weight 1 that gains weight 2 is one of weight 3.
+	m := newNetwork([]float64{100, 10})
+	m.weighted = true
+	ma := m.addWeighted(0, &links, 1, 1e3, &[maxPath]float64{1})
+	m.addWeight(ma, &[maxPath]float64{2})
+	mb := m.addWeighted(0, &lb, 2, 1e3, &[maxPath]float64{1, 1})
+	m.settle(0)
+	if m.flows[ma].rate != w.flows[a].rate || m.flows[mb].rate != w.flows[b].rate {
+		t.Errorf("merged rates %v, %v, want %v, %v", m.flows[ma].rate, m.flows[mb].rate, w.flows[a].rate, w.flows[b].rate)
+	}
+}

@@ -13,7 +13,9 @@
 // Options.SizeHint for data-dependent messages), cheap enough for thousands
 // of ranks; and payload mode (Collective.Executors set), in which each
 // rank's real Executor encodes, reduces and decodes, so sizes and results
-// are real.
+// are real. A size-only run can be aggregated (Options.Aggregate): one
+// representative rank simulated per group of equivalent ranks, for tens of
+// thousands of ranks.
 package sim
 
 import (
@@ -114,6 +116,15 @@ type Options struct {
 	// cost (Calibration.Messages) is added to every message's latency; Run
 	// returns an error if the calibration has no cost for it.
 	Transport string
+	// Aggregate selects the aggregated mode: one representative rank
+	// simulated per group of equivalent ranks (see Aggregate for what it
+	// assumes and when Run refuses it). The zero value simulates every
+	// rank.
+	Aggregate Aggregate
+	// AggregateDepth is how many hops in ring order the aggregated mode
+	// looks when it groups ranks; 0 means DefaultAggregateDepth. Deeper
+	// groups are smaller and closer to the per-message mode.
+	AggregateDepth int
 }
 
 // Result is what a simulation measured. Times are virtual seconds.
@@ -139,6 +150,14 @@ type Result struct {
 	Messages int64
 	// Events is the number of events processed.
 	Events int64
+	// Groups is the number of groups of an aggregated run (Options.Aggregate),
+	// each simulated by one representative rank; 0 if every rank was
+	// simulated. Ranks, Links, Bytes and Messages still count every rank,
+	// link and message (a member's statistics are its representative's).
+	Groups int
+	// NotAggregated says why Run simulated every rank although
+	// Options.Aggregate asked for the aggregated mode; empty otherwise.
+	NotAggregated string
 }
 
 // RankStats is one rank's share of a Result.
@@ -181,7 +200,9 @@ type machine struct {
 	sh    *allreduce.Shared  // the collective's Shared, or nil
 	exec  allreduce.Executor
 	coll  int32
-	rank  int32
+	rank  int32 // the rank it simulates
+	prank int32 // the rank whose program it steps: rank, except in some aggregated runs (aggPlan.progRank)
+	slot  int32 // its index in driver.ranks: the rank, or its group (aggregated)
 	node  int32
 	recvK []uint64 // sorted keys peer<<32|msg of recv ops (empty if all peers are dense)
 	recvI []int32  // op index of the recvs in key order
@@ -190,6 +211,7 @@ type machine struct {
 	dirP []int32
 	dirO []int32
 	dirD []bool
+	pipe *pipeline // aggregated: its collective's pipelines, once known
 }
 
 // layout is the layout of ms's program.
@@ -349,6 +371,10 @@ type driver struct {
 	opx, opj  allreduce.Op // ops of Shared collectives, computed (pump, jobCost)
 	msgCost   MessageCost  // Options.Transport's software cost per message
 	slow      []float64    // per node: compute slowdown from ranks sharing its cores
+	slots     int          // machines per collective: world, or the groups of an aggregated run
+	agg       *aggPlan     // the aggregated run's plan, or nil
+	as        aggState
+	notAgg    string // why the run is not aggregated
 }
 
 // Run simulates collectives on topo and returns what they cost. All
@@ -448,6 +474,7 @@ func (d *driver) release() {
 	}
 	d.colls, d.opts, d.trace = nil, nil, nil
 	clear(d.pay)
+	d.aggRelease()
 }
 
 func (d *driver) setup(ctx context.Context) error {
@@ -479,24 +506,37 @@ func (d *driver) setup(ctx context.Context) error {
 	if pl == nil && world > len(d.topo.Nodes) {
 		return fmt.Errorf("sim: %d ranks but the topology has %d nodes", world, len(d.topo.Nodes))
 	}
-	d.ranks = grow(d.ranks, world)
+	for r := range world {
+		if pl != nil && (pl[r] < 0 || pl[r] >= len(d.topo.Nodes)) {
+			return fmt.Errorf("sim: placement of rank %d: node %d out of range", r, pl[r])
+		}
+	}
+	d.agg = nil
+	var err error
+	if d.notAgg, err = d.planAggregate(ctx); err != nil {
+		return err
+	}
+	d.slots = world
+	if d.agg != nil {
+		d.slots = len(d.agg.reps)
+	}
+	d.ranks = grow(d.ranks, d.slots)
 	for r := range d.ranks {
 		q, cs := d.ranks[r].queue[:0], d.ranks[r].conns[:0]
 		d.ranks[r] = rankState{queue: q, conns: cs}
 		n := r
-		if pl != nil {
+		if d.agg != nil {
+			n = int(d.agg.node[d.agg.reps[r]])
+		} else if pl != nil {
 			n = pl[r]
-			if n < 0 || n >= len(d.topo.Nodes) {
-				return fmt.Errorf("sim: placement of rank %d: node %d out of range", r, n)
-			}
 		}
 		d.ranks[r].node = int32(n)
 		d.ranks[r].left = len(d.colls)
 	}
-	if len(d.colls)*world > math.MaxInt32 {
+	if len(d.colls)*d.slots > math.MaxInt32 {
 		return fmt.Errorf("sim: too many machines")
 	}
-	d.ms = grow(d.ms, len(d.colls)*world)
+	d.ms = grow(d.ms, len(d.colls)*d.slots)
 	// All Machines' state in one arena: dense, and huge pages where the
 	// kernel allows (thousands of ranks are stepped in lock-step).
 	ops := 0
@@ -527,12 +567,16 @@ func (d *driver) setup(ctx context.Context) error {
 			if col.Programs != nil || col.Executors != nil {
 				return fmt.Errorf("%w: collective %d (%s) has both a Shared program and per-rank programs or executors", ErrProgram, c, col.Name)
 			}
-			d.cleft[c] = world
-			for r := range world {
-				ms := &d.ms[c*world+r]
-				ms.prog, ms.sh, ms.coll, ms.rank, ms.node = nil, col.Shared, int32(c), int32(r), d.ranks[r].node
+			d.cleft[c] = d.slots
+			for r := range d.slots {
+				ms := &d.ms[c*d.slots+r]
+				rank, prank := r, r
+				if d.agg != nil {
+					rank, prank = int(d.agg.reps[r]), d.agg.progRank(col.Shared, int32(r))
+				}
+				ms.prog, ms.sh, ms.coll, ms.rank, ms.prank, ms.slot, ms.node = nil, col.Shared, int32(c), int32(rank), int32(prank), int32(r), d.ranks[r].node
 				ms.recvK, ms.recvI, ms.dirP, ms.dirO, ms.dirD = ms.recvK[:0], ms.recvI[:0], ms.dirP[:0], ms.dirO[:0], ms.dirD[:0]
-				if err := ms.m.ResetSharedIn(col.Shared, r, &d.arena); err != nil {
+				if err := ms.m.ResetSharedIn(col.Shared, prank, &d.arena); err != nil {
 					return fmt.Errorf("%w: %w", ErrProgram, err)
 				}
 			}
@@ -557,7 +601,7 @@ func (d *driver) setup(ctx context.Context) error {
 				return fmt.Errorf("%w: collective %d (%s): program %d is not rank %d of %d", ErrProgram, c, col.Name, r, r, world)
 			}
 			ms := &d.ms[c*world+r]
-			ms.prog, ms.sh, ms.coll, ms.rank, ms.node = p, nil, int32(c), int32(r), d.ranks[r].node
+			ms.prog, ms.sh, ms.coll, ms.rank, ms.prank, ms.slot, ms.node = p, nil, int32(c), int32(r), int32(r), int32(r), d.ranks[r].node
 			if col.Executors != nil {
 				ms.exec = col.Executors[r]
 			}
@@ -623,6 +667,9 @@ func (d *driver) setup(ctx context.Context) error {
 	if err := d.matchSends(); err != nil {
 		return err
 	}
+	if d.agg != nil {
+		d.aggSetup()
+	}
 	d.net.reset()
 	d.now = 0
 	d.pend, d.pfree = d.pend[:0], d.pfree[:0]
@@ -658,8 +705,9 @@ func (d *driver) setup(ctx context.Context) error {
 		}
 	}
 	d.rng = rand.New(rand.NewPCG(d.opts.Seed, d.opts.Seed^0x9e3779b97f4a7c15))
-	d.res = &Result{}
+	d.res = &Result{NotAggregated: d.notAgg}
 	d.h.reset()
+	d.h.plain = d.agg != nil
 	return nil
 }
 
@@ -728,8 +776,8 @@ func (d *driver) loop(ctx context.Context) error {
 		var err error
 		switch ev.kind {
 		case evStart:
-			for r := 0; r < d.world && err == nil; r++ {
-				err = d.start(ev.g*int32(d.world) + int32(r))
+			for r := 0; r < d.slots && err == nil; r++ {
+				err = d.start(ev.g*int32(d.slots) + int32(r))
 			}
 		case evStartRank:
 			err = d.start(ev.g)
@@ -739,6 +787,8 @@ func (d *driver) loop(ctx context.Context) error {
 			err = d.arrive(ev.g, ev.op)
 		case evComputeEnd:
 			err = d.computeEnd(ev.g, ev.op, ev.job, int32(ev.x))
+		case evArriveAll:
+			err = d.arriveAll(ev.g, ev.x)
 		}
 		if err != nil {
 			return err
@@ -776,11 +826,18 @@ func (d *driver) pump(g int32) error {
 		if len(d.scr) == 0 {
 			break
 		}
-		for _, i := range d.scr {
+		ready := d.scr
+		if d.agg != nil {
+			var err error
+			if ready, err = d.aggExchange(g, ms, ready); err != nil {
+				return err
+			}
+		}
+		for _, i := range ready {
 			// The op: in its program, or computed into d.opx (Shared).
 			var op *allreduce.Op
 			if ms.sh != nil {
-				d.opx = ms.sh.Op(int(ms.rank), i)
+				d.opx = ms.sh.Op(int(ms.prank), i)
 				op = &d.opx
 			}
 			if ms.sh == nil && ms.m.Marks(i)&flRecv != 0 || ms.sh != nil && op.Kind == allreduce.Recv {
@@ -825,7 +882,7 @@ func (d *driver) start(g int32) error {
 }
 
 func (d *driver) machineDone(ms *machine) {
-	rs := &d.ranks[ms.rank]
+	rs := &d.ranks[ms.slot]
 	rs.left--
 	if d.now > rs.finish {
 		rs.finish = d.now
@@ -837,11 +894,14 @@ func (d *driver) machineDone(ms *machine) {
 	}
 	d.trace.add(d.now, TraceDone, ms.coll, ms.rank, -1, -1, 0)
 	for _, n := range d.next[c] {
-		d.h.push(event{t: max(d.now, d.colls[n].Start), kind: evStartRank, g: n*int32(d.world) + ms.rank})
+		d.h.push(event{t: max(d.now, d.colls[n].Start), kind: evStartRank, g: n*int32(d.slots) + ms.slot})
 	}
 }
 
 func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
+	if d.agg != nil {
+		return d.aggSend(g, ms, i, op)
+	}
 	peer := op.Peer // checked by matchSends
 	dg := ms.coll*int32(d.world) + peer
 	dm := &d.ms[dg]
@@ -999,6 +1059,9 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 	if !f.active || f.ver != ver {
 		return nil // superseded by a rate change
 	}
+	if d.agg != nil {
+		return d.aggFlowEnd(id)
+	}
 	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
 	d.net.remove(d.now, id) // f may be reused from here on
 	if !d.opts.PerMessageFlows {
@@ -1049,7 +1112,7 @@ func (d *driver) completeRecv(g int32, ms *machine, op int32) error {
 	d.trace.add(d.now, TraceRecv, ms.coll, ms.rank, op, -1, 0)
 	if d.costs[ms.coll].hop && d.hopCodec(ms, ms.m.Op(op).Dst) && (dur >= 0 || d.costs[ms.coll].decode > 0) {
 		// Decode on the compute engine; the op is done after.
-		d.engine(&d.ranks[ms.rank], qent{g: g, op: op, dur: dur, job: jobDecode})
+		d.engine(&d.ranks[ms.slot], qent{g: g, op: op, dur: dur, job: jobDecode})
 		return nil
 	}
 	return ms.m.Done(op)
@@ -1080,7 +1143,7 @@ func (d *driver) jobCost(ms *machine, q *qent) float64 {
 	if q.op < 0 {
 		op = &d.pro[ms.coll]
 	} else if ms.sh != nil {
-		d.opj = ms.sh.Op(int(ms.rank), q.op)
+		d.opj = ms.sh.Op(int(ms.prank), q.op)
 		op = &d.opj
 	} else {
 		op = &ms.prog.Ops[q.op]
@@ -1142,7 +1205,7 @@ func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error 
 		}
 		return ms.m.Done(i)
 	}
-	d.engine(&d.ranks[ms.rank], qent{g: g, op: i, dur: dur, job: jobOp})
+	d.engine(&d.ranks[ms.slot], qent{g: g, op: i, dur: dur, job: jobOp})
 	return nil
 }
 
@@ -1184,7 +1247,7 @@ func (d *driver) startCompute(rs *rankState, q *qent) {
 
 func (d *driver) computeEnd(g, op int32, job uint8, x int32) error {
 	ms := &d.ms[g]
-	rs := &d.ranks[ms.rank]
+	rs := &d.ranks[ms.slot]
 	rs.busy = false
 	if rs.head < len(rs.queue) {
 		q := rs.queue[rs.head]
@@ -1199,6 +1262,9 @@ func (d *driver) computeEnd(g, op int32, job uint8, x int32) error {
 	case job == jobEncode:
 		m := d.pend[x]
 		d.pfree = append(d.pfree, x)
+		if d.agg != nil {
+			return d.aggLaunch(g, ms, op, ms.m.Op(op).Peer, int64(m.size))
+		}
 		d.launch(&d.ranks[ms.rank], ms.m.Op(op).Peer, &m)
 		return nil
 	case op < 0:
@@ -1219,6 +1285,14 @@ func grow[T any](s []T, n int) []T {
 
 func (d *driver) finish() *Result {
 	res := d.res
+	if d.agg != nil {
+		res.Collectives = make([]CollectiveStats, len(d.colls))
+		for c := range d.colls {
+			res.Collectives[c] = CollectiveStats{Name: d.colls[c].Name, Finish: d.cfin[c], Bytes: d.cbytes[c]}
+		}
+		d.aggFinish(res)
+		return res
+	}
 	res.Ranks = make([]RankStats, d.world)
 	for r := range d.ranks {
 		rs := &d.ranks[r]

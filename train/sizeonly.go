@@ -25,33 +25,49 @@ import (
 // Sim's, with PayloadBytes nominal and BaselineTime left 0 (see
 // SizeOnlyBaseline).
 func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.Exchange, cfg SimConfig) (Stats, error) {
+	st, _, err := SizeOnlyRun(ctx, n, units, plan, how, cfg)
+	return st, err
+}
+
+// SizeOnlyRun is SizeOnly that also returns the simulator's Result of the
+// step: its Events, and its Groups and NotAggregated, which say whether
+// cfg.Options.Aggregate's aggregated mode ran.
+func SizeOnlyRun(ctx context.Context, n int, units []Layer, plan Plan, how []optim.Exchange, cfg SimConfig) (Stats, *sim.Result, error) {
+	st, res, err := sizeOnly(ctx, n, units, plan, how, cfg)
+	if err != nil {
+		return Stats{}, nil, err
+	}
+	return st, res, nil
+}
+
+func sizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.Exchange, cfg SimConfig) (Stats, *sim.Result, error) {
 	if cfg.Topology == nil {
-		return Stats{}, fmt.Errorf("train: SizeOnly: no topology")
+		return Stats{}, nil, fmt.Errorf("train: SizeOnly: no topology")
 	}
 	if len(how) != len(units) || n < 1 {
-		return Stats{}, fmt.Errorf("train: SizeOnly: %d workers, %d aggregations for %d units", n, len(how), len(units))
+		return Stats{}, nil, fmt.Errorf("train: SizeOnly: %d workers, %d aggregations for %d units", n, len(how), len(units))
 	}
 	if err := plan.validate(); err != nil {
-		return Stats{}, err
+		return Stats{}, nil, err
 	}
 	if err := cfg.checkCompute("SizeOnly"); err != nil {
-		return Stats{}, err
+		return Stats{}, nil, err
 	}
 	if cfg.FLOPS == 0 {
 		cfg.FLOPS = DefaultFLOPS
 	}
 	s := &Sim{cfg: cfg, units: units, n: n}
 	if err := s.computeModel(); err != nil {
-		return Stats{}, err
+		return Stats{}, nil, err
 	}
 	layers, err := engineLayers(units, plan, "")
 	if err != nil {
-		return Stats{}, err
+		return Stats{}, nil, err
 	}
 	pol := cfg.policy(n, plan.Seed)
 	flags, err := flagExchange(pol)
 	if err != nil {
-		return Stats{}, err
+		return Stats{}, nil, err
 	}
 	idx := make([]int, len(units))
 	noEF := errorfeedback.Recipe{Kind: errorfeedback.KindNone}
@@ -70,20 +86,20 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 			r, ef = compressors.MustParse("none"), noEF
 		case optim.TwoPhaseSign:
 			if r, err = plan.SignRecipe(); err != nil {
-				return Stats{}, err
+				return Stats{}, nil, err
 			}
 			ef = noEF
 		default:
-			return Stats{}, fmt.Errorf("%w: aggregation %v", ErrUnsupported, how[u])
+			return Stats{}, nil, fmt.Errorf("%w: aggregation %v", ErrUnsupported, how[u])
 		}
 		rows, cols := engine.MatrixShape(unit.Shape)
 		spec, err := pol.SchemeFor(r, ef, unit.Size, rows, cols)
 		if err != nil {
-			return Stats{}, fmt.Errorf("train: unit %s: %w", unit.Name, err)
+			return Stats{}, nil, fmt.Errorf("train: unit %s: %w", unit.Name, err)
 		}
 		_, p, err := binding.SchemeFor(spec)
 		if err != nil {
-			return Stats{}, fmt.Errorf("train: unit %s: %w", unit.Name, err)
+			return Stats{}, nil, fmt.Errorf("train: unit %s: %w", unit.Name, err)
 		}
 		// The payload of one rank.
 		var payload int64
@@ -99,7 +115,7 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 		case compressors.TwoPhase:
 			lay, err := allreduce.NewTwoPhaseLayout(unit.Size, n, r.Block)
 			if err != nil {
-				return Stats{}, fmt.Errorf("train: unit %s: %w", unit.Name, err)
+				return Stats{}, nil, fmt.Errorf("train: unit %s: %w", unit.Name, err)
 			}
 			payload = int64(lay.PayloadBytes())
 		case compressors.LowRank:
@@ -107,11 +123,11 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 		}
 		alg, p, err := binding.NominalScheme(spec, payload)
 		if err != nil {
-			return Stats{}, fmt.Errorf("train: unit %s: %w", unit.Name, err)
+			return Stats{}, nil, fmt.Errorf("train: unit %s: %w", unit.Name, err)
 		}
 		c, err := sizeOnlyCollective(ctx, unit.Name, alg, p)
 		if err != nil {
-			return Stats{}, fmt.Errorf("train: %s for %s: %w", alg, unit.Name, err)
+			return Stats{}, nil, fmt.Errorf("train: %s for %s: %w", alg, unit.Name, err)
 		}
 		c.Start, c.Recipe = start, r.String()
 		if r.Aggregation() == compressors.Reduce && ef.Kind != errorfeedback.KindNone {
@@ -124,7 +140,7 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 	}
 	res, err := sim.Run(ctx, cfg.Topology, colls, s.options())
 	if err != nil {
-		return Stats{}, fmt.Errorf("train: size-only simulation: %w", err)
+		return Stats{}, nil, fmt.Errorf("train: size-only simulation: %w", err)
 	}
 	for u := range units {
 		ls := &st.Layers[u]
@@ -138,7 +154,7 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 	st.CodecTime = seconds(res.Compress)
 	st.ReduceTime = seconds(res.Compute)
 	st.CommTime = max(0, seconds(res.Communicate)-s.gradTime)
-	return st, nil
+	return st, res, nil
 }
 
 // SizeOnlyBaseline is the simulated step time of a dense fp32 all-reduce of
@@ -146,33 +162,48 @@ func SizeOnly(ctx context.Context, n int, units []Layer, plan Plan, how []optim.
 // compute included: the BaselineTime that SizeOnly leaves to its caller,
 // since it is the same for every plan.
 func SizeOnlyBaseline(ctx context.Context, n int, units []Layer, cfg SimConfig) (time.Duration, error) {
+	t, _, err := SizeOnlyBaselineRun(ctx, n, units, cfg)
+	return t, err
+}
+
+// SizeOnlyBaselineRun is SizeOnlyBaseline that also returns the
+// simulator's Result (see SizeOnlyRun).
+func SizeOnlyBaselineRun(ctx context.Context, n int, units []Layer, cfg SimConfig) (time.Duration, *sim.Result, error) {
+	t, res, err := sizeOnlyBaseline(ctx, n, units, cfg)
+	if err != nil {
+		return 0, nil, err
+	}
+	return t, res, nil
+}
+
+func sizeOnlyBaseline(ctx context.Context, n int, units []Layer, cfg SimConfig) (time.Duration, *sim.Result, error) {
 	if cfg.Topology == nil {
-		return 0, fmt.Errorf("train: SizeOnlyBaseline: no topology")
+		return 0, nil, fmt.Errorf("train: SizeOnlyBaseline: no topology")
 	}
 	if err := cfg.checkCompute("SizeOnlyBaseline"); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if cfg.FLOPS == 0 {
 		cfg.FLOPS = DefaultFLOPS
 	}
 	s := &Sim{cfg: cfg, units: units, n: n}
 	if err := s.computeModel(); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	var base []sim.Collective
 	for _, unit := range units {
 		c, err := sizeOnlyCollective(ctx, unit.Name, s.denseAlg(), allreduce.Params{World: n, Elems: unit.Size, Average: true, ElemBytes: 4})
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		c.Start = s.gradTime.Seconds()
 		base = append(base, c)
 	}
 	res, err := sim.Run(ctx, cfg.Topology, base, s.options())
 	if err != nil {
-		return 0, fmt.Errorf("train: size-only dense baseline: %w", err)
+		return 0, nil, fmt.Errorf("train: size-only dense baseline: %w", err)
 	}
-	return seconds(res.Time), nil
+	return seconds(res.Time), res, nil
 }
 
 // sizeOnlyCollective is the size-only collective of alg for p.World ranks:

@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -67,5 +68,52 @@ func TestSizeOnlyScales(t *testing.T) {
 	}
 	if st.StepTime <= 0 || st.WireBytes <= 0 {
 		t.Errorf("%+v", st)
+	}
+}
+
+// TestSizeOnlyRunAggregated: SizeOnlyRun and SizeOnlyBaselineRun pass
+// Options.Aggregate to the simulator and return its Result: on a
+// homogeneous topology every rank is alike, so the aggregated step is one
+// group, and a dense step takes the per-message time (to the nanosecond:
+// chunks of an uneven layout differ by an element); sparse gathers decode
+// in rank order, so their ranks finish apart and the group's
+// representative cannot stand for all of them: within 8% (sim's
+// TestAggregateAgrees, docs/simulator.md). A scheme without a shared
+// program (PowerSGD's low-rank exchange) is simulated rank by rank and the
+// Result says why.
+func TestSizeOnlyRunAggregated(t *testing.T) {
+	ctx := context.Background()
+	n := 16
+	topo := sim.Homogeneous(n, 10*sim.Gbps, 5*time.Microsecond)
+	for _, tc := range []struct {
+		name string
+		plan Plan
+		agg  bool
+		tol  float64
+	}{
+		{"dense", Plan{}, true, 1e-4},
+		{"topk", Plan{Compress: "topk:0.05", EF: "ef14"}, true, 0.08},
+		{"powersgd", Plan{Compress: "powersgd:2", EF: "ef14"}, false, 0},
+	} {
+		h := hows(optim.Mean, len(testUnits))
+		per, pres, err := SizeOnlyRun(ctx, n, testUnits, tc.plan, h, SimConfig{Topology: topo, GradFLOP: 1e6})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, res, err := SizeOnlyRun(ctx, n, testUnits, tc.plan, h, SimConfig{Topology: topo, GradFLOP: 1e6, Options: &sim.Options{Aggregate: sim.AggregateOn}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pres.Groups != 0 || tc.agg && (res.Groups != 1 || res.NotAggregated != "") || !tc.agg && (res.Groups != 0 || res.NotAggregated == "") {
+			t.Errorf("%s: per-message %d groups; aggregated %d groups, %q", tc.name, pres.Groups, res.Groups, res.NotAggregated)
+		}
+		d := st.StepTime.Seconds()/per.StepTime.Seconds() - 1
+		if !(math.Abs(d) <= tc.tol) || math.Abs(float64(st.WireBytes)/float64(per.WireBytes)-1) > 0.01 || res.Messages != pres.Messages {
+			t.Errorf("%s: aggregated step %v, %d bytes, %d messages; per-message %v, %d, %d", tc.name, st.StepTime, st.WireBytes, res.Messages, per.StepTime, per.WireBytes, pres.Messages)
+		}
+	}
+	base, res, err := SizeOnlyBaselineRun(ctx, n, testUnits, SimConfig{Topology: topo, GradFLOP: 1e6, Options: &sim.Options{Aggregate: sim.AggregateOn}})
+	if err != nil || res.Groups != 1 || base <= 0 {
+		t.Errorf("baseline: %v, %d groups, %v", base, res.Groups, err)
 	}
 }

@@ -61,6 +61,7 @@ type simOptions struct {
 	Churn       string
 	ChurnDetect time.Duration
 	Layers      string
+	Aggregate   aggregateFlag
 	// L-GreCo: --lgreco, --lgreco-link-aware, --lgreco-adjust, --lgreco-alpha.
 	LGreCo, LGreCoLink bool
 	LG                 lgrecoSettings
@@ -139,8 +140,9 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s (default: the --calibration's measured gradient time of the workload when it has one, else 20e9)")
 	fs.StringVar(&o.Churn, "churn", o.Churn, "membership churn: comma-separated leave:RANK@STEP and join@STEP events; each method trains as an elastic job (in this process, over transport/mem) with and without them, and the table says what the churn cost")
 	fs.DurationVar(&o.ChurnDetect, "churn-detect", o.ChurnDetect, "with --churn: the simulated time from a member's death to its detection (the transports detect a dead process within about a second, a hung one at the peer timeout)")
-	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data: bytes and step time only (no training state; the programs still grow as workers²)")
+	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data: bytes and step time only (no training state; every message is simulated, so time grows as workers² to workers³: --aggregate for thousands of workers)")
 	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
+	fs.Var(&o.Aggregate, "aggregate", aggregateUsage)
 	fs.BoolVar(&o.LGreCo, "lgreco", o.LGreCo, "also run L-GreCo (per-layer levels under the uniform default's error budget, minimising bytes) after each method whose codec has levels (topk, dgc, randomk, qsgd, powersgd), and compare")
 	fs.BoolVar(&o.LGreCoLink, "lgreco-link-aware", o.LGreCoLink, "also run L-GreCo with the link-aware objective: the simulated time of each layer's collective on the topology")
 	o.LG.register(fs)

@@ -67,6 +67,31 @@ func modelUnits(o simOptions, flat bool) ([]train.Layer, float64, error) {
 	return train.Units(m, flat), train.TrainFLOPs(m), nil
 }
 
+// aggregateFlag is --aggregate: the simulator's aggregated mode
+// (sim.Options.Aggregate). A bare --aggregate is "on".
+type aggregateFlag struct{ m sim.Aggregate }
+
+const aggregateUsage = "with --size-only: simulate one representative rank per group of equivalent ranks instead of every rank (off, auto: from 1024 workers, on; a bare --aggregate is on); the simulator falls back to every rank where it cannot group them (trees, halving-doubling, jitter) and says so"
+
+func (f *aggregateFlag) String() string { return f.m.String() }
+
+func (f *aggregateFlag) Set(s string) error {
+	switch s {
+	case "true":
+		s = "on"
+	case "false":
+		s = "off"
+	}
+	m, err := sim.ParseAggregate(s)
+	if err != nil {
+		return err
+	}
+	f.m = m
+	return nil
+}
+
+func (f *aggregateFlag) IsBoolFlag() bool { return true }
+
 // runSizeOnly simulates one steady-state step per method without data: the
 // bytes and the simulated time of a step of the compressed stage (after any
 // warm-up), against a dense fp32 ring on the same topology.
@@ -75,6 +100,17 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "method\tparameters\twire bytes/step\tdense-ring bytes/step\tsaved\tstep time\tdense-ring step\tspeed-up\tcodec\tcomm\t\n")
 	baselines := map[string]time.Duration{}
+	var notes []string // how each simulation ran (aggregated or not), its events and messages
+	note := func(what string, res *sim.Result) {
+		switch {
+		case res.Groups > 0:
+			notes = append(notes, fmt.Sprintf("%s: aggregated, %d groups, %d events for %d messages", what, res.Groups, res.Events, res.Messages))
+		case res.NotAggregated != "":
+			notes = append(notes, fmt.Sprintf("%s: every rank simulated, %d events for %d messages (not aggregated: %s)", what, res.Events, res.Messages, res.NotAggregated))
+		default:
+			notes = append(notes, fmt.Sprintf("%s: every rank simulated, %d events for %d messages", what, res.Events, res.Messages))
+		}
+	}
 	for _, m := range methods {
 		if m.LGreCo != "" {
 			continue // L-GreCo decides from gradients: it needs a training run
@@ -99,7 +135,7 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 		}
 		cfg := train.SimConfig{
 			Topology:    env.topo,
-			Options:     &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport},
+			Options:     &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport, Aggregate: o.Aggregate.m},
 			GradFLOP:    flops * float64(o.Batch),
 			FLOPS:       o.FLOPS,
 			GradSeconds: env.gradSeconds(o),
@@ -110,22 +146,34 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 			return fmt.Errorf("method %s: %w", m.Name, err)
 		}
 		plan.Sign = spec.Sign
-		st, err := train.SizeOnly(ctx, o.Workers, units, plan, how, cfg)
+		st, res, err := train.SizeOnlyRun(ctx, o.Workers, units, plan, how, cfg)
 		if err != nil {
 			return fmt.Errorf("method %s: %w", m.Name, err)
 		}
+		note(m.Name, res)
 		// The dense baseline depends on the tensors only (per layer, or the
 		// flat vector of 1-bit Adam): simulate it once per layout.
 		key := fmt.Sprint(len(units))
 		if _, ok := baselines[key]; !ok {
-			if baselines[key], err = train.SizeOnlyBaseline(ctx, o.Workers, units, cfg); err != nil {
+			var res *sim.Result
+			if baselines[key], res, err = train.SizeOnlyBaselineRun(ctx, o.Workers, units, cfg); err != nil {
 				return err
 			}
+			note("dense-ring baseline of "+m.Name, res)
 		}
 		st.BaselineTime = baselines[key]
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%.1f×\t%s\t%s\t%.2f×\t%s\t%s\t\n", m.Name, params, fmtBytes(st.WireBytes), fmtBytes(st.DenseBytes),
 			st.Ratio(), fmtDuration(st.StepTime), fmtDuration(st.BaselineTime), st.BaselineTime.Seconds()/st.StepTime.Seconds(),
 			fmtDuration(st.CodecTime), fmtDuration(st.CommTime))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(stdout)
+		for _, n := range notes {
+			fmt.Fprintln(stdout, n)
+		}
+	}
+	return nil
 }
