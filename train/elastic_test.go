@@ -71,11 +71,24 @@ func TestElasticReplicaJoin(t *testing.T) {
 				mu.Unlock()
 			})
 		}
+		// The joiner announces itself before the founders start, so a
+		// boundary admits it however the bubble schedules the goroutines
+		// (the founders could otherwise finish every step first).
+		start("j0", nil)
+		for {
+			p, err := lobby.Pending(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p) == 1 {
+				break
+			}
+			time.Sleep(time.Millisecond) // the bubble's clock: runs j0 until it waits
+		}
 		v := elastic.View{Members: []string{"m0", "m1", "m2"}}
 		for _, id := range v.Members {
 			start(id, &v)
 		}
-		start("j0", nil)
 		wg.Wait()
 		net.Close()
 

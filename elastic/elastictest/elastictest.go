@@ -237,12 +237,13 @@ type Job struct {
 	// (NewOptimReplica) instead of the built-in momentum.
 	Optim func(n int) (optim.Optimizer, error)
 
-	mu      sync.Mutex
-	reps    map[string]*Replica
-	results map[string]*elastic.Result
-	errs    map[string]error
-	cancels map[string]context.CancelFunc
-	wg      sync.WaitGroup
+	mu        sync.Mutex
+	announced map[string]chan struct{} // per joiner: closed once it announced itself
+	reps      map[string]*Replica
+	results   map[string]*elastic.Result
+	errs      map[string]error
+	cancels   map[string]context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 // NewJob returns a Job over an elastic.MemNetwork: a 24-parameter problem
@@ -266,7 +267,7 @@ func (j *Job) Config(id string, r *Replica) elastic.Config {
 		settings += " " + o.String()
 	}
 	return elastic.Config{
-		ID: id, Dial: j.Net.Dial, Replica: r, Lobby: j.Lobby, Steps: j.Steps, Batch: 4, Policy: j.Policy,
+		ID: id, Dial: j.Net.Dial, Replica: r, Lobby: notifyLobby{j.Lobby, j}, Steps: j.Steps, Batch: 4, Policy: j.Policy,
 		Settings: settings, Timeout: j.Timeout, Logger: j.Logger,
 		NewWorker: func(ctx context.Context, conn transport.Conn) (*worker.Worker, error) {
 			w, err := worker.New(ctx, conn, worker.WithSeed(j.Seed), worker.WithTimeout(j.Timeout),
@@ -284,9 +285,11 @@ func (j *Job) Config(id string, r *Replica) elastic.Config {
 	}
 }
 
-// Start launches member id: a founder of v, or a joiner if v is nil. tweak,
-// if not nil, edits its Config first. The member's replica, result and
-// error are found under key.
+// Start launches member id: a founder of v, or a joiner if v is nil, in
+// which case Start returns once the joiner announced itself in the lobby (so
+// that the next boundary sees it, however the goroutines are scheduled).
+// tweak, if not nil, edits its Config first. The member's replica, result
+// and error are found under key.
 func (j *Job) Start(key string, v *elastic.View, tweak func(*elastic.Config)) {
 	r := NewReplica(j.Problem, j.Seed)
 	if j.Optim != nil {
@@ -300,8 +303,13 @@ func (j *Job) Start(key string, v *elastic.View, tweak func(*elastic.Config)) {
 		tweak(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	announced := make(chan struct{})
 	j.mu.Lock()
 	j.reps[key], j.cancels[cfg.ID] = r, cancel
+	if j.announced == nil {
+		j.announced = map[string]chan struct{}{}
+	}
+	j.announced[cfg.ID] = announced
 	j.mu.Unlock()
 	j.wg.Go(func() {
 		var res *elastic.Result
@@ -313,8 +321,18 @@ func (j *Job) Start(key string, v *elastic.View, tweak func(*elastic.Config)) {
 		}
 		j.mu.Lock()
 		j.results[key], j.errs[key] = res, err
+		if c := j.announced[cfg.ID]; c != nil { // it returned without announcing
+			close(c)
+			delete(j.announced, cfg.ID)
+		}
 		j.mu.Unlock()
 	})
+	if v == nil {
+		select {
+		case <-announced:
+		case <-ctx.Done():
+		}
+	}
 }
 
 // Kill crashes member id: its conn dies and its Run is cancelled.
@@ -376,4 +394,21 @@ func IDs(n int) []string {
 		s[i] = fmt.Sprintf("m%d", i)
 	}
 	return s
+}
+
+// notifyLobby tells the Job when a joiner announced itself.
+type notifyLobby struct {
+	elastic.Lobby
+	j *Job
+}
+
+func (l notifyLobby) Announce(ctx context.Context, id, settings string) error {
+	err := l.Lobby.Announce(ctx, id, settings)
+	l.j.mu.Lock()
+	if c := l.j.announced[id]; c != nil {
+		close(c)
+		delete(l.j.announced, id)
+	}
+	l.j.mu.Unlock()
+	return err
 }
