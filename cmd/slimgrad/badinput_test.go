@@ -27,6 +27,7 @@ func TestBadInputs(t *testing.T) {
 		{[]string{"sim", "stray"}, `unexpected arguments ["stray"]`},
 		{[]string{"sim", "--nan-policy", "maybe"}, "want error, skip or ignore"},
 		{[]string{"sim", "--churn", "leave@5"}, "--churn"},
+		{[]string{"sim", "--churn", "@/nonexistent/churn.txt"}, "--churn"},
 		{[]string{"sim", "--churn", "join@5", "--size-only"}, "drop --size-only"},
 		{[]string{"sim", "--churn", "join@5", "--exchange", "mem"}, "use --exchange sim"},
 		{[]string{"sim", "--exchange", "tcp"}, `--exchange "tcp": want sim, mem or local`},

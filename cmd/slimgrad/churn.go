@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -24,7 +26,7 @@ import (
 // change adds its detection (--churn-detect, for a leave), the steps run
 // again, and a joiner's state transfer over its node's downlink.
 func runChurnMode(ctx context.Context, o simOptions, methods []method, env *simEnv, task train.Task, stdout io.Writer) error {
-	events, err := train.ParseChurn(o.Churn)
+	events, err := churnSchedule(o.Churn)
 	if err != nil {
 		return flagError("churn", err)
 	}
@@ -90,6 +92,19 @@ func runChurnMode(ctx context.Context, o simOptions, methods []method, env *simE
 		fmt.Fprintf(stdout, "skipped %s\n", s)
 	}
 	return nil
+}
+
+// churnSchedule parses --churn: a schedule (train.ParseChurn), or @FILE
+// naming a file that holds one (events separated by commas or lines).
+func churnSchedule(v string) ([]train.ChurnEvent, error) {
+	if name, ok := strings.CutPrefix(v, "@"); ok {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return nil, err
+		}
+		v = strings.Join(strings.Fields(string(b)), ",")
+	}
+	return train.ParseChurn(v)
 }
 
 // churnClock prices an elastic run on the topology: simulated step times

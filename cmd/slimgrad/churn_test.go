@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -14,8 +15,11 @@ import (
 // that elastic jobs cannot run are listed as skipped.
 func TestSimChurn(t *testing.T) {
 	t.Chdir(t.TempDir())
+	if err := os.WriteFile("churn.txt", []byte("leave:1@5\njoin@10\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"sim", "--churn", "leave:1@5,join@10", "--workers", "3", "--steps", "20",
+	code := run(context.Background(), []string{"sim", "--churn", "@churn.txt", "--workers", "3", "--steps", "20",
 		"--workload", "logistic", "--methods", "dense,topk-ef14,dgc", "--progress", "off"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())

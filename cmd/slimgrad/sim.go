@@ -138,7 +138,7 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by slimgrad bench (default: built-in throughputs)")
 	fs.StringVar(&o.Transport, "transport", o.Transport, "with --calibration: add this transport's measured per-message cost (mem, nats, libp2p, ...) to every simulated message")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s (default: the --calibration's measured gradient time of the workload when it has one, else 20e9)")
-	fs.StringVar(&o.Churn, "churn", o.Churn, "membership churn: comma-separated leave:RANK@STEP and join@STEP events; each method trains as an elastic job (in this process, over transport/mem) with and without them, and the table says what the churn cost")
+	fs.StringVar(&o.Churn, "churn", o.Churn, "membership churn: comma-separated leave:RANK@STEP and join@STEP events, or @FILE holding them; each method trains as an elastic job (in this process, over transport/mem) with and without them, and the table says what the churn cost")
 	fs.DurationVar(&o.ChurnDetect, "churn-detect", o.ChurnDetect, "with --churn: the simulated time from a member's death to its detection (the transports detect a dead process within about a second, a hung one at the peer timeout)")
 	fs.BoolVar(&o.SizeOnly, "size-only", o.SizeOnly, "simulate one steady-state step per method without data: bytes and step time only (no training state; every message is simulated, so time grows as workers² to workers³: --aggregate for thousands of workers)")
 	fs.StringVar(&o.Layers, "layers", o.Layers, "with --size-only: the model's layers instead of the workload's, e.g. 4096x4096,4096,1000x4096")
@@ -244,7 +244,7 @@ func (o simOptions) validate() error {
 		return fmt.Errorf("--exchange %q: want sim, mem or local", o.Exchange)
 	}
 	if o.Churn != "" {
-		if _, err := train.ParseChurn(o.Churn); err != nil {
+		if _, err := churnSchedule(o.Churn); err != nil {
 			return flagError("churn", err)
 		}
 		switch {
