@@ -3,9 +3,11 @@ package train
 import (
 	"context"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/slimgrad/slimgrad/lgreco"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/worker"
 	"github.com/slimgrad/slimgrad/workload"
@@ -15,7 +17,10 @@ import (
 // (transport/mem, one connection per fragment) end with RunOuter's global
 // model over the simulator bit for bit, step losses and bytes included, for
 // DiLoCo, Streaming DiLoCo (two fragments, delay, mix) and a SparseLoCo
-// recipe (top-k + 2-bit k-means values, EF14, identity outer step).
+// recipe (top-k + 2-bit k-means values, EF14, identity outer step), and
+// for a streaming SparseLoCo whose fragments each run L-GreCo (simulator:
+// SimConfig.LGreCo per fragment exchanger; real: worker.WithLGreCo on each
+// fragment's worker), whose levels change during the run in every fragment.
 func TestRunRankOuterMatchesRunOuter(t *testing.T) {
 	ctx := context.Background()
 	task, err := LoadTask("logistic", "", 4)
@@ -26,18 +31,35 @@ func TestRunRankOuterMatchesRunOuter(t *testing.T) {
 	cfg := Config{Workers: n, Batch: 8, Steps: 23, Seed: 4, Split: workload.NonIID, EvalEvery: 10}
 	inner := newSGD(0.1)
 	topo := sim.Homogeneous(n, sim.Gbps, time.Microsecond)
+	// L-GreCo needs several compressible layers of different sizes per
+	// fragment: a deeper model on the same data, biases compressed too.
+	deep := task
+	if deep.Model, err = workload.NewMLP([]int{workload.DefaultSynthetic().Dim, 16, 8, 2}, workload.CrossEntropy, 4); err != nil {
+		t.Fatal(err)
+	}
+	sched := lgreco.WithSchedule(0, 3, 2, 1) // counted in syncs of the fragment
 	for _, tc := range []struct {
 		name string
 		plan Plan
 		o    Outer
+		lg   bool
 	}{
-		{"diloco", Plan{}, Outer{H: 5, Optim: nesterov(0.7, 0.9)}},
-		{"streaming", Plan{}, Outer{H: 6, Optim: nesterov(0.7, 0.9), Fragments: 2, Delay: 2, Mix: 0.5}},
-		{"sparseloco", Plan{Compress: "topk:0.1+kmeans:4", EF: "ef14", Seed: 4}, Outer{H: 4, Optim: newSGD(1)}},
+		{"diloco", Plan{}, Outer{H: 5, Optim: nesterov(0.7, 0.9)}, false},
+		{"streaming", Plan{}, Outer{H: 6, Optim: nesterov(0.7, 0.9), Fragments: 2, Delay: 2, Mix: 0.5}, false},
+		{"sparseloco", Plan{Compress: "topk:0.1+kmeans:4", EF: "ef14", Seed: 4}, Outer{H: 4, Optim: newSGD(1)}, false},
+		{"streaming-sparseloco-lgreco", Plan{Compress: "topk:0.25", EF: "ef14", Seed: 4, CompressVectors: true}, Outer{H: 2, Optim: newSGD(1), Fragments: 2, Delay: 1}, true},
 	} {
+		task := task
+		scfg := SimConfig{Topology: topo}
+		wopts := WorkerOptions(cfg.Seed, nil)
+		if tc.lg {
+			task = deep
+			scfg.LGreCo, scfg.LGreCoOptions = true, []lgreco.Option{sched}
+			wopts = append(wopts, worker.WithLGreCo(sched))
+		}
 		units := Units(task.Model, false)
 		newSim := func(_ context.Context, us []Layer) (Exchanger, error) {
-			return NewSim(ctx, n, us, tc.plan, SimConfig{Topology: topo})
+			return NewSim(ctx, n, us, tc.plan, scfg)
 		}
 		sx, err := newSim(ctx, units)
 		if err != nil {
@@ -51,7 +73,7 @@ func TestRunRankOuterMatchesRunOuter(t *testing.T) {
 		wk := make([][]*worker.Worker, n) // [rank][fragment]
 		for range nf {
 			for r, c := range memConns(t, n) {
-				w, err := worker.New(ctx, c, WorkerOptions(cfg.Seed, nil)...)
+				w, err := worker.New(ctx, c, wopts...)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -107,6 +129,31 @@ func TestRunRankOuterMatchesRunOuter(t *testing.T) {
 		}
 		if min := cfg.Steps / tc.o.H * nf; syncs < min {
 			t.Errorf("%s: %d fragment syncs, want at least %d", tc.name, syncs, min)
+		}
+		if tc.lg {
+			// Every fragment's exchanger ran its own L-GreCo: each
+			// fragment's levels changed at some sync.
+			for p, us := range tc.o.frags(len(units)) {
+				var first []string
+				changed := false
+				for _, rec := range want.Records {
+					if rec.Recipes == nil || rec.Recipes[us[0]] == "" {
+						continue
+					}
+					cur := make([]string, len(us))
+					for i, u := range us {
+						cur[i] = rec.Recipes[u]
+					}
+					if first == nil {
+						first = cur
+					} else if !slices.Equal(first, cur) {
+						changed = true
+					}
+				}
+				if !changed {
+					t.Errorf("%s: fragment %d kept its levels %v all run", tc.name, p, first)
+				}
+			}
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"math"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -115,8 +116,11 @@ func TestLaunchOuter(t *testing.T) {
 	t.Setenv("GO_WANT_HELPER_PROCESS", "1")
 	scenario := []string{"--workload", "logistic", "--steps", "24", "--eval-every", "10", "--seed", "4", "--split", "noniid"}
 	custom := []string{"--outer", "6", "--compress", "topk:0.1", "--ef", "ef14", "--outer-optim", "sgd:lr=1", "--outer-fragments", "2", "--outer-delay", "1"}
+	// The same with L-GreCo: each fragment's worker runs its own controller,
+	// deciding every 2 syncs of its fragment.
+	lg := append(slices.Clone(custom), "--lgreco", "--lgreco-adjust", "2")
 	sims := map[string]methodRun{}
-	for _, args := range [][]string{{"--methods", "streaming-diloco,sparseloco"}, append([]string{"--methods", "dense"}, custom...)} {
+	for _, args := range [][]string{{"--methods", "streaming-diloco,sparseloco"}, append([]string{"--methods", "dense"}, lg...)} {
 		rep, err := runSim(context.Background(), simOptionsFor(t, append(append([]string{"--workers", "2", "--exchange", "mem", "--out", "", "--progress", "off"}, args...), scenario...)), &bytes.Buffer{}, &bytes.Buffer{})
 		if err != nil {
 			t.Fatal(err)
@@ -133,6 +137,7 @@ func TestLaunchOuter(t *testing.T) {
 		{"streaming-diloco", []string{"--method", "streaming-diloco"}},
 		{"sparseloco", []string{"--method", "sparseloco"}},
 		{"topk:0.1+ef14+momentum+outer6", custom},
+		{"topk:0.1+ef14+momentum+outer6+lgreco", lg},
 	} {
 		sr, ok := sims[tc.name]
 		if !ok {
