@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -73,6 +74,12 @@ type connOptions struct {
 	// Log receives the transport's warnings (dropped forged frames); nil
 	// logs nothing.
 	Log *slog.Logger
+	// keepRank (never a flag) marks a further connection of a process
+	// that already holds its rank in the job (a fragment's connection of an
+	// outer loop): over libp2p it asks the rendezvous for that rank
+	// (rendezvous.WithRank) instead of taking the one its new peer ID
+	// would give, and listens on free ports of the --listen hosts.
+	keepRank bool
 }
 
 // defaultListen is a worker's libp2p listen address: every interface, a
@@ -231,6 +238,12 @@ func (c *connOptions) libp2pOptions() ([]libp2p.Option, error) {
 	if listen == "" {
 		listen = defaultListen
 	}
+	if c.keepRank {
+		if c.Announce != "" {
+			return nil, fmt.Errorf("--announce %s: a further connection of this rank (one per fragment of an outer loop) listens on another port, which the announced addresses do not name: run several fragments without --announce, or over --transport nats", c.Announce)
+		}
+		listen = freePorts(listen)
+	}
 	l, err := libp2p.ParseAddrs(listen)
 	if err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
@@ -248,6 +261,18 @@ func (c *connOptions) libp2pOptions() ([]libp2p.Option, error) {
 		opts = append(opts, libp2p.WithPeerTimeout(to, c.Heartbeat))
 	}
 	return opts, nil
+}
+
+// anyPort and hostPort match the ports of multiaddrs (/tcp/4001) and of
+// host:port listen addresses, which keepRank connections replace by 0.
+var (
+	anyPort  = regexp.MustCompile(`/(tcp|udp)/[0-9]+`)
+	hostPort = regexp.MustCompile(`(^|,)([^/,][^,]*):[0-9]+`)
+)
+
+// freePorts returns the --listen addresses with every port 0 (a free one).
+func freePorts(listen string) string {
+	return hostPort.ReplaceAllString(anyPort.ReplaceAllString(listen, "/$1/0"), "${1}${2}:0")
 }
 
 // reachability parses --reachability.
@@ -384,7 +409,11 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 			lopts = append(lopts, libp2p.WithRelays(relays...))
 		}
 		lopts = append(lopts, libp2p.WithReachability(reach))
-		conn, err := rendezvous.JoinLibp2p(ctx, nc, c.Job, world, lopts, rendezvous.WithTimeout(rdvTimeout))
+		rdv := []rendezvous.Option{rendezvous.WithTimeout(rdvTimeout)}
+		if c.keepRank {
+			rdv = append(rdv, rendezvous.WithRank(rank))
+		}
+		conn, err := rendezvous.JoinLibp2p(ctx, nc, c.Job, world, lopts, rdv...)
 		if err != nil {
 			nc.Close()
 			if errors.Is(err, transport.ErrRankTaken) && rank >= 0 {

@@ -309,7 +309,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	if err := checkJobOuter(m, o.Transport); err != nil {
+	if err := checkJobOuter(m, o.connOptions); err != nil {
 		return err
 	}
 	split, err := workload.ParseSplit(o.Split)

@@ -53,7 +53,7 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	if err := checkJobOuter(m, o.Transport); err != nil {
+	if err := checkJobOuter(m, o.connOptions); err != nil {
 		return err
 	}
 	if o.Job == "" {
@@ -90,6 +90,12 @@ func runLaunchCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 				// by nobody here) with its reply inbox.
 				rdv := rendezvous.DefaultOptions().SubjectPrefix + "." + o.Job
 				u.Publish, u.Subscribe = []string{rdv, relayInfoSubject}, []string{rdv, "_INBOX.>"}
+				// An outer loop with F fragments: one more rendezvous
+				// per fragment (fragmentJob).
+				for f := 1; f < m.Outer.Fragments; f++ {
+					frdv := rendezvous.DefaultOptions().SubjectPrefix + "." + fragmentJob(o.Job, f)
+					u.Publish, u.Subscribe = append(u.Publish, frdv), append(u.Subscribe, frdv)
+				}
 			}
 			users = append(users, u)
 		}

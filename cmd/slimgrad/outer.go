@@ -195,20 +195,22 @@ func isFragmentJob(id, job string) bool {
 	return strings.HasPrefix(id, job+"-f") && err == nil && p >= 1 && id == fragmentJob(job, p)
 }
 
-// checkJobOuter rejects an outer loop a multi-process job cannot run: with
-// several fragments every process opens one connection per fragment, each
-// with the same rank, which libp2p's rendezvous (it assigns ranks) cannot
-// promise.
-func checkJobOuter(m method, transport string) error {
-	if m.Outer.Fragments > 1 && transport != "nats" {
-		return fmt.Errorf("method %s: %d fragments need one connection per fragment with this process's rank: run it with --transport nats (libp2p ranks come from the rendezvous)", m.Name, m.Outer.Fragments)
+// checkJobOuter rejects an outer loop a multi-process job cannot run: over
+// libp2p every fragment's connection listens on a port of its own, which
+// --announce addresses cannot name.
+func checkJobOuter(m method, c connOptions) error {
+	if m.Outer.Fragments > 1 && c.Transport == "libp2p" && c.Announce != "" {
+		return fmt.Errorf("method %s: %d fragments over libp2p open one connection per fragment, each on a free port that --announce %s does not name: drop --announce or use --transport nats", m.Name, m.Outer.Fragments, c.Announce)
 	}
 	return nil
 }
 
 // rankOuter runs this rank's part of an outer-loop job (train.RunRankOuter):
 // w exchanges fragment 0 over conn; fragments 1 to F−1 get a connection each
-// (job fragmentJob(job, p), same rank, NATS) and a worker with wopts. The
+// (job fragmentJob(job, p), over the job's transport, with conn's rank: over
+// libp2p the fragment's rendezvous is asked for it, so the ranks of all
+// fragments agree even though libp2p's first rendezvous assigned them) and a
+// worker with wopts. The
 // returned closer closes those workers and connections; call it only after
 // the job's shutdown barrier on conn (a rank that finished may still owe its
 // peers messages until then). conns are the fragments' connections (for
@@ -224,7 +226,7 @@ func rankOuter(ctx context.Context, o *jobOptions, m method, conn transport.Conn
 	if err != nil {
 		return nil, conns, closeAll, err
 	}
-	if err := checkJobOuter(m, o.Transport); err != nil {
+	if err := checkJobOuter(m, o.connOptions); err != nil {
 		return nil, conns, closeAll, err
 	}
 	plan, err := m.plan(o.Steps, o.Seed)
@@ -235,7 +237,7 @@ func rankOuter(ctx context.Context, o *jobOptions, m method, conn transport.Conn
 	ws := []*worker.Worker{w}
 	for p := 1; p < max(1, outer.Fragments); p++ {
 		co := o.connOptions
-		co.Job = fragmentJob(o.Job, p)
+		co.Job, co.keepRank = fragmentJob(o.Job, p), true
 		cctx, cancel := context.WithTimeout(ctx, o.Timeout)
 		c, err := connect(cctx, &co, o.World, conn.Rank(), o.Timeout)
 		cancel()

@@ -138,6 +138,9 @@ func TestLaunchOuter(t *testing.T) {
 		{"sparseloco", []string{"--method", "sparseloco"}},
 		{"topk:0.1+ef14+momentum+outer6", custom},
 		{"topk:0.1+ef14+momentum+outer6+lgreco", lg},
+		// libp2p: each fragment's rendezvous is asked for the rank the
+		// first connection got (its peer ID would give another).
+		{"streaming-diloco", []string{"--method", "streaming-diloco", "--transport", "libp2p"}},
 	} {
 		sr, ok := sims[tc.name]
 		if !ok {
@@ -180,7 +183,8 @@ func TestLaunchOuter(t *testing.T) {
 }
 
 // TestJobOuterFlags: launch and worker check the outer flags before
-// starting anything, and a multi-fragment outer loop needs NATS.
+// starting anything; a multi-fragment outer loop over libp2p cannot use
+// --announce (each fragment's connection listens on a free port).
 func TestJobOuterFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -188,7 +192,8 @@ func TestJobOuterFlags(t *testing.T) {
 	}{
 		{[]string{"launch", "--outer-delay", "2"}, "--outer-delay needs --outer"},
 		{[]string{"launch", "--outer", "5", "--outer-delay", "5"}, "--outer-delay"},
-		{[]string{"launch", "--method", "streaming-diloco", "--transport", "libp2p"}, "--transport nats"},
+		{[]string{"launch", "--method", "streaming-diloco", "--transport", "libp2p", "--announce", "/ip4/192.0.2.1/tcp/4001"}, "--announce"},
+		{[]string{"worker", "--world", "2", "--nats", "nats://127.0.0.1:1", "--job", "j", "--method", "streaming-diloco", "--transport", "libp2p", "--announce", "/ip4/192.0.2.1/tcp/4001"}, "--announce"},
 		{[]string{"worker", "--world", "2", "--outer", "-2"}, "--outer"},
 	} {
 		var stdout, stderr bytes.Buffer
@@ -197,6 +202,19 @@ func TestJobOuterFlags(t *testing.T) {
 		}
 		if !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("%q: error %q does not mention %q", tc.args, stderr.String(), tc.want)
+		}
+	}
+}
+
+func TestFreePorts(t *testing.T) {
+	for in, want := range map[string]string{
+		"/ip4/0.0.0.0/tcp/4001":                               "/ip4/0.0.0.0/tcp/0",
+		"/ip4/0.0.0.0/tcp/4001,/ip4/0.0.0.0/udp/4001/quic-v1": "/ip4/0.0.0.0/tcp/0,/ip4/0.0.0.0/udp/0/quic-v1",
+		"0.0.0.0:4001,[::]:4002":                              "0.0.0.0:0,[::]:0",
+		"/ip6/::/tcp/0":                                       "/ip6/::/tcp/0",
+	} {
+		if got := freePorts(in); got != want {
+			t.Errorf("freePorts(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

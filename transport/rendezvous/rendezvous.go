@@ -25,6 +25,13 @@
 // Member IDs must be unique within a job; for libp2p they are peer IDs, for
 // other transports any unique string (a random nonce works).
 //
+// A process that must keep a rank it already holds elsewhere (a second
+// connection of the same job member, e.g. one per model fragment of an
+// outer-loop job) joins WithRank: then every member must ask for a rank,
+// the ranks asked for must be 0 to world−1 each once, and ranks follow
+// them instead of the IDs; a group where that does not hold fails on every
+// member with the same *Error (the requests are part of the agreed view).
+//
 // Without a NATS server, libp2p groups can rendezvous through one of their
 // members instead: see (*libp2p.Node).ServeBootstrap and JoinBootstrap in
 // package transport/libp2p, which follow the same rank rule.
@@ -72,11 +79,14 @@ type Options struct {
 	// SubjectPrefix is prepended to the job ID to form the subject.
 	// Default "slimgrad.rendezvous".
 	SubjectPrefix string
+	// Rank, if at least 0, is the rank this process asks for (see
+	// WithRank). Default −1: ranks follow the members' IDs.
+	Rank int
 }
 
 // DefaultOptions returns the defaults described on Options.
 func DefaultOptions() Options {
-	return Options{Timeout: 60 * time.Second, Interval: 100 * time.Millisecond, SubjectPrefix: "slimgrad.rendezvous"}
+	return Options{Timeout: 60 * time.Second, Interval: 100 * time.Millisecond, SubjectPrefix: "slimgrad.rendezvous", Rank: -1}
 }
 
 // Option changes Options; nil Options are ignored.
@@ -88,6 +98,21 @@ func WithTimeout(d time.Duration) Option { return func(o *Options) error { o.Tim
 // WithInterval sets the republish period.
 func WithInterval(d time.Duration) Option {
 	return func(o *Options) error { o.Interval = d; return nil }
+}
+
+// WithRank asks for rank (0 to world−1) instead of the rank the order of
+// the IDs would give: for a process that already holds that rank in another
+// group of the same job. Every member of the group must ask for a rank, each
+// rank once; otherwise Join fails on every member with an *Error wrapping
+// transport.ErrRendezvous and transport.ErrRankTaken.
+func WithRank(rank int) Option {
+	return func(o *Options) error {
+		if rank < 0 {
+			return fmt.Errorf("WithRank(%d): want a rank, at least 0", rank)
+		}
+		o.Rank = rank
+		return nil
+	}
 }
 
 // WithSubjectPrefix sets the subject prefix.
@@ -147,6 +172,8 @@ type joinMsg struct {
 	Job   string `json:"job"`
 	World int    `json:"world"`
 	Member
+	// Rank is 1 + the rank the member asks for (WithRank); 0: none.
+	Rank int    `json:"rank,omitempty"`
 	View string `json:"view,omitempty"`
 	// Formed, with To, is a member's answer to a process that joins after
 	// the group formed (see Answer): To may not join.
@@ -178,6 +205,8 @@ func Join(ctx context.Context, nc *nats.Conn, job string, world int, self Member
 		return nil, errors.New("rendezvous: empty member ID")
 	case o.Timeout <= 0 || o.Interval <= 0 || o.SubjectPrefix == "":
 		return nil, errors.New("rendezvous: Timeout, Interval and SubjectPrefix must be set")
+	case o.Rank >= world:
+		return nil, fmt.Errorf("rendezvous: rank %d asked for in a world of %d", o.Rank, world)
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
@@ -194,9 +223,9 @@ func Join(ctx context.Context, nc *nats.Conn, job string, world int, self Member
 	}
 
 	r := &round{job: job, world: world, self: self,
-		members: map[string]Member{self.ID: self}, views: map[string]string{}}
+		members: map[string]Member{self.ID: self}, views: map[string]string{}, asks: map[string]int{self.ID: o.Rank + 1}}
 	publish := func() error {
-		b, err := json.Marshal(joinMsg{V: protoVersion, Job: job, World: world, Member: self, View: r.view})
+		b, err := json.Marshal(joinMsg{V: protoVersion, Job: job, World: world, Member: self, Rank: o.Rank + 1, View: r.view})
 		if err != nil {
 			return err
 		}
@@ -210,7 +239,10 @@ func Join(ctx context.Context, nc *nats.Conn, job string, world int, self Member
 	defer tick.Stop()
 	for {
 		if r.done() {
-			g := r.group()
+			g, err := r.group()
+			if err != nil {
+				return nil, err
+			}
 			// Our full view went out when it became full; make sure it
 			// left the client before we stop publishing.
 			if err := nc.FlushWithContext(ctx); err != nil {
@@ -280,6 +312,7 @@ type round struct {
 	self    Member
 	members map[string]Member
 	views   map[string]string // member ID -> its last reported view
+	asks    map[string]int    // member ID -> 1 + the rank it asks for; 0: none
 	view    string            // our view; "" until world members are known
 }
 
@@ -290,8 +323,10 @@ func (r *round) see(jm joinMsg) bool {
 		return false
 	}
 	old, ok := r.members[jm.ID]
+	oldAsk := r.asks[jm.ID]
 	r.members[jm.ID] = jm.Member
-	return !ok || !slices.Equal(old.Addrs, jm.Addrs)
+	r.asks[jm.ID] = jm.Rank
+	return !ok || !slices.Equal(old.Addrs, jm.Addrs) || oldAsk != jm.Rank
 }
 
 func (r *round) sorted() []Member {
@@ -315,6 +350,9 @@ func (r *round) update() {
 		for _, a := range m.Addrs {
 			fmt.Fprintf(h, " %q", a)
 		}
+		if a := r.asks[m.ID]; a > 0 {
+			fmt.Fprintf(h, " rank=%d", a-1)
+		}
 		h.Write([]byte{'\n'})
 	}
 	r.view = hex.EncodeToString(h.Sum(nil))
@@ -333,15 +371,40 @@ func (r *round) done() bool {
 	return true
 }
 
-func (r *round) group() *Group {
+// group returns the agreed group: members in the order of their IDs, or of
+// the ranks they asked for when they asked (then all must have, each rank
+// once; every member sees the same requests, so all fail alike).
+func (r *round) group() (*Group, error) {
 	ms := r.sorted()
+	asked := 0
+	for _, m := range ms {
+		if r.asks[m.ID] > 0 {
+			asked++
+		}
+	}
+	if asked > 0 {
+		byRank := make([]Member, len(ms))
+		for _, m := range ms {
+			a := r.asks[m.ID] - 1
+			switch {
+			case asked < len(ms):
+				return nil, r.fail(fmt.Sprintf("%d of %d members asked for a rank: all or none must", asked, len(ms)), transport.ErrRankTaken)
+			case a >= len(ms):
+				return nil, r.fail(fmt.Sprintf("member %s asked for rank %d in a world of %d", m.ID, a, len(ms)), transport.ErrRankTaken)
+			case byRank[a].ID != "":
+				return nil, r.fail(fmt.Sprintf("members %s and %s both asked for rank %d", byRank[a].ID, m.ID, a), transport.ErrRankTaken)
+			}
+			byRank[a] = m
+		}
+		ms = byRank
+	}
 	g := &Group{Job: r.job, Members: ms}
 	for i, m := range ms {
 		if m.ID == r.self.ID {
 			g.Rank = i
 		}
 	}
-	return g
+	return g, nil
 }
 
 func (r *round) fail(reason string, err error) error {

@@ -444,3 +444,68 @@ func TestFakeMemberNeverConfirms(t *testing.T) {
 		t.Errorf("failed after %v, timeout 1s", d)
 	}
 }
+
+// TestWithRank: members that ask for ranks (a second connection of a job's
+// members) get them, whatever the order of their IDs; a group where some ask
+// and some do not, or two ask for the same rank, fails on every member
+// with ErrRankTaken; a rank outside the world is refused up front.
+func TestWithRank(t *testing.T) {
+	s := startServer(t)
+	joinEach := func(job string, ms []Member, asks []int) []result {
+		t.Helper()
+		res := make([]result, len(ms))
+		var wg sync.WaitGroup
+		for i, m := range ms {
+			nc := dial(t, s)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				var opts []Option
+				if asks[i] >= 0 {
+					opts = append(opts, WithRank(asks[i]))
+				}
+				res[i].g, res[i].err = Join(ctx, nc, job, len(ms), m, opts...)
+			}()
+		}
+		wg.Wait()
+		return res
+	}
+	ms := members("q", 4)
+	// IDs sort as q-00 < q-01 < ...; ask for the reverse of that order.
+	asks := make([]int, len(ms))
+	for i, m := range ms {
+		var id int
+		fmt.Sscanf(m.ID, "q-%d", &id)
+		asks[i] = len(ms) - 1 - id
+	}
+	for i, r := range joinEach("ranked", ms, asks) {
+		if r.err != nil {
+			t.Fatalf("member %d: %v", i, r.err)
+		}
+		if r.g.Rank != asks[i] || r.g.Members[r.g.Rank].ID != ms[i].ID {
+			t.Errorf("member %d (%s) asked for rank %d, got %d (members %v)", i, ms[i].ID, asks[i], r.g.Rank, r.g.Members)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		asks []int
+		want string
+	}{
+		{"some-ask", []int{0, -1, 2}, "all or none"},
+		{"same-rank", []int{1, 1, 0}, "both asked for rank 1"},
+	} {
+		for i, r := range joinEach("ranked-"+tc.name, members("r", 3), tc.asks) {
+			if !errors.Is(r.err, transport.ErrRankTaken) || !errors.Is(r.err, transport.ErrRendezvous) || !strings.Contains(fmt.Sprint(r.err), tc.want) {
+				t.Errorf("%s member %d: %v, want ErrRankTaken saying %q", tc.name, i, r.err, tc.want)
+			}
+		}
+	}
+	if _, err := Join(context.Background(), dial(t, s), "ranked-big", 2, Member{ID: "x"}, WithRank(2)); err == nil {
+		t.Error("rank 2 of 2 accepted")
+	}
+	if _, err := Join(context.Background(), dial(t, s), "ranked-neg", 2, Member{ID: "x"}, WithRank(-1)); err == nil {
+		t.Error("rank -1 accepted")
+	}
+}
