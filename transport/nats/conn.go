@@ -173,6 +173,7 @@ type Conn struct {
 	win   []*inbox.Window
 	peers []peer
 	subs  []*natsgo.Subscription
+	hbSub *natsgo.Subscription // the peers' hellos (heartbeats)
 
 	subjData, subjCtl []string // per peer: where to publish to it
 	subjHB            string
@@ -411,6 +412,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	}
 	if err == nil {
 		err = subscribe(base+"h.*", c.onHB, ctlPendingMsgs, ctlPendingBytes)
+		c.hbSub = c.subs[len(c.subs)-1]
 	}
 	if err == nil && cfg.DisconnectSubject != "" {
 		err = subscribe(cfg.DisconnectSubject, c.onDisconnect, ctlPendingMsgs, ctlPendingBytes)
@@ -1152,12 +1154,30 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 }
 
 // heartbeat publishes hellos and declares silent peers dead.
+//
+// A peer is dead when nothing of it was heard for PeerTimeout, judged on
+// what this process has been able to read. A process that did not run for
+// a while (this loop ticked late: a machine at high load, a long pause)
+// finds its input unread, the peers' hellos among it; so after such a pause
+// a peer gets a full PeerTimeout from the resumption to be heard, and a
+// verdict waits while hellos are queued unhandled in the client or a round
+// trip to the server (a flush, which brings in everything the server held
+// for this process) does not return within a Heartbeat. Neither deferral
+// outlasts silenceLimit peer timeouts of silence: a peer silent that long
+// is dead however busy this process is (and a flood of forged hellos keeps
+// no dead peer alive longer). So a process that falls behind its own input
+// does not blame a live peer (ranks of an outer-loop job at load 16 saw
+// "nothing heard from rank 0 for 24 s" with a timeout of 10 s: the checking
+// loop itself had not run for 14 s), while a peer that really went silent
+// is still declared dead about one round trip after PeerTimeout.
 func (c *Conn) heartbeat() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.Heartbeat)
 	defer t.Stop()
 	c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
 	reconnects := c.nc.Stats().Reconnects
+	lastTick := time.Now()
+	var resumed time.Time // the end of this process's last pause
 	for {
 		select {
 		case <-c.closed:
@@ -1165,14 +1185,19 @@ func (c *Conn) heartbeat() {
 		case <-t.C:
 		}
 		c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
+		now := time.Now()
+		if now.Sub(lastTick) > 2*c.cfg.Heartbeat {
+			resumed = now
+		}
+		lastTick = now
 		if !c.ready.Load() {
 			continue
 		}
-		now := time.Now()
 		// Any break of the connection may have lost chunks or credit in
 		// flight (at-most-once delivery), which would leave a sender and a
 		// receiver waiting for each other: every link fails at once.
 		lost := !c.nc.IsConnected() || c.nc.Stats().Reconnects != reconnects
+		caughtUp := 0 // 1: this process has read its input; -1: it has not
 		for p := range c.peers {
 			if p == c.rank {
 				continue
@@ -1181,11 +1206,46 @@ func (c *Conn) heartbeat() {
 				c.failPeer(p, fmt.Errorf("%w: connection to the NATS server broken (%v); messages may be lost", transport.ErrPeerDead, c.nc.Status()), false)
 				continue
 			}
-			if d := now.Sub(time.Unix(0, c.peers[p].lastSeen.Load())); d > c.cfg.PeerTimeout {
-				c.failPeer(p, fmt.Errorf("%w: nothing heard from rank %d for %v", transport.ErrPeerDead, p, d.Round(time.Millisecond)), true)
+			d := now.Sub(time.Unix(0, c.peers[p].lastSeen.Load()))
+			if d <= c.cfg.PeerTimeout {
+				continue
 			}
+			if d <= silenceLimit*c.cfg.PeerTimeout {
+				if now.Sub(resumed) <= c.cfg.PeerTimeout {
+					continue // not yet a full timeout since this process ran again
+				}
+				if caughtUp == 0 {
+					caughtUp = -1
+					if c.caughtUp() {
+						caughtUp = 1
+					}
+				}
+				if caughtUp < 0 {
+					continue // judge at the next beat, once the input is read
+				}
+				if d = time.Since(time.Unix(0, c.peers[p].lastSeen.Load())); d <= c.cfg.PeerTimeout {
+					continue // heard in the backlog
+				}
+			}
+			c.failPeer(p, fmt.Errorf("%w: nothing heard from rank %d for %v", transport.ErrPeerDead, p, d.Round(time.Millisecond)), true)
 		}
 	}
+}
+
+// silenceLimit is the silence, in peer timeouts, after which heartbeat
+// declares a peer dead without waiting for this process to catch up.
+const silenceLimit = 3
+
+// caughtUp reports whether this process has read everything the server
+// held for it: a round trip to the server (bounded by one Heartbeat)
+// returned, so every message the server had for this connection before it
+// has arrived, and no hello waits unhandled in the client.
+func (c *Conn) caughtUp() bool {
+	if err := c.nc.FlushTimeout(c.cfg.Heartbeat); err != nil {
+		return false
+	}
+	msgs, _, err := c.hbSub.Pending()
+	return err == nil && msgs == 0
 }
 
 // Group is size ranks of one job in this process, over an embedded server.

@@ -2,6 +2,7 @@ package nats
 
 import (
 	"encoding/binary"
+	"time"
 
 	"github.com/slimgrad/slimgrad/transport"
 )
@@ -54,3 +55,14 @@ func (c *Conn) PendingLimits() [][2]int {
 	}
 	return out
 }
+
+// StallHellos blocks c's handler of the peers' hellos (as a process too
+// busy to read its input would) until resume is called; the hellos that
+// arrive meanwhile queue in the client.
+func (c *Conn) StallHellos() (resume func()) {
+	c.startMu.Lock()
+	return c.startMu.Unlock
+}
+
+// LastSeen is when c last heard from peer.
+func (c *Conn) LastSeen(peer int) time.Time { return time.Unix(0, c.peers[peer].lastSeen.Load()) }

@@ -728,3 +728,36 @@ func TestEarlierVersionRefused(t *testing.T) {
 		t.Fatalf("Dial next to an earlier version: err = %v (ctx %v), want ErrRendezvous naming the earlier version at once", err, ctx.Err())
 	}
 }
+
+// TestBackloggedHellosNotDead: a rank that falls behind its own input (its
+// hello handler blocked, the peer's hellos queued in its client: what a
+// process starved of CPU at a high load sees when it runs again) does not
+// declare the live peer dead while the hellos wait (up to three peer
+// timeouts of silence); once it reads its backlog the link works. (A peer that really went
+// silent is still declared dead: TestKilledPeerDetectedFast,
+// TestMissingPeer.)
+func TestBackloggedHellosNotDead(t *testing.T) {
+	ctx := t.Context()
+	const timeout = 400 * time.Millisecond
+	g, err := nats.NewGroup(ctx, 2, nats.WithHeartbeat(20*time.Millisecond, timeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	c1 := g.Conn(1)
+	resume := c1.StallHellos()
+	// Wait (polling) until rank 1 has processed nothing of rank 0 for 1.5
+	// peer timeouts: long enough for a verdict on a silent peer (checked
+	// every 20 ms), short of the silence limit (3 timeouts) after which
+	// even a backlog does not save the peer.
+	for time.Since(c1.LastSeen(0)) < 3*timeout/2 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	resume()
+	if err := g.Conn(0).Send(ctx, 1, 3, []byte("alive")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := c1.Recv(ctx, 0, 3); err != nil || string(m) != "alive" {
+		t.Fatalf("rank 1 after its backlog: %q, %v (rank 0 was alive all along)", m, err)
+	}
+}
