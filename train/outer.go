@@ -298,7 +298,11 @@ func (x *outerRun) run(ctx context.Context, onStep func(Record)) (*Result, error
 		}
 		loss /= float64(n)
 		if math.IsNaN(loss) || math.IsInf(loss, 0) {
-			return res, fmt.Errorf("%w at step %d (loss %g)", ErrDiverged, step, loss)
+			err := fmt.Errorf("%w at step %d (loss %g)", ErrDiverged, step, loss)
+			if x.rank >= 0 {
+				err = errors.Join(err, x.announceDivergence(ctx, step, rounds, in, out))
+			}
+			return res, err
 		}
 		last := step == cfg.Steps-1
 		start := clock
@@ -389,6 +393,48 @@ func (x *outerRun) run(ctx context.Context, onStep func(Record)) (*Result, error
 		}
 	}
 	return res, nil
+}
+
+// announceDivergence tells the other ranks of a multi-process job that this
+// rank's loss became non-finite at step, so that they stop at their next
+// sync instead of waiting for this rank until a timeout. Every rank walks
+// the same sequence of syncs (step by step, fragments in order), and none
+// can complete a sync without this rank, so the next sync due from step on
+// (or the final flush) is the next one of every rank: this rank runs it at
+// once with a NaN pseudo-gradient, after sending (with Combine) its figures
+// of the steps up to it with a NaN loss, so that rank 0 is not left waiting
+// for them. Under the workers' NaNError policy every rank then fails that
+// sync with the same *worker.NonFiniteError naming this rank; under NaNSkip
+// every rank skips it and the others time out at their following sync.
+// The returned error is the sync's (nil if it went through).
+func (x *outerRun) announceDivergence(ctx context.Context, step int, rounds []int, in, out [][][][]float32) error {
+	last := x.cfg.Steps - 1
+	for s := step; s <= last; s++ {
+		for p, us := range x.frags {
+			if !x.o.Due(p, s) && s != last {
+				continue
+			}
+			for t := step; t < s && x.combine != nil; t++ {
+				st := Stats{Layers: make([]LayerStats, len(x.units))}
+				if _, _, err := x.rankFigures(ctx, t, math.NaN(), st); err != nil {
+					return err
+				}
+			}
+			for _, r := range x.reps {
+				for _, u := range us {
+					for j := range r.params[u] {
+						r.params[u][j] = float32(math.NaN())
+					}
+				}
+			}
+			_, err := syncFragment(ctx, x.exs[p], rounds[p], x.reps, us, in[p], out[p])
+			if err != nil {
+				return fmt.Errorf("train: rank %d told the others at the sync of fragment %d due after step %d: %w", x.rank, p, s, err)
+			}
+			return nil
+		}
+	}
+	return nil
 }
 
 // rankFigures turns one rank's loss and bytes of a step into the job's:

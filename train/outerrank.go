@@ -29,7 +29,12 @@ import (
 // the ranks' shares, so that their sum is the job's dense ring bytes).
 // Evaluations and Result.Model are this rank's global copy θ_g. There is no
 // simulated time. RunRankOuter returns ctx.Err() if ctx is cancelled and
-// ErrDiverged if this rank's loss becomes NaN/Inf.
+// ErrDiverged if this rank's loss becomes NaN/Inf: before it returns, it runs
+// the next sync due (every rank's next) at once with a NaN pseudo-gradient
+// (with Combine, after its figures of the steps before it), so that under
+// the workers' worker.NaNError policy every other rank stops at that sync
+// with a *worker.NonFiniteError naming this rank, rather than waiting for
+// it until a timeout; the sync's error is joined to ErrDiverged.
 func RunRankOuter(ctx context.Context, cfg RankConfig, task Task, ws []*worker.Worker, plan Plan, codec string, inner OptimSpec, o Outer, onStep func(Record)) (*Result, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err

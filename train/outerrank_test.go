@@ -2,12 +2,16 @@ package train
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"math"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/slimgrad/slimgrad/lgreco"
+	"github.com/slimgrad/slimgrad/optim"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/worker"
 	"github.com/slimgrad/slimgrad/workload"
@@ -191,5 +195,108 @@ func TestRunRankOuterRejects(t *testing.T) {
 	o.Fragments = 1
 	if _, err := RunRankOuter(ctx, cfg, task, []*worker.Worker{w}, Plan{}, "", newSGD(0.5), o, nil); err == nil {
 		t.Error("a rank-0 worker accepted as rank 1")
+	}
+}
+
+// nanAfter is an inner optimizer that writes NaN into its parameters from
+// its k-th step on (a replica that diverges).
+type nanAfter struct {
+	optim.Optimizer
+	k int
+}
+
+func (o *nanAfter) Step(params, agg []float32) error {
+	if err := o.Optimizer.Step(params, agg); err != nil {
+		return err
+	}
+	if o.Steps() >= o.k {
+		for i := range params {
+			params[i] = float32(math.NaN())
+		}
+	}
+	return nil
+}
+
+// TestRunRankOuterDivergenceStopsAll: when one rank's loss turns NaN it
+// stops with ErrDiverged and the other ranks stop at once with the workers'
+// *worker.NonFiniteError naming it (not at a timeout), with or without a
+// Combine that gathers the figures at rank 0 every step, whether the next
+// sync is due right after the step of the divergence or steps later.
+func TestRunRankOuterDivergenceStopsAll(t *testing.T) {
+	task, err := LoadTask("logistic", "", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n, bad = 3, 1
+	cfg := Config{Workers: n, Batch: 8, Steps: 23, Seed: 4}
+	// Syncs after steps 3, 11, 19 (fragment 1) and 7, 15 (fragment 0):
+	// rank bad's loss is NaN from step k on; the next sync is due after
+	// that very step (k 7) or one or two steps later (k 5, 9).
+	o := Outer{H: 8, Optim: nesterov(0.7, 0.9), Fragments: 2, Delay: 1}
+	for _, tc := range []struct {
+		k       int // rank bad's parameters are NaN after its k-th inner step
+		combine bool
+	}{{7, false}, {5, false}, {5, true}, {9, true}} {
+		// A timeout far beyond the test's: a rank that waited for it would
+		// fail the deadline below.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		wk := make([][]*worker.Worker, n)
+		for range o.Fragments {
+			for r, c := range memConns(t, n) {
+				w, err := worker.New(ctx, c, append(WorkerOptions(cfg.Seed, nil), worker.WithTimeout(time.Minute))...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Close()
+				wk[r] = append(wk[r], w)
+			}
+		}
+		figs := memConns(t, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := time.Now()
+		for r := range n {
+			inner := newSGD(0.1)
+			if r == bad {
+				inner.New = func(m int) (optim.Optimizer, error) {
+					opt, err := optim.NewSGD(m, 0.1, 0)
+					return &nanAfter{opt, tc.k}, err
+				}
+			}
+			rc := RankConfig{Config: cfg, Rank: r, World: n}
+			if tc.combine {
+				conn := figs[r]
+				rc.Combine = func(ctx context.Context, step int, loss float64, st Stats) (float64, Stats, error) {
+					if r != 0 {
+						return loss, st, conn.Send(ctx, 0, uint64(step), binary.LittleEndian.AppendUint64(nil, math.Float64bits(loss)))
+					}
+					for p := 1; p < n; p++ {
+						b, err := conn.Recv(ctx, p, uint64(step))
+						if err != nil {
+							return 0, st, err
+						}
+						loss += math.Float64frombits(binary.LittleEndian.Uint64(b))
+					}
+					return loss / n, st, nil
+				}
+			}
+			wg.Go(func() {
+				_, errs[r] = RunRankOuter(ctx, rc, task, wk[r], Plan{}, "", inner, o, nil)
+			})
+		}
+		wg.Wait()
+		cancel()
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("k %d combine %v: the ranks stopped after %v", tc.k, tc.combine, d)
+		}
+		for r, err := range errs {
+			var nf *worker.NonFiniteError
+			switch {
+			case r == bad && !errors.Is(err, ErrDiverged):
+				t.Errorf("k %d combine %v: diverged rank: %v, want ErrDiverged (and the sync's NonFiniteError)", tc.k, tc.combine, err)
+			case !errors.As(err, &nf) || !slices.Contains(nf.Ranks, bad):
+				t.Errorf("k %d combine %v: rank %d: %v, want a NonFiniteError naming rank %d", tc.k, tc.combine, r, err, bad)
+			}
+		}
 	}
 }
