@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
+
 	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/libp2p"
@@ -50,7 +52,13 @@ import (
 // writes) over plain TCP sockets, with no framing, reduction or
 // encryption; "relay-floor" does the same through a user-space relay in
 // the parent (the two TCP hops of a broker such as nats-server, with none
-// of its parsing). Every result is also logged as a ratio to them.
+// of its parsing). A third, "nats-raw", is NATS's own ceiling: the same
+// bytes in messages of the server's max payload, published with nats.go to
+// the next rank's subject through an embedded server like the nats
+// transport's, and copied by the subscriber into a destination buffer.
+// Every result is also logged as a ratio to them. CPU time is counted over
+// the timed steps only (not the untimed refill of the gradients between
+// them), as for the floors.
 func TestMultiProcAllReduce(t *testing.T) {
 	worlds := testenv.List("SLIMGRAD_MP_WORLDS", "2,4")
 	transports := testenv.List("SLIMGRAD_MP_TRANSPORTS", "tcp-floor,relay-floor,libp2p-noise,libp2p-insecure,nats")
@@ -63,13 +71,16 @@ func TestMultiProcAllReduce(t *testing.T) {
 		var buses []float64
 		floors := map[string]float64{}
 		for _, tr := range transports {
-			if strings.HasSuffix(tr, "-floor") {
+			if strings.HasSuffix(tr, "-floor") || tr == "nats-raw" {
 				name := fmt.Sprintf("transport=%s/n=%d/size=%dMiB", tr, n, size>>20)
 				t.Run(name, func(t *testing.T) {
 					env := map[string]string{"SLIMGRAD_MP_TRANSPORT": tr,
 						"SLIMGRAD_MP_BYTES": strconv.Itoa(size), "SLIMGRAD_MP_ITERS": strconv.Itoa(iters)}
-					if tr == "relay-floor" {
+					switch tr {
+					case "relay-floor":
 						env["SLIMGRAD_MP_RELAY"] = startRelay(t, n)
+					case "nats-raw":
+						env["SLIMGRAD_MP_NATS_URL"] = startNATS(t)
 					}
 					med, cpu := runChildren(t, n, env)
 					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
@@ -86,12 +97,7 @@ func TestMultiProcAllReduce(t *testing.T) {
 						"SLIMGRAD_MP_BYTES": strconv.Itoa(size), "SLIMGRAD_MP_ITERS": strconv.Itoa(iters),
 					}
 					if tr == "nats" {
-						srv, err := natsserver.Start(t.Context(), natsserver.Options{MaxPayload: testenv.Int(t, "SLIMGRAD_MP_NATS_PAYLOAD", 8<<20, 0)})
-						if err != nil {
-							t.Fatal(err)
-						}
-						defer srv.Shutdown()
-						env["SLIMGRAD_MP_NATS_URL"] = srv.ClientURL()
+						env["SLIMGRAD_MP_NATS_URL"] = startNATS(t)
 					}
 					med, cpu := runChildren(t, n, env)
 					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
@@ -107,7 +113,7 @@ func TestMultiProcAllReduce(t *testing.T) {
 				t.Logf("RATIO %s busbw/gloo = %.2f", results[i], buses[i]/gloo)
 			}
 		}
-		for _, f := range []string{"tcp-floor", "relay-floor"} {
+		for _, f := range []string{"tcp-floor", "relay-floor", "nats-raw"} {
 			fb := floors[f]
 			if fb == 0 {
 				continue
@@ -116,10 +122,25 @@ func TestMultiProcAllReduce(t *testing.T) {
 				t.Logf("RATIO gloo/n=%d busbw/%s = %.2f", n, f, gloo/fb)
 			}
 			for i := range results {
+				if f == "nats-raw" && !strings.Contains(results[i], "transport=nats/") {
+					continue
+				}
 				t.Logf("RATIO %s busbw/%s = %.2f", results[i], f, buses[i]/fb)
 			}
 		}
 	}
+}
+
+// startNATS starts the embedded server of the nats and nats-raw runs
+// (max payload SLIMGRAD_MP_NATS_PAYLOAD, default 8 MiB) for the test's
+// lifetime and returns its URL.
+func startNATS(t *testing.T) string {
+	srv, err := natsserver.Start(t.Context(), natsserver.Options{MaxPayload: testenv.Int(t, "SLIMGRAD_MP_NATS_PAYLOAD", 8<<20, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv.ClientURL()
 }
 
 // runGloo runs the Gloo anchor script and returns its bus bandwidth (GB/s).
@@ -233,7 +254,7 @@ func TestMultiProcChild(t *testing.T) {
 	defer cancel()
 	var conn transport.Conn
 	switch tr := os.Getenv("SLIMGRAD_MP_TRANSPORT"); tr {
-	case "tcp-floor", "relay-floor":
+	case "tcp-floor", "relay-floor", "nats-raw":
 		med, cpu := floorSteps(t, ctx, tr, rank, n, size, iters)
 		fmt.Printf("MEDIAN %.6f %.6f\n", med, cpu)
 		return
@@ -336,25 +357,24 @@ func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg stri
 
 // timeSteps runs prepare (untimed, may be nil) and step iters+2 times and
 // returns step's median wall time over the last iters runs and the CPU
-// time (user and system) this process used per run over them, in seconds.
+// time (user and system) this process used per run of step over them, in
+// seconds (prepare's is not counted).
 func timeSteps(t *testing.T, iters int, prepare, step func()) (median, cpu float64) {
 	const warm = 2
 	var ts []float64
-	var cpu0 float64
 	for i := range iters + warm {
-		if i == warm {
-			cpu0 = cpuSeconds(t)
-		}
 		if prepare != nil {
 			prepare()
 		}
+		c0 := cpuSeconds(t)
 		t0 := time.Now()
 		step()
 		if i >= warm {
 			ts = append(ts, time.Since(t0).Seconds())
+			cpu += cpuSeconds(t) - c0
 		}
 	}
-	cpu = (cpuSeconds(t) - cpu0) / float64(iters)
+	cpu /= float64(iters)
 	slices.Sort(ts)
 	return ts[len(ts)/2], cpu
 }
@@ -414,6 +434,8 @@ func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, ite
 			t.Fatal(err)
 		}
 		out, in = c, c
+	case "nats-raw":
+		return natsRawSteps(t, rank, n, size, iters)
 	}
 	total := 2 * (n - 1) * size / n
 	src, dst := make([]byte, total), make([]byte, total)
@@ -438,6 +460,60 @@ func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, ite
 		if err := <-werr; err != nil {
 			t.Fatal(err)
 		}
+	})
+}
+
+// natsRawSteps is one rank of the nats-raw measurement: each step it
+// publishes 2(n-1)/n·size bytes to the next rank's subject in messages of
+// the server's max payload (plain nats.go, one connection, as the nats
+// transport uses) and receives as many from the previous rank, copying
+// every message into a destination buffer.
+func natsRawSteps(t *testing.T, rank, n, size, iters int) (median, cpu float64) {
+	nc, err := natsgo.Connect(os.Getenv("SLIMGRAD_MP_NATS_URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	total := 2 * (n - 1) * size / n
+	src, dst := make([]byte, total), make([]byte, total)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	chunk := int(nc.MaxPayload())
+	got := 0
+	done := make(chan struct{}, iters+2)
+	sub, err := nc.Subscribe(fmt.Sprintf("mpraw.%d", rank), func(m *natsgo.Msg) {
+		off := got % total // a step's messages never straddle its end
+		copy(dst[off:], m.Data)
+		got += len(m.Data)
+		if got%total == 0 {
+			done <- struct{}{}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil { // subscribed before anyone publishes
+		t.Fatal(err)
+	}
+	fmt.Printf("PEER nats-raw\n")
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	next := fmt.Sprintf("mpraw.%d", (rank+1)%n)
+	return timeSteps(t, iters, nil, func() {
+		for off := 0; off < total; off += chunk {
+			if err := nc.Publish(next, src[off:min(off+chunk, total)]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		<-done
 	})
 }
 
