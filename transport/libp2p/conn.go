@@ -589,25 +589,35 @@ func (c *Conn) Release(b []byte) {
 // credits and handshakes are not counted). Received bytes are counted when Recv returns
 // them.
 func (c *Conn) Stats() transport.Stats {
-	s := transport.Stats{
-		SentPayload: make([]int64, c.size), SentWire: make([]int64, c.size),
-		RecvPayload: make([]int64, c.size), RecvWire: make([]int64, c.size),
-		SentMsgs: make([]int64, c.size), RecvMsgs: make([]int64, c.size),
-	}
+	var s transport.Stats
+	c.ReadStats(&s)
+	return s
+}
+
+// ReadStats writes Stats into dst, reusing its slices
+// (transport.StatsReader).
+func (c *Conn) ReadStats(s *transport.Stats) {
+	n := c.size
+	s.SentPayload, s.SentWire = transport.Resize(s.SentPayload, n), transport.Resize(s.SentWire, n)
+	s.RecvPayload, s.RecvWire = transport.Resize(s.RecvPayload, n), transport.Resize(s.RecvWire, n)
+	s.SentMsgs, s.RecvMsgs = transport.Resize(s.SentMsgs, n), transport.Resize(s.RecvMsgs, n)
 	for r, l := range c.links {
 		if l == nil {
+			s.SentPayload[r], s.SentWire[r], s.SentMsgs[r] = 0, 0, 0
+			s.RecvPayload[r], s.RecvWire[r], s.RecvMsgs[r] = 0, 0, 0
 			continue
 		}
 		s.SentPayload[r], s.SentWire[r], s.SentMsgs[r] = l.sentPayload.Load(), l.sentWire.Load(), l.sentMsgs.Load()
 		s.RecvPayload[r], s.RecvWire[r], s.RecvMsgs[r] = l.recvPayload.Load(), l.recvWire.Load(), l.recvMsgs.Load()
 	}
+	old := s.Relayed
+	s.Relayed = nil
 	if len(c.node.relay.relays) > 0 {
-		s.Relayed = make([]bool, c.size)
+		s.Relayed = transport.Resize(old, n)
 		for r := range s.Relayed {
 			s.Relayed[r] = c.Relayed(r)
 		}
 	}
-	return s
 }
 
 // Close tells every live peer that this rank is done (the peers then see
