@@ -925,7 +925,7 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 		return fmt.Errorf("%w: unexpected handshake frame (flags %d, %d bytes)", transport.ErrBadFrame, h.Flags, len(p))
 	}
 	s.SetDeadline(time.Time{})
-	var bulk []net.Conn
+	var bulk []*bulkWriter
 	if len(p) == 24 {
 		bulk = c.dialBulk(ctx, l, s.Conn().RemoteMultiaddr(), int(binary.LittleEndian.Uint64(p[16:])))
 	}
@@ -933,14 +933,13 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 	defer c.mu.Unlock()
 	if c.isClosing {
 		s.Reset()
-		for _, b := range bulk {
-			b.Close()
+		for _, w := range bulk {
+			w.conn.Close()
 		}
 		return transport.ErrClosed
 	}
 	l.cmu.Lock()
-	for _, b := range bulk {
-		w := &bulkWriter{conn: b}
+	for _, w := range bulk {
 		if len(bulk) > 1 {
 			w.jobs, w.res = make(chan bulkJob), make(chan error, 1)
 			c.wg.Add(1)
@@ -1194,8 +1193,13 @@ func readPayload(r io.Reader, p []byte) (uint32, error) {
 
 // readPayloadCRC is readPayload continuing the checksum crc.
 func readPayloadCRC(r io.Reader, p []byte, crc uint32) (uint32, error) {
+	return readPayloadCRCChunk(r, p, crc, crcChunk)
+}
+
+// readPayloadCRCChunk is readPayloadCRC reading chunk bytes at a time.
+func readPayloadCRCChunk(r io.Reader, p []byte, crc uint32, chunk int) (uint32, error) {
 	for off := 0; off < len(p); {
-		end := min(off+crcChunk, len(p))
+		end := min(off+chunk, len(p))
 		n, err := io.ReadFull(r, p[off:end])
 		crc = transport.UpdateChecksum(crc, p[off:off+n])
 		off += n
