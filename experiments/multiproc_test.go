@@ -5,11 +5,15 @@ package experiments
 import (
 	"bufio"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +22,7 @@ import (
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
+	"golang.org/x/crypto/chacha20poly1305"
 
 	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
 	"github.com/slimgrad/slimgrad/transport"
@@ -70,6 +75,7 @@ func TestMultiProcAllReduce(t *testing.T) {
 		var results []string
 		var buses []float64
 		floors := map[string]float64{}
+		floorCPU := map[string]float64{} // CPU seconds per step, all ranks
 		for _, tr := range transports {
 			if strings.HasSuffix(tr, "-floor") || tr == "nats-raw" {
 				name := fmt.Sprintf("transport=%s/n=%d/size=%dMiB", tr, n, size>>20)
@@ -85,7 +91,7 @@ func TestMultiProcAllReduce(t *testing.T) {
 					med, cpu := runChildren(t, n, env)
 					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
 					t.Logf("RESULT %s median_s=%.5f busbw_GBps=%.3f cpu_ms_per_step=%.1f", name, med, bus, 1e3*cpu)
-					floors[tr] = bus
+					floors[tr], floorCPU[tr] = bus, cpu
 				})
 				continue
 			}
@@ -113,6 +119,24 @@ func TestMultiProcAllReduce(t *testing.T) {
 				t.Logf("RATIO %s busbw/gloo = %.2f", results[i], buses[i]/gloo)
 			}
 		}
+		if fb, fc := floors["tcp-floor"], floorCPU["tcp-floor"]; fb > 0 {
+			// The cipher bound: the floor with the cipher's CPU time added
+			// (every rank seals what it sends and opens what it receives,
+			// 2(n-1)/n·size bytes each way), as if the step were CPU-bound
+			// as on this 2-core machine: floor busbw · C/(C + cipher CPU).
+			moved := float64(n) * float64(2*(n-1)) / float64(n) * float64(size)
+			for i := range results {
+				for _, c := range []struct{ tr, name string }{{"libp2p-noise", "chacha20poly1305"}, {"libp2p-tls", "aes-gcm"}} {
+					if !strings.Contains(results[i], "transport="+c.tr+"/") {
+						continue
+					}
+					perByte := cipherCPUPerByte(t, c.name)
+					bound := fb * fc / (fc + moved*perByte)
+					t.Logf("RESULT cipher=%s seal+open_GBps_per_core=%.3f bound_busbw_GBps=%.3f (tcp-floor %.3f GB/s, %.1f ms CPU/step)", c.name, 1e-9/perByte, bound, fb, 1e3*fc)
+					t.Logf("RATIO %s busbw/cipher-bound = %.2f", results[i], buses[i]/bound)
+				}
+			}
+		}
 		for _, f := range []string{"tcp-floor", "relay-floor", "nats-raw"} {
 			fb := floors[f]
 			if fb == 0 {
@@ -129,6 +153,66 @@ func TestMultiProcAllReduce(t *testing.T) {
 			}
 		}
 	}
+}
+
+// cipherCPUPerByte measures, on one core of this process, the CPU seconds
+// per byte of sealing and then opening 64 MiB in the record sizes the
+// secured transports use: "chacha20poly1305" (Noise, frames of 65519
+// plaintext bytes) or "aes-gcm" (TLS 1.3 with AES-128-GCM, 16 KiB records).
+func cipherCPUPerByte(t *testing.T, name string) float64 {
+	var aead cipher.AEAD
+	var rec int
+	key := make([]byte, 32)
+	switch name {
+	case "chacha20poly1305":
+		a, err := chacha20poly1305.New(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		aead, rec = a, 65535-16
+	case "aes-gcm":
+		b, err := aes.NewCipher(key[:16])
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := cipher.NewGCM(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		aead, rec = a, 16<<10
+	default:
+		t.Fatalf("unknown cipher %q", name)
+	}
+	const total = 64 << 20
+	src := make([]byte, rec)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	sealed := make([]byte, 0, rec+aead.Overhead())
+	opened := make([]byte, 0, rec)
+	nonce := make([]byte, aead.NonceSize())
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c0 := threadCPUSeconds(t)
+	for off := 0; off < total; off += rec {
+		binary.LittleEndian.PutUint64(nonce, uint64(off))
+		sealed = aead.Seal(sealed[:0], nonce, src, nil)
+		var err error
+		if opened, err = aead.Open(opened[:0], nonce, sealed, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return (threadCPUSeconds(t) - c0) / total
+}
+
+// threadCPUSeconds is the CPU time (user and system) of the calling OS
+// thread.
+func threadCPUSeconds(t *testing.T) float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_THREAD, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // startNATS starts the embedded server of the nats and nats-raw runs

@@ -73,10 +73,11 @@ type bulkMsg struct {
 // bulkConn is the TCP connection under a secured bulk connection. Its
 // reads go through a buffer, so that the security layer's small reads
 // (Noise's 2-byte frame length, TLS's record header) are not a system
-// call each; once the handshake is over (buffer), its writes go through
-// a buffer too, so that a 64 KiB Noise frame or a 16 KiB TLS record is not
-// a system call each: the bulk writer flushes it after each part. Reads
-// and writes may run concurrently (one goroutine each).
+// call each. Under TLS, once the handshake is over (buffer), its writes go
+// through a buffer too, so that a 16 KiB record is not a system call each:
+// the bulk writer flushes it after each part (Noise's 64 KiB frames go
+// straight through: a copy would cost more than the calls it saves).
+// Reads and writes may run concurrently (one goroutine each).
 type bulkConn struct {
 	net.Conn
 	r *bufio.Reader
@@ -500,7 +501,7 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 		return nil, err
 	}
 	sc.SetWriteDeadline(time.Time{})
-	if w.under != nil {
+	if w.under != nil && c.opts.Security == SecurityTLS {
 		w.under.buffer()
 	}
 	w.conn = sc
