@@ -147,9 +147,10 @@ func listen(ctx context.Context, o Options) (*Node, error) {
 		golibp2p.Ping(false),
 	}
 	if len(relays) > 0 {
-		// The circuit transport, and DCUtR to upgrade relayed links where
-		// both sides have public addresses.
-		hopts = append(hopts, golibp2p.EnableRelay(), golibp2p.EnableHolePunching())
+		// The circuit transport. Hole punching is not go-libp2p's built-in
+		// service (it only punches with public addresses): see
+		// startHolePunching.
+		hopts = append(hopts, golibp2p.EnableRelay())
 		if o.Reachability == ReachabilityPrivate {
 			hopts = append(hopts, golibp2p.ForceReachabilityPrivate())
 		}
