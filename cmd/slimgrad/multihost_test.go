@@ -272,8 +272,9 @@ func TestMultiHostBed(t *testing.T) {
 //   - when one of the NATs gives every connection a random port (a
 //     symmetric NAT), it fails and that link stays relayed.
 //
-// Both jobs end with the parameters `slimgrad sim` computes for the same
-// job (as the four open hosts of TestMultiHostBed do).
+// The rendezvous orders ranks so that the two hosts behind NAT are not
+// ring neighbours. Both jobs end with the parameters `slimgrad sim`
+// computes for the same job (as the four open hosts of TestMultiHostBed do).
 func TestMultiHostNAT(t *testing.T) {
 	m := startMultiHost(t)
 	ctx := t.Context()
@@ -319,8 +320,18 @@ func TestMultiHostNAT(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ranks := m.run(t, tc.hosts, bedJob{"libp2p", "ring", "econtrol", nil}, scenario)
 			name := map[int]string{}
+			natRanks := []int{}
 			for _, r := range ranks {
 				name[r.rank] = r.host.Name
+				if r.host.Router != nil {
+					natRanks = append(natRanks, r.rank)
+				}
+			}
+			// The ranks keep the two hosts behind NAT apart on the ring
+			// (neighbours r and r+1 mod 4), so the possibly relayed link
+			// carries none of the ring's traffic.
+			if len(natRanks) != 2 || (natRanks[0]-natRanks[1]+4)%4 != 2 {
+				t.Errorf("hosts behind NAT have ranks %v, want two ranks apart (no ring link between them)", natRanks)
 			}
 			for _, r := range ranks {
 				if r.digest != want {
