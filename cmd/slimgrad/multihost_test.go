@@ -34,13 +34,14 @@ type bedRank struct {
 	digest           string
 	sentWire, recvWn int64
 	links            map[int]string // peer rank -> direct or relayed
+	linkSent         map[int]int64  // peer rank -> wire bytes sent to it
 	out              string
 }
 
 var (
 	wireRE   = regexp.MustCompile(`(?m)^rank (\d+) wire: sent (\d+) recv (\d+)(?:, links:(.*))?$`)
 	doneRE   = regexp.MustCompile(`(?m)^rank (\d+)/\d+ done: .* params ([0-9a-f]{16})`)
-	linkItem = regexp.MustCompile(`(\d+)=(direct|relayed)`)
+	linkItem = regexp.MustCompile(`(\d+)=(direct|relayed):(\d+)`)
 )
 
 // multiHost is a test bed with a `slimgrad server` (NATS with TLS and a
@@ -140,7 +141,7 @@ func (m *multiHost) run(t *testing.T, hosts []*testbed.Host, job bedJob, scenari
 		wg.Go(func() {
 			err := cmd.Run()
 			out := stdout.String()
-			r := bedRank{host: h, out: out + stderr.String(), links: map[int]string{}}
+			r := bedRank{host: h, out: out + stderr.String(), links: map[int]string{}, linkSent: map[int]int64{}}
 			if err != nil {
 				errs[i] = fmt.Errorf("worker on %s: %v\n%s", h.Name, err, r.out)
 			}
@@ -151,6 +152,7 @@ func (m *multiHost) run(t *testing.T, hosts []*testbed.Host, job bedJob, scenari
 				for _, l := range linkItem.FindAllStringSubmatch(w[4], -1) {
 					p, _ := strconv.Atoi(l[1])
 					r.links[p] = l[2]
+					r.linkSent[p], _ = strconv.ParseInt(l[3], 10, 64)
 				}
 			} else if err == nil {
 				errs[i] = fmt.Errorf("worker on %s printed no wire line:\n%s", h.Name, r.out)
@@ -337,7 +339,7 @@ func TestMultiHostNAT(t *testing.T) {
 				if r.digest != want {
 					t.Errorf("%s (rank %d) ends with params %s, sim with %s", r.host.Name, r.rank, r.digest, want)
 				}
-				t.Logf("%s (%s, rank %d): links %v", r.host.Name, r.host.Addr, r.rank, r.links)
+				t.Logf("%s (%s, rank %d): links %v, wire bytes sent %v", r.host.Name, r.host.Addr, r.rank, r.links, r.linkSent)
 				if len(r.links) != 3 {
 					t.Fatalf("%s (rank %d) reported %d links, want 3:\n%s", r.host.Name, r.rank, len(r.links), r.out)
 				}
@@ -351,8 +353,34 @@ func TestMultiHostNAT(t *testing.T) {
 					}
 				}
 			}
+			// The NAT-NAT link carries only control messages (flags, the
+			// shutdown barrier): less than a quarter of what any rank
+			// sends to its ring successor.
+			ringMin := int64(-1)
+			for _, r := range ranks {
+				if b := r.linkSent[(r.rank+1)%4]; ringMin < 0 || b < ringMin {
+					ringMin = b
+				}
+			}
+			for _, r := range ranks {
+				for p, b := range r.linkSent {
+					if r.host.Router != nil && isBehindNAT(ranks, p) && 4*b >= ringMin {
+						t.Errorf("%s (rank %d) sent %d wire bytes to rank %d (also behind NAT), the least a ring link carried is %d", r.host.Name, r.rank, b, p, ringMin)
+					}
+				}
+			}
 		})
 	}
+}
+
+// isBehindNAT reports whether the rank's host in ranks sits behind NAT.
+func isBehindNAT(ranks []bedRank, rank int) bool {
+	for _, r := range ranks {
+		if r.rank == rank {
+			return r.host.Router != nil
+		}
+	}
+	return false
 }
 
 var killTrials = flag.Int("kill-trials", 3, "TestMultiHostKill: trials per transport (the issue's experiment: 20)")
