@@ -37,6 +37,14 @@
 // call); Node.ServeBootstrap and Node.JoinBootstrap do it through one
 // member acting as bootstrap peer, without NATS.
 //
+// NAT traversal (relay.go): with relays (WithRelays), a node learns from
+// the relay whether it is behind NAT; a private node is reached through
+// the relay, a public peer waits for it to connect first (so their link is
+// direct), and two private nodes hole punch (DCUtR to the NAT addresses
+// the relay observed) before their streams open, or stay relayed if the
+// punch fails. Conn.Relayed and Stats.Relayed say which links are relayed;
+// RingOrder ranks a group so that private peers are not ring neighbours.
+//
 // Close tells the peers this rank is done and waits (up to
 // Options.CloseTimeout) until they have read everything it sent, then
 // stops every goroutine it started.

@@ -188,9 +188,12 @@ func (n *Node) setupRelays(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := n.startHolePunching(); err != nil {
+		return err
+	}
 	rs.stop, rs.done = make(chan struct{}), make(chan struct{})
 	go n.keepReservations(expiry)
-	return n.startHolePunching()
+	return nil
 }
 
 // punchWait bounds how long link setup waits for a hole punch between two
