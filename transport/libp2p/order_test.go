@@ -2,9 +2,13 @@ package libp2p
 
 import (
 	"fmt"
+	"math/rand"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -78,4 +82,52 @@ func identity(n int) []int {
 		s[i] = i
 	}
 	return s
+}
+
+// TestBootstrapGroupOrder: the bootstrap rendezvous ranks by RingOrder too:
+// given members sorted by ID, two behind NAT first, every member gets the
+// same peers with the two private ones two ranks apart, and its own rank
+// is where its ID went.
+func TestBootstrapGroupOrder(t *testing.T) {
+	relay := "/ip4/198.18.0.10/tcp/4001/p2p/12D3KooWJ92tq8EoiGdPEG6ryfU5KxyxbZQWifotYai5SscAz8dk/p2p-circuit"
+	var members []joinMember
+	for range 4 {
+		k, _, err := crypto.GenerateEd25519Key(rand.New(rand.NewSource(int64(len(members) + 1))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := peer.IDFromPrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		members = append(members, joinMember{ID: id.String(), Addrs: []string{"/ip4/198.18.0.11/tcp/4001"}})
+	}
+	slices.SortFunc(members, func(a, b joinMember) int { return strings.Compare(a.ID, b.ID) })
+	for i := range 2 {
+		members[i].Addrs = []string{"/ip4/198.19.0.10/tcp/4001", relay}
+	}
+	var first []Peer
+	for _, self := range members {
+		rank, peers, err := groupOf(self.ID, members)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if peers[rank].ID.String() != self.ID {
+			t.Errorf("%s: rank %d is %s", self.ID, rank, peers[rank].ID)
+		}
+		if first == nil {
+			first = peers
+		} else if !slices.EqualFunc(first, peers, func(a, b Peer) bool { return a.ID == b.ID }) {
+			t.Errorf("%s orders the group differently", self.ID)
+		}
+	}
+	var private []int
+	for r, p := range first {
+		if peerPrivate(p.Addrs) {
+			private = append(private, r)
+		}
+	}
+	if len(private) != 2 || private[1]-private[0] != 2 {
+		t.Errorf("private members at ranks %v, want two apart", private)
+	}
 }
