@@ -22,7 +22,9 @@ import (
 // are behind NAT (they announce relayed addresses): then ranks are
 // libp2p.RingOrder of the members, so that a ring all-reduce's neighbours
 // are not two members behind NAT, whose link may stay relayed. Every
-// member computes the same order from the same group.
+// member computes the same order from the same group. Ranks asked for
+// (WithRank: further connections of members that already hold their ranks
+// in a first group, ordered there) are kept as asked.
 func JoinLibp2p(ctx context.Context, nc *nats.Conn, job string, world int, opts []libp2p.Option, rdv ...Option) (*libp2p.Conn, error) {
 	node, err := libp2p.Listen(ctx, append([]libp2p.Option{libp2p.WithJob(job), libp2p.WithMaxPeers(max(world-1, 1))}, opts...)...)
 	if err != nil {
@@ -40,7 +42,15 @@ func JoinLibp2p(ctx context.Context, nc *nats.Conn, job string, world int, opts 
 			return nil, err
 		}
 	}
-	g, peers = ringOrdered(g, peers)
+	o := DefaultOptions()
+	for _, opt := range rdv {
+		if opt != nil {
+			opt(&o) // Join has accepted them
+		}
+	}
+	if o.Rank < 0 {
+		g, peers = ringOrdered(g, peers)
+	}
 	c, err := node.Connect(ctx, g.Rank, peers) // closes the node on error
 	if err != nil {
 		return nil, err
