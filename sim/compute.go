@@ -45,6 +45,11 @@ type Calibration struct {
 	// workload ("mnist", ...) on one core, in seconds: the gradient compute
 	// that a simulated step charges before its collectives.
 	Grad map[string]float64 `json:"grad_s,omitempty" yaml:"grad_s,omitempty"`
+	// Local is a worker's compute per step beyond the gradient, per
+	// workload, on one core, in seconds: its optimizer's preparation and
+	// update and the finite check of what it sends (train.SimConfig's
+	// LocalSeconds).
+	Local map[string]float64 `json:"local_s,omitempty" yaml:"local_s,omitempty"`
 }
 
 // MessageCost is a transport's software cost of one message, measured as
@@ -81,6 +86,11 @@ func (c *Calibration) Validate() error {
 	for _, k := range slices.Sorted(maps.Keys(c.Grad)) {
 		if v := c.Grad[k]; !(v > 0) || math.IsInf(v, 0) {
 			return fmt.Errorf("grad_s %q must be positive and finite, have %g", k, v)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Local)) {
+		if v := c.Local[k]; !(v >= 0) || math.IsInf(v, 0) {
+			return fmt.Errorf("local_s %q must be non-negative and finite, have %g", k, v)
 		}
 	}
 	return nil

@@ -10,7 +10,11 @@ package sim
 // in the group re-rates the group's running jobs and moves their end
 // events (the old ones are superseded by rankState.ver).
 
-import "math"
+import (
+	"fmt"
+	"math"
+	"strconv"
+)
 
 // share is one processor-sharing group: the ranks of a node or a host whose
 // cores they outnumber.
@@ -140,4 +144,42 @@ func (d *driver) shareEnd(k int32, slot int32) {
 	if len(s.active) > 0 {
 		d.shareRate(s)
 	}
+}
+
+// CoreShares returns, for each of ranks ranks placed on t's nodes by place
+// (nil: rank r on node r), the factor by which its compute slows when every
+// rank computes at once: k/Cores for the k ranks of a node, or of all the
+// nodes of one Host, that outnumber its Cores, else 1. It is what the
+// processor sharing of Run gives a phase in which all ranks are busy (a
+// step's gradient). It returns an error if a rank has no node.
+func (t *Topology) CoreShares(place []int, ranks int) ([]float64, error) {
+	if place != nil && len(place) < ranks {
+		return nil, fmt.Errorf("sim: placement has %d entries for %d ranks", len(place), ranks)
+	}
+	group := func(nd int) string {
+		if h := t.Nodes[nd].Host; h != "" {
+			return "host " + h
+		}
+		return "node " + strconv.Itoa(nd)
+	}
+	node := make([]int, ranks)
+	count := map[string]int{}
+	for r := range ranks {
+		node[r] = r
+		if place != nil {
+			node[r] = place[r]
+		}
+		if node[r] < 0 || node[r] >= len(t.Nodes) {
+			return nil, fmt.Errorf("sim: rank %d has no node in a topology of %d", r, len(t.Nodes))
+		}
+		count[group(node[r])]++
+	}
+	out := make([]float64, ranks)
+	for r := range ranks {
+		out[r] = 1
+		if c, k := t.Nodes[node[r]].Cores, count[group(node[r])]; c > 0 && k > c {
+			out[r] = float64(k) / float64(c)
+		}
+	}
+	return out, nil
 }
