@@ -45,6 +45,7 @@ type validateOptions struct {
 	Calibration string
 	Grad        string // data or calibration
 	MsgCost     string // probe or calibration
+	MsgModel    string // cpu or latency: how the simulator charges the message cost
 	ProbeSteps  int
 	BenchTime   time.Duration
 	Cores       int
@@ -55,7 +56,7 @@ type validateOptions struct {
 }
 
 func defaultValidateOptions() validateOptions {
-	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", MsgCost: "probe", ProbeSteps: 60,
+	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", MsgCost: "probe", MsgModel: "cpu", ProbeSteps: 60,
 		BenchTime: 300 * time.Millisecond, Cores: runtime.NumCPU(), Goodput: tcpGoodput, Latency: 30 * time.Microsecond,
 		CaseTimeout: 15 * time.Minute}
 }
@@ -223,6 +224,9 @@ func (o validateOptions) validate() error {
 	if o.MsgCost != "probe" && o.MsgCost != "calibration" {
 		return fmt.Errorf("--message-cost %q: want probe or calibration", o.MsgCost)
 	}
+	if o.MsgModel != "cpu" && o.MsgModel != "latency" {
+		return fmt.Errorf("--message-model %q: want cpu or latency", o.MsgModel)
+	}
 	if !(o.Goodput > 0 && o.Goodput <= 1) {
 		return fmt.Errorf("--goodput %g: want a share in (0, 1]", o.Goodput)
 	}
@@ -256,9 +260,10 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file of slimgrad bench (default: run bench on this machine first, into --out)")
 	fs.StringVar(&o.Grad, "grad", o.Grad, "a simulated step's compute outside the collectives: data (measured here in one goroutine on the workload's training data: gradient, the optimizer's prepare and update, the workers' finite check) or calibration (the file's gradient time, which bench measures on random inputs of the workload's shape)")
 	fs.StringVar(&o.MsgCost, "message-cost", o.MsgCost, "the simulated per-message cost: probe (fitted before each case to a latency-bound job on the case's bed: the logistic workload's dense ring, --probe-steps steps) or calibration (bench's, measured between two ranks in one process)")
+	fs.StringVar(&o.MsgModel, "message-model", o.MsgModel, "how the simulator charges the per-message cost: cpu (compute time of the sending and the receiving worker, shared with their codec work and the machine's cores) or latency")
 	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
 	fs.DurationVar(&o.BenchTime, "bench-time", o.BenchTime, "minimum measuring time per measurement of bench and of the local compute")
-	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): a case of N hosts gives every simulated node speed min(1, cores/N)")
+	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): the simulated nodes are on one host of this many cores, processor-shared")
 	fs.Float64Var(&o.Goodput, "goodput", o.Goodput, "share of a shaped link's rate left for message bytes (default: TCP/IPv4 with timestamps over Ethernet, 1448/1514)")
 	fs.DurationVar(&o.Latency, "latency", o.Latency, "one-way latency between two hosts in the simulated topology (the bed's veth and bridge)")
 	fs.StringVar(&o.Out, "out", o.Out, "directory for the cases' topologies, the workers' steps.csv, the calibration and validate.csv (default: a temporary directory, removed)")
@@ -315,8 +320,10 @@ type caseResult struct {
 	// neither that nor codec or reduction compute.
 	Sim, SimLocal time.Duration
 	SimComm       float64
-	// Speed is the simulated nodes' compute speed, MsgCost the simulated
-	// software cost per message (fitted by the probe, or bench's).
+	// Speed is the simulated compute speed of a worker when all of a
+	// case's workers compute at once (cores/N, at most 1), MsgCost the
+	// simulated software cost per message (fitted by the probe, or
+	// bench's).
 	Speed   float64
 	MsgCost time.Duration
 	// RealMedian and RealMean are rank 0's wall time per step; RealGrad is
@@ -324,7 +331,9 @@ type caseResult struct {
 	RealMedian, RealMean, RealGrad time.Duration
 	Steps                          int     // steps measured
 	Load                           float64 // one-minute load average when the real job ended
-	Err                            error
+	// Wall is the case's wall time: bed, probe, job and simulations.
+	Wall time.Duration
+	Err  error
 }
 
 // Ratio is the simulated over the real median step time.
@@ -335,9 +344,10 @@ type valEnv struct {
 	dir, exe string
 	calib    *sim.Calibration
 	task     train.Task
-	// local is the local compute per step of one worker at speed 1 (the
-	// simulated GradSeconds) of the workload, probeLocal the probe's.
-	local, probeLocal float64
+	// local is the local compute per step of one worker on a whole core
+	// (gradient and the rest, the simulated GradSeconds and LocalSeconds)
+	// of the workload, probeLocal the probe's.
+	local, probeLocal localCost
 	probe             train.Task // the probe's workload (logistic)
 }
 
@@ -396,17 +406,17 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		len(cases), o.Workload, o.Steps, o.Steps-o.Skip-1, o.Batch, o.Transport, o.Cores)
 	fmt.Fprintf(stdout, "calibration %s: %s message cost %s + %.2f ns/byte (between two ranks of one process)\n", calPath,
 		o.Transport, fmtDuration(seconds(mc.Overhead)), mc.PerByte*1e9)
-	env.local = calib.Grad[o.Workload] * float64(o.Batch)
+	env.local = localCost{grad: calib.Grad[o.Workload] * float64(o.Batch), step: calib.Grad[o.Workload]*float64(o.Batch) + calib.Local[o.Workload]}
 	if o.Grad == "data" {
 		l, err := o.measureLocal(ctx, env.task, valMethods["dense"].Optim)
 		if err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(stdout, "local compute of a worker on %s's training data, alone: gradient %s, with the optimizer and finite check %s per step of %d (bench's gradient, on random inputs: %s)\n",
-			o.Workload, fmtDuration(seconds(l.grad)), fmtDuration(seconds(l.step)), o.Batch, fmtDuration(seconds(env.local)))
-		env.local = l.step
+		fmt.Fprintf(stdout, "local compute of a worker on %s's training data, alone: gradient %s, with the optimizer and finite check %s per step of %d (bench's: %s and %s)\n",
+			o.Workload, fmtDuration(seconds(l.grad)), fmtDuration(seconds(l.step)), o.Batch, fmtDuration(seconds(env.local.grad)), fmtDuration(seconds(env.local.step)))
+		env.local = l
 	}
-	if !(env.local > 0) {
+	if !(env.local.grad > 0) {
 		return nil, fmt.Errorf("calibration %s has no gradient time of workload %q (run slimgrad bench --workloads %s, or use --grad data)", calPath, o.Workload, o.Workload)
 	}
 	if o.MsgCost == "probe" {
@@ -417,10 +427,11 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		if err != nil {
 			return nil, err
 		}
-		env.probeLocal = l.step
+		env.probeLocal = l
 	}
-	fmt.Fprintf(stdout, "simulated: local compute %s per step at speed 1 (--grad %s), node speed min(1, %d/N), message cost %s\n\n",
-		fmtDuration(seconds(env.local)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost])
+	fmt.Fprintf(stdout, "simulated: local compute %s per step on a core (--grad %s), the workers on one host of %d cores (processor sharing), message cost %s, charged as %s\n\n",
+		fmtDuration(seconds(env.local.step)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost], o.MsgModel)
+	start := time.Now()
 	var results []caseResult
 	var failed int
 	for _, c := range cases {
@@ -432,13 +443,14 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 			failed++
 			fmt.Fprintf(stdout, "%-26s failed: %s\n", c.Name, oneLine(r.Err))
 		} else {
-			fmt.Fprintf(stdout, "%-26s simulated %-9s real median %-9s mean %-9s ratio %.3f (message cost %s, load %.1f)\n", c.Name,
-				fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(), fmtDuration(r.MsgCost), r.Load)
+			fmt.Fprintf(stdout, "%-26s simulated %-9s real median %-9s mean %-9s ratio %.3f (message cost %s, load %.1f, %s)\n", c.Name,
+				fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(), fmtDuration(r.MsgCost), r.Load, r.Wall.Round(time.Second))
 		}
 		results = append(results, r)
 	}
 	fmt.Fprintln(stdout)
 	writeValidationTable(stdout, results)
+	fmt.Fprintf(stdout, "\n%d cases in %s (wall time of the cases; the calibration before them not counted)\n", len(results), time.Since(start).Round(time.Second))
 	if o.Out != "" {
 		p := filepath.Join(o.Out, "validate.csv")
 		if err := writeFile(p, func(w io.Writer) error { return writeValidationCSV(w, results) }); err != nil {
@@ -567,7 +579,7 @@ type valJob struct {
 	method    method
 	algorithm string
 	steps     int
-	local     float64 // simulated local compute per step at speed 1
+	local     localCost // simulated local compute per step on a core
 }
 
 // measured reports whether a step of j counts in the per-step figures:
@@ -580,8 +592,9 @@ func (o validateOptions) measured(j valJob, step int, evaluated bool) bool {
 // runCase runs c: it builds the case's bed, runs the probe (--message-cost
 // probe) and the case's job on it, and simulates both on the topology of
 // the hosts as each job placed its ranks.
-func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) caseResult {
-	res := caseResult{Case: c, Speed: min(1, float64(o.Cores)/float64(len(c.Rates))), MsgCost: seconds(env.calib.Messages[o.Transport].Overhead)}
+func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (res caseResult) {
+	defer func(t0 time.Time) { res.Wall = time.Since(t0) }(time.Now())
+	res = caseResult{Case: c, Speed: min(1, float64(o.Cores)/float64(len(c.Rates))), MsgCost: seconds(env.calib.Messages[o.Transport].Overhead)}
 	dir := filepath.Join(env.dir, c.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		res.Err = err
@@ -889,20 +902,19 @@ func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute []float
 
 // topologyYAML is the simulator's topology of c's bed with rank r on host
 // hostOf[r]: each node's uplink and downlink are its host's shaped rate
-// times --goodput, and, since the N workers share this machine's --cores
-// cores, every node computes at speed min(1, cores/N).
+// times --goodput, and, since the N workers run on this one machine, every
+// node is on one host of --cores cores, which their compute and message
+// costs share.
 func (o validateOptions) topologyYAML(c valCase, hostOf []int) string {
 	n := len(c.Rates)
-	speed := min(1, float64(o.Cores)/float64(n))
 	var b strings.Builder
 	fmt.Fprintf(&b, "# slimgrad validate, case %s: %d hosts (network namespaces) with tc-shaped links; node r is rank r's host.\n", c.Name, n)
 	fmt.Fprintf(&b, "# Links: the shaped rate times %.4f, the share that carries message bytes (--goodput).\n", o.Goodput)
-	fmt.Fprintf(&b, "# Compute: the %d workers share the %d cores of one machine: speed %.3f. (A node's cores\n", n, o.Cores, speed)
-	fmt.Fprintf(&b, "# attribute counts the ranks placed on that one node; here every rank is a node of its own.)\n")
-	fmt.Fprintf(&b, "name: validate-%s\nlatency: %s\nnodes:\n", c.Name, o.Latency)
+	fmt.Fprintf(&b, "# Compute: the %d workers share the %d cores of one machine (host: bed, processor sharing).\n", n, o.Cores)
+	fmt.Fprintf(&b, "name: validate-%s\nlatency: %s\ndefaults: {host: bed, cores: %d}\nnodes:\n", c.Name, o.Latency, o.Cores)
 	for _, h := range hostOf {
 		bw := strconv.FormatFloat(float64(c.Rates[h])*o.Goodput, 'f', 0, 64) + "bit/s"
-		fmt.Fprintf(&b, "  - {name: h%d, uplink: %s, downlink: %s, speed: %s}\n", h, bw, bw, strconv.FormatFloat(speed, 'g', 4, 64))
+		fmt.Fprintf(&b, "  - {name: h%d, uplink: %s, downlink: %s}\n", h, bw, bw)
 	}
 	return b.String()
 }
@@ -939,12 +951,13 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 		return nil, err
 	}
 	cfg := train.SimConfig{
-		Topology:    topo,
-		Options:     &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport},
-		Dense:       alg,
-		GradFLOP:    train.TrainFLOPs(j.task.Model) * float64(o.Batch),
-		FLOPS:       train.DefaultFLOPS,
-		GradSeconds: j.local,
+		Topology:     topo,
+		Options:      &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel == "cpu"},
+		Dense:        alg,
+		GradFLOP:     train.TrainFLOPs(j.task.Model) * float64(o.Batch),
+		FLOPS:        train.DefaultFLOPS,
+		GradSeconds:  j.local.grad,
+		LocalSeconds: max(0, j.local.step-j.local.grad),
 	}
 	ex, err := train.NewSim(ctx, n, train.Units(j.task.Model, spec.Flat), plan, cfg)
 	if err != nil {
@@ -999,15 +1012,15 @@ func geoMeanAbsErr(errs []float64) float64 {
 func writeValidationCSV(w io.Writer, rs []caseResult) error {
 	cw := csv.NewWriter(w)
 	cw.Write([]string{"case", "hosts", "rates_mbit", "algorithm", "method", "sim_step_s", "real_median_s", "real_mean_s", "ratio",
-		"sim_local_s", "real_grad_s", "sim_comm_share", "speed", "message_cost_s", "steps", "load1", "error"})
+		"sim_local_s", "real_grad_s", "sim_comm_share", "speed", "message_cost_s", "steps", "load1", "wall_s", "error"})
 	f := func(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
 	for _, r := range rs {
 		row := []string{r.Case.Name, strconv.Itoa(len(r.Case.Rates)), ratesList(r.Case.Rates), r.Case.Algorithm, r.Case.Method}
 		if r.Err != nil {
-			row = append(row, "", "", "", "", "", "", "", f(r.Speed), f(r.MsgCost.Seconds()), "", f(r.Load), oneLine(r.Err))
+			row = append(row, "", "", "", "", "", "", "", f(r.Speed), f(r.MsgCost.Seconds()), "", f(r.Load), f(r.Wall.Seconds()), oneLine(r.Err))
 		} else {
 			row = append(row, f(r.Sim.Seconds()), f(r.RealMedian.Seconds()), f(r.RealMean.Seconds()), f(r.Ratio()),
-				f(r.SimLocal.Seconds()), f(r.RealGrad.Seconds()), f(r.SimComm), f(r.Speed), f(r.MsgCost.Seconds()), strconv.Itoa(r.Steps), f(r.Load), "")
+				f(r.SimLocal.Seconds()), f(r.RealGrad.Seconds()), f(r.SimComm), f(r.Speed), f(r.MsgCost.Seconds()), strconv.Itoa(r.Steps), f(r.Load), f(r.Wall.Seconds()), "")
 		}
 		cw.Write(row)
 	}
