@@ -33,12 +33,14 @@ func fanPrograms(k int, size int64, out bool) []*allreduce.Program {
 }
 
 // TestMessageCPU: with Options.MessageCPU a message's software cost is
-// compute time, half on each of its ranks. A lone chain of messages (a
-// ring) pays what it pays as latency, but a rank that sends to (or hears
+// compute time, half on each of its ranks. A rank that sends to (or hears
 // from) k peers at once pays the k costs one after the other: its last
-// message leaves after k halves (arrives, is received, after k halves),
-// where as latency all k overlap. The cost also takes the speed of the
-// rank's node and its share of shared cores.
+// message leaves after k halves (is received after k halves), where as
+// latency all k overlap. The cost takes the speed of the rank's node. The
+// receiver's per-byte half runs while the bytes are on the wire: a lone
+// message on a fast link pays the whole cost, as with latency, and on a
+// slow link only the sender's half of the per-byte cost adds to the wire
+// time; so does a ring's every step.
 func TestMessageCPU(t *testing.T) {
 	ctx := context.Background()
 	const alpha, o, beta, size = 10 * time.Microsecond, 1e-3, 1e-9, 64
@@ -79,9 +81,25 @@ func TestMessageCPU(t *testing.T) {
 			t.Errorf("%s: %.6g s, want %.6g s", tc.name, res.Time, tc.want)
 		}
 	}
-	// A ring: the same as with the cost as latency (TestMessageCostInRing's
-	// formula), since each rank's one send and one receive per step are on
-	// the critical path either way.
+	// One message of 1 MB (1 ms of per-byte cost): on a 100 Gbit/s link
+	// (80 µs) the receiver's copying takes longer than the wire and the
+	// message pays o + βS as with latency; on a 1 Gbit/s link (8 ms) the
+	// receiver's half hides.
+	for _, tc := range []struct {
+		bw   Bandwidth
+		want float64
+	}{{100 * Gbps, o + beta*1e6}, {Gbps, o + beta*1e6/2 + 8e-3 + alpha.Seconds()}} {
+		res, err := Run(ctx, Homogeneous(2, tc.bw, alpha), []Collective{{Name: "one", Programs: fanPrograms(1, 1e6, true)}},
+			&Options{FreeCompute: true, Calibration: cal, Transport: "tcp", MessageCPU: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(res.Time-tc.want) > 1e-6*tc.want {
+			t.Errorf("1 MB at %v: %.6g s, want %.6g s", tc.bw, res.Time, tc.want)
+		}
+	}
+	// A ring: per step the latency model's α + o + S/(pB), and the
+	// sender's half of the per-byte cost.
 	const S = 4e6
 	for _, p := range []int{2, 8} {
 		progs, err := Programs(allreduce.AlgRing, allreduce.Params{World: p, Elems: S / 4})
@@ -94,7 +112,7 @@ func TestMessageCPU(t *testing.T) {
 			t.Fatal(err)
 		}
 		msg := S / float64(p)
-		want := 2 * float64(p-1) * (alpha.Seconds() + o + beta*msg + msg/float64(10*Gbps))
+		want := 2 * float64(p-1) * (alpha.Seconds() + o + beta*msg/2 + msg/float64(10*Gbps))
 		if math.Abs(res.Time-want) > 0.005*want {
 			t.Errorf("ring p=%d: %.6g s, want %.6g s", p, res.Time, want)
 		}

@@ -83,6 +83,9 @@ func (d *driver) unaggregated() string {
 	if o.MessageCPU {
 		return "message costs are charged as each rank's CPU time (Options.MessageCPU)"
 	}
+	if o.LossPenalty > 0 {
+		return "the loss penalty looks at every flow's links (Options.LossPenalty)"
+	}
 	for i := range d.topo.Nodes {
 		if d.topo.Nodes[i].Host != "" && d.topo.Nodes[i].Cores > 0 {
 			return "nodes share a host's cores (Node.Host)"

@@ -118,15 +118,29 @@ type Options struct {
 	// if the calibration has no cost for it.
 	Transport string
 	// MessageCPU charges Transport's cost of a message as CPU time instead
-	// of latency: half on the sending rank's compute engine before the
-	// message leaves, half on the receiving rank's when it arrives (before
-	// the Recv completes), both divided by the node's speed and shared
-	// with the rank's codec work and, on a node or host whose cores are
-	// oversubscribed, with the other ranks' (see Node.Cores). A lone
-	// message pays the same as with latency; messages of one rank
-	// serialize. It needs Transport and is not aggregated (Run simulates
-	// every rank and says why in Result.NotAggregated).
+	// of latency, half on each of its ranks' compute engines, divided by
+	// the node's speed and shared with the rank's codec work and, on a
+	// node or host whose cores are oversubscribed, with the other ranks'
+	// (see Node.Cores): the sender pays its half (per message and per
+	// byte) before the message leaves; the receiver pays its per-byte half
+	// while the bytes are on the wire (from the flow's start: it copies
+	// them as they come) and its per-message half when the message has
+	// arrived, before the Recv completes. On an idle fast link a message
+	// pays the whole cost, as with latency; on a slow one the receiver's
+	// copying hides behind the wire; messages of one rank serialize. It
+	// needs Transport and is not aggregated (Run simulates every rank and
+	// says why in Result.NotAggregated).
 	MessageCPU bool
+	// LossPenalty models the time TCP spends recovering from drops when a
+	// flow fills a bottleneck that its sender does not pace: a flow whose
+	// last link (the receiver's downlink) is slower than its first (the
+	// sender's uplink), or that shares that last link with another flow
+	// when it starts or ends (fan-in), arrives LossPenalty times its
+	// transfer time later. The flow model has no queues and no loss, so
+	// without it such flows are as fast as paced ones; it is fitted on a
+	// real network (docs/simulator.md). Zero, the default, leaves it out;
+	// runs with it are not aggregated.
+	LossPenalty float64
 	// Aggregate selects the aggregated mode: one representative rank
 	// simulated per group of equivalent ranks (see Aggregate for what it
 	// assumes and when Run refuses it). The zero value simulates every
@@ -315,14 +329,16 @@ type qent struct {
 // collectives): encoding a Send's chunk before its message leaves (x is the
 // parked message) and decoding a Recv into a float buffer before the op is
 // done. With Options.MessageCPU, a Send's software cost is a jobEncode
-// (with no codec work unless the collective encodes per hop) and a
-// message's receive cost a jobArrive, after which the message counts as
+// (with no codec work unless the collective encodes per hop), a message's
+// per-byte receive cost a jobCopy from its flow's start, and its
+// per-message receive cost a jobArrive, after which the message counts as
 // arrived.
 const (
 	jobOp uint8 = iota
 	jobEncode
 	jobDecode
 	jobArrive
+	jobCopy // a receiver's per-byte message cost: occupies the engine, completes nothing
 )
 
 type rankState struct {
@@ -397,6 +413,8 @@ type driver struct {
 	shareOf   []int32      // per node: its processor-sharing group in shares, or -1 (its ranks have a core each)
 	shares    []share
 	shareScr  [2][]int32 // scratch of setupSharing
+	lossT0    []float64  // Options.LossPenalty: per flow id, its start
+	lossHit   []bool     // Options.LossPenalty: per flow id, unpaced at its start
 	slots     int        // machines per collective: world, or the groups of an aggregated run
 	agg       *aggPlan   // the aggregated run's plan, or nil
 	as        aggState
@@ -721,6 +739,9 @@ func (d *driver) setup(ctx context.Context) error {
 		}
 		d.msgCost = mc
 	}
+	if p := d.opts.LossPenalty; !(p >= 0) || math.IsInf(p, 0) {
+		return fmt.Errorf("sim: LossPenalty %v: want finite and non-negative", p)
+	}
 	if d.opts.MessageCPU && d.opts.Transport == "" {
 		return errors.New("sim: MessageCPU needs a Transport whose message cost it charges")
 	}
@@ -1036,6 +1057,14 @@ func (d *driver) startFlow(m *msgInfo) {
 	id := d.net.add(d.now, &m.links, int(m.n), m.size)
 	f := &d.net.flows[id]
 	f.g, f.op, f.dg, f.dop, f.lat = m.g, m.op, m.dg, m.dop, m.lat
+	if d.opts.LossPenalty > 0 {
+		d.lossStart(id)
+	}
+	if d.cpuMsg && d.msgCost.PerByte > 0 && m.size > 0 {
+		// The receiver copies the bytes as they arrive.
+		dm := &d.ms[m.dg]
+		d.engine(&d.ranks[dm.slot], qent{g: m.dg, op: m.dop, dur: 0, extra: d.msgCost.PerByte * m.size / 2 / d.speed(dm), job: jobCopy})
+	}
 }
 
 // enqueue starts m at once if the connection to peer is idle, else queues it.
@@ -1094,9 +1123,12 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 		return d.aggFlowEnd(id)
 	}
 	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
-	var rc uint32 // with MessageCPU: the receive's software cost, float32 bits
+	if d.opts.LossPenalty > 0 {
+		lat += d.lossDelay(id)
+	}
+	var rc uint32 // with MessageCPU: the receive's per-message cost, float32 bits
 	if d.cpuMsg {
-		rc = math.Float32bits(float32(d.msgCost.Message(int64(f.size)) / 2 / d.speed(&d.ms[dg])))
+		rc = math.Float32bits(float32(d.msgCost.Overhead / 2 / d.speed(&d.ms[dg])))
 	}
 	d.net.remove(d.now, id) // f may be reused from here on
 	if !d.opts.PerMessageFlows {
@@ -1342,6 +1374,8 @@ func (d *driver) computeEnd(g int32, ver uint32) error {
 	switch {
 	case q.job == jobArrive:
 		return d.arrived(g, op)
+	case q.job == jobCopy:
+		return nil
 	case q.job == jobEncode:
 		m := d.pend[q.x]
 		d.pfree = append(d.pfree, q.x)
