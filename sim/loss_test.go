@@ -9,10 +9,10 @@ import (
 	"github.com/slimgrad/slimgrad/allreduce"
 )
 
-// TestLossPenalty: a flow into a receiver slower than its sender, or into
-// a downlink it shares (fan-in), arrives LossPenalty times its transfer
-// time later; a paced flow (the sender's uplink is the narrowest link, and
-// alone) does not. A negative penalty is an error.
+// TestLossPenalty: a flow into a receiver slower than its sender, or onto
+// a downlink that already carries a flow (fan-in), carries 1+LossPenalty
+// times its bytes; a paced flow (the sender's uplink is the narrowest
+// link, and alone) does not. A negative penalty is an error.
 func TestLossPenalty(t *testing.T) {
 	ctx := context.Background()
 	const S, pen, alpha = 1 << 20, 0.2, 10 * time.Microsecond
@@ -27,19 +27,17 @@ func TestLossPenalty(t *testing.T) {
 		name  string
 		topo  *Topology
 		progs []*allreduce.Program
-		wire  float64 // transfer time
-		hit   bool
+		wire  float64 // transfer time without the penalty
+		extra float64 // with it, bytes more on the bottleneck
 	}{
-		{"slower receiver", slowRecv, fanPrograms(1, S, true), S / float64(2.5*Mbps), true},
-		{"slower sender (paced)", slowSend, fanPrograms(1, S, true), S / float64(2.5*Mbps), false},
-		{"equal rates (paced)", Homogeneous(2, 10*Mbps, alpha), fanPrograms(1, S, true), S / float64(10*Mbps), false},
-		{"fan-in of 2", Homogeneous(3, 10*Mbps, alpha), fanPrograms(2, S, false), 2 * S / float64(10*Mbps), true},
-		{"fan-out of 2 (the sender paces)", Homogeneous(3, 10*Mbps, alpha), fanPrograms(2, S, true), 2 * S / float64(10*Mbps), false},
+		{"slower receiver", slowRecv, fanPrograms(1, S, true), S / float64(2.5*Mbps), pen * S / float64(2.5*Mbps)},
+		{"slower sender (paced)", slowSend, fanPrograms(1, S, true), S / float64(2.5*Mbps), 0},
+		{"equal rates (paced)", Homogeneous(2, 10*Mbps, alpha), fanPrograms(1, S, true), S / float64(10*Mbps), 0},
+		// The second flow onto rank 0's downlink carries S(1+pen).
+		{"fan-in of 2", Homogeneous(3, 10*Mbps, alpha), fanPrograms(2, S, false), 2 * S / float64(10*Mbps), pen * S / float64(10*Mbps)},
+		{"fan-out of 2 (the sender paces)", Homogeneous(3, 10*Mbps, alpha), fanPrograms(2, S, true), 2 * S / float64(10*Mbps), 0},
 	} {
-		want := tc.wire + alpha.Seconds()
-		if tc.hit {
-			want += pen * tc.wire
-		}
+		want := tc.wire + tc.extra + alpha.Seconds()
 		res, err := run(tc.topo, tc.progs, pen)
 		if err != nil {
 			t.Fatal(err)

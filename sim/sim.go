@@ -131,15 +131,17 @@ type Options struct {
 	// needs Transport and is not aggregated (Run simulates every rank and
 	// says why in Result.NotAggregated).
 	MessageCPU bool
-	// LossPenalty models the time TCP spends recovering from drops when a
-	// flow fills a bottleneck that its sender does not pace: a flow whose
-	// last link (the receiver's downlink) is slower than its first (the
-	// sender's uplink), or that shares that last link with another flow
-	// when it starts or ends (fan-in), arrives LossPenalty times its
-	// transfer time later. The flow model has no queues and no loss, so
+	// LossPenalty models the retransmissions of TCP when a flow fills a
+	// bottleneck that its sender does not pace and the queue there drops:
+	// a flow whose last link (the receiver's downlink) is slower than its
+	// first (the sender's uplink), or which starts while another flow
+	// crosses that last link (fan-in), carries 1+LossPenalty times its
+	// bytes over its links (Result.Links counts them; Result.Bytes and the
+	// message do not). The flow model has no queues and no loss, so
 	// without it such flows are as fast as paced ones; it is fitted on a
-	// real network (docs/simulator.md). Zero, the default, leaves it out;
-	// runs with it are not aggregated.
+	// real network (docs/simulator.md). Of flows that start onto one
+	// downlink at the same instant, the first is not counted as fan-in.
+	// Zero, the default, leaves it out; runs with it are not aggregated.
 	LossPenalty float64
 	// Aggregate selects the aggregated mode: one representative rank
 	// simulated per group of equivalent ranks (see Aggregate for what it
@@ -413,8 +415,6 @@ type driver struct {
 	shareOf   []int32      // per node: its processor-sharing group in shares, or -1 (its ranks have a core each)
 	shares    []share
 	shareScr  [2][]int32 // scratch of setupSharing
-	lossT0    []float64  // Options.LossPenalty: per flow id, its start
-	lossHit   []bool     // Options.LossPenalty: per flow id, unpaced at its start
 	slots     int        // machines per collective: world, or the groups of an aggregated run
 	agg       *aggPlan   // the aggregated run's plan, or nil
 	as        aggState
@@ -1054,12 +1054,13 @@ func (d *driver) hopCodec(ms *machine, buf allreduce.Buf) bool {
 }
 
 func (d *driver) startFlow(m *msgInfo) {
-	id := d.net.add(d.now, &m.links, int(m.n), m.size)
+	wire := m.size
+	if d.opts.LossPenalty > 0 && m.n > 0 && d.unpaced(&m.links, m.n) {
+		wire *= 1 + d.opts.LossPenalty
+	}
+	id := d.net.add(d.now, &m.links, int(m.n), wire)
 	f := &d.net.flows[id]
 	f.g, f.op, f.dg, f.dop, f.lat = m.g, m.op, m.dg, m.dop, m.lat
-	if d.opts.LossPenalty > 0 {
-		d.lossStart(id)
-	}
 	if d.cpuMsg && d.msgCost.PerByte > 0 && m.size > 0 {
 		// The receiver copies the bytes as they arrive.
 		dm := &d.ms[m.dg]
@@ -1123,9 +1124,6 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 		return d.aggFlowEnd(id)
 	}
 	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
-	if d.opts.LossPenalty > 0 {
-		lat += d.lossDelay(id)
-	}
 	var rc uint32 // with MessageCPU: the receive's per-message cost, float32 bits
 	if d.cpuMsg {
 		rc = math.Float32bits(float32(d.msgCost.Overhead / 2 / d.speed(&d.ms[dg])))

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -53,12 +54,16 @@ type validateOptions struct {
 	Latency     time.Duration
 	Out         string
 	CaseTimeout time.Duration
+	LossPenalty float64
+	// Resimulate is the --out directory of an earlier run whose real
+	// measurements are simulated again (no bed, no root).
+	Resimulate string
 }
 
 func defaultValidateOptions() validateOptions {
 	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", MsgCost: "probe", MsgModel: "cpu", ProbeSteps: 60,
 		BenchTime: 300 * time.Millisecond, Cores: runtime.NumCPU(), Goodput: tcpGoodput, Latency: 30 * time.Microsecond,
-		CaseTimeout: 15 * time.Minute}
+		CaseTimeout: 15 * time.Minute, LossPenalty: defaultLossPenalty}
 }
 
 // tcpGoodput is the share of a shaped link's rate that carries a TCP
@@ -68,6 +73,12 @@ func defaultValidateOptions() validateOptions {
 // message bytes, so the topology that validate writes gives each link this
 // share of its shaped rate.
 const tcpGoodput = 1448.0 / 1514.0
+
+// defaultLossPenalty is validate's sim.Options.LossPenalty: the share of
+// bytes that TCP resent when a 10 Mbit/s sender filled a 2.5 Mbit/s
+// receiver's shaped queue, fitted on the one case dense-ring-4slow-10M
+// (docs/simulator.md, "Validation against real links").
+const defaultLossPenalty = 0.11
 
 // valCase is one validation case: hosts with shaped links, a dense
 // all-reduce algorithm and a method.
@@ -233,6 +244,9 @@ func (o validateOptions) validate() error {
 	if o.Latency < 0 {
 		return fmt.Errorf("--latency %v: want a non-negative duration", o.Latency)
 	}
+	if !(o.LossPenalty >= 0) || math.IsInf(o.LossPenalty, 0) {
+		return fmt.Errorf("--loss-penalty %g: want a finite non-negative share", o.LossPenalty)
+	}
 	if o.BenchTime <= 0 || o.CaseTimeout <= 0 {
 		return errors.New("--bench-time and --case-timeout must be positive")
 	}
@@ -268,6 +282,8 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.DurationVar(&o.Latency, "latency", o.Latency, "one-way latency between two hosts in the simulated topology (the bed's veth and bridge)")
 	fs.StringVar(&o.Out, "out", o.Out, "directory for the cases' topologies, the workers' steps.csv, the calibration and validate.csv (default: a temporary directory, removed)")
 	fs.DurationVar(&o.CaseTimeout, "case-timeout", o.CaseTimeout, "time limit of one case's real jobs")
+	fs.Float64Var(&o.LossPenalty, "loss-penalty", o.LossPenalty, "the simulator's loss-recovery penalty (sim.Options.LossPenalty): a flow into a slower receiver or a shared downlink arrives this share of its transfer time later (0: none)")
+	fs.StringVar(&o.Resimulate, "resimulate", o.Resimulate, "the --out directory of an earlier run: simulate its cases again against the real step times it measured (no test bed, no root; its calibration.json unless --calibration)")
 	setUsage(fs, stdout, "Usage: slimgrad validate [--quick | --cases LIST] [flags]\n\n"+
 		"Checks the simulator against real links (needs root: it builds network namespaces\n"+
 		"with tc-shaped links, see package testbed). For each case it runs one `slimgrad worker`\n"+
@@ -365,8 +381,10 @@ const (
 // results of the cases it ran (also those that failed, with Err set) and an
 // error when it could not start or some case failed.
 func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Writer) ([]caseResult, error) {
-	if err := testbed.Supported(); err != nil {
-		return nil, fmt.Errorf("validate runs real workers in network namespaces: %w (run it as root on Linux with ip and tc)", err)
+	if o.Resimulate == "" {
+		if err := testbed.Supported(); err != nil {
+			return nil, fmt.Errorf("validate runs real workers in network namespaces: %w (run it as root on Linux with ip and tc)", err)
+		}
 	}
 	cases, err := o.selectCases()
 	if err != nil {
@@ -377,7 +395,12 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		return nil, err
 	}
 	env.dir = o.Out
-	if env.dir == "" {
+	if o.Resimulate != "" {
+		env.dir = o.Resimulate
+		if o.Calibration == "" {
+			o.Calibration = filepath.Join(o.Resimulate, "calibration.json")
+		}
+	} else if env.dir == "" {
 		if env.dir, err = os.MkdirTemp("", "slimgrad-validate-"); err != nil {
 			return nil, err
 		}
@@ -406,31 +429,60 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		len(cases), o.Workload, o.Steps, o.Steps-o.Skip-1, o.Batch, o.Transport, o.Cores)
 	fmt.Fprintf(stdout, "calibration %s: %s message cost %s + %.2f ns/byte (between two ranks of one process)\n", calPath,
 		o.Transport, fmtDuration(seconds(mc.Overhead)), mc.PerByte*1e9)
-	env.local = localCost{grad: calib.Grad[o.Workload] * float64(o.Batch), step: calib.Grad[o.Workload]*float64(o.Batch) + calib.Local[o.Workload]}
+	env.local = localCost{Grad: calib.Grad[o.Workload] * float64(o.Batch), Step: calib.Grad[o.Workload]*float64(o.Batch) + calib.Local[o.Workload]}
+	// The local compute measured by the run (--resimulate: by the earlier
+	// run, if it saved it).
+	saved, haveSaved := valLocal{}, false
+	if o.Resimulate != "" {
+		if b, err := os.ReadFile(filepath.Join(env.dir, "local.json")); err == nil {
+			if err := json.Unmarshal(b, &saved); err != nil {
+				return nil, fmt.Errorf("%s: %w", filepath.Join(env.dir, "local.json"), err)
+			}
+			haveSaved = true
+		} else {
+			fmt.Fprintf(stderr, "slimgrad validate: warning: %s has no local.json: measuring the local compute now\n", env.dir)
+		}
+	}
 	if o.Grad == "data" {
-		l, err := o.measureLocal(ctx, env.task, valMethods["dense"].Optim)
+		l, err := saved.Job, error(nil)
+		if !haveSaved {
+			l, err = o.measureLocal(ctx, env.task, valMethods["dense"].Optim)
+		}
 		if err != nil {
 			return nil, err
 		}
 		fmt.Fprintf(stdout, "local compute of a worker on %s's training data, alone: gradient %s, with the optimizer and finite check %s per step of %d (bench's: %s and %s)\n",
-			o.Workload, fmtDuration(seconds(l.grad)), fmtDuration(seconds(l.step)), o.Batch, fmtDuration(seconds(env.local.grad)), fmtDuration(seconds(env.local.step)))
+			o.Workload, fmtDuration(seconds(l.Grad)), fmtDuration(seconds(l.Step)), o.Batch, fmtDuration(seconds(env.local.Grad)), fmtDuration(seconds(env.local.Step)))
 		env.local = l
 	}
-	if !(env.local.grad > 0) {
+	if !(env.local.Grad > 0) {
 		return nil, fmt.Errorf("calibration %s has no gradient time of workload %q (run slimgrad bench --workloads %s, or use --grad data)", calPath, o.Workload, o.Workload)
 	}
 	if o.MsgCost == "probe" {
 		if env.probe, err = train.LoadTask(probeWorkload, "", o.Seed); err != nil {
 			return nil, err
 		}
-		l, err := o.measureLocal(ctx, env.probe, valMethods[probeMethod].Optim)
+		l, err := saved.Probe, error(nil)
+		if !haveSaved {
+			l, err = o.measureLocal(ctx, env.probe, valMethods[probeMethod].Optim)
+		}
 		if err != nil {
 			return nil, err
 		}
 		env.probeLocal = l
 	}
-	fmt.Fprintf(stdout, "simulated: local compute %s per step on a core (--grad %s), the workers on one host of %d cores (processor sharing), message cost %s, charged as %s\n\n",
-		fmtDuration(seconds(env.local.step)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost], o.MsgModel)
+	if o.Resimulate == "" {
+		b, _ := json.Marshal(valLocal{Job: env.local, Probe: env.probeLocal})
+		if err := os.WriteFile(filepath.Join(env.dir, "local.json"), b, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	fmt.Fprintf(stdout, "simulated: local compute %s per step on a core (--grad %s), the workers on one host of %d cores (processor sharing), message cost %s, charged as %s, loss penalty %g\n",
+		fmtDuration(seconds(env.local.Step)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost], o.MsgModel, o.LossPenalty)
+	if o.Resimulate != "" {
+		fmt.Fprintf(stdout, "resimulating the real step times measured in %s (same --steps, --skip and --probe-steps as that run; load not measured)\n", o.Resimulate)
+	}
+	fmt.Fprintln(stdout)
 	start := time.Now()
 	var results []caseResult
 	var failed int
@@ -501,7 +553,17 @@ func valCodecs(cases []valCase) []string {
 
 // localCost is a worker's compute per step outside its collectives, in
 // seconds: the gradient (forward and backward) and the whole local step.
-type localCost struct{ grad, step float64 }
+type localCost struct {
+	Grad float64 `json:"grad_s"`
+	Step float64 `json:"step_s"`
+}
+
+// valLocal is what a run saves in OUT/local.json for --resimulate: the
+// local compute it simulated, of the job's workload and of the probe's.
+type valLocal struct {
+	Job   localCost `json:"job"`
+	Probe localCost `json:"probe"`
+}
 
 // measureLocal measures for at least --bench-time, in one goroutine, what a
 // worker with the optimizer recipe optimRecipe does per step outside its
@@ -555,7 +617,7 @@ func (o validateOptions) measureLocal(ctx context.Context, task train.Task, opti
 		grads = append(grads, tg.Seconds())
 		steps = append(steps, time.Since(t0).Seconds())
 	}
-	return localCost{grad: median(grads), step: median(steps)}, nil
+	return localCost{Grad: median(grads), Step: median(steps)}, nil
 }
 
 // unitVectors returns the parameters and the workspace's gradients of m as
@@ -602,17 +664,26 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 	}
 	rctx, cancel := context.WithTimeout(ctx, o.CaseTimeout)
 	defer cancel()
-	bed, err := o.newBed(rctx, c, env.exe)
-	if err != nil {
-		res.Err = fmt.Errorf("test bed: %w", err)
-		return res
+	var bed *testBed
+	run := func(j valJob) (*realRun, error) {
+		if bed == nil {
+			return o.loadJob(j, filepath.Join(dir, j.name))
+		}
+		return o.runJob(rctx, bed, j, filepath.Join(dir, j.name))
 	}
-	defer bed.close()
+	if o.Resimulate == "" {
+		var err error
+		if bed, err = o.newBed(rctx, c, env.exe); err != nil {
+			res.Err = fmt.Errorf("test bed: %w", err)
+			return res
+		}
+		defer bed.close()
+	}
 	calib := env.calib
 	if o.MsgCost == "probe" {
 		j := valJob{name: "probe", workload: probeWorkload, task: env.probe, method: valMethods[probeMethod], algorithm: probeAlg,
 			steps: o.ProbeSteps, local: env.probeLocal}
-		real, err := o.runJob(rctx, bed, j, filepath.Join(dir, j.name))
+		real, err := run(j)
 		if err != nil {
 			res.Err = fmt.Errorf("probe job: %w", err)
 			return res
@@ -624,9 +695,14 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 		res.MsgCost = seconds(calib.Messages[o.Transport].Overhead)
 	}
 	j := valJob{name: "job", workload: o.Workload, task: env.task, method: valMethods[c.Method], algorithm: c.Algorithm, steps: o.Steps, local: env.local}
-	real, err := o.runJob(rctx, bed, j, filepath.Join(dir, j.name))
+	real, err := run(j)
 	res.Load = loadAverage()
-	bed.close()
+	if bed == nil {
+		res.Load = math.NaN() // not measured now
+	}
+	if bed != nil {
+		bed.close()
+	}
 	if err != nil {
 		res.Err = fmt.Errorf("real job: %w", err)
 		return res
@@ -836,6 +912,33 @@ func (o validateOptions) runJob(ctx context.Context, b *testBed, j valJob, dir s
 	return run, nil
 }
 
+// loadJob reads what an earlier run of j measured in dir (--resimulate):
+// the placement of its ranks from the topology it wrote (node r is named
+// after rank r's host) and rank 0's steps.csv.
+func (o validateOptions) loadJob(j valJob, dir string) (*realRun, error) {
+	topo, err := sim.LoadTopology(filepath.Join(dir, "topology.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("the earlier run's placement: %w", err)
+	}
+	run := &realRun{hostOf: make([]int, len(topo.Nodes))}
+	for r, n := range topo.Nodes {
+		h, err := strconv.Atoi(strings.TrimPrefix(n.Name, "h"))
+		if err != nil || !strings.HasPrefix(n.Name, "h") {
+			return nil, fmt.Errorf("%s: node %d is %q, not a host h0, h1, ...", dir, r, n.Name)
+		}
+		run.hostOf[r] = h
+	}
+	f, err := os.Open(filepath.Join(dir, fmt.Sprintf("h%d", run.hostOf[0]), "steps.csv"))
+	if err != nil {
+		return nil, fmt.Errorf("rank 0's records: %w", err)
+	}
+	defer f.Close()
+	if run.wall, run.compute, err = o.readSteps(j, f); err != nil {
+		return nil, fmt.Errorf("rank 0's %s: %w", f.Name(), err)
+	}
+	return run, nil
+}
+
 // startBedServer starts `slimgrad server` (no auth, no relay: a closed
 // bed) on h and returns its NATS URL once it serves, and a function that
 // stops it.
@@ -951,13 +1054,14 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 		return nil, err
 	}
 	cfg := train.SimConfig{
-		Topology:     topo,
-		Options:      &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel == "cpu"},
+		Topology: topo,
+		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel == "cpu",
+			LossPenalty: o.LossPenalty},
 		Dense:        alg,
 		GradFLOP:     train.TrainFLOPs(j.task.Model) * float64(o.Batch),
 		FLOPS:        train.DefaultFLOPS,
-		GradSeconds:  j.local.grad,
-		LocalSeconds: max(0, j.local.step-j.local.grad),
+		GradSeconds:  j.local.Grad,
+		LocalSeconds: max(0, j.local.Step-j.local.Grad),
 	}
 	ex, err := train.NewSim(ctx, n, train.Units(j.task.Model, spec.Flat), plan, cfg)
 	if err != nil {

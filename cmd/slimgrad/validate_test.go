@@ -77,6 +77,21 @@ func TestValidateBed(t *testing.T) {
 	if len(rows) != 3 || rows[1][0] != "dense-ring-4hom-10M" || rows[2][len(rows[2])-1] != "" {
 		t.Errorf("validate.csv: %q", rows)
 	}
+	// --resimulate: the same real step times, simulated again without a bed
+	// (here with the loss penalty off, which changes nothing on these
+	// homogeneous rings, and the message cost as latency).
+	o2 := o
+	o2.Resimulate, o2.Out, o2.LossPenalty, o2.MsgModel = o.Out, "", 0, "latency"
+	stdout.Reset()
+	rs2, err := runValidate(t.Context(), o2, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("--resimulate: %v\n%s", err, stdout.String())
+	}
+	for i, r := range rs2 {
+		if r.RealMedian != rs[i].RealMedian || r.Steps != rs[i].Steps || !(r.Sim > 0) {
+			t.Errorf("--resimulate %s: real %v over %d steps, simulated %v; the run measured %v over %d", r.Case.Name, r.RealMedian, r.Steps, r.Sim, rs[i].RealMedian, rs[i].Steps)
+		}
+	}
 }
 
 // TestValidateCases: the case grid (4 and 8 hosts, ring and tree,
