@@ -117,6 +117,16 @@ func TestMessageCPU(t *testing.T) {
 			t.Errorf("ring p=%d: %.6g s, want %.6g s", p, res.Time, want)
 		}
 	}
+	// Wait is latency: a fan-out pays it once, not once per message.
+	waitCal := &Calibration{Messages: map[string]MessageCost{"tcp": {Overhead: o, PerByte: beta, Wait: 5e-3}}}
+	res, err := Run(ctx, topo, []Collective{{Name: "fan", Programs: fanPrograms(k, size, true)}},
+		&Options{FreeCompute: true, Calibration: waitCal, Transport: "tcp", MessageCPU: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := k*c/2 + wire + alpha.Seconds() + 5e-3 + c/2; math.Abs(res.Time-want) > 1e-4*want {
+		t.Errorf("fan-out with a 5 ms wait: %.6g s, want %.6g s", res.Time, want)
+	}
 	// MessageCPU without a transport is an error.
 	if _, err := Run(ctx, topo, []Collective{{Name: "fan", Programs: fanPrograms(k, size, true)}}, &Options{Calibration: cal, MessageCPU: true}); err == nil || !strings.Contains(err.Error(), "Transport") {
 		t.Errorf("MessageCPU without Transport: %v, want an error", err)

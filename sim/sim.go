@@ -125,11 +125,11 @@ type Options struct {
 	// byte) before the message leaves; the receiver pays its per-byte half
 	// while the bytes are on the wire (from the flow's start: it copies
 	// them as they come) and its per-message half when the message has
-	// arrived, before the Recv completes. On an idle fast link a message
-	// pays the whole cost, as with latency; on a slow one the receiver's
-	// copying hides behind the wire; messages of one rank serialize. It
-	// needs Transport and is not aggregated (Run simulates every rank and
-	// says why in Result.NotAggregated).
+	// arrived, before the Recv completes; MessageCost.Wait is latency. On
+	// an idle fast link a message pays the whole cost, as with latency; on
+	// a slow one the receiver's copying hides behind the wire; messages of
+	// one rank serialize. It needs Transport and is not aggregated (Run
+	// simulates every rank and says why in Result.NotAggregated).
 	MessageCPU bool
 	// LossPenalty models the retransmissions of TCP when a flow fills a
 	// bottleneck that its sender does not pace and the queue there drops:
@@ -995,7 +995,8 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	}
 	var extra float64
 	if d.cpuMsg {
-		extra = d.msgCost.Message(size) / 2 / d.speed(ms)
+		extra = (d.msgCost.Overhead + float64(size)*d.msgCost.PerByte) / 2 / d.speed(ms)
+		lat += d.msgCost.Wait
 	} else {
 		lat += d.msgCost.Message(size)
 	}

@@ -338,8 +338,9 @@ type caseResult struct {
 	SimComm       float64
 	// Speed is the simulated compute speed of a worker when all of a
 	// case's workers compute at once (cores/N, at most 1), MsgCost the
-	// simulated software cost per message (fitted by the probe, or
-	// bench's).
+	// simulated per-message cost that the probe fits (--message-model cpu:
+	// the wait on top of bench's CPU cost; latency: the whole overhead),
+	// or bench's overhead.
 	Speed   float64
 	MsgCost time.Duration
 	// RealMedian and RealMean are rank 0's wall time per step; RealGrad is
@@ -693,6 +694,9 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 			return res
 		}
 		res.MsgCost = seconds(calib.Messages[o.Transport].Overhead)
+		if o.MsgModel == "cpu" {
+			res.MsgCost = seconds(calib.Messages[o.Transport].Wait)
+		}
 	}
 	j := valJob{name: "job", workload: o.Workload, task: env.task, method: valMethods[c.Method], algorithm: c.Algorithm, steps: o.Steps, local: env.local}
 	real, err := run(j)
@@ -733,9 +737,11 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 	return res
 }
 
-// fitMessageCost returns calib with the transport's per-message overhead
-// set so that the simulated probe job j (on the topology of its real run)
-// takes the median step time that it took for real. The simulated step of
+// fitMessageCost returns calib with the transport's per-message cost set
+// so that the simulated probe job j (on the topology of its real run)
+// takes the median step time that it took for real: with --message-model
+// cpu its wait (latency beyond bench's CPU cost: the worker processes are
+// descheduled between messages), with latency its overhead. The simulated step of
 // a chain of small messages is about linear in that overhead: a first
 // simulation at 0 and 1 ms gives the line, a third checks it, and one more
 // secant step corrects a bend (a new critical path). The per-byte cost is
@@ -746,7 +752,11 @@ func (o validateOptions) fitMessageCost(ctx context.Context, c valCase, j valJob
 		cal := *calib
 		cal.Messages = maps.Clone(calib.Messages)
 		mc := cal.Messages[o.Transport]
-		mc.Overhead = ov
+		if o.MsgModel == "cpu" {
+			mc.Wait = ov
+		} else {
+			mc.Overhead = ov
+		}
 		cal.Messages[o.Transport] = mc
 		recs, err := o.simulate(ctx, c, j, real.hostOf, &cal, dir)
 		if err != nil {
