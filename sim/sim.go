@@ -322,7 +322,7 @@ type qent struct {
 	g, op int32
 	dur   float64 // measured duration (Options.LiveCompute), or -1
 	extra float64 // seconds of message software cost on top (Options.MessageCPU)
-	job   uint8   // jobOp, jobEncode, jobDecode, jobArrive
+	job   uint8   // jobOp, jobEncode, jobDecode, jobArrive, jobCopy
 	x     int32   // jobEncode: the parked message (index into driver.pend)
 }
 
