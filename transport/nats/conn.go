@@ -180,10 +180,11 @@ type peer struct {
 
 	// Authentication (Config.Key): mac signs this rank's data to the peer
 	// (under sendMu); vData, vCtl and vHB verify the peer's data, control
-	// frames and hellos, each used by its handler goroutine only.
-	mac              *macer
-	vData, vCtl, vHB *macer
-	hbSeq, ctlSeqIn  uint64 // last sequence numbers accepted (vHB's, vCtl's goroutine)
+	// frames and hellos, and vGone this rank's own gone markers on the
+	// data subject from the peer, each used by its handler goroutine only.
+	mac                     *macer
+	vData, vCtl, vHB, vGone *macer
+	hbSeq, ctlSeqIn         uint64 // last sequence numbers accepted (vHB's, vCtl's goroutine)
 	// cid is the peer's client ID on this rank's server, from its hellos
 	// (0: unknown, or it is connected to another server of a cluster).
 	cid atomic.Uint64
@@ -225,14 +226,12 @@ type Conn struct {
 
 	// Authentication (Config.Key; tagLen is 0 without one). ctlMu orders
 	// the control frames and hellos this rank publishes with their
-	// sequence numbers (ctlSeq), signed by ctlMac; vGone verifies this
-	// rank's own gone markers (data handler goroutine).
+	// sequence numbers (ctlSeq), signed by ctlMac.
 	tagLen                    int
 	ctlMu                     sync.Mutex
 	ctlSeq                    uint64
 	ctlBuf                    [transport.FrameHeaderLen + helloFixed + maxHelloServerID + macLen]byte // publishCtl's frame
 	ctlMac                    *macer
-	vGone                     *macer
 	log                       *slog.Logger
 	forged, replayed, ignored dropCounter
 
@@ -369,15 +368,16 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	}
 	c.forged.what, c.replayed.what, c.ignored.what = "forged", "replayed", "ignored"
 	c.log = cfg.Logger
+	base := cfg.SubjectPrefix + "." + job + "."
 	if cfg.Key != nil {
 		c.tagLen = macLen
-		c.ctlMac = newMacer(cfg.Key, job, rank)
-		c.vGone = newMacer(cfg.Key, job, rank)
+		c.ctlMac = newMacer(cfg.Key, base, rank, -1)
 		for p := range size {
 			if p != rank {
 				pp := &c.peers[p]
-				pp.mac = newMacer(cfg.Key, job, rank)
-				pp.vData, pp.vCtl, pp.vHB = newMacer(cfg.Key, job, p), newMacer(cfg.Key, job, p), newMacer(cfg.Key, job, p)
+				pp.mac = newMacer(cfg.Key, base, rank, p)
+				pp.vGone = newMacer(cfg.Key, base, rank, -1)
+				pp.vData, pp.vCtl, pp.vHB = newMacer(cfg.Key, base, p, rank), newMacer(cfg.Key, base, p, -1), newMacer(cfg.Key, base, p, -1)
 			}
 		}
 	}
@@ -387,7 +387,6 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		c.instance = binary.LittleEndian.Uint64(b[:])
 	}
 	c.stats = counters.New(size)
-	base := cfg.SubjectPrefix + "." + job + "."
 	for p := range size {
 		if p == rank {
 			continue
@@ -796,7 +795,7 @@ func (c *Conn) onData(m *natsgo.Msg) {
 		var frame []byte
 		switch p := &c.peers[src]; {
 		case len(data) > 3 && data[3] == flagGone:
-			frame, ok = c.vGone.verify(c.instance, m.Subject, data)
+			frame, ok = p.vGone.verify(c.instance, m.Subject, data)
 		case p.instance.Load() != 0:
 			// Cheap checks first, so that a forged, truncated or
 			// replayed chunk costs no pass over its bytes.
