@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
+	"hash"
 	"log/slog"
 	"math/bits"
 	"strconv"
@@ -30,7 +31,16 @@ import (
 // subject from r to d); every other frame (hello, credit, ack, abort,
 // goodbye, gone marker) uses stream ctlStream and the sender's control
 // sequence (the frame header's tag field), and its tag covers
-// subject || 0 || frame. A receiver drops (and counts, and logs) a message
+// subject || 0 || frame. Hellos and acknowledgements, which announce an
+// instance before anyone knows it, are the exception: their tag is
+//
+//	HMAC-SHA256(K_r, instance || subject || 0 || frame)[:macLen]
+//	K_r = HMAC-SHA256(Key, "slimgrad/nats/v2/hello" || 0 || base || 0 || r)
+//
+// under a key of the rank, so that refusing a forged hello that claims a
+// new instance costs one short HMAC and never the derivation of a key
+// (instanceKey is derived only for instances whose hello verified, or
+// this process's own). A receiver drops (and counts, and logs) a message
 // whose tag does not verify: without the key nobody can make a rank accept
 // a frame, and a frame of one job, rank, process, link or subject is never
 // valid in another. Replays are caught by the sequence numbers: data
@@ -65,6 +75,20 @@ func instanceKey(key []byte, base string, rank int, inst uint64) cipher.AEAD {
 	return g
 }
 
+// rankKey derives K_r, the key of rank's hellos and acknowledgements.
+func rankKey(key []byte, base string, rank int) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("slimgrad/nats/v2/hello\x00"))
+	m.Write([]byte(base))
+	m.Write([]byte{0})
+	m.Write(strconv.AppendInt(nil, int64(rank), 10))
+	return m.Sum(nil)
+}
+
+// announces reports whether a frame with flags is a hello or an
+// acknowledgement (tagged under the rank's key).
+func announces(flags uint8) bool { return flags&flagHello != 0 || flags == flagAck }
+
 // macer computes the tags of one rank's processes, for the frames of one
 // subscription (or publisher): data chunks on a data subject towards rank
 // dst, or (dst < 0) control frames only. It keeps the keys of two
@@ -80,6 +104,8 @@ type macer struct {
 
 	inst  [2]uint64
 	aead  [2]cipher.AEAD
+	rk    hash.Hash // HMAC under K_r, made on first use
+	rsum  [sha256.Size]byte
 	aad   []byte
 	nonce [12]byte // a field: a local would escape through cipher.AEAD
 	out   [macLen]byte
@@ -104,7 +130,26 @@ func (m *macer) slot(inst uint64) int {
 // sum returns the tag of frame sent by instance inst on subj (valid until
 // the next call), or nil if frame is a control frame too long to be one.
 func (m *macer) sum(inst uint64, subj string, frame []byte) []byte {
+	if len(frame) > 3 && announces(frame[3]) {
+		return m.announceTag(inst, subj, frame)
+	}
 	return m.tag(m.slot(inst), subj, frame)
+}
+
+// announceTag is the tag of a hello or acknowledgement.
+func (m *macer) announceTag(inst uint64, subj string, frame []byte) []byte {
+	if len(frame) > maxCtlFrame {
+		return nil
+	}
+	if m.rk == nil {
+		m.rk = hmac.New(sha256.New, rankKey(m.key, m.base, m.rank))
+	}
+	m.aad = binary.LittleEndian.AppendUint64(m.aad[:0], inst)
+	m.aad = append(append(append(m.aad, subj...), 0), frame...)
+	m.rk.Reset()
+	m.rk.Write(m.aad)
+	copy(m.out[:], m.rk.Sum(m.rsum[:0]))
+	return m.out[:]
 }
 
 func (m *macer) tag(slot int, subj string, frame []byte) []byte {
@@ -132,6 +177,10 @@ func (m *macer) verify(inst uint64, subj string, msg []byte) ([]byte, bool) {
 		return nil, false
 	}
 	frame, tag := msg[:len(msg)-macLen], msg[len(msg)-macLen:]
+	if len(frame) > 3 && announces(frame[3]) {
+		want := m.announceTag(inst, subj, frame)
+		return frame, want != nil && subtle.ConstantTimeCompare(want, tag) == 1
+	}
 	i := m.slot(inst)
 	want := m.tag(i, subj, frame)
 	if want == nil || subtle.ConstantTimeCompare(want, tag) != 1 {

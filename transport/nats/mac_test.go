@@ -58,6 +58,28 @@ func TestMacBinding(t *testing.T) {
 			t.Fatalf("byte %d of a data chunk flipped: still verified", i)
 		}
 	}
+	// Hellos: under the rank's key, bound to the instance they announce;
+	// refusing one that claims another instance derives no key.
+	hpl := binary.LittleEndian.AppendUint64(nil, inst)
+	hpl = binary.LittleEndian.AppendUint32(hpl, 3)
+	hello := transport.AppendFrame(nil, flagHello|flagProto2, 5, binary.LittleEndian.AppendUint64(hpl, 0))
+	const hsub = "slimgrad.j.h.0"
+	hmsg := sign(newMacer(key, base, 0, -1), hsub, hello)
+	vh := newMacer(key, base, 0, -1)
+	if _, ok := vh.verify(inst, hsub, hmsg); !ok {
+		t.Error("a hello did not verify")
+	}
+	for i := range uint64(100) {
+		if _, ok := vh.verify(inst+1+i, hsub, hmsg); ok {
+			t.Fatal("a hello verified for another instance")
+		}
+	}
+	if _, ok := newMacer(key, base, 1, -1).verify(inst, "slimgrad.j.h.1", hmsg); ok {
+		t.Error("a hello verified as another rank's")
+	}
+	if vh.aead[0] != nil || vh.aead[1] != nil {
+		t.Error("verifying hellos derived instance keys")
+	}
 	a := newMacer(key, base, 0, 2).sum(inst, dsub, data)
 	b := newMacer(key, base, 0, 2).sum(inst+1, dsub, data)
 	if string(a) == string(b) {
@@ -95,5 +117,17 @@ func BenchmarkMac(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		m.sum(9, "x", frame)
+	}
+}
+
+// BenchmarkInstanceKey: deriving the key of an instance not seen before
+// (what a hello claiming a new instance costs before it is refused).
+func BenchmarkInstanceKey(b *testing.B) {
+	key := []byte("a-job-key-of-sixteen-plus")
+	b.ReportAllocs()
+	var i uint64
+	for b.Loop() {
+		i++
+		instanceKey(key, "slimgrad.j.", 3, i)
 	}
 }
