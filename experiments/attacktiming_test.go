@@ -369,10 +369,12 @@ var attacks = []struct {
 		rng := rand.New(rand.NewPCG(2, 2))
 		pl := make([]byte, 64<<10)
 		every(ctx, time.Millisecond, func() {
-			// One forged chunk per millisecond, to a rotating link; it
-			// claims the first chunk of a 1 MiB message.
+			// One forged chunk per millisecond, to a random link; it
+			// claims the first chunk of a 1 MiB message, with a sequence
+			// number the link has not reached (so that no check short of
+			// the tag refuses it).
 			dst, src := rng.IntN(e.n), rng.IntN(e.n)
-			binary.LittleEndian.PutUint64(pl, rng.Uint64N(64))
+			binary.LittleEndian.PutUint64(pl, 1<<40+rng.Uint64N(1<<20))
 			binary.LittleEndian.PutUint64(pl[8:], 1<<20)
 			e.nc.Publish(e.subj(fmt.Sprintf("d.%d.%d", dst, src)), forgedFrame(rng, 1, 1, pl))
 		})
