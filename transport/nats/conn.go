@@ -610,6 +610,10 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 // each peer, not heartbeats or the NATS protocol itself.
 func (c *Conn) Stats() transport.Stats { return c.stats.Snapshot() }
 
+// ReadStats writes Stats into dst, reusing its slices
+// (transport.StatsReader).
+func (c *Conn) ReadStats(dst *transport.Stats) { c.stats.SnapshotTo(dst) }
+
 // Close says goodbye to the peers (who then see this rank as dead), stops
 // every goroutine, drops queued messages and closes the NATS connection if
 // Dial opened it. Waiting and later calls return transport.ErrClosed. Close
