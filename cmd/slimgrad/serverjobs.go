@@ -139,7 +139,9 @@ func jobUsers(dir string, jobs []serverJob) ([]natsserver.User, error) {
 			}
 			u.Publish, u.Subscribe = rankPermissions(j.ID, r)
 			for f := 1; f < j.Fragments; f++ {
-				pub, sub := tnats.Permissions(fragmentJob(j.ID, f), r)
+				// The fragment's connection: NATS subjects, or (libp2p)
+				// its rendezvous, relay questions and reply inbox.
+				pub, sub := rankPermissions(fragmentJob(j.ID, f), r)
 				u.Publish, u.Subscribe = append(u.Publish, pub...), append(u.Subscribe, sub...)
 			}
 			users = append(users, u)

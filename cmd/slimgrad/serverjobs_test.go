@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/slimgrad/slimgrad/transport"
 	tnats "github.com/slimgrad/slimgrad/transport/nats"
+	"github.com/slimgrad/slimgrad/transport/rendezvous"
 )
 
 // startServerCmd runs `slimgrad server args...` until ctx ends and returns
@@ -308,5 +310,38 @@ func TestServerJobsBadInput(t *testing.T) {
 	var errOut bytes.Buffer
 	if code := run(t.Context(), []string{"worker", "--world", "2", "--rank", "0", "--nats", "nats://127.0.0.1:1", "--job", "j", "--user-file", tok}, io.Discard, &errOut); code != 1 || !strings.Contains(errOut.String(), "--user-file") {
 		t.Errorf("worker with a bad --user-file: exit %d, stderr %q", code, errOut.String())
+	}
+}
+
+// TestJobUsersFragments: a rank's user of a job with fragments may use each
+// fragment's connection subjects: NATS's, and libp2p's rendezvous and
+// reply inbox under the fragment's job ID.
+func TestJobUsersFragments(t *testing.T) {
+	users, err := jobUsers(t.TempDir(), []serverJob{{ID: "jf", World: 2, Fragments: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(users) != 2 {
+		t.Fatalf("%d users for a world of 2", len(users))
+	}
+	for f := 1; f < 3; f++ {
+		fj := fragmentJob("jf", f)
+		rdv := rendezvous.DefaultOptions().SubjectPrefix + "." + fj
+		for r, u := range users {
+			pub, sub := rankPermissions(fj, r)
+			for _, s := range pub {
+				if !slices.Contains(u.Publish, s) {
+					t.Errorf("rank %d may not publish %s (fragment %d)", r, s, f)
+				}
+			}
+			for _, s := range sub {
+				if !slices.Contains(u.Subscribe, s) {
+					t.Errorf("rank %d may not subscribe to %s (fragment %d)", r, s, f)
+				}
+			}
+			if !slices.Contains(u.Publish, rdv) || !slices.Contains(u.Subscribe, jobInboxPrefix(fj)+".>") {
+				t.Errorf("rank %d: fragment %d's rendezvous or reply inbox missing", r, f)
+			}
+		}
 	}
 }
