@@ -8,6 +8,7 @@ const (
 	evStart                       // a collective may start: g = collective
 	evStartRank                   // one rank's part of a collective may start: g = machine
 	evArriveAll                   // aggregated: messages reached a representative: g = machine, x = its receives (aggBulk)
+	evTinyEnd                     // a tiny message (tinyMessageBytes) left its links: x = its msgInfo (driver.pend)
 )
 
 // event is one entry of the virtual-time queue; events are ordered by
@@ -28,11 +29,15 @@ func (a *event) less(b *event) bool {
 }
 
 // eventHeap is the virtual-time event queue, popping events in (t, seq)
-// order. Events are grouped by time: a 4-ary min-heap holds one entry per
-// distinct pending time, each pointing to a FIFO bucket of that time's
-// events in push (= seq) order. Lock-step collectives schedule thousands of
-// events at identical times, so most pushes append to the bucket of the
-// previous push and most pops take the next event of the current bucket.
+// order. Events are grouped in runs: consecutive pushes of the same time
+// go to one FIFO bucket (in push = seq order), and a 4-ary min-heap holds
+// one entry per bucket, ordered by (time, seq of its first event). Runs of
+// one time never interleave (a run's seqs are consecutive), so draining
+// buckets in that order pops events in (t, seq) order. Lock-step
+// collectives schedule thousands of events at identical times, so most
+// pushes append to the bucket of the previous push and most pops take the
+// next event of the current bucket; pushes of scattered times cost one heap
+// entry each, with no lookup.
 type eventHeap struct {
 	// plain makes it a 4-ary min-heap of single events (aggregated runs:
 	// few events share a time, and the grouping would cost a map access
@@ -41,8 +46,7 @@ type eventHeap struct {
 	ev      []event
 	seq     uint64
 	n       int
-	times   []tentry          // 4-ary min-heap by t; times are distinct
-	open    map[float64]int32 // t -> its bucket, for times in the heap
+	times   []tentry // 4-ary min-heap by (t, seq)
 	buckets [][]event
 	heads   []int32
 	free    []int32
@@ -51,8 +55,13 @@ type eventHeap struct {
 }
 
 type tentry struct {
-	t float64
-	b int32
+	t   float64
+	seq uint64 // of the bucket's first event
+	b   int32
+}
+
+func (a *tentry) less(b *tentry) bool {
+	return a.t < b.t || a.t == b.t && a.seq < b.seq
 }
 
 func (h *eventHeap) reset() {
@@ -61,7 +70,6 @@ func (h *eventHeap) reset() {
 		h.release(te.b)
 	}
 	h.times = h.times[:0]
-	clear(h.open)
 	h.seq, h.n, h.lastB = 0, 0, -1
 }
 
@@ -101,22 +109,16 @@ func (h *eventHeap) push(e event) {
 		h.buckets[h.lastB] = append(h.buckets[h.lastB], e)
 		return
 	}
-	if h.open == nil {
-		h.open = map[float64]int32{}
+	var b int32
+	if k := len(h.free); k > 0 {
+		b = h.free[k-1]
+		h.free = h.free[:k-1]
+	} else {
+		b = int32(len(h.buckets))
+		h.buckets = append(h.buckets, nil)
+		h.heads = append(h.heads, 0)
 	}
-	b, ok := h.open[e.t]
-	if !ok {
-		if k := len(h.free); k > 0 {
-			b = h.free[k-1]
-			h.free = h.free[:k-1]
-		} else {
-			b = int32(len(h.buckets))
-			h.buckets = append(h.buckets, nil)
-			h.heads = append(h.heads, 0)
-		}
-		h.open[e.t] = b
-		h.pushTime(tentry{e.t, b})
-	}
+	h.pushTime(tentry{e.t, e.seq, b})
 	h.buckets[b] = append(h.buckets[b], e)
 	h.lastT, h.lastB = e.t, b
 }
@@ -167,7 +169,6 @@ func (h *eventHeap) pop() event {
 	h.heads[b]++
 	h.n--
 	if int(h.heads[b]) == len(h.buckets[b]) {
-		delete(h.open, h.times[0].t)
 		h.popTime()
 		h.release(b)
 		if h.lastB == b {
@@ -183,7 +184,7 @@ func (h *eventHeap) pushTime(te tentry) {
 	i := len(s) - 1
 	for i > 0 {
 		p := (i - 1) / 4
-		if !(te.t < s[p].t) {
+		if !te.less(&s[p]) {
 			break
 		}
 		s[i] = s[p]
@@ -210,11 +211,11 @@ func (h *eventHeap) popTime() {
 		m := c
 		end := min(c+4, n)
 		for k := c + 1; k < end; k++ {
-			if s[k].t < s[m].t {
+			if s[k].less(&s[m]) {
 				m = k
 			}
 		}
-		if !(s[m].t < last.t) {
+		if !s[m].less(&last) {
 			break
 		}
 		s[i] = s[m]

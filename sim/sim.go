@@ -121,6 +121,13 @@ type Options struct {
 	// assumes and when Run refuses it). The zero value simulates every
 	// rank.
 	Aggregate Aggregate
+	// FlowTinyMessages makes messages of at most TinyMessageBytes flows of
+	// the max-min model like any other. By default such a message (a
+	// non-finite flag, a zero-length marker) does not enter the flow model:
+	// each link of its route carries it at full capacity, after the tiny
+	// messages queued on that link before it, and it neither slows nor is
+	// slowed by the flows (see TinyMessageBytes for the error this makes).
+	FlowTinyMessages bool
 	// AggregateDepth is how many hops in ring order the aggregated mode
 	// looks when it groups ranks; 0 means DefaultAggregateDepth. Deeper
 	// groups are smaller and closer to the per-message mode.
@@ -789,6 +796,8 @@ func (d *driver) loop(ctx context.Context) error {
 			err = d.computeEnd(ev.g, ev.op, ev.job, int32(ev.x))
 		case evArriveAll:
 			err = d.arriveAll(ev.g, ev.x)
+		case evTinyEnd:
+			err = d.tinyEnd(int32(ev.x))
 		}
 		if err != nil {
 			return err
@@ -1002,6 +1011,10 @@ func (d *driver) hopCodec(ms *machine, buf allreduce.Buf) bool {
 }
 
 func (d *driver) startFlow(m *msgInfo) {
+	if m.size <= TinyMessageBytes && !d.opts.FlowTinyMessages && d.agg == nil {
+		d.tiny(m)
+		return
+	}
 	id := d.net.add(d.now, &m.links, int(m.n), m.size)
 	f := &d.net.flows[id]
 	f.g, f.op, f.dg, f.dop, f.lat = m.g, m.op, m.dg, m.dop, m.lat
@@ -1054,6 +1067,48 @@ func (d *driver) connDone(rank, peer int32) {
 	}
 }
 
+// TinyMessageBytes is the size up to which a message is tiny: unless
+// Options.FlowTinyMessages, it is not a flow of the max-min model but
+// crosses each link of its route at the link's full capacity, one tiny
+// message after another (each link keeps the time its tiny messages
+// occupy it until), and arrives a latency after its last link is done.
+//
+// The error against the flow model is bounded by serialization times of
+// tiny bytes: a tiny message that shares a link with k flows would take
+// (k+1)·size/capacity there instead of size/capacity, and every flow on a
+// link finishes at most (tiny bytes on it)/capacity earlier than with
+// them. For the 5-byte flags of an all-to-all that is at most
+// 64·(k+1) bytes per message and 5·(N−1) bytes per link and exchange, at
+// link speed: at 4096 ranks and 1 Gbit/s, 0.16 ms per exchange at most.
+// Tiny messages on one link run first-come first-served instead of
+// sharing it, which for an exchange of equal messages all ready at once
+// ends when the processor-shared one does.
+const TinyMessageBytes = 64
+
+// tiny sends m outside the flow model (TinyMessageBytes): it occupies each
+// link of its route for size/capacity after the tiny messages already
+// there, and ends when the last of them is done.
+func (d *driver) tiny(m *msgInfo) {
+	nw := d.net
+	end := d.now
+	for k := 0; k < int(m.n); k++ {
+		l := m.links[k]
+		t := max(d.now, nw.tinyFree[l]) + m.size/nw.caps[l]
+		nw.tinyFree[l] = t
+		nw.linkBytes[l] += m.size
+		end = max(end, t)
+	}
+	j := d.park(m)
+	d.h.push(event{t: end, kind: evTinyEnd, x: uint32(j)})
+}
+
+// tinyEnd is flowEnd for the tiny message parked at j.
+func (d *driver) tinyEnd(j int32) error {
+	m := d.pend[j]
+	d.pfree = append(d.pfree, j)
+	return d.sent(m.g, m.op, m.dg, m.dop, m.lat)
+}
+
 func (d *driver) flowEnd(id int32, ver uint32) error {
 	f := &d.net.flows[id]
 	if !f.active || f.ver != ver {
@@ -1064,6 +1119,12 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 	}
 	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
 	d.net.remove(d.now, id) // f may be reused from here on
+	return d.sent(g, op, dg, dop, lat)
+}
+
+// sent finishes Send op of machine g, whose message to Recv dop of machine
+// dg left its links now and arrives lat later.
+func (d *driver) sent(g, op, dg, dop int32, lat float64) error {
 	if !d.opts.PerMessageFlows {
 		d.connDone(d.ms[g].rank, d.ms[dg].rank)
 	}
