@@ -29,48 +29,51 @@ func (a *event) less(b *event) bool {
 }
 
 // eventHeap is the virtual-time event queue, popping events in (t, seq)
-// order. Events are grouped in runs: consecutive pushes of the same time
-// go to one FIFO bucket (in push = seq order), and a 4-ary min-heap holds
-// one entry per bucket, ordered by (time, seq of its first event). Runs of
-// one time never interleave (a run's seqs are consecutive), so draining
-// buckets in that order pops events in (t, seq) order. Lock-step
-// collectives schedule thousands of events at identical times, so most
-// pushes append to the bucket of the previous push and most pops take the
-// next event of the current bucket; pushes of scattered times cost one heap
-// entry each, with no lookup.
+// order. A 4-ary min-heap holds entries ordered by (t, seq): an entry is
+// one event, or a run of events of one time pushed one after the other,
+// kept in a FIFO bucket in push (= seq) order and keyed by its first
+// event. Runs of one time never interleave (a run's seqs are consecutive),
+// so draining entries in that order pops events in (t, seq) order.
+// Lock-step collectives schedule thousands of events at identical times,
+// so most pushes append to the run of the previous push and most pops take
+// the next event of the current bucket; a push of a new time costs one
+// heap entry and no allocation in steady state.
 type eventHeap struct {
 	// plain makes it a 4-ary min-heap of single events (aggregated runs:
-	// few events share a time, and the grouping would cost a map access
-	// and a bucket per event).
+	// few events share a time).
 	plain   bool
 	ev      []event
 	seq     uint64
 	n       int
-	times   []tentry // 4-ary min-heap by (t, seq)
+	times   []tentry // 4-ary min-heap by (ev.t, ev.seq)
 	buckets [][]event
 	heads   []int32
 	free    []int32
 	lastT   float64
-	lastB   int32 // bucket of the last push (-1: none)
+	lastB   int32 // bucket of the run of the last push (-1: none)
+	lastOne bool  // the last push was a single entry of time lastT
 }
 
+// tentry is a heap entry: event ev alone (b < 0), or bucket b, whose first
+// event has ev's time and seq.
 type tentry struct {
-	t   float64
-	seq uint64 // of the bucket's first event
-	b   int32
+	ev event
+	b  int32
 }
 
 func (a *tentry) less(b *tentry) bool {
-	return a.t < b.t || a.t == b.t && a.seq < b.seq
+	return a.ev.t < b.ev.t || a.ev.t == b.ev.t && a.ev.seq < b.ev.seq
 }
 
 func (h *eventHeap) reset() {
 	h.ev = h.ev[:0]
 	for _, te := range h.times {
-		h.release(te.b)
+		if te.b >= 0 {
+			h.release(te.b)
+		}
 	}
 	h.times = h.times[:0]
-	h.seq, h.n, h.lastB = 0, 0, -1
+	h.seq, h.n, h.lastB, h.lastOne = 0, 0, -1, false
 }
 
 func (h *eventHeap) len() int {
@@ -109,6 +112,13 @@ func (h *eventHeap) push(e event) {
 		h.buckets[h.lastB] = append(h.buckets[h.lastB], e)
 		return
 	}
+	if !h.lastOne || e.t != h.lastT {
+		// A new time: one entry, which a run may follow.
+		h.pushTime(tentry{ev: e, b: -1})
+		h.lastT, h.lastB, h.lastOne = e.t, -1, true
+		return
+	}
+	// The second event of a run: a bucket from here on.
 	var b int32
 	if k := len(h.free); k > 0 {
 		b = h.free[k-1]
@@ -118,9 +128,9 @@ func (h *eventHeap) push(e event) {
 		h.buckets = append(h.buckets, nil)
 		h.heads = append(h.heads, 0)
 	}
-	h.pushTime(tentry{e.t, e.seq, b})
+	h.pushTime(tentry{ev: e, b: b})
 	h.buckets[b] = append(h.buckets[b], e)
-	h.lastT, h.lastB = e.t, b
+	h.lastB, h.lastOne = b, false
 }
 
 // top returns the next event without removing it; len() must be > 0.
@@ -128,8 +138,11 @@ func (h *eventHeap) top() *event {
 	if h.plain {
 		return &h.ev[0]
 	}
-	b := h.times[0].b
-	return &h.buckets[b][h.heads[b]]
+	te := &h.times[0]
+	if te.b < 0 {
+		return &te.ev
+	}
+	return &h.buckets[te.b][h.heads[te.b]]
 }
 
 // pop removes and returns the next event; len() must be > 0.
@@ -164,10 +177,19 @@ func (h *eventHeap) pop() event {
 		}
 		return e
 	}
-	b := h.times[0].b
+	te := &h.times[0]
+	h.n--
+	if te.b < 0 {
+		e := te.ev
+		h.popTime()
+		if e.t == h.lastT {
+			h.lastOne = false // its entry is gone: a push of e.t starts anew
+		}
+		return e
+	}
+	b := te.b
 	e := h.buckets[b][h.heads[b]]
 	h.heads[b]++
-	h.n--
 	if int(h.heads[b]) == len(h.buckets[b]) {
 		h.popTime()
 		h.release(b)
