@@ -1070,20 +1070,19 @@ func (d *driver) connDone(rank, peer int32) {
 // TinyMessageBytes is the size up to which a message is tiny: unless
 // Options.FlowTinyMessages, it is not a flow of the max-min model but
 // crosses each link of its route at the link's full capacity, one tiny
-// message after another (each link keeps the time its tiny messages
-// occupy it until), and arrives a latency after its last link is done.
+// message after another (each link keeps the time until which its tiny
+// messages occupy it), and arrives a latency after its last link is done.
+// Messages between two ranks still leave one after the other.
 //
 // The error against the flow model is bounded by serialization times of
 // tiny bytes: a tiny message that shares a link with k flows would take
-// (k+1)·size/capacity there instead of size/capacity, and every flow on a
-// link finishes at most (tiny bytes on it)/capacity earlier than with
-// them. For the 5-byte flags of an all-to-all that is at most
-// 64·(k+1) bytes per message and 5·(N−1) bytes per link and exchange, at
-// link speed: at 4096 ranks and 1 Gbit/s, 0.16 ms per exchange at most.
-// Tiny messages on one link run first-come first-served instead of
-// sharing it, which for an exchange of equal messages all ready at once
-// ends when the processor-shared one does.
-const TinyMessageBytes = 64
+// (k+1)·size/capacity there instead of size/capacity, and a flow on a link
+// finishes at most (tiny bytes on the link during the flow)/capacity
+// earlier than with them. Tiny messages on a link run first-come
+// first-served instead of sharing it, which for an exchange of equal
+// messages all ready at once (the non-finite flags, a 1-bit all-to-all of
+// many ranks) ends when the processor-shared one does.
+const TinyMessageBytes = 256
 
 // tiny sends m outside the flow model (TinyMessageBytes): it occupies each
 // link of its route for size/capacity after the tiny messages already

@@ -85,32 +85,40 @@ func TestTinyExchange(t *testing.T) {
 	}
 }
 
-// TestTinyStepAgrees: the training step of the aggregated-mode grid (per
-// layer a flag exchange chained before its collective, the layers
-// concurrent) on every test topology takes the same time with the flags
-// as flows, to 0.01% (measured: at most 0.0024%, 1 µs of 41 ms on
-// mixed-100g-10g at 64 ranks).
-func TestTinyStepAgrees(t *testing.T) {
-	var step aggCase
-	for _, c := range aggCases {
-		if c.name == "step" {
-			step = c
-		}
-	}
+// TestTinyAgrees: every case of the aggregated-mode grid on every test
+// topology takes the same time with tiny messages as with flows, to 0.01%
+// (among the cases a training step: per layer a flag exchange chained
+// before its collective, the layers concurrent; measured at 32 and 64
+// ranks: at most 0.0024%, 1 µs of 41 ms on mixed-100g-10g at 64 ranks).
+// An all-to-all of 256-byte messages, all of them tiny, may differ by the
+// time its busiest link takes to carry them (TinyMessageBytes); measured:
+// equal to 10⁻¹² except on the default topology at 8 ranks, −1.2 µs of
+// 513 µs, where the edge node's 1 Gbit/s uplink carries 1.8 KB (14 µs).
+func TestTinyAgrees(t *testing.T) {
 	for _, tn := range aggTopologies {
-		for _, n := range []int{8, 64} {
+		for _, n := range []int{8, 32} {
 			topo := aggTopology(t, tn, n)
-			cs := step.colls(t, n)
-			tiny, err := Run(context.Background(), topo, cs, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			flow, err := Run(context.Background(), topo, cs, &Options{FlowTinyMessages: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := tiny.Time/flow.Time - 1; !(math.Abs(d) <= 1e-4) {
-				t.Errorf("%s n=%d: tiny %.9g s, flows %.9g s: %+.4f%%", tn, n, tiny.Time, flow.Time, 100*d)
+			for _, c := range aggCases {
+				cs := c.colls(t, n)
+				tiny, err := Run(context.Background(), topo, cs, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				flow, err := Run(context.Background(), topo, cs, &Options{FlowTinyMessages: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				tol := 1e-4 * flow.Time
+				if c.name == "all-to-all" {
+					for l, ls := range flow.Links {
+						if ls.Bytes > 0 {
+							tol = max(tol, ls.Bytes/topo.linkCap(l))
+						}
+					}
+				}
+				if d := tiny.Time - flow.Time; !(math.Abs(d) <= tol) {
+					t.Errorf("%s n=%d %s: tiny %.9g s, flows %.9g s: %+.4g s, bound %.4g s", tn, n, c.name, tiny.Time, flow.Time, d, tol)
+				}
 			}
 		}
 	}
