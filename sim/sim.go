@@ -375,11 +375,12 @@ type driver struct {
 	arena     allreduce.Arena    // the Machines' per-op state
 	keys      []uint64           // scratch for recv directories
 	linkNames []string
-	opx, opj  allreduce.Op // ops of Shared collectives, computed (pump, jobCost)
-	msgCost   MessageCost  // Options.Transport's software cost per message
-	slow      []float64    // per node: compute slowdown from ranks sharing its cores
-	slots     int          // machines per collective: world, or the groups of an aggregated run
-	agg       *aggPlan     // the aggregated run's plan, or nil
+	opx, opj  allreduce.Op     // ops of Shared collectives, computed (pump, jobCost)
+	msgCost   MessageCost      // Options.Transport's software cost per message
+	connIdx   map[uint64]int32 // (rank, peer) -> index in rankState.conns, for ranks with more than connScan
+	slow      []float64        // per node: compute slowdown from ranks sharing its cores
+	slots     int              // machines per collective: world, or the groups of an aggregated run
+	agg       *aggPlan         // the aggregated run's plan, or nil
 	as        aggState
 	notAgg    string // why the run is not aggregated
 }
@@ -528,6 +529,10 @@ func (d *driver) setup(ctx context.Context) error {
 		d.slots = len(d.agg.reps)
 	}
 	d.ranks = grow(d.ranks, d.slots)
+	if d.connIdx == nil {
+		d.connIdx = map[uint64]int32{}
+	}
+	clear(d.connIdx)
 	for r := range d.ranks {
 		q, cs := d.ranks[r].queue[:0], d.ranks[r].conns[:0]
 		d.ranks[r] = rankState{queue: q, conns: cs}
@@ -1022,11 +1027,8 @@ func (d *driver) startFlow(m *msgInfo) {
 
 // enqueue starts m at once if the connection to peer is idle, else queues it.
 func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
-	for k := range rs.conns {
+	if k := d.findConn(rs, d.ms[m.g].rank, peer); k >= 0 {
 		c := &rs.conns[k]
-		if c.dst != peer {
-			continue
-		}
 		j := d.park(m)
 		if c.tail < 0 {
 			c.head = j
@@ -1037,34 +1039,75 @@ func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 		return
 	}
 	rs.conns = append(rs.conns, conn{dst: peer, head: -1, tail: -1})
+	if k := len(rs.conns) - 1; k == connScan {
+		// Many open connections (an all-to-all): index them.
+		for i := range rs.conns {
+			d.connIdx[connKey(d.ms[m.g].rank, rs.conns[i].dst)] = int32(i)
+		}
+	} else if k > connScan {
+		d.connIdx[connKey(d.ms[m.g].rank, peer)] = int32(k)
+	}
 	d.startFlow(m)
+}
+
+// connScan is the number of open connections of a rank up to which they
+// are searched one by one; beyond, driver.connIdx indexes them.
+const connScan = 16
+
+func connKey(rank, peer int32) uint64 { return uint64(rank)<<32 | uint64(uint32(peer)) }
+
+// findConn returns the index in rs.conns of the open connection from rank
+// to peer, or -1.
+func (d *driver) findConn(rs *rankState, rank, peer int32) int {
+	if len(rs.conns) > connScan {
+		if k, ok := d.connIdx[connKey(rank, peer)]; ok {
+			return int(k)
+		}
+		return -1
+	}
+	for k := range rs.conns {
+		if rs.conns[k].dst == peer {
+			return k
+		}
+	}
+	return -1
 }
 
 // connDone starts the next queued message from rank to peer, or closes the
 // connection if none is queued.
 func (d *driver) connDone(rank, peer int32) {
 	rs := &d.ranks[rank]
-	for k := range rs.conns {
-		c := &rs.conns[k]
-		if c.dst != peer {
-			continue
-		}
-		if c.head < 0 {
-			last := len(rs.conns) - 1
-			rs.conns[k] = rs.conns[last]
-			rs.conns = rs.conns[:last]
-			return
-		}
-		j := c.head
-		m := d.pend[j]
-		c.head = m.next
-		if c.head < 0 {
-			c.tail = -1
-		}
-		d.pfree = append(d.pfree, j)
-		d.startFlow(&m)
+	k := d.findConn(rs, rank, peer)
+	if k < 0 {
 		return
 	}
+	c := &rs.conns[k]
+	if c.head < 0 {
+		last := len(rs.conns) - 1
+		if last >= connScan {
+			delete(d.connIdx, connKey(rank, peer))
+			if k != last {
+				d.connIdx[connKey(rank, rs.conns[last].dst)] = int32(k)
+			}
+		}
+		rs.conns[k] = rs.conns[last]
+		rs.conns = rs.conns[:last]
+		if last == connScan {
+			// Back to searching one by one.
+			for i := range rs.conns {
+				delete(d.connIdx, connKey(rank, rs.conns[i].dst))
+			}
+		}
+		return
+	}
+	j := c.head
+	m := d.pend[j]
+	c.head = m.next
+	if c.head < 0 {
+		c.tail = -1
+	}
+	d.pfree = append(d.pfree, j)
+	d.startFlow(&m)
 }
 
 // TinyMessageBytes is the size up to which a message is tiny: unless
