@@ -1115,7 +1115,8 @@ func (d *driver) connDone(rank, peer int32) {
 // crosses each link of its route at the link's full capacity, one tiny
 // message after another (each link keeps the time until which its tiny
 // messages occupy it), and arrives a latency after its last link is done.
-// Messages between two ranks still leave one after the other.
+// Messages between two ranks still leave one after the other. A tiny
+// message's bytes count in LinkStats.Bytes, its time not in LinkStats.Busy.
 //
 // The error against the flow model is bounded by serialization times of
 // tiny bytes: a tiny message that shares a link with k flows would take
