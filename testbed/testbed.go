@@ -11,7 +11,7 @@
 //	public host i:     eth0 198.18.0.(10+i)/24, a veth whose other end is on br0
 //	NAT router k:      wan 198.18.0.(200+k)/24 on br0; lan bridge 198.19.k.1/24;
 //	                   nftables masquerade from lan to wan, unsolicited
-//	                   inbound packets dropped
+//	                   inbound packets (forwarded or to the router) dropped
 //	host behind k:     eth0 198.19.k.(10+i)/24, default route via 198.19.k.1
 //
 // Each host's link is shaped by tc: a token bucket (tbf) on the host's
@@ -322,6 +322,21 @@ func qdisc(ns, dev string, rate int64) []string {
 // packets from the LAN reach them only as replies to connections they
 // opened. It needs the nft command.
 func (b *Bed) AddNATRouter(ctx context.Context, name string) (*Router, error) {
+	return b.AddNATRouterWith(ctx, name, NAT{})
+}
+
+// NAT is the behaviour of a NAT router.
+type NAT struct {
+	// RandomPorts gives every connection a random external port (nftables
+	// masquerade random) instead of keeping its source port: the mapping
+	// then depends on the destination (a "symmetric" NAT), and hole
+	// punching through it fails, since the port a peer learned from one
+	// connection is not the one the next connection leaves from.
+	RandomPorts bool
+}
+
+// AddNATRouterWith is AddNATRouter with the given behaviour.
+func (b *Bed) AddNATRouterWith(ctx context.Context, name string, nat NAT) (*Router, error) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		return nil, fmt.Errorf("%w: nft not found (install nftables): %v", ErrUnsupported, err)
 	}
@@ -358,10 +373,22 @@ func (b *Bed) AddNATRouter(ctx context.Context, name string) (*Router, error) {
 	}
 	// Masquerade keeps a connection's source port when it is free, so a
 	// mapping does not depend on the destination, as on most home routers.
-	const rules = `table ip nat {
-	chain post { type nat hook postrouting priority srcnat; policy accept; oifname "wan" masquerade; }
+	// Like them, the router drops unsolicited packets to its own address
+	// instead of answering with a reset: a reset would abort a hole punch
+	// (simultaneous TCP open) whose first SYN reaches this NAT before the
+	// host behind it has sent its own.
+	masq := "masquerade"
+	if nat.RandomPorts {
+		masq = "masquerade random"
+	}
+	rules := `table ip nat {
+	chain post { type nat hook postrouting priority srcnat; policy accept; oifname "wan" ` + masq + `; }
 }
 table ip filter {
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname "wan" ct state new drop
+	}
 	chain forward {
 		type filter hook forward priority filter; policy drop;
 		iifname "lan" accept

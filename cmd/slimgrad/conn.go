@@ -364,7 +364,11 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 		if c.Key != "" {
 			key = tnats.WithKey([]byte(c.Key))
 		}
-		return tnats.Dial(ctx, c.NATS, c.Job, rank, world, tnats.WithNATSOptions(c.natsOptions()...), c.natsHeartbeat(), key, tnats.WithLogger(c.Log))
+		conn, err := tnats.Dial(ctx, c.NATS, c.Job, rank, world, tnats.WithNATSOptions(c.natsOptions()...), c.natsHeartbeat(), key, tnats.WithLogger(c.Log))
+		if err != nil {
+			return nil, c.tlsHint(err)
+		}
+		return conn, nil
 	case "libp2p":
 		lopts, err := c.libp2pOptions()
 		if err != nil {
@@ -372,7 +376,7 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 		}
 		nc, err := natsgo.Connect(c.NATS, c.natsOptions()...)
 		if err != nil {
-			return nil, fmt.Errorf("rendezvous server: %w", err)
+			return nil, fmt.Errorf("rendezvous server: %w", c.tlsHint(err))
 		}
 		relays, err := c.relays(ctx, nc)
 		if err != nil {
@@ -397,6 +401,19 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 		return &answeringConn{Conn: conn, nc: nc}, nil
 	}
 	return nil, fmt.Errorf("unknown --transport %q (want nats or libp2p)", c.Transport)
+}
+
+// tlsHint adds to a NATS connection error that may come from a server
+// requiring client certificates (`slimgrad server --client-ca` closes the
+// connection after the TLS handshake) what to give, when no client
+// certificate was given.
+func (c *connOptions) tlsHint(err error) error {
+	// The server's alert (TLS 1.3) or, when the handshake completed
+	// before the server checked, the closed connection.
+	if c.NATSCert == "" && (errors.Is(err, natsgo.ErrTLS) || strings.Contains(err.Error(), "tls: certificate required")) {
+		return fmt.Errorf("%w (if the server requires client certificates, give --nats-cert and --nats-key)", err)
+	}
+	return err
 }
 
 // answeringConn is a libp2p rank that keeps its rendezvous connection open

@@ -476,7 +476,7 @@ func runElasticWorker(ctx context.Context, o *jobOptions, e *elasticOptions, ran
 	natsOpts := []tnats.Option{tnats.WithNATSOptions(o.natsOptions()...), o.natsHeartbeat(), key, tnats.WithLogger(log)}
 	nc, err := natsgo.Connect(o.NATS, append(o.natsOptions(), natsgo.Name("slimgrad-lobby-"+id))...)
 	if err != nil {
-		return fmt.Errorf("NATS server %s: %w", o.NATS, err)
+		return fmt.Errorf("NATS server %s: %w", o.NATS, o.tlsHint(err))
 	}
 	defer nc.Close()
 	lobby, err := natslobby.New(nc, natslobby.Config{Prefix: "slimgrad.lobby." + o.Job})

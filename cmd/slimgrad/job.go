@@ -428,13 +428,14 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	// Every rank's transport totals over the job (steps, figures, the
 	// shutdown barrier and an outer loop's fragment connections), and how
-	// each link of its main connection runs.
+	// each link of its main connection runs, with the wire bytes sent on
+	// it.
 	wire := fmt.Sprintf("rank %d wire: sent %d recv %d", r, sentWire, recvWire)
 	if st.Relayed != nil {
 		wire += ", links:"
 		for p, rel := range st.Relayed {
 			if p != r {
-				wire += fmt.Sprintf(" %d=%s", p, map[bool]string{false: "direct", true: "relayed"}[rel])
+				wire += fmt.Sprintf(" %d=%s:%d", p, map[bool]string{false: "direct", true: "relayed"}[rel], st.SentWire[p])
 			}
 		}
 	}

@@ -34,13 +34,14 @@ type bedRank struct {
 	digest           string
 	sentWire, recvWn int64
 	links            map[int]string // peer rank -> direct or relayed
+	linkSent         map[int]int64  // peer rank -> wire bytes sent to it
 	out              string
 }
 
 var (
 	wireRE   = regexp.MustCompile(`(?m)^rank (\d+) wire: sent (\d+) recv (\d+)(?:, links:(.*))?$`)
 	doneRE   = regexp.MustCompile(`(?m)^rank (\d+)/\d+ done: .* params ([0-9a-f]{16})`)
-	linkItem = regexp.MustCompile(`(\d+)=(direct|relayed)`)
+	linkItem = regexp.MustCompile(`(\d+)=(direct|relayed):(\d+)`)
 )
 
 // multiHost is a test bed with a `slimgrad server` (NATS with TLS and a
@@ -53,6 +54,7 @@ type multiHost struct {
 	url     string // the server's NATS URL
 	ca      string
 	tokFile string
+	runs    int // jobs run so far (each gets its own job ID)
 }
 
 // startMultiHost builds the bed's server host and starts `slimgrad server`
@@ -121,7 +123,8 @@ func (m *multiHost) run(t *testing.T, hosts []*testbed.Host, job bedJob, scenari
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
-	jobID := fmt.Sprintf("bed-%s-%s-%s", job.transport, job.algorithm, job.method)
+	m.runs++
+	jobID := fmt.Sprintf("bed-%s-%s-%s-%d", job.transport, job.algorithm, job.method, m.runs)
 	res := make([]bedRank, len(hosts))
 	errs := make([]error, len(hosts))
 	var wg sync.WaitGroup
@@ -138,7 +141,7 @@ func (m *multiHost) run(t *testing.T, hosts []*testbed.Host, job bedJob, scenari
 		wg.Go(func() {
 			err := cmd.Run()
 			out := stdout.String()
-			r := bedRank{host: h, out: out + stderr.String(), links: map[int]string{}}
+			r := bedRank{host: h, out: out + stderr.String(), links: map[int]string{}, linkSent: map[int]int64{}}
 			if err != nil {
 				errs[i] = fmt.Errorf("worker on %s: %v\n%s", h.Name, err, r.out)
 			}
@@ -149,6 +152,7 @@ func (m *multiHost) run(t *testing.T, hosts []*testbed.Host, job bedJob, scenari
 				for _, l := range linkItem.FindAllStringSubmatch(w[4], -1) {
 					p, _ := strconv.Atoi(l[1])
 					r.links[p] = l[2]
+					r.linkSent[p], _ = strconv.ParseInt(l[3], 10, 64)
 				}
 			} else if err == nil {
 				errs[i] = fmt.Errorf("worker on %s printed no wire line:\n%s", h.Name, r.out)
@@ -256,71 +260,127 @@ func TestMultiHostBed(t *testing.T) {
 	}
 }
 
-// TestMultiHostNAT: two public hosts and two hosts behind two NAT routers
+// TestMultiHostNAT: two public hosts and two hosts behind NAT routers
 // (nftables masquerade, unsolicited inbound dropped) train over libp2p,
 // meeting through `slimgrad server`. The hosts behind NAT learn it from the
 // relay's observed address and take reservations on the relay. Links
 // between a public host and one behind NAT are direct (the host behind NAT
-// connects first, through its NAT); the link between the two hosts behind
-// NAT is relayed (go-libp2p's hole punching only uses public addresses,
-// and 198.18.0.0/15 is not one). The job ends with the parameters that
-// `slimgrad sim` computes for it.
+// connects first, through its NAT). The link between the two hosts behind
+// NAT can only be direct by a hole punch (DCUtR over the relayed
+// connection, then a simultaneous TCP open of the two NATs' external
+// ports):
+//   - behind two port-preserving NATs (Linux masquerade), the punch
+//     succeeds and every link ends direct;
+//   - when one of the NATs gives every connection a random port (a
+//     symmetric NAT), it fails and that link stays relayed.
+//
+// The rendezvous orders ranks so that the two hosts behind NAT are not
+// ring neighbours. Both jobs end with the parameters `slimgrad sim`
+// computes for the same job (as the four open hosts of TestMultiHostBed do).
 func TestMultiHostNAT(t *testing.T) {
 	m := startMultiHost(t)
 	ctx := t.Context()
-	var hosts []*testbed.Host
+	var public, cone []*testbed.Host
 	for i := range 2 {
 		h, err := m.bed.AddHost(ctx, fmt.Sprintf("p%d", i), testbed.Link{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		hosts = append(hosts, h)
+		public = append(public, h)
 	}
-	for i := range 2 {
-		r, err := m.bed.AddNATRouter(ctx, fmt.Sprintf("r%d", i))
+	behindNAT := func(name string, nat testbed.NAT) *testbed.Host {
+		r, err := m.bed.AddNATRouterWith(ctx, "r"+name, nat)
 		if errors.Is(err, testbed.ErrUnsupported) {
 			t.Skipf("skipping the NAT test: %v", err)
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, err := m.bed.AddHostBehind(ctx, r, fmt.Sprintf("n%d", i), testbed.Link{})
+		h, err := m.bed.AddHostBehind(ctx, r, name, testbed.Link{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		hosts = append(hosts, h)
+		return h
 	}
+	cone = append(cone, behindNAT("n0", testbed.NAT{}), behindNAT("n1", testbed.NAT{}))
+	sym := behindNAT("s0", testbed.NAT{RandomPorts: true})
+
 	scenario := []string{"--workload", "logistic", "--steps", "20", "--eval-every", "10", "--seed", "5"}
 	rep, err := runSim(ctx, simOptionsFor(t, append([]string{"--workers", "4", "--methods", "econtrol", "--out", "", "--progress", "off"}, scenario...)), &bytes.Buffer{}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := paramsDigest(rep.Runs[0].Result.Model.Flat())
-	ranks := m.run(t, hosts, bedJob{"libp2p", "ring", "econtrol", nil}, scenario)
-	behind := map[int]bool{} // ranks behind NAT
+	for _, tc := range []struct {
+		name    string
+		hosts   []*testbed.Host
+		relayed [2]string // the hosts whose link must stay relayed, if any
+	}{
+		{"punched", []*testbed.Host{public[0], public[1], cone[0], cone[1]}, [2]string{}},
+		{"symmetric", []*testbed.Host{public[0], public[1], cone[0], sym}, [2]string{"n0", "s0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ranks := m.run(t, tc.hosts, bedJob{"libp2p", "ring", "econtrol", nil}, scenario)
+			name := map[int]string{}
+			natRanks := []int{}
+			for _, r := range ranks {
+				name[r.rank] = r.host.Name
+				if r.host.Router != nil {
+					natRanks = append(natRanks, r.rank)
+				}
+			}
+			// The ranks keep the two hosts behind NAT apart on the ring
+			// (neighbours r and r+1 mod 4), so the possibly relayed link
+			// carries none of the ring's traffic.
+			if len(natRanks) != 2 || (natRanks[0]-natRanks[1]+4)%4 != 2 {
+				t.Errorf("hosts behind NAT have ranks %v, want two ranks apart (no ring link between them)", natRanks)
+			}
+			for _, r := range ranks {
+				if r.digest != want {
+					t.Errorf("%s (rank %d) ends with params %s, sim with %s", r.host.Name, r.rank, r.digest, want)
+				}
+				t.Logf("%s (%s, rank %d): links %v, wire bytes sent %v", r.host.Name, r.host.Addr, r.rank, r.links, r.linkSent)
+				if len(r.links) != 3 {
+					t.Fatalf("%s (rank %d) reported %d links, want 3:\n%s", r.host.Name, r.rank, len(r.links), r.out)
+				}
+				for p, kind := range r.links {
+					wantKind := "direct"
+					if pair := [2]string{r.host.Name, name[p]}; pair == tc.relayed || [2]string{pair[1], pair[0]} == tc.relayed {
+						wantKind = "relayed"
+					}
+					if kind != wantKind {
+						t.Errorf("%s (rank %d): link to %s (rank %d) is %s, want %s", r.host.Name, r.rank, name[p], p, kind, wantKind)
+					}
+				}
+			}
+			// The NAT-NAT link carries only control messages (flags, the
+			// shutdown barrier): less than a quarter of what any rank
+			// sends to its ring successor.
+			ringMin := int64(-1)
+			for _, r := range ranks {
+				if b := r.linkSent[(r.rank+1)%4]; ringMin < 0 || b < ringMin {
+					ringMin = b
+				}
+			}
+			for _, r := range ranks {
+				for p, b := range r.linkSent {
+					if r.host.Router != nil && isBehindNAT(ranks, p) && 4*b >= ringMin {
+						t.Errorf("%s (rank %d) sent %d wire bytes to rank %d (also behind NAT), the least a ring link carried is %d", r.host.Name, r.rank, b, p, ringMin)
+					}
+				}
+			}
+		})
+	}
+}
+
+// isBehindNAT reports whether the rank's host in ranks sits behind NAT.
+func isBehindNAT(ranks []bedRank, rank int) bool {
 	for _, r := range ranks {
-		if r.host.Router != nil {
-			behind[r.rank] = true
+		if r.rank == rank {
+			return r.host.Router != nil
 		}
 	}
-	for _, r := range ranks {
-		if r.digest != want {
-			t.Errorf("%s (rank %d) ends with params %s, sim with %s", r.host.Name, r.rank, r.digest, want)
-		}
-		t.Logf("%s (%s, rank %d): links %v", r.host.Name, r.host.Addr, r.rank, r.links)
-		if len(r.links) != 3 {
-			t.Fatalf("%s (rank %d) reported %d links, want 3:\n%s", r.host.Name, r.rank, len(r.links), r.out)
-		}
-		for p, kind := range r.links {
-			wantKind := "direct"
-			if behind[r.rank] && behind[p] {
-				wantKind = "relayed"
-			}
-			if kind != wantKind {
-				t.Errorf("%s (rank %d): link to rank %d is %s, want %s", r.host.Name, r.rank, p, kind, wantKind)
-			}
-		}
-	}
+	return false
 }
 
 var killTrials = flag.Int("kill-trials", 3, "TestMultiHostKill: trials per transport (the issue's experiment: 20)")

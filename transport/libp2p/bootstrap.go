@@ -28,7 +28,8 @@ import (
 // the server checks them (the peer ID must be the authenticated one of the
 // connection) and, once world processes (itself included) have joined,
 // answers everyone with the members sorted by peer ID. Ranks are positions
-// in that order, as in package rendezvous. While serving, the bootstrap
+// in that order, or in RingOrder of it when some members are behind NAT, as
+// in rendezvous.JoinLibp2p. While serving, the bootstrap
 // node accepts connections from unknown peers, but only for this protocol;
 // afterwards its gater admits only the job's peers again.
 
@@ -123,16 +124,23 @@ func checkMembers(members []joinMember, world int) error {
 	return nil
 }
 
+// groupOf is this node's rank and the group's peers, given the members
+// sorted by ID: ranks are RingOrder of them (the ID order unless some are
+// behind NAT), the same on every member.
 func groupOf(self string, members []joinMember) (int, []Peer, error) {
-	rank := -1
-	peers := make([]Peer, len(members))
+	byID := make([]Peer, len(members))
 	for i, m := range members {
 		p, err := ParsePeer(m.ID, m.Addrs)
 		if err != nil {
 			return 0, nil, err
 		}
-		peers[i] = p
-		if m.ID == self {
+		byID[i] = p
+	}
+	rank := -1
+	peers := make([]Peer, len(members))
+	for i, j := range RingOrder(byID) {
+		peers[i] = byID[j]
+		if members[j].ID == self {
 			rank = i
 		}
 	}

@@ -60,6 +60,9 @@ type Conn struct {
 	// bulkHandshakes holds a token per bulk connection in its handshake
 	// (bulkHandshakeLimit).
 	bulkHandshakes chan struct{}
+
+	// notifiee watches for direct connections (watchDirect); nil if none.
+	notifiee *network.NotifyBundle
 }
 
 var _ transport.Conn = (*Conn)(nil)
@@ -97,6 +100,10 @@ type link struct {
 	relayedOut, relayedIn atomic.Bool
 	// private: the peer announced relayed addresses (it is behind NAT).
 	private bool
+	// direct is closed once a direct connection to the peer exists (nil
+	// unless this node hole punches; see watchDirect).
+	direct     chan struct{}
+	directOnce sync.Once
 
 	mu            sync.Mutex
 	queues        map[uint64]*tagQueue
@@ -224,6 +231,7 @@ func (n *Node) Connect(ctx context.Context, rank int, peers []Peer) (*Conn, erro
 		go func() {
 			defer dwg.Done()
 			c.awaitReversal(ctx, l)
+			c.awaitPunch(ctx, l)
 			errs[l.rank] = c.dial(ctx, l)
 		}()
 	}
@@ -300,6 +308,7 @@ func (n *Node) newConn(rank int, peers []Peer) (*Conn, error) {
 	if err := c.startBulk(); err != nil {
 		return nil, err
 	}
+	c.watchDirect()
 	n.gater.allow(ids)
 	n.host.SetStreamHandler(c.proto, c.handleStream)
 	return c, nil
@@ -660,6 +669,9 @@ func (c *Conn) Close() error {
 		}
 		gw.Wait()
 		c.node.host.RemoveStreamHandler(c.proto)
+		if c.notifiee != nil {
+			c.node.host.Network().StopNotify(c.notifiee)
+		}
 		if c.bulkLn != nil {
 			c.bulkLn.Close()
 		}
@@ -916,7 +928,9 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 	}
 	s.SetDeadline(time.Time{})
 	var bulk []net.Conn
-	if len(p) == 24 {
+	// A private peer's bulk port is behind its NAT: the bulk dial could
+	// only time out.
+	if len(p) == 24 && !l.private {
 		bulk = c.dialBulk(ctx, l, s.Conn().RemoteMultiaddr(), int(binary.LittleEndian.Uint64(p[16:])))
 	}
 	c.mu.Lock()

@@ -37,6 +37,14 @@
 // call); Node.ServeBootstrap and Node.JoinBootstrap do it through one
 // member acting as bootstrap peer, without NATS.
 //
+// NAT traversal (relay.go): with relays (WithRelays), a node learns from
+// the relay whether it is behind NAT; a private node is reached through
+// the relay, a public peer waits for it to connect first (so their link is
+// direct), and two private nodes hole punch (DCUtR to the NAT addresses
+// the relay observed) before their streams open, or stay relayed if the
+// punch fails. Conn.Relayed and Stats.Relayed say which links are relayed;
+// RingOrder ranks a group so that private peers are not ring neighbours.
+//
 // Close tells the peers this rank is done and waits (up to
 // Options.CloseTimeout) until they have read everything it sent, then
 // stops every goroutine it started.
@@ -147,9 +155,10 @@ func listen(ctx context.Context, o Options) (*Node, error) {
 		golibp2p.Ping(false),
 	}
 	if len(relays) > 0 {
-		// The circuit transport, and DCUtR to upgrade relayed links where
-		// both sides have public addresses.
-		hopts = append(hopts, golibp2p.EnableRelay(), golibp2p.EnableHolePunching())
+		// The circuit transport. Hole punching is not go-libp2p's built-in
+		// service (it only punches with public addresses): see
+		// startHolePunching.
+		hopts = append(hopts, golibp2p.EnableRelay())
 		if o.Reachability == ReachabilityPrivate {
 			hopts = append(hopts, golibp2p.ForceReachabilityPrivate())
 		}

@@ -128,6 +128,10 @@ type Options struct {
 	// Reachability says whether peers can dial this node; by default it is
 	// detected through the first relay (see Reachability).
 	Reachability Reachability
+	// NoHolePunch turns off hole punching: a private node's links to other
+	// private nodes then stay relayed. By default a private node whose
+	// relay reports a TCP address for it hole punches (DCUtR) them.
+	NoHolePunch bool
 	// BulkStreams is the number of dedicated TCP connections per peer and
 	// direction that carry messages of at least BulkMin bytes, each secured
 	// by the host's own security (Noise, TLS, or none) with the host's

@@ -19,6 +19,8 @@ import (
 	yamux "github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
+	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
@@ -66,9 +68,16 @@ func (r Reachability) String() string {
 // WithRelays sets the circuit relay v2 servers (multiaddrs ending in
 // /p2p/<relay ID>, such as `slimgrad server` prints) through which the
 // node is reached when it is private, and through which it reaches private
-// peers. With relays, hole punching (DCUtR) is on as well.
+// peers. With relays, a private node also hole punches (DCUtR) its links to
+// other private peers (see Conn.Relayed).
 func WithRelays(addrs ...string) Option {
 	return func(o *Options) error { o.Relays = append([]string(nil), addrs...); return nil }
+}
+
+// WithHolePunching turns hole punching between private nodes on (the
+// default) or off (see Options.NoHolePunch).
+func WithHolePunching(on bool) Option {
+	return func(o *Options) error { o.NoHolePunch = !on; return nil }
 }
 
 // WithReachability overrides the detection of whether the node is behind
@@ -106,10 +115,30 @@ type relayState struct {
 	relays []peer.AddrInfo
 	reach  Reachability // resolved: public or private
 
+	// observed is the node's address as the first relay sees it (nil when
+	// unknown): behind NAT, the NAT's external address and port, which a
+	// private node gives a peer to hole punch to.
+	observed ma.Multiaddr
+	// hps is the node's hole punching service (nil unless private with an
+	// observed TCP address).
+	hps *holepunch.Service
+
 	mu       sync.Mutex
 	circuits []ma.Multiaddr
 	stop     chan struct{}
 	done     chan struct{}
+}
+
+// punchAddrs are the addresses a private node offers for hole punching:
+// its observed TCP address. go-libp2p's own choice (host.Addrs filtered by
+// manet.IsPublicAddr) drops every address in private or benchmark ranges,
+// so hole punching would never start on them; a NAT's external address is
+// what a peer must dial whatever its range.
+func (rs *relayState) punchAddrs() []ma.Multiaddr {
+	if rs.observed == nil {
+		return nil
+	}
+	return []ma.Multiaddr{rs.observed}
 }
 
 func (rs *relayState) circuitAddrs() []ma.Multiaddr {
@@ -135,15 +164,22 @@ func (n *Node) setupRelays(ctx context.Context) error {
 			return fmt.Errorf("libp2p: relay %s: %w", ai.ID, err)
 		}
 	}
-	if rs.reach == ReachabilityAuto {
+	if rs.reach != ReachabilityPublic {
 		obs, err := observedAddr(ctx, n.host, rs.relays[0].ID)
-		if err != nil {
+		switch {
+		case err != nil && rs.reach == ReachabilityAuto:
 			return fmt.Errorf("libp2p: asking relay %s for this node's address: %w", rs.relays[0].ID, err)
+		case err == nil && rs.reach == ReachabilityAuto:
+			rs.reach = ReachabilityPrivate
+			if ownAddr(n.host, obs) {
+				rs.reach = ReachabilityPublic
+			}
 		}
-		rs.reach = ReachabilityPrivate
-		if ownAddr(n.host, obs) {
-			rs.reach = ReachabilityPublic
+		if err == nil && isTCP(obs) {
+			rs.observed = obs
 		}
+		// A node forced private without an answer from the relay is
+		// reached through the relay and does not hole punch.
 	}
 	if rs.reach != ReachabilityPrivate {
 		return nil
@@ -152,9 +188,50 @@ func (n *Node) setupRelays(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := n.startHolePunching(); err != nil {
+		return err
+	}
 	rs.stop, rs.done = make(chan struct{}), make(chan struct{})
 	go n.keepReservations(expiry)
 	return nil
+}
+
+// punchWait bounds how long link setup waits for a hole punch between two
+// private nodes before it settles for the relayed connection.
+const punchWait = 5 * time.Second
+
+// startHolePunching runs go-libp2p's DCUtR service with punchAddrs as the
+// addresses to punch to. Its initiator is the side that receives a relayed
+// connection: the hole puncher watches for inbound relayed connections and
+// coordinates, over them, a simultaneous TCP open of the two NATs' external
+// addresses (the TCP transport dials from its listen port, and a NAT that
+// keeps source ports, as Linux masquerade does when the port is free, maps
+// both the relay connection and the punch to the same external port).
+func (n *Node) startHolePunching() error {
+	rs := n.relay
+	if rs.observed == nil || n.opts.NoHolePunch {
+		return nil
+	}
+	ids, ok := n.host.(interface{ IDService() identify.IDService })
+	if !ok || ids.IDService() == nil {
+		return nil // a host without identify cannot hole punch
+	}
+	wait := min(punchWait, n.opts.ConnectTimeout/4)
+	hps, err := holepunch.NewService(n.host, ids.IDService(), rs.punchAddrs, holepunch.DirectDialTimeout(wait))
+	if err != nil {
+		return fmt.Errorf("libp2p: hole punching: %w", err)
+	}
+	rs.hps = hps
+	return nil
+}
+
+// isTCP reports whether a is a direct TCP address.
+func isTCP(a ma.Multiaddr) bool {
+	if isCircuit(a) {
+		return false
+	}
+	_, err := a.ValueForProtocol(ma.P_TCP)
+	return err == nil
 }
 
 // reserve takes a reservation on every relay and records the relayed
@@ -218,7 +295,13 @@ func (n *Node) keepReservations(expiry time.Time) {
 }
 
 func (rs *relayState) close() {
-	if rs == nil || rs.stop == nil {
+	if rs == nil {
+		return
+	}
+	if rs.hps != nil {
+		rs.hps.Close()
+	}
+	if rs.stop == nil {
 		return
 	}
 	close(rs.stop)
@@ -408,4 +491,78 @@ func (r *Relay) Close() error {
 func CheckRelayAddr(a string) error {
 	_, err := relayInfos([]string{a})
 	return err
+}
+
+// watchDirect makes l.direct close when a direct (not relayed) connection
+// to the peer of a link in c opens, for awaitPunch. Only private nodes
+// that hole punch watch.
+func (c *Conn) watchDirect() {
+	if c.node.relay.hps == nil {
+		return
+	}
+	for _, l := range c.links {
+		if l != nil {
+			l.direct = make(chan struct{})
+		}
+	}
+	c.notifiee = &network.NotifyBundle{ConnectedF: func(_ network.Network, cn network.Conn) {
+		r, ok := c.byID[cn.RemotePeer()]
+		if !ok || r == c.rank || isCircuit(cn.RemoteMultiaddr()) {
+			return
+		}
+		l := c.links[r]
+		l.directOnce.Do(func() { close(l.direct) })
+	}}
+	c.node.host.Network().Notify(c.notifiee)
+}
+
+// hasDirect reports whether the host has a direct connection to p.
+func (c *Conn) hasDirect(p peer.ID) bool {
+	for _, cn := range c.node.host.Network().ConnsToPeer(p) {
+		if !isCircuit(cn.RemoteMultiaddr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// awaitPunch gives a hole punch between two private nodes (both behind
+// NAT) a chance before the link's streams open, because a stream stays on
+// the connection it was opened on. The lower rank connects through the
+// relay; the higher rank's hole puncher sees the inbound relayed connection
+// and starts DCUtR. Both then wait, up to punchWait (or a quarter of the
+// connect timeout), for a direct connection: when it comes, the streams
+// open on it (go-libp2p prefers a direct connection to a relayed one) and
+// the lower rank closes the relayed one; otherwise the link stays relayed.
+func (c *Conn) awaitPunch(ctx context.Context, l *link) {
+	if l.direct == nil || !l.private || c.hasDirect(l.id) {
+		return
+	}
+	t := time.NewTimer(min(punchWait, c.opts.ConnectTimeout/4))
+	defer t.Stop()
+	h := c.node.host
+	if c.rank < l.rank {
+		cctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(ctx, "slimgrad"), min(punchWait, c.opts.ConnectTimeout/4))
+		err := h.Connect(cctx, peer.AddrInfo{ID: l.id})
+		cancel()
+		if err != nil {
+			return // dial retries
+		}
+	}
+	select {
+	case <-l.direct:
+	case <-t.C:
+		return
+	case <-ctx.Done():
+		return
+	case <-c.closing:
+		return
+	}
+	if c.rank < l.rank {
+		for _, cn := range h.Network().ConnsToPeer(l.id) {
+			if isCircuit(cn.RemoteMultiaddr()) {
+				cn.Close()
+			}
+		}
+	}
 }

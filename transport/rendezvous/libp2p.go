@@ -17,6 +17,12 @@ import (
 // of the job on nc (see Answer: they fail at once with
 // transport.ErrRankTaken) for as long as nc stays open. On error nothing is
 // left running; nc stays the caller's.
+//
+// Ranks follow the rendezvous's rule (members by ID) unless some members
+// are behind NAT (they announce relayed addresses): then ranks are
+// libp2p.RingOrder of the members, so that a ring all-reduce's neighbours
+// are not two members behind NAT, whose link may stay relayed. Every
+// member computes the same order from the same group.
 func JoinLibp2p(ctx context.Context, nc *nats.Conn, job string, world int, opts []libp2p.Option, rdv ...Option) (*libp2p.Conn, error) {
 	node, err := libp2p.Listen(ctx, append([]libp2p.Option{libp2p.WithJob(job), libp2p.WithMaxPeers(max(world-1, 1))}, opts...)...)
 	if err != nil {
@@ -34,6 +40,7 @@ func JoinLibp2p(ctx context.Context, nc *nats.Conn, job string, world int, opts 
 			return nil, err
 		}
 	}
+	g, peers = ringOrdered(g, peers)
 	c, err := node.Connect(ctx, g.Rank, peers) // closes the node on error
 	if err != nil {
 		return nil, err
@@ -43,4 +50,19 @@ func JoinLibp2p(ctx context.Context, nc *nats.Conn, job string, world int, opts 
 		return nil, err
 	}
 	return c, nil
+}
+
+// ringOrdered reorders g's members and peers (the same members, parsed) by
+// libp2p.RingOrder, and g's rank with them.
+func ringOrdered(g *Group, peers []libp2p.Peer) (*Group, []libp2p.Peer) {
+	order := libp2p.RingOrder(peers)
+	og := &Group{Job: g.Job, Rank: -1, Members: make([]Member, len(order))}
+	op := make([]libp2p.Peer, len(order))
+	for i, j := range order {
+		og.Members[i], op[i] = g.Members[j], peers[j]
+		if j == g.Rank {
+			og.Rank = i
+		}
+	}
+	return og, op
 }

@@ -10,7 +10,8 @@
 // seen exactly world of them (empty before). A process returns when it has
 // seen world members and every one of them reports the same view as its own.
 // Ranks are the positions of the members sorted by ID (byte order), so they
-// are a deterministic function of who joined. Because a process returns
+// are a deterministic function of who joined (JoinLibp2p then reorders
+// them so that members behind NAT are not ring neighbours). Because a process returns
 // only after every member has confirmed the same member set, processes that
 // return always agree; a process that publishes its view has necessarily
 // already subscribed, so every member receives every other member's final
