@@ -328,6 +328,9 @@ type rankState struct {
 	left    int // collectives not finished
 	node    int32
 	conns   []conn // outgoing connections with a message in flight
+	// peerConn[peer] is 1 + the index in conns of the connection to peer,
+	// or 0, while more than connScan connections are open (an all-to-all).
+	peerConn []int32
 }
 
 // conn is the stream from one rank to another: messages between a pair go
@@ -375,12 +378,11 @@ type driver struct {
 	arena     allreduce.Arena    // the Machines' per-op state
 	keys      []uint64           // scratch for recv directories
 	linkNames []string
-	opx, opj  allreduce.Op     // ops of Shared collectives, computed (pump, jobCost)
-	msgCost   MessageCost      // Options.Transport's software cost per message
-	connIdx   map[uint64]int32 // (rank, peer) -> index in rankState.conns, for ranks with more than connScan
-	slow      []float64        // per node: compute slowdown from ranks sharing its cores
-	slots     int              // machines per collective: world, or the groups of an aggregated run
-	agg       *aggPlan         // the aggregated run's plan, or nil
+	opx, opj  allreduce.Op // ops of Shared collectives, computed (pump, jobCost)
+	msgCost   MessageCost  // Options.Transport's software cost per message
+	slow      []float64    // per node: compute slowdown from ranks sharing its cores
+	slots     int          // machines per collective: world, or the groups of an aggregated run
+	agg       *aggPlan     // the aggregated run's plan, or nil
 	as        aggState
 	notAgg    string // why the run is not aggregated
 }
@@ -529,13 +531,10 @@ func (d *driver) setup(ctx context.Context) error {
 		d.slots = len(d.agg.reps)
 	}
 	d.ranks = grow(d.ranks, d.slots)
-	if d.connIdx == nil {
-		d.connIdx = map[uint64]int32{}
-	}
-	clear(d.connIdx)
 	for r := range d.ranks {
-		q, cs := d.ranks[r].queue[:0], d.ranks[r].conns[:0]
-		d.ranks[r] = rankState{queue: q, conns: cs}
+		q, cs, pc := d.ranks[r].queue[:0], d.ranks[r].conns[:0], d.ranks[r].peerConn
+		clear(pc)
+		d.ranks[r] = rankState{queue: q, conns: cs, peerConn: pc}
 		n := r
 		if d.agg != nil {
 			n = int(d.agg.node[d.agg.reps[r]])
@@ -1027,7 +1026,7 @@ func (d *driver) startFlow(m *msgInfo) {
 
 // enqueue starts m at once if the connection to peer is idle, else queues it.
 func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
-	if k := d.findConn(rs, d.ms[m.g].rank, peer); k >= 0 {
+	if k := d.findConn(rs, peer); k >= 0 {
 		c := &rs.conns[k]
 		j := d.park(m)
 		if c.tail < 0 {
@@ -1041,29 +1040,27 @@ func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 	rs.conns = append(rs.conns, conn{dst: peer, head: -1, tail: -1})
 	if k := len(rs.conns) - 1; k == connScan {
 		// Many open connections (an all-to-all): index them.
+		if len(rs.peerConn) < d.world {
+			rs.peerConn = make([]int32, d.world)
+		}
 		for i := range rs.conns {
-			d.connIdx[connKey(d.ms[m.g].rank, rs.conns[i].dst)] = int32(i)
+			rs.peerConn[rs.conns[i].dst] = int32(i) + 1
 		}
 	} else if k > connScan {
-		d.connIdx[connKey(d.ms[m.g].rank, peer)] = int32(k)
+		rs.peerConn[peer] = int32(k) + 1
 	}
 	d.startFlow(m)
 }
 
 // connScan is the number of open connections of a rank up to which they
-// are searched one by one; beyond, driver.connIdx indexes them.
+// are searched one by one; beyond, rankState.peerConn indexes them.
 const connScan = 16
 
-func connKey(rank, peer int32) uint64 { return uint64(rank)<<32 | uint64(uint32(peer)) }
-
-// findConn returns the index in rs.conns of the open connection from rank
-// to peer, or -1.
-func (d *driver) findConn(rs *rankState, rank, peer int32) int {
+// findConn returns the index in rs.conns of rs's open connection to peer,
+// or -1.
+func (d *driver) findConn(rs *rankState, peer int32) int {
 	if len(rs.conns) > connScan {
-		if k, ok := d.connIdx[connKey(rank, peer)]; ok {
-			return int(k)
-		}
-		return -1
+		return int(rs.peerConn[peer]) - 1
 	}
 	for k := range rs.conns {
 		if rs.conns[k].dst == peer {
@@ -1077,7 +1074,7 @@ func (d *driver) findConn(rs *rankState, rank, peer int32) int {
 // connection if none is queued.
 func (d *driver) connDone(rank, peer int32) {
 	rs := &d.ranks[rank]
-	k := d.findConn(rs, rank, peer)
+	k := d.findConn(rs, peer)
 	if k < 0 {
 		return
 	}
@@ -1085,9 +1082,9 @@ func (d *driver) connDone(rank, peer int32) {
 	if c.head < 0 {
 		last := len(rs.conns) - 1
 		if last >= connScan {
-			delete(d.connIdx, connKey(rank, peer))
+			rs.peerConn[peer] = 0
 			if k != last {
-				d.connIdx[connKey(rank, rs.conns[last].dst)] = int32(k)
+				rs.peerConn[rs.conns[last].dst] = int32(k) + 1
 			}
 		}
 		rs.conns[k] = rs.conns[last]
@@ -1095,7 +1092,7 @@ func (d *driver) connDone(rank, peer int32) {
 		if last == connScan {
 			// Back to searching one by one.
 			for i := range rs.conns {
-				delete(d.connIdx, connKey(rank, rs.conns[i].dst))
+				rs.peerConn[rs.conns[i].dst] = 0
 			}
 		}
 		return
