@@ -179,6 +179,63 @@ func addTo(dst, src []float32) {
 	}
 }
 
+// addScaleF32 sets dst = (dst + b)·s for little-endian b (len(b) ==
+// 4·len(dst)), rounding after the addition as addF32 followed by a scale
+// would.
+func addScaleF32(dst []float32, b []byte, s float32) {
+	v := f32View(b)
+	if v == nil {
+		addF32(dst, b)
+		for i := range dst {
+			dst[i] *= s
+		}
+		return
+	}
+	v = v[:len(dst)]
+	for i := range dst {
+		dst[i] = float32(dst[i]+v[i]) * s
+	}
+}
+
+// fuseScales fills fuse (len(ops), zeroed) for Exec.fuse, using ndep
+// (len(ops)) as scratch: reduce i gets j+1 and scale j gets -1 when j is
+// an FnScale with Deps {i, NoDep} over the same region as i, i is an
+// FnReduce from BufStage, and no other op depends on i (so nothing can see
+// the region between the two).
+func fuseScales(fuse []int32, ndep []uint8, ops []Op) {
+	clear(ndep)
+	for j := range ops {
+		for _, d := range ops[j].Deps {
+			if d >= 0 && int(d) < len(ops) && ndep[d] < 2 {
+				ndep[d]++
+			}
+		}
+	}
+	for j := range ops {
+		sc := &ops[j]
+		i := sc.Deps[0]
+		if sc.Kind != Compute || sc.Fn != FnScale || i < 0 || int(i) >= len(ops) || sc.Deps[1] != NoDep || sc.Dst != sc.Src {
+			continue
+		}
+		rd := &ops[i]
+		if ndep[i] != 1 || rd.Kind != Compute || rd.Fn != FnReduce || rd.Src != BufStage || rd.Dst != sc.Dst {
+			continue
+		}
+		c0, n0 := rd.Chunks()
+		if c1, n1 := sc.Chunks(); c0 != c1 || n0 != n1 {
+			continue
+		}
+		fuse[i], fuse[j] = int32(j)+1, -1
+	}
+}
+
+// mustIndex is index for ops the driver passed in (already checked by
+// the op's region lookup).
+func (e *Exec) mustIndex(op *Op) int {
+	i, _ := e.index(op)
+	return i
+}
+
 // Errors of the executor.
 var (
 	// ErrMessage: a received message or payload has the wrong size or
@@ -252,7 +309,13 @@ type Exec struct {
 	aux  []float32
 	raw  bool // F32 on a little-endian host
 
-	stage   [][]byte // per op index: messages delivered to Recv ops into BufStage
+	stage [][]byte // per op index: messages delivered to Recv ops into BufStage
+	// fuse (raw only), per op index: for an FnReduce from BufStage whose
+	// sole dependent is an FnScale of the same region, that op's index+1;
+	// the reduce then scales as it adds (one pass instead of two, the same
+	// bits) and the FnScale, marked fused[j] = -1, does nothing.
+	fuse    []int32
+	ndep    []uint8  // scratch of fuseScales
 	scratch [][]byte // per op index: encoded Send payloads (non-raw codecs)
 	slots   [][]byte // BufPayload slots
 	own     []byte   // backing of slots written by this executor
@@ -294,6 +357,11 @@ func (e *Exec) Reset(p *Program, data []float32) error {
 	n := len(p.Ops)
 	e.stage = grow(e.stage, n)
 	clear(e.stage)
+	e.fuse = grow(e.fuse, n)
+	if e.raw {
+		e.ndep = grow(e.ndep, n)
+		fuseScales(e.fuse, e.ndep, p.Ops)
+	}
 	if !e.raw {
 		e.scratch = grow(e.scratch, n) // keeps the capacity of earlier buffers
 	}
@@ -527,6 +595,10 @@ func (e *Exec) Run(op *Op) error {
 			if len(b) != 4*len(dst) {
 				return fmt.Errorf("%w: %v: %d bytes for %d float32", ErrMessage, op, len(b), len(dst))
 			}
+			if j := e.fuse[e.mustIndex(op)]; j > 0 {
+				addScaleF32(dst, b, e.prog.Ops[j-1].Scale)
+				return nil
+			}
 			addF32(dst, b)
 			return nil
 		}
@@ -549,6 +621,9 @@ func (e *Exec) Run(op *Op) error {
 		dst, err := e.floats(op.Dst, op)
 		if err != nil {
 			return err
+		}
+		if e.raw && e.fuse[e.mustIndex(op)] < 0 {
+			return nil // done by the FnReduce before it
 		}
 		s := op.Scale
 		for i := range dst {

@@ -332,7 +332,10 @@ type Executor interface {
 	// Deliver hands over the bytes received for a Recv op; the executor
 	// owns b afterwards. It keeps b only if op.KeepsMessage(): otherwise b
 	// is dead once Deliver returns, and the driver may recycle its memory
-	// (transport.Release). A malformed message is an error.
+	// (transport.Release). A message kept in BufStage is dead once the
+	// FnReduce that consumes it (Deps[0]) has run; one kept in BufPayload
+	// lives until the executor is reset for another run. A malformed
+	// message is an error.
 	Deliver(op *Op, b []byte) error
 	// Run executes a Compute op.
 	Run(op *Op) error

@@ -5,17 +5,24 @@ package experiments
 import (
 	"bufio"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"golang.org/x/crypto/chacha20poly1305"
 
 	"github.com/slimgrad/slimgrad/experiments/internal/testenv"
 	"github.com/slimgrad/slimgrad/transport"
@@ -50,7 +57,13 @@ import (
 // writes) over plain TCP sockets, with no framing, reduction or
 // encryption; "relay-floor" does the same through a user-space relay in
 // the parent (the two TCP hops of a broker such as nats-server, with none
-// of its parsing). Every result is also logged as a ratio to them.
+// of its parsing). A third, "nats-raw", is NATS's own ceiling: the same
+// bytes in messages of the server's max payload, published with nats.go to
+// the next rank's subject through an embedded server like the nats
+// transport's, and copied by the subscriber into a destination buffer.
+// Every result is also logged as a ratio to them. CPU time is counted over
+// the timed steps only (not the untimed refill of the gradients between
+// them), as for the floors.
 func TestMultiProcAllReduce(t *testing.T) {
 	worlds := testenv.List("SLIMGRAD_MP_WORLDS", "2,4")
 	transports := testenv.List("SLIMGRAD_MP_TRANSPORTS", "tcp-floor,relay-floor,libp2p-noise,libp2p-insecure,nats")
@@ -62,19 +75,23 @@ func TestMultiProcAllReduce(t *testing.T) {
 		var results []string
 		var buses []float64
 		floors := map[string]float64{}
+		floorCPU := map[string]float64{} // CPU seconds per step, all ranks
 		for _, tr := range transports {
-			if strings.HasSuffix(tr, "-floor") {
+			if strings.HasSuffix(tr, "-floor") || tr == "nats-raw" {
 				name := fmt.Sprintf("transport=%s/n=%d/size=%dMiB", tr, n, size>>20)
 				t.Run(name, func(t *testing.T) {
 					env := map[string]string{"SLIMGRAD_MP_TRANSPORT": tr,
 						"SLIMGRAD_MP_BYTES": strconv.Itoa(size), "SLIMGRAD_MP_ITERS": strconv.Itoa(iters)}
-					if tr == "relay-floor" {
+					switch tr {
+					case "relay-floor":
 						env["SLIMGRAD_MP_RELAY"] = startRelay(t, n)
+					case "nats-raw":
+						env["SLIMGRAD_MP_NATS_URL"] = startNATS(t)
 					}
 					med, cpu := runChildren(t, n, env)
 					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
 					t.Logf("RESULT %s median_s=%.5f busbw_GBps=%.3f cpu_ms_per_step=%.1f", name, med, bus, 1e3*cpu)
-					floors[tr] = bus
+					floors[tr], floorCPU[tr] = bus, cpu
 				})
 				continue
 			}
@@ -86,12 +103,7 @@ func TestMultiProcAllReduce(t *testing.T) {
 						"SLIMGRAD_MP_BYTES": strconv.Itoa(size), "SLIMGRAD_MP_ITERS": strconv.Itoa(iters),
 					}
 					if tr == "nats" {
-						srv, err := natsserver.Start(t.Context(), natsserver.Options{MaxPayload: testenv.Int(t, "SLIMGRAD_MP_NATS_PAYLOAD", 8<<20, 0)})
-						if err != nil {
-							t.Fatal(err)
-						}
-						defer srv.Shutdown()
-						env["SLIMGRAD_MP_NATS_URL"] = srv.ClientURL()
+						env["SLIMGRAD_MP_NATS_URL"] = startNATS(t)
 					}
 					med, cpu := runChildren(t, n, env)
 					bus := float64(2*(n-1)) / float64(n) * float64(size) / med / 1e9
@@ -107,19 +119,112 @@ func TestMultiProcAllReduce(t *testing.T) {
 				t.Logf("RATIO %s busbw/gloo = %.2f", results[i], buses[i]/gloo)
 			}
 		}
-		for _, f := range []string{"tcp-floor", "relay-floor"} {
+		if fb, fc := floors["tcp-floor"], floorCPU["tcp-floor"]; fb > 0 {
+			// The cipher bound: the floor with the cipher's CPU time added
+			// (every rank seals what it sends and opens what it receives,
+			// 2(n-1)/n·size bytes each way), as if the step were CPU-bound
+			// as on this 2-core machine: floor busbw · C/(C + cipher CPU).
+			moved := float64(n) * float64(2*(n-1)) / float64(n) * float64(size)
+			for i := range results {
+				for _, c := range []struct{ tr, name string }{{"libp2p-noise", "chacha20poly1305"}, {"libp2p-tls", "aes-gcm"}} {
+					if !strings.Contains(results[i], "transport="+c.tr+"/") {
+						continue
+					}
+					perByte := cipherCPUPerByte(t, c.name)
+					bound := fb * fc / (fc + moved*perByte)
+					t.Logf("RESULT cipher=%s seal+open_GBps_per_core=%.3f bound_busbw_GBps=%.3f (tcp-floor %.3f GB/s, %.1f ms CPU/step)", c.name, 1e-9/perByte, bound, fb, 1e3*fc)
+					t.Logf("RATIO %s busbw/cipher-bound = %.2f", results[i], buses[i]/bound)
+				}
+			}
+		}
+		for _, f := range []string{"tcp-floor", "relay-floor", "nats-raw"} {
 			fb := floors[f]
 			if fb == 0 {
 				continue
 			}
-			if gloo > 0 {
+			if gloo > 0 && f != "nats-raw" {
 				t.Logf("RATIO gloo/n=%d busbw/%s = %.2f", n, f, gloo/fb)
 			}
 			for i := range results {
+				if f == "nats-raw" && !strings.Contains(results[i], "transport=nats/") {
+					continue
+				}
 				t.Logf("RATIO %s busbw/%s = %.2f", results[i], f, buses[i]/fb)
 			}
 		}
 	}
+}
+
+// cipherCPUPerByte measures, on one core of this process, the CPU seconds
+// per byte of sealing and then opening 64 MiB in the record sizes the
+// secured transports use: "chacha20poly1305" (Noise, frames of 65519
+// plaintext bytes) or "aes-gcm" (TLS 1.3 with AES-128-GCM, 16 KiB records).
+func cipherCPUPerByte(t *testing.T, name string) float64 {
+	var aead cipher.AEAD
+	var rec int
+	key := make([]byte, 32)
+	switch name {
+	case "chacha20poly1305":
+		a, err := chacha20poly1305.New(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		aead, rec = a, 65535-16
+	case "aes-gcm":
+		b, err := aes.NewCipher(key[:16])
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := cipher.NewGCM(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		aead, rec = a, 16<<10
+	default:
+		t.Fatalf("unknown cipher %q", name)
+	}
+	const total = 64 << 20
+	src := make([]byte, rec)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	sealed := make([]byte, 0, rec+aead.Overhead())
+	opened := make([]byte, 0, rec)
+	nonce := make([]byte, aead.NonceSize())
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c0 := threadCPUSeconds(t)
+	for off := 0; off < total; off += rec {
+		binary.LittleEndian.PutUint64(nonce, uint64(off))
+		sealed = aead.Seal(sealed[:0], nonce, src, nil)
+		var err error
+		if opened, err = aead.Open(opened[:0], nonce, sealed, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return (threadCPUSeconds(t) - c0) / total
+}
+
+// threadCPUSeconds is the CPU time (user and system) of the calling OS
+// thread.
+func threadCPUSeconds(t *testing.T) float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_THREAD, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// startNATS starts the embedded server of the nats and nats-raw runs
+// (max payload SLIMGRAD_MP_NATS_PAYLOAD, default 8 MiB) for the test's
+// lifetime and returns its URL.
+func startNATS(t *testing.T) string {
+	srv, err := natsserver.Start(t.Context(), natsserver.Options{MaxPayload: testenv.Int(t, "SLIMGRAD_MP_NATS_PAYLOAD", 8<<20, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv.ClientURL()
 }
 
 // runGloo runs the Gloo anchor script and returns its bus bandwidth (GB/s).
@@ -233,7 +338,7 @@ func TestMultiProcChild(t *testing.T) {
 	defer cancel()
 	var conn transport.Conn
 	switch tr := os.Getenv("SLIMGRAD_MP_TRANSPORT"); tr {
-	case "tcp-floor", "relay-floor":
+	case "tcp-floor", "relay-floor", "nats-raw":
 		med, cpu := floorSteps(t, ctx, tr, rank, n, size, iters)
 		fmt.Printf("MEDIAN %.6f %.6f\n", med, cpu)
 		return
@@ -336,25 +441,24 @@ func benchSteps(t *testing.T, ctx context.Context, conn transport.Conn, alg stri
 
 // timeSteps runs prepare (untimed, may be nil) and step iters+2 times and
 // returns step's median wall time over the last iters runs and the CPU
-// time (user and system) this process used per run over them, in seconds.
+// time (user and system) this process used per run of step over them, in
+// seconds (prepare's is not counted).
 func timeSteps(t *testing.T, iters int, prepare, step func()) (median, cpu float64) {
 	const warm = 2
 	var ts []float64
-	var cpu0 float64
 	for i := range iters + warm {
-		if i == warm {
-			cpu0 = cpuSeconds(t)
-		}
 		if prepare != nil {
 			prepare()
 		}
+		c0 := cpuSeconds(t)
 		t0 := time.Now()
 		step()
 		if i >= warm {
 			ts = append(ts, time.Since(t0).Seconds())
+			cpu += cpuSeconds(t) - c0
 		}
 	}
-	cpu = (cpuSeconds(t) - cpu0) / float64(iters)
+	cpu /= float64(iters)
 	slices.Sort(ts)
 	return ts[len(ts)/2], cpu
 }
@@ -414,6 +518,8 @@ func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, ite
 			t.Fatal(err)
 		}
 		out, in = c, c
+	case "nats-raw":
+		return natsRawSteps(t, rank, n, size, iters)
 	}
 	total := 2 * (n - 1) * size / n
 	src, dst := make([]byte, total), make([]byte, total)
@@ -438,6 +544,60 @@ func floorSteps(t *testing.T, ctx context.Context, tr string, rank, n, size, ite
 		if err := <-werr; err != nil {
 			t.Fatal(err)
 		}
+	})
+}
+
+// natsRawSteps is one rank of the nats-raw measurement: each step it
+// publishes 2(n-1)/n·size bytes to the next rank's subject in messages of
+// the server's max payload (plain nats.go, one connection, as the nats
+// transport uses) and receives as many from the previous rank, copying
+// every message into a destination buffer.
+func natsRawSteps(t *testing.T, rank, n, size, iters int) (median, cpu float64) {
+	nc, err := natsgo.Connect(os.Getenv("SLIMGRAD_MP_NATS_URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	total := 2 * (n - 1) * size / n
+	src, dst := make([]byte, total), make([]byte, total)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	chunk := int(nc.MaxPayload())
+	got := 0
+	done := make(chan struct{}, iters+2)
+	sub, err := nc.Subscribe(fmt.Sprintf("mpraw.%d", rank), func(m *natsgo.Msg) {
+		off := got % total // a step's messages never straddle its end
+		copy(dst[off:], m.Data)
+		got += len(m.Data)
+		if got%total == 0 {
+			done <- struct{}{}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil { // subscribed before anyone publishes
+		t.Fatal(err)
+	}
+	fmt.Printf("PEER nats-raw\n")
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	next := fmt.Sprintf("mpraw.%d", (rank+1)%n)
+	return timeSteps(t, iters, nil, func() {
+		for off := 0; off < total; off += chunk {
+			if err := nc.Publish(next, src[off:min(off+chunk, total)]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		<-done
 	})
 }
 

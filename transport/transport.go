@@ -90,6 +90,35 @@ type Stats struct {
 	Relayed []bool
 }
 
+// StatsReader is implemented by a Conn that can write its counters into a
+// Stats the caller owns: ReadStats sets every slice of dst to Size()
+// entries, reusing dst's memory where its capacity allows (so a caller that
+// keeps one Stats per snapshot allocates nothing in steady state), and
+// clears Relayed when the transport has no relays. Safe for concurrent use
+// with the Conn's other methods, as Stats.
+type StatsReader interface {
+	ReadStats(dst *Stats)
+}
+
+// ReadStats fills dst with c's counters: through StatsReader when c
+// implements it, else with a fresh c.Stats().
+func ReadStats(c Conn, dst *Stats) {
+	if r, ok := c.(StatsReader); ok {
+		r.ReadStats(dst)
+		return
+	}
+	*dst = c.Stats()
+}
+
+// Resize returns s with n entries, reusing its memory if it can (the
+// entries are not cleared). For StatsReader implementations.
+func Resize[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
 // Total returns the sums over all peers of the four byte counters.
 func (s Stats) Total() (sentPayload, sentWire, recvPayload, recvWire int64) {
 	for i := range s.SentPayload {

@@ -72,7 +72,9 @@ type event struct {
 // returning, so nothing touches x or its buffers afterwards. Errors wrap the
 // transport's *transport.PeerError where a peer is at fault (a timeout becomes
 // one wrapping ErrTimeout), ctx.Err() when ctx ends, or the executor's error.
-// The returned RunStats belong to the caller.
+// The returned RunStats belong to the caller. Messages that x consumes
+// within the run (BufStage) go back to conn (transport.Release); those x
+// keeps (BufPayload) stay x's.
 func Run(ctx context.Context, conn transport.Conn, id uint32, p *allreduce.Program, x allreduce.Executor, opts RunOptions) (RunStats, error) {
 	var d driver
 	defer d.close()
@@ -109,10 +111,29 @@ type driver struct {
 	xout             [][]byte
 	xconn            transport.Conn // the Conn of the last exchange
 	xme              int            // its rank (xout[xme] is the caller's message)
+
+	// Messages the executor keeps (Op.KeepsMessage), per op of the last
+	// run, and their Conn: a staged message goes back to the Conn once
+	// the FnReduce that consumes it has run, a payload at the start of
+	// the driver's next run (the executor holds it until its reset).
+	kept     [][]byte
+	keptConn transport.Conn
 }
 
-// close releases the driver's own goroutines (if it has any).
+// close releases the driver's own goroutines (if it has any). Messages the
+// last run's executor kept stay with it (the caller may still read them).
 func (d *driver) close() { d.own.close() }
+
+// releaseKept gives every message the last run's executor kept back to its
+// Conn: the executor has been reset since, or is about to be.
+func (d *driver) releaseKept() {
+	for i, b := range d.kept {
+		if b != nil {
+			transport.Release(d.keptConn, b)
+			d.kept[i] = nil
+		}
+	}
+}
 
 func (d *driver) pl() *pool {
 	if d.pool != nil {
@@ -158,6 +179,8 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 	if err := d.m.Reset(p); err != nil {
 		return st, err
 	}
+	d.releaseKept()
+	d.kept, d.keptConn = grow(d.kept, len(p.Ops)), conn
 	n := conn.Size()
 	if cap(d.queues) < n {
 		d.queues = make([][]int32, n)
@@ -254,6 +277,13 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 				if err != nil {
 					return st, fmt.Errorf("worker: %s op %d (%v): %w", p.Name, i, op, err)
 				}
+				if op.Fn == allreduce.FnReduce && op.Src == allreduce.BufStage {
+					// The staged message is consumed (Executor.Deliver).
+					if j := op.Deps[0]; j >= 0 && int(j) < len(d.kept) && d.kept[j] != nil {
+						transport.Release(conn, d.kept[j])
+						d.kept[j] = nil
+					}
+				}
 				if err := d.m.Done(i); err != nil {
 					return st, err
 				}
@@ -315,7 +345,9 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 			t0 := time.Now()
 			err := x.Deliver(op, ev.b)
 			st.Compute += time.Since(t0)
-			if !op.KeepsMessage() {
+			if op.KeepsMessage() {
+				d.kept[ev.op] = ev.b
+			} else {
 				transport.Release(conn, ev.b)
 			}
 			if err != nil {

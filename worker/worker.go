@@ -99,6 +99,11 @@ type Worker struct {
 	pool      pool
 	stState   stepState
 	lastStats transport.Stats
+	// spareStats is the snapshot before lastStats: the next one is read
+	// into its memory (transport.ReadStats), so counters cost no
+	// allocation per step. peerAcc is the ledger's per-peer scratch.
+	spareStats transport.Stats
+	peerAcc    []int64
 
 	// Abort watchers: one receive per peer on abortTag for the Worker's
 	// life (cancelled by Close). A notice fails the step in flight, or the
@@ -310,7 +315,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		}
 	}
 	w.started = true
-	w.lastStats = w.conn.Stats()
+	transport.ReadStats(w.conn, &w.lastStats)
 	w.watch()
 	if log := w.cfg.Logger; log.Enabled(ctx, slog.LevelDebug) {
 		for _, b := range w.buckets {
@@ -936,9 +941,12 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 	if w.lg != nil {
 		led.Switched, led.Decision = w.lg.switched, w.lg.decision
 	}
-	after := w.conn.Stats()
+	// st.before is w.lastStats (the step's start): read the new counters
+	// into the older snapshot's memory, then swap.
+	transport.ReadStats(w.conn, &w.spareStats)
+	after := w.spareStats
 	led.Peers = statsDelta(st.before, after)
-	w.lastStats = after
+	w.lastStats, w.spareStats = after, w.lastStats
 	led.Layers = make([]LayerLedger, len(w.layers))
 	peerBuf := make([]int64, 2*n*len(w.layers)) // every layer's SentTo and RecvFrom
 	for li, s := range w.layers {
@@ -955,7 +963,9 @@ func (w *Worker) ledger(st *stepState, step int64) *Ledger {
 			return v * int64(w.layers[li].Elems) / total
 		}
 		var acc [5]int64
-		peerAcc := [2][]int64{make([]int64, n), make([]int64, n)}
+		w.peerAcc = transport.Resize(w.peerAcc, 2*n)
+		clear(w.peerAcc)
+		peerAcc := [2][]int64{w.peerAcc[:n], w.peerAcc[n:]}
 		for k, li := range b.Layers {
 			l := &led.Layers[li]
 			coll := r.coll

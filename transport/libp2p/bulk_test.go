@@ -25,11 +25,14 @@ import (
 // is in use and both sides count the same wire bytes.
 func TestBulkPath(t *testing.T) {
 	for _, k := range []int{1, 3} {
-		for _, insecure := range []bool{false, true} {
-			t.Run(fmt.Sprintf("streams=%d/insecure=%v", k, insecure), func(t *testing.T) {
+		for _, security := range []string{"noise", "tls", "insecure"} {
+			t.Run(fmt.Sprintf("streams=%d/security=%s", k, security), func(t *testing.T) {
 				opts := []Option{WithBulkStreams(k, 64<<10)}
-				if insecure {
+				switch security {
+				case "insecure":
 					opts = append(opts, WithInsecure())
+				case "tls":
+					opts = append(opts, WithTLS())
 				}
 				cs := newGroup(t, 2, opts...)
 				if l := cs[0].links[1]; len(l.bulkW) != k {

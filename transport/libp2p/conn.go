@@ -598,25 +598,35 @@ func (c *Conn) Release(b []byte) {
 // credits and handshakes are not counted). Received bytes are counted when Recv returns
 // them.
 func (c *Conn) Stats() transport.Stats {
-	s := transport.Stats{
-		SentPayload: make([]int64, c.size), SentWire: make([]int64, c.size),
-		RecvPayload: make([]int64, c.size), RecvWire: make([]int64, c.size),
-		SentMsgs: make([]int64, c.size), RecvMsgs: make([]int64, c.size),
-	}
+	var s transport.Stats
+	c.ReadStats(&s)
+	return s
+}
+
+// ReadStats writes Stats into dst, reusing its slices
+// (transport.StatsReader).
+func (c *Conn) ReadStats(s *transport.Stats) {
+	n := c.size
+	s.SentPayload, s.SentWire = transport.Resize(s.SentPayload, n), transport.Resize(s.SentWire, n)
+	s.RecvPayload, s.RecvWire = transport.Resize(s.RecvPayload, n), transport.Resize(s.RecvWire, n)
+	s.SentMsgs, s.RecvMsgs = transport.Resize(s.SentMsgs, n), transport.Resize(s.RecvMsgs, n)
 	for r, l := range c.links {
 		if l == nil {
+			s.SentPayload[r], s.SentWire[r], s.SentMsgs[r] = 0, 0, 0
+			s.RecvPayload[r], s.RecvWire[r], s.RecvMsgs[r] = 0, 0, 0
 			continue
 		}
 		s.SentPayload[r], s.SentWire[r], s.SentMsgs[r] = l.sentPayload.Load(), l.sentWire.Load(), l.sentMsgs.Load()
 		s.RecvPayload[r], s.RecvWire[r], s.RecvMsgs[r] = l.recvPayload.Load(), l.recvWire.Load(), l.recvMsgs.Load()
 	}
+	old := s.Relayed
+	s.Relayed = nil
 	if len(c.node.relay.relays) > 0 {
-		s.Relayed = make([]bool, c.size)
+		s.Relayed = transport.Resize(old, n)
 		for r := range s.Relayed {
 			s.Relayed[r] = c.Relayed(r)
 		}
 	}
-	return s
 }
 
 // Close tells every live peer that this rank is done (the peers then see
@@ -927,7 +937,7 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 		return fmt.Errorf("%w: unexpected handshake frame (flags %d, %d bytes)", transport.ErrBadFrame, h.Flags, len(p))
 	}
 	s.SetDeadline(time.Time{})
-	var bulk []net.Conn
+	var bulk []*bulkWriter
 	// A private peer's bulk port is behind its NAT: the bulk dial could
 	// only time out.
 	if len(p) == 24 && !l.private {
@@ -937,14 +947,13 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 	defer c.mu.Unlock()
 	if c.isClosing {
 		s.Reset()
-		for _, b := range bulk {
-			b.Close()
+		for _, w := range bulk {
+			w.conn.Close()
 		}
 		return transport.ErrClosed
 	}
 	l.cmu.Lock()
-	for _, b := range bulk {
-		w := &bulkWriter{conn: b}
+	for _, w := range bulk {
 		if len(bulk) > 1 {
 			w.jobs, w.res = make(chan bulkJob), make(chan error, 1)
 			c.wg.Add(1)
@@ -1198,8 +1207,13 @@ func readPayload(r io.Reader, p []byte) (uint32, error) {
 
 // readPayloadCRC is readPayload continuing the checksum crc.
 func readPayloadCRC(r io.Reader, p []byte, crc uint32) (uint32, error) {
+	return readPayloadCRCChunk(r, p, crc, crcChunk)
+}
+
+// readPayloadCRCChunk is readPayloadCRC reading chunk bytes at a time.
+func readPayloadCRCChunk(r io.Reader, p []byte, crc uint32, chunk int) (uint32, error) {
 	for off := 0; off < len(p); {
-		end := min(off+crcChunk, len(p))
+		end := min(off+chunk, len(p))
 		n, err := io.ReadFull(r, p[off:end])
 		crc = transport.UpdateChecksum(crc, p[off:off+n])
 		off += n

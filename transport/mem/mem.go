@@ -315,6 +315,10 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 // frame headers when framing is on.
 func (c *Conn) Stats() transport.Stats { return c.stats.Snapshot() }
 
+// ReadStats writes Stats into dst, reusing its slices
+// (transport.StatsReader).
+func (c *Conn) ReadStats(dst *transport.Stats) { c.stats.SnapshotTo(dst) }
+
 // Close closes the endpoint: every waiting and later call returns
 // transport.ErrClosed, queued messages are dropped, and the peers see this
 // rank as dead once they have received what it sent. Close is idempotent and

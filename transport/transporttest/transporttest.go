@@ -37,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -703,6 +704,18 @@ func (s *suite) testStats(t *testing.T) {
 	sp, _, rp, _ := sr.Total()
 	if sp != 0 || rp != total {
 		t.Errorf("receiver Total: sent payload %d, recv payload %d; want 0, %d", sp, rp, total)
+	}
+	// ReadStats (through transport.StatsReader or not) gives what Stats
+	// gives, into a Stats whose memory a StatsReader reuses.
+	var into transport.Stats
+	transport.ReadStats(conns[2], &into)
+	if !reflect.DeepEqual(into, sr) {
+		t.Errorf("ReadStats = %+v, Stats = %+v", into, sr)
+	}
+	if _, ok := conns[2].(transport.StatsReader); ok {
+		if allocs := testing.AllocsPerRun(20, func() { transport.ReadStats(conns[2], &into) }); allocs != 0 {
+			t.Errorf("ReadStats into a used Stats: %.1f allocations, want 0", allocs)
+		}
 	}
 }
 

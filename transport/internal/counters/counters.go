@@ -45,8 +45,8 @@ func (s *Set) SentWire(peer int, wire int) { s.sentWire[peer].Add(int64(wire)) }
 // RecvWire adds wire bytes received from peer.
 func (s *Set) RecvWire(peer int, wire int) { s.recvWire[peer].Add(int64(wire)) }
 
-func load(a []atomic.Int64) []int64 {
-	out := make([]int64, len(a))
+func load(out []int64, a []atomic.Int64) []int64 {
+	out = transport.Resize(out, len(a))
 	for i := range a {
 		out[i] = a[i].Load()
 	}
@@ -55,9 +55,16 @@ func load(a []atomic.Int64) []int64 {
 
 // Snapshot returns a copy of the counters.
 func (s *Set) Snapshot() transport.Stats {
-	return transport.Stats{
-		SentPayload: load(s.sentPayload), SentWire: load(s.sentWire),
-		RecvPayload: load(s.recvPayload), RecvWire: load(s.recvWire),
-		SentMsgs: load(s.sentMsgs), RecvMsgs: load(s.recvMsgs),
-	}
+	var st transport.Stats
+	s.SnapshotTo(&st)
+	return st
+}
+
+// SnapshotTo copies the counters into dst, reusing its slices
+// (transport.StatsReader); dst.Relayed becomes nil.
+func (s *Set) SnapshotTo(dst *transport.Stats) {
+	dst.SentPayload, dst.SentWire = load(dst.SentPayload, s.sentPayload), load(dst.SentWire, s.sentWire)
+	dst.RecvPayload, dst.RecvWire = load(dst.RecvPayload, s.recvPayload), load(dst.RecvWire, s.recvWire)
+	dst.SentMsgs, dst.RecvMsgs = load(dst.SentMsgs, s.sentMsgs), load(dst.RecvMsgs, s.recvMsgs)
+	dst.Relayed = nil
 }
