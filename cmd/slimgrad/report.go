@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -77,14 +78,85 @@ func summaryTable(rep *simReport, target float64) (header []string, rows [][]str
 }
 
 // writeSummary writes the summary as aligned text (the terminal's and
-// summary.txt's form).
+// summary.txt's form), followed by the comparison at equal budgets when
+// there is one (budgetTable).
 func writeSummary(w io.Writer, rep *simReport, target float64) {
 	header, rows := summaryTable(rep, target)
+	writeAligned(w, header, rows)
+	if t, b, header, rows := budgetTable(rep); rows != nil {
+		fmt.Fprintf(w, "\nAt equal budgets: every method after %s of simulated time and after %s on the wire\n"+
+			"(the least any method used; loss: mean training loss of the last %d steps within the budget;\n"+
+			"acc: the last evaluation within it):\n", fmtDuration(t), fmtBytes(b), budgetLossSteps)
+		writeAligned(w, header, rows)
+	}
+}
+
+func writeAligned(w io.Writer, header []string, rows [][]string) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	for _, r := range append([][]string{header}, rows...) {
 		fmt.Fprintf(tw, "%s\t\n", strings.Join(r, "\t"))
 	}
 	tw.Flush()
+}
+
+// budgetLossSteps is the window of training losses averaged at a budget.
+const budgetLossSteps = 10
+
+// budgetTable compares the runs at equal budgets, as per-step and
+// outer-loop methods must be compared: the simulated time t and the wire
+// bytes b that every run reached (the smallest final totals), and for each
+// run the training loss and test accuracy it had within t and within b.
+// It returns no rows with fewer than two runs, without simulated time, or
+// when a run kept only its last records.
+func budgetTable(rep *simReport) (t time.Duration, b int64, header []string, rows [][]string) {
+	if len(rep.Runs) < 2 {
+		return 0, 0, nil, nil
+	}
+	for i, run := range rep.Runs {
+		last := run.Result.Last
+		if recs := run.Result.Records; last.TotalStepTime <= 0 || len(recs) == 0 || recs[0].Step != 0 {
+			return 0, 0, nil, nil // no time, or only the last records kept
+		}
+		if i == 0 || last.TotalStepTime < t {
+			t = last.TotalStepTime
+		}
+		if i == 0 || last.TotalWireBytes < b {
+			b = last.TotalWireBytes
+		}
+	}
+	header = []string{"method", "step at time", "loss at time", "acc at time", "step at bytes", "loss at bytes", "acc at bytes"}
+	for _, run := range rep.Runs {
+		recs := run.Result.Records
+		nt := sort.Search(len(recs), func(i int) bool { return recs[i].TotalStepTime > t })
+		nb := sort.Search(len(recs), func(i int) bool { return recs[i].TotalWireBytes > b })
+		row := []string{run.Method.Name}
+		for _, n := range []int{nt, nb} {
+			row = append(row, budgetCells(recs[:n])...)
+		}
+		rows = append(rows, row)
+	}
+	return t, b, header, rows
+}
+
+// budgetCells are a run's step, mean recent loss and last accuracy over
+// the records within a budget.
+func budgetCells(recs []train.Record) []string {
+	if len(recs) == 0 {
+		return []string{"-", "-", "-"} // not one step within the budget
+	}
+	var sum float64
+	window := recs[max(0, len(recs)-budgetLossSteps):]
+	for _, r := range window {
+		sum += r.Loss
+	}
+	acc := "-"
+	for i := len(recs) - 1; i >= 0; i-- {
+		if recs[i].Evaluated {
+			acc = fmt.Sprintf("%.2f%% (step %d)", 100*recs[i].Accuracy, recs[i].Step)
+			break
+		}
+	}
+	return []string{strconv.Itoa(recs[len(recs)-1].Step), fmt.Sprintf("%.4f", sum/float64(len(window))), acc}
 }
 
 // writeSummaryMarkdown writes the summary as a Markdown table without the
