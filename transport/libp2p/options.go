@@ -81,7 +81,7 @@ type Options struct {
 	// without the loopback ones unless they are all there is, so that a
 	// peer on another machine is never told to dial a loopback address.
 	AnnounceAddrs []string
-	// JobID scopes the stream protocol (/slimgrad/<JobID>/2): hosts of
+	// JobID scopes the stream protocol (/slimgrad/<JobID>/3): hosts of
 	// another job never get a stream accepted. Required: 1-128 characters
 	// from [A-Za-z0-9._-].
 	JobID string
