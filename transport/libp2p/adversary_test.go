@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 
 	"github.com/slimgrad/slimgrad/transport"
@@ -27,10 +28,11 @@ func rawHost(t *testing.T, key crypto.PrivKey) host.Host {
 	return rawHostSec(t, key, false)
 }
 
-// rawHostSec is rawHost with Noise, or with no security when insecure.
+// rawHostSec is rawHost with TLS and Noise (whichever the other end
+// speaks), or with no security when insecure.
 func rawHostSec(t *testing.T, key crypto.PrivKey, insecure bool) host.Host {
 	t.Helper()
-	sec := golibp2p.Security(noise.ID, noise.New)
+	sec := golibp2p.ChainOptions(golibp2p.Security(tls.ID, tls.New), golibp2p.Security(noise.ID, noise.New))
 	if insecure {
 		sec = golibp2p.NoSecurity
 	}

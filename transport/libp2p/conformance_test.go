@@ -14,7 +14,7 @@ func TestConformance(t *testing.T) {
 	for _, sec := range []struct {
 		name string
 		opt  Option
-	}{{"noise", nil}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
+	}{{"noise", WithNoise()}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
 		t.Run("security="+sec.name, func(t *testing.T) {
 			transporttest.Run(t,
 				func(t *testing.T, n int) []transport.Conn {

@@ -25,6 +25,8 @@ func TestSecuredSkipsCRC(t *testing.T) {
 				opts = append(opts, WithInsecure())
 			case "tls":
 				opts = append(opts, WithTLS())
+			case "noise":
+				opts = append(opts, WithNoise())
 			}
 			cs := newGroup(t, 2, opts...)
 			if len(cs[0].links[1].bulkW) != 1 {
@@ -65,28 +67,36 @@ func TestSecuredSkipsCRC(t *testing.T) {
 	}
 }
 
-// TestSecuredIgnoresPayloadCRC: on a Noise link the receiver does not
-// check a data payload's CRC field (the sender leaves it 0): a frame whose
-// field does not match its payload is delivered, where an insecure link
-// refuses it (TestCorruptFrame). The header's own CRC is still checked.
+// TestSecuredIgnoresPayloadCRC: on a Noise or TLS link the receiver does
+// not check a data payload's CRC field (the sender leaves it 0): a frame
+// whose field does not match its payload is delivered, where an insecure
+// link refuses it (TestCorruptFrame). The header's own CRC is still
+// checked.
 func TestSecuredIgnoresPayloadCRC(t *testing.T) {
-	c, s := fakePeer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	f := make([]byte, transport.FrameHeaderLen, transport.FrameHeaderLen+4)
-	transport.PutFrameHeaderSum(f, flagData, 4, 4, 0) // 0 is not the CRC of "fine"
-	f = append(f, "fine"...)
-	bad := transport.AppendFrame(nil, flagData, 4, []byte("evil"))
-	bad[5] ^= 1 // the tag no longer matches the header CRC
-	if _, err := s.Write(append(f, bad...)); err != nil {
-		t.Fatal(err)
+	for _, sec := range []struct {
+		name string
+		opt  Option
+	}{{"noise", WithNoise()}, {"tls", WithTLS()}} {
+		t.Run(sec.name, func(t *testing.T) {
+			c, s := fakePeer(t, sec.opt)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			f := make([]byte, transport.FrameHeaderLen, transport.FrameHeaderLen+4)
+			transport.PutFrameHeaderSum(f, flagData, 4, 4, 0) // 0 is not the CRC of "fine"
+			f = append(f, "fine"...)
+			bad := transport.AppendFrame(nil, flagData, 4, []byte("evil"))
+			bad[5] ^= 1 // the tag no longer matches the header CRC
+			if _, err := s.Write(append(f, bad...)); err != nil {
+				t.Fatal(err)
+			}
+			if b, err := c.Recv(ctx, 1, 4); err != nil || string(b) != "fine" {
+				t.Fatalf("frame without a payload CRC: %q, %v; want it delivered", b, err)
+			}
+			if n := c.links[1].crcBytes.Load(); n != 0 {
+				t.Errorf("CRC-32C over %d payload bytes on a %s link, want 0", n, sec.name)
+			}
+			_, err := c.Recv(ctx, 1, 4)
+			wantPeerErr(t, err, transport.ErrBadFrame)
+		})
 	}
-	if b, err := c.Recv(ctx, 1, 4); err != nil || string(b) != "fine" {
-		t.Fatalf("frame without a payload CRC: %q, %v; want it delivered", b, err)
-	}
-	if n := c.links[1].crcBytes.Load(); n != 0 {
-		t.Errorf("CRC-32C over %d payload bytes on a Noise link, want 0", n)
-	}
-	_, err := c.Recv(ctx, 1, 4)
-	wantPeerErr(t, err, transport.ErrBadFrame)
 }

@@ -1,8 +1,8 @@
 // Package libp2p implements transport.Conn over go-libp2p hosts.
 //
 // Each rank runs one libp2p host (TCP on loopback by default, any listen
-// and announce addresses by option, QUIC optional) secured with Noise (TLS, or no security for trusted networks, by
-// option). Only the job's peer IDs get through: a connection gater refuses
+// and announce addresses by option, QUIC optional) secured with TLS 1.3
+// (Noise, or no security for trusted networks, by option). Only the job's peer IDs get through: a connection gater refuses
 // every other peer at dial and right after the security handshake, and the
 // stream handler checks the remote peer ID, the job ID and the claimed rank
 // again.
