@@ -108,8 +108,9 @@ func Kernels(ctx context.Context, elems int, minTime time.Duration) ([]Result, e
 // Calibrate returns the simulator calibration for results: the throughput
 // (input bytes per second) under each codec and kernel result's key, the
 // per-transport message cost of MessageRoundTrips' summaries
-// (Calibration.Messages) and the seconds per sample of Grad's results
-// (Calibration.Grad). Unqualified codec keys ("encode", "decode",
+// (Calibration.Messages), the seconds per sample of Grad's gradient results
+// (Calibration.Grad) and per step of its local-step results
+// (Calibration.Local). Unqualified codec keys ("encode", "decode",
 // "decode-add") get the fp32 "none" codec's figures.
 func Calibrate(rs []Result, host string) *sim.Calibration {
 	c := &sim.Calibration{Host: host, Date: time.Now().UTC().Format(time.RFC3339), Throughput: map[string]float64{}}
@@ -129,6 +130,12 @@ func Calibrate(rs []Result, host string) *sim.Calibration {
 					c.Grad = map[string]float64{}
 				}
 				c.Grad[wl] = r.Extra["sample_s"]
+			}
+			if wl, ok := strings.CutPrefix(r.Key, "local_s/"); ok && r.Extra["step_s"] > 0 {
+				if c.Local == nil {
+					c.Local = map[string]float64{}
+				}
+				c.Local[wl] = r.Extra["step_s"]
 			}
 			continue
 		}

@@ -111,14 +111,26 @@ func TestMessageRoundTripsAndCalibration(t *testing.T) {
 	}
 	rs = append(rs, gs...)
 	cal := Calibrate(rs, "test")
-	if len(cal.Messages) != 3 || len(cal.Grad) != 2 || len(cal.Throughput) != 0 {
-		t.Fatalf("calibration: messages %v, grad %v, throughput %v", cal.Messages, cal.Grad, cal.Throughput)
+	if len(cal.Messages) != 3 || len(cal.Grad) != 2 || len(cal.Local) != 2 || len(cal.Throughput) != 0 {
+		t.Fatalf("calibration: messages %v, grad %v, local %v, throughput %v", cal.Messages, cal.Grad, cal.Local, cal.Throughput)
 	}
 	for _, r := range gs {
-		wl := strings.TrimPrefix(r.Key, "grad_s/")
-		if want := r.PerOp().Seconds() / 8; cal.Grad[wl] != want || !(want > 0) {
-			t.Errorf("grad_s %s: %g, want %g s per sample", wl, cal.Grad[wl], want)
+		if wl, ok := strings.CutPrefix(r.Key, "grad_s/"); ok {
+			if want := r.PerOp().Seconds() / 8; cal.Grad[wl] != want || !(want > 0) {
+				t.Errorf("grad_s %s: %g, want %g s per sample", wl, cal.Grad[wl], want)
+			}
+		} else if wl, ok := strings.CutPrefix(r.Key, "local_s/"); ok {
+			// The optimizer's passes over the model: more for the MLP's
+			// 200k parameters than for logistic regression's few.
+			if want := r.PerOp().Seconds(); cal.Local[wl] != want || !(want > 0) {
+				t.Errorf("local_s %s: %g, want %g s per step", wl, cal.Local[wl], want)
+			}
+		} else {
+			t.Errorf("Grad returned a result with key %q", r.Key)
 		}
+	}
+	if !(cal.Local["mnist"] > cal.Local["logistic"]) {
+		t.Errorf("local step: mnist %g s, logistic %g s; want mnist's (200k parameters) larger", cal.Local["mnist"], cal.Local["logistic"])
 	}
 	path := filepath.Join(t.TempDir(), "calibration.json")
 	if err := cal.Save(path); err != nil {
@@ -136,6 +148,11 @@ func TestMessageRoundTripsAndCalibration(t *testing.T) {
 	for wl, s := range cal.Grad {
 		if back.Grad[wl] != s {
 			t.Errorf("grad_s %s: %g after the round trip, wrote %g", wl, back.Grad[wl], s)
+		}
+	}
+	for wl, s := range cal.Local {
+		if back.Local[wl] != s {
+			t.Errorf("local_s %s: %g after the round trip, wrote %g", wl, back.Local[wl], s)
 		}
 	}
 }

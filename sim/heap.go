@@ -3,8 +3,8 @@ package sim
 // event kinds
 const (
 	evFlowEnd    uint8 = iota + 1 // a flow's last byte left the links: a = flow id, x = version
-	evArrive                      // a message reached its receiver: g = machine, op = recv op
-	evComputeEnd                  // an engine job finished: g = machine, op = its op, job, x
+	evArrive                      // a message reached its receiver: g = machine, op = recv op, x = its receive cost (float32 bits, Options.MessageCPU) or 0
+	evComputeEnd                  // an engine job may have finished: g = machine, op = its op, job, x = the engine's version (rankState.ver; stale if it moved)
 	evStart                       // a collective may start: g = collective
 	evStartRank                   // one rank's part of a collective may start: g = machine
 	evArriveAll                   // aggregated: messages reached a representative: g = machine, x = its receives (aggBulk)
@@ -20,7 +20,7 @@ type event struct {
 	op   int32
 	x    uint32
 	kind uint8
-	job  uint8 // evComputeEnd: the engine job (jobOp, ...); x: its message
+	job  uint8 // evComputeEnd: the engine job (jobOp, ...)
 }
 
 func (a *event) less(b *event) bool {

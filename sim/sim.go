@@ -113,9 +113,36 @@ type Options struct {
 	// Trace, if not nil, records every event.
 	Trace *Trace
 	// Transport, if set, names the transport whose per-message software
-	// cost (Calibration.Messages) is added to every message's latency; Run
-	// returns an error if the calibration has no cost for it.
+	// cost (Calibration.Messages) every message pays: added to its latency,
+	// or with MessageCPU as compute on its two ranks. Run returns an error
+	// if the calibration has no cost for it.
 	Transport string
+	// MessageCPU charges Transport's cost of a message as CPU time instead
+	// of latency, half on each of its ranks' compute engines, divided by
+	// the node's speed and shared with the rank's codec work and, on a
+	// node or host whose cores are oversubscribed, with the other ranks'
+	// (see Node.Cores): the sender pays its half (per message and per
+	// byte) before the message leaves; the receiver pays its per-byte half
+	// while the bytes are on the wire (from the flow's start: it copies
+	// them as they come) and its per-message half when the message has
+	// arrived, before the Recv completes; MessageCost.Wait is latency. On
+	// an idle fast link a message pays the whole cost, as with latency; on
+	// a slow one the receiver's copying hides behind the wire; messages of
+	// one rank serialize. It needs Transport and is not aggregated (Run
+	// simulates every rank and says why in Result.NotAggregated).
+	MessageCPU bool
+	// LossPenalty models the retransmissions of TCP when a flow fills a
+	// bottleneck that its sender does not pace and the queue there drops:
+	// a flow whose last link (the receiver's downlink) is slower than its
+	// first (the sender's uplink), or which starts while another flow
+	// crosses that last link (fan-in), carries 1+LossPenalty times its
+	// bytes over its links (Result.Links counts them; Result.Bytes and the
+	// message do not). The flow model has no queues and no loss, so
+	// without it such flows are as fast as paced ones; it is fitted on a
+	// real network (docs/simulator.md). Of flows that start onto one
+	// downlink at the same instant, the first is not counted as fan-in.
+	// Zero, the default, leaves it out; runs with it are not aggregated.
+	LossPenalty float64
 	// Aggregate selects the aggregated mode: one representative rank
 	// simulated per group of equivalent ranks (see Aggregate for what it
 	// assumes and when Run refuses it). The zero value simulates every
@@ -294,7 +321,8 @@ func (ms *machine) buildDir(keys []uint64) bool {
 type qent struct {
 	g, op int32
 	dur   float64 // measured duration (Options.LiveCompute), or -1
-	job   uint8   // jobOp, jobEncode, jobDecode
+	extra float64 // seconds of message software cost on top (Options.MessageCPU)
+	job   uint8   // jobOp, jobEncode, jobDecode, jobArrive, jobCopy
 	x     int32   // jobEncode: the parked message (index into driver.pend)
 }
 
@@ -302,17 +330,30 @@ type qent struct {
 // the collective's prologue), or a dense codec's per-hop work (fp16/bf16
 // collectives): encoding a Send's chunk before its message leaves (x is the
 // parked message) and decoding a Recv into a float buffer before the op is
-// done.
+// done. With Options.MessageCPU, a Send's software cost is a jobEncode
+// (with no codec work unless the collective encodes per hop), a message's
+// per-byte receive cost a jobCopy from its flow's start, and its
+// per-message receive cost a jobArrive, after which the message counts as
+// arrived.
 const (
 	jobOp uint8 = iota
 	jobEncode
 	jobDecode
+	jobArrive
+	jobCopy // a receiver's per-byte message cost: occupies the engine, completes nothing
 )
 
 type rankState struct {
 	busy    bool
 	queue   []qent // pending compute ops
 	head    int
+	cur     qent     // the job on the engine while busy
+	cat     Category // its category in the statistics
+	frac    float64  // its share that is not message cost (processor sharing: counted when it ends)
+	ver     uint32   // version of the engine's live end event
+	began   float64  // when cur started
+	work    float64  // processor sharing: cur's work left, seconds on a whole core, as of its share's last
+	rate    float64  // processor sharing: the share of a core cur runs at
 	compute float64
 	compres float64
 	finish  float64
@@ -370,9 +411,12 @@ type driver struct {
 	linkNames []string
 	opx, opj  allreduce.Op // ops of Shared collectives, computed (pump, jobCost)
 	msgCost   MessageCost  // Options.Transport's software cost per message
-	slow      []float64    // per node: compute slowdown from ranks sharing its cores
-	slots     int          // machines per collective: world, or the groups of an aggregated run
-	agg       *aggPlan     // the aggregated run's plan, or nil
+	cpuMsg    bool         // Options.MessageCPU with a transport
+	shareOf   []int32      // per node: its processor-sharing group in shares, or -1 (its ranks have a core each)
+	shares    []share
+	shareScr  [2][]int32 // scratch of setupSharing
+	slots     int        // machines per collective: world, or the groups of an aggregated run
+	agg       *aggPlan   // the aggregated run's plan, or nil
 	as        aggState
 	notAgg    string // why the run is not aggregated
 }
@@ -513,7 +557,9 @@ func (d *driver) setup(ctx context.Context) error {
 	}
 	d.agg = nil
 	var err error
-	if d.notAgg, err = d.planAggregate(ctx); err != nil {
+	if why := d.unaggregated(); why != "" {
+		d.notAgg = why
+	} else if d.notAgg, err = d.planAggregate(ctx); err != nil {
 		return err
 	}
 	d.slots = world
@@ -693,17 +739,14 @@ func (d *driver) setup(ctx context.Context) error {
 		}
 		d.msgCost = mc
 	}
-	d.slow = grow(d.slow, len(d.topo.Nodes))
-	clear(d.slow)
-	for r := range d.ranks {
-		d.slow[d.ranks[r].node]++
+	if p := d.opts.LossPenalty; !(p >= 0) || math.IsInf(p, 0) {
+		return fmt.Errorf("sim: LossPenalty %v: want finite and non-negative", p)
 	}
-	for i, k := range d.slow {
-		d.slow[i] = 1
-		if c := d.topo.Nodes[i].Cores; c > 0 && k > float64(c) {
-			d.slow[i] = k / float64(c)
-		}
+	if d.opts.MessageCPU && d.opts.Transport == "" {
+		return errors.New("sim: MessageCPU needs a Transport whose message cost it charges")
 	}
+	d.cpuMsg = d.opts.MessageCPU
+	d.setupSharing()
 	d.rng = rand.New(rand.NewPCG(d.opts.Seed, d.opts.Seed^0x9e3779b97f4a7c15))
 	d.res = &Result{NotAggregated: d.notAgg}
 	d.h.reset()
@@ -784,9 +827,9 @@ func (d *driver) loop(ctx context.Context) error {
 		case evFlowEnd:
 			err = d.flowEnd(ev.g, ev.x)
 		case evArrive:
-			err = d.arrive(ev.g, ev.op)
+			err = d.arrive(ev.g, ev.op, ev.x)
 		case evComputeEnd:
-			err = d.computeEnd(ev.g, ev.op, ev.job, int32(ev.x))
+			err = d.computeEnd(ev.g, ev.x)
 		case evArriveAll:
 			err = d.arriveAll(ev.g, ev.x)
 		}
@@ -950,13 +993,23 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	if d.opts.LatencyJitter > 0 {
 		lat += lat * d.opts.LatencyJitter * d.rng.Float64()
 	}
-	lat += d.msgCost.Message(size)
+	var extra float64
+	if d.cpuMsg {
+		extra = (d.msgCost.Overhead + float64(size)*d.msgCost.PerByte) / 2 / d.speed(ms)
+		lat += d.msgCost.Wait
+	} else {
+		lat += d.msgCost.Message(size)
+	}
 	m.lat = lat
 	rs := &d.ranks[ms.rank]
-	if d.hopCodec(ms, op.Src) && (dur >= 0 || d.costs[ms.coll].encode > 0) {
-		// Encode on the compute engine first; the message leaves after.
+	if hop := d.hopCodec(ms, op.Src) && (dur >= 0 || d.costs[ms.coll].encode > 0); hop || extra > 0 {
+		// Encode (and with MessageCPU, pay the send's software cost) on
+		// the compute engine first; the message leaves after.
+		if !hop {
+			dur = 0
+		}
 		j := d.park(&m)
-		d.engine(rs, qent{g: g, op: i, dur: dur, job: jobEncode, x: j})
+		d.engine(rs, qent{g: g, op: i, dur: dur, extra: extra, job: jobEncode, x: j})
 	} else {
 		d.launch(rs, peer, &m)
 	}
@@ -1002,9 +1055,18 @@ func (d *driver) hopCodec(ms *machine, buf allreduce.Buf) bool {
 }
 
 func (d *driver) startFlow(m *msgInfo) {
-	id := d.net.add(d.now, &m.links, int(m.n), m.size)
+	wire := m.size
+	if d.opts.LossPenalty > 0 && m.n > 0 && d.unpaced(&m.links, m.n) {
+		wire *= 1 + d.opts.LossPenalty
+	}
+	id := d.net.add(d.now, &m.links, int(m.n), wire)
 	f := &d.net.flows[id]
 	f.g, f.op, f.dg, f.dop, f.lat = m.g, m.op, m.dg, m.dop, m.lat
+	if d.cpuMsg && d.msgCost.PerByte > 0 && m.size > 0 {
+		// The receiver copies the bytes as they arrive.
+		dm := &d.ms[m.dg]
+		d.engine(&d.ranks[dm.slot], qent{g: m.dg, op: m.dop, dur: 0, extra: d.msgCost.PerByte * m.size / 2 / d.speed(dm), job: jobCopy})
+	}
 }
 
 // enqueue starts m at once if the connection to peer is idle, else queues it.
@@ -1063,11 +1125,15 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 		return d.aggFlowEnd(id)
 	}
 	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
+	var rc uint32 // with MessageCPU: the receive's per-message cost, float32 bits
+	if d.cpuMsg {
+		rc = math.Float32bits(float32(d.msgCost.Overhead / 2 / d.speed(&d.ms[dg])))
+	}
 	d.net.remove(d.now, id) // f may be reused from here on
 	if !d.opts.PerMessageFlows {
 		d.connDone(d.ms[g].rank, d.ms[dg].rank)
 	}
-	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop})
+	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop, x: rc})
 	ms := &d.ms[g]
 	d.trace.add(d.now, TraceSent, ms.coll, ms.rank, op, -1, 0)
 	if err := ms.m.Done(op); err != nil {
@@ -1076,7 +1142,21 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 	return d.pump(g)
 }
 
-func (d *driver) arrive(g, op int32) error {
+// arrive handles message op's arrival at machine g; rc is the float32 bits
+// of its software cost on the receiver (Options.MessageCPU), which the
+// rank's compute engine pays first.
+func (d *driver) arrive(g, op int32, rc uint32) error {
+	if rc != 0 {
+		ms := &d.ms[g]
+		d.engine(&d.ranks[ms.slot], qent{g: g, op: op, dur: 0, extra: float64(math.Float32frombits(rc)), job: jobArrive})
+		return nil
+	}
+	return d.arrived(g, op)
+}
+
+// arrived marks message op as arrived at machine g and completes its Recv
+// if it is posted.
+func (d *driver) arrived(g, op int32) error {
 	ms := &d.ms[g]
 	posted := ms.m.Mark(op, flArrived)&flPosted != 0
 	d.trace.add(d.now, TraceArrive, ms.coll, ms.rank, op, -1, 0)
@@ -1171,14 +1251,15 @@ func (d *driver) jobCost(ms *machine, q *qent) float64 {
 	return t
 }
 
-// speed is the compute speed factor of ms's rank: its node's Speed,
-// divided by the slowdown of ranks sharing the node's cores.
+// speed is the compute speed factor of ms's rank: its node's Speed. (The
+// share of a core it gets when its node's or host's cores are
+// oversubscribed is the processor sharing's, at run time.)
 func (d *driver) speed(ms *machine) float64 {
 	s := d.topo.Nodes[ms.node].Speed
 	if s <= 0 {
 		s = 1
 	}
-	return s / d.slow[ms.node]
+	return s
 }
 
 // compute runs compute op i of machine g (i == -1: the collective's
@@ -1220,7 +1301,9 @@ func (d *driver) engine(rs *rankState, q qent) {
 }
 
 // startCompute occupies the rank's engine with job q for q.dur seconds, or,
-// if q.dur < 0, for the compute model's cost.
+// if q.dur < 0, for the compute model's cost, plus q.extra: on a whole
+// core, or under processor sharing for as long as its share of its node's
+// or host's cores takes.
 func (d *driver) startCompute(rs *rankState, q *qent) {
 	ms := &d.ms[q.g]
 	t := q.dur
@@ -1235,33 +1318,66 @@ func (d *driver) startCompute(rs *rankState, q *qent) {
 			cat = fnCategory(o.Fn)
 		}
 	}
+	rs.busy, rs.cur, rs.cat, rs.began = true, *q, cat, d.now
+	d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, q.op, -1, 0)
+	if sh := d.shareOf[rs.node]; sh >= 0 {
+		// Processor-shared: the statistics count the job's elapsed time
+		// when it ends.
+		rs.frac = 1
+		if t+q.extra > 0 {
+			rs.frac = t / (t + q.extra)
+		}
+		d.shareStart(sh, ms.slot, t+q.extra)
+		return
+	}
 	if cat == CatCompute {
 		rs.compute += t
 	} else {
 		rs.compres += t
 	}
-	rs.busy = true
-	d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, q.op, -1, 0)
-	d.h.push(event{t: d.now + t, kind: evComputeEnd, g: q.g, op: q.op, job: q.job, x: uint32(q.x)})
+	rs.ver++
+	d.h.push(event{t: d.now + t + q.extra, kind: evComputeEnd, g: q.g, op: q.op, job: q.job, x: rs.ver})
 }
 
-func (d *driver) computeEnd(g, op int32, job uint8, x int32) error {
+// computeEnd handles the end event of version ver of the engine of machine
+// g's rank; an event superseded by a change of its processor share is
+// ignored.
+func (d *driver) computeEnd(g int32, ver uint32) error {
 	ms := &d.ms[g]
 	rs := &d.ranks[ms.slot]
+	if !rs.busy || rs.ver != ver {
+		return nil
+	}
+	q := rs.cur
+	if sh := d.shareOf[rs.node]; sh >= 0 {
+		el := (d.now - rs.began) * rs.frac
+		if rs.cat == CatCompute {
+			rs.compute += el
+		} else {
+			rs.compres += el
+		}
+		d.shareEnd(sh, ms.slot)
+	}
 	rs.busy = false
+	g, op := q.g, q.op
+	ms = &d.ms[g]
 	if rs.head < len(rs.queue) {
-		q := rs.queue[rs.head]
+		n := rs.queue[rs.head]
 		rs.head++
 		if rs.head == len(rs.queue) {
 			rs.queue, rs.head = rs.queue[:0], 0
 		}
-		d.startCompute(rs, &q)
+		d.startCompute(rs, &n)
 	}
 	d.trace.add(d.now, TraceComputed, ms.coll, ms.rank, op, -1, 0)
 	switch {
-	case job == jobEncode:
-		m := d.pend[x]
-		d.pfree = append(d.pfree, x)
+	case q.job == jobArrive:
+		return d.arrived(g, op)
+	case q.job == jobCopy:
+		return nil
+	case q.job == jobEncode:
+		m := d.pend[q.x]
+		d.pfree = append(d.pfree, q.x)
 		if d.agg != nil {
 			return d.aggLaunch(g, ms, op, ms.m.Op(op).Peer, int64(m.size))
 		}

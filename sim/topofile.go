@@ -49,6 +49,7 @@ func (e *TopologyError) Unwrap() []error {
 //	  latency: 0s                # added to every message the node sends or receives
 //	  speed: 1                   # compute speed factor (0.1 = a 10x straggler)
 //	  cores: 4                   # cores its ranks share (omitted: one per rank)
+//	  host: bed                  # nodes naming one host share its cores (a machine running several nodes' ranks)
 //	racks:
 //	  - name: r0
 //	    oversubscription: 4      # uplink/downlink = sum of node links / 4
@@ -107,6 +108,7 @@ type (
 		links `yaml:",inline"`
 		Speed at[positive] `yaml:"speed"`
 		Cores at[count]    `yaml:"cores"`
+		Host  at[string]   `yaml:"host"`
 	}
 	rackSpec struct {
 		Name             at[string] `yaml:"name"`
@@ -554,7 +556,8 @@ func (b *topoBuilder) node(n *nodeSpec, def *nodeFields, i int) error {
 		return b.errf(n.Count.Line, "node %s: count %d makes more than %d nodes", name, c, maxTopologyNodes)
 	}
 	nd := Node{Rack: rack, Up: up.V, Down: down.V, Speed: float64(or(n.Speed, def.Speed, at[positive]{V: 1}).V),
-		Latency: time.Duration(or(n.Latency, def.Latency).V), Cores: int(or(n.Cores, def.Cores).V)}
+		Latency: time.Duration(or(n.Latency, def.Latency).V), Cores: int(or(n.Cores, def.Cores).V),
+		Host: or(n.Host, def.Host).V}
 	for k := 0; k < max(c, 1); k++ {
 		nd.Name = name
 		if n.Count.Line > 0 {

@@ -135,7 +135,7 @@ func TestParseTopologyErrors(t *testing.T) {
 		{"infinite speed", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    speed: +Inf\n", "finite", 4},
 		// Unknown fields at every level, with the fields that are known.
 		{"unknown top-level field", "defaults: {bandwidth: 1Gbit/s}\nnodes: [{name: a}]\nlatncy: 1us\n", `topology: unknown field "latncy" (known: name, description, latency, defaults,`, 3},
-		{"unknown defaults field", "defaults:\n  bandwidth: 1Gbit/s\n  rack: r\nnodes: [{name: a}]\n", `defaults: unknown field "rack" (known: bandwidth, uplink, downlink, latency, speed, cores)`, 3},
+		{"unknown defaults field", "defaults:\n  bandwidth: 1Gbit/s\n  rack: r\nnodes: [{name: a}]\n", `defaults: unknown field "rack" (known: bandwidth, uplink, downlink, latency, speed, cores, host)`, 3},
 		{"unknown rack field", "racks:\n  - {name: r, speed: 2}\nnodes: [{name: a, bandwidth: 1Gbit/s}]\n", `rack: unknown field "speed"`, 2},
 		{"unknown wan field", "racks: [{name: x}, {name: y}]\nnodes: [{name: a, bandwidth: 1Gbit/s}]\nwan:\n  - between: [x, y]\n    bandwidth: 1Gbit/s\n    latancy: 1ms\n", `wan link: unknown field "latancy"`, 6},
 		{"field twice", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    name: b\n", `"name" already defined at line 3`, 4},

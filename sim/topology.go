@@ -22,11 +22,18 @@ type Node struct {
 	// Speed scales the node's compute throughput: 1 is nominal, 0.1 a
 	// straggler ten times slower. Zero means 1.
 	Speed float64
-	// Cores is the number of compute engines the node's ranks share: when
-	// more ranks than Cores are placed on the node (Options.Placement),
-	// each rank's compute runs k/Cores times slower, for k ranks. Zero
-	// means one core per rank (no sharing).
+	// Cores is the number of cores the node's ranks share (with Host, the
+	// ranks of every node of that host). Their compute engines are
+	// processor-shared: while a of them are busy, each runs at
+	// min(1, Cores/a) of its speed. Zero means one core per rank (no
+	// sharing).
 	Cores int
+	// Host, if not empty, names the physical machine the node runs on:
+	// nodes with the same Host share its Cores (which they must all
+	// state alike), as when a test bed runs several workers, each with its
+	// own network namespace and link, on one machine. Links are not
+	// shared: each node keeps its own.
+	Host string
 }
 
 // Rack is a switch that connects its nodes to the core (or to other racks
@@ -141,6 +148,7 @@ func (t *Topology) Validate() error {
 	if t.Latency < 0 {
 		return fmt.Errorf("%w: negative latency %v", ErrTopology, t.Latency)
 	}
+	hostCores := map[string]struct{ node, cores int }{}
 	for i, n := range t.Nodes {
 		if !(n.Up > 0) || !(n.Down > 0) {
 			return fmt.Errorf("%w: node %d (%s): uplink and downlink must be positive (have %v, %v)", ErrTopology, i, n.Name, n.Up, n.Down)
@@ -150,6 +158,13 @@ func (t *Topology) Validate() error {
 		}
 		if n.Cores < 0 {
 			return fmt.Errorf("%w: node %d (%s): %d cores", ErrTopology, i, n.Name, n.Cores)
+		}
+		if n.Host != "" {
+			if c, ok := hostCores[n.Host]; ok && c.cores != n.Cores {
+				return fmt.Errorf("%w: node %d (%s) of host %q has %d cores, node %s of the same host %d", ErrTopology, i, n.Name, n.Host, n.Cores, t.Nodes[c.node].Name, c.cores)
+			} else if !ok {
+				hostCores[n.Host] = struct{ node, cores int }{i, n.Cores}
+			}
 		}
 		if n.Latency < 0 || !(n.Speed >= 0) || math.IsInf(n.Speed, 0) {
 			return fmt.Errorf("%w: node %d (%s): negative latency, or speed not finite and non-negative (have %v, %v)", ErrTopology, i, n.Name, n.Latency, n.Speed)

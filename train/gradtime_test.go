@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,7 +76,7 @@ func TestSimGradTimeSpeedAndCores(t *testing.T) {
 		t.Helper()
 		topo := sim.Homogeneous(len(nodes), sim.Gbps, 0)
 		for i, nd := range nodes {
-			topo.Nodes[i].Speed, topo.Nodes[i].Cores = nd.Speed, nd.Cores
+			topo.Nodes[i].Speed, topo.Nodes[i].Cores, topo.Nodes[i].Host = nd.Speed, nd.Cores, nd.Host
 		}
 		cfg.Topology, cfg.Options = topo, &sim.Options{Placement: place}
 		sx, err := NewSim(ctx, len(place), testUnits, Plan{}, cfg)
@@ -85,8 +86,10 @@ func TestSimGradTimeSpeedAndCores(t *testing.T) {
 		return sx.GradTime()
 	}
 	node := func(speed float64, cores int) sim.Node { return sim.Node{Speed: speed, Cores: cores} }
+	onHost := func(host string, cores int) sim.Node { return sim.Node{Speed: 1, Cores: cores, Host: host} }
 	measured := SimConfig{GradSeconds: 0.010, GradFLOP: 1e12}
-	flops := SimConfig{GradFLOP: 1e7, FLOPS: 1e9} // 10 ms
+	flops := SimConfig{GradFLOP: 1e7, FLOPS: 1e9}                               // 10 ms
+	split := SimConfig{GradSeconds: 0.006, GradFLOP: 1e12, LocalSeconds: 0.004} // 6 ms gradient + 4 ms optimizer and checks
 	for _, tc := range []struct {
 		name  string
 		nodes []sim.Node
@@ -100,8 +103,13 @@ func TestSimGradTimeSpeedAndCores(t *testing.T) {
 		{"3 on 4 cores", []sim.Node{node(1, 4), node(1, 0)}, []int{0, 0, 0, 1}, 10 * time.Millisecond},
 		{"cores unset", []sim.Node{node(1, 0), node(1, 0)}, []int{0, 0, 0, 1}, 10 * time.Millisecond},
 		{"2 on 1 core at half speed", []sim.Node{node(1, 0), node(0.5, 1)}, []int{0, 1, 1}, 40 * time.Millisecond},
+		// Nodes of one host share its cores: 4 workers, each on its own
+		// node, on a 2-core machine (the test bed's namespaces).
+		{"4 nodes of a 2-core host", []sim.Node{onHost("bed", 2), onHost("bed", 2), onHost("bed", 2), onHost("bed", 2)}, []int{0, 1, 2, 3}, 20 * time.Millisecond},
+		{"2 hosts of 2 nodes, 1 core each", []sim.Node{onHost("a", 1), onHost("a", 1), onHost("b", 1), onHost("b", 1)}, []int{0, 1, 2, 3}, 20 * time.Millisecond},
+		{"4 nodes of a 4-core host", []sim.Node{onHost("bed", 4), onHost("bed", 4), onHost("bed", 4), onHost("bed", 4)}, []int{0, 1, 2, 3}, 10 * time.Millisecond},
 	} {
-		for _, cfg := range []SimConfig{measured, flops} {
+		for _, cfg := range []SimConfig{measured, flops, split} {
 			if got := grad(tc.nodes, tc.place, cfg); got != tc.want {
 				t.Errorf("%s (GradSeconds %g): grad %v, want %v", tc.name, cfg.GradSeconds, got, tc.want)
 			}
@@ -119,6 +127,16 @@ func TestSimGradTimeSpeedAndCores(t *testing.T) {
 		if _, err := SizeOnlyBaseline(ctx, 2, testUnits, cfg); err == nil {
 			t.Errorf("SizeOnlyBaseline(GradSeconds %g): no error", g)
 		}
+		if _, err := NewSim(ctx, 2, testUnits, Plan{}, SimConfig{Topology: topo, LocalSeconds: g}); err == nil || !strings.Contains(err.Error(), "LocalSeconds") {
+			t.Errorf("NewSim(LocalSeconds %g): %v, want an error naming LocalSeconds", g, err)
+		}
+	}
+	// LocalSeconds alone (no gradient model) is the step's local compute.
+	topo1 := sim.Homogeneous(2, sim.Gbps, 0)
+	if sx, err := NewSim(ctx, 2, testUnits, Plan{}, SimConfig{Topology: topo1, LocalSeconds: 0.003}); err != nil {
+		t.Error(err)
+	} else if got := sx.GradTime(); got != 3*time.Millisecond {
+		t.Errorf("LocalSeconds 3 ms alone: local compute %v, want 3ms", got)
 	}
 	if _, err := NewSim(ctx, 3, testUnits, Plan{}, SimConfig{Topology: topo, GradSeconds: 1, Options: &sim.Options{Placement: []int{0, 1}}}); err == nil {
 		t.Error("placement shorter than the workers: no error")

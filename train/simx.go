@@ -45,10 +45,18 @@ type SimConfig struct {
 	// (sim.Calibration.Grad times the batch): node r then takes
 	// GradSeconds/Speed_r and GradFLOP and FLOPS are not used.
 	//
-	// Either way, when more workers are placed on a node than its Cores
-	// (sim.Node.Cores, Options.Placement), each of the k workers computes
-	// k/Cores times slower, as the simulator's collective compute does.
+	// Either way, when more workers are placed on a node, or on the nodes
+	// of one host, than its Cores (sim.Node.Cores, sim.Node.Host,
+	// Options.Placement), each of the k workers computes k/Cores times
+	// slower (sim.Topology.CoreShares): they all compute at once.
 	GradSeconds float64
+	// LocalSeconds is a worker's compute per step beyond the gradient, on
+	// one core of a speed-1 node: the optimizer's preparation and update,
+	// the finite check of what it sends, error feedback's passes that are
+	// not collective compute (sim.Calibration.Local, which slimgrad bench
+	// measures). It is added to the gradient's time before the step's
+	// collectives, scaled as above. Zero leaves it out.
+	LocalSeconds float64
 	// LGreCo turns on L-GreCo (package lgreco) exactly as
 	// worker.Config.LGreCo does on real workers: a controller over the
 	// units (default level: the plan's codec), observing rank 0's
@@ -159,6 +167,9 @@ func (cfg SimConfig) checkCompute(who string) error {
 	}
 	if !ok(cfg.GradSeconds) {
 		return fmt.Errorf("train: %s: GradSeconds %g: want finite and non-negative", who, cfg.GradSeconds)
+	}
+	if !ok(cfg.LocalSeconds) {
+		return fmt.Errorf("train: %s: LocalSeconds %g: want finite and non-negative", who, cfg.LocalSeconds)
 	}
 	return nil
 }
@@ -367,47 +378,34 @@ func (s *Sim) options() *sim.Options {
 }
 
 // computeModel sets the simulated gradient time: the slowest worker's, from
-// the measured GradSeconds or else GradFLOP/FLOPS, over the node's speed and
-// slowed by the workers sharing the node's cores.
+// the measured GradSeconds or else GradFLOP/FLOPS, plus LocalSeconds, over
+// the node's speed and slowed by the workers sharing the node's (or host's)
+// cores.
 func (s *Sim) computeModel() error {
 	work := s.cfg.GradSeconds
-	if work <= 0 {
-		if s.cfg.GradFLOP <= 0 {
-			return nil
-		}
+	if work <= 0 && s.cfg.GradFLOP > 0 {
 		work = s.cfg.GradFLOP / s.cfg.FLOPS
 	}
-	topo := s.cfg.Topology
+	work += s.cfg.LocalSeconds
+	if work <= 0 {
+		return nil
+	}
+	shares, err := s.cfg.Topology.CoreShares(s.options().Placement, s.n)
+	if err != nil {
+		return fmt.Errorf("train: %w", err)
+	}
 	place := s.options().Placement
-	if place != nil && len(place) < s.n {
-		return fmt.Errorf("train: placement has %d entries for %d workers", len(place), s.n)
-	}
-	node := func(r int) int {
-		if place != nil {
-			return place[r]
-		}
-		return r
-	}
-	perNode := make([]int, len(topo.Nodes))
-	for r := range s.n {
-		nd := node(r)
-		if nd < 0 || nd >= len(topo.Nodes) {
-			return fmt.Errorf("train: worker %d has no node in a topology of %d", r, len(topo.Nodes))
-		}
-		perNode[nd]++
-	}
 	var worst float64
 	for r := range s.n {
-		n := topo.Nodes[node(r)]
-		speed := n.Speed
+		nd := r
+		if place != nil {
+			nd = place[r]
+		}
+		speed := s.cfg.Topology.Nodes[nd].Speed
 		if speed <= 0 {
 			speed = 1
 		}
-		share := 1.0
-		if k := perNode[node(r)]; n.Cores > 0 && k > n.Cores {
-			share = float64(k) / float64(n.Cores)
-		}
-		worst = max(worst, work*share/speed)
+		worst = max(worst, work*shares[r]/speed)
 	}
 	s.gradTime = seconds(worst)
 	return nil

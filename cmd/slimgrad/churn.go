@@ -129,12 +129,13 @@ func (c *churnClock) step(placement []int) (time.Duration, error) {
 	}
 	st, err := train.SizeOnly(c.ctx, len(placement), c.units, c.plan, make([]optim.Exchange, len(c.units)), train.SimConfig{
 		Topology: c.env.topo,
-		Options: &sim.Options{Calibration: c.env.calib, Seed: c.o.Seed, Recipe: c.m.Compress, Transport: c.env.transport,
+		Options: &sim.Options{Calibration: c.env.calib, Seed: c.o.Seed, Recipe: c.m.Compress, Transport: c.env.transport, MessageCPU: c.env.messageCPU,
 			Placement: placement},
-		GradFLOP:    c.flops,
-		FLOPS:       c.o.FLOPS,
-		GradSeconds: c.env.gradSeconds(c.o),
-		NonFinite:   c.o.NaNPolicy.p,
+		GradFLOP:     c.flops,
+		FLOPS:        c.o.FLOPS,
+		GradSeconds:  c.env.gradSeconds(c.o),
+		LocalSeconds: c.env.localStep,
+		NonFinite:    c.o.NaNPolicy.p,
 	})
 	if err != nil {
 		return 0, err

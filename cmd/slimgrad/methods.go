@@ -383,12 +383,13 @@ func (m method) exchanger(ctx context.Context, o simOptions, task train.Task, en
 		return ex, err
 	case "sim":
 		cfg := train.SimConfig{
-			Topology:    env.topo,
-			Options:     &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport},
-			GradFLOP:    train.TrainFLOPs(task.Model) * float64(o.Batch),
-			FLOPS:       o.FLOPS,
-			GradSeconds: env.gradSeconds(o),
-			NonFinite:   o.NaNPolicy.p,
+			Topology:     env.topo,
+			Options:      &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport, MessageCPU: env.messageCPU},
+			GradFLOP:     train.TrainFLOPs(task.Model) * float64(o.Batch),
+			FLOPS:        o.FLOPS,
+			GradSeconds:  env.gradSeconds(o),
+			LocalSeconds: env.localStep,
+			NonFinite:    o.NaNPolicy.p,
 		}
 		if m.LGreCo != "" {
 			cfg.LGreCo, cfg.LGreCoOptions = true, m.lgrecoOptions(o.Steps, o.Seed, o.LG)
@@ -578,7 +579,7 @@ func parseFreeze(recipe, v string, steps int) (int, error) {
 // (sim.LinkCost): the run's calibration and seed, network and codec time as
 // in the training simulation.
 func (e *simEnv) linkOptions(o simOptions) *sim.Options {
-	return &sim.Options{Calibration: e.calib, Seed: o.Seed, Transport: e.transport}
+	return &sim.Options{Calibration: e.calib, Seed: o.Seed, Transport: e.transport, MessageCPU: e.messageCPU}
 }
 
 // lgrecoWorkerOption is the worker option of L-GreCo for m ("" objective: none).

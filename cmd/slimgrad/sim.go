@@ -51,6 +51,7 @@ type simOptions struct {
 	NaNPolicy   nanPolicy
 	Calibration string
 	Transport   string
+	MsgCost     string // --message-cost: cpu or latency
 	FLOPS       float64
 	// flopsSet is whether --flops was given: an explicit rate wins over the
 	// calibration's measured gradient time.
@@ -74,13 +75,19 @@ type simEnv struct {
 	topo     *sim.Topology
 	topoYAML string // the default topology's text, "" for --topology
 	calib    *sim.Calibration
-	// transport is --transport: its calibrated per-message cost is added to
-	// every simulated message.
-	transport string
+	// transport is --transport: its calibrated per-message cost is charged
+	// to every simulated message, as CPU of its two ranks (messageCPU,
+	// --message-cost cpu) or as latency.
+	transport  string
+	messageCPU bool
 	// gradSample is the calibration's measured gradient time of the
 	// workload, seconds per sample, or 0 to use the FLOP model (no
 	// calibration, no figure for the workload, --flops given, or --layers).
 	gradSample float64
+	// localStep is the calibration's measured local compute per step
+	// beyond the gradient (optimizer, finite check), seconds, when
+	// gradSample is used; else 0.
+	localStep float64
 }
 
 // printGrad says on w, when the run uses a measured gradient time, what it
@@ -89,6 +96,9 @@ func (e *simEnv) printGrad(w io.Writer, o simOptions) {
 	if e.gradSample > 0 {
 		fmt.Fprintf(w, "gradient compute: %s per sample measured by slimgrad bench (%s), %s per step of %d on a speed-1 node (instead of the FLOP model)\n",
 			time.Duration(e.gradSample*1e9).Round(time.Microsecond), o.Calibration, time.Duration(e.gradSeconds(o)*1e9).Round(time.Microsecond), o.Batch)
+		if e.localStep > 0 {
+			fmt.Fprintf(w, "local compute beyond the gradient: %s per step (optimizer and finite check, slimgrad bench)\n", time.Duration(e.localStep*1e9).Round(time.Microsecond))
+		}
 	}
 }
 
@@ -100,7 +110,7 @@ func defaultSimOptions() simOptions {
 	return simOptions{
 		Workers: 8, Batch: 32, Steps: 300, Seed: 1, Workload: "mnist", Split: "iid",
 		Methods: "default", Out: "slimgrad-out", Target: 0.9, EvalEvery: 50, EvalSamples: 2000,
-		Progress: "auto", Log: "warn", JSONL: true, Plots: true, Exchange: "sim", FLOPS: train.DefaultFLOPS,
+		Progress: "auto", Log: "warn", JSONL: true, Plots: true, Exchange: "sim", FLOPS: train.DefaultFLOPS, MsgCost: "cpu",
 		LG: defaultLGreCoSettings(), MaxMemory: "auto", Outer: defaultOuterSettings(), ChurnDetect: time.Second,
 	}
 }
@@ -136,7 +146,8 @@ func simFlags(o *simOptions, stdout, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.Exchange, "exchange", o.Exchange, "how gradients are exchanged: sim (the simulator, virtual time), mem (real workers over the in-memory transport, no simulated clock) or local (in-process reference)")
 	fs.Var(&o.NaNPolicy, "nan-policy", nanPolicyUsage)
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file written by slimgrad bench (default: built-in throughputs)")
-	fs.StringVar(&o.Transport, "transport", o.Transport, "with --calibration: add this transport's measured per-message cost (mem, nats, libp2p, ...) to every simulated message")
+	fs.StringVar(&o.Transport, "transport", o.Transport, "with --calibration: charge this transport's measured per-message cost (mem, nats, libp2p, ...) to every simulated message (see --message-cost)")
+	fs.StringVar(&o.MsgCost, "message-cost", o.MsgCost, "how --transport's per-message cost is charged: cpu (compute time of the sending and the receiving rank, half each: a rank's messages and codec work serialize; not aggregated) or latency (added to the message's latency: overlaps everything)")
 	fs.Float64Var(&o.FLOPS, "flops", o.FLOPS, "simulated gradient compute rate of a speed-1 node, FLOP/s (default: the --calibration's measured gradient time of the workload when it has one, else 20e9)")
 	fs.StringVar(&o.Churn, "churn", o.Churn, "membership churn: comma-separated leave:RANK@STEP and join@STEP events, or @FILE holding them; each method trains as an elastic job (in this process, over transport/mem) with and without them, and the table says what the churn cost")
 	fs.DurationVar(&o.ChurnDetect, "churn-detect", o.ChurnDetect, "with --churn: the simulated time from a member's death to its detection (the transports detect a dead process within about a second, a hung one at the peer timeout)")
@@ -300,6 +311,9 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 				return nil, flagError("calibration", err)
 			}
 		}
+		if o.MsgCost != "cpu" && o.MsgCost != "latency" {
+			return nil, fmt.Errorf("--message-cost %q: want cpu or latency", o.MsgCost)
+		}
 		if o.Transport != "" {
 			if env.calib == nil {
 				return nil, fmt.Errorf("--transport needs --calibration (a file written by slimgrad bench)")
@@ -308,9 +322,13 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 				return nil, fmt.Errorf("--transport: calibration %s has no message cost for %q", o.Calibration, o.Transport)
 			}
 			env.transport = o.Transport
+			env.messageCPU = o.MsgCost == "cpu"
 		}
 		if env.calib != nil && !o.flopsSet && o.Layers == "" {
 			env.gradSample = env.calib.Grad[o.Workload]
+			if env.gradSample > 0 {
+				env.localStep = env.calib.Local[o.Workload]
+			}
 		}
 	}
 	if o.SizeOnly {

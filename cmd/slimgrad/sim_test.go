@@ -585,6 +585,22 @@ func TestSimUsesMeasuredGradTime(t *testing.T) {
 	if g := gradOf("--calibration", calib("c.json", 1e-3), "--workload", "leastsquares"); g <= 0 || g >= time.Millisecond {
 		t.Errorf("a workload without grad_s: grad %v, want the FLOP model's", g)
 	}
+	// The measured local step beyond the gradient (local_s) is added, and
+	// shared like the gradient on a host whose cores the workers share.
+	withLocal := filepath.Join(dir, "local.json")
+	if err := os.WriteFile(withLocal, []byte(`{"throughput": {}, "grad_s": {"logistic": 1e-3}, "local_s": {"logistic": 4e-3}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if g := gradOf("--calibration", withLocal); g != 20*time.Millisecond {
+		t.Errorf("grad_s 1 ms per sample, batch 16, local_s 4 ms: local compute %v, want 20ms", g)
+	}
+	host := filepath.Join(dir, "host.yaml")
+	if err := os.WriteFile(host, []byte("latency: 5us\ndefaults: {bandwidth: 1Gbit/s, host: bed, cores: 2}\nnodes:\n  - {name: a, count: 4}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if g := gradOf("--calibration", withLocal, "--workers", "4", "--topology", host); g != 40*time.Millisecond {
+		t.Errorf("4 workers on a 2-core host, 20 ms each: local compute %v, want 40ms", g)
+	}
 	// The command line: the run says what it uses; an explicit --flops wins.
 	for _, tc := range []struct {
 		extra []string

@@ -134,12 +134,13 @@ func runSizeOnly(ctx context.Context, o simOptions, methods []method, env *simEn
 			}
 		}
 		cfg := train.SimConfig{
-			Topology:    env.topo,
-			Options:     &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport, Aggregate: o.Aggregate.m},
-			GradFLOP:    flops * float64(o.Batch),
-			FLOPS:       o.FLOPS,
-			GradSeconds: env.gradSeconds(o),
-			NonFinite:   o.NaNPolicy.p,
+			Topology:     env.topo,
+			Options:      &sim.Options{Calibration: env.calib, Seed: o.Seed, Recipe: m.Compress, Transport: env.transport, MessageCPU: env.messageCPU, Aggregate: o.Aggregate.m},
+			GradFLOP:     flops * float64(o.Batch),
+			FLOPS:        o.FLOPS,
+			GradSeconds:  env.gradSeconds(o),
+			LocalSeconds: env.localStep,
+			NonFinite:    o.NaNPolicy.p,
 		}
 		plan, err := m.plan(o.Steps, o.Seed)
 		if err != nil {

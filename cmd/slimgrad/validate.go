@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -45,6 +46,7 @@ type validateOptions struct {
 	Calibration string
 	Grad        string // data or calibration
 	MsgCost     string // probe or calibration
+	MsgModel    string // cpu or latency: how the simulator charges the message cost
 	ProbeSteps  int
 	BenchTime   time.Duration
 	Cores       int
@@ -52,12 +54,16 @@ type validateOptions struct {
 	Latency     time.Duration
 	Out         string
 	CaseTimeout time.Duration
+	LossPenalty float64
+	// Resimulate is the --out directory of an earlier run whose real
+	// measurements are simulated again (no bed, no root).
+	Resimulate string
 }
 
 func defaultValidateOptions() validateOptions {
-	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", MsgCost: "probe", ProbeSteps: 60,
+	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", MsgCost: "probe", MsgModel: "cpu", ProbeSteps: 60,
 		BenchTime: 300 * time.Millisecond, Cores: runtime.NumCPU(), Goodput: tcpGoodput, Latency: 30 * time.Microsecond,
-		CaseTimeout: 15 * time.Minute}
+		CaseTimeout: 15 * time.Minute, LossPenalty: defaultLossPenalty}
 }
 
 // tcpGoodput is the share of a shaped link's rate that carries a TCP
@@ -67,6 +73,12 @@ func defaultValidateOptions() validateOptions {
 // message bytes, so the topology that validate writes gives each link this
 // share of its shaped rate.
 const tcpGoodput = 1448.0 / 1514.0
+
+// defaultLossPenalty is validate's sim.Options.LossPenalty: the share of
+// bytes that TCP resent when a 10 Mbit/s sender filled a 2.5 Mbit/s
+// receiver's shaped queue, fitted on the one case dense-ring-4slow-10M
+// (docs/simulator.md, "Validation against real links").
+const defaultLossPenalty = 0.11
 
 // valCase is one validation case: hosts with shaped links, a dense
 // all-reduce algorithm and a method.
@@ -223,11 +235,17 @@ func (o validateOptions) validate() error {
 	if o.MsgCost != "probe" && o.MsgCost != "calibration" {
 		return fmt.Errorf("--message-cost %q: want probe or calibration", o.MsgCost)
 	}
+	if o.MsgModel != "cpu" && o.MsgModel != "latency" {
+		return fmt.Errorf("--message-model %q: want cpu or latency", o.MsgModel)
+	}
 	if !(o.Goodput > 0 && o.Goodput <= 1) {
 		return fmt.Errorf("--goodput %g: want a share in (0, 1]", o.Goodput)
 	}
 	if o.Latency < 0 {
 		return fmt.Errorf("--latency %v: want a non-negative duration", o.Latency)
+	}
+	if !(o.LossPenalty >= 0) || math.IsInf(o.LossPenalty, 0) {
+		return fmt.Errorf("--loss-penalty %g: want a finite non-negative share", o.LossPenalty)
 	}
 	if o.BenchTime <= 0 || o.CaseTimeout <= 0 {
 		return errors.New("--bench-time and --case-timeout must be positive")
@@ -256,13 +274,16 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file of slimgrad bench (default: run bench on this machine first, into --out)")
 	fs.StringVar(&o.Grad, "grad", o.Grad, "a simulated step's compute outside the collectives: data (measured here in one goroutine on the workload's training data: gradient, the optimizer's prepare and update, the workers' finite check) or calibration (the file's gradient time, which bench measures on random inputs of the workload's shape)")
 	fs.StringVar(&o.MsgCost, "message-cost", o.MsgCost, "the simulated per-message cost: probe (fitted before each case to a latency-bound job on the case's bed: the logistic workload's dense ring, --probe-steps steps) or calibration (bench's, measured between two ranks in one process)")
+	fs.StringVar(&o.MsgModel, "message-model", o.MsgModel, "how the simulator charges the per-message cost: cpu (compute time of the sending and the receiving worker, shared with their codec work and the machine's cores) or latency")
 	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
 	fs.DurationVar(&o.BenchTime, "bench-time", o.BenchTime, "minimum measuring time per measurement of bench and of the local compute")
-	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): a case of N hosts gives every simulated node speed min(1, cores/N)")
+	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): the simulated nodes are on one host of this many cores, processor-shared")
 	fs.Float64Var(&o.Goodput, "goodput", o.Goodput, "share of a shaped link's rate left for message bytes (default: TCP/IPv4 with timestamps over Ethernet, 1448/1514)")
 	fs.DurationVar(&o.Latency, "latency", o.Latency, "one-way latency between two hosts in the simulated topology (the bed's veth and bridge)")
 	fs.StringVar(&o.Out, "out", o.Out, "directory for the cases' topologies, the workers' steps.csv, the calibration and validate.csv (default: a temporary directory, removed)")
 	fs.DurationVar(&o.CaseTimeout, "case-timeout", o.CaseTimeout, "time limit of one case's real jobs")
+	fs.Float64Var(&o.LossPenalty, "loss-penalty", o.LossPenalty, "the simulator's loss-recovery penalty (sim.Options.LossPenalty): a flow into a slower receiver or a shared downlink arrives this share of its transfer time later (0: none)")
+	fs.StringVar(&o.Resimulate, "resimulate", o.Resimulate, "the --out directory of an earlier run: simulate its cases again against the real step times it measured (no test bed, no root; its calibration.json unless --calibration)")
 	setUsage(fs, stdout, "Usage: slimgrad validate [--quick | --cases LIST] [flags]\n\n"+
 		"Checks the simulator against real links (needs root: it builds network namespaces\n"+
 		"with tc-shaped links, see package testbed). For each case it runs one `slimgrad worker`\n"+
@@ -315,8 +336,11 @@ type caseResult struct {
 	// neither that nor codec or reduction compute.
 	Sim, SimLocal time.Duration
 	SimComm       float64
-	// Speed is the simulated nodes' compute speed, MsgCost the simulated
-	// software cost per message (fitted by the probe, or bench's).
+	// Speed is the simulated compute speed of a worker when all of a
+	// case's workers compute at once (cores/N, at most 1), MsgCost the
+	// simulated per-message cost that the probe fits (--message-model cpu:
+	// the wait on top of bench's CPU cost; latency: the whole overhead),
+	// or bench's overhead.
 	Speed   float64
 	MsgCost time.Duration
 	// RealMedian and RealMean are rank 0's wall time per step; RealGrad is
@@ -324,7 +348,9 @@ type caseResult struct {
 	RealMedian, RealMean, RealGrad time.Duration
 	Steps                          int     // steps measured
 	Load                           float64 // one-minute load average when the real job ended
-	Err                            error
+	// Wall is the case's wall time: bed, probe, job and simulations.
+	Wall time.Duration
+	Err  error
 }
 
 // Ratio is the simulated over the real median step time.
@@ -335,9 +361,10 @@ type valEnv struct {
 	dir, exe string
 	calib    *sim.Calibration
 	task     train.Task
-	// local is the local compute per step of one worker at speed 1 (the
-	// simulated GradSeconds) of the workload, probeLocal the probe's.
-	local, probeLocal float64
+	// local is the local compute per step of one worker on a whole core
+	// (gradient and the rest, the simulated GradSeconds and LocalSeconds)
+	// of the workload, probeLocal the probe's.
+	local, probeLocal localCost
 	probe             train.Task // the probe's workload (logistic)
 }
 
@@ -355,8 +382,10 @@ const (
 // results of the cases it ran (also those that failed, with Err set) and an
 // error when it could not start or some case failed.
 func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Writer) ([]caseResult, error) {
-	if err := testbed.Supported(); err != nil {
-		return nil, fmt.Errorf("validate runs real workers in network namespaces: %w (run it as root on Linux with ip and tc)", err)
+	if o.Resimulate == "" {
+		if err := testbed.Supported(); err != nil {
+			return nil, fmt.Errorf("validate runs real workers in network namespaces: %w (run it as root on Linux with ip and tc)", err)
+		}
 	}
 	cases, err := o.selectCases()
 	if err != nil {
@@ -367,7 +396,12 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		return nil, err
 	}
 	env.dir = o.Out
-	if env.dir == "" {
+	if o.Resimulate != "" {
+		env.dir = o.Resimulate
+		if o.Calibration == "" {
+			o.Calibration = filepath.Join(o.Resimulate, "calibration.json")
+		}
+	} else if env.dir == "" {
 		if env.dir, err = os.MkdirTemp("", "slimgrad-validate-"); err != nil {
 			return nil, err
 		}
@@ -396,31 +430,61 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		len(cases), o.Workload, o.Steps, o.Steps-o.Skip-1, o.Batch, o.Transport, o.Cores)
 	fmt.Fprintf(stdout, "calibration %s: %s message cost %s + %.2f ns/byte (between two ranks of one process)\n", calPath,
 		o.Transport, fmtDuration(seconds(mc.Overhead)), mc.PerByte*1e9)
-	env.local = calib.Grad[o.Workload] * float64(o.Batch)
+	env.local = localCost{Grad: calib.Grad[o.Workload] * float64(o.Batch), Step: calib.Grad[o.Workload]*float64(o.Batch) + calib.Local[o.Workload]}
+	// The local compute measured by the run (--resimulate: by the earlier
+	// run, if it saved it).
+	saved, haveSaved := valLocal{}, false
+	if o.Resimulate != "" {
+		if b, err := os.ReadFile(filepath.Join(env.dir, "local.json")); err == nil {
+			if err := json.Unmarshal(b, &saved); err != nil {
+				return nil, fmt.Errorf("%s: %w", filepath.Join(env.dir, "local.json"), err)
+			}
+			haveSaved = true
+		} else {
+			fmt.Fprintf(stderr, "slimgrad validate: warning: %s has no local.json: measuring the local compute now\n", env.dir)
+		}
+	}
 	if o.Grad == "data" {
-		l, err := o.measureLocal(ctx, env.task, valMethods["dense"].Optim)
+		l, err := saved.Job, error(nil)
+		if !haveSaved {
+			l, err = o.measureLocal(ctx, env.task, valMethods["dense"].Optim)
+		}
 		if err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(stdout, "local compute of a worker on %s's training data, alone: gradient %s, with the optimizer and finite check %s per step of %d (bench's gradient, on random inputs: %s)\n",
-			o.Workload, fmtDuration(seconds(l.grad)), fmtDuration(seconds(l.step)), o.Batch, fmtDuration(seconds(env.local)))
-		env.local = l.step
+		fmt.Fprintf(stdout, "local compute of a worker on %s's training data, alone: gradient %s, with the optimizer and finite check %s per step of %d (bench's: %s and %s)\n",
+			o.Workload, fmtDuration(seconds(l.Grad)), fmtDuration(seconds(l.Step)), o.Batch, fmtDuration(seconds(env.local.Grad)), fmtDuration(seconds(env.local.Step)))
+		env.local = l
 	}
-	if !(env.local > 0) {
+	if !(env.local.Grad > 0) {
 		return nil, fmt.Errorf("calibration %s has no gradient time of workload %q (run slimgrad bench --workloads %s, or use --grad data)", calPath, o.Workload, o.Workload)
 	}
 	if o.MsgCost == "probe" {
 		if env.probe, err = train.LoadTask(probeWorkload, "", o.Seed); err != nil {
 			return nil, err
 		}
-		l, err := o.measureLocal(ctx, env.probe, valMethods[probeMethod].Optim)
+		l, err := saved.Probe, error(nil)
+		if !haveSaved {
+			l, err = o.measureLocal(ctx, env.probe, valMethods[probeMethod].Optim)
+		}
 		if err != nil {
 			return nil, err
 		}
-		env.probeLocal = l.step
+		env.probeLocal = l
 	}
-	fmt.Fprintf(stdout, "simulated: local compute %s per step at speed 1 (--grad %s), node speed min(1, %d/N), message cost %s\n\n",
-		fmtDuration(seconds(env.local)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost])
+	if o.Resimulate == "" {
+		b, _ := json.Marshal(valLocal{Job: env.local, Probe: env.probeLocal})
+		if err := os.WriteFile(filepath.Join(env.dir, "local.json"), b, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	fmt.Fprintf(stdout, "simulated: local compute %s per step on a core (--grad %s), the workers on one host of %d cores (processor sharing), message cost %s, charged as %s, loss penalty %g\n",
+		fmtDuration(seconds(env.local.Step)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost], o.MsgModel, o.LossPenalty)
+	if o.Resimulate != "" {
+		fmt.Fprintf(stdout, "resimulating the real step times measured in %s (same --steps, --skip and --probe-steps as that run; load not measured)\n", o.Resimulate)
+	}
+	fmt.Fprintln(stdout)
+	start := time.Now()
 	var results []caseResult
 	var failed int
 	for _, c := range cases {
@@ -432,13 +496,14 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 			failed++
 			fmt.Fprintf(stdout, "%-26s failed: %s\n", c.Name, oneLine(r.Err))
 		} else {
-			fmt.Fprintf(stdout, "%-26s simulated %-9s real median %-9s mean %-9s ratio %.3f (message cost %s, load %.1f)\n", c.Name,
-				fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(), fmtDuration(r.MsgCost), r.Load)
+			fmt.Fprintf(stdout, "%-26s simulated %-9s real median %-9s mean %-9s ratio %.3f (message cost %s, load %.1f, %s)\n", c.Name,
+				fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(), fmtDuration(r.MsgCost), r.Load, r.Wall.Round(time.Second))
 		}
 		results = append(results, r)
 	}
 	fmt.Fprintln(stdout)
 	writeValidationTable(stdout, results)
+	fmt.Fprintf(stdout, "\n%d cases in %s (wall time of the cases; the calibration before them not counted)\n", len(results), time.Since(start).Round(time.Second))
 	if o.Out != "" {
 		p := filepath.Join(o.Out, "validate.csv")
 		if err := writeFile(p, func(w io.Writer) error { return writeValidationCSV(w, results) }); err != nil {
@@ -489,7 +554,17 @@ func valCodecs(cases []valCase) []string {
 
 // localCost is a worker's compute per step outside its collectives, in
 // seconds: the gradient (forward and backward) and the whole local step.
-type localCost struct{ grad, step float64 }
+type localCost struct {
+	Grad float64 `json:"grad_s"`
+	Step float64 `json:"step_s"`
+}
+
+// valLocal is what a run saves in OUT/local.json for --resimulate: the
+// local compute it simulated, of the job's workload and of the probe's.
+type valLocal struct {
+	Job   localCost `json:"job"`
+	Probe localCost `json:"probe"`
+}
 
 // measureLocal measures for at least --bench-time, in one goroutine, what a
 // worker with the optimizer recipe optimRecipe does per step outside its
@@ -543,7 +618,7 @@ func (o validateOptions) measureLocal(ctx context.Context, task train.Task, opti
 		grads = append(grads, tg.Seconds())
 		steps = append(steps, time.Since(t0).Seconds())
 	}
-	return localCost{grad: median(grads), step: median(steps)}, nil
+	return localCost{Grad: median(grads), Step: median(steps)}, nil
 }
 
 // unitVectors returns the parameters and the workspace's gradients of m as
@@ -567,7 +642,7 @@ type valJob struct {
 	method    method
 	algorithm string
 	steps     int
-	local     float64 // simulated local compute per step at speed 1
+	local     localCost // simulated local compute per step on a core
 }
 
 // measured reports whether a step of j counts in the per-step figures:
@@ -580,8 +655,9 @@ func (o validateOptions) measured(j valJob, step int, evaluated bool) bool {
 // runCase runs c: it builds the case's bed, runs the probe (--message-cost
 // probe) and the case's job on it, and simulates both on the topology of
 // the hosts as each job placed its ranks.
-func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) caseResult {
-	res := caseResult{Case: c, Speed: min(1, float64(o.Cores)/float64(len(c.Rates))), MsgCost: seconds(env.calib.Messages[o.Transport].Overhead)}
+func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (res caseResult) {
+	defer func(t0 time.Time) { res.Wall = time.Since(t0) }(time.Now())
+	res = caseResult{Case: c, Speed: min(1, float64(o.Cores)/float64(len(c.Rates))), MsgCost: seconds(env.calib.Messages[o.Transport].Overhead)}
 	dir := filepath.Join(env.dir, c.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		res.Err = err
@@ -589,17 +665,26 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) ca
 	}
 	rctx, cancel := context.WithTimeout(ctx, o.CaseTimeout)
 	defer cancel()
-	bed, err := o.newBed(rctx, c, env.exe)
-	if err != nil {
-		res.Err = fmt.Errorf("test bed: %w", err)
-		return res
+	var bed *testBed
+	run := func(j valJob) (*realRun, error) {
+		if bed == nil {
+			return o.loadJob(j, filepath.Join(dir, j.name))
+		}
+		return o.runJob(rctx, bed, j, filepath.Join(dir, j.name))
 	}
-	defer bed.close()
+	if o.Resimulate == "" {
+		var err error
+		if bed, err = o.newBed(rctx, c, env.exe); err != nil {
+			res.Err = fmt.Errorf("test bed: %w", err)
+			return res
+		}
+		defer bed.close()
+	}
 	calib := env.calib
 	if o.MsgCost == "probe" {
 		j := valJob{name: "probe", workload: probeWorkload, task: env.probe, method: valMethods[probeMethod], algorithm: probeAlg,
 			steps: o.ProbeSteps, local: env.probeLocal}
-		real, err := o.runJob(rctx, bed, j, filepath.Join(dir, j.name))
+		real, err := run(j)
 		if err != nil {
 			res.Err = fmt.Errorf("probe job: %w", err)
 			return res
@@ -609,11 +694,19 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) ca
 			return res
 		}
 		res.MsgCost = seconds(calib.Messages[o.Transport].Overhead)
+		if o.MsgModel == "cpu" {
+			res.MsgCost = seconds(calib.Messages[o.Transport].Wait)
+		}
 	}
 	j := valJob{name: "job", workload: o.Workload, task: env.task, method: valMethods[c.Method], algorithm: c.Algorithm, steps: o.Steps, local: env.local}
-	real, err := o.runJob(rctx, bed, j, filepath.Join(dir, j.name))
+	real, err := run(j)
 	res.Load = loadAverage()
-	bed.close()
+	if bed == nil {
+		res.Load = math.NaN() // not measured now
+	}
+	if bed != nil {
+		bed.close()
+	}
 	if err != nil {
 		res.Err = fmt.Errorf("real job: %w", err)
 		return res
@@ -644,9 +737,11 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) ca
 	return res
 }
 
-// fitMessageCost returns calib with the transport's per-message overhead
-// set so that the simulated probe job j (on the topology of its real run)
-// takes the median step time that it took for real. The simulated step of
+// fitMessageCost returns calib with the transport's per-message cost set
+// so that the simulated probe job j (on the topology of its real run)
+// takes the median step time that it took for real: with --message-model
+// cpu its wait (latency beyond bench's CPU cost: the worker processes are
+// descheduled between messages), with latency its overhead. The simulated step of
 // a chain of small messages is about linear in that overhead: a first
 // simulation at 0 and 1 ms gives the line, a third checks it, and one more
 // secant step corrects a bend (a new critical path). The per-byte cost is
@@ -657,7 +752,11 @@ func (o validateOptions) fitMessageCost(ctx context.Context, c valCase, j valJob
 		cal := *calib
 		cal.Messages = maps.Clone(calib.Messages)
 		mc := cal.Messages[o.Transport]
-		mc.Overhead = ov
+		if o.MsgModel == "cpu" {
+			mc.Wait = ov
+		} else {
+			mc.Overhead = ov
+		}
 		cal.Messages[o.Transport] = mc
 		recs, err := o.simulate(ctx, c, j, real.hostOf, &cal, dir)
 		if err != nil {
@@ -823,6 +922,33 @@ func (o validateOptions) runJob(ctx context.Context, b *testBed, j valJob, dir s
 	return run, nil
 }
 
+// loadJob reads what an earlier run of j measured in dir (--resimulate):
+// the placement of its ranks from the topology it wrote (node r is named
+// after rank r's host) and rank 0's steps.csv.
+func (o validateOptions) loadJob(j valJob, dir string) (*realRun, error) {
+	topo, err := sim.LoadTopology(filepath.Join(dir, "topology.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("the earlier run's placement: %w", err)
+	}
+	run := &realRun{hostOf: make([]int, len(topo.Nodes))}
+	for r, n := range topo.Nodes {
+		h, err := strconv.Atoi(strings.TrimPrefix(n.Name, "h"))
+		if err != nil || !strings.HasPrefix(n.Name, "h") {
+			return nil, fmt.Errorf("%s: node %d is %q, not a host h0, h1, ...", dir, r, n.Name)
+		}
+		run.hostOf[r] = h
+	}
+	f, err := os.Open(filepath.Join(dir, fmt.Sprintf("h%d", run.hostOf[0]), "steps.csv"))
+	if err != nil {
+		return nil, fmt.Errorf("rank 0's records: %w", err)
+	}
+	defer f.Close()
+	if run.wall, run.compute, err = o.readSteps(j, f); err != nil {
+		return nil, fmt.Errorf("rank 0's %s: %w", f.Name(), err)
+	}
+	return run, nil
+}
+
 // startBedServer starts `slimgrad server` (no auth, no relay: a closed
 // bed) on h and returns its NATS URL once it serves, and a function that
 // stops it.
@@ -889,20 +1015,19 @@ func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute []float
 
 // topologyYAML is the simulator's topology of c's bed with rank r on host
 // hostOf[r]: each node's uplink and downlink are its host's shaped rate
-// times --goodput, and, since the N workers share this machine's --cores
-// cores, every node computes at speed min(1, cores/N).
+// times --goodput, and, since the N workers run on this one machine, every
+// node is on one host of --cores cores, which their compute and message
+// costs share.
 func (o validateOptions) topologyYAML(c valCase, hostOf []int) string {
 	n := len(c.Rates)
-	speed := min(1, float64(o.Cores)/float64(n))
 	var b strings.Builder
 	fmt.Fprintf(&b, "# slimgrad validate, case %s: %d hosts (network namespaces) with tc-shaped links; node r is rank r's host.\n", c.Name, n)
 	fmt.Fprintf(&b, "# Links: the shaped rate times %.4f, the share that carries message bytes (--goodput).\n", o.Goodput)
-	fmt.Fprintf(&b, "# Compute: the %d workers share the %d cores of one machine: speed %.3f. (A node's cores\n", n, o.Cores, speed)
-	fmt.Fprintf(&b, "# attribute counts the ranks placed on that one node; here every rank is a node of its own.)\n")
-	fmt.Fprintf(&b, "name: validate-%s\nlatency: %s\nnodes:\n", c.Name, o.Latency)
+	fmt.Fprintf(&b, "# Compute: the %d workers share the %d cores of one machine (host: bed, processor sharing).\n", n, o.Cores)
+	fmt.Fprintf(&b, "name: validate-%s\nlatency: %s\ndefaults: {host: bed, cores: %d}\nnodes:\n", c.Name, o.Latency, o.Cores)
 	for _, h := range hostOf {
 		bw := strconv.FormatFloat(float64(c.Rates[h])*o.Goodput, 'f', 0, 64) + "bit/s"
-		fmt.Fprintf(&b, "  - {name: h%d, uplink: %s, downlink: %s, speed: %s}\n", h, bw, bw, strconv.FormatFloat(speed, 'g', 4, 64))
+		fmt.Fprintf(&b, "  - {name: h%d, uplink: %s, downlink: %s}\n", h, bw, bw)
 	}
 	return b.String()
 }
@@ -939,12 +1064,14 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 		return nil, err
 	}
 	cfg := train.SimConfig{
-		Topology:    topo,
-		Options:     &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport},
-		Dense:       alg,
-		GradFLOP:    train.TrainFLOPs(j.task.Model) * float64(o.Batch),
-		FLOPS:       train.DefaultFLOPS,
-		GradSeconds: j.local,
+		Topology: topo,
+		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel == "cpu",
+			LossPenalty: o.LossPenalty},
+		Dense:        alg,
+		GradFLOP:     train.TrainFLOPs(j.task.Model) * float64(o.Batch),
+		FLOPS:        train.DefaultFLOPS,
+		GradSeconds:  j.local.Grad,
+		LocalSeconds: max(0, j.local.Step-j.local.Grad),
 	}
 	ex, err := train.NewSim(ctx, n, train.Units(j.task.Model, spec.Flat), plan, cfg)
 	if err != nil {
@@ -999,15 +1126,15 @@ func geoMeanAbsErr(errs []float64) float64 {
 func writeValidationCSV(w io.Writer, rs []caseResult) error {
 	cw := csv.NewWriter(w)
 	cw.Write([]string{"case", "hosts", "rates_mbit", "algorithm", "method", "sim_step_s", "real_median_s", "real_mean_s", "ratio",
-		"sim_local_s", "real_grad_s", "sim_comm_share", "speed", "message_cost_s", "steps", "load1", "error"})
+		"sim_local_s", "real_grad_s", "sim_comm_share", "speed", "message_cost_s", "steps", "load1", "wall_s", "error"})
 	f := func(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
 	for _, r := range rs {
 		row := []string{r.Case.Name, strconv.Itoa(len(r.Case.Rates)), ratesList(r.Case.Rates), r.Case.Algorithm, r.Case.Method}
 		if r.Err != nil {
-			row = append(row, "", "", "", "", "", "", "", f(r.Speed), f(r.MsgCost.Seconds()), "", f(r.Load), oneLine(r.Err))
+			row = append(row, "", "", "", "", "", "", "", f(r.Speed), f(r.MsgCost.Seconds()), "", f(r.Load), f(r.Wall.Seconds()), oneLine(r.Err))
 		} else {
 			row = append(row, f(r.Sim.Seconds()), f(r.RealMedian.Seconds()), f(r.RealMean.Seconds()), f(r.Ratio()),
-				f(r.SimLocal.Seconds()), f(r.RealGrad.Seconds()), f(r.SimComm), f(r.Speed), f(r.MsgCost.Seconds()), strconv.Itoa(r.Steps), f(r.Load), "")
+				f(r.SimLocal.Seconds()), f(r.RealGrad.Seconds()), f(r.SimComm), f(r.Speed), f(r.MsgCost.Seconds()), strconv.Itoa(r.Steps), f(r.Load), f(r.Wall.Seconds()), "")
 		}
 		cw.Write(row)
 	}

@@ -77,6 +77,21 @@ func TestValidateBed(t *testing.T) {
 	if len(rows) != 3 || rows[1][0] != "dense-ring-4hom-10M" || rows[2][len(rows[2])-1] != "" {
 		t.Errorf("validate.csv: %q", rows)
 	}
+	// --resimulate: the same real step times, simulated again without a bed
+	// (here with the loss penalty off, which changes nothing on these
+	// homogeneous rings, and the message cost as latency).
+	o2 := o
+	o2.Resimulate, o2.Out, o2.LossPenalty, o2.MsgModel = o.Out, "", 0, "latency"
+	stdout.Reset()
+	rs2, err := runValidate(t.Context(), o2, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("--resimulate: %v\n%s", err, stdout.String())
+	}
+	for i, r := range rs2 {
+		if r.RealMedian != rs[i].RealMedian || r.Steps != rs[i].Steps || !(r.Sim > 0) {
+			t.Errorf("--resimulate %s: real %v over %d steps, simulated %v; the run measured %v over %d", r.Case.Name, r.RealMedian, r.Steps, r.Sim, rs[i].RealMedian, rs[i].Steps)
+		}
+	}
 }
 
 // TestValidateCases: the case grid (4 and 8 hosts, ring and tree,
@@ -165,8 +180,9 @@ func TestValidateFlags(t *testing.T) {
 }
 
 // TestValidateTopology: the topology written for a case parses, puts rank
-// r on host hostOf[r] with its shaped rate times the goodput, and slows
-// every node by the workers sharing the cores.
+// r on host hostOf[r] with its shaped rate times the goodput, and puts
+// every node on one host with the machine's cores, so that four workers on
+// two cores compute at half speed when all compute at once.
 func TestValidateTopology(t *testing.T) {
 	o := defaultValidateOptions()
 	o.Cores = 2
@@ -184,9 +200,13 @@ func TestValidateTopology(t *testing.T) {
 		rate float64
 	}{{"h3", 2.5e6}, {"h0", 10e6}, {"h2", 10e6}, {"h1", 10e6}} {
 		n := topo.Nodes[r]
-		if n.Name != want.name || math.Abs(float64(n.Up)*8-want.rate*tcpGoodput) > 8 || n.Up != n.Down || n.Speed != 0.5 {
-			t.Errorf("node %d: %+v, want %s at %g bit/s × %.4f, speed 0.5", r, n, want.name, want.rate, tcpGoodput)
+		if n.Name != want.name || math.Abs(float64(n.Up)*8-want.rate*tcpGoodput) > 8 || n.Up != n.Down || n.Speed != 1 || n.Host != "bed" || n.Cores != 2 {
+			t.Errorf("node %d: %+v, want %s at %g bit/s × %.4f, speed 1, host bed with 2 cores", r, n, want.name, want.rate, tcpGoodput)
 		}
+	}
+	shares, err := topo.CoreShares(nil, 4)
+	if err != nil || !slices.Equal(shares, []float64{2, 2, 2, 2}) {
+		t.Errorf("core shares %v (%v), want 2 for each of 4 workers on 2 cores", shares, err)
 	}
 }
 
