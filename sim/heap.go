@@ -8,6 +8,7 @@ const (
 	evStart                       // a collective may start: g = collective
 	evStartRank                   // one rank's part of a collective may start: g = machine
 	evArriveAll                   // aggregated: messages reached a representative: g = machine, x = its receives (aggBulk)
+	evTinyEnd                     // a tiny message (TinyMessageBytes) left its links: x = its msgInfo (driver.pend)
 )
 
 // event is one entry of the virtual-time queue; events are ordered by
@@ -28,41 +29,51 @@ func (a *event) less(b *event) bool {
 }
 
 // eventHeap is the virtual-time event queue, popping events in (t, seq)
-// order. Events are grouped by time: a 4-ary min-heap holds one entry per
-// distinct pending time, each pointing to a FIFO bucket of that time's
-// events in push (= seq) order. Lock-step collectives schedule thousands of
-// events at identical times, so most pushes append to the bucket of the
-// previous push and most pops take the next event of the current bucket.
+// order. A 4-ary min-heap holds entries ordered by (t, seq): an entry is
+// one event, or a run of events of one time pushed one after the other,
+// kept in a FIFO bucket in push (= seq) order and keyed by its first
+// event. Runs of one time never interleave (a run's seqs are consecutive),
+// so draining entries in that order pops events in (t, seq) order.
+// Lock-step collectives schedule thousands of events at identical times,
+// so most pushes append to the run of the previous push and most pops take
+// the next event of the current bucket; a push of a new time costs one
+// heap entry and no allocation in steady state.
 type eventHeap struct {
 	// plain makes it a 4-ary min-heap of single events (aggregated runs:
-	// few events share a time, and the grouping would cost a map access
-	// and a bucket per event).
+	// few events share a time).
 	plain   bool
 	ev      []event
 	seq     uint64
 	n       int
-	times   []tentry          // 4-ary min-heap by t; times are distinct
-	open    map[float64]int32 // t -> its bucket, for times in the heap
+	times   []tentry // 4-ary min-heap by (ev.t, ev.seq)
 	buckets [][]event
 	heads   []int32
 	free    []int32
 	lastT   float64
-	lastB   int32 // bucket of the last push (-1: none)
+	lastB   int32 // bucket of the run of the last push (-1: none)
+	lastOne bool  // the last push was a single entry of time lastT
 }
 
+// tentry is a heap entry: event ev alone (b < 0), or bucket b, whose first
+// event has ev's time and seq.
 type tentry struct {
-	t float64
-	b int32
+	ev event
+	b  int32
+}
+
+func (a *tentry) less(b *tentry) bool {
+	return a.ev.t < b.ev.t || a.ev.t == b.ev.t && a.ev.seq < b.ev.seq
 }
 
 func (h *eventHeap) reset() {
 	h.ev = h.ev[:0]
 	for _, te := range h.times {
-		h.release(te.b)
+		if te.b >= 0 {
+			h.release(te.b)
+		}
 	}
 	h.times = h.times[:0]
-	clear(h.open)
-	h.seq, h.n, h.lastB = 0, 0, -1
+	h.seq, h.n, h.lastB, h.lastOne = 0, 0, -1, false
 }
 
 func (h *eventHeap) len() int {
@@ -101,24 +112,25 @@ func (h *eventHeap) push(e event) {
 		h.buckets[h.lastB] = append(h.buckets[h.lastB], e)
 		return
 	}
-	if h.open == nil {
-		h.open = map[float64]int32{}
+	if !h.lastOne || e.t != h.lastT {
+		// A new time: one entry, which a run may follow.
+		h.pushTime(tentry{ev: e, b: -1})
+		h.lastT, h.lastB, h.lastOne = e.t, -1, true
+		return
 	}
-	b, ok := h.open[e.t]
-	if !ok {
-		if k := len(h.free); k > 0 {
-			b = h.free[k-1]
-			h.free = h.free[:k-1]
-		} else {
-			b = int32(len(h.buckets))
-			h.buckets = append(h.buckets, nil)
-			h.heads = append(h.heads, 0)
-		}
-		h.open[e.t] = b
-		h.pushTime(tentry{e.t, b})
+	// The second event of a run: a bucket from here on.
+	var b int32
+	if k := len(h.free); k > 0 {
+		b = h.free[k-1]
+		h.free = h.free[:k-1]
+	} else {
+		b = int32(len(h.buckets))
+		h.buckets = append(h.buckets, nil)
+		h.heads = append(h.heads, 0)
 	}
+	h.pushTime(tentry{ev: e, b: b})
 	h.buckets[b] = append(h.buckets[b], e)
-	h.lastT, h.lastB = e.t, b
+	h.lastB, h.lastOne = b, false
 }
 
 // top returns the next event without removing it; len() must be > 0.
@@ -126,8 +138,11 @@ func (h *eventHeap) top() *event {
 	if h.plain {
 		return &h.ev[0]
 	}
-	b := h.times[0].b
-	return &h.buckets[b][h.heads[b]]
+	te := &h.times[0]
+	if te.b < 0 {
+		return &te.ev
+	}
+	return &h.buckets[te.b][h.heads[te.b]]
 }
 
 // pop removes and returns the next event; len() must be > 0.
@@ -162,12 +177,20 @@ func (h *eventHeap) pop() event {
 		}
 		return e
 	}
-	b := h.times[0].b
+	te := &h.times[0]
+	h.n--
+	if te.b < 0 {
+		e := te.ev
+		h.popTime()
+		if e.t == h.lastT {
+			h.lastOne = false // its entry is gone: a push of e.t starts anew
+		}
+		return e
+	}
+	b := te.b
 	e := h.buckets[b][h.heads[b]]
 	h.heads[b]++
-	h.n--
 	if int(h.heads[b]) == len(h.buckets[b]) {
-		delete(h.open, h.times[0].t)
 		h.popTime()
 		h.release(b)
 		if h.lastB == b {
@@ -183,7 +206,7 @@ func (h *eventHeap) pushTime(te tentry) {
 	i := len(s) - 1
 	for i > 0 {
 		p := (i - 1) / 4
-		if !(te.t < s[p].t) {
+		if !te.less(&s[p]) {
 			break
 		}
 		s[i] = s[p]
@@ -210,11 +233,11 @@ func (h *eventHeap) popTime() {
 		m := c
 		end := min(c+4, n)
 		for k := c + 1; k < end; k++ {
-			if s[k].t < s[m].t {
+			if s[k].less(&s[m]) {
 				m = k
 			}
 		}
-		if !(s[m].t < last.t) {
+		if !s[m].less(&last) {
 			break
 		}
 		s[i] = s[m]

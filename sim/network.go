@@ -32,6 +32,7 @@ type network struct {
 	linkBytes []float64
 	linkBusy  []float64 // integral of "some flow active" over time
 	linkSince []float64 // when the link last became busy
+	tinyFree  []float64 // until when tiny messages occupy the link (driver.tiny)
 
 	flows []flow
 	free  []int32
@@ -74,6 +75,7 @@ func newNetwork(caps []float64) *network {
 		linkBytes: make([]float64, L),
 		linkBusy:  make([]float64, L),
 		linkSince: make([]float64, L),
+		tinyFree:  make([]float64, L),
 		linkMark:  make([]uint32, L),
 		isDirty:   make([]bool, L),
 		resid:     make([]float64, L),
@@ -91,6 +93,7 @@ func (nw *network) reset() {
 	clear(nw.linkBytes)
 	clear(nw.linkBusy)
 	clear(nw.linkSince)
+	clear(nw.tinyFree)
 	clear(nw.linkMark)
 	clear(nw.flowMark)
 	nw.flows = nw.flows[:0]

@@ -238,6 +238,9 @@ func TestEventHeapOrder(t *testing.T) {
 					m = k
 				}
 			}
+			if top := *h.top(); top != want[m] {
+				t.Fatalf("top %+v, want %+v", top, want[m])
+			}
 			got := h.pop()
 			if got != want[m] {
 				t.Fatalf("pop %+v, want %+v", got, want[m])

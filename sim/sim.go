@@ -148,6 +148,13 @@ type Options struct {
 	// assumes and when Run refuses it). The zero value simulates every
 	// rank.
 	Aggregate Aggregate
+	// FlowTinyMessages makes messages of at most TinyMessageBytes flows of
+	// the max-min model like any other. By default such a message (a
+	// non-finite flag, a zero-length marker) does not enter the flow model:
+	// each link of its route carries it at full capacity, after the tiny
+	// messages queued on that link before it, and it neither slows nor is
+	// slowed by the flows (see TinyMessageBytes for the error this makes).
+	FlowTinyMessages bool
 	// AggregateDepth is how many hops in ring order the aggregated mode
 	// looks when it groups ranks; 0 means DefaultAggregateDepth. Deeper
 	// groups are smaller and closer to the per-message mode.
@@ -362,6 +369,9 @@ type rankState struct {
 	left    int // collectives not finished
 	node    int32
 	conns   []conn // outgoing connections with a message in flight
+	// peerConn[peer] is 1 + the index in conns of the connection to peer,
+	// or 0, while more than connScan connections are open (an all-to-all).
+	peerConn []int32
 }
 
 // conn is the stream from one rank to another: messages between a pair go
@@ -568,8 +578,9 @@ func (d *driver) setup(ctx context.Context) error {
 	}
 	d.ranks = grow(d.ranks, d.slots)
 	for r := range d.ranks {
-		q, cs := d.ranks[r].queue[:0], d.ranks[r].conns[:0]
-		d.ranks[r] = rankState{queue: q, conns: cs}
+		q, cs, pc := d.ranks[r].queue[:0], d.ranks[r].conns[:0], d.ranks[r].peerConn
+		clear(pc)
+		d.ranks[r] = rankState{queue: q, conns: cs, peerConn: pc}
 		n := r
 		if d.agg != nil {
 			n = int(d.agg.node[d.agg.reps[r]])
@@ -832,6 +843,8 @@ func (d *driver) loop(ctx context.Context) error {
 			err = d.computeEnd(ev.g, ev.x)
 		case evArriveAll:
 			err = d.arriveAll(ev.g, ev.x)
+		case evTinyEnd:
+			err = d.tinyEnd(int32(ev.x))
 		}
 		if err != nil {
 			return err
@@ -1059,9 +1072,13 @@ func (d *driver) startFlow(m *msgInfo) {
 	if d.opts.LossPenalty > 0 && m.n > 0 && d.unpaced(&m.links, m.n) {
 		wire *= 1 + d.opts.LossPenalty
 	}
-	id := d.net.add(d.now, &m.links, int(m.n), wire)
-	f := &d.net.flows[id]
-	f.g, f.op, f.dg, f.dop, f.lat = m.g, m.op, m.dg, m.dop, m.lat
+	if m.size <= TinyMessageBytes && !d.opts.FlowTinyMessages && d.agg == nil {
+		d.tiny(m, wire)
+	} else {
+		id := d.net.add(d.now, &m.links, int(m.n), wire)
+		f := &d.net.flows[id]
+		f.g, f.op, f.dg, f.dop, f.lat = m.g, m.op, m.dg, m.dop, m.lat
+	}
 	if d.cpuMsg && d.msgCost.PerByte > 0 && m.size > 0 {
 		// The receiver copies the bytes as they arrive.
 		dm := &d.ms[m.dg]
@@ -1071,11 +1088,8 @@ func (d *driver) startFlow(m *msgInfo) {
 
 // enqueue starts m at once if the connection to peer is idle, else queues it.
 func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
-	for k := range rs.conns {
+	if k := d.findConn(rs, peer); k >= 0 {
 		c := &rs.conns[k]
-		if c.dst != peer {
-			continue
-		}
 		j := d.park(m)
 		if c.tail < 0 {
 			c.head = j
@@ -1086,34 +1100,116 @@ func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 		return
 	}
 	rs.conns = append(rs.conns, conn{dst: peer, head: -1, tail: -1})
+	if k := len(rs.conns) - 1; k == connScan {
+		// Many open connections (an all-to-all): index them.
+		if len(rs.peerConn) < d.world {
+			rs.peerConn = make([]int32, d.world)
+		}
+		for i := range rs.conns {
+			rs.peerConn[rs.conns[i].dst] = int32(i) + 1
+		}
+	} else if k > connScan {
+		rs.peerConn[peer] = int32(k) + 1
+	}
 	d.startFlow(m)
+}
+
+// connScan is the number of open connections of a rank up to which they
+// are searched one by one; beyond, rankState.peerConn indexes them.
+const connScan = 16
+
+// findConn returns the index in rs.conns of rs's open connection to peer,
+// or -1.
+func (d *driver) findConn(rs *rankState, peer int32) int {
+	if len(rs.conns) > connScan {
+		return int(rs.peerConn[peer]) - 1
+	}
+	for k := range rs.conns {
+		if rs.conns[k].dst == peer {
+			return k
+		}
+	}
+	return -1
 }
 
 // connDone starts the next queued message from rank to peer, or closes the
 // connection if none is queued.
 func (d *driver) connDone(rank, peer int32) {
 	rs := &d.ranks[rank]
-	for k := range rs.conns {
-		c := &rs.conns[k]
-		if c.dst != peer {
-			continue
-		}
-		if c.head < 0 {
-			last := len(rs.conns) - 1
-			rs.conns[k] = rs.conns[last]
-			rs.conns = rs.conns[:last]
-			return
-		}
-		j := c.head
-		m := d.pend[j]
-		c.head = m.next
-		if c.head < 0 {
-			c.tail = -1
-		}
-		d.pfree = append(d.pfree, j)
-		d.startFlow(&m)
+	k := d.findConn(rs, peer)
+	if k < 0 {
 		return
 	}
+	c := &rs.conns[k]
+	if c.head < 0 {
+		last := len(rs.conns) - 1
+		if last >= connScan {
+			rs.peerConn[peer] = 0
+			if k != last {
+				rs.peerConn[rs.conns[last].dst] = int32(k) + 1
+			}
+		}
+		rs.conns[k] = rs.conns[last]
+		rs.conns = rs.conns[:last]
+		if last == connScan {
+			// Back to searching one by one.
+			for i := range rs.conns {
+				rs.peerConn[rs.conns[i].dst] = 0
+			}
+		}
+		return
+	}
+	j := c.head
+	m := d.pend[j]
+	c.head = m.next
+	if c.head < 0 {
+		c.tail = -1
+	}
+	d.pfree = append(d.pfree, j)
+	d.startFlow(&m)
+}
+
+// TinyMessageBytes is the size up to which a message is tiny: unless
+// Options.FlowTinyMessages, it is not a flow of the max-min model but
+// crosses each link of its route at the link's full capacity, one tiny
+// message after another (each link keeps the time until which its tiny
+// messages occupy it), and arrives a latency after its last link is done.
+// Messages between two ranks still leave one after the other. A tiny
+// message's bytes count in LinkStats.Bytes, its time not in LinkStats.Busy.
+//
+// The error against the flow model is bounded by serialization times of
+// tiny bytes: a tiny message that shares a link with k flows would take
+// (k+1)·size/capacity there instead of size/capacity, and a flow on a link
+// finishes at most (tiny bytes on the link during the flow)/capacity
+// earlier than with them. Tiny messages on a link run first-come
+// first-served instead of sharing it, which for an exchange of equal
+// messages all ready at once (the non-finite flags, a 1-bit all-to-all of
+// many ranks) ends when the processor-shared one does.
+const TinyMessageBytes = 256
+
+// tiny sends m outside the flow model (TinyMessageBytes): it occupies each
+// link of its route for wire/capacity (wire: its size with any
+// Options.LossPenalty) after the tiny messages already there, and ends
+// when the last of them is done.
+func (d *driver) tiny(m *msgInfo, wire float64) {
+	nw := d.net
+	end := d.now
+	for k := 0; k < int(m.n); k++ {
+		l := m.links[k]
+		t := max(d.now, nw.tinyFree[l]) + wire/nw.caps[l]
+		nw.tinyFree[l] = t
+		nw.linkBytes[l] += wire
+		end = max(end, t)
+	}
+	j := d.park(m)
+	d.h.push(event{t: end, kind: evTinyEnd, x: uint32(j)})
+}
+
+// tinyEnd is flowEnd for the tiny message parked at j.
+func (d *driver) tinyEnd(j int32) error {
+	m := d.pend[j]
+	d.pfree = append(d.pfree, j)
+	return d.sent(m.g, m.op, m.dg, m.dop, m.lat)
 }
 
 func (d *driver) flowEnd(id int32, ver uint32) error {
@@ -1125,11 +1221,17 @@ func (d *driver) flowEnd(id int32, ver uint32) error {
 		return d.aggFlowEnd(id)
 	}
 	g, op, dg, dop, lat := f.g, f.op, f.dg, f.dop, f.lat
+	d.net.remove(d.now, id) // f may be reused from here on
+	return d.sent(g, op, dg, dop, lat)
+}
+
+// sent finishes Send op of machine g, whose message to Recv dop of machine
+// dg left its links now and arrives lat later.
+func (d *driver) sent(g, op, dg, dop int32, lat float64) error {
 	var rc uint32 // with MessageCPU: the receive's per-message cost, float32 bits
 	if d.cpuMsg {
 		rc = math.Float32bits(float32(d.msgCost.Overhead / 2 / d.speed(&d.ms[dg])))
 	}
-	d.net.remove(d.now, id) // f may be reused from here on
 	if !d.opts.PerMessageFlows {
 		d.connDone(d.ms[g].rank, d.ms[dg].rank)
 	}

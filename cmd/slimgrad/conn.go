@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/slimgrad/slimgrad/transport"
@@ -315,6 +316,27 @@ func (c *connOptions) relays(ctx context.Context, nc *natsgo.Conn) ([]string, er
 	return strings.Split(c.Relay, ","), nil
 }
 
+// relayAdmission asks `slimgrad server`, over nc, to admit a node's peer
+// ID to its relay (relayAdmitSubject) before the node uses the relay. A
+// NATS server without a slimgrad relay has no responder: then no admission
+// is needed, and none is asked.
+func relayAdmission(nc *natsgo.Conn) libp2p.Option {
+	return libp2p.WithRelayAdmission(func(ctx context.Context, id peer.ID) error {
+		rctx, cancel := context.WithTimeout(ctx, relayTimeout)
+		defer cancel()
+		m, err := nc.RequestWithContext(rctx, relayAdmitSubject, []byte(id.String()))
+		switch {
+		case errors.Is(err, natsgo.ErrNoResponders):
+			return nil
+		case err != nil:
+			return fmt.Errorf("asking the server to admit %s to its relay: %w", id, err)
+		case string(m.Data) != "ok":
+			return fmt.Errorf("the server did not admit %s to its relay: %q", id, m.Data)
+		}
+		return nil
+	})
+}
+
 // natsHeartbeat is the NATS transport's heartbeat option of the flags.
 func (c *connOptions) natsHeartbeat() tnats.Option {
 	if c.PeerTimeout == 0 && c.Heartbeat == 0 {
@@ -407,7 +429,7 @@ func connect(ctx context.Context, c *connOptions, world, rank int, rdvTimeout ti
 		}
 		reach, _ := c.reachability() // validated
 		if len(relays) > 0 {
-			lopts = append(lopts, libp2p.WithRelays(relays...))
+			lopts = append(lopts, libp2p.WithRelays(relays...), relayAdmission(nc))
 		}
 		lopts = append(lopts, libp2p.WithReachability(reach))
 		conn, err := rendezvous.JoinLibp2p(ctx, nc, c.Job, world, lopts, rendezvous.WithTimeout(rdvTimeout))

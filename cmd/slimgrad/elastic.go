@@ -498,7 +498,7 @@ func runElasticWorker(ctx context.Context, o *jobOptions, e *elasticOptions, ran
 			return err
 		}
 		if len(relays) > 0 {
-			lopts = append(lopts, libp2p.WithRelays(relays...))
+			lopts = append(lopts, libp2p.WithRelays(relays...), relayAdmission(nc))
 		}
 		reach, _ := o.reachability() // validated
 		lopts = append(lopts, libp2p.WithReachability(reach))

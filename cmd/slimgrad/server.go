@@ -16,9 +16,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/slimgrad/slimgrad/transport/libp2p"
@@ -162,7 +164,7 @@ func runServerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		var b [16]byte
 		rand.Read(b[:])
 		self = natsserver.User{Name: "slimgrad-server", Password: hex.EncodeToString(b[:]),
-			Publish: []string{"_INBOX.>"}, Subscribe: []string{relayInfoSubject}}
+			Publish: []string{"_INBOX.>"}, Subscribe: []string{relayInfoSubject, relayAdmitSubject}}
 		users = append(users, self)
 		log.Info("per-rank users", "jobs", len(jobs), "creds", o.CredsDir)
 	} else if token == "" && !o.NoAuth {
@@ -189,7 +191,8 @@ func runServerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		if err != nil {
 			return err
 		}
-		r, err := libp2p.StartRelay(ctx, libp2p.RelayOptions{ListenAddrs: listen, AnnounceAddrs: announce, Identity: key})
+		adm := newAdmissions(maxAdmitted)
+		r, err := libp2p.StartRelay(ctx, libp2p.RelayOptions{ListenAddrs: listen, AnnounceAddrs: announce, Identity: key, Admit: adm.has})
 		if err != nil {
 			return err
 		}
@@ -209,6 +212,19 @@ func runServerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 		reply, _ := json.Marshal(relayInfo{ID: info.RelayID, Addrs: info.RelayAddrs})
 		if _, err := nc.Subscribe(relayInfoSubject, func(m *natsgo.Msg) { m.Respond(reply) }); err != nil {
 			return fmt.Errorf("relay info responder: %w", err)
+		}
+		// The relay serves only peers admitted here: clients of this NATS
+		// server (with --jobs, a job's ranks), not whoever reaches its port.
+		if _, err := nc.Subscribe(relayAdmitSubject, func(m *natsgo.Msg) {
+			id, err := peer.Decode(string(m.Data))
+			if err != nil {
+				m.Respond([]byte("not a peer ID"))
+				return
+			}
+			adm.add(id)
+			m.Respond([]byte("ok"))
+		}); err != nil {
+			return fmt.Errorf("relay admission responder: %w", err)
 		}
 		if err := nc.Flush(); err != nil {
 			return err
@@ -238,6 +254,55 @@ func runServerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 // relay's peer ID and addresses (relayInfo as JSON); workers ask it when
 // --relay is auto.
 const relayInfoSubject = "slimgrad.server.relay"
+
+// relayAdmitSubject is where a worker asks `slimgrad server` to admit its
+// libp2p peer ID (the request's data, as text) to the relay before it takes
+// a reservation or dials through it; the server answers "ok". The relay
+// refuses peers that were not admitted, so only clients of the NATS server
+// (with --jobs, only the jobs' ranks) can use it.
+const relayAdmitSubject = "slimgrad.server.relay.admit"
+
+// maxAdmitted bounds the peer IDs the relay remembers; beyond it the
+// earliest admitted are forgotten (an elastic job's every epoch is a fresh
+// node, so a long job admits many).
+const maxAdmitted = 1 << 16
+
+// admissions is the relay's access list: the peer IDs admitted on
+// relayAdmitSubject, at most max of them, the earliest forgotten first.
+// Its methods are safe for concurrent use.
+type admissions struct {
+	mu    sync.Mutex
+	ids   map[peer.ID]struct{}
+	order []peer.ID // admission order, for forgetting the earliest
+	max   int
+}
+
+func newAdmissions(max int) *admissions {
+	return &admissions{ids: map[peer.ID]struct{}{}, max: max}
+}
+
+// add admits id.
+func (a *admissions) add(id peer.ID) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.ids[id]; ok {
+		return
+	}
+	if len(a.order) == a.max {
+		delete(a.ids, a.order[0])
+		a.order = append(a.order[:0], a.order[1:]...)
+	}
+	a.ids[id] = struct{}{}
+	a.order = append(a.order, id)
+}
+
+// has reports whether id was admitted (and not yet forgotten).
+func (a *admissions) has(id peer.ID) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.ids[id]
+	return ok
+}
 
 // relayInfo is the answer on relayInfoSubject.
 type relayInfo struct {

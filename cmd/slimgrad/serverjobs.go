@@ -99,12 +99,13 @@ func rankUserName(job string, rank int) string { return fmt.Sprintf("%s-rank-%d"
 
 // rankPermissions are the subjects a rank's user of `slimgrad server
 // --jobs` may use: the rank's subjects of the NATS transport, the job's
-// rendezvous (the libp2p transport meets there), and the question for the
-// server's relay with its answer in the job's own reply inbox.
+// rendezvous (the libp2p transport meets there), and the questions for the
+// server's relay (where it is; admit this peer) with their answers in the
+// job's own reply inbox.
 func rankPermissions(job string, rank int) (publish, subscribe []string) {
 	publish, subscribe = tnats.Permissions(job, rank)
 	rdv := rendezvous.DefaultOptions().SubjectPrefix + "." + job
-	publish = append(publish, rdv, relayInfoSubject)
+	publish = append(publish, rdv, relayInfoSubject, relayAdmitSubject)
 	subscribe = append(subscribe, rdv, jobInboxPrefix(job)+".>")
 	return publish, subscribe
 }

@@ -1,6 +1,7 @@
 package libp2p
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"regexp"
@@ -134,6 +135,12 @@ type Options struct {
 	// private nodes then stay relayed. By default a private node whose
 	// relay reports a TCP address for it hole punches (DCUtR) them.
 	NoHolePunch bool
+	// RelayAdmission, when set, is called with the node's peer ID before
+	// the node uses its relays (a reservation, a relayed dial), so that a
+	// relay that serves only admitted peers (RelayOptions.Admit) knows it:
+	// `slimgrad server` learns it from an authenticated NATS request. An
+	// error fails Listen. Default: none.
+	RelayAdmission func(ctx context.Context, id peer.ID) error
 	// BulkStreams is the number of dedicated TCP connections per peer and
 	// direction that carry messages of at least BulkMin bytes, each secured
 	// by the host's own security (Noise, TLS, or none) with the host's

@@ -80,6 +80,12 @@ func WithHolePunching(on bool) Option {
 	return func(o *Options) error { o.NoHolePunch = !on; return nil }
 }
 
+// WithRelayAdmission sets Options.RelayAdmission: f is called with the
+// node's peer ID before the node uses its relays.
+func WithRelayAdmission(f func(ctx context.Context, id peer.ID) error) Option {
+	return func(o *Options) error { o.RelayAdmission = f; return nil }
+}
+
 // WithReachability overrides the detection of whether the node is behind
 // NAT (see Reachability).
 func WithReachability(r Reachability) Option {
@@ -158,6 +164,11 @@ func (n *Node) setupRelays(ctx context.Context) error {
 	if len(rs.relays) == 0 {
 		rs.reach = ReachabilityPublic
 		return nil
+	}
+	if f := n.opts.RelayAdmission; f != nil {
+		if err := f(ctx, n.host.ID()); err != nil {
+			return fmt.Errorf("libp2p: admission to the relays: %w", err)
+		}
 	}
 	for _, ai := range rs.relays {
 		if err := n.host.Connect(ctx, ai); err != nil {
@@ -390,6 +401,22 @@ type RelayOptions struct {
 	MaxReservations int
 	// MaxCircuits bounds the relayed connections per peer; 0 means 64.
 	MaxCircuits int
+	// Admit, when set, is the relay's access list: a peer may take a
+	// reservation only if Admit(peer) holds, and a relayed connection
+	// opens only if it holds for both ends; the relay refuses the others
+	// (the peer sees a refused reservation or dial). It is called from
+	// the relay's goroutines and must be safe for concurrent use. nil
+	// admits every peer.
+	Admit func(peer.ID) bool
+}
+
+// admitACL is the relay's access list over RelayOptions.Admit.
+type admitACL func(peer.ID) bool
+
+func (f admitACL) AllowReserve(p peer.ID, _ ma.Multiaddr) bool { return f(p) }
+
+func (f admitACL) AllowConnect(src peer.ID, _ ma.Multiaddr, dest peer.ID) bool {
+	return f(src) && f(dest)
 }
 
 // Relay is a circuit relay v2 server: peers behind NAT take reservations on
@@ -451,7 +478,11 @@ func StartRelay(ctx context.Context, o RelayOptions) (*Relay, error) {
 	}
 	rc.MaxReservationsPerIP = rc.MaxReservations // hosts behind one NAT share an IP
 	rc.MaxReservationsPerASN = rc.MaxReservations
-	r, err := relayv2.New(h, relayv2.WithResources(rc), relayv2.WithInfiniteLimits())
+	ropts := []relayv2.Option{relayv2.WithResources(rc), relayv2.WithInfiniteLimits()}
+	if o.Admit != nil {
+		ropts = append(ropts, relayv2.WithACL(admitACL(o.Admit)))
+	}
+	r, err := relayv2.New(h, ropts...)
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("libp2p: relay service: %w", err)

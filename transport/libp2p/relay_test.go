@@ -2,10 +2,13 @@ package libp2p
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // TestRelayedLink: two private nodes whose announced direct addresses
@@ -99,5 +102,63 @@ func testPrivateLinks(t *testing.T, punch bool) {
 	}
 	for _, c := range conns {
 		c.Close()
+	}
+}
+
+// TestRelayAdmission: a relay with an access list (RelayOptions.Admit)
+// refuses the reservation of a private node it has not admitted, so that
+// node's Listen fails naming the reservation, and serves one whose
+// RelayAdmission hook admitted it first; a relayed connection needs both
+// ends admitted.
+func TestRelayAdmission(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	admitted := map[peer.ID]bool{}
+	admit := func(p peer.ID) bool { mu.Lock(); defer mu.Unlock(); return admitted[p] }
+	r, err := StartRelay(ctx, RelayOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, Admit: admit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	relay := r.AddrStrings()[0] + "/p2p/" + r.ID().String()
+	private := []Option{WithJob("acl"), WithRelays(relay), WithReachability(ReachabilityPrivate), WithHolePunching(false)}
+
+	if n, err := Listen(ctx, private...); err == nil {
+		n.Close()
+		t.Fatal("a private node the relay never admitted got a reservation")
+	} else if !strings.Contains(err.Error(), "reserv") {
+		t.Errorf("refused node: %v; want an error naming the reservation", err)
+	}
+
+	var asked []peer.ID
+	hook := WithRelayAdmission(func(_ context.Context, id peer.ID) error {
+		mu.Lock()
+		defer mu.Unlock()
+		asked = append(asked, id)
+		admitted[id] = true
+		return nil
+	})
+	n, err := Listen(ctx, append(private, hook)...)
+	if err != nil {
+		t.Fatalf("admitted node: %v", err)
+	}
+	defer n.Close()
+	if len(asked) != 1 || asked[0] != n.ID() {
+		t.Errorf("admission asked for %v; want [%s]", asked, n.ID())
+	}
+	if !strings.Contains(strings.Join(n.AddrStrings(), " "), "/p2p-circuit") {
+		t.Errorf("admitted node announces %q: no relayed address", n.AddrStrings())
+	}
+
+	acl := admitACL(admit)
+	stranger := peer.ID("stranger")
+	if acl.AllowConnect(stranger, nil, n.ID()) || acl.AllowConnect(n.ID(), nil, stranger) || !acl.AllowConnect(n.ID(), nil, n.ID()) {
+		t.Error("a relayed connection must need both ends admitted")
+	}
+	if _, err := Listen(ctx, append(private, WithRelayAdmission(func(context.Context, peer.ID) error {
+		return errors.New("no such job")
+	}))...); err == nil || !strings.Contains(err.Error(), "no such job") {
+		t.Errorf("failed admission: Listen error %v; want it to carry the hook's error", err)
 	}
 }

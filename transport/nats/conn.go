@@ -127,9 +127,41 @@ var errPeerGone = fmt.Errorf("%w: its connection to the NATS server ended", tran
 // ErrJob is returned (wrapped) for an invalid job ID, rank or size.
 var ErrJob = errors.New("nats: invalid job")
 
+// partial is a message being assembled from chunks: n of its total bytes
+// have arrived, into buf[:n].
 type partial struct {
-	buf []byte
-	n   int
+	buf      []byte
+	n, total int
+}
+
+// initialPartial is the most that a first chunk makes an unkeyed receiver
+// allocate for its message, in chunks (maxIn bytes each); the buffer then
+// doubles as chunks arrive (see room).
+const initialPartial = 4
+
+// newPartial starts a message of total bytes. With authentication, its
+// header is the sender's word: the whole buffer is allocated at once.
+// Without, anyone may have sent it: the buffer holds what a few chunks
+// bring and grows as they arrive, so a forged first chunk claiming a
+// MaxFrame message makes this rank allocate a few chunks, not MaxFrame.
+func (c *Conn) newPartial(total int) *partial {
+	n := total
+	if c.tagLen == 0 {
+		n = min(total, initialPartial*c.maxIn)
+	}
+	return &partial{buf: make([]byte, n), total: total}
+}
+
+// room returns pt.buf[pt.n:pt.n+n], growing pt.buf (to at least twice its
+// length, at most total) if it is shorter. The caller has checked that
+// pt.n+n <= pt.total. Growth copies at most total bytes over a message.
+func (pt *partial) room(n int) []byte {
+	if need := pt.n + n; need > len(pt.buf) {
+		b := make([]byte, min(pt.total, max(need, 2*len(pt.buf))))
+		copy(b, pt.buf[:pt.n])
+		pt.buf = b
+	}
+	return pt.buf[pt.n : pt.n+n]
 }
 
 type peer struct {
@@ -158,10 +190,11 @@ type peer struct {
 
 	// Authentication (Config.Key): mac signs this rank's data to the peer
 	// (under sendMu); vData, vCtl and vHB verify the peer's data, control
-	// frames and hellos, each used by its handler goroutine only.
-	mac              *macer
-	vData, vCtl, vHB *macer
-	hbSeq, ctlSeqIn  uint64 // last sequence numbers accepted (vHB's, vCtl's goroutine)
+	// frames and hellos, and vGone this rank's own gone markers on the
+	// data subject from the peer, each used by its handler goroutine only.
+	mac                     *macer
+	vData, vCtl, vHB, vGone *macer
+	hbSeq, ctlSeqIn         uint64 // last sequence numbers accepted (vHB's, vCtl's goroutine)
 	// cid is the peer's client ID on this rank's server, from its hellos
 	// (0: unknown, or it is connected to another server of a cluster).
 	cid atomic.Uint64
@@ -203,8 +236,7 @@ type Conn struct {
 
 	// Authentication (Config.Key; tagLen is 0 without one). ctlMu orders
 	// the control frames and hellos this rank publishes with their
-	// sequence numbers (ctlSeq), signed by ctlMac; vGone verifies this
-	// rank's own gone markers (data handler goroutine).
+	// sequence numbers (ctlSeq), signed by ctlMac.
 	tagLen int
 	// crcBytes counts the data payload bytes CRC-32C checksummed, sent
 	// and received (zero when keyed; see dataCRC).
@@ -213,7 +245,6 @@ type Conn struct {
 	ctlSeq                    uint64
 	ctlBuf                    [transport.FrameHeaderLen + helloFixed + maxHelloServerID + macLen]byte // publishCtl's frame
 	ctlMac                    *macer
-	vGone                     *macer
 	log                       *slog.Logger
 	forged, replayed, ignored dropCounter
 
@@ -350,15 +381,16 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	}
 	c.forged.what, c.replayed.what, c.ignored.what = "forged", "replayed", "ignored"
 	c.log = cfg.Logger
+	base := cfg.SubjectPrefix + "." + job + "."
 	if cfg.Key != nil {
 		c.tagLen = macLen
-		c.ctlMac = newMacer(cfg.Key, job, rank)
-		c.vGone = newMacer(cfg.Key, job, rank)
+		c.ctlMac = newMacer(cfg.Key, base, rank, -1)
 		for p := range size {
 			if p != rank {
 				pp := &c.peers[p]
-				pp.mac = newMacer(cfg.Key, job, rank)
-				pp.vData, pp.vCtl, pp.vHB = newMacer(cfg.Key, job, p), newMacer(cfg.Key, job, p), newMacer(cfg.Key, job, p)
+				pp.mac = newMacer(cfg.Key, base, rank, p)
+				pp.vGone = newMacer(cfg.Key, base, rank, -1)
+				pp.vData, pp.vCtl, pp.vHB = newMacer(cfg.Key, base, p, rank), newMacer(cfg.Key, base, p, -1), newMacer(cfg.Key, base, p, -1)
 			}
 		}
 	}
@@ -368,7 +400,6 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		c.instance = binary.LittleEndian.Uint64(b[:])
 	}
 	c.stats = counters.New(size)
-	base := cfg.SubjectPrefix + "." + job + "."
 	for p := range size {
 		if p == rank {
 			continue
@@ -787,8 +818,18 @@ func (c *Conn) onData(m *natsgo.Msg) {
 		var frame []byte
 		switch p := &c.peers[src]; {
 		case len(data) > 3 && data[3] == flagGone:
-			frame, ok = c.vGone.verify(c.instance, m.Subject, data)
+			frame, ok = p.vGone.verify(c.instance, m.Subject, data)
 		case p.instance.Load() != 0:
+			// Cheap checks first, so that a forged, truncated or
+			// replayed chunk costs no pass over its bytes.
+			switch c.precheck(p, data) {
+			case dropForged:
+				c.forged.add(c.log, c.job, c.rank, src, "malformed data frame")
+				return
+			case dropReplayed:
+				c.replayed.add(c.log, c.job, c.rank, src, "data chunk of an earlier sequence number")
+				return
+			}
 			frame, ok = p.vData.verify(p.instance.Load(), m.Subject, data)
 		default:
 			ok = false
@@ -823,6 +864,35 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	if _, held := c.in.Held(src); held > c.cfg.Window+inbox.Charge(c.cfg.MaxFrame) {
 		c.failPeer(src, &transport.InboundError{Rank: src, Err: fmt.Errorf("%w: rank %d exceeded its credit (%d bytes unconsumed, window %d)", transport.ErrBadFrame, src, held, c.cfg.Window)}, true)
 	}
+}
+
+// Verdicts of precheck.
+const (
+	dropNone = iota
+	dropForged
+	dropReplayed
+)
+
+// precheck looks at a keyed message on the data subject from p, before
+// its tag is verified, for what makes it certain to be dropped: a header
+// that does not parse, a length that disagrees with the message's (a
+// truncated or padded message), or a data chunk whose sequence number p's
+// link has already passed (a replay: a real chunk never goes back). It
+// reads the 24-byte header and the sequence number only. Data handler
+// goroutine only (it reads p.rxSeq).
+func (c *Conn) precheck(p *peer, data []byte) int {
+	if len(data) < transport.FrameHeaderLen+macLen {
+		return dropForged
+	}
+	h, err := transport.ParseFrameHeader(data, c.maxIn)
+	if err != nil || int(h.Len) != len(data)-transport.FrameHeaderLen-macLen {
+		return dropForged
+	}
+	if h.Flags&^(flagFirst|flagLast) == 0 && h.Len >= seqLen &&
+		binary.LittleEndian.Uint64(data[transport.FrameHeaderLen:]) < p.rxSeq {
+		return dropReplayed
+	}
+	return dropNone
 }
 
 func (c *Conn) handleChunk(src int, data []byte) error {
@@ -887,15 +957,15 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		if uint64(len(pl)) >= total {
 			return fmt.Errorf("%w: non-final chunk completes a %d-byte message", transport.ErrBadFrame, total)
 		}
-		pt = &partial{buf: make([]byte, total)}
+		pt = c.newPartial(int(total))
 		p.partial[h.Tag] = pt
 	} else if pt == nil {
 		return fmt.Errorf("%w: continuation chunk without a first chunk (tag %d)", transport.ErrBadFrame, h.Tag)
 	}
-	if pt.n+len(pl) > len(pt.buf) {
-		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, len(pt.buf))
+	if pt.n+len(pl) > pt.total {
+		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, pt.total)
 	}
-	pt.n += copy(pt.buf[pt.n:], pl) // pl was checksummed just before: in cache
+	pt.n += copy(pt.room(len(pl)), pl) // pl was checksummed just before: in cache
 	return c.finish(src, p, h, pt)
 }
 
@@ -920,7 +990,7 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 		}
 		return c.checkSeq(p, seq)
 	}
-	if pt == nil || pt.n+len(data) > len(pt.buf) {
+	if pt == nil || pt.n+len(data) > pt.total {
 		// Report a damaged chunk as such rather than as a protocol error.
 		if err := c.verifyData(h, pl); err != nil {
 			return err
@@ -928,14 +998,14 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 		if pt == nil {
 			return fmt.Errorf("%w: continuation chunk without a first chunk (tag %d)", transport.ErrBadFrame, h.Tag)
 		}
-		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, len(pt.buf))
+		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, pt.total)
 	}
 	if c.tagLen != 0 {
-		copy(pt.buf[pt.n:], data) // authenticated by its MAC (see dataCRC)
+		copy(pt.room(len(data)), data) // authenticated by its MAC (see dataCRC)
 	} else {
 		c.crcBytes.Add(int64(len(pl)))
 		crc := transport.UpdateChecksum(0, pl[:seqLen])
-		crc = transport.CopyChecksum(pt.buf[pt.n:], data, crc)
+		crc = transport.CopyChecksum(pt.room(len(data)), data, crc)
 		if crc != h.CRC {
 			return fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag)
 		}
@@ -947,7 +1017,7 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 
 // Data frames and their checksum (dataCRC). Without a job key a data
 // chunk's frame CRC-32C covers its payload. With a key its MAC
-// (HMAC-SHA256 over the whole frame, verified in onData before the frame
+// (AES-256-GMAC over the whole frame, verified in onData before the frame
 // is parsed) already authenticates every byte, so the sender leaves the
 // CRC field 0 and the receiver checks only the length: one integrity
 // check per byte. Peers must agree on this: hellos of this version carry
@@ -997,8 +1067,8 @@ func (c *Conn) checkSeq(p *peer, seq uint64) error {
 // completed message is delivered.
 func (c *Conn) finish(src int, p *peer, h transport.FrameHeader, pt *partial) error {
 	last := h.Flags&flagLast != 0
-	if last != (pt.n == len(pt.buf)) {
-		return fmt.Errorf("%w: message of %d bytes ends at %d", transport.ErrBadFrame, len(pt.buf), pt.n)
+	if last != (pt.n == pt.total) {
+		return fmt.Errorf("%w: message of %d bytes ends at %d", transport.ErrBadFrame, pt.total, pt.n)
 	}
 	if last {
 		delete(p.partial, h.Tag)
