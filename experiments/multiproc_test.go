@@ -376,6 +376,8 @@ func libp2pChild(ctx context.Context, rank int, security string, bulk int) (tran
 		opts = append(opts, libp2p.WithInsecure())
 	case "tls":
 		opts = append(opts, libp2p.WithTLS())
+	case "noise":
+		opts = append(opts, libp2p.WithNoise())
 	}
 	node, err := libp2p.Listen(ctx, opts...)
 	if err != nil {

@@ -44,7 +44,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 			b.Cleanup(func() { g.Close() })
 			return g.Conns()
 		}},
-		{"libp2p-noise", func(b *testing.B) []transport.Conn { return libp2pPair(b) }},
+		{"libp2p-noise", func(b *testing.B) []transport.Conn { return libp2pPair(b, libp2p.WithNoise()) }},
 		{"libp2p-tls", func(b *testing.B) []transport.Conn { return libp2pPair(b, libp2p.WithTLS()) }},
 		{"libp2p-insecure", func(b *testing.B) []transport.Conn { return libp2pPair(b, libp2p.WithInsecure()) }},
 	}

@@ -111,12 +111,15 @@ func TestStepOverLibp2p(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts libp2p hosts")
 	}
-	for _, sec := range []string{"noise", "insecure"} {
+	for _, sec := range []string{"tls", "noise", "insecure"} {
 		for _, alg := range []string{"ring", "tree"} {
 			t.Run(fmt.Sprintf("security=%s/alg=%s", sec, alg), func(t *testing.T) {
 				var opts []libp2p.Option
-				if sec == "insecure" {
+				switch sec {
+				case "insecure":
 					opts = append(opts, libp2p.WithInsecure())
+				case "noise":
+					opts = append(opts, libp2p.WithNoise())
 				}
 				checkDenseOver(t, libp2pGroup(t, 3, opts...), alg)
 			})

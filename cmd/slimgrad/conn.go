@@ -69,6 +69,8 @@ type connOptions struct {
 	// relay), "off", or comma-separated relay multiaddrs; Reachability is
 	// auto, public or private.
 	Relay, Reachability string
+	// Security is the libp2p channel security: tls (default) or noise.
+	Security string
 	// Failure detection: a peer silent for PeerTimeout is dead; liveness
 	// is signalled every Heartbeat. 0 means the transport's default.
 	Heartbeat, PeerTimeout time.Duration
@@ -102,6 +104,7 @@ func (c *connOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Announce, "announce", c.Announce, "libp2p: comma-separated addresses peers dial, multiaddrs or host:port, port 0 for the listening port (default: the listen addresses, never loopback when the host has another address)")
 	fs.StringVar(&c.Relay, "relay", c.Relay, "libp2p: circuit relay v2 for peers behind NAT: auto (the relay of `slimgrad server`, if the NATS server is one), off, or comma-separated multiaddrs ending in /p2p/<relay ID>")
 	fs.StringVar(&c.Reachability, "reachability", c.Reachability, "libp2p: whether peers can dial this host: auto (ask the relay which address it sees), public, or private (behind NAT: reached through the relay)")
+	fs.StringVar(&c.Security, "security", c.Security, "libp2p: channel security, the same for every worker: tls (TLS 1.3, AES-GCM: the default, cheaper per byte on CPUs with AES instructions) or noise (ChaCha20-Poly1305)")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "interval of the liveness heartbeats between peers (0: the transport's default, --peer-timeout/5 for libp2p)")
 	fs.DurationVar(&c.PeerTimeout, "peer-timeout", c.PeerTimeout, "a peer silent this long (a hung process) is dead; a peer whose process exits is detected at once (0: the transport's default)")
 }
@@ -111,7 +114,7 @@ func (c *connOptions) args() []string {
 	return []string{"--transport", c.Transport, "--nats", c.NATS, "--job", c.Job,
 		"--token-file", c.TokenFile, "--key-file", c.KeyFile, "--user-file", c.UserFile, "--creds", c.Creds,
 		"--nats-ca", c.NATSCA, "--nats-cert", c.NATSCert, "--nats-key", c.NATSKey,
-		"--listen", c.Listen, "--announce", c.Announce, "--relay", c.Relay, "--reachability", c.Reachability,
+		"--listen", c.Listen, "--announce", c.Announce, "--relay", c.Relay, "--reachability", c.Reachability, "--security", c.Security,
 		"--heartbeat", c.Heartbeat.String(), "--peer-timeout", c.PeerTimeout.String()}
 }
 
@@ -143,6 +146,9 @@ func (c *connOptions) validate() error {
 		return fmt.Errorf("--heartbeat %v must be shorter than --peer-timeout %v", c.Heartbeat, c.PeerTimeout)
 	}
 	if _, err := c.reachability(); err != nil {
+		return err
+	}
+	if _, err := c.security(); err != nil {
 		return err
 	}
 	if c.Relay != "auto" && c.Relay != "off" && c.Relay != "" {
@@ -253,7 +259,11 @@ func (c *connOptions) libp2pOptions() ([]libp2p.Option, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--announce: %w", err)
 	}
-	opts := []libp2p.Option{libp2p.WithListenAddrs(l...), libp2p.WithAnnounceAddrs(a...)}
+	sec, err := c.security()
+	if err != nil {
+		return nil, err
+	}
+	opts := []libp2p.Option{libp2p.WithListenAddrs(l...), libp2p.WithAnnounceAddrs(a...), sec}
 	if c.PeerTimeout > 0 || c.Heartbeat > 0 {
 		to := c.PeerTimeout
 		if to == 0 {
@@ -274,6 +284,18 @@ var (
 // freePorts returns the --listen addresses with every port 0 (a free one).
 func freePorts(listen string) string {
 	return hostPort.ReplaceAllString(anyPort.ReplaceAllString(listen, "/$1/0"), "${1}${2}:0")
+}
+
+// security parses --security: tls (also the empty default) or noise. The
+// CLI offers no way to turn security off.
+func (c *connOptions) security() (libp2p.Option, error) {
+	switch c.Security {
+	case "", "tls":
+		return libp2p.WithTLS(), nil
+	case "noise":
+		return libp2p.WithNoise(), nil
+	}
+	return nil, fmt.Errorf("--security %q: want tls or noise", c.Security)
 }
 
 // reachability parses --reachability.

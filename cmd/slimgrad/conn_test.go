@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/slimgrad/slimgrad/transport/libp2p"
 )
 
 func parseConn(t *testing.T, args ...string) (*jobOptions, error) {
@@ -74,6 +76,8 @@ func TestConnFlagsValidate(t *testing.T) {
 		{"--announce", "1.2.3.4"},
 		{"--heartbeat", "-1s"},
 		{"--heartbeat", "2s", "--peer-timeout", "1s"},
+		{"--security", "none"},
+		{"--security", "ssl"},
 	} {
 		if _, err := parseConn(t, args...); err == nil {
 			t.Errorf("%q accepted", args)
@@ -88,6 +92,40 @@ func TestConnFlagsValidate(t *testing.T) {
 	}
 	if o.natsHeartbeat() == nil {
 		t.Error("--peer-timeout gave no NATS heartbeat option")
+	}
+}
+
+// --security picks the libp2p channel security: TLS 1.3 unless noise is
+// asked for; launch hands it on to the workers.
+func TestSecurityFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want libp2p.Security
+	}{
+		{nil, libp2p.SecurityTLS},
+		{[]string{"--security", "tls"}, libp2p.SecurityTLS},
+		{[]string{"--security", "noise"}, libp2p.SecurityNoise},
+	} {
+		o, err := parseConn(t, tc.args...)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		opts, err := o.libp2pOptions()
+		if err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		lo := libp2p.DefaultOptions()
+		for _, opt := range opts {
+			if err := opt(&lo); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if lo.Security != tc.want {
+			t.Errorf("%q: security %v, want %v", tc.args, lo.Security, tc.want)
+		}
+		if a := strings.Join(o.args(), " "); !strings.Contains(a, "--security "+o.Security) {
+			t.Errorf("%q: worker args %q do not carry --security", tc.args, a)
+		}
 	}
 }
 

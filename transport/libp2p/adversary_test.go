@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 
 	"github.com/slimgrad/slimgrad/transport"
@@ -27,10 +28,11 @@ func rawHost(t *testing.T, key crypto.PrivKey) host.Host {
 	return rawHostSec(t, key, false)
 }
 
-// rawHostSec is rawHost with Noise, or with no security when insecure.
+// rawHostSec is rawHost with TLS and Noise (whichever the other end
+// speaks), or with no security when insecure.
 func rawHostSec(t *testing.T, key crypto.PrivKey, insecure bool) host.Host {
 	t.Helper()
-	sec := golibp2p.Security(noise.ID, noise.New)
+	sec := golibp2p.ChainOptions(golibp2p.Security(tls.ID, tls.New), golibp2p.Security(noise.ID, noise.New))
 	if insecure {
 		sec = golibp2p.NoSecurity
 	}
@@ -144,8 +146,10 @@ func TestSilentPeerTimesOut(t *testing.T) {
 	wantPeerErr(t, c.Send(ctx, 1, 0, []byte("x")), transport.ErrPeerDead)
 }
 
+// TestCorruptFrame: on an insecure link a payload that does not match its
+// CRC fails the link with ErrBadFrame.
 func TestCorruptFrame(t *testing.T) {
-	c, s := fakePeer(t)
+	c, s := fakePeer(t, WithInsecure())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	good := transport.AppendFrame(nil, flagData, 4, []byte("fine"))
@@ -289,8 +293,9 @@ func TestOtherJobRefused(t *testing.T) {
 		{"other hello job", string(nd.protocol()), helloPayload("other-job", 1, 2)},
 		{"wrong rank", string(nd.protocol()), helloPayload("test-job", 0, 2)},
 		{"wrong size", string(nd.protocol()), helloPayload("test-job", 1, 3)},
-		{"other protocol", "/slimgrad/other-job/2", helloPayload("other-job", 1, 2)},
-		{"older version", "/slimgrad/test-job/1", helloPayload("test-job", 1, 2)},
+		{"other protocol", "/slimgrad/other-job/3", helloPayload("other-job", 1, 2)},
+		{"older version", "/slimgrad/test-job/2", helloPayload("test-job", 1, 2)},
+		{"first version", "/slimgrad/test-job/1", helloPayload("test-job", 1, 2)},
 	}
 	for _, tc := range cases {
 		if err := try(tc.proto, tc.hello); err == nil {
@@ -374,7 +379,9 @@ func TestLargeMessagePieces(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, s := fakePeer(t, WithMaxFrame(4<<20))
+			// Insecure: the payload CRC is checked there only (see
+			// TestSecuredSkipsCRC).
+			c, s := fakePeer(t, WithMaxFrame(4<<20), WithInsecure())
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			b := largeFrames(9, tc.total, msg, tc.pieces, tc.tags)

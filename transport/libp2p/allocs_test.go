@@ -35,7 +35,7 @@ func TestSteadyStateAllocs(t *testing.T) {
 		name string
 		opt  Option
 		want float64 // allocations per message in all
-	}{{"none", WithInsecure(), 0}, {"noise", nil, 2 * flynnNoiseAllocs}, {"tls", WithTLS(), tlsRecordAllocs}} {
+	}{{"none", WithInsecure(), 0}, {"noise", WithNoise(), 2 * flynnNoiseAllocs}, {"tls", WithTLS(), tlsRecordAllocs}} {
 		t.Run("security="+sec.name, func(t *testing.T) {
 			conns := newGroup(t, 2, sec.opt)
 			for _, size := range []int{64, 4 << 10} {

@@ -74,7 +74,7 @@ func BenchmarkPointToPoint(b *testing.B) {
 	for _, sec := range []struct {
 		name string
 		opt  Option
-	}{{"noise", nil}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
+	}{{"noise", WithNoise()}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
 		for _, size := range benchSizes {
 			b.Run("security="+sec.name+"/size="+sizeName(size), func(b *testing.B) {
 				conns := newGroup(b, 2, sec.opt)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -114,6 +115,8 @@ type bulkWriter struct {
 	hdr    [transport.FrameHeaderLen + bulkPrefix]byte
 	jobs   chan bulkJob
 	res    chan error // one result per job (cap 1)
+	// crcBytes is the link's CRC-32C byte counter (link.crcBytes).
+	crcBytes *atomic.Int64
 }
 
 type bulkJob struct {
@@ -269,7 +272,7 @@ func (c *Conn) handleBulk(nc net.Conn) {
 	l.bulkIn = append(l.bulkIn, sc)
 	l.mu.Unlock()
 	c.mu.Unlock()
-	l.bulkReadLoop(sc, c.opts.Security != SecurityNone)
+	l.bulkReadLoop(sc, c.aead())
 }
 
 // bulkReadLoop reads pieces from one bulk connection into their messages.
@@ -316,6 +319,7 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 		if secure {
 			_, err = io.ReadFull(r, dst)
 		} else {
+			l.crcBytes.Add(int64(n))
 			crc, err = readPayloadCRCChunk(r, dst, crc, bulkCRCChunk)
 		}
 		if err != nil {
@@ -475,7 +479,7 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 	}
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
-	w := &bulkWriter{raw: nc}
+	w := &bulkWriter{raw: nc, crcBytes: &l.crcBytes}
 	var under net.Conn = nc
 	if c.opts.Security != SecurityNone {
 		w.raw, w.under = nil, &bulkConn{Conn: nc, r: bufio.NewReaderSize(nc, 4<<10)} // only the handshake reads
@@ -524,6 +528,7 @@ func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total
 		data := part[off : off+n]
 		if !secure {
 			crc = transport.UpdateChecksum(crc, data)
+			w.crcBytes.Add(int64(n))
 		}
 		transport.PutFrameHeaderSum(hdr, flagBulkPiece, seq, bulkPrefix+n, crc)
 		if w.raw != nil {
@@ -550,7 +555,7 @@ func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total
 // bulkRun is a writer goroutine of a link with several bulk connections.
 func (l *link) bulkRun(w *bulkWriter) {
 	defer l.c.wg.Done()
-	secure := l.c.opts.Security != SecurityNone
+	secure := l.c.aead()
 	for {
 		select {
 		case j := <-w.jobs:
@@ -569,7 +574,7 @@ func (l *link) bulkRun(w *bulkWriter) {
 func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
 	seq := l.bulkSeq
 	l.bulkSeq++
-	secure := l.c.opts.Security != SecurityNone
+	secure := l.c.aead()
 	k := len(l.bulkW)
 	if k == 1 {
 		w := l.bulkW[0]

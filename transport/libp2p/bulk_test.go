@@ -33,6 +33,8 @@ func TestBulkPath(t *testing.T) {
 					opts = append(opts, WithInsecure())
 				case "tls":
 					opts = append(opts, WithTLS())
+				case "noise":
+					opts = append(opts, WithNoise())
 				}
 				cs := newGroup(t, 2, opts...)
 				if l := cs[0].links[1]; len(l.bulkW) != k {
@@ -145,7 +147,7 @@ func TestBulkAdversary(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			opts := []Option{WithMaxFrame(4 << 20)}
+			opts := []Option{WithMaxFrame(4 << 20), WithNoise()}
 			if tc.insecure {
 				opts = append(opts, WithInsecure())
 			}

@@ -14,7 +14,7 @@ func TestConformance(t *testing.T) {
 	for _, sec := range []struct {
 		name string
 		opt  Option
-	}{{"noise", nil}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
+	}{{"noise", WithNoise()}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
 		t.Run("security="+sec.name, func(t *testing.T) {
 			transporttest.Run(t,
 				func(t *testing.T, n int) []transport.Conn {
@@ -44,12 +44,20 @@ func crash(t *testing.T, conns []transport.Conn, r int) {
 	}
 }
 
-// injectBadFrame writes a frame whose payload does not match its CRC on
-// the stream from rank from to rank to.
+// injectBadFrame writes a damaged frame on the stream from rank from to
+// rank to: on an insecure link its payload does not match its CRC; on a
+// Noise or TLS link, whose data payloads carry no CRC (the AEAD
+// authenticates them, and damage in transit kills the connection), its
+// header's tag does not match the header CRC.
 func injectBadFrame(t *testing.T, conns []transport.Conn, from, to int) {
-	l := conns[from].(*Conn).links[to]
+	c := conns[from].(*Conn)
+	l := c.links[to]
 	f := transport.AppendFrame(nil, flagData, 6, []byte("damaged in transit"))
-	f[len(f)-1] ^= 0x5a
+	if c.aead() {
+		f[4] ^= 0x5a
+	} else {
+		f[len(f)-1] ^= 0x5a
+	}
 	l.wsem <- struct{}{}
 	defer func() { <-l.wsem }()
 	if _, err := l.out.Write(f); err != nil {

@@ -74,13 +74,17 @@ type link struct {
 	id   peer.ID
 
 	// Outgoing stream: our frames to the peer; its credits come back on it.
-	wsem      chan struct{} // write lock; held by one writer at a time
-	hdr       [transport.FrameHeaderLen]byte
-	wbuf      []byte         // frame being written: a small message, or a piece (≤ 1 MiB + 56 bytes)
-	out       network.Stream // set once during Connect
-	lastWrite atomic.Int64   // unix nanos
-	acked     chan struct{}  // closed when the credit reader ends
-	abortFn   func()         // l.abortOut, bound once (a Send's cancellation callback)
+	wsem chan struct{} // write lock; held by one writer at a time
+	hdr  [transport.FrameHeaderLen]byte
+	wbuf []byte         // frame being written: a small message, or a piece (≤ 1 MiB + 56 bytes)
+	out  network.Stream // set once during Connect
+	// aeadOut: out runs over a Noise or TLS connection (Conn.aead), whose
+	// AEAD authenticates every byte, so data payloads go without a CRC-32C
+	// (set with out).
+	aeadOut   bool
+	lastWrite atomic.Int64  // unix nanos
+	acked     chan struct{} // closed when the credit reader ends
+	abortFn   func()        // l.abortOut, bound once (a Send's cancellation callback)
 
 	cmu         sync.Mutex
 	limit       int64 // the peer's receive buffer bound
@@ -127,6 +131,31 @@ type link struct {
 
 	sentPayload, sentWire, sentMsgs atomic.Int64
 	recvPayload, recvWire, recvMsgs atomic.Int64
+	// crcBytes counts the payload bytes this link checksummed with
+	// CRC-32C, sending and receiving (one atomic add per frame): zero
+	// for data on an AEAD-secured link.
+	crcBytes atomic.Int64
+}
+
+// aead reports whether the links' streams are AEAD-secured: the host's
+// security is Noise or TLS 1.3, whose AEAD (ChaCha20-Poly1305 or AES-GCM)
+// authenticates every byte of every connection, relayed ones included
+// (they are upgraded with the same security end to end). Every host of a
+// job has the same security, or they could not connect, so both ends
+// agree on it without asking each other. (The connection's own ConnState
+// is not used: go-libp2p leaves its Security empty on the listening end
+// of a relayed connection.)
+func (c *Conn) aead() bool { return c.opts.Security != SecurityNone }
+
+// payloadSum is the frame checksum of a data payload b sent on the
+// outgoing stream: its CRC-32C, or 0 when the stream is AEAD-secured
+// (the receiver then does not check it).
+func (l *link) payloadSum(b []byte) uint32 {
+	if l.aeadOut {
+		return 0
+	}
+	l.crcBytes.Add(int64(len(b)))
+	return transport.Checksum(b)
 }
 
 type tagQueue struct {
@@ -392,10 +421,12 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	case len(b) <= coalesceMax:
 		// One write, so one yamux frame (and one Noise message and
 		// system call) for header and payload.
-		l.wbuf = transport.AppendFrame(l.wbuf[:0], flagData, tag, b)
+		l.wbuf = append(l.wbuf[:0], make([]byte, transport.FrameHeaderLen)...)
+		transport.PutFrameHeaderSum(l.wbuf, flagData, tag, len(b), l.payloadSum(b))
+		l.wbuf = append(l.wbuf, b...)
 		_, err = s.Write(l.wbuf)
 	case len(b) <= pieceMax:
-		transport.PutFrameHeader(l.hdr[:], flagData, tag, b)
+		transport.PutFrameHeaderSum(l.hdr[:], flagData, tag, len(b), l.payloadSum(b))
 		_, err = s.Write(l.hdr[:])
 		if err == nil {
 			_, err = s.Write(b)
@@ -480,7 +511,13 @@ func (l *link) writePieces(s network.Stream, tag uint64, b []byte) error {
 		n := min(pieceMax, len(b)-off)
 		start := len(w)
 		w = w[:start+h+n]
-		crc := transport.CopyChecksum(w[start+h:], b[off:off+n], 0)
+		var crc uint32
+		if l.aeadOut {
+			copy(w[start+h:], b[off:off+n])
+		} else {
+			crc = transport.CopyChecksum(w[start+h:], b[off:off+n], 0)
+			l.crcBytes.Add(int64(n))
+		}
 		transport.PutFrameHeaderSum(w[start:], flagPiece, tag, n, crc)
 		if _, err := s.Write(w); err != nil {
 			return err
@@ -962,6 +999,7 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 		l.bulkW = append(l.bulkW, w)
 	}
 	l.out = s
+	l.aeadOut = c.aead()
 	l.limit = int64(binary.LittleEndian.Uint64(p[0:]))
 	l.maxFrame = int(min(binary.LittleEndian.Uint64(p[8:]), uint64(c.opts.MaxFrame)))
 	l.cmu.Unlock()
@@ -1052,6 +1090,7 @@ func (l *link) readLoop(s network.Stream) {
 	// calls through them allocate nothing per frame.
 	var r io.Reader = &liveReader{s: s, last: &l.lastRead}
 	var hb [transport.FrameHeaderLen]byte
+	aead := c.aead() // data payloads carry no CRC-32C (see payloadSum)
 	for {
 		if _, err := io.ReadFull(r, hb[:]); err != nil {
 			if err == io.EOF {
@@ -1151,16 +1190,16 @@ func (l *link) readLoop(s network.Stream) {
 			p = []byte{} // an empty message is non-nil, as before recycling
 		}
 		if h.Flags == flagData {
-			crc, err := readPayload(r, p)
+			ok, err := l.readData(r, p, h.CRC, aead)
 			if err != nil {
 				l.readFailed(err)
 				return
 			}
-			if crc != h.CRC {
+			if !ok {
 				l.failInbound(fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag))
 				return
 			}
-		} else if !l.readPieces(r, h.Tag, p) {
+		} else if !l.readPieces(r, h.Tag, p, aead) {
 			return
 		}
 		l.enqueue(h.Tag, p, cost, wireBytes(len(p)))
@@ -1224,9 +1263,24 @@ func readPayloadCRCChunk(r io.Reader, p []byte, crc uint32, chunk int) (uint32, 
 	return crc, nil
 }
 
-// readPieces reads the pieces of a large message with tag into p; on
-// failure it fails the link and returns false.
-func (l *link) readPieces(r io.Reader, tag uint64, p []byte) bool {
+// readData fills p, a data payload whose frame checksum is crc, from r.
+// On an AEAD-secured stream (aead) the bytes are only read: the AEAD has
+// authenticated them, and the sender put no checksum. Otherwise their
+// CRC-32C is computed as they arrive, and ok reports whether it matches.
+func (l *link) readData(r io.Reader, p []byte, crc uint32, aead bool) (ok bool, err error) {
+	if aead {
+		_, err = io.ReadFull(r, p)
+		return err == nil, err
+	}
+	l.crcBytes.Add(int64(len(p)))
+	got, err := readPayload(r, p)
+	return got == crc, err
+}
+
+// readPieces reads the pieces of a large message with tag into p (on an
+// AEAD-secured stream if aead: see readData); on failure it fails the
+// link and returns false.
+func (l *link) readPieces(r io.Reader, tag uint64, p []byte, aead bool) bool {
 	var hb [transport.FrameHeaderLen]byte
 	for off := 0; off < len(p); {
 		if _, err := io.ReadFull(r, hb[:]); err != nil {
@@ -1243,12 +1297,12 @@ func (l *link) readPieces(r io.Reader, tag uint64, p []byte) bool {
 				transport.ErrBadFrame, h.Flags, h.Tag, h.Len, off, len(p), tag))
 			return false
 		}
-		crc, err := readPayload(r, p[off:off+int(h.Len)])
+		ok, err := l.readData(r, p[off:off+int(h.Len)], h.CRC, aead)
 		if err != nil {
 			l.readFailed(err)
 			return false
 		}
-		if crc != h.CRC {
+		if !ok {
 			l.failInbound(fmt.Errorf("%w: payload checksum mismatch (tag %d, piece at %d)", transport.ErrBadFrame, tag, off))
 			return false
 		}

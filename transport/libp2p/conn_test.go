@@ -98,7 +98,7 @@ func TestRingEverySendsFirst(t *testing.T) {
 	for _, sec := range []struct {
 		name string
 		opt  Option
-	}{{"noise", nil}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
+	}{{"noise", WithNoise()}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
 		t.Run("security="+sec.name, func(t *testing.T) {
 			const n = 4
 			conns := newGroup(t, n, sec.opt)

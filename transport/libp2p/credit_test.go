@@ -40,9 +40,13 @@ func TestLazyCredit(t *testing.T) {
 	for range 20 {
 		roundTrip(small)
 	}
-	send.cmu.Lock()
-	out := send.outstanding
-	send.cmu.Unlock()
+	// All consumed: the sender's outstanding bytes settle at what the
+	// receiver keeps back once the credit it returned (Recv wrote it
+	// before returning) has been read by the sender's credit loop.
+	recv.mu.Lock()
+	kept := recv.creditPending
+	recv.mu.Unlock()
+	out := waitOutstanding(ctx, t, send, kept)
 	if out <= 0 || out >= creditSlack(buffered) {
 		t.Fatalf("sender has %d bytes outstanding at rest, want some and less than the slack %d", out, creditSlack(buffered))
 	}
@@ -62,5 +66,30 @@ func TestLazyCredit(t *testing.T) {
 	}
 	if _, err := conns[1].Recv(ctx, 0, 6); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// waitOutstanding waits until the sender side of link l has exactly want
+// bytes outstanding, woken by each credit frame its credit loop reads
+// (l.cwake), and returns that; it fails the test when ctx ends first.
+func waitOutstanding(ctx context.Context, t *testing.T, l *link, want int64) int64 {
+	t.Helper()
+	for {
+		l.cmu.Lock()
+		out := l.outstanding
+		if out == want {
+			l.cmu.Unlock()
+			return out
+		}
+		if l.cwake == nil {
+			l.cwake = make(chan struct{})
+		}
+		wake := l.cwake
+		l.cmu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			t.Fatalf("sender has %d bytes outstanding, want %d (the receiver's credit never arrived): %v", out, want, ctx.Err())
+		}
 	}
 }

@@ -1,8 +1,8 @@
 // Package libp2p implements transport.Conn over go-libp2p hosts.
 //
 // Each rank runs one libp2p host (TCP on loopback by default, any listen
-// and announce addresses by option, QUIC optional) secured with Noise (TLS, or no security for trusted networks, by
-// option). Only the job's peer IDs get through: a connection gater refuses
+// and announce addresses by option, QUIC optional) secured with TLS 1.3
+// (Noise, or no security for trusted networks, by option). Only the job's peer IDs get through: a connection gater refuses
 // every other peer at dial and right after the security handshake, and the
 // stream handler checks the remote peer ID, the job ID and the claimed rank
 // again.
@@ -275,10 +275,13 @@ func (n *Node) closeHost() error {
 // protocol is the stream protocol of the node's job. Its version is that
 // of the frames and the flow control: version 2 returns credit per
 // quarter buffer consumed (see creditSlack), which a version 1 peer, whose
-// sender waits for credit after every message, would stall on; hosts of
-// different versions do not get a stream accepted.
+// sender waits for credit after every message, would stall on; version 3
+// sends data payloads on a Noise or TLS connection without their CRC-32C
+// (the AEAD authenticates them; see payloadSum), which a version 2 peer
+// would refuse as corrupt. Hosts of different versions do not get a
+// stream accepted.
 func (n *Node) protocol() protocol.ID {
-	return protocol.ID("/slimgrad/" + n.opts.JobID + "/2")
+	return protocol.ID("/slimgrad/" + n.opts.JobID + "/3")
 }
 
 // gater admits only the job's peers. Before Connect the allow list is empty

@@ -19,9 +19,11 @@ type Security int
 
 const (
 	// SecurityNoise encrypts and authenticates with the Noise XX handshake
-	// (the default).
+	// (ChaCha20-Poly1305; see WithNoise).
 	SecurityNoise Security = iota
-	// SecurityTLS encrypts and authenticates with TLS 1.3.
+	// SecurityTLS encrypts and authenticates with TLS 1.3 (AES-GCM where
+	// the CPU has AES instructions): the default, as it costs less CPU per
+	// byte than Noise on such CPUs (docs/performance.md).
 	SecurityTLS
 	// SecurityNone disables encryption and authentication: a peer's ID is
 	// whatever it claims. Use it only on trusted networks (see WithInsecure).
@@ -82,7 +84,7 @@ type Options struct {
 	// without the loopback ones unless they are all there is, so that a
 	// peer on another machine is never told to dial a loopback address.
 	AnnounceAddrs []string
-	// JobID scopes the stream protocol (/slimgrad/<JobID>/2): hosts of
+	// JobID scopes the stream protocol (/slimgrad/<JobID>/3): hosts of
 	// another job never get a stream accepted. Required: 1-128 characters
 	// from [A-Za-z0-9._-].
 	JobID string
@@ -90,7 +92,7 @@ type Options struct {
 	// by New; Node.Connect takes them as arguments instead.
 	Rank  int
 	Peers []Peer
-	// Security is SecurityNoise unless changed.
+	// Security is SecurityTLS unless changed.
 	Security Security
 	// QUIC adds the QUIC transport next to TCP.
 	QUIC bool
@@ -165,14 +167,14 @@ const (
 	maxBulkStreams        = 64
 )
 
-// DefaultOptions returns a fresh Options with the defaults: Noise, TCP on
+// DefaultOptions returns a fresh Options with the defaults: TLS 1.3, TCP on
 // 127.0.0.1, transport.DefaultMaxFrame, DefaultMaxBuffered,
 // DefaultPeerTimeout, DefaultConnectTimeout, DefaultCloseTimeout,
 // DefaultBulkStreams and DefaultBulkMin.
 func DefaultOptions() Options {
 	return Options{
 		ListenAddrs:    []string{"/ip4/127.0.0.1/tcp/0"},
-		Security:       SecurityNoise,
+		Security:       SecurityTLS,
 		MaxFrame:       transport.DefaultMaxFrame,
 		MaxBuffered:    DefaultMaxBuffered,
 		PeerTimeout:    DefaultPeerTimeout,
@@ -220,8 +222,12 @@ func WithPeers(rank int, peers []Peer) Option {
 	}
 }
 
-// WithTLS selects TLS 1.3 instead of Noise.
+// WithTLS selects TLS 1.3 (the default).
 func WithTLS() Option { return func(o *Options) error { o.Security = SecurityTLS; return nil } }
+
+// WithNoise selects Noise instead of TLS 1.3: ChaCha20-Poly1305, the
+// cheaper cipher on CPUs without AES instructions.
+func WithNoise() Option { return func(o *Options) error { o.Security = SecurityNoise; return nil } }
 
 // WithInsecure turns off encryption and authentication. Peer IDs are then
 // only claimed, not proven, so the job's peer filter protects against

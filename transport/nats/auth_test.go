@@ -386,6 +386,52 @@ func BenchmarkKeyed(b *testing.B) {
 	}
 }
 
+// TestKeyedSkipsCRC: each byte gets one integrity check. With a job key
+// every data chunk's MAC authenticates it, so no data payload is CRC-32C
+// checksummed; without one every chunk's payload is, once by the sender
+// and once by the receiver. Messages of one chunk and of many arrive
+// intact either way.
+func TestKeyedSkipsCRC(t *testing.T) {
+	for _, keyed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("keyed=%v", keyed), func(t *testing.T) {
+			srv := startServer(t, natsserver.Options{Token: testToken, MaxPayload: 64 << 10})
+			opts := []nats.Option{nats.WithToken(testToken), fastHB}
+			if keyed {
+				opts = append(opts, nats.WithKey(testKey))
+			}
+			cs := dialAll(t, srv.ClientURL(), "crc", 2, opts...)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			rng := rand.New(rand.NewPCG(3, 0))
+			for i, n := range []int{100, 300 << 10} {
+				m := make([]byte, n)
+				for j := range m {
+					m[j] = byte(rng.Uint32())
+				}
+				if err := cs[0].Send(ctx, 1, uint64(i), m); err != nil {
+					t.Fatal(err)
+				}
+				got, err := cs[1].Recv(ctx, 0, uint64(i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, m) {
+					t.Fatalf("%d-byte message arrived damaged", n)
+				}
+			}
+			// Each chunk's payload is the message's bytes plus its
+			// sequence number (and, for the first, the length).
+			sent, recv := cs[0].CRCBytes(), cs[1].CRCBytes()
+			if keyed && (sent != 0 || recv != 0) {
+				t.Fatalf("keyed: CRC-32C over %d bytes sending, %d receiving; want none (the MAC is the check)", sent, recv)
+			}
+			if !keyed && (sent < 100+300<<10 || recv != sent) {
+				t.Fatalf("unkeyed: CRC-32C over %d bytes sending, %d receiving; want every payload byte on both sides", sent, recv)
+			}
+		})
+	}
+}
+
 // cpuTime is the CPU time (user and system) this process has used.
 func cpuTime(tb testing.TB) time.Duration {
 	var ru syscall.Rusage

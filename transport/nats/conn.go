@@ -8,7 +8,8 @@
 //	<prefix>.<job>.h.<src>         heartbeats of src
 //
 // A message travels as one or more chunks, each a transport frame (tag,
-// length, CRC-32C) whose payload starts with a per-link chunk sequence
+// length, CRC-32C; with Config.Key the CRC is left 0 and the chunk's MAC
+// is its check) whose payload starts with a per-link chunk sequence
 // number; the first chunk also carries the message length, so a message above
 // MaxFrame is refused before anything is allocated for it and a lost chunk
 // (a gap in the sequence) is detected instead of silently mixing messages.
@@ -41,9 +42,9 @@
 // its Dial at once (transport.ErrRankTaken, transport.ErrWorldMismatch)
 // and the running job ignores it: nothing published on the heartbeat
 // subjects fails a link, and no abort notice is sent before Dial returns.
-// Hellos also carry the protocol version (flagProto2): processes of an
-// earlier version, whose flow control differs, never join one job with
-// this one.
+// Hellos also carry the protocol version (flagProto2, flagProto3):
+// processes of an earlier version, whose flow control or keyed frames
+// differ, never join one job with this one.
 //
 // With Config.Key every message is authenticated and carries a sequence
 // number; forged and replayed messages are dropped (see Drops and the
@@ -87,7 +88,7 @@ const (
 	flagLast   = 1 << 1 // data: last chunk of a message
 	flagGone   = 1 << 2 // data, from this rank to itself: the sender's connection to the server ended
 	flagAck    = 1 << 3 // control: the instance the sender knows as the receiver's rank
-	flagHello  = 1 << 4 // heartbeat (with flagProto2)
+	flagHello  = 1 << 4 // heartbeat (with flagProto2 and flagProto3)
 	flagBye    = 1 << 5 // the sender closed
 	flagCredit = 1 << 6 // cumulative consumed bytes
 	flagAbort  = 1 << 7 // the sender dropped the link to the receiver
@@ -100,6 +101,15 @@ const (
 // join (a newer process refuses to, an older one ignores the newer
 // hellos as malformed).
 const flagProto2 = flagFirst
+
+// flagProto3 marks, with flagProto2, the hellos of this version, whose
+// keyed data frames carry no CRC-32C (their MAC is the check; see
+// dataCRC). A version 2 process takes these hellos as malformed and
+// never joins; this one refuses a version 2 hello as an earlier version.
+const flagProto3 = flagLast
+
+// flagsHello is what this version's hellos carry.
+const flagsHello = flagHello | flagProto2 | flagProto3
 
 const (
 	seqLen   = 8
@@ -228,7 +238,10 @@ type Conn struct {
 	// Authentication (Config.Key; tagLen is 0 without one). ctlMu orders
 	// the control frames and hellos this rank publishes with their
 	// sequence numbers (ctlSeq), signed by ctlMac.
-	tagLen                    int
+	tagLen int
+	// crcBytes counts the data payload bytes CRC-32C checksummed, sent
+	// and received (zero when keyed; see dataCRC).
+	crcBytes                  atomic.Int64
 	ctlMu                     sync.Mutex
 	ctlSeq                    uint64
 	ctlBuf                    [transport.FrameHeaderLen + helloFixed + maxHelloServerID + macLen]byte // publishCtl's frame
@@ -566,8 +579,14 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		if first {
 			binary.LittleEndian.PutUint64(buf[transport.FrameHeaderLen+seqLen:], uint64(len(b)))
 		}
-		crc := transport.UpdateChecksum(0, buf[transport.FrameHeaderLen:h])
-		crc = transport.CopyChecksum(buf[h:], b[off:off+n], crc)
+		var crc uint32 // keyed: 0, the MAC is the check (see dataCRC)
+		if p.mac == nil {
+			crc = transport.UpdateChecksum(0, buf[transport.FrameHeaderLen:h])
+			crc = transport.CopyChecksum(buf[h:], b[off:off+n], crc)
+			c.crcBytes.Add(int64(len(buf) - transport.FrameHeaderLen))
+		} else {
+			copy(buf[h:], b[off:off+n])
+		}
 		transport.PutFrameHeaderSum(buf, flags, tag, len(buf)-transport.FrameHeaderLen, crc)
 		if p.mac != nil {
 			buf = append(buf, p.mac.sum(c.instance, c.subjData[peer], buf)...) // within scratch: h+n+tagLen <= chunk
@@ -888,7 +907,7 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		// A continuation chunk: copied and checksummed in one pass.
 		return c.handleContinuation(src, h, pl)
 	}
-	if err := h.VerifyPayload(pl); err != nil {
+	if err := c.verifyData(h, pl); err != nil {
 		return err
 	}
 	if h.Flags == flagBye {
@@ -968,14 +987,14 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 	if seq := binary.LittleEndian.Uint64(pl); seq != p.rxSeq {
 		// Nothing is copied for an out-of-sequence chunk (a replay must
 		// not touch the message being assembled).
-		if err := h.VerifyPayload(pl); err != nil {
+		if err := c.verifyData(h, pl); err != nil {
 			return err
 		}
 		return c.checkSeq(p, seq)
 	}
 	if pt == nil || pt.n+len(data) > pt.total {
 		// Report a damaged chunk as such rather than as a protocol error.
-		if err := h.VerifyPayload(pl); err != nil {
+		if err := c.verifyData(h, pl); err != nil {
 			return err
 		}
 		if pt == nil {
@@ -983,14 +1002,40 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 		}
 		return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, pt.total)
 	}
-	crc := transport.UpdateChecksum(0, pl[:seqLen])
-	crc = transport.CopyChecksum(pt.room(len(data)), data, crc)
-	if crc != h.CRC {
-		return fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag)
+	if c.tagLen != 0 {
+		copy(pt.room(len(data)), data) // authenticated by its MAC (see dataCRC)
+	} else {
+		c.crcBytes.Add(int64(len(pl)))
+		crc := transport.UpdateChecksum(0, pl[:seqLen])
+		crc = transport.CopyChecksum(pt.room(len(data)), data, crc)
+		if crc != h.CRC {
+			return fmt.Errorf("%w: payload checksum mismatch (tag %d)", transport.ErrBadFrame, h.Tag)
+		}
 	}
 	p.rxSeq++
 	pt.n += len(data)
 	return c.finish(src, p, h, pt)
+}
+
+// Data frames and their checksum (dataCRC). Without a job key a data
+// chunk's frame CRC-32C covers its payload. With a key its MAC
+// (AES-256-GMAC over the whole frame, verified in onData before the frame
+// is parsed) already authenticates every byte, so the sender leaves the
+// CRC field 0 and the receiver checks only the length: one integrity
+// check per byte. Peers must agree on this: hellos of this version carry
+// flagProto3. Control frames and hellos keep their CRC (a few bytes).
+
+// verifyData checks a data chunk's payload pl against its header: the
+// length, and the CRC-32C unless frames are keyed (see dataCRC).
+func (c *Conn) verifyData(h transport.FrameHeader, pl []byte) error {
+	if c.tagLen != 0 {
+		if len(pl) != int(h.Len) {
+			return fmt.Errorf("%w: payload %d bytes, header says %d", transport.ErrBadFrame, len(pl), h.Len)
+		}
+		return nil
+	}
+	c.crcBytes.Add(int64(len(pl)))
+	return h.VerifyPayload(pl)
 }
 
 // errReplay is the cause of an authenticated chunk dropped for repeating
@@ -1183,13 +1228,13 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 	if err == nil {
 		err = h.VerifyPayload(pl)
 	}
-	if err != nil || h.Flags&^flagProto2 != flagHello || len(pl) < helloFixed {
+	if err != nil || h.Flags&^(flagProto2|flagProto3) != flagHello || len(pl) < helloFixed {
 		c.ignored.add(c.log, c.job, c.rank, src, "malformed hello")
 		return
 	}
-	if h.Flags&flagProto2 == 0 {
+	if h.Flags&(flagProto2|flagProto3) != flagProto2|flagProto3 {
 		c.ignored.add(c.log, c.job, c.rank, src, "hello of an earlier protocol version")
-		c.refuse(fmt.Errorf("nats: job %s rank %d: rank %d runs an earlier version of this transport, whose flow control this one does not follow: %w", c.job, c.rank, src, transport.ErrRendezvous))
+		c.refuse(fmt.Errorf("nats: job %s rank %d: rank %d runs an earlier version of this transport, whose flow control or frames this one does not follow: %w", c.job, c.rank, src, transport.ErrRendezvous))
 		return
 	}
 	inst, world := binary.LittleEndian.Uint64(pl[0:]), int(binary.LittleEndian.Uint32(pl[8:]))
@@ -1211,7 +1256,7 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 		bound = inst
 		// Tell a newcomer about us at once rather than at the next beat,
 		// and that we know it as rank src.
-		c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
+		c.publishCtl(c.subjHB, flagsHello, c.hello)
 		c.ack(src, inst)
 	}
 	if inst != bound {
@@ -1248,7 +1293,7 @@ func (c *Conn) heartbeat() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.Heartbeat)
 	defer t.Stop()
-	c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
+	c.publishCtl(c.subjHB, flagsHello, c.hello)
 	reconnects := c.nc.Stats().Reconnects
 	lastTick := time.Now()
 	var resumed time.Time // the end of this process's last pause
@@ -1258,7 +1303,7 @@ func (c *Conn) heartbeat() {
 			return
 		case <-t.C:
 		}
-		c.publishCtl(c.subjHB, flagHello|flagProto2, c.hello)
+		c.publishCtl(c.subjHB, flagsHello, c.hello)
 		now := time.Now()
 		if now.Sub(lastTick) > 2*c.cfg.Heartbeat {
 			resumed = now

@@ -42,6 +42,10 @@ func (c *Conn) PublishCorrupted(peer int, tag uint64, n int) error {
 	return c.nc.Publish(c.subjData[peer], frame)
 }
 
+// CRCBytes returns the data payload bytes c has CRC-32C checksummed,
+// sending and receiving.
+func (c *Conn) CRCBytes() int64 { return c.crcBytes.Load() }
+
 // Outstanding returns the credit c has outstanding towards peer.
 func (c *Conn) Outstanding(peer int) int64 { return c.win[peer].Outstanding() }
 

@@ -693,39 +693,47 @@ func TestOversizeFrameNamesPeer(t *testing.T) {
 	}
 }
 
-// TestEarlierVersionRefused: a process that hears a hello of the earlier
-// protocol version (flag 1<<4 alone: its senders wait for credit after
-// every message, which this version no longer returns) does not join
-// that job; its Dial fails at once, naming the rank.
+// TestEarlierVersionRefused: a process that hears a hello of an earlier
+// protocol version does not join that job; its Dial fails at once, naming
+// the rank. Version 1 (flag 1<<4 alone) had senders wait for credit after
+// every message, which this version no longer returns; version 2 (1<<4|1)
+// put a CRC-32C on keyed data frames, which this version leaves out.
 func TestEarlierVersionRefused(t *testing.T) {
-	srv := startServer(t, natsserver.Options{})
-	old, err := natsgo.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	// The earlier version's rank 1 answers every hello it hears with its
-	// own, as a running process does for a newcomer.
-	hello := binary.LittleEndian.AppendUint64(nil, 77) // instance
-	hello = binary.LittleEndian.AppendUint32(hello, 2) // world size
-	hello = binary.LittleEndian.AppendUint64(hello, 0) // client ID unknown
-	var seq uint64
-	sub, err := old.Subscribe("slimgrad.v1.h.0", func(*natsgo.Msg) {
-		seq++
-		old.Publish("slimgrad.v1.h.1", transport.AppendFrame(nil, 1<<4, seq, hello))
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := old.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	_, err = nats.Dial(ctx, srv.ClientURL(), "v1", 0, 2, fastHB)
-	if !errors.Is(err, transport.ErrRendezvous) || !strings.Contains(err.Error(), "earlier version") || ctx.Err() != nil {
-		t.Fatalf("Dial next to an earlier version: err = %v (ctx %v), want ErrRendezvous naming the earlier version at once", err, ctx.Err())
+	for _, v := range []struct {
+		name  string
+		flags uint8
+	}{{"v1", 1 << 4}, {"v2", 1<<4 | 1}} {
+		t.Run(v.name, func(t *testing.T) {
+			srv := startServer(t, natsserver.Options{})
+			old, err := natsgo.Connect(srv.ClientURL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer old.Close()
+			// The earlier version's rank 1 answers every hello it hears with its
+			// own, as a running process does for a newcomer.
+			hello := binary.LittleEndian.AppendUint64(nil, 77) // instance
+			hello = binary.LittleEndian.AppendUint32(hello, 2) // world size
+			hello = binary.LittleEndian.AppendUint64(hello, 0) // client ID unknown
+			var seq uint64
+			sub, err := old.Subscribe("slimgrad.v1.h.0", func(*natsgo.Msg) {
+				seq++
+				old.Publish("slimgrad.v1.h.1", transport.AppendFrame(nil, v.flags, seq, hello))
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			if err := old.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			_, err = nats.Dial(ctx, srv.ClientURL(), "v1", 0, 2, fastHB)
+			if !errors.Is(err, transport.ErrRendezvous) || !strings.Contains(err.Error(), "earlier version") || ctx.Err() != nil {
+				t.Fatalf("Dial next to an earlier version: err = %v (ctx %v), want ErrRendezvous naming the earlier version at once", err, ctx.Err())
+			}
+		})
 	}
 }
 
