@@ -1276,7 +1276,7 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 //
 // A peer is dead when nothing of it was heard for PeerTimeout, judged on
 // what this process has been able to read. A process that did not run for
-// a while (this loop ticked late: a machine at high load, a long pause)
+// a while (this loop ticked late by half a peer timeout or more: a machine at high load, a long pause)
 // finds its input unread, the peers' hellos among it; so after such a pause
 // a peer gets a full PeerTimeout from the resumption to be heard, and a
 // verdict waits while hellos are queued unhandled in the client or a round
@@ -1297,6 +1297,7 @@ func (c *Conn) heartbeat() {
 	reconnects := c.nc.Stats().Reconnects
 	lastTick := time.Now()
 	var resumed time.Time // the end of this process's last pause
+	var backlog int64     // see caughtUp
 	for {
 		select {
 		case <-c.closed:
@@ -1305,8 +1306,8 @@ func (c *Conn) heartbeat() {
 		}
 		c.publishCtl(c.subjHB, flagsHello, c.hello)
 		now := time.Now()
-		if now.Sub(lastTick) > 2*c.cfg.Heartbeat {
-			resumed = now
+		if now.Sub(lastTick) > max(2*c.cfg.Heartbeat, c.cfg.PeerTimeout/2) {
+			resumed = now // a pause long enough to matter against the timeout
 		}
 		lastTick = now
 		if !c.ready.Load() {
@@ -1335,7 +1336,7 @@ func (c *Conn) heartbeat() {
 				}
 				if caughtUp == 0 {
 					caughtUp = -1
-					if c.caughtUp() {
+					if c.caughtUp(&backlog) {
 						caughtUp = 1
 					}
 				}
@@ -1358,13 +1359,32 @@ const silenceLimit = 3
 // caughtUp reports whether this process has read everything the server
 // held for it: a round trip to the server (bounded by one Heartbeat)
 // returned, so every message the server had for this connection before it
-// has arrived, and no hello waits unhandled in the client.
-func (c *Conn) caughtUp() bool {
+// has arrived, and the hellos among them have been handled. Live peers'
+// hellos arrive all the time, so a few are nearly always queued at the
+// instant of the check: then *backlog records how many hellos the client
+// had received (handed to the handler plus queued), and a later call finds
+// the process caught up once the handler has been handed all of those. The
+// heartbeat loop owns *backlog (zero: no backlog recorded).
+func (c *Conn) caughtUp(backlog *int64) bool {
 	if err := c.nc.FlushTimeout(c.cfg.Heartbeat); err != nil {
 		return false
 	}
-	msgs, _, err := c.hbSub.Pending()
-	return err == nil && msgs == 0
+	queued, _, err := c.hbSub.Pending()
+	if err != nil {
+		return false
+	}
+	handed, err := c.hbSub.Delivered()
+	if err != nil {
+		return false
+	}
+	switch {
+	case queued == 0, *backlog > 0 && handed >= *backlog:
+		*backlog = 0
+		return true
+	case *backlog == 0:
+		*backlog = handed + int64(queued)
+	}
+	return false
 }
 
 // Group is size ranks of one job in this process, over an embedded server.
