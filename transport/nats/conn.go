@@ -1277,9 +1277,10 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 // A peer is dead when nothing of it was heard for PeerTimeout, judged on
 // what this process has been able to read. A process that did not run for
 // a while (this loop ticked late by half a peer timeout or more: a machine
-// at high load, a long pause) finds its input unread, the peers' hellos among it; so after such a pause
-// a peer gets a full PeerTimeout from the resumption to be heard, and a
-// verdict waits while hellos are queued unhandled in the client or a round
+// at high load, a long pause) finds its input unread, the peers' hellos
+// among it; so after such a pause a peer gets a full PeerTimeout from the
+// resumption to be heard, and a verdict waits while hellos it had queued
+// are still unhandled in the client (see caughtUp) or a round
 // trip to the server (a flush, which brings in everything the server held
 // for this process) does not return within a Heartbeat. Neither deferral
 // outlasts silenceLimit peer timeouts of silence: a peer silent that long
