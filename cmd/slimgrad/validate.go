@@ -911,15 +911,24 @@ func (o validateOptions) runJob(ctx context.Context, b *testBed, j valJob, dir s
 		seen[r] = true
 		run.hostOf[r] = i
 	}
-	f, err := os.Open(filepath.Join(outs[run.hostOf[0]], "steps.csv"))
+	if err := o.readRank0(j, filepath.Join(outs[run.hostOf[0]], "steps.csv"), run); err != nil {
+		return nil, err
+	}
+	return run, nil
+}
+
+// readRank0 reads rank 0's per-step figures of j from its steps.csv at
+// path into run.
+func (o validateOptions) readRank0(j valJob, path string, run *realRun) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("rank 0's records: %w", err)
+		return fmt.Errorf("rank 0's records: %w", err)
 	}
 	defer f.Close()
 	if run.wall, run.compute, err = o.readSteps(j, f); err != nil {
-		return nil, fmt.Errorf("rank 0's %s: %w", f.Name(), err)
+		return fmt.Errorf("rank 0's %s: %w", f.Name(), err)
 	}
-	return run, nil
+	return nil
 }
 
 // loadJob reads what an earlier run of j measured in dir (--resimulate):
@@ -938,13 +947,8 @@ func (o validateOptions) loadJob(j valJob, dir string) (*realRun, error) {
 		}
 		run.hostOf[r] = h
 	}
-	f, err := os.Open(filepath.Join(dir, fmt.Sprintf("h%d", run.hostOf[0]), "steps.csv"))
-	if err != nil {
-		return nil, fmt.Errorf("rank 0's records: %w", err)
-	}
-	defer f.Close()
-	if run.wall, run.compute, err = o.readSteps(j, f); err != nil {
-		return nil, fmt.Errorf("rank 0's %s: %w", f.Name(), err)
+	if err := o.readRank0(j, filepath.Join(dir, fmt.Sprintf("h%d", run.hostOf[0]), "steps.csv"), run); err != nil {
+		return nil, err
 	}
 	return run, nil
 }
