@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -465,5 +466,20 @@ func TestCheckSignatures(t *testing.T) {
 	}
 	if msg := (&DesyncError{Step: 5}).Error(); msg == "" {
 		t.Fatal("empty message")
+	}
+}
+
+// TestDelayBelowAdjust: a schedule whose decisions would apply at or after
+// the next decision is refused when the plan is made (with adjust 1 and
+// delay 1, the second decision used to arrive while the first was pending
+// and every run failed at step 2).
+func TestDelayBelowAdjust(t *testing.T) {
+	for _, s := range [][2]int64{{1, 1}, {2, 2}, {3, 5}} {
+		if _, err := NewPlan(testLayers(), WithSchedule(0, s[0], 1, s[1])); err == nil || !strings.Contains(err.Error(), "delay") {
+			t.Errorf("adjust %d, delay %d: %v; want an error naming the delay", s[0], s[1], err)
+		}
+	}
+	if _, err := NewPlan(testLayers(), WithSchedule(0, 2, 1, 1)); err != nil {
+		t.Errorf("adjust 2, delay 1: %v", err)
 	}
 }

@@ -284,6 +284,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("acc_iter %d out of [1, adjust=%d]", c.AccIter, c.Adjust)
 	case c.Delay < 0 || c.Start < 0:
 		return fmt.Errorf("negative start %d or delay %d", c.Start, c.Delay)
+	case c.Delay >= c.Adjust:
+		return fmt.Errorf("delay %d not below adjust %d: a decision must apply before the next one is made", c.Delay, c.Adjust)
 	}
 	for _, f := range c.TopKFactors {
 		if !(f > 0) || math.IsInf(f, 0) {

@@ -108,8 +108,10 @@ func (lg lgrecoSettings) validate() error {
 	if lg.Start < 0 {
 		return fmt.Errorf("--lgreco-start %d: want a step, at least 0", lg.Start)
 	}
-	if lg.Adjust < 1 {
-		return fmt.Errorf("--lgreco-adjust %d: want at least 1", lg.Adjust)
+	if lg.Adjust < 2 {
+		// A decision applies one step after it is made (lgreco's default
+		// Delay), before the next one.
+		return fmt.Errorf("--lgreco-adjust %d: want at least 2 (a decision applies the step after it is made)", lg.Adjust)
 	}
 	if !(lg.Alpha >= 0) || math.IsInf(lg.Alpha, 0) {
 		return fmt.Errorf("--lgreco-alpha %g: want a finite, non-negative multiple (0: the default)", lg.Alpha)

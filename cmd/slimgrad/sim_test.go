@@ -399,7 +399,7 @@ func TestSimRejectsBadFlags(t *testing.T) {
 		{"eval-every", "-1"}, {"eval-samples", "-1"}, {"print-every", "-1"},
 		{"target", "0"}, {"target", "1.5"}, {"flops", "-1"}, {"flops", "NaN"},
 		{"progress", "maybe"}, {"exchange", "carrier-pigeon"},
-		{"lgreco-adjust", "0"}, {"lgreco-alpha", "-0.5"}, {"lgreco-start", "-1"},
+		{"lgreco-adjust", "0"}, {"lgreco-adjust", "1"}, {"lgreco-alpha", "-0.5"}, {"lgreco-start", "-1"},
 		{"layers", "3x"}, // without --size-only, and malformed
 	} {
 		var stdout, stderr bytes.Buffer
