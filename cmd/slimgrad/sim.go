@@ -382,6 +382,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 	if replaces {
 		fmt.Fprintf(stdout, "output: %s (replaces the results of the run already there)\n", o.Out)
 	}
+	var diverged []error // methods that diverged: reported, the others still run
 	printEvery := o.PrintEvery
 	if printEvery <= 0 {
 		printEvery = max(1, o.Steps/10)
@@ -430,6 +431,14 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 			// methods that finished produced.
 			return rep, interrupted(stdout, o, rep, &env, m.Name, err)
 		}
+		if errors.Is(err, train.ErrDiverged) {
+			// A method that diverges is a finding of the comparison, not
+			// the end of it: the other methods still run and are written;
+			// the command fails at the end, naming it.
+			fmt.Fprintf(stdout, "method %s diverged (%v); going on with the other methods\n", m.Name, err)
+			diverged = append(diverged, fmt.Errorf("method %s: %w", m.Name, err))
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("method %s: %w", m.Name, err)
 		}
@@ -445,7 +454,10 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 	for _, run := range rep.Runs {
 		log.Info("final parameters", "method", run.Method.Name, "params", paramsDigest(run.Result.Model.Flat()))
 	}
-	return rep, writeResults(stdout, o, rep, &env)
+	for _, err := range diverged {
+		fmt.Fprintf(stdout, "not in the summary: %v\n", err)
+	}
+	return rep, errors.Join(append(diverged, writeResults(stdout, o, rep, &env))...)
 }
 
 // writeResults writes rep's files into --out (if set) and lists them.

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -49,5 +53,28 @@ func TestBudgetTable(t *testing.T) {
 	}
 	if _, _, _, rows := budgetTable(&simReport{Runs: rep.Runs[:1]}); rows != nil {
 		t.Error("budgets compared with one run")
+	}
+}
+
+// TestSimDivergedMethodKeepsOthers: a method whose loss diverges is
+// reported and left out of the summary, the other methods still run and
+// are written, and the command fails at the end naming it.
+func TestSimDivergedMethodKeepsOthers(t *testing.T) {
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	args := []string{"sim", "--workload", "logistic", "--steps", "20", "--methods", "dense", "--compress", "none",
+		"--optim", "sgd:lr=1e38", "--plots=false", "--progress", "off", "--out", out}
+	if code := run(context.Background(), args, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit %d, want 1; stderr %s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "method sgd") || !strings.Contains(stderr.String(), "diverged") {
+		t.Errorf("the error does not name the diverged method: %q", stderr.String())
+	}
+	summary, err := os.ReadFile(filepath.Join(out, "summary.txt"))
+	if err != nil {
+		t.Fatalf("the other method's results were not written: %v", err)
+	}
+	if !strings.Contains(string(summary), "dense") || strings.Contains(string(summary), "sgd") {
+		t.Errorf("summary.txt should hold dense and not the diverged method:\n%s", summary)
 	}
 }
