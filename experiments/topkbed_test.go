@@ -49,6 +49,15 @@ import (
 // this machine when the link is not the limit. Needs root (network
 // namespaces, tc); skips otherwise.
 //
+// Measured on the 2-core machine (issue #20, branch h36): wire 4.34 ms per
+// step (51.8 kB on the busiest link), codec 2.0–3.3 ms. At load 2.6–4.6
+// (mostly the job itself) the median ratio was 1.36× and 1.38× (3
+// repetitions each); at load 8–10 from other jobs 1.74× and 2.24×. The
+// unshaped control took as long as the shaped job (0.76–1.39×), so the
+// remainder is not the link: it is the sparse gather's N−1 = 3 dependent
+// ring hops, each waiting for a CPU slice (at 2 hosts, one hop, 1.14–1.33×
+// at load 8.6–8.9).
+//
 //	go test -tags experiments -run TestTopKBed -v -timeout 20m ./experiments/
 //
 // Knobs: SLIMGRAD_TB_STEPS=60 SLIMGRAD_TB_SKIP=10 SLIMGRAD_TB_MBIT=100
