@@ -414,10 +414,15 @@ func (l *Layer) Begin(data []float32) error {
 	}
 	l.t = timer{}
 	t0 := time.Now()
+	// Only encoding counts as compress time: a layer with nothing to
+	// encode here (plain fp32, or a gathered codec that encodes in its
+	// payload hook) adds none.
+	encodes := false
 	switch {
 	case l.agg == compressors.Reduce:
 		l.t.payload = int64(l.spec.Elems * l.elem.BytesPerElem())
 		if l.fb != nil {
+			encodes = true
 			var err error
 			if l.payload, err = l.fb.Encode(l.payload[:0], data); err != nil {
 				return err
@@ -429,11 +434,14 @@ func (l *Layer) Begin(data []float32) error {
 	case l.agg == compressors.LowRank:
 		l.t.payload = 4 * int64((l.prog.Layout.Len()))
 		if l.resid != nil {
+			encodes = true
 			kernels.Add(data, l.resid)
 			copy(l.mcopy, data)
 		}
 	}
-	l.t.compress += time.Since(t0)
+	if encodes {
+		l.t.compress += time.Since(t0)
+	}
 	return l.exec.Reset(l.prog, data)
 }
 

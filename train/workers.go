@@ -380,7 +380,4 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 }
 
 // codecTime is a rank's encode and decode time over all layers.
-func codecTime(l *worker.Ledger) time.Duration {
-	c, d, _ := l.Times()
-	return c + d
-}
+func codecTime(l *worker.Ledger) time.Duration { return l.CodecTime() }

@@ -169,3 +169,46 @@ func TestRunRankMatchesRun(t *testing.T) {
 		}
 	}
 }
+
+// TestRunRankCodecTime: the real driver's records carry the worker's
+// measured codec time (what `slimgrad worker` writes as sim_codec_s):
+// non-zero on every step of a top-k run, within the step's wall time, and
+// with the communication time also within it.
+func TestRunRankCodecTime(t *testing.T) {
+	ctx := context.Background()
+	task, err := LoadTask("logistic", "", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 2
+	cfg := Config{Workers: n, Batch: 8, Steps: 5, Seed: 2, EvalEvery: 0}
+	opt := OptimSpec{Name: "sgd", New: func(n int) (optim.Optimizer, error) { return optim.NewSGD(n, 0.1, 0) }}
+	plan := Plan{Compress: "topk:0.1", EF: "ef14", CompressVectors: true, Seed: 2}
+	conns := memConns(t, n)
+	results := make([]*Result, n)
+	errs := make(chan error, n)
+	for r := range n {
+		go func() {
+			w, err := worker.New(ctx, conns[r], WorkerOptions(cfg.Seed, nil)...)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer w.Close()
+			results[r], err = RunRank(ctx, RankConfig{Config: cfg, Rank: r, World: n}, task, w, plan, opt, "", nil)
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for r := range n {
+		for _, rec := range results[r].Records {
+			if rec.CodecTime <= 0 || rec.CodecTime+rec.CommTime > rec.Wall {
+				t.Errorf("rank %d step %d: codec %v, comm %v, step wall %v", r, rec.Step, rec.CodecTime, rec.CommTime, rec.Wall)
+			}
+		}
+	}
+}

@@ -162,6 +162,20 @@ func (l *Ledger) Times() (compress, decompress, communicate time.Duration) {
 	return
 }
 
+// CodecTime is the time this rank spent in codec work during the step:
+// the sum over layers of Compress and Decompress. It covers encoding with
+// error feedback, decoding, decode-add of received payloads and the
+// executor's other compute ops (reductions and scaling of element-wise
+// and dense messages, which is why a dense fp32 step has a small non-zero
+// CodecTime). Each call is timed on the goroutine that runs it (time.Now
+// around it), so waiting for messages is not included; with buckets run
+// concurrently the sum may exceed Wall. Wall − CodecTime is the time left
+// for the transport.
+func (l *Ledger) CodecTime() time.Duration {
+	c, d, _ := l.Times()
+	return c + d
+}
+
 // String is a one-line summary.
 func (l *Ledger) String() string {
 	c, d, m := l.Times()

@@ -820,3 +820,43 @@ func TestPeerAbortedUntrusted(t *testing.T) {
 		t.Fatalf("a later notice replaced the first: %v", w.abortPending)
 	}
 }
+
+// TestLedgerCodecTime: the ledger carries the rank's measured codec time.
+// A top-k exchange spends time encoding (Compress) and decoding the
+// gathered payloads (Decompress) on every rank, and both fit in the step's
+// wall time; a dense fp32 exchange encodes nothing (Compress 0) and its
+// Decompress is the ring's reductions, as CodecTime's contract says.
+func TestLedgerCodecTime(t *testing.T) {
+	const n = 3
+	for _, c := range []struct {
+		name       string
+		layer      layerDef
+		compressed bool
+	}{
+		{"topk", layerDef{name: "w", shape: []int{20000}, codec: "topk:0.01", ef: "ef14"}, true},
+		{"dense", layerDef{name: "w", shape: []int{20000}}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := newGroup(t, n, mem.WithFraming(true))
+			layers := []layerDef{c.layer}
+			ws := startWorkers(t, g.Conns(), layers, WithAlgorithm("ring"))
+			rng := rand.New(rand.NewPCG(11, 11))
+			for step := range 3 {
+				leds := mustStep(t, ws, makeGrads(rng, n, layers, false))
+				for r, l := range leds {
+					comp, dec, _ := l.Times()
+					t.Logf("step %d rank %d: compress %v decompress %v codec %v wall %v", step, r, comp, dec, l.CodecTime(), l.Wall)
+					if l.CodecTime() != comp+dec || l.CodecTime() > l.Wall {
+						t.Errorf("step %d rank %d: CodecTime %v, compress %v + decompress %v, wall %v", step, r, l.CodecTime(), comp, dec, l.Wall)
+					}
+					if dec <= 0 {
+						t.Errorf("step %d rank %d: decompress %v, want > 0 (decoding or reducing ran)", step, r, dec)
+					}
+					if c.compressed != (comp > 0) {
+						t.Errorf("step %d rank %d: compress %v with compressed=%v", step, r, comp, c.compressed)
+					}
+				}
+			}
+		})
+	}
+}
