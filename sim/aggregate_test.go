@@ -32,14 +32,7 @@ nodes:
 		y = fmt.Sprintf("latency: 5us\ndefaults: {bandwidth: 10Gbit/s}\nnodes:\n  - {name: n, count: %d}\n  - {name: slow, bandwidth: 1Gbit/s}\n", n-1)
 	case "racks-4x8-oversub4":
 		var b strings.Builder
-		b.WriteString("latency: 3us\ndefaults: {bandwidth: 25Gbit/s}\nracks:\n")
-		for r := range 4 {
-			fmt.Fprintf(&b, "  - {name: r%d, oversubscription: 4, latency: 1us}\n", r)
-		}
-		b.WriteString("nodes:\n")
-		for r := range 4 {
-			fmt.Fprintf(&b, "  - {name: r%dn, count: %d, rack: r%d}\n", r, n/4, r)
-		}
+		writeFourRacks(&b, n)
 		y = b.String()
 	case "wan-2sites":
 		y = fmt.Sprintf(`latency: 10us
@@ -55,14 +48,7 @@ wan:
 		// Two sites of two 4:1 racks each; the cross-site rack pairs are
 		// joined by WAN links of two speeds.
 		var b strings.Builder
-		b.WriteString("latency: 3us\ndefaults: {bandwidth: 25Gbit/s}\nracks:\n")
-		for r := range 4 {
-			fmt.Fprintf(&b, "  - {name: r%d, oversubscription: 4, latency: 1us}\n", r)
-		}
-		b.WriteString("nodes:\n")
-		for r := range 4 {
-			fmt.Fprintf(&b, "  - {name: r%dn, count: %d, rack: r%d}\n", r, n/4, r)
-		}
+		writeFourRacks(&b, n)
 		b.WriteString("wan:\n")
 		for a := range 2 {
 			for c := 2; c < 4; c++ {
@@ -374,5 +360,18 @@ func TestAggregateScales(t *testing.T) {
 			}
 		}
 		prev = res
+	}
+}
+
+// writeFourRacks writes the racks and nodes of a topology of four 4:1
+// oversubscribed racks of n/4 25 Gbit/s nodes each.
+func writeFourRacks(b *strings.Builder, n int) {
+	b.WriteString("latency: 3us\ndefaults: {bandwidth: 25Gbit/s}\nracks:\n")
+	for r := range 4 {
+		fmt.Fprintf(b, "  - {name: r%d, oversubscription: 4, latency: 1us}\n", r)
+	}
+	b.WriteString("nodes:\n")
+	for r := range 4 {
+		fmt.Fprintf(b, "  - {name: r%dn, count: %d, rack: r%d}\n", r, n/4, r)
 	}
 }

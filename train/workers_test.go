@@ -120,26 +120,7 @@ func TestRunRankMatchesRun(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		conns := memConns(t, n)
-		results := make([]*Result, n)
-		errs := make(chan error, n)
-		for r := range n {
-			go func() {
-				w, err := worker.New(ctx, conns[r], WorkerOptions(cfg.Seed, nil)...)
-				if err != nil {
-					errs <- err
-					return
-				}
-				defer w.Close()
-				results[r], err = RunRank(ctx, RankConfig{Config: cfg, Rank: r, World: n}, task, w, plan, opt, "", nil)
-				errs <- err
-			}()
-		}
-		for range n {
-			if err := <-errs; err != nil {
-				t.Fatalf("%v: %v", plan, err)
-			}
-		}
+		results := runRanks(t, ctx, n, cfg, task, plan, opt)
 		for s := range cfg.Steps {
 			var mean float64
 			for r := range n {
@@ -184,6 +165,21 @@ func TestRunRankCodecTime(t *testing.T) {
 	cfg := Config{Workers: n, Batch: 8, Steps: 5, Seed: 2, EvalEvery: 0}
 	opt := OptimSpec{Name: "sgd", New: func(n int) (optim.Optimizer, error) { return optim.NewSGD(n, 0.1, 0) }}
 	plan := Plan{Compress: "topk:0.1", EF: "ef14", CompressVectors: true, Seed: 2}
+	results := runRanks(t, ctx, n, cfg, task, plan, opt)
+	for r := range n {
+		for _, rec := range results[r].Records {
+			if rec.CodecTime <= 0 || rec.CodecTime+rec.CommTime > rec.Wall {
+				t.Errorf("rank %d step %d: codec %v, comm %v, step wall %v", r, rec.Step, rec.CodecTime, rec.CommTime, rec.Wall)
+			}
+		}
+	}
+}
+
+// runRanks runs n RunRank replicas of cfg over in-memory connections, each
+// over its own worker, and returns their results in rank order; any rank's
+// error fails the test.
+func runRanks(t *testing.T, ctx context.Context, n int, cfg Config, task Task, plan Plan, opt OptimSpec) []*Result {
+	t.Helper()
 	conns := memConns(t, n)
 	results := make([]*Result, n)
 	errs := make(chan error, n)
@@ -201,14 +197,8 @@ func TestRunRankCodecTime(t *testing.T) {
 	}
 	for range n {
 		if err := <-errs; err != nil {
-			t.Fatal(err)
+			t.Fatalf("%v: %v", plan, err)
 		}
 	}
-	for r := range n {
-		for _, rec := range results[r].Records {
-			if rec.CodecTime <= 0 || rec.CodecTime+rec.CommTime > rec.Wall {
-				t.Errorf("rank %d step %d: codec %v, comm %v, step wall %v", r, rec.Step, rec.CodecTime, rec.CommTime, rec.Wall)
-			}
-		}
-	}
+	return results
 }
