@@ -42,7 +42,8 @@
 // its Dial at once (transport.ErrRankTaken, transport.ErrWorldMismatch)
 // and the running job ignores it: nothing published on the heartbeat
 // subjects fails a link, and no abort notice is sent before Dial returns.
-// Hellos also carry the protocol version (flagProto2, flagProto3):
+// Hellos also carry the protocol version (flagProto2, flagProto3,
+// flagProto4):
 // processes of an earlier version, whose flow control or keyed frames
 // differ, never join one job with this one.
 //
@@ -108,8 +109,17 @@ const flagProto2 = flagFirst
 // never joins; this one refuses a version 2 hello as an earlier version.
 const flagProto3 = flagLast
 
+// flagProto4 marks, with flagProto2 and flagProto3, the hellos of this
+// version, whose keyed data chunks carry a header tag before their tag
+// (see hdrTagLen). A version 3 process takes these hellos as malformed and
+// never joins; this one refuses a version 3 hello as an earlier version.
+const flagProto4 = flagGone
+
+// flagsProto is every version flag this version's hellos carry.
+const flagsProto = flagProto2 | flagProto3 | flagProto4
+
 // flagsHello is what this version's hellos carry.
-const flagsHello = flagHello | flagProto2 | flagProto3
+const flagsHello = flagHello | flagsProto
 
 const (
 	seqLen   = 8
@@ -365,7 +375,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	if chunk == 0 {
 		chunk = maxPayload
 	}
-	if chunk > maxPayload || chunk < minChunk+macLen {
+	if chunk > maxPayload || chunk < minChunk+dataTrailerLen {
 		return nil, fmt.Errorf("nats: chunk size %d outside [%d, %d] (server max payload)", chunk, minChunk, maxPayload)
 	}
 	c := &Conn{
@@ -384,7 +394,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	c.log = cfg.Logger
 	base := cfg.SubjectPrefix + "." + job + "."
 	if cfg.Key != nil {
-		c.tagLen = macLen
+		c.tagLen = dataTrailerLen
 		c.ctlMac = newMacer(cfg.Key, base, rank, -1)
 		for p := range size {
 			if p != rank {
@@ -887,7 +897,7 @@ func (c *Conn) precheck(p *peer, data []byte) int {
 		return dropForged
 	}
 	h, err := transport.ParseFrameHeader(data, c.maxIn)
-	if err != nil || int(h.Len) != len(data)-transport.FrameHeaderLen-macLen {
+	if err != nil || int(h.Len) != len(data)-transport.FrameHeaderLen-trailerLen(data) {
 		return dropForged
 	}
 	if h.Flags&^(flagFirst|flagLast) == 0 && h.Len >= seqLen &&
@@ -1228,11 +1238,11 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 	if err == nil {
 		err = h.VerifyPayload(pl)
 	}
-	if err != nil || h.Flags&^(flagProto2|flagProto3) != flagHello || len(pl) < helloFixed {
+	if err != nil || h.Flags&^flagsProto != flagHello || len(pl) < helloFixed {
 		c.ignored.add(c.log, c.job, c.rank, src, "malformed hello")
 		return
 	}
-	if h.Flags&(flagProto2|flagProto3) != flagProto2|flagProto3 {
+	if h.Flags&flagsProto != flagsProto {
 		c.ignored.add(c.log, c.job, c.rank, src, "hello of an earlier protocol version")
 		c.refuse(fmt.Errorf("nats: job %s rank %d: rank %d runs an earlier version of this transport, whose flow control or frames this one does not follow: %w", c.job, c.rank, src, transport.ErrRendezvous))
 		return
