@@ -273,7 +273,9 @@ func (m *macer) verify(inst uint64, subj string, msg []byte) ([]byte, bool) {
 // changes anything else: no link fails, no timer is reset.
 type Drops struct {
 	// Forged messages failed authentication (a wrong or missing tag, with
-	// Config.Key set), or claimed a rank's bound instance they do not have.
+	// Config.Key set), or claimed a rank's bound instance they do not have;
+	// also disconnect notices naming a peer that was heard from after
+	// them (see believesNotices).
 	Forged int64
 	// Replayed messages verified but repeated a sequence number already
 	// seen (a copy of an earlier frame).

@@ -208,6 +208,11 @@ type peer struct {
 	// cid is the peer's client ID on this rank's server, from its hellos
 	// (0: unknown, or it is connected to another server of a cluster).
 	cid atomic.Uint64
+	// goneAt is when the last gone marker that a disconnect notice naming
+	// the peer made this rank publish came back (unix nanoseconds; 0: none
+	// pending). Only with Conn.noticeGrace: the heartbeat loop then fails
+	// the peer unless it is heard from again within noticeGrace.
+	goneAt atomic.Int64
 }
 
 // Conn is one rank's endpoint; see transport.Conn for the contract. Send
@@ -258,6 +263,12 @@ type Conn struct {
 	ctlMac                    *macer
 	log                       *slog.Logger
 	forged, replayed, ignored dropCounter
+	// noticeGrace (keyed Conns on a server where every client may
+	// publish disconnect notices; see believesNotices) is how long a peer
+	// named in a disconnect notice has, after its gone marker came back, to
+	// be heard from (an authenticated frame) before it is failed; 0: a
+	// notice fails the peer once its gone marker comes back.
+	noticeGrace time.Duration
 
 	once   sync.Once
 	closed chan struct{}
@@ -434,6 +445,9 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	if sid := nc.ConnectedServerId(); cidErr == nil && len(sid) <= maxHelloServerID {
 		c.hello = append(c.hello, sid...)
 	}
+	if cfg.Key != nil && !believesNotices(nc) {
+		c.noticeGrace = noticeGraceBeats * cfg.Heartbeat
+	}
 	c.in = inbox.New(size, c.onConsume)
 	if size == 1 {
 		close(c.allHeard)
@@ -509,6 +523,23 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	}
 	c.ready.Store(true)
 	return c, nil
+}
+
+// noticeGraceBeats is Conn.noticeGrace in heartbeats: a live peer's
+// hellos come every heartbeat.
+const noticeGraceBeats = 2
+
+// believesNotices reports whether nc authenticated as a user (a name and
+// password, a credentials file or an nkey) rather than with a shared token
+// or nothing. A server that gives every rank its own user
+// (natsserver.Options.Users, transport/nats.Permissions) forbids clients
+// to publish disconnect notices, so they come from the server; with a
+// shared token or no authentication anyone may publish one, and a keyed
+// Conn believes a notice naming a peer only if the peer then stays silent
+// (see noticeGrace). A server whose users may publish on the disconnect
+// subject defeats this check: give ranks the permissions of Permissions.
+func believesNotices(nc *natsgo.Conn) bool {
+	return nc.Opts.User != "" || nc.Opts.UserJWT != nil || nc.Opts.Nkey != ""
 }
 
 // Rank returns this endpoint's rank.
@@ -824,12 +855,13 @@ func (c *Conn) onData(m *natsgo.Msg) {
 		return
 	}
 	data := m.Data
+	// This rank's own gone markers travel on the subject of src's data
+	// (signed with this rank's key): not a sign of src's life.
+	gone := len(data) > 3 && data[3] == flagGone
 	if c.tagLen != 0 {
-		// This rank's own gone markers travel on the subject of src's data
-		// and are signed with this rank's key.
 		var frame []byte
 		switch p := &c.peers[src]; {
-		case len(data) > 3 && data[3] == flagGone:
+		case gone:
 			frame, ok = p.vGone.verify(c.instance, m.Subject, data)
 		case p.instance.Load() != 0:
 			// Cheap checks first, so that a forged, truncated or
@@ -852,7 +884,9 @@ func (c *Conn) onData(m *natsgo.Msg) {
 		}
 		data = frame
 	}
-	c.seen(src)
+	if !gone {
+		c.seen(src)
+	}
 	if c.in.Failed(src) != nil {
 		clear(c.peers[src].partial) // never completed: free it
 		return
@@ -861,6 +895,13 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	if err := c.handleChunk(src, data); err != nil {
 		if errors.Is(err, errReplay) {
 			c.replayed.add(c.log, c.job, c.rank, src, err.Error())
+			return
+		}
+		if errors.Is(err, errPeerGone) && c.noticeGrace > 0 {
+			// The notice may be forged: the heartbeat loop decides, on
+			// the silence after the latest marker (an earlier notice may
+			// have been forged and this one real).
+			c.peers[src].goneAt.Store(time.Now().UnixNano())
 			return
 		}
 		if errors.Is(err, errPeerClosed) || errors.Is(err, errPeerGone) {
@@ -1336,6 +1377,17 @@ func (c *Conn) heartbeat() {
 			if lost {
 				c.failPeer(p, fmt.Errorf("%w: connection to the NATS server broken (%v); messages may be lost", transport.ErrPeerDead, c.nc.Status()), false)
 				continue
+			}
+			if g := c.peers[p].goneAt.Load(); g != 0 {
+				// A disconnect notice named p (see noticeGrace): p is gone
+				// unless heard from since its gone marker came back.
+				if c.peers[p].lastSeen.Load() > g {
+					c.peers[p].goneAt.Store(0)
+					c.forged.add(c.log, c.job, c.rank, p, "disconnect notice naming a rank heard from since")
+				} else if now.Sub(time.Unix(0, g)) >= c.noticeGrace {
+					c.failPeer(p, fmt.Errorf("%w: rank %d (silent for %v since)", errPeerGone, p, c.noticeGrace), false)
+					continue
+				}
 			}
 			d := now.Sub(time.Unix(0, c.peers[p].lastSeen.Load()))
 			if d <= c.cfg.PeerTimeout {

@@ -65,6 +65,11 @@ type Config struct {
 	// soon as its connection ends (its process died) instead of after
 	// PeerTimeout. A server that does not publish them (an external
 	// server without the export natsserver sets up) leaves the heartbeats.
+	// With Key, on a connection that authenticated with a shared token or
+	// not at all (anyone may then publish a notice), a notice is believed
+	// only if the peer it names stays silent for two heartbeats after it:
+	// a forged notice never fails a live peer, and a dead one is failed a
+	// few heartbeats after its death.
 	DisconnectSubject string
 	// Key, when set, is the job's secret: every message a Conn publishes is
 	// authenticated with a key derived from it for the sending rank, and
