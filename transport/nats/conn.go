@@ -266,7 +266,8 @@ type Conn struct {
 	// noticeGrace (keyed Conns on a server where every client may
 	// publish disconnect notices; see believesNotices) is how long a peer
 	// named in a disconnect notice has, after its gone marker came back, to
-	// be heard from (an authenticated frame) before it is failed; 0: a
+	// be heard from (an authenticated frame) before it is failed (a
+	// quarter of PeerTimeout, at least noticeGraceBeats heartbeats); 0: a
 	// notice fails the peer once its gone marker comes back.
 	noticeGrace time.Duration
 
@@ -446,7 +447,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		c.hello = append(c.hello, sid...)
 	}
 	if cfg.Key != nil && !believesNotices(nc) {
-		c.noticeGrace = noticeGraceBeats * cfg.Heartbeat
+		c.noticeGrace = max(noticeGraceBeats*cfg.Heartbeat, cfg.PeerTimeout/4)
 	}
 	c.in = inbox.New(size, c.onConsume)
 	if size == 1 {
@@ -525,8 +526,10 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	return c, nil
 }
 
-// noticeGraceBeats is Conn.noticeGrace in heartbeats: a live peer's
-// hellos come every heartbeat.
+// noticeGraceBeats is the least Conn.noticeGrace, in heartbeats (a live
+// peer's hellos come every heartbeat); it is otherwise a quarter of
+// PeerTimeout, so that a peer whose process stalls (a loaded machine) is
+// not failed on a forged notice unless it stalls for that long.
 const noticeGraceBeats = 2
 
 // believesNotices reports whether nc authenticated as a user (a name and
@@ -1370,6 +1373,15 @@ func (c *Conn) heartbeat() {
 		// receiver waiting for each other: every link fails at once.
 		lost := !c.nc.IsConnected() || c.nc.Stats().Reconnects != reconnects
 		caughtUp := 0 // 1: this process has read its input; -1: it has not
+		isCaughtUp := func() bool {
+			if caughtUp == 0 {
+				caughtUp = -1
+				if c.caughtUp(&backlog) {
+					caughtUp = 1
+				}
+			}
+			return caughtUp > 0
+		}
 		for p := range c.peers {
 			if p == c.rank {
 				continue
@@ -1380,13 +1392,19 @@ func (c *Conn) heartbeat() {
 			}
 			if g := c.peers[p].goneAt.Load(); g != 0 {
 				// A disconnect notice named p (see noticeGrace): p is gone
-				// unless heard from since its gone marker came back.
-				if c.peers[p].lastSeen.Load() > g {
+				// unless heard from since its gone marker came back; judged
+				// as a silence is (not right after a pause of this process,
+				// and only once its input is read).
+				refuted := c.peers[p].lastSeen.Load() > g
+				if !refuted && now.Sub(time.Unix(0, g)) >= c.noticeGrace && now.Sub(resumed) > c.noticeGrace && isCaughtUp() {
+					if refuted = c.peers[p].lastSeen.Load() > g; !refuted {
+						c.failPeer(p, fmt.Errorf("%w: rank %d (silent for %v since)", errPeerGone, p, c.noticeGrace), false)
+						continue
+					}
+				}
+				if refuted {
 					c.peers[p].goneAt.Store(0)
 					c.forged.add(c.log, c.job, c.rank, p, "disconnect notice naming a rank heard from since")
-				} else if now.Sub(time.Unix(0, g)) >= c.noticeGrace {
-					c.failPeer(p, fmt.Errorf("%w: rank %d (silent for %v since)", errPeerGone, p, c.noticeGrace), false)
-					continue
 				}
 			}
 			d := now.Sub(time.Unix(0, c.peers[p].lastSeen.Load()))
@@ -1397,13 +1415,7 @@ func (c *Conn) heartbeat() {
 				if now.Sub(resumed) <= c.cfg.PeerTimeout {
 					continue // not yet a full timeout since this process ran again
 				}
-				if caughtUp == 0 {
-					caughtUp = -1
-					if c.caughtUp(&backlog) {
-						caughtUp = 1
-					}
-				}
-				if caughtUp < 0 {
+				if !isCaughtUp() {
 					continue // judge at the next beat, once the input is read
 				}
 				if d = time.Since(time.Unix(0, c.peers[p].lastSeen.Load())); d <= c.cfg.PeerTimeout {

@@ -67,9 +67,10 @@ type Config struct {
 	// server without the export natsserver sets up) leaves the heartbeats.
 	// With Key, on a connection that authenticated with a shared token or
 	// not at all (anyone may then publish a notice), a notice is believed
-	// only if the peer it names stays silent for two heartbeats after it:
-	// a forged notice never fails a live peer, and a dead one is failed a
-	// few heartbeats after its death.
+	// only if the peer it names then stays silent for a quarter of
+	// PeerTimeout (at least two heartbeats): a forged notice does not fail
+	// a live peer that is heard from within that time, and a dead one is
+	// failed that long after its death instead of PeerTimeout.
 	DisconnectSubject string
 	// Key, when set, is the job's secret: every message a Conn publishes is
 	// authenticated with a key derived from it for the sending rank, and
