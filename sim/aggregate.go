@@ -151,6 +151,12 @@ type aggPlan struct {
 	chain    []int32   // group -> the length of its representative's chain
 	chainLat []float64 // group -> the latency between consecutive members
 	pipes    map[*allreduce.Shared]*pipeline
+
+	// sgTimes: when sparse gathers run beside other chained collectives,
+	// per sparse gather (collective index) and group, its representative's
+	// arrival times from a first pass of the sparse gathers alone
+	// (aggBursts); nil otherwise.
+	sgTimes map[[2]int32][]float64
 }
 
 // aggRoute is a route between two ranks, up to the groups at its ends:
@@ -193,6 +199,16 @@ type aggItem struct {
 	conn    int32
 	next    int32
 	lat     float64 // until delivery after the sub-flow's end
+	// A feed through a chain whose members decode a sparse gather
+	// (aggBursts): its hops are walked member by member at the sub-flow's
+	// end (walkFeed) from step from to step to of pipeline pid, instead of
+	// being in lat.
+	walk          bool
+	pid, from, to int32
+	// mwait: a ring's message into a group without chains, whose members
+	// decode a sparse gather: delivered when all could start the compute
+	// that follows (memberWait).
+	mwait bool
 	// An exchange's sub-flow (aggExchange) finishes many ops at once: the
 	// sender's ops and the receiving representative's receives.
 	ops, dops []int32
@@ -269,7 +285,43 @@ type aggState struct {
 	bfree  []uint32
 	conn1  []int32   // offset 1: the connection of each entry of distFor(1), -1 until used
 	lump1  []lumpVal // offset 1: the last flow started on each entry of distFor(1)
+	// rec, when not nil, records the representatives' arrival times (the
+	// first pass of aggBursts); bursts are the decode bursts of the chain
+	// members (nil: none, built lazily from the plan's sgTimes).
+	rec       *aggRec
+	bursts    [][]burst // rank -> its decode bursts
+	burstsSet bool
+	members   [][]int32 // group -> its ranks (with bursts)
+	chainsOf  [][]int32 // group -> the entries of its chains as long as its representative's
 }
+
+// aggRec is what the first pass of a run with sparse gathers beside chained
+// rings records: per (collective, group), the arrival time of each of the
+// representative's receives (by op index; NaN until one arrives).
+type aggRec struct {
+	t    map[[2]int32][]float64
+	reps []int32 // the groups' representatives
+}
+
+func (r *aggRec) add(c, y, op int32, ops int, t float64) {
+	k := [2]int32{c, y}
+	v := r.t[k]
+	if v == nil {
+		v = make([]float64, ops)
+		for i := range v {
+			v[i] = math.NaN()
+		}
+		r.t[k] = v
+	}
+	if math.IsNaN(v[op]) {
+		v[op] = t
+	}
+}
+
+// burst is a run of l decode-adds of d seconds each from s on one rank's
+// compute engine: a job that becomes ready at t inside it waits for the
+// end of the decode running at t.
+type burst struct{ s, l, d float64 }
 
 // planAggregate decides whether the run is aggregated and, if so, builds
 // its plan into d.agg. It returns why not ("" if it is, or if the options
@@ -323,7 +375,247 @@ func (d *driver) planAggregate(ctx context.Context) (string, error) {
 		return fmt.Sprintf("%d groups, %d routes and %d ranks: too many to aggregate", len(p.reps), len(p.routes), p.n), nil
 	}
 	d.agg = p
+	if d.as.rec == nil {
+		if err := d.sgFirstPass(ctx); err != nil {
+			return "", err
+		}
+	}
 	return "", nil
+}
+
+// sgFirstPass prepares aggBursts: when a sparse gather runs beside another
+// collective that is chained (a ring along chains of more than one
+// member), it runs the sparse gathers and the collectives they wait for
+// (After) alone, aggregated, and keeps their representatives' arrival times
+// in p.sgTimes. The members of a chain decode the sparse gather's payloads
+// in rank order, each at another time (aggBursts); a ring's hop through a
+// member waits for the decode running there (walkFeed). The first pass
+// leaves out the other collectives, which share the links with the sparse
+// gather's messages but not its forwarding (a gather forwards without
+// compute).
+func (d *driver) sgFirstPass(ctx context.Context) error {
+	p := d.agg
+	var sg, other bool
+	for c := range d.colls {
+		sh := d.colls[c].Shared
+		if sh.Alg == allreduce.AlgSparseGather {
+			sg = true
+		} else if p.offs[sh] == chainRing {
+			other = true
+		}
+	}
+	if !sg || !other || p.closed || p.n > maxBurstRanks {
+		return nil
+	}
+	keep := make([]bool, len(d.colls))
+	for c := len(d.colls) - 1; c >= 0; c-- {
+		if d.colls[c].Shared.Alg == allreduce.AlgSparseGather {
+			keep[c] = true
+		}
+		if keep[c] && d.colls[c].After > 0 {
+			keep[d.colls[c].After-1] = true
+		}
+	}
+	idx := make([]int32, len(d.colls))
+	var sub []Collective
+	var orig []int
+	for c := range d.colls {
+		if !keep[c] {
+			continue
+		}
+		col := d.colls[c]
+		if col.After > 0 {
+			col.After = int(idx[col.After-1]) + 1
+		}
+		idx[c] = int32(len(sub))
+		sub = append(sub, col)
+		orig = append(orig, c)
+	}
+	o := *d.opts
+	o.Aggregate = AggregateOn
+	if h := d.opts.SizeHint; h != nil {
+		o.SizeHint = func(c, r int, op *allreduce.Op) int64 { return h(orig[c], r, op) }
+	}
+	s := &Simulator{}
+	s.bind(d.topo)
+	rec := &aggRec{t: map[[2]int32][]float64{}}
+	s.d.as.rec = rec
+	if _, err := s.Run(ctx, sub, &o); err != nil {
+		return err
+	}
+	if !slices.Equal(rec.reps, p.reps) {
+		return nil // grouped otherwise: no bursts
+	}
+	p.sgTimes = map[[2]int32][]float64{}
+	for k, v := range rec.t {
+		if c := orig[k[0]]; d.colls[c].Shared.Alg == allreduce.AlgSparseGather {
+			p.sgTimes[[2]int32{int32(c), k[1]}] = v
+		}
+	}
+	return nil
+}
+
+// maxBurstRanks is the largest world for which sgFirstPass and aggBursts
+// model the members' decode bursts: walkFeed and memberWait cost a group's
+// members per delivery, O(N²) per ring, so larger runs keep the chain
+// model without them.
+const maxBurstRanks = 1024
+
+// aggBursts builds, once per run, the decode bursts of every rank (by
+// rank: nil when the run has none, see sgFirstPass). A sparse gather's
+// rank r decodes the payloads of ranks 0..N−1 in order, each over the
+// whole layer: the first r+1 when rank 0's payload arrives (step r−1 of
+// the gather's ring; those of ranks 1..r−1 arrived before it), the others
+// when the last one, rank r+1's, arrives (step N−2). A member at position
+// m of a chain of L members receives a step (L−1−m) hops of the gather
+// before the chain's last member, which receives it when its group's
+// representative does in the first pass.
+func (d *driver) aggBursts() [][]burst {
+	a := &d.as
+	p := d.agg
+	if a.burstsSet || p.sgTimes == nil {
+		return a.bursts
+	}
+	a.burstsSet = true
+	n := int32(p.n)
+	G := int32(len(p.reps))
+	a.bursts = make([][]burst, n)
+	a.members = make([][]int32, G)
+	a.chainsOf = make([][]int32, G)
+	for r := range n {
+		y := p.cls[r]
+		a.members[y] = append(a.members[y], r)
+		if e := p.entry[r]; e == r && p.clen[e] == p.chain[y] && p.chain[y] > 1 {
+			a.chainsOf[y] = append(a.chainsOf[y], e)
+		}
+	}
+	for c := range d.colls {
+		sh := d.colls[c].Shared
+		if sh.Alg != allreduce.AlgSparseGather {
+			continue
+		}
+		var recvs []int32
+		dec := int32(-1)
+		for i := range int32(sh.Len()) {
+			switch op := sh.Op(0, i); {
+			case op.Kind == allreduce.Recv:
+				recvs = append(recvs, i)
+			case op.Kind == allreduce.Compute && op.Fn == allreduce.FnDecodeAdd && dec < 0:
+				dec = i
+			}
+		}
+		if dec < 0 || int32(len(recvs)) != n-1 {
+			continue
+		}
+		dd := make([]float64, G)
+		hh := make([]float64, G)
+		for z := range G {
+			ms := &d.ms[int32(c)*G+z]
+			dd[z] = d.jobCost(ms, &qent{g: int32(c)*G + z, op: dec, job: jobOp})
+			pl := d.pipelineOf(ms)
+			hh[z] = d.hops(ms, pl, pl.pid[pl.ops[0]], 1, 2, 1)
+		}
+		for r := range n {
+			y := p.cls[r]
+			T := p.sgTimes[[2]int32{int32(c), y}]
+			if T == nil {
+				continue
+			}
+			e := p.entry[r]
+			L, m := p.clen[e], (r-e+n)%n
+			sh := float64(L-1-m) * hh[y]
+			last := T[recvs[n-2]] - sh
+			var b1 burst
+			if r > 0 {
+				b1 = burst{s: T[recvs[r-1]] - sh, l: float64(r + 1), d: dd[y]}
+				if !(b1.s >= 0) {
+					continue
+				}
+				a.bursts[r] = append(a.bursts[r], b1)
+			}
+			if r < n-1 && last >= 0 {
+				a.bursts[r] = append(a.bursts[r], burst{s: max(last, b1.s+b1.l*b1.d), l: float64(n - 1 - r), d: dd[y]})
+			}
+		}
+	}
+	for r := range a.bursts {
+		slices.SortFunc(a.bursts[r], func(u, v burst) int { return cmpFloat(u.s, v.s) })
+	}
+	return a.bursts
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// burstWait is when a job that becomes ready at t on rank r's engine can
+// start: after the decode running at t, if any.
+func burstWait(bs []burst, t float64) float64 {
+	for _, b := range bs {
+		if e := b.s + b.l*b.d; t >= b.s && t < e {
+			t = min(e, b.s+(math.Floor((t-b.s)/b.d)+1)*b.d)
+		}
+	}
+	return t
+}
+
+// walkFeed is hops for the chains of ms's group when its members decode a
+// sparse gather (aggBursts): the message of step from−1 reaches a chain's
+// sending member at t; each member that computes before it forwards waits
+// for the decode running on its engine, if any, computes, and sends the
+// next step. It returns when step to−1 reaches the chain's last member and
+// that member could start its compute, the latest over the group's chains
+// of its representative's length (the group's members finish with the
+// last of them; the representative's own engine is simulated).
+func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 float64) float64 {
+	p := d.agg
+	a := &d.as
+	bs := d.aggBursts()
+	y := ms.slot
+	n := int32(p.n)
+	pc := d.pipeCostOf(ms, pl)
+	a0 := pl.start[pid]
+	cap := min(p.caps[p.up[y]], p.caps[p.down[y]])
+	K := p.chain[y]
+	h := to - from
+	end := t0
+	for _, e := range a.chainsOf[y] {
+		t := t0
+		for x := from; x < to; x++ {
+			r := (e + K - 1 - h + (x - from)) % n // the sender
+			if x > 0 && pc.jobs[a0+x] > pc.jobs[a0+x-1] {
+				t = burstWait(bs[r], t)
+				t += d.work(ms, pc, a0+x-1, a0+x)
+			}
+			b := pc.bytes[a0+x+1] - pc.bytes[a0+x]
+			t += b/cap + p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
+		}
+		if last := (e + K - 1) % n; last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
+			t = burstWait(bs[last], t)
+		}
+		end = max(end, t)
+	}
+	return end
+}
+
+// memberWait is when the members of group y other than its representative
+// could all start the compute after receiving a message at t (aggBursts).
+func (d *driver) memberWait(y int32, t float64) float64 {
+	a := &d.as
+	bs := d.aggBursts()
+	end := t
+	for _, r := range a.members[y] {
+		if r != d.agg.reps[y] {
+			end = max(end, burstWait(bs[r], t))
+		}
+	}
+	return end
 }
 
 // group computes the groups, their representatives and the virtual links.
@@ -907,6 +1199,10 @@ func (d *driver) aggSetup() {
 	clear(a.bulk)
 	a.bulk, a.bfree = a.bulk[:0], a.bfree[:0]
 	a.exCons = map[[2]int32]map[[2]int32][]int32{}
+	a.bursts, a.burstsSet = nil, false
+	if a.rec != nil {
+		a.rec.reps = slices.Clone(p.reps)
+	}
 }
 
 // aggRelease puts the per-message network back.
@@ -1008,7 +1304,11 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 				dm := &d.ms[ms.coll*G+e.x]
 				if u := pos + k; u < pl.len(pl.pid[i]) {
 					item.dg, item.dop = ms.coll*G+e.x, dm.sh.Match(int(dm.prank), pl.at(pl.pid[i], u))
-					item.lat += d.hops(dm, pl, pl.pid[i], pos+1, pos+k+1, k)
+					if dm.sh.Alg != allreduce.AlgSparseGather && d.aggBursts() != nil {
+						item.walk, item.pid, item.from, item.to = true, pl.pid[i], pos+1, pos+k+1
+					} else {
+						item.lat += d.hops(dm, pl, pl.pid[i], pos+1, pos+k+1, k)
+					}
 					d.ranks[e.x].recvd += size
 				}
 			}
@@ -1019,6 +1319,11 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 			if src := (q - x + n) % n; p.cls[src] == y && p.routeOf(src, q) == e.route {
 				item.dg, item.dop = ms.coll*G+e.x, dop
 				d.ranks[e.x].recvd += size
+				if pos >= 0 && ms.sh.Alg != allreduce.AlgSparseGather && d.aggBursts() != nil {
+					pc := d.pipeCostOf(ms, pl)
+					a0 := pl.start[pl.pid[i]]
+					item.mwait = pos+1 < pl.len(pl.pid[i]) && pc.jobs[a0+pos+1] > pc.jobs[a0+pos]
+				}
 			}
 		}
 		var sm aggMsg
@@ -1204,9 +1509,19 @@ func (d *driver) aggSendOn(m *aggMsg, c int32) {
 func (d *driver) aggRootFeeds(g int32, ms *machine, pl *pipeline, i int32) {
 	k := d.agg.chain[ms.slot] - 1
 	pid := pl.pid[i]
+	bs := d.aggBursts()
 	for q := int32(0); q < min(k, pl.len(pid)); q++ {
 		j := ms.sh.Match(int(ms.prank), pl.at(pid, q))
-		d.h.push(event{t: d.now + d.hops(ms, pl, pid, 0, q+1, q+1), kind: evArrive, g: g, op: j})
+		var t float64
+		if bs != nil && ms.sh.Alg != allreduce.AlgSparseGather {
+			t = d.walkFeed(ms, pl, pid, 0, q+1, d.now)
+		} else {
+			t = d.now + d.hops(ms, pl, pid, 0, q+1, q+1)
+		}
+		if a := &d.as; a.rec != nil {
+			a.rec.add(ms.coll, ms.slot, j, ms.sh.Len(), t)
+		}
+		d.h.push(event{t: t, kind: evArrive, g: g, op: j})
 	}
 }
 
@@ -1520,7 +1835,17 @@ func (d *driver) aggFlowEnd(id int32) error {
 			d.aggConnDone(item.conn)
 		}
 		if item.dg >= 0 && item.dop >= 0 {
-			d.h.push(event{t: d.now + item.lat, kind: evArrive, g: item.dg, op: item.dop})
+			t := d.now + item.lat
+			if item.walk {
+				dm := &d.ms[item.dg]
+				t = d.walkFeed(dm, d.pipelineOf(dm), item.pid, item.from, item.to, t)
+			} else if item.mwait {
+				t = d.memberWait(d.ms[item.dg].slot, t)
+			}
+			if a.rec != nil {
+				a.rec.add(d.ms[item.dg].coll, d.ms[item.dg].slot, item.dop, d.ms[item.dg].sh.Len(), t)
+			}
+			d.h.push(event{t: t, kind: evArrive, g: item.dg, op: item.dop})
 		}
 		if len(item.dops) > 0 {
 			d.h.push(event{t: d.now + item.lat, kind: evArriveAll, g: item.dg, x: d.aggBulk(item.dops)})
