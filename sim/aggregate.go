@@ -157,6 +157,7 @@ type aggPlan struct {
 	// arrival times from a first pass of the sparse gathers alone
 	// (aggBursts); nil otherwise.
 	sgTimes map[[2]int32][]float64
+	sgJobs  [][]burst // group -> the first pass's other compute jobs (aggRec.jobs)
 }
 
 // aggRoute is a route between two ranks, up to the groups at its ends:
@@ -205,10 +206,7 @@ type aggItem struct {
 	// being in lat.
 	walk          bool
 	pid, from, to int32
-	// mwait: a ring's message into a group without chains, whose members
-	// decode a sparse gather: delivered when all could start the compute
-	// that follows (memberWait).
-	mwait bool
+
 	// An exchange's sub-flow (aggExchange) finishes many ops at once: the
 	// sender's ops and the receiving representative's receives.
 	ops, dops []int32
@@ -291,7 +289,6 @@ type aggState struct {
 	rec       *aggRec
 	bursts    [][]burst // rank -> its decode bursts
 	burstsSet bool
-	members   [][]int32 // group -> its ranks (with bursts)
 	chainsOf  [][]int32 // group -> the entries of its chains as long as its representative's
 }
 
@@ -300,7 +297,28 @@ type aggState struct {
 // representative's receives (by op index; NaN until one arrives).
 type aggRec struct {
 	t    map[[2]int32][]float64
-	reps []int32 // the groups' representatives
+	reps []int32   // the groups' representatives
+	jobs [][]burst // group -> its representative's compute jobs other than decode-adds
+}
+
+// recJob records job q of machine ms, of t seconds from now, for the first
+// pass of sgFirstPass: every member of a group runs its compute jobs other
+// than the rank-ordered decode-adds when its representative does.
+func (d *driver) recJob(ms *machine, q *qent, t float64) {
+	fn := allreduce.FnNone
+	switch {
+	case q.job != jobOp:
+	case q.op < 0:
+		fn = d.pro[ms.coll].Fn
+	default:
+		fn = ms.m.Op(q.op).Fn
+	}
+	if fn == allreduce.FnDecodeAdd || !(t > 0) {
+		return
+	}
+	r := d.as.rec
+	r.jobs = grow(r.jobs, len(d.agg.reps))
+	r.jobs[ms.slot] = append(r.jobs[ms.slot], burst{s: d.now, l: 1, d: t})
 }
 
 func (r *aggRec) add(c, y, op int32, ops int, t float64) {
@@ -447,6 +465,7 @@ func (d *driver) sgFirstPass(ctx context.Context) error {
 		return nil // grouped otherwise: no bursts
 	}
 	p.sgTimes = map[[2]int32][]float64{}
+	p.sgJobs = rec.jobs
 	for k, v := range rec.t {
 		if c := orig[k[0]]; d.colls[c].Shared.Alg == allreduce.AlgSparseGather {
 			p.sgTimes[[2]int32{int32(c), k[1]}] = v
@@ -469,7 +488,10 @@ const maxBurstRanks = 1024
 // when the last one, rank r+1's, arrives (step N−2). A member at position
 // m of a chain of L members receives a step (L−1−m) hops of the gather
 // before the chain's last member, which receives it when its group's
-// representative does in the first pass.
+// representative does in the first pass. Every member also runs the
+// gathers' other compute (encode, zero, scale) when its representative
+// did in the first pass (aggRec.jobs): a ring's hop through a member waits
+// for that too.
 func (d *driver) aggBursts() [][]burst {
 	a := &d.as
 	p := d.agg
@@ -480,11 +502,9 @@ func (d *driver) aggBursts() [][]burst {
 	n := int32(p.n)
 	G := int32(len(p.reps))
 	a.bursts = make([][]burst, n)
-	a.members = make([][]int32, G)
 	a.chainsOf = make([][]int32, G)
 	for r := range n {
 		y := p.cls[r]
-		a.members[y] = append(a.members[y], r)
 		if e := p.entry[r]; e == r && p.clen[e] == p.chain[y] && p.chain[y] > 1 {
 			a.chainsOf[y] = append(a.chainsOf[y], e)
 		}
@@ -536,6 +556,11 @@ func (d *driver) aggBursts() [][]burst {
 			if r < n-1 && last >= 0 {
 				a.bursts[r] = append(a.bursts[r], burst{s: max(last, b1.s+b1.l*b1.d), l: float64(n - 1 - r), d: dd[y]})
 			}
+		}
+	}
+	for r := range n {
+		if y := p.cls[r]; int(y) < len(p.sgJobs) {
+			a.bursts[r] = append(a.bursts[r], p.sgJobs[y]...)
 		}
 	}
 	for r := range a.bursts {
@@ -600,20 +625,6 @@ func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 flo
 			t = burstWait(bs[last], t)
 		}
 		end = max(end, t)
-	}
-	return end
-}
-
-// memberWait is when the members of group y other than its representative
-// could all start the compute after receiving a message at t (aggBursts).
-func (d *driver) memberWait(y int32, t float64) float64 {
-	a := &d.as
-	bs := d.aggBursts()
-	end := t
-	for _, r := range a.members[y] {
-		if r != d.agg.reps[y] {
-			end = max(end, burstWait(bs[r], t))
-		}
 	}
 	return end
 }
@@ -1319,11 +1330,6 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 			if src := (q - x + n) % n; p.cls[src] == y && p.routeOf(src, q) == e.route {
 				item.dg, item.dop = ms.coll*G+e.x, dop
 				d.ranks[e.x].recvd += size
-				if pos >= 0 && ms.sh.Alg != allreduce.AlgSparseGather && d.aggBursts() != nil {
-					pc := d.pipeCostOf(ms, pl)
-					a0 := pl.start[pl.pid[i]]
-					item.mwait = pos+1 < pl.len(pl.pid[i]) && pc.jobs[a0+pos+1] > pc.jobs[a0+pos]
-				}
 			}
 		}
 		var sm aggMsg
@@ -1839,8 +1845,6 @@ func (d *driver) aggFlowEnd(id int32) error {
 			if item.walk {
 				dm := &d.ms[item.dg]
 				t = d.walkFeed(dm, d.pipelineOf(dm), item.pid, item.from, item.to, t)
-			} else if item.mwait {
-				t = d.memberWait(d.ms[item.dg].slot, t)
 			}
 			if a.rec != nil {
 				a.rec.add(d.ms[item.dg].coll, d.ms[item.dg].slot, item.dop, d.ms[item.dg].sh.Len(), t)
