@@ -289,7 +289,8 @@ type aggState struct {
 	rec       *aggRec
 	bursts    [][]burst // rank -> its decode bursts
 	burstsSet bool
-	chainsOf  [][]int32 // group -> the entries of its chains as long as its representative's
+	chainsOf  [][]int32   // group -> the entries of its chains as long as its representative's
+	free      [][]float64 // group -> per chain (of walkFeed's) and position: when the member's engine is free
 }
 
 // aggRec is what the first pass of a run with sparse gathers beside chained
@@ -590,14 +591,16 @@ func burstWait(bs []burst, t float64) float64 {
 	return t
 }
 
-// walkFeed is hops for the chains of ms's group when its members decode a
-// sparse gather (aggBursts): the message of step from−1 reaches a chain's
-// sending member at t; each member that computes before it forwards waits
-// for the decode running on its engine, if any, computes, and sends the
-// next step. It returns when step to−1 reaches the chain's last member and
-// that member could start its compute, the latest over the group's chains
-// of its representative's length (the group's members finish with the
-// last of them; the representative's own engine is simulated).
+// walkFeed is hops walked member by member: the message of step from−1
+// reaches the chain's sending member at t0; each member that computes
+// before it forwards waits until its engine is free (the work of the
+// group's earlier feeds at that chain position, and, when the members
+// decode a sparse gather, the decode running there, aggBursts), computes,
+// and sends the next step. It returns when step to−1 reaches the chain's
+// last member and that member could start its compute: with bursts, the
+// latest over the group's chains of its representative's length (the
+// group's members finish with the last of them; the representative's own
+// engine is simulated).
 func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 float64) float64 {
 	p := d.agg
 	a := &d.as
@@ -610,18 +613,36 @@ func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 flo
 	K := p.chain[y]
 	h := to - from
 	end := t0
-	for _, e := range a.chainsOf[y] {
+	rep := [1]int32{(p.reps[y] - K + 1 + n) % n}
+	list := rep[:]
+	if bs != nil {
+		list = a.chainsOf[y]
+	}
+	g := ms.coll*int32(len(p.reps)) + y
+	if a.free == nil {
+		a.free = make([][]float64, len(d.ms))
+	}
+	if len(a.free[g]) < len(list)*int(K) {
+		a.free[g] = make([]float64, len(list)*int(K))
+	}
+	free := a.free[g]
+	for i, e := range list {
 		t := t0
 		for x := from; x < to; x++ {
-			r := (e + K - 1 - h + (x - from)) % n // the sender
+			m := K - 1 - h + (x - from) // the sender's chain position
 			if x > 0 && pc.jobs[a0+x] > pc.jobs[a0+x-1] {
-				t = burstWait(bs[r], t)
+				if bs != nil {
+					t = burstWait(bs[(e+m)%n], t)
+				} else {
+					t = max(t, free[i*int(K)+int(m)])
+				}
 				t += d.work(ms, pc, a0+x-1, a0+x)
+				free[i*int(K)+int(m)] = t
 			}
 			b := pc.bytes[a0+x+1] - pc.bytes[a0+x]
 			t += b/cap + p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
 		}
-		if last := (e + K - 1) % n; last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
+		if last := (e + K - 1) % n; bs != nil && last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
 			t = burstWait(bs[last], t)
 		}
 		end = max(end, t)
@@ -1210,7 +1231,7 @@ func (d *driver) aggSetup() {
 	clear(a.bulk)
 	a.bulk, a.bfree = a.bulk[:0], a.bfree[:0]
 	a.exCons = map[[2]int32]map[[2]int32][]int32{}
-	a.bursts, a.burstsSet = nil, false
+	a.bursts, a.burstsSet, a.free = nil, false, nil
 	if a.rec != nil {
 		a.rec.reps = slices.Clone(p.reps)
 	}
@@ -1315,7 +1336,7 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 				dm := &d.ms[ms.coll*G+e.x]
 				if u := pos + k; u < pl.len(pl.pid[i]) {
 					item.dg, item.dop = ms.coll*G+e.x, dm.sh.Match(int(dm.prank), pl.at(pl.pid[i], u))
-					if dm.sh.Alg != allreduce.AlgSparseGather && d.aggBursts() != nil {
+					if dm.sh.Alg != allreduce.AlgSparseGather {
 						item.walk, item.pid, item.from, item.to = true, pl.pid[i], pos+1, pos+k+1
 					} else {
 						item.lat += d.hops(dm, pl, pl.pid[i], pos+1, pos+k+1, k)
@@ -1515,11 +1536,10 @@ func (d *driver) aggSendOn(m *aggMsg, c int32) {
 func (d *driver) aggRootFeeds(g int32, ms *machine, pl *pipeline, i int32) {
 	k := d.agg.chain[ms.slot] - 1
 	pid := pl.pid[i]
-	bs := d.aggBursts()
 	for q := int32(0); q < min(k, pl.len(pid)); q++ {
 		j := ms.sh.Match(int(ms.prank), pl.at(pid, q))
 		var t float64
-		if bs != nil && ms.sh.Alg != allreduce.AlgSparseGather {
+		if ms.sh.Alg != allreduce.AlgSparseGather {
 			t = d.walkFeed(ms, pl, pid, 0, q+1, d.now)
 		} else {
 			t = d.now + d.hops(ms, pl, pid, 0, q+1, q+1)
