@@ -423,7 +423,7 @@ func (d *driver) sgFirstPass(ctx context.Context) error {
 			other = true
 		}
 	}
-	if !sg || !other || p.closed || p.n > maxBurstRanks {
+	if !sg || !other || p.closed || p.n > maxWalkRanks {
 		return nil
 	}
 	keep := make([]bool, len(d.colls))
@@ -475,11 +475,19 @@ func (d *driver) sgFirstPass(ctx context.Context) error {
 	return nil
 }
 
-// maxBurstRanks is the largest world for which sgFirstPass and aggBursts
-// model the members' decode bursts: walkFeed and memberWait cost a group's
-// members per delivery, O(N²) per ring, so larger runs keep the chain
-// model without them.
-const maxBurstRanks = 1024
+// maxWalkRanks is the largest world for which chain feeds are walked
+// member by member (walkFeed) and sgFirstPass and aggBursts model the
+// members' decode bursts: a walk costs a chain's members (with bursts, a
+// group's) per feed, O(N²) per ring, so larger runs time a feed by hops,
+// without queueing at the members.
+const maxWalkRanks = 1024
+
+// walks reports whether feeds into ms's representative are walked
+// (walkFeed): up to maxWalkRanks, except for a sparse gather (it forwards
+// without compute).
+func (d *driver) walks(ms *machine) bool {
+	return d.agg.n <= maxWalkRanks && ms.sh.Alg != allreduce.AlgSparseGather
+}
 
 // aggBursts builds, once per run, the decode bursts of every rank (by
 // rank: nil when the run has none, see sgFirstPass). A sparse gather's
@@ -1336,7 +1344,7 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 				dm := &d.ms[ms.coll*G+e.x]
 				if u := pos + k; u < pl.len(pl.pid[i]) {
 					item.dg, item.dop = ms.coll*G+e.x, dm.sh.Match(int(dm.prank), pl.at(pl.pid[i], u))
-					if dm.sh.Alg != allreduce.AlgSparseGather {
+					if d.walks(dm) {
 						item.walk, item.pid, item.from, item.to = true, pl.pid[i], pos+1, pos+k+1
 					} else {
 						item.lat += d.hops(dm, pl, pl.pid[i], pos+1, pos+k+1, k)
@@ -1539,7 +1547,7 @@ func (d *driver) aggRootFeeds(g int32, ms *machine, pl *pipeline, i int32) {
 	for q := int32(0); q < min(k, pl.len(pid)); q++ {
 		j := ms.sh.Match(int(ms.prank), pl.at(pid, q))
 		var t float64
-		if ms.sh.Alg != allreduce.AlgSparseGather {
+		if d.walks(ms) {
 			t = d.walkFeed(ms, pl, pid, 0, q+1, d.now)
 		} else {
 			t = d.now + d.hops(ms, pl, pid, 0, q+1, q+1)
