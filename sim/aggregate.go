@@ -42,7 +42,12 @@ import (
 // message that enters a chain reaches its last rank one hop per rank
 // later. The representative is a chain's last rank, and its receives from
 // the chain are fed by the message entering the chain, chain−1 hops later
-// (aggLaunch).
+// (aggLaunch). Up to maxWalkRanks ranks a feed is walked member by member
+// (walkFeed): a member's compute for a hop queues behind its compute for
+// the collective's earlier feeds, and, when a sparse gather runs beside
+// the collective, behind the gather's compute on that member, whose
+// rank-ordered decode-adds are at another time on every rank (aggBursts,
+// from a first pass of the gathers alone: sgFirstPass).
 //
 // What the mode assumes: every collective is Shared (allreduce.Shared:
 // every rank's program is rank 0's rotated; a member's op moves the
