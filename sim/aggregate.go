@@ -42,12 +42,12 @@ import (
 // message that enters a chain reaches its last rank one hop per rank
 // later. The representative is a chain's last rank, and its receives from
 // the chain are fed by the message entering the chain, chain−1 hops later
-// (aggLaunch). Up to maxWalkRanks ranks a feed is walked member by member
-// (walkFeed): a member's compute for a hop queues behind its compute for
-// the collective's earlier feeds, and, when a sparse gather runs beside
-// the collective, behind the gather's compute on that member, whose
-// rank-ordered decode-adds are at another time on every rank (aggBursts,
-// from a first pass of the gathers alone: sgFirstPass).
+// (aggLaunch). When a sparse gather runs beside a chained collective (up to
+// maxWalkRanks ranks), the collective's feeds are walked member by member
+// (walkFeed): a member's compute for a hop waits for the gather's compute
+// on that member, whose rank-ordered decode-adds are at another time on
+// every rank (aggBursts, from a first pass of the gathers alone:
+// sgFirstPass).
 //
 // What the mode assumes: every collective is Shared (allreduce.Shared:
 // every rank's program is rank 0's rotated; a member's op moves the
@@ -294,8 +294,7 @@ type aggState struct {
 	rec       *aggRec
 	bursts    [][]burst // rank -> its decode bursts
 	burstsSet bool
-	chainsOf  [][]int32   // group -> the entries of its chains as long as its representative's
-	free      [][]float64 // group -> per chain (of walkFeed's) and position: when the member's engine is free
+	chainsOf  [][]int32 // group -> the entries of its chains as long as its representative's
 }
 
 // aggRec is what the first pass of a run with sparse gathers beside chained
@@ -480,18 +479,17 @@ func (d *driver) sgFirstPass(ctx context.Context) error {
 	return nil
 }
 
-// maxWalkRanks is the largest world for which chain feeds are walked
-// member by member (walkFeed) and sgFirstPass and aggBursts model the
-// members' decode bursts: a walk costs a chain's members (with bursts, a
-// group's) per feed, O(N²) per ring, so larger runs time a feed by hops,
-// without queueing at the members.
+// maxWalkRanks is the largest world for which sgFirstPass and aggBursts
+// model the members' decode bursts and chain feeds are walked member by
+// member (walkFeed): a walk costs a group's chain members per feed, O(N²)
+// per ring, so larger runs time a feed by hops, without the bursts.
 const maxWalkRanks = 1024
 
 // walks reports whether feeds into ms's representative are walked
-// (walkFeed): up to maxWalkRanks, except for a sparse gather (it forwards
-// without compute).
+// (walkFeed): when sparse gathers decode beside it (up to maxWalkRanks),
+// except for a sparse gather itself (it forwards without compute).
 func (d *driver) walks(ms *machine) bool {
-	return d.agg.n <= maxWalkRanks && ms.sh.Alg != allreduce.AlgSparseGather
+	return ms.sh.Alg != allreduce.AlgSparseGather && d.aggBursts() != nil
 }
 
 // aggBursts builds, once per run, the decode bursts of every rank (by
@@ -604,16 +602,18 @@ func burstWait(bs []burst, t float64) float64 {
 	return t
 }
 
-// walkFeed is hops walked member by member: the message of step from−1
-// reaches the chain's sending member at t0; each member that computes
-// before it forwards waits until its engine is free (the work of the
-// group's earlier feeds at that chain position, and, when the members
-// decode a sparse gather, the decode running there, aggBursts), computes,
-// and sends the next step. It returns when step to−1 reaches the chain's
-// last member and that member could start its compute: with bursts, the
-// latest over the group's chains of its representative's length (the
-// group's members finish with the last of them; the representative's own
-// engine is simulated).
+// walkFeed is hops walked member by member when the members of ms's group
+// decode a sparse gather (aggBursts): the message of step from−1 reaches a
+// chain's sending member at t0; each member that computes before it
+// forwards waits for the gather's compute running on its engine, if any
+// (the decode-add running there, or an encode), computes, and sends the
+// next step. It returns when step to−1 reaches the chain's last member and
+// that member could start its compute, on average over the group's chains
+// of its representative's length: the representative's feeds stand for all
+// of them, and a ring's lap passes each once, so that the lap takes their
+// sum. (The latest of them, not the mean, overestimates a lap: +10% at 256
+// ranks on wan-2sites, whose two sites' chains decode at different times.)
+// The representative's own engine is simulated.
 func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 float64) float64 {
 	p := d.agg
 	a := &d.as
@@ -625,42 +625,26 @@ func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 flo
 	cap := min(p.caps[p.up[y]], p.caps[p.down[y]])
 	K := p.chain[y]
 	h := to - from
-	end := t0
-	rep := [1]int32{(p.reps[y] - K + 1 + n) % n}
-	list := rep[:]
-	if bs != nil {
-		list = a.chainsOf[y]
-	}
-	g := ms.coll*int32(len(p.reps)) + y
-	if a.free == nil {
-		a.free = make([][]float64, len(d.ms))
-	}
-	if len(a.free[g]) < len(list)*int(K) {
-		a.free[g] = make([]float64, len(list)*int(K))
-	}
-	free := a.free[g]
-	for i, e := range list {
+	sum := 0.0
+	for _, e := range a.chainsOf[y] {
 		t := t0
 		for x := from; x < to; x++ {
-			m := K - 1 - h + (x - from) // the sender's chain position
 			if x > 0 && pc.jobs[a0+x] > pc.jobs[a0+x-1] {
-				if bs != nil {
-					t = burstWait(bs[(e+m)%n], t)
-				} else {
-					t = max(t, free[i*int(K)+int(m)])
-				}
+				t = burstWait(bs[(e+K-1-h+(x-from))%n], t) // the sender's
 				t += d.work(ms, pc, a0+x-1, a0+x)
-				free[i*int(K)+int(m)] = t
 			}
 			b := pc.bytes[a0+x+1] - pc.bytes[a0+x]
 			t += b/cap + p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
 		}
-		if last := (e + K - 1) % n; bs != nil && last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
+		if last := (e + K - 1) % n; last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
 			t = burstWait(bs[last], t)
 		}
-		end = max(end, t)
+		sum += t
 	}
-	return end
+	if len(a.chainsOf[y]) == 0 {
+		return t0 + d.hops(ms, pl, pid, from, to, h)
+	}
+	return sum / float64(len(a.chainsOf[y]))
 }
 
 // group computes the groups, their representatives and the virtual links.
@@ -1244,7 +1228,7 @@ func (d *driver) aggSetup() {
 	clear(a.bulk)
 	a.bulk, a.bfree = a.bulk[:0], a.bfree[:0]
 	a.exCons = map[[2]int32]map[[2]int32][]int32{}
-	a.bursts, a.burstsSet, a.free = nil, false, nil
+	a.bursts, a.burstsSet = nil, false
 	if a.rec != nil {
 		a.rec.reps = slices.Clone(p.reps)
 	}
