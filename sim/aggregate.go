@@ -210,6 +210,7 @@ type aggItem struct {
 	// end (walkFeed) from step from to step to of pipeline pid, instead of
 	// being in lat.
 	walk          bool
+	mwait         bool // a ring's message into a group without chains (memberWait)
 	pid, from, to int32
 
 	// An exchange's sub-flow (aggExchange) finishes many ops at once: the
@@ -294,6 +295,8 @@ type aggState struct {
 	rec       *aggRec
 	bursts    [][]burst // rank -> its decode bursts
 	burstsSet bool
+	members   [][]int32 // group -> its ranks
+	prog      []int32   // group -> the rank whose sparse gather its representative runs, -1 if none
 	chainsOf  [][]int32 // group -> the entries of its chains as long as its representative's
 }
 
@@ -515,8 +518,14 @@ func (d *driver) aggBursts() [][]burst {
 	G := int32(len(p.reps))
 	a.bursts = make([][]burst, n)
 	a.chainsOf = make([][]int32, G)
+	a.members = make([][]int32, G)
+	a.prog = make([]int32, G)
+	for y := range G {
+		a.prog[y] = -1
+	}
 	for r := range n {
 		y := p.cls[r]
+		a.members[y] = append(a.members[y], r)
 		if e := p.entry[r]; e == r && p.clen[e] == p.chain[y] && p.chain[y] > 1 {
 			a.chainsOf[y] = append(a.chainsOf[y], e)
 		}
@@ -525,6 +534,9 @@ func (d *driver) aggBursts() [][]burst {
 		sh := d.colls[c].Shared
 		if sh.Alg != allreduce.AlgSparseGather {
 			continue
+		}
+		for y := range G {
+			a.prog[y] = int32(p.progRank(sh, y))
 		}
 		var recvs []int32
 		dec := int32(-1)
@@ -579,6 +591,26 @@ func (d *driver) aggBursts() [][]burst {
 		slices.SortFunc(a.bursts[r], func(u, v burst) int { return cmpFloat(u.s, v.s) })
 	}
 	return a.bursts
+}
+
+// memberWait is when a ring's message delivered at t to group y, whose
+// members have no chains, is taken to arrive: its members wait for the
+// decode (or other gather job) running on their engines, each at its own
+// time; the representative's engine is simulated and runs the gather of
+// one member (prog), so the delivery is delayed by how much the members'
+// mean wait exceeds that member's (a lap passes each member once).
+func (d *driver) memberWait(y int32, t float64) float64 {
+	a := &d.as
+	bs := d.aggBursts()
+	ms := a.members[y]
+	if len(ms) < 2 || a.prog[y] < 0 {
+		return t
+	}
+	sum := 0.0
+	for _, r := range ms {
+		sum += burstWait(bs[r], t) - t
+	}
+	return t + max(0, sum/float64(len(ms))-(burstWait(bs[a.prog[y]], t)-t))
 }
 
 func cmpFloat(a, b float64) int {
@@ -1348,6 +1380,11 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 			if src := (q - x + n) % n; p.cls[src] == y && p.routeOf(src, q) == e.route {
 				item.dg, item.dop = ms.coll*G+e.x, dop
 				d.ranks[e.x].recvd += size
+				if pos >= 0 && d.walks(ms) {
+					pc := d.pipeCostOf(ms, pl)
+					a0 := pl.start[pl.pid[i]]
+					item.mwait = pos+1 < pl.len(pl.pid[i]) && pc.jobs[a0+pos+1] > pc.jobs[a0+pos]
+				}
 			}
 		}
 		var sm aggMsg
@@ -1862,6 +1899,8 @@ func (d *driver) aggFlowEnd(id int32) error {
 			if item.walk {
 				dm := &d.ms[item.dg]
 				t = d.walkFeed(dm, d.pipelineOf(dm), item.pid, item.from, item.to, t)
+			} else if item.mwait {
+				t = d.memberWait(d.ms[item.dg].slot, t)
 			}
 			if a.rec != nil {
 				a.rec.add(d.ms[item.dg].coll, d.ms[item.dg].slot, item.dop, d.ms[item.dg].sh.Len(), t)
