@@ -1412,6 +1412,9 @@ func (d *driver) startCompute(rs *rankState, q *qent) {
 	if t < 0 {
 		t = d.jobCost(ms, q)
 	}
+	if d.as.rec != nil && d.agg != nil {
+		d.recJob(ms, q, t) // aggregate.go: the first pass of sgFirstPass
+	}
 	cat := CatCompress
 	if q.job == jobOp {
 		if q.op < 0 {
