@@ -530,6 +530,7 @@ func (l *link) finishBulk(m *bulkMsg) bool {
 	}
 	failed := l.err != nil
 	l.mu.Unlock()
+	l.placed.Add(1)
 	l.recvMsgs.Add(1)
 	l.recvPayload.Add(int64(total))
 	l.recvWire.Add(wire)

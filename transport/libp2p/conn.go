@@ -142,6 +142,9 @@ type link struct {
 	// CRC-32C, sending and receiving (one atomic add per frame): zero
 	// for data on an AEAD-secured link.
 	crcBytes atomic.Int64
+	// placed counts the messages applied to a RecvPlaced caller's memory
+	// as they arrived on the bulk path.
+	placed atomic.Int64
 }
 
 // aead reports whether the links' streams are AEAD-secured: the host's

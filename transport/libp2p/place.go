@@ -182,3 +182,17 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 		return &transport.PeerError{Rank: peer, Op: "recv", Err: err}
 	}
 }
+
+// PlacedMessages returns how many messages, from every peer, RecvPlaced
+// has applied to its caller's memory as their bytes arrived on the bulk
+// path (the others went through a buffer, as with Recv). Safe for
+// concurrent use.
+func (c *Conn) PlacedMessages() int64 {
+	var n int64
+	for _, l := range c.links {
+		if l != nil {
+			n += l.placed.Load()
+		}
+	}
+	return n
+}
