@@ -687,11 +687,11 @@ func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
 	seq := l.bulkSeq
 	l.bulkSeq++
 	secure := l.c.aead()
-	var f [transport.FrameHeaderLen + 16]byte
+	f := l.bhdr[:]
 	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen:], seq)
 	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen+8:], uint64(len(b)))
-	transport.PutFrameHeader(f[:], flagBulk, tag, f[transport.FrameHeaderLen:])
-	if _, err := s.Write(f[:]); err != nil {
+	transport.PutFrameHeader(f, flagBulk, tag, f[transport.FrameHeaderLen:])
+	if _, err := s.Write(f); err != nil {
 		return err
 	}
 	k := len(l.bulkW)

@@ -76,8 +76,9 @@ type link struct {
 	// Outgoing stream: our frames to the peer; its credits come back on it.
 	wsem chan struct{} // write lock; held by one writer at a time
 	hdr  [transport.FrameHeaderLen]byte
-	wbuf []byte         // frame being written: a small message, or a piece (≤ 1 MiB + 56 bytes)
-	out  network.Stream // set once during Connect
+	bhdr [transport.FrameHeaderLen + 16]byte // a flagBulk frame (sendBulk)
+	wbuf []byte                              // frame being written: a small message, or a piece (≤ 1 MiB + 56 bytes)
+	out  network.Stream                      // set once during Connect
 	// aeadOut: out runs over a Noise or TLS connection (Conn.aead), whose
 	// AEAD authenticates every byte, so data payloads go without a CRC-32C
 	// (set with out).
@@ -1104,6 +1105,7 @@ func (l *link) readLoop(s network.Stream) {
 	// calls through them allocate nothing per frame.
 	var r io.Reader = &liveReader{s: s, last: &l.lastRead}
 	var hb [transport.FrameHeaderLen]byte
+	var bb [16]byte  // a flagBulk frame's payload
 	aead := c.aead() // data payloads carry no CRC-32C (see payloadSum)
 	for {
 		if _, err := io.ReadFull(r, hb[:]); err != nil {
@@ -1136,7 +1138,6 @@ func (l *link) readLoop(s network.Stream) {
 			continue
 		case flagData:
 		case flagBulk:
-			var bb [16]byte
 			if h.Len != 16 {
 				l.fail(fmt.Errorf("%w: bulk frame with %d bytes", transport.ErrBadFrame, h.Len))
 				return
