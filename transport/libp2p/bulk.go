@@ -76,7 +76,9 @@ type bulkMsg struct {
 	got   int
 	buf   []byte
 	pr    *posted
-	done  chan struct{} // gets a token when got == total (cap 1)
+	// readers counts the bulk readers reading a piece straight into buf.
+	readers int
+	done    chan struct{} // gets a token when got == total (cap 1)
 }
 
 // bulkConn is the TCP connection under a secured bulk connection. Its
@@ -353,7 +355,8 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 			return
 		}
 		var pr *posted
-		if m == nil {
+		direct := m != nil
+		if !direct {
 			if m, pr, err = l.awaitBulk(h.Tag, total, int(off), n); err != nil {
 				l.failInbound(err)
 				return
@@ -368,6 +371,9 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 			}
 		}
 		l.mu.Lock()
+		if direct {
+			m.readers--
+		}
 		if pr != nil {
 			pr.applying--
 			if pr.applying == 0 && pr.state == placeAbandoned {
@@ -406,12 +412,14 @@ func (l *link) findBulk(seq uint64) *bulkMsg {
 }
 
 // announcedBuffer returns message seq if it is announced, goes to a
-// pooled buffer and is total bytes long (a piece may then be read straight
-// into it), else nil.
+// pooled buffer and is total bytes long, else nil. The caller may then
+// read a piece straight into its buffer: it counts as one of its readers
+// until it adds the piece to got.
 func (l *link) announcedBuffer(seq, total uint64) *bulkMsg {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if m := l.findBulk(seq); m != nil && m.pr == nil && uint64(m.total) == total {
+		m.readers++
 		return m
 	}
 	return nil

@@ -71,6 +71,34 @@ func (l *link) placeFor(tag uint64, total int) *posted {
 	return nil
 }
 
+// bindLate binds pr, about to be posted, to a bulk message on its tag
+// that was announced before it but has none of its bytes yet (they come
+// just after the announcement): the first such message, if no message of
+// the tag is queued, no Recv or other posted receive waits on the tag,
+// and it is pr's size. Its buffer goes back to the pool. l.mu is held.
+func (l *link) bindLate(pr *posted) {
+	if q := l.queues[pr.tag]; q != nil && (q.head < len(q.msgs) || q.waiting.Len() > 0) {
+		return
+	}
+	for _, x := range l.posted {
+		if x.tag == pr.tag && x.state == placeWaiting {
+			return
+		}
+	}
+	var m *bulkMsg
+	for _, x := range l.pend {
+		if x.tag == pr.tag && x.pr == nil && (m == nil || x.seq < m.seq) {
+			m = x
+		}
+	}
+	if m == nil || m.got != 0 || m.readers != 0 || m.total != len(pr.pl.Dst) {
+		return
+	}
+	bufs.Put(m.buf)
+	m.buf = nil
+	pr.state, pr.m, m.pr = placeBound, m, pr
+}
+
 // unpost removes pr from the link's posted receives and, if reuse, keeps
 // it for reuse. l.mu is held.
 func (l *link) unpost(pr *posted, reuse bool) {
@@ -127,6 +155,7 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 		pr = &posted{ch: make(chan struct{}, 1)}
 	}
 	pr.tag, pr.pl, pr.state, pr.applying = tag, pl, placeWaiting, 0
+	l.bindLate(pr)
 	l.posted = append(l.posted, pr)
 	l.mu.Unlock()
 	for {

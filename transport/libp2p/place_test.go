@@ -296,14 +296,13 @@ func TestRecvPlacedCancel(t *testing.T) {
 	})
 }
 
-// waitPosted waits until l's first posted receive is in state st (bound:
-// with some of its message applied).
+// waitPosted waits until l's first posted receive is in state st.
 func waitPosted(t *testing.T, l *link, st uint8) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		l.mu.Lock()
-		ok := len(l.posted) > 0 && l.posted[0].state == st && (st != placeBound || l.posted[0].m.got > 0)
+		ok := len(l.posted) > 0 && l.posted[0].state == st
 		l.mu.Unlock()
 		if ok {
 			return
@@ -368,4 +367,62 @@ func TestPlacedSteadyState(t *testing.T) {
 
 func unsafeBytes(f []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f))
+}
+
+// TestRecvPlacedAfterAnnouncement: a receive posted after its bulk message
+// was announced, but before any of its bytes arrived, still gets it placed
+// as it arrives; one posted after bytes went into a buffer gets it
+// through the buffer, with the same result.
+func TestRecvPlacedAfterAnnouncement(t *testing.T) {
+	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure())
+	bulk := fakeBulk(t, c, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const total = 2 * pieceMax
+	rng := rand.New(rand.NewPCG(6, 6))
+	l := c.links[1]
+	for seq, early := range []bool{false, true} {
+		msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+		pl := transport.Placement{Dst: aligned(dst0), Add: true}
+		if _, err := s.Write(bulkAnnounce(7, uint64(seq), total)); err != nil {
+			t.Fatal(err)
+		}
+		if early { // a piece arrives before the receive is posted
+			if _, err := bulk.Write(bulkPieceFrame(uint64(seq), 0, total, msg[:pieceMax])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for { // wait for the announcement (and the piece) to be read
+			l.mu.Lock()
+			m := l.findBulk(uint64(seq))
+			ok := m != nil && (!early || m.got > 0)
+			l.mu.Unlock()
+			if ok {
+				break
+			}
+			runtime.Gosched()
+		}
+		before := c.PlacedMessages()
+		errc := make(chan error, 1)
+		go func() { errc <- c.RecvPlaced(ctx, 1, 7, pl) }()
+		waitPosted(t, l, map[bool]uint8{false: placeBound, true: placeWaiting}[early])
+		from := 0
+		if early {
+			from = pieceMax
+		}
+		for off := from; off < total; off += pieceMax {
+			if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+pieceMax])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if string(pl.Dst) != string(addBytes(dst0, msg, false, 0)) {
+			t.Fatalf("early=%v: wrong sum", early)
+		}
+		if got, want := c.PlacedMessages()-before, map[bool]int64{false: 1, true: 0}[early]; got != want {
+			t.Errorf("early=%v: %d messages placed, want %d", early, got, want)
+		}
+	}
 }
