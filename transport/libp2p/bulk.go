@@ -76,7 +76,7 @@ type bulkMsg struct {
 	got   int
 	buf   []byte
 	pr    *posted
-	// readers counts the bulk readers reading a piece straight into buf.
+	// readers counts the bulk readers writing a piece into buf now.
 	readers int
 	done    chan struct{} // gets a token when got == total (cap 1)
 }
@@ -355,8 +355,7 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 			return
 		}
 		var pr *posted
-		direct := m != nil
-		if !direct {
+		if m == nil {
 			if m, pr, err = l.awaitBulk(h.Tag, total, int(off), n); err != nil {
 				l.failInbound(err)
 				return
@@ -371,7 +370,7 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 			}
 		}
 		l.mu.Lock()
-		if direct {
+		if pr == nil {
 			m.readers--
 		}
 		if pr != nil {
@@ -426,9 +425,10 @@ func (l *link) announcedBuffer(seq, total uint64) *bulkMsg {
 }
 
 // awaitBulk waits until message seq is announced and returns it, with the
-// receive posted for it if it is placed (whose writers count then includes
-// the caller, who must decrement it under l.mu once the piece [off, +n) is
-// applied). It returns a nil message when the link failed, the placement
+// receive posted for it if it is placed. The caller then counts as one of
+// the posted receive's writers (applying) or, for a message to a buffer,
+// one of its readers, until it has applied the piece [off, +n) and
+// decrements that count under l.mu. It returns a nil message when the link failed, the placement
 // was abandoned or the Conn is closing, and an error for a piece that does
 // not fit its message.
 func (l *link) awaitBulk(seq, total uint64, off, n int) (*bulkMsg, *posted, error) {
@@ -444,6 +444,7 @@ func (l *link) awaitBulk(seq, total uint64, off, n int) (*bulkMsg, *posted, erro
 			}
 			pr := m.pr
 			if pr == nil {
+				m.readers++ // until the piece is copied in (bindLate waits for none)
 				return m, nil, nil
 			}
 			if pr.state != placeBound {
