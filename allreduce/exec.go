@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"unsafe"
+
+	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
 // ElementCodec encodes float32 elements on the hops of dense reductions
@@ -151,49 +153,25 @@ func decodeF32(dst []float32, b []byte) {
 	}
 }
 
-// addF32 adds little-endian b to dst (len(b) == 4·len(dst)).
-func addF32(dst []float32, b []byte) {
-	if v := f32View(b); v != nil {
-		addTo(dst, v)
-		return
-	}
-	for i := range dst {
-		dst[i] += math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-	}
-}
+// addF32 adds little-endian b to dst (len(b) == 4·len(dst)), element by
+// element (vectorized where the CPU allows: the same bits).
+func addF32(dst []float32, b []byte) { kernels.DecodeAddFloat32(dst, b) }
 
 // addTo sets dst += src (equal lengths).
-func addTo(dst, src []float32) {
-	src = src[:len(dst)]
-	i := 0
-	for ; i+4 <= len(dst); i += 4 {
-		d := dst[i : i+4 : i+4]
-		s := src[i : i+4 : i+4]
-		d[0] += s[0]
-		d[1] += s[1]
-		d[2] += s[2]
-		d[3] += s[3]
-	}
-	for ; i < len(dst); i++ {
-		dst[i] += src[i]
-	}
-}
+func addTo(dst, src []float32) { kernels.Add(dst, src[:len(dst)]) }
+
+// scaleChunk is the elements addScaleF32 adds before it scales them,
+// while they are in cache.
+const scaleChunk = 16 << 10
 
 // addScaleF32 sets dst = (dst + b)·s for little-endian b (len(b) ==
 // 4·len(dst)), rounding after the addition as addF32 followed by a scale
-// would.
+// would (it is that, a cache-sized chunk at a time).
 func addScaleF32(dst []float32, b []byte, s float32) {
-	v := f32View(b)
-	if v == nil {
-		addF32(dst, b)
-		for i := range dst {
-			dst[i] *= s
-		}
-		return
-	}
-	v = v[:len(dst)]
-	for i := range dst {
-		dst[i] = float32(dst[i]+v[i]) * s
+	for lo := 0; lo < len(dst); lo += scaleChunk {
+		hi := min(lo+scaleChunk, len(dst))
+		kernels.DecodeAddFloat32(dst[lo:hi], b[4*lo:4*hi])
+		kernels.Scale(dst[lo:hi], s)
 	}
 }
 

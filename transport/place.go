@@ -2,11 +2,11 @@ package transport
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"unsafe"
+
+	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
 // Placement says what a receiver does with the bytes of a message it posts
@@ -68,7 +68,10 @@ func CheckPlacement(pl Placement) error {
 
 // ApplyPlacement applies message b to pl.Dst[off:off+len(b)] as
 // Placement says. For Add, off and len(b) must be multiples of 4. It is
-// what a Placer does as the message arrives, piece by piece.
+// what a Placer does as the message arrives, piece by piece. The float32
+// arithmetic is element by element (vectorized where the CPU allows, with
+// the same rounding), so any split of a message into pieces gives the same
+// bits.
 func ApplyPlacement(pl *Placement, off int, b []byte) {
 	dst := pl.Dst[off : off+len(b)]
 	if !pl.Add {
@@ -76,54 +79,11 @@ func ApplyPlacement(pl *Placement, off int, b []byte) {
 		return
 	}
 	d := unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(dst))), len(dst)/4)
-	if !littleEndian || len(b) == 0 || uintptr(unsafe.Pointer(&b[0]))%4 != 0 {
-		for i := range d {
-			v := math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-			if pl.Scaled {
-				d[i] = float32(d[i]+v) * pl.Scale
-			} else {
-				d[i] += v
-			}
-		}
-		return
-	}
-	s := unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), len(b)/4)
+	kernels.DecodeAddFloat32(d, b)
 	if pl.Scaled {
-		addScale(d, s, pl.Scale)
-	} else {
-		add(d, s)
+		kernels.Scale(d, pl.Scale)
 	}
 }
-
-// add sets d += s (equal lengths).
-func add(d, s []float32) {
-	s = s[:len(d)]
-	i := 0
-	for ; i+4 <= len(d); i += 4 {
-		dd := d[i : i+4 : i+4]
-		ss := s[i : i+4 : i+4]
-		dd[0] += ss[0]
-		dd[1] += ss[1]
-		dd[2] += ss[2]
-		dd[3] += ss[3]
-	}
-	for ; i < len(d); i++ {
-		d[i] += s[i]
-	}
-}
-
-// addScale sets d = (d + s)·k, rounding after each operation.
-func addScale(d, s []float32, k float32) {
-	s = s[:len(d)]
-	for i := range d {
-		d[i] = float32(d[i]+s[i]) * k
-	}
-}
-
-var littleEndian = func() bool {
-	x := uint16(1)
-	return *(*byte)(unsafe.Pointer(&x)) == 1
-}()
 
 // RecvPlaced receives the next message from peer with tag into pl: through
 // c's Placer if it implements one, else with Recv, ApplyPlacement and
