@@ -395,6 +395,14 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 	}
 }
 
+// bulkPiece is the size of the pieces a bulk writer sends (a reader takes
+// any up to pieceMax): a quarter of pieceMax, so that a piece being
+// checksummed and written, and one being read, checked and applied, stay
+// in a core's L2 cache together (BenchmarkReduceIn: 15-20 % less wall
+// time and up to 8 % less CPU per placed 16 MiB message than with 1 MiB
+// pieces, at four times the writev calls).
+const bulkPiece = 256 << 10
+
 // bulkCRCChunk is how much of a piece an insecure bulk connection reads
 // before checksumming it: half the L2 cache of common x86 cores, and an
 // eighth of the system calls of crcChunk.
@@ -634,14 +642,14 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 }
 
 // writePart writes part (at offset base of a total-byte message with
-// sequence number seq) as pieces of at most pieceMax bytes, each header
+// sequence number seq) as pieces of at most bulkPiece bytes, each header
 // and payload in one system call on an insecure link, and flushes the
 // connection's buffer on a secured one.
 func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total int) error {
 	const h = transport.FrameHeaderLen
 	hdr := w.hdr[:]
 	for off := 0; off < len(part); {
-		n := min(pieceMax, len(part)-off)
+		n := min(bulkPiece, len(part)-off)
 		pre := hdr[h : h+bulkPrefix]
 		binary.LittleEndian.PutUint64(pre, uint64(base+off))
 		binary.LittleEndian.PutUint64(pre[8:], uint64(total))
@@ -741,15 +749,15 @@ func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
 
 // bulkPart is the size of each connection's part of an n-byte message
 // over k connections: a whole number of pieces, so that the message is
-// ceil(n/pieceMax) pieces however it is split.
+// ceil(n/bulkPiece) pieces however it is split.
 func bulkPart(n, k int) int {
-	pieces := (n + pieceMax - 1) / pieceMax
-	return (pieces + k - 1) / k * pieceMax
+	pieces := (n + bulkPiece - 1) / bulkPiece
+	return (pieces + k - 1) / k * bulkPiece
 }
 
 // bulkWire is what a bulk message of n bytes takes on the wire: the
 // flagBulk frame, and per piece a header and prefix.
 func bulkWire(n int) int64 {
-	pieces := (n + pieceMax - 1) / pieceMax
+	pieces := (n + bulkPiece - 1) / bulkPiece
 	return int64(n) + transport.FrameHeaderLen + 16 + int64(pieces)*(transport.FrameHeaderLen+bulkPrefix)
 }
