@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"unsafe"
+
+	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
 // ElementCodec encodes float32 elements on the hops of dense reductions
@@ -151,49 +153,25 @@ func decodeF32(dst []float32, b []byte) {
 	}
 }
 
-// addF32 adds little-endian b to dst (len(b) == 4·len(dst)).
-func addF32(dst []float32, b []byte) {
-	if v := f32View(b); v != nil {
-		addTo(dst, v)
-		return
-	}
-	for i := range dst {
-		dst[i] += math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-	}
-}
+// addF32 adds little-endian b to dst (len(b) == 4·len(dst)), element by
+// element (vectorized where the CPU allows: the same bits).
+func addF32(dst []float32, b []byte) { kernels.DecodeAddFloat32(dst, b) }
 
 // addTo sets dst += src (equal lengths).
-func addTo(dst, src []float32) {
-	src = src[:len(dst)]
-	i := 0
-	for ; i+4 <= len(dst); i += 4 {
-		d := dst[i : i+4 : i+4]
-		s := src[i : i+4 : i+4]
-		d[0] += s[0]
-		d[1] += s[1]
-		d[2] += s[2]
-		d[3] += s[3]
-	}
-	for ; i < len(dst); i++ {
-		dst[i] += src[i]
-	}
-}
+func addTo(dst, src []float32) { kernels.Add(dst, src[:len(dst)]) }
+
+// scaleChunk is the elements addScaleF32 adds before it scales them,
+// while they are in cache.
+const scaleChunk = 16 << 10
 
 // addScaleF32 sets dst = (dst + b)·s for little-endian b (len(b) ==
 // 4·len(dst)), rounding after the addition as addF32 followed by a scale
-// would.
+// would (it is that, a cache-sized chunk at a time).
 func addScaleF32(dst []float32, b []byte, s float32) {
-	v := f32View(b)
-	if v == nil {
-		addF32(dst, b)
-		for i := range dst {
-			dst[i] *= s
-		}
-		return
-	}
-	v = v[:len(dst)]
-	for i := range dst {
-		dst[i] = float32(dst[i]+v[i]) * s
+	for lo := 0; lo < len(dst); lo += scaleChunk {
+		hi := min(lo+scaleChunk, len(dst))
+		kernels.DecodeAddFloat32(dst[lo:hi], b[4*lo:4*hi])
+		kernels.Scale(dst[lo:hi], s)
 	}
 }
 
@@ -314,8 +292,12 @@ type Exec struct {
 	// sole dependent is an FnScale of the same region, that op's index+1;
 	// the reduce then scales as it adds (one pass instead of two, the same
 	// bits) and the FnScale, marked fused[j] = -1, does nothing.
-	fuse    []int32
-	ndep    []uint8  // scratch of fuseScales
+	fuse []int32
+	ndep []uint8 // scratch of fuseScales
+	// placed, per op index: an FnReduce from BufStage whose message the
+	// driver already added into its region as it arrived (Placed); the
+	// reduce then does nothing.
+	placed  []bool
 	scratch [][]byte // per op index: encoded Send payloads (non-raw codecs)
 	slots   [][]byte // BufPayload slots
 	own     []byte   // backing of slots written by this executor
@@ -358,6 +340,8 @@ func (e *Exec) Reset(p *Program, data []float32) error {
 	e.stage = grow(e.stage, n)
 	clear(e.stage)
 	e.fuse = grow(e.fuse, n)
+	e.placed = grow(e.placed, n)
+	clear(e.placed)
 	if e.raw {
 		e.ndep = grow(e.ndep, n)
 		fuseScales(e.fuse, e.ndep, p.Ops)
@@ -585,6 +569,10 @@ func (e *Exec) Run(op *Op) error {
 			addTo(dst, src)
 			return nil
 		}
+		if k := e.mustIndex(op); e.placed[k] {
+			e.placed[k] = false
+			return nil // added as it arrived (Placed)
+		}
 		i := op.Deps[0]
 		if i < 0 || int(i) >= len(e.stage) || e.stage[i] == nil {
 			return fmt.Errorf("%w: %v: no staged message from op %d", ErrExec, op, i)
@@ -699,5 +687,94 @@ func (e *Exec) runLowRank(op *Op) error {
 	default:
 		return fmt.Errorf("%w: %v in %s", ErrExec, op, e.prog.Name)
 	}
+	return nil
+}
+
+// Placement says where a driver may write the message of a Recv op as its
+// bytes arrive (Placing): copied into Dst, or added to the float32 in Dst
+// (then, if Scaled, multiplied by Scale, rounding after the addition as a
+// separate scaling would).
+type Placement struct {
+	Dst    []byte // host-order float32 memory of the executor
+	Add    bool
+	Scaled bool
+	Scale  float32
+}
+
+// Placing is implemented by an Executor whose Recv messages a driver may
+// apply where they belong as they arrive, instead of handing the whole
+// message to Deliver and then running the FnReduce that consumes it: one
+// pass over memory instead of two or three. Exec implements it for F32 on
+// a little-endian host.
+type Placing interface {
+	// Place returns where the message of Recv op recv may go as it
+	// arrives. For a Recv into a float32 buffer, reduce is nil and the
+	// message is copied into its region. For a Recv into BufStage, reduce
+	// is the FnReduce that consumes it (Deps[0] is recv): the message is
+	// added into reduce's region (and scaled, when the reduce is fused with
+	// an FnScale). ok is false when the message must go through Deliver
+	// (another codec, a payload, a size not planned exactly).
+	//
+	// The driver may use the placement only when the region's other
+	// writers are done: every dependency of reduce other than recv has
+	// finished (the Recv's own are, as it is ready). The Dst slice belongs
+	// to the driver until it reports recv done.
+	Place(recv, reduce *Op) (pl Placement, ok bool)
+	// Placed records that the message of recv was applied as Place said,
+	// instead of Deliver: reduce (if not nil) then does nothing when run.
+	Placed(recv, reduce *Op) error
+}
+
+var _ Placing = (*Exec)(nil)
+
+// Place implements Placing.
+func (e *Exec) Place(recv, reduce *Op) (Placement, bool) {
+	if !e.raw || recv.Kind != Recv {
+		return Placement{}, false
+	}
+	ri, err := e.index(recv)
+	if err != nil {
+		return Placement{}, false
+	}
+	var pl Placement
+	var x []float32
+	switch {
+	case reduce == nil && (recv.Dst == BufData || recv.Dst == BufAux):
+		x, err = e.floats(recv.Dst, recv)
+	case reduce != nil && recv.Dst == BufStage:
+		k, err := e.index(reduce)
+		if err != nil || reduce.Kind != Compute || reduce.Fn != FnReduce || reduce.Src != BufStage || int(reduce.Deps[0]) != ri {
+			return Placement{}, false
+		}
+		if x, err = e.floats(reduce.Dst, reduce); err != nil {
+			return Placement{}, false
+		}
+		pl.Add = true
+		if j := e.fuse[k]; j > 0 {
+			pl.Scaled, pl.Scale = true, e.prog.Ops[j-1].Scale
+		}
+	default:
+		return Placement{}, false
+	}
+	if err != nil || len(x) == 0 || recv.Bytes != 4*int64(len(x)) {
+		return Placement{}, false
+	}
+	pl.Dst = byteView(x)
+	return pl, true
+}
+
+// Placed implements Placing.
+func (e *Exec) Placed(recv, reduce *Op) error {
+	if _, err := e.index(recv); err != nil {
+		return err
+	}
+	if reduce == nil {
+		return nil
+	}
+	k, err := e.index(reduce)
+	if err != nil {
+		return err
+	}
+	e.placed[k] = true
 	return nil
 }

@@ -48,6 +48,7 @@ type evKind uint8
 const (
 	evSend evKind = iota
 	evRecv
+	evPlaced // a Recv whose message was applied where it belongs (Placing)
 )
 
 type event struct {
@@ -118,6 +119,12 @@ type driver struct {
 	// the driver's next run (the executor holds it until its reset).
 	kept     [][]byte
 	keptConn transport.Conn
+
+	// Placement (allreduce.Placing over a transport.Placer): per op, the
+	// FnReduce that consumes a Recv's staged message (-1: none), and
+	// which ops are done.
+	consumer []int32
+	fin      []bool
 }
 
 // close releases the driver's own goroutines (if it has any). Messages the
@@ -210,6 +217,14 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 	d.ioStart = grow(d.ioStart, len(p.Ops))
 	d.ioDone = grow(d.ioDone, len(p.Ops))
 	pl := d.pl()
+	px, placing := x.(allreduce.Placing)
+	if placing {
+		_, placing = conn.(transport.Placer)
+	}
+	if placing {
+		d.consumers(p)
+	}
+	d.fin = grow(d.fin, len(p.Ops))
 	d.rctx.reset(ctx)
 	rctx := &d.rctx
 	inflight := 0
@@ -226,7 +241,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 		st.Wall = time.Since(start)
 	}()
 
-	startIO := func(kind taskKind, i int32, b []byte) {
+	startIO := func(kind taskKind, i int32, b []byte, place transport.Placement) {
 		op := &p.Ops[i]
 		peer := int(op.Peer)
 		inflight++
@@ -240,7 +255,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 			st.SentBytes += int64(len(b))
 			st.SentTo[peer] += int64(len(b))
 		}
-		pl.do(task{kind: kind, op: i, peer: peer, tag: Tag(id, op.Msg), b: b, conn: conn, ctx: rctx, out: events})
+		pl.do(task{kind: kind, op: i, peer: peer, tag: Tag(id, op.Msg), b: b, conn: conn, ctx: rctx, out: events, pl: place})
 	}
 
 	for !d.m.Finished() {
@@ -260,7 +275,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 					return st, fmt.Errorf("worker: %s op %d (%v): %w", p.Name, i, op, err)
 				}
 				if d.active[op.Peer] < perPeer {
-					startIO(taskSend, i, b)
+					startIO(taskSend, i, b, transport.Placement{})
 				} else {
 					payloads[i] = b
 					d.queues[op.Peer] = append(d.queues[op.Peer], i)
@@ -269,7 +284,13 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 				if op.Peer < 0 || int(op.Peer) >= n || int(op.Peer) == p.Rank {
 					return st, fmt.Errorf("worker: %s op %d: bad peer %d", p.Name, i, op.Peer)
 				}
-				startIO(taskRecv, i, nil)
+				if placing {
+					if place, ok := d.place(p, px, i); ok {
+						startIO(taskPlace, i, nil, place)
+						continue
+					}
+				}
+				startIO(taskRecv, i, nil, transport.Placement{})
 			case allreduce.Compute:
 				t0 := time.Now()
 				err := x.Run(op)
@@ -287,6 +308,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 				if err := d.m.Done(i); err != nil {
 					return st, err
 				}
+				d.fin[i] = true
 				progressed = true
 			default:
 				return st, fmt.Errorf("worker: %s op %d: unknown kind %v", p.Name, i, op.Kind)
@@ -325,6 +347,9 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 			})
 		}
 		op := &p.Ops[ev.op]
+		if ev.err != nil && ev.kind == evPlaced && errors.Is(ev.err, transport.ErrPlacement) {
+			return st, fmt.Errorf("worker: %s collective %d op %d (%v): %w: %w", p.Name, id, ev.op, op, allreduce.ErrMessage, ev.err)
+		}
 		if ev.err != nil {
 			return st, fmt.Errorf("worker: %s collective %d op %d (%v): %w", p.Name, id, ev.op, op, ev.err)
 		}
@@ -337,7 +362,7 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 				d.queues[peer] = q[1:]
 				b := payloads[next]
 				payloads[next] = nil
-				startIO(taskSend, next, b)
+				startIO(taskSend, next, b, transport.Placement{})
 			}
 		case evRecv:
 			st.RecvBytes += int64(len(ev.b))
@@ -353,10 +378,22 @@ func (d *driver) run(ctx context.Context, conn transport.Conn, id uint32, p *all
 			if err != nil {
 				return st, fmt.Errorf("worker: %s op %d (%v) from rank %d: %w", p.Name, ev.op, op, op.Peer, err)
 			}
+		case evPlaced:
+			var reduce *allreduce.Op
+			if j := d.consumer[ev.op]; j >= 0 && op.Dst == allreduce.BufStage {
+				reduce = &p.Ops[j]
+			}
+			if err := px.Placed(op, reduce); err != nil {
+				return st, fmt.Errorf("worker: %s op %d (%v) from rank %d: %w", p.Name, ev.op, op, op.Peer, err)
+			}
+			n := op.Bytes
+			st.RecvBytes += n
+			st.RecvFrom[op.Peer] += n
 		}
 		if err := d.m.Done(ev.op); err != nil {
 			return st, err
 		}
+		d.fin[ev.op] = true
 	}
 	return st, nil
 }
@@ -474,4 +511,48 @@ func ioCall(ctx context.Context, timeout time.Duration, peer int, what string, f
 		return &transport.PeerError{Rank: peer, Op: what, Err: fmt.Errorf("%w after %v: %w", ErrTimeout, timeout, context.DeadlineExceeded)}
 	}
 	return err
+}
+
+// consumers sets d.consumer for p: for each Recv into BufStage, the
+// FnReduce from BufStage that consumes its message, or -1.
+func (d *driver) consumers(p *allreduce.Program) {
+	d.consumer = grow(d.consumer, len(p.Ops))
+	for i := range d.consumer {
+		d.consumer[i] = -1
+	}
+	for j := range p.Ops {
+		op := &p.Ops[j]
+		if op.Kind != allreduce.Compute || op.Fn != allreduce.FnReduce || op.Src != allreduce.BufStage {
+			continue
+		}
+		if i := op.Deps[0]; i >= 0 && int(i) < j && p.Ops[i].Kind == allreduce.Recv && p.Ops[i].Dst == allreduce.BufStage {
+			d.consumer[i] = int32(j)
+		}
+	}
+}
+
+// place returns where the message of ready Recv op i may go as it
+// arrives (allreduce.Placing), or false when it must be received whole and
+// delivered: for a message that a reduce consumes, that reduce's other
+// dependency must be done already, so that nothing else writes or reads
+// its region until the reduce (the sum then has the same operands in the
+// same order as the reduce would add them).
+func (d *driver) place(p *allreduce.Program, px allreduce.Placing, i int32) (transport.Placement, bool) {
+	recv := &p.Ops[i]
+	var reduce *allreduce.Op
+	if recv.Dst == allreduce.BufStage {
+		j := d.consumer[i]
+		if j < 0 {
+			return transport.Placement{}, false
+		}
+		reduce = &p.Ops[j]
+		if o := reduce.Deps[1]; o != allreduce.NoDep && (o < 0 || int(o) >= len(d.fin) || !d.fin[o]) {
+			return transport.Placement{}, false
+		}
+	}
+	pl, ok := px.Place(recv, reduce)
+	if !ok {
+		return transport.Placement{}, false
+	}
+	return transport.Placement{Dst: pl.Dst, Add: pl.Add, Scaled: pl.Scaled, Scale: pl.Scale}, true
 }

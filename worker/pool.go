@@ -18,7 +18,8 @@ type task struct {
 	b    []byte
 	conn transport.Conn
 	ctx  context.Context
-	out  chan<- event // send and recv: where the completion goes
+	out  chan<- event        // send and recv: where the completion goes
+	pl   transport.Placement // place: where the message goes
 
 	w  *Worker    // watch, bucket
 	st *stepState // bucket
@@ -30,6 +31,7 @@ type taskKind uint8
 const (
 	taskSend   taskKind = iota // conn.Send, then an evSend event on out
 	taskRecv                   // conn.Recv, then an evRecv event on out
+	taskPlace                  // conn's RecvPlaced, then an evPlaced event on out
 	taskWatch                  // receive a peer's abort notice (Worker.watch)
 	taskBucket                 // run a bucket's collective for the step
 )
@@ -86,6 +88,10 @@ func (p *pool) serve(ch chan task) {
 			b, err := t.conn.Recv(t.ctx, t.peer, t.tag)
 			p.idleAgain()
 			t.out <- event{kind: evRecv, op: t.op, b: b, err: err}
+		case taskPlace:
+			err := t.conn.(transport.Placer).RecvPlaced(t.ctx, t.peer, t.tag, t.pl)
+			p.idleAgain()
+			t.out <- event{kind: evPlaced, op: t.op, err: err}
 		case taskWatch:
 			b, err := t.conn.Recv(t.ctx, t.peer, t.tag)
 			if err == nil {

@@ -39,11 +39,15 @@ import (
 // by the piece's bytes. The frame checksum covers the whole payload on an
 // insecure link and only the 16 prefix bytes on a secured one, whose AEAD
 // already authenticates every byte: each byte gets one integrity check.
-// Once every part of a message is written, the sender puts a flagBulk
-// frame (sequence number and total length) on the libp2p stream, in order
-// with the link's other messages; the receiver queues the message there,
-// once all its bytes have arrived. Credit covers bulk messages as any
-// other.
+// Before the first piece of a message, the sender puts a flagBulk frame
+// (sequence number and total length, tagged with the message's tag) on the
+// libp2p stream, in order with the link's other messages: the receiver
+// decides there, in stream order, where the message goes (a pooled buffer,
+// or the memory of a receive posted for it with RecvPlaced), and queues or
+// completes it once all its bytes have arrived. A bulk reader holds a piece
+// that arrives before its announcement in a per-connection scratch buffer
+// until the announcement is read. Credit covers bulk messages as any
+// other, checked at the announcement.
 
 // Frame flags of the bulk path.
 const (
@@ -62,13 +66,19 @@ type secureTransport interface {
 	SecureOutbound(ctx context.Context, insecure net.Conn, p peer.ID) (sec.SecureConn, error)
 }
 
-// bulkMsg is a bulk message being received.
+// bulkMsg is a bulk message announced and being received: into buf (a
+// pooled buffer, queued once complete) or, when a receive was posted for
+// it (RecvPlaced), into that receive's placement (pr).
 type bulkMsg struct {
 	seq   uint64
+	tag   uint64
 	total int
 	got   int
 	buf   []byte
-	done  chan struct{} // gets a token when got == total (cap 1)
+	pr    *posted
+	// readers counts the bulk readers writing a piece into buf now.
+	readers int
+	done    chan struct{} // gets a token when got == total (cap 1)
 }
 
 // bulkConn is the TCP connection under a secured bulk connection. Its
@@ -276,10 +286,16 @@ func (c *Conn) handleBulk(nc net.Conn) {
 }
 
 // bulkReadLoop reads pieces from one bulk connection into their messages.
+// A piece of an announced message that goes to a pooled buffer is read
+// straight into it. Any other piece is read into the connection's scratch
+// (one piece, a cache's worth), checked there (CRC-32C on an insecure
+// link), and then copied or added to where its message goes: a placed
+// message's memory is written once, while the piece is in cache.
 func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 	c := l.c
 	r := bufio.NewReaderSize(&liveReader{s: sc, last: &l.lastRead}, 4<<10)
 	var hb [transport.FrameHeaderLen + bulkPrefix]byte
+	var scratch []byte // allocated at the first piece that needs it
 	for {
 		if _, err := io.ReadFull(r, hb[:transport.FrameHeaderLen]); err != nil {
 			// A clean end between pieces is the peer closing: the stream
@@ -291,11 +307,11 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 		}
 		h, err := transport.ParseFrameHeader(hb[:], pieceMax+bulkPrefix)
 		if err != nil {
-			l.fail(err)
+			l.failInbound(err)
 			return
 		}
 		if h.Flags != flagBulkPiece || h.Len <= bulkPrefix {
-			l.fail(fmt.Errorf("%w: unexpected frame (flags %d, %d bytes) on a bulk connection", transport.ErrBadFrame, h.Flags, h.Len))
+			l.failInbound(fmt.Errorf("%w: unexpected frame (flags %d, %d bytes) on a bulk connection", transport.ErrBadFrame, h.Flags, h.Len))
 			return
 		}
 		pre := hb[transport.FrameHeaderLen:]
@@ -305,17 +321,25 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 		}
 		off, total := binary.LittleEndian.Uint64(pre), binary.LittleEndian.Uint64(pre[8:])
 		n := int(h.Len) - bulkPrefix
-		m, err := l.bulkPending(h.Tag, total)
-		if err != nil {
-			l.fail(err)
+		if total == 0 || total > uint64(c.opts.MaxFrame) {
+			l.failInbound(fmt.Errorf("%w: bulk message of %d bytes (limit %d)", transport.ErrTooLarge, total, c.opts.MaxFrame))
 			return
 		}
-		if off > uint64(m.total) || uint64(n) > uint64(m.total)-off {
-			l.fail(fmt.Errorf("%w: bulk piece [%d, +%d) outside a %d-byte message", transport.ErrBadFrame, off, n, m.total))
+		if off > total || uint64(n) > total-off {
+			l.failInbound(fmt.Errorf("%w: bulk piece [%d, +%d) outside a %d-byte message", transport.ErrBadFrame, off, n, total))
 			return
+		}
+		m := l.announcedBuffer(h.Tag, total)
+		var dst []byte
+		if m != nil {
+			dst = m.buf[off : int(off)+n]
+		} else {
+			if scratch == nil {
+				scratch = make([]byte, pieceMax)
+			}
+			dst = scratch[:n]
 		}
 		crc := transport.UpdateChecksum(0, pre)
-		dst := m.buf[off : int(off)+n]
 		if secure {
 			_, err = io.ReadFull(r, dst)
 		} else {
@@ -327,10 +351,34 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 			return
 		}
 		if crc != h.CRC {
-			l.fail(fmt.Errorf("%w: bulk piece checksum mismatch (message %d, offset %d)", transport.ErrBadFrame, h.Tag, off))
+			l.failInbound(fmt.Errorf("%w: bulk piece checksum mismatch (message %d, offset %d)", transport.ErrBadFrame, h.Tag, off))
 			return
 		}
+		var pr *posted
+		if m == nil {
+			if m, pr, err = l.awaitBulk(h.Tag, total, int(off), n); err != nil {
+				l.failInbound(err)
+				return
+			}
+			if m == nil {
+				return // the link failed or we are closing
+			}
+			if pr != nil {
+				transport.ApplyPlacement(&pr.pl, int(off), dst)
+			} else {
+				copy(m.buf[off:], dst)
+			}
+		}
 		l.mu.Lock()
+		if pr == nil {
+			m.readers--
+		}
+		if pr != nil {
+			pr.applying--
+			if pr.applying == 0 && pr.state == placeAbandoned {
+				l.bulkCond.Broadcast()
+			}
+		}
 		m.got += n
 		full := m.got > m.total
 		if m.got == m.total {
@@ -338,7 +386,7 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 		}
 		l.mu.Unlock()
 		if full {
-			l.fail(fmt.Errorf("%w: bulk message %d got more than its %d bytes", transport.ErrBadFrame, h.Tag, m.total))
+			l.failInbound(fmt.Errorf("%w: bulk message %d got more than its %d bytes", transport.ErrBadFrame, h.Tag, m.total))
 			return
 		}
 		if c.isClosed() {
@@ -347,70 +395,128 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 	}
 }
 
+// bulkPiece is the size of the pieces a bulk writer sends (a reader takes
+// any up to pieceMax): a quarter of pieceMax, so that a piece being
+// checksummed and written, and one being read, checked and applied, stay
+// in a core's L2 cache together (BenchmarkReduceIn: 15-20 % less wall
+// time and up to 8 % less CPU per placed 16 MiB message than with 1 MiB
+// pieces, at four times the writev calls).
+const bulkPiece = 256 << 10
+
 // bulkCRCChunk is how much of a piece an insecure bulk connection reads
 // before checksumming it: half the L2 cache of common x86 cores, and an
 // eighth of the system calls of crcChunk.
 const bulkCRCChunk = 512 << 10
 
-// bulkPending returns the message being received with sequence number
-// seq, creating it (and reserving its credit) on its first piece.
-func (l *link) bulkPending(seq, total uint64) (*bulkMsg, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// findBulk returns the announced message seq, or nil. l.mu is held.
+func (l *link) findBulk(seq uint64) *bulkMsg {
 	for _, m := range l.pend {
 		if m.seq == seq {
-			if uint64(m.total) != total {
-				return nil, fmt.Errorf("%w: bulk message %d is %d bytes, a piece says %d", transport.ErrBadFrame, seq, m.total, total)
-			}
-			return m, nil
+			return m
 		}
 	}
-	if l.err != nil {
-		return nil, l.err
+	return nil
+}
+
+// announcedBuffer returns message seq if it is announced, goes to a
+// pooled buffer and is total bytes long, else nil. The caller may then
+// read a piece straight into its buffer: it counts as one of its readers
+// until it adds the piece to got.
+func (l *link) announcedBuffer(seq, total uint64) *bulkMsg {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m := l.findBulk(seq); m != nil && m.pr == nil && uint64(m.total) == total {
+		m.readers++
+		return m
 	}
+	return nil
+}
+
+// awaitBulk waits until message seq is announced and returns it, with the
+// receive posted for it if it is placed. The caller then counts as one of
+// the posted receive's writers (applying) or, for a message to a buffer,
+// one of its readers, until it has applied the piece [off, +n) and
+// decrements that count under l.mu. It returns a nil message when the link failed, the placement
+// was abandoned or the Conn is closing, and an error for a piece that does
+// not fit its message.
+func (l *link) awaitBulk(seq, total uint64, off, n int) (*bulkMsg, *posted, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for {
+		if l.err != nil || l.c.isClosed() {
+			return nil, nil, nil
+		}
+		if m := l.findBulk(seq); m != nil {
+			if uint64(m.total) != total {
+				return nil, nil, fmt.Errorf("%w: bulk message %d is %d bytes, a piece says %d", transport.ErrBadFrame, seq, m.total, total)
+			}
+			pr := m.pr
+			if pr == nil {
+				m.readers++ // until the piece is copied in (bindLate waits for none)
+				return m, nil, nil
+			}
+			if pr.state != placeBound {
+				return nil, nil, nil
+			}
+			if pr.pl.Add && (off%4 != 0 || n%4 != 0) {
+				return nil, nil, fmt.Errorf("%w: bulk piece [%d, +%d) of float32 message %d not on a float32 boundary", transport.ErrBadFrame, off, n, seq)
+			}
+			pr.applying++
+			return m, pr, nil
+		}
+		if seq < l.bulkNext {
+			return nil, nil, fmt.Errorf("%w: bulk piece of message %d, which is complete", transport.ErrBadFrame, seq)
+		}
+		l.bulkCond.Wait()
+	}
+}
+
+// announceBulk is the stream's flagBulk frame, in stream order: message
+// seq with tag, total bytes, is about to arrive on the bulk connections.
+// It goes to the receive posted for it (RecvPlaced) if there is one,
+// else to a pooled buffer.
+func (l *link) announceBulk(seq, tag, total uint64) (*bulkMsg, error) {
 	c := l.c
 	if total == 0 || total > uint64(c.opts.MaxFrame) {
 		return nil, fmt.Errorf("%w: bulk message of %d bytes (limit %d)", transport.ErrTooLarge, total, c.opts.MaxFrame)
 	}
-	// Pieces of messages sent later may be reserved before this one's (they
-	// come over other connections), so this bound is what a sender within
-	// its credit can have outstanding at most, whatever the order: the
-	// buffer, or a message of any size on top of less than the slack
-	// (creditSlack). The exact check is made in stream order, on the
-	// message's flagBulk frame (readLoop).
-	cost := int64(total) + transport.FrameHeaderLen
-	used := l.buffered + l.creditPending + l.bulkReserved
-	if bound := max(int64(c.opts.MaxBuffered), c.creditBatch()+int64(c.opts.MaxFrame)+transport.FrameHeaderLen); used+cost > bound {
-		return nil, fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, cost, bound)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if seq != l.bulkNext {
+		return nil, fmt.Errorf("%w: bulk message %d announced, %d expected", transport.ErrBadFrame, seq, l.bulkNext)
 	}
+	l.bulkNext++
 	var m *bulkMsg
 	if n := len(l.freePend); n > 0 {
 		m, l.freePend = l.freePend[n-1], l.freePend[:n-1]
 	} else {
 		m = &bulkMsg{done: make(chan struct{}, 1)}
 	}
-	m.seq, m.total, m.got, m.buf = seq, int(total), 0, bufs.Get(int(total))
-	l.bulkReserved += cost
+	m.seq, m.tag, m.total, m.got, m.buf, m.pr = seq, tag, int(total), 0, nil, nil
+	if pr := l.placeFor(tag, int(total)); pr != nil {
+		pr.state, pr.m, m.pr = placeBound, m, pr
+	} else {
+		m.buf = bufs.Get(int(total))
+	}
 	l.pend = append(l.pend, m)
+	l.bulkCond.Broadcast()
 	return m, nil
 }
 
-// finishBulk is the stream's flagBulk frame: it waits until every byte of
-// message seq has arrived and returns it, with its credit moved from the
-// bulk reservation to the buffered count (the caller queues it).
-func (l *link) finishBulk(seq, total uint64) ([]byte, error) {
-	m, err := l.bulkPending(seq, total)
-	if err != nil {
-		return nil, err
-	}
+// finishBulk waits until every byte of announced message m has arrived,
+// then queues it (pooled buffer) or completes the receive posted for it,
+// whose credit is then consumed. It returns false when the link failed
+// or the Conn is closing.
+func (l *link) finishBulk(m *bulkMsg) bool {
 	select {
 	case <-m.done:
 	case <-l.dead:
-		return nil, nil
+		return false
 	case <-l.c.closing:
-		return nil, nil
+		return false
 	}
-	cost := int64(total) + transport.FrameHeaderLen
+	cost := int64(m.total) + transport.FrameHeaderLen
+	wire := bulkWire(m.total)
 	l.mu.Lock()
 	for i, x := range l.pend {
 		if x == m {
@@ -420,12 +526,35 @@ func (l *link) finishBulk(seq, total uint64) ([]byte, error) {
 			break
 		}
 	}
-	l.bulkReserved -= cost
-	b := m.buf
-	m.buf = nil
+	pr, b, tag, total := m.pr, m.buf, m.tag, m.total
+	if pr != nil && pr.state != placeBound {
+		l.mu.Unlock()
+		return false // abandoned: the link is failing
+	}
+	m.buf, m.pr = nil, nil
 	l.freePend = append(l.freePend, m)
+	if pr == nil {
+		l.mu.Unlock()
+		l.enqueue(tag, b, cost, wire)
+		return true
+	}
+	pr.state, pr.m = placeDone, nil
+	pr.wake()
+	l.creditPending += cost
+	var credit int64
+	if l.creditPending >= l.c.creditBatch() {
+		credit, l.creditPending = l.creditPending, 0
+	}
+	failed := l.err != nil
 	l.mu.Unlock()
-	return b, nil
+	l.placed.Add(1)
+	l.recvMsgs.Add(1)
+	l.recvPayload.Add(int64(total))
+	l.recvWire.Add(wire)
+	if credit > 0 && !failed {
+		l.sendCredit(credit)
+	}
+	return true
 }
 
 // dialBulk opens the link's outgoing bulk connections to the peer's bulk
@@ -513,14 +642,14 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 }
 
 // writePart writes part (at offset base of a total-byte message with
-// sequence number seq) as pieces of at most pieceMax bytes, each header
+// sequence number seq) as pieces of at most bulkPiece bytes, each header
 // and payload in one system call on an insecure link, and flushes the
 // connection's buffer on a secured one.
 func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total int) error {
 	const h = transport.FrameHeaderLen
 	hdr := w.hdr[:]
 	for off := 0; off < len(part); {
-		n := min(pieceMax, len(part)-off)
+		n := min(bulkPiece, len(part)-off)
 		pre := hdr[h : h+bulkPrefix]
 		binary.LittleEndian.PutUint64(pre, uint64(base+off))
 		binary.LittleEndian.PutUint64(pre[8:], uint64(total))
@@ -568,13 +697,20 @@ func (l *link) bulkRun(w *bulkWriter) {
 	}
 }
 
-// sendBulk writes b over the bulk connections, split into one contiguous
-// part per connection, then the flagBulk frame on the stream s. The caller
-// holds l.wsem.
+// sendBulk writes the flagBulk frame that announces b on the stream s,
+// then b over the bulk connections, split into one contiguous part per
+// connection. The caller holds l.wsem.
 func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
 	seq := l.bulkSeq
 	l.bulkSeq++
 	secure := l.c.aead()
+	f := l.bhdr[:]
+	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen:], seq)
+	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen+8:], uint64(len(b)))
+	transport.PutFrameHeader(f, flagBulk, tag, f[transport.FrameHeaderLen:])
+	if _, err := s.Write(f); err != nil {
+		return err
+	}
 	k := len(l.bulkW)
 	if k == 1 {
 		w := l.bulkW[0]
@@ -608,25 +744,20 @@ func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
 			return first
 		}
 	}
-	var f [transport.FrameHeaderLen + 16]byte
-	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen:], seq)
-	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen+8:], uint64(len(b)))
-	transport.PutFrameHeader(f[:], flagBulk, tag, f[transport.FrameHeaderLen:])
-	_, err := s.Write(f[:])
-	return err
+	return nil
 }
 
 // bulkPart is the size of each connection's part of an n-byte message
 // over k connections: a whole number of pieces, so that the message is
-// ceil(n/pieceMax) pieces however it is split.
+// ceil(n/bulkPiece) pieces however it is split.
 func bulkPart(n, k int) int {
-	pieces := (n + pieceMax - 1) / pieceMax
-	return (pieces + k - 1) / k * pieceMax
+	pieces := (n + bulkPiece - 1) / bulkPiece
+	return (pieces + k - 1) / k * bulkPiece
 }
 
 // bulkWire is what a bulk message of n bytes takes on the wire: the
 // flagBulk frame, and per piece a header and prefix.
 func bulkWire(n int) int64 {
-	pieces := (n + pieceMax - 1) / pieceMax
+	pieces := (n + bulkPiece - 1) / bulkPiece
 	return int64(n) + transport.FrameHeaderLen + 16 + int64(pieces)*(transport.FrameHeaderLen+bulkPrefix)
 }

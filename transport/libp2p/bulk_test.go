@@ -77,8 +77,8 @@ func TestBulkPath(t *testing.T) {
 				if sent.SentWire[1] != recv.RecvWire[0] || sent.SentPayload[1] != recv.RecvPayload[0] {
 					t.Errorf("sent %d/%d wire/payload bytes, received %d/%d", sent.SentWire[1], sent.SentPayload[1], recv.RecvWire[0], recv.RecvPayload[0])
 				}
-				if l := cs[1].links[0]; len(l.pend) != 0 || l.bulkReserved != 0 {
-					t.Errorf("%d messages still pending, %d bytes reserved", len(l.pend), l.bulkReserved)
+				if l := cs[1].links[0]; len(l.pend) != 0 || len(l.posted) != 0 {
+					t.Errorf("%d messages still pending, %d receives posted", len(l.pend), len(l.posted))
 				}
 			})
 		}

@@ -76,8 +76,9 @@ type link struct {
 	// Outgoing stream: our frames to the peer; its credits come back on it.
 	wsem chan struct{} // write lock; held by one writer at a time
 	hdr  [transport.FrameHeaderLen]byte
-	wbuf []byte         // frame being written: a small message, or a piece (≤ 1 MiB + 56 bytes)
-	out  network.Stream // set once during Connect
+	bhdr [transport.FrameHeaderLen + 16]byte // a flagBulk frame (sendBulk)
+	wbuf []byte                              // frame being written: a small message, or a piece (≤ 1 MiB + 56 bytes)
+	out  network.Stream                      // set once during Connect
 	// aeadOut: out runs over a Noise or TLS connection (Conn.aead), whose
 	// AEAD authenticates every byte, so data payloads go without a CRC-32C
 	// (set with out).
@@ -123,11 +124,18 @@ type link struct {
 	bulkW   []*bulkWriter
 	bulkSeq uint64
 	// Bulk path, receiving (guarded by mu): the incoming bulk
-	// connections, the messages being received, and their credit.
-	bulkIn       []net.Conn
-	pend         []*bulkMsg
-	freePend     []*bulkMsg
-	bulkReserved int64
+	// connections, the messages announced and being received, the
+	// sequence number of the next announcement, and the receives posted
+	// with RecvPlaced (place.go). bulkCond (on mu) signals an
+	// announcement, the end of a placement's writes, and the link's
+	// failure or closing to bulk readers and RecvPlaced.
+	bulkIn     []net.Conn
+	pend       []*bulkMsg
+	freePend   []*bulkMsg
+	bulkNext   uint64
+	posted     []*posted
+	freePosted []*posted
+	bulkCond   sync.Cond
 
 	sentPayload, sentWire, sentMsgs atomic.Int64
 	recvPayload, recvWire, recvMsgs atomic.Int64
@@ -135,6 +143,9 @@ type link struct {
 	// CRC-32C, sending and receiving (one atomic add per frame): zero
 	// for data on an AEAD-secured link.
 	crcBytes atomic.Int64
+	// placed counts the messages applied to a RecvPlaced caller's memory
+	// as they arrived on the bulk path.
+	placed atomic.Int64
 }
 
 // aead reports whether the links' streams are AEAD-secured: the host's
@@ -332,6 +343,7 @@ func (n *Node) newConn(rank int, peers []Peer) (*Conn, error) {
 			private: peerPrivate(p.Addrs),
 		}
 		l.abortFn = l.abortOut
+		l.bulkCond.L = &l.mu
 		c.links[r] = l
 	}
 	if err := c.startBulk(); err != nil {
@@ -805,6 +817,8 @@ func (l *link) fail(cause error) {
 	for _, q := range l.queues {
 		q.waiting.WakeAll()
 	}
+	l.wakePosted(false, 0)
+	l.bulkCond.Broadcast()
 	l.mu.Unlock()
 	close(l.dead)
 	l.resetStreams()
@@ -822,6 +836,7 @@ func (l *link) resetStreams() {
 	l.cmu.Unlock()
 	l.mu.Lock()
 	in, bin := l.in, l.bulkIn
+	l.bulkCond.Broadcast() // closing: bulk readers waiting for an announcement stop
 	l.mu.Unlock()
 	for _, w := range bw {
 		w.conn.Close()
@@ -1090,6 +1105,7 @@ func (l *link) readLoop(s network.Stream) {
 	// calls through them allocate nothing per frame.
 	var r io.Reader = &liveReader{s: s, last: &l.lastRead}
 	var hb [transport.FrameHeaderLen]byte
+	var bb [16]byte  // a flagBulk frame's payload
 	aead := c.aead() // data payloads carry no CRC-32C (see payloadSum)
 	for {
 		if _, err := io.ReadFull(r, hb[:]); err != nil {
@@ -1122,7 +1138,6 @@ func (l *link) readLoop(s network.Stream) {
 			continue
 		case flagData:
 		case flagBulk:
-			var bb [16]byte
 			if h.Len != 16 {
 				l.fail(fmt.Errorf("%w: bulk frame with %d bytes", transport.ErrBadFrame, h.Len))
 				return
@@ -1143,15 +1158,14 @@ func (l *link) readLoop(s network.Stream) {
 				l.failInbound(fmt.Errorf("%w: peer exceeded its credit (%d+%d > %d bytes)", transport.ErrBadFrame, used, int64(n)+transport.FrameHeaderLen, c.opts.MaxBuffered))
 				return
 			}
-			p, err := l.finishBulk(binary.LittleEndian.Uint64(bb[:]), n)
+			m, err := l.announceBulk(binary.LittleEndian.Uint64(bb[:]), h.Tag, n)
 			if err != nil {
-				l.fail(err)
+				l.failInbound(err)
 				return
 			}
-			if p == nil {
+			if !l.finishBulk(m) {
 				return // the link failed or we are closing
 			}
-			l.enqueue(h.Tag, p, int64(n)+transport.FrameHeaderLen, bulkWire(int(n)))
 			continue
 		case flagLarge:
 			var tb [8]byte
@@ -1218,6 +1232,7 @@ func (l *link) enqueue(tag uint64, p []byte, cost, wire int64) {
 	q.msgs = append(q.msgs, qmsg{b: p, wire: wire})
 	l.buffered += cost
 	q.waiting.WakeAll()
+	l.wakePosted(true, tag)
 	l.mu.Unlock()
 }
 

@@ -1,0 +1,428 @@
+package libp2p
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/p2p/security/insecure"
+
+	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/transporttest"
+)
+
+// floats returns n little-endian float32 of a normal distribution.
+func floats(rng *rand.Rand, n int) []byte {
+	b := make([]byte, 4*n)
+	for i := range n {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(float32(rng.NormFloat64())))
+	}
+	return b
+}
+
+// addBytes returns dst + msg (little-endian float32), times scale if
+// scaled, computed one element at a time: what the executor's reduce
+// gives.
+func addBytes(dst, msg []byte, scaled bool, scale float32) []byte {
+	out := make([]byte, len(dst))
+	for i := 0; i < len(dst); i += 4 {
+		v := math.Float32frombits(binary.LittleEndian.Uint32(dst[i:])) + math.Float32frombits(binary.LittleEndian.Uint32(msg[i:]))
+		if scaled {
+			v = float32(v) * scale
+		}
+		binary.LittleEndian.PutUint32(out[i:], math.Float32bits(v))
+	}
+	return out
+}
+
+// aligned returns a copy of b in float32-aligned memory.
+func aligned(b []byte) []byte {
+	f := make([]float32, (len(b)+3)/4)
+	out := unsafeBytes(f)[:len(b)]
+	copy(out, b)
+	return out
+}
+
+// TestRecvPlaced: messages received with RecvPlaced, copied or added (and
+// scaled) into the caller's memory, equal Recv followed by the same
+// arithmetic, bit for bit; bulk messages are placed as they arrive (over
+// one and two bulk connections, secured and not), smaller ones go through
+// the stream; a message and a Recv on the same tag keep their order, and
+// a message of another size is ErrPlacement with the link intact.
+func TestRecvPlaced(t *testing.T) {
+	for _, k := range []int{1, 2} {
+		for _, security := range []string{"tls", "insecure"} {
+			t.Run(fmt.Sprintf("streams=%d/security=%s", k, security), func(t *testing.T) {
+				opts := []Option{WithBulkStreams(k, 64<<10)}
+				if security == "insecure" {
+					opts = append(opts, WithInsecure())
+				}
+				cs := newGroup(t, 2, opts...)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				rng := rand.New(rand.NewPCG(uint64(k), 5))
+				cases := []struct {
+					elems  int
+					pl     transport.Placement
+					placed bool // goes over the bulk path
+				}{
+					{3*pieceMax/4 + 5, transport.Placement{Add: true}, true},
+					{5 * pieceMax / 4, transport.Placement{}, true},
+					{2*pieceMax/4 + 1, transport.Placement{Add: true, Scaled: true, Scale: 1.0 / 3}, true},
+					{1000, transport.Placement{Add: true}, false},
+				}
+				for i, tc := range cases {
+					msg := floats(rng, tc.elems)
+					dst0 := floats(rng, tc.elems)
+					pl := tc.pl
+					pl.Dst = aligned(dst0)
+					want := msg
+					if pl.Add {
+						want = addBytes(dst0, msg, pl.Scaled, pl.Scale)
+					}
+					before := cs[1].PlacedMessages()
+					errc := make(chan error, 1)
+					go func() { errc <- cs[1].RecvPlaced(ctx, 0, uint64(i), pl) }()
+					if tc.placed {
+						waitPosted(t, cs[1].links[0], placeWaiting) // posted before the message is announced
+					}
+					if err := cs[0].Send(ctx, 1, uint64(i), msg); err != nil {
+						t.Fatal(err)
+					}
+					if err := <-errc; err != nil {
+						t.Fatal(err)
+					}
+					if string(pl.Dst) != string(want) {
+						t.Fatalf("case %d: placed result differs from Recv and the same arithmetic", i)
+					}
+					if got := cs[1].PlacedMessages() - before; got != map[bool]int64{true: 1, false: 0}[tc.placed] {
+						t.Errorf("case %d: %d messages placed, want placed=%v", i, got, tc.placed)
+					}
+				}
+				// A small and a bulk message on one tag: Recv takes the first,
+				// RecvPlaced the second, whichever is posted when.
+				small, big := floats(rng, 10), floats(rng, 3*pieceMax/4)
+				if err := cs[0].Send(ctx, 1, 9, small); err != nil {
+					t.Fatal(err)
+				}
+				errc := make(chan error, 1)
+				go func() { errc <- cs[0].Send(ctx, 1, 9, big) }()
+				dst := aligned(make([]byte, len(big)))
+				got, err := cs[1].Recv(ctx, 0, 9)
+				if err != nil || string(got) != string(small) {
+					t.Fatalf("Recv: %d bytes, %v; want the small message", len(got), err)
+				}
+				if err := cs[1].RecvPlaced(ctx, 0, 9, transport.Placement{Dst: dst}); err != nil || string(dst) != string(big) {
+					t.Fatalf("RecvPlaced: %v (or other bytes); want the bulk message", err)
+				}
+				if err := <-errc; err != nil {
+					t.Fatal(err)
+				}
+				// Another size: ErrPlacement, the message is consumed, the link stays.
+				go func() { errc <- cs[0].Send(ctx, 1, 10, big) }()
+				err = cs[1].RecvPlaced(ctx, 0, 10, transport.Placement{Dst: aligned(make([]byte, len(big)+4)), Add: true})
+				if !errors.Is(err, transport.ErrPlacement) {
+					t.Fatalf("placing %d bytes into %d: %v, want ErrPlacement", len(big), len(big)+4, err)
+				}
+				if err := <-errc; err != nil {
+					t.Fatal(err)
+				}
+				go func() { errc <- cs[0].Send(ctx, 1, 10, big) }()
+				if err := cs[1].RecvPlaced(ctx, 0, 10, transport.Placement{Dst: dst}); err != nil || string(dst) != string(big) {
+					t.Fatalf("after a misfit: %v", err)
+				}
+				if err := <-errc; err != nil {
+					t.Fatal(err)
+				}
+				if err := cs[1].RecvPlaced(ctx, 0, 1, transport.Placement{Dst: make([]byte, 5), Add: true}); !errors.Is(err, transport.ErrPlacement) {
+					t.Errorf("adding into 5 bytes: %v, want ErrPlacement", err)
+				}
+				if l := cs[1].links[0]; len(l.pend) != 0 || len(l.posted) != 0 {
+					t.Errorf("%d messages pending, %d receives posted", len(l.pend), len(l.posted))
+				}
+			})
+		}
+	}
+}
+
+// fakeBulk opens a bulk connection to c as the fake rank 1 of
+// fakePeerHost (insecure security).
+func fakeBulk(t *testing.T, c *Conn, h host.Host) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(c.bulkPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	tr := insecure.NewWithIdentity(insecure.ID, h.ID(), h.Peerstore().PrivKey(h.ID()))
+	bulk, err := tr.SecureOutbound(ctx, nc, c.node.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := make([]byte, 12+len("test-job"))
+	binary.LittleEndian.PutUint32(hello[0:], 1)
+	binary.LittleEndian.PutUint32(hello[4:], 2)
+	copy(hello[12:], "test-job")
+	if err := transport.WriteFrame(bulk, flagBulkHello, 0, hello); err != nil {
+		t.Fatal(err)
+	}
+	return bulk
+}
+
+// bulkPieceFrame is a bulk piece of message seq (insecure link: the CRC
+// covers prefix and data).
+func bulkPieceFrame(seq uint64, off, total int, data []byte) []byte {
+	f := make([]byte, transport.FrameHeaderLen+bulkPrefix+len(data))
+	pre := f[transport.FrameHeaderLen : transport.FrameHeaderLen+bulkPrefix]
+	binary.LittleEndian.PutUint64(pre, uint64(off))
+	binary.LittleEndian.PutUint64(pre[8:], uint64(total))
+	copy(f[transport.FrameHeaderLen+bulkPrefix:], data)
+	transport.PutFrameHeaderSum(f, flagBulkPiece, seq, bulkPrefix+len(data), transport.Checksum(f[transport.FrameHeaderLen:]))
+	return f
+}
+
+func bulkAnnounce(tag, seq uint64, total int) []byte {
+	var p [16]byte
+	binary.LittleEndian.PutUint64(p[:], seq)
+	binary.LittleEndian.PutUint64(p[8:], uint64(total))
+	return transport.AppendFrame(nil, flagBulk, tag, p[:])
+}
+
+// TestRecvPlacedCorruptPiece: a corrupted piece of a placed message fails
+// the link with a typed error (an InboundError wrapping ErrBadFrame) and
+// is never applied: the caller's memory holds the pieces before it and
+// nothing of it.
+func TestRecvPlacedCorruptPiece(t *testing.T) {
+	c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithInsecure())
+	bulk := fakeBulk(t, c, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const total = 2 * pieceMax
+	rng := rand.New(rand.NewPCG(3, 3))
+	msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+	pl := transport.Placement{Dst: aligned(dst0), Add: true}
+	errc := make(chan error, 1)
+	go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
+	if _, err := s.Write(bulkAnnounce(5, 0, total)); err != nil {
+		t.Fatal(err)
+	}
+	first := bulkPieceFrame(0, 0, total, msg[:pieceMax])
+	second := bulkPieceFrame(0, pieceMax, total, msg[pieceMax:])
+	second[len(second)-1] ^= 1
+	if _, err := bulk.Write(append(first, second...)); err != nil {
+		t.Fatal(err)
+	}
+	err := <-errc
+	wantPeerErr(t, err, transport.ErrBadFrame)
+	var ie *transport.InboundError
+	if !errors.As(err, &ie) {
+		t.Errorf("%v: not an InboundError", err)
+	}
+	want := append(addBytes(dst0[:pieceMax], msg[:pieceMax], false, 0), dst0[pieceMax:]...)
+	if string(pl.Dst) != string(want) {
+		t.Error("the caller's memory is not the first piece added and the second untouched")
+	}
+}
+
+// TestRecvPlacedCancel: cancelling a placed receive before its message
+// arrives returns ctx's error and leaves the link working; cancelling it
+// while its message arrives fails the link (the rest of the message
+// cannot be taken back) and returns only once nothing writes into the
+// caller's memory any more.
+func TestRecvPlacedCancel(t *testing.T) {
+	t.Run("before", func(t *testing.T) {
+		cs := newGroup(t, 2, WithBulkStreams(1, 64<<10), WithInsecure())
+		ctx, cancel := context.WithCancel(context.Background())
+		dst := aligned(make([]byte, 2*pieceMax))
+		errc := make(chan error, 1)
+		go func() { errc <- cs[1].RecvPlaced(ctx, 0, 4, transport.Placement{Dst: dst, Add: true}) }()
+		waitPosted(t, cs[1].links[0], placeWaiting)
+		cancel()
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled: %v", err)
+		}
+		ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel2()
+		msg := floats(rand.New(rand.NewPCG(1, 1)), len(dst)/4)
+		go func() { errc <- cs[0].Send(ctx2, 1, 4, msg) }()
+		if err := cs[1].RecvPlaced(ctx2, 0, 4, transport.Placement{Dst: dst}); err != nil || string(dst) != string(msg) {
+			t.Fatalf("after a cancelled receive: %v", err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("mid-message", func(t *testing.T) {
+		c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithInsecure())
+		bulk := fakeBulk(t, c, h)
+		const total = 2 * pieceMax
+		msg := floats(rand.New(rand.NewPCG(2, 2)), total/4)
+		ctx, cancel := context.WithCancel(context.Background())
+		pl := transport.Placement{Dst: aligned(make([]byte, total))}
+		errc := make(chan error, 1)
+		go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
+		waitPosted(t, c.links[1], placeWaiting)
+		if _, err := s.Write(bulkAnnounce(5, 0, total)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bulk.Write(bulkPieceFrame(0, 0, total, msg[:pieceMax])); err != nil {
+			t.Fatal(err)
+		}
+		waitPosted(t, c.links[1], placeBound)
+		cancel()
+		err := <-errc
+		wantPeerErr(t, err, context.Canceled)
+		if !c.links[1].failed() {
+			t.Fatal("the link still works after a receive cancelled mid-message")
+		}
+		if _, err := c.Recv(context.Background(), 1, 6); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Recv on the failed link: %v, want the cancelled receive's cause", err)
+		}
+		if n := c.links[1].posted; len(n) != 0 {
+			t.Errorf("%d receives still posted", len(n))
+		}
+	})
+}
+
+// waitPosted waits until l's first posted receive is in state st.
+func waitPosted(t *testing.T, l *link, st uint8) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		ok := len(l.posted) > 0 && l.posted[0].state == st
+		l.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no posted receive in state %d", st)
+		}
+		runtime.Gosched()
+	}
+}
+
+// TestPlacedSteadyState: a bulk message received with RecvPlaced (added
+// into the caller's memory) allocates nothing and starts no goroutine in
+// steady state.
+func TestPlacedSteadyState(t *testing.T) {
+	cs := newGroup(t, 2, WithBulkStreams(2, 64<<10), WithInsecure())
+	ctx := context.Background()
+	msg := floats(rand.New(rand.NewPCG(4, 4)), 3*pieceMax/4+1)
+	pl := transport.Placement{Dst: aligned(make([]byte, len(msg))), Add: true}
+	send, sent := make(chan struct{}), make(chan error)
+	l := cs[1].links[0]
+	go func() {
+		for range send {
+			for { // the receive is posted before the message is announced
+				l.mu.Lock()
+				n := len(l.posted)
+				l.mu.Unlock()
+				if n > 0 {
+					break
+				}
+				runtime.Gosched()
+			}
+			sent <- cs[0].Send(ctx, 1, 8, msg)
+		}
+	}()
+	defer close(send)
+	round := func() {
+		send <- struct{}{}
+		if err := cs[1].RecvPlaced(ctx, 0, 8, pl); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-sent; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 20 {
+		round()
+	}
+	created := transporttest.GoroutinesCreated()
+	placed := cs[1].PlacedMessages()
+	a := testing.AllocsPerRun(100, round)
+	if n := transporttest.GoroutinesCreated() - created; n > 5 {
+		t.Errorf("%d goroutines started over 101 placed messages", n)
+	}
+	if n := cs[1].PlacedMessages() - placed; n != 101 {
+		t.Errorf("%d of 101 messages placed", n)
+	}
+	if a != 0 && !raceEnabled {
+		t.Errorf("%v allocations per placed message, want 0: %v", a, transporttest.AllocsBySource(100, round))
+	}
+}
+
+func unsafeBytes(f []float32) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f))
+}
+
+// TestRecvPlacedAfterAnnouncement: a receive posted after its bulk message
+// was announced, but before any of its bytes arrived, still gets it placed
+// as it arrives; one posted after bytes went into a buffer gets it
+// through the buffer, with the same result.
+func TestRecvPlacedAfterAnnouncement(t *testing.T) {
+	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure())
+	bulk := fakeBulk(t, c, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const total = 2 * pieceMax
+	rng := rand.New(rand.NewPCG(6, 6))
+	l := c.links[1]
+	for seq, early := range []bool{false, true} {
+		msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+		pl := transport.Placement{Dst: aligned(dst0), Add: true}
+		if _, err := s.Write(bulkAnnounce(7, uint64(seq), total)); err != nil {
+			t.Fatal(err)
+		}
+		if early { // a piece arrives before the receive is posted
+			if _, err := bulk.Write(bulkPieceFrame(uint64(seq), 0, total, msg[:pieceMax])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for { // wait for the announcement (and the piece) to be read
+			l.mu.Lock()
+			m := l.findBulk(uint64(seq))
+			ok := m != nil && (!early || m.got > 0)
+			l.mu.Unlock()
+			if ok {
+				break
+			}
+			runtime.Gosched()
+		}
+		before := c.PlacedMessages()
+		errc := make(chan error, 1)
+		go func() { errc <- c.RecvPlaced(ctx, 1, 7, pl) }()
+		waitPosted(t, l, map[bool]uint8{false: placeBound, true: placeWaiting}[early])
+		from := 0
+		if early {
+			from = pieceMax
+		}
+		for off := from; off < total; off += pieceMax {
+			if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+pieceMax])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if string(pl.Dst) != string(addBytes(dst0, msg, false, 0)) {
+			t.Fatalf("early=%v: wrong sum", early)
+		}
+		if got, want := c.PlacedMessages()-before, map[bool]int64{false: 1, true: 0}[early]; got != want {
+			t.Errorf("early=%v: %d messages placed, want %d", early, got, want)
+		}
+	}
+}
