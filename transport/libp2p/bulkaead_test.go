@@ -1,6 +1,7 @@
 package libp2p
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -202,19 +203,21 @@ func TestBulkRecordAdversary(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, got, err := openPieces(t, tc.stream, testSecret(1), bulkRekeyRecords, 1000)
-			if !errors.Is(err, tc.want) {
-				t.Fatalf("got %v, want %v", err, tc.want)
-			}
-			if tc.want == errRecordAuth && !errors.Is(err, transport.ErrBadFrame) {
-				t.Fatalf("%v does not wrap transport.ErrBadFrame", err)
-			}
-			if len(got) != tc.pieces {
-				t.Fatalf("%d pieces came through, want %d", len(got), tc.pieces)
-			}
-			for i := range got {
-				if !bytes.Equal(got[i], payloads[i]) {
-					t.Fatalf("piece %d came through altered", i)
+			for _, chunk := range []int{0, 1000} { // opened into the destination, or into the scratch
+				_, got, err := openPieces(t, tc.stream, testSecret(1), bulkRekeyRecords, chunk)
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("got %v, want %v", err, tc.want)
+				}
+				if tc.want == errRecordAuth && !errors.Is(err, transport.ErrBadFrame) {
+					t.Fatalf("%v does not wrap transport.ErrBadFrame", err)
+				}
+				if len(got) != tc.pieces {
+					t.Fatalf("%d pieces came through, want %d", len(got), tc.pieces)
+				}
+				for i := range got {
+					if !bytes.Equal(got[i], payloads[i]) {
+						t.Fatalf("piece %d came through altered", i)
+					}
 				}
 			}
 		})
@@ -228,6 +231,14 @@ func TestBulkRecordAdversary(t *testing.T) {
 // tlsPair runs libp2p's TLS handshake over a fresh loopback TCP
 // connection and returns both ends (dialer first).
 func tlsPair(t *testing.T, kd, ka crypto.PrivKey) (sec.SecureConn, sec.SecureConn) {
+	t.Helper()
+	d, a, _ := tlsPairWrap(t, kd, ka, func(nc net.Conn) net.Conn { return nc })
+	return d, a
+}
+
+// tlsPairWrap is tlsPair with the acceptor's TCP connection wrapped by
+// wrap; it also returns the dialer's TCP connection.
+func tlsPairWrap(t *testing.T, kd, ka crypto.PrivKey, wrap func(net.Conn) net.Conn) (sec.SecureConn, sec.SecureConn, net.Conn) {
 	t.Helper()
 	td, err := tls.New(tls.ID, kd, nil)
 	if err != nil {
@@ -255,7 +266,7 @@ func tlsPair(t *testing.T, kd, ka crypto.PrivKey) (sec.SecureConn, sec.SecureCon
 			acc <- res{nil, err}
 			return
 		}
-		sc, err := ta.SecureInbound(ctx, nc, "")
+		sc, err := ta.SecureInbound(ctx, wrap(nc), "")
 		acc <- res{sc, err}
 	}()
 	nc, err := net.Dial("tcp", ln.Addr().String())
@@ -275,7 +286,46 @@ func tlsPair(t *testing.T, kd, ka crypto.PrivKey) (sec.SecureConn, sec.SecureCon
 		t.Fatal(a.err)
 	}
 	t.Cleanup(func() { d.Close(); a.sc.Close() })
-	return d, a.sc
+	return d, a.sc, nc
+}
+
+// A TLS server that reads its handshake and a record through a
+// record-exact bulkConn leaves every byte sent after that record in the
+// bulkConn's buffer, even when they arrived together, for the bulk record
+// layer to read (crypto/tls would otherwise read them into its own buffer
+// and they would be lost).
+func TestTLSRecordReadLeavesRest(t *testing.T) {
+	kd, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ka, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in *bulkConn
+	d, a, dnc := tlsPairWrap(t, kd, ka, func(nc net.Conn) net.Conn {
+		in = &bulkConn{Conn: nc, r: bufio.NewReaderSize(nc, 4<<10), tlsRecords: true}
+		return in
+	})
+	rest := bytes.Repeat([]byte("after the TLS part "), 100)
+	// Both handshakes are over: the hello record and the bytes after it
+	// are in the acceptor's socket before it reads any of them.
+	if err := transport.WriteFrame(d, flagBulkHello, 0, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dnc.Write(rest); err != nil {
+		t.Fatal(err)
+	}
+	in.SetReadDeadline(time.Now().Add(5 * time.Second)) // a lost byte fails, not hangs
+	_, p, err := transport.ReadFrame(a, 64, nil)
+	if err != nil || string(p) != "hello" {
+		t.Fatalf("hello: %q, %v", p, err)
+	}
+	got := make([]byte, len(rest))
+	if _, err := io.ReadFull(in.r, got); err != nil || !bytes.Equal(got, rest) {
+		t.Fatalf("the bytes after the TLS record: %v, differing: %t", err, !bytes.Equal(got, rest))
+	}
 }
 
 // The TLS exporter gives both ends of a connection the same secret per
@@ -486,7 +536,11 @@ func TestBulkTLSAdversary(t *testing.T) {
 			}
 			wantPeerErr(t, err, tc.want)
 			if tc.want == errRecordAuth {
+				// A forged record is a bad frame, not a dead peer.
 				wantPeerErr(t, err, transport.ErrBadFrame)
+				if errors.Is(err, transport.ErrPeerDead) {
+					t.Fatalf("%v: a forged record reported as a dead peer", err)
+				}
 			}
 		})
 	}
