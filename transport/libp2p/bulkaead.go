@@ -241,8 +241,9 @@ func (o *bulkOpener) readHeader(hb []byte) error {
 }
 
 // Read reads the current piece's payload into p: each record is read
-// whole and opened, straight into p when p holds it. It returns io.EOF at
-// the end of the payload, io.ErrUnexpectedEOF if the connection ends
+// whole and opened, straight into p when p holds it (else into the
+// opener's buffer, from which Read and Next return it). It returns io.EOF
+// at the end of the payload, io.ErrUnexpectedEOF if the connection ends
 // inside it, and an error wrapping transport.ErrBadFrame and
 // errRecordAuth for a record that does not open (p may then hold
 // zeroes).
@@ -250,37 +251,57 @@ func (o *bulkOpener) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if len(o.plain) == 0 && o.left > 0 && len(p) >= min(bulkRecord, o.left) {
+		return o.open(p)
+	}
+	b, err := o.Next(len(p))
+	return copy(p, b), err
+}
+
+// Next returns up to max bytes of the current piece's payload without
+// copying them: a part of a record opened in the opener's buffer, which
+// is valid until the next call to Read, Next or readHeader (a consumer
+// that reduces as data arrives reads it there, in cache). Its errors are
+// Read's.
+func (o *bulkOpener) Next(max int) ([]byte, error) {
 	if len(o.plain) == 0 {
 		if o.left == 0 {
-			return 0, io.EOF
+			return nil, io.EOF
 		}
-		n := min(bulkRecord, o.left)
-		b := o.buf[:n+bulkTagLen]
-		if _, err := io.ReadFull(o.r, b); err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return 0, err
-		}
-		nonce, err := o.c.next()
+		n, err := o.open(nil)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		o.left -= n
-		if len(p) >= n {
-			if _, err := o.c.aead.Open(p[:0], nonce, b, o.hdr[:]); err != nil {
-				return 0, o.authErr()
-			}
-			return n, nil
-		}
-		if o.plain, err = o.c.aead.Open(b[:0], nonce, b, o.hdr[:]); err != nil {
-			o.plain = nil
-			return 0, o.authErr()
-		}
+		o.plain = o.buf[:n]
 	}
-	k := copy(p, o.plain)
-	o.plain = o.plain[k:]
-	return k, nil
+	b := o.plain[:min(max, len(o.plain))]
+	o.plain = o.plain[len(b):]
+	return b, nil
+}
+
+// open reads the piece's next record and opens it into dst, or in place
+// in o.buf if dst is nil, and returns its plaintext length.
+func (o *bulkOpener) open(dst []byte) (int, error) {
+	n := min(bulkRecord, o.left)
+	b := o.buf[:n+bulkTagLen]
+	if _, err := io.ReadFull(o.r, b); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, err
+	}
+	nonce, err := o.c.next()
+	if err != nil {
+		return 0, err
+	}
+	o.left -= n
+	if dst == nil {
+		dst = b
+	}
+	if _, err := o.c.aead.Open(dst[:0], nonce, b, o.hdr[:]); err != nil {
+		return 0, o.authErr()
+	}
+	return n, nil
 }
 
 func (o *bulkOpener) authErr() error {

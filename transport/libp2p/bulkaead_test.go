@@ -90,7 +90,7 @@ func sealPieces(t testing.TB, secret []byte, rekey uint64, payloads [][]byte) ([
 }
 
 // openPieces reads pieces from stream, chunk bytes per Read (0: the whole
-// payload at once), and returns their headers and payloads and the first
+// payload at once; negative: -chunk bytes per Next), and returns their headers and payloads and the first
 // error (io.EOF at a clean end).
 func openPieces(t testing.TB, stream []byte, secret []byte, rekey uint64, chunk int) (hdrs, payloads [][]byte, err error) {
 	t.Helper()
@@ -103,6 +103,14 @@ func openPieces(t testing.TB, stream []byte, secret []byte, rekey uint64, chunk 
 		n := int(binary.LittleEndian.Uint32(hb[12:])) - bulkPrefix
 		p := make([]byte, n)
 		for off := 0; off < n; {
+			if chunk < 0 {
+				b, err := o.Next(-chunk)
+				if err != nil {
+					return hdrs, payloads, err
+				}
+				off += copy(p[off:], b)
+				continue
+			}
 			end := n
 			if chunk > 0 {
 				end = min(off+chunk, n)
@@ -117,8 +125,8 @@ func openPieces(t testing.TB, stream []byte, secret []byte, rekey uint64, chunk 
 	}
 }
 
-// Pieces of every size around the record size, read whole, in small reads
-// and in reads that straddle records, across several keys (a new key every
+// Pieces of every size around the record size, read whole, in small reads,
+// in reads that straddle records and with Next, across several keys (a new key every
 // 3 records), come back as sealed; the stream does not contain the
 // plaintext.
 func TestBulkRecordRoundTrip(t *testing.T) {
@@ -132,7 +140,7 @@ func TestBulkRecordRoundTrip(t *testing.T) {
 		if bytes.Contains(stream, payloads[len(payloads)-1][1000:1064]) {
 			t.Fatal("the sealed stream contains the plaintext")
 		}
-		for _, chunk := range []int{0, 7, 1000, bulkRecord + 3} {
+		for _, chunk := range []int{0, 7, 1000, bulkRecord + 3, -1000, -bulkRecord} {
 			t.Run(fmt.Sprintf("rekey=%d/chunk=%d", rekey, chunk), func(t *testing.T) {
 				hdrs, got, err := openPieces(t, stream, testSecret(1), rekey, chunk)
 				if err != io.EOF {
@@ -203,7 +211,7 @@ func TestBulkRecordAdversary(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, chunk := range []int{0, 1000} { // opened into the destination, or into the scratch
+			for _, chunk := range []int{0, 1000, -bulkRecord} { // opened into the destination, into the opener's buffer, read there
 				_, got, err := openPieces(t, tc.stream, testSecret(1), bulkRekeyRecords, chunk)
 				if !errors.Is(err, tc.want) {
 					t.Fatalf("got %v, want %v", err, tc.want)
