@@ -28,8 +28,9 @@ import (
 // (the same Noise or TLS handshake as libp2p's, so the remote peer ID is
 // proven; with SecurityNone it is only claimed, as on the libp2p
 // connection). The receiver reads every piece straight into the message's
-// buffer: no muxer copy, and with Noise the decryption writes there in
-// place.
+// buffer: no muxer copy; with Noise the decryption writes there in
+// place, with TLS the bulk record layer (bulkaead.go) opens its records
+// there.
 //
 // Wire: on each bulk connection the dialer first sends a flagBulkHello
 // frame (its rank, the group size, the connection's index and the job
@@ -48,6 +49,9 @@ import (
 // that arrives before its announcement in a per-connection scratch buffer
 // until the announcement is read. Credit covers bulk messages as any
 // other, checked at the announcement.
+// Under Noise the frames go through the Noise connection; under TLS the
+// hello does, and the pieces are sealed by the bulk record layer
+// (bulkaead.go).
 
 // Frame flags of the bulk path.
 const (
@@ -84,43 +88,38 @@ type bulkMsg struct {
 // bulkConn is the TCP connection under a secured bulk connection. Its
 // reads go through a buffer, so that the security layer's small reads
 // (Noise's 2-byte frame length, TLS's record header) are not a system
-// call each. Under TLS, once the handshake is over (buffer), its writes go
-// through a buffer too, so that a 16 KiB record is not a system call each:
-// the bulk writer flushes it after each part (Noise's 64 KiB frames go
-// straight through: a copy would cost more than the calls it saves).
-// Reads and writes may run concurrently (one goroutine each).
+// call each; with tlsRecords, a read stops at the end of the TLS record it
+// is in (tlsRecordRead), so that the bytes after the TLS part of the
+// connection stay in r. Writes go straight through. Reads and writes may
+// run concurrently (one goroutine each).
 type bulkConn struct {
 	net.Conn
-	r *bufio.Reader
-	w *bufio.Writer // nil: writes go straight through
+	r          *bufio.Reader
+	tlsRecords bool
+	left       int // tlsRecords: bytes of the current TLS record not yet read
 }
 
-// bulkBufSize is the read and write buffer of a secured bulk connection.
+// bulkBufSize is the read buffer of an incoming Noise bulk connection.
 const bulkBufSize = 256 << 10
 
-func (b *bulkConn) Read(p []byte) (int, error) { return b.r.Read(p) }
-
-func (b *bulkConn) Write(p []byte) (int, error) {
-	if b.w == nil {
-		return b.Conn.Write(p)
+func (b *bulkConn) Read(p []byte) (int, error) {
+	if b.tlsRecords {
+		return tlsRecordRead(b.r, &b.left, p)
 	}
-	return b.w.Write(p)
+	return b.r.Read(p)
 }
-
-// buffer starts buffering writes (after the handshake).
-func (b *bulkConn) buffer() { b.w = bufio.NewWriterSize(b.Conn, bulkBufSize) }
 
 // bulkWriter writes its part of each message on one bulk connection
 // (with more than one connection, parts are written concurrently).
 type bulkWriter struct {
 	conn net.Conn
-	// raw is the TCP connection itself on an insecure link (its bytes are
-	// the secure conn's): a piece's header and payload go out in one
-	// writev. under is the buffered connection under a secured one,
-	// flushed after each part. One of them is nil.
+	// raw is the TCP connection itself when the writer writes it directly:
+	// on an insecure link (its bytes are the secure conn's: a piece's
+	// header and payload go out in one writev) and under TLS, where seal
+	// writes the pieces as bulk records. It is nil under Noise.
 	raw    net.Conn
-	under  *bulkConn
-	vec    net.Buffers // raw: header and payload of a piece (writev)
+	seal   *bulkSealer // TLS: the bulk record layer's sending side
+	vec    net.Buffers // insecure: header and payload of a piece (writev)
 	vecArr [2][]byte
 	hdr    [transport.FrameHeaderLen + bulkPrefix]byte
 	jobs   chan bulkJob
@@ -239,8 +238,15 @@ func (c *Conn) handleBulk(nc net.Conn) {
 	}()
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	var under net.Conn = nc
-	if c.opts.Security != SecurityNone {
+	var tlsIn *bulkConn
+	switch c.opts.Security {
+	case SecurityNoise:
 		under = &bulkConn{Conn: nc, r: bufio.NewReaderSize(nc, bulkBufSize)}
+	case SecurityTLS:
+		// The pieces come as bulk records after the TLS records, read
+		// from tlsIn.r (4 KiB: a record's read bypasses it).
+		tlsIn = &bulkConn{Conn: nc, r: bufio.NewReaderSize(nc, 4<<10), tlsRecords: true}
+		under = tlsIn
 	}
 	sc, err := c.sec.SecureInbound(ctx, under, "")
 	if err != nil {
@@ -256,6 +262,13 @@ func (c *Conn) handleBulk(nc net.Conn) {
 	var p []byte
 	if ok && r != c.rank {
 		h, p, err = transport.ReadFrame(sc, 12+128, nil)
+	}
+	var open *bulkCipher
+	if err == nil && tlsIn != nil {
+		var secret []byte
+		if secret, err = bulkSecret(sc, true); err == nil {
+			open, err = newBulkCipher(secret, bulkRekeyRecords)
+		}
 	}
 	stopped := stop()
 	cancel()
@@ -279,25 +292,43 @@ func (c *Conn) handleBulk(nc net.Conn) {
 		sc.Close()
 		return
 	}
-	l.bulkIn = append(l.bulkIn, sc)
+	var src io.Reader = sc
+	var closer net.Conn = sc
+	if open != nil {
+		// Closed without TLS's close_notify, which the dialer never reads.
+		closer, src = nc, tlsIn.r
+	}
+	l.bulkIn = append(l.bulkIn, closer)
 	l.mu.Unlock()
 	c.mu.Unlock()
-	l.bulkReadLoop(sc, c.aead())
+	l.bulkReadLoop(src, c.aead(), open)
 }
 
-// bulkReadLoop reads pieces from one bulk connection into their messages.
+// bulkReadLoop reads pieces from one bulk connection (src: the secure
+// connection, or with open the TCP connection under TLS's bulk records)
+// into their messages.
 // A piece of an announced message that goes to a pooled buffer is read
 // straight into it. Any other piece is read into the connection's scratch
 // (one piece, a cache's worth), checked there (CRC-32C on an insecure
 // link), and then copied or added to where its message goes: a placed
 // message's memory is written once, while the piece is in cache.
-func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
+func (l *link) bulkReadLoop(src io.Reader, secure bool, open *bulkCipher) {
 	c := l.c
-	r := bufio.NewReaderSize(&liveReader{s: sc, last: &l.lastRead}, 4<<10)
+	r := bufio.NewReaderSize(&liveReader{s: src, last: &l.lastRead}, 4<<10)
+	var o *bulkOpener // TLS: the bulk record layer's receiving side
+	if open != nil {
+		o = newBulkOpener(r, open)
+	}
 	var hb [transport.FrameHeaderLen + bulkPrefix]byte
 	var scratch []byte // allocated at the first piece that needs it
 	for {
-		if _, err := io.ReadFull(r, hb[:transport.FrameHeaderLen]); err != nil {
+		var err error
+		if o != nil {
+			err = o.readHeader(hb[:])
+		} else {
+			_, err = io.ReadFull(r, hb[:transport.FrameHeaderLen])
+		}
+		if err != nil {
 			// A clean end between pieces is the peer closing: the stream
 			// decides when the link is dead.
 			if err != io.EOF {
@@ -315,9 +346,11 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 			return
 		}
 		pre := hb[transport.FrameHeaderLen:]
-		if _, err := io.ReadFull(r, pre); err != nil {
-			l.readFailed(err)
-			return
+		if o == nil {
+			if _, err := io.ReadFull(r, pre); err != nil {
+				l.readFailed(err)
+				return
+			}
 		}
 		off, total := binary.LittleEndian.Uint64(pre), binary.LittleEndian.Uint64(pre[8:])
 		n := int(h.Len) - bulkPrefix
@@ -340,7 +373,9 @@ func (l *link) bulkReadLoop(sc net.Conn, secure bool) {
 			dst = scratch[:n]
 		}
 		crc := transport.UpdateChecksum(0, pre)
-		if secure {
+		if o != nil {
+			_, err = io.ReadFull(o, dst)
+		} else if secure {
 			_, err = io.ReadFull(r, dst)
 		} else {
 			l.crcBytes.Add(int64(n))
@@ -611,8 +646,8 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 	w := &bulkWriter{raw: nc, crcBytes: &l.crcBytes}
 	var under net.Conn = nc
 	if c.opts.Security != SecurityNone {
-		w.raw, w.under = nil, &bulkConn{Conn: nc, r: bufio.NewReaderSize(nc, 4<<10)} // only the handshake reads
-		under = w.under
+		w.raw = nil
+		under = &bulkConn{Conn: nc, r: bufio.NewReaderSize(nc, 4<<10)} // only the handshake reads
 	}
 	sc, err := c.sec.SecureOutbound(ctx, under, l.id)
 	if err != nil {
@@ -634,17 +669,29 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 		return nil, err
 	}
 	sc.SetWriteDeadline(time.Time{})
-	if w.under != nil && c.opts.Security == SecurityTLS {
-		w.under.buffer()
-	}
 	w.conn = sc
+	if c.opts.Security == SecurityTLS {
+		// The pieces go as bulk records on the TCP connection, after the
+		// hello's TLS record; closing it sends no TLS alert into them.
+		secret, err := bulkSecret(sc, true)
+		if err != nil {
+			sc.Close()
+			return nil, err
+		}
+		k, err := newBulkCipher(secret, bulkRekeyRecords)
+		if err != nil {
+			sc.Close()
+			return nil, err
+		}
+		w.conn, w.raw, w.seal = nc, nc, newBulkSealer(k)
+	}
 	return w, nil
 }
 
 // writePart writes part (at offset base of a total-byte message with
-// sequence number seq) as pieces of at most bulkPiece bytes, each header
-// and payload in one system call on an insecure link, and flushes the
-// connection's buffer on a secured one.
+// sequence number seq) as pieces of at most bulkPiece bytes: each header
+// and payload in one system call on an insecure link, sealed by the bulk
+// record layer under TLS, through the Noise connection under Noise.
 func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total int) error {
 	const h = transport.FrameHeaderLen
 	hdr := w.hdr[:]
@@ -660,7 +707,11 @@ func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total
 			w.crcBytes.Add(int64(n))
 		}
 		transport.PutFrameHeaderSum(hdr, flagBulkPiece, seq, bulkPrefix+n, crc)
-		if w.raw != nil {
+		if w.seal != nil {
+			if err := w.seal.writePiece(w.raw, hdr[:h+bulkPrefix], data); err != nil {
+				return err
+			}
+		} else if w.raw != nil {
 			w.vec = append(w.vecArr[:0], hdr[:h+bulkPrefix], data)
 			if _, err := w.vec.WriteTo(w.raw); err != nil {
 				return err
@@ -674,9 +725,6 @@ func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total
 			}
 		}
 		off += n
-	}
-	if w.under != nil && w.under.w != nil {
-		return w.under.w.Flush()
 	}
 	return nil
 }

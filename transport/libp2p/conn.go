@@ -1327,9 +1327,15 @@ func (l *link) readPieces(r io.Reader, tag uint64, p []byte, aead bool) bool {
 }
 
 // readFailed fails the link after a read error inside a frame (unless we
-// are closing).
+// are closing): with err itself if the read found the bytes forged
+// (transport.ErrBadFrame, from the bulk record layer), as a dead peer
+// otherwise.
 func (l *link) readFailed(err error) {
 	if l.c.isClosed() {
+		return
+	}
+	if errors.Is(err, transport.ErrBadFrame) {
+		l.fail(err)
 		return
 	}
 	if err == io.EOF {
@@ -1416,10 +1422,16 @@ func (c *Conn) heartbeat() {
 				l.lastWrite.Store(time.Now().UnixNano())
 			}
 			<-l.wsem
-			var ne interface{ Timeout() bool }
-			if err != nil && !c.isClosed() && (n > 0 || !errors.As(err, &ne) || !ne.Timeout()) {
+			if err != nil && !c.isClosed() && (n > 0 || !isTimeout(err)) {
 				l.fail(fmt.Errorf("%w: heartbeat: %w", transport.ErrPeerDead, err))
 			}
 		}
 	}
+}
+
+// isTimeout reports whether err is a timeout. Its target escapes to the
+// heap, so it is called only on an error: a heartbeat allocates nothing.
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
 }
