@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,7 +55,8 @@ import (
 // the server the same and the ranks nothing; CPU attack/decoy is the cost
 // of what the ranks do with the attack. Every step's result must be
 // bit-identical to the first baseline step's (the test fails otherwise),
-// and every attack must have reached the ranks (drops counted).
+// and every attack must have reached the ranks (drops counted) or been
+// refused by the server (see the modes below).
 //
 // As on a real deployment, where the attacker is another machine and the
 // server its own host, the attacker and the NATS server each run in their
@@ -67,15 +69,48 @@ import (
 // ranks' CPU time is their process's alone. The table also gives the CPU
 // time the server and the attacker spent per step in the attack blocks and
 // in the decoy blocks (from /proc): what the attack cost its
-// side of the machine. The attacker holds the server's token (the
-// strongest party of SECURITY.md short of a rank: it may publish and
+// side of the machine. In mode token the attacker holds the server's token
+// (the strongest party of SECURITY.md short of a rank: it may publish and
 // subscribe anywhere); rates are bounded as before (see attacks), so that
 // rows stay comparable with earlier runs. Run (no nice: the pinning is what
 // keeps the two sides apart; other load on the machine still shares their
 // CPUs, against which the interleaving is the defence):
 //
 //	go test -tags experiments -count=1 -run TestAttackStepTime -v ./experiments/
+//
+// SLIMGRAD_ATTACK_AUTH=mode,... (default token,member,insider) chooses how
+// the server authenticates and what the attacker holds, one subtest and
+// one table per mode: "token", the server's shared token (as above);
+// "member", per-rank NATS users as `slimgrad launch` and `slimgrad server
+// --jobs` make them (transport/nats.Permissions: one user per rank of job
+// A, the measured job, and of job B, each allowed only its rank's
+// subjects) with the attacker holding the user of rank 0 of job B (a
+// member of another job); "insider", the same server with the attacker
+// holding the user of rank 1 of job A itself (not the job key: a rank
+// forging the other ranks). With users, the server refuses what a user
+// may not publish or subscribe to: the attacker's client counts the
+// permission violations it gets back, and the table gives what it
+// published and how much of that was refused. In mode member the test
+// fails unless every attack was refused (at least one violation) and the
+// ranks dropped nothing: none of its frames reached them. The attacker
+// eavesdrops on what its user may see (the job's subjects with the token;
+// rank 1's with A's rank 1; A's are refused to B's member), and the decoy
+// subjects are refused to a user too, so the decoy still costs the server
+// what the attack does.
 func TestAttackStepTime(t *testing.T) {
+	// Split before the first mode pins this process.
+	rankCPUs, otherCPUs := splitCPUs(t)
+	for _, mode := range testenv.List("SLIMGRAD_ATTACK_AUTH", "token,member,insider") {
+		if !slices.Contains([]string{"token", "member", "insider"}, mode) {
+			t.Fatalf("SLIMGRAD_ATTACK_AUTH: unknown mode %q (want token, member or insider)", mode)
+		}
+		t.Run(mode, func(t *testing.T) { attackStudy(t, mode, rankCPUs, otherCPUs) })
+	}
+}
+
+// attackStudy is TestAttackStepTime in one authentication mode.
+// The ranks run on rankCPUs, the server and the attacker on otherCPUs.
+func attackStudy(t *testing.T, mode string, rankCPUs, otherCPUs []int) {
 	const n = 4
 	floats := testenv.Int(t, "SLIMGRAD_ATTACK_FLOATS", 256<<10, 1)
 	steps := testenv.Int(t, "SLIMGRAD_ATTACK_STEPS", 8, 1)
@@ -86,14 +121,14 @@ func TestAttackStepTime(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Minute)
 	defer cancel()
 
-	rankCPUs, otherCPUs := splitCPUs(t)
 	pinSelf(t, rankCPUs)
 	var tok [16]byte
 	crand.Read(tok[:])
-	token := hex.EncodeToString(tok[:])
-	srv := startHelper(t, "server", otherCPUs, map[string]string{"SLIMGRAD_ATTACK_TOKEN": token})
+	token := hex.EncodeToString(tok[:]) // the token, or the seed of the users' passwords
+	srv := startHelper(t, "server", otherCPUs, map[string]string{"SLIMGRAD_ATTACK_TOKEN": token,
+		"SLIMGRAD_ATTACK_AUTH": mode, "SLIMGRAD_ATTACK_N": strconv.Itoa(n)})
 	url := srv.expect("URL ")
-	att := startHelper(t, "attacker", otherCPUs, map[string]string{
+	att := startHelper(t, "attacker", otherCPUs, map[string]string{"SLIMGRAD_ATTACK_AUTH": mode,
 		"SLIMGRAD_ATTACK_TOKEN": token, "SLIMGRAD_ATTACK_URL": url, "SLIMGRAD_ATTACK_N": strconv.Itoa(n)})
 	att.expect("READY")
 	t.Logf("ranks pinned to CPUs %v (GOMAXPROCS %d); server (pid %d) and attacker (pid %d) to CPUs %v", rankCPUs, runtime.GOMAXPROCS(0), srv.cmd.Process.Pid, att.cmd.Process.Pid, otherCPUs)
@@ -104,7 +139,7 @@ func TestAttackStepTime(t *testing.T) {
 	var wg sync.WaitGroup
 	for r := range n {
 		wg.Go(func() {
-			conns[r], errs[r] = nats.Dial(ctx, url, "local", r, n, nats.WithToken(token), nats.WithKey(key))
+			conns[r], errs[r] = nats.Dial(ctx, url, "local", r, n, studyCreds(mode, token, "local", r), nats.WithKey(key))
 		})
 	}
 	wg.Wait()
@@ -196,16 +231,24 @@ func TestAttackStepTime(t *testing.T) {
 		step()
 	}
 
-	drops := func() int64 {
-		var s int64
-		for _, c := range conns {
+	// drops is what the ranks dropped so far, and the part of it that
+	// ranks other than 1 dropped (with an insider holding rank 1's user,
+	// only frames claiming rank 1 as their sender can reach them).
+	dropsBy := func() (all, others int64) {
+		for r, c := range conns {
 			d := c.Drops()
-			s += d.Forged + d.Replayed + d.Ignored
+			all += d.Forged + d.Replayed + d.Ignored
+			if r != 1 {
+				others += d.Forged + d.Replayed + d.Ignored
+			}
 		}
-		return s
+		return all, others
 	}
+	drops := func() int64 { all, _ := dropsBy(); return all }
 
 	up, _ := os.ReadFile("/proc/loadavg")
+	t.Logf("authentication %s: %s", mode, map[string]string{"token": "shared token, held by the attacker",
+		"member": "per-rank users; the attacker holds job B rank 0's", "insider": "per-rank users; the attacker holds job A rank 1's"}[mode])
 	t.Logf("%d ranks, %d floats (%d KiB) per rank, %d steps per block, %d pairs; load average %s", n, floats, floats*4>>10, steps, pairs, strings.Fields(string(up))[0])
 	type row struct {
 		name                 string
@@ -215,18 +258,22 @@ func TestAttackStepTime(t *testing.T) {
 		base, att            float64    // median wall seconds per step
 		otherAtt, otherDecoy float64    // median CPU seconds per step of the server and the attacker
 		dropped              int64
+		published, refused   int64 // the attacker's publications and permission violations, attack blocks
+		subRefused           int64 // its subscriptions refused
+		droppedOthers        int64 // of dropped, by ranks other than 1
 	}
 	var rows []row
+	var pub0, ref0, sub0 int64 // the attacker's counts so far
 	for ai, a := range attacks {
 		if only[0] != "" && !slices.Contains(only, a.name) {
 			continue
 		}
 		var wr, cr, cdr, bases, atts, oa, od []float64
-		var dropped, spilled int64
+		var dropped, droppedOthers, spilled, published, refused, subRefused int64
 		t0 := time.Now()
 		for p := range pairs {
 			run := func(prefix string) (float64, float64, float64) {
-				d0 := drops()
+				d0, o0 := dropsBy()
 				att.command(t, fmt.Sprintf("run %s %s", a.name, prefix), "RUNNING")
 				if profile != "" && prefix == target {
 					f, err := os.Create(fmt.Sprintf("%s/%d-%d.pprof", profile, ai, p))
@@ -242,16 +289,27 @@ func TestAttackStepTime(t *testing.T) {
 				if profile != "" && prefix == target {
 					pprof.StopCPUProfile()
 				}
-				att.command(t, "stop", "STOPPED")
+				var pub, ref, sub int64
+				if _, err := fmt.Sscan(att.command(t, "stop", "STOPPED "), &pub, &ref, &sub); err != nil {
+					t.Fatalf("attacker's answer: %v", err)
+				}
+				if prefix == target {
+					published += pub - pub0
+					refused += ref - ref0
+					subRefused += sub - sub0
+				}
+				pub0, ref0, sub0 = pub, ref, sub
 				// Let what the attack published reach the ranks before the
 				// next block: drops stop changing.
 				for last := int64(-1); drops() != last; time.Sleep(50 * time.Millisecond) {
 					last = drops()
 				}
+				d1, o1 := dropsBy()
 				if prefix == decoy {
-					spilled += drops() - d0
+					spilled += d1 - d0
 				} else {
-					dropped += drops() - d0
+					dropped += d1 - d0
+					droppedOthers += o1 - o0
 				}
 				return w, c, o
 			}
@@ -272,21 +330,28 @@ func TestAttackStepTime(t *testing.T) {
 			atts = append(atts, xw)
 			oa, od = append(oa, xo), append(od, yo)
 		}
-		if a.name != "none" && dropped == 0 {
-			t.Errorf("%s: no message dropped: the attack did not reach the ranks", a.name)
+		switch {
+		case a.name == "none":
+		case mode == "member":
+			// Nothing it does may reach job A: every attack is refused.
+			if refused+subRefused == 0 || dropped != 0 || refused < published {
+				t.Errorf("%s: %d published, %d refused (and %d subscriptions), %d dropped by the ranks: want every publication refused and nothing dropped", a.name, published, refused, subRefused, dropped)
+			}
+		case dropped == 0 && refused+subRefused == 0:
+			t.Errorf("%s: no message dropped and nothing refused: the attack did nothing", a.name)
 		}
 		if spilled != 0 {
 			t.Logf("%s: %d drops during decoy blocks (the previous attack block's messages, late)", a.name, spilled)
 		}
-		rows = append(rows, row{a.name, stat(wr), stat(cr), stat(cdr), median(bases), median(atts), median(oa), median(od), dropped})
+		rows = append(rows, row{a.name, stat(wr), stat(cr), stat(cdr), median(bases), median(atts), median(oa), median(od), dropped, published, refused, subRefused, droppedOthers})
 		t.Logf("%s: %v", a.name, time.Since(t0).Round(time.Millisecond))
 	}
 	up, _ = os.ReadFile("/proc/loadavg")
 	t.Logf("load average at the end %s", strings.Fields(string(up))[0])
-	fmt.Printf("\n| attack | step ms, baseline | step ms, attack | wall attack/baseline | ranks' CPU attack/baseline | ranks' CPU attack/decoy | server+attacker CPU ms/step, attack (decoy) | dropped |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Printf("\nauthentication %s\n\n| attack | step ms, baseline | step ms, attack | wall attack/baseline | ranks' CPU attack/baseline | ranks' CPU attack/decoy | server+attacker CPU ms/step, attack (decoy) | published | refused (subscriptions) | dropped (by ranks other than 1) |\n|---|---|---|---|---|---|---|---|---|---|\n", mode)
 	f := func(v [3]float64) string { return fmt.Sprintf("%.2f (%.2f–%.2f)", v[0], v[1], v[2]) }
 	for _, r := range rows {
-		fmt.Printf("| %s | %.1f | %.1f | %s | %s | %s | %.1f (%.1f) | %d |\n", r.name, r.base*1e3, r.att*1e3, f(r.wall), f(r.cpu), f(r.cpuDecoy), r.otherAtt*1e3, r.otherDecoy*1e3, r.dropped)
+		fmt.Printf("| %s | %.1f | %.1f | %s | %s | %s | %.1f (%.1f) | %d | %d (%d) | %d (%d) |\n", r.name, r.base*1e3, r.att*1e3, f(r.wall), f(r.cpu), f(r.cpuDecoy), r.otherAtt*1e3, r.otherDecoy*1e3, r.published, r.refused, r.subRefused, r.dropped, r.droppedOthers)
 	}
 	for r := range n {
 		wg.Go(func() { errs[r] = ws[r].Shutdown(ctx) })
@@ -303,11 +368,15 @@ func TestAttackStepTime(t *testing.T) {
 // TestAttackStepTime, in a process of its own (it does nothing unless
 // started by it). It pins itself to SLIMGRAD_ATTACK_CPUS. The server
 // (SLIMGRAD_ATTACK_ROLE=server) prints "URL <url>" and runs until its
-// stdin closes. The attacker (role attacker) connects with the server's
-// token, prints "READY", then reads commands on stdin: "run NAME PREFIX"
-// starts attack NAME under subject prefix PREFIX (answer "RUNNING"),
-// "stop" stops it and flushes what it published to the server (answer
-// "STOPPED").
+// stdin closes; it requires the token SLIMGRAD_ATTACK_TOKEN, or (with
+// SLIMGRAD_ATTACK_AUTH member or insider) has the users of studyUsers.
+// The attacker (role attacker) connects with the token or its user (see
+// studyCreds), prints "READY", then reads commands on stdin: "run NAME
+// PREFIX" starts attack NAME under subject prefix PREFIX (answer
+// "RUNNING"), "stop" stops it and flushes what it published to the
+// server (answer "STOPPED P V S": so far, P messages published by the
+// attacks, V of its publications and S of its subscriptions refused by
+// the server, permission violations).
 func TestAttackHelper(t *testing.T) {
 	role := os.Getenv("SLIMGRAD_ATTACK_ROLE")
 	if role == "" {
@@ -323,10 +392,16 @@ func TestAttackHelper(t *testing.T) {
 	}
 	pinSelf(t, cpus)
 	token := os.Getenv("SLIMGRAD_ATTACK_TOKEN")
+	mode := os.Getenv("SLIMGRAD_ATTACK_AUTH")
+	n := testenv.Int(t, "SLIMGRAD_ATTACK_N", 4, 2)
 	in := bufio.NewScanner(os.Stdin)
 	switch role {
 	case "server":
-		srv, err := natsserver.Start(t.Context(), natsserver.Options{Token: token})
+		o := natsserver.Options{Token: token}
+		if mode != "token" {
+			o = natsserver.Options{Users: studyUsers(token, n)}
+		}
+		srv, err := natsserver.Start(t.Context(), o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -336,12 +411,17 @@ func TestAttackHelper(t *testing.T) {
 		}
 	case "attacker":
 		url := os.Getenv("SLIMGRAD_ATTACK_URL")
-		nc, err := natsgo.Connect(url, natsgo.Token(token), natsgo.NoEcho())
+		e := &attackEnv{url: url, token: token, mode: mode, n: n, t: t}
+		e.job, e.rank = "b", 0 // mode member
+		if mode == "insider" {
+			e.job, e.rank = "local", 1
+		}
+		nc, err := natsgo.Connect(url, append(e.natsAs(), natsgo.NoEcho())...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer nc.Close()
-		n := testenv.Int(t, "SLIMGRAD_ATTACK_N", 4, 2)
+		e.nc = nc
 		fmt.Println("READY")
 		var stop func() // ends the running attack and waits for it
 		var wg sync.WaitGroup
@@ -360,7 +440,8 @@ func TestAttackHelper(t *testing.T) {
 					t.Fatalf("unknown attack %q", name)
 				}
 				actx, cancel := context.WithCancel(t.Context())
-				wg.Go(func() { attacks[i].run(actx, &attackEnv{nc, url, token, n, prefix, t}) })
+				e.prefix = prefix
+				wg.Go(func() { attacks[i].run(actx, e) })
 				stop = func() { cancel(); wg.Wait() }
 				fmt.Println("RUNNING")
 			case len(f) == 1 && f[0] == "stop" && stop != nil:
@@ -369,7 +450,13 @@ func TestAttackHelper(t *testing.T) {
 				if err := nc.Flush(); err != nil {
 					t.Error(err)
 				}
-				fmt.Println("STOPPED")
+				// The server answered every publication before the
+				// flush's PONG; its violations reach the counter through
+				// the client's callback queue: wait until it settles.
+				for last := int64(-1); e.refused.Load() != last; time.Sleep(20 * time.Millisecond) {
+					last = e.refused.Load()
+				}
+				fmt.Printf("STOPPED %d %d %d\n", e.published.Load(), e.refused.Load(), e.subDenied.Load())
 			default:
 				t.Fatalf("bad command %q", in.Text())
 			}
@@ -499,13 +586,14 @@ func (h *helper) expect(prefix string) string {
 	return ""
 }
 
-// command writes line to h and waits for its answer.
-func (h *helper) command(t *testing.T, line, answer string) {
+// command writes line to h, waits for its answer (a line starting with
+// answer) and returns the rest of that line.
+func (h *helper) command(t *testing.T, line, answer string) string {
 	t.Helper()
 	if _, err := fmt.Fprintln(h.in, line); err != nil {
 		t.Fatal(err)
 	}
-	h.expect(answer)
+	return h.expect(answer)
 }
 
 // cpu is the CPU time h's threads have used so far, in seconds (the sum
@@ -545,20 +633,96 @@ const (
 )
 
 type attackEnv struct {
-	nc         *natsgo.Conn // the attacker's connection (server token)
-	url, token string
+	nc         *natsgo.Conn // the attacker's connection (server token or its user)
+	url, token string       // token: the server's token, or the seed of the users' passwords
+	mode       string       // token, member or insider (see TestAttackStepTime)
+	job        string       // with users: the job and rank whose user the attacker holds
+	rank       int
 	n          int
 	prefix     string // target or decoy
 	t          *testing.T
+
+	published atomic.Int64 // messages the attacks published (e.pub)
+	refused   atomic.Int64 // permission violations for the attacker's publications
+	subDenied atomic.Int64 // and for its subscriptions
 }
 
 // subj is the job's subject s (after "slimgrad.local.") under e's prefix.
 func (e *attackEnv) subj(s string) string { return e.prefix + s }
 
-// job is the job ID an attack's own processes claim: the attacked job's, or
-// one nobody runs.
-func (e *attackEnv) job() string {
+// claim is the job ID an attack's own processes claim: the attacked job's,
+// or one nobody runs.
+func (e *attackEnv) claim() string {
 	return strings.TrimSuffix(strings.TrimPrefix(e.prefix, "slimgrad."), ".")
+}
+
+// pub publishes an attack's message, counted.
+func (e *attackEnv) pub(subj string, data []byte) {
+	e.published.Add(1)
+	e.nc.Publish(subj, data)
+}
+
+// natsAs is the options of a NATS connection with the attacker's
+// credentials, whose permission violations e counts.
+func (e *attackEnv) natsAs() []natsgo.Option {
+	count := natsgo.ErrorHandler(func(_ *natsgo.Conn, _ *natsgo.Subscription, err error) {
+		switch s := strings.ToLower(err.Error()); {
+		case strings.Contains(s, "permissions violation for publish"):
+			e.refused.Add(1)
+		case strings.Contains(s, "permissions violation"):
+			e.subDenied.Add(1)
+		}
+	})
+	if e.mode == "token" {
+		return []natsgo.Option{natsgo.Token(e.token), count}
+	}
+	return []natsgo.Option{natsgo.UserInfo(studyUser(e.job, e.rank), studyPassword(e.token, e.job, e.rank)), count}
+}
+
+// sees is the subjects the attacker subscribes to to see job's traffic:
+// all of them, or (with a user of that job) those its user may subscribe
+// to. The server refuses a subscription outside the user's.
+func (e *attackEnv) sees(job string) []string {
+	if e.mode == "token" || job != e.job {
+		return []string{"slimgrad." + job + ".>"}
+	}
+	_, sub := nats.Permissions(job, e.rank)
+	return slices.DeleteFunc(sub, func(s string) bool { return s == natsserver.DisconnectSubject })
+}
+
+// studyUser is the NATS user name of rank of job in TestAttackStepTime.
+func studyUser(job string, rank int) string { return fmt.Sprintf("%s-%d", job, rank) }
+
+// studyPassword is that user's password, derived from the run's secret.
+func studyPassword(secret, job string, rank int) string {
+	return fmt.Sprintf("%s-%s-%d", secret, job, rank)
+}
+
+// studyUsers is the server's users in modes member and insider: one per
+// rank of job A ("local", n ranks) and of job B ("b", 2 ranks), each
+// with its rank's permissions (nats.Permissions), as `slimgrad launch`
+// makes them.
+func studyUsers(secret string, n int) []natsserver.User {
+	var users []natsserver.User
+	for _, j := range []struct {
+		job string
+		n   int
+	}{{"local", n}, {"b", 2}} {
+		for r := range j.n {
+			pub, sub := nats.Permissions(j.job, r)
+			users = append(users, natsserver.User{Name: studyUser(j.job, r), Password: studyPassword(secret, j.job, r), Publish: pub, Subscribe: sub})
+		}
+	}
+	return users
+}
+
+// studyCreds is the Dial option with which rank of job authenticates in
+// mode: the token, or its own user.
+func studyCreds(mode, secret, job string, rank int) nats.Option {
+	if mode == "token" {
+		return nats.WithToken(secret)
+	}
+	return nats.WithNATSOptions(natsgo.UserInfo(studyUser(job, rank), studyPassword(secret, job, rank)))
 }
 
 // stat is the median, minimum and maximum of v.
@@ -587,17 +751,19 @@ func every(ctx context.Context, d time.Duration, f func()) {
 	}
 }
 
-// relay subscribes to subj and calls f on every message until ctx ends
-// (the attacker eavesdrops on the job: the server routes it a copy of
-// everything).
-func (e *attackEnv) relay(ctx context.Context, subj string, f func(m *natsgo.Msg)) {
+// relay subscribes to job's subjects (e.sees) and calls f on every
+// message until ctx ends (the attacker eavesdrops on the job: the server
+// routes it a copy of everything it may see).
+func (e *attackEnv) relay(ctx context.Context, job string, f func(m *natsgo.Msg)) {
 	ch := make(chan *natsgo.Msg, 1<<12)
-	sub, err := e.nc.ChanSubscribe(subj, ch)
-	if err != nil {
-		e.t.Error(err)
-		return
+	for _, subj := range e.sees(job) {
+		sub, err := e.nc.ChanSubscribe(subj, ch)
+		if err != nil {
+			e.t.Error(err)
+			return
+		}
+		defer sub.Unsubscribe()
 	}
-	defer sub.Unsubscribe()
 	for {
 		select {
 		case <-ctx.Done():
@@ -646,20 +812,20 @@ var attacks = []attack{
 				pl := binary.LittleEndian.AppendUint64(nil, rng.Uint64())
 				pl = binary.LittleEndian.AppendUint32(pl, uint32(e.n))
 				pl = binary.LittleEndian.AppendUint64(pl, 0)
-				e.nc.Publish(e.subj(fmt.Sprintf("h.%d", r)), forgedFrame(rng, 1<<4|1, rng.Uint64(), pl))
+				e.pub(e.subj(fmt.Sprintf("h.%d", r)), forgedFrame(rng, 1<<4|1, rng.Uint64(), pl))
 			}
 		})
 	}},
 	{"replay of every message", func(ctx context.Context, e *attackEnv) {
-		e.relay(ctx, target+">", func(m *natsgo.Msg) { e.nc.Publish(e.re(m.Subject), m.Data) })
+		e.relay(ctx, "local", func(m *natsgo.Msg) { e.pub(e.re(m.Subject), m.Data) })
 	}},
 	{"every message re-addressed", func(ctx context.Context, e *attackEnv) {
-		e.relay(ctx, target+">", func(m *natsgo.Msg) { e.nc.Publish(e.re(readdress(m.Subject, e.n)), m.Data) })
+		e.relay(ctx, "local", func(m *natsgo.Msg) { e.pub(e.re(readdress(m.Subject, e.n)), m.Data) })
 	}},
 	{"every message truncated, plus garbage", func(ctx context.Context, e *attackEnv) {
-		e.relay(ctx, target+">", func(m *natsgo.Msg) {
-			e.nc.Publish(e.re(m.Subject), m.Data[:len(m.Data)/2])
-			e.nc.Publish(e.re(m.Subject), []byte("garbage"))
+		e.relay(ctx, "local", func(m *natsgo.Msg) {
+			e.pub(e.re(m.Subject), m.Data[:len(m.Data)/2])
+			e.pub(e.re(m.Subject), []byte("garbage"))
 		})
 	}},
 	{"flood of 64 KiB forged chunks (64 MB/s)", func(ctx context.Context, e *attackEnv) {
@@ -673,7 +839,7 @@ var attacks = []attack{
 			dst, src := rng.IntN(e.n), rng.IntN(e.n)
 			binary.LittleEndian.PutUint64(pl, 1<<40+rng.Uint64N(1<<20))
 			binary.LittleEndian.PutUint64(pl[8:], 1<<20)
-			e.nc.Publish(e.subj(fmt.Sprintf("d.%d.%d", dst, src)), forgedFrame(rng, 1, 1, pl))
+			e.pub(e.subj(fmt.Sprintf("d.%d.%d", dst, src)), forgedFrame(rng, 1, 1, pl))
 		})
 	}},
 	{"forged credit (4000/s)", func(ctx context.Context, e *attackEnv) {
@@ -681,7 +847,7 @@ var attacks = []attack{
 		every(ctx, time.Millisecond, func() {
 			for r := range e.n {
 				pl := binary.LittleEndian.AppendUint64(nil, 1<<40)
-				e.nc.Publish(e.subj(fmt.Sprintf("c.%d.%d", r, (r+1)%e.n)), forgedFrame(rng, 1<<6, rng.Uint64(), pl))
+				e.pub(e.subj(fmt.Sprintf("c.%d.%d", r, (r+1)%e.n)), forgedFrame(rng, 1<<6, rng.Uint64(), pl))
 			}
 		})
 	}},
@@ -694,7 +860,7 @@ var attacks = []attack{
 		for r := range 2 {
 			wg.Go(func() {
 				var err error
-				if conns[r], err = nats.Dial(ctx, e.url, "b", r, 2, nats.WithToken(e.token), bkey); err != nil && ctx.Err() == nil {
+				if conns[r], err = nats.Dial(ctx, e.url, "b", r, 2, studyCreds(e.mode, e.token, "b", r), bkey); err != nil && ctx.Err() == nil {
 					e.t.Error(err)
 				}
 			})
@@ -711,24 +877,27 @@ var attacks = []attack{
 			return
 		}
 		wg.Go(func() {
-			e.relay(ctx, "slimgrad.b.>", func(m *natsgo.Msg) {
-				e.nc.Publish(e.prefix+strings.TrimPrefix(m.Subject, "slimgrad.b."), m.Data)
+			e.relay(ctx, "b", func(m *natsgo.Msg) {
+				e.pub(e.prefix+strings.TrimPrefix(m.Subject, "slimgrad.b."), m.Data)
 			})
 		})
+		// B's ranks take turns sending, so that each rank's subjects
+		// (all that a user of B may see) carry data.
 		msg := make([]byte, 256<<10)
-		for ctx.Err() == nil {
-			if conns[0].Send(ctx, 1, 1, msg) != nil {
+		for i := 0; ctx.Err() == nil; i++ {
+			src, dst := i%2, 1-i%2
+			if conns[src].Send(ctx, dst, 1, msg) != nil {
 				break
 			}
-			if m, err := conns[1].Recv(ctx, 0, 1); err == nil {
-				transport.Release(conns[1], m)
+			if m, err := conns[dst].Recv(ctx, src, 1); err == nil {
+				transport.Release(conns[dst], m)
 			}
 		}
 		wg.Wait()
 	}},
 	{"fake member claiming rank 1 (wrong key)", func(ctx context.Context, e *attackEnv) {
 		for ctx.Err() == nil {
-			c, err := nats.Dial(ctx, e.url, e.job(), 1, e.n, nats.WithToken(e.token),
+			c, err := nats.Dial(ctx, e.url, e.claim(), 1, e.n, nats.WithNATSOptions(e.natsAs()...),
 				nats.WithKey([]byte("not-the-job-key-at-all")), nats.WithConnectTimeout(300*time.Millisecond),
 				nats.WithHeartbeat(10*time.Millisecond, time.Second))
 			if err == nil {
