@@ -1,5 +1,10 @@
 package sim
 
+import (
+	"math"
+	"math/bits"
+)
+
 // event kinds
 const (
 	evFlowEnd    uint8 = iota + 1 // a flow's last byte left the links: a = flow id, x = version
@@ -29,51 +34,50 @@ func (a *event) less(b *event) bool {
 }
 
 // eventHeap is the virtual-time event queue, popping events in (t, seq)
-// order. A 4-ary min-heap holds entries ordered by (t, seq): an entry is
-// one event, or a run of events of one time pushed one after the other,
-// kept in a FIFO bucket in push (= seq) order and keyed by its first
-// event. Runs of one time never interleave (a run's seqs are consecutive),
-// so draining entries in that order pops events in (t, seq) order.
-// Lock-step collectives schedule thousands of events at identical times,
-// so most pushes append to the run of the previous push and most pops take
-// the next event of the current bucket; a push of a new time costs one
-// heap entry and no allocation in steady state.
+// order.
+//
+// By default it is a radix heap (Ahuja, Mehlhorn, Orlin and Tarjan): the
+// simulator never schedules an event before the last one popped (virtual
+// time does not go back), and the bits of a non-negative float64 order as
+// the number does, so an event of time t sits in bucket
+// bits.Len64(key(t) ^ key(last)), key being the bits, and bucket 0 holds
+// the events of the current time. A pop from an empty bucket 0 finds the
+// smallest key in the lowest non-empty bucket, makes it the current one and
+// moves that bucket's events down (each event moves at most 64 times, in
+// practice a few, and always sequentially through memory). Every bucket
+// keeps its events in push (= seq) order: a bucket is filled from a higher
+// one only while it is empty, and pushes come in seq order, so bucket 0 is
+// popped front to back in (t, seq) order with no comparisons. Lock-step
+// collectives schedule thousands of events at one time: they are appended
+// to one bucket and popped in order.
+//
+// plain makes it a 4-ary min-heap of single events (the aggregated mode's,
+// whose runs are small). In both forms an event scheduled before the last
+// one popped is a caller bug; the radix form takes it as the last popped
+// time.
 type eventHeap struct {
-	// plain makes it a 4-ary min-heap of single events (aggregated runs:
-	// few events share a time).
-	plain   bool
-	ev      []event
-	seq     uint64
-	n       int
-	times   []tentry // 4-ary min-heap by (ev.t, ev.seq)
-	buckets [][]event
-	heads   []int32
-	free    []int32
-	lastT   float64
-	lastB   int32 // bucket of the run of the last push (-1: none)
-	lastOne bool  // the last push was a single entry of time lastT
+	plain bool
+	ev    []event // plain: the 4-ary heap
+	seq   uint64
+	n     int
+
+	last uint64      // radix: key of the current time (the last pop's)
+	head int         // radix: next event of rb[0]
+	mask uint64      // radix: bit i−1 set if rb[i] (i ≥ 1) is not empty
+	rb   [65][]event // radix buckets
 }
 
-// tentry is a heap entry: event ev alone (b < 0), or bucket b, whose first
-// event has ev's time and seq.
-type tentry struct {
-	ev event
-	b  int32
-}
-
-func (a *tentry) less(b *tentry) bool {
-	return a.ev.t < b.ev.t || a.ev.t == b.ev.t && a.ev.seq < b.ev.seq
-}
+// bigBucket is the capacity (events) beyond which an emptied radix bucket
+// gives its memory back instead of keeping it for reuse: an all-to-all of
+// thousands of ranks fills a few buckets once with millions of events.
+const bigBucket = 1 << 20
 
 func (h *eventHeap) reset() {
 	h.ev = h.ev[:0]
-	for _, te := range h.times {
-		if te.b >= 0 {
-			h.release(te.b)
-		}
+	for i := range h.rb {
+		h.rb[i] = h.rb[i][:0]
 	}
-	h.times = h.times[:0]
-	h.seq, h.n, h.lastB, h.lastOne = 0, 0, -1, false
+	h.seq, h.n, h.last, h.head, h.mask = 0, 0, 0, 0, 0
 }
 
 func (h *eventHeap) len() int {
@@ -83,10 +87,13 @@ func (h *eventHeap) len() int {
 	return h.n
 }
 
-func (h *eventHeap) release(b int32) {
-	h.buckets[b] = h.buckets[b][:0]
-	h.heads[b] = 0
-	h.free = append(h.free, b)
+// atNow reports whether an event of time now (the last popped event's, or
+// 0 before the first pop) is queued.
+func (h *eventHeap) atNow(now float64) bool {
+	if h.plain {
+		return len(h.ev) > 0 && !(h.ev[0].t > now)
+	}
+	return h.head < len(h.rb[0])
 }
 
 func (h *eventHeap) push(e event) {
@@ -108,29 +115,20 @@ func (h *eventHeap) push(e event) {
 		return
 	}
 	h.n++
-	if h.lastB >= 0 && e.t == h.lastT {
-		h.buckets[h.lastB] = append(h.buckets[h.lastB], e)
+	k := math.Float64bits(e.t)
+	if k == h.last {
+		h.rb[0] = append(h.rb[0], e)
 		return
 	}
-	if !h.lastOne || e.t != h.lastT {
-		// A new time: one entry, which a run may follow.
-		h.pushTime(tentry{ev: e, b: -1})
-		h.lastT, h.lastB, h.lastOne = e.t, -1, true
+	if k < h.last || k>>63 != 0 {
+		// Before the current time (or negative): a caller bug, see above.
+		e.t, k = math.Float64frombits(h.last), h.last
+		h.rb[0] = append(h.rb[0], e)
 		return
 	}
-	// The second event of a run: a bucket from here on.
-	var b int32
-	if k := len(h.free); k > 0 {
-		b = h.free[k-1]
-		h.free = h.free[:k-1]
-	} else {
-		b = int32(len(h.buckets))
-		h.buckets = append(h.buckets, nil)
-		h.heads = append(h.heads, 0)
-	}
-	h.pushTime(tentry{ev: e, b: b})
-	h.buckets[b] = append(h.buckets[b], e)
-	h.lastB, h.lastOne = b, false
+	b := bits.Len64(k ^ h.last)
+	h.rb[b] = append(h.rb[b], e)
+	h.mask |= 1 << (b - 1)
 }
 
 // top returns the next event without removing it; len() must be > 0.
@@ -138,110 +136,89 @@ func (h *eventHeap) top() *event {
 	if h.plain {
 		return &h.ev[0]
 	}
-	te := &h.times[0]
-	if te.b < 0 {
-		return &te.ev
+	if h.head < len(h.rb[0]) {
+		return &h.rb[0][h.head]
 	}
-	return &h.buckets[te.b][h.heads[te.b]]
+	s := h.rb[bits.TrailingZeros64(h.mask)+1]
+	m := 0
+	for j := 1; j < len(s); j++ {
+		if math.Float64bits(s[j].t) < math.Float64bits(s[m].t) {
+			m = j
+		}
+	}
+	return &s[m]
 }
 
 // pop removes and returns the next event; len() must be > 0.
 func (h *eventHeap) pop() event {
 	if h.plain {
-		s := h.ev
-		e := s[0]
-		n := len(s) - 1
-		last := s[n]
-		s = s[:n]
-		h.ev = s
-		if n > 0 {
-			i := 0
-			for {
-				c := 4*i + 1
-				if c >= n {
-					break
-				}
-				m := c
-				for k := c + 1; k < min(c+4, n); k++ {
-					if s[k].less(&s[m]) {
-						m = k
-					}
-				}
-				if !s[m].less(&last) {
-					break
-				}
-				s[i] = s[m]
-				i = m
-			}
-			s[i] = last
-		}
-		return e
+		return h.popPlain()
 	}
-	te := &h.times[0]
+	if h.head == len(h.rb[0]) {
+		h.advance()
+	}
+	e := h.rb[0][h.head]
+	h.head++
 	h.n--
-	if te.b < 0 {
-		e := te.ev
-		h.popTime()
-		if e.t == h.lastT {
-			h.lastOne = false // its entry is gone: a push of e.t starts anew
-		}
-		return e
-	}
-	b := te.b
-	e := h.buckets[b][h.heads[b]]
-	h.heads[b]++
-	if int(h.heads[b]) == len(h.buckets[b]) {
-		h.popTime()
-		h.release(b)
-		if h.lastB == b {
-			h.lastB = -1
-		}
-	}
 	return e
 }
 
-func (h *eventHeap) pushTime(te tentry) {
-	h.times = append(h.times, te)
-	s := h.times
-	i := len(s) - 1
-	for i > 0 {
-		p := (i - 1) / 4
-		if !te.less(&s[p]) {
-			break
-		}
-		s[i] = s[p]
-		i = p
+// advance makes the smallest key of the lowest non-empty bucket the
+// current time and redistributes that bucket; bucket 0 must be drained.
+func (h *eventHeap) advance() {
+	h.rb[0], h.head = h.rb[0][:0], 0
+	i := bits.TrailingZeros64(h.mask) + 1
+	src := h.rb[i]
+	m := math.Float64bits(src[0].t)
+	for j := 1; j < len(src); j++ {
+		m = min(m, math.Float64bits(src[j].t))
 	}
-	s[i] = te
+	h.last = m
+	h.mask &^= 1 << (i - 1)
+	for j := range src {
+		k := math.Float64bits(src[j].t)
+		if k == m {
+			h.rb[0] = append(h.rb[0], src[j])
+			continue
+		}
+		b := bits.Len64(k ^ m)
+		h.rb[b] = append(h.rb[b], src[j])
+		h.mask |= 1 << (b - 1)
+	}
+	if cap(src) > bigBucket {
+		h.rb[i] = nil
+	} else {
+		h.rb[i] = src[:0]
+	}
 }
 
-func (h *eventHeap) popTime() {
-	s := h.times
+func (h *eventHeap) popPlain() event {
+	s := h.ev
+	e := s[0]
 	n := len(s) - 1
 	last := s[n]
 	s = s[:n]
-	h.times = s
-	if n == 0 {
-		return
-	}
-	i := 0
-	for {
-		c := 4*i + 1
-		if c >= n {
-			break
-		}
-		m := c
-		end := min(c+4, n)
-		for k := c + 1; k < end; k++ {
-			if s[k].less(&s[m]) {
-				m = k
+	h.ev = s
+	if n > 0 {
+		i := 0
+		for {
+			c := 4*i + 1
+			if c >= n {
+				break
 			}
+			m := c
+			for k := c + 1; k < min(c+4, n); k++ {
+				if s[k].less(&s[m]) {
+					m = k
+				}
+			}
+			if !s[m].less(&last) {
+				break
+			}
+			s[i] = s[m]
+			i = m
 		}
-		if !s[m].less(&last) {
-			break
-		}
-		s[i] = s[m]
-		i = m
+		s[i] = last
 	}
-	s[i] = last
+	return e
 }

@@ -817,7 +817,7 @@ func (d *driver) loop(ctx context.Context) error {
 				return err
 			}
 		}
-		if (len(d.net.dirty) > 0 || len(d.net.changed) > 0) && (d.h.len() == 0 || d.h.top().t > d.now) {
+		if (len(d.net.dirty) > 0 || len(d.net.changed) > 0) && !d.h.atNow(d.now) {
 			d.settle()
 			continue
 		}
