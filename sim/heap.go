@@ -13,7 +13,7 @@ const (
 	evStart                       // a collective may start: g = collective
 	evStartRank                   // one rank's part of a collective may start: g = machine
 	evArriveAll                   // aggregated: messages reached a representative: g = machine, x = its receives (aggBulk)
-	evTinyEnd                     // a tiny message (TinyMessageBytes) left its links: x = its msgInfo (driver.pend)
+	evTinyEnd                     // a tiny message (TinyMessageBytes) left its links: g = machine, op = its send, x = its tinyRec (driver.tinys)
 )
 
 // event is one entry of the virtual-time queue; events are ordered by

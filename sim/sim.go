@@ -411,6 +411,8 @@ type driver struct {
 	next      [][]int32        // per collective: the collectives chained After it
 	pend      []msgInfo
 	pfree     []int32
+	tinys     []tinyRec // tiny messages on their links (driver.tiny)
+	tfree     []int32
 	trace     *Trace
 	cfin      []float64
 	cbytes    []int64
@@ -730,6 +732,7 @@ func (d *driver) setup(ctx context.Context) error {
 	d.net.reset()
 	d.now = 0
 	d.pend, d.pfree = d.pend[:0], d.pfree[:0]
+	d.tinys, d.tfree = d.tinys[:0], d.tfree[:0]
 	cal := d.opts.Calibration
 	if cal == nil {
 		cal = DefaultCalibration()
@@ -844,7 +847,7 @@ func (d *driver) loop(ctx context.Context) error {
 		case evArriveAll:
 			err = d.arriveAll(ev.g, ev.x)
 		case evTinyEnd:
-			err = d.tinyEnd(int32(ev.x))
+			err = d.tinyEnd(ev.g, ev.op, int32(ev.x))
 		}
 		if err != nil {
 			return err
@@ -1160,13 +1163,13 @@ func (d *driver) connDone(rank, peer int32) {
 		return
 	}
 	j := c.head
-	m := d.pend[j]
+	m := &d.pend[j]
 	c.head = m.next
 	if c.head < 0 {
 		c.tail = -1
 	}
+	d.startFlow(m) // parks nothing: m stays valid
 	d.pfree = append(d.pfree, j)
-	d.startFlow(&m)
 }
 
 // TinyMessageBytes is the size up to which a message is tiny: unless
@@ -1201,15 +1204,32 @@ func (d *driver) tiny(m *msgInfo, wire float64) {
 		nw.linkBytes[l] += wire
 		end = max(end, t)
 	}
-	j := d.park(m)
-	d.h.push(event{t: end, kind: evTinyEnd, x: uint32(j)})
+	var j int32
+	if n := len(d.tfree); n > 0 {
+		j = d.tfree[n-1]
+		d.tfree = d.tfree[:n-1]
+	} else {
+		j = int32(len(d.tinys))
+		d.tinys = append(d.tinys, tinyRec{})
+	}
+	d.tinys[j] = tinyRec{dg: m.dg, dop: m.dop, lat: m.lat}
+	d.h.push(event{t: end, kind: evTinyEnd, g: m.g, op: m.op, x: uint32(j)})
 }
 
-// tinyEnd is flowEnd for the tiny message parked at j.
-func (d *driver) tinyEnd(j int32) error {
-	m := d.pend[j]
-	d.pfree = append(d.pfree, j)
-	return d.sent(m.g, m.op, m.dg, m.dop, m.lat)
+// tinyRec is what the end of a tiny message needs beside its sender's
+// machine and op (in its event): an all-to-all of thousands of ranks has
+// millions of them on their links at once.
+type tinyRec struct {
+	dg, dop int32
+	lat     float64
+}
+
+// tinyEnd is flowEnd for Send op of machine g, whose tiny message is
+// d.tinys[j].
+func (d *driver) tinyEnd(g, op int32, j int32) error {
+	r := d.tinys[j]
+	d.tfree = append(d.tfree, j)
+	return d.sent(g, op, r.dg, r.dop, r.lat)
 }
 
 func (d *driver) flowEnd(id int32, ver uint32) error {
@@ -1233,7 +1253,9 @@ func (d *driver) sent(g, op, dg, dop int32, lat float64) error {
 		rc = math.Float32bits(float32(d.msgCost.Overhead / 2 / d.speed(&d.ms[dg])))
 	}
 	if !d.opts.PerMessageFlows {
-		d.connDone(d.ms[g].rank, d.ms[dg].rank)
+		// Not aggregated: machine c·world+r steps rank r.
+		w := int32(d.world)
+		d.connDone(g%w, dg%w)
 	}
 	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop, x: rc})
 	ms := &d.ms[g]
@@ -1318,18 +1340,23 @@ func (d *driver) opSecPerElem(ms *machine, op *allreduce.Op) float64 {
 	return ct.secPerElem[op.Fn&15]
 }
 
-// jobCost is the compute model's time for job q of machine ms.
-func (d *driver) jobCost(ms *machine, q *qent) float64 {
-	ct := &d.costs[ms.coll]
-	var op *allreduce.Op
-	if q.op < 0 {
-		op = &d.pro[ms.coll]
-	} else if ms.sh != nil {
-		d.opj = ms.sh.Op(int(ms.prank), q.op)
-		op = &d.opj
-	} else {
-		op = &ms.prog.Ops[q.op]
+// opOf returns op i of ms's program, or its collective's prologue for
+// i == -1; a Shared collective's op is computed into d.opj.
+func (d *driver) opOf(ms *machine, i int32) *allreduce.Op {
+	switch {
+	case i < 0:
+		return &d.pro[ms.coll]
+	case ms.sh != nil:
+		d.opj = ms.sh.Op(int(ms.prank), i)
+		return &d.opj
 	}
+	return &ms.prog.Ops[i]
+}
+
+// jobCost is the compute model's time for job q of machine ms, whose op
+// (opOf(ms, q.op)) is op.
+func (d *driver) jobCost(ms *machine, q *qent, op *allreduce.Op) float64 {
+	ct := &d.costs[ms.coll]
 	var sec float64
 	var el int64
 	switch q.job {
@@ -1388,37 +1415,43 @@ func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error 
 		}
 		return ms.m.Done(i)
 	}
-	d.engine(&d.ranks[ms.slot], qent{g: g, op: i, dur: dur, job: jobOp})
+	d.engineOp(&d.ranks[ms.slot], qent{g: g, op: i, dur: dur, job: jobOp}, op)
 	return nil
 }
 
 // engine runs job q on the rank's compute engine, now if it is idle, else
 // after the jobs queued before it.
 func (d *driver) engine(rs *rankState, q qent) {
+	d.engineOp(rs, q, nil)
+}
+
+// engineOp is engine for a job whose op the caller has at hand (op, or nil
+// if not): a Shared collective's op need not be computed again.
+func (d *driver) engineOp(rs *rankState, q qent, op *allreduce.Op) {
 	if rs.busy {
 		rs.queue = append(rs.queue, q)
 		return
 	}
-	d.startCompute(rs, &q)
+	d.startCompute(rs, &q, op)
 }
 
 // startCompute occupies the rank's engine with job q for q.dur seconds, or,
 // if q.dur < 0, for the compute model's cost, plus q.extra: on a whole
 // core, or under processor sharing for as long as its share of its node's
-// or host's cores takes.
-func (d *driver) startCompute(rs *rankState, q *qent) {
+// or host's cores takes. op is opOf(ms, q.op) if the caller has it, else
+// nil.
+func (d *driver) startCompute(rs *rankState, q *qent, op *allreduce.Op) {
 	ms := &d.ms[q.g]
+	if op == nil && (q.dur < 0 || q.job == jobOp) {
+		op = d.opOf(ms, q.op)
+	}
 	t := q.dur
 	if t < 0 {
-		t = d.jobCost(ms, q)
+		t = d.jobCost(ms, q, op)
 	}
 	cat := CatCompress
-	if q.job == jobOp {
-		if q.op < 0 {
-			cat = fnCategory(d.pro[ms.coll].Fn)
-		} else if o := ms.m.Op(q.op); !(d.costs[ms.coll].hop && o.Fn == allreduce.FnReduce && o.Src == allreduce.BufStage) {
-			cat = fnCategory(o.Fn)
-		}
+	if q.job == jobOp && !(q.op >= 0 && d.costs[ms.coll].hop && op.Fn == allreduce.FnReduce && op.Src == allreduce.BufStage) {
+		cat = fnCategory(op.Fn)
 	}
 	rs.busy, rs.cur, rs.cat, rs.began = true, *q, cat, d.now
 	d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, q.op, -1, 0)
@@ -1469,7 +1502,7 @@ func (d *driver) computeEnd(g int32, ver uint32) error {
 		if rs.head == len(rs.queue) {
 			rs.queue, rs.head = rs.queue[:0], 0
 		}
-		d.startCompute(rs, &n)
+		d.startCompute(rs, &n, nil)
 	}
 	d.trace.add(d.now, TraceComputed, ms.coll, ms.rank, op, -1, 0)
 	switch {
