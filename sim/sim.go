@@ -421,10 +421,11 @@ type driver struct {
 	arena     allreduce.Arena    // the Machines' per-op state
 	keys      []uint64           // scratch for recv directories
 	linkNames []string
-	opx, opj  allreduce.Op // ops of Shared collectives, computed (pump, jobCost)
-	msgCost   MessageCost  // Options.Transport's software cost per message
-	cpuMsg    bool         // Options.MessageCPU with a transport
-	shareOf   []int32      // per node: its processor-sharing group in shares, or -1 (its ranks have a core each)
+	opx, opj  allreduce.Op         // ops of Shared collectives, computed (pump, jobCost)
+	kinds     [][]allreduce.OpKind // per Shared collective: its ops' kinds (the same for every rank)
+	msgCost   MessageCost          // Options.Transport's software cost per message
+	cpuMsg    bool                 // Options.MessageCPU with a transport
+	shareOf   []int32              // per node: its processor-sharing group in shares, or -1 (its ranks have a core each)
 	shares    []share
 	shareScr  [2][]int32 // scratch of setupSharing
 	slots     int        // machines per collective: world, or the groups of an aggregated run
@@ -618,6 +619,7 @@ func (d *driver) setup(ctx context.Context) error {
 	}
 	clear(d.cfin)
 	clear(d.cbytes)
+	d.kinds = grow(d.kinds, len(d.colls))
 	for c, col := range d.colls {
 		if col.world() != world {
 			return fmt.Errorf("%w: collective %d (%s) has %d programs, collective 0 has %d", ErrProgram, c, col.Name, col.world(), world)
@@ -627,6 +629,13 @@ func (d *driver) setup(ctx context.Context) error {
 				return fmt.Errorf("%w: collective %d (%s) has both a Shared program and per-rank programs or executors", ErrProgram, c, col.Name)
 			}
 			d.cleft[c] = d.slots
+			// Every rank's op i has rank 0's kind (allreduce.Shared's
+			// programs are rotations of rank 0's): pump tells a Recv,
+			// which it only posts, without computing the op.
+			d.kinds[c] = grow(d.kinds[c], col.Shared.Len())
+			for i := range d.kinds[c] {
+				d.kinds[c][i] = col.Shared.Op(0, int32(i)).Kind
+			}
 			for r := range d.slots {
 				ms := &d.ms[c*d.slots+r]
 				rank, prank := r, r
@@ -893,13 +902,7 @@ func (d *driver) pump(g int32) error {
 			}
 		}
 		for _, i := range ready {
-			// The op: in its program, or computed into d.opx (Shared).
-			var op *allreduce.Op
-			if ms.sh != nil {
-				d.opx = ms.sh.Op(int(ms.prank), i)
-				op = &d.opx
-			}
-			if ms.sh == nil && ms.m.Marks(i)&flRecv != 0 || ms.sh != nil && op.Kind == allreduce.Recv {
+			if ms.sh == nil && ms.m.Marks(i)&flRecv != 0 || ms.sh != nil && d.kinds[ms.coll][i] == allreduce.Recv {
 				// Post the Recv; its op record is not needed (often a cache
 				// miss: a Recv may wait on an op far back in the program).
 				if ms.m.Mark(i, flPosted)&flArrived != 0 {
@@ -909,7 +912,12 @@ func (d *driver) pump(g int32) error {
 				}
 				continue
 			}
-			if ms.sh == nil {
+			// The op: in its program, or computed into d.opx (Shared).
+			var op *allreduce.Op
+			if ms.sh != nil {
+				d.opx = ms.sh.Op(int(ms.prank), i)
+				op = &d.opx
+			} else {
 				op = &ms.prog.Ops[i]
 			}
 			switch op.Kind {
