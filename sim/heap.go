@@ -17,11 +17,10 @@ const (
 )
 
 // event is one entry of the virtual-time queue; events are ordered by
-// (t, seq), seq being the order in which they were scheduled, so equal
-// times resolve deterministically.
+// time, and events of equal times in the order in which they were
+// scheduled (their seq), so equal times resolve deterministically.
 type event struct {
 	t    float64
-	seq  uint64
 	g    int32
 	op   int32
 	x    uint32
@@ -29,8 +28,15 @@ type event struct {
 	job  uint8 // evComputeEnd: the engine job (jobOp, ...)
 }
 
-func (a *event) less(b *event) bool {
-	return a.t < b.t || a.t == b.t && a.seq < b.seq
+// pevent is an event of the plain heap with its seq (the radix heap keeps
+// events in seq order without storing it).
+type pevent struct {
+	e   event
+	seq uint64
+}
+
+func (a *pevent) less(b *pevent) bool {
+	return a.e.t < b.e.t || a.e.t == b.e.t && a.seq < b.seq
 }
 
 // eventHeap is the virtual-time event queue, popping events in (t, seq)
@@ -57,8 +63,8 @@ func (a *event) less(b *event) bool {
 // time.
 type eventHeap struct {
 	plain bool
-	ev    []event // plain: the 4-ary heap
-	seq   uint64
+	ev    []pevent // plain: the 4-ary heap
+	seq   uint64   // plain: the next push's seq
 	n     int
 
 	last uint64      // radix: key of the current time (the last pop's)
@@ -91,27 +97,27 @@ func (h *eventHeap) len() int {
 // 0 before the first pop) is queued.
 func (h *eventHeap) atNow(now float64) bool {
 	if h.plain {
-		return len(h.ev) > 0 && !(h.ev[0].t > now)
+		return len(h.ev) > 0 && !(h.ev[0].e.t > now)
 	}
 	return h.head < len(h.rb[0])
 }
 
 func (h *eventHeap) push(e event) {
-	e.seq = h.seq
-	h.seq++
 	if h.plain {
-		h.ev = append(h.ev, e)
+		pe := pevent{e, h.seq}
+		h.seq++
+		h.ev = append(h.ev, pe)
 		s := h.ev
 		i := len(s) - 1
 		for i > 0 {
 			p := (i - 1) / 4
-			if !e.less(&s[p]) {
+			if !pe.less(&s[p]) {
 				break
 			}
 			s[i] = s[p]
 			i = p
 		}
-		s[i] = e
+		s[i] = pe
 		return
 	}
 	h.n++
@@ -134,7 +140,7 @@ func (h *eventHeap) push(e event) {
 // top returns the next event without removing it; len() must be > 0.
 func (h *eventHeap) top() *event {
 	if h.plain {
-		return &h.ev[0]
+		return &h.ev[0].e
 	}
 	if h.head < len(h.rb[0]) {
 		return &h.rb[0][h.head]
@@ -194,7 +200,7 @@ func (h *eventHeap) advance() {
 
 func (h *eventHeap) popPlain() event {
 	s := h.ev
-	e := s[0]
+	e := s[0].e
 	n := len(s) - 1
 	last := s[n]
 	s = s[:n]

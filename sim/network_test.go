@@ -230,9 +230,9 @@ func TestEventHeapOrder(t *testing.T) {
 		var want []event
 		now := 0.0
 		popMin := func() {
-			m := 0
+			m := 0 // the earliest event, the first scheduled of its time
 			for k := range want {
-				if want[k].less(&want[m]) {
+				if want[k].t < want[m].t {
 					m = k
 				}
 			}
@@ -267,7 +267,6 @@ func TestEventHeapOrder(t *testing.T) {
 			}
 			e.op = int32(i)
 			h.push(e)
-			e.seq = uint64(i)
 			want = append(want, e)
 			if h.len() != len(want) {
 				t.Fatalf("plain %v: len %d, want %d", plain, h.len(), len(want))
