@@ -3,6 +3,7 @@ package allreduce
 import (
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // ringSpec is a ring reduce-scatter and/or all-gather (see builder.ring) as
@@ -272,6 +273,37 @@ type Shared struct {
 	eb    int64
 	tp    twoPhaseSpec // AlgTwoPhaseSign only
 	ring0 ringSpec     // the ring family: rank 0's ring (see ring)
+
+	tabOnce sync.Once
+	tab     *depTables // see tables
+}
+
+// depTables are rank 0's dependencies and dependents of every op, which
+// are every rank's (the programs are rotations of rank 0's, see Shared):
+// a Machine stepping one of thousands of ranks looks them up instead of
+// computing the ops around each finished one.
+type depTables struct {
+	deps [][2]int32 // op i's Deps
+	off  []int32    // op i's dependents are dep[off[i]:off[i+1]], ascending
+	dep  []int32
+}
+
+// tables returns s's dependency tables, built on first use, or nil for a
+// sparse gather (whose decode-adds' dependencies depend on the rank).
+func (s *Shared) tables() *depTables {
+	if s.Alg == AlgSparseGather {
+		return nil
+	}
+	s.tabOnce.Do(func() {
+		t := &depTables{deps: make([][2]int32, s.nops), off: make([]int32, s.nops+1)}
+		for i := range s.nops {
+			t.deps[i] = s.Op(0, i).Deps
+			t.dep = s.Dependents(0, i, t.dep)
+			t.off[i+1] = int32(len(t.dep))
+		}
+		s.tab = t
+	})
+	return s.tab
 }
 
 // NewShared returns the shared form of the programs of alg for p.World ranks
