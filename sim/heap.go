@@ -42,20 +42,22 @@ func (a *pevent) less(b *pevent) bool {
 // eventHeap is the virtual-time event queue, popping events in (t, seq)
 // order.
 //
-// By default it is a radix heap (Ahuja, Mehlhorn, Orlin and Tarjan): the
-// simulator never schedules an event before the last one popped (virtual
-// time does not go back), and the bits of a non-negative float64 order as
-// the number does, so an event of time t sits in bucket
-// bits.Len64(key(t) ^ key(last)), key being the bits, and bucket 0 holds
-// the events of the current time. A pop from an empty bucket 0 finds the
-// smallest key in the lowest non-empty bucket, makes it the current one and
-// moves that bucket's events down (each event moves at most 64 times, in
-// practice a few, and always sequentially through memory). Every bucket
-// keeps its events in push (= seq) order: a bucket is filled from a higher
-// one only while it is empty, and pushes come in seq order, so bucket 0 is
-// popped front to back in (t, seq) order with no comparisons. Lock-step
-// collectives schedule thousands of events at one time: they are appended
-// to one bucket and popped in order.
+// By default it is a radix heap (Ahuja, Mehlhorn, Orlin and Tarjan) with
+// byte digits: the simulator never schedules an event before the last one
+// popped (virtual time does not go back), and the bits of a non-negative
+// float64 order as the number does. With key(t) the bits and last the key
+// of the current time, an event waits in bucket (ℓ, d): ℓ the highest byte
+// in which its key differs from last, d its key's byte there. Events of
+// the current time are in cur. The lowest non-empty bucket of the lowest
+// level holds the next events: at level 0 all of them have one key (it
+// becomes cur as it is); above, the smallest key in it becomes the current
+// time and its events move to lower levels. An event moves at most eight
+// times, in practice once or twice, always sequentially through memory.
+// Every bucket keeps its events in push (= seq) order: a bucket is filled
+// from a higher one only while it is empty, and pushes come in seq order,
+// so cur is popped front to back in (t, seq) order with no comparisons.
+// Lock-step collectives schedule thousands of events at one time: they are
+// appended to one bucket and popped in order.
 //
 // plain makes it a 4-ary min-heap of single events (the aggregated mode's,
 // whose runs are small). In both forms an event scheduled before the last
@@ -67,10 +69,12 @@ type eventHeap struct {
 	seq   uint64   // plain: the next push's seq
 	n     int
 
-	last uint64      // radix: key of the current time (the last pop's)
-	head int         // radix: next event of rb[0]
-	mask uint64      // radix: bit i−1 set if rb[i] (i ≥ 1) is not empty
-	rb   [65][]event // radix buckets
+	last   uint64          // radix: key of the current time (the last pop's)
+	cur    []event         // radix: events of the current time
+	head   int             // radix: next event of cur
+	levels uint8           // radix: bit ℓ set if level ℓ has an event
+	digits [8][4]uint64    // radix: bit d of digits[ℓ] set if bucket (ℓ, d) has one
+	rb     [8][256][]event // radix buckets (ℓ, d)
 }
 
 // bigBucket is the capacity (events) beyond which an emptied radix bucket
@@ -80,10 +84,16 @@ const bigBucket = 1 << 20
 
 func (h *eventHeap) reset() {
 	h.ev = h.ev[:0]
-	for i := range h.rb {
-		h.rb[i] = h.rb[i][:0]
+	for l := range h.rb {
+		if h.levels&(1<<l) == 0 {
+			continue
+		}
+		for d := range h.rb[l] {
+			h.rb[l][d] = h.rb[l][d][:0]
+		}
 	}
-	h.seq, h.n, h.last, h.head, h.mask = 0, 0, 0, 0, 0
+	h.cur = h.cur[:0]
+	h.seq, h.n, h.last, h.head, h.levels, h.digits = 0, 0, 0, 0, 0, [8][4]uint64{}
 }
 
 func (h *eventHeap) len() int {
@@ -99,7 +109,7 @@ func (h *eventHeap) atNow(now float64) bool {
 	if h.plain {
 		return len(h.ev) > 0 && !(h.ev[0].e.t > now)
 	}
-	return h.head < len(h.rb[0])
+	return h.head < len(h.cur)
 }
 
 func (h *eventHeap) push(e event) {
@@ -123,18 +133,46 @@ func (h *eventHeap) push(e event) {
 	h.n++
 	k := math.Float64bits(e.t)
 	if k == h.last {
-		h.rb[0] = append(h.rb[0], e)
+		h.cur = append(h.cur, e)
 		return
 	}
 	if k < h.last || k>>63 != 0 {
 		// Before the current time (or negative): a caller bug, see above.
-		e.t, k = math.Float64frombits(h.last), h.last
-		h.rb[0] = append(h.rb[0], e)
+		e.t = math.Float64frombits(h.last)
+		h.cur = append(h.cur, e)
 		return
 	}
-	b := bits.Len64(k ^ h.last)
-	h.rb[b] = append(h.rb[b], e)
-	h.mask |= 1 << (b - 1)
+	h.put(k, e)
+}
+
+// put files e, of key k > h.last, in its bucket.
+func (h *eventHeap) put(k uint64, e event) {
+	l := uint(63-bits.LeadingZeros64(k^h.last)) / 8
+	d := uint8(k >> (8 * l))
+	h.rb[l][d] = append(h.rb[l][d], e)
+	h.levels |= 1 << l
+	h.digits[l][d>>6] |= 1 << (d & 63)
+}
+
+// lowest returns the lowest non-empty bucket; some must be.
+func (h *eventHeap) lowest() (l, d uint) {
+	l = uint(bits.TrailingZeros8(h.levels))
+	w := &h.digits[l]
+	for i := range w {
+		if w[i] != 0 {
+			return l, uint(i)*64 + uint(bits.TrailingZeros64(w[i]))
+		}
+	}
+	panic("sim: event queue levels out of step")
+}
+
+// take marks bucket (l, d) empty.
+func (h *eventHeap) take(l, d uint) {
+	w := &h.digits[l]
+	w[d>>6] &^= 1 << (d & 63)
+	if w[0]|w[1]|w[2]|w[3] == 0 {
+		h.levels &^= 1 << l
+	}
 }
 
 // top returns the next event without removing it; len() must be > 0.
@@ -142,10 +180,11 @@ func (h *eventHeap) top() *event {
 	if h.plain {
 		return &h.ev[0].e
 	}
-	if h.head < len(h.rb[0]) {
-		return &h.rb[0][h.head]
+	if h.head < len(h.cur) {
+		return &h.cur[h.head]
 	}
-	s := h.rb[bits.TrailingZeros64(h.mask)+1]
+	l, d := h.lowest()
+	s := h.rb[l][d]
 	m := 0
 	for j := 1; j < len(s); j++ {
 		if math.Float64bits(s[j].t) < math.Float64bits(s[m].t) {
@@ -160,41 +199,48 @@ func (h *eventHeap) pop() event {
 	if h.plain {
 		return h.popPlain()
 	}
-	if h.head == len(h.rb[0]) {
+	if h.head == len(h.cur) {
 		h.advance()
 	}
-	e := h.rb[0][h.head]
+	e := h.cur[h.head]
 	h.head++
 	h.n--
 	return e
 }
 
-// advance makes the smallest key of the lowest non-empty bucket the
-// current time and redistributes that bucket; bucket 0 must be drained.
+// advance makes the next events current; cur must be drained.
 func (h *eventHeap) advance() {
-	h.rb[0], h.head = h.rb[0][:0], 0
-	i := bits.TrailingZeros64(h.mask) + 1
-	src := h.rb[i]
+	old := h.cur[:0]
+	if cap(old) > bigBucket {
+		old = nil
+	}
+	h.head = 0
+	l, d := h.lowest()
+	h.take(l, d)
+	src := h.rb[l][d]
+	if l == 0 {
+		// One key: the bucket becomes cur as it is.
+		h.last = math.Float64bits(src[0].t)
+		h.cur, h.rb[l][d] = src, old
+		return
+	}
 	m := math.Float64bits(src[0].t)
 	for j := 1; j < len(src); j++ {
 		m = min(m, math.Float64bits(src[j].t))
 	}
 	h.last = m
-	h.mask &^= 1 << (i - 1)
+	h.cur = old
 	for j := range src {
-		k := math.Float64bits(src[j].t)
-		if k == m {
-			h.rb[0] = append(h.rb[0], src[j])
-			continue
+		if k := math.Float64bits(src[j].t); k == m {
+			h.cur = append(h.cur, src[j])
+		} else {
+			h.put(k, src[j])
 		}
-		b := bits.Len64(k ^ m)
-		h.rb[b] = append(h.rb[b], src[j])
-		h.mask |= 1 << (b - 1)
 	}
 	if cap(src) > bigBucket {
-		h.rb[i] = nil
+		h.rb[l][d] = nil
 	} else {
-		h.rb[i] = src[:0]
+		h.rb[l][d] = src[:0]
 	}
 }
 

@@ -220,7 +220,8 @@ func TestMaxMinProperty(t *testing.T) {
 // TestEventHeapOrder: both forms of the event queue pop in (t, seq) order
 // when, as in the simulator, no event is scheduled before the last one
 // popped: times spread over many magnitudes (every radix bucket), runs of
-// equal times, events at the current time, and atNow agrees.
+// equal times, events at the current time, a reset with events queued, and
+// atNow agrees.
 func TestEventHeapOrder(t *testing.T) {
 	for _, plain := range []bool{false, true} {
 		rng := rand.New(rand.NewPCG(9, 9))
@@ -250,6 +251,16 @@ func TestEventHeapOrder(t *testing.T) {
 			want = append(want[:m], want[m+1:]...)
 		}
 		for i := 0; i < 20000; i++ {
+			if i == 10000 {
+				// Reset with events queued: the queue is empty and starts
+				// at time 0 again.
+				h.reset()
+				h.plain = plain
+				want, now = want[:0], 0
+				if h.len() != 0 || h.atNow(0) {
+					t.Fatalf("plain %v: len %d after reset", plain, h.len())
+				}
+			}
 			var e event
 			switch rng.IntN(5) {
 			case 0:
