@@ -378,10 +378,11 @@ type rankState struct {
 // out one after the other (FIFO), as over one transport connection.
 type conn struct {
 	dst        int32
-	head, tail int32 // queued messages (indices into driver.pend), -1 if none
+	head, tail int32 // queued messages (indices into driver.cq), -1 if none
 }
 
-// msgInfo is a message waiting for its connection.
+// msgInfo is a message about to start, or waiting for its encoding
+// (driver.park).
 type msgInfo struct {
 	links   [maxPath]int32
 	n       int8
@@ -389,7 +390,6 @@ type msgInfo struct {
 	lat     float64
 	g, op   int32
 	dg, dop int32
-	next    int32
 }
 
 type driver struct {
@@ -413,6 +413,8 @@ type driver struct {
 	pfree     []int32
 	tinys     []tinyRec // tiny messages on their links (driver.tiny)
 	tfree     []int32
+	cq        []qmsg // messages queued on their connections (conn.head)
+	cqfree    []int32
 	trace     *Trace
 	cfin      []float64
 	cbytes    []int64
@@ -742,6 +744,7 @@ func (d *driver) setup(ctx context.Context) error {
 	d.now = 0
 	d.pend, d.pfree = d.pend[:0], d.pfree[:0]
 	d.tinys, d.tfree = d.tinys[:0], d.tfree[:0]
+	d.cq, d.cqfree = d.cq[:0], d.cqfree[:0]
 	cal := d.opts.Calibration
 	if cal == nil {
 		cal = DefaultCalibration()
@@ -1067,7 +1070,6 @@ func (d *driver) park(m *msgInfo) int32 {
 		j = int32(len(d.pend))
 		d.pend = append(d.pend, msgInfo{})
 	}
-	m.next = -1
 	d.pend[j] = *m
 	return j
 }
@@ -1101,11 +1103,19 @@ func (d *driver) startFlow(m *msgInfo) {
 func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 	if k := d.findConn(rs, peer); k >= 0 {
 		c := &rs.conns[k]
-		j := d.park(m)
+		var j int32
+		if n := len(d.cqfree); n > 0 {
+			j = d.cqfree[n-1]
+			d.cqfree = d.cqfree[:n-1]
+		} else {
+			j = int32(len(d.cq))
+			d.cq = append(d.cq, qmsg{})
+		}
+		d.cq[j] = qmsg{size: m.size, lat: m.lat, g: m.g, op: m.op, dg: m.dg, dop: m.dop, next: -1}
 		if c.tail < 0 {
 			c.head = j
 		} else {
-			d.pend[c.tail].next = j
+			d.cq[c.tail].next = j
 		}
 		c.tail = j
 		return
@@ -1171,13 +1181,24 @@ func (d *driver) connDone(rank, peer int32) {
 		return
 	}
 	j := c.head
-	m := &d.pend[j]
-	c.head = m.next
+	q := &d.cq[j]
+	c.head = q.next
 	if c.head < 0 {
 		c.tail = -1
 	}
-	d.startFlow(m) // parks nothing: m stays valid
-	d.pfree = append(d.pfree, j)
+	m := msgInfo{size: q.size, lat: q.lat, g: q.g, op: q.op, dg: q.dg, dop: q.dop}
+	m.n = int8(d.topo.route(int(rs.node), int(d.ranks[peer].node), d.wan, &m.links))
+	d.cqfree = append(d.cqfree, j)
+	d.startFlow(&m)
+}
+
+// qmsg is a message queued behind the earlier ones of its connection: its
+// msgInfo but the route, which connDone finds again (an all-to-all in
+// each of several concurrent collectives queues millions of messages).
+type qmsg struct {
+	size, lat      float64
+	g, op, dg, dop int32
+	next           int32 // the next queued message of the connection, or -1
 }
 
 // TinyMessageBytes is the size up to which a message is tiny: unless
