@@ -47,15 +47,18 @@ func (a *pevent) less(b *pevent) bool {
 // popped (virtual time does not go back), and the bits of a non-negative
 // float64 order as the number does. With key(t) the bits and last the key
 // of the current time, an event waits in bucket (ℓ, d): ℓ the highest byte
-// in which its key differs from last, d its key's byte there. Events of
-// the current time are in cur. The lowest non-empty bucket of the lowest
-// level holds the next events: at level 0 all of them have one key (it
-// becomes cur as it is); above, the smallest key in it becomes the current
-// time and its events move to lower levels. An event moves at most eight
-// times, in practice once or twice, always sequentially through memory.
-// Every bucket keeps its events in push (= seq) order: a bucket is filled
-// from a higher one only while it is empty, and pushes come in seq order,
-// so cur is popped front to back in (t, seq) order with no comparisons.
+// in which its key differs from last, d its key's byte there; events of
+// the current time are in the current bucket (0, byte 0 of last). When it
+// is drained, the lowest non-empty bucket of the lowest level holds the
+// next events: at level 0 all of them have one key, and it becomes the
+// current bucket as it is; above, the smallest key in it becomes the
+// current time and its events move to lower levels. An event moves at most
+// eight times, in practice once or twice, always sequentially through
+// memory, and buckets keep their memory in place from run to run. Every
+// bucket keeps its events in push (= seq) order: a bucket is filled from a
+// higher one only while it is empty, and pushes come in seq order, so the
+// current bucket is popped front to back in (t, seq) order with no
+// comparisons.
 // Lock-step collectives schedule thousands of events at one time: they are
 // appended to one bucket and popped in order.
 //
@@ -70,8 +73,7 @@ type eventHeap struct {
 	n     int
 
 	last   uint64          // radix: key of the current time (the last pop's)
-	cur    []event         // radix: events of the current time
-	head   int             // radix: next event of cur
+	head   int             // radix: next event of the current bucket
 	levels uint8           // radix: bit ℓ set if level ℓ has an event
 	digits [8][4]uint64    // radix: bit d of digits[ℓ] set if bucket (ℓ, d) has one
 	rb     [8][256][]event // radix buckets (ℓ, d)
@@ -92,7 +94,7 @@ func (h *eventHeap) reset() {
 			h.rb[l][d] = h.rb[l][d][:0]
 		}
 	}
-	h.cur = h.cur[:0]
+	h.rb[0][uint8(h.last)] = h.rb[0][uint8(h.last)][:0] // the current bucket
 	h.seq, h.n, h.last, h.head, h.levels, h.digits = 0, 0, 0, 0, 0, [8][4]uint64{}
 }
 
@@ -109,7 +111,7 @@ func (h *eventHeap) atNow(now float64) bool {
 	if h.plain {
 		return len(h.ev) > 0 && !(h.ev[0].e.t > now)
 	}
-	return h.head < len(h.cur)
+	return h.head < len(h.rb[0][uint8(h.last)])
 }
 
 func (h *eventHeap) push(e event) {
@@ -132,20 +134,19 @@ func (h *eventHeap) push(e event) {
 	}
 	h.n++
 	k := math.Float64bits(e.t)
-	if k == h.last {
-		h.cur = append(h.cur, e)
-		return
-	}
 	if k < h.last || k>>63 != 0 {
 		// Before the current time (or negative): a caller bug, see above.
-		e.t = math.Float64frombits(h.last)
-		h.cur = append(h.cur, e)
+		e.t, k = math.Float64frombits(h.last), h.last
+	}
+	if k == h.last {
+		c := &h.rb[0][uint8(k)]
+		*c = append(*c, e)
 		return
 	}
 	h.put(k, e)
 }
 
-// put files e, of key k > h.last, in its bucket.
+// put files e, of key k > h.last, in its bucket (never the current one).
 func (h *eventHeap) put(k uint64, e event) {
 	l := uint(63-bits.LeadingZeros64(k^h.last)) / 8
 	d := uint8(k >> (8 * l))
@@ -180,8 +181,8 @@ func (h *eventHeap) top() *event {
 	if h.plain {
 		return &h.ev[0].e
 	}
-	if h.head < len(h.cur) {
-		return &h.cur[h.head]
+	if c := h.rb[0][uint8(h.last)]; h.head < len(c) {
+		return &c[h.head]
 	}
 	l, d := h.lowest()
 	s := h.rb[l][d]
@@ -199,29 +200,32 @@ func (h *eventHeap) pop() event {
 	if h.plain {
 		return h.popPlain()
 	}
-	if h.head == len(h.cur) {
+	c := &h.rb[0][uint8(h.last)]
+	if h.head == len(*c) {
+		if cap(*c) > bigBucket {
+			*c = nil
+		} else {
+			*c = (*c)[:0]
+		}
 		h.advance()
+		c = &h.rb[0][uint8(h.last)]
 	}
-	e := h.cur[h.head]
+	e := (*c)[h.head]
 	h.head++
 	h.n--
 	return e
 }
 
-// advance makes the next events current; cur must be drained.
+// advance makes the next events current; the current bucket must be
+// drained and emptied.
 func (h *eventHeap) advance() {
-	old := h.cur[:0]
-	if cap(old) > bigBucket {
-		old = nil
-	}
 	h.head = 0
 	l, d := h.lowest()
 	h.take(l, d)
 	src := h.rb[l][d]
 	if l == 0 {
-		// One key: the bucket becomes cur as it is.
+		// One key: the bucket becomes the current one as it is.
 		h.last = math.Float64bits(src[0].t)
-		h.cur, h.rb[l][d] = src, old
 		return
 	}
 	m := math.Float64bits(src[0].t)
@@ -229,10 +233,10 @@ func (h *eventHeap) advance() {
 		m = min(m, math.Float64bits(src[j].t))
 	}
 	h.last = m
-	h.cur = old
+	c := &h.rb[0][uint8(m)] // empty: level 0 was
 	for j := range src {
 		if k := math.Float64bits(src[j].t); k == m {
-			h.cur = append(h.cur, src[j])
+			*c = append(*c, src[j])
 		} else {
 			h.put(k, src[j])
 		}
