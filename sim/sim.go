@@ -1111,7 +1111,7 @@ func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 			j = int32(len(d.cq))
 			d.cq = append(d.cq, qmsg{})
 		}
-		d.cq[j] = qmsg{size: m.size, lat: m.lat, g: m.g, op: m.op, dg: m.dg, dop: m.dop, next: -1}
+		d.cq[j] = qmsg{size: m.size, lat: m.lat, g: m.g, op: m.op, dop: m.dop, next: -1}
 		if c.tail < 0 {
 			c.head = j
 		} else {
@@ -1186,19 +1186,22 @@ func (d *driver) connDone(rank, peer int32) {
 	if c.head < 0 {
 		c.tail = -1
 	}
-	m := msgInfo{size: q.size, lat: q.lat, g: q.g, op: q.op, dg: q.dg, dop: q.dop}
+	// Not aggregated: machine c·world+r steps rank r.
+	dg := q.g - rank + peer
+	m := msgInfo{size: q.size, lat: q.lat, g: q.g, op: q.op, dg: dg, dop: q.dop}
 	m.n = int8(d.topo.route(int(rs.node), int(d.ranks[peer].node), d.wan, &m.links))
 	d.cqfree = append(d.cqfree, j)
 	d.startFlow(&m)
 }
 
 // qmsg is a message queued behind the earlier ones of its connection: its
-// msgInfo but the route, which connDone finds again (an all-to-all in
-// each of several concurrent collectives queues millions of messages).
+// msgInfo but the route and the receiving machine, which connDone finds
+// again (an all-to-all in each of several concurrent collectives queues
+// millions of messages).
 type qmsg struct {
-	size, lat      float64
-	g, op, dg, dop int32
-	next           int32 // the next queued message of the connection, or -1
+	size, lat  float64
+	g, op, dop int32
+	next       int32 // the next queued message of the connection, or -1
 }
 
 // TinyMessageBytes is the size up to which a message is tiny: unless
