@@ -80,9 +80,11 @@ type eventHeap struct {
 }
 
 // bigBucket is the capacity (events) beyond which an emptied radix bucket
-// gives its memory back instead of keeping it for reuse: an all-to-all of
-// thousands of ranks fills a few buckets once with millions of events.
-const bigBucket = 1 << 20
+// gives its memory back instead of keeping it for reuse. The 2048 buckets
+// would otherwise each keep the most it ever held (at 512 ranks 48 MB for
+// 6 MB of events in flight); a bucket that fills beyond it again
+// allocates once per bigBucket events or more.
+const bigBucket = 1 << 14
 
 func (h *eventHeap) reset() {
 	h.ev = h.ev[:0]
