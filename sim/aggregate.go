@@ -42,7 +42,12 @@ import (
 // message that enters a chain reaches its last rank one hop per rank
 // later. The representative is a chain's last rank, and its receives from
 // the chain are fed by the message entering the chain, chain−1 hops later
-// (aggLaunch).
+// (aggLaunch). When a sparse gather runs beside a chained collective (up to
+// maxWalkRanks ranks), the collective's feeds are walked member by member
+// (walkFeed): a member's compute for a hop waits for the gather's compute
+// on that member, whose rank-ordered decode-adds are at another time on
+// every rank (aggBursts, from a first pass of the gathers alone:
+// sgFirstPass).
 //
 // What the mode assumes: every collective is Shared (allreduce.Shared:
 // every rank's program is rank 0's rotated; a member's op moves the
@@ -151,6 +156,13 @@ type aggPlan struct {
 	chain    []int32   // group -> the length of its representative's chain
 	chainLat []float64 // group -> the latency between consecutive members
 	pipes    map[*allreduce.Shared]*pipeline
+
+	// sgTimes: when sparse gathers run beside other chained collectives,
+	// per sparse gather (collective index) and group, its representative's
+	// arrival times from a first pass of the sparse gathers alone
+	// (aggBursts); nil otherwise.
+	sgTimes map[[2]int32][]float64
+	sgJobs  [][]burst // group -> the first pass's other compute jobs (aggRec.jobs)
 }
 
 // aggRoute is a route between two ranks, up to the groups at its ends:
@@ -193,6 +205,14 @@ type aggItem struct {
 	conn    int32
 	next    int32
 	lat     float64 // until delivery after the sub-flow's end
+	// A feed through a chain whose members decode a sparse gather
+	// (aggBursts): its hops are walked member by member at the sub-flow's
+	// end (walkFeed) from step from to step to of pipeline pid, instead of
+	// being in lat.
+	walk          bool
+	mwait         bool // a ring's message into a group without chains (memberWait)
+	pid, from, to int32
+
 	// An exchange's sub-flow (aggExchange) finishes many ops at once: the
 	// sender's ops and the receiving representative's receives.
 	ops, dops []int32
@@ -269,7 +289,65 @@ type aggState struct {
 	bfree  []uint32
 	conn1  []int32   // offset 1: the connection of each entry of distFor(1), -1 until used
 	lump1  []lumpVal // offset 1: the last flow started on each entry of distFor(1)
+	// rec, when not nil, records the representatives' arrival times (the
+	// first pass of aggBursts); bursts are the decode bursts of the chain
+	// members (nil: none, built lazily from the plan's sgTimes).
+	rec       *aggRec
+	bursts    [][]burst // rank -> its decode bursts
+	burstsSet bool
+	members   [][]int32 // group -> its ranks
+	prog      []int32   // group -> the rank whose sparse gather its representative runs, -1 if none
+	chainsOf  [][]int32 // group -> the entries of its chains as long as its representative's
 }
+
+// aggRec is what the first pass of a run with sparse gathers beside chained
+// rings records: per (collective, group), the arrival time of each of the
+// representative's receives (by op index; NaN until one arrives).
+type aggRec struct {
+	t    map[[2]int32][]float64
+	reps []int32   // the groups' representatives
+	jobs [][]burst // group -> its representative's compute jobs other than decode-adds
+}
+
+// recJob records job q of machine ms, of t seconds from now, for the first
+// pass of sgFirstPass: every member of a group runs its compute jobs other
+// than the rank-ordered decode-adds when its representative does.
+func (d *driver) recJob(ms *machine, q *qent, t float64) {
+	fn := allreduce.FnNone
+	switch {
+	case q.job != jobOp:
+	case q.op < 0:
+		fn = d.pro[ms.coll].Fn
+	default:
+		fn = ms.m.Op(q.op).Fn
+	}
+	if fn == allreduce.FnDecodeAdd || !(t > 0) {
+		return
+	}
+	r := d.as.rec
+	r.jobs = grow(r.jobs, len(d.agg.reps))
+	r.jobs[ms.slot] = append(r.jobs[ms.slot], burst{s: d.now, l: 1, d: t})
+}
+
+func (r *aggRec) add(c, y, op int32, ops int, t float64) {
+	k := [2]int32{c, y}
+	v := r.t[k]
+	if v == nil {
+		v = make([]float64, ops)
+		for i := range v {
+			v[i] = math.NaN()
+		}
+		r.t[k] = v
+	}
+	if math.IsNaN(v[op]) {
+		v[op] = t
+	}
+}
+
+// burst is a run of l decode-adds of d seconds each from s on one rank's
+// compute engine: a job that becomes ready at t inside it waits for the
+// end of the decode running at t.
+type burst struct{ s, l, d float64 }
 
 // planAggregate decides whether the run is aggregated and, if so, builds
 // its plan into d.agg. It returns why not ("" if it is, or if the options
@@ -323,7 +401,282 @@ func (d *driver) planAggregate(ctx context.Context) (string, error) {
 		return fmt.Sprintf("%d groups, %d routes and %d ranks: too many to aggregate", len(p.reps), len(p.routes), p.n), nil
 	}
 	d.agg = p
+	if d.as.rec == nil {
+		if err := d.sgFirstPass(ctx); err != nil {
+			return "", err
+		}
+	}
 	return "", nil
+}
+
+// sgFirstPass prepares aggBursts: when a sparse gather runs beside another
+// collective that is chained (a ring along chains of more than one
+// member), it runs the sparse gathers and the collectives they wait for
+// (After) alone, aggregated, and keeps their representatives' arrival times
+// in p.sgTimes. The members of a chain decode the sparse gather's payloads
+// in rank order, each at another time (aggBursts); a ring's hop through a
+// member waits for the decode running there (walkFeed). The first pass
+// leaves out the other collectives, which share the links with the sparse
+// gather's messages but not its forwarding (a gather forwards without
+// compute).
+func (d *driver) sgFirstPass(ctx context.Context) error {
+	p := d.agg
+	var sg, other bool
+	for c := range d.colls {
+		sh := d.colls[c].Shared
+		if sh.Alg == allreduce.AlgSparseGather {
+			sg = true
+		} else if p.offs[sh] == chainRing {
+			other = true
+		}
+	}
+	if !sg || !other || p.closed || p.n > maxWalkRanks {
+		return nil
+	}
+	keep := make([]bool, len(d.colls))
+	for c := len(d.colls) - 1; c >= 0; c-- {
+		if d.colls[c].Shared.Alg == allreduce.AlgSparseGather {
+			keep[c] = true
+		}
+		if keep[c] && d.colls[c].After > 0 {
+			keep[d.colls[c].After-1] = true
+		}
+	}
+	idx := make([]int32, len(d.colls))
+	var sub []Collective
+	var orig []int
+	for c := range d.colls {
+		if !keep[c] {
+			continue
+		}
+		col := d.colls[c]
+		if col.After > 0 {
+			col.After = int(idx[col.After-1]) + 1
+		}
+		idx[c] = int32(len(sub))
+		sub = append(sub, col)
+		orig = append(orig, c)
+	}
+	o := *d.opts
+	o.Aggregate = AggregateOn
+	if h := d.opts.SizeHint; h != nil {
+		o.SizeHint = func(c, r int, op *allreduce.Op) int64 { return h(orig[c], r, op) }
+	}
+	s := &Simulator{}
+	s.bind(d.topo)
+	rec := &aggRec{t: map[[2]int32][]float64{}}
+	s.d.as.rec = rec
+	if _, err := s.Run(ctx, sub, &o); err != nil {
+		return err
+	}
+	if !slices.Equal(rec.reps, p.reps) {
+		return nil // grouped otherwise: no bursts
+	}
+	p.sgTimes = map[[2]int32][]float64{}
+	p.sgJobs = rec.jobs
+	for k, v := range rec.t {
+		if c := orig[k[0]]; d.colls[c].Shared.Alg == allreduce.AlgSparseGather {
+			p.sgTimes[[2]int32{int32(c), k[1]}] = v
+		}
+	}
+	return nil
+}
+
+// maxWalkRanks is the largest world for which sgFirstPass and aggBursts
+// model the members' decode bursts and chain feeds are walked member by
+// member (walkFeed): a walk costs a group's chain members per feed, O(N²)
+// per ring, so larger runs time a feed by hops, without the bursts.
+const maxWalkRanks = 1024
+
+// walks reports whether feeds into ms's representative are walked
+// (walkFeed): when sparse gathers decode beside it (up to maxWalkRanks),
+// except for a sparse gather itself (it forwards without compute).
+func (d *driver) walks(ms *machine) bool {
+	return ms.sh.Alg != allreduce.AlgSparseGather && d.aggBursts() != nil
+}
+
+// aggBursts builds, once per run, the decode bursts of every rank (by
+// rank: nil when the run has none, see sgFirstPass). A sparse gather's
+// rank r decodes the payloads of ranks 0..N−1 in order, each over the
+// whole layer: the first r+1 when rank 0's payload arrives (step r−1 of
+// the gather's ring; those of ranks 1..r−1 arrived before it), the others
+// when the last one, rank r+1's, arrives (step N−2). A member at position
+// m of a chain of L members receives a step (L−1−m) hops of the gather
+// before the chain's last member, which receives it when its group's
+// representative does in the first pass. Every member also runs the
+// gathers' other compute (encode, zero, scale) when its representative
+// did in the first pass (aggRec.jobs): a ring's hop through a member waits
+// for that too.
+func (d *driver) aggBursts() [][]burst {
+	a := &d.as
+	p := d.agg
+	if a.burstsSet || p.sgTimes == nil {
+		return a.bursts
+	}
+	a.burstsSet = true
+	n := int32(p.n)
+	G := int32(len(p.reps))
+	a.bursts = make([][]burst, n)
+	a.chainsOf = make([][]int32, G)
+	a.members = make([][]int32, G)
+	a.prog = make([]int32, G)
+	for y := range G {
+		a.prog[y] = -1
+	}
+	for r := range n {
+		y := p.cls[r]
+		a.members[y] = append(a.members[y], r)
+		if e := p.entry[r]; e == r && p.clen[e] == p.chain[y] && p.chain[y] > 1 {
+			a.chainsOf[y] = append(a.chainsOf[y], e)
+		}
+	}
+	for c := range d.colls {
+		sh := d.colls[c].Shared
+		if sh.Alg != allreduce.AlgSparseGather {
+			continue
+		}
+		for y := range G {
+			a.prog[y] = int32(p.progRank(sh, y))
+		}
+		var recvs []int32
+		dec := int32(-1)
+		for i := range int32(sh.Len()) {
+			switch op := sh.Op(0, i); {
+			case op.Kind == allreduce.Recv:
+				recvs = append(recvs, i)
+			case op.Kind == allreduce.Compute && op.Fn == allreduce.FnDecodeAdd && dec < 0:
+				dec = i
+			}
+		}
+		if dec < 0 || int32(len(recvs)) != n-1 {
+			continue
+		}
+		dd := make([]float64, G)
+		hh := make([]float64, G)
+		for z := range G {
+			ms := &d.ms[int32(c)*G+z]
+			dd[z] = d.jobCost(ms, &qent{g: int32(c)*G + z, op: dec, job: jobOp})
+			pl := d.pipelineOf(ms)
+			hh[z] = d.hops(ms, pl, pl.pid[pl.ops[0]], 1, 2, 1)
+		}
+		for r := range n {
+			y := p.cls[r]
+			T := p.sgTimes[[2]int32{int32(c), y}]
+			if T == nil {
+				continue
+			}
+			e := p.entry[r]
+			L, m := p.clen[e], (r-e+n)%n
+			sh := float64(L-1-m) * hh[y]
+			last := T[recvs[n-2]] - sh
+			var b1 burst
+			if r > 0 {
+				b1 = burst{s: T[recvs[r-1]] - sh, l: float64(r + 1), d: dd[y]}
+				if !(b1.s >= 0) {
+					continue
+				}
+				a.bursts[r] = append(a.bursts[r], b1)
+			}
+			if r < n-1 && last >= 0 {
+				a.bursts[r] = append(a.bursts[r], burst{s: max(last, b1.s+b1.l*b1.d), l: float64(n - 1 - r), d: dd[y]})
+			}
+		}
+	}
+	for r := range n {
+		if y := p.cls[r]; int(y) < len(p.sgJobs) {
+			a.bursts[r] = append(a.bursts[r], p.sgJobs[y]...)
+		}
+	}
+	for r := range a.bursts {
+		slices.SortFunc(a.bursts[r], func(u, v burst) int { return cmpFloat(u.s, v.s) })
+	}
+	return a.bursts
+}
+
+// memberWait is when a ring's message delivered at t to group y, whose
+// members have no chains, is taken to arrive: its members wait for the
+// decode (or other gather job) running on their engines, each at its own
+// time; the representative's engine is simulated and runs the gather of
+// one member (prog), so the delivery is delayed by how much the members'
+// mean wait exceeds that member's (a lap passes each member once).
+func (d *driver) memberWait(y int32, t float64) float64 {
+	a := &d.as
+	bs := d.aggBursts()
+	ms := a.members[y]
+	if len(ms) < 2 || a.prog[y] < 0 {
+		return t
+	}
+	sum := 0.0
+	for _, r := range ms {
+		sum += burstWait(bs[r], t) - t
+	}
+	return t + max(0, sum/float64(len(ms))-(burstWait(bs[a.prog[y]], t)-t))
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// burstWait is when a job that becomes ready at t on rank r's engine can
+// start: after the decode running at t, if any.
+func burstWait(bs []burst, t float64) float64 {
+	for _, b := range bs {
+		if e := b.s + b.l*b.d; t >= b.s && t < e {
+			t = min(e, b.s+(math.Floor((t-b.s)/b.d)+1)*b.d)
+		}
+	}
+	return t
+}
+
+// walkFeed is hops walked member by member when the members of ms's group
+// decode a sparse gather (aggBursts): the message of step from−1 reaches a
+// chain's sending member at t0; each member that computes before it
+// forwards waits for the gather's compute running on its engine, if any
+// (the decode-add running there, or an encode), computes, and sends the
+// next step. It returns when step to−1 reaches the chain's last member and
+// that member could start its compute, on average over the group's chains
+// of its representative's length: the representative's feeds stand for all
+// of them, and a ring's lap passes each once, so that the lap takes their
+// sum. (The latest of them, not the mean, overestimates a lap: +10% at 256
+// ranks on wan-2sites, whose two sites' chains decode at different times.)
+// The representative's own engine is simulated.
+func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 float64) float64 {
+	p := d.agg
+	a := &d.as
+	bs := d.aggBursts()
+	y := ms.slot
+	n := int32(p.n)
+	pc := d.pipeCostOf(ms, pl)
+	a0 := pl.start[pid]
+	cap := min(p.caps[p.up[y]], p.caps[p.down[y]])
+	K := p.chain[y]
+	h := to - from
+	sum := 0.0
+	for _, e := range a.chainsOf[y] {
+		t := t0
+		for x := from; x < to; x++ {
+			if x > 0 && pc.jobs[a0+x] > pc.jobs[a0+x-1] {
+				t = burstWait(bs[(e+K-1-h+(x-from))%n], t) // the sender's
+				t += d.work(ms, pc, a0+x-1, a0+x)
+			}
+			b := pc.bytes[a0+x+1] - pc.bytes[a0+x]
+			t += b/cap + p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
+		}
+		if last := (e + K - 1) % n; last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
+			t = burstWait(bs[last], t)
+		}
+		sum += t
+	}
+	if len(a.chainsOf[y]) == 0 {
+		return t0 + d.hops(ms, pl, pid, from, to, h)
+	}
+	return sum / float64(len(a.chainsOf[y]))
 }
 
 // group computes the groups, their representatives and the virtual links.
@@ -907,6 +1260,10 @@ func (d *driver) aggSetup() {
 	clear(a.bulk)
 	a.bulk, a.bfree = a.bulk[:0], a.bfree[:0]
 	a.exCons = map[[2]int32]map[[2]int32][]int32{}
+	a.bursts, a.burstsSet = nil, false
+	if a.rec != nil {
+		a.rec.reps = slices.Clone(p.reps)
+	}
 }
 
 // aggRelease puts the per-message network back.
@@ -1008,7 +1365,11 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 				dm := &d.ms[ms.coll*G+e.x]
 				if u := pos + k; u < pl.len(pl.pid[i]) {
 					item.dg, item.dop = ms.coll*G+e.x, dm.sh.Match(int(dm.prank), pl.at(pl.pid[i], u))
-					item.lat += d.hops(dm, pl, pl.pid[i], pos+1, pos+k+1, k)
+					if d.walks(dm) {
+						item.walk, item.pid, item.from, item.to = true, pl.pid[i], pos+1, pos+k+1
+					} else {
+						item.lat += d.hops(dm, pl, pl.pid[i], pos+1, pos+k+1, k)
+					}
 					d.ranks[e.x].recvd += size
 				}
 			}
@@ -1019,6 +1380,11 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 			if src := (q - x + n) % n; p.cls[src] == y && p.routeOf(src, q) == e.route {
 				item.dg, item.dop = ms.coll*G+e.x, dop
 				d.ranks[e.x].recvd += size
+				if pos >= 0 && d.walks(ms) {
+					pc := d.pipeCostOf(ms, pl)
+					a0 := pl.start[pl.pid[i]]
+					item.mwait = pos+1 < pl.len(pl.pid[i]) && pc.jobs[a0+pos+1] > pc.jobs[a0+pos]
+				}
 			}
 		}
 		var sm aggMsg
@@ -1206,7 +1572,16 @@ func (d *driver) aggRootFeeds(g int32, ms *machine, pl *pipeline, i int32) {
 	pid := pl.pid[i]
 	for q := int32(0); q < min(k, pl.len(pid)); q++ {
 		j := ms.sh.Match(int(ms.prank), pl.at(pid, q))
-		d.h.push(event{t: d.now + d.hops(ms, pl, pid, 0, q+1, q+1), kind: evArrive, g: g, op: j})
+		var t float64
+		if d.walks(ms) {
+			t = d.walkFeed(ms, pl, pid, 0, q+1, d.now)
+		} else {
+			t = d.now + d.hops(ms, pl, pid, 0, q+1, q+1)
+		}
+		if a := &d.as; a.rec != nil {
+			a.rec.add(ms.coll, ms.slot, j, ms.sh.Len(), t)
+		}
+		d.h.push(event{t: t, kind: evArrive, g: g, op: j})
 	}
 }
 
@@ -1520,7 +1895,17 @@ func (d *driver) aggFlowEnd(id int32) error {
 			d.aggConnDone(item.conn)
 		}
 		if item.dg >= 0 && item.dop >= 0 {
-			d.h.push(event{t: d.now + item.lat, kind: evArrive, g: item.dg, op: item.dop})
+			t := d.now + item.lat
+			if item.walk {
+				dm := &d.ms[item.dg]
+				t = d.walkFeed(dm, d.pipelineOf(dm), item.pid, item.from, item.to, t)
+			} else if item.mwait {
+				t = d.memberWait(d.ms[item.dg].slot, t)
+			}
+			if a.rec != nil {
+				a.rec.add(d.ms[item.dg].coll, d.ms[item.dg].slot, item.dop, d.ms[item.dg].sh.Len(), t)
+			}
+			d.h.push(event{t: t, kind: evArrive, g: item.dg, op: item.dop})
 		}
 		if len(item.dops) > 0 {
 			d.h.push(event{t: d.now + item.lat, kind: evArriveAll, g: item.dg, x: d.aggBulk(item.dops)})

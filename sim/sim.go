@@ -1385,9 +1385,13 @@ func (d *driver) opOf(ms *machine, i int32) *allreduce.Op {
 	return &ms.prog.Ops[i]
 }
 
-// jobCost is the compute model's time for job q of machine ms, whose op
-// (opOf(ms, q.op)) is op.
-func (d *driver) jobCost(ms *machine, q *qent, op *allreduce.Op) float64 {
+// jobCost is the compute model's time for job q of machine ms.
+func (d *driver) jobCost(ms *machine, q *qent) float64 {
+	return d.jobCostOp(ms, q, d.opOf(ms, q.op))
+}
+
+// jobCostOp is jobCost for a job whose op (opOf(ms, q.op)) is op.
+func (d *driver) jobCostOp(ms *machine, q *qent, op *allreduce.Op) float64 {
 	ct := &d.costs[ms.coll]
 	var sec float64
 	var el int64
@@ -1479,7 +1483,10 @@ func (d *driver) startCompute(rs *rankState, q *qent, op *allreduce.Op) {
 	}
 	t := q.dur
 	if t < 0 {
-		t = d.jobCost(ms, q, op)
+		t = d.jobCostOp(ms, q, op)
+	}
+	if d.as.rec != nil && d.agg != nil {
+		d.recJob(ms, q, t) // aggregate.go: the first pass of sgFirstPass
 	}
 	cat := CatCompress
 	if q.job == jobOp && !(q.op >= 0 && d.costs[ms.coll].hop && op.Fn == allreduce.FnReduce && op.Src == allreduce.BufStage) {

@@ -40,13 +40,58 @@ import (
 // under a key of the rank, so that refusing a forged hello that claims a
 // new instance costs one short HMAC and never the derivation of a key
 // (instanceKey is derived only for instances whose hello verified, or
-// this process's own). A receiver drops (and counts, and logs) a message
+// this process's own). A data chunk carries, before its tag, a header tag
+// of hdrTagLen bytes: the GMAC, truncated, of the frame's first
+// hdrCovered bytes (header, sequence number, message length or first data
+// bytes) under the same key, with the nonce stream d|hdrStream. A
+// receiver checks it first, so that a forged chunk (any frame the sender
+// did not make for that link and sequence number) costs a GMAC over 40
+// bytes, not over the whole chunk; a chunk whose header tag verifies was
+// made by the sender, and its tag is then checked over every byte. A real
+// header can only be copied with its sequence number, which the link has
+// then passed (a replay, dropped before any tag). A receiver drops (and
+// counts, and logs) a message
 // whose tag does not verify: without the key nobody can make a rank accept
 // a frame, and a frame of one job, rank, process, link or subject is never
 // valid in another. Replays are caught by the sequence numbers: data
 // chunks must follow the link's sequence, and hellos and control frames
 // must increase per subject.
 const macLen = 16
+
+// hdrTagLen is the length of a data chunk's header tag (a truncated GMAC:
+// it only decides whether the whole chunk's tag is worth checking, a
+// forgery of it buys one such check per 2^64 tries), hdrCovered the frame
+// bytes it covers, and dataTrailerLen what follows a keyed data chunk's
+// frame: header tag, then tag.
+const (
+	hdrTagLen      = 8
+	hdrCovered     = transport.FrameHeaderLen + seqLen + totalLen
+	dataTrailerLen = hdrTagLen + macLen
+)
+
+// hdrStream is or-ed into a data chunk's stream for its header tag's
+// nonce, so that the two tags of a chunk never share a nonce (streams are
+// ranks, below 2^31; ctlStream has every bit set).
+const hdrStream = 1 << 31
+
+// isDataChunk reports whether frame, to be sent on a data subject, is a
+// data chunk (header tag and tag after it) rather than a control frame
+// (tag only).
+func isDataChunk(frame []byte) bool {
+	return len(frame) >= transport.FrameHeaderLen+seqLen && frame[3]&^(flagFirst|flagLast) == 0
+}
+
+// trailerLen is the length of what follows the frame in msg, a keyed
+// message received on a data subject: the same split as isDataChunk makes
+// on the frame (a data chunk's frame is at least FrameHeaderLen+seqLen
+// bytes, so its message at least that plus dataTrailerLen, which a
+// control frame's never reaches with flags of a data chunk).
+func trailerLen(msg []byte) int {
+	if len(msg) >= transport.FrameHeaderLen+seqLen+dataTrailerLen && msg[3]&^(flagFirst|flagLast) == 0 {
+		return dataTrailerLen
+	}
+	return macLen
+}
 
 // ctlStream is the nonce stream of frames other than data chunks.
 const ctlStream = ^uint32(0)
@@ -108,7 +153,11 @@ type macer struct {
 	rsum  [sha256.Size]byte
 	aad   []byte
 	nonce [12]byte // a field: a local would escape through cipher.AEAD
-	out   [macLen]byte
+	out   [dataTrailerLen]byte
+	hout  [macLen]byte // the untruncated header tag
+	// fullBytes counts the frame bytes verify has passed a data chunk's
+	// whole tag over (for tests: a forged chunk adds nothing).
+	fullBytes int64
 }
 
 func newMacer(key []byte, base string, rank, dst int) *macer {
@@ -127,13 +176,29 @@ func (m *macer) slot(inst uint64) int {
 	return 1
 }
 
-// sum returns the tag of frame sent by instance inst on subj (valid until
-// the next call), or nil if frame is a control frame too long to be one.
+// sum returns what follows frame sent by instance inst on subj (valid
+// until the next call): for a data chunk its header tag and tag, for
+// other frames the tag; nil if frame is a control frame too long to be
+// one.
 func (m *macer) sum(inst uint64, subj string, frame []byte) []byte {
 	if len(frame) > 3 && announces(frame[3]) {
 		return m.announceTag(inst, subj, frame)
 	}
-	return m.tag(m.slot(inst), subj, frame)
+	i := m.slot(inst)
+	if m.dst >= 0 && isDataChunk(frame) {
+		copy(m.out[:hdrTagLen], m.hdrTag(i, frame))
+		m.tag(i, subj, frame, m.out[hdrTagLen:hdrTagLen])
+		return m.out[:dataTrailerLen]
+	}
+	return m.tag(i, subj, frame, m.out[:0])
+}
+
+// hdrTag is the header tag of data chunk frame (valid until the next
+// call).
+func (m *macer) hdrTag(slot int, frame []byte) []byte {
+	binary.LittleEndian.PutUint32(m.nonce[:], uint32(m.dst)|hdrStream)
+	copy(m.nonce[4:], frame[transport.FrameHeaderLen:transport.FrameHeaderLen+seqLen])
+	return m.aead[slot].Seal(m.hout[:0], m.nonce[:], nil, frame[:min(len(frame), hdrCovered)])[:hdrTagLen]
 }
 
 // announceTag is the tag of a hello or acknowledgement.
@@ -148,14 +213,17 @@ func (m *macer) announceTag(inst uint64, subj string, frame []byte) []byte {
 	m.aad = append(append(append(m.aad, subj...), 0), frame...)
 	m.rk.Reset()
 	m.rk.Write(m.aad)
-	copy(m.out[:], m.rk.Sum(m.rsum[:0]))
-	return m.out[:]
+	copy(m.out[:macLen], m.rk.Sum(m.rsum[:0]))
+	return m.out[:macLen]
 }
 
-func (m *macer) tag(slot int, subj string, frame []byte) []byte {
+// tag appends the tag of frame (a data chunk's, or a control frame's on
+// subj) to dst, which has room for it; nil if frame is a control frame too
+// long to be one.
+func (m *macer) tag(slot int, subj string, frame, dst []byte) []byte {
 	nonce := &m.nonce
 	aad := frame
-	if m.dst >= 0 && len(frame) >= transport.FrameHeaderLen+seqLen && frame[3]&^(flagFirst|flagLast) == 0 {
+	if m.dst >= 0 && isDataChunk(frame) {
 		binary.LittleEndian.PutUint32(nonce[:], uint32(m.dst))
 		copy(nonce[4:], frame[transport.FrameHeaderLen:transport.FrameHeaderLen+seqLen])
 	} else {
@@ -167,11 +235,12 @@ func (m *macer) tag(slot int, subj string, frame []byte) []byte {
 		m.aad = append(append(append(m.aad[:0], subj...), 0), frame...)
 		aad = m.aad
 	}
-	return m.aead[slot].Seal(m.out[:0], nonce[:], nil, aad)
+	return m.aead[slot].Seal(dst, nonce[:], nil, aad)
 }
 
-// verify splits msg into frame and tag and reports whether the tag is
-// frame's, as sent by inst on subj.
+// verify splits msg into frame and tag (and, for a data chunk, header tag)
+// and reports whether they are frame's, as sent by inst on subj. A data
+// chunk whose header tag is wrong is refused before its tag is computed.
 func (m *macer) verify(inst uint64, subj string, msg []byte) ([]byte, bool) {
 	if len(msg) < macLen || inst == 0 {
 		return nil, false
@@ -182,7 +251,14 @@ func (m *macer) verify(inst uint64, subj string, msg []byte) ([]byte, bool) {
 		return frame, want != nil && subtle.ConstantTimeCompare(want, tag) == 1
 	}
 	i := m.slot(inst)
-	want := m.tag(i, subj, frame)
+	if m.dst >= 0 && trailerLen(msg) == dataTrailerLen {
+		frame = msg[:len(msg)-dataTrailerLen]
+		if subtle.ConstantTimeCompare(m.hdrTag(i, frame), msg[len(frame):len(frame)+hdrTagLen]) != 1 {
+			return nil, false
+		}
+		m.fullBytes += int64(len(frame))
+	}
+	want := m.tag(i, subj, frame, m.out[:0])
 	if want == nil || subtle.ConstantTimeCompare(want, tag) != 1 {
 		return nil, false
 	}
@@ -197,7 +273,9 @@ func (m *macer) verify(inst uint64, subj string, msg []byte) ([]byte, bool) {
 // changes anything else: no link fails, no timer is reset.
 type Drops struct {
 	// Forged messages failed authentication (a wrong or missing tag, with
-	// Config.Key set), or claimed a rank's bound instance they do not have.
+	// Config.Key set), or claimed a rank's bound instance they do not have;
+	// also disconnect notices naming a peer that was heard from after
+	// them (see believesNotices).
 	Forged int64
 	// Replayed messages verified but repeated a sequence number already
 	// seen (a copy of an earlier frame).

@@ -42,7 +42,8 @@
 // its Dial at once (transport.ErrRankTaken, transport.ErrWorldMismatch)
 // and the running job ignores it: nothing published on the heartbeat
 // subjects fails a link, and no abort notice is sent before Dial returns.
-// Hellos also carry the protocol version (flagProto2, flagProto3):
+// Hellos also carry the protocol version (flagProto2, flagProto3,
+// flagProto4):
 // processes of an earlier version, whose flow control or keyed frames
 // differ, never join one job with this one.
 //
@@ -108,8 +109,17 @@ const flagProto2 = flagFirst
 // never joins; this one refuses a version 2 hello as an earlier version.
 const flagProto3 = flagLast
 
+// flagProto4 marks, with flagProto2 and flagProto3, the hellos of this
+// version, whose keyed data chunks carry a header tag before their tag
+// (see hdrTagLen). A version 3 process takes these hellos as malformed and
+// never joins; this one refuses a version 3 hello as an earlier version.
+const flagProto4 = flagGone
+
+// flagsProto is every version flag this version's hellos carry.
+const flagsProto = flagProto2 | flagProto3 | flagProto4
+
 // flagsHello is what this version's hellos carry.
-const flagsHello = flagHello | flagProto2 | flagProto3
+const flagsHello = flagHello | flagsProto
 
 const (
 	seqLen   = 8
@@ -198,6 +208,11 @@ type peer struct {
 	// cid is the peer's client ID on this rank's server, from its hellos
 	// (0: unknown, or it is connected to another server of a cluster).
 	cid atomic.Uint64
+	// goneAt is when the last gone marker that a disconnect notice naming
+	// the peer made this rank publish came back (unix nanoseconds; 0: none
+	// pending). Only with Conn.noticeGrace: the heartbeat loop then fails
+	// the peer unless it is heard from again within noticeGrace.
+	goneAt atomic.Int64
 }
 
 // Conn is one rank's endpoint; see transport.Conn for the contract. Send
@@ -248,6 +263,13 @@ type Conn struct {
 	ctlMac                    *macer
 	log                       *slog.Logger
 	forged, replayed, ignored dropCounter
+	// noticeGrace (keyed Conns on a server where every client may
+	// publish disconnect notices; see believesNotices) is how long a peer
+	// named in a disconnect notice has, after its gone marker came back, to
+	// be heard from (an authenticated frame) before it is failed (a
+	// quarter of PeerTimeout, at least noticeGraceBeats heartbeats); 0: a
+	// notice fails the peer once its gone marker comes back.
+	noticeGrace time.Duration
 
 	once   sync.Once
 	closed chan struct{}
@@ -365,7 +387,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	if chunk == 0 {
 		chunk = maxPayload
 	}
-	if chunk > maxPayload || chunk < minChunk+macLen {
+	if chunk > maxPayload || chunk < minChunk+dataTrailerLen {
 		return nil, fmt.Errorf("nats: chunk size %d outside [%d, %d] (server max payload)", chunk, minChunk, maxPayload)
 	}
 	c := &Conn{
@@ -384,7 +406,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	c.log = cfg.Logger
 	base := cfg.SubjectPrefix + "." + job + "."
 	if cfg.Key != nil {
-		c.tagLen = macLen
+		c.tagLen = dataTrailerLen
 		c.ctlMac = newMacer(cfg.Key, base, rank, -1)
 		for p := range size {
 			if p != rank {
@@ -423,6 +445,9 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	c.hello = binary.LittleEndian.AppendUint64(c.hello, cid) // 0: unknown
 	if sid := nc.ConnectedServerId(); cidErr == nil && len(sid) <= maxHelloServerID {
 		c.hello = append(c.hello, sid...)
+	}
+	if cfg.Key != nil && !believesNotices(nc) {
+		c.noticeGrace = max(noticeGraceBeats*cfg.Heartbeat, cfg.PeerTimeout/4)
 	}
 	c.in = inbox.New(size, c.onConsume)
 	if size == 1 {
@@ -499,6 +524,25 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 	}
 	c.ready.Store(true)
 	return c, nil
+}
+
+// noticeGraceBeats is the least Conn.noticeGrace, in heartbeats (a live
+// peer's hellos come every heartbeat); it is otherwise a quarter of
+// PeerTimeout, so that a peer whose process stalls (a loaded machine) is
+// not failed on a forged notice unless it stalls for that long.
+const noticeGraceBeats = 2
+
+// believesNotices reports whether nc authenticated as a user (a name and
+// password, a credentials file or an nkey) rather than with a shared token
+// or nothing. A server that gives every rank its own user
+// (natsserver.Options.Users, transport/nats.Permissions) forbids clients
+// to publish disconnect notices, so they come from the server; with a
+// shared token or no authentication anyone may publish one, and a keyed
+// Conn believes a notice naming a peer only if the peer then stays silent
+// (see noticeGrace). A server whose users may publish on the disconnect
+// subject defeats this check: give ranks the permissions of Permissions.
+func believesNotices(nc *natsgo.Conn) bool {
+	return nc.Opts.User != "" || nc.Opts.UserJWT != nil || nc.Opts.Nkey != ""
 }
 
 // Rank returns this endpoint's rank.
@@ -814,12 +858,13 @@ func (c *Conn) onData(m *natsgo.Msg) {
 		return
 	}
 	data := m.Data
+	// This rank's own gone markers travel on the subject of src's data
+	// (signed with this rank's key): not a sign of src's life.
+	gone := len(data) > 3 && data[3] == flagGone
 	if c.tagLen != 0 {
-		// This rank's own gone markers travel on the subject of src's data
-		// and are signed with this rank's key.
 		var frame []byte
 		switch p := &c.peers[src]; {
-		case len(data) > 3 && data[3] == flagGone:
+		case gone:
 			frame, ok = p.vGone.verify(c.instance, m.Subject, data)
 		case p.instance.Load() != 0:
 			// Cheap checks first, so that a forged, truncated or
@@ -842,7 +887,9 @@ func (c *Conn) onData(m *natsgo.Msg) {
 		}
 		data = frame
 	}
-	c.seen(src)
+	if !gone {
+		c.seen(src)
+	}
 	if c.in.Failed(src) != nil {
 		clear(c.peers[src].partial) // never completed: free it
 		return
@@ -851,6 +898,13 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	if err := c.handleChunk(src, data); err != nil {
 		if errors.Is(err, errReplay) {
 			c.replayed.add(c.log, c.job, c.rank, src, err.Error())
+			return
+		}
+		if errors.Is(err, errPeerGone) && c.noticeGrace > 0 {
+			// The notice may be forged: the heartbeat loop decides, on
+			// the silence after the latest marker (an earlier notice may
+			// have been forged and this one real).
+			c.peers[src].goneAt.Store(time.Now().UnixNano())
 			return
 		}
 		if errors.Is(err, errPeerClosed) || errors.Is(err, errPeerGone) {
@@ -887,7 +941,7 @@ func (c *Conn) precheck(p *peer, data []byte) int {
 		return dropForged
 	}
 	h, err := transport.ParseFrameHeader(data, c.maxIn)
-	if err != nil || int(h.Len) != len(data)-transport.FrameHeaderLen-macLen {
+	if err != nil || int(h.Len) != len(data)-transport.FrameHeaderLen-trailerLen(data) {
 		return dropForged
 	}
 	if h.Flags&^(flagFirst|flagLast) == 0 && h.Len >= seqLen &&
@@ -1228,11 +1282,11 @@ func (c *Conn) onHB(m *natsgo.Msg) {
 	if err == nil {
 		err = h.VerifyPayload(pl)
 	}
-	if err != nil || h.Flags&^(flagProto2|flagProto3) != flagHello || len(pl) < helloFixed {
+	if err != nil || h.Flags&^flagsProto != flagHello || len(pl) < helloFixed {
 		c.ignored.add(c.log, c.job, c.rank, src, "malformed hello")
 		return
 	}
-	if h.Flags&(flagProto2|flagProto3) != flagProto2|flagProto3 {
+	if h.Flags&flagsProto != flagsProto {
 		c.ignored.add(c.log, c.job, c.rank, src, "hello of an earlier protocol version")
 		c.refuse(fmt.Errorf("nats: job %s rank %d: rank %d runs an earlier version of this transport, whose flow control or frames this one does not follow: %w", c.job, c.rank, src, transport.ErrRendezvous))
 		return
@@ -1319,6 +1373,15 @@ func (c *Conn) heartbeat() {
 		// receiver waiting for each other: every link fails at once.
 		lost := !c.nc.IsConnected() || c.nc.Stats().Reconnects != reconnects
 		caughtUp := 0 // 1: this process has read its input; -1: it has not
+		isCaughtUp := func() bool {
+			if caughtUp == 0 {
+				caughtUp = -1
+				if c.caughtUp(&backlog) {
+					caughtUp = 1
+				}
+			}
+			return caughtUp > 0
+		}
 		for p := range c.peers {
 			if p == c.rank {
 				continue
@@ -1326,6 +1389,23 @@ func (c *Conn) heartbeat() {
 			if lost {
 				c.failPeer(p, fmt.Errorf("%w: connection to the NATS server broken (%v); messages may be lost", transport.ErrPeerDead, c.nc.Status()), false)
 				continue
+			}
+			if g := c.peers[p].goneAt.Load(); g != 0 {
+				// A disconnect notice named p (see noticeGrace): p is gone
+				// unless heard from since its gone marker came back; judged
+				// as a silence is (not right after a pause of this process,
+				// and only once its input is read).
+				refuted := c.peers[p].lastSeen.Load() > g
+				if !refuted && now.Sub(time.Unix(0, g)) >= c.noticeGrace && now.Sub(resumed) > c.noticeGrace && isCaughtUp() {
+					if refuted = c.peers[p].lastSeen.Load() > g; !refuted {
+						c.failPeer(p, fmt.Errorf("%w: rank %d (silent for %v since)", errPeerGone, p, c.noticeGrace), false)
+						continue
+					}
+				}
+				if refuted {
+					c.peers[p].goneAt.Store(0)
+					c.forged.add(c.log, c.job, c.rank, p, "disconnect notice naming a rank heard from since")
+				}
 			}
 			d := now.Sub(time.Unix(0, c.peers[p].lastSeen.Load()))
 			if d <= c.cfg.PeerTimeout {
@@ -1335,13 +1415,7 @@ func (c *Conn) heartbeat() {
 				if now.Sub(resumed) <= c.cfg.PeerTimeout {
 					continue // not yet a full timeout since this process ran again
 				}
-				if caughtUp == 0 {
-					caughtUp = -1
-					if c.caughtUp(&backlog) {
-						caughtUp = 1
-					}
-				}
-				if caughtUp < 0 {
+				if !isCaughtUp() {
 					continue // judge at the next beat, once the input is read
 				}
 				if d = time.Since(time.Unix(0, c.peers[p].lastSeen.Load())); d <= c.cfg.PeerTimeout {

@@ -94,7 +94,7 @@ func FuzzKeyedDecoder(f *testing.F) {
 		}
 		fr := append([]byte{mode}, transport.AppendFrame(nil, flags, tag, append(pl, data...))...)
 		if mode == 1 {
-			fr = append(fr, make([]byte, macLen)...) // a forged tag
+			fr = append(fr, make([]byte, dataTrailerLen)...) // a forged header tag and tag
 		}
 		return fr
 	}
@@ -111,7 +111,7 @@ func FuzzKeyedDecoder(f *testing.F) {
 		cfg := defaultConfig()
 		cfg.MaxFrame, cfg.Window, cfg.Key = maxFrame, 4*maxFrame, key
 		c := &Conn{cfg: cfg, rank: 1, size: 2, maxIn: 1 << 20, peers: make([]peer, 2), in: inbox.New(2, nil),
-			tagLen: macLen, instance: 99, stats: counters.New(2), job: "fz"}
+			tagLen: dataTrailerLen, instance: 99, stats: counters.New(2), job: "fz"}
 		p := &c.peers[0]
 		p.partial = map[uint64]*partial{}
 		p.instance.Store(inst)

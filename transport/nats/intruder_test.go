@@ -2,6 +2,7 @@ package nats_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -126,4 +127,83 @@ func TestWorldMismatch(t *testing.T) {
 	for round := range 5 {
 		wantRing(t, ringRound(t, conns, round), round)
 	}
+}
+
+// forgeDisconnect publishes, as a client holding the server's token would,
+// a disconnect notice naming rank of job (its client ID read from its
+// hello, the server's ID from the attacker's own connection).
+func forgeDisconnect(t *testing.T, nc *natsgo.Conn, job string, rank int) {
+	t.Helper()
+	sub, err := nc.SubscribeSync(fmt.Sprintf("slimgrad.%s.h.%d", job, rank))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	m, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A hello: frame header, instance (8), world size (4), client ID (8).
+	cid := binary.LittleEndian.Uint64(m.Data[transport.FrameHeaderLen+12:])
+	notice := fmt.Sprintf(`{"type":"io.nats.server.advisory.v1.client_disconnect","server":{"id":%q},"client":{"id":%d,"name":"slimgrad %s rank %d"},"reason":"Client Closed"}`,
+		nc.ConnectedServerId(), cid, job, rank)
+	if err := nc.Publish(natsserver.DisconnectSubject, []byte(notice)); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestForgedDisconnectNotice: on a server with a shared token, anyone may
+// publish on the disconnect subject. A keyed job does not believe a
+// notice naming a rank that is still alive: the rank's hellos
+// (authenticated) keep coming, its peers count the notice as forged, and
+// the job goes on; a rank that really died is still found dead a quarter
+// of the peer timeout after its death (1 s of 4 s here), not after the
+// peer timeout.
+func TestForgedDisconnectNotice(t *testing.T) {
+	const token = "the-shared-token-of-the-server"
+	srv := startServer(t, natsserver.Options{Token: token})
+	const peerTimeout = 4 * time.Second
+	hb := nats.WithHeartbeat(50*time.Millisecond, peerTimeout)
+	key := nats.WithKey([]byte("the-key-of-the-notice-job"))
+	conns := dialAll(t, srv.ClientURL(), "notice", 3, hb, key, nats.WithToken(token))
+	wantRing(t, ringRound(t, conns, 0), 0)
+	attacker, err := natsgo.Connect(srv.ClientURL(), natsgo.Token(token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer attacker.Close()
+	for range 10 {
+		forgeDisconnect(t, attacker, "notice", 1)
+	}
+	// The job goes on until ranks 0 and 2 have judged the notice (their
+	// heartbeat loops, within a few heartbeats): forged.
+	round := 1
+	for end := time.Now().Add(10 * time.Second); conns[0].Drops().Forged == 0 || conns[2].Drops().Forged == 0; round++ {
+		if time.Now().After(end) {
+			t.Fatalf("drops %+v, %+v after %d rounds: the forged notices were not judged", conns[0].Drops(), conns[2].Drops(), round)
+		}
+		wantRing(t, ringRound(t, conns, round), round)
+	}
+	for range 20 {
+		wantRing(t, ringRound(t, conns, round), round)
+		round++
+	}
+	// A rank that really dies is found dead after a quarter of the peer
+	// timeout, not after the peer timeout.
+	conns[1].Crash()
+	start := time.Now()
+	for _, r := range []int{0, 2} {
+		_, err := conns[r].Recv(t.Context(), 1, 99)
+		var pe *transport.PeerError
+		if !errors.As(err, &pe) || pe.Rank != 1 || !errors.Is(err, transport.ErrPeerDead) {
+			t.Errorf("rank %d: Recv from the dead rank: %v, want a PeerError wrapping ErrPeerDead", r, err)
+		}
+	}
+	if d := time.Since(start); d >= peerTimeout*3/4 {
+		t.Errorf("the dead rank found dead after %v, want about a quarter of the peer timeout (%v)", d, peerTimeout)
+	}
+	t.Logf("%d rounds while the notices were judged; the dead rank found dead after %v", round, time.Since(start))
 }

@@ -2,9 +2,13 @@ package nats
 
 import (
 	"encoding/binary"
+	"fmt"
 	"testing"
 
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/counters"
+	"github.com/slimgrad/slimgrad/transport/internal/inbox"
 )
 
 // TestMacBinding: a tag verifies only for the frame, key, job, sending
@@ -129,5 +133,118 @@ func BenchmarkInstanceKey(b *testing.B) {
 	for b.Loop() {
 		i++
 		instanceKey(key, "slimgrad.j.", 3, i)
+	}
+}
+
+// keyedConn is rank 1 of 3, without a server, keyed, whose peers 0 and 2
+// are bound to instances inst and inst+1; its data handler is fed by hand.
+func keyedConn(key []byte, base string, inst uint64) *Conn {
+	cfg := defaultConfig()
+	cfg.Key = key
+	c := &Conn{cfg: cfg, rank: 1, size: 3, maxIn: 1 << 20, peers: make([]peer, 3), in: inbox.New(3, nil),
+		tagLen: dataTrailerLen, instance: 99, stats: counters.New(3), job: "j"}
+	for _, r := range []int{0, 2} {
+		p := &c.peers[r]
+		p.partial = map[uint64]*partial{}
+		p.instance.Store(inst + uint64(r/2))
+		p.vData, p.vGone = newMacer(key, base, r, 1), newMacer(key, base, 1, -1)
+	}
+	return c
+}
+
+// TestForgedChunkNoFullPass: a keyed receiver drops every forged data
+// chunk, and counts it, without passing the chunk's tag over its bytes
+// (the header tag refuses it after 40): a chunk with a random trailer,
+// one of another link re-addressed, one of another job, a real chunk
+// replayed; each claims the sequence number the link expects next (or,
+// replayed, one it passed), so no check on the header alone refuses it.
+// Only a chunk whose header the sender really made (a real chunk, or one
+// whose payload was changed on the way) costs a pass over its bytes. The
+// link is unharmed: the real next chunk is delivered afterwards.
+func TestForgedChunkNoFullPass(t *testing.T) {
+	key, base := []byte("a-job-key-of-sixteen-plus"), "slimgrad.j."
+	const inst, subj = 0x77, "slimgrad.j.d.1.0"
+	c := keyedConn(key, base, inst)
+	p := &c.peers[0]
+	data := make([]byte, 256<<10)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	sign := func(m *macer, inst uint64, subj string, frame []byte) []byte {
+		return append(append([]byte(nil), frame...), m.sum(inst, subj, frame)...)
+	}
+	real0 := sign(newMacer(key, base, 0, 1), inst, subj, dataChunk(flagFirst|flagLast, 1, 0, len(data), data))
+	c.onData(&natsgo.Msg{Subject: subj, Data: real0})
+	if n, _ := c.in.Held(0); n != 1 || p.rxSeq != 1 {
+		t.Fatalf("the real chunk: %d messages queued, sequence %d, want 1 and 1", n, p.rxSeq)
+	}
+	full := p.vData.fullBytes
+	if full < int64(len(data)) {
+		t.Fatalf("the real chunk: %d bytes passed under its tag, want its %d", full, len(data))
+	}
+	next := dataChunk(flagFirst|flagLast, 1, 1, len(data), data)
+	random := append(append([]byte(nil), next...), make([]byte, dataTrailerLen)...)
+	for i := len(next); i < len(random); i++ {
+		random[i] = byte(i * 13)
+	}
+	for _, tc := range []struct {
+		name     string
+		msg      []byte
+		replayed bool
+	}{
+		{"random header tag and tag", random, false},
+		{"a chunk of rank 2's link, re-addressed", sign(newMacer(key, base, 2, 1), inst+1, "slimgrad.j.d.1.2", next), false},
+		{"a chunk of another job", sign(newMacer([]byte("the-key-of-another-job-B"), "slimgrad.b.", 0, 1), inst, "slimgrad.b.d.1.0", next), false},
+		{"a chunk of another process of rank 0", sign(newMacer(key, base, 0, 1), inst+5, subj, next), false},
+		{"the real chunk, replayed", real0, true},
+	} {
+		d0 := c.Drops()
+		c.onData(&natsgo.Msg{Subject: subj, Data: tc.msg})
+		d := c.Drops()
+		if tc.replayed && d.Replayed != d0.Replayed+1 || !tc.replayed && d.Forged != d0.Forged+1 {
+			t.Errorf("%s: drops %+v -> %+v, want it counted", tc.name, d0, d)
+		}
+		if p.vData.fullBytes != full {
+			t.Errorf("%s: %d bytes passed under the chunk's tag before it was dropped, want 0", tc.name, p.vData.fullBytes-full)
+			full = p.vData.fullBytes
+		}
+		if n, _ := c.in.Held(0); n != 1 || p.rxSeq != 1 || c.in.Failed(0) != nil {
+			t.Fatalf("%s: %d messages queued, sequence %d, link failed %v: the link changed", tc.name, n, p.rxSeq, c.in.Failed(0))
+		}
+	}
+	// A real chunk whose payload changed on the way: its header tag
+	// verifies, so its tag is checked over every byte (and fails).
+	changed := sign(newMacer(key, base, 0, 1), inst, subj, next)
+	changed[len(next)-1] ^= 1
+	d0 := c.Drops()
+	c.onData(&natsgo.Msg{Subject: subj, Data: changed})
+	if c.Drops().Forged != d0.Forged+1 || p.vData.fullBytes == full {
+		t.Errorf("a real chunk changed on the way: drops %+v -> %+v, %d bytes passed under its tag; want it dropped after a pass", d0, c.Drops(), p.vData.fullBytes-full)
+	}
+	c.onData(&natsgo.Msg{Subject: subj, Data: sign(newMacer(key, base, 0, 1), inst, subj, next)})
+	if n, _ := c.in.Held(0); n != 2 || p.rxSeq != 2 || c.in.Failed(0) != nil {
+		t.Fatalf("the real next chunk: %d messages queued, sequence %d, link failed %v; want it delivered", n, p.rxSeq, c.in.Failed(0))
+	}
+}
+
+// BenchmarkForgedChunk: what a keyed receiver's data handler spends on a
+// forged chunk of 64 KiB or 256 KiB (a random trailer, the sequence number
+// the link expects next), before the NATS client's own cost.
+func BenchmarkForgedChunk(b *testing.B) {
+	for _, size := range []int{64 << 10, 256 << 10} {
+		b.Run(fmt.Sprintf("bytes=%d", size), func(b *testing.B) {
+			c := keyedConn([]byte("a-job-key-of-sixteen-plus"), "slimgrad.j.", 0x77)
+			msg := dataChunk(flagFirst|flagLast, 1, 0, size, make([]byte, size))
+			msg = append(msg, make([]byte, c.tagLen)...)
+			m := &natsgo.Msg{Subject: "slimgrad.j.d.1.0", Data: msg}
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			for b.Loop() {
+				c.onData(m)
+			}
+			if c.Drops().Forged == 0 {
+				b.Fatal("nothing dropped")
+			}
+		})
 	}
 }

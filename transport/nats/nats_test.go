@@ -697,12 +697,13 @@ func TestOversizeFrameNamesPeer(t *testing.T) {
 // protocol version does not join that job; its Dial fails at once, naming
 // the rank. Version 1 (flag 1<<4 alone) had senders wait for credit after
 // every message, which this version no longer returns; version 2 (1<<4|1)
-// put a CRC-32C on keyed data frames, which this version leaves out.
+// put a CRC-32C on keyed data frames, which this version leaves out;
+// version 3 (1<<4|1|2) had no header tag on keyed data chunks.
 func TestEarlierVersionRefused(t *testing.T) {
 	for _, v := range []struct {
 		name  string
 		flags uint8
-	}{{"v1", 1 << 4}, {"v2", 1<<4 | 1}} {
+	}{{"v1", 1 << 4}, {"v2", 1<<4 | 1}, {"v3", 1<<4 | 1 | 2}} {
 		t.Run(v.name, func(t *testing.T) {
 			srv := startServer(t, natsserver.Options{})
 			old, err := natsgo.Connect(srv.ClientURL())

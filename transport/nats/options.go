@@ -65,6 +65,12 @@ type Config struct {
 	// soon as its connection ends (its process died) instead of after
 	// PeerTimeout. A server that does not publish them (an external
 	// server without the export natsserver sets up) leaves the heartbeats.
+	// With Key, on a connection that authenticated with a shared token or
+	// not at all (anyone may then publish a notice), a notice is believed
+	// only if the peer it names then stays silent for a quarter of
+	// PeerTimeout (at least two heartbeats): a forged notice does not fail
+	// a live peer that is heard from within that time, and a dead one is
+	// failed that long after its death instead of PeerTimeout.
 	DisconnectSubject string
 	// Key, when set, is the job's secret: every message a Conn publishes is
 	// authenticated with a key derived from it for the sending rank, and

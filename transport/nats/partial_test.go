@@ -16,7 +16,7 @@ func chunkConn(maxIn int, keyed bool) *Conn {
 	c := &Conn{cfg: defaultConfig(), rank: 1, size: 2, maxIn: maxIn, peers: make([]peer, 2), in: inbox.New(2, nil)}
 	c.peers[0].partial = map[uint64]*partial{}
 	if keyed {
-		c.tagLen = macLen
+		c.tagLen = dataTrailerLen
 	}
 	return c
 }
