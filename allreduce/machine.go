@@ -25,11 +25,12 @@ import (
 // A Machine is not safe for concurrent use.
 type Machine struct {
 	prog      *Program
-	sh        *Shared // shared mode: the programs, and this Machine's rank
-	rank      int     // shared mode
-	sb        []uint8 // shared mode: per-op state (sbIssued, sbDone, marks)
-	fresh     bool    // shared mode: the roots are not handed out yet
-	scr       []int32 // shared mode: scratch for dependents
+	sh        *Shared    // shared mode: the programs, and this Machine's rank
+	rank      int        // shared mode
+	sb        []uint8    // shared mode: per-op state (sbIssued, sbDone, marks)
+	tab       *depTables // shared mode: sh.tables(), or nil
+	fresh     bool       // shared mode: the roots are not handed out yet
+	scr       []int32    // shared mode: scratch for dependents
 	st        []opState
 	more      []int32 // chains of (dependent, next) of ops with more than two (stOverflow)
 	ready     []int32 // ops whose deps are done, not yet issued, in order
@@ -83,7 +84,7 @@ func (m *Machine) Reset(p *Program) error {
 func (m *Machine) reset(p *Program, a *Arena) error {
 	n := len(p.Ops)
 	m.prog = p
-	m.sh, m.sb = nil, nil
+	m.sh, m.sb, m.tab = nil, nil, nil
 	if a != nil {
 		m.st = a.takeSt(n)
 	} else {
@@ -173,7 +174,7 @@ func (m *Machine) resetShared(s *Shared, rank int, a *Arena) error {
 		panic("allreduce: ResetShared rank out of range")
 	}
 	n := s.Len()
-	m.prog, m.sh, m.rank = nil, s, rank
+	m.prog, m.sh, m.rank, m.tab = nil, s, rank, s.tables()
 	if m.arena {
 		m.st = nil
 	}
@@ -268,6 +269,15 @@ func (m *Machine) doneShared(i int32) error {
 	}
 	m.sb[i] |= sbDone
 	m.remaining--
+	if t := m.tab; t != nil {
+		for _, j := range t.dep[t.off[i]:t.off[i+1]] {
+			d := &t.deps[j]
+			if (d[0] == NoDep || m.sb[d[0]]&sbDone != 0) && (d[1] == NoDep || m.sb[d[1]]&sbDone != 0) {
+				m.ready = append(m.ready, j)
+			}
+		}
+		return nil
+	}
 	m.scr = m.sh.Dependents(m.rank, i, m.scr[:0])
 	for _, j := range m.scr {
 		o := m.sh.Op(m.rank, j)

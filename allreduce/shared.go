@@ -3,6 +3,7 @@ package allreduce
 import (
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // ringSpec is a ring reduce-scatter and/or all-gather (see builder.ring) as
@@ -73,30 +74,35 @@ func (sp *ringSpec) abs(x int32) int32 {
 }
 
 // op returns relative op x.
-func (sp *ringSpec) op(x int32) Op {
+func (sp *ringSpec) op(x int32) Op { return sp.opFor(sp.r, sp.right, sp.lf, x) }
+
+// opFor returns relative op x of rank r's ring, whose neighbours are right
+// and lf: sp's other fields do not depend on the rank (see Shared.ring), so
+// Shared.Op need not copy rank 0's ring.
+func (sp *ringSpec) opFor(r int, right, lf int32, x int32) Op {
 	n, S := sp.n, sp.S
 	if x < sp.nrs {
 		t := int(x / 3)
 		k, s := t/S, t%S
 		switch x % 3 {
 		case 0:
-			sc := sp.base + mod(sp.r-1-k, n)*S + s
+			sc := sp.base + mod(r-1-k, n)*S + s
 			d := sp.pre
 			if k > 0 {
 				d = sp.abs(int32(((k-1)*S+s)*3 + 2))
 			}
-			return Op{Kind: Send, Peer: sp.right, Msg: int32(sp.msg0 + t), Src: sp.buf, Dst: BufNone, Chunk: int32(sc), Bytes: sp.chunkElems(sc) * sp.eb, Deps: [2]int32{d, NoDep}}
+			return Op{Kind: Send, Peer: right, Msg: int32(sp.msg0 + t), Src: sp.buf, Dst: BufNone, Chunk: int32(sc), Bytes: sp.chunkElems(sc) * sp.eb, Deps: [2]int32{d, NoDep}}
 		case 1:
-			rc := sp.base + mod(sp.r-2-k, n)*S + s
-			return Op{Kind: Recv, Peer: sp.lf, Msg: int32(sp.msg0 + t), Src: BufNone, Dst: BufStage, Chunk: int32(rc), Bytes: sp.chunkElems(rc) * sp.eb, Deps: [2]int32{NoDep, NoDep}}
+			rc := sp.base + mod(r-2-k, n)*S + s
+			return Op{Kind: Recv, Peer: lf, Msg: int32(sp.msg0 + t), Src: BufNone, Dst: BufStage, Chunk: int32(rc), Bytes: sp.chunkElems(rc) * sp.eb, Deps: [2]int32{NoDep, NoDep}}
 		default:
-			rc := sp.base + mod(sp.r-2-k, n)*S + s
+			rc := sp.base + mod(r-2-k, n)*S + s
 			return Op{Kind: Compute, Fn: FnReduce, Peer: -1, Msg: -1, Src: BufStage, Dst: sp.buf, Chunk: int32(rc), Bytes: sp.chunkElems(rc), Deps: [2]int32{sp.start + x - 1, sp.pre}}
 		}
 	}
 	if x < sp.agBase {
 		s := int(x - sp.nrs)
-		c := sp.base + sp.r*S + s
+		c := sp.base + r*S + s
 		last := int32(((n-2)*S+s)*3 + 2) // the segment's last reduce
 		return Op{Kind: Compute, Fn: FnScale, Peer: -1, Msg: -1, Src: sp.buf, Dst: sp.buf, Chunk: int32(c), Bytes: sp.chunkElems(c), Scale: 1 / float32(n), Deps: [2]int32{sp.abs(last), NoDep}}
 	}
@@ -108,19 +114,19 @@ func (sp *ringSpec) op(x int32) Op {
 		msg += (n - 1) * S
 	}
 	if y%2 == 0 {
-		sc := sp.base + mod(sp.r-k, n)*S + s
+		sc := sp.base + mod(r-k, n)*S + s
 		d := sp.abs(sp.final(s))
 		if k > 0 {
 			d = sp.abs(sp.agBase + int32(((k-1)*S+s)*2+1))
 		}
-		return Op{Kind: Send, Peer: sp.right, Msg: int32(msg), Src: sp.buf, Dst: BufNone, Chunk: int32(sc), Bytes: sp.chunkElems(sc) * sp.eb, Deps: [2]int32{d, NoDep}}
+		return Op{Kind: Send, Peer: right, Msg: int32(msg), Src: sp.buf, Dst: BufNone, Chunk: int32(sc), Bytes: sp.chunkElems(sc) * sp.eb, Deps: [2]int32{d, NoDep}}
 	}
-	rc := sp.base + mod(sp.r-1-k, n)*S + s
+	rc := sp.base + mod(r-1-k, n)*S + s
 	war := NoDep
 	if sp.rs {
 		war = sp.abs(int32(t * 3)) // the reduce-scatter send of the same (step, segment)
 	}
-	return Op{Kind: Recv, Peer: sp.lf, Msg: int32(msg), Src: BufNone, Dst: sp.buf, Chunk: int32(rc), Bytes: sp.chunkElems(rc) * sp.eb, Deps: [2]int32{war, sp.pre}}
+	return Op{Kind: Recv, Peer: lf, Msg: int32(msg), Src: BufNone, Dst: sp.buf, Chunk: int32(rc), Bytes: sp.chunkElems(rc) * sp.eb, Deps: [2]int32{war, sp.pre}}
 }
 
 // dependents appends the program indices of the ring's ops that depend on
@@ -272,6 +278,37 @@ type Shared struct {
 	eb    int64
 	tp    twoPhaseSpec // AlgTwoPhaseSign only
 	ring0 ringSpec     // the ring family: rank 0's ring (see ring)
+
+	tabOnce sync.Once
+	tab     *depTables // see tables
+}
+
+// depTables are rank 0's dependencies and dependents of every op, which
+// are every rank's (the programs are rotations of rank 0's, see Shared):
+// a Machine stepping one of thousands of ranks looks them up instead of
+// computing the ops around each finished one.
+type depTables struct {
+	deps [][2]int32 // op i's Deps
+	off  []int32    // op i's dependents are dep[off[i]:off[i+1]], ascending
+	dep  []int32
+}
+
+// tables returns s's dependency tables, built on first use, or nil for a
+// sparse gather (whose decode-adds' dependencies depend on the rank).
+func (s *Shared) tables() *depTables {
+	if s.Alg == AlgSparseGather {
+		return nil
+	}
+	s.tabOnce.Do(func() {
+		t := &depTables{deps: make([][2]int32, s.nops), off: make([]int32, s.nops+1)}
+		for i := range s.nops {
+			t.deps[i] = s.Op(0, i).Deps
+			t.dep = s.Dependents(0, i, t.dep)
+			t.off[i+1] = int32(len(t.dep))
+		}
+		s.tab = t
+	})
+	return s.tab
 }
 
 // NewShared returns the shared form of the programs of alg for p.World ranks
@@ -352,6 +389,9 @@ func (s *Shared) Op(rank int, i int32) Op {
 		return s.sparseOp(rank, i)
 	case AlgTwoPhaseSign:
 		return s.tp.op(rank, i)
+	}
+	if sp := &s.ring0; sp.n > 1 {
+		return sp.opFor(rank, int32((rank+1)%sp.n), int32(mod(rank-1, sp.n)), i)
 	}
 	sp := s.ring(rank)
 	return sp.op(i)

@@ -233,6 +233,10 @@ func TestSharedRotation(t *testing.T) {
 				if o.Deps != z.Deps && !(c.alg == AlgSparseGather && o.Fn == FnDecodeAdd) {
 					t.Fatalf("%v rank %d op %d: deps %v, rank 0's %v", c.alg, r, i, o.Deps, z.Deps)
 				}
+				if c.alg != AlgSparseGather && !slices.Equal(s.Dependents(r, i, nil), s.Dependents(0, i, nil)) {
+					// Machine's dependency tables (Shared.tables) rely on it.
+					t.Fatalf("%v rank %d op %d: dependents %v, rank 0's %v", c.alg, r, i, s.Dependents(r, i, nil), s.Dependents(0, i, nil))
+				}
 				if o.Kind == Send && s.Match(r, i) != s.Match(0, i) {
 					t.Fatalf("%v rank %d op %d: match %d, rank 0's %d", c.alg, r, i, s.Match(r, i), s.Match(0, i))
 				}

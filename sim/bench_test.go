@@ -135,3 +135,54 @@ func TestSteadyStateAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestSteadyStateAllocsShared: the same for the size-only step's shape,
+// Shared collectives with four concurrent all-to-alls of tiny messages
+// (the non-finite flags, queued behind each other on the ranks'
+// connections), each chained before a ring: a reused Simulator's
+// allocations per run are its setup's, per collective (the calibration's
+// cost tables), and the same at 32 and 64 ranks although 64 ranks process
+// four times the events.
+func TestSteadyStateAllocsShared(t *testing.T) {
+	run := func(n int) (allocs float64, events int64) {
+		ring, err := allreduce.NewShared(allreduce.AlgRing, allreduce.Params{World: n, Elems: 1 << 14, Average: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		flags, err := allreduce.NewShared(allreduce.AlgAllToAll, allreduce.Params{World: n, Elems: n, ElemBytes: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var colls []Collective
+		for range 4 {
+			colls = append(colls, Collective{Name: "flags", Shared: flags}, Collective{Name: "ring", Shared: ring, After: len(colls) + 1})
+		}
+		s, err := NewSimulator(Homogeneous(n, 10*Gbps, 5*time.Microsecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res *Result
+		for range 3 { // warm up: grow every buffer
+			if res, err = s.Run(context.Background(), colls, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		allocs = testing.AllocsPerRun(3, func() {
+			if res, err = s.Run(context.Background(), colls, nil); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if want := int64(4 * n * (n - 1)); res.Messages < 2*want {
+			t.Fatalf("%d ranks: %d messages, want at least %d", n, res.Messages, 2*want)
+		}
+		if allocs > float64(16*len(colls)) {
+			t.Errorf("%d ranks: %v allocs per run of %d collectives", n, allocs, len(colls))
+		}
+		return allocs, res.Events
+	}
+	a32, e32 := run(32)
+	a64, e64 := run(64)
+	if e64 < 3*e32 || a64 > a32+2 {
+		t.Errorf("%v allocs per run of %d events at 32 ranks, %v of %d at 64", a32, e32, a64, e64)
+	}
+}

@@ -1,5 +1,10 @@
 package sim
 
+import (
+	"math"
+	"math/bits"
+)
+
 // event kinds
 const (
 	evFlowEnd    uint8 = iota + 1 // a flow's last byte left the links: a = flow id, x = version
@@ -8,15 +13,14 @@ const (
 	evStart                       // a collective may start: g = collective
 	evStartRank                   // one rank's part of a collective may start: g = machine
 	evArriveAll                   // aggregated: messages reached a representative: g = machine, x = its receives (aggBulk)
-	evTinyEnd                     // a tiny message (TinyMessageBytes) left its links: x = its msgInfo (driver.pend)
+	evTinyEnd                     // a tiny message (TinyMessageBytes) left its links: g = machine, op = its send, x = its tinyRec (driver.tinys)
 )
 
 // event is one entry of the virtual-time queue; events are ordered by
-// (t, seq), seq being the order in which they were scheduled, so equal
-// times resolve deterministically.
+// time, and events of equal times in the order in which they were
+// scheduled (their seq), so equal times resolve deterministically.
 type event struct {
 	t    float64
-	seq  uint64
 	g    int32
 	op   int32
 	x    uint32
@@ -24,56 +28,76 @@ type event struct {
 	job  uint8 // evComputeEnd: the engine job (jobOp, ...)
 }
 
-func (a *event) less(b *event) bool {
-	return a.t < b.t || a.t == b.t && a.seq < b.seq
+// pevent is an event of the plain heap with its seq (the radix heap keeps
+// events in seq order without storing it).
+type pevent struct {
+	e   event
+	seq uint64
+}
+
+func (a *pevent) less(b *pevent) bool {
+	return a.e.t < b.e.t || a.e.t == b.e.t && a.seq < b.seq
 }
 
 // eventHeap is the virtual-time event queue, popping events in (t, seq)
-// order. A 4-ary min-heap holds entries ordered by (t, seq): an entry is
-// one event, or a run of events of one time pushed one after the other,
-// kept in a FIFO bucket in push (= seq) order and keyed by its first
-// event. Runs of one time never interleave (a run's seqs are consecutive),
-// so draining entries in that order pops events in (t, seq) order.
-// Lock-step collectives schedule thousands of events at identical times,
-// so most pushes append to the run of the previous push and most pops take
-// the next event of the current bucket; a push of a new time costs one
-// heap entry and no allocation in steady state.
+// order.
+//
+// By default it is a radix heap (Ahuja, Mehlhorn, Orlin and Tarjan) with
+// byte digits: the simulator never schedules an event before the last one
+// popped (virtual time does not go back), and the bits of a non-negative
+// float64 order as the number does. With key(t) the bits and last the key
+// of the current time, an event waits in bucket (ℓ, d): ℓ the highest byte
+// in which its key differs from last, d its key's byte there; events of
+// the current time are in the current bucket (0, byte 0 of last). When it
+// is drained, the lowest non-empty bucket of the lowest level holds the
+// next events: at level 0 all of them have one key, and it becomes the
+// current bucket as it is; above, the smallest key in it becomes the
+// current time and its events move to lower levels. An event moves at most
+// eight times, in practice once or twice, always sequentially through
+// memory, and buckets keep their memory in place from run to run. Every
+// bucket keeps its events in push (= seq) order: a bucket is filled from a
+// higher one only while it is empty, and pushes come in seq order, so the
+// current bucket is popped front to back in (t, seq) order with no
+// comparisons.
+// Lock-step collectives schedule thousands of events at one time: they are
+// appended to one bucket and popped in order.
+//
+// plain makes it a 4-ary min-heap of single events (the aggregated mode's,
+// whose runs are small). In both forms an event scheduled before the last
+// one popped is a caller bug; the radix form takes it as the last popped
+// time.
 type eventHeap struct {
-	// plain makes it a 4-ary min-heap of single events (aggregated runs:
-	// few events share a time).
-	plain   bool
-	ev      []event
-	seq     uint64
-	n       int
-	times   []tentry // 4-ary min-heap by (ev.t, ev.seq)
-	buckets [][]event
-	heads   []int32
-	free    []int32
-	lastT   float64
-	lastB   int32 // bucket of the run of the last push (-1: none)
-	lastOne bool  // the last push was a single entry of time lastT
+	plain bool
+	ev    []pevent // plain: the 4-ary heap
+	seq   uint64   // plain: the next push's seq
+	n     int
+
+	last   uint64          // radix: key of the current time (the last pop's)
+	head   int             // radix: next event of the current bucket
+	levels uint8           // radix: bit ℓ set if level ℓ has an event
+	digits [8][4]uint64    // radix: bit d of digits[ℓ] set if bucket (ℓ, d) has one
+	rb     [8][256][]event // radix buckets (ℓ, d)
 }
 
-// tentry is a heap entry: event ev alone (b < 0), or bucket b, whose first
-// event has ev's time and seq.
-type tentry struct {
-	ev event
-	b  int32
-}
-
-func (a *tentry) less(b *tentry) bool {
-	return a.ev.t < b.ev.t || a.ev.t == b.ev.t && a.ev.seq < b.ev.seq
-}
+// bigBucket is the capacity (events) beyond which an emptied radix bucket
+// gives its memory back instead of keeping it for reuse. The 2048 buckets
+// would otherwise each keep the most it ever held (at 512 ranks 48 MB for
+// 6 MB of events in flight); a bucket that fills beyond it again
+// allocates once per bigBucket events or more.
+const bigBucket = 1 << 14
 
 func (h *eventHeap) reset() {
 	h.ev = h.ev[:0]
-	for _, te := range h.times {
-		if te.b >= 0 {
-			h.release(te.b)
+	for l := range h.rb {
+		if h.levels&(1<<l) == 0 {
+			continue
+		}
+		for d := range h.rb[l] {
+			h.rb[l][d] = h.rb[l][d][:0]
 		}
 	}
-	h.times = h.times[:0]
-	h.seq, h.n, h.lastB, h.lastOne = 0, 0, -1, false
+	h.rb[0][uint8(h.last)] = h.rb[0][uint8(h.last)][:0] // the current bucket
+	h.seq, h.n, h.last, h.head, h.levels, h.digits = 0, 0, 0, 0, 0, [8][4]uint64{}
 }
 
 func (h *eventHeap) len() int {
@@ -83,165 +107,176 @@ func (h *eventHeap) len() int {
 	return h.n
 }
 
-func (h *eventHeap) release(b int32) {
-	h.buckets[b] = h.buckets[b][:0]
-	h.heads[b] = 0
-	h.free = append(h.free, b)
+// atNow reports whether an event of time now (the last popped event's, or
+// 0 before the first pop) is queued.
+func (h *eventHeap) atNow(now float64) bool {
+	if h.plain {
+		return len(h.ev) > 0 && !(h.ev[0].e.t > now)
+	}
+	return h.head < len(h.rb[0][uint8(h.last)])
 }
 
 func (h *eventHeap) push(e event) {
-	e.seq = h.seq
-	h.seq++
 	if h.plain {
-		h.ev = append(h.ev, e)
+		pe := pevent{e, h.seq}
+		h.seq++
+		h.ev = append(h.ev, pe)
 		s := h.ev
 		i := len(s) - 1
 		for i > 0 {
 			p := (i - 1) / 4
-			if !e.less(&s[p]) {
+			if !pe.less(&s[p]) {
 				break
 			}
 			s[i] = s[p]
 			i = p
 		}
-		s[i] = e
+		s[i] = pe
 		return
 	}
 	h.n++
-	if h.lastB >= 0 && e.t == h.lastT {
-		h.buckets[h.lastB] = append(h.buckets[h.lastB], e)
+	k := math.Float64bits(e.t)
+	if k < h.last || k>>63 != 0 {
+		// Before the current time (or negative): a caller bug, see above.
+		e.t, k = math.Float64frombits(h.last), h.last
+	}
+	if k == h.last {
+		c := &h.rb[0][uint8(k)]
+		*c = append(*c, e)
 		return
 	}
-	if !h.lastOne || e.t != h.lastT {
-		// A new time: one entry, which a run may follow.
-		h.pushTime(tentry{ev: e, b: -1})
-		h.lastT, h.lastB, h.lastOne = e.t, -1, true
-		return
+	h.put(k, e)
+}
+
+// put files e, of key k > h.last, in its bucket (never the current one).
+func (h *eventHeap) put(k uint64, e event) {
+	l := uint(63-bits.LeadingZeros64(k^h.last)) / 8
+	d := uint8(k >> (8 * l))
+	h.rb[l][d] = append(h.rb[l][d], e)
+	h.levels |= 1 << l
+	h.digits[l][d>>6] |= 1 << (d & 63)
+}
+
+// lowest returns the lowest non-empty bucket; some must be.
+func (h *eventHeap) lowest() (l, d uint) {
+	l = uint(bits.TrailingZeros8(h.levels))
+	w := &h.digits[l]
+	for i := range w {
+		if w[i] != 0 {
+			return l, uint(i)*64 + uint(bits.TrailingZeros64(w[i]))
+		}
 	}
-	// The second event of a run: a bucket from here on.
-	var b int32
-	if k := len(h.free); k > 0 {
-		b = h.free[k-1]
-		h.free = h.free[:k-1]
-	} else {
-		b = int32(len(h.buckets))
-		h.buckets = append(h.buckets, nil)
-		h.heads = append(h.heads, 0)
+	panic("sim: event queue levels out of step")
+}
+
+// take marks bucket (l, d) empty.
+func (h *eventHeap) take(l, d uint) {
+	w := &h.digits[l]
+	w[d>>6] &^= 1 << (d & 63)
+	if w[0]|w[1]|w[2]|w[3] == 0 {
+		h.levels &^= 1 << l
 	}
-	h.pushTime(tentry{ev: e, b: b})
-	h.buckets[b] = append(h.buckets[b], e)
-	h.lastB, h.lastOne = b, false
 }
 
 // top returns the next event without removing it; len() must be > 0.
 func (h *eventHeap) top() *event {
 	if h.plain {
-		return &h.ev[0]
+		return &h.ev[0].e
 	}
-	te := &h.times[0]
-	if te.b < 0 {
-		return &te.ev
+	if c := h.rb[0][uint8(h.last)]; h.head < len(c) {
+		return &c[h.head]
 	}
-	return &h.buckets[te.b][h.heads[te.b]]
+	l, d := h.lowest()
+	s := h.rb[l][d]
+	m := 0
+	for j := 1; j < len(s); j++ {
+		if math.Float64bits(s[j].t) < math.Float64bits(s[m].t) {
+			m = j
+		}
+	}
+	return &s[m]
 }
 
 // pop removes and returns the next event; len() must be > 0.
 func (h *eventHeap) pop() event {
 	if h.plain {
-		s := h.ev
-		e := s[0]
-		n := len(s) - 1
-		last := s[n]
-		s = s[:n]
-		h.ev = s
-		if n > 0 {
-			i := 0
-			for {
-				c := 4*i + 1
-				if c >= n {
-					break
-				}
-				m := c
-				for k := c + 1; k < min(c+4, n); k++ {
-					if s[k].less(&s[m]) {
-						m = k
-					}
-				}
-				if !s[m].less(&last) {
-					break
-				}
-				s[i] = s[m]
-				i = m
-			}
-			s[i] = last
-		}
-		return e
+		return h.popPlain()
 	}
-	te := &h.times[0]
+	c := &h.rb[0][uint8(h.last)]
+	if h.head == len(*c) {
+		if cap(*c) > bigBucket {
+			*c = nil
+		} else {
+			*c = (*c)[:0]
+		}
+		h.advance()
+		c = &h.rb[0][uint8(h.last)]
+	}
+	e := (*c)[h.head]
+	h.head++
 	h.n--
-	if te.b < 0 {
-		e := te.ev
-		h.popTime()
-		if e.t == h.lastT {
-			h.lastOne = false // its entry is gone: a push of e.t starts anew
-		}
-		return e
-	}
-	b := te.b
-	e := h.buckets[b][h.heads[b]]
-	h.heads[b]++
-	if int(h.heads[b]) == len(h.buckets[b]) {
-		h.popTime()
-		h.release(b)
-		if h.lastB == b {
-			h.lastB = -1
-		}
-	}
 	return e
 }
 
-func (h *eventHeap) pushTime(te tentry) {
-	h.times = append(h.times, te)
-	s := h.times
-	i := len(s) - 1
-	for i > 0 {
-		p := (i - 1) / 4
-		if !te.less(&s[p]) {
-			break
-		}
-		s[i] = s[p]
-		i = p
+// advance makes the next events current; the current bucket must be
+// drained and emptied.
+func (h *eventHeap) advance() {
+	h.head = 0
+	l, d := h.lowest()
+	h.take(l, d)
+	src := h.rb[l][d]
+	if l == 0 {
+		// One key: the bucket becomes the current one as it is.
+		h.last = math.Float64bits(src[0].t)
+		return
 	}
-	s[i] = te
+	m := math.Float64bits(src[0].t)
+	for j := 1; j < len(src); j++ {
+		m = min(m, math.Float64bits(src[j].t))
+	}
+	h.last = m
+	c := &h.rb[0][uint8(m)] // empty: level 0 was
+	for j := range src {
+		if k := math.Float64bits(src[j].t); k == m {
+			*c = append(*c, src[j])
+		} else {
+			h.put(k, src[j])
+		}
+	}
+	if cap(src) > bigBucket {
+		h.rb[l][d] = nil
+	} else {
+		h.rb[l][d] = src[:0]
+	}
 }
 
-func (h *eventHeap) popTime() {
-	s := h.times
+func (h *eventHeap) popPlain() event {
+	s := h.ev
+	e := s[0].e
 	n := len(s) - 1
 	last := s[n]
 	s = s[:n]
-	h.times = s
-	if n == 0 {
-		return
-	}
-	i := 0
-	for {
-		c := 4*i + 1
-		if c >= n {
-			break
-		}
-		m := c
-		end := min(c+4, n)
-		for k := c + 1; k < end; k++ {
-			if s[k].less(&s[m]) {
-				m = k
+	h.ev = s
+	if n > 0 {
+		i := 0
+		for {
+			c := 4*i + 1
+			if c >= n {
+				break
 			}
+			m := c
+			for k := c + 1; k < min(c+4, n); k++ {
+				if s[k].less(&s[m]) {
+					m = k
+				}
+			}
+			if !s[m].less(&last) {
+				break
+			}
+			s[i] = s[m]
+			i = m
 		}
-		if !s[m].less(&last) {
-			break
-		}
-		s[i] = s[m]
-		i = m
+		s[i] = last
 	}
-	s[i] = last
+	return e
 }

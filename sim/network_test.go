@@ -217,48 +217,81 @@ func TestMaxMinProperty(t *testing.T) {
 	}
 }
 
+// TestEventHeapOrder: both forms of the event queue pop in (t, seq) order
+// when, as in the simulator, no event is scheduled before the last one
+// popped: times spread over many magnitudes (every radix bucket), runs of
+// equal times, events at the current time, a reset with events queued, and
+// atNow agrees.
 func TestEventHeapOrder(t *testing.T) {
-	rng := rand.New(rand.NewPCG(9, 9))
-	var h eventHeap
-	h.reset()
-	var want []event
-	for i := 0; i < 5000; i++ {
-		e := event{t: float64(rng.IntN(50)), op: int32(i)}
-		if len(want) > 0 && rng.IntN(4) == 0 {
-			e.t = want[len(want)-1].t // runs of equal times
-		}
-		h.push(e)
-		e.seq = uint64(i)
-		want = append(want, e)
-		if rng.IntN(3) == 0 {
-			// pop the minimum of want
-			m := 0
+	for _, plain := range []bool{false, true} {
+		rng := rand.New(rand.NewPCG(9, 9))
+		var h eventHeap
+		h.reset()
+		h.plain = plain
+		var want []event
+		now := 0.0
+		popMin := func() {
+			m := 0 // the earliest event, the first scheduled of its time
 			for k := range want {
-				if want[k].less(&want[m]) {
+				if want[k].t < want[m].t {
 					m = k
 				}
 			}
 			if top := *h.top(); top != want[m] {
-				t.Fatalf("top %+v, want %+v", top, want[m])
+				t.Fatalf("plain %v: top %+v, want %+v", plain, top, want[m])
+			}
+			if got := h.atNow(now); got != (want[m].t == now) {
+				t.Fatalf("plain %v: atNow(%v) = %v with next event at %v", plain, now, got, want[m].t)
 			}
 			got := h.pop()
 			if got != want[m] {
-				t.Fatalf("pop %+v, want %+v", got, want[m])
+				t.Fatalf("plain %v: pop %+v, want %+v", plain, got, want[m])
 			}
+			now = got.t
 			want = append(want[:m], want[m+1:]...)
 		}
-	}
-	for len(want) > 0 {
-		m := 0
-		for k := range want {
-			if want[k].less(&want[m]) {
-				m = k
+		for i := 0; i < 20000; i++ {
+			if i == 10000 {
+				// Reset with events queued: the queue is empty and starts
+				// at time 0 again.
+				h.reset()
+				h.plain = plain
+				want, now = want[:0], 0
+				if h.len() != 0 || h.atNow(0) {
+					t.Fatalf("plain %v: len %d after reset", plain, h.len())
+				}
+			}
+			var e event
+			switch rng.IntN(5) {
+			case 0:
+				e.t = now // the current time
+			case 1:
+				if len(want) > 0 {
+					e.t = want[len(want)-1].t // runs of equal times
+				} else {
+					e.t = now
+				}
+			case 2:
+				e.t = now + float64(rng.IntN(8))*1e-6 // few distinct times
+			default:
+				e.t = now + math.Ldexp(rng.Float64(), rng.IntN(60)-40)
+			}
+			e.op = int32(i)
+			h.push(e)
+			want = append(want, e)
+			if h.len() != len(want) {
+				t.Fatalf("plain %v: len %d, want %d", plain, h.len(), len(want))
+			}
+			if rng.IntN(3) != 0 {
+				popMin()
 			}
 		}
-		if got := h.pop(); got != want[m] {
-			t.Fatalf("pop %+v, want %+v", got, want[m])
+		for len(want) > 0 {
+			popMin()
 		}
-		want = append(want[:m], want[m+1:]...)
+		if h.len() != 0 || h.atNow(now) {
+			t.Fatalf("plain %v: len %d after draining", plain, h.len())
+		}
 	}
 }
 

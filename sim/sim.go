@@ -378,10 +378,11 @@ type rankState struct {
 // out one after the other (FIFO), as over one transport connection.
 type conn struct {
 	dst        int32
-	head, tail int32 // queued messages (indices into driver.pend), -1 if none
+	head, tail int32 // queued messages (indices into driver.cq), -1 if none
 }
 
-// msgInfo is a message waiting for its connection.
+// msgInfo is a message about to start, or waiting for its encoding
+// (driver.park).
 type msgInfo struct {
 	links   [maxPath]int32
 	n       int8
@@ -389,7 +390,6 @@ type msgInfo struct {
 	lat     float64
 	g, op   int32
 	dg, dop int32
-	next    int32
 }
 
 type driver struct {
@@ -411,6 +411,10 @@ type driver struct {
 	next      [][]int32        // per collective: the collectives chained After it
 	pend      []msgInfo
 	pfree     []int32
+	tinys     []tinyRec // tiny messages on their links (driver.tiny)
+	tfree     []int32
+	cq        []qmsg // messages queued on their connections (conn.head)
+	cqfree    []int32
 	trace     *Trace
 	cfin      []float64
 	cbytes    []int64
@@ -419,10 +423,11 @@ type driver struct {
 	arena     allreduce.Arena    // the Machines' per-op state
 	keys      []uint64           // scratch for recv directories
 	linkNames []string
-	opx, opj  allreduce.Op // ops of Shared collectives, computed (pump, jobCost)
-	msgCost   MessageCost  // Options.Transport's software cost per message
-	cpuMsg    bool         // Options.MessageCPU with a transport
-	shareOf   []int32      // per node: its processor-sharing group in shares, or -1 (its ranks have a core each)
+	opx, opj  allreduce.Op         // ops of Shared collectives, computed (pump, jobCost)
+	kinds     [][]allreduce.OpKind // per Shared collective: its ops' kinds (the same for every rank)
+	msgCost   MessageCost          // Options.Transport's software cost per message
+	cpuMsg    bool                 // Options.MessageCPU with a transport
+	shareOf   []int32              // per node: its processor-sharing group in shares, or -1 (its ranks have a core each)
 	shares    []share
 	shareScr  [2][]int32 // scratch of setupSharing
 	slots     int        // machines per collective: world, or the groups of an aggregated run
@@ -616,6 +621,7 @@ func (d *driver) setup(ctx context.Context) error {
 	}
 	clear(d.cfin)
 	clear(d.cbytes)
+	d.kinds = grow(d.kinds, len(d.colls))
 	for c, col := range d.colls {
 		if col.world() != world {
 			return fmt.Errorf("%w: collective %d (%s) has %d programs, collective 0 has %d", ErrProgram, c, col.Name, col.world(), world)
@@ -625,6 +631,13 @@ func (d *driver) setup(ctx context.Context) error {
 				return fmt.Errorf("%w: collective %d (%s) has both a Shared program and per-rank programs or executors", ErrProgram, c, col.Name)
 			}
 			d.cleft[c] = d.slots
+			// Every rank's op i has rank 0's kind (allreduce.Shared's
+			// programs are rotations of rank 0's): pump tells a Recv,
+			// which it only posts, without computing the op.
+			d.kinds[c] = grow(d.kinds[c], col.Shared.Len())
+			for i := range d.kinds[c] {
+				d.kinds[c][i] = col.Shared.Op(0, int32(i)).Kind
+			}
 			for r := range d.slots {
 				ms := &d.ms[c*d.slots+r]
 				rank, prank := r, r
@@ -730,6 +743,8 @@ func (d *driver) setup(ctx context.Context) error {
 	d.net.reset()
 	d.now = 0
 	d.pend, d.pfree = d.pend[:0], d.pfree[:0]
+	d.tinys, d.tfree = d.tinys[:0], d.tfree[:0]
+	d.cq, d.cqfree = d.cq[:0], d.cqfree[:0]
 	cal := d.opts.Calibration
 	if cal == nil {
 		cal = DefaultCalibration()
@@ -817,7 +832,7 @@ func (d *driver) loop(ctx context.Context) error {
 				return err
 			}
 		}
-		if (len(d.net.dirty) > 0 || len(d.net.changed) > 0) && (d.h.len() == 0 || d.h.top().t > d.now) {
+		if (len(d.net.dirty) > 0 || len(d.net.changed) > 0) && !d.h.atNow(d.now) {
 			d.settle()
 			continue
 		}
@@ -844,7 +859,7 @@ func (d *driver) loop(ctx context.Context) error {
 		case evArriveAll:
 			err = d.arriveAll(ev.g, ev.x)
 		case evTinyEnd:
-			err = d.tinyEnd(int32(ev.x))
+			err = d.tinyEnd(ev.g, ev.op, int32(ev.x))
 		}
 		if err != nil {
 			return err
@@ -890,13 +905,7 @@ func (d *driver) pump(g int32) error {
 			}
 		}
 		for _, i := range ready {
-			// The op: in its program, or computed into d.opx (Shared).
-			var op *allreduce.Op
-			if ms.sh != nil {
-				d.opx = ms.sh.Op(int(ms.prank), i)
-				op = &d.opx
-			}
-			if ms.sh == nil && ms.m.Marks(i)&flRecv != 0 || ms.sh != nil && op.Kind == allreduce.Recv {
+			if ms.sh == nil && ms.m.Marks(i)&flRecv != 0 || ms.sh != nil && d.kinds[ms.coll][i] == allreduce.Recv {
 				// Post the Recv; its op record is not needed (often a cache
 				// miss: a Recv may wait on an op far back in the program).
 				if ms.m.Mark(i, flPosted)&flArrived != 0 {
@@ -906,7 +915,12 @@ func (d *driver) pump(g int32) error {
 				}
 				continue
 			}
-			if ms.sh == nil {
+			// The op: in its program, or computed into d.opx (Shared).
+			var op *allreduce.Op
+			if ms.sh != nil {
+				d.opx = ms.sh.Op(int(ms.prank), i)
+				op = &d.opx
+			} else {
 				op = &ms.prog.Ops[i]
 			}
 			switch op.Kind {
@@ -1056,7 +1070,6 @@ func (d *driver) park(m *msgInfo) int32 {
 		j = int32(len(d.pend))
 		d.pend = append(d.pend, msgInfo{})
 	}
-	m.next = -1
 	d.pend[j] = *m
 	return j
 }
@@ -1090,11 +1103,19 @@ func (d *driver) startFlow(m *msgInfo) {
 func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 	if k := d.findConn(rs, peer); k >= 0 {
 		c := &rs.conns[k]
-		j := d.park(m)
+		var j int32
+		if n := len(d.cqfree); n > 0 {
+			j = d.cqfree[n-1]
+			d.cqfree = d.cqfree[:n-1]
+		} else {
+			j = int32(len(d.cq))
+			d.cq = append(d.cq, qmsg{})
+		}
+		d.cq[j] = qmsg{size: m.size, lat: m.lat, g: m.g, op: m.op, dop: m.dop, next: -1}
 		if c.tail < 0 {
 			c.head = j
 		} else {
-			d.pend[c.tail].next = j
+			d.cq[c.tail].next = j
 		}
 		c.tail = j
 		return
@@ -1160,13 +1181,27 @@ func (d *driver) connDone(rank, peer int32) {
 		return
 	}
 	j := c.head
-	m := d.pend[j]
-	c.head = m.next
+	q := &d.cq[j]
+	c.head = q.next
 	if c.head < 0 {
 		c.tail = -1
 	}
-	d.pfree = append(d.pfree, j)
+	// Not aggregated: machine c·world+r steps rank r.
+	dg := q.g - rank + peer
+	m := msgInfo{size: q.size, lat: q.lat, g: q.g, op: q.op, dg: dg, dop: q.dop}
+	m.n = int8(d.topo.route(int(rs.node), int(d.ranks[peer].node), d.wan, &m.links))
+	d.cqfree = append(d.cqfree, j)
 	d.startFlow(&m)
+}
+
+// qmsg is a message queued behind the earlier ones of its connection: its
+// msgInfo but the route and the receiving machine, which connDone finds
+// again (an all-to-all in each of several concurrent collectives queues
+// millions of messages).
+type qmsg struct {
+	size, lat  float64
+	g, op, dop int32
+	next       int32 // the next queued message of the connection, or -1
 }
 
 // TinyMessageBytes is the size up to which a message is tiny: unless
@@ -1201,15 +1236,32 @@ func (d *driver) tiny(m *msgInfo, wire float64) {
 		nw.linkBytes[l] += wire
 		end = max(end, t)
 	}
-	j := d.park(m)
-	d.h.push(event{t: end, kind: evTinyEnd, x: uint32(j)})
+	var j int32
+	if n := len(d.tfree); n > 0 {
+		j = d.tfree[n-1]
+		d.tfree = d.tfree[:n-1]
+	} else {
+		j = int32(len(d.tinys))
+		d.tinys = append(d.tinys, tinyRec{})
+	}
+	d.tinys[j] = tinyRec{dg: m.dg, dop: m.dop, lat: m.lat}
+	d.h.push(event{t: end, kind: evTinyEnd, g: m.g, op: m.op, x: uint32(j)})
 }
 
-// tinyEnd is flowEnd for the tiny message parked at j.
-func (d *driver) tinyEnd(j int32) error {
-	m := d.pend[j]
-	d.pfree = append(d.pfree, j)
-	return d.sent(m.g, m.op, m.dg, m.dop, m.lat)
+// tinyRec is what the end of a tiny message needs beside its sender's
+// machine and op (in its event): an all-to-all of thousands of ranks has
+// millions of them on their links at once.
+type tinyRec struct {
+	dg, dop int32
+	lat     float64
+}
+
+// tinyEnd is flowEnd for Send op of machine g, whose tiny message is
+// d.tinys[j].
+func (d *driver) tinyEnd(g, op int32, j int32) error {
+	r := d.tinys[j]
+	d.tfree = append(d.tfree, j)
+	return d.sent(g, op, r.dg, r.dop, r.lat)
 }
 
 func (d *driver) flowEnd(id int32, ver uint32) error {
@@ -1233,7 +1285,9 @@ func (d *driver) sent(g, op, dg, dop int32, lat float64) error {
 		rc = math.Float32bits(float32(d.msgCost.Overhead / 2 / d.speed(&d.ms[dg])))
 	}
 	if !d.opts.PerMessageFlows {
-		d.connDone(d.ms[g].rank, d.ms[dg].rank)
+		// Not aggregated: machine c·world+r steps rank r.
+		w := int32(d.world)
+		d.connDone(g%w, dg%w)
 	}
 	d.h.push(event{t: d.now + lat, kind: evArrive, g: dg, op: dop, x: rc})
 	ms := &d.ms[g]
@@ -1318,18 +1372,27 @@ func (d *driver) opSecPerElem(ms *machine, op *allreduce.Op) float64 {
 	return ct.secPerElem[op.Fn&15]
 }
 
+// opOf returns op i of ms's program, or its collective's prologue for
+// i == -1; a Shared collective's op is computed into d.opj.
+func (d *driver) opOf(ms *machine, i int32) *allreduce.Op {
+	switch {
+	case i < 0:
+		return &d.pro[ms.coll]
+	case ms.sh != nil:
+		d.opj = ms.sh.Op(int(ms.prank), i)
+		return &d.opj
+	}
+	return &ms.prog.Ops[i]
+}
+
 // jobCost is the compute model's time for job q of machine ms.
 func (d *driver) jobCost(ms *machine, q *qent) float64 {
+	return d.jobCostOp(ms, q, d.opOf(ms, q.op))
+}
+
+// jobCostOp is jobCost for a job whose op (opOf(ms, q.op)) is op.
+func (d *driver) jobCostOp(ms *machine, q *qent, op *allreduce.Op) float64 {
 	ct := &d.costs[ms.coll]
-	var op *allreduce.Op
-	if q.op < 0 {
-		op = &d.pro[ms.coll]
-	} else if ms.sh != nil {
-		d.opj = ms.sh.Op(int(ms.prank), q.op)
-		op = &d.opj
-	} else {
-		op = &ms.prog.Ops[q.op]
-	}
 	var sec float64
 	var el int64
 	switch q.job {
@@ -1388,40 +1451,46 @@ func (d *driver) compute(g int32, ms *machine, i int32, op *allreduce.Op) error 
 		}
 		return ms.m.Done(i)
 	}
-	d.engine(&d.ranks[ms.slot], qent{g: g, op: i, dur: dur, job: jobOp})
+	d.engineOp(&d.ranks[ms.slot], qent{g: g, op: i, dur: dur, job: jobOp}, op)
 	return nil
 }
 
 // engine runs job q on the rank's compute engine, now if it is idle, else
 // after the jobs queued before it.
 func (d *driver) engine(rs *rankState, q qent) {
+	d.engineOp(rs, q, nil)
+}
+
+// engineOp is engine for a job whose op the caller has at hand (op, or nil
+// if not): a Shared collective's op need not be computed again.
+func (d *driver) engineOp(rs *rankState, q qent, op *allreduce.Op) {
 	if rs.busy {
 		rs.queue = append(rs.queue, q)
 		return
 	}
-	d.startCompute(rs, &q)
+	d.startCompute(rs, &q, op)
 }
 
 // startCompute occupies the rank's engine with job q for q.dur seconds, or,
 // if q.dur < 0, for the compute model's cost, plus q.extra: on a whole
 // core, or under processor sharing for as long as its share of its node's
-// or host's cores takes.
-func (d *driver) startCompute(rs *rankState, q *qent) {
+// or host's cores takes. op is opOf(ms, q.op) if the caller has it, else
+// nil.
+func (d *driver) startCompute(rs *rankState, q *qent, op *allreduce.Op) {
 	ms := &d.ms[q.g]
+	if op == nil && (q.dur < 0 || q.job == jobOp) {
+		op = d.opOf(ms, q.op)
+	}
 	t := q.dur
 	if t < 0 {
-		t = d.jobCost(ms, q)
+		t = d.jobCostOp(ms, q, op)
 	}
 	if d.as.rec != nil && d.agg != nil {
 		d.recJob(ms, q, t) // aggregate.go: the first pass of sgFirstPass
 	}
 	cat := CatCompress
-	if q.job == jobOp {
-		if q.op < 0 {
-			cat = fnCategory(d.pro[ms.coll].Fn)
-		} else if o := ms.m.Op(q.op); !(d.costs[ms.coll].hop && o.Fn == allreduce.FnReduce && o.Src == allreduce.BufStage) {
-			cat = fnCategory(o.Fn)
-		}
+	if q.job == jobOp && !(q.op >= 0 && d.costs[ms.coll].hop && op.Fn == allreduce.FnReduce && op.Src == allreduce.BufStage) {
+		cat = fnCategory(op.Fn)
 	}
 	rs.busy, rs.cur, rs.cat, rs.began = true, *q, cat, d.now
 	d.trace.add(d.now, TraceCompute, ms.coll, ms.rank, q.op, -1, 0)
@@ -1472,7 +1541,7 @@ func (d *driver) computeEnd(g int32, ver uint32) error {
 		if rs.head == len(rs.queue) {
 			rs.queue, rs.head = rs.queue[:0], 0
 		}
-		d.startCompute(rs, &n)
+		d.startCompute(rs, &n, nil)
 	}
 	d.trace.add(d.now, TraceComputed, ms.coll, ms.rank, op, -1, 0)
 	switch {
