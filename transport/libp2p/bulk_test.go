@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -170,13 +171,7 @@ func TestBulkAdversary(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			hello := make([]byte, 12+len("test-job"))
-			binary.LittleEndian.PutUint32(hello[0:], 1)
-			binary.LittleEndian.PutUint32(hello[4:], 2)
-			copy(hello[12:], "test-job")
-			if err := transport.WriteFrame(bulk, flagBulkHello, 0, hello); err != nil {
-				t.Fatal(err)
-			}
+			writeBulkHello(t, bulk)
 			if err := tc.write(bulk); err != nil && tc.want == nil {
 				t.Fatal(err)
 			}
@@ -216,11 +211,7 @@ func TestBulkRefusesForeignPeer(t *testing.T) {
 	}
 	if sc, err := tr.SecureOutbound(ctx, nc, cs[0].node.ID()); err == nil {
 		// The handshake completes; the hello is then refused.
-		hello := make([]byte, 12+len("test-job"))
-		binary.LittleEndian.PutUint32(hello[0:], 1)
-		binary.LittleEndian.PutUint32(hello[4:], 2)
-		copy(hello[12:], "test-job")
-		transport.WriteFrame(sc, flagBulkHello, 0, hello)
+		transport.WriteFrame(sc, flagBulkHello, 0, bulkHello())
 		var b [1]byte
 		if _, err := sc.Read(b[:]); err == nil {
 			t.Fatal("stranger's bulk connection stayed open")
@@ -375,6 +366,24 @@ func TestBulkHalfOpenBounded(t *testing.T) {
 		t.Fatalf("after the flood: got %d bytes, %v", len(got), err)
 	}
 	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// bulkHello is the hello of rank 1 of a 2-rank job "test-job" on its
+// first bulk connection.
+func bulkHello() []byte {
+	hello := make([]byte, 12+len("test-job"))
+	binary.LittleEndian.PutUint32(hello[0:], 1)
+	binary.LittleEndian.PutUint32(hello[4:], 2)
+	copy(hello[12:], "test-job")
+	return hello
+}
+
+// writeBulkHello writes bulkHello on w, a bulk connection's secure side.
+func writeBulkHello(t testing.TB, w io.Writer) {
+	t.Helper()
+	if err := transport.WriteFrame(w, flagBulkHello, 0, bulkHello()); err != nil {
 		t.Fatal(err)
 	}
 }

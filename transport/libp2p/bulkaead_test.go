@@ -528,13 +528,7 @@ func TestBulkTLSAdversary(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			hello := make([]byte, 12+len("test-job"))
-			binary.LittleEndian.PutUint32(hello[0:], 1)
-			binary.LittleEndian.PutUint32(hello[4:], 2)
-			copy(hello[12:], "test-job")
-			if err := transport.WriteFrame(sc, flagBulkHello, 0, hello); err != nil {
-				t.Fatal(err)
-			}
+			writeBulkHello(t, sc)
 			secret, err := bulkSecret(sc, true)
 			if err != nil {
 				t.Fatal(err)

@@ -171,13 +171,7 @@ func fakeBulk(t *testing.T, c *Conn, h host.Host) net.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hello := make([]byte, 12+len("test-job"))
-	binary.LittleEndian.PutUint32(hello[0:], 1)
-	binary.LittleEndian.PutUint32(hello[4:], 2)
-	copy(hello[12:], "test-job")
-	if err := transport.WriteFrame(bulk, flagBulkHello, 0, hello); err != nil {
-		t.Fatal(err)
-	}
+	writeBulkHello(t, bulk)
 	return bulk
 }
 
