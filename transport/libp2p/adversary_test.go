@@ -293,7 +293,7 @@ func TestOtherJobRefused(t *testing.T) {
 		{"other hello job", string(nd.protocol()), helloPayload("other-job", 1, 2)},
 		{"wrong rank", string(nd.protocol()), helloPayload("test-job", 0, 2)},
 		{"wrong size", string(nd.protocol()), helloPayload("test-job", 1, 3)},
-		{"other protocol", "/slimgrad/other-job/3", helloPayload("other-job", 1, 2)},
+		{"other protocol", "/slimgrad/other-job/4", helloPayload("other-job", 1, 2)},
 		{"older version", "/slimgrad/test-job/2", helloPayload("test-job", 1, 2)},
 		{"first version", "/slimgrad/test-job/1", helloPayload("test-job", 1, 2)},
 	}

@@ -278,10 +278,13 @@ func (n *Node) closeHost() error {
 // sender waits for credit after every message, would stall on; version 3
 // sends data payloads on a Noise or TLS connection without their CRC-32C
 // (the AEAD authenticates them; see payloadSum), which a version 2 peer
-// would refuse as corrupt. Hosts of different versions do not get a
+// would refuse as corrupt; version 4 announces a bulk message on the
+// stream before its pieces (a version 3 receiver would wait for the
+// announcement after them) and, under TLS, carries bulk pieces in the bulk
+// record layer (bulkaead.go). Hosts of different versions do not get a
 // stream accepted.
 func (n *Node) protocol() protocol.ID {
-	return protocol.ID("/slimgrad/" + n.opts.JobID + "/3")
+	return protocol.ID("/slimgrad/" + n.opts.JobID + "/4")
 }
 
 // gater admits only the job's peers. Before Connect the allow list is empty
