@@ -273,6 +273,25 @@ func (c *Calibration) table(recipe string, free bool) costTable {
 			t.secPerElem[allreduce.FnDecodeAdd] *= frac
 		}
 	}
+	if err == nil && r.Aggregation() == compressors.LowRank && r.Rank > 0 {
+		// `slimgrad bench` times PowerSGD's whole Compress (P = M·Q,
+		// orthogonalize, Q = Mᵀ·P̂) and Decompress (P̂·Qᵀ) per element of
+		// M, while the low-rank program's FnEncode (M·Q), FnProject (Mᵀ·P̂)
+		// and FnDecode (P̂·Qᵀ) each count Rows·Cols·R elements: a
+		// qualified throughput is per R of the op's elements, and the
+		// compress is two products, FnEncode's and FnProject's, of equal
+		// work (project takes encode's half unless it is measured).
+		perR := 1 / float64(r.Rank)
+		if qualified[allreduce.FnEncode] {
+			t.secPerElem[allreduce.FnEncode] *= perR / 2
+			if !qualified[allreduce.FnProject] {
+				t.secPerElem[allreduce.FnProject] = t.secPerElem[allreduce.FnEncode]
+			}
+		}
+		if qualified[allreduce.FnDecode] {
+			t.secPerElem[allreduce.FnDecode] *= perR
+		}
+	}
 	if err == nil && (r.Codec == compressors.CodecFP16 || r.Codec == compressors.CodecBF16) {
 		t.hop = true
 		t.encode = t.secPerElem[allreduce.FnEncode] + t.secPerElem[allreduce.FnDecode]

@@ -106,3 +106,37 @@ func TestSparseDecodeAddCost(t *testing.T) {
 		t.Errorf("encode cost changed by the decode-add scaling")
 	}
 }
+
+// TestLowRankCodecCost: bench's PowerSGD throughputs are per element of
+// the layer M for the whole Compress (two products) and Decompress, so the
+// low-rank program on one rank (no messages) costs Rows·Cols·4/encode for
+// FnEncode and FnProject together, Rows·Cols·4/decode for FnDecode, plus
+// orthogonalization; an unqualified calibration keeps pricing the ops'
+// Rows·Cols·R elements.
+func TestLowRankCodecCost(t *testing.T) {
+	const rows, cols, rank = 64, 128, 4
+	progs, err := allreduce.GenerateAll(allreduce.AlgLowRank, allreduce.Params{World: 1, Elems: rows * cols, Rows: rows, Cols: cols, Components: rank})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := Homogeneous(1, Gbps, 0)
+	run := func(cal *Calibration) float64 {
+		t.Helper()
+		res, err := Run(context.Background(), topo, []Collective{{Programs: progs, Recipe: "powersgd:4"}}, &Options{Calibration: cal})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Compress
+	}
+	const enc, dec, ortho = 2e9, 8e9, 1e9
+	m := float64(rows * cols)
+	orthoCost := float64(rows*rank*rank) * 4 / ortho
+	got := run(&Calibration{Throughput: map[string]float64{"encode/powersgd:4": enc, "decode/powersgd:4": dec, "ortho": ortho}})
+	if want := m*4/enc + m*4/dec + orthoCost; !near(got, want, 1e-12) {
+		t.Errorf("qualified: compress %v s, want %v (encode and project %v, decode %v, ortho %v)", got, want, m*4/enc, m*4/dec, orthoCost)
+	}
+	got = run(&Calibration{Throughput: map[string]float64{"encode": enc, "project": enc, "decode": dec, "ortho": ortho}})
+	if want := rank*(2*m*4/enc+m*4/dec) + orthoCost; !near(got, want, 1e-12) {
+		t.Errorf("unqualified: compress %v s, want %v", got, want)
+	}
+}
