@@ -333,9 +333,11 @@ type caseResult struct {
 	// Sim is the simulated step time (local compute and exchange),
 	// SimLocal its local compute (gradient and, with --grad data, the
 	// optimizer and finite check), SimComm the share of the step that is
-	// neither that nor codec or reduction compute.
-	Sim, SimLocal time.Duration
-	SimComm       float64
+	// neither that nor codec or reduction compute, SimCodec the codec and
+	// reduction time of the critical rank (elapsed: under processor
+	// sharing a rank's work takes longer than on a core of its own).
+	Sim, SimLocal, SimCodec time.Duration
+	SimComm                 float64
 	// Speed is the simulated compute speed of a worker when all of a
 	// case's workers compute at once (cores/N, at most 1), MsgCost the
 	// simulated per-message cost that the probe fits (--message-model cpu:
@@ -344,10 +346,12 @@ type caseResult struct {
 	Speed   float64
 	MsgCost time.Duration
 	// RealMedian and RealMean are rank 0's wall time per step; RealGrad is
-	// its gradient compute (with the optimizer's preparation) per step.
-	RealMedian, RealMean, RealGrad time.Duration
-	Steps                          int     // steps measured
-	Load                           float64 // one-minute load average when the real job ended
+	// its gradient compute (with the optimizer's preparation) per step,
+	// RealCodec its codec and reduction time (the ledger's compress and
+	// decompress, wall time of the calls: steps.csv's sim_codec_s).
+	RealMedian, RealMean, RealGrad, RealCodec time.Duration
+	Steps                                     int     // steps measured
+	Load                                      float64 // one-minute load average when the real job ended
 	// Wall is the case's wall time: bed, probe, job and simulations.
 	Wall time.Duration
 	Err  error
@@ -712,16 +716,17 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 		return res
 	}
 	res.Steps = len(real.wall)
-	res.RealMedian, res.RealMean, res.RealGrad = seconds(median(real.wall)), seconds(mean(real.wall)), seconds(median(real.compute))
+	res.RealMedian, res.RealMean, res.RealGrad, res.RealCodec = seconds(median(real.wall)), seconds(mean(real.wall)), seconds(median(real.compute)), seconds(median(real.codec))
 	recs, err := o.simulate(ctx, c, j, real.hostOf, calib, filepath.Join(dir, j.name))
 	if err != nil {
 		res.Err = fmt.Errorf("simulation: %w", err)
 		return res
 	}
-	var st, lo, comm []float64
+	var st, lo, comm, codec []float64
 	for _, r := range recs {
 		if o.measured(j, r.Step, r.Evaluated) {
 			st = append(st, r.StepTime.Seconds())
+			codec = append(codec, (r.CodecTime + r.ReduceTime).Seconds())
 			lo = append(lo, r.GradTime.Seconds())
 			comm = append(comm, r.CommTime.Seconds()/r.StepTime.Seconds())
 		}
@@ -730,7 +735,7 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 		res.Err = errors.New("simulation: no step to measure")
 		return res
 	}
-	res.Sim, res.SimLocal, res.SimComm = seconds(median(st)), seconds(median(lo)), median(comm)
+	res.Sim, res.SimLocal, res.SimComm, res.SimCodec = seconds(median(st)), seconds(median(lo)), median(comm), seconds(median(codec))
 	if r := res.Ratio(); math.IsNaN(r) || math.IsInf(r, 0) || r <= 0 {
 		res.Err = fmt.Errorf("ratio %v of simulated %v to real %v", r, res.Sim, res.RealMedian)
 	}
@@ -847,8 +852,8 @@ func (b *testBed) close() {
 
 // realRun is what a real job measured.
 type realRun struct {
-	wall, compute []float64 // rank 0's, per measured step, seconds
-	hostOf        []int     // rank -> host index
+	wall, compute, codec []float64 // rank 0's, per measured step, seconds
+	hostOf               []int     // rank -> host index
 }
 
 var (
@@ -925,7 +930,7 @@ func (o validateOptions) readRank0(j valJob, path string, run *realRun) error {
 		return fmt.Errorf("rank 0's records: %w", err)
 	}
 	defer f.Close()
-	if run.wall, run.compute, err = o.readSteps(j, f); err != nil {
+	if run.wall, run.compute, run.codec, err = o.readSteps(j, f); err != nil {
 		return fmt.Errorf("rank 0's %s: %w", f.Name(), err)
 	}
 	return nil
@@ -980,23 +985,23 @@ func startBedServer(ctx context.Context, h *testbed.Host, exe string) (string, f
 	return "", nil, fmt.Errorf("slimgrad server on %s printed no NATS URL: %s", h.Name, lastLines(stderr.String(), 3))
 }
 
-// readSteps reads the wall and gradient compute times of j's measured
-// steps from a worker's steps.csv.
-func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute []float64, err error) {
+// readSteps reads the wall, gradient compute and codec times of j's
+// measured steps from a worker's steps.csv.
+func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute, codec []float64, err error) {
 	rows, err := csv.NewReader(r).ReadAll()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if len(rows) < 2 {
-		return nil, nil, errors.New("no records")
+		return nil, nil, nil, errors.New("no records")
 	}
 	col := map[string]int{}
 	for i, h := range rows[0] {
 		col[h] = i
 	}
-	for _, name := range []string{"step", "evaluated", "wall_s", "compute_wall_s"} {
+	for _, name := range []string{"step", "evaluated", "wall_s", "compute_wall_s", "sim_codec_s"} {
 		if _, ok := col[name]; !ok {
-			return nil, nil, fmt.Errorf("no column %s", name)
+			return nil, nil, nil, fmt.Errorf("no column %s", name)
 		}
 	}
 	for _, row := range rows[1:] {
@@ -1004,17 +1009,18 @@ func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute []float
 		ev, err2 := strconv.ParseBool(row[col["evaluated"]])
 		w, err3 := strconv.ParseFloat(row[col["wall_s"]], 64)
 		c, err4 := strconv.ParseFloat(row[col["compute_wall_s"]], 64)
-		if err := errors.Join(err1, err2, err3, err4); err != nil {
-			return nil, nil, err
+		k, err5 := strconv.ParseFloat(row[col["sim_codec_s"]], 64)
+		if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+			return nil, nil, nil, err
 		}
 		if o.measured(j, step, ev) {
-			wall, compute = append(wall, w), append(compute, c)
+			wall, compute, codec = append(wall, w), append(compute, c), append(codec, k)
 		}
 	}
 	if len(wall) == 0 {
-		return nil, nil, errors.New("no step to measure")
+		return nil, nil, nil, errors.New("no step to measure")
 	}
-	return wall, compute, nil
+	return wall, compute, codec, nil
 }
 
 // topologyYAML is the simulator's topology of c's bed with rank r on host
@@ -1091,13 +1097,13 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 // writeValidationTable prints the results as a Markdown table and the
 // geometric mean of the absolute errors |ratio − 1| of the cases that ran.
 func writeValidationTable(w io.Writer, rs []caseResult) {
-	fmt.Fprintln(w, "| case | hosts (Mbit/s) | simulated | real median | real mean | ratio | sim local | real grad | sim comm | message cost | load |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| case | hosts (Mbit/s) | simulated | real median | real mean | ratio | sim local | real grad | sim codec | real codec | sim comm | message cost | load |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	var errs []float64
 	within := 0
 	for _, r := range rs {
 		if r.Err != nil {
-			fmt.Fprintf(w, "| %s | %s | failed: %s | | | | | | | | |\n", r.Case.Name, ratesList(r.Case.Rates), oneLine(r.Err))
+			fmt.Fprintf(w, "| %s | %s | failed: %s | | | | | | | | | | |\n", r.Case.Name, ratesList(r.Case.Rates), oneLine(r.Err))
 			continue
 		}
 		e := math.Abs(r.Ratio() - 1)
@@ -1105,9 +1111,9 @@ func writeValidationTable(w io.Writer, rs []caseResult) {
 		if e <= 0.10 {
 			within++
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.3f | %s | %s | %.0f%% | %s | %.1f |\n", r.Case.Name, ratesList(r.Case.Rates),
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.3f | %s | %s | %s | %s | %.0f%% | %s | %.1f |\n", r.Case.Name, ratesList(r.Case.Rates),
 			fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(),
-			fmtDuration(r.SimLocal), fmtDuration(r.RealGrad), 100*r.SimComm, fmtDuration(r.MsgCost), r.Load)
+			fmtDuration(r.SimLocal), fmtDuration(r.RealGrad), fmtDuration(r.SimCodec), fmtDuration(r.RealCodec), 100*r.SimComm, fmtDuration(r.MsgCost), r.Load)
 	}
 	if len(errs) == 0 {
 		return
@@ -1130,15 +1136,16 @@ func geoMeanAbsErr(errs []float64) float64 {
 func writeValidationCSV(w io.Writer, rs []caseResult) error {
 	cw := csv.NewWriter(w)
 	cw.Write([]string{"case", "hosts", "rates_mbit", "algorithm", "method", "sim_step_s", "real_median_s", "real_mean_s", "ratio",
-		"sim_local_s", "real_grad_s", "sim_comm_share", "speed", "message_cost_s", "steps", "load1", "wall_s", "error"})
+		"sim_local_s", "real_grad_s", "sim_comm_share", "speed", "message_cost_s", "steps", "load1", "wall_s", "sim_codec_s", "real_codec_s", "error"})
 	f := func(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
 	for _, r := range rs {
 		row := []string{r.Case.Name, strconv.Itoa(len(r.Case.Rates)), ratesList(r.Case.Rates), r.Case.Algorithm, r.Case.Method}
 		if r.Err != nil {
-			row = append(row, "", "", "", "", "", "", "", f(r.Speed), f(r.MsgCost.Seconds()), "", f(r.Load), f(r.Wall.Seconds()), oneLine(r.Err))
+			row = append(row, "", "", "", "", "", "", "", f(r.Speed), f(r.MsgCost.Seconds()), "", f(r.Load), f(r.Wall.Seconds()), "", "", oneLine(r.Err))
 		} else {
 			row = append(row, f(r.Sim.Seconds()), f(r.RealMedian.Seconds()), f(r.RealMean.Seconds()), f(r.Ratio()),
-				f(r.SimLocal.Seconds()), f(r.RealGrad.Seconds()), f(r.SimComm), f(r.Speed), f(r.MsgCost.Seconds()), strconv.Itoa(r.Steps), f(r.Load), f(r.Wall.Seconds()), "")
+				f(r.SimLocal.Seconds()), f(r.RealGrad.Seconds()), f(r.SimComm), f(r.Speed), f(r.MsgCost.Seconds()), strconv.Itoa(r.Steps), f(r.Load), f(r.Wall.Seconds()),
+				f(r.SimCodec.Seconds()), f(r.RealCodec.Seconds()), "")
 		}
 		cw.Write(row)
 	}

@@ -232,6 +232,8 @@ func TestValidateSteps(t *testing.T) {
 				row[i] = strconv.Itoa(10 + step)
 			case "compute_wall_s":
 				row[i] = "0.5"
+			case "sim_codec_s":
+				row[i] = "0.25"
 			default:
 				row[i] = "0"
 			}
@@ -239,14 +241,14 @@ func TestValidateSteps(t *testing.T) {
 		w.Write(row)
 	}
 	w.Flush()
-	wall, compute, err := o.readSteps(j, strings.NewReader(b.String()))
+	wall, compute, codec, err := o.readSteps(j, strings.NewReader(b.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(wall) != 2 || wall[0] != 11 || wall[1] != 13 || len(compute) != 2 {
-		t.Errorf("wall %v compute %v, want steps 1 and 3", wall, compute)
+	if len(wall) != 2 || wall[0] != 11 || wall[1] != 13 || len(compute) != 2 || !slices.Equal(codec, []float64{0.25, 0.25}) {
+		t.Errorf("wall %v compute %v codec %v, want steps 1 and 3", wall, compute, codec)
 	}
-	if _, _, err := o.readSteps(j, strings.NewReader("step,wall_s\n1,2\n")); err == nil {
+	if _, _, _, err := o.readSteps(j, strings.NewReader("step,wall_s\n1,2\n")); err == nil {
 		t.Error("no error for a file without evaluated and compute_wall_s")
 	}
 	if g := geoMeanAbsErr([]float64{0.01, 0.04}); math.Abs(g-0.02) > 1e-12 {
