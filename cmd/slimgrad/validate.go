@@ -46,7 +46,7 @@ type validateOptions struct {
 	Calibration string
 	Grad        string // data or calibration
 	MsgCost     string // probe or calibration
-	MsgModel    string // cpu or latency: how the simulator charges the message cost
+	MsgModel    string // cpu, wait or latency: how the simulator charges the message cost
 	ProbeSteps  int
 	BenchTime   time.Duration
 	Cores       int
@@ -235,8 +235,8 @@ func (o validateOptions) validate() error {
 	if o.MsgCost != "probe" && o.MsgCost != "calibration" {
 		return fmt.Errorf("--message-cost %q: want probe or calibration", o.MsgCost)
 	}
-	if o.MsgModel != "cpu" && o.MsgModel != "latency" {
-		return fmt.Errorf("--message-model %q: want cpu or latency", o.MsgModel)
+	if o.MsgModel != "cpu" && o.MsgModel != "wait" && o.MsgModel != "latency" {
+		return fmt.Errorf("--message-model %q: want cpu, wait or latency", o.MsgModel)
 	}
 	if !(o.Goodput > 0 && o.Goodput <= 1) {
 		return fmt.Errorf("--goodput %g: want a share in (0, 1]", o.Goodput)
@@ -274,7 +274,7 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file of slimgrad bench (default: run bench on this machine first, into --out)")
 	fs.StringVar(&o.Grad, "grad", o.Grad, "a simulated step's compute outside the collectives: data (measured here in one goroutine on the workload's training data: gradient, the optimizer's prepare and update, the workers' finite check) or calibration (the file's gradient time, which bench measures on random inputs of the workload's shape)")
 	fs.StringVar(&o.MsgCost, "message-cost", o.MsgCost, "the simulated per-message cost: probe (fitted before each case to a latency-bound job on the case's bed: the logistic workload's dense ring, --probe-steps steps) or calibration (bench's, measured between two ranks in one process)")
-	fs.StringVar(&o.MsgModel, "message-model", o.MsgModel, "how the simulator charges the per-message cost: cpu (compute time of the sending and the receiving worker, shared with their codec work and the machine's cores) or latency")
+	fs.StringVar(&o.MsgModel, "message-model", o.MsgModel, "how the simulator charges the per-message cost: cpu (compute time of the sending and the receiving worker, shared with their codec work and the machine's cores; the probe fits it), wait (bench's cost as cpu, the probe's excess as a wait without CPU) or latency (all of it added to the message's latency)")
 	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
 	fs.DurationVar(&o.BenchTime, "bench-time", o.BenchTime, "minimum measuring time per measurement of bench and of the local compute")
 	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): the simulated nodes are on one host of this many cores, processor-shared")
@@ -340,9 +340,9 @@ type caseResult struct {
 	SimComm                 float64
 	// Speed is the simulated compute speed of a worker when all of a
 	// case's workers compute at once (cores/N, at most 1), MsgCost the
-	// simulated per-message cost that the probe fits (--message-model cpu:
-	// the wait on top of bench's CPU cost; latency: the whole overhead),
-	// or bench's overhead.
+	// simulated per-message cost that the probe fits (--message-model cpu
+	// and latency: the whole overhead; wait: the wait on top of bench's
+	// CPU cost), or bench's overhead.
 	Speed   float64
 	MsgCost time.Duration
 	// RealMedian and RealMean are rank 0's wall time per step; RealGrad is
@@ -698,7 +698,7 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 			return res
 		}
 		res.MsgCost = seconds(calib.Messages[o.Transport].Overhead)
-		if o.MsgModel == "cpu" {
+		if o.MsgModel == "wait" {
 			res.MsgCost = seconds(calib.Messages[o.Transport].Wait)
 		}
 	}
@@ -745,8 +745,12 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 // fitMessageCost returns calib with the transport's per-message cost set
 // so that the simulated probe job j (on the topology of its real run)
 // takes the median step time that it took for real: with --message-model
-// cpu its wait (latency beyond bench's CPU cost: the worker processes are
-// descheduled between messages), with latency its overhead. The simulated step of
+// cpu the CPU time per message beyond bench's (system calls, wake-ups and
+// context switches of worker processes that share cores: the real probe
+// step grows with the job's messages, about 5x from 4 to 8 hosts at
+// 200 Mbit/s, not with its chain of dependent hops, 2.1x), with wait a
+// latency without CPU beyond bench's CPU cost, with latency the whole
+// overhead as latency. The simulated step of
 // a chain of small messages is about linear in that overhead: a first
 // simulation at 0 and 1 ms gives the line, a third checks it, and one more
 // secant step corrects a bend (a new critical path). The per-byte cost is
@@ -757,9 +761,12 @@ func (o validateOptions) fitMessageCost(ctx context.Context, c valCase, j valJob
 		cal := *calib
 		cal.Messages = maps.Clone(calib.Messages)
 		mc := cal.Messages[o.Transport]
-		if o.MsgModel == "cpu" {
+		switch o.MsgModel {
+		case "cpu":
+			mc.Overhead = calib.Messages[o.Transport].Overhead + ov
+		case "wait":
 			mc.Wait = ov
-		} else {
+		default:
 			mc.Overhead = ov
 		}
 		cal.Messages[o.Transport] = mc
@@ -1075,7 +1082,7 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 	}
 	cfg := train.SimConfig{
 		Topology: topo,
-		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel == "cpu",
+		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel != "latency",
 			LossPenalty: o.LossPenalty},
 		Dense:        alg,
 		GradFLOP:     train.TrainFLOPs(j.task.Model) * float64(o.Batch),
