@@ -209,7 +209,7 @@ const (
 
 func fnCategory(f allreduce.Fn) Category {
 	switch f {
-	case allreduce.FnReduce, allreduce.FnCopy, allreduce.FnScale:
+	case allreduce.FnReduce, allreduce.FnCopy, allreduce.FnScale, allreduce.FnZero:
 		return CatCompute
 	case allreduce.FnNone, allreduce.FnBarrier:
 		return CatNone
@@ -250,8 +250,15 @@ func (c *Calibration) table(recipe string, free bool) costTable {
 		if thr == 0 && c != nil {
 			thr = c.Throughput[name]
 		}
+		if thr == 0 && f == allreduce.FnZero && c != nil {
+			// Clearing a region is a memory pass, like a copy.
+			thr = c.Throughput["copy"]
+		}
 		if thr == 0 {
 			thr = def.Throughput[name]
+		}
+		if thr == 0 && f == allreduce.FnZero {
+			thr = def.Throughput["copy"]
 		}
 		if thr == 0 {
 			thr = def.Throughput["encode"]

@@ -140,3 +140,25 @@ func TestLowRankCodecCost(t *testing.T) {
 		t.Errorf("unqualified: compress %v s, want %v", got, want)
 	}
 }
+
+// TestZeroCost: clearing a region (FnZero, before a gathered codec's
+// decode-adds) is an element-wise memory pass priced like a copy, counted
+// as compute, unless the calibration measures "zero" itself; it used to
+// fall back to the default encode throughput.
+func TestZeroCost(t *testing.T) {
+	cal := &Calibration{Throughput: map[string]float64{"copy": 16e9, "encode": 1e9}}
+	tb := cal.table("topk:0.001", false)
+	if got, want := tb.secPerElem[allreduce.FnZero], 4/16e9; got != want {
+		t.Errorf("zero %v s/elem, want copy's %v", got, want)
+	}
+	if fnCategory(allreduce.FnZero) != CatCompute {
+		t.Errorf("zero is %v, want compute", fnCategory(allreduce.FnZero))
+	}
+	cal.Throughput["zero"] = 32e9
+	if got, want := cal.table("topk:0.001", false).secPerElem[allreduce.FnZero], 4/32e9; got != want {
+		t.Errorf("measured zero %v s/elem, want %v", got, want)
+	}
+	if got, want := (*Calibration)(nil).table("", false).secPerElem[allreduce.FnZero], 4/DefaultCalibration().Throughput["copy"]; got != want {
+		t.Errorf("default zero %v s/elem, want the default copy's %v", got, want)
+	}
+}
