@@ -370,6 +370,9 @@ type valEnv struct {
 	// of the workload, probeLocal the probe's.
 	local, probeLocal localCost
 	probe             train.Task // the probe's workload (logistic)
+	// loads are the load averages that the earlier run of --resimulate
+	// recorded per case (its validate.csv), nil if it has none.
+	loads map[string]float64
 }
 
 // The probe of --message-cost probe: a job whose step is a chain of small
@@ -485,7 +488,8 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 	fmt.Fprintf(stdout, "simulated: local compute %s per step on a core (--grad %s), the workers on one host of %d cores (processor sharing), message cost %s, charged as %s, loss penalty %g\n",
 		fmtDuration(seconds(env.local.Step)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost], o.MsgModel, o.LossPenalty)
 	if o.Resimulate != "" {
-		fmt.Fprintf(stdout, "resimulating the real step times measured in %s (same --steps, --skip and --probe-steps as that run; load not measured)\n", o.Resimulate)
+		env.loads = savedLoads(filepath.Join(o.Resimulate, "validate.csv"))
+		fmt.Fprintf(stdout, "resimulating the real step times measured in %s (same --steps, --skip and --probe-steps as that run; load: that run's)\n", o.Resimulate)
 	}
 	fmt.Fprintln(stdout)
 	start := time.Now()
@@ -522,6 +526,33 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		return results, fmt.Errorf("%d of %d cases failed", failed, len(cases))
 	}
 	return results, nil
+}
+
+// savedLoads returns the load average per case of a validate.csv (nil if
+// the file cannot be read; cases without a number are left out).
+func savedLoads(path string) map[string]float64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil || len(rows) < 2 {
+		return nil
+	}
+	ci, li := slices.Index(rows[0], "case"), slices.Index(rows[0], "load1")
+	if ci < 0 || li < 0 {
+		return nil
+	}
+	out := map[string]float64{}
+	for _, r := range rows[1:] {
+		if len(r) > max(ci, li) {
+			if v, err := strconv.ParseFloat(r[li], 64); err == nil && !math.IsNaN(v) {
+				out[r[ci]] = v
+			}
+		}
+	}
+	return out
 }
 
 // calibration loads --calibration, or runs slimgrad bench on what the
@@ -706,7 +737,11 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 	real, err := run(j)
 	res.Load = loadAverage()
 	if bed == nil {
-		res.Load = math.NaN() // not measured now
+		// Not measured now: the earlier run's, if it recorded one.
+		res.Load = math.NaN()
+		if l, ok := env.loads[c.Name]; ok {
+			res.Load = l
+		}
 	}
 	if bed != nil {
 		bed.close()

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/csv"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -330,5 +331,26 @@ func TestValidateFitMessageCost(t *testing.T) {
 	t.Logf("8 hosts over 4: %.2fx with the cost as CPU, %.2fx as a wait", asCPU, asWait)
 	if !(asCPU > 1.2*asWait) {
 		t.Errorf("8 hosts over 4: %.2fx with the cost as CPU, %.2fx as a wait: want the CPU one to grow more", asCPU, asWait)
+	}
+}
+
+// TestValidateSavedLoads: --resimulate shows the load average that the
+// earlier run recorded per case in its validate.csv.
+func TestValidateSavedLoads(t *testing.T) {
+	rs := []caseResult{
+		{Case: valCase{Name: "a", Rates: []int64{1e7}}, Sim: time.Millisecond, RealMedian: time.Millisecond, Load: 1.5},
+		{Case: valCase{Name: "b", Rates: []int64{1e7}}, Err: os.ErrNotExist, Load: 7.25},
+		{Case: valCase{Name: "c", Rates: []int64{1e7}}, Sim: time.Millisecond, RealMedian: time.Millisecond, Load: math.NaN()},
+	}
+	p := filepath.Join(t.TempDir(), "validate.csv")
+	if err := writeFile(p, func(w io.Writer) error { return writeValidationCSV(w, rs) }); err != nil {
+		t.Fatal(err)
+	}
+	got := savedLoads(p)
+	if len(got) != 2 || got["a"] != 1.5 || got["b"] != 7.25 {
+		t.Errorf("loads %v, want a 1.5 and b 7.25 (c has none)", got)
+	}
+	if savedLoads(filepath.Join(t.TempDir(), "none.csv")) != nil {
+		t.Error("loads of a missing file")
 	}
 }
