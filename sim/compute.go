@@ -209,7 +209,7 @@ const (
 
 func fnCategory(f allreduce.Fn) Category {
 	switch f {
-	case allreduce.FnReduce, allreduce.FnCopy, allreduce.FnScale:
+	case allreduce.FnReduce, allreduce.FnCopy, allreduce.FnScale, allreduce.FnZero:
 		return CatCompute
 	case allreduce.FnNone, allreduce.FnBarrier:
 		return CatNone
@@ -250,8 +250,15 @@ func (c *Calibration) table(recipe string, free bool) costTable {
 		if thr == 0 && c != nil {
 			thr = c.Throughput[name]
 		}
+		if thr == 0 && f == allreduce.FnZero && c != nil {
+			// Clearing a region is a memory pass, like a copy.
+			thr = c.Throughput["copy"]
+		}
 		if thr == 0 {
 			thr = def.Throughput[name]
+		}
+		if thr == 0 && f == allreduce.FnZero {
+			thr = def.Throughput["copy"]
 		}
 		if thr == 0 {
 			thr = def.Throughput["encode"]
@@ -271,6 +278,25 @@ func (c *Calibration) table(recipe string, free bool) costTable {
 		// the payload's share of the fp32 layer.
 		if frac := payloadFraction(r); frac < 1 {
 			t.secPerElem[allreduce.FnDecodeAdd] *= frac
+		}
+	}
+	if err == nil && r.Aggregation() == compressors.LowRank && r.Rank > 0 {
+		// `slimgrad bench` times PowerSGD's whole Compress (P = M·Q,
+		// orthogonalize, Q = Mᵀ·P̂) and Decompress (P̂·Qᵀ) per element of
+		// M, while the low-rank program's FnEncode (M·Q), FnProject (Mᵀ·P̂)
+		// and FnDecode (P̂·Qᵀ) each count Rows·Cols·R elements: a
+		// qualified throughput is per R of the op's elements, and the
+		// compress is two products, FnEncode's and FnProject's, of equal
+		// work (project takes encode's half unless it is measured).
+		perR := 1 / float64(r.Rank)
+		if qualified[allreduce.FnEncode] {
+			t.secPerElem[allreduce.FnEncode] *= perR / 2
+			if !qualified[allreduce.FnProject] {
+				t.secPerElem[allreduce.FnProject] = t.secPerElem[allreduce.FnEncode]
+			}
+		}
+		if qualified[allreduce.FnDecode] {
+			t.secPerElem[allreduce.FnDecode] *= perR
 		}
 	}
 	if err == nil && (r.Codec == compressors.CodecFP16 || r.Codec == compressors.CodecBF16) {

@@ -106,3 +106,59 @@ func TestSparseDecodeAddCost(t *testing.T) {
 		t.Errorf("encode cost changed by the decode-add scaling")
 	}
 }
+
+// TestLowRankCodecCost: bench's PowerSGD throughputs are per element of
+// the layer M for the whole Compress (two products) and Decompress, so the
+// low-rank program on one rank (no messages) costs Rows·Cols·4/encode for
+// FnEncode and FnProject together, Rows·Cols·4/decode for FnDecode, plus
+// orthogonalization; an unqualified calibration keeps pricing the ops'
+// Rows·Cols·R elements.
+func TestLowRankCodecCost(t *testing.T) {
+	const rows, cols, rank = 64, 128, 4
+	progs, err := allreduce.GenerateAll(allreduce.AlgLowRank, allreduce.Params{World: 1, Elems: rows * cols, Rows: rows, Cols: cols, Components: rank})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := Homogeneous(1, Gbps, 0)
+	run := func(cal *Calibration) float64 {
+		t.Helper()
+		res, err := Run(context.Background(), topo, []Collective{{Programs: progs, Recipe: "powersgd:4"}}, &Options{Calibration: cal})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Compress
+	}
+	const enc, dec, ortho = 2e9, 8e9, 1e9
+	m := float64(rows * cols)
+	orthoCost := float64(rows*rank*rank) * 4 / ortho
+	got := run(&Calibration{Throughput: map[string]float64{"encode/powersgd:4": enc, "decode/powersgd:4": dec, "ortho": ortho}})
+	if want := m*4/enc + m*4/dec + orthoCost; !near(got, want, 1e-12) {
+		t.Errorf("qualified: compress %v s, want %v (encode and project %v, decode %v, ortho %v)", got, want, m*4/enc, m*4/dec, orthoCost)
+	}
+	got = run(&Calibration{Throughput: map[string]float64{"encode": enc, "project": enc, "decode": dec, "ortho": ortho}})
+	if want := rank*(2*m*4/enc+m*4/dec) + orthoCost; !near(got, want, 1e-12) {
+		t.Errorf("unqualified: compress %v s, want %v", got, want)
+	}
+}
+
+// TestZeroCost: clearing a region (FnZero, before a gathered codec's
+// decode-adds) is an element-wise memory pass priced like a copy, counted
+// as compute, unless the calibration measures "zero" itself; it used to
+// fall back to the default encode throughput.
+func TestZeroCost(t *testing.T) {
+	cal := &Calibration{Throughput: map[string]float64{"copy": 16e9, "encode": 1e9}}
+	tb := cal.table("topk:0.001", false)
+	if got, want := tb.secPerElem[allreduce.FnZero], 4/16e9; got != want {
+		t.Errorf("zero %v s/elem, want copy's %v", got, want)
+	}
+	if fnCategory(allreduce.FnZero) != CatCompute {
+		t.Errorf("zero is %v, want compute", fnCategory(allreduce.FnZero))
+	}
+	cal.Throughput["zero"] = 32e9
+	if got, want := cal.table("topk:0.001", false).secPerElem[allreduce.FnZero], 4/32e9; got != want {
+		t.Errorf("measured zero %v s/elem, want %v", got, want)
+	}
+	if got, want := (*Calibration)(nil).table("", false).secPerElem[allreduce.FnZero], 4/DefaultCalibration().Throughput["copy"]; got != want {
+		t.Errorf("default zero %v s/elem, want the default copy's %v", got, want)
+	}
+}

@@ -627,13 +627,24 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 // collective is the simulated collective of unit as rank 0's layer l runs
 // it: its recipe (per layer and step, so recipe-qualified calibration keys
 // and the fp16/bf16 hop codec follow warm-up and L-GreCo, and dense layers
-// of a compressed plan are not charged the plan's codec) and, for an
-// element-wise codec under error feedback, the encode and decode that Begin
-// runs before the program (data ← D(EF(data))) as the prologue.
+// of a compressed plan are not charged the plan's codec) and, as the
+// prologue, the work of error feedback that the program's ops do not
+// count: for an element-wise codec, the encode and decode that Begin runs
+// before the program (data ← D(EF(data))); for a gathered codec, the
+// compensation of the gradient by the feedback's state (EF14: e ← e + g,
+// a pass over the layer like a reduction), which its payload encode runs
+// before the codec's compression (bench's encode throughput is the
+// compression alone).
 func collective(unit Layer, l *binding.Layer, progs []*allreduce.Program, execs []allreduce.Executor, start float64) sim.Collective {
 	c := sim.Collective{Name: unit.Name, Programs: progs, Executors: execs, Start: start, Recipe: l.Compressor().String()}
-	if l.Aggregation() == compressors.Reduce && l.Feedback() != nil {
+	switch fb := l.Feedback(); {
+	case fb == nil:
+	case l.Aggregation() == compressors.Reduce:
 		c.Prologue = sim.Prologue{Fn: allreduce.FnEncode, Elems: int64(unit.Size)}
+	case l.Aggregation() == compressors.Gather:
+		if _, none := fb.(*errorfeedback.None); !none {
+			c.Prologue = sim.Prologue{Fn: allreduce.FnReduce, Elems: int64(unit.Size)}
+		}
 	}
 	return c
 }

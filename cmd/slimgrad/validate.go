@@ -46,7 +46,7 @@ type validateOptions struct {
 	Calibration string
 	Grad        string // data or calibration
 	MsgCost     string // probe or calibration
-	MsgModel    string // cpu or latency: how the simulator charges the message cost
+	MsgModel    string // cpu, wait or latency: how the simulator charges the message cost
 	ProbeSteps  int
 	BenchTime   time.Duration
 	Cores       int
@@ -235,8 +235,8 @@ func (o validateOptions) validate() error {
 	if o.MsgCost != "probe" && o.MsgCost != "calibration" {
 		return fmt.Errorf("--message-cost %q: want probe or calibration", o.MsgCost)
 	}
-	if o.MsgModel != "cpu" && o.MsgModel != "latency" {
-		return fmt.Errorf("--message-model %q: want cpu or latency", o.MsgModel)
+	if o.MsgModel != "cpu" && o.MsgModel != "wait" && o.MsgModel != "latency" {
+		return fmt.Errorf("--message-model %q: want cpu, wait or latency", o.MsgModel)
 	}
 	if !(o.Goodput > 0 && o.Goodput <= 1) {
 		return fmt.Errorf("--goodput %g: want a share in (0, 1]", o.Goodput)
@@ -274,7 +274,7 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file of slimgrad bench (default: run bench on this machine first, into --out)")
 	fs.StringVar(&o.Grad, "grad", o.Grad, "a simulated step's compute outside the collectives: data (measured here in one goroutine on the workload's training data: gradient, the optimizer's prepare and update, the workers' finite check) or calibration (the file's gradient time, which bench measures on random inputs of the workload's shape)")
 	fs.StringVar(&o.MsgCost, "message-cost", o.MsgCost, "the simulated per-message cost: probe (fitted before each case to a latency-bound job on the case's bed: the logistic workload's dense ring, --probe-steps steps) or calibration (bench's, measured between two ranks in one process)")
-	fs.StringVar(&o.MsgModel, "message-model", o.MsgModel, "how the simulator charges the per-message cost: cpu (compute time of the sending and the receiving worker, shared with their codec work and the machine's cores) or latency")
+	fs.StringVar(&o.MsgModel, "message-model", o.MsgModel, "how the simulator charges the per-message cost: cpu (compute time of the sending and the receiving worker, shared with their codec work and the machine's cores; the probe fits it), wait (bench's cost as cpu, the probe's excess as a wait without CPU) or latency (all of it added to the message's latency)")
 	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
 	fs.DurationVar(&o.BenchTime, "bench-time", o.BenchTime, "minimum measuring time per measurement of bench and of the local compute")
 	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): the simulated nodes are on one host of this many cores, processor-shared")
@@ -333,21 +333,25 @@ type caseResult struct {
 	// Sim is the simulated step time (local compute and exchange),
 	// SimLocal its local compute (gradient and, with --grad data, the
 	// optimizer and finite check), SimComm the share of the step that is
-	// neither that nor codec or reduction compute.
-	Sim, SimLocal time.Duration
-	SimComm       float64
+	// neither that nor codec or reduction compute, SimCodec the codec and
+	// reduction time of the critical rank (elapsed: under processor
+	// sharing a rank's work takes longer than on a core of its own).
+	Sim, SimLocal, SimCodec time.Duration
+	SimComm                 float64
 	// Speed is the simulated compute speed of a worker when all of a
 	// case's workers compute at once (cores/N, at most 1), MsgCost the
-	// simulated per-message cost that the probe fits (--message-model cpu:
-	// the wait on top of bench's CPU cost; latency: the whole overhead),
-	// or bench's overhead.
+	// simulated per-message cost that the probe fits (--message-model cpu
+	// and latency: the whole overhead; wait: the wait on top of bench's
+	// CPU cost), or bench's overhead.
 	Speed   float64
 	MsgCost time.Duration
 	// RealMedian and RealMean are rank 0's wall time per step; RealGrad is
-	// its gradient compute (with the optimizer's preparation) per step.
-	RealMedian, RealMean, RealGrad time.Duration
-	Steps                          int     // steps measured
-	Load                           float64 // one-minute load average when the real job ended
+	// its gradient compute (with the optimizer's preparation) per step,
+	// RealCodec its codec and reduction time (the ledger's compress and
+	// decompress, wall time of the calls: steps.csv's sim_codec_s).
+	RealMedian, RealMean, RealGrad, RealCodec time.Duration
+	Steps                                     int     // steps measured
+	Load                                      float64 // one-minute load average when the real job ended
 	// Wall is the case's wall time: bed, probe, job and simulations.
 	Wall time.Duration
 	Err  error
@@ -366,6 +370,9 @@ type valEnv struct {
 	// of the workload, probeLocal the probe's.
 	local, probeLocal localCost
 	probe             train.Task // the probe's workload (logistic)
+	// loads are the load averages that the earlier run of --resimulate
+	// recorded per case (its validate.csv), nil if it has none.
+	loads map[string]float64
 }
 
 // The probe of --message-cost probe: a job whose step is a chain of small
@@ -481,7 +488,8 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 	fmt.Fprintf(stdout, "simulated: local compute %s per step on a core (--grad %s), the workers on one host of %d cores (processor sharing), message cost %s, charged as %s, loss penalty %g\n",
 		fmtDuration(seconds(env.local.Step)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost], o.MsgModel, o.LossPenalty)
 	if o.Resimulate != "" {
-		fmt.Fprintf(stdout, "resimulating the real step times measured in %s (same --steps, --skip and --probe-steps as that run; load not measured)\n", o.Resimulate)
+		env.loads = savedLoads(filepath.Join(o.Resimulate, "validate.csv"))
+		fmt.Fprintf(stdout, "resimulating the real step times measured in %s (same --steps, --skip and --probe-steps as that run; load: that run's)\n", o.Resimulate)
 	}
 	fmt.Fprintln(stdout)
 	start := time.Now()
@@ -518,6 +526,33 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		return results, fmt.Errorf("%d of %d cases failed", failed, len(cases))
 	}
 	return results, nil
+}
+
+// savedLoads returns the load average per case of a validate.csv (nil if
+// the file cannot be read; cases without a number are left out).
+func savedLoads(path string) map[string]float64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil || len(rows) < 2 {
+		return nil
+	}
+	ci, li := slices.Index(rows[0], "case"), slices.Index(rows[0], "load1")
+	if ci < 0 || li < 0 {
+		return nil
+	}
+	out := map[string]float64{}
+	for _, r := range rows[1:] {
+		if len(r) > max(ci, li) {
+			if v, err := strconv.ParseFloat(r[li], 64); err == nil && !math.IsNaN(v) {
+				out[r[ci]] = v
+			}
+		}
+	}
+	return out
 }
 
 // calibration loads --calibration, or runs slimgrad bench on what the
@@ -694,7 +729,7 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 			return res
 		}
 		res.MsgCost = seconds(calib.Messages[o.Transport].Overhead)
-		if o.MsgModel == "cpu" {
+		if o.MsgModel == "wait" {
 			res.MsgCost = seconds(calib.Messages[o.Transport].Wait)
 		}
 	}
@@ -702,7 +737,11 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 	real, err := run(j)
 	res.Load = loadAverage()
 	if bed == nil {
-		res.Load = math.NaN() // not measured now
+		// Not measured now: the earlier run's, if it recorded one.
+		res.Load = math.NaN()
+		if l, ok := env.loads[c.Name]; ok {
+			res.Load = l
+		}
 	}
 	if bed != nil {
 		bed.close()
@@ -712,16 +751,17 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 		return res
 	}
 	res.Steps = len(real.wall)
-	res.RealMedian, res.RealMean, res.RealGrad = seconds(median(real.wall)), seconds(mean(real.wall)), seconds(median(real.compute))
+	res.RealMedian, res.RealMean, res.RealGrad, res.RealCodec = seconds(median(real.wall)), seconds(mean(real.wall)), seconds(median(real.compute)), seconds(median(real.codec))
 	recs, err := o.simulate(ctx, c, j, real.hostOf, calib, filepath.Join(dir, j.name))
 	if err != nil {
 		res.Err = fmt.Errorf("simulation: %w", err)
 		return res
 	}
-	var st, lo, comm []float64
+	var st, lo, comm, codec []float64
 	for _, r := range recs {
 		if o.measured(j, r.Step, r.Evaluated) {
 			st = append(st, r.StepTime.Seconds())
+			codec = append(codec, (r.CodecTime + r.ReduceTime).Seconds())
 			lo = append(lo, r.GradTime.Seconds())
 			comm = append(comm, r.CommTime.Seconds()/r.StepTime.Seconds())
 		}
@@ -730,7 +770,7 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 		res.Err = errors.New("simulation: no step to measure")
 		return res
 	}
-	res.Sim, res.SimLocal, res.SimComm = seconds(median(st)), seconds(median(lo)), median(comm)
+	res.Sim, res.SimLocal, res.SimComm, res.SimCodec = seconds(median(st)), seconds(median(lo)), median(comm), seconds(median(codec))
 	if r := res.Ratio(); math.IsNaN(r) || math.IsInf(r, 0) || r <= 0 {
 		res.Err = fmt.Errorf("ratio %v of simulated %v to real %v", r, res.Sim, res.RealMedian)
 	}
@@ -740,8 +780,12 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 // fitMessageCost returns calib with the transport's per-message cost set
 // so that the simulated probe job j (on the topology of its real run)
 // takes the median step time that it took for real: with --message-model
-// cpu its wait (latency beyond bench's CPU cost: the worker processes are
-// descheduled between messages), with latency its overhead. The simulated step of
+// cpu the CPU time per message beyond bench's (system calls, wake-ups and
+// context switches of worker processes that share cores: the real probe
+// step grows with the job's messages, about 5x from 4 to 8 hosts at
+// 200 Mbit/s, not with its chain of dependent hops, 2.1x), with wait a
+// latency without CPU beyond bench's CPU cost, with latency the whole
+// overhead as latency. The simulated step of
 // a chain of small messages is about linear in that overhead: a first
 // simulation at 0 and 1 ms gives the line, a third checks it, and one more
 // secant step corrects a bend (a new critical path). The per-byte cost is
@@ -752,9 +796,12 @@ func (o validateOptions) fitMessageCost(ctx context.Context, c valCase, j valJob
 		cal := *calib
 		cal.Messages = maps.Clone(calib.Messages)
 		mc := cal.Messages[o.Transport]
-		if o.MsgModel == "cpu" {
+		switch o.MsgModel {
+		case "cpu":
+			mc.Overhead = calib.Messages[o.Transport].Overhead + ov
+		case "wait":
 			mc.Wait = ov
-		} else {
+		default:
 			mc.Overhead = ov
 		}
 		cal.Messages[o.Transport] = mc
@@ -847,8 +894,8 @@ func (b *testBed) close() {
 
 // realRun is what a real job measured.
 type realRun struct {
-	wall, compute []float64 // rank 0's, per measured step, seconds
-	hostOf        []int     // rank -> host index
+	wall, compute, codec []float64 // rank 0's, per measured step, seconds
+	hostOf               []int     // rank -> host index
 }
 
 var (
@@ -925,7 +972,7 @@ func (o validateOptions) readRank0(j valJob, path string, run *realRun) error {
 		return fmt.Errorf("rank 0's records: %w", err)
 	}
 	defer f.Close()
-	if run.wall, run.compute, err = o.readSteps(j, f); err != nil {
+	if run.wall, run.compute, run.codec, err = o.readSteps(j, f); err != nil {
 		return fmt.Errorf("rank 0's %s: %w", f.Name(), err)
 	}
 	return nil
@@ -980,23 +1027,23 @@ func startBedServer(ctx context.Context, h *testbed.Host, exe string) (string, f
 	return "", nil, fmt.Errorf("slimgrad server on %s printed no NATS URL: %s", h.Name, lastLines(stderr.String(), 3))
 }
 
-// readSteps reads the wall and gradient compute times of j's measured
-// steps from a worker's steps.csv.
-func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute []float64, err error) {
+// readSteps reads the wall, gradient compute and codec times of j's
+// measured steps from a worker's steps.csv.
+func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute, codec []float64, err error) {
 	rows, err := csv.NewReader(r).ReadAll()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if len(rows) < 2 {
-		return nil, nil, errors.New("no records")
+		return nil, nil, nil, errors.New("no records")
 	}
 	col := map[string]int{}
 	for i, h := range rows[0] {
 		col[h] = i
 	}
-	for _, name := range []string{"step", "evaluated", "wall_s", "compute_wall_s"} {
+	for _, name := range []string{"step", "evaluated", "wall_s", "compute_wall_s", "sim_codec_s"} {
 		if _, ok := col[name]; !ok {
-			return nil, nil, fmt.Errorf("no column %s", name)
+			return nil, nil, nil, fmt.Errorf("no column %s", name)
 		}
 	}
 	for _, row := range rows[1:] {
@@ -1004,17 +1051,18 @@ func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute []float
 		ev, err2 := strconv.ParseBool(row[col["evaluated"]])
 		w, err3 := strconv.ParseFloat(row[col["wall_s"]], 64)
 		c, err4 := strconv.ParseFloat(row[col["compute_wall_s"]], 64)
-		if err := errors.Join(err1, err2, err3, err4); err != nil {
-			return nil, nil, err
+		k, err5 := strconv.ParseFloat(row[col["sim_codec_s"]], 64)
+		if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+			return nil, nil, nil, err
 		}
 		if o.measured(j, step, ev) {
-			wall, compute = append(wall, w), append(compute, c)
+			wall, compute, codec = append(wall, w), append(compute, c), append(codec, k)
 		}
 	}
 	if len(wall) == 0 {
-		return nil, nil, errors.New("no step to measure")
+		return nil, nil, nil, errors.New("no step to measure")
 	}
-	return wall, compute, nil
+	return wall, compute, codec, nil
 }
 
 // topologyYAML is the simulator's topology of c's bed with rank r on host
@@ -1069,7 +1117,7 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 	}
 	cfg := train.SimConfig{
 		Topology: topo,
-		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel == "cpu",
+		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel != "latency",
 			LossPenalty: o.LossPenalty},
 		Dense:        alg,
 		GradFLOP:     train.TrainFLOPs(j.task.Model) * float64(o.Batch),
@@ -1091,13 +1139,13 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 // writeValidationTable prints the results as a Markdown table and the
 // geometric mean of the absolute errors |ratio − 1| of the cases that ran.
 func writeValidationTable(w io.Writer, rs []caseResult) {
-	fmt.Fprintln(w, "| case | hosts (Mbit/s) | simulated | real median | real mean | ratio | sim local | real grad | sim comm | message cost | load |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| case | hosts (Mbit/s) | simulated | real median | real mean | ratio | sim local | real grad | sim codec | real codec | sim comm | message cost | load |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	var errs []float64
 	within := 0
 	for _, r := range rs {
 		if r.Err != nil {
-			fmt.Fprintf(w, "| %s | %s | failed: %s | | | | | | | | |\n", r.Case.Name, ratesList(r.Case.Rates), oneLine(r.Err))
+			fmt.Fprintf(w, "| %s | %s | failed: %s | | | | | | | | | | |\n", r.Case.Name, ratesList(r.Case.Rates), oneLine(r.Err))
 			continue
 		}
 		e := math.Abs(r.Ratio() - 1)
@@ -1105,9 +1153,9 @@ func writeValidationTable(w io.Writer, rs []caseResult) {
 		if e <= 0.10 {
 			within++
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.3f | %s | %s | %.0f%% | %s | %.1f |\n", r.Case.Name, ratesList(r.Case.Rates),
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.3f | %s | %s | %s | %s | %.0f%% | %s | %.1f |\n", r.Case.Name, ratesList(r.Case.Rates),
 			fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(),
-			fmtDuration(r.SimLocal), fmtDuration(r.RealGrad), 100*r.SimComm, fmtDuration(r.MsgCost), r.Load)
+			fmtDuration(r.SimLocal), fmtDuration(r.RealGrad), fmtDuration(r.SimCodec), fmtDuration(r.RealCodec), 100*r.SimComm, fmtDuration(r.MsgCost), r.Load)
 	}
 	if len(errs) == 0 {
 		return
@@ -1130,15 +1178,16 @@ func geoMeanAbsErr(errs []float64) float64 {
 func writeValidationCSV(w io.Writer, rs []caseResult) error {
 	cw := csv.NewWriter(w)
 	cw.Write([]string{"case", "hosts", "rates_mbit", "algorithm", "method", "sim_step_s", "real_median_s", "real_mean_s", "ratio",
-		"sim_local_s", "real_grad_s", "sim_comm_share", "speed", "message_cost_s", "steps", "load1", "wall_s", "error"})
+		"sim_local_s", "real_grad_s", "sim_comm_share", "speed", "message_cost_s", "steps", "load1", "wall_s", "sim_codec_s", "real_codec_s", "error"})
 	f := func(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
 	for _, r := range rs {
 		row := []string{r.Case.Name, strconv.Itoa(len(r.Case.Rates)), ratesList(r.Case.Rates), r.Case.Algorithm, r.Case.Method}
 		if r.Err != nil {
-			row = append(row, "", "", "", "", "", "", "", f(r.Speed), f(r.MsgCost.Seconds()), "", f(r.Load), f(r.Wall.Seconds()), oneLine(r.Err))
+			row = append(row, "", "", "", "", "", "", "", f(r.Speed), f(r.MsgCost.Seconds()), "", f(r.Load), f(r.Wall.Seconds()), "", "", oneLine(r.Err))
 		} else {
 			row = append(row, f(r.Sim.Seconds()), f(r.RealMedian.Seconds()), f(r.RealMean.Seconds()), f(r.Ratio()),
-				f(r.SimLocal.Seconds()), f(r.RealGrad.Seconds()), f(r.SimComm), f(r.Speed), f(r.MsgCost.Seconds()), strconv.Itoa(r.Steps), f(r.Load), f(r.Wall.Seconds()), "")
+				f(r.SimLocal.Seconds()), f(r.RealGrad.Seconds()), f(r.SimComm), f(r.Speed), f(r.MsgCost.Seconds()), strconv.Itoa(r.Steps), f(r.Load), f(r.Wall.Seconds()),
+				f(r.SimCodec.Seconds()), f(r.RealCodec.Seconds()), "")
 		}
 		cw.Write(row)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/csv"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/testbed"
+	"github.com/slimgrad/slimgrad/train"
 )
 
 // TestValidateBed runs two tiny cases of `slimgrad validate` end to end on a
@@ -232,6 +234,8 @@ func TestValidateSteps(t *testing.T) {
 				row[i] = strconv.Itoa(10 + step)
 			case "compute_wall_s":
 				row[i] = "0.5"
+			case "sim_codec_s":
+				row[i] = "0.25"
 			default:
 				row[i] = "0"
 			}
@@ -239,14 +243,14 @@ func TestValidateSteps(t *testing.T) {
 		w.Write(row)
 	}
 	w.Flush()
-	wall, compute, err := o.readSteps(j, strings.NewReader(b.String()))
+	wall, compute, codec, err := o.readSteps(j, strings.NewReader(b.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(wall) != 2 || wall[0] != 11 || wall[1] != 13 || len(compute) != 2 {
-		t.Errorf("wall %v compute %v, want steps 1 and 3", wall, compute)
+	if len(wall) != 2 || wall[0] != 11 || wall[1] != 13 || len(compute) != 2 || !slices.Equal(codec, []float64{0.25, 0.25}) {
+		t.Errorf("wall %v compute %v codec %v, want steps 1 and 3", wall, compute, codec)
 	}
-	if _, _, err := o.readSteps(j, strings.NewReader("step,wall_s\n1,2\n")); err == nil {
+	if _, _, _, err := o.readSteps(j, strings.NewReader("step,wall_s\n1,2\n")); err == nil {
 		t.Error("no error for a file without evaluated and compute_wall_s")
 	}
 	if g := geoMeanAbsErr([]float64{0.01, 0.04}); math.Abs(g-0.02) > 1e-12 {
@@ -254,5 +258,99 @@ func TestValidateSteps(t *testing.T) {
 	}
 	if g := geoMeanAbsErr([]float64{0, 0.01}); math.Abs(g-1e-3) > 1e-12 {
 		t.Errorf("geometric mean of 0 (floored at 1e-4) and 1%%: %v", g)
+	}
+}
+
+// TestValidateFitMessageCost: the probe's fit recovers the per-message cost
+// that made a simulated probe step, as CPU of both workers
+// (--message-model cpu: the overhead beyond bench's, no wait) or as a wait
+// beyond bench's CPU cost (wait); and a cost charged as CPU costs a job
+// whose messages run at once more than the same cost as a wait, which a
+// chain of messages (the probe) cannot tell apart.
+func TestValidateFitMessageCost(t *testing.T) {
+	o := defaultValidateOptions()
+	o.Skip, o.Cores = 2, 2
+	task, err := train.LoadTask(probeWorkload, "", o.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := valJob{name: "probe", workload: probeWorkload, task: task, method: valMethods[probeMethod], algorithm: probeAlg, steps: 8,
+		local: localCost{Grad: 20e-6, Step: 30e-6}}
+	c := valCase{Name: "fit-ring-4hom-200M", Rates: []int64{200e6, 200e6, 200e6, 200e6}, Algorithm: "ring", Method: "dense"}
+	hostOf := []int{0, 1, 2, 3}
+	bench := &sim.Calibration{Messages: map[string]sim.MessageCost{"libp2p": {Overhead: 7e-6, PerByte: 0.7e-9}}}
+	probeStep := func(o validateOptions, j valJob, mc sim.MessageCost) float64 {
+		t.Helper()
+		recs, err := o.simulate(t.Context(), c, j, hostOf, &sim.Calibration{Messages: map[string]sim.MessageCost{"libp2p": mc}}, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st []float64
+		for _, r := range recs {
+			if o.measured(j, r.Step, r.Evaluated) {
+				st = append(st, r.StepTime.Seconds())
+			}
+		}
+		return median(st)
+	}
+	const excess = 40e-6
+	cpu := sim.MessageCost{Overhead: 7e-6 + excess, PerByte: 0.7e-9}
+	target := probeStep(o, j, cpu)
+	fitted, err := o.fitMessageCost(t.Context(), c, j, &realRun{wall: []float64{target}, hostOf: hostOf}, bench, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mc := fitted.Messages["libp2p"]; math.Abs(mc.Overhead-cpu.Overhead) > 0.02*cpu.Overhead || mc.Wait != 0 || mc.PerByte != cpu.PerByte {
+		t.Errorf("--message-model cpu fitted %+v, want %+v", mc, cpu)
+	}
+	ow := o
+	ow.MsgModel = "wait"
+	fitted, err = ow.fitMessageCost(t.Context(), c, j, &realRun{wall: []float64{target}, hostOf: hostOf}, bench, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := fitted.Messages["libp2p"]
+	if wait.Overhead != 7e-6 || !(wait.Wait > 0) {
+		t.Errorf("--message-model wait fitted %+v, want bench's overhead and a wait", wait)
+	}
+	if s := probeStep(ow, j, wait); math.Abs(s-target) > 0.02*target {
+		t.Errorf("wait: the fitted probe takes %v, want %v", s, target)
+	}
+	// The same probe on 8 hosts: twice the chain of dependent messages,
+	// 4.7 times the messages (the real probe took 5 times as long).
+	c8 := valCase{Name: "fit-ring-8hom-200M", Rates: slices.Repeat([]int64{200e6}, 8), Algorithm: "ring", Method: "dense"}
+	step8 := func(o validateOptions, mc sim.MessageCost) float64 {
+		t.Helper()
+		recs, err := o.simulate(t.Context(), c8, j, []int{0, 1, 2, 3, 4, 5, 6, 7}, &sim.Calibration{Messages: map[string]sim.MessageCost{"libp2p": mc}}, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return recs[len(recs)-2].StepTime.Seconds()
+	}
+	asCPU, asWait := step8(o, cpu)/target, step8(ow, wait)/target
+	t.Logf("8 hosts over 4: %.2fx with the cost as CPU, %.2fx as a wait", asCPU, asWait)
+	if !(asCPU > 1.2*asWait) {
+		t.Errorf("8 hosts over 4: %.2fx with the cost as CPU, %.2fx as a wait: want the CPU one to grow more", asCPU, asWait)
+	}
+}
+
+// TestValidateSavedLoads: --resimulate shows the load average that the
+// earlier run recorded per case in its validate.csv.
+func TestValidateSavedLoads(t *testing.T) {
+	rs := []caseResult{
+		{Case: valCase{Name: "a", Rates: []int64{1e7}}, Sim: time.Millisecond, RealMedian: time.Millisecond, Load: 1.5},
+		{Case: valCase{Name: "b", Rates: []int64{1e7}}, Err: os.ErrNotExist, Load: 7.25},
+		{Case: valCase{Name: "c", Rates: []int64{1e7}}, Sim: time.Millisecond, RealMedian: time.Millisecond, Load: math.NaN()},
+	}
+	p := filepath.Join(t.TempDir(), "validate.csv")
+	if err := writeFile(p, func(w io.Writer) error { return writeValidationCSV(w, rs) }); err != nil {
+		t.Fatal(err)
+	}
+	got := savedLoads(p)
+	if len(got) != 2 || got["a"] != 1.5 || got["b"] != 7.25 {
+		t.Errorf("loads %v, want a 1.5 and b 7.25 (c has none)", got)
+	}
+	if savedLoads(filepath.Join(t.TempDir(), "none.csv")) != nil {
+		t.Error("loads of a missing file")
 	}
 }
