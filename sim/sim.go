@@ -182,7 +182,10 @@ type Result struct {
 	// Bytes is the total size of all messages; Messages their count.
 	Bytes    int64
 	Messages int64
-	// Events is the number of events processed.
+	// Events is the number of events processed, counting the end events of
+	// flows superseded by a rate change whether they were popped and
+	// ignored or dropped from the queue earlier (driver.compact): it does
+	// not depend on when compactions ran.
 	Events int64
 	// Groups is the number of groups of an aggregated run (Options.Aggregate),
 	// each simulated by one representative rank; 0 if every rank was
