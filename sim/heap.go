@@ -250,6 +250,51 @@ func (h *eventHeap) advance() {
 	}
 }
 
+// compact removes the queued events for which keep is false, keeping the
+// order of the others (radix form only: the plain form is left as it is),
+// and returns how many it removed. Buckets left with much more capacity
+// than events give the rest back. The driver drops superseded flow ends
+// with it (driver.compact).
+func (h *eventHeap) compact(keep func(*event) bool) int {
+	if h.plain {
+		return 0
+	}
+	dropped := 0
+	filter := func(s []event) []event {
+		j := 0
+		for i := range s {
+			if keep(&s[i]) {
+				s[j] = s[i]
+				j++
+			}
+		}
+		dropped += len(s) - j
+		s = s[:j]
+		if cap(s) > bigBucket && j < cap(s)/4 {
+			s = append([]event(nil), s...)
+		}
+		return s
+	}
+	c := &h.rb[0][uint8(h.last)] // the current bucket, from head on
+	*c = append((*c)[:h.head], filter((*c)[h.head:])...)
+	for l := range h.rb {
+		if h.levels&(1<<l) == 0 {
+			continue
+		}
+		for w := range h.digits[l] {
+			for m := h.digits[l][w]; m != 0; m &= m - 1 {
+				d := uint(w)*64 + uint(bits.TrailingZeros64(m))
+				b := &h.rb[l][d]
+				if *b = filter(*b); len(*b) == 0 {
+					h.take(uint(l), d)
+				}
+			}
+		}
+	}
+	h.n -= dropped
+	return dropped
+}
+
 func (h *eventHeap) popPlain() event {
 	s := h.ev
 	e := s[0].e

@@ -2,8 +2,10 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"time"
 
@@ -339,5 +341,127 @@ func TestWeightedFlows(t *testing.T) {
 	m.settle(0)
 	if m.flows[ma].rate != w.flows[a].rate || m.flows[mb].rate != w.flows[b].rate {
 		t.Errorf("merged rates %v, %v, want %v, %v", m.flows[ma].rate, m.flows[mb].rate, w.flows[a].rate, w.flows[b].rate)
+	}
+}
+
+// TestEventHeapCompact: compacting the radix queue (dropping the events a
+// predicate rejects, as the driver drops superseded flow ends) leaves the
+// others to pop in the order they would have, and len counts them: pushes
+// and pops as in TestEventHeapOrder, with compactions of random events
+// (marked dead) in between, against a reference list in push order.
+func TestEventHeapCompact(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 3))
+	var h eventHeap
+	h.reset()
+	var want []event // the live events, in push order
+	dead := map[int32]bool{}
+	now := 0.0
+	popped, dropped := 0, 0
+	pop := func() {
+		m := -1
+		for k := range want {
+			if m < 0 || want[k].t < want[m].t {
+				m = k
+			}
+		}
+		for {
+			got := h.pop()
+			if dead[got.op] {
+				t.Fatalf("popped event %d, which compact dropped", got.op)
+			}
+			now = got.t
+			if got == want[m] {
+				break
+			}
+			t.Fatalf("pop %+v, want %+v", got, want[m])
+		}
+		want = append(want[:m], want[m+1:]...)
+		popped++
+	}
+	for i := 0; i < 30000; i++ {
+		var e event
+		switch rng.IntN(4) {
+		case 0:
+			e.t = now
+		case 1:
+			e.t = now + float64(rng.IntN(8))*1e-6 // equal times, in push order
+		default:
+			e.t = now + math.Ldexp(rng.Float64(), rng.IntN(60)-40)
+		}
+		e.op = int32(i)
+		h.push(e)
+		want = append(want, e)
+		if rng.IntN(3) != 0 && len(want) > 0 {
+			pop()
+		}
+		if i%997 == 996 {
+			// Kill about half of the queued events, then compact.
+			live := want[:0]
+			kill := 0
+			for _, e := range want {
+				if rng.IntN(2) == 0 {
+					dead[e.op] = true
+					kill++
+				} else {
+					live = append(live, e)
+				}
+			}
+			want = live
+			n := h.compact(func(e *event) bool { return !dead[e.op] })
+			if n != kill {
+				t.Fatalf("compact dropped %d events, %d were dead", n, kill)
+			}
+			dropped += n
+			if h.len() != len(want) {
+				t.Fatalf("len %d after compact, want %d", h.len(), len(want))
+			}
+		}
+	}
+	for len(want) > 0 {
+		pop()
+	}
+	if h.len() != 0 || dropped == 0 || popped == 0 {
+		t.Fatalf("len %d after draining; %d dropped, %d popped", h.len(), dropped, popped)
+	}
+}
+
+// TestCompactSameRun: dropping superseded flow ends from the queue
+// (driver.compact) changes nothing a run computes: two-phase sign
+// all-to-alls whose messages are all flows (FlowTinyMessages), each end
+// re-rating the flows left on its links, give the same Result with
+// compactions every few hundred events as without any, events counted
+// alike, and the compactions did drop events.
+func TestCompactSameRun(t *testing.T) {
+	const n = 32
+	var colls []Collective
+	for i, elems := range []int{200000, 2000000, 10} {
+		c, err := SizeOnlyCollective(fmt.Sprint("l", i), allreduce.AlgTwoPhaseSign, allreduce.Params{World: n, Elems: elems, Average: true, SignBlock: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Start = float64(i) * 3e-6
+		colls = append(colls, c)
+	}
+	topo := Racks(2, n/2, 10*Gbps, 4, 5*time.Microsecond, 20*time.Microsecond) // the racks' links shared by n²/4 flows
+	opts := &Options{FlowTinyMessages: true, LatencyJitter: 1, ComputeJitter: 1, Seed: 1}
+	run := func(min int) (*Result, int64) {
+		s, err := NewSimulator(topo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.d.compactMin = min
+		res, err := s.Run(context.Background(), colls, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, s.d.dropped
+	}
+	want, none := run(math.MaxInt)
+	got, dropped := run(64)
+	if none != 0 || dropped < 100 {
+		t.Fatalf("dropped %d events with compaction, %d without, of %d", dropped, none, want.Events)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("with compaction: time %v, %d events; without: %v, %d events (or other statistics differ)", got.Time, got.Events, want.Time, want.Events)
 	}
 }

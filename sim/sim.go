@@ -182,7 +182,10 @@ type Result struct {
 	// Bytes is the total size of all messages; Messages their count.
 	Bytes    int64
 	Messages int64
-	// Events is the number of events processed.
+	// Events is the number of events processed, counting the end events of
+	// flows superseded by a rate change whether they were popped and
+	// ignored or dropped from the queue earlier (driver.compact): it does
+	// not depend on when compactions ran.
 	Events int64
 	// Groups is the number of groups of an aggregated run (Options.Aggregate),
 	// each simulated by one representative rank; 0 if every rank was
@@ -434,6 +437,12 @@ type driver struct {
 	agg       *aggPlan   // the aggregated run's plan, or nil
 	as        aggState
 	notAgg    string // why the run is not aggregated
+	// Superseded flow ends (driver.compact): dropped from the queue so
+	// far, the queue length beyond which the next compaction runs, and
+	// its floor (0: compactMin; tests lower it).
+	dropped    int64
+	compactAt  int
+	compactMin int
 }
 
 // Run simulates collectives on topo and returns what they cost. All
@@ -777,6 +786,7 @@ func (d *driver) setup(ctx context.Context) error {
 	d.res = &Result{NotAggregated: d.notAgg}
 	d.h.reset()
 	d.h.plain = d.agg != nil
+	d.dropped, d.compactAt = 0, d.compactFloor()
 	return nil
 }
 
@@ -865,7 +875,7 @@ func (d *driver) loop(ctx context.Context) error {
 			return err
 		}
 	}
-	d.res.Events = n
+	d.res.Events = n + d.dropped
 	for g := range d.ms {
 		if !d.ms[g].m.Finished() {
 			ms := &d.ms[g]
@@ -887,6 +897,41 @@ func (d *driver) settle() {
 		d.h.push(event{t: nw.endTime(id), kind: evFlowEnd, g: id, x: f.ver})
 	}
 	nw.changed = nw.changed[:0]
+	if d.h.len() > d.compactAt {
+		d.compact()
+	}
+}
+
+// compactMin is the queue length (events) below which superseded flow ends
+// are left to be popped and ignored.
+const compactMin = 1 << 20
+
+func (d *driver) compactFloor() int {
+	if d.compactMin > 0 {
+		return d.compactMin
+	}
+	return compactMin
+}
+
+// compact drops the superseded flow ends from the event queue. Every change
+// of a flow's rate schedules its end again, and the event of the old rate
+// stays queued until its time: an all-to-all of flows (N−1 on every
+// uplink, each end re-rating the others) would hold O(N³) of them at once.
+// It runs when the queue has doubled since the last compaction, so its cost
+// is a constant per event pushed, and leaves the order of the other events
+// as it was: the run is the same event for event. The dropped events count
+// in Result.Events as if popped (a superseded event is processed by being
+// ignored), so Events does not depend on when compactions ran.
+func (d *driver) compact() {
+	flows := d.net.flows
+	d.dropped += int64(d.h.compact(func(e *event) bool {
+		if e.kind != evFlowEnd {
+			return true
+		}
+		f := &flows[e.g]
+		return f.active && f.ver == e.x
+	}))
+	d.compactAt = max(2*d.h.len(), d.compactFloor())
 }
 
 // pump starts every ready op of machine g.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -44,4 +46,32 @@ func TestMemoryGuardStopsRun(t *testing.T) {
 			t.Errorf("%v: err = %v, want the memory guard's error", args, err)
 		}
 	}
+}
+
+// TestSizeOnlyGC: a size-only run collects at sizeOnlyGOGC with a soft
+// limit of 90% of the memory guard's, keeps a GOGC or GOMEMLIMIT the user
+// set, and restores the previous settings after.
+func TestSizeOnlyGC(t *testing.T) {
+	gc0 := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(gc0)
+	mem0 := debug.SetMemoryLimit(math.MaxInt64)
+	defer debug.SetMemoryLimit(mem0)
+	t.Setenv("GOGC", "")
+	t.Setenv("GOMEMLIMIT", "")
+	restore := sizeOnlyGC(10 << 30)
+	if gc, mem := debug.SetGCPercent(-1), debug.SetMemoryLimit(-1); gc != sizeOnlyGOGC || mem != 9<<30 {
+		t.Errorf("during a size-only run: GC percent %d, memory limit %d; want %d, %d", gc, mem, sizeOnlyGOGC, 9<<30)
+	}
+	debug.SetGCPercent(sizeOnlyGOGC)
+	restore()
+	if gc, mem := debug.SetGCPercent(100), debug.SetMemoryLimit(-1); gc != 100 || mem != math.MaxInt64 {
+		t.Errorf("after: GC percent %d, memory limit %d; want 100, no limit", gc, mem)
+	}
+	t.Setenv("GOGC", "200")
+	t.Setenv("GOMEMLIMIT", "5GiB")
+	restore = sizeOnlyGC(10 << 30)
+	if gc, mem := debug.SetGCPercent(100), debug.SetMemoryLimit(-1); gc != 100 || mem != math.MaxInt64 {
+		t.Errorf("with GOGC and GOMEMLIMIT set: GC percent %d, memory limit %d; want them left alone", gc, mem)
+	}
+	restore()
 }

@@ -336,6 +336,7 @@ func runSim(ctx context.Context, o simOptions, stdout, stderr io.Writer) (rep *s
 			return nil, fmt.Errorf("--size-only needs --exchange sim")
 		}
 		env.printGrad(stdout, o)
+		defer sizeOnlyGC(limit)()
 		return &simReport{Options: o}, runSizeOnly(ctx, o, methods, &env, stdout)
 	}
 	replaces, err := checkOutDir(o.Out)
