@@ -1107,16 +1107,7 @@ func (d *driver) launch(rs *rankState, peer int32, m *msgInfo) {
 // park stores m in d.pend until its encoding finishes and returns its
 // index.
 func (d *driver) park(m *msgInfo) int32 {
-	var j int32
-	if n := len(d.pfree); n > 0 {
-		j = d.pfree[n-1]
-		d.pfree = d.pfree[:n-1]
-	} else {
-		j = int32(len(d.pend))
-		d.pend = append(d.pend, msgInfo{})
-	}
-	d.pend[j] = *m
-	return j
+	return slot(&d.pend, &d.pfree, *m)
 }
 
 // hopCodec reports whether ms's collective encodes float chunks per hop
@@ -1148,15 +1139,7 @@ func (d *driver) startFlow(m *msgInfo) {
 func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 	if k := d.findConn(rs, peer); k >= 0 {
 		c := &rs.conns[k]
-		var j int32
-		if n := len(d.cqfree); n > 0 {
-			j = d.cqfree[n-1]
-			d.cqfree = d.cqfree[:n-1]
-		} else {
-			j = int32(len(d.cq))
-			d.cq = append(d.cq, qmsg{})
-		}
-		d.cq[j] = qmsg{size: m.size, lat: m.lat, g: m.g, op: m.op, dop: m.dop, next: -1}
+		j := slot(&d.cq, &d.cqfree, qmsg{size: m.size, lat: m.lat, g: m.g, op: m.op, dop: m.dop, next: -1})
 		if c.tail < 0 {
 			c.head = j
 		} else {
@@ -1281,15 +1264,7 @@ func (d *driver) tiny(m *msgInfo, wire float64) {
 		nw.linkBytes[l] += wire
 		end = max(end, t)
 	}
-	var j int32
-	if n := len(d.tfree); n > 0 {
-		j = d.tfree[n-1]
-		d.tfree = d.tfree[:n-1]
-	} else {
-		j = int32(len(d.tinys))
-		d.tinys = append(d.tinys, tinyRec{})
-	}
-	d.tinys[j] = tinyRec{dg: m.dg, dop: m.dop, lat: m.lat}
+	j := slot(&d.tinys, &d.tfree, tinyRec{dg: m.dg, dop: m.dop, lat: m.lat})
 	d.h.push(event{t: end, kind: evTinyEnd, g: m.g, op: m.op, x: uint32(j)})
 }
 
@@ -1651,4 +1626,18 @@ func (d *driver) finish() *Result {
 		res.Links[l] = LinkStats{Name: d.linkNames[l], Bytes: d.net.linkBytes[l], Busy: d.net.linkBusy[l]}
 	}
 	return res
+}
+
+// slot stores v in *items at an index taken from the free list *free
+// (the last one freed), or appended when there is none, and returns the
+// index.
+func slot[T any](items *[]T, free *[]int32, v T) int32 {
+	if n := len(*free); n > 0 {
+		j := (*free)[n-1]
+		*free = (*free)[:n-1]
+		(*items)[j] = v
+		return j
+	}
+	*items = append(*items, v)
+	return int32(len(*items) - 1)
 }
