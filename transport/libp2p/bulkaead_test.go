@@ -303,14 +303,7 @@ func tlsPairWrap(t *testing.T, kd, ka crypto.PrivKey, wrap func(net.Conn) net.Co
 // layer to read (crypto/tls would otherwise read them into its own buffer
 // and they would be lost).
 func TestTLSRecordReadLeavesRest(t *testing.T) {
-	kd, _, err := crypto.GenerateEd25519Key(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ka, _, err := crypto.GenerateEd25519Key(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kd, ka := twoKeys(t)
 	var in *bulkConn
 	d, a, dnc := tlsPairWrap(t, kd, ka, func(nc net.Conn) net.Conn {
 		in = &bulkConn{Conn: nc, r: bufio.NewReaderSize(nc, 4<<10), tlsRecords: true}
@@ -340,14 +333,7 @@ func TestTLSRecordReadLeavesRest(t *testing.T) {
 // direction, different secrets for the two directions and for two
 // connections between the same peers; a non-TLS connection has none.
 func TestBulkSecrets(t *testing.T) {
-	kd, _, err := crypto.GenerateEd25519Key(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ka, _, err := crypto.GenerateEd25519Key(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kd, ka := twoKeys(t)
 	seen := map[string]string{}
 	for conn := range 2 {
 		d, a := tlsPair(t, kd, ka)
@@ -563,4 +549,18 @@ func TestBulkTLSAdversary(t *testing.T) {
 			}
 		})
 	}
+}
+
+// twoKeys returns the identity keys of a dialer and an acceptor.
+func twoKeys(t *testing.T) (dialer, acceptor crypto.PrivKey) {
+	t.Helper()
+	var keys [2]crypto.PrivKey
+	for i := range keys {
+		k, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = k
+	}
+	return keys[0], keys[1]
 }
