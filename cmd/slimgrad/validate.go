@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/slimgrad/slimgrad/allreduce"
@@ -45,6 +46,10 @@ type validateOptions struct {
 	Transport   string
 	Calibration string
 	Grad        string // data or calibration
+	// Local is how --grad data measures the local compute: alone (one
+	// goroutine, wall time) or company (a case's N workers at once, each
+	// step's thread CPU time).
+	Local       string
 	MsgCost     string // probe or calibration
 	MsgModel    string // cpu, wait or latency: how the simulator charges the message cost
 	ProbeSteps  int
@@ -61,9 +66,19 @@ type validateOptions struct {
 }
 
 func defaultValidateOptions() validateOptions {
-	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", MsgCost: "probe", MsgModel: "cpu", ProbeSteps: 60,
+	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", Local: defaultLocal(), MsgCost: "probe", MsgModel: "cpu", ProbeSteps: 60,
 		BenchTime: 300 * time.Millisecond, Cores: runtime.NumCPU(), Goodput: tcpGoodput, Latency: 30 * time.Microsecond,
 		CaseTimeout: 15 * time.Minute, LossPenalty: defaultLossPenalty}
+}
+
+// defaultLocal is --local's default: company where the system has a
+// per-thread CPU clock (it brought the resimulated table of the 26 cases
+// of 2026-12-07, val-q1, from 6.3 % to 5.2–6.0 % in three runs: notes/issue18-h45.md), else alone.
+func defaultLocal() string {
+	if threadCPUSupported {
+		return "company"
+	}
+	return "alone"
 }
 
 // tcpGoodput is the share of a shaped link's rate that carries a TCP
@@ -232,6 +247,15 @@ func (o validateOptions) validate() error {
 	if o.Grad != "data" && o.Grad != "calibration" {
 		return fmt.Errorf("--grad %q: want data or calibration", o.Grad)
 	}
+	if o.Local != "alone" && o.Local != "company" {
+		return fmt.Errorf("--local %q: want alone or company", o.Local)
+	}
+	if o.Local == "company" && o.Grad != "data" {
+		return fmt.Errorf("--local company measures the local compute on the training data: it needs --grad data, not %q", o.Grad)
+	}
+	if o.Local == "company" && !threadCPUSupported {
+		return errors.New("--local company: no per-thread CPU clock on this system (Linux only)")
+	}
 	if o.MsgCost != "probe" && o.MsgCost != "calibration" {
 		return fmt.Errorf("--message-cost %q: want probe or calibration", o.MsgCost)
 	}
@@ -273,6 +297,7 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.StringVar(&o.Transport, "transport", o.Transport, "transport of the real workers, whose per-message cost the simulator charges: libp2p (direct TCP links between the hosts, as the simulator's network) or nats (every message through the server host)")
 	fs.StringVar(&o.Calibration, "calibration", o.Calibration, "calibration file of slimgrad bench (default: run bench on this machine first, into --out)")
 	fs.StringVar(&o.Grad, "grad", o.Grad, "a simulated step's compute outside the collectives: data (measured here in one goroutine on the workload's training data: gradient, the optimizer's prepare and update, the workers' finite check) or calibration (the file's gradient time, which bench measures on random inputs of the workload's shape)")
+	fs.StringVar(&o.Local, "local", o.Local, "how --grad data measures the local compute: alone (one worker in one goroutine, wall time per step) or company (the case's N workers at once, a goroutine on an OS thread of its own each, with its own model, optimizer and data; each step's CPU time of its thread, so that the cost of sharing caches and memory with the other workers is in it; --resimulate of a run without these figures scales the recorded alone ones by company/alone measured now)")
 	fs.StringVar(&o.MsgCost, "message-cost", o.MsgCost, "the simulated per-message cost: probe (fitted before each case to a latency-bound job on the case's bed: the logistic workload's dense ring, --probe-steps steps) or calibration (bench's, measured between two ranks in one process)")
 	fs.StringVar(&o.MsgModel, "message-model", o.MsgModel, "how the simulator charges the per-message cost: cpu (compute time of the sending and the receiving worker, shared with their codec work and the machine's cores; the probe fits it), wait (bench's cost as cpu, the probe's excess as a wait without CPU) or latency (all of it added to the message's latency)")
 	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
@@ -369,7 +394,10 @@ type valEnv struct {
 	// (gradient and the rest, the simulated GradSeconds and LocalSeconds)
 	// of the workload, probeLocal the probe's.
 	local, probeLocal localCost
-	probe             train.Task // the probe's workload (logistic)
+	// localN and probeLocalN are, with --local company, the local
+	// compute per step of one of N workers that compute at once, by N.
+	localN, probeLocalN map[int]localCost
+	probe               train.Task // the probe's workload (logistic)
 	// loads are the load averages that the earlier run of --resimulate
 	// recorded per case (its validate.csv), nil if it has none.
 	loads map[string]float64
@@ -479,14 +507,19 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		}
 		env.probeLocal = l
 	}
+	if o.Local == "company" {
+		if err := o.localCompany(ctx, env, cases, saved, stdout); err != nil {
+			return nil, err
+		}
+	}
 	if o.Resimulate == "" {
-		b, _ := json.Marshal(valLocal{Job: env.local, Probe: env.probeLocal})
+		b, _ := json.Marshal(valLocal{Job: env.local, Probe: env.probeLocal, JobCompany: env.localN, ProbeCompany: env.probeLocalN})
 		if err := os.WriteFile(filepath.Join(env.dir, "local.json"), b, 0o644); err != nil {
 			return nil, err
 		}
 	}
-	fmt.Fprintf(stdout, "simulated: local compute %s per step on a core (--grad %s), the workers on one host of %d cores (processor sharing), message cost %s, charged as %s, loss penalty %g\n",
-		fmtDuration(seconds(env.local.Step)), o.Grad, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost], o.MsgModel, o.LossPenalty)
+	fmt.Fprintf(stdout, "simulated: local compute %s per step on a core (--grad %s, --local %s), the workers on one host of %d cores (processor sharing), message cost %s, charged as %s, loss penalty %g\n",
+		fmtDuration(seconds(env.local.Step)), o.Grad, o.Local, o.Cores, map[string]string{"probe": "fitted per case by the probe job", "calibration": "bench's"}[o.MsgCost], o.MsgModel, o.LossPenalty)
 	if o.Resimulate != "" {
 		env.loads = savedLoads(filepath.Join(o.Resimulate, "validate.csv"))
 		fmt.Fprintf(stdout, "resimulating the real step times measured in %s (same --steps, --skip and --probe-steps as that run; load: that run's)\n", o.Resimulate)
@@ -599,13 +632,86 @@ type localCost struct {
 type valLocal struct {
 	Job   localCost `json:"job"`
 	Probe localCost `json:"probe"`
+	// JobCompany and ProbeCompany are the figures of --local company by
+	// the number of workers; absent from runs that measured none.
+	JobCompany   map[int]localCost `json:"job_company,omitempty"`
+	ProbeCompany map[int]localCost `json:"probe_company,omitempty"`
 }
+
+// localWorker is one worker's local compute for measureLocal and
+// measureLocalCompany: its own model, workspace, sampler and optimizers.
+type localWorker struct {
+	task    train.Task
+	batch   int
+	ws      workload.Workspace
+	sampler *workload.Sampler
+	params  [][]float32
+	gs      [][]float32
+	opts    []optim.Optimizer
+}
+
+// newLocalWorker is worker rank of world's local compute on its IID shard
+// of task's training data, with the optimizers of spec.
+func (o validateOptions) newLocalWorker(task train.Task, spec train.OptimSpec, rank, world int) (*localWorker, error) {
+	shards, err := workload.Shard(task.Train, world, workload.IID, o.Seed)
+	if err != nil {
+		return nil, err
+	}
+	model := task.Model.Clone()
+	w := &localWorker{task: task, batch: o.Batch, ws: model.NewWorkspace(o.Batch), sampler: workload.NewSampler(shards[rank], o.Seed, rank)}
+	w.params, w.gs = unitVectors(model, w.ws, spec.Flat)
+	w.opts = make([]optim.Optimizer, len(w.params))
+	for u := range w.params {
+		if w.opts[u], err = spec.New(len(w.params[u])); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// step runs one local step: the gradient of a batch of the worker's data,
+// its optimizers' Prepare, the finite check of what it would send and the
+// optimizers' Step. It returns the gradient's and the whole step's time
+// on clock.
+func (w *localWorker) step(clock func() (time.Duration, error)) (grad, step time.Duration, err error) {
+	t0, err := clock()
+	if err != nil {
+		return 0, 0, err
+	}
+	if _, err := w.ws.Gradient(w.task.Train, w.sampler.Next(w.batch)); err != nil {
+		return 0, 0, err
+	}
+	tg, err := clock()
+	if err != nil {
+		return 0, 0, err
+	}
+	for u := range w.params {
+		send, _, err := w.opts[u].Prepare(w.gs[u])
+		if err == nil && !kernels.AllFinite(send) {
+			err = fmt.Errorf("non-finite gradient of unit %d", u)
+		}
+		if err == nil {
+			err = w.opts[u].Step(w.params[u], send)
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("measuring the local compute: %w", err)
+		}
+	}
+	te, err := clock()
+	if err != nil {
+		return 0, 0, err
+	}
+	return tg - t0, te - t0, nil
+}
+
+// wallOrigin and wallClock: the monotonic time since an arbitrary origin.
+var wallOrigin = time.Now()
+
+func wallClock() (time.Duration, error) { return time.Since(wallOrigin), nil }
 
 // measureLocal measures for at least --bench-time, in one goroutine, what a
 // worker with the optimizer recipe optimRecipe does per step outside its
-// collectives: the gradient of a batch of task's training data (drawn as a
-// worker draws it), its optimizers' Prepare, the finite check of what it
-// would send, and the optimizers' Step; it returns the medians. Unlike
+// collectives (localWorker.step, wall time); it returns the medians. Unlike
 // bench's gradient figure (random inputs of the workload's shape) this sees
 // the data's zeros, which the MLP's backward pass skips: about 80% of
 // MNIST's pixels.
@@ -614,46 +720,161 @@ func (o validateOptions) measureLocal(ctx context.Context, task train.Task, opti
 	if err != nil {
 		return localCost{}, err
 	}
-	shards, err := workload.Shard(task.Train, 1, workload.IID, o.Seed)
+	w, err := o.newLocalWorker(task, spec, 0, 1)
 	if err != nil {
 		return localCost{}, err
-	}
-	model := task.Model.Clone()
-	ws := model.NewWorkspace(o.Batch)
-	sampler := workload.NewSampler(shards[0], o.Seed, 0)
-	params, gs := unitVectors(model, ws, spec.Flat)
-	opts := make([]optim.Optimizer, len(params))
-	for u := range params {
-		if opts[u], err = spec.New(len(params[u])); err != nil {
-			return localCost{}, err
-		}
 	}
 	var grads, steps []float64
 	for start := time.Now(); len(steps) < 5 || time.Since(start) < o.BenchTime; {
 		if err := ctx.Err(); err != nil {
 			return localCost{}, err
 		}
-		t0 := time.Now()
-		if _, err := ws.Gradient(task.Train, sampler.Next(o.Batch)); err != nil {
+		g, s, err := w.step(wallClock)
+		if err != nil {
 			return localCost{}, err
 		}
-		tg := time.Since(t0)
-		for u := range params {
-			send, _, err := opts[u].Prepare(gs[u])
-			if err == nil && !kernels.AllFinite(send) {
-				err = fmt.Errorf("non-finite gradient of unit %d", u)
-			}
-			if err == nil {
-				err = opts[u].Step(params[u], send)
-			}
-			if err != nil {
-				return localCost{}, fmt.Errorf("measuring the local compute: %w", err)
-			}
-		}
-		grads = append(grads, tg.Seconds())
-		steps = append(steps, time.Since(t0).Seconds())
+		grads, steps = append(grads, g.Seconds()), append(steps, s.Seconds())
 	}
 	return localCost{Grad: median(grads), Step: median(steps)}, nil
+}
+
+// measureLocalCompany measures the local compute of localWorker.step as n
+// workers run it at once (--local company): n goroutines, each on an OS
+// thread of its own (runtime.LockOSThread) with its own model, optimizer
+// state and shard of the data, step until every one of them has stepped
+// at least 5 times and for --bench-time; each step's cost is the CPU time
+// of its thread, not wall time, since the simulator shares the cores among
+// the workers itself. What it adds to measureLocal is the cost of company:
+// caches, memory bandwidth and switches shared with the other workers. It
+// returns the medians over all workers' steps and the steps per worker.
+func (o validateOptions) measureLocalCompany(ctx context.Context, task train.Task, optimRecipe string, n int) (localCost, []int, error) {
+	if n < 1 {
+		return localCost{}, nil, fmt.Errorf("measuring the local compute of %d workers: want at least 1", n)
+	}
+	if _, err := threadCPU(); err != nil {
+		return localCost{}, nil, err
+	}
+	spec, err := parseOptim(optimRecipe, o.Steps)
+	if err != nil {
+		return localCost{}, nil, err
+	}
+	workers := make([]*localWorker, n)
+	for r := range workers {
+		if workers[r], err = o.newLocalWorker(task, spec, r, n); err != nil {
+			return localCost{}, nil, err
+		}
+	}
+	grads, steps := make([][]float64, n), make([][]float64, n)
+	errs := make([]error, n)
+	var done atomic.Int32 // workers that have measured enough
+	var stop atomic.Bool  // set on the first error
+	begin := make(chan struct{})
+	var wg sync.WaitGroup
+	for r, w := range workers {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			<-begin
+			start, counted := time.Now(), false
+			for int(done.Load()) < n && !stop.Load() {
+				if err := ctx.Err(); err != nil {
+					errs[r] = err
+					stop.Store(true)
+					return
+				}
+				g, s, err := w.step(threadCPU)
+				if err != nil {
+					errs[r] = err
+					stop.Store(true)
+					return
+				}
+				grads[r], steps[r] = append(grads[r], g.Seconds()), append(steps[r], s.Seconds())
+				if !counted && len(steps[r]) >= 5 && time.Since(start) >= o.BenchTime {
+					counted = true
+					done.Add(1)
+				}
+			}
+		})
+	}
+	close(begin)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return localCost{}, nil, err
+	}
+	counts := make([]int, n)
+	for r := range steps {
+		counts[r] = len(steps[r])
+	}
+	return localCost{Grad: median(slices.Concat(grads...)), Step: median(slices.Concat(steps...))}, counts, nil
+}
+
+// localFor is the simulated local compute of one of n workers: byN's
+// figure for n (--local company) if it has one, else alone's.
+func localFor(alone localCost, byN map[int]localCost, n int) localCost {
+	if l, ok := byN[n]; ok {
+		return l
+	}
+	return alone
+}
+
+// localCompany fills env.localN (and env.probeLocalN with --message-cost
+// probe) for the numbers of workers of cases (--local company): measured
+// now with measureLocalCompany, or, with --resimulate, the earlier run's
+// figures from saved. An earlier run without them measured only the
+// alone figures, on the machine as it was then; its figures are then
+// scaled by the ratio of the CPU time per step of n workers at once to
+// that of one, both measured now, one after the other, so that the
+// company's cost is added to what that run measured.
+func (o validateOptions) localCompany(ctx context.Context, env *valEnv, cases []valCase, saved valLocal, stdout io.Writer) error {
+	env.localN, env.probeLocalN = map[int]localCost{}, map[int]localCost{}
+	type kind struct {
+		name  string
+		task  train.Task
+		optim string
+		alone localCost
+		saved map[int]localCost
+		out   map[int]localCost
+	}
+	kinds := []kind{{o.Workload, env.task, valMethods["dense"].Optim, env.local, saved.JobCompany, env.localN}}
+	if o.MsgCost == "probe" {
+		kinds = append(kinds, kind{probeWorkload + " (probe)", env.probe, valMethods[probeMethod].Optim, env.probeLocal, saved.ProbeCompany, env.probeLocalN})
+	}
+	var ns []int
+	for _, c := range cases {
+		if n := len(c.Rates); !slices.Contains(ns, n) {
+			ns = append(ns, n)
+		}
+	}
+	slices.Sort(ns)
+	for _, k := range kinds {
+		for _, n := range ns {
+			if l, ok := k.saved[n]; ok {
+				k.out[n] = l
+				fmt.Fprintf(stdout, "local compute of %s, %d workers at once (recorded): gradient %s, step %s of CPU each\n", k.name, n, fmtDuration(seconds(l.Grad)), fmtDuration(seconds(l.Step)))
+				continue
+			}
+			l, counts, err := o.measureLocalCompany(ctx, k.task, k.optim, n)
+			if err != nil {
+				return fmt.Errorf("measuring the local compute of %d workers at once: %w", n, err)
+			}
+			if o.Resimulate == "" {
+				k.out[n] = l
+				fmt.Fprintf(stdout, "local compute of %s, %d workers at once: gradient %s, step %s of CPU each (alone: %s, %s wall; steps per worker %v)\n",
+					k.name, n, fmtDuration(seconds(l.Grad)), fmtDuration(seconds(l.Step)), fmtDuration(seconds(k.alone.Grad)), fmtDuration(seconds(k.alone.Step)), counts)
+				continue
+			}
+			now, _, err := o.measureLocalCompany(ctx, k.task, k.optim, 1)
+			if err != nil {
+				return err
+			}
+			g, s := l.Grad/now.Grad, l.Step/now.Step
+			k.out[n] = localCost{Grad: k.alone.Grad * g, Step: k.alone.Step * s}
+			fmt.Fprintf(stdout, "local compute of %s, %d workers at once: measured now %s gradient, %s step of CPU each against %s, %s alone (CPU): x%.2f, x%.2f of the recorded alone figures, %s and %s\n",
+				k.name, n, fmtDuration(seconds(l.Grad)), fmtDuration(seconds(l.Step)), fmtDuration(seconds(now.Grad)), fmtDuration(seconds(now.Step)), g, s,
+				fmtDuration(seconds(k.out[n].Grad)), fmtDuration(seconds(k.out[n].Step)))
+		}
+	}
+	return nil
 }
 
 // unitVectors returns the parameters and the workspace's gradients of m as
@@ -718,7 +939,7 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 	calib := env.calib
 	if o.MsgCost == "probe" {
 		j := valJob{name: "probe", workload: probeWorkload, task: env.probe, method: valMethods[probeMethod], algorithm: probeAlg,
-			steps: o.ProbeSteps, local: env.probeLocal}
+			steps: o.ProbeSteps, local: localFor(env.probeLocal, env.probeLocalN, len(c.Rates))}
 		real, err := run(j)
 		if err != nil {
 			res.Err = fmt.Errorf("probe job: %w", err)
@@ -733,7 +954,7 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 			res.MsgCost = seconds(calib.Messages[o.Transport].Wait)
 		}
 	}
-	j := valJob{name: "job", workload: o.Workload, task: env.task, method: valMethods[c.Method], algorithm: c.Algorithm, steps: o.Steps, local: env.local}
+	j := valJob{name: "job", workload: o.Workload, task: env.task, method: valMethods[c.Method], algorithm: c.Algorithm, steps: o.Steps, local: localFor(env.local, env.localN, len(c.Rates))}
 	real, err := run(j)
 	res.Load = loadAverage()
 	if bed == nil {

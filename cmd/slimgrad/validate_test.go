@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/csv"
+	"encoding/json"
 	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,6 +80,17 @@ func TestValidateBed(t *testing.T) {
 	}
 	if len(rows) != 3 || rows[1][0] != "dense-ring-4hom-10M" || rows[2][len(rows[2])-1] != "" {
 		t.Errorf("validate.csv: %q", rows)
+	}
+	// --local company (the default): the run saved the local compute of
+	// its 4 workers at once, for --resimulate.
+	var saved valLocal
+	if b, err := os.ReadFile(filepath.Join(o.Out, "local.json")); err != nil {
+		t.Fatal(err)
+	} else if err := json.Unmarshal(b, &saved); err != nil {
+		t.Fatal(err)
+	}
+	if l := saved.JobCompany[4]; o.Local == "company" && !(l.Step >= l.Grad && l.Grad > 0) || o.Local == "company" && !(saved.ProbeCompany[4].Step > 0) {
+		t.Errorf("local.json with --local %s: %+v", o.Local, saved)
 	}
 	// --resimulate: the same real step times, simulated again without a bed
 	// (here with the loss penalty off, which changes nothing on these
@@ -162,6 +175,8 @@ func TestValidateFlags(t *testing.T) {
 		{[]string{"--transport", "tcp"}, "--transport"},
 		{[]string{"--grad", "flops"}, "--grad"},
 		{[]string{"--message-cost", "x"}, "--message-cost"},
+		{[]string{"--local", "x"}, "--local"},
+		{[]string{"--grad", "calibration", "--local", "company"}, "--local"},
 		{[]string{"--goodput", "1.5"}, "--goodput"},
 		{[]string{"--workload", "imagenet"}, "--workload"},
 		{[]string{"--cases", "nosuch"}, "--cases"},
@@ -352,5 +367,109 @@ func TestValidateSavedLoads(t *testing.T) {
 	}
 	if savedLoads(filepath.Join(t.TempDir(), "none.csv")) != nil {
 		t.Error("loads of a missing file")
+	}
+}
+
+// TestValidateThreadCPU: threadCPU counts the calling thread's CPU time,
+// not wall time: it advances by about the wall time while the thread
+// spins and hardly at all while it waits for another goroutine to spin.
+func TestValidateThreadCPU(t *testing.T) {
+	if !threadCPUSupported {
+		t.Skip("no per-thread CPU clock")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	spin := func(d time.Duration) {
+		x := 1.0
+		for t0 := time.Now(); time.Since(t0) < d; {
+			x = math.Sqrt(x + 1)
+		}
+		_ = x
+	}
+	c0, err := threadCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w0 := time.Now()
+	done := make(chan struct{})
+	go func() { spin(50 * time.Millisecond); close(done) }()
+	<-done
+	waited := time.Since(w0)
+	c1, _ := threadCPU()
+	spin(50 * time.Millisecond)
+	c2, _ := threadCPU()
+	if waiting := c1 - c0; waiting > waited/4 {
+		t.Errorf("the thread used %v of CPU while it waited %v for another goroutine", waiting, waited)
+	}
+	if spinning := c2 - c1; spinning <= 5*time.Millisecond {
+		t.Errorf("the thread used %v of CPU while it spun for 50ms", spinning)
+	}
+}
+
+// TestValidateLocalCompany: measureLocalCompany runs n workers, each to at
+// least 5 steps, and returns a per-step CPU time with the gradient inside
+// the step; localCompany uses an earlier run's figures as they are, scales
+// the recorded alone figures by company/alone measured now when the
+// earlier run has none, and measures anew on a fresh run; localFor takes
+// the figure of the case's number of workers.
+func TestValidateLocalCompany(t *testing.T) {
+	if !threadCPUSupported {
+		t.Skip("no per-thread CPU clock")
+	}
+	o := defaultValidateOptions()
+	o.BenchTime, o.Workload, o.Local = 20*time.Millisecond, probeWorkload, "company"
+	task, err := train.LoadTask(probeWorkload, "", o.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, counts, err := o.measureLocalCompany(t.Context(), task, valMethods["dense"].Optim, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(counts) != 3 || slices.Min(counts) < 5 {
+		t.Errorf("steps per worker %v, want 3 workers of at least 5", counts)
+	}
+	if !(l.Grad > 0 && l.Step >= l.Grad && l.Step < 0.1) {
+		t.Errorf("per step: %+v", l)
+	}
+	if _, _, err := o.measureLocalCompany(t.Context(), task, valMethods["dense"].Optim, 0); err == nil {
+		t.Error("0 workers: no error")
+	}
+
+	cases := []valCase{{Name: "a", Rates: make([]int64, 4)}, {Name: "b", Rates: make([]int64, 2)}, {Name: "c", Rates: make([]int64, 4)}}
+	alone := localCost{Grad: 1, Step: 2} // seconds: far from what the logistic model takes now
+	recorded := map[int]localCost{2: {Grad: 3, Step: 4}, 4: {Grad: 5, Step: 6}}
+	o.MsgCost = "calibration"
+	o.Resimulate = t.TempDir()
+	env := &valEnv{task: task, local: alone}
+	if err := o.localCompany(t.Context(), env, cases, valLocal{Job: alone, JobCompany: recorded}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if len(env.localN) != 2 || env.localN[2] != recorded[2] || env.localN[4] != recorded[4] {
+		t.Errorf("--resimulate with recorded figures: %v, want %v", env.localN, recorded)
+	}
+	if got := localFor(alone, env.localN, 4); got != recorded[4] {
+		t.Errorf("localFor 4 workers: %v", got)
+	}
+	if got := localFor(alone, env.localN, 8); got != alone {
+		t.Errorf("localFor 8 workers, none measured: %v, want alone's %v", got, alone)
+	}
+	env = &valEnv{task: task, local: alone}
+	if err := o.localCompany(t.Context(), env, cases, valLocal{Job: alone}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for n, l := range env.localN {
+		// A ratio of two CPU times of the logistic model, not its time.
+		if g, s := l.Grad/alone.Grad, l.Step/alone.Step; !(g > 0.3 && g < 10 && s > 0.3 && s < 10) {
+			t.Errorf("--resimulate without recorded figures, %d workers: %+v, want the alone figures %+v scaled by company/alone", n, l, alone)
+		}
+	}
+	o.Resimulate = ""
+	env = &valEnv{task: task, local: alone}
+	if err := o.localCompany(t.Context(), env, cases, valLocal{}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if l := env.localN[4]; len(env.localN) != 2 || !(l.Grad > 0 && l.Step < 0.1) {
+		t.Errorf("a fresh run: %v, want measured figures for 2 and 4 workers", env.localN)
 	}
 }
