@@ -28,16 +28,7 @@ func TestBulkPath(t *testing.T) {
 	for _, k := range []int{1, 3} {
 		for _, security := range []string{"noise", "tls", "insecure"} {
 			t.Run(fmt.Sprintf("streams=%d/security=%s", k, security), func(t *testing.T) {
-				opts := []Option{WithBulkStreams(k, 64<<10)}
-				switch security {
-				case "insecure":
-					opts = append(opts, WithInsecure())
-				case "tls":
-					opts = append(opts, WithTLS())
-				case "noise":
-					opts = append(opts, WithNoise())
-				}
-				cs := newGroup(t, 2, opts...)
+				cs := newGroup(t, 2, WithBulkStreams(k, 64<<10), securityOption(security))
 				if l := cs[0].links[1]; len(l.bulkW) != k {
 					t.Fatalf("%d bulk connections, want %d", len(l.bulkW), k)
 				}
@@ -156,22 +147,14 @@ func TestBulkAdversary(t *testing.T) {
 			key := h.Peerstore().PrivKey(h.ID())
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			nc, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(c.bulkPort)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer nc.Close()
 			var tr secureTransport = insecure.NewWithIdentity(insecure.ID, h.ID(), key)
 			if !tc.insecure {
+				var err error
 				if tr, err = noise.New(noise.ID, key, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
-			bulk, err := tr.SecureOutbound(ctx, nc, c.node.ID())
-			if err != nil {
-				t.Fatal(err)
-			}
-			writeBulkHello(t, bulk)
+			_, bulk := dialFakeBulk(t, c, tr)
 			if err := tc.write(bulk); err != nil && tc.want == nil {
 				t.Fatal(err)
 			}
@@ -386,4 +369,16 @@ func writeBulkHello(t testing.TB, w io.Writer) {
 	if err := transport.WriteFrame(w, flagBulkHello, 0, bulkHello()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// securityOption is the Option of a security named "noise", "tls" or
+// "insecure".
+func securityOption(name string) Option {
+	switch name {
+	case "insecure":
+		return WithInsecure()
+	case "tls":
+		return WithTLS()
+	}
+	return WithNoise()
 }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"strconv"
 	"testing"
 	"time"
 
@@ -501,20 +500,11 @@ func TestBulkTLSAdversary(t *testing.T) {
 			c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithTLS())
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			nc, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(c.bulkPort)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer nc.Close()
 			tr, err := tls.New(tls.ID, h.Peerstore().PrivKey(h.ID()), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			sc, err := tr.SecureOutbound(ctx, nc, c.node.ID())
-			if err != nil {
-				t.Fatal(err)
-			}
-			writeBulkHello(t, sc)
+			nc, sc := dialFakeBulk(t, c, tr)
 			secret, err := bulkSecret(sc, true)
 			if err != nil {
 				t.Fatal(err)

@@ -19,16 +19,7 @@ import (
 func TestSecuredSkipsCRC(t *testing.T) {
 	for _, security := range []string{"noise", "tls", "insecure"} {
 		t.Run(security, func(t *testing.T) {
-			opts := []Option{WithBulkStreams(1, 4<<20)}
-			switch security {
-			case "insecure":
-				opts = append(opts, WithInsecure())
-			case "tls":
-				opts = append(opts, WithTLS())
-			case "noise":
-				opts = append(opts, WithNoise())
-			}
-			cs := newGroup(t, 2, opts...)
+			cs := newGroup(t, 2, WithBulkStreams(1, 4<<20), securityOption(security))
 			if len(cs[0].links[1].bulkW) != 1 {
 				t.Fatal("no bulk connection: the bulk path would go untested")
 			}

@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/sec"
 	"github.com/libp2p/go-libp2p/p2p/security/insecure"
 
 	"github.com/slimgrad/slimgrad/transport"
@@ -159,6 +160,16 @@ func TestRecvPlaced(t *testing.T) {
 // fakePeerHost (insecure security).
 func fakeBulk(t *testing.T, c *Conn, h host.Host) net.Conn {
 	t.Helper()
+	_, bulk := dialFakeBulk(t, c, insecure.NewWithIdentity(insecure.ID, h.ID(), h.Peerstore().PrivKey(h.ID())))
+	return bulk
+}
+
+// dialFakeBulk opens a bulk connection to c's bulk port, secures it with
+// tr (the fake peer's identity) and sends the hello of rank 1. It returns
+// the TCP connection and the secured one over it; both are closed when
+// the test ends.
+func dialFakeBulk(t *testing.T, c *Conn, tr secureTransport) (net.Conn, sec.SecureConn) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	nc, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(c.bulkPort)))
@@ -166,13 +177,12 @@ func fakeBulk(t *testing.T, c *Conn, h host.Host) net.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	tr := insecure.NewWithIdentity(insecure.ID, h.ID(), h.Peerstore().PrivKey(h.ID()))
 	bulk, err := tr.SecureOutbound(ctx, nc, c.node.ID())
 	if err != nil {
 		t.Fatal(err)
 	}
 	writeBulkHello(t, bulk)
-	return bulk
+	return nc, bulk
 }
 
 // bulkPieceFrame is a bulk piece of message seq (insecure link: the CRC
