@@ -276,6 +276,7 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	rank := fs.Int("rank", -1, "this process's rank (NATS transport; libp2p ranks come from the rendezvous)")
 	fs.IntVar(&o.World, "world", 0, "number of processes in the job")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics of this process on this address, e.g. :9090")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (from joining the job to its end) to this file")
 	el := defaultElasticOptions()
 	el.register(fs, false)
 	setUsage(fs, stdout, "Usage: slimgrad worker --nats URL --job ID --world N [--rank R] [flags]\n\nOne process of a data-parallel job: trains its replica on its shard and exchanges\ngradients with the others over NATS or libp2p. `slimgrad launch` starts these for you.\n\nFlags:\n")
@@ -330,6 +331,13 @@ func runWorkerCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 			return err
 		}
 		defer met.Close()
+	}
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	o.connOptions.Log = log
 	cctx, cancel := context.WithTimeout(ctx, o.Timeout)

@@ -174,18 +174,32 @@ func runSimCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fs.Visit(func(f *flag.Flag) { o.flopsSet = o.flopsSet || f.Name == "flops" })
 	if o.CPUProfile != "" {
-		f, err := os.Create(o.CPUProfile)
+		stop, err := startCPUProfile(o.CPUProfile)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	_, err := runSim(ctx, o, stdout, stderr)
 	return err
+}
+
+// startCPUProfile starts a CPU profile of this process into the file path
+// (created or truncated, with its directory) and returns the function that
+// stops it and closes the file.
+func startCPUProfile(path string) (stop func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // memoryPollInterval is how often the --max-memory guard looks at the heap.

@@ -63,6 +63,9 @@ type validateOptions struct {
 	// Resimulate is the --out directory of an earlier run whose real
 	// measurements are simulated again (no bed, no root).
 	Resimulate string
+	// WorkerProfile has every worker of a case's job write a CPU profile
+	// beside its steps.csv (OUT/CASE/job/HOST/cpu.pprof).
+	WorkerProfile bool
 }
 
 func defaultValidateOptions() validateOptions {
@@ -309,6 +312,7 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.DurationVar(&o.CaseTimeout, "case-timeout", o.CaseTimeout, "time limit of one case's real jobs")
 	fs.Float64Var(&o.LossPenalty, "loss-penalty", o.LossPenalty, "the simulator's loss-recovery penalty (sim.Options.LossPenalty): a flow into a slower receiver or a shared downlink arrives this share of its transfer time later (0: none)")
 	fs.StringVar(&o.Resimulate, "resimulate", o.Resimulate, "the --out directory of an earlier run: simulate its cases again against the real step times it measured (no test bed, no root; its calibration.json unless --calibration)")
+	fs.BoolVar(&o.WorkerProfile, "worker-profile", o.WorkerProfile, "have every worker of a case's job (not the probe's) write a CPU profile beside its steps.csv: OUT/CASE/job/HOST/cpu.pprof (slimgrad worker --cpuprofile)")
 	setUsage(fs, stdout, "Usage: slimgrad validate [--quick | --cases LIST] [flags]\n\n"+
 		"Checks the simulator against real links (needs root: it builds network namespaces\n"+
 		"with tc-shaped links, see package testbed). For each case it runs one `slimgrad worker`\n"+
@@ -1148,6 +1152,9 @@ func (o validateOptions) runJob(ctx context.Context, b *testBed, j valJob, dir s
 			"--timeout", "2m", "--peer-timeout", "2m"}
 		if o.Transport == "nats" {
 			args = append(args, "--rank", strconv.Itoa(i))
+		}
+		if o.WorkerProfile && j.name == "job" {
+			args = append(args, "--cpuprofile", filepath.Join(outs[i], "cpu.pprof"))
 		}
 		cmd := h.Command(ctx, b.exe, args...)
 		cmd.Env = os.Environ()
