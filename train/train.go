@@ -491,13 +491,19 @@ func newRecorder(cfg Config, test *workload.Dataset, res *Result, onStep func(Re
 // figures st, that began at t0 and spent compute on the gradients; m is the
 // model to evaluate. It returns m.Evaluate's error.
 func (r *recorder) record(step int, loss float64, st Stats, m workload.Model, t0 time.Time, compute time.Duration) error {
-	rec := Record{Step: step, Loss: loss, Stats: st, Synced: r.synced, World: r.world}
-	r.tot.TotalWireBytes += st.WireBytes
-	r.tot.TotalDenseBytes += st.DenseBytes
-	r.tot.TotalPayloadBytes += st.PayloadBytes
-	r.tot.TotalStepTime += st.StepTime
-	rec.TotalWireBytes, rec.TotalDenseBytes, rec.TotalPayloadBytes, rec.TotalStepTime =
-		r.tot.TotalWireBytes, r.tot.TotalDenseBytes, r.tot.TotalPayloadBytes, r.tot.TotalStepTime
+	rec, err := r.start(step, m, t0, compute)
+	if err != nil {
+		return err
+	}
+	r.finish(rec, loss, st)
+	return nil
+}
+
+// start returns the Record of step without its loss and exchange figures
+// (finish adds them): the test metrics of m when due, Wall since t0 and
+// compute. It returns m.Evaluate's error.
+func (r *recorder) start(step int, m workload.Model, t0 time.Time, compute time.Duration) (Record, error) {
+	rec := Record{Step: step, Synced: r.synced, World: r.world}
 	last := step == r.cfg.Steps-1
 	if last || (r.cfg.EvalEvery > 0 && (step+1)%r.cfg.EvalEvery == 0) {
 		idx := r.evalIdx
@@ -506,7 +512,7 @@ func (r *recorder) record(step int, loss float64, st Stats, m workload.Model, t0
 		}
 		met, err := m.Evaluate(r.test, idx)
 		if err != nil {
-			return err
+			return rec, err
 		}
 		rec.Evaluated, rec.TestLoss, rec.Accuracy = true, met.Loss, met.Accuracy
 		if last {
@@ -514,20 +520,33 @@ func (r *recorder) record(step int, loss float64, st Stats, m workload.Model, t0
 		}
 	}
 	rec.Wall, rec.Compute = time.Since(t0), compute
+	return rec, nil
+}
+
+// finish completes rec (from start) with the step's mean loss and exchange
+// figures st, adds it to the running totals and the Result, and hands it to
+// onStep. Records must be finished in step order.
+func (r *recorder) finish(rec Record, loss float64, st Stats) {
+	rec.Loss, rec.Stats = loss, st
+	r.tot.TotalWireBytes += st.WireBytes
+	r.tot.TotalDenseBytes += st.DenseBytes
+	r.tot.TotalPayloadBytes += st.PayloadBytes
+	r.tot.TotalStepTime += st.StepTime
+	rec.TotalWireBytes, rec.TotalDenseBytes, rec.TotalPayloadBytes, rec.TotalStepTime =
+		r.tot.TotalWireBytes, r.tot.TotalDenseBytes, r.tot.TotalPayloadBytes, r.tot.TotalStepTime
 	if w := r.cfg.RecordWindow; w > 0 && len(r.res.Records) >= 2*w-1 {
 		// Keep the last w-1 and append: amortised O(1) per step, at most
 		// 2w-1 records held.
 		r.res.Records = append(r.res.Records[:0], r.res.Records[len(r.res.Records)-(w-1):]...)
 	}
 	r.res.Records = append(r.res.Records, rec)
-	if w := r.cfg.RecordWindow; w > 0 && last && len(r.res.Records) > w {
+	if w := r.cfg.RecordWindow; w > 0 && rec.Step == r.cfg.Steps-1 && len(r.res.Records) > w {
 		r.res.Records = r.res.Records[len(r.res.Records)-w:]
 	}
 	r.res.Last = rec
 	if r.onStep != nil {
 		r.onStep(rec)
 	}
-	return nil
 }
 
 func sameParams(ref [][]float32, others func(yield func(int, [][]float32) bool)) error {

@@ -257,6 +257,14 @@ type RankConfig struct {
 	// do not learn the job's figures return their own. Without Combine,
 	// Record.Loss is this rank's loss and the byte counts are this rank's
 	// times World (an estimate: sparse payloads differ between ranks).
+	//
+	// RunRank calls Combine once per step, in step order, on a goroutine
+	// of its own that runs beside the next step's gradient and exchange, so
+	// that a gather at rank 0 is not in the training step's critical path:
+	// it waits for step s's call to return after step s+1's exchange (and
+	// for the last step's before it returns), and only then hands step s's
+	// Record to onStep. Combine must not use the worker; st is its own.
+	// The ctx it gets is cancelled when RunRank returns early.
 	Combine func(ctx context.Context, step int, loss float64, st Stats) (float64, Stats, error)
 }
 
@@ -304,6 +312,30 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 	res := &Result{Model: m}
 	rc := newRecorder(cfg.Config, task.Test, res, onStep)
 	rc.world = cfg.World
+	// combining is the step whose figures cfg.Combine is turning into the
+	// job's, nil if none.
+	var combining *combineCall
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		if combining != nil {
+			<-combining.done
+		}
+	}()
+	// collect waits for combining and records its step.
+	collect := func() error {
+		c := combining
+		if c == nil {
+			return nil
+		}
+		combining = nil
+		<-c.done
+		if c.err != nil {
+			return fmt.Errorf("train: rank %d step %d: combining the ranks' figures: %w", cfg.Rank, c.rec.Step, c.err)
+		}
+		rc.finish(c.rec, c.loss, c.st)
+		return nil
+	}
 	skipRun := 0 // steps skipped in a row
 	for step := 0; step < cfg.Steps; step++ {
 		if err := ctx.Err(); err != nil {
@@ -360,23 +392,47 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 			}
 		}
 		st := statsOf([]*worker.Ledger{led}, len(units))
-		if cfg.Combine != nil {
-			if loss, st, err = cfg.Combine(ctx, step, loss, st); err != nil {
-				return res, fmt.Errorf("train: rank %d step %d: combining the ranks' figures: %w", cfg.Rank, step, err)
-			}
-		} else {
+		rec, err := rc.start(step, m, t0, compute)
+		if err != nil {
+			return res, err
+		}
+		if cfg.Combine == nil {
 			scale := int64(cfg.World)
 			st.PayloadBytes, st.WireBytes, st.DenseBytes = scale*st.PayloadBytes, scale*st.WireBytes, scale*st.DenseBytes
 			for i := range st.Layers {
 				l := &st.Layers[i]
 				l.PayloadBytes, l.WireBytes, l.DenseBytes = scale*l.PayloadBytes, scale*l.WireBytes, scale*l.DenseBytes
 			}
+			rc.finish(rec, loss, st)
+			continue
 		}
-		if err := rc.record(step, loss, st, m, t0, compute); err != nil {
+		// The previous step's figures: their call has had this step's
+		// gradient and exchange to finish in.
+		if err := collect(); err != nil {
 			return res, err
 		}
+		c := &combineCall{rec: rec, done: make(chan struct{})}
+		combining = c
+		go func() {
+			defer close(c.done)
+			c.loss, c.st, c.err = cfg.Combine(ctx, step, loss, st)
+		}()
+	}
+	if err := collect(); err != nil {
+		return res, err
 	}
 	return res, nil
+}
+
+// combineCall is one step's call of RankConfig.Combine in RunRank: the
+// step's Record without its figures, and, once done is closed, the job's
+// loss and figures or the error.
+type combineCall struct {
+	rec  Record
+	done chan struct{}
+	loss float64
+	st   Stats
+	err  error
 }
 
 // codecTime is a rank's encode and decode time over all layers.
