@@ -19,8 +19,8 @@ func TestCodecsAndCalibration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rs) != 12 {
-		t.Fatalf("%d results, want 3 per codec", len(rs))
+	if len(rs) != 13 {
+		t.Fatalf("%d results, want 3 per codec and sign's server step", len(rs))
 	}
 	for _, r := range rs {
 		if r.Ops < 1 || r.Throughput() <= 0 || r.Bytes != 4*4096 {
@@ -38,7 +38,7 @@ func TestCodecsAndCalibration(t *testing.T) {
 		t.Fatal(err)
 	}
 	cal := Calibrate(append(rs, ks...), "test")
-	for _, key := range []string{"encode/topk:0.01", "decode-add/sign", "reduce", "copy", "scale", "encode", "decode-add"} {
+	for _, key := range []string{"encode/topk:0.01", "decode-add/sign", "server/sign", "reduce", "copy", "scale", "encode", "decode-add"} {
 		if cal.Throughput[key] <= 0 {
 			t.Errorf("calibration lacks %q: %v", key, cal.Throughput)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/errorfeedback"
 	"github.com/slimgrad/slimgrad/internal/kernels"
 	"github.com/slimgrad/slimgrad/sim"
 )
@@ -37,10 +38,23 @@ func matrixShape(n int) (int, int) {
 	return r, n / r
 }
 
+// twoPhaseWorld is the world size at which Codecs measures a two-phase
+// codec's server step: the step decodes one chunk of every rank, so its
+// cost per element decoded barely depends on the world.
+const twoPhaseWorld = 4
+
 // Codecs measures Compress (key "encode/RECIPE"), Decompress ("decode/RECIPE")
 // and DecompressAdd ("decode-add/RECIPE") of each recipe on a vector of elems
 // float32 values, each for at least minTime. Extra["ratio"] is the dense fp32
 // size over the payload size.
+//
+// A two-phase codec (sign) is measured as its all-reduce runs it:
+// "encode/RECIPE" is the worker's step (errorfeedback.TwoPhase's
+// WorkerCompress: error feedback, block scales, packing) per element of
+// the vector, and "server/RECIPE" its server step (ServerStep: decode and
+// average the chunks of twoPhaseWorld ranks, the server's error
+// feedback, packing) per element of the chunks it decodes (Bytes is 4 ×
+// the padded vector).
 func Codecs(ctx context.Context, recipes []string, elems int, minTime time.Duration) ([]Result, error) {
 	if elems < 1 {
 		return nil, fmt.Errorf("bench: %d elements", elems)
@@ -65,6 +79,23 @@ func Codecs(ctx context.Context, recipes []string, elems int, minTime time.Durat
 			{"decode", func() error { return c.Decompress(dst, payload) }},
 			{"decode-add", func() error { return c.DecompressAdd(dst, payload) }},
 		}
+		server := 0 // elements the server step decodes; 0: none
+		if r, err := compressors.Parse(recipe); err == nil && r.Aggregation() == compressors.TwoPhase {
+			// The payload for decode and decode-add is the plain codec's.
+			if payload, err = c.Compress(payload[:0], g); err != nil {
+				return out, fmt.Errorf("bench: %s: %w", canon, err)
+			}
+			enc, srv, padded, err := twoPhaseSteps(r, g)
+			if err != nil {
+				return out, fmt.Errorf("bench: %s: %w", canon, err)
+			}
+			steps[0].op = enc
+			steps = append(steps, struct {
+				fn string
+				op func() error
+			}{"server", srv})
+			server = padded
+		}
 		for _, s := range steps {
 			ops, d, allocs, spread, err := measure(ctx, minTime, s.op)
 			if err != nil {
@@ -73,13 +104,55 @@ func Codecs(ctx context.Context, recipes []string, elems int, minTime time.Durat
 			if s.fn == "encode" && len(payload) > 0 {
 				ratio = float64(4*elems) / float64(len(payload))
 			}
+			n := elems
+			if s.fn == "server" {
+				n = server
+			}
 			out = append(out, Result{
 				Group: "codec", Name: fmt.Sprintf("%s/codec=%s/n=%d", s.fn, canon, elems), Key: s.fn + "/" + canon,
-				Bytes: 4 * int64(elems), Ops: ops, Elapsed: d, Allocs: allocs, Spread: spread, Extra: map[string]float64{"ratio": ratio},
+				Bytes: 4 * int64(n), Ops: ops, Elapsed: d, Allocs: allocs, Spread: spread, Extra: map[string]float64{"ratio": ratio},
 			})
 		}
 	}
 	return out, nil
+}
+
+// twoPhaseSteps returns the worker step of rank 0 of twoPhaseWorld on g
+// and its server step on chunk 0 of every rank's (the others' on gradients
+// of their own), as the two-phase all-reduce runs them, and the padded
+// length whose chunks the server step decodes.
+func twoPhaseSteps(r compressors.Recipe, g []float32) (worker, server func() error, padded int, err error) {
+	const w = twoPhaseWorld
+	tps := make([]*errorfeedback.TwoPhase, w)
+	recv := make([][]byte, w)
+	scales := make([][]float32, w)
+	for k := range tps {
+		if tps[k], err = errorfeedback.NewTwoPhase(len(g), w, k, r.Block); err != nil {
+			return nil, nil, 0, err
+		}
+	}
+	lay := tps[0].TwoPhaseLayout()
+	first, nb := lay.ChunkBlocks(0)
+	cb := lay.Padded() / (8 * w)
+	for k, tp := range tps {
+		gk := g
+		if k > 0 {
+			gk = gradient(len(g), uint64(10+k))
+		}
+		bits, sw := tp.WorkerCompress(nil, nil, gk)
+		recv[k], scales[k] = bits[:cb], sw[first:first+nb]
+	}
+	var bits, sbits []byte
+	var sw, ss []float32
+	worker = func() error {
+		bits, sw = tps[0].WorkerCompress(bits[:0], sw[:0], g)
+		return nil
+	}
+	server = func() (err error) {
+		sbits, ss, err = tps[0].ServerStep(sbits[:0], ss[:0], 0, recv, scales)
+		return err
+	}
+	return worker, server, lay.Padded(), nil
 }
 
 // Kernels measures the element-wise float32 kernels the collectives use:

@@ -226,6 +226,11 @@ type costTable struct {
 	// the chunk back, i.e. a decode, as allreduce.Exec does).
 	hop            bool
 	encode, decode float64
+	// serverAll: the server step's throughput is per element that it
+	// decodes, every rank's message of its chunk (bench measures it so),
+	// while FnServer counts the chunk's elements: opSecPerElem charges
+	// the layout's chunks (the world) times secPerElem[FnServer].
+	serverAll bool
 }
 
 func (c *Calibration) table(recipe string, free bool) costTable {
@@ -298,6 +303,12 @@ func (c *Calibration) table(recipe string, free bool) costTable {
 		if qualified[allreduce.FnDecode] {
 			t.secPerElem[allreduce.FnDecode] *= perR
 		}
+	}
+	if err == nil && r.Aggregation() == compressors.TwoPhase && qualified[allreduce.FnServer] {
+		// `slimgrad bench` times the two-phase server step (decode the N
+		// ranks' sign chunks, add, error feedback, pack) per element of
+		// the N chunks it decodes.
+		t.serverAll = true
 	}
 	if err == nil && (r.Codec == compressors.CodecFP16 || r.Codec == compressors.CodecBF16) {
 		t.hop = true

@@ -162,3 +162,36 @@ func TestZeroCost(t *testing.T) {
 		t.Errorf("default zero %v s/elem, want the default copy's %v", got, want)
 	}
 }
+
+// TestTwoPhaseServerCost: bench's two-phase server throughput
+// ("server/sign") is per element of the N chunks that the server step
+// decodes, while the program's FnServer counts its own chunk: with it the
+// two-phase all-reduce on N ranks costs what an unqualified server
+// throughput N times lower gives, and the same whatever N.
+func TestTwoPhaseServerCost(t *testing.T) {
+	const elems, thr = 1 << 16, 4e9
+	for _, n := range []int{2, 4, 8} {
+		progs, err := allreduce.GenerateAll(allreduce.AlgTwoPhaseSign, allreduce.Params{World: n, Elems: elems})
+		if err != nil {
+			t.Fatal(err)
+		}
+		topo := Homogeneous(n, 100*Gbps, 0)
+		run := func(th map[string]float64) float64 {
+			t.Helper()
+			th["encode/sign"], th["decode/sign"] = 1e12, 1e12
+			res, err := Run(context.Background(), topo, []Collective{{Programs: progs, Recipe: "sign"}}, &Options{Calibration: &Calibration{Throughput: th}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res.Compress
+		}
+		got, want := run(map[string]float64{"server/sign": thr}), run(map[string]float64{"server": thr / float64(n)})
+		if !near(got, want, 1e-9) {
+			t.Errorf("n %d: compress %v s with server/sign, want %v (server at 1/n of it unqualified)", n, got, want)
+		}
+		padded := allreduce.TwoPhasePaddedLen(elems, n)
+		if min := 4 * float64(padded) / thr; got < min {
+			t.Errorf("n %d: compress %v s, less than the server step's %v", n, got, min)
+		}
+	}
+}

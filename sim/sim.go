@@ -1383,11 +1383,15 @@ func regionElems(ms *machine, op *allreduce.Op) int64 {
 
 // opSecPerElem is the compute model's cost per element of compute op op:
 // its Fn's, except that reducing a received message under a hop codec is
-// a decode-add.
+// a decode-add, and that a two-phase server step measured per element
+// decoded (costTable.serverAll) costs that for each rank's chunk.
 func (d *driver) opSecPerElem(ms *machine, op *allreduce.Op) float64 {
 	ct := &d.costs[ms.coll]
 	if ct.hop && op.Fn == allreduce.FnReduce && op.Src == allreduce.BufStage {
 		return ct.secPerElem[allreduce.FnDecodeAdd]
+	}
+	if ct.serverAll && op.Fn == allreduce.FnServer {
+		return ct.secPerElem[allreduce.FnServer] * float64(ms.layout().Chunks())
 	}
 	return ct.secPerElem[op.Fn&15]
 }
