@@ -38,8 +38,25 @@ func rms(x []float32) float32 {
 }
 
 // signFeedback packs the signs of b into bits, then replaces b by its
-// compression error b − s·sgn(b).
+// compression error b − s·sgn(b) (s ≥ 0; sgn is +1 for x ≥ 0, −0
+// included), as signFeedbackRef, bit for bit. It picks ±s with bit
+// operations instead of a branch: the signs of a gradient's error are
+// close to random, and a mispredicted branch per element cost several
+// times the rest of the pass.
 func signFeedback(bits []byte, b []float32, s float32) {
+	kernels.PackSigns(bits, b)
+	sb := math.Float32bits(s)
+	for j, x := range b {
+		u := math.Float32bits(x)
+		// neg is 1 iff the sign bit is set and x is not −0 (a NaN
+		// stays a NaN either way).
+		neg := u >> 31 & ((u&0x7fffffff + 0x7fffffff) >> 31)
+		b[j] = x - math.Float32frombits(sb^neg<<31)
+	}
+}
+
+// signFeedbackRef is signFeedback's plain reference.
+func signFeedbackRef(bits []byte, b []float32, s float32) {
 	kernels.PackSigns(bits, b)
 	for j, x := range b {
 		if x >= 0 {
