@@ -40,6 +40,9 @@ import (
 // by the piece's bytes. The frame checksum covers the whole payload on an
 // insecure link and only the 16 prefix bytes on a secured one, whose AEAD
 // already authenticates every byte: each byte gets one integrity check.
+// On an insecure link with Options.BulkHeaderCRCOnly it also covers only
+// the prefix (the hello's tag field carries the setting, so that both
+// ends agree: helloFlags).
 // Before the first piece of a message, the sender puts a flagBulk frame
 // (sequence number and total length, tagged with the message's tag) on the
 // libp2p stream, in order with the link's other messages: the receiver
@@ -273,7 +276,7 @@ func (c *Conn) handleBulk(nc net.Conn) {
 	stopped := stop()
 	cancel()
 	<-c.bulkHandshakes // authenticated or not, the handshake is over
-	if !ok || r == c.rank || err != nil || !stopped || h.Flags != flagBulkHello || len(p) < 12 ||
+	if !ok || r == c.rank || err != nil || !stopped || h.Flags != flagBulkHello || h.Tag != c.helloFlags() || len(p) < 12 ||
 		int(binary.LittleEndian.Uint32(p[0:])) != r ||
 		int(binary.LittleEndian.Uint32(p[4:])) != c.size ||
 		binary.LittleEndian.Uint32(p[8:]) >= maxBulkStreams ||
@@ -301,18 +304,19 @@ func (c *Conn) handleBulk(nc net.Conn) {
 	l.bulkIn = append(l.bulkIn, closer)
 	l.mu.Unlock()
 	c.mu.Unlock()
-	l.bulkReadLoop(src, c.aead(), open)
+	l.bulkReadLoop(src, c.bulkPayloadCRC(), open)
 }
 
 // bulkReadLoop reads pieces from one bulk connection (src: the secure
 // connection, or with open the TCP connection under TLS's bulk records)
-// into their messages.
+// into their messages, checking each piece's CRC-32C over its prefix and,
+// with payloadCRC, its payload.
 // A piece of an announced message that goes to a pooled buffer is read
 // straight into it. Any other piece is read into the connection's scratch
-// (one piece, a cache's worth), checked there (CRC-32C on an insecure
-// link), and then copied or added to where its message goes: a placed
+// (one piece, a cache's worth), checked there (with payloadCRC), and then
+// copied or added to where its message goes: a placed
 // message's memory is written once, while the piece is in cache.
-func (l *link) bulkReadLoop(src io.Reader, secure bool, open *bulkCipher) {
+func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 	c := l.c
 	r := bufio.NewReaderSize(&liveReader{s: src, last: &l.lastRead}, 4<<10)
 	var o *bulkOpener // TLS: the bulk record layer's receiving side
@@ -373,13 +377,14 @@ func (l *link) bulkReadLoop(src io.Reader, secure bool, open *bulkCipher) {
 			dst = scratch[:n]
 		}
 		crc := transport.UpdateChecksum(0, pre)
-		if o != nil {
+		switch {
+		case o != nil:
 			_, err = io.ReadFull(o, dst)
-		} else if secure {
-			_, err = io.ReadFull(r, dst)
-		} else {
+		case payloadCRC:
 			l.crcBytes.Add(int64(n))
 			crc, err = readPayloadCRCChunk(r, dst, crc, bulkCRCChunk)
+		default:
+			_, err = io.ReadFull(r, dst)
 		}
 		if err != nil {
 			l.readFailed(err)
@@ -664,7 +669,7 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 	binary.LittleEndian.PutUint32(p[8:], uint32(index))
 	copy(p[12:], c.opts.JobID)
 	sc.SetWriteDeadline(time.Now().Add(c.opts.PeerTimeout))
-	if err := transport.WriteFrame(sc, flagBulkHello, 0, p); err != nil {
+	if err := transport.WriteFrame(sc, flagBulkHello, c.helloFlags(), p); err != nil {
 		sc.Close()
 		return nil, err
 	}
@@ -691,8 +696,9 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 // writePart writes part (at offset base of a total-byte message with
 // sequence number seq) as pieces of at most bulkPiece bytes: each header
 // and payload in one system call on an insecure link, sealed by the bulk
-// record layer under TLS, through the Noise connection under Noise.
-func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total int) error {
+// record layer under TLS, through the Noise connection under Noise. Each
+// piece's CRC-32C covers its prefix and, with payloadCRC, its payload.
+func (w *bulkWriter) writePart(payloadCRC bool, seq uint64, part []byte, base, total int) error {
 	const h = transport.FrameHeaderLen
 	hdr := w.hdr[:]
 	for off := 0; off < len(part); {
@@ -702,7 +708,7 @@ func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total
 		binary.LittleEndian.PutUint64(pre[8:], uint64(total))
 		crc := transport.UpdateChecksum(0, pre)
 		data := part[off : off+n]
-		if !secure {
+		if payloadCRC {
 			crc = transport.UpdateChecksum(crc, data)
 			w.crcBytes.Add(int64(n))
 		}
@@ -732,11 +738,11 @@ func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total
 // bulkRun is a writer goroutine of a link with several bulk connections.
 func (l *link) bulkRun(w *bulkWriter) {
 	defer l.c.wg.Done()
-	secure := l.c.aead()
+	payloadCRC := l.c.bulkPayloadCRC()
 	for {
 		select {
 		case j := <-w.jobs:
-			w.res <- w.writePart(secure, j.seq, j.b, j.base, j.total)
+			w.res <- w.writePart(payloadCRC, j.seq, j.b, j.base, j.total)
 		case <-l.c.closing:
 			return
 		case <-l.dead:
@@ -751,7 +757,7 @@ func (l *link) bulkRun(w *bulkWriter) {
 func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
 	seq := l.bulkSeq
 	l.bulkSeq++
-	secure := l.c.aead()
+	payloadCRC := l.c.bulkPayloadCRC()
 	f := l.bhdr[:]
 	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen:], seq)
 	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen+8:], uint64(len(b)))
@@ -762,7 +768,7 @@ func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
 	k := len(l.bulkW)
 	if k == 1 {
 		w := l.bulkW[0]
-		if err := w.writePart(secure, seq, b, 0, len(b)); err != nil {
+		if err := w.writePart(payloadCRC, seq, b, 0, len(b)); err != nil {
 			return err
 		}
 	} else {

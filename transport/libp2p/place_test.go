@@ -165,7 +165,8 @@ func fakeBulk(t *testing.T, c *Conn, h host.Host) net.Conn {
 }
 
 // dialFakeBulk opens a bulk connection to c's bulk port, secures it with
-// tr (the fake peer's identity) and sends the hello of rank 1. It returns
+// tr (the fake peer's identity) and sends the hello of rank 1 (with c's
+// hello flags). It returns
 // the TCP connection and the secured one over it; both are closed when
 // the test ends.
 func dialFakeBulk(t *testing.T, c *Conn, tr secureTransport) (net.Conn, sec.SecureConn) {
@@ -181,7 +182,9 @@ func dialFakeBulk(t *testing.T, c *Conn, tr secureTransport) (net.Conn, sec.Secu
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeBulkHello(t, bulk)
+	if err := transport.WriteFrame(bulk, flagBulkHello, c.helloFlags(), bulkHello()); err != nil {
+		t.Fatal(err)
+	}
 	return nc, bulk
 }
 
