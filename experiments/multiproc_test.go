@@ -330,11 +330,11 @@ func runChildren(t *testing.T, n int, env map[string]string) (med, cpu float64) 
 	}
 	for r, c := range cs {
 		f := strings.Fields(readLine(c, "MEDIAN "))
-		if len(f) != 2 && len(f) != 4 {
+		if len(f) != 2 && len(f) != 5 {
 			t.Fatalf("rank %d: bad result line %q", r, f)
 		}
-		if len(f) == 4 {
-			t.Logf("rank %d: %s of %s messages received placed as they arrived", r, f[2], f[3])
+		if len(f) == 5 {
+			t.Logf("rank %d: %s of %s messages received placed as they arrived (%s of them bound late: their first pieces copied from a buffer)", r, f[2], f[3], f[4])
 		}
 		c, _ := strconv.ParseFloat(f[1], 64)
 		cpu += c
@@ -387,7 +387,7 @@ func TestMultiProcChild(t *testing.T) {
 		for _, m := range conn.Stats().RecvMsgs {
 			msgs += m
 		}
-		fmt.Printf("MEDIAN %.6f %.6f %d %d\n", med, cpu, lc.PlacedMessages(), msgs)
+		fmt.Printf("MEDIAN %.6f %.6f %d %d %d\n", med, cpu, lc.PlacedMessages(), msgs, lc.LateBoundMessages())
 		return
 	}
 	fmt.Printf("MEDIAN %.6f %.6f\n", med, cpu)

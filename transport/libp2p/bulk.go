@@ -85,7 +85,23 @@ type bulkMsg struct {
 	pr    *posted
 	// readers counts the bulk readers writing a piece into buf now.
 	readers int
+	// arrived are the byte ranges of buf whose pieces are in (adjacent
+	// pieces merged: one range per bulk connection, typically), so that a
+	// receive posted after the first pieces can take them from buf and
+	// have the rest placed (bindLate).
+	arrived [][2]int
 	done    chan struct{} // gets a token when got == total (cap 1)
+}
+
+// addArrived records that buf[off:off+n] is in. l.mu is held.
+func (m *bulkMsg) addArrived(off, n int) {
+	for i := range m.arrived {
+		if m.arrived[i][1] == off {
+			m.arrived[i][1] += n
+			return
+		}
+	}
+	m.arrived = append(m.arrived, [2]int{off, off + n})
 }
 
 // bulkConn is the TCP connection under a secured bulk connection. Its
@@ -412,6 +428,10 @@ func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 		l.mu.Lock()
 		if pr == nil {
 			m.readers--
+			m.addArrived(int(off), n)
+			if m.readers == 0 && m.pr != nil {
+				l.bulkCond.Broadcast() // bound late: its binder waits for us
+			}
 		}
 		if pr != nil {
 			pr.applying--
@@ -492,7 +512,7 @@ func (l *link) awaitBulk(seq, total uint64, off, n int) (*bulkMsg, *posted, erro
 			}
 			pr := m.pr
 			if pr == nil {
-				m.readers++ // until the piece is copied in (bindLate waits for none)
+				m.readers++ // until the piece is copied in (a late binder waits for it)
 				return m, nil, nil
 			}
 			if pr.state != placeBound {
@@ -533,6 +553,7 @@ func (l *link) announceBulk(seq, tag, total uint64) (*bulkMsg, error) {
 		m = &bulkMsg{done: make(chan struct{}, 1)}
 	}
 	m.seq, m.tag, m.total, m.got, m.buf, m.pr = seq, tag, int(total), 0, nil, nil
+	m.arrived = m.arrived[:0]
 	if pr := l.placeFor(tag, int(total)); pr != nil {
 		pr.state, pr.m, m.pr = placeBound, m, pr
 	} else {
@@ -565,6 +586,9 @@ func (l *link) finishBulk(m *bulkMsg) bool {
 			l.pend = l.pend[:last]
 			break
 		}
+	}
+	for m.pr != nil && m.pr.applying > 0 && m.pr.state == placeBound {
+		l.bulkCond.Wait() // its late binder still applies the first pieces
 	}
 	pr, b, tag, total := m.pr, m.buf, m.tag, m.total
 	if pr != nil && pr.state != placeBound {

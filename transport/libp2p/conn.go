@@ -151,8 +151,9 @@ type link struct {
 	// Options.BulkHeaderCRCOnly.
 	crcBytes atomic.Int64
 	// placed counts the messages applied to a RecvPlaced caller's memory
-	// as they arrived on the bulk path.
-	placed atomic.Int64
+	// as they arrived on the bulk path; bound counts those of them that
+	// were bound late, with their first pieces in a buffer (bindLate).
+	placed, bound atomic.Int64
 }
 
 // aead reports whether the links' streams are AEAD-secured: the host's

@@ -377,59 +377,100 @@ func unsafeBytes(f []float32) []byte {
 }
 
 // TestRecvPlacedAfterAnnouncement: a receive posted after its bulk message
-// was announced, but before any of its bytes arrived, still gets it placed
-// as it arrives; one posted after bytes went into a buffer gets it
-// through the buffer, with the same result.
+// was announced still gets it placed: the pieces that arrived before the
+// post (in any order, on any connection) are applied from the buffer they
+// went into when it is posted, the rest as they arrive; the result is the
+// same bits as Recv followed by the arithmetic. A message whose every
+// byte arrived before the post goes through its buffer as with Recv.
 func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure())
 	bulk := fakeBulk(t, c, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	const total = 2 * pieceMax
+	const piece = pieceMax / 2
+	const total = 4 * piece
 	rng := rand.New(rand.NewPCG(6, 6))
 	l := c.links[1]
-	for seq, early := range []bool{false, true} {
-		msg, dst0 := floats(rng, total/4), floats(rng, total/4)
-		pl := transport.Placement{Dst: aligned(dst0), Add: true}
-		if _, err := s.Write(bulkAnnounce(7, uint64(seq), total)); err != nil {
-			t.Fatal(err)
-		}
-		if early { // a piece arrives before the receive is posted
-			if _, err := bulk.Write(bulkPieceFrame(uint64(seq), 0, total, msg[:pieceMax])); err != nil {
+	cases := []struct {
+		name  string
+		early []int // offsets of the pieces that arrive before the post
+		add   bool
+		late  int64 // LateBoundMessages it adds
+		place int64 // PlacedMessages it adds
+	}{
+		{"no piece early", nil, true, 0, 1},
+		{"first piece early", []int{0}, true, 1, 1},
+		{"two pieces early, out of order", []int{2 * piece, 0}, true, 1, 1},
+		{"two pieces early, copied", []int{piece, 3 * piece}, false, 1, 1},
+		{"every piece early", []int{0, piece, 2 * piece, 3 * piece}, true, 0, 0},
+	}
+	for seq, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+			pl := transport.Placement{Dst: aligned(dst0), Add: tc.add}
+			if _, err := s.Write(bulkAnnounce(7, uint64(seq), total)); err != nil {
 				t.Fatal(err)
 			}
-		}
-		for { // wait for the announcement (and the piece) to be read
+			sent := map[int]bool{}
+			for _, off := range tc.early {
+				if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+piece])); err != nil {
+					t.Fatal(err)
+				}
+				sent[off] = true
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for { // wait for the announcement and the early pieces to be read
+				l.mu.Lock()
+				m := l.findBulk(uint64(seq))
+				ok := m != nil && m.got == len(tc.early)*piece
+				if len(tc.early) == 4 {
+					q := l.queues[7]
+					ok = q != nil && q.head < len(q.msgs)
+				}
+				l.mu.Unlock()
+				if ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the early pieces did not arrive")
+				}
+				runtime.Gosched()
+			}
+			placed, late := c.PlacedMessages(), c.LateBoundMessages()
+			errc := make(chan error, 1)
+			go func() { errc <- c.RecvPlaced(ctx, 1, 7, pl) }()
+			if len(tc.early) < 4 {
+				waitPosted(t, l, placeBound)
+			}
+			for off := 0; off < total; off += piece {
+				if !sent[off] {
+					if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+piece])); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			want := msg
+			if tc.add {
+				want = addBytes(dst0, msg, false, 0)
+			}
+			if string(pl.Dst) != string(want) {
+				t.Fatal("wrong result")
+			}
+			if got := c.PlacedMessages() - placed; got != tc.place {
+				t.Errorf("%d messages placed, want %d", got, tc.place)
+			}
+			if got := c.LateBoundMessages() - late; got != tc.late {
+				t.Errorf("%d messages bound late, want %d", got, tc.late)
+			}
 			l.mu.Lock()
-			m := l.findBulk(uint64(seq))
-			ok := m != nil && (!early || m.got > 0)
+			pend, posted := len(l.pend), len(l.posted)
 			l.mu.Unlock()
-			if ok {
-				break
+			if pend != 0 || posted != 0 {
+				t.Errorf("%d messages pending, %d receives posted", pend, posted)
 			}
-			runtime.Gosched()
-		}
-		before := c.PlacedMessages()
-		errc := make(chan error, 1)
-		go func() { errc <- c.RecvPlaced(ctx, 1, 7, pl) }()
-		waitPosted(t, l, map[bool]uint8{false: placeBound, true: placeWaiting}[early])
-		from := 0
-		if early {
-			from = pieceMax
-		}
-		for off := from; off < total; off += pieceMax {
-			if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+pieceMax])); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
-		if string(pl.Dst) != string(addBytes(dst0, msg, false, 0)) {
-			t.Fatalf("early=%v: wrong sum", early)
-		}
-		if got, want := c.PlacedMessages()-before, map[bool]int64{false: 1, true: 0}[early]; got != want {
-			t.Errorf("early=%v: %d messages placed, want %d", early, got, want)
-		}
+		})
 	}
 }
