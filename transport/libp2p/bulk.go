@@ -327,11 +327,12 @@ func (c *Conn) handleBulk(nc net.Conn) {
 // connection, or with open the TCP connection under TLS's bulk records)
 // into their messages, checking each piece's CRC-32C over its prefix and,
 // with payloadCRC, its payload.
-// A piece of an announced message that goes to a pooled buffer is read
-// straight into it. Any other piece is read into the connection's scratch
-// (one piece, a cache's worth), checked there (with payloadCRC), and then
-// copied or added to where its message goes: a placed
-// message's memory is written once, while the piece is in cache.
+// A piece of an announced message that goes to a pooled buffer, or to the
+// memory of a receive that copies it, is read straight into it. Any other
+// piece is read into the connection's scratch (one piece, a cache's
+// worth), checked there (with payloadCRC), and then copied or added to
+// where its message goes: an added message's memory is written once,
+// while the piece is in cache.
 func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 	c := l.c
 	r := bufio.NewReaderSize(&liveReader{s: src, last: &l.lastRead}, 4<<10)
@@ -382,11 +383,15 @@ func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 			l.failInbound(fmt.Errorf("%w: bulk piece [%d, +%d) outside a %d-byte message", transport.ErrBadFrame, off, n, total))
 			return
 		}
-		m := l.announcedBuffer(h.Tag, total)
+		m, pr := l.announcedTarget(h.Tag, total)
+		direct := pr != nil // read straight into the receive's memory
 		var dst []byte
-		if m != nil {
+		switch {
+		case direct:
+			dst = pr.pl.Dst[off : int(off)+n]
+		case m != nil:
 			dst = m.buf[off : int(off)+n]
-		} else {
+		default:
 			if scratch == nil {
 				scratch = make([]byte, pieceMax)
 			}
@@ -403,14 +408,15 @@ func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 			_, err = io.ReadFull(r, dst)
 		}
 		if err != nil {
+			l.doneApplying(pr)
 			l.readFailed(err)
 			return
 		}
 		if crc != h.CRC {
+			l.doneApplying(pr)
 			l.failInbound(fmt.Errorf("%w: bulk piece checksum mismatch (message %d, offset %d)", transport.ErrBadFrame, h.Tag, off))
 			return
 		}
-		var pr *posted
 		if m == nil {
 			if m, pr, err = l.awaitBulk(h.Tag, total, int(off), n); err != nil {
 				l.failInbound(err)
@@ -478,18 +484,44 @@ func (l *link) findBulk(seq uint64) *bulkMsg {
 	return nil
 }
 
-// announcedBuffer returns message seq if it is announced, goes to a
-// pooled buffer and is total bytes long, else nil. The caller may then
-// read a piece straight into its buffer: it counts as one of its readers
-// until it adds the piece to got.
-func (l *link) announcedBuffer(seq, total uint64) *bulkMsg {
+// announcedTarget returns where a piece of message seq, total bytes long,
+// may be read straight into, if the message is announced: its pooled
+// buffer (m, nil: the caller counts as one of its readers until it adds
+// the piece to got), or the memory of the receive it is bound to if that
+// receive copies the message (m, pr: the caller counts as one of pr's
+// writers, applying, until it adds the piece to got or calls
+// doneApplying). Otherwise it returns nil, nil: the piece goes to the
+// scratch. (An adding receive takes its pieces from the scratch, checked
+// and in cache; a copying one gets unchecked bytes in its memory, which
+// RecvPlaced's error then covers.)
+func (l *link) announcedTarget(seq, total uint64) (*bulkMsg, *posted) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if m := l.findBulk(seq); m != nil && m.pr == nil && uint64(m.total) == total {
-		m.readers++
-		return m
+	m := l.findBulk(seq)
+	if m == nil || uint64(m.total) != total {
+		return nil, nil
 	}
-	return nil
+	if m.pr == nil {
+		m.readers++
+		return m, nil
+	}
+	if pr := m.pr; pr.state == placeBound && !pr.pl.Add {
+		pr.applying++
+		return m, pr
+	}
+	return nil, nil
+}
+
+// doneApplying ends a bulk reader's write into pr's memory that will not
+// be counted (the link fails). pr may be nil.
+func (l *link) doneApplying(pr *posted) {
+	if pr == nil {
+		return
+	}
+	l.mu.Lock()
+	pr.applying--
+	l.bulkCond.Broadcast()
+	l.mu.Unlock()
 }
 
 // awaitBulk waits until message seq is announced and returns it, with the

@@ -175,9 +175,11 @@ func (l *link) unpost(pr *posted, reuse bool) {
 
 // RecvPlaced receives the next message from peer with tag into pl
 // (transport.Placer). A bulk message is applied to pl.Dst piece by piece
-// as it arrives: each piece is read into a cache-sized scratch, checked
-// there, and copied or added into pl.Dst, so that pl.Dst is the only
-// memory the message's bytes are written to; the pieces of a message that
+// as it arrives: with Add, each piece is read into a cache-sized scratch,
+// checked there, and added into pl.Dst; otherwise it is read straight into
+// pl.Dst and checked there (on an error pl.Dst may then hold a piece that
+// failed its check). pl.Dst is the only memory the message's bytes are
+// written to; the pieces of a message that
 // arrived before the receive was posted went into a buffer, and are
 // applied from there when it is (the message counts in PlacedMessages and
 // LateBoundMessages). A message all of whose bytes arrived before goes

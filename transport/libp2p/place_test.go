@@ -208,38 +208,51 @@ func bulkAnnounce(tag, seq uint64, total int) []byte {
 }
 
 // TestRecvPlacedCorruptPiece: a corrupted piece of a placed message fails
-// the link with a typed error (an InboundError wrapping ErrBadFrame) and
-// is never applied: the caller's memory holds the pieces before it and
-// nothing of it.
+// the link with a typed error (an InboundError wrapping ErrBadFrame). An
+// added piece is never applied: the caller's memory holds the pieces
+// before it and nothing of it. A copied piece is read straight into the
+// caller's memory and checked there: the pieces before it are in place,
+// and RecvPlaced returns (it does not wait for the failed piece's writer).
 func TestRecvPlacedCorruptPiece(t *testing.T) {
-	c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithInsecure())
-	bulk := fakeBulk(t, c, h)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	const total = 2 * pieceMax
-	rng := rand.New(rand.NewPCG(3, 3))
-	msg, dst0 := floats(rng, total/4), floats(rng, total/4)
-	pl := transport.Placement{Dst: aligned(dst0), Add: true}
-	errc := make(chan error, 1)
-	go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
-	if _, err := s.Write(bulkAnnounce(5, 0, total)); err != nil {
-		t.Fatal(err)
-	}
-	first := bulkPieceFrame(0, 0, total, msg[:pieceMax])
-	second := bulkPieceFrame(0, pieceMax, total, msg[pieceMax:])
-	second[len(second)-1] ^= 1
-	if _, err := bulk.Write(append(first, second...)); err != nil {
-		t.Fatal(err)
-	}
-	err := <-errc
-	wantPeerErr(t, err, transport.ErrBadFrame)
-	var ie *transport.InboundError
-	if !errors.As(err, &ie) {
-		t.Errorf("%v: not an InboundError", err)
-	}
-	want := append(addBytes(dst0[:pieceMax], msg[:pieceMax], false, 0), dst0[pieceMax:]...)
-	if string(pl.Dst) != string(want) {
-		t.Error("the caller's memory is not the first piece added and the second untouched")
+	for _, add := range []bool{true, false} {
+		t.Run(fmt.Sprintf("add=%v", add), func(t *testing.T) {
+			c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithInsecure())
+			bulk := fakeBulk(t, c, h)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			const total = 2 * pieceMax
+			rng := rand.New(rand.NewPCG(3, 3))
+			msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+			pl := transport.Placement{Dst: aligned(dst0), Add: add}
+			errc := make(chan error, 1)
+			go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
+			waitPosted(t, c.links[1], placeWaiting) // so the message is bound as announced
+			if _, err := s.Write(bulkAnnounce(5, 0, total)); err != nil {
+				t.Fatal(err)
+			}
+			first := bulkPieceFrame(0, 0, total, msg[:pieceMax])
+			second := bulkPieceFrame(0, pieceMax, total, msg[pieceMax:])
+			second[len(second)-1] ^= 1
+			if _, err := bulk.Write(append(first, second...)); err != nil {
+				t.Fatal(err)
+			}
+			err := <-errc
+			wantPeerErr(t, err, transport.ErrBadFrame)
+			var ie *transport.InboundError
+			if !errors.As(err, &ie) {
+				t.Errorf("%v: not an InboundError", err)
+			}
+			if !add {
+				if string(pl.Dst[:pieceMax]) != string(msg[:pieceMax]) {
+					t.Error("the caller's memory does not start with the first piece")
+				}
+				return
+			}
+			want := append(addBytes(dst0[:pieceMax], msg[:pieceMax], false, 0), dst0[pieceMax:]...)
+			if string(pl.Dst) != string(want) {
+				t.Error("the caller's memory is not the first piece added and the second untouched")
+			}
+		})
 	}
 }
 
