@@ -178,14 +178,12 @@ func (l *link) unpost(pr *posted, reuse bool) {
 // as it arrives: with Add, each piece is read into a cache-sized scratch,
 // checked there, and added into pl.Dst; otherwise it is read straight into
 // pl.Dst and checked there (on an error pl.Dst may then hold a piece that
-// failed its check). pl.Dst is the only memory the message's bytes are
-// written to; the pieces of a message that
-// arrived before the receive was posted went into a buffer, and are
-// applied from there when it is (the message counts in PlacedMessages and
-// LateBoundMessages). A message all of whose bytes arrived before goes
-// through its buffer, as with Recv. A message that comes over
-// the stream (below Options.BulkMin, or no bulk path) is received as by
-// Recv and then applied. Posting a receive allocates nothing in steady
+// failed its check). The pieces of a message that arrived before the
+// receive was posted went into a buffer, and are applied from there when
+// it is (the message counts in PlacedMessages and LateBoundMessages); a
+// message all of whose bytes arrived before goes through its buffer, as
+// with Recv. A message that comes over the stream (below Options.BulkMin,
+// or no bulk path) is received as by Recv and then applied. Posting a receive allocates nothing in steady
 // state and starts no goroutine.
 func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transport.Placement) error {
 	if err := transport.CheckPlacement(pl); err != nil {
