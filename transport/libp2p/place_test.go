@@ -407,15 +407,18 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 	cases := []struct {
 		name  string
 		early []int // offsets of the pieces that arrive before the post
+		half  bool  // and the first half of the next piece (being read into the buffer at the post)
 		add   bool
 		late  int64 // LateBoundMessages it adds
 		place int64 // PlacedMessages it adds
 	}{
-		{"no piece early", nil, true, 0, 1},
-		{"first piece early", []int{0}, true, 1, 1},
-		{"two pieces early, out of order", []int{2 * piece, 0}, true, 1, 1},
-		{"two pieces early, copied", []int{piece, 3 * piece}, false, 1, 1},
-		{"every piece early", []int{0, piece, 2 * piece, 3 * piece}, true, 0, 0},
+		{"no piece early", nil, false, true, 0, 1},
+		{"first piece early", []int{0}, false, true, 1, 1},
+		{"two pieces early, out of order", []int{2 * piece, 0}, false, true, 1, 1},
+		{"two pieces early, copied", []int{piece, 3 * piece}, false, false, 1, 1},
+		{"half a piece early", nil, true, true, 1, 1},
+		{"a piece and a half early, copied", []int{0}, true, false, 1, 1},
+		{"every piece early", []int{0, piece, 2 * piece, 3 * piece}, false, true, 0, 0},
 	}
 	for seq, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -431,11 +434,24 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 				}
 				sent[off] = true
 			}
+			var rest []byte // of the half-sent piece
+			if tc.half {
+				off := len(tc.early) * piece // the next piece (the early ones are the first)
+				if len(tc.early) > 0 && tc.early[0] != 0 {
+					t.Fatal("half: the early pieces must be the first ones")
+				}
+				f := bulkPieceFrame(uint64(seq), off, total, msg[off:off+piece])
+				cut := len(f) - piece/2
+				if _, err := bulk.Write(f[:cut]); err != nil {
+					t.Fatal(err)
+				}
+				sent[off], rest = true, f[cut:]
+			}
 			deadline := time.Now().Add(10 * time.Second)
 			for { // wait for the announcement and the early pieces to be read
 				l.mu.Lock()
 				m := l.findBulk(uint64(seq))
-				ok := m != nil && m.got == len(tc.early)*piece
+				ok := m != nil && m.got == len(tc.early)*piece && (!tc.half || m.readers == 1)
 				if len(tc.early) == 4 {
 					q := l.queues[7]
 					ok = q != nil && q.head < len(q.msgs)
@@ -454,6 +470,11 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 			go func() { errc <- c.RecvPlaced(ctx, 1, 7, pl) }()
 			if len(tc.early) < 4 {
 				waitPosted(t, l, placeBound)
+			}
+			if rest != nil { // the binder waits for this piece's reader
+				if _, err := bulk.Write(rest); err != nil {
+					t.Fatal(err)
+				}
 			}
 			for off := 0; off < total; off += piece {
 				if !sent[off] {
