@@ -85,7 +85,7 @@ func TestSimSpeed(t *testing.T) {
 
 func TestAllReduceOverTransports(t *testing.T) {
 	ctx := context.Background()
-	for _, tp := range []string{"mem", "nats", "libp2p"} {
+	for _, tp := range []string{"mem", "nats", "libp2p", "libp2p-insecure-nocrc"} {
 		conns, closeAll, err := Group(ctx, tp, 3)
 		if err != nil {
 			t.Fatalf("%s: %v", tp, err)

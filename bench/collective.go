@@ -15,8 +15,11 @@ import (
 	"github.com/slimgrad/slimgrad/worker"
 )
 
-// Transports lists the transports Group can build.
-var Transports = []string{"mem", "nats", "libp2p", "libp2p-insecure"}
+// Transports lists the transports Group can build. "libp2p-insecure" is
+// libp2p with security off; "libp2p-insecure-nocrc" also has bulk pieces
+// carry a CRC-32C of their header only (libp2p.WithBulkHeaderCRCOnly: no
+// check of the payload beyond TCP's, as Gloo's).
+var Transports = []string{"mem", "nats", "libp2p", "libp2p-insecure", "libp2p-insecure-nocrc"}
 
 // Group returns n connected ranks of the named transport (one of
 // Transports), all in this process (loopback for nats and libp2p), and a
@@ -39,10 +42,13 @@ func Group(ctx context.Context, name string, n int) ([]transport.Conn, func() er
 			return nil, nil, err
 		}
 		return g.Conns(), g.Close, nil
-	case "libp2p", "libp2p-insecure":
+	case "libp2p", "libp2p-insecure", "libp2p-insecure-nocrc":
 		opts := []libp2p.Option{libp2p.WithJob("bench")}
-		if name == "libp2p-insecure" {
+		switch name {
+		case "libp2p-insecure":
 			opts = append(opts, libp2p.WithInsecure())
+		case "libp2p-insecure-nocrc":
+			opts = append(opts, libp2p.WithInsecure(), libp2p.WithBulkHeaderCRCOnly())
 		}
 		nodes := make([]*libp2p.Node, n)
 		peers := make([]libp2p.Peer, n)

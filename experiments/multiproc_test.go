@@ -41,7 +41,9 @@ import (
 //	go test -tags experiments -run TestMultiProcAllReduce -v ./experiments/
 //
 // Optional: SLIMGRAD_MP_WORLDS=2,4  SLIMGRAD_MP_ITERS=10
-// SLIMGRAD_MP_TRANSPORTS=libp2p-noise,libp2p-tls,libp2p-insecure,nats (nats: an
+// SLIMGRAD_MP_TRANSPORTS=libp2p-noise,libp2p-tls,libp2p-insecure,libp2p-insecure-nocrc,nats
+// (libp2p-insecure-nocrc: security off and bulk pieces without a payload
+// CRC-32C, libp2p.WithBulkHeaderCRCOnly, the configuration of Gloo; nats: an
 // embedded server in the parent process; SLIMGRAD_MP_NATS_PAYLOAD sets its
 // max payload, default 8 MiB)  SLIMGRAD_MP_ALGS=ring,tree
 // SLIMGRAD_MP_SEGMENT=bytes (Config.SegmentBytes; default: the cost model)  SLIMGRAD_MP_SENDS=2
@@ -66,7 +68,7 @@ import (
 // them), as for the floors.
 func TestMultiProcAllReduce(t *testing.T) {
 	worlds := testenv.List("SLIMGRAD_MP_WORLDS", "2,4")
-	transports := testenv.List("SLIMGRAD_MP_TRANSPORTS", "tcp-floor,relay-floor,libp2p-noise,libp2p-insecure,nats")
+	transports := testenv.List("SLIMGRAD_MP_TRANSPORTS", "tcp-floor,relay-floor,libp2p-noise,libp2p-insecure,libp2p-insecure-nocrc,nats")
 	algs := testenv.List("SLIMGRAD_MP_ALGS", "ring,tree") // "" = the cost model's choice
 	size := testenv.Int(t, "SLIMGRAD_MP_BYTES", 64<<20, 0)
 	iters := testenv.Int(t, "SLIMGRAD_MP_ITERS", 10, 0)
@@ -328,11 +330,11 @@ func runChildren(t *testing.T, n int, env map[string]string) (med, cpu float64) 
 	}
 	for r, c := range cs {
 		f := strings.Fields(readLine(c, "MEDIAN "))
-		if len(f) != 2 && len(f) != 4 {
+		if len(f) != 2 && len(f) != 5 {
 			t.Fatalf("rank %d: bad result line %q", r, f)
 		}
-		if len(f) == 4 {
-			t.Logf("rank %d: %s of %s messages received placed as they arrived", r, f[2], f[3])
+		if len(f) == 5 {
+			t.Logf("rank %d: %s of %s messages received placed as they arrived (%s of them bound late: their first pieces copied from a buffer)", r, f[2], f[3], f[4])
 		}
 		c, _ := strconv.ParseFloat(f[1], 64)
 		cpu += c
@@ -369,7 +371,7 @@ func TestMultiProcChild(t *testing.T) {
 			t.Fatal(err)
 		}
 		conn = c
-	case "libp2p-noise", "libp2p-insecure", "libp2p-tls":
+	case "libp2p-noise", "libp2p-insecure", "libp2p-insecure-nocrc", "libp2p-tls":
 		c, err := libp2pChild(ctx, rank, strings.TrimPrefix(tr, "libp2p-"), testenv.Int(t, "SLIMGRAD_MP_BULK", libp2p.DefaultBulkStreams, 0))
 		if err != nil {
 			t.Fatal(err)
@@ -385,7 +387,7 @@ func TestMultiProcChild(t *testing.T) {
 		for _, m := range conn.Stats().RecvMsgs {
 			msgs += m
 		}
-		fmt.Printf("MEDIAN %.6f %.6f %d %d\n", med, cpu, lc.PlacedMessages(), msgs)
+		fmt.Printf("MEDIAN %.6f %.6f %d %d %d\n", med, cpu, lc.PlacedMessages(), msgs, lc.LateBoundMessages())
 		return
 	}
 	fmt.Printf("MEDIAN %.6f %.6f\n", med, cpu)
@@ -399,6 +401,8 @@ func libp2pChild(ctx context.Context, rank int, security string, bulk int) (tran
 	switch security {
 	case "insecure":
 		opts = append(opts, libp2p.WithInsecure())
+	case "insecure-nocrc": // bulk pieces without a payload CRC-32C, as Gloo
+		opts = append(opts, libp2p.WithInsecure(), libp2p.WithBulkHeaderCRCOnly())
 	case "tls":
 		opts = append(opts, libp2p.WithTLS())
 	case "noise":

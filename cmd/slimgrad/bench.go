@@ -25,7 +25,7 @@ func runBenchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	codecs := fs.String("codecs", strings.Join(bench.DefaultRecipes, ","), "compressor recipes to measure (\"\" skips the codec and kernel measurements)")
 	elems := fs.Int("elems", 1<<22, "float32 elements per codec and kernel measurement (4 Mi = 16 MiB)")
 	minTime := fs.Duration("time", 300*time.Millisecond, "minimum measuring time per measurement")
-	transports := fs.String("transports", "mem,nats,libp2p,libp2p-insecure", "transports for the all-reduce bus bandwidth and the per-message cost (\"\" skips)")
+	transports := fs.String("transports", "mem,nats,libp2p,libp2p-insecure", "transports for the all-reduce bus bandwidth and the per-message cost (\"\" skips); also libp2p-insecure-nocrc: security off and bulk pieces without a payload CRC-32C, as Gloo")
 	workloads := fs.String("workloads", strings.Join(train.Workloads, ","), "workloads whose gradient compute (forward and backward of one batch) to measure (\"\" skips)")
 	gradBatch := fs.Int("grad-batch", 32, "samples per batch of the gradient measurement (the time per sample goes into the calibration)")
 	world := fs.Int("world", 4, "ranks of the all-reduce measurement (in this process, over loopback)")

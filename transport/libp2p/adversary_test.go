@@ -82,7 +82,7 @@ func fakePeerHost(t *testing.T, opts ...Option) (*Conn, network.Stream, host.Hos
 		var ack [16]byte
 		binary.LittleEndian.PutUint64(ack[0:], 1<<20)
 		binary.LittleEndian.PutUint64(ack[8:], 1<<20)
-		transport.WriteFrame(s, flagHelloAck, 0, ack[:])
+		transport.WriteFrame(s, flagHelloAck, nd.opts.helloFlags(), ack[:])
 		accepted <- s
 	})
 	peers := []Peer{nd.Peer(), {ID: h.ID(), Addrs: h.Addrs()}}
@@ -100,7 +100,7 @@ func fakePeerHost(t *testing.T, opts ...Option) (*Conn, network.Stream, host.Hos
 	for {
 		s, err = h.NewStream(ctx, nd.ID(), proto)
 		if err == nil {
-			if err = transport.WriteFrame(s, flagHello, 0, helloPayload("test-job", 1, 2)); err == nil {
+			if err = transport.WriteFrame(s, flagHello, nd.opts.helloFlags(), helloPayload("test-job", 1, 2)); err == nil {
 				_, _, err = transport.ReadFrame(s, 24, nil) // the ack: buffer, MaxFrame, bulk port
 			}
 			if err == nil {

@@ -40,6 +40,9 @@ import (
 // by the piece's bytes. The frame checksum covers the whole payload on an
 // insecure link and only the 16 prefix bytes on a secured one, whose AEAD
 // already authenticates every byte: each byte gets one integrity check.
+// On an insecure link with Options.BulkHeaderCRCOnly it also covers only
+// the prefix (the hello's tag field carries the setting, so that both
+// ends agree: helloFlags).
 // Before the first piece of a message, the sender puts a flagBulk frame
 // (sequence number and total length, tagged with the message's tag) on the
 // libp2p stream, in order with the link's other messages: the receiver
@@ -82,7 +85,23 @@ type bulkMsg struct {
 	pr    *posted
 	// readers counts the bulk readers writing a piece into buf now.
 	readers int
+	// arrived are the byte ranges of buf whose pieces are in (adjacent
+	// pieces merged: one range per bulk connection, typically), so that a
+	// receive posted after the first pieces can take them from buf and
+	// have the rest placed (bindLate).
+	arrived [][2]int
 	done    chan struct{} // gets a token when got == total (cap 1)
+}
+
+// addArrived records that buf[off:off+n] is in. l.mu is held.
+func (m *bulkMsg) addArrived(off, n int) {
+	for i := range m.arrived {
+		if m.arrived[i][1] == off {
+			m.arrived[i][1] += n
+			return
+		}
+	}
+	m.arrived = append(m.arrived, [2]int{off, off + n})
 }
 
 // bulkConn is the TCP connection under a secured bulk connection. Its
@@ -273,7 +292,7 @@ func (c *Conn) handleBulk(nc net.Conn) {
 	stopped := stop()
 	cancel()
 	<-c.bulkHandshakes // authenticated or not, the handshake is over
-	if !ok || r == c.rank || err != nil || !stopped || h.Flags != flagBulkHello || len(p) < 12 ||
+	if !ok || r == c.rank || err != nil || !stopped || h.Flags != flagBulkHello || h.Tag != c.helloFlags() || len(p) < 12 ||
 		int(binary.LittleEndian.Uint32(p[0:])) != r ||
 		int(binary.LittleEndian.Uint32(p[4:])) != c.size ||
 		binary.LittleEndian.Uint32(p[8:]) >= maxBulkStreams ||
@@ -301,18 +320,20 @@ func (c *Conn) handleBulk(nc net.Conn) {
 	l.bulkIn = append(l.bulkIn, closer)
 	l.mu.Unlock()
 	c.mu.Unlock()
-	l.bulkReadLoop(src, c.aead(), open)
+	l.bulkReadLoop(src, c.bulkPayloadCRC(), open)
 }
 
 // bulkReadLoop reads pieces from one bulk connection (src: the secure
 // connection, or with open the TCP connection under TLS's bulk records)
-// into their messages.
-// A piece of an announced message that goes to a pooled buffer is read
-// straight into it. Any other piece is read into the connection's scratch
-// (one piece, a cache's worth), checked there (CRC-32C on an insecure
-// link), and then copied or added to where its message goes: a placed
-// message's memory is written once, while the piece is in cache.
-func (l *link) bulkReadLoop(src io.Reader, secure bool, open *bulkCipher) {
+// into their messages, checking each piece's CRC-32C over its prefix and,
+// with payloadCRC, its payload.
+// A piece of an announced message that goes to a pooled buffer, or to the
+// memory of a receive that copies it, is read straight into it. Any other
+// piece is read into the connection's scratch (one piece, a cache's
+// worth), checked there (with payloadCRC), and then copied or added to
+// where its message goes: an added message's memory is written once,
+// while the piece is in cache.
+func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 	c := l.c
 	r := bufio.NewReaderSize(&liveReader{s: src, last: &l.lastRead}, 4<<10)
 	var o *bulkOpener // TLS: the bulk record layer's receiving side
@@ -362,34 +383,40 @@ func (l *link) bulkReadLoop(src io.Reader, secure bool, open *bulkCipher) {
 			l.failInbound(fmt.Errorf("%w: bulk piece [%d, +%d) outside a %d-byte message", transport.ErrBadFrame, off, n, total))
 			return
 		}
-		m := l.announcedBuffer(h.Tag, total)
+		m, pr := l.announcedTarget(h.Tag, total)
+		direct := pr != nil // read straight into the receive's memory
 		var dst []byte
-		if m != nil {
+		switch {
+		case direct:
+			dst = pr.pl.Dst[off : int(off)+n]
+		case m != nil:
 			dst = m.buf[off : int(off)+n]
-		} else {
+		default:
 			if scratch == nil {
 				scratch = make([]byte, pieceMax)
 			}
 			dst = scratch[:n]
 		}
 		crc := transport.UpdateChecksum(0, pre)
-		if o != nil {
+		switch {
+		case o != nil:
 			_, err = io.ReadFull(o, dst)
-		} else if secure {
-			_, err = io.ReadFull(r, dst)
-		} else {
+		case payloadCRC:
 			l.crcBytes.Add(int64(n))
 			crc, err = readPayloadCRCChunk(r, dst, crc, bulkCRCChunk)
+		default:
+			_, err = io.ReadFull(r, dst)
 		}
 		if err != nil {
+			l.doneApplying(pr)
 			l.readFailed(err)
 			return
 		}
 		if crc != h.CRC {
+			l.doneApplying(pr)
 			l.failInbound(fmt.Errorf("%w: bulk piece checksum mismatch (message %d, offset %d)", transport.ErrBadFrame, h.Tag, off))
 			return
 		}
-		var pr *posted
 		if m == nil {
 			if m, pr, err = l.awaitBulk(h.Tag, total, int(off), n); err != nil {
 				l.failInbound(err)
@@ -407,6 +434,10 @@ func (l *link) bulkReadLoop(src io.Reader, secure bool, open *bulkCipher) {
 		l.mu.Lock()
 		if pr == nil {
 			m.readers--
+			m.addArrived(int(off), n)
+			if m.readers == 0 && m.pr != nil {
+				l.bulkCond.Broadcast() // bound late: its binder waits for us
+			}
 		}
 		if pr != nil {
 			pr.applying--
@@ -453,18 +484,44 @@ func (l *link) findBulk(seq uint64) *bulkMsg {
 	return nil
 }
 
-// announcedBuffer returns message seq if it is announced, goes to a
-// pooled buffer and is total bytes long, else nil. The caller may then
-// read a piece straight into its buffer: it counts as one of its readers
-// until it adds the piece to got.
-func (l *link) announcedBuffer(seq, total uint64) *bulkMsg {
+// announcedTarget returns where a piece of message seq, total bytes long,
+// may be read straight into, if the message is announced: its pooled
+// buffer (m, nil: the caller counts as one of its readers until it adds
+// the piece to got), or the memory of the receive it is bound to if that
+// receive copies the message (m, pr: the caller counts as one of pr's
+// writers, applying, until it adds the piece to got or calls
+// doneApplying). Otherwise it returns nil, nil: the piece goes to the
+// scratch. (An adding receive takes its pieces from the scratch, checked
+// and in cache; a copying one gets unchecked bytes in its memory, which
+// RecvPlaced's error then covers.)
+func (l *link) announcedTarget(seq, total uint64) (*bulkMsg, *posted) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if m := l.findBulk(seq); m != nil && m.pr == nil && uint64(m.total) == total {
-		m.readers++
-		return m
+	m := l.findBulk(seq)
+	if m == nil || uint64(m.total) != total {
+		return nil, nil
 	}
-	return nil
+	if m.pr == nil {
+		m.readers++
+		return m, nil
+	}
+	if pr := m.pr; pr.state == placeBound && !pr.pl.Add {
+		pr.applying++
+		return m, pr
+	}
+	return nil, nil
+}
+
+// doneApplying ends a bulk reader's write into pr's memory that will not
+// be counted (the link fails). pr may be nil.
+func (l *link) doneApplying(pr *posted) {
+	if pr == nil {
+		return
+	}
+	l.mu.Lock()
+	pr.applying--
+	l.bulkCond.Broadcast()
+	l.mu.Unlock()
 }
 
 // awaitBulk waits until message seq is announced and returns it, with the
@@ -487,7 +544,7 @@ func (l *link) awaitBulk(seq, total uint64, off, n int) (*bulkMsg, *posted, erro
 			}
 			pr := m.pr
 			if pr == nil {
-				m.readers++ // until the piece is copied in (bindLate waits for none)
+				m.readers++ // until the piece is copied in (a late binder waits for it)
 				return m, nil, nil
 			}
 			if pr.state != placeBound {
@@ -528,6 +585,7 @@ func (l *link) announceBulk(seq, tag, total uint64) (*bulkMsg, error) {
 		m = &bulkMsg{done: make(chan struct{}, 1)}
 	}
 	m.seq, m.tag, m.total, m.got, m.buf, m.pr = seq, tag, int(total), 0, nil, nil
+	m.arrived = m.arrived[:0]
 	if pr := l.placeFor(tag, int(total)); pr != nil {
 		pr.state, pr.m, m.pr = placeBound, m, pr
 	} else {
@@ -560,6 +618,9 @@ func (l *link) finishBulk(m *bulkMsg) bool {
 			l.pend = l.pend[:last]
 			break
 		}
+	}
+	for m.pr != nil && m.pr.applying > 0 && m.pr.state == placeBound {
+		l.bulkCond.Wait() // its late binder still applies the first pieces
 	}
 	pr, b, tag, total := m.pr, m.buf, m.tag, m.total
 	if pr != nil && pr.state != placeBound {
@@ -664,7 +725,7 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 	binary.LittleEndian.PutUint32(p[8:], uint32(index))
 	copy(p[12:], c.opts.JobID)
 	sc.SetWriteDeadline(time.Now().Add(c.opts.PeerTimeout))
-	if err := transport.WriteFrame(sc, flagBulkHello, 0, p); err != nil {
+	if err := transport.WriteFrame(sc, flagBulkHello, c.helloFlags(), p); err != nil {
 		sc.Close()
 		return nil, err
 	}
@@ -691,8 +752,9 @@ func (c *Conn) dialBulkOne(ctx context.Context, l *link, addr string, index int)
 // writePart writes part (at offset base of a total-byte message with
 // sequence number seq) as pieces of at most bulkPiece bytes: each header
 // and payload in one system call on an insecure link, sealed by the bulk
-// record layer under TLS, through the Noise connection under Noise.
-func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total int) error {
+// record layer under TLS, through the Noise connection under Noise. Each
+// piece's CRC-32C covers its prefix and, with payloadCRC, its payload.
+func (w *bulkWriter) writePart(payloadCRC bool, seq uint64, part []byte, base, total int) error {
 	const h = transport.FrameHeaderLen
 	hdr := w.hdr[:]
 	for off := 0; off < len(part); {
@@ -702,7 +764,7 @@ func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total
 		binary.LittleEndian.PutUint64(pre[8:], uint64(total))
 		crc := transport.UpdateChecksum(0, pre)
 		data := part[off : off+n]
-		if !secure {
+		if payloadCRC {
 			crc = transport.UpdateChecksum(crc, data)
 			w.crcBytes.Add(int64(n))
 		}
@@ -732,11 +794,11 @@ func (w *bulkWriter) writePart(secure bool, seq uint64, part []byte, base, total
 // bulkRun is a writer goroutine of a link with several bulk connections.
 func (l *link) bulkRun(w *bulkWriter) {
 	defer l.c.wg.Done()
-	secure := l.c.aead()
+	payloadCRC := l.c.bulkPayloadCRC()
 	for {
 		select {
 		case j := <-w.jobs:
-			w.res <- w.writePart(secure, j.seq, j.b, j.base, j.total)
+			w.res <- w.writePart(payloadCRC, j.seq, j.b, j.base, j.total)
 		case <-l.c.closing:
 			return
 		case <-l.dead:
@@ -751,7 +813,7 @@ func (l *link) bulkRun(w *bulkWriter) {
 func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
 	seq := l.bulkSeq
 	l.bulkSeq++
-	secure := l.c.aead()
+	payloadCRC := l.c.bulkPayloadCRC()
 	f := l.bhdr[:]
 	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen:], seq)
 	binary.LittleEndian.PutUint64(f[transport.FrameHeaderLen+8:], uint64(len(b)))
@@ -762,7 +824,7 @@ func (l *link) sendBulk(s io.Writer, tag uint64, b []byte) error {
 	k := len(l.bulkW)
 	if k == 1 {
 		w := l.bulkW[0]
-		if err := w.writePart(secure, seq, b, 0, len(b)); err != nil {
+		if err := w.writePart(payloadCRC, seq, b, 0, len(b)); err != nil {
 			return err
 		}
 	} else {

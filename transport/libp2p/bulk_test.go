@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -361,14 +360,6 @@ func bulkHello() []byte {
 	binary.LittleEndian.PutUint32(hello[4:], 2)
 	copy(hello[12:], "test-job")
 	return hello
-}
-
-// writeBulkHello writes bulkHello on w, a bulk connection's secure side.
-func writeBulkHello(t testing.TB, w io.Writer) {
-	t.Helper()
-	if err := transport.WriteFrame(w, flagBulkHello, 0, bulkHello()); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // securityOption is the Option of a security named "noise", "tls" or

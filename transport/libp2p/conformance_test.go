@@ -9,12 +9,14 @@ import (
 )
 
 // TestConformance runs the transport conformance suite over real libp2p
-// hosts on loopback, with Noise, with TLS and with security off.
+// hosts on loopback, with Noise, with TLS and with security off (bulk
+// pieces with and without a payload CRC).
 func TestConformance(t *testing.T) {
+	headerCRC := func(o *Options) error { o.Security, o.BulkHeaderCRCOnly = SecurityNone, true; return nil }
 	for _, sec := range []struct {
 		name string
 		opt  Option
-	}{{"noise", WithNoise()}, {"tls", WithTLS()}, {"none", WithInsecure()}} {
+	}{{"noise", WithNoise()}, {"tls", WithTLS()}, {"none", WithInsecure()}, {"none-headercrc", headerCRC}} {
 		t.Run("security="+sec.name, func(t *testing.T) {
 			transporttest.Run(t,
 				func(t *testing.T, n int) []transport.Conn {

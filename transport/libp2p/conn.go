@@ -95,8 +95,14 @@ type link struct {
 	sendErr     error
 
 	// Incoming stream: the peer's frames; our credits go back on it.
-	in       network.Stream
-	inReady  chan struct{}
+	in      network.Stream
+	inReady chan struct{}
+	// told is closed once the peer's hello has been answered with our
+	// differing hello flags and the peer has reset its stream (or the
+	// handshake timed out): Connect waits for it before failing with
+	// ErrOptionMismatch, so that the peer learns why too.
+	told     chan struct{}
+	tellOnce sync.Once
 	inWmu    sync.Mutex
 	lastRead atomic.Int64
 
@@ -141,11 +147,13 @@ type link struct {
 	recvPayload, recvWire, recvMsgs atomic.Int64
 	// crcBytes counts the payload bytes this link checksummed with
 	// CRC-32C, sending and receiving (one atomic add per frame): zero
-	// for data on an AEAD-secured link.
+	// for data on an AEAD-secured link, and for bulk pieces with
+	// Options.BulkHeaderCRCOnly.
 	crcBytes atomic.Int64
 	// placed counts the messages applied to a RecvPlaced caller's memory
-	// as they arrived on the bulk path.
-	placed atomic.Int64
+	// as they arrived on the bulk path; bound counts those of them that
+	// were bound late, with their first pieces in a buffer (bindLate).
+	placed, bound atomic.Int64
 }
 
 // aead reports whether the links' streams are AEAD-secured: the host's
@@ -157,6 +165,45 @@ type link struct {
 // is not used: go-libp2p leaves its Security empty on the listening end
 // of a relayed connection.)
 func (c *Conn) aead() bool { return c.opts.Security != SecurityNone }
+
+// bulkPayloadCRC reports whether bulk pieces carry (and are checked
+// against) a CRC-32C of their payload: on an insecure link unless
+// Options.BulkHeaderCRCOnly. Every member agrees (helloFlags).
+func (c *Conn) bulkPayloadCRC() bool { return !c.aead() && !c.opts.BulkHeaderCRCOnly }
+
+// ErrOptionMismatch is returned by Connect (wrapped in a
+// *transport.PeerError for each peer concerned) when a peer was started
+// with options that every member of a job must share and this rank was
+// not, such as Options.BulkHeaderCRCOnly.
+var ErrOptionMismatch = errors.New("libp2p: options differ between peers")
+
+// Hello flags: the options both ends of a link must share, in the tag
+// field of the flagHello, flagHelloAck and flagBulkHello frames (0 for a
+// peer with the defaults).
+const helloBulkHeaderCRCOnly uint64 = 1 << 0
+
+// helloFlags are this rank's hello flags.
+func (c *Conn) helloFlags() uint64 { return c.opts.helloFlags() }
+
+// helloFlags are the hello flags of a rank with options o.
+func (o *Options) helloFlags() uint64 {
+	if o.BulkHeaderCRCOnly {
+		return helloBulkHeaderCRCOnly
+	}
+	return 0
+}
+
+// flagsMismatch is the error of a link whose ends have different hello
+// flags: ours, and the peer's.
+func flagsMismatch(ours, theirs uint64) error {
+	say := func(f uint64) string {
+		if f&helloBulkHeaderCRCOnly != 0 {
+			return "bulk pieces carry a CRC-32C of their header only (BulkHeaderCRCOnly)"
+		}
+		return "bulk pieces carry a CRC-32C of their payload (the default)"
+	}
+	return fmt.Errorf("%w: here %s, at the peer %s; every member of a job must use the same setting", ErrOptionMismatch, say(ours), say(theirs))
+}
 
 // payloadSum is the frame checksum of a data payload b sent on the
 // outgoing stream: its CRC-32C, or 0 when the stream is AEAD-secured
@@ -277,6 +324,16 @@ func (n *Node) Connect(ctx context.Context, rank int, peers []Peer) (*Conn, erro
 	}
 	dwg.Wait()
 	for _, l := range c.links {
+		if l != nil && errors.Is(errs[l.rank], ErrOptionMismatch) {
+			// The peer fails the same way once its own dial hears our
+			// flags: stay until it has (or ctx ends).
+			select {
+			case <-l.told:
+			case <-ctx.Done():
+			}
+		}
+	}
+	for _, l := range c.links {
 		if l == nil || errs[l.rank] != nil {
 			continue
 		}
@@ -338,6 +395,7 @@ func (n *Node) newConn(rank int, peers []Peer) (*Conn, error) {
 			wsem:    make(chan struct{}, 1),
 			acked:   make(chan struct{}),
 			inReady: make(chan struct{}),
+			told:    make(chan struct{}),
 			queues:  map[uint64]*tagQueue{},
 			dead:    make(chan struct{}),
 			private: peerPrivate(p.Addrs),
@@ -911,8 +969,8 @@ func (c *Conn) dial(ctx context.Context, l *link) error {
 			sw.Backoff().Clear(l.id)
 		}
 		err := c.open(ctx, l)
-		if err == nil {
-			return nil
+		if err == nil || errors.Is(err, ErrOptionMismatch) {
+			return err // a mismatch stays one: no retry
 		}
 		last = err
 		t := time.NewTimer(backoff)
@@ -974,7 +1032,7 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
 	s.SetDeadline(time.Now().Add(c.opts.PeerTimeout))
-	if err := transport.WriteFrame(s, flagHello, 0, helloPayload(c.opts.JobID, c.rank, c.size)); err != nil {
+	if err := transport.WriteFrame(s, flagHello, c.helloFlags(), helloPayload(c.opts.JobID, c.rank, c.size)); err != nil {
 		s.Reset()
 		return fmt.Errorf("hello: %w", err)
 	}
@@ -987,6 +1045,10 @@ func (c *Conn) open(ctx context.Context, l *link) error {
 	if h.Flags != flagHelloAck || (len(p) != 16 && len(p) != 24) {
 		s.Reset()
 		return fmt.Errorf("%w: unexpected handshake frame (flags %d, %d bytes)", transport.ErrBadFrame, h.Flags, len(p))
+	}
+	if h.Tag != c.helloFlags() {
+		s.Reset()
+		return flagsMismatch(c.helloFlags(), h.Tag)
 	}
 	s.SetDeadline(time.Time{})
 	var bulk []*bulkWriter
@@ -1045,6 +1107,22 @@ func (c *Conn) handleStream(s network.Stream) {
 		refuse()
 		return
 	}
+	if h.Tag != c.helloFlags() {
+		// A member started with other options: acknowledge with ours, so
+		// that its Connect fails with ErrOptionMismatch rather than
+		// retrying, and wait for it to reset the stream (until the
+		// deadline). Our own dial to it fails the same way.
+		var ack [24]byte
+		binary.LittleEndian.PutUint64(ack[0:], uint64(c.opts.MaxBuffered))
+		binary.LittleEndian.PutUint64(ack[8:], uint64(c.opts.MaxFrame))
+		if transport.WriteFrame(s, flagHelloAck, c.helloFlags(), ack[:]) == nil {
+			var b [1]byte
+			s.Read(b[:])
+		}
+		s.Reset()
+		l.tellOnce.Do(func() { close(l.told) })
+		return
+	}
 	c.mu.Lock()
 	if c.isClosing {
 		c.mu.Unlock()
@@ -1070,7 +1148,7 @@ func (c *Conn) handleStream(s network.Stream) {
 	binary.LittleEndian.PutUint64(ack[8:], uint64(c.opts.MaxFrame))
 	binary.LittleEndian.PutUint64(ack[16:], uint64(c.bulkPort)) // 0: no bulk path
 	l.inWmu.Lock()
-	err = transport.WriteFrame(s, flagHelloAck, 0, ack[:])
+	err = transport.WriteFrame(s, flagHelloAck, c.helloFlags(), ack[:])
 	l.inWmu.Unlock()
 	if err != nil {
 		l.fail(fmt.Errorf("%w: handshake: %w", transport.ErrPeerDead, err))

@@ -55,7 +55,9 @@
 // connection, and are read straight into the receive buffer (see bulk.go);
 // the libp2p stream keeps the control traffic, small messages and the
 // order of messages. On an encrypted link every byte is checked once, by
-// the AEAD; the frame checksum then covers only headers. Receive buffers
+// the AEAD; the frame checksum then covers only headers. On an insecure
+// link the frame checksum (CRC-32C) covers every payload byte, except
+// those of bulk pieces with Options.BulkHeaderCRCOnly. Receive buffers
 // are recycled (Conn.Release). docs/ holds the measurements.
 //
 // Frame flags used on the wire (frame.go leaves them to implementations):

@@ -153,6 +153,25 @@ type Options struct {
 	// BulkMin is the smallest message sent over the bulk connections.
 	// Default DefaultBulkMin.
 	BulkMin int
+	// BulkHeaderCRCOnly, with SecurityNone, makes the pieces of bulk
+	// messages carry a CRC-32C of their header and 16-byte prefix (offset
+	// and length) only, not of their payload; by default (false) every
+	// payload byte is CRC-32C checked as well. It saves a CRC-32C pass over
+	// every bulk byte on each end (the sender's and the receiver's CPU), and
+	// gives up slimgrad's detection of payload corruption that TCP's 16-bit
+	// checksum and the link layer's CRC miss (a faulty NIC, router memory
+	// or driver): such a byte is then delivered and summed as it arrived,
+	// a silently wrong result. A corrupted header or prefix is still
+	// detected (transport.ErrBadFrame). Gloo, NCCL and MPI work this way on
+	// trusted networks. Messages below BulkMin, and every message of a link
+	// without bulk connections, keep their payload CRC.
+	//
+	// Both ends of every link must set it alike: the stream and bulk
+	// hellos carry it, and Connect fails with ErrOptionMismatch when they
+	// differ. It is an error with Noise or TLS (validate), whose AEAD
+	// already authenticates every byte and whose pieces carry no payload
+	// CRC. See WithBulkHeaderCRCOnly.
+	BulkHeaderCRCOnly bool
 }
 
 // Defaults.
@@ -278,6 +297,16 @@ func WithBulkStreams(n, minBytes int) Option {
 	}
 }
 
+// WithBulkHeaderCRCOnly sets Options.BulkHeaderCRCOnly: with
+// SecurityNone (WithInsecure), bulk pieces carry a CRC-32C of their
+// header only, not of their payload, trading the detection of payload
+// corruption that TCP's checksum misses for one CRC-32C pass less per
+// byte on each end. Every member of the job must use it, and it cannot be
+// combined with Noise or TLS.
+func WithBulkHeaderCRCOnly() Option {
+	return func(o *Options) error { o.BulkHeaderCRCOnly = true; return nil }
+}
+
 var jobRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
 func (o *Options) validate() error {
@@ -330,6 +359,9 @@ func (o *Options) validate() error {
 	}
 	switch o.Security {
 	case SecurityNoise, SecurityTLS:
+		if o.BulkHeaderCRCOnly {
+			return fmt.Errorf("BulkHeaderCRCOnly needs SecurityNone: %v authenticates every byte already, and its pieces carry no payload CRC", o.Security)
+		}
 	case SecurityNone:
 		if o.QUIC {
 			return errors.New("QUIC is always encrypted; it cannot be combined with SecurityNone")

@@ -72,17 +72,21 @@ func (l *link) placeFor(tag uint64, total int) *posted {
 }
 
 // bindLate binds pr, about to be posted, to a bulk message on its tag
-// that was announced before it but has none of its bytes yet (they come
-// just after the announcement): the first such message, if no message of
-// the tag is queued, no Recv or other posted receive waits on the tag,
-// and it is pr's size. Its buffer goes back to the pool. l.mu is held.
-func (l *link) bindLate(pr *posted) {
+// that was announced before it and is not complete yet: the first such
+// message, if no message of the tag is queued, no Recv or other posted
+// receive waits on the tag, and it is pr's size. The pieces that arrive
+// from now on are applied to pr's memory as they come. If none has
+// arrived or is arriving, the message's buffer goes back to the pool and
+// bindLate returns nil; otherwise it returns the message, whose buffer
+// holds the first pieces (m.arrived): the caller then counts as a writer
+// of pr (applying) until it has applied them (applyEarly). l.mu is held.
+func (l *link) bindLate(pr *posted) *bulkMsg {
 	if q := l.queues[pr.tag]; q != nil && (q.head < len(q.msgs) || q.waiting.Len() > 0) {
-		return
+		return nil
 	}
 	for _, x := range l.posted {
 		if x.tag == pr.tag && x.state == placeWaiting {
-			return
+			return nil
 		}
 	}
 	var m *bulkMsg
@@ -91,12 +95,60 @@ func (l *link) bindLate(pr *posted) {
 			m = x
 		}
 	}
-	if m == nil || m.got != 0 || m.readers != 0 || m.total != len(pr.pl.Dst) {
+	if m == nil || m.got == m.total || m.total != len(pr.pl.Dst) {
+		return nil
+	}
+	pr.state, pr.m, m.pr = placeBound, m, pr
+	if m.got == 0 && m.readers == 0 {
+		bufs.Put(m.buf)
+		m.buf = nil
+		return nil
+	}
+	pr.applying++
+	l.bound.Add(1)
+	return m
+}
+
+// applyEarly applies to pr's memory the pieces of m, bound late to pr
+// (bindLate), that arrived in m's buffer before: once the bulk readers
+// still writing into the buffer are done (no other starts: m is bound),
+// it copies or adds every arrived range, gives the buffer back to the
+// pool and stops counting as a writer of pr. A range that an Add
+// placement cannot take (not whole float32) fails the link, as such a
+// piece would (awaitBulk). l.mu is held; it is released while applying.
+func (l *link) applyEarly(pr *posted, m *bulkMsg) {
+	for m.readers > 0 && l.err == nil && !l.c.isClosed() {
+		l.bulkCond.Wait()
+	}
+	if m.readers > 0 {
+		// The link failed or we are closing (RecvPlaced then gives up):
+		// a reader may still write into the buffer, which stays its.
+		pr.applying--
+		l.bulkCond.Broadcast()
 		return
 	}
-	bufs.Put(m.buf)
+	var bad error
+	for _, r := range m.arrived {
+		if pr.pl.Add && (r[0]%4 != 0 || r[1]%4 != 0) {
+			bad = fmt.Errorf("%w: bulk pieces [%d, %d) of float32 message %d not on a float32 boundary", transport.ErrBadFrame, r[0], r[1], m.seq)
+			break
+		}
+	}
+	buf := m.buf
 	m.buf = nil
-	pr.state, pr.m, m.pr = placeBound, m, pr
+	l.mu.Unlock()
+	if bad == nil {
+		for _, r := range m.arrived { // no reader changes it now: m is bound
+			transport.ApplyPlacement(&pr.pl, r[0], buf[r[0]:r[1]])
+		}
+	}
+	bufs.Put(buf)
+	if bad != nil {
+		l.failInbound(bad)
+	}
+	l.mu.Lock()
+	pr.applying--
+	l.bulkCond.Broadcast() // finishBulk, or an abandoning RecvPlaced, may wait for it
 }
 
 // unpost removes pr from the link's posted receives and, if reuse, keeps
@@ -123,11 +175,15 @@ func (l *link) unpost(pr *posted, reuse bool) {
 
 // RecvPlaced receives the next message from peer with tag into pl
 // (transport.Placer). A bulk message is applied to pl.Dst piece by piece
-// as it arrives: each piece is read into a cache-sized scratch, checked
-// there, and copied or added into pl.Dst, so that pl.Dst is the only
-// memory the message's bytes are written to. A message that comes over
-// the stream (below Options.BulkMin, or no bulk path) is received as by
-// Recv and then applied. Posting a receive allocates nothing in steady
+// as it arrives: with Add, each piece is read into a cache-sized scratch,
+// checked there, and added into pl.Dst; otherwise it is read straight into
+// pl.Dst and checked there (on an error pl.Dst may then hold a piece that
+// failed its check). The pieces of a message that arrived before the
+// receive was posted went into a buffer, and are applied from there when
+// it is (the message counts in PlacedMessages and LateBoundMessages); a
+// message all of whose bytes arrived before goes through its buffer, as
+// with Recv. A message that comes over the stream (below Options.BulkMin,
+// or no bulk path) is received as by Recv and then applied. Posting a receive allocates nothing in steady
 // state and starts no goroutine.
 func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transport.Placement) error {
 	if err := transport.CheckPlacement(pl); err != nil {
@@ -155,8 +211,11 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 		pr = &posted{ch: make(chan struct{}, 1)}
 	}
 	pr.tag, pr.pl, pr.state, pr.applying = tag, pl, placeWaiting, 0
-	l.bindLate(pr)
+	m := l.bindLate(pr)
 	l.posted = append(l.posted, pr)
+	if m != nil {
+		l.applyEarly(pr, m)
+	}
 	l.mu.Unlock()
 	for {
 		var cause error
@@ -210,6 +269,20 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 		l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
 		return &transport.PeerError{Rank: peer, Op: "recv", Err: err}
 	}
+}
+
+// LateBoundMessages returns how many of the PlacedMessages had begun to
+// arrive before their RecvPlaced was posted: their first pieces went
+// through a buffer and were applied from there when it was, the rest as
+// they arrived. Safe for concurrent use.
+func (c *Conn) LateBoundMessages() int64 {
+	var n int64
+	for _, l := range c.links {
+		if l != nil {
+			n += l.bound.Load()
+		}
+	}
+	return n
 }
 
 // PlacedMessages returns how many messages, from every peer, RecvPlaced

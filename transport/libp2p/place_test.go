@@ -165,7 +165,8 @@ func fakeBulk(t *testing.T, c *Conn, h host.Host) net.Conn {
 }
 
 // dialFakeBulk opens a bulk connection to c's bulk port, secures it with
-// tr (the fake peer's identity) and sends the hello of rank 1. It returns
+// tr (the fake peer's identity) and sends the hello of rank 1 (with c's
+// hello flags). It returns
 // the TCP connection and the secured one over it; both are closed when
 // the test ends.
 func dialFakeBulk(t *testing.T, c *Conn, tr secureTransport) (net.Conn, sec.SecureConn) {
@@ -181,7 +182,9 @@ func dialFakeBulk(t *testing.T, c *Conn, tr secureTransport) (net.Conn, sec.Secu
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeBulkHello(t, bulk)
+	if err := transport.WriteFrame(bulk, flagBulkHello, c.helloFlags(), bulkHello()); err != nil {
+		t.Fatal(err)
+	}
 	return nc, bulk
 }
 
@@ -205,38 +208,51 @@ func bulkAnnounce(tag, seq uint64, total int) []byte {
 }
 
 // TestRecvPlacedCorruptPiece: a corrupted piece of a placed message fails
-// the link with a typed error (an InboundError wrapping ErrBadFrame) and
-// is never applied: the caller's memory holds the pieces before it and
-// nothing of it.
+// the link with a typed error (an InboundError wrapping ErrBadFrame). An
+// added piece is never applied: the caller's memory holds the pieces
+// before it and nothing of it. A copied piece is read straight into the
+// caller's memory and checked there: the pieces before it are in place,
+// and RecvPlaced returns (it does not wait for the failed piece's writer).
 func TestRecvPlacedCorruptPiece(t *testing.T) {
-	c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithInsecure())
-	bulk := fakeBulk(t, c, h)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	const total = 2 * pieceMax
-	rng := rand.New(rand.NewPCG(3, 3))
-	msg, dst0 := floats(rng, total/4), floats(rng, total/4)
-	pl := transport.Placement{Dst: aligned(dst0), Add: true}
-	errc := make(chan error, 1)
-	go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
-	if _, err := s.Write(bulkAnnounce(5, 0, total)); err != nil {
-		t.Fatal(err)
-	}
-	first := bulkPieceFrame(0, 0, total, msg[:pieceMax])
-	second := bulkPieceFrame(0, pieceMax, total, msg[pieceMax:])
-	second[len(second)-1] ^= 1
-	if _, err := bulk.Write(append(first, second...)); err != nil {
-		t.Fatal(err)
-	}
-	err := <-errc
-	wantPeerErr(t, err, transport.ErrBadFrame)
-	var ie *transport.InboundError
-	if !errors.As(err, &ie) {
-		t.Errorf("%v: not an InboundError", err)
-	}
-	want := append(addBytes(dst0[:pieceMax], msg[:pieceMax], false, 0), dst0[pieceMax:]...)
-	if string(pl.Dst) != string(want) {
-		t.Error("the caller's memory is not the first piece added and the second untouched")
+	for _, add := range []bool{true, false} {
+		t.Run(fmt.Sprintf("add=%v", add), func(t *testing.T) {
+			c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithInsecure())
+			bulk := fakeBulk(t, c, h)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			const total = 2 * pieceMax
+			rng := rand.New(rand.NewPCG(3, 3))
+			msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+			pl := transport.Placement{Dst: aligned(dst0), Add: add}
+			errc := make(chan error, 1)
+			go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
+			waitPosted(t, c.links[1], placeWaiting) // so the message is bound as announced
+			if _, err := s.Write(bulkAnnounce(5, 0, total)); err != nil {
+				t.Fatal(err)
+			}
+			first := bulkPieceFrame(0, 0, total, msg[:pieceMax])
+			second := bulkPieceFrame(0, pieceMax, total, msg[pieceMax:])
+			second[len(second)-1] ^= 1
+			if _, err := bulk.Write(append(first, second...)); err != nil {
+				t.Fatal(err)
+			}
+			err := <-errc
+			wantPeerErr(t, err, transport.ErrBadFrame)
+			var ie *transport.InboundError
+			if !errors.As(err, &ie) {
+				t.Errorf("%v: not an InboundError", err)
+			}
+			if !add {
+				if string(pl.Dst[:pieceMax]) != string(msg[:pieceMax]) {
+					t.Error("the caller's memory does not start with the first piece")
+				}
+				return
+			}
+			want := append(addBytes(dst0[:pieceMax], msg[:pieceMax], false, 0), dst0[pieceMax:]...)
+			if string(pl.Dst) != string(want) {
+				t.Error("the caller's memory is not the first piece added and the second untouched")
+			}
+		})
 	}
 }
 
@@ -374,59 +390,121 @@ func unsafeBytes(f []float32) []byte {
 }
 
 // TestRecvPlacedAfterAnnouncement: a receive posted after its bulk message
-// was announced, but before any of its bytes arrived, still gets it placed
-// as it arrives; one posted after bytes went into a buffer gets it
-// through the buffer, with the same result.
+// was announced still gets it placed: the pieces that arrived before the
+// post (in any order, on any connection) are applied from the buffer they
+// went into when it is posted, the rest as they arrive; the result is the
+// same bits as Recv followed by the arithmetic. A message whose every
+// byte arrived before the post goes through its buffer as with Recv.
 func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure())
 	bulk := fakeBulk(t, c, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	const total = 2 * pieceMax
+	const piece = pieceMax / 2
+	const total = 4 * piece
 	rng := rand.New(rand.NewPCG(6, 6))
 	l := c.links[1]
-	for seq, early := range []bool{false, true} {
-		msg, dst0 := floats(rng, total/4), floats(rng, total/4)
-		pl := transport.Placement{Dst: aligned(dst0), Add: true}
-		if _, err := s.Write(bulkAnnounce(7, uint64(seq), total)); err != nil {
-			t.Fatal(err)
-		}
-		if early { // a piece arrives before the receive is posted
-			if _, err := bulk.Write(bulkPieceFrame(uint64(seq), 0, total, msg[:pieceMax])); err != nil {
+	cases := []struct {
+		name  string
+		early []int // offsets of the pieces that arrive before the post
+		half  bool  // and the first half of the next piece (being read into the buffer at the post)
+		add   bool
+		late  int64 // LateBoundMessages it adds
+		place int64 // PlacedMessages it adds
+	}{
+		{"no piece early", nil, false, true, 0, 1},
+		{"first piece early", []int{0}, false, true, 1, 1},
+		{"two pieces early, out of order", []int{2 * piece, 0}, false, true, 1, 1},
+		{"two pieces early, copied", []int{piece, 3 * piece}, false, false, 1, 1},
+		{"half a piece early", nil, true, true, 1, 1},
+		{"a piece and a half early, copied", []int{0}, true, false, 1, 1},
+		{"every piece early", []int{0, piece, 2 * piece, 3 * piece}, false, true, 0, 0},
+	}
+	for seq, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+			pl := transport.Placement{Dst: aligned(dst0), Add: tc.add}
+			if _, err := s.Write(bulkAnnounce(7, uint64(seq), total)); err != nil {
 				t.Fatal(err)
 			}
-		}
-		for { // wait for the announcement (and the piece) to be read
+			sent := map[int]bool{}
+			for _, off := range tc.early {
+				if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+piece])); err != nil {
+					t.Fatal(err)
+				}
+				sent[off] = true
+			}
+			var rest []byte // of the half-sent piece
+			if tc.half {
+				off := len(tc.early) * piece // the next piece (the early ones are the first)
+				if len(tc.early) > 0 && tc.early[0] != 0 {
+					t.Fatal("half: the early pieces must be the first ones")
+				}
+				f := bulkPieceFrame(uint64(seq), off, total, msg[off:off+piece])
+				cut := len(f) - piece/2
+				if _, err := bulk.Write(f[:cut]); err != nil {
+					t.Fatal(err)
+				}
+				sent[off], rest = true, f[cut:]
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for { // wait for the announcement and the early pieces to be read
+				l.mu.Lock()
+				m := l.findBulk(uint64(seq))
+				ok := m != nil && m.got == len(tc.early)*piece && (!tc.half || m.readers == 1)
+				if len(tc.early) == 4 {
+					q := l.queues[7]
+					ok = q != nil && q.head < len(q.msgs)
+				}
+				l.mu.Unlock()
+				if ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the early pieces did not arrive")
+				}
+				runtime.Gosched()
+			}
+			placed, late := c.PlacedMessages(), c.LateBoundMessages()
+			errc := make(chan error, 1)
+			go func() { errc <- c.RecvPlaced(ctx, 1, 7, pl) }()
+			if len(tc.early) < 4 {
+				waitPosted(t, l, placeBound)
+			}
+			if rest != nil { // the binder waits for this piece's reader
+				if _, err := bulk.Write(rest); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for off := 0; off < total; off += piece {
+				if !sent[off] {
+					if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+piece])); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			want := msg
+			if tc.add {
+				want = addBytes(dst0, msg, false, 0)
+			}
+			if string(pl.Dst) != string(want) {
+				t.Fatal("wrong result")
+			}
+			if got := c.PlacedMessages() - placed; got != tc.place {
+				t.Errorf("%d messages placed, want %d", got, tc.place)
+			}
+			if got := c.LateBoundMessages() - late; got != tc.late {
+				t.Errorf("%d messages bound late, want %d", got, tc.late)
+			}
 			l.mu.Lock()
-			m := l.findBulk(uint64(seq))
-			ok := m != nil && (!early || m.got > 0)
+			pend, posted := len(l.pend), len(l.posted)
 			l.mu.Unlock()
-			if ok {
-				break
+			if pend != 0 || posted != 0 {
+				t.Errorf("%d messages pending, %d receives posted", pend, posted)
 			}
-			runtime.Gosched()
-		}
-		before := c.PlacedMessages()
-		errc := make(chan error, 1)
-		go func() { errc <- c.RecvPlaced(ctx, 1, 7, pl) }()
-		waitPosted(t, l, map[bool]uint8{false: placeBound, true: placeWaiting}[early])
-		from := 0
-		if early {
-			from = pieceMax
-		}
-		for off := from; off < total; off += pieceMax {
-			if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+pieceMax])); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
-		if string(pl.Dst) != string(addBytes(dst0, msg, false, 0)) {
-			t.Fatalf("early=%v: wrong sum", early)
-		}
-		if got, want := c.PlacedMessages()-before, map[bool]int64{false: 1, true: 0}[early]; got != want {
-			t.Errorf("early=%v: %d messages placed, want %d", early, got, want)
-		}
+		})
 	}
 }
