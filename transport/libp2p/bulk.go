@@ -311,7 +311,8 @@ func (c *Conn) handleBulk(nc net.Conn) {
 // straight into it. Any other piece is read into the connection's scratch
 // (one piece, a cache's worth), checked there (CRC-32C on an insecure
 // link), and then copied or added to where its message goes: a placed
-// message's memory is written once, while the piece is in cache.
+// message's memory is written once, while the piece is in cache. Under
+// TLS the payload goes record by record instead (readSealed).
 func (l *link) bulkReadLoop(src io.Reader, secure bool, open *bulkCipher) {
 	c := l.c
 	r := bufio.NewReaderSize(&liveReader{s: src, last: &l.lastRead}, 4<<10)
@@ -362,6 +363,16 @@ func (l *link) bulkReadLoop(src io.Reader, secure bool, open *bulkCipher) {
 			l.failInbound(fmt.Errorf("%w: bulk piece [%d, +%d) outside a %d-byte message", transport.ErrBadFrame, off, n, total))
 			return
 		}
+		if o != nil {
+			if transport.UpdateChecksum(0, pre) != h.CRC {
+				l.failInbound(fmt.Errorf("%w: bulk piece checksum mismatch (message %d, offset %d)", transport.ErrBadFrame, h.Tag, off))
+				return
+			}
+			if !l.readSealed(o, h.Tag, total, int(off), n) {
+				return
+			}
+			continue
+		}
 		m := l.announcedBuffer(h.Tag, total)
 		var dst []byte
 		if m != nil {
@@ -373,9 +384,7 @@ func (l *link) bulkReadLoop(src io.Reader, secure bool, open *bulkCipher) {
 			dst = scratch[:n]
 		}
 		crc := transport.UpdateChecksum(0, pre)
-		if o != nil {
-			_, err = io.ReadFull(o, dst)
-		} else if secure {
+		if secure {
 			_, err = io.ReadFull(r, dst)
 		} else {
 			l.crcBytes.Add(int64(n))

@@ -22,8 +22,10 @@ import (
 // the libp2p key's signature) and agrees on fresh secrets. The pieces
 // then travel in this package's own AEAD records on the raw TCP
 // connection, as kTLS and QUIC do, so that the receiver opens each record
-// straight into the message's buffer and the sender seals from the
-// message into one cache-sized buffer that goes to the kernel: no
+// straight into the message's buffer (or, for a placed message, in place
+// in its record buffer and adds it into the placement from there) and the
+// sender seals from the message into one cache-sized buffer that goes to
+// the kernel: no
 // crypto/tls record buffer, no copy out of it, no bufio pass on either
 // side.
 //
@@ -324,4 +326,105 @@ func tlsRecordRead(r *bufio.Reader, left *int, p []byte) (int, error) {
 	n, err := r.Read(p[:min(len(p), *left)])
 	*left -= n
 	return n, err
+}
+
+// readSealed reads the payload of the piece [off, +n) of bulk message seq
+// (total bytes) from o and applies it where the message goes, record by
+// record, each as soon as it has opened (been authenticated), so that no
+// byte of a record is applied before the record opens and no byte crosses
+// memory twice: a record of a message that goes to a pooled buffer opens
+// straight into the buffer; one of a placed message (RecvPlaced) opens in
+// place in the opener's buffer and is added or copied into the placement
+// from there, while in cache. The first record is opened before waiting for
+// the message's announcement (a piece may arrive first); the reader counts
+// as a writer of a placement only while it applies a record, not while it
+// waits for the next, so that a receive given up is never held by the
+// network. A placed message's memory may hold the records of a piece that
+// opened before one that failed (RecvPlaced's contract: part of the message).
+// It returns false when the read loop ends: the link failed (reported
+// here) or the Conn is closing.
+func (l *link) readSealed(o *bulkOpener, seq, total uint64, off, n int) bool {
+	if m := l.announcedBuffer(seq, total); m != nil {
+		if _, err := io.ReadFull(o, m.buf[off:off+n]); err != nil {
+			l.readFailed(err)
+			return false
+		}
+		return l.sealedPieceDone(m, nil, seq, n)
+	}
+	b, err := o.Next(bulkRecord)
+	if err != nil {
+		l.readFailed(err)
+		return false
+	}
+	m, pr, err := l.awaitBulk(seq, total, off, n)
+	if err != nil {
+		l.failInbound(err)
+		return false
+	}
+	if m == nil {
+		return false // the link failed or we are closing
+	}
+	if pr == nil {
+		copy(m.buf[off:], b)
+		if _, err := io.ReadFull(o, m.buf[off+len(b):off+n]); err != nil {
+			l.readFailed(err)
+			return false
+		}
+		return l.sealedPieceDone(m, nil, seq, n)
+	}
+	for at, end := off, off+n; ; {
+		transport.ApplyPlacement(&pr.pl, at, b)
+		if at += len(b); at == end {
+			return l.sealedPieceDone(m, pr, seq, n)
+		}
+		l.mu.Lock()
+		l.stopApplying(pr)
+		l.mu.Unlock()
+		if b, err = o.Next(bulkRecord); err != nil {
+			l.readFailed(err)
+			return false
+		}
+		l.mu.Lock()
+		ok := l.err == nil && !l.c.isClosed() && pr.state == placeBound
+		if ok {
+			pr.applying++
+		}
+		l.mu.Unlock()
+		if !ok {
+			return false
+		}
+	}
+}
+
+// stopApplying ends a bulk reader's write into pr's memory. l.mu is held.
+func (l *link) stopApplying(pr *posted) {
+	pr.applying--
+	if pr.applying == 0 && pr.state == placeAbandoned {
+		l.bulkCond.Broadcast()
+	}
+}
+
+// sealedPieceDone counts the n bytes of a piece of message m (seq) that
+// readSealed applied, as a writer of m's buffer or of its placement pr,
+// and completes m when they were its last. It returns false when the read
+// loop ends: the piece overflowed m (the link fails) or the Conn is
+// closing.
+func (l *link) sealedPieceDone(m *bulkMsg, pr *posted, seq uint64, n int) bool {
+	l.mu.Lock()
+	if pr == nil {
+		m.readers--
+	} else {
+		l.stopApplying(pr)
+	}
+	m.got += n
+	full := m.got > m.total
+	if m.got == m.total {
+		m.done <- struct{}{}
+	}
+	l.mu.Unlock()
+	if full {
+		l.failInbound(fmt.Errorf("%w: bulk message %d got more than its %d bytes", transport.ErrBadFrame, seq, m.total))
+		return false
+	}
+	return !l.c.isClosed()
 }

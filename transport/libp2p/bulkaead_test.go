@@ -554,3 +554,131 @@ func twoKeys(t *testing.T) (dialer, acceptor crypto.PrivKey) {
 	}
 	return keys[0], keys[1]
 }
+
+// On a TLS bulk connection, a placed message (RecvPlaced, added into the
+// caller's memory, or copied there, record by record as each opens) gets exactly the
+// records that open before a forged, corrupted, replayed, plaintext or
+// truncated one: that record and every byte after it are never applied,
+// and the link fails with ErrBadFrame (ErrPeerDead when it ends inside a
+// record). Whether the pieces arrive before or after their announcement,
+// the result is the same.
+func TestBulkTLSPlacedAdversary(t *testing.T) {
+	const total = 3*bulkRecord + 1000
+	rng := rand.New(rand.NewPCG(7, 8))
+	msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+	seal := func(s *bulkSealer, off, n int) []byte {
+		var b bytes.Buffer
+		if err := s.writePiece(&b, pieceHdr(0, off, n, total), msg[off:off+n]); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	rec := func(i int) int { return bulkHdrRecord + i*(bulkRecord+bulkTagLen) } // payload record i of a piece at 0
+	cases := []struct {
+		name    string
+		write   func(s *bulkSealer) []byte
+		applied int   // bytes of the message applied before the failure
+		want    error // nil: received intact
+	}{
+		{"intact", func(s *bulkSealer) []byte {
+			return append(seal(s, 0, 1000), seal(s, 1000, total-1000)...)
+		}, total, nil},
+		{"first record corrupt", func(s *bulkSealer) []byte {
+			b := seal(s, 0, total)
+			b[rec(0)+100] ^= 1
+			return b
+		}, 0, errRecordAuth},
+		{"third record corrupt", func(s *bulkSealer) []byte {
+			b := seal(s, 0, total)
+			b[rec(2)+5] ^= 1
+			return b
+		}, 2 * bulkRecord, errRecordAuth},
+		{"last tag corrupt", func(s *bulkSealer) []byte {
+			b := seal(s, 0, total)
+			b[len(b)-1] ^= 1
+			return b
+		}, 3 * bulkRecord, errRecordAuth},
+		{"record replayed", func(s *bulkSealer) []byte {
+			b := seal(s, 0, total)
+			return bytes.Join([][]byte{b[:rec(1)], b[rec(0):rec(1)], b[rec(1):]}, nil)
+		}, bulkRecord, errRecordAuth},
+		{"piece replayed", func(s *bulkSealer) []byte {
+			b := seal(s, 0, 1000)
+			return append(b, b...)
+		}, 1000, errRecordAuth},
+		{"forged key", func(*bulkSealer) []byte {
+			return seal(newBulkSealer(testCipher(t, testSecret(9), bulkRekeyRecords)), 0, total)
+		}, 0, errRecordAuth},
+		{"plaintext", func(*bulkSealer) []byte {
+			return append(pieceHdr(0, 0, total, total), msg...)
+		}, 0, errRecordAuth},
+		{"truncated", func(s *bulkSealer) []byte {
+			return seal(s, 0, total)[:rec(1)+1000]
+		}, bulkRecord, transport.ErrPeerDead},
+	}
+	for _, tc := range cases {
+		for _, v := range []struct{ add, piecesFirst bool }{{true, false}, {true, true}, {false, false}} {
+			add, piecesFirst := v.add, v.piecesFirst
+			t.Run(fmt.Sprintf("%s/add=%t/pieces_first=%t", tc.name, add, piecesFirst), func(t *testing.T) {
+				c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithTLS())
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				tr, err := tls.New(tls.ID, h.Peerstore().PrivKey(h.ID()), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				nc, sc := dialFakeBulk(t, c, tr)
+				secret, err := bulkSecret(sc, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pl := transport.Placement{Dst: aligned(dst0), Add: add}
+				errc := make(chan error, 1)
+				go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
+				waitPosted(t, c.links[1], placeWaiting)
+				pieces := tc.write(newBulkSealer(testCipher(t, secret, bulkRekeyRecords)))
+				announce := func() error { _, err := s.Write(bulkAnnounce(5, 0, total)); return err }
+				if !piecesFirst {
+					if err := announce(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := nc.Write(pieces); err != nil {
+					t.Fatal(err)
+				}
+				if piecesFirst {
+					// The link may have failed already on a bad first record,
+					// and the stream with it.
+					if err := announce(); err != nil && tc.want == nil {
+						t.Fatal(err)
+					}
+				}
+				if tc.want == transport.ErrPeerDead {
+					nc.Close()
+				}
+				err = <-errc
+				if tc.want == nil {
+					if err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					wantPeerErr(t, err, tc.want)
+					if tc.want == errRecordAuth {
+						wantPeerErr(t, err, transport.ErrBadFrame)
+					}
+				}
+				want := append(bytes.Clone(msg[:tc.applied]), dst0[tc.applied:]...)
+				if add {
+					want = append(addBytes(dst0[:tc.applied], msg[:tc.applied], false, 0), dst0[tc.applied:]...)
+				}
+				if !bytes.Equal(pl.Dst, want) {
+					for i := range want {
+						if pl.Dst[i] != want[i] {
+							t.Fatalf("the caller's memory differs from %d bytes applied and the rest untouched at byte %d", tc.applied, i)
+						}
+					}
+				}
+			})
+		}
+	}
+}

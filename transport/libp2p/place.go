@@ -124,8 +124,10 @@ func (l *link) unpost(pr *posted, reuse bool) {
 // RecvPlaced receives the next message from peer with tag into pl
 // (transport.Placer). A bulk message is applied to pl.Dst piece by piece
 // as it arrives: each piece is read into a cache-sized scratch, checked
-// there, and copied or added into pl.Dst, so that pl.Dst is the only
-// memory the message's bytes are written to. A message that comes over
+// there, and copied or added into pl.Dst (under TLS, each record of a
+// piece is opened in place in the record layer's buffer and applied from
+// there: bulkaead.go), so that pl.Dst is the only memory the message's
+// bytes are written to. A message that comes over
 // the stream (below Options.BulkMin, or no bulk path) is received as by
 // Recv and then applied. Posting a receive allocates nothing in steady
 // state and starts no goroutine.
