@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"testing"
@@ -70,7 +71,8 @@ func sealPieces(t testing.TB, secret []byte, rekey uint64, payloads [][]byte) ([
 		}
 	}
 	// The record boundaries: a header record, then ceil(n/bulkRecord)
-	// payload records per piece, one Write per payload record.
+	// payload records per piece, as many per Write as fit the sealer's
+	// buffer.
 	off := 0
 	for _, p := range payloads {
 		recs = append(recs, [2]int{off, off + bulkHdrRecord})
@@ -82,15 +84,24 @@ func sealPieces(t testing.TB, secret []byte, rekey uint64, payloads [][]byte) ([
 			left -= n
 		}
 	}
-	if off != w.Len() || len(w.writes) != len(recs)-len(payloads) {
-		t.Fatalf("sealed stream is %d bytes in %d writes, %d records of %d bytes", w.Len(), len(w.writes), len(recs), off)
+	writes := 0
+	for _, p := range payloads {
+		writes += (bulkHdrRecord + len(p) + (len(p)+bulkRecord-1)/bulkRecord*bulkTagLen + bulkSealBuf - 1) / bulkSealBuf
+	}
+	if off != w.Len() || len(w.writes) != writes {
+		t.Fatalf("sealed stream is %d bytes in %d writes (want %d), %d records of %d bytes", w.Len(), len(w.writes), writes, len(recs), off)
 	}
 	return w.Bytes(), recs
 }
 
+// byRecord is openPieces' chunk for reading each record with readRecord
+// and opening it into the destination with openRecord.
+const byRecord = math.MinInt
+
 // openPieces reads pieces from stream, chunk bytes per Read (0: the whole
-// payload at once; negative: -chunk bytes per Next), and returns their headers and payloads and the first
-// error (io.EOF at a clean end).
+// payload at once; negative: -chunk bytes per Next; byRecord: a record at
+// a time with readRecord and openRecord), and returns their headers and
+// payloads and the first error (io.EOF at a clean end).
 func openPieces(t testing.TB, stream []byte, secret []byte, rekey uint64, chunk int) (hdrs, payloads [][]byte, err error) {
 	t.Helper()
 	o := newBulkOpener(bytes.NewReader(stream), testCipher(t, secret, rekey))
@@ -102,6 +113,17 @@ func openPieces(t testing.TB, stream []byte, secret []byte, rekey uint64, chunk 
 		n := int(binary.LittleEndian.Uint32(hb[12:])) - bulkPrefix
 		p := make([]byte, n)
 		for off := 0; off < n; {
+			if chunk == byRecord {
+				k, err := o.readRecord()
+				if err == nil {
+					err = o.openRecord(p[off : off+k])
+				}
+				if err != nil {
+					return hdrs, payloads, err
+				}
+				off += k
+				continue
+			}
 			if chunk < 0 {
 				b, err := o.Next(-chunk)
 				if err != nil {
@@ -139,7 +161,7 @@ func TestBulkRecordRoundTrip(t *testing.T) {
 		if bytes.Contains(stream, payloads[len(payloads)-1][1000:1064]) {
 			t.Fatal("the sealed stream contains the plaintext")
 		}
-		for _, chunk := range []int{0, 7, 1000, bulkRecord + 3, -1000, -bulkRecord} {
+		for _, chunk := range []int{0, 7, 1000, bulkRecord + 3, -1000, -bulkRecord, byRecord} {
 			t.Run(fmt.Sprintf("rekey=%d/chunk=%d", rekey, chunk), func(t *testing.T) {
 				hdrs, got, err := openPieces(t, stream, testSecret(1), rekey, chunk)
 				if err != io.EOF {
@@ -210,7 +232,9 @@ func TestBulkRecordAdversary(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, chunk := range []int{0, 1000, -bulkRecord} { // opened into the destination, into the opener's buffer, read there
+			// Opened into the destination, into the opener's buffer, read
+			// there; read whole, then opened into the destination.
+			for _, chunk := range []int{0, 1000, -bulkRecord, byRecord} {
 				_, got, err := openPieces(t, tc.stream, testSecret(1), bulkRekeyRecords, chunk)
 				if !errors.Is(err, tc.want) {
 					t.Fatalf("got %v, want %v", err, tc.want)
@@ -556,12 +580,13 @@ func twoKeys(t *testing.T) (dialer, acceptor crypto.PrivKey) {
 }
 
 // On a TLS bulk connection, a placed message (RecvPlaced, added into the
-// caller's memory, or copied there, record by record as each opens) gets exactly the
-// records that open before a forged, corrupted, replayed, plaintext or
-// truncated one: that record and every byte after it are never applied,
-// and the link fails with ErrBadFrame (ErrPeerDead when it ends inside a
-// record). Whether the pieces arrive before or after their announcement,
-// the result is the same.
+// caller's memory, or copied there, record by record as each opens) gets
+// exactly the records that open before a forged, corrupted, replayed,
+// plaintext or truncated one: that record and every byte after it are
+// never applied (a copied record that does not open leaves zeroes, never
+// its bytes), and the link fails with ErrBadFrame (ErrPeerDead when it
+// ends inside a record). Whether the pieces arrive before or after their
+// announcement, the result is the same.
 func TestBulkTLSPlacedAdversary(t *testing.T) {
 	const total = 3*bulkRecord + 1000
 	rng := rand.New(rand.NewPCG(7, 8))
@@ -578,43 +603,44 @@ func TestBulkTLSPlacedAdversary(t *testing.T) {
 		name    string
 		write   func(s *bulkSealer) []byte
 		applied int   // bytes of the message applied before the failure
+		zeroed  int   // then, copied: bytes of a record that did not open, cleared
 		want    error // nil: received intact
 	}{
 		{"intact", func(s *bulkSealer) []byte {
 			return append(seal(s, 0, 1000), seal(s, 1000, total-1000)...)
-		}, total, nil},
+		}, total, 0, nil},
 		{"first record corrupt", func(s *bulkSealer) []byte {
 			b := seal(s, 0, total)
 			b[rec(0)+100] ^= 1
 			return b
-		}, 0, errRecordAuth},
+		}, 0, bulkRecord, errRecordAuth},
 		{"third record corrupt", func(s *bulkSealer) []byte {
 			b := seal(s, 0, total)
 			b[rec(2)+5] ^= 1
 			return b
-		}, 2 * bulkRecord, errRecordAuth},
+		}, 2 * bulkRecord, bulkRecord, errRecordAuth},
 		{"last tag corrupt", func(s *bulkSealer) []byte {
 			b := seal(s, 0, total)
 			b[len(b)-1] ^= 1
 			return b
-		}, 3 * bulkRecord, errRecordAuth},
+		}, 3 * bulkRecord, 1000, errRecordAuth},
 		{"record replayed", func(s *bulkSealer) []byte {
 			b := seal(s, 0, total)
 			return bytes.Join([][]byte{b[:rec(1)], b[rec(0):rec(1)], b[rec(1):]}, nil)
-		}, bulkRecord, errRecordAuth},
+		}, bulkRecord, bulkRecord, errRecordAuth},
 		{"piece replayed", func(s *bulkSealer) []byte {
 			b := seal(s, 0, 1000)
 			return append(b, b...)
-		}, 1000, errRecordAuth},
+		}, 1000, 0, errRecordAuth},
 		{"forged key", func(*bulkSealer) []byte {
 			return seal(newBulkSealer(testCipher(t, testSecret(9), bulkRekeyRecords)), 0, total)
-		}, 0, errRecordAuth},
+		}, 0, 0, errRecordAuth},
 		{"plaintext", func(*bulkSealer) []byte {
 			return append(pieceHdr(0, 0, total, total), msg...)
-		}, 0, errRecordAuth},
+		}, 0, 0, errRecordAuth},
 		{"truncated", func(s *bulkSealer) []byte {
 			return seal(s, 0, total)[:rec(1)+1000]
-		}, bulkRecord, transport.ErrPeerDead},
+		}, bulkRecord, 0, transport.ErrPeerDead},
 	}
 	for _, tc := range cases {
 		for _, v := range []struct{ add, piecesFirst bool }{{true, false}, {true, true}, {false, false}} {
@@ -668,6 +694,7 @@ func TestBulkTLSPlacedAdversary(t *testing.T) {
 					}
 				}
 				want := append(bytes.Clone(msg[:tc.applied]), dst0[tc.applied:]...)
+				clear(want[tc.applied : tc.applied+tc.zeroed])
 				if add {
 					want = append(addBytes(dst0[:tc.applied], msg[:tc.applied], false, 0), dst0[tc.applied:]...)
 				}
