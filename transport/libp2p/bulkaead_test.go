@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -94,6 +95,14 @@ func sealPieces(t testing.TB, secret []byte, rekey uint64, payloads [][]byte) ([
 	return w.Bytes(), recs
 }
 
+// oddReader returns at most n bytes per Read.
+type oddReader struct {
+	r io.Reader
+	n int
+}
+
+func (o *oddReader) Read(p []byte) (int, error) { return o.r.Read(p[:min(len(p), o.n)]) }
+
 // byRecord is openPieces' chunk for reading each record with readRecord
 // and opening it into the destination with openRecord.
 const byRecord = math.MinInt
@@ -104,7 +113,13 @@ const byRecord = math.MinInt
 // payloads and the first error (io.EOF at a clean end).
 func openPieces(t testing.TB, stream []byte, secret []byte, rekey uint64, chunk int) (hdrs, payloads [][]byte, err error) {
 	t.Helper()
-	o := newBulkOpener(bytes.NewReader(stream), testCipher(t, secret, rekey))
+	return openPiecesFrom(t, bytes.NewReader(stream), secret, rekey, chunk)
+}
+
+// openPiecesFrom is openPieces reading the stream from r.
+func openPiecesFrom(t testing.TB, r io.Reader, secret []byte, rekey uint64, chunk int) (hdrs, payloads [][]byte, err error) {
+	t.Helper()
+	o := newBulkOpener(r, testCipher(t, secret, rekey))
 	for {
 		hb := make([]byte, bulkHdrLen)
 		if err := o.readHeader(hb); err != nil {
@@ -116,7 +131,7 @@ func openPieces(t testing.TB, stream []byte, secret []byte, rekey uint64, chunk 
 			if chunk == byRecord {
 				k, err := o.readRecord()
 				if err == nil {
-					err = o.openRecord(p[off : off+k])
+					_, err = o.openRecord(p[off : off+k])
 				}
 				if err != nil {
 					return hdrs, payloads, err
@@ -178,9 +193,27 @@ func TestBulkRecordRoundTrip(t *testing.T) {
 			})
 		}
 	}
+	// However the connection splits the stream into reads (a byte at a
+	// time, or odd sizes that end inside records and headers), the opener
+	// reassembles the records.
+	stream, _ := sealPieces(t, testSecret(1), 3, payloads)
+	for name, r := range map[string]io.Reader{
+		"one byte": iotest.OneByteReader(bytes.NewReader(stream)),
+		"odd":      &oddReader{r: bytes.NewReader(stream), n: 7919},
+		"half":     iotest.HalfReader(bytes.NewReader(stream)),
+	} {
+		_, got, err := openPiecesFrom(t, r, testSecret(1), 3, byRecord)
+		if err != io.EOF || len(got) != len(payloads) {
+			t.Fatalf("%s reads: %d pieces, %v", name, len(got), err)
+		}
+		for i := range payloads {
+			if !bytes.Equal(got[i], payloads[i]) {
+				t.Fatalf("%s reads: piece %d differs", name, i)
+			}
+		}
+	}
 	// Different keys every 3 records: the same stream does not open with
 	// another key schedule.
-	stream, _ := sealPieces(t, testSecret(1), 3, payloads)
 	if _, _, err := openPieces(t, stream, testSecret(1), bulkRekeyRecords, 0); !errors.Is(err, errRecordAuth) {
 		t.Fatalf("opened with another key schedule: %v", err)
 	}
