@@ -206,70 +206,22 @@ func (s *bulkSealer) writePiece(w io.Writer, hdr, payload []byte) error {
 	}
 }
 
-// bulkOpenBuf is an opener's receive buffer: four payload records, so
-// that one system call takes in what the connection has (as a plain TCP
-// reader with a large buffer does) while the records are opened in place
-// in a quarter of a common L2 cache.
-const bulkOpenBuf = 4 * (bulkRecord + bulkTagLen)
-
 // bulkOpener reads pieces sealed by a bulkSealer. It is used by one
 // goroutine (the connection's reader).
 type bulkOpener struct {
-	r   io.Reader // the raw connection
-	c   *bulkCipher
-	hdr [bulkHdrLen]byte // the current piece's header (its records' additional data)
-	// buf holds what was read from r; buf[rd:wr] is not consumed yet.
-	// Records are opened in place there.
-	buf    []byte
-	rd, wr int
-	rec    []byte // the record readRecord read, not opened yet (in buf)
-	plain  []byte // opened payload not yet returned (in buf)
-	left   int    // payload bytes of the current piece not yet read
+	r     io.Reader // the raw connection
+	c     *bulkCipher
+	hdr   [bulkHdrLen]byte // the current piece's header (its records' additional data)
+	buf   []byte           // a sealed payload record
+	plain []byte           // opened payload not yet returned (in buf)
+	left  int              // payload bytes of the current piece not yet read
+	// sealed is the plaintext length of a record in buf that readRecord
+	// read and openRecord has not opened yet (0: none).
+	sealed int
 }
 
 func newBulkOpener(r io.Reader, c *bulkCipher) *bulkOpener {
-	return &bulkOpener{r: r, c: c, buf: make([]byte, bulkOpenBuf)}
-}
-
-// fill reads from o.r until buf[rd:wr] holds at least need bytes (at most
-// a record), each read taking as much as the buffer's free space. Bytes
-// before rd are consumed: it may move the rest to the front. It returns
-// io.EOF if r ends with nothing buffered, io.ErrUnexpectedEOF if it ends
-// with fewer than need bytes, and other read errors as is.
-func (o *bulkOpener) fill(need int) error {
-	if o.rd == o.wr {
-		o.rd, o.wr = 0, 0
-	}
-	if o.wr-o.rd >= need {
-		return nil
-	}
-	if len(o.buf)-o.rd < need {
-		o.wr = copy(o.buf, o.buf[o.rd:o.wr])
-		o.rd = 0
-	}
-	for o.wr-o.rd < need {
-		n, err := o.r.Read(o.buf[o.wr:])
-		o.wr += n
-		if err != nil {
-			switch {
-			case o.wr-o.rd >= need:
-				return nil // r repeats the error at the next read
-			case err == io.EOF && o.wr == o.rd:
-				return io.EOF
-			case err == io.EOF:
-				return io.ErrUnexpectedEOF
-			}
-			return err
-		}
-	}
-	return nil
-}
-
-// take consumes the next n buffered bytes (fill made them available).
-func (o *bulkOpener) take(n int) []byte {
-	b := o.buf[o.rd : o.rd+n]
-	o.rd += n
-	return b
+	return &bulkOpener{r: r, c: c, buf: make([]byte, bulkRecord+bulkTagLen)}
 }
 
 // readHeader reads and opens the next piece header into hb (bulkHdrLen
@@ -279,13 +231,13 @@ func (o *bulkOpener) take(n int) []byte {
 // transport.ErrBadFrame and errRecordAuth if the header does not open,
 // and an ErrBadFrame if the previous piece was not read whole.
 func (o *bulkOpener) readHeader(hb []byte) error {
-	if o.left > 0 || len(o.plain) > 0 || o.rec != nil {
-		return fmt.Errorf("%w: bulk piece header while %d payload bytes are unread", transport.ErrBadFrame, o.left+len(o.plain)+len(o.rec))
+	if o.left > 0 || len(o.plain) > 0 || o.sealed > 0 {
+		return fmt.Errorf("%w: bulk piece header while %d payload bytes are unread", transport.ErrBadFrame, o.left+len(o.plain)+o.sealed)
 	}
-	if err := o.fill(bulkHdrRecord); err != nil {
+	b := o.buf[:bulkHdrRecord]
+	if _, err := io.ReadFull(o.r, b); err != nil {
 		return err
 	}
-	b := o.take(bulkHdrRecord)
 	nonce, err := o.c.next()
 	if err != nil {
 		return err
@@ -328,29 +280,25 @@ func (o *bulkOpener) Next(max int) ([]byte, error) {
 		if o.left == 0 {
 			return nil, io.EOF
 		}
-		if _, err := o.readRecord(); err != nil {
-			return nil, err
-		}
-		p, err := o.openRecord(nil)
+		n, err := o.open(nil)
 		if err != nil {
 			return nil, err
 		}
-		o.plain = p
+		o.plain = o.buf[:n]
 	}
 	b := o.plain[:min(max, len(o.plain))]
 	o.plain = o.plain[len(b):]
 	return b, nil
 }
 
-// open reads the piece's next record and opens it into dst and returns
-// its plaintext length.
+// open reads the piece's next record and opens it into dst, or in place
+// in o.buf if dst is nil, and returns its plaintext length.
 func (o *bulkOpener) open(dst []byte) (int, error) {
 	n, err := o.readRecord()
 	if err != nil {
 		return 0, err
 	}
-	_, err = o.openRecord(dst)
-	return n, err
+	return n, o.openRecord(dst)
 }
 
 // readRecord reads the current piece's next record whole into the
@@ -360,46 +308,44 @@ func (o *bulkOpener) open(dst []byte) (int, error) {
 // of the payload, io.ErrUnexpectedEOF if the connection ends inside the
 // record, and other read errors as is.
 func (o *bulkOpener) readRecord() (int, error) {
-	if o.rec != nil || len(o.plain) > 0 {
+	if o.sealed > 0 || len(o.plain) > 0 {
 		panic("libp2p: bulk record read over an unopened or unread one")
 	}
 	if o.left == 0 {
 		return 0, io.EOF
 	}
 	n := min(bulkRecord, o.left)
-	if err := o.fill(n + bulkTagLen); err != nil {
+	if _, err := io.ReadFull(o.r, o.buf[:n+bulkTagLen]); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return 0, err
 	}
 	o.left -= n
-	o.rec = o.take(n + bulkTagLen)
+	o.sealed = n
 	return n, nil
 }
 
 // openRecord opens the record that readRecord read into dst (at least its
-// plaintext length), or in place in the opener's buffer if dst is nil, and
-// returns the plaintext (in the opener's buffer, valid until the next
-// read, if dst is nil). A record that does not open is an error wrapping
-// transport.ErrBadFrame and errRecordAuth, and leaves zeroes in dst's
-// first bytes (never the unauthenticated plaintext: crypto/cipher clears
-// it).
-func (o *bulkOpener) openRecord(dst []byte) ([]byte, error) {
-	b := o.rec
-	o.rec = nil
+// plaintext length), or in place in the opener's buffer if dst is nil. A
+// record that does not open is an error wrapping transport.ErrBadFrame and
+// errRecordAuth, and leaves zeroes in dst's first bytes (never the
+// unauthenticated plaintext: crypto/cipher clears it).
+func (o *bulkOpener) openRecord(dst []byte) error {
+	n := o.sealed
+	o.sealed = 0
+	b := o.buf[:n+bulkTagLen]
 	nonce, err := o.c.next()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if dst == nil {
 		dst = b
 	}
-	p, err := o.c.aead.Open(dst[:0], nonce, b, o.hdr[:])
-	if err != nil {
-		return nil, o.authErr()
+	if _, err := o.c.aead.Open(dst[:0], nonce, b, o.hdr[:]); err != nil {
+		return o.authErr()
 	}
-	return p, nil
+	return nil
 }
 
 func (o *bulkOpener) authErr() error {
@@ -470,9 +416,9 @@ func (l *link) readSealed(o *bulkOpener, seq, total uint64, off, n int) bool {
 		case !pr.pl.Add:
 			dst = pr.pl.Dst[at : at+k]
 		}
-		p, err := o.openRecord(dst)
+		err := o.openRecord(dst)
 		if err == nil && dst == nil {
-			transport.ApplyPlacement(&pr.pl, at, p)
+			transport.ApplyPlacement(&pr.pl, at, o.buf[:k])
 		}
 		if err != nil {
 			if pr != nil {

@@ -131,7 +131,7 @@ func openPiecesFrom(t testing.TB, r io.Reader, secret []byte, rekey uint64, chun
 			if chunk == byRecord {
 				k, err := o.readRecord()
 				if err == nil {
-					_, err = o.openRecord(p[off : off+k])
+					err = o.openRecord(p[off : off+k])
 				}
 				if err != nil {
 					return hdrs, payloads, err
