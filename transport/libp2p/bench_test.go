@@ -164,10 +164,10 @@ func BenchmarkAEAD(b *testing.B) {
 }
 
 // BenchmarkReduceIn: messages of 16 MiB from rank 0 to rank 1 (security
-// off, one bulk connection), which rank 1 adds as float32 into a 16 MiB
-// vector: received whole and then added (recv), or added as they arrive
-// (placed, RecvPlaced), the receive posted before the message is sent, as
-// a ring's driver does. cpu-ms/op is the process's user and system CPU
+// off or TLS, one bulk connection), which rank 1 adds as float32 into a
+// 16 MiB vector (or copies there: placed-copy): received whole and then
+// added (recv), or added as they arrive (placed, RecvPlaced), the receive
+// posted before the message is sent, as a ring's driver does. cpu-ms/op is the process's user and system CPU
 // time per message, both ranks included: what the placed path saves is
 // memory passes, which show in CPU time rather than in wall time on a
 // loaded machine.
@@ -175,20 +175,27 @@ func BenchmarkAEAD(b *testing.B) {
 //	go test -run '^$' -bench ReduceIn -benchtime 40x ./transport/libp2p
 func BenchmarkReduceIn(b *testing.B) {
 	const size = 16 << 20
-	for _, mode := range []string{"recv", "placed"} {
-		b.Run("mode="+mode, func(b *testing.B) {
-			conns := newGroup(b, 2, WithInsecure())
+	for _, bc := range []struct {
+		security, mode string
+	}{{"insecure", "recv"}, {"insecure", "placed"}, {"tls", "recv"}, {"tls", "placed"}, {"tls", "placed-copy"}} {
+		mode := bc.mode
+		b.Run("security="+bc.security+"/mode="+mode, func(b *testing.B) {
+			opt := WithInsecure()
+			if bc.security == "tls" {
+				opt = WithTLS()
+			}
+			conns := newGroup(b, 2, opt)
 			ctx := context.Background()
 			dst := unsafeBytes(make([]float32, size/4))
 			msg := make([]byte, size)
-			pl := transport.Placement{Dst: dst, Add: true}
+			pl := transport.Placement{Dst: dst, Add: mode != "placed-copy"}
 			l := conns[1].links[0]
 			errc := make(chan error, 1)
 			c0 := cpuTime()
 			b.SetBytes(size)
 			for b.Loop() {
 				go func() {
-					if mode == "placed" {
+					if mode != "recv" {
 						errc <- conns[1].RecvPlaced(ctx, 0, 1, pl)
 						return
 					}
@@ -218,7 +225,7 @@ func BenchmarkReduceIn(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(cpuTime()-c0)/1e6/float64(b.N), "cpu-ms/op")
-			if n := conns[1].PlacedMessages(); mode == "placed" && n < int64(b.N) {
+			if n := conns[1].PlacedMessages(); mode != "recv" && n < int64(b.N) {
 				b.Errorf("%d of %d messages placed", n, b.N)
 			}
 		})

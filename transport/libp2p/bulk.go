@@ -332,7 +332,8 @@ func (c *Conn) handleBulk(nc net.Conn) {
 // piece is read into the connection's scratch (one piece, a cache's
 // worth), checked there (with payloadCRC), and then copied or added to
 // where its message goes: an added message's memory is written once,
-// while the piece is in cache.
+// while the piece is in cache. Under TLS the payload goes record by record
+// instead (readSealed).
 func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 	c := l.c
 	r := bufio.NewReaderSize(&liveReader{s: src, last: &l.lastRead}, 4<<10)
@@ -383,6 +384,16 @@ func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 			l.failInbound(fmt.Errorf("%w: bulk piece [%d, +%d) outside a %d-byte message", transport.ErrBadFrame, off, n, total))
 			return
 		}
+		if o != nil {
+			if transport.UpdateChecksum(0, pre) != h.CRC {
+				l.failInbound(fmt.Errorf("%w: bulk piece checksum mismatch (message %d, offset %d)", transport.ErrBadFrame, h.Tag, off))
+				return
+			}
+			if !l.readSealed(o, h.Tag, total, int(off), n) {
+				return
+			}
+			continue
+		}
 		m, pr := l.announcedTarget(h.Tag, total)
 		direct := pr != nil // read straight into the receive's memory
 		var dst []byte
@@ -399,8 +410,6 @@ func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 		}
 		crc := transport.UpdateChecksum(0, pre)
 		switch {
-		case o != nil:
-			_, err = io.ReadFull(o, dst)
 		case payloadCRC:
 			l.crcBytes.Add(int64(n))
 			crc, err = readPayloadCRCChunk(r, dst, crc, bulkCRCChunk)
@@ -431,31 +440,7 @@ func (l *link) bulkReadLoop(src io.Reader, payloadCRC bool, open *bulkCipher) {
 				copy(m.buf[off:], dst)
 			}
 		}
-		l.mu.Lock()
-		if pr == nil {
-			m.readers--
-			m.addArrived(int(off), n)
-			if m.readers == 0 && m.pr != nil {
-				l.bulkCond.Broadcast() // bound late: its binder waits for us
-			}
-		}
-		if pr != nil {
-			pr.applying--
-			if pr.applying == 0 && pr.state == placeAbandoned {
-				l.bulkCond.Broadcast()
-			}
-		}
-		m.got += n
-		full := m.got > m.total
-		if m.got == m.total {
-			m.done <- struct{}{}
-		}
-		l.mu.Unlock()
-		if full {
-			l.failInbound(fmt.Errorf("%w: bulk message %d got more than its %d bytes", transport.ErrBadFrame, h.Tag, m.total))
-			return
-		}
-		if c.isClosed() {
+		if !l.pieceDone(m, pr, h.Tag, int(off), n) {
 			return
 		}
 	}
@@ -522,6 +507,35 @@ func (l *link) doneApplying(pr *posted) {
 	pr.applying--
 	l.bulkCond.Broadcast()
 	l.mu.Unlock()
+}
+
+// pieceDone counts the n bytes at off of a piece of message m (seq) that
+// a bulk reader wrote, as one of the readers of m's buffer (pr nil) or a
+// writer of the receive pr it is bound to, and completes m when they were
+// its last. It returns false when the read loop ends: the piece overflowed
+// m (the link fails) or the Conn is closing.
+func (l *link) pieceDone(m *bulkMsg, pr *posted, seq uint64, off, n int) bool {
+	l.mu.Lock()
+	if pr == nil {
+		m.readers--
+		m.addArrived(off, n)
+		if m.readers == 0 && m.pr != nil {
+			l.bulkCond.Broadcast() // bound late: its binder waits for us
+		}
+	} else {
+		l.stopApplying(pr)
+	}
+	m.got += n
+	full := m.got > m.total
+	if m.got == m.total {
+		m.done <- struct{}{}
+	}
+	l.mu.Unlock()
+	if full {
+		l.failInbound(fmt.Errorf("%w: bulk message %d got more than its %d bytes", transport.ErrBadFrame, seq, m.total))
+		return false
+	}
+	return !l.c.isClosed()
 }
 
 // awaitBulk waits until message seq is announced and returns it, with the

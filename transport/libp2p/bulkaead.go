@@ -22,8 +22,10 @@ import (
 // the libp2p key's signature) and agrees on fresh secrets. The pieces
 // then travel in this package's own AEAD records on the raw TCP
 // connection, as kTLS and QUIC do, so that the receiver opens each record
-// straight into the message's buffer and the sender seals from the
-// message into one cache-sized buffer that goes to the kernel: no
+// straight into the message's buffer (or, for a placed message, in place
+// in its record buffer and adds it into the placement from there) and the
+// sender seals from the message into one cache-sized buffer that goes to
+// the kernel: no
 // crypto/tls record buffer, no copy out of it, no bufio pass on either
 // side.
 //
@@ -161,14 +163,19 @@ type bulkSealer struct {
 	buf []byte // a sealed header and payload record
 }
 
+// bulkSealBuf is a sealer's buffer: the records of a bulkPiece-byte piece
+// (a piece the size the bulk writers send goes to the kernel in one system
+// call), a quarter of a common L2 cache.
+const bulkSealBuf = bulkHdrRecord + (bulkPiece+bulkRecord-1)/bulkRecord*(bulkRecord+bulkTagLen)
+
 func newBulkSealer(c *bulkCipher) *bulkSealer {
-	return &bulkSealer{c: c, buf: make([]byte, 0, bulkHdrRecord+bulkRecord+bulkTagLen)}
+	return &bulkSealer{c: c, buf: make([]byte, 0, bulkSealBuf)}
 }
 
 // writePiece seals the piece header hdr (bulkHdrLen bytes) and its payload
-// and writes them to w, one system call per payload record (the header
-// goes with the first). It does not retain or modify hdr or payload. An
-// error leaves the connection unusable.
+// and writes them to w, as many records per system call as the sealer's
+// buffer holds (a piece of up to bulkPiece bytes: one). It does not retain
+// or modify hdr or payload. An error leaves the connection unusable.
 func (s *bulkSealer) writePiece(w io.Writer, hdr, payload []byte) error {
 	if len(hdr) != bulkHdrLen {
 		panic("libp2p: bulk piece header of the wrong length")
@@ -179,13 +186,15 @@ func (s *bulkSealer) writePiece(w io.Writer, hdr, payload []byte) error {
 	}
 	out := s.c.aead.Seal(s.buf[:0], nonce, hdr, nil)
 	for {
-		n := min(bulkRecord, len(payload))
-		if n > 0 {
+		if n := min(bulkRecord, len(payload)); n > 0 {
 			if nonce, err = s.c.next(); err != nil {
 				return err
 			}
 			out = s.c.aead.Seal(out, nonce, payload[:n], hdr)
 			payload = payload[n:]
+		}
+		if len(payload) > 0 && len(out)+min(bulkRecord, len(payload))+bulkTagLen <= cap(out) {
+			continue
 		}
 		if _, err := w.Write(out); err != nil {
 			return err
@@ -205,7 +214,10 @@ type bulkOpener struct {
 	hdr   [bulkHdrLen]byte // the current piece's header (its records' additional data)
 	buf   []byte           // a sealed payload record
 	plain []byte           // opened payload not yet returned (in buf)
-	left  int              // payload bytes of the current piece still sealed
+	left  int              // payload bytes of the current piece not yet read
+	// sealed is the plaintext length of a record in buf that readRecord
+	// read and openRecord has not opened yet (0: none).
+	sealed int
 }
 
 func newBulkOpener(r io.Reader, c *bulkCipher) *bulkOpener {
@@ -219,8 +231,8 @@ func newBulkOpener(r io.Reader, c *bulkCipher) *bulkOpener {
 // transport.ErrBadFrame and errRecordAuth if the header does not open,
 // and an ErrBadFrame if the previous piece was not read whole.
 func (o *bulkOpener) readHeader(hb []byte) error {
-	if o.left > 0 || len(o.plain) > 0 {
-		return fmt.Errorf("%w: bulk piece header while %d payload bytes are unread", transport.ErrBadFrame, o.left+len(o.plain))
+	if o.left > 0 || len(o.plain) > 0 || o.sealed > 0 {
+		return fmt.Errorf("%w: bulk piece header while %d payload bytes are unread", transport.ErrBadFrame, o.left+len(o.plain)+o.sealed)
 	}
 	b := o.buf[:bulkHdrRecord]
 	if _, err := io.ReadFull(o.r, b); err != nil {
@@ -282,26 +294,58 @@ func (o *bulkOpener) Next(max int) ([]byte, error) {
 // open reads the piece's next record and opens it into dst, or in place
 // in o.buf if dst is nil, and returns its plaintext length.
 func (o *bulkOpener) open(dst []byte) (int, error) {
+	n, err := o.readRecord()
+	if err != nil {
+		return 0, err
+	}
+	return n, o.openRecord(dst)
+}
+
+// readRecord reads the current piece's next record whole into the
+// opener's buffer without opening it, and returns its plaintext length;
+// openRecord then opens it (a reader that must not hold its destination
+// while it waits on the network reads first). It returns io.EOF at the end
+// of the payload, io.ErrUnexpectedEOF if the connection ends inside the
+// record, and other read errors as is.
+func (o *bulkOpener) readRecord() (int, error) {
+	if o.sealed > 0 || len(o.plain) > 0 {
+		panic("libp2p: bulk record read over an unopened or unread one")
+	}
+	if o.left == 0 {
+		return 0, io.EOF
+	}
 	n := min(bulkRecord, o.left)
-	b := o.buf[:n+bulkTagLen]
-	if _, err := io.ReadFull(o.r, b); err != nil {
+	if _, err := io.ReadFull(o.r, o.buf[:n+bulkTagLen]); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return 0, err
 	}
+	o.left -= n
+	o.sealed = n
+	return n, nil
+}
+
+// openRecord opens the record that readRecord read into dst (at least its
+// plaintext length), or in place in the opener's buffer if dst is nil. A
+// record that does not open is an error wrapping transport.ErrBadFrame and
+// errRecordAuth, and leaves zeroes in dst's first bytes (never the
+// unauthenticated plaintext: crypto/cipher clears it).
+func (o *bulkOpener) openRecord(dst []byte) error {
+	n := o.sealed
+	o.sealed = 0
+	b := o.buf[:n+bulkTagLen]
 	nonce, err := o.c.next()
 	if err != nil {
-		return 0, err
+		return err
 	}
-	o.left -= n
 	if dst == nil {
 		dst = b
 	}
 	if _, err := o.c.aead.Open(dst[:0], nonce, b, o.hdr[:]); err != nil {
-		return 0, o.authErr()
+		return o.authErr()
 	}
-	return n, nil
+	return nil
 }
 
 func (o *bulkOpener) authErr() error {
@@ -324,4 +368,106 @@ func tlsRecordRead(r *bufio.Reader, left *int, p []byte) (int, error) {
 	n, err := r.Read(p[:min(len(p), *left)])
 	*left -= n
 	return n, err
+}
+
+// readSealed reads the payload of the piece [off, +n) of bulk message seq
+// (total bytes) from o and applies it where the message goes, record by
+// record, each as soon as it has opened (been authenticated), so that no
+// byte crosses memory twice: a record opens straight into the message's
+// pooled buffer or, for a placed message (RecvPlaced), into the
+// placement's memory when it is a copy, and in place in the opener's
+// buffer when it is added, then added from there while in cache. A record
+// that does not open is never applied: an added one is not added, a copied
+// one leaves zeroes in its range (crypto/cipher clears what it decrypted),
+// and the link fails. A placed message's memory may thus hold the records
+// of a piece that opened before one that failed (RecvPlaced's contract:
+// part of the message). The first record is read before waiting for the
+// message's announcement (a piece may arrive first); the reader counts as
+// a writer of a placement only while it opens or applies a record, not
+// while it waits on the network, so that a receive given up is never held
+// by a peer. It returns false when the read loop ends: the link failed
+// (reported here) or the Conn is closing.
+func (l *link) readSealed(o *bulkOpener, seq, total uint64, off, n int) bool {
+	m, pr := l.announcedTarget(seq, total)
+	if pr != nil {
+		// A placed copy: taken again (awaitBulk) once the first record is
+		// in, so that no peer holds the receive while we wait on it.
+		l.mu.Lock()
+		l.stopApplying(pr)
+		l.mu.Unlock()
+		m, pr = nil, nil
+	}
+	if m != nil {
+		if _, err := io.ReadFull(o, m.buf[off:off+n]); err != nil {
+			l.readFailed(err)
+			return false
+		}
+		return l.pieceDone(m, nil, seq, off, n)
+	}
+	k, err := o.readRecord()
+	if err != nil {
+		l.readFailed(err)
+		return false
+	}
+	if m == nil {
+		if m, pr, err = l.awaitBulk(seq, total, off, n); err != nil {
+			l.failInbound(err)
+			return false
+		}
+		if m == nil {
+			return false // the link failed or we are closing
+		}
+	}
+	for at, end := off, off+n; ; {
+		var dst []byte // nil: opened in place and added from there
+		switch {
+		case pr == nil:
+			dst = m.buf[at : at+k]
+		case !pr.pl.Add:
+			dst = pr.pl.Dst[at : at+k]
+		}
+		err := o.openRecord(dst)
+		if err == nil && dst == nil {
+			transport.ApplyPlacement(&pr.pl, at, o.buf[:k])
+		}
+		if err != nil {
+			l.doneApplying(pr)
+			l.readFailed(err)
+			return false
+		}
+		if at += k; at == end {
+			return l.pieceDone(m, pr, seq, off, n)
+		}
+		if pr == nil { // the rest opens straight into the buffer
+			if _, err := io.ReadFull(o, m.buf[at:end]); err != nil {
+				l.readFailed(err)
+				return false
+			}
+			return l.pieceDone(m, nil, seq, off, n)
+		}
+		l.mu.Lock()
+		l.stopApplying(pr)
+		l.mu.Unlock()
+		if k, err = o.readRecord(); err != nil {
+			l.readFailed(err)
+			return false
+		}
+		l.mu.Lock()
+		ok := l.err == nil && !l.c.isClosed() && pr.state == placeBound
+		if ok {
+			pr.applying++
+		}
+		l.mu.Unlock()
+		if !ok {
+			return false
+		}
+	}
+}
+
+// stopApplying ends a bulk reader's write into pr's memory. l.mu is held.
+func (l *link) stopApplying(pr *posted) {
+	pr.applying--
+	if pr.applying == 0 && pr.state == placeAbandoned {
+		l.bulkCond.Broadcast()
+	}
 }

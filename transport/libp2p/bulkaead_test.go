@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -70,7 +72,8 @@ func sealPieces(t testing.TB, secret []byte, rekey uint64, payloads [][]byte) ([
 		}
 	}
 	// The record boundaries: a header record, then ceil(n/bulkRecord)
-	// payload records per piece, one Write per payload record.
+	// payload records per piece, as many per Write as fit the sealer's
+	// buffer.
 	off := 0
 	for _, p := range payloads {
 		recs = append(recs, [2]int{off, off + bulkHdrRecord})
@@ -82,18 +85,41 @@ func sealPieces(t testing.TB, secret []byte, rekey uint64, payloads [][]byte) ([
 			left -= n
 		}
 	}
-	if off != w.Len() || len(w.writes) != len(recs)-len(payloads) {
-		t.Fatalf("sealed stream is %d bytes in %d writes, %d records of %d bytes", w.Len(), len(w.writes), len(recs), off)
+	writes := 0
+	for _, p := range payloads {
+		writes += (bulkHdrRecord + len(p) + (len(p)+bulkRecord-1)/bulkRecord*bulkTagLen + bulkSealBuf - 1) / bulkSealBuf
+	}
+	if off != w.Len() || len(w.writes) != writes {
+		t.Fatalf("sealed stream is %d bytes in %d writes (want %d), %d records of %d bytes", w.Len(), len(w.writes), writes, len(recs), off)
 	}
 	return w.Bytes(), recs
 }
 
+// oddReader returns at most n bytes per Read.
+type oddReader struct {
+	r io.Reader
+	n int
+}
+
+func (o *oddReader) Read(p []byte) (int, error) { return o.r.Read(p[:min(len(p), o.n)]) }
+
+// byRecord is openPieces' chunk for reading each record with readRecord
+// and opening it into the destination with openRecord.
+const byRecord = math.MinInt
+
 // openPieces reads pieces from stream, chunk bytes per Read (0: the whole
-// payload at once; negative: -chunk bytes per Next), and returns their headers and payloads and the first
-// error (io.EOF at a clean end).
+// payload at once; negative: -chunk bytes per Next; byRecord: a record at
+// a time with readRecord and openRecord), and returns their headers and
+// payloads and the first error (io.EOF at a clean end).
 func openPieces(t testing.TB, stream []byte, secret []byte, rekey uint64, chunk int) (hdrs, payloads [][]byte, err error) {
 	t.Helper()
-	o := newBulkOpener(bytes.NewReader(stream), testCipher(t, secret, rekey))
+	return openPiecesFrom(t, bytes.NewReader(stream), secret, rekey, chunk)
+}
+
+// openPiecesFrom is openPieces reading the stream from r.
+func openPiecesFrom(t testing.TB, r io.Reader, secret []byte, rekey uint64, chunk int) (hdrs, payloads [][]byte, err error) {
+	t.Helper()
+	o := newBulkOpener(r, testCipher(t, secret, rekey))
 	for {
 		hb := make([]byte, bulkHdrLen)
 		if err := o.readHeader(hb); err != nil {
@@ -102,6 +128,17 @@ func openPieces(t testing.TB, stream []byte, secret []byte, rekey uint64, chunk 
 		n := int(binary.LittleEndian.Uint32(hb[12:])) - bulkPrefix
 		p := make([]byte, n)
 		for off := 0; off < n; {
+			if chunk == byRecord {
+				k, err := o.readRecord()
+				if err == nil {
+					err = o.openRecord(p[off : off+k])
+				}
+				if err != nil {
+					return hdrs, payloads, err
+				}
+				off += k
+				continue
+			}
 			if chunk < 0 {
 				b, err := o.Next(-chunk)
 				if err != nil {
@@ -139,7 +176,7 @@ func TestBulkRecordRoundTrip(t *testing.T) {
 		if bytes.Contains(stream, payloads[len(payloads)-1][1000:1064]) {
 			t.Fatal("the sealed stream contains the plaintext")
 		}
-		for _, chunk := range []int{0, 7, 1000, bulkRecord + 3, -1000, -bulkRecord} {
+		for _, chunk := range []int{0, 7, 1000, bulkRecord + 3, -1000, -bulkRecord, byRecord} {
 			t.Run(fmt.Sprintf("rekey=%d/chunk=%d", rekey, chunk), func(t *testing.T) {
 				hdrs, got, err := openPieces(t, stream, testSecret(1), rekey, chunk)
 				if err != io.EOF {
@@ -156,9 +193,27 @@ func TestBulkRecordRoundTrip(t *testing.T) {
 			})
 		}
 	}
+	// However the connection splits the stream into reads (a byte at a
+	// time, or odd sizes that end inside records and headers), the opener
+	// reassembles the records.
+	stream, _ := sealPieces(t, testSecret(1), 3, payloads)
+	for name, r := range map[string]io.Reader{
+		"one byte": iotest.OneByteReader(bytes.NewReader(stream)),
+		"odd":      &oddReader{r: bytes.NewReader(stream), n: 7919},
+		"half":     iotest.HalfReader(bytes.NewReader(stream)),
+	} {
+		_, got, err := openPiecesFrom(t, r, testSecret(1), 3, byRecord)
+		if err != io.EOF || len(got) != len(payloads) {
+			t.Fatalf("%s reads: %d pieces, %v", name, len(got), err)
+		}
+		for i := range payloads {
+			if !bytes.Equal(got[i], payloads[i]) {
+				t.Fatalf("%s reads: piece %d differs", name, i)
+			}
+		}
+	}
 	// Different keys every 3 records: the same stream does not open with
 	// another key schedule.
-	stream, _ := sealPieces(t, testSecret(1), 3, payloads)
 	if _, _, err := openPieces(t, stream, testSecret(1), bulkRekeyRecords, 0); !errors.Is(err, errRecordAuth) {
 		t.Fatalf("opened with another key schedule: %v", err)
 	}
@@ -210,7 +265,9 @@ func TestBulkRecordAdversary(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, chunk := range []int{0, 1000, -bulkRecord} { // opened into the destination, into the opener's buffer, read there
+			// Opened into the destination, into the opener's buffer, read
+			// there; read whole, then opened into the destination.
+			for _, chunk := range []int{0, 1000, -bulkRecord, byRecord} {
 				_, got, err := openPieces(t, tc.stream, testSecret(1), bulkRekeyRecords, chunk)
 				if !errors.Is(err, tc.want) {
 					t.Fatalf("got %v, want %v", err, tc.want)
@@ -553,4 +610,135 @@ func twoKeys(t *testing.T) (dialer, acceptor crypto.PrivKey) {
 		keys[i] = k
 	}
 	return keys[0], keys[1]
+}
+
+// On a TLS bulk connection, a placed message (RecvPlaced, added into the
+// caller's memory, or copied there, record by record as each opens) gets
+// exactly the records that open before a forged, corrupted, replayed,
+// plaintext or truncated one: that record and every byte after it are
+// never applied (a copied record that does not open leaves zeroes, never
+// its bytes), and the link fails with ErrBadFrame (ErrPeerDead when it
+// ends inside a record). Whether the pieces arrive before or after their
+// announcement, the result is the same.
+func TestBulkTLSPlacedAdversary(t *testing.T) {
+	const total = 3*bulkRecord + 1000
+	rng := rand.New(rand.NewPCG(7, 8))
+	msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+	seal := func(s *bulkSealer, off, n int) []byte {
+		var b bytes.Buffer
+		if err := s.writePiece(&b, pieceHdr(0, off, n, total), msg[off:off+n]); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	rec := func(i int) int { return bulkHdrRecord + i*(bulkRecord+bulkTagLen) } // payload record i of a piece at 0
+	cases := []struct {
+		name    string
+		write   func(s *bulkSealer) []byte
+		applied int   // bytes of the message applied before the failure
+		zeroed  int   // then, copied: bytes of a record that did not open, cleared
+		want    error // nil: received intact
+	}{
+		{"intact", func(s *bulkSealer) []byte {
+			return append(seal(s, 0, 1000), seal(s, 1000, total-1000)...)
+		}, total, 0, nil},
+		{"first record corrupt", func(s *bulkSealer) []byte {
+			b := seal(s, 0, total)
+			b[rec(0)+100] ^= 1
+			return b
+		}, 0, bulkRecord, errRecordAuth},
+		{"third record corrupt", func(s *bulkSealer) []byte {
+			b := seal(s, 0, total)
+			b[rec(2)+5] ^= 1
+			return b
+		}, 2 * bulkRecord, bulkRecord, errRecordAuth},
+		{"last tag corrupt", func(s *bulkSealer) []byte {
+			b := seal(s, 0, total)
+			b[len(b)-1] ^= 1
+			return b
+		}, 3 * bulkRecord, 1000, errRecordAuth},
+		{"record replayed", func(s *bulkSealer) []byte {
+			b := seal(s, 0, total)
+			return bytes.Join([][]byte{b[:rec(1)], b[rec(0):rec(1)], b[rec(1):]}, nil)
+		}, bulkRecord, bulkRecord, errRecordAuth},
+		{"piece replayed", func(s *bulkSealer) []byte {
+			b := seal(s, 0, 1000)
+			return append(b, b...)
+		}, 1000, 0, errRecordAuth},
+		{"forged key", func(*bulkSealer) []byte {
+			return seal(newBulkSealer(testCipher(t, testSecret(9), bulkRekeyRecords)), 0, total)
+		}, 0, 0, errRecordAuth},
+		{"plaintext", func(*bulkSealer) []byte {
+			return append(pieceHdr(0, 0, total, total), msg...)
+		}, 0, 0, errRecordAuth},
+		{"truncated", func(s *bulkSealer) []byte {
+			return seal(s, 0, total)[:rec(1)+1000]
+		}, bulkRecord, 0, transport.ErrPeerDead},
+	}
+	for _, tc := range cases {
+		for _, v := range []struct{ add, piecesFirst bool }{{true, false}, {true, true}, {false, false}} {
+			add, piecesFirst := v.add, v.piecesFirst
+			t.Run(fmt.Sprintf("%s/add=%t/pieces_first=%t", tc.name, add, piecesFirst), func(t *testing.T) {
+				c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithTLS())
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				tr, err := tls.New(tls.ID, h.Peerstore().PrivKey(h.ID()), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				nc, sc := dialFakeBulk(t, c, tr)
+				secret, err := bulkSecret(sc, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pl := transport.Placement{Dst: aligned(dst0), Add: add}
+				errc := make(chan error, 1)
+				go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
+				waitPosted(t, c.links[1], placeWaiting)
+				pieces := tc.write(newBulkSealer(testCipher(t, secret, bulkRekeyRecords)))
+				announce := func() error { _, err := s.Write(bulkAnnounce(5, 0, total)); return err }
+				if !piecesFirst {
+					if err := announce(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := nc.Write(pieces); err != nil {
+					t.Fatal(err)
+				}
+				if piecesFirst {
+					// The link may have failed already on a bad first record,
+					// and the stream with it.
+					if err := announce(); err != nil && tc.want == nil {
+						t.Fatal(err)
+					}
+				}
+				if tc.want == transport.ErrPeerDead {
+					nc.Close()
+				}
+				err = <-errc
+				if tc.want == nil {
+					if err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					wantPeerErr(t, err, tc.want)
+					if tc.want == errRecordAuth {
+						wantPeerErr(t, err, transport.ErrBadFrame)
+					}
+				}
+				want := append(bytes.Clone(msg[:tc.applied]), dst0[tc.applied:]...)
+				clear(want[tc.applied : tc.applied+tc.zeroed])
+				if add {
+					want = append(addBytes(dst0[:tc.applied], msg[:tc.applied], false, 0), dst0[tc.applied:]...)
+				}
+				if !bytes.Equal(pl.Dst, want) {
+					for i := range want {
+						if pl.Dst[i] != want[i] {
+							t.Fatalf("the caller's memory differs from %d bytes applied and the rest untouched at byte %d", tc.applied, i)
+						}
+					}
+				}
+			})
+		}
+	}
 }

@@ -175,15 +175,18 @@ func (l *link) unpost(pr *posted, reuse bool) {
 
 // RecvPlaced receives the next message from peer with tag into pl
 // (transport.Placer). A bulk message is applied to pl.Dst piece by piece
-// as it arrives: with Add, each piece is read into a cache-sized scratch,
-// checked there, and added into pl.Dst; otherwise it is read straight into
+// as it arrives: an added piece is read into a cache-sized scratch,
+// checked there, and added into pl.Dst; a copied one is read straight into
 // pl.Dst and checked there (on an error pl.Dst may then hold a piece that
-// failed its check). The pieces of a message that arrived before the
-// receive was posted went into a buffer, and are applied from there when
-// it is (the message counts in PlacedMessages and LateBoundMessages); a
-// message all of whose bytes arrived before goes through its buffer, as
-// with Recv. A message that comes over the stream (below Options.BulkMin,
-// or no bulk path) is received as by Recv and then applied. Posting a receive allocates nothing in steady
+// failed its check). Under TLS each record of a piece is opened as it
+// arrives, in place in the record layer's buffer or straight into pl.Dst
+// for a copy, and applied from there (readSealed in bulkaead.go). The
+// pieces of a message that arrived before the receive was posted went into
+// a buffer, and are applied from there when it is (the message counts in
+// PlacedMessages and LateBoundMessages); a message all of whose bytes
+// arrived before goes through its buffer, as with Recv. A message that
+// comes over the stream (below Options.BulkMin, or no bulk path) is
+// received as by Recv and then applied. Posting a receive allocates nothing in steady
 // state and starts no goroutine.
 func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transport.Placement) error {
 	if err := transport.CheckPlacement(pl); err != nil {
