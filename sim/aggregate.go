@@ -300,7 +300,7 @@ type aggState struct {
 	// members (nil: none, built lazily from the plan's sgTimes).
 	rec       *aggRec
 	bursts    [][]burst  // rank -> its decode bursts
-	tl        [][]engJob // rank -> its engine's jobs (engineTimeline of bursts)
+	spans     [][][]span // rank -> its bursts' spans (burstSpans)
 	burstsSet bool
 	members   [][]int32 // group -> its ranks
 	prog      []int32   // group -> the rank whose sparse gather its representative runs, -1 if none
@@ -356,24 +356,24 @@ func (r *aggRec) add(c, y, op int32, ops int, t float64) {
 }
 
 // burst is a run of l decode-adds of d seconds each, the first queued at
-// s, on one rank's compute engine; engineTimeline runs a rank's bursts.
+// s, on one rank's compute engine; burstSpans lays a rank's bursts out.
 type burst struct {
 	s, l, d float64
 	ch      int32 // its chain: a burst follows the earlier bursts of its chain (0: none)
 }
 
-// engJob is a job on a rank's compute engine in the order the engine runs
-// them (first come, first served): ready when it was queued, done at end.
-type engJob struct{ ready, end float64 }
+// span is a job's time on a rank's compute engine: [start, end).
+type span struct{ start, end float64 }
 
-// engineTimeline runs bursts on one engine, first come first served: the
-// decode-adds of a chain (one sparse gather's, in rank order) one after
+// burstSpans lays out a rank's bursts (sorted by start) on its engine, a
+// slice of spans per burst. The bursts of the sparse gathers (chains) share
+// the engine first come first served: a chain's decode-adds run one after
 // another, each queued when the previous one is done and not before its
-// burst's start, the other jobs queued at their start. Concurrent sparse
-// gathers interleave their decode-adds, so a rank's engine is busy for
-// their sum.
-func engineTimeline(bs []burst, dst []engJob) []engJob {
-	dst = dst[:0]
+// burst's start, so concurrent gathers interleave their decode-adds and a
+// rank is busy for their sum. The other jobs (a gather's encode, zero,
+// scale) are where the first pass ran them.
+func burstSpans(bs []burst) [][]span {
+	out := make([][]span, len(bs))
 	type cur struct {
 		i     int     // the burst (index into bs)
 		left  float64 // its decode-adds not yet queued
@@ -381,10 +381,15 @@ func engineTimeline(bs []burst, dst []engJob) []engJob {
 	}
 	var pend []cur
 	seen := make(map[int32]bool, 4) // chains with a burst in pend
-	for i := range bs {
-		if c := bs[i].ch; c == 0 || !seen[c] {
-			seen[c] = c != 0
-			pend = append(pend, cur{i: i, left: bs[i].l, ready: bs[i].s})
+	for i, b := range bs {
+		switch {
+		case b.ch == 0:
+			for j := range int(b.l) {
+				out[i] = append(out[i], span{b.s + float64(j)*b.d, b.s + float64(j+1)*b.d})
+			}
+		case !seen[b.ch]:
+			seen[b.ch] = true
+			pend = append(pend, cur{i: i, left: b.l, ready: b.s})
 		}
 	}
 	free := math.Inf(-1)
@@ -399,19 +404,17 @@ func engineTimeline(bs []burst, dst []engJob) []engJob {
 		b := &bs[c.i]
 		st := max(free, c.ready)
 		free = st + b.d
-		dst = append(dst, engJob{ready: c.ready, end: free})
+		out[c.i] = append(out[c.i], span{st, free})
 		c.ready = free
 		if c.left--; c.left > 0 {
 			continue
 		}
 		// The chain's next burst, if any.
 		j := -1
-		if ch := b.ch; ch != 0 {
-			for x := c.i + 1; x < len(bs); x++ {
-				if bs[x].ch == ch {
-					j = x
-					break
-				}
+		for x := c.i + 1; x < len(bs); x++ {
+			if bs[x].ch == b.ch {
+				j = x
+				break
 			}
 		}
 		if j < 0 {
@@ -421,23 +424,7 @@ func engineTimeline(bs []burst, dst []engJob) []engJob {
 		}
 		*c = cur{i: j, left: bs[j].l, ready: max(free, bs[j].s)}
 	}
-	return dst
-}
-
-// engineWait is when a job queued at t on an engine that runs tl (in the
-// order it runs them, so by the time they were queued) can start: after
-// every job queued before it. The job itself does not delay the later ones.
-func engineWait(tl []engJob, t float64) float64 {
-	i, _ := slices.BinarySearchFunc(tl, t, func(j engJob, t float64) int {
-		if j.ready <= t {
-			return -1
-		}
-		return 1
-	})
-	if i == 0 {
-		return t
-	}
-	return max(t, tl[i-1].end)
+	return out
 }
 
 // planAggregate decides whether the run is aggregated and, if so, builds
@@ -598,11 +585,11 @@ func (d *driver) walks(ms *machine) bool {
 // gathers' other compute (encode, zero, scale) when its representative
 // did in the first pass (aggRec.jobs): a ring's hop through a member waits
 // for that too.
-func (d *driver) aggBursts() [][]engJob {
+func (d *driver) aggBursts() [][][]span {
 	a := &d.as
 	p := d.agg
 	if a.burstsSet || p.sgTimes == nil {
-		return a.tl
+		return a.spans
 	}
 	a.burstsSet = true
 	n := int32(p.n)
@@ -684,12 +671,12 @@ func (d *driver) aggBursts() [][]engJob {
 			a.bursts[r] = append(a.bursts[r], p.sgJobs[y]...)
 		}
 	}
-	a.tl = make([][]engJob, n)
+	a.spans = make([][][]span, n)
 	for r := range a.bursts {
 		slices.SortStableFunc(a.bursts[r], func(u, v burst) int { return cmpFloat(u.s, v.s) })
-		a.tl[r] = engineTimeline(a.bursts[r], nil)
+		a.spans[r] = burstSpans(a.bursts[r])
 	}
-	return a.tl
+	return a.spans
 }
 
 // memberWait is when a ring's message delivered at t to group y, whose
@@ -707,9 +694,9 @@ func (d *driver) memberWait(y int32, t float64) float64 {
 	}
 	sum := 0.0
 	for _, r := range ms {
-		sum += engineWait(bs[r], t) - t
+		sum += burstWait(bs[r], t) - t
 	}
-	return t + max(0, sum/float64(len(ms))-(engineWait(bs[a.prog[y]], t)-t))
+	return t + max(0, sum/float64(len(ms))-(burstWait(bs[a.prog[y]], t)-t))
 }
 
 // closedWalk is when the message of step from of pipeline pid of ms's
@@ -718,8 +705,9 @@ func (d *driver) memberWait(y int32, t float64) float64 {
 // reaches it at t, is taken to arrive, when the members decode sparse
 // gathers (aggBursts). The members do not run in step: each forwards a
 // step when it has received it from its predecessor and, if the hop
-// computes, its engine has run the jobs queued there before it (the
-// decode-adds of every gather, interleaved: engineTimeline); a member
+// computes, the job running on its engine in each of its bursts is done
+// (burstWait: the decode-adds of every gather, interleaved by
+// burstSpans); a member
 // delayed by a burst delays its successor, which may meet its own burst in
 // turn, so that a delay travels round the ring with the bursts. The walk
 // keeps, per pipeline, when each member sends the current step, every hop
@@ -756,7 +744,7 @@ func (d *driver) closedWalk(ms *machine, pl *pipeline, pid, from int32, t0, t fl
 			ready = snd[(r+n-1)%n] + h
 		}
 		if comp {
-			ready = engineWait(bs[r], ready)
+			ready = burstWait(bs[r], ready)
 		}
 		next[r] = ready + w
 		m = max(m, ready)
@@ -778,6 +766,24 @@ func cmpFloat(a, b float64) int {
 		return 1
 	}
 	return 0
+}
+
+// burstWait is when a job that becomes ready at t on a rank whose bursts
+// are bs (burstSpans) can start: after the job running at t in each burst,
+// in the bursts' order.
+func burstWait(bs [][]span, t float64) float64 {
+	for _, b := range bs {
+		i, _ := slices.BinarySearchFunc(b, t, func(s span, t float64) int {
+			if s.start <= t {
+				return -1
+			}
+			return 1
+		})
+		if i > 0 && t < b[i-1].end {
+			t = b[i-1].end
+		}
+	}
+	return t
 }
 
 // walkFeed is hops walked member by member when the members of ms's group
@@ -808,14 +814,14 @@ func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 flo
 		t := t0
 		for x := from; x < to; x++ {
 			if x > 0 && pc.jobs[a0+x] > pc.jobs[a0+x-1] {
-				t = engineWait(bs[(e+K-1-h+(x-from))%n], t) // the sender's
+				t = burstWait(bs[(e+K-1-h+(x-from))%n], t) // the sender's
 				t += d.work(ms, pc, a0+x-1, a0+x)
 			}
 			b := pc.bytes[a0+x+1] - pc.bytes[a0+x]
 			t += b/cap + p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
 		}
 		if last := (e + K - 1) % n; last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
-			t = engineWait(bs[last], t)
+			t = burstWait(bs[last], t)
 		}
 		sum += t
 	}
@@ -1406,7 +1412,7 @@ func (d *driver) aggSetup() {
 	clear(a.bulk)
 	a.bulk, a.bfree = a.bulk[:0], a.bfree[:0]
 	a.exCons = map[[2]int32]map[[2]int32][]int32{}
-	a.bursts, a.tl, a.burstsSet = nil, nil, false
+	a.bursts, a.spans, a.burstsSet = nil, nil, false
 	a.cw, a.cwNext = nil, nil
 	if a.rec != nil {
 		a.rec.reps = slices.Clone(p.reps)
