@@ -47,7 +47,9 @@ import (
 // (walkFeed): a member's compute for a hop waits for the gather's compute
 // on that member, whose rank-ordered decode-adds are at another time on
 // every rank (aggBursts, from a first pass of the gathers alone:
-// sgFirstPass).
+// sgFirstPass). A closed ring (one group round the whole ring) has no
+// chains; there every member is walked beside the representative
+// (closedWalk).
 //
 // What the mode assumes: every collective is Shared (allreduce.Shared:
 // every rank's program is rank 0's rotated; a member's op moves the
@@ -489,7 +491,7 @@ func (d *driver) planAggregate(ctx context.Context) (string, error) {
 
 // sgFirstPass prepares aggBursts: when a sparse gather runs beside another
 // collective that is chained (a ring along chains of more than one
-// member), it runs the sparse gathers and the collectives they wait for
+// member, or round a closed group), it runs the sparse gathers and the collectives they wait for
 // (After) alone, aggregated, and keeps their representatives' arrival times
 // in p.sgTimes. The members of a chain decode the sparse gather's payloads
 // in rank order, each at another time (aggBursts); a ring's hop through a
@@ -581,10 +583,11 @@ func (d *driver) walks(ms *machine) bool {
 // when the last one, rank r+1's, arrives (step N−2). A member at position
 // m of a chain of L members receives a step (L−1−m) hops of the gather
 // before the chain's last member, which receives it when its group's
-// representative does in the first pass. Every member also runs the
-// gathers' other compute (encode, zero, scale) when its representative
-// did in the first pass (aggRec.jobs): a ring's hop through a member waits
-// for that too.
+// representative does in the first pass (a closed group's members, in
+// step, when it does). Every member also runs the gathers' other compute
+// (encode, zero, scale) when its representative did in the first pass
+// (aggRec.jobs): a ring's hop through a member waits for that too. The
+// result is every rank's bursts laid out on its engine (burstSpans).
 func (d *driver) aggBursts() [][][]span {
 	a := &d.as
 	p := d.agg
