@@ -490,10 +490,10 @@ func (d *driver) planAggregate(ctx context.Context) (string, error) {
 }
 
 // sgFirstPass prepares aggBursts: when a sparse gather runs beside another
-// collective that is chained (a ring along chains of more than one
-// member, or round a closed group), it runs the sparse gathers and the collectives they wait for
-// (After) alone, aggregated, and keeps their representatives' arrival times
-// in p.sgTimes. The members of a chain decode the sparse gather's payloads
+// collective that is chained (a ring along chains of more than one member,
+// or round a closed group), it runs the sparse gathers and the collectives
+// they wait for (After) alone, aggregated, and keeps their
+// representatives' arrival times in p.sgTimes. The members of a chain decode the sparse gather's payloads
 // in rank order, each at another time (aggBursts); a ring's hop through a
 // member waits for the decode running there (walkFeed). The first pass
 // leaves out the other collectives, which share the links with the sparse
