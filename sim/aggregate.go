@@ -47,7 +47,9 @@ import (
 // (walkFeed): a member's compute for a hop waits for the gather's compute
 // on that member, whose rank-ordered decode-adds are at another time on
 // every rank (aggBursts, from a first pass of the gathers alone:
-// sgFirstPass).
+// sgFirstPass). A closed ring (one group round the whole ring) has no
+// chains; there every member is walked beside the representative
+// (closedWalk).
 //
 // What the mode assumes: every collective is Shared (allreduce.Shared:
 // every rank's program is rank 0's rotated; a member's op moves the
@@ -209,8 +211,14 @@ type aggItem struct {
 	// (aggBursts): its hops are walked member by member at the sub-flow's
 	// end (walkFeed) from step from to step to of pipeline pid, instead of
 	// being in lat.
-	walk          bool
-	mwait         bool // a ring's message into a group without chains (memberWait)
+	walk  bool
+	mwait bool // a ring's message into a group without chains (memberWait)
+	// A ring's message of a closed group (one group round the ring) whose
+	// members decode a sparse gather: step from of pipeline pid, sent at
+	// t0, is walked member by member beside the representative
+	// (closedWalk).
+	cwalk         bool
+	t0            float64
 	pid, from, to int32
 
 	// An exchange's sub-flow (aggExchange) finishes many ops at once: the
@@ -293,11 +301,16 @@ type aggState struct {
 	// first pass of aggBursts); bursts are the decode bursts of the chain
 	// members (nil: none, built lazily from the plan's sgTimes).
 	rec       *aggRec
-	bursts    [][]burst // rank -> its decode bursts
+	bursts    [][]burst  // rank -> its decode bursts
+	spans     [][][]span // rank -> its bursts' spans (burstSpans)
 	burstsSet bool
 	members   [][]int32 // group -> its ranks
 	prog      []int32   // group -> the rank whose sparse gather its representative runs, -1 if none
 	chainsOf  [][]int32 // group -> the entries of its chains as long as its representative's
+	// closedWalk: per (collective, pipeline), when each member sent the
+	// pipeline's last delivered step; cwNext is a spare slice.
+	cw     map[[2]int32][]float64
+	cwNext []float64
 }
 
 // aggRec is what the first pass of a run with sparse gathers beside chained
@@ -344,10 +357,77 @@ func (r *aggRec) add(c, y, op int32, ops int, t float64) {
 	}
 }
 
-// burst is a run of l decode-adds of d seconds each from s on one rank's
-// compute engine: a job that becomes ready at t inside it waits for the
-// end of the decode running at t.
-type burst struct{ s, l, d float64 }
+// burst is a run of l decode-adds of d seconds each, the first queued at
+// s, on one rank's compute engine; burstSpans lays a rank's bursts out.
+type burst struct {
+	s, l, d float64
+	ch      int32 // its chain: a burst follows the earlier bursts of its chain (0: none)
+}
+
+// span is a job's time on a rank's compute engine: [start, end).
+type span struct{ start, end float64 }
+
+// burstSpans lays out a rank's bursts (sorted by start) on its engine, a
+// slice of spans per burst. The bursts of the sparse gathers (chains) share
+// the engine first come first served: a chain's decode-adds run one after
+// another, each queued when the previous one is done and not before its
+// burst's start, so concurrent gathers interleave their decode-adds and a
+// rank is busy for their sum. The other jobs (a gather's encode, zero,
+// scale) are where the first pass ran them.
+func burstSpans(bs []burst) [][]span {
+	out := make([][]span, len(bs))
+	type cur struct {
+		i     int     // the burst (index into bs)
+		left  float64 // its decode-adds not yet queued
+		ready float64 // when the next is queued
+	}
+	var pend []cur
+	seen := make(map[int32]bool, 4) // chains with a burst in pend
+	for i, b := range bs {
+		switch {
+		case b.ch == 0:
+			for j := range int(b.l) {
+				out[i] = append(out[i], span{b.s + float64(j)*b.d, b.s + float64(j+1)*b.d})
+			}
+		case !seen[b.ch]:
+			seen[b.ch] = true
+			pend = append(pend, cur{i: i, left: b.l, ready: b.s})
+		}
+	}
+	free := math.Inf(-1)
+	for len(pend) > 0 {
+		k := 0
+		for j := range pend {
+			if pend[j].ready < pend[k].ready {
+				k = j
+			}
+		}
+		c := &pend[k]
+		b := &bs[c.i]
+		st := max(free, c.ready)
+		free = st + b.d
+		out[c.i] = append(out[c.i], span{st, free})
+		c.ready = free
+		if c.left--; c.left > 0 {
+			continue
+		}
+		// The chain's next burst, if any.
+		j := -1
+		for x := c.i + 1; x < len(bs); x++ {
+			if bs[x].ch == b.ch {
+				j = x
+				break
+			}
+		}
+		if j < 0 {
+			pend[k] = pend[len(pend)-1]
+			pend = pend[:len(pend)-1]
+			continue
+		}
+		*c = cur{i: j, left: bs[j].l, ready: max(free, bs[j].s)}
+	}
+	return out
+}
 
 // planAggregate decides whether the run is aggregated and, if so, builds
 // its plan into d.agg. It returns why not ("" if it is, or if the options
@@ -410,10 +490,10 @@ func (d *driver) planAggregate(ctx context.Context) (string, error) {
 }
 
 // sgFirstPass prepares aggBursts: when a sparse gather runs beside another
-// collective that is chained (a ring along chains of more than one
-// member), it runs the sparse gathers and the collectives they wait for
-// (After) alone, aggregated, and keeps their representatives' arrival times
-// in p.sgTimes. The members of a chain decode the sparse gather's payloads
+// collective that is chained (a ring along chains of more than one member,
+// or round a closed group), it runs the sparse gathers and the collectives
+// they wait for (After) alone, aggregated, and keeps their
+// representatives' arrival times in p.sgTimes. The members of a chain decode the sparse gather's payloads
 // in rank order, each at another time (aggBursts); a ring's hop through a
 // member waits for the decode running there (walkFeed). The first pass
 // leaves out the other collectives, which share the links with the sparse
@@ -430,7 +510,7 @@ func (d *driver) sgFirstPass(ctx context.Context) error {
 			other = true
 		}
 	}
-	if !sg || !other || p.closed || p.n > maxWalkRanks {
+	if !sg || !other || p.n > maxWalkRanks {
 		return nil
 	}
 	keep := make([]bool, len(d.colls))
@@ -503,15 +583,16 @@ func (d *driver) walks(ms *machine) bool {
 // when the last one, rank r+1's, arrives (step N−2). A member at position
 // m of a chain of L members receives a step (L−1−m) hops of the gather
 // before the chain's last member, which receives it when its group's
-// representative does in the first pass. Every member also runs the
-// gathers' other compute (encode, zero, scale) when its representative
-// did in the first pass (aggRec.jobs): a ring's hop through a member waits
-// for that too.
-func (d *driver) aggBursts() [][]burst {
+// representative does in the first pass (a closed group's members, in
+// step, when it does). Every member also runs the gathers' other compute
+// (encode, zero, scale) when its representative did in the first pass
+// (aggRec.jobs): a ring's hop through a member waits for that too. The
+// result is every rank's bursts laid out on its engine (burstSpans).
+func (d *driver) aggBursts() [][][]span {
 	a := &d.as
 	p := d.agg
 	if a.burstsSet || p.sgTimes == nil {
-		return a.bursts
+		return a.spans
 	}
 	a.burstsSet = true
 	n := int32(p.n)
@@ -526,6 +607,9 @@ func (d *driver) aggBursts() [][]burst {
 	for r := range n {
 		y := p.cls[r]
 		a.members[y] = append(a.members[y], r)
+		if p.closed {
+			continue
+		}
 		if e := p.entry[r]; e == r && p.clen[e] == p.chain[y] && p.chain[y] > 1 {
 			a.chainsOf[y] = append(a.chainsOf[y], e)
 		}
@@ -565,20 +649,23 @@ func (d *driver) aggBursts() [][]burst {
 			if T == nil {
 				continue
 			}
-			e := p.entry[r]
-			L, m := p.clen[e], (r-e+n)%n
-			sh := float64(L-1-m) * hh[y]
+			sh := 0.0 // a closed ring's members run in step
+			if !p.closed {
+				e := p.entry[r]
+				L, m := p.clen[e], (r-e+n)%n
+				sh = float64(L-1-m) * hh[y]
+			}
 			last := T[recvs[n-2]] - sh
 			var b1 burst
 			if r > 0 {
-				b1 = burst{s: T[recvs[r-1]] - sh, l: float64(r + 1), d: dd[y]}
+				b1 = burst{s: T[recvs[r-1]] - sh, l: float64(r + 1), d: dd[y], ch: int32(c) + 1}
 				if !(b1.s >= 0) {
 					continue
 				}
 				a.bursts[r] = append(a.bursts[r], b1)
 			}
 			if r < n-1 && last >= 0 {
-				a.bursts[r] = append(a.bursts[r], burst{s: max(last, b1.s+b1.l*b1.d), l: float64(n - 1 - r), d: dd[y]})
+				a.bursts[r] = append(a.bursts[r], burst{s: last, l: float64(n - 1 - r), d: dd[y], ch: int32(c) + 1})
 			}
 		}
 	}
@@ -587,10 +674,12 @@ func (d *driver) aggBursts() [][]burst {
 			a.bursts[r] = append(a.bursts[r], p.sgJobs[y]...)
 		}
 	}
+	a.spans = make([][][]span, n)
 	for r := range a.bursts {
-		slices.SortFunc(a.bursts[r], func(u, v burst) int { return cmpFloat(u.s, v.s) })
+		slices.SortStableFunc(a.bursts[r], func(u, v burst) int { return cmpFloat(u.s, v.s) })
+		a.spans[r] = burstSpans(a.bursts[r])
 	}
-	return a.bursts
+	return a.spans
 }
 
 // memberWait is when a ring's message delivered at t to group y, whose
@@ -613,6 +702,65 @@ func (d *driver) memberWait(y int32, t float64) float64 {
 	return t + max(0, sum/float64(len(ms))-(burstWait(bs[a.prog[y]], t)-t))
 }
 
+// closedWalk is when the message of step from of pipeline pid of ms's
+// collective, which the representative of a closed group (one group round
+// the whole ring, so its receives are its own sends) sent at t0 and which
+// reaches it at t, is taken to arrive, when the members decode sparse
+// gathers (aggBursts). The members do not run in step: each forwards a
+// step when it has received it from its predecessor and, if the hop
+// computes, the job running on its engine in each of its bursts is done
+// (burstWait: the decode-adds of every gather, interleaved by
+// burstSpans); a member
+// delayed by a burst delays its successor, which may meet its own burst in
+// turn, so that a delay travels round the ring with the bursts. The walk
+// keeps, per pipeline, when each member sends the current step, every hop
+// taking the representative's transfer time (t−t0) and the compute
+// model's work. The representative's own steps stay in step with its
+// engine (it runs the gather of one member, progRank, which also times
+// the other collectives on it); only the pipeline's last step is
+// delivered when the latest member has it.
+func (d *driver) closedWalk(ms *machine, pl *pipeline, pid, from int32, t0, t float64) float64 {
+	a := &d.as
+	bs := d.aggBursts()
+	pc := d.pipeCostOf(ms, pl)
+	a0 := pl.start[pid]
+	n := d.agg.n
+	k := [2]int32{ms.coll, pid}
+	if a.cw == nil {
+		a.cw = map[[2]int32][]float64{}
+	}
+	snd := a.cw[k] // when member r sent step from, or nil: with the representative
+	next := a.cwNext
+	if len(next) != n {
+		next = make([]float64, n)
+	}
+	comp := pc.jobs[a0+from+1] > pc.jobs[a0+from]
+	w := 0.0
+	if comp {
+		w = d.work(ms, pc, a0+from, a0+from+1)
+	}
+	h := t - t0
+	m := t
+	for r := range n {
+		ready := t
+		if snd != nil {
+			ready = snd[(r+n-1)%n] + h
+		}
+		if comp {
+			ready = burstWait(bs[r], ready)
+		}
+		next[r] = ready + w
+		m = max(m, ready)
+	}
+	// Member r sends step from+1 at next[r].
+	snd, a.cwNext = next, snd
+	a.cw[k] = snd
+	if from+2 < pl.len(pid) {
+		return t
+	}
+	return m
+}
+
 func cmpFloat(a, b float64) int {
 	switch {
 	case a < b:
@@ -623,12 +771,19 @@ func cmpFloat(a, b float64) int {
 	return 0
 }
 
-// burstWait is when a job that becomes ready at t on rank r's engine can
-// start: after the decode running at t, if any.
-func burstWait(bs []burst, t float64) float64 {
+// burstWait is when a job that becomes ready at t on a rank whose bursts
+// are bs (burstSpans) can start: after the job running at t in each burst,
+// in the bursts' order.
+func burstWait(bs [][]span, t float64) float64 {
 	for _, b := range bs {
-		if e := b.s + b.l*b.d; t >= b.s && t < e {
-			t = min(e, b.s+(math.Floor((t-b.s)/b.d)+1)*b.d)
+		i, _ := slices.BinarySearchFunc(b, t, func(s span, t float64) int {
+			if s.start <= t {
+				return -1
+			}
+			return 1
+		})
+		if i > 0 && t < b[i-1].end {
+			t = b[i-1].end
 		}
 	}
 	return t
@@ -1260,7 +1415,8 @@ func (d *driver) aggSetup() {
 	clear(a.bulk)
 	a.bulk, a.bfree = a.bulk[:0], a.bfree[:0]
 	a.exCons = map[[2]int32]map[[2]int32][]int32{}
-	a.bursts, a.burstsSet = nil, false
+	a.bursts, a.spans, a.burstsSet = nil, nil, false
+	a.cw, a.cwNext = nil, nil
 	if a.rec != nil {
 		a.rec.reps = slices.Clone(p.reps)
 	}
@@ -1383,7 +1539,12 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 				if pos >= 0 && d.walks(ms) {
 					pc := d.pipeCostOf(ms, pl)
 					a0 := pl.start[pl.pid[i]]
-					item.mwait = pos+1 < pl.len(pl.pid[i]) && pc.jobs[a0+pos+1] > pc.jobs[a0+pos]
+					if p.closed {
+						item.cwalk = pos+1 < pl.len(pl.pid[i])
+						item.t0, item.pid, item.from = d.now, pl.pid[i], pos
+					} else {
+						item.mwait = pos+1 < pl.len(pl.pid[i]) && pc.jobs[a0+pos+1] > pc.jobs[a0+pos]
+					}
 				}
 			}
 		}
@@ -1901,6 +2062,9 @@ func (d *driver) aggFlowEnd(id int32) error {
 				t = d.walkFeed(dm, d.pipelineOf(dm), item.pid, item.from, item.to, t)
 			} else if item.mwait {
 				t = d.memberWait(d.ms[item.dg].slot, t)
+			} else if item.cwalk {
+				dm := &d.ms[item.dg]
+				t = d.closedWalk(dm, d.pipelineOf(dm), item.pid, item.from, item.t0, t)
 			}
 			if a.rec != nil {
 				a.rec.add(d.ms[item.dg].coll, d.ms[item.dg].slot, item.dop, d.ms[item.dg].sh.Len(), t)
