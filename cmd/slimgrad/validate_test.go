@@ -8,7 +8,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -367,42 +366,6 @@ func TestValidateSavedLoads(t *testing.T) {
 	}
 	if savedLoads(filepath.Join(t.TempDir(), "none.csv")) != nil {
 		t.Error("loads of a missing file")
-	}
-}
-
-// TestValidateThreadCPU: threadCPU counts the calling thread's CPU time,
-// not wall time: it advances by about the wall time while the thread
-// spins and hardly at all while it waits for another goroutine to spin.
-func TestValidateThreadCPU(t *testing.T) {
-	if !threadCPUSupported {
-		t.Skip("no per-thread CPU clock")
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	spin := func(d time.Duration) {
-		x := 1.0
-		for t0 := time.Now(); time.Since(t0) < d; {
-			x = math.Sqrt(x + 1)
-		}
-		_ = x
-	}
-	c0, err := threadCPU()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w0 := time.Now()
-	done := make(chan struct{})
-	go func() { spin(50 * time.Millisecond); close(done) }()
-	<-done
-	waited := time.Since(w0)
-	c1, _ := threadCPU()
-	spin(50 * time.Millisecond)
-	c2, _ := threadCPU()
-	if waiting := c1 - c0; waiting > waited/4 {
-		t.Errorf("the thread used %v of CPU while it waited %v for another goroutine", waiting, waited)
-	}
-	if spinning := c2 - c1; spinning <= 5*time.Millisecond {
-		t.Errorf("the thread used %v of CPU while it spun for 50ms", spinning)
 	}
 }
 
