@@ -427,6 +427,22 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 			if _, err := s.Write(bulkAnnounce(7, uint64(seq), total)); err != nil {
 				t.Fatal(err)
 			}
+			// The announcement is read first, so that the half piece goes
+			// into the message's buffer (a piece ahead of its announcement
+			// waits in the scratch, counted nowhere).
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				l.mu.Lock()
+				m := l.findBulk(uint64(seq))
+				l.mu.Unlock()
+				if m != nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the announcement was not read")
+				}
+				runtime.Gosched()
+			}
 			sent := map[int]bool{}
 			for _, off := range tc.early {
 				if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+piece])); err != nil {
@@ -447,8 +463,7 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 				}
 				sent[off], rest = true, f[cut:]
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for { // wait for the announcement and the early pieces to be read
+			for { // wait for the early pieces to be read
 				l.mu.Lock()
 				m := l.findBulk(uint64(seq))
 				ok := m != nil && m.got == len(tc.early)*piece && (!tc.half || m.readers == 1)
