@@ -679,6 +679,7 @@ func TestBulkTLSPlacedAdversary(t *testing.T) {
 		for _, v := range []struct{ add, piecesFirst bool }{{true, false}, {true, true}, {false, false}} {
 			add, piecesFirst := v.add, v.piecesFirst
 			t.Run(fmt.Sprintf("%s/add=%t/pieces_first=%t", tc.name, add, piecesFirst), func(t *testing.T) {
+				t.Parallel() // an intact case waits about a second for its fake peer at Close
 				c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithTLS())
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
