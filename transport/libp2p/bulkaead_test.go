@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/sec"
 	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
@@ -557,15 +558,7 @@ func TestBulkTLSAdversary(t *testing.T) {
 			c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithTLS())
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			tr, err := tls.New(tls.ID, h.Peerstore().PrivKey(h.ID()), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			nc, sc := dialFakeBulk(t, c, tr)
-			secret, err := bulkSecret(sc, true)
-			if err != nil {
-				t.Fatal(err)
-			}
+			nc, secret := dialFakeTLSBulk(t, c, h)
 			// The message is announced on the stream before its pieces, as
 			// a sender does; a piece of an unannounced message would wait
 			// for its announcement.
@@ -683,15 +676,7 @@ func TestBulkTLSPlacedAdversary(t *testing.T) {
 				c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithTLS())
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
-				tr, err := tls.New(tls.ID, h.Peerstore().PrivKey(h.ID()), nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				nc, sc := dialFakeBulk(t, c, tr)
-				secret, err := bulkSecret(sc, true)
-				if err != nil {
-					t.Fatal(err)
-				}
+				nc, secret := dialFakeTLSBulk(t, c, h)
 				pl := transport.Placement{Dst: aligned(dst0), Add: add}
 				errc := make(chan error, 1)
 				go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
@@ -716,7 +701,7 @@ func TestBulkTLSPlacedAdversary(t *testing.T) {
 				if tc.want == transport.ErrPeerDead {
 					nc.Close()
 				}
-				err = <-errc
+				err := <-errc
 				if tc.want == nil {
 					if err != nil {
 						t.Fatal(err)
@@ -742,4 +727,21 @@ func TestBulkTLSPlacedAdversary(t *testing.T) {
 			})
 		}
 	}
+}
+
+// dialFakeTLSBulk opens a TLS bulk connection from fake peer host h to c
+// (dialFakeBulk) and returns the TCP connection under it and the dialer's
+// bulk-record secret.
+func dialFakeTLSBulk(t *testing.T, c *Conn, h host.Host) (net.Conn, []byte) {
+	t.Helper()
+	tr, err := tls.New(tls.ID, h.Peerstore().PrivKey(h.ID()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, sc := dialFakeBulk(t, c, tr)
+	secret, err := bulkSecret(sc, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, secret
 }
