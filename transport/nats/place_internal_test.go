@@ -280,3 +280,49 @@ func TestPlacedCancel(t *testing.T) {
 		t.Errorf("%d receives still posted", len(c.peers[0].posted))
 	}
 }
+
+// TestPlacedClosedMidMessage: a placed receive whose Conn closes while its
+// message arrives returns ErrClosed, and the chunks that the data handler
+// still gets afterwards are not applied to its memory.
+func TestPlacedClosedMidMessage(t *testing.T) {
+	c := placeConn()
+	msg := floatMsg(rand.New(rand.NewPCG(9, 10)), 2000)
+	dst := alignedBytes(make([]byte, len(msg)))
+	frames := splitChunks(3, 0, msg, 3000)
+	errc := make(chan error, 1)
+	go func() { errc <- c.RecvPlaced(t.Context(), 0, 3, transport.Placement{Dst: dst}) }()
+	waitState(t, c, placeWaiting)
+	feed(c, frames[0])
+	close(c.closed)
+	if err := <-errc; !errors.Is(err, transport.ErrClosed) {
+		t.Fatalf("closed mid-message: %v, want ErrClosed", err)
+	}
+	for _, f := range frames[1:] {
+		feed(c, f)
+	}
+	if string(dst[3000:]) != string(make([]byte, len(dst)-3000)) {
+		t.Fatal("chunks were applied after the receive returned")
+	}
+}
+
+// TestPlacedKeepsOrder: a message queued for Recv (one of another size
+// than the receive posted on its tag) comes before the next message of the
+// tag: the posted receive reports it (ErrPlacement) instead of taking the
+// next one as it arrives, and the next one is then received intact.
+func TestPlacedKeepsOrder(t *testing.T) {
+	c := placeConn()
+	rng := rand.New(rand.NewPCG(11, 12))
+	misfit, next := floatMsg(rng, 999), floatMsg(rng, 1000)
+	dst := alignedBytes(make([]byte, len(next)))
+	errc := make(chan error, 1)
+	go func() { errc <- c.RecvPlaced(t.Context(), 0, 8, transport.Placement{Dst: dst}) }()
+	waitState(t, c, placeWaiting)
+	feed(c, splitChunks(8, 0, misfit, 1<<20)[0])
+	feed(c, splitChunks(8, 1, next, 1<<20)[0])
+	if err := <-errc; !errors.Is(err, transport.ErrPlacement) {
+		t.Fatalf("posted receive: %v, want ErrPlacement for the message queued before", err)
+	}
+	if m, err := c.Recv(t.Context(), 0, 8); err != nil || string(m) != string(next) {
+		t.Fatalf("Recv after the misfit: %v (or not the next message)", err)
+	}
+}
