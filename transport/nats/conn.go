@@ -147,6 +147,7 @@ var ErrJob = errors.New("nats: invalid job")
 type partial struct {
 	buf      []byte
 	n, total int
+	pool     *bufPool // where buf came from and a smaller one goes back
 }
 
 // initialPartial is the most that a first chunk makes an unkeyed receiver
@@ -159,22 +160,32 @@ const initialPartial = 4
 // Without, anyone may have sent it: the buffer holds what a few chunks
 // bring and grows as they arrive, so a forged first chunk claiming a
 // MaxFrame message makes this rank allocate a few chunks, not MaxFrame.
+// The buffer comes from the Conn's pool of released ones when it has one
+// (see Release).
 func (c *Conn) newPartial(total int) *partial {
 	n := total
 	if c.tagLen == 0 {
 		n = min(total, initialPartial*c.maxIn)
 	}
-	return &partial{buf: make([]byte, n), total: total}
+	return &partial{buf: c.bufs.get(n), total: total, pool: &c.bufs}
 }
 
 // room returns pt.buf[pt.n:pt.n+n], growing pt.buf (to at least twice its
-// length, at most total) if it is shorter. The caller has checked that
-// pt.n+n <= pt.total. Growth copies at most total bytes over a message.
+// length, at most total) if it is shorter: within its capacity, or into a
+// larger buffer (the old one goes back to the pool). The caller has
+// checked that pt.n+n <= pt.total. Growth copies at most total bytes over a
+// message.
 func (pt *partial) room(n int) []byte {
 	if need := pt.n + n; need > len(pt.buf) {
-		b := make([]byte, min(pt.total, max(need, 2*len(pt.buf))))
-		copy(b, pt.buf[:pt.n])
-		pt.buf = b
+		size := min(pt.total, max(need, 2*len(pt.buf)))
+		if size <= cap(pt.buf) {
+			pt.buf = pt.buf[:size]
+		} else {
+			b := pt.pool.get(size)
+			copy(b, pt.buf[:pt.n])
+			pt.pool.put(pt.buf)
+			pt.buf = b
+		}
 	}
 	return pt.buf[pt.n : pt.n+n]
 }
@@ -292,6 +303,7 @@ type Conn struct {
 	noticeGrace time.Duration
 
 	placed atomic.Int64 // messages placed (PlacedMessages)
+	bufs   bufPool      // released message buffers (Release)
 
 	once   sync.Once
 	closed chan struct{}
@@ -425,6 +437,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		closed:   make(chan struct{}),
 	}
 	c.forged.what, c.replayed.what, c.ignored.what = "forged", "replayed", "ignored"
+	c.bufs.init(cfg.Window)
 	c.log = cfg.Logger
 	base := cfg.SubjectPrefix + "." + job + "."
 	if cfg.Key != nil {
@@ -691,6 +704,13 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 	c.stats.Received(peer, len(m))
 	return m, nil
 }
+
+var _ transport.Releaser = (*Conn)(nil)
+
+// Release gives back a message that Recv returned (transport.Releaser):
+// a later message assembled from chunks may reuse its memory instead of a
+// fresh, zeroed allocation. The caller must not use b afterwards.
+func (c *Conn) Release(b []byte) { c.bufs.put(b) }
 
 // Stats returns a snapshot of the byte counters. Wire bytes count the NATS
 // message payloads (frames, chunk headers, credit messages) exchanged with
