@@ -23,6 +23,11 @@
 // per quarter window that Recv consumes, so small messages cost no credit
 // message each.
 //
+// A Conn is a transport.Placer: a message whose receive is posted with
+// RecvPlaced before the message arrives is applied (copied, or added as
+// float32) to the caller's memory chunk by chunk as it arrives, each chunk
+// once it is verified, with no buffer for the message (see RecvPlaced).
+//
 // Every rank publishes a heartbeat every Heartbeat; a peer whose connection
 // to the server ends (announced by the server's disconnect notices, see
 // Config.DisconnectSubject), a peer heard from for no PeerTimeout, a peer
@@ -142,6 +147,7 @@ var ErrJob = errors.New("nats: invalid job")
 type partial struct {
 	buf      []byte
 	n, total int
+	pool     *bufPool // where buf came from and a smaller one goes back
 }
 
 // initialPartial is the most that a first chunk makes an unkeyed receiver
@@ -154,22 +160,32 @@ const initialPartial = 4
 // Without, anyone may have sent it: the buffer holds what a few chunks
 // bring and grows as they arrive, so a forged first chunk claiming a
 // MaxFrame message makes this rank allocate a few chunks, not MaxFrame.
+// The buffer comes from the Conn's pool of released ones when it has one
+// (see Release).
 func (c *Conn) newPartial(total int) *partial {
 	n := total
 	if c.tagLen == 0 {
 		n = min(total, initialPartial*c.maxIn)
 	}
-	return &partial{buf: make([]byte, n), total: total}
+	return &partial{buf: c.bufs.get(n), total: total, pool: &c.bufs}
 }
 
 // room returns pt.buf[pt.n:pt.n+n], growing pt.buf (to at least twice its
-// length, at most total) if it is shorter. The caller has checked that
-// pt.n+n <= pt.total. Growth copies at most total bytes over a message.
+// length, at most total) if it is shorter: within its capacity, or into a
+// larger buffer (the old one goes back to the pool). The caller has
+// checked that pt.n+n <= pt.total. Growth copies at most total bytes over a
+// message.
 func (pt *partial) room(n int) []byte {
 	if need := pt.n + n; need > len(pt.buf) {
-		b := make([]byte, min(pt.total, max(need, 2*len(pt.buf))))
-		copy(b, pt.buf[:pt.n])
-		pt.buf = b
+		size := min(pt.total, max(need, 2*len(pt.buf)))
+		if size <= cap(pt.buf) {
+			pt.buf = pt.buf[:size]
+		} else {
+			b := pt.pool.get(size)
+			copy(b, pt.buf[:pt.n])
+			pt.pool.put(pt.buf)
+			pt.buf = b
+		}
 	}
 	return pt.buf[pt.n : pt.n+n]
 }
@@ -179,9 +195,24 @@ type peer struct {
 	sendMu  sync.Mutex
 	seq     uint64
 	scratch []byte
-	// Receive side, touched only by the data handler goroutine.
+	// Receive side, touched only by the data handler goroutine, which
+	// holds placeMu while it handles a chunk; RecvPlaced reads partial and
+	// the placing state, and posts receives, under placeMu too.
+	placeMu sync.Mutex
 	rxSeq   uint64
 	partial map[uint64]*partial
+	// Posted receives (RecvPlaced) in the order they were posted, and
+	// ones kept for reuse.
+	posted, freePosted []*posted
+	// The message being placed (nil: none): its receive, tag, the bytes
+	// applied so far and its length, and the bytes of a float32 that the
+	// last chunk cut (see applyPlaced).
+	placing              *posted
+	placeTag             uint64
+	placeOff, placeTotal int
+	carry                [4]byte
+	ncarry               int
+	creditDue            int64 // charge of placed messages completed, for onData to credit
 	// Credit received, touched only by the control handler goroutine.
 	granted int64
 	// Credit to give, under cmu.
@@ -270,6 +301,9 @@ type Conn struct {
 	// quarter of PeerTimeout, at least noticeGraceBeats heartbeats); 0: a
 	// notice fails the peer once its gone marker comes back.
 	noticeGrace time.Duration
+
+	placed atomic.Int64 // messages placed (PlacedMessages)
+	bufs   bufPool      // released message buffers (Release)
 
 	once   sync.Once
 	closed chan struct{}
@@ -403,6 +437,7 @@ func newConn(ctx context.Context, cfg Config, nc *natsgo.Conn, own bool, job str
 		closed:   make(chan struct{}),
 	}
 	c.forged.what, c.replayed.what, c.ignored.what = "forged", "replayed", "ignored"
+	c.bufs.init(cfg.Window)
 	c.log = cfg.Logger
 	base := cfg.SubjectPrefix + "." + job + "."
 	if cfg.Key != nil {
@@ -670,6 +705,13 @@ func (c *Conn) Recv(ctx context.Context, peer int, tag uint64) ([]byte, error) {
 	return m, nil
 }
 
+var _ transport.Releaser = (*Conn)(nil)
+
+// Release gives back a message that Recv returned (transport.Releaser):
+// a later message assembled from chunks may reuse its memory instead of a
+// fresh, zeroed allocation. The caller must not use b afterwards.
+func (c *Conn) Release(b []byte) { c.bufs.put(b) }
+
 // Stats returns a snapshot of the byte counters. Wire bytes count the NATS
 // message payloads (frames, chunk headers, credit messages) exchanged with
 // each peer, not heartbeats or the NATS protocol itself.
@@ -890,12 +932,23 @@ func (c *Conn) onData(m *natsgo.Msg) {
 	if !gone {
 		c.seen(src)
 	}
+	p := &c.peers[src]
+	p.placeMu.Lock()
 	if c.in.Failed(src) != nil {
-		clear(c.peers[src].partial) // never completed: free it
+		clear(p.partial) // never completed: free it
+		p.placing = nil
+		p.placeMu.Unlock()
 		return
 	}
 	c.stats.RecvWire(src, len(m.Data))
-	if err := c.handleChunk(src, data); err != nil {
+	err := c.handleChunk(src, data)
+	credit := p.creditDue
+	p.creditDue = 0
+	p.placeMu.Unlock()
+	if credit > 0 {
+		c.onConsume(src, credit, 0)
+	}
+	if err != nil {
 		if errors.Is(err, errReplay) {
 			c.replayed.add(c.log, c.job, c.rank, src, err.Error())
 			return
@@ -996,22 +1049,29 @@ func (c *Conn) handleChunk(src int, data []byte) error {
 		if _, held := c.in.Held(src); held+inbox.Charge(int(total)) > c.cfg.Window+inbox.Charge(c.cfg.MaxFrame) {
 			return fmt.Errorf("%w: rank %d exceeded its credit (a %d-byte message on %d bytes unconsumed, window %d)", transport.ErrBadFrame, src, total, held, c.cfg.Window)
 		}
-		if len(p.partial) != 0 {
+		if len(p.partial) != 0 || p.placing != nil {
 			// A sender publishes each message whole under its sendMu, so
 			// at most one message per link is ever being assembled: any
 			// other start is a protocol violation (and bounds what a
 			// misbehaving peer makes this rank allocate to one MaxFrame).
 			return fmt.Errorf("%w: message on tag %d starts before the previous one ended", transport.ErrBadFrame, h.Tag)
 		}
-		if h.Flags&flagLast != 0 {
-			if uint64(len(pl)) != total {
-				return fmt.Errorf("%w: single chunk of %d bytes for a %d-byte message", transport.ErrBadFrame, len(pl), total)
-			}
-			c.in.Deliver(src, h.Tag, pl) // m.Data is ours: no copy
-			return nil
+		last := h.Flags&flagLast != 0
+		if last && uint64(len(pl)) != total {
+			return fmt.Errorf("%w: single chunk of %d bytes for a %d-byte message", transport.ErrBadFrame, len(pl), total)
 		}
-		if uint64(len(pl)) >= total {
+		if !last && uint64(len(pl)) >= total {
 			return fmt.Errorf("%w: non-final chunk completes a %d-byte message", transport.ErrBadFrame, total)
+		}
+		if pr := c.placeFor(src, p, h.Tag, int(total)); pr != nil {
+			// Verified above (CRC, or MAC in onData): applied at once.
+			p.bind(pr, h.Tag, int(total))
+			p.applyPlaced(pl)
+			return c.finishPlaced(p, last)
+		}
+		if last {
+			c.deliver(src, p, h.Tag, pl) // m.Data is ours: no copy
+			return nil
 		}
 		pt = c.newPartial(int(total))
 		p.partial[h.Tag] = pt
@@ -1045,6 +1105,22 @@ func (c *Conn) handleContinuation(src int, h transport.FrameHeader, pl []byte) e
 			return err
 		}
 		return c.checkSeq(p, seq)
+	}
+	if p.placing != nil && p.placeTag == h.Tag {
+		if p.placeOff+len(data) > p.placeTotal {
+			if err := c.verifyData(h, pl); err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: chunks exceed the %d-byte message", transport.ErrBadFrame, p.placeTotal)
+		}
+		// Verified before any byte of it is applied (keyed: its MAC
+		// was, in onData).
+		if err := c.verifyData(h, pl); err != nil {
+			return err
+		}
+		p.rxSeq++
+		p.applyPlaced(data)
+		return c.finishPlaced(p, h.Flags&flagLast != 0)
 	}
 	if pt == nil || pt.n+len(data) > pt.total {
 		// Report a damaged chunk as such rather than as a protocol error.
@@ -1128,7 +1204,7 @@ func (c *Conn) finish(src int, p *peer, h transport.FrameHeader, pt *partial) er
 	}
 	if last {
 		delete(p.partial, h.Tag)
-		c.in.Deliver(src, h.Tag, pt.buf)
+		c.deliver(src, p, h.Tag, pt.buf)
 	}
 	return nil
 }

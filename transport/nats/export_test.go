@@ -70,3 +70,12 @@ func (c *Conn) StallHellos() (resume func()) {
 
 // LastSeen is when c last heard from peer.
 func (c *Conn) LastSeen(peer int) time.Time { return time.Unix(0, c.peers[peer].lastSeen.Load()) }
+
+// Posted returns the number of receives posted with RecvPlaced for
+// messages from peer.
+func (c *Conn) Posted(peer int) int {
+	p := &c.peers[peer]
+	p.placeMu.Lock()
+	defer p.placeMu.Unlock()
+	return len(p.posted)
+}

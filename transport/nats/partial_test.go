@@ -110,3 +110,81 @@ func TestPartialGrowth(t *testing.T) {
 		}
 	}
 }
+
+// TestReleasedBufferReused: a message that Recv returned and the caller
+// released lends its memory to the next message assembled from chunks,
+// which arrives intact (every byte overwritten); the pool keeps no buffer
+// below minPooled, none beyond its byte limit or its count, and hands out
+// the smallest that fits.
+func TestReleasedBufferReused(t *testing.T) {
+	const maxIn, per = 1 << 20, 100_000
+	c := chunkConn(maxIn, false)
+	c.bufs.init(c.cfg.Window)
+	seq := uint64(0)
+	send := func(msg []byte) []byte {
+		for off := 0; off < len(msg); off += per {
+			end := min(off+per, len(msg))
+			var flags uint8
+			if off == 0 {
+				flags |= flagFirst
+			}
+			if end == len(msg) {
+				flags |= flagLast
+			}
+			if err := c.handleChunk(0, dataChunk(flags, 3, seq, len(msg), msg[off:end])); err != nil {
+				t.Fatal(err)
+			}
+			seq++
+		}
+		got, err := c.in.Recv(t.Context(), 0, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("%d-byte message differs", len(msg))
+		}
+		return got
+	}
+	a := make([]byte, 300_000)
+	for i := range a {
+		a[i] = byte(i)
+	}
+	first := send(a)
+	c.Release(first)
+	b := make([]byte, 250_000)
+	for i := range b {
+		b[i] = byte(3 * i)
+	}
+	if second := send(b); &second[0] != &first[0] {
+		t.Error("the released buffer was not reused")
+	}
+
+	var bp bufPool
+	bp.init(1 << 20)
+	bp.put(make([]byte, minPooled-1))
+	big, small := make([]byte, 600<<10), make([]byte, 100<<10)
+	bp.put(big)
+	bp.put(small)
+	bp.put(make([]byte, 500<<10)) // beyond the 1 MiB limit
+	if got := bp.get(90 << 10); &got[0] != &small[0] {
+		t.Error("get did not return the smallest buffer that fits")
+	}
+	if got := bp.get(90 << 10); &got[0] != &big[0] {
+		t.Error("get did not return the other pooled buffer (the one beyond the limit was kept?)")
+	}
+	if got := bp.get(90 << 10); &got[0] == &small[0] || &got[0] == &big[0] {
+		t.Error("a buffer was handed out twice")
+	}
+	var zero bufPool
+	zero.put(make([]byte, 1<<20))
+	if len(zero.free) != 0 {
+		t.Error("the zero pool kept a buffer")
+	}
+	bp.init(1 << 40)
+	for range 2 * maxPooledBufs {
+		bp.put(make([]byte, minPooled))
+	}
+	if len(bp.free) != maxPooledBufs {
+		t.Errorf("%d buffers pooled, want at most %d", len(bp.free), maxPooledBufs)
+	}
+}

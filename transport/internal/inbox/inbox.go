@@ -228,6 +228,19 @@ func (ib *Inbox) Held(peer int) (msgs int, charge int64) {
 	return ib.queued[peer], ib.held[peer]
 }
 
+// Pending returns the number of messages queued from peer with tag and
+// whether a Recv waits on them: a transport that can also hand a message
+// straight to a receive posted on (peer, tag) (transport.Placer) does so
+// only when neither is the case, so that messages keep Recv's order.
+func (ib *Inbox) Pending(peer int, tag uint64) (queued int, waiting bool) {
+	ib.mu.Lock()
+	defer ib.mu.Unlock()
+	if q := ib.q[key{peer, tag}]; q != nil {
+		return q.len(), q.waiting.Len() > 0
+	}
+	return 0, false
+}
+
 // Close drops every queued message and makes every waiting and later Recv
 // return transport.ErrClosed. It is idempotent.
 func (ib *Inbox) Close() {

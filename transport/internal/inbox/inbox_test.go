@@ -307,3 +307,36 @@ func TestCheckPeer(t *testing.T) {
 		}
 	}
 }
+
+// TestPending: Pending counts the messages queued on (peer, tag) and sees
+// a Recv waiting there, and nothing on other tags or peers.
+func TestPending(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ib := New(3, nil)
+		ib.Deliver(1, 5, msg(1))
+		ib.Deliver(1, 5, msg(2))
+		ib.Deliver(2, 5, msg(3))
+		if q, w := ib.Pending(1, 5); q != 2 || w {
+			t.Fatalf("Pending(1, 5) = %d, %v; want 2, false", q, w)
+		}
+		if q, w := ib.Pending(1, 6); q != 0 || w {
+			t.Fatalf("Pending(1, 6) = %d, %v; want 0, false", q, w)
+		}
+		done := make(chan error)
+		go func() {
+			_, err := ib.Recv(context.Background(), 0, 7)
+			done <- err
+		}()
+		synctest.Wait()
+		if q, w := ib.Pending(0, 7); q != 0 || !w {
+			t.Fatalf("Pending(0, 7) with a Recv waiting = %d, %v; want 0, true", q, w)
+		}
+		ib.Deliver(0, 7, msg(4))
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if q, w := ib.Pending(0, 7); q != 0 || w {
+			t.Fatalf("Pending(0, 7) after the Recv = %d, %v; want 0, false", q, w)
+		}
+	})
+}
