@@ -30,6 +30,7 @@ import (
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/testbed"
 	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/workload"
 )
 
@@ -84,13 +85,38 @@ func defaultLocal() string {
 	return "alone"
 }
 
-// tcpGoodput is the share of a shaped link's rate that carries a TCP
-// stream's payload: a full Ethernet frame of 1514 bytes (what tc's token
-// bucket counts: 14 bytes of Ethernet, 20 of IPv4, 32 of TCP with
-// timestamps) carries a 1448-byte segment. The simulator's links carry
-// message bytes, so the topology that validate writes gives each link this
-// share of its shaped rate.
-const tcpGoodput = 1448.0 / 1514.0
+// tcpGoodput is the share of a full packet that carries a TCP stream's
+// payload: a full Ethernet frame of 1514 bytes (what tc's token bucket
+// counts: 14 bytes of Ethernet, 20 of IPv4, 32 of TCP with timestamps)
+// carries a 1448-byte segment (tcpMSS).
+const (
+	tcpGoodput = 1448.0 / 1514.0
+	tcpMSS     = 1448
+)
+
+// messageFraming is the bytes that each transport adds to a message once
+// (sim.Framing.MessageBytes): libp2p, the worker's frame header, yamux's
+// 12-byte frame header and Noise's 2-byte length and 16-byte tag (one
+// Noise message per yamux frame, up to 64 KiB); NATS, the frame header and
+// a protocol line of about 40 bytes (subject, reply, size).
+var messageFraming = map[string]int64{
+	"libp2p": transport.FrameHeaderLen + 12 + 18,
+	"nats":   transport.FrameHeaderLen + 40,
+}
+
+// framing is the simulator's sim.Framing for the bed's links: the
+// transport's bytes per message, and per TCP segment of tcpMSS bytes the
+// headers that --goodput leaves (66 bytes at the default). The topology's
+// links then have the shaped rates: a small message pays a whole packet's
+// headers, not the goodput share of its own bytes (on a 10 Mbit/s link a
+// 520-byte message takes 100 µs more).
+func (o validateOptions) framing() sim.Framing {
+	return sim.Framing{
+		MessageBytes:   messageFraming[o.Transport],
+		SegmentPayload: tcpMSS,
+		SegmentBytes:   int64(math.Round(tcpMSS/o.Goodput - tcpMSS)),
+	}
+}
 
 // defaultLossPenalty is validate's sim.Options.LossPenalty: the share of
 // bytes that TCP resent when a 10 Mbit/s sender filled a 2.5 Mbit/s
@@ -306,7 +332,7 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
 	fs.DurationVar(&o.BenchTime, "bench-time", o.BenchTime, "minimum measuring time per measurement of bench and of the local compute")
 	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): the simulated nodes are on one host of this many cores, processor-shared")
-	fs.Float64Var(&o.Goodput, "goodput", o.Goodput, "share of a shaped link's rate left for message bytes (default: TCP/IPv4 with timestamps over Ethernet, 1448/1514)")
+	fs.Float64Var(&o.Goodput, "goodput", o.Goodput, "share of a full packet (a TCP segment of 1448 bytes) that is payload, the rest being headers that every packet pays, also a message's last, partly filled one (default: TCP/IPv4 with timestamps over Ethernet, 1448/1514); the simulated links have the shaped rates and carry each message with its headers and its transport's framing")
 	fs.DurationVar(&o.Latency, "latency", o.Latency, "one-way latency between two hosts in the simulated topology (the bed's veth and bridge)")
 	fs.StringVar(&o.Out, "out", o.Out, "directory for the cases' topologies, the workers' steps.csv, the calibration and validate.csv (default: a temporary directory, removed)")
 	fs.DurationVar(&o.CaseTimeout, "case-timeout", o.CaseTimeout, "time limit of one case's real jobs")
@@ -1295,18 +1321,20 @@ func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute, codec 
 
 // topologyYAML is the simulator's topology of c's bed with rank r on host
 // hostOf[r]: each node's uplink and downlink are its host's shaped rate
-// times --goodput, and, since the N workers run on this one machine, every
-// node is on one host of --cores cores, which their compute and message
-// costs share.
+// (the simulation adds each message's headers, o.framing), and, since the
+// N workers run on this one machine, every node is on one host of --cores
+// cores, which their compute and message costs share.
 func (o validateOptions) topologyYAML(c valCase, hostOf []int) string {
 	n := len(c.Rates)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# slimgrad validate, case %s: %d hosts (network namespaces) with tc-shaped links; node r is rank r's host.\n", c.Name, n)
-	fmt.Fprintf(&b, "# Links: the shaped rate times %.4f, the share that carries message bytes (--goodput).\n", o.Goodput)
+	fr := o.framing()
+	fmt.Fprintf(&b, "# Links: the shaped rate; a message carries %d bytes of %s framing and %d bytes of headers per packet of up to %d bytes (--goodput %.4f).\n",
+		fr.MessageBytes, o.Transport, fr.SegmentBytes, fr.SegmentPayload, o.Goodput)
 	fmt.Fprintf(&b, "# Compute: the %d workers share the %d cores of one machine (host: bed, processor sharing).\n", n, o.Cores)
 	fmt.Fprintf(&b, "name: validate-%s\nlatency: %s\ndefaults: {host: bed, cores: %d}\nnodes:\n", c.Name, o.Latency, o.Cores)
 	for _, h := range hostOf {
-		bw := strconv.FormatFloat(float64(c.Rates[h])*o.Goodput, 'f', 0, 64) + "bit/s"
+		bw := strconv.FormatInt(c.Rates[h], 10) + "bit/s"
 		fmt.Fprintf(&b, "  - {name: h%d, uplink: %s, downlink: %s}\n", h, bw, bw)
 	}
 	return b.String()
@@ -1346,7 +1374,7 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 	cfg := train.SimConfig{
 		Topology: topo,
 		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel != "latency",
-			LossPenalty: o.LossPenalty},
+			LossPenalty: o.LossPenalty, Framing: o.framing()},
 		Dense:        alg,
 		GradFLOP:     train.TrainFLOPs(j.task.Model) * float64(o.Batch),
 		FLOPS:        train.DefaultFLOPS,

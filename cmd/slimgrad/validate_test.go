@@ -197,9 +197,11 @@ func TestValidateFlags(t *testing.T) {
 }
 
 // TestValidateTopology: the topology written for a case parses, puts rank
-// r on host hostOf[r] with its shaped rate times the goodput, and puts
-// every node on one host with the machine's cores, so that four workers on
-// two cores compute at half speed when all compute at once.
+// r on host hostOf[r] with its shaped rate, and puts every node on one
+// host with the machine's cores, so that four workers on two cores compute
+// at half speed when all compute at once; the simulation's framing is
+// libp2p's bytes per message and, per 1448-byte segment, the 66 bytes of
+// headers that the default goodput leaves.
 func TestValidateTopology(t *testing.T) {
 	o := defaultValidateOptions()
 	o.Cores = 2
@@ -217,9 +219,12 @@ func TestValidateTopology(t *testing.T) {
 		rate float64
 	}{{"h3", 2.5e6}, {"h0", 10e6}, {"h2", 10e6}, {"h1", 10e6}} {
 		n := topo.Nodes[r]
-		if n.Name != want.name || math.Abs(float64(n.Up)*8-want.rate*tcpGoodput) > 8 || n.Up != n.Down || n.Speed != 1 || n.Host != "bed" || n.Cores != 2 {
-			t.Errorf("node %d: %+v, want %s at %g bit/s × %.4f, speed 1, host bed with 2 cores", r, n, want.name, want.rate, tcpGoodput)
+		if n.Name != want.name || math.Abs(float64(n.Up)*8-want.rate) > 8 || n.Up != n.Down || n.Speed != 1 || n.Host != "bed" || n.Cores != 2 {
+			t.Errorf("node %d: %+v, want %s at %g bit/s, speed 1, host bed with 2 cores", r, n, want.name, want.rate)
 		}
+	}
+	if got, want := o.framing(), (sim.Framing{MessageBytes: 24 + 12 + 18, SegmentPayload: 1448, SegmentBytes: 66}); got != want {
+		t.Errorf("framing %+v, want %+v", got, want)
 	}
 	shares, err := topo.CoreShares(nil, 4)
 	if err != nil || !slices.Equal(shares, []float64{2, 2, 2, 2}) {
