@@ -474,7 +474,10 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 	} else if err := os.MkdirAll(env.dir, 0o755); err != nil {
 		return nil, err
 	}
-	calib, calPath, err := o.calibration(ctx, env.dir, cases, stderr)
+	if env.task, err = train.LoadTask(o.Workload, o.Data, o.Seed); err != nil {
+		return nil, err
+	}
+	calib, calPath, err := o.calibration(ctx, env.dir, cases, largestUnit(env.task.Model), stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -487,9 +490,6 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		if _, ok := calib.Throughput["encode/"+r]; !ok && r != "none" {
 			fmt.Fprintf(stderr, "slimgrad validate: warning: calibration %s has no throughputs of codec %s: the simulator uses its generic ones (run slimgrad bench --codecs %s)\n", calPath, r, r)
 		}
-	}
-	if env.task, err = train.LoadTask(o.Workload, o.Data, o.Seed); err != nil {
-		return nil, err
 	}
 	fmt.Fprintf(stdout, "slimgrad validate: %d cases, %s, %d steps (%d measured), batch %d, %s transport, %d cores shared\n",
 		len(cases), o.Workload, o.Steps, o.Steps-o.Skip-1, o.Batch, o.Transport, o.Cores)
@@ -619,14 +619,15 @@ func savedLoads(path string) map[string]float64 {
 }
 
 // calibration loads --calibration, or runs slimgrad bench on what the
-// cases need (their codecs, the transport, the workload) into dir.
-func (o validateOptions) calibration(ctx context.Context, dir string, cases []valCase, stderr io.Writer) (*sim.Calibration, string, error) {
+// cases need (their codecs, the transport, the workload) into dir, its
+// codecs and kernels on vectors of elems values: the workload's largest
+// unit, the size at which the job runs them (whose working set stays in
+// the caches), rather than bench's default of 16 MiB.
+func (o validateOptions) calibration(ctx context.Context, dir string, cases []valCase, elems int, stderr io.Writer) (*sim.Calibration, string, error) {
 	p := o.Calibration
 	if p == "" {
 		p = filepath.Join(dir, "calibration.json")
-		args := []string{"--codecs", strings.Join(valCodecs(cases), ","), "--transports", o.Transport, "--workloads", o.Workload,
-			"--grad-batch", strconv.Itoa(o.Batch), "--time", o.BenchTime.String(), "--sim-ranks", "0",
-			"--world", "2", "--size", strconv.Itoa(1 << 20), "--out", filepath.Join(dir, "bench"), "--calibration", p}
+		args := o.benchArgs(cases, elems, dir, p)
 		var out bytes.Buffer
 		if err := runBenchCommand(ctx, args, &out, stderr); err != nil {
 			return nil, "", fmt.Errorf("calibrating (slimgrad bench %s): %w", strings.Join(args, " "), err)
@@ -637,6 +638,25 @@ func (o validateOptions) calibration(ctx context.Context, dir string, cases []va
 		return nil, "", flagError("calibration", err)
 	}
 	return c, p, nil
+}
+
+// benchArgs are the arguments of the slimgrad bench run that calibration
+// makes into dir, writing the calibration file p.
+func (o validateOptions) benchArgs(cases []valCase, elems int, dir, p string) []string {
+	return []string{"--codecs", strings.Join(valCodecs(cases), ","), "--elems", strconv.Itoa(elems), "--transports", o.Transport, "--workloads", o.Workload,
+		"--grad-batch", strconv.Itoa(o.Batch), "--time", o.BenchTime.String(), "--sim-ranks", "0",
+		"--world", "2", "--size", strconv.Itoa(1 << 20), "--out", filepath.Join(dir, "bench"), "--calibration", p}
+}
+
+// largestUnit is the number of values of m's largest unit (parameter
+// tensor): the vector size of the codecs' and kernels' biggest calls in a
+// step of the validation's jobs.
+func largestUnit(m workload.Model) int {
+	n := 0
+	for _, u := range train.Units(m, false) {
+		n = max(n, u.Size)
+	}
+	return n
 }
 
 // valCodecs are the codec recipes of the cases' methods.

@@ -18,6 +18,7 @@ import (
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/testbed"
 	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/workload"
 )
 
 // TestValidateBed runs two tiny cases of `slimgrad validate` end to end on a
@@ -476,5 +477,25 @@ func TestValidateLocalCompany(t *testing.T) {
 	}
 	if l := env.localN[4]; len(env.localN) != 2 || !(l.Grad > 0 && l.Step < 0.1) {
 		t.Errorf("a fresh run: %v, want measured figures for 2 and 4 workers", env.localN)
+	}
+}
+
+// TestValidateBenchElems: validate's bench run measures the codecs and
+// kernels on a vector of the workload's largest unit (the MNIST MLP's
+// first weight matrix, 256×784), not bench's default of 4 Mi values.
+func TestValidateBenchElems(t *testing.T) {
+	m, err := workload.NewMLP([]int{784, 256, 10}, workload.CrossEntropy, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := largestUnit(m)
+	if n != 256*784 {
+		t.Fatalf("largest unit %d, want %d", n, 256*784)
+	}
+	o := defaultValidateOptions()
+	args := o.benchArgs(validationCases(), n, t.TempDir(), "calibration.json")
+	i := slices.Index(args, "--elems")
+	if i < 0 || i+1 >= len(args) || args[i+1] != "200704" {
+		t.Errorf("bench %v: want --elems 200704", args)
 	}
 }
