@@ -720,9 +720,12 @@ func (o validateOptions) newLocalWorker(task train.Task, spec train.OptimSpec, r
 }
 
 // step runs one local step: the gradient of a batch of the worker's data,
-// its optimizers' Prepare, the finite check of what it would send and the
-// optimizers' Step. It returns the gradient's and the whole step's time
-// on clock.
+// its optimizers' Prepare, the finite check of what it would send (the
+// worker's flag exchange), the check of the reduced result for an overflow
+// (the worker's, after each bucket's collective: here over the same
+// vector, which the exchange would have overwritten with the mean) and
+// the optimizers' Step. It returns the gradient's and the whole step's
+// time on clock.
 func (w *localWorker) step(clock func() (time.Duration, error)) (grad, step time.Duration, err error) {
 	t0, err := clock()
 	if err != nil {
@@ -737,8 +740,11 @@ func (w *localWorker) step(clock func() (time.Duration, error)) (grad, step time
 	}
 	for u := range w.params {
 		send, _, err := w.opts[u].Prepare(w.gs[u])
-		if err == nil && !kernels.AllFinite(send) {
+		if err == nil && !localAllFinite(send) {
 			err = fmt.Errorf("non-finite gradient of unit %d", u)
+		}
+		if err == nil && !localAllFinite(send) {
+			err = fmt.Errorf("non-finite mean of unit %d", u)
 		}
 		if err == nil {
 			err = w.opts[u].Step(w.params[u], send)
@@ -753,6 +759,10 @@ func (w *localWorker) step(clock func() (time.Duration, error)) (grad, step time
 	}
 	return tg - t0, te - t0, nil
 }
+
+// localAllFinite is the finite check of localWorker.step (a variable so
+// that a test can count the passes).
+var localAllFinite = kernels.AllFinite
 
 // wallOrigin and wallClock: the monotonic time since an arbitrary origin.
 var wallOrigin = time.Now()

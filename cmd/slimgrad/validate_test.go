@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slimgrad/slimgrad/internal/kernels"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/testbed"
 	"github.com/slimgrad/slimgrad/train"
@@ -497,5 +499,38 @@ func TestValidateBenchElems(t *testing.T) {
 	i := slices.Index(args, "--elems")
 	if i < 0 || i+1 >= len(args) || args[i+1] != "200704" {
 		t.Errorf("bench %v: want --elems 200704", args)
+	}
+}
+
+// TestValidateLocalFinitePasses: the measured local step makes as many
+// finite passes over each unit's vector as a worker of the job does (with
+// the default NaN policy): one for the flag exchange before the bucket's
+// collective and one over the reduced result after it (worker.Step).
+func TestValidateLocalFinitePasses(t *testing.T) {
+	o := defaultValidateOptions()
+	task, err := train.LoadTask(probeWorkload, "", o.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := parseOptim(valMethods["dense"].Optim, o.Steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := o.newLocalWorker(task, spec, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	passes := map[int]int{} // by vector length
+	defer func(f func([]float32) bool) { localAllFinite = f }(localAllFinite)
+	localAllFinite = func(x []float32) bool { passes[len(x)]++; return kernels.AllFinite(x) }
+	if _, _, err := w.step(wallClock); err != nil {
+		t.Fatal(err)
+	}
+	want := map[int]int{}
+	for _, p := range w.params {
+		want[len(p)] += 2
+	}
+	if !maps.Equal(passes, want) {
+		t.Errorf("finite passes by vector length %v, want %v (two per unit)", passes, want)
 	}
 }
