@@ -1373,8 +1373,10 @@ func (o validateOptions) topologyYAML(c valCase, hostOf []int) string {
 // simulate writes j's topology on c's bed (rank r on host hostOf[r]) into
 // dir/topology.yaml and trains j in the simulator on it with calib's codec
 // throughputs and the transport's per-message cost, and j.local as each
-// step's compute at speed 1: what `slimgrad sim --topology FILE
-// --calibration FILE --transport T` runs, with the job's dense algorithm.
+// step's compute at speed 1, and the transport's framing on the wire
+// (o.framing): what `slimgrad sim --topology FILE --calibration FILE
+// --transport T` runs, with the job's dense algorithm, but for the framing,
+// which `slimgrad sim` does not add.
 func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, hostOf []int, calib *sim.Calibration, dir string) ([]train.Record, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
