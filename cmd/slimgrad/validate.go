@@ -108,8 +108,7 @@ var messageFraming = map[string]int64{
 // transport's bytes per message, and per TCP segment of tcpMSS bytes the
 // headers that --goodput leaves (66 bytes at the default). The topology's
 // links then have the shaped rates: a small message pays a whole packet's
-// headers, not the goodput share of its own bytes (on a 10 Mbit/s link a
-// 520-byte message takes 100 µs more).
+// headers, not the goodput share of its own bytes.
 func (o validateOptions) framing() sim.Framing {
 	return sim.Framing{
 		MessageBytes:   messageFraming[o.Transport],
