@@ -46,6 +46,7 @@ import (
 	"strings"
 
 	"github.com/slimgrad/slimgrad/compressors"
+	"github.com/slimgrad/slimgrad/internal/kernels"
 )
 
 // Errors.
@@ -309,8 +310,13 @@ func (r Recipe) New(c compressors.Compressor, opts ...Option) (Feedback, error) 
 	return nil, fmt.Errorf("%w: kind %v", ErrRecipe, r.Kind)
 }
 
-// checkFinite returns ErrNonFinite if g holds NaN or ±Inf.
+// checkFinite returns ErrNonFinite if g holds NaN or ±Inf. The pass is
+// kernels.AllFinite; only a vector that fails it is searched for the
+// element to name.
 func checkFinite(g []float32) error {
+	if kernels.AllFinite(g) {
+		return nil
+	}
 	for i, x := range g {
 		// x-x is 0 for finite x and NaN for NaN and ±Inf.
 		if x-x != 0 {
@@ -424,10 +430,7 @@ func (f *EF14) Encode(dst []byte, g []float32) ([]byte, error) {
 	if sp, ok := f.c.(compressors.Sparse); ok {
 		// One pass: e ← e + g, compress e, subtract the sent pairs.
 		e := f.e
-		g = g[:len(e)]
-		for j := range e {
-			e[j] += g[j]
-		}
+		kernels.Add(e, g[:len(e)])
 		p, err := f.c.Compress(dst, e)
 		if err != nil {
 			return p, fmt.Errorf("errorfeedback: ef14: %w", err)
@@ -439,10 +442,7 @@ func (f *EF14) Encode(dst []byte, g []float32) ([]byte, error) {
 		return p, nil
 	}
 	w, e := f.w, f.e[:len(f.w)]
-	g = g[:len(w)]
-	for j := range w {
-		w[j] = e[j] + g[j]
-	}
+	kernels.AddTo(w, e, g[:len(w)])
 	p, err := f.c.Compress(dst, w)
 	if err != nil {
 		return p, fmt.Errorf("errorfeedback: ef14: %w", err)
@@ -450,9 +450,7 @@ func (f *EF14) Encode(dst []byte, g []float32) ([]byte, error) {
 	if err := f.c.Decompress(e, p); err != nil {
 		return p, fmt.Errorf("errorfeedback: ef14: own payload: %w", err)
 	}
-	for j := range w {
-		e[j] = w[j] - e[j]
-	}
+	kernels.SubTo(e, w, e)
 	return p, nil
 }
 

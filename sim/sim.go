@@ -155,6 +155,11 @@ type Options struct {
 	// messages queued on that link before it, and it neither slows nor is
 	// slowed by the flows (see TinyMessageBytes for the error this makes).
 	FlowTinyMessages bool
+	// Framing is what the transport and the network add to each message on
+	// its links (see Framing); the zero value adds nothing. Result.Bytes
+	// and the messages' sizes do not count it, Result.Links does. Whether a
+	// message is tiny depends on its size without it.
+	Framing Framing
 	// AggregateDepth is how many hops in ring order the aggregated mode
 	// looks when it groups ranks; 0 means DefaultAggregateDepth. Deeper
 	// groups are smaller and closer to the per-message mode.
@@ -777,6 +782,9 @@ func (d *driver) setup(ctx context.Context) error {
 	if p := d.opts.LossPenalty; !(p >= 0) || math.IsInf(p, 0) {
 		return fmt.Errorf("sim: LossPenalty %v: want finite and non-negative", p)
 	}
+	if err := d.opts.Framing.validate(); err != nil {
+		return err
+	}
 	if d.opts.MessageCPU && d.opts.Transport == "" {
 		return errors.New("sim: MessageCPU needs a Transport whose message cost it charges")
 	}
@@ -1117,7 +1125,7 @@ func (d *driver) hopCodec(ms *machine, buf allreduce.Buf) bool {
 }
 
 func (d *driver) startFlow(m *msgInfo) {
-	wire := m.size
+	wire := d.opts.Framing.Wire(m.size)
 	if d.opts.LossPenalty > 0 && m.n > 0 && d.unpaced(&m.links, m.n) {
 		wire *= 1 + d.opts.LossPenalty
 	}

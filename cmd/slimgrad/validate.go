@@ -30,6 +30,7 @@ import (
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/testbed"
 	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/workload"
 )
 
@@ -84,13 +85,37 @@ func defaultLocal() string {
 	return "alone"
 }
 
-// tcpGoodput is the share of a shaped link's rate that carries a TCP
-// stream's payload: a full Ethernet frame of 1514 bytes (what tc's token
-// bucket counts: 14 bytes of Ethernet, 20 of IPv4, 32 of TCP with
-// timestamps) carries a 1448-byte segment. The simulator's links carry
-// message bytes, so the topology that validate writes gives each link this
-// share of its shaped rate.
-const tcpGoodput = 1448.0 / 1514.0
+// tcpGoodput is the share of a full packet that carries a TCP stream's
+// payload: a full Ethernet frame of 1514 bytes (what tc's token bucket
+// counts: 14 bytes of Ethernet, 20 of IPv4, 32 of TCP with timestamps)
+// carries a 1448-byte segment (tcpMSS).
+const (
+	tcpGoodput = 1448.0 / 1514.0
+	tcpMSS     = 1448
+)
+
+// messageFraming is the bytes that each transport adds to a message once
+// (sim.Framing.MessageBytes): libp2p, the worker's frame header, yamux's
+// 12-byte frame header and Noise's 2-byte length and 16-byte tag (one
+// Noise message per yamux frame, up to 64 KiB); NATS, the frame header and
+// a protocol line of about 40 bytes (subject, reply, size).
+var messageFraming = map[string]int64{
+	"libp2p": transport.FrameHeaderLen + 12 + 18,
+	"nats":   transport.FrameHeaderLen + 40,
+}
+
+// framing is the simulator's sim.Framing for the bed's links: the
+// transport's bytes per message, and per TCP segment of tcpMSS bytes the
+// headers that --goodput leaves (66 bytes at the default). The topology's
+// links then have the shaped rates: a small message pays a whole packet's
+// headers, not the goodput share of its own bytes.
+func (o validateOptions) framing() sim.Framing {
+	return sim.Framing{
+		MessageBytes:   messageFraming[o.Transport],
+		SegmentPayload: tcpMSS,
+		SegmentBytes:   int64(math.Round(tcpMSS/o.Goodput - tcpMSS)),
+	}
+}
 
 // defaultLossPenalty is validate's sim.Options.LossPenalty: the share of
 // bytes that TCP resent when a 10 Mbit/s sender filled a 2.5 Mbit/s
@@ -306,7 +331,7 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
 	fs.DurationVar(&o.BenchTime, "bench-time", o.BenchTime, "minimum measuring time per measurement of bench and of the local compute")
 	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): the simulated nodes are on one host of this many cores, processor-shared")
-	fs.Float64Var(&o.Goodput, "goodput", o.Goodput, "share of a shaped link's rate left for message bytes (default: TCP/IPv4 with timestamps over Ethernet, 1448/1514)")
+	fs.Float64Var(&o.Goodput, "goodput", o.Goodput, "share of a full packet (a TCP segment of 1448 bytes) that is payload, the rest being headers that every packet pays, also a message's last, partly filled one (default: TCP/IPv4 with timestamps over Ethernet, 1448/1514); the simulated links have the shaped rates and carry each message with its headers and its transport's framing")
 	fs.DurationVar(&o.Latency, "latency", o.Latency, "one-way latency between two hosts in the simulated topology (the bed's veth and bridge)")
 	fs.StringVar(&o.Out, "out", o.Out, "directory for the cases' topologies, the workers' steps.csv, the calibration and validate.csv (default: a temporary directory, removed)")
 	fs.DurationVar(&o.CaseTimeout, "case-timeout", o.CaseTimeout, "time limit of one case's real jobs")
@@ -448,7 +473,10 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 	} else if err := os.MkdirAll(env.dir, 0o755); err != nil {
 		return nil, err
 	}
-	calib, calPath, err := o.calibration(ctx, env.dir, cases, stderr)
+	if env.task, err = train.LoadTask(o.Workload, o.Data, o.Seed); err != nil {
+		return nil, err
+	}
+	calib, calPath, err := o.calibration(ctx, env.dir, cases, largestUnit(env.task.Model), stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -461,9 +489,6 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 		if _, ok := calib.Throughput["encode/"+r]; !ok && r != "none" {
 			fmt.Fprintf(stderr, "slimgrad validate: warning: calibration %s has no throughputs of codec %s: the simulator uses its generic ones (run slimgrad bench --codecs %s)\n", calPath, r, r)
 		}
-	}
-	if env.task, err = train.LoadTask(o.Workload, o.Data, o.Seed); err != nil {
-		return nil, err
 	}
 	fmt.Fprintf(stdout, "slimgrad validate: %d cases, %s, %d steps (%d measured), batch %d, %s transport, %d cores shared\n",
 		len(cases), o.Workload, o.Steps, o.Steps-o.Skip-1, o.Batch, o.Transport, o.Cores)
@@ -593,14 +618,15 @@ func savedLoads(path string) map[string]float64 {
 }
 
 // calibration loads --calibration, or runs slimgrad bench on what the
-// cases need (their codecs, the transport, the workload) into dir.
-func (o validateOptions) calibration(ctx context.Context, dir string, cases []valCase, stderr io.Writer) (*sim.Calibration, string, error) {
+// cases need (their codecs, the transport, the workload) into dir, its
+// codecs and kernels on vectors of elems values: the workload's largest
+// unit, the size at which the job runs them (whose working set stays in
+// the caches), rather than bench's default of 16 MiB.
+func (o validateOptions) calibration(ctx context.Context, dir string, cases []valCase, elems int, stderr io.Writer) (*sim.Calibration, string, error) {
 	p := o.Calibration
 	if p == "" {
 		p = filepath.Join(dir, "calibration.json")
-		args := []string{"--codecs", strings.Join(valCodecs(cases), ","), "--transports", o.Transport, "--workloads", o.Workload,
-			"--grad-batch", strconv.Itoa(o.Batch), "--time", o.BenchTime.String(), "--sim-ranks", "0",
-			"--world", "2", "--size", strconv.Itoa(1 << 20), "--out", filepath.Join(dir, "bench"), "--calibration", p}
+		args := o.benchArgs(cases, elems, dir, p)
 		var out bytes.Buffer
 		if err := runBenchCommand(ctx, args, &out, stderr); err != nil {
 			return nil, "", fmt.Errorf("calibrating (slimgrad bench %s): %w", strings.Join(args, " "), err)
@@ -611,6 +637,25 @@ func (o validateOptions) calibration(ctx context.Context, dir string, cases []va
 		return nil, "", flagError("calibration", err)
 	}
 	return c, p, nil
+}
+
+// benchArgs are the arguments of the slimgrad bench run that calibration
+// makes into dir, writing the calibration file p.
+func (o validateOptions) benchArgs(cases []valCase, elems int, dir, p string) []string {
+	return []string{"--codecs", strings.Join(valCodecs(cases), ","), "--elems", strconv.Itoa(elems), "--transports", o.Transport, "--workloads", o.Workload,
+		"--grad-batch", strconv.Itoa(o.Batch), "--time", o.BenchTime.String(), "--sim-ranks", "0",
+		"--world", "2", "--size", strconv.Itoa(1 << 20), "--out", filepath.Join(dir, "bench"), "--calibration", p}
+}
+
+// largestUnit is the number of values of m's largest unit (parameter
+// tensor): the vector size of the codecs' and kernels' biggest calls in a
+// step of the validation's jobs.
+func largestUnit(m workload.Model) int {
+	n := 0
+	for _, u := range train.Units(m, false) {
+		n = max(n, u.Size)
+	}
+	return n
 }
 
 // valCodecs are the codec recipes of the cases' methods.
@@ -674,9 +719,12 @@ func (o validateOptions) newLocalWorker(task train.Task, spec train.OptimSpec, r
 }
 
 // step runs one local step: the gradient of a batch of the worker's data,
-// its optimizers' Prepare, the finite check of what it would send and the
-// optimizers' Step. It returns the gradient's and the whole step's time
-// on clock.
+// its optimizers' Prepare, the finite check of what it would send (the
+// worker's flag exchange), the check of the reduced result for an overflow
+// (the worker's, after each bucket's collective: here over the same
+// vector, which the exchange would have overwritten with the mean) and
+// the optimizers' Step. It returns the gradient's and the whole step's
+// time on clock.
 func (w *localWorker) step(clock func() (time.Duration, error)) (grad, step time.Duration, err error) {
 	t0, err := clock()
 	if err != nil {
@@ -691,8 +739,11 @@ func (w *localWorker) step(clock func() (time.Duration, error)) (grad, step time
 	}
 	for u := range w.params {
 		send, _, err := w.opts[u].Prepare(w.gs[u])
-		if err == nil && !kernels.AllFinite(send) {
+		if err == nil && !localAllFinite(send) {
 			err = fmt.Errorf("non-finite gradient of unit %d", u)
+		}
+		if err == nil && !localAllFinite(send) {
+			err = fmt.Errorf("non-finite mean of unit %d", u)
 		}
 		if err == nil {
 			err = w.opts[u].Step(w.params[u], send)
@@ -707,6 +758,10 @@ func (w *localWorker) step(clock func() (time.Duration, error)) (grad, step time
 	}
 	return tg - t0, te - t0, nil
 }
+
+// localAllFinite is the finite check of localWorker.step (a variable so
+// that a test can count the passes).
+var localAllFinite = kernels.AllFinite
 
 // wallOrigin and wallClock: the monotonic time since an arbitrary origin.
 var wallOrigin = time.Now()
@@ -1295,18 +1350,20 @@ func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute, codec 
 
 // topologyYAML is the simulator's topology of c's bed with rank r on host
 // hostOf[r]: each node's uplink and downlink are its host's shaped rate
-// times --goodput, and, since the N workers run on this one machine, every
-// node is on one host of --cores cores, which their compute and message
-// costs share.
+// (the simulation adds each message's headers, o.framing), and, since the
+// N workers run on this one machine, every node is on one host of --cores
+// cores, which their compute and message costs share.
 func (o validateOptions) topologyYAML(c valCase, hostOf []int) string {
 	n := len(c.Rates)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# slimgrad validate, case %s: %d hosts (network namespaces) with tc-shaped links; node r is rank r's host.\n", c.Name, n)
-	fmt.Fprintf(&b, "# Links: the shaped rate times %.4f, the share that carries message bytes (--goodput).\n", o.Goodput)
+	fr := o.framing()
+	fmt.Fprintf(&b, "# Links: the shaped rate; a message carries %d bytes of %s framing and %d bytes of headers per packet of up to %d bytes (--goodput %.4f).\n",
+		fr.MessageBytes, o.Transport, fr.SegmentBytes, fr.SegmentPayload, o.Goodput)
 	fmt.Fprintf(&b, "# Compute: the %d workers share the %d cores of one machine (host: bed, processor sharing).\n", n, o.Cores)
 	fmt.Fprintf(&b, "name: validate-%s\nlatency: %s\ndefaults: {host: bed, cores: %d}\nnodes:\n", c.Name, o.Latency, o.Cores)
 	for _, h := range hostOf {
-		bw := strconv.FormatFloat(float64(c.Rates[h])*o.Goodput, 'f', 0, 64) + "bit/s"
+		bw := strconv.FormatInt(c.Rates[h], 10) + "bit/s"
 		fmt.Fprintf(&b, "  - {name: h%d, uplink: %s, downlink: %s}\n", h, bw, bw)
 	}
 	return b.String()
@@ -1315,8 +1372,10 @@ func (o validateOptions) topologyYAML(c valCase, hostOf []int) string {
 // simulate writes j's topology on c's bed (rank r on host hostOf[r]) into
 // dir/topology.yaml and trains j in the simulator on it with calib's codec
 // throughputs and the transport's per-message cost, and j.local as each
-// step's compute at speed 1: what `slimgrad sim --topology FILE
-// --calibration FILE --transport T` runs, with the job's dense algorithm.
+// step's compute at speed 1, and the transport's framing on the wire
+// (o.framing): what `slimgrad sim --topology FILE --calibration FILE
+// --transport T` runs, with the job's dense algorithm, but for the framing,
+// which `slimgrad sim` does not add.
 func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, hostOf []int, calib *sim.Calibration, dir string) ([]train.Record, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -1346,7 +1405,7 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 	cfg := train.SimConfig{
 		Topology: topo,
 		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel != "latency",
-			LossPenalty: o.LossPenalty},
+			LossPenalty: o.LossPenalty, Framing: o.framing()},
 		Dense:        alg,
 		GradFLOP:     train.TrainFLOPs(j.task.Model) * float64(o.Batch),
 		FLOPS:        train.DefaultFLOPS,

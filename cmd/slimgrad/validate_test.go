@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -14,9 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slimgrad/slimgrad/internal/kernels"
 	"github.com/slimgrad/slimgrad/sim"
 	"github.com/slimgrad/slimgrad/testbed"
 	"github.com/slimgrad/slimgrad/train"
+	"github.com/slimgrad/slimgrad/workload"
 )
 
 // TestValidateBed runs two tiny cases of `slimgrad validate` end to end on a
@@ -196,9 +199,11 @@ func TestValidateFlags(t *testing.T) {
 }
 
 // TestValidateTopology: the topology written for a case parses, puts rank
-// r on host hostOf[r] with its shaped rate times the goodput, and puts
-// every node on one host with the machine's cores, so that four workers on
-// two cores compute at half speed when all compute at once.
+// r on host hostOf[r] with its shaped rate, and puts every node on one
+// host with the machine's cores, so that four workers on two cores compute
+// at half speed when all compute at once; the simulation's framing is
+// libp2p's bytes per message and, per 1448-byte segment, the 66 bytes of
+// headers that the default goodput leaves.
 func TestValidateTopology(t *testing.T) {
 	o := defaultValidateOptions()
 	o.Cores = 2
@@ -216,9 +221,12 @@ func TestValidateTopology(t *testing.T) {
 		rate float64
 	}{{"h3", 2.5e6}, {"h0", 10e6}, {"h2", 10e6}, {"h1", 10e6}} {
 		n := topo.Nodes[r]
-		if n.Name != want.name || math.Abs(float64(n.Up)*8-want.rate*tcpGoodput) > 8 || n.Up != n.Down || n.Speed != 1 || n.Host != "bed" || n.Cores != 2 {
-			t.Errorf("node %d: %+v, want %s at %g bit/s × %.4f, speed 1, host bed with 2 cores", r, n, want.name, want.rate, tcpGoodput)
+		if n.Name != want.name || math.Abs(float64(n.Up)*8-want.rate) > 8 || n.Up != n.Down || n.Speed != 1 || n.Host != "bed" || n.Cores != 2 {
+			t.Errorf("node %d: %+v, want %s at %g bit/s, speed 1, host bed with 2 cores", r, n, want.name, want.rate)
 		}
+	}
+	if got, want := o.framing(), (sim.Framing{MessageBytes: 24 + 12 + 18, SegmentPayload: 1448, SegmentBytes: 66}); got != want {
+		t.Errorf("framing %+v, want %+v", got, want)
 	}
 	shares, err := topo.CoreShares(nil, 4)
 	if err != nil || !slices.Equal(shares, []float64{2, 2, 2, 2}) {
@@ -434,5 +442,58 @@ func TestValidateLocalCompany(t *testing.T) {
 	}
 	if l := env.localN[4]; len(env.localN) != 2 || !(l.Grad > 0 && l.Step < 0.1) {
 		t.Errorf("a fresh run: %v, want measured figures for 2 and 4 workers", env.localN)
+	}
+}
+
+// TestValidateBenchElems: validate's bench run measures the codecs and
+// kernels on a vector of the workload's largest unit (the MNIST MLP's
+// first weight matrix, 256×784), not bench's default of 4 Mi values.
+func TestValidateBenchElems(t *testing.T) {
+	m, err := workload.NewMLP([]int{784, 256, 10}, workload.CrossEntropy, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := largestUnit(m)
+	if n != 256*784 {
+		t.Fatalf("largest unit %d, want %d", n, 256*784)
+	}
+	o := defaultValidateOptions()
+	args := o.benchArgs(validationCases(), n, t.TempDir(), "calibration.json")
+	i := slices.Index(args, "--elems")
+	if i < 0 || i+1 >= len(args) || args[i+1] != "200704" {
+		t.Errorf("bench %v: want --elems 200704", args)
+	}
+}
+
+// TestValidateLocalFinitePasses: the measured local step makes as many
+// finite passes over each unit's vector as a worker of the job does (with
+// the default NaN policy): one for the flag exchange before the bucket's
+// collective and one over the reduced result after it (worker.Step).
+func TestValidateLocalFinitePasses(t *testing.T) {
+	o := defaultValidateOptions()
+	task, err := train.LoadTask(probeWorkload, "", o.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := parseOptim(valMethods["dense"].Optim, o.Steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := o.newLocalWorker(task, spec, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	passes := map[int]int{} // by vector length
+	defer func(f func([]float32) bool) { localAllFinite = f }(localAllFinite)
+	localAllFinite = func(x []float32) bool { passes[len(x)]++; return kernels.AllFinite(x) }
+	if _, _, err := w.step(wallClock); err != nil {
+		t.Fatal(err)
+	}
+	want := map[int]int{}
+	for _, p := range w.params {
+		want[len(p)] += 2
+	}
+	if !maps.Equal(passes, want) {
+		t.Errorf("finite passes by vector length %v, want %v (two per unit)", passes, want)
 	}
 }

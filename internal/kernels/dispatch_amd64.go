@@ -51,6 +51,19 @@ func unpackSignsAVX2(dst *float32, bits *byte, nbytes int, scale float32, add bo
 //go:noescape
 func scanAbsGEAVX2(x *float32, n int, lom1 int32) int
 
+//go:noescape
+func allFiniteAVX2(x *float32, n int) bool
+
+func allFinite(x []float32) bool {
+	if n := len(x) &^ 7; useAVX2 && n > 0 {
+		if !allFiniteAVX2(&x[0], n) {
+			return false
+		}
+		x = x[n:]
+	}
+	return allFiniteGeneric(x)
+}
+
 func add(dst, src []float32) {
 	if n := len(dst) &^ 7; useAVX2 && n > 0 {
 		addAVX2(&dst[0], &dst[0], &src[0], n)

@@ -2,6 +2,7 @@
 
 package kernels
 
+func allFinite(x []float32) bool                    { return allFiniteGeneric(x) }
 func add(dst, src []float32)                        { addGeneric(dst, src) }
 func addTo(dst, a, b []float32)                     { addToGeneric(dst, a, b) }
 func subTo(dst, a, b []float32)                     { subToGeneric(dst, a, b) }

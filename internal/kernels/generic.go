@@ -297,3 +297,12 @@ func nextAbsGEGeneric(x []float32, lo uint32) int {
 	}
 	return len(x)
 }
+
+func allFiniteGeneric(x []float32) bool {
+	for _, v := range x {
+		if v-v != 0 { // NaN or ±Inf
+			return false
+		}
+	}
+	return true
+}

@@ -276,11 +276,4 @@ func PackSignsSumSq(dst []byte, src []float32) float64 {
 }
 
 // AllFinite reports whether every element of x is finite (no NaN, no ±Inf).
-func AllFinite(x []float32) bool {
-	for _, v := range x {
-		if v-v != 0 { // NaN or ±Inf
-			return false
-		}
-	}
-	return true
-}
+func AllFinite(x []float32) bool { return allFinite(x) }

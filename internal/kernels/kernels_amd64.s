@@ -814,3 +814,50 @@ madd8:
 mdone:
 	VZEROUPPER
 	RET
+
+// func allFiniteAVX2(x *float32, n int) bool   n % 8 == 0
+// Whether no element of x[:n] has all its exponent bits set (NaN or ±Inf).
+TEXT ·allFiniteAVX2(SB), NOSPLIT, $0-17
+	MOVQ x+0(FP), SI
+	MOVQ n+8(FP), CX
+	MOVL $0x7f800000, AX
+	VMOVD AX, X15
+	VPBROADCASTD X15, Y15
+	VPXOR Y5, Y5, Y5
+af32:
+	CMPQ CX, $32
+	JB   af8
+	VPAND (SI), Y15, Y0
+	VPAND 32(SI), Y15, Y1
+	VPAND 64(SI), Y15, Y2
+	VPAND 96(SI), Y15, Y3
+	VPCMPEQD Y15, Y0, Y0
+	VPCMPEQD Y15, Y1, Y1
+	VPCMPEQD Y15, Y2, Y2
+	VPCMPEQD Y15, Y3, Y3
+	VPOR Y1, Y0, Y0
+	VPOR Y3, Y2, Y2
+	VPOR Y2, Y0, Y0
+	VPTEST Y0, Y0
+	JNZ  afbad
+	ADDQ $128, SI
+	SUBQ $32, CX
+	JMP  af32
+af8:
+	CMPQ CX, $8
+	JB   afdone
+	VPAND (SI), Y15, Y0
+	VPCMPEQD Y15, Y0, Y0
+	VPOR Y0, Y5, Y5
+	ADDQ $32, SI
+	SUBQ $8, CX
+	JMP  af8
+afdone:
+	VPTEST Y5, Y5
+	SETEQ ret+16(FP)
+	VZEROUPPER
+	RET
+afbad:
+	MOVB $0, ret+16(FP)
+	VZEROUPPER
+	RET
