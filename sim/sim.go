@@ -267,6 +267,14 @@ func (ms *machine) ops() int {
 	return len(ms.prog.Ops)
 }
 
+// alg is the algorithm of c's programs.
+func (c *Collective) alg() allreduce.Algorithm {
+	if c.Shared != nil {
+		return c.Shared.Alg
+	}
+	return c.Programs[0].Alg
+}
+
 // world is the number of ranks of c.
 func (c *Collective) world() int {
 	if c.Shared != nil {
@@ -406,6 +414,7 @@ type driver struct {
 	h         eventHeap
 	now       float64
 	costs     []costTable // per collective
+	tinyMax   []float64   // per collective: the size up to which its messages are tiny (TinyExchangeBytes)
 	rng       *rand.Rand
 	scr       []int32
 	res       *Result
@@ -766,6 +775,13 @@ func (d *driver) setup(ctx context.Context) error {
 		}
 		d.costs[c] = cal.table(recipe, d.opts.FreeCompute)
 	}
+	d.tinyMax = grow(d.tinyMax, len(d.colls))
+	for c := range d.colls {
+		d.tinyMax[c] = TinyMessageBytes
+		if exchange(d.colls[c].alg()) {
+			d.tinyMax[c] = TinyExchangeBytes
+		}
+	}
 	d.msgCost = MessageCost{}
 	if tp := d.opts.Transport; tp != "" {
 		mc, ok := cal.Messages[tp]
@@ -1121,7 +1137,7 @@ func (d *driver) startFlow(m *msgInfo) {
 	if d.opts.LossPenalty > 0 && m.n > 0 && d.unpaced(&m.links, m.n) {
 		wire *= 1 + d.opts.LossPenalty
 	}
-	if m.size <= TinyMessageBytes && !d.opts.FlowTinyMessages && d.agg == nil {
+	if m.size <= d.tinyMax[d.ms[m.g].coll] && !d.opts.FlowTinyMessages && d.agg == nil {
 		d.tiny(m, wire)
 	} else {
 		id := d.net.add(d.now, &m.links, int(m.n), wire)
@@ -1249,6 +1265,33 @@ type qmsg struct {
 // messages all ready at once (the non-finite flags, a 1-bit all-to-all of
 // many ranks) ends when the processor-shared one does.
 const TinyMessageBytes = 256
+
+// TinyExchangeBytes is TinyMessageBytes for the messages of an exchange, a
+// collective in which every rank sends a message of the same size to every
+// other rank at once (allreduce.AlgAllToAll, and both phases of
+// AlgTwoPhaseSign): those up to this size are tiny.
+//
+// There the flow model is at its dearest and the tiny model at its best.
+// Each of the N(N−1) messages is a flow sharing its sender's uplink with N−2
+// others (and, across a WAN, the WAN with up to N²/4), so every start and end
+// re-rates the others: O(N³) to O(N⁴) work per exchange (1-bit Adam's 264-byte
+// messages at 2048 ranks would take days). And first-come first-served
+// among equal messages all ready at once ends when processor sharing does,
+// so the error is the bound of TinyMessageBytes at this size, seen only where
+// other traffic shares the links: at most (k+1)·size/capacity per message
+// beside k flows. 1024 bytes covers 1-bit Adam's messages up to 8096 ranks
+// (N/8 + 8 bytes, N/8 + 12 for a chunk across two scale blocks; odd N: N +
+// 8). Measured with the default methods on the built-in topology against
+// 256: onebitadam −0.022% at 64 ranks, −0.49% at 100, unchanged at 128, 200,
+// 256 and 512; every other method and every ring and tree unchanged
+// (docs/simulator.md).
+const TinyExchangeBytes = 1024
+
+// exchange reports whether alg's messages are an exchange
+// (TinyExchangeBytes).
+func exchange(alg allreduce.Algorithm) bool {
+	return alg == allreduce.AlgAllToAll || alg == allreduce.AlgTwoPhaseSign
+}
 
 // tiny sends m outside the flow model (TinyMessageBytes): it occupies each
 // link of its route for wire/capacity (wire: its size with any
