@@ -425,7 +425,8 @@ type driver struct {
 	pfree     []int32
 	tinys     []tinyRec // tiny messages on their links (driver.tiny)
 	tfree     []int32
-	cq        []qmsg // messages queued on their connections (conn.head)
+	cq        []qmsg    // messages queued on their connections (conn.head)
+	cqlat     []float64 // with Options.LatencyJitter: cq[j]'s latency
 	cqfree    []int32
 	trace     *Trace
 	cfin      []float64
@@ -1084,11 +1085,8 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	var extra float64
 	if d.cpuMsg {
 		extra = (d.msgCost.Overhead + float64(size)*d.msgCost.PerByte) / 2 / d.speed(ms)
-		lat += d.msgCost.Wait
-	} else {
-		lat += d.msgCost.Message(size)
 	}
-	m.lat = lat
+	m.lat = d.msgLatency(lat, m.size)
 	rs := &d.ranks[ms.rank]
 	if hop := d.hopCodec(ms, op.Src) && (dur >= 0 || d.costs[ms.coll].encode > 0); hop || extra > 0 {
 		// Encode (and with MessageCPU, pay the send's software cost) on
@@ -1118,6 +1116,17 @@ func (d *driver) launch(rs *rankState, peer int32, m *msgInfo) {
 	} else {
 		d.enqueue(rs, peer, m)
 	}
+}
+
+// msgLatency is the latency of a message of size bytes whose path takes
+// lat: lat plus its software cost's share in latency (Options.Transport:
+// the wait with MessageCPU, else the whole per-message cost). connDone
+// computes it again for a queued message (qmsg).
+func (d *driver) msgLatency(lat, size float64) float64 {
+	if d.cpuMsg {
+		return lat + d.msgCost.Wait
+	}
+	return lat + d.msgCost.Message(int64(size))
 }
 
 // park stores m in d.pend until its encoding finishes and returns its
@@ -1155,7 +1164,14 @@ func (d *driver) startFlow(m *msgInfo) {
 func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 	if k := d.findConn(rs, peer); k >= 0 {
 		c := &rs.conns[k]
-		j := slot(&d.cq, &d.cqfree, qmsg{size: m.size, lat: m.lat, g: m.g, op: m.op, dop: m.dop, next: -1})
+		j := slot(&d.cq, &d.cqfree, qmsg{size: m.size, g: m.g, op: m.op, dop: m.dop, next: -1})
+		if d.opts.LatencyJitter > 0 {
+			// Drawn at the send: kept, not computed again.
+			if int(j) >= len(d.cqlat) {
+				d.cqlat = grow(d.cqlat, int(j)+1)
+			}
+			d.cqlat[j] = m.lat
+		}
 		if c.tail < 0 {
 			c.head = j
 		} else {
@@ -1232,18 +1248,26 @@ func (d *driver) connDone(rank, peer int32) {
 	}
 	// Not aggregated: machine c·world+r steps rank r.
 	dg := q.g - rank + peer
-	m := msgInfo{size: q.size, lat: q.lat, g: q.g, op: q.op, dg: dg, dop: q.dop}
-	m.n = int8(d.topo.route(int(rs.node), int(d.ranks[peer].node), d.wan, &m.links))
+	m := msgInfo{size: q.size, g: q.g, op: q.op, dg: dg, dop: q.dop}
+	pn := int(d.ranks[peer].node)
+	m.n = int8(d.topo.route(int(rs.node), pn, d.wan, &m.links))
+	if d.opts.LatencyJitter > 0 {
+		m.lat = d.cqlat[j]
+	} else {
+		m.lat = d.msgLatency(d.topo.PairLatency(int(rs.node), pn).Seconds(), q.size)
+	}
 	d.cqfree = append(d.cqfree, j)
 	d.startFlow(&m)
 }
 
 // qmsg is a message queued behind the earlier ones of its connection: its
-// msgInfo but the route and the receiving machine, which connDone finds
-// again (an all-to-all in each of several concurrent collectives queues
-// millions of messages).
+// msgInfo but the route, the latency and the receiving machine, which
+// connDone finds again (an all-to-all in each of several concurrent
+// collectives queues millions of messages: at 2048 ranks they were half the
+// live heap at 32 bytes each); with Options.LatencyJitter its latency is in
+// driver.cqlat.
 type qmsg struct {
-	size, lat  float64
+	size       float64
 	g, op, dop int32
 	next       int32 // the next queued message of the connection, or -1
 }
