@@ -425,8 +425,8 @@ type driver struct {
 	pfree     []int32
 	tinys     []tinyRec // tiny messages on their links (driver.tiny)
 	tfree     []int32
-	cq        []qmsg    // messages queued on their connections (conn.head)
-	cqlat     []float64 // with Options.LatencyJitter: cq[j]'s latency
+	cq        pages[qmsg] // messages queued on their connections (conn.head)
+	cqlat     []float64   // with Options.LatencyJitter: cq[j]'s latency
 	cqfree    []int32
 	trace     *Trace
 	cfin      []float64
@@ -763,7 +763,8 @@ func (d *driver) setup(ctx context.Context) error {
 	d.now = 0
 	d.pend, d.pfree = d.pend[:0], d.pfree[:0]
 	d.tinys, d.tfree = d.tinys[:0], d.tfree[:0]
-	d.cq, d.cqfree = d.cq[:0], d.cqfree[:0]
+	d.cq.reset()
+	d.cqfree = d.cqfree[:0]
 	cal := d.opts.Calibration
 	if cal == nil {
 		cal = DefaultCalibration()
@@ -1164,7 +1165,7 @@ func (d *driver) startFlow(m *msgInfo) {
 func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 	if k := d.findConn(rs, peer); k >= 0 {
 		c := &rs.conns[k]
-		j := slot(&d.cq, &d.cqfree, qmsg{size: m.size, g: m.g, op: m.op, dop: m.dop, next: -1})
+		j := d.cq.slot(&d.cqfree, qmsg{size: m.size, g: m.g, op: m.op, dop: m.dop, next: -1})
 		if d.opts.LatencyJitter > 0 {
 			// Drawn at the send: kept, not computed again.
 			if int(j) >= len(d.cqlat) {
@@ -1175,7 +1176,7 @@ func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 		if c.tail < 0 {
 			c.head = j
 		} else {
-			d.cq[c.tail].next = j
+			d.cq.at(c.tail).next = j
 		}
 		c.tail = j
 		return
@@ -1241,7 +1242,7 @@ func (d *driver) connDone(rank, peer int32) {
 		return
 	}
 	j := c.head
-	q := &d.cq[j]
+	q := d.cq.at(j)
 	c.head = q.next
 	if c.head < 0 {
 		c.tail = -1
@@ -1698,6 +1699,43 @@ func (d *driver) finish() *Result {
 	}
 	return res
 }
+
+// pages is a growing array of T held in pages of 1<<pageShift items: growing it
+// never copies, where a slice's append holds the old and the new array at
+// once (the connection queues of 2048 ranks hold hundreds of MB). reset
+// keeps the pages for the next run.
+type pages[T any] struct {
+	p [][]T
+	n int32 // items in use
+}
+
+// pageShift is log2 of a page's items.
+const pageShift = 16
+
+// at returns item j (j < the items added since reset).
+func (s *pages[T]) at(j int32) *T {
+	return &s.p[j>>pageShift][j&(1<<pageShift-1)]
+}
+
+// slot is the function slot for pages: it stores v at the index last
+// freed in *free, or at a new one, and returns the index.
+func (s *pages[T]) slot(free *[]int32, v T) int32 {
+	if n := len(*free); n > 0 {
+		j := (*free)[n-1]
+		*free = (*free)[:n-1]
+		*s.at(j) = v
+		return j
+	}
+	if int(s.n>>pageShift) == len(s.p) {
+		s.p = append(s.p, make([]T, 1<<pageShift))
+	}
+	j := s.n
+	s.n++
+	*s.at(j) = v
+	return j
+}
+
+func (s *pages[T]) reset() { s.n = 0 }
 
 // slot stores v in *items at an index taken from the free list *free
 // (the last one freed), or appended when there is none, and returns the
