@@ -272,6 +272,14 @@ func (ms *machine) ops() int {
 	return len(ms.prog.Ops)
 }
 
+// alg is the algorithm of c's programs.
+func (c *Collective) alg() allreduce.Algorithm {
+	if c.Shared != nil {
+		return c.Shared.Alg
+	}
+	return c.Programs[0].Alg
+}
+
 // world is the number of ranks of c.
 func (c *Collective) world() int {
 	if c.Shared != nil {
@@ -411,6 +419,7 @@ type driver struct {
 	h         eventHeap
 	now       float64
 	costs     []costTable // per collective
+	tinyMax   []float64   // per collective: the size up to which its messages are tiny (TinyExchangeBytes)
 	rng       *rand.Rand
 	scr       []int32
 	res       *Result
@@ -421,7 +430,8 @@ type driver struct {
 	pfree     []int32
 	tinys     []tinyRec // tiny messages on their links (driver.tiny)
 	tfree     []int32
-	cq        []qmsg // messages queued on their connections (conn.head)
+	cq        pages[qmsg] // messages queued on their connections (conn.head)
+	cqlat     []float64   // with Options.LatencyJitter: cq[j]'s latency
 	cqfree    []int32
 	trace     *Trace
 	cfin      []float64
@@ -758,7 +768,8 @@ func (d *driver) setup(ctx context.Context) error {
 	d.now = 0
 	d.pend, d.pfree = d.pend[:0], d.pfree[:0]
 	d.tinys, d.tfree = d.tinys[:0], d.tfree[:0]
-	d.cq, d.cqfree = d.cq[:0], d.cqfree[:0]
+	d.cq.reset()
+	d.cqfree = d.cqfree[:0]
 	cal := d.opts.Calibration
 	if cal == nil {
 		cal = DefaultCalibration()
@@ -770,6 +781,13 @@ func (d *driver) setup(ctx context.Context) error {
 			recipe = d.opts.Recipe
 		}
 		d.costs[c] = cal.table(recipe, d.opts.FreeCompute)
+	}
+	d.tinyMax = grow(d.tinyMax, len(d.colls))
+	for c := range d.colls {
+		d.tinyMax[c] = TinyMessageBytes
+		if exchange(d.colls[c].alg()) {
+			d.tinyMax[c] = TinyExchangeBytes
+		}
 	}
 	d.msgCost = MessageCost{}
 	if tp := d.opts.Transport; tp != "" {
@@ -1076,11 +1094,8 @@ func (d *driver) send(g int32, ms *machine, i int32, op *allreduce.Op) error {
 	var extra float64
 	if d.cpuMsg {
 		extra = (d.msgCost.Overhead + float64(size)*d.msgCost.PerByte) / 2 / d.speed(ms)
-		lat += d.msgCost.Wait
-	} else {
-		lat += d.msgCost.Message(size)
 	}
-	m.lat = lat
+	m.lat = d.msgLatency(lat, m.size)
 	rs := &d.ranks[ms.rank]
 	if hop := d.hopCodec(ms, op.Src) && (dur >= 0 || d.costs[ms.coll].encode > 0); hop || extra > 0 {
 		// Encode (and with MessageCPU, pay the send's software cost) on
@@ -1112,6 +1127,17 @@ func (d *driver) launch(rs *rankState, peer int32, m *msgInfo) {
 	}
 }
 
+// msgLatency is the latency of a message of size bytes whose path takes
+// lat: lat plus its software cost's share in latency (Options.Transport:
+// the wait with MessageCPU, else the whole per-message cost). connDone
+// computes it again for a queued message (qmsg).
+func (d *driver) msgLatency(lat, size float64) float64 {
+	if d.cpuMsg {
+		return lat + d.msgCost.Wait
+	}
+	return lat + d.msgCost.Message(int64(size))
+}
+
 // park stores m in d.pend until its encoding finishes and returns its
 // index.
 func (d *driver) park(m *msgInfo) int32 {
@@ -1129,7 +1155,7 @@ func (d *driver) startFlow(m *msgInfo) {
 	if d.opts.LossPenalty > 0 && m.n > 0 && d.unpaced(&m.links, m.n) {
 		wire *= 1 + d.opts.LossPenalty
 	}
-	if m.size <= TinyMessageBytes && !d.opts.FlowTinyMessages && d.agg == nil {
+	if m.size <= d.tinyMax[d.ms[m.g].coll] && !d.opts.FlowTinyMessages && d.agg == nil {
 		d.tiny(m, wire)
 	} else {
 		id := d.net.add(d.now, &m.links, int(m.n), wire)
@@ -1147,11 +1173,18 @@ func (d *driver) startFlow(m *msgInfo) {
 func (d *driver) enqueue(rs *rankState, peer int32, m *msgInfo) {
 	if k := d.findConn(rs, peer); k >= 0 {
 		c := &rs.conns[k]
-		j := slot(&d.cq, &d.cqfree, qmsg{size: m.size, lat: m.lat, g: m.g, op: m.op, dop: m.dop, next: -1})
+		j := d.cq.slot(&d.cqfree, qmsg{size: m.size, g: m.g, op: m.op, dop: m.dop, next: -1})
+		if d.opts.LatencyJitter > 0 {
+			// Drawn at the send: kept, not computed again.
+			if int(j) >= len(d.cqlat) {
+				d.cqlat = grow(d.cqlat, int(j)+1)
+			}
+			d.cqlat[j] = m.lat
+		}
 		if c.tail < 0 {
 			c.head = j
 		} else {
-			d.cq[c.tail].next = j
+			d.cq.at(c.tail).next = j
 		}
 		c.tail = j
 		return
@@ -1217,25 +1250,33 @@ func (d *driver) connDone(rank, peer int32) {
 		return
 	}
 	j := c.head
-	q := &d.cq[j]
+	q := d.cq.at(j)
 	c.head = q.next
 	if c.head < 0 {
 		c.tail = -1
 	}
 	// Not aggregated: machine c·world+r steps rank r.
 	dg := q.g - rank + peer
-	m := msgInfo{size: q.size, lat: q.lat, g: q.g, op: q.op, dg: dg, dop: q.dop}
-	m.n = int8(d.topo.route(int(rs.node), int(d.ranks[peer].node), d.wan, &m.links))
+	m := msgInfo{size: q.size, g: q.g, op: q.op, dg: dg, dop: q.dop}
+	pn := int(d.ranks[peer].node)
+	m.n = int8(d.topo.route(int(rs.node), pn, d.wan, &m.links))
+	if d.opts.LatencyJitter > 0 {
+		m.lat = d.cqlat[j]
+	} else {
+		m.lat = d.msgLatency(d.topo.PairLatency(int(rs.node), pn).Seconds(), q.size)
+	}
 	d.cqfree = append(d.cqfree, j)
 	d.startFlow(&m)
 }
 
 // qmsg is a message queued behind the earlier ones of its connection: its
-// msgInfo but the route and the receiving machine, which connDone finds
-// again (an all-to-all in each of several concurrent collectives queues
-// millions of messages).
+// msgInfo but the route, the latency and the receiving machine, which
+// connDone finds again (an all-to-all in each of several concurrent
+// collectives queues millions of messages: at 2048 ranks they were half the
+// live heap at 32 bytes each); with Options.LatencyJitter its latency is in
+// driver.cqlat.
 type qmsg struct {
-	size, lat  float64
+	size       float64
 	g, op, dop int32
 	next       int32 // the next queued message of the connection, or -1
 }
@@ -1257,6 +1298,33 @@ type qmsg struct {
 // messages all ready at once (the non-finite flags, a 1-bit all-to-all of
 // many ranks) ends when the processor-shared one does.
 const TinyMessageBytes = 256
+
+// TinyExchangeBytes is TinyMessageBytes for the messages of an exchange, a
+// collective in which every rank sends a message of the same size to every
+// other rank at once (allreduce.AlgAllToAll, and both phases of
+// AlgTwoPhaseSign): those up to this size are tiny.
+//
+// There the flow model is at its dearest and the tiny model at its best.
+// Each of the N(N−1) messages is a flow sharing its sender's uplink with N−2
+// others (and, across a WAN, the WAN with up to N²/4), so every start and end
+// re-rates the others: O(N³) to O(N⁴) work per exchange (1-bit Adam's 264-byte
+// messages at 2048 ranks would take days). And first-come first-served
+// among equal messages all ready at once ends when processor sharing does,
+// so the error is the bound of TinyMessageBytes at this size, seen only where
+// other traffic shares the links: at most (k+1)·size/capacity per message
+// beside k flows. 1024 bytes covers 1-bit Adam's messages up to 8096 ranks
+// (N/8 + 8 bytes, N/8 + 12 for a chunk across two scale blocks; odd N: N +
+// 8). Measured with the default methods on the built-in topology against
+// 256: onebitadam −0.022% at 64 ranks, −0.49% at 100, unchanged at 128, 200,
+// 256 and 512; every other method and every ring and tree unchanged
+// (docs/simulator.md).
+const TinyExchangeBytes = 1024
+
+// exchange reports whether alg's messages are an exchange
+// (TinyExchangeBytes).
+func exchange(alg allreduce.Algorithm) bool {
+	return alg == allreduce.AlgAllToAll || alg == allreduce.AlgTwoPhaseSign
+}
 
 // tiny sends m outside the flow model (TinyMessageBytes): it occupies each
 // link of its route for wire/capacity (wire: its size with any
@@ -1639,6 +1707,43 @@ func (d *driver) finish() *Result {
 	}
 	return res
 }
+
+// pages is a growing array of T held in pages of 1<<pageShift items: growing it
+// never copies, where a slice's append holds the old and the new array at
+// once (the connection queues of 2048 ranks hold hundreds of MB). reset
+// keeps the pages for the next run.
+type pages[T any] struct {
+	p [][]T
+	n int32 // items in use
+}
+
+// pageShift is log2 of a page's items.
+const pageShift = 16
+
+// at returns item j (j < the items added since reset).
+func (s *pages[T]) at(j int32) *T {
+	return &s.p[j>>pageShift][j&(1<<pageShift-1)]
+}
+
+// slot is the function slot for pages: it stores v at the index last
+// freed in *free, or at a new one, and returns the index.
+func (s *pages[T]) slot(free *[]int32, v T) int32 {
+	if n := len(*free); n > 0 {
+		j := (*free)[n-1]
+		*free = (*free)[:n-1]
+		*s.at(j) = v
+		return j
+	}
+	if int(s.n>>pageShift) == len(s.p) {
+		s.p = append(s.p, make([]T, 1<<pageShift))
+	}
+	j := s.n
+	s.n++
+	*s.at(j) = v
+	return j
+}
+
+func (s *pages[T]) reset() { s.n = 0 }
 
 // slot stores v in *items at an index taken from the free list *free
 // (the last one freed), or appended when there is none, and returns the

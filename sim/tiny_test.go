@@ -123,3 +123,67 @@ func TestTinyAgrees(t *testing.T) {
 		}
 	}
 }
+
+// TestTinyExchangeBytes: the messages of an exchange (an all-to-all, 1-bit
+// Adam's two phases) are tiny up to TinyExchangeBytes, other collectives'
+// only up to TinyMessageBytes. An all-to-all of 1 KiB messages ends within
+// the tiny model's bound of the flow model's time (on the default topology
+// its busiest link's tiny bytes over its capacity; equal on a switch) in
+// fewer events; a two-phase sign all-reduce of 400-byte messages (1-bit
+// Adam's at 64 ranks) also costs fewer events; a ring of 1 KiB messages
+// beside an all-to-all of 64 KiB messages is flows either way, to the
+// event.
+func TestTinyExchangeBytes(t *testing.T) {
+	const n = 64
+	a2a := sharedColl(t, "a2a", allreduce.AlgAllToAll, allreduce.Params{World: n, Elems: n, ElemBytes: TinyExchangeBytes})
+	tp := sharedColl(t, "tp", allreduce.AlgTwoPhaseSign, allreduce.Params{World: n, Elems: 3136 * n, SignBlock: 16384})
+	ring := sharedColl(t, "ring", allreduce.AlgRing, allreduce.Params{World: n, Elems: TinyExchangeBytes / 4 * n})
+	big := sharedColl(t, "big", allreduce.AlgAllToAll, allreduce.Params{World: n, Elems: 16 << 10 * n})
+	for _, tn := range []string{"homogeneous-8x10g", "default"} {
+		topo := aggTopology(t, tn, n)
+		for _, c := range []struct {
+			name     string
+			colls    []Collective
+			min, max int64 // the first one's message sizes
+			tiny     bool
+		}{
+			{"all-to-all", []Collective{a2a}, TinyExchangeBytes, TinyExchangeBytes, true},
+			{"two-phase", []Collective{tp}, TinyMessageBytes + 1, TinyExchangeBytes, true},
+			{"ring", []Collective{ring, big}, TinyExchangeBytes, TinyExchangeBytes, false},
+		} {
+			tiny, err := Run(context.Background(), topo, c.colls, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flow, err := Run(context.Background(), topo, c.colls, &Options{FlowTinyMessages: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			alone, err := Run(context.Background(), topo, c.colls[:1], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if avg := alone.Bytes / alone.Messages; avg < c.min || avg > c.max {
+				t.Fatalf("%s %s: %d bytes in %d messages, want messages of %d to %d bytes", tn, c.name, alone.Bytes, alone.Messages, c.min, c.max)
+			}
+			if !c.tiny {
+				if tiny.Events != flow.Events || tiny.Collectives[0].Finish != flow.Collectives[0].Finish {
+					t.Errorf("%s %s: %d events, done at %.12g s; as flows %d, %.12g s: want the same", tn, c.name, tiny.Events, tiny.Collectives[0].Finish, flow.Events, flow.Collectives[0].Finish)
+				}
+				continue
+			}
+			if tiny.Events >= flow.Events {
+				t.Errorf("%s %s: %d events with tiny messages, %d as flows", tn, c.name, tiny.Events, flow.Events)
+			}
+			tol := 1e-9 * flow.Time
+			for l, ls := range flow.Links {
+				if ls.Bytes > 0 && tn != "homogeneous-8x10g" {
+					tol = max(tol, ls.Bytes/topo.linkCap(l))
+				}
+			}
+			if d := tiny.Time - flow.Time; !(math.Abs(d) <= tol) {
+				t.Errorf("%s %s: tiny %.9g s, flows %.9g s: %+.4g s, bound %.4g s", tn, c.name, tiny.Time, flow.Time, d, tol)
+			}
+		}
+	}
+}
