@@ -616,7 +616,7 @@ func twoKeys(t *testing.T) (dialer, acceptor crypto.PrivKey) {
 func TestBulkTLSPlacedAdversary(t *testing.T) {
 	const total = 3*bulkRecord + 1000
 	rng := rand.New(rand.NewPCG(7, 8))
-	msg, dst0 := floats(rng, total/4), floats(rng, total/4)
+	msg, dst0 := transporttest.FloatBytes(rng, total/4), transporttest.FloatBytes(rng, total/4)
 	seal := func(s *bulkSealer, off, n int) []byte {
 		var b bytes.Buffer
 		if err := s.writePiece(&b, pieceHdr(0, off, n, total), msg[off:off+n]); err != nil {
@@ -677,7 +677,7 @@ func TestBulkTLSPlacedAdversary(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
 				nc, secret := dialFakeTLSBulk(t, c, h)
-				pl := transport.Placement{Dst: aligned(dst0), Add: add}
+				pl := transport.Placement{Dst: transporttest.Aligned(dst0), Add: add}
 				errc := make(chan error, 1)
 				go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
 				waitPosted(t, c.links[1], placeWaiting)
@@ -715,7 +715,7 @@ func TestBulkTLSPlacedAdversary(t *testing.T) {
 				want := append(bytes.Clone(msg[:tc.applied]), dst0[tc.applied:]...)
 				clear(want[tc.applied : tc.applied+tc.zeroed])
 				if add {
-					want = append(addBytes(dst0[:tc.applied], msg[:tc.applied], false, 0), dst0[tc.applied:]...)
+					want = append(transporttest.Added(dst0[:tc.applied], msg[:tc.applied], false, 0), dst0[tc.applied:]...)
 				}
 				if !bytes.Equal(pl.Dst, want) {
 					for i := range want {

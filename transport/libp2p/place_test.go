@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -21,38 +20,6 @@ import (
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/transporttest"
 )
-
-// floats returns n little-endian float32 of a normal distribution.
-func floats(rng *rand.Rand, n int) []byte {
-	b := make([]byte, 4*n)
-	for i := range n {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(float32(rng.NormFloat64())))
-	}
-	return b
-}
-
-// addBytes returns dst + msg (little-endian float32), times scale if
-// scaled, computed one element at a time: what the executor's reduce
-// gives.
-func addBytes(dst, msg []byte, scaled bool, scale float32) []byte {
-	out := make([]byte, len(dst))
-	for i := 0; i < len(dst); i += 4 {
-		v := math.Float32frombits(binary.LittleEndian.Uint32(dst[i:])) + math.Float32frombits(binary.LittleEndian.Uint32(msg[i:]))
-		if scaled {
-			v = float32(v) * scale
-		}
-		binary.LittleEndian.PutUint32(out[i:], math.Float32bits(v))
-	}
-	return out
-}
-
-// aligned returns a copy of b in float32-aligned memory.
-func aligned(b []byte) []byte {
-	f := make([]float32, (len(b)+3)/4)
-	out := unsafeBytes(f)[:len(b)]
-	copy(out, b)
-	return out
-}
 
 // TestRecvPlaced: messages received with RecvPlaced, copied or added (and
 // scaled) into the caller's memory, equal Recv followed by the same
@@ -83,13 +50,13 @@ func TestRecvPlaced(t *testing.T) {
 					{1000, transport.Placement{Add: true}, false},
 				}
 				for i, tc := range cases {
-					msg := floats(rng, tc.elems)
-					dst0 := floats(rng, tc.elems)
+					msg := transporttest.FloatBytes(rng, tc.elems)
+					dst0 := transporttest.FloatBytes(rng, tc.elems)
 					pl := tc.pl
-					pl.Dst = aligned(dst0)
+					pl.Dst = transporttest.Aligned(dst0)
 					want := msg
 					if pl.Add {
-						want = addBytes(dst0, msg, pl.Scaled, pl.Scale)
+						want = transporttest.Added(dst0, msg, pl.Scaled, pl.Scale)
 					}
 					before := cs[1].PlacedMessages()
 					errc := make(chan error, 1)
@@ -112,13 +79,13 @@ func TestRecvPlaced(t *testing.T) {
 				}
 				// A small and a bulk message on one tag: Recv takes the first,
 				// RecvPlaced the second, whichever is posted when.
-				small, big := floats(rng, 10), floats(rng, 3*pieceMax/4)
+				small, big := transporttest.FloatBytes(rng, 10), transporttest.FloatBytes(rng, 3*pieceMax/4)
 				if err := cs[0].Send(ctx, 1, 9, small); err != nil {
 					t.Fatal(err)
 				}
 				errc := make(chan error, 1)
 				go func() { errc <- cs[0].Send(ctx, 1, 9, big) }()
-				dst := aligned(make([]byte, len(big)))
+				dst := transporttest.Aligned(make([]byte, len(big)))
 				got, err := cs[1].Recv(ctx, 0, 9)
 				if err != nil || string(got) != string(small) {
 					t.Fatalf("Recv: %d bytes, %v; want the small message", len(got), err)
@@ -131,7 +98,7 @@ func TestRecvPlaced(t *testing.T) {
 				}
 				// Another size: ErrPlacement, the message is consumed, the link stays.
 				go func() { errc <- cs[0].Send(ctx, 1, 10, big) }()
-				err = cs[1].RecvPlaced(ctx, 0, 10, transport.Placement{Dst: aligned(make([]byte, len(big)+4)), Add: true})
+				err = cs[1].RecvPlaced(ctx, 0, 10, transport.Placement{Dst: transporttest.Aligned(make([]byte, len(big)+4)), Add: true})
 				if !errors.Is(err, transport.ErrPlacement) {
 					t.Fatalf("placing %d bytes into %d: %v, want ErrPlacement", len(big), len(big)+4, err)
 				}
@@ -222,8 +189,8 @@ func TestRecvPlacedCorruptPiece(t *testing.T) {
 			defer cancel()
 			const total = 2 * pieceMax
 			rng := rand.New(rand.NewPCG(3, 3))
-			msg, dst0 := floats(rng, total/4), floats(rng, total/4)
-			pl := transport.Placement{Dst: aligned(dst0), Add: add}
+			msg, dst0 := transporttest.FloatBytes(rng, total/4), transporttest.FloatBytes(rng, total/4)
+			pl := transport.Placement{Dst: transporttest.Aligned(dst0), Add: add}
 			errc := make(chan error, 1)
 			go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
 			waitPosted(t, c.links[1], placeWaiting) // so the message is bound as announced
@@ -248,7 +215,7 @@ func TestRecvPlacedCorruptPiece(t *testing.T) {
 				}
 				return
 			}
-			want := append(addBytes(dst0[:pieceMax], msg[:pieceMax], false, 0), dst0[pieceMax:]...)
+			want := append(transporttest.Added(dst0[:pieceMax], msg[:pieceMax], false, 0), dst0[pieceMax:]...)
 			if string(pl.Dst) != string(want) {
 				t.Error("the caller's memory is not the first piece added and the second untouched")
 			}
@@ -265,7 +232,7 @@ func TestRecvPlacedCancel(t *testing.T) {
 	t.Run("before", func(t *testing.T) {
 		cs := newGroup(t, 2, WithBulkStreams(1, 64<<10), WithInsecure())
 		ctx, cancel := context.WithCancel(context.Background())
-		dst := aligned(make([]byte, 2*pieceMax))
+		dst := transporttest.Aligned(make([]byte, 2*pieceMax))
 		errc := make(chan error, 1)
 		go func() { errc <- cs[1].RecvPlaced(ctx, 0, 4, transport.Placement{Dst: dst, Add: true}) }()
 		waitPosted(t, cs[1].links[0], placeWaiting)
@@ -275,7 +242,7 @@ func TestRecvPlacedCancel(t *testing.T) {
 		}
 		ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel2()
-		msg := floats(rand.New(rand.NewPCG(1, 1)), len(dst)/4)
+		msg := transporttest.FloatBytes(rand.New(rand.NewPCG(1, 1)), len(dst)/4)
 		go func() { errc <- cs[0].Send(ctx2, 1, 4, msg) }()
 		if err := cs[1].RecvPlaced(ctx2, 0, 4, transport.Placement{Dst: dst}); err != nil || string(dst) != string(msg) {
 			t.Fatalf("after a cancelled receive: %v", err)
@@ -288,9 +255,9 @@ func TestRecvPlacedCancel(t *testing.T) {
 		c, s, h := fakePeerHost(t, WithMaxFrame(4<<20), WithInsecure())
 		bulk := fakeBulk(t, c, h)
 		const total = 2 * pieceMax
-		msg := floats(rand.New(rand.NewPCG(2, 2)), total/4)
+		msg := transporttest.FloatBytes(rand.New(rand.NewPCG(2, 2)), total/4)
 		ctx, cancel := context.WithCancel(context.Background())
-		pl := transport.Placement{Dst: aligned(make([]byte, total))}
+		pl := transport.Placement{Dst: transporttest.Aligned(make([]byte, total))}
 		errc := make(chan error, 1)
 		go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
 		waitPosted(t, c.links[1], placeWaiting)
@@ -340,8 +307,8 @@ func waitPosted(t *testing.T, l *link, st uint8) {
 func TestPlacedSteadyState(t *testing.T) {
 	cs := newGroup(t, 2, WithBulkStreams(2, 64<<10), WithInsecure())
 	ctx := context.Background()
-	msg := floats(rand.New(rand.NewPCG(4, 4)), 3*pieceMax/4+1)
-	pl := transport.Placement{Dst: aligned(make([]byte, len(msg))), Add: true}
+	msg := transporttest.FloatBytes(rand.New(rand.NewPCG(4, 4)), 3*pieceMax/4+1)
+	pl := transport.Placement{Dst: transporttest.Aligned(make([]byte, len(msg))), Add: true}
 	send, sent := make(chan struct{}), make(chan error)
 	l := cs[1].links[0]
 	go func() {
@@ -422,8 +389,8 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 	}
 	for seq, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			msg, dst0 := floats(rng, total/4), floats(rng, total/4)
-			pl := transport.Placement{Dst: aligned(dst0), Add: tc.add}
+			msg, dst0 := transporttest.FloatBytes(rng, total/4), transporttest.FloatBytes(rng, total/4)
+			pl := transport.Placement{Dst: transporttest.Aligned(dst0), Add: tc.add}
 			if _, err := s.Write(bulkAnnounce(7, uint64(seq), total)); err != nil {
 				t.Fatal(err)
 			}
@@ -503,7 +470,7 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 			}
 			want := msg
 			if tc.add {
-				want = addBytes(dst0, msg, false, 0)
+				want = transporttest.Added(dst0, msg, false, 0)
 			}
 			if string(pl.Dst) != string(want) {
 				t.Fatal("wrong result")

@@ -2,20 +2,18 @@ package nats
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
-	"math"
 	"math/rand/v2"
 	"runtime"
 	"testing"
 	"time"
-	"unsafe"
 
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/internal/counters"
 	"github.com/slimgrad/slimgrad/transport/internal/inbox"
+	"github.com/slimgrad/slimgrad/transport/transporttest"
 )
 
 // placeConn is rank 1 of 2, unkeyed, without a server, whose data handler
@@ -48,35 +46,6 @@ func splitChunks(tag, seq uint64, msg []byte, per int) [][]byte {
 		out = append(out, dataChunk(flags, tag, seq, len(msg), msg[off:end]))
 		seq++
 	}
-	return out
-}
-
-func floatMsg(rng *rand.Rand, n int) []byte {
-	b := make([]byte, 4*n)
-	for i := range n {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(float32(rng.NormFloat64())))
-	}
-	return b
-}
-
-// addWant is dst + msg as float32, times scale if scaled, element by
-// element: what the executor's reduce gives.
-func addWant(dst, msg []byte, scaled bool, scale float32) []byte {
-	out := make([]byte, len(dst))
-	for i := 0; i < len(dst); i += 4 {
-		v := math.Float32frombits(binary.LittleEndian.Uint32(dst[i:])) + math.Float32frombits(binary.LittleEndian.Uint32(msg[i:]))
-		if scaled {
-			v = float32(v) * scale
-		}
-		binary.LittleEndian.PutUint32(out[i:], math.Float32bits(v))
-	}
-	return out
-}
-
-func alignedBytes(b []byte) []byte {
-	f := make([]float32, (len(b)+3)/4)
-	out := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f))[:len(b)]
-	copy(out, b)
 	return out
 }
 
@@ -114,13 +83,13 @@ func TestPlacedChunks(t *testing.T) {
 	} {
 		for _, per := range []int{1001, 4000, 1 << 20} {
 			c := placeConn()
-			msg, dst0 := floatMsg(rng, 2500), floatMsg(rng, 2500)
+			msg, dst0 := transporttest.FloatBytes(rng, 2500), transporttest.FloatBytes(rng, 2500)
 			want := msg
 			if pl.Add {
-				want = addWant(dst0, msg, pl.Scaled, pl.Scale)
+				want = transporttest.Added(dst0, msg, pl.Scaled, pl.Scale)
 			}
 			pl := pl
-			pl.Dst = alignedBytes(dst0)
+			pl.Dst = transporttest.Aligned(dst0)
 			errc := make(chan error, 1)
 			go func() { errc <- c.RecvPlaced(t.Context(), 0, 9, pl) }()
 			waitState(t, c, placeWaiting)
@@ -160,11 +129,11 @@ func TestPlacedChunks(t *testing.T) {
 func TestPlacedLate(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	c := placeConn()
-	msg, dst0 := floatMsg(rng, 3000), floatMsg(rng, 3000)
+	msg, dst0 := transporttest.FloatBytes(rng, 3000), transporttest.FloatBytes(rng, 3000)
 	frames := splitChunks(4, 0, msg, 4001)
 	feed(c, frames[0])
 	feed(c, frames[1])
-	pl := transport.Placement{Dst: alignedBytes(dst0), Add: true}
+	pl := transport.Placement{Dst: transporttest.Aligned(dst0), Add: true}
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(t.Context(), 0, 4, pl) }()
 	waitState(t, c, placeBound)
@@ -174,7 +143,7 @@ func TestPlacedLate(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if string(pl.Dst) != string(addWant(dst0, msg, false, 0)) {
+	if string(pl.Dst) != string(transporttest.Added(dst0, msg, false, 0)) {
 		t.Fatal("late-bound message: wrong sum")
 	}
 	if len(c.peers[0].partial) != 0 {
@@ -185,7 +154,7 @@ func TestPlacedLate(t *testing.T) {
 	frames = splitChunks(4, uint64(len(frames)), msg, 4001)
 	feed(c, frames[0])
 	go func() {
-		errc <- c.RecvPlaced(t.Context(), 0, 4, transport.Placement{Dst: alignedBytes(make([]byte, len(msg)-4)), Add: true})
+		errc <- c.RecvPlaced(t.Context(), 0, 4, transport.Placement{Dst: transporttest.Aligned(make([]byte, len(msg)-4)), Add: true})
 	}()
 	for _, f := range frames[1:] {
 		feed(c, f)
@@ -205,10 +174,10 @@ func TestPlacedLate(t *testing.T) {
 func TestPlacedCorruptChunk(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	c := placeConn()
-	msg, dst0 := floatMsg(rng, 2000), floatMsg(rng, 2000)
+	msg, dst0 := transporttest.FloatBytes(rng, 2000), transporttest.FloatBytes(rng, 2000)
 	frames := splitChunks(2, 0, msg, 4000)
 	frames[1][len(frames[1])-1] ^= 1
-	pl := transport.Placement{Dst: alignedBytes(dst0), Add: true}
+	pl := transport.Placement{Dst: transporttest.Aligned(dst0), Add: true}
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(t.Context(), 0, 2, pl) }()
 	waitState(t, c, placeWaiting)
@@ -220,7 +189,7 @@ func TestPlacedCorruptChunk(t *testing.T) {
 	if !errors.Is(err, transport.ErrBadFrame) || !errors.As(err, &pe) || pe.Rank != 0 {
 		t.Fatalf("a corrupt chunk: %v, want a *PeerError wrapping ErrBadFrame", err)
 	}
-	want := append(addWant(dst0[:4000], msg[:4000], false, 0), dst0[4000:]...)
+	want := append(transporttest.Added(dst0[:4000], msg[:4000], false, 0), dst0[4000:]...)
 	if string(pl.Dst) != string(want) {
 		t.Fatal("the receive's memory is not the first chunk added and the rest untouched")
 	}
@@ -234,9 +203,9 @@ func TestPlacedCorruptChunk(t *testing.T) {
 func TestPlacedCancel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	c := placeConn()
-	msg := floatMsg(rng, 2000)
+	msg := transporttest.FloatBytes(rng, 2000)
 	ctx, cancel := context.WithCancel(t.Context())
-	dst := alignedBytes(make([]byte, len(msg)))
+	dst := transporttest.Aligned(make([]byte, len(msg)))
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(ctx, 0, 3, transport.Placement{Dst: dst}) }()
 	waitState(t, c, placeWaiting)
@@ -286,8 +255,8 @@ func TestPlacedCancel(t *testing.T) {
 // still gets afterwards are not applied to its memory.
 func TestPlacedClosedMidMessage(t *testing.T) {
 	c := placeConn()
-	msg := floatMsg(rand.New(rand.NewPCG(9, 10)), 2000)
-	dst := alignedBytes(make([]byte, len(msg)))
+	msg := transporttest.FloatBytes(rand.New(rand.NewPCG(9, 10)), 2000)
+	dst := transporttest.Aligned(make([]byte, len(msg)))
 	frames := splitChunks(3, 0, msg, 3000)
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(t.Context(), 0, 3, transport.Placement{Dst: dst}) }()
@@ -312,8 +281,8 @@ func TestPlacedClosedMidMessage(t *testing.T) {
 func TestPlacedKeepsOrder(t *testing.T) {
 	c := placeConn()
 	rng := rand.New(rand.NewPCG(11, 12))
-	misfit, next := floatMsg(rng, 999), floatMsg(rng, 1000)
-	dst := alignedBytes(make([]byte, len(next)))
+	misfit, next := transporttest.FloatBytes(rng, 999), transporttest.FloatBytes(rng, 1000)
+	dst := transporttest.Aligned(make([]byte, len(next)))
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(t.Context(), 0, 8, transport.Placement{Dst: dst}) }()
 	waitState(t, c, placeWaiting)

@@ -36,14 +36,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"reflect"
 	"slices"
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"go.uber.org/goleak"
 
@@ -952,6 +950,7 @@ func (s *suite) testPlaced(t *testing.T) {
 	conns := s.group(t, 2)
 	ctx := s.ctx(t)
 	large := max(4, s.cfg.large/4) &^ 3
+	rng := rand.New(rand.NewPCG(31, 31))
 	for i, c := range []struct {
 		n  int
 		pl transport.Placement
@@ -962,19 +961,13 @@ func (s *suite) testPlaced(t *testing.T) {
 		{4000, transport.Placement{Add: true}},
 	} {
 		tag := uint64(100 + i)
-		msg, dst0 := floatBytes(c.n, 2*i), floatBytes(c.n, 2*i+1)
+		msg, dst0 := FloatBytes(rng, c.n/4), FloatBytes(rng, c.n/4)
 		want := slices.Clone(msg)
 		if c.pl.Add {
-			for j := 0; j < c.n; j += 4 {
-				v := math.Float32frombits(binary.LittleEndian.Uint32(dst0[j:])) + math.Float32frombits(binary.LittleEndian.Uint32(msg[j:]))
-				if c.pl.Scaled {
-					v = float32(v) * c.pl.Scale
-				}
-				binary.LittleEndian.PutUint32(want[j:], math.Float32bits(v))
-			}
+			want = Added(dst0, msg, c.pl.Scaled, c.pl.Scale)
 		}
 		pl := c.pl
-		pl.Dst = alignedCopy(dst0)
+		pl.Dst = Aligned(dst0)
 		errc := make(chan error, 1)
 		go func() { errc <- transport.RecvPlaced(ctx, conns[1], 0, tag, pl) }()
 		mustSend(t, ctx, conns[0], 1, tag, msg)
@@ -986,14 +979,14 @@ func (s *suite) testPlaced(t *testing.T) {
 		}
 	}
 	// Order with Recv on one tag, and a misfit.
-	small, big := floatBytes(40, 9), floatBytes(large, 10)
+	small, big := FloatBytes(rng, 10), FloatBytes(rng, large/4)
 	mustSend(t, ctx, conns[0], 1, 7, small)
 	errc := make(chan error, 1)
 	go func() { errc <- conns[0].Send(ctx, 1, 7, big) }()
 	if err := checkRecv(conns[1], ctx, 0, 7, small); err != nil {
 		t.Fatal(err)
 	}
-	dst := alignedCopy(make([]byte, len(big)))
+	dst := Aligned(make([]byte, len(big)))
 	if err := transport.RecvPlaced(ctx, conns[1], 0, 7, transport.Placement{Dst: dst}); err != nil || !bytes.Equal(dst, big) {
 		t.Fatalf("placed after a Recv on the same tag: %v (or other bytes)", err)
 	}
@@ -1001,7 +994,7 @@ func (s *suite) testPlaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { errc <- conns[0].Send(ctx, 1, 8, big) }()
-	if err := transport.RecvPlaced(ctx, conns[1], 0, 8, transport.Placement{Dst: alignedCopy(make([]byte, len(big)-4)), Add: true}); !errors.Is(err, transport.ErrPlacement) {
+	if err := transport.RecvPlaced(ctx, conns[1], 0, 8, transport.Placement{Dst: Aligned(make([]byte, len(big)-4)), Add: true}); !errors.Is(err, transport.ErrPlacement) {
 		t.Fatalf("a %d-byte message placed into %d bytes: %v, want ErrPlacement", len(big), len(big)-4, err)
 	}
 	if err := <-errc; err != nil {
@@ -1011,23 +1004,4 @@ func (s *suite) testPlaced(t *testing.T) {
 	if err := checkRecv(conns[1], ctx, 0, 8, small); err != nil {
 		t.Fatalf("after a misfit: %v", err)
 	}
-}
-
-// floatBytes returns n bytes of little-endian float32 (n a multiple of 4)
-// drawn from a normal distribution seeded by seed.
-func floatBytes(n, seed int) []byte {
-	rng := rand.New(rand.NewPCG(uint64(seed), 31))
-	b := make([]byte, n)
-	for j := 0; j < n; j += 4 {
-		binary.LittleEndian.PutUint32(b[j:], math.Float32bits(float32(rng.NormFloat64())))
-	}
-	return b
-}
-
-// alignedCopy returns a copy of b in float32-aligned memory.
-func alignedCopy(b []byte) []byte {
-	f := make([]float32, (len(b)+3)/4)
-	out := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f))[:len(b)]
-	copy(out, b)
-	return out
 }
