@@ -122,16 +122,8 @@ func TestReleasedBufferReused(t *testing.T) {
 	c.bufs.init(c.cfg.Window)
 	seq := uint64(0)
 	send := func(msg []byte) []byte {
-		for off := 0; off < len(msg); off += per {
-			end := min(off+per, len(msg))
-			var flags uint8
-			if off == 0 {
-				flags |= flagFirst
-			}
-			if end == len(msg) {
-				flags |= flagLast
-			}
-			if err := c.handleChunk(0, dataChunk(flags, 3, seq, len(msg), msg[off:end])); err != nil {
+		for _, ch := range splitChunks(3, seq, msg, per) {
+			if err := c.handleChunk(0, ch); err != nil {
 				t.Fatal(err)
 			}
 			seq++
