@@ -125,9 +125,10 @@ func (l *link) unpost(pr *posted, reuse bool) {
 // (transport.Placer). A bulk message is applied to pl.Dst piece by piece
 // as it arrives: each piece is read into a cache-sized scratch, checked
 // there, and copied or added into pl.Dst (under TLS, each record of a
-// piece is opened in place in the record layer's buffer and applied from
-// there: bulkaead.go), so that pl.Dst is the only memory the message's
-// bytes are written to. A message that comes over
+// piece is applied once it opens: opened straight into pl.Dst for a copy,
+// in place in the record layer's buffer and added from there for an add:
+// bulkaead.go), so that pl.Dst is the only memory the message's bytes are
+// written to. A message that comes over
 // the stream (below Options.BulkMin, or no bulk path) is received as by
 // Recv and then applied. Posting a receive allocates nothing in steady
 // state and starts no goroutine.
