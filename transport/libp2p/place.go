@@ -256,6 +256,17 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 			continue
 		}
 		pr.state = placeAbandoned
+		var err error
+		if cause != nil && cause != transport.ErrClosed {
+			// The rest of the message cannot be taken back: fail the link
+			// first. That closes its bulk connections, so a reader
+			// writing a piece into pl.Dst from a peer that stalls in the
+			// middle of it lets go now, not at the peer's timeout.
+			err = fmt.Errorf("receive cancelled while its message arrived, link failed: %w", cause)
+			l.mu.Unlock()
+			l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
+			l.mu.Lock()
+		}
 		for pr.applying > 0 {
 			l.bulkCond.Wait()
 		}
@@ -268,8 +279,6 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 		case cause == transport.ErrClosed:
 			return cause
 		}
-		err := fmt.Errorf("receive cancelled while its message arrived, link failed: %w", cause)
-		l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
 		return &transport.PeerError{Rank: peer, Op: "recv", Err: err}
 	}
 }

@@ -490,3 +490,53 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 		})
 	}
 }
+
+// TestRecvPlacedCancelStalledPeer: a copying receive cancelled while a
+// piece is being read straight into its memory, from a peer that stalls
+// in the middle of that piece, returns a *PeerError and fails the link at
+// once: it does not wait for the peer (whose timeout here is an hour) to
+// finish the piece.
+func TestRecvPlacedCancelStalledPeer(t *testing.T) {
+	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure(), WithPeerTimeout(time.Hour, time.Minute))
+	bulk := fakeBulk(t, c, h)
+	const piece = pieceMax / 2
+	const total = 2 * piece
+	msg := transporttest.FloatBytes(rand.New(rand.NewPCG(7, 7)), total/4)
+	l := c.links[1]
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- c.RecvPlaced(ctx, 1, 7, transport.Placement{Dst: make([]byte, total)}) }()
+	waitPosted(t, l, placeWaiting)
+	if _, err := s.Write(bulkAnnounce(7, 0, total)); err != nil {
+		t.Fatal(err)
+	}
+	waitPosted(t, l, placeBound)
+	f := bulkPieceFrame(0, 0, total, msg[:piece])
+	if _, err := bulk.Write(f[:len(f)-piece/2]); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for { // until the piece's reader writes into the receive's memory
+		l.mu.Lock()
+		reading := len(l.posted) > 0 && l.posted[0].applying > 0
+		l.mu.Unlock()
+		if reading {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the piece's reader did not start")
+		}
+		runtime.Gosched()
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		var pe *transport.PeerError
+		if !errors.As(err, &pe) || !errors.Is(err, context.Canceled) {
+			t.Fatalf("RecvPlaced = %v, want a *PeerError wrapping context.Canceled", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("a cancelled RecvPlaced waited for a stalled peer")
+	}
+}
