@@ -649,7 +649,7 @@ func (l *link) finishBulk(m *bulkMsg) bool {
 		return true
 	}
 	pr.state, pr.m = placeDone, nil
-	pr.wake()
+	pr.ch.Wake()
 	l.creditPending += cost
 	var credit int64
 	if l.creditPending >= l.c.creditBatch() {

@@ -3,8 +3,10 @@ package libp2p
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/wakeup"
 )
 
 // A receive posted with RecvPlaced, waiting for its message (placeWaiting),
@@ -26,16 +28,8 @@ type posted struct {
 	state uint8
 	// applying counts the bulk readers writing a piece into pl.Dst now.
 	applying int
-	m        *bulkMsg      // the bulk message it is bound to
-	ch       chan struct{} // wake-ups (cap 1): state changed, or look again
-}
-
-// wake gives pr a wake-up unless it has one pending.
-func (pr *posted) wake() {
-	select {
-	case pr.ch <- struct{}{}:
-	default:
-	}
+	m        *bulkMsg    // the bulk message it is bound to
+	ch       wakeup.Chan // state changed, or look again
 }
 
 var _ transport.Placer = (*Conn)(nil)
@@ -45,7 +39,7 @@ var _ transport.Placer = (*Conn)(nil)
 func (l *link) wakePosted(onTag bool, tag uint64) {
 	for _, pr := range l.posted {
 		if !onTag || pr.tag == tag {
-			pr.wake()
+			pr.ch.Wake()
 		}
 	}
 }
@@ -154,21 +148,13 @@ func (l *link) applyEarly(pr *posted, m *bulkMsg) {
 // unpost removes pr from the link's posted receives and, if reuse, keeps
 // it for reuse. l.mu is held.
 func (l *link) unpost(pr *posted, reuse bool) {
-	for i, x := range l.posted {
-		if x == pr {
-			copy(l.posted[i:], l.posted[i+1:])
-			l.posted[len(l.posted)-1] = nil
-			l.posted = l.posted[:len(l.posted)-1]
-			break
-		}
+	if i := slices.Index(l.posted, pr); i >= 0 {
+		l.posted = slices.Delete(l.posted, i, i+1)
 	}
 	if !reuse {
 		return
 	}
-	select { // drop a pending wake-up
-	case <-pr.ch:
-	default:
-	}
+	pr.ch.Drain()
 	pr.pl, pr.m = transport.Placement{}, nil
 	l.freePosted = append(l.freePosted, pr)
 }
@@ -211,7 +197,7 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 	if n := len(l.freePosted); n > 0 {
 		pr, l.freePosted = l.freePosted[n-1], l.freePosted[:n-1]
 	} else {
-		pr = &posted{ch: make(chan struct{}, 1)}
+		pr = &posted{ch: wakeup.New()}
 	}
 	pr.tag, pr.pl, pr.state, pr.applying = tag, pl, placeWaiting, 0
 	m := l.bindLate(pr)

@@ -3,9 +3,11 @@ package nats
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/internal/inbox"
+	"github.com/slimgrad/slimgrad/transport/internal/wakeup"
 )
 
 // A receive posted with RecvPlaced: waiting for its message (placeWaiting),
@@ -26,15 +28,7 @@ type posted struct {
 	tag   uint64
 	pl    transport.Placement
 	state uint8
-	ch    chan struct{} // wake-ups (cap 1): state changed, or look again
-}
-
-// wake gives pr a wake-up unless it has one pending.
-func (pr *posted) wake() {
-	select {
-	case pr.ch <- struct{}{}:
-	default:
-	}
+	ch    wakeup.Chan // state changed, or look again
 }
 
 var _ transport.Placer = (*Conn)(nil)
@@ -57,7 +51,7 @@ var _ transport.Placer = (*Conn)(nil)
 func (p *peer) wakePosted(tag uint64) {
 	for _, pr := range p.posted {
 		if pr.tag == tag {
-			pr.wake()
+			pr.ch.Wake()
 		}
 	}
 }
@@ -140,7 +134,7 @@ func (c *Conn) finishPlaced(p *peer, last bool) error {
 	}
 	if pr := p.placing; pr.state == placeBound {
 		pr.state = placeDone
-		pr.wake()
+		pr.ch.Wake()
 		c.placed.Add(1)
 	}
 	p.creditDue += inbox.Charge(p.placeTotal)
@@ -151,21 +145,13 @@ func (c *Conn) finishPlaced(p *peer, last bool) error {
 // unpost removes pr from p's posted receives and, if reuse, keeps it for
 // reuse. placeMu is held.
 func (p *peer) unpost(pr *posted, reuse bool) {
-	for i, x := range p.posted {
-		if x == pr {
-			copy(p.posted[i:], p.posted[i+1:])
-			p.posted[len(p.posted)-1] = nil
-			p.posted = p.posted[:len(p.posted)-1]
-			break
-		}
+	if i := slices.Index(p.posted, pr); i >= 0 {
+		p.posted = slices.Delete(p.posted, i, i+1)
 	}
 	if !reuse {
 		return
 	}
-	select { // drop a pending wake-up
-	case <-pr.ch:
-	default:
-	}
+	pr.ch.Drain()
 	pr.pl = transport.Placement{}
 	p.freePosted = append(p.freePosted, pr)
 }
@@ -223,7 +209,7 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 	if n := len(p.freePosted); n > 0 {
 		pr, p.freePosted = p.freePosted[n-1], p.freePosted[:n-1]
 	} else {
-		pr = &posted{ch: make(chan struct{}, 1)}
+		pr = &posted{ch: wakeup.New()}
 	}
 	pr.tag, pr.pl, pr.state = tag, pl, placeWaiting
 	if !c.bindLate(peer, p, pr) && p.partial[tag] != nil {

@@ -1,0 +1,24 @@
+package wakeup
+
+import "testing"
+
+// TestChan: wake-ups do not pile up (two Wakes leave one), Wake never
+// blocks, and Drain leaves none pending.
+func TestChan(t *testing.T) {
+	c := New()
+	c.Wake()
+	c.Wake()
+	if len(c) != 1 {
+		t.Fatalf("%d wake-ups pending after two Wakes, want 1", len(c))
+	}
+	<-c
+	if len(c) != 0 {
+		t.Fatal("a wake-up left after receiving the one pending")
+	}
+	c.Wake()
+	c.Drain()
+	c.Drain() // nothing pending: must not block
+	if len(c) != 0 {
+		t.Fatal("a wake-up left after Drain")
+	}
+}
