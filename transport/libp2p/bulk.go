@@ -20,6 +20,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/posting"
 )
 
 // The bulk path. Messages of at least Options.BulkMin bytes bypass the
@@ -490,7 +491,7 @@ func (l *link) announcedTarget(seq, total uint64) (*bulkMsg, *posted) {
 		m.readers++
 		return m, nil
 	}
-	if pr := m.pr; pr.state == placeBound && !pr.pl.Add {
+	if pr := m.pr; pr.state == posting.Bound && !pr.pl.Add {
 		pr.applying++
 		return m, pr
 	}
@@ -561,7 +562,7 @@ func (l *link) awaitBulk(seq, total uint64, off, n int) (*bulkMsg, *posted, erro
 				m.readers++ // until the piece is copied in (a late binder waits for it)
 				return m, nil, nil
 			}
-			if pr.state != placeBound {
+			if pr.state != posting.Bound {
 				return nil, nil, nil
 			}
 			if pr.pl.Add && (off%4 != 0 || n%4 != 0) {
@@ -601,7 +602,7 @@ func (l *link) announceBulk(seq, tag, total uint64) (*bulkMsg, error) {
 	m.seq, m.tag, m.total, m.got, m.buf, m.pr = seq, tag, int(total), 0, nil, nil
 	m.arrived = m.arrived[:0]
 	if pr := l.placeFor(tag, int(total)); pr != nil {
-		pr.state, pr.m, m.pr = placeBound, m, pr
+		pr.state, pr.m, m.pr = posting.Bound, m, pr
 	} else {
 		m.buf = bufs.Get(int(total))
 	}
@@ -633,11 +634,11 @@ func (l *link) finishBulk(m *bulkMsg) bool {
 			break
 		}
 	}
-	for m.pr != nil && m.pr.applying > 0 && m.pr.state == placeBound {
+	for m.pr != nil && m.pr.applying > 0 && m.pr.state == posting.Bound {
 		l.bulkCond.Wait() // its late binder still applies the first pieces
 	}
 	pr, b, tag, total := m.pr, m.buf, m.tag, m.total
-	if pr != nil && pr.state != placeBound {
+	if pr != nil && pr.state != posting.Bound {
 		l.mu.Unlock()
 		return false // abandoned: the link is failing
 	}
@@ -648,7 +649,7 @@ func (l *link) finishBulk(m *bulkMsg) bool {
 		l.enqueue(tag, b, cost, wire)
 		return true
 	}
-	pr.state, pr.m = placeDone, nil
+	pr.state, pr.m = posting.Done, nil
 	pr.ch.Wake()
 	l.creditPending += cost
 	var credit int64

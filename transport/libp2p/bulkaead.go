@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/sec"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/posting"
 )
 
 // The TLS bulk record layer. Under TLS a bulk connection uses libp2p's
@@ -453,7 +454,7 @@ func (l *link) readSealed(o *bulkOpener, seq, total uint64, off, n int) bool {
 			return false
 		}
 		l.mu.Lock()
-		ok := l.err == nil && !l.c.isClosed() && pr.state == placeBound
+		ok := l.err == nil && !l.c.isClosed() && pr.state == posting.Bound
 		if ok {
 			pr.applying++
 		}
@@ -467,7 +468,7 @@ func (l *link) readSealed(o *bulkOpener, seq, total uint64, off, n int) bool {
 // stopApplying ends a bulk reader's write into pr's memory. l.mu is held.
 func (l *link) stopApplying(pr *posted) {
 	pr.applying--
-	if pr.applying == 0 && pr.state == placeAbandoned {
+	if pr.applying == 0 && pr.state == posting.Abandoned {
 		l.bulkCond.Broadcast()
 	}
 }

@@ -22,6 +22,7 @@ import (
 	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/posting"
 	"github.com/slimgrad/slimgrad/transport/transporttest"
 )
 
@@ -680,7 +681,7 @@ func TestBulkTLSPlacedAdversary(t *testing.T) {
 				pl := transport.Placement{Dst: transporttest.Aligned(dst0), Add: add}
 				errc := make(chan error, 1)
 				go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
-				waitPosted(t, c.links[1], placeWaiting)
+				waitPosted(t, c.links[1], posting.Waiting)
 				pieces := tc.write(newBulkSealer(testCipher(t, secret, bulkRekeyRecords)))
 				announce := func() error { _, err := s.Write(bulkAnnounce(5, 0, total)); return err }
 				if !piecesFirst {

@@ -6,30 +6,18 @@ import (
 	"slices"
 
 	"github.com/slimgrad/slimgrad/transport"
-	"github.com/slimgrad/slimgrad/transport/internal/wakeup"
-)
-
-// A receive posted with RecvPlaced, waiting for its message (placeWaiting),
-// bound to a bulk message whose pieces are being applied to its memory as
-// they arrive (placeBound), complete (placeDone), or given up while bound
-// (placeAbandoned: its caller left, the link fails, and no bulk reader
-// starts another write into its memory).
-const (
-	placeWaiting uint8 = iota
-	placeBound
-	placeDone
-	placeAbandoned
+	"github.com/slimgrad/slimgrad/transport/internal/posting"
 )
 
 // posted is a receive posted with RecvPlaced. Guarded by link.mu.
 type posted struct {
 	tag   uint64
 	pl    transport.Placement
-	state uint8
+	state posting.State
 	// applying counts the bulk readers writing a piece into pl.Dst now.
 	applying int
-	m        *bulkMsg    // the bulk message it is bound to
-	ch       wakeup.Chan // state changed, or look again
+	m        *bulkMsg       // the bulk message it is bound to
+	ch       posting.Wakeup // state changed, or look again
 }
 
 var _ transport.Placer = (*Conn)(nil)
@@ -55,7 +43,7 @@ func (l *link) placeFor(tag uint64, total int) *posted {
 		return nil
 	}
 	for _, pr := range l.posted {
-		if pr.tag == tag && pr.state == placeWaiting {
+		if pr.tag == tag && pr.state == posting.Waiting {
 			if len(pr.pl.Dst) != total {
 				return nil
 			}
@@ -79,7 +67,7 @@ func (l *link) bindLate(pr *posted) *bulkMsg {
 		return nil
 	}
 	for _, x := range l.posted {
-		if x.tag == pr.tag && x.state == placeWaiting {
+		if x.tag == pr.tag && x.state == posting.Waiting {
 			return nil
 		}
 	}
@@ -92,7 +80,7 @@ func (l *link) bindLate(pr *posted) *bulkMsg {
 	if m == nil || m.got == m.total || m.total != len(pr.pl.Dst) {
 		return nil
 	}
-	pr.state, pr.m, m.pr = placeBound, m, pr
+	pr.state, pr.m, m.pr = posting.Bound, m, pr
 	if m.got == 0 && m.readers == 0 {
 		bufs.Put(m.buf)
 		m.buf = nil
@@ -197,9 +185,9 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 	if n := len(l.freePosted); n > 0 {
 		pr, l.freePosted = l.freePosted[n-1], l.freePosted[:n-1]
 	} else {
-		pr = &posted{ch: wakeup.New()}
+		pr = &posted{ch: posting.NewWakeup()}
 	}
-	pr.tag, pr.pl, pr.state, pr.applying = tag, pl, placeWaiting, 0
+	pr.tag, pr.pl, pr.state, pr.applying = tag, pl, posting.Waiting, 0
 	m := l.bindLate(pr)
 	l.posted = append(l.posted, pr)
 	if m != nil {
@@ -217,11 +205,11 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 		}
 		l.mu.Lock()
 		switch pr.state {
-		case placeDone:
+		case posting.Done:
 			l.unpost(pr, true)
 			l.mu.Unlock()
 			return nil
-		case placeWaiting:
+		case posting.Waiting:
 			q := l.queues[tag]
 			if cause == nil && l.err == nil && (q == nil || q.head == len(q.msgs)) {
 				l.mu.Unlock()
@@ -241,7 +229,7 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 			l.mu.Unlock()
 			continue
 		}
-		pr.state = placeAbandoned
+		pr.state = posting.Abandoned
 		var err error
 		if cause != nil && cause != transport.ErrClosed {
 			// The rest of the message cannot be taken back: fail the link

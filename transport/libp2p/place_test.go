@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/security/insecure"
 
 	"github.com/slimgrad/slimgrad/transport"
+	"github.com/slimgrad/slimgrad/transport/internal/posting"
 	"github.com/slimgrad/slimgrad/transport/transporttest"
 )
 
@@ -62,7 +63,7 @@ func TestRecvPlaced(t *testing.T) {
 					errc := make(chan error, 1)
 					go func() { errc <- cs[1].RecvPlaced(ctx, 0, uint64(i), pl) }()
 					if tc.placed {
-						waitPosted(t, cs[1].links[0], placeWaiting) // posted before the message is announced
+						waitPosted(t, cs[1].links[0], posting.Waiting) // posted before the message is announced
 					}
 					if err := cs[0].Send(ctx, 1, uint64(i), msg); err != nil {
 						t.Fatal(err)
@@ -193,7 +194,7 @@ func TestRecvPlacedCorruptPiece(t *testing.T) {
 			pl := transport.Placement{Dst: transporttest.Aligned(dst0), Add: add}
 			errc := make(chan error, 1)
 			go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
-			waitPosted(t, c.links[1], placeWaiting) // so the message is bound as announced
+			waitPosted(t, c.links[1], posting.Waiting) // so the message is bound as announced
 			if _, err := s.Write(bulkAnnounce(5, 0, total)); err != nil {
 				t.Fatal(err)
 			}
@@ -235,7 +236,7 @@ func TestRecvPlacedCancel(t *testing.T) {
 		dst := transporttest.Aligned(make([]byte, 2*pieceMax))
 		errc := make(chan error, 1)
 		go func() { errc <- cs[1].RecvPlaced(ctx, 0, 4, transport.Placement{Dst: dst, Add: true}) }()
-		waitPosted(t, cs[1].links[0], placeWaiting)
+		waitPosted(t, cs[1].links[0], posting.Waiting)
 		cancel()
 		if err := <-errc; !errors.Is(err, context.Canceled) {
 			t.Fatalf("cancelled: %v", err)
@@ -260,14 +261,14 @@ func TestRecvPlacedCancel(t *testing.T) {
 		pl := transport.Placement{Dst: transporttest.Aligned(make([]byte, total))}
 		errc := make(chan error, 1)
 		go func() { errc <- c.RecvPlaced(ctx, 1, 5, pl) }()
-		waitPosted(t, c.links[1], placeWaiting)
+		waitPosted(t, c.links[1], posting.Waiting)
 		if _, err := s.Write(bulkAnnounce(5, 0, total)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := bulk.Write(bulkPieceFrame(0, 0, total, msg[:pieceMax])); err != nil {
 			t.Fatal(err)
 		}
-		waitPosted(t, c.links[1], placeBound)
+		waitPosted(t, c.links[1], posting.Bound)
 		cancel()
 		err := <-errc
 		wantPeerErr(t, err, context.Canceled)
@@ -284,7 +285,7 @@ func TestRecvPlacedCancel(t *testing.T) {
 }
 
 // waitPosted waits until l's first posted receive is in state st.
-func waitPosted(t *testing.T, l *link, st uint8) {
+func waitPosted(t *testing.T, l *link, st posting.State) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -451,7 +452,7 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() { errc <- c.RecvPlaced(ctx, 1, 7, pl) }()
 			if len(tc.early) < 4 {
-				waitPosted(t, l, placeBound)
+				waitPosted(t, l, posting.Bound)
 			}
 			if rest != nil { // the binder waits for this piece's reader
 				if _, err := bulk.Write(rest); err != nil {
@@ -507,11 +508,11 @@ func TestRecvPlacedCancelStalledPeer(t *testing.T) {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(ctx, 1, 7, transport.Placement{Dst: make([]byte, total)}) }()
-	waitPosted(t, l, placeWaiting)
+	waitPosted(t, l, posting.Waiting)
 	if _, err := s.Write(bulkAnnounce(7, 0, total)); err != nil {
 		t.Fatal(err)
 	}
-	waitPosted(t, l, placeBound)
+	waitPosted(t, l, posting.Bound)
 	f := bulkPieceFrame(0, 0, total, msg[:piece])
 	if _, err := bulk.Write(f[:len(f)-piece/2]); err != nil {
 		t.Fatal(err)

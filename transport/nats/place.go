@@ -7,19 +7,7 @@ import (
 
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/internal/inbox"
-	"github.com/slimgrad/slimgrad/transport/internal/wakeup"
-)
-
-// A receive posted with RecvPlaced: waiting for its message (placeWaiting),
-// bound to a message whose chunks are being applied to its memory as they
-// arrive (placeBound), complete (placeDone), or given up while bound
-// (placeAbandoned: its caller left, and the data handler writes nothing
-// more into its memory).
-const (
-	placeWaiting uint8 = iota
-	placeBound
-	placeDone
-	placeAbandoned
+	"github.com/slimgrad/slimgrad/transport/internal/posting"
 )
 
 // posted is a receive posted with RecvPlaced. Guarded by its peer's
@@ -27,8 +15,8 @@ const (
 type posted struct {
 	tag   uint64
 	pl    transport.Placement
-	state uint8
-	ch    wakeup.Chan // state changed, or look again
+	state posting.State
+	ch    posting.Wakeup // state changed, or look again
 }
 
 var _ transport.Placer = (*Conn)(nil)
@@ -71,7 +59,7 @@ func (c *Conn) deliver(src int, p *peer, tag uint64, msg []byte) {
 // Recv waits on it. placeMu is held.
 func (c *Conn) placeFor(src int, p *peer, tag uint64, total int) *posted {
 	for _, pr := range p.posted {
-		if pr.tag != tag || pr.state != placeWaiting {
+		if pr.tag != tag || pr.state != posting.Waiting {
 			continue
 		}
 		if len(pr.pl.Dst) != total {
@@ -88,7 +76,7 @@ func (c *Conn) placeFor(src int, p *peer, tag uint64, total int) *posted {
 // bind starts applying a message of total bytes with tag to pr. placeMu
 // is held.
 func (p *peer) bind(pr *posted, tag uint64, total int) {
-	pr.state = placeBound
+	pr.state = posting.Bound
 	p.placing, p.placeTag, p.placeOff, p.placeTotal, p.ncarry = pr, tag, 0, total, 0
 }
 
@@ -99,7 +87,7 @@ func (p *peer) bind(pr *posted, tag uint64, total int) {
 func (p *peer) applyPlaced(data []byte) {
 	pr, off := p.placing, p.placeOff
 	p.placeOff += len(data)
-	if pr.state != placeBound {
+	if pr.state != posting.Bound {
 		return
 	}
 	pl := &pr.pl
@@ -132,8 +120,8 @@ func (c *Conn) finishPlaced(p *peer, last bool) error {
 	if !last {
 		return nil
 	}
-	if pr := p.placing; pr.state == placeBound {
-		pr.state = placeDone
+	if pr := p.placing; pr.state == posting.Bound {
+		pr.state = posting.Done
 		pr.ch.Wake()
 		c.placed.Add(1)
 	}
@@ -171,7 +159,7 @@ func (c *Conn) bindLate(src int, p *peer, pr *posted) bool {
 		return false
 	}
 	for _, x := range p.posted {
-		if x.tag == pr.tag && x.state == placeWaiting {
+		if x.tag == pr.tag && x.state == posting.Waiting {
 			return false
 		}
 	}
@@ -209,9 +197,9 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 	if n := len(p.freePosted); n > 0 {
 		pr, p.freePosted = p.freePosted[n-1], p.freePosted[:n-1]
 	} else {
-		pr = &posted{ch: wakeup.New()}
+		pr = &posted{ch: posting.NewWakeup()}
 	}
-	pr.tag, pr.pl, pr.state = tag, pl, placeWaiting
+	pr.tag, pr.pl, pr.state = tag, pl, posting.Waiting
 	if !c.bindLate(peer, p, pr) && p.partial[tag] != nil {
 		// A message of the tag is being assembled in a buffer that
 		// cannot go to pr: it comes first, through Recv.
@@ -234,12 +222,12 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 		p.placeMu.Lock()
 		linkErr := c.in.Failed(peer)
 		switch pr.state {
-		case placeDone:
+		case posting.Done:
 			p.unpost(pr, true)
 			p.placeMu.Unlock()
 			c.stats.Received(peer, len(pl.Dst))
 			return nil
-		case placeWaiting:
+		case posting.Waiting:
 			if q, _ := c.in.Pending(peer, tag); cause == nil && linkErr == nil && q == 0 {
 				p.placeMu.Unlock()
 				continue
@@ -259,7 +247,7 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 			p.placeMu.Unlock()
 			continue
 		}
-		pr.state = placeAbandoned
+		pr.state = posting.Abandoned
 		p.unpost(pr, false) // the handler may still point to it
 		p.placeMu.Unlock()
 		switch {

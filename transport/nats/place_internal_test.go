@@ -13,6 +13,7 @@ import (
 	"github.com/slimgrad/slimgrad/transport"
 	"github.com/slimgrad/slimgrad/transport/internal/counters"
 	"github.com/slimgrad/slimgrad/transport/internal/inbox"
+	"github.com/slimgrad/slimgrad/transport/internal/posting"
 	"github.com/slimgrad/slimgrad/transport/transporttest"
 )
 
@@ -50,7 +51,7 @@ func splitChunks(tag, seq uint64, msg []byte, per int) [][]byte {
 }
 
 // waitState waits until c's receive posted for rank 0 first is in state st.
-func waitState(t *testing.T, c *Conn, st uint8) {
+func waitState(t *testing.T, c *Conn, st posting.State) {
 	t.Helper()
 	p := &c.peers[0]
 	deadline := time.Now().Add(10 * time.Second)
@@ -92,7 +93,7 @@ func TestPlacedChunks(t *testing.T) {
 			pl.Dst = transporttest.Aligned(dst0)
 			errc := make(chan error, 1)
 			go func() { errc <- c.RecvPlaced(t.Context(), 0, 9, pl) }()
-			waitState(t, c, placeWaiting)
+			waitState(t, c, posting.Waiting)
 			for k, f := range splitChunks(9, 0, msg, per) {
 				feed(c, f)
 				if k == 0 && per < len(msg) {
@@ -136,7 +137,7 @@ func TestPlacedLate(t *testing.T) {
 	pl := transport.Placement{Dst: transporttest.Aligned(dst0), Add: true}
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(t.Context(), 0, 4, pl) }()
-	waitState(t, c, placeBound)
+	waitState(t, c, posting.Bound)
 	for _, f := range frames[2:] {
 		feed(c, f)
 	}
@@ -180,7 +181,7 @@ func TestPlacedCorruptChunk(t *testing.T) {
 	pl := transport.Placement{Dst: transporttest.Aligned(dst0), Add: true}
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(t.Context(), 0, 2, pl) }()
-	waitState(t, c, placeWaiting)
+	waitState(t, c, posting.Waiting)
 	for _, f := range frames {
 		feed(c, f)
 	}
@@ -208,14 +209,14 @@ func TestPlacedCancel(t *testing.T) {
 	dst := transporttest.Aligned(make([]byte, len(msg)))
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(ctx, 0, 3, transport.Placement{Dst: dst}) }()
-	waitState(t, c, placeWaiting)
+	waitState(t, c, posting.Waiting)
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled before the message: %v", err)
 	}
 	frames := splitChunks(3, 0, msg, 3000)
 	go func() { errc <- c.RecvPlaced(t.Context(), 0, 3, transport.Placement{Dst: dst}) }()
-	waitState(t, c, placeWaiting)
+	waitState(t, c, posting.Waiting)
 	for _, f := range frames {
 		feed(c, f)
 	}
@@ -228,7 +229,7 @@ func TestPlacedCancel(t *testing.T) {
 	clear(dst)
 	frames = splitChunks(3, uint64(len(frames)), msg, 3000)
 	go func() { errc <- c.RecvPlaced(ctx, 0, 3, transport.Placement{Dst: dst}) }()
-	waitState(t, c, placeWaiting)
+	waitState(t, c, posting.Waiting)
 	feed(c, frames[0])
 	cancel()
 	err := <-errc
@@ -260,7 +261,7 @@ func TestPlacedClosedMidMessage(t *testing.T) {
 	frames := splitChunks(3, 0, msg, 3000)
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(t.Context(), 0, 3, transport.Placement{Dst: dst}) }()
-	waitState(t, c, placeWaiting)
+	waitState(t, c, posting.Waiting)
 	feed(c, frames[0])
 	close(c.closed)
 	if err := <-errc; !errors.Is(err, transport.ErrClosed) {
@@ -285,7 +286,7 @@ func TestPlacedKeepsOrder(t *testing.T) {
 	dst := transporttest.Aligned(make([]byte, len(next)))
 	errc := make(chan error, 1)
 	go func() { errc <- c.RecvPlaced(t.Context(), 0, 8, transport.Placement{Dst: dst}) }()
-	waitState(t, c, placeWaiting)
+	waitState(t, c, posting.Waiting)
 	feed(c, splitChunks(8, 0, misfit, 1<<20)[0])
 	feed(c, splitChunks(8, 1, next, 1<<20)[0])
 	if err := <-errc; !errors.Is(err, transport.ErrPlacement) {

@@ -1,11 +1,11 @@
-package wakeup
+package posting
 
 import "testing"
 
-// TestChan: wake-ups do not pile up (two Wakes leave one), Wake never
+// TestWakeup: wake-ups do not pile up (two Wakes leave one), Wake never
 // blocks, and Drain leaves none pending.
-func TestChan(t *testing.T) {
-	c := New()
+func TestWakeup(t *testing.T) {
+	c := NewWakeup()
 	c.Wake()
 	c.Wake()
 	if len(c) != 1 {
