@@ -287,16 +287,25 @@ func TestRecvPlacedCancel(t *testing.T) {
 // waitPosted waits until l's first posted receive is in state st.
 func waitPosted(t *testing.T, l *link, st posting.State) {
 	t.Helper()
+	waitLink(t, l, fmt.Sprintf("no posted receive in state %d", st), func() bool {
+		return len(l.posted) > 0 && l.posted[0].state == st
+	})
+}
+
+// waitLink waits until cond, called with l.mu held, holds (failing the
+// test with what after 10 s).
+func waitLink(t *testing.T, l *link, what string, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		l.mu.Lock()
-		ok := len(l.posted) > 0 && l.posted[0].state == st
+		ok := cond()
 		l.mu.Unlock()
 		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no posted receive in state %d", st)
+			t.Fatal(what)
 		}
 		runtime.Gosched()
 	}
@@ -398,19 +407,7 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 			// The announcement is read first, so that the half piece goes
 			// into the message's buffer (a piece ahead of its announcement
 			// waits in the scratch, counted nowhere).
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				l.mu.Lock()
-				m := l.findBulk(uint64(seq))
-				l.mu.Unlock()
-				if m != nil {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("the announcement was not read")
-				}
-				runtime.Gosched()
-			}
+			waitLink(t, l, "the announcement was not read", func() bool { return l.findBulk(uint64(seq)) != nil })
 			sent := map[int]bool{}
 			for _, off := range tc.early {
 				if _, err := bulk.Write(bulkPieceFrame(uint64(seq), off, total, msg[off:off+piece])); err != nil {
@@ -431,23 +428,14 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 				}
 				sent[off], rest = true, f[cut:]
 			}
-			for { // wait for the early pieces to be read
-				l.mu.Lock()
-				m := l.findBulk(uint64(seq))
-				ok := m != nil && m.got == len(tc.early)*piece && (!tc.half || m.readers == 1)
+			waitLink(t, l, "the early pieces did not arrive", func() bool {
 				if len(tc.early) == 4 {
 					q := l.queues[7]
-					ok = q != nil && q.head < len(q.msgs)
+					return q != nil && q.head < len(q.msgs)
 				}
-				l.mu.Unlock()
-				if ok {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("the early pieces did not arrive")
-				}
-				runtime.Gosched()
-			}
+				m := l.findBulk(uint64(seq))
+				return m != nil && m.got == len(tc.early)*piece && (!tc.half || m.readers == 1)
+			})
 			placed, late := c.PlacedMessages(), c.LateBoundMessages()
 			errc := make(chan error, 1)
 			go func() { errc <- c.RecvPlaced(ctx, 1, 7, pl) }()
@@ -517,19 +505,9 @@ func TestRecvPlacedCancelStalledPeer(t *testing.T) {
 	if _, err := bulk.Write(f[:len(f)-piece/2]); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for { // until the piece's reader writes into the receive's memory
-		l.mu.Lock()
-		reading := len(l.posted) > 0 && l.posted[0].applying > 0
-		l.mu.Unlock()
-		if reading {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the piece's reader did not start")
-		}
-		runtime.Gosched()
-	}
+	waitLink(t, l, "the piece's reader did not start", func() bool { // writing into the receive's memory
+		return len(l.posted) > 0 && l.posted[0].applying > 0
+	})
 	cancel()
 	select {
 	case err := <-errc:
