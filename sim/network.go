@@ -53,6 +53,15 @@ type network struct {
 	cnt          []float64
 	changed      []int32 // flows whose end time must be (re)scheduled
 
+	// Token buckets (network_tbf.go): burst[l] is link l's bucket size in
+	// bytes (0: none); nil if no link has one.
+	burst   []float64
+	buckets []bucket
+
+	// queue[l] is link l's queue limit in bytes (0: not known, loss.go);
+	// nil if no link has one.
+	queue []float64
+
 	// weighted (the aggregated mode, aggregate.go): flow id's load on the
 	// k-th link of its route is wt[id].w[k] flows instead of one, and its
 	// rate is at most wt[id].cap.
@@ -104,6 +113,7 @@ func (nw *network) reset() {
 	clear(nw.isDirty)
 	nw.stamp = 0
 	nw.localSettles = 0
+	nw.resetBuckets()
 }
 
 // add registers a new flow of size bytes over links at time now and

@@ -90,6 +90,9 @@ func (d *driver) unaggregated() string {
 		if d.topo.Nodes[i].Host != "" && d.topo.Nodes[i].Cores > 0 {
 			return "nodes share a host's cores (Node.Host)"
 		}
+		if d.topo.Nodes[i].Burst > 0 {
+			return "links have token buckets (Node.Burst)"
+		}
 	}
 	return ""
 }

@@ -133,15 +133,22 @@ type Options struct {
 	MessageCPU bool
 	// LossPenalty models the retransmissions of TCP when a flow fills a
 	// bottleneck that its sender does not pace and the queue there drops:
-	// a flow whose last link (the receiver's downlink) is slower than its
-	// first (the sender's uplink), or which starts while another flow
-	// crosses that last link (fan-in), carries 1+LossPenalty times its
-	// bytes over its links (Result.Links counts them; Result.Bytes and the
-	// message do not). The flow model has no queues and no loss, so
-	// without it such flows are as fast as paced ones; it is fitted on a
-	// real network (docs/simulator.md). Of flows that start onto one
-	// downlink at the same instant, the first is not counted as fan-in.
-	// Zero, the default, leaves it out; runs with it are not aggregated.
+	// such a flow carries 1+LossPenalty times its bytes over its links
+	// (Result.Links counts them; Result.Bytes and the message do not).
+	// Whether a flow starting now does depends on its last link (the
+	// receiver's downlink). If that link has a queue (Node.Queue): when
+	// the streams converging on it, this flow's and those of the flows
+	// already there, can build a backlog beyond the queue. A stream is the
+	// flow's remaining bytes and its program's later sends to the same
+	// peer, pushed at the narrowest other link of its route, and the link
+	// drains them at its capacity (loss.go). Without a queue: when the
+	// link is slower than the flow's first (the sender's uplink), or
+	// another flow crosses it (fan-in). The flow model has no queues and
+	// no loss, so without the penalty such flows are as fast as paced
+	// ones; it is fitted on a real network (docs/simulator.md). Of flows
+	// that start onto one downlink at the same instant, the first does not
+	// see the others. Zero, the default, leaves it out; runs with it are
+	// not aggregated.
 	LossPenalty float64
 	// Aggregate selects the aggregated mode: one representative rank
 	// simulated per group of equivalent ranks (see Aggregate for what it
@@ -419,6 +426,7 @@ type driver struct {
 	h         eventHeap
 	now       float64
 	costs     []costTable // per collective
+	arrivals  []arrival   // queuePeak's scratch
 	tinyMax   []float64   // per collective: the size up to which its messages are tiny (TinyExchangeBytes)
 	rng       *rand.Rand
 	scr       []int32
@@ -526,6 +534,12 @@ func (s *Simulator) bind(topo *Topology) {
 	} else {
 		s.d.net.caps = caps
 	}
+	queue, burst := make([]float64, len(caps)), make([]float64, len(caps))
+	for i := range caps {
+		queue[i], burst[i] = topo.linkQueue(i), topo.linkBurst(i)
+	}
+	s.d.net.setQueues(queue)
+	s.d.net.setBursts(burst)
 }
 
 // Run is like the package-level Run on the Simulator's topology. The
@@ -1152,15 +1166,18 @@ func (d *driver) hopCodec(ms *machine, buf allreduce.Buf) bool {
 
 func (d *driver) startFlow(m *msgInfo) {
 	wire := d.opts.Framing.Wire(m.size)
-	if d.opts.LossPenalty > 0 && m.n > 0 && d.unpaced(&m.links, m.n) {
+	if d.opts.LossPenalty > 0 && m.n > 0 && d.lossy(m) {
 		wire *= 1 + d.opts.LossPenalty
 	}
+	credit := d.net.credit(d.now, &m.links, int(m.n), wire)
 	if m.size <= d.tinyMax[d.ms[m.g].coll] && !d.opts.FlowTinyMessages && d.agg == nil {
-		d.tiny(m, wire)
+		d.tiny(m, wire, credit)
 	} else {
 		id := d.net.add(d.now, &m.links, int(m.n), wire)
 		f := &d.net.flows[id]
 		f.g, f.op, f.dg, f.dop, f.lat = m.g, m.op, m.dg, m.dop, m.lat
+		// The links' token buckets pass the credit at once (Node.Burst).
+		f.remaining -= credit
 	}
 	if d.cpuMsg && d.msgCost.PerByte > 0 && m.size > 0 {
 		// The receiver copies the bytes as they arrive.
@@ -1327,15 +1344,16 @@ func exchange(alg allreduce.Algorithm) bool {
 }
 
 // tiny sends m outside the flow model (TinyMessageBytes): it occupies each
-// link of its route for wire/capacity (wire: its size with any
-// Options.LossPenalty) after the tiny messages already there, and ends
+// link of its route for (wire−credit)/capacity (wire: its size with its
+// framing and any Options.LossPenalty; credit: what the links' token
+// buckets pass at once) after the tiny messages already there, and ends
 // when the last of them is done.
-func (d *driver) tiny(m *msgInfo, wire float64) {
+func (d *driver) tiny(m *msgInfo, wire, credit float64) {
 	nw := d.net
 	end := d.now
 	for k := 0; k < int(m.n); k++ {
 		l := m.links[k]
-		t := max(d.now, nw.tinyFree[l]) + wire/nw.caps[l]
+		t := max(d.now, nw.tinyFree[l]) + (wire-credit)/nw.caps[l]
 		nw.tinyFree[l] = t
 		nw.linkBytes[l] += wire
 		end = max(end, t)

@@ -50,6 +50,8 @@ func (e *TopologyError) Unwrap() []error {
 //	  speed: 1                   # compute speed factor (0.1 = a 10x straggler)
 //	  cores: 4                   # cores its ranks share (omitted: one per rank)
 //	  host: bed                  # nodes naming one host share its cores (a machine running several nodes' ranks)
+//	  queue: 315536B             # bytes queued before each of its links drops (tc tbf limit; Node.Queue)
+//	  burst: 64KiB               # token bucket of each of its links (tc tbf burst; Node.Burst)
 //	racks:
 //	  - name: r0
 //	    oversubscription: 4      # uplink/downlink = sum of node links / 4
@@ -73,7 +75,8 @@ func (e *TopologyError) Unwrap() []error {
 //	    bandwidth: 1Gbit/s       # each direction
 //	    latency: 30ms
 //
-// Bandwidths take units (see ParseBandwidth), latencies Go durations. A
+// Bandwidths take units (see ParseBandwidth), latencies Go durations,
+// sizes bytes with a unit (1500B, 64KiB, 5.25MB). A
 // top-level name and description are allowed and ignored; any other field
 // is an error. Every error is a *TopologyError naming the line.
 func LoadTopology(path string) (*Topology, error) {
@@ -109,6 +112,8 @@ type (
 		Speed at[positive] `yaml:"speed"`
 		Cores at[count]    `yaml:"cores"`
 		Host  at[string]   `yaml:"host"`
+		Queue at[byteSize] `yaml:"queue"`
+		Burst at[byteSize] `yaml:"burst"`
 	}
 	rackSpec struct {
 		Name             at[string] `yaml:"name"`
@@ -204,6 +209,15 @@ func (p *positive) UnmarshalYAML(n *yaml.Node) error {
 	}
 	*p = positive(v)
 	return nil
+}
+
+// byteSize is a non-negative size in bytes with a unit, such as 64KiB.
+type byteSize int64
+
+func (b *byteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseBytes(n.Value)
+	*b = byteSize(v)
+	return bad(n, err)
 }
 
 // count is a whole number of at least 1 (yaml.v3 would truncate 1.5 to 1).
@@ -557,7 +571,7 @@ func (b *topoBuilder) node(n *nodeSpec, def *nodeFields, i int) error {
 	}
 	nd := Node{Rack: rack, Up: up.V, Down: down.V, Speed: float64(or(n.Speed, def.Speed, at[positive]{V: 1}).V),
 		Latency: time.Duration(or(n.Latency, def.Latency).V), Cores: int(or(n.Cores, def.Cores).V),
-		Host: or(n.Host, def.Host).V}
+		Host: or(n.Host, def.Host).V, Queue: int64(or(n.Queue, def.Queue).V), Burst: int64(or(n.Burst, def.Burst).V)}
 	for k := 0; k < max(c, 1); k++ {
 		nd.Name = name
 		if n.Count.Line > 0 {

@@ -135,7 +135,13 @@ func TestParseTopologyErrors(t *testing.T) {
 		{"infinite speed", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    speed: +Inf\n", "finite", 4},
 		// Unknown fields at every level, with the fields that are known.
 		{"unknown top-level field", "defaults: {bandwidth: 1Gbit/s}\nnodes: [{name: a}]\nlatncy: 1us\n", `topology: unknown field "latncy" (known: name, description, latency, defaults,`, 3},
-		{"unknown defaults field", "defaults:\n  bandwidth: 1Gbit/s\n  rack: r\nnodes: [{name: a}]\n", `defaults: unknown field "rack" (known: bandwidth, uplink, downlink, latency, speed, cores, host)`, 3},
+		{"unknown defaults field", "defaults:\n  bandwidth: 1Gbit/s\n  rack: r\nnodes: [{name: a}]\n", `defaults: unknown field "rack" (known: bandwidth, uplink, downlink, latency, speed, cores, host, queue, burst)`, 3},
+		// Sizes in bytes take a unit and are whole and non-negative.
+		{"queue without unit", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - {name: a, queue: 5000}\n", `node a queue: sim: unknown unit in size "5000"`, 3},
+		{"queue in bits", "defaults: {bandwidth: 1Gbit/s, queue: 5Mbit}\nnodes: [{name: a}]\n", `defaults queue: sim: unknown unit in size "5Mbit"`, 1},
+		{"negative burst", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    burst: -64KiB\n", `node a burst: sim: size "-64KiB": not a non-negative number`, 4},
+		{"fractional burst", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    burst: 1.5B\n", `node a burst: sim: size "1.5B": want a whole number of bytes`, 4},
+		{"burst a list", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - {name: a, burst: [1B]}\n", "node a burst: want a single value, have a list", 3},
 		{"unknown rack field", "racks:\n  - {name: r, speed: 2}\nnodes: [{name: a, bandwidth: 1Gbit/s}]\n", `rack: unknown field "speed"`, 2},
 		{"unknown wan field", "racks: [{name: x}, {name: y}]\nnodes: [{name: a, bandwidth: 1Gbit/s}]\nwan:\n  - between: [x, y]\n    bandwidth: 1Gbit/s\n    latancy: 1ms\n", `wan link: unknown field "latancy"`, 6},
 		{"field twice", "defaults: {bandwidth: 1Gbit/s}\nnodes:\n  - name: a\n    name: b\n", `"name" already defined at line 3`, 4},
@@ -184,6 +190,32 @@ func TestParseTopologyErrors(t *testing.T) {
 				t.Errorf("error %q does not name the file and line", err)
 			}
 		})
+	}
+}
+
+// TestParseTopologyQueueBurst: a node's queue and burst, in bytes with a
+// decimal or binary prefix, from the node or the defaults; without them 0.
+func TestParseTopologyQueueBurst(t *testing.T) {
+	tp, err := ParseTopology("q.yaml", []byte("defaults: {bandwidth: 10Mbit/s, queue: 315536B, burst: 64KiB}\nnodes:\n  - {name: a}\n  - {name: b, queue: 5.25MB, burst: 250kB}\n  - {name: c, queue: 0B, burst: 1MiB}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range [][2]int64{{315536, 65536}, {5_250_000, 250_000}, {0, 1 << 20}} {
+		if n := tp.Nodes[i]; n.Queue != want[0] || n.Burst != want[1] {
+			t.Errorf("node %s: queue %d, burst %d; want %d, %d", n.Name, n.Queue, n.Burst, want[0], want[1])
+		}
+	}
+	tp, err = ParseTopology("q.yaml", []byte("defaults: {bandwidth: 10Mbit/s}\nnodes: [{name: a}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := tp.Nodes[0]; n.Queue != 0 || n.Burst != 0 {
+		t.Errorf("no queue or burst given: %d, %d", n.Queue, n.Burst)
+	}
+	bad := Homogeneous(2, Gbps, 0)
+	bad.Nodes[1].Burst = -1
+	if err := bad.Validate(); !errors.Is(err, ErrTopology) {
+		t.Errorf("negative Burst: %v", err)
 	}
 }
 

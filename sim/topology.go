@@ -28,6 +28,18 @@ type Node struct {
 	// min(1, Cores/a) of its speed. Zero means one core per rank (no
 	// sharing).
 	Cores int
+	// Queue is the bytes that the queue in front of each of the node's two
+	// links holds before it drops packets (a tc tbf's limit); 0: not known.
+	// With Options.LossPenalty, a flow into the node's downlink pays the
+	// penalty only when the bytes converging on the link beyond what it
+	// drains can exceed Queue (see Options.LossPenalty).
+	Queue int64
+	// Burst is the bucket of a token bucket on each of the node's links, in
+	// bytes (a tc tbf's burst): a link that sent less than its capacity
+	// earns the difference as credit, up to Burst, and passes that many
+	// bytes at once when traffic comes. 0: no bucket, a link never exceeds
+	// its capacity.
+	Burst int64
 	// Host, if not empty, names the physical machine the node runs on:
 	// nodes with the same Host share its Cores (which they must all
 	// state alike), as when a test bed runs several workers, each with its
@@ -166,6 +178,9 @@ func (t *Topology) Validate() error {
 				hostCores[n.Host] = struct{ node, cores int }{i, n.Cores}
 			}
 		}
+		if n.Queue < 0 || n.Burst < 0 {
+			return fmt.Errorf("%w: node %d (%s): negative queue or burst (have %d, %d bytes)", ErrTopology, i, n.Name, n.Queue, n.Burst)
+		}
 		if n.Latency < 0 || !(n.Speed >= 0) || math.IsInf(n.Speed, 0) {
 			return fmt.Errorf("%w: node %d (%s): negative latency, or speed not finite and non-negative (have %v, %v)", ErrTopology, i, n.Name, n.Latency, n.Speed)
 		}
@@ -233,6 +248,22 @@ func (t *Topology) linkCap(id int) float64 {
 	default:
 		return float64(t.WANs[(id-2*n-2*r)/2].Bandwidth)
 	}
+}
+
+// linkQueue is link id's Node.Queue in bytes (0 for rack and WAN links).
+func (t *Topology) linkQueue(id int) float64 {
+	if id < 2*len(t.Nodes) {
+		return float64(t.Nodes[id/2].Queue)
+	}
+	return 0
+}
+
+// linkBurst is link id's Node.Burst in bytes (0 for rack and WAN links).
+func (t *Topology) linkBurst(id int) float64 {
+	if id < 2*len(t.Nodes) {
+		return float64(t.Nodes[id/2].Burst)
+	}
+	return 0
 }
 
 // maxPath is the most links a route crosses.

@@ -98,3 +98,29 @@ func parseLatency(s string) (float64, error) {
 	}
 	return d.Seconds(), nil
 }
+
+// parseBytes parses a size in bytes with a unit: "B" alone or with a
+// decimal (k/K, M, G) or binary (Ki, Mi, Gi) prefix, such as "315536B",
+// "64KiB" or "5.25MB". A number without a unit is an error wrapping
+// ErrUnit; so is a negative, fractional or non-finite number of bytes.
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.TrimSpace(t[i:])
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || num == "" {
+		return 0, fmt.Errorf("sim: size %q: not a non-negative number", s)
+	}
+	mult, ok := map[string]float64{"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
+	if !ok {
+		return 0, fmt.Errorf("%w in size %q (want e.g. 1500B, 64KiB, 5MB)", ErrUnit, s)
+	}
+	b := v * mult
+	if math.IsInf(b, 0) || b > 1<<62 || b != math.Trunc(b) {
+		return 0, fmt.Errorf("sim: size %q: want a whole number of bytes", s)
+	}
+	return int64(b), nil
+}

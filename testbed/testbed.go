@@ -309,12 +309,20 @@ func qdisc(ns, dev string, rate int64) []string {
 	if rate == 0 {
 		return []string{"tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "pfifo", "limit", "10000"}
 	}
-	// The bucket holds 10 ms of traffic (at least 64 KiB, so that a
-	// segmentation-offloaded super-packet fits), and packets wait at most
-	// 200 ms before they are dropped, as a router's buffer would.
-	burst := max(rate/8/100, 64<<10)
+	burst, _ := Shaping(rate)
 	return []string{"tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf",
 		"rate", strconv.FormatInt(rate, 10) + "bit", "burst", strconv.FormatInt(burst, 10), "latency", "200ms"}
+}
+
+// Shaping returns the token bucket that shapes a link of rate bits/s (> 0),
+// in bytes: its burst, 10 ms of traffic and at least 64 KiB, so that a
+// segmentation-offloaded super-packet fits; and its queue limit, what tc
+// derives from tbf's latency of 200 ms (rate × latency + burst): packets
+// wait at most that long before they are dropped, as a router's buffer
+// would.
+func Shaping(rate int64) (burst, limit int64) {
+	burst = max(rate/8/100, 64<<10)
+	return burst, rate/8/5 + burst
 }
 
 // AddNATRouter adds a NAT router on the LAN. Hosts added behind it with

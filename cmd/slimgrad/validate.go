@@ -61,6 +61,9 @@ type validateOptions struct {
 	Out         string
 	CaseTimeout time.Duration
 	LossPenalty float64
+	// Buckets is which of the bed's token-bucket parameters the simulated
+	// links get (--tbf): "both", "queue", "burst" or "none".
+	Buckets string
 	// Resimulate is the --out directory of an earlier run whose real
 	// measurements are simulated again (no bed, no root).
 	Resimulate string
@@ -72,7 +75,7 @@ type validateOptions struct {
 func defaultValidateOptions() validateOptions {
 	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", Local: defaultLocal(), MsgCost: "probe", MsgModel: "cpu", ProbeSteps: 60,
 		BenchTime: 300 * time.Millisecond, Cores: runtime.NumCPU(), Goodput: tcpGoodput, Latency: 30 * time.Microsecond,
-		CaseTimeout: 15 * time.Minute, LossPenalty: defaultLossPenalty}
+		CaseTimeout: 15 * time.Minute, LossPenalty: defaultLossPenalty, Buckets: "queue"}
 }
 
 // defaultLocal is --local's default: company where the system has a
@@ -299,6 +302,9 @@ func (o validateOptions) validate() error {
 	if !(o.LossPenalty >= 0) || math.IsInf(o.LossPenalty, 0) {
 		return fmt.Errorf("--loss-penalty %g: want a finite non-negative share", o.LossPenalty)
 	}
+	if !slices.Contains([]string{"both", "queue", "burst", "none"}, o.Buckets) {
+		return fmt.Errorf("--tbf %q: want both, queue, burst or none", o.Buckets)
+	}
 	if o.BenchTime <= 0 || o.CaseTimeout <= 0 {
 		return errors.New("--bench-time and --case-timeout must be positive")
 	}
@@ -335,7 +341,8 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.DurationVar(&o.Latency, "latency", o.Latency, "one-way latency between two hosts in the simulated topology (the bed's veth and bridge)")
 	fs.StringVar(&o.Out, "out", o.Out, "directory for the cases' topologies, the workers' steps.csv, the calibration and validate.csv (default: a temporary directory, removed)")
 	fs.DurationVar(&o.CaseTimeout, "case-timeout", o.CaseTimeout, "time limit of one case's real jobs")
-	fs.Float64Var(&o.LossPenalty, "loss-penalty", o.LossPenalty, "the simulator's loss-recovery penalty (sim.Options.LossPenalty): a flow into a slower receiver or a shared downlink arrives this share of its transfer time later (0: none)")
+	fs.Float64Var(&o.LossPenalty, "loss-penalty", o.LossPenalty, "the simulator's loss-recovery penalty (sim.Options.LossPenalty): a flow whose bytes can overflow the receiver's queue (--tbf queue or both; else any flow into a slower receiver or a shared downlink) arrives this share of its transfer time later (0: none)")
+	fs.StringVar(&o.Buckets, "tbf", o.Buckets, "which of the bed's tc token-bucket parameters the simulated links get (sim.Node.Queue and Burst): both, queue (the limit, where a flow into the link can overflow it and pays --loss-penalty; without it every flow into a slower receiver or a shared downlink pays), burst (the bucket, whose credit passes at once) or none")
 	fs.StringVar(&o.Resimulate, "resimulate", o.Resimulate, "the --out directory of an earlier run: simulate its cases again against the real step times it measured (no test bed, no root; its calibration.json unless --calibration)")
 	fs.BoolVar(&o.WorkerProfile, "worker-profile", o.WorkerProfile, "have every worker of a case's job (not the probe's) write a CPU profile beside its steps.csv: OUT/CASE/job/HOST/cpu.pprof (slimgrad worker --cpuprofile)")
 	setUsage(fs, stdout, "Usage: slimgrad validate [--quick | --cases LIST] [flags]\n\n"+
@@ -1350,7 +1357,9 @@ func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute, codec 
 
 // topologyYAML is the simulator's topology of c's bed with rank r on host
 // hostOf[r]: each node's uplink and downlink are its host's shaped rate
-// (the simulation adds each message's headers, o.framing), and, since the
+// (the simulation adds each message's headers, o.framing), with the queue
+// limit and the burst of its tc tbf as --tbf selects (testbed.Shaping),
+// and, since the
 // N workers run on this one machine, every node is on one host of --cores
 // cores, which their compute and message costs share.
 func (o validateOptions) topologyYAML(c valCase, hostOf []int) string {
@@ -1362,9 +1371,20 @@ func (o validateOptions) topologyYAML(c valCase, hostOf []int) string {
 		fr.MessageBytes, o.Transport, fr.SegmentBytes, fr.SegmentPayload, o.Goodput)
 	fmt.Fprintf(&b, "# Compute: the %d workers share the %d cores of one machine (host: bed, processor sharing).\n", n, o.Cores)
 	fmt.Fprintf(&b, "name: validate-%s\nlatency: %s\ndefaults: {host: bed, cores: %d}\nnodes:\n", c.Name, o.Latency, o.Cores)
+	if o.Buckets != "none" {
+		fmt.Fprintf(&b, "# Token buckets (--tbf %s): the queue limit and burst of each host's tc tbf, in bytes.\n", o.Buckets)
+	}
 	for _, h := range hostOf {
 		bw := strconv.FormatInt(c.Rates[h], 10) + "bit/s"
-		fmt.Fprintf(&b, "  - {name: h%d, uplink: %s, downlink: %s}\n", h, bw, bw)
+		burst, limit := testbed.Shaping(c.Rates[h])
+		var tbf string
+		if o.Buckets == "both" || o.Buckets == "queue" {
+			tbf += fmt.Sprintf(", queue: %dB", limit)
+		}
+		if o.Buckets == "both" || o.Buckets == "burst" {
+			tbf += fmt.Sprintf(", burst: %dB", burst)
+		}
+		fmt.Fprintf(&b, "  - {name: h%d, uplink: %s, downlink: %s%s}\n", h, bw, bw, tbf)
 	}
 	return b.String()
 }

@@ -180,6 +180,7 @@ func TestValidateFlags(t *testing.T) {
 		{[]string{"--local", "x"}, "--local"},
 		{[]string{"--grad", "calibration", "--local", "company"}, "--local"},
 		{[]string{"--goodput", "1.5"}, "--goodput"},
+		{[]string{"--tbf", "limit"}, "--tbf"},
 		{[]string{"--workload", "imagenet"}, "--workload"},
 		{[]string{"--cases", "nosuch"}, "--cases"},
 	} {
@@ -203,7 +204,8 @@ func TestValidateFlags(t *testing.T) {
 // host with the machine's cores, so that four workers on two cores compute
 // at half speed when all compute at once; the simulation's framing is
 // libp2p's bytes per message and, per 1448-byte segment, the 66 bytes of
-// headers that the default goodput leaves.
+// headers that the default goodput leaves; each node's queue (and with
+// --tbf both or burst, its bucket) is its host's tc tbf's.
 func TestValidateTopology(t *testing.T) {
 	o := defaultValidateOptions()
 	o.Cores = 2
@@ -223,6 +225,27 @@ func TestValidateTopology(t *testing.T) {
 		n := topo.Nodes[r]
 		if n.Name != want.name || math.Abs(float64(n.Up)*8-want.rate) > 8 || n.Up != n.Down || n.Speed != 1 || n.Host != "bed" || n.Cores != 2 {
 			t.Errorf("node %d: %+v, want %s at %g bit/s, speed 1, host bed with 2 cores", r, n, want.name, want.rate)
+		}
+	}
+	// The bed's tbf at 10 and 2.5 Mbit/s: a burst of 64 KiB, and a limit of
+	// 200 ms of the rate plus the burst (--tbf queue, the default: no burst).
+	for r, want := range []int64{62_500 + 65_536, 250_000 + 65_536, 250_000 + 65_536, 250_000 + 65_536} {
+		if n := topo.Nodes[r]; n.Queue != want || n.Burst != 0 {
+			t.Errorf("node %s: queue %d, burst %d; want %d, 0", n.Name, n.Queue, n.Burst, want)
+		}
+	}
+	for _, tc := range []struct {
+		tbf          string
+		queue, burst bool
+	}{{"both", true, true}, {"burst", false, true}, {"none", false, false}} {
+		o := o
+		o.Buckets = tc.tbf
+		tp, err := sim.ParseTopology("validate", []byte(o.topologyYAML(c, []int{3, 0, 2, 1})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := tp.Nodes[1]; (n.Queue == 250_000+65_536) != tc.queue || (n.Burst == 65_536) != tc.burst || n.Queue != 0 && !tc.queue || n.Burst != 0 && !tc.burst {
+			t.Errorf("--tbf %s: node %s queue %d, burst %d", tc.tbf, n.Name, n.Queue, n.Burst)
 		}
 	}
 	if got, want := o.framing(), (sim.Framing{MessageBytes: 24 + 12 + 18, SegmentPayload: 1448, SegmentBytes: 66}); got != want {
