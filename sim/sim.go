@@ -534,9 +534,22 @@ func (s *Simulator) bind(topo *Topology) {
 	} else {
 		s.d.net.caps = caps
 	}
-	queue, burst := make([]float64, len(caps)), make([]float64, len(caps))
-	for i := range caps {
-		queue[i], burst[i] = topo.linkQueue(i), topo.linkBurst(i)
+	var queue, burst []float64 // nil unless some node has a queue (a bucket)
+	for i := range topo.Nodes {
+		if topo.Nodes[i].Queue > 0 && queue == nil {
+			queue = make([]float64, len(caps))
+		}
+		if topo.Nodes[i].Burst > 0 && burst == nil {
+			burst = make([]float64, len(caps))
+		}
+	}
+	for i := 0; i < 2*len(topo.Nodes); i++ {
+		if queue != nil {
+			queue[i] = topo.linkQueue(i)
+		}
+		if burst != nil {
+			burst[i] = topo.linkBurst(i)
+		}
 	}
 	s.d.net.setQueues(queue)
 	s.d.net.setBursts(burst)
