@@ -1,10 +1,10 @@
 package sim
 
 import (
-	"github.com/slimgrad/slimgrad/allreduce"
-
 	"math"
 	"slices"
+
+	"github.com/slimgrad/slimgrad/allreduce"
 )
 
 // unpaced reports whether a flow over links (n of them, n > 0) starting now
@@ -16,7 +16,7 @@ func (d *driver) unpaced(links *[maxPath]int32, n int8) bool {
 	return d.net.caps[last] < d.net.caps[first] || len(d.net.onLink[last]) > 0
 }
 
-// lossy reports whether message m, whose flow starts now from rank, pays
+// lossy reports whether message m, whose flow starts now, pays
 // Options.LossPenalty: if its last link has a queue (Node.Queue), when the
 // backlog that the streams converging on the link can build there
 // (queuePeak) exceeds it; else when the flow is unpaced.
