@@ -25,8 +25,8 @@ import (
 // TestRecvPlaced: messages received with RecvPlaced, copied or added (and
 // scaled) into the caller's memory, equal Recv followed by the same
 // arithmetic, bit for bit; bulk messages are placed as they arrive (over
-// one and two bulk connections, secured and not), smaller ones go through
-// the stream; a message and a Recv on the same tag keep their order, and
+// one and two bulk connections, secured and not; from BulkMin up, including
+// messages of at most pieceMax), smaller ones go through the stream; a message and a Recv on the same tag keep their order, and
 // a message of another size is ErrPlacement with the link intact.
 func TestRecvPlaced(t *testing.T) {
 	for _, k := range []int{1, 2} {
@@ -48,6 +48,9 @@ func TestRecvPlaced(t *testing.T) {
 					{3*pieceMax/4 + 5, transport.Placement{Add: true}, true},
 					{5 * pieceMax / 4, transport.Placement{}, true},
 					{2*pieceMax/4 + 1, transport.Placement{Add: true, Scaled: true, Scale: 1.0 / 3}, true},
+					// At least BulkMin but not above pieceMax: bulk too.
+					{pieceMax / 4, transport.Placement{Add: true}, true},
+					{pieceMax / 16, transport.Placement{}, true},
 					{1000, transport.Placement{Add: true}, false},
 				}
 				for i, tc := range cases {
