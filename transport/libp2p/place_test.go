@@ -522,3 +522,52 @@ func TestRecvPlacedCancelStalledPeer(t *testing.T) {
 		t.Fatal("a cancelled RecvPlaced waited for a stalled peer")
 	}
 }
+
+// TestRecvPlacedCancelEarlyReader: a receive posted while a piece of its
+// message is half read into the message's buffer (bound late: it waits
+// for that reader before it applies the early bytes) and then cancelled,
+// from a peer that stalls in the middle of that piece, returns a
+// *PeerError wrapping context.Canceled and fails the link at once: it
+// does not wait for the peer (whose timeout here is an hour) to finish the
+// piece.
+func TestRecvPlacedCancelEarlyReader(t *testing.T) {
+	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure(), WithPeerTimeout(time.Hour, time.Minute))
+	bulk := fakeBulk(t, c, h)
+	const piece = pieceMax / 2
+	const total = 2 * piece
+	msg := transporttest.FloatBytes(rand.New(rand.NewPCG(8, 8)), total/4)
+	l := c.links[1]
+	if _, err := s.Write(bulkAnnounce(7, 0, total)); err != nil {
+		t.Fatal(err)
+	}
+	waitLink(t, l, "the announcement was not read", func() bool { return l.findBulk(0) != nil })
+	f := bulkPieceFrame(0, 0, total, msg[:piece])
+	if _, err := bulk.Write(f[:len(f)-piece/2]); err != nil {
+		t.Fatal(err)
+	}
+	waitLink(t, l, "the piece's reader did not start", func() bool { // writing into the message's buffer
+		m := l.findBulk(0)
+		return m != nil && m.readers == 1
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- c.RecvPlaced(ctx, 1, 7, transport.Placement{Dst: make([]byte, total), Add: true}) }()
+	waitPosted(t, l, posting.Bound) // bound late, waiting for the reader
+	cancel()
+	select {
+	case err := <-errc:
+		var pe *transport.PeerError
+		if !errors.As(err, &pe) || !errors.Is(err, context.Canceled) {
+			t.Fatalf("RecvPlaced = %v, want a *PeerError wrapping context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a cancelled RecvPlaced waited for a stalled peer")
+	}
+	l.mu.Lock()
+	err, posted := l.err, len(l.posted)
+	l.mu.Unlock()
+	if !errors.Is(err, transport.ErrPeerDead) || posted != 0 {
+		t.Errorf("link error %v, %d receives posted; want ErrPeerDead and none", err, posted)
+	}
+}
