@@ -21,11 +21,13 @@ import (
 )
 
 // Large and small messages on the same tags, over 1 and 3 bulk
-// connections, secured and not, arrive whole and in order; the bulk path
+// connections, secured and not (with and without the payload checksum:
+// insecure pieces then go out bulkBatch to a system call), arrive whole and
+// in order; the bulk path
 // is in use and both sides count the same wire bytes.
 func TestBulkPath(t *testing.T) {
 	for _, k := range []int{1, 3} {
-		for _, security := range []string{"noise", "tls", "insecure"} {
+		for _, security := range []string{"noise", "tls", "insecure", "insecure-headercrc"} {
 			t.Run(fmt.Sprintf("streams=%d/security=%s", k, security), func(t *testing.T) {
 				cs := newGroup(t, 2, WithBulkStreams(k, 64<<10), securityOption(security))
 				if l := cs[0].links[1]; len(l.bulkW) != k {
@@ -362,12 +364,14 @@ func bulkHello() []byte {
 	return hello
 }
 
-// securityOption is the Option of a security named "noise", "tls" or
-// "insecure".
+// securityOption is the Option of a security named "noise", "tls",
+// "insecure" or "insecure-headercrc" (BulkHeaderCRCOnly).
 func securityOption(name string) Option {
 	switch name {
 	case "insecure":
 		return WithInsecure()
+	case "insecure-headercrc":
+		return func(o *Options) error { o.Security, o.BulkHeaderCRCOnly = SecurityNone, true; return nil }
 	case "tls":
 		return WithTLS()
 	}

@@ -488,6 +488,9 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 	stop := watchCtx(ctx, l.abortFn)
 	wire := wireBytes(len(b))
 	switch {
+	case l.bulkW != nil && len(b) >= c.opts.BulkMin:
+		err = l.sendBulk(s, tag, b)
+		wire = bulkWire(len(b))
 	case len(b) <= coalesceMax:
 		// One write, so one yamux frame (and one Noise message and
 		// system call) for header and payload.
@@ -501,9 +504,6 @@ func (c *Conn) Send(ctx context.Context, peer int, tag uint64, b []byte) error {
 		if err == nil {
 			_, err = s.Write(b)
 		}
-	case l.bulkW != nil && len(b) >= c.opts.BulkMin:
-		err = l.sendBulk(s, tag, b)
-		wire = bulkWire(len(b))
 	default:
 		err = l.writePieces(s, tag, b)
 	}

@@ -97,17 +97,36 @@ func (l *link) bindLate(pr *posted) *bulkMsg {
 // it copies or adds every arrived range, gives the buffer back to the
 // pool and stops counting as a writer of pr. A range that an Add
 // placement cannot take (not whole float32) fails the link, as such a
-// piece would (awaitBulk). l.mu is held; it is released while applying.
-func (l *link) applyEarly(pr *posted, m *bulkMsg) {
-	for m.readers > 0 && l.err == nil && !l.c.isClosed() {
+// piece would (awaitBulk). It returns false, having applied nothing, when
+// it stopped waiting for those readers because ctx was cancelled (pr is
+// then Abandoned: the caller fails the link) or the link failed or the
+// Conn is closing; the buffer then stays with its readers. l.mu is held;
+// it is released while waiting and applying.
+func (l *link) applyEarly(ctx context.Context, pr *posted, m *bulkMsg) bool {
+	if m.readers > 0 && ctx.Done() != nil {
+		// A reader may be blocked in the middle of a piece on a peer that
+		// stalls: ctx, not the peer's timeout, bounds this wait.
+		stop := context.AfterFunc(ctx, func() {
+			l.mu.Lock()
+			l.bulkCond.Broadcast()
+			l.mu.Unlock()
+		})
+		defer stop()
+	}
+	for m.readers > 0 && l.err == nil && !l.c.isClosed() && ctx.Err() == nil {
 		l.bulkCond.Wait()
 	}
 	if m.readers > 0 {
-		// The link failed or we are closing (RecvPlaced then gives up):
-		// a reader may still write into the buffer, which stays its.
+		// A reader may still write into the buffer, which stays its.
+		if l.err == nil && !l.c.isClosed() {
+			// Cancelled: no piece may complete the message without the
+			// early ones, so the receive is abandoned before it stops
+			// counting as a writer (finishBulk waits for writers).
+			pr.state = posting.Abandoned
+		}
 		pr.applying--
 		l.bulkCond.Broadcast()
-		return
+		return false
 	}
 	var bad error
 	for _, r := range m.arrived {
@@ -131,6 +150,7 @@ func (l *link) applyEarly(pr *posted, m *bulkMsg) {
 	l.mu.Lock()
 	pr.applying--
 	l.bulkCond.Broadcast() // finishBulk, or an abandoning RecvPlaced, may wait for it
+	return true
 }
 
 // unpost removes pr from the link's posted receives and, if reuse, keeps
@@ -190,8 +210,8 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 	pr.tag, pr.pl, pr.state, pr.applying = tag, pl, posting.Waiting, 0
 	m := l.bindLate(pr)
 	l.posted = append(l.posted, pr)
-	if m != nil {
-		l.applyEarly(pr, m)
+	if m != nil && !l.applyEarly(ctx, pr, m) && pr.state == posting.Abandoned {
+		return l.abandon(pr, peer, ctx.Err()) // unlocks l.mu
 	}
 	l.mu.Unlock()
 	for {
@@ -230,31 +250,39 @@ func (c *Conn) RecvPlaced(ctx context.Context, peer int, tag uint64, pl transpor
 			continue
 		}
 		pr.state = posting.Abandoned
-		var err error
-		if cause != nil && cause != transport.ErrClosed {
-			// The rest of the message cannot be taken back: fail the link
-			// first. That closes its bulk connections, so a reader
-			// writing a piece into pl.Dst from a peer that stalls in the
-			// middle of it lets go now, not at the peer's timeout.
-			err = fmt.Errorf("receive cancelled while its message arrived, link failed: %w", cause)
-			l.mu.Unlock()
-			l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
-			l.mu.Lock()
-		}
-		for pr.applying > 0 {
-			l.bulkCond.Wait()
-		}
-		linkErr := l.err
-		l.unpost(pr, false) // its message still points to it
-		l.mu.Unlock()
-		switch {
-		case cause == nil:
-			return &transport.PeerError{Rank: peer, Op: "recv", Err: linkErr}
-		case cause == transport.ErrClosed:
-			return cause
-		}
-		return &transport.PeerError{Rank: peer, Op: "recv", Err: err}
+		return l.abandon(pr, peer, cause)
 	}
+}
+
+// abandon ends the receive pr, Abandoned while its message's bytes were
+// going into its memory, because of cause (ctx's error, ErrClosed, or nil
+// when the link failed), and returns RecvPlaced's error. The rest of the
+// message cannot be taken back, so a cancelled receive fails the link
+// first: that closes its bulk connections, so a reader writing a piece
+// into pl.Dst from a peer that stalls in the middle of it lets go now, not
+// at the peer's timeout. It then waits until no reader writes into pl.Dst.
+// l.mu is held; abandon releases it.
+func (l *link) abandon(pr *posted, peer int, cause error) error {
+	var err error
+	if cause != nil && cause != transport.ErrClosed {
+		err = fmt.Errorf("receive cancelled while its message arrived, link failed: %w", cause)
+		l.mu.Unlock()
+		l.fail(fmt.Errorf("%w: %w", transport.ErrPeerDead, err))
+		l.mu.Lock()
+	}
+	for pr.applying > 0 {
+		l.bulkCond.Wait()
+	}
+	linkErr := l.err
+	l.unpost(pr, false) // its message still points to it
+	l.mu.Unlock()
+	switch {
+	case cause == nil:
+		return &transport.PeerError{Rank: peer, Op: "recv", Err: linkErr}
+	case cause == transport.ErrClosed:
+		return cause
+	}
+	return &transport.PeerError{Rank: peer, Op: "recv", Err: err}
 }
 
 // LateBoundMessages returns how many of the PlacedMessages had begun to

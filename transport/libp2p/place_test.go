@@ -25,8 +25,8 @@ import (
 // TestRecvPlaced: messages received with RecvPlaced, copied or added (and
 // scaled) into the caller's memory, equal Recv followed by the same
 // arithmetic, bit for bit; bulk messages are placed as they arrive (over
-// one and two bulk connections, secured and not), smaller ones go through
-// the stream; a message and a Recv on the same tag keep their order, and
+// one and two bulk connections, secured and not; from BulkMin up, including
+// messages of at most pieceMax), smaller ones go through the stream; a message and a Recv on the same tag keep their order, and
 // a message of another size is ErrPlacement with the link intact.
 func TestRecvPlaced(t *testing.T) {
 	for _, k := range []int{1, 2} {
@@ -48,6 +48,9 @@ func TestRecvPlaced(t *testing.T) {
 					{3*pieceMax/4 + 5, transport.Placement{Add: true}, true},
 					{5 * pieceMax / 4, transport.Placement{}, true},
 					{2*pieceMax/4 + 1, transport.Placement{Add: true, Scaled: true, Scale: 1.0 / 3}, true},
+					// At least BulkMin but not above pieceMax: bulk too.
+					{pieceMax / 4, transport.Placement{Add: true}, true},
+					{pieceMax / 16, transport.Placement{}, true},
 					{1000, transport.Placement{Add: true}, false},
 				}
 				for i, tc := range cases {
@@ -517,5 +520,54 @@ func TestRecvPlacedCancelStalledPeer(t *testing.T) {
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("a cancelled RecvPlaced waited for a stalled peer")
+	}
+}
+
+// TestRecvPlacedCancelEarlyReader: a receive posted while a piece of its
+// message is half read into the message's buffer (bound late: it waits
+// for that reader before it applies the early bytes) and then cancelled,
+// from a peer that stalls in the middle of that piece, returns a
+// *PeerError wrapping context.Canceled and fails the link at once: it
+// does not wait for the peer (whose timeout here is an hour) to finish the
+// piece.
+func TestRecvPlacedCancelEarlyReader(t *testing.T) {
+	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure(), WithPeerTimeout(time.Hour, time.Minute))
+	bulk := fakeBulk(t, c, h)
+	const piece = pieceMax / 2
+	const total = 2 * piece
+	msg := transporttest.FloatBytes(rand.New(rand.NewPCG(8, 8)), total/4)
+	l := c.links[1]
+	if _, err := s.Write(bulkAnnounce(7, 0, total)); err != nil {
+		t.Fatal(err)
+	}
+	waitLink(t, l, "the announcement was not read", func() bool { return l.findBulk(0) != nil })
+	f := bulkPieceFrame(0, 0, total, msg[:piece])
+	if _, err := bulk.Write(f[:len(f)-piece/2]); err != nil {
+		t.Fatal(err)
+	}
+	waitLink(t, l, "the piece's reader did not start", func() bool { // writing into the message's buffer
+		m := l.findBulk(0)
+		return m != nil && m.readers == 1
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- c.RecvPlaced(ctx, 1, 7, transport.Placement{Dst: make([]byte, total), Add: true}) }()
+	waitPosted(t, l, posting.Bound) // bound late, waiting for the reader
+	cancel()
+	select {
+	case err := <-errc:
+		var pe *transport.PeerError
+		if !errors.As(err, &pe) || !errors.Is(err, context.Canceled) {
+			t.Fatalf("RecvPlaced = %v, want a *PeerError wrapping context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a cancelled RecvPlaced waited for a stalled peer")
+	}
+	l.mu.Lock()
+	err, posted := l.err, len(l.posted)
+	l.mu.Unlock()
+	if !errors.Is(err, transport.ErrPeerDead) || posted != 0 {
+		t.Errorf("link error %v, %d receives posted; want ErrPeerDead and none", err, posted)
 	}
 }
