@@ -512,13 +512,21 @@ func TestRecvPlacedCancelStalledPeer(t *testing.T) {
 		return len(l.posted) > 0 && l.posted[0].applying > 0
 	})
 	cancel()
+	wantCancelled(t, errc, time.Minute)
+}
+
+// wantCancelled waits (up to guard) for the result of a RecvPlaced
+// cancelled while a stalled peer was in the middle of a piece, and fails
+// unless it is a *PeerError wrapping context.Canceled.
+func wantCancelled(t *testing.T, errc <-chan error, guard time.Duration) {
+	t.Helper()
 	select {
 	case err := <-errc:
 		var pe *transport.PeerError
 		if !errors.As(err, &pe) || !errors.Is(err, context.Canceled) {
 			t.Fatalf("RecvPlaced = %v, want a *PeerError wrapping context.Canceled", err)
 		}
-	case <-time.After(time.Minute):
+	case <-time.After(guard):
 		t.Fatal("a cancelled RecvPlaced waited for a stalled peer")
 	}
 }
@@ -555,15 +563,7 @@ func TestRecvPlacedCancelEarlyReader(t *testing.T) {
 	go func() { errc <- c.RecvPlaced(ctx, 1, 7, transport.Placement{Dst: make([]byte, total), Add: true}) }()
 	waitPosted(t, l, posting.Bound) // bound late, waiting for the reader
 	cancel()
-	select {
-	case err := <-errc:
-		var pe *transport.PeerError
-		if !errors.As(err, &pe) || !errors.Is(err, context.Canceled) {
-			t.Fatalf("RecvPlaced = %v, want a *PeerError wrapping context.Canceled", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("a cancelled RecvPlaced waited for a stalled peer")
-	}
+	wantCancelled(t, errc, 30*time.Second)
 	l.mu.Lock()
 	err, posted := l.err, len(l.posted)
 	l.mu.Unlock()
