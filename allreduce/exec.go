@@ -613,10 +613,7 @@ func (e *Exec) Run(op *Op) error {
 		if e.raw && e.fuse[e.mustIndex(op)] < 0 {
 			return nil // done by the FnReduce before it
 		}
-		s := op.Scale
-		for i := range dst {
-			dst[i] *= s
-		}
+		kernels.Scale(dst, op.Scale)
 		return nil
 	case FnZero:
 		dst, err := e.floats(op.Dst, op)

@@ -317,6 +317,12 @@ func (l *Layer) Compressor() compressors.Compressor { return l.comp }
 // own, and for dense layers without feedback).
 func (l *Layer) Feedback() errorfeedback.Feedback { return l.fb }
 
+// LowRankResidual reports whether the layer keeps PowerSGD's ef14 residual
+// e itself (a LowRank codec under ef14, whose Feedback is nil): then Begin
+// adds e to the data and keeps a copy of the sum M, and End sets
+// e = M − Ĝ, three passes over the layer outside the program.
+func (l *Layer) LowRankResidual() bool { return l.resid != nil }
+
 // State returns the live slices of the layer's state that carry over to a
 // layer of the same Spec in another world size: the error feedback's
 // vectors (EF14: the residual; DGC: momentum u, then velocity v when it

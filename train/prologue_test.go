@@ -15,7 +15,8 @@ import (
 // feedback work that its program's ops do not count: an element-wise codec
 // under feedback the encode and decode of Begin, a gathered codec under
 // EF14 the compensation pass e ← e + g over the layer (a reduction; bench's
-// encode is the compression alone), and nothing without feedback.
+// encode is the compression alone), a low-rank codec under EF14 its three
+// residual passes, and nothing without feedback.
 func TestCollectivePrologue(t *testing.T) {
 	const rows, cols = 16, 64
 	unit := Layer{Name: "w", Shape: []int{rows, cols}, Size: rows * cols}
@@ -28,6 +29,8 @@ func TestCollectivePrologue(t *testing.T) {
 		{"topk:0.01", "none", sim.Prologue{}},
 		{"fp16", "ef14", sim.Prologue{Fn: allreduce.FnEncode, Elems: rows * cols}},
 		{"none", "none", sim.Prologue{}},
+		{"powersgd:2", "ef14", sim.Prologue{Fn: allreduce.FnReduce, Elems: 3 * rows * cols}},
+		{"powersgd:2", "none", sim.Prologue{}},
 	} {
 		r, err := compressors.Parse(c.codec)
 		if err != nil {

@@ -634,10 +634,16 @@ func (s *Sim) Exchange(ctx context.Context, step int, how []optim.Exchange, in, 
 // compensation of the gradient by the feedback's state (EF14: e ← e + g,
 // a pass over the layer like a reduction), which its payload encode runs
 // before the codec's compression (bench's encode throughput is the
-// compression alone).
+// compression alone); for a low-rank codec under ef14, the layer's own
+// residual passes (binding.Layer.LowRankResidual: Begin's M ← data + e and
+// its copy of M, End's e ← M − Ĝ), three passes charged as reductions
+// (each reads and writes as much as one) before the program, End's
+// included: it is CPU of the same rank either way.
 func collective(unit Layer, l *binding.Layer, progs []*allreduce.Program, execs []allreduce.Executor, start float64) sim.Collective {
 	c := sim.Collective{Name: unit.Name, Programs: progs, Executors: execs, Start: start, Recipe: l.Compressor().String()}
 	switch fb := l.Feedback(); {
+	case l.Aggregation() == compressors.LowRank && l.LowRankResidual():
+		c.Prologue = sim.Prologue{Fn: allreduce.FnReduce, Elems: 3 * int64(unit.Size)}
 	case fb == nil:
 	case l.Aggregation() == compressors.Reduce:
 		c.Prologue = sim.Prologue{Fn: allreduce.FnEncode, Elems: int64(unit.Size)}

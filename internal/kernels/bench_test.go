@@ -52,3 +52,25 @@ func BenchmarkKernels(b *testing.B) {
 	}
 	_ = sink
 }
+
+// BenchmarkDotShort: Dot on the short vectors of a small layer's rows (the
+// MNIST MLP's backward pass takes 10-element dot products, thousands a
+// step), against the 16-lane order it used for them (lanes, all zero, then
+// combined).
+func BenchmarkDotShort(b *testing.B) {
+	for _, n := range []int{4, 10} {
+		x, y := benchVecs(n)
+		var sink float64
+		b.Run(fmt.Sprintf("impl=lanes/n=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				sink += dotLanesRef(x, y)
+			}
+		})
+		b.Run(fmt.Sprintf("impl=Dot/n=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				sink += Dot(x, y)
+			}
+		})
+		_ = sink
+	}
+}

@@ -137,10 +137,19 @@ func axpyToGeneric(dst []float32, a float32, x, y []float32) {
 // i ≡ l (mod 16) of the 16-aligned prefix; the lanes are combined pairwise
 // (l and l+8, then l and l+4, ...), then the tail is added in order. The
 // assembly version follows the same order, so results are bit-identical.
+// A vector shorter than 16 has no prefix: its lanes would combine to +0,
+// so it is the tail alone, added in order to +0.
 func dotGeneric(a, b []float32) float64 {
+	b = b[:len(a)]
+	if len(a) < 16 {
+		var s float64
+		for i := range a {
+			s += float64(a[i]) * float64(b[i])
+		}
+		return s
+	}
 	var acc [16]float64
 	n := len(a) &^ 15
-	b = b[:len(a)]
 	for i := 0; i < n; i += 16 {
 		aa := a[i : i+16 : i+16]
 		bb := b[i : i+16 : i+16]

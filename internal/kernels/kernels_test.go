@@ -384,3 +384,46 @@ func TestZeroAllocs(t *testing.T) {
 		t.Fatalf("allocs = %v, want 0", a)
 	}
 }
+
+// dotLanesRef is dotGeneric's 16-lane order without its short-vector path:
+// the lanes (all +0 below 16 elements) combined pairwise, then the tail.
+func dotLanesRef(a, b []float32) float64 {
+	var acc [16]float64
+	n := len(a) &^ 15
+	for i := 0; i < n; i++ {
+		acc[i%16] += float64(a[i]) * float64(b[i])
+	}
+	s := combine16(&acc)
+	for i := n; i < len(a); i++ {
+		s += float64(a[i]) * float64(b[i])
+	}
+	return s
+}
+
+// TestDotShort: below 16 elements Dot skips the lanes and gives their bits:
+// the products added in order to +0, for random and special values (±0,
+// ±Inf, NaN, subnormals, products that overflow float32).
+func TestDotShort(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	special := []float32{0, float32(math.Copysign(0, -1)), float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN()),
+		math.Float32frombits(1), math.MaxFloat32, -1e-30}
+	for n := range 40 {
+		for range 200 {
+			a, b := randVec(r, n), randVec(r, n)
+			for i := range a {
+				if r.IntN(8) == 0 {
+					a[i] = special[r.IntN(len(special))]
+				}
+				if r.IntN(8) == 0 {
+					b[i] = special[r.IntN(len(special))]
+				}
+			}
+			want := dotLanesRef(a, b)
+			for name, got := range map[string]float64{"Dot": Dot(a, b), "dotGeneric": dotGeneric(a, b)} {
+				if math.Float64bits(got) != math.Float64bits(want) && !(math.IsNaN(got) && math.IsNaN(want)) {
+					t.Fatalf("%s n=%d: got %v (%x), want %v (%x)", name, n, got, math.Float64bits(got), want, math.Float64bits(want))
+				}
+			}
+		}
+	}
+}
