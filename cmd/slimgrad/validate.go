@@ -40,6 +40,10 @@ type validateOptions struct {
 	Quick       bool
 	List        bool
 	Steps, Skip int
+	// MinMeasured lengthens the job of a case whose simulated step is short
+	// (see jobSteps): its measured steps cover at least this much simulated
+	// time. 0 runs every case for Steps.
+	MinMeasured time.Duration
 	Batch       int
 	Seed        uint64
 	Workload    string
@@ -73,7 +77,7 @@ type validateOptions struct {
 }
 
 func defaultValidateOptions() validateOptions {
-	return validateOptions{Steps: 20, Skip: 4, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", Local: defaultLocal(), MsgCost: "probe", MsgModel: "cpu", ProbeSteps: 60,
+	return validateOptions{Steps: 20, Skip: 4, MinMeasured: 3 * time.Second, Batch: 32, Seed: 1, Workload: "mnist", Transport: "libp2p", Grad: "data", Local: defaultLocal(), MsgCost: "probe", MsgModel: "cpu", ProbeSteps: 60,
 		BenchTime: 300 * time.Millisecond, Cores: runtime.NumCPU(), Goodput: tcpGoodput, Latency: 30 * time.Microsecond,
 		CaseTimeout: 15 * time.Minute, LossPenalty: defaultLossPenalty, Buckets: "queue"}
 }
@@ -324,6 +328,7 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.BoolVar(&o.List, "list", o.List, "list the cases and exit")
 	fs.IntVar(&o.Steps, "steps", o.Steps, "training steps per case, real and simulated")
 	fs.IntVar(&o.Skip, "skip", o.Skip, "warm-up steps left out of the per-step figures (the last step, with the final evaluation, is left out too)")
+	fs.DurationVar(&o.MinMeasured, "min-measured", o.MinMeasured, "a case whose simulated steps are short runs more than --steps steps, real and simulated, so that its measured steps cover at least this much simulated time (at most 2000 steps; a fifth of them, at least --skip, are the warm-up): a short step's real median over 15 steps still holds the job's warm-up and sampling noise (0: --steps for every case)")
 	fs.IntVar(&o.Batch, "batch", o.Batch, "mini-batch size per worker")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the model, shards, samplers and codecs")
 	fs.StringVar(&o.Workload, "workload", o.Workload, "workload: "+strings.Join(train.Workloads, ", "))
@@ -497,8 +502,8 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 			fmt.Fprintf(stderr, "slimgrad validate: warning: calibration %s has no throughputs of codec %s: the simulator uses its generic ones (run slimgrad bench --codecs %s)\n", calPath, r, r)
 		}
 	}
-	fmt.Fprintf(stdout, "slimgrad validate: %d cases, %s, %d steps (%d measured), batch %d, %s transport, %d cores shared\n",
-		len(cases), o.Workload, o.Steps, o.Steps-o.Skip-1, o.Batch, o.Transport, o.Cores)
+	fmt.Fprintf(stdout, "slimgrad validate: %d cases, %s, %d steps (%d measured; more where the simulated steps take less than --min-measured %s), batch %d, %s transport, %d cores shared\n",
+		len(cases), o.Workload, o.Steps, o.Steps-o.Skip-1, o.MinMeasured, o.Batch, o.Transport, o.Cores)
 	fmt.Fprintf(stdout, "calibration %s: %s message cost %s + %.2f ns/byte (between two ranks of one process)\n", calPath,
 		o.Transport, fmtDuration(seconds(mc.Overhead)), mc.PerByte*1e9)
 	env.local = localCost{Grad: calib.Grad[o.Workload] * float64(o.Batch), Step: calib.Grad[o.Workload]*float64(o.Batch) + calib.Local[o.Workload]}
@@ -964,14 +969,63 @@ type valJob struct {
 	method    method
 	algorithm string
 	steps     int
+	skip      int       // warm-up steps not measured
 	local     localCost // simulated local compute per step on a core
+}
+
+// maxJobSteps bounds the steps of a case's job lengthened by --min-measured.
+const maxJobSteps = 2000
+
+// jobSteps returns the steps of a case's job and its warm-up (steps not
+// measured) when its simulated step takes est seconds: --steps and --skip,
+// unless the measured steps would then cover less than --min-measured of
+// simulated time; then enough steps that they cover it (at most
+// maxJobSteps), of which skipFor's warm-up.
+func (o validateOptions) jobSteps(est float64) (steps, skip int) {
+	steps = o.Steps
+	if o.MinMeasured > 0 && est > 0 && float64(o.Steps-o.Skip-1)*est < o.MinMeasured.Seconds() {
+		m := math.Ceil(o.MinMeasured.Seconds() / est)
+		steps = int(min(maxJobSteps, math.Ceil(5*(m+1)/4)))
+	}
+	return steps, o.skipFor(steps)
+}
+
+// skipFor is the warm-up of a job of steps steps: --skip, or a fifth of
+// the steps (at least --skip) for a job that --min-measured lengthened.
+// A function of steps alone, so that --resimulate finds it again from the
+// steps an earlier run recorded.
+func (o validateOptions) skipFor(steps int) int {
+	if steps <= o.Steps {
+		return o.Skip
+	}
+	return max(o.Skip, steps/5)
 }
 
 // measured reports whether a step of j counts in the per-step figures:
 // after the warm-up, not the last (which runs the final evaluation), not
 // evaluated.
 func (o validateOptions) measured(j valJob, step int, evaluated bool) bool {
-	return step >= o.Skip && step < j.steps-1 && !evaluated
+	return step >= j.skip && step < j.steps-1 && !evaluated
+}
+
+// measuredSteps is the step times, seconds, of j's measured steps in recs.
+func (o validateOptions) measuredSteps(j valJob, recs []train.Record) []float64 {
+	var st []float64
+	for _, r := range recs {
+		if o.measured(j, r.Step, r.Evaluated) {
+			st = append(st, r.StepTime.Seconds())
+		}
+	}
+	return st
+}
+
+// identity is the placement of n ranks with rank r on host r.
+func identity(n int) []int {
+	p := make([]int, n)
+	for r := range p {
+		p[r] = r
+	}
+	return p
 }
 
 // runCase runs c: it builds the case's bed, runs the probe (--message-cost
@@ -1005,7 +1059,7 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 	calib := env.calib
 	if o.MsgCost == "probe" {
 		j := valJob{name: "probe", workload: probeWorkload, task: env.probe, method: valMethods[probeMethod], algorithm: probeAlg,
-			steps: o.ProbeSteps, local: localFor(env.probeLocal, env.probeLocalN, len(c.Rates))}
+			steps: o.ProbeSteps, skip: o.Skip, local: localFor(env.probeLocal, env.probeLocalN, len(c.Rates))}
 		real, err := run(j)
 		if err != nil {
 			res.Err = fmt.Errorf("probe job: %w", err)
@@ -1020,7 +1074,19 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 			res.MsgCost = seconds(calib.Messages[o.Transport].Wait)
 		}
 	}
-	j := valJob{name: "job", workload: o.Workload, task: env.task, method: valMethods[c.Method], algorithm: c.Algorithm, steps: o.Steps, local: localFor(env.local, env.localN, len(c.Rates))}
+	j := valJob{name: "job", workload: o.Workload, task: env.task, method: valMethods[c.Method], algorithm: c.Algorithm, steps: o.Steps, skip: o.Skip, local: localFor(env.local, env.localN, len(c.Rates))}
+	if bed == nil {
+		j.steps = 0 // as many as the earlier run recorded (readSteps)
+	} else if o.MinMeasured > 0 {
+		// The job's length from its simulated step: the job of --steps
+		// simulated with rank r on host r.
+		recs, err := o.simulate(ctx, c, j, identity(len(c.Rates)), calib, filepath.Join(dir, "estimate"))
+		if err != nil {
+			res.Err = fmt.Errorf("simulation of the job's length: %w", err)
+			return res
+		}
+		j.steps, j.skip = o.jobSteps(median(o.measuredSteps(j, recs)))
+	}
 	real, err := run(j)
 	res.Load = loadAverage()
 	if bed == nil {
@@ -1037,6 +1103,7 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 		res.Err = fmt.Errorf("real job: %w", err)
 		return res
 	}
+	j.steps, j.skip = real.steps, real.skip
 	res.Steps = len(real.wall)
 	res.RealMedian, res.RealMean, res.RealGrad, res.RealCodec = seconds(median(real.wall)), seconds(mean(real.wall)), seconds(median(real.compute)), seconds(median(real.codec))
 	recs, err := o.simulate(ctx, c, j, real.hostOf, calib, filepath.Join(dir, j.name))
@@ -1096,13 +1163,7 @@ func (o validateOptions) fitMessageCost(ctx context.Context, c valCase, j valJob
 		if err != nil {
 			return nil, 0, err
 		}
-		var st []float64
-		for _, r := range recs {
-			if o.measured(j, r.Step, r.Evaluated) {
-				st = append(st, r.StepTime.Seconds())
-			}
-		}
-		return &cal, median(st), nil
+		return &cal, median(o.measuredSteps(j, recs)), nil
 	}
 	_, s0, err := at(0)
 	if err != nil {
@@ -1183,6 +1244,7 @@ func (b *testBed) close() {
 type realRun struct {
 	wall, compute, codec []float64 // rank 0's, per measured step, seconds
 	hostOf               []int     // rank -> host index
+	steps, skip          int       // the job's steps and warm-up (valJob's)
 }
 
 var (
@@ -1262,7 +1324,7 @@ func (o validateOptions) readRank0(j valJob, path string, run *realRun) error {
 		return fmt.Errorf("rank 0's records: %w", err)
 	}
 	defer f.Close()
-	if run.wall, run.compute, run.codec, err = o.readSteps(j, f); err != nil {
+	if err = o.readSteps(j, f, run); err != nil {
 		return fmt.Errorf("rank 0's %s: %w", f.Name(), err)
 	}
 	return nil
@@ -1318,22 +1380,29 @@ func startBedServer(ctx context.Context, h *testbed.Host, exe string) (string, f
 }
 
 // readSteps reads the wall, gradient compute and codec times of j's
-// measured steps from a worker's steps.csv.
-func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute, codec []float64, err error) {
+// measured steps from a worker's steps.csv into run, and j's steps and
+// warm-up. A j of zero steps (--resimulate) has as many as the file's
+// records, and skipFor's warm-up.
+func (o validateOptions) readSteps(j valJob, r io.Reader, run *realRun) error {
 	rows, err := csv.NewReader(r).ReadAll()
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	if len(rows) < 2 {
-		return nil, nil, nil, errors.New("no records")
+		return errors.New("no records")
 	}
+	if j.steps == 0 {
+		j.steps, j.skip = len(rows)-1, o.skipFor(len(rows)-1)
+	}
+	run.steps, run.skip = j.steps, j.skip
+	var wall, compute, codec []float64
 	col := map[string]int{}
 	for i, h := range rows[0] {
 		col[h] = i
 	}
 	for _, name := range []string{"step", "evaluated", "wall_s", "compute_wall_s", "sim_codec_s"} {
 		if _, ok := col[name]; !ok {
-			return nil, nil, nil, fmt.Errorf("no column %s", name)
+			return fmt.Errorf("no column %s", name)
 		}
 	}
 	for _, row := range rows[1:] {
@@ -1343,16 +1412,17 @@ func (o validateOptions) readSteps(j valJob, r io.Reader) (wall, compute, codec 
 		c, err4 := strconv.ParseFloat(row[col["compute_wall_s"]], 64)
 		k, err5 := strconv.ParseFloat(row[col["sim_codec_s"]], 64)
 		if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
-			return nil, nil, nil, err
+			return err
 		}
 		if o.measured(j, step, ev) {
 			wall, compute, codec = append(wall, w), append(compute, c), append(codec, k)
 		}
 	}
 	if len(wall) == 0 {
-		return nil, nil, nil, errors.New("no step to measure")
+		return errors.New("no step to measure")
 	}
-	return wall, compute, codec, nil
+	run.wall, run.compute, run.codec = wall, compute, codec
+	return nil
 }
 
 // topologyYAML is the simulator's topology of c's bed with rank r on host

@@ -40,6 +40,9 @@ func TestValidateBed(t *testing.T) {
 	o.Cases = "dense-ring-4hom-10M,topk-ring-4hom-200M"
 	o.Workload = "logistic"
 	o.Steps, o.Skip, o.ProbeSteps = 6, 2, 6
+	// The logistic workload's simulated steps take a few ms: 3 measured
+	// steps cover less than this, so --min-measured lengthens both jobs.
+	o.MinMeasured = 20 * time.Millisecond
 	o.BenchTime = 20 * time.Millisecond
 	o.CaseTimeout = time.Minute
 	o.Out = t.TempDir()
@@ -59,8 +62,8 @@ func TestValidateBed(t *testing.T) {
 		if q := r.Ratio(); r.Err != nil || math.IsNaN(q) || math.IsInf(q, 0) || q <= 0 {
 			t.Errorf("%s: ratio %v, error %v", r.Case.Name, q, r.Err)
 		}
-		if r.Steps != o.Steps-o.Skip-1 || r.RealMedian <= 0 || r.Sim <= 0 || r.MsgCost < 0 {
-			t.Errorf("%s: %d steps measured (want %d), real %v, simulated %v, message cost %v", r.Case.Name, r.Steps, o.Steps-o.Skip-1, r.RealMedian, r.Sim, r.MsgCost)
+		if r.Steps <= o.Steps-o.Skip-1 || r.RealMedian <= 0 || r.Sim <= 0 || r.MsgCost < 0 {
+			t.Errorf("%s: %d steps measured (want more than --steps' %d), real %v, simulated %v, message cost %v", r.Case.Name, r.Steps, o.Steps-o.Skip-1, r.RealMedian, r.Sim, r.MsgCost)
 		}
 		if _, err := sim.LoadTopology(filepath.Join(o.Out, r.Case.Name, "job", "topology.yaml")); err != nil {
 			t.Errorf("%s: the topology written: %v", r.Case.Name, err)
@@ -263,7 +266,7 @@ func TestValidateTopology(t *testing.T) {
 func TestValidateSteps(t *testing.T) {
 	o := defaultValidateOptions()
 	o.Skip = 1
-	j := valJob{steps: 5}
+	j := valJob{steps: 5, skip: 1}
 	var b strings.Builder
 	w := csv.NewWriter(&b)
 	w.Write(csvHeader)
@@ -288,14 +291,22 @@ func TestValidateSteps(t *testing.T) {
 		w.Write(row)
 	}
 	w.Flush()
-	wall, compute, codec, err := o.readSteps(j, strings.NewReader(b.String()))
-	if err != nil {
+	var run realRun
+	if err := o.readSteps(j, strings.NewReader(b.String()), &run); err != nil {
 		t.Fatal(err)
 	}
-	if len(wall) != 2 || wall[0] != 11 || wall[1] != 13 || len(compute) != 2 || !slices.Equal(codec, []float64{0.25, 0.25}) {
-		t.Errorf("wall %v compute %v codec %v, want steps 1 and 3", wall, compute, codec)
+	wall, compute, codec := run.wall, run.compute, run.codec
+	if len(wall) != 2 || wall[0] != 11 || wall[1] != 13 || len(compute) != 2 || !slices.Equal(codec, []float64{0.25, 0.25}) || run.steps != 5 || run.skip != 1 {
+		t.Errorf("wall %v compute %v codec %v, %d steps, warm-up %d; want steps 1 and 3 of 5, warm-up 1", wall, compute, codec, run.steps, run.skip)
 	}
-	if _, _, _, err := o.readSteps(j, strings.NewReader("step,wall_s\n1,2\n")); err == nil {
+	// A job of unknown length (--resimulate) has the file's steps and their
+	// warm-up: --skip's for a job of at most --steps.
+	o.Steps = 5
+	var again realRun
+	if err := o.readSteps(valJob{}, strings.NewReader(b.String()), &again); err != nil || again.steps != 5 || again.skip != 1 || !slices.Equal(again.wall, wall) {
+		t.Errorf("a job of unknown steps: %d steps, warm-up %d, wall %v, %v; want 5, 1, %v", again.steps, again.skip, again.wall, err, wall)
+	}
+	if err := o.readSteps(j, strings.NewReader("step,wall_s\n1,2\n"), &run); err == nil {
 		t.Error("no error for a file without evaluated and compute_wall_s")
 	}
 	if g := geoMeanAbsErr([]float64{0.01, 0.04}); math.Abs(g-0.02) > 1e-12 {
@@ -303,6 +314,38 @@ func TestValidateSteps(t *testing.T) {
 	}
 	if g := geoMeanAbsErr([]float64{0, 0.01}); math.Abs(g-1e-3) > 1e-12 {
 		t.Errorf("geometric mean of 0 (floored at 1e-4) and 1%%: %v", g)
+	}
+}
+
+// TestValidateJobSteps: a case whose simulated step is short runs enough
+// steps that its measured ones cover --min-measured (a fifth of them, at
+// least --skip, the warm-up), at most maxJobSteps; the others run --steps
+// with --skip; and skipFor finds the warm-up again from the steps alone,
+// as --resimulate does.
+func TestValidateJobSteps(t *testing.T) {
+	o := defaultValidateOptions()
+	o.Steps, o.Skip, o.MinMeasured = 20, 4, 3*time.Second
+	for _, tc := range []struct {
+		est         float64
+		steps, skip int
+	}{{1, 20, 4}, {0.2, 20, 4}, {0.1, 39, 7}, {0.005, 752, 150}, {1e-6, maxJobSteps, maxJobSteps / 5}} {
+		steps, skip := o.jobSteps(tc.est)
+		if steps != tc.steps || skip != tc.skip {
+			t.Errorf("step of %gs: %d steps, warm-up %d; want %d, %d", tc.est, steps, skip, tc.steps, tc.skip)
+		}
+	}
+	for est := 1e-4; est < 2; est *= 1.07 {
+		steps, skip := o.jobSteps(est)
+		if measured := float64(steps-skip-1) * est; measured < o.MinMeasured.Seconds() && steps < maxJobSteps || skip < o.Skip || steps < o.Steps {
+			t.Errorf("step of %gs: %d steps, warm-up %d: %.3gs measured", est, steps, skip, measured)
+		}
+		if o.skipFor(steps) != skip {
+			t.Errorf("step of %gs: skipFor(%d) = %d, the job's warm-up %d", est, steps, o.skipFor(steps), skip)
+		}
+	}
+	o.MinMeasured = 0
+	if steps, skip := o.jobSteps(1e-6); steps != 20 || skip != 4 {
+		t.Errorf("--min-measured 0: %d steps, warm-up %d; want --steps and --skip", steps, skip)
 	}
 }
 
