@@ -2011,6 +2011,10 @@ func (d *driver) aggConn() int32 {
 // head of its chain of items.
 func (d *driver) aggStart(m *aggMsg) {
 	a := &d.as
+	if m.size <= d.tinyMax[d.ms[a.items[m.item].g].coll] && !d.opts.FlowTinyMessages {
+		d.aggTiny(m)
+		return
+	}
 	nw := a.net
 	v := lumpVal{t: -1}
 	var lk uint64
@@ -2042,12 +2046,40 @@ func (d *driver) aggStart(m *aggMsg) {
 	}
 }
 
+// aggTiny is tiny (TinyMessageBytes) for sub-flow m: outside the flow
+// model, its messages occupy each real link of a virtual link's class for
+// their number on it (the sub-flow's weight there) times their time at the
+// link's capacity, after the tiny messages already there, and the sub-flow
+// ends when its last message is done on every link (at least one whole
+// message's time: a sub-flow of weight below one still crosses a whole
+// real link).
+func (d *driver) aggTiny(m *aggMsg) {
+	nw := d.net
+	end := d.now
+	for k := range int(m.n) {
+		l := m.links[k]
+		s := max(d.now, nw.tinyFree[l])
+		one := m.size / nw.caps[l]
+		nw.tinyFree[l] = s + m.w[k]*one
+		nw.linkBytes[l] += m.size * m.w[k]
+		end = max(end, s+max(m.w[k], 1)*one)
+	}
+	d.as.items[m.item].next = -1
+	d.h.push(event{t: end, kind: evTinyEnd, g: -1, x: uint32(m.item)})
+}
+
 // aggFlowEnd ends flow id of an aggregated run: every item's connection
 // moves on, its delivery is scheduled and its sender's op is done.
 func (d *driver) aggFlowEnd(id int32) error {
-	a := &d.as
 	it := d.net.flows[id].g
 	d.net.remove(d.now, id)
+	return d.aggItemsEnd(it)
+}
+
+// aggItemsEnd ends the sub-flows of the chain of items from it, which
+// left their links now (a flow's end, or a tiny sub-flow's: aggTiny).
+func (d *driver) aggItemsEnd(it int32) error {
+	a := &d.as
 	for it >= 0 {
 		item := a.items[it]
 		a.ifree = append(a.ifree, it)
