@@ -304,9 +304,10 @@ type aggState struct {
 	bursts    [][]burst  // rank -> its decode bursts
 	spans     [][][]span // rank -> its bursts' spans (burstSpans)
 	burstsSet bool
-	members   [][]int32 // group -> its ranks
-	prog      []int32   // group -> the rank whose sparse gather its representative runs, -1 if none
-	chainsOf  [][]int32 // group -> the entries of its chains as long as its representative's
+	members   [][]int32    // group -> its ranks
+	lines     []memberLine // rank -> what walkFeed placed on its engine and connection
+	prog      []int32      // group -> the rank whose sparse gather its representative runs, -1 if none
+	chainsOf  [][]int32    // group -> the entries of its chains as long as its representative's
 	// closedWalk: per (collective, pipeline), when each member sent the
 	// pipeline's last delivered step; cwNext is a spare slice.
 	cw     map[[2]int32][]float64
@@ -568,11 +569,41 @@ func (d *driver) sgFirstPass(ctx context.Context) error {
 // per ring, so larger runs time a feed by hops, without the bursts.
 const maxWalkRanks = 1024
 
-// walks reports whether feeds into ms's representative are walked
-// (walkFeed): when sparse gathers decode beside it (up to maxWalkRanks),
-// except for a sparse gather itself (it forwards without compute).
+// walks reports whether feeds into ms's representative are walked member
+// by member (walkFeed): up to maxWalkRanks, except for a sparse gather
+// (it forwards without compute).
 func (d *driver) walks(ms *machine) bool {
+	return ms.sh.Alg != allreduce.AlgSparseGather && d.agg.n <= maxWalkRanks
+}
+
+// bursty reports whether ms's collective is not a sparse gather and
+// sparse gathers decode beside it (aggBursts).
+func (d *driver) bursty(ms *machine) bool {
 	return ms.sh.Alg != allreduce.AlgSparseGather && d.aggBursts() != nil
+}
+
+// walkSetup builds, once per run, every group's members and the entries of
+// its chains as long as its representative's.
+func (d *driver) walkSetup() {
+	a := &d.as
+	p := d.agg
+	if a.members != nil {
+		return
+	}
+	n := int32(p.n)
+	G := int32(len(p.reps))
+	a.chainsOf = make([][]int32, G)
+	a.members = make([][]int32, G)
+	for r := range n {
+		y := p.cls[r]
+		a.members[y] = append(a.members[y], r)
+		if p.closed {
+			continue
+		}
+		if e := p.entry[r]; e == r && p.clen[e] == p.chain[y] && p.chain[y] > 1 {
+			a.chainsOf[y] = append(a.chainsOf[y], e)
+		}
+	}
 }
 
 // aggBursts builds, once per run, the decode bursts of every rank (by
@@ -598,21 +629,10 @@ func (d *driver) aggBursts() [][][]span {
 	n := int32(p.n)
 	G := int32(len(p.reps))
 	a.bursts = make([][]burst, n)
-	a.chainsOf = make([][]int32, G)
-	a.members = make([][]int32, G)
+	d.walkSetup()
 	a.prog = make([]int32, G)
 	for y := range G {
 		a.prog[y] = -1
-	}
-	for r := range n {
-		y := p.cls[r]
-		a.members[y] = append(a.members[y], r)
-		if p.closed {
-			continue
-		}
-		if e := p.entry[r]; e == r && p.clen[e] == p.chain[y] && p.chain[y] > 1 {
-			a.chainsOf[y] = append(a.chainsOf[y], e)
-		}
 	}
 	for c := range d.colls {
 		sh := d.colls[c].Shared
@@ -789,21 +809,26 @@ func burstWait(bs [][]span, t float64) float64 {
 	return t
 }
 
-// walkFeed is hops walked member by member when the members of ms's group
-// decode a sparse gather (aggBursts): the message of step from−1 reaches a
-// chain's sending member at t0; each member that computes before it
-// forwards waits for the gather's compute running on its engine, if any
-// (the decode-add running there, or an encode), computes, and sends the
-// next step. It returns when step to−1 reaches the chain's last member and
-// that member could start its compute, on average over the group's chains
-// of its representative's length: the representative's feeds stand for all
-// of them, and a ring's lap passes each once, so that the lap takes their
-// sum. (The latest of them, not the mean, overestimates a lap: +10% at 256
+// walkFeed is hops walked member by member: the message of step from−1
+// reaches a chain's sending member at t0; each member that computes before
+// it forwards waits for the sparse gathers' compute running on its engine,
+// if any (aggBursts: a decode-add, an encode), and for the jobs already
+// placed on its engine (its line, memberLine), computes, and sends the next
+// step on its connection to the next member after the messages already
+// placed there. Every collective's feeds through a chain are walked, so a
+// member's engine and connection carry the work and messages of all the
+// pipelines and collectives passing it, as the representative's do. It
+// returns when step to−1 reaches the chain's last member and that member
+// could start its compute, on average over the group's chains of its
+// representative's length: the representative's feeds stand for all of
+// them, and a ring's lap passes each once, so that the lap takes their sum.
+// (The latest of them, not the mean, overestimates a lap: +10% at 256
 // ranks on wan-2sites, whose two sites' chains decode at different times.)
-// The representative's own engine is simulated.
+// The representative's own engine and connection are simulated.
 func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 float64) float64 {
 	p := d.agg
 	a := &d.as
+	d.walkSetup()
 	bs := d.aggBursts()
 	y := ms.slot
 	n := int32(p.n)
@@ -812,26 +837,92 @@ func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 flo
 	cap := min(p.caps[p.up[y]], p.caps[p.down[y]])
 	K := p.chain[y]
 	h := to - from
+	if len(a.chainsOf[y]) == 0 {
+		return t0 + d.hops(ms, pl, pid, from, to, h)
+	}
+	if a.lines == nil {
+		a.lines = make([]memberLine, n)
+	}
 	sum := 0.0
 	for _, e := range a.chainsOf[y] {
 		t := t0
 		for x := from; x < to; x++ {
+			r := (e + K - 1 - h + (x - from)) % n // the sender
+			ln := &a.lines[r]
 			if x > 0 && pc.jobs[a0+x] > pc.jobs[a0+x-1] {
-				t = burstWait(bs[(e+K-1-h+(x-from))%n], t) // the sender's
-				t += d.work(ms, pc, a0+x-1, a0+x)
+				if bs != nil {
+					t = burstWait(bs[r], t)
+				}
+				w := d.work(ms, pc, a0+x-1, a0+x)
+				t = ln.engine.reserve(d.now, t, w) + w
 			}
 			b := pc.bytes[a0+x+1] - pc.bytes[a0+x]
-			t += b/cap + p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
+			tt := b / cap
+			t = ln.conn.reserve(d.now, t, tt) + tt
+			t += p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
 		}
-		if last := (e + K - 1) % n; last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
+		if last := (e + K - 1) % n; bs != nil && last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
 			t = burstWait(bs[last], t)
 		}
 		sum += t
 	}
-	if len(a.chainsOf[y]) == 0 {
-		return t0 + d.hops(ms, pl, pid, from, to, h)
-	}
 	return sum / float64(len(a.chainsOf[y]))
+}
+
+// memberLine is what the walks (walkFeed) have placed on a chain member's
+// compute engine and on its connection to the next member.
+type memberLine struct{ engine, conn busyLine }
+
+// busyLine is the jobs on a resource that serves them first come first
+// served, from jobs[head] on (those before ended before the walks' current
+// time), in order of their ready times (and so of their starts).
+type busyLine struct {
+	jobs []lineJob
+	head int
+}
+
+// lineJob is a job on a busyLine: ready at ready, run in [start, end).
+type lineJob struct{ ready, start, end float64 }
+
+// reserve places a job of w seconds ready at t on l and returns its start:
+// after the jobs ready before it; the jobs ready after it (placed by
+// earlier walks, which reach the member later) start later by what it
+// takes. With w = 0 it only returns when a job ready at t could start.
+// now is the current time: jobs that ended before it are dropped.
+func (l *busyLine) reserve(now, t, w float64) float64 {
+	for l.head < len(l.jobs) && l.jobs[l.head].end <= now {
+		l.head++
+	}
+	if l.head > 64 && 2*l.head > len(l.jobs) {
+		l.jobs = l.jobs[:copy(l.jobs, l.jobs[l.head:])]
+		l.head = 0
+	}
+	i, _ := slices.BinarySearchFunc(l.jobs[l.head:], t, func(j lineJob, t float64) int {
+		if j.ready <= t {
+			return -1
+		}
+		return 1
+	})
+	j := l.head + i
+	st := t
+	if j > l.head {
+		st = max(st, l.jobs[j-1].end)
+	}
+	if w <= 0 {
+		return st
+	}
+	l.jobs = slices.Insert(l.jobs, j, lineJob{t, st, st + w})
+	end := st + w
+	for k := j + 1; k < len(l.jobs); k++ {
+		ns := max(l.jobs[k].ready, end)
+		if ns <= l.jobs[k].start {
+			break
+		}
+		l.jobs[k].end += ns - l.jobs[k].start
+		l.jobs[k].start = ns
+		end = l.jobs[k].end
+	}
+	return st
 }
 
 // group computes the groups, their representatives and the virtual links.
@@ -1416,6 +1507,7 @@ func (d *driver) aggSetup() {
 	a.bulk, a.bfree = a.bulk[:0], a.bfree[:0]
 	a.exCons = map[[2]int32]map[[2]int32][]int32{}
 	a.bursts, a.spans, a.burstsSet = nil, nil, false
+	a.members, a.chainsOf, a.lines = nil, nil, nil
 	a.cw, a.cwNext = nil, nil
 	if a.rec != nil {
 		a.rec.reps = slices.Clone(p.reps)
@@ -1536,7 +1628,7 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 			if src := (q - x + n) % n; p.cls[src] == y && p.routeOf(src, q) == e.route {
 				item.dg, item.dop = ms.coll*G+e.x, dop
 				d.ranks[e.x].recvd += size
-				if pos >= 0 && d.walks(ms) {
+				if pos >= 0 && d.bursty(ms) {
 					pc := d.pipeCostOf(ms, pl)
 					a0 := pl.start[pl.pid[i]]
 					if p.closed {
