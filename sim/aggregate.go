@@ -1649,16 +1649,7 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 		if x == 1 {
 			// Rings: connections and merging by entry, without maps.
 			j := base + k
-			if len(a.conn1) == 0 {
-				a.conn1 = grow(a.conn1, len(p.distFor(1)))
-				a.lump1 = grow(a.lump1, len(a.conn1))
-				for q := range a.conn1 {
-					a.conn1[q], a.lump1[q] = -1, lumpVal{t: -1}
-				}
-			}
-			if a.conn1[j] < 0 {
-				a.conn1[j] = d.aggConn()
-			}
+			d.conn1At(j)
 			sm.lump = int32(j)
 			d.aggSendOn(&sm, a.conn1[j])
 			continue
@@ -1748,6 +1739,12 @@ func (d *driver) aggExchange(g int32, ms *machine, ready []int32) ([]int32, erro
 		sm.key = [3]int32{y, e.x, e.route}
 		sm.item = it
 		sm.lump = -1
+		if c := d.conn1Of(y, e.x, e.route); c >= 0 {
+			// Its members' messages to rank+1 go on the connection of
+			// their rings' messages to it.
+			d.aggSendOn(&sm, c)
+			continue
+		}
 		d.aggSend1(&sm, p.connKey([4]int32{y, e.x, e.route, 0}))
 	}
 	return rest, nil
@@ -1774,6 +1771,35 @@ func (d *driver) exConsumers(c, x int32, ex []int32) map[[2]int32][]int32 {
 	}
 	a.exCons[key] = m
 	return m
+}
+
+// conn1At returns the connection of entry j of distFor(1): the members'
+// connections to rank+1 of one group, destination group and route.
+func (d *driver) conn1At(j int) int32 {
+	a := &d.as
+	if len(a.conn1) == 0 {
+		a.conn1 = grow(a.conn1, len(d.agg.distFor(1)))
+		a.lump1 = grow(a.lump1, len(a.conn1))
+		for q := range a.conn1 {
+			a.conn1[q], a.lump1[q] = -1, lumpVal{t: -1}
+		}
+	}
+	if a.conn1[j] < 0 {
+		a.conn1[j] = d.aggConn()
+	}
+	return a.conn1[j]
+}
+
+// conn1Of is the connection to rank+1 of the members of group y whose
+// rank+1 is in group x over route rt, or -1 if there are none.
+func (d *driver) conn1Of(y, x, rt int32) int32 {
+	ents, base := d.agg.entries(1, y)
+	for k, e := range ents {
+		if e.x == x && e.route == rt {
+			return d.conn1At(base + k)
+		}
+	}
+	return -1
 }
 
 // aggSend1 puts sub-flow m on its connection ck: at once if it is idle,
