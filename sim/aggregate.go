@@ -811,13 +811,15 @@ func burstWait(bs [][]span, t float64) float64 {
 
 // walkFeed is hops walked member by member: the message of step from−1
 // reaches a chain's sending member at t0; each member that computes before
-// it forwards waits for the sparse gathers' compute running on its engine,
-// if any (aggBursts: a decode-add, an encode), and for the jobs already
-// placed on its engine (its line, memberLine), computes, and sends the next
-// step on its connection to the next member after the messages already
-// placed there. Every collective's feeds through a chain are walked, so a
-// member's engine and connection carry the work and messages of all the
-// pipelines and collectives passing it, as the representative's do. It
+// it forwards waits for the jobs on its engine, computes, and sends the
+// next step on its connection to the next member after the messages
+// already placed there (its lines, memberLine). Every collective's feeds
+// through a chain are walked, so a member's engine and connection carry
+// the work and messages of all the pipelines and collectives passing it,
+// as the representative's do. Beside sparse gathers the engine is instead
+// the gathers' compute running on it (aggBursts: a decode-add, an encode),
+// which the walks' jobs do not push back: a line of the walks' jobs beside
+// it would let them queue on each other behind bursts that stay early. It
 // returns when step to−1 reaches the chain's last member and that member
 // could start its compute, on average over the group's chains of its
 // representative's length: the representative's feeds stand for all of
@@ -854,7 +856,10 @@ func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 flo
 					t = burstWait(bs[r], t)
 				}
 				w := d.work(ms, pc, a0+x-1, a0+x)
-				t = ln.engine.reserve(d.now, t, w) + w
+				if bs == nil {
+					t = ln.engine.reserve(d.now, t, w)
+				}
+				t += w
 			}
 			b := pc.bytes[a0+x+1] - pc.bytes[a0+x]
 			tt := b / cap
