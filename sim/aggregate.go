@@ -25,7 +25,10 @@ import (
 // it stands for on each link (a rack uplink that carries one flow from
 // each of k members carries weight k), and max-min fairness shares a link
 // in proportion to the weights. An exchange (one message to every other
-// rank, ready at once) is one flow per pair of groups and route. Cost: the
+// rank, ready at once) is one flow per pair of groups and route, and its
+// messages to rank+1 share the rings' connection to it. Tiny messages
+// (TinyMessageBytes, TinyExchangeBytes) stay out of the flow model, as
+// per message (aggTiny). Cost: the
 // representatives' ops instead of every rank's, so a ring costs O(groups·N)
 // events instead of O(N²), and an all-to-all O(groups·N) instead of O(N³).
 //
@@ -42,10 +45,12 @@ import (
 // message that enters a chain reaches its last rank one hop per rank
 // later. The representative is a chain's last rank, and its receives from
 // the chain are fed by the message entering the chain, chain−1 hops later
-// (aggLaunch). When a sparse gather runs beside a chained collective (up to
-// maxWalkRanks ranks), the collective's feeds are walked member by member
-// (walkFeed): a member's compute for a hop waits for the gather's compute
-// on that member, whose rank-ordered decode-adds are at another time on
+// (aggLaunch). Up to maxWalkRanks ranks the feeds are walked member by
+// member (walkFeed): a member's compute and send for a hop queue behind
+// the jobs that the walks of every collective placed on its engine and
+// connection. When a sparse gather runs beside a chained collective, a
+// member's compute for a hop waits instead for the gather's compute on
+// that member, whose rank-ordered decode-adds are at another time on
 // every rank (aggBursts, from a first pass of the gathers alone:
 // sgFirstPass). A closed ring (one group round the whole ring) has no
 // chains; there every member is walked beside the representative
