@@ -867,7 +867,7 @@ func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 flo
 				t += w
 			}
 			b := pc.bytes[a0+x+1] - pc.bytes[a0+x]
-			tt := b / cap
+			tt := (pc.wire[a0+x+1] - pc.wire[a0+x]) / cap
 			t = ln.conn.reserve(d.now, t, tt) + tt
 			t += p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
 		}
@@ -1885,8 +1885,9 @@ func (d *driver) hops(ms *machine, pl *pipeline, pid, from, to, h int32) float64
 	pc := d.pipeCostOf(ms, pl)
 	a0 := pl.start[pid]
 	b := pc.bytes[a0+to] - pc.bytes[a0+from]
+	wire := pc.wire[a0+to] - pc.wire[a0+from]
 	cap := min(p.caps[p.up[y]], p.caps[p.down[y]])
-	t := b/cap + float64(h)*(p.chainLat[y]+d.msgCost.Overhead) + b*d.msgCost.PerByte
+	t := wire/cap + float64(h)*(p.chainLat[y]+d.msgCost.Overhead) + b*d.msgCost.PerByte
 	c0 := max(from-1, 0)
 	t += d.work(ms, pc, a0+c0, a0+to-1)
 	return t
@@ -2071,10 +2072,11 @@ func (d *driver) jobWork(ms *machine, i int32, job uint8) work {
 }
 
 // pipeCost holds, for one collective, prefix sums over its pipelines'
-// sends (pipeline.ops): bytes[x] is the bytes of ops[:x], and jobs[x],
-// sec[x] the work of the hops after them (pipeNext).
+// sends (pipeline.ops): bytes[x] is the bytes of ops[:x], wire[x] what
+// they put on each link (Options.Framing), and jobs[x], sec[x] the work
+// of the hops after them (pipeNext).
 type pipeCost struct {
-	bytes, jobs, sec []float64
+	bytes, wire, jobs, sec []float64
 }
 
 // pipeCostOf returns the prefix sums of ms's collective.
@@ -2084,7 +2086,7 @@ func (d *driver) pipeCostOf(ms *machine, pl *pipeline) *pipeCost {
 		return pc
 	}
 	L := len(pl.ops)
-	pc := &pipeCost{bytes: make([]float64, L+1), jobs: make([]float64, L+1), sec: make([]float64, L+1)}
+	pc := &pipeCost{bytes: make([]float64, L+1), wire: make([]float64, L+1), jobs: make([]float64, L+1), sec: make([]float64, L+1)}
 	for x, i := range pl.ops {
 		op := ms.sh.Op(int(ms.prank), i)
 		b := op.Bytes
@@ -2093,6 +2095,7 @@ func (d *driver) pipeCostOf(ms *machine, pl *pipeline) *pipeCost {
 		}
 		_, w := d.pipeNext(ms, i)
 		pc.bytes[x+1] = pc.bytes[x] + float64(max(b, 0))
+		pc.wire[x+1] = pc.wire[x] + d.opts.Framing.Wire(float64(max(b, 0)))
 		pc.jobs[x+1] = pc.jobs[x] + w.jobs
 		pc.sec[x+1] = pc.sec[x] + w.sec
 	}
@@ -2162,7 +2165,7 @@ func (d *driver) aggStart(m *aggMsg) {
 			return
 		}
 	}
-	id := nw.addWeighted(d.now, &m.links, int(m.n), m.size, &m.w)
+	id := nw.addWeighted(d.now, &m.links, int(m.n), d.opts.Framing.Wire(m.size), &m.w)
 	f := &nw.flows[id]
 	a.items[m.item].next = -1
 	f.g = m.item
@@ -2183,13 +2186,14 @@ func (d *driver) aggStart(m *aggMsg) {
 // real link).
 func (d *driver) aggTiny(m *aggMsg) {
 	nw := d.net
+	wire := d.opts.Framing.Wire(m.size)
 	end := d.now
 	for k := range int(m.n) {
 		l := m.links[k]
 		s := max(d.now, nw.tinyFree[l])
-		one := m.size / nw.caps[l]
+		one := wire / nw.caps[l]
 		nw.tinyFree[l] = s + m.w[k]*one
-		nw.linkBytes[l] += m.size * m.w[k]
+		nw.linkBytes[l] += wire * m.w[k]
 		end = max(end, s+max(m.w[k], 1)*one)
 	}
 	d.as.items[m.item].next = -1

@@ -298,6 +298,26 @@ func TestAggregateChainLines(t *testing.T) {
 	}
 }
 
+// TestAggregateFraming: the aggregated mode puts Options.Framing's bytes
+// on the links as the per-message mode does (a ring on TCP's framing was
+// 4.4% fast aggregated when its sub-flows carried the payload only).
+func TestAggregateFraming(t *testing.T) {
+	const n = 32
+	f := Framing{MessageBytes: 54, SegmentPayload: 1448, SegmentBytes: 66}
+	for _, tn := range aggTopologies {
+		topo := aggTopology(t, tn, n)
+		for _, c := range aggCases {
+			switch c.name {
+			case "ring", "all-to-all", "sparse-gather", "two-phase":
+			default:
+				continue
+			}
+			per, agg := checkAgree(t, topo, c.colls(t, n), Options{Framing: f}, 0.001)
+			t.Logf("%s %s: per-message %.6g s, aggregated %.6g s: %+.4f%%", tn, c.name, per.Time, agg.Time, 100*(agg.Time/per.Time-1))
+		}
+	}
+}
+
 // TestAggregateFormula: on a homogeneous topology every rank of a ring is
 // alike, so the aggregated mode simulates one rank, and the ring's
 // textbook time (formula_test.go) holds within 0.5% far beyond what the
