@@ -25,7 +25,10 @@ import (
 // it stands for on each link (a rack uplink that carries one flow from
 // each of k members carries weight k), and max-min fairness shares a link
 // in proportion to the weights. An exchange (one message to every other
-// rank, ready at once) is one flow per pair of groups and route. Cost: the
+// rank, ready at once) is one flow per pair of groups and route, and its
+// messages to rank+1 share the rings' connection to it. Tiny messages
+// (TinyMessageBytes, TinyExchangeBytes) stay out of the flow model, as
+// per message (aggTiny). Cost: the
 // representatives' ops instead of every rank's, so a ring costs O(groups·N)
 // events instead of O(N²), and an all-to-all O(groups·N) instead of O(N³).
 //
@@ -42,10 +45,12 @@ import (
 // message that enters a chain reaches its last rank one hop per rank
 // later. The representative is a chain's last rank, and its receives from
 // the chain are fed by the message entering the chain, chain−1 hops later
-// (aggLaunch). When a sparse gather runs beside a chained collective (up to
-// maxWalkRanks ranks), the collective's feeds are walked member by member
-// (walkFeed): a member's compute for a hop waits for the gather's compute
-// on that member, whose rank-ordered decode-adds are at another time on
+// (aggLaunch). Up to maxWalkRanks ranks the feeds are walked member by
+// member (walkFeed): a member's compute and send for a hop queue behind
+// the jobs that the walks of every collective placed on its engine and
+// connection. When a sparse gather runs beside a chained collective, a
+// member's compute for a hop waits instead for the gather's compute on
+// that member, whose rank-ordered decode-adds are at another time on
 // every rank (aggBursts, from a first pass of the gathers alone:
 // sgFirstPass). A closed ring (one group round the whole ring) has no
 // chains; there every member is walked beside the representative
@@ -304,9 +309,10 @@ type aggState struct {
 	bursts    [][]burst  // rank -> its decode bursts
 	spans     [][][]span // rank -> its bursts' spans (burstSpans)
 	burstsSet bool
-	members   [][]int32 // group -> its ranks
-	prog      []int32   // group -> the rank whose sparse gather its representative runs, -1 if none
-	chainsOf  [][]int32 // group -> the entries of its chains as long as its representative's
+	members   [][]int32    // group -> its ranks
+	lines     []memberLine // rank -> what walkFeed placed on its engine and connection
+	prog      []int32      // group -> the rank whose sparse gather its representative runs, -1 if none
+	chainsOf  [][]int32    // group -> the entries of its chains as long as its representative's
 	// closedWalk: per (collective, pipeline), when each member sent the
 	// pipeline's last delivered step; cwNext is a spare slice.
 	cw     map[[2]int32][]float64
@@ -568,11 +574,41 @@ func (d *driver) sgFirstPass(ctx context.Context) error {
 // per ring, so larger runs time a feed by hops, without the bursts.
 const maxWalkRanks = 1024
 
-// walks reports whether feeds into ms's representative are walked
-// (walkFeed): when sparse gathers decode beside it (up to maxWalkRanks),
-// except for a sparse gather itself (it forwards without compute).
+// walks reports whether feeds into ms's representative are walked member
+// by member (walkFeed): up to maxWalkRanks, except for a sparse gather
+// (it forwards without compute).
 func (d *driver) walks(ms *machine) bool {
+	return ms.sh.Alg != allreduce.AlgSparseGather && d.agg.n <= maxWalkRanks
+}
+
+// bursty reports whether ms's collective is not a sparse gather and
+// sparse gathers decode beside it (aggBursts).
+func (d *driver) bursty(ms *machine) bool {
 	return ms.sh.Alg != allreduce.AlgSparseGather && d.aggBursts() != nil
+}
+
+// walkSetup builds, once per run, every group's members and the entries of
+// its chains as long as its representative's.
+func (d *driver) walkSetup() {
+	a := &d.as
+	p := d.agg
+	if a.members != nil {
+		return
+	}
+	n := int32(p.n)
+	G := int32(len(p.reps))
+	a.chainsOf = make([][]int32, G)
+	a.members = make([][]int32, G)
+	for r := range n {
+		y := p.cls[r]
+		a.members[y] = append(a.members[y], r)
+		if p.closed {
+			continue
+		}
+		if e := p.entry[r]; e == r && p.clen[e] == p.chain[y] && p.chain[y] > 1 {
+			a.chainsOf[y] = append(a.chainsOf[y], e)
+		}
+	}
 }
 
 // aggBursts builds, once per run, the decode bursts of every rank (by
@@ -598,21 +634,10 @@ func (d *driver) aggBursts() [][][]span {
 	n := int32(p.n)
 	G := int32(len(p.reps))
 	a.bursts = make([][]burst, n)
-	a.chainsOf = make([][]int32, G)
-	a.members = make([][]int32, G)
+	d.walkSetup()
 	a.prog = make([]int32, G)
 	for y := range G {
 		a.prog[y] = -1
-	}
-	for r := range n {
-		y := p.cls[r]
-		a.members[y] = append(a.members[y], r)
-		if p.closed {
-			continue
-		}
-		if e := p.entry[r]; e == r && p.clen[e] == p.chain[y] && p.chain[y] > 1 {
-			a.chainsOf[y] = append(a.chainsOf[y], e)
-		}
 	}
 	for c := range d.colls {
 		sh := d.colls[c].Shared
@@ -789,21 +814,28 @@ func burstWait(bs [][]span, t float64) float64 {
 	return t
 }
 
-// walkFeed is hops walked member by member when the members of ms's group
-// decode a sparse gather (aggBursts): the message of step from−1 reaches a
-// chain's sending member at t0; each member that computes before it
-// forwards waits for the gather's compute running on its engine, if any
-// (the decode-add running there, or an encode), computes, and sends the
-// next step. It returns when step to−1 reaches the chain's last member and
-// that member could start its compute, on average over the group's chains
-// of its representative's length: the representative's feeds stand for all
-// of them, and a ring's lap passes each once, so that the lap takes their
-// sum. (The latest of them, not the mean, overestimates a lap: +10% at 256
+// walkFeed is hops walked member by member: the message of step from−1
+// reaches a chain's sending member at t0; each member that computes before
+// it forwards waits for the jobs on its engine, computes, and sends the
+// next step on its connection to the next member after the messages
+// already placed there (its lines, memberLine). Every collective's feeds
+// through a chain are walked, so a member's engine and connection carry
+// the work and messages of all the pipelines and collectives passing it,
+// as the representative's do. Beside sparse gathers the engine is instead
+// the gathers' compute running on it (aggBursts: a decode-add, an encode),
+// which the walks' jobs do not push back: a line of the walks' jobs beside
+// it would let them queue on each other behind bursts that stay early. It
+// returns when step to−1 reaches the chain's last member and that member
+// could start its compute, on average over the group's chains of its
+// representative's length: the representative's feeds stand for all of
+// them, and a ring's lap passes each once, so that the lap takes their sum.
+// (The latest of them, not the mean, overestimates a lap: +10% at 256
 // ranks on wan-2sites, whose two sites' chains decode at different times.)
-// The representative's own engine is simulated.
+// The representative's own engine and connection are simulated.
 func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 float64) float64 {
 	p := d.agg
 	a := &d.as
+	d.walkSetup()
 	bs := d.aggBursts()
 	y := ms.slot
 	n := int32(p.n)
@@ -812,26 +844,95 @@ func (d *driver) walkFeed(ms *machine, pl *pipeline, pid, from, to int32, t0 flo
 	cap := min(p.caps[p.up[y]], p.caps[p.down[y]])
 	K := p.chain[y]
 	h := to - from
+	if len(a.chainsOf[y]) == 0 {
+		return t0 + d.hops(ms, pl, pid, from, to, h)
+	}
+	if a.lines == nil {
+		a.lines = make([]memberLine, n)
+	}
 	sum := 0.0
 	for _, e := range a.chainsOf[y] {
 		t := t0
 		for x := from; x < to; x++ {
+			r := (e + K - 1 - h + (x - from)) % n // the sender
+			ln := &a.lines[r]
 			if x > 0 && pc.jobs[a0+x] > pc.jobs[a0+x-1] {
-				t = burstWait(bs[(e+K-1-h+(x-from))%n], t) // the sender's
-				t += d.work(ms, pc, a0+x-1, a0+x)
+				if bs != nil {
+					t = burstWait(bs[r], t)
+				}
+				w := d.work(ms, pc, a0+x-1, a0+x)
+				if bs == nil {
+					t = ln.engine.reserve(d.now, t, w)
+				}
+				t += w
 			}
 			b := pc.bytes[a0+x+1] - pc.bytes[a0+x]
-			t += b/cap + p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
+			tt := (pc.wire[a0+x+1] - pc.wire[a0+x]) / cap
+			t = ln.conn.reserve(d.now, t, tt) + tt
+			t += p.chainLat[y] + d.msgCost.Overhead + b*d.msgCost.PerByte
 		}
-		if last := (e + K - 1) % n; last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
+		if last := (e + K - 1) % n; bs != nil && last != p.reps[y] && pc.jobs[a0+to] > pc.jobs[a0+to-1] {
 			t = burstWait(bs[last], t)
 		}
 		sum += t
 	}
-	if len(a.chainsOf[y]) == 0 {
-		return t0 + d.hops(ms, pl, pid, from, to, h)
-	}
 	return sum / float64(len(a.chainsOf[y]))
+}
+
+// memberLine is what the walks (walkFeed) have placed on a chain member's
+// compute engine and on its connection to the next member.
+type memberLine struct{ engine, conn busyLine }
+
+// busyLine is the jobs on a resource that serves them first come first
+// served, from jobs[head] on (those before ended before the walks' current
+// time), in order of their ready times (and so of their starts).
+type busyLine struct {
+	jobs []lineJob
+	head int
+}
+
+// lineJob is a job on a busyLine: ready at ready, run in [start, end).
+type lineJob struct{ ready, start, end float64 }
+
+// reserve places a job of w seconds ready at t on l and returns its start:
+// after the jobs ready before it; the jobs ready after it (placed by
+// earlier walks, which reach the member later) start later by what it
+// takes. With w = 0 it only returns when a job ready at t could start.
+// now is the current time: jobs that ended before it are dropped.
+func (l *busyLine) reserve(now, t, w float64) float64 {
+	for l.head < len(l.jobs) && l.jobs[l.head].end <= now {
+		l.head++
+	}
+	if l.head > 64 && 2*l.head > len(l.jobs) {
+		l.jobs = l.jobs[:copy(l.jobs, l.jobs[l.head:])]
+		l.head = 0
+	}
+	i, _ := slices.BinarySearchFunc(l.jobs[l.head:], t, func(j lineJob, t float64) int {
+		if j.ready <= t {
+			return -1
+		}
+		return 1
+	})
+	j := l.head + i
+	st := t
+	if j > l.head {
+		st = max(st, l.jobs[j-1].end)
+	}
+	if w <= 0 {
+		return st
+	}
+	l.jobs = slices.Insert(l.jobs, j, lineJob{t, st, st + w})
+	end := st + w
+	for k := j + 1; k < len(l.jobs); k++ {
+		ns := max(l.jobs[k].ready, end)
+		if ns <= l.jobs[k].start {
+			break
+		}
+		l.jobs[k].end += ns - l.jobs[k].start
+		l.jobs[k].start = ns
+		end = l.jobs[k].end
+	}
+	return st
 }
 
 // group computes the groups, their representatives and the virtual links.
@@ -1416,6 +1517,7 @@ func (d *driver) aggSetup() {
 	a.bulk, a.bfree = a.bulk[:0], a.bfree[:0]
 	a.exCons = map[[2]int32]map[[2]int32][]int32{}
 	a.bursts, a.spans, a.burstsSet = nil, nil, false
+	a.members, a.chainsOf, a.lines = nil, nil, nil
 	a.cw, a.cwNext = nil, nil
 	if a.rec != nil {
 		a.rec.reps = slices.Clone(p.reps)
@@ -1536,7 +1638,7 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 			if src := (q - x + n) % n; p.cls[src] == y && p.routeOf(src, q) == e.route {
 				item.dg, item.dop = ms.coll*G+e.x, dop
 				d.ranks[e.x].recvd += size
-				if pos >= 0 && d.walks(ms) {
+				if pos >= 0 && d.bursty(ms) {
 					pc := d.pipeCostOf(ms, pl)
 					a0 := pl.start[pl.pid[i]]
 					if p.closed {
@@ -1557,16 +1659,7 @@ func (d *driver) aggLaunch(g int32, ms *machine, i, peer int32, size int64) erro
 		if x == 1 {
 			// Rings: connections and merging by entry, without maps.
 			j := base + k
-			if len(a.conn1) == 0 {
-				a.conn1 = grow(a.conn1, len(p.distFor(1)))
-				a.lump1 = grow(a.lump1, len(a.conn1))
-				for q := range a.conn1 {
-					a.conn1[q], a.lump1[q] = -1, lumpVal{t: -1}
-				}
-			}
-			if a.conn1[j] < 0 {
-				a.conn1[j] = d.aggConn()
-			}
+			d.conn1At(j)
 			sm.lump = int32(j)
 			d.aggSendOn(&sm, a.conn1[j])
 			continue
@@ -1656,6 +1749,12 @@ func (d *driver) aggExchange(g int32, ms *machine, ready []int32) ([]int32, erro
 		sm.key = [3]int32{y, e.x, e.route}
 		sm.item = it
 		sm.lump = -1
+		if c := d.conn1Of(y, e.x, e.route); c >= 0 {
+			// Its members' messages to rank+1 go on the connection of
+			// their rings' messages to it.
+			d.aggSendOn(&sm, c)
+			continue
+		}
 		d.aggSend1(&sm, p.connKey([4]int32{y, e.x, e.route, 0}))
 	}
 	return rest, nil
@@ -1682,6 +1781,35 @@ func (d *driver) exConsumers(c, x int32, ex []int32) map[[2]int32][]int32 {
 	}
 	a.exCons[key] = m
 	return m
+}
+
+// conn1At returns the connection of entry j of distFor(1): the members'
+// connections to rank+1 of one group, destination group and route.
+func (d *driver) conn1At(j int) int32 {
+	a := &d.as
+	if len(a.conn1) == 0 {
+		a.conn1 = grow(a.conn1, len(d.agg.distFor(1)))
+		a.lump1 = grow(a.lump1, len(a.conn1))
+		for q := range a.conn1 {
+			a.conn1[q], a.lump1[q] = -1, lumpVal{t: -1}
+		}
+	}
+	if a.conn1[j] < 0 {
+		a.conn1[j] = d.aggConn()
+	}
+	return a.conn1[j]
+}
+
+// conn1Of is the connection to rank+1 of the members of group y whose
+// rank+1 is in group x over route rt, or -1 if there are none.
+func (d *driver) conn1Of(y, x, rt int32) int32 {
+	ents, base := d.agg.entries(1, y)
+	for k, e := range ents {
+		if e.x == x && e.route == rt {
+			return d.conn1At(base + k)
+		}
+	}
+	return -1
 }
 
 // aggSend1 puts sub-flow m on its connection ck: at once if it is idle,
@@ -1757,8 +1885,9 @@ func (d *driver) hops(ms *machine, pl *pipeline, pid, from, to, h int32) float64
 	pc := d.pipeCostOf(ms, pl)
 	a0 := pl.start[pid]
 	b := pc.bytes[a0+to] - pc.bytes[a0+from]
+	wire := pc.wire[a0+to] - pc.wire[a0+from]
 	cap := min(p.caps[p.up[y]], p.caps[p.down[y]])
-	t := b/cap + float64(h)*(p.chainLat[y]+d.msgCost.Overhead) + b*d.msgCost.PerByte
+	t := wire/cap + float64(h)*(p.chainLat[y]+d.msgCost.Overhead) + b*d.msgCost.PerByte
 	c0 := max(from-1, 0)
 	t += d.work(ms, pc, a0+c0, a0+to-1)
 	return t
@@ -1943,10 +2072,11 @@ func (d *driver) jobWork(ms *machine, i int32, job uint8) work {
 }
 
 // pipeCost holds, for one collective, prefix sums over its pipelines'
-// sends (pipeline.ops): bytes[x] is the bytes of ops[:x], and jobs[x],
-// sec[x] the work of the hops after them (pipeNext).
+// sends (pipeline.ops): bytes[x] is the bytes of ops[:x], wire[x] what
+// they put on each link (Options.Framing), and jobs[x], sec[x] the work
+// of the hops after them (pipeNext).
 type pipeCost struct {
-	bytes, jobs, sec []float64
+	bytes, wire, jobs, sec []float64
 }
 
 // pipeCostOf returns the prefix sums of ms's collective.
@@ -1956,7 +2086,7 @@ func (d *driver) pipeCostOf(ms *machine, pl *pipeline) *pipeCost {
 		return pc
 	}
 	L := len(pl.ops)
-	pc := &pipeCost{bytes: make([]float64, L+1), jobs: make([]float64, L+1), sec: make([]float64, L+1)}
+	pc := &pipeCost{bytes: make([]float64, L+1), wire: make([]float64, L+1), jobs: make([]float64, L+1), sec: make([]float64, L+1)}
 	for x, i := range pl.ops {
 		op := ms.sh.Op(int(ms.prank), i)
 		b := op.Bytes
@@ -1965,6 +2095,7 @@ func (d *driver) pipeCostOf(ms *machine, pl *pipeline) *pipeCost {
 		}
 		_, w := d.pipeNext(ms, i)
 		pc.bytes[x+1] = pc.bytes[x] + float64(max(b, 0))
+		pc.wire[x+1] = pc.wire[x] + d.opts.Framing.Wire(float64(max(b, 0)))
 		pc.jobs[x+1] = pc.jobs[x] + w.jobs
 		pc.sec[x+1] = pc.sec[x] + w.sec
 	}
@@ -2011,6 +2142,10 @@ func (d *driver) aggConn() int32 {
 // head of its chain of items.
 func (d *driver) aggStart(m *aggMsg) {
 	a := &d.as
+	if m.size <= d.tinyMax[d.ms[a.items[m.item].g].coll] && !d.opts.FlowTinyMessages {
+		d.aggTiny(m)
+		return
+	}
 	nw := a.net
 	v := lumpVal{t: -1}
 	var lk uint64
@@ -2030,7 +2165,7 @@ func (d *driver) aggStart(m *aggMsg) {
 			return
 		}
 	}
-	id := nw.addWeighted(d.now, &m.links, int(m.n), m.size, &m.w)
+	id := nw.addWeighted(d.now, &m.links, int(m.n), d.opts.Framing.Wire(m.size), &m.w)
 	f := &nw.flows[id]
 	a.items[m.item].next = -1
 	f.g = m.item
@@ -2042,12 +2177,41 @@ func (d *driver) aggStart(m *aggMsg) {
 	}
 }
 
+// aggTiny is tiny (TinyMessageBytes) for sub-flow m: outside the flow
+// model, its messages occupy each real link of a virtual link's class for
+// their number on it (the sub-flow's weight there) times their time at the
+// link's capacity, after the tiny messages already there, and the sub-flow
+// ends when its last message is done on every link (at least one whole
+// message's time: a sub-flow of weight below one still crosses a whole
+// real link).
+func (d *driver) aggTiny(m *aggMsg) {
+	nw := d.net
+	wire := d.opts.Framing.Wire(m.size)
+	end := d.now
+	for k := range int(m.n) {
+		l := m.links[k]
+		s := max(d.now, nw.tinyFree[l])
+		one := wire / nw.caps[l]
+		nw.tinyFree[l] = s + m.w[k]*one
+		nw.linkBytes[l] += wire * m.w[k]
+		end = max(end, s+max(m.w[k], 1)*one)
+	}
+	d.as.items[m.item].next = -1
+	d.h.push(event{t: end, kind: evTinyEnd, g: -1, x: uint32(m.item)})
+}
+
 // aggFlowEnd ends flow id of an aggregated run: every item's connection
 // moves on, its delivery is scheduled and its sender's op is done.
 func (d *driver) aggFlowEnd(id int32) error {
-	a := &d.as
 	it := d.net.flows[id].g
 	d.net.remove(d.now, id)
+	return d.aggItemsEnd(it)
+}
+
+// aggItemsEnd ends the sub-flows of the chain of items from it, which
+// left their links now (a flow's end, or a tiny sub-flow's: aggTiny).
+func (d *driver) aggItemsEnd(it int32) error {
+	a := &d.as
 	for it >= 0 {
 		item := a.items[it]
 		a.ifree = append(a.ifree, it)

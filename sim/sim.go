@@ -1386,6 +1386,9 @@ type tinyRec struct {
 // tinyEnd is flowEnd for Send op of machine g, whose tiny message is
 // d.tinys[j].
 func (d *driver) tinyEnd(g, op int32, j int32) error {
+	if d.agg != nil {
+		return d.aggItemsEnd(j) // j is a chain of items (aggTiny)
+	}
 	r := d.tinys[j]
 	d.tfree = append(d.tfree, j)
 	return d.sent(g, op, r.dg, r.dop, r.lat)
