@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/sec"
 	"github.com/libp2p/go-libp2p/p2p/security/insecure"
 
@@ -483,29 +484,40 @@ func TestRecvPlacedAfterAnnouncement(t *testing.T) {
 	}
 }
 
+// A stalling peer's message: two pieces of stallPiece bytes.
+const (
+	stallPiece = pieceMax / 2
+	stallTotal = 2 * stallPiece
+)
+
+// stallingPeer is a Conn (insecure, peer timeout an hour) whose peer 1 is
+// driven by hand: s its control stream, bulk its bulk connection, l the
+// Conn's link to it.
+func stallingPeer(t *testing.T) (c *Conn, s network.Stream, bulk net.Conn, l *link) {
+	t.Helper()
+	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure(), WithPeerTimeout(time.Hour, time.Minute))
+	return c, s, fakeBulk(t, c, h), c.links[1]
+}
+
 // TestRecvPlacedCancelStalledPeer: a copying receive cancelled while a
 // piece is being read straight into its memory, from a peer that stalls
 // in the middle of that piece, returns a *PeerError and fails the link at
 // once: it does not wait for the peer (whose timeout here is an hour) to
 // finish the piece.
 func TestRecvPlacedCancelStalledPeer(t *testing.T) {
-	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure(), WithPeerTimeout(time.Hour, time.Minute))
-	bulk := fakeBulk(t, c, h)
-	const piece = pieceMax / 2
-	const total = 2 * piece
-	msg := transporttest.FloatBytes(rand.New(rand.NewPCG(7, 7)), total/4)
-	l := c.links[1]
+	c, s, bulk, l := stallingPeer(t)
+	msg := transporttest.FloatBytes(rand.New(rand.NewPCG(7, 7)), stallTotal/4)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, 1)
-	go func() { errc <- c.RecvPlaced(ctx, 1, 7, transport.Placement{Dst: make([]byte, total)}) }()
+	go func() { errc <- c.RecvPlaced(ctx, 1, 7, transport.Placement{Dst: make([]byte, stallTotal)}) }()
 	waitPosted(t, l, posting.Waiting)
-	if _, err := s.Write(bulkAnnounce(7, 0, total)); err != nil {
+	if _, err := s.Write(bulkAnnounce(7, 0, stallTotal)); err != nil {
 		t.Fatal(err)
 	}
 	waitPosted(t, l, posting.Bound)
-	f := bulkPieceFrame(0, 0, total, msg[:piece])
-	if _, err := bulk.Write(f[:len(f)-piece/2]); err != nil {
+	f := bulkPieceFrame(0, 0, stallTotal, msg[:stallPiece])
+	if _, err := bulk.Write(f[:len(f)-stallPiece/2]); err != nil {
 		t.Fatal(err)
 	}
 	waitLink(t, l, "the piece's reader did not start", func() bool { // writing into the receive's memory
@@ -539,18 +551,14 @@ func wantCancelled(t *testing.T, errc <-chan error, guard time.Duration) {
 // does not wait for the peer (whose timeout here is an hour) to finish the
 // piece.
 func TestRecvPlacedCancelEarlyReader(t *testing.T) {
-	c, s, h := fakePeerHost(t, WithMaxFrame(8<<20), WithInsecure(), WithPeerTimeout(time.Hour, time.Minute))
-	bulk := fakeBulk(t, c, h)
-	const piece = pieceMax / 2
-	const total = 2 * piece
-	msg := transporttest.FloatBytes(rand.New(rand.NewPCG(8, 8)), total/4)
-	l := c.links[1]
-	if _, err := s.Write(bulkAnnounce(7, 0, total)); err != nil {
+	c, s, bulk, l := stallingPeer(t)
+	msg := transporttest.FloatBytes(rand.New(rand.NewPCG(8, 8)), stallTotal/4)
+	if _, err := s.Write(bulkAnnounce(7, 0, stallTotal)); err != nil {
 		t.Fatal(err)
 	}
 	waitLink(t, l, "the announcement was not read", func() bool { return l.findBulk(0) != nil })
-	f := bulkPieceFrame(0, 0, total, msg[:piece])
-	if _, err := bulk.Write(f[:len(f)-piece/2]); err != nil {
+	f := bulkPieceFrame(0, 0, stallTotal, msg[:stallPiece])
+	if _, err := bulk.Write(f[:len(f)-stallPiece/2]); err != nil {
 		t.Fatal(err)
 	}
 	waitLink(t, l, "the piece's reader did not start", func() bool { // writing into the message's buffer
@@ -560,7 +568,7 @@ func TestRecvPlacedCancelEarlyReader(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, 1)
-	go func() { errc <- c.RecvPlaced(ctx, 1, 7, transport.Placement{Dst: make([]byte, total), Add: true}) }()
+	go func() { errc <- c.RecvPlaced(ctx, 1, 7, transport.Placement{Dst: make([]byte, stallTotal), Add: true}) }()
 	waitPosted(t, l, posting.Bound) // bound late, waiting for the reader
 	cancel()
 	wantCancelled(t, errc, 30*time.Second)
