@@ -74,6 +74,10 @@ type validateOptions struct {
 	// WorkerProfile has every worker of a case's job write a CPU profile
 	// beside its steps.csv (OUT/CASE/job/HOST/cpu.pprof).
 	WorkerProfile bool
+	// CoreShare is sim.Options.CoreShare (--core-share): the share of the
+	// machine's cores that the simulated workers get while more of them
+	// compute than there are cores. 0: all of it.
+	CoreShare float64
 }
 
 func defaultValidateOptions() validateOptions {
@@ -294,6 +298,9 @@ func (o validateOptions) validate() error {
 	if o.MsgCost != "probe" && o.MsgCost != "calibration" {
 		return fmt.Errorf("--message-cost %q: want probe or calibration", o.MsgCost)
 	}
+	if !(o.CoreShare >= 0 && o.CoreShare <= 1) {
+		return fmt.Errorf("--core-share %v: want a share in [0, 1] (0: all of the cores)", o.CoreShare)
+	}
 	if o.MsgModel != "cpu" && o.MsgModel != "wait" && o.MsgModel != "latency" {
 		return fmt.Errorf("--message-model %q: want cpu, wait or latency", o.MsgModel)
 	}
@@ -339,6 +346,7 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.StringVar(&o.Local, "local", o.Local, "how --grad data measures the local compute: alone (one worker in one goroutine, wall time per step) or company (the case's N workers at once, a goroutine on an OS thread of its own each, with its own model, optimizer and data; each step's CPU time of its thread, so that the cost of sharing caches and memory with the other workers is in it; --resimulate of a run without these figures scales the recorded alone ones by company/alone measured now)")
 	fs.StringVar(&o.MsgCost, "message-cost", o.MsgCost, "the simulated per-message cost: probe (fitted before each case to a latency-bound job on the case's bed: the logistic workload's dense ring, --probe-steps steps) or calibration (bench's, measured between two ranks in one process)")
 	fs.StringVar(&o.MsgModel, "message-model", o.MsgModel, "how the simulator charges the per-message cost: cpu (compute time of the sending and the receiving worker, shared with their codec work and the machine's cores; the probe fits it), wait (bench's cost as cpu, the probe's excess as a wait without CPU) or latency (all of it added to the message's latency)")
+	fs.Float64Var(&o.CoreShare, "core-share", o.CoreShare, "share of the --cores that the simulated workers get while more of them compute than there are cores (sim.Options.CoreShare; the real workers' cores idle 12-17 % in the compressed 200 Mbit/s cases and the probe, docs/simulator.md, h58): each of a busy ones computes at share·cores/a of a core; the probe's fitted message cost then drops to about the workers' measured CPU per message. 0 (the default): all of it")
 	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
 	fs.DurationVar(&o.BenchTime, "bench-time", o.BenchTime, "minimum measuring time per measurement of bench and of the local compute")
 	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): the simulated nodes are on one host of this many cores, processor-shared")
@@ -1495,7 +1503,7 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 	cfg := train.SimConfig{
 		Topology: topo,
 		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel != "latency",
-			LossPenalty: o.LossPenalty, Framing: o.framing()},
+			LossPenalty: o.LossPenalty, Framing: o.framing(), CoreShare: o.CoreShare},
 		Dense:        alg,
 		GradFLOP:     train.TrainFLOPs(j.task.Model) * float64(o.Batch),
 		FLOPS:        train.DefaultFLOPS,

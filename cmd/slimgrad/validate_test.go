@@ -184,6 +184,8 @@ func TestValidateFlags(t *testing.T) {
 		{[]string{"--grad", "calibration", "--local", "company"}, "--local"},
 		{[]string{"--goodput", "1.5"}, "--goodput"},
 		{[]string{"--tbf", "limit"}, "--tbf"},
+		{[]string{"--core-share", "1.2"}, "--core-share"},
+		{[]string{"--core-share", "-0.5"}, "--core-share"},
 		{[]string{"--workload", "imagenet"}, "--workload"},
 		{[]string{"--cases", "nosuch"}, "--cases"},
 	} {
