@@ -180,7 +180,9 @@ func writeSummaryMarkdown(w io.Writer, rep *simReport, target float64) {
 // fragments an outer loop synchronised at the step (0: a local step, or
 // per-step training), so wire_bytes of such a step is one outer sync's;
 // epoch and world are the step's membership epoch and world size
-// (train.Record.Epoch, World).
+// (train.Record.Epoch, World); cpu_s is the process's CPU time, user and
+// system, during the step of a worker (train.Record.CPU; 0 where it is not
+// measured).
 var csvHeader = []string{
 	"method", "step", "loss", "evaluated", "test_loss", "accuracy",
 	"payload_bytes", "wire_bytes", "dense_bytes", "saved",
@@ -188,6 +190,7 @@ var csvHeader = []string{
 	"sim_step_s", "sim_grad_s", "sim_codec_s", "sim_reduce_s", "sim_comm_s", "sim_dense_ring_step_s", "total_sim_s",
 	"compute_wall_s", "wall_s",
 	"recipe_hash", "recipes", "skipped", "synced", "epoch", "world",
+	"cpu_s",
 }
 
 func csvRow(name string, r train.Record) []string {
@@ -202,6 +205,7 @@ func csvRow(name string, r train.Record) []string {
 		f(r.Compute.Seconds()), f(r.Wall.Seconds()),
 		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "), strconv.FormatBool(r.Skipped), strconv.Itoa(r.Synced),
 		strconv.FormatUint(r.Epoch, 10), strconv.Itoa(r.World),
+		f(r.CPU.Seconds()),
 	}
 }
 
