@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
 	"math"
@@ -563,5 +564,77 @@ func TestValidateLocalFinitePasses(t *testing.T) {
 	}
 	if !maps.Equal(passes, want) {
 		t.Errorf("finite passes by vector length %v, want %v (two per unit)", passes, want)
+	}
+}
+
+// TestProbeCoreShare: --core-share probe's share is the workers' mean CPU
+// per measured step, summed, over the cores' time of rank 0's mean step,
+// at most 1; a worker's file without cpu_s (an older worker) or with no
+// CPU time is an error.
+func TestProbeCoreShare(t *testing.T) {
+	o := defaultValidateOptions()
+	o.Cores, o.Skip = 2, 1
+	j := valJob{steps: 5, skip: 1}
+	write := func(dir string, h int, cpu func(step int) string, header []string) {
+		t.Helper()
+		var b strings.Builder
+		w := csv.NewWriter(&b)
+		w.Write(header)
+		for step := range 5 {
+			row := make([]string, len(header))
+			for i, name := range header {
+				switch name {
+				case "step":
+					row[i] = strconv.Itoa(step)
+				case "evaluated":
+					row[i] = strconv.FormatBool(step == 4)
+				case "cpu_s":
+					row[i] = cpu(step)
+				default:
+					row[i] = "0"
+				}
+			}
+			w.Write(row)
+		}
+		w.Flush()
+		d := filepath.Join(dir, fmt.Sprintf("h%d", h))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "steps.csv"), []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Steps 1-3 are measured: worker h uses 0.4+0.1h ms there, 9 ms at
+	// the warm-up step 0 and the final step 4 (not counted).
+	dir := t.TempDir()
+	for h := range 4 {
+		write(dir, h, func(step int) string {
+			if step == 0 || step == 4 {
+				return "0.009"
+			}
+			return strconv.FormatFloat(0.0004+0.0001*float64(h), 'g', -1, 64)
+		}, csvHeader)
+	}
+	real := &realRun{wall: []float64{0.001, 0.0011, 0.0009}}
+	got, err := o.probeCoreShare(j, dir, 4, real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 0.0022 / (2 * 0.001); math.Abs(got-min(1, want)) > 1e-12 {
+		t.Errorf("share %v, want %v", got, min(1, want))
+	}
+	real.wall = []float64{0.002, 0.002, 0.002}
+	if got, err = o.probeCoreShare(j, dir, 4, real); err != nil || math.Abs(got-0.55) > 1e-12 {
+		t.Errorf("share %v (%v), want 0.55", got, err)
+	}
+	old := slices.DeleteFunc(slices.Clone(csvHeader), func(s string) bool { return s == "cpu_s" })
+	write(dir, 3, func(int) string { return "" }, old)
+	if _, err := o.probeCoreShare(j, dir, 4, real); err == nil || !strings.Contains(err.Error(), "cpu_s") {
+		t.Errorf("a file without cpu_s: %v, want an error naming it", err)
+	}
+	write(dir, 3, func(int) string { return "0" }, csvHeader)
+	if _, err := o.probeCoreShare(j, dir, 4, real); err == nil {
+		t.Error("a worker without CPU time: no error")
 	}
 }
