@@ -1233,59 +1233,56 @@ func (o validateOptions) fitMessageCost(ctx context.Context, c valCase, j valJob
 }
 
 // probeCoreShare measures the share of the --cores that the n workers of
-// the probe job j got while they ran, from their steps.csv in dir (one
-// directory per host, as runJob writes them): the mean over the measured
-// steps of each worker's process CPU (cpu_s), summed over the workers,
-// over the cores' time in rank 0's mean step (real's wall_s). The probe's
-// workers have work most of the time (its step is a chain of small
-// messages between four or eight processes on two cores), so the rest is
-// the time the cores idle between them (wake-ups) or lose to other jobs.
-// The share is at most 1.
+// the probe job j got while they ran, from rank 0's steps.csv in dir (on
+// host real.hostOf[0], as runJob writes it; the other ranks send rank 0
+// their figures and write none): n times rank 0's mean process CPU per
+// measured step (cpu_s) over the cores' time in its mean step (real's
+// wall_s). The probe's ranks are alike (a dense ring of small messages),
+// so n times one rank's CPU is the workers'. They have work most of the
+// time (four or eight processes on two cores), so the rest is the time
+// the cores idle between them (wake-ups) or give to other jobs. The
+// share is at most 1.
 func (o validateOptions) probeCoreShare(j valJob, dir string, n int, real *realRun) (float64, error) {
-	var cpu float64
-	for h := range n {
-		path := filepath.Join(dir, fmt.Sprintf("h%d", h), "steps.csv")
-		f, err := os.Open(path)
-		if err != nil {
-			return 0, err
+	path := filepath.Join(dir, fmt.Sprintf("h%d", real.hostOf[0]), "steps.csv")
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	rows, err := csv.NewReader(f).ReadAll()
+	f.Close()
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	col := map[string]int{}
+	if len(rows) > 0 {
+		for i, name := range rows[0] {
+			col[name] = i
 		}
-		rows, err := csv.NewReader(f).ReadAll()
-		f.Close()
-		if err != nil {
+	}
+	ci, ok1 := col["cpu_s"]
+	si, ok2 := col["step"]
+	ei, ok3 := col["evaluated"]
+	if !ok1 || !ok2 || !ok3 {
+		return 0, fmt.Errorf("%s: no cpu_s column (a worker of an older slimgrad)", path)
+	}
+	var xs []float64
+	for _, row := range rows[1:] {
+		step, err1 := strconv.Atoi(row[si])
+		ev, err2 := strconv.ParseBool(row[ei])
+		v, err3 := strconv.ParseFloat(row[ci], 64)
+		if err := errors.Join(err1, err2, err3); err != nil {
 			return 0, fmt.Errorf("%s: %w", path, err)
 		}
-		col := map[string]int{}
-		if len(rows) > 0 {
-			for i, name := range rows[0] {
-				col[name] = i
-			}
+		if o.measured(j, step, ev) {
+			xs = append(xs, v)
 		}
-		ci, ok1 := col["cpu_s"]
-		si, ok2 := col["step"]
-		ei, ok3 := col["evaluated"]
-		if !ok1 || !ok2 || !ok3 {
-			return 0, fmt.Errorf("%s: no cpu_s column (a worker of an older slimgrad)", path)
-		}
-		var xs []float64
-		for _, row := range rows[1:] {
-			step, err1 := strconv.Atoi(row[si])
-			ev, err2 := strconv.ParseBool(row[ei])
-			v, err3 := strconv.ParseFloat(row[ci], 64)
-			if err := errors.Join(err1, err2, err3); err != nil {
-				return 0, fmt.Errorf("%s: %w", path, err)
-			}
-			if o.measured(j, step, ev) {
-				xs = append(xs, v)
-			}
-		}
-		if len(xs) == 0 || !(mean(xs) > 0) {
-			return 0, fmt.Errorf("%s: no CPU time measured (the system does not report it)", path)
-		}
-		cpu += mean(xs)
 	}
-	share := cpu / (float64(o.Cores) * mean(real.wall))
+	if len(xs) == 0 || !(mean(xs) > 0) {
+		return 0, fmt.Errorf("%s: no CPU time measured (the system does not report it)", path)
+	}
+	share := float64(n) * mean(xs) / (float64(o.Cores) * mean(real.wall))
 	if !(share > 0) || math.IsInf(share, 0) {
-		return 0, fmt.Errorf("core share %v of %v s of CPU per step over %d cores", share, cpu, o.Cores)
+		return 0, fmt.Errorf("core share %v of %d × %v s of CPU per step over %d cores", share, n, mean(xs), o.Cores)
 	}
 	return min(1, share), nil
 }

@@ -567,15 +567,16 @@ func TestValidateLocalFinitePasses(t *testing.T) {
 	}
 }
 
-// TestProbeCoreShare: --core-share probe's share is the workers' mean CPU
-// per measured step, summed, over the cores' time of rank 0's mean step,
-// at most 1; a worker's file without cpu_s (an older worker) or with no
-// CPU time is an error.
+// TestProbeCoreShare: --core-share probe's share is n times rank 0's mean
+// CPU per measured step over the cores' time of its mean step, at most 1;
+// rank 0's file is on its host; a file without cpu_s (an older worker) or
+// with no CPU time is an error.
 func TestProbeCoreShare(t *testing.T) {
 	o := defaultValidateOptions()
 	o.Cores, o.Skip = 2, 1
 	j := valJob{steps: 5, skip: 1}
-	write := func(dir string, h int, cpu func(step int) string, header []string) {
+	dir := t.TempDir()
+	write := func(h int, cpu func(step int) string, header []string) {
 		t.Helper()
 		var b strings.Builder
 		w := csv.NewWriter(&b)
@@ -605,35 +606,31 @@ func TestProbeCoreShare(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Steps 1-3 are measured: worker h uses 0.4+0.1h ms there, 9 ms at
-	// the warm-up step 0 and the final step 4 (not counted).
-	dir := t.TempDir()
-	for h := range 4 {
-		write(dir, h, func(step int) string {
-			if step == 0 || step == 4 {
-				return "0.009"
-			}
-			return strconv.FormatFloat(0.0004+0.0001*float64(h), 'g', -1, 64)
-		}, csvHeader)
-	}
-	real := &realRun{wall: []float64{0.001, 0.0011, 0.0009}}
+	// Steps 1-3 are measured: 0.4, 0.5 and 0.6 ms of CPU; 9 ms at the
+	// warm-up step 0 and at the final step 4, not counted. Rank 0 is on
+	// host h2; h0 has another file.
+	write(2, func(step int) string {
+		if step == 0 || step == 4 {
+			return "0.009"
+		}
+		return strconv.FormatFloat(0.0003+0.0001*float64(step), 'g', -1, 64)
+	}, csvHeader)
+	write(0, func(int) string { return "0.1" }, csvHeader)
+	real := &realRun{hostOf: []int{2, 0, 1, 3}, wall: []float64{0.002, 0.0022, 0.0018}}
 	got, err := o.probeCoreShare(j, dir, 4, real)
-	if err != nil {
-		t.Fatal(err)
+	if want := 4 * 0.0005 / (2 * 0.002); err != nil || math.Abs(got-want) > 1e-12 {
+		t.Errorf("share %v (%v), want %v", got, err, want)
 	}
-	if want := 0.0022 / (2 * 0.001); math.Abs(got-min(1, want)) > 1e-12 {
-		t.Errorf("share %v, want %v", got, min(1, want))
-	}
-	real.wall = []float64{0.002, 0.002, 0.002}
-	if got, err = o.probeCoreShare(j, dir, 4, real); err != nil || math.Abs(got-0.55) > 1e-12 {
-		t.Errorf("share %v (%v), want 0.55", got, err)
+	real.wall = []float64{0.0005, 0.0005, 0.0005}
+	if got, err = o.probeCoreShare(j, dir, 4, real); err != nil || got != 1 {
+		t.Errorf("share %v (%v), want 1 (at most)", got, err)
 	}
 	old := slices.DeleteFunc(slices.Clone(csvHeader), func(s string) bool { return s == "cpu_s" })
-	write(dir, 3, func(int) string { return "" }, old)
+	write(2, func(int) string { return "" }, old)
 	if _, err := o.probeCoreShare(j, dir, 4, real); err == nil || !strings.Contains(err.Error(), "cpu_s") {
 		t.Errorf("a file without cpu_s: %v, want an error naming it", err)
 	}
-	write(dir, 3, func(int) string { return "0" }, csvHeader)
+	write(2, func(int) string { return "0" }, csvHeader)
 	if _, err := o.probeCoreShare(j, dir, 4, real); err == nil {
 		t.Error("a worker without CPU time: no error")
 	}
