@@ -294,6 +294,7 @@ type jsonRecord struct {
 	Synced            int         `json:"synced"`
 	Epoch             uint64      `json:"epoch"`
 	World             int         `json:"world"`
+	CPU               float64     `json:"cpu_s"`
 	Layers            []jsonLayer `json:"layers,omitempty"`
 }
 
@@ -312,7 +313,7 @@ func newJSONRecord(name string, r train.Record) jsonRecord {
 		SimReduce: r.ReduceTime.Seconds(), SimComm: r.CommTime.Seconds(), SimDenseRingStep: r.BaselineTime.Seconds(),
 		TotalSim: r.TotalStepTime.Seconds(), ComputeWall: r.Compute.Seconds(), Wall: r.Wall.Seconds(),
 		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes, Skipped: r.Skipped, Synced: r.Synced,
-		Epoch: r.Epoch, World: r.World,
+		Epoch: r.Epoch, World: r.World, CPU: r.CPU.Seconds(),
 	}
 	for _, l := range r.Layers {
 		j.Layers = append(j.Layers, jsonLayer(l))
