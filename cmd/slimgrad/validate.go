@@ -303,6 +303,9 @@ func (o validateOptions) validate() error {
 	if !(o.CoreShare >= 0 && o.CoreShare <= 1) {
 		return fmt.Errorf("--core-share %v: want a share in [0, 1] (0: all of the cores)", o.CoreShare)
 	}
+	if o.CoreShareProbe && o.MsgCost != "probe" {
+		return fmt.Errorf("--core-share probe: measured on the probe job, which --message-cost %s does not run", o.MsgCost)
+	}
 	if o.MsgModel != "cpu" && o.MsgModel != "wait" && o.MsgModel != "latency" {
 		return fmt.Errorf("--message-model %q: want cpu, wait or latency", o.MsgModel)
 	}

@@ -187,6 +187,7 @@ func TestValidateFlags(t *testing.T) {
 		{[]string{"--tbf", "limit"}, "--tbf"},
 		{[]string{"--core-share", "1.2"}, "--core-share"},
 		{[]string{"--core-share", "-0.5"}, "--core-share"},
+		{[]string{"--core-share", "probe", "--message-cost", "calibration"}, "--core-share"},
 		{[]string{"--workload", "imagenet"}, "--workload"},
 		{[]string{"--cases", "nosuch"}, "--cases"},
 	} {
