@@ -222,3 +222,48 @@ func TestHostSharesCores(t *testing.T) {
 		}
 	}
 }
+
+// TestCoreShare: with Options.CoreShare f, the ranks of an oversubscribed
+// host get f of its cores while more of them are busy than it has cores,
+// and whole cores otherwise: on a 2-core host, two busy ranks take their
+// full-core time, three take 1.5/f× and four 2/f×; f = 0 is 1; a share
+// outside [0, 1] is an error.
+func TestCoreShare(t *testing.T) {
+	ctx := context.Background()
+	const n, elems = 4, 1 << 20
+	cal := &Calibration{Throughput: map[string]float64{"reduce": 4e9}}
+	full := 4 * float64(elems) / 4e9
+	run := func(share float64, busy []bool) (*Result, error) {
+		topo := Homogeneous(n, 10*Gbps, time.Microsecond)
+		for i := range topo.Nodes {
+			topo.Nodes[i].Host, topo.Nodes[i].Cores = "bed", 2
+		}
+		return Run(ctx, topo, []Collective{{Name: "busy", Programs: busyPrograms(n, elems, busy)}}, &Options{Calibration: cal, CoreShare: share})
+	}
+	for _, tc := range []struct {
+		share float64
+		busy  []bool
+		want  float64 // × full
+	}{
+		{0.8, []bool{true, false, false, false}, 1},
+		{0.8, []bool{true, true, false, false}, 1},
+		{0.8, []bool{true, true, true, false}, 1.5 / 0.8},
+		{0.8, []bool{true, true, true, true}, 2 / 0.8},
+		{0.5, []bool{true, true, true, true}, 4},
+		{1, []bool{true, true, true, true}, 2},
+		{0, []bool{true, true, true, true}, 2},
+	} {
+		res, err := run(tc.share, tc.busy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(res.Time-tc.want*full) > 1e-9*full {
+			t.Errorf("CoreShare %g busy %v: %.6g s = %.4g× a core's time, want %.4g×", tc.share, tc.busy, res.Time, res.Time/full, tc.want)
+		}
+	}
+	for _, f := range []float64{-0.1, 1.5, math.NaN()} {
+		if _, err := run(f, []bool{true, true, true, true}); err == nil || !strings.Contains(err.Error(), "CoreShare") {
+			t.Errorf("CoreShare %g: %v, want an error naming it", f, err)
+		}
+	}
+}

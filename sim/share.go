@@ -5,7 +5,9 @@ package sim
 // Every rank has one compute engine that runs its jobs one at a time. When
 // the ranks placed on a node, or on the nodes of one host, outnumber its
 // cores, their engines share the cores: while a of them are busy, each job
-// progresses at min(1, cores/a) of a core. A job's work is fixed when it
+// progresses at min(1, cores/a) of a core (with Options.CoreShare f, at
+// f·cores/a while a > cores: the cores' time lost to switching between
+// the ranks). A job's work is fixed when it
 // starts (seconds on a whole core at the node's speed); a start or an end
 // in the group re-rates the group's running jobs and moves their end
 // events (the old ones are superseded by rankState.ver).
@@ -20,6 +22,7 @@ import (
 // cores they outnumber.
 type share struct {
 	cores  float64
+	busy   float64 // what cores deliver when oversubscribed: cores·Options.CoreShare
 	active []int32 // slots (ranks) whose engine runs a job
 	last   float64 // time the active jobs' work refers to
 }
@@ -60,7 +63,8 @@ func (d *driver) setupSharing() {
 		}
 		if f == int32(i) {
 			d.shares = grow(d.shares, k+1)
-			d.shares[k] = share{cores: float64(nodes[f].Cores), active: d.shares[k].active[:0]}
+			c := float64(nodes[f].Cores)
+			d.shares[k] = share{cores: c, busy: c * d.opts.coreShare(), active: d.shares[k].active[:0]}
 			d.shareOf[i] = int32(k)
 			k++
 			continue
@@ -111,7 +115,10 @@ func (d *driver) shareAdvance(s *share) {
 // shareRate gives s's running jobs their share of the cores and moves the
 // end event of each whose rate changed.
 func (d *driver) shareRate(s *share) {
-	rate := math.Min(1, s.cores/float64(len(s.active)))
+	rate := 1.0
+	if a := float64(len(s.active)); a > s.cores {
+		rate = s.busy / a
+	}
 	for _, r := range s.active {
 		rs := &d.ranks[r]
 		if rs.rate == rate {
@@ -150,6 +157,14 @@ func (d *driver) shareEnd(k int32, slot int32) {
 	if len(s.active) > 0 {
 		d.shareRate(s)
 	}
+}
+
+// coreShare is o.CoreShare, 1 if zero.
+func (o *Options) coreShare() float64 {
+	if o.CoreShare == 0 {
+		return 1
+	}
+	return o.CoreShare
 }
 
 // CoreShares returns, for each of ranks ranks placed on t's nodes by place

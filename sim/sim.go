@@ -150,6 +150,17 @@ type Options struct {
 	// see the others. Zero, the default, leaves it out; runs with it are
 	// not aggregated.
 	LossPenalty float64
+	// CoreShare is the share of their cores' time that the ranks of an
+	// oversubscribed node or host (Node.Cores, Node.Host) get while more
+	// of them are busy than there are cores: each of the a busy ones
+	// progresses at CoreShare·Cores/a of a core instead of Cores/a; with
+	// at most Cores busy, each has a whole core. The rest is the cores'
+	// time lost to switching between the ranks' processes: wake-ups whose
+	// core idles meanwhile, context switches, refilled caches. It applies
+	// alike to the compute that package train charges all ranks at once
+	// (Topology.CoreShares). Zero means 1 (none lost); it must be in
+	// [0, 1].
+	CoreShare float64
 	// Aggregate selects the aggregated mode: one representative rank
 	// simulated per group of equivalent ranks (see Aggregate for what it
 	// assumes and when Run refuses it). The zero value simulates every
@@ -826,6 +837,9 @@ func (d *driver) setup(ctx context.Context) error {
 	}
 	if p := d.opts.LossPenalty; !(p >= 0) || math.IsInf(p, 0) {
 		return fmt.Errorf("sim: LossPenalty %v: want finite and non-negative", p)
+	}
+	if f := d.opts.CoreShare; !(f >= 0 && f <= 1) {
+		return fmt.Errorf("sim: CoreShare %v: want a share in [0, 1]", f)
 	}
 	if err := d.opts.Framing.validate(); err != nil {
 		return err

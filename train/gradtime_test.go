@@ -115,6 +115,33 @@ func TestSimGradTimeSpeedAndCores(t *testing.T) {
 			}
 		}
 	}
+	// sim.Options.CoreShare: an oversubscribed host's cores give f of
+	// their time; a host with a core per worker is not slowed.
+	bed := []sim.Node{onHost("bed", 2), onHost("bed", 2), onHost("bed", 2), onHost("bed", 2)}
+	for _, tc := range []struct {
+		cores int
+		share float64
+		want  time.Duration
+	}{
+		{2, 0.8, 25 * time.Millisecond},
+		{2, 0, 20 * time.Millisecond},
+		{4, 0.8, 10 * time.Millisecond},
+	} {
+		for i := range bed {
+			bed[i].Cores = tc.cores
+		}
+		topo := sim.Homogeneous(4, sim.Gbps, 0)
+		for i, nd := range bed {
+			topo.Nodes[i].Speed, topo.Nodes[i].Cores, topo.Nodes[i].Host = nd.Speed, nd.Cores, nd.Host
+		}
+		sx, err := NewSim(ctx, 4, testUnits, Plan{}, SimConfig{Topology: topo, GradSeconds: 0.010, Options: &sim.Options{CoreShare: tc.share}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sx.GradTime(); got != tc.want {
+			t.Errorf("4 workers on %d cores, CoreShare %g: grad %v, want %v", tc.cores, tc.share, got, tc.want)
+		}
+	}
 	topo := sim.Homogeneous(2, sim.Gbps, 0)
 	for _, g := range []float64{-1, math.NaN(), math.Inf(1)} {
 		cfg := SimConfig{Topology: topo, GradSeconds: g}

@@ -48,7 +48,8 @@ type SimConfig struct {
 	// Either way, when more workers are placed on a node, or on the nodes
 	// of one host, than its Cores (sim.Node.Cores, sim.Node.Host,
 	// Options.Placement), each of the k workers computes k/Cores times
-	// slower (sim.Topology.CoreShares): they all compute at once.
+	// slower (sim.Topology.CoreShares), and k/(Cores·CoreShare) with
+	// sim.Options.CoreShare: they all compute at once.
 	GradSeconds float64
 	// LocalSeconds is a worker's compute per step beyond the gradient, on
 	// one core of a speed-1 node: the optimizer's preparation and update,
@@ -405,7 +406,11 @@ func (s *Sim) computeModel() error {
 		if speed <= 0 {
 			speed = 1
 		}
-		worst = max(worst, work*shares[r]/speed)
+		sh := shares[r]
+		if f := s.options().CoreShare; sh > 1 && f > 0 {
+			sh /= f // the oversubscribed cores' time lost to switching
+		}
+		worst = max(worst, work*sh/speed)
 	}
 	s.gradTime = seconds(worst)
 	return nil

@@ -183,6 +183,11 @@ type Record struct {
 	// Wall is the real time the step took in this process; Compute is the
 	// part spent computing the workers' gradients (all workers).
 	Wall, Compute time.Duration
+	// CPU is the CPU time, user and system, that this process used during
+	// the step (the span of Wall) in RunRank, on systems with getrusage:
+	// the worker's whole process, its transport's goroutines and system
+	// calls included. 0 elsewhere, and in Run, RunOuter and elastic steps.
+	CPU time.Duration
 	// Synced is the number of fragments whose pseudo-gradients an outer
 	// loop (RunOuter) exchanged at this step: 0 on a local step (and in
 	// per-step training, Run and RunRank).

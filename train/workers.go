@@ -341,7 +341,7 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		t0 := time.Now()
+		t0, cpu0 := time.Now(), processCPU()
 		loss, err := ws.Gradient(task.Train, sampler.Next(cfg.Batch))
 		if err != nil {
 			return res, err
@@ -395,6 +395,9 @@ func RunRank(ctx context.Context, cfg RankConfig, task Task, w *worker.Worker, p
 		rec, err := rc.start(step, m, t0, compute)
 		if err != nil {
 			return res, err
+		}
+		if cpu1 := processCPU(); cpu0 > 0 {
+			rec.CPU = cpu1 - cpu0
 		}
 		if cfg.Combine == nil {
 			scale := int64(cfg.World)

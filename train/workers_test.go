@@ -167,10 +167,21 @@ func TestRunRankCodecTime(t *testing.T) {
 	plan := Plan{Compress: "topk:0.1", EF: "ef14", CompressVectors: true, Seed: 2}
 	results := runRanks(t, ctx, n, cfg, task, plan, opt)
 	for r := range n {
+		var cpu time.Duration
 		for _, rec := range results[r].Records {
 			if rec.CodecTime <= 0 || rec.CodecTime+rec.CommTime > rec.Wall {
 				t.Errorf("rank %d step %d: codec %v, comm %v, step wall %v", r, rec.Step, rec.CodecTime, rec.CommTime, rec.Wall)
 			}
+			if rec.CPU < 0 {
+				t.Errorf("rank %d step %d: CPU %v", r, rec.Step, rec.CPU)
+			}
+			cpu += rec.CPU
+		}
+		// The process's CPU over the steps: getrusage counts in
+		// microseconds at least, and five steps of two ranks with their
+		// codec take more than that.
+		if processCPU() > 0 && cpu <= 0 {
+			t.Errorf("rank %d: no CPU time in %d steps' records", r, len(results[r].Records))
 		}
 	}
 }

@@ -180,7 +180,9 @@ func writeSummaryMarkdown(w io.Writer, rep *simReport, target float64) {
 // fragments an outer loop synchronised at the step (0: a local step, or
 // per-step training), so wire_bytes of such a step is one outer sync's;
 // epoch and world are the step's membership epoch and world size
-// (train.Record.Epoch, World).
+// (train.Record.Epoch, World); cpu_s is the process's CPU time, user and
+// system, during the step of a worker (train.Record.CPU; 0 where it is not
+// measured).
 var csvHeader = []string{
 	"method", "step", "loss", "evaluated", "test_loss", "accuracy",
 	"payload_bytes", "wire_bytes", "dense_bytes", "saved",
@@ -188,6 +190,7 @@ var csvHeader = []string{
 	"sim_step_s", "sim_grad_s", "sim_codec_s", "sim_reduce_s", "sim_comm_s", "sim_dense_ring_step_s", "total_sim_s",
 	"compute_wall_s", "wall_s",
 	"recipe_hash", "recipes", "skipped", "synced", "epoch", "world",
+	"cpu_s",
 }
 
 func csvRow(name string, r train.Record) []string {
@@ -202,6 +205,7 @@ func csvRow(name string, r train.Record) []string {
 		f(r.Compute.Seconds()), f(r.Wall.Seconds()),
 		train.RecipeHash(r.Recipes), strings.Join(r.Recipes, " "), strconv.FormatBool(r.Skipped), strconv.Itoa(r.Synced),
 		strconv.FormatUint(r.Epoch, 10), strconv.Itoa(r.World),
+		f(r.CPU.Seconds()),
 	}
 }
 
@@ -290,6 +294,7 @@ type jsonRecord struct {
 	Synced            int         `json:"synced"`
 	Epoch             uint64      `json:"epoch"`
 	World             int         `json:"world"`
+	CPU               float64     `json:"cpu_s"`
 	Layers            []jsonLayer `json:"layers,omitempty"`
 }
 
@@ -308,7 +313,7 @@ func newJSONRecord(name string, r train.Record) jsonRecord {
 		SimReduce: r.ReduceTime.Seconds(), SimComm: r.CommTime.Seconds(), SimDenseRingStep: r.BaselineTime.Seconds(),
 		TotalSim: r.TotalStepTime.Seconds(), ComputeWall: r.Compute.Seconds(), Wall: r.Wall.Seconds(),
 		RecipeHash: train.RecipeHash(r.Recipes), Recipes: r.Recipes, Skipped: r.Skipped, Synced: r.Synced,
-		Epoch: r.Epoch, World: r.World,
+		Epoch: r.Epoch, World: r.World, CPU: r.CPU.Seconds(),
 	}
 	for _, l := range r.Layers {
 		j.Layers = append(j.Layers, jsonLayer(l))

@@ -74,6 +74,12 @@ type validateOptions struct {
 	// WorkerProfile has every worker of a case's job write a CPU profile
 	// beside its steps.csv (OUT/CASE/job/HOST/cpu.pprof).
 	WorkerProfile bool
+	// CoreShare is sim.Options.CoreShare (--core-share): the share of the
+	// machine's cores that the simulated workers get while more of them
+	// compute than there are cores. 0: all of it. With CoreShareProbe each
+	// case measures it on its probe job (probeCoreShare).
+	CoreShare      float64
+	CoreShareProbe bool
 }
 
 func defaultValidateOptions() validateOptions {
@@ -294,6 +300,12 @@ func (o validateOptions) validate() error {
 	if o.MsgCost != "probe" && o.MsgCost != "calibration" {
 		return fmt.Errorf("--message-cost %q: want probe or calibration", o.MsgCost)
 	}
+	if !(o.CoreShare >= 0 && o.CoreShare <= 1) {
+		return fmt.Errorf("--core-share %v: want a share in [0, 1] (0: all of the cores)", o.CoreShare)
+	}
+	if o.CoreShareProbe && o.MsgCost != "probe" {
+		return fmt.Errorf("--core-share probe: measured on the probe job, which --message-cost %s does not run", o.MsgCost)
+	}
 	if o.MsgModel != "cpu" && o.MsgModel != "wait" && o.MsgModel != "latency" {
 		return fmt.Errorf("--message-model %q: want cpu, wait or latency", o.MsgModel)
 	}
@@ -339,6 +351,18 @@ func runValidateCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.StringVar(&o.Local, "local", o.Local, "how --grad data measures the local compute: alone (one worker in one goroutine, wall time per step) or company (the case's N workers at once, a goroutine on an OS thread of its own each, with its own model, optimizer and data; each step's CPU time of its thread, so that the cost of sharing caches and memory with the other workers is in it; --resimulate of a run without these figures scales the recorded alone ones by company/alone measured now)")
 	fs.StringVar(&o.MsgCost, "message-cost", o.MsgCost, "the simulated per-message cost: probe (fitted before each case to a latency-bound job on the case's bed: the logistic workload's dense ring, --probe-steps steps) or calibration (bench's, measured between two ranks in one process)")
 	fs.StringVar(&o.MsgModel, "message-model", o.MsgModel, "how the simulator charges the per-message cost: cpu (compute time of the sending and the receiving worker, shared with their codec work and the machine's cores; the probe fits it), wait (bench's cost as cpu, the probe's excess as a wait without CPU) or latency (all of it added to the message's latency)")
+	fs.Func("core-share", "share of the --cores that the simulated workers get while more of them compute than there are cores (sim.Options.CoreShare; the real workers leave the cores 11-17 % idle in the compressed 200 Mbit/s cases and in the probe, docs/simulator.md, h58): each of a busy ones computes at share·cores/a of a core. A number in [0, 1] (0, the default: all of it), or probe: measured per case on its probe job, the workers' process CPU per step (steps.csv's cpu_s) over the cores' time; the probe's fitted message cost then comes out at about the workers' CPU per message", func(v string) error {
+		if v == "probe" {
+			o.CoreShare, o.CoreShareProbe = 0, true
+			return nil
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return errors.New("want a share in [0, 1] or probe")
+		}
+		o.CoreShare, o.CoreShareProbe = f, false
+		return nil
+	})
 	fs.IntVar(&o.ProbeSteps, "probe-steps", o.ProbeSteps, "steps of the probe job of --message-cost probe")
 	fs.DurationVar(&o.BenchTime, "bench-time", o.BenchTime, "minimum measuring time per measurement of bench and of the local compute")
 	fs.IntVar(&o.Cores, "cores", o.Cores, "CPU cores that the workers of a case share (this machine's): the simulated nodes are on one host of this many cores, processor-shared")
@@ -411,6 +435,9 @@ type caseResult struct {
 	// CPU cost), or bench's overhead.
 	Speed   float64
 	MsgCost time.Duration
+	// CoreShare is the simulation's sim.Options.CoreShare (--core-share;
+	// with probe, this case's measured one).
+	CoreShare float64
 	// RealMedian and RealMean are rank 0's wall time per step; RealGrad is
 	// its gradient compute (with the optimizer's preparation) per step,
 	// RealCodec its codec and reduction time (the ledger's compress and
@@ -578,8 +605,12 @@ func runValidate(ctx context.Context, o validateOptions, stdout, stderr io.Write
 			failed++
 			fmt.Fprintf(stdout, "%-26s failed: %s\n", c.Name, oneLine(r.Err))
 		} else {
-			fmt.Fprintf(stdout, "%-26s simulated %-9s real median %-9s mean %-9s ratio %.3f (message cost %s, load %.1f, %s)\n", c.Name,
-				fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(), fmtDuration(r.MsgCost), r.Load, r.Wall.Round(time.Second))
+			share := ""
+			if r.CoreShare > 0 {
+				share = fmt.Sprintf("core share %.3f, ", r.CoreShare)
+			}
+			fmt.Fprintf(stdout, "%-26s simulated %-9s real median %-9s mean %-9s ratio %.3f (message cost %s, %sload %.1f, %s)\n", c.Name,
+				fmtDuration(r.Sim), fmtDuration(r.RealMedian), fmtDuration(r.RealMean), r.Ratio(), fmtDuration(r.MsgCost), share, r.Load, r.Wall.Round(time.Second))
 		}
 		results = append(results, r)
 	}
@@ -1065,6 +1096,12 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 			res.Err = fmt.Errorf("probe job: %w", err)
 			return res
 		}
+		if o.CoreShareProbe {
+			if o.CoreShare, err = o.probeCoreShare(j, filepath.Join(dir, j.name), len(c.Rates), real); err != nil {
+				res.Err = fmt.Errorf("--core-share probe: %w", err)
+				return res
+			}
+		}
 		if calib, err = o.fitMessageCost(ctx, c, j, real, env.calib, filepath.Join(dir, j.name)); err != nil {
 			res.Err = fmt.Errorf("probe: %w", err)
 			return res
@@ -1125,6 +1162,7 @@ func (o validateOptions) runCase(ctx context.Context, env *valEnv, c valCase) (r
 		return res
 	}
 	res.Sim, res.SimLocal, res.SimComm, res.SimCodec = seconds(median(st)), seconds(median(lo)), median(comm), seconds(median(codec))
+	res.CoreShare = o.CoreShare
 	if r := res.Ratio(); math.IsNaN(r) || math.IsInf(r, 0) || r <= 0 {
 		res.Err = fmt.Errorf("ratio %v of simulated %v to real %v", r, res.Sim, res.RealMedian)
 	}
@@ -1195,6 +1233,61 @@ func (o validateOptions) fitMessageCost(ctx context.Context, c valCase, j valJob
 		ov = max(0, x1+(target-y1)*(x1-x0)/(y1-y0))
 	}
 	return cal, nil
+}
+
+// probeCoreShare measures the share of the --cores that the n workers of
+// the probe job j got while they ran, from rank 0's steps.csv in dir (on
+// host real.hostOf[0], as runJob writes it; the other ranks send rank 0
+// their figures and write none): n times rank 0's mean process CPU per
+// measured step (cpu_s) over the cores' time in its mean step (real's
+// wall_s). The probe's ranks are alike (a dense ring of small messages),
+// so n times one rank's CPU is the workers'. They have work most of the
+// time (four or eight processes on two cores), so the rest is the time
+// the cores idle between them (wake-ups) or give to other jobs. The
+// share is at most 1.
+func (o validateOptions) probeCoreShare(j valJob, dir string, n int, real *realRun) (float64, error) {
+	path := filepath.Join(dir, fmt.Sprintf("h%d", real.hostOf[0]), "steps.csv")
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	rows, err := csv.NewReader(f).ReadAll()
+	f.Close()
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	col := map[string]int{}
+	if len(rows) > 0 {
+		for i, name := range rows[0] {
+			col[name] = i
+		}
+	}
+	ci, ok1 := col["cpu_s"]
+	si, ok2 := col["step"]
+	ei, ok3 := col["evaluated"]
+	if !ok1 || !ok2 || !ok3 {
+		return 0, fmt.Errorf("%s: no cpu_s column (a worker of an older slimgrad)", path)
+	}
+	var xs []float64
+	for _, row := range rows[1:] {
+		step, err1 := strconv.Atoi(row[si])
+		ev, err2 := strconv.ParseBool(row[ei])
+		v, err3 := strconv.ParseFloat(row[ci], 64)
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return 0, fmt.Errorf("%s: %w", path, err)
+		}
+		if o.measured(j, step, ev) {
+			xs = append(xs, v)
+		}
+	}
+	if len(xs) == 0 || !(mean(xs) > 0) {
+		return 0, fmt.Errorf("%s: no CPU time measured (the system does not report it)", path)
+	}
+	share := float64(n) * mean(xs) / (float64(o.Cores) * mean(real.wall))
+	if !(share > 0) || math.IsInf(share, 0) {
+		return 0, fmt.Errorf("core share %v of %d × %v s of CPU per step over %d cores", share, n, mean(xs), o.Cores)
+	}
+	return min(1, share), nil
 }
 
 // testBed is a case's bed: a server host, unshaped, for the NATS server
@@ -1495,7 +1588,7 @@ func (o validateOptions) simulate(ctx context.Context, c valCase, j valJob, host
 	cfg := train.SimConfig{
 		Topology: topo,
 		Options: &sim.Options{Calibration: calib, Seed: o.Seed, Recipe: j.method.Compress, Transport: o.Transport, MessageCPU: o.MsgModel != "latency",
-			LossPenalty: o.LossPenalty, Framing: o.framing()},
+			LossPenalty: o.LossPenalty, Framing: o.framing(), CoreShare: o.CoreShare},
 		Dense:        alg,
 		GradFLOP:     train.TrainFLOPs(j.task.Model) * float64(o.Batch),
 		FLOPS:        train.DefaultFLOPS,

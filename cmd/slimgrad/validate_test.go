@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
 	"math"
@@ -184,6 +185,9 @@ func TestValidateFlags(t *testing.T) {
 		{[]string{"--grad", "calibration", "--local", "company"}, "--local"},
 		{[]string{"--goodput", "1.5"}, "--goodput"},
 		{[]string{"--tbf", "limit"}, "--tbf"},
+		{[]string{"--core-share", "1.2"}, "--core-share"},
+		{[]string{"--core-share", "-0.5"}, "--core-share"},
+		{[]string{"--core-share", "probe", "--message-cost", "calibration"}, "--core-share"},
 		{[]string{"--workload", "imagenet"}, "--workload"},
 		{[]string{"--cases", "nosuch"}, "--cases"},
 	} {
@@ -561,5 +565,74 @@ func TestValidateLocalFinitePasses(t *testing.T) {
 	}
 	if !maps.Equal(passes, want) {
 		t.Errorf("finite passes by vector length %v, want %v (two per unit)", passes, want)
+	}
+}
+
+// TestProbeCoreShare: --core-share probe's share is n times rank 0's mean
+// CPU per measured step over the cores' time of its mean step, at most 1;
+// rank 0's file is on its host; a file without cpu_s (an older worker) or
+// with no CPU time is an error.
+func TestProbeCoreShare(t *testing.T) {
+	o := defaultValidateOptions()
+	o.Cores, o.Skip = 2, 1
+	j := valJob{steps: 5, skip: 1}
+	dir := t.TempDir()
+	write := func(h int, cpu func(step int) string, header []string) {
+		t.Helper()
+		var b strings.Builder
+		w := csv.NewWriter(&b)
+		w.Write(header)
+		for step := range 5 {
+			row := make([]string, len(header))
+			for i, name := range header {
+				switch name {
+				case "step":
+					row[i] = strconv.Itoa(step)
+				case "evaluated":
+					row[i] = strconv.FormatBool(step == 4)
+				case "cpu_s":
+					row[i] = cpu(step)
+				default:
+					row[i] = "0"
+				}
+			}
+			w.Write(row)
+		}
+		w.Flush()
+		d := filepath.Join(dir, fmt.Sprintf("h%d", h))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "steps.csv"), []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Steps 1-3 are measured: 0.4, 0.5 and 0.6 ms of CPU; 9 ms at the
+	// warm-up step 0 and at the final step 4, not counted. Rank 0 is on
+	// host h2; h0 has another file.
+	write(2, func(step int) string {
+		if step == 0 || step == 4 {
+			return "0.009"
+		}
+		return strconv.FormatFloat(0.0003+0.0001*float64(step), 'g', -1, 64)
+	}, csvHeader)
+	write(0, func(int) string { return "0.1" }, csvHeader)
+	real := &realRun{hostOf: []int{2, 0, 1, 3}, wall: []float64{0.002, 0.0022, 0.0018}}
+	got, err := o.probeCoreShare(j, dir, 4, real)
+	if want := 4 * 0.0005 / (2 * 0.002); err != nil || math.Abs(got-want) > 1e-12 {
+		t.Errorf("share %v (%v), want %v", got, err, want)
+	}
+	real.wall = []float64{0.0005, 0.0005, 0.0005}
+	if got, err = o.probeCoreShare(j, dir, 4, real); err != nil || got != 1 {
+		t.Errorf("share %v (%v), want 1 (at most)", got, err)
+	}
+	old := slices.DeleteFunc(slices.Clone(csvHeader), func(s string) bool { return s == "cpu_s" })
+	write(2, func(int) string { return "" }, old)
+	if _, err := o.probeCoreShare(j, dir, 4, real); err == nil || !strings.Contains(err.Error(), "cpu_s") {
+		t.Errorf("a file without cpu_s: %v, want an error naming it", err)
+	}
+	write(2, func(int) string { return "0" }, csvHeader)
+	if _, err := o.probeCoreShare(j, dir, 4, real); err == nil {
+		t.Error("a worker without CPU time: no error")
 	}
 }
