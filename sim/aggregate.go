@@ -231,6 +231,7 @@ type aggItem struct {
 	// message's time on the sender's uplink.
 	ops, dops []int32
 	one       float64
+	oneDown   float64 // a message's time on the receivers' downlink
 }
 
 // aggMsg is a sub-flow: the messages of one op of a group's members to
@@ -321,14 +322,15 @@ type aggState struct {
 	cwNext []float64
 	// exEnds: per machine, when its exchange's receives from each sending
 	// group were delivered (aggItemsEnd), and exSent when its exchange's
-	// sends ended; they time a chain's members' ends of the exchange
-	// (memberShift).
+	// sends to each receiving group ended; they time a chain's members'
+	// ends of the exchange (memberShift).
 	exEnds map[int32][]exEnd
-	exSent map[int32]float64
+	exSent map[int32][]exEnd
 }
 
 // exEnd is when a representative received an exchange's messages from the
-// members of group y: at t; one is a message's time on y's uplink.
+// members of group y (or its members' messages to group y ended): at t;
+// one is a message's time on y's uplink (downlink).
 type exEnd struct {
 	y      int32
 	t, one float64
@@ -1534,7 +1536,7 @@ func (d *driver) aggSetup() {
 	a.bursts, a.spans, a.burstsSet = nil, nil, false
 	a.members, a.chainsOf, a.lines = nil, nil, nil
 	a.cw, a.cwNext = nil, nil
-	a.exEnds, a.exSent = map[int32][]exEnd{}, map[int32]float64{}
+	a.exEnds, a.exSent = map[int32][]exEnd{}, map[int32][]exEnd{}
 	if a.rec != nil {
 		a.rec.reps = slices.Clone(p.reps)
 	}
@@ -1759,6 +1761,7 @@ func (d *driver) aggExchange(g int32, ms *machine, ready []int32) ([]int32, erro
 		item.ops = own[[2]int32{e.x, e.route}]
 		item.dops = d.exConsumers(ms.coll, e.x, ex)[[2]int32{y, e.route}]
 		item.one = d.opts.Framing.Wire(size) / p.caps[p.up[y]]
+		item.oneDown = d.opts.Framing.Wire(size) / p.caps[p.down[e.x]]
 		d.ranks[e.x].recvd += int64(float64(len(item.dops)) * size)
 		var sm aggMsg
 		sm.n = int8(p.path(y, e.x, e.route, float64(e.n), &sm.links, &sm.w))
@@ -2261,7 +2264,10 @@ func (d *driver) aggItemsEnd(it int32) error {
 			a.exEnds[item.dg] = append(a.exEnds[item.dg], exEnd{y: d.ms[item.g].slot, t: d.now + item.lat, one: item.one})
 		}
 		if len(item.ops) > 0 {
-			a.exSent[item.g] = max(a.exSent[item.g], d.now)
+			if item.dg >= 0 && item.dop < 0 { // an exchange's (aggExchange)
+				x := d.ms[item.dg].slot
+				a.exSent[item.g] = append(a.exSent[item.g], exEnd{y: x, t: d.now, one: item.oneDown})
+			}
 			ms := &d.ms[item.g]
 			for _, j := range item.ops {
 				if err := ms.m.Done(j); err != nil {
@@ -2393,8 +2399,12 @@ func (d *driver) aggFinish(res *Result) {
 // other group j of their senders' messages' times earlier than the
 // representative does (those of its own group, some of which are the
 // chain's members between them, no earlier). Its exchange ends when its
-// last message arrives and its own sends are done (as the
-// representative's).
+// last message arrives and its own sends are done. A rank's sends to the
+// members of another group are done j messages' times earlier too: the
+// messages of an exchange, launched at once, queue on a receiver's
+// downlink in the order of their senders' ranks (the per-message mode
+// starts ranks in rank order), and the representative is the last rank of
+// its chain.
 func (d *driver) memberShift(ms *machine, j int32) float64 {
 	c := d.colls[ms.coll].After - 1
 	if c < 0 {
@@ -2407,8 +2417,16 @@ func (d *driver) memberShift(ms *machine, j int32) float64 {
 	if len(ends) == 0 {
 		return 0
 	}
-	rep, mem := a.exSent[gx], a.exSent[gx]
+	rep, mem := math.Inf(-1), math.Inf(-1)
 	for _, e := range ends {
+		rep = max(rep, e.t)
+		if e.y != y {
+			mem = max(mem, e.t-float64(j)*e.one)
+		} else {
+			mem = max(mem, e.t)
+		}
+	}
+	for _, e := range a.exSent[gx] {
 		rep = max(rep, e.t)
 		if e.y != y {
 			mem = max(mem, e.t-float64(j)*e.one)
