@@ -227,8 +227,11 @@ type aggItem struct {
 	pid, from, to int32
 
 	// An exchange's sub-flow (aggExchange) finishes many ops at once: the
-	// sender's ops and the receiving representative's receives.
+	// sender's ops and the receiving representative's receives; one is a
+	// message's time on the sender's uplink.
 	ops, dops []int32
+	one       float64
+	oneDown   float64 // a message's time on the receivers' downlink
 }
 
 // aggMsg is a sub-flow: the messages of one op of a group's members to
@@ -317,6 +320,20 @@ type aggState struct {
 	// pipeline's last delivered step; cwNext is a spare slice.
 	cw     map[[2]int32][]float64
 	cwNext []float64
+	// exEnds: per machine, when its exchange's receives from each sending
+	// group were delivered (aggItemsEnd), and exSent when its exchange's
+	// sends to each receiving group ended; they time a chain's members'
+	// ends of the exchange (memberShift).
+	exEnds map[int32][]exEnd
+	exSent map[int32][]exEnd
+}
+
+// exEnd is when a representative received an exchange's messages from the
+// members of group y (or its members' messages to group y ended): at t;
+// one is a message's time on y's uplink (downlink).
+type exEnd struct {
+	y      int32
+	t, one float64
 }
 
 // aggRec is what the first pass of a run with sparse gathers beside chained
@@ -1519,6 +1536,7 @@ func (d *driver) aggSetup() {
 	a.bursts, a.spans, a.burstsSet = nil, nil, false
 	a.members, a.chainsOf, a.lines = nil, nil, nil
 	a.cw, a.cwNext = nil, nil
+	a.exEnds, a.exSent = map[int32][]exEnd{}, map[int32][]exEnd{}
 	if a.rec != nil {
 		a.rec.reps = slices.Clone(p.reps)
 	}
@@ -1742,6 +1760,8 @@ func (d *driver) aggExchange(g int32, ms *machine, ready []int32) ([]int32, erro
 		item.lat = p.routes[e.route].lat + d.msgCost.Message(int64(size))
 		item.ops = own[[2]int32{e.x, e.route}]
 		item.dops = d.exConsumers(ms.coll, e.x, ex)[[2]int32{y, e.route}]
+		item.one = d.opts.Framing.Wire(size) / p.caps[p.up[y]]
+		item.oneDown = d.opts.Framing.Wire(size) / p.caps[p.down[e.x]]
 		d.ranks[e.x].recvd += int64(float64(len(item.dops)) * size)
 		var sm aggMsg
 		sm.n = int8(p.path(y, e.x, e.route, float64(e.n), &sm.links, &sm.w))
@@ -1861,11 +1881,15 @@ func (d *driver) aggRootFeeds(g int32, ms *machine, pl *pipeline, i int32) {
 	pid := pl.pid[i]
 	for q := int32(0); q < min(k, pl.len(pid)); q++ {
 		j := ms.sh.Match(int(ms.prank), pl.at(pid, q))
+		// Step q is the first step of the member q+1 places before the
+		// representative, sent when that member's exchange before the
+		// collective ended plus what the representative took from its own.
+		t0 := d.now - d.memberShift(ms, q+1)
 		var t float64
 		if d.walks(ms) {
-			t = d.walkFeed(ms, pl, pid, 0, q+1, d.now)
+			t = d.walkFeed(ms, pl, pid, 0, q+1, t0)
 		} else {
-			t = d.now + d.hops(ms, pl, pid, 0, q+1, q+1)
+			t = t0 + d.hops(ms, pl, pid, 0, q+1, q+1)
 		}
 		if a := &d.as; a.rec != nil {
 			a.rec.add(ms.coll, ms.slot, j, ms.sh.Len(), t)
@@ -2237,8 +2261,13 @@ func (d *driver) aggItemsEnd(it int32) error {
 		}
 		if len(item.dops) > 0 {
 			d.h.push(event{t: d.now + item.lat, kind: evArriveAll, g: item.dg, x: d.aggBulk(item.dops)})
+			a.exEnds[item.dg] = append(a.exEnds[item.dg], exEnd{y: d.ms[item.g].slot, t: d.now + item.lat, one: item.one})
 		}
 		if len(item.ops) > 0 {
+			if item.dg >= 0 && item.dop < 0 { // an exchange's (aggExchange)
+				x := d.ms[item.dg].slot
+				a.exSent[item.g] = append(a.exSent[item.g], exEnd{y: x, t: d.now, one: item.oneDown})
+			}
 			ms := &d.ms[item.g]
 			for _, j := range item.ops {
 				if err := ms.m.Done(j); err != nil {
@@ -2358,4 +2387,52 @@ func (d *driver) aggFinish(res *Result) {
 		set(2*N+2*R+2*w, p.wanVL[2*w])
 		set(2*N+2*R+2*w+1, p.wanVL[2*w+1])
 	}
+}
+
+// memberShift is how much earlier than ms's representative the chain
+// member j places before it ended the exchange that ms's collective waits
+// for (Collective.After), and so started the collective (0 without one).
+// A rank sends an exchange's messages one after another, to rank+1, rank+2
+// and so on, so on a sender's uplink its message to a chain's member j
+// places before the representative leaves j messages earlier than its
+// message to the representative: the member receives the messages of each
+// other group j of their senders' messages' times earlier than the
+// representative does (those of its own group, some of which are the
+// chain's members between them, no earlier). Its exchange ends when its
+// last message arrives and its own sends are done. A rank's sends to the
+// members of another group are done j messages' times earlier too: the
+// messages of an exchange, launched at once, queue on a receiver's
+// downlink in the order of their senders' ranks (the per-message mode
+// starts ranks in rank order), and the representative is the last rank of
+// its chain.
+func (d *driver) memberShift(ms *machine, j int32) float64 {
+	c := d.colls[ms.coll].After - 1
+	if c < 0 {
+		return 0
+	}
+	a := &d.as
+	y := ms.slot
+	gx := int32(c)*int32(len(d.agg.reps)) + y
+	ends := a.exEnds[gx]
+	if len(ends) == 0 {
+		return 0
+	}
+	rep, mem := math.Inf(-1), math.Inf(-1)
+	for _, e := range ends {
+		rep = max(rep, e.t)
+		if e.y != y {
+			mem = max(mem, e.t-float64(j)*e.one)
+		} else {
+			mem = max(mem, e.t)
+		}
+	}
+	for _, e := range a.exSent[gx] {
+		rep = max(rep, e.t)
+		if e.y != y {
+			mem = max(mem, e.t-float64(j)*e.one)
+		} else {
+			mem = max(mem, e.t)
+		}
+	}
+	return rep - mem
 }
