@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/slimgrad/slimgrad/optim"
-	"github.com/slimgrad/slimgrad/worker"
 )
 
 // TestRunRankCombineOffCriticalPath: RunRank runs a step's Combine beside
@@ -72,13 +71,7 @@ func TestRunRankCombineOffCriticalPath(t *testing.T) {
 				onStep = func(rec Record) { got = append(got, rec) }
 			}
 			go func() {
-				w, err := worker.New(ctx, conns[r], WorkerOptions(cfg.Seed, nil)...)
-				if err != nil {
-					errs <- err
-					return
-				}
-				defer w.Close()
-				_, err = RunRank(ctx, rc, task, w, Plan{Compress: "none", EF: "none"}, opt, "", onStep)
+				_, err := runWorkerRank(ctx, conns[r], rc, task, Plan{Compress: "none", EF: "none"}, opt, onStep)
 				errs <- err
 			}()
 		}

@@ -100,13 +100,8 @@ func TestNaNPolicy(t *testing.T) {
 			spec = poisonSpec(0, 3, 5)
 		}
 		go func() {
-			w, err := worker.New(ctx, conns[r], append(WorkerOptions(cfg.Seed, nil), worker.WithNaNPolicy(worker.NaNSkip))...)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer w.Close()
-			results[r], err = RunRank(ctx, RankConfig{Config: cfg, Rank: r, World: n}, task, w, Plan{}, spec, "", nil)
+			var err error
+			results[r], err = runWorkerRank(ctx, conns[r], RankConfig{Config: cfg, Rank: r, World: n}, task, Plan{}, spec, nil, worker.WithNaNPolicy(worker.NaNSkip))
 			errs <- err
 		}()
 	}

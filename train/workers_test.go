@@ -186,6 +186,17 @@ func TestRunRankCodecTime(t *testing.T) {
 	}
 }
 
+// runWorkerRank runs RunRank of rc over a worker of its own on conn
+// (WorkerOptions of rc's seed, then extra), closed when it returns.
+func runWorkerRank(ctx context.Context, conn transport.Conn, rc RankConfig, task Task, plan Plan, opt OptimSpec, onStep func(Record), extra ...worker.Option) (*Result, error) {
+	w, err := worker.New(ctx, conn, append(WorkerOptions(rc.Seed, nil), extra...)...)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	return RunRank(ctx, rc, task, w, plan, opt, "", onStep)
+}
+
 // runRanks runs n RunRank replicas of cfg over in-memory connections, each
 // over its own worker, and returns their results in rank order; any rank's
 // error fails the test.
@@ -196,13 +207,8 @@ func runRanks(t *testing.T, ctx context.Context, n int, cfg Config, task Task, p
 	errs := make(chan error, n)
 	for r := range n {
 		go func() {
-			w, err := worker.New(ctx, conns[r], WorkerOptions(cfg.Seed, nil)...)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer w.Close()
-			results[r], err = RunRank(ctx, RankConfig{Config: cfg, Rank: r, World: n}, task, w, plan, opt, "", nil)
+			var err error
+			results[r], err = runWorkerRank(ctx, conns[r], RankConfig{Config: cfg, Rank: r, World: n}, task, plan, opt, nil)
 			errs <- err
 		}()
 	}
